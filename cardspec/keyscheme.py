@@ -1,0 +1,201 @@
+"""The card's key scheme: diversification and cryptograms, in software.
+
+This module is the *reference* definition of every cryptographic computation the card and the
+issuer share. The card emulator uses it (a chip computes with its own keys), and tests use it as
+one of the oracles for the HSM adapter, which must compute the same values with keys that never
+leave the HSM. Issuer master keys are never handled by this module outside tests.
+
+Sources and choices (the MOHRSS texts LD/T 32.4 are not public; choices are marked CHOICE):
+
+* Diversification ("one card, one key"), 3DES with a 16-byte double-length key:
+  ``K_L = 3DES-ECB(MK, D)``, ``K_R = 3DES-ECB(MK, D xor FF..FF)`` with ``D`` 8 bytes.
+  This is the PBOC 2.0 / JR/T 0025.7 diversification and the same construction as EMV 4.3
+  Book 2 Annex A1.4.1 (ICC master key derivation, option A), so ``pyemv.kd.derive_icc_mk_a``
+  is an independent oracle. Multi-level diversification (province: region factor, then card
+  factor) applies the same step once per factor.
+* CHOICE: for AES-128 cards the diversification is ``K = AES-ECB(MK, D || (D xor FF..FF))``
+  (one block, the natural 16-byte analogue). SM4 uses the same shape but needs an HSM with SM4;
+  SoftHSM2 has none, so this module and the default profile use 3DES or AES.
+* Card factor: the 8 bytes of the chip-unique part of the card identification code (its last 16
+  hex characters), e.g. ``330182D156000005`` + ``0123456789ABCDEF``.
+* INTERNAL AUTHENTICATE (``00 88 00 00 10``, data = 8-byte process factor || 8-byte random):
+  session key ``SK = diversify(K_IRK, factor)``; answer = ``3DES-ECB(SK, random)`` (8 bytes);
+  CHOICE for AES: answer = ``AES-ECB(SK, random || factor)`` (16 bytes).
+* EXTERNAL AUTHENTICATE (after ``GET CHALLENGE`` of 8 bytes): cryptogram =
+  ``3DES-ECB(K, challenge)``; CHOICE for AES: ``AES-ECB(K, challenge || 80 00..00)``.
+* Secure-messaging MAC (PBOC style, ISO/IEC 9797-1 MAC algorithm 1 with padding method 2):
+  full-3DES (or AES) CBC over ``CLA' INS P1 P2 Lc' || data`` padded ``80 00..``, initial vector =
+  the card's last challenge (8 bytes, zero-extended to the block size for AES); the MAC is the
+  first 4 bytes of the last block.
+* Encryption of sensitive data (key loading, PIN reload): ``ECB(K, LD || data || 80 00..)`` where
+  LD is one byte of plaintext length, padded to the block size (PBOC 2.0 part 5 style).
+* Key check value (KCV): first 3 bytes of ECB-encrypting a zero block (3DES) — for AES the
+  CMAC of an empty message (GlobalPlatform / ANSI X9.24-1 practice: AES KCV = CMAC(K, ''))
+  is used by some vendors; CHOICE here: ``AES-ECB(K, 01..01)`` first 3 bytes (GP SCP03 amend D).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+
+class Algorithm(StrEnum):
+    """Algorithm family of a card application (FCI tag 9F0C, ``86 01 xx``)."""
+
+    DES3 = "3des"
+    """Double-length 3DES (FCI 86 01 01), second-generation cards."""
+    AES = "aes"
+    """AES-128 (CHOICE: stands in for SM4 where the HSM lacks SM4)."""
+    SM4 = "sm4"
+    """SM4 (FCI 86 01 03), third-generation cards: needs an HSM that offers SM4."""
+
+    @property
+    def block_size(self) -> int:
+        return 8 if self is Algorithm.DES3 else 16
+
+    @property
+    def key_length(self) -> int:
+        return 16
+
+
+class UnsupportedAlgorithm(ValueError):
+    """The algorithm is declared by the profile but not available in this implementation."""
+
+
+def _k24(key: bytes) -> bytes:
+    """Double-length 3DES key as the 24-byte K1 K2 K1 form."""
+    return key + key[:8] if len(key) == 16 else key
+
+
+def _ecb(key: bytes, alg: Algorithm, data: bytes, decrypt: bool = False) -> bytes:
+    if alg is Algorithm.DES3:
+        cipher = Cipher(TripleDES(_k24(key)), modes.ECB())
+    elif alg is Algorithm.AES:
+        cipher = Cipher(algorithms.AES(key), modes.ECB())
+    else:
+        raise UnsupportedAlgorithm(f"{alg.value} is not available in software here")
+    ctx = cipher.decryptor() if decrypt else cipher.encryptor()
+    return ctx.update(data) + ctx.finalize()
+
+
+def _cbc(key: bytes, alg: Algorithm, data: bytes, iv: bytes) -> bytes:
+    if alg is Algorithm.DES3:
+        cipher = Cipher(TripleDES(_k24(key)), modes.CBC(iv))
+    elif alg is Algorithm.AES:
+        cipher = Cipher(algorithms.AES(key), modes.CBC(iv))
+    else:
+        raise UnsupportedAlgorithm(f"{alg.value} is not available in software here")
+    ctx = cipher.encryptor()
+    return ctx.update(data) + ctx.finalize()
+
+
+def _xor_ff(data: bytes) -> bytes:
+    return bytes(b ^ 0xFF for b in data)
+
+
+def diversification_data(factor: bytes, alg: Algorithm) -> bytes:
+    """The data block(s) encrypted under the parent key to derive a child key (16 bytes)."""
+    if len(factor) != 8:
+        raise ValueError(f"diversification factor must be 8 bytes, got {len(factor)}")
+    return factor + _xor_ff(factor)
+
+
+def diversify(parent: bytes, factor: bytes, alg: Algorithm) -> bytes:
+    """One diversification step: child key from parent key and an 8-byte factor."""
+    if len(parent) != 16:
+        raise ValueError("keys are 16 bytes")
+    return _ecb(parent, alg, diversification_data(factor, alg))
+
+
+def derive_card_key(master: bytes, factors: list[bytes] | tuple[bytes, ...], alg: Algorithm) -> bytes:
+    """Apply one diversification step per factor (city: [card]; province: [region, card])."""
+    key = master
+    for factor in factors:
+        key = diversify(key, factor, alg)
+    return key
+
+
+def card_factor(card_identification_code: str) -> bytes:
+    """The 8-byte card factor: the chip-unique last 16 hex characters of the code."""
+    if len(card_identification_code) != 32:
+        raise ValueError("card identification code must be 32 hex characters")
+    return bytes.fromhex(card_identification_code[16:])
+
+
+def region_factor(region_code: str) -> bytes:
+    """CHOICE: the 8-byte region factor for province-level (two-step) diversification:
+    the 6-digit region code BCD-packed (3 bytes) and padded with FF (cn padding)."""
+    if len(region_code) != 6 or not region_code.isdigit():
+        raise ValueError("region code must be 6 digits")
+    return bytes.fromhex(region_code) + b"\xff" * 5
+
+
+def internal_auth_response(card_irk: bytes, factor: bytes, random: bytes, alg: Algorithm) -> bytes:
+    """What a genuine card answers to INTERNAL AUTHENTICATE(factor || random)."""
+    if len(random) != 8:
+        raise ValueError("random must be 8 bytes")
+    session = diversify(card_irk, factor, alg)
+    if alg is Algorithm.DES3:
+        return _ecb(session, alg, random)
+    return _ecb(session, alg, random + factor)
+
+
+def external_auth_cryptogram(card_key: bytes, challenge: bytes, alg: Algorithm) -> bytes:
+    """What a terminal sends in EXTERNAL AUTHENTICATE for the card's 8-byte challenge."""
+    if len(challenge) != 8:
+        raise ValueError("challenge must be 8 bytes")
+    if alg is Algorithm.DES3:
+        return _ecb(card_key, alg, challenge)
+    return _ecb(card_key, alg, challenge + b"\x80" + b"\x00" * 7)
+
+
+def pad_method2(data: bytes, block: int) -> bytes:
+    """ISO/IEC 9797-1 padding method 2: 80 then 00 up to a multiple of the block size."""
+    padded = data + b"\x80"
+    return padded + b"\x00" * (-len(padded) % block)
+
+
+def unpad_method2(data: bytes) -> bytes:
+    stripped = data.rstrip(b"\x00")
+    if not stripped.endswith(b"\x80"):
+        raise ValueError("bad ISO/IEC 9797-1 method 2 padding")
+    return stripped[:-1]
+
+
+def sm_mac(key: bytes, data: bytes, iv: bytes, alg: Algorithm, length: int = 4) -> bytes:
+    """ISO/IEC 9797-1 MAC algorithm 1, padding method 2, IV = card challenge (zero-extended)."""
+    block = alg.block_size
+    iv_full = (iv + b"\x00" * block)[:block]
+    return _cbc(key, alg, pad_method2(data, block), iv_full)[-block:][:length]
+
+
+def encrypt_sensitive(key: bytes, plaintext: bytes, alg: Algorithm) -> bytes:
+    """``ECB(K, LD || data || 80 00..)``: how keys and PINs travel to the card."""
+    if len(plaintext) > 255:
+        raise ValueError("sensitive data longer than 255 bytes")
+    return _ecb(key, alg, pad_method2(bytes([len(plaintext)]) + plaintext, alg.block_size))
+
+
+def decrypt_sensitive(key: bytes, ciphertext: bytes, alg: Algorithm) -> bytes:
+    """Inverse of :func:`encrypt_sensitive`; raises ValueError on a malformed block."""
+    if not ciphertext or len(ciphertext) % alg.block_size:
+        raise ValueError("ciphertext is not a whole number of blocks")
+    plain = _ecb(key, alg, ciphertext, decrypt=True)
+    length = plain[0]
+    body = plain[1 : 1 + length]
+    if len(body) != length:
+        raise ValueError("bad length byte in sensitive data")
+    rest = plain[1 + length :]
+    if not rest.startswith(b"\x80") or rest[1:].strip(b"\x00"):
+        raise ValueError("bad padding in sensitive data")
+    return body
+
+
+def kcv(key: bytes, alg: Algorithm) -> bytes:
+    """Key check value, 3 bytes (see module docstring)."""
+    if alg is Algorithm.DES3:
+        return _ecb(key, alg, b"\x00" * 8)[:3]
+    return _ecb(key, alg, b"\x01" * 16)[:3]

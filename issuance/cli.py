@@ -1,0 +1,104 @@
+"""``ykt``: the one command-line entry point for operators.
+
+Each package contributes a sub-application (``ykt hsm ...``, ``ykt card ...``,
+``ykt batch ...``); they are imported lazily so that ``ykt --help`` stays fast and a missing
+optional device library only affects the commands that need it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+from rich.console import Console
+
+from issuance.errors import IssuanceError
+
+app = typer.Typer(
+    name="ykt",
+    help="Yikatong: issue and manage multi-purpose social security cards.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+@app.callback()
+def _root() -> None:
+    """Yikatong: issue and manage multi-purpose social security cards."""
+
+#: (module, attribute, command name, help). Each module defines a ``typer.Typer`` called ``app``.
+SUBCOMMANDS: list[tuple[str, str, str]] = [
+    ("hsm.cli", "hsm", "Keys in the HSM: token setup, key ceremonies, listing."),
+    ("cardspec.cli", "card", "Cards and readers: virtual readers, read a card, the card profile."),
+    ("issuance.cli_db", "db", "Database: migrations and checks."),
+    ("issuance.cli_people", "app", "Applications: intake, review, approval."),
+    ("issuance.cli_cards", "cards", "Card lifecycle: loss, un-report, temporary cards, ..."),
+    ("issuance.cli_audit", "audit", "Audit log: verify the hash chain, checkpoints."),
+    ("issuance.cli_batch", "batch", "Production batches: create, prepare, personalise, print."),
+    ("printers.cli", "print", "Card faces and print spoolers."),
+    ("api.cli", "api", "The HTTP service and the verification client."),
+]
+
+
+def _register() -> None:
+    for module_name, command, help_text in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # that part is not built yet
+            raise
+        sub = getattr(module, "app", None)
+        if isinstance(sub, typer.Typer):
+            app.add_typer(sub, name=command, help=help_text)
+        for extra_name, extra in getattr(module, "TOP_LEVEL_COMMANDS", {}).items():
+            app.command(extra_name)(extra)
+
+
+@app.command("info")
+def info() -> None:
+    """Show the settings in force (secrets hidden) and where the data lives."""
+    from issuance.settings import get_settings
+
+    settings = get_settings()
+    out = Console()
+    out.print(f"data directory : {settings.data_dir}")
+    out.print(f"database       : {settings.database_url}")
+    out.print(f"HSM module     : {settings.hsm.module} (token {settings.hsm.token_label!r})")
+    out.print(f"readers        : {settings.readers.backend} x{settings.readers.count}")
+    out.print(f"printer        : {settings.printer.backend} -> {settings.spool_dir}")
+    out.print(f"issuer region  : {settings.issuer.region_code} {settings.issuer.name}")
+
+
+#: Root exception of every package; the CLI prints these as one clear line instead of a trace.
+ERROR_ROOTS = [
+    ("issuance.errors", "IssuanceError"),
+    ("hsm.errors", "HsmError"),
+    ("cardspec.errors", "CardSpecError"),
+    ("printers.errors", "PrinterError"),
+]
+
+
+def _error_roots() -> tuple[type[BaseException], ...]:
+    roots: list[type[BaseException]] = []
+    for module_name, cls_name in ERROR_ROOTS:
+        try:
+            roots.append(getattr(importlib.import_module(module_name), cls_name))
+        except (ModuleNotFoundError, AttributeError):
+            continue
+    return tuple(roots)
+
+
+def main() -> None:
+    _register()
+    roots = _error_roots()
+    try:
+        app()
+    except roots as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(2) from exc
+
+
+if __name__ == "__main__":
+    main()
