@@ -61,6 +61,38 @@ class Algorithm(StrEnum):
         return 16
 
 
+class KeySlot(StrEnum):
+    """The per-card keys of the profile. Each is diversified from an issuer master key of the
+    same name (held in the HSM) by the card factor, or for ``FIN_*`` by the EMV factor."""
+
+    KMC = "kmc"
+    """Personalisation (transport) key of the blank chip: opens the personalisation channel."""
+    DMK = "dmk"
+    """Master/control key of the social security application (application maintenance)."""
+    IRK = "irk"
+    """Internal authentication: the card proves it is genuine."""
+    EAK = "eak"
+    """External authentication / read key: a terminal proves itself to the card."""
+    UK_IDENT = "uk_ident"
+    """Update key of the card-identification and holder files (EF05, EF06)."""
+    UK_MEDICAL = "uk_medical"
+    """Update key of the medical insurance files."""
+    UK_PENSION = "uk_pension"
+    """Update key of the pension / social insurance files."""
+    PUK = "puk"
+    """PIN unblock and reload."""
+    FIN_AC = "fin_ac"
+    """Financial application: application cryptogram master key (EMV MK-AC)."""
+    FIN_SMI = "fin_smi"
+    """Financial application: secure-messaging integrity master key (EMV MK-SMI)."""
+    FIN_SMC = "fin_smc"
+    """Financial application: secure-messaging confidentiality master key (EMV MK-SMC)."""
+
+    @property
+    def financial(self) -> bool:
+        return self.value.startswith("fin_")
+
+
 class UnsupportedAlgorithm(ValueError):
     """The algorithm is declared by the profile but not available in this implementation."""
 
@@ -110,7 +142,9 @@ def diversify(parent: bytes, factor: bytes, alg: Algorithm) -> bytes:
     return _ecb(parent, alg, diversification_data(factor, alg))
 
 
-def derive_card_key(master: bytes, factors: list[bytes] | tuple[bytes, ...], alg: Algorithm) -> bytes:
+def derive_card_key(
+    master: bytes, factors: list[bytes] | tuple[bytes, ...], alg: Algorithm
+) -> bytes:
     """Apply one diversification step per factor (city: [card]; province: [region, card])."""
     key = master
     for factor in factors:
@@ -123,6 +157,15 @@ def card_factor(card_identification_code: str) -> bytes:
     if len(card_identification_code) != 32:
         raise ValueError("card identification code must be 32 hex characters")
     return bytes.fromhex(card_identification_code[16:])
+
+
+def emv_factor(pan: str, psn: str = "00") -> bytes:
+    """EMV 4.3 Book 2 A1.4.1 option A: Y = rightmost 16 digits of PAN || PSN (zero-filled on
+    the left if shorter), as 8 BCD bytes. Used for the ``FIN_*`` keys."""
+    digits = (pan + psn)[-16:].rjust(16, "0")
+    if not digits.isdigit():
+        raise ValueError("PAN and PSN must be digits")
+    return bytes.fromhex(digits)
 
 
 def region_factor(region_code: str) -> bytes:
@@ -165,11 +208,22 @@ def unpad_method2(data: bytes) -> bytes:
     return stripped[:-1]
 
 
-def sm_mac(key: bytes, data: bytes, iv: bytes, alg: Algorithm, length: int = 4) -> bytes:
-    """ISO/IEC 9797-1 MAC algorithm 1, padding method 2, IV = card challenge (zero-extended)."""
+def sm_mac_block(key: bytes, data: bytes, iv: bytes, alg: Algorithm) -> bytes:
+    """ISO/IEC 9797-1 MAC algorithm 1, padding method 2: the full last CBC block.
+
+    ``iv`` is the card challenge (zero-extended to the block size) for the first command of a
+    secure channel; CHOICE: within a channel opened by EXTERNAL AUTHENTICATE the next command's
+    IV is the previous command's full MAC block (MAC chaining, as in GlobalPlatform SCP02), so a
+    personalisation needs one GET CHALLENGE, not one per command.
+    """
     block = alg.block_size
     iv_full = (iv + b"\x00" * block)[:block]
-    return _cbc(key, alg, pad_method2(data, block), iv_full)[-block:][:length]
+    return _cbc(key, alg, pad_method2(data, block), iv_full)[-block:]
+
+
+def sm_mac(key: bytes, data: bytes, iv: bytes, alg: Algorithm, length: int = 4) -> bytes:
+    """The MAC as sent in a command: the first ``length`` bytes of :func:`sm_mac_block`."""
+    return sm_mac_block(key, data, iv, alg)[:length]
 
 
 def encrypt_sensitive(key: bytes, plaintext: bytes, alg: Algorithm) -> bytes:

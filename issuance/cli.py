@@ -12,8 +12,6 @@ import importlib
 import typer
 from rich.console import Console
 
-from issuance.errors import IssuanceError
-
 app = typer.Typer(
     name="ykt",
     help="Yikatong: issue and manage multi-purpose social security cards.",
