@@ -1,0 +1,181 @@
+"""Identifiers carried on and around the card, with their check characters.
+
+* Citizen ID number (GB 11643-1999, 18 characters): 6-digit region code (GB/T 2260), birth date
+  YYYYMMDD, 3-digit sequence (odd = male), check character by ISO 7064 MOD 11-2 (weights
+  ``2^(17-i) mod 11`` = 7 9 10 5 8 4 2 1 6 3 7 9 10 5 8 4 2, ``1 0 X 9 8 7 6 5 4 3 2`` for
+  ``sum mod 11`` = 0..10). It is also the social security number (EF06 tag 08).
+* Card number (EF05 tag 07, 9 characters): 8 body characters 0-9/A-Z (A=10 .. Z=35) weighted
+  3 7 9 10 5 8 4 2, check = 11 - (sum mod 11), 10 -> "X", 11 -> "0" (public samples X00000019,
+  B7K334774, 188347080 all satisfy it; tested in tests/cardspec/test_ids.py).
+* Card identification code (EF05 tag 01, 32 hex characters): issuing region code (6) +
+  ``D156000005`` (country 156, issuer marker) + 16 hex characters unique to the chip.
+
+Validation raises :class:`cardspec.errors.InvalidIdentifier`; reasons never contain the full
+value (identifiers are personal data).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date
+
+from cardspec import regions
+from cardspec.errors import InvalidIdentifier
+
+CITIZEN_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+CITIZEN_ID_CHECK_MAP = "10X98765432"
+CARD_NUMBER_WEIGHTS = (3, 7, 9, 10, 5, 8, 4, 2)
+CARD_ID_MARKER = "D156000005"
+"""Country code 156 and the issuer marker, characters 7..16 of the card identification code."""
+EARLIEST_BIRTH_DATE = date(1900, 1, 1)
+
+_ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_HEX16 = re.compile(r"[0-9A-F]{16}")
+
+
+def mask_citizen_id(value: str) -> str:
+    """Keep the first 4 and last 4 characters, star the rest (safe to log or display)."""
+    if len(value) <= 8:
+        return "*" * len(value)
+    return value[:4] + "*" * (len(value) - 8) + value[-4:]
+
+
+@dataclass(frozen=True)
+class CitizenId:
+    """A validated 18-character citizen ID number."""
+
+    value: str
+    region_code: str
+    birth_date: date
+    sex: str
+    """"1" male (17th digit odd), "2" female (GB/T 2261.1 codes, as in EF06 tag 0A)."""
+
+    def masked(self) -> str:
+        return mask_citizen_id(self.value)
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __repr__(self) -> str:  # never print the full number
+        return f"CitizenId({self.masked()!r})"
+
+
+def citizen_id_check_char(first17: str) -> str:
+    """ISO 7064 MOD 11-2 check character over the first 17 digits."""
+    if len(first17) != 17 or not first17.isascii() or not first17.isdigit():
+        raise InvalidIdentifier("citizen_id", "check needs exactly 17 digits")
+    total = sum(int(c) * w for c, w in zip(first17, CITIZEN_ID_WEIGHTS, strict=True))
+    return CITIZEN_ID_CHECK_MAP[total % 11]
+
+
+def validate_region_code(code: str, *, strict: bool = False, field: str = "region_code") -> str:
+    """Return ``code`` if it is a GB/T 2260 code.
+
+    Known codes (any revision 1980-2019) are accepted; an unknown code is accepted when its
+    province prefix is valid and ``strict`` is false (codes created after the data snapshot,
+    see :mod:`cardspec.regions`).
+    """
+    if len(code) != 6 or not code.isascii() or not code.isdigit():
+        raise InvalidIdentifier(field, "must be 6 digits")
+    if regions.province_name(code) is None:
+        raise InvalidIdentifier(field, f"unknown province prefix {code[:2]}")
+    if regions.is_known(code):
+        return code
+    if strict:
+        raise InvalidIdentifier(field, f"{code} is not a GB/T 2260 code")
+    if code[2:4] == "00" and code[4:] != "00":
+        raise InvalidIdentifier(field, f"{code} has a county part without a prefecture")
+    return code
+
+
+def validate_citizen_id(value: str, *, today: date | None = None) -> CitizenId:
+    """Validate a GB 11643-1999 citizen ID number (a lowercase ``x`` is normalised)."""
+    field = "citizen_id"
+    if not isinstance(value, str):
+        raise InvalidIdentifier(field, "must be a string")
+    if len(value) != 18:
+        raise InvalidIdentifier(field, f"must be 18 characters, got {len(value)}")
+    value = value.upper()
+    body, check = value[:17], value[17]
+    if not body.isascii() or not body.isdigit():
+        raise InvalidIdentifier(field, "the first 17 characters must be digits")
+    if check not in "0123456789X":
+        raise InvalidIdentifier(field, "the 18th character must be a digit or X")
+    expected = citizen_id_check_char(body)
+    if check != expected:
+        raise InvalidIdentifier(field, "check character does not match (ISO 7064 MOD 11-2)")
+    try:
+        region = validate_region_code(body[:6], field=field)
+    except InvalidIdentifier as exc:
+        raise InvalidIdentifier(field, f"region code: {exc.reason}") from None
+    try:
+        birth = date(int(body[6:10]), int(body[10:12]), int(body[12:14]))
+    except ValueError:
+        raise InvalidIdentifier(field, "birth date (characters 7-14) is not a date") from None
+    if birth < EARLIEST_BIRTH_DATE:
+        raise InvalidIdentifier(field, "birth date is before 1900")
+    if birth > (today or date.today()):
+        raise InvalidIdentifier(field, "birth date is in the future")
+    sex = "1" if int(body[16]) % 2 else "2"
+    return CitizenId(value=value, region_code=region, birth_date=birth, sex=sex)
+
+
+def _card_body_value(ch: str) -> int:
+    index = _ALNUM.find(ch)
+    if index < 0 or len(ch) != 1:
+        raise InvalidIdentifier("card_number", "characters must be 0-9 or A-Z")
+    return index
+
+
+def card_number_check_char(body8: str) -> str:
+    """Check character of a card number body (8 characters 0-9 A-Z)."""
+    if len(body8) != 8:
+        raise InvalidIdentifier("card_number", "body must be 8 characters")
+    total = sum(_card_body_value(c) * w for c, w in zip(body8, CARD_NUMBER_WEIGHTS, strict=True))
+    check = 11 - total % 11
+    return "X" if check == 10 else "0" if check == 11 else str(check)
+
+
+def make_card_number(body8: str) -> str:
+    """The 9-character card number: body + check character."""
+    return body8 + card_number_check_char(body8)
+
+
+def validate_card_number(value: str) -> str:
+    """Return the card number if its 9 characters and check character are valid."""
+    if len(value) != 9:
+        raise InvalidIdentifier("card_number", f"must be 9 characters, got {len(value)}")
+    if value[8] != card_number_check_char(value[:8]):
+        raise InvalidIdentifier("card_number", "check character does not match")
+    return value
+
+
+def make_card_identification_code(region_code: str, chip_serial: bytes) -> str:
+    """Region (6) + ``D156000005`` + the 8-byte chip serial as 16 uppercase hex characters."""
+    validate_region_code(region_code)
+    if len(chip_serial) != 8:
+        raise InvalidIdentifier("chip_serial", f"must be 8 bytes, got {len(chip_serial)}")
+    return region_code + CARD_ID_MARKER + chip_serial.hex().upper()
+
+
+def validate_card_identification_code(value: str) -> str:
+    """Return the (uppercased) 32-character card identification code if it is well formed."""
+    field = "card_identification_code"
+    if len(value) != 32:
+        raise InvalidIdentifier(field, f"must be 32 characters, got {len(value)}")
+    value = value.upper()
+    try:
+        validate_region_code(value[:6], field=field)
+    except InvalidIdentifier as exc:
+        raise InvalidIdentifier(field, f"region code: {exc.reason}") from None
+    if value[6:16] != CARD_ID_MARKER:
+        raise InvalidIdentifier(field, f"characters 7-16 must be {CARD_ID_MARKER}")
+    if not _HEX16.fullmatch(value[16:]):
+        raise InvalidIdentifier(field, "the last 16 characters must be hexadecimal")
+    return value
+
+
+def chip_serial_of(card_identification_code: str) -> bytes:
+    """The 8-byte chip-unique part of a card identification code (also the card factor)."""
+    return bytes.fromhex(validate_card_identification_code(card_identification_code)[16:])
