@@ -34,8 +34,10 @@ class CardCrypto(Protocol):
         ...
 
     def wrapped_card_key(self, slot: KeySlot, under: KeySlot) -> bytes:
-        """The card key ``slot`` encrypted (as sensitive data) under card key ``under``:
-        the payload of a key-loading command. Computed inside the HSM in production."""
+        """The card key ``slot`` encrypted under card key ``under``: the payload of a
+        key-loading command, ``keyscheme.wrap_card_key`` format (ECB of the 16-byte key value,
+        3DES with odd parity; no LD/padding). Computed inside the HSM in production; the card
+        decrypts it with ``keyscheme.unwrap_card_key``."""
         ...
 
     def internal_auth_response(self, factor: bytes, random: bytes) -> bytes:
@@ -72,7 +74,10 @@ class SoftwareCardCrypto:
         return keyscheme.encrypt_sensitive(self.card_key(slot), plaintext, self.algorithm)
 
     def wrapped_card_key(self, slot: KeySlot, under: KeySlot) -> bytes:
-        return self.encrypt(under, self.card_key(slot))
+        # Format: keyscheme.wrap_card_key (plain ECB of the key value, DES odd parity), the same
+        # bytes as a PKCS#11 C_WrapKey(CKM_DES3_ECB / CKM_AES_ECB) in the HSM adapter. The card
+        # decrypts it with keyscheme.unwrap_card_key (NOT decrypt_sensitive).
+        return keyscheme.wrap_card_key(self.card_key(under), self.card_key(slot), self.algorithm)
 
     def internal_auth_response(self, factor: bytes, random: bytes) -> bytes:
         return keyscheme.internal_auth_response(

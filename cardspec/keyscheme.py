@@ -253,3 +253,38 @@ def kcv(key: bytes, alg: Algorithm) -> bytes:
     if alg is Algorithm.DES3:
         return _ecb(key, alg, b"\x00" * 8)[:3]
     return _ecb(key, alg, b"\x01" * 16)[:3]
+
+
+# --- Key loading (WRITE KEY) ------------------------------------------------------------------
+# CHOICE (changed by the hsm package, see hsm/service.py): a card key travels to the card as the
+# plain ECB encryption of its 16-byte value under the key-loading key, *without* the
+# ``LD || key || 80..`` framing of :func:`encrypt_sensitive`. Reason: this is exactly what a
+# PKCS#11 HSM computes with C_WrapKey(CKM_DES3_ECB / CKM_AES_ECB) on a derived key object, so the
+# card key never leaves the HSM in clear; the LD framing puts key bytes across block boundaries,
+# which no standard PKCS#11 mechanism can produce from a key object. 3DES keys are sent with odd
+# DES parity (HSMs normalise parity of derived DES keys; DES ignores the parity bits, so the card
+# computes the same cryptograms). PINs and other data still use :func:`encrypt_sensitive`.
+
+
+def odd_parity(key: bytes) -> bytes:
+    """Set the DES parity bit (least significant bit) of each byte so the byte has odd parity."""
+    out = bytearray()
+    for b in key:
+        high = b & 0xFE
+        out.append(high | ((bin(high).count("1") + 1) & 1))
+    return bytes(out)
+
+
+def wrap_card_key(under: bytes, key: bytes, alg: Algorithm) -> bytes:
+    """Payload of WRITE KEY: ``ECB(under, key)`` (3DES: key with odd parity), 16 bytes."""
+    if len(key) != 16:
+        raise ValueError("card keys are 16 bytes")
+    value = odd_parity(key) if alg is Algorithm.DES3 else key
+    return _ecb(under, alg, value)
+
+
+def unwrap_card_key(under: bytes, wrapped: bytes, alg: Algorithm) -> bytes:
+    """Card side of :func:`wrap_card_key`; raises ValueError if the payload is not 16 bytes."""
+    if len(wrapped) != 16:
+        raise ValueError("a wrapped card key is 16 bytes")
+    return _ecb(under, alg, wrapped, decrypt=True)

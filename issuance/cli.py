@@ -29,6 +29,7 @@ def _root() -> None:
 SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("hsm.cli", "hsm", "Keys in the HSM: token setup, key ceremonies, listing."),
     ("cardspec.cli", "card", "Cards and readers: virtual readers, read a card, the card profile."),
+    ("cardspec.virtual.cli", "readers", "Virtual card readers: start, stop, status, insert cards."),
     ("issuance.cli_db", "db", "Database: migrations and checks."),
     ("issuance.cli_people", "app", "Applications: intake, review, approval."),
     ("issuance.cli_cards", "cards", "Card lifecycle: loss, un-report, temporary cards, ..."),

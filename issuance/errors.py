@@ -3,6 +3,7 @@
     IssuanceError
     ├── ConfigError            settings file or environment is invalid
     ├── ValidationError        a record has invalid fields (all reasons listed)
+    │   └── PhotoRejected          a photo cannot be used on a card
     ├── NotFound               a person, application, card ... does not exist
     ├── TransitionError        an undeclared lifecycle transition was asked for
     ├── ConflictError          another actor changed the same row first
@@ -51,6 +52,12 @@ class ValidationError(IssuanceError):
             return self.message
         reasons = "; ".join(f"{p.field}: {p.reason}" for p in self.problems)
         return f"{self.message}: {reasons}"
+
+
+class PhotoRejected(ValidationError):
+    """A photo cannot be used on a card (the reason says precisely why)."""
+
+    code = "photo_rejected"
 
 
 class NotFound(IssuanceError):

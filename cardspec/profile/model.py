@@ -1,28 +1,10 @@
-"""The card profile: a declarative description of the card's file system, keys and PINs.
-
-Everything here is *data* (frozen dataclasses): the emulator (:mod:`cardspec.emulator`)
-interprets a :class:`CardProfile` the way a chip's OS interprets its file-system image, and the
-issuer side (:mod:`cardspec.perso`, :mod:`cardspec.cardops`) walks the same profile to know what
-to write and read. An extra application (e.g. a housing-fund DF) is added with
-:meth:`CardProfile.with_application` without touching the emulator.
-
-Public facts come from DOMAIN.md ("The national card, as far as public sources show"): the DF
-name ``sx1.sh.社会保障``, the FCI algorithm marker ``9F0C { 86 01 xx }``, EF05/EF06 tags and
-lengths, the application AIDs ``D156000005 0x``, the access conditions of holder and medical
-files, the PBOC financial AID and tags (EMV 4.3 Book 3 Annex A). Where the facts run out the
-profile makes a choice, marked ``# CHOICE:`` with the reason; the official texts are LD/T
-32.3/32.4/32.6-2015.
-
-Formats (LD/T 32 and EMV conventions): ``an`` ASCII left-aligned padded with 00; ``cn`` digits
-BCD left-aligned padded with F; ``n`` digits BCD right-aligned padded with 0; ``b`` binary;
-``gbk`` GBK text left-aligned padded with 00; ``date`` n8 YYYYMMDD (4 bytes BCD);
-``date6`` n6 YYMMDD (3 bytes, EMV 5F24); ``hex`` a hexadecimal string stored as bytes.
-"""
+"""The profile model: element formats, files, access rules, keys, PINs and the profile itself,
+with the codecs from domain values to file contents. Pure data and pure functions."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from datetime import date
 from enum import StrEnum
 from typing import Any
@@ -115,12 +97,15 @@ class AccessRule:
             raise ProfileError(f"access rule {self.kind.value} with key={self.key} pin={self.pin}")
 
     def __str__(self) -> str:
-        parts = [self.kind.value]
-        if self.pin:
-            parts.append(f"PIN {self.pin}")
-        if self.key:
-            parts.append(f"key {self.key.value}")
-        return " ".join(parts)
+        pin, key = f"PIN {self.pin}", f"key {self.key.value if self.key else ''}"
+        return {
+            Access.FREE: "free",
+            Access.NEVER: "never",
+            Access.PIN: pin,
+            Access.KEY: key,
+            Access.PIN_OR_KEY: f"{pin} or {key}",
+            Access.PIN_AND_KEY: f"{pin} and {key}",
+        }[self.kind]
 
 
 FREE = AccessRule(Access.FREE)
@@ -296,24 +281,24 @@ class CardProfile:
                 return p, ef
         raise ProfileError(f"no EF {name!r} in profile {self.name}")
 
-    def keys(self) -> Iterator[tuple[str, KeySpec]]:
+    def key_specs(self) -> Iterator[tuple[str, KeySpec]]:
         for p, d in self.walk():
             for k in d.keys:
                 yield p, k
 
     def key(self, slot: KeySlot) -> tuple[str, KeySpec]:
-        for p, k in self.keys():
+        for p, k in self.key_specs():
             if k.slot is slot:
                 return p, k
         raise ProfileError(f"profile {self.name} declares no key {slot.value}")
 
-    def pins(self) -> Iterator[tuple[str, PinSpec]]:
+    def pin_specs(self) -> Iterator[tuple[str, PinSpec]]:
         for p, d in self.walk():
             for pin in d.pins:
                 yield p, pin
 
     def pin(self, name: str) -> tuple[str, PinSpec]:
-        for p, spec in self.pins():
+        for p, spec in self.pin_specs():
             if spec.name == name:
                 return p, spec
         raise ProfileError(f"profile {self.name} declares no PIN {name!r}")
@@ -335,14 +320,14 @@ class CardProfile:
     def validate(self) -> None:
         """Key ids, PIN refs, DF names, FIDs and SFIs must be unique where the card needs it."""
         key_ids: dict[int, KeySlot] = {}
-        for _, k in self.keys():
+        for _, k in self.key_specs():
             if k.key_id in key_ids:
                 raise ProfileError(f"key id {k.key_id:02X} used twice")
             key_ids[k.key_id] = k.slot
-        slots = [k.slot for _, k in self.keys()]
+        slots = [k.slot for _, k in self.key_specs()]
         if len(set(slots)) != len(slots):
             raise ProfileError("a key slot is declared twice")
-        pins = [p.name for _, p in self.pins()]
+        pins = [p.name for _, p in self.pin_specs()]
         if len(set(pins)) != len(pins):
             raise ProfileError("a PIN name is declared twice")
         names = [d.df_name for _, d in self.walk() if d.df_name]
@@ -518,340 +503,3 @@ def encode_pin(spec: PinSpec, pin: str) -> bytes:
     if spec.fmt is PinFormat.CN:
         return bytes.fromhex(pin + "F" * (len(pin) % 2))
     return bytes.fromhex(f"2{len(pin):X}{pin}".ljust(16, "F"))
-
-
-# --- the social security card profile -----------------------------------------------------------
-
-EF05_ELEMENTS = (
-    Element(0x01, "card_identification_code", 16, Fmt.HEX, "region + D156000005 + chip serial"),
-    # CHOICE: card category as one 'an' character ("1" social security card, "2" temporary
-    # card); the public sources name the element but not its length or code list.
-    Element(0x02, "card_category", 1, Fmt.AN, "card category"),
-    Element(0x03, "spec_version", 4, Fmt.AN, 'specification version, e.g. "2.00", "3.00"'),
-    Element(0x04, "init_org_code", 12, Fmt.AN, "initialising organisation code"),
-    Element(0x05, "issue_date", 4, Fmt.DATE, "issue date YYYYMMDD"),
-    Element(0x06, "expiry_date", 4, Fmt.DATE, "expiry date YYYYMMDD"),
-    Element(0x07, "card_number", 9, Fmt.AN, "card number (8 + check character)"),
-)
-EF06_ELEMENTS = (
-    Element(0x08, "ssn", 18, Fmt.AN, "social security number = citizen ID number"),
-    Element(0x09, "name", 30, Fmt.GBK, "name (GBK, padded with 00)"),
-    Element(0x0A, "sex", 1, Fmt.AN, '"1" male, "2" female, "9" unstated (GB/T 2261.1)'),
-    # CHOICE: the GB 3304 ethnicity code (2 digits) stored as one BCD byte.
-    Element(0x0B, "ethnicity", 1, Fmt.N, "ethnicity, GB 3304 code"),
-    Element(0x0C, "birthplace", 3, Fmt.N, "birthplace region code (BCD)"),
-    Element(0x0D, "birth_date", 4, Fmt.DATE, "birth date YYYYMMDD"),
-    Element(0x4E, "name_extension", 20, Fmt.GBK, "name extension for long names", optional=True),
-)
-# CHOICE: medical / pension records. Provincial variants differ and LD/T 32.6 is not public; the
-# profile keeps a small, typical set as SIMPLE-TLV records with tags in a private range.
-MEDICAL_ELEMENTS = (
-    Element(0x20, "insurance_type", 3, Fmt.AN, 'insurance type ("310" employees, "390" residents)'),
-    Element(0x21, "insured_region", 3, Fmt.N, "region code where the holder is insured"),
-    Element(0x22, "status", 1, Fmt.AN, 'medical insurance status ("1" normal, "2" suspended)'),
-    Element(0x23, "personnel_category", 2, Fmt.AN, 'category ("11" working, "21" retired)'),
-    Element(0x24, "start_date", 4, Fmt.DATE, "insured since"),
-)
-MEDICAL_LOG_ELEMENTS = (
-    Element(0x01, "time", 7, Fmt.N, "YYYYMMDDhhmmss"),
-    Element(0x02, "amount", 4, Fmt.N, "amount in fen"),
-    Element(0x03, "institution", 12, Fmt.AN, "medical institution code"),
-    Element(0x04, "kind", 2, Fmt.AN, 'kind ("11" outpatient, "21" inpatient, "41" pharmacy)'),
-)
-PENSION_ELEMENTS = (
-    Element(0x30, "status", 1, Fmt.AN, 'pension insurance status ("1" contributing ...)'),
-    Element(0x31, "insured_region", 3, Fmt.N, "region code of the insurance relation"),
-    Element(0x32, "start_date", 4, Fmt.DATE, "insured since"),
-    Element(0x33, "insurance_types", 5, Fmt.AN, "flags: pension unemployment injury maternity -"),
-)
-FINANCIAL_ELEMENTS = (
-    Element(0x5A, "pan", 10, Fmt.CN, "application PAN", variable=True),
-    Element(0x5F24, "expiry", 3, Fmt.DATE6, "application expiration date YYMMDD"),
-    Element(0x5F20, "cardholder_name", 26, Fmt.AN, "cardholder name", variable=True,
-            optional=True),
-    Element(0x5F34, "psn", 1, Fmt.N, "PAN sequence number"),
-)
-
-
-def _fci_algorithm(alg: Algorithm) -> bytes:
-    return tlv.encode(0x9F0C, tlv.encode(0x86, bytes([ALGORITHM_CODES[alg]])))
-
-
-def social_security_profile(
-    *, generation: int = 2, algorithm: Algorithm | None = None, pin_tries: int = 3,
-    financial: bool = True,
-) -> CardProfile:  # fmt: skip
-    """The profile of a second- (default) or third-generation card.
-
-    ``pin_tries`` comes from ``Settings.lifecycle.pin_tries`` (default 3). Third generation:
-    spec version "3.00", EF06 read needs EXTERNAL AUTHENTICATE with the read key (EAK), SM4
-    announced (AES in software, see keyscheme).
-    """
-    if generation not in (2, 3):
-        raise ProfileError("generation must be 2 or 3")
-    alg = algorithm or (Algorithm.DES3 if generation == 2 else Algorithm.AES)
-    holder_read = FREE if generation == 2 else by_key(KeySlot.EAK)
-    ss_pin = PinSpec(
-        "ss", 0x00, pin_tries, PinFormat.CN, min_digits=6, max_digits=6,
-        initial_must_change=True, unblock_key=KeySlot.PUK, label="social security PIN",
-    )  # fmt: skip
-    # CHOICE: FIDs of DFs and EFs (EF05 -> EF05 ...), SFIs 15/16/18 of the insurance files and
-    # the key ids below: not public; chosen to be unique card-wide so one id names one key.
-    medical = DedicatedFile(
-        name="MED", fid=0xDF03, df_name=AID_MEDICAL, label="medical insurance (social insurance 2)",
-        files=(
-            simple_tlv_file("EF15", 0xEF15, 0x15, MEDICAL_ELEMENTS, by_pin("ss"),
-                            by_key(KeySlot.UK_MEDICAL), "basic medical data"),
-            ElementaryFile(
-                "EF18", 0xEF18, 0x18, FileStructure.CYCLIC, RecordLayout.FIXED,
-                MEDICAL_LOG_ELEMENTS, by_pin("ss"), by_key(KeySlot.UK_MEDICAL),
-                record_count=10, record_size=sum(e.length for e in MEDICAL_LOG_ELEMENTS),
-                label="card-kept transaction log (cyclic, newest = record 1)",
-            ),
-        ),
-        keys=(KeySpec(KeySlot.UK_MEDICAL, 0x05, "update medical files"),),
-        fci_proprietary=_fci_algorithm(alg),
-    )  # fmt: skip
-    pension = DedicatedFile(
-        name="PEN", fid=0xDF02, df_name=AID_PENSION, label="pension / social insurance 1",
-        files=(simple_tlv_file("EF16", 0xEF16, 0x16, PENSION_ELEMENTS, by_pin("ss"),
-                               by_key(KeySlot.UK_PENSION), "pension insurance data"),),
-        keys=(KeySpec(KeySlot.UK_PENSION, 0x06, "update pension files"),),
-        fci_proprietary=_fci_algorithm(alg),
-    )  # fmt: skip
-    ssse = DedicatedFile(
-        name="SSSE", fid=0xDDF1, df_name=SOCIAL_SECURITY_DF_NAME,
-        label="social security application",
-        files=(
-            simple_tlv_file("EF05", 0xEF05, 0x05, EF05_ELEMENTS, FREE, by_key(KeySlot.UK_IDENT),
-                            "card identification"),
-            simple_tlv_file("EF06", 0xEF06, 0x06, EF06_ELEMENTS, holder_read,
-                            by_key(KeySlot.UK_IDENT), "holder"),
-        ),
-        children=(pension, medical),
-        keys=(
-            KeySpec(KeySlot.DMK, 0x01, "application master / maintenance key"),
-            KeySpec(KeySlot.EAK, 0x02, "external authentication / read key"),
-            KeySpec(KeySlot.IRK, 0x03, "internal authentication"),
-            KeySpec(KeySlot.UK_IDENT, 0x04, "update card identification and holder files"),
-            KeySpec(KeySlot.PUK, 0x07, "PIN unblock / reload"),
-        ),
-        pins=(ss_pin,),
-        fci_proprietary=_fci_algorithm(alg),
-    )  # fmt: skip
-    children: tuple[DedicatedFile, ...] = (ssse,)
-    if financial:
-        fin = DedicatedFile(
-            name="FIN", fid=0xADF1, df_name=AID_PBOC_DEBIT, label="PBOC debit application",
-            files=(
-                # CHOICE: PAN data in SFI 1 record 1, read free (EMV READ RECORD); written only
-                # during personalisation (the bank's own update scripts are out of scope).
-                ElementaryFile("SFI01", 0xEF01, 0x01, FileStructure.LINEAR_VARIABLE,
-                               RecordLayout.EMV_TEMPLATE, FINANCIAL_ELEMENTS, FREE, NEVER,
-                               record_count=1, record_size=64, label="application data"),
-            ),
-            keys=(
-                KeySpec(KeySlot.FIN_AC, 0x11, "EMV MK-AC"),
-                KeySpec(KeySlot.FIN_SMI, 0x12, "EMV MK-SMI (issuer script integrity)"),
-                KeySpec(KeySlot.FIN_SMC, 0x13, "EMV MK-SMC (issuer script confidentiality)"),
-            ),
-            pins=(PinSpec("bank", 0x80, pin_tries, PinFormat.ISO9564_2, min_digits=6,
-                          max_digits=6, unblock_key=KeySlot.FIN_SMI, label="bank PIN"),),
-            fci_proprietary=tlv.encode(0x50, b"PBOC DEBIT") + tlv.encode(0x87, b"\x01"),
-        )  # fmt: skip
-        children = (*children, fin)
-    mf = DedicatedFile(
-        name="MF", fid=0x3F00, label="master file", children=children,
-        # CHOICE: the blank chip's transport key KMC sits at MF level with id 7F.
-        keys=(KeySpec(KeySlot.KMC, 0x7F, "personalisation transport key"),),
-    )  # fmt: skip
-    name = f"ssc{generation}-{alg.value}" + ("" if financial else "-nofin")
-    if pin_tries != 3:
-        name += f"-t{pin_tries}"
-    prof = CardProfile(
-        name=name,
-        description=f"social security card, generation {generation}, {alg.value}",
-        algorithm=alg,
-        spec_version=f"{generation}.00",
-        mf=mf,
-        # ISO/IEC 7816-4 8.1.1: category 80, compact-TLV "pre-issuing data" (tag 6) naming the
-        # card. CHOICE: the name text.
-        historical_bytes=b"\x80\x6a" + f"YKT SSC{generation}.0".encode()[:10].ljust(10, b" "),
-    )
-    prof.validate()
-    return prof
-
-
-_REGISTRY: dict[str, CardProfile] = {}
-
-
-def register_profile(profile: CardProfile) -> CardProfile:
-    """Make ``profile`` known by name (card images store the profile name)."""
-    _REGISTRY[profile.name] = profile
-    return profile
-
-
-def get_profile(name: str) -> CardProfile:
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    for gen in (2, 3):
-        for alg in (Algorithm.DES3, Algorithm.AES):
-            for fin in (True, False):
-                p = social_security_profile(generation=gen, algorithm=alg, financial=fin)
-                _REGISTRY.setdefault(p.name, p)
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    raise ProfileError(f"unknown card profile {name!r}; register it with register_profile()")
-
-
-DEFAULT_PROFILE = register_profile(social_security_profile())
-
-
-# --- domain values and their encoders ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CardIdentification:
-    """EF05 contents."""
-
-    card_identification_code: str
-    card_category: str
-    spec_version: str
-    init_org_code: str
-    issue_date: date
-    expiry_date: date
-    card_number: str
-
-
-@dataclass(frozen=True)
-class Holder:
-    """EF06 contents. ``name`` longer than 30 GBK bytes continues in ``name_extension``."""
-
-    ssn: str
-    name: str
-    sex: str
-    ethnicity: str
-    birthplace: str
-    birth_date: date
-    name_extension: str = ""
-
-    def __repr__(self) -> str:  # personal data: keep it out of logs
-        return f"Holder(ssn={self.ssn[:4]}**********{self.ssn[-4:]}, ...)"
-
-    @property
-    def full_name(self) -> str:
-        return self.name + self.name_extension
-
-
-@dataclass(frozen=True)
-class MedicalData:
-    insurance_type: str
-    insured_region: str
-    status: str
-    personnel_category: str
-    start_date: date
-
-
-@dataclass(frozen=True)
-class PensionData:
-    status: str
-    insured_region: str
-    start_date: date
-    insurance_types: str
-
-
-@dataclass(frozen=True)
-class FinancialData:
-    pan: str
-    expiry: date
-    psn: str = "00"
-    cardholder_name: str = ""
-
-
-@dataclass(frozen=True)
-class MedicalLogEntry:
-    time: str
-    """YYYYMMDDhhmmss"""
-    amount: int
-    """in fen"""
-    institution: str
-    kind: str
-
-
-def _asdict(obj: Any) -> dict[str, Any]:
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}
-
-
-def split_name(full_name: str, length: int = 30) -> tuple[str, str]:
-    """Split a name at a character boundary into the 09 part (``length`` GBK bytes) and the
-    4E extension (CHOICE: the overflow goes to 4E)."""
-    head = ""
-    for ch in full_name:
-        if len((head + ch).encode("gbk", errors="replace")) > length:
-            break
-        head += ch
-    return head, full_name[len(head) :]
-
-
-def encode_card_identification(
-    value: CardIdentification, profile: CardProfile = DEFAULT_PROFILE
-) -> list[bytes]:
-    return encode_records(profile.ef("EF05")[1], _asdict(value))
-
-
-def decode_card_identification(
-    records: list[bytes], profile: CardProfile = DEFAULT_PROFILE
-) -> CardIdentification:
-    return CardIdentification(**decode_records(profile.ef("EF05")[1], records))
-
-
-def encode_holder(value: Holder, profile: CardProfile = DEFAULT_PROFILE) -> list[bytes]:
-    values = _asdict(value)
-    if not value.name_extension:
-        values["name"], values["name_extension"] = split_name(value.name)
-    return encode_records(profile.ef("EF06")[1], values)
-
-
-def decode_holder(records: list[bytes], profile: CardProfile = DEFAULT_PROFILE) -> Holder:
-    values = decode_records(profile.ef("EF06")[1], records)
-    values.setdefault("name_extension", "")
-    return Holder(**values)
-
-
-def encode_medical(value: MedicalData, profile: CardProfile = DEFAULT_PROFILE) -> list[bytes]:
-    return encode_records(profile.ef("EF15")[1], _asdict(value))
-
-
-def decode_medical(records: list[bytes], profile: CardProfile = DEFAULT_PROFILE) -> MedicalData:
-    return MedicalData(**decode_records(profile.ef("EF15")[1], records))
-
-
-def encode_pension(value: PensionData, profile: CardProfile = DEFAULT_PROFILE) -> list[bytes]:
-    return encode_records(profile.ef("EF16")[1], _asdict(value))
-
-
-def decode_pension(records: list[bytes], profile: CardProfile = DEFAULT_PROFILE) -> PensionData:
-    return PensionData(**decode_records(profile.ef("EF16")[1], records))
-
-
-def encode_financial(value: FinancialData, profile: CardProfile = DEFAULT_PROFILE) -> list[bytes]:
-    return encode_records(profile.ef("SFI01")[1], _asdict(value))
-
-
-def decode_financial(
-    records: list[bytes], profile: CardProfile = DEFAULT_PROFILE
-) -> FinancialData:
-    values = decode_records(profile.ef("SFI01")[1], records)
-    values.setdefault("cardholder_name", "")
-    return FinancialData(**values)
-
-
-def encode_log_entry(value: MedicalLogEntry, profile: CardProfile = DEFAULT_PROFILE) -> bytes:
-    return encode_records(profile.ef("EF18")[1], _asdict(value))[0]
-
-
-def decode_log_entry(record: bytes, profile: CardProfile = DEFAULT_PROFILE) -> MedicalLogEntry:
-    values = decode_fixed_record(profile.ef("EF18")[1], record)
-    values["amount"] = int(values["amount"])
-    return MedicalLogEntry(**values)
-

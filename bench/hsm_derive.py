@@ -1,0 +1,109 @@
+"""Per-card key derivation in SoftHSM2 against the raw HSM derive rate of the same run.
+
+(a) raw: ``C_DeriveKey(CKM_DES3_ECB_ENCRYPT_DATA)`` + ``C_DestroyObject`` per second, on the
+    python-pkcs11 session directly (no adapter);
+(b) per card, through ``Pkcs11KeyService.card_crypto``: derive every key a card needs (8 social
+    security slots + 3 financial = 11) and destroy them, in 1 process and in 2 processes;
+ratio = cards/s x keys per card / raw derives/s (target >= 0.7: the adapter's overhead — lock,
+fork check, master-handle cache, templates — must stay small).
+
+Every measurement runs in a forked child, so the module is loaded after the fork, as in the
+product. Run alone: ``python -m bench.hsm_derive``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from cardspec import keyscheme
+from cardspec.keyscheme import Algorithm, KeySlot
+from hsm import ceremony, softhsm
+from hsm import pkcs11 as p11
+from hsm.config import HsmConfig
+from hsm.service import CardKeyRef, Pkcs11KeyService
+from issuance.settings import load_settings
+
+DURATION = 2.0
+SLOTS = list(KeySlot)  # 8 social security + 3 financial
+PAN, PSN = "6217000012345678901", "01"
+
+
+def _config(root: Path) -> HsmConfig:
+    return HsmConfig.from_settings(load_settings(environ={"YKT_DATA_DIR": str(root)}))
+
+
+def _raw(config: HsmConfig, seconds: float) -> float:
+    token = p11.open_token(config)
+    with token.use() as session:
+        master = p11.find_one(session, ceremony.master_label(KeySlot.IRK, Algorithm.DES3, 1))
+        n, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            data = keyscheme.diversification_data(n.to_bytes(8, "big"), Algorithm.DES3)
+            p11.derive(master, Algorithm.DES3, data).destroy()
+            n += 1
+    return n / elapsed
+
+
+def _cards(config: HsmConfig, seconds: float, offset: int) -> int:
+    service = Pkcs11KeyService(p11.open_token(config))
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        serial = (offset + n).to_bytes(8, "big").hex().upper()
+        ref = CardKeyRef("330182D156000005" + serial, pan=PAN, psn=PSN)
+        with service.card_crypto(ref) as crypto:
+            crypto.derive_all(SLOTS)
+        n += 1
+    return n
+
+
+def _run(target: Any, *args: Any) -> Any:
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        return pool.apply(target, args)
+
+
+def _parallel(config: HsmConfig, procs: int, seconds: float) -> float:
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(procs) as pool:
+        start = time.perf_counter()
+        counts = pool.starmap(_cards, [(config, seconds, i * 10**9) for i in range(procs)])
+        elapsed = time.perf_counter() - start
+    return sum(counts) / max(elapsed, seconds)
+
+
+def main() -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="ykt-bench-hsm-") as tmp:
+        config = _config(Path(tmp))
+        softhsm.ensure_token(config)
+        _run(ceremony.init_keys, p11.open_token(config), Algorithm.DES3)
+        raw = _run(_raw, config, DURATION)
+        one = _run(_cards, config, DURATION, 0) / DURATION
+        two = _parallel(config, 2, DURATION)
+    keys = len(SLOTS)
+    figures = {
+        "raw_derive_destroy_per_s": round(raw),
+        "cards_per_s_1proc": round(one, 1),
+        "cards_per_s_2proc": round(two, 1),
+        "keys_per_card": keys,
+        "limit": round(raw),
+        "ratio": round(one * keys / raw, 3),
+        "ratio_2proc_vs_1proc_raw": round(two * keys / raw, 3),
+    }
+    print(f"raw HSM derive+destroy        : {raw:9.0f} /s  (1 process, DES3)")
+    print(f"per-card derivation, 1 process: {one:9.1f} cards/s x {keys} keys "
+          f"= {one * keys:.0f} keys/s")
+    print(f"per-card derivation, 2 procs  : {two:9.1f} cards/s x {keys} keys "
+          f"= {two * keys:.0f} keys/s")
+    print(f"ratio (1 proc) cards/s x keys / raw derives/s: {one * keys / raw:.3f} (target >= 0.7)")
+    print(f"ratio (2 procs) vs 1-process raw             : {two * keys / raw:.3f}")
+    return figures
+
+
+if __name__ == "__main__":
+    os.environ.pop("SOFTHSM2_CONF", None)
+    main()

@@ -1,0 +1,420 @@
+"""Terminal-side operations on a personalised card, over any :class:`cardspec.reader.Reader`.
+
+What counters, hospitals, quality control and the verification service do with a card: read
+its public data (EF05/EF06), have it prove itself (INTERNAL AUTHENTICATE, checked with the card
+crypto port), verify / change / unblock PINs, read its life cycle. Every unexpected status word
+raises the matching :class:`cardspec.errors.CardError` subclass carrying SW1SW2; malformed
+response data raises :class:`cardspec.errors.ResponseError`.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cardspec import apdu, sm, tlv
+from cardspec.apdu import CommandApdu
+from cardspec.crypto import CardCrypto
+from cardspec.emulator.image import LifeCycle
+from cardspec.errors import (
+    CardSpecError,
+    EncodingError,
+    ProfileError,
+    ResponseError,
+    SecurityError,
+    TlvError,
+)
+from cardspec.keyscheme import KeySlot
+from cardspec.profile import (
+    ALGORITHM_CODES,
+    DEFAULT_PROFILE,
+    Access,
+    CardIdentification,
+    CardProfile,
+    Holder,
+    PinFormat,
+    decode_records,
+    encode_records,
+)
+from cardspec.reader import Reader
+from cardspec.sw import SW, raise_for_sw
+
+SW_OK = SW.OK
+
+
+class ApduCounter:
+    """Wraps a reader's transmit: counts the APDUs exchanged (GET RESPONSE included)."""
+
+    def __init__(self, reader: Reader) -> None:
+        self.reader = reader
+        self.count = 0
+
+    def __call__(self, raw: bytes) -> bytes:
+        self.count += 1
+        return self.reader.transmit(raw)
+
+
+def send(
+    transmit: apdu.Transmit | Reader, command: CommandApdu, what: str, *, pin: bool = False
+) -> bytes:
+    """Exchange ``command``; return its data or raise for a status other than 9000."""
+    fn = transmit.transmit if isinstance(transmit, Reader) else transmit
+    resp = apdu.exchange(fn, command)
+    raise_for_sw(resp.sw, what, pin=pin)
+    return resp.data
+
+
+def select_df(
+    transmit: apdu.Transmit | Reader, profile: CardProfile, df_name: str, *, fci: bool = False
+) -> bytes:
+    """SELECT a DF of the profile by its DF name / AID (by path when it has none)."""
+    path = profile.df_path(df_name)
+    df = profile.df(path)
+    if df.df_name:
+        cmd = CommandApdu(0x00, 0xA4, 0x04, 0x00 if fci else 0x0C, df.df_name,
+                          le=256 if fci else None)  # fmt: skip
+    elif path == profile.mf.name:
+        cmd = CommandApdu(0x00, 0xA4, 0x00, 0x0C, b"\x3f\x00")
+    else:
+        fids = b"".join(
+            profile.df("/".join(path.split("/")[: i + 1])).fid.to_bytes(2, "big")
+            for i in range(1, len(path.split("/")))
+        )
+        cmd = CommandApdu(0x00, 0xA4, 0x08, 0x0C, fids)
+    return send(transmit, cmd, f"SELECT {df.name}")
+
+
+def check_fci_algorithm(fci: bytes, profile: CardProfile) -> None:
+    """The FCI's ``9F0C { 86 01 xx }`` must announce the profile's algorithm."""
+    try:
+        marker = tlv.find(fci, 0x9F0C)
+        code = tlv.find(marker, 0x86) if marker is not None else None
+    except TlvError as exc:
+        raise ResponseError(f"malformed FCI: {exc}", SW_OK, command="SELECT") from exc
+    if code is None or len(code) != 1:
+        raise ResponseError("FCI lacks the algorithm marker 9F0C/86", SW_OK, command="SELECT")
+    if code[0] != ALGORITHM_CODES[profile.algorithm]:
+        raise ProfileError(
+            f"card announces algorithm {code[0]:02X}, profile {profile.name} expects "
+            f"{ALGORITHM_CODES[profile.algorithm]:02X}"
+        )
+
+
+def read_record(transmit: apdu.Transmit | Reader, sfi: int, number: int, what: str) -> bytes:
+    return send(transmit, CommandApdu(0x00, 0xB2, number, (sfi << 3) | 0x04, le=256), what)
+
+
+def external_authenticate(
+    transmit: apdu.Transmit | Reader, crypto: CardCrypto, slot: KeySlot, profile: CardProfile
+) -> sm.TerminalChannel:
+    """GET CHALLENGE + EXTERNAL AUTHENTICATE with card key ``slot``; returns the MAC channel."""
+    _, spec = profile.key(slot)
+    challenge = send(transmit, CommandApdu(0x00, 0x84, 0, 0, le=8), "GET CHALLENGE")
+    if len(challenge) != 8:
+        raise ResponseError(f"challenge of {len(challenge)} bytes", SW_OK, command="GET CHALLENGE")
+    cryptogram = crypto.external_auth(slot, challenge)
+    send(transmit, CommandApdu(0x00, 0x82, 0x00, spec.key_id, cryptogram), "EXTERNAL AUTHENTICATE")
+    return sm.TerminalChannel(crypto, slot, challenge)
+
+
+def read_file(
+    transmit: apdu.Transmit | Reader, profile: CardProfile, ef_name: str
+) -> dict[str, Any]:
+    """Read every record of an EF in the *current* DF and decode it (no SELECT)."""
+    _, ef = profile.ef(ef_name)
+    if ef.sfi is None:
+        raise ProfileError(f"{ef.name} has no SFI")
+    count = ef.record_count if ef.layout.value == "simple_tlv" else 1
+    records = [read_record(transmit, ef.sfi, n, f"READ RECORD {ef.name}/{n}")
+               for n in range(1, count + 1)]  # fmt: skip
+    try:
+        return decode_records(ef, records)
+    except (TlvError, EncodingError) as exc:
+        raise ResponseError(f"{ef.name}: {exc}", SW_OK, command="READ RECORD") from exc
+
+
+@dataclass(frozen=True)
+class CardPublicData:
+    """What a terminal reads from EF05 and EF06 (``holder`` None when EF06 needs a key the
+    terminal did not present)."""
+
+    atr: bytes
+    card_identification: CardIdentification
+    holder: Holder | None
+
+    @property
+    def card_number(self) -> str:
+        return self.card_identification.card_number
+
+    @property
+    def card_identification_code(self) -> str:
+        return self.card_identification.card_identification_code
+
+
+def read_card_public(
+    reader: Reader,
+    profile: CardProfile = DEFAULT_PROFILE,
+    *,
+    crypto: CardCrypto | None = None,
+    connect: bool = True,
+) -> CardPublicData:
+    """Select the social security application and read EF05 and EF06.
+
+    On third-generation profiles EF06 needs EXTERNAL AUTHENTICATE with the read key: give
+    ``crypto`` (HSM or PSAM side) to present it; without it ``holder`` is None.
+    """
+    atr = reader.connect() if connect else b""
+    fci = select_df(reader, profile, "SSSE", fci=True)
+    check_fci_algorithm(fci, profile)
+    ident = read_file(reader, profile, "EF05")
+    holder_rule = profile.ef("EF06")[1].read
+    holder: Holder | None = None
+    if holder_rule.kind is Access.FREE or crypto is not None:
+        if holder_rule.kind is Access.KEY and holder_rule.key is not None and crypto is not None:
+            external_authenticate(reader, crypto, holder_rule.key, profile)
+        values = read_file(reader, profile, "EF06")
+        values.setdefault("name_extension", "")
+        holder = Holder(**values)
+    try:
+        card_ident = CardIdentification(**ident)
+    except TypeError as exc:
+        raise ResponseError(f"EF05 incomplete: {exc}", SW_OK, command="READ RECORD") from exc
+    return CardPublicData(atr=atr, card_identification=card_ident, holder=holder)
+
+
+def internal_authenticate(
+    reader: Reader | apdu.Transmit, factor: bytes, random: bytes, *, p2: int = 0x00
+) -> bytes:
+    """INTERNAL AUTHENTICATE ``00 88 00 00 10`` (factor || random); the card's answer.
+    The social security application must be selected."""
+    if len(factor) != 8 or len(random) != 8:
+        raise ValueError("factor and random are 8 bytes each")
+    resp = send(reader, CommandApdu(0x00, 0x88, 0x00, p2, factor + random, le=256),
+                "INTERNAL AUTHENTICATE")  # fmt: skip
+    if len(resp) not in (8, 16):
+        raise ResponseError(f"answer of {len(resp)} bytes", SW_OK, command="INTERNAL AUTHENTICATE")
+    return resp
+
+
+def check_internal_authenticate(
+    crypto: CardCrypto, factor: bytes, random: bytes, response: bytes
+) -> None:
+    """Raise :class:`SecurityError` unless ``response`` is what the genuine card answers."""
+    expected = crypto.internal_auth_response(factor, random)
+    if not hmac.compare_digest(expected, response):
+        raise SecurityError("card failed internal authentication (not genuine)", 0x6300,
+                            command="INTERNAL AUTHENTICATE")  # fmt: skip
+
+
+def _pin(profile: CardProfile, name: str) -> tuple[str, Any]:
+    return profile.pin(name)
+
+
+def verify_pin(
+    reader: Reader,
+    pin: str,
+    *,
+    pin_name: str = "ss",
+    profile: CardProfile = DEFAULT_PROFILE,
+    select: bool = True,
+) -> None:
+    """VERIFY; raises :class:`cardspec.errors.PinError` with ``tries_left`` when refused."""
+    path, spec = _pin(profile, pin_name)
+    if select:
+        select_df(reader, profile, path)
+    block = spec.encode(pin)
+    send(reader, CommandApdu(0x00, 0x20, 0x00, spec.ref, block), "VERIFY", pin=True)
+
+
+def change_pin(
+    reader: Reader,
+    old: str,
+    new: str,
+    *,
+    pin_name: str = "ss",
+    profile: CardProfile = DEFAULT_PROFILE,
+    select: bool = True,
+) -> None:
+    """Change a PIN: the social security PIN with PBOC ``80 5E 01 00`` (old FF new), others
+    with ISO CHANGE REFERENCE DATA ``00 24 00 ref``. The card refuses the initial PIN as new
+    PIN (6A80)."""
+    path, spec = _pin(profile, pin_name)
+    if select:
+        select_df(reader, profile, path)
+    old_b, new_b = spec.encode(old), spec.encode(new)
+    if spec.fmt is PinFormat.CN:
+        data = old_b + b"\xff" + new_b
+        cmd = (
+            CommandApdu(0x80, 0x5E, 0x01, 0x00, data)
+            if spec.ref == 0x00
+            else CommandApdu(0x00, 0x24, 0x00, spec.ref, data)
+        )
+    else:
+        cmd = CommandApdu(0x00, 0x24, 0x00, spec.ref, old_b + new_b)
+    send(reader, cmd, "CHANGE PIN", pin=True)
+
+
+def unblock_pin(
+    reader: Reader,
+    crypto: CardCrypto,
+    *,
+    new_pin: str | None = None,
+    pin_name: str = "ss",
+    profile: CardProfile = DEFAULT_PROFILE,
+    select: bool = True,
+) -> None:
+    """PIN unblock (``84 24 00 ref`` + MAC under the PIN's unblock key); with ``new_pin`` a
+    reload: the new PIN travels encrypted under the same key (it must then be changed by the
+    holder, like an initial PIN)."""
+    path, spec = _pin(profile, pin_name)
+    if spec.unblock_key is None:
+        raise ProfileError(f"PIN {pin_name} has no unblock key")
+    if select:
+        select_df(reader, profile, path)
+    challenge = send(reader, CommandApdu(0x00, 0x84, 0, 0, le=8), "GET CHALLENGE")
+    body = crypto.encrypt(spec.unblock_key, spec.encode(new_pin)) if new_pin else b""
+    cmd = sm.wrap_once(
+        crypto, spec.unblock_key, CommandApdu(0x84, 0x24, 0x00, spec.ref, body), challenge
+    )
+    send(reader, cmd, "PIN UNBLOCK", pin=True)
+
+
+@dataclass(frozen=True)
+class PinStatus:
+    tries_left: int
+    must_change: bool
+
+
+def pin_status(reader: Reader, profile: CardProfile = DEFAULT_PROFILE) -> dict[str, PinStatus]:
+    """GET DATA DF11: tries left and "initial PIN not yet changed" for each PIN set."""
+    raw = send(reader, CommandApdu(0x80, 0xCA, 0xDF, 0x11, le=256), "GET DATA DF11")
+    try:
+        value = tlv.decode_one(raw).value
+    except TlvError as exc:
+        raise ResponseError(f"GET DATA DF11: {exc}", SW_OK, command="GET DATA") from exc
+    if len(value) % 3:
+        raise ResponseError("GET DATA DF11: length not a multiple of 3", SW_OK)
+    by_ref = {spec.ref: spec.name for _, spec in profile.pin_specs()}
+    out: dict[str, PinStatus] = {}
+    for i in range(0, len(value), 3):
+        name = by_ref.get(value[i], f"ref{value[i]:02X}")
+        out[name] = PinStatus(tries_left=value[i + 1], must_change=bool(value[i + 2]))
+    return out
+
+
+def life_cycle(reader: Reader | apdu.Transmit) -> LifeCycle:
+    """GET DATA DF10: the card's life cycle (personalisation or secured)."""
+    raw = send(reader, CommandApdu(0x80, 0xCA, 0xDF, 0x10, le=256), "GET DATA DF10")
+    try:
+        code = tlv.decode_one(raw).value
+    except TlvError as exc:
+        raise ResponseError(f"GET DATA DF10: {exc}", SW_OK, command="GET DATA") from exc
+    for state in LifeCycle:
+        if code == bytes([state.gp_code]):
+            return state
+    raise ResponseError(f"unknown life cycle {code.hex()}", SW_OK, command="GET DATA")
+
+
+def is_locked(reader: Reader | apdu.Transmit) -> bool:
+    """True once personalisation has been closed (issuer-only commands refused)."""
+    return life_cycle(reader) is LifeCycle.SECURED
+
+
+def chip_serial(reader: Reader | apdu.Transmit) -> bytes:
+    """GET DATA DF12: the 8-byte chip serial (readable on blank cards too)."""
+    raw = send(reader, CommandApdu(0x80, 0xCA, 0xDF, 0x12, le=256), "GET DATA DF12")
+    try:
+        value = tlv.decode_one(raw).value
+    except TlvError as exc:
+        raise ResponseError(f"GET DATA DF12: {exc}", SW_OK, command="GET DATA") from exc
+    if len(value) != 8:
+        raise ResponseError("chip serial is not 8 bytes", SW_OK, command="GET DATA")
+    return value
+
+
+def update_file(
+    reader: Reader,
+    crypto: CardCrypto,
+    ef_name: str,
+    values: Mapping[str, Any],
+    *,
+    profile: CardProfile = DEFAULT_PROFILE,
+) -> int:
+    """Post-issuance update of an EF (e.g. medical data with UK_MEDICAL): select its DF,
+    authenticate with the file's write key and write every record MAC'd. Returns APDU count."""
+    path, ef = profile.ef(ef_name)
+    if ef.write.kind is not Access.KEY or ef.write.key is None or ef.sfi is None:
+        raise ProfileError(f"{ef.name} is not writable with a key after issuance")
+    counter = ApduCounter(reader)
+    select_df(counter, profile, path)
+    channel = external_authenticate(counter, crypto, ef.write.key, profile)
+    for n, record in enumerate(encode_records(ef, values), start=1):
+        cmd = channel.wrap(CommandApdu(0x00, 0xDC, n, (ef.sfi << 3) | 0x04, record))
+        send(counter, cmd, f"UPDATE RECORD {ef.name}/{n}")
+    return counter.count
+
+
+def append_record(
+    reader: Reader,
+    crypto: CardCrypto,
+    ef_name: str,
+    record: bytes,
+    *,
+    profile: CardProfile = DEFAULT_PROFILE,
+) -> None:
+    """APPEND RECORD (e.g. a medical transaction log entry) with the file's write key."""
+    path, ef = profile.ef(ef_name)
+    if ef.write.key is None or ef.sfi is None:
+        raise ProfileError(f"{ef.name} is not appendable with a key")
+    select_df(reader, profile, path)
+    channel = external_authenticate(reader, crypto, ef.write.key, profile)
+    send(reader, channel.wrap(CommandApdu(0x00, 0xE2, 0x00, ef.sfi << 3, record)),
+         f"APPEND RECORD {ef.name}")  # fmt: skip
+
+
+def read_records(
+    reader: Reader, ef_name: str, *, profile: CardProfile = DEFAULT_PROFILE, select: bool = True
+) -> list[bytes]:
+    """Raw records of an EF (cyclic files: newest first, until 6A83)."""
+    path, ef = profile.ef(ef_name)
+    if ef.sfi is None:
+        raise ProfileError(f"{ef.name} has no SFI")
+    if select:
+        select_df(reader, profile, path)
+    out: list[bytes] = []
+    for n in range(1, ef.record_count + 1):
+        try:
+            out.append(read_record(reader, ef.sfi, n, f"READ RECORD {ef.name}/{n}"))
+        except CardSpecError as exc:
+            if getattr(exc, "sw", None) == SW.RECORD_NOT_FOUND:
+                break
+            raise
+    return out
+
+
+__all__ = [
+    "ApduCounter",
+    "CardPublicData",
+    "PinStatus",
+    "append_record",
+    "change_pin",
+    "check_fci_algorithm",
+    "check_internal_authenticate",
+    "chip_serial",
+    "external_authenticate",
+    "internal_authenticate",
+    "is_locked",
+    "life_cycle",
+    "pin_status",
+    "read_card_public",
+    "read_file",
+    "read_record",
+    "read_records",
+    "select_df",
+    "send",
+    "unblock_pin",
+    "update_file",
+    "verify_pin",
+]

@@ -1,0 +1,522 @@
+"""The reference card: a card OS interpreting a :class:`cardspec.profile.CardProfile`.
+
+Implements :class:`cardspec.reader.CardHandler`. Commands (ISO/IEC 7816-4 unless noted):
+
+=================  =======================  ===============================================
+command            APDU                     notes
+=================  =======================  ===============================================
+SELECT             00 A4 00|04|08|09 00|0C  by FID (child, EF, sibling, 3F00), DF name/AID,
+                                            path from MF / from current DF; FCI 6F / FCP 62
+READ BINARY        00 B0                    P1 b8=1: SFI in P1, offset P2
+UPDATE BINARY      00|04 D6                 write access condition of the EF
+READ RECORD        00 B2 rr (sfi<<3|4)      SFI 0 = current EF
+UPDATE RECORD      00|04 DC rr (sfi<<3|4)
+APPEND RECORD      00|04 E2 00 (sfi<<3)     cyclic files: the new record becomes record 1
+GET CHALLENGE      00 84 00 00 04|08
+EXTERNAL AUTH      00 82 00 <key id> 08|10  opens a MAC channel with that key
+INTERNAL AUTH      00 88 00 00|<IRK id> 10  factor(8) || random(8), keyscheme
+VERIFY             00 20 00 <pin ref>       no data: 63Cx tries left
+CHANGE REF DATA    00 24 00 <ref>           old || new (cn: old FF new; 9564-2: 8 + 8)
+CHANGE PIN (PBOC)  80 5E 01 00              old FF new (social security PIN)
+PIN UNBLOCK/RELOAD 84 24|2C 00 <ref>        MAC with the PIN's unblock key; data empty or
+                                            new PIN encrypted under it (PBOC style)
+WRITE KEY          84 D4 00 <key id>        personalisation only: key under KMC + MAC
+SET PIN            84 D4 01 <pin ref>       personalisation only: PIN block under KMC + MAC
+END PERSO          84 F0 80 0F              GlobalPlatform SET STATUS to SECURED, + MAC
+GET DATA           00|80 CA DF 1x           DF10 life cycle, DF11 PIN status, DF12 serial
+GET RESPONSE       00 C0 00 00 Le           data of a command sent without Le (61xx)
+=================  =======================  ===============================================
+
+CHOICE (proprietary commands, LD/T 32.5 not public): WRITE KEY / SET PIN share INS D4
+(PBOC "WRITE KEY") with P1 00 = key, 01 = PIN; the key/PIN is ``encrypt_sensitive(KMC, ...)``
+and the command is MAC'd in the KMC channel; the lock is GlobalPlatform SET STATUS
+(``84 F0 80 0F``) and is refused until every key and PIN of the profile is loaded; GET DATA tags
+DF10-DF12 are proprietary. There is no key error counter (a failed EXTERNAL AUTHENTICATE
+answers 6300 and consumes the challenge).
+
+Security state: EXTERNAL AUTHENTICATE / VERIFY results hold while the current DF stays inside
+the DF that declares the key / PIN. During personalisation the KMC channel satisfies every
+access condition (writes must be MAC'd under KMC).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+from cardspec import sm, tlv
+from cardspec.apdu import CHAINING_BIT, CommandApdu
+from cardspec.emulator.common import Status as _Status
+from cardspec.emulator.common import index as _index
+from cardspec.emulator.common import within as _within
+from cardspec.emulator.image import CardState, read_image, write_image
+from cardspec.emulator.security import SecurityCommands
+from cardspec.errors import ApduError, CardSpecError, ProfileError, SecurityError
+from cardspec.keyscheme import Algorithm, KeySlot
+from cardspec.profile import (
+    Access,
+    AccessRule,
+    CardProfile,
+    ElementaryFile,
+    FileStructure,
+    get_profile,
+    register_profile,
+    social_security_profile,
+)
+from cardspec.sw import SW
+
+
+def build_atr(historical: bytes) -> bytes:
+    """ISO/IEC 7816-3 ATR: direct convention, T=0 and T=1 offered, so TCK is present.
+
+    TS=3B; T0 = 80|K (TD1 follows, K historical bytes); TD1 = 80 (T=0, TD2 follows);
+    TD2 = 01 (T=1); historical bytes; TCK = XOR of T0 .. last historical byte.
+    """
+    if len(historical) > 15:
+        raise ValueError("at most 15 historical bytes")
+    body = bytes([0x80 | len(historical), 0x80, 0x01]) + historical
+    tck = 0
+    for b in body:
+        tck ^= b
+    return b"\x3b" + body + bytes([tck])
+
+
+class Card(SecurityCommands):
+    """An emulated social security card (implements :class:`cardspec.reader.CardHandler`)."""
+
+    def __init__(
+        self, state: CardState, profile: CardProfile | None = None, path: Path | None = None
+    ) -> None:
+        self.state = state
+        self.profile = profile or get_profile(state.profile_name)
+        if self.profile.name != state.profile_name:
+            raise ProfileError(
+                f"image is for profile {state.profile_name}, not {self.profile.name}"
+            )
+        if self.profile.algorithm is not state.algorithm:
+            raise ProfileError("image algorithm differs from the profile's")
+        self.path = path
+        self._ix = _index(self.profile)
+        self._atr = build_atr(self.profile.historical_bytes)
+        self.apdu_count = 0
+        self._reset_session()
+
+    # --- persistence ---------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | Path, profile: CardProfile | None = None) -> Card:
+        """Load a card image; the card saves itself back to ``path`` after each change."""
+        p = Path(path)
+        return cls(read_image(p), profile, p)
+
+    def save(self, path: str | Path | None = None) -> None:
+        """Write the image (atomic replace). ``path`` also becomes the card's own path."""
+        if path is not None:
+            self.path = Path(path)
+        if self.path is None:
+            raise ProfileError("this card has no image path")
+        write_image(self.path, self.state)
+
+    def _persist(self) -> None:
+        if self.path is not None:
+            write_image(self.path, self.state)
+
+    # --- CardHandler -----------------------------------------------------------------------
+
+    def atr(self) -> bytes:
+        return self._atr
+
+    def power_on(self) -> None:
+        self._reset_session()
+
+    def power_off(self) -> None:
+        self._reset_session()
+
+    def _reset_session(self) -> None:
+        self.current_df = self.profile.mf.name
+        self.current_ef: str | None = None
+        self.challenge: bytes | None = None
+        self.auth: dict[KeySlot, str] = {}
+        self.verified: dict[str, str] = {}
+        self.channel: tuple[KeySlot, bytes] | None = None
+        self._pending = b""
+
+    def process(self, command: bytes) -> bytes:
+        self.apdu_count += 1
+        try:
+            cmd = CommandApdu.from_bytes(command)
+        except ApduError:
+            return SW.WRONG_LENGTH.to_bytes(2, "big")
+        if cmd.ins == 0xC0 and not cmd.cla & 0x80:
+            return self._get_response(cmd)
+        self._pending = b""
+        try:
+            data = self._dispatch(cmd)
+        except _Status as st:
+            return st.sw.to_bytes(2, "big")
+        except SecurityError as err:  # MAC failures from cardspec.sm
+            self._close_channel()
+            return err.sw.to_bytes(2, "big")
+        except (CardSpecError, ValueError):  # e.g. a MAC'd command too long to be short
+            return SW.NO_PRECISE_DIAGNOSIS.to_bytes(2, "big")
+        if data and cmd.le is None:
+            # T=0 style: a command sent without Le that produces data (a case-4 command over
+            # T=0, or INTERNAL AUTHENTICATE as hospital readers send it) answers 61xx and the
+            # data waits for GET RESPONSE.
+            self._pending = data
+            return bytes([0x61, len(data) & 0xFF])
+        if cmd.le is not None and len(data) > 0 and cmd.le < len(data) and cmd.le != 256:
+            return bytes([0x6C, len(data) & 0xFF])
+        return data + b"\x90\x00"
+
+    def _get_response(self, cmd: CommandApdu) -> bytes:
+        """GET RESPONSE ``00 C0 00 00 Le``: the data held back by the previous command."""
+        pending, self._pending = self._pending, b""
+        if cmd.p1 or cmd.p2:
+            return SW.INCORRECT_P1P2.to_bytes(2, "big")
+        if not pending:
+            return SW.CONDITIONS_NOT_SATISFIED.to_bytes(2, "big")
+        want = cmd.le if cmd.le is not None else 256
+        if want > len(pending) and want != 256:
+            self._pending = pending
+            return bytes([0x6C, len(pending) & 0xFF])
+        chunk, rest = pending[:want], pending[want:]
+        if rest:
+            self._pending = rest
+            return chunk + bytes([0x61, len(rest) & 0xFF])
+        return chunk + b"\x90\x00"
+
+    # --- dispatch --------------------------------------------------------------------------
+
+    def _dispatch(self, cmd: CommandApdu) -> bytes:
+        cla = cmd.cla
+        if cla & CHAINING_BIT:
+            raise _Status(0x6884)  # command chaining not supported
+        if cla & 0x03:
+            raise _Status(SW.LOGICAL_CHANNEL_NOT_SUPPORTED)
+        if cla & ~0x0C & 0xFF not in (0x00, 0x80):
+            raise _Status(SW.CLA_NOT_SUPPORTED)
+        handler = self._handlers.get(cmd.ins)
+        if handler is None:
+            raise _Status(SW.INS_NOT_SUPPORTED)
+        return handler(self, cmd)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _close_channel(self) -> None:
+        if self.channel is not None:
+            self.auth.pop(self.channel[0], None)
+        self.channel = None
+
+    def _enter_df(self, path: str) -> None:
+        self.current_df = path
+        self.current_ef = None
+        self.auth = {s: p for s, p in self.auth.items() if _within(path, p)}
+        self.verified = {n: p for n, p in self.verified.items() if _within(path, p)}
+        if self.channel is not None and self.channel[0] not in self.auth:
+            self.channel = None
+
+    def _unwrap(self, cmd: CommandApdu) -> tuple[bytes, KeySlot | None]:
+        """Plain data of a command and the channel key that MAC'd it (None: not MAC'd)."""
+        if not cmd.cla & sm.SM_CLA:
+            return cmd.data, None
+        if self.channel is None:
+            raise _Status(SW.SECURITY_STATUS_NOT_SATISFIED)
+        slot, iv = self.channel
+        key = self.state.keys.get(slot)
+        if key is None:
+            raise _Status(SW.SECURITY_STATUS_NOT_SATISFIED)
+        body, block = sm.unwrap_command(key, self.alg, cmd.header, cmd.data, iv)
+        self.channel = (slot, block)
+        return body, slot
+
+    def _check_read(self, rule: AccessRule) -> None:
+        if self.personalising and KeySlot.KMC in self.auth:
+            return
+        kind = rule.kind
+        if kind is Access.FREE:
+            return
+        pin_ok = rule.pin is not None and rule.pin in self.verified
+        key_ok = rule.key is not None and rule.key in self.auth
+        if (kind is Access.PIN and pin_ok) or (kind is Access.KEY and key_ok):
+            return
+        if kind is Access.PIN_OR_KEY and (pin_ok or key_ok):
+            return
+        if kind is Access.PIN_AND_KEY and pin_ok and key_ok:
+            return
+        raise _Status(SW.SECURITY_STATUS_NOT_SATISFIED)
+
+    def _check_write(self, rule: AccessRule, mac_slot: KeySlot | None) -> None:
+        if self.personalising and KeySlot.KMC in self.auth:
+            if mac_slot is not KeySlot.KMC:
+                raise _Status(SW.SM_DATA_MISSING)
+            return
+        kind = rule.kind
+        if kind is Access.FREE:
+            return
+        if kind is Access.NEVER:
+            raise _Status(SW.SECURITY_STATUS_NOT_SATISFIED)
+        pin_ok = rule.pin is not None and rule.pin in self.verified
+        key_ok = rule.key is not None and rule.key in self.auth and mac_slot is rule.key
+        if rule.key is not None and rule.key in self.auth and mac_slot is None and not pin_ok:
+            raise _Status(SW.SM_DATA_MISSING)
+        if (
+            (kind is Access.PIN and pin_ok)
+            or (kind is Access.KEY and key_ok)
+            or (kind is Access.PIN_OR_KEY and (pin_ok or key_ok))
+            or (kind is Access.PIN_AND_KEY and pin_ok and key_ok)
+        ):
+            return
+        raise _Status(SW.SECURITY_STATUS_NOT_SATISFIED)
+
+    def _fci_df(self, path: str) -> bytes:
+        df = self._ix.dfs[path]
+        if df.df_name:
+            ident = tlv.encode(0x84, df.df_name)
+        else:
+            ident = tlv.encode(0x83, df.fid.to_bytes(2, "big"))
+        prop = tlv.encode(0xA5, df.fci_proprietary) if df.fci_proprietary else b""
+        return tlv.encode(0x6F, ident + prop)
+
+    def _fcp_ef(self, path: str) -> bytes:
+        ef = self._ix.efs[path]
+        if ef.structure is FileStructure.TRANSPARENT:
+            size = len(self.state.binaries.get(path, b""))
+            desc = tlv.encode(0x82, bytes([ef.structure.descriptor])) + tlv.encode(
+                0x80, size.to_bytes(2, "big")
+            )
+        else:
+            desc = tlv.encode(
+                0x82, bytes([ef.structure.descriptor, 0x21, 0x00, ef.record_size, ef.record_count])
+            )
+        sfi = tlv.encode(0x88, bytes([ef.sfi << 3])) if ef.sfi else b""
+        return tlv.encode(0x62, desc + tlv.encode(0x83, ef.fid.to_bytes(2, "big")) + sfi)
+
+    # --- SELECT ----------------------------------------------------------------------------
+
+    def _select(self, cmd: CommandApdu) -> bytes:
+        if cmd.p2 not in (0x00, 0x0C, 0x04):
+            raise _Status(SW.INCORRECT_P1P2)
+        ix = self._ix
+        mf = self.profile.mf.name
+        target: str | None = None
+        is_df = True
+        if cmd.p1 == 0x00:
+            if len(cmd.data) != 2 and cmd.data:
+                raise _Status(SW.WRONG_LENGTH)
+            fid = int.from_bytes(cmd.data, "big") if cmd.data else 0x3F00
+            if fid == 0x3F00:
+                target = mf
+            else:
+                target = ix.df_by_fid.get((self.current_df, fid))
+                if target is None and (ef := ix.ef_by_fid.get((self.current_df, fid))):
+                    target, is_df = ef, False
+                parent = ix.parent.get(self.current_df)
+                if target is None and parent is not None:
+                    target = ix.df_by_fid.get((parent, fid))
+        elif cmd.p1 == 0x04:
+            if not 1 <= len(cmd.data) <= 16:
+                raise _Status(SW.WRONG_LENGTH)
+            target = ix.by_name.get(cmd.data)
+        elif cmd.p1 in (0x08, 0x09):
+            if not cmd.data or len(cmd.data) % 2:
+                raise _Status(SW.WRONG_LENGTH)
+            node = mf if cmd.p1 == 0x08 else self.current_df
+            fids = [int.from_bytes(cmd.data[i : i + 2], "big") for i in range(0, len(cmd.data), 2)]
+            for i, fid in enumerate(fids):
+                nxt = ix.df_by_fid.get((node, fid))
+                if nxt is None and i == len(fids) - 1:
+                    ef = ix.ef_by_fid.get((node, fid))
+                    if ef is not None:
+                        target, is_df = ef, False
+                        break
+                if nxt is None:
+                    raise _Status(SW.FILE_NOT_FOUND)
+                node = nxt
+            else:
+                target = node
+        else:
+            raise _Status(SW.INCORRECT_P1P2)
+        if target is None:
+            raise _Status(SW.FILE_NOT_FOUND)
+        if is_df:
+            self._enter_df(target)
+            return b"" if cmd.p2 == 0x0C else self._fci_df(target)
+        df_path = target.rsplit("/", 1)[0]
+        if df_path != self.current_df:
+            self._enter_df(df_path)
+        self.current_ef = target
+        return b"" if cmd.p2 == 0x0C else self._fcp_ef(target)
+
+    # --- file access -----------------------------------------------------------------------
+
+    def _ef_for(self, sfi: int) -> tuple[str, ElementaryFile]:
+        if sfi == 0:
+            if self.current_ef is None:
+                raise _Status(SW.NO_CURRENT_EF)
+            path = self.current_ef
+        else:
+            found = self._ix.ef_by_sfi.get((self.current_df, sfi))
+            if found is None:
+                raise _Status(SW.FILE_NOT_FOUND)
+            path = found
+        return path, self._ix.efs[path]
+
+    def _record_ef(self, cmd: CommandApdu) -> tuple[str, ElementaryFile]:
+        if cmd.p2 & 0x07 != 0x04 or cmd.p1 == 0:
+            raise _Status(SW.INCORRECT_P1P2)
+        path, ef = self._ef_for(cmd.p2 >> 3)
+        if ef.structure is FileStructure.TRANSPARENT:
+            raise _Status(SW.INCOMPATIBLE_FILE_STRUCTURE)
+        return path, ef
+
+    def _records(self, path: str, ef: ElementaryFile) -> list[bytes | None]:
+        recs = self.state.records.get(path)
+        if recs is None:
+            size = 0 if ef.structure is FileStructure.CYCLIC else ef.record_count
+            recs = self.state.records[path] = [None] * size
+        return recs
+
+    def _read_record(self, cmd: CommandApdu) -> bytes:
+        path, ef = self._record_ef(cmd)
+        self._check_read(ef.read)
+        self.current_ef = path
+        recs = self._records(path, ef)
+        if cmd.p1 > len(recs) or recs[cmd.p1 - 1] is None:
+            raise _Status(SW.RECORD_NOT_FOUND)
+        record = recs[cmd.p1 - 1]
+        assert record is not None
+        return record
+
+    def _check_record_length(self, ef: ElementaryFile, data: bytes) -> None:
+        fixed = ef.structure in (FileStructure.LINEAR_FIXED, FileStructure.CYCLIC)
+        if not data or len(data) > ef.record_size or (fixed and len(data) != ef.record_size):
+            raise _Status(SW.WRONG_LENGTH)
+
+    def _update_record(self, cmd: CommandApdu) -> bytes:
+        data, mac_slot = self._unwrap(cmd)
+        path, ef = self._record_ef(cmd)
+        self._check_write(ef.write, mac_slot)
+        self._check_record_length(ef, data)
+        recs = self._records(path, ef)
+        if cmd.p1 > (len(recs) if ef.structure is FileStructure.CYCLIC else ef.record_count):
+            raise _Status(SW.RECORD_NOT_FOUND)
+        recs[cmd.p1 - 1] = data
+        self.current_ef = path
+        self._persist()
+        return b""
+
+    def _append_record(self, cmd: CommandApdu) -> bytes:
+        data, mac_slot = self._unwrap(cmd)
+        if cmd.p1 != 0 or cmd.p2 & 0x07:
+            raise _Status(SW.INCORRECT_P1P2)
+        path, ef = self._ef_for(cmd.p2 >> 3)
+        if ef.structure is FileStructure.TRANSPARENT:
+            raise _Status(SW.INCOMPATIBLE_FILE_STRUCTURE)
+        self._check_write(ef.write, mac_slot)
+        self._check_record_length(ef, data)
+        recs = self._records(path, ef)
+        if ef.structure is FileStructure.CYCLIC:
+            recs.insert(0, data)
+            del recs[ef.record_count :]
+        else:
+            try:
+                recs[recs.index(None)] = data
+            except ValueError:
+                raise _Status(SW.NOT_ENOUGH_MEMORY) from None
+        self.current_ef = path
+        self._persist()
+        return b""
+
+    def _binary_target(self, cmd: CommandApdu) -> tuple[str, ElementaryFile, int]:
+        if cmd.p1 & 0x80:
+            if cmd.p1 & 0x60:
+                raise _Status(SW.INCORRECT_P1P2)
+            path, ef = self._ef_for(cmd.p1 & 0x1F)
+            offset = cmd.p2
+        else:
+            path, ef = self._ef_for(0)
+            offset = (cmd.p1 << 8) | cmd.p2
+        if ef.structure is not FileStructure.TRANSPARENT:
+            raise _Status(SW.INCOMPATIBLE_FILE_STRUCTURE)
+        return path, ef, offset
+
+    def _read_binary(self, cmd: CommandApdu) -> bytes:
+        path, ef, offset = self._binary_target(cmd)
+        self._check_read(ef.read)
+        self.current_ef = path
+        content = self.state.binaries.get(path, b"")
+        if offset > len(content):
+            raise _Status(SW.WRONG_P1P2)
+        want = cmd.le if cmd.le is not None else 256
+        return content[offset : offset + want]
+
+    def _update_binary(self, cmd: CommandApdu) -> bytes:
+        data, mac_slot = self._unwrap(cmd)
+        path, ef, offset = self._binary_target(cmd)
+        self._check_write(ef.write, mac_slot)
+        size = ef.record_size or sum(e.length for e in ef.elements)
+        content = bytearray(self.state.binaries.get(path, b"").ljust(size, b"\x00"))
+        if offset + len(data) > size:
+            raise _Status(SW.WRONG_P1P2)
+        content[offset : offset + len(data)] = data
+        self.state.binaries[path] = bytes(content)
+        self.current_ef = path
+        self._persist()
+        return b""
+
+    _handlers: ClassVar[dict[int, Callable[[Card, CommandApdu], bytes]]] = {
+        0xA4: _select,
+        0xB0: _read_binary,
+        0xD6: _update_binary,
+        0xB2: _read_record,
+        0xDC: _update_record,
+        0xE2: _append_record,
+        0x84: SecurityCommands._get_challenge,
+        0x82: SecurityCommands._external_authenticate,
+        0x88: SecurityCommands._internal_authenticate,
+        0x20: SecurityCommands._verify,
+        0x24: SecurityCommands._change,
+        0x2C: SecurityCommands._unblock,
+        0x5E: SecurityCommands._pboc_change_pin,
+        0xD4: SecurityCommands._write_key,
+        0xF0: SecurityCommands._set_status,
+        0xCA: SecurityCommands._get_data,
+    }
+
+
+def blank_card(
+    chip_serial: bytes,
+    kmc_key: bytes,
+    algorithm: Algorithm = Algorithm.DES3,
+    *,
+    profile: CardProfile | None = None,
+    path: str | Path | None = None,
+) -> Card:
+    """A blank chip as delivered by the manufacturer: a chip serial and the transport key KMC
+    (the card's own, already diversified KMC). With ``path`` the image is saved there and kept
+    up to date after every change."""
+    if len(chip_serial) != 8:
+        raise ValueError("chip serial must be 8 bytes")
+    if len(kmc_key) != algorithm.key_length:
+        raise ValueError(f"KMC must be {algorithm.key_length} bytes")
+    if profile is None:
+        profile = (
+            get_profile(social_security_profile(algorithm=algorithm).name)
+            if algorithm is Algorithm.DES3
+            else get_profile(social_security_profile(generation=3, algorithm=algorithm).name)
+        )
+    if profile.algorithm is not algorithm:
+        raise ProfileError("profile algorithm differs from the blank's")
+    register_profile(profile)
+    state = CardState(
+        profile_name=profile.name,
+        chip_serial=chip_serial,
+        algorithm=algorithm,
+        keys={KeySlot.KMC: kmc_key},
+    )
+    card = Card(state, profile)
+    if path is not None:
+        card.save(path)
+    return card

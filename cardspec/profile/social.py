@@ -1,0 +1,228 @@
+"""The social security card profile (generations 2 and 3) and the profile registry.
+
+Every ``# CHOICE:`` marks where the public facts run out (see the package docstring).
+"""
+
+from __future__ import annotations
+
+import re
+
+from cardspec import tlv
+from cardspec.errors import ProfileError
+from cardspec.keyscheme import Algorithm, KeySlot
+from cardspec.profile.model import (
+    AID_MEDICAL,
+    AID_PBOC_DEBIT,
+    AID_PENSION,
+    ALGORITHM_CODES,
+    FREE,
+    NEVER,
+    SOCIAL_SECURITY_DF_NAME,
+    CardProfile,
+    DedicatedFile,
+    Element,
+    ElementaryFile,
+    FileStructure,
+    Fmt,
+    KeySpec,
+    PinFormat,
+    PinSpec,
+    RecordLayout,
+    by_key,
+    by_pin,
+    simple_tlv_file,
+)
+
+# --- the social security card profile -----------------------------------------------------------
+
+EF05_ELEMENTS = (
+    Element(0x01, "card_identification_code", 16, Fmt.HEX, "region + D156000005 + chip serial"),
+    # CHOICE: card category as one 'an' character ("1" social security card, "2" temporary
+    # card); the public sources name the element but not its length or code list.
+    Element(0x02, "card_category", 1, Fmt.AN, "card category"),
+    Element(0x03, "spec_version", 4, Fmt.AN, 'specification version, e.g. "2.00", "3.00"'),
+    Element(0x04, "init_org_code", 12, Fmt.AN, "initialising organisation code"),
+    Element(0x05, "issue_date", 4, Fmt.DATE, "issue date YYYYMMDD"),
+    Element(0x06, "expiry_date", 4, Fmt.DATE, "expiry date YYYYMMDD"),
+    Element(0x07, "card_number", 9, Fmt.AN, "card number (8 + check character)"),
+)
+EF06_ELEMENTS = (
+    Element(0x08, "ssn", 18, Fmt.AN, "social security number = citizen ID number"),
+    Element(0x09, "name", 30, Fmt.GBK, "name (GBK, padded with 00)"),
+    Element(0x0A, "sex", 1, Fmt.AN, '"1" male, "2" female, "9" unstated (GB/T 2261.1)'),
+    # CHOICE: the GB 3304 ethnicity code (2 digits) stored as one BCD byte.
+    Element(0x0B, "ethnicity", 1, Fmt.N, "ethnicity, GB 3304 code"),
+    Element(0x0C, "birthplace", 3, Fmt.N, "birthplace region code (BCD)"),
+    Element(0x0D, "birth_date", 4, Fmt.DATE, "birth date YYYYMMDD"),
+    Element(0x4E, "name_extension", 20, Fmt.GBK, "name extension for long names", optional=True),
+)
+# CHOICE: medical / pension records. Provincial variants differ and LD/T 32.6 is not public; the
+# profile keeps a small, typical set as SIMPLE-TLV records with tags in a private range.
+MEDICAL_ELEMENTS = (
+    Element(0x20, "insurance_type", 3, Fmt.AN, 'insurance type ("310" employees, "390" residents)'),
+    Element(0x21, "insured_region", 3, Fmt.N, "region code where the holder is insured"),
+    Element(0x22, "status", 1, Fmt.AN, 'medical insurance status ("1" normal, "2" suspended)'),
+    Element(0x23, "personnel_category", 2, Fmt.AN, 'category ("11" working, "21" retired)'),
+    Element(0x24, "start_date", 4, Fmt.DATE, "insured since"),
+)
+MEDICAL_LOG_ELEMENTS = (
+    Element(0x01, "time", 7, Fmt.N, "YYYYMMDDhhmmss"),
+    Element(0x02, "amount", 4, Fmt.N, "amount in fen"),
+    Element(0x03, "institution", 12, Fmt.AN, "medical institution code"),
+    Element(0x04, "kind", 2, Fmt.AN, 'kind ("11" outpatient, "21" inpatient, "41" pharmacy)'),
+)
+PENSION_ELEMENTS = (
+    Element(0x30, "status", 1, Fmt.AN, 'pension insurance status ("1" contributing ...)'),
+    Element(0x31, "insured_region", 3, Fmt.N, "region code of the insurance relation"),
+    Element(0x32, "start_date", 4, Fmt.DATE, "insured since"),
+    Element(0x33, "insurance_types", 5, Fmt.AN, "flags: pension unemployment injury maternity -"),
+)
+FINANCIAL_ELEMENTS = (
+    Element(0x5A, "pan", 10, Fmt.CN, "application PAN", variable=True),
+    Element(0x5F24, "expiry", 3, Fmt.DATE6, "application expiration date YYMMDD"),
+    Element(0x5F20, "cardholder_name", 26, Fmt.AN, "cardholder name", variable=True, optional=True),
+    Element(0x5F34, "psn", 1, Fmt.N, "PAN sequence number"),
+)
+
+
+def _fci_algorithm(alg: Algorithm) -> bytes:
+    return tlv.encode(0x9F0C, tlv.encode(0x86, bytes([ALGORITHM_CODES[alg]])))
+
+
+def social_security_profile(
+    *, generation: int = 2, algorithm: Algorithm | None = None, pin_tries: int = 3,
+    financial: bool = True,
+) -> CardProfile:  # fmt: skip
+    """The profile of a second- (default) or third-generation card.
+
+    ``pin_tries`` comes from ``Settings.lifecycle.pin_tries`` (default 3). Third generation:
+    spec version "3.00", EF06 read needs EXTERNAL AUTHENTICATE with the read key (EAK), SM4
+    announced (AES in software, see keyscheme).
+    """
+    if generation not in (2, 3):
+        raise ProfileError("generation must be 2 or 3")
+    alg = algorithm or (Algorithm.DES3 if generation == 2 else Algorithm.AES)
+    holder_read = FREE if generation == 2 else by_key(KeySlot.EAK)
+    ss_pin = PinSpec(
+        "ss", 0x00, pin_tries, PinFormat.CN, min_digits=6, max_digits=6,
+        initial_must_change=True, unblock_key=KeySlot.PUK, label="social security PIN",
+    )  # fmt: skip
+    # CHOICE: FIDs of DFs and EFs (EF05 -> EF05 ...), SFIs 15/16/18 of the insurance files and
+    # the key ids below: not public; chosen to be unique card-wide so one id names one key.
+    medical = DedicatedFile(
+        name="MED", fid=0xDF03, df_name=AID_MEDICAL, label="medical insurance (social insurance 2)",
+        files=(
+            simple_tlv_file("EF15", 0xEF15, 0x15, MEDICAL_ELEMENTS, by_pin("ss"),
+                            by_key(KeySlot.UK_MEDICAL), "basic medical data"),
+            ElementaryFile(
+                "EF18", 0xEF18, 0x18, FileStructure.CYCLIC, RecordLayout.FIXED,
+                MEDICAL_LOG_ELEMENTS, by_pin("ss"), by_key(KeySlot.UK_MEDICAL),
+                record_count=10, record_size=sum(e.length for e in MEDICAL_LOG_ELEMENTS),
+                label="card-kept transaction log (cyclic, newest = record 1)",
+            ),
+        ),
+        keys=(KeySpec(KeySlot.UK_MEDICAL, 0x05, "update medical files"),),
+        fci_proprietary=_fci_algorithm(alg),
+    )  # fmt: skip
+    pension = DedicatedFile(
+        name="PEN", fid=0xDF02, df_name=AID_PENSION, label="pension / social insurance 1",
+        files=(simple_tlv_file("EF16", 0xEF16, 0x16, PENSION_ELEMENTS, by_pin("ss"),
+                               by_key(KeySlot.UK_PENSION), "pension insurance data"),),
+        keys=(KeySpec(KeySlot.UK_PENSION, 0x06, "update pension files"),),
+        fci_proprietary=_fci_algorithm(alg),
+    )  # fmt: skip
+    ssse = DedicatedFile(
+        name="SSSE", fid=0xDDF1, df_name=SOCIAL_SECURITY_DF_NAME,
+        label="social security application",
+        files=(
+            simple_tlv_file("EF05", 0xEF05, 0x05, EF05_ELEMENTS, FREE, by_key(KeySlot.UK_IDENT),
+                            "card identification"),
+            simple_tlv_file("EF06", 0xEF06, 0x06, EF06_ELEMENTS, holder_read,
+                            by_key(KeySlot.UK_IDENT), "holder"),
+        ),
+        children=(pension, medical),
+        keys=(
+            KeySpec(KeySlot.DMK, 0x01, "application master / maintenance key"),
+            KeySpec(KeySlot.EAK, 0x02, "external authentication / read key"),
+            KeySpec(KeySlot.IRK, 0x03, "internal authentication"),
+            KeySpec(KeySlot.UK_IDENT, 0x04, "update card identification and holder files"),
+            KeySpec(KeySlot.PUK, 0x07, "PIN unblock / reload"),
+        ),
+        pins=(ss_pin,),
+        fci_proprietary=_fci_algorithm(alg),
+    )  # fmt: skip
+    children: tuple[DedicatedFile, ...] = (ssse,)
+    if financial:
+        fin = DedicatedFile(
+            name="FIN", fid=0xADF1, df_name=AID_PBOC_DEBIT, label="PBOC debit application",
+            files=(
+                # CHOICE: PAN data in SFI 1 record 1, read free (EMV READ RECORD); written only
+                # during personalisation (the bank's own update scripts are out of scope).
+                ElementaryFile("SFI01", 0xEF01, 0x01, FileStructure.LINEAR_VARIABLE,
+                               RecordLayout.EMV_TEMPLATE, FINANCIAL_ELEMENTS, FREE, NEVER,
+                               record_count=1, record_size=64, label="application data"),
+            ),
+            keys=(
+                KeySpec(KeySlot.FIN_AC, 0x11, "EMV MK-AC"),
+                KeySpec(KeySlot.FIN_SMI, 0x12, "EMV MK-SMI (issuer script integrity)"),
+                KeySpec(KeySlot.FIN_SMC, 0x13, "EMV MK-SMC (issuer script confidentiality)"),
+            ),
+            pins=(PinSpec("bank", 0x80, pin_tries, PinFormat.ISO9564_2, min_digits=6,
+                          max_digits=6, unblock_key=KeySlot.FIN_SMI, label="bank PIN"),),
+            fci_proprietary=tlv.encode(0x50, b"PBOC DEBIT") + tlv.encode(0x87, b"\x01"),
+        )  # fmt: skip
+        children = (*children, fin)
+    mf = DedicatedFile(
+        name="MF", fid=0x3F00, label="master file", children=children,
+        # CHOICE: the blank chip's transport key KMC sits at MF level with id 7F.
+        keys=(KeySpec(KeySlot.KMC, 0x7F, "personalisation transport key"),),
+    )  # fmt: skip
+    name = f"ssc{generation}-{alg.value}" + ("" if financial else "-nofin")
+    if pin_tries != 3:
+        name += f"-t{pin_tries}"
+    prof = CardProfile(
+        name=name,
+        description=f"social security card, generation {generation}, {alg.value}",
+        algorithm=alg,
+        spec_version=f"{generation}.00",
+        mf=mf,
+        # ISO/IEC 7816-4 8.1.1: category 80, compact-TLV "pre-issuing data" (tag 6) naming the
+        # card. CHOICE: the name text.
+        historical_bytes=b"\x80\x6a" + f"YKT SSC{generation}.0".encode()[:10].ljust(10, b" "),
+    )
+    prof.validate()
+    return prof
+
+
+_REGISTRY: dict[str, CardProfile] = {}
+
+
+def register_profile(profile: CardProfile) -> CardProfile:
+    """Make ``profile`` known by name (card images store the profile name)."""
+    _REGISTRY[profile.name] = profile
+    return profile
+
+
+_NAME = re.compile(r"ssc(?P<gen>[23])-(?P<alg>3des|aes|sm4)(?P<nofin>-nofin)?(?:-t(?P<tries>\d+))?")
+
+
+def get_profile(name: str) -> CardProfile:
+    """A registered profile, or one of the built-in names ``ssc{2,3}-{3des,aes}[-nofin][-tN]``
+    (as produced by :func:`social_security_profile`)."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    m = _NAME.fullmatch(name)
+    if m is None:
+        raise ProfileError(f"unknown card profile {name!r}; register it with register_profile()")
+    prof = social_security_profile(
+        generation=int(m["gen"]),
+        algorithm=Algorithm(m["alg"]),
+        pin_tries=int(m["tries"] or 3),
+        financial=not m["nofin"],
+    )
+    if prof.name != name:
+        raise ProfileError(f"unknown card profile {name!r}")
+    return register_profile(prof)
+
+
+DEFAULT_PROFILE = register_profile(social_security_profile())

@@ -1,0 +1,156 @@
+"""Domain values of the card's files and their encoders / decoders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import date
+from typing import Any
+
+from cardspec.profile.model import CardProfile, decode_fixed_record, decode_records, encode_records
+from cardspec.profile.social import DEFAULT_PROFILE
+
+# --- domain values and their encoders ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CardIdentification:
+    """EF05 contents."""
+
+    card_identification_code: str
+    card_category: str
+    spec_version: str
+    init_org_code: str
+    issue_date: date
+    expiry_date: date
+    card_number: str
+
+
+@dataclass(frozen=True)
+class Holder:
+    """EF06 contents. ``name`` longer than 30 GBK bytes continues in ``name_extension``."""
+
+    ssn: str
+    name: str
+    sex: str
+    ethnicity: str
+    birthplace: str
+    birth_date: date
+    name_extension: str = ""
+
+    def __repr__(self) -> str:  # personal data: keep it out of logs
+        return f"Holder(ssn={self.ssn[:4]}**********{self.ssn[-4:]}, ...)"
+
+    @property
+    def full_name(self) -> str:
+        return self.name + self.name_extension
+
+
+@dataclass(frozen=True)
+class MedicalData:
+    insurance_type: str
+    insured_region: str
+    status: str
+    personnel_category: str
+    start_date: date
+
+
+@dataclass(frozen=True)
+class PensionData:
+    status: str
+    insured_region: str
+    start_date: date
+    insurance_types: str
+
+
+@dataclass(frozen=True)
+class FinancialData:
+    pan: str
+    expiry: date
+    psn: str = "00"
+    cardholder_name: str = ""
+
+
+@dataclass(frozen=True)
+class MedicalLogEntry:
+    time: str
+    """YYYYMMDDhhmmss"""
+    amount: int
+    """in fen"""
+    institution: str
+    kind: str
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+def split_name(full_name: str, length: int = 30) -> tuple[str, str]:
+    """Split a name at a character boundary into the 09 part (``length`` GBK bytes) and the
+    4E extension (CHOICE: the overflow goes to 4E)."""
+    head = ""
+    for ch in full_name:
+        if len((head + ch).encode("gbk", errors="replace")) > length:
+            break
+        head += ch
+    return head, full_name[len(head) :]
+
+
+def encode_card_identification(
+    value: CardIdentification, profile: CardProfile = DEFAULT_PROFILE
+) -> list[bytes]:
+    return encode_records(profile.ef("EF05")[1], _asdict(value))
+
+
+def decode_card_identification(
+    records: list[bytes], profile: CardProfile = DEFAULT_PROFILE
+) -> CardIdentification:
+    return CardIdentification(**decode_records(profile.ef("EF05")[1], records))
+
+
+def encode_holder(value: Holder, profile: CardProfile = DEFAULT_PROFILE) -> list[bytes]:
+    values = _asdict(value)
+    if not value.name_extension:
+        values["name"], values["name_extension"] = split_name(value.name)
+    return encode_records(profile.ef("EF06")[1], values)
+
+
+def decode_holder(records: list[bytes], profile: CardProfile = DEFAULT_PROFILE) -> Holder:
+    values = decode_records(profile.ef("EF06")[1], records)
+    values.setdefault("name_extension", "")
+    return Holder(**values)
+
+
+def encode_medical(value: MedicalData, profile: CardProfile = DEFAULT_PROFILE) -> list[bytes]:
+    return encode_records(profile.ef("EF15")[1], _asdict(value))
+
+
+def decode_medical(records: list[bytes], profile: CardProfile = DEFAULT_PROFILE) -> MedicalData:
+    return MedicalData(**decode_records(profile.ef("EF15")[1], records))
+
+
+def encode_pension(value: PensionData, profile: CardProfile = DEFAULT_PROFILE) -> list[bytes]:
+    return encode_records(profile.ef("EF16")[1], _asdict(value))
+
+
+def decode_pension(records: list[bytes], profile: CardProfile = DEFAULT_PROFILE) -> PensionData:
+    return PensionData(**decode_records(profile.ef("EF16")[1], records))
+
+
+def encode_financial(value: FinancialData, profile: CardProfile = DEFAULT_PROFILE) -> list[bytes]:
+    return encode_records(profile.ef("SFI01")[1], _asdict(value))
+
+
+def decode_financial(records: list[bytes], profile: CardProfile = DEFAULT_PROFILE) -> FinancialData:
+    values = decode_records(profile.ef("SFI01")[1], records)
+    values.setdefault("cardholder_name", "")
+    return FinancialData(**values)
+
+
+def encode_log_entry(value: MedicalLogEntry, profile: CardProfile = DEFAULT_PROFILE) -> bytes:
+    return encode_records(profile.ef("EF18")[1], _asdict(value))[0]
+
+
+def decode_log_entry(record: bytes, profile: CardProfile = DEFAULT_PROFILE) -> MedicalLogEntry:
+    values = decode_fixed_record(profile.ef("EF18")[1], record)
+    values["amount"] = int(values["amount"])
+    return MedicalLogEntry(**values)

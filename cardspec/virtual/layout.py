@@ -1,0 +1,121 @@
+"""Where an isolated virtual reader stack keeps its files, and its pcscd reader configuration.
+
+    RUN_DIR/
+      reader.conf.d/vpcd-N     one entry per pair of readers (CHANNELID = port of its reader 0)
+      drivers/libifdvpcd-N.so  copies of the vpcd driver for entries N >= 1 (the driver keeps
+                               per-slot state in a static array: one copy per entry)
+      pcscd/                   bind-mounted over /run/pcscd inside the namespace
+      pcscd/pcscd.comm         the client socket: PCSCLITE_CSOCK_NAME for clients outside
+      control.sock             the card server's control socket (JSON lines)
+      pcscd.log, server.log    logs
+
+Slot ``i`` is served on TCP port ``35963 + i`` inside the namespace; its reader is named
+``"Virtual PCD {i // 2} 00 {i % 2:02X}"`` (pcscd appends two hex bytes to the entry's
+``FRIENDLYNAME``: the entry's friendly names differ so reader names stay unique).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+#: vpcd's driver as packaged by Debian (``dpkg -L vsmartcard-vpcd``).
+VPCD_DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
+#: First vpcd port (0x8C7B, vpcd's default); slot i uses FIRST_PORT + i.
+FIRST_PORT = 0x8C7B
+#: pcscd's limit (PCSCLITE_MAX_READERS_CONTEXTS).
+MAX_READERS = 16
+#: sockaddr_un.sun_path is 108 bytes including the terminating NUL.
+_MAX_SOCKET_PATH = 107
+
+
+@dataclass(frozen=True)
+class StackLayout:
+    run_dir: Path
+    readers: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.readers <= MAX_READERS:
+            raise ValueError(
+                f"readers must be 1..{MAX_READERS} (pcscd's limit), not {self.readers}"
+            )
+
+    @property
+    def entries(self) -> int:
+        """reader.conf entries (each gives two readers)."""
+        return (self.readers + 1) // 2
+
+    @property
+    def conf_dir(self) -> Path:
+        return self.run_dir / "reader.conf.d"
+
+    @property
+    def drivers_dir(self) -> Path:
+        return self.run_dir / "drivers"
+
+    @property
+    def pcscd_dir(self) -> Path:
+        return self.run_dir / "pcscd"
+
+    @property
+    def csock(self) -> Path:
+        return self.pcscd_dir / "pcscd.comm"
+
+    @property
+    def control_sock(self) -> Path:
+        return self.run_dir / "control.sock"
+
+    @property
+    def pcscd_log(self) -> Path:
+        return self.run_dir / "pcscd.log"
+
+    @property
+    def server_log(self) -> Path:
+        return self.run_dir / "server.log"
+
+    def port(self, slot: int) -> int:
+        return FIRST_PORT + slot
+
+    def ports(self) -> list[int]:
+        return [self.port(i) for i in range(self.readers)]
+
+    def reader_name(self, slot: int) -> str:
+        return f"Virtual PCD {slot // 2} 00 {slot % 2:02X}"
+
+    def reader_names(self) -> list[str]:
+        """Reader names of the stack's slots, in slot order."""
+        return [self.reader_name(i) for i in range(self.readers)]
+
+    def check_socket_paths(self) -> None:
+        for path in (self.csock, self.control_sock):
+            if len(str(path).encode()) > _MAX_SOCKET_PATH:
+                raise ValueError(
+                    f"socket path too long for a unix socket ({len(str(path))} bytes): {path}; "
+                    "use a shorter run directory"
+                )
+
+    def write_config(self, driver: Path = VPCD_DRIVER) -> None:
+        """Write reader.conf.d and the driver copies (idempotent)."""
+        self.check_socket_paths()
+        if not driver.exists():
+            raise FileNotFoundError(f"vpcd driver not found: {driver} (install vsmartcard-vpcd)")
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        self.drivers_dir.mkdir(parents=True, exist_ok=True)
+        self.pcscd_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.conf_dir.iterdir():
+            old.unlink()
+        for entry in range(self.entries):
+            if entry == 0:
+                libpath = driver
+            else:
+                libpath = self.drivers_dir / f"libifdvpcd-{entry}.so"
+                if not libpath.exists():
+                    shutil.copyfile(driver.resolve(), libpath)
+            channel = FIRST_PORT + 2 * entry
+            (self.conf_dir / f"vpcd-{entry}").write_text(
+                f'FRIENDLYNAME "Virtual PCD {entry}"\n'
+                f"DEVICENAME   /dev/null:0x{channel:04X}\n"
+                f"LIBPATH      {libpath}\n"
+                f"CHANNELID    0x{channel:04X}\n"
+            )

@@ -1,0 +1,46 @@
+"""HSM configuration, taken from :class:`issuance.settings.HsmSettings`.
+
+Any vendor's PKCS#11 module is used by configuration (module path, token label, PIN source);
+SoftHSM2 (the default) additionally gets a project-local configuration file and token dir.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from issuance.settings import Settings
+
+
+@dataclass(frozen=True)
+class HsmConfig:
+    module: Path
+    token_label: str
+    pin_source: Callable[[], str] = field(repr=False, compare=False)
+    so_pin: str = field(default="", repr=False, compare=False)
+    #: SoftHSM2 only: its configuration file and token directory.
+    softhsm_conf: Path | None = None
+    tokens_dir: Path | None = None
+    #: GB/T 2260 code of the issuing region (province-level diversification).
+    region_code: str = "330100"
+
+    @property
+    def is_softhsm(self) -> bool:
+        return "softhsm" in self.module.name.lower()
+
+    def user_pin(self) -> str:
+        return self.pin_source()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HsmConfig:
+        hsm = settings.hsm
+        return cls(
+            module=hsm.module,
+            token_label=hsm.token_label,
+            pin_source=hsm.user_pin,
+            so_pin=hsm.so_pin.get_secret_value(),
+            softhsm_conf=settings.softhsm_conf,
+            tokens_dir=settings.data_dir / "hsm" / "tokens",
+            region_code=settings.issuer.region_code,
+        )

@@ -1,0 +1,250 @@
+"""The PKCS#11 adapter: one owner of the module per process.
+
+python-pkcs11 initialises the module without mutexes and SoftHSM2 is not thread-safe in this
+combination, so:
+
+* every PKCS#11 call happens under one process-wide lock (:data:`LOCK`, re-entrant: a method
+  holds it across the few calls it makes);
+* the module is loaded lazily, on first use, and re-initialised (C_Finalize + C_Initialize) when
+  the process id changed (a forked child never uses its parent's PKCS#11 state);
+* tokens are selected by label (SoftHSM gives random slot ids);
+* one logged-in session per token per process (login is per process in PKCS#11).
+
+SoftHSM2 reads ``SOFTHSM2_CONF`` when the module is initialised: the adapter sets it from the
+configuration just before (re-)initialising; a different configuration in the same process
+re-initialises the module (every handle from before is then stale, see :attr:`generation`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import struct
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pkcs11
+import pkcs11.exceptions as p11x
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11.constants import DEFAULT
+
+from cardspec.keyscheme import Algorithm
+from hsm.config import HsmConfig
+from hsm.errors import (
+    HsmError,
+    HsmUnavailable,
+    KeyNotFound,
+    MechanismUnavailable,
+    ckr_name,
+)
+
+#: The process-wide lock around every PKCS#11 call.
+LOCK = threading.RLock()
+
+
+@dataclass
+class _Loaded:
+    lib: Any
+    pid: int
+    conf: str | None
+
+
+_MODULES: dict[str, _Loaded] = {}
+_TOKENS: dict[tuple[str, str, str | None], Pkcs11Token] = {}
+_generation = 0
+
+
+def _bump() -> None:
+    global _generation
+    _generation += 1
+
+
+@contextlib.contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Turn python-pkcs11 exceptions into :class:`HsmError` keeping the CKR_* name."""
+    try:
+        yield
+    except HsmError:
+        raise
+    except (p11x.MechanismInvalid, p11x.FunctionNotSupported) as exc:
+        raise MechanismUnavailable(f"{what}: mechanism not offered by the HSM",
+                                   ckr=ckr_name(exc)) from exc
+    except (p11x.NoSuchToken, p11x.TokenNotPresent, p11x.PinIncorrect, p11x.PinLocked) as exc:
+        raise HsmUnavailable(f"{what}: token unavailable", ckr=ckr_name(exc)) from exc
+    except p11x.NoSuchKey as exc:
+        raise KeyNotFound(f"{what}: no such key", ckr=ckr_name(exc)) from exc
+    except p11x.PKCS11Error as exc:
+        raise HsmError(f"{what} failed", ckr=ckr_name(exc)) from exc
+
+
+def _conf_for(config: HsmConfig) -> str | None:
+    if config.is_softhsm and config.softhsm_conf is not None:
+        return str(config.softhsm_conf)
+    return None
+
+
+def _module(config: HsmConfig) -> Any:
+    """The loaded and initialised module for this process (caller holds LOCK)."""
+    path = str(config.module)
+    conf = _conf_for(config)
+    pid = os.getpid()
+    loaded = _MODULES.get(path)
+    if loaded is None:
+        if conf is not None:
+            os.environ["SOFTHSM2_CONF"] = conf
+        try:
+            lib = pkcs11.lib(path)
+        except p11x.PKCS11Error as exc:
+            raise HsmUnavailable(f"cannot load PKCS#11 module {path}: {exc}",
+                                 ckr=ckr_name(exc)) from exc
+        _MODULES[path] = _Loaded(lib, pid, conf)
+        _bump()
+        return lib
+    if loaded.pid != pid or (conf is not None and loaded.conf != conf):
+        if conf is not None:
+            os.environ["SOFTHSM2_CONF"] = conf
+        with translate_errors("re-initialising the PKCS#11 module"):
+            with contextlib.suppress(p11x.PKCS11Error):
+                loaded.lib.finalize()
+            loaded.lib.initialize()
+        loaded.pid, loaded.conf = pid, conf if conf is not None else loaded.conf
+        _bump()
+    return loaded.lib
+
+
+class Pkcs11Token:
+    """One token, one logged-in session per process. Use :meth:`session` inside ``with LOCK``
+    or, simpler, ``with token.use() as session:``."""
+
+    def __init__(self, config: HsmConfig) -> None:
+        self.config = config
+        self._session: Any = None
+        self._session_generation = -1
+        self.manufacturer_id = ""
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever the module was (re-)initialised: cached object handles are stale."""
+        with LOCK:
+            _module(self.config)
+            return _generation
+
+    def session(self) -> Any:
+        lib = _module(self.config)
+        if self._session is None or self._session_generation != _generation:
+            with translate_errors(f"opening token {self.config.token_label!r}"):
+                token = lib.get_token(token_label=self.config.token_label)
+                self.manufacturer_id = token.manufacturer_id
+                try:
+                    session = token.open(user_pin=self.config.user_pin(), rw=True)
+                except p11x.UserAlreadyLoggedIn:
+                    session = token.open(rw=True)
+            self._session = session
+            self._session_generation = _generation
+        return self._session
+
+    @contextlib.contextmanager
+    def use(self, what: str = "PKCS#11 call") -> Iterator[Any]:
+        """The session, under the process lock, with errors translated."""
+        with LOCK, translate_errors(what):
+            yield self.session()
+
+    @property
+    def is_softhsm(self) -> bool:
+        with LOCK:
+            self.session()
+        return "softhsm" in self.manufacturer_id.lower()
+
+
+def open_token(config: HsmConfig) -> Pkcs11Token:
+    """The process's :class:`Pkcs11Token` for this module, label and configuration."""
+    key = (str(config.module), config.token_label, _conf_for(config))
+    with LOCK:
+        token = _TOKENS.get(key)
+        if token is None:
+            token = _TOKENS[key] = Pkcs11Token(config)
+        return token
+
+
+# --- Helpers on a session (call them with LOCK held, e.g. inside ``token.use()``) -------------
+
+#: PKCS#11 key type of a card/master key per algorithm.
+KEY_TYPES: dict[Algorithm, KeyType] = {Algorithm.DES3: KeyType.DES2, Algorithm.AES: KeyType.AES}
+ECB: dict[Algorithm, Mechanism] = {Algorithm.DES3: Mechanism.DES3_ECB,
+                                   Algorithm.AES: Mechanism.AES_ECB}
+CBC: dict[Algorithm, Mechanism] = {Algorithm.DES3: Mechanism.DES3_CBC,
+                                   Algorithm.AES: Mechanism.AES_CBC}
+ENCRYPT_DATA: dict[Algorithm, Mechanism] = {Algorithm.DES3: Mechanism.DES3_ECB_ENCRYPT_DATA,
+                                            Algorithm.AES: Mechanism.AES_ECB_ENCRYPT_DATA}
+
+_CAPABILITIES = (Attribute.ENCRYPT, Attribute.DECRYPT, Attribute.WRAP, Attribute.UNWRAP,
+                 Attribute.SIGN, Attribute.VERIFY, Attribute.DERIVE)
+
+
+def capabilities(*allowed: Attribute) -> dict[Attribute, bool]:
+    """A template granting exactly ``allowed`` among the usage attributes."""
+    return {attr: attr in allowed for attr in _CAPABILITIES}
+
+
+def check_algorithm(alg: Algorithm) -> None:
+    if alg not in KEY_TYPES:
+        raise MechanismUnavailable(
+            f"{alg.value}: needs an HSM with this algorithm (SoftHSM2 and PKCS#11 v2.40 have no "
+            "SM4 mechanism); use 3des or aes"
+        )
+
+
+def derive(base: Any, alg: Algorithm, data: bytes, *, key_type: KeyType | None = None,
+           length: int = 16, template: dict[Attribute, Any] | None = None) -> Any:
+    """``C_DeriveKey(CKM_DES3_ECB_ENCRYPT_DATA | CKM_AES_ECB_ENCRYPT_DATA)``: a session key whose
+    value is the ECB encryption of ``data`` under ``base``.
+
+    For DES3 the parameter is a raw ``CK_KEY_DERIVATION_STRING_DATA`` passed as bytes
+    (python-pkcs11 builds it only for AES); ``buf`` stays referenced until the call returns.
+    CKA_VALUE_LEN is dropped for DES keys (SoftHSM refuses it there).
+    """
+    check_algorithm(alg)
+    kt = key_type or KEY_TYPES[alg]
+    buf = ctypes.create_string_buffer(data, len(data))
+    # python-pkcs11 builds the struct itself for AES_ECB_ENCRYPT_DATA only
+    param = data if alg is Algorithm.AES else struct.pack("PL", ctypes.addressof(buf), len(data))
+    tmpl: dict[Attribute, Any] = {Attribute.TOKEN: False, Attribute.PRIVATE: True}
+    if kt in (KeyType.DES2, KeyType.DES3):
+        tmpl[Attribute.VALUE_LEN] = DEFAULT
+    tmpl.update(template or {})
+    key = base.derive_key(kt, length * 8, mechanism=ENCRYPT_DATA[alg], mechanism_param=param,
+                          template=tmpl)
+    del buf
+    return key
+
+
+def kcv(key: Any, alg: Algorithm) -> bytes:
+    """Key check value computed in the HSM (``keyscheme.kcv``): 3DES ``ECB(K, 0^8)[:3]``, AES
+    ``ECB(K, 01^16)[:3]``, through a 3-byte non-sensitive derived value, so the key itself
+    needs no CKA_ENCRYPT (a master key with CKA_ENCRYPT would let C_Encrypt compute card keys
+    in clear)."""
+    data = b"\x00" * 8 if alg is Algorithm.DES3 else b"\x01" * 16
+    check = derive(key, alg, data, key_type=KeyType.GENERIC_SECRET, length=3,
+                   template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True,
+                             **capabilities()})
+    try:
+        return bytes(check[Attribute.VALUE])
+    finally:
+        check.destroy()
+
+
+def find_one(session: Any, label: str, object_class: ObjectClass = ObjectClass.SECRET_KEY) -> Any:
+    objs = list(session.get_objects({Attribute.LABEL: label, Attribute.CLASS: object_class}))
+    if not objs:
+        raise KeyNotFound(f"no key labelled {label!r} in the token", label=label)
+    if len(objs) > 1:
+        raise HsmError(f"{len(objs)} objects labelled {label!r}", label=label)
+    return objs[0]
+
+
+def exists(session: Any, label: str, object_class: ObjectClass = ObjectClass.SECRET_KEY) -> bool:
+    return any(True for _ in session.get_objects({Attribute.LABEL: label,
+                                                  Attribute.CLASS: object_class}))

@@ -1,0 +1,135 @@
+"""Database access: engine and session factories built from :class:`Settings`.
+
+SQLite is the embedded default (one file under the data directory, WAL journal, foreign keys on,
+a busy timeout); PostgreSQL through psycopg 3 is the production backend. Both run the same
+Alembic migrations (:mod:`issuance.migrations`).
+
+Services never commit: they take a :class:`Session` and flush. The caller owns the transaction,
+usually through :func:`transaction`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
+
+from issuance.errors import ConflictError
+from issuance.settings import Settings
+
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every issuance table (constraint names follow NAMING_CONVENTION)."""
+
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _sqlite_on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+    # Let SQLAlchemy control transactions (pysqlite's own BEGIN handling breaks SAVEPOINT).
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys = ON")
+    cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA journal_mode = WAL")
+    cur.execute("PRAGMA synchronous = NORMAL")
+    cur.close()
+
+
+def _sqlite_on_begin(conn: sa.Connection) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
+def make_engine(settings: Settings | None = None, *, url: str | None = None) -> Engine:
+    """An engine for ``url`` or the settings' database (SQLite file created on demand)."""
+    if url is None:
+        if settings is None:
+            raise ValueError("make_engine needs settings or url")
+        url = settings.database_url
+    echo = bool(settings.database.echo) if settings is not None else False
+    sa_url = sa.make_url(url)
+    if sa_url.get_backend_name() == "sqlite":
+        if sa_url.database and sa_url.database != ":memory:":
+            from pathlib import Path
+
+            Path(sa_url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            sa_url, echo=echo, connect_args={"check_same_thread": False, "timeout": 10}
+        )
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    if sa_url.get_backend_name() == "postgresql" and sa_url.drivername == "postgresql":
+        sa_url = sa_url.set(drivername="postgresql+psycopg")
+    return sa.create_engine(sa_url, echo=echo, pool_pre_ping=True)
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """True when ``exc`` means another transaction changed the same rows first."""
+    if isinstance(exc, StaleDataError):
+        return True
+    if isinstance(exc, sa.exc.StatementError) and isinstance(exc.orig, StaleDataError):
+        return True
+    if isinstance(exc, sa.exc.OperationalError):
+        text = str(exc.orig).lower()
+        return (
+            "database is locked" in text  # SQLite: stale WAL snapshot / writer busy
+            or "could not serialize" in text
+            or "deadlock detected" in text
+            or "lock not available" in text
+        )
+    return False
+
+
+def flush(session: Session) -> None:
+    """Flush, turning a lost optimistic-lock race into :class:`ConflictError`."""
+    try:
+        session.flush()
+    except (StaleDataError, sa.exc.OperationalError) as exc:
+        if is_conflict(exc):
+            raise ConflictError(
+                "another user changed this record at the same time; reload and retry"
+            ) from exc
+        raise
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any error.
+
+    Races lost at commit time (stale version, SQLite busy snapshot, serialisation failure) are
+    raised as :class:`ConflictError`.
+    """
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException as exc:
+        session.rollback()
+        if is_conflict(exc):
+            raise ConflictError(
+                "another user changed this record at the same time; reload and retry"
+            ) from exc
+        raise
+    finally:
+        session.close()

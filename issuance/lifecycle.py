@@ -1,0 +1,297 @@
+"""The card lifecycle as data: explicit transition tables for cards and for chip applications.
+
+A transition is ``(from_state, event) -> to_state`` with the roles that may ask for it and the
+channels it may come through. Anything not in the table raises :class:`TransitionError` and
+changes nothing. Every applied transition writes one audit event (who, role, channel, when, why,
+before/after) in the caller's transaction.
+
+The services (:mod:`issuance.services`) add the domain rules around a transition (a loss report
+row, a replacement card, the chip applications that follow the card ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from issuance import audit
+from issuance.audit import Actor
+from issuance.errors import PermissionDenied, TransitionError
+from issuance.models import (
+    Card,
+    CardStatus,
+    Channel,
+    ChipAppKind,
+    ChipApplication,
+    ChipAppStatus,
+    StaffRole,
+    utcnow,
+)
+
+R = StaffRole
+C = Channel
+S = CardStatus
+A = ChipAppStatus
+
+
+class CardEvent:
+    """Names of card events (strings, stored in the audit log as ``card.<event>``)."""
+
+    START_PRODUCTION = "start_production"
+    PERSONALISE = "personalise"
+    SHIP = "ship"
+    COLLECT = "collect"
+    ACTIVATE = "activate"
+    SUSPEND = "suspend"
+    LIFT = "lift"
+    REPORT_LOSS_PROVISIONAL = "report_loss_provisional"
+    REPORT_LOSS_FORMAL = "report_loss_formal"
+    FORMALISE_LOSS = "formalise_loss"
+    LAPSE = "lapse"
+    UNREPORT = "unreport"
+    REPORT_DAMAGED = "report_damaged"
+    REPLACE = "replace"
+    EXPIRE = "expire"
+    CANCEL = "cancel"
+    HAND_BACK = "hand_back"  # a temporary card returned when the formal card is collected
+
+
+class ChipEvent:
+    ACTIVATE = "activate"
+    SUSPEND = "suspend"
+    LIFT = "lift"
+    BLOCK = "block"
+    UNBLOCK = "unblock"
+    CANCEL = "cancel"
+
+
+@dataclass(frozen=True)
+class Transition:
+    from_state: str
+    event: str
+    to_state: str
+    roles: frozenset[StaffRole]
+    channels: frozenset[Channel] | None = None  # None = any channel
+    kinds: frozenset[ChipAppKind] | None = None  # chip applications only; None = any kind
+
+
+def _t(
+    frm: Iterable[str] | str,
+    event: str,
+    to: str,
+    roles: Iterable[StaffRole],
+    channels: Iterable[Channel] | None = None,
+    kinds: Iterable[ChipAppKind] | None = None,
+) -> list[Transition]:
+    froms = [frm] if isinstance(frm, str) else list(frm)
+    return [
+        Transition(
+            f, event, to, frozenset(roles),
+            None if channels is None else frozenset(channels),
+            None if kinds is None else frozenset(kinds),
+        )
+        for f in froms
+    ]  # fmt: skip
+
+
+_PRODUCTION = {R.CLERK, R.SUPERVISOR, R.ADMIN, R.SYSTEM}
+_COUNTER_STAFF = {R.CLERK, R.SUPERVISOR, R.ADMIN}
+_HANDOUT = {R.CLERK, R.BANK_TELLER, R.SUPERVISOR, R.ADMIN}
+_REMOTE = {C.PHONE, C.WEB, C.APP, C.WECHAT, C.SMS}
+_NOT_TERMINAL = [s for s in S if s not in (S.REPLACED, S.EXPIRED, S.CANCELLED)]
+
+#: The card transition table.
+CARD_TRANSITIONS: tuple[Transition, ...] = tuple(
+    _t(S.NUMBER_ALLOCATED, CardEvent.START_PRODUCTION, S.IN_PRODUCTION, _PRODUCTION)
+    + _t(S.IN_PRODUCTION, CardEvent.PERSONALISE, S.PERSONALISED, _PRODUCTION | {R.BANK_TELLER})
+    + _t(S.PERSONALISED, CardEvent.SHIP, S.SHIPPED, _PRODUCTION)
+    # collection at the centre / a branch; from PERSONALISED for instant issuance at a branch
+    + _t([S.SHIPPED, S.PERSONALISED], CardEvent.COLLECT, S.ISSUED, _HANDOUT,
+         {C.COUNTER, C.BANK})
+    + _t(S.ISSUED, CardEvent.ACTIVATE, S.ACTIVE, _HANDOUT | {R.SYSTEM},
+         {C.COUNTER, C.BANK, C.KIOSK, C.WEB, C.APP})
+    + _t(S.ACTIVE, CardEvent.SUSPEND, S.SUSPENDED, {R.FUND_SUPERVISOR})
+    + _t(S.SUSPENDED, CardEvent.LIFT, S.ACTIVE, {R.FUND_SUPERVISOR})
+    + _t(S.ACTIVE, CardEvent.REPORT_LOSS_PROVISIONAL, S.LOST_PROVISIONAL,
+         _COUNTER_STAFF | {R.SYSTEM}, _REMOTE)
+    + _t(S.ACTIVE, CardEvent.REPORT_LOSS_FORMAL, S.LOST_FORMAL, _COUNTER_STAFF, {C.COUNTER})
+    + _t(S.LOST_PROVISIONAL, CardEvent.FORMALISE_LOSS, S.LOST_FORMAL, _COUNTER_STAFF,
+         {C.COUNTER})
+    + _t(S.LOST_PROVISIONAL, CardEvent.LAPSE, S.ACTIVE, {R.SYSTEM})
+    + _t(S.LOST_PROVISIONAL, CardEvent.UNREPORT, S.ACTIVE, _COUNTER_STAFF | {R.SYSTEM},
+         _REMOTE | {C.COUNTER})
+    + _t(S.LOST_FORMAL, CardEvent.UNREPORT, S.ACTIVE, _COUNTER_STAFF, {C.COUNTER})
+    + _t([S.ACTIVE, S.ISSUED], CardEvent.REPORT_DAMAGED, S.DAMAGED,
+         _COUNTER_STAFF | {R.BANK_TELLER}, {C.COUNTER, C.BANK})
+    # replacement of a lost or damaged card, or renewal of a working one
+    + _t([S.LOST_FORMAL, S.DAMAGED, S.ACTIVE], CardEvent.REPLACE, S.REPLACED, _COUNTER_STAFF,
+         {C.COUNTER})
+    + _t([s for s in _NOT_TERMINAL if s not in (S.NUMBER_ALLOCATED, S.IN_PRODUCTION)],
+         CardEvent.EXPIRE, S.EXPIRED, {R.SYSTEM})
+    + _t(_NOT_TERMINAL, CardEvent.CANCEL, S.CANCELLED,
+         {R.SUPERVISOR, R.ADMIN, R.SYSTEM, R.CLERK}, {C.COUNTER, C.FEED, C.SYSTEM})
+    + _t(S.ACTIVE, CardEvent.HAND_BACK, S.CANCELLED, _HANDOUT | {R.SYSTEM},
+         {C.COUNTER, C.BANK, C.SYSTEM})
+)  # fmt: skip
+
+_SOCIAL = {ChipAppKind.SOCIAL_SECURITY, ChipAppKind.MEDICAL, ChipAppKind.PENSION}
+_FIN = {ChipAppKind.FINANCIAL}
+
+#: The chip application transition table (each application has its own status).
+CHIP_TRANSITIONS: tuple[Transition, ...] = tuple(
+    _t(A.SEALED, ChipEvent.ACTIVATE, A.ACTIVE, _HANDOUT | {R.SYSTEM}, kinds=_SOCIAL)
+    + _t(A.SEALED, ChipEvent.ACTIVATE, A.ACTIVE, {R.BANK_TELLER}, {C.BANK}, kinds=_FIN)
+    + _t(A.ACTIVE, ChipEvent.SUSPEND, A.SUSPENDED, {R.FUND_SUPERVISOR}, kinds=_SOCIAL)
+    + _t(A.SUSPENDED, ChipEvent.LIFT, A.ACTIVE, {R.FUND_SUPERVISOR}, kinds=_SOCIAL)
+    + _t(A.ACTIVE, ChipEvent.SUSPEND, A.SUSPENDED, {R.BANK_TELLER}, {C.BANK}, kinds=_FIN)
+    + _t(A.SUSPENDED, ChipEvent.LIFT, A.ACTIVE, {R.BANK_TELLER}, {C.BANK}, kinds=_FIN)
+    + _t(A.ACTIVE, ChipEvent.BLOCK, A.BLOCKED, _COUNTER_STAFF | {R.SYSTEM}, kinds=_SOCIAL)
+    + _t(A.BLOCKED, ChipEvent.UNBLOCK, A.ACTIVE, _COUNTER_STAFF | {R.SYSTEM}, kinds=_SOCIAL)
+    + _t(A.ACTIVE, ChipEvent.BLOCK, A.BLOCKED, {R.BANK_TELLER, R.SYSTEM}, kinds=_FIN)
+    + _t(A.BLOCKED, ChipEvent.UNBLOCK, A.ACTIVE, {R.BANK_TELLER}, {C.BANK}, kinds=_FIN)
+    + _t([A.SEALED, A.ACTIVE, A.SUSPENDED, A.BLOCKED], ChipEvent.CANCEL, A.CANCELLED,
+         {R.SUPERVISOR, R.ADMIN, R.SYSTEM, R.CLERK, R.BANK_TELLER})
+)  # fmt: skip
+
+_CARD_INDEX: dict[tuple[str, str], Transition] = {
+    (t.from_state, t.event): t for t in CARD_TRANSITIONS
+}
+
+#: Card status -> the province's status code (DOMAIN.md: 0 number allocated, 1 normal,
+#: A not yet activated, B provisionally lost, 2 reported lost, 3 cancelled after loss,
+#: 4 cancelled). CHOICE: the province list has no code for "suspended" or "damaged": both
+#: map to A (not usable until a counter acts), "replaced" to 3, "expired" to 4.
+PROVINCE_STATUS_CODES: dict[CardStatus, str] = {
+    S.NUMBER_ALLOCATED: "0",
+    S.IN_PRODUCTION: "0",
+    S.PERSONALISED: "0",
+    S.SHIPPED: "0",
+    S.ISSUED: "A",
+    S.ACTIVE: "1",
+    S.SUSPENDED: "A",
+    S.DAMAGED: "A",
+    S.LOST_PROVISIONAL: "B",
+    S.LOST_FORMAL: "2",
+    S.REPLACED: "3",
+    S.EXPIRED: "4",
+    S.CANCELLED: "4",
+}
+
+
+def province_status_code(status: CardStatus | str) -> str:
+    return PROVINCE_STATUS_CODES[CardStatus(status)]
+
+
+def card_transition(from_state: str, event: str) -> Transition:
+    """The declared transition for ``event`` in ``from_state``; raise TransitionError."""
+    t = _CARD_INDEX.get((str(from_state), event))
+    if t is None:
+        raise TransitionError(
+            f"a card in state {from_state!s} cannot {event.replace('_', ' ')}",
+            from_state=str(from_state), event=event,
+        )  # fmt: skip
+    return t
+
+
+def chip_transition(kind: ChipAppKind | str, from_state: str, event: str) -> Transition:
+    for t in CHIP_TRANSITIONS:
+        if t.from_state == from_state and t.event == event and (
+            t.kinds is None or kind in t.kinds
+        ):
+            return t
+    raise TransitionError(
+        f"the {kind} application in state {from_state} cannot {event}",
+        from_state=str(from_state), event=event, kind=str(kind),
+    )  # fmt: skip
+
+
+def _authorise(t: Transition, actor: Actor, what: str) -> None:
+    if actor.role not in t.roles:
+        raise PermissionDenied(
+            f"role {actor.role} may not {t.event.replace('_', ' ')} {what}",
+            role=str(actor.role), event=t.event,
+        )  # fmt: skip
+    if t.channels is not None and actor.channel not in t.channels:
+        raise PermissionDenied(
+            f"{t.event.replace('_', ' ')} of {what} is not possible through {actor.channel}",
+            channel=str(actor.channel), event=t.event,
+        )  # fmt: skip
+
+
+def apply_card_event(
+    session: Session,
+    card: Card,
+    event: str,
+    actor: Actor,
+    *,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> Transition:
+    """Move ``card`` by ``event`` if the table allows it for this actor; audit it."""
+    t = card_transition(card.status, event)
+    _authorise(t, actor, f"card {card.card_number}")
+    before = str(card.status)
+    card.status = CardStatus(t.to_state)
+    card.status_changed_at = utcnow()
+    audit.record(
+        session, actor, f"card.{event}", "card", card.id if card.id is not None else "new",
+        before=before, after=t.to_state, reason=reason,
+        details={"card_number": card.card_number, **(details or {})},
+    )  # fmt: skip
+    return t
+
+
+def apply_chip_event(
+    session: Session,
+    app: ChipApplication,
+    event: str,
+    actor: Actor,
+    *,
+    reason: str | None = None,
+    cascade: bool = False,
+) -> Transition:
+    """Move one chip application. ``cascade``: the move follows a card transition already
+    authorised (the roles of the chip table are not checked again)."""
+    t = chip_transition(app.kind, app.status, event)
+    if not cascade:
+        _authorise(t, actor, f"the {app.kind} application")
+    before = str(app.status)
+    app.status = ChipAppStatus(t.to_state)
+    app.status_changed_at = utcnow()
+    audit.record(
+        session, actor, f"chip.{event}", "chip_application", app.id,
+        before=before, after=t.to_state, reason=reason,
+        details={"card_id": app.card_id, "kind": str(app.kind), "cascade": cascade},
+    )  # fmt: skip
+    return t
+
+
+def cascade_chips(
+    session: Session,
+    card: Card,
+    event: str,
+    actor: Actor,
+    *,
+    kinds: Iterable[ChipAppKind] | None = None,
+    reason: str | None = None,
+) -> int:
+    """Apply ``event`` to the card's chip applications (of ``kinds``) where it is declared;
+    the others keep their status (e.g. a sealed bank function stays sealed on loss)."""
+    wanted = set(kinds) if kinds is not None else None
+    moved = 0
+    for app in card.chip_apps:
+        if wanted is not None and app.kind not in wanted:
+            continue
+        try:
+            chip_transition(app.kind, app.status, event)
+        except TransitionError:
+            continue
+        apply_chip_event(session, app, event, actor, reason=reason, cascade=True)
+        moved += 1
+    return moved
+
+
+SOCIAL_KINDS = frozenset(_SOCIAL)

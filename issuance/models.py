@@ -1,0 +1,456 @@
+"""The system of record: people, applications, cards and everything that happens to them.
+
+Domain enums are StrEnum stored by value (VARCHAR, no native database enum, so adding a value
+needs no type migration). Times are naive UTC (``utcnow()``), the same on SQLite and PostgreSQL.
+Money is integer fen. Schema changes go through Alembic (:mod:`issuance.migrations`); the drift
+check (``ykt db check``) fails when these models and the migrations disagree.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, deferred, mapped_column, relationship
+
+from issuance.db import Base
+
+
+def utcnow() -> datetime:
+    """Current UTC time, naive (what every DateTime column stores)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _enum(cls: type[enum.Enum]) -> sa.Enum:
+    return sa.Enum(
+        cls,
+        native_enum=False,
+        create_constraint=False,
+        length=24,
+        values_callable=lambda e: [m.value for m in e],
+        validate_strings=True,
+    )
+
+
+# --- enums ---------------------------------------------------------------------------------
+class StaffRole(enum.StrEnum):
+    """Roles of staff users (one per user). ``system`` is the role of workers and feeds."""
+
+    CLERK = "clerk"
+    REVIEWER = "reviewer"
+    APPROVER = "approver"
+    SUPERVISOR = "supervisor"
+    FUND_SUPERVISOR = "fund_supervisor"
+    BANK_TELLER = "bank_teller"
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+    SYSTEM = "system"
+
+
+class Channel(enum.StrEnum):
+    """Where a request came from (the province's channel codes plus internal ones)."""
+
+    COUNTER = "counter"
+    PHONE = "phone"
+    WEB = "web"
+    APP = "app"
+    SMS = "sms"
+    WECHAT = "wechat"
+    BANK = "bank"
+    EMPLOYER = "employer"
+    KIOSK = "kiosk"
+    PORTABLE = "portable"
+    FEED = "feed"
+    SYSTEM = "system"
+
+
+class ApplicationChannel(enum.StrEnum):
+    COUNTER = "counter"
+    EMPLOYER = "employer"
+    COLLECTIVE = "collective"
+
+
+class ApplicationStatus(enum.StrEnum):
+    RECEIVED = "received"
+    PROCESSED = "processed"
+    REVIEWED = "reviewed"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    WITHDRAWN = "withdrawn"
+
+
+LIVE_APPLICATION_STATUSES = (
+    ApplicationStatus.RECEIVED,
+    ApplicationStatus.PROCESSED,
+    ApplicationStatus.REVIEWED,
+)
+
+
+class CollectiveKind(enum.StrEnum):
+    EMPLOYER = "employer"
+    SCHOOL = "school"
+    COMMUNITY = "community"
+
+
+class CardKind(enum.StrEnum):
+    FORMAL = "formal"
+    TEMPORARY = "temporary"
+
+
+class CardStatus(enum.StrEnum):
+    NUMBER_ALLOCATED = "number_allocated"
+    IN_PRODUCTION = "in_production"
+    PERSONALISED = "personalised"
+    SHIPPED = "shipped"
+    ISSUED = "issued"  # handed to the holder, social security function still sealed
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    LOST_PROVISIONAL = "lost_provisional"
+    LOST_FORMAL = "lost_formal"
+    DAMAGED = "damaged"
+    REPLACED = "replaced"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_CARD_STATUSES = (CardStatus.REPLACED, CardStatus.EXPIRED, CardStatus.CANCELLED)
+
+
+class CardAlgorithm(enum.StrEnum):
+    """Algorithm family of the card (FCI 9F0C: 86 01 01 = 3DES, 86 01 03 = SM4)."""
+
+    DES3 = "3des"
+    SM4 = "sm4"
+    AES = "aes"
+
+
+class ChipAppKind(enum.StrEnum):
+    SOCIAL_SECURITY = "social_security"
+    MEDICAL = "medical"
+    PENSION = "pension"
+    FINANCIAL = "financial"
+
+
+class ChipAppStatus(enum.StrEnum):
+    SEALED = "sealed"  # personalised, not yet activated
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    BLOCKED = "blocked"
+    CANCELLED = "cancelled"
+
+
+class LossKind(enum.StrEnum):
+    PROVISIONAL = "provisional"
+    FORMAL = "formal"
+
+
+class LossStatus(enum.StrEnum):
+    OPEN = "open"
+    FORMALISED = "formalised"  # a provisional report made formal (a new formal row exists)
+    LAPSED = "lapsed"
+    WITHDRAWN = "withdrawn"
+    REPLACED = "replaced"
+    CANCELLED = "cancelled"
+
+
+class AgencyKind(enum.StrEnum):
+    HOSPITAL = "hospital"
+    PHARMACY = "pharmacy"
+    BANK = "bank"
+    OTHER = "other"
+
+
+# --- tables ---------------------------------------------------------------------------------
+class Agency(Base):
+    __tablename__ = "agencies"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(sa.String(32), unique=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    kind: Mapped[AgencyKind] = mapped_column(_enum(AgencyKind))
+    region_code: Mapped[str] = mapped_column(sa.String(6))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Staff(Base):
+    __tablename__ = "staff"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(sa.String(100))
+    role: Mapped[StaffRole] = mapped_column(_enum(StaffRole))
+    agency_id: Mapped[int | None] = mapped_column(sa.ForeignKey("agencies.id"))
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Person(Base):
+    """One resident. One person, one social security number (the citizen ID number)."""
+
+    __tablename__ = "persons"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    citizen_id: Mapped[str] = mapped_column(sa.String(18), unique=True)
+    name: Mapped[str] = mapped_column(sa.String(60))
+    sex: Mapped[str] = mapped_column(sa.String(1))  # GB/T 2261.1: 1 male, 2 female, 9 unstated
+    birth_date: Mapped[date]
+    ethnicity: Mapped[str | None] = mapped_column(sa.String(2))  # GB 3304 code
+    region_code: Mapped[str] = mapped_column(sa.String(6))  # decides who pays subsidies
+    phone: Mapped[str | None] = mapped_column(sa.String(20))
+    address: Mapped[str | None] = mapped_column(sa.String(200))
+    death_date: Mapped[date | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    cards: Mapped[list[Card]] = relationship(back_populates="person", foreign_keys="Card.person_id")
+
+    def __repr__(self) -> str:  # never the full number
+        from cardspec.ids import mask_citizen_id
+
+        return f"Person(id={self.id}, citizen_id={mask_citizen_id(self.citizen_id)!r})"
+
+
+class CollectiveApplicant(Base):
+    """An employer, or a school/community acting for members who have no employer."""
+
+    __tablename__ = "collective_applicants"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    kind: Mapped[CollectiveKind] = mapped_column(_enum(CollectiveKind))
+    org_code: Mapped[str | None] = mapped_column(sa.String(18))
+    region_code: Mapped[str] = mapped_column(sa.String(6))
+    contact_phone: Mapped[str | None] = mapped_column(sa.String(20))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Application(Base):
+    __tablename__ = "applications"
+    __table_args__ = (
+        # One live application per person (the database enforces what intake checks).
+        sa.Index(
+            "uq_applications_live_person",
+            "person_id",
+            unique=True,
+            sqlite_where=sa.text("status IN ('received', 'processed', 'reviewed')"),
+            postgresql_where=sa.text("status IN ('received', 'processed', 'reviewed')"),
+        ),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    person_id: Mapped[int] = mapped_column(sa.ForeignKey("persons.id"), index=True)
+    channel: Mapped[ApplicationChannel] = mapped_column(_enum(ApplicationChannel))
+    status: Mapped[ApplicationStatus] = mapped_column(_enum(ApplicationStatus), index=True)
+    collective_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("collective_applicants.id"), index=True
+    )
+    received_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"))
+    processed_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"))
+    reviewed_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"))
+    approved_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_at: Mapped[datetime | None]
+    reject_reason: Mapped[str | None] = mapped_column(sa.String(500))
+    phone: Mapped[str | None] = mapped_column(sa.String(20))
+    photo_jpeg: Mapped[bytes | None] = deferred(mapped_column(sa.LargeBinary))
+    photo_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    photo_exempt: Mapped[bool] = mapped_column(default=False)
+    fee_fen: Mapped[int] = mapped_column(default=0)
+    #: Identifies the file line an imported application came from (re-import finds it).
+    import_ref: Mapped[str | None] = mapped_column(sa.String(80), unique=True)
+    card_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("cards.id", use_alter=True), index=True
+    )
+    version: Mapped[int] = mapped_column(default=1)
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012
+
+    person: Mapped[Person] = relationship()
+    collective: Mapped[CollectiveApplicant | None] = relationship()
+
+
+class Batch(Base):
+    """A production batch (extended by the batches module in a later migration)."""
+
+    __tablename__ = "batches"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(100), unique=True)
+    status: Mapped[str] = mapped_column(sa.String(24), default="open")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Card(Base):
+    __tablename__ = "cards"
+    __table_args__ = (
+        # One live formal card per person.
+        sa.Index(
+            "uq_cards_live_formal_person",
+            "person_id",
+            unique=True,
+            sqlite_where=sa.text(
+                "kind = 'formal' AND status NOT IN ('replaced', 'expired', 'cancelled')"
+            ),
+            postgresql_where=sa.text(
+                "kind = 'formal' AND status NOT IN ('replaced', 'expired', 'cancelled')"
+            ),
+        ),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: 9 characters with check character; unique and never reused (allocated from a series).
+    card_number: Mapped[str] = mapped_column(sa.String(9), unique=True)
+    #: 32 characters: region + D156000005 + chip serial; known once a chip is assigned.
+    card_identification_code: Mapped[str | None] = mapped_column(sa.String(32), unique=True)
+    kind: Mapped[CardKind] = mapped_column(_enum(CardKind))
+    status: Mapped[CardStatus] = mapped_column(_enum(CardStatus))
+    status_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    person_id: Mapped[int] = mapped_column(sa.ForeignKey("persons.id"), index=True)
+    application_id: Mapped[int | None] = mapped_column(sa.ForeignKey("applications.id"))
+    region_code: Mapped[str] = mapped_column(sa.String(6))
+    key_version: Mapped[int] = mapped_column(default=1)
+    algorithm: Mapped[CardAlgorithm] = mapped_column(_enum(CardAlgorithm))
+    issue_date: Mapped[date | None]
+    expiry_date: Mapped[date | None]
+    replaced_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("cards.id"))
+    batch_id: Mapped[int | None] = mapped_column(sa.ForeignKey("batches.id"), index=True)
+    fee_fen: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    version: Mapped[int] = mapped_column(default=1)
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012
+
+    person: Mapped[Person] = relationship(back_populates="cards", foreign_keys=[person_id])
+    chip_apps: Mapped[list[ChipApplication]] = relationship(
+        back_populates="card", order_by="ChipApplication.id"
+    )
+
+    def chip_app(self, kind: ChipAppKind) -> ChipApplication | None:
+        return next((a for a in self.chip_apps if a.kind == kind), None)
+
+
+class ChipApplication(Base):
+    """One application on a card's chip, with its own status (bank function vs social)."""
+
+    __tablename__ = "chip_applications"
+    __table_args__ = (
+        sa.UniqueConstraint("card_id", "kind", name="uq_chip_applications_card_kind"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    card_id: Mapped[int] = mapped_column(sa.ForeignKey("cards.id"))
+    kind: Mapped[ChipAppKind] = mapped_column(_enum(ChipAppKind))
+    status: Mapped[ChipAppStatus] = mapped_column(_enum(ChipAppStatus))
+    status_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Financial function: the holder set a PIN on the card at the branch (the PIN itself is
+    #: never seen by this system).
+    pin_set: Mapped[bool] = mapped_column(default=False)
+    bank_agency_id: Mapped[int | None] = mapped_column(sa.ForeignKey("agencies.id"))
+    version: Mapped[int] = mapped_column(default=1)
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012
+
+    card: Mapped[Card] = relationship(back_populates="chip_apps")
+
+
+class Deposit(Base):
+    """Deposit for a temporary card (fen), taken at issue and refunded when handed back."""
+
+    __tablename__ = "deposits"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    card_id: Mapped[int] = mapped_column(sa.ForeignKey("cards.id"), unique=True)
+    amount_fen: Mapped[int]
+    taken_at: Mapped[datetime] = mapped_column(default=utcnow)
+    taken_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"))
+    refunded_at: Mapped[datetime | None]
+    refunded_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"))
+
+
+class LossReport(Base):
+    __tablename__ = "loss_reports"
+    __table_args__ = (sa.Index("ix_loss_reports_status_lapses_at", "status", "lapses_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    card_id: Mapped[int] = mapped_column(sa.ForeignKey("cards.id"), index=True)
+    kind: Mapped[LossKind] = mapped_column(_enum(LossKind))
+    status: Mapped[LossStatus] = mapped_column(_enum(LossStatus))
+    channel: Mapped[Channel] = mapped_column(_enum(Channel))
+    identity_checked: Mapped[bool] = mapped_column(default=False)
+    reported_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lapses_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None]
+    staff_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"))
+    note: Mapped[str | None] = mapped_column(sa.String(500))
+
+
+class AuditEvent(Base):
+    """One audited action. Inserted in the business transaction; sealed into the hash chain
+    later by :func:`issuance.audit.seal` (chain_seq, prev_hash, hash)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        sa.Index(
+            "ix_audit_events_unsealed",
+            "id",
+            sqlite_where=sa.text("chain_seq IS NULL"),
+            postgresql_where=sa.text("chain_seq IS NULL"),
+        ),
+        sa.Index("ix_audit_events_entity", "entity_type", "entity_id"),
+    )
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+                                    primary_key=True)
+    occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor_staff_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"))
+    actor_name: Mapped[str] = mapped_column(sa.String(64))
+    actor_role: Mapped[str] = mapped_column(sa.String(24))
+    channel: Mapped[str] = mapped_column(sa.String(24))
+    action: Mapped[str] = mapped_column(sa.String(64))
+    entity_type: Mapped[str] = mapped_column(sa.String(32))
+    entity_id: Mapped[str] = mapped_column(sa.String(40))
+    before: Mapped[str | None] = mapped_column(sa.String(64))
+    after: Mapped[str | None] = mapped_column(sa.String(64))
+    reason: Mapped[str | None] = mapped_column(sa.String(500))
+    details: Mapped[str] = mapped_column(sa.Text, default="{}")  # canonical JSON
+    chain_seq: Mapped[int | None] = mapped_column(sa.BigInteger, unique=True)
+    prev_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    hash: Mapped[str | None] = mapped_column(sa.String(64))
+
+
+class AuditChainHead(Base):
+    """Single row (id 1): last sealed sequence and hash. Locked while sealing."""
+
+    __tablename__ = "audit_chain_head"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    last_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    last_hash: Mapped[str] = mapped_column(sa.String(64))
+    sealed_at: Mapped[datetime | None]
+
+
+class AuditCheckpoint(Base):
+    __tablename__ = "audit_checkpoints"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    chain_seq: Mapped[int] = mapped_column(sa.BigInteger, unique=True)
+    hash: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    signature: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    public_key_pem: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class OutboxMessage(Base):
+    """A notification waiting for the gateway (SMS, e-mail ...), drained by drain_outbox."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        sa.Index(
+            "ix_outbox_pending",
+            "id",
+            sqlite_where=sa.text("sent_at IS NULL"),
+            postgresql_where=sa.text("sent_at IS NULL"),
+        ),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    topic: Mapped[str] = mapped_column(sa.String(40))
+    person_id: Mapped[int | None] = mapped_column(sa.ForeignKey("persons.id"))
+    recipient: Mapped[str | None] = mapped_column(sa.String(100))
+    payload: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    attempts: Mapped[int] = mapped_column(default=0)
+    sent_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(sa.String(500))
+
+
+class CardNumberSeries(Base):
+    """Sequential card-number allocator, one row per prefix, updated under a row lock."""
+
+    __tablename__ = "card_number_series"
+    prefix: Mapped[str] = mapped_column(sa.String(4), primary_key=True)
+    next_value: Mapped[int] = mapped_column(sa.BigInteger, default=1)

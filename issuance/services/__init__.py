@@ -1,0 +1,96 @@
+"""Service layer of the issuance domain: every state change goes through here.
+
+Services take a ``Session`` and an :class:`~issuance.audit.Actor`, flush, and never commit (the
+caller owns the transaction, e.g. :func:`issuance.db.transaction`). Errors are
+:mod:`issuance.errors` (``ValidationError`` with every ``FieldProblem``, ``TransitionError``,
+``PermissionDenied``, ``ConflictError``, ``NotFound``).
+"""
+
+from __future__ import annotations
+
+from issuance.audit import SYSTEM_ACTOR, Actor
+from issuance.services.applications import (
+    ApplicationInput,
+    approve_application,
+    list_applications,
+    process_application,
+    reject_application,
+    review_application,
+    submit_application,
+    validate_record,
+)
+from issuance.services.cards import (
+    CardView,
+    CollectResult,
+    activate_card,
+    activate_financial,
+    advance_production,
+    cancel_card,
+    card_status,
+    collect_card,
+    lift_suspension,
+    report_damaged,
+    suspend_card,
+)
+from issuance.services.common import allocate_card_numbers, create_card, find_card, get_person
+from issuance.services.deaths import DeathFeedReport, cancel_deaths
+from issuance.services.loss import (
+    expire_provisional_losses,
+    formalise_loss,
+    replace_card,
+    report_loss,
+    unreport_loss,
+)
+from issuance.services.outbox import LogSink, Sink, drain_outbox, enqueue
+from issuance.services.staff import (
+    actor_for,
+    create_agency,
+    create_staff,
+    get_or_create_collective,
+)
+from issuance.services.temporary import hand_back_temporary_card, issue_temporary_card
+
+__all__ = [
+    "SYSTEM_ACTOR",
+    "Actor",
+    "ApplicationInput",
+    "CardView",
+    "CollectResult",
+    "DeathFeedReport",
+    "LogSink",
+    "Sink",
+    "activate_card",
+    "activate_financial",
+    "actor_for",
+    "advance_production",
+    "allocate_card_numbers",
+    "approve_application",
+    "cancel_card",
+    "cancel_deaths",
+    "card_status",
+    "collect_card",
+    "create_agency",
+    "create_card",
+    "create_staff",
+    "drain_outbox",
+    "enqueue",
+    "expire_provisional_losses",
+    "find_card",
+    "formalise_loss",
+    "get_or_create_collective",
+    "get_person",
+    "hand_back_temporary_card",
+    "issue_temporary_card",
+    "lift_suspension",
+    "list_applications",
+    "process_application",
+    "reject_application",
+    "replace_card",
+    "report_damaged",
+    "report_loss",
+    "review_application",
+    "submit_application",
+    "suspend_card",
+    "unreport_loss",
+    "validate_record",
+]

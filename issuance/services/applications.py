@@ -1,0 +1,356 @@
+"""Applications: one-veto validation, intake, and receive → process → review → approve.
+
+Maker–checker: the clerk who received an application can neither review nor approve it; the
+approver is recorded. Approval creates the card record (a card number is allocated) that
+production then takes through the lifecycle.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from cardspec.errors import InvalidIdentifier
+from cardspec.ids import CitizenId, validate_citizen_id, validate_region_code
+from issuance import audit
+from issuance.audit import Actor
+from issuance.db import flush
+from issuance.errors import (
+    ConflictError,
+    FieldProblem,
+    NotFound,
+    PermissionDenied,
+    PhotoRejected,
+    TransitionError,
+    ValidationError,
+)
+from issuance.models import (
+    LIVE_APPLICATION_STATUSES,
+    Application,
+    ApplicationChannel,
+    ApplicationStatus,
+    Card,
+    CollectiveApplicant,
+    Person,
+    StaffRole,
+    utcnow,
+)
+from issuance.services.common import create_card, live_formal_card
+from issuance.settings import PhotoSettings, Settings
+
+#: ``process_photo(data, settings) -> ProcessedPhoto`` (``.jpeg``, ``.sha256``); raises
+#: PhotoRejected. Default: :func:`issuance.photos.process_photo`.
+PhotoProcessor = Callable[[bytes, PhotoSettings], Any]
+
+_CJK_NAME = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\U00020000-\U0002ffff·•]+")
+_LATIN_NAME = re.compile(r"[A-Za-z][A-Za-z .'\-]*")
+_MOBILE = re.compile(r"1[3-9][0-9]{9}")
+_LANDLINE = re.compile(r"0[0-9]{2,3}-?[0-9]{7,8}")
+_SEX_WORDS = {"1": "1", "2": "2", "男": "1", "女": "2", "M": "1", "F": "2", "9": "9"}
+
+RECEIVERS = {StaffRole.CLERK, StaffRole.SUPERVISOR, StaffRole.ADMIN, StaffRole.BANK_TELLER}
+PROCESSORS = {StaffRole.CLERK, StaffRole.SUPERVISOR}
+REVIEWERS = {StaffRole.REVIEWER, StaffRole.SUPERVISOR}
+APPROVERS = {StaffRole.APPROVER, StaffRole.SUPERVISOR}
+
+
+@dataclass
+class ApplicationInput:
+    """One applicant's record as received (counter form, or one line of a file)."""
+
+    citizen_id: str
+    name: str
+    phone: str | None = None
+    sex: str | None = None
+    birth_date: date | None = None
+    region_code: str | None = None  # residence region (decides subsidies); default: issuer's
+    ethnicity: str | None = None
+    address: str | None = None
+    photo: bytes | None = None
+
+
+@dataclass
+class ValidRecord:
+    citizen: CitizenId
+    name: str
+    phone: str | None
+    region_code: str
+    ethnicity: str | None
+    address: str | None
+    photo_jpeg: bytes | None
+    photo_sha256: str | None
+    photo_exempt: bool
+    person: Person | None
+
+
+def _age(birth: date, today: date) -> int:
+    return today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
+
+
+def check_name(name: str) -> str | None:
+    """Reason the name is unusable, or None. CJK names 2-20 characters (middle dot allowed for
+    minority names), Latin names 2-60; must be storable in GBK (EF06 tags 09 + 4E: 50 bytes)."""
+    if not name:
+        return "is required"
+    if name != name.strip() or "  " in name:
+        return "has leading, trailing or double spaces"
+    if _CJK_NAME.fullmatch(name):
+        if not 2 <= len(name) <= 20:
+            return "a Chinese name must have 2 to 20 characters"
+    elif _LATIN_NAME.fullmatch(name):
+        if not 2 <= len(name) <= 60:
+            return "a Latin-script name must have 2 to 60 characters"
+    else:
+        return "contains characters that are not allowed (digits, symbols or mixed scripts)"
+    try:
+        encoded = name.encode("gbk")
+    except UnicodeEncodeError:
+        return "contains characters the card cannot store (not in GBK)"
+    if len(encoded) > 50:
+        return "is longer than the card can store (50 bytes in GBK)"
+    return None
+
+
+def validate_record(
+    session: Session,
+    settings: Settings,
+    data: ApplicationInput,
+    *,
+    photo_processor: PhotoProcessor | None = None,
+    today: date | None = None,
+) -> ValidRecord:
+    """Check the record as a whole; raise ValidationError listing EVERY problem found."""
+    today = today or date.today()
+    problems: list[FieldProblem] = []
+    citizen: CitizenId | None = None
+    try:
+        citizen = validate_citizen_id((data.citizen_id or "").strip(), today=today)
+    except InvalidIdentifier as exc:
+        problems.append(FieldProblem("citizen_id", exc.reason))
+    name = (data.name or "").strip() if data.name is not None else ""
+    if (reason := check_name(data.name or "")) is not None:
+        problems.append(FieldProblem("name", reason))
+    if data.sex not in (None, ""):
+        sex = _SEX_WORDS.get(str(data.sex).strip().upper())
+        if sex is None:
+            problems.append(FieldProblem("sex", "must be 1 (male), 2 (female) or 男/女"))
+        elif citizen is not None and sex != citizen.sex:
+            problems.append(FieldProblem("sex", "does not match the citizen ID number"))
+    if citizen is not None and data.birth_date not in (None, citizen.birth_date):
+        problems.append(FieldProblem("birth_date", "does not match the citizen ID number"))
+    region = (data.region_code or settings.issuer.region_code).strip()
+    try:
+        validate_region_code(region)
+    except InvalidIdentifier as exc:
+        problems.append(FieldProblem("region_code", exc.reason))
+    if data.ethnicity not in (None, "") and not re.fullmatch(r"[0-9]{2}", str(data.ethnicity)):
+        problems.append(FieldProblem("ethnicity", "must be a 2-digit GB 3304 code"))
+    phone = (data.phone or "").replace(" ", "") or None
+    if phone is None:
+        problems.append(FieldProblem("phone", "a contact phone number is required"))
+    elif not (_MOBILE.fullmatch(phone) or _LANDLINE.fullmatch(phone)):
+        problems.append(FieldProblem("phone", "is not a mobile (11 digits) or landline number"))
+    if data.address is not None and len(data.address) > 200:
+        problems.append(FieldProblem("address", "longer than 200 characters"))
+    # photo
+    exempt = citizen is not None and _age(citizen.birth_date, today) < (
+        settings.photos.photo_exempt_under_years
+    )
+    jpeg = sha = None
+    if data.photo:
+        if photo_processor is None:
+            from issuance.photos import process_photo
+
+            photo_processor = process_photo
+        try:
+            processed = photo_processor(data.photo, settings.photos)
+            jpeg, sha = processed.jpeg, processed.sha256
+        except PhotoRejected as exc:
+            reasons = [p.reason for p in exc.problems] or [exc.message]
+            problems.extend(FieldProblem("photo", r) for r in reasons)
+    elif not exempt:
+        under = settings.photos.photo_exempt_under_years
+        problems.append(FieldProblem("photo", f"required (only children under {under} are exempt)"))
+    # one person, one number, one live card or application
+    person: Person | None = None
+    if citizen is not None:
+        person = session.scalars(
+            sa.select(Person).where(Person.citizen_id == citizen.value)
+        ).one_or_none()
+        if person is not None:
+            if person.death_date is not None:
+                problems.append(FieldProblem("citizen_id", "the person is recorded as deceased"))
+            if person.name != name and not any(p.field == "name" for p in problems):
+                problems.append(FieldProblem("name", "does not match the registered person"))
+            card = live_formal_card(session, person.id)
+            if card is not None:
+                problems.append(FieldProblem(
+                    "citizen_id", f"already holds a live card ({card.card_number}, {card.status})"
+                ))  # fmt: skip
+            if live_application(session, person.id) is not None:
+                problems.append(
+                    FieldProblem("citizen_id", "already has an application in progress")
+                )
+    if problems:
+        raise ValidationError("application rejected", problems)
+    assert citizen is not None
+    return ValidRecord(citizen, name, phone, region, data.ethnicity or None, data.address,
+                       jpeg, sha, exempt and not data.photo, person)
+
+
+def live_application(session: Session, person_id: int) -> Application | None:
+    return session.scalars(
+        sa.select(Application).where(
+            Application.person_id == person_id,
+            Application.status.in_(LIVE_APPLICATION_STATUSES),
+        )
+    ).first()
+
+
+def submit_application(
+    session: Session,
+    settings: Settings,
+    data: ApplicationInput,
+    actor: Actor,
+    *,
+    channel: ApplicationChannel = ApplicationChannel.COUNTER,
+    collective: CollectiveApplicant | None = None,
+    import_ref: str | None = None,
+    photo_processor: PhotoProcessor | None = None,
+    today: date | None = None,
+) -> Application:
+    """Validate and record one application (status ``received``)."""
+    if actor.role not in RECEIVERS:
+        raise PermissionDenied(f"role {actor.role} may not receive applications")
+    rec = validate_record(session, settings, data, photo_processor=photo_processor, today=today)
+    person = rec.person
+    if person is None:
+        person = Person(
+            citizen_id=rec.citizen.value, name=rec.name, sex=rec.citizen.sex,
+            birth_date=rec.citizen.birth_date, region_code=rec.region_code,
+            ethnicity=rec.ethnicity, phone=rec.phone, address=rec.address,
+        )  # fmt: skip
+        session.add(person)
+    else:
+        person.phone = rec.phone or person.phone
+        person.region_code = rec.region_code
+        person.address = rec.address or person.address
+    app = Application(
+        person=person, channel=channel, status=ApplicationStatus.RECEIVED,
+        collective_id=collective.id if collective is not None else None,
+        received_by_id=actor.staff_id, phone=rec.phone, photo_jpeg=rec.photo_jpeg,
+        photo_sha256=rec.photo_sha256, photo_exempt=rec.photo_exempt, import_ref=import_ref,
+    )  # fmt: skip
+    session.add(app)
+    try:
+        with session.begin_nested():
+            flush(session)
+    except sa.exc.IntegrityError as exc:
+        raise ConflictError("an application for this person was recorded at the same time") from exc
+    audit.record(
+        session, actor, "application.received", "application", app.id,
+        after=str(ApplicationStatus.RECEIVED),
+        details={"citizen_id": rec.citizen.masked(), "person_id": person.id,
+                 "channel": str(channel), "collective_id": app.collective_id,
+                 "photo_sha256": rec.photo_sha256},
+    )  # fmt: skip
+    return app
+
+
+def get_application(session: Session, app_id: int) -> Application:
+    app = session.get(Application, app_id)
+    if app is None:
+        raise NotFound(f"no application {app_id}")
+    return app
+
+
+def _move(
+    session: Session, app: Application, actor: Actor, to: ApplicationStatus,
+    frm: ApplicationStatus, reason: str | None = None,
+) -> None:
+    if app.status != frm:
+        raise TransitionError(
+            f"application {app.id} is {app.status}, it must be {frm} to become {to}",
+            from_state=str(app.status), event=str(to),
+        )  # fmt: skip
+    before = str(app.status)
+    app.status = to
+    flush(session)
+    audit.record(session, actor, f"application.{to}", "application", app.id, before=before,
+                 after=str(to), reason=reason)
+
+
+def process_application(session: Session, app_id: int, actor: Actor) -> Application:
+    app = get_application(session, app_id)
+    if actor.role not in PROCESSORS:
+        raise PermissionDenied(f"role {actor.role} may not process applications")
+    app.processed_by_id = actor.staff_id
+    _move(session, app, actor, ApplicationStatus.PROCESSED, ApplicationStatus.RECEIVED)
+    return app
+
+
+def review_application(session: Session, app_id: int, actor: Actor) -> Application:
+    app = get_application(session, app_id)
+    if actor.role not in REVIEWERS:
+        raise PermissionDenied(f"role {actor.role} may not review applications")
+    _maker_checker(app, actor, "review")
+    app.reviewed_by_id = actor.staff_id
+    _move(session, app, actor, ApplicationStatus.REVIEWED, ApplicationStatus.PROCESSED)
+    return app
+
+
+def _maker_checker(app: Application, actor: Actor, what: str) -> None:
+    if actor.staff_id is None:
+        raise PermissionDenied(f"only a named staff user may {what} an application")
+    if actor.staff_id == app.received_by_id:
+        raise PermissionDenied(
+            f"the clerk who received application {app.id} may not {what} it (maker-checker)"
+        )
+
+
+def approve_application(
+    session: Session, settings: Settings, app_id: int, actor: Actor
+) -> Card:
+    """Approve a reviewed application and create its card record (number allocated)."""
+    app = get_application(session, app_id)
+    if actor.role not in APPROVERS:
+        raise PermissionDenied(f"role {actor.role} may not approve applications")
+    _maker_checker(app, actor, "approve")
+    app.approved_by_id = actor.staff_id
+    app.decided_at = utcnow()
+    _move(session, app, actor, ApplicationStatus.APPROVED, ApplicationStatus.REVIEWED)
+    card = create_card(session, settings, app.person, actor, application=app,
+                       reason=f"application {app.id} approved")
+    app.card_id = card.id
+    flush(session)
+    return card
+
+
+def reject_application(session: Session, app_id: int, actor: Actor, reason: str) -> Application:
+    app = get_application(session, app_id)
+    if actor.role not in REVIEWERS | APPROVERS:
+        raise PermissionDenied(f"role {actor.role} may not reject applications")
+    if app.status not in LIVE_APPLICATION_STATUSES:
+        raise TransitionError(f"application {app.id} is {app.status}; it cannot be rejected")
+    _maker_checker(app, actor, "reject")
+    before = str(app.status)
+    app.status, app.reject_reason, app.decided_at = ApplicationStatus.REJECTED, reason, utcnow()
+    flush(session)
+    audit.record(session, actor, "application.rejected", "application", app.id, before=before,
+                 after=str(app.status), reason=reason)
+    return app
+
+
+def list_applications(
+    session: Session, status: ApplicationStatus | None = None, limit: int = 100
+) -> list[Application]:
+    stmt = sa.select(Application).order_by(Application.id.desc()).limit(limit)
+    if status is not None:
+        stmt = stmt.where(Application.status == status)
+    return list(session.scalars(stmt))

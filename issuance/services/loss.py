@@ -1,0 +1,193 @@
+"""Loss reports, un-reporting, the lapse of provisional reports, and replacement.
+
+* phone / web / app (and other remote channels): a **provisional** report that blocks the card
+  at once and lapses back after ``settings.lifecycle.provisional_loss_hours`` unless made formal
+  (web and app reports need an identity check);
+* counter: a **formal** report (identity checked), which leads to replacement;
+* un-report (card found): with identity check, only while no replacement was applied for;
+* replacement: a new card record (new card number; identification code and keys when the new
+  chip is personalised); the old card is cancelled for good.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from issuance import lifecycle
+from issuance.audit import SYSTEM_ACTOR, Actor
+from issuance.db import flush
+from issuance.errors import FieldProblem, TransitionError, ValidationError
+from issuance.lifecycle import SOCIAL_KINDS, CardEvent, ChipEvent
+from issuance.models import (
+    Card,
+    CardStatus,
+    Channel,
+    LossKind,
+    LossReport,
+    LossStatus,
+    utcnow,
+)
+from issuance.services.common import create_card, find_card
+from issuance.settings import Settings
+
+REMOTE_CHANNELS = {Channel.PHONE, Channel.WEB, Channel.APP, Channel.WECHAT, Channel.SMS}
+IDENTITY_REQUIRED = {Channel.WEB, Channel.APP, Channel.WECHAT, Channel.COUNTER, Channel.BANK}
+
+
+def _require_identity(actor: Actor, identity_checked: bool, what: str) -> None:
+    if actor.channel in IDENTITY_REQUIRED and not identity_checked:
+        raise ValidationError(
+            f"cannot {what}",
+            [FieldProblem("identity_checked", f"identity must be checked ({actor.channel})")],
+        )
+
+
+def _open_reports(session: Session, card_id: int) -> list[LossReport]:
+    return list(session.scalars(
+        sa.select(LossReport).where(LossReport.card_id == card_id,
+                                    LossReport.status == LossStatus.OPEN)
+    ))  # fmt: skip
+
+
+def report_loss(
+    session: Session,
+    settings: Settings,
+    card_id: int,
+    actor: Actor,
+    *,
+    identity_checked: bool = False,
+    note: str | None = None,
+    now: datetime | None = None,
+) -> LossReport:
+    """Report a card lost through ``actor.channel``; the card is blocked at once."""
+    now = now or utcnow()
+    card = find_card(session, card_id=card_id)
+    if card.status == CardStatus.LOST_PROVISIONAL and actor.channel == Channel.COUNTER:
+        return formalise_loss(session, card_id, actor, identity_checked=identity_checked,
+                              note=note, now=now)
+    _require_identity(actor, identity_checked, "report the loss")
+    provisional = actor.channel in REMOTE_CHANNELS
+    event = CardEvent.REPORT_LOSS_PROVISIONAL if provisional else CardEvent.REPORT_LOSS_FORMAL
+    lifecycle.apply_card_event(session, card, event, actor, reason=note,
+                               details={"identity_checked": identity_checked})
+    lifecycle.cascade_chips(session, card, ChipEvent.BLOCK, actor, kinds=SOCIAL_KINDS,
+                            reason="card reported lost")
+    report = LossReport(
+        card_id=card.id, kind=LossKind.PROVISIONAL if provisional else LossKind.FORMAL,
+        status=LossStatus.OPEN, channel=actor.channel, identity_checked=identity_checked,
+        reported_at=now, staff_id=actor.staff_id, note=note,
+        lapses_at=now + timedelta(hours=settings.lifecycle.provisional_loss_hours)
+        if provisional else None,
+    )  # fmt: skip
+    session.add(report)
+    flush(session)
+    return report
+
+
+def formalise_loss(
+    session: Session,
+    card_id: int,
+    actor: Actor,
+    *,
+    identity_checked: bool,
+    note: str | None = None,
+    now: datetime | None = None,
+) -> LossReport:
+    """Turn a provisional report into a formal one at a counter (it no longer lapses)."""
+    now = now or utcnow()
+    card = find_card(session, card_id=card_id)
+    _require_identity(actor, identity_checked, "formalise the loss report")
+    lifecycle.apply_card_event(session, card, CardEvent.FORMALISE_LOSS, actor, reason=note)
+    for old in _open_reports(session, card.id):
+        old.status, old.closed_at = LossStatus.FORMALISED, now
+    report = LossReport(card_id=card.id, kind=LossKind.FORMAL, status=LossStatus.OPEN,
+                        channel=actor.channel, identity_checked=True, reported_at=now,
+                        staff_id=actor.staff_id, note=note)
+    session.add(report)
+    flush(session)
+    return report
+
+
+def unreport_loss(
+    session: Session, card_id: int, actor: Actor, *, identity_checked: bool,
+    note: str | None = None,
+) -> Card:
+    """The card was found: withdraw the report (only while no replacement was applied for)."""
+    card = find_card(session, card_id=card_id)
+    _require_identity(actor, identity_checked, "withdraw the loss report")
+    if card.replaced_by_id is not None:  # defence in depth: the table forbids it too
+        raise TransitionError(f"card {card.card_number} was replaced; it cannot be un-reported")
+    lifecycle.apply_card_event(session, card, CardEvent.UNREPORT, actor, reason=note)
+    lifecycle.cascade_chips(session, card, ChipEvent.UNBLOCK, actor, kinds=SOCIAL_KINDS,
+                            reason="loss report withdrawn")
+    for report in _open_reports(session, card.id):
+        report.status, report.closed_at = LossStatus.WITHDRAWN, utcnow()
+    flush(session)
+    return card
+
+
+def lapse_if_due(session: Session, card: Card, now: datetime | None = None) -> bool:
+    """Lapse the card's provisional loss report if its time is up (also run on every read)."""
+    now = now or utcnow()
+    if card.status != CardStatus.LOST_PROVISIONAL:
+        return False
+    reports = [r for r in _open_reports(session, card.id) if r.kind == LossKind.PROVISIONAL]
+    if not reports or any(r.lapses_at is None or r.lapses_at > now for r in reports):
+        return False
+    lifecycle.apply_card_event(session, card, CardEvent.LAPSE, SYSTEM_ACTOR,
+                               reason="provisional loss report lapsed")
+    lifecycle.cascade_chips(session, card, ChipEvent.UNBLOCK, SYSTEM_ACTOR, kinds=SOCIAL_KINDS,
+                            reason="provisional loss report lapsed")
+    for r in reports:
+        r.status, r.closed_at = LossStatus.LAPSED, now
+    flush(session)
+    return True
+
+
+def expire_provisional_losses(session: Session, now: datetime | None = None,
+                              limit: int = 10_000) -> int:
+    """Worker/CLI: lapse every provisional report whose time is up. Returns cards restored."""
+    now = now or utcnow()
+    stmt = (
+        sa.select(LossReport.card_id)
+        .where(LossReport.status == LossStatus.OPEN, LossReport.kind == LossKind.PROVISIONAL,
+               LossReport.lapses_at <= now)
+        .order_by(LossReport.lapses_at)
+        .limit(limit)
+    )
+    count = 0
+    for card_id in list(session.scalars(stmt)):
+        card = find_card(session, card_id=card_id)
+        if lapse_if_due(session, card, now):
+            count += 1
+    return count
+
+
+def replace_card(
+    session: Session,
+    settings: Settings,
+    card_id: int,
+    actor: Actor,
+    *,
+    reason: str = "replacement",
+    fee_fen: int | None = None,
+) -> Card:
+    """Replace a formally lost, damaged or (renewal) active card: the old one is cancelled for
+    good (all its functions), a new card record with a new number starts production."""
+    old = find_card(session, card_id=card_id)
+    if old.kind != "formal":
+        raise ValidationError("cannot replace", [FieldProblem("card", "not a formal card")])
+    lifecycle.apply_card_event(session, old, CardEvent.REPLACE, actor, reason=reason)
+    lifecycle.cascade_chips(session, old, ChipEvent.CANCEL, actor, reason="card replaced")
+    for report in _open_reports(session, old.id):
+        report.status, report.closed_at = LossStatus.REPLACED, utcnow()
+    flush(session)  # the old card leaves the "one live card" index before the new one enters
+    fee = settings.lifecycle.replacement_fee_fen if fee_fen is None else fee_fen
+    new = create_card(session, settings, old.person, actor, fee_fen=fee,
+                      reason=f"replaces card {old.card_number}")
+    old.replaced_by_id = new.id
+    flush(session)
+    return new

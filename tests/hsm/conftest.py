@@ -1,0 +1,45 @@
+"""SoftHSM fixture: one token per xdist worker process (session scope), see hsm_helpers."""
+
+from __future__ import annotations
+
+import pytest
+from hsm_helpers import (
+    ALGS,
+    REGION,
+    TRANSPORT_KEY,
+    HsmEnv,
+    components_of,
+    master_key,
+)
+
+from cardspec import keyscheme
+from cardspec.keyscheme import Algorithm, KeySlot
+from hsm import ceremony, softhsm
+from hsm.config import HsmConfig
+from hsm.pkcs11 import open_token
+from hsm.service import Pkcs11KeyService
+from issuance.settings import load_settings
+
+
+@pytest.fixture(scope="session")
+def hsm_env(tmp_path_factory: pytest.TempPathFactory) -> HsmEnv:
+    root = tmp_path_factory.mktemp("softhsm")
+    settings = load_settings(environ={"YKT_DATA_DIR": str(root)})
+    config = HsmConfig.from_settings(settings)
+    assert softhsm.ensure_token(config) is True
+    token = open_token(config)
+    masters: dict[tuple[KeySlot, Algorithm, int], bytes] = {}
+    for alg in ALGS:
+        for slot in KeySlot:
+            key = master_key(slot, alg, 1)
+            comps = components_of(key, 3 if slot is KeySlot.KMC else 2)
+            info = ceremony.import_master(token, slot, comps,
+                                          [keyscheme.kcv(c, alg) for c in comps], alg, 1,
+                                          expected_kcv=keyscheme.kcv(key, alg))
+            assert info.kcv == keyscheme.kcv(key, alg)
+            masters[(slot, alg, 1)] = key
+    comps = components_of(TRANSPORT_KEY)
+    ceremony.import_transport_key(token, "bureau1", comps,
+                                  [keyscheme.kcv(c, Algorithm.AES) for c in comps])
+    assert ceremony.generate_signing_key(token) is True
+    return HsmEnv(root, config, token, Pkcs11KeyService(token, REGION), masters)

@@ -1,0 +1,107 @@
+"""Fixtures of the issuance tests: citizen IDs, a stand-in photo processor, staff actors and
+cards brought to a given state through the real services."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import pytest
+from sqlalchemy.orm import Session
+
+from cardspec.ids import citizen_id_check_char
+from issuance import services
+from issuance.audit import Actor
+from issuance.errors import FieldProblem, PhotoRejected
+from issuance.models import Card, Channel, StaffRole
+from issuance.settings import PhotoSettings, Settings
+
+_seq = itertools.count(random.randrange(0, 10_000_000))
+
+
+def make_cid(birth: date | None = None, *, male: bool = True, region: str = "330106") -> str:
+    """A valid citizen ID number, unique within the test run."""
+    n = next(_seq)
+    if birth is None:
+        birth = date(1960, 1, 1) + timedelta(days=(n // 500) % 15000)
+    seq = (n * 2 + (1 if male else 0)) % 1000
+    body = f"{region}{birth:%Y%m%d}{seq:03d}"
+    return body + citizen_id_check_char(body)
+
+
+@dataclass
+class FakePhoto:
+    jpeg: bytes
+    sha256: str
+
+
+JPEG_FIXTURE = b"\xff\xd8\xff\xe0" + b"fixture-photo" * 100 + b"\xff\xd9"
+
+
+def fake_process_photo(data: bytes, settings: PhotoSettings) -> FakePhoto:
+    """Stand-in for issuance.photos.process_photo (owned elsewhere): accepts JPEG bytes."""
+    if not data.startswith(b"\xff\xd8"):
+        raise PhotoRejected("photo rejected", [FieldProblem("photo", "not a JPEG or PNG image")])
+    return FakePhoto(data, hashlib.sha256(data).hexdigest())
+
+
+@pytest.fixture
+def photo_processor() -> Callable[[bytes, PhotoSettings], FakePhoto]:
+    return fake_process_photo
+
+
+@pytest.fixture
+def actors(session: Session) -> dict[str, Actor]:
+    """One staff user per role (plus a second clerk), as actors at the counter."""
+    tag = next(_seq)
+    out: dict[str, Actor] = {}
+    for role in StaffRole:
+        if role == StaffRole.SYSTEM:
+            continue
+        staff = services.create_staff(session, f"{role}-{tag}", role)
+        out[str(role)] = services.actor_for(session, staff.username, Channel.COUNTER)
+    clerk2 = services.create_staff(session, f"clerk2-{tag}", StaffRole.CLERK)
+    out["clerk2"] = services.actor_for(session, clerk2.username)
+    return out
+
+
+def submit(session: Session, settings: Settings, actor: Actor, **kw: object) -> object:
+    data = services.ApplicationInput(
+        citizen_id=str(kw.pop("citizen_id", make_cid())), name=str(kw.pop("name", "张三")),
+        phone=str(kw.pop("phone", "13800138000")), photo=kw.pop("photo", JPEG_FIXTURE),  # type: ignore[arg-type]
+        **kw,  # type: ignore[arg-type]
+    )
+    return services.submit_application(session, settings, data, actor,
+                                       photo_processor=fake_process_photo)
+
+
+@pytest.fixture
+def new_card(
+    session: Session, settings: Settings, actors: dict[str, Actor]
+) -> Callable[[str], Card]:
+    """Make an approved card and drive it through the real services up to ``state``
+    (number_allocated, in_production, personalised, shipped, issued, active)."""
+
+    def make(state: str = "active") -> Card:
+        app = submit(session, settings, actors["clerk"])
+        services.process_application(session, app.id, actors["clerk"])  # type: ignore[attr-defined]
+        services.review_application(session, app.id, actors["reviewer"])  # type: ignore[attr-defined]
+        card = services.approve_application(session, settings, app.id, actors["approver"])  # type: ignore[attr-defined]
+        steps = ["start_production", "personalise", "ship"]
+        order = ["number_allocated", "in_production", "personalised", "shipped", "issued",
+                 "active"]
+        for step in steps[: order.index(state) if state in order[:4] else 3]:
+            services.advance_production(session, settings, card.id, step, actors["clerk"],
+                                        chip_serial=random.randbytes(8))
+        if order.index(state) >= 4:
+            services.collect_card(session, card.id, actors["clerk"])
+        if state == "active":
+            services.activate_card(session, card.id, actors["clerk"])
+        assert card.status == state
+        return card
+
+    return make
