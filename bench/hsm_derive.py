@@ -95,10 +95,14 @@ def main() -> dict[str, Any]:
         "ratio_2proc_vs_1proc_raw": round(two * keys / raw, 3),
     }
     print(f"raw HSM derive+destroy        : {raw:9.0f} /s  (1 process, DES3)")
-    print(f"per-card derivation, 1 process: {one:9.1f} cards/s x {keys} keys "
-          f"= {one * keys:.0f} keys/s")
-    print(f"per-card derivation, 2 procs  : {two:9.1f} cards/s x {keys} keys "
-          f"= {two * keys:.0f} keys/s")
+    print(
+        f"per-card derivation, 1 process: {one:9.1f} cards/s x {keys} keys "
+        f"= {one * keys:.0f} keys/s"
+    )
+    print(
+        f"per-card derivation, 2 procs  : {two:9.1f} cards/s x {keys} keys "
+        f"= {two * keys:.0f} keys/s"
+    )
     print(f"ratio (1 proc) cards/s x keys / raw derives/s: {one * keys / raw:.3f} (target >= 0.7)")
     print(f"ratio (2 procs) vs 1-process raw             : {two * keys / raw:.3f}")
     return figures

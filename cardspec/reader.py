@@ -46,8 +46,7 @@ class Reader(Protocol):
         """Send one command APDU, return response data + SW1 SW2 (raw bytes)."""
         ...
 
-    def disconnect(self) -> None:
-        ...
+    def disconnect(self) -> None: ...
 
 
 class InProcessReader:

@@ -76,9 +76,16 @@ def _info(obj: object, label: str, alg: Algorithm) -> KeyInfo:
         kind, slot, version = "master", KeySlot(m.group(1)), int(m.group(3))
     # KCV in the HSM needs CKA_DERIVE (masters); a transport key (CKA_WRAP only) has none here
     check = p11.kcv(obj, alg) if obj[Attribute.DERIVE] else b""  # type: ignore[index]
-    return KeyInfo(label=label, kind=kind, algorithm=alg.value, slot=slot, version=version,
-                   kcv=check, sensitive=bool(obj[Attribute.SENSITIVE]),  # type: ignore[index]
-                   extractable=bool(obj[Attribute.EXTRACTABLE]))  # type: ignore[index]
+    return KeyInfo(
+        label=label,
+        kind=kind,
+        algorithm=alg.value,
+        slot=slot,
+        version=version,
+        kcv=check,
+        sensitive=bool(obj[Attribute.SENSITIVE]),  # type: ignore[index]
+        extractable=bool(obj[Attribute.EXTRACTABLE]),  # type: ignore[index]
+    )
 
 
 def _versions(session: object, slot: KeySlot, alg: Algorithm) -> list[int]:
@@ -96,8 +103,9 @@ def latest_version(token: Pkcs11Token, slot: KeySlot, alg: Algorithm) -> int | N
     return versions[-1] if versions else None
 
 
-def generate_master(token: Pkcs11Token, slot: KeySlot, alg: Algorithm = Algorithm.DES3,
-                    version: int = 1) -> KeyInfo:
+def generate_master(
+    token: Pkcs11Token, slot: KeySlot, alg: Algorithm = Algorithm.DES3, version: int = 1
+) -> KeyInfo:
     """Generate an issuer master key inside the HSM."""
     p11.check_algorithm(alg)
     label = master_label(slot, alg, version)
@@ -106,8 +114,9 @@ def generate_master(token: Pkcs11Token, slot: KeySlot, alg: Algorithm = Algorith
             raise KeyExists(f"{label} already exists", label=label)
         template = _secret_template(label, Attribute.DERIVE)
         if alg is Algorithm.DES3:
-            key = session.generate_key(KeyType.DES2, 128, mechanism=Mechanism.DES2_KEY_GEN,
-                                       template=template)
+            key = session.generate_key(
+                KeyType.DES2, 128, mechanism=Mechanism.DES2_KEY_GEN, template=template
+            )
         else:
             key = session.generate_key(KeyType.AES, 128, template=template)
         return _info(key, label, alg)
@@ -136,9 +145,15 @@ def _combine(components: Sequence[bytes], kcvs: Sequence[bytes], alg: Algorithm)
     return combined
 
 
-def _import_secret(token: Pkcs11Token, label: str, alg: Algorithm,
-                   components: Sequence[bytes], kcvs: Sequence[bytes],
-                   expected_kcv: bytes | None, usage: tuple[Attribute, ...]) -> KeyInfo:
+def _import_secret(
+    token: Pkcs11Token,
+    label: str,
+    alg: Algorithm,
+    components: Sequence[bytes],
+    kcvs: Sequence[bytes],
+    expected_kcv: bytes | None,
+    usage: tuple[Attribute, ...],
+) -> KeyInfo:
     p11.check_algorithm(alg)
     combined = _combine(components, kcvs, alg)
     try:
@@ -161,23 +176,49 @@ def _import_secret(token: Pkcs11Token, label: str, alg: Algorithm,
         combined[:] = bytes(len(combined))
 
 
-def import_master(token: Pkcs11Token, slot: KeySlot, components: Sequence[bytes],
-                  kcvs: Sequence[bytes], alg: Algorithm = Algorithm.DES3, version: int = 1,
-                  expected_kcv: bytes | None = None) -> KeyInfo:
+def import_master(
+    token: Pkcs11Token,
+    slot: KeySlot,
+    components: Sequence[bytes],
+    kcvs: Sequence[bytes],
+    alg: Algorithm = Algorithm.DES3,
+    version: int = 1,
+    expected_kcv: bytes | None = None,
+) -> KeyInfo:
     """Import an issuer master key from 2-3 clear components, each checked by its KCV."""
-    return _import_secret(token, master_label(slot, alg, version), alg, components, kcvs,
-                          expected_kcv, (Attribute.DERIVE,))
+    return _import_secret(
+        token,
+        master_label(slot, alg, version),
+        alg,
+        components,
+        kcvs,
+        expected_kcv,
+        (Attribute.DERIVE,),
+    )
 
 
-def import_transport_key(token: Pkcs11Token, name: str, components: Sequence[bytes],
-                         kcvs: Sequence[bytes], expected_kcv: bytes | None = None) -> KeyInfo:
+def import_transport_key(
+    token: Pkcs11Token,
+    name: str,
+    components: Sequence[bytes],
+    kcvs: Sequence[bytes],
+    expected_kcv: bytes | None = None,
+) -> KeyInfo:
     """Import the AES-128 transport key agreed with a card bureau (components + KCVs)."""
-    return _import_secret(token, transport_label(name), Algorithm.AES, components, kcvs,
-                          expected_kcv, (Attribute.WRAP,))
+    return _import_secret(
+        token,
+        transport_label(name),
+        Algorithm.AES,
+        components,
+        kcvs,
+        expected_kcv,
+        (Attribute.WRAP,),
+    )
 
 
-def generate_transport_key(token: Pkcs11Token, name: str,
-                           components: int = 2) -> tuple[KeyInfo, list[tuple[bytes, bytes]]]:
+def generate_transport_key(
+    token: Pkcs11Token, name: str, components: int = 2
+) -> tuple[KeyInfo, list[tuple[bytes, bytes]]]:
     """A new transport key for a bureau, as ``components`` random components (HSM's RNG) with
     their KCVs, to hand to the custodians who carry them to the bureau; the combined key goes
     into the HSM. Returns the key's info and ``[(component, kcv), ...]``."""
@@ -196,14 +237,24 @@ def generate_signing_key(token: Pkcs11Token, label: str = SIGNING_LABEL) -> bool
         if p11.exists(session, label, ObjectClass.PRIVATE_KEY):
             return False
         params = session.create_domain_parameters(
-            KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
-            local=True)
+            KeyType.EC,
+            {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
+            local=True,
+        )
         params.generate_keypair(
-            store=True, label=label, id=label.encode(),
+            store=True,
+            label=label,
+            id=label.encode(),
             public_template={Attribute.VERIFY: True, Attribute.TOKEN: True},
-            private_template={Attribute.SIGN: True, Attribute.SENSITIVE: True,
-                              Attribute.EXTRACTABLE: False, Attribute.PRIVATE: True,
-                              Attribute.TOKEN: True, Attribute.DERIVE: False})
+            private_template={
+                Attribute.SIGN: True,
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: False,
+                Attribute.PRIVATE: True,
+                Attribute.TOKEN: True,
+                Attribute.DERIVE: False,
+            },
+        )
         return True
 
 
@@ -224,12 +275,21 @@ def list_keys(token: Pkcs11Token) -> list[KeyInfo]:
         for obj in session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY}):
             label = obj.label or ""
             if label.startswith("ykt:"):
-                out.append(KeyInfo(label=label, kind="signing", algorithm="ecdsa-p256",
-                                   slot=None, version=None, kcv=b"",
-                                   sensitive=bool(obj[Attribute.SENSITIVE]),
-                                   extractable=bool(obj[Attribute.EXTRACTABLE])))
-    out.sort(key=lambda k: (k.kind, k.slot.value if k.slot else "", k.algorithm,
-                            k.version or 0, k.label))
+                out.append(
+                    KeyInfo(
+                        label=label,
+                        kind="signing",
+                        algorithm="ecdsa-p256",
+                        slot=None,
+                        version=None,
+                        kcv=b"",
+                        sensitive=bool(obj[Attribute.SENSITIVE]),
+                        extractable=bool(obj[Attribute.EXTRACTABLE]),
+                    )
+                )
+    out.sort(
+        key=lambda k: (k.kind, k.slot.value if k.slot else "", k.algorithm, k.version or 0, k.label)
+    )
     return out
 
 

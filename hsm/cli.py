@@ -49,8 +49,9 @@ def _components(count: int, alg: Algorithm) -> tuple[list[bytes], list[bytes]]:
         raise typer.BadParameter("--components must be 2 or 3")
     comps, kcvs = [], []
     for n in range(1, count + 1):
-        comp = _hex(typer.prompt(f"component {n} (32 hex, not echoed)", hide_input=True),
-                    f"component {n}")
+        comp = _hex(
+            typer.prompt(f"component {n} (32 hex, not echoed)", hide_input=True), f"component {n}"
+        )
         if len(comp) != 16:
             raise typer.BadParameter(f"component {n} must be 16 bytes")
         check = _hex(typer.prompt(f"KCV of component {n} (6 hex)"), "KCV")
@@ -68,8 +69,10 @@ def init(
     config = _config()
     if config.is_softhsm:
         created = softhsm.ensure_token(config)
-        out.print(f"SoftHSM token {config.token_label!r}: {'created' if created else 'present'}"
-                  f" ({config.softhsm_conf})")
+        out.print(
+            f"SoftHSM token {config.token_label!r}: {'created' if created else 'present'}"
+            f" ({config.softhsm_conf})"
+        )
     labels = ceremony.init_keys(_token(config), algorithm)
     if labels:
         out.print(f"created {len(labels)} key(s): {', '.join(labels)}")
@@ -100,12 +103,20 @@ def import_key(
 @app.command("list")
 def list_cmd() -> None:
     """List the keys with label, slot, algorithm, version and KCV (computed in the HSM)."""
-    table = Table("label", "kind", "slot", "algorithm", "version", "KCV", "sensitive",
-                  "extractable")
+    table = Table(
+        "label", "kind", "slot", "algorithm", "version", "KCV", "sensitive", "extractable"
+    )
     for k in ceremony.list_keys(_token()):
-        table.add_row(k.label, k.kind, k.slot.value if k.slot else "", k.algorithm,
-                      str(k.version or ""), k.kcv.hex().upper(), str(k.sensitive),
-                      str(k.extractable))
+        table.add_row(
+            k.label,
+            k.kind,
+            k.slot.value if k.slot else "",
+            k.algorithm,
+            str(k.version or ""),
+            k.kcv.hex().upper(),
+            str(k.sensitive),
+            str(k.extractable),
+        )
     out.print(table)
 
 
@@ -136,8 +147,9 @@ def transport_generate(name: str, components: _Count = 2) -> None:
     """New AES transport key; prints its components for the custodians (once)."""
     info, parts = ceremony.generate_transport_key(_token(), name, components)
     for n, (comp, check) in enumerate(parts, start=1):
-        typer.prompt(f"custodian {n}: press Enter to show your component", default="",
-                     show_default=False)
+        typer.prompt(
+            f"custodian {n}: press Enter to show your component", default="", show_default=False
+        )
         out.print(f"component {n}: {comp.hex().upper()}  KCV {check.hex().upper()}")
     out.print(f"{info.label} created, KCV {info.kcv.hex().upper()}")
 

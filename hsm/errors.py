@@ -1,13 +1,13 @@
 """Exceptions of the hsm package.
 
-    HsmError                   root; ``ckr`` keeps the PKCS#11 return value name (CKR_*) if any
-    ├── HsmUnavailable         module cannot be loaded, token absent, login refused
-    ├── MechanismUnavailable   the HSM lacks a mechanism this operation needs
-    ├── KeyNotFound            no key with that label / slot / version in the token
-    ├── KeyExists              a key with that label is already in the token
-    ├── KcvMismatch            a key component or key does not match its check value
-    ├── CryptogramMismatch     a card's cryptogram (INTERNAL AUTHENTICATE) is wrong
-    └── SignatureInvalid       a signature does not verify
+HsmError                   root; ``ckr`` keeps the PKCS#11 return value name (CKR_*) if any
+├── HsmUnavailable         module cannot be loaded, token absent, login refused
+├── MechanismUnavailable   the HSM lacks a mechanism this operation needs
+├── KeyNotFound            no key with that label / slot / version in the token
+├── KeyExists              a key with that label is already in the token
+├── KcvMismatch            a key component or key does not match its check value
+├── CryptogramMismatch     a card's cryptogram (INTERNAL AUTHENTICATE) is wrong
+└── SignatureInvalid       a signature does not verify
 """
 
 from __future__ import annotations

@@ -70,8 +70,9 @@ def translate_errors(what: str) -> Iterator[None]:
     except HsmError:
         raise
     except (p11x.MechanismInvalid, p11x.FunctionNotSupported) as exc:
-        raise MechanismUnavailable(f"{what}: mechanism not offered by the HSM",
-                                   ckr=ckr_name(exc)) from exc
+        raise MechanismUnavailable(
+            f"{what}: mechanism not offered by the HSM", ckr=ckr_name(exc)
+        ) from exc
     except (p11x.NoSuchToken, p11x.TokenNotPresent, p11x.PinIncorrect, p11x.PinLocked) as exc:
         raise HsmUnavailable(f"{what}: token unavailable", ckr=ckr_name(exc)) from exc
     except p11x.NoSuchKey as exc:
@@ -98,8 +99,9 @@ def _module(config: HsmConfig) -> Any:
         try:
             lib = pkcs11.lib(path)
         except p11x.PKCS11Error as exc:
-            raise HsmUnavailable(f"cannot load PKCS#11 module {path}: {exc}",
-                                 ckr=ckr_name(exc)) from exc
+            raise HsmUnavailable(
+                f"cannot load PKCS#11 module {path}: {exc}", ckr=ckr_name(exc)
+            ) from exc
         _MODULES[path] = _Loaded(lib, pid, conf)
         _bump()
         return lib
@@ -173,15 +175,28 @@ def open_token(config: HsmConfig) -> Pkcs11Token:
 
 #: PKCS#11 key type of a card/master key per algorithm.
 KEY_TYPES: dict[Algorithm, KeyType] = {Algorithm.DES3: KeyType.DES2, Algorithm.AES: KeyType.AES}
-ECB: dict[Algorithm, Mechanism] = {Algorithm.DES3: Mechanism.DES3_ECB,
-                                   Algorithm.AES: Mechanism.AES_ECB}
-CBC: dict[Algorithm, Mechanism] = {Algorithm.DES3: Mechanism.DES3_CBC,
-                                   Algorithm.AES: Mechanism.AES_CBC}
-ENCRYPT_DATA: dict[Algorithm, Mechanism] = {Algorithm.DES3: Mechanism.DES3_ECB_ENCRYPT_DATA,
-                                            Algorithm.AES: Mechanism.AES_ECB_ENCRYPT_DATA}
+ECB: dict[Algorithm, Mechanism] = {
+    Algorithm.DES3: Mechanism.DES3_ECB,
+    Algorithm.AES: Mechanism.AES_ECB,
+}
+CBC: dict[Algorithm, Mechanism] = {
+    Algorithm.DES3: Mechanism.DES3_CBC,
+    Algorithm.AES: Mechanism.AES_CBC,
+}
+ENCRYPT_DATA: dict[Algorithm, Mechanism] = {
+    Algorithm.DES3: Mechanism.DES3_ECB_ENCRYPT_DATA,
+    Algorithm.AES: Mechanism.AES_ECB_ENCRYPT_DATA,
+}
 
-_CAPABILITIES = (Attribute.ENCRYPT, Attribute.DECRYPT, Attribute.WRAP, Attribute.UNWRAP,
-                 Attribute.SIGN, Attribute.VERIFY, Attribute.DERIVE)
+_CAPABILITIES = (
+    Attribute.ENCRYPT,
+    Attribute.DECRYPT,
+    Attribute.WRAP,
+    Attribute.UNWRAP,
+    Attribute.SIGN,
+    Attribute.VERIFY,
+    Attribute.DERIVE,
+)
 
 
 def capabilities(*allowed: Attribute) -> dict[Attribute, bool]:
@@ -197,8 +212,15 @@ def check_algorithm(alg: Algorithm) -> None:
         )
 
 
-def derive(base: Any, alg: Algorithm, data: bytes, *, key_type: KeyType | None = None,
-           length: int = 16, template: dict[Attribute, Any] | None = None) -> Any:
+def derive(
+    base: Any,
+    alg: Algorithm,
+    data: bytes,
+    *,
+    key_type: KeyType | None = None,
+    length: int = 16,
+    template: dict[Attribute, Any] | None = None,
+) -> Any:
     """``C_DeriveKey(CKM_DES3_ECB_ENCRYPT_DATA | CKM_AES_ECB_ENCRYPT_DATA)``: a session key whose
     value is the ECB encryption of ``data`` under ``base``.
 
@@ -215,8 +237,9 @@ def derive(base: Any, alg: Algorithm, data: bytes, *, key_type: KeyType | None =
     if kt in (KeyType.DES2, KeyType.DES3):
         tmpl[Attribute.VALUE_LEN] = DEFAULT
     tmpl.update(template or {})
-    key = base.derive_key(kt, length * 8, mechanism=ENCRYPT_DATA[alg], mechanism_param=param,
-                          template=tmpl)
+    key = base.derive_key(
+        kt, length * 8, mechanism=ENCRYPT_DATA[alg], mechanism_param=param, template=tmpl
+    )
     del buf
     return key
 
@@ -227,9 +250,14 @@ def kcv(key: Any, alg: Algorithm) -> bytes:
     needs no CKA_ENCRYPT (a master key with CKA_ENCRYPT would let C_Encrypt compute card keys
     in clear)."""
     data = b"\x00" * 8 if alg is Algorithm.DES3 else b"\x01" * 16
-    check = derive(key, alg, data, key_type=KeyType.GENERIC_SECRET, length=3,
-                   template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True,
-                             **capabilities()})
+    check = derive(
+        key,
+        alg,
+        data,
+        key_type=KeyType.GENERIC_SECRET,
+        length=3,
+        template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True, **capabilities()},
+    )
     try:
         return bytes(check[Attribute.VALUE])
     finally:
@@ -246,5 +274,6 @@ def find_one(session: Any, label: str, object_class: ObjectClass = ObjectClass.S
 
 
 def exists(session: Any, label: str, object_class: ObjectClass = ObjectClass.SECRET_KEY) -> bool:
-    return any(True for _ in session.get_objects({Attribute.LABEL: label,
-                                                  Attribute.CLASS: object_class}))
+    return any(
+        True for _ in session.get_objects({Attribute.LABEL: label, Attribute.CLASS: object_class})
+    )

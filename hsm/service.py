@@ -98,8 +98,9 @@ class CardCryptoSession(CardCrypto, Protocol):
 
     def __enter__(self) -> CardCryptoSession: ...
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None: ...
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
 
 
 class KeyService(Protocol):
@@ -107,13 +108,15 @@ class KeyService(Protocol):
 
     def card_crypto(self, ref: CardKeyRef) -> CardCryptoSession: ...
 
-    def verify_internal_auth(self, ref: CardKeyRef, factor: bytes, random: bytes,
-                             response: bytes) -> None: ...
+    def verify_internal_auth(
+        self, ref: CardKeyRef, factor: bytes, random: bytes, response: bytes
+    ) -> None: ...
 
     def external_auth(self, ref: CardKeyRef, slot: KeySlot, challenge: bytes) -> bytes: ...
 
-    def export_card_keys(self, ref: CardKeyRef, slots: Iterable[KeySlot],
-                         transport_label: str) -> dict[KeySlot, bytes]: ...
+    def export_card_keys(
+        self, ref: CardKeyRef, slots: Iterable[KeySlot], transport_label: str
+    ) -> dict[KeySlot, bytes]: ...
 
     def sign(self, data: bytes) -> bytes: ...
 
@@ -156,8 +159,9 @@ class HsmCardCrypto:
     def __enter__(self) -> HsmCardCrypto:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -176,9 +180,18 @@ class HsmCardCrypto:
         for n, factor in enumerate(factors, start=1):
             last = n == len(factors)
             data = keyscheme.diversification_data(factor, self.algorithm)
-            child = p11.derive(key, self.algorithm, data, template=template if last else {
-                Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
-                **p11.capabilities(Attribute.DERIVE)})
+            child = p11.derive(
+                key,
+                self.algorithm,
+                data,
+                template=template
+                if last
+                else {
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                    **p11.capabilities(Attribute.DERIVE),
+                },
+            )
             if key is not base:
                 key.destroy()
             key = child
@@ -191,9 +204,14 @@ class HsmCardCrypto:
             self._generation = generation
         key = self._keys.get(slot)
         if key is None:
-            key = self._keys[slot] = self._derive_chain(slot, {
-                Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: True,
-                **p11.capabilities(*_CARD_KEY_USAGE)})
+            key = self._keys[slot] = self._derive_chain(
+                slot,
+                {
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: True,
+                    **p11.capabilities(*_CARD_KEY_USAGE),
+                },
+            )
         return key
 
     def derive_all(self, slots: Iterable[KeySlot]) -> None:
@@ -220,15 +238,17 @@ class HsmCardCrypto:
         iv_full = (iv + bytes(size))[:size]
         padded = keyscheme.pad_method2(data, size)
         with self._service.token.use("secure-messaging MAC"):
-            out = self._key(slot).encrypt(padded, mechanism=p11.CBC[self.algorithm],
-                                          mechanism_param=iv_full)
+            out = self._key(slot).encrypt(
+                padded, mechanism=p11.CBC[self.algorithm], mechanism_param=iv_full
+            )
         return bytes(out[-size:])
 
     def encrypt(self, slot: KeySlot, plaintext: bytes) -> bytes:
         if len(plaintext) > 255:
             raise ValueError("sensitive data longer than 255 bytes")
-        padded = keyscheme.pad_method2(bytes([len(plaintext)]) + plaintext,
-                                       self.algorithm.block_size)
+        padded = keyscheme.pad_method2(
+            bytes([len(plaintext)]) + plaintext, self.algorithm.block_size
+        )
         with self._service.token.use("encrypting sensitive data"):
             return bytes(self._key(slot).encrypt(padded, mechanism=p11.ECB[self.algorithm]))
 
@@ -236,25 +256,33 @@ class HsmCardCrypto:
         with self._service.token.use("wrapping a card key"):
             wrapping, key = self._key(under), self._key(slot)
             if self.algorithm is Algorithm.AES:
-                return bytes(wrapping.wrap_key(key, mechanism=Mechanism.AES_CBC,
-                                               mechanism_param=bytes(16)))
+                return bytes(
+                    wrapping.wrap_key(key, mechanism=Mechanism.AES_CBC, mechanism_param=bytes(16))
+                )
             if self._service.des3_wrap_supported is not False:
                 try:
                     out = bytes(wrapping.wrap_key(key, mechanism=Mechanism.DES3_ECB))
                     self._service.des3_wrap_supported = True
                     return out
-                except (p11x.MechanismInvalid, p11x.FunctionNotSupported,
-                        p11x.KeyTypeInconsistent, p11x.WrappingKeyTypeInconsistent):
+                except (
+                    p11x.MechanismInvalid,
+                    p11x.FunctionNotSupported,
+                    p11x.KeyTypeInconsistent,
+                    p11x.WrappingKeyTypeInconsistent,
+                ):
                     self._service.des3_wrap_supported = False
             if not self._service.clear_des3_key_loading:
                 raise MechanismUnavailable(
                     "the HSM cannot wrap under a 3DES key (CKM_DES3_ECB) and the clear "
-                    "card-key window is not allowed", ckr="CKR_MECHANISM_INVALID")
+                    "card-key window is not allowed",
+                    ckr="CKR_MECHANISM_INVALID",
+                )
             return self._clear_window_wrap(slot, wrapping)
 
     def _clear_window_wrap(self, slot: KeySlot, wrapping: Any) -> bytes:
-        twin = self._derive_chain(slot, {Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True,
-                                         **p11.capabilities()})
+        twin = self._derive_chain(
+            slot, {Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True, **p11.capabilities()}
+        )
         try:
             value = bytearray(twin[Attribute.VALUE])
             try:
@@ -271,9 +299,16 @@ class HsmCardCrypto:
         data = keyscheme.diversification_data(factor, self.algorithm)
         block = random if self.algorithm is Algorithm.DES3 else random + factor
         with self._service.token.use("INTERNAL AUTHENTICATE check"):
-            session_key = p11.derive(self._key(KeySlot.IRK), self.algorithm, data, template={
-                Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
-                **p11.capabilities(Attribute.ENCRYPT)})
+            session_key = p11.derive(
+                self._key(KeySlot.IRK),
+                self.algorithm,
+                data,
+                template={
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                    **p11.capabilities(Attribute.ENCRYPT),
+                },
+            )
             try:
                 return bytes(session_key.encrypt(block, mechanism=p11.ECB[self.algorithm]))
             finally:
@@ -281,17 +316,25 @@ class HsmCardCrypto:
 
     def export(self, slots: Iterable[KeySlot], transport: Any) -> dict[KeySlot, bytes]:
         with self._service.token.use("exporting card keys"):
-            return {slot: bytes(transport.wrap_key(self._key(slot),
-                                                   mechanism=Mechanism.AES_KEY_WRAP_PAD))
-                    for slot in slots}
+            return {
+                slot: bytes(
+                    transport.wrap_key(self._key(slot), mechanism=Mechanism.AES_KEY_WRAP_PAD)
+                )
+                for slot in slots
+            }
 
 
 class Pkcs11KeyService:
     """:class:`KeyService` on a PKCS#11 token (product default)."""
 
-    def __init__(self, token: Pkcs11Token, region_code: str = "330100", *,
-                 clear_des3_key_loading: bool | None = None,
-                 signing_label: str = ceremony.SIGNING_LABEL) -> None:
+    def __init__(
+        self,
+        token: Pkcs11Token,
+        region_code: str = "330100",
+        *,
+        clear_des3_key_loading: bool | None = None,
+        signing_label: str = ceremony.SIGNING_LABEL,
+    ) -> None:
         self.token = token
         self.region_code = region_code
         self.signing_label = signing_label
@@ -310,8 +353,10 @@ class Pkcs11KeyService:
     def clear_des3_key_loading(self) -> bool:
         allowed = self.token.is_softhsm if self._clear_des3 is None else self._clear_des3
         if allowed and not self._warned:
-            log.warning("HSM lacks 3DES key wrapping: 3DES card keys are loaded through a clear "
-                        "card-key window (SoftHSM limitation; master keys stay in the HSM)")
+            log.warning(
+                "HSM lacks 3DES key wrapping: 3DES card keys are loaded through a clear "
+                "card-key window (SoftHSM limitation; master keys stay in the HSM)"
+            )
             self._warned = True
         return allowed
 
@@ -333,8 +378,9 @@ class Pkcs11KeyService:
     def card_crypto(self, ref: CardKeyRef) -> HsmCardCrypto:
         return HsmCardCrypto(self, ref)
 
-    def verify_internal_auth(self, ref: CardKeyRef, factor: bytes, random: bytes,
-                             response: bytes) -> None:
+    def verify_internal_auth(
+        self, ref: CardKeyRef, factor: bytes, random: bytes, response: bytes
+    ) -> None:
         with self.card_crypto(ref) as crypto:
             expected = crypto.internal_auth_response(factor, random)
         _check_cryptogram(expected, response)
@@ -343,8 +389,9 @@ class Pkcs11KeyService:
         with self.card_crypto(ref) as crypto:
             return crypto.external_auth(slot, challenge)
 
-    def export_card_keys(self, ref: CardKeyRef, slots: Iterable[KeySlot],
-                         transport_label: str) -> dict[KeySlot, bytes]:
+    def export_card_keys(
+        self, ref: CardKeyRef, slots: Iterable[KeySlot], transport_label: str
+    ) -> dict[KeySlot, bytes]:
         label = ceremony.transport_label(transport_label)
         with self.token.use(f"looking up {label}") as session:
             transport = p11.find_one(session, label)
@@ -367,8 +414,9 @@ class Pkcs11KeyService:
             key = p11.find_one(session, self.signing_label, ObjectClass.PUBLIC_KEY)
             der = encode_ec_public_key(key)
         public = serialization.load_der_public_key(der)
-        return public.public_bytes(serialization.Encoding.PEM,
-                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+        return public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
 
 
 # --- Software twin ---------------------------------------------------------------------------
@@ -386,32 +434,40 @@ class SoftwareCardSession(SoftwareCardCrypto):
     def __enter__(self) -> SoftwareCardSession:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
 class SoftwareKeyService:
     """The same port with master keys in memory. Tests and throwaway demos only."""
 
-    def __init__(self, masters: Mapping[tuple[KeySlot, Algorithm, int], bytes],
-                 region_code: str = "330100",
-                 transport_keys: Mapping[str, bytes] | None = None,
-                 signing_key: ec.EllipticCurvePrivateKey | None = None) -> None:
+    def __init__(
+        self,
+        masters: Mapping[tuple[KeySlot, Algorithm, int], bytes],
+        region_code: str = "330100",
+        transport_keys: Mapping[str, bytes] | None = None,
+        signing_key: ec.EllipticCurvePrivateKey | None = None,
+    ) -> None:
         self._masters = dict(masters)
         self.region_code = region_code
-        self._transport = {ceremony.transport_label(k): v
-                           for k, v in (transport_keys or {}).items()}
+        self._transport = {
+            ceremony.transport_label(k): v for k, v in (transport_keys or {}).items()
+        }
         self._signing = signing_key or ec.generate_private_key(ec.SECP256R1())
 
     @classmethod
-    def random(cls, region_code: str = "330100",
-               algorithms: Iterable[Algorithm] = (Algorithm.DES3, Algorithm.AES),
-               ) -> SoftwareKeyService:
+    def random(
+        cls,
+        region_code: str = "330100",
+        algorithms: Iterable[Algorithm] = (Algorithm.DES3, Algorithm.AES),
+    ) -> SoftwareKeyService:
         import os
 
-        return cls({(slot, alg, 1): os.urandom(16) for slot in KeySlot for alg in algorithms},
-                   region_code)
+        return cls(
+            {(slot, alg, 1): os.urandom(16) for slot in KeySlot for alg in algorithms}, region_code
+        )
 
     def card_crypto(self, ref: CardKeyRef) -> SoftwareCardSession:
         masters = {}
@@ -425,15 +481,17 @@ class SoftwareKeyService:
         emv = ref.factors(KeySlot.FIN_AC, self.region_code) if ref.pan else ()
         return SoftwareCardSession(masters, card, ref.algorithm, emv)
 
-    def verify_internal_auth(self, ref: CardKeyRef, factor: bytes, random: bytes,
-                             response: bytes) -> None:
+    def verify_internal_auth(
+        self, ref: CardKeyRef, factor: bytes, random: bytes, response: bytes
+    ) -> None:
         _check_cryptogram(self.card_crypto(ref).internal_auth_response(factor, random), response)
 
     def external_auth(self, ref: CardKeyRef, slot: KeySlot, challenge: bytes) -> bytes:
         return self.card_crypto(ref).external_auth(slot, challenge)
 
-    def export_card_keys(self, ref: CardKeyRef, slots: Iterable[KeySlot],
-                         transport_label: str) -> dict[KeySlot, bytes]:
+    def export_card_keys(
+        self, ref: CardKeyRef, slots: Iterable[KeySlot], transport_label: str
+    ) -> dict[KeySlot, bytes]:
         label = ceremony.transport_label(transport_label)
         if label not in self._transport:
             raise KeyNotFound(f"no transport key {label}")
@@ -451,7 +509,8 @@ class SoftwareKeyService:
 
     def public_key_pem(self) -> bytes:
         return self._signing.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
 
 
 def key_service_from_settings(settings: Any) -> KeyService:

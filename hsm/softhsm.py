@@ -57,8 +57,9 @@ def _util(config: HsmConfig, *args: str) -> str:
         raise HsmUnavailable(f"{SOFTHSM_UTIL} not found: install the softhsm2 package")
     conf, _ = _paths(config)
     env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
-    proc = subprocess.run([SOFTHSM_UTIL, *args], env=env, capture_output=True, text=True,
-                          check=False, timeout=60)
+    proc = subprocess.run(
+        [SOFTHSM_UTIL, *args], env=env, capture_output=True, text=True, check=False, timeout=60
+    )
     if proc.returncode != 0:
         # never echo the command line: it holds PINs
         raise HsmError(f"{SOFTHSM_UTIL} {args[0]} failed: {proc.stderr.strip() or proc.stdout}")
@@ -68,8 +69,11 @@ def _util(config: HsmConfig, *args: str) -> str:
 def token_labels(config: HsmConfig) -> list[str]:
     """Labels of the initialised tokens in this SoftHSM configuration."""
     out = _util(config, "--show-slots")
-    return [m.group(1).strip() for m in re.finditer(r"^\s*Label:\s*(.*)$", out, re.M)
-            if m.group(1).strip()]
+    return [
+        m.group(1).strip()
+        for m in re.finditer(r"^\s*Label:\s*(.*)$", out, re.M)
+        if m.group(1).strip()
+    ]
 
 
 def ensure_token(config: HsmConfig) -> bool:
@@ -77,6 +81,15 @@ def ensure_token(config: HsmConfig) -> bool:
     write_conf(config)
     if config.token_label in token_labels(config):
         return False
-    _util(config, "--init-token", "--free", "--label", config.token_label,
-          "--so-pin", config.so_pin, "--pin", config.user_pin())
+    _util(
+        config,
+        "--init-token",
+        "--free",
+        "--label",
+        config.token_label,
+        "--so-pin",
+        config.so_pin,
+        "--pin",
+        config.user_pin(),
+    )
     return True

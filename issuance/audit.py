@@ -82,8 +82,7 @@ def scrub(value: Any) -> Any:
 
 
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      default=str)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def record(
@@ -337,8 +336,9 @@ def verify_chain(
                 chain_seq=cp.chain_seq,
             )
         if public_key_pem is not None and cp.signature is None:
-            raise IntegrityError(f"audit checkpoint at sequence {cp.chain_seq} is not signed",
-                                 chain_seq=cp.chain_seq)
+            raise IntegrityError(
+                f"audit checkpoint at sequence {cp.chain_seq} is not signed", chain_seq=cp.chain_seq
+            )
         if cp.signature is not None:
             key = public_key_pem if public_key_pem is not None else cp.public_key_pem
             if key is None:

@@ -25,6 +25,7 @@ console = Console(stderr=True)
 def _root() -> None:
     """Yikatong: issue and manage multi-purpose social security cards."""
 
+
 #: (module, attribute, command name, help). Each module defines a ``typer.Typer`` called ``app``.
 SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("hsm.cli", "hsm", "Keys in the HSM: token setup, key ceremonies, listing."),

@@ -30,8 +30,12 @@ def seal(
 
 @app.command("verify")
 def verify(
-    public_key: Path | None = typer.Option(None, "--public-key", exists=True,  # noqa: B008
-                                           help="PEM key every checkpoint must be signed by"),
+    public_key: Path | None = typer.Option(
+        None,
+        "--public-key",
+        exists=True,
+        help="PEM key every checkpoint must be signed by",
+    ),
     seal_first: bool = typer.Option(True, "--seal/--no-seal"),
 ) -> None:
     """Recompute the whole chain; exit 1 naming the first bad event if anything was edited."""
@@ -48,5 +52,7 @@ def verify(
         except IntegrityError as exc:
             out.print(f"[red]FAILED:[/red] {exc.message}")
             raise typer.Exit(1) from exc
-    out.print(f"audit chain OK: {r.events} events, {r.checkpoints} checkpoints "
-              f"({r.signed_checkpoints} signed), {r.unsealed} not yet sealed")
+    out.print(
+        f"audit chain OK: {r.events} events, {r.checkpoints} checkpoints "
+        f"({r.signed_checkpoints} signed), {r.unsealed} not yet sealed"
+    )

@@ -36,38 +36,51 @@ def show(card: str = typer.Argument(..., help="card number, identification code 
         c = _card(s, card)
         v = services.card_status(s, card_id=c.id)
     out.print(f"card {v.card_number} ({v.kind}) status {v.status} [code {v.province_code}]")
-    out.print(f"holder {v.holder_name} {v.holder_citizen_id_masked}; "
-              f"valid {v.issue_date} – {v.expiry_date}")
+    out.print(
+        f"holder {v.holder_name} {v.holder_citizen_id_masked}; "
+        f"valid {v.issue_date} – {v.expiry_date}"
+    )
     for kind, status in v.chip_apps.items():
         out.print(f"  {kind:16} {status}")
 
 
 @app.command("report-loss")
-def report_loss(card: str, channel: str = typer.Option("counter", help=CHANNEL_HELP),
-                identity_checked: bool = typer.Option(False, "--identity-checked"),
-                note: str | None = typer.Option(None),
-                as_: str | None = typer.Option(None, "--as", help=AS_HELP)) -> None:
+def report_loss(
+    card: str,
+    channel: str = typer.Option("counter", help=CHANNEL_HELP),
+    identity_checked: bool = typer.Option(False, "--identity-checked"),
+    note: str | None = typer.Option(None),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
     """Report a card lost (phone/web/app: provisional; counter: formal)."""
     from issuance import services
 
     with session_scope() as s:
         c = _card(s, card)
-        r = services.report_loss(s, settings(), c.id, acting(s, as_, channel),
-                                 identity_checked=identity_checked, note=note)
+        r = services.report_loss(
+            s,
+            settings(),
+            c.id,
+            acting(s, as_, channel),
+            identity_checked=identity_checked,
+            note=note,
+        )
         out.print(f"card {c.card_number} reported lost ({r.kind}); lapses at {r.lapses_at}")
 
 
 @app.command("unreport")
-def unreport(card: str, channel: str = typer.Option("counter", help=CHANNEL_HELP),
-             identity_checked: bool = typer.Option(False, "--identity-checked"),
-             as_: str | None = typer.Option(None, "--as", help=AS_HELP)) -> None:
+def unreport(
+    card: str,
+    channel: str = typer.Option("counter", help=CHANNEL_HELP),
+    identity_checked: bool = typer.Option(False, "--identity-checked"),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
     """Withdraw a loss report (card found); only before a replacement."""
     from issuance import services
 
     with session_scope() as s:
         c = _card(s, card)
-        services.unreport_loss(s, c.id, acting(s, as_, channel),
-                               identity_checked=identity_checked)
+        services.unreport_loss(s, c.id, acting(s, as_, channel), identity_checked=identity_checked)
         out.print(f"card {c.card_number} is {c.status}")
 
 
@@ -82,8 +95,10 @@ def expire_losses() -> None:
 
 
 @app.command("temporary")
-def temporary(citizen_id: str = typer.Option(..., "--id"),
-              as_: str | None = typer.Option(None, "--as", help=AS_HELP)) -> None:
+def temporary(
+    citizen_id: str = typer.Option(..., "--id"),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
     """Issue a temporary card (medical function only, deposit taken)."""
     from issuance import services
 
@@ -94,8 +109,11 @@ def temporary(citizen_id: str = typer.Option(..., "--id"),
 
 
 @app.command("replace")
-def replace(card: str, reason: str = typer.Option("replacement"),
-            as_: str | None = typer.Option(None, "--as", help=AS_HELP)) -> None:
+def replace(
+    card: str,
+    reason: str = typer.Option("replacement"),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
     """Replace a formally lost / damaged card (new card number; the old one dies)."""
     from issuance import services
 
@@ -106,8 +124,11 @@ def replace(card: str, reason: str = typer.Option("replacement"),
 
 
 @app.command("suspend")
-def suspend(card: str, reason: str = typer.Option(..., "--reason"),
-            as_: str | None = typer.Option(None, "--as", help=AS_HELP)) -> None:
+def suspend(
+    card: str,
+    reason: str = typer.Option(..., "--reason"),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
     """Fund supervisor: suspend a card."""
     from issuance import services
 
@@ -118,8 +139,11 @@ def suspend(card: str, reason: str = typer.Option(..., "--reason"),
 
 
 @app.command("lift")
-def lift(card: str, reason: str = typer.Option(..., "--reason"),
-         as_: str | None = typer.Option(None, "--as", help=AS_HELP)) -> None:
+def lift(
+    card: str,
+    reason: str = typer.Option(..., "--reason"),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
     """Fund supervisor: lift a suspension."""
     from issuance import services
 
@@ -130,14 +154,17 @@ def lift(card: str, reason: str = typer.Option(..., "--reason"),
 
 
 @app.command("cancel-deaths")
-def cancel_deaths(file: Path = typer.Argument(..., exists=True, dir_okay=False)) -> None:  # noqa: B008
+def cancel_deaths(file: Path = typer.Argument(..., exists=True, dir_okay=False)) -> None:
     """Cancel the cards of deceased persons from a feed file (citizen_id,death_date)."""
     from issuance import services
 
     with session_scope() as s:
         r = services.cancel_deaths(s, file)
     for line in r.rejected:
-        out.print(f"line {line.line}: " + "; ".join(f"{p.field}: {p.reason}"
-                                                    for p in line.problems))
-    out.print(f"{r.persons_recorded} deaths recorded, {r.cards_cancelled} cards cancelled, "
-              f"{r.already_done} already done, {len(r.rejected)} lines rejected")
+        out.print(
+            f"line {line.line}: " + "; ".join(f"{p.field}: {p.reason}" for p in line.problems)
+        )
+    out.print(
+        f"{r.persons_recorded} deaths recorded, {r.cards_cancelled} cards cancelled, "
+        f"{r.already_done} already done, {len(r.rejected)} lines rejected"
+    )

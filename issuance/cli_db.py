@@ -97,7 +97,7 @@ def check() -> None:
 @app.command("create-staff")
 def create_staff(
     username: str,
-    role: StaffRole = typer.Option(..., "--role"),  # noqa: B008
+    role: StaffRole = typer.Option(..., "--role"),
     display_name: str | None = typer.Option(None, "--name"),
 ) -> None:
     """Create a staff user (bootstrap: recorded as done by the system)."""

@@ -21,7 +21,7 @@ def submit(
     citizen_id: str = typer.Option(..., "--id", help="18-character citizen ID number"),
     name: str = typer.Option(..., "--name"),
     phone: str = typer.Option(..., "--phone"),
-    photo: Path | None = typer.Option(None, "--photo", exists=True, dir_okay=False),  # noqa: B008
+    photo: Path | None = typer.Option(None, "--photo", exists=True, dir_okay=False),
     region_code: str | None = typer.Option(None, "--region"),
     as_: str | None = typer.Option(None, "--as", help=AS_HELP),
 ) -> None:
@@ -40,11 +40,15 @@ def submit(
 
 @app.command("import")
 def import_(
-    file: Path = typer.Argument(..., exists=True, dir_okay=False),  # noqa: B008
+    file: Path = typer.Argument(..., exists=True, dir_okay=False),
     collective: str = typer.Option(..., "--collective", help="employer/school/community name"),
-    kind: CollectiveKind = typer.Option(CollectiveKind.EMPLOYER, "--kind"),  # noqa: B008
-    photos: Path | None = typer.Option(None, "--photos", exists=True,  # noqa: B008
-                                       help="directory or .zip with the photo files"),
+    kind: CollectiveKind = typer.Option(CollectiveKind.EMPLOYER, "--kind"),
+    photos: Path | None = typer.Option(
+        None,
+        "--photos",
+        exists=True,
+        help="directory or .zip with the photo files",
+    ),
     as_: str | None = typer.Option(None, "--as", help=AS_HELP),
 ) -> None:
     """Import a CSV/XLSX file of applications (see issuance.intake for the columns)."""
@@ -52,9 +56,9 @@ def import_(
 
     with session_scope() as s:
         actor = acting(s, as_)
-        coll = services.get_or_create_collective(s, collective, kind=kind,
-                                                 region_code=settings().issuer.region_code,
-                                                 actor=actor)
+        coll = services.get_or_create_collective(
+            s, collective, kind=kind, region_code=settings().issuer.region_code, actor=actor
+        )
         report = intake.import_file(s, settings(), file, coll, actor, photos=photos)
     for r in report.rejected:
         reasons = "; ".join(f"{p.field}: {p.reason}" for p in r.problems)
@@ -64,7 +68,7 @@ def import_(
 
 @app.command("list")
 def list_(
-    status: ApplicationStatus | None = typer.Option(None, "--status"),  # noqa: B008
+    status: ApplicationStatus | None = typer.Option(None, "--status"),
     limit: int = typer.Option(50, "--limit"),
 ) -> None:
     """List recent applications (ID numbers masked)."""
@@ -73,9 +77,14 @@ def list_(
     table = Table("id", "status", "channel", "citizen id", "name", "card")
     with session_scope() as s:
         for a in services.list_applications(s, status, limit):
-            table.add_row(str(a.id), str(a.status), str(a.channel),
-                          mask_citizen_id(a.person.citizen_id), a.person.name,
-                          str(a.card_id or ""))
+            table.add_row(
+                str(a.id),
+                str(a.status),
+                str(a.channel),
+                mask_citizen_id(a.person.citizen_id),
+                a.person.name,
+                str(a.card_id or ""),
+            )
     out.print(table)
 
 
@@ -111,8 +120,11 @@ def approve(app_id: int, as_: str | None = typer.Option(None, "--as", help=AS_HE
 
 
 @app.command("reject")
-def reject(app_id: int, reason: str = typer.Option(..., "--reason"),
-           as_: str | None = typer.Option(None, "--as", help=AS_HELP)) -> None:
+def reject(
+    app_id: int,
+    reason: str = typer.Option(..., "--reason"),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
     from issuance import services
 
     with session_scope() as s:

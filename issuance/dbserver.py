@@ -95,8 +95,9 @@ class TemporaryPostgres:
     def stop(self) -> None:
         if self._started:
             try:
-                self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w",
-                          "stop")
+                self._run(
+                    str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"
+                )
             finally:
                 self._started = False
         shutil.rmtree(self.data_dir, ignore_errors=True)

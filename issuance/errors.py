@@ -1,14 +1,14 @@
 """Exceptions of the issuance domain.
 
-    IssuanceError
-    ├── ConfigError            settings file or environment is invalid
-    ├── ValidationError        a record has invalid fields (all reasons listed)
-    │   └── PhotoRejected          a photo cannot be used on a card
-    ├── NotFound               a person, application, card ... does not exist
-    ├── TransitionError        an undeclared lifecycle transition was asked for
-    ├── ConflictError          another actor changed the same row first
-    ├── PermissionDenied       the actor's role may not do this
-    └── IntegrityError         audit chain or stored data failed verification
+IssuanceError
+├── ConfigError            settings file or environment is invalid
+├── ValidationError        a record has invalid fields (all reasons listed)
+│   └── PhotoRejected          a photo cannot be used on a card
+├── NotFound               a person, application, card ... does not exist
+├── TransitionError        an undeclared lifecycle transition was asked for
+├── ConflictError          another actor changed the same row first
+├── PermissionDenied       the actor's role may not do this
+└── IntegrityError         audit chain or stored data failed verification
 """
 
 from __future__ import annotations
@@ -78,4 +78,3 @@ class PermissionDenied(IssuanceError):
 
 class IntegrityError(IssuanceError):
     code = "integrity_error"
-

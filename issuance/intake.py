@@ -75,8 +75,10 @@ class ImportReport:
     duplicates: list[LineOutcome] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"{self.file}: {len(self.accepted)} accepted, {len(self.rejected)} rejected, "
-                f"{len(self.duplicates)} already imported")
+        return (
+            f"{self.file}: {len(self.accepted)} accepted, {len(self.rejected)} rejected, "
+            f"{len(self.duplicates)} already imported"
+        )
 
 
 class PhotoSource:
@@ -139,16 +141,23 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, str | None]]]:
         return
     keys = [_LOOKUP.get((_cell(h) or "").lower(), _LOOKUP.get(_cell(h) or "", "")) for h in header]
     if "citizen_id" not in keys or "name" not in keys:
-        raise ValidationError("unreadable file", [FieldProblem(
-            "header", "needs at least the columns citizen_id and name (see issuance.intake)")])
+        raise ValidationError(
+            "unreadable file",
+            [
+                FieldProblem(
+                    "header", "needs at least the columns citizen_id and name (see issuance.intake)"
+                )
+            ],
+        )
     for lineno, row in enumerate(rows, start=2):
         values = {k: _cell(v) for k, v in zip(keys, row, strict=False) if k}
         if any(values.values()):
             yield lineno, values
 
 
-def _record_ref(collective: CollectiveApplicant, values: dict[str, str | None],
-                photo: bytes | None) -> str:
+def _record_ref(
+    collective: CollectiveApplicant, values: dict[str, str | None], photo: bytes | None
+) -> str:
     h = hashlib.sha256(f"collective:{collective.id}".encode())
     for key in sorted(ALIASES):
         h.update(f"|{key}={(values.get(key) or '').upper()}".encode())
@@ -169,8 +178,11 @@ def import_file(
 ) -> ImportReport:
     """Import one file of applications for ``collective``; see the module docstring."""
     report = ImportReport(path.name)
-    channel = (ApplicationChannel.EMPLOYER if collective.kind == CollectiveKind.EMPLOYER
-               else ApplicationChannel.COLLECTIVE)
+    channel = (
+        ApplicationChannel.EMPLOYER
+        if collective.kind == CollectiveKind.EMPLOYER
+        else ApplicationChannel.COLLECTIVE
+    )
     source = PhotoSource(photos)
     try:
         for lineno, values in read_rows(path):
@@ -204,9 +216,17 @@ def import_file(
                 with session.begin_nested():
                     if pre:  # still validate the rest so every reason is listed
                         try:
-                            submit_application(session, settings, data, actor, channel=channel,
-                                               collective=collective, import_ref=ref,
-                                               photo_processor=photo_processor, today=today)
+                            submit_application(
+                                session,
+                                settings,
+                                data,
+                                actor,
+                                channel=channel,
+                                collective=collective,
+                                import_ref=ref,
+                                photo_processor=photo_processor,
+                                today=today,
+                            )
                         except ValidationError as exc:
                             raise ValidationError(exc.message, pre + exc.problems) from exc
                         raise ValidationError("application rejected", pre)
@@ -231,7 +251,10 @@ def import_file(
 def _dedupe(problems: list[FieldProblem]) -> list[FieldProblem]:
     seen: list[FieldProblem] = []
     for p in problems:
-        if p not in seen and not (p.field == "photo" and p.reason.startswith("required")
-                                  and any(q.field == "photo" for q in seen)):
+        if p not in seen and not (
+            p.field == "photo"
+            and p.reason.startswith("required")
+            and any(q.field == "photo" for q in seen)
+        ):
             seen.append(p)
     return seen

@@ -198,9 +198,7 @@ def card_transition(from_state: str, event: str) -> Transition:
 
 def chip_transition(kind: ChipAppKind | str, from_state: str, event: str) -> Transition:
     for t in CHIP_TRANSITIONS:
-        if t.from_state == from_state and t.event == event and (
-            t.kinds is None or kind in t.kinds
-        ):
+        if t.from_state == from_state and t.event == event and (t.kinds is None or kind in t.kinds):
             return t
     raise TransitionError(
         f"the {kind} application in state {from_state} cannot {event}",

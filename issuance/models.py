@@ -386,8 +386,9 @@ class AuditEvent(Base):
         ),
         sa.Index("ix_audit_events_entity", "entity_type", "entity_id"),
     )
-    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-                                    primary_key=True)
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True
+    )
     occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
     actor_staff_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"))
     actor_name: Mapped[str] = mapped_column(sa.String(64))

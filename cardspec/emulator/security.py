@@ -248,7 +248,11 @@ class SecurityCommands:
     def _write_key(self, cmd: CommandApdu) -> bytes:
         data, kmc = self._perso_channel(cmd)
         try:
-            plain = keyscheme.decrypt_sensitive(kmc, data, self.alg)
+            if cmd.p1 == 0x00:
+                # Key loading: ECB(KMC, key) of the 16-byte key value (keyscheme.wrap_card_key).
+                plain = keyscheme.unwrap_card_key(kmc, data, self.alg)
+            else:
+                plain = keyscheme.decrypt_sensitive(kmc, data, self.alg)
         except ValueError:
             raise _Status(SW.WRONG_DATA) from None
         if cmd.p1 == 0x00:

@@ -200,8 +200,18 @@ def validate_record(
     if problems:
         raise ValidationError("application rejected", problems)
     assert citizen is not None
-    return ValidRecord(citizen, name, phone, region, data.ethnicity or None, data.address,
-                       jpeg, sha, exempt and not data.photo, person)
+    return ValidRecord(
+        citizen,
+        name,
+        phone,
+        region,
+        data.ethnicity or None,
+        data.address,
+        jpeg,
+        sha,
+        exempt and not data.photo,
+        person,
+    )
 
 
 def live_application(session: Session, person_id: int) -> Application | None:
@@ -271,8 +281,12 @@ def get_application(session: Session, app_id: int) -> Application:
 
 
 def _move(
-    session: Session, app: Application, actor: Actor, to: ApplicationStatus,
-    frm: ApplicationStatus, reason: str | None = None,
+    session: Session,
+    app: Application,
+    actor: Actor,
+    to: ApplicationStatus,
+    frm: ApplicationStatus,
+    reason: str | None = None,
 ) -> None:
     if app.status != frm:
         raise TransitionError(
@@ -282,8 +296,16 @@ def _move(
     before = str(app.status)
     app.status = to
     flush(session)
-    audit.record(session, actor, f"application.{to}", "application", app.id, before=before,
-                 after=str(to), reason=reason)
+    audit.record(
+        session,
+        actor,
+        f"application.{to}",
+        "application",
+        app.id,
+        before=before,
+        after=str(to),
+        reason=reason,
+    )
 
 
 def process_application(session: Session, app_id: int, actor: Actor) -> Application:
@@ -314,9 +336,7 @@ def _maker_checker(app: Application, actor: Actor, what: str) -> None:
         )
 
 
-def approve_application(
-    session: Session, settings: Settings, app_id: int, actor: Actor
-) -> Card:
+def approve_application(session: Session, settings: Settings, app_id: int, actor: Actor) -> Card:
     """Approve a reviewed application and create its card record (number allocated)."""
     app = get_application(session, app_id)
     if actor.role not in APPROVERS:
@@ -325,8 +345,14 @@ def approve_application(
     app.approved_by_id = actor.staff_id
     app.decided_at = utcnow()
     _move(session, app, actor, ApplicationStatus.APPROVED, ApplicationStatus.REVIEWED)
-    card = create_card(session, settings, app.person, actor, application=app,
-                       reason=f"application {app.id} approved")
+    card = create_card(
+        session,
+        settings,
+        app.person,
+        actor,
+        application=app,
+        reason=f"application {app.id} approved",
+    )
     app.card_id = card.id
     flush(session)
     return card
@@ -342,8 +368,16 @@ def reject_application(session: Session, app_id: int, actor: Actor, reason: str)
     before = str(app.status)
     app.status, app.reject_reason, app.decided_at = ApplicationStatus.REJECTED, reason, utcnow()
     flush(session)
-    audit.record(session, actor, "application.rejected", "application", app.id, before=before,
-                 after=str(app.status), reason=reason)
+    audit.record(
+        session,
+        actor,
+        "application.rejected",
+        "application",
+        app.id,
+        before=before,
+        after=str(app.status),
+        reason=reason,
+    )
     return app
 
 

@@ -59,8 +59,9 @@ def advance_production(
     if event == CardEvent.PERSONALISE:
         if card.card_identification_code is None:
             if chip_serial is None:
-                raise ValidationError("cannot personalise",
-                                      [FieldProblem("chip_serial", "required")])
+                raise ValidationError(
+                    "cannot personalise", [FieldProblem("chip_serial", "required")]
+                )
             card.card_identification_code = make_card_identification_code(
                 card.region_code, chip_serial
             )
@@ -69,9 +70,17 @@ def advance_production(
     lifecycle.apply_card_event(session, card, event, actor)
     if event == CardEvent.SHIP:
         person = card.person
-        enqueue(session, "card.ready_for_collection", person_id=person.id, recipient=person.phone,
-                payload={"card_number": card.card_number, "name": person.name,
-                         "citizen_id": mask_citizen_id(person.citizen_id)})
+        enqueue(
+            session,
+            "card.ready_for_collection",
+            person_id=person.id,
+            recipient=person.phone,
+            payload={
+                "card_number": card.card_number,
+                "name": person.name,
+                "citizen_id": mask_citizen_id(person.citizen_id),
+            },
+        )
     flush(session)
     return card
 
@@ -94,8 +103,11 @@ def collect_card(session: Session, card_id: int, actor: Actor) -> CollectResult:
     lifecycle.apply_card_event(session, card, CardEvent.COLLECT, actor)
     returned, refunded = [], 0
     temps = session.scalars(
-        sa.select(Card).where(Card.person_id == card.person_id, Card.kind == CardKind.TEMPORARY,
-                              Card.status == CardStatus.ACTIVE)
+        sa.select(Card).where(
+            Card.person_id == card.person_id,
+            Card.kind == CardKind.TEMPORARY,
+            Card.status == CardStatus.ACTIVE,
+        )
     ).all()
     for temp in temps:
         refunded += hand_back_temporary_card(session, temp, actor)
@@ -114,8 +126,14 @@ def activate_card(session: Session, card_id: int, actor: Actor) -> Card:
         sa.select(Card).where(Card.person_id == card.person_id, Card.id != card.id)
     ).all()
     for old in others:
-        lifecycle.cascade_chips(session, old, ChipEvent.CANCEL, actor, kinds=SOCIAL_KINDS,
-                                reason=f"new card {card.card_number} activated")
+        lifecycle.cascade_chips(
+            session,
+            old,
+            ChipEvent.CANCEL,
+            actor,
+            kinds=SOCIAL_KINDS,
+            reason=f"new card {card.card_number} activated",
+        )
     flush(session)
     return card
 
@@ -124,8 +142,9 @@ def suspend_card(session: Session, card_id: int, actor: Actor, reason: str) -> C
     """Fund supervisor suspends a card (violation); its social functions are suspended."""
     card = find_card(session, card_id=card_id)
     lifecycle.apply_card_event(session, card, CardEvent.SUSPEND, actor, reason=reason)
-    lifecycle.cascade_chips(session, card, ChipEvent.SUSPEND, actor, kinds=SOCIAL_KINDS,
-                            reason=reason)
+    lifecycle.cascade_chips(
+        session, card, ChipEvent.SUSPEND, actor, kinds=SOCIAL_KINDS, reason=reason
+    )
     flush(session)
     return card
 
@@ -133,8 +152,7 @@ def suspend_card(session: Session, card_id: int, actor: Actor, reason: str) -> C
 def lift_suspension(session: Session, card_id: int, actor: Actor, reason: str) -> Card:
     card = find_card(session, card_id=card_id)
     lifecycle.apply_card_event(session, card, CardEvent.LIFT, actor, reason=reason)
-    lifecycle.cascade_chips(session, card, ChipEvent.LIFT, actor, kinds=SOCIAL_KINDS,
-                            reason=reason)
+    lifecycle.cascade_chips(session, card, ChipEvent.LIFT, actor, kinds=SOCIAL_KINDS, reason=reason)
     flush(session)
     return card
 
@@ -158,8 +176,9 @@ def _cancel(session: Session, card: Card, actor: Actor, reason: str) -> None:
     lifecycle.apply_card_event(session, card, CardEvent.CANCEL, actor, reason=reason)
     lifecycle.cascade_chips(session, card, ChipEvent.CANCEL, actor, reason=reason)
     for report in session.scalars(
-        sa.select(LossReport).where(LossReport.card_id == card.id,
-                                    LossReport.status == LossStatus.OPEN)
+        sa.select(LossReport).where(
+            LossReport.card_id == card.id, LossReport.status == LossStatus.OPEN
+        )
     ):
         report.status, report.closed_at = LossStatus.CANCELLED, utcnow()
     if card.kind == CardKind.TEMPORARY:
@@ -194,8 +213,9 @@ def activate_financial(
     if problems:
         raise ValidationError("cannot activate the financial function", problems)
     assert fin is not None
-    lifecycle.apply_chip_event(session, fin, ChipEvent.ACTIVATE, actor,
-                               reason="bank activation after identity check")
+    lifecycle.apply_chip_event(
+        session, fin, ChipEvent.ACTIVATE, actor, reason="bank activation after identity check"
+    )
     fin.pin_set = True
     fin.bank_agency_id = bank_agency_id
     flush(session)
@@ -236,8 +256,12 @@ def card_status(
     """The status of one card (by an indexed key); an overdue provisional loss lapses first."""
     from issuance.services.loss import lapse_if_due
 
-    card = find_card(session, card_id=card_id, card_number=card_number,
-                     card_identification_code=card_identification_code)
+    card = find_card(
+        session,
+        card_id=card_id,
+        card_number=card_number,
+        card_identification_code=card_identification_code,
+    )
     if card.status == CardStatus.LOST_PROVISIONAL:
         lapse_if_due(session, card)
     person = card.person
@@ -247,5 +271,3 @@ def card_status(
         mask_citizen_id(person.citizen_id), card.issue_date, card.expiry_date,
         {str(a.kind): str(a.status) for a in card.chip_apps},
     )  # fmt: skip
-
-

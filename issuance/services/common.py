@@ -80,8 +80,9 @@ def allocate_card_numbers(session: Session, n: int, prefix: str = "A") -> list[s
     return [make_card_number(prefix + str(v).zfill(digits)) for v in range(start, int(end))]
 
 
-def get_person(session: Session, *, person_id: int | None = None,
-               citizen_id: str | None = None) -> Person:
+def get_person(
+    session: Session, *, person_id: int | None = None, citizen_id: str | None = None
+) -> Person:
     if person_id is not None:
         person = session.get(Person, person_id)
     elif citizen_id is not None:

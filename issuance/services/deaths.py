@@ -53,7 +53,10 @@ def _parse_date(text: str) -> date:
 
 
 def cancel_deaths(
-    session: Session, source: Path | str, actor: Actor = FEED_ACTOR, *,
+    session: Session,
+    source: Path | str,
+    actor: Actor = FEED_ACTOR,
+    *,
     today: date | None = None,
 ) -> DeathFeedReport:
     """Process a deaths file (``citizen_id,death_date`` per line, header optional)."""
@@ -118,20 +121,35 @@ def _apply_death(
         )
     ).all()
     apps = session.scalars(
-        sa.select(Application).where(Application.person_id == person.id,
-                                     Application.status.in_(LIVE_APPLICATION_STATUSES))
+        sa.select(Application).where(
+            Application.person_id == person.id, Application.status.in_(LIVE_APPLICATION_STATUSES)
+        )
     ).all()
     if person.death_date is not None and not cards and not apps:
         return None
     if person.death_date is None:
         person.death_date = died
-        audit.record(session, actor, "person.deceased", "person", person.id,
-                     details={"citizen_id": masked, "death_date": died.isoformat()})
+        audit.record(
+            session,
+            actor,
+            "person.deceased",
+            "person",
+            person.id,
+            details={"citizen_id": masked, "death_date": died.isoformat()},
+        )
     for app in apps:
         before = str(app.status)
         app.status = ApplicationStatus.WITHDRAWN
-        audit.record(session, actor, "application.withdrawn", "application", app.id,
-                     before=before, after=str(app.status), reason="holder deceased")
+        audit.record(
+            session,
+            actor,
+            "application.withdrawn",
+            "application",
+            app.id,
+            before=before,
+            after=str(app.status),
+            reason="holder deceased",
+        )
     for card in cards:
         _cancel(session, card, actor, "holder deceased (death record)")
     session.flush()

@@ -66,15 +66,18 @@ def report_loss(
     now = now or utcnow()
     card = find_card(session, card_id=card_id)
     if card.status == CardStatus.LOST_PROVISIONAL and actor.channel == Channel.COUNTER:
-        return formalise_loss(session, card_id, actor, identity_checked=identity_checked,
-                              note=note, now=now)
+        return formalise_loss(
+            session, card_id, actor, identity_checked=identity_checked, note=note, now=now
+        )
     _require_identity(actor, identity_checked, "report the loss")
     provisional = actor.channel in REMOTE_CHANNELS
     event = CardEvent.REPORT_LOSS_PROVISIONAL if provisional else CardEvent.REPORT_LOSS_FORMAL
-    lifecycle.apply_card_event(session, card, event, actor, reason=note,
-                               details={"identity_checked": identity_checked})
-    lifecycle.cascade_chips(session, card, ChipEvent.BLOCK, actor, kinds=SOCIAL_KINDS,
-                            reason="card reported lost")
+    lifecycle.apply_card_event(
+        session, card, event, actor, reason=note, details={"identity_checked": identity_checked}
+    )
+    lifecycle.cascade_chips(
+        session, card, ChipEvent.BLOCK, actor, kinds=SOCIAL_KINDS, reason="card reported lost"
+    )
     report = LossReport(
         card_id=card.id, kind=LossKind.PROVISIONAL if provisional else LossKind.FORMAL,
         status=LossStatus.OPEN, channel=actor.channel, identity_checked=identity_checked,
@@ -103,16 +106,27 @@ def formalise_loss(
     lifecycle.apply_card_event(session, card, CardEvent.FORMALISE_LOSS, actor, reason=note)
     for old in _open_reports(session, card.id):
         old.status, old.closed_at = LossStatus.FORMALISED, now
-    report = LossReport(card_id=card.id, kind=LossKind.FORMAL, status=LossStatus.OPEN,
-                        channel=actor.channel, identity_checked=True, reported_at=now,
-                        staff_id=actor.staff_id, note=note)
+    report = LossReport(
+        card_id=card.id,
+        kind=LossKind.FORMAL,
+        status=LossStatus.OPEN,
+        channel=actor.channel,
+        identity_checked=True,
+        reported_at=now,
+        staff_id=actor.staff_id,
+        note=note,
+    )
     session.add(report)
     flush(session)
     return report
 
 
 def unreport_loss(
-    session: Session, card_id: int, actor: Actor, *, identity_checked: bool,
+    session: Session,
+    card_id: int,
+    actor: Actor,
+    *,
+    identity_checked: bool,
     note: str | None = None,
 ) -> Card:
     """The card was found: withdraw the report (only while no replacement was applied for)."""
@@ -121,8 +135,9 @@ def unreport_loss(
     if card.replaced_by_id is not None:  # defence in depth: the table forbids it too
         raise TransitionError(f"card {card.card_number} was replaced; it cannot be un-reported")
     lifecycle.apply_card_event(session, card, CardEvent.UNREPORT, actor, reason=note)
-    lifecycle.cascade_chips(session, card, ChipEvent.UNBLOCK, actor, kinds=SOCIAL_KINDS,
-                            reason="loss report withdrawn")
+    lifecycle.cascade_chips(
+        session, card, ChipEvent.UNBLOCK, actor, kinds=SOCIAL_KINDS, reason="loss report withdrawn"
+    )
     for report in _open_reports(session, card.id):
         report.status, report.closed_at = LossStatus.WITHDRAWN, utcnow()
     flush(session)
@@ -137,24 +152,35 @@ def lapse_if_due(session: Session, card: Card, now: datetime | None = None) -> b
     reports = [r for r in _open_reports(session, card.id) if r.kind == LossKind.PROVISIONAL]
     if not reports or any(r.lapses_at is None or r.lapses_at > now for r in reports):
         return False
-    lifecycle.apply_card_event(session, card, CardEvent.LAPSE, SYSTEM_ACTOR,
-                               reason="provisional loss report lapsed")
-    lifecycle.cascade_chips(session, card, ChipEvent.UNBLOCK, SYSTEM_ACTOR, kinds=SOCIAL_KINDS,
-                            reason="provisional loss report lapsed")
+    lifecycle.apply_card_event(
+        session, card, CardEvent.LAPSE, SYSTEM_ACTOR, reason="provisional loss report lapsed"
+    )
+    lifecycle.cascade_chips(
+        session,
+        card,
+        ChipEvent.UNBLOCK,
+        SYSTEM_ACTOR,
+        kinds=SOCIAL_KINDS,
+        reason="provisional loss report lapsed",
+    )
     for r in reports:
         r.status, r.closed_at = LossStatus.LAPSED, now
     flush(session)
     return True
 
 
-def expire_provisional_losses(session: Session, now: datetime | None = None,
-                              limit: int = 10_000) -> int:
+def expire_provisional_losses(
+    session: Session, now: datetime | None = None, limit: int = 10_000
+) -> int:
     """Worker/CLI: lapse every provisional report whose time is up. Returns cards restored."""
     now = now or utcnow()
     stmt = (
         sa.select(LossReport.card_id)
-        .where(LossReport.status == LossStatus.OPEN, LossReport.kind == LossKind.PROVISIONAL,
-               LossReport.lapses_at <= now)
+        .where(
+            LossReport.status == LossStatus.OPEN,
+            LossReport.kind == LossKind.PROVISIONAL,
+            LossReport.lapses_at <= now,
+        )
         .order_by(LossReport.lapses_at)
         .limit(limit)
     )
@@ -186,8 +212,9 @@ def replace_card(
         report.status, report.closed_at = LossStatus.REPLACED, utcnow()
     flush(session)  # the old card leaves the "one live card" index before the new one enters
     fee = settings.lifecycle.replacement_fee_fen if fee_fen is None else fee_fen
-    new = create_card(session, settings, old.person, actor, fee_fen=fee,
-                      reason=f"replaces card {old.card_number}")
+    new = create_card(
+        session, settings, old.person, actor, fee_fen=fee, reason=f"replaces card {old.card_number}"
+    )
     old.replaced_by_id = new.id
     flush(session)
     return new

@@ -34,23 +34,33 @@ class LogSink:
         self.sent: list[int] = []
 
     def send(self, message: OutboxMessage) -> None:
-        self.logger.info("notify %s to %s: %s", message.topic, mask_phone(message.recipient),
-                         scrub(message.payload))
+        self.logger.info(
+            "notify %s to %s: %s",
+            message.topic,
+            mask_phone(message.recipient),
+            scrub(message.payload),
+        )
         self.sent.append(message.id)
 
 
 def enqueue(
-    session: Session, topic: str, *, payload: dict[str, Any], person_id: int | None = None,
+    session: Session,
+    topic: str,
+    *,
+    payload: dict[str, Any],
+    person_id: int | None = None,
     recipient: str | None = None,
 ) -> OutboxMessage:
-    msg = OutboxMessage(topic=topic, payload=scrub(payload), person_id=person_id,
-                        recipient=recipient)
+    msg = OutboxMessage(
+        topic=topic, payload=scrub(payload), person_id=person_id, recipient=recipient
+    )
     session.add(msg)
     return msg
 
 
-def drain_outbox(session: Session, sink: Sink | None = None, *, limit: int = 100,
-                 max_attempts: int = 10) -> int:
+def drain_outbox(
+    session: Session, sink: Sink | None = None, *, limit: int = 100, max_attempts: int = 10
+) -> int:
     """Send pending messages (oldest first); rows locked with SKIP LOCKED so several drainers
     can run. Returns how many were sent; failures are counted and retried later."""
     sink = sink or LogSink()

@@ -36,12 +36,19 @@ def create_staff(
         raise ValidationError("invalid staff", [FieldProblem("role", "system is not a staff role")])
     if session.scalars(sa.select(Staff).where(Staff.username == username)).first():
         raise ConflictError(f"staff user {username!r} already exists")
-    staff = Staff(username=username, role=role, display_name=display_name or username,
-                  agency_id=agency_id)
+    staff = Staff(
+        username=username, role=role, display_name=display_name or username, agency_id=agency_id
+    )
     session.add(staff)
     flush(session)
-    audit.record(session, actor, "staff.created", "staff", staff.id,
-                 details={"username": username, "role": str(role)})
+    audit.record(
+        session,
+        actor,
+        "staff.created",
+        "staff",
+        staff.id,
+        details={"username": username, "role": str(role)},
+    )
     return staff
 
 
@@ -56,8 +63,13 @@ def actor_for(session: Session, username: str, channel: Channel | str = Channel.
 
 
 def create_agency(
-    session: Session, code: str, name: str, kind: AgencyKind | str, region_code: str,
-    *, actor: Actor = SYSTEM_ACTOR,
+    session: Session,
+    code: str,
+    name: str,
+    kind: AgencyKind | str,
+    region_code: str,
+    *,
+    actor: Actor = SYSTEM_ACTOR,
 ) -> Agency:
     try:
         validate_region_code(region_code)
@@ -66,8 +78,14 @@ def create_agency(
     agency = Agency(code=code, name=name, kind=AgencyKind(kind), region_code=region_code)
     session.add(agency)
     flush(session)
-    audit.record(session, actor, "agency.created", "agency", agency.id,
-                 details={"code": code, "kind": str(kind)})
+    audit.record(
+        session,
+        actor,
+        "agency.created",
+        "agency",
+        agency.id,
+        details={"code": code, "kind": str(kind)},
+    )
     return agency
 
 
@@ -86,10 +104,17 @@ def get_or_create_collective(
     ).one_or_none()
     if found is not None:
         return found
-    coll = CollectiveApplicant(name=name, kind=CollectiveKind(kind), region_code=region_code,
-                               org_code=org_code)
+    coll = CollectiveApplicant(
+        name=name, kind=CollectiveKind(kind), region_code=region_code, org_code=org_code
+    )
     session.add(coll)
     flush(session)
-    audit.record(session, actor, "collective.created", "collective", coll.id,
-                 details={"name": name, "kind": str(kind)})
+    audit.record(
+        session,
+        actor,
+        "collective.created",
+        "collective",
+        coll.id,
+        details={"name": name, "kind": str(kind)},
+    )
     return coll

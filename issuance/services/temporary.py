@@ -28,22 +28,34 @@ from issuance.services.common import create_card, random_chip_serial
 from issuance.settings import Settings
 
 ISSUERS = {StaffRole.CLERK, StaffRole.SUPERVISOR, StaffRole.ADMIN, StaffRole.BANK_TELLER}
-_WAITING = (CardStatus.NUMBER_ALLOCATED, CardStatus.IN_PRODUCTION, CardStatus.PERSONALISED,
-            CardStatus.SHIPPED, CardStatus.LOST_PROVISIONAL, CardStatus.LOST_FORMAL,
-            CardStatus.DAMAGED)
+_WAITING = (
+    CardStatus.NUMBER_ALLOCATED,
+    CardStatus.IN_PRODUCTION,
+    CardStatus.PERSONALISED,
+    CardStatus.SHIPPED,
+    CardStatus.LOST_PROVISIONAL,
+    CardStatus.LOST_FORMAL,
+    CardStatus.DAMAGED,
+)
 
 
 def _eligible(session: Session, person: Person) -> bool:
     pending = session.scalars(
         sa.select(Application.id).where(
             Application.person_id == person.id,
-            Application.status.in_([ApplicationStatus.RECEIVED, ApplicationStatus.PROCESSED,
-                                    ApplicationStatus.REVIEWED]),
+            Application.status.in_(
+                [
+                    ApplicationStatus.RECEIVED,
+                    ApplicationStatus.PROCESSED,
+                    ApplicationStatus.REVIEWED,
+                ]
+            ),
         )
     ).first()
     waiting = session.scalars(
-        sa.select(Card.id).where(Card.person_id == person.id, Card.kind == CardKind.FORMAL,
-                                 Card.status.in_(_WAITING))
+        sa.select(Card.id).where(
+            Card.person_id == person.id, Card.kind == CardKind.FORMAL, Card.status.in_(_WAITING)
+        )
     ).first()
     return pending is not None or waiting is not None
 
@@ -68,12 +80,17 @@ def issue_temporary_card(
     if person.death_date is not None:
         problems.append(FieldProblem("person", "recorded as deceased"))
     if not _eligible(session, person):
-        problems.append(FieldProblem(
-            "person", "needs a pending application or a card in production, lost or damaged"))
+        problems.append(
+            FieldProblem(
+                "person", "needs a pending application or a card in production, lost or damaged"
+            )
+        )
     live_temp = session.scalars(
-        sa.select(Card.card_number).where(Card.person_id == person.id,
-                                          Card.kind == CardKind.TEMPORARY,
-                                          Card.status == CardStatus.ACTIVE)
+        sa.select(Card.card_number).where(
+            Card.person_id == person.id,
+            Card.kind == CardKind.TEMPORARY,
+            Card.status == CardStatus.ACTIVE,
+        )
     ).first()
     if live_temp is not None:
         problems.append(FieldProblem("person", f"already holds temporary card {live_temp}"))
@@ -85,12 +102,16 @@ def issue_temporary_card(
         expiry_date=today + timedelta(days=settings.lifecycle.temporary_card_days),
         reason="temporary card issued at the counter",
     )  # fmt: skip
-    deposit = Deposit(card_id=card.id, amount_fen=settings.lifecycle.temporary_card_deposit_fen,
-                      taken_by_id=actor.staff_id)
+    deposit = Deposit(
+        card_id=card.id,
+        amount_fen=settings.lifecycle.temporary_card_deposit_fen,
+        taken_by_id=actor.staff_id,
+    )
     session.add(deposit)
     flush(session)
-    audit.record(session, actor, "deposit.taken", "card", card.id,
-                 details={"amount_fen": deposit.amount_fen})
+    audit.record(
+        session, actor, "deposit.taken", "card", card.id, details={"amount_fen": deposit.amount_fen}
+    )
     return card
 
 
@@ -100,8 +121,14 @@ def refund_deposit(session: Session, card: Card, actor: Actor) -> int:
     if deposit is None or deposit.refunded_at is not None:
         return 0
     deposit.refunded_at, deposit.refunded_by_id = utcnow(), actor.staff_id
-    audit.record(session, actor, "deposit.refunded", "card", card.id,
-                 details={"amount_fen": deposit.amount_fen})
+    audit.record(
+        session,
+        actor,
+        "deposit.refunded",
+        "card",
+        card.id,
+        details={"amount_fen": deposit.amount_fen},
+    )
     return deposit.amount_fen
 
 
@@ -109,8 +136,9 @@ def hand_back_temporary_card(session: Session, card: Card, actor: Actor) -> int:
     """The holder returns the temporary card: cancelled, deposit refunded (amount returned)."""
     if card.kind != CardKind.TEMPORARY:
         raise ValidationError("cannot hand back", [FieldProblem("card", "not a temporary card")])
-    lifecycle.apply_card_event(session, card, CardEvent.HAND_BACK, actor,
-                               reason="formal card collected")
+    lifecycle.apply_card_event(
+        session, card, CardEvent.HAND_BACK, actor, reason="formal card collected"
+    )
     lifecycle.cascade_chips(session, card, ChipEvent.CANCEL, actor, reason="handed back")
     amount = refund_deposit(session, card, actor)
     flush(session)

@@ -126,7 +126,7 @@ def test_blank_card_state(blank: Card) -> None:
     assert tx(blank, lock)[1] == 0x6985
     # The KMC may not be overwritten.
     write_kmc = channel.wrap(
-        CommandApdu(0x80, 0xD4, 0, 0x7F, crypto.encrypt(KeySlot.KMC, bytes(16)))
+        CommandApdu(0x80, 0xD4, 0, 0x7F, crypto.wrapped_card_key(KeySlot.IRK, KeySlot.KMC))
     )
     assert tx(blank, write_kmc)[1] == 0x6985
 

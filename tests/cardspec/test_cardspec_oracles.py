@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from cardspec import keyscheme, sm
 from cardspec.apdu import CommandApdu
-from cardspec.keyscheme import Algorithm, KeySlot
+from cardspec.keyscheme import Algorithm, KeySlot, odd_parity
 
 
 def _clear_parity(key: bytes) -> bytes:
@@ -90,8 +90,11 @@ def test_sensitive_encryption_and_cryptograms() -> None:
     wrapped = crypto.wrapped_card_key(KeySlot.IRK, KeySlot.KMC)
     dec = _3des(kmc, modes.ECB()).decryptor()
     plain = dec.update(wrapped) + dec.finalize()
-    # LD || key || 80 00 .. (PBOC key loading format)
-    assert plain == bytes([16]) + irk + b"\x80" + b"\x00" * 6
+    # key loading payload: ECB(KMC, key) of the 16-byte key with DES odd parity
+    assert len(wrapped) == 16
+    assert plain == odd_parity(irk)
+    assert all(bin(b).count("1") % 2 == 1 for b in plain)
+    assert bytes(b & 0xFE for b in plain) == bytes(b & 0xFE for b in irk)
     challenge = os.urandom(8)
     enc = _3des(crypto.card_key(KeySlot.EAK), modes.ECB()).encryptor()
     assert crypto.external_auth(KeySlot.EAK, challenge) == enc.update(challenge) + enc.finalize()

@@ -33,13 +33,20 @@ def hsm_env(tmp_path_factory: pytest.TempPathFactory) -> HsmEnv:
         for slot in KeySlot:
             key = master_key(slot, alg, 1)
             comps = components_of(key, 3 if slot is KeySlot.KMC else 2)
-            info = ceremony.import_master(token, slot, comps,
-                                          [keyscheme.kcv(c, alg) for c in comps], alg, 1,
-                                          expected_kcv=keyscheme.kcv(key, alg))
+            info = ceremony.import_master(
+                token,
+                slot,
+                comps,
+                [keyscheme.kcv(c, alg) for c in comps],
+                alg,
+                1,
+                expected_kcv=keyscheme.kcv(key, alg),
+            )
             assert info.kcv == keyscheme.kcv(key, alg)
             masters[(slot, alg, 1)] = key
     comps = components_of(TRANSPORT_KEY)
-    ceremony.import_transport_key(token, "bureau1", comps,
-                                  [keyscheme.kcv(c, Algorithm.AES) for c in comps])
+    ceremony.import_transport_key(
+        token, "bureau1", comps, [keyscheme.kcv(c, Algorithm.AES) for c in comps]
+    )
     assert ceremony.generate_signing_key(token) is True
     return HsmEnv(root, config, token, Pkcs11KeyService(token, REGION), masters)

@@ -48,5 +48,3 @@ class HsmEnv:
     token: Pkcs11Token
     service: Pkcs11KeyService
     masters: dict[tuple[KeySlot, Algorithm, int], bytes]
-
-

@@ -27,8 +27,11 @@ def test_master_keys_are_sensitive_and_never_extractable(hsm_env: HsmEnv) -> Non
     generated = ceremony.generate_master(hsm_env.token, KeySlot.PUK, Algorithm.AES, 7)
     assert generated.sensitive and not generated.extractable
     with hsm_env.token.use() as session:
-        keys = [o for o in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY})
-                if (o.label or "").startswith("ykt:") and "transport" not in o.label]
+        keys = [
+            o
+            for o in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY})
+            if (o.label or "").startswith("ykt:") and "transport" not in o.label
+        ]
         assert len(keys) >= 2 * len(KeySlot)
         for key in keys:
             assert key[Attribute.SENSITIVE] is True
@@ -44,15 +47,33 @@ def test_pkcs11_tool_sees_non_extractable_keys(hsm_env: HsmEnv) -> None:
     generated = ceremony.generate_master(hsm_env.token, KeySlot.DMK, Algorithm.AES, 8)
     env = {**os.environ, "SOFTHSM2_CONF": str(hsm_env.config.softhsm_conf)}
     proc = subprocess.run(
-        ["pkcs11-tool", "--module", str(hsm_env.config.module), "--token-label",
-         hsm_env.config.token_label, "-l", "-p", hsm_env.config.user_pin(), "-O"],
-        env=env, capture_output=True, text=True, timeout=60, check=True)
+        [
+            "pkcs11-tool",
+            "--module",
+            str(hsm_env.config.module),
+            "--token-label",
+            hsm_env.config.token_label,
+            "-l",
+            "-p",
+            hsm_env.config.user_pin(),
+            "-O",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     blocks = proc.stdout.split("Secret Key Object")[1:]
     by_label = {}
     for block in blocks:
-        label = next(line.split(":", 1)[1].strip() for line in block.splitlines()
-                     if line.strip().startswith("label:"))
+        label = next(
+            line.split(":", 1)[1].strip()
+            for line in block.splitlines()
+            if line.strip().startswith("label:")
+        )
         by_label[label] = block
+
     def access(label: str) -> str:
         return next(line for line in by_label[label].splitlines() if "Access:" in line)
 
@@ -80,8 +101,9 @@ def test_component_with_wrong_kcv_is_refused(hsm_env: HsmEnv) -> None:
         assert not p11.exists(session, ceremony.master_label(KeySlot.EAK, Algorithm.DES3, 9))
     # a wrong final KCV is refused too, and nothing stays behind
     with pytest.raises(KcvMismatch):
-        ceremony.import_master(hsm_env.token, KeySlot.EAK, comps, kcvs, Algorithm.DES3, 9,
-                               expected_kcv=b"\x00\x00\x00")
+        ceremony.import_master(
+            hsm_env.token, KeySlot.EAK, comps, kcvs, Algorithm.DES3, 9, expected_kcv=b"\x00\x00\x00"
+        )
     with hsm_env.token.use() as session:
         assert not p11.exists(session, ceremony.master_label(KeySlot.EAK, Algorithm.DES3, 9))
     info = ceremony.import_master(hsm_env.token, KeySlot.EAK, comps, kcvs, Algorithm.DES3, 9)
@@ -102,8 +124,12 @@ def test_rotation_keeps_old_versions_usable(hsm_env: HsmEnv) -> None:
     with hsm_env.service.card_crypto(old_ref) as crypto:
         old = crypto.external_auth(KeySlot.UK_MEDICAL, challenge)
     expected = keyscheme.external_auth_cryptogram(
-        keyscheme.derive_card_key(master_key(KeySlot.UK_MEDICAL, alg, 1),
-                                  [keyscheme.card_factor(CIC)], alg), challenge, alg)
+        keyscheme.derive_card_key(
+            master_key(KeySlot.UK_MEDICAL, alg, 1), [keyscheme.card_factor(CIC)], alg
+        ),
+        challenge,
+        alg,
+    )
     assert old == expected  # cards personalised under v1 keep working
     with hsm_env.service.card_crypto(new_ref) as crypto:
         assert crypto.external_auth(KeySlot.UK_MEDICAL, challenge) != old
@@ -154,8 +180,13 @@ def test_cli_init_creates_token_and_keys_idempotently(tmp_path: object) -> None:
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert second.returncode == 0, second.stderr
     assert "created 0" not in second.stdout and "ykt:kmc" not in second.stdout
-    listing = subprocess.run([sys.executable, "-m", "issuance.cli", "hsm", "list"], env=env,
-                             capture_output=True, text=True, timeout=60)
+    listing = subprocess.run(
+        [sys.executable, "-m", "issuance.cli", "hsm", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert listing.returncode == 0 and listing.stdout.count("3des") >= len(KeySlot)
     from hsm.config import HsmConfig
     from issuance.settings import load_settings

@@ -67,9 +67,12 @@ def _software(env: HsmEnv, ref: CardKeyRef) -> SoftwareCardCrypto:
 
 
 REFS = [
-    pytest.param(CardKeyRef(CIC, 1, alg, pan=PAN, psn=PSN, region_factor=region),
-                 id=f"{alg.value}-{'province' if region else 'city'}")
-    for alg in (Algorithm.DES3, Algorithm.AES) for region in (False, True)
+    pytest.param(
+        CardKeyRef(CIC, 1, alg, pan=PAN, psn=PSN, region_factor=region),
+        id=f"{alg.value}-{'province' if region else 'city'}",
+    )
+    for alg in (Algorithm.DES3, Algorithm.AES)
+    for region in (False, True)
 ]
 
 
@@ -106,8 +109,9 @@ def test_cryptograms_match_both_oracles(hsm_env: HsmEnv, ref: CardKeyRef) -> Non
             assert mac == (enc.update(padded) + enc.finalize())[-size:]
             # chained: next IV = previous full MAC block
             nxt = crypto.mac_block(slot, b"\x04\xdc\x01\x2c\x08", mac)
-            assert nxt == keyscheme.sm_mac_block(soft.card_key(slot), b"\x04\xdc\x01\x2c\x08",
-                                                 mac, alg)
+            assert nxt == keyscheme.sm_mac_block(
+                soft.card_key(slot), b"\x04\xdc\x01\x2c\x08", mac, alg
+            )
 
             secret = b"123456"
             ct = crypto.encrypt(slot, secret)
@@ -154,7 +158,8 @@ def test_internal_auth_verification_raises_on_mismatch(hsm_env: HsmEnv) -> None:
     with pytest.raises(CryptogramMismatch):
         hsm_env.service.verify_internal_auth(other, factor, random, good)
     assert hsm_env.service.external_auth(ref, KeySlot.EAK, random) == soft.external_auth(
-        KeySlot.EAK, random)
+        KeySlot.EAK, random
+    )
 
 
 def test_card_keys_are_destroyed_after_the_block(hsm_env: HsmEnv) -> None:
@@ -162,8 +167,12 @@ def test_card_keys_are_destroyed_after_the_block(hsm_env: HsmEnv) -> None:
 
     def session_keys() -> int:
         with hsm_env.token.use() as session:
-            return sum(1 for _ in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY,
-                                                       Attribute.TOKEN: False}))
+            return sum(
+                1
+                for _ in session.get_objects(
+                    {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.TOKEN: False}
+                )
+            )
 
     before = session_keys()
     with hsm_env.service.card_crypto(CardKeyRef(CIC, region_factor=True)) as crypto:

@@ -62,8 +62,13 @@ def test_signature_verifies_and_tampering_fails(hsm_env: HsmEnv) -> None:
 def _child(env: HsmEnv, factor: bytes, random: bytes, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     try:
         with env.service.card_crypto(CardKeyRef(CIC)) as crypto:
-            queue.put((os.getpid(), crypto.internal_auth_response(factor, random),
-                       env.service.sign(b"child")))
+            queue.put(
+                (
+                    os.getpid(),
+                    crypto.internal_auth_response(factor, random),
+                    env.service.sign(b"child"),
+                )
+            )
     except BaseException as exc:  # report to the parent
         queue.put(("error", repr(exc), b""))
 

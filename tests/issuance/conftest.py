@@ -71,12 +71,15 @@ def actors(session: Session) -> dict[str, Actor]:
 
 def submit(session: Session, settings: Settings, actor: Actor, **kw: object) -> object:
     data = services.ApplicationInput(
-        citizen_id=str(kw.pop("citizen_id", make_cid())), name=str(kw.pop("name", "张三")),
-        phone=str(kw.pop("phone", "13800138000")), photo=kw.pop("photo", JPEG_FIXTURE),  # type: ignore[arg-type]
+        citizen_id=str(kw.pop("citizen_id", make_cid())),
+        name=str(kw.pop("name", "张三")),
+        phone=str(kw.pop("phone", "13800138000")),
+        photo=kw.pop("photo", JPEG_FIXTURE),  # type: ignore[arg-type]
         **kw,  # type: ignore[arg-type]
     )
-    return services.submit_application(session, settings, data, actor,
-                                       photo_processor=fake_process_photo)
+    return services.submit_application(
+        session, settings, data, actor, photo_processor=fake_process_photo
+    )
 
 
 @pytest.fixture
@@ -92,11 +95,11 @@ def new_card(
         services.review_application(session, app.id, actors["reviewer"])  # type: ignore[attr-defined]
         card = services.approve_application(session, settings, app.id, actors["approver"])  # type: ignore[attr-defined]
         steps = ["start_production", "personalise", "ship"]
-        order = ["number_allocated", "in_production", "personalised", "shipped", "issued",
-                 "active"]
+        order = ["number_allocated", "in_production", "personalised", "shipped", "issued", "active"]
         for step in steps[: order.index(state) if state in order[:4] else 3]:
-            services.advance_production(session, settings, card.id, step, actors["clerk"],
-                                        chip_serial=random.randbytes(8))
+            services.advance_production(
+                session, settings, card.id, step, actors["clerk"], chip_serial=random.randbytes(8)
+            )
         if order.index(state) >= 4:
             services.collect_card(session, card.id, actors["clerk"])
         if state == "active":

@@ -16,9 +16,17 @@ NOW = timedelta(0)
 
 
 def _events(session, n: int) -> list[AuditEvent]:
-    evs = [audit.record(session, SYSTEM_ACTOR, "test.event", "thing", i,
-                        details={"i": i, "note": "id 330106198503140011 must be masked"})
-           for i in range(n)]
+    evs = [
+        audit.record(
+            session,
+            SYSTEM_ACTOR,
+            "test.event",
+            "thing",
+            i,
+            details={"i": i, "note": "id 330106198503140011 must be masked"},
+        )
+        for i in range(n)
+    ]
     session.flush()
     return evs
 
@@ -54,8 +62,9 @@ def _sealed(session, n=6):
 
 def test_edited_event_is_detected(session):
     evs = _sealed(session)
-    session.execute(sa.update(AuditEvent).where(AuditEvent.id == evs[3].id)
-                    .values(reason="nothing happened"))
+    session.execute(
+        sa.update(AuditEvent).where(AuditEvent.id == evs[3].id).values(reason="nothing happened")
+    )
     with pytest.raises(IntegrityError, match=f"event id {evs[3].id}") as err:
         verify_chain(session)
     assert err.value.details["event_id"] == evs[3].id

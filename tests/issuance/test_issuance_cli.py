@@ -29,12 +29,26 @@ def ok(app, *args):
 def test_cli_flow(env):
     ok(cli_db.app, "upgrade")
     assert "models and migrations agree" in ok(cli_db.app, "check")
-    for name, role in [("c1", "clerk"), ("r1", "reviewer"), ("a1", "approver"),
-                       ("f1", "fund_supervisor")]:
+    for name, role in [
+        ("c1", "clerk"),
+        ("r1", "reviewer"),
+        ("a1", "approver"),
+        ("f1", "fund_supervisor"),
+    ]:
         ok(cli_db.app, "create-staff", name, "--role", role)
     cid = make_cid(birth=__import__("datetime").date(2021, 6, 1))  # under 6: photo exempt
-    out = ok(cli_people.app, "submit", "--id", cid, "--name", "小明", "--phone", "13800000000",
-             "--as", "c1")
+    out = ok(
+        cli_people.app,
+        "submit",
+        "--id",
+        cid,
+        "--name",
+        "小明",
+        "--phone",
+        "13800000000",
+        "--as",
+        "c1",
+    )
     assert cid not in out and "application 1 received" in out
     ok(cli_people.app, "process", "1", "--as", "c1")
     res = runner.invoke(cli_people.app, ["review", "1", "--as", "c1"])

@@ -22,15 +22,19 @@ def _setup_active_card(factory, settings) -> tuple[int, dict]:
             names[role] = f"{role}-x"
         a = {r: services.actor_for(s, n) for r, n in names.items()}
         app = services.submit_application(
-            s, settings, services.ApplicationInput(make_cid(), "李四", "13900000000",
-                                                   photo=JPEG_FIXTURE),
-            a["clerk"], photo_processor=fake_process_photo)
+            s,
+            settings,
+            services.ApplicationInput(make_cid(), "李四", "13900000000", photo=JPEG_FIXTURE),
+            a["clerk"],
+            photo_processor=fake_process_photo,
+        )
         services.process_application(s, app.id, a["clerk"])
         services.review_application(s, app.id, a["reviewer"])
         card = services.approve_application(s, settings, app.id, a["approver"])
         for step in ("start_production", "personalise", "ship"):
-            services.advance_production(s, settings, card.id, step, a["clerk"],
-                                        chip_serial=b"\x00" * 7 + b"\x01")
+            services.advance_production(
+                s, settings, card.id, step, a["clerk"], chip_serial=b"\x00" * 7 + b"\x01"
+            )
         services.collect_card(s, card.id, a["clerk"])
         services.activate_card(s, card.id, a["clerk"])
         return card.id, names
@@ -116,11 +120,19 @@ def test_status_lookups_use_indexes(engine, db_backend):
     with engine.connect() as conn:
         for col in ("card_number", "card_identification_code"):
             if db_backend == "sqlite":
-                plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
-                    f"EXPLAIN QUERY PLAN SELECT status FROM cards WHERE {col} = 'A'"))
+                plan = " ".join(
+                    str(r[-1])
+                    for r in conn.exec_driver_sql(
+                        f"EXPLAIN QUERY PLAN SELECT status FROM cards WHERE {col} = 'A'"
+                    )
+                )
                 assert "USING INDEX" in plan, plan
             else:
                 conn.exec_driver_sql("SET enable_seqscan = off")
-                plan = " ".join(str(r[0]) for r in conn.exec_driver_sql(
-                    f"EXPLAIN SELECT status FROM cards WHERE {col} = 'A'"))
+                plan = " ".join(
+                    str(r[0])
+                    for r in conn.exec_driver_sql(
+                        f"EXPLAIN SELECT status FROM cards WHERE {col} = 'A'"
+                    )
+                )
                 assert "Index" in plan and "Seq Scan" not in plan, plan

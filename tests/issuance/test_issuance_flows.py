@@ -40,8 +40,9 @@ def test_provisional_loss_blocks_and_lapses(session, settings, actors, new_card)
 
 def test_lazy_lapse_on_read(session, settings, actors, new_card):
     card = new_card("active")
-    report = services.report_loss(session, settings, card.id, actors["clerk"].via(Channel.WEB),
-                                  identity_checked=True)
+    report = services.report_loss(
+        session, settings, card.id, actors["clerk"].via(Channel.WEB), identity_checked=True
+    )
     report.lapses_at = utcnow() - timedelta(seconds=1)
     view = services.card_status(session, card_number=card.card_number)
     assert view.status == "active" and view.province_code == "1" and view.usable
@@ -95,8 +96,7 @@ def test_temporary_card_and_deposit_refund(session, settings, actors, new_card):
     assert dep.refunded_at is not None and dep.refunded_by_id == clerk.staff_id
 
 
-def test_temporary_card_needs_pending_application_or_lost_card(session, settings, actors,
-                                                                new_card):
+def test_temporary_card_needs_pending_application_or_lost_card(session, settings, actors, new_card):
     card = new_card("active")
     with pytest.raises(ValidationError, match="pending application"):
         services.issue_temporary_card(session, settings, card.person_id, actors["clerk"])
@@ -119,8 +119,7 @@ def test_bank_activation_and_new_card_kills_old(session, settings, actors, new_c
     card = new_card("active")
     teller = actors["bank_teller"].via(Channel.BANK)
     with pytest.raises(ValidationError) as err:
-        services.activate_financial(session, card.id, teller, identity_checked=False,
-                                    pin_set=False)
+        services.activate_financial(session, card.id, teller, identity_checked=False, pin_set=False)
     assert {p.field for p in err.value.problems} == {"identity_checked", "pin_set"}
     services.activate_financial(session, card.id, teller, identity_checked=True, pin_set=True)
     fin = card.chip_app("financial")
@@ -128,8 +127,14 @@ def test_bank_activation_and_new_card_kills_old(session, settings, actors, new_c
     # renewal: new card replaces the active one; activating it kills the old card's functions
     new = services.replace_card(session, settings, card.id, actors["clerk"], reason="renewal")
     for step in ("start_production", "personalise", "ship"):
-        services.advance_production(session, settings, new.id, step, actors["clerk"],
-                                    chip_serial=b"\x01\x02\x03\x04\x05\x06\x07\x08")
+        services.advance_production(
+            session,
+            settings,
+            new.id,
+            step,
+            actors["clerk"],
+            chip_serial=b"\x01\x02\x03\x04\x05\x06\x07\x08",
+        )
     services.collect_card(session, new.id, actors["clerk"])
     services.activate_card(session, new.id, actors["clerk"])
     assert new.status == CardStatus.ACTIVE
@@ -139,8 +144,9 @@ def test_bank_activation_and_new_card_kills_old(session, settings, actors, new_c
 
 def test_ready_notification_outbox(session, settings, actors, new_card, caplog):
     card = new_card("shipped")
-    msg = session.scalars(sa.select(OutboxMessage).where(OutboxMessage.person_id ==
-                                                         card.person_id)).one()
+    msg = session.scalars(
+        sa.select(OutboxMessage).where(OutboxMessage.person_id == card.person_id)
+    ).one()
     assert msg.topic == "card.ready_for_collection" and msg.sent_at is None
     with caplog.at_level(logging.INFO, logger="issuance.outbox"):
         sent = services.drain_outbox(session)

@@ -13,13 +13,18 @@ from issuance.models import Application, ApplicationChannel
 
 def _rows():
     good1, good2, bad = make_cid(), make_cid(male=False), make_cid()
-    return good1, good2, bad, [
-        ["公民身份号码", "姓名", "联系电话", "性别", "照片", "ignored"],
-        [good1, "王五", "13700000001", "男", "a.jpg", "x"],
-        [good2, "赵六", "0571-88888888", "2", "b.jpg", ""],
-        [bad[:17] + ("0" if bad[17] != "0" else "1"), "X1", "123", "女", "missing.jpg", ""],
-        [good1[:6] + "20991301001X", "陈七", "13700000003", "", "a.jpg", ""],
-    ]
+    return (
+        good1,
+        good2,
+        bad,
+        [
+            ["公民身份号码", "姓名", "联系电话", "性别", "照片", "ignored"],
+            [good1, "王五", "13700000001", "男", "a.jpg", "x"],
+            [good2, "赵六", "0571-88888888", "2", "b.jpg", ""],
+            [bad[:17] + ("0" if bad[17] != "0" else "1"), "X1", "123", "女", "missing.jpg", ""],
+            [good1[:6] + "20991301001X", "陈七", "13700000003", "", "a.jpg", ""],
+        ],
+    )
 
 
 def _check(report, good1, good2):
@@ -39,13 +44,27 @@ def test_csv_with_photo_zip_and_reimport(session, settings, actors, tmp_path):
         z.writestr("photos/a.jpg", JPEG_FIXTURE)
         z.writestr("photos/b.jpg", JPEG_FIXTURE + b"b")
     coll = services.get_or_create_collective(session, "Acme Ltd")
-    report = intake.import_file(session, settings, csv_path, coll, actors["clerk"],
-                                photos=photos, photo_processor=fake_process_photo)
+    report = intake.import_file(
+        session,
+        settings,
+        csv_path,
+        coll,
+        actors["clerk"],
+        photos=photos,
+        photo_processor=fake_process_photo,
+    )
     _check(report, good1, good2)
     apps = session.query(Application).filter(Application.collective_id == coll.id).all()
     assert len(apps) == 2 and {a.channel for a in apps} == {ApplicationChannel.EMPLOYER}
-    again = intake.import_file(session, settings, csv_path, coll, actors["clerk"],
-                               photos=photos, photo_processor=fake_process_photo)
+    again = intake.import_file(
+        session,
+        settings,
+        csv_path,
+        coll,
+        actors["clerk"],
+        photos=photos,
+        photo_processor=fake_process_photo,
+    )
     assert len(again.accepted) == 0 and len(again.duplicates) == 2
     assert session.query(Application).filter(Application.collective_id == coll.id).count() == 2
 
@@ -62,8 +81,16 @@ def test_xlsx_with_photo_directory(session, settings, actors, tmp_path):
     (photo_dir / "a.jpg").write_bytes(JPEG_FIXTURE)
     (photo_dir / "b.jpg").write_bytes(JPEG_FIXTURE + b"b")
     coll = services.get_or_create_collective(session, "No. 3 Primary School", kind="school")
-    report = intake.import_file(session, settings, path, coll, actors["clerk"],
-                                photos=photo_dir, photo_processor=fake_process_photo)
+    report = intake.import_file(
+        session,
+        settings,
+        path,
+        coll,
+        actors["clerk"],
+        photos=photo_dir,
+        photo_processor=fake_process_photo,
+    )
     _check(report, good1, good2)
     assert {a.channel for a in session.query(Application).filter_by(collective_id=coll.id)} == {
-        ApplicationChannel.COLLECTIVE}
+        ApplicationChannel.COLLECTIVE
+    }

@@ -40,7 +40,9 @@ def test_declared_card_transition(session, new_card, t):
 
 EVENTS = sorted({t.event for t in CARD_TRANSITIONS})
 UNDECLARED = [
-    (s, e) for s in CardStatus for e in EVENTS
+    (s, e)
+    for s in CardStatus
+    for e in EVENTS
     if (str(s), e) not in {(t.from_state, t.event) for t in CARD_TRANSITIONS}
 ]
 

@@ -121,9 +121,7 @@ def slot_socket_options(slot: VpcdSlot) -> int:
     return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
-def test_eject_closes_the_connection_and_insert_reconnects(
-    vpcd: FakeVpcd, slot: VpcdSlot
-) -> None:
+def test_eject_closes_the_connection_and_insert_reconnects(vpcd: FakeVpcd, slot: VpcdSlot) -> None:
     slot.insert(card())
     first = vpcd.accept()
     assert slot.wait_connected(5)

@@ -15,7 +15,11 @@ DF_NAME = bytes.fromhex("D15600000501")
 
 def make_stack(run_dir: Path, readers: int = 2, **kwargs: object) -> VirtualReaderStack:
     return VirtualReaderStack(
-        run_dir, readers, card_factory=FAKE_FACTORY, python_path=[HERE], **kwargs  # type: ignore[arg-type]
+        run_dir,
+        readers,
+        card_factory=FAKE_FACTORY,
+        python_path=[HERE],
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
