@@ -1,0 +1,1 @@
+"""Production batches: selection, data preparation, personalisation, printing, quality check."""
