@@ -31,6 +31,7 @@ BENCHMARKS = [
     "personalisation",
     "verification",
     "memory",
+    "scale",
 ]
 
 

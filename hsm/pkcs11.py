@@ -20,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -138,15 +140,24 @@ class Pkcs11Token:
         lib = _module(self.config)
         if self._session is None or self._session_generation != _generation:
             with translate_errors(f"opening token {self.config.token_label!r}"):
-                token = lib.get_token(token_label=self.config.token_label)
+                token, session = _open_logged_in(lib, self.config)
                 self.manufacturer_id = token.manufacturer_id
-                try:
-                    session = token.open(user_pin=self.config.user_pin(), rw=True)
-                except p11x.UserAlreadyLoggedIn:
-                    session = token.open(rw=True)
             self._session = session
             self._session_generation = _generation
         return self._session
+
+    def reinitialise(self) -> None:
+        """C_Finalize + C_Initialize of the module in this process, then log in again on the
+        next use. Every object handle of the process becomes stale (:attr:`generation`
+        changes); SoftHSM2 frees the memory of destroyed session objects only here."""
+        with LOCK:
+            lib = _module(self.config)
+            with translate_errors("re-initialising the PKCS#11 module"):
+                with contextlib.suppress(p11x.PKCS11Error):
+                    lib.finalize()
+                lib.initialize()
+            _bump()
+            self._session = None
 
     @contextlib.contextmanager
     def use(self, what: str = "PKCS#11 call") -> Iterator[Any]:
@@ -159,6 +170,36 @@ class Pkcs11Token:
         with LOCK:
             self.session()
         return "softhsm" in self.manufacturer_id.lower()
+
+
+def _open_logged_in(lib: Any, config: HsmConfig, attempts: int = 40) -> tuple[Any, Any]:
+    """C_GetTokenInfo (token by label) + C_OpenSession + C_Login (caller holds LOCK).
+
+    SoftHSM2's file store is not safe against a concurrent rewrite: when another process
+    rewrites the token's files at that moment (every login rewrites the token's flags), it
+    answers CKR_GENERAL_ERROR, reads half-written flags (CKR_USER_PIN_NOT_INITIALIZED) or,
+    if it was initialising, lists no token at all until the next C_Initialize. Seen with 2
+    worker processes logging in together. So: retried with a short random backoff, the module
+    re-initialised before each retry (about 2 s in all, after which a token that is really
+    missing is reported), never after a wrong or locked PIN."""
+    for attempt in range(1, attempts + 1):
+        try:
+            token = lib.get_token(token_label=config.token_label)
+            try:
+                return token, token.open(user_pin=config.user_pin(), rw=True)
+            except p11x.UserAlreadyLoggedIn:
+                return token, token.open(rw=True)
+        except (p11x.PinIncorrect, p11x.PinLocked):
+            raise  # never retried: each try would count as a wrong PIN
+        except p11x.PKCS11Error:
+            if attempt == attempts:
+                raise
+            time.sleep(random.uniform(0.001, 0.08))
+            with contextlib.suppress(p11x.PKCS11Error):
+                lib.finalize()
+            lib.initialize()
+            _bump()
+    raise AssertionError("unreachable")
 
 
 def open_token(config: HsmConfig) -> Pkcs11Token:

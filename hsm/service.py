@@ -26,6 +26,13 @@ Mechanisms used (all computed in the HSM, results compared with keyscheme in the
   CKM_DES3_ECB wrapping never takes this path (``clear_des3_key_loading=False`` enforces it).
 * Export for a bureau: C_WrapKey(CKM_AES_KEY_WRAP_PAD) under an AES transport key
   (SoftHSM's 0x210A is RFC 5649, i.e. ``cryptography``'s ``aes_key_wrap_with_padding``).
+* Bureau files (:meth:`Pkcs11KeyService.bureau_exporter`): card keys wrapped under a file KEK
+  that is wrapped under the transport key, one call per card, see :mod:`hsm.export`.
+* Per-card key objects are session objects with CKA_PRIVATE=False (still CKA_SENSITIVE, never
+  readable, visible only to this process's sessions, destroyed after the card): SoftHSM2
+  encrypts the value of every *private* object in memory under the token key, which costs an
+  extra AES pass on each derivation and each use of the key (measured ~15 % of the per-card
+  time in ``bench/dataprep.py``). Issuer master keys stay private token objects.
 * Signing: ECDSA P-256 over SHA-256 (SoftHSM has no CKM_ECDSA_SHA256: the digest is computed
   here, the signature in the HSM), DER-encoded.
 """
@@ -35,10 +42,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import pkcs11.exceptions as p11x
 from cryptography.exceptions import InvalidSignature
@@ -50,7 +58,7 @@ from pkcs11 import Attribute, Mechanism, ObjectClass
 from cardspec import keyscheme
 from cardspec.crypto import CardCrypto, SoftwareCardCrypto
 from cardspec.keyscheme import Algorithm, KeySlot
-from hsm import ceremony
+from hsm import ceremony, p11fast
 from hsm import pkcs11 as p11
 from hsm.config import HsmConfig
 from hsm.errors import (
@@ -60,9 +68,17 @@ from hsm.errors import (
     MechanismUnavailable,
     SignatureInvalid,
 )
+from hsm.export import _KCV_BLOCK, BureauExport, BureauExporter
 from hsm.pkcs11 import LOCK, Pkcs11Token
 
+if TYPE_CHECKING:
+    from hsm.export import HsmBureauExporter, SoftwareBureauExporter
+
 log = logging.getLogger(__name__)
+
+#: Destroyed session objects after which the SoftHSM2 module is re-initialised (see
+#: :meth:`Pkcs11KeyService.objects_destroyed`): ~4 MiB of SoftHSM garbage, 2,000 cards of 11
+SOFTHSM_RECYCLE_AFTER = 22_000
 
 
 @dataclass(frozen=True)
@@ -118,6 +134,8 @@ class KeyService(Protocol):
         self, ref: CardKeyRef, slots: Iterable[KeySlot], transport_label: str
     ) -> dict[KeySlot, bytes]: ...
 
+    def bureau_exporter(self, transport_label: str) -> BureauExporter: ...
+
     def sign(self, data: bytes) -> bytes: ...
 
     def public_key_pem(self) -> bytes: ...
@@ -142,6 +160,19 @@ def _check_cryptogram(expected: bytes, response: bytes) -> None:
 # --- PKCS#11 adapter -------------------------------------------------------------------------
 
 _CARD_KEY_USAGE = (Attribute.ENCRYPT, Attribute.DERIVE, Attribute.WRAP)
+#: Card keys and intermediate keys: session objects, public (see the module docstring), sensitive.
+_CARD_KEY_TEMPLATE: dict[Attribute, Any] = {
+    Attribute.PRIVATE: False,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: True,
+    **p11.capabilities(*_CARD_KEY_USAGE),
+}
+_INTERMEDIATE_TEMPLATE: dict[Attribute, Any] = {
+    Attribute.PRIVATE: False,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: False,
+    **p11.capabilities(Attribute.DERIVE),
+}
 
 
 class HsmCardCrypto:
@@ -154,6 +185,8 @@ class HsmCardCrypto:
         self._service = service
         self._keys: dict[KeySlot, Any] = {}
         self._generation = -1
+        #: diversification data blocks per kind of slot (card / financial), computed once
+        self._data: dict[bool, tuple[bytes, ...]] = {}
 
     # lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> HsmCardCrypto:
@@ -167,64 +200,74 @@ class HsmCardCrypto:
     def close(self) -> None:
         """Destroy this card's derived key objects."""
         with self._service.token.use("destroying card keys"):
+            destroyed = 0
             if self._generation == self._service.token.generation:
                 for key in self._keys.values():
                     key.destroy()
+                destroyed = len(self._keys)
             self._keys.clear()
+            self._service.objects_destroyed(destroyed)
 
     # derivation (LOCK held) --------------------------------------------------------------
     def _derive_chain(self, slot: KeySlot, template: dict[Attribute, Any]) -> Any:
-        base = self._service.master(slot, self.algorithm, self.ref.key_version)
-        factors = self.ref.factors(slot, self._service.region_code)
+        base = self._service.master_synced(slot, self.algorithm, self.ref.key_version)
+        blocks = self._data.get(slot.financial)
+        if blocks is None:
+            blocks = self._data[slot.financial] = tuple(
+                keyscheme.diversification_data(factor, self.algorithm)
+                for factor in self.ref.factors(slot, self._service.region_code)
+            )
         key = base
-        for n, factor in enumerate(factors, start=1):
-            last = n == len(factors)
-            data = keyscheme.diversification_data(factor, self.algorithm)
+        for n, data in enumerate(blocks, start=1):
+            last = n == len(blocks)
             child = p11.derive(
                 key,
                 self.algorithm,
                 data,
-                template=template
-                if last
-                else {
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: False,
-                    **p11.capabilities(Attribute.DERIVE),
-                },
+                template=template if last else _INTERMEDIATE_TEMPLATE,
             )
             if key is not base:
                 key.destroy()
             key = child
         return key
 
-    def _key(self, slot: KeySlot) -> Any:
+    def _sync(self) -> None:
+        """Drop handles of a previous module initialisation (fork, recycling); once per
+        operation, LOCK held."""
         generation = self._service.token.generation
         if generation != self._generation:
-            self._keys.clear()  # handles of a previous initialisation (fork) are void
+            self._keys.clear()  # handles of a previous initialisation are void
             self._generation = generation
+        self._service.sync(generation)
+
+    def _key(self, slot: KeySlot) -> Any:
+        self._sync()
+        return self._key_synced(slot)
+
+    def _key_synced(self, slot: KeySlot) -> Any:
         key = self._keys.get(slot)
         if key is None:
-            key = self._keys[slot] = self._derive_chain(
-                slot,
-                {
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: True,
-                    **p11.capabilities(*_CARD_KEY_USAGE),
-                },
-            )
+            key = self._keys[slot] = self._derive_chain(slot, _CARD_KEY_TEMPLATE)
         return key
 
     def derive_all(self, slots: Iterable[KeySlot]) -> None:
         """Derive the given slots now (e.g. at the start of a personalisation)."""
         with self._service.token.use("deriving card keys"):
+            self._sync()
             for slot in slots:
-                self._key(slot)
+                self._key_synced(slot)
 
     # CardCrypto --------------------------------------------------------------------------
     def kcv(self, slot: KeySlot) -> bytes:
-        """KCV of the card key, computed in the HSM."""
+        """KCV of the card key (``keyscheme.kcv``), computed in the HSM: one C_Encrypt of the
+        KCV block under the card key object (card keys have CKA_ENCRYPT; masters do not and
+        use :func:`hsm.pkcs11.kcv`)."""
         with self._service.token.use("card key KCV"):
-            return p11.kcv(self._key(slot), self.algorithm)
+            return self._kcv(slot)
+
+    def _kcv(self, slot: KeySlot) -> bytes:
+        block = _KCV_BLOCK[self.algorithm]
+        return bytes(self._key(slot).encrypt(block, mechanism=p11.ECB[self.algorithm]))[:3]
 
     def external_auth(self, slot: KeySlot, challenge: bytes) -> bytes:
         if len(challenge) != 8:
@@ -323,6 +366,32 @@ class HsmCardCrypto:
                 for slot in slots
             }
 
+    def bureau_export(
+        self, slots: Iterable[KeySlot], kek: Any, sensitive: Sequence[bytes], under: KeySlot
+    ) -> BureauExport:
+        """Keys wrapped under ``kek``, KCVs and encrypted sensitive data (caller holds LOCK)."""
+        wrapped: dict[KeySlot, bytes] = {}
+        kcvs: dict[KeySlot, bytes] = {}
+        wrap = Mechanism.AES_KEY_WRAP_PAD
+        ecb = p11.ECB[self.algorithm]
+        block = _KCV_BLOCK[self.algorithm]
+        size = self.algorithm.block_size
+        with self._service.token.use("exporting card keys for a bureau"):
+            self._sync()
+            for slot in slots:
+                key = self._key_synced(slot)
+                wrapped[slot] = bytes(kek.wrap_key(key, mechanism=wrap))
+                kcvs[slot] = bytes(key.encrypt(block, mechanism=ecb))[:3]
+            encrypted: list[bytes] = []
+            if sensitive:
+                key = self._key_synced(under)
+                for data in sensitive:
+                    if len(data) > 255:
+                        raise ValueError("sensitive data longer than 255 bytes")
+                    padded = keyscheme.pad_method2(bytes([len(data)]) + data, size)
+                    encrypted.append(bytes(key.encrypt(padded, mechanism=ecb)))
+        return BureauExport(wrapped, kcvs, tuple(encrypted))
+
 
 class Pkcs11KeyService:
     """:class:`KeyService` on a PKCS#11 token (product default)."""
@@ -334,8 +403,15 @@ class Pkcs11KeyService:
         *,
         clear_des3_key_loading: bool | None = None,
         signing_label: str = ceremony.SIGNING_LABEL,
+        recycle_after: int | None = None,
+        fast_path: bool = True,
     ) -> None:
         self.token = token
+        self._fast_path = fast_path
+        #: Re-initialise the module after this many destroyed card-key objects (None: the
+        #: default, 20,000 on SoftHSM2 and never on other HSMs; 0: never).
+        self._recycle_after = recycle_after
+        self._destroyed = 0
         self.region_code = region_code
         self.signing_label = signing_label
         self._clear_des3 = clear_des3_key_loading
@@ -343,6 +419,8 @@ class Pkcs11KeyService:
         self.des3_wrap_supported: bool | None = None
         self._masters: dict[tuple[KeySlot, Algorithm, int], Any] = {}
         self._masters_generation = -1
+        self._transports: dict[str, Any] = {}
+        self._transports_generation = -1
         self._warned = False
 
     @classmethod
@@ -360,19 +438,72 @@ class Pkcs11KeyService:
             self._warned = True
         return allowed
 
+    @property
+    def fast(self) -> p11fast.FastOps | None:
+        """Direct PKCS#11 calls for bulk export (:mod:`hsm.p11fast`), if the module allows."""
+        if not self._fast_path:
+            return None
+        return p11fast.fast_ops(str(self.token.config.module))
+
+    @property
+    def recycle_after(self) -> int:
+        if self._recycle_after is None:
+            self._recycle_after = SOFTHSM_RECYCLE_AFTER if self.token.is_softhsm else 0
+        return self._recycle_after
+
+    def objects_destroyed(self, count: int) -> None:
+        """Count destroyed session objects; past :attr:`recycle_after`, re-initialise the
+        module (LOCK held by the caller).
+
+        SoftHSM2 keeps the memory of every destroyed session object until C_Finalize (about
+        200 bytes each, measured: 2.2 KiB per card of 11 keys, i.e. > 2 GiB for a
+        1,000,000-card batch). Re-initialising (C_Finalize, C_Initialize, login) frees it;
+        every cached handle in the process is then refreshed through
+        :attr:`Pkcs11Token.generation`, as after a fork.
+        """
+        self._destroyed += count
+        limit = self.recycle_after
+        if limit and self._destroyed >= limit:
+            self._destroyed = 0
+            self.token.reinitialise()
+
+    def sync(self, generation: int) -> None:
+        """Forget cached handles of a previous module initialisation (LOCK held)."""
+        if generation != self._masters_generation:
+            self._masters.clear()
+            self._masters_generation = generation
+        if generation != self._transports_generation:
+            self._transports.clear()
+            self._transports_generation = generation
+
+    def master_synced(self, slot: KeySlot, alg: Algorithm, version: int) -> Any:
+        """The master key object; the caller holds LOCK and called :meth:`sync`."""
+        key = self._masters.get((slot, alg, version))
+        if key is None:
+            label = ceremony.master_label(slot, alg, version)
+            key = self._masters[(slot, alg, version)] = p11.find_one(self.token.session(), label)
+        return key
+
     def master(self, slot: KeySlot, alg: Algorithm, version: int) -> Any:
         """The master key object (LOCK held by the caller, or taken here)."""
         with LOCK:
-            generation = self.token.generation
-            if generation != self._masters_generation:
-                self._masters.clear()
-                self._masters_generation = generation
+            self.sync(self.token.generation)
             key = self._masters.get((slot, alg, version))
             if key is None:
                 label = ceremony.master_label(slot, alg, version)
                 with self.token.use(f"looking up {label}") as session:
                     key = p11.find_one(session, label)
                 self._masters[(slot, alg, version)] = key
+            return key
+
+    def transport(self, transport_label: str) -> Any:
+        """The transport key object (cached per module initialisation)."""
+        label = ceremony.transport_label(transport_label)
+        with self.token.use(f"looking up {label}") as session:
+            self.sync(self.token.generation)
+            key = self._transports.get(label)
+            if key is None:
+                key = self._transports[label] = p11.find_one(session, label)
             return key
 
     def card_crypto(self, ref: CardKeyRef) -> HsmCardCrypto:
@@ -392,11 +523,15 @@ class Pkcs11KeyService:
     def export_card_keys(
         self, ref: CardKeyRef, slots: Iterable[KeySlot], transport_label: str
     ) -> dict[KeySlot, bytes]:
-        label = ceremony.transport_label(transport_label)
-        with self.token.use(f"looking up {label}") as session:
-            transport = p11.find_one(session, label)
+        transport = self.transport(transport_label)
         with self.card_crypto(ref) as crypto:
             return crypto.export(slots, transport)
+
+    def bureau_exporter(self, transport_label: str) -> HsmBureauExporter:
+        """Exports for one bureau file (see "Bureau files" in :mod:`hsm.export`)."""
+        from hsm.export import HsmBureauExporter
+
+        return HsmBureauExporter(self, transport_label)
 
     def sign(self, data: bytes) -> bytes:
         from pkcs11.util.ec import encode_ecdsa_signature
@@ -463,7 +598,6 @@ class SoftwareKeyService:
         region_code: str = "330100",
         algorithms: Iterable[Algorithm] = (Algorithm.DES3, Algorithm.AES),
     ) -> SoftwareKeyService:
-        import os
 
         return cls(
             {(slot, alg, 1): os.urandom(16) for slot in KeySlot for alg in algorithms}, region_code
@@ -503,6 +637,14 @@ class SoftwareKeyService:
                 key = keyscheme.odd_parity(key)
             out[slot] = aes_key_wrap_with_padding(self._transport[label], key)
         return out
+
+    def bureau_exporter(self, transport_label: str) -> SoftwareBureauExporter:
+        from hsm.export import SoftwareBureauExporter
+
+        label = ceremony.transport_label(transport_label)
+        if label not in self._transport:
+            raise KeyNotFound(f"no transport key {label}")
+        return SoftwareBureauExporter(self, self._transport[label])
 
     def sign(self, data: bytes) -> bytes:
         return self._signing.sign(data, ec.ECDSA(hashes.SHA256()))

@@ -35,6 +35,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("issuance.cli_people", "app", "Applications: intake, review, approval."),
     ("issuance.cli_cards", "cards", "Card lifecycle: loss, un-report, temporary cards, ..."),
     ("issuance.cli_audit", "audit", "Audit log: verify the hash chain, checkpoints."),
+    ("issuance.cli_outbox", "outbox", "Notifications: drain the outbox to the SMS/log sink."),
     ("issuance.cli_batch", "batch", "Production batches: create, prepare, personalise, print."),
     ("printers.cli", "print", "Card faces and print spoolers."),
     ("api.cli", "api", "The HTTP service and the verification client."),

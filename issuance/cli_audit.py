@@ -1,4 +1,12 @@
-"""``ykt audit``: seal the hash chain and verify it."""
+"""``ykt audit``: seal the hash chain (checkpoints signed by the HSM's signing key), verify it,
+export the public key for offline auditors.
+
+Trust: ``verify`` checks every checkpoint's signature against a key it trusts — the HSM's own
+public key, or a PEM file given with ``--public-key`` — never against the key stored beside the
+checkpoint (whoever can edit the table could store their own). A signed checkpoint covers every
+event up to its sequence number (each hash chains all earlier ones), so rewriting events and
+recomputing the hashes is detected as a bad signature.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +15,41 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from issuance.cli_db import session_scope
+from issuance.audit import Signer
+from issuance.cli_db import session_scope, settings
 
 app = typer.Typer(no_args_is_help=True)
 out = Console()
 
 
+def hsm_signer() -> Signer:
+    """The HSM key service of the configured settings (its signing key signs checkpoints)."""
+    from hsm.service import key_service_from_settings
+
+    return key_service_from_settings(settings())
+
+
 @app.command("seal")
 def seal(
     delay: float = typer.Option(2.0, help="leave events younger than this many seconds"),
-    checkpoint_every: int = typer.Option(1000),
+    checkpoint_every: int = typer.Option(1000, min=1),
+    unsigned: bool = typer.Option(
+        False, "--unsigned", help="write unsigned checkpoints (development without an HSM)"
+    ),
 ) -> None:
-    """Chain the unsealed events and write a checkpoint (unsigned from the CLI)."""
+    """Chain the unsealed events and write checkpoints signed by the HSM's signing key."""
     from datetime import timedelta
 
     from issuance import audit
 
+    signer = None if unsigned else hsm_signer()
     with session_scope() as s:
-        r = audit.seal(s, None, delay=timedelta(seconds=delay), checkpoint_every=checkpoint_every)
-    out.print(f"sealed {r.sealed} events; chain at {r.last_seq}; checkpoints {r.checkpoints}")
+        r = audit.seal(s, signer, delay=timedelta(seconds=delay), checkpoint_every=checkpoint_every)
+    how = "unsigned" if signer is None else "signed by the HSM"
+    out.print(
+        f"sealed {r.sealed} events; chain at {r.last_seq}; "
+        f"{len(r.checkpoints)} checkpoints written ({how})"
+    )
 
 
 @app.command("verify")
@@ -34,21 +58,42 @@ def verify(
         None,
         "--public-key",
         exists=True,
-        help="PEM key every checkpoint must be signed by",
+        dir_okay=False,
+        help="PEM key every checkpoint must be signed by (default: the HSM's signing key)",
     ),
-    seal_first: bool = typer.Option(True, "--seal/--no-seal"),
+    chain_only: bool = typer.Option(
+        False,
+        "--chain-only",
+        help="check the hash chain only; signatures against the keys stored with them",
+    ),
+    seal_first: bool = typer.Option(
+        True,
+        "--seal/--no-seal",
+        help="seal and sign pending events with the HSM first (not with --public-key or "
+        "--chain-only: an offline check changes nothing)",
+    ),
 ) -> None:
-    """Recompute the whole chain; exit 1 naming the first bad event if anything was edited."""
+    """Recompute the whole chain; exit 1 naming the first bad event if anything was edited,
+    deleted or re-hashed."""
     from datetime import timedelta
 
     from issuance import audit
     from issuance.errors import IntegrityError
 
+    trusted: bytes | None = None
+    signer: Signer | None = None
+    if not chain_only:
+        if public_key is not None:
+            trusted = public_key.read_bytes()
+        else:
+            signer = hsm_signer()
+            pem = signer.public_key_pem()
+            trusted = pem.encode("ascii") if isinstance(pem, str) else pem
     with session_scope() as s:
-        if seal_first:
-            audit.seal(s, None, delay=timedelta(seconds=0))
+        if seal_first and signer is not None:
+            audit.seal(s, signer, delay=timedelta(seconds=0))
         try:
-            r = audit.verify_chain(s, public_key.read_bytes() if public_key else None)
+            r = audit.verify_chain(s, trusted)
         except IntegrityError as exc:
             out.print(f"[red]FAILED:[/red] {exc.message}")
             raise typer.Exit(1) from exc
@@ -56,3 +101,17 @@ def verify(
         f"audit chain OK: {r.events} events, {r.checkpoints} checkpoints "
         f"({r.signed_checkpoints} signed), {r.unsealed} not yet sealed"
     )
+
+
+@app.command("public-key")
+def public_key(
+    output: Path | None = typer.Option(None, "--output", "-o", help="write the PEM here"),
+) -> None:
+    """Export the HSM's signing public key (PEM) for auditors who verify offline."""
+    pem = hsm_signer().public_key_pem()
+    text = pem.decode("ascii") if isinstance(pem, bytes) else pem
+    if output is None:
+        print(text, end="")
+    else:
+        output.write_text(text, encoding="ascii")
+        out.print(f"public key written to {output}")

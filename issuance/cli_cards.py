@@ -86,12 +86,100 @@ def unreport(
 
 @app.command("expire-losses")
 def expire_losses() -> None:
-    """Lapse provisional loss reports whose time is up (run periodically)."""
+    """Loss deadlines (run periodically): lapse provisional reports whose time is up; where
+    the city does so (lifecycle.formal_loss_cancel_days), cancel overdue formal ones."""
     from issuance import services
 
     with session_scope() as s:
-        n = services.expire_provisional_losses(s)
-    out.print(f"{n} provisional loss reports lapsed")
+        r = services.run_loss_deadlines(s, settings())
+    days = settings().lifecycle.formal_loss_cancel_days
+    out.print(f"{r.lapsed} provisional loss reports lapsed")
+    if days:
+        out.print(f"{r.cancelled} cards cancelled after {days} days formally lost")
+
+
+@app.command("collect")
+def collect(
+    card: str,
+    channel: str = typer.Option("counter", help="counter or bank"),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
+    """Hand the card to its holder (still sealed); a temporary card is handed back and its
+    deposit refunded."""
+    from issuance import services
+
+    with session_scope() as s:
+        c = _card(s, card)
+        r = services.collect_card(s, c.id, acting(s, as_, channel))
+        out.print(f"card {c.card_number} issued to its holder")
+        for number in r.temporary_cards_returned:
+            out.print(f"temporary card {number} handed back and cancelled")
+        if r.deposits_refunded_fen:
+            out.print(f"deposit refunded: {r.deposits_refunded_fen / 100:.2f} yuan")
+
+
+@app.command("activate")
+def activate(
+    card: str,
+    channel: str = typer.Option("counter", help="counter, bank, kiosk, web, app"),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
+    """Activate the social security function of an issued card (the holder's older cards lose
+    theirs)."""
+    from issuance import services
+
+    with session_scope() as s:
+        c = _card(s, card)
+        services.activate_card(s, c.id, acting(s, as_, channel))
+        out.print(f"card {c.card_number} is {c.status}")
+
+
+@app.command("activate-financial")
+def activate_financial(
+    card: str,
+    identity_checked: bool = typer.Option(False, "--identity-checked"),
+    pin_set: bool = typer.Option(
+        False, "--pin-set", help="the holder set the bank PIN on the card at the terminal"
+    ),
+    bank_agency: str | None = typer.Option(None, "--bank-agency", help="agency code"),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
+    """Bank branch: activate the financial function (identity checked, PIN set on the card;
+    the PIN itself never reaches this system)."""
+    import sqlalchemy as sa
+
+    from issuance import services
+    from issuance.errors import NotFound
+    from issuance.models import Agency
+
+    with session_scope() as s:
+        c = _card(s, card)
+        agency_id = None
+        if bank_agency is not None:
+            agency_id = s.scalar(sa.select(Agency.id).where(Agency.code == bank_agency))
+            if agency_id is None:
+                raise NotFound(f"no agency {bank_agency!r}")
+        services.activate_financial(
+            s, c.id, acting(s, as_, "bank"), identity_checked=identity_checked,
+            pin_set=pin_set, bank_agency_id=agency_id,
+        )  # fmt: skip
+        out.print(f"card {c.card_number}: financial function active")
+
+
+@app.command("report-damaged")
+def report_damaged(
+    card: str,
+    channel: str = typer.Option("counter", help="counter or bank"),
+    reason: str | None = typer.Option(None, "--reason"),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
+    """Record a damaged card (it then goes to replacement)."""
+    from issuance import services
+
+    with session_scope() as s:
+        c = _card(s, card)
+        services.report_damaged(s, c.id, acting(s, as_, channel), reason)
+        out.print(f"card {c.card_number} is {c.status}")
 
 
 @app.command("temporary")

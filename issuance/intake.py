@@ -131,11 +131,27 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, str | None]]]:
     if path.suffix.lower() in (".xlsx", ".xlsm"):
         import openpyxl
 
-        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
-        rows = (list(r) for r in wb.worksheets[0].iter_rows(values_only=True))
+        try:
+            wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+            # read the whole sheet first: a damaged workbook is refused before any record
+            rows = iter([list(r) for r in wb.worksheets[0].iter_rows(values_only=True)])
+        except Exception as exc:  # zip, XML and openpyxl errors of a damaged workbook
+            raise _unreadable(f"not a readable XLSX workbook ({type(exc).__name__})") from exc
     else:
-        text = path.read_bytes().decode("utf-8-sig", errors="strict")
-        rows = iter(csv.reader(io.StringIO(text)))
+        raw = path.read_bytes()
+        try:  # UTF-8 (with or without BOM), else GB18030 (Excel's "CSV" on Chinese Windows)
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            try:
+                text = raw.decode("gb18030")
+            except UnicodeDecodeError as exc:
+                raise _unreadable(
+                    f"not UTF-8 or GB18030 text (undecodable byte at offset {exc.start})"
+                ) from exc
+        try:  # parse every line first: a malformed file is refused before any record
+            rows = iter(list(csv.reader(io.StringIO(text))))
+        except csv.Error as exc:
+            raise _unreadable(f"malformed CSV: {exc}") from exc
     header = next(rows, None)
     if header is None:
         return
@@ -153,6 +169,10 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, str | None]]]:
         values = {k: _cell(v) for k, v in zip(keys, row, strict=False) if k}
         if any(values.values()):
             yield lineno, values
+
+
+def _unreadable(reason: str) -> ValidationError:
+    return ValidationError("unreadable file", [FieldProblem("file", reason)])
 
 
 def _record_ref(

@@ -52,6 +52,9 @@ class CardEvent:
     FORMALISE_LOSS = "formalise_loss"
     LAPSE = "lapse"
     UNREPORT = "unreport"
+    #: lapse / un-report of a card lost before it was ever activated: back to ``issued``
+    LAPSE_TO_ISSUED = "lapse_to_issued"
+    UNREPORT_TO_ISSUED = "unreport_to_issued"
     REPORT_DAMAGED = "report_damaged"
     REPLACE = "replace"
     EXPIRE = "expire"
@@ -115,15 +118,31 @@ CARD_TRANSITIONS: tuple[Transition, ...] = tuple(
          {C.COUNTER, C.BANK, C.KIOSK, C.WEB, C.APP})
     + _t(S.ACTIVE, CardEvent.SUSPEND, S.SUSPENDED, {R.FUND_SUPERVISOR})
     + _t(S.SUSPENDED, CardEvent.LIFT, S.ACTIVE, {R.FUND_SUPERVISOR})
-    + _t(S.ACTIVE, CardEvent.REPORT_LOSS_PROVISIONAL, S.LOST_PROVISIONAL,
+    # Loss. Reportable from every state in which the holder physically has the card and it
+    # is not blocked already: ISSUED (collected, not yet activated) and ACTIVE. Before
+    # collection (number allocated ... shipped) the card is in the centre's hands: there is
+    # nothing to report. SUSPENDED is deliberately excluded: a suspended card is already
+    # blocked for every social function (the bank reports its own function at the bank), and
+    # a loss report must not become a way around a fund supervisor's suspension (un-report
+    # -> active, or a replacement free of the suspension): the holder is sent to the fund
+    # supervisor, who lifts the suspension or cancels the card. DAMAGED goes to replacement.
+    # A lapse or an un-report puts the card back where it was: ACTIVE, or ISSUED when it was
+    # never activated (its social security function is still sealed); the services choose
+    # the event from that (issuance.services.loss.restore_event).
+    + _t([S.ACTIVE, S.ISSUED], CardEvent.REPORT_LOSS_PROVISIONAL, S.LOST_PROVISIONAL,
          _COUNTER_STAFF | {R.SYSTEM}, _REMOTE)
-    + _t(S.ACTIVE, CardEvent.REPORT_LOSS_FORMAL, S.LOST_FORMAL, _COUNTER_STAFF, {C.COUNTER})
+    + _t([S.ACTIVE, S.ISSUED], CardEvent.REPORT_LOSS_FORMAL, S.LOST_FORMAL, _COUNTER_STAFF,
+         {C.COUNTER})
     + _t(S.LOST_PROVISIONAL, CardEvent.FORMALISE_LOSS, S.LOST_FORMAL, _COUNTER_STAFF,
          {C.COUNTER})
     + _t(S.LOST_PROVISIONAL, CardEvent.LAPSE, S.ACTIVE, {R.SYSTEM})
+    + _t(S.LOST_PROVISIONAL, CardEvent.LAPSE_TO_ISSUED, S.ISSUED, {R.SYSTEM})
     + _t(S.LOST_PROVISIONAL, CardEvent.UNREPORT, S.ACTIVE, _COUNTER_STAFF | {R.SYSTEM},
          _REMOTE | {C.COUNTER})
+    + _t(S.LOST_PROVISIONAL, CardEvent.UNREPORT_TO_ISSUED, S.ISSUED,
+         _COUNTER_STAFF | {R.SYSTEM}, _REMOTE | {C.COUNTER})
     + _t(S.LOST_FORMAL, CardEvent.UNREPORT, S.ACTIVE, _COUNTER_STAFF, {C.COUNTER})
+    + _t(S.LOST_FORMAL, CardEvent.UNREPORT_TO_ISSUED, S.ISSUED, _COUNTER_STAFF, {C.COUNTER})
     + _t([S.ACTIVE, S.ISSUED], CardEvent.REPORT_DAMAGED, S.DAMAGED,
          _COUNTER_STAFF | {R.BANK_TELLER}, {C.COUNTER, C.BANK})
     # replacement of a lost or damaged card, or renewal of a working one
@@ -131,6 +150,8 @@ CARD_TRANSITIONS: tuple[Transition, ...] = tuple(
          {C.COUNTER})
     + _t([s for s in _NOT_TERMINAL if s not in (S.NUMBER_ALLOCATED, S.IN_PRODUCTION)],
          CardEvent.EXPIRE, S.EXPIRED, {R.SYSTEM})
+    # cancellation: death feed, counter, or (LOST_FORMAL) the system when a city turns a
+    # formal loss older than settings.lifecycle.formal_loss_cancel_days into cancellation
     + _t(_NOT_TERMINAL, CardEvent.CANCEL, S.CANCELLED,
          {R.SUPERVISOR, R.ADMIN, R.SYSTEM, R.CLERK}, {C.COUNTER, C.FEED, C.SYSTEM})
     + _t(S.ACTIVE, CardEvent.HAND_BACK, S.CANCELLED, _HANDOUT | {R.SYSTEM},

@@ -162,6 +162,28 @@ class AgencyKind(enum.StrEnum):
     OTHER = "other"
 
 
+class BatchStage(enum.StrEnum):
+    """Where one card of a production batch is (``issuance.batches.items`` has the table)."""
+
+    SELECTED = "selected"  # in the batch, no chip yet (or its chip was spoiled: requeued)
+    PREPARED = "prepared"  # a blank chip assigned, personalisation data prepared
+    ENCODING = "encoding"  # a station is personalising the chip (interrupted = spoiled)
+    PERSONALISED = "personalised"  # chip personalised and locked
+    PRINTED = "printed"  # faces printed
+    CHECKED = "checked"  # passed quality control: a good card
+    SHIPPED = "shipped"  # sent to its collection point
+    ISSUED = "issued"  # collected by the holder
+    FAILED = "failed"  # spoiled too often: a supervisor decides
+
+
+class ChipStatus(enum.StrEnum):
+    """A blank chip taken from stock for a card: every one ends good or spoiled."""
+
+    ASSIGNED = "assigned"
+    GOOD = "good"
+    SPOILED = "spoiled"
+
+
 # --- tables ---------------------------------------------------------------------------------
 class Agency(Base):
     __tablename__ = "agencies"
@@ -265,13 +287,76 @@ class Application(Base):
 
 
 class Batch(Base):
-    """A production batch (extended by the batches module in a later migration)."""
+    """A production batch: approved applications picked by region, collective applicant and
+    approval date (migration 0002 added the selection and production columns)."""
 
     __tablename__ = "batches"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(100), unique=True)
     status: Mapped[str] = mapped_column(sa.String(24), default="open")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    region_code: Mapped[str | None] = mapped_column(sa.String(6))
+    collective_id: Mapped[int | None] = mapped_column(sa.ForeignKey("collective_applicants.id"))
+    approved_from: Mapped[date | None]
+    approved_to: Mapped[date | None]
+    created_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"))
+    profile_name: Mapped[str | None] = mapped_column(sa.String(40))
+    card_count: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
+    started_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+
+
+class BatchItem(Base):
+    """One card of a batch: its stage, attempts and the worker lease (claimed with
+    ``FOR UPDATE SKIP LOCKED`` on PostgreSQL)."""
+
+    __tablename__ = "batch_items"
+    __table_args__ = (sa.Index("ix_batch_items_batch_stage", "batch_id", "stage"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    batch_id: Mapped[int] = mapped_column(sa.ForeignKey("batches.id"))
+    card_id: Mapped[int] = mapped_column(sa.ForeignKey("cards.id"), unique=True)
+    application_id: Mapped[int | None] = mapped_column(sa.ForeignKey("applications.id"))
+    stage: Mapped[BatchStage] = mapped_column(_enum(BatchStage))
+    attempts: Mapped[int] = mapped_column(default=0)
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(100))
+    lease_expires_at: Mapped[datetime | None]
+    #: Serial (16 hex) of the chip the card is being made on; None while it has none.
+    chip_serial: Mapped[str | None] = mapped_column(sa.String(16))
+    issue_date: Mapped[date | None]
+    station: Mapped[str | None] = mapped_column(sa.String(100))
+    apdu_count: Mapped[int | None]
+    print_ref: Mapped[str | None] = mapped_column(sa.String(300))
+    #: The card number printed on the face (checked against the chip by quality control).
+    printed_card_number: Mapped[str | None] = mapped_column(sa.String(9))
+    collection_point_id: Mapped[int | None] = mapped_column(sa.ForeignKey("agencies.id"))
+    last_error: Mapped[str | None] = mapped_column(sa.String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    stage_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    prepared_at: Mapped[datetime | None]
+    personalised_at: Mapped[datetime | None]
+    printed_at: Mapped[datetime | None]
+    checked_at: Mapped[datetime | None]
+    shipped_at: Mapped[datetime | None]
+    issued_at: Mapped[datetime | None]
+
+    card: Mapped[Card] = relationship()
+    batch: Mapped[Batch] = relationship()
+
+
+class BlankChip(Base):
+    """A blank chip taken from stock for a card of a batch, and how it ended."""
+
+    __tablename__ = "blank_chips"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    chip_serial: Mapped[str] = mapped_column(sa.String(16), unique=True)
+    batch_id: Mapped[int] = mapped_column(sa.ForeignKey("batches.id"), index=True)
+    item_id: Mapped[int] = mapped_column(sa.ForeignKey("batch_items.id"), index=True)
+    card_id: Mapped[int] = mapped_column(sa.ForeignKey("cards.id"))
+    status: Mapped[ChipStatus] = mapped_column(_enum(ChipStatus))
+    reason: Mapped[str | None] = mapped_column(sa.String(500))
+    station: Mapped[str | None] = mapped_column(sa.String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None]
 
 
 class Card(Base):
@@ -455,3 +540,78 @@ class CardNumberSeries(Base):
     __tablename__ = "card_number_series"
     prefix: Mapped[str] = mapped_column(sa.String(4), primary_key=True)
     next_value: Mapped[int] = mapped_column(sa.BigInteger, default=1)
+
+
+# --- API: credentials, tokens, verification challenges, status feed (migration 0003) --------
+def _bigint_pk() -> Any:
+    return sa.BigInteger().with_variant(sa.Integer, "sqlite")
+
+
+class ApiCredential(Base):
+    """A party allowed to call the API: an agency (client credentials) or a staff user.
+
+    ``secret_hash`` is the scrypt hash of the client secret (never the secret). ``scopes`` is a
+    space-separated list. ``cert_subject``: with mutual TLS, the client certificate subject
+    (RFC 4514 string) this credential is bound to.
+    """
+
+    __tablename__ = "api_credentials"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_id: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    secret_hash: Mapped[str | None] = mapped_column(sa.String(200))
+    agency_id: Mapped[int | None] = mapped_column(sa.ForeignKey("agencies.id"), index=True)
+    staff_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"), index=True)
+    scopes: Mapped[str] = mapped_column(sa.String(500))
+    active: Mapped[bool] = mapped_column(default=True)
+    cert_subject: Mapped[str | None] = mapped_column(sa.String(300), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    """An opaque bearer token, stored as its SHA-256 (tokens are 256-bit random)."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(_bigint_pk(), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    credential_id: Mapped[int] = mapped_column(sa.ForeignKey("api_credentials.id"), index=True)
+    scopes: Mapped[str] = mapped_column(sa.String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    revoked_at: Mapped[datetime | None]
+
+
+class VerificationChallenge(Base):
+    """A single-use challenge for INTERNAL AUTHENTICATE (8-byte factor || 8-byte random),
+    shared by every API node through the database; consumed by one atomic UPDATE."""
+
+    __tablename__ = "verification_challenges"
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    credential_id: Mapped[int] = mapped_column(sa.ForeignKey("api_credentials.id"))
+    challenge: Mapped[bytes] = mapped_column(sa.LargeBinary(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    used_at: Mapped[datetime | None]
+
+
+class CardStatusChange(Base):
+    """Every change of a card's status, in commit-independent sequence order: the source of
+    the signed status feed's deltas (written by the listener below, whoever changes a card)."""
+
+    __tablename__ = "card_status_changes"
+    seq: Mapped[int] = mapped_column(_bigint_pk(), primary_key=True, autoincrement=True)
+    card_id: Mapped[int] = mapped_column(sa.ForeignKey("cards.id"), index=True)
+    status: Mapped[CardStatus] = mapped_column(_enum(CardStatus))
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    card: Mapped[Card] = relationship()
+
+
+@sa.event.listens_for(Card.status, "set", active_history=True)
+def _record_card_status_change(target: Card, value: Any, oldvalue: Any, _initiator: Any) -> None:
+    from sqlalchemy.orm import attributes, object_session
+
+    if oldvalue is attributes.NO_VALUE or oldvalue is attributes.NEVER_SET or value == oldvalue:
+        return
+    session = object_session(target)
+    if session is not None:
+        session.add(CardStatusChange(card=target, status=value, changed_at=utcnow()))

@@ -35,10 +35,13 @@ from issuance.services.cards import (
 from issuance.services.common import allocate_card_numbers, create_card, find_card, get_person
 from issuance.services.deaths import DeathFeedReport, cancel_deaths
 from issuance.services.loss import (
+    LossDeadlineReport,
+    cancel_overdue_formal_losses,
     expire_provisional_losses,
     formalise_loss,
     replace_card,
     report_loss,
+    run_loss_deadlines,
     unreport_loss,
 )
 from issuance.services.outbox import LogSink, Sink, drain_outbox, enqueue
@@ -58,6 +61,7 @@ __all__ = [
     "CollectResult",
     "DeathFeedReport",
     "LogSink",
+    "LossDeadlineReport",
     "Sink",
     "activate_card",
     "activate_financial",
@@ -67,6 +71,7 @@ __all__ = [
     "approve_application",
     "cancel_card",
     "cancel_deaths",
+    "cancel_overdue_formal_losses",
     "card_status",
     "collect_card",
     "create_agency",
@@ -89,6 +94,7 @@ __all__ = [
     "report_damaged",
     "report_loss",
     "review_application",
+    "run_loss_deadlines",
     "submit_application",
     "suspend_card",
     "unreport_loss",

@@ -5,12 +5,22 @@
   (web and app reports need an identity check);
 * counter: a **formal** report (identity checked), which leads to replacement;
 * un-report (card found): with identity check, only while no replacement was applied for;
+* a lapse or an un-report puts the card back where it was: ``active``, or ``issued`` when it was
+  lost before activation (see :func:`restore_event`);
 * replacement: a new card record (new card number; identification code and keys when the new
-  chip is personalised); the old card is cancelled for good.
+  chip is personalised); the old card is cancelled for good;
+* cities that do so (``settings.lifecycle.formal_loss_cancel_days`` > 0) cancel a formally lost
+  card that was neither found nor replaced after that many days
+  (:func:`cancel_overdue_formal_losses`).
+
+Deadlines are enforced by :func:`run_loss_deadlines` (``ykt cards expire-losses``, run
+periodically) and, for the provisional lapse, also lazily whenever a card's status is read
+(:func:`issuance.services.cards.card_status`), so a late worker never leaves a card blocked.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -25,6 +35,8 @@ from issuance.models import (
     Card,
     CardStatus,
     Channel,
+    ChipAppKind,
+    ChipAppStatus,
     LossKind,
     LossReport,
     LossStatus,
@@ -43,6 +55,19 @@ def _require_identity(actor: Actor, identity_checked: bool, what: str) -> None:
             f"cannot {what}",
             [FieldProblem("identity_checked", f"identity must be checked ({actor.channel})")],
         )
+
+
+def restore_event(card: Card, event: str) -> str:
+    """The event that puts a lost card back where it was: ``event`` (-> active), or its
+    ``*_to_issued`` twin when the card was lost before activation (its social security
+    function is still sealed: only activation unseals it)."""
+    social = card.chip_app(ChipAppKind.SOCIAL_SECURITY)
+    if social is not None and social.status == ChipAppStatus.SEALED:
+        return {
+            CardEvent.LAPSE: CardEvent.LAPSE_TO_ISSUED,
+            CardEvent.UNREPORT: CardEvent.UNREPORT_TO_ISSUED,
+        }[event]
+    return event
 
 
 def _open_reports(session: Session, card_id: int) -> list[LossReport]:
@@ -134,7 +159,9 @@ def unreport_loss(
     _require_identity(actor, identity_checked, "withdraw the loss report")
     if card.replaced_by_id is not None:  # defence in depth: the table forbids it too
         raise TransitionError(f"card {card.card_number} was replaced; it cannot be un-reported")
-    lifecycle.apply_card_event(session, card, CardEvent.UNREPORT, actor, reason=note)
+    lifecycle.apply_card_event(
+        session, card, restore_event(card, CardEvent.UNREPORT), actor, reason=note
+    )
     lifecycle.cascade_chips(
         session, card, ChipEvent.UNBLOCK, actor, kinds=SOCIAL_KINDS, reason="loss report withdrawn"
     )
@@ -153,7 +180,11 @@ def lapse_if_due(session: Session, card: Card, now: datetime | None = None) -> b
     if not reports or any(r.lapses_at is None or r.lapses_at > now for r in reports):
         return False
     lifecycle.apply_card_event(
-        session, card, CardEvent.LAPSE, SYSTEM_ACTOR, reason="provisional loss report lapsed"
+        session,
+        card,
+        restore_event(card, CardEvent.LAPSE),
+        SYSTEM_ACTOR,
+        reason="provisional loss report lapsed",
     )
     lifecycle.cascade_chips(
         session,
@@ -190,6 +221,61 @@ def expire_provisional_losses(
         if lapse_if_due(session, card, now):
             count += 1
     return count
+
+
+def cancel_overdue_formal_losses(
+    session: Session, settings: Settings, now: datetime | None = None, limit: int = 10_000
+) -> int:
+    """Worker/CLI: where the city does so (``formal_loss_cancel_days`` > 0), cancel every card
+    formally reported lost that long ago and neither found nor replaced. Returns cards
+    cancelled (0 when the setting is 0 = never)."""
+    days = settings.lifecycle.formal_loss_cancel_days
+    if days <= 0:
+        return 0
+    now = now or utcnow()
+    stmt = (
+        sa.select(LossReport.card_id)
+        .join(Card, Card.id == LossReport.card_id)
+        .where(
+            LossReport.status == LossStatus.OPEN,
+            LossReport.kind == LossKind.FORMAL,
+            LossReport.reported_at <= now - timedelta(days=days),
+            Card.status == CardStatus.LOST_FORMAL,
+        )
+        .order_by(LossReport.reported_at)
+        .limit(limit)
+    )
+    from issuance.services.cards import _cancel
+
+    count = 0
+    for card_id in list(session.scalars(stmt)):
+        card = find_card(session, card_id=card_id, for_update=True)
+        if card.status != CardStatus.LOST_FORMAL:  # changed meanwhile
+            continue
+        _cancel(
+            session, card, SYSTEM_ACTOR,
+            f"formal loss report not withdrawn nor replaced within {days} days",
+        )  # fmt: skip
+        count += 1
+    flush(session)
+    return count
+
+
+@dataclass(frozen=True)
+class LossDeadlineReport:
+    lapsed: int
+    cancelled: int
+
+
+def run_loss_deadlines(
+    session: Session, settings: Settings, now: datetime | None = None
+) -> LossDeadlineReport:
+    """Both loss deadlines: lapse overdue provisional reports, cancel overdue formal ones."""
+    now = now or utcnow()
+    return LossDeadlineReport(
+        expire_provisional_losses(session, now),
+        cancel_overdue_formal_losses(session, settings, now),
+    )
 
 
 def replace_card(

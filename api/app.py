@@ -1,0 +1,117 @@
+"""The FastAPI application: one HTTP service for counters, banks, hospitals and agencies.
+
+``create_app(settings)`` builds it (tests pass their own engine, key service factory and photo
+processor); ``uvicorn --factory api.app:app_from_env`` (what ``ykt serve`` runs, one app per
+worker process) builds it from the settings in force. The HSM is opened lazily, in the HSM
+thread of each worker, after the fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy.engine import Engine
+
+from api import errors, routes_admin, routes_apps, routes_cards, routes_verify
+from api.auth import Authenticator
+from api.context import ApiContext, HsmRunner
+from hsm.service import KeyService
+from issuance.db import make_engine, make_sessionmaker
+from issuance.settings import Settings
+
+log = logging.getLogger("api")
+
+#: Threads for blocking work (database) per worker process; see lifespan.
+THREADS = int(os.environ.get("YKT_API_THREADS", "8"))
+
+DESCRIPTION = """\
+Card verification, the signed status feed, applications, the card lifecycle, bank activation,
+batches and audit queries of the Yikatong card centre.
+
+Authentication: OAuth 2.0 client credentials (`POST /v1/oauth/token`) for agencies, staff
+tokens (`ykt api staff-token`) for staff acting as themselves; `Authorization: Bearer <token>`.
+Every error answers `{"error": {"code", "message", "field"}}`.
+"""
+
+
+def create_app(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    key_service_factory: Callable[[], KeyService] | None = None,
+    photo_processor: Any = None,
+) -> FastAPI:
+    if engine is None:
+        engine = make_engine(settings)
+    if key_service_factory is None:
+        from hsm.service import key_service_from_settings
+
+        def key_service_factory() -> KeyService:
+            return key_service_from_settings(settings)
+
+    ctx = ApiContext(settings, engine, make_sessionmaker(engine), HsmRunner(key_service_factory))
+    if photo_processor is not None:
+        ctx.extra["photo_processor"] = photo_processor
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Few worker threads: database round trips overlap, but CPU-bound threads do not
+        # convoy the event loop on the GIL (measured: 40 threads were slower than 8).
+        import anyio.to_thread
+
+        anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
+        sys.setswitchinterval(0.001)  # hand the GIL back to the event loop sooner
+        yield
+        ctx.hsm.shutdown()
+
+    app = FastAPI(
+        title="Yikatong API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    app.state.auth = Authenticator(ctx)
+    errors.install(app)
+    for module in (routes_verify, routes_cards, routes_apps, routes_admin):
+        app.include_router(module.router)
+    _security_scheme(app)
+    return app
+
+
+def _security_scheme(app: FastAPI) -> None:
+    """Declare the bearer scheme in OpenAPI (routes check it themselves, see api.auth)."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"}
+        }
+        open_paths = {"/healthz", "/v1/hello", "/v1/oauth/token", "/v1/status-feed/public-key"}
+        for path, ops in schema.get("paths", {}).items():
+            if path in open_paths:
+                continue
+            for op in ops.values():
+                op["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def app_from_env() -> FastAPI:
+    """The application for the settings in force (uvicorn ``--factory``)."""
+    from issuance.settings import get_settings
+
+    return create_app(get_settings())

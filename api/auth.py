@@ -1,0 +1,187 @@
+"""Authentication, scopes and the failure rate limit.
+
+* Bearer tokens (RFC 6750) from the client-credentials grant or ``ykt api staff-token``;
+  resolved by :func:`issuance.services.credentials.authenticate` and cached in the process for
+  a few seconds (a revoked token stops working within ``CACHE_SECONDS``).
+* Mutual TLS (by configuration, see :mod:`api.tls`): a credential bound to a certificate
+  subject is only accepted on a connection whose client certificate has that subject.
+* Each route declares its scope with ``Depends(need("scope"))``. A call outside the caller's
+  scopes is refused with 403 and audited (``api.denied``).
+* Failed authentications and refusals count against the caller (client IP, and client id when
+  known); past ``settings.api.auth_failures_per_minute`` in a minute the caller gets 429 until
+  the window clears. The window is per process (each worker keeps its own counts).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from threading import Lock
+from typing import Any
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from api.context import ApiContext
+from api.errors import ApiError
+from issuance import audit
+from issuance.errors import PermissionDenied
+from issuance.services.credentials import Principal, authenticate
+
+CACHE_SECONDS = 10.0
+_CACHE_MAX = 50_000
+
+
+def ctx_of(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
+
+
+class FailureLimiter:
+    """Sliding one-minute window of failures per caller key."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._events: dict[str, deque[float]] = {}
+        self._lock = Lock()
+
+    def _window(self, key: str, now: float) -> deque[float]:
+        q = self._events.setdefault(key, deque())
+        while q and q[0] <= now - 60.0:
+            q.popleft()
+        return q
+
+    def check(self, *keys: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key in keys:
+                q = self._window(key, now)
+                if len(q) >= self.per_minute:
+                    retry = max(1, int(60.0 - (now - q[0])) + 1)
+                    raise ApiError(
+                        429, "rate_limited", "too many failed attempts; try again later",
+                        headers={"Retry-After": str(retry)},
+                    )  # fmt: skip
+
+    def fail(self, *keys: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._events) > _CACHE_MAX:
+                self._events.clear()
+            for key in keys:
+                self._window(key, now).append(now)
+
+
+def client_cert_subject(request: Request) -> str | None:
+    tls = request.scope.get("extensions", {}).get("tls") or {}
+    subject = tls.get("client_cert_subject")
+    return str(subject) if subject else None
+
+
+class Authenticator:
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+        self.limiter = FailureLimiter(ctx.settings.api.auth_failures_per_minute)
+        self._cache: dict[str, tuple[Principal, float]] = {}
+
+    def _lookup(self, token: str) -> Principal:
+        with self.ctx.tx() as session:
+            return authenticate(session, token)
+
+    async def principal(self, request: Request) -> Principal:
+        ip = f"ip:{request.client.host if request.client else '-'}"
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        now = time.monotonic()
+        cached = self._cache.get(token) if token else None
+        if cached is not None and cached[1] > now:
+            principal = cached[0]
+        else:
+            self.limiter.check(ip)
+            if scheme.lower() != "bearer" or not token or len(token) > 200:
+                self.limiter.fail(ip)
+                raise ApiError(
+                    401, "unauthorized", "a bearer token is required",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )  # fmt: skip
+            try:
+                principal = await run_in_threadpool(self._lookup, token)
+            except PermissionDenied as exc:
+                self.limiter.fail(ip)
+                raise ApiError(
+                    401, "unauthorized", exc.message,
+                    headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+                ) from exc  # fmt: skip
+            if len(self._cache) > _CACHE_MAX:
+                self._cache.clear()
+            ttl = min(CACHE_SECONDS, principal.expires_at.timestamp() - time.time())
+            self._cache[token] = (principal, now + max(ttl, 0.0))
+        if principal.cert_subject is not None and client_cert_subject(request) != (
+            principal.cert_subject
+        ):
+            self.limiter.fail(ip, f"client:{principal.client_id}")
+            raise ApiError(
+                401, "unauthorized", "this client must present its TLS client certificate"
+            )
+        return principal
+
+    def forget(self) -> None:
+        self._cache.clear()
+
+    async def deny(self, request: Request, principal: Principal, scope: str, why: str) -> None:
+        """Audit a refused call, count it, and raise 403."""
+        self.limiter.fail(f"client:{principal.client_id}")
+
+        def write() -> None:
+            with self.ctx.tx() as session:
+                audit.record(
+                    session, principal.actor, "api.denied", "api_credential",
+                    principal.credential_id,
+                    reason=why,
+                    details={"client_id": principal.client_id, "scope": scope,
+                             "method": request.method, "path": request.url.path},
+                )  # fmt: skip
+
+        await run_in_threadpool(write)
+        raise ApiError(403, "forbidden", why)
+
+
+def auth_of(request: Request) -> Authenticator:
+    authn: Authenticator = request.app.state.auth
+    return authn
+
+
+def need(*scopes: str) -> Callable[[Request], Awaitable[Principal]]:
+    """Dependency: the caller, who must hold every one of ``scopes``."""
+
+    async def dependency(request: Request) -> Principal:
+        authn = auth_of(request)
+        principal = await authn.principal(request)
+        authn.limiter.check(f"client:{principal.client_id}")
+        missing = [s for s in scopes if s not in principal.scopes]
+        if missing:
+            await authn.deny(
+                request, principal, " ".join(missing), f"scope {' '.join(missing)} required"
+            )
+        return principal
+
+    dependency.__name__ = f"need_{'_'.join(s.replace(':', '_') for s in scopes) or 'auth'}"
+    return dependency
+
+
+async def require_extra(request: Request, principal: Principal, scope: str) -> None:
+    """Inside a handler: the caller asked for something that needs ``scope`` too."""
+    if scope not in principal.scopes:
+        await auth_of(request).deny(request, principal, scope, f"scope {scope} required")
+
+
+def audit_denial_from_domain(ctx: ApiContext, principal: Principal, exc: Any, path: str) -> None:
+    """Record a refusal by the domain (role / maker-checker) with the caller's identity."""
+    with ctx.tx() as session:
+        audit.record(
+            session, principal.actor, "api.denied", "api_credential", principal.credential_id,
+            reason=str(getattr(exc, "message", exc)),
+            details={"client_id": principal.client_id, "path": path},
+        )  # fmt: skip

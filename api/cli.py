@@ -1,0 +1,208 @@
+"""``ykt api``: register agencies and staff tokens; ``ykt serve`` and ``ykt verify``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from cardspec.reader import Reader
+
+app = typer.Typer(no_args_is_help=True)
+out = Console()
+
+
+@app.command("agency-add")
+def agency_add(
+    code: str = typer.Argument(..., help="short unique code, e.g. hz-hospital-1"),
+    name: str = typer.Option(..., help="display name"),
+    kind: str = typer.Option("hospital", help="hospital, pharmacy, bank or other"),
+    region: str = typer.Option("330100", help="GB/T 2260 region code"),
+    scope: list[str] = typer.Option(
+        [], "--scope", help="scopes to grant (default: by kind); repeat the option"
+    ),
+    cert_subject: str | None = typer.Option(
+        None, help="mutual TLS: the client certificate subject this client must present"
+    ),
+) -> None:
+    """Register an agency and its client credentials (the secret is shown once)."""
+    from issuance import services
+    from issuance.cli_db import session_scope
+    from issuance.services import credentials
+
+    with session_scope() as s:
+        agency = services.create_agency(s, code, name, kind, region)
+        new = credentials.register_agency_client(
+            s, agency, scopes=scope or None, cert_subject=cert_subject
+        )
+    out.print(f"client_id     {new.client_id}")
+    out.print(f"client_secret {new.client_secret}   (shown once; stored hashed)")
+    out.print(f"scopes        {' '.join(new.scopes)}")
+
+
+@app.command("client-add")
+def client_add(
+    agency_code: str = typer.Argument(..., help="code of a registered agency"),
+    scope: list[str] = typer.Option([], "--scope"),
+    cert_subject: str | None = typer.Option(None),
+) -> None:
+    """Another set of client credentials for an existing agency (e.g. a second site)."""
+    import sqlalchemy as sa
+
+    from issuance.cli_db import session_scope
+    from issuance.errors import NotFound
+    from issuance.models import Agency
+    from issuance.services import credentials
+
+    with session_scope() as s:
+        agency = s.scalars(sa.select(Agency).where(Agency.code == agency_code)).one_or_none()
+        if agency is None:
+            raise NotFound(f"no agency {agency_code!r}")
+        new = credentials.register_agency_client(
+            s, agency, scopes=scope or None, cert_subject=cert_subject
+        )
+    out.print(f"client_id     {new.client_id}")
+    out.print(f"client_secret {new.client_secret}   (shown once; stored hashed)")
+
+
+@app.command("staff-token")
+def staff_token(
+    username: str = typer.Argument(..., help="staff user acting as themselves"),
+    hours: float = typer.Option(8.0, help="token lifetime"),
+) -> None:
+    """A bearer token for a staff user (scopes from the role; printed once, stored hashed)."""
+    from datetime import timedelta
+
+    from issuance.cli_db import session_scope
+    from issuance.services import credentials
+
+    with session_scope() as s:
+        issued = credentials.staff_token(s, username, ttl=timedelta(hours=hours))
+    typer.echo(issued.access_token)
+
+
+@app.command("revoke")
+def revoke(client_id: str = typer.Argument(...)) -> None:
+    """Revoke every token of a client (takes effect within seconds on every node)."""
+    from issuance.cli_db import session_scope
+    from issuance.services import credentials
+
+    with session_scope() as s:
+        n = credentials.revoke_tokens(s, client_id)
+    out.print(f"{n} token(s) revoked")
+
+
+@app.command("scopes")
+def scopes() -> None:
+    """List the scopes and what they allow."""
+    from issuance.services.credentials import SCOPES
+
+    for name, text in SCOPES.items():
+        out.print(f"{name:20} {text}")
+
+
+@app.command("openapi")
+def openapi(path: Path = typer.Argument(Path("openapi.json"))) -> None:
+    """Write the OpenAPI document."""
+    import json
+
+    from api.app import create_app
+    from issuance.cli_db import settings
+
+    path.write_text(json.dumps(create_app(settings()).openapi(), indent=1, ensure_ascii=False))
+    out.print(f"wrote {path}")
+
+
+def serve(
+    host: str | None = typer.Option(None, help="default: [api] host"),
+    port: int | None = typer.Option(None, help="default: [api] port"),
+    workers: int | None = typer.Option(
+        None, help="worker processes (default: the CPU count; [api] workers if set lower)"
+    ),
+    forwarded_allow_ips: str = typer.Option(
+        "127.0.0.1", help="proxies trusted for X-Forwarded-For/Proto"
+    ),
+) -> None:
+    """Serve the API with uvicorn: worker processes (each with its own HSM session), proxy
+    headers, no access log (URLs can carry card numbers), TLS and mutual TLS from the
+    api settings."""
+    import uvicorn
+
+    from api.tls import uvicorn_tls_options
+    from issuance.cli_db import settings
+
+    conf = settings()
+    n = workers or os.cpu_count() or conf.api.workers
+    uvicorn.run(
+        "api.app:app_from_env",
+        factory=True,
+        host=host or conf.api.host,
+        port=port or conf.api.port,
+        workers=n,
+        proxy_headers=True,
+        forwarded_allow_ips=forwarded_allow_ips,
+        access_log=False,
+        server_header=False,
+        log_level="info",
+        timeout_graceful_shutdown=10,
+        **uvicorn_tls_options(conf),
+    )
+
+
+def verify(
+    url: str = typer.Option("http://127.0.0.1:8000", help="the API"),
+    token: str | None = typer.Option(None, envvar="YKT_API_TOKEN", help="bearer token"),
+    client_id: str | None = typer.Option(None, envvar="YKT_CLIENT_ID"),
+    client_secret: str | None = typer.Option(None, envvar="YKT_CLIENT_SECRET"),
+    card_image: Path | None = typer.Option(
+        None, help="an emulated card image (default: the first card in <data_dir>/cards)"
+    ),
+    reader: str | None = typer.Option(None, help="a PC/SC reader name instead of the emulator"),
+    application: str = typer.Option("social_security", help="medical, pension, financial ..."),
+    holder: bool = typer.Option(False, "--holder", help="ask for the holder's identity"),
+) -> None:
+    """Verify the card in a reader against the API (challenge, INTERNAL AUTHENTICATE, verdict)."""
+    from api.client import YktClient, verify_card_in_reader
+
+    if token:
+        client = YktClient.with_token(url, token)
+    elif client_id and client_secret:
+        client = YktClient.with_client_credentials(url, client_id, client_secret)
+    else:
+        raise typer.BadParameter("give --token or --client-id and --client-secret")
+    card_reader = _reader(reader, card_image)
+    with client:
+        v = verify_card_in_reader(
+            client, card_reader, application=application, include_holder=holder
+        )
+    verdict = "VALID" if v["valid"] else f"INVALID ({v.get('reason')})"
+    typer.echo(f"{verdict}  card {v.get('card_number')}  application {v['application']}")
+    if v.get("holder"):
+        h = v["holder"]
+        typer.echo(f"holder {h['name']} {h['citizen_id']} born {h['birth_date']}")
+    raise typer.Exit(0 if v["valid"] else 1)
+
+
+def _reader(name: str | None, image: Path | None) -> Reader:
+    from cardspec.reader import InProcessReader
+
+    if name is not None:
+        from cardspec.pcsc import PcscReader
+
+        return PcscReader(name)
+    if image is None:
+        from issuance.cli_db import settings
+
+        images = sorted(settings().cards_dir.glob("*"))
+        if not images:
+            raise typer.BadParameter("no emulated card found; give --card-image or --reader")
+        image = images[0]
+    from cardspec.emulator import Card
+
+    return InProcessReader(Card.load(image), name=f"emulator {image.name}")
+
+
+#: Root-level commands (``ykt serve``, ``ykt verify``), registered by issuance.cli.
+TOP_LEVEL_COMMANDS = {"serve": serve, "verify": verify}

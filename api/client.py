@@ -1,0 +1,153 @@
+"""The client kit: a small httpx client of the API and the terminal side of a verification.
+
+    client = YktClient.with_client_credentials("https://api.example", client_id, secret)
+    verdict = verify_card_in_reader(client, reader, application="medical")
+
+:func:`verify_card_in_reader` is what a hospital terminal does on every visit: read the card's
+public identifiers (EF05), ask the service for a challenge, send INTERNAL AUTHENTICATE to the
+card, post the answer and get the verdict. :meth:`YktClient.status_feed` downloads the signed
+status feed and checks its signature against the published key while streaming.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from cardspec.cardops import internal_authenticate, read_card_public
+from cardspec.profile import DEFAULT_PROFILE, CardProfile
+from cardspec.reader import Reader
+from issuance.services.status_feed import FeedSummary, verify_feed
+
+
+class ApiClientError(Exception):
+    """The service answered an error (``code``, ``message``, ``field`` from its error body)."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+
+def _raise_for(resp: httpx.Response) -> None:
+    if resp.status_code < 400:
+        return
+    try:
+        err = resp.json()["error"]
+        raise ApiClientError(resp.status_code, err["code"], err["message"], err.get("field"))
+    except (ValueError, KeyError, TypeError):
+        raise ApiClientError(resp.status_code, "http_error", resp.text[:200]) from None
+
+
+@dataclass
+class YktClient:
+    http: httpx.Client
+
+    @classmethod
+    def with_token(cls, base_url: str, token: str, **kw: Any) -> YktClient:
+        return cls(
+            httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, **kw)
+        )
+
+    @classmethod
+    def with_client_credentials(
+        cls, base_url: str, client_id: str, client_secret: str, scope: str | None = None, **kw: Any
+    ) -> YktClient:
+        http = httpx.Client(base_url=base_url, **kw)
+        data = {"grant_type": "client_credentials"}
+        if scope:
+            data["scope"] = scope
+        resp = http.post("/v1/oauth/token", data=data, auth=(client_id, client_secret))
+        _raise_for(resp)
+        http.headers["Authorization"] = f"Bearer {resp.json()['access_token']}"
+        return cls(http)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> YktClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _json(self, method: str, url: str, **kw: Any) -> Any:
+        resp = self.http.request(method, url, **kw)
+        _raise_for(resp)
+        return resp.json()
+
+    # verification -----------------------------------------------------------------------
+    def challenge(self) -> dict[str, Any]:
+        return dict(self._json("POST", "/v1/verifications/challenge"))
+
+    def verify(
+        self,
+        challenge_id: str,
+        card_identification_code: str,
+        card_number: str,
+        response: bytes,
+        application: str = "social_security",
+        include_holder: bool = False,
+        include_photo: bool = False,
+    ) -> dict[str, Any]:
+        body = {
+            "challenge_id": challenge_id,
+            "card_identification_code": card_identification_code,
+            "card_number": card_number,
+            "response": response.hex(),
+            "application": application,
+            "include_holder": include_holder,
+            "include_photo": include_photo,
+        }
+        return dict(self._json("POST", "/v1/verifications", json=body))
+
+    # status feed ------------------------------------------------------------------------
+    def public_key_pem(self) -> bytes:
+        return str(self._json("GET", "/v1/status-feed/public-key")["public_key_pem"]).encode()
+
+    def status_feed(
+        self,
+        since: int | None = None,
+        on_entry: Callable[[dict[str, Any]], None] | None = None,
+        public_key_pem: bytes | None = None,
+    ) -> FeedSummary:
+        """Download and verify the feed (raises IntegrityError if it does not verify)."""
+        pem = public_key_pem or self.public_key_pem()
+        params = {} if since is None else {"since": since}
+        with self.http.stream("GET", "/v1/status-feed", params=params) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                _raise_for(resp)
+            return verify_feed((line.encode() for line in resp.iter_lines()), pem, on_entry)
+
+    # anything else ----------------------------------------------------------------------
+    def get(self, url: str, **kw: Any) -> Any:
+        return self._json("GET", url, **kw)
+
+    def post(self, url: str, json: Any = None, **kw: Any) -> Any:
+        return self._json("POST", url, json=json, **kw)
+
+
+def verify_card_in_reader(
+    client: YktClient,
+    reader: Reader,
+    *,
+    application: str = "social_security",
+    include_holder: bool = False,
+    include_photo: bool = False,
+    profile: CardProfile = DEFAULT_PROFILE,
+) -> dict[str, Any]:
+    """The whole terminal flow against the card in ``reader``; returns the service's verdict."""
+    public = read_card_public(reader, profile)
+    try:
+        ch = client.challenge()
+        challenge = bytes.fromhex(ch["challenge"])
+        answer = internal_authenticate(reader, challenge[:8], challenge[8:])
+    finally:
+        reader.disconnect()
+    return client.verify(
+        ch["challenge_id"], public.card_identification_code, public.card_number, answer,
+        application, include_holder, include_photo,
+    )  # fmt: skip

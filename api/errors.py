@@ -1,0 +1,177 @@
+"""The one place where errors become HTTP responses.
+
+Every error answer has the shape ``{"error": {"code": ..., "message": ..., "field": ...}}``
+(``problems`` lists every field problem of a rejected record). Codes are stable; they come from
+the packages' exception trees (``issuance.errors``, ``hsm.errors``, ``cardspec.errors``) or from
+the HTTP layer itself (``unauthorized``, ``forbidden``, ``rate_limited``, ``not_found``,
+``method_not_allowed``, ``validation_error``, ``internal_error``). No stack trace ever leaves
+the server; unexpected exceptions are logged and answered ``500 internal_error``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cardspec.errors import CardSpecError, InvalidIdentifier
+from hsm.errors import HsmError, HsmUnavailable
+from issuance import errors as ie
+
+log = logging.getLogger("api")
+
+
+class FieldProblemOut(BaseModel):
+    field: str
+    reason: str
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+    problems: list[FieldProblemOut] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class ApiError(Exception):
+    """An error the HTTP layer raises itself (auth, scope, rate limit, bad input)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+        self.headers = headers
+
+
+#: issuance error class -> HTTP status (most specific first).
+ISSUANCE_STATUS: list[tuple[type[ie.IssuanceError], int]] = [
+    (ie.PhotoRejected, 422),
+    (ie.ValidationError, 422),
+    (ie.NotFound, 404),
+    (ie.TransitionError, 409),
+    (ie.ConflictError, 409),
+    (ie.PermissionDenied, 403),
+    (ie.IntegrityError, 409),
+    (ie.ConfigError, 503),
+]
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    problems: list[FieldProblemOut] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = ErrorResponse(
+        error=ErrorBody(code=code, message=message, field=field, problems=problems)
+    )
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+
+
+def map_exception(exc: BaseException) -> JSONResponse:
+    """The response for an exception of one of the packages' trees."""
+    if isinstance(exc, ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.field, headers=exc.headers)
+    if isinstance(exc, ie.ValidationError):
+        problems = [FieldProblemOut(field=p.field, reason=p.reason) for p in exc.problems]
+        first = problems[0].field if problems else None
+        return error_response(422, exc.code, str(exc), first, problems or None)
+    if isinstance(exc, ie.IssuanceError):
+        status = next((s for cls, s in ISSUANCE_STATUS if isinstance(exc, cls)), 400)
+        if status == 503:
+            log.error("configuration error: %s", exc)
+            return error_response(503, "service_unavailable", "the service is misconfigured")
+        return error_response(status, exc.code, exc.message)
+    if isinstance(exc, InvalidIdentifier):
+        field = getattr(exc, "field", None)
+        return error_response(422, "validation_error", str(exc), field)
+    if isinstance(exc, CardSpecError):
+        return error_response(422, "card_error", str(exc))
+    if isinstance(exc, sa.exc.DataError):
+        return error_response(422, "validation_error", "a value is out of range or malformed")
+    if isinstance(exc, sa.exc.OperationalError):
+        log.error("database error: %s", exc)
+        return error_response(503, "service_unavailable", "the database is unavailable; retry")
+    if isinstance(exc, HsmUnavailable | HsmError):
+        log.error("HSM error: %s", exc)
+        return error_response(503, exc.code, "the HSM is unavailable; try again")
+    log.exception("unexpected error", exc_info=exc)
+    return error_response(500, "internal_error", "internal error")
+
+
+def _validation(exc: RequestValidationError) -> JSONResponse:
+    problems: list[FieldProblemOut] = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        problems.append(FieldProblemOut(field=".".join(loc) or "body", reason=str(err.get("msg"))))
+    first = problems[0] if problems else FieldProblemOut(field="body", reason="invalid")
+    return error_response(
+        422, "validation_error", f"{first.field}: {first.reason}", first.field, problems
+    )
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def install(app: FastAPI) -> None:
+    async def on_api(_request: Request, exc: Exception) -> JSONResponse:
+        return map_exception(exc)
+
+    async def on_validation(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return _validation(exc)
+
+    async def on_http(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        return error_response(exc.status_code, code, message, headers=dict(exc.headers or {}))
+
+    for cls in (ApiError, ie.IssuanceError, HsmError, CardSpecError, sa.exc.SQLAlchemyError):
+        app.add_exception_handler(cls, on_api)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_api)
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the error statuses a route can answer."""
+    text = {
+        400: "Malformed request",
+        401: "Missing or invalid bearer token",
+        403: "Outside the caller's scopes or role",
+        404: "Not found",
+        409: "Conflict with the current state",
+        422: "Invalid input (the field is named)",
+        429: "Too many failed attempts",
+        503: "HSM or database unavailable",
+    }
+    return {s: {"model": ErrorResponse, "description": text[s]} for s in statuses}

@@ -1,0 +1,292 @@
+"""Routes: token, hello/health, card verification, the signed status feed."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi.responses import StreamingResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from starlette.concurrency import run_in_threadpool
+
+from api.auth import auth_of, ctx_of, need, require_extra
+from api.context import ApiContext
+from api.errors import ApiError, responses
+from api.schemas import (
+    ChallengeOut,
+    Hello,
+    HolderOut,
+    PublicKeyOut,
+    TokenOut,
+    VerificationIn,
+    VerificationOut,
+)
+from hsm.service import CardKeyRef, KeyService
+from issuance import audit
+from issuance.errors import PermissionDenied, ValidationError
+from issuance.services import credentials, status_feed, verification
+from issuance.services.credentials import Principal
+
+router = APIRouter()
+_basic = HTTPBasic(auto_error=False)
+
+
+@router.get("/healthz", response_model=Hello, tags=["service"])
+async def healthz() -> Hello:
+    """Liveness (no authentication)."""
+    return Hello(hello="ok")
+
+
+@router.get("/v1/hello", response_model=Hello, tags=["service"])
+async def hello() -> Hello:
+    """Hello world: the baseline the benchmark compares verification throughput with."""
+    return Hello(hello="world")
+
+
+@router.post(
+    "/v1/oauth/token",
+    response_model=TokenOut,
+    tags=["auth"],
+    responses=responses(401, 422, 429),
+)
+async def token(
+    request: Request,
+    grant_type: Annotated[str, Form(max_length=40)],
+    client_id: Annotated[str | None, Form(max_length=64)] = None,
+    client_secret: Annotated[str | None, Form(max_length=200)] = None,
+    scope: Annotated[str | None, Form(max_length=500)] = None,
+    basic: Annotated[HTTPBasicCredentials | None, Depends(_basic)] = None,
+) -> TokenOut:
+    """OAuth 2.0 client-credentials grant (RFC 6749 §4.4); client authentication by form
+    fields or HTTP Basic. Secrets are checked against their scrypt hash."""
+    if grant_type != "client_credentials":
+        raise ApiError(422, "unsupported_grant_type", "only client_credentials", field="grant_type")
+    cid = basic.username if basic is not None else client_id
+    secret = basic.password if basic is not None else client_secret
+    if not cid or not secret:
+        raise ApiError(401, "invalid_client", "client_id and client_secret are required")
+    ctx = ctx_of(request)
+    limiter = auth_of(request).limiter
+    ip = f"ip:{request.client.host if request.client else '-'}"
+    limiter.check(ip, f"client:{cid}")
+    wanted = scope.split() if scope else None
+
+    def work() -> credentials.IssuedToken:
+        with ctx.tx() as session:
+            return credentials.issue_token(session, cid, secret, wanted)
+
+    try:
+        issued = await run_in_threadpool(work)
+    except PermissionDenied as exc:
+        limiter.fail(ip, f"client:{cid}")
+        code = str(exc.details.get("reason", "invalid_client"))
+        raise ApiError(401 if code == "invalid_client" else 403, code, exc.message) from exc
+    return TokenOut(
+        access_token=issued.access_token,
+        expires_in=issued.expires_in,
+        scope=" ".join(issued.scopes),
+    )
+
+
+@router.post(
+    "/v1/verifications/challenge",
+    response_model=ChallengeOut,
+    tags=["verification"],
+    responses=responses(401, 403, 429),
+)
+async def challenge(
+    request: Request, principal: Annotated[Principal, Depends(need("verify"))]
+) -> ChallengeOut:
+    """A fresh single-use challenge for the card's INTERNAL AUTHENTICATE (short expiry)."""
+    ctx = ctx_of(request)
+    ttl = ctx.settings.api.challenge_ttl_seconds
+
+    def work() -> verification.Challenge:
+        with ctx.tx() as session:
+            return verification.create_challenge(session, principal.credential_id, ttl)
+
+    ch = await run_in_threadpool(work)
+    apdu = "0088000010" + ch.challenge.hex().upper() + "00"
+    return ChallengeOut(
+        challenge_id=ch.id, challenge=ch.challenge.hex(), apdu=apdu, expires_at=ch.expires_at
+    )
+
+
+def _check(service: KeyService, ref: CardKeyRef, factor: bytes, rnd: bytes, resp: bytes) -> None:
+    service.verify_internal_auth(ref, factor, rnd, resp)
+
+
+@router.post(
+    "/v1/verifications",
+    response_model=VerificationOut,
+    response_model_exclude_none=True,
+    tags=["verification"],
+    responses=responses(401, 403, 422, 429, 503),
+)
+async def verify(
+    body: VerificationIn,
+    request: Request,
+    principal: Annotated[Principal, Depends(need("verify"))],
+) -> VerificationOut:
+    """Verify a card: consume the challenge (a replay is refused), check the cryptogram in the
+    HSM, the card's and the application's status. Holder identity and photo are included for
+    callers with ``holder:read`` / ``holder:photo`` who ask for them."""
+    if body.include_holder:
+        await require_extra(request, principal, "holder:read")
+    if body.include_photo:
+        await require_extra(request, principal, "holder:photo")
+    ctx = ctx_of(request)
+    response = bytes.fromhex(body.response)
+    full_id = "holder:full_id" in principal.scopes
+    hsm = ctx.hsm
+
+    def check(ref: CardKeyRef, factor: bytes, rnd: bytes, resp: bytes) -> None:
+        hsm.call(_check, ref, factor, rnd, resp)
+
+    def work() -> verification.Verdict:
+        with ctx.tx() as session:
+            return verification.verify_card(
+                session, challenge_id=body.challenge_id.lower(),
+                credential_id=principal.credential_id,
+                card_identification_code=body.card_identification_code,
+                card_number=body.card_number, response=response, application=body.application,
+                check=check, actor=principal.actor, with_holder=body.include_holder,
+                full_citizen_id=full_id, with_photo=body.include_photo,
+            )  # fmt: skip
+
+    v = await run_in_threadpool(work)
+    return VerificationOut(
+        valid=v.valid,
+        reason=None if v.reason is None else str(v.reason),
+        application=v.application,
+        card_number=v.card_number,
+        card_identification_code=v.card_identification_code,
+        card_kind=v.card_kind,
+        card_status=v.card_status,
+        application_status=v.application_status,
+        expiry_date=v.expiry_date,
+        holder=None
+        if v.holder is None
+        else HolderOut(
+            name=v.holder.name,
+            citizen_id=v.holder.citizen_id,
+            sex=v.holder.sex,
+            birth_date=v.holder.birth_date,
+        ),
+        photo_jpeg_base64=None
+        if v.photo_jpeg is None
+        else base64.b64encode(v.photo_jpeg).decode("ascii"),
+    )
+
+
+def _public_key(service: KeyService) -> bytes:
+    return service.public_key_pem()
+
+
+def _sign(service: KeyService, message: bytes) -> bytes:
+    return service.sign(message)
+
+
+async def public_key_pem(ctx: ApiContext) -> bytes:
+    if ctx.public_key_pem is None:
+        ctx.public_key_pem = await ctx.hsm.run(_public_key)
+    return ctx.public_key_pem
+
+
+@router.get(
+    "/v1/status-feed/public-key",
+    response_model=PublicKeyOut,
+    tags=["status feed"],
+    responses=responses(503),
+)
+async def feed_public_key(request: Request) -> PublicKeyOut:
+    """The public key that verifies the status feed's signature (no authentication)."""
+    from cryptography.hazmat.primitives import serialization
+
+    pem = await public_key_pem(ctx_of(request))
+    der = serialization.load_pem_public_key(pem).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return PublicKeyOut(public_key_pem=pem.decode("ascii"), key_id=hashlib.sha256(der).hexdigest())
+
+
+_FEED_DOC = {
+    200: {
+        "description": "NDJSON: a header line, one line per card, a signed trailer line "
+        "(format yikatong-status-feed/1)",
+        "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+    }
+}
+
+
+@router.get(
+    "/v1/status-feed",
+    tags=["status feed"],
+    response_class=StreamingResponse,
+    responses={**_FEED_DOC, **responses(401, 403, 422, 429, 503)},  # type: ignore[dict-item]
+)
+async def feed(
+    request: Request,
+    principal: Annotated[Principal, Depends(need("feed:read"))],
+    since: Annotated[
+        int | None,
+        Query(ge=0, le=2**62, description="give the previous trailer's sequence for a delta"),
+    ] = None,
+) -> StreamingResponse:
+    """Cards terminals must refuse, signed with the HSM signing key: the full list, or the
+    changes since a sequence number. Streamed: bounded memory for any number of cards."""
+    ctx = ctx_of(request)
+    await public_key_pem(ctx)  # fail early (503) if the HSM is not there
+    session = ctx.sessions()
+
+    def start() -> tuple[status_feed.FeedWriter, Iterator[list[dict[str, Any]]]]:
+        top = status_feed.high_water(session)
+        if since is not None and since > top:
+            raise ValidationError(
+                "since is ahead of the feed",
+                [status_feed_problem(f"the feed's sequence is {top}")],
+            )
+        kind = "full" if since is None else "delta"
+        writer = status_feed.FeedWriter(kind, since, top)
+        rows = (
+            status_feed.iter_full(session)
+            if since is None
+            else status_feed.iter_delta(session, since, top)
+        )
+        with ctx.tx() as s2:
+            audit.record(
+                s2, principal.actor, "api.status_feed", "status_feed", kind,
+                details={"client_id": principal.client_id, "since": since, "sequence": top},
+            )  # fmt: skip
+        return writer, status_feed.chunks(rows)
+
+    try:
+        writer, pages = await run_in_threadpool(start)
+    except BaseException:
+        await run_in_threadpool(session.close)
+        raise
+
+    def next_page() -> bytes | None:
+        page = next(pages, None)
+        return None if page is None else writer.entries(page)
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            yield writer.header()
+            while (data := await run_in_threadpool(next_page)) is not None:
+                yield data
+            signature = await ctx.hsm.run(_sign, writer.message())
+            yield writer.trailer(signature)
+        finally:
+            await run_in_threadpool(session.close)
+
+    return StreamingResponse(body(), media_type="application/x-ndjson")
+
+
+def status_feed_problem(reason: str) -> Any:
+    from issuance.errors import FieldProblem
+
+    return FieldProblem("since", reason)

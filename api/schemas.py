@@ -1,0 +1,241 @@
+"""Request and response bodies (the OpenAPI schema is generated from these)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from issuance.models import ApplicationStatus, Channel, ChipAppKind
+
+Hex32 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{32}$", description="32 hex characters")]
+CardNumber = Annotated[
+    str, Field(pattern=r"^[0-9A-Za-z]{9}$", description="9-character card number")
+]
+#: Times are stored naive UTC; the API says so (RFC 3339 with Z).
+UtcDatetime = Annotated[
+    datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=UTC))
+]
+_NO_NUL = r"^[^\x00]*$"
+CitizenIdStr = Annotated[str, Field(min_length=1, max_length=18, pattern=_NO_NUL)]
+Text500 = Annotated[str, Field(min_length=1, max_length=500, pattern=_NO_NUL)]
+
+
+def text(max_length: int) -> object:
+    """A text field of at most ``max_length`` characters without NUL bytes."""
+    return Field(max_length=max_length, pattern=_NO_NUL)
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+    scope: str
+
+
+class Hello(BaseModel):
+    hello: str
+
+
+# --- verification ------------------------------------------------------------------------------
+class ChallengeOut(BaseModel):
+    challenge_id: str = Field(description="quote it when posting the card's answer")
+    challenge: str = Field(description="16 bytes hex: 8-byte process factor || 8-byte random")
+    apdu: str = Field(description="the INTERNAL AUTHENTICATE command to send to the card (hex)")
+    expires_at: UtcDatetime
+
+
+class VerificationIn(_In):
+    challenge_id: Hex32
+    card_identification_code: Hex32
+    card_number: CardNumber
+    response: Annotated[
+        str,
+        Field(
+            pattern=r"^([0-9a-fA-F]{16}|[0-9a-fA-F]{32})$",
+            description="the card's INTERNAL AUTHENTICATE answer (8 or 16 bytes hex)",
+        ),
+    ]
+    application: ChipAppKind = Field(
+        ChipAppKind.SOCIAL_SECURITY, description="the chip application the visit needs"
+    )
+    include_holder: bool = Field(False, description="needs scope holder:read")
+    include_photo: bool = Field(False, description="needs scope holder:photo")
+
+
+class HolderOut(BaseModel):
+    name: str
+    citizen_id: str = Field(description="masked unless the caller has holder:full_id")
+    sex: str
+    birth_date: date
+
+
+class VerificationOut(BaseModel):
+    valid: bool
+    reason: str | None = Field(
+        None,
+        description="lost, suspended, cancelled, replaced, expired, damaged, not_activated, "
+        "not_issued, blocked, not_genuine, wrong_application, unknown_card, challenge_expired, "
+        "challenge_reused, challenge_unknown",
+    )
+    application: ChipAppKind
+    card_number: str | None = None
+    card_identification_code: str | None = None
+    card_kind: str | None = None
+    card_status: str | None = None
+    application_status: str | None = None
+    expiry_date: date | None = None
+    holder: HolderOut | None = None
+    photo_jpeg_base64: str | None = None
+
+
+class PublicKeyOut(BaseModel):
+    algorithm: Literal["ECDSA-P256-SHA256"] = "ECDSA-P256-SHA256"
+    public_key_pem: str
+    key_id: str = Field(description="SHA-256 of the DER public key, hex")
+
+
+# --- cards --------------------------------------------------------------------------------------
+class CardOut(BaseModel):
+    card_id: int
+    card_number: str
+    card_identification_code: str | None
+    kind: str
+    status: str
+    province_code: str
+    holder_name: str
+    holder_citizen_id_masked: str
+    issue_date: date | None
+    expiry_date: date | None
+    chip_apps: dict[str, str]
+
+
+class LossIn(_In):
+    channel: Channel = Channel.COUNTER
+    identity_checked: bool = False
+    note: Annotated[str, text(500)] | None = None
+
+
+class UnreportIn(_In):
+    channel: Channel = Channel.COUNTER
+    identity_checked: bool = False
+    note: Annotated[str, text(500)] | None = None
+
+
+class LossOut(BaseModel):
+    report_id: int
+    card_number: str
+    kind: str
+    status: str
+    card_status: str
+    lapses_at: UtcDatetime | None
+
+
+class ReasonIn(_In):
+    reason: Text500
+    channel: Channel = Channel.COUNTER
+
+
+class ChannelIn(_In):
+    channel: Channel = Channel.COUNTER
+
+
+class ReplaceIn(_In):
+    reason: Text500 = "replacement"
+    fee_fen: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+
+
+class FinancialIn(_In):
+    identity_checked: bool
+    pin_set: bool
+
+
+class TemporaryIn(_In):
+    person_id: Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+
+class CollectOut(BaseModel):
+    card: CardOut
+    temporary_cards_returned: list[str]
+    deposits_refunded_fen: int
+
+
+# --- applications ------------------------------------------------------------------------------
+class ApplicationIn(_In):
+    citizen_id: CitizenIdStr
+    name: Annotated[str, Field(min_length=1, max_length=60, pattern=_NO_NUL)]
+    phone: Annotated[str, text(20)] | None = None
+    sex: Annotated[str, text(2)] | None = None
+    birth_date: date | None = None
+    region_code: Annotated[str, text(6)] | None = None
+    ethnicity: Annotated[str, text(2)] | None = None
+    address: Annotated[str, text(200)] | None = None
+    photo_base64: Annotated[str, Field(max_length=20_000_000)] | None = Field(
+        None, description="the photo (JPEG or PNG), base64; children under 6 may have none"
+    )
+
+
+class ApplicationOut(BaseModel):
+    id: int
+    person_id: int
+    status: ApplicationStatus
+    channel: str
+    received_at: UtcDatetime
+    decided_at: UtcDatetime | None
+    reject_reason: str | None
+    photo_sha256: str | None
+    photo_exempt: bool
+    card_id: int | None
+
+
+class ApprovalOut(BaseModel):
+    application: ApplicationOut
+    card_number: str
+    card_id: int
+
+
+class RejectIn(_In):
+    reason: Text500
+
+
+# --- batches, audit ----------------------------------------------------------------------------
+class BatchOut(BaseModel):
+    id: int
+    name: str
+    status: str
+    created_at: UtcDatetime
+    cards: int
+
+
+class BatchReportOut(BaseModel):
+    batch: BatchOut
+    cards_by_status: dict[str, int]
+
+
+class AuditEventOut(BaseModel):
+    id: int
+    occurred_at: UtcDatetime
+    actor: str
+    role: str
+    channel: str
+    action: str
+    entity_type: str
+    entity_id: str
+    before: str | None
+    after: str | None
+    reason: str | None
+    details: str
+    chain_seq: int | None
+
+
+class AuditVerifyOut(BaseModel):
+    events: int
+    last_seq: int
+    checkpoints: int
+    signed_checkpoints: int
+    unsealed: int

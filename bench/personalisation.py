@@ -1,0 +1,136 @@
+"""Cards per second through the encoding stations, with 1, 2 and 4 virtual readers.
+
+Each card is the full station cycle of the production line minus printing: a blank chip made
+by the virtual blank stock (KMC derived in SoftHSM, exported under the manufacturer transport
+key), fed into a virtual reader (isolated pcscd + vpcd + the card emulator), personalised with
+the card's keys derived in the HSM (``perso.personalise``), then the quality check over PC/SC
+(read back, INTERNAL AUTHENTICATE verified by the HSM, lock, card number). One thread per
+station, as in ``ykt batch run``. Printed: cards/s and APDUs per card (personalisation and
+quality check) for each reader count, and the 4-reader / 1-reader ratio (target ≥ 3).
+
+Run alone: ``python -m bench.personalisation`` (``BENCH_CARDS_PER_READER``, default 6).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from cardspec import ids
+from cardspec.keyscheme import KeySlot
+from cardspec.perso import CardPersoData
+from cardspec.profile import FinancialData, Holder, MedicalData, PensionData
+from issuance.batches.dataprep import BANK_BIN, card_profile, initial_pin, luhn_digit
+from issuance.batches.prepared import PreparedCard
+from issuance.settings import Settings, load_settings
+
+
+def _prepared(settings: Settings, key_service: Any, stock: Any, n: int) -> PreparedCard:
+    from hsm.service import CardKeyRef
+
+    profile = card_profile(settings, "3des")
+    serial = os.urandom(8)
+    code = ids.make_card_identification_code(settings.issuer.region_code, serial)
+    body = f"330106{date(1970, 1, 1 + n % 28):%Y%m%d}{n % 1000:03d}"
+    ssn = body + ids.citizen_id_check_char(body)
+    pan = BANK_BIN + str(n).zfill(12)
+    pan += luhn_digit(pan)
+    ref = CardKeyRef(code, pan=pan, psn="00")
+    issue = date.today()
+    data = CardPersoData(
+        card_identification_code=code, card_number=ids.make_card_number(f"B{n:07d}"),
+        spec_version=profile.spec_version, issue_date=issue,
+        expiry_date=date(issue.year + 10, 1, 1),
+        init_org_code=settings.issuer.init_org_code,
+        holder=Holder(ssn, "测试居民", "1", "01", "330106", date(1970, 1, 1 + n % 28)),
+        initial_pin=initial_pin(key_service, ref),
+        medical=MedicalData("390", "330106", "1", "11", issue),
+        pension=PensionData("1", "330106", issue, "10000"),
+        financial=FinancialData(pan, date(issue.year + 10, 1, 1), "00", ""),
+    )  # fmt: skip
+    stock.make_blank(serial, ref, profile)
+    slots = tuple(s.slot for _, s in profile.key_specs() if s.slot is not KeySlot.KMC)
+    return PreparedCard(0, serial.hex().upper(), data, ref, slots, profile.name)
+
+
+def _run(
+    stations: list[Any], cards: list[PreparedCard], key_service: Any, stock: Any
+) -> dict[str, float]:
+    queue = list(cards)
+    lock = threading.Lock()
+    perso_apdus: list[int] = []
+    qc_apdus: list[int] = []
+
+    def work(station: Any) -> None:
+        while True:
+            with lock:
+                if not queue:
+                    return
+                prepared = queue.pop()
+            station.load(stock.image(prepared.chip_serial))
+            result = station.personalise(prepared, key_service)
+            report = station.check(prepared, key_service, prepared.perso.card_number)
+            station.eject()
+            with lock:
+                perso_apdus.append(result.apdu_count)
+                qc_apdus.append(report.apdu_count)
+
+    threads = [threading.Thread(target=work, args=(st,)) for st in stations]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    return {
+        "cards_per_s": len(cards) / elapsed,
+        "perso_apdus_per_card": sum(perso_apdus) / len(perso_apdus),
+        "qc_apdus_per_card": sum(qc_apdus) / len(qc_apdus),
+    }
+
+
+def main() -> dict[str, Any]:
+    from hsm.service import key_service_from_settings
+    from issuance.batches.stock import VirtualBlankStock, ensure_manufacturer_key
+    from issuance.demo import ensure_hsm
+    from printers.stations import open_stations
+
+    per_reader = int(os.environ.get("BENCH_CARDS_PER_READER", "6"))
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="ykt-bench-perso-") as tmp:
+        settings = load_settings(environ={"YKT_DATA_DIR": tmp})
+        ensure_hsm(settings)
+        ensure_manufacturer_key(settings)
+        key_service = key_service_from_settings(settings)
+        stock = VirtualBlankStock(settings, key_service)
+        n = 0
+        rates: dict[int, float] = {}
+        for readers in (1, 2, 4):
+            cards = []
+            for _ in range(per_reader * readers + readers):  # + a warm-up card per reader
+                n += 1
+                cards.append(_prepared(settings, key_service, stock, n))
+            with open_stations(settings, readers, run_dir=Path(tmp) / f"st{readers}") as stations:
+                _run(stations, cards[:readers], key_service, stock)  # warm-up
+                out = _run(stations, cards[readers:], key_service, stock)
+            rates[readers] = out["cards_per_s"]
+            figures[f"cards_per_s_{readers}_reader{'s' if readers > 1 else ''}"] = round(
+                out["cards_per_s"], 2
+            )
+            figures["perso_apdus_per_card"] = round(out["perso_apdus_per_card"], 1)
+            figures["qc_apdus_per_card"] = round(out["qc_apdus_per_card"], 1)
+        figures["ratio_4_to_1_readers (target >= 3)"] = round(rates[4] / rates[1], 2)
+        figures["ratio_2_to_1_readers"] = round(rates[2] / rates[1], 2)
+        figures["cores"] = os.cpu_count() or 0
+    for key, value in figures.items():
+        print(f"{key}: {value}")
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,726 @@
+"""The card-bureau path of data preparation: the bureau file out, the bureau's result back.
+
+An outsourced card manufacturer ("bureau") personalises the chips of a batch from a
+**bureau file** without ever seeing a clear key or a clear PIN, and returns a **result file**
+saying which cards it made (on which chip) and which it spoiled (and why).
+
+Bureau file: ``ykt-bureau-perso/1`` (UTF-8 JSON Lines, one JSON object per ``\\n``-ended line)
+----------------------------------------------------------------------------------------------
+
+Streamed: written and read one card at a time, so a 1,000,000-card file needs no more memory
+than one card (the writer keeps a running SHA-256, never the cards).
+
+Line 1, header::
+
+    {"type": "header", "format": "ykt-bureau-perso/1", "file_id": "<uuid4 hex>",
+     "batch": "<batch reference>", "created": "<ISO 8601 UTC>",
+     "transport_key": "ykt:transport:<bureau>",        # key agreed in a ceremony (hsm)
+     "key_wrap": "AES-KWP RFC 5649: ...",               # how the keys are wrapped
+     "pin_encryption": "ECB(card KMC, LD||block||80..)",
+     "signer": "<SHA-256 of the signing public key, SubjectPublicKeyInfo DER, hex>"}
+
+A file key-encryption key line before the first card it wraps (``kek`` = 1, 2, ...; a new
+one follows each re-initialisation of the issuer's HSM module: every 2,000 cards on SoftHSM2,
+see ``hsm.service.SOFTHSM_RECYCLE_AFTER``; cards only use the latest KEK line)::
+
+    {"type": "kek", "kek": 1, "wrapped": "<hex>", "kcv": "<6 hex>"}
+
+Card lines, one per card, ``seq`` = 1..N without gaps::
+
+    {"type": "card", "seq": 1, "kek": 1, "card_id": 42, "chip_serial": "<16 hex>",
+     "cic": "<card identification code, 32 hex>", "card_number": "<9 characters>",
+     "profile": "ssc2-3des", "algorithm": "3des", "key_version": 1,
+     "files": [{"df": "MF/SSSE", "ef": "EF05", "sfi": 5, "records": ["<hex>", ...]}, ...],
+     "keys":  [{"slot": "kmc", "df": "MF", "key_id": 127, "wrapped": "<hex>", "kcv": "<6 hex>"},
+               ...],
+     "pins":  [{"name": "ss", "df": "MF/SSSE", "ref": 0, "under": "kmc",
+                "encrypted": "<hex>"}, ...]}
+
+* ``files``: every record of every EF the card profile personalises, in personalisation order,
+  encoded by the profile's encoders (``cardspec.perso.plan_records``), written by the bureau
+  with ``UPDATE RECORD`` exactly as they are. They hold personal data: the file travels over a
+  protected channel and is deleted after use (it is not encrypted as a whole).
+* ``kek`` lines: an AES-128 key-encryption key generated in the issuer's HSM for this file
+  and exported wrapped under the bureau transport key (``C_WrapKey(CKM_AES_KEY_WRAP_PAD)``,
+  RFC 5649), with its KCV (``keyscheme.kcv``, AES). Two levels, as a CEK/KEK envelope: the
+  long-term transport key wraps a few KEKs per file instead of every card key (and is three
+  times slower to use in SoftHSM2, see :mod:`hsm.export`).
+* ``keys``: every per-card key the profile declares, *including* ``kmc``, the chip's transport
+  key that opens the personalisation channel, each derived inside the issuer's HSM and
+  exported wrapped under the card line's KEK (RFC 5649; 3DES keys with odd DES parity);
+  ``kcv`` = ``cardspec.keyscheme.kcv`` of the clear key, so the bureau's HSM checks every
+  unwrapped key.
+* ``pins``: the initial PINs as the ready ``SET PIN`` payload: the profile's PIN block
+  encrypted under the card's KMC in the issuer's HSM (``keyscheme.encrypt_sensitive``). The
+  bureau forwards it to the chip; the PIN never appears in clear.
+
+Last line, trailer::
+
+    {"type": "trailer", "count": N, "sha256": "<hex>", "signature": "<base64 DER>"}
+
+``sha256`` covers every byte of the file before the trailer line (header, KEK and card lines
+with their newlines). ``signature`` is the issuer HSM's ECDSA P-256 / SHA-256 signature
+(``hsm.service.KeyService.sign``) of the statement
+``ykt-bureau-perso/1|<file_id>|<count>|<sha256>`` (ASCII). The bureau holds the issuer's
+public key (``ykt hsm export-public-key``, handed over out of band) and refuses a file whose
+signature, digest, count or sequence does not verify (:func:`verify_bureau_file`): any
+changed, added, dropped or reordered byte is detected. The file is written as ``<path>.part``
+and renamed when complete, so a crash never leaves a file that looks whole.
+
+Result file: ``ykt-bureau-result/1`` (UTF-8 JSON Lines, returned by the bureau)
+-------------------------------------------------------------------------------
+
+Read by :mod:`issuance.batches.bureau_result`.
+
+::
+
+    {"type": "header", "format": "ykt-bureau-result/1", "file_id": "<bureau file's file_id>"}
+    {"card_id": 42, "result": "made", "chip_serial": "<16 hex>"}
+    {"card_id": 43, "result": "spoiled", "reason": "chip failed ATR"}
+
+:func:`issuance.batches.bureau_result.import_bureau_result` checks every line against the
+cards of the bureau file (malformed line, unknown card, duplicate, chip serial not the one the
+card was prepared for): good lines are accounted for, every bad line is listed with its line
+number and kind, and cards the bureau did not mention are listed as missing; nothing is
+dropped silently.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
+
+from cardspec import keyscheme, perso, sm
+from cardspec.apdu import CommandApdu
+from cardspec.cardops import (
+    ApduCounter,
+    check_fci_algorithm,
+    external_authenticate,
+    select_df,
+    send,
+)
+from cardspec.errors import CardNotFoundError, CardStateError
+from cardspec.keyscheme import Algorithm, KeySlot
+from cardspec.profile import CardProfile, get_profile
+from cardspec.reader import Reader
+from hsm.errors import SignatureInvalid
+from hsm.service import BureauExporter, KeyService, verify_signature
+from issuance.batches.prepared import PreparedCard
+from issuance.errors import IntegrityError, ValidationError
+
+FORMAT = "ykt-bureau-perso/1"
+KEY_WRAP = "AES-KWP RFC 5649: card keys under the file KEK, the KEK under the transport key"
+PIN_ENCRYPTION = "ECB(card KMC, LD||block||80..)"
+_BUFFER = 1 << 20
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class BureauFileInvalid(IntegrityError):
+    """A bureau file failed verification (format, sequence, count, digest or signature);
+    ``line`` is the 1-based line number where it was detected (0: the file as a whole)."""
+
+    code = "bureau_file_invalid"
+
+    def __init__(self, message: str, *, line: int = 0) -> None:
+        super().__init__(message if not line else f"line {line}: {message}", line=line)
+        self.line = line
+
+
+class BureauKeyCheckFailed(IntegrityError):
+    """An unwrapped card key does not match the KCV the issuer put beside it."""
+
+    code = "bureau_key_check_failed"
+
+
+# --- file model -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BureauFileInfo:
+    """What :func:`write_bureau_file` wrote / :func:`verify_bureau_file` verified."""
+
+    path: Path
+    file_id: str
+    batch: str
+    transport_key: str
+    count: int
+    sha256: str
+    signer: str
+
+
+@dataclass(frozen=True)
+class BureauFileRecords:
+    df: str
+    ef: str
+    sfi: int
+    records: tuple[bytes, ...] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class BureauKey:
+    slot: KeySlot
+    df: str
+    key_id: int
+    wrapped: bytes = field(repr=False)
+    kcv: bytes
+
+
+@dataclass(frozen=True)
+class BureauPin:
+    name: str
+    df: str
+    ref: int
+    under: KeySlot
+    encrypted: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class BureauKek:
+    """A file KEK line: the KEK wrapped under the bureau transport key, and its KCV."""
+
+    kek_id: int
+    wrapped: bytes = field(repr=False)
+    kcv: bytes
+
+
+@dataclass(frozen=True)
+class BureauCard:
+    """One card line of a bureau file, as the bureau reads it (with the KEK its keys are
+    wrapped under)."""
+
+    seq: int
+    kek: BureauKek
+    card_id: int
+    chip_serial: str
+    card_identification_code: str
+    card_number: str
+    profile_name: str
+    algorithm: Algorithm
+    key_version: int
+    files: tuple[BureauFileRecords, ...] = field(repr=False)
+    keys: tuple[BureauKey, ...] = field(repr=False)
+    pins: tuple[BureauPin, ...] = field(repr=False)
+
+    def key(self, slot: KeySlot) -> BureauKey:
+        for k in self.keys:
+            if k.slot is slot:
+                return k
+        raise BureauFileInvalid(f"card {self.card_id}: no {slot.value} key in the file")
+
+
+def signer_fingerprint(public_pem: bytes) -> str:
+    """SHA-256 (hex) of the SubjectPublicKeyInfo DER of a PEM public key."""
+    key = serialization.load_pem_public_key(public_pem)
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+def _statement(file_id: str, count: int, digest: str) -> bytes:
+    return f"{FORMAT}|{file_id}|{count}|{digest}".encode("ascii")
+
+
+def _dumps(obj: Mapping[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+# --- writer (issuer side) ---------------------------------------------------------------------
+
+
+class _CardEncoder:
+    """Per-profile constants of the card lines (key specs, PIN specs), computed once."""
+
+    def __init__(self, profile: CardProfile) -> None:
+        self.profile = profile
+        self.key_specs = {spec.slot: (df, spec) for df, spec in profile.key_specs()}
+        if KeySlot.KMC not in self.key_specs:
+            raise ValidationError(f"profile {profile.name} declares no transport key (kmc)")
+        self.pin_specs = list(profile.pin_specs())
+        self.ef_paths = {ef.name: (df, ef.sfi) for df, ef in profile.files()}
+
+    def line(self, seq: int, card: PreparedCard, exporter: BureauExporter) -> tuple[int, bytes]:
+        data = card.perso
+        ref = card.key_ref
+        if ref.algorithm is not self.profile.algorithm:
+            raise ValidationError(
+                f"card {card.card_id}: key algorithm {ref.algorithm.value} differs from "
+                f"profile {self.profile.name}"
+            )
+        if ref.card_identification_code != data.card_identification_code:
+            raise ValidationError(f"card {card.card_id}: key reference is for another card")
+        data.validate()
+        plan = perso.plan_records(data, self.profile)
+        slots = [KeySlot.KMC, *(s for s in card.key_slots if s is not KeySlot.KMC)]
+        for slot in slots:
+            if slot not in self.key_specs:
+                raise ValidationError(
+                    f"card {card.card_id}: profile {self.profile.name} has no key {slot.value}"
+                )
+        pins = {"ss": data.initial_pin, "bank": data.bank_pin or data.initial_pin}
+        blocks = [spec.encode(pins.get(spec.name, data.initial_pin)) for _, spec in self.pin_specs]
+        export = exporter.export(ref, slots, blocks, KeySlot.KMC)
+        files = []
+        for ef_name, records in plan.items():
+            df, sfi = self.ef_paths[ef_name]
+            files.append(
+                {"df": df, "ef": ef_name, "sfi": sfi, "records": [r.hex() for r in records]}
+            )
+        key_lines = []
+        for slot in slots:
+            df, spec = self.key_specs[slot]
+            key_lines.append(
+                {
+                    "slot": slot.value,
+                    "df": df,
+                    "key_id": spec.key_id,
+                    "wrapped": export.wrapped[slot].hex(),
+                    "kcv": export.kcvs[slot].hex(),
+                }
+            )
+        pin_lines = [
+            {
+                "name": spec.name,
+                "df": df,
+                "ref": spec.ref,
+                "under": KeySlot.KMC.value,
+                "encrypted": enc.hex(),
+            }
+            for (df, spec), enc in zip(self.pin_specs, export.encrypted, strict=True)
+        ]
+        return export.kek_id, _dumps(
+            {
+                "type": "card",
+                "seq": seq,
+                "kek": export.kek_id,
+                "card_id": card.card_id,
+                "chip_serial": card.chip_serial.upper(),
+                "cic": data.card_identification_code,
+                "card_number": data.card_number,
+                "profile": self.profile.name,
+                "algorithm": ref.algorithm.value,
+                "key_version": ref.key_version,
+                "files": files,
+                "keys": key_lines,
+                "pins": pin_lines,
+            }
+        )
+
+
+def write_bureau_file(
+    path: Path,
+    cards: Iterable[PreparedCard],
+    keys: KeyService,
+    transport_key: str,
+    *,
+    batch: str = "",
+    progress: Callable[[int], None] | None = None,
+) -> BureauFileInfo:
+    """Stream ``cards`` into a signed bureau file at ``path`` (see the module docstring).
+
+    Memory stays bounded whatever the number of cards (``cards`` may be a generator).
+    ``progress`` is called with the number of cards written so far after each card.
+    """
+    from hsm.ceremony import transport_label
+
+    path = Path(path)
+    label = transport_label(transport_key)
+    file_id = uuid.uuid4().hex
+    signer = signer_fingerprint(keys.public_key_pem())
+    encoders: dict[str, _CardEncoder] = {}
+    digest = hashlib.sha256()
+    part = path.with_name(path.name + ".part")
+    count = 0
+    try:
+        with open(part, "wb", buffering=_BUFFER) as out:
+            header = _dumps(
+                {
+                    "type": "header",
+                    "format": FORMAT,
+                    "file_id": file_id,
+                    "batch": batch,
+                    "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "transport_key": label,
+                    "key_wrap": KEY_WRAP,
+                    "pin_encryption": PIN_ENCRYPTION,
+                    "signer": signer,
+                }
+            )
+            digest.update(header)
+            out.write(header)
+            written_kek = 0
+            with keys.bureau_exporter(label) as exporter:
+                for card in cards:
+                    encoder = encoders.get(card.profile_name)
+                    if encoder is None:
+                        encoder = encoders[card.profile_name] = _CardEncoder(
+                            get_profile(card.profile_name)
+                        )
+                    kek_id, line = encoder.line(count + 1, card, exporter)
+                    if kek_id != written_kek:
+                        kek = exporter.kek(kek_id)
+                        kek_line = _dumps(
+                            {
+                                "type": "kek",
+                                "kek": kek.kek_id,
+                                "wrapped": kek.wrapped.hex(),
+                                "kcv": kek.kcv.hex(),
+                            }
+                        )
+                        digest.update(kek_line)
+                        out.write(kek_line)
+                        written_kek = kek_id
+                    digest.update(line)
+                    out.write(line)
+                    count += 1
+                    if progress is not None:
+                        progress(count)
+            hexdigest = digest.hexdigest()
+            signature = keys.sign(_statement(file_id, count, hexdigest))
+            out.write(
+                _dumps(
+                    {
+                        "type": "trailer",
+                        "count": count,
+                        "sha256": hexdigest,
+                        "signature": base64.b64encode(signature).decode("ascii"),
+                    }
+                )
+            )
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return BureauFileInfo(path, file_id, batch, label, count, hexdigest, signer)
+
+
+# --- reader (bureau side) ---------------------------------------------------------------------
+
+
+def _object(raw: bytes, line: int) -> dict[str, Any]:
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BureauFileInvalid(f"not JSON ({exc})", line=line) from None
+    if not isinstance(obj, dict):
+        raise BureauFileInvalid("not a JSON object", line=line)
+    return obj
+
+
+def _scan(path: Path, stream: IO[bytes], public_pem: bytes | None) -> BureauFileInfo:
+    digest = hashlib.sha256()
+    header: dict[str, Any] | None = None
+    trailer: dict[str, Any] | None = None
+    count = kek = 0
+    line_no = 0
+    for raw in stream:
+        line_no += 1
+        if trailer is not None:
+            raise BureauFileInvalid("data after the trailer", line=line_no)
+        if not raw.endswith(b"\n"):
+            raise BureauFileInvalid("truncated line (no newline)", line=line_no)
+        # parse only what the scan needs: the type and the sequence number
+        obj = _object(raw, line_no)
+        kind = obj.get("type")
+        if line_no == 1:
+            if kind != "header" or obj.get("format") != FORMAT:
+                raise BureauFileInvalid(f"not a {FORMAT} header", line=1)
+            header = obj
+        elif kind == "kek":
+            if obj.get("kek") != kek + 1:
+                raise BureauFileInvalid(f"KEK {obj.get('kek')!r}, expected {kek + 1}", line=line_no)
+            kek += 1
+        elif kind == "card":
+            count += 1
+            if obj.get("seq") != count:
+                raise BureauFileInvalid(
+                    f"sequence {obj.get('seq')!r}, expected {count}", line=line_no
+                )
+            if obj.get("kek") != kek:
+                raise BureauFileInvalid(f"card wrapped under unknown KEK {obj.get('kek')!r}",
+                                        line=line_no)  # fmt: skip
+        elif kind == "trailer":
+            trailer = obj
+            continue
+        else:
+            raise BureauFileInvalid(f"unexpected line type {kind!r}", line=line_no)
+        digest.update(raw)
+    if header is None:
+        raise BureauFileInvalid("empty file")
+    if trailer is None:
+        raise BureauFileInvalid("no trailer: the file is incomplete")
+    hexdigest = digest.hexdigest()
+    if trailer.get("count") != count:
+        raise BureauFileInvalid(f"trailer says {trailer.get('count')!r} cards, file has {count}")
+    if not hmac.compare_digest(str(trailer.get("sha256", "")), hexdigest):
+        raise BureauFileInvalid("digest does not match the content (file altered)")
+    file_id = str(header.get("file_id", ""))
+    if public_pem is not None:
+        if header.get("signer") != signer_fingerprint(public_pem):
+            raise BureauFileInvalid("signed by another key than the issuer's public key given")
+        try:
+            signature = base64.b64decode(str(trailer.get("signature", "")), validate=True)
+            verify_signature(public_pem, _statement(file_id, count, hexdigest), signature)
+        except (ValueError, SignatureInvalid) as exc:
+            raise BureauFileInvalid(f"signature does not verify ({exc})") from exc
+    return BureauFileInfo(
+        path,
+        file_id,
+        str(header.get("batch", "")),
+        str(header.get("transport_key", "")),
+        count,
+        hexdigest,
+        str(header.get("signer", "")),
+    )
+
+
+def verify_bureau_file(path: Path, public_pem: bytes) -> BureauFileInfo:
+    """What a bureau runs first: check format, sequence, count, digest and the issuer's
+    signature (``public_pem``: the issuer's public key, obtained out of band). Raises
+    :class:`BureauFileInvalid`; streams (bounded memory)."""
+    with open(path, "rb", buffering=_BUFFER) as stream:
+        return _scan(Path(path), stream, public_pem)
+
+
+def _kek(obj: dict[str, Any], line: int) -> BureauKek:
+    try:
+        return BureauKek(int(obj["kek"]), bytes.fromhex(obj["wrapped"]), bytes.fromhex(obj["kcv"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BureauFileInvalid(f"malformed KEK line ({exc!r})", line=line) from None
+
+
+def _card(obj: dict[str, Any], line: int, keks: Mapping[int, BureauKek]) -> BureauCard:
+    try:
+        return BureauCard(
+            seq=int(obj["seq"]),
+            kek=keks[int(obj["kek"])],
+            card_id=int(obj["card_id"]),
+            chip_serial=str(obj["chip_serial"]),
+            card_identification_code=str(obj["cic"]),
+            card_number=str(obj["card_number"]),
+            profile_name=str(obj["profile"]),
+            algorithm=Algorithm(obj["algorithm"]),
+            key_version=int(obj["key_version"]),
+            files=tuple(
+                BureauFileRecords(
+                    str(f["df"]),
+                    str(f["ef"]),
+                    int(f["sfi"]),
+                    tuple(bytes.fromhex(r) for r in f["records"]),
+                )
+                for f in obj["files"]
+            ),
+            keys=tuple(
+                BureauKey(
+                    KeySlot(k["slot"]),
+                    str(k["df"]),
+                    int(k["key_id"]),
+                    bytes.fromhex(k["wrapped"]),
+                    bytes.fromhex(k["kcv"]),
+                )
+                for k in obj["keys"]
+            ),
+            pins=tuple(
+                BureauPin(
+                    str(p["name"]),
+                    str(p["df"]),
+                    int(p["ref"]),
+                    KeySlot(p["under"]),
+                    bytes.fromhex(p["encrypted"]),
+                )
+                for p in obj["pins"]
+            ),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BureauFileInvalid(f"malformed card line ({exc!r})", line=line) from None
+
+
+def read_bureau_file(path: Path, public_pem: bytes) -> Iterator[BureauCard]:
+    """Verify the whole file (:func:`verify_bureau_file`), then yield its cards one by one.
+
+    The second pass hashes again and raises :class:`BureauFileInvalid` at the end if the file
+    changed between the passes (copy the file somewhere private first).
+    """
+    info = verify_bureau_file(path, public_pem)
+    digest = hashlib.sha256()
+    keks: dict[int, BureauKek] = {}
+    with open(path, "rb", buffering=_BUFFER) as stream:
+        for line_no, raw in enumerate(stream, start=1):
+            if line_no == 1:
+                digest.update(raw)
+                continue
+            obj = _object(raw, line_no)
+            kind = obj.get("type")
+            if kind == "trailer":
+                break
+            digest.update(raw)
+            if kind == "kek":
+                current = _kek(obj, line_no)
+                keks = {current.kek_id: current}  # cards only use the latest (checked above)
+            else:
+                yield _card(obj, line_no, keks)
+    if not hmac.compare_digest(digest.hexdigest(), info.sha256):
+        raise BureauFileInvalid("file changed while it was being read")
+
+
+def expected_cards(path: Path, public_pem: bytes | None = None) -> dict[int, str]:
+    """``card_id -> chip serial`` of every card of a bureau file (to check its result file).
+    Verifies the signature too when ``public_pem`` is given."""
+    if public_pem is not None:
+        verify_bureau_file(path, public_pem)
+    out: dict[int, str] = {}
+    with open(path, "rb", buffering=_BUFFER) as stream:
+        for line_no, raw in enumerate(stream, start=1):
+            obj = _object(raw, line_no)
+            if obj.get("type") == "card":
+                out[int(obj["card_id"])] = str(obj["chip_serial"]).upper()
+    return out
+
+
+def bureau_file_id(path: Path) -> str:
+    """The ``file_id`` in a bureau file's header."""
+    with open(path, "rb") as stream:
+        obj = _object(stream.readline(), 1)
+    if obj.get("type") != "header" or obj.get("format") != FORMAT:
+        raise BureauFileInvalid(f"not a {FORMAT} header", line=1)
+    return str(obj["file_id"])
+
+
+# --- reference bureau: personalisation from a bureau file ----------------------------------
+
+
+class BureauCardCrypto:
+    """:class:`cardspec.crypto.CardCrypto` of one card at the bureau, from the keys of its
+    bureau-file line. ``unwrap_kek`` is the bureau's HSM: the file KEK wrapped under the
+    transport key -> the KEK (e.g. ``aes_key_unwrap_with_padding(transport_key, wrapped)``);
+    the card keys are then unwrapped under the KEK. The KEK and every key are checked against
+    their KCVs before use (:class:`BureauKeyCheckFailed`)."""
+
+    def __init__(self, card: BureauCard, unwrap_kek: Callable[[bytes], bytes]) -> None:
+        self.algorithm = card.algorithm
+        self._keys: dict[KeySlot, bytes] = {}
+        try:
+            kek = unwrap_kek(card.kek.wrapped)
+        except InvalidUnwrap as exc:
+            raise BureauKeyCheckFailed(
+                f"file KEK {card.kek.kek_id} does not unwrap: wrong transport key"
+            ) from exc
+        if not hmac.compare_digest(keyscheme.kcv(kek, Algorithm.AES), card.kek.kcv):
+            raise BureauKeyCheckFailed(f"file KEK {card.kek.kek_id} does not match its KCV")
+        for k in card.keys:
+            try:
+                clear = aes_key_unwrap_with_padding(kek, k.wrapped)
+            except InvalidUnwrap as exc:
+                raise BureauKeyCheckFailed(
+                    f"card {card.card_id}: {k.slot.value} key does not unwrap under its KEK"
+                ) from exc
+            if not hmac.compare_digest(keyscheme.kcv(clear, self.algorithm), k.kcv):
+                raise BureauKeyCheckFailed(
+                    f"card {card.card_id}: {k.slot.value} key does not match its KCV"
+                )
+            self._keys[k.slot] = clear
+
+    def external_auth(self, slot: KeySlot, challenge: bytes) -> bytes:
+        return keyscheme.external_auth_cryptogram(self._keys[slot], challenge, self.algorithm)
+
+    def mac_block(self, slot: KeySlot, data: bytes, iv: bytes) -> bytes:
+        return keyscheme.sm_mac_block(self._keys[slot], data, iv, self.algorithm)
+
+    def encrypt(self, slot: KeySlot, plaintext: bytes) -> bytes:
+        return keyscheme.encrypt_sensitive(self._keys[slot], plaintext, self.algorithm)
+
+    def wrapped_card_key(self, slot: KeySlot, under: KeySlot) -> bytes:
+        return keyscheme.wrap_card_key(self._keys[under], self._keys[slot], self.algorithm)
+
+    def internal_auth_response(self, factor: bytes, random: bytes) -> bytes:
+        return keyscheme.internal_auth_response(
+            self._keys[KeySlot.IRK], factor, random, self.algorithm
+        )
+
+
+def bureau_personalise(
+    reader: Reader, card: BureauCard, crypto: BureauCardCrypto, *, connect: bool = True
+) -> perso.PersoResult:
+    """What the bureau's personalisation machine does with one card line: the same lean
+    sequence as :func:`cardspec.perso.personalise` (SELECT, EXTERNAL AUTHENTICATE with KMC,
+    WRITE KEY, UPDATE RECORD, SET PIN with the issuer's encrypted payload, SET STATUS SECURED),
+    driven by the file instead of the clear card data."""
+    import time
+
+    profile = get_profile(card.profile_name)
+    if profile.algorithm is not card.algorithm:
+        raise BureauFileInvalid(f"card {card.card_id}: algorithm differs from its profile")
+    start = time.perf_counter()
+    if connect:
+        reader.connect()
+    tx = ApduCounter(reader)
+    loaded: list[KeySlot] = []
+    try:
+        check_fci_algorithm(select_df(tx, profile, "SSSE", fci=True), profile)
+        current = profile.df_path("SSSE")
+        try:
+            channel: sm.TerminalChannel = external_authenticate(tx, crypto, KeySlot.KMC, profile)
+        except CardNotFoundError as exc:
+            raise CardStateError(
+                "card has no transport key: already personalised", exc.sw, command=exc.command
+            ) from exc
+        for key in card.keys:
+            if key.slot is KeySlot.KMC:
+                continue
+            wrapped = crypto.wrapped_card_key(key.slot, KeySlot.KMC)
+            cmd = channel.wrap(CommandApdu(0x80, 0xD4, 0x00, key.key_id, wrapped))
+            send(tx, cmd, f"WRITE KEY {key.slot.value}")
+            loaded.append(key.slot)
+        for f in card.files:
+            if f.df != current:
+                select_df(tx, profile, f.df)
+                current = f.df
+            for n, record in enumerate(f.records, start=1):
+                cmd = channel.wrap(CommandApdu(0x00, 0xDC, n, (f.sfi << 3) | 0x04, record))
+                send(tx, cmd, f"UPDATE RECORD {f.ef}/{n}")
+        for pin in card.pins:
+            cmd = channel.wrap(CommandApdu(0x80, 0xD4, 0x01, pin.ref, pin.encrypted))
+            send(tx, cmd, f"SET PIN {pin.name}")
+        send(tx, channel.wrap(CommandApdu(0x80, 0xF0, 0x80, 0x0F)), "SET STATUS SECURED")
+    finally:
+        if connect:
+            reader.disconnect()
+    return perso.PersoResult(
+        card_identification_code=card.card_identification_code,
+        apdu_count=tx.count,
+        duration_s=time.perf_counter() - start,
+        keys_loaded=tuple(loaded),
+    )
+
+
+__all__ = [
+    "FORMAT",
+    "BureauCard",
+    "BureauCardCrypto",
+    "BureauFileInfo",
+    "BureauFileInvalid",
+    "BureauKek",
+    "BureauKeyCheckFailed",
+    "bureau_file_id",
+    "bureau_personalise",
+    "expected_cards",
+    "read_bureau_file",
+    "verify_bureau_file",
+    "write_bureau_file",
+]

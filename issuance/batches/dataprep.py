@@ -1,0 +1,283 @@
+"""Data preparation: the complete personalisation data of each card of a batch.
+
+For one card and the blank chip it is made on, :func:`prepare_card` builds a
+:class:`~issuance.batches.prepared.PreparedCard`: every file's content per the card profile
+(EF05 card identification, EF06 holder, medical, pension and the financial application), the
+key reference the HSM derives the card's keys from, and the initial PIN.
+
+Choices (marked CHOICE, easy to change):
+
+* **Initial PIN**: random per card and never stored: it is derived inside the HSM from the
+  card's own PIN-unblock key (IBM 3624 style "natural PIN": the MAC of a constant under the
+  per-card key PUK, decimalised), so data preparation, the PIN mailer and a reprint all get the
+  same 6 digits without the PIN ever being written to the database, a file or a log. The holder
+  must change it before sensitive use (the card enforces it).
+* **PAN** of the financial application: the partner bank's BIN :data:`BANK_BIN` + the card's
+  database id + the Luhn digit (19 digits). A real deployment takes the PAN range from the bank.
+* Medical and pension records start from the card's application (insured region = the holder's
+  region, insured since the approval date); the insurance systems update them later with the
+  files' update keys.
+
+The per-card keys are not in the PreparedCard: the stations derive them in the HSM while the
+script runs (``key_service.card_crypto(prepared.key_ref)``), the bureau file exports them
+wrapped.
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import date
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from cardspec import ids
+from cardspec.keyscheme import Algorithm, KeySlot
+from cardspec.perso import CardPersoData
+from cardspec.profile import (
+    CardProfile,
+    FinancialData,
+    Holder,
+    MedicalData,
+    PensionData,
+    social_security_profile,
+)
+from cardspec.profile.social import get_profile, register_profile
+from cardspec.profile.values import split_name
+from hsm.service import CardKeyRef, KeyService
+from issuance.audit import Actor
+from issuance.batches import items as batch_items
+from issuance.batches.prepared import PreparedCard
+from issuance.batches.stock import BlankStock
+from issuance.db import flush
+from issuance.errors import ConflictError
+from issuance.models import (
+    Application,
+    ApplicationChannel,
+    BatchItem,
+    BlankChip,
+    Card,
+    CardAlgorithm,
+    ChipStatus,
+    Person,
+    utcnow,
+)
+from issuance.settings import Settings
+
+#: CHOICE: the partner bank's BIN for the financial application's PAN.
+BANK_BIN = "621799"
+#: CHOICE: the medical insurance type at issue: employees (employer applications) or residents.
+INSURANCE_EMPLOYEES, INSURANCE_RESIDENTS = "310", "390"
+_PIN_DOMAIN = b"YKT-INITIAL-PIN/1"
+_DECIMALISE = str.maketrans("ABCDEF", "012345")
+
+
+def card_profile(settings: Settings, algorithm: Algorithm | CardAlgorithm | str) -> CardProfile:
+    """The card profile for cards of ``algorithm`` (3DES: generation 2, AES/SM4: generation 3)
+    with the city's PIN tries."""
+    alg = Algorithm(str(algorithm))
+    prof = social_security_profile(
+        generation=2 if alg is Algorithm.DES3 else 3,
+        algorithm=alg,
+        pin_tries=settings.lifecycle.pin_tries,
+    )
+    try:
+        return get_profile(prof.name)
+    except Exception:
+        return register_profile(prof)
+
+
+def luhn_digit(body: str) -> str:
+    total = 0
+    for i, ch in enumerate(reversed(body)):
+        d = int(ch)
+        if i % 2 == 0:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return str((10 - total % 10) % 10)
+
+
+def bank_pan(card_id: int) -> str:
+    """The financial application's PAN (see the module docstring, CHOICE)."""
+    body = BANK_BIN + str(card_id).zfill(12)
+    return body + luhn_digit(body)
+
+
+def key_ref(card: Card, card_identification_code: str) -> CardKeyRef:
+    """The key reference of ``card`` made on the chip with this identification code."""
+    return CardKeyRef(
+        card_identification_code=card_identification_code,
+        key_version=card.key_version,
+        algorithm=Algorithm(str(card.algorithm)),
+        pan=bank_pan(card.id),
+        psn="00",
+    )
+
+
+def initial_pin(key_service: KeyService, ref: CardKeyRef, digits: int = 6) -> str:
+    """The card's initial PIN, computed in the HSM (see the module docstring, CHOICE). Weak
+    values (all digits equal, ascending or descending runs) are skipped deterministically."""
+    with key_service.card_crypto(ref) as crypto:
+        counter = 0
+        while True:
+            data = _PIN_DOMAIN + ref.card_identification_code.encode() + bytes([counter])
+            block = crypto.mac_block(KeySlot.PUK, data, bytes(8))
+            pin = block.hex().upper().translate(_DECIMALISE)[:digits]
+            if not _weak(pin):
+                return pin
+            counter += 1
+
+
+def _weak(pin: str) -> bool:
+    steps = {int(b) - int(a) for a, b in itertools.pairwise(pin)}
+    return len(set(pin)) == 1 or steps in ({1}, {-1})
+
+
+def perso_data(
+    settings: Settings,
+    card: Card,
+    person: Person,
+    application: Application | None,
+    card_identification_code: str,
+    issue_date: date,
+    pin: str,
+    profile: CardProfile,
+) -> CardPersoData:
+    """Everything written to the chip (personal data: never logged, see CardPersoData)."""
+    expiry = _add_years(issue_date, settings.lifecycle.card_validity_years)
+    name, extension = split_name(person.name)
+    since = (application.decided_at.date() if application and application.decided_at
+             else issue_date)  # fmt: skip
+    employee = application is not None and application.channel == ApplicationChannel.EMPLOYER
+    region = person.region_code
+    has_fin = any(ef.name == "SFI01" for _, ef in profile.files())
+    return CardPersoData(
+        card_identification_code=card_identification_code,
+        card_number=card.card_number,
+        spec_version=profile.spec_version,
+        issue_date=issue_date,
+        expiry_date=expiry,
+        init_org_code=settings.issuer.init_org_code,
+        holder=Holder(
+            ssn=person.citizen_id,
+            name=name,
+            sex=person.sex,
+            ethnicity=person.ethnicity or "01",
+            birthplace=person.citizen_id[:6],
+            birth_date=person.birth_date,
+            name_extension=extension,
+        ),
+        initial_pin=pin,
+        medical=MedicalData(
+            INSURANCE_EMPLOYEES if employee else INSURANCE_RESIDENTS,
+            region,
+            "1",
+            "11",
+            since,
+        ),
+        pension=PensionData("1", region, since, "11100" if employee else "10000"),
+        financial=FinancialData(bank_pan(card.id), expiry, "00", "") if has_fin else None,
+    )
+
+
+def _add_years(d: date, years: int) -> date:
+    try:
+        return d.replace(year=d.year + years)
+    except ValueError:  # 29 February
+        return d.replace(year=d.year + years, day=28)
+
+
+def prepare_card(
+    session: Session,
+    settings: Settings,
+    key_service: KeyService,
+    card: Card,
+    chip_serial: bytes,
+    *,
+    issue_date: date,
+    profile: CardProfile | None = None,
+) -> PreparedCard:
+    """The :class:`PreparedCard` of ``card`` on the chip ``chip_serial`` (reads the holder and
+    application; writes nothing)."""
+    profile = profile or card_profile(settings, card.algorithm)
+    code = ids.make_card_identification_code(card.region_code, chip_serial)
+    ref = key_ref(card, code)
+    person = session.get(Person, card.person_id)
+    assert person is not None
+    app = session.get(Application, card.application_id) if card.application_id else None
+    data = perso_data(
+        settings, card, person, app, code, issue_date, initial_pin(key_service, ref), profile
+    )
+    data.validate()
+    slots = tuple(spec.slot for _, spec in profile.key_specs() if spec.slot is not KeySlot.KMC)
+    return PreparedCard(
+        card_id=card.id,
+        chip_serial=chip_serial.hex().upper(),
+        perso=data,
+        key_ref=ref,
+        key_slots=slots,
+        profile_name=profile.name,
+    )
+
+
+def prepared_for_item(
+    session: Session, settings: Settings, key_service: KeyService, item: BatchItem
+) -> PreparedCard:
+    """The PreparedCard of an item that already has its chip (rebuilt: nothing is stored)."""
+    if item.chip_serial is None or item.issue_date is None:
+        raise ConflictError(f"batch item {item.id} has no chip assigned")
+    card = session.get(Card, item.card_id)
+    assert card is not None
+    return prepare_card(
+        session, settings, key_service, card, bytes.fromhex(item.chip_serial),
+        issue_date=item.issue_date,
+    )  # fmt: skip
+
+
+def assign_chip(
+    session: Session,
+    settings: Settings,
+    key_service: KeyService,
+    stock: BlankStock,
+    item: BatchItem,
+    actor: Actor,
+    *,
+    station: str | None = None,
+    today: date | None = None,
+) -> PreparedCard:
+    """Take a blank chip for ``item``, prepare the card's data and move the item to
+    ``prepared`` (with the chip recorded and the card's identification code set), in the
+    caller's transaction. The blank is made before the commit: a crash in between leaves an
+    unregistered blank, never a registered chip without its blank."""
+    card = session.get(Card, item.card_id)
+    assert card is not None
+    profile = card_profile(settings, card.algorithm)
+    serial = stock.new_serial()
+    issue = today or date.today()
+    prepared = prepare_card(
+        session, settings, key_service, card, serial, issue_date=issue, profile=profile
+    )
+    stock.make_blank(serial, prepared.key_ref, profile)
+    item.chip_serial = prepared.chip_serial
+    item.issue_date = issue
+    item.station = station
+    card.card_identification_code = prepared.key_ref.card_identification_code
+    session.add(
+        BlankChip(
+            chip_serial=prepared.chip_serial, batch_id=item.batch_id, item_id=item.id,
+            card_id=card.id, status=ChipStatus.ASSIGNED, station=station, created_at=utcnow(),
+        )
+    )  # fmt: skip
+    flush(session)
+    batch_items.advance(session, item, "prepare", actor, details={"profile": profile.name})
+    return prepared
+
+
+def chips_of_batch(session: Session, batch_id: int) -> list[BlankChip]:
+    return list(
+        session.scalars(
+            sa.select(BlankChip).where(BlankChip.batch_id == batch_id).order_by(BlankChip.id)
+        )
+    )

@@ -1,0 +1,289 @@
+"""Batch items: the stage table, worker leases and claims.
+
+Every stage transition of an item is declared in :data:`ITEM_TRANSITIONS`; :func:`advance`
+applies one and writes its audit event, in the caller's transaction (one transaction per
+transition: the pipeline commits after each).
+
+Leases: a worker *claims* items by writing its owner id and an expiry on them in one statement
+(``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)`` on PostgreSQL, so several
+workers and machines share a batch without waiting for each other; on SQLite the single writer
+lock makes the same statement atomic). A lease is renewed at each transition. A lease whose
+expiry passed, or whose owner is a process of this machine that no longer exists, is void:
+:func:`recover_interrupted` then treats a chip left in a station (stages encoding, personalised,
+printed) as spoiled, never as good.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from issuance import audit
+from issuance.audit import Actor
+from issuance.db import flush
+from issuance.errors import TransitionError
+from issuance.models import (
+    BatchItem,
+    BatchStage,
+    BlankChip,
+    Card,
+    ChipStatus,
+    utcnow,
+)
+
+S = BatchStage
+
+#: Stages in which the chip is physically in a station: an interrupted card there is spoiled.
+IN_STATION = (S.ENCODING, S.PERSONALISED, S.PRINTED)
+#: Stages a station takes an item from.
+READY = (S.PREPARED, S.SELECTED)
+#: Stages of a card still being made (anything else is finished: good, shipped ... or failed).
+IN_PRODUCTION = (S.SELECTED, S.PREPARED, *IN_STATION)
+
+#: (from, event) -> to
+ITEM_TRANSITIONS: dict[tuple[BatchStage, str], BatchStage] = {
+    (S.SELECTED, "prepare"): S.PREPARED,
+    (S.PREPARED, "encode"): S.ENCODING,
+    (S.ENCODING, "personalised"): S.PERSONALISED,
+    (S.PERSONALISED, "print"): S.PRINTED,
+    (S.PRINTED, "check"): S.CHECKED,
+    (S.CHECKED, "ship"): S.SHIPPED,
+    (S.SHIPPED, "issue"): S.ISSUED,
+    # a spoiled chip: the card goes back to the queue for a fresh blank ...
+    **{(s, "spoil"): S.SELECTED for s in (S.PREPARED, *IN_STATION)},
+    # ... unless it was spoiled too often
+    **{(s, "fail"): S.FAILED for s in (S.PREPARED, *IN_STATION)},
+    (S.FAILED, "retry"): S.SELECTED,
+}
+
+#: Timestamp column set when an item enters a stage (for the time-per-stage report).
+STAGE_TIMES: dict[BatchStage, str] = {
+    S.PREPARED: "prepared_at",
+    S.PERSONALISED: "personalised_at",
+    S.PRINTED: "printed_at",
+    S.CHECKED: "checked_at",
+    S.SHIPPED: "shipped_at",
+    S.ISSUED: "issued_at",
+}
+
+DEFAULT_LEASE_SECONDS = 120
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+def _start_time(pid: int) -> str | None:
+    """The start time (clock ticks since boot) of process ``pid``, None if it does not exist."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+_HOST = socket.gethostname()[:40]
+
+
+def worker_id(station: str | None = None) -> str:
+    """This worker's lease owner id: ``host:pid:start-time[:thread or station]`` (the start time
+    tells a live process from a later one that got the same pid)."""
+    pid = os.getpid()
+    suffix = station or threading.current_thread().name
+    return f"{_HOST}:{pid}:{_start_time(pid) or 0}:{suffix}"[:100]
+
+
+def owner_alive(owner: str) -> bool:
+    """False when ``owner`` names a process of this machine that is gone; True otherwise (a
+    process elsewhere is presumed alive until its lease expires)."""
+    parts = owner.split(":")
+    if len(parts) < 3 or parts[0] != _HOST or not parts[1].isdigit():
+        return True
+    return _start_time(int(parts[1])) == parts[2]
+
+
+def _is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def claim(
+    session: Session,
+    batch_id: int,
+    owner: str,
+    *,
+    stages: Iterable[BatchStage] = READY,
+    limit: int = 1,
+    lease_seconds: int = DEFAULT_LEASE_SECONDS,
+    now: datetime | None = None,
+) -> list[BatchItem]:
+    """Lease up to ``limit`` free items of ``stages`` (oldest first) to ``owner``."""
+    now = now or utcnow()
+    table = cast(sa.Table, BatchItem.__table__)
+    wanted = [str(s) for s in stages]
+    # PREPARED before SELECTED: finish cards whose chip is ready before preparing new ones
+    priority = sa.case((table.c.stage == str(S.PREPARED), 0), else_=1)
+    sub = (
+        sa.select(table.c.id)
+        .where(
+            table.c.batch_id == batch_id,
+            table.c.stage.in_(wanted),
+            sa.or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at < now),
+        )
+        .order_by(priority, table.c.id)
+        .limit(limit)
+    )
+    if _is_postgres(session):
+        sub = sub.with_for_update(skip_locked=True)
+    stmt = (
+        sa.update(table)
+        .where(table.c.id.in_(sub.scalar_subquery()))
+        .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .returning(table.c.id)
+    )
+    ids = [int(i) for i in session.execute(stmt).scalars()]
+    if not ids:
+        return []
+    items = session.scalars(
+        sa.select(BatchItem).where(BatchItem.id.in_(ids)).order_by(BatchItem.id)
+        .execution_options(populate_existing=True)
+    ).all()  # fmt: skip
+    return list(items)
+
+
+def renew(item: BatchItem, owner: str, lease_seconds: int = DEFAULT_LEASE_SECONDS) -> None:
+    item.lease_owner = owner
+    item.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
+
+
+def release(item: BatchItem) -> None:
+    item.lease_owner = None
+    item.lease_expires_at = None
+
+
+def advance(
+    session: Session,
+    item: BatchItem,
+    event: str,
+    actor: Actor,
+    *,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> BatchStage:
+    """Move ``item`` by ``event`` (declared in :data:`ITEM_TRANSITIONS`) and audit it."""
+    frm = BatchStage(item.stage)
+    to = ITEM_TRANSITIONS.get((frm, event))
+    if to is None:
+        raise TransitionError(
+            f"batch item {item.id} in stage {frm} cannot {event}", from_state=str(frm), event=event
+        )
+    now = utcnow()
+    item.stage = to
+    item.stage_changed_at = now
+    column = STAGE_TIMES.get(to)
+    if column is not None:
+        setattr(item, column, now)
+    flush(session)
+    audit.record(
+        session, actor, f"batch_item.{event}", "batch_item", item.id, before=str(frm),
+        after=str(to), reason=reason,
+        details={"batch_id": item.batch_id, "card_id": item.card_id,
+                 "chip_serial": item.chip_serial, **(details or {})},
+    )  # fmt: skip
+    return to
+
+
+@dataclass(frozen=True)
+class SpoilResult:
+    stage: BatchStage
+    chip_serial: str | None
+
+
+def spoil(
+    session: Session,
+    item: BatchItem,
+    actor: Actor,
+    reason: str,
+    *,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    station: str | None = None,
+) -> SpoilResult:
+    """The item's chip is spoiled (``reason`` recorded on the chip); the card goes back to the
+    queue for a fresh blank, or to ``failed`` after ``max_attempts`` spoiled chips. The card
+    loses the chip's identification code (a new chip gives a new one; a code is never reused
+    because chip serials are unique)."""
+    serial = item.chip_serial
+    if serial is not None:
+        chip = session.scalars(
+            sa.select(BlankChip).where(BlankChip.chip_serial == serial)
+        ).one_or_none()
+        if chip is not None and chip.status == ChipStatus.ASSIGNED:
+            chip.status, chip.reason, chip.closed_at = ChipStatus.SPOILED, reason[:500], utcnow()
+            chip.station = station or chip.station
+        card = session.get(Card, item.card_id)
+        if card is not None:
+            card.card_identification_code = None
+    item.attempts += 1
+    item.last_error = reason[:500]
+    item.chip_serial = None
+    item.printed_card_number = None
+    item.print_ref = None
+    event = "fail" if item.attempts >= max_attempts else "spoil"
+    to = advance(
+        session, item, event, actor, reason=reason,
+        details={"spoiled_chip": serial, "attempts": item.attempts, "station": station},
+    )  # fmt: skip
+    release(item)
+    flush(session)
+    return SpoilResult(to, serial)
+
+
+def recover_interrupted(
+    session: Session,
+    batch_id: int,
+    actor: Actor,
+    *,
+    now: datetime | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+) -> list[tuple[int, str | None]]:
+    """Void the leases of dead workers (expired, or a process of this machine that is gone).
+    An item whose chip was in a station is spoiled and requeued ("interrupted"); an item
+    merely leased (selected / prepared) is released. Returns ``[(item id, spoiled chip)]``."""
+    now = now or utcnow()
+    leased = session.scalars(
+        sa.select(BatchItem).where(
+            BatchItem.batch_id == batch_id, BatchItem.lease_owner.is_not(None)
+        ).order_by(BatchItem.id)
+    ).all()  # fmt: skip
+    spoiled: list[tuple[int, str | None]] = []
+    for item in leased:
+        expired = item.lease_expires_at is None or item.lease_expires_at < now
+        if not expired and owner_alive(item.lease_owner or ""):
+            continue
+        if item.stage in IN_STATION:
+            res = spoil(
+                session, item, actor,
+                f"interrupted in stage {item.stage} (worker {item.lease_owner} gone)",
+                max_attempts=max_attempts, station=item.station,
+            )  # fmt: skip
+            spoiled.append((item.id, res.chip_serial))
+        else:
+            release(item)
+    flush(session)
+    return spoiled
+
+
+def stage_counts(session: Session, batch_id: int) -> dict[BatchStage, int]:
+    rows = session.execute(
+        sa.select(BatchItem.stage, sa.func.count())
+        .where(BatchItem.batch_id == batch_id)
+        .group_by(BatchItem.stage)
+    ).all()
+    counts = {s: 0 for s in BatchStage}
+    for stage, n in rows:
+        counts[BatchStage(stage)] = int(n)
+    return counts

@@ -1,0 +1,120 @@
+"""Blank chip stock: where the blank cards the stations personalise come from.
+
+A blank chip carries a unique serial and its transport key KMC. Real stock comes from the chip
+manufacturer, who loads each chip's own (diversified) KMC under a transport-key agreement with
+the issuer. The *virtual* stock plays that manufacturer for the emulated cards:
+
+* the issuer's HSM derives the chip's KMC from the KMC master key and the chip's card
+  identification code, and exports it wrapped (AES key wrap) under the ``manufacturer``
+  transport key (:meth:`hsm.service.KeyService.export_card_keys`); the master keys never
+  leave the HSM;
+* only the blank-stock maker holds the manufacturer's copy of the transport key (a file
+  ``<data_dir>/stock/manufacturer.key``, mode 0600, made when the key is generated in the HSM
+  from random components) and unwraps the KMC into the new chip's image.
+
+Card images live in ``<data_dir>/cards/<serial>.json`` (the emulated chip keeps itself there).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
+
+from cardspec.emulator import blank_card
+from cardspec.keyscheme import KeySlot
+from cardspec.profile import CardProfile
+from hsm.service import CardKeyRef, KeyService
+from issuance.errors import ConfigError, IntegrityError
+from issuance.settings import Settings
+
+MANUFACTURER = "manufacturer"
+_LOCK = threading.Lock()
+
+
+class BlankStock(Protocol):
+    """Gives a blank chip for a card and says where the station finds it."""
+
+    def new_serial(self) -> bytes: ...
+
+    def make_blank(self, serial: bytes, ref: CardKeyRef, profile: CardProfile) -> Path: ...
+
+    def image(self, serial: str) -> Path: ...
+
+
+def manufacturer_key_path(settings: Settings) -> Path:
+    return settings.data_dir / "stock" / f"{MANUFACTURER}.key"
+
+
+def ensure_manufacturer_key(settings: Settings) -> bool:
+    """Create the ``manufacturer`` transport key in the HSM (random components from the HSM)
+    and the manufacturer's copy, if missing. Returns True if it was created."""
+    from hsm import ceremony, softhsm
+    from hsm import pkcs11 as p11
+    from hsm.config import HsmConfig
+
+    path = manufacturer_key_path(settings)
+    config = HsmConfig.from_settings(settings)
+    if config.is_softhsm:
+        softhsm.write_conf(config)
+    token = p11.open_token(config)
+    label = ceremony.transport_label(MANUFACTURER)
+    with _LOCK:
+        with token.use("looking up the manufacturer transport key") as session:
+            exists = p11.exists(session, label)
+        if exists:
+            if not path.exists():
+                raise ConfigError(
+                    f"the HSM has {label} but the blank-stock maker's copy {path} is missing"
+                )
+            return False
+        _, parts = ceremony.generate_transport_key(token, MANUFACTURER, 2)
+        key = bytearray(16)
+        for comp, _kcv in parts:
+            for i, b in enumerate(comp):
+                key[i] ^= b
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(bytes(key).hex())
+        key[:] = bytes(16)
+        return True
+
+
+class VirtualBlankStock:
+    """The emulated chips' manufacturer (see the module docstring)."""
+
+    def __init__(self, settings: Settings, key_service: KeyService) -> None:
+        self.settings = settings
+        self.key_service = key_service
+        self.directory = settings.cards_dir
+        self._transport: bytes | None = None
+
+    def _transport_key(self) -> bytes:
+        if self._transport is None:
+            path = manufacturer_key_path(self.settings)
+            try:
+                self._transport = bytes.fromhex(path.read_text().strip())
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"no manufacturer transport key at {path}: {exc}") from exc
+        return self._transport
+
+    def new_serial(self) -> bytes:
+        return os.urandom(8)
+
+    def image(self, serial: str) -> Path:
+        return self.directory / f"{serial.upper()}.json"
+
+    def make_blank(self, serial: bytes, ref: CardKeyRef, profile: CardProfile) -> Path:
+        wrapped = self.key_service.export_card_keys(ref, [KeySlot.KMC], MANUFACTURER)[KeySlot.KMC]
+        try:
+            kmc = aes_key_unwrap_with_padding(self._transport_key(), wrapped)
+        except InvalidUnwrap as exc:
+            raise IntegrityError("the KMC does not unwrap under the manufacturer key") from exc
+        path = self.image(serial.hex())
+        self.directory.mkdir(parents=True, exist_ok=True)
+        blank_card(serial, kmc, profile.algorithm, profile=profile, path=path)
+        return path

@@ -1,0 +1,228 @@
+"""``ykt batch``: production batches — create, run, resume, status, report, ship.
+
+    ykt batch create NAME [--region 3301] [--collective NAME] [--from D] [--to D] --as USER
+    ykt batch run BATCH [--readers N]        data preparation + stations (progress bars)
+    ykt batch resume BATCH                   after a crash or Ctrl-C: finishes the batch
+    ykt batch status [BATCH]                 counts by stage (all batches without BATCH)
+    ykt batch report BATCH                   text report + PNG chart under <data_dir>/reports
+    ykt batch ship BATCH --to BRANCH --as USER
+    ykt batch collect CARD_NUMBER --as TELLER  the holder collects the card (issued)
+
+Also the root command ``ykt demo`` (:mod:`issuance.demo`).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from datetime import date
+from types import FrameType
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.orm import Session
+
+from issuance.audit import SYSTEM_ACTOR, Actor
+from issuance.cli_db import AS_HELP, acting, session_scope, settings
+from issuance.models import Channel
+
+app = typer.Typer(no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+
+
+def _txn(fn: Callable[[Session], Any]) -> Any:
+    with session_scope() as s:
+        return fn(s)
+
+
+def _actor(as_: str | None, channel: str = "counter") -> Actor:
+    import os
+
+    if not as_ and not os.environ.get("YKT_STAFF"):
+        return SYSTEM_ACTOR
+    return _txn(lambda s: acting(s, as_, channel))
+
+
+@app.command("create")
+def create(
+    name: str = typer.Argument(..., help="Batch name (unique)."),
+    region: str | None = typer.Option(None, "--region", help="Region code or prefix (3301)."),
+    collective: str | None = typer.Option(None, "--collective", help="Collective applicant."),
+    approved_from: str | None = typer.Option(None, "--from", help="Approved on/after YYYY-MM-DD."),
+    approved_to: str | None = typer.Option(None, "--to", help="Approved on/before YYYY-MM-DD."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="At most N cards."),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
+    """Create a batch from approved applications (audited)."""
+    from issuance.batches.selection import BatchFilter, create_batch
+
+    flt = BatchFilter(
+        region, collective, date.fromisoformat(approved_from) if approved_from else None,
+        date.fromisoformat(approved_to) if approved_to else None, limit,
+    )  # fmt: skip
+    with session_scope() as s:
+        batch = create_batch(s, acting(s, as_), name, flt)
+        out.print(f"batch {batch.name} (id {batch.id}): {batch.card_count} card(s) selected")
+    out.print(f"next: ykt batch run {name}")
+
+
+def _run(batch: str, readers: int | None, lease: int, as_: str | None, resume: bool) -> None:
+    from issuance.batches.cli_progress import RichProgress
+    from issuance.batches.pipeline import BatchInterrupted, RunOptions, runner_for
+
+    actor = _actor(as_).via(Channel.SYSTEM)
+    cfg = settings()
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    resume_cmd = f"ykt batch resume {batch}"
+    try:
+        with RichProgress(err) as progress, runner_for(
+            cfg, batch, actor=actor, progress=progress,
+            options=RunOptions(readers=readers, lease_seconds=lease),
+        ) as runner:  # fmt: skip
+            if resume:
+                recovered = runner.recover()
+                for item_id, chip in recovered:
+                    progress.note(f"item {item_id}: chip {chip} was in a station when the run "
+                                  "stopped: spoiled, card requeued")  # fmt: skip
+            try:
+                summary = runner.run()
+            except KeyboardInterrupt:
+                runner.stop.set()
+                raise
+    except (KeyboardInterrupt, BatchInterrupted):
+        err.print(f"[yellow]interrupted.[/yellow] Resume with:\n  {resume_cmd}")
+        raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    out.print(
+        f"batch {summary.batch_name}: {summary.checked} good card(s) this run, "
+        f"{summary.spoiled} chip(s) spoiled, {summary.failed} failed, "
+        f"{summary.remaining} still to make; {summary.apdus} APDUs in {summary.seconds:.1f} s "
+        f"on {summary.stations} station(s)"
+    )
+    for e in summary.errors:
+        err.print(f"[red]station error:[/red] {e}")
+    if summary.remaining:
+        err.print(f"not finished. Resume with:\n  {resume_cmd}")
+        raise typer.Exit(1)
+    out.print(f"next: ykt batch ship {batch} --to <collection point> --as <staff>")
+
+
+_READERS = typer.Option(None, "--readers", "-n", min=1, max=16, help="Stations (readers).")
+_LEASE = typer.Option(120, "--lease", min=5, help="Lease seconds of a card at a station.")
+
+
+@app.command("run")
+def run(
+    batch: str,
+    readers: int | None = _READERS,
+    lease: int = _LEASE,
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
+    """Data preparation, personalisation, printing and quality check of a batch."""
+    _run(batch, readers, lease, as_, resume=False)
+
+
+@app.command("resume")
+def resume(
+    batch: str,
+    readers: int | None = _READERS,
+    lease: int = _LEASE,
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
+    """Finish an interrupted batch: dead workers' cards are spoiled and requeued."""
+    _run(batch, readers, lease, as_, resume=True)
+
+
+@app.command("status")
+def status(batch: str | None = typer.Argument(None)) -> None:
+    """Counts by stage of one batch, or of every batch."""
+    import sqlalchemy as sa
+
+    from issuance.batches import items as bi
+    from issuance.batches.selection import get_batch
+    from issuance.models import Batch, BatchStage
+
+    with session_scope() as s:
+        batches = [get_batch(s, batch)] if batch else list(s.scalars(sa.select(Batch).order_by(
+            Batch.id)))  # fmt: skip
+        table = Table("batch", "status", "cards", *[str(st) for st in BatchStage])
+        for b in batches:
+            counts = bi.stage_counts(s, b.id)
+            table.add_row(b.name, b.status, str(b.card_count),
+                          *[str(counts[st]) for st in BatchStage])  # fmt: skip
+    out.print(table)
+
+
+@app.command("report")
+def report(
+    batch: str,
+    output: str | None = typer.Option(None, "--output", "-o", help="Directory for the files."),
+) -> None:
+    """The batch report (counts, spoil rate, time per stage) as text and a PNG chart."""
+    from pathlib import Path
+
+    from issuance.batches.report import build_report, write_report
+    from issuance.batches.selection import get_batch
+
+    with session_scope() as s:
+        rep = build_report(s, get_batch(s, batch).id)
+    directory = Path(output) if output else settings().data_dir / "reports"
+    text, png = write_report(rep, directory)
+    out.print(rep.text())
+    out.print(f"report: {text}\nchart:  {png}")
+
+
+@app.command("ship")
+def ship(
+    batch: str,
+    to: str = typer.Option(..., "--to", help="Collection point (agency code)."),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
+    """Ship every checked card of the batch to a collection point."""
+    from issuance.batches.cli_progress import RichProgress
+    from issuance.batches.selection import get_batch
+    from issuance.batches.shipping import ship_batch
+
+    actor = _txn(lambda s: acting(s, as_))
+    batch_id = _txn(lambda s: get_batch(s, batch).id)
+    with RichProgress(err) as progress:
+        progress.start("ship", 0)
+        result = ship_batch(_txn, settings(), batch_id, to, actor,
+                            on_card=lambda: progress.advance("ship"))  # fmt: skip
+    out.print(f"{result.shipped} card(s) shipped to {to}")
+
+
+@app.command("collect")
+def collect(
+    card_number: str,
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+    channel: str = typer.Option("bank", "--channel", help="counter or bank"),
+) -> None:
+    """The holder collects the card at the collection point (status issued)."""
+    from issuance.batches.shipping import issue_card
+
+    with session_scope() as s:
+        issue_card(s, card_number, acting(s, as_, channel))
+    out.print(f"card {card_number.upper()} issued to its holder")
+
+
+def demo(
+    residents: int = typer.Option(8, "--residents", min=1, max=500),
+    readers: int = typer.Option(4, "--readers", min=1, max=16),
+) -> None:
+    """End-to-end demo: residents → approval → batch → personalisation → print → QC → issue."""
+    from issuance.demo import run_demo
+
+    run_demo(settings(), residents=residents, readers=readers)
+
+
+#: Commands added to the root ``ykt`` (see issuance.cli._register).
+TOP_LEVEL_COMMANDS = {"demo": demo}

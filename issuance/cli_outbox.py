@@ -1,0 +1,56 @@
+"""``ykt outbox``: deliver the queued notifications (card ready for collection ...).
+
+The default sink is the log (:class:`issuance.services.outbox.LogSink`: phone numbers masked, no
+full ID numbers); a real SMS / e-mail gateway is another :class:`~issuance.services.outbox.Sink`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+from rich.console import Console
+
+from issuance.cli_db import session_scope
+
+app = typer.Typer(no_args_is_help=True)
+out = Console()
+
+
+@app.command("drain")
+def drain(
+    limit: int = typer.Option(100, "--limit", min=1, help="messages per run"),
+    max_attempts: int = typer.Option(10, "--max-attempts", min=1),
+) -> None:
+    """Send pending notifications (oldest first) to the log sink; failures are retried later."""
+    import sqlalchemy as sa
+
+    from issuance import services
+    from issuance.models import OutboxMessage
+
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    with session_scope() as s:
+        sent = services.drain_outbox(s, services.LogSink(), limit=limit, max_attempts=max_attempts)
+        left = s.scalar(
+            sa.select(sa.func.count())
+            .select_from(OutboxMessage)
+            .where(OutboxMessage.sent_at.is_(None))
+        )
+    out.print(f"{sent} notifications sent, {left} pending")
+
+
+@app.command("status")
+def status() -> None:
+    """Pending, sent and failing notifications."""
+    import sqlalchemy as sa
+
+    from issuance.models import OutboxMessage
+
+    m = OutboxMessage
+    with session_scope() as s:
+        sent = s.scalar(sa.select(sa.func.count()).where(m.sent_at.is_not(None)))
+        pending = s.scalar(sa.select(sa.func.count()).where(m.sent_at.is_(None)))
+        failing = s.scalar(
+            sa.select(sa.func.count()).where(m.sent_at.is_(None), m.last_error.is_not(None))
+        )
+    out.print(f"{pending} pending ({failing} with delivery errors), {sent} sent")

@@ -1,0 +1,252 @@
+"""``ykt demo``: the whole card centre on the embedded defaults, end to end.
+
+Sample residents (the shipped real face photos, ``issuance/sample_data/photos``) apply at the
+counter and through a community; a clerk receives and processes the applications, a reviewer
+and a different approver decide; a production batch is created; data preparation; personalisation
+on virtual readers (isolated pcscd + vpcd + the card emulator, started here and stopped after);
+printing to the file spool; quality check; shipping to a bank branch; collection by the
+holders. It ends by printing where the card images and the batch report are.
+
+Re-runnable: staff, the branch and the community are created once; every run adds new
+residents (fresh citizen ID numbers) and a new batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from cardspec.ids import citizen_id_check_char, mask_citizen_id
+from issuance.audit import Actor
+from issuance.models import (
+    Agency,
+    AgencyKind,
+    ApplicationChannel,
+    Channel,
+    CollectiveKind,
+    Person,
+    Staff,
+    StaffRole,
+)
+from issuance.settings import PROJECT_ROOT, Settings
+
+PHOTOS_DIR = PROJECT_ROOT / "issuance" / "sample_data" / "photos"
+DEMO_STAFF = (
+    ("demo-clerk", StaffRole.CLERK, "王芳 (clerk)"),
+    ("demo-reviewer", StaffRole.REVIEWER, "李强 (reviewer)"),
+    ("demo-approver", StaffRole.APPROVER, "张伟 (approver)"),
+    ("demo-operator", StaffRole.SUPERVISOR, "刘洋 (production)"),
+    ("demo-teller", StaffRole.BANK_TELLER, "陈静 (bank teller)"),
+)
+BRANCH_CODE = "ICBC-330106-01"
+COMMUNITY = "西湖区北山街道社区"
+_SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗"
+_GIVEN = ("秀英", "建国", "晓明", "丽娟", "志强", "海燕", "文博", "思琪", "子涵", "国平", "春梅")
+#: Districts of Hangzhou (GB/T 2260) the sample residents live in.
+_DISTRICTS = ("330102", "330105", "330106", "330108", "330110")
+
+
+def sample_photos() -> list[bytes]:
+    files = sorted(PHOTOS_DIR.glob("resident-*.jpg"))
+    if not files:
+        raise FileNotFoundError(f"no sample photos in {PHOTOS_DIR}")
+    return [p.read_bytes() for p in files]
+
+
+def _citizen_ids(session: Session, start: int) -> Iterator[tuple[str, str]]:
+    """Fresh valid citizen ID numbers (with their region), skipping any already registered."""
+    for n in itertools.count(start):
+        region = _DISTRICTS[n % len(_DISTRICTS)]
+        birth = date(1960, 1, 1) + timedelta(days=(n * 997) % 18000)
+        body = f"{region}{birth:%Y%m%d}{(n * 7) % 1000:03d}"
+        cid = body + citizen_id_check_char(body)
+        exists = session.scalars(sa.select(Person.id).where(Person.citizen_id == cid)).first()
+        if exists is None:
+            yield cid, region
+
+
+def ensure_staff(session: Session) -> dict[str, Actor]:
+    from issuance import services
+
+    actors: dict[str, Actor] = {}
+    for username, role, display in DEMO_STAFF:
+        if session.scalars(sa.select(Staff).where(Staff.username == username)).first() is None:
+            services.create_staff(session, username, role, display_name=display)
+        channel = Channel.BANK if role == StaffRole.BANK_TELLER else Channel.COUNTER
+        actors[username] = services.actor_for(session, username, channel)
+    return actors
+
+
+def ensure_branch(session: Session, settings: Settings) -> Agency:
+    from issuance import services
+
+    agency = session.scalars(sa.select(Agency).where(Agency.code == BRANCH_CODE)).first()
+    if agency is None:
+        agency = services.create_agency(
+            session, BRANCH_CODE, "中国工商银行杭州西湖支行", AgencyKind.BANK, "330106"
+        )
+    return agency
+
+
+@dataclass(frozen=True)
+class Resident:
+    application_id: int
+    masked_id: str
+    name: str
+
+
+def create_residents(
+    session: Session,
+    settings: Settings,
+    actors: dict[str, Actor],
+    count: int,
+    *,
+    on_resident: Callable[[], None] | None = None,
+) -> list[Resident]:
+    """``count`` new residents apply (every third through the community), are processed,
+    reviewed and approved by three different staff members; their cards get numbers."""
+    from issuance import services
+
+    photos = sample_photos()
+    clerk, reviewer, approver = (actors["demo-clerk"], actors["demo-reviewer"],
+                                 actors["demo-approver"])  # fmt: skip
+    community = services.get_or_create_collective(
+        session, COMMUNITY, kind=CollectiveKind.COMMUNITY, region_code="330106", actor=clerk
+    )
+    start = int(session.scalar(sa.select(sa.func.count()).select_from(Person)) or 0)
+    ids = _citizen_ids(session, start + 1)
+    out: list[Resident] = []
+    for n in range(count):
+        cid, region = next(ids)
+        name = _SURNAMES[(start + n) % len(_SURNAMES)] + _GIVEN[(start + n) % len(_GIVEN)]
+        collective = community if n % 3 == 2 else None
+        data = services.ApplicationInput(
+            citizen_id=cid, name=name, phone=f"139{(start + n) % 10**8:08d}",
+            region_code=region, photo=photos[n % len(photos)],
+            address=f"杭州市西湖区示例路{n + 1}号",
+        )  # fmt: skip
+        app = services.submit_application(
+            session, settings, data, clerk,
+            channel=ApplicationChannel.COLLECTIVE if collective else ApplicationChannel.COUNTER,
+            collective=collective,
+        )  # fmt: skip
+        services.process_application(session, app.id, clerk)
+        services.review_application(session, app.id, reviewer)
+        services.approve_application(session, settings, app.id, approver)
+        out.append(Resident(app.id, mask_citizen_id(cid), name))
+        if on_resident is not None:
+            on_resident()
+    return out
+
+
+def ensure_hsm(settings: Settings) -> None:
+    """The SoftHSM token and master keys (``ykt hsm init --if-missing`` does the same)."""
+    from hsm import ceremony, softhsm
+    from hsm.config import HsmConfig
+    from hsm.pkcs11 import open_token
+
+    config = HsmConfig.from_settings(settings)
+    if config.is_softhsm:
+        softhsm.ensure_token(config)
+    ceremony.init_keys(open_token(config))
+
+
+@dataclass
+class DemoResult:
+    batch_name: str
+    residents: int
+    good: int
+    issued: int
+    spool_dir: Path
+    cards_dir: Path
+    report_text: Path
+    report_png: Path
+    report: Any
+
+
+def run_demo(settings: Settings, residents: int = 8, readers: int = 4) -> DemoResult:
+    """The end-to-end demo (see the module docstring), with Rich progress bars."""
+    from rich.console import Console
+
+    from issuance import migrations
+    from issuance.batches.cli_progress import RichProgress
+    from issuance.batches.pipeline import RunOptions, runner_for
+    from issuance.batches.report import build_report, write_report
+    from issuance.batches.selection import BatchFilter, create_batch
+    from issuance.batches.shipping import issue_card, ship_batch
+    from issuance.db import make_engine, make_sessionmaker, transaction
+    from issuance.models import BatchItem, BatchStage, Card
+
+    console = Console()
+    engine = make_engine(settings)
+    migrations.upgrade(engine)
+    factory = make_sessionmaker(engine)
+    ensure_hsm(settings)
+    console.rule("[bold]Yikatong demo")
+    console.print(f"data directory {settings.data_dir}  database {settings.database_url}")
+
+    def txn(fn: Callable[[Session], Any]) -> Any:
+        with transaction(factory) as s:
+            return fn(s)
+
+    actors = txn(ensure_staff)
+    txn(lambda s: ensure_branch(s, settings))
+    with RichProgress(console) as progress:
+        progress.start("intake", residents)
+        tick = lambda: progress.advance("intake")  # noqa: E731
+        made = txn(lambda s: create_residents(s, settings, actors, residents, on_resident=tick))
+    console.print(
+        f"{len(made)} residents applied with their photos (receive → process → review → "
+        "approve by three different staff members); card numbers allocated"
+    )
+    name = f"demo-{datetime.now():%Y%m%d-%H%M%S}"
+    operator = actors["demo-operator"]
+    batch = txn(lambda s: create_batch(s, operator, name, BatchFilter(region_code="3301")))
+    console.print(f"batch [bold]{name}[/bold]: {batch.card_count} card(s) selected")
+    with RichProgress(console) as progress, runner_for(
+        settings, batch.id, engine=engine, actor=operator.via(Channel.SYSTEM),
+        progress=progress, options=RunOptions(readers=readers),
+    ) as runner:  # fmt: skip
+        summary = runner.run()
+    console.print(
+        f"production: {summary.checked} good card(s) on {summary.stations} virtual readers, "
+        f"{summary.spoiled} spoiled, {summary.apdus} APDUs in {summary.seconds:.1f} s"
+    )
+    with RichProgress(console) as progress:
+        progress.start("ship", summary.checked)
+        shipped = ship_batch(txn, settings, batch.id, BRANCH_CODE, operator,
+                             on_card=lambda: progress.advance("ship"))  # fmt: skip
+    teller = actors["demo-teller"]
+    shipped_numbers = (
+        sa.select(Card.card_number)
+        .join(BatchItem, BatchItem.card_id == Card.id)
+        .where(BatchItem.batch_id == batch.id, BatchItem.stage == BatchStage.SHIPPED)
+    )
+    numbers = txn(lambda s: list(s.scalars(shipped_numbers)))
+    for number in numbers:
+
+        def collect(s: Session, number: str = number) -> None:
+            issue_card(s, number, teller)
+
+        txn(collect)
+    console.print(f"{shipped.shipped} card(s) shipped to {BRANCH_CODE}; {len(numbers)} "
+                  "collected by their holders (issued, still sealed until activation)")  # fmt: skip
+    report = txn(lambda s: build_report(s, batch.id))
+    reports_dir = settings.data_dir / "reports"
+    text, png = write_report(report, reports_dir)
+    console.print(report.text())
+    engine.dispose()
+    console.rule("[bold]where things are")
+    console.print(f"card faces (PNG + PDF): {settings.spool_dir}")
+    console.print(f"card chips (emulator images): {settings.cards_dir}")
+    console.print(f"batch report: {text}")
+    console.print(f"batch chart:  {png}")
+    return DemoResult(name, len(made), report.good, len(numbers), settings.spool_dir,
+                      settings.cards_dir, text, png, report)  # fmt: skip

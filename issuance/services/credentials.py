@@ -1,0 +1,341 @@
+"""API credentials: agencies' client credentials, staff tokens, bearer tokens and scopes.
+
+* An agency is registered with a ``client_id`` and a random ``client_secret`` (shown once);
+  only the scrypt hash of the secret is stored (RFC 7914, n=2^14, r=8, p=1, 16-byte salt).
+* ``issue_token`` implements the OAuth 2.0 client-credentials grant (RFC 6749 §4.4): an opaque
+  256-bit random bearer token, stored as its SHA-256 (a hash of a random 256-bit value needs no
+  salt or stretching), with the granted scopes and an expiry.
+* Staff act as themselves: ``staff_token`` gives a staff user a token whose scopes follow the
+  role; the domain services still enforce the role on every action (maker-checker included).
+* ``authenticate`` resolves a bearer token to a :class:`Principal` (who, which scopes, which
+  :class:`~issuance.audit.Actor` the domain sees).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from issuance import audit
+from issuance.audit import SYSTEM_ACTOR, Actor
+from issuance.db import flush
+from issuance.errors import ConflictError, FieldProblem, NotFound, PermissionDenied, ValidationError
+from issuance.models import (
+    Agency,
+    AgencyKind,
+    ApiCredential,
+    ApiToken,
+    Channel,
+    Staff,
+    StaffRole,
+    utcnow,
+)
+
+#: Every scope the API knows, with what it allows.
+SCOPES: dict[str, str] = {
+    "verify": "ask for verification challenges and verify cards",
+    "holder:read": "see the holder's name, sex, birth date and masked ID number on a verification",
+    "holder:photo": "see the holder's photo on a verification",
+    "holder:full_id": "see the holder's full social security number",
+    "feed:read": "download the signed status feed",
+    "cards:read": "read a card's status",
+    "cards:loss": "report a card lost or withdraw a provisional report (remote channels)",
+    "cards:lifecycle": "card lifecycle actions (collect, activate, suspend, cancel, replace ...)",
+    "financial:activate": "activate the financial function of a card",
+    "applications:write": "receive, process, review, approve and reject applications",
+    "applications:read": "read applications",
+    "batches:read": "read production batches",
+    "audit:read": "query and verify the audit log",
+}
+
+#: Default scopes of an agency by kind (``ykt api agency add --scope`` overrides).
+AGENCY_DEFAULT_SCOPES: dict[AgencyKind, tuple[str, ...]] = {
+    AgencyKind.HOSPITAL: ("verify", "holder:read", "holder:photo", "feed:read", "cards:read"),
+    AgencyKind.PHARMACY: ("verify", "holder:read", "holder:photo", "feed:read"),
+    AgencyKind.BANK: (
+        "verify", "holder:read", "holder:photo", "feed:read", "cards:read", "financial:activate",
+    ),
+    AgencyKind.OTHER: ("verify", "feed:read"),
+}  # fmt: skip
+
+_COUNTER = (
+    "verify", "holder:read", "holder:photo", "cards:read", "cards:loss", "cards:lifecycle",
+    "applications:write", "applications:read", "batches:read", "feed:read",
+)  # fmt: skip
+
+#: Scopes of a staff token by role (the services check the role itself on every action).
+STAFF_SCOPES: dict[StaffRole, tuple[str, ...]] = {
+    StaffRole.CLERK: _COUNTER,
+    StaffRole.SUPERVISOR: (*_COUNTER, "holder:full_id", "audit:read"),
+    StaffRole.ADMIN: (*_COUNTER, "holder:full_id", "audit:read"),
+    StaffRole.REVIEWER: ("applications:write", "applications:read", "cards:read"),
+    StaffRole.APPROVER: ("applications:write", "applications:read", "cards:read"),
+    StaffRole.FUND_SUPERVISOR: ("cards:read", "cards:lifecycle", "holder:read", "audit:read"),
+    StaffRole.BANK_TELLER: (
+        "verify", "holder:read", "holder:photo", "cards:read", "cards:lifecycle",
+        "financial:activate", "applications:write", "feed:read",
+    ),
+    StaffRole.AUDITOR: ("audit:read", "cards:read", "applications:read", "batches:read"),
+}  # fmt: skip
+
+#: Role an agency's machine credential acts with in the domain, and its default channel.
+AGENCY_ROLES: dict[AgencyKind, tuple[StaffRole, Channel]] = {
+    AgencyKind.BANK: (StaffRole.BANK_TELLER, Channel.BANK),
+    AgencyKind.HOSPITAL: (StaffRole.SYSTEM, Channel.SYSTEM),
+    AgencyKind.PHARMACY: (StaffRole.SYSTEM, Channel.SYSTEM),
+    AgencyKind.OTHER: (StaffRole.SYSTEM, Channel.APP),
+}
+
+TOKEN_TTL = timedelta(hours=1)
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+def hash_secret(secret: str) -> str:
+    """``scrypt$n$r$p$salt$hash`` (base64) of a client secret."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(secret.encode("utf-8"), salt=salt, dklen=32, **_SCRYPT)
+    b64 = base64.b64encode
+    return (
+        f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}$"
+        f"{b64(salt).decode()}${b64(digest).decode()}"
+    )
+
+
+def check_secret(secret: str, stored: str) -> bool:
+    """Constant-time check of ``secret`` against :func:`hash_secret`'s output."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        got = hashlib.scrypt(
+            secret.encode("utf-8"),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=32,
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, base64.b64decode(digest))
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
+
+
+def check_scopes(scopes: list[str] | tuple[str, ...]) -> list[str]:
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown:
+        raise ValidationError(
+            "unknown scopes", [FieldProblem("scope", f"unknown scope {s!r}") for s in unknown]
+        )
+    return sorted(set(scopes))
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who calls: the credential, its granted scopes and the actor the domain sees."""
+
+    credential_id: int
+    client_id: str
+    scopes: frozenset[str]
+    actor: Actor
+    agency_id: int | None
+    agency_kind: AgencyKind | None
+    staff_id: int | None
+    expires_at: datetime
+    cert_subject: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.actor.username
+
+
+@dataclass(frozen=True)
+class NewCredential:
+    client_id: str
+    client_secret: str | None
+    scopes: list[str]
+
+
+def register_agency_client(
+    session: Session,
+    agency: Agency,
+    *,
+    scopes: list[str] | None = None,
+    cert_subject: str | None = None,
+    actor: Actor = SYSTEM_ACTOR,
+) -> NewCredential:
+    """New client credentials for ``agency`` (the secret is returned once, stored hashed)."""
+    granted = check_scopes(scopes if scopes else list(AGENCY_DEFAULT_SCOPES[agency.kind]))
+    client_id = f"{agency.code}-{secrets.token_hex(4)}"
+    secret = secrets.token_urlsafe(32)
+    cred = ApiCredential(
+        client_id=client_id,
+        secret_hash=hash_secret(secret),
+        agency_id=agency.id,
+        scopes=" ".join(granted),
+        cert_subject=cert_subject,
+    )
+    session.add(cred)
+    flush(session)
+    audit.record(
+        session, actor, "api.credential_created", "api_credential", cred.id,
+        details={"client_id": client_id, "agency": agency.code, "scopes": granted,
+                 "cert_subject": cert_subject},
+    )  # fmt: skip
+    return NewCredential(client_id, secret, granted)
+
+
+def _new_token(session: Session, cred: ApiCredential, scopes: list[str], ttl: timedelta) -> str:
+    token = secrets.token_urlsafe(32)
+    session.add(
+        ApiToken(
+            token_hash=token_digest(token),
+            credential_id=cred.id,
+            scopes=" ".join(scopes),
+            expires_at=utcnow() + ttl,
+        )
+    )
+    flush(session)
+    return token
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    access_token: str
+    scopes: list[str]
+    expires_in: int
+
+
+def issue_token(
+    session: Session,
+    client_id: str,
+    client_secret: str,
+    requested: list[str] | None = None,
+    *,
+    ttl: timedelta = TOKEN_TTL,
+) -> IssuedToken:
+    """The client-credentials grant; raise PermissionDenied on bad credentials or scopes."""
+    cred = session.scalars(
+        sa.select(ApiCredential).where(ApiCredential.client_id == client_id)
+    ).one_or_none()
+    if (
+        cred is None
+        or not cred.active
+        or cred.secret_hash is None
+        or not check_secret(client_secret, cred.secret_hash)
+    ):
+        raise PermissionDenied("invalid client credentials", reason="invalid_client")
+    allowed = set(cred.scopes.split())
+    scopes = sorted(allowed if not requested else set(requested))
+    if not set(scopes) <= allowed:
+        raise PermissionDenied(
+            "scope not granted to this client: " + " ".join(sorted(set(scopes) - allowed)),
+            reason="invalid_scope",
+        )
+    token = _new_token(session, cred, scopes, ttl)
+    return IssuedToken(token, scopes, int(ttl.total_seconds()))
+
+
+def staff_token(
+    session: Session, username: str, *, ttl: timedelta = timedelta(hours=8)
+) -> IssuedToken:
+    """A bearer token for a staff user acting as themselves (scopes from the role)."""
+    staff = session.scalars(sa.select(Staff).where(Staff.username == username)).one_or_none()
+    if staff is None:
+        raise NotFound(f"no staff user {username!r}")
+    if not staff.active:
+        raise PermissionDenied(f"staff user {username!r} is disabled")
+    scopes = list(STAFF_SCOPES.get(staff.role, ()))
+    cred = session.scalars(
+        sa.select(ApiCredential).where(ApiCredential.staff_id == staff.id)
+    ).first()
+    if cred is None:
+        cred = ApiCredential(
+            client_id=f"staff:{staff.username}"[:64], staff_id=staff.id, scopes=" ".join(scopes)
+        )
+        session.add(cred)
+        try:
+            with session.begin_nested():
+                flush(session)
+        except sa.exc.IntegrityError as exc:
+            raise ConflictError("a credential for this staff user was created meanwhile") from exc
+    cred.scopes = " ".join(scopes)
+    token = _new_token(session, cred, scopes, ttl)
+    audit.record(
+        session, SYSTEM_ACTOR, "api.staff_token_issued", "staff", staff.id,
+        details={"username": staff.username, "scopes": scopes},
+    )  # fmt: skip
+    return IssuedToken(token, scopes, int(ttl.total_seconds()))
+
+
+def revoke_tokens(session: Session, client_id: str, actor: Actor = SYSTEM_ACTOR) -> int:
+    cred = session.scalars(
+        sa.select(ApiCredential).where(ApiCredential.client_id == client_id)
+    ).one_or_none()
+    if cred is None:
+        raise NotFound(f"no API client {client_id!r}")
+    result = session.execute(
+        sa.update(ApiToken)
+        .where(ApiToken.credential_id == cred.id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    audit.record(session, actor, "api.tokens_revoked", "api_credential", cred.id)
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def authenticate(session: Session, token: str, now: datetime | None = None) -> Principal:
+    """The principal of a bearer token; raise PermissionDenied (reason in details)."""
+    now = now or utcnow()
+    row = session.execute(
+        sa.select(
+            ApiToken.scopes,
+            ApiToken.expires_at,
+            ApiToken.revoked_at,
+            ApiCredential.id,
+            ApiCredential.client_id,
+            ApiCredential.active,
+            ApiCredential.cert_subject,
+            Agency.id,
+            Agency.code,
+            Agency.kind,
+            Staff.id,
+            Staff.username,
+            Staff.role,
+            Staff.active,
+        )
+        .join(ApiCredential, ApiCredential.id == ApiToken.credential_id)
+        .outerjoin(Agency, Agency.id == ApiCredential.agency_id)
+        .outerjoin(Staff, Staff.id == ApiCredential.staff_id)
+        .where(ApiToken.token_hash == token_digest(token))
+    ).one_or_none()
+    if row is None:
+        raise PermissionDenied("unknown token", reason="invalid_token")
+    (scopes, expires_at, revoked_at, cred_id, client_id, cred_active, cert_subject,
+     agency_id, agency_code, agency_kind, staff_id, username, role, staff_active) = row  # fmt: skip
+    if revoked_at is not None or not cred_active:
+        raise PermissionDenied("token revoked", reason="invalid_token")
+    if expires_at <= now:
+        raise PermissionDenied("token expired", reason="invalid_token")
+    if staff_id is not None:
+        if not staff_active:
+            raise PermissionDenied("staff user disabled", reason="invalid_token")
+        actor = Actor(username, StaffRole(role), Channel.COUNTER, staff_id)
+        kind = None
+    else:
+        kind = AgencyKind(agency_kind)
+        agency_role, channel = AGENCY_ROLES[kind]
+        actor = Actor(f"agency:{agency_code}", agency_role, channel, None)
+    return Principal(
+        cred_id, client_id, frozenset(scopes.split()), actor, agency_id, kind, staff_id,
+        expires_at, cert_subject,
+    )  # fmt: skip

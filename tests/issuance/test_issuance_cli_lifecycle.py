@@ -1,0 +1,182 @@
+"""``ykt cards collect|activate|activate-financial|expire-losses``, ``ykt outbox drain`` and the
+audit log sealed with a real SoftHSM token's signing key (``ykt audit seal|verify|public-key``),
+tampering included. Each test has its own SQLite database and token under tmp."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import date
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from conftest import make_cid
+from typer.testing import CliRunner
+
+from hsm import cli as hsm_cli
+from issuance import audit, cli, cli_audit, cli_cards, cli_db, cli_outbox, cli_people, services
+from issuance.cli_db import session_scope
+from issuance.models import AuditEvent
+from issuance.settings import get_settings
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("YKT_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+def ok(app, *args: str) -> str:
+    res = runner.invoke(app, list(args), catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def _shipped_card(staff: dict[str, str]) -> str:
+    """An approved application taken through production with the services; its card number."""
+    ok(cli_db.app, "upgrade")
+    for name, role in staff.items():
+        ok(cli_db.app, "create-staff", name, "--role", role)
+    cid = make_cid(birth=date(2021, 6, 1))  # under 6: no photo needed
+    ok(cli_people.app, "submit", "--id", cid, "--name", "小红", "--phone", "13900000000",
+       "--as", "c1")  # fmt: skip
+    ok(cli_people.app, "process", "1", "--as", "c1")
+    ok(cli_people.app, "review", "1", "--as", "r1")
+    number = ok(cli_people.app, "approve", "1", "--as", "a1").split("card ")[1].split()[0]
+    with session_scope() as s:
+        card = services.find_card(s, card_number=number)
+        actor = services.actor_for(s, "c1")
+        for step in ("start_production", "personalise", "ship"):
+            services.advance_production(
+                s,
+                get_settings(),
+                card.id,
+                step,
+                actor,
+                chip_serial=bytes.fromhex("A1B2C3D4E5F60718"),
+            )
+    return number
+
+
+STAFF = {"c1": "clerk", "r1": "reviewer", "a1": "approver", "b1": "bank_teller"}
+
+
+def test_collect_activate_financial_loss_and_outbox(env: Path, caplog: pytest.LogCaptureFixture):
+    number = _shipped_card(STAFF)
+    with caplog.at_level("INFO", logger="issuance.outbox"):
+        out = ok(cli_outbox.app, "drain")
+    assert "1 notifications sent, 0 pending" in out
+    assert "card.ready_for_collection" in caplog.text and "13900000000" not in caplog.text
+    assert "0 notifications sent" in ok(cli_outbox.app, "drain")  # sent once only
+
+    res = runner.invoke(cli_cards.app, ["activate", number, "--as", "c1"])
+    assert res.exit_code != 0  # not collected yet: undeclared transition
+    ok(cli_cards.app, "collect", number, "--as", "c1")
+    assert "status issued" in ok(cli_cards.app, "show", number)
+    assert "active" in ok(cli_cards.app, "activate", number, "--as", "c1")
+
+    res = runner.invoke(cli_cards.app, ["activate-financial", number, "--pin-set", "--as", "b1"])
+    assert res.exit_code != 0 and "identity" in str(res.exception)
+    out = ok(cli_cards.app, "activate-financial", number, "--identity-checked", "--pin-set",
+             "--as", "b1")  # fmt: skip
+    assert "financial function active" in out
+    shown = ok(cli_cards.app, "show", number)
+    assert "financial" in shown and "status active" in shown
+
+    out = ok(cli_cards.app, "report-loss", number, "--channel", "phone", "--as", "c1")
+    assert "provisional" in out
+    assert "0 provisional loss reports lapsed" in ok(cli_cards.app, "expire-losses")
+    assert "lost_provisional" in ok(cli_cards.app, "show", number)
+
+
+def test_outbox_is_registered_on_the_root_command(env: Path):
+    cli._register()
+    res = runner.invoke(cli.app, ["outbox", "--help"])
+    assert res.exit_code == 0 and "drain" in res.output
+    res = runner.invoke(cli.app, ["cards", "--help"])
+    assert all(c in res.output for c in ("collect", "activate-financial", "expire-losses"))
+
+
+@pytest.mark.softhsm
+def test_audit_sealed_by_the_hsm_and_tampering_detected(env: Path):
+    ok(hsm_cli.app, "init")  # SoftHSM token with master keys and the signing key, under tmp
+    _shipped_card({"c1": "clerk", "r1": "reviewer", "a1": "approver"})
+    out = ok(cli_audit.app, "seal", "--delay", "0", "--checkpoint-every", "5")
+    assert "signed by the HSM" in out
+    pem_file = env / "audit-key.pem"
+    ok(cli_audit.app, "public-key", "--output", str(pem_file))
+    assert pem_file.read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    assert "audit chain OK" in ok(cli_audit.app, "verify")
+    out = ok(cli_audit.app, "verify", "--public-key", str(pem_file))
+    events = int(out.split("OK: ")[1].split()[0])
+    assert events > 10 and "0 not yet sealed" in out
+
+    db = env / "yikatong.db"
+
+    def verify_fails() -> str:
+        res = runner.invoke(cli_audit.app, ["verify", "--no-seal"])
+        assert res.exit_code == 1, res.output
+        return res.output
+
+    with sqlite3.connect(db) as conn:  # edit one sealed row behind the application's back
+        (eid, reason) = conn.execute(
+            "SELECT id, reason FROM audit_events WHERE chain_seq = 7"
+        ).fetchone()
+        conn.execute("UPDATE audit_events SET reason = 'nothing happened' WHERE id = ?", (eid,))
+    assert f"event id {eid}" in verify_fails()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE audit_events SET reason = ? WHERE id = ?", (reason, eid))
+    assert "audit chain OK" in ok(cli_audit.app, "verify", "--no-seal")
+
+    with sqlite3.connect(db) as conn:  # delete a row
+        row = conn.execute("SELECT * FROM audit_events WHERE chain_seq = 4").fetchone()
+        conn.execute("DELETE FROM audit_events WHERE chain_seq = 4")
+    assert "sequence 4 is missing" in verify_fails()
+    cols = ",".join("?" * len(row))
+    with sqlite3.connect(db) as conn:
+        conn.execute(f"INSERT INTO audit_events VALUES ({cols})", row)
+
+    # a forger who can write the database but not use the HSM: edit a row, recompute every
+    # hash after it, the head, and the checkpoints signed with a key of their own stored
+    # beside them -> only the check against the HSM's key gives it away
+    forger = audit.SoftwareSigner()
+    forger_pem = forger.public_key_pem().decode("ascii")
+    with session_scope() as s:
+        ev = s.scalars(sa.select(AuditEvent).where(AuditEvent.chain_seq == 3)).one()
+        ev.reason = "forged"
+        prev = ev.prev_hash
+        for later in s.scalars(
+            sa.select(AuditEvent).where(AuditEvent.chain_seq >= 3).order_by(AuditEvent.chain_seq)
+        ):
+            later.prev_hash, later.hash = prev, audit.chain_hash(prev, later)
+            prev = later.hash
+        s.flush()
+        hashes = dict(s.execute(sa.select(AuditEvent.chain_seq, AuditEvent.hash)).all())
+        s.execute(sa.text("UPDATE audit_chain_head SET last_hash = :h"), {"h": prev})
+        for seq, h in hashes.items():
+            s.execute(
+                sa.text(
+                    "UPDATE audit_checkpoints SET hash = :h, signature = :sig, "
+                    "public_key_pem = :pem WHERE chain_seq = :q"
+                ),
+                {"h": h, "q": seq, "pem": forger_pem,
+                 "sig": forger.sign(audit.checkpoint_message(seq, h))},
+            )  # fmt: skip
+    assert "audit chain OK" in ok(cli_audit.app, "verify", "--chain-only")  # hashes agree...
+    out = verify_fails()  # ...but the HSM's signature does not
+    assert "checkpoint at sequence 5" in out and "signature" in out
+
+
+@pytest.mark.softhsm
+def test_unsigned_checkpoints_fail_the_strict_check(env: Path):
+    ok(hsm_cli.app, "init")
+    ok(cli_db.app, "upgrade")
+    ok(cli_db.app, "create-staff", "c9", "--role", "clerk")
+    ok(cli_audit.app, "seal", "--delay", "0", "--unsigned")
+    res = runner.invoke(cli_audit.app, ["verify"])
+    assert res.exit_code == 1 and "not signed" in res.output
+    assert "audit chain OK" in ok(cli_audit.app, "verify", "--chain-only")
