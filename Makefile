@@ -1,16 +1,15 @@
-# Yikatong — the two commands of the README quick start are `make demo` and `make test`.
+# Yikatong — the README's two commands are `./run demo` and `./run test` (no make needed);
+# these targets are shortcuts for developers.
 .PHONY: setup demo test lint bench reliability clean
 
 setup:
 	bash scripts/setup.sh
 
-demo: setup
-	.venv/bin/ykt demo
+demo:
+	./run demo
 
-test: setup
-	.venv/bin/ruff check .
-	.venv/bin/mypy issuance hsm cardspec api printers
-	.venv/bin/python -m pytest -n 2 tests
+test:
+	./run test
 
 lint: setup
 	.venv/bin/ruff check .

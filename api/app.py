@@ -23,12 +23,15 @@ from api.auth import Authenticator
 from api.context import ApiContext, HsmRunner
 from hsm.service import KeyService
 from issuance.db import make_engine, make_sessionmaker
+from issuance.db_async import AsyncPgPool, conninfo_from_url
 from issuance.settings import Settings
 
 log = logging.getLogger("api")
 
 #: Threads for blocking work (database) per worker process; see lifespan.
 THREADS = int(os.environ.get("YKT_API_THREADS", "8"))
+#: PostgreSQL connections of the asyncio pool (verification hot path) per worker process.
+PG_POOL = int(os.environ.get("YKT_API_PG_POOL", "12"))
 
 DESCRIPTION = """\
 Card verification, the signed status feed, applications, the card lifecycle, bank activation,
@@ -56,6 +59,8 @@ def create_app(
             return key_service_from_settings(settings)
 
     ctx = ApiContext(settings, engine, make_sessionmaker(engine), HsmRunner(key_service_factory))
+    if engine.dialect.name == "postgresql":
+        ctx.pg = AsyncPgPool(conninfo_from_url(engine.url), PG_POOL)
     if photo_processor is not None:
         ctx.extra["photo_processor"] = photo_processor
 
@@ -68,6 +73,8 @@ def create_app(
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
         sys.setswitchinterval(0.001)  # hand the GIL back to the event loop sooner
         yield
+        if ctx.pg is not None:
+            await ctx.pg.close()
         ctx.hsm.shutdown()
 
     app = FastAPI(

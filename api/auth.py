@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from threading import Lock
-from typing import Any
+from typing import Any, NoReturn
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
@@ -130,21 +129,33 @@ class Authenticator:
     def forget(self) -> None:
         self._cache.clear()
 
-    async def deny(self, request: Request, principal: Principal, scope: str, why: str) -> None:
-        """Audit a refused call, count it, and raise 403."""
+    async def refuse(
+        self, request: Request, principal: Principal, why: str, **details: Any
+    ) -> None:
+        """Record a refused call: one ``api.denied`` audit event with the caller's identity,
+        and one failure against the caller's rate limit. Every refusal of a known caller goes
+        through here (missing scope, channel not allowed, role or maker-checker refusal by the
+        domain); the caller raises its own error afterwards."""
         self.limiter.fail(f"client:{principal.client_id}")
+        info = {"client_id": principal.client_id, "method": request.method,
+                "path": request.url.path, **details}  # fmt: skip
 
         def write() -> None:
             with self.ctx.tx() as session:
                 audit.record(
                     session, principal.actor, "api.denied", "api_credential",
-                    principal.credential_id,
-                    reason=why,
-                    details={"client_id": principal.client_id, "scope": scope,
-                             "method": request.method, "path": request.url.path},
+                    principal.credential_id, reason=why[:500], details=info,
                 )  # fmt: skip
 
         await run_in_threadpool(write)
+
+    async def deny(
+        self, request: Request, principal: Principal, scope: str | None, why: str, **details: Any
+    ) -> NoReturn:
+        """Audit a refused call, count it, and raise 403 ``forbidden``."""
+        if scope is not None:
+            details["scope"] = scope
+        await self.refuse(request, principal, why, **details)
         raise ApiError(403, "forbidden", why)
 
 
@@ -153,35 +164,40 @@ def auth_of(request: Request) -> Authenticator:
     return authn
 
 
-def need(*scopes: str) -> Callable[[Request], Awaitable[Principal]]:
-    """Dependency: the caller, who must hold every one of ``scopes``."""
+class need:  # lower case: reads as ``Depends(need("scope"))``
+    """Dependency: the caller, who must hold every one of ``scopes`` (kept on the instance, so
+    tests and documentation can list each route's scopes from the app itself)."""
 
-    async def dependency(request: Request) -> Principal:
+    def __init__(self, *scopes: str) -> None:
+        self.scopes = scopes
+
+    async def __call__(self, request: Request) -> Principal:
         authn = auth_of(request)
         principal = await authn.principal(request)
         authn.limiter.check(f"client:{principal.client_id}")
-        missing = [s for s in scopes if s not in principal.scopes]
+        missing = [s for s in self.scopes if s not in principal.scopes]
         if missing:
-            await authn.deny(
-                request, principal, " ".join(missing), f"scope {' '.join(missing)} required"
-            )
+            wanted = " ".join(missing)
+            await authn.deny(request, principal, wanted, f"scope {wanted} required")
         return principal
 
-    dependency.__name__ = f"need_{'_'.join(s.replace(':', '_') for s in scopes) or 'auth'}"
-    return dependency
+    def __repr__(self) -> str:
+        return f"need({', '.join(map(repr, self.scopes))})"
+
+
+def route_scopes(dependant: Any) -> tuple[str, ...]:
+    """Every scope a route's dependencies (FastAPI ``Dependant`` tree) require."""
+    found: list[str] = []
+    stack = [dependant]
+    while stack:
+        dep = stack.pop()
+        if isinstance(dep.call, need):
+            found.extend(dep.call.scopes)
+        stack.extend(dep.dependencies)
+    return tuple(dict.fromkeys(found))
 
 
 async def require_extra(request: Request, principal: Principal, scope: str) -> None:
     """Inside a handler: the caller asked for something that needs ``scope`` too."""
     if scope not in principal.scopes:
         await auth_of(request).deny(request, principal, scope, f"scope {scope} required")
-
-
-def audit_denial_from_domain(ctx: ApiContext, principal: Principal, exc: Any, path: str) -> None:
-    """Record a refusal by the domain (role / maker-checker) with the caller's identity."""
-    with ctx.tx() as session:
-        audit.record(
-            session, principal.actor, "api.denied", "api_credential", principal.credential_id,
-            reason=str(getattr(exc, "message", exc)),
-            details={"client_id": principal.client_id, "path": path},
-        )  # fmt: skip

@@ -1,5 +1,7 @@
-"""Running a domain action for a caller: one transaction in the threadpool; a refusal by the
-domain (role, maker-checker, channel) is audited with the caller's identity and counted."""
+"""Running a domain action for a caller: one transaction in the threadpool. Every refusal of a
+known caller (the channel it may not act through here; a role or maker-checker refusal by the
+domain) goes through :meth:`api.auth.Authenticator.refuse`: audited with the caller's identity
+and counted against its failure rate limit."""
 
 from __future__ import annotations
 
@@ -10,8 +12,7 @@ from fastapi import Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import audit_denial_from_domain, auth_of, ctx_of
-from api.errors import ApiError
+from api.auth import auth_of, ctx_of
 from issuance.audit import Actor
 from issuance.errors import PermissionDenied
 from issuance.models import AgencyKind, Channel
@@ -20,21 +21,36 @@ from issuance.services.credentials import Principal
 T = TypeVar("T")
 
 #: Channels an "other" agency (a self-service platform: hotline, website, app) may act through.
-SELF_SERVICE_CHANNELS = {Channel.PHONE, Channel.WEB, Channel.APP, Channel.WECHAT, Channel.SMS}
+SELF_SERVICE_CHANNELS = frozenset(
+    {Channel.PHONE, Channel.WEB, Channel.APP, Channel.WECHAT, Channel.SMS}
+)
 
 
-def actor_for(principal: Principal, channel: Channel | None) -> Actor:
-    """Staff choose the channel they act through; an agency acts through its own."""
+def channel_allowed(principal: Principal, channel: Channel) -> bool:
+    """Staff choose the channel they act through; a self-service platform its remote
+    channels; any other agency acts through its own channel only."""
+    if principal.staff_id is not None:
+        return True
+    if principal.agency_kind == AgencyKind.OTHER and channel in SELF_SERVICE_CHANNELS:
+        return True
+    # COUNTER is the request schemas' default: an agency that leaves it keeps its own channel
+    return channel in (principal.actor.channel, Channel.COUNTER)
+
+
+async def actor_for(request: Request, principal: Principal, channel: Channel | None) -> Actor:
+    """The actor the domain sees for this call; a channel the caller may not use is refused
+    (403 ``forbidden``, audited and counted)."""
     actor = principal.actor
     if channel is None:
         return actor
-    if principal.staff_id is not None:
+    if not channel_allowed(principal, channel):
+        await auth_of(request).deny(
+            request, principal, None,
+            f"this client cannot act through the {channel} channel", channel=str(channel),
+        )  # fmt: skip
+    if principal.staff_id is not None or channel != Channel.COUNTER:
         return actor.via(channel)
-    if principal.agency_kind == AgencyKind.OTHER and channel in SELF_SERVICE_CHANNELS:
-        return actor.via(channel)
-    if channel in (actor.channel, Channel.COUNTER):
-        return actor  # COUNTER is the schema default: an agency keeps its own channel
-    raise ApiError(403, "forbidden", f"this client cannot act through the {channel} channel")
+    return actor
 
 
 async def domain(request: Request, principal: Principal, fn: Callable[[Session], T]) -> T:
@@ -47,6 +63,11 @@ async def domain(request: Request, principal: Principal, fn: Callable[[Session],
     try:
         return await run_in_threadpool(work)
     except PermissionDenied as exc:
-        auth_of(request).limiter.fail(f"client:{principal.client_id}")
-        await run_in_threadpool(audit_denial_from_domain, ctx, principal, exc, request.url.path)
+        await auth_of(request).refuse(
+            request, principal, exc.message, refused_by="domain", **_str_details(exc)
+        )
         raise
+
+
+def _str_details(exc: PermissionDenied) -> dict[str, str]:
+    return {k: str(v) for k, v in exc.details.items() if k in ("role", "event", "channel")}

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from cardspec.reader import Reader
+from issuance.settings import Settings
 
 app = typer.Typer(no_args_is_help=True)
 out = Console()
@@ -119,7 +120,7 @@ def serve(
     host: str | None = typer.Option(None, help="default: [api] host"),
     port: int | None = typer.Option(None, help="default: [api] port"),
     workers: int | None = typer.Option(
-        None, help="worker processes (default: the CPU count; [api] workers if set lower)"
+        None, min=1, help="worker processes (default: [api] workers if set, else the CPU count)"
     ),
     forwarded_allow_ips: str = typer.Option(
         "127.0.0.1", help="proxies trusted for X-Forwarded-For/Proto"
@@ -134,7 +135,7 @@ def serve(
     from issuance.cli_db import settings
 
     conf = settings()
-    n = workers or os.cpu_count() or conf.api.workers
+    n = worker_count(workers, conf)
     uvicorn.run(
         "api.app:app_from_env",
         factory=True,
@@ -151,6 +152,16 @@ def serve(
     )
 
 
+def worker_count(flag: int | None, conf: Settings) -> int:
+    """Worker processes: the ``--workers`` flag, else ``[api] workers`` when the settings give
+    it (file or ``YKT_API__WORKERS``), else one per CPU."""
+    if flag is not None:
+        return flag
+    if "workers" in conf.api.model_fields_set:
+        return conf.api.workers
+    return os.cpu_count() or conf.api.workers
+
+
 def verify(
     url: str = typer.Option("http://127.0.0.1:8000", help="the API"),
     token: str | None = typer.Option(None, envvar="YKT_API_TOKEN", help="bearer token"),
@@ -158,6 +169,9 @@ def verify(
     client_secret: str | None = typer.Option(None, envvar="YKT_CLIENT_SECRET"),
     card_image: Path | None = typer.Option(
         None, help="an emulated card image (default: the first card in <data_dir>/cards)"
+    ),
+    card_number: str | None = typer.Option(
+        None, help="the emulated card with this card number (its image in <data_dir>/cards)"
     ),
     reader: str | None = typer.Option(None, help="a PC/SC reader name instead of the emulator"),
     application: str = typer.Option("social_security", help="medical, pension, financial ..."),
@@ -172,6 +186,10 @@ def verify(
         client = YktClient.with_client_credentials(url, client_id, client_secret)
     else:
         raise typer.BadParameter("give --token or --client-id and --client-secret")
+    if card_number is not None:
+        if card_image is not None or reader is not None:
+            raise typer.BadParameter("give one of --card-number, --card-image and --reader")
+        card_image = card_image_for(card_number)
     card_reader = _reader(reader, card_image)
     with client:
         v = verify_card_in_reader(
@@ -183,6 +201,58 @@ def verify(
         h = v["holder"]
         typer.echo(f"holder {h['name']} {h['citizen_id']} born {h['birth_date']}")
     raise typer.Exit(0 if v["valid"] else 1)
+
+
+def card_image_for(card_number: str, cards_dir: Path | None = None) -> Path:
+    """The emulated chip of card ``card_number``: ``<cards_dir>/<chip serial>.json``. The chip
+    serial is the tail of the card identification code the database holds; without a database
+    record, every image's EF05 is read until the number is found."""
+    from issuance.cli_db import settings
+
+    conf = settings()
+    directory = cards_dir or conf.cards_dir
+    number = card_number.strip().upper()
+    cic = _identification_code_in_db(conf, number)
+    if cic is not None:
+        path = directory / f"{cic[16:].upper()}.json"
+        if path.is_file():
+            return path
+    from cardspec.cardops import read_card_public
+    from cardspec.emulator import Card as EmulatedCard
+    from cardspec.errors import CardSpecError
+    from cardspec.reader import InProcessReader
+
+    for path in sorted(directory.glob("*.json")):
+        try:
+            chip = InProcessReader(EmulatedCard.load(path))
+            found = read_card_public(chip).card_number
+            chip.disconnect()
+        except (CardSpecError, OSError, ValueError):
+            continue  # a blank or damaged image
+        if found == number:
+            return path
+    raise typer.BadParameter(f"no emulated card with number {number} in {directory}")
+
+
+def _identification_code_in_db(conf: Settings, number: str) -> str | None:
+    import sqlalchemy as sa
+
+    from issuance.db import make_engine
+    from issuance.models import Card
+
+    url = sa.make_url(conf.database_url)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+        return None  # no database here (a terminal's machine): look at the images themselves
+    engine = make_engine(conf)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(
+                sa.select(Card.card_identification_code).where(Card.card_number == number)
+            ).scalar_one_or_none()
+    except sa.exc.SQLAlchemyError:
+        return None
+    finally:
+        engine.dispose()
 
 
 def _reader(name: str | None, image: Path | None) -> Reader:

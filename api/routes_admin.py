@@ -1,4 +1,4 @@
-"""Routes: production batches (read-only) and audit queries."""
+"""Routes: production batches (read-only: list, status, report) and audit queries."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from issuance.models import AuditEvent, Batch, Card
 from issuance.services.credentials import Principal
 
 router = APIRouter(prefix="/v1")
-_ERR = responses(401, 403, 404, 422, 429)
+_ERR = responses(400, 401, 403, 404, 422, 429)
 BatchId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 _NO_NUL = r"^[^\x00]*$"
 
@@ -47,6 +47,21 @@ async def get_batch(
     return await domain(request, principal, lambda s: _batch(s, batch_id))
 
 
+@router.get("/batches", response_model=list[BatchOut], tags=["batches"], responses=_ERR)
+async def list_batches(
+    request: Request,
+    principal: Annotated[Principal, Depends(need("batches:read"))],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[BatchOut]:
+    """The latest production batches."""
+
+    def fn(s: Session) -> list[BatchOut]:
+        ids = s.scalars(sa.select(Batch.id).order_by(Batch.id.desc()).limit(limit)).all()
+        return [_batch(s, i) for i in ids]
+
+    return await domain(request, principal, fn)
+
+
 @router.get(
     "/batches/{batch_id}/report", response_model=BatchReportOut, tags=["batches"], responses=_ERR
 )
@@ -55,16 +70,21 @@ async def batch_report(
     request: Request,
     principal: Annotated[Principal, Depends(need("batches:read"))],
 ) -> BatchReportOut:
-    """A batch's cards counted by status."""
+    """The batch report (what ``ykt batch report`` prints): items by stage, cards by status,
+    chips used and spoiled with their reasons, spoil rate, mean time per stage, APDUs per
+    card."""
+    from issuance.batches.report import build_report
 
     def fn(s: Session) -> BatchReportOut:
-        batch = _batch(s, batch_id)
-        rows = s.execute(
-            sa.select(Card.status, sa.func.count())
-            .where(Card.batch_id == batch_id)
-            .group_by(Card.status)
-        ).all()
-        return BatchReportOut(batch=batch, cards_by_status={str(k): int(n) for k, n in rows})
+        batch = _batch(s, batch_id)  # NotFound first
+        r = build_report(s, batch_id)
+        return BatchReportOut(
+            batch=batch, cards_by_status=r.card_statuses, stages=r.stages, good=r.good,
+            chips=r.chips, spoil_reasons=r.spoil_reasons, spoil_rate=r.spoil_rate,
+            mean_seconds=r.mean_seconds, apdus_per_card=r.apdus_per_card,
+            spoiled_cards_shipped=r.spoiled_cards_shipped, completed_at=r.completed_at,
+            selection=r.filters,
+        )  # fmt: skip
 
     return await domain(request, principal, fn)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, File, Path, Request, UploadFile
 from sqlalchemy.orm import Session
 
 from api.auth import ctx_of, need
@@ -14,7 +16,11 @@ from api.schemas import (
     CardOut,
     ChannelIn,
     CollectOut,
+    DeathFeedOut,
+    DeathLineOut,
+    FieldProblemOut,
     FinancialIn,
+    HandBackOut,
     LossIn,
     LossOut,
     ReasonIn,
@@ -23,13 +29,14 @@ from api.schemas import (
     UnreportIn,
 )
 from issuance import services
-from issuance.models import Card
+from issuance.errors import FieldProblem, ValidationError
+from issuance.models import Card, Channel
 from issuance.services.credentials import Principal
 
 router = APIRouter(prefix="/v1", tags=["cards"])
 
 CardNo = Annotated[str, Path(pattern=r"^[0-9A-Za-z]{9}$", description="card number")]
-_ERR = responses(401, 403, 404, 409, 422, 429)
+_ERR = responses(400, 401, 403, 404, 409, 422, 429)
 
 
 def _card(session: Session, number: str) -> Card:
@@ -76,7 +83,7 @@ async def report_loss(
 ) -> LossOut:
     """Report a card lost: provisional through remote channels, formal at a counter. The next
     verification of the card fails."""
-    actor = actor_for(principal, body.channel)
+    actor = await actor_for(request, principal, body.channel)
     settings = ctx_of(request).settings
 
     def fn(s: Session) -> LossOut:
@@ -100,7 +107,7 @@ async def unreport(
     principal: Annotated[Principal, Depends(need("cards:loss"))],
 ) -> CardOut:
     """Withdraw a loss report (the card was found), while no replacement was applied for."""
-    actor = actor_for(principal, body.channel)
+    actor = await actor_for(request, principal, body.channel)
 
     def fn(s: Session) -> CardOut:
         card = _card(s, card_number)
@@ -121,7 +128,7 @@ def _simple(event: str, doc: str) -> None:
         request: Request,
         principal: Annotated[Principal, Depends(need("cards:lifecycle"))],
     ) -> CardOut:
-        actor = actor_for(principal, body.channel)
+        actor = await actor_for(request, principal, body.channel)
 
         def fn(s: Session) -> CardOut:
             card = _card(s, card_number)
@@ -155,7 +162,7 @@ async def collect(
     principal: Annotated[Principal, Depends(need("cards:lifecycle"))],
 ) -> CollectOut:
     """Hand the card to its holder; a temporary card is handed back and its deposit refunded."""
-    actor = actor_for(principal, body.channel)
+    actor = await actor_for(request, principal, body.channel)
 
     def fn(s: Session) -> CollectOut:
         r = services.collect_card(s, _card(s, card_number).id, actor)
@@ -176,7 +183,7 @@ async def activate(
     principal: Annotated[Principal, Depends(need("cards:lifecycle"))],
 ) -> CardOut:
     """Activate the social security function (the holder's older cards lose theirs)."""
-    actor = actor_for(principal, body.channel)
+    actor = await actor_for(request, principal, body.channel)
 
     def fn(s: Session) -> CardOut:
         card = _card(s, card_number)
@@ -198,7 +205,7 @@ async def replace(
     """Replace a formally lost, damaged or expiring card: the old card is cancelled for good
     and a new card (new number) starts production. Answers the new card."""
     settings = ctx_of(request).settings
-    actor = actor_for(principal, None)
+    actor = await actor_for(request, principal, None)
 
     def fn(s: Session) -> CardOut:
         new = services.replace_card(
@@ -218,9 +225,7 @@ async def financial_activation(
 ) -> CardOut:
     """A bank branch activates the financial function after checking the holder's identity
     (the holder set the PIN on the card; the PIN never reaches this service)."""
-    from issuance.models import Channel
-
-    actor = actor_for(principal, Channel.BANK)
+    actor = await actor_for(request, principal, Channel.BANK)
 
     def fn(s: Session) -> CardOut:
         card = _card(s, card_number)
@@ -241,10 +246,79 @@ async def temporary_card(
 ) -> CardOut:
     """Issue a temporary card on the spot (medical function only, deposit taken)."""
     settings = ctx_of(request).settings
-    actor = actor_for(principal, None)
+    actor = await actor_for(request, principal, None)
 
     def fn(s: Session) -> CardOut:
         card = services.issue_temporary_card(s, settings, body.person_id, actor)
         return card_out(s, card.id)
+
+    return await domain(request, principal, fn)
+
+
+@router.post("/cards/{card_number}/hand-back", response_model=HandBackOut, responses=_ERR)
+async def hand_back(
+    card_number: CardNo,
+    body: ChannelIn,
+    request: Request,
+    principal: Annotated[Principal, Depends(need("cards:lifecycle"))],
+) -> HandBackOut:
+    """The holder hands a temporary card back: it is cancelled and its deposit refunded
+    (collecting the formal card does this by itself)."""
+    actor = await actor_for(request, principal, body.channel)
+
+    def fn(s: Session) -> HandBackOut:
+        card = _card(s, card_number)
+        refunded = services.hand_back_temporary_card(s, card, actor)
+        return HandBackOut(card=card_out(s, card.id), deposit_refunded_fen=refunded)
+
+    return await domain(request, principal, fn)
+
+
+MAX_DEATH_FILE_BYTES = 20 * 1024 * 1024
+
+
+@router.post("/death-records", response_model=DeathFeedOut, tags=["cards"], responses=_ERR)
+async def death_records(
+    request: Request,
+    principal: Annotated[Principal, Depends(need("deaths:write"))],
+    file: Annotated[
+        UploadFile, File(description="CSV, UTF-8: citizen_id,death_date (YYYY-MM-DD) per line")
+    ],
+) -> DeathFeedOut:
+    """A death-record file from the police or civil affairs: each valid line records the death
+    and cancels the person's cards and live applications (benefits stop); each bad line is
+    listed with its reasons. Uploading the same file again changes nothing."""
+    raw = await file.read(MAX_DEATH_FILE_BYTES + 1)
+    if len(raw) > MAX_DEATH_FILE_BYTES:
+        raise ValidationError("file too large", [FieldProblem("file", "larger than 20 MB")])
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValidationError(
+            "unreadable file", [FieldProblem("file", f"not UTF-8 (byte offset {exc.start})")]
+        ) from exc
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines
+    if "\x00" in text:
+        raise ValidationError("unreadable file", [FieldProblem("file", "contains NUL bytes")])
+    try:  # a malformed CSV is refused as a whole, before any line is applied
+        for _ in csv.reader(io.StringIO(text)):
+            pass
+    except csv.Error as exc:
+        problem = FieldProblem("file", f"malformed CSV: {exc}")
+        raise ValidationError("unreadable file", [problem]) from exc
+    actor = principal.actor.via(Channel.FEED)
+
+    def fn(s: Session) -> DeathFeedOut:
+        r = services.cancel_deaths(s, text, actor)
+        return DeathFeedOut(
+            persons_recorded=r.persons_recorded, cards_cancelled=r.cards_cancelled,
+            already_done=r.already_done,
+            rejected=[
+                DeathLineOut(line=x.line, problems=[
+                    FieldProblemOut(field=p.field, reason=p.reason) for p in x.problems
+                ])
+                for x in r.rejected
+            ],
+        )  # fmt: skip
 
     return await domain(request, principal, fn)

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import auth_of, ctx_of, need, require_extra
@@ -24,6 +25,7 @@ from api.schemas import (
     VerificationIn,
     VerificationOut,
 )
+from hsm.internal_auth import check_internal_auth
 from hsm.service import CardKeyRef, KeyService
 from issuance import audit
 from issuance.errors import PermissionDenied, ValidationError
@@ -99,24 +101,34 @@ async def token(
 )
 async def challenge(
     request: Request, principal: Annotated[Principal, Depends(need("verify"))]
-) -> ChallengeOut:
+) -> Response:
     """A fresh single-use challenge for the card's INTERNAL AUTHENTICATE (short expiry)."""
     ctx = ctx_of(request)
     ttl = ctx.settings.api.challenge_ttl_seconds
+    if ctx.pg is not None:
+        ch = await verification.create_challenge_async(ctx.pg, principal.credential_id, ttl)
+    else:
 
-    def work() -> verification.Challenge:
-        with ctx.tx() as session:
-            return verification.create_challenge(session, principal.credential_id, ttl)
+        def work() -> verification.Challenge:
+            with ctx.tx() as session:
+                return verification.create_challenge(session, principal.credential_id, ttl)
 
-    ch = await run_in_threadpool(work)
+        ch = await run_in_threadpool(work)
     apdu = "0088000010" + ch.challenge.hex().upper() + "00"
-    return ChallengeOut(
-        challenge_id=ch.id, challenge=ch.challenge.hex(), apdu=apdu, expires_at=ch.expires_at
+    return json_response(
+        ChallengeOut(
+            challenge_id=ch.id, challenge=ch.challenge.hex(), apdu=apdu, expires_at=ch.expires_at
+        )
     )
 
 
-def _check(service: KeyService, ref: CardKeyRef, factor: bytes, rnd: bytes, resp: bytes) -> None:
-    service.verify_internal_auth(ref, factor, rnd, resp)
+def json_response(model: BaseModel, *, exclude_none: bool = False) -> Response:
+    """The model as JSON, without FastAPI validating it a second time against the route's
+    ``response_model`` (which stays the documented schema: the handler builds that model)."""
+    return Response(
+        model.__pydantic_serializer__.to_json(model, exclude_none=exclude_none),
+        media_type="application/json",
+    )
 
 
 @router.post(
@@ -130,7 +142,7 @@ async def verify(
     body: VerificationIn,
     request: Request,
     principal: Annotated[Principal, Depends(need("verify"))],
-) -> VerificationOut:
+) -> Response:
     """Verify a card: consume the challenge (a replay is refused), check the cryptogram in the
     HSM, the card's and the application's status. Holder identity and photo are included for
     callers with ``holder:read`` / ``holder:photo`` who ask for them."""
@@ -144,7 +156,7 @@ async def verify(
     hsm = ctx.hsm
 
     def check(ref: CardKeyRef, factor: bytes, rnd: bytes, resp: bytes) -> None:
-        hsm.call(_check, ref, factor, rnd, resp)
+        hsm.call(check_internal_auth, ref, factor, rnd, resp)
 
     def work() -> verification.Verdict:
         with ctx.tx() as session:
@@ -157,28 +169,49 @@ async def verify(
                 full_citizen_id=full_id, with_photo=body.include_photo,
             )  # fmt: skip
 
-    v = await run_in_threadpool(work)
-    return VerificationOut(
-        valid=v.valid,
-        reason=None if v.reason is None else str(v.reason),
-        application=v.application,
-        card_number=v.card_number,
-        card_identification_code=v.card_identification_code,
-        card_kind=v.card_kind,
-        card_status=v.card_status,
-        application_status=v.application_status,
-        expiry_date=v.expiry_date,
-        holder=None
-        if v.holder is None
-        else HolderOut(
-            name=v.holder.name,
-            citizen_id=v.holder.citizen_id,
-            sex=v.holder.sex,
-            birth_date=v.holder.birth_date,
+    if ctx.pg is None:
+        v = await run_in_threadpool(work)
+    else:
+
+        async def check_async(ref: CardKeyRef, factor: bytes, rnd: bytes, resp: bytes) -> None:
+            await hsm.run(check_internal_auth, ref, factor, rnd, resp)
+
+        async def slow_path() -> verification.Verdict:
+            return await run_in_threadpool(work)
+
+        v = await verification.verify_card_async(
+            ctx.pg, challenge_id=body.challenge_id.lower(),
+            credential_id=principal.credential_id,
+            card_identification_code=body.card_identification_code,
+            card_number=body.card_number, response=response, application=body.application,
+            check=check_async, actor=principal.actor, slow_path=slow_path,
+            with_holder=body.include_holder, full_citizen_id=full_id,
+            with_photo=body.include_photo,
+        )  # fmt: skip
+    return json_response(
+        VerificationOut(
+            valid=v.valid,
+            reason=None if v.reason is None else str(v.reason),
+            application=v.application,
+            card_number=v.card_number,
+            card_identification_code=v.card_identification_code,
+            card_kind=v.card_kind,
+            card_status=v.card_status,
+            application_status=v.application_status,
+            expiry_date=v.expiry_date,
+            holder=None
+            if v.holder is None
+            else HolderOut(
+                name=v.holder.name,
+                citizen_id=v.holder.citizen_id,
+                sex=v.holder.sex,
+                birth_date=v.holder.birth_date,
+            ),
+            photo_jpeg_base64=None
+            if v.photo_jpeg is None
+            else base64.b64encode(v.photo_jpeg).decode("ascii"),
         ),
-        photo_jpeg_base64=None
-        if v.photo_jpeg is None
-        else base64.b64encode(v.photo_jpeg).decode("ascii"),
+        exclude_none=True,
     )
 
 

@@ -213,8 +213,20 @@ class BatchOut(BaseModel):
 
 
 class BatchReportOut(BaseModel):
+    """The batch report of issuance.batches.report (what ``ykt batch report`` prints)."""
+
     batch: BatchOut
     cards_by_status: dict[str, int]
+    stages: dict[str, int] = Field(description="batch items by production stage")
+    good: int = Field(description="cards checked, shipped or issued")
+    chips: dict[str, int] = Field(description="blank chips used: good, spoiled, assigned")
+    spoil_reasons: dict[str, int]
+    spoil_rate: float
+    mean_seconds: dict[str, float | None] = Field(description="mean time per stage")
+    apdus_per_card: float | None
+    spoiled_cards_shipped: int
+    completed_at: UtcDatetime | None
+    selection: dict[str, str] = Field(description="the batch's selection filters")
 
 
 class AuditEventOut(BaseModel):
@@ -239,3 +251,43 @@ class AuditVerifyOut(BaseModel):
     checkpoints: int
     signed_checkpoints: int
     unsealed: int
+
+
+# --- uploads: bulk import, photo, death records; temporary card hand-back ----------------------
+class FieldProblemOut(BaseModel):
+    field: str
+    reason: str
+
+
+class ImportLineOut(BaseModel):
+    line: int = Field(description="line (row) number in the file, the header being line 1")
+    citizen_id_masked: str
+    application_id: int | None = None
+    problems: list[FieldProblemOut] = Field(
+        default_factory=list, description="every reason a rejected record was refused"
+    )
+
+
+class ImportOut(BaseModel):
+    file: str
+    collective_id: int
+    accepted: list[ImportLineOut]
+    rejected: list[ImportLineOut]
+    duplicates: list[ImportLineOut] = Field(description="records imported before (no change)")
+
+
+class DeathLineOut(BaseModel):
+    line: int
+    problems: list[FieldProblemOut]
+
+
+class DeathFeedOut(BaseModel):
+    persons_recorded: int
+    cards_cancelled: int
+    already_done: int
+    rejected: list[DeathLineOut]
+
+
+class HandBackOut(BaseModel):
+    card: CardOut
+    deposit_refunded_fen: int

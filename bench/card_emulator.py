@@ -31,7 +31,8 @@ def _setup(i: int) -> tuple[SoftwareCardCrypto, perso.CardPersoData, bytes]:
     code = ids.make_card_identification_code("330182", serial)
     masters = {s: sha256(f"bench:{s.value}".encode()).digest()[:16] for s in KeySlot}
     crypto = SoftwareCardCrypto(masters, (keyscheme.card_factor(code),), Algorithm.DES3,
-                                (keyscheme.emv_factor(PAN, PSN),))  # fmt: skip
+                                (keyscheme.emv_factor(PAN, PSN),),
+                                klk_master=sha256(b"bench:klk").digest()[:16])  # fmt: skip
     data = perso.CardPersoData(
         card_identification_code=code, card_number=ids.make_card_number(f"{i:08d}"),
         spec_version="2.00", issue_date=date(2024, 3, 1), expiry_date=date(2034, 3, 1),
@@ -51,7 +52,9 @@ def _run(n: int, image_dir: Path | None) -> tuple[float, int, int]:
     for i in range(n):
         crypto, data, serial = _setup(i + 1)
         path = image_dir / f"{i}.json" if image_dir else None
-        card = blank_card(serial, crypto.card_key(KeySlot.KMC), path=path)
+        card = blank_card(
+            serial, crypto.card_key(KeySlot.KMC), klk=crypto.key_loading_key(), path=path
+        )
         result = perso.personalise(InProcessReader(card), crypto, data)
         apdus = result.apdu_count
     return time.perf_counter() - start, apdus, n
@@ -59,7 +62,7 @@ def _run(n: int, image_dir: Path | None) -> tuple[float, int, int]:
 
 def _card_apdu_rate(n: int) -> float:
     crypto, data, serial = _setup(1)
-    card = blank_card(serial, crypto.card_key(KeySlot.KMC))
+    card = blank_card(serial, crypto.card_key(KeySlot.KMC), klk=crypto.key_loading_key())
     perso.personalise(InProcessReader(card), crypto, data)
     card.power_on()
     select = bytes.fromhex("00A4040C0F7378312E73682EC9E7BBE1B1A3D5CF")

@@ -90,7 +90,7 @@ def main() -> dict[str, Any]:
     seconds = float(os.environ.get("BENCH_SECONDS", "3"))
     with tempfile.TemporaryDirectory(prefix="ykt-bench-") as tmp:
         image = Path(tmp) / "blank.json"
-        blank_card(bytes(8), bytes(16), Algorithm.DES3, path=image)
+        blank_card(bytes(8), bytes(16), Algorithm.DES3, klk=bytes(16), path=image)
         with VirtualReaderStack(Path(tmp) / "pcsc", 4) as stack:
             for slot in range(4):
                 stack.insert(slot, image)

@@ -1,25 +1,36 @@
 """Verification API throughput and latency, beside a hello-world endpoint of the same server.
 
-Setup (all throwaway, under a temporary directory): a PostgreSQL cluster
-(:class:`issuance.dbserver.TemporaryPostgres`), a SoftHSM2 token with issuer master keys, a
-signing key and a transport key; ``CARDS`` active cards seeded in bulk; one hospital client.
-Each card's internal-authentication key is exported from the HSM (wrapped under the transport
-key, as for a card bureau) so the load generator can answer like the chips do.
+Setup (all throwaway, under a temporary directory): a PostgreSQL cluster with its *durable
+defaults* (``fsync=on``, ``synchronous_commit=on``, ``full_page_writes=on``; the settings in
+force are asked of the server and printed), a SoftHSM2 token with issuer master keys, a signing
+key and a transport key; ``CARDS`` active cards seeded in bulk (with their chip applications);
+one hospital client. Each card's internal-authentication key is exported from the HSM (wrapped
+under the transport key, as for a card bureau) so the load generator can answer like the chips.
 
-Server: the real one, ``uvicorn api.app:app_from_env --factory --workers 2`` (uvloop,
-httptools, no access log).
+Server: the product's own command, ``ykt serve --workers 2`` (uvicorn workers, uvloop,
+httptools, no access log), configured by environment (``YKT_DATA_DIR``, ``YKT_DATABASE__URL``).
 
-Load: a Python asyncio load generator over raw keep-alive HTTP/1.1 connections (wrk cannot
-compute a card's 3DES answer between two requests), ``CONNECTIONS`` connections. One
-*verification* = ``POST /v1/verifications/challenge`` + the card's INTERNAL AUTHENTICATE answer
-computed by the generator + ``POST /v1/verifications`` (challenge consumed, HSM cryptogram check,
-card and application status, audit event). The hello-world figure is ``GET /v1/hello`` with the
-same generator and connections, in the same run (and with wrk too when installed, for scale).
+Load: a Python generator in its own process (asyncio + uvloop, raw keep-alive HTTP/1.1,
+``CONNECTIONS`` connections). wrk cannot be used for the flow: every verification needs the
+card's 3DES answer to a fresh challenge. One *verification* (flow) = ``POST
+/v1/verifications/challenge`` + the card's INTERNAL AUTHENTICATE answer computed by the
+generator + ``POST /v1/verifications`` (challenge consumed, HSM cryptogram check, card and
+application status, audit event, all committed durably). Only flows answered ``valid`` count;
+any error or ``invalid`` answer fails the benchmark. The hello-world figure is ``GET /v1/hello``
+measured by the same generator with the same connections in the same run, and by wrk.
 
-Targets (issue 7): >= 3,000 verifications/s, p99 <= 20 ms, >= 30 % of hello-world.
-Everything (server, PostgreSQL, load generator) shares this machine's cores: the figures are
-what a 2-core box does when it also generates its own load. Run alone: ``python -m
-bench.verification`` (``YKT_BENCH_SECONDS``, ``YKT_BENCH_CARDS`` to change the run).
+Latency is reported per request kind (challenge, verify) and per flow; the p99 target is judged
+on the verify request, throughput on flows/s. CPU: everything shares this machine's 2 cores;
+the CPU seconds used by the server workers, by PostgreSQL and by the generator during the run
+are read from /proc and printed, with the machine's total busy time (the difference is what
+other processes used). ``YKT_BENCH_GEN_CPUS=1`` pins the generator with ``taskset`` (it cannot
+be kept off the server's cores on a 2-core machine; its CPU share is printed either way).
+
+After the run, the audit events it wrote are sealed (hash chain and checkpoints, no signer) and
+the sealer's rate is printed: it has to keep up with the verification rate.
+
+Targets (issue 7): >= 3,000 verifications/s, verify p99 <= 20 ms, >= 30 % of hello-world.
+Run alone: ``python -m bench.verification`` (``YKT_BENCH_SECONDS``, ``YKT_BENCH_CARDS``).
 """
 
 from __future__ import annotations
@@ -30,21 +41,30 @@ import json
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from array import array
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 SECONDS = float(os.environ.get("YKT_BENCH_SECONDS", "10"))
 CARDS = int(os.environ.get("YKT_BENCH_CARDS", "2000"))
-CONNECTIONS = 32
+GEN_CPUS = os.environ.get("YKT_BENCH_GEN_CPUS", "")
+#: "wrk" (wrk + bench/verification_wrk.lua, the default when wrk is installed) or "python"
+GENERATOR = os.environ.get("YKT_BENCH_GENERATOR", "wrk" if shutil.which("wrk") else "python")
+LUA = Path(__file__).resolve().with_name("verification_wrk.lua")
+CONNECTIONS = int(os.environ.get("YKT_BENCH_CONNECTIONS", "32"))
 WORKERS = 2
 ROOT = Path(__file__).resolve().parent.parent
 TRANSPORT = bytes.fromhex("00112233445566778899AABBCCDDEEFF")
+TARGET_PER_S = 3000.0
+TARGET_P99_MS = 20.0
+TARGET_RATIO = 0.30
 
 
 def _master(slot: Any) -> bytes:
@@ -83,33 +103,44 @@ def _cid(n: int) -> str:
     return body + citizen_id_check_char(body)
 
 
-@dataclass
-class Seeded:
-    token: str
-    cards: list[tuple[str, str, bytes]]  # (cic, card number, IRK)
-
-
-def _seed(url: str, data_dir: Path, n: int) -> Seeded:
-    import sqlalchemy as sa
-    from cryptography.hazmat.primitives.keywrap import aes_key_unwrap_with_padding
-
+def card_identifiers(i: int) -> tuple[str, str]:
+    """Card identification code and card number of bench card ``i`` (also bench.scale's)."""
     from cardspec.ids import make_card_identification_code, make_card_number
-    from cardspec.keyscheme import KeySlot
-    from hsm.config import HsmConfig
-    from hsm.service import CardKeyRef, Pkcs11KeyService
-    from issuance import migrations, services
-    from issuance.db import make_engine, make_sessionmaker, transaction
-    from issuance.models import AgencyKind, Card, ChipApplication, Person
+
+    cic = make_card_identification_code("330100", i.to_bytes(8, "big"))
+    return cic, make_card_number("B" + str(i).zfill(7))
+
+
+def hospital_token(engine: Any) -> str:
+    """Register a hospital client and return a two-hour bearer token for it."""
+    from issuance import services
+    from issuance.db import make_sessionmaker, transaction
+    from issuance.models import AgencyKind
     from issuance.services import credentials
-    from issuance.settings import load_settings
+
+    with transaction(make_sessionmaker(engine)) as s:
+        code = f"bench-hospital-{random.randrange(10**9)}"
+        agency = services.create_agency(s, code, "Bench Hospital", AgencyKind.HOSPITAL, "330100")
+        new = credentials.register_agency_client(s, agency)
+        assert new.client_secret is not None
+        return credentials.issue_token(
+            s, new.client_id, new.client_secret, ttl=timedelta(hours=2)
+        ).access_token
+
+
+def _seed(url: str, n: int) -> str:
+    import sqlalchemy as sa
+
+    from issuance import migrations
+    from issuance.db import make_engine
+    from issuance.models import Card, ChipApplication, Person
 
     engine = make_engine(url=url)
     migrations.upgrade(engine)
     today = date.today()
-    persons, cards, apps, out = [], [], [], []
+    persons, cards, apps = [], [], []
     for i in range(1, n + 1):
-        cic = make_card_identification_code("330100", i.to_bytes(8, "big"))
-        number = make_card_number("B" + str(i).zfill(7))
+        cic, number = card_identifiers(i)
         persons.append({"id": i, "citizen_id": _cid(i * 7919), "name": "张三", "sex": "1",
                         "birth_date": date(1980, 1, 1), "region_code": "330106"})  # fmt: skip
         cards.append({"id": i, "card_number": number, "card_identification_code": cic,
@@ -119,56 +150,87 @@ def _seed(url: str, data_dir: Path, n: int) -> Seeded:
                       "expiry_date": today + timedelta(days=3650)})  # fmt: skip
         for kind in ("social_security", "medical", "pension"):
             apps.append({"card_id": i, "kind": kind, "status": "active"})
-        out.append((cic, number))
     with engine.begin() as conn:
         conn.execute(sa.insert(Person), persons)
         conn.execute(sa.insert(Card), cards)
         conn.execute(sa.insert(ChipApplication), apps)
-        if engine.dialect.name == "postgresql":
-            for table in ("persons", "cards", "chip_applications"):
-                conn.exec_driver_sql(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                    f"(SELECT max(id) FROM {table}))"
-                )
-            conn.exec_driver_sql("ANALYZE")
-    with transaction(make_sessionmaker(engine)) as s:
-        agency = services.create_agency(
-            s, "bench-hospital", "Bench Hospital", AgencyKind.HOSPITAL, "330100"
-        )
-        new = credentials.register_agency_client(s, agency)
-        assert new.client_secret is not None
-        token = credentials.issue_token(
-            s, new.client_id, new.client_secret, ttl=timedelta(hours=2)
-        ).access_token
+        for table in ("persons", "cards", "chip_applications"):
+            conn.exec_driver_sql(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                f"(SELECT max(id) FROM {table}))"
+            )
+        conn.exec_driver_sql("ANALYZE")
+    token = hospital_token(engine)
     engine.dispose()
+    return token
+
+
+def export_irks(data_dir: Path, ids: list[int]) -> list[tuple[str, str, str]]:
+    """(cic, card number, IRK hex) of the bench cards ``ids``, the IRK exported from the HSM
+    wrapped under the bench transport key (what a bureau receives) and unwrapped here."""
+    from cryptography.hazmat.primitives.keywrap import aes_key_unwrap_with_padding
+
+    from cardspec.keyscheme import KeySlot
+    from hsm.config import HsmConfig
+    from hsm.service import CardKeyRef, Pkcs11KeyService
+    from issuance.settings import load_settings
+
     keys = Pkcs11KeyService.from_config(
         HsmConfig.from_settings(load_settings(environ={"YKT_DATA_DIR": str(data_dir)}))
     )
-    seeded = []
-    for cic, number in out:
+    out = []
+    for i in ids:
+        cic, number = card_identifiers(i)
         wrapped = keys.export_card_keys(CardKeyRef(cic), [KeySlot.IRK], "bench")[KeySlot.IRK]
-        seeded.append((cic, number, aes_key_unwrap_with_padding(TRANSPORT, wrapped)))
-    return Seeded(token, seeded)
+        out.append((cic, number, aes_key_unwrap_with_padding(TRANSPORT, wrapped).hex()))
+    return out
 
 
-# --- load generator ---------------------------------------------------------------------------
-@dataclass
-class Stats:
-    latencies: list[float] = field(default_factory=list)  # seconds, per request of interest
-    flows: int = 0
-    errors: int = 0
-    invalid: int = 0
+# --- the load generator (its own process: python -m bench.verification --generate ...) --------
+class _Conn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection; one request at a time."""
 
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.transport: Any = None
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    body = await reader.readexactly(length) if length else b""
-    return status, body
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport  # asyncio's or uvloop's TCP transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buf[:end]).lower()
+        at = head.find(b"content-length:")
+        length = 0
+        if at >= 0:
+            eol = head.find(b"\r\n", at)
+            length = int(head[at + 15 : eol if eol >= 0 else len(head)])
+        total = end + 4 + length
+        if len(self.buf) < total:
+            return
+        status = int(head[9:12])
+        body = bytes(self.buf[end + 4 : total])
+        del self.buf[:total]
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result((status, body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("connection lost"))
+
+    def request(self, data: bytes) -> asyncio.Future[tuple[int, bytes]]:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        return self.waiter
 
 
 def _request(method: str, path: str, token: str | None, body: bytes | None = None) -> bytes:
@@ -180,130 +242,275 @@ def _request(method: str, path: str, token: str | None, body: bytes | None = Non
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
 
 
+@dataclass
+class _Tally:
+    flows: int = 0  # valid verifications
+    errors: int = 0
+    invalid: int = 0
+    first_error: str = ""
+
+
 async def _verify_conn(
-    port: int, token: str, cards: list[tuple[str, str, bytes]], until: float, stats: Stats
-) -> None:
+    port: int, token: str, cards: list[tuple[str, str, bytes]], until: float, tally: _Tally,
+    lat: dict[str, array[float]],
+) -> None:  # fmt: skip
     from cardspec import keyscheme
     from cardspec.keyscheme import Algorithm
 
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(_Conn, "127.0.0.1", port)
     challenge_req = _request("POST", "/v1/verifications/challenge", token, b"")
+    head = _request("POST", "/v1/verifications", token, b"").rsplit(b"Content-Length: 0", 1)[0]
     rnd = random.Random()
-    try:
-        while time.perf_counter() < until:
-            cic, number, irk = cards[rnd.randrange(len(cards))]
-            t0 = time.perf_counter()
-            writer.write(challenge_req)
-            status, body = await _read_response(reader)
-            if status != 200:
-                stats.errors += 1
-                continue
-            ch = json.loads(body)
-            challenge = bytes.fromhex(ch["challenge"])
-            answer = keyscheme.internal_auth_response(
-                irk, challenge[:8], challenge[8:], Algorithm.DES3
-            )
-            payload = json.dumps(
-                {"challenge_id": ch["challenge_id"], "card_identification_code": cic,
-                 "card_number": number, "response": answer.hex(), "application": "medical"}
-            ).encode()  # fmt: skip
-            t1 = time.perf_counter()
-            writer.write(_request("POST", "/v1/verifications", token, payload))
-            status, body = await _read_response(reader)
-            t2 = time.perf_counter()
-            if status != 200:
-                stats.errors += 1
-                continue
-            if not json.loads(body)["valid"]:
-                stats.invalid += 1
-            stats.flows += 1
-            stats.latencies.append(t2 - t1)
-            stats.latencies.append(t1 - t0)  # the challenge request is part of the flow too
-    finally:
-        writer.close()
+    clock = time.perf_counter
+    ch_lat, v_lat, f_lat = lat["challenge"], lat["verify"], lat["flow"]
+    while clock() < until:
+        cic, number, irk = cards[rnd.randrange(len(cards))]
+        t0 = clock()
+        status, body = await conn.request(challenge_req)
+        t1 = clock()
+        if status != 200:
+            tally.errors += 1
+            tally.first_error = tally.first_error or f"challenge {status}: {body[:200]!r}"
+            continue
+        ch = json.loads(body)
+        challenge = bytes.fromhex(ch["challenge"])
+        answer = keyscheme.internal_auth_response(irk, challenge[:8], challenge[8:], Algorithm.DES3)
+        payload = (
+            b'{"challenge_id":"%s","card_identification_code":"%s","card_number":"%s",'
+            b'"response":"%s","application":"medical"}'
+            % (ch["challenge_id"].encode(), cic.encode(), number.encode(), answer.hex().encode())
+        )
+        t2 = clock()
+        status, body = await conn.request(
+            head + b"Content-Length: %d\r\n\r\n" % len(payload) + payload
+        )
+        t3 = clock()
+        if status != 200:
+            tally.errors += 1
+            tally.first_error = tally.first_error or f"verify {status}: {body[:200]!r}"
+            continue
+        if not json.loads(body)["valid"]:
+            tally.invalid += 1
+            tally.first_error = tally.first_error or f"invalid: {body[:200]!r}"
+            continue
+        tally.flows += 1
+        ch_lat.append(t1 - t0)
+        v_lat.append(t3 - t2)
+        f_lat.append(t3 - t0)
+    assert conn.transport is not None
+    conn.transport.close()
 
 
-async def _hello_conn(port: int, until: float, stats: Stats) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def _hello_conn(port: int, until: float, tally: _Tally, lat: dict[str, array[float]]) -> None:
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(_Conn, "127.0.0.1", port)
     req = _request("GET", "/v1/hello", None)
-    try:
-        while time.perf_counter() < until:
-            t0 = time.perf_counter()
-            writer.write(req)
-            status, _ = await _read_response(reader)
-            if status != 200:
-                stats.errors += 1
-                continue
-            stats.flows += 1
-            stats.latencies.append(time.perf_counter() - t0)
-    finally:
-        writer.close()
+    clock = time.perf_counter
+    hello_lat = lat["hello"]
+    while clock() < until:
+        t0 = clock()
+        status, _ = await conn.request(req)
+        if status != 200:
+            tally.errors += 1
+            continue
+        tally.flows += 1
+        hello_lat.append(clock() - t0)
+    assert conn.transport is not None
+    conn.transport.close()
 
 
-def _pct(values: list[float], p: float) -> float:
+def _pct(values: array[float], p: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    return s[min(len(s) - 1, int(p * len(s)))] * 1000.0
+    return round(s[min(len(s) - 1, int(p * len(s)))] * 1000.0, 2)
 
 
-async def _load(kind: str, port: int, seconds: float, seeded: Seeded | None) -> dict[str, float]:
-    stats = Stats()
+async def _generate(kind: str, port: int, seconds: float, spec: dict[str, Any]) -> dict[str, Any]:
+    tally = _Tally()
+    lat: dict[str, array[float]] = {k: array("d") for k in ("challenge", "verify", "flow", "hello")}
+    cards = [(c, n, bytes.fromhex(k)) for c, n, k in spec.get("cards", [])]
     start = time.perf_counter()
     until = start + seconds
+    cpu0 = time.process_time()
     if kind == "hello":
-        conns = [_hello_conn(port, until, stats) for _ in range(CONNECTIONS)]
+        conns = [_hello_conn(port, until, tally, lat) for _ in range(CONNECTIONS)]
     else:
-        assert seeded is not None
         conns = [
-            _verify_conn(port, seeded.token, seeded.cards, until, stats) for _ in range(CONNECTIONS)
+            _verify_conn(port, spec["token"], cards, until, tally, lat) for _ in range(CONNECTIONS)
         ]
     await asyncio.gather(*conns)
     elapsed = time.perf_counter() - start
-    return {
-        "per_s": stats.flows / elapsed,
-        "p50_ms": _pct(stats.latencies, 0.50),
-        "p99_ms": _pct(stats.latencies, 0.99),
-        "errors": stats.errors,
-        "invalid": stats.invalid,
+    out: dict[str, Any] = {
+        "per_s": tally.flows / elapsed,
+        "count": tally.flows,
+        "errors": tally.errors,
+        "invalid": tally.invalid,
+        "first_error": tally.first_error,
+        "elapsed": elapsed,
+        "generator_cpu_s": time.process_time() - cpu0,
     }
+    for name, values in lat.items():
+        if values:
+            out[f"{name}_p50_ms"] = _pct(values, 0.50)
+            out[f"{name}_p99_ms"] = _pct(values, 0.99)
+    return out
 
 
-def _run_load(kind: str, port: int, seconds: float, seeded: Seeded | None) -> dict[str, float]:
+def generator_main(argv: list[str]) -> None:
+    """``--generate KIND PORT SECONDS SPEC_FILE``: run the load, print the figures as JSON."""
+    kind, port, seconds, spec_file = argv[0], int(argv[1]), float(argv[2]), argv[3]
+    spec = json.loads(Path(spec_file).read_text()) if spec_file != "-" else {}
     try:
         import uvloop
 
-        return uvloop.run(_load(kind, port, seconds, seeded))
+        result = uvloop.run(_generate(kind, port, seconds, spec))
     except ImportError:
-        return asyncio.run(_load(kind, port, seconds, seeded))
+        result = asyncio.run(_generate(kind, port, seconds, spec))
+    print(json.dumps(result))
 
 
-def _wrk_hello(port: int, seconds: float) -> float | None:
+# --- CPU accounting ---------------------------------------------------------------------------
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(_children(p))
+    return out
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICK
+
+
+def _machine_busy() -> float:
+    """Busy CPU seconds of the whole machine since boot (all cores)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / _TICK
+
+
+def _postmaster_pid(pg: Any) -> int:
+    return int((pg.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+
+
+@dataclass
+class _Procs:
+    server: int
+    postgres: int
+
+    def snapshot(self) -> dict[str, float]:
+        return {
+            "server": _cpu_seconds(_tree(self.server)),
+            "postgres": _cpu_seconds(_tree(self.postgres)),
+            "machine": _machine_busy(),
+        }
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _generator_cmd(kind: str, port: int, seconds: float, spec_dir: Path) -> list[str]:
+    if GENERATOR == "wrk":
+        args = ["hello"] if kind == "hello" else ["verify", str(spec_dir / "cards.txt"),
+                                                  (spec_dir / "token").read_text()]  # fmt: skip
+        return ["wrk", f"-t{CONNECTIONS}", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s",
+                "-s", str(LUA), f"http://127.0.0.1:{port}", "--", *args]  # fmt: skip
+    return [sys.executable, "-m", "bench.verification", "--generate", kind, str(port),
+            str(seconds), str(spec_dir / "spec.json") if kind == "verify" else "-"]  # fmt: skip
+
+
+def _run_generator(
+    kind: str, port: int, seconds: float, spec_dir: Path, procs: _Procs
+) -> dict[str, Any]:
+    cmd = _generator_cmd(kind, port, seconds, spec_dir)
+    if GEN_CPUS and shutil.which("taskset"):
+        cmd = ["taskset", "-c", GEN_CPUS, *cmd]
+    before, gen_before = procs.snapshot(), _children_cpu()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
+    after, gen_after = procs.snapshot(), _children_cpu()
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("YKT-RESULT ", "{"))]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"load generator failed: {proc.stdout[-1000:]} {proc.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(lines[-1].removeprefix("YKT-RESULT "))
+    elapsed = result["elapsed"]
+    result["per_s"] = result["count"] / elapsed
+    for key in ("server", "postgres", "machine"):
+        result[f"{key}_cores"] = (after[key] - before[key]) / elapsed
+    result["generator_cores"] = (gen_after - gen_before) / elapsed
+    result["other_cores"] = max(
+        0.0,
+        result["machine_cores"]
+        - result["server_cores"]
+        - result["postgres_cores"]
+        - result["generator_cores"],
+    )
+    return result
+
+
+def _wrk_hello(port: int, seconds: float) -> dict[str, float] | None:
     if shutil.which("wrk") is None:
         return None
     proc = subprocess.run(
-        ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{max(1, int(seconds))}s",
+        ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{max(1, int(seconds))}s", "--latency",
          f"http://127.0.0.1:{port}/v1/hello"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
+    out: dict[str, float] = {}
     for line in proc.stdout.splitlines():
+        parts = line.split()
         if line.startswith("Requests/sec:"):
-            return float(line.split()[1])
-    return None
+            out["per_s"] = float(parts[1])
+        elif len(parts) == 2 and parts[0] == "99%":
+            value = parts[1]
+            for suffix, scale in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+                if value.endswith(suffix):
+                    out["p99_ms"] = float(value[: -len(suffix)]) * scale
+                    break
+    return out or None
 
 
-def _start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+def _start_server(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    """``ykt serve`` (the product's command), waited for until /healthz answers."""
     import httpx
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.app:app_from_env", "--factory",
-         "--workers", str(WORKERS), "--host", "127.0.0.1", "--port", str(port),
-         "--no-access-log", "--loop", "uvloop", "--http", "httptools",
-         "--log-level", "warning"],
-        env=env, cwd=ROOT,
-    )  # fmt: skip
-    deadline = time.time() + 30
+    ykt = Path(sys.executable).with_name("ykt")
+    cmd = [str(ykt)] if ykt.exists() else [sys.executable, "-m", "issuance.cli"]
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [*cmd, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers",
+             str(WORKERS)],
+            env=env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    deadline = time.time() + 60
     while time.time() < deadline:
+        if proc.poll() is not None:
+            err = log.read_text(errors="replace")
+            raise RuntimeError(f"ykt serve exited ({proc.returncode}): {err[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                 return proc
@@ -313,69 +520,191 @@ def _start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("the API server did not start")
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _seal_rate(url: str) -> dict[str, float]:
+    """Seal every event the run wrote (no signer): the sealer's throughput."""
+    from issuance import audit
+    from issuance.db import make_engine, make_sessionmaker, transaction
+
+    engine = make_engine(url=url)
+    sealed, start = 0, time.perf_counter()
+    while True:
+        with transaction(make_sessionmaker(engine)) as s:
+            n = audit.seal(s, None, delay=timedelta(0)).sealed
+        sealed += n
+        if n == 0:
+            break
+    elapsed = time.perf_counter() - start
+    with transaction(make_sessionmaker(engine)) as s:
+        report = audit.verify_chain(s)
+    engine.dispose()
+    return {
+        "sealed": sealed,
+        "seal_per_s": sealed / elapsed if elapsed else 0.0,
+        "verified_events": report.events,
+    }
+
+
+def _verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def run(url: str, pg: Any, data_dir: Path, token: str, card_ids: list[int]) -> dict[str, Any]:
+    """Measure against a prepared database (used by bench.scale on its 10M-card database too)."""
+    from issuance.dbserver import free_port
+
+    spec_dir = Path(tempfile.mkdtemp(prefix="ykt-bench-spec-"))
+    cards = export_irks(data_dir, card_ids)
+    (spec_dir / "spec.json").write_text(json.dumps({"token": token, "cards": cards}))
+    (spec_dir / "cards.txt").write_text("".join(f"{c} {n} {k}\n" for c, n, k in cards))
+    (spec_dir / "token").write_text(token)
+    env = {**os.environ, "YKT_DATA_DIR": str(data_dir), "YKT_DATABASE__URL": url}
+    env.pop("YKT_CONFIG", None)
+    port = free_port()
+    server = _start_server(env, port, spec_dir / "server.log")
+    try:
+        procs = _Procs(server.pid, _postmaster_pid(pg))
+        _run_generator("verify", port, 2.0, spec_dir, procs)  # warm-up
+        _run_generator("hello", port, 1.0, spec_dir, procs)
+        verify = _run_generator("verify", port, SECONDS, spec_dir, procs)
+        hello = _run_generator("hello", port, max(3.0, SECONDS / 2), spec_dir, procs)
+        wrk = _wrk_hello(port, max(3.0, SECONDS / 2))
+    finally:
+        _stop(server)
+        shutil.rmtree(spec_dir, ignore_errors=True)
+    return {"verify": verify, "hello": hello, "wrk": wrk}
+
+
+def report(
+    m: dict[str, Any], settings: dict[str, str], cards: int, seal: dict[str, float] | None
+) -> dict[str, Any]:
+    verify, hello, wrk = m["verify"], m["hello"], m["wrk"]
+    per_s = verify["per_s"]
+    ratio = per_s / hello["per_s"] if hello["per_s"] else 0.0
+    ratio_wrk = per_s / wrk["per_s"] if wrk and wrk.get("per_s") else None
+    clean = verify["errors"] == 0 and verify["invalid"] == 0
+    result: dict[str, Any] = {
+        "verifications_per_s": round(per_s, 1),
+        "verify_p50_ms": verify.get("verify_p50_ms"),
+        "verify_p99_ms": verify.get("verify_p99_ms"),
+        "challenge_p50_ms": verify.get("challenge_p50_ms"),
+        "challenge_p99_ms": verify.get("challenge_p99_ms"),
+        "flow_p50_ms": verify.get("flow_p50_ms"),
+        "flow_p99_ms": verify.get("flow_p99_ms"),
+        "valid_verifications": verify["count"],
+        "errors": verify["errors"],
+        "invalid": verify["invalid"],
+        "hello_per_s": round(hello["per_s"], 1),
+        "hello_p99_ms": hello.get("hello_p99_ms"),
+        "hello_wrk_per_s": None if not wrk else wrk.get("per_s"),
+        "hello_wrk_p99_ms": None if not wrk else wrk.get("p99_ms"),
+        "limit": round(hello["per_s"], 1),
+        "ratio": round(ratio, 3),
+        "ratio_vs_wrk_hello": None if ratio_wrk is None else round(ratio_wrk, 3),
+        "cores_server": round(verify["server_cores"], 2),
+        "cores_postgres": round(verify["postgres_cores"], 2),
+        "cores_generator": round(verify["generator_cores"], 2),
+        "cores_other_processes": round(verify["other_cores"], 2),
+        "server_cpu_us_per_verification": round(verify["server_cores"] / per_s * 1e6, 1)
+        if per_s
+        else None,
+        "postgres_cpu_us_per_verification": round(verify["postgres_cores"] / per_s * 1e6, 1)
+        if per_s
+        else None,
+        "generator_cpu_us_per_verification": round(verify["generator_cores"] / per_s * 1e6, 1)
+        if per_s
+        else None,
+        "target_verifications_per_s": TARGET_PER_S,
+        "target_verify_p99_ms": TARGET_P99_MS,
+        "target_ratio": TARGET_RATIO,
+        "verdict_throughput": _verdict(clean and per_s >= TARGET_PER_S),
+        "verdict_p99": _verdict(clean and (verify.get("verify_p99_ms") or 1e9) <= TARGET_P99_MS),
+        "verdict_ratio": _verdict(clean and ratio >= TARGET_RATIO),
+        "generator": GENERATOR,
+        "connections": CONNECTIONS,
+        "workers": WORKERS,
+        "cards": cards,
+        "seconds": SECONDS,
+        "postgres_settings": ", ".join(f"{k}={v}" for k, v in settings.items()),
+    }
+    if seal is not None:
+        result["audit_seal_per_s"] = round(seal["seal_per_s"], 1)
+        result["audit_events_sealed"] = seal["sealed"]
+    _print(result, verify)
+    if not clean:
+        raise RuntimeError(
+            f"{verify['errors']} errors and {verify['invalid']} invalid verifications "
+            f"(first: {verify['first_error']})"
+        )
+    return result
+
+
+def _print(r: dict[str, Any], verify: dict[str, Any]) -> None:
+    print(f"PostgreSQL: {r['postgres_settings']}")
+    print(
+        f"verification: {r['verifications_per_s']:.0f} valid verifications/s "
+        f"({r['valid_verifications']} in {r['seconds']:.0f} s; {r['connections']} connections, "
+        f"{r['workers']} workers, {r['cards']} cards); errors {r['errors']}, invalid {r['invalid']}"
+    )
+    print(
+        f"  latency ms  verify p50 {r['verify_p50_ms']} p99 {r['verify_p99_ms']} | challenge "
+        f"p50 {r['challenge_p50_ms']} p99 {r['challenge_p99_ms']} | whole flow p50 "
+        f"{r['flow_p50_ms']} p99 {r['flow_p99_ms']}"
+    )
+    print(
+        f"  CPU cores used: server {r['cores_server']}, PostgreSQL {r['cores_postgres']}, "
+        f"generator {r['cores_generator']}, other processes {r['cores_other_processes']} "
+        f"(per verification: server {r['server_cpu_us_per_verification']} us, PostgreSQL "
+        f"{r['postgres_cpu_us_per_verification']} us, generator "
+        f"{r['generator_cpu_us_per_verification']} us)"
+    )
+    print(
+        f"hello-world: {r['hello_per_s']:.0f} req/s p99 {r['hello_p99_ms']} ms (same generator, "
+        f"{r['generator']}); wrk -t2 -c{r['connections']}: {r['hello_wrk_per_s']} req/s p99 "
+        f"{r['hello_wrk_p99_ms']} ms"
+    )
+    if "audit_seal_per_s" in r:
+        print(f"audit sealer: {r['audit_seal_per_s']:.0f} events/s ({r['audit_events_sealed']})")
+    print(
+        f"[{r['verdict_throughput']}] throughput {r['verifications_per_s']:.0f}/s "
+        f"(target >= {TARGET_PER_S:.0f}/s)"
+    )
+    print(f"[{r['verdict_p99']}] verify p99 {r['verify_p99_ms']} ms (target <= {TARGET_P99_MS} ms)")
+    print(
+        f"[{r['verdict_ratio']}] ratio to hello-world {r['ratio']:.3f} (target >= "
+        f"{TARGET_RATIO}); to wrk's hello-world {r['ratio_vs_wrk_hello']}"
+    )
+
+
 def main() -> dict[str, Any]:
-    from issuance.dbserver import TemporaryPostgres, free_port
+    from issuance.dbserver import TemporaryPostgres
 
     tmp = Path(tempfile.mkdtemp(prefix="ykt-bench-verify-"))
     os.chmod(tmp, 0o755)
     data_dir = tmp / "data"
     try:
-        with TemporaryPostgres(tmp / "pg") as pg:
+        with TemporaryPostgres(tmp / "pg", durable=True) as pg:
+            settings = pg.settings_in_force()
             url = pg.create_database("bench")
             _setup_hsm(data_dir)
-            seeded = _seed(url, data_dir, CARDS)
-            env = {**os.environ, "YKT_DATA_DIR": str(data_dir), "YKT_DATABASE__URL": url}
-            env.pop("YKT_CONFIG", None)
-            port = free_port()
-            server = _start_server(env, port)
-            try:
-                _run_load("verify", port, 1.0, seeded)  # warm-up: HSM sessions, pools
-                _run_load("hello", port, 1.0, None)
-                verify = _run_load("verify", port, SECONDS, seeded)
-                hello = _run_load("hello", port, SECONDS / 2, None)
-                wrk = _wrk_hello(port, SECONDS / 2)
-            finally:
-                server.terminate()
-                server.wait(timeout=20)
+            token = _seed(url, CARDS)
+            m = run(url, pg, data_dir, token, list(range(1, CARDS + 1)))
+            seal = _seal_rate(url)
+            return report(m, settings, CARDS, seal)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    ratio = verify["per_s"] / hello["per_s"] if hello["per_s"] else 0.0
-    result = {
-        "verifications_per_s": round(verify["per_s"], 1),
-        "verification_p50_ms": round(verify["p50_ms"], 2),
-        "verification_p99_ms": round(verify["p99_ms"], 2),
-        "verification_errors": verify["errors"],
-        "verification_invalid": verify["invalid"],
-        "hello_per_s": round(hello["per_s"], 1),
-        "hello_p99_ms": round(hello["p99_ms"], 2),
-        "hello_wrk_per_s": None if wrk is None else round(wrk, 1),
-        "limit": round(hello["per_s"], 1),
-        "ratio": round(ratio, 3),
-        "target_verifications_per_s": 3000,
-        "target_p99_ms": 20,
-        "target_ratio": 0.30,
-        "connections": CONNECTIONS,
-        "workers": WORKERS,
-        "cards": CARDS,
-        "seconds": SECONDS,
-    }
-    print(
-        f"verification: {result['verifications_per_s']:.0f} verifications/s "
-        f"(challenge + verify, {CONNECTIONS} connections, {WORKERS} workers, PostgreSQL, "
-        f"SoftHSM), p50 {result['verification_p50_ms']} ms, p99 "
-        f"{result['verification_p99_ms']} ms per request; errors {verify['errors']}, "
-        f"invalid {verify['invalid']}"
-    )
-    print(
-        f"hello-world (same server, same generator): {result['hello_per_s']:.0f} req/s, p99 "
-        f"{result['hello_p99_ms']} ms; wrk: {result['hello_wrk_per_s']} req/s"
-    )
-    print(
-        f"ratio verifications/s : hello req/s = {ratio:.3f} (target >= 0.30); targets "
-        f">= 3000/s, p99 <= 20 ms"
-    )
-    return result
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "--generate":
+        generator_main(sys.argv[2:])
+    else:
+        main()

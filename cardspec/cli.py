@@ -1,26 +1,34 @@
 """``ykt card``: the card profile, demo blank cards, reading a card.
 
 Blank card stock in production comes from the card manufacturer with its transport key (KMC)
-loaded under the issuer's key ceremony; ``new-blank`` makes an *emulated* blank chip for demos
-and tests from a KMC given in hex.
+and key-loading key (KLK) loaded under the issuer's key ceremony; ``new-blank`` makes an
+*emulated* blank chip for demos and tests, its KMC and KLK derived in the HSM and handed over
+wrapped under the manufacturer transport key (as ``issuance.batches.stock`` does for batches),
+or given in hex. ``personalise --sample`` personalises one card with keys from the HSM and a
+fictitious holder, for demos and the README.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-from cardspec import cardops, ids
+from cardspec import cardops, ids, keyscheme, perso
 from cardspec.errors import CardSpecError
 from cardspec.keyscheme import Algorithm
 from cardspec.profile import CardProfile, social_security_profile
-from cardspec.reader import Reader
+from cardspec.reader import InProcessReader, Reader
+
+if TYPE_CHECKING:
+    from hsm.service import KeyService
+    from issuance.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="Cards and readers: profile, blank cards, reading.")
 console = Console()
@@ -72,30 +80,153 @@ def show_profile(
     console.print(profile_tree(_profile(generation, algorithm)))
 
 
+_Gen = Annotated[int, typer.Option(help="Card generation: 2 or 3.")]
+_AlgOpt = Annotated[str | None, typer.Option(help="3des or aes (default by generation).")]
+_KeyVersion = Annotated[
+    int | None,
+    typer.Option("--key-version", min=1, help="Key set version (default: the newest complete)."),
+]
+
+
+def _hsm_keys() -> tuple[Settings, KeyService]:
+    """(settings, key service) of the configured HSM (SoftHSM: its configuration written)."""
+    from hsm import softhsm
+    from hsm.config import HsmConfig
+    from hsm.service import key_service_from_settings
+    from issuance.settings import get_settings
+
+    settings = get_settings()
+    config = HsmConfig.from_settings(settings)
+    if config.is_softhsm:
+        softhsm.write_conf(config)
+    return settings, key_service_from_settings(settings)
+
+
 @app.command("new-blank")
 def new_blank(
-    serial: Annotated[str, typer.Option(help="8-byte chip serial, 16 hex characters.")],
-    out: Annotated[Path, typer.Option(help="Where to write the card image (JSON).")],
-    kmc: Annotated[str, typer.Option(help="The card's transport key KMC, 32 hex characters.")],
-    generation: Annotated[int, typer.Option(help="Card generation: 2 or 3.")] = 2,
-    algorithm: Annotated[str | None, typer.Option(help="3des or aes.")] = None,
+    image: Annotated[
+        Path | None, typer.Argument(help="Where to write the card image (JSON).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Same as IMAGE.")] = None,
+    serial: Annotated[
+        str | None, typer.Option(help="8-byte chip serial, 16 hex characters (default: random).")
+    ] = None,
+    kmc: Annotated[
+        str | None, typer.Option(help="The card's transport key KMC, 32 hex (with --klk).")
+    ] = None,
+    klk: Annotated[
+        str | None, typer.Option(help="The card's key-loading key KLK, 32 hex (with --kmc).")
+    ] = None,
+    key_version: _KeyVersion = None,
+    generation: _Gen = 2,
+    algorithm: _AlgOpt = None,
 ) -> None:
-    """Create an emulated blank card image (demos; real blank stock comes from the maker)."""
+    """Create an emulated blank card image (demos; real blank stock comes from the maker).
+
+    Without --kmc/--klk the HSM derives the chip's KMC and KLK (newest key set, card
+    identification code = issuer region + serial) and exports them under the ``manufacturer``
+    transport key, which this command unwraps as the chip maker would."""
     from cardspec.emulator import blank_card
 
+    path = image or out
+    if path is None or (image is not None and out is not None):
+        raise typer.BadParameter("give the image path once (IMAGE or --out)")
+    if (kmc is None) != (klk is None):
+        raise typer.BadParameter("give --kmc and --klk together (or neither: keys from the HSM)")
     try:
-        serial_b = bytes.fromhex(serial)
-        kmc_b = bytes.fromhex(kmc)
+        serial_b = bytes.fromhex(serial) if serial else os.urandom(8)
+        keys = (bytes.fromhex(kmc), bytes.fromhex(klk)) if kmc and klk else None
     except ValueError:
-        raise typer.BadParameter("serial and kmc must be hexadecimal") from None
+        raise typer.BadParameter("serial, kmc and klk must be hexadecimal") from None
     prof = _profile(generation, algorithm)
-    if out.exists():
-        raise typer.BadParameter(f"{out} exists; refusing to overwrite a card image")
+    if path.exists():
+        raise typer.BadParameter(f"{path} exists; refusing to overwrite a card image")
     try:
-        blank_card(serial_b, kmc_b, prof.algorithm, profile=prof, path=out)
+        if keys is not None:
+            blank_card(serial_b, keys[0], prof.algorithm, klk=keys[1], profile=prof, path=path)
+            source = "keys given"
+        else:
+            source = _blank_from_hsm(path, serial_b, prof, key_version)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    console.print(f"blank card {serial_b.hex().upper()} ({prof.name}) written to {out}")
+    console.print(f"blank card {serial_b.hex().upper()} ({prof.name}, {source}) written to {path}")
+
+
+def _blank_from_hsm(path: Path, serial: bytes, prof: CardProfile, version: int | None) -> str:
+    from hsm.service import CardKeyRef
+    from issuance.batches.stock import VirtualBlankStock, ensure_manufacturer_key
+
+    settings, keys = _hsm_keys()
+    ensure_manufacturer_key(settings)
+    version = version or keys.current_key_version(prof.algorithm)
+    code = ids.make_card_identification_code(settings.issuer.region_code, serial)
+    ref = CardKeyRef(code, version, prof.algorithm)
+    VirtualBlankStock(settings, keys).make_blank_at(path, serial, ref, prof)
+    return f"KMC and KLK from the HSM, key set v{version}"
+
+
+@app.command("personalise")
+def personalise_cmd(
+    image: Annotated[
+        Path | None, typer.Argument(help="Card image to personalise in-process.")
+    ] = None,
+    reader: Annotated[
+        str | None, typer.Option("--reader", help="Or: a card in this PC/SC reader.")
+    ] = None,
+    sample: Annotated[
+        bool, typer.Option("--sample", help="Write a fictitious holder (demo data).")
+    ] = False,
+    card_number: Annotated[
+        str, typer.Option(help="Card number (9 characters, check character included).")
+    ] = "X00000019",
+    key_version: _KeyVersion = None,
+    generation: _Gen = 2,
+    algorithm: _AlgOpt = None,
+) -> None:
+    """Personalise one blank card with keys derived in the HSM, then check it is genuine
+    (INTERNAL AUTHENTICATE verified in the HSM). Batches personalise real holders' cards
+    (``ykt batch``); this is for demos."""
+    from hsm.service import CardKeyRef
+
+    if not sample:
+        raise typer.BadParameter("only --sample data here; real cards go through `ykt batch`")
+    if card_number != ids.validate_card_number(card_number):
+        raise typer.BadParameter("bad card number")
+    from cardspec.emulator import Card
+
+    rd = _open_reader(image, reader)
+    prof = _profile(generation, algorithm)
+    if isinstance(rd, InProcessReader) and isinstance(rd.card, Card):
+        prof = rd.card.profile  # the image says which profile it is
+    settings, keys = _hsm_keys()
+    try:
+        rd.connect()
+        serial = cardops.chip_serial(rd)
+        code = ids.make_card_identification_code(settings.issuer.region_code, serial)
+        version = key_version or keys.current_key_version(prof.algorithm)
+        ref = CardKeyRef(code, version, prof.algorithm, pan="6217000012345678901", psn="00")
+        data = perso.sample_perso_data(code, prof, card_number=card_number)
+        with keys.card_crypto(ref) as crypto:
+            result = perso.personalise(rd, crypto, data, prof, connect=False)
+        cardops.select_df(rd, prof, "SSSE")
+        factor, challenge = keyscheme.card_factor(code), os.urandom(8)
+        answer = cardops.internal_authenticate(rd, factor, challenge)
+        keys.verify_internal_auth(ref, factor, challenge, answer)
+    except CardSpecError as exc:
+        console.print(f"[red]card error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        rd.disconnect()
+    table = Table(title=f"personalised in {rd.name}", show_header=False)
+    table.add_row("card identification code", code)
+    table.add_row("card number", data.card_number)
+    table.add_row("holder", f"{data.holder.name} {ids.mask_citizen_id(data.holder.ssn)}")
+    table.add_row("key set", f"{prof.algorithm.value} v{version}")
+    table.add_row("keys loaded", ", ".join(s.value for s in result.keys_loaded))
+    table.add_row("APDUs", f"{result.apdu_count} in {result.duration_s * 1000:.0f} ms")
+    table.add_row("initial PIN", f"{perso.SAMPLE_INITIAL_PIN} (must be changed before use)")
+    table.add_row("internal authentication", "verified in the HSM: card is genuine")
+    console.print(table)
 
 
 def _open_reader(image: Path | None, reader_name: str | None) -> Reader:

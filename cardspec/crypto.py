@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 from cardspec import keyscheme
+from cardspec.errors import ProfileError
 from cardspec.keyscheme import Algorithm, KeySlot
 
 
@@ -33,11 +34,12 @@ class CardCrypto(Protocol):
         """Sensitive data (``LD || data || 80..``) encrypted under the card key ``slot``."""
         ...
 
-    def wrapped_card_key(self, slot: KeySlot, under: KeySlot) -> bytes:
-        """The card key ``slot`` encrypted under card key ``under``: the payload of a
-        key-loading command, ``keyscheme.wrap_card_key`` format (ECB of the 16-byte key value,
-        3DES with odd parity; no LD/padding). Computed inside the HSM in production; the card
-        decrypts it with ``keyscheme.unwrap_card_key``."""
+    def wrapped_card_key(self, slot: KeySlot) -> bytes:
+        """The card key ``slot`` wrapped under the card's key-loading key KLK: the payload of
+        WRITE KEY, ``keyscheme.wrap_card_key`` format (RFC 5649 AES key wrap of the 16-byte
+        key value, 3DES with odd parity). Computed inside the HSM in production
+        (``C_WrapKey(CKM_AES_KEY_WRAP_PAD)``); the card unwraps it with
+        ``keyscheme.unwrap_card_key``."""
         ...
 
     def internal_auth_response(self, factor: bytes, random: bytes) -> bytes:
@@ -54,11 +56,20 @@ class SoftwareCardCrypto:
         card_factors: tuple[bytes, ...],
         algorithm: Algorithm = Algorithm.DES3,
         emv_factors: tuple[bytes, ...] = (),
+        klk_master: bytes | None = None,
     ) -> None:
         self.algorithm = algorithm
         self._masters = dict(masters)
         self._card_factors = card_factors
         self._emv_factors = emv_factors
+        self._klk_master = klk_master
+
+    def key_loading_key(self) -> bytes:
+        """The card's key-loading key KLK (AES-128, ``keyscheme.derive_klk``): what the chip
+        manufacturer loads into the blank next to the KMC."""
+        if self._klk_master is None:
+            raise ProfileError("no key-loading key master given (klk_master)")
+        return keyscheme.derive_klk(self._klk_master, self._card_factors)
 
     def card_key(self, slot: KeySlot) -> bytes:
         factors = self._emv_factors if slot.financial else self._card_factors
@@ -73,11 +84,10 @@ class SoftwareCardCrypto:
     def encrypt(self, slot: KeySlot, plaintext: bytes) -> bytes:
         return keyscheme.encrypt_sensitive(self.card_key(slot), plaintext, self.algorithm)
 
-    def wrapped_card_key(self, slot: KeySlot, under: KeySlot) -> bytes:
-        # Format: keyscheme.wrap_card_key (plain ECB of the key value, DES odd parity), the same
-        # bytes as a PKCS#11 C_WrapKey(CKM_DES3_ECB / CKM_AES_ECB) in the HSM adapter. The card
-        # decrypts it with keyscheme.unwrap_card_key (NOT decrypt_sensitive).
-        return keyscheme.wrap_card_key(self.card_key(under), self.card_key(slot), self.algorithm)
+    def wrapped_card_key(self, slot: KeySlot) -> bytes:
+        # keyscheme.wrap_card_key: RFC 5649 under the KLK, the same bytes as the HSM adapter's
+        # C_WrapKey(CKM_AES_KEY_WRAP_PAD) (RFC 5649 is deterministic).
+        return keyscheme.wrap_card_key(self.key_loading_key(), self.card_key(slot), self.algorithm)
 
     def internal_auth_response(self, factor: bytes, random: bytes) -> bytes:
         return keyscheme.internal_auth_response(

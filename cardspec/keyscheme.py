@@ -29,6 +29,8 @@ Sources and choices (the MOHRSS texts LD/T 32.4 are not public; choices are mark
   first 4 bytes of the last block.
 * Encryption of sensitive data (key loading, PIN reload): ``ECB(K, LD || data || 80 00..)`` where
   LD is one byte of plaintext length, padded to the block size (PBOC 2.0 part 5 style).
+* Key loading (WRITE KEY): RFC 5649 AES key wrap under the card's key-loading key KLK
+  (CHOICE, see "Key loading" below).
 * Key check value (KCV): first 3 bytes of ECB-encrypting a zero block (3DES) — for AES the
   CMAC of an empty message (GlobalPlatform / ANSI X9.24-1 practice: AES KCV = CMAC(K, ''))
   is used by some vendors; CHOICE here: ``AES-ECB(K, 01..01)`` first 3 bytes (GP SCP03 amend D).
@@ -40,6 +42,11 @@ from enum import StrEnum
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.keywrap import (
+    InvalidUnwrap,
+    aes_key_unwrap_with_padding,
+    aes_key_wrap_with_padding,
+)
 
 
 class Algorithm(StrEnum):
@@ -256,14 +263,30 @@ def kcv(key: bytes, alg: Algorithm) -> bytes:
 
 
 # --- Key loading (WRITE KEY) ------------------------------------------------------------------
-# CHOICE (changed by the hsm package, see hsm/service.py): a card key travels to the card as the
-# plain ECB encryption of its 16-byte value under the key-loading key, *without* the
-# ``LD || key || 80..`` framing of :func:`encrypt_sensitive`. Reason: this is exactly what a
-# PKCS#11 HSM computes with C_WrapKey(CKM_DES3_ECB / CKM_AES_ECB) on a derived key object, so the
-# card key never leaves the HSM in clear; the LD framing puts key bytes across block boundaries,
-# which no standard PKCS#11 mechanism can produce from a key object. 3DES keys are sent with odd
-# DES parity (HSMs normalise parity of derived DES keys; DES ignores the parity bits, so the card
-# computes the same cryptograms). PINs and other data still use :func:`encrypt_sensitive`.
+# CHOICE (LD/T 32.4 and 32.5, which define key loading, are not public): a card key travels to
+# the card as the RFC 5649 AES key wrap with padding (NIST SP 800-38F KWP) of its 16-byte value
+# under the card's own *key-loading key* KLK, an AES-128 key diversified from the issuer master
+# ``ykt:klk:aes:v<n>`` by the card factor (same diversification as the card keys, AES) and
+# loaded into the blank chip by the manufacturer together with the transport key KMC; the card
+# erases both when personalisation ends. Reasons:
+#
+# * it is one standard PKCS#11 call on a derived key object in every HSM, SoftHSM2 included:
+#   ``C_WrapKey(CKM_AES_KEY_WRAP_PAD, KLK, card key)``, so a card key never exists outside the
+#   HSM in clear (3DES cards too: SoftHSM2 and many HSMs cannot wrap under a 3DES key, which is
+#   why the KLK is AES even on 3DES cards, and why it is a key of its own rather than the KMC);
+# * the wrap carries an integrity check (the RFC 5649 alternative IV): a payload wrapped under
+#   another key or altered in transit is refused by the card (6A80), not loaded as garbage;
+# * key separation: KMC authenticates the personalisation channel and MACs it, KLK only
+#   transports keys.
+#
+# 3DES keys are wrapped with odd DES parity (HSMs normalise the parity of derived DES keys; DES
+# ignores the parity bits, so the card computes the same cryptograms). PINs and other data
+# still use :func:`encrypt_sensitive` under KMC.
+
+#: The key-loading key's algorithm, whatever the card's (see above).
+KLK_ALGORITHM = Algorithm.AES
+#: Length of a WRITE KEY payload: RFC 5649 of a 16-byte key.
+WRAPPED_KEY_LENGTH = 24
 
 
 def odd_parity(key: bytes) -> bytes:
@@ -275,16 +298,28 @@ def odd_parity(key: bytes) -> bytes:
     return bytes(out)
 
 
-def wrap_card_key(under: bytes, key: bytes, alg: Algorithm) -> bytes:
-    """Payload of WRITE KEY: ``ECB(under, key)`` (3DES: key with odd parity), 16 bytes."""
-    if len(key) != 16:
-        raise ValueError("card keys are 16 bytes")
+def derive_klk(master: bytes, factors: list[bytes] | tuple[bytes, ...]) -> bytes:
+    """The card's key-loading key: AES diversification of the KLK master by the card factors."""
+    return derive_card_key(master, factors, KLK_ALGORITHM)
+
+
+def wrap_card_key(klk: bytes, key: bytes, alg: Algorithm) -> bytes:
+    """Payload of WRITE KEY: RFC 5649 ``KWP(KLK, key)`` (3DES: key with odd parity), 24 bytes."""
+    if len(key) != 16 or len(klk) != 16:
+        raise ValueError("card keys and the KLK are 16 bytes")
     value = odd_parity(key) if alg is Algorithm.DES3 else key
-    return _ecb(under, alg, value)
+    return aes_key_wrap_with_padding(klk, value)
 
 
-def unwrap_card_key(under: bytes, wrapped: bytes, alg: Algorithm) -> bytes:
-    """Card side of :func:`wrap_card_key`; raises ValueError if the payload is not 16 bytes."""
-    if len(wrapped) != 16:
-        raise ValueError("a wrapped card key is 16 bytes")
-    return _ecb(under, alg, wrapped, decrypt=True)
+def unwrap_card_key(klk: bytes, wrapped: bytes, alg: Algorithm) -> bytes:
+    """Card side of :func:`wrap_card_key`: the 16-byte key; raises ValueError if the payload
+    does not unwrap under ``klk`` (integrity check of RFC 5649) or is not a 16-byte key."""
+    if len(wrapped) != WRAPPED_KEY_LENGTH:
+        raise ValueError(f"a wrapped card key is {WRAPPED_KEY_LENGTH} bytes")
+    try:
+        key = aes_key_unwrap_with_padding(klk, wrapped)
+    except InvalidUnwrap:
+        raise ValueError("the key does not unwrap under the key-loading key") from None
+    if len(key) != alg.key_length:
+        raise ValueError("the unwrapped key has the wrong length")
+    return key

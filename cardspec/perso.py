@@ -6,12 +6,14 @@ chip's transport key KMC:
 1. ``SELECT`` the social security DF by name (FCI checked: algorithm marker 9F0C).
 2. ``GET CHALLENGE`` and ``EXTERNAL AUTHENTICATE`` with KMC (cryptogram from the
    :class:`~cardspec.crypto.CardCrypto` port: the HSM in production).
-3. ``WRITE KEY`` for every key slot the profile declares: ``crypto.wrapped_card_key(slot, KMC)``
-   (the card key encrypted under the card's KMC, computed inside the HSM), MAC chained.
+3. ``WRITE KEY`` for every key slot the profile declares: ``crypto.wrapped_card_key(slot)``
+   (the card key wrapped under the card's key-loading key KLK with RFC 5649, computed inside
+   the HSM; profile CHOICE ``key_loading``), MAC chained.
 4. ``UPDATE RECORD`` of every record (EF05, EF06, then the insurance DFs and the financial
    application, one ``SELECT`` by AID per DF), MAC chained.
 5. ``SET PIN`` for every PIN (initial PINs encrypted under KMC).
-6. ``SET STATUS`` SECURED: the card refuses issuer-only commands afterwards and erases KMC.
+6. ``SET STATUS`` SECURED: the card refuses issuer-only commands afterwards and erases KMC
+   and KLK.
 
 ``personalise`` returns the APDU count and the duration. Personal data is never logged.
 """
@@ -170,7 +172,7 @@ def personalise(
         for _, spec in profile.key_specs():
             if spec.slot is KeySlot.KMC:
                 continue
-            wrapped = crypto.wrapped_card_key(spec.slot, KeySlot.KMC)
+            wrapped = crypto.wrapped_card_key(spec.slot)
             cmd = channel.wrap(CommandApdu(0x80, 0xD4, 0x00, spec.key_id, wrapped))
             send(tx, cmd, f"WRITE KEY {spec.slot.value}")
             loaded.append(spec.slot)
@@ -200,4 +202,48 @@ def personalise(
         apdu_count=tx.count,
         duration_s=time.perf_counter() - start,
         keys_loaded=tuple(loaded),
+    )
+
+
+#: The sample holder of :func:`sample_perso_data` (a valid GB 11643 number of a fictitious
+#: person, used in demos and the README only).
+SAMPLE_SSN = "11010519491231002X"
+SAMPLE_INITIAL_PIN = "123456"
+
+
+def sample_perso_data(
+    card_identification_code: str,
+    profile: CardProfile = DEFAULT_PROFILE,
+    *,
+    card_number: str = "X00000019",
+    issue_date: date | None = None,
+    pan: str = "6217000012345678901",
+) -> CardPersoData:
+    """Personalisation data of a fictitious holder for demos (``ykt card personalise
+    --sample``): valid identifiers, every file the profile has."""
+    from datetime import timedelta
+
+    issued = issue_date or date.today()
+    try:
+        expiry = issued.replace(year=issued.year + 10) - timedelta(days=1)
+    except ValueError:  # 29 February
+        expiry = issued.replace(year=issued.year + 10, day=28)
+    region = card_identification_code[:6]
+    names = {ef.name for _, ef in profile.files()}
+    return CardPersoData(
+        card_identification_code=card_identification_code,
+        card_number=card_number,
+        spec_version=profile.spec_version,
+        issue_date=issued,
+        expiry_date=expiry,
+        init_org_code=region + "000001",
+        holder=Holder(SAMPLE_SSN, "张三", "2", "01", "110105", date(1949, 12, 31)),
+        initial_pin=SAMPLE_INITIAL_PIN,
+        medical=MedicalData("310", region, "1", "11", date(2020, 1, 1)),
+        pension=PensionData("1", region, date(2020, 1, 1), "11100"),
+        financial=(
+            FinancialData(pan, date(issued.year + 10, 12, 31), "00", "ZHANG SAN")
+            if "SFI01" in names
+            else None
+        ),
     )

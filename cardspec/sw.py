@@ -33,6 +33,8 @@ class SW(IntEnum):
     CLA_FUNCTION_NOT_SUPPORTED = (0x6800, "Functions in CLA not supported: no information given.")
     LOGICAL_CHANNEL_NOT_SUPPORTED = (0x6881, "Logical channel not supported.")
     SM_NOT_SUPPORTED = (0x6882, "Secure messaging not supported.")
+    LAST_COMMAND_EXPECTED = (0x6883, "Last command of the chain expected.")
+    CHAINING_NOT_SUPPORTED = (0x6884, "Command chaining not supported.")
     COMMAND_NOT_ALLOWED = (0x6900, "Command not allowed: no information given.")
     INCOMPATIBLE_FILE_STRUCTURE = (0x6981, "Command incompatible with file structure.")
     SECURITY_STATUS_NOT_SATISFIED = (0x6982, "Security status not satisfied.")

@@ -5,8 +5,20 @@ Labels (CKA_LABEL, also used as CKA_ID):
 * ``ykt:<slot>:<alg>:v<n>``  issuer master key of a :class:`KeySlot` (e.g. ``ykt:irk:3des:v1``):
   DES2 (double-length 3DES) or AES-128; token object, private, sensitive, never extractable,
   CKA_DERIVE only (no CKA_ENCRYPT: C_Encrypt under a master would give card keys in clear).
+* ``ykt:klk:aes:v<n>``        issuer master of the cards' key-loading keys KLK (AES-128 for
+  every card algorithm, see ``cardspec.keyscheme`` "Key loading"); same attributes.
 * ``ykt:transport:<name>``     AES-128 transport key shared with a card bureau (CKA_WRAP).
 * ``ykt:signing:v1``            ECDSA P-256 key pair (status feed, audit checkpoints).
+* ``ykt:kcv:<key label>``       CKO_DATA: the KCV recorded when that key was imported (the
+  KCV of a transport key cannot be computed in the HSM: it may only wrap).
+
+Key sets and rotation: the card keys of one card all come from masters of the *same* version
+(``CardKeyRef.key_version``). Version ``n`` of an algorithm is *complete* when every
+:class:`KeySlot` master ``ykt:<slot>:<alg>:v<n>`` and the KLK master ``ykt:klk:aes:v<n>`` exist;
+data preparation uses the newest complete version (:func:`current_version`) and records it on
+the card, and :func:`rotate_key_set` creates version ``n+1`` of every master at once. Older
+versions stay in the HSM, so cards personalised under them keep verifying. The KLK master of
+version ``n`` is shared by the 3DES and the AES key sets of version ``n``.
 
 Component import: SoftHSM2 has no CKM_XOR_BASE_AND_DATA, so the 2-3 components entered by the
 custodians are checked against their KCVs and XORed in this process's memory (they are in clear
@@ -21,21 +33,31 @@ import hmac
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
+import pkcs11.exceptions as p11x
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
 from cardspec import keyscheme
-from cardspec.keyscheme import Algorithm, KeySlot
+from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
 from hsm import pkcs11 as p11
 from hsm.errors import HsmError, KcvMismatch, KeyExists, KeyNotFound
 from hsm.pkcs11 import Pkcs11Token
 
 SIGNING_LABEL = "ykt:signing:v1"
+KLK = "klk"
+"""Name of the key-loading key master in labels (``ykt:klk:aes:v<n>``)."""
+KCV_PREFIX = "ykt:kcv:"
 _MASTER_RE = re.compile(r"^ykt:([a-z_]+):(3des|aes|sm4):v(\d+)$")
 
 
 def master_label(slot: KeySlot, alg: Algorithm, version: int) -> str:
     return f"ykt:{slot.value}:{alg.value}:v{version}"
+
+
+def klk_label(version: int) -> str:
+    """Label of the key-loading key master of key set ``version`` (always AES)."""
+    return f"ykt:{KLK}:{KLK_ALGORITHM.value}:v{version}"
 
 
 def transport_label(name: str) -> str:
@@ -47,13 +69,17 @@ class KeyInfo:
     """A key in the token as listed by :func:`list_keys`."""
 
     label: str
-    kind: str  # "master", "transport", "signing"
+    kind: str  # "master", "klk" (key-loading key master), "transport", "signing"
     algorithm: str
     slot: KeySlot | None
     version: int | None
     kcv: bytes
     sensitive: bool
     extractable: bool
+    kcv_source: str = ""
+    """Where the KCV comes from: ``hsm`` (computed in the HSM now), ``import record`` (the
+    ``ykt:kcv:`` object written when the key was imported), ``CKA_CHECK_VALUE`` (the token's
+    own, PKCS#11 v2.40: ECB of a zero block, which for DES keys is ``keyscheme.kcv``)."""
 
 
 def _secret_template(label: str, *usage: Attribute) -> dict[Attribute, object]:
@@ -69,13 +95,70 @@ def _secret_template(label: str, *usage: Attribute) -> dict[Attribute, object]:
     }
 
 
-def _info(obj: object, label: str, alg: Algorithm) -> KeyInfo:
-    kind, slot, version = "transport", None, None
+def _recorded_kcv(session: Any, label: str) -> bytes | None:
+    # list(): one C_FindObjects operation per session at a time, finished before the next
+    found = list(
+        session.get_objects(
+            {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: KCV_PREFIX + label}
+        )
+    )
+    return bytes(found[0][Attribute.VALUE]) if found else None
+
+
+def _record_kcv(session: Any, label: str, kcv: bytes) -> None:
+    """Keep the KCV of an imported key in the token (CKO_DATA ``ykt:kcv:<label>``)."""
+    for old in list(
+        session.get_objects(
+            {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: KCV_PREFIX + label}
+        )
+    ):
+        old.destroy()
+    session.create_object(
+        {
+            Attribute.CLASS: ObjectClass.DATA,
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: True,
+            Attribute.MODIFIABLE: False,
+            Attribute.LABEL: KCV_PREFIX + label,
+            Attribute.APPLICATION: "yikatong",
+            Attribute.VALUE: bytes(kcv),
+        }
+    )
+
+
+def _check_value(obj: Any) -> bytes | None:
+    try:
+        value = bytes(obj[Attribute.CHECK_VALUE])
+    except (p11x.AttributeTypeInvalid, p11x.AttributeSensitive, KeyError):
+        return None
+    return value[:3] if value else None
+
+
+def _parse(label: str) -> tuple[str, KeySlot | None, int | None]:
+    """(kind, slot, version) of a Yikatong secret-key label."""
     m = _MASTER_RE.match(label)
-    if m:
-        kind, slot, version = "master", KeySlot(m.group(1)), int(m.group(3))
-    # KCV in the HSM needs CKA_DERIVE (masters); a transport key (CKA_WRAP only) has none here
-    check = p11.kcv(obj, alg) if obj[Attribute.DERIVE] else b""  # type: ignore[index]
+    if m is None:
+        return "transport", None, None
+    if m.group(1) == KLK:
+        return "klk", None, int(m.group(3))
+    try:
+        return "master", KeySlot(m.group(1)), int(m.group(3))
+    except ValueError:
+        return "unknown", None, int(m.group(3))
+
+
+def _info(obj: Any, label: str, alg: Algorithm, session: Any = None) -> KeyInfo:
+    kind, slot, version = _parse(label)
+    check, source = b"", ""
+    if obj[Attribute.DERIVE]:
+        # KCV in the HSM needs CKA_DERIVE (masters): see hsm.pkcs11.kcv
+        check, source = p11.kcv(obj, alg), "hsm"
+    else:
+        recorded = _recorded_kcv(session, label) if session is not None else None
+        if recorded is not None:
+            check, source = recorded, "import record"
+        elif (value := _check_value(obj)) is not None:
+            check, source = value, "CKA_CHECK_VALUE"
     return KeyInfo(
         label=label,
         kind=kind,
@@ -83,32 +166,64 @@ def _info(obj: object, label: str, alg: Algorithm) -> KeyInfo:
         slot=slot,
         version=version,
         kcv=check,
-        sensitive=bool(obj[Attribute.SENSITIVE]),  # type: ignore[index]
-        extractable=bool(obj[Attribute.EXTRACTABLE]),  # type: ignore[index]
+        sensitive=bool(obj[Attribute.SENSITIVE]),
+        extractable=bool(obj[Attribute.EXTRACTABLE]),
+        kcv_source=source,
     )
 
 
-def _versions(session: object, slot: KeySlot, alg: Algorithm) -> list[int]:
+def _versions(session: Any, name: str, alg: Algorithm) -> list[int]:
+    """Versions of the master ``name`` (a slot value or ``klk``) for ``alg`` in the token."""
     found = []
-    for obj in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}):  # type: ignore[attr-defined]
+    for obj in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}):
         m = _MASTER_RE.match(obj.label or "")
-        if m and m.group(1) == slot.value and m.group(2) == alg.value:
+        if m and m.group(1) == name and m.group(2) == alg.value:
             found.append(int(m.group(3)))
     return sorted(found)
 
 
+def _labels(session: Any) -> set[str]:
+    return {
+        obj.label or "" for obj in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY})
+    }
+
+
+def key_set_labels(alg: Algorithm, version: int) -> list[str]:
+    """Every master label a complete key set ``version`` of ``alg`` has."""
+    return [*(master_label(slot, alg, version) for slot in KeySlot), klk_label(version)]
+
+
+def _set_versions(labels: set[str], alg: Algorithm) -> tuple[list[int], list[int]]:
+    """(every version with at least one card-key master of ``alg``, the complete ones)."""
+    versions = set()
+    for label in labels:
+        m = _MASTER_RE.match(label)
+        if m and m.group(2) == alg.value and m.group(1) != KLK:
+            versions.add(int(m.group(3)))
+    complete = [v for v in sorted(versions) if labels.issuperset(key_set_labels(alg, v))]
+    return sorted(versions), complete
+
+
+def complete_versions(token: Pkcs11Token, alg: Algorithm) -> list[int]:
+    """Versions of ``alg`` whose key set is complete (see the module docstring), ascending."""
+    with token.use("listing key sets") as session:
+        return _set_versions(_labels(session), alg)[1]
+
+
+def current_version(token: Pkcs11Token, alg: Algorithm) -> int | None:
+    """The newest complete key set version of ``alg`` (what data preparation uses)."""
+    complete = complete_versions(token, alg)
+    return complete[-1] if complete else None
+
+
 def latest_version(token: Pkcs11Token, slot: KeySlot, alg: Algorithm) -> int | None:
     with token.use("listing key versions") as session:
-        versions = _versions(session, slot, alg)
+        versions = _versions(session, slot.value, alg)
     return versions[-1] if versions else None
 
 
-def generate_master(
-    token: Pkcs11Token, slot: KeySlot, alg: Algorithm = Algorithm.DES3, version: int = 1
-) -> KeyInfo:
-    """Generate an issuer master key inside the HSM."""
+def _generate_secret(token: Pkcs11Token, label: str, alg: Algorithm) -> KeyInfo:
     p11.check_algorithm(alg)
-    label = master_label(slot, alg, version)
     with token.use(f"generating {label}") as session:
         if p11.exists(session, label):
             raise KeyExists(f"{label} already exists", label=label)
@@ -119,13 +234,36 @@ def generate_master(
             )
         else:
             key = session.generate_key(KeyType.AES, 128, template=template)
-        return _info(key, label, alg)
+        return _info(key, label, alg, session)
 
 
-def rotate(token: Pkcs11Token, slot: KeySlot, alg: Algorithm = Algorithm.DES3) -> KeyInfo:
-    """Generate version n+1; older versions stay usable for cards personalised under them."""
-    current = latest_version(token, slot, alg) or 0
-    return generate_master(token, slot, alg, current + 1)
+def generate_master(
+    token: Pkcs11Token, slot: KeySlot, alg: Algorithm = Algorithm.DES3, version: int = 1
+) -> KeyInfo:
+    """Generate an issuer master key inside the HSM."""
+    return _generate_secret(token, master_label(slot, alg, version), alg)
+
+
+def generate_klk_master(token: Pkcs11Token, version: int = 1) -> KeyInfo:
+    """Generate the key-loading key master of key set ``version`` (AES-128) inside the HSM."""
+    return _generate_secret(token, klk_label(version), KLK_ALGORITHM)
+
+
+def rotate_key_set(token: Pkcs11Token, alg: Algorithm = Algorithm.DES3) -> list[KeyInfo]:
+    """Create key set version n+1 of ``alg`` (n = the highest version of any card-key master
+    of ``alg``): every :class:`KeySlot` master and, unless the other algorithm's set of the same
+    version made it already, the KLK master. Older versions stay usable for the cards
+    personalised under them; data preparation moves to the new version (now the newest
+    complete one). Returns the keys created."""
+    p11.check_algorithm(alg)
+    with token.use("listing key sets") as session:
+        versions, _ = _set_versions(_labels(session), alg)
+        klk_exists = p11.exists(session, klk_label((versions[-1] if versions else 0) + 1))
+    version = (versions[-1] if versions else 0) + 1
+    created = [generate_master(token, slot, alg, version) for slot in KeySlot]
+    if not klk_exists:
+        created.append(generate_klk_master(token, version))
+    return created
 
 
 def _combine(components: Sequence[bytes], kcvs: Sequence[bytes], alg: Algorithm) -> bytearray:
@@ -166,11 +304,14 @@ def _import_secret(
             template[Attribute.VALUE] = bytes(combined)
             key = session.create_object(template)
             info = _info(key, label, alg)
-            if not info.kcv:  # no CKA_DERIVE: KCV of the combined value, in this window
-                info = replace(info, kcv=keyscheme.kcv(bytes(combined), alg))
+            if info.kcv_source != "hsm":  # no CKA_DERIVE: KCV of the combined value, here
+                info = replace(
+                    info, kcv=keyscheme.kcv(bytes(combined), alg), kcv_source="import record"
+                )
             if expected_kcv is not None and not hmac.compare_digest(info.kcv, expected_kcv):
                 key.destroy()
                 raise KcvMismatch(f"{label}: combined key does not match the expected KCV")
+            _record_kcv(session, label, info.kcv)
             return info
     finally:
         combined[:] = bytes(len(combined))
@@ -195,6 +336,20 @@ def import_master(
         expected_kcv,
         (Attribute.DERIVE,),
     )
+
+
+def import_klk_master(
+    token: Pkcs11Token,
+    components: Sequence[bytes],
+    kcvs: Sequence[bytes],
+    version: int = 1,
+    expected_kcv: bytes | None = None,
+) -> KeyInfo:
+    """Import the key-loading key master of key set ``version`` (AES-128) from components."""
+    return _import_secret(
+        token, klk_label(version), KLK_ALGORITHM, components, kcvs, expected_kcv,
+        (Attribute.DERIVE,),
+    )  # fmt: skip
 
 
 def import_transport_key(
@@ -259,11 +414,11 @@ def generate_signing_key(token: Pkcs11Token, label: str = SIGNING_LABEL) -> bool
 
 
 def list_keys(token: Pkcs11Token) -> list[KeyInfo]:
-    """Every Yikatong secret key in the token with its KCV (computed in the HSM), and the
-    signing key."""
+    """Every Yikatong secret key in the token with its KCV (computed in the HSM for masters,
+    the import record for transport keys), and the signing key."""
     out: list[KeyInfo] = []
     with token.use("listing keys") as session:
-        for obj in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}):
+        for obj in list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY})):
             label = obj.label or ""
             if not label.startswith("ykt:"):
                 continue
@@ -271,8 +426,8 @@ def list_keys(token: Pkcs11Token) -> list[KeyInfo]:
             alg = Algorithm(m.group(2)) if m else Algorithm.AES
             if alg is Algorithm.SM4:
                 continue
-            out.append(_info(obj, label, alg))
-        for obj in session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY}):
+            out.append(_info(obj, label, alg, session))
+        for obj in list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})):
             label = obj.label or ""
             if label.startswith("ykt:"):
                 out.append(
@@ -294,12 +449,21 @@ def list_keys(token: Pkcs11Token) -> list[KeyInfo]:
 
 
 def init_keys(token: Pkcs11Token, alg: Algorithm = Algorithm.DES3) -> list[str]:
-    """Idempotent: generate every missing v1 master key and the signing key. Returns the
-    labels created."""
+    """Idempotent: generate every missing v1 master key of ``alg``, the KLK master of every key
+    set version that has card-key masters (of any algorithm: older tokens made before the KLK
+    existed get theirs here) and the signing key. Returns the labels created."""
     created: list[str] = []
     for slot in KeySlot:
         if latest_version(token, slot, alg) is None:
             created.append(generate_master(token, slot, alg, 1).label)
+    with token.use("listing key sets") as session:
+        labels = _labels(session)
+    versions = set()
+    for other in (Algorithm.DES3, Algorithm.AES):
+        versions.update(_set_versions(labels, other)[0])
+    for version in sorted(versions):
+        if klk_label(version) not in labels:
+            created.append(generate_klk_master(token, version).label)
     if generate_signing_key(token):
         created.append(SIGNING_LABEL)
     return created

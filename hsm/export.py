@@ -8,8 +8,10 @@ then used once per KEK instead of once per card key, and every card-key wrap run
 session object: SoftHSM2 re-checks its file store on each use of a *token* key (measured:
 C_WrapKey 45 us under the token transport key, 12 us under a session key, a third of the
 per-card HSM time). One :meth:`BureauExporter.export` per card, under one lock acquisition:
-derive every key, wrap it, its KCV (C_Encrypt of the KCV block under the card key object) and
-the initial PINs encrypted under the card's KMC (the SET PIN payload), then destroy the keys.
+derive every key, wrap it, its KCV (C_Encrypt of the KCV block under the card key object), the
+card's key-loading key KLK wrapped likewise (the bureau wraps each card key under it for WRITE
+KEY) and the initial PINs encrypted under the card's KMC (the SET PIN payload), then destroy
+the keys.
 A new KEK follows each re-initialisation of the module (the old one is gone with it, see
 ``Pkcs11KeyService.objects_destroyed``): the file says which KEK wraps each card.
 
@@ -30,7 +32,7 @@ from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 from pkcs11 import Attribute, KeyType, Mechanism
 
 from cardspec import keyscheme
-from cardspec.keyscheme import Algorithm, KeySlot
+from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
 from hsm import ceremony, p11fast
 from hsm import pkcs11 as p11
 from hsm.errors import KeyNotFound
@@ -88,6 +90,11 @@ class BureauExport:
     encrypted: tuple[bytes, ...] = field(repr=False)
     """``keyscheme.encrypt_sensitive(card key under, data)`` for each sensitive input."""
     kek_id: int = 0
+    klk_wrapped: bytes = field(default=b"", repr=False)
+    """The card's key-loading key KLK (AES-128), RFC 5649-wrapped under the file KEK: the
+    bureau wraps each card key under it for WRITE KEY (``keyscheme.wrap_card_key``)."""
+    klk_kcv: bytes = b""
+    """``keyscheme.kcv(klk, AES)``."""
 
 
 #: Bulk export through hsm.p11fast: card keys only encrypt (KCV, PIN) and get wrapped.
@@ -98,6 +105,8 @@ _FAST_INTERMEDIATE = {
     alg: p11fast.key_template(alg, Attribute.DERIVE, extractable=False)
     for alg in (Algorithm.DES3, Algorithm.AES)
 }
+#: The card's KLK for the bureau: encrypts its KCV block, wrapped under the KEK.
+_FAST_KLK = p11fast.key_template(KLK_ALGORITHM, Attribute.ENCRYPT)
 #: A bureau file's KEK: session object, wraps card keys, encrypts its KCV block; extractable
 #: (so that it can be wrapped under the transport key) but sensitive (never in clear).
 _KEK_TEMPLATE: dict[Attribute, Any] = {
@@ -191,29 +200,44 @@ class HsmBureauExporter:
         sh = session.handle
         blocks: dict[bool, tuple[bytes, ...]] = {}
         handles: dict[KeySlot, int] = {}
+        klk_h = 0
         destroyed = 0
-        card_tmpl, inter_tmpl = _FAST_EXPORT[alg], _FAST_INTERMEDIATE[alg]
+        card_tmpl = _FAST_EXPORT[alg]
+
+        def chain(base: int, data_blocks: Sequence[bytes], a: Algorithm, last: Any) -> int:
+            nonlocal destroyed
+            handle = base
+            for n, data in enumerate(data_blocks, start=1):
+                tmpl = last if n == len(data_blocks) else _FAST_INTERMEDIATE[a]
+                child = fast.derive(sh, handle, a, data, tmpl)
+                if handle != base:
+                    fast.destroy(sh, handle)
+                    destroyed += 1
+                handle = child
+            return handle
+
         try:
             for slot in (*slots, under) if sensitive and under not in slots else slots:
-                chain = blocks.get(slot.financial)
-                if chain is None:
-                    chain = blocks[slot.financial] = tuple(
+                data_blocks = blocks.get(slot.financial)
+                if data_blocks is None:
+                    data_blocks = blocks[slot.financial] = tuple(
                         keyscheme.diversification_data(f, alg)
                         for f in ref.factors(slot, service.region_code)
                     )
-                base = handle = service.master_synced(slot, alg, ref.key_version).handle
-                for n, data in enumerate(chain, start=1):
-                    tmpl = card_tmpl if n == len(chain) else inter_tmpl
-                    child = fast.derive(sh, handle, alg, data, tmpl)
-                    if handle != base:
-                        fast.destroy(sh, handle)
-                        destroyed += 1
-                    handle = child
-                handles[slot] = handle
+                base = service.master_synced(slot, alg, ref.key_version).handle
+                handles[slot] = chain(base, data_blocks, alg, card_tmpl)
+            klk_blocks = tuple(
+                keyscheme.diversification_data(f, KLK_ALGORITHM)
+                for f in ref.factors(KeySlot.KMC, service.region_code)
+            )
+            klk_base = service.klk_master_synced(ref.key_version).handle
+            klk_h = chain(klk_base, klk_blocks, KLK_ALGORITHM, _FAST_KLK)
             kek_h = kek.handle
             block = _KCV_BLOCK[alg]
             wrapped = {slot: fast.wrap_kwp(sh, kek_h, handles[slot]) for slot in slots}
             kcvs = {slot: fast.encrypt_ecb(sh, handles[slot], alg, block)[:3] for slot in slots}
+            klk_wrapped = fast.wrap_kwp(sh, kek_h, klk_h)
+            klk_kcv = fast.encrypt_ecb(sh, klk_h, KLK_ALGORITHM, _KCV_BLOCK[KLK_ALGORITHM])[:3]
             encrypted = []
             for data in sensitive:
                 if len(data) > 255:
@@ -221,10 +245,13 @@ class HsmBureauExporter:
                 padded = keyscheme.pad_method2(bytes([len(data)]) + data, alg.block_size)
                 encrypted.append(fast.encrypt_ecb(sh, handles[under], alg, padded))
         finally:
-            for handle in handles.values():
+            for handle in (*handles.values(), *([klk_h] if klk_h else [])):
                 fast.destroy(sh, handle)
-            service.objects_destroyed(destroyed + len(handles))
-        return BureauExport(wrapped, kcvs, tuple(encrypted), kek_id=self._kek_id)
+            service.objects_destroyed(destroyed + len(handles) + (1 if klk_h else 0))
+        return BureauExport(
+            wrapped, kcvs, tuple(encrypted), kek_id=self._kek_id, klk_wrapped=klk_wrapped,
+            klk_kcv=klk_kcv,
+        )  # fmt: skip
 
 
 class SoftwareBureauExporter:
@@ -274,4 +301,9 @@ class SoftwareBureauExporter:
             keyscheme.encrypt_sensitive(crypto.card_key(under), data, ref.algorithm)
             for data in sensitive
         )
-        return BureauExport(wrapped, kcvs, encrypted, kek_id=1)
+        klk = crypto.key_loading_key()
+        return BureauExport(
+            wrapped, kcvs, encrypted, kek_id=1,
+            klk_wrapped=aes_key_wrap_with_padding(bytes(self._kek), klk),
+            klk_kcv=keyscheme.kcv(klk, KLK_ALGORITHM),
+        )  # fmt: skip

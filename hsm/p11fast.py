@@ -77,6 +77,7 @@ _DERIVE = {
     Algorithm.AES: Mechanism.AES_ECB_ENCRYPT_DATA,
 }
 _ECB = {Algorithm.DES3: Mechanism.DES3_ECB, Algorithm.AES: Mechanism.AES_ECB}
+_CBC = {Algorithm.DES3: Mechanism.DES3_CBC, Algorithm.AES: Mechanism.AES_CBC}
 _USAGE = (
     Attribute.ENCRYPT,
     Attribute.DECRYPT,
@@ -133,6 +134,9 @@ class FastOps:
         self._derive_mech = _Mechanism(0, ctypes.cast(ctypes.byref(self._kds), ctypes.c_void_p),
                                        ctypes.sizeof(self._kds))  # fmt: skip
         self._plain_mech = _Mechanism(0, None, 0)
+        self._iv = ctypes.create_string_buffer(16)
+        self._iv_mech = _Mechanism(0, ctypes.cast(self._iv, ctypes.c_void_p), 16)
+        self._iv_mech_p = ctypes.byref(self._iv_mech)
         self._out = _ULONG()
         self._len = _ULONG()
         self._buf = ctypes.create_string_buffer(512)
@@ -187,6 +191,23 @@ class FastOps:
         rv = self._encrypt(session, data, len(data), self._buf, self._len_p)
         self._check(rv, "encrypting")
         return self._buf.raw[: self._len.value]
+
+    def encrypt_cbc(self, session: int, key: int, alg: Algorithm, data: bytes, iv: bytes) -> bytes:
+        """``C_EncryptInit(CKM_*_CBC, iv)`` + ``C_Encrypt`` of whole blocks (MAC algorithm 1
+        keeps the last block)."""
+        if len(data) % alg.block_size or len(iv) != alg.block_size:
+            raise ValueError("CBC input must be whole blocks, the IV one block")
+        self._iv.raw = iv.ljust(16, b"\x00")
+        self._iv_mech.mechanism = int(_CBC[alg])
+        self._iv_mech.ulParameterLen = len(iv)
+        rv = self._encrypt_init(session, self._iv_mech_p, key)
+        if rv:
+            self._check(rv, "encrypting (CBC)")
+        buf = self._buf if len(data) <= len(self._buf) else ctypes.create_string_buffer(len(data))
+        self._len.value = len(buf)
+        rv = self._encrypt(session, data, len(data), buf, self._len_p)
+        self._check(rv, "encrypting (CBC)")
+        return buf.raw[: self._len.value]
 
 
 _CACHE: dict[str, FastOps | None] = {}

@@ -15,15 +15,18 @@ Mechanisms used (all computed in the HSM, results compared with keyscheme in the
 
 * MAC (ISO/IEC 9797-1 alg. 1): SoftHSM2 has no CKM_DES3_MAC, so C_Encrypt(CKM_DES3_CBC / AES_CBC,
   IV) of the padded data, keeping the last block - the definition of MAC algorithm 1.
-* Key loading (``wrapped_card_key``): C_WrapKey(CKM_DES3_ECB) / C_WrapKey(CKM_AES_CBC, zero IV,
-  = ECB for one block) of the card key object under the loading key object; the format is
-  ``keyscheme.wrap_card_key`` (CHOICE changed for this: ECB of the 16-byte key, no LD framing).
-  **SoftHSM2 cannot wrap under a DES3 key at all.** For 3DES cards on SoftHSM the adapter falls
-  back (only when the token is SoftHSM, or when explicitly allowed) to a *clear card-key
-  window*: a non-sensitive twin of the card key being loaded is derived, read, encrypted under
-  the loading key inside the HSM and destroyed. Issuer master keys and the loading key never
-  leave the HSM; the loaded card key is briefly in memory. A production HSM offering
-  CKM_DES3_ECB wrapping never takes this path (``clear_des3_key_loading=False`` enforces it).
+* Key loading (``wrapped_card_key``, the WRITE KEY payload): the card's key-loading key KLK is
+  derived in the HSM (``C_DeriveKey(CKM_AES_ECB_ENCRYPT_DATA)`` from the AES master
+  ``ykt:klk:aes:v<n>`` by the card factor; a sensitive, non-extractable session object with
+  CKA_WRAP only) and every card key, 3DES or AES, is wrapped under it with
+  ``C_WrapKey(CKM_AES_KEY_WRAP_PAD)`` (RFC 5649; format ``keyscheme.wrap_card_key``). No card
+  key value is ever read out of the HSM: every object this module creates for a card is
+  CKA_SENSITIVE. (An AES KLK, not the 3DES KMC, because SoftHSM2 and many HSMs cannot wrap
+  under a DES3 key.) The blank chip's KLK itself travels like its KMC: wrapped under the chip
+  maker's transport key (:meth:`Pkcs11KeyService.export_key_loading_key`).
+* Key sets: a card's keys all come from masters of version ``CardKeyRef.key_version``;
+  :meth:`Pkcs11KeyService.current_key_version` is the newest *complete* version in the token
+  (:func:`hsm.ceremony.current_version`), which data preparation records on each new card.
 * Export for a bureau: C_WrapKey(CKM_AES_KEY_WRAP_PAD) under an AES transport key
   (SoftHSM's 0x210A is RFC 5649, i.e. ``cryptography``'s ``aes_key_wrap_with_padding``).
 * Bureau files (:meth:`Pkcs11KeyService.bureau_exporter`): card keys wrapped under a file KEK
@@ -41,41 +44,40 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import pkcs11.exceptions as p11x
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
-from pkcs11 import Attribute, Mechanism, ObjectClass
+from pkcs11 import Mechanism, ObjectClass
 
 from cardspec import keyscheme
 from cardspec.crypto import CardCrypto, SoftwareCardCrypto
 from cardspec.keyscheme import Algorithm, KeySlot
 from hsm import ceremony, p11fast
 from hsm import pkcs11 as p11
+from hsm.cardcrypto import HsmCardCrypto
 from hsm.config import HsmConfig
 from hsm.errors import (
     CryptogramMismatch,
     HsmError,
     KeyNotFound,
-    MechanismUnavailable,
     SignatureInvalid,
 )
-from hsm.export import _KCV_BLOCK, BureauExport, BureauExporter
+from hsm.export import BureauExporter
 from hsm.pkcs11 import LOCK, Pkcs11Token
 
 if TYPE_CHECKING:
     from hsm.export import HsmBureauExporter, SoftwareBureauExporter
 
-log = logging.getLogger(__name__)
-
+#: How long :meth:`Pkcs11KeyService.current_key_version` trusts its last look-up (seconds).
+KEY_SET_CACHE_S = 5.0
 #: Destroyed session objects after which the SoftHSM2 module is re-initialised (see
 #: :meth:`Pkcs11KeyService.objects_destroyed`): ~4 MiB of SoftHSM garbage, 2,000 cards of 11
 SOFTHSM_RECYCLE_AFTER = 22_000
@@ -134,6 +136,15 @@ class KeyService(Protocol):
         self, ref: CardKeyRef, slots: Iterable[KeySlot], transport_label: str
     ) -> dict[KeySlot, bytes]: ...
 
+    def export_key_loading_key(self, ref: CardKeyRef, transport_label: str) -> bytes:
+        """The card's key-loading key KLK (AES-128) wrapped (RFC 5649) under a transport key:
+        what the blank chip's maker loads next to the KMC."""
+        ...
+
+    def current_key_version(self, algorithm: Algorithm) -> int:
+        """The newest complete key set version of ``algorithm`` (new cards get it)."""
+        ...
+
     def bureau_exporter(self, transport_label: str) -> BureauExporter: ...
 
     def sign(self, data: bytes) -> bytes: ...
@@ -159,239 +170,6 @@ def _check_cryptogram(expected: bytes, response: bytes) -> None:
 
 # --- PKCS#11 adapter -------------------------------------------------------------------------
 
-_CARD_KEY_USAGE = (Attribute.ENCRYPT, Attribute.DERIVE, Attribute.WRAP)
-#: Card keys and intermediate keys: session objects, public (see the module docstring), sensitive.
-_CARD_KEY_TEMPLATE: dict[Attribute, Any] = {
-    Attribute.PRIVATE: False,
-    Attribute.SENSITIVE: True,
-    Attribute.EXTRACTABLE: True,
-    **p11.capabilities(*_CARD_KEY_USAGE),
-}
-_INTERMEDIATE_TEMPLATE: dict[Attribute, Any] = {
-    Attribute.PRIVATE: False,
-    Attribute.SENSITIVE: True,
-    Attribute.EXTRACTABLE: False,
-    **p11.capabilities(Attribute.DERIVE),
-}
-
-
-class HsmCardCrypto:
-    """:class:`CardCrypto` for one card with keys derived in the HSM (session objects)."""
-
-    def __init__(self, service: Pkcs11KeyService, ref: CardKeyRef) -> None:
-        p11.check_algorithm(ref.algorithm)
-        self.algorithm = ref.algorithm
-        self.ref = ref
-        self._service = service
-        self._keys: dict[KeySlot, Any] = {}
-        self._generation = -1
-        #: diversification data blocks per kind of slot (card / financial), computed once
-        self._data: dict[bool, tuple[bytes, ...]] = {}
-
-    # lifecycle ---------------------------------------------------------------------------
-    def __enter__(self) -> HsmCardCrypto:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Destroy this card's derived key objects."""
-        with self._service.token.use("destroying card keys"):
-            destroyed = 0
-            if self._generation == self._service.token.generation:
-                for key in self._keys.values():
-                    key.destroy()
-                destroyed = len(self._keys)
-            self._keys.clear()
-            self._service.objects_destroyed(destroyed)
-
-    # derivation (LOCK held) --------------------------------------------------------------
-    def _derive_chain(self, slot: KeySlot, template: dict[Attribute, Any]) -> Any:
-        base = self._service.master_synced(slot, self.algorithm, self.ref.key_version)
-        blocks = self._data.get(slot.financial)
-        if blocks is None:
-            blocks = self._data[slot.financial] = tuple(
-                keyscheme.diversification_data(factor, self.algorithm)
-                for factor in self.ref.factors(slot, self._service.region_code)
-            )
-        key = base
-        for n, data in enumerate(blocks, start=1):
-            last = n == len(blocks)
-            child = p11.derive(
-                key,
-                self.algorithm,
-                data,
-                template=template if last else _INTERMEDIATE_TEMPLATE,
-            )
-            if key is not base:
-                key.destroy()
-            key = child
-        return key
-
-    def _sync(self) -> None:
-        """Drop handles of a previous module initialisation (fork, recycling); once per
-        operation, LOCK held."""
-        generation = self._service.token.generation
-        if generation != self._generation:
-            self._keys.clear()  # handles of a previous initialisation are void
-            self._generation = generation
-        self._service.sync(generation)
-
-    def _key(self, slot: KeySlot) -> Any:
-        self._sync()
-        return self._key_synced(slot)
-
-    def _key_synced(self, slot: KeySlot) -> Any:
-        key = self._keys.get(slot)
-        if key is None:
-            key = self._keys[slot] = self._derive_chain(slot, _CARD_KEY_TEMPLATE)
-        return key
-
-    def derive_all(self, slots: Iterable[KeySlot]) -> None:
-        """Derive the given slots now (e.g. at the start of a personalisation)."""
-        with self._service.token.use("deriving card keys"):
-            self._sync()
-            for slot in slots:
-                self._key_synced(slot)
-
-    # CardCrypto --------------------------------------------------------------------------
-    def kcv(self, slot: KeySlot) -> bytes:
-        """KCV of the card key (``keyscheme.kcv``), computed in the HSM: one C_Encrypt of the
-        KCV block under the card key object (card keys have CKA_ENCRYPT; masters do not and
-        use :func:`hsm.pkcs11.kcv`)."""
-        with self._service.token.use("card key KCV"):
-            return self._kcv(slot)
-
-    def _kcv(self, slot: KeySlot) -> bytes:
-        block = _KCV_BLOCK[self.algorithm]
-        return bytes(self._key(slot).encrypt(block, mechanism=p11.ECB[self.algorithm]))[:3]
-
-    def external_auth(self, slot: KeySlot, challenge: bytes) -> bytes:
-        if len(challenge) != 8:
-            raise ValueError("challenge must be 8 bytes")
-        block = challenge if self.algorithm is Algorithm.DES3 else challenge + b"\x80" + bytes(7)
-        with self._service.token.use("EXTERNAL AUTHENTICATE cryptogram"):
-            return bytes(self._key(slot).encrypt(block, mechanism=p11.ECB[self.algorithm]))
-
-    def mac_block(self, slot: KeySlot, data: bytes, iv: bytes) -> bytes:
-        size = self.algorithm.block_size
-        iv_full = (iv + bytes(size))[:size]
-        padded = keyscheme.pad_method2(data, size)
-        with self._service.token.use("secure-messaging MAC"):
-            out = self._key(slot).encrypt(
-                padded, mechanism=p11.CBC[self.algorithm], mechanism_param=iv_full
-            )
-        return bytes(out[-size:])
-
-    def encrypt(self, slot: KeySlot, plaintext: bytes) -> bytes:
-        if len(plaintext) > 255:
-            raise ValueError("sensitive data longer than 255 bytes")
-        padded = keyscheme.pad_method2(
-            bytes([len(plaintext)]) + plaintext, self.algorithm.block_size
-        )
-        with self._service.token.use("encrypting sensitive data"):
-            return bytes(self._key(slot).encrypt(padded, mechanism=p11.ECB[self.algorithm]))
-
-    def wrapped_card_key(self, slot: KeySlot, under: KeySlot) -> bytes:
-        with self._service.token.use("wrapping a card key"):
-            wrapping, key = self._key(under), self._key(slot)
-            if self.algorithm is Algorithm.AES:
-                return bytes(
-                    wrapping.wrap_key(key, mechanism=Mechanism.AES_CBC, mechanism_param=bytes(16))
-                )
-            if self._service.des3_wrap_supported is not False:
-                try:
-                    out = bytes(wrapping.wrap_key(key, mechanism=Mechanism.DES3_ECB))
-                    self._service.des3_wrap_supported = True
-                    return out
-                except (
-                    p11x.MechanismInvalid,
-                    p11x.FunctionNotSupported,
-                    p11x.KeyTypeInconsistent,
-                    p11x.WrappingKeyTypeInconsistent,
-                ):
-                    self._service.des3_wrap_supported = False
-            if not self._service.clear_des3_key_loading:
-                raise MechanismUnavailable(
-                    "the HSM cannot wrap under a 3DES key (CKM_DES3_ECB) and the clear "
-                    "card-key window is not allowed",
-                    ckr="CKR_MECHANISM_INVALID",
-                )
-            return self._clear_window_wrap(slot, wrapping)
-
-    def _clear_window_wrap(self, slot: KeySlot, wrapping: Any) -> bytes:
-        twin = self._derive_chain(
-            slot, {Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True, **p11.capabilities()}
-        )
-        try:
-            value = bytearray(twin[Attribute.VALUE])
-            try:
-                clear = keyscheme.odd_parity(bytes(value))
-                return bytes(wrapping.encrypt(clear, mechanism=Mechanism.DES3_ECB))
-            finally:
-                value[:] = bytes(len(value))
-        finally:
-            twin.destroy()
-
-    def internal_auth_response(self, factor: bytes, random: bytes) -> bytes:
-        if len(random) != 8:
-            raise ValueError("random must be 8 bytes")
-        data = keyscheme.diversification_data(factor, self.algorithm)
-        block = random if self.algorithm is Algorithm.DES3 else random + factor
-        with self._service.token.use("INTERNAL AUTHENTICATE check"):
-            session_key = p11.derive(
-                self._key(KeySlot.IRK),
-                self.algorithm,
-                data,
-                template={
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: False,
-                    **p11.capabilities(Attribute.ENCRYPT),
-                },
-            )
-            try:
-                return bytes(session_key.encrypt(block, mechanism=p11.ECB[self.algorithm]))
-            finally:
-                session_key.destroy()
-
-    def export(self, slots: Iterable[KeySlot], transport: Any) -> dict[KeySlot, bytes]:
-        with self._service.token.use("exporting card keys"):
-            return {
-                slot: bytes(
-                    transport.wrap_key(self._key(slot), mechanism=Mechanism.AES_KEY_WRAP_PAD)
-                )
-                for slot in slots
-            }
-
-    def bureau_export(
-        self, slots: Iterable[KeySlot], kek: Any, sensitive: Sequence[bytes], under: KeySlot
-    ) -> BureauExport:
-        """Keys wrapped under ``kek``, KCVs and encrypted sensitive data (caller holds LOCK)."""
-        wrapped: dict[KeySlot, bytes] = {}
-        kcvs: dict[KeySlot, bytes] = {}
-        wrap = Mechanism.AES_KEY_WRAP_PAD
-        ecb = p11.ECB[self.algorithm]
-        block = _KCV_BLOCK[self.algorithm]
-        size = self.algorithm.block_size
-        with self._service.token.use("exporting card keys for a bureau"):
-            self._sync()
-            for slot in slots:
-                key = self._key_synced(slot)
-                wrapped[slot] = bytes(kek.wrap_key(key, mechanism=wrap))
-                kcvs[slot] = bytes(key.encrypt(block, mechanism=ecb))[:3]
-            encrypted: list[bytes] = []
-            if sensitive:
-                key = self._key_synced(under)
-                for data in sensitive:
-                    if len(data) > 255:
-                        raise ValueError("sensitive data longer than 255 bytes")
-                    padded = keyscheme.pad_method2(bytes([len(data)]) + data, size)
-                    encrypted.append(bytes(key.encrypt(padded, mechanism=ecb)))
-        return BureauExport(wrapped, kcvs, tuple(encrypted))
-
 
 class Pkcs11KeyService:
     """:class:`KeyService` on a PKCS#11 token (product default)."""
@@ -401,7 +179,6 @@ class Pkcs11KeyService:
         token: Pkcs11Token,
         region_code: str = "330100",
         *,
-        clear_des3_key_loading: bool | None = None,
         signing_label: str = ceremony.SIGNING_LABEL,
         recycle_after: int | None = None,
         fast_path: bool = True,
@@ -414,29 +191,16 @@ class Pkcs11KeyService:
         self._destroyed = 0
         self.region_code = region_code
         self.signing_label = signing_label
-        self._clear_des3 = clear_des3_key_loading
-        #: None = not tried yet; learnt from the first key loading.
-        self.des3_wrap_supported: bool | None = None
         self._masters: dict[tuple[KeySlot, Algorithm, int], Any] = {}
+        self._klk_masters: dict[int, Any] = {}
         self._masters_generation = -1
         self._transports: dict[str, Any] = {}
         self._transports_generation = -1
-        self._warned = False
+        self._current: dict[Algorithm, tuple[float, int]] = {}
 
     @classmethod
     def from_config(cls, config: HsmConfig, **kwargs: Any) -> Pkcs11KeyService:
         return cls(p11.open_token(config), config.region_code, **kwargs)
-
-    @property
-    def clear_des3_key_loading(self) -> bool:
-        allowed = self.token.is_softhsm if self._clear_des3 is None else self._clear_des3
-        if allowed and not self._warned:
-            log.warning(
-                "HSM lacks 3DES key wrapping: 3DES card keys are loaded through a clear "
-                "card-key window (SoftHSM limitation; master keys stay in the HSM)"
-            )
-            self._warned = True
-        return allowed
 
     @property
     def fast(self) -> p11fast.FastOps | None:
@@ -471,6 +235,7 @@ class Pkcs11KeyService:
         """Forget cached handles of a previous module initialisation (LOCK held)."""
         if generation != self._masters_generation:
             self._masters.clear()
+            self._klk_masters.clear()
             self._masters_generation = generation
         if generation != self._transports_generation:
             self._transports.clear()
@@ -483,6 +248,31 @@ class Pkcs11KeyService:
             label = ceremony.master_label(slot, alg, version)
             key = self._masters[(slot, alg, version)] = p11.find_one(self.token.session(), label)
         return key
+
+    def klk_master_synced(self, version: int) -> Any:
+        """The KLK master of key set ``version``; the caller holds LOCK and called :meth:`sync`."""
+        key = self._klk_masters.get(version)
+        if key is None:
+            label = ceremony.klk_label(version)
+            key = self._klk_masters[version] = p11.find_one(self.token.session(), label)
+        return key
+
+    def current_key_version(self, algorithm: Algorithm) -> int:
+        """The newest complete key set version of ``algorithm`` in the token (what new cards
+        get; see :mod:`hsm.ceremony`). Looked up again after :data:`KEY_SET_CACHE_S` seconds,
+        so a rotation done by ``ykt hsm rotate`` in another process is seen by a running
+        pipeline within that time."""
+        now = time.monotonic()
+        cached = self._current.get(algorithm)
+        if cached is not None and now - cached[0] < KEY_SET_CACHE_S:
+            return cached[1]
+        version = ceremony.current_version(self.token, algorithm)
+        if version is None:
+            raise KeyNotFound(
+                f"no complete {algorithm.value} key set in the HSM (ykt hsm init / rotate)"
+            )
+        self._current[algorithm] = (now, version)
+        return version
 
     def master(self, slot: KeySlot, alg: Algorithm, version: int) -> Any:
         """The master key object (LOCK held by the caller, or taken here)."""
@@ -526,6 +316,11 @@ class Pkcs11KeyService:
         transport = self.transport(transport_label)
         with self.card_crypto(ref) as crypto:
             return crypto.export(slots, transport)
+
+    def export_key_loading_key(self, ref: CardKeyRef, transport_label: str) -> bytes:
+        transport = self.transport(transport_label)
+        with self.card_crypto(ref) as crypto:
+            return crypto.export_klk(transport)
 
     def bureau_exporter(self, transport_label: str) -> HsmBureauExporter:
         """Exports for one bureau file (see "Bureau files" in :mod:`hsm.export`)."""
@@ -584,8 +379,11 @@ class SoftwareKeyService:
         region_code: str = "330100",
         transport_keys: Mapping[str, bytes] | None = None,
         signing_key: ec.EllipticCurvePrivateKey | None = None,
+        klk_masters: Mapping[int, bytes] | None = None,
     ) -> None:
         self._masters = dict(masters)
+        #: KLK masters by key set version (``ykt:klk:aes:v<n>``)
+        self._klk = dict(klk_masters or {})
         self.region_code = region_code
         self._transport = {
             ceremony.transport_label(k): v for k, v in (transport_keys or {}).items()
@@ -600,7 +398,9 @@ class SoftwareKeyService:
     ) -> SoftwareKeyService:
 
         return cls(
-            {(slot, alg, 1): os.urandom(16) for slot in KeySlot for alg in algorithms}, region_code
+            {(slot, alg, 1): os.urandom(16) for slot in KeySlot for alg in algorithms},
+            region_code,
+            klk_masters={1: os.urandom(16)},
         )
 
     def card_crypto(self, ref: CardKeyRef) -> SoftwareCardSession:
@@ -613,7 +413,28 @@ class SoftwareKeyService:
             raise KeyNotFound(f"no {ref.algorithm.value} master keys v{ref.key_version}")
         card = ref.factors(KeySlot.IRK, self.region_code)
         emv = ref.factors(KeySlot.FIN_AC, self.region_code) if ref.pan else ()
-        return SoftwareCardSession(masters, card, ref.algorithm, emv)
+        return SoftwareCardSession(
+            masters, card, ref.algorithm, emv, klk_master=self._klk.get(ref.key_version)
+        )
+
+    def current_key_version(self, algorithm: Algorithm) -> int:
+        complete = [
+            v
+            for v in {v for (_, a, v) in self._masters if a is algorithm}
+            if v in self._klk and all((s, algorithm, v) in self._masters for s in KeySlot)
+        ]
+        if not complete:
+            raise KeyNotFound(f"no complete {algorithm.value} key set")
+        return max(complete)
+
+    def export_key_loading_key(self, ref: CardKeyRef, transport_label: str) -> bytes:
+        label = ceremony.transport_label(transport_label)
+        if label not in self._transport:
+            raise KeyNotFound(f"no transport key {label}")
+        if ref.key_version not in self._klk:
+            raise KeyNotFound(f"no KLK master v{ref.key_version}")
+        klk = self.card_crypto(ref).key_loading_key()
+        return aes_key_wrap_with_padding(self._transport[label], klk)
 
     def verify_internal_auth(
         self, ref: CardKeyRef, factor: bytes, random: bytes, response: bytes

@@ -1,17 +1,30 @@
 """Tamper-evident audit log.
 
-Hot path: :func:`record` is a plain INSERT in the business transaction (no lock, no chain
-computation), so audited work stays parallel.
+Hot path: :func:`record` (or a core-SQL insert of :func:`event_row`) is a plain INSERT in the
+business transaction - no lock, no chain computation, no global "chain head" row to update - so
+audited work stays parallel (the verification API appends thousands of events a second).
 
-Sealing: :func:`seal` (run by a worker, ``ykt audit seal``, and before verification) takes the
+Sealing: :func:`seal` (``ykt audit seal``, the ``audit_seal`` job of ``ykt worker``) takes the
 chain head row under a lock, then gives unsealed events older than a short delay, in id order, a
 gapless ``chain_seq`` and ``hash = SHA-256(prev_hash || canonical JSON of the event)``. Every
-``checkpoint_every`` events (and at the end of each run) it writes a checkpoint of (seq, hash),
-signed by a :class:`Signer` (the HSM's signing key in production) when one is given.
+``checkpoint_every`` events and at the end of each run it writes a checkpoint of (seq, hash),
+signed by a :class:`Signer` (the HSM's signing key in production) when one is given, so the
+newest checkpoint always covers the head. An event committed late (a transaction longer than
+the delay) is simply chained in a later run: the chain order is ``chain_seq``, not the id.
+
+The window: an event is tamper-evident once it is sealed *and* a checkpoint signed by the HSM
+covers it; before that (``delay`` plus the time to the next seal run) it can be edited or
+deleted by someone with write access to the database without a trace. Seal often (every few
+seconds). Deleting the *newest* sealed events together with their checkpoints and rewinding the
+head row leaves a consistent shorter chain: an auditor detects it by pinning the last signed
+checkpoint outside the database (``ykt audit seal --export FILE``) and verifying against it
+(``ykt audit verify --expect-checkpoint FILE``).
 
 Verification: :func:`verify_chain` recomputes the chain and raises :class:`IntegrityError`
-naming the first bad event when a sealed event was edited, deleted or reordered, or a checkpoint
-does not match or its signature is wrong.
+naming the first bad event when a sealed event was edited, deleted or reordered, the head row is
+missing or wrong, no checkpoint covers the head, a checkpoint does not match or its signature is
+wrong (against the trusted key: at least one signed checkpoint is required), or the chain does
+not reach / agree with a pinned checkpoint.
 
 Personal data: details must never contain a full citizen ID number or a photo; :func:`record`
 masks anything that looks like one (defence in depth; callers pass masked values).
@@ -24,7 +37,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -99,21 +112,50 @@ def record(
 ) -> AuditEvent:
     """Add one audit event to the current transaction (a plain insert, flushed with the rest)."""
     event = AuditEvent(
-        occurred_at=utcnow(),
-        actor_staff_id=actor.staff_id,
-        actor_name=actor.username,
-        actor_role=str(actor.role),
-        channel=str(actor.channel),
-        action=action,
-        entity_type=entity_type,
-        entity_id=str(entity_id),
-        before=None if before is None else str(before),
-        after=None if after is None else str(after),
-        reason=scrub(reason) if reason else None,
-        details=canonical_json(scrub(details or {})),
-    )
+        **event_row(
+            actor, action, entity_type, entity_id,
+            before=before, after=after, reason=reason, details=details,
+        )
+    )  # fmt: skip
     session.add(event)
     return event
+
+
+#: The columns an audit event is written with (the chain columns stay NULL until sealed).
+EVENT_COLUMNS = (
+    "occurred_at", "actor_staff_id", "actor_name", "actor_role", "channel", "action",
+    "entity_type", "entity_id", "before", "after", "reason", "details",
+)  # fmt: skip
+
+
+def event_row(
+    actor: Actor,
+    action: str,
+    entity_type: str,
+    entity_id: object,
+    *,
+    before: str | None = None,
+    after: str | None = None,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+    occurred_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The column values of one audit event (:data:`EVENT_COLUMNS`), for :func:`record` and
+    for hot paths that insert it with core SQL in their own statement."""
+    return {
+        "occurred_at": occurred_at or utcnow(),
+        "actor_staff_id": actor.staff_id,
+        "actor_name": actor.username,
+        "actor_role": str(actor.role),
+        "channel": str(actor.channel),
+        "action": action,
+        "entity_type": entity_type,
+        "entity_id": str(entity_id),
+        "before": None if before is None else str(before),
+        "after": None if after is None else str(after),
+        "reason": scrub(reason) if reason else None,
+        "details": canonical_json(scrub(details or {})),
+    }
 
 
 def event_payload(ev: Any) -> dict[str, Any]:
@@ -156,11 +198,18 @@ def _head(session: Session) -> AuditChainHead:
     head = session.scalars(
         sa.select(AuditChainHead).where(AuditChainHead.id == 1).with_for_update()
     ).one_or_none()
-    if head is None:  # migrated databases have it; be lenient for hand-made ones
+    if head is None:
+        if session.scalar(sa.select(sa.func.count()).select_from(AuditCheckpoint)):
+            # the chain was sealed before: a missing head is tampering, never a fresh start
+            raise IntegrityError("audit chain head is missing (the audit_chain_head row)")
         head = AuditChainHead(id=1, last_seq=0, last_hash=GENESIS_HASH)
         session.add(head)
         session.flush()
     return head
+
+
+_EV = cast(sa.Table, AuditEvent.__table__)
+_SEAL_COLUMNS = [_EV.c[n] for n in ("id", *EVENT_COLUMNS)]
 
 
 def seal(
@@ -168,41 +217,98 @@ def seal(
     signer: Signer | None = None,
     *,
     delay: timedelta = timedelta(seconds=2),
-    checkpoint_every: int = 1000,
-    limit: int = 50_000,
+    checkpoint_every: int = 10_000,
+    limit: int | None = None,
+    batch: int = 5_000,
     now: datetime | None = None,
 ) -> SealResult:
-    """Chain unsealed events older than ``delay`` (id order); write checkpoints.
+    """Chain the unsealed events older than ``delay`` (id order), ``batch`` at a time, up to
+    ``limit`` (None: all); write a checkpoint every ``checkpoint_every`` events and one at the
+    end, so the last checkpoint always covers the head.
 
-    The head row lock serialises sealers; business transactions never wait on it.
+    The head row lock serialises sealers; business transactions never wait on it (they only
+    insert). Core SQL: the events are read as rows and updated in one executemany per batch.
     """
     head = _head(session)
     cutoff = (now or utcnow()) - delay
-    events = session.scalars(
-        sa.select(AuditEvent)
-        .where(AuditEvent.chain_seq.is_(None), AuditEvent.occurred_at <= cutoff)
-        .order_by(AuditEvent.id)
-        .limit(limit)
-    ).all()
     result = SealResult(last_seq=head.last_seq)
     seq, prev = head.last_seq, head.last_hash
     pem = _pem_text(signer)
-    for ev in events:
-        seq += 1
-        ev.chain_seq = seq
-        ev.prev_hash = prev
-        ev.hash = prev = chain_hash(prev, ev)
-        if seq % checkpoint_every == 0:
-            _checkpoint(session, seq, prev, signer, pem)
-            result.checkpoints.append(seq)
-    if events:
+    sealed = 0
+    while limit is None or sealed < limit:
+        take = batch if limit is None else min(batch, limit - sealed)
+        rows = session.execute(
+            sa.select(*_SEAL_COLUMNS)
+            .where(_EV.c.chain_seq.is_(None), _EV.c.occurred_at <= cutoff)
+            .order_by(_EV.c.id)
+            .limit(take)
+        ).all()
+        if not rows:
+            break
+        updates = []
+        for row in rows:
+            seq += 1
+            ev = _SealedRow(row, seq)
+            h = chain_hash(prev, ev)
+            updates.append({"b_id": row.id, "b_seq": seq, "b_prev": prev, "b_hash": h})
+            prev = h
+            if seq % checkpoint_every == 0:
+                result.checkpoints.append(seq)
+                _checkpoint(session, seq, prev, signer, pem, flush=False)
+        session.execute(
+            sa.update(_EV)
+            .where(_EV.c.id == sa.bindparam("b_id"))
+            .values(
+                chain_seq=sa.bindparam("b_seq"),
+                prev_hash=sa.bindparam("b_prev"),
+                hash=sa.bindparam("b_hash"),
+            ),
+            updates,
+            execution_options={"synchronize_session": False},
+        )
+        sealed += len(rows)
+        _mirror_sealed(session, updates)
+        if len(rows) < take:
+            break
+    if sealed:
         if not result.checkpoints or result.checkpoints[-1] != seq:
-            _checkpoint(session, seq, prev, signer, pem)
+            _checkpoint(session, seq, prev, signer, pem, flush=False)
             result.checkpoints.append(seq)
         head.last_seq, head.last_hash, head.sealed_at = seq, prev, utcnow()
     session.flush()
-    result.sealed, result.last_seq = len(events), seq
+    result.sealed, result.last_seq = sealed, seq
     return result
+
+
+def _mirror_sealed(session: Session, updates: list[dict[str, Any]]) -> None:
+    """Events of this session just sealed by core SQL: give their objects the new chain
+    values (as loaded, not as changes to flush)."""
+    from sqlalchemy.orm.attributes import set_committed_value
+
+    loaded = {
+        obj.id: obj for obj in list(session.identity_map.values()) if isinstance(obj, AuditEvent)
+    }
+    if not loaded:
+        return
+    for u in updates:
+        obj = loaded.get(u["b_id"])
+        if obj is not None:
+            set_committed_value(obj, "chain_seq", u["b_seq"])
+            set_committed_value(obj, "prev_hash", u["b_prev"])
+            set_committed_value(obj, "hash", u["b_hash"])
+
+
+class _SealedRow:
+    """An event row as it will be once sealed (what :func:`event_payload` reads)."""
+
+    __slots__ = ("_row", "chain_seq")
+
+    def __init__(self, row: Any, chain_seq: int) -> None:
+        self._row = row
+        self.chain_seq = chain_seq
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._row, name)
 
 
 def _pem_text(signer: Signer | None) -> str | None:
@@ -213,10 +319,18 @@ def _pem_text(signer: Signer | None) -> str | None:
 
 
 def _checkpoint(
-    session: Session, seq: int, hash_hex: str, signer: Signer | None, pem: str | None
+    session: Session,
+    seq: int,
+    hash_hex: str,
+    signer: Signer | None,
+    pem: str | None,
+    *,
+    flush: bool = True,
 ) -> None:
     sig = signer.sign(checkpoint_message(seq, hash_hex)) if signer is not None else None
     session.add(AuditCheckpoint(chain_seq=seq, hash=hash_hex, signature=sig, public_key_pem=pem))
+    if flush:
+        session.flush()
 
 
 def verify_signature(public_key_pem: bytes | str, signature: bytes, data: bytes) -> None:
@@ -275,15 +389,93 @@ class VerifyReport:
     checkpoints: int
     signed_checkpoints: int
     unsealed: int
+    pinned_seq: int | None = None
+
+
+PIN_FORMAT = "yikatong-audit-checkpoint/1"
+
+
+@dataclass(frozen=True)
+class PinnedCheckpoint:
+    """A checkpoint an auditor keeps outside the database (``ykt audit seal --export``), so
+    that ``ykt audit verify --expect-checkpoint`` detects a chain cut short before it (a tail
+    deleted together with its checkpoints and a head row rewound to match)."""
+
+    chain_seq: int
+    hash: str
+    signature: bytes | None = None
+    public_key_pem: str | None = None
+
+    def to_json(self) -> str:
+        import base64
+
+        return json.dumps(
+            {
+                "format": PIN_FORMAT,
+                "chain_seq": self.chain_seq,
+                "hash": self.hash,
+                "signature": None
+                if self.signature is None
+                else base64.b64encode(self.signature).decode("ascii"),
+                "public_key_pem": self.public_key_pem,
+            },
+            indent=1,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> PinnedCheckpoint:
+        import base64
+        import binascii
+
+        try:
+            data = json.loads(text)
+            if data.get("format") != PIN_FORMAT:
+                raise ValueError(f"not a {PIN_FORMAT} file")
+            seq, hash_hex = int(data["chain_seq"]), str(data["hash"])
+            if seq < 1 or not re.fullmatch(r"[0-9a-f]{64}", hash_hex):
+                raise ValueError("bad sequence or hash")
+            sig = data.get("signature")
+            return cls(
+                seq,
+                hash_hex,
+                None if sig is None else base64.b64decode(sig, validate=True),
+                data.get("public_key_pem"),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+            raise IntegrityError(f"the pinned checkpoint file is unreadable: {exc}") from exc
+
+
+def last_checkpoint(session: Session) -> PinnedCheckpoint | None:
+    """The newest checkpoint, as an auditor pins it."""
+    cp = session.scalars(
+        sa.select(AuditCheckpoint).order_by(AuditCheckpoint.chain_seq.desc()).limit(1)
+    ).one_or_none()
+    if cp is None:
+        return None
+    return PinnedCheckpoint(cp.chain_seq, cp.hash, cp.signature, cp.public_key_pem)
 
 
 def verify_chain(
-    session: Session, public_key_pem: bytes | str | None = None, *, batch: int = 5000
+    session: Session,
+    public_key_pem: bytes | str | None = None,
+    *,
+    expect: PinnedCheckpoint | None = None,
+    batch: int = 5000,
 ) -> VerifyReport:
     """Recompute the whole chain; raise :class:`IntegrityError` at the first bad entry.
 
-    With ``public_key_pem`` every checkpoint must carry a signature by that key; without it,
-    signatures are checked against the key stored with the checkpoint (consistency only).
+    What must hold, beyond every hash: the head row exists once anything was sealed and names
+    the last sealed event; the last checkpoint covers the head (``seal`` ends every run with
+    one), so checkpoints deleted from some event on are noticed.
+
+    With ``public_key_pem`` (a key the auditor trusts) every checkpoint must carry a valid
+    signature by that key, and there must be at least one: rewriting events and recomputing
+    the hashes is then detected at the first checkpoint after the edit. Without it, signatures
+    are checked against the key stored with each checkpoint (consistency only: whoever can
+    write the tables can also re-sign with a key of their own).
+
+    With ``expect`` (a checkpoint pinned outside the database) the chain must reach it and
+    agree with it: a tail cut off together with its checkpoints and the head is detected.
     """
     head = session.get(AuditChainHead, 1)
     expected_seq, prev = 1, GENESIS_HASH
@@ -292,6 +484,8 @@ def verify_chain(
     by_seq: dict[int, str] = {}
     cps = session.scalars(sa.select(AuditCheckpoint).order_by(AuditCheckpoint.chain_seq)).all()
     wanted = {cp.chain_seq for cp in cps}
+    if expect is not None:
+        wanted.add(expect.chain_seq)
     while True:
         rows = session.execute(
             sa.select(*AuditEvent.__table__.c)
@@ -322,12 +516,20 @@ def verify_chain(
             count += 1
             last_id = ev.id
     last_seq = expected_seq - 1
-    if head is not None and (head.last_seq != last_seq or head.last_hash != prev):
+    if head is None:
+        if last_seq or cps:
+            raise IntegrityError(
+                "audit chain broken: the head row (audit_chain_head) is missing",
+                chain_seq=last_seq,
+            )
+    elif head.last_seq != last_seq or head.last_hash != prev:
         raise IntegrityError(
             f"audit chain broken: the head says sequence {head.last_seq} but the log ends at "
             f"{last_seq} (events at the end were deleted or the head was edited)",
             chain_seq=last_seq + 1, event_id=last_id,
         )  # fmt: skip
+    if expect is not None:
+        _check_pin(expect, last_seq, by_seq.get(expect.chain_seq), public_key_pem)
     signed = 0
     for cp in cps:
         if cp.chain_seq > last_seq or by_seq.get(cp.chain_seq) != cp.hash:
@@ -351,7 +553,49 @@ def verify_chain(
                     chain_seq=cp.chain_seq,
                 ) from exc
             signed += 1
+    if last_seq and (not cps or cps[-1].chain_seq != last_seq):
+        newest = cps[-1].chain_seq if cps else "none"
+        raise IntegrityError(
+            f"audit chain broken: no checkpoint covers the head (sequence {last_seq}; the last "
+            f"checkpoint is at {newest}): checkpoints were deleted or events appended",
+            chain_seq=last_seq,
+        )
+    if public_key_pem is not None and last_seq and signed == 0:
+        raise IntegrityError("audit chain has no signed checkpoint", chain_seq=last_seq)
     unsealed = session.scalar(
         sa.select(sa.func.count()).select_from(AuditEvent).where(AuditEvent.chain_seq.is_(None))
     )
-    return VerifyReport(count, last_seq, len(cps), signed, int(unsealed or 0))
+    return VerifyReport(
+        count, last_seq, len(cps), signed, int(unsealed or 0),
+        None if expect is None else expect.chain_seq,
+    )  # fmt: skip
+
+
+def _check_pin(
+    pin: PinnedCheckpoint,
+    last_seq: int,
+    found: str | None,
+    public_key_pem: bytes | str | None,
+) -> None:
+    if pin.chain_seq > last_seq:
+        raise IntegrityError(
+            f"audit chain broken: it ends at sequence {last_seq} but the pinned checkpoint is "
+            f"at {pin.chain_seq} (events at the end were deleted)",
+            chain_seq=last_seq + 1,
+        )
+    if found != pin.hash:
+        raise IntegrityError(
+            f"audit chain broken: the hash at sequence {pin.chain_seq} differs from the pinned "
+            "checkpoint (events up to it were rewritten)",
+            chain_seq=pin.chain_seq,
+        )
+    if public_key_pem is not None and pin.signature is not None:
+        try:
+            verify_signature(
+                public_key_pem, pin.signature, checkpoint_message(pin.chain_seq, pin.hash)
+            )
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"the pinned checkpoint at sequence {pin.chain_seq}: {exc.message}",
+                chain_seq=pin.chain_seq,
+            ) from exc

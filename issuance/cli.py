@@ -36,7 +36,10 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("issuance.cli_cards", "cards", "Card lifecycle: loss, un-report, temporary cards, ..."),
     ("issuance.cli_audit", "audit", "Audit log: verify the hash chain, checkpoints."),
     ("issuance.cli_outbox", "outbox", "Notifications: drain the outbox to the SMS/log sink."),
+    ("issuance.cli_worker", "worker", "Periodic jobs (ykt worker)."),
     ("issuance.cli_batch", "batch", "Production batches: create, prepare, personalise, print."),
+    ("issuance.cli_bureau", "bureau", "Card bureau: export bureau files, import their results."),
+    ("issuance.cli_stock", "stock", "Blank chip stock: import a manufacturer's delivery."),
     ("printers.cli", "print", "Card faces and print spoolers."),
     ("api.cli", "api", "The HTTP service and the verification client."),
 ]

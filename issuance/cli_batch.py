@@ -1,12 +1,19 @@
-"""``ykt batch``: production batches — create, run, resume, status, report, ship.
+"""``ykt batch``: production batches — create, prepare, run, resume, status, report, ship.
 
     ykt batch create NAME [--region 3301] [--collective NAME] [--from D] [--to D] --as USER
+    ykt batch prepare BATCH                  data preparation only (e.g. before a bureau export)
     ykt batch run BATCH [--readers N]        data preparation + stations (progress bars)
     ykt batch resume BATCH                   after a crash or Ctrl-C: finishes the batch
     ykt batch status [BATCH]                 counts by stage (all batches without BATCH)
     ykt batch report BATCH                   text report + PNG chart under <data_dir>/reports
+    ykt batch retry BATCH [--card N] --as SUPERVISOR     failed cards back to production
+    ykt batch withdraw BATCH --card N --reason TEXT --as SUPERVISOR   a failed card cancelled
     ykt batch ship BATCH --to BRANCH --as USER
     ykt batch collect CARD_NUMBER --as TELLER  the holder collects the card (issued)
+
+Exit codes of run/resume: 0 finished, 1 not finished (failed cards, cards at the bureau),
+3 a station stopped on an error (printed before the resume command), 130 interrupted (Ctrl-C,
+SIGTERM). The bureau commands are also here (``bureau-export`` ...: :mod:`issuance.cli_bureau`).
 
 Also the root command ``ykt demo`` (:mod:`issuance.demo`).
 """
@@ -69,6 +76,23 @@ def create(
     out.print(f"next: ykt batch run {name}")
 
 
+EXIT_NOT_FINISHED = 1
+EXIT_STATION_ERROR = 3
+EXIT_INTERRUPTED = 130
+
+
+def print_failed(summary: Any, batch: str) -> None:
+    """The failed cards of a run summary, with what the operator can do about them."""
+    if not summary.failed_cards:
+        return
+    table = Table("card", "attempts", "last error", title="failed cards (spoiled too often)")
+    for f in summary.failed_cards:
+        table.add_row(f.card_number, str(f.attempts), (f.last_error or "")[:90])
+    err.print(table)
+    err.print(f"a supervisor decides: ykt batch retry {batch} [--card N] --as USER, or "
+              f"ykt batch withdraw {batch} --card N --reason TEXT --as USER")  # fmt: skip
+
+
 def _run(batch: str, readers: int | None, lease: int, as_: str | None, resume: bool) -> None:
     from issuance.batches.cli_progress import RichProgress
     from issuance.batches.pipeline import BatchInterrupted, RunOptions, runner_for
@@ -98,7 +122,7 @@ def _run(batch: str, readers: int | None, lease: int, as_: str | None, resume: b
                 raise
     except (KeyboardInterrupt, BatchInterrupted):
         err.print(f"[yellow]interrupted.[/yellow] Resume with:\n  {resume_cmd}")
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
     out.print(
@@ -107,11 +131,23 @@ def _run(batch: str, readers: int | None, lease: int, as_: str | None, resume: b
         f"{summary.remaining} still to make; {summary.apdus} APDUs in {summary.seconds:.1f} s "
         f"on {summary.stations} station(s)"
     )
-    for e in summary.errors:
-        err.print(f"[red]station error:[/red] {e}")
+    if summary.leases_lost:
+        err.print(f"{summary.leases_lost} card(s) left to another worker that took their lease")
+    print_failed(summary, batch)
+    if summary.at_bureau:
+        out.print(f"{summary.at_bureau} card(s) at the bureau: ykt bureau import RESULT "
+                  "--bureau-file FILE when its result file comes back")  # fmt: skip
+    if summary.errors:
+        for e in summary.errors:
+            err.print(f"[red]station error:[/red] {e}")
+        err.print(f"[red]stopped on a station error.[/red] Fix it, then resume with:\n"
+                  f"  {resume_cmd}")  # fmt: skip
+        raise typer.Exit(EXIT_STATION_ERROR)
     if summary.remaining:
         err.print(f"not finished. Resume with:\n  {resume_cmd}")
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_NOT_FINISHED)
+    if summary.failed_cards or summary.at_bureau:
+        raise typer.Exit(EXIT_NOT_FINISHED)
     out.print(f"next: ykt batch ship {batch} --to <collection point> --as <staff>")
 
 
@@ -139,6 +175,99 @@ def resume(
 ) -> None:
     """Finish an interrupted batch: dead workers' cards are spoiled and requeued."""
     _run(batch, readers, lease, as_, resume=True)
+
+
+@app.command("prepare")
+def prepare(
+    batch: str,
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
+    """Data preparation only: a chip and the personalisation data for every card (e.g. for a
+    bureau export); resumable."""
+    from issuance.batches.cli_progress import RichProgress
+    from issuance.batches.pipeline import runner_for
+
+    actor = _actor(as_).via(Channel.SYSTEM)
+    with RichProgress(err) as progress, runner_for(
+        settings(), batch, actor=actor, progress=progress
+    ) as runner:  # fmt: skip
+        runner.recover()
+        try:
+            n = runner.prepare_all()
+        except KeyboardInterrupt:
+            err.print(f"[yellow]interrupted.[/yellow] Resume with:\n  ykt batch prepare {batch}")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        counts = runner.counts()
+    from issuance.models import BatchStage
+
+    out.print(f"batch {batch}: {n} card(s) prepared now, {counts[BatchStage.PREPARED]} prepared "
+              "in all")  # fmt: skip
+    out.print(f"next: ykt bureau export {batch} --transport BUREAU -o FILE (bureau), or "
+              f"ykt batch run {batch} (in house)")  # fmt: skip
+
+
+def _failed_items(s: Session, batch: str, card: str | None) -> list[Any]:
+    import sqlalchemy as sa
+
+    from issuance.batches.selection import get_batch
+    from issuance.errors import NotFound, ValidationError
+    from issuance.models import BatchItem, BatchStage, Card
+
+    found = get_batch(s, batch)
+    stmt = (
+        sa.select(BatchItem)
+        .join(Card, Card.id == BatchItem.card_id)
+        .where(BatchItem.batch_id == found.id)
+        .order_by(BatchItem.id)
+    )
+    if card is not None:
+        items = list(s.scalars(stmt.where(Card.card_number == card.upper())))
+        if not items:
+            raise NotFound(f"card {card} is not in batch {found.name}")
+        if items[0].stage != BatchStage.FAILED:
+            raise ValidationError(f"card {card} is {items[0].stage}, not failed")
+        return items
+    return list(s.scalars(stmt.where(BatchItem.stage == BatchStage.FAILED)))
+
+
+@app.command("retry")
+def retry(
+    batch: str,
+    card: str | None = typer.Option(None, "--card", help="Only this card number."),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
+    """Send failed cards (spoiled too often) back to production, attempts reset (audited)."""
+    from issuance.batches import items as bi
+    from issuance.batches.selection import get_batch
+
+    with session_scope() as s:
+        actor = acting(s, as_)
+        items = _failed_items(s, batch, card)
+        for item in items:
+            bi.retry(s, item, actor, reason="retried by a supervisor")
+        name = get_batch(s, batch).name
+    out.print(f"{len(items)} failed card(s) of batch {name} back in production")
+    if items:
+        out.print(f"next: ykt batch resume {name}")
+
+
+@app.command("withdraw")
+def withdraw(
+    batch: str,
+    card: str = typer.Option(..., "--card", help="Card number of the failed card."),
+    reason: str = typer.Option(..., "--reason", help="Why (audited)."),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
+    """Take a failed card out of production for good: the card is cancelled (its number is
+    never reused); the holder needs a new card."""
+    from issuance.batches import items as bi
+
+    with session_scope() as s:
+        actor = acting(s, as_)
+        (item,) = _failed_items(s, batch, card)
+        withdrawn = bi.withdraw(s, item, actor, reason=reason)
+        number = withdrawn.card_number
+    out.print(f"card {number} withdrawn from batch {batch} and cancelled")
 
 
 @app.command("status")
@@ -226,3 +355,12 @@ def demo(
 
 #: Commands added to the root ``ykt`` (see issuance.cli._register).
 TOP_LEVEL_COMMANDS = {"demo": demo}
+
+
+def _register_bureau() -> None:
+    from issuance import cli_bureau
+
+    cli_bureau.register(app)
+
+
+_register_bureau()

@@ -8,7 +8,15 @@ import typer
 from rich.console import Console
 from sqlalchemy.orm import Session
 
-from issuance.cli_db import AS_HELP, acting, session_scope, settings
+from issuance.cli_db import (
+    AS_HELP,
+    ID_FILE_HELP,
+    ID_HELP,
+    acting,
+    read_citizen_id,
+    session_scope,
+    settings,
+)
 from issuance.models import Card
 
 app = typer.Typer(no_args_is_help=True)
@@ -56,14 +64,10 @@ def report_loss(
     from issuance import services
 
     with session_scope() as s:
+        actor = acting(s, as_, channel)
         c = _card(s, card)
         r = services.report_loss(
-            s,
-            settings(),
-            c.id,
-            acting(s, as_, channel),
-            identity_checked=identity_checked,
-            note=note,
+            s, settings(), c.id, actor, identity_checked=identity_checked, note=note
         )
         out.print(f"card {c.card_number} reported lost ({r.kind}); lapses at {r.lapses_at}")
 
@@ -75,12 +79,14 @@ def unreport(
     identity_checked: bool = typer.Option(False, "--identity-checked"),
     as_: str | None = typer.Option(None, "--as", help=AS_HELP),
 ) -> None:
-    """Withdraw a loss report (card found); only before a replacement."""
+    """Withdraw a loss report (card found); only before a replacement, and always after
+    checking the holder's identity (phone and SMS included): --identity-checked."""
     from issuance import services
 
     with session_scope() as s:
+        actor = acting(s, as_, channel)
         c = _card(s, card)
-        services.unreport_loss(s, c.id, acting(s, as_, channel), identity_checked=identity_checked)
+        services.unreport_loss(s, c.id, actor, identity_checked=identity_checked)
         out.print(f"card {c.card_number} is {c.status}")
 
 
@@ -98,24 +104,78 @@ def expire_losses() -> None:
         out.print(f"{r.cancelled} cards cancelled after {days} days formally lost")
 
 
+@app.command("expire")
+def expire() -> None:
+    """Expire every card past its expiry date (run periodically; ``ykt worker`` does it)."""
+    from issuance import services
+
+    with session_scope() as s:
+        n = services.expire_cards(s)
+    out.print(f"{n} cards expired")
+
+
 @app.command("collect")
 def collect(
     card: str,
     channel: str = typer.Option("counter", help="counter or bank"),
+    temporary_returned: bool = typer.Option(
+        False,
+        "--temporary-returned",
+        help="the holder handed their temporary card back (its deposit is refunded)",
+    ),
     as_: str | None = typer.Option(None, "--as", help=AS_HELP),
 ) -> None:
-    """Hand the card to its holder (still sealed); a temporary card is handed back and its
-    deposit refunded."""
+    """Hand the card to its holder (still sealed). The holder's temporary card is cancelled;
+    its deposit is refunded only with --temporary-returned (or later: ykt cards hand-back)."""
     from issuance import services
 
     with session_scope() as s:
+        actor = acting(s, as_, channel)
         c = _card(s, card)
-        r = services.collect_card(s, c.id, acting(s, as_, channel))
+        r = services.collect_card(s, c.id, actor, temporary_handed_back=temporary_returned)
         out.print(f"card {c.card_number} issued to its holder")
         for number in r.temporary_cards_returned:
             out.print(f"temporary card {number} handed back and cancelled")
         if r.deposits_refunded_fen:
             out.print(f"deposit refunded: {r.deposits_refunded_fen / 100:.2f} yuan")
+        for number in r.temporary_cards_kept:
+            out.print(
+                f"temporary card {number} cancelled, NOT handed back: deposit kept until it is "
+                f"(ykt cards hand-back {number})"
+            )
+
+
+@app.command("hand-back")
+def hand_back(
+    card: str = typer.Argument(..., help="the temporary card's number"),
+    channel: str = typer.Option("counter", help="counter or bank"),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
+    """Record that the holder handed a temporary card back; its deposit is refunded."""
+    from issuance import services
+
+    with session_scope() as s:
+        actor = acting(s, as_, channel)
+        c = _card(s, card)
+        amount = services.hand_back_temporary_card(s, c, actor)
+        out.print(f"temporary card {c.card_number} handed back ({c.status})")
+        out.print(f"deposit refunded: {amount / 100:.2f} yuan")
+
+
+@app.command("cancel")
+def cancel(
+    card: str,
+    reason: str = typer.Option(..., "--reason", help="e.g. emigration, insurance moved away"),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
+    """Cancel one card for good (every function stops)."""
+    from issuance import services
+
+    with session_scope() as s:
+        actor = acting(s, as_)
+        c = _card(s, card)
+        services.cancel_card(s, c.id, actor, reason)
+        out.print(f"card {c.card_number} cancelled")
 
 
 @app.command("activate")
@@ -129,41 +189,81 @@ def activate(
     from issuance import services
 
     with session_scope() as s:
+        actor = acting(s, as_, channel)
         c = _card(s, card)
-        services.activate_card(s, c.id, acting(s, as_, channel))
+        services.activate_card(s, c.id, actor)
         out.print(f"card {c.card_number} is {c.status}")
+
+
+class _PromptPinPad:
+    """The CLI as the branch PIN pad: hidden prompts (the holder types; nothing is echoed,
+    stored or logged)."""
+
+    def current_pin(self) -> str:
+        return str(typer.prompt("holder: current bank PIN (PIN mailer)", hide_input=True,
+                                err=True))  # fmt: skip
+
+    def new_pin(self) -> str:
+        again = "holder: new bank PIN again"
+        return str(typer.prompt("holder: new bank PIN", hide_input=True,
+                                confirmation_prompt=again, err=True))  # fmt: skip
 
 
 @app.command("activate-financial")
 def activate_financial(
     card: str,
-    identity_checked: bool = typer.Option(False, "--identity-checked"),
-    pin_set: bool = typer.Option(
-        False, "--pin-set", help="the holder set the bank PIN on the card at the terminal"
+    identity_checked: bool = typer.Option(
+        False, "--identity-checked", help="the teller checked the holder's ID document"
+    ),
+    reader: str | None = typer.Option(
+        None, "--reader", help="PC/SC reader name (backend pcsc; default: settings)"
+    ),
+    card_auth: bool = typer.Option(
+        True,
+        "--card-auth/--no-card-auth",
+        help="check the card is genuine (INTERNAL AUTHENTICATE against the HSM); "
+        "--no-card-auth only for cards made without this centre's HSM (development)",
     ),
     bank_agency: str | None = typer.Option(None, "--bank-agency", help="agency code"),
     as_: str | None = typer.Option(None, "--as", help=AS_HELP),
 ) -> None:
-    """Bank branch: activate the financial function (identity checked, PIN set on the card;
-    the PIN itself never reaches this system)."""
+    """Bank branch: activate the financial function. The teller checks the holder's identity;
+    the holder's card goes in the desk reader and the holder sets the bank PIN on it (typed at
+    hidden prompts: the current PIN from the PIN mailer, then the new one twice). The PIN goes
+    to the chip only; the database records that it was set."""
     import sqlalchemy as sa
 
-    from issuance import services
+    from issuance import branch, services
     from issuance.errors import NotFound
     from issuance.models import Agency
+    from issuance.services import financial
 
-    with session_scope() as s:
+    cfg = settings()
+    with session_scope() as s:  # check everything before the holder types anything
+        actor = acting(s, as_, "bank")
         c = _card(s, card)
+        financial.check_can_activate(s, c.id, actor, identity_checked=identity_checked)
         agency_id = None
         if bank_agency is not None:
             agency_id = s.scalar(sa.select(Agency.id).where(Agency.code == bank_agency))
             if agency_id is None:
                 raise NotFound(f"no agency {bank_agency!r}")
+        check = None
+        if card_auth:
+            from hsm.service import key_service_from_settings
+
+            check = financial.hsm_card_check(key_service_from_settings(cfg), c)
+        cic, card_id, number = c.card_identification_code, c.id, c.card_number
+    assert cic is not None
+    with branch.open_branch_reader(cfg, cic, reader) as desk:
+        out.print(f"card {number} in {desk.name}: the holder sets the bank PIN")
+        evidence = services.set_financial_pin(desk, cic, _PromptPinPad(), authenticate=check)
+    with session_scope() as s:
         services.activate_financial(
-            s, c.id, acting(s, as_, "bank"), identity_checked=identity_checked,
-            pin_set=pin_set, bank_agency_id=agency_id,
+            s, card_id, acting(s, as_, "bank"), identity_checked=identity_checked,
+            pin=evidence, bank_agency_id=agency_id,
         )  # fmt: skip
-        out.print(f"card {c.card_number}: financial function active")
+    out.print(f"card {number}: PIN set on the card; financial function active")
 
 
 @app.command("report-damaged")
@@ -177,22 +277,26 @@ def report_damaged(
     from issuance import services
 
     with session_scope() as s:
+        actor = acting(s, as_, channel)
         c = _card(s, card)
-        services.report_damaged(s, c.id, acting(s, as_, channel), reason)
+        services.report_damaged(s, c.id, actor, reason)
         out.print(f"card {c.card_number} is {c.status}")
 
 
 @app.command("temporary")
 def temporary(
-    citizen_id: str = typer.Option(..., "--id"),
+    citizen_id: str | None = typer.Option(None, "--id", help=ID_HELP),
+    id_file: Path | None = typer.Option(None, "--id-file", help=ID_FILE_HELP),
     as_: str | None = typer.Option(None, "--as", help=AS_HELP),
 ) -> None:
     """Issue a temporary card (medical function only, deposit taken)."""
     from issuance import services
 
+    cid = read_citizen_id(citizen_id, id_file)
     with session_scope() as s:
-        person = services.get_person(s, citizen_id=citizen_id)
-        c = services.issue_temporary_card(s, settings(), person.id, acting(s, as_))
+        actor = acting(s, as_)
+        person = services.get_person(s, citizen_id=cid)
+        c = services.issue_temporary_card(s, settings(), person.id, actor)
         out.print(f"temporary card {c.card_number} valid until {c.expiry_date}")
 
 
@@ -202,12 +306,14 @@ def replace(
     reason: str = typer.Option("replacement"),
     as_: str | None = typer.Option(None, "--as", help=AS_HELP),
 ) -> None:
-    """Replace a formally lost / damaged card (new card number; the old one dies)."""
+    """Replace a formally lost / damaged card, or renew one (from renewal_window_days before
+    expiry, or once expired): new card number; the old one dies."""
     from issuance import services
 
     with session_scope() as s:
+        actor = acting(s, as_)
         c = _card(s, card)
-        new = services.replace_card(s, settings(), c.id, acting(s, as_), reason=reason)
+        new = services.replace_card(s, settings(), c.id, actor, reason=reason)
         out.print(f"card {c.card_number} replaced by {new.card_number} (fee {new.fee_fen} fen)")
 
 
@@ -221,8 +327,9 @@ def suspend(
     from issuance import services
 
     with session_scope() as s:
+        actor = acting(s, as_)
         c = _card(s, card)
-        services.suspend_card(s, c.id, acting(s, as_), reason)
+        services.suspend_card(s, c.id, actor, reason)
         out.print(f"card {c.card_number} suspended")
 
 
@@ -236,18 +343,24 @@ def lift(
     from issuance import services
 
     with session_scope() as s:
+        actor = acting(s, as_)
         c = _card(s, card)
-        services.lift_suspension(s, c.id, acting(s, as_), reason)
+        services.lift_suspension(s, c.id, actor, reason)
         out.print(f"card {c.card_number} active again")
 
 
 @app.command("cancel-deaths")
-def cancel_deaths(file: Path = typer.Argument(..., exists=True, dir_okay=False)) -> None:
-    """Cancel the cards of deceased persons from a feed file (citizen_id,death_date)."""
+def cancel_deaths(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
+    """Cancel the cards of deceased persons from a feed file (citizen_id,death_date per line,
+    YYYY-MM-DD or YYYYMMDD, header optional). Recorded as done by the operator (--as)."""
     from issuance import services
+    from issuance.models import Channel
 
     with session_scope() as s:
-        r = services.cancel_deaths(s, file)
+        r = services.cancel_deaths(s, file, acting(s, as_).via(Channel.FEED))
     for line in r.rejected:
         out.print(
             f"line {line.line}: " + "; ".join(f"{p.field}: {p.reason}" for p in line.problems)

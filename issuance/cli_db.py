@@ -1,24 +1,46 @@
-"""``ykt db``: migrations, drift check, staff bootstrap. Also the helpers the other issuance
-CLIs share (settings, sessions, acting staff)."""
+"""``ykt db``: migrations, drift check, staff accounts. Also the helpers the other issuance
+CLIs share (settings, sessions, acting staff, reading citizen ID numbers).
+
+Who acts (every command with ``--as``): the staff user named by ``--as USER`` (or
+``$YKT_STAFF``) *proves it with their password*: ``$YKT_STAFF_PASSWORD``, else the file named by
+``$YKT_STAFF_PASSWORD_FILE``, else a hidden prompt. Only the scrypt hash is stored. The first
+staff user is created without one (bootstrap); after that only an admin or supervisor, acting
+with their own password, creates users and sets passwords (``ykt db create-staff``,
+``ykt db set-password``).
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from sqlalchemy.orm import Session
 
-from issuance.audit import Actor
+from issuance.audit import SYSTEM_ACTOR, Actor
 from issuance.models import Channel, StaffRole
 from issuance.settings import Settings
 
 app = typer.Typer(no_args_is_help=True)
 out = Console()
 
-AS_HELP = "Staff user acting (default: $YKT_STAFF)."
+AS_HELP = (
+    "Staff user acting (default: $YKT_STAFF); the password comes from $YKT_STAFF_PASSWORD, "
+    "$YKT_STAFF_PASSWORD_FILE or a prompt."
+)
+ID_HELP = (
+    "Citizen ID number. Better left out: it is then read from --id-file or asked for (typed "
+    "IDs stay out of the shell history)."
+)
+ID_FILE_HELP = "File whose first line is the citizen ID number ('-' = standard input)."
+
+#: Passwords typed at the prompt and checked, in this process (one prompt per command, not per
+#: transaction).
+_prompted: dict[str, str] = {}
 
 
 def settings() -> Settings:
@@ -40,13 +62,51 @@ def session_scope() -> Iterator[Session]:
         engine.dispose()
 
 
+def staff_password(username: str) -> str:
+    """The acting user's password: $YKT_STAFF_PASSWORD, $YKT_STAFF_PASSWORD_FILE, or a prompt."""
+    if os.environ.get("YKT_STAFF_PASSWORD"):
+        return os.environ["YKT_STAFF_PASSWORD"]
+    path = os.environ.get("YKT_STAFF_PASSWORD_FILE")
+    if path:
+        try:
+            return Path(path).read_text(encoding="utf-8").splitlines()[0]
+        except (OSError, IndexError) as exc:
+            raise typer.BadParameter(f"cannot read YKT_STAFF_PASSWORD_FILE {path}") from exc
+    if username in _prompted:
+        return _prompted[username]
+    return str(typer.prompt(f"password of {username}", hide_input=True, err=True))
+
+
 def acting(session: Session, username: str | None, channel: str = "counter") -> Actor:
-    from issuance.services import actor_for
+    """The authenticated staff user acting through ``channel`` (see the module docstring)."""
+    from issuance.services import authenticate_staff
 
     name = username or os.environ.get("YKT_STAFF")
     if not name:
         raise typer.BadParameter("say who acts: --as USER or YKT_STAFF=USER")
-    return actor_for(session, name, Channel(channel))
+    password = staff_password(name)
+    actor = authenticate_staff(session, name, password, Channel(channel))
+    if not os.environ.get("YKT_STAFF_PASSWORD") and not os.environ.get("YKT_STAFF_PASSWORD_FILE"):
+        _prompted[name] = password
+    return actor
+
+
+def read_citizen_id(value: str | None, id_file: Path | None, prompt: str = "citizen ID") -> str:
+    """A citizen ID number from ``--id``, ``--id-file`` (``-`` = stdin) or a prompt."""
+    if value and id_file:
+        raise typer.BadParameter("give --id or --id-file, not both")
+    if value:
+        return value.strip().upper()
+    if id_file is not None:
+        try:
+            text = sys.stdin.readline() if str(id_file) == "-" else id_file.read_text("utf-8")
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {id_file}: {exc.strerror}") from exc
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        if not first:
+            raise typer.BadParameter(f"{id_file}: no citizen ID number in it")
+        return first.strip().upper()
+    return str(typer.prompt(prompt, err=True)).strip().upper()
 
 
 @app.command("upgrade")
@@ -94,15 +154,74 @@ def check() -> None:
         engine.dispose()
 
 
+def _admin_or_bootstrap(session: Session, as_: str | None, what: str) -> Actor:
+    """The acting admin/supervisor, or the system while no user has a password yet."""
+    from issuance.errors import PermissionDenied
+    from issuance.services.staff import STAFF_ADMINS, can_bootstrap
+
+    if can_bootstrap(session) and not as_ and not os.environ.get("YKT_STAFF"):
+        return SYSTEM_ACTOR
+    actor = acting(session, as_)
+    if actor.role not in STAFF_ADMINS:
+        raise PermissionDenied(f"role {actor.role} may not {what}")
+    return actor
+
+
+def _new_password(from_stdin: bool) -> tuple[str, bool]:
+    """(password, generated): one line of stdin, or a fresh random one."""
+    from issuance.services.staff import generate_password
+
+    if from_stdin:
+        line = sys.stdin.readline().rstrip("\n")
+        if not line:
+            raise typer.BadParameter("--password-stdin: no password on standard input")
+        return line, False
+    return generate_password(), True
+
+
 @app.command("create-staff")
 def create_staff(
     username: str,
     role: StaffRole = typer.Option(..., "--role"),
     display_name: str | None = typer.Option(None, "--name"),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="read the new user's password from standard input"
+    ),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP + " Needed once a user exists."),
 ) -> None:
-    """Create a staff user (bootstrap: recorded as done by the system)."""
+    """Create a staff user with a CLI password (printed once when generated).
+
+    The first user with a password (the bootstrap administrator) is created by the system;
+    every later one by an admin or supervisor acting with their own password."""
     from issuance import services
 
+    password, generated = _new_password(password_stdin)
     with session_scope() as s:
-        staff = services.create_staff(s, username, role, display_name=display_name)
+        actor = _admin_or_bootstrap(s, as_, "create staff users")
+        staff = services.create_staff(s, username, role, display_name=display_name, actor=actor)
+        services.set_password(s, username, password, actor)
         out.print(f"staff {staff.username} ({staff.role}) id {staff.id}")
+    if generated:
+        out.print(f"password of {username} (shown once, give it to them): {password}")
+
+
+@app.command("set-password")
+def set_password(
+    username: str,
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="read the new password from standard input"
+    ),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
+    """Set a staff user's CLI password (an admin or supervisor, or the user themself; while
+    no user has a password yet, e.g. after ``ykt demo`` or an upgrade, without --as)."""
+    from issuance import services
+    from issuance.services.staff import can_bootstrap
+
+    password, generated = _new_password(password_stdin)
+    with session_scope() as s:
+        actor = SYSTEM_ACTOR if can_bootstrap(s) and not as_ else acting(s, as_)
+        services.set_password(s, username, password, actor)
+    out.print(f"password of {username} set")
+    if generated:
+        out.print(f"new password (shown once): {password}")

@@ -1,7 +1,7 @@
 """``ykt outbox``: deliver the queued notifications (card ready for collection ...).
 
-The default sink is the log (:class:`issuance.services.outbox.LogSink`: phone numbers masked, no
-full ID numbers); a real SMS / e-mail gateway is another :class:`~issuance.services.outbox.Sink`.
+The gateway is chosen by ``[notify] backend`` (:func:`issuance.services.outbox.sink_from_settings`):
+``log`` (default: phone numbers masked, no full ID numbers), ``smtp`` or ``http``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 import typer
 from rich.console import Console
 
-from issuance.cli_db import session_scope
+from issuance.cli_db import session_scope, settings
 
 app = typer.Typer(no_args_is_help=True)
 out = Console()
@@ -22,15 +22,23 @@ def drain(
     limit: int = typer.Option(100, "--limit", min=1, help="messages per run"),
     max_attempts: int = typer.Option(10, "--max-attempts", min=1),
 ) -> None:
-    """Send pending notifications (oldest first) to the log sink; failures are retried later."""
+    """Send pending notifications (oldest first) through the configured gateway
+    ([notify] backend); failures are retried later."""
     import sqlalchemy as sa
 
     from issuance import services
     from issuance.models import OutboxMessage
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    sink = services.sink_from_settings(settings())
+    try:
+        with session_scope() as s:
+            sent = services.drain_outbox(s, sink, limit=limit, max_attempts=max_attempts)
+    finally:
+        from issuance.services.outbox import close_sink
+
+        close_sink(sink)
     with session_scope() as s:
-        sent = services.drain_outbox(s, services.LogSink(), limit=limit, max_attempts=max_attempts)
         left = s.scalar(
             sa.select(sa.func.count())
             .select_from(OutboxMessage)

@@ -9,7 +9,15 @@ from rich.console import Console
 from rich.table import Table
 
 from cardspec.ids import mask_citizen_id
-from issuance.cli_db import AS_HELP, acting, session_scope, settings
+from issuance.cli_db import (
+    AS_HELP,
+    ID_FILE_HELP,
+    ID_HELP,
+    acting,
+    read_citizen_id,
+    session_scope,
+    settings,
+)
 from issuance.models import ApplicationStatus, CollectiveKind
 
 app = typer.Typer(no_args_is_help=True)
@@ -18,16 +26,19 @@ out = Console()
 
 @app.command("submit")
 def submit(
-    citizen_id: str = typer.Option(..., "--id", help="18-character citizen ID number"),
+    citizen_id: str | None = typer.Option(None, "--id", help=ID_HELP),
+    id_file: Path | None = typer.Option(None, "--id-file", help=ID_FILE_HELP),
     name: str = typer.Option(..., "--name"),
     phone: str = typer.Option(..., "--phone"),
     photo: Path | None = typer.Option(None, "--photo", exists=True, dir_okay=False),
     region_code: str | None = typer.Option(None, "--region"),
     as_: str | None = typer.Option(None, "--as", help=AS_HELP),
 ) -> None:
-    """Receive one application at the counter."""
+    """Receive one application at the counter (the citizen ID is asked for unless --id or
+    --id-file is given)."""
     from issuance import services
 
+    citizen_id = read_citizen_id(citizen_id, id_file)
     with session_scope() as s:
         actor = acting(s, as_)
         data = services.ApplicationInput(
@@ -97,7 +108,7 @@ def _step(fn_name: str, app_id: int, as_: str | None) -> None:
             card = services.approve_application(s, settings(), app_id, actor)
             out.print(f"application {app_id} approved: card {card.card_number}")
             return
-        getattr(services, f"{fn_name}_application")(s, app_id, actor)
+        getattr(services, f"{fn_name}_application")(s, app_id, actor, settings=settings())
         out.print(f"application {app_id}: {fn_name} done")
 
 
@@ -109,13 +120,15 @@ def process(app_id: int, as_: str | None = typer.Option(None, "--as", help=AS_HE
 
 @app.command("review")
 def review(app_id: int, as_: str | None = typer.Option(None, "--as", help=AS_HELP)) -> None:
-    """Reviewer: processed → reviewed (not by the receiving clerk)."""
+    """Reviewer: processed → reviewed (not by the receiving clerk; with
+    applications.separate_every_step, not by the processing clerk either)."""
     _step("review", app_id, as_)
 
 
 @app.command("approve")
 def approve(app_id: int, as_: str | None = typer.Option(None, "--as", help=AS_HELP)) -> None:
-    """Approver: reviewed → approved; allocates the card number (maker–checker enforced)."""
+    """Approver: reviewed → approved; allocates the card number. Maker–checker: the approver
+    is not the receiver, the processor or the reviewer."""
     _step("approve", app_id, as_)
 
 

@@ -56,28 +56,63 @@ def _sqlite_on_begin(conn: sa.Connection) -> None:
     conn.exec_driver_sql("BEGIN")
 
 
+WITHHELD = "(details withheld: they may contain personal data)"
+
+
+def _withhold_details(ctx: sa.engine.ExceptionContext) -> BaseException | None:
+    """Keep personal data out of database error texts (and so out of logs and tracebacks).
+
+    ``hide_parameters`` drops the bound values from SQLAlchemy's text, but PostgreSQL's own
+    message carries a DETAIL line with the offending values (``Key (citizen_id)=(...)``,
+    ``Failing row contains (...)``). Only the first line of the driver's message is kept (it
+    names the constraint); the structured ``orig.diag`` fields stay for code that needs them.
+    """
+    orig = ctx.original_exception
+    if not isinstance(orig, Exception) or not orig.args:
+        return None
+    text = str(orig.args[0])
+    first = text.split("\n", 1)[0]
+    if first == text:
+        return None
+    orig.args = (f"{first}\n{WITHHELD}", *orig.args[1:])
+    dbapi = ctx.dialect.loaded_dbapi
+    return sa.exc.DBAPIError.instance(
+        ctx.statement, None, orig, dbapi.Error, hide_parameters=True,
+        connection_invalidated=ctx.is_disconnect, dialect=ctx.dialect,
+    )  # fmt: skip
+
+
 def make_engine(settings: Settings | None = None, *, url: str | None = None) -> Engine:
-    """An engine for ``url`` or the settings' database (SQLite file created on demand)."""
+    """An engine for ``url`` or the settings' database (SQLite file created on demand).
+
+    Bound parameters never appear in error texts or in the ``[database] echo`` log
+    (``hide_parameters=True``: they are citizen ID numbers, names, photos ...), and
+    PostgreSQL's DETAIL lines are withheld from error texts (:func:`_withhold_details`).
+    """
     if url is None:
         if settings is None:
             raise ValueError("make_engine needs settings or url")
         url = settings.database_url
     echo = bool(settings.database.echo) if settings is not None else False
     sa_url = sa.make_url(url)
+    engine: Engine
     if sa_url.get_backend_name() == "sqlite":
         if sa_url.database and sa_url.database != ":memory:":
             from pathlib import Path
 
             Path(sa_url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(
-            sa_url, echo=echo, connect_args={"check_same_thread": False, "timeout": 10}
-        )
+            sa_url, echo=echo, hide_parameters=True,
+            connect_args={"check_same_thread": False, "timeout": 10},
+        )  # fmt: skip
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
-        return engine
-    if sa_url.get_backend_name() == "postgresql" and sa_url.drivername == "postgresql":
-        sa_url = sa_url.set(drivername="postgresql+psycopg")
-    return sa.create_engine(sa_url, echo=echo, pool_pre_ping=True)
+    else:
+        if sa_url.get_backend_name() == "postgresql" and sa_url.drivername == "postgresql":
+            sa_url = sa_url.set(drivername="postgresql+psycopg")
+        engine = sa.create_engine(sa_url, echo=echo, hide_parameters=True, pool_pre_ping=True)
+    event.listen(engine, "handle_error", _withhold_details)
+    return engine
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

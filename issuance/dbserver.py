@@ -4,6 +4,11 @@
 ``postgres`` system user (``runuser -u postgres``) inside ``base_dir`` (chowned to it). The server
 listens on 127.0.0.1 on a free port and on a private unix socket directory; trust auth, user
 ``app``. Everything is stopped and removed on exit.
+
+By default the cluster trades durability for speed (``fsync=off``, ``synchronous_commit=off``,
+``full_page_writes=off``): right for tests, whose data is thrown away. Benchmarks pass
+``durable=True`` to run with PostgreSQL's durable defaults, and print
+:meth:`TemporaryPostgres.settings_in_force`.
 """
 
 from __future__ import annotations
@@ -20,6 +25,13 @@ from issuance.errors import ConfigError
 
 PG_BIN = Path(os.environ.get("YKT_PG_BIN", "/usr/lib/postgresql/15/bin"))
 PG_USER = "app"
+#: Server settings of a throwaway test cluster: nothing survives a crash (nothing needs to).
+UNSAFE_FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+#: Settings a benchmark reports (durability first).
+REPORTED_SETTINGS = (
+    "fsync", "synchronous_commit", "full_page_writes", "wal_sync_method", "shared_buffers",
+    "max_connections", "server_version",
+)  # fmt: skip
 
 
 def free_port() -> int:
@@ -31,7 +43,18 @@ def free_port() -> int:
 class TemporaryPostgres:
     """``with TemporaryPostgres(tmp) as pg: pg.url`` — a private PostgreSQL cluster."""
 
-    def __init__(self, base_dir: Path | None = None, *, port: int | None = None) -> None:
+    def __init__(
+        self,
+        base_dir: Path | None = None,
+        *,
+        port: int | None = None,
+        durable: bool = False,
+        settings: dict[str, str] | None = None,
+    ) -> None:
+        """``durable``: PostgreSQL's durable defaults instead of :data:`UNSAFE_FAST_SETTINGS`;
+        ``settings``: further ``-c name=value`` server settings (e.g. ``shared_buffers``)."""
+        self.durable = durable
+        self.settings = {**({} if durable else UNSAFE_FAST_SETTINGS), **(settings or {})}
         self._own_base = base_dir is None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="ykt-pg-"))
         self.port = port or free_port()
@@ -80,10 +103,9 @@ class TemporaryPostgres:
             str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-U", PG_USER, "--auth=trust",
             "-E", "UTF8", "--locale=C.UTF-8", "--no-sync",
         )  # fmt: skip
-        opts = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.socket_dir} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=100"
+        extra = {"max_connections": "100", **self.settings}
+        opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.socket_dir} " + " ".join(
+            f"-c {name}={value}" for name, value in extra.items()
         )
         self._run(
             str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file), "-w",
@@ -114,6 +136,15 @@ class TemporaryPostgres:
             tmpl = f' TEMPLATE "{template}"' if template else ""
             conn.execute(f'CREATE DATABASE "{name}"{tmpl}')
         return self.url_for(name)
+
+    def settings_in_force(self, names: tuple[str, ...] = REPORTED_SETTINGS) -> dict[str, str]:
+        """``SHOW name`` for each of ``names``, asked of the running server."""
+        import psycopg
+
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user={PG_USER} dbname=postgres", autocommit=True
+        ) as conn:
+            return {n: str(conn.execute(f"SHOW {n}").fetchone()[0]) for n in names}  # type: ignore[index]
 
     def __enter__(self) -> TemporaryPostgres:
         return self.start()

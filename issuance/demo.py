@@ -5,7 +5,10 @@ counter and through a community; a clerk receives and processes the applications
 and a different approver decide; a production batch is created; data preparation; personalisation
 on virtual readers (isolated pcscd + vpcd + the card emulator, started here and stopped after);
 printing to the file spool; quality check; shipping to a bank branch; collection by the
-holders. It ends by printing where the card images and the batch report are.
+holders; one holder activates the card at the bank. It ends by printing where the card images
+and the batch report are, and the exact ``ykt verify`` command with which a hospital developer
+checks that card against the API. Interrupted (Ctrl-C), it prints the command that finishes
+the batch.
 
 Re-runnable: staff, the branch and the community are created once; every run adds new
 residents (fresh citizen ID numbers) and a new batch.
@@ -46,6 +49,7 @@ DEMO_STAFF = (
     ("demo-teller", StaffRole.BANK_TELLER, "陈静 (bank teller)"),
 )
 BRANCH_CODE = "ICBC-330106-01"
+HOSPITAL_CODE = "demo-hospital-330106"
 COMMUNITY = "西湖区北山街道社区"
 _SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗"
 _GIVEN = ("秀英", "建国", "晓明", "丽娟", "志强", "海燕", "文博", "思琪", "子涵", "国平", "春梅")
@@ -169,6 +173,8 @@ class DemoResult:
     report_text: Path
     report_png: Path
     report: Any
+    activated: str | None = None
+    verify_command: str | None = None
 
 
 def run_demo(settings: Settings, residents: int = 8, readers: int = 4) -> DemoResult:
@@ -177,7 +183,7 @@ def run_demo(settings: Settings, residents: int = 8, readers: int = 4) -> DemoRe
 
     from issuance import migrations
     from issuance.batches.cli_progress import RichProgress
-    from issuance.batches.pipeline import RunOptions, runner_for
+    from issuance.batches.pipeline import BatchInterrupted, RunOptions, runner_for
     from issuance.batches.report import build_report, write_report
     from issuance.batches.selection import BatchFilter, create_batch
     from issuance.batches.shipping import issue_card, ship_batch
@@ -210,11 +216,21 @@ def run_demo(settings: Settings, residents: int = 8, readers: int = 4) -> DemoRe
     operator = actors["demo-operator"]
     batch = txn(lambda s: create_batch(s, operator, name, BatchFilter(region_code="3301")))
     console.print(f"batch [bold]{name}[/bold]: {batch.card_count} card(s) selected")
-    with RichProgress(console) as progress, runner_for(
-        settings, batch.id, engine=engine, actor=operator.via(Channel.SYSTEM),
-        progress=progress, options=RunOptions(readers=readers),
-    ) as runner:  # fmt: skip
-        summary = runner.run()
+    try:
+        with RichProgress(console) as progress, runner_for(
+            settings, batch.id, engine=engine, actor=operator.via(Channel.SYSTEM),
+            progress=progress, options=RunOptions(readers=readers),
+        ) as runner:  # fmt: skip
+            try:
+                summary = runner.run()
+            except KeyboardInterrupt:
+                runner.stop.set()
+                raise
+    except (KeyboardInterrupt, BatchInterrupted):
+        engine.dispose()
+        console.print(f"[yellow]demo interrupted.[/yellow] Finish the batch with:\n"
+                      f"  ykt batch resume {name}")  # fmt: skip
+        raise
     console.print(
         f"production: {summary.checked} good card(s) on {summary.stations} virtual readers, "
         f"{summary.spoiled} spoiled, {summary.apdus} APDUs in {summary.seconds:.1f} s"
@@ -238,6 +254,14 @@ def run_demo(settings: Settings, residents: int = 8, readers: int = 4) -> DemoRe
         txn(collect)
     console.print(f"{shipped.shipped} card(s) shipped to {BRANCH_CODE}; {len(numbers)} "
                   "collected by their holders (issued, still sealed until activation)")  # fmt: skip
+    activated = verify_cmd = None
+    if numbers:
+        activated = numbers[0]
+        client_id, secret = txn(lambda s: activate_for_demo(s, settings, activated, teller))
+        console.print(f"card {activated} activated at the bank by its holder; a demo hospital "
+                      f"({HOSPITAL_CODE}) has API client credentials")  # fmt: skip
+        verify_cmd = (f"YKT_CLIENT_ID={client_id} YKT_CLIENT_SECRET={secret} "
+                      f"ykt verify --card-number {activated}")  # fmt: skip
     report = txn(lambda s: build_report(s, batch.id))
     reports_dir = settings.data_dir / "reports"
     text, png = write_report(report, reports_dir)
@@ -248,5 +272,33 @@ def run_demo(settings: Settings, residents: int = 8, readers: int = 4) -> DemoRe
     console.print(f"card chips (emulator images): {settings.cards_dir}")
     console.print(f"batch report: {text}")
     console.print(f"batch chart:  {png}")
+    if verify_cmd is not None:
+        console.rule("[bold]check a card as a hospital does")
+        console.print("in one shell, the API:\n  ykt serve")
+        console.print("in another, verify the activated card (challenge, INTERNAL AUTHENTICATE "
+                      "checked in the HSM, status):")  # fmt: skip
+        console.print(f"  {verify_cmd}", soft_wrap=True, highlight=False)
     return DemoResult(name, len(made), report.good, len(numbers), settings.spool_dir,
-                      settings.cards_dir, text, png, report)  # fmt: skip
+                      settings.cards_dir, text, png, report, activated, verify_cmd)  # fmt: skip
+
+
+def activate_for_demo(
+    session: Session, settings: Settings, card_number: str, teller: Actor
+) -> tuple[str, str]:
+    """The holder of ``card_number`` activates it at the bank; a demo hospital (created once)
+    gets fresh client credentials. Returns ``(client_id, client_secret)``."""
+    from issuance import services
+    from issuance.services import credentials
+    from issuance.services.cards import activate_card
+    from issuance.services.common import find_card
+
+    card = find_card(session, card_number=card_number)
+    activate_card(session, card.id, teller)
+    agency = session.scalars(sa.select(Agency).where(Agency.code == HOSPITAL_CODE)).first()
+    if agency is None:
+        agency = services.create_agency(
+            session, HOSPITAL_CODE, "西湖区示例医院", AgencyKind.HOSPITAL, "330106"
+        )
+    new = credentials.register_agency_client(session, agency)
+    assert new.client_secret is not None
+    return new.client_id, new.client_secret

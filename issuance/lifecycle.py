@@ -7,6 +7,18 @@ before/after) in the caller's transaction.
 
 The services (:mod:`issuance.services`) add the domain rules around a transition (a loss report
 row, a replacement card, the chip applications that follow the card ...).
+
+CHOICE, "found": the issue lists a *found* state. It is an event here, not a state: when a lost
+card turns up, the un-report puts it back exactly where it was before the loss (``active``, or
+``issued`` when it had never been activated; :func:`issuance.services.loss.restore_event`), so
+a found card needs no second step to become usable and the province's status codes (which
+have no "found") stay a function of the state. The loss report row keeps the history
+(``withdrawn``) and the audit log records the un-report with the identity check.
+
+Expiry: ``expire`` is applied by :func:`issuance.services.cards.expire_cards` (``ykt cards
+expire``, ``ykt worker``) and lazily whenever a card is read or a new card is considered for its
+holder (:func:`issuance.services.cards.expire_if_due`). An expired card may be renewed
+(``replace`` from ``expired``); a working card from ``renewal_window_days`` before expiry.
 """
 
 from __future__ import annotations
@@ -146,8 +158,9 @@ CARD_TRANSITIONS: tuple[Transition, ...] = tuple(
     + _t([S.ACTIVE, S.ISSUED], CardEvent.REPORT_DAMAGED, S.DAMAGED,
          _COUNTER_STAFF | {R.BANK_TELLER}, {C.COUNTER, C.BANK})
     # replacement of a lost or damaged card, or renewal of a working one
-    + _t([S.LOST_FORMAL, S.DAMAGED, S.ACTIVE], CardEvent.REPLACE, S.REPLACED, _COUNTER_STAFF,
-         {C.COUNTER})
+    # (ACTIVE: renewal, only inside the renewal window; EXPIRED: renewal after expiry)
+    + _t([S.LOST_FORMAL, S.DAMAGED, S.ACTIVE, S.EXPIRED], CardEvent.REPLACE, S.REPLACED,
+         _COUNTER_STAFF, {C.COUNTER})
     + _t([s for s in _NOT_TERMINAL if s not in (S.NUMBER_ALLOCATED, S.IN_PRODUCTION)],
          CardEvent.EXPIRE, S.EXPIRED, {R.SYSTEM})
     # cancellation: death feed, counter, or (LOST_FORMAL) the system when a city turns a
@@ -260,6 +273,14 @@ def apply_card_event(
         before=before, after=t.to_state, reason=reason,
         details={"card_number": card.card_number, **(details or {})},
     )  # fmt: skip
+    return t
+
+
+def check_chip_event(app: ChipApplication, event: str, actor: Actor) -> Transition:
+    """The transition ``event`` would take ``app`` through, if ``actor`` may ask for it
+    (raise TransitionError / PermissionDenied); changes nothing."""
+    t = chip_transition(app.kind, app.status, event)
+    _authorise(t, actor, f"the {app.kind} application")
     return t
 
 

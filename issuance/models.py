@@ -173,7 +173,9 @@ class BatchStage(enum.StrEnum):
     CHECKED = "checked"  # passed quality control: a good card
     SHIPPED = "shipped"  # sent to its collection point
     ISSUED = "issued"  # collected by the holder
-    FAILED = "failed"  # spoiled too often: a supervisor decides
+    FAILED = "failed"  # spoiled too often: a supervisor decides (retry or withdraw)
+    AT_BUREAU = "at_bureau"  # exported in a bureau file: the bureau makes it (stations skip it)
+    WITHDRAWN = "withdrawn"  # taken out of production by a supervisor (the card is cancelled)
 
 
 class ChipStatus(enum.StrEnum):
@@ -204,6 +206,9 @@ class Staff(Base):
     agency_id: Mapped[int | None] = mapped_column(sa.ForeignKey("agencies.id"))
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: scrypt hash of the password the ``ykt`` CLI asks for (migration 0004); None = may not
+    #: act through the CLI until an administrator sets one (``ykt db set-password``).
+    password_hash: Mapped[str | None] = mapped_column(sa.String(200))
 
 
 class Person(Base):
@@ -275,6 +280,8 @@ class Application(Base):
     photo_exempt: Mapped[bool] = mapped_column(default=False)
     fee_fen: Mapped[int] = mapped_column(default=0)
     #: Identifies the file line an imported application came from (re-import finds it).
+    #: Cleared when the application is rejected or withdrawn (kept in its audit event), so
+    #: only live and approved applications count as "already imported".
     import_ref: Mapped[str | None] = mapped_column(sa.String(80), unique=True)
     card_id: Mapped[int | None] = mapped_column(
         sa.ForeignKey("cards.id", use_alter=True), index=True
@@ -328,6 +335,10 @@ class BatchItem(Base):
     print_ref: Mapped[str | None] = mapped_column(sa.String(300))
     #: The card number printed on the face (checked against the chip by quality control).
     printed_card_number: Mapped[str | None] = mapped_column(sa.String(9))
+    #: SHA-256 of the face data as rendered and printed (fields + photo hash; migration 0005).
+    face_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    #: ``file_id`` of the bureau file the card was exported in (stage ``at_bureau``; 0005).
+    bureau_file_id: Mapped[str | None] = mapped_column(sa.String(32), index=True)
     collection_point_id: Mapped[int | None] = mapped_column(sa.ForeignKey("agencies.id"))
     last_error: Mapped[str | None] = mapped_column(sa.String(500))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -359,6 +370,33 @@ class BlankChip(Base):
     closed_at: Mapped[datetime | None]
 
 
+class StockChipStatus(enum.StrEnum):
+    """A chip of a manufacturer's delivery (``ykt stock import``)."""
+
+    AVAILABLE = "available"  # blank, in the card centre's stock
+    USED = "used"  # bound to a card at a station (its fate is in blank_chips)
+
+
+class StockChip(Base):
+    """A blank chip delivered by a chip manufacturer: its serial and its transport key KMC,
+    wrapped by the manufacturer under the transport key agreed with the issuer (the KMC is
+    unwrapped only inside the HSM, at the station; migration 0005)."""
+
+    __tablename__ = "stock_chips"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    chip_serial: Mapped[str] = mapped_column(sa.String(16), unique=True)
+    lot: Mapped[str] = mapped_column(sa.String(64), index=True)
+    manufacturer: Mapped[str] = mapped_column(sa.String(100))
+    transport_key: Mapped[str] = mapped_column(sa.String(100))
+    algorithm: Mapped[CardAlgorithm] = mapped_column(_enum(CardAlgorithm))
+    wrapped_kmc: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    kmc_kcv: Mapped[str] = mapped_column(sa.String(6))
+    status: Mapped[StockChipStatus] = mapped_column(_enum(StockChipStatus), index=True)
+    card_id: Mapped[int | None] = mapped_column(sa.ForeignKey("cards.id"))
+    imported_at: Mapped[datetime] = mapped_column(default=utcnow)
+    used_at: Mapped[datetime | None]
+
+
 class Card(Base):
     __tablename__ = "cards"
     __table_args__ = (
@@ -372,6 +410,19 @@ class Card(Base):
             ),
             postgresql_where=sa.text(
                 "kind = 'formal' AND status NOT IN ('replaced', 'expired', 'cancelled')"
+            ),
+        ),
+        # One live temporary card per person (migration 0004): two counters racing to issue
+        # one cannot both win, whatever the isolation level.
+        sa.Index(
+            "uq_cards_live_temporary_person",
+            "person_id",
+            unique=True,
+            sqlite_where=sa.text(
+                "kind = 'temporary' AND status NOT IN ('replaced', 'expired', 'cancelled')"
+            ),
+            postgresql_where=sa.text(
+                "kind = 'temporary' AND status NOT IN ('replaced', 'expired', 'cancelled')"
             ),
         ),
     )
@@ -389,7 +440,7 @@ class Card(Base):
     key_version: Mapped[int] = mapped_column(default=1)
     algorithm: Mapped[CardAlgorithm] = mapped_column(_enum(CardAlgorithm))
     issue_date: Mapped[date | None]
-    expiry_date: Mapped[date | None]
+    expiry_date: Mapped[date | None] = mapped_column(index=True)  # the expiry job's scan
     replaced_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("cards.id"))
     batch_id: Mapped[int | None] = mapped_column(sa.ForeignKey("batches.id"), index=True)
     fee_fen: Mapped[int] = mapped_column(default=0)
@@ -439,6 +490,10 @@ class Deposit(Base):
     taken_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"))
     refunded_at: Mapped[datetime | None]
     refunded_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"))
+    #: When and to whom the temporary card itself was handed back (migration 0004): the
+    #: deposit is refunded only then, never just because the formal card was collected.
+    returned_at: Mapped[datetime | None]
+    returned_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"))
 
 
 class LossReport(Base):
@@ -578,6 +633,28 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
     revoked_at: Mapped[datetime | None]
+
+
+class ApiCall(Base):
+    """One call of the HTTP API, written by the API's call log (``api.app``; migration 0006):
+    who called (``caller``: the actor name, or ``anonymous`` before authentication), the
+    method and route template, the status and error code, never a body or a concrete path.
+    A card verification's call is recorded by its own ``card.verified`` audit event instead, in
+    the transaction that consumed the challenge. No foreign key: a record outlives anything."""
+
+    __tablename__ = "api_calls"
+    __table_args__ = (sa.Index("ix_api_calls_credential_id_at", "credential_id", "at"),)
+    id: Mapped[int] = mapped_column(_bigint_pk(), primary_key=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    credential_id: Mapped[int | None]
+    caller: Mapped[str] = mapped_column(sa.String(64))
+    client_id: Mapped[str | None] = mapped_column(sa.String(64))
+    client_ip: Mapped[str | None] = mapped_column(sa.String(45))
+    method: Mapped[str] = mapped_column(sa.String(8))
+    route: Mapped[str] = mapped_column(sa.String(200))
+    status: Mapped[int] = mapped_column(sa.SmallInteger)
+    error_code: Mapped[str | None] = mapped_column(sa.String(40))
+    duration_us: Mapped[int]
 
 
 class VerificationChallenge(Base):

@@ -65,6 +65,18 @@ class ReaderSettings(_Section):
     count: int = Field(default=4, ge=1, le=16)
     #: For ``pcsc``: reader names to use (substring match); empty = all readers found.
     names: tuple[str, ...] = ()
+    #: For ``pcsc``: the pcscd client socket; empty = ``$PCSCLITE_CSOCK_NAME`` or the system's.
+    csock: Path | None = None
+    #: For ``pcsc``: seconds a station waits for a card to be fed (kept well below the lease).
+    feed_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+
+
+class StockSettings(_Section):
+    #: Where blank chips come from (``issuance.batches.blanks``). ``virtual``: the emulated
+    #: chips' manufacturer (chip serial and KMC chosen by the issuer); ``manufacturer``: a
+    #: chip manufacturer's delivery imported with ``ykt stock import`` (chip serial read from
+    #: the card fed into the station, KMC unwrapped in the HSM).
+    backend: Literal["virtual", "manufacturer"] = "virtual"
 
 
 class PrinterSettings(_Section):
@@ -121,6 +133,46 @@ class IssuerSettings(_Section):
         return v
 
 
+class ApplicationSettings(_Section):
+    #: Maker-checker. Always: the approver is neither the receiver nor the processor nor the
+    #: reviewer, and the reviewer is not the receiver. ``true``: receive, process, review and
+    #: approve by four different staff users (cities that split every step).
+    separate_every_step: bool = False
+
+
+class NotifySettings(_Section):
+    """Notification gateway that drains the outbox (``ykt outbox drain``, ``ykt worker``)."""
+
+    #: ``log``: the log (phone masked); ``smtp``: e-mail through an SMTP relay (an operator's
+    #: e-mail-to-SMS gateway); ``http``: a JSON POST to an SMS gateway's webhook.
+    backend: Literal["log", "smtp", "http"] = "log"
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    #: ``none``, ``starttls`` (upgrade a plain connection) or ``tls`` (implicit TLS, port 465).
+    smtp_security: Literal["none", "starttls", "tls"] = "none"
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_from: str = "noreply@localhost"
+    #: Recipient address from the message's recipient (a phone number): e.g.
+    #: ``"{recipient}@sms.example.gov.cn"`` for an e-mail-to-SMS gateway.
+    smtp_to: str = "{recipient}@localhost"
+    http_url: str = ""
+    #: Sent as ``Authorization: Bearer ...`` when not empty.
+    http_token: SecretStr = SecretStr("")
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+
+class WorkerSettings(_Section):
+    """``ykt worker``: the periodic jobs."""
+
+    interval_seconds: float = Field(default=60.0, ge=0.1)
+    #: Seal the audit chain each round (checkpoints signed by the HSM's signing key).
+    seal_audit: bool = True
+    #: ``false``: unsigned checkpoints (development without an HSM).
+    sign_checkpoints: bool = True
+    outbox_batch: int = Field(default=100, ge=1)
+
+
 class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -139,11 +191,15 @@ class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     hsm: HsmSettings = HsmSettings()
     readers: ReaderSettings = ReaderSettings()
+    stock: StockSettings = StockSettings()
     printer: PrinterSettings = PrinterSettings()
     photos: PhotoSettings = PhotoSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
     issuer: IssuerSettings = IssuerSettings()
     api: ApiSettings = ApiSettings()
+    applications: ApplicationSettings = ApplicationSettings()
+    notify: NotifySettings = NotifySettings()
+    worker: WorkerSettings = WorkerSettings()
 
     # Derived locations -------------------------------------------------------------------
     @property

@@ -2,9 +2,13 @@
 
 ``CupsPrinter(server, queue)``: ``server`` is ``host:port``, ``host`` (port 631) or the path of a
 CUPS domain socket; empty = libcups' default (``CUPS_SERVER`` or the local scheduler). The job
-title is the job id, which makes printing idempotent: a job id already known to the server is
-not sent twice. CUPS/IPP failures are translated into :mod:`printers.errors` with the raw IPP
-status kept in ``ipp_status``.
+title is the job id, which makes printing idempotent: a job id this printer already sent, or one
+still queued on the server (pending, held, processing), is not sent twice. Duplicate detection
+is cheap: an in-process map of the jobs sent plus one ``Get-Jobs`` of the *not completed* jobs
+(a queue holds a few), never the server's whole job history. ``wait=True`` (or
+:meth:`CupsPrinter.wait_for`) follows a job until the printer reports it completed: the batch
+pipeline counts a card printed only then. CUPS/IPP failures are translated into
+:mod:`printers.errors` with the raw IPP status kept in ``ipp_status``.
 """
 
 from __future__ import annotations
@@ -91,6 +95,8 @@ class CupsPrinter:
         self.wait = wait
         self.timeout_s = timeout_s
         self.options = {"media": "CR80", "PageSize": "CR80", **(options or {})}
+        #: job id -> CUPS job id of the jobs this printer sent
+        self._sent: dict[str, int] = {}
 
     def _connect(self) -> Any:
         assert cups is not None
@@ -116,7 +122,11 @@ class CupsPrinter:
             ) from exc
 
     def _existing(self, conn: Any, job_id: str) -> int | None:
-        jobs = conn.getJobs(which_jobs="all", requested_attributes=["job-id", "job-name"])
+        """A job with this id sent by this printer, or still queued on the server."""
+        known = self._sent.get(job_id)
+        if known is not None:
+            return known
+        jobs = conn.getJobs(which_jobs="not-completed", requested_attributes=["job-id", "job-name"])
         for jid, attrs in jobs.items():
             if attrs.get("job-name") == job_id:
                 return int(jid)
@@ -140,6 +150,7 @@ class CupsPrinter:
                     cups_id = int(conn.printFile(self.queue, path, job_id, self.options))
                 finally:
                     os.unlink(path)
+                self._sent[job_id] = cups_id
                 state = self._state(conn, cups_id)
             except PrinterError:
                 raise

@@ -7,6 +7,7 @@ The full social security number is printed, as on the real cards.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from printers.errors import FontMissing, PrinterError
+from printers.facecode import FaceData, render_code
 from printers.layout import DEFAULT_LAYOUT, Box, CardLayout, TextField, card_size_px
 
 DEFAULT_DPI = 300
@@ -41,8 +43,29 @@ class CardFace:
     issuer_name: str
     bank_name: str
     region: str = ""
-    #: Validity shown on the back, e.g. "长期" or a date; empty = ten years from issue.
+    #: Expiry date of the card (``settings.lifecycle.card_validity_years`` after issue).
+    expiry_date: date | None = None
+    #: Validity shown on the back, e.g. "长期"; empty = issue date to expiry date (or, for a
+    #: sample face without expiry, the national default of ten years).
     validity: str = ""
+
+    @property
+    def photo_sha256(self) -> str | None:
+        return hashlib.sha256(self.photo_jpeg).hexdigest() if self.photo_jpeg else None
+
+    def validity_text(self) -> str:
+        if self.validity:
+            return self.validity
+        end = self.expiry_date or _years_later(self.issue_date, 10)
+        return f"{self.issue_date:%Y.%m.%d}-{end:%Y.%m.%d}"
+
+    def face_data(self) -> FaceData:
+        """What this face prints (and its face code says)."""
+        return FaceData(
+            card_number=self.card_number, ssn=self.ssn, name=self.name,
+            issue_date=self.issue_date, region=self.region, validity=self.validity_text(),
+            photo_sha256=self.photo_sha256,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -244,18 +267,20 @@ def render_back(
         draw.text((left, top + i * line_h), line, font=font, fill=(40, 40, 40))
     _text(draw, lay.contact, "", dpi)
     _text(draw, lay.issuer, face.issuer_name, dpi)
-    validity = face.validity or _ten_years(face.issue_date)
-    _text(draw, lay.validity, validity, dpi)
+    _text(draw, lay.validity, face.validity_text(), dpi)
     s = lay.signature.px(dpi)
     draw.line((s[0], s[3], s[2], s[3]), fill=(120, 120, 120), width=2)
     small = _font(False, _pt_px(5, dpi))
     draw.text((s[0], s[3] - 4), "持卡人签名", font=small, fill=(120, 120, 120), anchor="ld")
+    if lay.face_code is not None:
+        left, top, right, bottom = lay.face_code.px(dpi)
+        size = min(right - left, bottom - top)
+        img.paste(render_code(face.face_data(), size).convert("RGB"), (left, top))
     return img
 
 
-def _ten_years(issued: date) -> str:
+def _years_later(d: date, years: int) -> date:
     try:
-        end = issued.replace(year=issued.year + 10)
+        return d.replace(year=d.year + years)
     except ValueError:  # 29 February
-        end = issued.replace(year=issued.year + 10, day=28)
-    return f"{issued:%Y.%m.%d}-{end:%Y.%m.%d}"
+        return d.replace(year=d.year + years, day=28)

@@ -98,10 +98,13 @@ class BackLayout:
     )
     notes_box: Box = Box(4.0, 9.5, 77.6, 22.0)
     notes_size_pt: float = 5.6
-    contact: TextField = TextField(Box(4.0, 34.0, 77.6, 3.4), "服务电话：12333", 6.0)
-    issuer: TextField = TextField(Box(4.0, 38.5, 77.6, 3.4), "发卡机构：", 6.0)
-    validity: TextField = TextField(Box(4.0, 43.0, 77.6, 3.4), "有效期限：", 6.0)
+    contact: TextField = TextField(Box(4.0, 34.0, 56.0, 3.4), "服务电话：12333", 6.0)
+    issuer: TextField = TextField(Box(4.0, 38.5, 56.0, 3.4), "发卡机构：", 6.0)
+    validity: TextField = TextField(Box(4.0, 43.0, 56.0, 3.4), "有效期限：", 6.0)
     signature: Box = Box(4.0, 47.5, 40.0, 4.5)
+    #: The face code (QR code of what is printed, read back by the quality check:
+    #: :mod:`printers.facecode`); None = no face code.
+    face_code: Box | None = Box(63.0, 32.5, 19.0, 19.0)
     background: tuple[int, int, int] = (250, 250, 250)
 
 
@@ -114,3 +117,19 @@ class CardLayout:
 
 
 DEFAULT_LAYOUT = CardLayout()
+
+#: The face layout of each card profile family (profile name prefix -> layout): the layout is
+#: defined with the card profile (``cardspec.profile``: ``ssc2-*`` second generation, ``ssc3-*``
+#: third). CHOICE: both generations share the national face design; a city with its own design
+#: registers it here under its profile's name.
+PROFILE_LAYOUTS: dict[str, CardLayout] = {"ssc2": DEFAULT_LAYOUT, "ssc3": DEFAULT_LAYOUT}
+
+
+def layout_for_profile(profile_name: str) -> CardLayout:
+    """The face layout of cards of ``profile_name`` (longest registered prefix wins; the
+    default layout for an unknown profile family)."""
+    best = ""
+    for prefix in PROFILE_LAYOUTS:
+        if profile_name.startswith(prefix) and len(prefix) > len(best):
+            best = prefix
+    return PROFILE_LAYOUTS[best] if best else DEFAULT_LAYOUT

@@ -3,22 +3,30 @@ reader, or a virtual reader with the emulated chips behind it).
 
 A station takes a blank card (its :class:`Feeder` puts it in the reader), personalises it with
 the card's keys derived in the HSM (:func:`cardspec.perso.personalise`), and runs the quality
-check on the finished card over PC/SC:
+check on the finished card over PC/SC (:meth:`EncodingStation.check`):
 
 * the chip serial is the one the card was prepared for;
-* EF05 and EF06 read back equal the prepared data (which came from the database);
+* every personalised file read back (EF05 card identification, EF06 holder, EF16 pension,
+  EF15 medical, the financial application's records) equals, record for record, what data
+  preparation made from the database (PIN-protected files read after VERIFY with the initial
+  PIN, key-protected ones after EXTERNAL AUTHENTICATE with the read key);
+* every PIN has its full try counter and the social security PIN still must be changed;
 * the card answers INTERNAL AUTHENTICATE with a fresh challenge and the HSM confirms the answer
   (:meth:`hsm.service.KeyService.verify_internal_auth`): the card holds the right key;
 * personalisation is locked (life cycle SECURED);
-* the card number on the chip is the one printed on the face.
+* the printed face matches the chip: the face code (:mod:`printers.facecode`) decoded from the
+  printed card back says the chip's card number, social security number, name, issue and
+  expiry dates, and the photo digest the database holds for the card.
 
 A failed check raises :class:`QualityCheckFailed` listing every problem. Several stations run
 in parallel, one thread each: a :class:`~cardspec.pcsc.PcscReader` has one owner, and the HSM
 adapter serialises PKCS#11 calls with its process lock.
 
 :func:`open_stations` builds the stations from the settings: ``[readers] backend = "virtual"``
-starts an isolated virtual reader stack (stopped on exit); ``pcsc`` uses the host's readers
-(``[readers] names`` to choose), into which an operator or the printer's feeder puts the cards.
+starts an isolated virtual reader stack (stopped on exit); ``pcsc`` uses the readers of a pcscd
+(the host's, or ``[readers] csock``; ``[readers] names`` to choose), into which an operator or
+the printer's feeder puts the cards (:class:`PresenceFeeder`, which waits at most
+``[readers] feed_timeout_seconds``, well below the lease of the card being made).
 """
 
 from __future__ import annotations
@@ -37,13 +45,15 @@ from cardspec import cardops, perso
 from cardspec.errors import CardSpecError
 from cardspec.pcsc import PcscReader, card_present, list_readers
 from cardspec.perso import PersoResult
-from cardspec.profile import Access, CardProfile, Holder
+from cardspec.profile import Access, CardProfile
+from cardspec.profile.model import decode_records
 from cardspec.profile.social import get_profile
 from hsm.errors import HsmError
-from hsm.service import KeyService
+from hsm.service import CardCryptoSession, KeyService
 from issuance.batches.prepared import PreparedCard
 from issuance.settings import Settings
 from printers.errors import PrinterError
+from printers.facecode import FaceCodeError, FaceData, decode_file
 
 
 class StationError(PrinterError):
@@ -86,18 +96,37 @@ class VirtualFeeder:
         self.stack.remove(self.slot)  # type: ignore[attr-defined]
 
 
-class PresenceFeeder:
-    """A real reader: waits until a card is present (put in by an operator or the printer)."""
+class NoCardFed(StationError):
+    """No card was fed into the station's reader in time (nothing was done to any chip)."""
 
-    def __init__(self, reader: str, csock: str | None = None, timeout: float = 120.0) -> None:
+    code = "no_card_fed"
+
+
+class PresenceFeeder:
+    """A real reader: waits until a card is present (put in by an operator or the printer's
+    feeder), at most ``timeout`` seconds (kept well below the lease of the card being made:
+    the pipeline renews the lease meanwhile, and gives the card back if none comes)."""
+
+    def __init__(
+        self, reader: str, csock: str | Path | None = None, timeout: float = 30.0
+    ) -> None:
         self.reader, self.csock, self.timeout = reader, csock, timeout
 
     def load(self, image: Path | None) -> None:
         deadline = time.monotonic() + self.timeout
         while not card_present(self.reader, self.csock):
             if time.monotonic() > deadline:
-                raise StationError(f"no card fed into {self.reader} within {self.timeout:.0f} s")
-            time.sleep(0.2)
+                raise NoCardFed(f"no card fed into {self.reader} within {self.timeout:.0f} s")
+            time.sleep(0.05)
+
+    def wait_removed(self, timeout: float | None = None) -> bool:
+        """Wait until the card is taken out (True) or ``timeout`` passes (False)."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while card_present(self.reader, self.csock):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def eject(self) -> None:
         return None
@@ -128,6 +157,20 @@ class QualityReport:
     card_identification_code: str
     chip_serial: str
     apdu_count: int
+    #: What the printed face says (decoded from its face code).
+    face: FaceData | None = None
+
+
+@dataclass(frozen=True)
+class PrintedFace:
+    """What the pipeline printed for a card, for the quality check to read back."""
+
+    back_image: Path
+    """The printed back (the spooled PNG, or the image sent to the printer)."""
+    code_box: tuple[int, int, int, int] | None
+    """Where the face code is on it (pixels), None: search the whole image."""
+    photo_sha256: str | None
+    """SHA-256 of the photo the database holds for the card (None: no photo)."""
 
 
 @dataclass
@@ -147,73 +190,181 @@ class EncodingStation:
             self.reader.disconnect()
         self.feeder.eject()
 
-    def personalise(self, prepared: PreparedCard, key_service: KeyService) -> PersoResult:
-        """Personalise the blank card in the reader (one PC/SC transaction)."""
+    def personalise(
+        self,
+        prepared: PreparedCard,
+        key_service: KeyService,
+        *,
+        crypto: CardCryptoSession | None = None,
+    ) -> PersoResult:
+        """Personalise the blank card in the reader (one PC/SC transaction). ``crypto``: the
+        card's keys when the stock provides the chip's transport keys (manufacturer stock);
+        default: every key derived in the HSM for ``prepared.key_ref``."""
         profile = self._profile(prepared)
         self.reader.connect()
         try:
-            with self.reader.transaction(), key_service.card_crypto(prepared.key_ref) as crypto:
-                return perso.personalise(self.reader, crypto, prepared.perso, profile,
+            with self.reader.transaction(), (
+                crypto or key_service.card_crypto(prepared.key_ref)
+            ) as session:
+                return perso.personalise(self.reader, session, prepared.perso, profile,
                                          connect=False)  # fmt: skip
         finally:
             self.reader.disconnect()
 
+    def wait_removed(self, timeout: float | None = None) -> bool:
+        """Wait until the card is taken out of the reader (real readers; virtual: at once)."""
+        waiter = getattr(self.feeder, "wait_removed", None)
+        return True if waiter is None else bool(waiter(timeout))
+
+    def fed_serial(self) -> str:
+        """The chip serial of the card in the reader (GET DATA DF12; blank cards answer too)."""
+        self.reader.connect()
+        try:
+            return cardops.chip_serial(self.reader).hex().upper()
+        finally:
+            self.reader.disconnect()
+
     def check(
-        self, prepared: PreparedCard, key_service: KeyService, printed_card_number: str | None
+        self, prepared: PreparedCard, key_service: KeyService, printed: PrintedFace | None
     ) -> QualityReport:
         """Read the card back and check it (see the module docstring); raise
         :class:`QualityCheckFailed` with every problem found."""
         profile = self._profile(prepared)
         expected = prepared.perso
+        plan = perso.plan_records(expected, profile)
         problems: list[str] = []
+        read: dict[str, list[bytes]] = {}
         reader = CountingReader(self.reader)
         reader.connect()
+        serial = ""
         try:
             with self.reader.transaction():
                 serial = cardops.chip_serial(reader).hex().upper()
                 if serial != prepared.chip_serial.upper():
                     problems.append(f"chip serial {serial} is not {prepared.chip_serial}")
-                needs_key = profile.ef("EF06")[1].read.kind is not Access.FREE
-                with key_service.card_crypto(prepared.key_ref) as crypto:
-                    public = cardops.read_card_public(
-                        reader, profile, crypto=crypto if needs_key else None, connect=False
-                    )
-                if public.card_identification != expected.card_identification():
-                    problems.append("EF05 (card identification) differs from the database")
-                if public.holder is None or _holder(public.holder) != _holder(expected.holder):
-                    problems.append("EF06 (holder) differs from the database")
-                factor, random = os.urandom(8), os.urandom(8)
-                try:
-                    answer = cardops.internal_authenticate(reader, factor, random)
-                    key_service.verify_internal_auth(prepared.key_ref, factor, random, answer)
-                except (CardSpecError, HsmError) as exc:
-                    problems.append(f"INTERNAL AUTHENTICATE: {exc}")
                 if not cardops.is_locked(reader):
                     problems.append("personalisation is not locked")
-                if printed_card_number is None:
-                    problems.append("no printed face recorded for this card")
-                elif public.card_number != printed_card_number:
-                    problems.append(
-                        f"chip card number {public.card_number} is not the printed "
-                        f"{printed_card_number}"
-                    )
+                problems += _pin_counters(reader, profile)
+                with key_service.card_crypto(prepared.key_ref) as crypto:
+                    read = _read_files(reader, profile, plan, crypto, expected.initial_pin)
+                    # back in the social security DF (left selected by _read_files' first DF
+                    # only if nothing else was read): INTERNAL AUTHENTICATE with a fresh random
+                    cardops.select_df(reader, profile, "SSSE")
+                    factor, random = os.urandom(8), os.urandom(8)
+                    try:
+                        answer = cardops.internal_authenticate(reader, factor, random)
+                        key_service.verify_internal_auth(prepared.key_ref, factor, random, answer)
+                    except (CardSpecError, HsmError) as exc:
+                        problems.append(f"INTERNAL AUTHENTICATE: {exc}")
         except CardSpecError as exc:
             problems.append(f"card unreadable: {exc}")
-            public = None
         finally:
             self.reader.disconnect()
+        for ef_name, records in plan.items():
+            got = read.get(ef_name)
+            if got is None:
+                problems.append(f"{ef_name} could not be read back")
+            elif got != records:
+                differing = [n for n, (a, b) in enumerate(zip(got, records, strict=False), 1)
+                             if a != b] or [min(len(got), len(records)) + 1]  # fmt: skip
+                problems.append(
+                    f"{ef_name} differs from the database (record {differing[0]})"
+                )
+        face: FaceData | None = None
+        if printed is None:
+            problems.append("no printed face recorded for this card")
+        else:
+            try:
+                face = decode_file(printed.back_image, printed.code_box)
+            except FaceCodeError as exc:
+                problems.append(f"printed face: {exc}")
+            else:
+                problems += _face_problems(face, profile, read, printed.photo_sha256)
         if problems:
             raise QualityCheckFailed(f"card {expected.card_number} failed quality check", problems)
-        assert public is not None
-        return QualityReport(public.card_number, public.card_identification_code, serial,
-                             reader.count)  # fmt: skip
+        return QualityReport(expected.card_number, expected.card_identification_code, serial,
+                             reader.count, face)  # fmt: skip
 
     def close(self) -> None:
         self.reader.close()
 
 
-def _holder(h: Holder) -> tuple[str, ...]:
-    return (h.ssn, h.full_name.rstrip(), h.sex, h.ethnicity, h.birthplace, str(h.birth_date))
+def _pin_counters(reader: CountingReader, profile: CardProfile) -> list[str]:
+    """Every PIN of the profile set, with its full try counter; initial PINs still to be
+    changed (checked before any VERIFY, which would reset a counter)."""
+    problems = []
+    status = cardops.pin_status(reader, profile)
+    for _, spec in profile.pin_specs():
+        st = status.get(spec.name)
+        if st is None:
+            problems.append(f"PIN {spec.name} is not set")
+            continue
+        if st.tries_left != spec.tries:
+            problems.append(f"PIN {spec.name} has {st.tries_left} tries left, not {spec.tries}")
+        if spec.initial_must_change and not st.must_change:
+            problems.append(f"PIN {spec.name} is not marked as an initial PIN to change")
+    return problems
+
+
+def _read_files(
+    reader: CountingReader,
+    profile: CardProfile,
+    plan: dict[str, list[bytes]],
+    crypto: object,
+    pin: str,
+) -> dict[str, list[bytes]]:
+    """The records of every planned EF, read back (one SELECT per DF, VERIFY / EXTERNAL
+    AUTHENTICATE where the file's read rule asks for it)."""
+    out: dict[str, list[bytes]] = {}
+    current = ""
+    verified: set[str] = set()
+    for ef_name, records in plan.items():
+        path, ef = profile.ef(ef_name)
+        if path != current:
+            cardops.select_df(reader, profile, path)
+            current = path
+        rule = ef.read
+        pin_read = rule.kind in (Access.PIN, Access.PIN_OR_KEY, Access.PIN_AND_KEY)
+        if pin_read and rule.pin and rule.pin not in verified:
+            cardops.verify_pin(reader, pin, pin_name=rule.pin, profile=profile, select=False)
+            verified.add(rule.pin)
+        if rule.kind in (Access.KEY, Access.PIN_AND_KEY) and rule.key is not None:
+            cardops.external_authenticate(reader, crypto, rule.key, profile)  # type: ignore[arg-type]
+        if ef.sfi is None:
+            raise QualityCheckFailed("profile", [f"{ef.name} has no SFI: cannot be read back"])
+        out[ef_name] = [
+            cardops.read_record(reader, ef.sfi, n, f"READ RECORD {ef.name}/{n}")
+            for n in range(1, len(records) + 1)
+        ]
+    return out
+
+
+def _face_problems(
+    face: FaceData, profile: CardProfile, read: dict[str, list[bytes]], photo_sha256: str | None
+) -> list[str]:
+    """The printed face (decoded) against the chip (read back) and the database's photo."""
+    problems: list[str] = []
+    try:
+        ident = decode_records(profile.ef("EF05")[1], read["EF05"])
+        holder = decode_records(profile.ef("EF06")[1], read["EF06"])
+    except Exception as exc:  # the records differ already (reported): nothing to compare to
+        return [f"printed face not compared: chip data undecodable ({exc})"]
+    name = (str(holder.get("name", "")).rstrip() + str(holder.get("name_extension") or "")).rstrip()
+    validity = f"{ident['issue_date']:%Y.%m.%d}-{ident['expiry_date']:%Y.%m.%d}"
+    pairs = (
+        ("card number", face.card_number, ident["card_number"]),
+        ("social security number", face.ssn, holder["ssn"]),
+        ("name", face.name, name),
+        ("issue date", face.issue_date, ident["issue_date"]),
+        ("validity", face.validity, validity),
+    )
+    for what, printed, chip in pairs:
+        if printed != chip:
+            problems.append(f"printed {what} {printed!s} is not the chip's {chip!s}")
+    want = photo_sha256[: len(face.photo_sha256 or "")] if photo_sha256 else None
+    if (face.photo_sha256 or None) != (want or None):
+        problems.append("printed photo is not the card's photo in the database")
+    return problems
 
 
 def stations_run_dir(settings: Settings, pid: int) -> Path:
@@ -232,7 +383,11 @@ def stations_run_dir(settings: Settings, pid: int) -> Path:
 
 @contextlib.contextmanager
 def open_stations(
-    settings: Settings, count: int | None = None, *, run_dir: Path | None = None
+    settings: Settings,
+    count: int | None = None,
+    *,
+    run_dir: Path | None = None,
+    feed_timeout: float | None = None,
 ) -> Iterator[list[EncodingStation]]:
     """The encoding stations of these settings (see the module docstring)."""
     count = count or settings.readers.count
@@ -257,15 +412,18 @@ def open_stations(
                     st.close()
         return
     if backend == "pcsc":
-        names = list_readers()
+        csock = settings.readers.csock
+        names = list_readers(csock)
         if settings.readers.names:
             names = [n for n in names if any(want in n for want in settings.readers.names)]
         if not names:
             raise StationError("no PC/SC reader found for the encoding stations")
+        timeout = feed_timeout or settings.readers.feed_timeout_seconds
         stations = [
-            EncodingStation(f"station-{i + 1}", PcscReader(n), PresenceFeeder(n))
+            EncodingStation(f"station-{i + 1}", PcscReader(n, csock=csock),
+                            PresenceFeeder(n, csock, timeout))
             for i, n in enumerate(names[:count])
-        ]
+        ]  # fmt: skip
         try:
             yield stations
         finally:

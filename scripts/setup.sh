@@ -11,7 +11,7 @@ PACKAGES=(
   postgresql                                                     # production database (tests)
   fonts-noto-cjk                                                 # CJK card faces
   iproute2 util-linux procps                                     # namespaces for isolated pcscd
-  gcc python3-dev python3-venv                                   # building pyscard / pycups
+  gcc make python3 python3-dev python3-venv                      # building pyscard / pycups
   wrk                                                            # HTTP load benchmark
 )
 
@@ -27,6 +27,10 @@ if ((${#missing[@]})); then
 fi
 
 PY=${PYTHON:-python3}
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "setup: Python 3.11 or newer is needed ($PY is $("$PY" -V 2>&1)); set PYTHON=/path/to/python3.11" >&2
+  exit 1
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PY" -m venv .venv

@@ -1,6 +1,6 @@
 """The reference card emulator: a card OS that runs a :class:`cardspec.profile.CardProfile`.
 
-``blank_card(serial, kmc, algorithm)`` makes a blank chip; ``Card.load(path)`` reopens a saved
+``blank_card(serial, kmc, algorithm, klk=...)`` makes a blank chip; ``Card.load(path)`` reopens a saved
 image; a :class:`Card` is a :class:`cardspec.reader.CardHandler` (serve it in-process with
 :class:`cardspec.reader.InProcessReader` or over vpcd).
 """

@@ -20,19 +20,28 @@ CHANGE REF DATA    00 24 00 <ref>           old || new (cn: old FF new; 9564-2: 
 CHANGE PIN (PBOC)  80 5E 01 00              old FF new (social security PIN)
 PIN UNBLOCK/RELOAD 84 24|2C 00 <ref>        MAC with the PIN's unblock key; data empty or
                                             new PIN encrypted under it (PBOC style)
-WRITE KEY          84 D4 00 <key id>        personalisation only: key under KMC + MAC
+WRITE KEY          84 D4 00 <key id>        personalisation only: key wrapped under KLK, MAC
 SET PIN            84 D4 01 <pin ref>       personalisation only: PIN block under KMC + MAC
 END PERSO          84 F0 80 0F              GlobalPlatform SET STATUS to SECURED, + MAC
 GET DATA           00|80 CA DF 1x           DF10 life cycle, DF11 PIN status, DF12 serial
 GET RESPONSE       00 C0 00 00 Le           data of a command sent without Le (61xx)
 =================  =======================  ===============================================
 
+Command chaining (ISO/IEC 7816-4 5.1.1.1): an interindustry command with CLA b5 (0x10) set is
+buffered and answered 9000; the next commands must repeat CLA (apart from b5), INS, P1 and P2
+(else 6883, the chain is dropped) and the first one without b5 ends the chain: the card runs
+one command with the concatenated data (at most :data:`MAX_CHAINED_DATA` bytes, else 6700)
+and that last command's Le. CHOICE: with secure messaging the MAC covers the reassembled
+command (the chain splits one protected command for transport). Extended-length APDUs
+(7816-4 5.1: Lc and Le on 2 bytes) are accepted as they are.
+
 CHOICE (proprietary commands, LD/T 32.5 not public): WRITE KEY / SET PIN share INS D4
-(PBOC "WRITE KEY") with P1 00 = key, 01 = PIN; the key/PIN is ``encrypt_sensitive(KMC, ...)``
-and the command is MAC'd in the KMC channel; the lock is GlobalPlatform SET STATUS
-(``84 F0 80 0F``) and is refused until every key and PIN of the profile is loaded; GET DATA tags
-DF10-DF12 are proprietary. There is no key error counter (a failed EXTERNAL AUTHENTICATE
-answers 6300 and consumes the challenge).
+(PBOC "WRITE KEY") with P1 00 = key, 01 = PIN; the key is the RFC 5649 wrap under the chip's
+key-loading key KLK (``keyscheme.wrap_card_key``; a bad unwrap answers 6A80), the PIN block is
+``encrypt_sensitive(KMC, ...)``, and the command is MAC'd in the KMC channel; the lock is
+GlobalPlatform SET STATUS (``84 F0 80 0F``), is refused until every key and PIN of the profile
+is loaded, and erases KMC and KLK; GET DATA tags DF10-DF12 are proprietary. There is no key
+error counter (a failed EXTERNAL AUTHENTICATE answers 6300 and consumes the challenge).
 
 Security state: EXTERNAL AUTHENTICATE / VERIFY results hold while the current DF stays inside
 the DF that declares the key / PIN. During personalisation the KMC channel satisfies every
@@ -42,6 +51,7 @@ access condition (writes must be MAC'd under KMC).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -65,6 +75,9 @@ from cardspec.profile import (
     social_security_profile,
 )
 from cardspec.sw import SW
+
+#: Longest command data a chain may assemble (the emulator's command buffer).
+MAX_CHAINED_DATA = 4096
 
 
 def build_atr(historical: bytes) -> bytes:
@@ -96,6 +109,8 @@ class Card(SecurityCommands):
             )
         if self.profile.algorithm is not state.algorithm:
             raise ProfileError("image algorithm differs from the profile's")
+        if self.profile.key_loading != "aes-kwp-klk":
+            raise ProfileError(f"key loading {self.profile.key_loading!r} is not implemented")
         self.path = path
         self._ix = _index(self.profile)
         self._atr = build_atr(self.profile.historical_bytes)
@@ -141,6 +156,8 @@ class Card(SecurityCommands):
         self.verified: dict[str, str] = {}
         self.channel: tuple[KeySlot, bytes] | None = None
         self._pending = b""
+        #: an open command chain: (CLA without b5, INS, P1, P2) and the data so far
+        self._chain: tuple[tuple[int, int, int, int], bytes] | None = None
 
     def process(self, command: bytes) -> bytes:
         self.apdu_count += 1
@@ -148,11 +165,14 @@ class Card(SecurityCommands):
             cmd = CommandApdu.from_bytes(command)
         except ApduError:
             return SW.WRONG_LENGTH.to_bytes(2, "big")
-        if cmd.ins == 0xC0 and not cmd.cla & 0x80:
+        if cmd.ins == 0xC0 and not cmd.cla & 0x80 and self._chain is None:
             return self._get_response(cmd)
         self._pending = b""
         try:
-            data = self._dispatch(cmd)
+            assembled = self._chained(cmd)
+            if assembled is None:
+                return SW.OK.to_bytes(2, "big")  # part of a chain, buffered
+            data = self._dispatch(assembled)
         except _Status as st:
             return st.sw.to_bytes(2, "big")
         except SecurityError as err:  # MAC failures from cardspec.sm
@@ -169,6 +189,29 @@ class Card(SecurityCommands):
         if cmd.le is not None and len(data) > 0 and cmd.le < len(data) and cmd.le != 256:
             return bytes([0x6C, len(data) & 0xFF])
         return data + b"\x90\x00"
+
+    def _chained(self, cmd: CommandApdu) -> CommandApdu | None:
+        """Command chaining: None while a chain is being buffered, else the command to run
+        (the whole chain's data on its last command)."""
+        key = (cmd.cla & ~CHAINING_BIT, cmd.ins, cmd.p1, cmd.p2)
+        if cmd.chained:
+            if self._chain is not None and self._chain[0] != key:
+                self._chain = None
+                raise _Status(SW.LAST_COMMAND_EXPECTED)
+            data = (self._chain[1] if self._chain else b"") + cmd.data
+            if len(data) > MAX_CHAINED_DATA:
+                self._chain = None
+                raise _Status(SW.WRONG_LENGTH)
+            self._chain = (key, data)
+            return None
+        if self._chain is None:
+            return cmd
+        (expected, data), self._chain = self._chain, None
+        if expected != key:
+            raise _Status(SW.LAST_COMMAND_EXPECTED)
+        if len(data) + len(cmd.data) > MAX_CHAINED_DATA:
+            raise _Status(SW.WRONG_LENGTH)
+        return replace(cmd, data=data + cmd.data)
 
     def _get_response(self, cmd: CommandApdu) -> bytes:
         """GET RESPONSE ``00 C0 00 00 Le``: the data held back by the previous command."""
@@ -191,8 +234,8 @@ class Card(SecurityCommands):
 
     def _dispatch(self, cmd: CommandApdu) -> bytes:
         cla = cmd.cla
-        if cla & CHAINING_BIT:
-            raise _Status(0x6884)  # command chaining not supported
+        if cla & CHAINING_BIT:  # b5 of a proprietary class: no chaining defined there
+            raise _Status(SW.CHAINING_NOT_SUPPORTED)
         if cla & 0x03:
             raise _Status(SW.LOGICAL_CHANNEL_NOT_SUPPORTED)
         if cla & ~0x0C & 0xFF not in (0x00, 0x80):
@@ -491,16 +534,20 @@ def blank_card(
     kmc_key: bytes,
     algorithm: Algorithm = Algorithm.DES3,
     *,
+    klk: bytes,
     profile: CardProfile | None = None,
     path: str | Path | None = None,
 ) -> Card:
-    """A blank chip as delivered by the manufacturer: a chip serial and the transport key KMC
-    (the card's own, already diversified KMC). With ``path`` the image is saved there and kept
-    up to date after every change."""
+    """A blank chip as delivered by the manufacturer: a chip serial, the transport key KMC and
+    the key-loading key KLK (the card's own, already diversified keys; the KLK is AES-128
+    whatever the card's algorithm, see ``keyscheme`` "Key loading"). With ``path`` the image is
+    saved there and kept up to date after every change."""
     if len(chip_serial) != 8:
         raise ValueError("chip serial must be 8 bytes")
     if len(kmc_key) != algorithm.key_length:
         raise ValueError(f"KMC must be {algorithm.key_length} bytes")
+    if len(klk) != 16:
+        raise ValueError("KLK must be 16 bytes (AES-128)")
     if profile is None:
         profile = (
             get_profile(social_security_profile(algorithm=algorithm).name)
@@ -515,6 +562,7 @@ def blank_card(
         chip_serial=chip_serial,
         algorithm=algorithm,
         keys={KeySlot.KMC: kmc_key},
+        klk=klk,
     )
     card = Card(state, profile)
     if path is not None:

@@ -30,7 +30,7 @@ class LifeCycle(StrEnum):
     PERSONALISATION = "personalisation"
     """Blank or being personalised: only the transport key KMC opens a channel (GP 07)."""
     SECURED = "secured"
-    """Personalisation ended: KMC erased, issuer-only commands refused (GP 0F)."""
+    """Personalisation ended: KMC and KLK erased, issuer-only commands refused (GP 0F)."""
 
     @property
     def gp_code(self) -> int:
@@ -52,6 +52,9 @@ class CardState:
     algorithm: Algorithm
     life_cycle: LifeCycle = LifeCycle.PERSONALISATION
     keys: dict[KeySlot, bytes] = field(default_factory=dict)
+    klk: bytes | None = None
+    """The key-loading key (AES-128, ``keyscheme`` "Key loading"): loaded by the manufacturer
+    with the KMC, erased with it when personalisation ends."""
     pins: dict[str, PinState] = field(default_factory=dict)
     records: dict[str, list[bytes | None]] = field(default_factory=dict)
     """Record files by EF path; cyclic files keep the newest record first."""
@@ -68,6 +71,7 @@ class CardState:
             "algorithm": self.algorithm.value,
             "life_cycle": self.life_cycle.value,
             "keys": {slot.value: key.hex() for slot, key in self.keys.items()},
+            "klk": self.klk.hex() if self.klk is not None else None,
             "pins": {
                 name: {
                     "digest": p.digest.hex(),
@@ -95,6 +99,7 @@ class CardState:
                 algorithm=Algorithm(data["algorithm"]),
                 life_cycle=LifeCycle(data["life_cycle"]),
                 keys={KeySlot(k): bytes.fromhex(v) for k, v in data["keys"].items()},
+                klk=bytes.fromhex(data["klk"]) if data.get("klk") else None,
                 pins={
                     name: PinState(
                         digest=bytes.fromhex(p["digest"]),

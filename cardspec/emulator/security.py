@@ -247,14 +247,20 @@ class SecurityCommands:
 
     def _write_key(self, cmd: CommandApdu) -> bytes:
         data, kmc = self._perso_channel(cmd)
-        try:
-            if cmd.p1 == 0x00:
-                # Key loading: ECB(KMC, key) of the 16-byte key value (keyscheme.wrap_card_key).
-                plain = keyscheme.unwrap_card_key(kmc, data, self.alg)
-            else:
+        if cmd.p1 == 0x00:
+            # Key loading: RFC 5649 AES key wrap under the chip's KLK (keyscheme "Key loading");
+            # a payload that fails the unwrap's integrity check is refused with 6A80.
+            if self.state.klk is None:
+                raise _Status(SW.CONDITIONS_NOT_SATISFIED)
+            try:
+                plain = keyscheme.unwrap_card_key(self.state.klk, data, self.alg)
+            except ValueError:
+                raise _Status(SW.WRONG_DATA) from None
+        else:
+            try:
                 plain = keyscheme.decrypt_sensitive(kmc, data, self.alg)
-        except ValueError:
-            raise _Status(SW.WRONG_DATA) from None
+            except ValueError:
+                raise _Status(SW.WRONG_DATA) from None
         if cmd.p1 == 0x00:
             found = self._ix.keys_by_id.get(cmd.p2)
             if found is None:
@@ -294,6 +300,7 @@ class SecurityCommands:
             raise _Status(SW.CONDITIONS_NOT_SATISFIED)
         self.state.life_cycle = LifeCycle.SECURED
         del self.state.keys[KeySlot.KMC]
+        self.state.klk = None
         self._persist()
         self._reset_session()
         return b""

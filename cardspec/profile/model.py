@@ -243,6 +243,9 @@ class CardProfile:
     spec_version: str
     mf: DedicatedFile
     historical_bytes: bytes
+    key_loading: str = "aes-kwp-klk"
+    """How WRITE KEY carries a card key (see ``cardspec.keyscheme`` "Key loading"):
+    ``aes-kwp-klk`` = RFC 5649 AES key wrap under the card's AES-128 key-loading key KLK."""
 
     # --- lookups (all pure) -----------------------------------------------------------------
 

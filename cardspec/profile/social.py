@@ -189,6 +189,14 @@ def social_security_profile(
         # ISO/IEC 7816-4 8.1.1: category 80, compact-TLV "pre-issuing data" (tag 6) naming the
         # card. CHOICE: the name text.
         historical_bytes=b"\x80\x6a" + f"YKT SSC{generation}.0".encode()[:10].ljust(10, b" "),
+        # CHOICE: the WRITE KEY format (LD/T 32.4 / 32.5, which define key loading, are not
+        # public): RFC 5649 AES key wrap of the card key under the card's own AES-128
+        # key-loading key KLK, loaded by the chip maker with the KMC and erased with it at the
+        # lock. Reason: one standard PKCS#11 call (C_WrapKey CKM_AES_KEY_WRAP_PAD) in any HSM,
+        # SoftHSM2 included, so no card key is ever in clear outside the HSM (3DES included:
+        # SoftHSM2 cannot wrap under a 3DES KMC), and the wrap's integrity check lets the card
+        # refuse a wrong payload (6A80). See cardspec.keyscheme "Key loading".
+        key_loading="aes-kwp-klk",
     )
     prof.validate()
     return prof

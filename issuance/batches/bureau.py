@@ -4,7 +4,7 @@ An outsourced card manufacturer ("bureau") personalises the chips of a batch fro
 **bureau file** without ever seeing a clear key or a clear PIN, and returns a **result file**
 saying which cards it made (on which chip) and which it spoiled (and why).
 
-Bureau file: ``ykt-bureau-perso/1`` (UTF-8 JSON Lines, one JSON object per ``\\n``-ended line)
+Bureau file: ``ykt-bureau-perso/2`` (UTF-8 JSON Lines, one JSON object per ``\\n``-ended line)
 ----------------------------------------------------------------------------------------------
 
 Streamed: written and read one card at a time, so a 1,000,000-card file needs no more memory
@@ -12,7 +12,7 @@ than one card (the writer keeps a running SHA-256, never the cards).
 
 Line 1, header::
 
-    {"type": "header", "format": "ykt-bureau-perso/1", "file_id": "<uuid4 hex>",
+    {"type": "header", "format": "ykt-bureau-perso/2", "file_id": "<uuid4 hex>",
      "batch": "<batch reference>", "created": "<ISO 8601 UTC>",
      "transport_key": "ykt:transport:<bureau>",        # key agreed in a ceremony (hsm)
      "key_wrap": "AES-KWP RFC 5649: ...",               # how the keys are wrapped
@@ -33,6 +33,7 @@ Card lines, one per card, ``seq`` = 1..N without gaps::
      "files": [{"df": "MF/SSSE", "ef": "EF05", "sfi": 5, "records": ["<hex>", ...]}, ...],
      "keys":  [{"slot": "kmc", "df": "MF", "key_id": 127, "wrapped": "<hex>", "kcv": "<6 hex>"},
                ...],
+     "klk":   {"wrapped": "<hex>", "kcv": "<6 hex>"},
      "pins":  [{"name": "ss", "df": "MF/SSSE", "ref": 0, "under": "kmc",
                 "encrypted": "<hex>"}, ...]}
 
@@ -50,6 +51,10 @@ Card lines, one per card, ``seq`` = 1..N without gaps::
   exported wrapped under the card line's KEK (RFC 5649; 3DES keys with odd DES parity);
   ``kcv`` = ``cardspec.keyscheme.kcv`` of the clear key, so the bureau's HSM checks every
   unwrapped key.
+* ``klk``: the chip's key-loading key KLK (AES-128, loaded into the blank by the chip maker
+  with the KMC), wrapped under the card line's KEK (RFC 5649) with its KCV (AES). The bureau's
+  HSM wraps every card key under it for ``WRITE KEY`` (``keyscheme.wrap_card_key``: the card
+  profile's key-loading CHOICE). Format ``/2`` added it (``/1`` loaded keys under the KMC).
 * ``pins``: the initial PINs as the ready ``SET PIN`` payload: the profile's PIN block
   encrypted under the card's KMC in the issuer's HSM (``keyscheme.encrypt_sensitive``). The
   bureau forwards it to the chip; the PIN never appears in clear.
@@ -61,7 +66,7 @@ Last line, trailer::
 ``sha256`` covers every byte of the file before the trailer line (header, KEK and card lines
 with their newlines). ``signature`` is the issuer HSM's ECDSA P-256 / SHA-256 signature
 (``hsm.service.KeyService.sign``) of the statement
-``ykt-bureau-perso/1|<file_id>|<count>|<sha256>`` (ASCII). The bureau holds the issuer's
+``ykt-bureau-perso/2|<file_id>|<count>|<sha256>`` (ASCII). The bureau holds the issuer's
 public key (``ykt hsm export-public-key``, handed over out of band) and refuses a file whose
 signature, digest, count or sequence does not verify (:func:`verify_bureau_file`): any
 changed, added, dropped or reordered byte is detected. The file is written as ``<path>.part``
@@ -120,7 +125,7 @@ from hsm.service import BureauExporter, KeyService, verify_signature
 from issuance.batches.prepared import PreparedCard
 from issuance.errors import IntegrityError, ValidationError
 
-FORMAT = "ykt-bureau-perso/1"
+FORMAT = "ykt-bureau-perso/2"
 KEY_WRAP = "AES-KWP RFC 5649: card keys under the file KEK, the KEK under the transport key"
 PIN_ENCRYPTION = "ECB(card KMC, LD||block||80..)"
 _BUFFER = 1 << 20
@@ -198,6 +203,14 @@ class BureauKek:
 
 
 @dataclass(frozen=True)
+class BureauKlk:
+    """The chip's key-loading key, wrapped under the card line's KEK, and its KCV."""
+
+    wrapped: bytes = field(repr=False)
+    kcv: bytes
+
+
+@dataclass(frozen=True)
 class BureauCard:
     """One card line of a bureau file, as the bureau reads it (with the KEK its keys are
     wrapped under)."""
@@ -214,6 +227,7 @@ class BureauCard:
     files: tuple[BureauFileRecords, ...] = field(repr=False)
     keys: tuple[BureauKey, ...] = field(repr=False)
     pins: tuple[BureauPin, ...] = field(repr=False)
+    klk: BureauKlk = field(repr=False, default=BureauKlk(b"", b""))
 
     def key(self, slot: KeySlot) -> BureauKey:
         for k in self.keys:
@@ -316,6 +330,7 @@ class _CardEncoder:
                 "key_version": ref.key_version,
                 "files": files,
                 "keys": key_lines,
+                "klk": {"wrapped": export.klk_wrapped.hex(), "kcv": export.klk_kcv.hex()},
                 "pins": pin_lines,
             }
         )
@@ -546,6 +561,7 @@ def _card(obj: dict[str, Any], line: int, keks: Mapping[int, BureauKek]) -> Bure
                 )
                 for p in obj["pins"]
             ),
+            klk=BureauKlk(bytes.fromhex(obj["klk"]["wrapped"]), bytes.fromhex(obj["klk"]["kcv"])),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise BureauFileInvalid(f"malformed card line ({exc!r})", line=line) from None
@@ -609,8 +625,8 @@ class BureauCardCrypto:
     """:class:`cardspec.crypto.CardCrypto` of one card at the bureau, from the keys of its
     bureau-file line. ``unwrap_kek`` is the bureau's HSM: the file KEK wrapped under the
     transport key -> the KEK (e.g. ``aes_key_unwrap_with_padding(transport_key, wrapped)``);
-    the card keys are then unwrapped under the KEK. The KEK and every key are checked against
-    their KCVs before use (:class:`BureauKeyCheckFailed`)."""
+    the card keys and the chip's key-loading key are then unwrapped under the KEK. The KEK and
+    every key are checked against their KCVs before use (:class:`BureauKeyCheckFailed`)."""
 
     def __init__(self, card: BureauCard, unwrap_kek: Callable[[bytes], bytes]) -> None:
         self.algorithm = card.algorithm
@@ -624,17 +640,21 @@ class BureauCardCrypto:
         if not hmac.compare_digest(keyscheme.kcv(kek, Algorithm.AES), card.kek.kcv):
             raise BureauKeyCheckFailed(f"file KEK {card.kek.kek_id} does not match its KCV")
         for k in card.keys:
-            try:
-                clear = aes_key_unwrap_with_padding(kek, k.wrapped)
-            except InvalidUnwrap as exc:
-                raise BureauKeyCheckFailed(
-                    f"card {card.card_id}: {k.slot.value} key does not unwrap under its KEK"
-                ) from exc
-            if not hmac.compare_digest(keyscheme.kcv(clear, self.algorithm), k.kcv):
-                raise BureauKeyCheckFailed(
-                    f"card {card.card_id}: {k.slot.value} key does not match its KCV"
-                )
-            self._keys[k.slot] = clear
+            self._keys[k.slot] = self._unwrap(
+                kek, k.wrapped, k.kcv, self.algorithm, f"card {card.card_id}: {k.slot.value} key"
+            )
+        self._klk = self._unwrap(kek, card.klk.wrapped, card.klk.kcv, keyscheme.KLK_ALGORITHM,
+                                 f"card {card.card_id}: key-loading key")  # fmt: skip
+
+    @staticmethod
+    def _unwrap(kek: bytes, wrapped: bytes, kcv: bytes, alg: Algorithm, what: str) -> bytes:
+        try:
+            clear = aes_key_unwrap_with_padding(kek, wrapped)
+        except (InvalidUnwrap, ValueError) as exc:
+            raise BureauKeyCheckFailed(f"{what} does not unwrap under its KEK") from exc
+        if not hmac.compare_digest(keyscheme.kcv(clear, alg), kcv):
+            raise BureauKeyCheckFailed(f"{what} does not match its KCV")
+        return clear
 
     def external_auth(self, slot: KeySlot, challenge: bytes) -> bytes:
         return keyscheme.external_auth_cryptogram(self._keys[slot], challenge, self.algorithm)
@@ -645,8 +665,8 @@ class BureauCardCrypto:
     def encrypt(self, slot: KeySlot, plaintext: bytes) -> bytes:
         return keyscheme.encrypt_sensitive(self._keys[slot], plaintext, self.algorithm)
 
-    def wrapped_card_key(self, slot: KeySlot, under: KeySlot) -> bytes:
-        return keyscheme.wrap_card_key(self._keys[under], self._keys[slot], self.algorithm)
+    def wrapped_card_key(self, slot: KeySlot) -> bytes:
+        return keyscheme.wrap_card_key(self._klk, self._keys[slot], self.algorithm)
 
     def internal_auth_response(self, factor: bytes, random: bytes) -> bytes:
         return keyscheme.internal_auth_response(
@@ -683,7 +703,7 @@ def bureau_personalise(
         for key in card.keys:
             if key.slot is KeySlot.KMC:
                 continue
-            wrapped = crypto.wrapped_card_key(key.slot, KeySlot.KMC)
+            wrapped = crypto.wrapped_card_key(key.slot)
             cmd = channel.wrap(CommandApdu(0x80, 0xD4, 0x00, key.key_id, wrapped))
             send(tx, cmd, f"WRITE KEY {key.slot.value}")
             loaded.append(key.slot)
@@ -717,6 +737,7 @@ __all__ = [
     "BureauFileInvalid",
     "BureauKek",
     "BureauKeyCheckFailed",
+    "BureauKlk",
     "bureau_file_id",
     "bureau_personalise",
     "expected_cards",

@@ -5,19 +5,33 @@ bureau file it answers, then one JSON object per card. :func:`import_bureau_resu
 line against the cards of the bureau file: good lines are accounted for, every bad line is
 listed with its line number and kind (malformed, unknown card, duplicate, chip serial not the
 one the card was prepared for), and cards the bureau did not mention are listed as missing;
-nothing is dropped silently. The typed :class:`BureauResult` is what the batch pipeline applies.
+nothing is dropped silently.
+
+:func:`apply_bureau_result` then applies a checked :class:`BureauResult` to the batch, one
+transaction per card: a card the bureau *made* passed the bureau's quality control (its chip
+good, the card ``personalised``, the item ``at_bureau → checked``, the PIN mailer queued); a
+card it *spoiled* has its chip spoiled and goes back to the queue for a fresh blank (``failed``
+after too many). Applying the same result again changes nothing (each card is recognised as
+already applied by its chip), so an import interrupted half-way is simply run again.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from issuance.batches.bureau import BureauFileInvalid
 from issuance.errors import ValidationError
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from issuance.audit import Actor
+    from issuance.settings import Settings
 
 RESULT_FORMAT = "ykt-bureau-result/1"
 _BUFFER = 1 << 20
@@ -224,8 +238,122 @@ def _result_line(
     return None
 
 
+@dataclass
+class AppliedResult:
+    """What :func:`apply_bureau_result` did."""
+
+    file_id: str
+    made: int = 0
+    spoiled: int = 0
+    failed: int = 0
+    already_applied: int = 0
+    refused: list[tuple[int, str]] = field(default_factory=list)
+    """``(card_id, why)`` of result lines that do not fit the batch's state (not applied)."""
+
+
+def apply_bureau_result(
+    run_txn: Callable[[Callable[[Session], Any]], Any],
+    settings: Settings,
+    result: BureauResult,
+    actor: Actor,
+    *,
+    max_attempts: int | None = None,
+) -> AppliedResult:
+    """Apply a checked bureau result to its batch (see the module docstring); ``run_txn`` runs
+    a function in one committed transaction. Idempotent."""
+    import sqlalchemy as sa
+
+    from issuance import audit
+    from issuance.batches import items as bi
+    from issuance.batches.pipeline import mark_good
+    from issuance.models import BatchItem, BatchStage, BlankChip, ChipStatus
+
+    attempts = max_attempts or bi.DEFAULT_MAX_ATTEMPTS
+    out = AppliedResult(result.file_id)
+
+    def item_of(s: Session, card_id: int) -> BatchItem | None:
+        return s.scalars(
+            sa.select(BatchItem).where(
+                BatchItem.card_id == card_id, BatchItem.bureau_file_id == result.file_id
+            )
+        ).one_or_none()
+
+    def chip_status(s: Session, serial: str) -> ChipStatus | None:
+        chip = s.scalars(sa.select(BlankChip).where(BlankChip.chip_serial == serial)).first()
+        return None if chip is None else ChipStatus(chip.status)
+
+    for made in result.made:
+
+        def one_made(s: Session, made: MadeCard = made) -> str:
+            item = item_of(s, made.card_id)
+            if item is None:
+                return "not exported in this bureau file"
+            if item.stage == BatchStage.AT_BUREAU and item.chip_serial == made.chip_serial:
+                item.station = "bureau"
+                mark_good(s, settings, item, made.chip_serial, actor,
+                          details={"bureau_file": result.file_id})  # fmt: skip
+                bi.advance(s, item, "bureau_made", actor,
+                           details={"bureau_file": result.file_id, "line": made.line})  # fmt: skip
+                return "made"
+            if item.chip_serial == made.chip_serial and chip_status(s, made.chip_serial) is (
+                ChipStatus.GOOD
+            ):
+                return "already"
+            return f"card is {item.stage}, not at the bureau on chip {made.chip_serial}"
+
+        outcome = run_txn(one_made)
+        if outcome == "made":
+            out.made += 1
+        elif outcome == "already":
+            out.already_applied += 1
+        else:
+            out.refused.append((made.card_id, str(outcome)))
+
+    for bad in result.spoiled:
+
+        def one_spoiled(s: Session, bad: SpoiledCard = bad) -> str:
+            item = item_of(s, bad.card_id)
+            if item is None:
+                return "not exported in this bureau file"
+            if item.stage == BatchStage.AT_BUREAU:
+                res = bi.spoil(s, item, actor, f"spoiled at the bureau: {bad.reason}",
+                               max_attempts=attempts, station="bureau")  # fmt: skip
+                item.bureau_file_id = result.file_id
+                return "failed" if res.stage == BatchStage.FAILED else "spoiled"
+            spoiled_here = s.scalar(
+                sa.select(sa.func.count()).select_from(BlankChip).where(
+                    BlankChip.item_id == item.id, BlankChip.status == ChipStatus.SPOILED,
+                    BlankChip.reason.startswith("spoiled at the bureau"),
+                )
+            )  # fmt: skip
+            if spoiled_here:
+                return "already"
+            return f"card is {item.stage}, not at the bureau"
+
+        outcome = run_txn(one_spoiled)
+        if outcome in ("spoiled", "failed"):
+            out.spoiled += 1
+            out.failed += outcome == "failed"
+        elif outcome == "already":
+            out.already_applied += 1
+        else:
+            out.refused.append((bad.card_id, str(outcome)))
+
+    def record(s: Session) -> None:
+        audit.record(
+            s, actor, "batch.bureau_result_applied", "bureau_file", result.file_id,
+            details={"made": out.made, "spoiled": out.spoiled, "failed": out.failed,
+                     "already_applied": out.already_applied, "refused": len(out.refused),
+                     "not_reported": len(result.missing)},
+        )  # fmt: skip
+
+    run_txn(record)
+    return out
+
+
 __all__ = [
     "RESULT_FORMAT",
+    "AppliedResult",
     "BureauResult",
     "BureauResultInvalid",
     "CardOutcome",
@@ -233,5 +361,6 @@ __all__ = [
     "MadeCard",
     "ProblemKind",
     "SpoiledCard",
+    "apply_bureau_result",
     "import_bureau_result",
 ]

@@ -246,20 +246,34 @@ def assign_chip(
     *,
     station: str | None = None,
     today: date | None = None,
+    chip_serial: bytes | None = None,
 ) -> PreparedCard:
     """Take a blank chip for ``item``, prepare the card's data and move the item to
     ``prepared`` (with the chip recorded and the card's identification code set), in the
     caller's transaction. The blank is made before the commit: a crash in between leaves an
-    unregistered blank, never a registered chip without its blank."""
+    unregistered blank, never a registered chip without its blank.
+
+    ``chip_serial``: the chip already exists (read from the card fed into a station, stock
+    that binds at the station): the stock checks it is an unused chip of its delivery and
+    marks it used in the same transaction (:meth:`ManufacturerStock.bind`)."""
     card = session.get(Card, item.card_id)
     assert card is not None
     profile = card_profile(settings, card.algorithm)
-    serial = stock.new_serial()
+    # a new chip gets the newest complete key set (rotation, see hsm.ceremony); the card
+    # keeps the version it was prepared under (key_ref reads it back)
+    card.key_version = key_service.current_key_version(profile.algorithm)
+    serial = chip_serial if chip_serial is not None else stock.new_serial()
     issue = today or date.today()
+    if chip_serial is not None:
+        bind = getattr(stock, "bind", None)
+        if bind is None:
+            raise ConflictError("this blank stock does not bind chips at the station")
+        bind(session, chip_serial.hex().upper(), card, profile)
     prepared = prepare_card(
         session, settings, key_service, card, serial, issue_date=issue, profile=profile
     )
-    stock.make_blank(serial, prepared.key_ref, profile)
+    if chip_serial is None:
+        stock.make_blank(serial, prepared.key_ref, profile)
     item.chip_serial = prepared.chip_serial
     item.issue_date = issue
     item.station = station

@@ -7,10 +7,18 @@ transition: the pipeline commits after each).
 Leases: a worker *claims* items by writing its owner id and an expiry on them in one statement
 (``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)`` on PostgreSQL, so several
 workers and machines share a batch without waiting for each other; on SQLite the single writer
-lock makes the same statement atomic). A lease is renewed at each transition. A lease whose
-expiry passed, or whose owner is a process of this machine that no longer exists, is void:
-:func:`recover_interrupted` then treats a chip left in a station (stages encoding, personalised,
-printed) as spoiled, never as good.
+lock makes the same statement atomic). The worker renews its lease from a heartbeat thread
+while its device works (:func:`renew_lease`, ``UPDATE ... WHERE lease_owner = me``), and every
+transition it makes first checks that it still holds the lease (:func:`hold`): a worker whose
+lease was voided stops working on that card (:class:`LeaseLost`) instead of overwriting what
+another worker did. A lease whose expiry passed, or whose owner is a process of this machine
+that no longer exists, is void: :func:`recover_interrupted` then treats a chip left in a station
+(stages encoding, personalised, printed) as spoiled, never as good.
+
+Cards exported in a bureau file are ``at_bureau``: no station takes them; the bureau's result
+file moves them on (:mod:`issuance.batches.bureau_result`). A card spoiled ``max_attempts`` times
+is ``failed`` until a supervisor retries it (``selected`` again, attempts reset) or withdraws it
+(``withdrawn``: the card is cancelled, its number never reused).
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from sqlalchemy.orm import Session
 from issuance import audit
 from issuance.audit import Actor
 from issuance.db import flush
-from issuance.errors import TransitionError
+from issuance.errors import IssuanceError, TransitionError
 from issuance.models import (
     BatchItem,
     BatchStage,
@@ -46,8 +54,13 @@ S = BatchStage
 IN_STATION = (S.ENCODING, S.PERSONALISED, S.PRINTED)
 #: Stages a station takes an item from.
 READY = (S.PREPARED, S.SELECTED)
-#: Stages of a card still being made (anything else is finished: good, shipped ... or failed).
+#: Stages of a card still being made in house (the stations' work).
 IN_PRODUCTION = (S.SELECTED, S.PREPARED, *IN_STATION)
+#: Stages of a card not finished yet: in house or at the bureau (anything else is good,
+#: shipped, issued, failed or withdrawn).
+UNFINISHED = (*IN_PRODUCTION, S.AT_BUREAU)
+#: Stages of a good card (passed quality control, in house or at the bureau).
+GOOD = (S.CHECKED, S.SHIPPED, S.ISSUED)
 
 #: (from, event) -> to
 ITEM_TRANSITIONS: dict[tuple[BatchStage, str], BatchStage] = {
@@ -58,11 +71,16 @@ ITEM_TRANSITIONS: dict[tuple[BatchStage, str], BatchStage] = {
     (S.PRINTED, "check"): S.CHECKED,
     (S.CHECKED, "ship"): S.SHIPPED,
     (S.SHIPPED, "issue"): S.ISSUED,
+    # the bureau path: exported in a bureau file, made (and checked) by the bureau
+    (S.PREPARED, "export"): S.AT_BUREAU,
+    (S.AT_BUREAU, "bureau_made"): S.CHECKED,
     # a spoiled chip: the card goes back to the queue for a fresh blank ...
-    **{(s, "spoil"): S.SELECTED for s in (S.PREPARED, *IN_STATION)},
+    **{(s, "spoil"): S.SELECTED for s in (S.PREPARED, *IN_STATION, S.AT_BUREAU)},
     # ... unless it was spoiled too often
-    **{(s, "fail"): S.FAILED for s in (S.PREPARED, *IN_STATION)},
+    **{(s, "fail"): S.FAILED for s in (S.PREPARED, *IN_STATION, S.AT_BUREAU)},
+    # a supervisor decides about a failed card
     (S.FAILED, "retry"): S.SELECTED,
+    (S.FAILED, "withdraw"): S.WITHDRAWN,
 }
 
 #: Timestamp column set when an item enters a stage (for the time-per-stage report).
@@ -155,9 +173,37 @@ def claim(
     return list(items)
 
 
-def renew(item: BatchItem, owner: str, lease_seconds: int = DEFAULT_LEASE_SECONDS) -> None:
-    item.lease_owner = owner
-    item.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
+class LeaseLost(IssuanceError):
+    """This worker no longer holds the lease of the item (it expired and another worker took
+    or voided it): the worker must stop working on that card and change nothing."""
+
+    code = "lease_lost"
+
+
+def renew_lease(
+    session: Session, item_id: int, owner: str, lease_seconds: int = DEFAULT_LEASE_SECONDS
+) -> bool:
+    """Extend ``owner``'s lease of the item; False if ``owner`` does not hold it any more."""
+    table = cast(sa.Table, BatchItem.__table__)
+    result = session.execute(
+        sa.update(table)
+        .where(table.c.id == item_id, table.c.lease_owner == owner)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+    )
+    return bool(cast(sa.CursorResult[Any], result).rowcount)
+
+
+def hold(
+    session: Session, item_id: int, owner: str, lease_seconds: int = DEFAULT_LEASE_SECONDS
+) -> BatchItem:
+    """The item, after renewing ``owner``'s lease (a write as the transaction's first
+    statement: on SQLite it takes the write lock before reading, no stale snapshot). Raises
+    :class:`LeaseLost` if ``owner`` does not hold the lease."""
+    if not renew_lease(session, item_id, owner, lease_seconds):
+        raise LeaseLost(f"batch item {item_id} is no longer leased to {owner}", item_id=item_id)
+    item = session.get(BatchItem, item_id, populate_existing=True)
+    assert item is not None
+    return item
 
 
 def release(item: BatchItem) -> None:
@@ -211,11 +257,15 @@ def spoil(
     *,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     station: str | None = None,
+    count_attempt: bool = True,
 ) -> SpoilResult:
     """The item's chip is spoiled (``reason`` recorded on the chip); the card goes back to the
     queue for a fresh blank, or to ``failed`` after ``max_attempts`` spoiled chips. The card
     loses the chip's identification code (a new chip gives a new one; a code is never reused
-    because chip serials are unique)."""
+    because chip serials are unique).
+
+    ``count_attempt=False``: the chip was lost to an interruption (power cut, killed worker),
+    not to the card: it does not bring the card closer to ``failed``."""
     serial = item.chip_serial
     if serial is not None:
         chip = session.scalars(
@@ -227,12 +277,13 @@ def spoil(
         card = session.get(Card, item.card_id)
         if card is not None:
             card.card_identification_code = None
-    item.attempts += 1
+    if count_attempt:
+        item.attempts += 1
     item.last_error = reason[:500]
     item.chip_serial = None
     item.printed_card_number = None
     item.print_ref = None
-    event = "fail" if item.attempts >= max_attempts else "spoil"
+    event = "fail" if count_attempt and item.attempts >= max_attempts else "spoil"
     to = advance(
         session, item, event, actor, reason=reason,
         details={"spoiled_chip": serial, "attempts": item.attempts, "station": station},
@@ -268,7 +319,7 @@ def recover_interrupted(
             res = spoil(
                 session, item, actor,
                 f"interrupted in stage {item.stage} (worker {item.lease_owner} gone)",
-                max_attempts=max_attempts, station=item.station,
+                max_attempts=max_attempts, station=item.station, count_attempt=False,
             )  # fmt: skip
             spoiled.append((item.id, res.chip_serial))
         else:
@@ -287,3 +338,32 @@ def stage_counts(session: Session, batch_id: int) -> dict[BatchStage, int]:
     for stage, n in rows:
         counts[BatchStage(stage)] = int(n)
     return counts
+
+
+def retry(session: Session, item: BatchItem, actor: Actor, *, reason: str | None = None) -> None:
+    """A supervisor sends a failed card back to production: ``selected`` again with its
+    attempts reset (its spoiled chips stay recorded)."""
+    previous = item.attempts
+    item.attempts = 0
+    advance(session, item, "retry", actor, reason=reason,
+            details={"previous_attempts": previous, "last_error": item.last_error})  # fmt: skip
+
+
+def withdraw(session: Session, item: BatchItem, actor: Actor, *, reason: str) -> Card:
+    """A supervisor takes a failed card out of production for good: the item is
+    ``withdrawn`` and the card cancelled with all its functions (its number is never reused;
+    the holder needs a new card)."""
+    from issuance import lifecycle
+    from issuance.lifecycle import CardEvent, ChipEvent
+
+    if not reason.strip():
+        raise TransitionError("a withdrawal needs a reason", from_state=str(item.stage),
+                              event="withdraw")  # fmt: skip
+    card = session.get(Card, item.card_id)
+    assert card is not None
+    advance(session, item, "withdraw", actor, reason=reason)
+    lifecycle.apply_card_event(session, card, CardEvent.CANCEL, actor,
+                               reason=f"withdrawn from production: {reason}")  # fmt: skip
+    lifecycle.cascade_chips(session, card, ChipEvent.CANCEL, actor, reason="card withdrawn")
+    flush(session)
+    return card

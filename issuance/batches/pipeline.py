@@ -7,17 +7,28 @@ machine or several, against PostgreSQL) can work on the same batch: items are le
 a station when its worker died is spoiled (chip recorded with the reason) and requeued on a
 fresh blank, so a kill -9 at any moment loses nothing and never counts a half-made card good.
 
+Leases: while a station works on a card (feeding, personalising, printing, checking) a
+heartbeat thread renews the card's lease every quarter of its length; every transition first
+checks that this worker still holds it (:func:`issuance.batches.items.hold`). A worker that
+lost a lease (the machine stalled longer than the lease and another worker voided it) stops
+working on that card and changes nothing: the card is the other worker's.
+
 Per card, at a station (each step commits before the next starts):
 
 1. ``selected → prepared``: a blank chip is taken from stock, the data prepared (if not done
-   by the preparation phase);
+   by the preparation phase; with stock that binds at the station, the chip serial is read
+   from the fed card and steps 1 and 2 are one transaction);
 2. ``prepared → encoding``: committed *before* the first APDU, so an interruption is visible;
 3. personalisation in the reader, then ``encoding → personalised``;
-4. faces rendered and printed, then ``personalised → printed`` (the printed card number kept);
-5. quality check, then ``printed → checked`` together with the card's own ``personalise``
-   lifecycle transition, the chip marked good and the PIN mailer queued.
+4. faces rendered and printed with their face code (:mod:`printers.facecode`); the print job
+   is recorded on the item as soon as it is queued, and the card is ``printed`` only when the
+   printer reports the job completed (CUPS) or the spool has it (file);
+5. quality check (the chip read back against the database, the face code decoded from the
+   printed back against the chip), then ``printed → checked`` together with the card's own
+   ``personalise`` lifecycle transition, the chip marked good and the PIN mailer queued.
 
-A failure at 3-5 spoils the chip and requeues the card (``failed`` after ``max_attempts``).
+A failure at 3-5 spoils the chip and requeues the card (``failed`` after ``max_attempts``:
+``ykt batch retry`` / ``withdraw``). Cards exported to a bureau (``at_bureau``) are not touched.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -43,9 +54,10 @@ from hsm.service import KeyService
 from issuance.audit import SYSTEM_ACTOR, Actor
 from issuance.batches import dataprep
 from issuance.batches import items as bi
+from issuance.batches.blanks import binds_at_station, make_stock
 from issuance.batches.prepared import PreparedCard
 from issuance.batches.selection import get_batch
-from issuance.batches.stock import BlankStock, VirtualBlankStock, ensure_manufacturer_key
+from issuance.batches.stock import BlankStock, ensure_manufacturer_key
 from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.errors import ConflictError, IssuanceError
 from issuance.lifecycle import CardEvent
@@ -109,6 +121,18 @@ class RunOptions:
     #: Skip the separate preparation phase (stations prepare just in time).
     prepare_first: bool = True
     today: date | None = None
+    #: Seconds a station waits for a card to be fed (real readers); default: the settings'
+    #: ``[readers] feed_timeout_seconds``, at most a third of the lease.
+    feed_timeout: float | None = None
+    #: Cards per transaction in the preparation phase.
+    prepare_chunk: int = 20
+
+
+@dataclass(frozen=True)
+class FailedCard:
+    card_number: str
+    attempts: int
+    last_error: str | None
 
 
 @dataclass
@@ -122,9 +146,16 @@ class RunSummary:
     failed: int = 0
     apdus: int = 0
     seconds: float = 0.0
+    #: Cards still to make in house (selected ... printed).
     remaining: int = 0
+    #: Cards exported to a bureau, waiting for its result file.
+    at_bureau: int = 0
     stations: int = 0
+    #: Cards a station gave up because another worker took over their lease.
+    leases_lost: int = 0
     errors: list[str] = field(default_factory=list)
+    #: Every failed card of the batch (spoiled ``max_attempts`` times), after the run.
+    failed_cards: list[FailedCard] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -146,6 +177,52 @@ def with_retry(fn: Callable[[], T], attempts: int = 8) -> T:
 
 def safe_job_id(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts)).strip("_.-")[:128] or "card"
+
+
+class Heartbeat:
+    """Renews one item's lease from a thread while a station works on the card (every
+    quarter of the lease). :attr:`lost` is set when the lease was found taken over."""
+
+    def __init__(self, runner: BatchRunner, item_id: int, owner: str) -> None:
+        self.runner, self.item_id, self.owner = runner, item_id, owner
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{item_id}", daemon=True)
+
+    def _beat(self) -> None:
+        interval = max(0.5, self.runner.options.lease_seconds / 4)
+        while not self._stop.wait(interval):
+            try:
+                held = self.runner._txn(lambda s: bi.renew_lease(
+                    s, self.item_id, self.owner, self.runner.options.lease_seconds))  # fmt: skip
+            except Exception:  # the database is away: the next beat tries again
+                log.warning("lease heartbeat of item %s failed", self.item_id, exc_info=True)
+                continue
+            if not held:
+                self.lost.set()
+                return
+
+    def check(self) -> None:
+        """Raise :class:`~issuance.batches.items.LeaseLost` if the lease was taken over."""
+        if self.lost.is_set():
+            raise bi.LeaseLost(f"lease of batch item {self.item_id} was taken over")
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass(frozen=True)
+class PrintOutcome:
+    job: str
+    reference: str
+    state: str
+    face_sha256: str
+    printed: Any  # printers.stations.PrintedFace
 
 
 class BatchRunner:
@@ -174,7 +251,7 @@ class BatchRunner:
 
             key_service = key_service_from_settings(settings)
         self.key_service = key_service
-        self.stock = stock or VirtualBlankStock(settings, key_service)
+        self.stock = stock or make_stock(settings, key_service)
         if printer is None:
             from printers.spool import make_printer
 
@@ -198,17 +275,8 @@ class BatchRunner:
         return with_retry(once)
 
     def _item(self, s: Session, item_id: int, owner: str) -> BatchItem:
-        """The item, after renewing its lease with a write (the transaction's first statement
-        writes: on SQLite it takes the write lock before reading, no stale snapshot)."""
-        s.execute(
-            sa.update(BatchItem)
-            .where(BatchItem.id == item_id)
-            .values(lease_owner=owner,
-                    lease_expires_at=utcnow() + timedelta(seconds=self.options.lease_seconds))
-        )  # fmt: skip
-        item = s.get(BatchItem, item_id, populate_existing=True)
-        assert item is not None
-        return item
+        """The item, after renewing this worker's lease; :class:`LeaseLost` if not ours."""
+        return bi.hold(s, item_id, owner, self.options.lease_seconds)
 
     def counts(self) -> dict[BatchStage, int]:
         with transaction(self.factory) as s:
@@ -233,38 +301,55 @@ class BatchRunner:
         return out
 
     def prepare_all(self) -> int:
-        """Data preparation for every card without a chip (one transaction per card)."""
+        """Data preparation for every card without a chip, ``prepare_chunk`` cards per
+        transaction (claimed together, prepared, committed, released). With stock that binds
+        at the station there is nothing to prepare ahead (the chip is not known yet)."""
+        if binds_at_station(self.stock):
+            self.progress.note("blank stock binds chips at the stations: data preparation "
+                               "happens there, card by card")  # fmt: skip
+            return 0
         owner = bi.worker_id("prepare")
         counts = self.counts()
         done_before = sum(n for st, n in counts.items()
-                          if st not in (BatchStage.SELECTED, BatchStage.FAILED))  # fmt: skip
+                          if st not in (BatchStage.SELECTED, BatchStage.FAILED,
+                                        BatchStage.WITHDRAWN))  # fmt: skip
         self.progress.start("prepare", done_before + counts[BatchStage.SELECTED], done_before)
         n = 0
+        chunk = max(1, self.options.prepare_chunk)
         while not self.stop.is_set():
-            claimed = self._txn(lambda s: [i.id for i in bi.claim(
-                s, self.batch_id, owner, stages=(BatchStage.SELECTED,), limit=1,
-                lease_seconds=self.options.lease_seconds)])  # fmt: skip
-            if not claimed:
+
+            def one_chunk(s: Session) -> int:
+                items = bi.claim(s, self.batch_id, owner, stages=(BatchStage.SELECTED,),
+                                 limit=chunk, lease_seconds=self.options.lease_seconds)  # fmt: skip
+                for item in items:
+                    dataprep.assign_chip(
+                        s, self.settings, self.key_service, self.stock, item, self.actor,
+                        today=self.options.today,
+                    )  # fmt: skip
+                    bi.release(item)
+                return len(items)
+
+            done = self._txn(one_chunk)
+            if not done:
                 break
-            self._prepare(claimed[0], owner, station=None)
-            item_id = claimed[0]
-
-            def release(s: Session, item_id: int = item_id) -> None:
-                bi.release(self._item(s, item_id, owner))
-
-            self._txn(release)
-            n += 1
-            self.progress.advance("prepare")
+            n += done
+            self.progress.advance("prepare", done)
         self.summary.prepared += n
         return n
 
-    def _prepare(self, item_id: int, owner: str, station: str | None) -> PreparedCard:
+    def _prepare(
+        self, item_id: int, owner: str, station: str | None, chip_serial: bytes | None = None
+    ) -> PreparedCard:
         def go(s: Session) -> PreparedCard:
             item = self._item(s, item_id, owner)
-            return dataprep.assign_chip(
+            prepared = dataprep.assign_chip(
                 s, self.settings, self.key_service, self.stock, item, self.actor,
-                station=station, today=self.options.today,
+                station=station, today=self.options.today, chip_serial=chip_serial,
             )  # fmt: skip
+            if chip_serial is not None:  # bound at the station: encoding starts at once
+                item.station = station
+                bi.advance(s, item, "encode", self.actor, details={"station": station})
+            return prepared
 
         return self._txn(go)
 
@@ -277,14 +362,18 @@ class BatchRunner:
         if self.options.prepare_first:
             self.prepare_all()
         counts = self.counts()
-        good = sum(counts[s] for s in (BatchStage.CHECKED, BatchStage.SHIPPED, BatchStage.ISSUED))
+        good = sum(counts[s] for s in bi.GOOD)
         todo = sum(counts[s] for s in bi.IN_PRODUCTION)
         for stage in ("personalise", "print", "check"):
             self.progress.start(stage, good + todo, good)
+        feed = self.options.feed_timeout or min(
+            self.settings.readers.feed_timeout_seconds, self.options.lease_seconds / 3
+        )
         if todo and not self.stop.is_set():
             with open_stations(
-                self.settings, self.options.readers, run_dir=self.options.run_dir
-            ) as stations:
+                self.settings, self.options.readers, run_dir=self.options.run_dir,
+                feed_timeout=feed,
+            ) as stations:  # fmt: skip
                 self.summary.stations = len(stations)
                 threads = [
                     threading.Thread(target=self._station_loop, args=(st,), name=st.name,
@@ -304,7 +393,7 @@ class BatchRunner:
                         t.join()
         self.summary.seconds = time.perf_counter() - start
         self._finish()
-        if self.stop.is_set() and self.summary.remaining:
+        if self.stop.is_set() and self.summary.remaining and not self.summary.errors:
             raise BatchInterrupted(
                 f"batch {self.batch_name} interrupted with {self.summary.remaining} card(s) "
                 "to make", batch=self.batch_name,
@@ -312,29 +401,40 @@ class BatchRunner:
         return self.summary
 
     def _finish(self) -> None:
-        def go(s: Session) -> int:
+        def go(s: Session) -> tuple[int, int, list[FailedCard]]:
             counts = bi.stage_counts(s, self.batch_id)
             remaining = sum(counts[st] for st in bi.IN_PRODUCTION)
+            unfinished = sum(counts[st] for st in bi.UNFINISHED)
             batch = s.get(Batch, self.batch_id)
             assert batch is not None
-            if remaining == 0 and batch.status in ("open", "in_production"):
+            if unfinished == 0 and batch.status in ("open", "in_production"):
                 batch.status, batch.completed_at = "produced", utcnow()
-            return remaining
+            failed = [
+                FailedCard(number, attempts, error)
+                for number, attempts, error in s.execute(
+                    sa.select(Card.card_number, BatchItem.attempts, BatchItem.last_error)
+                    .join(Card, Card.id == BatchItem.card_id)
+                    .where(BatchItem.batch_id == self.batch_id,
+                           BatchItem.stage == BatchStage.FAILED)
+                    .order_by(Card.card_number)
+                )
+            ]  # fmt: skip
+            return remaining, counts[BatchStage.AT_BUREAU], failed
 
-        self.summary.remaining = self._txn(go)
+        self.summary.remaining, self.summary.at_bureau, self.summary.failed_cards = self._txn(go)
 
     def _claim(self, s: Session, owner: str) -> list[int]:
-        items = bi.claim(s, self.batch_id, owner, lease_seconds=self.options.lease_seconds)
+        stages = (BatchStage.SELECTED,) if binds_at_station(self.stock) else bi.READY
+        items = bi.claim(s, self.batch_id, owner, stages=stages,
+                         lease_seconds=self.options.lease_seconds)  # fmt: skip
         return [i.id for i in items]
 
     # --- one station -----------------------------------------------------------------------
     def _station_loop(self, station: Any) -> None:
         owner = bi.worker_id(station.name)
-        idle_since: float | None = None
         while not self.stop.is_set():
             claimed = self._txn(lambda s: self._claim(s, owner))
             if claimed:
-                idle_since = None
                 try:
                     self._make_card(station, claimed[0], owner)
                 except Exception as exc:
@@ -347,7 +447,6 @@ class BatchRunner:
             counts = self.counts()
             if sum(counts[s] for s in bi.IN_PRODUCTION) == 0:
                 return
-            idle_since = idle_since or time.monotonic()
             self._txn(lambda s: bi.recover_interrupted(
                 s, self.batch_id, self.actor, max_attempts=self.options.max_attempts))  # fmt: skip
             time.sleep(0.1)
@@ -365,33 +464,81 @@ class BatchRunner:
                 self.summary.failed += 1
         self.progress.note(f"{station.name}: spoiled chip {res.chip_serial}: {reason}")
 
+    def _give_back(self, item_id: int, owner: str) -> None:
+        """Release an item nothing was done to (no card fed)."""
+
+        def go(s: Session) -> None:
+            bi.release(self._item(s, item_id, owner))
+
+        with contextlib.suppress(bi.LeaseLost):
+            self._txn(go)
+
     def _make_card(self, station: Any, item_id: int, owner: str) -> None:
+        with Heartbeat(self, item_id, owner) as beat:
+            try:
+                self._make_card_leased(station, item_id, owner, beat)
+            except bi.LeaseLost as exc:
+                with self._lock:
+                    self.summary.leases_lost += 1
+                self.progress.note(f"{station.name}: {exc}: card left to the other worker")
+
+    def _make_card_leased(self, station: Any, item_id: int, owner: str, beat: Heartbeat) -> None:
+        from printers.stations import NoCardFed, QualityCheckFailed
+
         name = station.name
         with transaction(self.factory) as s:
             item = s.get(BatchItem, item_id)
             assert item is not None
             stage = item.stage
-        if stage == BatchStage.SELECTED:
-            prepared = self._prepare(item_id, owner, station=name)
-            self.progress.advance("prepare")
-        else:
-            prepared = self._txn(lambda s: dataprep.prepared_for_item(
-                s, self.settings, self.key_service, self._item(s, item_id, owner)))  # fmt: skip
-
-        def encode(s: Session) -> None:
-            item = self._item(s, item_id, owner)
-            item.station = name
-            bi.advance(s, item, "encode", self.actor, details={"station": name})
-
-        self._txn(encode)
-        image = self.stock.image(prepared.chip_serial)
+        bound = binds_at_station(self.stock)
         try:
+            if bound:
+                # the chip is the card fed into the reader: read its serial, bind, encode
+                try:
+                    station.load(None)
+                    serial = station.fed_serial()
+                except NoCardFed as exc:
+                    self.progress.note(f"{name}: {exc}")
+                    self._give_back(item_id, owner)
+                    return
+                beat.check()
+                try:
+                    prepared = self._prepare(item_id, owner, station=name,
+                                             chip_serial=bytes.fromhex(serial))  # fmt: skip
+                except (bi.LeaseLost, ConflictError):
+                    raise
+                except IssuanceError as exc:  # not a blank of the stock: nothing was done
+                    self.progress.note(f"{name}: card {serial} refused: {exc}; take it out")
+                    self._give_back(item_id, owner)
+                    station.wait_removed()
+                    return
+                self.progress.advance("prepare")
+            else:
+                if stage == BatchStage.SELECTED:
+                    prepared = self._prepare(item_id, owner, station=name)
+                    self.progress.advance("prepare")
+                else:
+                    prepared = self._txn(lambda s: dataprep.prepared_for_item(
+                        s, self.settings, self.key_service,
+                        self._item(s, item_id, owner)))  # fmt: skip
+
+                def encode(s: Session) -> None:
+                    item = self._item(s, item_id, owner)
+                    item.station = name
+                    bi.advance(s, item, "encode", self.actor, details={"station": name})
+
+                self._txn(encode)
             try:
-                station.load(image)
-                result = station.personalise(prepared, self.key_service)
-            except (CardSpecError, HsmError, PrinterError, OSError) as exc:
+                if not bound:
+                    station.load(self.stock.image(prepared.chip_serial))
+                result = self._personalise(station, prepared)
+            except (CardSpecError, HsmError, PrinterError, OSError, IssuanceError) as exc:
+                if isinstance(exc, bi.LeaseLost):
+                    raise
+                beat.check()
                 self._spoil(item_id, owner, station, f"personalisation failed: {exc}")
                 return
+            beat.check()
 
             def personalised(s: Session) -> None:
                 item = self._item(s, item_id, owner)
@@ -402,26 +549,31 @@ class BatchRunner:
             self._txn(personalised)
             self.progress.advance("personalise")
             try:
-                job, ref = self._print(prepared)
+                outcome = self._print(prepared, item_id, owner)
             except (PrinterError, OSError) as exc:
+                beat.check()
                 self._spoil(item_id, owner, station, f"printing failed: {exc}")
                 return
+            beat.check()
 
             def printed(s: Session) -> None:
                 item = self._item(s, item_id, owner)
                 item.printed_card_number = prepared.perso.card_number
-                item.print_ref = ref[:300]
-                bi.advance(s, item, "print", self.actor, details={"job": job})
+                item.print_ref = outcome.reference[:300]
+                item.face_sha256 = outcome.face_sha256
+                bi.advance(s, item, "print", self.actor,
+                           details={"job": outcome.job, "state": outcome.state,
+                                    "face_sha256": outcome.face_sha256})  # fmt: skip
 
             self._txn(printed)
             self.progress.advance("print")
-            from printers.stations import QualityCheckFailed
-
             try:
-                report = station.check(prepared, self.key_service, prepared.perso.card_number)
+                report = station.check(prepared, self.key_service, outcome.printed)
             except (QualityCheckFailed, CardSpecError, HsmError) as exc:
+                beat.check()
                 self._spoil(item_id, owner, station, f"quality check failed: {exc}")
                 return
+            beat.check()
             self._txn(lambda s: self._checked(s, item_id, owner, prepared, report.apdu_count))
             with self._lock:
                 self.summary.checked += 1
@@ -431,54 +583,127 @@ class BatchRunner:
             with contextlib.suppress(Exception):
                 station.eject()
 
-    def _print(self, prepared: PreparedCard) -> tuple[str, str]:
-        from printers.faces import CardFace, render_back, render_front
+    def _personalise(self, station: Any, prepared: PreparedCard) -> Any:
+        crypto_for = getattr(self.stock, "card_crypto", None)
+        if crypto_for is not None:  # stock whose chips carry the manufacturer's keys
+            return station.personalise(prepared, self.key_service,
+                                       crypto=crypto_for(prepared))  # fmt: skip
+        return station.personalise(prepared, self.key_service)
+
+    def face_for(self, s: Session, prepared: PreparedCard) -> Any:
+        """The card face of ``prepared`` from the database (what is printed)."""
+        from printers.faces import CardFace
+
+        card = s.get(Card, prepared.card_id)
+        assert card is not None
+        person = s.get(Person, card.person_id)
+        assert person is not None
+        app = s.get(Application, card.application_id) if card.application_id else None
+        region = region_name(person.region_code)
+        return CardFace(
+            name=person.name, ssn=person.citizen_id, card_number=card.card_number,
+            issue_date=prepared.perso.issue_date,
+            photo_jpeg=app.photo_jpeg if app is not None else None,
+            issuer_name=self.settings.issuer.name, bank_name=self.settings.issuer.bank_name,
+            region=region, expiry_date=prepared.perso.expiry_date,
+        )  # fmt: skip
+
+    def _print(self, prepared: PreparedCard, item_id: int, owner: str) -> PrintOutcome:
+        """Render and print the faces; wait until the printer has the card printed. Returns
+        what was printed (the face data digest and where its back image is)."""
+        from printers.faces import render_back, render_front
+        from printers.layout import layout_for_profile
+        from printers.stations import PrintedFace
 
         with transaction(self.factory) as s:
+            face = self.face_for(s, prepared)
             card = s.get(Card, prepared.card_id)
             assert card is not None
-            person = s.get(Person, card.person_id)
-            assert person is not None
             app = s.get(Application, card.application_id) if card.application_id else None
-            face = CardFace(
-                name=person.name, ssn=person.citizen_id, card_number=card.card_number,
-                issue_date=prepared.perso.issue_date,
-                photo_jpeg=app.photo_jpeg if app is not None else None,
-                issuer_name=self.settings.issuer.name, bank_name=self.settings.issuer.bank_name,
-            )  # fmt: skip
+            db_photo = app.photo_sha256 if app is not None and app.photo_jpeg else None
         dpi = self.settings.printer.dpi
-        front, back = render_front(face, dpi), render_back(face, dpi)
+        layout = layout_for_profile(prepared.profile_name)
+        front, back = render_front(face, dpi, layout), render_back(face, dpi, layout)
         job = safe_job_id(self.batch_name, face.card_number, prepared.chip_serial)
         result = self.printer.print_card(job, front, back)
-        return job, str(result.reference)
+        spooled = [f for f in result.files if str(f).endswith(".back.png")]
+        if spooled:
+            back_image = Path(spooled[0])
+        else:  # a printer without a spool file: keep the image that was sent, for QC
+            back_image = self.settings.data_dir / "proofs" / f"{job}.back.png"
+            back_image.parent.mkdir(parents=True, exist_ok=True)
+            back.save(back_image, "PNG")
+        state = result.state
+        if state not in ("spooled", "completed"):
+            ref = str(result.reference)
+
+            def queued(s: Session) -> None:  # the job id on the item while it prints
+                item = self._item(s, item_id, owner)
+                item.print_ref = ref[:300]
+
+            self._txn(queued)
+            wait_for = getattr(self.printer, "wait_for", None)
+            if wait_for is None or not ref.isdigit():
+                raise PrinterError(f"print job {job} is {state} and cannot be followed")
+            state = wait_for(int(ref))
+        box = layout.back.face_code.px(dpi) if layout.back.face_code is not None else None
+        printed = PrintedFace(back_image, box, db_photo)
+        return PrintOutcome(job, str(result.reference), state, face.face_data().digest(),
+                            printed)  # fmt: skip
 
     def _checked(
         self, s: Session, item_id: int, owner: str, prepared: PreparedCard, qc_apdus: int
     ) -> None:
         item = self._item(s, item_id, owner)
-        chip = s.scalars(
-            sa.select(BlankChip).where(BlankChip.chip_serial == prepared.chip_serial)
-        ).one()
-        chip.status, chip.closed_at, chip.station = ChipStatus.GOOD, utcnow(), item.station
-        card = advance_production(
-            s, self.settings, item.card_id, CardEvent.PERSONALISE, self.actor,
-            today=item.issue_date,
-        )  # fmt: skip
-        person = s.get(Person, card.person_id)
-        assert person is not None
-        # The PIN mailer computes the initial PIN in the HSM when it prints the sealed letter:
-        # the PIN itself is never stored (issuance.batches.dataprep.initial_pin).
-        enqueue(
-            s, "card.initial_pin_mailer", person_id=person.id, recipient=person.address,
-            payload={"card_id": card.id, "card_number": card.card_number,
-                     "card_identification_code": card.card_identification_code},
-        )  # fmt: skip
+        mark_good(s, self.settings, item, prepared.chip_serial, self.actor,
+                  details={"qc_apdus": qc_apdus})  # fmt: skip
         bi.advance(s, item, "check", self.actor, details={"qc_apdus": qc_apdus})
         bi.release(item)
 
     def close(self) -> None:
         if self._own_engine:
             self.engine.dispose()
+
+
+def region_name(code: str) -> str:
+    """City and district names of a GB/T 2260 code as printed on the face (杭州市西湖区)."""
+    from cardspec import regions
+
+    city = regions.lookup(code[:4] + "00")
+    district = regions.lookup(code)
+    parts = [city.name] if city is not None else []
+    if district is not None and (city is None or district.code != city.code):
+        parts.append(district.name)
+    return "".join(parts)
+
+
+def mark_good(
+    s: Session,
+    settings: Settings,
+    item: BatchItem,
+    chip_serial: str,
+    actor: Actor,
+    *,
+    details: dict[str, Any] | None = None,
+) -> Card:
+    """The card passed quality control (in house or at the bureau): chip good, the card's
+    ``personalise`` transition, the PIN mailer queued (caller's transaction; the item's own
+    transition is the caller's)."""
+    chip = s.scalars(sa.select(BlankChip).where(BlankChip.chip_serial == chip_serial)).one()
+    chip.status, chip.closed_at, chip.station = ChipStatus.GOOD, utcnow(), item.station
+    card = advance_production(
+        s, settings, item.card_id, CardEvent.PERSONALISE, actor, today=item.issue_date
+    )
+    person = s.get(Person, card.person_id)
+    assert person is not None
+    # The PIN mailer computes the initial PIN in the HSM when it prints the sealed letter:
+    # the PIN itself is never stored (issuance.batches.dataprep.initial_pin).
+    enqueue(
+        s, "card.initial_pin_mailer", person_id=person.id, recipient=person.address,
+        payload={"card_id": card.id, "card_number": card.card_number,
+                 "card_identification_code": card.card_identification_code},
+    )  # fmt: skip
+    return card
 
 
 def run_batch(settings: Settings, batch_ref: str | int, **kwargs: Any) -> RunSummary:

@@ -43,6 +43,9 @@ class BatchReport:
     apdus_per_card: float | None
     spoiled_cards_shipped: int
     filters: dict[str, str] = field(default_factory=dict)
+    #: ``(card number, attempts, last error)`` of every failed card (a supervisor decides).
+    failed_cards: list[tuple[str, int, str]] = field(default_factory=list)
+    withdrawn: int = 0
 
     @property
     def good(self) -> int:
@@ -79,6 +82,15 @@ class BatchReport:
         if self.apdus_per_card is not None:
             lines.append(f"  APDUs per card (personalisation): {self.apdus_per_card:.1f}")
         lines.append(f"  spoiled chips on shipped/issued cards: {self.spoiled_cards_shipped}")
+        if self.failed_cards:
+            lines.append(
+                f"  failed cards ({len(self.failed_cards)}): ykt batch retry {self.name} "
+                f"[--card N] or ykt batch withdraw {self.name} --card N"
+            )
+            for number, attempts, error in self.failed_cards:
+                lines.append(f"    {number}: {attempts} chip(s) spoiled, last: {error}")
+        if self.withdrawn:
+            lines.append(f"  withdrawn from production (cancelled): {self.withdrawn}")
         return "\n".join(lines)
 
 
@@ -138,11 +150,20 @@ def build_report(session: Session, batch_id: int) -> BatchReport:
         )
         if v is not None
     }
+    failed = [
+        (str(number), int(attempts), str(error or ""))
+        for number, attempts, error in session.execute(
+            sa.select(Card.card_number, BatchItem.attempts, BatchItem.last_error)
+            .join(Card, Card.id == BatchItem.card_id)
+            .where(BatchItem.batch_id == batch_id, BatchItem.stage == BatchStage.FAILED)
+            .order_by(Card.card_number)
+        )
+    ]
     return BatchReport(
         batch.id, batch.name, batch.status, batch.created_at, batch.completed_at,
         batch.card_count, stages, statuses, dict(chips),
         dict(reasons), means, sum(apdus) / len(apdus) if apdus else None, int(bad_shipped or 0),
-        filters,
+        filters, failed, stages.get(str(BatchStage.WITHDRAWN), 0),
     )  # fmt: skip
 
 
@@ -160,6 +181,7 @@ _COLOURS = {
     "selected": (160, 160, 160), "prepared": (120, 170, 220), "encoding": (240, 180, 60),
     "personalised": (90, 140, 210), "printed": (70, 110, 190), "checked": (60, 160, 90),
     "shipped": (40, 130, 70), "issued": (20, 100, 50), "failed": (200, 60, 60),
+    "at_bureau": (150, 110, 200), "withdrawn": (110, 60, 60),
 }  # fmt: skip
 
 

@@ -2,7 +2,10 @@
 
 Filters: the holder's region (GB/T 2260 code or a prefix of it: ``3301`` = the whole city),
 the collective applicant (employer, school, community), and the approval date range. Only cards
-that still wait for production (``number_allocated``, in no batch) are taken. Their card numbers
+that still wait for production (``number_allocated``, in no batch) are taken: the cards of
+approved applications, and replacement cards (:func:`issuance.services.loss.replace_card`
+links them to the original card's application; one without an application is taken too, but
+only when no collective or approval-date filter asks for an application). Their card numbers
 were allocated at approval from the gapless series
 (:func:`issuance.services.allocate_card_numbers`),
 so a batch never allocates or reuses a number; the card identification code follows from the
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from issuance import audit, lifecycle
 from issuance.audit import Actor
@@ -80,17 +83,21 @@ def candidates(session: Session, flt: BatchFilter) -> sa.Select[tuple[Card, Appl
         problems.append(FieldProblem("limit", "must be at least 1"))
     if problems:
         raise ValidationError("invalid batch selection", problems)
+    replaced = aliased(Card)
+    is_replacement = sa.exists().where(replaced.replaced_by_id == Card.id)
     stmt = (
         sa.select(Card, Application)
-        .join(Application, Application.id == Card.application_id)
+        .outerjoin(Application, Application.id == Card.application_id)
         .join(Person, Person.id == Card.person_id)
         .where(
             Card.status == CardStatus.NUMBER_ALLOCATED,
             Card.kind == CardKind.FORMAL,
             Card.batch_id.is_(None),
-            Application.status == ApplicationStatus.APPROVED,
+            # an approved application's card, or a replacement card (it keeps the original
+            # card's application, if any: its photo is printed again)
+            sa.or_(Application.status == ApplicationStatus.APPROVED, is_replacement),
         )
-        .order_by(Application.decided_at, Card.id)
+        .order_by(Application.decided_at.is_(None), Application.decided_at, Card.id)
     )
     if flt.region_code:
         stmt = stmt.where(Person.region_code.startswith(flt.region_code))
@@ -146,7 +153,8 @@ def create_batch(
         )
         session.add(
             BatchItem(
-                batch_id=batch.id, card_id=card.id, application_id=app.id,
+                batch_id=batch.id, card_id=card.id,
+                application_id=app.id if app is not None else None,
                 stage=BatchStage.SELECTED, attempts=0, stage_changed_at=utcnow(),
             )
         )  # fmt: skip

@@ -1,16 +1,20 @@
 """Blank chip stock: where the blank cards the stations personalise come from.
 
-A blank chip carries a unique serial and its transport key KMC. Real stock comes from the chip
-manufacturer, who loads each chip's own (diversified) KMC under a transport-key agreement with
-the issuer. The *virtual* stock plays that manufacturer for the emulated cards:
+A blank chip carries a unique serial, its transport key KMC and its key-loading key KLK (the
+AES-128 key every card key is wrapped under for WRITE KEY, see ``cardspec.keyscheme`` "Key
+loading"). Real stock comes from the chip manufacturer, who loads each chip's own
+(diversified) KMC and KLK under a transport-key agreement with the issuer. The *virtual* stock
+plays that manufacturer for the emulated cards:
 
-* the issuer's HSM derives the chip's KMC from the KMC master key and the chip's card
-  identification code, and exports it wrapped (AES key wrap) under the ``manufacturer``
-  transport key (:meth:`hsm.service.KeyService.export_card_keys`); the master keys never
-  leave the HSM;
+* the issuer's HSM derives the chip's KMC and KLK from their master keys (of the card's key
+  set version) and the chip's card identification code, and exports them wrapped (AES key
+  wrap, RFC 5649) under the ``manufacturer`` transport key
+  (:meth:`hsm.service.KeyService.export_card_keys`,
+  :meth:`~hsm.service.KeyService.export_key_loading_key`); the master keys never leave the
+  HSM;
 * only the blank-stock maker holds the manufacturer's copy of the transport key (a file
   ``<data_dir>/stock/manufacturer.key``, mode 0600, made when the key is generated in the HSM
-  from random components) and unwraps the KMC into the new chip's image.
+  from random components) and unwraps the KMC and KLK into the new chip's image.
 
 Card images live in ``<data_dir>/cards/<serial>.json`` (the emulated chip keeps itself there).
 """
@@ -109,12 +113,23 @@ class VirtualBlankStock:
         return self.directory / f"{serial.upper()}.json"
 
     def make_blank(self, serial: bytes, ref: CardKeyRef, profile: CardProfile) -> Path:
+        path = self.image(serial.hex())
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return self.make_blank_at(path, serial, ref, profile)
+
+    def make_blank_at(
+        self, path: Path, serial: bytes, ref: CardKeyRef, profile: CardProfile
+    ) -> Path:
+        """The blank chip ``serial`` for the card ``ref`` as an image at ``path``."""
         wrapped = self.key_service.export_card_keys(ref, [KeySlot.KMC], MANUFACTURER)[KeySlot.KMC]
+        wrapped_klk = self.key_service.export_key_loading_key(ref, MANUFACTURER)
         try:
             kmc = aes_key_unwrap_with_padding(self._transport_key(), wrapped)
         except InvalidUnwrap as exc:
             raise IntegrityError("the KMC does not unwrap under the manufacturer key") from exc
-        path = self.image(serial.hex())
-        self.directory.mkdir(parents=True, exist_ok=True)
-        blank_card(serial, kmc, profile.algorithm, profile=profile, path=path)
+        try:
+            klk = aes_key_unwrap_with_padding(self._transport_key(), wrapped_klk)
+        except InvalidUnwrap as exc:
+            raise IntegrityError("the KLK does not unwrap under the manufacturer key") from exc
+        blank_card(serial, kmc, profile.algorithm, klk=klk, profile=profile, path=path)
         return path

@@ -28,12 +28,20 @@ from issuance.services.cards import (
     cancel_card,
     card_status,
     collect_card,
+    expire_cards,
+    expire_if_due,
     lift_suspension,
     report_damaged,
     suspend_card,
 )
 from issuance.services.common import allocate_card_numbers, create_card, find_card, get_person
 from issuance.services.deaths import DeathFeedReport, cancel_deaths
+from issuance.services.financial import (
+    BankAttestation,
+    PinPad,
+    PinSetOnCard,
+    set_financial_pin,
+)
 from issuance.services.loss import (
     LossDeadlineReport,
     cancel_overdue_formal_losses,
@@ -44,31 +52,51 @@ from issuance.services.loss import (
     run_loss_deadlines,
     unreport_loss,
 )
-from issuance.services.outbox import LogSink, Sink, drain_outbox, enqueue
+from issuance.services.outbox import (
+    HttpSink,
+    LogSink,
+    Sink,
+    SmtpSink,
+    drain_outbox,
+    enqueue,
+    sink_from_settings,
+)
 from issuance.services.staff import (
     actor_for,
+    authenticate_staff,
     create_agency,
     create_staff,
     get_or_create_collective,
+    set_password,
 )
-from issuance.services.temporary import hand_back_temporary_card, issue_temporary_card
+from issuance.services.temporary import (
+    hand_back_temporary_card,
+    issue_temporary_card,
+    refund_deposit,
+)
 
 __all__ = [
     "SYSTEM_ACTOR",
     "Actor",
     "ApplicationInput",
+    "BankAttestation",
     "CardView",
     "CollectResult",
     "DeathFeedReport",
+    "HttpSink",
     "LogSink",
     "LossDeadlineReport",
+    "PinPad",
+    "PinSetOnCard",
     "Sink",
+    "SmtpSink",
     "activate_card",
     "activate_financial",
     "actor_for",
     "advance_production",
     "allocate_card_numbers",
     "approve_application",
+    "authenticate_staff",
     "cancel_card",
     "cancel_deaths",
     "cancel_overdue_formal_losses",
@@ -79,6 +107,8 @@ __all__ = [
     "create_staff",
     "drain_outbox",
     "enqueue",
+    "expire_cards",
+    "expire_if_due",
     "expire_provisional_losses",
     "find_card",
     "formalise_loss",
@@ -89,12 +119,16 @@ __all__ = [
     "lift_suspension",
     "list_applications",
     "process_application",
+    "refund_deposit",
     "reject_application",
     "replace_card",
     "report_damaged",
     "report_loss",
     "review_application",
     "run_loss_deadlines",
+    "set_financial_pin",
+    "set_password",
+    "sink_from_settings",
     "submit_application",
     "suspend_card",
     "unreport_loss",

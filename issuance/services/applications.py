@@ -1,8 +1,16 @@
 """Applications: one-veto validation, intake, and receive → process → review → approve.
 
-Maker–checker: the clerk who received an application can neither review nor approve it; the
-approver is recorded. Approval creates the card record (a card number is allocated) that
-production then takes through the lifecycle.
+Maker–checker (who did each step is recorded on the application):
+
+* always: the reviewer is not the receiver; the approver is neither the receiver, nor the
+  processor, nor the reviewer (so at least two people see every application, and the one who
+  says yes has touched it at no earlier step);
+* where the city splits every step (``[applications] separate_every_step = true``): receive,
+  process, review and approve by four different staff users.
+
+Approval creates the card record (a card number is allocated) that production then takes
+through the lifecycle. A rejected or withdrawn application gives up its ``import_ref``, so
+the same file line sent again after a rejection is imported again, not "already imported".
 """
 
 from __future__ import annotations
@@ -190,6 +198,11 @@ def validate_record(
                 problems.append(FieldProblem("name", "does not match the registered person"))
             card = live_formal_card(session, person.id)
             if card is not None:
+                from issuance.services.cards import expire_if_due
+
+                if expire_if_due(session, card, today):
+                    card = None
+            if card is not None:
                 problems.append(FieldProblem(
                     "citizen_id", f"already holds a live card ({card.card_number}, {card.status})"
                 ))  # fmt: skip
@@ -308,32 +321,51 @@ def _move(
     )
 
 
-def process_application(session: Session, app_id: int, actor: Actor) -> Application:
+def _strict(settings: Settings | None) -> bool:
+    return settings is not None and settings.applications.separate_every_step
+
+
+def process_application(
+    session: Session, app_id: int, actor: Actor, *, settings: Settings | None = None
+) -> Application:
     app = get_application(session, app_id)
     if actor.role not in PROCESSORS:
         raise PermissionDenied(f"role {actor.role} may not process applications")
+    if _strict(settings):
+        _maker_checker(app, actor, "process", (app.received_by_id, "received"))
     app.processed_by_id = actor.staff_id
     _move(session, app, actor, ApplicationStatus.PROCESSED, ApplicationStatus.RECEIVED)
     return app
 
 
-def review_application(session: Session, app_id: int, actor: Actor) -> Application:
+def review_application(
+    session: Session, app_id: int, actor: Actor, *, settings: Settings | None = None
+) -> Application:
     app = get_application(session, app_id)
     if actor.role not in REVIEWERS:
         raise PermissionDenied(f"role {actor.role} may not review applications")
-    _maker_checker(app, actor, "review")
+    earlier = [(app.received_by_id, "received")]
+    if _strict(settings):
+        earlier.append((app.processed_by_id, "processed"))
+    _maker_checker(app, actor, "review", *earlier)
     app.reviewed_by_id = actor.staff_id
     _move(session, app, actor, ApplicationStatus.REVIEWED, ApplicationStatus.PROCESSED)
     return app
 
 
-def _maker_checker(app: Application, actor: Actor, what: str) -> None:
+def _maker_checker(
+    app: Application, actor: Actor, what: str, *earlier: tuple[int | None, str]
+) -> None:
+    """Refuse ``actor`` for step ``what`` if they did one of the ``earlier`` steps."""
     if actor.staff_id is None:
         raise PermissionDenied(f"only a named staff user may {what} an application")
-    if actor.staff_id == app.received_by_id:
-        raise PermissionDenied(
-            f"the clerk who received application {app.id} may not {what} it (maker-checker)"
-        )
+    for staff_id, step in earlier:
+        if staff_id is not None and staff_id == actor.staff_id:
+            raise PermissionDenied(
+                f"the staff user who {step} application {app.id} may not {what} it "
+                "(maker-checker)",
+                step=step, action=what,
+            )  # fmt: skip
 
 
 def approve_application(session: Session, settings: Settings, app_id: int, actor: Actor) -> Card:
@@ -341,7 +373,18 @@ def approve_application(session: Session, settings: Settings, app_id: int, actor
     app = get_application(session, app_id)
     if actor.role not in APPROVERS:
         raise PermissionDenied(f"role {actor.role} may not approve applications")
-    _maker_checker(app, actor, "approve")
+    _maker_checker(
+        app, actor, "approve",
+        (app.received_by_id, "received"), (app.processed_by_id, "processed"),
+        (app.reviewed_by_id, "reviewed"),
+    )  # fmt: skip
+    if _strict(settings):
+        steps = [app.received_by_id, app.processed_by_id, app.reviewed_by_id]
+        if None in steps or len(set(steps)) != 3:
+            raise PermissionDenied(
+                f"application {app.id} was not received, processed and reviewed by three "
+                "different staff users (this city separates every step)"
+            )
     app.approved_by_id = actor.staff_id
     app.decided_at = utcnow()
     _move(session, app, actor, ApplicationStatus.APPROVED, ApplicationStatus.REVIEWED)
@@ -358,15 +401,23 @@ def approve_application(session: Session, settings: Settings, app_id: int, actor
     return card
 
 
+def release_import_ref(app: Application) -> dict[str, Any]:
+    """Take the import ref off a rejected / withdrawn application (the unique import ref is
+    what makes a re-sent line "already imported"); the audit details keep it."""
+    ref, app.import_ref = app.import_ref, None
+    return {"import_ref": ref} if ref else {}
+
+
 def reject_application(session: Session, app_id: int, actor: Actor, reason: str) -> Application:
     app = get_application(session, app_id)
     if actor.role not in REVIEWERS | APPROVERS:
         raise PermissionDenied(f"role {actor.role} may not reject applications")
     if app.status not in LIVE_APPLICATION_STATUSES:
         raise TransitionError(f"application {app.id} is {app.status}; it cannot be rejected")
-    _maker_checker(app, actor, "reject")
+    _maker_checker(app, actor, "reject", (app.received_by_id, "received"))
     before = str(app.status)
     app.status, app.reject_reason, app.decided_at = ApplicationStatus.REJECTED, reason, utcnow()
+    details = release_import_ref(app)
     flush(session)
     audit.record(
         session,
@@ -377,6 +428,7 @@ def reject_application(session: Session, app_id: int, actor: Actor, reason: str)
         before=before,
         after=str(app.status),
         reason=reason,
+        details=details,
     )
     return app
 

@@ -1,9 +1,11 @@
-"""Card services: production steps, collection, activation, suspension, bank activation,
-cancellation, and the status view (with the lazy lapse of provisional loss reports)."""
+"""Card services: production steps, collection, activation, suspension, cancellation, expiry,
+and the status view (with the lazy lapse of provisional loss reports and the lazy expiry).
+
+Bank activation is in :mod:`issuance.services.financial` (re-exported here)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 import sqlalchemy as sa
@@ -11,11 +13,12 @@ from sqlalchemy.orm import Session
 
 from cardspec.ids import make_card_identification_code, mask_citizen_id
 from issuance import lifecycle
-from issuance.audit import Actor
+from issuance.audit import SYSTEM_ACTOR, Actor
 from issuance.db import flush
 from issuance.errors import FieldProblem, ValidationError
 from issuance.lifecycle import SOCIAL_KINDS, CardEvent, ChipEvent
 from issuance.models import (
+    TERMINAL_CARD_STATUSES,
     Card,
     CardKind,
     CardStatus,
@@ -26,6 +29,7 @@ from issuance.models import (
     utcnow,
 )
 from issuance.services.common import find_card
+from issuance.services.financial import activate_financial as activate_financial
 from issuance.services.outbox import enqueue
 from issuance.settings import Settings
 
@@ -90,30 +94,52 @@ class CollectResult:
     card: Card
     temporary_cards_returned: list[str]
     deposits_refunded_fen: int
+    #: temporary cards cancelled at collection but not handed back (deposits kept until they are)
+    temporary_cards_kept: list[str] = field(default_factory=list)
 
 
-def collect_card(session: Session, card_id: int, actor: Actor) -> CollectResult:
-    """Hand the formal card to its holder (status ``issued``, still sealed); any temporary card
-    of the holder is handed back, cancelled, and its deposit refunded."""
+def live_temporary_cards(session: Session, person_id: int) -> list[Card]:
+    return list(session.scalars(
+        sa.select(Card).where(
+            Card.person_id == person_id, Card.kind == CardKind.TEMPORARY,
+            Card.status.not_in(TERMINAL_CARD_STATUSES),
+        )
+    ))  # fmt: skip
+
+
+def collect_card(
+    session: Session, card_id: int, actor: Actor, *, temporary_handed_back: bool = False
+) -> CollectResult:
+    """Hand the formal card to its holder (status ``issued``, still sealed).
+
+    The holder's temporary card is no longer needed: with ``temporary_handed_back`` (the clerk
+    confirms it was returned) it is handed back and its deposit refunded; otherwise it is
+    cancelled by the system and the deposit stays until the card is handed back
+    (:func:`issuance.services.temporary.hand_back_temporary_card`).
+    """
     from issuance.services.temporary import hand_back_temporary_card
 
     card = find_card(session, card_id=card_id)
     if card.kind != CardKind.FORMAL:
         raise ValidationError("cannot collect", [FieldProblem("card", "not a formal card")])
     lifecycle.apply_card_event(session, card, CardEvent.COLLECT, actor)
-    returned, refunded = [], 0
-    temps = session.scalars(
-        sa.select(Card).where(
-            Card.person_id == card.person_id,
-            Card.kind == CardKind.TEMPORARY,
-            Card.status == CardStatus.ACTIVE,
-        )
-    ).all()
-    for temp in temps:
-        refunded += hand_back_temporary_card(session, temp, actor)
-        returned.append(temp.card_number)
+    result = CollectResult(card, [], 0)
+    for temp in live_temporary_cards(session, card.person_id):
+        expire_if_due(session, temp)
+        if temporary_handed_back:
+            result.deposits_refunded_fen += hand_back_temporary_card(session, temp, actor)
+            result.temporary_cards_returned.append(temp.card_number)
+        elif temp.status not in TERMINAL_CARD_STATUSES:
+            _cancel(
+                session, temp, SYSTEM_ACTOR,
+                f"formal card {card.card_number} collected (by {actor.username}); "
+                "temporary card not handed back, deposit kept until it is",
+            )  # fmt: skip
+            result.temporary_cards_kept.append(temp.card_number)
+        else:
+            result.temporary_cards_kept.append(temp.card_number)
     flush(session)
-    return CollectResult(card, returned, refunded)
+    return result
 
 
 def activate_card(session: Session, card_id: int, actor: Actor) -> Card:
@@ -172,54 +198,66 @@ def cancel_card(session: Session, card_id: int, actor: Actor, reason: str) -> Ca
     return card
 
 
-def _cancel(session: Session, card: Card, actor: Actor, reason: str) -> None:
-    lifecycle.apply_card_event(session, card, CardEvent.CANCEL, actor, reason=reason)
-    lifecycle.cascade_chips(session, card, ChipEvent.CANCEL, actor, reason=reason)
+def _close_open_reports(session: Session, card: Card) -> None:
     for report in session.scalars(
         sa.select(LossReport).where(
             LossReport.card_id == card.id, LossReport.status == LossStatus.OPEN
         )
     ):
         report.status, report.closed_at = LossStatus.CANCELLED, utcnow()
-    if card.kind == CardKind.TEMPORARY:
-        from issuance.services.temporary import refund_deposit
-
-        refund_deposit(session, card, actor)
 
 
-def activate_financial(
-    session: Session,
-    card_id: int,
-    actor: Actor,
-    *,
-    identity_checked: bool,
-    pin_set: bool,
-    bank_agency_id: int | None = None,
-) -> Card:
-    """A bank branch activates the financial function after checking the holder's identity;
-    the holder set the PIN on the card at the branch terminal (the PIN never reaches us: only
-    the fact that it was set is recorded)."""
-    card = find_card(session, card_id=card_id)
-    problems = []
-    if not identity_checked:
-        problems.append(FieldProblem("identity_checked", "the holder's identity must be checked"))
-    if not pin_set:
-        problems.append(FieldProblem("pin_set", "the holder must set a PIN on the card"))
-    if card.status != CardStatus.ACTIVE:
-        problems.append(FieldProblem("card", f"the card is {card.status}, it must be active"))
-    fin = card.chip_app(ChipAppKind.FINANCIAL)
-    if fin is None:
-        problems.append(FieldProblem("card", "the card has no financial application"))
-    if problems:
-        raise ValidationError("cannot activate the financial function", problems)
-    assert fin is not None
-    lifecycle.apply_chip_event(
-        session, fin, ChipEvent.ACTIVATE, actor, reason="bank activation after identity check"
-    )
-    fin.pin_set = True
-    fin.bank_agency_id = bank_agency_id
+def _cancel(session: Session, card: Card, actor: Actor, reason: str) -> None:
+    """Cancel with every function. A temporary card's deposit is NOT refunded here: only
+    when the card itself is handed back (``hand_back_temporary_card``)."""
+    lifecycle.apply_card_event(session, card, CardEvent.CANCEL, actor, reason=reason)
+    lifecycle.cascade_chips(session, card, ChipEvent.CANCEL, actor, reason=reason)
+    _close_open_reports(session, card)
+
+
+#: States from which a card expires (before personalisation it has no expiry date).
+EXPIRABLE = frozenset(
+    t.from_state for t in lifecycle.CARD_TRANSITIONS if t.event == CardEvent.EXPIRE
+)
+
+
+def is_past_expiry(card: Card, today: date | None = None) -> bool:
+    """True once the card's expiry date has passed (a card is valid through that day)."""
+    return card.expiry_date is not None and card.expiry_date < (today or date.today())
+
+
+def expire_if_due(session: Session, card: Card, today: date | None = None) -> bool:
+    """Expire ``card`` if its expiry date has passed (run on every read and by the worker):
+    every function stops, open loss reports close. A temporary card's deposit stays until the
+    card is handed back. Returns True when the card was expired now."""
+    if not is_past_expiry(card, today) or str(card.status) not in EXPIRABLE:
+        return False
+    reason = f"expired on {card.expiry_date}"
+    lifecycle.apply_card_event(session, card, CardEvent.EXPIRE, SYSTEM_ACTOR, reason=reason)
+    lifecycle.cascade_chips(session, card, ChipEvent.CANCEL, SYSTEM_ACTOR, reason=reason)
+    _close_open_reports(session, card)
     flush(session)
-    return card
+    return True
+
+
+def expire_cards(session: Session, today: date | None = None, limit: int = 10_000) -> int:
+    """Worker/CLI (``ykt cards expire``): expire every card past its expiry date. Rows are
+    taken with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several workers share the work and
+    a counter busy with a card is not waited for (it is expired on the next round or read).
+    Returns the number of cards expired."""
+    today = today or date.today()
+    stmt = (
+        sa.select(Card)
+        .where(Card.expiry_date < today, Card.status.in_(sorted(EXPIRABLE)))
+        .order_by(Card.expiry_date, Card.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    count = 0
+    for card in list(session.scalars(stmt)):
+        if expire_if_due(session, card, today):
+            count += 1
+    return count
 
 
 @dataclass(frozen=True)
@@ -240,6 +278,12 @@ class CardView:
 
     @property
     def usable(self) -> bool:
+        return self.usable_on(date.today())
+
+    def usable_on(self, day: date) -> bool:
+        """Active, not past its expiry date, and its social (or medical) function active."""
+        if self.expiry_date is not None and self.expiry_date < day:
+            return False
         return self.status == CardStatus.ACTIVE and (
             self.chip_apps.get(ChipAppKind.SOCIAL_SECURITY) == ChipAppStatus.ACTIVE
             or self.chip_apps.get(ChipAppKind.MEDICAL) == ChipAppStatus.ACTIVE
@@ -253,7 +297,8 @@ def card_status(
     card_number: str | None = None,
     card_identification_code: str | None = None,
 ) -> CardView:
-    """The status of one card (by an indexed key); an overdue provisional loss lapses first."""
+    """The status of one card (by an indexed key); an overdue provisional loss lapses and a
+    card past its expiry date expires first."""
     from issuance.services.loss import lapse_if_due
 
     card = find_card(
@@ -264,6 +309,7 @@ def card_status(
     )
     if card.status == CardStatus.LOST_PROVISIONAL:
         lapse_if_due(session, card)
+    expire_if_due(session, card)
     person = card.person
     return CardView(
         card.id, card.card_number, card.card_identification_code, str(card.kind),

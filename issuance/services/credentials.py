@@ -49,10 +49,12 @@ SCOPES: dict[str, str] = {
     "cards:loss": "report a card lost or withdraw a provisional report (remote channels)",
     "cards:lifecycle": "card lifecycle actions (collect, activate, suspend, cancel, replace ...)",
     "financial:activate": "activate the financial function of a card",
-    "applications:write": "receive, process, review, approve and reject applications",
+    "applications:write": "receive (one by one or a bulk file), process, review, approve and "
+    "reject applications; replace an application's photo",
     "applications:read": "read applications",
     "batches:read": "read production batches",
     "audit:read": "query and verify the audit log",
+    "deaths:write": "upload a death-record file (cancels the deceased holders' cards)",
 }
 
 #: Default scopes of an agency by kind (``ykt api agency add --scope`` overrides).
@@ -62,7 +64,10 @@ AGENCY_DEFAULT_SCOPES: dict[AgencyKind, tuple[str, ...]] = {
     AgencyKind.BANK: (
         "verify", "holder:read", "holder:photo", "feed:read", "cards:read", "financial:activate",
     ),
-    AgencyKind.OTHER: ("verify", "feed:read"),
+    # "other" = a self-service platform (hotline, website, app): residents report a lost card
+    # and withdraw a provisional report there (DOMAIN.md); such reports are provisional and
+    # lapse unless made formal at a counter. An agency that only verifies gets ``--scope``.
+    AgencyKind.OTHER: ("verify", "feed:read", "cards:loss"),
 }  # fmt: skip
 
 _COUNTER = (
@@ -73,8 +78,8 @@ _COUNTER = (
 #: Scopes of a staff token by role (the services check the role itself on every action).
 STAFF_SCOPES: dict[StaffRole, tuple[str, ...]] = {
     StaffRole.CLERK: _COUNTER,
-    StaffRole.SUPERVISOR: (*_COUNTER, "holder:full_id", "audit:read"),
-    StaffRole.ADMIN: (*_COUNTER, "holder:full_id", "audit:read"),
+    StaffRole.SUPERVISOR: (*_COUNTER, "holder:full_id", "audit:read", "deaths:write"),
+    StaffRole.ADMIN: (*_COUNTER, "holder:full_id", "audit:read", "deaths:write"),
     StaffRole.REVIEWER: ("applications:write", "applications:read", "cards:read"),
     StaffRole.APPROVER: ("applications:write", "applications:read", "cards:read"),
     StaffRole.FUND_SUPERVISOR: ("cards:read", "cards:lifecycle", "holder:read", "audit:read"),

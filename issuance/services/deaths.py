@@ -1,5 +1,10 @@
 """Cancellation on death from an external feed (police / civil affairs): a CSV of citizen ID
-numbers and dates of death. Each line is validated on its own; re-running a file is harmless."""
+numbers and dates of death. Each line is validated on its own; re-running a file is harmless.
+
+File format (UTF-8, BOM allowed): one ``citizen_id,death_date`` per line, the date as
+``YYYY-MM-DD`` or ``YYYYMMDD``; an optional header line; empty lines and lines starting with
+``#`` are skipped; further columns are ignored. The run is recorded as done by the operator who
+ran it (their actor through the ``feed`` channel), or by the system for an automatic feed."""
 
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from issuance.models import (
     Channel,
     Person,
 )
+from issuance.services.applications import release_import_ref
 from issuance.services.cards import _cancel
 
 FEED_ACTOR = SYSTEM_ACTOR.via(Channel.FEED)
@@ -59,7 +65,10 @@ def cancel_deaths(
     *,
     today: date | None = None,
 ) -> DeathFeedReport:
-    """Process a deaths file (``citizen_id,death_date`` per line, header optional)."""
+    """Process a deaths file (``citizen_id,death_date`` per line, header optional).
+
+    ``actor``: who runs the feed (``ykt cards cancel-deaths --as USER``: the operator, through
+    the ``feed`` channel); every cancellation and death record is audited under that actor."""
     today = today or date.today()
     text = source.read_text(encoding="utf-8-sig") if isinstance(source, Path) else source
     report = DeathFeedReport()
@@ -149,6 +158,7 @@ def _apply_death(
             before=before,
             after=str(app.status),
             reason="holder deceased",
+            details=release_import_ref(app),
         )
     for card in cards:
         _cancel(session, card, actor, "holder deceased (death record)")

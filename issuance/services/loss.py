@@ -4,7 +4,9 @@
   at once and lapses back after ``settings.lifecycle.provisional_loss_hours`` unless made formal
   (web and app reports need an identity check);
 * counter: a **formal** report (identity checked), which leads to replacement;
-* un-report (card found): with identity check, only while no replacement was applied for;
+* un-report (card found): always with an identity check, whatever the channel (a phone or SMS
+  un-report unblocks a card someone else may be holding: the hotline checks identity as a
+  counter does), only while no replacement was applied for;
 * a lapse or an un-report puts the card back where it was: ``active``, or ``issued`` when it was
   lost before activation (see :func:`restore_event`);
 * replacement: a new card record (new card number; identification code and keys when the new
@@ -21,7 +23,7 @@ periodically) and, for the provisional lapse, also lazily whenever a card's stat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -32,6 +34,7 @@ from issuance.db import flush
 from issuance.errors import FieldProblem, TransitionError, ValidationError
 from issuance.lifecycle import SOCIAL_KINDS, CardEvent, ChipEvent
 from issuance.models import (
+    Application,
     Card,
     CardStatus,
     Channel,
@@ -49,8 +52,10 @@ REMOTE_CHANNELS = {Channel.PHONE, Channel.WEB, Channel.APP, Channel.WECHAT, Chan
 IDENTITY_REQUIRED = {Channel.WEB, Channel.APP, Channel.WECHAT, Channel.COUNTER, Channel.BANK}
 
 
-def _require_identity(actor: Actor, identity_checked: bool, what: str) -> None:
-    if actor.channel in IDENTITY_REQUIRED and not identity_checked:
+def _require_identity(
+    actor: Actor, identity_checked: bool, what: str, *, always: bool = False
+) -> None:
+    if (always or actor.channel in IDENTITY_REQUIRED) and not identity_checked:
         raise ValidationError(
             f"cannot {what}",
             [FieldProblem("identity_checked", f"identity must be checked ({actor.channel})")],
@@ -154,14 +159,19 @@ def unreport_loss(
     identity_checked: bool,
     note: str | None = None,
 ) -> Card:
-    """The card was found: withdraw the report (only while no replacement was applied for)."""
+    """The card was found: withdraw the report (only while no replacement was applied for).
+
+    The holder's identity must have been checked through every channel, phone and SMS
+    included: an un-report makes the card usable again.
+    """
     card = find_card(session, card_id=card_id)
-    _require_identity(actor, identity_checked, "withdraw the loss report")
+    _require_identity(actor, identity_checked, "withdraw the loss report", always=True)
     if card.replaced_by_id is not None:  # defence in depth: the table forbids it too
         raise TransitionError(f"card {card.card_number} was replaced; it cannot be un-reported")
     lifecycle.apply_card_event(
-        session, card, restore_event(card, CardEvent.UNREPORT), actor, reason=note
-    )
+        session, card, restore_event(card, CardEvent.UNREPORT), actor, reason=note,
+        details={"identity_checked": True},
+    )  # fmt: skip
     lifecycle.cascade_chips(
         session, card, ChipEvent.UNBLOCK, actor, kinds=SOCIAL_KINDS, reason="loss report withdrawn"
     )
@@ -286,21 +296,43 @@ def replace_card(
     *,
     reason: str = "replacement",
     fee_fen: int | None = None,
+    today: date | None = None,
 ) -> Card:
-    """Replace a formally lost, damaged or (renewal) active card: the old one is cancelled for
-    good (all its functions), a new card record with a new number starts production."""
+    """Replace a formally lost or damaged card, or renew one: the old one is cancelled for
+    good (all its functions), a new card record with a new number starts production.
+
+    Renewal of a working (active) card is possible from ``renewal_window_days`` before its
+    expiry date (DOMAIN: from 60 days before); an expired card may be renewed at any time.
+    """
+    from issuance.services.cards import expire_if_due
+
+    today = today or date.today()
     old = find_card(session, card_id=card_id)
     if old.kind != "formal":
         raise ValidationError("cannot replace", [FieldProblem("card", "not a formal card")])
+    expire_if_due(session, old, today)
+    if old.status == CardStatus.ACTIVE:
+        days = settings.lifecycle.renewal_window_days
+        opens = old.expiry_date - timedelta(days=days) if old.expiry_date else None
+        if opens is None or today < opens:
+            raise ValidationError("cannot renew", [FieldProblem(
+                "card", f"card {old.card_number} is valid until {old.expiry_date}: renewal is "
+                        f"possible from {opens} ({days} days before expiry); a lost or damaged "
+                        "card is reported first",
+            )])  # fmt: skip
     lifecycle.apply_card_event(session, old, CardEvent.REPLACE, actor, reason=reason)
     lifecycle.cascade_chips(session, old, ChipEvent.CANCEL, actor, reason="card replaced")
     for report in _open_reports(session, old.id):
         report.status, report.closed_at = LossStatus.REPLACED, utcnow()
     flush(session)  # the old card leaves the "one live card" index before the new one enters
     fee = settings.lifecycle.replacement_fee_fen if fee_fen is None else fee_fen
+    # the replacement keeps the original card's application (its photo is printed again):
+    # batch selection takes it as the card of that application (issuance.batches.selection)
+    original = session.get(Application, old.application_id) if old.application_id else None
     new = create_card(
-        session, settings, old.person, actor, fee_fen=fee, reason=f"replaces card {old.card_number}"
-    )
+        session, settings, old.person, actor, fee_fen=fee, application=original,
+        reason=f"replaces card {old.card_number}",
+    )  # fmt: skip
     old.replaced_by_id = new.id
     flush(session)
     return new

@@ -1,5 +1,15 @@
 """Temporary cards: issued on the spot to someone with a pending application or a lost card;
-medical function only, short expiry, a deposit taken and refunded when handed back."""
+medical function only, short expiry, a deposit taken and refunded when the card is handed back.
+
+One live temporary card per person: checked here, and enforced by the partial unique index
+``uq_cards_live_temporary_person`` (migration 0004), so two counters issuing at the same moment
+cannot both win: the loser's insert fails and is reported as :class:`ConflictError`. A
+temporary card past its expiry date is expired first (lazily) and no longer counts.
+
+The deposit is refunded only when the card itself is handed back and the clerk records it
+(:func:`hand_back_temporary_card`); collecting the formal card without the temporary card
+cancels the temporary card and keeps the deposit until it is brought back.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +21,10 @@ from sqlalchemy.orm import Session
 from issuance import audit, lifecycle
 from issuance.audit import Actor
 from issuance.db import flush
-from issuance.errors import FieldProblem, PermissionDenied, ValidationError
+from issuance.errors import ConflictError, FieldProblem, PermissionDenied, ValidationError
 from issuance.lifecycle import CardEvent, ChipEvent
 from issuance.models import (
+    TERMINAL_CARD_STATUSES,
     Application,
     ApplicationStatus,
     Card,
@@ -85,23 +96,31 @@ def issue_temporary_card(
                 "person", "needs a pending application or a card in production, lost or damaged"
             )
         )
-    live_temp = session.scalars(
-        sa.select(Card.card_number).where(
-            Card.person_id == person.id,
-            Card.kind == CardKind.TEMPORARY,
-            Card.status == CardStatus.ACTIVE,
+    from issuance.services.cards import expire_if_due, live_temporary_cards
+
+    live_temps = [
+        t for t in live_temporary_cards(session, person.id) if not expire_if_due(session, t, today)
+    ]
+    if live_temps:
+        t = live_temps[0]
+        problems.append(
+            FieldProblem("person", f"already holds temporary card {t.card_number} ({t.status})")
         )
-    ).first()
-    if live_temp is not None:
-        problems.append(FieldProblem("person", f"already holds temporary card {live_temp}"))
     if problems:
         raise ValidationError("cannot issue a temporary card", problems)
-    card = create_card(
-        session, settings, person, actor, kind=CardKind.TEMPORARY, status=CardStatus.ACTIVE,
-        chip_serial=chip_serial or random_chip_serial(), issue_date=today,
-        expiry_date=today + timedelta(days=settings.lifecycle.temporary_card_days),
-        reason="temporary card issued at the counter",
-    )  # fmt: skip
+    try:
+        with session.begin_nested():
+            card = create_card(
+                session, settings, person, actor, kind=CardKind.TEMPORARY,
+                status=CardStatus.ACTIVE, chip_serial=chip_serial or random_chip_serial(),
+                issue_date=today,
+                expiry_date=today + timedelta(days=settings.lifecycle.temporary_card_days),
+                reason="temporary card issued at the counter",
+            )  # fmt: skip
+    except sa.exc.IntegrityError as exc:
+        raise ConflictError(
+            "a temporary card was issued to this person at the same time; reload and check"
+        ) from exc
     deposit = Deposit(
         card_id=card.id,
         amount_fen=settings.lifecycle.temporary_card_deposit_fen,
@@ -115,11 +134,21 @@ def issue_temporary_card(
     return card
 
 
+def _deposit(session: Session, card: Card) -> Deposit | None:
+    return session.scalars(sa.select(Deposit).where(Deposit.card_id == card.id)).one_or_none()
+
+
 def refund_deposit(session: Session, card: Card, actor: Actor) -> int:
-    """Refund the deposit of a temporary card once (returns the amount refunded, in fen)."""
-    deposit = session.scalars(sa.select(Deposit).where(Deposit.card_id == card.id)).one_or_none()
+    """Refund the deposit of a temporary card that was handed back, once (returns the amount
+    refunded, in fen; 0 when already refunded or none was taken)."""
+    deposit = _deposit(session, card)
     if deposit is None or deposit.refunded_at is not None:
         return 0
+    if deposit.returned_at is None:
+        raise ValidationError(
+            "cannot refund the deposit",
+            [FieldProblem("card", f"temporary card {card.card_number} was not handed back")],
+        )
     deposit.refunded_at, deposit.refunded_by_id = utcnow(), actor.staff_id
     audit.record(
         session,
@@ -133,13 +162,36 @@ def refund_deposit(session: Session, card: Card, actor: Actor) -> int:
 
 
 def hand_back_temporary_card(session: Session, card: Card, actor: Actor) -> int:
-    """The holder returns the temporary card: cancelled, deposit refunded (amount returned)."""
+    """The holder hands the temporary card back: the return is recorded on the deposit, the
+    card is cancelled if it was still live (``hand_back``), the deposit refunded. Works also for
+    a temporary card already cancelled at collection or expired. Returns the amount refunded."""
     if card.kind != CardKind.TEMPORARY:
         raise ValidationError("cannot hand back", [FieldProblem("card", "not a temporary card")])
-    lifecycle.apply_card_event(
-        session, card, CardEvent.HAND_BACK, actor, reason="formal card collected"
-    )
-    lifecycle.cascade_chips(session, card, ChipEvent.CANCEL, actor, reason="handed back")
+    deposit = _deposit(session, card)
+    if deposit is not None and deposit.returned_at is not None:
+        raise ValidationError(
+            "cannot hand back",
+            [FieldProblem("card", f"temporary card {card.card_number} was already handed back")],
+        )
+    if card.status == CardStatus.ACTIVE:
+        lifecycle.apply_card_event(
+            session, card, CardEvent.HAND_BACK, actor, reason="temporary card handed back"
+        )
+        lifecycle.cascade_chips(session, card, ChipEvent.CANCEL, actor, reason="handed back")
+    elif card.status not in TERMINAL_CARD_STATUSES:  # e.g. reported lost, then found
+        from issuance.services.cards import _cancel
+
+        _cancel(session, card, actor, "temporary card handed back")
+    else:
+        audit.record(
+            session, actor, "card.temporary_returned", "card", card.id,
+            before=str(card.status), after=str(card.status),
+            details={"card_number": card.card_number},
+        )  # fmt: skip
+    if deposit is None:
+        flush(session)
+        return 0
+    deposit.returned_at, deposit.returned_by_id = utcnow(), actor.staff_id
     amount = refund_deposit(session, card, actor)
     flush(session)
     return amount

@@ -18,7 +18,7 @@ A temporary card carries the medical application only, so it verifies for ``medi
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
@@ -33,6 +33,7 @@ from hsm.errors import CryptogramMismatch
 from hsm.service import CardKeyRef
 from issuance import audit
 from issuance.audit import Actor
+from issuance.db_async import AsyncPgPool
 from issuance.models import (
     Application,
     Card,
@@ -186,6 +187,31 @@ class Verdict:
     photo_jpeg: bytes | None = None
 
 
+_CARD_COLUMNS = (
+    "id", "card_number", "kind", "status", "key_version", "algorithm", "expiry_date",
+    "person_id", "name", "citizen_id", "sex", "birth_date", "app_status",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CardRow:
+    """What a verification needs to know about the card, its holder and the application."""
+
+    id: int
+    card_number: str
+    kind: str
+    status: str
+    key_version: int
+    algorithm: str
+    expiry_date: date | None
+    person_id: int
+    name: str
+    citizen_id: str
+    sex: str
+    birth_date: date
+    app_status: str | None
+
+
 def _card_query(cic: str, kind: ChipAppKind) -> sa.Select[Any]:
     return (
         sa.select(
@@ -202,7 +228,11 @@ def _card_query(cic: str, kind: ChipAppKind) -> sa.Select[Any]:
     )  # fmt: skip
 
 
-def _refusal(row: Any, today: date) -> Reason | None:
+def _card_row(row: Any) -> CardRow:
+    return CardRow(*(getattr(row, c) for c in _CARD_COLUMNS))
+
+
+def _refusal(row: CardRow, today: date) -> Reason | None:
     status = CardStatus(row.status)
     if status != CardStatus.ACTIVE:
         return CARD_STATUS_REASONS[status]
@@ -211,6 +241,61 @@ def _refusal(row: Any, today: date) -> Reason | None:
     if row.app_status is None:
         return Reason.WRONG_APPLICATION
     return APP_STATUS_REASONS.get(ChipAppStatus(row.app_status))
+
+
+def _key_ref(cic: str, row: CardRow) -> CardKeyRef:
+    return CardKeyRef(cic, key_version=row.key_version, algorithm=Algorithm(str(row.algorithm)))
+
+
+def _verdict(
+    row: CardRow,
+    reason: Reason | None,
+    application: ChipAppKind,
+    cic: str,
+    with_holder: bool,
+    full_citizen_id: bool,
+    photo: bytes | None,
+) -> Verdict:
+    holder = None
+    if reason is None and with_holder:
+        cid = row.citizen_id if full_citizen_id else mask_citizen_id(row.citizen_id)
+        holder = HolderView(row.name, cid, row.sex, row.birth_date)
+    return Verdict(
+        reason is None, reason, application, row.card_number, cic, str(row.kind),
+        str(row.status), None if row.app_status is None else str(row.app_status),
+        row.expiry_date, holder, photo if reason is None else None,
+    )  # fmt: skip
+
+
+def _audit_details(
+    verdict: Verdict, application: ChipAppKind, number: str, challenge_id: str
+) -> dict[str, Any]:
+    return {
+        "valid": verdict.valid,
+        "reason": verdict.reason and str(verdict.reason),
+        "application": str(application),
+        "card_number": number,
+        "challenge": challenge_id,
+        "holder_shown": verdict.holder is not None,
+        "photo_shown": verdict.photo_jpeg is not None,
+    }
+
+
+def _audit_row(
+    actor: Actor,
+    cic: str,
+    verdict: Verdict,
+    application: ChipAppKind,
+    number: str,
+    challenge_id: str,
+    now: datetime,
+) -> dict[str, Any]:
+    return audit.event_row(
+        actor, "card.verified", "card", cic,
+        after="valid" if verdict.valid else "invalid",
+        details=_audit_details(verdict, application, number, challenge_id),
+        occurred_at=now,
+    )  # fmt: skip
 
 
 def verify_card(
@@ -239,12 +324,18 @@ def verify_card(
     audit.record(
         session, actor, "card.verified", "card", cic,
         after="valid" if verdict.valid else "invalid",
-        details={"valid": verdict.valid, "reason": verdict.reason and str(verdict.reason),
-                 "application": str(application), "card_number": number,
-                 "challenge": challenge_id, "holder_shown": verdict.holder is not None,
-                 "photo_shown": verdict.photo_jpeg is not None},
+        details=_audit_details(verdict, application, number, challenge_id),
     )  # fmt: skip
     return verdict
+
+
+def _photo_query(person_id: int) -> sa.Select[Any]:
+    return (
+        sa.select(Application.photo_jpeg)
+        .where(Application.person_id == person_id, Application.photo_jpeg.is_not(None))
+        .order_by(Application.id.desc())
+        .limit(1)
+    )
 
 
 def _verify(
@@ -264,40 +355,25 @@ def _verify(
     consumed = consume_challenge(session, challenge_id, credential_id, now)
     if isinstance(consumed, Reason):
         return Verdict(False, consumed, application)
-    row = session.execute(_card_query(cic, application)).one_or_none()
-    if row is None:
+    got = session.execute(_card_query(cic, application)).one_or_none()
+    if got is None:
         return Verdict(False, Reason.UNKNOWN_CARD, application, number, cic)
+    row = _card_row(got)
     if row.status == CardStatus.LOST_PROVISIONAL and _lapse(session, row.id, now):
-        row = session.execute(_card_query(cic, application)).one()
-    reason: Reason | None = None
+        row = _card_row(session.execute(_card_query(cic, application)).one())
     if row.card_number != number:
-        reason = Reason.NOT_GENUINE  # EF05 says another card number than the chip's record
-    else:
-        ref = CardKeyRef(cic, key_version=row.key_version, algorithm=Algorithm(str(row.algorithm)))
-        try:
-            check(ref, consumed[:8], consumed[8:], response)
-        except CryptogramMismatch:
-            reason = Reason.NOT_GENUINE
-    if reason is Reason.NOT_GENUINE:  # say nothing about the record a forgery points at
-        return Verdict(False, reason, application, number, cic)
-    if reason is None:
-        reason = _refusal(row, now.date())
-    holder = photo = None
-    if reason is None and with_holder:
-        cid = row.citizen_id if full_citizen_id else mask_citizen_id(row.citizen_id)
-        holder = HolderView(row.name, cid, row.sex, row.birth_date)
+        # EF05 says another card number than the chip's record; say nothing about the record
+        # a forgery points at
+        return Verdict(False, Reason.NOT_GENUINE, application, number, cic)
+    try:
+        check(_key_ref(cic, row), consumed[:8], consumed[8:], response)
+    except CryptogramMismatch:
+        return Verdict(False, Reason.NOT_GENUINE, application, number, cic)
+    reason = _refusal(row, now.date())
+    photo = None
     if reason is None and with_photo:
-        photo = session.execute(
-            sa.select(Application.photo_jpeg)
-            .where(Application.person_id == row.person_id, Application.photo_jpeg.is_not(None))
-            .order_by(Application.id.desc())
-            .limit(1)
-        ).scalar_one_or_none()
-    return Verdict(
-        reason is None, reason, application, row.card_number, cic, str(row.kind),
-        str(row.status), None if row.app_status is None else str(row.app_status),
-        row.expiry_date, holder, photo,
-    )  # fmt: skip
+        photo = session.execute(_photo_query(row.person_id)).scalar_one_or_none()
+    return _verdict(row, reason, application, cic, with_holder, full_citizen_id, photo)
 
 
 def _lapse(session: Session, card_id: int, now: datetime) -> bool:
@@ -305,3 +381,174 @@ def _lapse(session: Session, card_id: int, now: datetime) -> bool:
 
     card = session.get(Card, card_id)
     return card is not None and lapse_if_due(session, card, now)
+
+
+# --- the PostgreSQL hot path (asyncio, core SQL, no ORM) ------------------------------------
+#
+# Same decisions as above (the shared helpers), in three statements per verification flow,
+# each its own autocommit transaction:
+#
+# * challenge: one INSERT;
+# * verify, statement 1 (read only): the challenge, the card, its holder and the requested
+#   chip application, in one indexed query;
+# * the cryptogram check in the HSM (nothing is locked meanwhile);
+# * verify, statement 2: one data-modifying CTE that consumes the challenge with
+#   ``UPDATE ... WHERE used_at IS NULL`` and inserts the audit event of the verdict, so the
+#   consumption and its audit record commit together or not at all. Two requests racing with
+#   the same challenge both pass statement 1; the row lock makes the second UPDATE wait and
+#   then find ``used_at`` set: its audit event and its answer say ``challenge_reused``.
+#
+# A provisionally lost card whose report may have lapsed goes through the ORM path (the lapse is
+# a lifecycle transition with its own audit event), run by the caller's ``slow_path``.
+
+#: ``await check(ref, factor, random, response)``: raise CryptogramMismatch unless genuine.
+AsyncCryptogramCheck = Callable[[CardKeyRef, bytes, bytes, bytes], Awaitable[None]]
+
+_SQL_NEW_CHALLENGE = (
+    "INSERT INTO verification_challenges (id, credential_id, challenge, created_at, expires_at)"
+    " VALUES (%(id)s, %(cred)s, %(challenge)s, %(now)s, %(expires)s)"
+)
+
+_SQL_LOOKUP = (
+    "SELECT v.challenge, v.credential_id, v.used_at, v.expires_at,"
+    " c.id, c.card_number, c.kind, c.status, c.key_version, c.algorithm, c.expiry_date,"
+    " p.id, p.name, p.citizen_id, p.sex, p.birth_date, a.status"
+    " FROM (VALUES (1)) AS one (x)"
+    " LEFT JOIN verification_challenges AS v ON v.id = %(ch)s"
+    " LEFT JOIN cards AS c ON c.card_identification_code = %(cic)s"
+    " LEFT JOIN persons AS p ON p.id = c.person_id"
+    " LEFT JOIN chip_applications AS a ON a.card_id = c.id AND a.kind = %(app)s"
+)
+
+_EVENT_COLUMNS = ", ".join(f'"{c}"' for c in audit.EVENT_COLUMNS)
+_EVENT_VALUES = ", ".join(f"%({c})s" for c in audit.EVENT_COLUMNS)
+
+_SQL_AUDIT_ONLY = f"INSERT INTO audit_events ({_EVENT_COLUMNS}) VALUES ({_EVENT_VALUES})"
+
+#: Consume the challenge and audit the verdict in one statement. ``after``/``details`` are the
+#: verdict's; ``lost_after``/``lost_details`` the ``challenge_reused`` verdict of a race loser.
+_SQL_CONSUME_AND_AUDIT = (
+    "WITH ch AS (UPDATE verification_challenges SET used_at = %(occurred_at)s"
+    " WHERE id = %(ch)s AND credential_id = %(cred)s AND used_at IS NULL"
+    " AND expires_at > %(occurred_at)s RETURNING id),"
+    f" ev AS (INSERT INTO audit_events ({_EVENT_COLUMNS})"
+    " SELECT "
+    + ", ".join(
+        "CASE WHEN ch.id IS NULL THEN %(lost_" + c + ")s ELSE %(" + c + ")s END"
+        if c in ("after", "details")
+        else f"%({c})s"
+        for c in audit.EVENT_COLUMNS
+    )
+    + " FROM (VALUES (1)) AS one (x) LEFT JOIN ch ON true)"
+    " SELECT count(*) FROM ch"
+)
+
+
+async def create_challenge_async(
+    pool: AsyncPgPool, credential_id: int, ttl_seconds: int, now: datetime | None = None
+) -> Challenge:
+    """:func:`create_challenge` on the asyncio pool (one INSERT, its own transaction)."""
+    now = now or utcnow()
+    ch = Challenge(
+        secrets.token_hex(16), secrets.token_bytes(16), now + timedelta(seconds=ttl_seconds)
+    )
+    async with pool.connection() as conn:
+        await conn.execute(
+            _SQL_NEW_CHALLENGE,
+            {"id": ch.id, "cred": credential_id, "challenge": ch.challenge, "now": now,
+             "expires": ch.expires_at},
+        )  # fmt: skip
+    return ch
+
+
+def _challenge_refusal(got: Any, credential_id: int, now: datetime) -> Reason | None:
+    challenge, owner, used_at, expires_at = got[0], got[1], got[2], got[3]
+    if challenge is None or owner != credential_id:
+        return Reason.CHALLENGE_UNKNOWN
+    if used_at is not None:
+        return Reason.CHALLENGE_REUSED
+    if expires_at <= now:
+        return Reason.CHALLENGE_EXPIRED
+    return None
+
+
+async def verify_card_async(
+    pool: AsyncPgPool,
+    *,
+    challenge_id: str,
+    credential_id: int,
+    card_identification_code: str,
+    card_number: str,
+    response: bytes,
+    application: ChipAppKind,
+    check: AsyncCryptogramCheck,
+    actor: Actor,
+    slow_path: Callable[[], Awaitable[Verdict]],
+    with_holder: bool = False,
+    full_citizen_id: bool = False,
+    with_photo: bool = False,
+    now: datetime | None = None,
+) -> Verdict:
+    """:func:`verify_card` on the asyncio pool, same verdicts (see the comment above)."""
+    now = now or utcnow()
+    cic, number = card_identification_code.upper(), card_number.upper()
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            _SQL_LOOKUP, {"ch": challenge_id, "cic": cic, "app": str(application)}
+        )
+        got = await cur.fetchone()
+    assert got is not None  # the VALUES row is always there
+    refused = _challenge_refusal(got, credential_id, now)
+    if refused is not None:
+        verdict = Verdict(False, refused, application)
+        async with pool.connection() as conn:
+            await conn.execute(
+                _SQL_AUDIT_ONLY,
+                _audit_row(actor, cic, verdict, application, number, challenge_id, now),
+            )
+        return verdict
+    row = None if got[4] is None else CardRow(*got[4:])
+    if row is not None and row.status == CardStatus.LOST_PROVISIONAL:
+        return await slow_path()
+    challenge = bytes(got[0])
+    if row is None:
+        verdict = Verdict(False, Reason.UNKNOWN_CARD, application, number, cic)
+    elif row.card_number != number:
+        verdict = Verdict(False, Reason.NOT_GENUINE, application, number, cic)
+    else:
+        try:
+            await check(_key_ref(cic, row), challenge[:8], challenge[8:], response)
+            reason = _refusal(row, now.date())
+        except CryptogramMismatch:
+            reason = Reason.NOT_GENUINE
+        if reason is Reason.NOT_GENUINE:
+            verdict = Verdict(False, reason, application, number, cic)
+        else:
+            photo = None
+            if reason is None and with_photo:
+                photo = await _photo_async(pool, row.person_id)
+            verdict = _verdict(row, reason, application, cic, with_holder, full_citizen_id, photo)
+    lost = Verdict(False, Reason.CHALLENGE_REUSED, application)
+    params = _audit_row(actor, cic, verdict, application, number, challenge_id, now)
+    lost_row = _audit_row(actor, cic, lost, application, number, challenge_id, now)
+    params.update(
+        ch=challenge_id, cred=credential_id,
+        lost_after=lost_row["after"], lost_details=lost_row["details"],
+    )  # fmt: skip
+    async with pool.connection() as conn:
+        cur = await conn.execute(_SQL_CONSUME_AND_AUDIT, params)
+        consumed = await cur.fetchone()
+    if consumed is None or consumed[0] != 1:
+        return lost
+    return verdict
+
+
+async def _photo_async(pool: AsyncPgPool, person_id: int) -> bytes | None:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT photo_jpeg FROM applications WHERE person_id = %(p)s"
+            " AND photo_jpeg IS NOT NULL ORDER BY id DESC LIMIT 1",
+            {"p": person_id},
+        )
+        got = await cur.fetchone()
+    return None if got is None else bytes(got[0])

@@ -36,6 +36,15 @@ def master_key(slot: KeySlot, alg: Algorithm) -> bytes:
     return hashlib.sha256(f"ykt-api-test:{slot.value}:{alg.value}".encode()).digest()[:16]
 
 
+#: The key-loading key master (always AES, see cardspec.keyscheme "Key loading").
+KLK_MASTER = hashlib.sha256(b"ykt-api-test:klk").digest()[:16]
+
+
+def _components(key: bytes) -> list[bytes]:
+    half = hashlib.sha256(key).digest()[:16]
+    return [half, bytes(a ^ b for a, b in zip(key, half, strict=True))]
+
+
 @dataclass
 class Hsm:
     config: HsmConfig
@@ -51,13 +60,17 @@ def make_hsm(root: Path) -> Hsm:
     alg = Algorithm.DES3
     for slot in KeySlot:
         key = master_key(slot, alg)
-        half = hashlib.sha256(key).digest()[:16]
-        other = bytes(a ^ b for a, b in zip(key, half, strict=True))
-        comps = [half, other]
+        comps = _components(key)
         ceremony.import_master(
             token, slot, comps, [keyscheme.kcv(c, alg) for c in comps], alg, 1,
             expected_kcv=keyscheme.kcv(key, alg),
         )  # fmt: skip
+    aes = keyscheme.KLK_ALGORITHM
+    comps = _components(KLK_MASTER)
+    ceremony.import_klk_master(
+        token, comps, [keyscheme.kcv(c, aes) for c in comps], 1,
+        expected_kcv=keyscheme.kcv(KLK_MASTER, aes),
+    )  # fmt: skip
     ceremony.generate_signing_key(token)
     return Hsm(config, token, Pkcs11KeyService(token, REGION))
 
@@ -92,8 +105,11 @@ def staff(session: Session, tag: str) -> dict[str, Actor]:
     return out
 
 
-def active_card(session: Session, settings: Settings, actors: dict[str, Actor]) -> Card:
-    """A formal card driven to ``active`` through the real services (chip serial random)."""
+def active_card(
+    session: Session, settings: Settings, actors: dict[str, Actor], *, activate: bool = True
+) -> Card:
+    """A formal card driven to ``active`` through the real services (chip serial random);
+    ``activate=False``: collected by its holder but not activated (``issued``, sealed)."""
     app = services.submit_application(
         session, settings,
         services.ApplicationInput(citizen_id=make_cid(), name="张三", phone="13800138000",
@@ -108,7 +124,8 @@ def active_card(session: Session, settings: Settings, actors: dict[str, Actor]) 
             session, settings, card.id, step, actors["clerk"], chip_serial=random.randbytes(8)
         )
     services.collect_card(session, card.id, actors["clerk"])
-    services.activate_card(session, card.id, actors["clerk"])
+    if activate:
+        services.activate_card(session, card.id, actors["clerk"])
     return card
 
 
@@ -120,11 +137,13 @@ def emulator_for(
     assert cic is not None
     alg = Algorithm.DES3
     oracle = SoftwareCardCrypto(
-        {s: master_key(s, alg) for s in KeySlot}, (keyscheme.card_factor(cic),), alg
-    )
+        {s: master_key(s, alg) for s in KeySlot}, (keyscheme.card_factor(cic),), alg,
+        klk_master=KLK_MASTER,
+    )  # fmt: skip
     chip: EmulatorCard = blank_card(
-        bytes.fromhex(cic[16:]), oracle.card_key(KeySlot.KMC), alg, profile=_profile()
-    )
+        bytes.fromhex(cic[16:]), oracle.card_key(KeySlot.KMC), alg,
+        klk=oracle.key_loading_key(), profile=_profile(),
+    )  # fmt: skip
     reader = InProcessReader(chip)
     data = perso.CardPersoData(
         card_identification_code=cic, card_number=card.card_number, spec_version="2.00",

@@ -38,8 +38,11 @@ def test_full_and_delta_feeds_are_signed_and_follow_the_lifecycle(
     assert full.count == 2 and full.refused == 2
     assert {(e["card_number"], e["reason"]) for e in seen} == {(n0, "lost"), (n1, "suspended")}
     # delta after un-reporting: the card is acceptable again
-    assert api_env.client.post(f"/v1/cards/{n0}/unreport", json={"channel": "phone"},
-                               headers=clerk).status_code == 200  # fmt: skip
+    r = api_env.client.post(
+        f"/v1/cards/{n0}/unreport", json={"channel": "phone", "identity_checked": True},
+        headers=clerk,
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
     delta_seen: list[dict[str, Any]] = []
     delta = c.status_feed(since=full.sequence, on_entry=delta_seen.append)
     assert delta.kind == "delta" and delta.since == full.sequence

@@ -35,6 +35,11 @@ def masters(seed: str = "test") -> dict[KeySlot, bytes]:
     return {slot: sha256(f"{seed}:{slot.value}".encode()).digest()[:16] for slot in KeySlot}
 
 
+def klk_master(seed: str = "test") -> bytes:
+    """Deterministic throwaway master of the cards' key-loading keys (AES)."""
+    return sha256(f"{seed}:klk".encode()).digest()[:16]
+
+
 def card_code(serial: bytes = SERIAL, region: str = "330182") -> str:
     return ids.make_card_identification_code(region, serial)
 
@@ -47,7 +52,21 @@ def software_crypto(
         (keyscheme.card_factor(card_code(serial)),),
         algorithm,
         (keyscheme.emv_factor(PAN, PSN),),
+        klk_master=klk_master(seed),
     )
+
+
+def blank(
+    serial: bytes = SERIAL,
+    profile: CardProfile = DEFAULT_PROFILE,
+    *,
+    seed: str = "test",
+    path: Path | None = None,
+) -> Card:
+    """A blank chip as its maker delivers it for ``software_crypto(serial, ..., seed)``."""
+    crypto = software_crypto(serial, profile.algorithm, seed)
+    return blank_card(serial, crypto.card_key(KeySlot.KMC), profile.algorithm,
+                      klk=crypto.key_loading_key(), profile=profile, path=path)  # fmt: skip
 
 
 def perso_data(serial: bytes = SERIAL, *, spec_version: str = "2.00") -> perso.CardPersoData:
@@ -82,10 +101,40 @@ def personalised_card(
     serial: bytes = SERIAL,
 ) -> Personalised:
     crypto = software_crypto(serial, profile.algorithm)
-    card = blank_card(serial, crypto.card_key(KeySlot.KMC), profile.algorithm, profile=profile,
-                      path=path)  # fmt: skip
+    card = blank(serial, profile, path=path)
     reader = InProcessReader(card)
     data = perso_data(serial, spec_version=profile.spec_version)
     result = perso.personalise(reader, crypto, data, profile)
     reader.connect()
     return Personalised(card, reader, crypto, data, result)
+
+
+def rfc5649_unwrap(kek: bytes, wrapped: bytes) -> bytes:
+    """RFC 5649 (AES key wrap with padding) unwrap written from the RFC with plain AES-ECB:
+    an oracle independent of ``cryptography``'s keywrap (checked against the RFC's section 6
+    vectors in ``vectors/``). Raises ValueError on an integrity failure."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    dec = Cipher(algorithms.AES(kek), modes.ECB()).decryptor()
+    if len(wrapped) % 8 or len(wrapped) < 16:
+        raise ValueError("RFC 5649: length")
+    n = len(wrapped) // 8 - 1
+    if n == 1:  # section 4.2: one 64-bit block, a single AES decryption
+        plain = dec.update(wrapped)
+        a, r = plain[:8], [plain[8:]]
+    else:  # RFC 3394 section 2.2.2 unwrap, index-based
+        a = wrapped[:8]
+        r = [wrapped[8 * i : 8 * i + 8] for i in range(1, n + 1)]
+        for j in range(5, -1, -1):
+            for i in range(n, 0, -1):
+                t = n * j + i
+                a_t = bytes(x ^ y for x, y in zip(a, t.to_bytes(8, "big"), strict=True))
+                b = dec.update(a_t + r[i - 1])
+                a, r[i - 1] = b[:8], b[8:]
+    if a[:4] != bytes.fromhex("A65959A6"):
+        raise ValueError("RFC 5649: alternative initial value mismatch")
+    mli = int.from_bytes(a[4:], "big")
+    data = b"".join(r)
+    if not 8 * (n - 1) < mli <= 8 * n or data[mli:].strip(b"\x00"):
+        raise ValueError("RFC 5649: bad message length indicator or padding")
+    return data[:mli]

@@ -26,17 +26,18 @@ def test_profile_tree() -> None:
 def test_new_blank_and_read(tmp_path: Path) -> None:
     out = tmp_path / "blank.json"
     kmc = software_crypto().card_key(KeySlot.KMC).hex()
-    result = runner.invoke(
-        app, ["new-blank", "--serial", SERIAL.hex(), "--out", str(out), "--kmc", kmc]
-    )
+    klk = software_crypto().key_loading_key().hex()
+    args = ["new-blank", str(out), "--serial", SERIAL.hex(), "--kmc", kmc, "--klk", klk]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     card = Card.load(out)
     assert card.state.life_cycle is LifeCycle.PERSONALISATION
     assert card.state.keys[KeySlot.KMC].hex() == kmc
-    again = runner.invoke(
-        app, ["new-blank", "--serial", SERIAL.hex(), "--out", str(out), "--kmc", kmc]
-    )
+    assert card.state.klk is not None and card.state.klk.hex() == klk
+    again = runner.invoke(app, args)
     assert again.exit_code != 0  # never overwrite a card image
+    half = runner.invoke(app, ["new-blank", str(tmp_path / "b2.json"), "--kmc", kmc])
+    assert half.exit_code != 0 and "together" in half.output
     result = runner.invoke(app, ["read", "--image", str(out)])
     assert result.exit_code == 0, result.output
     assert "personalisation" in result.output and SERIAL.hex().upper() in result.output

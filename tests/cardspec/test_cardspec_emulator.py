@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from cardspec_helpers import INITIAL_PIN, SERIAL, personalised_card, software_crypto
+from cardspec_helpers import blank as make_blank
 from smartcard.ATR import ATR
 
 from cardspec import cardops, keyscheme, sm
@@ -39,8 +40,7 @@ def tx(card: Card, command: str | bytes | CommandApdu) -> tuple[bytes, int]:
 
 @pytest.fixture
 def blank() -> Card:
-    crypto = software_crypto()
-    card = blank_card(SERIAL, crypto.card_key(KeySlot.KMC))
+    card = make_blank()
     card.power_on()
     return card
 
@@ -73,7 +73,7 @@ def test_atr_is_valid_iso7816_3(blank: Card) -> None:
         ("00FF0000", 0x6D00),  # unknown INS
         ("A0A40000", 0x6E00),  # CLA not supported
         ("01A4000C023F00", 0x6881),  # logical channel
-        ("10A4000C023F00", 0x6884),  # chaining not supported
+        ("90A4000C023F00", 0x6884),  # b5 of a proprietary class: no chaining there
         ("00A4", 0x6700),  # malformed APDU
         ("00A4040C05A000000000", 0x6A82),  # unknown AID
         ("00A4050C023F00", 0x6A86),  # bad P1
@@ -125,10 +125,29 @@ def test_blank_card_state(blank: Card) -> None:
     lock = channel.wrap(CommandApdu(0x80, 0xF0, 0x80, 0x0F))
     assert tx(blank, lock)[1] == 0x6985
     # The KMC may not be overwritten.
-    write_kmc = channel.wrap(
-        CommandApdu(0x80, 0xD4, 0, 0x7F, crypto.wrapped_card_key(KeySlot.IRK, KeySlot.KMC))
-    )
+    write_kmc = channel.wrap(CommandApdu(0x80, 0xD4, 0, 0x7F, crypto.wrapped_card_key(KeySlot.IRK)))
     assert tx(blank, write_kmc)[1] == 0x6985
+
+
+def test_write_key_refuses_a_payload_that_does_not_unwrap(blank: Card) -> None:
+    """WRITE KEY = RFC 5649 under the chip's KLK: another KLK, an altered or a short payload
+    fail the unwrap's integrity check (6A80) and load nothing; the right one loads."""
+    reader = InProcessReader(blank)
+    reader.connect()
+    crypto = software_crypto()
+    irk = crypto.card_key(KeySlot.IRK)
+    tx(blank, SELECT_SSSE)
+    channel = cardops.external_authenticate(reader, crypto, KeySlot.KMC, DEFAULT_PROFILE)
+    irk_id = DEFAULT_PROFILE.key(KeySlot.IRK)[1].key_id
+    good = crypto.wrapped_card_key(KeySlot.IRK)
+    other_klk = software_crypto(seed="other").key_loading_key()
+    altered = good[:-1] + bytes([good[-1] ^ 1])
+    for payload in (keyscheme.wrap_card_key(other_klk, irk, Algorithm.DES3), altered, good[:16]):
+        cmd = channel.wrap(CommandApdu(0x80, 0xD4, 0, irk_id, payload))
+        assert tx(blank, cmd)[1] == 0x6A80
+        assert KeySlot.IRK not in blank.state.keys
+    assert tx(blank, channel.wrap(CommandApdu(0x80, 0xD4, 0, irk_id, good)))[1] == 0x9000
+    assert blank.state.keys[KeySlot.IRK] == keyscheme.odd_parity(irk)
 
 
 def test_wrong_external_authenticate(blank: Card) -> None:
@@ -206,6 +225,7 @@ def test_locked_card_refuses_issuer_commands(issued) -> None:  # type: ignore[no
     reader = issued.reader
     assert cardops.is_locked(reader)
     assert KeySlot.KMC not in card.state.keys
+    assert card.state.klk is None  # the key-loading key is erased with the KMC
     tx(card, SELECT_SSSE)
     tx(card, "0084000008")
     assert tx(card, "0082007F08" + "00" * 8)[1] == 0x6A88  # KMC erased
@@ -345,7 +365,7 @@ def test_transparent_file_and_get_response_in_parts() -> None:
 
     from cardspec import perso
 
-    card = blank_card(SERIAL, crypto.card_key(KeySlot.KMC), profile=prof)
+    card = make_blank(profile=prof)
     reader = InProcessReader(card)
     perso.personalise(reader, crypto, replace(perso_data(), financial=None), prof)
     reader.connect()
@@ -374,6 +394,83 @@ def test_card_is_a_card_handler(blank: Card) -> None:
 
     assert isinstance(blank, CardHandler)
     with pytest.raises(ValueError):
-        blank_card(b"\x01", bytes(16))
+        blank_card(b"\x01", bytes(16), klk=bytes(16))
     with pytest.raises(ValueError):
-        blank_card(SERIAL, bytes(8))
+        blank_card(SERIAL, bytes(8), klk=bytes(16))
+    with pytest.raises(ValueError, match="KLK"):
+        blank_card(SERIAL, bytes(16), klk=bytes(8))
+
+
+def _big_file_card() -> tuple[Card, InProcessReader, object]:
+    """A personalised card with a 1,000-byte transparent EF (written with the DMK + MAC)."""
+    from dataclasses import replace
+
+    from cardspec_helpers import perso_data
+
+    from cardspec import perso
+    from cardspec import profile as P
+
+    big = P.DedicatedFile(
+        name="PUB", fid=0xDF00, df_name=bytes.fromhex("D15600000500"), label="public data",
+        files=(P.ElementaryFile("EF0A", 0xEF0A, 0x0A, P.FileStructure.TRANSPARENT,
+                                P.RecordLayout.FIXED, (P.Element(1, "blob", 1000, P.Fmt.B),),
+                                P.FREE, P.FREE),),
+    )  # fmt: skip
+    prof = P.social_security_profile(financial=False).with_application(big, "SSSE")
+    card = make_blank(profile=prof)
+    reader = InProcessReader(card)
+    perso.personalise(reader, software_crypto(), replace(perso_data(), financial=None), prof)
+    reader.connect()
+    cardops.select_df(reader, prof, "PUB")
+    return card, reader, prof
+
+
+def test_command_chaining_assembles_one_command() -> None:
+    """ISO/IEC 7816-4 5.1.1.1: parts with CLA b5 are buffered (9000); the last one runs the
+    command with all the data; a chain broken by another command is refused (6883)."""
+    from cardspec import apdu
+
+    card, _, _ = _big_file_card()
+    blob = os.urandom(700)
+    parts = apdu.chain(CommandApdu(0x00, 0xD6, 0x8A, 0x00, blob), max_data=200)
+    assert [p.chained for p in parts] == [True, True, True, False]
+    for part in parts[:-1]:
+        assert tx(card, part)[1] == 0x9000
+        assert card.state.binaries.get("MF/SSSE/PUB/EF0A", b"")[:700] != blob  # not yet
+    assert tx(card, parts[-1])[1] == 0x9000
+    assert card.state.binaries["MF/SSSE/PUB/EF0A"][:700] == blob
+    # read back with one extended READ BINARY (Le = 0000: up to 65536)
+    data, status = tx(card, CommandApdu(0x00, 0xB0, 0x8A, 0x00, le=65536))
+    assert status == 0x9000 and data[:700] == blob and len(data) == 1000
+
+    # another command in the middle of a chain: refused, the chain dropped
+    first, *_ = apdu.chain(CommandApdu(0x00, 0xD6, 0x8A, 0x00, bytes(300)), max_data=100)
+    assert tx(card, first)[1] == 0x9000
+    assert tx(card, "0084000008")[1] == 0x6883
+    assert tx(card, CommandApdu(0x00, 0xD6, 0x8A, 0x00, b"\x01"))[1] == 0x9000  # fresh
+    # a part for another file (P1 differs) breaks the chain too
+    assert tx(card, first)[1] == 0x9000
+    assert tx(card, CommandApdu(0x10, 0xD6, 0x8A, 0x01, b"x"))[1] == 0x6883
+    # more than the card's command buffer
+    from cardspec.emulator.card import MAX_CHAINED_DATA
+
+    too_long = apdu.chain(CommandApdu(0x00, 0xD6, 0x8A, 0x00, bytes(MAX_CHAINED_DATA + 1)))
+    statuses = [tx(card, p)[1] for p in too_long]  # 16 x 255 bytes, then 17 more
+    assert statuses == [0x9000] * 16 + [0x6700]
+    # power loss forgets a chain
+    assert tx(card, first)[1] == 0x9000
+    card.power_off()
+    card.power_on()
+    assert tx(card, CommandApdu(0x00, 0xA4, 0x04, 0x0C, bytes.fromhex("D15600000500")))[1] == (
+        0x9000
+    )
+
+
+def test_extended_length_update_in_one_apdu() -> None:
+    card, _, _ = _big_file_card()
+    blob = os.urandom(600)
+    cmd = CommandApdu(0x00, 0xD6, 0x8A, 0x00, blob)
+    assert cmd.is_extended and cmd.to_bytes()[4] == 0x00  # Lc on 3 bytes (00 02 58)
+    assert tx(card, cmd)[1] == 0x9000
+    data, status = tx(card, CommandApdu(0x00, 0xB0, 0x8A, 0x00, le=600, extended=True))
+    assert status == 0x9000 and data == blob

@@ -13,7 +13,8 @@ import os
 
 import pyemv.kd
 import pytest
-from cardspec_helpers import masters, software_crypto
+from cardspec_helpers import card_code, masters, rfc5649_unwrap, software_crypto
+from cardspec_helpers import klk_master as masters_klk
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
@@ -85,13 +86,16 @@ def test_mac_chain_matches_independent_computation() -> None:
 
 def test_sensitive_encryption_and_cryptograms() -> None:
     crypto = software_crypto()
-    kmc = crypto.card_key(KeySlot.KMC)
     irk = crypto.card_key(KeySlot.IRK)
-    wrapped = crypto.wrapped_card_key(KeySlot.IRK, KeySlot.KMC)
-    dec = _3des(kmc, modes.ECB()).decryptor()
-    plain = dec.update(wrapped) + dec.finalize()
-    # key loading payload: ECB(KMC, key) of the 16-byte key with DES odd parity
-    assert len(wrapped) == 16
+    wrapped = crypto.wrapped_card_key(KeySlot.IRK)
+    # key loading payload: RFC 5649 KWP under the card's KLK of the 16-byte key, DES odd
+    # parity; unwrapped here by an implementation written from the RFC (not cryptography's)
+    klk = crypto.key_loading_key()
+    e = Cipher(algorithms.AES(masters_klk()), modes.ECB()).encryptor()
+    factor = keyscheme.card_factor(card_code())
+    assert klk == e.update(factor + bytes(b ^ 0xFF for b in factor)) + e.finalize()
+    assert len(wrapped) == 24
+    plain = rfc5649_unwrap(klk, wrapped)
     assert plain == odd_parity(irk)
     assert all(bin(b).count("1") % 2 == 1 for b in plain)
     assert bytes(b & 0xFE for b in plain) == bytes(b & 0xFE for b in irk)

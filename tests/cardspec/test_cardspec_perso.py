@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 from cardspec_helpers import INITIAL_PIN, SERIAL, perso_data, personalised_card, software_crypto
+from cardspec_helpers import blank as make_blank
 
 from cardspec import cardops, keyscheme, perso
 from cardspec import profile as P
@@ -78,7 +79,7 @@ def test_personalising_twice_is_refused() -> None:
 
 def test_wrong_transport_key_is_refused() -> None:
     crypto = software_crypto()
-    card = blank_card(SERIAL, software_crypto(seed="other").card_key(KeySlot.KMC))
+    card = make_blank(seed="other")
     with pytest.raises(Exception) as err:
         perso.personalise(InProcessReader(card), crypto, perso_data())
     assert getattr(err.value, "sw", None) == 0x6300
@@ -87,7 +88,7 @@ def test_wrong_transport_key_is_refused() -> None:
 
 def test_inputs_checked_before_any_apdu() -> None:
     crypto = software_crypto()
-    card = blank_card(SERIAL, crypto.card_key(KeySlot.KMC))
+    card = make_blank()
     reader = InProcessReader(card)
     with pytest.raises(InvalidIdentifier):
         perso.personalise(reader, crypto, replace(perso_data(), card_number="X00000018"))
@@ -107,7 +108,7 @@ def test_profile_without_financial_and_extra_application() -> None:
     )  # fmt: skip
     prof = P.social_security_profile(financial=False).with_application(housing, parent="SSSE")
     crypto = software_crypto()
-    card = blank_card(SERIAL, crypto.card_key(KeySlot.KMC), profile=prof)
+    card = make_blank(profile=prof)
     reader = InProcessReader(card)
     data = replace(perso_data(), financial=None, extra={"EF20": {"account": "HF0000012345"}})
     result = perso.personalise(reader, crypto, data, prof)

@@ -9,6 +9,7 @@ from hsm_helpers import (
     TRANSPORT_KEY,
     HsmEnv,
     components_of,
+    klk_master_key,
     master_key,
 )
 
@@ -44,9 +45,16 @@ def hsm_env(tmp_path_factory: pytest.TempPathFactory) -> HsmEnv:
             )
             assert info.kcv == keyscheme.kcv(key, alg)
             masters[(slot, alg, 1)] = key
+    klk = klk_master_key(1)
+    comps = components_of(klk, 2)
+    info = ceremony.import_klk_master(
+        token, comps, [keyscheme.kcv(c, Algorithm.AES) for c in comps], 1,
+        expected_kcv=keyscheme.kcv(klk, Algorithm.AES),
+    )  # fmt: skip
+    assert info.kind == "klk" and info.kcv == keyscheme.kcv(klk, Algorithm.AES)
     comps = components_of(TRANSPORT_KEY)
     ceremony.import_transport_key(
         token, "bureau1", comps, [keyscheme.kcv(c, Algorithm.AES) for c in comps]
     )
     assert ceremony.generate_signing_key(token) is True
-    return HsmEnv(root, config, token, Pkcs11KeyService(token, REGION), masters)
+    return HsmEnv(root, config, token, Pkcs11KeyService(token, REGION), masters, {1: klk})

@@ -29,6 +29,11 @@ def master_key(slot: KeySlot, alg: Algorithm, version: int) -> bytes:
     return hashlib.sha256(f"ykt-test:{slot.value}:{alg.value}:v{version}".encode()).digest()[:16]
 
 
+def klk_master_key(version: int) -> bytes:
+    """Deterministic clear test master of the key-loading keys (AES), the oracle."""
+    return hashlib.sha256(f"ykt-test:klk:aes:v{version}".encode()).digest()[:16]
+
+
 def components_of(key: bytes, n: int = 2) -> list[bytes]:
     parts = [hashlib.sha256(key + bytes([i])).digest()[:16] for i in range(n - 1)]
     last = bytearray(key)
@@ -48,3 +53,4 @@ class HsmEnv:
     token: Pkcs11Token
     service: Pkcs11KeyService
     masters: dict[tuple[KeySlot, Algorithm, int], bytes]
+    klk_masters: dict[int, bytes]

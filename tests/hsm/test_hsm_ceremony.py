@@ -16,7 +16,7 @@ from cardspec import keyscheme
 from cardspec.keyscheme import Algorithm, KeySlot
 from hsm import ceremony, softhsm
 from hsm import pkcs11 as p11
-from hsm.errors import KcvMismatch, KeyExists, KeyNotFound
+from hsm.errors import KcvMismatch, KeyExists
 from hsm.service import CardKeyRef
 
 pytestmark = pytest.mark.softhsm
@@ -78,12 +78,12 @@ def test_pkcs11_tool_sees_non_extractable_keys(hsm_env: HsmEnv) -> None:
         return next(line for line in by_label[label].splitlines() if "Access:" in line)
 
     # imported masters: sensitive, not extractable (pkcs11-tool prints "extractable" if it is)
-    for alg in (Algorithm.DES3, Algorithm.AES):
-        for slot in KeySlot:
-            label = ceremony.master_label(slot, alg, 1)
-            assert "sensitive" in access(label), label
-            assert "extractable" not in access(label), label
-            assert "Usage:      derive" in by_label[label]
+    algs = (Algorithm.DES3, Algorithm.AES)
+    labels = [ceremony.master_label(s, a, 1) for a in algs for s in KeySlot]
+    for label in [*labels, ceremony.klk_label(1)]:  # the key-loading key master too
+        assert "sensitive" in access(label), label
+        assert "extractable" not in access(label), label
+        assert "Usage:      derive" in by_label[label]
     # generated in the HSM: also "always sensitive, never extractable"
     assert "always sensitive" in access(generated.label)
     assert "never extractable" in access(generated.label)
@@ -112,31 +112,6 @@ def test_component_with_wrong_kcv_is_refused(hsm_env: HsmEnv) -> None:
         ceremony.import_master(hsm_env.token, KeySlot.EAK, comps, kcvs, Algorithm.DES3, 9)
 
 
-def test_rotation_keeps_old_versions_usable(hsm_env: HsmEnv) -> None:
-    alg = Algorithm.DES3
-    before = ceremony.latest_version(hsm_env.token, KeySlot.UK_MEDICAL, alg)
-    new = ceremony.rotate(hsm_env.token, KeySlot.UK_MEDICAL, alg)
-    assert new.version == (before or 0) + 1
-    assert ceremony.latest_version(hsm_env.token, KeySlot.UK_MEDICAL, alg) == new.version
-    old_ref = CardKeyRef(CIC, key_version=1)
-    new_ref = CardKeyRef(CIC, key_version=new.version or 0)
-    challenge = os.urandom(8)
-    with hsm_env.service.card_crypto(old_ref) as crypto:
-        old = crypto.external_auth(KeySlot.UK_MEDICAL, challenge)
-    expected = keyscheme.external_auth_cryptogram(
-        keyscheme.derive_card_key(
-            master_key(KeySlot.UK_MEDICAL, alg, 1), [keyscheme.card_factor(CIC)], alg
-        ),
-        challenge,
-        alg,
-    )
-    assert old == expected  # cards personalised under v1 keep working
-    with hsm_env.service.card_crypto(new_ref) as crypto:
-        assert crypto.external_auth(KeySlot.UK_MEDICAL, challenge) != old
-    with pytest.raises(KeyNotFound):
-        hsm_env.service.external_auth(CardKeyRef(CIC, key_version=99), KeySlot.IRK, challenge)
-
-
 def test_list_keys_shows_kcvs_computed_in_the_hsm(hsm_env: HsmEnv) -> None:
     listed = {k.label: k for k in ceremony.list_keys(hsm_env.token)}
     for alg in (Algorithm.DES3, Algorithm.AES):
@@ -144,8 +119,20 @@ def test_list_keys_shows_kcvs_computed_in_the_hsm(hsm_env: HsmEnv) -> None:
             info = listed[ceremony.master_label(slot, alg, 1)]
             assert info.kind == "master" and info.slot is slot and info.version == 1
             assert info.kcv == keyscheme.kcv(master_key(slot, alg, 1), alg)
+    klk = listed[ceremony.klk_label(1)]
+    assert klk.kind == "klk" and klk.algorithm == "aes" and klk.version == 1
+    assert klk.kcv == keyscheme.kcv(hsm_env.klk_masters[1], Algorithm.AES)
+    assert klk.kcv_source == "hsm" and klk.sensitive and not klk.extractable
     assert listed["ykt:signing:v1"].kind == "signing"
-    assert listed["ykt:transport:bureau1"].kind == "transport"
+    # a transport key may only wrap: its KCV is the one recorded at import (CKO_DATA)
+    transport = listed["ykt:transport:bureau1"]
+    assert transport.kind == "transport" and transport.kcv_source == "import record"
+    assert transport.kcv == keyscheme.kcv(TRANSPORT_KEY, Algorithm.AES)
+    with hsm_env.token.use() as session:
+        (record,) = session.get_objects(
+            {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: "ykt:kcv:ykt:transport:bureau1"}
+        )
+        assert record[Attribute.TOKEN] is True and record[Attribute.MODIFIABLE] is False
 
 
 def test_generated_transport_key_components_combine_to_the_hsm_key(hsm_env: HsmEnv) -> None:

@@ -5,17 +5,22 @@ with ``cryptography`` (and ``pyemv`` for the EMV derivation)."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
+import pkcs11.exceptions as p11x
 import pyemv.kd
 import pytest
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from hsm_helpers import REGION, HsmEnv
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
+from hsm_helpers import REGION, TRANSPORT_KEY, HsmEnv
+from pkcs11 import Attribute, KeyType, ObjectClass
 
 from cardspec import keyscheme
 from cardspec.crypto import SoftwareCardCrypto
 from cardspec.keyscheme import Algorithm, KeySlot
-from hsm.errors import CryptogramMismatch, MechanismUnavailable
+from cardspec.reader import InProcessReader
+from hsm.errors import CryptogramMismatch, KeyNotFound, MechanismUnavailable
 from hsm.service import CardKeyRef, Pkcs11KeyService
 
 pytestmark = pytest.mark.softhsm
@@ -63,7 +68,17 @@ def _indep_card_key(env: HsmEnv, ref: CardKeyRef, slot: KeySlot) -> bytes:
 def _software(env: HsmEnv, ref: CardKeyRef) -> SoftwareCardCrypto:
     masters = {slot: env.masters[(slot, ref.algorithm, ref.key_version)] for slot in KeySlot}
     emv = ref.factors(KeySlot.FIN_AC, REGION) if ref.pan else ()
-    return SoftwareCardCrypto(masters, ref.factors(KeySlot.IRK, REGION), ref.algorithm, emv)
+    return SoftwareCardCrypto(
+        masters, ref.factors(KeySlot.IRK, REGION), ref.algorithm, emv,
+        klk_master=env.klk_masters[ref.key_version],
+    )  # fmt: skip
+
+
+def _indep_klk(env: HsmEnv, ref: CardKeyRef) -> bytes:
+    key = env.klk_masters[ref.key_version]
+    if ref.region_factor:
+        key = _indep_diversify(key, bytes.fromhex(REGION) + b"\xff" * 5, Algorithm.AES)
+    return _indep_diversify(key, bytes.fromhex(CIC[16:]), Algorithm.AES)
 
 
 REFS = [
@@ -129,18 +144,35 @@ def test_cryptograms_match_both_oracles(hsm_env: HsmEnv, ref: CardKeyRef) -> Non
 
 @pytest.mark.parametrize("ref", REFS)
 def test_key_loading_payload(hsm_env: HsmEnv, ref: CardKeyRef) -> None:
-    """wrapped_card_key = keyscheme.wrap_card_key: ECB of the key value (DES: odd parity)."""
+    """WRITE KEY payload = C_WrapKey(CKM_AES_KEY_WRAP_PAD) under the card's KLK: unwrapped
+    independently (cryptography's RFC 5649 with a KLK diversified here) to the card key, by KCV
+    (DES: odd parity), and byte-equal to the software reference."""
     alg, soft = ref.algorithm, _software(hsm_env, ref)
-    kmc = _indep_card_key(hsm_env, ref, KeySlot.KMC)
+    klk = _indep_klk(hsm_env, ref)
     with hsm_env.service.card_crypto(ref) as crypto:
-        for slot in (KeySlot.IRK, KeySlot.DMK, KeySlot.FIN_AC):
-            wrapped = crypto.wrapped_card_key(slot, KeySlot.KMC)
-            assert wrapped == soft.wrapped_card_key(slot, KeySlot.KMC)
-            key = _ecb(kmc, alg, wrapped, decrypt=True)
+        for slot in (KeySlot.IRK, KeySlot.DMK, KeySlot.PUK, KeySlot.FIN_AC):
+            wrapped = crypto.wrapped_card_key(slot)
+            assert len(wrapped) == 24
+            assert wrapped == soft.wrapped_card_key(slot)
+            key = aes_key_unwrap_with_padding(klk, wrapped)
             assert _indep_kcv(key, alg) == _indep_kcv(_indep_card_key(hsm_env, ref, slot), alg)
-            assert keyscheme.unwrap_card_key(kmc, wrapped, alg) == key
+            assert _indep_kcv(key, alg) == crypto.kcv(slot)
+            assert keyscheme.unwrap_card_key(klk, wrapped, alg) == key
             if alg is Algorithm.DES3:
                 assert all(bin(b).count("1") % 2 == 1 for b in key)
+            else:
+                assert key == _indep_card_key(hsm_env, ref, slot)
+            with pytest.raises(InvalidUnwrap):  # another card's KLK does not unwrap it
+                aes_key_unwrap_with_padding(_indep_diversify(klk, bytes(8), alg.AES), wrapped)
+
+
+@pytest.mark.parametrize("alg", [Algorithm.DES3, Algorithm.AES])
+def test_klk_export_for_the_chip_maker(hsm_env: HsmEnv, alg: Algorithm) -> None:
+    ref = CardKeyRef(CIC, 1, alg)
+    wrapped = hsm_env.service.export_key_loading_key(ref, "bureau1")
+    assert aes_key_unwrap_with_padding(TRANSPORT_KEY, wrapped) == _indep_klk(hsm_env, ref)
+    with pytest.raises(KeyNotFound):
+        hsm_env.service.export_key_loading_key(CardKeyRef(CIC, 99, alg), "bureau1")
 
 
 def test_internal_auth_verification_raises_on_mismatch(hsm_env: HsmEnv) -> None:
@@ -162,34 +194,140 @@ def test_internal_auth_verification_raises_on_mismatch(hsm_env: HsmEnv) -> None:
     )
 
 
+def _session_keys(env: HsmEnv) -> list[dict[str, Any]]:
+    """Every session secret key of this process, with its protection attributes."""
+    with env.token.use() as session:
+        out = []
+        for key in session.get_objects(
+            {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.TOKEN: False}
+        ):
+            try:
+                key[Attribute.VALUE]
+                readable = True
+            except p11x.AttributeSensitive:
+                readable = False
+            out.append({
+                "handle": key.handle, "sensitive": key[Attribute.SENSITIVE],
+                "extractable": key[Attribute.EXTRACTABLE], "wrap": key[Attribute.WRAP],
+                "readable": readable,
+            })  # fmt: skip
+        return out
+
+
 def test_card_keys_are_destroyed_after_the_block(hsm_env: HsmEnv) -> None:
-    from pkcs11 import Attribute, ObjectClass
-
-    def session_keys() -> int:
-        with hsm_env.token.use() as session:
-            return sum(
-                1
-                for _ in session.get_objects(
-                    {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.TOKEN: False}
-                )
-            )
-
-    before = session_keys()
+    before = len(_session_keys(hsm_env))
     with hsm_env.service.card_crypto(CardKeyRef(CIC, region_factor=True)) as crypto:
         crypto.derive_all([KeySlot.IRK, KeySlot.EAK, KeySlot.KMC])
-        crypto.wrapped_card_key(KeySlot.IRK, KeySlot.KMC)
-        assert session_keys() == before + 3
-    assert session_keys() == before
+        crypto.wrapped_card_key(KeySlot.IRK)
+        assert len(_session_keys(hsm_env)) == before + 4  # 3 card keys + the KLK
+    assert len(_session_keys(hsm_env)) == before
 
 
-def test_des3_key_loading_without_clear_window_refuses(hsm_env: HsmEnv) -> None:
-    """SoftHSM2 cannot wrap under a 3DES key: with the clear window disallowed it says so."""
-    strict = Pkcs11KeyService(hsm_env.token, REGION, clear_des3_key_loading=False)
-    with strict.card_crypto(CardKeyRef(CIC)) as crypto, pytest.raises(MechanismUnavailable):
-        crypto.wrapped_card_key(KeySlot.IRK, KeySlot.KMC)
-    # AES cards never need it
-    with strict.card_crypto(CardKeyRef(CIC, algorithm=Algorithm.AES)) as crypto:
-        assert len(crypto.wrapped_card_key(KeySlot.IRK, KeySlot.KMC)) == 16
+class _WatchingReader:
+    """A reader that lists the HSM's session objects before every APDU (the test's eyes)."""
+
+    def __init__(self, inner: InProcessReader, env: HsmEnv) -> None:
+        self.inner, self.env, self.name = inner, env, inner.name
+        self.seen: list[dict[str, Any]] = []
+
+    def connect(self) -> bytes:
+        return self.inner.connect()
+
+    def disconnect(self) -> None:
+        self.inner.disconnect()
+
+    def transmit(self, command: bytes) -> bytes:
+        self.seen.extend(_session_keys(self.env))
+        return self.inner.transmit(command)
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["ctypes", "python-pkcs11"])
+def test_3des_personalisation_creates_no_readable_key(
+    hsm_env: HsmEnv, monkeypatch: pytest.MonkeyPatch, fast_path: bool
+) -> None:
+    """A whole 3DES personalisation on SoftHSM (which cannot wrap under 3DES keys): every
+    object the HSM makes is sensitive (its value never readable: checked on every derived
+    object as it is made, and on every live object before each APDU); only card keys are
+    extractable (C_WrapKey needs it) and only wrapped under the non-extractable KLK; nothing
+    is left behind, no token object is added. The card then proves itself genuine."""
+    from cardspec import cardops, perso
+    from cardspec.emulator import blank_card
+    from cardspec.profile import social_security_profile
+    from hsm import p11fast
+    from hsm import pkcs11 as p11
+
+    profile = social_security_profile(financial=True)
+    ref = CardKeyRef(CIC, 1, Algorithm.DES3, pan=PAN, psn=PSN)
+    soft = _software(hsm_env, ref)
+    card = blank_card(bytes.fromhex(CIC[16:]), soft.card_key(KeySlot.KMC), Algorithm.DES3,
+                      klk=soft.key_loading_key(), profile=profile)  # fmt: skip
+    reader = _WatchingReader(InProcessReader(card), hsm_env)
+    derived: list[Any] = []
+    real_derive = p11.derive
+
+    def watched_derive(*args: Any, **kwargs: Any) -> Any:
+        key = real_derive(*args, **kwargs)
+        derived.append((key[Attribute.SENSITIVE], key[Attribute.EXTRACTABLE],
+                        key[Attribute.KEY_TYPE], key[Attribute.WRAP]))  # fmt: skip
+        return key
+
+    monkeypatch.setattr(p11, "derive", watched_derive)
+    real_fast_derive = p11fast.FastOps.derive
+
+    def watched_fast_derive(self: p11fast.FastOps, session: int, *args: Any) -> int:
+        handle = real_fast_derive(self, session, *args)
+        with hsm_env.token.use() as s:  # the new object, found by its handle
+            (key,) = [k for k in s.get_objects({Attribute.TOKEN: False}) if k.handle == handle]
+            derived.append((key[Attribute.SENSITIVE], key[Attribute.EXTRACTABLE],
+                            key[Attribute.KEY_TYPE], key[Attribute.WRAP]))  # fmt: skip
+        return handle
+
+    monkeypatch.setattr(p11fast.FastOps, "derive", watched_fast_derive)
+    service = Pkcs11KeyService(hsm_env.token, REGION, fast_path=fast_path)
+    assert (service.fast is not None) is fast_path
+
+    def token_objects() -> list[tuple[str, bool, bool]]:
+        with hsm_env.token.use() as session:
+            return sorted((o.label or "", o[Attribute.SENSITIVE], o[Attribute.EXTRACTABLE])
+                          for o in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY,
+                                                        Attribute.TOKEN: True}))  # fmt: skip
+
+    tokens_before, session_before = token_objects(), len(_session_keys(hsm_env))
+    with service.card_crypto(ref) as crypto:
+        result = perso.personalise(reader, crypto, _perso_data(), profile)
+    assert set(result.keys_loaded) == {s.slot for _, s in profile.key_specs()} - {KeySlot.KMC}
+    assert len(derived) >= len(result.keys_loaded) + 2 and reader.seen  # KMC, KLK: all seen
+    assert all(sensitive for sensitive, _, _, _ in derived)
+    for obj in reader.seen:
+        # (CKA_ALWAYS_SENSITIVE follows the master: False here, the test masters were imported)
+        assert obj["sensitive"] and not obj["readable"], obj
+        if obj["wrap"]:  # the KLK: wraps, never leaves
+            assert not obj["extractable"], obj
+    klks = [d for d in derived if d[3]]
+    assert klks and all(kt == KeyType.AES and not ex for _, ex, kt, _ in klks)
+    assert len(_session_keys(hsm_env)) == session_before
+    assert token_objects() == tokens_before
+    assert all(sensitive and not extractable for _, sensitive, extractable in tokens_before)
+
+    # the card holds the keys: genuine for the HSM (INTERNAL AUTHENTICATE) and it accepts the
+    # terminal's EXTERNAL AUTHENTICATE computed in the HSM
+    reader.connect()
+    cardops.select_df(reader, profile, "SSSE")
+    factor, random = os.urandom(8), os.urandom(8)
+    answer = cardops.internal_authenticate(reader, factor, random)
+    hsm_env.service.verify_internal_auth(ref, factor, random, answer)
+    with hsm_env.service.card_crypto(ref) as crypto:
+        cardops.external_authenticate(reader, crypto, KeySlot.EAK, profile)
+    assert card.state.klk is None and KeySlot.KMC not in card.state.keys
+
+
+def _perso_data() -> Any:
+    from datetime import date
+
+    from cardspec import perso
+    from cardspec.profile import social_security_profile
+
+    return perso.sample_perso_data(CIC, social_security_profile(), issue_date=date(2025, 1, 2))
 
 
 def test_sm4_is_refused_clearly(hsm_env: HsmEnv) -> None:

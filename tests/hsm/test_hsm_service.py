@@ -92,7 +92,9 @@ def test_forked_child_reopens_the_module(hsm_env: HsmEnv) -> None:
 
 
 def test_software_twin_implements_the_same_port(hsm_env: HsmEnv) -> None:
-    twin: KeyService = SoftwareKeyService(hsm_env.masters, REGION, {"bureau1": TRANSPORT_KEY})
+    twin: KeyService = SoftwareKeyService(
+        hsm_env.masters, REGION, {"bureau1": TRANSPORT_KEY}, klk_masters=hsm_env.klk_masters
+    )
     hsm: KeyService = hsm_env.service
     ref = CardKeyRef(CIC, pan=PAN, region_factor=True)
     challenge, factor, random = os.urandom(8), os.urandom(8), os.urandom(8)
@@ -103,8 +105,11 @@ def test_software_twin_implements_the_same_port(hsm_env: HsmEnv) -> None:
         for slot in KeySlot:
             assert a.kcv(slot) == b.kcv(slot)
             assert a.external_auth(slot, challenge) == b.external_auth(slot, challenge)
-            assert a.wrapped_card_key(slot, KeySlot.KMC) == b.wrapped_card_key(slot, KeySlot.KMC)
+            assert a.wrapped_card_key(slot) == b.wrapped_card_key(slot)
         answer = b.internal_auth_response(factor, random)
+    assert twin.export_key_loading_key(ref, "bureau1") == hsm.export_key_loading_key(ref, "bureau1")
+    for alg in (Algorithm.DES3, Algorithm.AES):
+        assert twin.current_key_version(alg) == hsm.current_key_version(alg) == 1
     twin.verify_internal_auth(ref, factor, random, answer)
     with pytest.raises(CryptogramMismatch):
         twin.verify_internal_auth(ref, random, factor, answer)

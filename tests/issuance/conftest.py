@@ -108,3 +108,54 @@ def new_card(
         return card
 
     return make
+
+
+# --- an emulated chip for a card record (financial activation through a reader) -------------
+BANK_PAN = "6217000012345678901"
+INITIAL_BANK_PIN = "135790"
+
+
+def emulated_chip(card: Card, key_service: object, path: object = None) -> object:
+    """A real emulator chip personalised (cardspec.perso, keys of ``key_service``) as ``card``:
+    its identification code, number, holder; bank PIN = INITIAL_BANK_PIN. ``path``: keep the
+    image there (the reader backends load it from ``<data_dir>/cards``)."""
+    from cardspec import perso
+    from cardspec.emulator import blank_card
+    from cardspec.keyscheme import Algorithm, KeySlot
+    from cardspec.profile import DEFAULT_PROFILE, FinancialData, Holder
+    from cardspec.reader import InProcessReader
+    from hsm.service import CardKeyRef
+
+    cic = card.card_identification_code
+    assert cic is not None and card.issue_date and card.expiry_date
+    ref = CardKeyRef(cic, card.key_version, Algorithm(str(card.algorithm)), pan=BANK_PAN, psn="00")
+    crypto = key_service.card_crypto(ref)  # type: ignore[attr-defined]
+    chip = blank_card(
+        bytes.fromhex(cic[-16:]), crypto.card_key(KeySlot.KMC), DEFAULT_PROFILE.algorithm,
+        klk=crypto.key_loading_key(), profile=DEFAULT_PROFILE, path=path,  # type: ignore[arg-type]
+    )  # fmt: skip
+    person = card.person
+    data = perso.CardPersoData(
+        cic, card.card_number, "2.00", card.issue_date, card.expiry_date, "330100000001",
+        Holder(person.citizen_id, person.name, person.sex, "01", person.region_code,
+               person.birth_date),
+        initial_pin="802413", bank_pin=INITIAL_BANK_PIN,
+        financial=FinancialData(BANK_PAN, card.expiry_date, "00", "ZHANG SAN"),
+    )  # fmt: skip
+    perso.personalise(InProcessReader(chip), crypto, data, DEFAULT_PROFILE)
+    return chip
+
+
+class FixedPinPad:
+    """A PIN pad whose holder types the given PINs (counts what was asked)."""
+
+    def __init__(self, current: str, new: str) -> None:
+        self.current, self.new, self.asked = current, new, 0
+
+    def current_pin(self) -> str:
+        self.asked += 1
+        return self.current
+
+    def new_pin(self) -> str:
+        self.asked += 1
+        return self.new

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from issuance import audit
 from issuance.audit import SYSTEM_ACTOR, SoftwareSigner, seal, verify_chain
 from issuance.errors import IntegrityError
-from issuance.models import AuditCheckpoint, AuditEvent
+from issuance.models import AuditChainHead, AuditCheckpoint, AuditEvent
 
 NOW = timedelta(0)
 
@@ -95,3 +95,189 @@ def test_forged_checkpoint_signature_is_detected(session):
     session.flush()
     with pytest.raises(IntegrityError, match="signature"):
         verify_chain(session)
+
+
+# --- forgeries by someone who can write the database but not use the signing key -----------
+def _rehash_from(session, seq: int) -> str:
+    """Recompute every hash from ``seq`` on (what a forger does after editing an event)."""
+    prev = session.scalar(sa.select(AuditEvent.prev_hash).where(AuditEvent.chain_seq == seq))
+    for ev in session.scalars(
+        sa.select(AuditEvent).where(AuditEvent.chain_seq >= seq).order_by(AuditEvent.chain_seq)
+    ):
+        ev.prev_hash, ev.hash = prev, audit.chain_hash(prev, ev)
+        prev = ev.hash
+    session.flush()
+    return prev
+
+
+def _set_head(session, seq: int, hash_hex: str) -> None:
+    session.execute(
+        sa.update(AuditChainHead)
+        .where(AuditChainHead.id == 1)
+        .values(last_seq=seq, last_hash=hash_hex)
+    )
+
+
+def _signed_chain(session, n: int = 30, every: int = 10) -> tuple[SoftwareSigner, list[int]]:
+    signer = SoftwareSigner()
+    _events(session, n)
+    res = seal(session, signer, delay=NOW, checkpoint_every=every)
+    return signer, res.checkpoints
+
+
+def test_edit_rehash_and_checkpoints_deleted_from_there_is_detected(session):
+    signer, cps = _signed_chain(session)
+    target = session.scalars(sa.select(AuditEvent).where(AuditEvent.chain_seq == cps[0] + 3)).one()
+    target.reason = "forged"
+    session.flush()
+    last_hash = _rehash_from(session, target.chain_seq)
+    _set_head(session, cps[-1], last_hash)
+    session.execute(sa.delete(AuditCheckpoint).where(AuditCheckpoint.chain_seq > target.chain_seq))
+    session.expire_all()
+    # the hashes agree again, but the newest checkpoint no longer covers the head
+    for key in (None, signer.public_key_pem()):
+        with pytest.raises(IntegrityError, match="no checkpoint covers the head"):
+            verify_chain(session, key)
+    # ...and a checkpoint the forger writes at the head is not signed by the trusted key
+    session.add(AuditCheckpoint(chain_seq=cps[-1], hash=last_hash))
+    session.flush()
+    with pytest.raises(IntegrityError, match=f"checkpoint at sequence {cps[-1]} is not signed"):
+        verify_chain(session, signer.public_key_pem())
+
+
+def test_every_checkpoint_deleted_is_detected(session):
+    signer, _cps = _signed_chain(session)
+    session.execute(sa.delete(AuditCheckpoint))
+    with pytest.raises(IntegrityError, match="no checkpoint covers the head"):
+        verify_chain(session)
+    with pytest.raises(IntegrityError, match="no checkpoint covers the head"):
+        verify_chain(session, signer.public_key_pem())
+
+
+def test_head_row_tail_and_last_checkpoint_deleted_is_detected(session):
+    _signer, cps = _signed_chain(session)
+    session.execute(sa.delete(AuditChainHead))
+    session.execute(sa.delete(AuditEvent).where(AuditEvent.chain_seq > cps[-2]))
+    session.execute(sa.delete(AuditCheckpoint).where(AuditCheckpoint.chain_seq > cps[-2]))
+    with pytest.raises(IntegrityError, match=r"head row .* is missing"):
+        verify_chain(session)
+    # and the sealer refuses to start a new chain on top of it
+    with pytest.raises(IntegrityError, match="head is missing"):
+        seal(session, delay=NOW)
+
+
+def test_trusted_key_requires_a_signed_checkpoint(session):
+    signer = SoftwareSigner()
+    _events(session, 5)
+    seal(session, None, delay=NOW)  # unsigned
+    assert verify_chain(session).signed_checkpoints == 0  # consistent, but vouched by nobody
+    with pytest.raises(IntegrityError, match="not signed"):
+        verify_chain(session, signer.public_key_pem())
+
+
+def test_tail_cut_off_with_head_rewound_is_caught_by_the_pinned_checkpoint(session):
+    signer, cps = _signed_chain(session)
+    pin = audit.last_checkpoint(session)
+    assert pin is not None and pin.chain_seq == cps[-1] and pin.signature is not None
+    pin = audit.PinnedCheckpoint.from_json(pin.to_json())  # what the auditor keeps
+    report = verify_chain(session, signer.public_key_pem(), expect=pin)
+    assert report.pinned_seq == cps[-1]
+    # cut the newest events and their checkpoint, rewind the head to the previous checkpoint
+    keep = cps[-2]
+    kept_hash = session.scalar(sa.select(AuditEvent.hash).where(AuditEvent.chain_seq == keep))
+    session.execute(sa.delete(AuditEvent).where(AuditEvent.chain_seq > keep))
+    session.execute(sa.delete(AuditCheckpoint).where(AuditCheckpoint.chain_seq > keep))
+    _set_head(session, keep, kept_hash)
+    session.expire_all()
+    verify_chain(session, signer.public_key_pem())  # the database alone cannot tell
+    with pytest.raises(IntegrityError, match=f"ends at sequence {keep} but the pinned"):
+        verify_chain(session, signer.public_key_pem(), expect=pin)
+
+
+def test_unsealing_everything_is_caught_by_the_pinned_checkpoint(session):
+    _signer, _cps = _signed_chain(session)
+    pin = audit.last_checkpoint(session)
+    session.execute(sa.update(AuditEvent).values(chain_seq=None, prev_hash=None, hash=None))
+    session.execute(sa.delete(AuditCheckpoint))
+    _set_head(session, 0, audit.GENESIS_HASH)
+    session.expire_all()
+    assert verify_chain(session).last_seq == 0  # looks like a log never sealed
+    with pytest.raises(IntegrityError, match="pinned checkpoint"):
+        verify_chain(session, expect=pin)
+
+
+def test_pinned_checkpoint_that_disagrees_or_is_forged(session):
+    signer, _cps = _signed_chain(session)
+    pin = audit.last_checkpoint(session)
+    assert pin is not None
+    wrong = audit.PinnedCheckpoint(pin.chain_seq, "ab" * 32, pin.signature, pin.public_key_pem)
+    with pytest.raises(IntegrityError, match="differs from the pinned checkpoint"):
+        verify_chain(session, expect=wrong)
+    other = SoftwareSigner()
+    forged = audit.PinnedCheckpoint(
+        pin.chain_seq, pin.hash, other.sign(audit.checkpoint_message(pin.chain_seq, pin.hash))
+    )
+    verify_chain(session, expect=forged)  # without a trusted key the pin's signature is unused
+    with pytest.raises(IntegrityError, match=r"pinned checkpoint .*signature"):
+        verify_chain(session, signer.public_key_pem(), expect=forged)
+    for bad in ("", "{}", '{"format": "yikatong-audit-checkpoint/1", "chain_seq": 0}'):
+        with pytest.raises(IntegrityError, match="unreadable"):
+            audit.PinnedCheckpoint.from_json(bad)
+
+
+def test_seal_in_batches_keeps_one_chain_and_ends_with_a_checkpoint(session):
+    _events(session, 23)
+    res = seal(session, None, delay=NOW, checkpoint_every=10, batch=7)
+    assert res.sealed >= 23
+    assert res.checkpoints[-1] == res.last_seq
+    seqs = session.scalars(
+        sa.select(AuditEvent.chain_seq).where(AuditEvent.chain_seq.is_not(None))
+    ).all()
+    assert sorted(seqs) == list(range(1, res.last_seq + 1))
+    assert verify_chain(session).events == res.last_seq
+    assert seal(session, None, delay=NOW, limit=5).sealed == 0  # nothing left
+
+
+def test_cli_seal_export_and_verify_expect_checkpoint(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from issuance import cli_audit, cli_db
+    from issuance.cli_db import session_scope
+    from issuance.settings import get_settings
+
+    monkeypatch.setenv("YKT_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    runner = CliRunner()
+    pin_file = tmp_path / "pin.json"
+
+    def run(*args: str) -> tuple[int, str]:
+        res = runner.invoke(cli_audit.app, list(args))
+        return res.exit_code, " ".join(res.output.split())  # rich wraps long lines
+
+    try:
+        assert runner.invoke(cli_db.app, ["upgrade"]).exit_code == 0
+        with session_scope() as s:
+            _events(s, 12)
+        code, out = run("seal", "--unsigned", "--delay", "0", "--checkpoint-every", "5",
+                        "--export", str(pin_file))  # fmt: skip
+        assert code == 0, out
+        assert "written to" in out and '"chain_seq"' in pin_file.read_text()
+        pin = audit.PinnedCheckpoint.from_json(pin_file.read_text())
+        code, out = run("verify", "--chain-only", "--expect-checkpoint", str(pin_file))
+        assert code == 0 and f"reaches the pinned checkpoint {pin.chain_seq}" in out, out
+        # cut the tail with its checkpoint and rewind the head: only the pin tells
+        with session_scope() as s:
+            keep = pin.chain_seq - 3
+            h = s.scalar(sa.select(AuditEvent.hash).where(AuditEvent.chain_seq == keep))
+            s.execute(sa.delete(AuditEvent).where(AuditEvent.chain_seq > keep))
+            s.execute(sa.delete(AuditCheckpoint).where(AuditCheckpoint.chain_seq > keep))
+            s.add(AuditCheckpoint(chain_seq=keep, hash=h))
+            _set_head(s, keep, h)
+        assert run("verify", "--chain-only")[0] == 0
+        code, out = run("verify", "--chain-only", "--expect-checkpoint", str(pin_file))
+        assert code == 1 and "pinned checkpoint" in out, out
+        pin_file.write_text("not json")
+        code, out = run("verify", "--chain-only", "--expect-checkpoint", str(pin_file))
+        assert code == 1 and "unreadable" in out, out
+    finally:
+        get_settings.cache_clear()

@@ -10,37 +10,58 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import make_cid
+import typer
+from cli_helpers import Cli
+from conftest import INITIAL_BANK_PIN, emulated_chip, make_cid
 from typer.testing import CliRunner
 
+from cardspec import cardops
+from cardspec.emulator import Card as EmulatedCard
+from cardspec.reader import InProcessReader
 from hsm import cli as hsm_cli
-from issuance import audit, cli, cli_audit, cli_cards, cli_db, cli_outbox, cli_people, services
+from hsm.service import SoftwareKeyService
+from issuance import (
+    audit,
+    cli_audit,
+    cli_cards,
+    cli_db,
+    cli_outbox,
+    cli_people,
+    cli_worker,
+    services,
+)
+from issuance import cli as ykt_cli
 from issuance.cli_db import session_scope
+from issuance.errors import PermissionDenied
 from issuance.models import AuditEvent
 from issuance.settings import get_settings
 
 runner = CliRunner()
+cli = Cli()
+worker_app = typer.Typer()
+worker_app.command()(cli_worker.worker)
 
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("YKT_DATA_DIR", str(tmp_path))
+    for var in ("YKT_STAFF", "YKT_STAFF_PASSWORD", "YKT_STAFF_PASSWORD_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(cli_db, "_prompted", {})
+    cli.passwords.clear()
     get_settings.cache_clear()
     yield tmp_path
     get_settings.cache_clear()
 
 
-def ok(app, *args: str) -> str:
-    res = runner.invoke(app, list(args), catch_exceptions=False)
-    assert res.exit_code == 0, res.output
-    return res.output
+def ok(app, *args: str, **kw) -> str:
+    return cli.ok(app, *args, **kw)
 
 
-def _shipped_card(staff: dict[str, str]) -> str:
+def _shipped_card(staff: dict[str, str], serial: str = "A1B2C3D4E5F60718") -> str:
     """An approved application taken through production with the services; its card number."""
     ok(cli_db.app, "upgrade")
-    for name, role in staff.items():
-        ok(cli_db.app, "create-staff", name, "--role", role)
+    cli.staff(staff)
     cid = make_cid(birth=date(2021, 6, 1))  # under 6: no photo needed
     ok(cli_people.app, "submit", "--id", cid, "--name", "小红", "--phone", "13900000000",
        "--as", "c1")  # fmt: skip
@@ -57,14 +78,27 @@ def _shipped_card(staff: dict[str, str]) -> str:
                 card.id,
                 step,
                 actor,
-                chip_serial=bytes.fromhex("A1B2C3D4E5F60718"),
+                chip_serial=bytes.fromhex(serial),
             )
     return number
 
 
 STAFF = {"c1": "clerk", "r1": "reviewer", "a1": "approver", "b1": "bank_teller"}
+NEW_PIN = "480159"
 
 
+def _chip_image(number: str) -> Path:
+    """The card's chip as an emulator image under <data_dir>/cards (as production leaves it),
+    personalised with throwaway issuer keys."""
+    with session_scope() as s:
+        card = services.find_card(s, card_number=number)
+        path = get_settings().cards_dir / f"{card.card_identification_code[-16:]}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        emulated_chip(card, SoftwareKeyService.random(), path=path)
+    return path
+
+
+@pytest.mark.pcsc
 def test_collect_activate_financial_loss_and_outbox(env: Path, caplog: pytest.LogCaptureFixture):
     number = _shipped_card(STAFF)
     with caplog.at_level("INFO", logger="issuance.outbox"):
@@ -73,31 +107,91 @@ def test_collect_activate_financial_loss_and_outbox(env: Path, caplog: pytest.Lo
     assert "card.ready_for_collection" in caplog.text and "13900000000" not in caplog.text
     assert "0 notifications sent" in ok(cli_outbox.app, "drain")  # sent once only
 
-    res = runner.invoke(cli_cards.app, ["activate", number, "--as", "c1"])
+    res = cli.invoke(cli_cards.app, "activate", number, "--as", "c1")
     assert res.exit_code != 0  # not collected yet: undeclared transition
     ok(cli_cards.app, "collect", number, "--as", "c1")
     assert "status issued" in ok(cli_cards.app, "show", number)
     assert "active" in ok(cli_cards.app, "activate", number, "--as", "c1")
 
-    res = runner.invoke(cli_cards.app, ["activate-financial", number, "--pin-set", "--as", "b1"])
+    image = _chip_image(number)
+    pins = f"{INITIAL_BANK_PIN}\n{NEW_PIN}\n{NEW_PIN}\n"
+    res = cli.invoke(cli_cards.app, "activate-financial", number, "--no-card-auth", "--as", "b1",
+                     input=pins)  # fmt: skip
     assert res.exit_code != 0 and "identity" in str(res.exception)
-    out = ok(cli_cards.app, "activate-financial", number, "--identity-checked", "--pin-set",
-             "--as", "b1")  # fmt: skip
-    assert "financial function active" in out
+    res = cli.invoke(cli_cards.app, "activate-financial", number, "--identity-checked",
+                     "--no-card-auth", "--as", "c1", input=pins)  # fmt: skip
+    assert res.exit_code != 0 and isinstance(res.exception, PermissionDenied)  # not a teller
+    with caplog.at_level("DEBUG"):
+        out = ok(cli_cards.app, "activate-financial", number, "--identity-checked",
+                 "--no-card-auth", "--as", "b1", input=pins)  # fmt: skip
+    assert "Virtual PCD" in out and "financial function active" in out
     shown = ok(cli_cards.app, "show", number)
     assert "financial" in shown and "status active" in shown
+    # the PIN is on the chip (the emulator image behind the virtual reader) and nowhere else
+    chip = EmulatedCard.load(image)
+    reader = InProcessReader(chip)
+    reader.connect()
+    cardops.verify_pin(reader, NEW_PIN, pin_name="bank")
+    db_bytes = b"".join(p.read_bytes() for p in env.glob("yikatong.db*"))
+    for pin in (NEW_PIN, INITIAL_BANK_PIN):
+        assert pin.encode() not in db_bytes and pin not in caplog.text and pin not in out
+    with session_scope() as s:
+        ev = s.scalars(
+            sa.select(AuditEvent).where(AuditEvent.action == "chip.financial_pin_set")
+        ).one()
+        assert ev.actor_name == "b1" and '"pin_method":"card_change_pin"' in ev.details
 
     out = ok(cli_cards.app, "report-loss", number, "--channel", "phone", "--as", "c1")
     assert "provisional" in out
     assert "0 provisional loss reports lapsed" in ok(cli_cards.app, "expire-losses")
     assert "lost_provisional" in ok(cli_cards.app, "show", number)
+    res = cli.invoke(cli_cards.app, "unreport", number, "--channel", "phone", "--as", "c1")
+    assert res.exit_code != 0 and "identity" in str(res.exception)  # phone: identity too
+    ok(cli_cards.app, "unreport", number, "--channel", "phone", "--identity-checked",
+       "--as", "c1")  # fmt: skip
+    assert "status active" in ok(cli_cards.app, "show", number)
+
+
+def test_temporary_card_hand_back_cancel_expire_deaths_and_worker(env: Path):
+    number = _shipped_card({**STAFF, "s1": "supervisor"})
+    with session_scope() as s:
+        person = services.find_card(s, card_number=number).person
+        cid = person.citizen_id
+    out = ok(cli_cards.app, "temporary", "--id-file", "-", "--as", "c1", input=cid + "\n")
+    temp = out.split("temporary card ")[1].split()[0]
+    out = ok(cli_cards.app, "collect", number, "--as", "c1")  # temporary card not brought
+    assert f"temporary card {temp} cancelled, NOT handed back" in out
+    out = ok(cli_cards.app, "hand-back", temp, "--as", "c1")
+    assert "deposit refunded: 5.00 yuan" in out
+    res = cli.invoke(cli_cards.app, "hand-back", temp, "--as", "c1")
+    assert "already handed back" in str(res.exception)
+    # the periodic jobs in one round; nothing is due yet but the outbox and the audit chain
+    out = ok(worker_app, "--once", "--unsigned")
+    assert "outbox 1" in out and "expire_cards 0" in out and "audit_seal" in out
+    assert "0 cards expired" in ok(cli_cards.app, "expire")
+    # cancel one card at the counter, with a reason
+    ok(cli_cards.app, "activate", number, "--as", "c1")
+    res = cli.invoke(cli_cards.app, "cancel", number, "--as", "c1")
+    assert res.exit_code != 0  # a reason is required
+    ok(cli_cards.app, "cancel", number, "--reason", "emigrated", "--as", "c1")
+    assert "status cancelled" in ok(cli_cards.app, "show", number)
+    # the death feed is recorded as run by its operator
+    feed = env / "deaths.csv"
+    feed.write_text(f"citizen_id,death_date\n{cid},2024-05-01\n", encoding="utf-8")
+    res = cli.invoke(cli_cards.app, "cancel-deaths", str(feed))
+    assert res.exit_code != 0  # who runs it must be said
+    out = ok(cli_cards.app, "cancel-deaths", str(feed), "--as", "s1")
+    assert "1 deaths recorded" in out
+    with session_scope() as s:
+        ev = s.scalars(sa.select(AuditEvent).where(AuditEvent.action == "person.deceased")).one()
+        assert (ev.actor_name, ev.channel) == ("s1", "feed")
 
 
 def test_outbox_is_registered_on_the_root_command(env: Path):
-    cli._register()
-    res = runner.invoke(cli.app, ["outbox", "--help"])
+    ykt_cli._register()
+    res = runner.invoke(ykt_cli.app, ["outbox", "--help"])
     assert res.exit_code == 0 and "drain" in res.output
-    res = runner.invoke(cli.app, ["cards", "--help"])
+    res = runner.invoke(ykt_cli.app, ["cards", "--help"])
     assert all(c in res.output for c in ("collect", "activate-financial", "expire-losses"))
 
 

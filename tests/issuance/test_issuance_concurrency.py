@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
+import sqlalchemy as sa
 from conftest import JPEG_FIXTURE, fake_process_photo, make_cid
 
 from cardspec.ids import validate_card_number
 from issuance import migrations, services
 from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.errors import ConflictError
-from issuance.models import Card, CardStatus, Channel, StaffRole
+from issuance.models import Card, CardKind, CardStatus, Channel, Deposit, StaffRole
 
 
 def _setup_active_card(factory, settings) -> tuple[int, dict]:
@@ -77,6 +79,58 @@ def test_two_counters_one_card_exactly_one_wins(fresh_db_url, settings):
         card = s.get(Card, card_id)
         assert card.status in (CardStatus.SUSPENDED, CardStatus.LOST_FORMAL)
         assert card.version == version_before + 1
+    engine.dispose()
+
+
+def test_two_counters_one_person_one_temporary_card(fresh_db_url, settings):
+    """Counter B checks while counter A's temporary card is not yet committed (so B's check
+    passes: it is only a read); the partial unique index makes B's insert lose."""
+    engine = make_engine(url=fresh_db_url)
+    factory = make_sessionmaker(engine)
+    with transaction(factory) as s:
+        for name in ("clerk-a", "clerk-b"):
+            services.create_staff(s, name, StaffRole.CLERK)
+        app = services.submit_application(
+            s, settings,
+            services.ApplicationInput(make_cid(), "周八", "13900000001", photo=JPEG_FIXTURE),
+            services.actor_for(s, "clerk-a"), photo_processor=fake_process_photo,
+        )  # fmt: skip
+        person_id = app.person_id
+    a_flushed, b_checking = threading.Event(), threading.Event()
+
+    def counter_a() -> str:
+        with transaction(factory) as s:
+            services.issue_temporary_card(s, settings, person_id, services.actor_for(s, "clerk-a"))
+            a_flushed.set()
+            assert b_checking.wait(timeout=10)
+            time.sleep(0.5)  # B has done its check by now and waits on A's locks
+        return "ok"
+
+    def counter_b() -> str:
+        assert a_flushed.wait(timeout=10)
+        with transaction(factory) as s:
+            actor = services.actor_for(s, "clerk-b")
+            b_checking.set()
+            services.issue_temporary_card(s, settings, person_id, actor)
+        return "ok"
+
+    outcomes = []
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(counter_a), pool.submit(counter_b)]
+        for f in futures:
+            try:
+                outcomes.append(f.result(timeout=60))
+            except ConflictError as exc:
+                outcomes.append("conflict")
+                assert "at the same time" in exc.message
+    assert outcomes == ["ok", "conflict"]
+    with transaction(factory) as s:
+        temps = s.scalars(
+            sa.select(Card).where(Card.person_id == person_id, Card.kind == CardKind.TEMPORARY)
+        ).all()
+        assert len(temps) == 1 and temps[0].status == CardStatus.ACTIVE
+        deposits = s.scalar(sa.select(sa.func.count()).select_from(Deposit))
+        assert deposits == 1
     engine.dispose()
 
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import shutil
 import zipfile
+from pathlib import Path
 
 import openpyxl
+import pytest
 from conftest import JPEG_FIXTURE, fake_process_photo, make_cid
+from PIL import Image
 
 from issuance import intake, services
+from issuance.errors import ValidationError
 from issuance.models import Application, ApplicationChannel
 
 
@@ -94,3 +101,57 @@ def test_xlsx_with_photo_directory(session, settings, actors, tmp_path):
     assert {a.channel for a in session.query(Application).filter_by(collective_id=coll.id)} == {
         ApplicationChannel.COLLECTIVE
     }
+
+
+PHOTOS = Path(__file__).resolve().parents[1] / "fixtures" / "photos"
+
+
+def test_file_through_the_real_photo_pipeline(session, settings, actors, tmp_path):
+    """No stand-in: issuance.photos.process_photo checks each photo (OpenCV face detection,
+    framing, background, sharpness) and produces the card photo stored with the application."""
+    ok_cid, tilted_cid, two_cid, text_cid = make_cid(), make_cid(), make_cid(), make_cid()
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("astronaut.jpg", "astronaut_tilted.jpg", "two_faces.jpg", "not_an_image.jpg"):
+        shutil.copy(PHOTOS / name, folder / name)
+    csv_path = tmp_path / "school.csv"
+    csv_path.write_text(
+        "citizen_id,name,phone,photo\n"
+        f"{ok_cid},吴一,13700000011,astronaut.jpg\n"
+        f"{tilted_cid},吴二,13700000012,astronaut_tilted.jpg\n"
+        f"{two_cid},吴三,13700000013,two_faces.jpg\n"
+        f"{text_cid},吴四,13700000014,not_an_image.jpg\n",
+        encoding="utf-8",
+    )
+    coll = services.get_or_create_collective(session, f"School {ok_cid[-5:]}", kind="school")
+    report = intake.import_file(session, settings, csv_path, coll, actors["clerk"], photos=folder)
+    assert [o.line for o in report.accepted] == [2]
+    reasons = {o.line: o.problems[0].reason for o in report.rejected}
+    assert "tilted" in reasons[3] and "2 faces" in reasons[4] and "not an image" in reasons[5]
+    assert all(len(o.problems) == 1 and o.problems[0].field == "photo" for o in report.rejected)
+    app = session.get(Application, report.accepted[0].application_id)
+    assert app.channel == ApplicationChannel.COLLECTIVE
+    card_photo = Image.open(io.BytesIO(app.photo_jpeg))
+    assert card_photo.format == "JPEG" and card_photo.size == (
+        settings.photos.width, settings.photos.height,
+    )  # fmt: skip
+    assert settings.photos.min_bytes <= len(app.photo_jpeg) <= settings.photos.max_bytes
+    assert app.photo_sha256 == hashlib.sha256(app.photo_jpeg).hexdigest()
+    assert not card_photo.getexif()  # metadata stripped
+
+
+def test_counter_intake_through_the_real_photo_pipeline(session, settings, actors):
+    data = services.ApplicationInput(
+        citizen_id=make_cid(), name="郑十", phone="13700000021",
+        photo=(PHOTOS / "astronaut_exif_rotated.jpg").read_bytes(),
+    )  # fmt: skip
+    app = services.submit_application(session, settings, data, actors["clerk"])
+    img = Image.open(io.BytesIO(app.photo_jpeg))
+    assert img.size == (settings.photos.width, settings.photos.height)  # upright, card-sized
+    bad = services.ApplicationInput(
+        citizen_id=make_cid(), name="郑十一", phone="13700000022",
+        photo=(PHOTOS / "astronaut_tilted.jpg").read_bytes(),
+    )  # fmt: skip
+    with pytest.raises(ValidationError) as err:
+        services.submit_application(session, settings, bad, actors["clerk"])
+    assert [(p.field, "tilted" in p.reason) for p in err.value.problems] == [("photo", True)]

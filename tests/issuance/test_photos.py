@@ -127,6 +127,7 @@ def test_icc_profile_and_exif_are_not_copied(tmp_path: Path) -> None:
     [
         ("camera.png", PhotoProblem.NO_FACE, "no face"),
         ("two_faces.jpg", PhotoProblem.SEVERAL_FACES, "2 faces"),
+        ("astronaut_tilted.jpg", PhotoProblem.NOT_FRONTAL, "tilted"),
         ("astronaut_small.jpg", PhotoProblem.FACE_TOO_SMALL, "pixels wide"),
         ("astronaut_blurred.jpg", PhotoProblem.BLURRED, "not sharp"),
         ("astronaut_dark.jpg", PhotoProblem.BACKGROUND_NOT_LIGHT, "too dark"),

@@ -33,7 +33,7 @@ def test_start_insert_status_opensc_remove_and_ctrl_c(tmp_path: Path) -> None:
     env.pop("PCSCLITE_CSOCK_NAME", None)
     run_dir = tmp_path / "run" / "pcsc"
     image = tmp_path / "blank.json"
-    blank_card(bytes(range(8)), bytes(16), Algorithm.DES3, path=image)
+    blank_card(bytes(range(8)), bytes(16), Algorithm.DES3, klk=bytes(16), path=image)
 
     start = subprocess.Popen(
         [sys.executable, "-c", RUN_APP, "start", "--count", "2"],

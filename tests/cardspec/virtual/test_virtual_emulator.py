@@ -37,7 +37,7 @@ def blank_image(tmp_path: Path) -> Path:
     crypto = software_crypto(SERIAL, DEFAULT_PROFILE.algorithm)
     path = tmp_path / "blank.json"
     blank_card(SERIAL, crypto.card_key(KeySlot.KMC), DEFAULT_PROFILE.algorithm,
-               profile=DEFAULT_PROFILE, path=path)  # fmt: skip
+               klk=crypto.key_loading_key(), profile=DEFAULT_PROFILE, path=path)  # fmt: skip
     return path
 
 

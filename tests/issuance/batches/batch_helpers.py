@@ -81,12 +81,26 @@ class Populated:
     actors: dict[str, Actor]
 
 
+#: The CLI password of the demo staff in the batch tests (``YKT_STAFF_PASSWORD``).
+STAFF_PASSWORD = "batch-test-password-1"
+
+
+def set_staff_passwords(session: Session) -> None:
+    from issuance.audit import SYSTEM_ACTOR
+    from issuance.demo import DEMO_STAFF
+    from issuance.services.staff import set_password
+
+    for username, _, _ in DEMO_STAFF:
+        set_password(session, username, STAFF_PASSWORD, SYSTEM_ACTOR)
+
+
 def populate(
     engine: Engine, settings: Settings, residents: int, name: str = "b1", region: str = "3301"
 ) -> Populated:
     factory = make_sessionmaker(engine)
     with transaction(factory) as s:
         actors = ensure_staff(s)
+        set_staff_passwords(s)
         ensure_branch(s, settings)
         create_residents(s, settings, actors, residents)
     with transaction(factory) as s:
@@ -136,7 +150,10 @@ def assert_batch_invariants(
             assert image.life_cycle is LifeCycle.SECURED
         else:
             assert not good, f"item {item.id} ({item.stage}) has a good chip"
-            assert card.status == CardStatus.IN_PRODUCTION
+            if item.stage == BatchStage.WITHDRAWN:
+                assert card.status == CardStatus.CANCELLED
+            else:
+                assert card.status == CardStatus.IN_PRODUCTION
         for chip in mine:
             if chip.status == ChipStatus.SPOILED:
                 assert chip.reason and chip.chip_serial != item.chip_serial

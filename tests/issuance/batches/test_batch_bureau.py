@@ -93,6 +93,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
         for slot in KeySlot:
             comps = _components(_master(slot, alg))
             ceremony.import_master(token, slot, comps, [keyscheme.kcv(c, alg) for c in comps], alg)
+    comps = _components(_klk_master())
+    ceremony.import_klk_master(token, comps, [keyscheme.kcv(c, Algorithm.AES) for c in comps])
     transport = os.urandom(16)
     comps = _components(transport)
     info = ceremony.import_transport_key(
@@ -138,6 +140,16 @@ def _cards(count: int, profile: CardProfile) -> Iterator[PreparedCard]:
     return (_card(n, profile) for n in range(1, count + 1))
 
 
+def _klk_master() -> bytes:
+    return hashlib.sha256(b"bureau-test:klk:aes").digest()[:16]
+
+
+def _chip_klk(card: PreparedCard) -> bytes:
+    """The chip maker's view: the blank chip's key-loading key from the known KLK master."""
+    factor = keyscheme.card_factor(card.perso.card_identification_code)
+    return keyscheme.derive_klk(_klk_master(), [factor])
+
+
 def _chip_kmc(card: PreparedCard, alg: Algorithm) -> bytes:
     """The chip maker's view: the blank chip's transport key from the known KMC master."""
     factor = keyscheme.card_factor(card.perso.card_identification_code)
@@ -162,7 +174,9 @@ def test_bureau_makes_cards_that_verify_in_the_issuer_hsm(
     # nothing secret in clear: no card key, no PIN block, no PIN
     raw = path.read_bytes()
     text = raw.decode()
-    twin = SoftwareKeyService({(s, alg, 1): _master(s, alg) for s in KeySlot}, REGION)
+    twin = SoftwareKeyService(
+        {(s, alg, 1): _master(s, alg) for s in KeySlot}, REGION, klk_masters={1: _klk_master()}
+    )
     for card in cards:
         soft = twin.card_crypto(card.key_ref)
         for slot in (KeySlot.KMC, *card.key_slots):
@@ -185,7 +199,11 @@ def test_bureau_makes_cards_that_verify_in_the_issuer_hsm(
             line, lambda wrapped: aes_key_unwrap_with_padding(env.transport_key, wrapped)
         )
         chip = blank_card(
-            bytes.fromhex(prepared.chip_serial), _chip_kmc(prepared, alg), alg, profile=profile
+            bytes.fromhex(prepared.chip_serial),
+            _chip_kmc(prepared, alg),
+            alg,
+            klk=_chip_klk(prepared),
+            profile=profile,
         )
         reader = InProcessReader(chip)
         result = bureau_personalise(reader, line, crypto)
@@ -430,6 +448,7 @@ def test_software_twin_exports_the_same_keys_as_the_hsm(env: Env) -> None:
         {(s, Algorithm.AES, 1): _master(s, Algorithm.AES) for s in KeySlot},
         REGION,
         {"bureau-a": env.transport_key},
+        klk_masters={1: _klk_master()},
     )
     results = []
     for service in (env.service, twin):
@@ -439,6 +458,8 @@ def test_software_twin_exports_the_same_keys_as_the_hsm(env: Env) -> None:
                 env.transport_key, exporter.kek(export.kek_id).wrapped
             )
         keys = {s: aes_key_unwrap_with_padding(kek, w) for s, w in export.wrapped.items()}
+        klk = aes_key_unwrap_with_padding(kek, export.klk_wrapped)
+        assert klk == _chip_klk(card) and export.klk_kcv == keyscheme.kcv(klk, Algorithm.AES)
         results.append((keys, export.kcvs, export.encrypted))
     assert results[0] == results[1]
     assert set(results[0][0]) == set(slots) and len(results[0][2]) == 2
@@ -452,6 +473,7 @@ def test_writer_streams_one_card_at_a_time(tmp_path: Path) -> None:
         {(s, Algorithm.DES3, 1): _master(s, Algorithm.DES3) for s in KeySlot},
         REGION,
         {"bureau-a": bytes(range(16))},
+        klk_masters={1: _klk_master()},
     )
     written: list[int] = []
     asked: list[tuple[int, int]] = []

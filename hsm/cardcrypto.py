@@ -1,0 +1,368 @@
+"""One card's cryptography in the HSM: :class:`HsmCardCrypto` (the :class:`CardCrypto` port of
+:class:`hsm.service.Pkcs11KeyService`).
+
+Each card key is a session object derived from the issuer master of its slot (version from
+the card record) by the card's factors (``C_DeriveKey(CKM_*_ECB_ENCRYPT_DATA)``, one step per
+factor); the card's key-loading key KLK likewise from ``ykt:klk:aes:v<n>``. The objects live
+for one ``with service.card_crypto(ref) as crypto:`` block and are destroyed after it. Every
+object is CKA_SENSITIVE (its value is never readable); card keys carry CKA_EXTRACTABLE only
+because C_WrapKey needs it (they leave the HSM wrapped, under the KLK for WRITE KEY or under a
+transport key / file KEK for a bureau), the KLK of a personalisation is not extractable.
+
+Two backends run the same PKCS#11 calls: :class:`_FastKeyOps` (direct ``C_*`` calls through
+:mod:`hsm.p11fast`, templates built once: 2-3x less overhead per call than python-pkcs11) when
+the module exports the ``C_*`` symbols, :class:`_PyKeyOps` (python-pkcs11 objects) otherwise
+or with ``Pkcs11KeyService(fast_path=False)``. Every call happens under the process-wide
+PKCS#11 lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pkcs11 import Attribute, Mechanism
+
+from cardspec import keyscheme
+from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
+from hsm import p11fast
+from hsm import pkcs11 as p11
+from hsm.export import _KCV_BLOCK, BureauExport
+
+if TYPE_CHECKING:
+    from hsm.service import CardKeyRef, Pkcs11KeyService
+
+
+@dataclass(frozen=True)
+class KeyTemplate:
+    """What a derived session object may do: sensitive, public session object (see
+    ``hsm.service``), exactly ``usage``, extractable or not."""
+
+    usage: tuple[Attribute, ...]
+    extractable: bool
+
+    def as_dict(self) -> dict[Attribute, Any]:
+        return {
+            Attribute.PRIVATE: False,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: self.extractable,
+            **p11.capabilities(*self.usage),
+        }
+
+
+#: Card keys encrypt (cryptograms, MACs, KCVs) and derive (INTERNAL AUTHENTICATE session keys);
+#: they never wrap (key loading wraps under the KLK). Extractable: only to be wrapped.
+CARD_KEY = KeyTemplate((Attribute.ENCRYPT, Attribute.DERIVE), True)
+#: A province card's intermediate (region-level) key: derives the card key, nothing else.
+INTERMEDIATE = KeyTemplate((Attribute.DERIVE,), False)
+#: The card's key-loading key for personalisation: wraps card keys, never leaves the HSM.
+KLK = KeyTemplate((Attribute.WRAP,), False)
+#: The KLK for the blank chip's maker: extractable only to be wrapped under a transport key.
+KLK_EXPORT = KeyTemplate((Attribute.WRAP,), True)
+#: The KLK for a bureau file: wrapped under the file KEK, CKA_ENCRYPT for its KCV.
+KLK_BUREAU = KeyTemplate((Attribute.ENCRYPT,), True)
+#: INTERNAL AUTHENTICATE session key: encrypts the challenge, nothing else.
+SESSION_KEY = KeyTemplate((Attribute.ENCRYPT,), False)
+
+
+class _KeyOps(Protocol):
+    """The few PKCS#11 calls a card needs, on the current session (LOCK held)."""
+
+    def handle(self, obj: Any) -> Any: ...
+
+    def derive(self, base: Any, alg: Algorithm, data: bytes, tmpl: KeyTemplate) -> Any: ...
+
+    def destroy(self, key: Any) -> None: ...
+
+    def ecb(self, key: Any, alg: Algorithm, data: bytes) -> bytes: ...
+
+    def cbc(self, key: Any, alg: Algorithm, data: bytes, iv: bytes) -> bytes: ...
+
+    def wrap(self, wrapping: Any, key: Any) -> bytes: ...
+
+
+_FAST_TEMPLATES: dict[tuple[Algorithm, KeyTemplate], p11fast.Template] = {}
+
+
+class _FastKeyOps:
+    """Keys are integer handles; calls through :mod:`hsm.p11fast`."""
+
+    def __init__(self, fast: p11fast.FastOps, session_handle: int) -> None:
+        self._fast = fast
+        self._sh = session_handle
+
+    def handle(self, obj: Any) -> Any:
+        return obj.handle
+
+    def derive(self, base: Any, alg: Algorithm, data: bytes, tmpl: KeyTemplate) -> Any:
+        built = _FAST_TEMPLATES.get((alg, tmpl))
+        if built is None:
+            built = _FAST_TEMPLATES[(alg, tmpl)] = p11fast.key_template(
+                alg, *tmpl.usage, extractable=tmpl.extractable
+            )
+        return self._fast.derive(self._sh, base, alg, data, built)
+
+    def destroy(self, key: Any) -> None:
+        self._fast.destroy(self._sh, key)
+
+    def ecb(self, key: Any, alg: Algorithm, data: bytes) -> bytes:
+        return self._fast.encrypt_ecb(self._sh, key, alg, data)
+
+    def cbc(self, key: Any, alg: Algorithm, data: bytes, iv: bytes) -> bytes:
+        return self._fast.encrypt_cbc(self._sh, key, alg, data, iv)
+
+    def wrap(self, wrapping: Any, key: Any) -> bytes:
+        return self._fast.wrap_kwp(self._sh, wrapping, key)
+
+
+class _PyKeyOps:
+    """Keys are python-pkcs11 objects."""
+
+    def handle(self, obj: Any) -> Any:
+        return obj
+
+    def derive(self, base: Any, alg: Algorithm, data: bytes, tmpl: KeyTemplate) -> Any:
+        return p11.derive(base, alg, data, template=tmpl.as_dict())
+
+    def destroy(self, key: Any) -> None:
+        key.destroy()
+
+    def ecb(self, key: Any, alg: Algorithm, data: bytes) -> bytes:
+        return bytes(key.encrypt(data, mechanism=p11.ECB[alg]))
+
+    def cbc(self, key: Any, alg: Algorithm, data: bytes, iv: bytes) -> bytes:
+        return bytes(key.encrypt(data, mechanism=p11.CBC[alg], mechanism_param=iv))
+
+    def wrap(self, wrapping: Any, key: Any) -> bytes:
+        return bytes(wrapping.wrap_key(key, mechanism=Mechanism.AES_KEY_WRAP_PAD))
+
+
+_PY_OPS = _PyKeyOps()
+
+
+class HsmCardCrypto:
+    """:class:`CardCrypto` for one card with keys derived in the HSM (session objects)."""
+
+    def __init__(self, service: Pkcs11KeyService, ref: CardKeyRef) -> None:
+        p11.check_algorithm(ref.algorithm)
+        self.algorithm = ref.algorithm
+        self.ref = ref
+        self._service = service
+        self._keys: dict[KeySlot, Any] = {}
+        self._klk: Any = None
+        #: objects made and destroyed inside an operation, counted at close (recycling the
+        #: module in the middle of an operation would void the handles it still uses)
+        self._destroyed_inside = 0
+        self._generation = -1
+        self._ops: _KeyOps = _PY_OPS
+        #: diversification data blocks per kind of slot (card / financial), computed once
+        self._data: dict[bool, tuple[bytes, ...]] = {}
+
+    # lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> HsmCardCrypto:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Destroy this card's derived key objects."""
+        with self._service.token.use("destroying card keys"):
+            destroyed = 0
+            keys = [*self._keys.values(), *([self._klk] if self._klk is not None else [])]
+            if keys and self._generation == self._service.token.generation:
+                for key in keys:
+                    self._ops.destroy(key)
+                destroyed = len(keys)
+            self._keys.clear()
+            self._klk = None
+            destroyed, self._destroyed_inside = destroyed + self._destroyed_inside, 0
+            self._service.objects_destroyed(destroyed)
+
+    # derivation (LOCK held) --------------------------------------------------------------
+    def _sync(self) -> _KeyOps:
+        """Drop handles of a previous module initialisation (fork, recycling) and pick the
+        backend for this session; once per operation, LOCK held."""
+        token = self._service.token
+        generation = token.generation
+        if generation != self._generation:
+            self._keys.clear()  # handles of a previous initialisation are void
+            self._klk = None
+            self._generation = generation
+            fast = self._service.fast
+            self._ops = _FastKeyOps(fast, token.session().handle) if fast else _PY_OPS
+        self._service.sync(generation)
+        return self._ops
+
+    def _blocks(self, slot: KeySlot) -> tuple[bytes, ...]:
+        blocks = self._data.get(slot.financial)
+        if blocks is None:
+            blocks = self._data[slot.financial] = tuple(
+                keyscheme.diversification_data(factor, self.algorithm)
+                for factor in self.ref.factors(slot, self._service.region_code)
+            )
+        return blocks
+
+    def _chain(
+        self, master: Any, alg: Algorithm, blocks: Sequence[bytes], tmpl: KeyTemplate
+    ) -> Any:
+        ops = self._ops
+        base = key = ops.handle(master)
+        for n, data in enumerate(blocks, start=1):
+            child = ops.derive(key, alg, data, tmpl if n == len(blocks) else INTERMEDIATE)
+            if key is not base:
+                ops.destroy(key)
+                self._destroyed_inside += 1
+            key = child
+        return key
+
+    def _key_synced(self, slot: KeySlot) -> Any:
+        key = self._keys.get(slot)
+        if key is None:
+            master = self._service.master_synced(slot, self.algorithm, self.ref.key_version)
+            key = self._keys[slot] = self._chain(
+                master, self.algorithm, self._blocks(slot), CARD_KEY
+            )
+        return key
+
+    def _key(self, slot: KeySlot) -> Any:
+        self._sync()
+        return self._key_synced(slot)
+
+    def _derive_klk(self, tmpl: KeyTemplate) -> Any:
+        """A new KLK of this card (LOCK held, :meth:`_sync` called): AES diversification of
+        ``ykt:klk:aes:v<key_version>`` by the card factors (never the EMV ones)."""
+        master = self._service.klk_master_synced(self.ref.key_version)
+        blocks = [
+            keyscheme.diversification_data(f, KLK_ALGORITHM)
+            for f in self.ref.factors(KeySlot.KMC, self._service.region_code)
+        ]
+        return self._chain(master, KLK_ALGORITHM, blocks, tmpl)
+
+    def _with_klk(self, tmpl: KeyTemplate, use: Any) -> Any:
+        """``use(ops, klk)`` with a KLK made for it and destroyed after (LOCK held)."""
+        klk = self._derive_klk(tmpl)
+        try:
+            return use(self._ops, klk)
+        finally:
+            self._ops.destroy(klk)
+            self._destroyed_inside += 1
+
+    def derive_all(self, slots: Iterable[KeySlot]) -> None:
+        """Derive the given slots now (e.g. at the start of a personalisation)."""
+        with self._service.token.use("deriving card keys"):
+            self._sync()
+            for slot in slots:
+                self._key_synced(slot)
+
+    # CardCrypto --------------------------------------------------------------------------
+    def kcv(self, slot: KeySlot) -> bytes:
+        """KCV of the card key (``keyscheme.kcv``), computed in the HSM: one C_Encrypt of the
+        KCV block under the card key object (card keys have CKA_ENCRYPT; masters do not and
+        use :func:`hsm.pkcs11.kcv`)."""
+        with self._service.token.use("card key KCV"):
+            key = self._key(slot)
+            return self._ops.ecb(key, self.algorithm, _KCV_BLOCK[self.algorithm])[:3]
+
+    def external_auth(self, slot: KeySlot, challenge: bytes) -> bytes:
+        if len(challenge) != 8:
+            raise ValueError("challenge must be 8 bytes")
+        block = challenge if self.algorithm is Algorithm.DES3 else challenge + b"\x80" + bytes(7)
+        with self._service.token.use("EXTERNAL AUTHENTICATE cryptogram"):
+            key = self._key(slot)
+            return self._ops.ecb(key, self.algorithm, block)
+
+    def mac_block(self, slot: KeySlot, data: bytes, iv: bytes) -> bytes:
+        """ISO/IEC 9797-1 MAC algorithm 1 (SoftHSM2 has no CKM_DES3_MAC): C_Encrypt(CBC, IV)
+        of the padded data, keeping the last block - the definition of the algorithm."""
+        size = self.algorithm.block_size
+        iv_full = (iv + bytes(size))[:size]
+        padded = keyscheme.pad_method2(data, size)
+        with self._service.token.use("secure-messaging MAC"):
+            key = self._key(slot)
+            return self._ops.cbc(key, self.algorithm, padded, iv_full)[-size:]
+
+    def encrypt(self, slot: KeySlot, plaintext: bytes) -> bytes:
+        if len(plaintext) > 255:
+            raise ValueError("sensitive data longer than 255 bytes")
+        padded = keyscheme.pad_method2(
+            bytes([len(plaintext)]) + plaintext, self.algorithm.block_size
+        )
+        with self._service.token.use("encrypting sensitive data"):
+            key = self._key(slot)
+            return self._ops.ecb(key, self.algorithm, padded)
+
+    def wrapped_card_key(self, slot: KeySlot) -> bytes:
+        """WRITE KEY payload: ``C_WrapKey(CKM_AES_KEY_WRAP_PAD)`` of the card key object under
+        the card's KLK object (both derived here, both sensitive)."""
+        with self._service.token.use("wrapping a card key under the KLK"):
+            ops = self._sync()
+            key = self._key_synced(slot)
+            if self._klk is None:
+                self._klk = self._derive_klk(KLK)
+            return ops.wrap(self._klk, key)
+
+    def export_klk(self, transport: Any) -> bytes:
+        """The card's KLK wrapped (RFC 5649) under ``transport``, for the blank chip's maker."""
+        with self._service.token.use("exporting the key-loading key"):
+            ops = self._sync()
+            wrapping = ops.handle(transport)
+            return bytes(self._with_klk(KLK_EXPORT, lambda o, klk: o.wrap(wrapping, klk)))
+
+    def internal_auth_response(self, factor: bytes, random: bytes) -> bytes:
+        if len(random) != 8:
+            raise ValueError("random must be 8 bytes")
+        data = keyscheme.diversification_data(factor, self.algorithm)
+        block = random if self.algorithm is Algorithm.DES3 else random + factor
+        with self._service.token.use("INTERNAL AUTHENTICATE check"):
+            ops = self._sync()
+            session_key = ops.derive(self._key_synced(KeySlot.IRK), self.algorithm, data,
+                                     SESSION_KEY)  # fmt: skip
+            try:
+                return ops.ecb(session_key, self.algorithm, block)
+            finally:
+                ops.destroy(session_key)
+                self._destroyed_inside += 1
+
+    def export(self, slots: Iterable[KeySlot], transport: Any) -> dict[KeySlot, bytes]:
+        with self._service.token.use("exporting card keys"):
+            ops = self._sync()
+            wrapping = ops.handle(transport)
+            return {slot: ops.wrap(wrapping, self._key_synced(slot)) for slot in slots}
+
+    def bureau_export(
+        self, slots: Iterable[KeySlot], kek: Any, sensitive: Sequence[bytes], under: KeySlot
+    ) -> BureauExport:
+        """Keys and the card's KLK wrapped under ``kek``, their KCVs and encrypted sensitive
+        data (the exporter's path without :mod:`hsm.p11fast`; see :mod:`hsm.export`)."""
+        alg, size = self.algorithm, self.algorithm.block_size
+        with self._service.token.use("exporting card keys for a bureau"):
+            ops = self._sync()
+            kek_h = ops.handle(kek)
+            wrapped: dict[KeySlot, bytes] = {}
+            kcvs: dict[KeySlot, bytes] = {}
+            for slot in slots:
+                key = self._key_synced(slot)
+                wrapped[slot] = ops.wrap(kek_h, key)
+                kcvs[slot] = ops.ecb(key, alg, _KCV_BLOCK[alg])[:3]
+            klk_wrapped, klk_kcv = self._with_klk(
+                KLK_BUREAU,
+                lambda o, klk: (
+                    o.wrap(kek_h, klk),
+                    o.ecb(klk, KLK_ALGORITHM, _KCV_BLOCK[KLK_ALGORITHM])[:3],
+                ),
+            )
+            encrypted: list[bytes] = []
+            if sensitive:
+                key = self._key_synced(under)
+                for data in sensitive:
+                    if len(data) > 255:
+                        raise ValueError("sensitive data longer than 255 bytes")
+                    padded = keyscheme.pad_method2(bytes([len(data)]) + data, size)
+                    encrypted.append(ops.ecb(key, alg, padded))
+        return BureauExport(wrapped, kcvs, tuple(encrypted), klk_wrapped=klk_wrapped,
+                            klk_kcv=klk_kcv)  # fmt: skip

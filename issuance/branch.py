@@ -1,0 +1,85 @@
+"""The reader at a bank branch desk (financial activation, :mod:`issuance.services.financial`).
+
+Chosen by ``[readers] backend`` like the encoding stations:
+
+* ``virtual`` (default): the holder's card is the emulator image of the chip
+  (``<data_dir>/cards/<chip serial>.json``, written when the card was personalised), put in a
+  one-reader :class:`cardspec.virtual.VirtualReaderStack` (isolated pcscd + vpcd) and reached
+  through PC/SC like a real desk reader;
+* ``pcsc``: the host's pcscd and a real reader (``--reader NAME`` or the first of
+  ``[readers] names``) with the holder's card in it;
+* ``inprocess``: the emulator image in this process (no PC/SC; tests and quick demos).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from cardspec.reader import InProcessReader, Reader
+from issuance.errors import ConfigError, NotFound
+from issuance.settings import Settings
+
+
+def card_image(settings: Settings, card_identification_code: str) -> Path:
+    """The emulator image of the chip with this identification code (last 16 = serial)."""
+    path = settings.cards_dir / f"{card_identification_code[-16:].upper()}.json"
+    if not path.is_file():
+        raise NotFound(f"no emulated chip image {path.name} under {settings.cards_dir}")
+    return path
+
+
+def _run_dir(settings: Settings) -> Path:
+    """A private directory for the desk's virtual stack (short enough for unix sockets)."""
+    where = settings.run_dir / f"branch-{os.getpid()}"
+    if len(str((where / "pcscd" / "pcscd.comm").resolve()).encode()) <= 100:
+        return where
+    tag = hashlib.sha256(str(settings.run_dir.resolve()).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"ykt-{tag}" / f"branch-{os.getpid()}"
+
+
+@contextlib.contextmanager
+def open_branch_reader(
+    settings: Settings, card_identification_code: str, reader_name: str | None = None
+) -> Iterator[Reader]:
+    """A reader with the holder's card in it (see the module docstring)."""
+    backend = settings.readers.backend
+    if backend == "inprocess":
+        from cardspec.emulator import Card as EmulatedCard
+
+        chip = EmulatedCard.load(card_image(settings, card_identification_code))
+        yield InProcessReader(chip, name="in-process branch reader")
+        return
+    from cardspec.pcsc import PcscReader
+
+    if backend == "virtual":
+        from cardspec.virtual import VirtualReaderStack
+
+        with VirtualReaderStack(_run_dir(settings), 1) as stack:
+            stack.insert(0, card_image(settings, card_identification_code))
+            reader = PcscReader(stack.reader_name(0), csock=stack.csock)
+            try:
+                yield reader
+            finally:
+                reader.close()
+        return
+    if backend == "pcsc":
+        from cardspec.pcsc import list_readers
+
+        names = list_readers(settings.readers.csock)
+        wanted = [reader_name] if reader_name else list(settings.readers.names)
+        if wanted:
+            names = [n for n in names if any(w in n for w in wanted)]
+        if not names:
+            raise ConfigError("no PC/SC reader found at this desk (--reader NAME)")
+        reader = PcscReader(names[0], csock=settings.readers.csock)
+        try:
+            yield reader
+        finally:
+            reader.close()
+        return
+    raise ConfigError(f"reader backend {backend!r} has no desk reader")

@@ -1,0 +1,145 @@
+"""``ykt serve`` and the client kit as a hospital developer runs them: real processes.
+
+* the worker count: ``--workers`` flag, else ``[api] workers`` when set, else the CPU count;
+* ``ykt api agency-add`` registers a hospital; ``ykt serve`` (uvicorn, 2 workers) serves the
+  API; ``ykt verify --card-number N`` drives the whole flow against the emulated chip of that
+  card (its image in ``<data_dir>/cards``) and prints VALID; the same card inserted into a
+  virtual reader (isolated pcscd + vpcd) verifies through PC/SC with ``ykt verify --reader``;
+  a lost card prints INVALID (lost) and exits 1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from api_helpers import Hsm, active_card, emulator_for, staff
+from server_helpers import PROJECT, server_env, serving, ykt
+
+from api.cli import worker_count
+from cardspec.emulator import Card as EmulatedCard
+from issuance import services
+from issuance.db import make_engine, make_sessionmaker, transaction
+from issuance.models import Channel
+from issuance.settings import load_settings
+
+pytestmark = [pytest.mark.softhsm, pytest.mark.slow]
+
+
+def run(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ykt(*args), env=env, cwd=PROJECT, capture_output=True, text=True, timeout=timeout,
+        check=False,
+    )  # fmt: skip
+
+
+def test_worker_count_flag_then_setting_then_cpus(tmp_path: Path) -> None:
+    base = {"YKT_DATA_DIR": str(tmp_path)}
+    unset = load_settings(environ=base)
+    assert worker_count(None, unset) == (os.cpu_count() or 2)
+    assert worker_count(3, unset) == 3
+    set5 = load_settings(environ={**base, "YKT_API__WORKERS": "5"})
+    assert worker_count(None, set5) == 5 and worker_count(1, set5) == 1
+    (tmp_path / "yikatong.toml").write_text("[api]\nworkers = 4\n")
+    assert worker_count(None, load_settings(environ=base)) == 4
+
+
+def test_serve_starts_the_configured_number_of_workers(
+    tmp_path: Path, fresh_db_url: str, api_hsm: Hsm
+) -> None:
+    conf = api_hsm.config.softhsm_conf or Path()
+    env = server_env(tmp_path / "data", fresh_db_url, conf, YKT_API__WORKERS="3")
+    with serving(env, tmp_path / "serve.log", workers=None, expect_workers=3) as server:
+        pids = set(server.worker_pids)
+        assert len(pids) == 3, server.log_text()
+    log = server.log_text()
+    assert "Started parent process" in log
+    assert log.count("Application startup complete.") == 3
+
+
+def _save_chip(hsm: Hsm, card: object, cards_dir: Path) -> Path:
+    reader = emulator_for(hsm, card)  # type: ignore[arg-type]
+    chip = reader.card
+    assert isinstance(chip, EmulatedCard)
+    cic = card.card_identification_code  # type: ignore[attr-defined]
+    path = cards_dir / f"{cic[16:].upper()}.json"
+    cards_dir.mkdir(parents=True, exist_ok=True)
+    chip.save(path)
+    return path
+
+
+@pytest.mark.pcsc
+def test_hospital_developer_flow_with_ykt_verify(
+    tmp_path: Path, fresh_db_url: str, api_hsm: Hsm
+) -> None:
+    data = tmp_path / "data"
+    conf = api_hsm.config.softhsm_conf or Path()
+    env = server_env(data, fresh_db_url, conf)
+    settings = load_settings(environ={"YKT_DATA_DIR": str(data), "YKT_DATABASE__URL": fresh_db_url})
+    engine = make_engine(url=fresh_db_url)
+    with transaction(make_sessionmaker(engine)) as s:
+        actors = staff(s, "serve")
+        cards = [active_card(s, settings, actors) for _ in range(2)]
+    images = [_save_chip(api_hsm, c, settings.cards_dir) for c in cards]
+    # 1. the card centre registers the hospital (secret shown once)
+    added = run(env, "api", "agency-add", "hz-hospital-serve", "--name", "City Hospital")
+    assert added.returncode == 0, added.stdout + added.stderr
+    client_id = re.search(r"client_id\s+(\S+)", added.stdout)
+    secret = re.search(r"client_secret\s+(\S+)", added.stdout)
+    assert client_id and secret, added.stdout
+    creds = {"YKT_CLIENT_ID": client_id.group(1), "YKT_CLIENT_SECRET": secret.group(1)}
+    with serving(env, tmp_path / "serve.log", workers=2) as server:
+        venv = {**env, **creds}
+        # 2. ykt verify against the emulated chip of card N
+        n = cards[1].card_number
+        got = run(venv, "verify", "--url", server.base_url, "--card-number", n, "--holder")
+        assert got.returncode == 0, got.stdout + got.stderr
+        assert got.stdout.startswith("VALID") and f"card {n}" in got.stdout
+        assert "holder 张三" in got.stdout and "*" in got.stdout  # masked for a hospital
+        missing = run(venv, "verify", "--url", server.base_url, "--card-number", "Z00000000")
+        assert missing.returncode == 2 and "no emulated card" in missing.stdout + missing.stderr
+        # 3. the same through PC/SC: the card in a virtual reader
+        readers = subprocess.Popen(
+            ykt("readers", "start", "--count", "1"), env=env, cwd=PROJECT,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        try:
+            assert readers.stdout is not None
+            lines: list[str] = []
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not (lines and lines[-1].startswith("export")):
+                line = readers.stdout.readline()
+                if not line:
+                    break
+                lines.append(line)
+            text = "".join(lines)
+            name = re.search(r"slot 0: (.+)", text)
+            csock = re.search(r"export PCSCLITE_CSOCK_NAME=(\S+)", text)
+            assert name and csock, text
+            inserted = run(env, "readers", "insert", "0", str(images[0]))
+            assert inserted.returncode == 0, inserted.stdout + inserted.stderr
+            penv = {**venv, "PCSCLITE_CSOCK_NAME": csock.group(1)}
+            reader = name.group(1).strip()
+            got = run(penv, "verify", "--url", server.base_url, "--reader", reader)
+            assert got.returncode == 0, got.stdout + got.stderr
+            assert got.stdout.startswith("VALID") and f"card {cards[0].card_number}" in got.stdout
+            # 4. a loss report: the very next ykt verify says so and exits 1
+            with transaction(make_sessionmaker(engine)) as s:
+                phone = actors["clerk"].via(Channel.PHONE)
+                services.report_loss(s, settings, cards[0].id, phone, note="lost")
+            got = run(penv, "verify", "--url", server.base_url, "--reader", reader)
+            assert got.returncode == 1 and got.stdout.startswith("INVALID (lost)"), got.stdout
+        finally:
+            readers.send_signal(signal.SIGINT)
+            try:
+                readers.wait(20)
+            except subprocess.TimeoutExpired:
+                readers.kill()
+                readers.wait()
+    assert "Traceback" not in server.log_text()
+    engine.dispose()

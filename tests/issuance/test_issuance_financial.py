@@ -1,0 +1,124 @@
+"""Financial activation at a bank branch on a real emulated chip: the holder's PIN set on the
+card through the reader port, the card checked genuine, and the PIN in no row, log or audit."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import sqlalchemy as sa
+from conftest import INITIAL_BANK_PIN, FixedPinPad, emulated_chip
+
+from cardspec import cardops
+from cardspec.errors import PinError
+from cardspec.reader import InProcessReader
+from hsm.service import SoftwareKeyService
+from issuance import services
+from issuance.audit import Actor
+from issuance.db import Base
+from issuance.errors import PermissionDenied, ValidationError
+from issuance.models import AgencyKind, Channel, ChipAppStatus, StaffRole
+from issuance.services import financial
+
+NEW_PIN = "480159"
+
+
+@pytest.fixture(scope="module")
+def key_service() -> SoftwareKeyService:
+    return SoftwareKeyService.random()
+
+
+def _all_text(session) -> str:
+    """Every value of every row of every table, as text (what a database dump would show)."""
+    parts = []
+    for table in Base.metadata.sorted_tables:
+        for row in session.execute(sa.select(table)).all():
+            parts.extend("" if v is None else repr(v) for v in row)
+    return "\n".join(parts)
+
+
+def test_pin_set_on_the_card_then_function_activated(
+    session, settings, actors, new_card, key_service, caplog
+):
+    card = new_card("active")
+    chip = emulated_chip(card, key_service)
+    reader = InProcessReader(chip, name="branch desk 1")
+    teller = actors["bank_teller"].via(Channel.BANK)
+    bank = services.create_agency(session, "ICBC-0571", "ICBC Hangzhou", AgencyKind.BANK, "330100")
+    with caplog.at_level(logging.DEBUG):
+        financial.check_can_activate(session, card.id, teller, identity_checked=True)
+        pad = FixedPinPad(INITIAL_BANK_PIN, NEW_PIN)
+        evidence = services.set_financial_pin(
+            reader, card.card_identification_code, pad,
+            authenticate=financial.hsm_card_check(key_service, card),
+        )  # fmt: skip
+        services.activate_financial(
+            session, card.id, teller, identity_checked=True, pin=evidence,
+            bank_agency_id=bank.id,
+        )  # fmt: skip
+        session.flush()
+    assert pad.asked == 2 and evidence.card_authenticated and evidence.tries_left == 3
+    fin = card.chip_app("financial")
+    assert fin.status == ChipAppStatus.ACTIVE and fin.pin_set and fin.bank_agency_id == bank.id
+    # the chip holds the new PIN: it verifies, the initial one no longer does
+    reader.connect()
+    cardops.verify_pin(reader, NEW_PIN, pin_name="bank")
+    with pytest.raises(PinError):
+        cardops.verify_pin(reader, INITIAL_BANK_PIN, pin_name="bank")
+    # ...and nothing else does: no row (audit events included), no log line
+    dump = _all_text(session)
+    assert "card_change_pin" in dump  # the audit records how it happened...
+    for pin in (NEW_PIN, INITIAL_BANK_PIN):
+        assert pin not in dump and pin not in caplog.text  # ...never the PIN
+
+
+def test_wrong_card_wrong_pin_and_forgery_are_refused(
+    session, settings, actors, new_card, key_service
+):
+    card, other = new_card("active"), new_card("active")
+    chip = emulated_chip(card, key_service)
+    reader = InProcessReader(chip)
+    pad = FixedPinPad(INITIAL_BANK_PIN, NEW_PIN)
+    with pytest.raises(ValidationError, match="wrong card"):
+        services.set_financial_pin(reader, other.card_identification_code, pad)
+    assert pad.asked == 0  # refused before the holder typed anything
+    with pytest.raises(ValidationError) as err:
+        services.set_financial_pin(
+            reader, card.card_identification_code, FixedPinPad("000000", NEW_PIN)
+        )
+    assert "2 tries left" in str(err.value) and "000000" not in str(err.value)
+    assert err.value.__cause__ is None  # no APDU trail with PIN blocks chained on
+    # a chip personalised under other issuer keys (a copy) fails internal authentication
+    forged = InProcessReader(emulated_chip(card, SoftwareKeyService.random()))
+    with pytest.raises(ValidationError, match="not genuine"):
+        services.set_financial_pin(
+            forged, card.card_identification_code, FixedPinPad(INITIAL_BANK_PIN, NEW_PIN),
+            authenticate=financial.hsm_card_check(key_service, card),
+        )  # fmt: skip
+    # evidence for another card does not activate this one
+    ev = services.set_financial_pin(reader, card.card_identification_code,
+                                    FixedPinPad(INITIAL_BANK_PIN, NEW_PIN))  # fmt: skip
+    teller = actors["bank_teller"].via(Channel.BANK)
+    with pytest.raises(ValidationError, match="another card"):
+        services.activate_financial(session, other.id, teller, identity_checked=True, pin=ev)
+    assert other.chip_app("financial").status == ChipAppStatus.SEALED
+
+
+def test_who_may_activate_and_bank_attestation(session, settings, actors, new_card):
+    card = new_card("active")
+    clerk = actors["clerk"].via(Channel.BANK)
+    with pytest.raises(PermissionDenied):  # only a bank teller, through the bank channel
+        financial.check_can_activate(session, card.id, clerk, identity_checked=True)
+    with pytest.raises(PermissionDenied):
+        financial.check_can_activate(session, card.id, actors["bank_teller"], identity_checked=True)
+    # a bank's own system (an API agency credential, no staff user) attests its terminal did it
+    bank = services.create_agency(session, "BOC-1", "Bank of China", AgencyKind.BANK, "330100")
+    hospital = services.create_agency(session, "H-1", "Hospital", AgencyKind.HOSPITAL, "330100")
+    system = Actor("agency:BOC-1", StaffRole.BANK_TELLER, Channel.BANK, None)  # as the API has it
+    with pytest.raises(ValidationError, match="only a bank"):
+        services.activate_financial(session, card.id, system, identity_checked=True,
+                                    pin_set=True, bank_agency_id=hospital.id)  # fmt: skip
+    services.activate_financial(session, card.id, system, identity_checked=True, pin_set=True,
+                                bank_agency_id=bank.id)  # fmt: skip
+    assert card.chip_app("financial").status == ChipAppStatus.ACTIVE
+    assert "bank_attestation" in _all_text(session)
