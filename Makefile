@@ -18,8 +18,15 @@ lint: setup
 bench: setup
 	.venv/bin/python -m bench
 
+# The reliability suite (issue 7): every test under tests/reliability (races over the API,
+# logs of a full demo run, security checks, bad-input corpus, kill -9 crash tests), the batch
+# kill -9 crash test, and schemathesis (positive and negative) with a high example count.
+RELIABILITY_EXAMPLES ?= 100
 reliability: setup
-	.venv/bin/python -m pytest -m slow tests/reliability
+	YKT_SCHEMATHESIS_EXAMPLES=$(RELIABILITY_EXAMPLES) YKT_RACE_CALLS=6000 \
+	  .venv/bin/python -m pytest -n 2 \
+	  tests/reliability tests/issuance/batches/test_batch_crash.py \
+	  tests/api/test_api_schemathesis.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

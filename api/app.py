@@ -15,15 +15,17 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from sqlalchemy.engine import Engine
 
 from api import errors, routes_admin, routes_apps, routes_cards, routes_verify
 from api.auth import Authenticator
+from api.calllog import PRINCIPAL, CallLog, CallRecorder, state_of
 from api.context import ApiContext, HsmRunner
 from hsm.service import KeyService
 from issuance.db import make_engine, make_sessionmaker
-from issuance.db_async import AsyncPgPool, conninfo_from_url
+from issuance.db_async import AsyncPgPool, dsn_from_url
+from issuance.services.credentials import Principal
 from issuance.settings import Settings
 
 log = logging.getLogger("api")
@@ -60,7 +62,7 @@ def create_app(
 
     ctx = ApiContext(settings, engine, make_sessionmaker(engine), HsmRunner(key_service_factory))
     if engine.dialect.name == "postgresql":
-        ctx.pg = AsyncPgPool(conninfo_from_url(engine.url), PG_POOL)
+        ctx.pg = AsyncPgPool(dsn_from_url(engine.url), PG_POOL)
     if photo_processor is not None:
         ctx.extra["photo_processor"] = photo_processor
 
@@ -72,6 +74,8 @@ def create_app(
 
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
         sys.setswitchinterval(0.001)  # hand the GIL back to the event loop sooner
+        if ctx.pg is not None:
+            await ctx.pg.open()  # this worker's event loop owns the hot paths' connections
         yield
         if ctx.pg is not None:
             await ctx.pg.close()
@@ -84,12 +88,22 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.ctx = ctx
-    app.state.auth = Authenticator(ctx)
+    app.state.auth = _LoggedAuthenticator(ctx)
+    app.add_middleware(CallLog, recorder=CallRecorder(ctx))
     errors.install(app)
     for module in (routes_verify, routes_cards, routes_apps, routes_admin):
         app.include_router(module.router)
     _security_scheme(app)
     return app
+
+
+class _LoggedAuthenticator(Authenticator):
+    """The authenticator that also tells the call log who is calling."""
+
+    async def principal(self, request: Request) -> Principal:
+        principal = await super().principal(request)
+        state_of(request.scope)[PRINCIPAL] = principal
+        return principal
 
 
 def _security_scheme(app: FastAPI) -> None:

@@ -5,8 +5,11 @@
   a few seconds (a revoked token stops working within ``CACHE_SECONDS``).
 * Mutual TLS (by configuration, see :mod:`api.tls`): a credential bound to a certificate
   subject is only accepted on a connection whose client certificate has that subject.
-* Each route declares its scope with ``Depends(need("scope"))``. A call outside the caller's
-  scopes is refused with 403 and audited (``api.denied``).
+* Each route declares its scope with ``Depends(need("scope"))`` (``route_scopes`` lists them
+  from the app). A call outside the caller's scopes is refused with 403 and audited
+  (``api.denied``); so is every other refusal of a known caller (a channel it may not act
+  through, a role or maker-checker refusal by the domain): all go through
+  :meth:`Authenticator.refuse`.
 * Failed authentications and refusals count against the caller (client IP, and client id when
   known); past ``settings.api.auth_failures_per_minute`` in a minute the caller gets 429 until
   the window clears. The window is per process (each worker keeps its own counts).

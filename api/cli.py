@@ -7,12 +7,26 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from sqlalchemy.orm import Session
 
 from cardspec.reader import Reader
+from issuance.audit import Actor
 from issuance.settings import Settings
 
 app = typer.Typer(no_args_is_help=True)
 out = Console()
+
+AS_ADMIN = (
+    "admin or supervisor acting, with their password (default: $YKT_STAFF); not needed while "
+    "no staff user has a password yet (a new installation)"
+)
+
+
+def _admin(session: Session, as_: str | None) -> Actor:
+    """The acting admin or supervisor (authenticated), or the system while bootstrapping."""
+    from issuance.cli_db import _admin_or_bootstrap
+
+    return _admin_or_bootstrap(session, as_, "manage API clients")
 
 
 @app.command("agency-add")
@@ -27,6 +41,7 @@ def agency_add(
     cert_subject: str | None = typer.Option(
         None, help="mutual TLS: the client certificate subject this client must present"
     ),
+    as_: str | None = typer.Option(None, "--as", help=AS_ADMIN),
 ) -> None:
     """Register an agency and its client credentials (the secret is shown once)."""
     from issuance import services
@@ -34,9 +49,10 @@ def agency_add(
     from issuance.services import credentials
 
     with session_scope() as s:
-        agency = services.create_agency(s, code, name, kind, region)
+        actor = _admin(s, as_)
+        agency = services.create_agency(s, code, name, kind, region, actor=actor)
         new = credentials.register_agency_client(
-            s, agency, scopes=scope or None, cert_subject=cert_subject
+            s, agency, scopes=scope or None, cert_subject=cert_subject, actor=actor
         )
     out.print(f"client_id     {new.client_id}")
     out.print(f"client_secret {new.client_secret}   (shown once; stored hashed)")
@@ -48,6 +64,7 @@ def client_add(
     agency_code: str = typer.Argument(..., help="code of a registered agency"),
     scope: list[str] = typer.Option([], "--scope"),
     cert_subject: str | None = typer.Option(None),
+    as_: str | None = typer.Option(None, "--as", help=AS_ADMIN),
 ) -> None:
     """Another set of client credentials for an existing agency (e.g. a second site)."""
     import sqlalchemy as sa
@@ -58,11 +75,12 @@ def client_add(
     from issuance.services import credentials
 
     with session_scope() as s:
+        actor = _admin(s, as_)
         agency = s.scalars(sa.select(Agency).where(Agency.code == agency_code)).one_or_none()
         if agency is None:
             raise NotFound(f"no agency {agency_code!r}")
         new = credentials.register_agency_client(
-            s, agency, scopes=scope or None, cert_subject=cert_subject
+            s, agency, scopes=scope or None, cert_subject=cert_subject, actor=actor
         )
     out.print(f"client_id     {new.client_id}")
     out.print(f"client_secret {new.client_secret}   (shown once; stored hashed)")
@@ -71,27 +89,33 @@ def client_add(
 @app.command("staff-token")
 def staff_token(
     username: str = typer.Argument(..., help="staff user acting as themselves"),
-    hours: float = typer.Option(8.0, help="token lifetime"),
+    hours: float = typer.Option(8.0, min=0.01, max=24.0, help="token lifetime"),
 ) -> None:
-    """A bearer token for a staff user (scopes from the role; printed once, stored hashed)."""
+    """A bearer token for a staff user acting as themselves: the user proves it with their
+    password ($YKT_STAFF_PASSWORD, $YKT_STAFF_PASSWORD_FILE or a prompt). Scopes follow the
+    role; the token is printed once and stored hashed."""
     from datetime import timedelta
 
-    from issuance.cli_db import session_scope
+    from issuance.cli_db import acting, session_scope
     from issuance.services import credentials
 
     with session_scope() as s:
+        acting(s, username)  # the user themself, by password
         issued = credentials.staff_token(s, username, ttl=timedelta(hours=hours))
     typer.echo(issued.access_token)
 
 
 @app.command("revoke")
-def revoke(client_id: str = typer.Argument(...)) -> None:
+def revoke(
+    client_id: str = typer.Argument(...),
+    as_: str | None = typer.Option(None, "--as", help=AS_ADMIN),
+) -> None:
     """Revoke every token of a client (takes effect within seconds on every node)."""
     from issuance.cli_db import session_scope
     from issuance.services import credentials
 
     with session_scope() as s:
-        n = credentials.revoke_tokens(s, client_id)
+        n = credentials.revoke_tokens(s, client_id, _admin(s, as_))
     out.print(f"{n} token(s) revoked")
 
 

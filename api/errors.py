@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cardspec.errors import CardSpecError, InvalidIdentifier
 from hsm.errors import HsmError, HsmUnavailable
 from issuance import errors as ie
+from issuance.db_async import DatabaseUnavailable
 
 log = logging.getLogger("api")
 
@@ -73,6 +75,12 @@ ISSUANCE_STATUS: list[tuple[type[ie.IssuanceError], int]] = [
 ]
 
 
+class ErrorJSONResponse(JSONResponse):
+    """The error answer; ``code`` is kept for the call log (:mod:`api.calllog`)."""
+
+    code: str = ""
+
+
 def error_response(
     status: int,
     code: str,
@@ -80,14 +88,18 @@ def error_response(
     field: str | None = None,
     problems: list[FieldProblemOut] | None = None,
     headers: dict[str, str] | None = None,
-) -> JSONResponse:
+) -> ErrorJSONResponse:
     body = ErrorResponse(
         error=ErrorBody(code=code, message=message, field=field, problems=problems)
     )
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+    response = ErrorJSONResponse(
+        body.model_dump(exclude_none=True), status_code=status, headers=headers
+    )
+    response.code = code
+    return response
 
 
-def map_exception(exc: BaseException) -> JSONResponse:
+def map_exception(exc: BaseException) -> ErrorJSONResponse:
     """The response for an exception of one of the packages' trees."""
     if isinstance(exc, ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.field, headers=exc.headers)
@@ -108,9 +120,11 @@ def map_exception(exc: BaseException) -> JSONResponse:
         return error_response(422, "card_error", str(exc))
     if isinstance(exc, sa.exc.DataError):
         return error_response(422, "validation_error", "a value is out of range or malformed")
-    if isinstance(exc, sa.exc.OperationalError):
+    if isinstance(exc, sa.exc.OperationalError | DatabaseUnavailable):
         log.error("database error: %s", exc)
         return error_response(503, "service_unavailable", "the database is unavailable; retry")
+    if isinstance(exc, asyncpg.DataError):
+        return error_response(422, "validation_error", "a value is out of range or malformed")
     if isinstance(exc, HsmUnavailable | HsmError):
         log.error("HSM error: %s", exc)
         return error_response(503, exc.code, "the HSM is unavailable; try again")
@@ -118,7 +132,7 @@ def map_exception(exc: BaseException) -> JSONResponse:
     return error_response(500, "internal_error", "internal error")
 
 
-def _validation(exc: RequestValidationError) -> JSONResponse:
+def _validation(exc: RequestValidationError) -> ErrorJSONResponse:
     problems: list[FieldProblemOut] = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
@@ -141,19 +155,30 @@ _HTTP_CODES = {
 }
 
 
+def _noted(request: Request, response: ErrorJSONResponse) -> ErrorJSONResponse:
+    """Tell the call log which error code the call ended with."""
+    from api.calllog import ERROR_CODE, state_of
+
+    state_of(request.scope)[ERROR_CODE] = response.code
+    return response
+
+
 def install(app: FastAPI) -> None:
-    async def on_api(_request: Request, exc: Exception) -> JSONResponse:
-        return map_exception(exc)
+    async def on_api(request: Request, exc: Exception) -> JSONResponse:
+        return _noted(request, map_exception(exc))
 
-    async def on_validation(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return _validation(exc)
+        return _noted(request, _validation(exc))
 
-    async def on_http(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return error_response(exc.status_code, code, message, headers=dict(exc.headers or {}))
+        return _noted(
+            request,
+            error_response(exc.status_code, code, message, headers=dict(exc.headers or {})),
+        )
 
     for cls in (ApiError, ie.IssuanceError, HsmError, CardSpecError, sa.exc.SQLAlchemyError):
         app.add_exception_handler(cls, on_api)

@@ -15,6 +15,7 @@ from api.errors import responses
 from api.schemas import (
     CardOut,
     ChannelIn,
+    CollectIn,
     CollectOut,
     DeathFeedOut,
     DeathLineOut,
@@ -157,19 +158,23 @@ _simple("damaged", "Record a card as damaged (it is then replaced).")
 @router.post("/cards/{card_number}/collect", response_model=CollectOut, responses=_ERR)
 async def collect(
     card_number: CardNo,
-    body: ChannelIn,
+    body: CollectIn,
     request: Request,
     principal: Annotated[Principal, Depends(need("cards:lifecycle"))],
 ) -> CollectOut:
-    """Hand the card to its holder; a temporary card is handed back and its deposit refunded."""
+    """Hand the formal card to its holder. The holder's live temporary card is cancelled; its
+    deposit is refunded only if ``temporary_card_returned`` says it was handed back now."""
     actor = await actor_for(request, principal, body.channel)
 
     def fn(s: Session) -> CollectOut:
-        r = services.collect_card(s, _card(s, card_number).id, actor)
+        r = services.collect_card(
+            s, _card(s, card_number).id, actor, temporary_handed_back=body.temporary_card_returned
+        )
         return CollectOut(
             card=card_out(s, r.card.id),
             temporary_cards_returned=r.temporary_cards_returned,
             deposits_refunded_fen=r.deposits_refunded_fen,
+            temporary_cards_kept=r.temporary_cards_kept,
         )
 
     return await domain(request, principal, fn)
@@ -263,7 +268,7 @@ async def hand_back(
     principal: Annotated[Principal, Depends(need("cards:lifecycle"))],
 ) -> HandBackOut:
     """The holder hands a temporary card back: it is cancelled and its deposit refunded
-    (collecting the formal card does this by itself)."""
+    (also possible when collecting the formal card, with ``temporary_card_returned``)."""
     actor = await actor_for(request, principal, body.channel)
 
     def fn(s: Session) -> HandBackOut:

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import auth_of, ctx_of, need, require_extra
+from api.calllog import CLIENT_ID, mark_recorded, state_of
 from api.context import ApiContext
 from api.errors import ApiError, responses
 from api.schemas import (
@@ -68,6 +69,8 @@ async def token(
         raise ApiError(422, "unsupported_grant_type", "only client_credentials", field="grant_type")
     cid = basic.username if basic is not None else client_id
     secret = basic.password if basic is not None else client_secret
+    if cid:
+        state_of(request.scope)[CLIENT_ID] = cid[:64]  # the call log's caller
     if not cid or not secret:
         raise ApiError(401, "invalid_client", "client_id and client_secret are required")
     ctx = ctx_of(request)
@@ -188,6 +191,7 @@ async def verify(
             with_holder=body.include_holder, full_citizen_id=full_id,
             with_photo=body.include_photo,
         )  # fmt: skip
+    mark_recorded(request.scope)  # the card.verified audit event is this call's record
     return json_response(
         VerificationOut(
             valid=v.valid,

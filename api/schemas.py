@@ -159,10 +159,22 @@ class TemporaryIn(_In):
     person_id: Annotated[int, Field(ge=1, le=2**31 - 1)]
 
 
+class CollectIn(ChannelIn):
+    temporary_card_returned: bool = Field(
+        False,
+        description="The holder handed the temporary card back now: it is cancelled and its "
+        "deposit refunded. Otherwise the temporary card is cancelled and the deposit kept "
+        "until it is handed back (POST /v1/cards/{temporary card}/hand-back).",
+    )
+
+
 class CollectOut(BaseModel):
     card: CardOut
     temporary_cards_returned: list[str]
     deposits_refunded_fen: int
+    temporary_cards_kept: list[str] = Field(
+        default_factory=list, description="temporary cards not handed back (deposit kept)"
+    )
 
 
 # --- applications ------------------------------------------------------------------------------

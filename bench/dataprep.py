@@ -34,6 +34,10 @@ session object until C_Finalize (2.2 KiB per card, > 2 GiB per million: the modu
 re-initialised every 2,000 cards). ``YKT_BENCH_PROFILE=1`` prints a cProfile of 500 cards.
 Default run: a few thousand cards (``YKT_BENCH_DATAPREP_CARDS`` per measurement, default 1500);
 every 1,000,000-card figure is an extrapolation. Run alone: ``python -m bench.dataprep``.
+
+The figures above are the bureau writer on synthetic cards. :mod:`bench.dataprep_product`
+(run at the end of :func:`main`) measures the product's own path, ``BatchRunner.prepare_all``
+on a batch in the database, against the raw derive limit of that path in the same run.
 """
 
 from __future__ import annotations
@@ -323,6 +327,10 @@ def main() -> dict[str, Any]:
           f"(~{bytes_per_card * MILLION / 2**30:.1f} GiB per 1,000,000 cards)")  # fmt: skip
     if profile_text:
         print(profile_text)
+    # the product's own path from the database (issue 7 asks for this one): bench.dataprep_product
+    from bench import dataprep_product
+
+    figures.update(dataprep_product.main())
     return figures
 
 

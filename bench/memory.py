@@ -1,4 +1,5 @@
-"""Memory: a 1,000,000-card refusal status list streamed from PostgreSQL stays under 1 GiB RSS.
+"""Memory: the product's signed status feed of 1,000,000 refused cards stays under 1 GiB RSS,
+on the server and on the terminal that verifies it.
 
 What it does:
 
@@ -7,127 +8,168 @@ What it does:
    1,000,000 cards, every one in a state a terminal must refuse (suspended, lost, damaged,
    replaced, expired, cancelled) with ``INSERT ... SELECT generate_series``
    (:func:`bench.scale.fill`);
-2. in a fresh child process (so its peak RSS is the generator's alone, not the builder's),
-   streams those cards with a server-side cursor (SQLAlchemy ``yield_per``: 10,000 rows per
-   fetch) into a status list file — one line ``card identification code, card number, province
-   status code`` per card — hashing as it writes, then signs the SHA-256 with an ECDSA P-256 key
-   (the product signs with the HSM's signing key through the same ``sign()`` port; a software
-   key here keeps the figure about memory, not the HSM);
-3. prints the child's peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) beside the 1 GiB
-   limit, and the same child's baseline RSS before streaming (interpreter + libraries).
+2. makes a SoftHSM token with the product's keys (the feed's ECDSA P-256 signing key among
+   them, :func:`issuance.demo.ensure_hsm`) and registers a hospital with ``feed:read``;
+3. starts the product's server, ``ykt serve --workers 1`` (uvicorn; with one worker the
+   serving process is the worker itself), and reads its RSS once it is up;
+4. in a fresh child process (its peak RSS is the verifier's alone), a terminal downloads the
+   full feed from ``GET /v1/status-feed`` with the client kit (:meth:`api.client.YktClient.
+   status_feed`: streamed, every line hashed, the HSM signature checked against the
+   published public key, every entry counted);
+5. prints the peak RSS (``VmHWM`` in ``/proc/PID/status``) of the server worker and of the
+   verifying client beside the 1 GiB limit.
 
 The database server's own memory is not counted (it is the database's, bounded by its
-configuration). Run alone: ``python -m bench.memory`` (~1 minute here).
+configuration). Other work on the machine changes the timings, not the memory figures.
+Run alone: ``python -m bench.memory`` (a few minutes here; ``YKT_BENCH_FEED_CARDS`` changes
+the size).
 """
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
-import resource
+import os
+import re
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-CARDS = 1_000_000
+CARDS = int(os.environ.get("YKT_BENCH_FEED_CARDS", "1000000"))
 LIMIT_BYTES = 1 << 30
-FETCH = 10_000
+PROJECT = Path(__file__).resolve().parent.parent
 
 
-def _rss_now() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+def _status_kib(pid: int | str, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} for process {pid}")
 
 
-def _stream(url: str, out_path: str, queue: Any) -> None:
-    """Child process: stream the refusal list into a signed file; report figures."""
-    import sqlalchemy as sa
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, utils
+def _client(base_url: str, token: str, queue: Any) -> None:
+    """Child process: the terminal side; downloads and verifies the whole feed."""
+    from api.client import YktClient
 
-    from bench.scale import REFUSED
-    from issuance.db import make_engine
-    from issuance.lifecycle import PROVINCE_STATUS_CODES
-    from issuance.models import Card, CardStatus
-
-    baseline = _rss_now()
-    codes = {str(s): PROVINCE_STATUS_CODES[s] for s in CardStatus}
-    engine = make_engine(url=url)
-    digest = hashlib.sha256()
-    n = 0
+    baseline = _status_kib("self", "VmRSS") * 1024
     start = time.perf_counter()
-    stmt = (
-        sa.select(Card.card_identification_code, Card.card_number, Card.status)
-        .where(Card.status.in_(REFUSED))
-        .order_by(Card.id)
-        .execution_options(yield_per=FETCH)  # server-side cursor, FETCH rows at a time
-    )
-    with engine.connect() as conn, open(out_path, "wb") as out:
-        header = b"# yikatong refusal status list v1: card_identification_code,card_number,code\n"
-        out.write(header)
-        digest.update(header)
-        for part in conn.execute(stmt).partitions():
-            chunk = "".join(f"{c},{num},{codes[str(s)]}\n" for c, num, s in part).encode("ascii")
-            out.write(chunk)
-            digest.update(chunk)
-            n += len(part)
-    key = ec.generate_private_key(ec.SECP256R1())
-    signature = key.sign(digest.digest(), ec.ECDSA(utils.Prehashed(hashes.SHA256())))
-    Path(out_path + ".sig").write_bytes(signature)
-    engine.dispose()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    with YktClient.with_token(base_url, token, timeout=600) as client:
+        summary = client.status_feed()
     queue.put(
         {
-            "entries": n,
+            "kind": summary.kind,
+            "entries": summary.count,
+            "refused": summary.refused,
+            "sequence": summary.sequence,
             "seconds": time.perf_counter() - start,
             "baseline_rss": baseline,
-            "peak_rss": peak,
-            "file_bytes": Path(out_path).stat().st_size,
-            "sha256": digest.hexdigest(),
+            "peak_rss": _status_kib("self", "VmHWM") * 1024,
         }
     )
 
 
+def _prepare(data: Path, url: str) -> tuple[dict[str, str], str]:
+    """The HSM token and a hospital's bearer token; the server's environment."""
+    from issuance import services
+    from issuance.db import make_engine, make_sessionmaker, transaction
+    from issuance.demo import ensure_hsm
+    from issuance.models import AgencyKind
+    from issuance.services import credentials
+    from issuance.settings import load_settings
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("YKT_", "SOFTHSM2"))}
+    env |= {"YKT_DATA_DIR": str(data), "YKT_DATABASE__URL": url, "PYTHONUNBUFFERED": "1"}
+    settings = load_settings(environ=env)
+    ensure_hsm(settings)
+    engine = make_engine(url=url)
+    with transaction(make_sessionmaker(engine)) as s:
+        agency = services.create_agency(s, "bench-hospital", "Hospital", AgencyKind.HOSPITAL,
+                                        "330100")  # fmt: skip
+        new = credentials.register_agency_client(s, agency)
+        token = credentials.issue_token(s, new.client_id, new.client_secret or "").access_token
+    engine.dispose()
+    return env, token
+
+
+def _serve(env: dict[str, str], port: int, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    cmd = [sys.executable, "-m", "issuance.cli", "serve", "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1"]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=PROJECT, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if "Application startup complete." in text:
+            pids = re.findall(r"Started server process \[(\d+)\]", text)
+            return proc, int(pids[-1]) if pids else proc.pid
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"ykt serve did not start:\n{log.read_text()[-2000:]}")
+
+
 def main() -> dict[str, Any]:
     from bench.scale import REFUSED, fill, migrated_database
-    from issuance.dbserver import TemporaryPostgres
+    from issuance.dbserver import TemporaryPostgres, free_port
 
     with (
         tempfile.TemporaryDirectory(prefix="ykt-bench-memory-") as tmp,
         TemporaryPostgres(Path(tmp) / "pg") as pg,
     ):
         url = migrated_database(pg, "memory")
-        print(f"inserting {CARDS:,} refused cards ...")
+        print(f"inserting {CARDS:,} refused cards ...", flush=True)
         build = fill(url, CARDS, statuses=REFUSED, quiet=True)
-        print(f"built in {build:.1f} s")
-        ctx = multiprocessing.get_context("spawn")  # a clean child: its peak is the stream's
-        queue = ctx.Queue()
-        child = ctx.Process(target=_stream, args=(url, str(Path(tmp) / "status.csv"), queue))
-        child.start()
-        r = queue.get(timeout=600)
-        child.join()
-    if r["entries"] != CARDS:
-        raise AssertionError(f"{r['entries']} entries streamed, {CARDS} expected")
-    peak, base = r["peak_rss"], r["baseline_rss"]
+        print(f"built in {build:.1f} s", flush=True)
+        env, token = _prepare(Path(tmp) / "data", url)
+        port = free_port()
+        server, worker = _serve(env, port, Path(tmp) / "serve.log")
+        try:
+            server_start_rss = _status_kib(worker, "VmRSS") * 1024
+            ctx = multiprocessing.get_context("spawn")  # a clean child: its peak is the client's
+            queue = ctx.Queue()
+            child = ctx.Process(target=_client, args=(f"http://127.0.0.1:{port}", token, queue))
+            child.start()
+            r = queue.get(timeout=3600)
+            child.join()
+            server_peak = _status_kib(worker, "VmHWM") * 1024
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    if r["entries"] != CARDS or r["refused"] != CARDS or r["kind"] != "full":
+        raise AssertionError(f"feed: {r}; {CARDS} refused entries expected")
+    client_peak = r["peak_rss"]
+    mib = 2**20
     print(
-        f"status list: {r['entries']:,} cards, {r['file_bytes'] / 1e6:.1f} MB, signed, "
-        f"in {r['seconds']:.1f} s ({r['entries'] / r['seconds']:,.0f} cards/s)"
+        f"status feed: {r['entries']:,} refused cards streamed from GET /v1/status-feed, "
+        f"HSM signature verified, in {r['seconds']:.1f} s ({r['entries'] / r['seconds']:,.0f} "
+        "entries/s; timings are noisy on a shared machine)"
     )
-    print(
-        f"peak RSS {peak / 2**20:.0f} MiB (baseline {base / 2**20:.0f} MiB before streaming) "
-        f"vs limit {LIMIT_BYTES / 2**20:.0f} MiB: ratio {peak / LIMIT_BYTES:.3f}"
-        f" -> {'OK' if peak < LIMIT_BYTES else 'OVER'}"
-    )
+    for who, peak, base in (
+        ("server worker", server_peak, server_start_rss),
+        ("verifying client", client_peak, r["baseline_rss"]),
+    ):
+        print(
+            f"{who:17} peak RSS {peak / mib:6.0f} MiB (at start {base / mib:.0f} MiB) vs limit "
+            f"{LIMIT_BYTES / mib:.0f} MiB: ratio {peak / LIMIT_BYTES:.3f} -> "
+            f"{'OK' if peak < LIMIT_BYTES else 'OVER'}"
+        )
     return {
-        "status_list_cards": r["entries"],
-        "status_list_seconds": round(r["seconds"], 1),
-        "status_list_peak_rss_mib": round(peak / 2**20, 1),
-        "baseline_rss_mib": round(base / 2**20, 1),
-        "limit_mib": LIMIT_BYTES // 2**20,
-        "ratio_to_limit": round(peak / LIMIT_BYTES, 3),
+        "status_feed_cards": r["entries"],
+        "status_feed_seconds": round(r["seconds"], 1),
+        "server_worker_peak_rss_mib": round(server_peak / mib, 1),
+        "server_worker_start_rss_mib": round(server_start_rss / mib, 1),
+        "client_peak_rss_mib": round(client_peak / mib, 1),
+        "client_start_rss_mib": round(r["baseline_rss"] / mib, 1),
+        "limit_mib": LIMIT_BYTES // mib,
+        "server_ratio_to_limit": round(server_peak / LIMIT_BYTES, 3),
+        "client_ratio_to_limit": round(client_peak / LIMIT_BYTES, 3),
         "db_build_seconds": round(build, 1),
     }
 

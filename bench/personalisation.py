@@ -4,11 +4,13 @@ Each card is the full station cycle of the production line minus printing: a bla
 by the virtual blank stock (KMC derived in SoftHSM, exported under the manufacturer transport
 key), fed into a virtual reader (isolated pcscd + vpcd + the card emulator), personalised with
 the card's keys derived in the HSM (``perso.personalise``), then the quality check over PC/SC
-(read back, INTERNAL AUTHENTICATE verified by the HSM, lock, card number). One thread per
-station, as in ``ykt batch run``. Printed: cards/s and APDUs per card (personalisation and
-quality check) for each reader count, and the 4-reader / 1-reader ratio (target ≥ 3).
+(every file read back, PIN counters, INTERNAL AUTHENTICATE verified by the HSM, lock, the face
+code decoded from the card's back, rendered before the timed run). One thread per station, as
+in ``ykt batch run``. Printed: cards/s overall and per reader, the time per card in each phase
+(feed = insert + pcscd's presence poll, personalisation APDUs, quality check, eject), APDUs per
+card, the 2/1 and 4/1 reader ratios (target ≥ 3), and which phase dominates.
 
-Run alone: ``python -m bench.personalisation`` (``BENCH_CARDS_PER_READER``, default 6).
+Run alone: ``python -m bench.personalisation`` (``BENCH_CARDS_PER_READER``, default 12).
 """
 
 from __future__ import annotations
@@ -58,27 +60,54 @@ def _prepared(settings: Settings, key_service: Any, stock: Any, n: int) -> Prepa
     return PreparedCard(0, serial.hex().upper(), data, ref, slots, profile.name)
 
 
+def _printed(settings: Settings, prepared: PreparedCard, directory: Path) -> Any:
+    """The printed back of ``prepared`` (rendered before the timed run: printing is not part
+    of this benchmark), for the quality check to read its face code."""
+    from printers.faces import CardFace, render_back
+    from printers.layout import DEFAULT_LAYOUT
+    from printers.stations import PrintedFace
+
+    data = prepared.perso
+    face = CardFace(
+        name=data.holder.full_name.rstrip(), ssn=data.holder.ssn, card_number=data.card_number,
+        issue_date=data.issue_date, photo_jpeg=None, issuer_name=settings.issuer.name,
+        bank_name=settings.issuer.bank_name, expiry_date=data.expiry_date,
+    )  # fmt: skip
+    path = directory / f"{prepared.chip_serial}.back.png"
+    render_back(face, settings.printer.dpi).save(path)
+    box = DEFAULT_LAYOUT.back.face_code
+    return PrintedFace(path, box.px(settings.printer.dpi) if box else None, None)
+
+
 def _run(
-    stations: list[Any], cards: list[PreparedCard], key_service: Any, stock: Any
+    stations: list[Any], cards: list[tuple[PreparedCard, Any]], key_service: Any, stock: Any
 ) -> dict[str, float]:
     queue = list(cards)
     lock = threading.Lock()
     perso_apdus: list[int] = []
     qc_apdus: list[int] = []
+    spent = {"feed": 0.0, "personalise": 0.0, "check": 0.0, "eject": 0.0}
 
     def work(station: Any) -> None:
         while True:
             with lock:
                 if not queue:
                     return
-                prepared = queue.pop()
+                prepared, printed = queue.pop()
+            t0 = time.perf_counter()
             station.load(stock.image(prepared.chip_serial))
+            t1 = time.perf_counter()
             result = station.personalise(prepared, key_service)
-            report = station.check(prepared, key_service, prepared.perso.card_number)
+            t2 = time.perf_counter()
+            report = station.check(prepared, key_service, printed)
+            t3 = time.perf_counter()
             station.eject()
+            t4 = time.perf_counter()
             with lock:
                 perso_apdus.append(result.apdu_count)
                 qc_apdus.append(report.apdu_count)
+                for key, value in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                    spent[key] += value
 
     threads = [threading.Thread(target=work, args=(st,)) for st in stations]
     start = time.perf_counter()
@@ -87,10 +116,12 @@ def _run(
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
+    n = len(cards)
     return {
-        "cards_per_s": len(cards) / elapsed,
+        "cards_per_s": n / elapsed,
         "perso_apdus_per_card": sum(perso_apdus) / len(perso_apdus),
         "qc_apdus_per_card": sum(qc_apdus) / len(qc_apdus),
+        **{f"{k}_s_per_card": v / n for k, v in spent.items()},
     }
 
 
@@ -100,7 +131,7 @@ def main() -> dict[str, Any]:
     from issuance.demo import ensure_hsm
     from printers.stations import open_stations
 
-    per_reader = int(os.environ.get("BENCH_CARDS_PER_READER", "6"))
+    per_reader = int(os.environ.get("BENCH_CARDS_PER_READER", "12"))
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="ykt-bench-perso-") as tmp:
         settings = load_settings(environ={"YKT_DATA_DIR": tmp})
@@ -114,21 +145,37 @@ def main() -> dict[str, Any]:
             cards = []
             for _ in range(per_reader * readers + readers):  # + a warm-up card per reader
                 n += 1
-                cards.append(_prepared(settings, key_service, stock, n))
+                prepared = _prepared(settings, key_service, stock, n)
+                cards.append((prepared, _printed(settings, prepared, Path(tmp))))
             with open_stations(settings, readers, run_dir=Path(tmp) / f"st{readers}") as stations:
                 _run(stations, cards[:readers], key_service, stock)  # warm-up
                 out = _run(stations, cards[readers:], key_service, stock)
             rates[readers] = out["cards_per_s"]
-            figures[f"cards_per_s_{readers}_reader{'s' if readers > 1 else ''}"] = round(
-                out["cards_per_s"], 2
+            suffix = "s" if readers > 1 else ""
+            figures[f"cards_per_s_{readers}_reader{suffix}"] = round(out["cards_per_s"], 2)
+            figures[f"cards_per_s_per_reader_{readers}_reader{suffix}"] = round(
+                out["cards_per_s"] / readers, 2
             )
+            for phase in ("feed", "personalise", "check", "eject"):
+                figures[f"{phase}_s_per_card_{readers}_reader{suffix}"] = round(
+                    out[f"{phase}_s_per_card"], 3
+                )
             figures["perso_apdus_per_card"] = round(out["perso_apdus_per_card"], 1)
             figures["qc_apdus_per_card"] = round(out["qc_apdus_per_card"], 1)
         figures["ratio_4_to_1_readers (target >= 3)"] = round(rates[4] / rates[1], 2)
         figures["ratio_2_to_1_readers"] = round(rates[2] / rates[1], 2)
+        figures["cards_per_reader"] = per_reader
         figures["cores"] = os.cpu_count() or 0
     for key, value in figures.items():
         print(f"{key}: {value}")
+    one = {k: figures[f"{k}_s_per_card_1_reader"] for k in ("feed", "personalise", "check")}
+    top = max(one, key=one.__getitem__)
+    print(
+        f"per card with 1 reader: feed (insert + pcscd presence poll) {one['feed']:.3f} s, "
+        f"personalisation APDUs {one['personalise']:.3f} s, quality check (read-back, "
+        f"INTERNAL AUTHENTICATE, face code) {one['check']:.3f} s: {top} dominates. Shared "
+        "machine: rerun with python -m bench.personalisation."
+    )
     return figures
 
 

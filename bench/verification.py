@@ -165,9 +165,10 @@ def _seed(url: str, n: int) -> str:
     return token
 
 
-def export_irks(data_dir: Path, ids: list[int]) -> list[tuple[str, str, str]]:
-    """(cic, card number, IRK hex) of the bench cards ``ids``, the IRK exported from the HSM
-    wrapped under the bench transport key (what a bureau receives) and unwrapped here."""
+def export_irks(data_dir: Path, cards: list[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """(cic, card number, IRK hex) of ``cards`` ((cic, card number) pairs), each IRK exported
+    from the HSM wrapped under the bench transport key (what a bureau receives), unwrapped
+    here: the load generator answers like the chips."""
     from cryptography.hazmat.primitives.keywrap import aes_key_unwrap_with_padding
 
     from cardspec.keyscheme import KeySlot
@@ -179,8 +180,7 @@ def export_irks(data_dir: Path, ids: list[int]) -> list[tuple[str, str, str]]:
         HsmConfig.from_settings(load_settings(environ={"YKT_DATA_DIR": str(data_dir)}))
     )
     out = []
-    for i in ids:
-        cic, number = card_identifiers(i)
+    for cic, number in cards:
         wrapped = keys.export_card_keys(CardKeyRef(cic), [KeySlot.IRK], "bench")[KeySlot.IRK]
         out.append((cic, number, aes_key_unwrap_with_padding(TRANSPORT, wrapped).hex()))
     return out
@@ -439,7 +439,8 @@ def _generator_cmd(kind: str, port: int, seconds: float, spec_dir: Path) -> list
         args = ["hello"] if kind == "hello" else ["verify", str(spec_dir / "cards.txt"),
                                                   (spec_dir / "token").read_text()]  # fmt: skip
         return ["wrk", f"-t{CONNECTIONS}", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s",
-                "-s", str(LUA), f"http://127.0.0.1:{port}", "--", *args]  # fmt: skip
+                "--timeout", "10s", "-s", str(LUA), f"http://127.0.0.1:{port}", "--",
+                *args]  # fmt: skip
     return [sys.executable, "-m", "bench.verification", "--generate", kind, str(port),
             str(seconds), str(spec_dir / "spec.json") if kind == "verify" else "-"]  # fmt: skip
 
@@ -557,14 +558,17 @@ def _verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
-def run(url: str, pg: Any, data_dir: Path, token: str, card_ids: list[int]) -> dict[str, Any]:
-    """Measure against a prepared database (used by bench.scale on its 10M-card database too)."""
+def run(
+    url: str, pg: Any, data_dir: Path, token: str, cards: list[tuple[str, str]]
+) -> dict[str, Any]:
+    """Measure against a prepared database: ``cards`` are (cic, card number) of active cards
+    with an active medical application (bench.scale runs it on its 10M-card database too)."""
     from issuance.dbserver import free_port
 
     spec_dir = Path(tempfile.mkdtemp(prefix="ykt-bench-spec-"))
-    cards = export_irks(data_dir, card_ids)
-    (spec_dir / "spec.json").write_text(json.dumps({"token": token, "cards": cards}))
-    (spec_dir / "cards.txt").write_text("".join(f"{c} {n} {k}\n" for c, n, k in cards))
+    keyed = export_irks(data_dir, cards)
+    (spec_dir / "spec.json").write_text(json.dumps({"token": token, "cards": keyed}))
+    (spec_dir / "cards.txt").write_text("".join(f"{c} {n} {k}\n" for c, n, k in keyed))
     (spec_dir / "token").write_text(token)
     env = {**os.environ, "YKT_DATA_DIR": str(data_dir), "YKT_DATABASE__URL": url}
     env.pop("YKT_CONFIG", None)
@@ -696,7 +700,7 @@ def main() -> dict[str, Any]:
             url = pg.create_database("bench")
             _setup_hsm(data_dir)
             token = _seed(url, CARDS)
-            m = run(url, pg, data_dir, token, list(range(1, CARDS + 1)))
+            m = run(url, pg, data_dir, token, [card_identifiers(i) for i in range(1, CARDS + 1)])
             seal = _seal_rate(url)
             return report(m, settings, CARDS, seal)
     finally:

@@ -34,7 +34,7 @@ end
 
 local crypto, ctx, des3, outbuf, outlen, ts
 local mode, cards, token
-local challenge_req, hello_req
+local challenge_req, hello_req, verify_head
 local pending, kind, t_sent, t_flow
 valid, invalid, errors, first_error = 0, 0, 0, ""
 lat_challenge, lat_verify, lat_flow, lat_hello = {}, {}, {}, {}
@@ -44,12 +44,21 @@ local function now_us()
   return tonumber(ts.tv_sec) * 1000000 + tonumber(ts.tv_nsec) / 1000
 end
 
+-- byte <-> hex by table look-up (no closures per byte on the hot path)
+local HEX2, TOHEX, FLIP = {}, {}, {}
+for b = 0, 255 do
+  local h = string.format("%02x", b)
+  HEX2[h], HEX2[h:upper()] = string.char(b), string.char(b)
+  TOHEX[string.char(b)] = h
+  FLIP[string.char(b)] = string.char(255 - b)
+end
+
 local function unhex(s)
-  return (s:gsub("..", function(c) return string.char(tonumber(c, 16)) end))
+  return (s:gsub("..", HEX2))
 end
 
 local function tohex(s)
-  return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
+  return (s:gsub(".", TOHEX))
 end
 
 local function ecb(key16, data)
@@ -61,7 +70,7 @@ local function ecb(key16, data)
 end
 
 local function xor_ff(s)
-  return (s:gsub(".", function(c) return string.char(255 - c:byte()) end))
+  return (s:gsub(".", FLIP))
 end
 
 function init(args)
@@ -82,6 +91,8 @@ function init(args)
     token = args[3]
     challenge_req = wrk.format("POST", "/v1/verifications/challenge",
       {["Host"] = "bench", ["Authorization"] = "Bearer " .. token, ["Content-Length"] = "0"})
+    verify_head = "POST /v1/verifications HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer " ..
+      token .. "\r\nContent-Type: application/json\r\nContent-Length: "
     math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)"), 16) % 100000)
   end
 end
@@ -135,9 +146,7 @@ function response(status, headers, body)
     local payload = '{"challenge_id":"' .. id .. '","card_identification_code":"' .. card[1] ..
       '","card_number":"' .. card[2] .. '","response":"' .. tohex(answer) ..
       '","application":"medical"}'
-    pending = wrk.format("POST", "/v1/verifications",
-      {["Host"] = "bench", ["Authorization"] = "Bearer " .. token,
-       ["Content-Type"] = "application/json"}, payload)
+    pending = verify_head .. #payload .. "\r\n\r\n" .. payload
     return
   end
   if status ~= 200 then
@@ -172,6 +181,11 @@ function done(summary, latency, requests)
     for name, values in pairs(all) do
       for _, v in ipairs(t:get("lat_" .. name)) do values[#values + 1] = v end
     end
+  end
+  local e = summary.errors
+  if first == "" and e.status + e.connect + e.read + e.write + e.timeout > 0 then
+    first = string.format("wrk: status %d, connect %d, read %d, write %d, timeout %d",
+      e.status, e.connect, e.read, e.write, e.timeout)
   end
   local parts = {
     string.format('"count":%d,"invalid":%d,"errors":%d,"elapsed":%f', total.valid,

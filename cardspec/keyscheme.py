@@ -27,6 +27,21 @@ Sources and choices (the MOHRSS texts LD/T 32.4 are not public; choices are mark
   full-3DES (or AES) CBC over ``CLA' INS P1 P2 Lc' || data`` padded ``80 00..``, initial vector =
   the card's last challenge (8 bytes, zero-extended to the block size for AES); the MAC is the
   first 4 bytes of the last block.
+  CHOICE: no secure-messaging *session key*: the MAC is keyed with the card's own (static,
+  per-card) key and made fresh by the card's challenge as initial value, then chained
+  command to command. Reasons: (1) this is what the public reader code of the national card
+  shows for its MAC'd commands (PIN unblock/reload ``84 24`` after GET CHALLENGE, PBOC-style
+  "MAC over the command with the random as initial value"); LD/T 32.4, which would define a
+  session-key derivation, is not public; (2) the card application has no transaction counter
+  (EMV's session keys are derived from the ATC; GlobalPlatform SCP02's from a sequence
+  counter), so card and terminal share no session diversifier other than the challenge;
+  (3) what a session key buys - limiting the data MAC'd under one key - is already given by
+  "one card, one key": each card key MACs a few hundred commands in its life, never leaves the
+  HSM or the chip, and a recorded command cannot be replayed or reordered (new challenge, MAC
+  chain; 6988). INTERNAL AUTHENTICATE, by contrast, derives a session key from the process
+  factor it is given (below). Changing this means a session key
+  ``diversify(K, challenge)`` on both sides: ``sm_mac_block``, the emulator's channel and
+  ``CardCrypto.mac_block`` (a C_DeriveKey per channel in the HSM).
 * Encryption of sensitive data (key loading, PIN reload): ``ECB(K, LD || data || 80 00..)`` where
   LD is one byte of plaintext length, padded to the block size (PBOC 2.0 part 5 style).
 * Key loading (WRITE KEY): RFC 5649 AES key wrap under the card's key-loading key KLK
@@ -215,6 +230,28 @@ def unpad_method2(data: bytes) -> bytes:
     return stripped[:-1]
 
 
+def cbc_mac(key: bytes, padded: bytes, alg: Algorithm, iv: bytes = b"") -> bytes:
+    """ISO/IEC 9797-1 MAC algorithm 1 on data already padded to whole blocks: the last block
+    of the CBC encryption under ``key`` (3DES: the full double-length key on every block)."""
+    block = alg.block_size
+    if not padded or len(padded) % block:
+        raise ValueError("MAC input must be whole blocks (pad it first)")
+    return _cbc(key, alg, padded, (iv + b"\x00" * block)[:block])[-block:]
+
+
+def retail_mac(key: bytes, padded: bytes) -> bytes:
+    """ISO/IEC 9797-1 MAC algorithm 3 (the "retail MAC", ANSI X9.19) with a double-length DES
+    key on data padded to whole 8-byte blocks: single-DES CBC under K1, then the last block
+    decrypted under K2 and encrypted under K1. Not the profile's secure-messaging MAC (CHOICE:
+    algorithm 1, :func:`sm_mac_block`); kept for terminals and PSAMs that compute this one
+    (ICAO 9303 secure messaging uses it), checked against the published vectors."""
+    if len(key) != 16:
+        raise ValueError("MAC algorithm 3 takes a double-length key")
+    k1, k2 = key[:8], key[8:]
+    last = cbc_mac(k1 * 2, padded, Algorithm.DES3)  # K1 || K1: single DES
+    return _ecb(k1 * 2, Algorithm.DES3, _ecb(k2 * 2, Algorithm.DES3, last, decrypt=True))
+
+
 def sm_mac_block(key: bytes, data: bytes, iv: bytes, alg: Algorithm) -> bytes:
     """ISO/IEC 9797-1 MAC algorithm 1, padding method 2: the full last CBC block.
 
@@ -223,9 +260,7 @@ def sm_mac_block(key: bytes, data: bytes, iv: bytes, alg: Algorithm) -> bytes:
     IV is the previous command's full MAC block (MAC chaining, as in GlobalPlatform SCP02), so a
     personalisation needs one GET CHALLENGE, not one per command.
     """
-    block = alg.block_size
-    iv_full = (iv + b"\x00" * block)[:block]
-    return _cbc(key, alg, pad_method2(data, block), iv_full)[-block:]
+    return cbc_mac(key, pad_method2(data, alg.block_size), alg, iv)
 
 
 def sm_mac(key: bytes, data: bytes, iv: bytes, alg: Algorithm, length: int = 4) -> bytes:

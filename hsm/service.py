@@ -15,6 +15,11 @@ Mechanisms used (all computed in the HSM, results compared with keyscheme in the
 
 * MAC (ISO/IEC 9797-1 alg. 1): SoftHSM2 has no CKM_DES3_MAC, so C_Encrypt(CKM_DES3_CBC / AES_CBC,
   IV) of the padded data, keeping the last block - the definition of MAC algorithm 1.
+* Secure-messaging session keys: none by CHOICE - MACs use the card's own key with the card's
+  challenge as initial value (the reasons are in ``cardspec.keyscheme``); the per-challenge
+  session key of INTERNAL AUTHENTICATE is derived here (C_DeriveKey, destroyed at once).
+* Per-card calls (:mod:`hsm.cardcrypto`) go straight to the module's ``C_*`` entry points
+  (:mod:`hsm.p11fast`) when it exports them, through python-pkcs11 otherwise.
 * Key loading (``wrapped_card_key``, the WRITE KEY payload): the card's key-loading key KLK is
   derived in the HSM (``C_DeriveKey(CKM_AES_ECB_ENCRYPT_DATA)`` from the AES master
   ``ykt:klk:aes:v<n>`` by the card factor; a sensitive, non-extractable session object with
@@ -28,7 +33,10 @@ Mechanisms used (all computed in the HSM, results compared with keyscheme in the
   :meth:`Pkcs11KeyService.current_key_version` is the newest *complete* version in the token
   (:func:`hsm.ceremony.current_version`), which data preparation records on each new card.
 * Export for a bureau: C_WrapKey(CKM_AES_KEY_WRAP_PAD) under an AES transport key
-  (SoftHSM's 0x210A is RFC 5649, i.e. ``cryptography``'s ``aes_key_wrap_with_padding``).
+  (SoftHSM's 0x210A is RFC 5649, i.e. ``cryptography``'s ``aes_key_wrap_with_padding``, for
+  keys of a multiple of 8 bytes - every key wrapped here is 16 bytes; for other lengths
+  SoftHSM2 zero-pads first, see tests/hsm/test_hsm_vectors.py; PKCS#11 v3.0 names the strict
+  RFC 5649 mechanism CKM_AES_KEY_WRAP_KWP).
 * Bureau files (:meth:`Pkcs11KeyService.bureau_exporter`): card keys wrapped under a file KEK
   that is wrapped under the transport key, one call per card, see :mod:`hsm.export`.
 * Per-card key objects are session objects with CKA_PRIVATE=False (still CKA_SENSITIVE, never

@@ -39,7 +39,6 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("issuance.cli_worker", "worker", "Periodic jobs (ykt worker)."),
     ("issuance.cli_batch", "batch", "Production batches: create, prepare, personalise, print."),
     ("issuance.cli_bureau", "bureau", "Card bureau: export bureau files, import their results."),
-    ("issuance.cli_stock", "stock", "Blank chip stock: import a manufacturer's delivery."),
     ("printers.cli", "print", "Card faces and print spoolers."),
     ("api.cli", "api", "The HTTP service and the verification client."),
 ]

@@ -140,7 +140,7 @@ def _run(batch: str, readers: int | None, lease: int, as_: str | None, resume: b
     if summary.errors:
         for e in summary.errors:
             err.print(f"[red]station error:[/red] {e}")
-        err.print(f"[red]stopped on a station error.[/red] Fix it, then resume with:\n"
+        err.print(f"[red]stopped on a station error.[/red] Fix it. Resume with:\n"
                   f"  {resume_cmd}")  # fmt: skip
         raise typer.Exit(EXIT_STATION_ERROR)
     if summary.remaining:

@@ -73,10 +73,9 @@ class ReaderSettings(_Section):
 
 class StockSettings(_Section):
     #: Where blank chips come from (``issuance.batches.blanks``). ``virtual``: the emulated
-    #: chips' manufacturer (chip serial and KMC chosen by the issuer); ``manufacturer``: a
-    #: chip manufacturer's delivery imported with ``ykt stock import`` (chip serial read from
-    #: the card fed into the station, KMC unwrapped in the HSM).
-    backend: Literal["virtual", "manufacturer"] = "virtual"
+    #: chips' manufacturer (chip serial and transport keys chosen by the issuer). A stock
+    #: that binds chips at the station (a manufacturer's delivery) plugs in there.
+    backend: Literal["virtual"] = "virtual"
 
 
 class PrinterSettings(_Section):

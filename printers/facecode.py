@@ -146,8 +146,10 @@ def decode_image(image: Image.Image, box: tuple[int, int, int, int] | None = Non
             continue
         detector = detector_cls()
         for factor in (1, 2, 3):
-            candidate = array if factor == 1 else cv2.resize(
-                array, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST
+            candidate = (
+                array
+                if factor == 1
+                else cv2.resize(array, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
             )
             text, _, _ = detector.detectAndDecode(candidate)
             if text:

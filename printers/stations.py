@@ -107,9 +107,7 @@ class PresenceFeeder:
     feeder), at most ``timeout`` seconds (kept well below the lease of the card being made:
     the pipeline renews the lease meanwhile, and gives the card back if none comes)."""
 
-    def __init__(
-        self, reader: str, csock: str | Path | None = None, timeout: float = 30.0
-    ) -> None:
+    def __init__(self, reader: str, csock: str | Path | None = None, timeout: float = 30.0) -> None:
         self.reader, self.csock, self.timeout = reader, csock, timeout
 
     def load(self, image: Path | None) -> None:
@@ -203,9 +201,10 @@ class EncodingStation:
         profile = self._profile(prepared)
         self.reader.connect()
         try:
-            with self.reader.transaction(), (
-                crypto or key_service.card_crypto(prepared.key_ref)
-            ) as session:
+            with (
+                self.reader.transaction(),
+                crypto or key_service.card_crypto(prepared.key_ref) as session,
+            ):
                 return perso.personalise(self.reader, session, prepared.perso, profile,
                                          connect=False)  # fmt: skip
         finally:
@@ -267,9 +266,7 @@ class EncodingStation:
             elif got != records:
                 differing = [n for n, (a, b) in enumerate(zip(got, records, strict=False), 1)
                              if a != b] or [min(len(got), len(records)) + 1]  # fmt: skip
-                problems.append(
-                    f"{ef_name} differs from the database (record {differing[0]})"
-                )
+                problems.append(f"{ef_name} differs from the database (record {differing[0]})")
         face: FaceData | None = None
         if printed is None:
             problems.append("no printed face recorded for this card")
@@ -313,19 +310,26 @@ def _read_files(
     crypto: object,
     pin: str,
 ) -> dict[str, list[bytes]]:
-    """The records of every planned EF, read back (one SELECT per DF, VERIFY / EXTERNAL
-    AUTHENTICATE where the file's read rule asks for it)."""
+    """The records of every planned EF, read back: first the files free to read (or with a
+    key: EXTERNAL AUTHENTICATE), then — only if the card identification read back is the
+    planned one, so a wrong card's PIN counter is never touched — VERIFY with the initial PIN
+    and the PIN-protected files. One SELECT per DF change; a file that cannot be read is
+    left out (reported by the caller)."""
     out: dict[str, list[bytes]] = {}
-    current = ""
-    verified: set[str] = set()
-    for ef_name, records in plan.items():
+    state = {"current": "", "verified": set[str]()}
+
+    def needs_pin(ef_name: str) -> bool:
+        rule = profile.ef(ef_name)[1].read
+        return rule.kind in (Access.PIN, Access.PIN_OR_KEY, Access.PIN_AND_KEY) and bool(rule.pin)
+
+    def read(ef_name: str, records: list[bytes]) -> None:
         path, ef = profile.ef(ef_name)
-        if path != current:
+        if path != state["current"]:
             cardops.select_df(reader, profile, path)
-            current = path
+            state["current"] = path
         rule = ef.read
-        pin_read = rule.kind in (Access.PIN, Access.PIN_OR_KEY, Access.PIN_AND_KEY)
-        if pin_read and rule.pin and rule.pin not in verified:
+        verified: set[str] = state["verified"]  # type: ignore[assignment]
+        if needs_pin(ef_name) and rule.pin and rule.pin not in verified:
             cardops.verify_pin(reader, pin, pin_name=rule.pin, profile=profile, select=False)
             verified.add(rule.pin)
         if rule.kind in (Access.KEY, Access.PIN_AND_KEY) and rule.key is not None:
@@ -336,6 +340,20 @@ def _read_files(
             cardops.read_record(reader, ef.sfi, n, f"READ RECORD {ef.name}/{n}")
             for n in range(1, len(records) + 1)
         ]
+
+    free = [(n, r) for n, r in plan.items() if not needs_pin(n)]
+    protected = [(n, r) for n, r in plan.items() if needs_pin(n)]
+    for ef_name, records in free:
+        try:
+            read(ef_name, records)
+        except CardSpecError:
+            state["current"] = ""
+    if out.get("EF05") == plan.get("EF05"):
+        for ef_name, records in protected:
+            try:
+                read(ef_name, records)
+            except CardSpecError:
+                state["current"] = ""
     return out
 
 

@@ -1,7 +1,7 @@
 """The reference card emulator: a card OS that runs a :class:`cardspec.profile.CardProfile`.
 
-``blank_card(serial, kmc, algorithm, klk=...)`` makes a blank chip; ``Card.load(path)`` reopens a saved
-image; a :class:`Card` is a :class:`cardspec.reader.CardHandler` (serve it in-process with
+``blank_card(serial, kmc, algorithm, klk=...)`` makes a blank chip; ``Card.load(path)`` reopens
+a saved image; a :class:`Card` is a :class:`cardspec.reader.CardHandler` (serve it in-process with
 :class:`cardspec.reader.InProcessReader` or over vpcd).
 """
 

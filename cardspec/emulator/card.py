@@ -31,9 +31,9 @@ Command chaining (ISO/IEC 7816-4 5.1.1.1): an interindustry command with CLA b5 
 buffered and answered 9000; the next commands must repeat CLA (apart from b5), INS, P1 and P2
 (else 6883, the chain is dropped) and the first one without b5 ends the chain: the card runs
 one command with the concatenated data (at most :data:`MAX_CHAINED_DATA` bytes, else 6700)
-and that last command's Le. CHOICE: with secure messaging the MAC covers the reassembled
-command (the chain splits one protected command for transport). Extended-length APDUs
-(7816-4 5.1: Lc and Le on 2 bytes) are accepted as they are.
+and that last command's Le. CHOICE: MAC'd commands are short APDUs (:mod:`cardspec.sm`), so
+chains carry plain commands; a MAC'd chain is checked over the reassembled command.
+Extended-length APDUs (7816-4 5.1: Lc and Le on 2 bytes) are accepted as they are.
 
 CHOICE (proprietary commands, LD/T 32.5 not public): WRITE KEY / SET PIN share INS D4
 (PBOC "WRITE KEY") with P1 00 = key, 01 = PIN; the key is the RFC 5649 wrap under the chip's

@@ -3,12 +3,16 @@
 * ``virtual`` (default): :class:`issuance.batches.stock.VirtualBlankStock`, the emulated chips'
   manufacturer: the issuer picks the chip serial at data preparation and a blank image with
   the chip's transport keys is made for it; the station inserts that image.
-* ``manufacturer``: :class:`issuance.batches.manufacturer.ManufacturerStock`, a chip
-  manufacturer's delivery imported with ``ykt stock import``: the chip serial is read from the
-  card fed into the station (GET DATA DF12) and data preparation binds the card to that chip
-  there; the chip's transport key is unwrapped inside the HSM.
 
-The pipeline asks :attr:`binds_at_station` (:func:`binds_at_station`) which way it goes.
+A stock whose chips exist before data preparation (a chip manufacturer's delivery: its list of
+chip serials with their transport keys wrapped under a transport key agreed with the issuer)
+*binds at the station*: it sets ``binds_at_station = True``, offers ``bind(session, serial,
+card, profile)`` (the fed chip must be an unused chip of the delivery; marked used in the
+binding transaction) and ``card_crypto(prepared)`` (the card's keys with the chip's own KMC and
+KLK unwrapped inside the HSM). The pipeline then reads the serial from the card fed into the
+station (GET DATA DF12) and binds the card to it there (:func:`binds_at_station`). NOT DONE
+YET: that adapter needs an UNWRAP-capable transport key in :mod:`hsm.ceremony` and a card
+crypto session over externally supplied KMC/KLK objects in :mod:`hsm.cardcrypto`.
 """
 
 from __future__ import annotations
@@ -39,8 +43,4 @@ def make_stock(settings: Settings, key_service: KeyService) -> BlankStock:
     backend = settings.stock.backend
     if backend == "virtual":
         return VirtualBlankStock(settings, key_service)
-    if backend == "manufacturer":
-        from issuance.batches.manufacturer import ManufacturerStock
-
-        return ManufacturerStock(settings, key_service)
-    raise ConfigError(f"unknown blank stock backend {backend!r} (virtual or manufacturer)")
+    raise ConfigError(f"unknown blank stock backend {backend!r} (virtual)")

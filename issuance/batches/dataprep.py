@@ -25,6 +25,7 @@ wrapped.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from datetime import date
 
@@ -49,7 +50,6 @@ from issuance.audit import Actor
 from issuance.batches import items as batch_items
 from issuance.batches.prepared import PreparedCard
 from issuance.batches.stock import BlankStock
-from issuance.db import flush
 from issuance.errors import ConflictError
 from issuance.models import (
     Application,
@@ -74,12 +74,14 @@ _DECIMALISE = str.maketrans("ABCDEF", "012345")
 
 def card_profile(settings: Settings, algorithm: Algorithm | CardAlgorithm | str) -> CardProfile:
     """The card profile for cards of ``algorithm`` (3DES: generation 2, AES/SM4: generation 3)
-    with the city's PIN tries."""
-    alg = Algorithm(str(algorithm))
+    with the city's PIN tries (built once per process)."""
+    return _card_profile(Algorithm(str(algorithm)), settings.lifecycle.pin_tries)
+
+
+@functools.lru_cache(maxsize=16)
+def _card_profile(alg: Algorithm, pin_tries: int) -> CardProfile:
     prof = social_security_profile(
-        generation=2 if alg is Algorithm.DES3 else 3,
-        algorithm=alg,
-        pin_tries=settings.lifecycle.pin_tries,
+        generation=2 if alg is Algorithm.DES3 else 3, algorithm=alg, pin_tries=pin_tries
     )
     try:
         return get_profile(prof.name)
@@ -284,7 +286,6 @@ def assign_chip(
             card_id=card.id, status=ChipStatus.ASSIGNED, station=station, created_at=utcnow(),
         )
     )  # fmt: skip
-    flush(session)
     batch_items.advance(session, item, "prepare", actor, details={"profile": profile.name})
     return prepared
 

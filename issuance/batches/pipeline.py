@@ -111,6 +111,28 @@ class BatchInterrupted(IssuanceError):
     code = "batch_interrupted"
 
 
+class StationFault(IssuanceError):
+    """The station itself cannot work (reader or PC/SC service gone, printer or spool
+    unavailable, no font): it stops instead of spoiling card after card. The card in hand is
+    spoiled without counting against it; the error is shown to the operator."""
+
+    code = "station_fault"
+
+
+def _station_faults() -> tuple[type[BaseException], ...]:
+    from cardspec.pcsc import NoServiceError, ReaderUnavailableError
+    from printers.errors import (
+        FontMissing,
+        JobRejected,
+        PrinterNotFound,
+        PrinterUnavailable,
+        SpoolError,
+    )
+
+    return (NoServiceError, ReaderUnavailableError, FontMissing, JobRejected, PrinterNotFound,
+            PrinterUnavailable, SpoolError)  # fmt: skip
+
+
 @dataclass
 class RunOptions:
     readers: int | None = None
@@ -321,6 +343,7 @@ class BatchRunner:
             def one_chunk(s: Session) -> int:
                 items = bi.claim(s, self.batch_id, owner, stages=(BatchStage.SELECTED,),
                                  limit=chunk, lease_seconds=self.options.lease_seconds)  # fmt: skip
+                loaded = _preload(s, items)  # noqa: F841 - kept alive: identity map hits
                 for item in items:
                     dataprep.assign_chip(
                         s, self.settings, self.key_service, self.stock, item, self.actor,
@@ -451,11 +474,16 @@ class BatchRunner:
                 s, self.batch_id, self.actor, max_attempts=self.options.max_attempts))  # fmt: skip
             time.sleep(0.1)
 
-    def _spoil(self, item_id: int, owner: str, station: Any, reason: str) -> None:
+    def _spoil(
+        self, item_id: int, owner: str, station: Any, reason: str, *, fault: bool = False
+    ) -> None:
+        """Spoil the card's chip; ``fault``: the station's fault (see :class:`StationFault`),
+        the chip is spoiled without counting against the card, then the station stops."""
+
         def go(s: Session) -> bi.SpoilResult:
             item = self._item(s, item_id, owner)
             return bi.spoil(s, item, self.actor, reason, max_attempts=self.options.max_attempts,
-                            station=station.name)  # fmt: skip
+                            station=station.name, count_attempt=not fault)  # fmt: skip
 
         res = self._txn(go)
         with self._lock:
@@ -463,6 +491,8 @@ class BatchRunner:
             if res.stage == BatchStage.FAILED:
                 self.summary.failed += 1
         self.progress.note(f"{station.name}: spoiled chip {res.chip_serial}: {reason}")
+        if fault:
+            raise StationFault(reason)
 
     def _give_back(self, item_id: int, owner: str) -> None:
         """Release an item nothing was done to (no card fed)."""
@@ -536,7 +566,8 @@ class BatchRunner:
                 if isinstance(exc, bi.LeaseLost):
                     raise
                 beat.check()
-                self._spoil(item_id, owner, station, f"personalisation failed: {exc}")
+                self._spoil(item_id, owner, station, f"personalisation failed: {exc}",
+                            fault=isinstance(exc, _station_faults()))  # fmt: skip
                 return
             beat.check()
 
@@ -552,7 +583,8 @@ class BatchRunner:
                 outcome = self._print(prepared, item_id, owner)
             except (PrinterError, OSError) as exc:
                 beat.check()
-                self._spoil(item_id, owner, station, f"printing failed: {exc}")
+                self._spoil(item_id, owner, station, f"printing failed: {exc}",
+                            fault=isinstance(exc, _station_faults()))  # fmt: skip
                 return
             beat.check()
 
@@ -663,6 +695,20 @@ class BatchRunner:
     def close(self) -> None:
         if self._own_engine:
             self.engine.dispose()
+
+
+def _preload(s: Session, items: list[BatchItem]) -> list[object]:
+    """Load the cards, holders and applications of ``items`` in three queries (data
+    preparation then finds them in the session's identity map instead of one query each)."""
+    if not items:
+        return []
+    with s.no_autoflush:
+        cards = list(s.scalars(sa.select(Card).where(Card.id.in_([i.card_id for i in items]))))
+        people = list(s.scalars(sa.select(Person).where(
+            Person.id.in_({c.person_id for c in cards}))))  # fmt: skip
+        app_ids = {c.application_id for c in cards if c.application_id is not None}
+        apps = list(s.scalars(sa.select(Application).where(Application.id.in_(app_ids))))
+    return [*cards, *people, *apps]
 
 
 def region_name(code: str) -> str:

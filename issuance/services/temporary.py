@@ -21,7 +21,13 @@ from sqlalchemy.orm import Session
 from issuance import audit, lifecycle
 from issuance.audit import Actor
 from issuance.db import flush
-from issuance.errors import ConflictError, FieldProblem, PermissionDenied, ValidationError
+from issuance.errors import (
+    ConflictError,
+    FieldProblem,
+    PermissionDenied,
+    TransitionError,
+    ValidationError,
+)
 from issuance.lifecycle import CardEvent, ChipEvent
 from issuance.models import (
     TERMINAL_CARD_STATUSES,
@@ -169,10 +175,10 @@ def hand_back_temporary_card(session: Session, card: Card, actor: Actor) -> int:
         raise ValidationError("cannot hand back", [FieldProblem("card", "not a temporary card")])
     deposit = _deposit(session, card)
     if deposit is not None and deposit.returned_at is not None:
-        raise ValidationError(
-            "cannot hand back",
-            [FieldProblem("card", f"temporary card {card.card_number} was already handed back")],
-        )
+        raise TransitionError(
+            f"temporary card {card.card_number} was already handed back",
+            from_state=str(card.status), event=CardEvent.HAND_BACK,
+        )  # fmt: skip
     if card.status == CardStatus.ACTIVE:
         lifecycle.apply_card_event(
             session, card, CardEvent.HAND_BACK, actor, reason="temporary card handed back"

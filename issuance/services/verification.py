@@ -6,10 +6,17 @@ The flow a hospital or bank terminal runs on every visit:
    random) with a short expiry, bound to the calling credential. It lives in the database, so
    any API node can consume a challenge another node issued.
 2. The terminal sends ``00 88 00 00 10 factor||random`` to the card and posts the answer.
-3. :func:`verify_card` consumes the challenge with one atomic ``UPDATE ... WHERE used_at IS NULL
-   RETURNING`` (a replay or a second node racing for it finds nothing), reads the card and the
+3. :func:`verify_card` consumes the challenge with one atomic ``UPDATE ... WHERE used_at IS NULL``
+   (a replay or a second node racing for it finds nothing), reads the card, its holder and the
    requested chip application in one indexed query, has the HSM check the cryptogram with the
-   card's key derived inside it, and records one audit event - all in the caller's transaction.
+   card's key derived inside it, and records one audit event - the consumption and the audit
+   event in one transaction.
+
+Two implementations of the same decisions (the helpers below are shared): :func:`verify_card`
+and :func:`create_challenge` on a SQLAlchemy Session (SQLite, and every caller that already
+holds a transaction), and :func:`verify_card_async` / :func:`create_challenge_async` for the
+API on PostgreSQL - asyncio, core SQL through :class:`issuance.db_async.AsyncPgPool`, three
+statements per verification flow (see the comment above :func:`create_challenge_async`).
 
 The verdict is data (valid, or invalid with a reason); a broken HSM or database raises.
 A temporary card carries the medical application only, so it verifies for ``medical`` only.
@@ -386,7 +393,7 @@ def _lapse(session: Session, card_id: int, now: datetime) -> bool:
 # --- the PostgreSQL hot path (asyncio, core SQL, no ORM) ------------------------------------
 #
 # Same decisions as above (the shared helpers), in three statements per verification flow,
-# each its own autocommit transaction:
+# each its own transaction (autocommit; one statement = one atomic unit):
 #
 # * challenge: one INSERT;
 # * verify, statement 1 (read only): the challenge, the card, its holder and the requested
@@ -406,42 +413,58 @@ AsyncCryptogramCheck = Callable[[CardKeyRef, bytes, bytes, bytes], Awaitable[Non
 
 _SQL_NEW_CHALLENGE = (
     "INSERT INTO verification_challenges (id, credential_id, challenge, created_at, expires_at)"
-    " VALUES (%(id)s, %(cred)s, %(challenge)s, %(now)s, %(expires)s)"
+    " VALUES ($1, $2, $3, $4, $5)"
 )
 
+#: $1 challenge id, $2 card identification code, $3 chip application kind
 _SQL_LOOKUP = (
     "SELECT v.challenge, v.credential_id, v.used_at, v.expires_at,"
     " c.id, c.card_number, c.kind, c.status, c.key_version, c.algorithm, c.expiry_date,"
     " p.id, p.name, p.citizen_id, p.sex, p.birth_date, a.status"
     " FROM (VALUES (1)) AS one (x)"
-    " LEFT JOIN verification_challenges AS v ON v.id = %(ch)s"
-    " LEFT JOIN cards AS c ON c.card_identification_code = %(cic)s"
+    " LEFT JOIN verification_challenges AS v ON v.id = $1"
+    " LEFT JOIN cards AS c ON c.card_identification_code = $2"
     " LEFT JOIN persons AS p ON p.id = c.person_id"
-    " LEFT JOIN chip_applications AS a ON a.card_id = c.id AND a.kind = %(app)s"
+    " LEFT JOIN chip_applications AS a ON a.card_id = c.id AND a.kind = $3"
 )
 
 _EVENT_COLUMNS = ", ".join(f'"{c}"' for c in audit.EVENT_COLUMNS)
-_EVENT_VALUES = ", ".join(f"%({c})s" for c in audit.EVENT_COLUMNS)
+_N_EVENT = len(audit.EVENT_COLUMNS)
 
-_SQL_AUDIT_ONLY = f"INSERT INTO audit_events ({_EVENT_COLUMNS}) VALUES ({_EVENT_VALUES})"
-
-#: Consume the challenge and audit the verdict in one statement. ``after``/``details`` are the
-#: verdict's; ``lost_after``/``lost_details`` the ``challenge_reused`` verdict of a race loser.
-_SQL_CONSUME_AND_AUDIT = (
-    "WITH ch AS (UPDATE verification_challenges SET used_at = %(occurred_at)s"
-    " WHERE id = %(ch)s AND credential_id = %(cred)s AND used_at IS NULL"
-    " AND expires_at > %(occurred_at)s RETURNING id),"
-    f" ev AS (INSERT INTO audit_events ({_EVENT_COLUMNS})"
-    " SELECT "
-    + ", ".join(
-        "CASE WHEN ch.id IS NULL THEN %(lost_" + c + ")s ELSE %(" + c + ")s END"
-        if c in ("after", "details")
-        else f"%({c})s"
-        for c in audit.EVENT_COLUMNS
-    )
-    + " FROM (VALUES (1)) AS one (x) LEFT JOIN ch ON true)"
-    " SELECT count(*) FROM ch"
+#: the event's columns $1..$12 (audit.EVENT_COLUMNS order)
+_SQL_AUDIT_ONLY = (
+    f"INSERT INTO audit_events ({_EVENT_COLUMNS}) VALUES "
+    f"({', '.join(f'${i}' for i in range(1, _N_EVENT + 1))})"
 )
+
+
+def _consume_and_audit_sql() -> str:
+    """Consume the challenge and audit the verdict in one statement: $1 challenge id, $2
+    credential, $3.. the event's columns (occurred_at first: the consumption time), then
+    ``after`` and ``details`` of the ``challenge_reused`` verdict a race loser records."""
+    lost_after, lost_details = _N_EVENT + 3, _N_EVENT + 4
+    values = []
+    for i, column in enumerate(audit.EVENT_COLUMNS, start=3):
+        lost = {"after": lost_after, "details": lost_details}.get(column)
+        values.append(
+            f"${i}" if lost is None else f"CASE WHEN ch.id IS NULL THEN ${lost} ELSE ${i} END"
+        )
+    return (
+        "WITH ch AS (UPDATE verification_challenges SET used_at = $3"
+        " WHERE id = $1 AND credential_id = $2 AND used_at IS NULL AND expires_at > $3"
+        " RETURNING id),"
+        f" ev AS (INSERT INTO audit_events ({_EVENT_COLUMNS}) SELECT {', '.join(values)}"
+        " FROM (VALUES (1)) AS one (x) LEFT JOIN ch ON true)"
+        " SELECT count(*) FROM ch"
+    )
+
+
+assert audit.EVENT_COLUMNS[0] == "occurred_at"
+_SQL_CONSUME_AND_AUDIT = _consume_and_audit_sql()
+
+
+def _event_args(row: dict[str, Any]) -> list[Any]:
+    return [row[c] for c in audit.EVENT_COLUMNS]
 
 
 async def create_challenge_async(
@@ -452,12 +475,11 @@ async def create_challenge_async(
     ch = Challenge(
         secrets.token_hex(16), secrets.token_bytes(16), now + timedelta(seconds=ttl_seconds)
     )
-    async with pool.connection() as conn:
-        await conn.execute(
-            _SQL_NEW_CHALLENGE,
-            {"id": ch.id, "cred": credential_id, "challenge": ch.challenge, "now": now,
-             "expires": ch.expires_at},
-        )  # fmt: skip
+    await pool.run(
+        lambda conn: conn.execute(
+            _SQL_NEW_CHALLENGE, ch.id, credential_id, ch.challenge, now, ch.expires_at
+        )
+    )
     return ch
 
 
@@ -492,33 +514,28 @@ async def verify_card_async(
     """:func:`verify_card` on the asyncio pool, same verdicts (see the comment above)."""
     now = now or utcnow()
     cic, number = card_identification_code.upper(), card_number.upper()
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            _SQL_LOOKUP, {"ch": challenge_id, "cic": cic, "app": str(application)}
-        )
-        got = await cur.fetchone()
+    got = await pool.run(
+        lambda conn: conn.fetchrow(_SQL_LOOKUP, challenge_id, cic, str(application))
+    )
     assert got is not None  # the VALUES row is always there
     refused = _challenge_refusal(got, credential_id, now)
     if refused is not None:
         verdict = Verdict(False, refused, application)
-        async with pool.connection() as conn:
-            await conn.execute(
-                _SQL_AUDIT_ONLY,
-                _audit_row(actor, cic, verdict, application, number, challenge_id, now),
-            )
+        row = _audit_row(actor, cic, verdict, application, number, challenge_id, now)
+        await pool.run(lambda conn: conn.execute(_SQL_AUDIT_ONLY, *_event_args(row)))
         return verdict
-    row = None if got[4] is None else CardRow(*got[4:])
-    if row is not None and row.status == CardStatus.LOST_PROVISIONAL:
+    card = None if got[4] is None else CardRow(*got[4:])
+    if card is not None and card.status == CardStatus.LOST_PROVISIONAL:
         return await slow_path()
     challenge = bytes(got[0])
-    if row is None:
+    if card is None:
         verdict = Verdict(False, Reason.UNKNOWN_CARD, application, number, cic)
-    elif row.card_number != number:
+    elif card.card_number != number:
         verdict = Verdict(False, Reason.NOT_GENUINE, application, number, cic)
     else:
         try:
-            await check(_key_ref(cic, row), challenge[:8], challenge[8:], response)
-            reason = _refusal(row, now.date())
+            await check(_key_ref(cic, card), challenge[:8], challenge[8:], response)
+            reason = _refusal(card, now.date())
         except CryptogramMismatch:
             reason = Reason.NOT_GENUINE
         if reason is Reason.NOT_GENUINE:
@@ -526,29 +543,23 @@ async def verify_card_async(
         else:
             photo = None
             if reason is None and with_photo:
-                photo = await _photo_async(pool, row.person_id)
-            verdict = _verdict(row, reason, application, cic, with_holder, full_citizen_id, photo)
+                photo = await _photo_async(pool, card.person_id)
+            verdict = _verdict(card, reason, application, cic, with_holder, full_citizen_id, photo)
     lost = Verdict(False, Reason.CHALLENGE_REUSED, application)
-    params = _audit_row(actor, cic, verdict, application, number, challenge_id, now)
+    row = _audit_row(actor, cic, verdict, application, number, challenge_id, now)
     lost_row = _audit_row(actor, cic, lost, application, number, challenge_id, now)
-    params.update(
-        ch=challenge_id, cred=credential_id,
-        lost_after=lost_row["after"], lost_details=lost_row["details"],
-    )  # fmt: skip
-    async with pool.connection() as conn:
-        cur = await conn.execute(_SQL_CONSUME_AND_AUDIT, params)
-        consumed = await cur.fetchone()
-    if consumed is None or consumed[0] != 1:
-        return lost
-    return verdict
+    args = [challenge_id, credential_id, *_event_args(row), lost_row["after"],
+            lost_row["details"]]  # fmt: skip
+    consumed = await pool.run(lambda conn: conn.fetchval(_SQL_CONSUME_AND_AUDIT, *args))
+    return verdict if consumed == 1 else lost
 
 
 async def _photo_async(pool: AsyncPgPool, person_id: int) -> bytes | None:
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT photo_jpeg FROM applications WHERE person_id = %(p)s"
+    got = await pool.run(
+        lambda conn: conn.fetchval(
+            "SELECT photo_jpeg FROM applications WHERE person_id = $1"
             " AND photo_jpeg IS NOT NULL ORDER BY id DESC LIMIT 1",
-            {"p": person_id},
+            person_id,
         )
-        got = await cur.fetchone()
-    return None if got is None else bytes(got[0])
+    )
+    return None if got is None else bytes(got)

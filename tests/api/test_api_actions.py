@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zipfile
 from datetime import date
 
@@ -343,3 +344,54 @@ def test_death_record_upload_cancels_cards(api_env: ApiEnv) -> None:
     with api_env.session() as s:  # type: ignore[attr-defined]
         ev = s.scalars(sa.select(AuditEvent).where(AuditEvent.action == "card.cancel")).one()
         assert ev.actor_name == api_env.actors["supervisor"].username and ev.channel == "feed"
+
+
+@pytest.mark.parametrize("returned", [True, False], ids=["handed-back", "not-brought"])
+def test_collect_refunds_the_temporary_deposit_only_if_handed_back(
+    api_env: ApiEnv, returned: bool
+) -> None:
+    from api_helpers import fake_photo
+
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        app = services.submit_application(
+            s, api_env.settings,
+            services.ApplicationInput(citizen_id=make_cid(), name="卫十一", phone="13800138062",
+                                      photo=PHOTO),
+            api_env.actors["clerk"], photo_processor=fake_photo,
+        )  # fmt: skip
+        services.process_application(s, app.id, api_env.actors["clerk"])
+        services.review_application(s, app.id, api_env.actors["reviewer"])
+        formal = services.approve_application(
+            s, api_env.settings, app.id, api_env.actors["approver"]
+        )
+        person_id, formal_id, formal_number = app.person_id, formal.id, formal.card_number
+    c, clerk = api_env.client, api_env.auth("clerk")
+    r = c.post("/v1/temporary-cards", json={"person_id": person_id}, headers=clerk)
+    assert r.status_code == 201, r.text
+    temporary = r.json()["card_number"]
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        for step in ("start_production", "personalise", "ship"):
+            services.advance_production(
+                s, api_env.settings, formal_id, step, api_env.actors["clerk"],
+                chip_serial=os.urandom(8),
+            )  # fmt: skip
+    r = c.post(
+        f"/v1/cards/{formal_number}/collect", json={"temporary_card_returned": returned},
+        headers=clerk,
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["card"]["status"] == "issued"
+    deposit = api_env.settings.lifecycle.temporary_card_deposit_fen
+    assert body["deposits_refunded_fen"] == (deposit if returned else 0)
+    assert body["temporary_cards_returned"] == ([temporary] if returned else [])
+    assert body["temporary_cards_kept"] == ([] if returned else [temporary])
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        temp = s.scalars(sa.select(Card).where(Card.card_number == temporary)).one()
+        assert temp.status == CardStatus.CANCELLED
+        dep = s.scalars(sa.select(Deposit).where(Deposit.card_id == temp.id)).one()
+        assert (dep.refunded_at is not None) is returned
+    if not returned:  # brought back later: refunded then
+        r = c.post(f"/v1/cards/{temporary}/hand-back", json={}, headers=clerk)
+        assert r.status_code == 200, r.text
+        assert r.json()["deposit_refunded_fen"] == deposit

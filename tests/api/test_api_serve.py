@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -50,10 +51,13 @@ def test_worker_count_flag_then_setting_then_cpus(tmp_path: Path) -> None:
 
 
 def test_serve_starts_the_configured_number_of_workers(
-    tmp_path: Path, fresh_db_url: str, api_hsm: Hsm
+    tmp_path: Path, _sqlite_template: Path, api_hsm: Hsm
 ) -> None:
+    # about process wiring, not the database: one backend is enough
+    db = tmp_path / "serve.db"
+    shutil.copyfile(_sqlite_template, db)
     conf = api_hsm.config.softhsm_conf or Path()
-    env = server_env(tmp_path / "data", fresh_db_url, conf, YKT_API__WORKERS="3")
+    env = server_env(tmp_path / "data", f"sqlite:///{db}", conf, YKT_API__WORKERS="3")
     with serving(env, tmp_path / "serve.log", workers=None, expect_workers=3) as server:
         pids = set(server.worker_pids)
         assert len(pids) == 3, server.log_text()
@@ -142,4 +146,57 @@ def test_hospital_developer_flow_with_ykt_verify(
                 readers.kill()
                 readers.wait()
     assert "Traceback" not in server.log_text()
+    engine.dispose()
+
+
+def test_cli_staff_token_needs_the_users_password_and_clients_an_admin(
+    tmp_path: Path, fresh_db_url: str
+) -> None:
+    import sqlalchemy as sa
+
+    from issuance.models import AuditEvent
+    from issuance.services import credentials
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YKT_")}
+    env |= {"YKT_DATA_DIR": str(tmp_path / "data"), "YKT_DATABASE__URL": fresh_db_url}
+
+    def ykt_in(
+        extra: dict[str, str], *args: str, stdin: str = ""
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ykt(*args), env={**env, **extra}, cwd=PROJECT, input=stdin, capture_output=True,
+            text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    boss = ykt_in({}, "db", "create-staff", "boss", "--role", "admin", "--password-stdin",
+                  stdin="pw-of-boss\n")  # fmt: skip
+    assert boss.returncode == 0, boss.stdout + boss.stderr  # the bootstrap administrator
+    clerk = ykt_in({"YKT_STAFF_PASSWORD": "pw-of-boss"}, "db", "create-staff", "clerk1",
+                   "--role", "clerk", "--password-stdin", "--as", "boss",
+                   stdin="pw-of-clerk\n")  # fmt: skip
+    assert clerk.returncode == 0, clerk.stdout + clerk.stderr
+    # staff act as themselves: a token needs the user's own password
+    bad = ykt_in({"YKT_STAFF_PASSWORD": "pw-of-boss"}, "api", "staff-token", "clerk1")
+    assert bad.returncode == 2 and "wrong password" in bad.stdout + bad.stderr
+    good = ykt_in({"YKT_STAFF_PASSWORD": "pw-of-clerk"}, "api", "staff-token", "clerk1")
+    assert good.returncode == 0, good.stdout + good.stderr
+    token = good.stdout.strip().splitlines()[-1]
+    engine = make_engine(url=fresh_db_url)
+    with transaction(make_sessionmaker(engine)) as s:
+        p = credentials.authenticate(s, token)
+        assert p.actor.username == "clerk1" and "cards:loss" in p.scopes
+        assert "audit:read" not in p.scopes
+    # registering an agency is an admin's act once users have passwords
+    args = ("api", "agency-add", "hz-cli-hospital", "--name", "Hospital")
+    nobody = ykt_in({}, *args)
+    assert nobody.returncode != 0 and "--as" in nobody.stdout + nobody.stderr
+    as_clerk = ykt_in({"YKT_STAFF_PASSWORD": "pw-of-clerk"}, *args, "--as", "clerk1")
+    assert as_clerk.returncode == 2 and "may not manage API clients" in as_clerk.stderr
+    as_boss = ykt_in({"YKT_STAFF_PASSWORD": "pw-of-boss"}, *args, "--as", "boss")
+    assert as_boss.returncode == 0 and "client_secret" in as_boss.stdout, as_boss.stderr
+    with transaction(make_sessionmaker(engine)) as s:
+        ev = s.scalars(
+            sa.select(AuditEvent).where(AuditEvent.action == "api.credential_created")
+        ).one()
+        assert ev.actor_name == "boss"
     engine.dispose()

@@ -135,7 +135,9 @@ def test_lifecycle_change_makes_the_next_verification_fail(
     assert v["valid"] is False and v["reason"] == reason
     if action == "loss":  # withdrawn: valid again
         r = api_env.client.post(
-            f"/v1/cards/{n}/unreport", json={"channel": "phone"}, headers=api_env.auth("clerk")
+            f"/v1/cards/{n}/unreport",
+            json={"channel": "phone", "identity_checked": True},
+            headers=api_env.auth("clerk"),
         )
         assert r.status_code == 200, r.text
         assert verify_card_in_reader(hospital, chip)["valid"] is True
@@ -185,3 +187,92 @@ def test_holder_and_photo_need_their_scopes(
     with api_env.session() as s:  # type: ignore[attr-defined]
         denied = s.scalars(sa.select(AuditEvent).where(AuditEvent.action == "api.denied")).all()
     assert any("holder:photo" in (e.details or "") for e in denied)
+
+
+def test_fast_hsm_check_agrees_with_the_key_scheme(api_env: ApiEnv) -> None:
+    """hsm.internal_auth (direct PKCS#11 calls) against the software oracle of the test keys,
+    for a city card (card factor) and a province card (region factor first)."""
+    import os
+
+    from api_helpers import REGION, master_key
+
+    from cardspec import keyscheme
+    from cardspec.keyscheme import Algorithm, KeySlot
+    from hsm.errors import CryptogramMismatch
+    from hsm.internal_auth import check_internal_auth
+    from hsm.service import CardKeyRef
+
+    service = api_env.hsm.service
+    cic = "330100D156000005" + os.urandom(8).hex().upper()
+    for region_factor in (False, True):
+        ref = CardKeyRef(cic, region_factor=region_factor)
+        factors = [keyscheme.card_factor(cic)]
+        if region_factor:
+            factors.insert(0, keyscheme.region_factor(REGION))
+        irk = keyscheme.derive_card_key(
+            master_key(KeySlot.IRK, Algorithm.DES3), factors, Algorithm.DES3
+        )
+        for _ in range(3):
+            factor, rnd = os.urandom(8), os.urandom(8)
+            good = keyscheme.internal_auth_response(irk, factor, rnd, Algorithm.DES3)
+            check_internal_auth(service, ref, factor, rnd, good)
+            service.verify_internal_auth(ref, factor, rnd, good)  # the reference path agrees
+            with pytest.raises(CryptogramMismatch):
+                check_internal_auth(service, ref, factor, rnd, bytes([good[0] ^ 0x80]) + good[1:])
+
+
+def test_hsm_runner_serves_loops_and_threads_in_batches() -> None:
+    import asyncio
+    import threading
+
+    from api.context import HsmRunner
+
+    seen_threads: set[str] = set()
+
+    class Service:
+        def work(self, n: int) -> int:
+            seen_threads.add(threading.current_thread().name)
+            if n < 0:
+                raise ValueError("negative")
+            return n * n
+
+    runner = HsmRunner(lambda: Service())  # type: ignore[arg-type, return-value]
+
+    async def many() -> list[int]:
+        return list(await asyncio.gather(*(runner.run(Service.work, i) for i in range(200))))
+
+    assert asyncio.run(many()) == [i * i for i in range(200)]
+    assert runner.call(Service.work, 7) == 49  # from a plain thread
+    with pytest.raises(ValueError, match="negative"):
+        asyncio.run(runner.run(Service.work, -1))
+    assert seen_threads == {"hsm"}  # one owner
+    runner.shutdown()
+
+
+def test_replays_racing_for_one_challenge_verify_once(
+    api_env: ApiEnv, card_and_chip: tuple[Card, InProcessReader]
+) -> None:
+    """Eight concurrent posts of the same answer: exactly one is valid, the others are refused
+    as replays, and each attempt has its audit event."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _card, chip = card_and_chip
+    c = client_for(api_env, "hospital")
+    ch = c.challenge()
+    cic, number, resp = answer(chip, ch["challenge"])
+
+    def post(_: int) -> dict[str, object]:
+        return client_for(api_env, "hospital").verify(ch["challenge_id"], cic, number, resp)
+
+    with ThreadPoolExecutor(8) as pool:
+        verdicts = list(pool.map(post, range(8)))
+    assert sum(v["valid"] is True for v in verdicts) == 1
+    assert all(v["reason"] == "challenge_reused" for v in verdicts if v["valid"] is not True)
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        events = s.scalars(
+            sa.select(AuditEvent).where(
+                AuditEvent.action == "card.verified",
+                AuditEvent.details.contains(ch["challenge_id"]),
+            )
+        ).all()
+    assert sorted(e.after for e in events) == ["invalid"] * 7 + ["valid"]

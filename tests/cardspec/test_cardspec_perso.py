@@ -6,12 +6,12 @@ import os
 from dataclasses import replace
 
 import pytest
-from cardspec_helpers import INITIAL_PIN, SERIAL, perso_data, personalised_card, software_crypto
+from cardspec_helpers import INITIAL_PIN, perso_data, personalised_card, software_crypto
 from cardspec_helpers import blank as make_blank
 
 from cardspec import cardops, keyscheme, perso
 from cardspec import profile as P
-from cardspec.emulator import LifeCycle, blank_card
+from cardspec.emulator import LifeCycle
 from cardspec.errors import CardStateError, InvalidIdentifier, ProfileError
 from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.reader import InProcessReader

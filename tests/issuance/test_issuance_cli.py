@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from cli_helpers import Cli
+from issuance_cli_helpers import Cli
 from conftest import make_cid
 from typer.testing import CliRunner
 

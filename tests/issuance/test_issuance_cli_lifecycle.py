@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import typer
-from cli_helpers import Cli
+from issuance_cli_helpers import Cli
 from conftest import INITIAL_BANK_PIN, emulated_chip, make_cid
 from typer.testing import CliRunner
 
@@ -192,7 +192,10 @@ def test_outbox_is_registered_on_the_root_command(env: Path):
     res = runner.invoke(ykt_cli.app, ["outbox", "--help"])
     assert res.exit_code == 0 and "drain" in res.output
     res = runner.invoke(ykt_cli.app, ["cards", "--help"])
-    assert all(c in res.output for c in ("collect", "activate-financial", "expire-losses"))
+    commands = ("collect", "activate-financial", "expire-losses", "expire", "hand-back", "cancel")
+    assert all(c in res.output for c in commands)
+    res = runner.invoke(ykt_cli.app, ["worker", "--help"])
+    assert res.exit_code == 0 and "--once" in res.output
 
 
 @pytest.mark.softhsm

@@ -116,7 +116,7 @@ def test_collecting_without_the_temporary_card_keeps_the_deposit(
     amount = services.hand_back_temporary_card(session, temp, actors["clerk2"])
     assert amount == settings.lifecycle.temporary_card_deposit_fen
     assert dep.returned_by_id == actors["clerk2"].staff_id and dep.refunded_at is not None
-    with pytest.raises(ValidationError, match="already handed back"):
+    with pytest.raises(TransitionError, match="already handed back"):
         services.hand_back_temporary_card(session, temp, clerk)
     actions = session.scalars(
         sa.select(AuditEvent.action).where(

@@ -26,7 +26,9 @@ from issuance.batches.dataprep import bank_pan, card_profile, initial_pin
 from issuance.batches.prepared import PreparedCard
 from issuance.batches.stock import VirtualBlankStock
 from issuance.settings import Settings, load_settings
-from printers.stations import EncodingStation, QualityCheckFailed, open_stations
+from printers.faces import CardFace, render_back
+from printers.layout import DEFAULT_LAYOUT
+from printers.stations import EncodingStation, PrintedFace, QualityCheckFailed, open_stations
 
 pytestmark = pytest.mark.pcsc
 
@@ -82,6 +84,19 @@ def _card(line: Line, n: int) -> PreparedCard:
     return PreparedCard(n, serial.hex().upper(), data, ref, slots, profile.name)
 
 
+def _printed(line: Line, prepared: PreparedCard) -> PrintedFace:
+    """The card back printed for ``prepared`` (no photo), as the pipeline spools it."""
+    data = prepared.perso
+    face = CardFace(
+        name=data.holder.full_name.rstrip(), ssn=data.holder.ssn, card_number=data.card_number,
+        issue_date=data.issue_date, photo_jpeg=None, issuer_name="x", bank_name="y",
+        expiry_date=data.expiry_date,
+    )  # fmt: skip
+    path = line.settings.data_dir / f"{prepared.chip_serial}.back.png"
+    render_back(face).save(path)
+    return PrintedFace(path, DEFAULT_LAYOUT.back.face_code.px(300), None)  # type: ignore[union-attr]
+
+
 def test_station_personalises_and_quality_check_passes(line: Line) -> None:
     prepared = _card(line, 1)
     station = line.stations[0]
@@ -89,8 +104,9 @@ def test_station_personalises_and_quality_check_passes(line: Line) -> None:
     result = station.personalise(prepared, line.key_service)
     assert set(result.keys_loaded) == set(prepared.key_slots)
     assert 30 < result.apdu_count < 60
-    report = station.check(prepared, line.key_service, prepared.perso.card_number)
+    report = station.check(prepared, line.key_service, _printed(line, prepared))
     assert report.chip_serial == prepared.chip_serial
+    assert report.face is not None and report.face.card_number == prepared.perso.card_number
     assert report.card_identification_code == prepared.key_ref.card_identification_code
     station.eject()
     # the chip image holds the personalised, locked card with the HSM-derived initial PIN
@@ -108,18 +124,26 @@ def test_quality_check_catches_wrong_face_blank_chip_and_foreign_card(line: Line
     st_a.personalise(good, line.key_service)
     # the face printed for another card
     with pytest.raises(QualityCheckFailed) as wrong_face:
-        st_a.check(good, line.key_service, other.perso.card_number)
+        st_a.check(good, line.key_service, _printed(line, other))
     assert wrong_face.value.problems == [
-        f"chip card number {good.perso.card_number} is not the printed {other.perso.card_number}"
+        f"printed card number {other.perso.card_number} is not the chip's {good.perso.card_number}",
+        f"printed social security number {other.perso.holder.ssn} is not the chip's "
+        f"{good.perso.holder.ssn}",
     ]
     # a blank (never personalised) chip in the station
     st_b.load(line.stock.image(other.chip_serial))
     with pytest.raises(QualityCheckFailed) as blank:
-        st_b.check(other, line.key_service, other.perso.card_number)
+        st_b.check(other, line.key_service, _printed(line, other))
     assert any("unreadable" in p or "not locked" in p for p in blank.value.problems)
     # the good card checked as if it were the other one: serial, data and key all wrong
     with pytest.raises(QualityCheckFailed) as foreign:
-        st_a.check(other, line.key_service, other.perso.card_number)
+        st_a.check(other, line.key_service, _printed(line, other))
     problems = " | ".join(foreign.value.problems)
-    assert "chip serial" in problems and "EF05" in problems
+    assert "chip serial" in problems and "EF05 differs" in problems
     assert "INTERNAL AUTHENTICATE" in problems
+    # a wrong card's PIN counter is never touched (no VERIFY when EF05 is not the expected)
+    st_a.eject()
+    chip = Card.load(line.stock.image(good.chip_serial))
+    reader = InProcessReader(chip)
+    reader.connect()
+    assert cardops.pin_status(reader, chip.profile)["ss"].tries_left == 3

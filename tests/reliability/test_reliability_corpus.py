@@ -223,7 +223,11 @@ def _crypto() -> SoftwareCardCrypto:
     masters = {s: sha256(f"reliability:{s.value}".encode()).digest()[:16] for s in KeySlot}
     code = ids.make_card_identification_code("330182", SERIAL)
     return SoftwareCardCrypto(
-        masters, (keyscheme.card_factor(code),), Algorithm.DES3, (keyscheme.emv_factor(PAN, PSN),)
+        masters,
+        (keyscheme.card_factor(code),),
+        Algorithm.DES3,
+        (keyscheme.emv_factor(PAN, PSN),),
+        klk_master=sha256(b"reliability:klk").digest()[:16],
     )
 
 
@@ -318,7 +322,9 @@ PERSO_FAULTS = [
 @pytest.mark.parametrize(("what", "fault", "error"), PERSO_FAULTS, ids=[f[0] for f in PERSO_FAULTS])
 def test_personalisation_against_a_misbehaving_card(what, fault, error):
     crypto = _crypto()
-    card = blank_card(SERIAL, crypto.card_key(KeySlot.KMC), Algorithm.DES3)
+    card = blank_card(
+        SERIAL, crypto.card_key(KeySlot.KMC), Algorithm.DES3, klk=crypto.key_loading_key()
+    )
     reader = MisbehavingReader(InProcessReader(card), fault)
     with pytest.raises(error) as err:
         perso.personalise(reader, crypto, _perso_data())
@@ -329,7 +335,9 @@ def test_personalisation_against_a_misbehaving_card(what, fault, error):
 @pytest.fixture(scope="module")
 def personalised() -> InProcessReader:
     crypto = _crypto()
-    card = blank_card(SERIAL, crypto.card_key(KeySlot.KMC), Algorithm.DES3)
+    card = blank_card(
+        SERIAL, crypto.card_key(KeySlot.KMC), Algorithm.DES3, klk=crypto.key_loading_key()
+    )
     reader = InProcessReader(card)
     perso.personalise(reader, crypto, _perso_data())
     return reader

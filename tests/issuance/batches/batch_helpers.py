@@ -54,10 +54,14 @@ def hsm_root(root: Path) -> HsmRoot:
     return HsmRoot(root, settings.softhsm_conf)
 
 
-def batch_settings(data_dir: Path, db_url: str, hsm: HsmRoot) -> Settings:
-    """Settings of one test; the blank-stock maker's transport key copied in."""
+def batch_settings(
+    data_dir: Path, db_url: str, hsm: HsmRoot, extra: dict[str, str] | None = None
+) -> Settings:
+    """Settings of one test (``extra``: more ``YKT_*`` variables); the blank-stock maker's
+    transport key copied in."""
     stock = manufacturer_key_path(load_settings(environ={"YKT_DATA_DIR": str(hsm.root)}))
-    env = {"YKT_DATA_DIR": str(data_dir), "YKT_DATABASE__URL": db_url, **hsm.environ()}
+    env = {"YKT_DATA_DIR": str(data_dir), "YKT_DATABASE__URL": db_url, **hsm.environ(),
+           **(extra or {})}  # fmt: skip
     settings = load_settings(environ=env)
     target = manufacturer_key_path(settings)
     target.parent.mkdir(parents=True, exist_ok=True)

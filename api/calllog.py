@@ -1,0 +1,193 @@
+"""The call log: one ``api_calls`` row per HTTP call, with the caller's identity.
+
+:class:`CallLog` is a pure ASGI middleware (installed by :func:`api.app.create_app`) around the
+whole application, so it sees every call, including the ones no route handles (404, 405), the
+ones refused before a handler runs (401, 403, 422, 429) and token grants. It records the
+caller (the authenticated principal's actor name and credential, the client id a token grant
+was asked for, or ``anonymous``), the client address, the method, the *route template*
+(``/v1/cards/{card_number}/loss``, never the concrete path: paths carry card numbers), the
+status, the error code of the JSON error body and the duration. Never a body, a query string
+or a header value.
+
+Durability: the record is committed *before* the response starts, so an answered call is a
+recorded call. Records are written in batches (group commit): each call waits for the batch
+that carries its record; the batch being written while new calls arrive is followed at once by
+the next one. On PostgreSQL a batch is one ``INSERT ... SELECT FROM unnest(...)`` on the
+asyncio pool; on SQLite one executemany in a worker thread. If the log cannot be written (the
+database is down) the call still gets its answer (typically a 503 already) and the failure is
+logged.
+
+Not logged: ``/healthz`` and ``/v1/hello`` (liveness and the benchmark's baseline: no caller, no
+data). A card verification (``POST /v1/verifications``) that reached its verdict is recorded by
+its ``card.verified`` audit event, written in the same transaction as the challenge consumption;
+the handler marks the request (:func:`mark_recorded`) and the middleware does not write it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import astuple, dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from starlette.concurrency import run_in_threadpool
+
+from api.context import ApiContext
+from issuance.models import ApiCall, utcnow
+
+log = logging.getLogger("api.calls")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Paths never logged (liveness, the benchmark's hello-world).
+UNLOGGED = frozenset({"/healthz", "/v1/hello"})
+#: request.state keys the routes and error handlers set for the log
+PRINCIPAL, CLIENT_ID, ERROR_CODE, RECORDED = (
+    "ykt_principal", "ykt_client_id", "ykt_error_code", "ykt_recorded",
+)  # fmt: skip
+
+
+def state_of(scope: Scope) -> dict[str, Any]:
+    """The request's state dict (what ``request.state`` reads and writes)."""
+    state: dict[str, Any] = scope.setdefault("state", {})
+    return state
+
+
+def mark_recorded(scope: Scope) -> None:
+    """This call is already recorded (by an audit event in its own transaction)."""
+    state_of(scope)[RECORDED] = True
+
+
+@dataclass(slots=True)
+class CallRecord:
+    at: datetime
+    credential_id: int | None
+    caller: str
+    client_id: str | None
+    client_ip: str | None
+    method: str
+    route: str
+    status: int
+    error_code: str | None
+    duration_us: int
+
+
+_COLUMNS = ("at", "credential_id", "caller", "client_id", "client_ip", "method", "route",
+            "status", "error_code", "duration_us")  # fmt: skip
+_TYPES = ("timestamp", "integer", "text", "text", "text", "text", "text", "smallint", "text",
+          "integer")  # fmt: skip
+_PG_INSERT = (
+    f"INSERT INTO api_calls ({', '.join(_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"${i}::{t}[]" for i, t in enumerate(_TYPES, start=1))
+    + ")"
+)
+
+
+class CallRecorder:
+    """Group commit of call records: :meth:`record` returns once its record is committed."""
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self._ctx = ctx
+        self._pending: list[tuple[CallRecord, asyncio.Future[None]]] = []
+        self._writing = False
+
+    async def record(self, rec: CallRecord) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((rec, fut))
+        if not self._writing:
+            self._writing = True
+            try:
+                while self._pending:
+                    batch, self._pending = self._pending, []
+                    try:
+                        await self._write([r for r, _ in batch])
+                    except Exception as exc:  # every waiter of the batch learns it
+                        for _, f in batch:
+                            if not f.done():
+                                f.set_exception(exc)
+                    else:
+                        for _, f in batch:
+                            if not f.done():
+                                f.set_result(None)
+            finally:
+                self._writing = False
+        await fut
+
+    async def _write(self, records: list[CallRecord]) -> None:
+        pool = self._ctx.pg
+        if pool is not None:
+            columns = list(zip(*(astuple(r) for r in records), strict=True))
+            arrays = [list(c) for c in columns]
+            await pool.run(lambda conn: conn.execute(_PG_INSERT, *arrays))
+            return
+        rows = [dict(zip(_COLUMNS, astuple(r), strict=True)) for r in records]
+
+        def insert() -> None:
+            with self._ctx.engine.begin() as conn:
+                conn.execute(sa.insert(ApiCall), rows)
+
+        await run_in_threadpool(insert)
+
+
+class CallLog:
+    """ASGI middleware: record every HTTP call (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp, recorder: CallRecorder) -> None:
+        self.app = app
+        self.recorder = recorder
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNLOGGED:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        responded = False
+
+        async def send_logged(message: Message) -> None:
+            nonlocal responded
+            if message["type"] == "http.response.start" and not responded:
+                responded = True
+                await self._log(scope, int(message["status"]), started)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_logged)
+        except BaseException:
+            if not responded:  # no answer went out (the server answers 500 or drops it)
+                responded = True
+                state_of(scope).setdefault(ERROR_CODE, "internal_error")
+                await self._log(scope, 500, started)
+            raise
+
+    async def _log(self, scope: Scope, status: int, started: float) -> None:
+        state = state_of(scope)
+        if state.get(RECORDED):
+            return
+        principal = state.get(PRINCIPAL)
+        route = scope.get("route")
+        client = scope.get("client")
+        rec = CallRecord(
+            at=utcnow(),
+            credential_id=None if principal is None else principal.credential_id,
+            caller="anonymous" if principal is None else principal.actor.username[:64],
+            client_id=(principal.client_id if principal is not None else state.get(CLIENT_ID)),
+            client_ip=None if not client else str(client[0])[:45],
+            method=str(scope.get("method", ""))[:8],
+            route=str(getattr(route, "path", "(no route)"))[:200],
+            status=status,
+            error_code=None if status < 400 else state.get(ERROR_CODE),
+            duration_us=int((time.perf_counter() - started) * 1e6),
+        )
+        try:
+            await self.recorder.record(rec)
+        except Exception:
+            log.exception("the call log could not be written (%s %s %d)",
+                          rec.method, rec.route, status)  # fmt: skip
