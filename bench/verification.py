@@ -10,14 +10,15 @@ under the transport key, as for a card bureau) so the load generator can answer 
 Server: the product's own command, ``ykt serve --workers 2`` (uvicorn workers, uvloop,
 httptools, no access log), configured by environment (``YKT_DATA_DIR``, ``YKT_DATABASE__URL``).
 
-Load: a Python generator in its own process (asyncio + uvloop, raw keep-alive HTTP/1.1,
-``CONNECTIONS`` connections). wrk cannot be used for the flow: every verification needs the
-card's 3DES answer to a fresh challenge. One *verification* (flow) = ``POST
-/v1/verifications/challenge`` + the card's INTERNAL AUTHENTICATE answer computed by the
-generator + ``POST /v1/verifications`` (challenge consumed, HSM cryptogram check, card and
-application status, audit event, all committed durably). Only flows answered ``valid`` count;
-any error or ``invalid`` answer fails the benchmark. The hello-world figure is ``GET /v1/hello``
-measured by the same generator with the same connections in the same run, and by wrk.
+Load: wrk with ``bench/verification_wrk.lua`` (``-t32 -c32``: one connection per wrk thread),
+or with ``YKT_BENCH_GENERATOR=python`` a Python generator in its own process (asyncio + uvloop,
+raw keep-alive HTTP/1.1). One *verification* (flow) = ``POST /v1/verifications/challenge`` +
+the card's INTERNAL AUTHENTICATE answer computed by the generator like the chip does (3DES with
+the card's IRK, exported from the HSM wrapped under a transport key as for a card bureau) +
+``POST /v1/verifications`` (challenge consumed, HSM cryptogram check, card and application
+status, audit event, all committed durably). Only flows answered ``valid`` count; any error or
+``invalid`` answer fails the benchmark. The hello-world figure is ``GET /v1/hello`` measured by
+the same generator with the same connections in the same run, and by plain ``wrk -t2``.
 
 Latency is reported per request kind (challenge, verify) and per flow; the p99 target is judged
 on the verify request, throughput on flows/s. CPU: everything shares this machine's 2 cores;

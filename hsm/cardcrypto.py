@@ -3,7 +3,10 @@
 
 Each card key is a session object derived from the issuer master of its slot (version from
 the card record) by the card's factors (``C_DeriveKey(CKM_*_ECB_ENCRYPT_DATA)``, one step per
-factor); the card's key-loading key KLK likewise from ``ykt:klk:aes:v<n>``. The objects live
+factor); the card's key-loading key KLK likewise from ``ykt:klk:aes:v<n>``. For a chip
+pre-personalised by a supplier (``CardKeyRef.chip_maker``) the transport key KMC and the KLK
+come instead from that supplier's delivery key set, diversified by the chip serial alone
+(``ykt:supplier:<name>:kmc|klk:...``, :mod:`hsm.ceremony`). The objects live
 for one ``with service.card_crypto(ref) as crypto:`` block and are destroyed after it. Every
 object is CKA_SENSITIVE (its value is never readable); card keys carry CKA_EXTRACTABLE only
 because C_WrapKey needs it (they leave the HSM wrapped, under the KLK for WRITE KEY or under a
@@ -63,6 +66,8 @@ KLK = KeyTemplate((Attribute.WRAP,), False)
 KLK_EXPORT = KeyTemplate((Attribute.WRAP,), True)
 #: The KLK for a bureau file: wrapped under the file KEK, CKA_ENCRYPT for its KCV.
 KLK_BUREAU = KeyTemplate((Attribute.ENCRYPT,), True)
+#: The KLK for its KCV only (checking a chip supplier's delivery): encrypts, never leaves.
+KLK_CHECK = KeyTemplate((Attribute.ENCRYPT,), False)
 #: INTERNAL AUTHENTICATE session key: encrypts the challenge, nothing else.
 SESSION_KEY = KeyTemplate((Attribute.ENCRYPT,), False)
 
@@ -220,13 +225,24 @@ class HsmCardCrypto:
             key = child
         return key
 
+    def _chip_blocks(self, alg: Algorithm) -> list[bytes]:
+        """A supplier-made chip's transport keys: the chip serial is the only factor."""
+        chip = keyscheme.card_factor(self.ref.card_identification_code)
+        return [keyscheme.diversification_data(chip, alg)]
+
     def _key_synced(self, slot: KeySlot) -> Any:
         key = self._keys.get(slot)
         if key is None:
-            master = self._service.master_synced(slot, self.algorithm, self.ref.key_version)
-            key = self._keys[slot] = self._chain(
-                master, self.algorithm, self._blocks(slot), CARD_KEY
-            )
+            maker = self.ref.chip_maker
+            if slot is KeySlot.KMC and maker is not None:
+                master = self._service.supplier_master_synced(
+                    maker[0], "kmc", self.algorithm, maker[1]
+                )
+                blocks: Sequence[bytes] = self._chip_blocks(self.algorithm)
+            else:
+                master = self._service.master_synced(slot, self.algorithm, self.ref.key_version)
+                blocks = self._blocks(slot)
+            key = self._keys[slot] = self._chain(master, self.algorithm, blocks, CARD_KEY)
         return key
 
     def _key(self, slot: KeySlot) -> Any:
@@ -235,7 +251,12 @@ class HsmCardCrypto:
 
     def _derive_klk(self, tmpl: KeyTemplate) -> Any:
         """A new KLK of this card (LOCK held, :meth:`_sync` called): AES diversification of
-        ``ykt:klk:aes:v<key_version>`` by the card factors (never the EMV ones)."""
+        ``ykt:klk:aes:v<key_version>`` by the card factors (never the EMV ones); a
+        supplier-made chip's from its supplier's KLK master by the chip serial."""
+        maker = self.ref.chip_maker
+        if maker is not None:
+            master = self._service.supplier_master_synced(maker[0], "klk", KLK_ALGORITHM, maker[1])
+            return self._chain(master, KLK_ALGORITHM, self._chip_blocks(KLK_ALGORITHM), tmpl)
         master = self._service.klk_master_synced(self.ref.key_version)
         blocks = [
             keyscheme.diversification_data(f, KLK_ALGORITHM)
@@ -305,6 +326,15 @@ class HsmCardCrypto:
             if self._klk is None:
                 self._klk = self._derive_klk(KLK)
             return ops.wrap(self._klk, key)
+
+    def klk_kcv(self) -> bytes:
+        """KCV of the card's KLK (``keyscheme.kcv``, AES), computed in the HSM on a KLK object
+        made for it (CKA_ENCRYPT only) and destroyed at once: checks a delivery's KCVs."""
+        with self._service.token.use("key-loading key KCV"):
+            self._sync()
+            block = _KCV_BLOCK[KLK_ALGORITHM]
+            kcv = self._with_klk(KLK_CHECK, lambda o, klk: o.ecb(klk, KLK_ALGORITHM, block))
+            return bytes(kcv[:3])
 
     def export_klk(self, transport: Any) -> bytes:
         """The card's KLK wrapped (RFC 5649) under ``transport``, for the blank chip's maker."""

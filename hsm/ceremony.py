@@ -8,6 +8,13 @@ Labels (CKA_LABEL, also used as CKA_ID):
 * ``ykt:klk:aes:v<n>``        issuer master of the cards' key-loading keys KLK (AES-128 for
   every card algorithm, see ``cardspec.keyscheme`` "Key loading"); same attributes.
 * ``ykt:transport:<name>``     AES-128 transport key shared with a card bureau (CKA_WRAP).
+* ``ykt:supplier:<name>:kmc:<alg>:v<n>`` and ``ykt:supplier:<name>:klk:aes:v<n>``  a chip
+  supplier's *delivery key set*: the masters shared (in a ceremony, as components) with the
+  manufacturer who pre-personalises blank chips with their transport key KMC and key-loading
+  key KLK, each diversified from these by the chip serial alone (see
+  :mod:`issuance.batches.blanks`); CKA_DERIVE only, like issuer masters. One set per supplier,
+  kept apart from the issuer's own ``ykt:kmc``/``ykt:klk`` masters, which never leave the
+  card centre.
 * ``ykt:signing:v1``            ECDSA P-256 key pair (status feed, audit checkpoints).
 * ``ykt:kcv:<key label>``       CKO_DATA: the KCV recorded when that key was imported (the
   KCV of a transport key cannot be computed in the HSM: it may only wrap).
@@ -49,6 +56,11 @@ KLK = "klk"
 """Name of the key-loading key master in labels (``ykt:klk:aes:v<n>``)."""
 KCV_PREFIX = "ykt:kcv:"
 _MASTER_RE = re.compile(r"^ykt:([a-z_]+):(3des|aes|sm4):v(\d+)$")
+_SUPPLIER_RE = re.compile(
+    r"^ykt:supplier:([a-z0-9][a-z0-9_-]{0,39}):(kmc|klk):(3des|aes|sm4):v(\d+)$"
+)
+#: The masters of a chip supplier's delivery key set (``ykt hsm import kmc|klk --supplier``).
+SUPPLIER_KEYS = ("kmc", "klk")
 
 
 def master_label(slot: KeySlot, alg: Algorithm, version: int) -> str:
@@ -60,6 +72,21 @@ def klk_label(version: int) -> str:
     return f"ykt:{KLK}:{KLK_ALGORITHM.value}:v{version}"
 
 
+def supplier_label(supplier: str, kind: str, alg: Algorithm, version: int = 1) -> str:
+    """Label of a master of ``supplier``'s delivery key set: ``kind`` ``kmc`` (of the chips'
+    algorithm) or ``klk`` (always AES); see the module docstring."""
+    if kind not in SUPPLIER_KEYS:
+        raise HsmError(f"a supplier key set has {' and '.join(SUPPLIER_KEYS)}, not {kind!r}")
+    key_alg = KLK_ALGORITHM if kind == KLK else alg
+    label = f"ykt:supplier:{supplier}:{kind}:{key_alg.value}:v{version}"
+    if _SUPPLIER_RE.match(label) is None:
+        raise HsmError(
+            f"supplier name {supplier!r}: 1-40 lower-case letters, digits, '-' or '_'",
+            supplier=supplier,
+        )
+    return label
+
+
 def transport_label(name: str) -> str:
     return name if name.startswith("ykt:transport:") else f"ykt:transport:{name}"
 
@@ -69,7 +96,7 @@ class KeyInfo:
     """A key in the token as listed by :func:`list_keys`."""
 
     label: str
-    kind: str  # "master", "klk" (key-loading key master), "transport", "signing"
+    kind: str  # "master", "klk" (key-loading key master), "supplier", "transport", "signing"
     algorithm: str
     slot: KeySlot | None
     version: int | None
@@ -136,6 +163,9 @@ def _check_value(obj: Any) -> bytes | None:
 
 def _parse(label: str) -> tuple[str, KeySlot | None, int | None]:
     """(kind, slot, version) of a Yikatong secret-key label."""
+    sm = _SUPPLIER_RE.match(label)
+    if sm is not None:
+        return "supplier", KeySlot.KMC if sm.group(2) == "kmc" else None, int(sm.group(4))
     m = _MASTER_RE.match(label)
     if m is None:
         return "transport", None, None
@@ -352,6 +382,25 @@ def import_klk_master(
     )  # fmt: skip
 
 
+def import_supplier_master(
+    token: Pkcs11Token,
+    supplier: str,
+    kind: str,
+    components: Sequence[bytes],
+    kcvs: Sequence[bytes],
+    alg: Algorithm = Algorithm.DES3,
+    version: int = 1,
+    expected_kcv: bytes | None = None,
+) -> KeyInfo:
+    """Import a master of ``supplier``'s delivery key set (``kind`` ``kmc`` or ``klk``) from
+    the 2-3 components of the ceremony with the chip manufacturer (see the module docstring)."""
+    label = supplier_label(supplier, kind, alg, version)
+    key_alg = KLK_ALGORITHM if kind == KLK else alg
+    return _import_secret(
+        token, label, key_alg, components, kcvs, expected_kcv, (Attribute.DERIVE,)
+    )
+
+
 def import_transport_key(
     token: Pkcs11Token,
     name: str,
@@ -423,7 +472,9 @@ def list_keys(token: Pkcs11Token) -> list[KeyInfo]:
             if not label.startswith("ykt:"):
                 continue
             m = _MASTER_RE.match(label)
-            alg = Algorithm(m.group(2)) if m else Algorithm.AES
+            sm = _SUPPLIER_RE.match(label)
+            alg = (Algorithm(m.group(2)) if m else Algorithm(sm.group(3)) if sm
+                   else Algorithm.AES)  # fmt: skip
             if alg is Algorithm.SM4:
                 continue
             out.append(_info(obj, label, alg, session))

@@ -241,20 +241,37 @@ def import_key(
     kcv: Annotated[
         str | None, typer.Option("--kcv", help="Expected KCV of the combined key (6 hex).")
     ] = None,
+    supplier: Annotated[
+        str | None,
+        typer.Option(
+            "--supplier",
+            help="A chip supplier's delivery key set (kmc or klk) instead of an issuer master.",
+        ),
+    ] = None,
     as_: _As = None,
     no_audit: _NoAudit = False,
 ) -> None:
     """Import a master key from 2-3 clear components typed by their custodians (no echo), each
-    checked by its KCV. ``klk`` imports the key-loading key master (always AES)."""
+    checked by its KCV. ``klk`` imports the key-loading key master (always AES). With
+    ``--supplier NAME``, ``kmc`` or ``klk`` of the key set shared with that chip supplier, from
+    which it diversifies the transport keys of the blank chips it delivers."""
     if name not in MASTER_NAMES:
         raise typer.BadParameter(f"unknown key {name!r}: one of {', '.join(MASTER_NAMES)}")
+    if supplier is not None and name not in ceremony.SUPPLIER_KEYS:
+        raise typer.BadParameter(f"a supplier key set has {' and '.join(ceremony.SUPPLIER_KEYS)}")
+    if supplier is not None:
+        ceremony.supplier_label(supplier, name, algorithm, version)  # the name is valid
     names = _custodian_names(custodian, components)
     expected = _hex(kcv, "--kcv") if kcv else None
     log = _CeremonyLog(as_, not no_audit)
     alg = KLK_ALGORITHM if name == ceremony.KLK else algorithm
     comps, kcvs, names = _components(components, alg, names)
     token = _token()
-    if name == ceremony.KLK:
+    if supplier is not None:
+        info = ceremony.import_supplier_master(
+            token, supplier, name, comps, kcvs, alg, version, expected
+        )
+    elif name == ceremony.KLK:
         info = ceremony.import_klk_master(token, comps, kcvs, version, expected)
     else:
         info = ceremony.import_master(token, KeySlot(name), comps, kcvs, alg, version, expected)

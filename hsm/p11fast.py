@@ -37,6 +37,8 @@ _CKR_NAMES = {
     0x82: "CKR_OBJECT_HANDLE_INVALID",
     0xB3: "CKR_SESSION_HANDLE_INVALID",
     0x113: "CKR_WRAPPING_KEY_HANDLE_INVALID",
+    0x110: "CKR_WRAPPED_KEY_INVALID",
+    0x112: "CKR_WRAPPED_KEY_LEN_RANGE",
     0x150: "CKR_BUFFER_TOO_SMALL",
     0x190: "CKR_CRYPTOKI_NOT_INITIALIZED",
 }
@@ -90,15 +92,21 @@ _USAGE = (
 
 
 def key_template(
-    alg: Algorithm, *usage: Attribute, extractable: bool = True, minimal: bool = False
+    alg: Algorithm,
+    *usage: Attribute,
+    extractable: bool = True,
+    minimal: bool = False,
+    unwrap: bool = False,
 ) -> Template:
     """A derived session key: public session object (see ``hsm.service``), sensitive, with
-    exactly ``usage``. ``minimal``: class and type only (the raw benchmark)."""
+    exactly ``usage``. ``minimal``: class and type only (the raw benchmark). ``unwrap``: for
+    ``C_UnwrapKey`` (no CKA_VALUE_LEN: the length comes from the wrapped value, SoftHSM2
+    answers CKR_ATTRIBUTE_READ_ONLY to it)."""
     attrs: dict[Attribute, bool | int] = {
         Attribute.CLASS: int(ObjectClass.SECRET_KEY),
         Attribute.KEY_TYPE: int(_KEY_TYPE[alg]),
     }
-    if alg is Algorithm.AES:
+    if alg is Algorithm.AES and not unwrap:
         attrs[Attribute.VALUE_LEN] = 16  # SoftHSM refuses CKA_VALUE_LEN for DES keys
     if not minimal:
         attrs[Attribute.TOKEN] = False
@@ -118,6 +126,7 @@ class FastOps:
         self._wrap = lib.C_WrapKey
         self._encrypt_init = lib.C_EncryptInit
         self._encrypt = lib.C_Encrypt
+        self._unwrap = lib.C_UnwrapKey
         ptr, ulong_p = ctypes.c_void_p, ctypes.POINTER(_ULONG)
         signatures: list[tuple[Any, list[Any]]] = [
             (self._derive_key, [_ULONG, ptr, _ULONG, ptr, _ULONG, ulong_p]),
@@ -125,6 +134,7 @@ class FastOps:
             (self._wrap, [_ULONG, ptr, _ULONG, _ULONG, ptr, ulong_p]),
             (self._encrypt_init, [_ULONG, ptr, _ULONG]),
             (self._encrypt, [_ULONG, ctypes.c_char_p, _ULONG, ptr, ulong_p]),
+            (self._unwrap, [_ULONG, ptr, _ULONG, ctypes.c_char_p, _ULONG, ptr, _ULONG, ulong_p]),
         ]
         for fn, argtypes in signatures:  # ints are converted in C, not by ctypes objects
             fn.restype = _ULONG
@@ -178,6 +188,16 @@ class FastOps:
         rv = self._wrap(session, self._plain_mech_p, wrapping, key, self._buf, self._len_p)
         self._check(rv, "wrapping a card key")
         return self._buf.raw[: self._len.value]
+
+    def unwrap_kwp(self, session: int, unwrapping: int, wrapped: bytes, tmpl: Template) -> int:
+        """``C_UnwrapKey(CKM_AES_KEY_WRAP_PAD)``: a new key object (``tmpl``) from ``wrapped``
+        (RFC 5649 under ``unwrapping``); its handle. A wrong key or altered data fails the
+        RFC 5649 integrity check inside the HSM (CKR_WRAPPED_KEY_INVALID and the like)."""
+        self._plain_mech.mechanism = int(Mechanism.AES_KEY_WRAP_PAD)
+        rv = self._unwrap(session, self._plain_mech_p, unwrapping, wrapped, len(wrapped),
+                          tmpl.array, tmpl.count, self._out_p)  # fmt: skip
+        self._check(rv, "unwrapping a key")
+        return int(self._out.value)
 
     def encrypt_ecb(self, session: int, key: int, alg: Algorithm, data: bytes) -> bytes:
         """``C_EncryptInit(CKM_*_ECB)`` + ``C_Encrypt`` of whole blocks."""

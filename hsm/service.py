@@ -101,6 +101,11 @@ class CardKeyRef:
     pan: str | None = field(default=None, repr=False)
     psn: str | None = None
     region_factor: bool = False
+    #: ``(supplier, version)`` when the blank chip came pre-personalised by a chip supplier:
+    #: its KMC and KLK are diversified by the chip serial alone from that supplier's delivery
+    #: key set (``ykt:supplier:<name>:kmc|klk:...:v<version>``, see :mod:`hsm.ceremony`);
+    #: ``None``: from the issuer's own KMC/KLK masters of ``key_version`` (virtual stock).
+    chip_maker: tuple[str, int] | None = None
 
     def factors(self, slot: KeySlot, region_code: str) -> tuple[bytes, ...]:
         """The diversification factors of ``slot``, outermost first."""
@@ -201,6 +206,7 @@ class Pkcs11KeyService:
         self.signing_label = signing_label
         self._masters: dict[tuple[KeySlot, Algorithm, int], Any] = {}
         self._klk_masters: dict[int, Any] = {}
+        self._supplier_masters: dict[str, Any] = {}
         self._masters_generation = -1
         self._transports: dict[str, Any] = {}
         self._transports_generation = -1
@@ -244,6 +250,7 @@ class Pkcs11KeyService:
         if generation != self._masters_generation:
             self._masters.clear()
             self._klk_masters.clear()
+            self._supplier_masters.clear()
             self._masters_generation = generation
         if generation != self._transports_generation:
             self._transports.clear()
@@ -263,6 +270,15 @@ class Pkcs11KeyService:
         if key is None:
             label = ceremony.klk_label(version)
             key = self._klk_masters[version] = p11.find_one(self.token.session(), label)
+        return key
+
+    def supplier_master_synced(self, supplier: str, kind: str, alg: Algorithm, version: int) -> Any:
+        """A master of a chip supplier's delivery key set (``kind`` ``kmc`` or ``klk``); the
+        caller holds LOCK and called :meth:`sync`."""
+        label = ceremony.supplier_label(supplier, kind, alg, version)
+        key = self._supplier_masters.get(label)
+        if key is None:
+            key = self._supplier_masters[label] = p11.find_one(self.token.session(), label)
         return key
 
     def current_key_version(self, algorithm: Algorithm) -> int:
@@ -412,6 +428,8 @@ class SoftwareKeyService:
         )
 
     def card_crypto(self, ref: CardKeyRef) -> SoftwareCardSession:
+        if ref.chip_maker is not None:
+            raise KeyNotFound("the software key service holds no chip supplier key sets")
         masters = {}
         for slot in KeySlot:
             key = self._masters.get((slot, ref.algorithm, ref.key_version))

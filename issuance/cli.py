@@ -39,6 +39,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("issuance.cli_worker", "worker", "Periodic jobs (ykt worker)."),
     ("issuance.cli_batch", "batch", "Production batches: create, prepare, personalise, print."),
     ("issuance.cli_bureau", "bureau", "Card bureau: export bureau files, import their results."),
+    ("issuance.cli_stock", "stock", "Blank chips delivered by chip suppliers: import, status."),
     ("printers.cli", "print", "Card faces and print spoolers."),
     ("api.cli", "api", "The HTTP service and the verification client."),
 ]

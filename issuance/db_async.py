@@ -83,8 +83,16 @@ class AsyncPgPool:
 
     async def open(self) -> None:
         """Adopt the running loop (the server's, at startup): work given to :meth:`run` from
-        this loop shares the pool's connections, opened on demand."""
-        self._loop = asyncio.get_running_loop()
+        this loop shares the pool's connections, opened on demand. A pool already owned by
+        another running loop stays with it (the app started a second time in the same process,
+        as tests do: that loop's calls are handed over to the owner)."""
+        loop = asyncio.get_running_loop()
+        owner = self._loop
+        if owner is loop or (owner is not None and owner.is_running()):
+            return
+        # no owner, or its loop has stopped: its connections died with it
+        self._idle, self._waiters, self._count = [], deque(), 0
+        self._loop = loop
 
     async def run(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """``await fn(connection)`` with a connection of the pool (autocommit).
@@ -173,7 +181,10 @@ class AsyncPgPool:
             await _close_quietly(conn)
 
     async def close(self) -> None:
-        """Close the idle connections (from the server's loop, at shutdown)."""
+        """Close the idle connections (from the server's loop, at shutdown; a no-op from
+        another loop)."""
+        if self._loop is not asyncio.get_running_loop():
+            return
         idle, self._idle = self._idle, []
         self._count -= len(idle)
         self._loop = None

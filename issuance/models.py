@@ -371,30 +371,55 @@ class BlankChip(Base):
 
 
 class StockChipStatus(enum.StrEnum):
-    """A chip of a manufacturer's delivery (``ykt stock import``)."""
+    """A chip of a supplier's delivery (``ykt stock import``)."""
 
     AVAILABLE = "available"  # blank, in the card centre's stock
     USED = "used"  # bound to a card at a station (its fate is in blank_chips)
+    SPOILED = "spoiled"  # bound to a card, then spoiled (failed, or interrupted in a station)
+
+
+class StockRefusal(enum.StrEnum):
+    """Why a station refused a chip fed into it (set aside, never personalised)."""
+
+    UNKNOWN = "unknown"  # not in any imported delivery
+    USED = "used"  # already bound to a card (a finished card fed again)
+    SPOILED = "spoiled"  # bound to a card once and spoiled since
+    WRONG_ALGORITHM = "wrong_algorithm"  # delivered for the other card algorithm
+    UNREADABLE = "unreadable"  # no chip serial could be read (mute, foreign card)
 
 
 class StockChip(Base):
-    """A blank chip delivered by a chip manufacturer: its serial and its transport key KMC,
-    wrapped by the manufacturer under the transport key agreed with the issuer (the KMC is
-    unwrapped only inside the HSM, at the station; migration 0005)."""
+    """A blank chip delivered by a chip supplier, pre-personalised with its transport key KMC
+    and key-loading key KLK diversified by its serial from the supplier's delivery key set
+    ``key_version`` (never stored here: derived in the HSM at the station; migrations 0005,
+    0008). ``kmc_kcv``: the KMC's check value as the delivery file gave it (checked at import)."""
 
     __tablename__ = "stock_chips"
     id: Mapped[int] = mapped_column(primary_key=True)
     chip_serial: Mapped[str] = mapped_column(sa.String(16), unique=True)
     lot: Mapped[str] = mapped_column(sa.String(64), index=True)
-    manufacturer: Mapped[str] = mapped_column(sa.String(100))
-    transport_key: Mapped[str] = mapped_column(sa.String(100))
+    supplier: Mapped[str] = mapped_column(sa.String(100), index=True)
+    key_version: Mapped[int] = mapped_column(default=1, server_default=sa.text("1"))
     algorithm: Mapped[CardAlgorithm] = mapped_column(_enum(CardAlgorithm))
-    wrapped_kmc: Mapped[bytes] = mapped_column(sa.LargeBinary)
-    kmc_kcv: Mapped[str] = mapped_column(sa.String(6))
+    kmc_kcv: Mapped[str | None] = mapped_column(sa.String(6))
     status: Mapped[StockChipStatus] = mapped_column(_enum(StockChipStatus), index=True)
     card_id: Mapped[int | None] = mapped_column(sa.ForeignKey("cards.id"))
     imported_at: Mapped[datetime] = mapped_column(default=utcnow)
     used_at: Mapped[datetime | None]
+
+
+class StockRejection(Base):
+    """A chip a station refused (:class:`StockRefusal`; migration 0008)."""
+
+    __tablename__ = "stock_rejections"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: None: the chip's serial could not be read.
+    chip_serial: Mapped[str | None] = mapped_column(sa.String(16), index=True)
+    reason: Mapped[StockRefusal] = mapped_column(_enum(StockRefusal))
+    detail: Mapped[str | None] = mapped_column(sa.String(300))
+    station: Mapped[str | None] = mapped_column(sa.String(100))
+    batch_id: Mapped[int | None] = mapped_column(sa.ForeignKey("batches.id"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Card(Base):

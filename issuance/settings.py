@@ -73,9 +73,11 @@ class ReaderSettings(_Section):
 
 class StockSettings(_Section):
     #: Where blank chips come from (``issuance.batches.blanks``). ``virtual``: the emulated
-    #: chips' manufacturer (chip serial and transport keys chosen by the issuer). A stock
-    #: that binds chips at the station (a manufacturer's delivery) plugs in there.
-    backend: Literal["virtual"] = "virtual"
+    #: chips' manufacturer (chip serial and transport keys chosen by the issuer).
+    #: ``delivered``: chips a supplier delivered pre-personalised (``ykt stock import``), fed
+    #: into real readers (``[readers] backend = "pcsc"``); each fed chip is checked against
+    #: the imported stock and bound to its card at the station.
+    backend: Literal["virtual", "delivered"] = "virtual"
 
 
 class PrinterSettings(_Section):

@@ -105,29 +105,79 @@ class NoCardFed(StationError):
 class PresenceFeeder:
     """A real reader: waits until a card is present (put in by an operator or the printer's
     feeder), at most ``timeout`` seconds (kept well below the lease of the card being made:
-    the pipeline renews the lease meanwhile, and gives the card back if none comes)."""
+    the pipeline renews the lease meanwhile, and gives the card back if none comes).
+
+    A card the station has dealt with (finished, spoiled or refused) stays in the reader until
+    it is taken out; the next :meth:`load` waits for *another* card. The feeder knows the card
+    in hand by a PC/SC connection of its own opened on it (:meth:`handled`): that handle
+    answers as long as the card stays in and fails once it has been removed, even if the
+    same card was put back at once (``SCARD_W_REMOVED_CARD``), so a refused chip fed again is
+    seen again. A card that cannot even be connected to (mute) is waited out by its absence.
+    """
 
     def __init__(self, reader: str, csock: str | Path | None = None, timeout: float = 30.0) -> None:
         self.reader, self.csock, self.timeout = reader, csock, timeout
+        self._marker: PcscReader | None = None
+        self._await_absence = False
+
+    def handled(self) -> None:
+        """The card now in the reader has been taken by the station: later loads wait for it
+        to be replaced."""
+        if self._marker is None:
+            self._marker = PcscReader(self.reader, csock=self.csock)
+        try:
+            self._marker.connect()
+            self._await_absence = False
+        except CardSpecError:
+            self._marker.disconnect()
+            self._await_absence = True
+
+    def in_hand(self) -> bool:
+        """Whether the card the station dealt with last is still in the reader."""
+        if self._marker is not None and self._marker.connected:
+            try:
+                self._marker.atr()
+                return True
+            except CardSpecError:  # removed (or reset): that card is gone
+                self._marker.disconnect()
+                return False
+        if self._await_absence:
+            if card_present(self.reader, self.csock):
+                return True
+            self._await_absence = False
+        return False
 
     def load(self, image: Path | None) -> None:
         deadline = time.monotonic() + self.timeout
+        while self.in_hand():
+            if time.monotonic() > deadline:
+                raise NoCardFed(f"the last card is still in {self.reader}: take it out")
+            time.sleep(0.05)
         while not card_present(self.reader, self.csock):
             if time.monotonic() > deadline:
                 raise NoCardFed(f"no card fed into {self.reader} within {self.timeout:.0f} s")
             time.sleep(0.05)
 
     def wait_removed(self, timeout: float | None = None) -> bool:
-        """Wait until the card is taken out (True) or ``timeout`` passes (False)."""
+        """Wait until the card dealt with is taken out (True) or ``timeout`` passes (False)."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        while card_present(self.reader, self.csock):
+        while self.in_hand() or (self._marker is None and card_present(self.reader, self.csock)):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
         return True
 
     def eject(self) -> None:
-        return None
+        """A real reader cannot eject: the card stays until taken out. One the station has not
+        marked yet (personalised from an image, virtual stock on real readers) is marked
+        here so that the next load does not take it again."""
+        if not self.in_hand() and card_present(self.reader, self.csock):
+            self.handled()
+
+    def close(self) -> None:
+        if self._marker is not None:
+            self._marker.close()
+            self._marker = None
 
 
 class CountingReader:
@@ -216,12 +266,17 @@ class EncodingStation:
         return True if waiter is None else bool(waiter(timeout))
 
     def fed_serial(self) -> str:
-        """The chip serial of the card in the reader (GET DATA DF12; blank cards answer too)."""
-        self.reader.connect()
+        """The chip serial of the card fed into the reader (GET DATA DF12; blank cards answer
+        too). The card is then the station's card in hand (:meth:`PresenceFeeder.handled`),
+        also when its serial cannot be read (:class:`~cardspec.errors.CardSpecError`)."""
         try:
+            self.reader.connect()
             return cardops.chip_serial(self.reader).hex().upper()
         finally:
             self.reader.disconnect()
+            handled = getattr(self.feeder, "handled", None)
+            if handled is not None:
+                handled()
 
     def check(
         self, prepared: PreparedCard, key_service: KeyService, printed: PrintedFace | None
@@ -284,6 +339,9 @@ class EncodingStation:
 
     def close(self) -> None:
         self.reader.close()
+        close = getattr(self.feeder, "close", None)
+        if close is not None:
+            close()
 
 
 def _pin_counters(reader: CountingReader, profile: CardProfile) -> list[str]:

@@ -3,39 +3,234 @@
 * ``virtual`` (default): :class:`issuance.batches.stock.VirtualBlankStock`, the emulated chips'
   manufacturer: the issuer picks the chip serial at data preparation and a blank image with
   the chip's transport keys is made for it; the station inserts that image.
+* ``delivered``: :class:`DeliveredBlankStock`, chips a supplier delivered pre-personalised,
+  fed into real readers (``[readers] backend = "pcsc"``) by an operator or the printer's
+  feeder. The chip in the reader is whatever the supplier made, so the card is bound to it
+  *at the station*.
 
-A stock whose chips exist before data preparation (a chip manufacturer's delivery: its list of
-chip serials with their transport keys wrapped under a transport key agreed with the issuer)
-*binds at the station*: it sets ``binds_at_station = True``, offers ``bind(session, serial,
-card, profile)`` (the fed chip must be an unused chip of the delivery; marked used in the
-binding transaction) and ``card_crypto(prepared)`` (the card's keys with the chip's own KMC and
-KLK unwrapped inside the HSM). The pipeline then reads the serial from the card fed into the
-station (GET DATA DF12) and binds the card to it there (:func:`binds_at_station`). NOT DONE
-YET: that adapter needs an UNWRAP-capable transport key in :mod:`hsm.ceremony` and a card
-crypto session over externally supplied KMC/KLK objects in :mod:`hsm.cardcrypto`.
+How a supplier's chips get their keys (the model card centres use; CHOICE where LD/T 32.4,
+which would define the transport-key scheme, is not public):
+
+* **Key ceremony with the supplier.** The issuer and the chip supplier share a *delivery key
+  set* of two masters: ``kmc`` (of the cards' algorithm: 3DES or AES) and ``klk`` (AES-128,
+  the key-loading key master, see ``cardspec.keyscheme`` "Key loading"). The custodians'
+  components are imported into the HSM with ``ykt hsm import kmc --supplier NAME`` and
+  ``ykt hsm import klk --supplier NAME`` (labels ``ykt:supplier:<name>:kmc:<alg>:v<n>`` and
+  ``ykt:supplier:<name>:klk:aes:v<n>``, :mod:`hsm.ceremony`).
+* CHOICE: **one key set per supplier, separate from the issuer's masters.** The issuer's own
+  ``ykt:kmc``/``ykt:klk`` masters (what the virtual stock uses) stay inside the card centre:
+  sharing them would hand every supplier the transport keys of every chip, of every other
+  supplier too, and tie a supplier's deliveries to the issuer's key rotation. A supplier
+  key set compromised (or a supplier dropped) affects only that supplier's unused chips.
+  Versions (``--version``) let a supplier move to a new key set; each chip records the
+  version it was made under.
+* CHOICE: **diversification by the chip serial alone**: the chip's KMC is
+  ``diversify(supplier KMC master, serial)`` and its KLK ``diversify(supplier KLK master,
+  serial)`` (``cardspec.keyscheme.diversify``, the PBOC/EMV option A construction; AES for the
+  KLK), the serial being the 8 bytes the chip answers to GET DATA DF12 and the last 16 hex
+  characters of the card identification code. The supplier knows no region, card or holder;
+  the issuer's region factor (province cards) applies to the issuer's card keys only.
+* After personalisation the card erases its KMC and KLK (SET STATUS SECURED): they protect
+  the chip on its way from the supplier's plant to the issuer's station, nothing after.
+
+The delivery itself comes with a list of chip serials (supplier, lot, serials, optionally
+each chip's KMC/KLK check values), imported with ``ykt stock import FILE --supplier NAME``
+(:mod:`issuance.batches.deliveries`) into ``stock_chips`` as ``available``.
+
+At the station (:mod:`issuance.batches.pipeline`, stock that *binds at the station*): the
+station waits for a card to be fed, reads its serial (GET DATA DF12), and :meth:`bind` checks it
+against the stock in the transaction that prepares the card: an unknown chip, one already used
+(a finished card fed again) or spoiled, or one delivered for the other algorithm raises
+:class:`ChipRefused`; the station records the refusal (``stock_rejections`` and an audit event,
+:meth:`~DeliveredBlankStock.record_refusal`), never sends it a personalisation command and
+waits until it is taken out (set aside). An accepted chip is marked ``used`` with its card and
+the card is prepared on it and goes to ``encoding`` in the same transaction; the card's keys
+are derived in the HSM at the station (:meth:`~DeliveredBlankStock.card_crypto`: KMC and KLK
+from the supplier's key set, every card key from the issuer's masters). The rest of the line
+is unchanged: a chip spoiled at personalisation, printing or quality check, or left in a
+station by a worker that died (``ykt batch resume``), is spoiled (``stock_chips`` too) and the
+card requeued on the next chip fed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from cardspec.keyscheme import KeySlot
+from cardspec.profile import CardProfile
+from issuance import audit
+from issuance.audit import Actor
+from issuance.batches.deliveries import chip_key_ref
+from issuance.batches.prepared import PreparedCard
 from issuance.batches.stock import BlankStock, VirtualBlankStock
-from issuance.errors import ConfigError
+from issuance.errors import ConfigError, IssuanceError
+from issuance.models import (
+    Card,
+    StockChip,
+    StockChipStatus,
+    StockRefusal,
+    StockRejection,
+    utcnow,
+)
 
 if TYPE_CHECKING:
-    from hsm.service import KeyService
+    from hsm.service import CardCryptoSession, CardKeyRef, KeyService
     from issuance.settings import Settings
+
+#: The backends of ``[stock] backend``.
+BACKENDS = ("virtual", "delivered")
 
 
 class StationBoundStock(Protocol):
     """A stock whose chips exist before data preparation: the station reads the fed chip's
-    serial and the card is bound to it there (see :mod:`issuance.batches.manufacturer`)."""
+    serial and the card is bound to it there."""
 
     binds_at_station: bool
+
+    def bind(self, session: Session, serial: str, card: Card, profile: CardProfile) -> None: ...
+
+    def card_crypto(self, prepared: PreparedCard) -> CardCryptoSession: ...
+
+    def record_refusal(
+        self,
+        session: Session,
+        serial: str | None,
+        reason: StockRefusal,
+        detail: str,
+        actor: Actor,
+        *,
+        station: str | None = None,
+        batch_id: int | None = None,
+    ) -> StockRejection: ...
 
 
 def binds_at_station(stock: object) -> bool:
     return bool(getattr(stock, "binds_at_station", False))
+
+
+class ChipRefused(IssuanceError):
+    """The chip fed into a station is not one it may personalise (``reason``: a
+    :class:`~issuance.models.StockRefusal`); nothing was sent to it. Take it out."""
+
+    code = "chip_refused"
+
+    def __init__(self, message: str, reason: StockRefusal, serial: str | None) -> None:
+        super().__init__(message, reason=reason.value, serial=serial)
+        self.reason = reason
+        self.serial = serial
+
+
+class DeliveredBlankStock:
+    """Chips delivered by a supplier, bound to their card at the station (see the module
+    docstring)."""
+
+    binds_at_station = True
+
+    def __init__(self, settings: Settings, key_service: KeyService) -> None:
+        self.settings = settings
+        self.key_service = key_service
+        #: chip serial -> (supplier, key set version), learnt at :meth:`bind` (a fact of the
+        #: delivery, so a bind transaction rolled back and retried leaves it right)
+        self._makers: dict[str, tuple[str, int]] = {}
+        #: delivery key sets already found in the HSM (supplier, version, algorithm)
+        self._key_sets: set[tuple[str, int, str]] = set()
+        self._lock = threading.Lock()
+
+    # the virtual stock's duties: none of them exist for delivered chips ------------------
+    def new_serial(self) -> bytes:
+        raise ConfigError("delivered chips are bound at the station, never picked ahead")
+
+    def make_blank(self, serial: bytes, ref: CardKeyRef, profile: CardProfile) -> Path:
+        raise ConfigError("delivered chips are made by their supplier, not by the issuer")
+
+    def image(self, serial: str) -> Path:
+        raise ConfigError("delivered chips are fed into real readers: they have no image")
+
+    # binding at the station --------------------------------------------------------------
+    def bind(self, session: Session, serial: str, card: Card, profile: CardProfile) -> None:
+        """Check that the chip ``serial`` fed into a station is an available chip of the
+        stock for cards of ``profile``'s algorithm and mark it used by ``card``, in the
+        caller's transaction (which prepares the card on it); :class:`ChipRefused` if not."""
+        serial = serial.upper()
+        chip = session.scalars(
+            sa.select(StockChip).where(StockChip.chip_serial == serial).with_for_update()
+        ).one_or_none()
+        if chip is None:
+            raise ChipRefused(f"chip {serial} is not in any imported delivery",
+                              StockRefusal.UNKNOWN, serial)  # fmt: skip
+        if chip.status != StockChipStatus.AVAILABLE:
+            number = (session.scalar(sa.select(Card.card_number).where(Card.id == chip.card_id))
+                      if chip.card_id is not None else None)  # fmt: skip
+            reason = (StockRefusal.USED if chip.status == StockChipStatus.USED
+                      else StockRefusal.SPOILED)  # fmt: skip
+            raise ChipRefused(f"chip {serial} is {chip.status} (card {number or '?'})",
+                              reason, serial)  # fmt: skip
+        if chip.algorithm != profile.algorithm.value:
+            raise ChipRefused(
+                f"chip {serial} was delivered for {chip.algorithm} cards, this card is "
+                f"{profile.algorithm.value}", StockRefusal.WRONG_ALGORITHM, serial,
+            )  # fmt: skip
+        maker = (chip.supplier, chip.key_version)
+        self._require_key_set(serial, maker, profile)
+        chip.status, chip.card_id, chip.used_at = StockChipStatus.USED, card.id, utcnow()
+        with self._lock:
+            self._makers[serial] = maker
+
+    def _require_key_set(self, serial: str, maker: tuple[str, int], profile: CardProfile) -> None:
+        """The supplier's key set is in the HSM (once per set: the chip's KMC and KLK derived
+        there). Raises :class:`hsm.errors.KeyNotFound` otherwise: the station stops with the
+        ceremony still to do, the chip stays available."""
+        key = (*maker, profile.algorithm.value)
+        if key in self._key_sets:
+            return
+        ref = chip_key_ref(self.settings.issuer.region_code, serial, profile.algorithm, maker)
+        with self.key_service.card_crypto(ref) as crypto:
+            crypto.kcv(KeySlot.KMC)
+            klk_kcv = getattr(crypto, "klk_kcv", None)
+            if klk_kcv is not None:
+                klk_kcv()
+        with self._lock:
+            self._key_sets.add(key)
+
+    def card_crypto(self, prepared: PreparedCard) -> CardCryptoSession:
+        """The card's keys for personalising it on its delivered chip: KMC and KLK from the
+        supplier's key set, every card key from the issuer's masters (all in the HSM)."""
+        serial = prepared.chip_serial.upper()
+        with self._lock:
+            maker = self._makers.get(serial)
+        if maker is None:
+            raise ConfigError(f"chip {serial} was not bound at this station")
+        return self.key_service.card_crypto(dataclasses.replace(prepared.key_ref, chip_maker=maker))
+
+    def record_refusal(
+        self,
+        session: Session,
+        serial: str | None,
+        reason: StockRefusal,
+        detail: str,
+        actor: Actor,
+        *,
+        station: str | None = None,
+        batch_id: int | None = None,
+    ) -> StockRejection:
+        """Record a chip a station refused (``stock_rejections`` and an audit event)."""
+        row = StockRejection(
+            chip_serial=serial.upper() if serial else None, reason=reason,
+            detail=detail[:300], station=station, batch_id=batch_id, at=utcnow(),
+        )  # fmt: skip
+        session.add(row)
+        audit.record(
+            session, actor, "stock.chip_refused", "stock_chip", serial or "unreadable",
+            reason=detail[:500],
+            details={"reason": reason.value, "station": station, "batch_id": batch_id},
+        )  # fmt: skip
+        return row
 
 
 def make_stock(settings: Settings, key_service: KeyService) -> BlankStock:
@@ -43,4 +238,11 @@ def make_stock(settings: Settings, key_service: KeyService) -> BlankStock:
     backend = settings.stock.backend
     if backend == "virtual":
         return VirtualBlankStock(settings, key_service)
-    raise ConfigError(f"unknown blank stock backend {backend!r} (virtual)")
+    if backend == "delivered":
+        if settings.readers.backend != "pcsc":
+            raise ConfigError(
+                '[stock] backend = "delivered" needs real readers the chips are fed into: '
+                '[readers] backend = "pcsc"'
+            )
+        return DeliveredBlankStock(settings, key_service)
+    raise ConfigError(f"unknown blank stock backend {backend!r} ({', '.join(BACKENDS)})")

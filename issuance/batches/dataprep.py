@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Callable
 from datetime import date
 
 import sqlalchemy as sa
@@ -119,17 +120,25 @@ def key_ref(card: Card, card_identification_code: str) -> CardKeyRef:
 
 
 def initial_pin(key_service: KeyService, ref: CardKeyRef, digits: int = 6) -> str:
-    """The card's initial PIN, computed in the HSM (see the module docstring, CHOICE). Weak
-    values (all digits equal, ascending or descending runs) are skipped deterministically."""
+    """The card's initial PIN, computed in the HSM (see the module docstring, CHOICE)."""
     with key_service.card_crypto(ref) as crypto:
-        counter = 0
-        while True:
-            data = _PIN_DOMAIN + ref.card_identification_code.encode() + bytes([counter])
-            block = crypto.mac_block(KeySlot.PUK, data, bytes(8))
-            pin = block.hex().upper().translate(_DECIMALISE)[:digits]
-            if not _weak(pin):
-                return pin
-            counter += 1
+        return natural_pin(ref.card_identification_code,
+                           lambda data: crypto.mac_block(KeySlot.PUK, data, bytes(8)),
+                           digits)  # fmt: skip
+
+
+def natural_pin(card_identification_code: str, mac: Callable[[bytes], bytes],
+                digits: int = 6) -> str:  # fmt: skip
+    """The initial PIN from ``mac(data)``, the MAC (ISO/IEC 9797-1 algorithm 1, zero IV) of
+    ``data`` under the card's PUK in the HSM. Weak values (all digits equal, ascending or
+    descending runs) are skipped deterministically."""
+    counter = 0
+    while True:
+        data = _PIN_DOMAIN + card_identification_code.encode() + bytes([counter])
+        pin = mac(data).hex().upper().translate(_DECIMALISE)[:digits]
+        if not _weak(pin):
+            return pin
+        counter += 1
 
 
 def _weak(pin: str) -> bool:

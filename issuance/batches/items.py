@@ -45,6 +45,8 @@ from issuance.models import (
     BlankChip,
     Card,
     ChipStatus,
+    StockChip,
+    StockChipStatus,
     utcnow,
 )
 
@@ -274,6 +276,12 @@ def spoil(
         if chip is not None and chip.status == ChipStatus.ASSIGNED:
             chip.status, chip.reason, chip.closed_at = ChipStatus.SPOILED, reason[:500], utcnow()
             chip.station = station or chip.station
+        # a supplier's chip (delivered stock) is spoiled in the stock too: never fed again
+        session.execute(
+            sa.update(StockChip)
+            .where(StockChip.chip_serial == serial, StockChip.status == StockChipStatus.USED)
+            .values(status=StockChipStatus.SPOILED)
+        )
         card = session.get(Card, item.card_id)
         if card is not None:
             card.card_identification_code = None

@@ -54,7 +54,7 @@ from hsm.service import KeyService
 from issuance.audit import SYSTEM_ACTOR, Actor
 from issuance.batches import dataprep
 from issuance.batches import items as bi
-from issuance.batches.blanks import binds_at_station, make_stock
+from issuance.batches.blanks import ChipRefused, binds_at_station, make_stock
 from issuance.batches.prepared import PreparedCard
 from issuance.batches.selection import get_batch
 from issuance.batches.stock import BlankStock, ensure_manufacturer_key
@@ -70,6 +70,7 @@ from issuance.models import (
     Card,
     ChipStatus,
     Person,
+    StockRefusal,
     utcnow,
 )
 from issuance.services.cards import advance_production
@@ -380,7 +381,8 @@ class BatchRunner:
         from printers.stations import open_stations
 
         start = time.perf_counter()
-        ensure_manufacturer_key(self.settings)
+        if not binds_at_station(self.stock):  # the virtual stock's transport key
+            ensure_manufacturer_key(self.settings)
         self.recover()
         if self.options.prepare_first:
             self.prepare_all()
@@ -494,6 +496,18 @@ class BatchRunner:
         if fault:
             raise StationFault(reason)
 
+    def _refuse(self, station: Any, item_id: int, owner: str, exc: ChipRefused) -> None:
+        """A chip fed into ``station`` was refused (stock that binds at the station): record
+        it, give the card back to the queue, wait until the chip is taken out (set aside)."""
+        record = getattr(self.stock, "record_refusal", None)
+        if record is not None:
+            self._txn(lambda s: record(s, exc.serial, exc.reason, str(exc), self.actor,
+                                       station=station.name, batch_id=self.batch_id))  # fmt: skip
+        self.progress.note(f"{station.name}: chip {exc.serial or '?'} refused: {exc}; "
+                           "take it out and set it aside")  # fmt: skip
+        self._give_back(item_id, owner)
+        station.wait_removed()
+
     def _give_back(self, item_id: int, owner: str) -> None:
         """Release an item nothing was done to (no card fed)."""
 
@@ -531,12 +545,22 @@ class BatchRunner:
                     self.progress.note(f"{name}: {exc}")
                     self._give_back(item_id, owner)
                     return
+                except CardSpecError as exc:  # a card whose serial cannot be read
+                    if isinstance(exc, _station_faults()):
+                        raise
+                    why = f"no chip serial could be read: {exc}"
+                    unreadable = ChipRefused(why, StockRefusal.UNREADABLE, None)
+                    self._refuse(station, item_id, owner, unreadable)
+                    return
                 beat.check()
                 try:
                     prepared = self._prepare(item_id, owner, station=name,
                                              chip_serial=bytes.fromhex(serial))  # fmt: skip
                 except (bi.LeaseLost, ConflictError):
                     raise
+                except ChipRefused as exc:  # not a chip of the stock: nothing was sent to it
+                    self._refuse(station, item_id, owner, exc)
+                    return
                 except IssuanceError as exc:  # not a blank of the stock: nothing was done
                     self.progress.note(f"{name}: card {serial} refused: {exc}; take it out")
                     self._give_back(item_id, owner)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from issuance_cli_helpers import Cli
 from conftest import make_cid
+from issuance_cli_helpers import Cli
 from typer.testing import CliRunner
 
 from issuance import cli_audit, cli_cards, cli_db, cli_people

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import typer
-from issuance_cli_helpers import Cli
 from conftest import INITIAL_BANK_PIN, emulated_chip, make_cid
+from issuance_cli_helpers import Cli
 from typer.testing import CliRunner
 
 from cardspec import cardops

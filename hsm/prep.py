@@ -1,0 +1,580 @@
+"""Bulk data preparation in the HSM: every per-card key derived, used and exported in one go.
+
+Data preparation (``issuance.batches.bulkprep``) asks the HSM, card after card, for everything
+a card's personalisation needs, with the fewest PKCS#11 calls (the direct entry points of
+:mod:`hsm.p11fast`, master-key handles cached, under the process lock for a whole chunk of
+cards). Per card, every key slot the card profile declares and the chip's key-loading key KLK
+are derived (``C_DeriveKey(CKM_*_ECB_ENCRYPT_DATA)`` from the issuer masters of the card's key
+set, as :mod:`hsm.cardcrypto`), used at once and destroyed as soon as they are done with (live
+session objects slow SoftHSM2 down: measured, deriving 20,000 keys before destroying them costs
+~30% more per key than destroying each at once). The initial PIN is computed from the card's
+PUK in the same pass (``issuance.batches.dataprep`` "natural PIN": the caller's
+:class:`PinPolicy` gets the MAC and gives the PIN blocks).
+
+Two outputs:
+
+* **in house** (:meth:`PrepOps.in_house`): what the encoding station needs and nothing more.
+  Each card key but KMC leaves the HSM as its ``WRITE KEY`` payload (``C_WrapKey
+  (CKM_AES_KEY_WRAP_PAD)`` under the chip's KLK: the chip unwraps it, nobody else can), the
+  initial PINs as their ``SET PIN`` payloads (encrypted under KMC), and KMC itself wrapped
+  under a *file KEK* (below), because the station needs it for the secure channel (EXTERNAL
+  AUTHENTICATE and MACs depend on the chip's challenge). At the station
+  :class:`RecordCrypto` unwraps KMC into a sensitive, non-extractable session object
+  (``C_UnwrapKey``) and hands the ready payloads over: no issuer key is derived there.
+* **bureau** (:meth:`PrepOps.bureau`): the bureau file format ``ykt-bureau-perso/2``
+  (``issuance.batches.bureau``): every card key and the KLK wrapped under the file KEK, with
+  their KCVs (computed in the HSM), and the PIN payloads under KMC.
+
+File KEK (:class:`KekEnvelope`): an AES-128 session key generated in the HSM per process and
+module initialisation, wrapped once under a long-term token key: the bureau's transport key,
+or for in-house files the batch's *perso key* :func:`perso_key_label` (AES-128, generated in
+this HSM, never extractable, CKA_WRAP + CKA_UNWRAP: only this HSM unwraps what it wrapped). The
+long-term key is used once per KEK, every card key under a session object (SoftHSM2 re-reads
+its file store on each use of a token key: ~45 us per call against ~12 us).
+
+SoftHSM2 keeps the memory of every destroyed session object until C_Finalize (see
+``Pkcs11KeyService.objects_destroyed``): :class:`PrepOps` counts them and re-initialises the
+module between chunks (never inside one: its KEK and handles must stay valid), every
+:data:`PREP_RECYCLE_AFTER` objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pkcs11 import Attribute, KeyType
+
+from cardspec import keyscheme
+from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
+from hsm import ceremony, p11fast
+from hsm import pkcs11 as p11
+from hsm.errors import HsmError, KcvMismatch, KeyNotFound
+from hsm.export import _KCV_BLOCK, BureauExport, FileKek
+
+if TYPE_CHECKING:
+    from hsm.service import CardKeyRef, Pkcs11KeyService
+
+#: Destroyed session objects between two module re-initialisations in a preparing process
+#: (~200 bytes of SoftHSM2 garbage each: ~50 MiB; about 20,000 cards of 12 keys). Larger than
+#: the per-card path's ``SOFTHSM_RECYCLE_AFTER``: a re-initialisation (log in, masters looked
+#: up again, a new file KEK) costs ~50-100 ms, paid once per chunk boundary past the limit.
+PREP_RECYCLE_AFTER = 240_000
+
+_CARD = {
+    alg: p11fast.key_template(alg, extractable=True) for alg in (Algorithm.DES3, Algorithm.AES)
+}
+"""A card key that only leaves the HSM wrapped under the chip's KLK (no other use)."""
+_CARD_ENC = {
+    alg: p11fast.key_template(alg, Attribute.ENCRYPT, extractable=True)
+    for alg in (Algorithm.DES3, Algorithm.AES)
+}
+"""A card key also used here: KMC (PIN payloads), PUK (the natural PIN), KCVs (bureau)."""
+_INTERMEDIATE = {
+    alg: p11fast.key_template(alg, Attribute.DERIVE, extractable=False)
+    for alg in (Algorithm.DES3, Algorithm.AES)
+}
+_KLK_WRAP = p11fast.key_template(KLK_ALGORITHM, Attribute.WRAP, extractable=False)
+"""The chip's KLK for in-house preparation: wraps the card keys, never leaves the HSM."""
+_KLK_EXPORT = p11fast.key_template(KLK_ALGORITHM, Attribute.ENCRYPT, extractable=True)
+"""The chip's KLK for a bureau file: wrapped under the file KEK, CKA_ENCRYPT for its KCV."""
+_KMC_AT_STATION = {
+    alg: p11fast.key_template(alg, Attribute.ENCRYPT, extractable=False, unwrap=True)
+    for alg in (Algorithm.DES3, Algorithm.AES)
+}
+"""KMC unwrapped at the station: cryptograms and MACs of the secure channel, nothing else."""
+_KEK_AT_STATION = p11fast.key_template(Algorithm.AES, Attribute.UNWRAP, Attribute.ENCRYPT,
+                                       extractable=False, unwrap=True)  # fmt: skip
+"""A file KEK unwrapped at the station: unwraps KMC, encrypts its KCV block (checked)."""
+#: A file KEK: session object, wraps card keys, encrypts its KCV block; extractable (so that
+#: it can be wrapped under the long-term key) but sensitive (never in clear).
+_KEK_TEMPLATE: dict[Attribute, Any] = {
+    Attribute.TOKEN: False,
+    Attribute.PRIVATE: False,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: True,
+    **p11.capabilities(Attribute.WRAP, Attribute.ENCRYPT),
+}
+
+
+def perso_key_label(batch_id: int) -> str:
+    """Label of a batch's in-house perso key (``ykt:transport:perso-batch-<id>``: it carries
+    card keys from data preparation to the stations of this card centre)."""
+    return ceremony.transport_label(f"perso-batch-{batch_id}")
+
+
+def ensure_perso_key(service: Pkcs11KeyService, label: str) -> bool:
+    """Generate the perso key ``label`` in the HSM if missing (AES-128 token object,
+    sensitive, never extractable, CKA_WRAP + CKA_UNWRAP only). Returns True if created. The
+    caller serialises concurrent callers (a database lock on the batch row)."""
+    token = service.token
+    with token.use(f"generating {label}") as session:
+        if p11.exists(session, label):
+            return False
+        session.generate_key(
+            KeyType.AES, 128,
+            template={
+                Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: False, Attribute.MODIFIABLE: False,
+                Attribute.LABEL: label, Attribute.ID: label.encode(),
+                **p11.capabilities(Attribute.WRAP, Attribute.UNWRAP),
+            },
+        )  # fmt: skip
+        return True
+
+
+def destroy_perso_key(service: Pkcs11KeyService, label: str) -> bool:
+    """Destroy a batch's perso key (its perso files become unusable). True if it existed."""
+    with service.token.use(f"destroying {label}") as session:
+        found = list(session.get_objects({Attribute.LABEL: label}))
+        for obj in found:
+            obj.destroy()
+        return bool(found)
+
+
+# --- outputs ----------------------------------------------------------------------------------
+
+
+class PinPolicy(Protocol):
+    """The initial-PIN rules of data preparation (``issuance.batches.dataprep``)."""
+
+    def pin(self, card_identification_code: str, mac: Callable[[bytes], bytes]) -> str:
+        """The card's initial PIN from ``mac(data)`` (MAC algorithm 1 under the card's PUK)."""
+        ...
+
+    def blocks(self, pin: str) -> Sequence[bytes]:
+        """The PIN blocks of the profile's PINs (each becomes a SET PIN payload under KMC)."""
+        ...
+
+
+@dataclass(frozen=True)
+class InHouseCard:
+    """One card's keys for in-house personalisation (see the module docstring)."""
+
+    kek_id: int
+    kmc_wrapped: bytes = field(repr=False)
+    """RFC 5649 of KMC (3DES: as the HSM holds it, odd parity) under the file KEK."""
+    write_keys: dict[KeySlot, bytes] = field(repr=False)
+    """The WRITE KEY payload of each card key but KMC: RFC 5649 under the chip's KLK."""
+    pin_payloads: tuple[bytes, ...] = field(repr=False)
+    """``keyscheme.encrypt_sensitive(KMC, block)`` of each PIN block, in profile order."""
+    pin: str = field(repr=False)
+    """The initial PIN (never stored: the caller only needs it to check its own records)."""
+
+
+class KekEnvelope:
+    """The current file KEK of this process (LOCK held by every caller)."""
+
+    def __init__(self, service: Pkcs11KeyService, wrapping_label: str) -> None:
+        self._service = service
+        self.label = ceremony.transport_label(wrapping_label)
+        self._handle = 0
+        self._generation = -1
+        self.kek_id = 0
+        self.current: FileKek | None = None
+
+    def handle(self, fast: p11fast.FastOps) -> int:
+        """The KEK of this module initialisation, generated and wrapped if new."""
+        token = self._service.token
+        generation = token.generation
+        if self._handle and generation == self._generation:
+            return self._handle
+        self._service.sync(generation)
+        wrapping = self._service.transport(self.label)
+        session = token.session()
+        kek = session.generate_key(KeyType.AES, 128, template=_KEK_TEMPLATE)
+        wrapped = fast.wrap_kwp(session.handle, wrapping.handle, kek.handle)
+        check = fast.encrypt_ecb(session.handle, kek.handle, Algorithm.AES,
+                                 _KCV_BLOCK[Algorithm.AES])  # fmt: skip
+        self._handle, self._generation = kek.handle, generation
+        self.kek_id += 1
+        self.current = FileKek(self.kek_id, wrapped, check[:3])
+        return self._handle
+
+    def close(self, fast: p11fast.FastOps) -> None:
+        if self._handle and self._generation == self._service.token.generation:
+            fast.destroy(self._service.token.session().handle, self._handle)
+        self._handle = 0
+
+
+class PrepOps:
+    """Bulk preparation in one process: ``with ops.chunk(): ops.in_house(...)`` per card.
+
+    Needs the module's direct ``C_*`` entry points (:func:`hsm.p11fast.fast_ops`);
+    :func:`prep_ops` returns None otherwise (the caller then prepares card by card through
+    :class:`hsm.cardcrypto.HsmCardCrypto`)."""
+
+    def __init__(
+        self,
+        service: Pkcs11KeyService,
+        fast: p11fast.FastOps,
+        wrapping_label: str,
+        *,
+        recycle_after: int = PREP_RECYCLE_AFTER,
+    ) -> None:
+        self.service = service
+        self.fast = fast
+        self.envelope = KekEnvelope(service, wrapping_label)
+        self.recycle_after = recycle_after if service.token.is_softhsm else 0
+        self.destroyed = 0
+        #: Per-card key objects derived so far (the figure a benchmark divides by).
+        self.derived = 0
+        self._sh = 0
+        self._kek = 0
+        self._generation = -1
+        self._masters: dict[tuple[str, Algorithm, int], int] = {}
+        self._in_chunk = False
+
+    # chunks --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def chunk(self) -> Iterator[FileKek]:
+        """Hold the PKCS#11 lock for a chunk of cards; yields the file KEK they go under (it
+        stays the same for the whole chunk). Recycles the module after the chunk if due."""
+        with self.service.token.use("preparing a chunk of cards"):
+            self._sync()
+            self._kek = self.envelope.handle(self.fast)
+            assert self.envelope.current is not None
+            self._in_chunk = True
+            try:
+                yield self.envelope.current
+            finally:
+                self._in_chunk = False
+                if self.recycle_after and self.destroyed >= self.recycle_after:
+                    self.destroyed = 0
+                    self.service.token.reinitialise()
+
+    def close(self) -> None:
+        with self.service.token.use("destroying the file KEK"):
+            self.envelope.close(self.fast)
+
+    def __enter__(self) -> PrepOps:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _sync(self) -> None:
+        token = self.service.token
+        generation = token.generation
+        if generation != self._generation:
+            self._masters.clear()
+            self._generation = generation
+            self.service.sync(generation)
+        self._sh = token.session().handle
+
+    def _master(self, name: str, alg: Algorithm, version: int) -> int:
+        key = (name, alg, version)
+        handle = self._masters.get(key)
+        if handle is None:
+            if name == ceremony.KLK:
+                obj = self.service.klk_master_synced(version)
+            else:
+                obj = self.service.master_synced(KeySlot(name), alg, version)
+            handle = self._masters[key] = int(obj.handle)
+        return handle
+
+    def _derive(self, base: int, alg: Algorithm, blocks: Sequence[bytes], tmpl: Any) -> int:
+        fast, sh = self.fast, self._sh
+        if len(blocks) == 1:
+            self.derived += 1
+            return fast.derive(sh, base, alg, blocks[0], tmpl)
+        handle = base
+        for n, data in enumerate(blocks, start=1):
+            child = fast.derive(sh, handle, alg, data,
+                                tmpl if n == len(blocks) else _INTERMEDIATE[alg])  # fmt: skip
+            if handle != base:
+                fast.destroy(sh, handle)
+                self.destroyed += 1
+            handle = child
+        self.derived += 1
+        return handle
+
+    def _destroy(self, handle: int) -> None:
+        self.fast.destroy(self._sh, handle)
+        self.destroyed += 1
+
+    @staticmethod
+    def _blocks(ref: CardKeyRef, alg: Algorithm, region: str, financial: bool) -> list[bytes]:
+        slot = KeySlot.FIN_AC if financial else KeySlot.KMC
+        return [keyscheme.diversification_data(f, alg) for f in ref.factors(slot, region)]
+
+    def _check(self, ref: CardKeyRef, slots: Sequence[KeySlot]) -> None:
+        if KeySlot.PUK not in slots or KeySlot.KMC not in slots:
+            raise HsmError("the card profile needs a kmc and a puk key (PIN, secure channel)")
+        if not self._in_chunk:
+            raise HsmError("PrepOps: call inside `with ops.chunk():`")
+        if getattr(ref, "chip_maker", None) is not None:
+            raise HsmError("a supplier-made chip is prepared at the station (its KMC and KLK "
+                           "come from the supplier's key set)")  # fmt: skip
+        p11.check_algorithm(ref.algorithm)
+
+    def _pin_and_payloads(
+        self, ref: CardKeyRef, puk: int, kmc: int, pins: PinPolicy
+    ) -> tuple[str, tuple[bytes, ...]]:
+        fast, sh, alg = self.fast, self._sh, ref.algorithm
+        size = alg.block_size
+        iv = bytes(size)
+
+        def mac(data: bytes) -> bytes:
+            return fast.encrypt_cbc(sh, puk, alg, keyscheme.pad_method2(data, size), iv)[-size:]
+
+        pin = pins.pin(ref.card_identification_code, mac)
+        padded = [keyscheme.pad_method2(bytes([len(b)]) + b, size) for b in pins.blocks(pin)]
+        if not padded:
+            return pin, ()
+        # ECB is block by block: one call encrypts every PIN block, split afterwards
+        out = fast.encrypt_ecb(sh, kmc, alg, b"".join(padded))
+        payloads, at = [], 0
+        for p in padded:
+            payloads.append(out[at : at + len(p)])
+            at += len(p)
+        return pin, tuple(payloads)
+
+    # one card ------------------------------------------------------------------------------
+    def in_house(self, ref: CardKeyRef, slots: Sequence[KeySlot], pins: PinPolicy) -> InHouseCard:
+        """Every key of ``slots`` (the profile's, KMC included) and the KLK derived; the
+        outputs of the module docstring ("in house")."""
+        self._check(ref, slots)
+        fast, sh, alg, region = self.fast, self._sh, ref.algorithm, self.service.region_code
+        version = ref.key_version
+        blocks = {False: self._blocks(ref, alg, region, False)}
+        klk = self._derive(self._master(ceremony.KLK, KLK_ALGORITHM, version), KLK_ALGORITHM,
+                           self._blocks(ref, KLK_ALGORITHM, region, False), _KLK_WRAP)  # fmt: skip
+        kmc = 0
+        try:
+            kmc = self._derive(self._master(KeySlot.KMC.value, alg, version), alg, blocks[False],
+                               _CARD_ENC[alg])  # fmt: skip
+            kmc_wrapped = fast.wrap_kwp(sh, self._kek, kmc)
+            write: dict[KeySlot, bytes] = {}
+            pin = ""
+            payloads: tuple[bytes, ...] = ()
+            for slot in slots:
+                if slot is KeySlot.KMC:
+                    continue
+                data = blocks.get(slot.financial)
+                if data is None:
+                    data = blocks[True] = self._blocks(ref, alg, region, True)
+                tmpl = _CARD_ENC[alg] if slot is KeySlot.PUK else _CARD[alg]
+                key = self._derive(self._master(slot.value, alg, version), alg, data, tmpl)
+                try:
+                    write[slot] = fast.wrap_kwp(sh, klk, key)
+                    if slot is KeySlot.PUK:
+                        pin, payloads = self._pin_and_payloads(ref, key, kmc, pins)
+                finally:
+                    self._destroy(key)
+        finally:
+            if kmc:
+                self._destroy(kmc)
+            self._destroy(klk)
+        return InHouseCard(self.envelope.kek_id, kmc_wrapped, write, payloads, pin)
+
+    def bureau(self, ref: CardKeyRef, slots: Sequence[KeySlot], pins: PinPolicy) -> BureauExport:
+        """Every key of ``slots`` and the KLK derived, wrapped under the file KEK with their
+        KCVs, the PIN payloads under KMC (bureau file format ``/2``)."""
+        self._check(ref, slots)
+        fast, sh, alg, region = self.fast, self._sh, ref.algorithm, self.service.region_code
+        version = ref.key_version
+        kcv_block = _KCV_BLOCK[alg]
+        blocks = {False: self._blocks(ref, alg, region, False)}
+        wrapped: dict[KeySlot, bytes] = {}
+        kcvs: dict[KeySlot, bytes] = {}
+        kept: dict[KeySlot, int] = {}  # KMC and PUK live until the PIN payloads are made
+        try:
+            for slot in (KeySlot.KMC, *(s for s in slots if s is not KeySlot.KMC)):
+                data = blocks.get(slot.financial)
+                if data is None:
+                    data = blocks[True] = self._blocks(ref, alg, region, True)
+                key = self._derive(self._master(slot.value, alg, version), alg, data,
+                                   _CARD_ENC[alg])  # fmt: skip
+                if slot in (KeySlot.KMC, KeySlot.PUK):
+                    kept[slot] = key
+                try:
+                    wrapped[slot] = fast.wrap_kwp(sh, self._kek, key)
+                    kcvs[slot] = fast.encrypt_ecb(sh, key, alg, kcv_block)[:3]
+                finally:
+                    if slot not in kept:
+                        self._destroy(key)
+            _, payloads = self._pin_and_payloads(ref, kept[KeySlot.PUK], kept[KeySlot.KMC], pins)
+            klk = self._derive(self._master(ceremony.KLK, KLK_ALGORITHM, version),
+                               KLK_ALGORITHM, self._blocks(ref, KLK_ALGORITHM, region, False),
+                               _KLK_EXPORT)  # fmt: skip
+            try:
+                klk_wrapped = fast.wrap_kwp(sh, self._kek, klk)
+                klk_kcv = fast.encrypt_ecb(sh, klk, KLK_ALGORITHM, _KCV_BLOCK[KLK_ALGORITHM])[:3]
+            finally:
+                self._destroy(klk)
+        finally:
+            for handle in kept.values():
+                self._destroy(handle)
+        return BureauExport(
+            {s: wrapped[s] for s in slots}, {s: kcvs[s] for s in slots}, payloads,
+            kek_id=self.envelope.kek_id, klk_wrapped=klk_wrapped, klk_kcv=klk_kcv,
+        )  # fmt: skip
+
+
+def prep_ops(service: object, wrapping_label: str, **kwargs: Any) -> PrepOps | None:
+    """:class:`PrepOps` for a PKCS#11 key service whose module has the direct entry points;
+    None otherwise (software twin, modules exporting only ``C_GetFunctionList``)."""
+    from hsm.service import Pkcs11KeyService
+
+    if not isinstance(service, Pkcs11KeyService):
+        return None
+    fast = service.fast
+    if fast is None:
+        return None
+    service.transport(wrapping_label)  # fail early on an unknown key
+    return PrepOps(service, fast, wrapping_label, **kwargs)
+
+
+# --- at the station ---------------------------------------------------------------------------
+
+_KEKS_AT_STATION: OrderedDict[tuple[int, int, str, bytes], int] = OrderedDict()
+_KEK_CACHE = 8
+_STATION_LOCK = threading.Lock()
+
+
+class RecordCrypto:
+    """The :class:`~hsm.service.CardCryptoSession` of one card at an encoding station, from
+    its perso record (see the module docstring): KMC unwrapped in the HSM (sensitive, never
+    extractable) under the record's file KEK, itself unwrapped under the batch's perso key
+    (cached per process), the WRITE KEY payloads ready. Nothing else is available: the
+    quality check verifies the card against keys the HSM derives from the masters."""
+
+    def __init__(
+        self,
+        service: Pkcs11KeyService,
+        wrapping_label: str,
+        kek: FileKek,
+        kmc_wrapped: bytes,
+        algorithm: Algorithm,
+        write_keys: Mapping[KeySlot, bytes],
+    ) -> None:
+        fast = service.fast
+        if fast is None:
+            raise HsmError("perso records need the module's direct C_* entry points")
+        p11.check_algorithm(algorithm)
+        self.algorithm = algorithm
+        self._service = service
+        self._fast = fast
+        self._label = ceremony.transport_label(wrapping_label)
+        self._kek = kek
+        self._kmc_wrapped = kmc_wrapped
+        self._write = dict(write_keys)
+        self._kmc = 0
+        self._generation = -1
+
+    def __enter__(self) -> RecordCrypto:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._service.token.use("destroying the card's KMC"):
+            if self._kmc and self._generation == self._service.token.generation:
+                self._fast.destroy(self._service.token.session().handle, self._kmc)
+                self._service.objects_destroyed(1)
+            self._kmc = 0
+
+    def _kek_handle(self, sh: int) -> int:
+        generation = self._service.token.generation
+        key = (id(self._service), generation, self._label, self._kek.wrapped)
+        with _STATION_LOCK:
+            handle = _KEKS_AT_STATION.get(key)
+            if handle is not None:
+                _KEKS_AT_STATION.move_to_end(key)
+                return handle
+        self._service.sync(generation)
+        wrapping = self._service.transport(self._label)
+        handle = self._fast.unwrap_kwp(sh, wrapping.handle, self._kek.wrapped, _KEK_AT_STATION)
+        check = self._fast.encrypt_ecb(sh, handle, Algorithm.AES, _KCV_BLOCK[Algorithm.AES])[:3]
+        if not hmac.compare_digest(check, self._kek.kcv):
+            self._fast.destroy(sh, handle)
+            raise KcvMismatch(f"file KEK {self._kek.kek_id} does not match its KCV")
+        with _STATION_LOCK:
+            _KEKS_AT_STATION[key] = handle
+            while len(_KEKS_AT_STATION) > _KEK_CACHE:
+                (_, gen, _, _), old = _KEKS_AT_STATION.popitem(last=False)
+                if gen == generation:
+                    with contextlib.suppress(HsmError):
+                        self._fast.destroy(sh, old)
+        return handle
+
+    def _key(self, slot: KeySlot) -> tuple[int, int]:
+        """(session, KMC handle); LOCK held."""
+        if slot is not KeySlot.KMC:
+            raise KeyNotFound(f"the perso record carries no {slot.value} key for this use")
+        token = self._service.token
+        sh = token.session().handle
+        if not self._kmc or self._generation != token.generation:
+            self._generation = token.generation
+            kek = self._kek_handle(sh)
+            self._kmc = self._fast.unwrap_kwp(sh, kek, self._kmc_wrapped,
+                                              _KMC_AT_STATION[self.algorithm])  # fmt: skip
+        return sh, self._kmc
+
+    def kcv(self, slot: KeySlot) -> bytes:
+        with self._service.token.use("card key KCV"):
+            sh, key = self._key(slot)
+            return self._fast.encrypt_ecb(sh, key, self.algorithm, _KCV_BLOCK[self.algorithm])[:3]
+
+    def external_auth(self, slot: KeySlot, challenge: bytes) -> bytes:
+        if len(challenge) != 8:
+            raise ValueError("challenge must be 8 bytes")
+        block = challenge if self.algorithm is Algorithm.DES3 else challenge + b"\x80" + bytes(7)
+        with self._service.token.use("EXTERNAL AUTHENTICATE cryptogram"):
+            sh, key = self._key(slot)
+            return self._fast.encrypt_ecb(sh, key, self.algorithm, block)
+
+    def mac_block(self, slot: KeySlot, data: bytes, iv: bytes) -> bytes:
+        size = self.algorithm.block_size
+        iv_full = (iv + bytes(size))[:size]
+        padded = keyscheme.pad_method2(data, size)
+        with self._service.token.use("secure-messaging MAC"):
+            sh, key = self._key(slot)
+            return self._fast.encrypt_cbc(sh, key, self.algorithm, padded, iv_full)[-size:]
+
+    def encrypt(self, slot: KeySlot, plaintext: bytes) -> bytes:
+        if len(plaintext) > 255:
+            raise ValueError("sensitive data longer than 255 bytes")
+        padded = keyscheme.pad_method2(bytes([len(plaintext)]) + plaintext,
+                                       self.algorithm.block_size)  # fmt: skip
+        with self._service.token.use("encrypting sensitive data"):
+            sh, key = self._key(slot)
+            return self._fast.encrypt_ecb(sh, key, self.algorithm, padded)
+
+    def wrapped_card_key(self, slot: KeySlot) -> bytes:
+        try:
+            return self._write[slot]
+        except KeyError:
+            raise KeyNotFound(
+                f"the perso record has no WRITE KEY payload for {slot.value}"
+            ) from None
+
+    def internal_auth_response(self, factor: bytes, random: bytes) -> bytes:
+        raise KeyNotFound("the perso record carries no internal-authentication key (the "
+                          "quality check derives it from the masters)")  # fmt: skip
+
+
+__all__ = [
+    "PREP_RECYCLE_AFTER",
+    "InHouseCard",
+    "KekEnvelope",
+    "PinPolicy",
+    "PrepOps",
+    "RecordCrypto",
+    "destroy_perso_key",
+    "ensure_perso_key",
+    "perso_key_label",
+    "prep_ops",
+]
