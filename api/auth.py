@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from threading import Lock
@@ -66,6 +67,14 @@ class FailureLimiter:
                         headers={"Retry-After": str(retry)},
                     )  # fmt: skip
 
+    def blocked(self, key: str) -> bool:
+        """Would :meth:`check` refuse ``key`` now?"""
+        q = self._events.get(key)
+        if q is None or len(q) < self.per_minute:
+            return False
+        with self._lock:  # the per_minute-th newest failure is inside the window
+            return len(q) >= self.per_minute and q[-self.per_minute] > time.monotonic() - 60.0
+
     def fail(self, *keys: str) -> None:
         now = time.monotonic()
         with self._lock:
@@ -86,10 +95,38 @@ class Authenticator:
         self.ctx = ctx
         self.limiter = FailureLimiter(ctx.settings.api.auth_failures_per_minute)
         self._cache: dict[str, tuple[Principal, float]] = {}
+        self._pending: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future[Principal]] = {}
+
+    def cached(self, token: str) -> Principal | None:
+        """The principal of ``token`` if this process resolved it less than
+        ``CACHE_SECONDS`` ago (and it has not expired since), else None: the hot path's
+        (:mod:`api.hotpath`) shortcut before :meth:`principal`."""
+        hit = self._cache.get(token)
+        if hit is not None and hit[1] > time.monotonic():
+            return hit[0]
+        return None
 
     def _lookup(self, token: str) -> Principal:
         with self.ctx.tx() as session:
             return authenticate(session, token)
+
+    async def _resolve(self, token: str) -> Principal:
+        """The database lookup of ``token``, one at a time per token and event loop: callers
+        that arrive while it runs (every connection of a busy client when its cache entry
+        expires) share it instead of each running its own."""
+        key = (asyncio.get_running_loop(), token)
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(run_in_threadpool(self._lookup, token))
+            self._pending[key] = pending
+
+            def done(fut: asyncio.Future[Principal]) -> None:
+                self._pending.pop(key, None)
+                if not fut.cancelled():
+                    fut.exception()  # retrieved here too: every waiter may have gone
+
+            pending.add_done_callback(done)
+        return await asyncio.shield(pending)
 
     async def principal(self, request: Request) -> Principal:
         ip = f"ip:{request.client.host if request.client else '-'}"
@@ -109,7 +146,7 @@ class Authenticator:
                     headers={"WWW-Authenticate": "Bearer"},
                 )  # fmt: skip
             try:
-                principal = await run_in_threadpool(self._lookup, token)
+                principal = await self._resolve(token)
             except PermissionDenied as exc:
                 self.limiter.fail(ip)
                 raise ApiError(

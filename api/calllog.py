@@ -29,7 +29,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -124,11 +124,10 @@ class CallRecorder:
     async def _write(self, records: list[CallRecord]) -> None:
         pool = self._ctx.pg
         if pool is not None:
-            columns = list(zip(*(astuple(r) for r in records), strict=True))
-            arrays = [list(c) for c in columns]
+            arrays = [[getattr(r, c) for r in records] for c in _COLUMNS]
             await pool.run(lambda conn: conn.execute(_PG_INSERT, *arrays))
             return
-        rows = [dict(zip(_COLUMNS, astuple(r), strict=True)) for r in records]
+        rows = [{c: getattr(r, c) for c in _COLUMNS} for r in records]
 
         def insert() -> None:
             with self._ctx.engine.begin() as conn:
@@ -168,26 +167,37 @@ class CallLog:
             raise
 
     async def _log(self, scope: Scope, status: int, started: float) -> None:
-        state = state_of(scope)
-        if state.get(RECORDED):
-            return
-        principal = state.get(PRINCIPAL)
-        route = scope.get("route")
-        client = scope.get("client")
-        rec = CallRecord(
-            at=utcnow(),
-            credential_id=None if principal is None else principal.credential_id,
-            caller="anonymous" if principal is None else principal.actor.username[:64],
-            client_id=(principal.client_id if principal is not None else state.get(CLIENT_ID)),
-            client_ip=None if not client else str(client[0])[:45],
-            method=str(scope.get("method", ""))[:8],
-            route=str(getattr(route, "path", "(no route)"))[:200],
-            status=status,
-            error_code=None if status < 400 else state.get(ERROR_CODE),
-            duration_us=int((time.perf_counter() - started) * 1e6),
-        )
-        try:
-            await self.recorder.record(rec)
-        except Exception:
-            log.exception("the call log could not be written (%s %s %d)",
-                          rec.method, rec.route, status)  # fmt: skip
+        await log_call(self.recorder, scope, status, started)
+
+
+async def log_call(
+    recorder: CallRecorder, scope: Scope, status: int, started: float, route: str | None = None
+) -> None:
+    """Record the call of ``scope`` (answered ``status``; ``started``: its
+    ``time.perf_counter()`` on arrival; ``route``: the route template, else the matched
+    route's) unless it is already recorded; returns once the record is committed. Used by
+    :class:`CallLog` and by the hot path (:mod:`api.hotpath`), which runs outside it."""
+    state = state_of(scope)
+    if state.get(RECORDED):
+        return
+    principal = state.get(PRINCIPAL)
+    if route is None:
+        route = str(getattr(scope.get("route"), "path", "(no route)"))
+    client = scope.get("client")
+    rec = CallRecord(
+        at=utcnow(),
+        credential_id=None if principal is None else principal.credential_id,
+        caller="anonymous" if principal is None else principal.actor.username[:64],
+        client_id=(principal.client_id if principal is not None else state.get(CLIENT_ID)),
+        client_ip=None if not client else str(client[0])[:45],
+        method=str(scope.get("method", ""))[:8],
+        route=route[:200],
+        status=status,
+        error_code=None if status < 400 else state.get(ERROR_CODE),
+        duration_us=int((time.perf_counter() - started) * 1e6),
+    )
+    try:
+        await recorder.record(rec)
+    except Exception:
+        log.exception("the call log could not be written (%s %s %d)",
+                      rec.method, rec.route, status)  # fmt: skip

@@ -23,9 +23,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from hsm.errors import HsmUnavailable
+from hsm.internal_auth import challenge_key
 from hsm.service import KeyService
 from issuance.db import transaction
 from issuance.db_async import AsyncPgPool
+from issuance.services.verification import ChallengeCodec
 from issuance.settings import Settings
 
 T = TypeVar("T")
@@ -141,6 +143,20 @@ class ApiContext:
     pg: AsyncPgPool | None = None
     public_key_pem: bytes | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the stateless challenges' codec, its key derived in the HSM at first use
+    challenges: ChallengeCodec | None = None
+
+    async def challenge_codec(self) -> ChallengeCodec:
+        """The challenge codec (from the event loop; the key comes from the HSM thread)."""
+        if self.challenges is None:
+            self.challenges = ChallengeCodec(await self.hsm.run(challenge_key))
+        return self.challenges
+
+    def challenge_codec_sync(self) -> ChallengeCodec:
+        """:meth:`challenge_codec` from a worker thread."""
+        if self.challenges is None:
+            self.challenges = ChallengeCodec(self.hsm.call(challenge_key))
+        return self.challenges
 
     @contextmanager
     def tx(self) -> Iterator[Session]:

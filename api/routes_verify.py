@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import auth_of, ctx_of, need, require_extra
@@ -20,7 +20,6 @@ from api.errors import ApiError, responses
 from api.schemas import (
     ChallengeOut,
     Hello,
-    HolderOut,
     PublicKeyOut,
     TokenOut,
     VerificationIn,
@@ -106,32 +105,39 @@ async def challenge(
     request: Request, principal: Annotated[Principal, Depends(need("verify"))]
 ) -> Response:
     """A fresh single-use challenge for the card's INTERNAL AUTHENTICATE (short expiry)."""
-    ctx = ctx_of(request)
+    return json_bytes_response(await issue_challenge(ctx_of(request), principal))
+
+
+async def issue_challenge(ctx: ApiContext, principal: Principal) -> bytes:
+    """The challenge call's answer (JSON): shared by the route above and the hot path
+    (:mod:`api.hotpath`)."""
     ttl = ctx.settings.api.challenge_ttl_seconds
-    if ctx.pg is not None:
-        ch = await verification.create_challenge_async(ctx.pg, principal.credential_id, ttl)
-    else:
+    codec = await ctx.challenge_codec()
+    ch = codec.issue(principal.credential_id, ttl)  # stateless: nothing is written
+    return challenge_json(ch)
 
-        def work() -> verification.Challenge:
-            with ctx.tx() as session:
-                return verification.create_challenge(session, principal.credential_id, ttl)
 
-        ch = await run_in_threadpool(work)
-    apdu = "0088000010" + ch.challenge.hex().upper() + "00"
-    return json_response(
-        ChallengeOut(
-            challenge_id=ch.id, challenge=ch.challenge.hex(), apdu=apdu, expires_at=ch.expires_at
-        )
+def challenge_json(ch: verification.Challenge) -> bytes:
+    """:class:`ChallengeOut` as JSON, as pydantic serialises it (a test holds them equal)."""
+    return _json(
+        {
+            "challenge_id": ch.id,
+            "challenge": ch.challenge.hex(),
+            "apdu": "0088000010" + ch.challenge.hex().upper() + "00",
+            "expires_at": ch.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
     )
 
 
-def json_response(model: BaseModel, *, exclude_none: bool = False) -> Response:
-    """The model as JSON, without FastAPI validating it a second time against the route's
-    ``response_model`` (which stays the documented schema: the handler builds that model)."""
-    return Response(
-        model.__pydantic_serializer__.to_json(model, exclude_none=exclude_none),
-        media_type="application/json",
-    )
+def _json(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def json_bytes_response(body: bytes) -> Response:
+    """A JSON answer built by the handler, without FastAPI validating it a second time
+    against the route's ``response_model`` (which stays the documented schema: the handler
+    builds that model)."""
+    return Response(body, media_type="application/json")
 
 
 @router.post(
@@ -153,10 +159,19 @@ async def verify(
         await require_extra(request, principal, "holder:read")
     if body.include_photo:
         await require_extra(request, principal, "holder:photo")
-    ctx = ctx_of(request)
+    answer = await run_verification(ctx_of(request), principal, body)
+    mark_recorded(request.scope)  # the card.verified audit event is this call's record
+    return json_bytes_response(answer)
+
+
+async def run_verification(ctx: ApiContext, principal: Principal, body: VerificationIn) -> bytes:
+    """The verification's answer (JSON), its audit event committed with the challenge's
+    consumption: shared by the route above and the hot path (:mod:`api.hotpath`). The caller
+    has checked the scopes ``include_holder`` / ``include_photo`` need."""
     response = bytes.fromhex(body.response)
     full_id = "holder:full_id" in principal.scopes
     hsm = ctx.hsm
+    codec = await ctx.challenge_codec()
 
     def check(ref: CardKeyRef, factor: bytes, rnd: bytes, resp: bytes) -> None:
         hsm.call(check_internal_auth, ref, factor, rnd, resp)
@@ -168,8 +183,9 @@ async def verify(
                 credential_id=principal.credential_id,
                 card_identification_code=body.card_identification_code,
                 card_number=body.card_number, response=response, application=body.application,
-                check=check, actor=principal.actor, with_holder=body.include_holder,
-                full_citizen_id=full_id, with_photo=body.include_photo,
+                check=check, actor=principal.actor, codec=codec,
+                with_holder=body.include_holder, full_citizen_id=full_id,
+                with_photo=body.include_photo,
             )  # fmt: skip
 
     if ctx.pg is None:
@@ -187,36 +203,40 @@ async def verify(
             credential_id=principal.credential_id,
             card_identification_code=body.card_identification_code,
             card_number=body.card_number, response=response, application=body.application,
-            check=check_async, actor=principal.actor, slow_path=slow_path,
+            check=check_async, actor=principal.actor, codec=codec, slow_path=slow_path,
             with_holder=body.include_holder, full_citizen_id=full_id,
             with_photo=body.include_photo,
         )  # fmt: skip
-    mark_recorded(request.scope)  # the card.verified audit event is this call's record
-    return json_response(
-        VerificationOut(
-            valid=v.valid,
-            reason=None if v.reason is None else str(v.reason),
-            application=v.application,
-            card_number=v.card_number,
-            card_identification_code=v.card_identification_code,
-            card_kind=v.card_kind,
-            card_status=v.card_status,
-            application_status=v.application_status,
-            expiry_date=v.expiry_date,
-            holder=None
-            if v.holder is None
-            else HolderOut(
-                name=v.holder.name,
-                citizen_id=v.holder.citizen_id,
-                sex=v.holder.sex,
-                birth_date=v.holder.birth_date,
-            ),
-            photo_jpeg_base64=None
-            if v.photo_jpeg is None
-            else base64.b64encode(v.photo_jpeg).decode("ascii"),
-        ),
-        exclude_none=True,
-    )
+    return verification_json(v)
+
+
+def verification_json(v: verification.Verdict) -> bytes:
+    """:class:`VerificationOut` of the verdict without its None fields, as pydantic serialises
+    it (a test holds them equal)."""
+    out: dict[str, Any] = {"valid": v.valid}
+    if v.reason is not None:
+        out["reason"] = str(v.reason)
+    out["application"] = str(v.application)
+    for key, value in (
+        ("card_number", v.card_number),
+        ("card_identification_code", v.card_identification_code),
+        ("card_kind", v.card_kind),
+        ("card_status", v.card_status),
+        ("application_status", v.application_status),
+        ("expiry_date", None if v.expiry_date is None else v.expiry_date.isoformat()),
+    ):
+        if value is not None:
+            out[key] = value
+    if v.holder is not None:
+        out["holder"] = {
+            "name": v.holder.name,
+            "citizen_id": v.holder.citizen_id,
+            "sex": v.holder.sex,
+            "birth_date": v.holder.birth_date.isoformat(),
+        }
+    if v.photo_jpeg is not None:
+        out["photo_jpeg_base64"] = base64.b64encode(v.photo_jpeg).decode("ascii")
+    return _json(out)
 
 
 def _public_key(service: KeyService) -> bytes:

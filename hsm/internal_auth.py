@@ -29,16 +29,17 @@ per worker). Holding it, the HSM thread takes the GIL once per batch of checks
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import hmac
 
-from pkcs11 import Attribute
+from pkcs11 import Attribute, Mechanism, ObjectClass
 
 from cardspec import keyscheme
 from cardspec.keyscheme import Algorithm, KeySlot
-from hsm import p11fast
+from hsm import ceremony, p11fast
 from hsm import pkcs11 as p11
-from hsm.errors import CryptogramMismatch
-from hsm.service import CardKeyRef, KeyService, Pkcs11KeyService
+from hsm.errors import CryptogramMismatch, KeyNotFound
+from hsm.service import CardKeyRef, KeyService, Pkcs11KeyService, SoftwareKeyService
 
 _CARD_IRK = {
     alg: p11fast.key_template(alg, Attribute.DERIVE, extractable=False)
@@ -118,3 +119,85 @@ def _expected_fast(
                 if h != base:
                     fast.destroy(sh, h)
             service.objects_destroyed(len(made))
+
+
+# --- the key of the stateless verification challenges --------------------------------------
+#
+# Challenge ids are MAC'd (issuance.services.verification.ChallengeCodec) under a key every API
+# node must share, so it comes from the HSM every node uses: at a worker's start, derived
+# inside the HSM from the issuer's IRK master key - the lowest complete key-set version, 3DES
+# before AES, so every node picks the same one - by derivation data no card key is derived
+# from (a card's or a region's diversification data is f || ~f; these two halves are not
+# complements), then the derived object (sensitive, non-extractable, encrypt-only, destroyed
+# at once) encrypts a fixed label: 16 bytes leave the HSM, hashed with the key's name into
+# the 32-byte challenge key. It lives in the API workers' memory; it can stretch a challenge's
+# expiry or mint challenges, never answer one (that needs the card's key, in the card and the
+# HSM only). Retiring that key-set version (deleting its IRK master) changes the key: restart
+# the API workers; challenges issued in the minute before are then refused as unknown.
+CHALLENGE_KEY_DATA = b"YKT-CHAL" + b"LENGE-K1"
+CHALLENGE_KEY_LABEL = b"ykt-challenge-k1"
+
+
+def challenge_key(service: KeyService) -> bytes:
+    """The 32-byte challenge key (see above). Call it from the HSM owner thread."""
+    for alg in (Algorithm.DES3, Algorithm.AES):
+        versions = _irk_versions(service, alg)
+        if versions:
+            secret = _challenge_secret(service, alg, versions[0])
+            name = f"yikatong-challenge-key/1:irk:{alg.value}:v{versions[0]}:".encode()
+            return hashlib.sha256(name + secret).digest()
+    raise KeyNotFound("no IRK master key in the HSM to derive the challenge key from")
+
+
+def _irk_versions(service: KeyService, alg: Algorithm) -> list[int]:
+    """Versions of the IRK master of ``alg`` the service holds, ascending."""
+    if isinstance(service, Pkcs11KeyService):
+        prefix = ceremony.master_label(KeySlot.IRK, alg, 0)[:-1]  # "ykt:irk:3des:v"
+        with service.token.use("listing the IRK masters") as session:
+            labels = [
+                obj.label or ""
+                for obj in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY})
+            ]
+        return sorted(
+            int(label[len(prefix) :])
+            for label in labels
+            if label.startswith(prefix) and label[len(prefix) :].isdigit()
+        )
+    if isinstance(service, SoftwareKeyService):  # tests and demos: the masters are in memory
+        return sorted(v for (slot, a, v) in service._masters if slot is KeySlot.IRK and a is alg)
+    raise KeyNotFound(f"{type(service).__name__} offers no challenge key")
+
+
+def _challenge_secret(service: KeyService, alg: Algorithm, version: int) -> bytes:
+    if isinstance(service, SoftwareKeyService):
+        master = service._masters[(KeySlot.IRK, alg, version)]
+        child = _software_ecb(master, alg, CHALLENGE_KEY_DATA)
+        return _software_ecb(child, alg, CHALLENGE_KEY_LABEL)
+    assert isinstance(service, Pkcs11KeyService)
+    template = {
+        **p11.capabilities(Attribute.ENCRYPT),
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: False,
+    }
+    mechanism = Mechanism.DES3_ECB if alg is Algorithm.DES3 else Mechanism.AES_ECB
+    with service.token.use("deriving the challenge key"):
+        service.sync(service.token.generation)
+        master = service.master_synced(KeySlot.IRK, alg, version)
+        key = p11.derive(master, alg, CHALLENGE_KEY_DATA, template=template)
+        try:
+            return bytes(key.encrypt(CHALLENGE_KEY_LABEL, mechanism=mechanism))
+        finally:
+            key.destroy()
+
+
+def _software_ecb(key: bytes, alg: Algorithm, data: bytes) -> bytes:
+    """ECB encryption in software: the software key service's masters (tests, demos)."""
+    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    if alg is Algorithm.DES3:
+        cipher = Cipher(TripleDES(key + key[:8] if len(key) == 16 else key), modes.ECB())
+    else:
+        cipher = Cipher(algorithms.AES(key), modes.ECB())
+    enc = cipher.encryptor()
+    return enc.update(data) + enc.finalize()

@@ -1,7 +1,7 @@
 """``ykt batch``: production batches — create, prepare, run, resume, status, report, ship.
 
     ykt batch create NAME [--region 3301] [--collective NAME] [--from D] [--to D] --as USER
-    ykt batch prepare BATCH                  data preparation only (e.g. before a bureau export)
+    ykt batch prepare BATCH [--workers N]    data preparation only (the batch's perso file)
     ykt batch run BATCH [--readers N]        data preparation + stations (progress bars)
     ykt batch resume BATCH                   after a crash or Ctrl-C: finishes the batch
     ykt batch status [BATCH]                 counts by stage (all batches without BATCH)
@@ -180,30 +180,53 @@ def resume(
 @app.command("prepare")
 def prepare(
     batch: str,
+    workers: int = typer.Option(1, "--workers", "-w", min=1, max=16,
+                                help="Worker processes (each its own HSM session)."),
+    chunk: int | None = typer.Option(None, "--chunk", min=1,
+                                     help="Cards per chunk (default: 500, less for small "
+                                          "batches)."),
     as_: str | None = typer.Option(None, "--as", help=AS_HELP),
-) -> None:
-    """Data preparation only: a chip and the personalisation data for every card (e.g. for a
-    bureau export); resumable."""
+) -> None:  # fmt: skip
+    """In-house data preparation: a chip and the complete personalisation data of every card,
+    every per-card key derived in the HSM, into the batch's signed perso file (the stations
+    run it); resumable. (For a bureau: ``ykt bureau export`` prepares and exports.)"""
     from issuance.batches.cli_progress import RichProgress
-    from issuance.batches.pipeline import runner_for
+    from issuance.batches.pipeline import RunOptions, runner_for
 
     actor = _actor(as_).via(Channel.SYSTEM)
-    with RichProgress(err) as progress, runner_for(
-        settings(), batch, actor=actor, progress=progress
-    ) as runner:  # fmt: skip
-        runner.recover()
-        try:
-            n = runner.prepare_all()
-        except KeyboardInterrupt:
-            err.print(f"[yellow]interrupted.[/yellow] Resume with:\n  ykt batch prepare {batch}")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        counts = runner.counts()
+    cfg = settings()
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    options = RunOptions(prepare_workers=workers, prepare_chunk=chunk)
+    try:
+        with RichProgress(err) as progress, runner_for(
+            cfg, batch, actor=actor, progress=progress, options=options
+        ) as runner:  # fmt: skip
+            runner.recover()
+            try:
+                n = runner.prepare_all()
+            except KeyboardInterrupt:
+                runner.stop.set()
+                err.print(f"[yellow]interrupted.[/yellow] Resume with:\n"
+                          f"  ykt batch prepare {batch}")  # fmt: skip
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+            counts = runner.counts()
+            stats = runner.prep_stats
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     from issuance.models import BatchStage
 
     out.print(f"batch {batch}: {n} card(s) prepared now, {counts[BatchStage.PREPARED]} prepared "
               "in all")  # fmt: skip
-    out.print(f"next: ykt bureau export {batch} --transport BUREAU -o FILE (bureau), or "
-              f"ykt batch run {batch} (in house)")  # fmt: skip
+    if stats is not None and stats.seconds:
+        out.print(f"{stats.keys_derived} per-card keys derived in the HSM, {stats.chunks} "
+                  f"chunk(s) in {stats.seconds:.1f} s on {workers} worker(s): "
+                  f"{n / stats.seconds:.0f} cards/s")  # fmt: skip
+    out.print(f"next: ykt batch run {batch} (in house), or ykt bureau export {batch} "
+              "--transport BUREAU -o FILE (bureau)")  # fmt: skip
 
 
 def _failed_items(s: Session, batch: str, card: str | None) -> list[Any]:

@@ -3,9 +3,12 @@
     ykt batch prepare BATCH                            data preparation only (chips assigned)
     ykt hsm transport generate NAME                    the bureau's transport key (custodians)
     ykt hsm export-public-key -o issuer.pem            hand it to the bureau (out of band)
-    ykt bureau export BATCH --transport NAME -o FILE   signed bureau file of the batch's
-                                                       prepared cards; they go ``at_bureau``
-                                                       (no station takes them any more)
+    ykt bureau export BATCH --transport NAME -o FILE [--workers N]
+                                                       data preparation for the bureau: every
+                                                       card not yet made (selected: chips
+                                                       assigned now, or prepared) into a
+                                                       signed bureau file; they go
+                                                       ``at_bureau`` (no station takes them)
     ykt bureau verify FILE --public-key PEM            what the bureau runs first
     ykt bureau check-result RESULT --bureau-file FILE  every line of the bureau's result file
                                                        checked, nothing applied; exit 1 if any
@@ -20,7 +23,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -35,7 +38,6 @@ from issuance.batches.bureau import (
     bureau_file_id,
     expected_cards,
     verify_bureau_file,
-    write_bureau_file,
 )
 from issuance.batches.bureau_result import (
     BureauResult,
@@ -43,11 +45,11 @@ from issuance.batches.bureau_result import (
     ProblemKind,
     import_bureau_result,
 )
-from issuance.batches.prepared import PreparedCard
 from issuance.cli_db import AS_HELP
+from issuance.errors import ValidationError
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+    from sqlalchemy.orm import Session, sessionmaker
 
     from hsm.service import KeyService
     from issuance.audit import Actor
@@ -61,78 +63,50 @@ _File = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=Tru
 
 
 def export_batch(
-    session: Session,
     settings: Settings,
     keys: KeyService,
     batch: str | int,
     output: Path,
     transport: str,
+    actor: Actor,
+    *,
+    factory: sessionmaker[Session] | None = None,
+    workers: int = 1,
+    chunk: int | None = None,
     progress: Callable[[int], None] | None = None,
-) -> BureauFileInfo:
-    """The bureau file of a batch's prepared cards (chip assigned, in no station), in item
-    order; streamed (each card rebuilt, written, then dropped). The file is complete (renamed
-    into place) before :func:`mark_exported` moves the cards ``at_bureau``: a crash in between
-    leaves the cards prepared and the file unanswerable (export again)."""
-    import sqlalchemy as sa
-
-    from issuance.batches import dataprep
+) -> tuple[BureauFileInfo, int]:
+    """Data preparation of a batch for the bureau (:func:`issuance.batches.bulkprep.
+    export_to_bureau`): its selected cards prepared (chips assigned) and, with its cards
+    prepared before, streamed into a signed bureau file; the file is complete (renamed into
+    place) before its cards move ``at_bureau`` (:func:`mark_exported`): a crash in between
+    leaves them prepared and the file unanswerable (export again). Returns the file's info
+    and the number of cards now at the bureau."""
+    from issuance.batches import bulkprep
     from issuance.batches.selection import get_batch
-    from issuance.errors import ValidationError
-    from issuance.models import BatchItem, BatchStage
+    from issuance.db import make_engine, make_sessionmaker, transaction
 
-    found = get_batch(session, batch)
-    where = (
-        BatchItem.batch_id == found.id,
-        BatchItem.stage == BatchStage.PREPARED,
-        BatchItem.chip_serial.is_not(None),
-        BatchItem.lease_owner.is_(None),
-    )
-    item_ids = list(session.scalars(sa.select(BatchItem.id).where(*where).order_by(BatchItem.id)))
-    if not item_ids:
-        raise ValidationError(
-            f"batch {found.name} has no prepared card to export (run ykt batch prepare "
-            f"{found.name} first)"
-        )
-
-    def cards() -> Iterator[PreparedCard]:
-        for item_id in item_ids:
-            item = session.get(BatchItem, item_id)
-            assert item is not None
-            yield dataprep.prepared_for_item(session, settings, keys, item)
-            session.expunge_all()  # bounded memory over a large batch
-
-    return write_bureau_file(output, cards(), keys, transport, batch=found.name, progress=progress)
+    engine = make_engine(settings) if factory is None else None
+    fac = factory or make_sessionmaker(engine)  # type: ignore[arg-type]
+    try:
+        with transaction(fac) as s:
+            found = get_batch(s, batch)
+            batch_id, name = found.id, found.name
+        req = bulkprep.PrepRequest(batch_id, actor, bulkprep.BUREAU, workers=workers, chunk=chunk,
+                                   transport=transport)  # fmt: skip
+        info, _stats, moved = bulkprep.export_to_bureau(settings, fac, keys, req, output, name,
+                                                        on_progress=progress)  # fmt: skip
+        return info, moved
+    finally:
+        if engine is not None:
+            engine.dispose()
 
 
 def mark_exported(session: Session, info: BureauFileInfo, actor: Actor) -> int:
-    """Move the cards of a written bureau file ``prepared → at_bureau`` (stations skip them),
-    recording the file on each (audited); returns how many."""
-    import sqlalchemy as sa
+    """Move the cards of a written bureau file ``prepared → at_bureau`` (see
+    :func:`issuance.batches.bureau.mark_exported`)."""
+    from issuance.batches.bureau import mark_exported as mark
 
-    from issuance import audit
-    from issuance.batches import items as bi
-    from issuance.errors import ConflictError
-    from issuance.models import BatchItem, BatchStage
-
-    expected = expected_cards(info.path)
-    items = session.scalars(
-        sa.select(BatchItem).where(BatchItem.card_id.in_(list(expected))).with_for_update()
-    ).all()
-    moved = 0
-    for item in items:
-        if item.stage != BatchStage.PREPARED or item.chip_serial != expected[item.card_id]:
-            raise ConflictError(
-                f"card {item.card_id} changed while the bureau file was written (now "
-                f"{item.stage}): export again"
-            )
-        item.bureau_file_id = info.file_id
-        details = {"bureau_file": info.file_id, "transport_key": info.transport_key}
-        bi.advance(session, item, "export", actor, details=details)
-        moved += 1
-    audit.record(session, actor, "batch.bureau_exported", "bureau_file", info.file_id,
-                 details={"batch": info.batch, "cards": moved, "sha256": info.sha256,
-                          "path": str(info.path)})  # fmt: skip
-    return moved
+    return mark(session, info, actor)
 
 
 @app.command("export")
@@ -141,11 +115,20 @@ def export(
     transport: Annotated[str, typer.Option("--transport", help="Bureau transport key name.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Bureau file to write.")],
     as_: Annotated[str | None, typer.Option("--as", help=AS_HELP)] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", min=1, max=16, help="Worker processes.")
+    ] = 1,
+    chunk: Annotated[
+        int | None, typer.Option("--chunk", min=1, help="Cards per chunk (default: 500).")
+    ] = None,
 ) -> None:
-    """Write the signed bureau file of a batch's prepared cards (streamed, any size); the
-    cards go ``at_bureau``."""
+    """Data preparation for the bureau: every card of the batch not yet made (selected or
+    prepared) into a signed bureau file (streamed, any size); the cards go ``at_bureau``."""
     from hsm.service import key_service_from_settings
+    from issuance.batches import items as bi
+    from issuance.batches.selection import get_batch
     from issuance.cli_db import acting, session_scope, settings
+    from issuance.models import BatchStage
 
     cfg = settings()
     keys = key_service_from_settings(cfg)
@@ -153,12 +136,24 @@ def export(
                TimeRemainingColumn())  # fmt: skip
     with session_scope() as session:
         actor = acting(session, as_)
-    with session_scope() as session, Progress(*columns, console=err) as bar:
-        task = bar.add_task("bureau file", total=None)
-        info = export_batch(session, cfg, keys, batch, output, transport,
-                            progress=lambda n: bar.update(task, completed=n))  # fmt: skip
-    with session_scope() as session:
-        moved = mark_exported(session, info, actor)
+        found = get_batch(session, batch)
+        bi.recover_interrupted(session, found.id, actor)
+        counts = bi.stage_counts(session, found.id)
+    total = counts[BatchStage.SELECTED] + counts[BatchStage.PREPARED]
+    try:
+        with Progress(*columns, console=err) as bar:
+            task = bar.add_task("bureau file", total=total)
+            info, moved = export_batch(
+                cfg, keys, batch, output, transport, actor, workers=workers, chunk=chunk,
+                progress=lambda n: bar.advance(task, n),
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        err.print(f"[yellow]interrupted.[/yellow] No bureau file written. Export again:\n"
+                  f"  ykt bureau export {batch} --transport {transport} -o {output}")  # fmt: skip
+        raise typer.Exit(130) from None
+    except ValidationError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
     out.print(f"{info.path}: {info.count} cards, sha256 {info.sha256}, file id {info.file_id}")
     out.print(f"{moved} card(s) now at the bureau (stations skip them). When the bureau's "
               "result file comes back:")  # fmt: skip

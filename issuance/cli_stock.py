@@ -75,8 +75,8 @@ def import_cmd(
     if check:
         out.print("nothing written: run again without --check to import")
     else:
-        out.print("next: ykt stock status; stations take these chips with [stock] backend = "
-                  '"delivered" and [readers] backend = "pcsc"')  # fmt: skip
+        out.print("next: ykt stock status; stations take these chips with \\[stock] backend "
+                  '= "delivered" and \\[readers] backend = "pcsc"')  # fmt: skip
 
 
 @app.command("status")

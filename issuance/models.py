@@ -368,6 +368,11 @@ class BlankChip(Base):
     station: Mapped[str | None] = mapped_column(sa.String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     closed_at: Mapped[datetime | None]
+    #: Where data preparation put the chip's perso record (``issuance.batches.persofile``):
+    #: the segment file under ``<data_dir>/perso`` and the record's byte offset in it; None:
+    #: prepared card by card (the station derives the keys). Migration 0007.
+    perso_file: Mapped[str | None] = mapped_column(sa.String(100))
+    perso_offset: Mapped[int | None] = mapped_column(sa.BigInteger)
 
 
 class StockChipStatus(enum.StrEnum):
@@ -682,17 +687,13 @@ class ApiCall(Base):
     duration_us: Mapped[int]
 
 
-class VerificationChallenge(Base):
-    """A single-use challenge for INTERNAL AUTHENTICATE (8-byte factor || 8-byte random),
-    shared by every API node through the database; consumed by one atomic UPDATE."""
+class UsedChallenge(Base):
+    """A verification challenge that was used: challenges are stateless (a MAC'd id, see
+    :mod:`issuance.services.verification`), this primary key makes each one single-use. The id
+    starts with its expiry (4 bytes, big-endian Unix seconds): pruning is a key range."""
 
-    __tablename__ = "verification_challenges"
-    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
-    credential_id: Mapped[int] = mapped_column(sa.ForeignKey("api_credentials.id"))
-    challenge: Mapped[bytes] = mapped_column(sa.LargeBinary(16))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    expires_at: Mapped[datetime] = mapped_column(index=True)
-    used_at: Mapped[datetime | None]
+    __tablename__ = "used_challenges"
+    id: Mapped[bytes] = mapped_column(sa.LargeBinary(16), primary_key=True)
 
 
 class CardStatusChange(Base):

@@ -9,7 +9,9 @@ Each round runs, each in its own transaction:
 3. ``expire_cards``: cards past their expiry date expire (:func:`issuance.services.expire_cards`);
 4. ``outbox``: pending notifications go to the configured gateway (``[notify] backend``);
 5. ``audit_seal``: the audit hash chain is sealed, checkpoints signed by the HSM's signing key
-   (:func:`issuance.audit.seal`; ``[worker] seal_audit``, ``sign_checkpoints``).
+   (:func:`issuance.audit.seal`; ``[worker] seal_audit``, ``sign_checkpoints``);
+6. ``prune_challenges``: used verification challenges expired long enough ago are forgotten
+   (:func:`issuance.services.verification.prune_used_challenges`); at most once a minute.
 
 Several workers may run at once (on several machines). On PostgreSQL each job first takes a
 transaction-level advisory lock (``pg_try_advisory_xact_lock``) named after the job: one worker
@@ -41,7 +43,12 @@ from issuance.settings import Settings
 
 log = logging.getLogger("issuance.worker")
 
-JOBS = ("lapse_losses", "cancel_formal_losses", "expire_cards", "outbox", "audit_seal")
+JOBS = (
+    "lapse_losses", "cancel_formal_losses", "expire_cards", "outbox", "audit_seal",
+    "prune_challenges",
+)  # fmt: skip
+#: ``prune_challenges`` runs at most this often (seconds): rows are kept for minutes anyway.
+PRUNE_EVERY_S = 60.0
 
 
 def job_lock_key(job: str) -> int:
@@ -96,6 +103,7 @@ class Worker:
         self.signer = signer
         self.seal = settings.worker.seal_audit if seal is None else seal
         self.jobs = jobs
+        self._pruned_at: float | None = None
 
     def _job(self, name: str, now: datetime, today: date) -> Callable[[Session], int]:
         from issuance import audit, services
@@ -112,6 +120,10 @@ class Worker:
             return lambda s: services.drain_outbox(s, sink, limit=cfg.worker.outbox_batch)
         if name == "audit_seal":
             return lambda s: audit.seal(s, self.signer, now=now).sealed
+        if name == "prune_challenges":
+            from issuance.services.verification import prune_used_challenges
+
+            return lambda s: prune_used_challenges(s, now)
         raise ValueError(name)
 
     def run_round(self, now: datetime | None = None, today: date | None = None) -> RoundReport:
@@ -128,6 +140,11 @@ class Worker:
                 and self.settings.lifecycle.formal_loss_cancel_days < 1
             ):
                 continue  # the city never turns a formal loss into a cancellation
+            if name == "prune_challenges":
+                clock = time.monotonic()
+                if self._pruned_at is not None and clock - self._pruned_at < PRUNE_EVERY_S:
+                    continue
+                self._pruned_at = clock
             job = self._job(name, now, today)
             try:
                 with transaction(self.factory) as s:

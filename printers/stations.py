@@ -36,7 +36,7 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -119,10 +119,13 @@ class PresenceFeeder:
         self.reader, self.csock, self.timeout = reader, csock, timeout
         self._marker: PcscReader | None = None
         self._await_absence = False
+        #: a card was loaded and the station has not marked it yet (see :meth:`eject`)
+        self._unmarked = False
 
     def handled(self) -> None:
         """The card now in the reader has been taken by the station: later loads wait for it
         to be replaced."""
+        self._unmarked = False
         if self._marker is None:
             self._marker = PcscReader(self.reader, csock=self.csock)
         try:
@@ -147,16 +150,28 @@ class PresenceFeeder:
             self._await_absence = False
         return False
 
-    def load(self, image: Path | None) -> None:
+    def load(self, image: Path | None, *, cancelled: Callable[[], bool] | None = None) -> None:
+        """Wait for a new card; ``cancelled`` (asked twice a second): stop waiting early
+        (:class:`NoCardFed`), e.g. when the batch has nothing left to make."""
         deadline = time.monotonic() + self.timeout
+        next_ask = time.monotonic() + 0.5
+
+        def give_up(message: str) -> None:
+            nonlocal next_ask
+            now = time.monotonic()
+            if now > deadline:
+                raise NoCardFed(message)
+            if cancelled is not None and now > next_ask:
+                next_ask = now + 0.5
+                if cancelled():
+                    raise NoCardFed(f"stopped waiting for a card in {self.reader}")
+            time.sleep(0.05)
+
         while self.in_hand():
-            if time.monotonic() > deadline:
-                raise NoCardFed(f"the last card is still in {self.reader}: take it out")
-            time.sleep(0.05)
+            give_up(f"the last card is still in {self.reader}: take it out")
         while not card_present(self.reader, self.csock):
-            if time.monotonic() > deadline:
-                raise NoCardFed(f"no card fed into {self.reader} within {self.timeout:.0f} s")
-            time.sleep(0.05)
+            give_up(f"no card fed into {self.reader} within {self.timeout:.0f} s")
+        self._unmarked = True
 
     def wait_removed(self, timeout: float | None = None) -> bool:
         """Wait until the card dealt with is taken out (True) or ``timeout`` passes (False)."""
@@ -168,11 +183,13 @@ class PresenceFeeder:
         return True
 
     def eject(self) -> None:
-        """A real reader cannot eject: the card stays until taken out. One the station has not
-        marked yet (personalised from an image, virtual stock on real readers) is marked
-        here so that the next load does not take it again."""
-        if not self.in_hand() and card_present(self.reader, self.csock):
+        """A real reader cannot eject: the card stays until taken out. A card loaded and
+        worked on without being marked (personalised from an image: virtual stock on real
+        readers) is marked here so that the next load does not take it again; a card put in
+        after the station was done (a refused chip replaced at once) is left alone."""
+        if self._unmarked and card_present(self.reader, self.csock):
             self.handled()
+        self._unmarked = False
 
     def close(self) -> None:
         if self._marker is not None:
@@ -230,8 +247,13 @@ class EncodingStation:
     def _profile(self, prepared: PreparedCard) -> CardProfile:
         return get_profile(prepared.profile_name)
 
-    def load(self, image: Path | None) -> None:
-        self.feeder.load(image)
+    def load(self, image: Path | None, *, cancelled: Callable[[], bool] | None = None) -> None:
+        """Have the card put into the reader (``image``: the virtual stock's blank; None: a
+        real reader's next card, see :class:`PresenceFeeder` for ``cancelled``)."""
+        if cancelled is not None and isinstance(self.feeder, PresenceFeeder):
+            self.feeder.load(image, cancelled=cancelled)
+        else:
+            self.feeder.load(image)
 
     def eject(self) -> None:
         with contextlib.suppress(CardSpecError, StationError, OSError):

@@ -92,18 +92,21 @@ dropped silently.
 
 from __future__ import annotations
 
+import array
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 
+import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
 
@@ -116,14 +119,21 @@ from cardspec.cardops import (
     select_df,
     send,
 )
+from cardspec.crypto import CardCrypto
 from cardspec.errors import CardNotFoundError, CardStateError
 from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.profile import CardProfile, get_profile
 from cardspec.reader import Reader
 from hsm.errors import SignatureInvalid
-from hsm.service import BureauExporter, KeyService, verify_signature
+from hsm.export import BureauExport, FileKek
+from hsm.service import BureauExporter, CardKeyRef, KeyService, verify_signature
 from issuance.batches.prepared import PreparedCard
 from issuance.errors import IntegrityError, ValidationError
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from issuance.audit import Actor
 
 FORMAT = "ykt-bureau-perso/2"
 KEY_WRAP = "AES-KWP RFC 5649: card keys under the file KEK, the KEK under the transport key"
@@ -256,8 +266,54 @@ def _dumps(obj: Mapping[str, Any]) -> bytes:
 # --- writer (issuer side) ---------------------------------------------------------------------
 
 
+def card_body(
+    *,
+    card_id: int,
+    chip_serial: str,
+    cic: str,
+    card_number: str,
+    profile: CardProfile,
+    ref: CardKeyRef,
+    plan: Mapping[str, Sequence[bytes]],
+    export: BureauExport,
+) -> bytes:
+    """A card line without its ``type``, ``seq`` and ``kek`` (the writer adds them), from the
+    card's records and its keys as the HSM exported them."""
+    key_specs = {spec.slot: (df, spec) for df, spec in profile.key_specs()}
+    ef_paths = {ef.name: (df, ef.sfi) for df, ef in profile.files()}
+    pin_specs = list(profile.pin_specs())
+    slots = [KeySlot.KMC, *(s for s in export.wrapped if s is not KeySlot.KMC)]
+    return _dumps(
+        {
+            "card_id": card_id,
+            "chip_serial": chip_serial.upper(),
+            "cic": cic,
+            "card_number": card_number,
+            "profile": profile.name,
+            "algorithm": ref.algorithm.value,
+            "key_version": ref.key_version,
+            "files": [
+                {"df": ef_paths[name][0], "ef": name, "sfi": ef_paths[name][1],
+                 "records": [r.hex() for r in records]}
+                for name, records in plan.items()
+            ],
+            "keys": [
+                {"slot": slot.value, "df": key_specs[slot][0], "key_id": key_specs[slot][1].key_id,
+                 "wrapped": export.wrapped[slot].hex(), "kcv": export.kcvs[slot].hex()}
+                for slot in slots
+            ],
+            "klk": {"wrapped": export.klk_wrapped.hex(), "kcv": export.klk_kcv.hex()},
+            "pins": [
+                {"name": spec.name, "df": df, "ref": spec.ref, "under": KeySlot.KMC.value,
+                 "encrypted": enc.hex()}
+                for (df, spec), enc in zip(pin_specs, export.encrypted, strict=True)
+            ],
+        }
+    )  # fmt: skip
+
+
 class _CardEncoder:
-    """Per-profile constants of the card lines (key specs, PIN specs), computed once."""
+    """Per-profile checks of a :class:`PreparedCard` before its line is written."""
 
     def __init__(self, profile: CardProfile) -> None:
         self.profile = profile
@@ -265,9 +321,8 @@ class _CardEncoder:
         if KeySlot.KMC not in self.key_specs:
             raise ValidationError(f"profile {profile.name} declares no transport key (kmc)")
         self.pin_specs = list(profile.pin_specs())
-        self.ef_paths = {ef.name: (df, ef.sfi) for df, ef in profile.files()}
 
-    def line(self, seq: int, card: PreparedCard, exporter: BureauExporter) -> tuple[int, bytes]:
+    def body(self, card: PreparedCard, exporter: BureauExporter) -> tuple[int, bytes]:
         data = card.perso
         ref = card.key_ref
         if ref.algorithm is not self.profile.algorithm:
@@ -288,52 +343,118 @@ class _CardEncoder:
         pins = {"ss": data.initial_pin, "bank": data.bank_pin or data.initial_pin}
         blocks = [spec.encode(pins.get(spec.name, data.initial_pin)) for _, spec in self.pin_specs]
         export = exporter.export(ref, slots, blocks, KeySlot.KMC)
-        files = []
-        for ef_name, records in plan.items():
-            df, sfi = self.ef_paths[ef_name]
-            files.append(
-                {"df": df, "ef": ef_name, "sfi": sfi, "records": [r.hex() for r in records]}
-            )
-        key_lines = []
-        for slot in slots:
-            df, spec = self.key_specs[slot]
-            key_lines.append(
-                {
-                    "slot": slot.value,
-                    "df": df,
-                    "key_id": spec.key_id,
-                    "wrapped": export.wrapped[slot].hex(),
-                    "kcv": export.kcvs[slot].hex(),
-                }
-            )
-        pin_lines = [
-            {
-                "name": spec.name,
-                "df": df,
-                "ref": spec.ref,
-                "under": KeySlot.KMC.value,
-                "encrypted": enc.hex(),
-            }
-            for (df, spec), enc in zip(self.pin_specs, export.encrypted, strict=True)
-        ]
-        return export.kek_id, _dumps(
-            {
-                "type": "card",
-                "seq": seq,
-                "kek": export.kek_id,
-                "card_id": card.card_id,
-                "chip_serial": card.chip_serial.upper(),
-                "cic": data.card_identification_code,
-                "card_number": data.card_number,
-                "profile": self.profile.name,
-                "algorithm": ref.algorithm.value,
-                "key_version": ref.key_version,
-                "files": files,
-                "keys": key_lines,
-                "klk": {"wrapped": export.klk_wrapped.hex(), "kcv": export.klk_kcv.hex()},
-                "pins": pin_lines,
-            }
-        )
+        return export.kek_id, card_body(
+            card_id=card.card_id, chip_serial=card.chip_serial,
+            cic=data.card_identification_code, card_number=data.card_number,
+            profile=self.profile, ref=ref, plan=plan, export=export,
+        )  # fmt: skip
+
+
+class BureauFileWriter:
+    """A bureau file being written (see the module docstring): header at once, KEK and card
+    lines as they come (:meth:`add_chunk`, or :meth:`add`), trailer and signature in
+    :meth:`finish`. Streamed: memory holds one chunk, plus 16 bytes per card (card id and
+    chip serial, for :meth:`pairs`). The file is ``<path>.part`` until :meth:`finish`
+    renames it; leaving the ``with`` block on an error removes it."""
+
+    def __init__(
+        self,
+        path: Path,
+        keys: KeyService,
+        transport_key: str,
+        *,
+        batch: str = "",
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        from hsm.ceremony import transport_label
+
+        self.path = Path(path)
+        self.label = transport_label(transport_key)
+        self.file_id = uuid.uuid4().hex
+        self.batch = batch
+        self._keys = keys
+        self._progress = progress
+        self.signer = signer_fingerprint(keys.public_key_pem())
+        self._digest = hashlib.sha256()
+        self._part = self.path.with_name(self.path.name + ".part")
+        self._out: IO[bytes] | None = open(self._part, "wb", buffering=_BUFFER)  # noqa: SIM115
+        self.count = 0
+        self._kek_no = 0
+        self._kek_wrapped: bytes | None = None
+        self._card_ids = array.array("q")
+        self._serials = bytearray()
+        self._write(_dumps({
+            "type": "header", "format": FORMAT, "file_id": self.file_id, "batch": batch,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "transport_key": self.label, "key_wrap": KEY_WRAP, "pin_encryption": PIN_ENCRYPTION,
+            "signer": self.signer,
+        }))  # fmt: skip
+
+    def __enter__(self) -> BureauFileWriter:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, *exc: object) -> None:
+        if et is not None or self._out is not None:
+            self.abort()
+
+    def _write(self, line: bytes) -> None:
+        assert self._out is not None, "the bureau file is closed"
+        self._digest.update(line)
+        self._out.write(line)
+
+    def _kek(self, kek: FileKek) -> int:
+        if kek.wrapped != self._kek_wrapped:
+            self._kek_no += 1
+            self._kek_wrapped = kek.wrapped
+            self._write(_dumps({"type": "kek", "kek": self._kek_no, "wrapped": kek.wrapped.hex(),
+                                "kcv": kek.kcv.hex()}))  # fmt: skip
+        return self._kek_no
+
+    def _card(self, kek_no: int, card_id: int, chip_serial: str, body: bytes) -> None:
+        self.count += 1
+        self._write(b'{"type":"card","seq":%d,"kek":%d,' % (self.count, kek_no) + body[1:])
+        self._card_ids.append(card_id)
+        self._serials += bytes.fromhex(chip_serial)
+
+    def add_chunk(self, kek: FileKek, entries: Sequence[tuple[int, int, str, bytes]]) -> None:
+        """Card lines whose keys are wrapped under ``kek``: ``(item id, card id, chip serial,
+        body)`` with ``body`` from :func:`card_body`."""
+        kek_no = self._kek(kek)
+        for _item, card_id, serial, body in entries:
+            self._card(kek_no, card_id, serial, body)
+        if self._progress is not None:
+            self._progress(self.count)
+
+    def add(self, kek: FileKek, card_id: int, chip_serial: str, body: bytes) -> None:
+        self._card(self._kek(kek), card_id, chip_serial, body)
+        if self._progress is not None:
+            self._progress(self.count)
+
+    def pairs(self) -> Iterator[tuple[int, str]]:
+        """(card id, chip serial) of every card line, in file order."""
+        for n, card_id in enumerate(self._card_ids):
+            yield card_id, self._serials[8 * n : 8 * n + 8].hex().upper()
+
+    def finish(self) -> BureauFileInfo:
+        hexdigest = self._digest.hexdigest()
+        signature = self._keys.sign(_statement(self.file_id, self.count, hexdigest))
+        assert self._out is not None
+        sig = base64.b64encode(signature).decode("ascii")
+        self._out.write(_dumps({"type": "trailer", "count": self.count, "sha256": hexdigest,
+                                "signature": sig}))  # fmt: skip
+        self._out.flush()
+        os.fsync(self._out.fileno())
+        self._out.close()
+        self._out = None
+        os.replace(self._part, self.path)
+        return BureauFileInfo(self.path, self.file_id, self.batch, self.label, self.count,
+                              hexdigest, self.signer)  # fmt: skip
+
+    def abort(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+            self._part.unlink(missing_ok=True)
 
 
 def write_bureau_file(
@@ -345,84 +466,106 @@ def write_bureau_file(
     batch: str = "",
     progress: Callable[[int], None] | None = None,
 ) -> BureauFileInfo:
-    """Stream ``cards`` into a signed bureau file at ``path`` (see the module docstring).
+    """Stream ``cards`` into a signed bureau file at ``path`` (see the module docstring), one
+    :meth:`~hsm.export.BureauExporter.export` per card (the data preparation of a batch in the
+    database goes through :func:`issuance.batches.bulkprep.export_to_bureau` instead).
 
     Memory stays bounded whatever the number of cards (``cards`` may be a generator).
     ``progress`` is called with the number of cards written so far after each card.
     """
-    from hsm.ceremony import transport_label
-
-    path = Path(path)
-    label = transport_label(transport_key)
-    file_id = uuid.uuid4().hex
-    signer = signer_fingerprint(keys.public_key_pem())
     encoders: dict[str, _CardEncoder] = {}
-    digest = hashlib.sha256()
-    part = path.with_name(path.name + ".part")
-    count = 0
-    try:
-        with open(part, "wb", buffering=_BUFFER) as out:
-            header = _dumps(
-                {
-                    "type": "header",
-                    "format": FORMAT,
-                    "file_id": file_id,
-                    "batch": batch,
-                    "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "transport_key": label,
-                    "key_wrap": KEY_WRAP,
-                    "pin_encryption": PIN_ENCRYPTION,
-                    "signer": signer,
-                }
-            )
-            digest.update(header)
-            out.write(header)
-            written_kek = 0
-            with keys.bureau_exporter(label) as exporter:
-                for card in cards:
-                    encoder = encoders.get(card.profile_name)
-                    if encoder is None:
-                        encoder = encoders[card.profile_name] = _CardEncoder(
-                            get_profile(card.profile_name)
-                        )
-                    kek_id, line = encoder.line(count + 1, card, exporter)
-                    if kek_id != written_kek:
-                        kek = exporter.kek(kek_id)
-                        kek_line = _dumps(
-                            {
-                                "type": "kek",
-                                "kek": kek.kek_id,
-                                "wrapped": kek.wrapped.hex(),
-                                "kcv": kek.kcv.hex(),
-                            }
-                        )
-                        digest.update(kek_line)
-                        out.write(kek_line)
-                        written_kek = kek_id
-                    digest.update(line)
-                    out.write(line)
-                    count += 1
-                    if progress is not None:
-                        progress(count)
-            hexdigest = digest.hexdigest()
-            signature = keys.sign(_statement(file_id, count, hexdigest))
-            out.write(
-                _dumps(
-                    {
-                        "type": "trailer",
-                        "count": count,
-                        "sha256": hexdigest,
-                        "signature": base64.b64encode(signature).decode("ascii"),
-                    }
+    with BureauFileWriter(path, keys, transport_key, batch=batch, progress=progress) as writer:
+        with keys.bureau_exporter(writer.label) as exporter:
+            for card in cards:
+                encoder = encoders.get(card.profile_name)
+                if encoder is None:
+                    encoder = encoders[card.profile_name] = _CardEncoder(
+                        get_profile(card.profile_name)
+                    )
+                kek_id, body = encoder.body(card, exporter)
+                writer.add(exporter.kek(kek_id), card.card_id, card.chip_serial, body)
+        return writer.finish()
+
+
+def iter_expected(path: Path) -> Iterator[tuple[int, str]]:
+    """(card id, chip serial) of every card line of a bureau file, streamed."""
+    with open(path, "rb", buffering=_BUFFER) as stream:
+        for line_no, raw in enumerate(stream, start=1):
+            if b'"type":"card"' not in raw[:40]:
+                continue
+            obj = _object(raw, line_no)
+            yield int(obj["card_id"]), str(obj["chip_serial"]).upper()
+
+
+def mark_exported(
+    session: Session,
+    info: BureauFileInfo,
+    actor: Actor,
+    *,
+    pairs: Iterable[tuple[int, str]] | None = None,
+    chunk: int = 1000,
+) -> int:
+    """Move the cards of a written bureau file ``prepared → at_bureau`` (stations skip them),
+    recording the file on each, one audit event per card and one for the file, in bulk
+    statements (caller's transaction). ``pairs``: (card id, chip serial) of the file's cards
+    (default: read from the file). Idempotent: cards already marked with this file are
+    skipped. Raises :class:`ConflictError` if a card changed meanwhile (export again)."""
+    from issuance import audit
+    from issuance.batches import items as bi
+    from issuance.errors import ConflictError
+    from issuance.models import AuditEvent, BatchItem, BatchStage, utcnow
+
+    items = cast(sa.Table, BatchItem.__table__)
+    events = cast(sa.Table, AuditEvent.__table__)
+    frm, to = BatchStage.PREPARED, bi.ITEM_TRANSITIONS[(BatchStage.PREPARED, "export")]
+    moved = 0
+    todo = iter_expected(info.path) if pairs is None else iter(pairs)
+    while batch := list(itertools.islice(todo, chunk)):
+        expected = dict(batch)
+        rows = session.execute(
+            sa.select(items.c.id, items.c.card_id, items.c.batch_id, items.c.stage,
+                      items.c.chip_serial, items.c.lease_owner, items.c.bureau_file_id)
+            .where(items.c.card_id.in_(list(expected)))
+            .with_for_update()
+        ).all()  # fmt: skip
+        if len(rows) != len(expected):
+            raise ConflictError("cards of the bureau file are not in any batch any more")
+        now = utcnow()
+        update = []
+        for r in rows:
+            if r.stage == str(to) and r.bureau_file_id == info.file_id:
+                continue  # marked by an earlier run
+            if (r.stage != str(frm) or r.lease_owner is not None
+                    or r.chip_serial != expected[r.card_id]):  # fmt: skip
+                raise ConflictError(
+                    f"card {r.card_id} changed while the bureau file was written (now "
+                    f"{r.stage}): export again"
                 )
-            )
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(part, path)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    return BureauFileInfo(path, file_id, batch, label, count, hexdigest, signer)
+            update.append(r)
+        if not update:
+            continue
+        session.execute(
+            sa.update(items).where(items.c.id == sa.bindparam("b_id"))
+            .values(stage=str(to), stage_changed_at=now, bureau_file_id=info.file_id),
+            [{"b_id": r.id} for r in update],
+        )  # fmt: skip
+        session.execute(sa.insert(events), [
+            audit.event_row(
+                actor, "batch_item.export", "batch_item", r.id, before=str(frm), after=str(to),
+                occurred_at=now,
+                details={"batch_id": r.batch_id, "card_id": r.card_id,
+                         "chip_serial": r.chip_serial, "bureau_file": info.file_id,
+                         "transport_key": info.transport_key},
+            ) for r in update
+        ])  # fmt: skip
+        moved += len(update)
+    from issuance import audit as _audit
+
+    _audit.record(session, actor, "batch.bureau_exported", "bureau_file", info.file_id,
+                  details={"batch": info.batch, "cards": moved, "sha256": info.sha256,
+                           "path": str(info.path)})  # fmt: skip
+    session.flush()
+    return moved
 
 
 # --- reader (bureau side) ---------------------------------------------------------------------
@@ -674,8 +817,67 @@ class BureauCardCrypto:
         )
 
 
+class _ScriptKey(Protocol):
+    @property
+    def slot(self) -> KeySlot: ...
+
+    @property
+    def key_id(self) -> int: ...
+
+
+class _ScriptFile(Protocol):
+    @property
+    def df(self) -> str: ...
+
+    @property
+    def ef(self) -> str: ...
+
+    @property
+    def sfi(self) -> int: ...
+
+    @property
+    def records(self) -> tuple[bytes, ...]: ...
+
+
+class _ScriptPin(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def ref(self) -> int: ...
+
+    @property
+    def encrypted(self) -> bytes: ...
+
+
+class PersoScript(Protocol):
+    """A card's personalisation script: a bureau file line (:class:`BureauCard`) or an
+    in-house perso record (:class:`issuance.batches.persofile.PersoRecord`)."""
+
+    @property
+    def card_id(self) -> int: ...
+
+    @property
+    def card_identification_code(self) -> str: ...
+
+    @property
+    def profile_name(self) -> str: ...
+
+    @property
+    def algorithm(self) -> Algorithm: ...
+
+    @property
+    def keys(self) -> Sequence[_ScriptKey]: ...
+
+    @property
+    def files(self) -> Sequence[_ScriptFile]: ...
+
+    @property
+    def pins(self) -> Sequence[_ScriptPin]: ...
+
+
 def bureau_personalise(
-    reader: Reader, card: BureauCard, crypto: BureauCardCrypto, *, connect: bool = True
+    reader: Reader, card: PersoScript, crypto: CardCrypto, *, connect: bool = True
 ) -> perso.PersoResult:
     """What the bureau's personalisation machine does with one card line: the same lean
     sequence as :func:`cardspec.perso.personalise` (SELECT, EXTERNAL AUTHENTICATE with KMC,

@@ -28,7 +28,8 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime
+from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -146,11 +147,53 @@ def _weak(pin: str) -> bool:
     return len(set(pin)) == 1 or steps in ({1}, {-1})
 
 
+class CardFields(Protocol):
+    """What :func:`perso_data` reads of a card (a :class:`~issuance.models.Card` or a row)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def card_number(self) -> str: ...
+
+
+class HolderFields(Protocol):
+    """What :func:`perso_data` reads of the holder (a :class:`~issuance.models.Person`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def citizen_id(self) -> str: ...
+
+    @property
+    def sex(self) -> str: ...
+
+    @property
+    def ethnicity(self) -> str | None: ...
+
+    @property
+    def birth_date(self) -> date: ...
+
+    @property
+    def region_code(self) -> str: ...
+
+
+class ApplicationFields(Protocol):
+    """What :func:`perso_data` reads of the application."""
+
+    @property
+    def decided_at(self) -> datetime | None: ...
+
+    @property
+    def channel(self) -> str: ...
+
+
 def perso_data(
     settings: Settings,
-    card: Card,
-    person: Person,
-    application: Application | None,
+    card: CardFields,
+    person: HolderFields,
+    application: ApplicationFields | None,
     card_identification_code: str,
     issue_date: date,
     pin: str,
@@ -266,7 +309,7 @@ def assign_chip(
 
     ``chip_serial``: the chip already exists (read from the card fed into a station, stock
     that binds at the station): the stock checks it is an unused chip of its delivery and
-    marks it used in the same transaction (:meth:`ManufacturerStock.bind`)."""
+    marks it used in the same transaction (``DeliveredBlankStock.bind``, :mod:`.blanks`)."""
     card = session.get(Card, item.card_id)
     assert card is not None
     profile = card_profile(settings, card.algorithm)

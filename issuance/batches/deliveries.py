@@ -356,14 +356,20 @@ def import_delivery(
         raise PermissionDenied(f"role {actor.role} may not import blank chip deliveries")
     problems = _Problems()
     where_of = {c.serial: c.where for c in delivery.chips}
+    known: dict[str, tuple[str, str]] = {}
     for chunk in _chunks(list(where_of)):
         for serial, lot, supplier in session.execute(
             sa.select(StockChip.chip_serial, StockChip.lot, StockChip.supplier).where(
                 StockChip.chip_serial.in_(chunk)
             )
         ):
-            why = f"chip {serial} is already in stock (lot {lot} of {supplier})"
-            problems.add(where_of[serial], why)
+            known[serial] = (lot, supplier)
+    for chip in delivery.chips:  # in file order
+        if chip.serial in known:
+            lot, supplier = known[chip.serial]
+            problems.add(
+                chip.where, f"chip {chip.serial} is already in stock (lot {lot} of {supplier})"
+            )
     problems.raise_if_any(f"delivery {delivery.source} refused, nothing imported")
     # the supplier's key set must be in the HSM; KCVs given by the supplier must match it
     checked = 0

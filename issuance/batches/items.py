@@ -142,6 +142,28 @@ def claim(
     now: datetime | None = None,
 ) -> list[BatchItem]:
     """Lease up to ``limit`` free items of ``stages`` (oldest first) to ``owner``."""
+    ids = claim_ids(session, batch_id, owner, stages=stages, limit=limit,
+                    lease_seconds=lease_seconds, now=now)  # fmt: skip
+    if not ids:
+        return []
+    items = session.scalars(
+        sa.select(BatchItem).where(BatchItem.id.in_(ids)).order_by(BatchItem.id)
+        .execution_options(populate_existing=True)
+    ).all()  # fmt: skip
+    return list(items)
+
+
+def claim_ids(
+    session: Session,
+    batch_id: int,
+    owner: str,
+    *,
+    stages: Iterable[BatchStage] = READY,
+    limit: int = 1,
+    lease_seconds: int = DEFAULT_LEASE_SECONDS,
+    now: datetime | None = None,
+) -> list[int]:
+    """:func:`claim` without loading the items: their ids, in id order (one statement)."""
     now = now or utcnow()
     table = cast(sa.Table, BatchItem.__table__)
     wanted = [str(s) for s in stages]
@@ -165,14 +187,7 @@ def claim(
         .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds))
         .returning(table.c.id)
     )
-    ids = [int(i) for i in session.execute(stmt).scalars()]
-    if not ids:
-        return []
-    items = session.scalars(
-        sa.select(BatchItem).where(BatchItem.id.in_(ids)).order_by(BatchItem.id)
-        .execution_options(populate_existing=True)
-    ).all()  # fmt: skip
-    return list(items)
+    return sorted(int(i) for i in session.execute(stmt).scalars())
 
 
 class LeaseLost(IssuanceError):

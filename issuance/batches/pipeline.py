@@ -52,7 +52,7 @@ from cardspec.errors import CardSpecError
 from hsm.errors import HsmError
 from hsm.service import KeyService
 from issuance.audit import SYSTEM_ACTOR, Actor
-from issuance.batches import dataprep
+from issuance.batches import bulkprep, dataprep, persofile
 from issuance.batches import items as bi
 from issuance.batches.blanks import ChipRefused, binds_at_station, make_stock
 from issuance.batches.prepared import PreparedCard
@@ -147,8 +147,10 @@ class RunOptions:
     #: Seconds a station waits for a card to be fed (real readers); default: the settings'
     #: ``[readers] feed_timeout_seconds``, at most a third of the lease.
     feed_timeout: float | None = None
-    #: Cards per transaction in the preparation phase.
-    prepare_chunk: int = 20
+    #: Cards per chunk in the preparation phase (None: ``bulkprep.chunk_size``).
+    prepare_chunk: int | None = None
+    #: Worker processes of the preparation phase (``ykt batch prepare --workers``).
+    prepare_workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -288,6 +290,9 @@ class BatchRunner:
             self.batch_id, self.batch_name = batch.id, batch.name
         self.summary = RunSummary(self.batch_id, self.batch_name)
         self._lock = threading.Lock()
+        #: What the last :meth:`prepare_all` did (bulk path), for reports and benchmarks.
+        self.prep_stats: bulkprep.PrepStats | None = None
+        self._public_pem: bytes | None = None
 
     # --- helpers ---------------------------------------------------------------------------
     def _txn(self, fn: Callable[[Session], T]) -> T:
@@ -324,21 +329,43 @@ class BatchRunner:
         return out
 
     def prepare_all(self) -> int:
-        """Data preparation for every card without a chip, ``prepare_chunk`` cards per
-        transaction (claimed together, prepared, committed, released). With stock that binds
-        at the station there is nothing to prepare ahead (the chip is not known yet)."""
-        if binds_at_station(self.stock):
-            self.progress.note("blank stock binds chips at the stations: data preparation "
-                               "happens there, card by card")  # fmt: skip
-            return 0
-        owner = bi.worker_id("prepare")
+        """In-house data preparation of every card without a chip (:mod:`issuance.batches.
+        bulkprep`: chunks of cards, every per-card key derived in the HSM into the batch's
+        perso file, ``prepare_workers`` processes). With stock that binds at the station there
+        is nothing to prepare ahead (the chip is not known yet); with a key service without
+        the HSM's direct entry points, cards are prepared one by one (keys derived at the
+        station)."""
         counts = self.counts()
         done_before = sum(n for st, n in counts.items()
                           if st not in (BatchStage.SELECTED, BatchStage.FAILED,
                                         BatchStage.WITHDRAWN))  # fmt: skip
         self.progress.start("prepare", done_before + counts[BatchStage.SELECTED], done_before)
+        if binds_at_station(self.stock):
+            self.progress.note("blank stock binds chips at the stations: data preparation "
+                               "happens there, card by card")  # fmt: skip
+            return 0
+        if not counts[BatchStage.SELECTED]:
+            return 0
+        if self.options.prepare_workers <= 1 and getattr(self.key_service, "fast", None) is None:
+            return self._prepare_card_by_card()
+        req = bulkprep.PrepRequest(
+            self.batch_id, self.actor, bulkprep.IN_HOUSE, workers=self.options.prepare_workers,
+            chunk=self.options.prepare_chunk, lease_seconds=self.options.lease_seconds,
+            today=self.options.today,
+        )  # fmt: skip
+        stats = bulkprep.prepare_in_house(
+            self.settings, self.factory, self.key_service, req,
+            on_progress=lambda n: self.progress.advance("prepare", n), stop=self.stop,
+            new_serial=self.stock.new_serial,
+        )  # fmt: skip
+        self.prep_stats = stats
+        self.summary.prepared += stats.prepared
+        return stats.prepared
+
+    def _prepare_card_by_card(self) -> int:
+        owner = bi.worker_id("prepare")
         n = 0
-        chunk = max(1, self.options.prepare_chunk)
+        chunk = max(1, self.options.prepare_chunk or 20)
         while not self.stop.is_set():
 
             def one_chunk(s: Session) -> int:
@@ -457,7 +484,14 @@ class BatchRunner:
     # --- one station -----------------------------------------------------------------------
     def _station_loop(self, station: Any) -> None:
         owner = bi.worker_id(station.name)
+        bound = binds_at_station(self.stock)
         while not self.stop.is_set():
+            # chips fed into real readers: a card is taken from the queue only once a chip is
+            # in the reader (an idle station holds no card other stations could make)
+            if bound and not self._card_fed(station):
+                if self._nothing_left():
+                    return
+                continue
             claimed = self._txn(lambda s: self._claim(s, owner))
             if claimed:
                 try:
@@ -475,6 +509,22 @@ class BatchRunner:
             self._txn(lambda s: bi.recover_interrupted(
                 s, self.batch_id, self.actor, max_attempts=self.options.max_attempts))  # fmt: skip
             time.sleep(0.1)
+
+    def _nothing_left(self) -> bool:
+        return sum(self.counts()[s] for s in bi.IN_PRODUCTION) == 0
+
+    def _card_fed(self, station: Any) -> bool:
+        """Wait for a chip to be fed into ``station`` (stock that binds at the station);
+        False after the feed timeout, or when there is nothing left to make or the run stops."""
+        from printers.stations import NoCardFed
+
+        try:
+            station.load(None, cancelled=lambda: self.stop.is_set() or self._nothing_left())
+            return True
+        except NoCardFed as exc:
+            if not self.stop.is_set() and not self._nothing_left():
+                self.progress.note(f"{station.name}: {exc}")
+            return False
 
     def _spoil(
         self, item_id: int, owner: str, station: Any, reason: str, *, fault: bool = False
@@ -527,6 +577,7 @@ class BatchRunner:
                 self.progress.note(f"{station.name}: {exc}: card left to the other worker")
 
     def _make_card_leased(self, station: Any, item_id: int, owner: str, beat: Heartbeat) -> None:
+        from cardspec.pcsc import NoCardError
         from printers.stations import NoCardFed, QualityCheckFailed
 
         name = station.name
@@ -535,6 +586,7 @@ class BatchRunner:
             assert item is not None
             stage = item.stage
         bound = binds_at_station(self.stock)
+        perso_ref: tuple[str, int] | None = None
         try:
             if bound:
                 # the chip is the card fed into the reader: read its serial, bind, encode
@@ -548,6 +600,9 @@ class BatchRunner:
                 except CardSpecError as exc:  # a card whose serial cannot be read
                     if isinstance(exc, _station_faults()):
                         raise
+                    if isinstance(exc, NoCardError):  # taken out again before it was read
+                        self._give_back(item_id, owner)
+                        return
                     why = f"no chip serial could be read: {exc}"
                     unreadable = ChipRefused(why, StockRefusal.UNREADABLE, None)
                     self._refuse(station, item_id, owner, unreadable)
@@ -572,9 +627,9 @@ class BatchRunner:
                     prepared = self._prepare(item_id, owner, station=name)
                     self.progress.advance("prepare")
                 else:
-                    prepared = self._txn(lambda s: dataprep.prepared_for_item(
-                        s, self.settings, self.key_service,
-                        self._item(s, item_id, owner)))  # fmt: skip
+                    prepared, perso_ref = self._txn(
+                        lambda s: self._rebuild(s, item_id, owner)
+                    )
 
                 def encode(s: Session) -> None:
                     item = self._item(s, item_id, owner)
@@ -584,8 +639,8 @@ class BatchRunner:
                 self._txn(encode)
             try:
                 if not bound:
-                    station.load(self.stock.image(prepared.chip_serial))
-                result = self._personalise(station, prepared)
+                    station.load(self._blank_image(prepared))
+                result, from_record = self._personalise(station, prepared, item_id, perso_ref)
             except (CardSpecError, HsmError, PrinterError, OSError, IssuanceError) as exc:
                 if isinstance(exc, bi.LeaseLost):
                     raise
@@ -599,7 +654,8 @@ class BatchRunner:
                 item = self._item(s, item_id, owner)
                 item.apdu_count = result.apdu_count
                 bi.advance(s, item, "personalised", self.actor,
-                           details={"apdus": result.apdu_count, "station": name})  # fmt: skip
+                           details={"apdus": result.apdu_count, "station": name,
+                                    "perso_record": from_record})  # fmt: skip
 
             self._txn(personalised)
             self.progress.advance("personalise")
@@ -639,12 +695,80 @@ class BatchRunner:
             with contextlib.suppress(Exception):
                 station.eject()
 
-    def _personalise(self, station: Any, prepared: PreparedCard) -> Any:
+    def _rebuild(
+        self, s: Session, item_id: int, owner: str
+    ) -> tuple[PreparedCard, tuple[str, int] | None]:
+        """A prepared card rebuilt from the database (what is printed and checked), and where
+        data preparation put its perso record (None: keys derived at the station)."""
+        item = self._item(s, item_id, owner)
+        prepared = dataprep.prepared_for_item(s, self.settings, self.key_service, item)
+        row = s.execute(
+            sa.select(BlankChip.perso_file, BlankChip.perso_offset)
+            .where(BlankChip.chip_serial == prepared.chip_serial)
+        ).one_or_none()  # fmt: skip
+        if row is None or row[0] is None or row[1] is None:
+            return prepared, None
+        return prepared, (str(row[0]), int(row[1]))
+
+    def _blank_image(self, prepared: PreparedCard) -> Path:
+        """The blank chip's image for the station's feeder; the virtual stock makes it now if
+        data preparation left it to the station (see :mod:`issuance.batches.bulkprep`)."""
+        ensure = getattr(self.stock, "ensure_blank", None)
+        if ensure is None:
+            return self.stock.image(prepared.chip_serial)
+        from cardspec.profile import get_profile
+
+        return Path(ensure(prepared.chip_serial, prepared.key_ref,
+                           get_profile(prepared.profile_name)))  # fmt: skip
+
+    def _record_crypto(
+        self, station: Any, prepared: PreparedCard, item_id: int, ref: tuple[str, int]
+    ) -> tuple[persofile.PersoRecord, Any] | None:
+        """The card's perso record and its :class:`hsm.prep.RecordCrypto`, or None (noted)
+        when the record cannot be used: the station then derives the keys itself."""
+        from hsm.prep import RecordCrypto, perso_key_label
+        from hsm.service import Pkcs11KeyService
+
+        if not isinstance(self.key_service, Pkcs11KeyService) or self.key_service.fast is None:
+            return None
+        try:
+            if self._public_pem is None:
+                self._public_pem = self.key_service.public_key_pem()
+            record = persofile.load_record(
+                self.settings.data_dir, ref[0], ref[1], self._public_pem, batch_id=self.batch_id,
+                item_id=item_id, card_id=prepared.card_id, chip_serial=prepared.chip_serial,
+            )  # fmt: skip
+            expected = (prepared.key_ref.card_identification_code, prepared.perso.card_number,
+                        prepared.profile_name, perso_key_label(self.batch_id))  # fmt: skip
+            found = (record.card_identification_code, record.card_number, record.profile_name,
+                     record.perso_key)  # fmt: skip
+            if found != expected:
+                raise persofile.PersoRecordInvalid(
+                    f"{ref[0]}@{ref[1]} does not match the card in the database"
+                )
+        except persofile.PersoRecordInvalid as exc:
+            self.progress.note(f"{station.name}: perso record of chip {prepared.chip_serial} "
+                               f"refused ({exc}); the station derives the keys")  # fmt: skip
+            return None
+        crypto = RecordCrypto(self.key_service, record.perso_key, record.kek, record.kmc_wrapped,
+                              record.algorithm, record.write_keys())  # fmt: skip
+        return record, crypto
+
+    def _personalise(
+        self, station: Any, prepared: PreparedCard, item_id: int, ref: tuple[str, int] | None
+    ) -> tuple[Any, bool]:
+        """Personalise the card in ``station``: from its perso record (the HSM unwraps KMC, the
+        record has the rest) when data preparation wrote one, else with every key derived in
+        the HSM here. Returns (result, whether the perso record was used)."""
         crypto_for = getattr(self.stock, "card_crypto", None)
         if crypto_for is not None:  # stock whose chips carry the manufacturer's keys
             return station.personalise(prepared, self.key_service,
-                                       crypto=crypto_for(prepared))  # fmt: skip
-        return station.personalise(prepared, self.key_service)
+                                       crypto=crypto_for(prepared)), False  # fmt: skip
+        found = self._record_crypto(station, prepared, item_id, ref) if ref is not None else None
+        if found is not None and hasattr(station, "reader"):
+            record, crypto = found
+            return persofile.personalise(station.reader, record, crypto), True
+        return station.personalise(prepared, self.key_service), False
 
     def face_for(self, s: Session, prepared: PreparedCard) -> Any:
         """The card face of ``prepared`` from the database (what is printed)."""

@@ -112,6 +112,15 @@ class VirtualBlankStock:
     def image(self, serial: str) -> Path:
         return self.directory / f"{serial.upper()}.json"
 
+    def ensure_blank(self, serial: str, ref: CardKeyRef, profile: CardProfile) -> Path:
+        """The image of blank chip ``serial``, made now if missing: bulk data preparation
+        (:mod:`issuance.batches.bulkprep`) records the chip and leaves making the blank, the
+        manufacturer's work, to the moment a station loads it."""
+        path = self.image(serial)
+        if not path.exists():
+            self.make_blank(bytes.fromhex(serial), ref, profile)
+        return path
+
     def make_blank(self, serial: bytes, ref: CardKeyRef, profile: CardProfile) -> Path:
         path = self.image(serial.hex())
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -2,21 +2,36 @@
 
 The flow a hospital or bank terminal runs on every visit:
 
-1. :func:`create_challenge` stores a fresh 16-byte challenge (8-byte process factor || 8-byte
-   random) with a short expiry, bound to the calling credential. It lives in the database, so
-   any API node can consume a challenge another node issued.
+1. :meth:`ChallengeCodec.issue` makes a fresh challenge for the caller - *stateless*: nothing
+   is written. The challenge id (16 bytes, 32 hex characters) carries its expiry and a random
+   nonce, authenticated by a MAC under the API's challenge key (bound to the calling
+   credential); the 16 challenge bytes sent to the card (8-byte process factor || 8-byte
+   random) are a PRF of the id under the same key. Every API node derives the same key from
+   the HSM (:func:`hsm.internal_auth.challenge_key`), so any node can check a challenge another
+   node issued.
 2. The terminal sends ``00 88 00 00 10 factor||random`` to the card and posts the answer.
-3. :func:`verify_card` consumes the challenge with one atomic ``UPDATE ... WHERE used_at IS NULL``
-   (a replay or a second node racing for it finds nothing), reads the card, its holder and the
-   requested chip application in one indexed query, has the HSM check the cryptogram with the
-   card's key derived inside it, and records one audit event - the consumption and the audit
-   event in one transaction.
+3. :func:`verify_card` opens the challenge id (:meth:`ChallengeCodec.open`: a wrong MAC, another
+   caller's challenge or garbage is ``challenge_unknown``, a late one ``challenge_expired``),
+   reads the card, its holder and the requested chip application in one indexed query, has the
+   HSM check the cryptogram with the card's key derived inside it, and records the challenge as
+   used (``used_challenges``: primary key = the id; a second use finds it there and is
+   ``challenge_reused``) together with one audit event - in one transaction.
+
+Layout of a challenge id (all big-endian): ``expiry (4 bytes, Unix seconds) || nonce (6
+random bytes) || tag (6 bytes)``, tag = HMAC-SHA256(key, "ykt-challenge-id/1" || credential id
+(8 bytes) || expiry || nonce) truncated; challenge = HMAC-SHA256(key, "ykt-challenge/1" ||
+credential id || challenge id) truncated to 16 bytes. Forging an id (to stretch an expiry or to
+use another caller's challenge) means guessing a 48-bit tag online, one verification request
+per guess; a forged id still gives a challenge only the genuine card can answer. Two ids
+collide only with the same credential, expiry second and 48-bit nonce. Because the expiry
+leads the id, used rows are pruned by a range of the primary key (:func:`prune_used_challenges`,
+run by ``ykt worker``), once expired for longer than the nodes' clocks may differ.
 
 Two implementations of the same decisions (the helpers below are shared): :func:`verify_card`
-and :func:`create_challenge` on a SQLAlchemy Session (SQLite, and every caller that already
-holds a transaction), and :func:`verify_card_async` / :func:`create_challenge_async` for the
-API on PostgreSQL - asyncio, core SQL through :class:`issuance.db_async.AsyncPgPool`, three
-statements per verification flow (see the comment above :func:`create_challenge_async`).
+on a SQLAlchemy Session (SQLite, and every caller that already holds a transaction), and
+:func:`verify_card_async` for the API on PostgreSQL - asyncio, core SQL through
+:class:`issuance.db_async.AsyncPgPool`, two statements per verification (see the comment above
+:func:`verify_card_async`).
 
 The verdict is data (valid, or invalid with a reason); a broken HSM or database raises.
 A temporary card carries the medical application only, so it verifies for ``medical`` only.
@@ -24,10 +39,13 @@ A temporary card carries the medical application only, so it verifies for ``medi
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
@@ -49,7 +67,7 @@ from issuance.models import (
     ChipApplication,
     ChipAppStatus,
     Person,
-    VerificationChallenge,
+    UsedChallenge,
     utcnow,
 )
 
@@ -116,59 +134,89 @@ class Challenge:
         return self.challenge[8:]
 
 
-def create_challenge(
-    session: Session, credential_id: int, ttl_seconds: int, now: datetime | None = None
-) -> Challenge:
-    """A fresh single-use challenge for this caller (one INSERT)."""
-    now = now or utcnow()
-    ch = Challenge(
-        secrets.token_hex(16), secrets.token_bytes(16), now + timedelta(seconds=ttl_seconds)
-    )
-    session.execute(
-        sa.insert(VerificationChallenge),
-        [{"id": ch.id, "credential_id": credential_id, "challenge": ch.challenge,
-          "created_at": now, "expires_at": ch.expires_at}],
-    )  # fmt: skip
-    return ch
+#: Single-use challenges stay recorded this long after they expired: a bound on how far the API
+#: nodes' clocks may lag the worker's (keep them NTP-synchronised).
+USED_CHALLENGE_MARGIN = timedelta(minutes=10)
+_ID_LABEL = b"ykt-challenge-id/1"
+_CHALLENGE_LABEL = b"ykt-challenge/1"
+_TAG_LEN = 6
 
 
-def purge_challenges(session: Session, older_than: timedelta = timedelta(hours=1)) -> int:
-    """Delete challenges expired for longer than ``older_than`` (housekeeping)."""
-    result = session.execute(
-        sa.delete(VerificationChallenge).where(
-            VerificationChallenge.expires_at < utcnow() - older_than
-        )
-    )
+class ChallengeCodec:
+    """Stateless single-use challenges under one 32-byte key (see the module docstring)."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("the challenge key must be at least 16 bytes")
+        self._key = key
+
+    def _mac(self, label: bytes, credential_id: int, data: bytes) -> bytes:
+        msg = label + credential_id.to_bytes(8, "big", signed=True) + data
+        return hmac.new(self._key, msg, hashlib.sha256).digest()
+
+    def issue(self, credential_id: int, ttl_seconds: int, now: datetime | None = None) -> Challenge:
+        """A fresh challenge for this caller, valid ``ttl_seconds`` (nothing is stored)."""
+        now = now or utcnow()
+        expiry = int(now.replace(tzinfo=UTC).timestamp()) + ttl_seconds
+        head = expiry.to_bytes(4, "big") + secrets.token_bytes(6)
+        cid = head + self._mac(_ID_LABEL, credential_id, head)[:_TAG_LEN]
+        challenge = self._mac(_CHALLENGE_LABEL, credential_id, cid)[:16]
+        expires_at = datetime.fromtimestamp(expiry, UTC).replace(tzinfo=None)
+        return Challenge(cid.hex(), challenge, expires_at)
+
+    def open(
+        self, challenge_id: str, credential_id: int, now: datetime | None = None
+    ) -> bytes | Reason:
+        """The challenge bytes of ``challenge_id`` if it is this caller's and unexpired, else
+        the reason (``challenge_unknown``, ``challenge_expired``). Whether it was used
+        already is the database's to say (:data:`used_challenges`)."""
+        try:
+            cid = bytes.fromhex(challenge_id)
+        except ValueError:
+            return Reason.CHALLENGE_UNKNOWN
+        if len(cid) != 16:
+            return Reason.CHALLENGE_UNKNOWN
+        tag = self._mac(_ID_LABEL, credential_id, cid[:10])[:_TAG_LEN]
+        if not hmac.compare_digest(tag, cid[10:]):
+            return Reason.CHALLENGE_UNKNOWN
+        now = now or utcnow()
+        if int.from_bytes(cid[:4], "big") <= now.replace(tzinfo=UTC).timestamp():
+            return Reason.CHALLENGE_EXPIRED
+        return self._mac(_CHALLENGE_LABEL, credential_id, cid)[:16]
+
+
+def used_key(challenge_id: str) -> bytes:
+    """The ``used_challenges`` primary key of an (opened, hence well-formed) challenge id."""
+    return bytes.fromhex(challenge_id)
+
+
+def prune_used_challenges(
+    session: Session, now: datetime | None = None, margin: timedelta = USED_CHALLENGE_MARGIN
+) -> int:
+    """Forget used challenges expired for longer than ``margin`` (``ykt worker``): they are
+    refused as expired anyway. A range of the primary key (the expiry leads the id)."""
+    cutoff = (now or utcnow()) - margin
+    limit = max(0, int(cutoff.replace(tzinfo=UTC).timestamp())).to_bytes(4, "big")
+    result = session.execute(sa.delete(UsedChallenge).where(UsedChallenge.id < limit))
     return int(cast(Any, result).rowcount or 0)
 
 
-_VC = cast(sa.Table, VerificationChallenge.__table__)
+def mark_used(session: Session, challenge_id: str) -> bool:
+    """Record the challenge as used; False if it was already (single use). Commits with the
+    caller's transaction; a concurrent first use makes this wait for it, then answer False."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+        stmt: Any = pg_insert(UsedChallenge).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-def consume_challenge(
-    session: Session, challenge_id: str, credential_id: int, now: datetime | None = None
-) -> bytes | Reason:
-    """Mark the challenge used (atomically) and return it, or the reason it cannot be used."""
-    now = now or utcnow()
-    got = session.execute(
-        sa.update(_VC)
-        .where(
-            _VC.c.id == challenge_id,
-            _VC.c.credential_id == credential_id,
-            _VC.c.used_at.is_(None),
-            _VC.c.expires_at > now,
-        )
-        .values(used_at=now)
-        .returning(_VC.c.challenge)
-    ).scalar_one_or_none()
-    if got is not None:
-        return bytes(got)
-    row = session.execute(
-        sa.select(_VC.c.credential_id, _VC.c.used_at).where(_VC.c.id == challenge_id)
-    ).one_or_none()
-    if row is None or row.credential_id != credential_id:
-        return Reason.CHALLENGE_UNKNOWN
-    return Reason.CHALLENGE_REUSED if row.used_at is not None else Reason.CHALLENGE_EXPIRED
+        stmt = sqlite_insert(UsedChallenge).on_conflict_do_nothing()
+    else:  # pragma: no cover - the project runs on SQLite and PostgreSQL
+        raise NotImplementedError(dialect)
+    got = session.execute(stmt.values(id=used_key(challenge_id)).returning(UsedChallenge.id))
+    return got.scalar_one_or_none() is not None
 
 
 @dataclass(frozen=True)
@@ -288,7 +336,7 @@ def _audit_details(
     }
 
 
-def _audit_row(
+def _audit_values(
     actor: Actor,
     cic: str,
     verdict: Verdict,
@@ -296,13 +344,35 @@ def _audit_row(
     number: str,
     challenge_id: str,
     now: datetime,
-) -> dict[str, Any]:
-    return audit.event_row(
-        actor, "card.verified", "card", cic,
-        after="valid" if verdict.valid else "invalid",
-        details=_audit_details(verdict, application, number, challenge_id),
-        occurred_at=now,
-    )  # fmt: skip
+) -> list[Any]:
+    """The ``card.verified`` event's column values (:data:`audit.EVENT_COLUMNS` order), the
+    same as :func:`audit.event_row` gives (a test holds them equal) without its generic walk:
+    the hot path writes one per verification."""
+    return [
+        now, actor.staff_id, actor.username, str(actor.role), str(actor.channel),
+        "card.verified", "card", cic, None, "valid" if verdict.valid else "invalid", None,
+        _details_json(verdict, application, number, challenge_id),
+    ]  # fmt: skip
+
+
+def _details_json(
+    verdict: Verdict, application: ChipAppKind, number: str, challenge_id: str
+) -> str:
+    """``canonical_json(scrub(_audit_details(...)))``: only the two free strings can hold a
+    number scrub masks; the keys are inserted sorted."""
+    return json.dumps(
+        {
+            "application": str(application),
+            "card_number": audit.scrub(number),
+            "challenge": audit.scrub(challenge_id),
+            "holder_shown": verdict.holder is not None,
+            "photo_shown": verdict.photo_jpeg is not None,
+            "reason": verdict.reason and str(verdict.reason),
+            "valid": verdict.valid,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
 
 
 def verify_card(
@@ -316,17 +386,19 @@ def verify_card(
     application: ChipAppKind,
     check: CryptogramCheck,
     actor: Actor,
+    codec: ChallengeCodec,
     with_holder: bool = False,
     full_citizen_id: bool = False,
     with_photo: bool = False,
     now: datetime | None = None,
 ) -> Verdict:
-    """Consume the challenge, check the card's cryptogram and status; audit the verdict."""
+    """Open and use up the challenge, check the card's cryptogram and status; audit the
+    verdict (in the caller's transaction, with the challenge's use)."""
     now = now or utcnow()
     cic, number = card_identification_code.upper(), card_number.upper()
     verdict = _verify(
         session, challenge_id, credential_id, cic, number, response, application, check,
-        with_holder, full_citizen_id, with_photo, now,
+        codec, with_holder, full_citizen_id, with_photo, now,
     )  # fmt: skip
     audit.record(
         session, actor, "card.verified", "card", cic,
@@ -354,14 +426,17 @@ def _verify(
     response: bytes,
     application: ChipAppKind,
     check: CryptogramCheck,
+    codec: ChallengeCodec,
     with_holder: bool,
     full_citizen_id: bool,
     with_photo: bool,
     now: datetime,
 ) -> Verdict:
-    consumed = consume_challenge(session, challenge_id, credential_id, now)
-    if isinstance(consumed, Reason):
-        return Verdict(False, consumed, application)
+    opened = codec.open(challenge_id, credential_id, now)
+    if isinstance(opened, Reason):
+        return Verdict(False, opened, application)
+    if not mark_used(session, challenge_id):
+        return Verdict(False, Reason.CHALLENGE_REUSED, application)
     got = session.execute(_card_query(cic, application)).one_or_none()
     if got is None:
         return Verdict(False, Reason.UNKNOWN_CARD, application, number, cic)
@@ -373,7 +448,7 @@ def _verify(
         # a forgery points at
         return Verdict(False, Reason.NOT_GENUINE, application, number, cic)
     try:
-        check(_key_ref(cic, row), consumed[:8], consumed[8:], response)
+        check(_key_ref(cic, row), opened[:8], opened[8:], response)
     except CryptogramMismatch:
         return Verdict(False, Reason.NOT_GENUINE, application, number, cic)
     reason = _refusal(row, now.date())
@@ -392,18 +467,19 @@ def _lapse(session: Session, card_id: int, now: datetime) -> bool:
 
 # --- the PostgreSQL hot path (asyncio, core SQL, no ORM) ------------------------------------
 #
-# Same decisions as above (the shared helpers), in three statements per verification flow,
-# each its own transaction (autocommit; one statement = one atomic unit):
+# Same decisions as above (the shared helpers), in two statements per verification, each its
+# own transaction (autocommit; one statement = one atomic unit); the challenge call writes
+# nothing:
 #
-# * challenge: one INSERT;
-# * verify, statement 1 (read only): the challenge, the card, its holder and the requested
-#   chip application, in one indexed query;
+# * the challenge id is opened in the process (MAC, expiry): a refusal is audited alone;
+# * statement 1 (read only): the card, its holder and the requested chip application, in one
+#   indexed query;
 # * the cryptogram check in the HSM (nothing is locked meanwhile);
-# * verify, statement 2: one data-modifying CTE that consumes the challenge with
-#   ``UPDATE ... WHERE used_at IS NULL`` and inserts the audit event of the verdict, so the
-#   consumption and its audit record commit together or not at all. Two requests racing with
-#   the same challenge both pass statement 1; the row lock makes the second UPDATE wait and
-#   then find ``used_at`` set: its audit event and its answer say ``challenge_reused``.
+# * statement 2: one data-modifying CTE that records the challenge as used (``INSERT ... ON
+#   CONFLICT DO NOTHING``: the primary key makes it single-use) and inserts the audit event of
+#   the verdict, so the use and its audit record commit together or not at all. Two requests
+#   racing with the same challenge both get this far; the second INSERT waits for the first
+#   to commit, then inserts nothing: its audit event and its answer say ``challenge_reused``.
 #
 # A provisionally lost card whose report may have lapsed goes through the ORM path (the lapse is
 # a lifecycle transition with its own audit event), run by the caller's ``slow_path``.
@@ -411,21 +487,13 @@ def _lapse(session: Session, card_id: int, now: datetime) -> bool:
 #: ``await check(ref, factor, random, response)``: raise CryptogramMismatch unless genuine.
 AsyncCryptogramCheck = Callable[[CardKeyRef, bytes, bytes, bytes], Awaitable[None]]
 
-_SQL_NEW_CHALLENGE = (
-    "INSERT INTO verification_challenges (id, credential_id, challenge, created_at, expires_at)"
-    " VALUES ($1, $2, $3, $4, $5)"
-)
-
-#: $1 challenge id, $2 card identification code, $3 chip application kind
-_SQL_LOOKUP = (
-    "SELECT v.challenge, v.credential_id, v.used_at, v.expires_at,"
-    " c.id, c.card_number, c.kind, c.status, c.key_version, c.algorithm, c.expiry_date,"
+#: $1 card identification code, $2 chip application kind
+SQL_LOOKUP = (
+    "SELECT c.id, c.card_number, c.kind, c.status, c.key_version, c.algorithm, c.expiry_date,"
     " p.id, p.name, p.citizen_id, p.sex, p.birth_date, a.status"
-    " FROM (VALUES (1)) AS one (x)"
-    " LEFT JOIN verification_challenges AS v ON v.id = $1"
-    " LEFT JOIN cards AS c ON c.card_identification_code = $2"
-    " LEFT JOIN persons AS p ON p.id = c.person_id"
-    " LEFT JOIN chip_applications AS a ON a.card_id = c.id AND a.kind = $3"
+    " FROM cards AS c JOIN persons AS p ON p.id = c.person_id"
+    " LEFT JOIN chip_applications AS a ON a.card_id = c.id AND a.kind = $2"
+    " WHERE c.card_identification_code = $1"
 )
 
 _EVENT_COLUMNS = ", ".join(f'"{c}"' for c in audit.EVENT_COLUMNS)
@@ -438,60 +506,27 @@ _SQL_AUDIT_ONLY = (
 )
 
 
-def _consume_and_audit_sql() -> str:
-    """Consume the challenge and audit the verdict in one statement: $1 challenge id, $2
-    credential, $3.. the event's columns (occurred_at first: the consumption time), then
-    ``after`` and ``details`` of the ``challenge_reused`` verdict a race loser records."""
-    lost_after, lost_details = _N_EVENT + 3, _N_EVENT + 4
+def _use_and_audit_sql() -> str:
+    """Record the challenge as used and audit the verdict in one statement: $1 the
+    challenge's primary key, $2.. the event's columns, then ``after`` and ``details`` of the
+    ``challenge_reused`` verdict recorded instead if the challenge was used already."""
+    lost_after, lost_details = _N_EVENT + 2, _N_EVENT + 3
     values = []
-    for i, column in enumerate(audit.EVENT_COLUMNS, start=3):
+    for i, column in enumerate(audit.EVENT_COLUMNS, start=2):
         lost = {"after": lost_after, "details": lost_details}.get(column)
         values.append(
-            f"${i}" if lost is None else f"CASE WHEN ch.id IS NULL THEN ${lost} ELSE ${i} END"
+            f"${i}" if lost is None else f"CASE WHEN u.id IS NULL THEN ${lost} ELSE ${i} END"
         )
     return (
-        "WITH ch AS (UPDATE verification_challenges SET used_at = $3"
-        " WHERE id = $1 AND credential_id = $2 AND used_at IS NULL AND expires_at > $3"
+        "WITH u AS (INSERT INTO used_challenges (id) VALUES ($1) ON CONFLICT DO NOTHING"
         " RETURNING id),"
         f" ev AS (INSERT INTO audit_events ({_EVENT_COLUMNS}) SELECT {', '.join(values)}"
-        " FROM (VALUES (1)) AS one (x) LEFT JOIN ch ON true)"
-        " SELECT count(*) FROM ch"
+        " FROM (VALUES (1)) AS one (x) LEFT JOIN u ON true)"
+        " SELECT count(*) FROM u"
     )
 
 
-assert audit.EVENT_COLUMNS[0] == "occurred_at"
-_SQL_CONSUME_AND_AUDIT = _consume_and_audit_sql()
-
-
-def _event_args(row: dict[str, Any]) -> list[Any]:
-    return [row[c] for c in audit.EVENT_COLUMNS]
-
-
-async def create_challenge_async(
-    pool: AsyncPgPool, credential_id: int, ttl_seconds: int, now: datetime | None = None
-) -> Challenge:
-    """:func:`create_challenge` on the asyncio pool (one INSERT, its own transaction)."""
-    now = now or utcnow()
-    ch = Challenge(
-        secrets.token_hex(16), secrets.token_bytes(16), now + timedelta(seconds=ttl_seconds)
-    )
-    await pool.run(
-        lambda conn: conn.execute(
-            _SQL_NEW_CHALLENGE, ch.id, credential_id, ch.challenge, now, ch.expires_at
-        )
-    )
-    return ch
-
-
-def _challenge_refusal(got: Any, credential_id: int, now: datetime) -> Reason | None:
-    challenge, owner, used_at, expires_at = got[0], got[1], got[2], got[3]
-    if challenge is None or owner != credential_id:
-        return Reason.CHALLENGE_UNKNOWN
-    if used_at is not None:
-        return Reason.CHALLENGE_REUSED
-    if expires_at <= now:
-        return Reason.CHALLENGE_EXPIRED
-    return None
+SQL_USE_AND_AUDIT = _use_and_audit_sql()
 
 
 async def verify_card_async(
@@ -505,6 +540,7 @@ async def verify_card_async(
     application: ChipAppKind,
     check: AsyncCryptogramCheck,
     actor: Actor,
+    codec: ChallengeCodec,
     slow_path: Callable[[], Awaitable[Verdict]],
     with_holder: bool = False,
     full_citizen_id: bool = False,
@@ -514,27 +550,23 @@ async def verify_card_async(
     """:func:`verify_card` on the asyncio pool, same verdicts (see the comment above)."""
     now = now or utcnow()
     cic, number = card_identification_code.upper(), card_number.upper()
-    got = await pool.run(
-        lambda conn: conn.fetchrow(_SQL_LOOKUP, challenge_id, cic, str(application))
-    )
-    assert got is not None  # the VALUES row is always there
-    refused = _challenge_refusal(got, credential_id, now)
-    if refused is not None:
-        verdict = Verdict(False, refused, application)
-        row = _audit_row(actor, cic, verdict, application, number, challenge_id, now)
-        await pool.run(lambda conn: conn.execute(_SQL_AUDIT_ONLY, *_event_args(row)))
+    opened = codec.open(challenge_id, credential_id, now)
+    if isinstance(opened, Reason):
+        verdict = Verdict(False, opened, application)
+        row = _audit_values(actor, cic, verdict, application, number, challenge_id, now)
+        await pool.run(lambda conn: conn.execute(_SQL_AUDIT_ONLY, *row))
         return verdict
-    card = None if got[4] is None else CardRow(*got[4:])
+    got = await pool.run(lambda conn: conn.fetchrow(SQL_LOOKUP, cic, str(application)))
+    card = None if got is None else CardRow(*got)
     if card is not None and card.status == CardStatus.LOST_PROVISIONAL:
         return await slow_path()
-    challenge = bytes(got[0])
     if card is None:
         verdict = Verdict(False, Reason.UNKNOWN_CARD, application, number, cic)
     elif card.card_number != number:
         verdict = Verdict(False, Reason.NOT_GENUINE, application, number, cic)
     else:
         try:
-            await check(_key_ref(cic, card), challenge[:8], challenge[8:], response)
+            await check(_key_ref(cic, card), opened[:8], opened[8:], response)
             reason = _refusal(card, now.date())
         except CryptogramMismatch:
             reason = Reason.NOT_GENUINE
@@ -546,12 +578,11 @@ async def verify_card_async(
                 photo = await _photo_async(pool, card.person_id)
             verdict = _verdict(card, reason, application, cic, with_holder, full_citizen_id, photo)
     lost = Verdict(False, Reason.CHALLENGE_REUSED, application)
-    row = _audit_row(actor, cic, verdict, application, number, challenge_id, now)
-    lost_row = _audit_row(actor, cic, lost, application, number, challenge_id, now)
-    args = [challenge_id, credential_id, *_event_args(row), lost_row["after"],
-            lost_row["details"]]  # fmt: skip
-    consumed = await pool.run(lambda conn: conn.fetchval(_SQL_CONSUME_AND_AUDIT, *args))
-    return verdict if consumed == 1 else lost
+    row = _audit_values(actor, cic, verdict, application, number, challenge_id, now)
+    lost_details = _details_json(lost, application, number, challenge_id)
+    args = [used_key(challenge_id), *row, "invalid", lost_details]
+    used = await pool.run(lambda conn: conn.fetchval(SQL_USE_AND_AUDIT, *args))
+    return verdict if used == 1 else lost
 
 
 async def _photo_async(pool: AsyncPgPool, person_id: int) -> bytes | None:

@@ -15,7 +15,7 @@ from api.client import YktClient, verify_card_in_reader
 from cardspec.cardops import internal_authenticate, read_card_public
 from cardspec.reader import InProcessReader
 from issuance import services
-from issuance.models import AuditEvent, Card, VerificationChallenge
+from issuance.models import ApiCredential, AuditEvent, Card, utcnow
 
 pytestmark = pytest.mark.softhsm
 
@@ -74,13 +74,26 @@ def test_replayed_expired_unknown_challenges_are_refused(
         client_for(api_env, "bank").verify(ch2["challenge_id"], cic, number, resp)["reason"]
         == "challenge_unknown"
     )
-    # expiry
-    ch3 = c.challenge()
-    cic, number, resp = answer(chip, ch3["challenge"])
+    # expiry: a challenge the app itself issued for this caller a while ago
+    codec = api_env.client.app.state.ctx.challenges
+    assert codec is not None  # derived from the HSM at the first challenge
     with api_env.session() as s:  # type: ignore[attr-defined]
-        row = s.get(VerificationChallenge, ch3["challenge_id"])
-        row.expires_at = row.created_at - timedelta(seconds=1)
-    assert c.verify(ch3["challenge_id"], cic, number, resp)["reason"] == "challenge_expired"
+        cred = s.scalar(
+            sa.select(ApiCredential.id).where(
+                ApiCredential.client_id == api_env.clients["hospital"][0]
+            )
+        )
+    ttl = api_env.settings.api.challenge_ttl_seconds
+    old = codec.issue(cred, ttl, now=utcnow() - timedelta(seconds=ttl + 1))
+    cic, number, resp = answer(chip, old.challenge.hex())
+    assert c.verify(old.id, cic, number, resp)["reason"] == "challenge_expired"
+    fresh = codec.issue(cred, ttl)  # the same codec's fresh one verifies: only time differs
+    cic, number, resp = answer(chip, fresh.challenge.hex())
+    assert c.verify(fresh.id, cic, number, resp)["valid"] is True
+    # a forged id (one bit of its tag changed) and garbage are unknown, never a 500 or a 422
+    forged = fresh.id[:-1] + format(int(fresh.id[-1], 16) ^ 1, "x")
+    assert c.verify(forged, cic, number, resp)["reason"] == "challenge_unknown"
+    assert c.verify("0" * 32, cic, number, resp)["reason"] == "challenge_unknown"
 
 
 def test_forged_answers_and_unknown_cards(

@@ -1,0 +1,202 @@
+"""The two verification calls as plain ASGI handlers in front of FastAPI (the hot path).
+
+A hospital or bank terminal makes two calls per card visit, ``POST /v1/verifications/challenge``
+and ``POST /v1/verifications``. Measured on the benchmark's 2-core machine, FastAPI's own
+machinery per call (route matching over every route, dependency solving, request and response
+objects, four middleware layers) cost more CPU than the verification itself. So
+:class:`HotPath` answers these two calls directly, *in the common case only*, with the same
+code that the FastAPI routes run (:func:`api.routes_verify.issue_challenge`,
+:func:`api.routes_verify.run_verification`), and hands every other case to FastAPI unchanged:
+
+* a caller without the ``verify`` scope (the route refuses and audits), one held by the
+  failure rate limit, or whose client certificate does not match (a caller without a valid
+  bearer token is refused here, by the same :meth:`api.auth.Authenticator.principal` the
+  routes use, with the same answer; a token this process resolved in the last
+  :data:`api.auth.CACHE_SECONDS` is taken from its cache);
+* a verification body that is not a valid :class:`api.schemas.VerificationIn` (the route
+  answers the 422 with every field problem), that is not JSON, or that is larger than
+  :data:`MAX_BODY`; one that asks for the holder or the photo without the scope for it (the
+  route refuses and audits).
+
+What FastAPI gets then is the request as it arrived (the body already read is replayed), so
+the answers, errors, audit events and call-log records are the routes' own. The routes also
+stay what OpenAPI documents (same schemas, same scopes). Every guarantee holds on both paths:
+the challenge call is recorded in the call log before its answer leaves (the same group
+commit, :func:`api.calllog.log_call`), a verification by its ``card.verified`` audit event;
+errors are mapped by :func:`api.errors.map_exception` like everywhere else.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import ValidationError as PydanticValidationError
+from starlette.requests import Request
+
+from api.auth import Authenticator
+from api.calllog import (
+    ERROR_CODE,
+    PRINCIPAL,
+    CallRecorder,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    log_call,
+    mark_recorded,
+    state_of,
+)
+from api.context import ApiContext
+from api.errors import ApiError, map_exception
+from api.routes_verify import issue_challenge, run_verification
+from api.schemas import VerificationIn
+from issuance.services.credentials import Principal
+
+CHALLENGE_PATH = "/v1/verifications/challenge"
+VERIFY_PATH = "/v1/verifications"
+#: Larger verification bodies go to FastAPI (a valid one is about 200 bytes).
+MAX_BODY = 4096
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class HotPath:
+    """``await hot(scope, receive, send)``: None if the call was answered here, else the
+    ``receive`` FastAPI must be called with (see the module docstring)."""
+
+    def __init__(self, ctx: ApiContext, auth: Authenticator, recorder: CallRecorder) -> None:
+        self.ctx = ctx
+        self.auth = auth
+        self.recorder = recorder
+        #: False: every call goes to FastAPI (tests compare both paths)
+        self.enabled = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        path = scope["path"]
+        if (
+            not self.enabled
+            or scope["method"] != "POST"
+            or path not in (CHALLENGE_PATH, VERIFY_PATH)
+            or scope.get("root_path")
+        ):
+            return receive
+        started = time.perf_counter()
+        route = CHALLENGE_PATH if path == CHALLENGE_PATH else VERIFY_PATH
+        try:
+            principal = await self._principal(scope)
+        except ApiError as exc:  # no or a bad token: the answer FastAPI would give
+            await self._error(scope, send, exc, started, route)
+            return None
+        if principal is None:
+            return receive
+        if path == CHALLENGE_PATH:
+            await self._challenge(scope, send, principal, started)
+            return None
+        return await self._verify(scope, receive, send, principal, started)
+
+    async def _principal(self, scope: Scope) -> Principal | None:
+        """The caller if the common case holds, None if FastAPI must decide; raises the
+        authentication's :class:`ApiError` (401, 429) like the routes' dependency."""
+        header = content = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                header = value
+            elif name == b"content-type":
+                content = value
+        if content not in (None, b"application/json"):
+            return None
+        principal = None
+        if header is not None:
+            scheme, _, token = header.partition(b" ")
+            if scheme.lower() == b"bearer":
+                principal = self.auth.cached(token.strip().decode("latin-1"))
+        if principal is None:  # resolved (or refused) as the routes do; cached from now on
+            principal = await self.auth.principal(Request(scope))
+        elif principal.cert_subject is not None:
+            tls = scope.get("extensions", {}).get("tls") or {}
+            if tls.get("client_cert_subject") != principal.cert_subject:
+                return None
+        if "verify" not in principal.scopes or self.auth.limiter.blocked(
+            f"client:{principal.client_id}"
+        ):
+            return None  # the route refuses it (403 audited, 429)
+        state_of(scope)[PRINCIPAL] = principal  # the call log's caller
+        return principal
+
+    async def _challenge(
+        self, scope: Scope, send: Send, principal: Principal, started: float
+    ) -> None:
+        try:
+            body = await issue_challenge(self.ctx, principal)
+        except Exception as exc:
+            await self._error(scope, send, exc, started, CHALLENGE_PATH)
+            return
+        await log_call(self.recorder, scope, 200, started, CHALLENGE_PATH)
+        await _answer(send, 200, body)
+
+    async def _verify(
+        self, scope: Scope, receive: Receive, send: Send, principal: Principal, started: float
+    ) -> Receive | None:
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return None
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            more = bool(message.get("more_body", False))
+            if size > MAX_BODY:
+                break
+        raw = b"".join(chunks)
+        replay = _Replay(raw, more, receive)
+        if more:
+            return replay
+        try:
+            body = VerificationIn.model_validate_json(raw)
+        except PydanticValidationError:
+            return replay
+        if (body.include_holder and "holder:read" not in principal.scopes) or (
+            body.include_photo and "holder:photo" not in principal.scopes
+        ):
+            return replay
+        try:
+            answer = await run_verification(self.ctx, principal, body)
+        except Exception as exc:
+            await self._error(scope, send, exc, started, VERIFY_PATH)
+            return None
+        mark_recorded(scope)  # the card.verified audit event is this call's record
+        await _answer(send, 200, answer)
+        return None
+
+    async def _error(
+        self, scope: Scope, send: Send, exc: Exception, started: float, route: str
+    ) -> None:
+        response = map_exception(exc)
+        state_of(scope)[ERROR_CODE] = response.code
+        await log_call(self.recorder, scope, response.status_code, started, route)
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
+        await send({"type": "http.response.start", "status": response.status_code,
+                    "headers": headers})  # fmt: skip
+        await send({"type": "http.response.body", "body": response.body})
+
+
+async def _answer(send: Send, status: int, body: bytes) -> None:
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Replay:
+    """A ``receive`` that first gives back the body already read, then the client's."""
+
+    def __init__(self, body: bytes, more: bool, receive: Receive) -> None:
+        self._first: Message | None = {"type": "http.request", "body": body, "more_body": more}
+        self._receive = receive
+
+    async def __call__(self) -> Message:
+        first, self._first = self._first, None
+        if first is not None:
+            return first
+        return await self._receive()

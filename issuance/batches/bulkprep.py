@@ -1,0 +1,884 @@
+"""Data preparation at scale: chunks of cards, bulk reads and writes, N worker processes.
+
+What data preparation produces for each card of a batch: its complete personalisation script
+per the card profile (every record of every file, every per-card key derived in the HSM: all
+key slots of the profile and the chip's key-loading key KLK, the PIN setup), as one of two
+outputs:
+
+* **in house** (``ykt batch prepare``, and the first phase of ``ykt batch run``): the batch's
+  perso file (:mod:`issuance.batches.persofile`, one signed segment per chunk) that the
+  encoding stations run; the card moves ``selected → prepared`` with its chip recorded;
+* **bureau** (``ykt bureau export``): the signed bureau file (:mod:`issuance.batches.bureau`),
+  then every card ``prepared → at_bureau``.
+
+One chunk (``chunk`` cards, default :func:`chunk_size`) is three steps, each worker for itself:
+
+1. one transaction: *claim* the chunk (``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP
+   LOCKED)`` on PostgreSQL, the single writer lock on SQLite: :func:`issuance.batches.items.
+   claim_ids`) and read every card, holder and application of it in one query;
+2. outside any transaction: per card a fresh chip serial from the blank stock, the HSM work
+   (:class:`hsm.prep.PrepOps`, under the PKCS#11 lock for the whole chunk), the records
+   (:class:`RecordPlanner`), the output lines; the segment is written, fsynced and renamed;
+3. one transaction: guarded by the lease (``... WHERE lease_owner = me AND stage =
+   'selected'``: a worker that lost its lease changes nothing), the items moved to
+   ``prepared``, the chips inserted, the cards updated and one audit event per item, every
+   one a bulk statement (``executemany``), not an ORM flush per card.
+
+A kill -9 at any moment loses nothing: before step 3 commits, the chunk's items are merely
+leased (a dead worker's lease is void at once on this machine, see
+:func:`issuance.batches.items.recover_interrupted`) and its segment is referenced by nobody;
+after, they are prepared. No card is prepared twice (the guard), no chip serial is used twice
+(``blank_chips.chip_serial`` is unique; a collision aborts the chunk, which is claimed again).
+
+Workers (``--workers N``): N processes forked before any PKCS#11 use, each with its own
+database connection and HSM session, claiming chunks until none is left. On PostgreSQL they
+claim with SKIP LOCKED and write in parallel; on SQLite the database has one writer: steps 1
+and 3 of the workers take turns (each is a few milliseconds per chunk) while their HSM work
+(step 2, nearly all of the time) runs in parallel.
+
+The blank chips of the virtual stock (``issuance.batches.stock``) are not made here: their
+images are the chip manufacturer's work and are written when a station loads the chip
+(:meth:`~issuance.batches.stock.VirtualBlankStock.ensure_blank`).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from cardspec import ids, perso, tlv
+from cardspec.keyscheme import KeySlot
+from cardspec.perso import CardPersoData
+from cardspec.profile import CardProfile
+from cardspec.profile.model import RecordLayout, encode_records
+from cardspec.profile.values import split_name
+from hsm import prep as hsm_prep
+from hsm.export import FileKek
+from hsm.service import CardKeyRef, KeyService
+from issuance import audit
+from issuance.audit import Actor
+from issuance.batches import dataprep, persofile
+from issuance.batches import items as bi
+from issuance.db import make_engine, make_sessionmaker, transaction
+from issuance.errors import ConflictError, IntegrityError, IssuanceError
+from issuance.models import (
+    Application,
+    AuditEvent,
+    Batch,
+    BatchItem,
+    BatchStage,
+    BlankChip,
+    Card,
+    ChipStatus,
+    Person,
+    utcnow,
+)
+from issuance.settings import Settings
+
+log = logging.getLogger("issuance.batches.prep")
+S = BatchStage
+_ITEMS = cast(sa.Table, BatchItem.__table__)
+_CARDS = cast(sa.Table, Card.__table__)
+_CHIPS = cast(sa.Table, BlankChip.__table__)
+_EVENTS = cast(sa.Table, AuditEvent.__table__)
+
+#: Cards per chunk (one segment, two short transactions) for large batches.
+CHUNK = 500
+IN_HOUSE, BUREAU = "in_house", "bureau"
+
+
+def chunk_size(remaining: int, workers: int = 1, chunk: int | None = None) -> int:
+    """``chunk`` if given, else :data:`CHUNK` cards, smaller for a small batch (at least 4
+    chunks per worker, at least 10 cards: progress and interruptions stay fine-grained)."""
+    if chunk:
+        return max(1, chunk)
+    return max(10, min(CHUNK, remaining // max(1, 4 * workers)))
+
+
+# --- records ----------------------------------------------------------------------------------
+
+
+class RecordPlanner:
+    """:func:`cardspec.perso.plan_records` for one profile, faster: the profile's files looked
+    up once, and element encodings of values that repeat (dates, codes, regions, categories)
+    remembered; the first card of every chunk is checked against ``plan_records`` itself
+    (:meth:`check`), so the two never silently differ."""
+
+    _MAX_VALUES = 4096  # distinct values remembered per element (a unique one stops caching)
+
+    def __init__(self, profile: CardProfile) -> None:
+        self.profile = profile
+        self.files = [(df, ef) for df, ef in profile.files()]
+        self._names = {ef.name for _, ef in self.files}
+        self._memo: dict[tuple[str, str], dict[Any, bytes] | None] = {}
+        self._fields: dict[type, tuple[str, ...]] = {}
+
+    def _asdict(self, obj: Any) -> dict[str, Any]:
+        names = self._fields.get(type(obj))
+        if names is None:
+            names = self._fields[type(obj)] = tuple(f.name for f in fields(obj))
+        return {n: getattr(obj, n) for n in names}
+
+    def _simple(self, ef: Any, values: dict[str, Any]) -> list[bytes]:
+        out = []
+        for el in ef.elements:
+            value = values.get(el.name)
+            key = (ef.name, el.name)
+            memo = self._memo.get(key, {})
+            hit = memo.get(value) if memo is not None else None
+            if hit is None:
+                hit = tlv.simple_encode(el.tag, el.encode(value))
+                if memo is not None:
+                    if len(memo) >= self._MAX_VALUES:
+                        self._memo[key] = None
+                    else:
+                        memo[value] = hit
+                        self._memo[key] = memo
+            out.append(hit)
+        return out
+
+    def plan(self, data: CardPersoData) -> dict[str, list[bytes]]:
+        holder = self._asdict(data.holder)
+        if not data.holder.name_extension:
+            holder["name"], holder["name_extension"] = split_name(data.holder.name)
+        values: dict[str, dict[str, Any] | None] = {
+            "EF05": self._asdict(data.card_identification()),
+            "EF06": holder,
+            "EF15": self._asdict(data.medical) if data.medical is not None else None,
+            "EF16": self._asdict(data.pension) if data.pension is not None else None,
+            "SFI01": self._asdict(data.financial) if data.financial is not None else None,
+        }
+        if data.extra:  # extra applications: the general path
+            return perso.plan_records(data, self.profile)
+        out: dict[str, list[bytes]] = {}
+        for _, ef in self.files:
+            vals = values.get(ef.name)
+            if vals is None:
+                if ef.name == "SFI01" and ef.name in self._names:
+                    return perso.plan_records(data, self.profile)  # raises the profile's error
+                continue
+            if ef.layout is RecordLayout.SIMPLE_TLV and set(vals) <= {e.name for e in ef.elements}:
+                out[ef.name] = self._simple(ef, vals)
+            else:
+                out[ef.name] = encode_records(ef, vals)
+        return out
+
+    def check(self, data: CardPersoData, planned: dict[str, list[bytes]]) -> None:
+        if perso.plan_records(data, self.profile) != planned:
+            raise IntegrityError(f"record planner differs from cardspec for {self.profile.name}")
+
+
+class ProfilePins:
+    """:class:`hsm.prep.PinPolicy` of data preparation: the natural PIN of
+    :func:`issuance.batches.dataprep.natural_pin`, one PIN block per PIN of the profile."""
+
+    def __init__(self, profile: CardProfile) -> None:
+        self.specs = list(profile.pin_specs())
+
+    def pin(self, card_identification_code: str, mac: Callable[[bytes], bytes]) -> str:
+        return dataprep.natural_pin(card_identification_code, mac)
+
+    def blocks(self, pin: str) -> list[bytes]:
+        return [spec.encode(pin) for _, spec in self.specs]
+
+
+@dataclass
+class _Profile:
+    """Per-profile constants of the card lines."""
+
+    profile: CardProfile
+    planner: RecordPlanner
+    pins: ProfilePins
+    slots: tuple[KeySlot, ...]
+    key_ids: dict[KeySlot, int]
+    ef_paths: dict[str, tuple[str, int]]
+
+    @classmethod
+    def of(cls, profile: CardProfile) -> _Profile:
+        specs = list(profile.key_specs())
+        return cls(
+            profile, RecordPlanner(profile), ProfilePins(profile),
+            tuple(s.slot for _, s in specs), {s.slot: s.key_id for _, s in specs},
+            {ef.name: (df, ef.sfi or 0) for df, ef in profile.files()},
+        )  # fmt: skip
+
+
+# --- rows ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _CardRow:
+    id: int
+    card_number: str
+
+
+@dataclass(frozen=True, slots=True)
+class _PersonRow:
+    name: str
+    citizen_id: str
+    sex: str
+    ethnicity: str | None
+    birth_date: date
+    region_code: str
+
+
+@dataclass(frozen=True, slots=True)
+class _AppRow:
+    decided_at: datetime | None
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One claimed item with what its card's data needs (one bulk query per chunk)."""
+
+    item_id: int
+    stage: BatchStage
+    chip_serial: str | None
+    issue_date: date | None
+    card: _CardRow
+    region_code: str
+    algorithm: str
+    key_version: int
+    card_identification_code: str | None
+    person: _PersonRow
+    application: _AppRow | None
+
+
+def read_rows(session: Session, item_ids: Sequence[int]) -> list[Row]:
+    rows = session.execute(
+        sa.select(
+            BatchItem.id, BatchItem.stage, BatchItem.chip_serial, BatchItem.issue_date,
+            Card.id, Card.card_number, Card.region_code, Card.algorithm, Card.key_version,
+            Card.card_identification_code, Person.name, Person.citizen_id, Person.sex,
+            Person.ethnicity, Person.birth_date, Person.region_code, Card.application_id,
+            Application.decided_at, Application.channel,
+        )
+        .join(Card, Card.id == BatchItem.card_id)
+        .join(Person, Person.id == Card.person_id)
+        .outerjoin(Application, Application.id == Card.application_id)
+        .where(BatchItem.id.in_(list(item_ids)))
+        .order_by(BatchItem.id)
+    ).all()  # fmt: skip
+    return [
+        Row(r[0], BatchStage(r[1]), r[2], r[3], _CardRow(r[4], r[5]), r[6], str(r[7]), r[8], r[9],
+            _PersonRow(r[10], r[11], r[12], r[13], r[14], r[15]),
+            _AppRow(r[17], str(r[18])) if r[16] is not None else None)
+        for r in rows
+    ]  # fmt: skip
+
+
+# --- one process --------------------------------------------------------------------------------
+
+
+@dataclass
+class PrepStats:
+    """What one worker did, and where its time went (seconds)."""
+
+    prepared: int = 0
+    """Cards moved ``selected → prepared`` (chip assigned)."""
+    exported: int = 0
+    """Cards written to a bureau file (prepared now or before)."""
+    chunks: int = 0
+    keys_derived: int = 0
+    """Per-card key objects derived in the HSM (card keys and KLKs)."""
+    leases_lost: int = 0
+    seconds: float = 0.0
+    claim_s: float = 0.0
+    cards_s: float = 0.0
+    """HSM work, records and lines (step 2) without the segment file."""
+    file_s: float = 0.0
+    commit_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: PrepStats) -> None:
+        for f in fields(self):
+            if f.name == "errors":
+                self.errors.extend(other.errors)
+            elif f.name != "seconds":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        self.seconds = max(self.seconds, other.seconds)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One card of a chunk, after step 2 (what step 3 writes)."""
+
+    row: Row
+    chip_serial: str
+    cic: str
+    issue_date: date
+    key_version: int
+    profile_name: str
+    perso_file: str | None = None
+    perso_offset: int | None = None
+
+
+class BureauSink:
+    """Where a bureau export's card lines go: the file writer in this process, or the
+    parent's queue (workers). ``put(kek, [(item_id, card_id, chip_serial, body)])``."""
+
+    def put(self, kek: FileKek, entries: list[tuple[int, int, str, bytes]]) -> None:
+        raise NotImplementedError
+
+
+class Preparer:
+    """One process's data preparation loop on one batch (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        factory: sessionmaker[Session],
+        key_service: KeyService,
+        batch_id: int,
+        actor: Actor,
+        *,
+        output: str = IN_HOUSE,
+        chunk: int = CHUNK,
+        lease_seconds: int = bi.DEFAULT_LEASE_SECONDS,
+        today: date | None = None,
+        transport: str | None = None,
+        sink: BureauSink | None = None,
+        new_serial: Callable[[], bytes] | None = None,
+        on_chunk: Callable[[int], None] | None = None,
+        stop: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.factory = factory
+        self.key_service = key_service
+        self.batch_id = batch_id
+        self.actor = actor
+        self.output = output
+        self.chunk = max(1, chunk)
+        self.lease_seconds = lease_seconds
+        self.today = today
+        self.new_serial = new_serial or _random_serial
+        self.on_chunk = on_chunk
+        self.stop = stop
+        self.sink = sink
+        self.owner = bi.worker_id(f"prepare-{os.getpid()}")
+        self.stats = PrepStats()
+        self._profiles: dict[str, _Profile] = {}
+        if output == IN_HOUSE:
+            self.wrapping = hsm_prep.perso_key_label(batch_id)
+        elif transport is None or sink is None:
+            raise ValueError("a bureau export needs its transport key and a sink")
+        else:
+            self.wrapping = transport
+        self._signer = ""
+
+    # helpers -------------------------------------------------------------------------------
+    def _txn(self, fn: Callable[[Session], Any]) -> Any:
+        from issuance.batches.pipeline import with_retry
+
+        def once() -> Any:
+            with transaction(self.factory) as s:
+                return fn(s)
+
+        return with_retry(once)
+
+    def _profile(self, algorithm: str) -> _Profile:
+        prof = self._profiles.get(algorithm)
+        if prof is None:
+            prof = self._profiles[algorithm] = _Profile.of(
+                dataprep.card_profile(self.settings, algorithm)
+            )
+        return prof
+
+    def _stopped(self) -> bool:
+        return bool(self.stop is not None and self.stop.is_set())
+
+    # the loop ------------------------------------------------------------------------------
+    def run(self) -> PrepStats:
+        ops = hsm_prep.prep_ops(self.key_service, self.wrapping)
+        if ops is None:
+            raise IssuanceError("bulk data preparation needs a PKCS#11 module with direct C_* "
+                                "entry points (hsm.p11fast)")  # fmt: skip
+        from issuance.batches.bureau import signer_fingerprint
+
+        self._signer = signer_fingerprint(self.key_service.public_key_pem())
+        start = time.perf_counter()
+        stages = (S.SELECTED,) if self.output == IN_HOUSE else (S.SELECTED, S.PREPARED)
+        try:
+            with ops:
+                while not self._stopped():
+                    t0 = time.perf_counter()
+                    rows = self._txn(lambda s: self._claim(s, stages))
+                    self.stats.claim_s += time.perf_counter() - t0
+                    if not rows:
+                        break
+                    try:
+                        done = self._chunk(ops, rows)
+                    except bi.LeaseLost as exc:
+                        self.stats.leases_lost += len(rows)
+                        log.warning("data preparation: %s; chunk left to the other worker", exc)
+                        continue
+                    self.stats.chunks += 1
+                    if self.on_chunk is not None:
+                        self.on_chunk(done)
+        finally:
+            self.stats.keys_derived += ops.derived
+            self.stats.seconds = time.perf_counter() - start
+        return self.stats
+
+    def _claim(self, s: Session, stages: Sequence[BatchStage]) -> list[Row]:
+        ids_ = bi.claim_ids(s, self.batch_id, self.owner, stages=stages, limit=self.chunk,
+                            lease_seconds=self.lease_seconds)  # fmt: skip
+        return read_rows(s, ids_) if ids_ else []
+
+    def _chunk(self, ops: hsm_prep.PrepOps, rows: list[Row]) -> int:
+        t0 = time.perf_counter()
+        issue = self.today or date.today()
+        versions: dict[str, int] = {}
+        out: list[Prepared] = []
+        writer: persofile.SegmentWriter | None = None
+        entries: list[tuple[int, int, str, bytes]] = []
+        with ops.chunk() as kek:
+            if self.output == IN_HOUSE:
+                writer = persofile.SegmentWriter(
+                    self.settings.data_dir, self.batch_id, rows[0].item_id, ops.envelope.label,
+                    kek, self._signer,
+                )  # fmt: skip
+            for n, row in enumerate(rows):
+                prof = self._profile(row.algorithm)
+                if row.stage == S.SELECTED:
+                    version = versions.get(row.algorithm)
+                    if version is None:
+                        version = versions[row.algorithm] = self.key_service.current_key_version(
+                            prof.profile.algorithm
+                        )
+                    serial = self.new_serial()
+                    cic = ids.make_card_identification_code(row.region_code, serial)
+                    card = Prepared(row, serial.hex().upper(), cic, issue, version,
+                                    prof.profile.name)  # fmt: skip
+                else:  # already prepared (bureau export): its chip and data as recorded
+                    if row.chip_serial is None or row.card_identification_code is None:
+                        raise ConflictError(f"batch item {row.item_id} has no chip assigned")
+                    card = Prepared(row, row.chip_serial, row.card_identification_code,
+                                    row.issue_date or issue, row.key_version,
+                                    prof.profile.name)  # fmt: skip
+                ref = CardKeyRef(card.cic, card.key_version, prof.profile.algorithm,
+                                 pan=dataprep.bank_pan(row.card.id), psn="00")  # fmt: skip
+                if writer is not None:
+                    line = self._in_house_line(ops, prof, card, ref, writer.count + 1, n == 0)
+                    offset = writer.add(line)
+                    card = Prepared(**{**card.__dict__, "perso_file": writer.name,
+                                       "perso_offset": offset})  # fmt: skip
+                else:
+                    entries.append(self._bureau_entry(ops, prof, card, ref, n == 0))
+                out.append(card)
+        t1 = time.perf_counter()
+        self.stats.cards_s += t1 - t0
+        if writer is not None:
+            writer.finish(self.key_service.sign(writer.statement()))
+        elif self.sink is not None:
+            self.sink.put(kek, entries)
+        t2 = time.perf_counter()
+        self.stats.file_s += t2 - t1
+        self._txn(lambda s: self._commit(s, out))
+        self.stats.commit_s += time.perf_counter() - t2
+        new = sum(1 for c in out if c.row.stage == S.SELECTED)
+        self.stats.prepared += new
+        if self.output == BUREAU:
+            self.stats.exported += len(out)
+        return len(out)
+
+    def _perso(
+        self, prof: _Profile, card: Prepared, pin: str, check: bool
+    ) -> dict[str, list[bytes]]:
+        data = dataprep.perso_data(
+            self.settings, card.row.card, card.row.person, card.row.application, card.cic,
+            card.issue_date, pin, prof.profile,
+        )  # fmt: skip
+        data.validate()
+        plan = prof.planner.plan(data)
+        if check:
+            prof.planner.check(data, plan)
+        return plan
+
+    def _in_house_line(
+        self, ops: hsm_prep.PrepOps, prof: _Profile, card: Prepared, ref: CardKeyRef, seq: int,
+        check: bool,
+    ) -> bytes:  # fmt: skip
+        keys = ops.in_house(ref, prof.slots, prof.pins)
+        plan = self._perso(prof, card, keys.pin, check)
+        return persofile.card_line(
+            seq, item_id=card.row.item_id, card_id=card.row.card.id,
+            chip_serial=card.chip_serial, cic=card.cic, card_number=card.row.card.card_number,
+            profile=prof.profile.name, algorithm=ref.algorithm.value,
+            key_version=card.key_version,
+            files=[(prof.ef_paths[name][0], name, prof.ef_paths[name][1], records)
+                   for name, records in plan.items()],
+            kmc_wrapped=keys.kmc_wrapped,
+            keys=[(slot.value, prof.key_ids[slot], payload)
+                  for slot, payload in keys.write_keys.items()],
+            pins=[(spec.name, df, spec.ref, payload)
+                  for (df, spec), payload in zip(prof.pins.specs, keys.pin_payloads, strict=True)],
+        )  # fmt: skip
+
+    def _bureau_entry(
+        self, ops: hsm_prep.PrepOps, prof: _Profile, card: Prepared, ref: CardKeyRef,
+        check: bool,
+    ) -> tuple[int, int, str, bytes]:  # fmt: skip
+        from issuance.batches.bureau import card_body
+
+        pins = _Capture(prof.pins)
+        export = ops.bureau(ref, prof.slots, pins)
+        plan = self._perso(prof, card, pins.last, check)
+        body = card_body(
+            card_id=card.row.card.id, chip_serial=card.chip_serial, cic=card.cic,
+            card_number=card.row.card.card_number, profile=prof.profile, ref=ref,
+            plan=plan, export=export,
+        )  # fmt: skip
+        return card.row.item_id, card.row.card.id, card.chip_serial, body
+
+    # step 3 --------------------------------------------------------------------------------
+    def _commit(self, s: Session, cards: list[Prepared]) -> None:
+        now = utcnow()
+        new = [c for c in cards if c.row.stage == S.SELECTED]
+        old = [c for c in cards if c.row.stage != S.SELECTED]
+        if old:  # bureau: prepared before, only the lease to give back
+            done = s.execute(
+                sa.update(_ITEMS)
+                .where(_ITEMS.c.id.in_([c.row.item_id for c in old]),
+                       _ITEMS.c.lease_owner == self.owner, _ITEMS.c.stage == str(S.PREPARED))
+                .values(lease_owner=None, lease_expires_at=None)
+            )  # fmt: skip
+            if _rowcount(done) != len(old):
+                raise bi.LeaseLost(f"{len(old) - _rowcount(done)} item(s) of the chunk were "
+                                   "taken over")  # fmt: skip
+        if not new:
+            return
+        to = bi.ITEM_TRANSITIONS[(S.SELECTED, "prepare")]
+        done = s.execute(
+            sa.update(_ITEMS)
+            .where(_ITEMS.c.id.in_([c.row.item_id for c in new]),
+                   _ITEMS.c.lease_owner == self.owner, _ITEMS.c.stage == str(S.SELECTED))
+            .values(stage=str(to), stage_changed_at=now, prepared_at=now, station=None,
+                    lease_owner=None, lease_expires_at=None)
+        )  # fmt: skip
+        if _rowcount(done) != len(new):
+            raise bi.LeaseLost(f"{len(new) - _rowcount(done)} item(s) of the chunk were taken "
+                               "over by another worker")  # fmt: skip
+        s.execute(
+            sa.update(_ITEMS).where(_ITEMS.c.id == sa.bindparam("b_id"))
+            .values(chip_serial=sa.bindparam("b_serial"), issue_date=sa.bindparam("b_issue")),
+            [{"b_id": c.row.item_id, "b_serial": c.chip_serial, "b_issue": c.issue_date}
+             for c in new],
+        )  # fmt: skip
+        s.execute(
+            sa.update(_CARDS).where(_CARDS.c.id == sa.bindparam("b_id"))
+            .values(card_identification_code=sa.bindparam("b_cic"),
+                    key_version=sa.bindparam("b_version"), version=_CARDS.c.version + 1),
+            [{"b_id": c.row.card.id, "b_cic": c.cic, "b_version": c.key_version} for c in new],
+        )  # fmt: skip
+        s.execute(
+            sa.insert(_CHIPS),
+            [{"chip_serial": c.chip_serial, "batch_id": self.batch_id, "item_id": c.row.item_id,
+              "card_id": c.row.card.id, "status": str(ChipStatus.ASSIGNED), "station": None,
+              "created_at": now, "perso_file": c.perso_file, "perso_offset": c.perso_offset}
+             for c in new],
+        )  # fmt: skip
+        s.execute(
+            sa.insert(_EVENTS),
+            [audit.event_row(
+                self.actor, "batch_item.prepare", "batch_item", c.row.item_id,
+                before=str(S.SELECTED), after=str(to), occurred_at=now,
+                details={"batch_id": self.batch_id, "card_id": c.row.card.id,
+                         "chip_serial": c.chip_serial, "profile": c.profile_name,
+                         "output": self.output, "perso_file": c.perso_file},
+             ) for c in new],
+        )  # fmt: skip
+
+
+class _Capture:
+    """A :class:`ProfilePins` that remembers the last PIN (to build the card's records; the
+    PIN never goes to a file)."""
+
+    def __init__(self, pins: ProfilePins) -> None:
+        self._pins = pins
+        self.last = ""
+
+    def pin(self, card_identification_code: str, mac: Callable[[bytes], bytes]) -> str:
+        self.last = self._pins.pin(card_identification_code, mac)
+        return self.last
+
+    def blocks(self, pin: str) -> list[bytes]:
+        return self._pins.blocks(pin)
+
+
+def _random_serial() -> bytes:
+    return os.urandom(8)
+
+
+def _rowcount(result: Any) -> int:
+    return int(cast(sa.CursorResult[Any], result).rowcount)
+
+
+# --- perso key, workers -------------------------------------------------------------------------
+
+
+def ensure_batch_perso_key(factory: sessionmaker[Session], key_service: KeyService,
+                           batch_id: int) -> None:  # fmt: skip
+    """The batch's perso key exists in the HSM (created under a lock on the batch row, so
+    concurrent workers create it once)."""
+    from hsm.service import Pkcs11KeyService
+
+    if not isinstance(key_service, Pkcs11KeyService):
+        return
+    label = hsm_prep.perso_key_label(batch_id)
+
+    def go(s: Session) -> None:
+        # a write first: the row lock on PostgreSQL, the writer lock on SQLite
+        s.execute(sa.update(Batch).where(Batch.id == batch_id)
+                  .values(started_at=sa.func.coalesce(Batch.started_at, utcnow())))  # fmt: skip
+        if hsm_prep.ensure_perso_key(key_service, label):
+            log.info("created the perso key %s", label)
+
+    with transaction(factory) as s:
+        go(s)
+
+
+@dataclass
+class PrepRequest:
+    """One data preparation run (what ``ykt batch prepare`` / ``ykt bureau export`` ask)."""
+
+    batch_id: int
+    actor: Actor
+    output: str = IN_HOUSE
+    workers: int = 1
+    chunk: int | None = None
+    lease_seconds: int = bi.DEFAULT_LEASE_SECONDS
+    today: date | None = None
+    transport: str | None = None
+
+
+def remaining(factory: sessionmaker[Session], batch_id: int, output: str) -> int:
+    stages = (S.SELECTED,) if output == IN_HOUSE else (S.SELECTED, S.PREPARED)
+    with transaction(factory) as s:
+        counts = bi.stage_counts(s, batch_id)
+    return sum(counts[st] for st in stages)
+
+
+def _worker(
+    settings: Settings, req: PrepRequest, chunk: int, results: Any, stop: Any,
+) -> None:  # fmt: skip
+    """A forked worker: its own engine and HSM session (the module is loaded here)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us between chunks
+    engine: Engine | None = None
+    try:
+        from hsm.service import key_service_from_settings
+
+        engine = make_engine(settings)
+        factory = make_sessionmaker(engine)
+        from issuance.batches.blanks import make_stock
+
+        keys = key_service_from_settings(settings)
+        stock = make_stock(settings, keys)
+        sink = _QueueSink(results) if req.output == BUREAU else None
+        preparer = Preparer(
+            settings, factory, keys, req.batch_id, req.actor, output=req.output, chunk=chunk,
+            lease_seconds=req.lease_seconds, today=req.today, transport=req.transport,
+            sink=sink, on_chunk=lambda n: results.put(("progress", n)), stop=stop,
+            new_serial=stock.new_serial,
+        )  # fmt: skip
+        if req.output == IN_HOUSE:
+            ensure_batch_perso_key(factory, keys, req.batch_id)
+        results.put(("done", preparer.run()))
+    except BaseException as exc:  # reported to the parent, which fails the run
+        log.exception("data preparation worker %s failed", os.getpid())
+        results.put(("error", f"worker {os.getpid()}: {type(exc).__name__}: {exc}"))
+    finally:
+        if engine is not None:
+            engine.dispose()
+
+
+class _QueueSink(BureauSink):
+    def __init__(self, results: Any) -> None:
+        self.results = results
+
+    def put(self, kek: FileKek, entries: list[tuple[int, int, str, bytes]]) -> None:
+        self.results.put(("lines", (kek.kek_id, kek.wrapped, kek.kcv), entries))
+
+
+def run_workers(
+    settings: Settings,
+    req: PrepRequest,
+    *,
+    on_progress: Callable[[int], None],
+    on_lines: Callable[[FileKek, list[tuple[int, int, str, bytes]]], None] | None = None,
+    stop: threading.Event | None = None,
+    factory: sessionmaker[Session] | None = None,
+) -> PrepStats:
+    """Run ``req.workers`` forked worker processes to the end of the batch (or until
+    ``stop``); returns their summed stats. A worker's error stops the others after their
+    chunk and is raised here (:class:`IssuanceError`)."""
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    halt = ctx.Event()
+    own = factory is None
+    eng = make_engine(settings) if own else None
+    fac = factory or make_sessionmaker(cast(Engine, eng))
+    try:
+        chunk = chunk_size(remaining(fac, req.batch_id, req.output), req.workers, req.chunk)
+    finally:
+        if eng is not None:
+            eng.dispose()
+    procs = [ctx.Process(target=_worker, args=(settings, req, chunk, results, halt),
+                         name=f"prepare-{i + 1}", daemon=True)
+             for i in range(req.workers)]  # fmt: skip
+    for p in procs:
+        p.start()
+    total = PrepStats()
+    finished = 0
+    errors: list[str] = []
+    try:
+        while finished < len(procs):
+            try:
+                kind, *payload = results.get(timeout=0.5)
+            except queue.Empty:
+                if stop is not None and stop.is_set():
+                    halt.set()
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead and finished + len(dead) >= len(procs) and results.empty():
+                    errors.extend(f"{p.name} died (exit code {p.exitcode})" for p in dead)
+                    break
+                continue
+            if kind == "progress":
+                on_progress(int(payload[0]))
+            elif kind == "lines":
+                if on_lines is None:
+                    raise IssuanceError("a worker sent bureau lines to an in-house run")
+                kek_id, wrapped, kcv = payload[0]
+                on_lines(FileKek(kek_id, wrapped, kcv), payload[1])
+            elif kind == "done":
+                total.add(payload[0])
+                finished += 1
+            else:
+                errors.append(str(payload[0]))
+                finished += 1
+                halt.set()
+    except KeyboardInterrupt:
+        halt.set()
+        raise
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    if errors:
+        raise IssuanceError("data preparation failed: " + "; ".join(errors))
+    return total
+
+
+# --- bureau export ------------------------------------------------------------------------------
+
+
+class _WriterSink(BureauSink):
+    """Lines straight into this process's bureau file writer."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    def put(self, kek: FileKek, entries: list[tuple[int, int, str, bytes]]) -> None:
+        self.writer.add_chunk(kek, entries)
+
+
+def export_to_bureau(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    key_service: KeyService,
+    req: PrepRequest,
+    output: Path,
+    batch_name: str,
+    *,
+    on_progress: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
+) -> tuple[Any, PrepStats, int]:
+    """Data preparation into a signed bureau file: every selected card prepared (chip
+    assigned) and every prepared card not in a station, streamed into ``output``, then every
+    card of the file moved ``prepared → at_bureau`` (:func:`issuance.batches.bureau.
+    mark_exported`). Returns (:class:`~issuance.batches.bureau.BureauFileInfo`, stats, cards
+    moved ``at_bureau``)."""
+    from issuance.batches.bureau import BureauFileWriter, mark_exported
+
+    if req.transport is None:
+        raise ValueError("a bureau export needs its transport key")
+    progress = on_progress or (lambda n: None)
+    with BureauFileWriter(output, key_service, req.transport, batch=batch_name) as writer:
+        if req.workers > 1:
+            stats = run_workers(settings, req, on_progress=progress, on_lines=writer.add_chunk,
+                                stop=stop, factory=factory)  # fmt: skip
+        else:
+            chunk = chunk_size(remaining(factory, req.batch_id, BUREAU), 1, req.chunk)
+            stats = Preparer(
+                settings, factory, key_service, req.batch_id, req.actor, output=BUREAU,
+                chunk=chunk, lease_seconds=req.lease_seconds, today=req.today,
+                transport=req.transport, sink=_WriterSink(writer), on_chunk=progress, stop=stop,
+            ).run()  # fmt: skip
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
+        if writer.count == 0:
+            from issuance.errors import ValidationError
+
+            raise ValidationError(f"batch {batch_name} has no card to export")
+        info = writer.finish()
+    with transaction(factory) as s:
+        moved = mark_exported(s, info, req.actor, pairs=writer.pairs())
+    return info, stats, moved
+
+
+def prepare_in_house(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    key_service: KeyService,
+    req: PrepRequest,
+    *,
+    on_progress: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
+    new_serial: Callable[[], bytes] | None = None,
+) -> PrepStats:
+    """In-house data preparation of every selected card of the batch (in this process, or
+    in ``req.workers`` forked processes). ``new_serial``: the blank stock's (this process;
+    workers use the configured stock's)."""
+    progress = on_progress or (lambda n: None)
+    if req.workers > 1:
+        return run_workers(settings, req, on_progress=progress, stop=stop, factory=factory)
+    ensure_batch_perso_key(factory, key_service, req.batch_id)
+    chunk = chunk_size(remaining(factory, req.batch_id, IN_HOUSE), 1, req.chunk)
+    return Preparer(
+        settings, factory, key_service, req.batch_id, req.actor, output=IN_HOUSE, chunk=chunk,
+        lease_seconds=req.lease_seconds, today=req.today, on_chunk=progress, stop=stop,
+        new_serial=new_serial or _random_serial,
+    ).run()  # fmt: skip
+
+
+__all__ = [
+    "BUREAU",
+    "CHUNK",
+    "IN_HOUSE",
+    "PrepRequest",
+    "PrepStats",
+    "Preparer",
+    "RecordPlanner",
+    "chunk_size",
+    "export_to_bureau",
+    "prepare_in_house",
+    "read_rows",
+    "run_workers",
+]
