@@ -1,336 +1,482 @@
-"""Data preparation for a card bureau: cards/s against the raw HSM derive limit of the same run.
+"""Data preparation through the product's own path, from a populated database, against the raw
+HSM derive limit measured in the same run.
 
-Measured in one run, on a throwaway SoftHSM2 token (DES3 masters, a bureau transport key, the
-signing key), each measurement in forked children (the PKCS#11 module is loaded after the fork,
-one session per process, as in the product):
+For each database (PostgreSQL, a throwaway server with PostgreSQL's *durable* defaults:
+fsync and synchronous_commit on; and SQLite, a file in WAL mode), each output and 1 and 2
+worker processes, one batch of ``CARDS`` selected cards, populated beforehand by bulk inserts
+(COPY on PostgreSQL) in the state ``ykt batch create`` leaves it:
 
-* raw HSM derive rate: ``C_DeriveKey(CKM_DES3_ECB_ENCRYPT_DATA)`` + ``C_DestroyObject``
-  called directly (:mod:`hsm.p11fast`, minimal template), in bursts of 600 run between cards
-  inside each preparing process (same session, same moments: machine noise hits the limit
-  and the measured rate alike); python-pkcs11's rate (``bench.hsm_derive._raw``, 2-3x
-  slower: its own overhead, not the HSM's) is printed beside it for reference;
-* keys per card: every key slot the card profile declares (KMC included: the bureau needs it);
-* limit = raw derives/s / keys per card (cards/s if the HSM did nothing but derive);
-* data preparation: per card, the complete personalisation data built from the card's fields
-  (records encoded by the profile, PIN blocks) and every per-card key derived in the HSM,
-  wrapped under the transport key, its KCV computed and the initial PINs encrypted, streamed
-  into a signed bureau file on disk (``issuance.batches.bureau.write_bureau_file``), in 1 process
-  and in 2 processes (two bureau files, one per process);
-* peak RSS of a preparing process and its growth while streaming (extrapolated to 1,000,000
-  cards, clearly labelled).
+* **in house**: ``BatchRunner.prepare_all`` with ``prepare_workers`` = 1 or 2 (what
+  ``ykt batch prepare BATCH --workers N`` runs): chunks claimed from the database, every key
+  slot of the card profile and the chip's KLK derived in the HSM per card, the WRITE KEY and
+  SET PIN payloads made there, records encoded, signed perso file segments written and fsynced,
+  chips, stage transitions and audit events written in bulk, committed;
+* **bureau**: ``issuance.cli_bureau.export_batch`` with ``workers`` = 1 or 2 (what
+  ``ykt bureau export BATCH --workers N`` runs): the same data preparation, every key and the
+  KLK wrapped under the file KEK with its KCV (computed in the HSM), streamed into one signed
+  bureau file, then every card moved ``at_bureau``.
 
-Targets (issue 7): ratio >= 0.70 of the limit; 1,000,000 cards in <= 15 min; < 1 GiB RSS.
+Each run is a forked process (the PKCS#11 module is loaded after the fork, as in the product);
+its wall time covers everything from the call to the return (worker start-up, HSM log-in, the
+last commit; for the bureau also the final signature and ``mark_exported``).
 
-Where the time goes (1 process, DES3, 11 keys, measured on the 2-core development machine):
-derive+destroy 11 x 55-66 us (the limit itself); per-card HSM work beyond derivation: 11 wraps
-under the file KEK (6 us each), 11 KCVs (C_EncryptInit + C_Encrypt, 6.5 us each) and 2 PIN
-blocks, ~0.15 ms; Python, ~0.3 ms: the profile's record encoders (``plan_records`` and
-``validate``, ~0.1 ms), JSON/hex encoding and the digest (~0.05 ms), the per-call overhead of
-55 direct PKCS#11 calls and the card's own objects. Found and fixed on the way (each measured
-here): python-pkcs11's per-call overhead (2-3x the HSM's own time: direct calls,
-:mod:`hsm.p11fast`), private session objects (SoftHSM encrypts them in memory), the token
-transport key on every wrap (file KEK, :mod:`hsm.export`), and SoftHSM2 keeping every destroyed
-session object until C_Finalize (2.2 KiB per card, > 2 GiB per million: the module is
-re-initialised every 2,000 cards). ``YKT_BENCH_PROFILE=1`` prints a cProfile of 500 cards.
-Default run: a few thousand cards (``YKT_BENCH_DATAPREP_CARDS`` per measurement, default 1500);
-every 1,000,000-card figure is an extrapolation. Run alone: ``python -m bench.dataprep``.
+The limit, same run, same machine moment: the raw ``C_DeriveKey + C_DestroyObject`` rate with
+the product's card-key template and call path (:func:`bench.hsm_derive._raw`: direct entry
+points of :mod:`hsm.p11fast`, a cached master handle), measured in as many parallel processes
+as the run has workers, just before and just after the run (the mean is used, both printed);
+keys per card = the profile's key slots + the KLK (12 for ``ssc2-3des``), also *counted* (the
+preparer counts every key object it derives); limit = raw / keys. Ratio = cards/s / limit
+(target >= 0.70). Not counted as data preparation: blank chip images of the virtual stock
+(the chip manufacturer's work: made when a station loads the chip), and the station's own HSM
+work (KMC unwrapped, secure-channel MACs).
 
-The figures above are the bureau writer on synthetic cards. :mod:`bench.dataprep_product`
-(run at the end of :func:`main`) measures the product's own path, ``BatchRunner.prepare_all``
-on a batch in the database, against the raw derive limit of that path in the same run.
+Sizes: ``YKT_BENCH_DATAPREP_CARDS`` cards per run (default 6000); ``YKT_BENCH_1M=1`` adds a real
+1,000,000-card batch (PostgreSQL, in house, 2 workers; ~20 minutes with its population), whose
+figures are printed as MEASURED; otherwise every 1,000,000-card figure is EXTRAPOLATED and says
+so. ``YKT_BENCH_DATAPREP_DB=sqlite`` or ``postgres`` runs one database only. Run alone:
+``python -m bench.dataprep``. The machine is shared: say what else ran (``uptime``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
 import resource
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import date
+from dataclasses import asdict, dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.hsm_derive import _raw
-from cardspec import ids, keyscheme
-from cardspec.keyscheme import Algorithm, KeySlot
-from cardspec.perso import CardPersoData
-from cardspec.profile import (
-    DEFAULT_PROFILE,
-    CardProfile,
-    FinancialData,
-    Holder,
-    MedicalData,
-    PensionData,
-)
-from hsm import ceremony, p11fast, softhsm
-from hsm import pkcs11 as p11
-from hsm.config import HsmConfig
-from hsm.service import CardKeyRef, Pkcs11KeyService
-from issuance.batches.bureau import write_bureau_file
-from issuance.batches.prepared import PreparedCard
-from issuance.settings import load_settings
-
-DURATION = 2.0
-CARDS = int(os.environ.get("YKT_BENCH_DATAPREP_CARDS", "5000"))
-TRANSPORT = "bench-bureau"
-RAW_EVERY = 100  # cards between two raw derive bursts
-RSS_EVERY = 100  # cards between two RSS samples
-RAW_BURST = 600  # derives per burst
 MILLION = 1_000_000
-PROFILE = DEFAULT_PROFILE
-PAN, PSN = "6217000012345678901", "01"
+CARDS = int(os.environ.get("YKT_BENCH_DATAPREP_CARDS", "6000"))
+BIG = os.environ.get("YKT_BENCH_1M", "") not in ("", "0")
+DATABASES = [d for d in os.environ.get("YKT_BENCH_DATAPREP_DB", "postgres,sqlite").split(",") if d]
+OUTPUTS = ("in_house", "bureau")
+TRANSPORT = "bench-bureau"
+RAW_SECONDS = 1.5
+NAMES = ("王秀英", "李建国", "张伟", "刘洋", "陈静", "欧阳明华", "赵丽", "黄晓明")
 
 
-def _config(root: Path) -> HsmConfig:
-    return HsmConfig.from_settings(load_settings(environ={"YKT_DATA_DIR": str(root)}))
+# --- population ---------------------------------------------------------------------------------
 
 
-def _setup(config: HsmConfig) -> None:
-    token = p11.open_token(config)
-    ceremony.init_keys(token, Algorithm.DES3)
-    ceremony.generate_transport_key(token, TRANSPORT)
+def _citizen_ids(start: int, n: int) -> Iterator[str]:
+    from cardspec.ids import citizen_id_check_char
+
+    base = date(1950, 1, 1).toordinal()
+    for i in range(start, start + n):
+        birth = date.fromordinal(base + i % 20000)
+        first17 = f"330106{birth:%Y%m%d}{(i // 20000) % 1000:03d}"
+        yield first17 + citizen_id_check_char(first17)
 
 
-def _citizen_id(n: int) -> str:
-    birth = date(1950, 1, 1).toordinal() + n % 20000
-    first17 = f"330106{date.fromordinal(birth):%Y%m%d}{n % 1000:03d}"
-    return first17 + ids.citizen_id_check_char(first17)
+def populate(settings: Any, batches: list[tuple[str, int]]) -> dict[str, int]:
+    """Batches of selected cards, as ``ykt batch create`` leaves them (cards in production,
+    items selected, the card numbers from the gapless series), by bulk inserts with explicit
+    ids (PostgreSQL: COPY). Returns batch name -> id."""
+    import sqlalchemy as sa
+
+    from issuance import migrations
+    from issuance.db import make_engine, make_sessionmaker, transaction
+    from issuance.models import (
+        ApplicationChannel,
+        ApplicationStatus,
+        BatchStage,
+        CardAlgorithm,
+        CardKind,
+        CardStatus,
+        ChipAppStatus,
+    )
+    from issuance.services.common import FORMAL_CHIP_APPS, allocate_card_numbers
+
+    engine = make_engine(settings)
+    migrations.upgrade(engine)
+    factory = make_sessionmaker(engine)
+    pg = engine.dialect.name == "postgresql"
+    now = datetime(2026, 1, 5, 9, 0)
+    region = settings.issuer.region_code
+    ids: dict[str, int] = {}
+    next_id = 1
+    chunk = 50_000
+    for batch_no, (name, count) in enumerate(batches, start=1):
+        ids[name] = batch_no
+        with transaction(factory) as s:
+            s.execute(sa.text(
+                "INSERT INTO batches (id, name, status, created_at, region_code, card_count) "
+                "VALUES (:id, :name, 'open', :now, '33', :n)"),
+                {"id": batch_no, "name": name, "now": now, "n": count})  # fmt: skip
+        for start in range(0, count, chunk):
+            n = min(chunk, count - start)
+            first = next_id
+            next_id += n
+            with transaction(factory) as s:
+                numbers = allocate_card_numbers(s, n, settings.issuer.card_number_prefix)
+                rows: dict[str, tuple[list[str], list[tuple[Any, ...]]]] = {
+                    "persons": (["id", "citizen_id", "name", "sex", "birth_date", "ethnicity",
+                                 "region_code", "address", "created_at"], []),
+                    "applications": (["id", "person_id", "channel", "status", "received_at",
+                                      "decided_at", "photo_exempt", "fee_fen", "version"], []),
+                    "cards": (["id", "card_number", "kind", "status", "status_changed_at",
+                               "person_id", "application_id", "region_code", "key_version",
+                               "algorithm", "batch_id", "fee_fen", "created_at", "version"], []),
+                    "chip_applications": (["card_id", "kind", "status", "status_changed_at",
+                                           "pin_set", "version"], []),
+                    "batch_items": (["id", "batch_id", "card_id", "application_id", "stage",
+                                     "attempts", "created_at", "stage_changed_at"], []),
+                }  # fmt: skip
+                for k, (cid, number) in enumerate(zip(_citizen_ids(first, n), numbers,
+                                                      strict=True)):  # fmt: skip
+                    i = first + k
+                    birth = date(int(cid[6:10]), int(cid[10:12]), int(cid[12:14]))
+                    rows["persons"][1].append(
+                        (
+                            i,
+                            cid,
+                            NAMES[i % len(NAMES)],
+                            "12"[i % 2],
+                            birth,
+                            "01",
+                            "330106",
+                            "杭州市西湖区示例路1号",
+                            now,
+                        )
+                    )
+                    channel = (
+                        ApplicationChannel.EMPLOYER if i % 3 == 0 else ApplicationChannel.COUNTER
+                    )
+                    rows["applications"][1].append(
+                        (
+                            i,
+                            i,
+                            channel.value,
+                            ApplicationStatus.APPROVED.value,
+                            now,
+                            now,
+                            True,
+                            0,
+                            1,
+                        )
+                    )
+                    rows["cards"][1].append(
+                        (
+                            i,
+                            number,
+                            CardKind.FORMAL.value,
+                            CardStatus.IN_PRODUCTION.value,
+                            now,
+                            i,
+                            i,
+                            region,
+                            1,
+                            CardAlgorithm.DES3.value,
+                            batch_no,
+                            0,
+                            now,
+                            1,
+                        )
+                    )
+                    for kind in FORMAL_CHIP_APPS:
+                        rows["chip_applications"][1].append(
+                            (i, kind.value, ChipAppStatus.SEALED.value, now, False, 1)
+                        )
+                    rows["batch_items"][1].append((i, batch_no, i, i, BatchStage.SELECTED.value,
+                                                   0, now, now))  # fmt: skip
+                conn = s.connection()
+                for table, (cols, values) in rows.items():
+                    if pg:
+                        raw: Any = conn.connection.driver_connection
+                        sql = f"COPY {table} ({', '.join(cols)}) FROM STDIN"
+                        with raw.cursor() as cur, cur.copy(sql) as copy:
+                            for v in values:
+                                copy.write_row(v)
+                    else:
+                        conn.exec_driver_sql(
+                            f"INSERT INTO {table} ({', '.join(cols)}) VALUES "
+                            f"({', '.join('?' for _ in cols)})",
+                            values,
+                        )
+    with transaction(factory) as s:
+        if pg:
+            for table in ("persons", "applications", "cards", "chip_applications", "batch_items",
+                          "batches"):  # fmt: skip
+                s.execute(sa.text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                                  f"(SELECT max(id) FROM {table}))"))  # fmt: skip
+    with engine.connect() as conn:
+        if pg:
+            conn.exec_driver_sql("ANALYZE")
+        else:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.exec_driver_sql("ANALYZE")
+    engine.dispose()
+    return ids
 
 
-def _body(n: int) -> str:
-    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    out = ""
-    for _ in range(7):
-        n, r = divmod(n, 36)
-        out = digits[r] + out
-    return "B" + out
+# --- one measured run ---------------------------------------------------------------------------
 
 
-def sample_cards(count: int, offset: int, profile: CardProfile = PROFILE) -> Iterator[PreparedCard]:
-    """``count`` synthetic cards, their contents built one at a time (as data preparation
-    builds them from the database rows)."""
-    slots = tuple(s.slot for _, s in profile.key_specs() if s.slot is not KeySlot.KMC)
-    for n in range(offset, offset + count):
-        serial = hashlib.blake2b(n.to_bytes(8, "big"), digest_size=8).digest()
-        cic = ids.make_card_identification_code("330182", serial)
-        data = CardPersoData(
-            card_identification_code=cic,
-            card_number=ids.make_card_number(_body(n)),
-            spec_version=profile.spec_version,
-            issue_date=date(2025, 3, 1),
-            expiry_date=date(2035, 3, 1),
-            init_org_code="330100000001",
-            holder=Holder(_citizen_id(n), "王小明", "1", "01", "330106", date(1980, 5, 17)),
-            initial_pin=f"{(n * 7919) % 1_000_000:06d}",
-            medical=MedicalData("310", "330182", "1", "11", date(2024, 1, 1)),
-            pension=PensionData("1", "330182", date(2024, 1, 1), "11100"),
-            financial=FinancialData(PAN, date(2035, 3, 31), PSN, "WANG XIAOMING"),
-        )
-        yield PreparedCard(
-            card_id=n + 1,
-            chip_serial=serial.hex().upper(),
-            perso=data,
-            key_ref=CardKeyRef(cic, 1, profile.algorithm, PAN, PSN),
-            key_slots=slots,
-            profile_name=profile.name,
-        )
+@dataclass
+class Run:
+    database: str
+    output: str
+    workers: int
+    cards: int
+    seconds: float
+    raw_before: float
+    raw_after: float
+    keys_per_card: int
+    keys_counted: float
+    peak_rss_mib: float
+    stats: dict[str, Any]
+    file_bytes: int
 
-
-def _rss_kb() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
-
-
-class _InterleavedRaw:
-    """Raw derive+destroy bursts run *between* cards in the preparing process (same session,
-    same moments, so machine noise hits the limit and the measurement alike).
-
-    The raw operation is the HSM's own: ``C_DeriveKey`` (class and key type only in the
-    template) + ``C_DestroyObject`` called directly (:mod:`hsm.p11fast`), the fastest way this
-    machine can ask SoftHSM2 for derivations; python-pkcs11's ``derive_key`` (what
-    ``bench.hsm_derive`` measures) is 2-3x slower and is printed beside it, not used as the
-    limit."""
-
-    def __init__(self, config: HsmConfig, burst: int) -> None:
-        ops = p11fast.fast_ops(str(config.module))
-        if ops is None:
-            raise RuntimeError("the PKCS#11 module exports no C_DeriveKey: no raw measurement")
-        self.ops = ops
-        self.token = p11.open_token(config)
-        self.burst = burst
-        self.template = p11fast.key_template(Algorithm.DES3, minimal=True)
-        self.done = 0
-        self.seconds = 0.0
-
-    def run(self) -> None:
-        with self.token.use() as session:
-            master = p11.find_one(session, ceremony.master_label(KeySlot.IRK, Algorithm.DES3, 1))
-            sh, mh = session.handle, master.handle
-            start = time.perf_counter()
-            for i in range(self.burst):
-                factor = (self.done + i).to_bytes(8, "big")
-                data = keyscheme.diversification_data(factor, Algorithm.DES3)
-                self.ops.destroy(sh, self.ops.derive(sh, mh, Algorithm.DES3, data, self.template))
-            self.seconds += time.perf_counter() - start
-        self.done += self.burst
+    @property
+    def raw(self) -> float:
+        return (self.raw_before + self.raw_after) / 2
 
     @property
     def rate(self) -> float:
-        return self.done / self.seconds
+        return self.cards / self.seconds
+
+    @property
+    def limit(self) -> float:
+        return self.raw / self.keys_per_card
+
+    @property
+    def ratio(self) -> float:
+        return self.rate / self.limit
 
 
-def _prepare(config: HsmConfig, count: int, offset: int, out: str) -> dict[str, float]:
-    service = Pkcs11KeyService(p11.open_token(config))
-    service.public_key_pem()  # open the session before timing
-    raw = _InterleavedRaw(config, RAW_BURST)
-    samples: dict[int, int] = {}
-    paused = 0.0
+def _raw_one(conf: Any, out: Any) -> None:
+    from bench.hsm_derive import _raw
 
-    def progress(n: int) -> None:
-        nonlocal paused
-        if n % RSS_EVERY == 0 or n == count:
-            samples[n] = _rss_kb()
-        if n % RAW_EVERY == 0 or n == 1:
-            t0 = time.perf_counter()
-            raw.run()
-            paused += time.perf_counter() - t0
-
-    start = time.perf_counter()
-    info = write_bureau_file(
-        Path(out), sample_cards(count, offset), service, TRANSPORT, progress=progress
-    )
-    elapsed = time.perf_counter() - start - paused
-    # bounded memory: the peak of the second half of the run against the first half's
-    half = count // 2
-    first = max(v for n, v in samples.items() if n <= half)
-    second = max(v for n, v in samples.items() if n > half)
-    return {
-        "cards": info.count,
-        "seconds": elapsed,
-        "raw_per_s": raw.rate,
-        "bytes": Path(out).stat().st_size,
-        "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        "rss_growth_kb_per_1000": (second - first) * 1000 / max(1, count - half),
-    }
+    out.put(_raw(conf, RAW_SECONDS))
 
 
-def _pool(procs: int, target: Any, args: list[tuple[Any, ...]]) -> tuple[list[Any], float]:
+def raw_rate(settings: Any, procs: int) -> float:
+    """Raw derive+destroy/s of ``procs`` processes running together (the product's template
+    and call path)."""
+    from hsm.config import HsmConfig
+
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(procs) as pool:
+    out = ctx.Queue()
+    conf = HsmConfig.from_settings(settings)
+    ps = [ctx.Process(target=_raw_one, args=(conf, out)) for _ in range(procs)]
+    for p in ps:
+        p.start()
+    rates = [out.get() for _ in ps]
+    for p in ps:
+        p.join()
+    return float(sum(rates))
+
+
+def _product(settings: Any, output: str, batch_id: int, workers: int, path: str, out: Any) -> None:
+    """In a forked process: the product's data preparation of the batch, timed."""
+    from issuance.audit import SYSTEM_ACTOR
+    from issuance.batches.pipeline import RunOptions, runner_for
+
+    if output == "in_house":
+        with runner_for(settings, batch_id, options=RunOptions(prepare_workers=workers)) as r:
+            start = time.perf_counter()
+            n = r.prepare_all()
+            seconds = time.perf_counter() - start
+            stats = r.prep_stats
+    else:  # what ykt bureau export runs (issuance.cli_bureau.export_batch)
+        from hsm.service import key_service_from_settings
+        from issuance.batches import bulkprep
+        from issuance.db import make_engine, make_sessionmaker
+
+        keys = key_service_from_settings(settings)
+        engine = make_engine(settings)
+        req = bulkprep.PrepRequest(batch_id, SYSTEM_ACTOR, bulkprep.BUREAU, workers=workers,
+                                   transport=TRANSPORT)  # fmt: skip
         start = time.perf_counter()
-        results = pool.starmap(target, args)
-        return results, time.perf_counter() - start
+        factory = make_sessionmaker(engine)
+        _info, stats, n = bulkprep.export_to_bureau(settings, factory, keys, req, Path(path),
+                                                    f"batch {batch_id}")  # fmt: skip
+        seconds = time.perf_counter() - start
+        engine.dispose()
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    out.put({"cards": n, "seconds": seconds, "rss_kib": max(me, kids),
+             "stats": asdict(stats) if stats is not None else {}})  # fmt: skip
 
 
-def _profile_one(config: HsmConfig, count: int, out: str) -> str:
-    """cProfile of one process preparing ``count`` cards (top functions by own time)."""
-    import cProfile
-    import io
-    import pstats
+def measure(settings: Any, database: str, output: str, batch_id: int, workers: int,
+            tmp: Path, keys_per_card: int) -> Run:  # fmt: skip
+    import sqlalchemy as sa
 
-    prof = cProfile.Profile()
-    prof.enable()
-    _prepare(config, count, 5 * 10**8, out)
-    prof.disable()
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
-    return buf.getvalue()
+    from issuance.db import make_engine
+
+    before = raw_rate(settings, workers)
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    path = tmp / f"{database}-{output}-{workers}.bureau.jsonl"
+    p = ctx.Process(target=_product, args=(settings, output, batch_id, workers, str(path), out))
+    p.start()
+    result = out.get()
+    p.join()
+    if p.exitcode:
+        raise RuntimeError(f"data preparation run failed (exit {p.exitcode})")
+    after = raw_rate(settings, workers)
+    engine = make_engine(settings)
+    with engine.connect() as conn:
+        n_chips = conn.execute(sa.text("SELECT count(*) FROM blank_chips WHERE batch_id = :b"),
+                               {"b": batch_id}).scalar_one()  # fmt: skip
+    engine.dispose()
+    # what was counted: every key object the preparer derived, per card
+    counted = result["stats"]["keys_derived"] / result["cards"]
+    if output == "in_house":
+        size = sum(
+            f.stat().st_size for f in (settings.data_dir / "perso" / str(batch_id)).iterdir()
+        )
+    else:
+        size = path.stat().st_size
+        path.unlink()
+    assert n_chips == result["cards"], (n_chips, result["cards"])
+    return Run(database, output, workers, result["cards"], result["seconds"], before, after,
+               keys_per_card, counted, result["rss_kib"] / 1024, result["stats"], size)  # fmt: skip
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def _setup(settings: Any) -> None:
+    from hsm import ceremony, softhsm
+    from hsm.config import HsmConfig
+    from hsm.pkcs11 import open_token
+    from issuance.batches.stock import ensure_manufacturer_key
+    from issuance.demo import ensure_hsm
+
+    softhsm.ensure_token(HsmConfig.from_settings(settings))
+    ensure_hsm(settings)
+    ensure_manufacturer_key(settings)
+    ceremony.generate_transport_key(open_token(HsmConfig.from_settings(settings)), TRANSPORT, 2)
+
+
+def _in_child(fn: Any, *args: Any) -> None:
+    ctx = multiprocessing.get_context("fork")
+    p = ctx.Process(target=fn, args=args)
+    p.start()
+    p.join()
+    if p.exitcode:
+        raise RuntimeError(f"{fn.__name__} failed")
+
+
+def _verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def _line(r: Run) -> str:
+    return (
+        f"  {r.output:8s} {r.workers} proc: {r.cards:>9,} cards in {r.seconds:7.1f} s = "
+        f"{r.rate:7.0f} cards/s | raw {r.raw_before:7.0f}/{r.raw_after:7.0f} derive+destroy/s "
+        f"(before/after, {r.workers} proc) / {r.keys_per_card} keys = limit {r.limit:6.0f} "
+        f"cards/s | ratio {r.ratio:.3f} {_verdict(r.ratio >= 0.7)} | peak RSS "
+        f"{r.peak_rss_mib:6.1f} MiB"
+    )
 
 
 def main() -> dict[str, Any]:
-    keys = sum(1 for _ in PROFILE.key_specs())
+    from issuance.batches.dataprep import card_profile
+    from issuance.dbserver import REPORTED_SETTINGS, TemporaryPostgres
+    from issuance.settings import load_settings
+
+    print(f"load before the run: {os.getloadavg()[0]:.2f} (1-min load average; 2 cores shared "
+          "with other work: figures are noisy)")  # fmt: skip
+    runs: list[Run] = []
+    big: Run | None = None
+    figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="ykt-bench-dataprep-") as tmp:
         root = Path(tmp)
-        config = _config(root / "hsm")
-        softhsm.ensure_token(config)
-        _pool(1, _setup, [(config,)])
-        (raw_alone,), _ = _pool(1, _raw, [(config, DURATION)])
-        (one,), _ = _pool(1, _prepare, [(config, CARDS, 0, str(root / "one.jsonl"))])
-        two, wall2 = _pool(
-            2,
-            _prepare,
-            [(config, CARDS, (i + 1) * 10**8, str(root / f"two-{i}.jsonl")) for i in range(2)],
-        )
-        profile_text = ""
-        if os.environ.get("YKT_BENCH_PROFILE"):
-            (profile_text,), _ = _pool(1, _profile_one, [(config, 500, str(root / "p.jsonl"))])
-    raw1 = one["raw_per_s"]
-    raw2 = sum(r["raw_per_s"] for r in two)
-    rate1 = one["cards"] / one["seconds"]
-    rate2 = sum(r["cards"] / r["seconds"] for r in two)
-    limit1, limit2 = raw1 / keys, raw2 / keys
-    ratio1, ratio2 = rate1 / limit1, rate2 / limit2
-    best = max(rate1, rate2)
-    minutes = MILLION / best / 60
-    peak_kb = max(one["peak_rss_kb"], *(r["peak_rss_kb"] for r in two))
-    growth = max(one["rss_growth_kb_per_1000"], *(r["rss_growth_kb_per_1000"] for r in two))
-    projected_kb = peak_kb + max(0.0, growth) * (MILLION - CARDS) / 1000
-    bytes_per_card = one["bytes"] / one["cards"]
-    figures = {
-        "raw_derives_per_s_python_pkcs11": round(raw_alone),
-        "raw_derives_per_s_1proc": round(raw1),
-        "raw_derives_per_s_2proc": round(raw2),
-        "keys_per_card": keys,
-        "limit": round(limit1, 1),
-        "limit_2proc": round(limit2, 1),
-        "cards_per_s_1proc": round(rate1, 1),
-        "cards_per_s_2proc": round(rate2, 1),
-        "ratio": round(ratio1, 3),
-        "ratio_2proc": round(ratio2, 3),
-        "ratio_vs_python_pkcs11_raw": round(rate1 * keys / raw_alone, 3),
-        "cards_measured_per_process": CARDS,
-        "wall_seconds_2proc": round(wall2, 1),
-        "projected_minutes_1m_cards": round(minutes, 1),
-        "peak_rss_mib": round(peak_kb / 1024, 1),
-        "rss_growth_kib_per_1000_cards": round(growth, 1),
-        "projected_rss_mib_1m_cards": round(projected_kb / 1024, 1),
-        "bureau_file_bytes_per_card": round(bytes_per_card),
-    }
-
-    def verdict(ok: bool) -> str:
-        return "ok" if ok else "MISSED"
-
-    print(
-        f"raw HSM derive+destroy   : {raw1:8.0f} /s (1 process)  {raw2:8.0f} /s (2 processes), "
-        f"direct calls between cards; python-pkcs11 alone: {raw_alone:.0f} /s "
-        "(bench.hsm_derive._raw, reference only)"
-    )
-    print(f"keys per card (profile)  : {keys}  ({PROFILE.name}, KMC included)")
-    print(f"limit = raw / keys       : {limit1:8.1f} cards/s (1 process)  {limit2:8.1f} (2)")
-    print(
-        f"data prep, 1 process     : {rate1:8.1f} cards/s  ratio {ratio1:.3f} of the limit "
-        f"(target >= 0.70: {verdict(ratio1 >= 0.7)})"
-    )
-    print(
-        f"data prep, 2 processes   : {rate2:8.1f} cards/s  ratio {ratio2:.3f} of the 2-process "
-        f"limit (target >= 0.70: {verdict(ratio2 >= 0.7)})"
-    )
-    print(
-        f"  (reference only: vs python-pkcs11's derive rate the 1-process ratio would read "
-        f"{rate1 * keys / raw_alone:.2f}; the limit above is the HSM's own, 2-3x stricter)"
-    )
-    print(
-        f"1,000,000 cards          : {minutes:8.1f} min EXTRAPOLATED from {CARDS} cards per "
-        f"process at the best rate (target <= 15 min: {verdict(minutes <= 15)}; at ratio 1.0 "
-        f"this machine's 2-process limit would give {MILLION / limit2 / 60:.1f} min)"
-    )
-    print(
-        f"peak RSS while streaming : {peak_kb / 1024:8.1f} MiB measured, growth of the peak "
-        f"(2nd half of the run vs 1st) {growth:.1f} KiB/1000 cards -> "
-        f"{projected_kb / 1024:.1f} MiB EXTRAPOLATED to "
-        f"1,000,000 cards (target < 1024 MiB: {verdict(projected_kb < 1024 * 1024)})"
-    )
-    print(f"bureau file size         : {bytes_per_card:8.0f} bytes/card "
-          f"(~{bytes_per_card * MILLION / 2**30:.1f} GiB per 1,000,000 cards)")  # fmt: skip
-    if profile_text:
-        print(profile_text)
-    # the product's own path from the database (issue 7 asks for this one): bench.dataprep_product
-    from bench import dataprep_product
-
-    figures.update(dataprep_product.main())
+        for database in DATABASES:
+            data = root / database
+            pg: TemporaryPostgres | None = None
+            env = {"YKT_DATA_DIR": str(data)}
+            if database == "postgres":
+                pg = TemporaryPostgres(root / "pg", durable=True).__enter__()
+                env["YKT_DATABASE__URL"] = pg.url
+            try:
+                settings = load_settings(environ=env)
+                if pg is not None:
+                    shown = pg.settings_in_force()
+                    print("PostgreSQL (throwaway, durable): "
+                          + ", ".join(f"{k}={shown.get(k)}" for k in REPORTED_SETTINGS
+                                      if k in shown))  # fmt: skip
+                else:
+                    print("SQLite (file, WAL, synchronous=NORMAL): one writer; the workers' "
+                          "HSM work runs in parallel, their two short transactions per chunk "
+                          "take turns")  # fmt: skip
+                _in_child(_setup, settings)
+                profile = card_profile(settings, "3des")
+                keys = sum(1 for _ in profile.key_specs()) + 1
+                plan = [(f"{o}-{w}", CARDS) for o in OUTPUTS for w in (1, 2)]
+                if BIG and database == "postgres":
+                    plan.append(("million", MILLION))
+                t0 = time.perf_counter()
+                batch_ids = populate(settings, plan)
+                populated = time.perf_counter() - t0
+                print(f"{database}: populated {sum(n for _, n in plan):,} cards in "
+                      f"{populated:.0f} s (bulk inserts{', COPY' if pg else ''})")  # fmt: skip
+                for output in OUTPUTS:
+                    for workers in (1, 2):
+                        r = measure(settings, database, output, batch_ids[f"{output}-{workers}"],
+                                    workers, root, keys)  # fmt: skip
+                        runs.append(r)
+                        print(_line(r), flush=True)
+                if BIG and database == "postgres":
+                    big = measure(settings, database, "in_house", batch_ids["million"], 2, root,
+                                  keys)  # fmt: skip
+                    runs.append(big)
+                    print("  REAL 1,000,000-card batch:")
+                    print(_line(big), flush=True)
+            finally:
+                if pg is not None:
+                    pg.__exit__(None, None, None)
+    # summary
+    for r in runs:
+        key = f"{r.database}_{r.output}_{r.workers}p" + ("_1m" if r.cards >= MILLION else "")
+        figures[f"{key}_cards_per_s"] = round(r.rate, 1)
+        figures[f"{key}_limit"] = round(r.limit, 1)
+        figures[f"{key}_ratio"] = round(r.ratio, 3)
+        figures[f"{key}_peak_rss_mib"] = round(r.peak_rss_mib, 1)
+    first = runs[0]
+    print(f"keys per card: {first.keys_per_card} (the profile's {first.keys_per_card - 1} key "
+          f"slots, KMC included, + the chip's KLK); counted by the preparer: "
+          f"{first.keys_counted:.2f} per card")  # fmt: skip
+    small = [r for r in runs if r.cards < MILLION]
+    best = max(small, key=lambda r: r.rate)
+    minutes = MILLION / best.rate / 60
+    if big is not None:
+        print(f"1,000,000 cards: {big.seconds / 60:.1f} min MEASURED (postgres, in house, 2 "
+              f"processes; target <= 15 min: {_verdict(big.seconds <= 900)}); peak RSS "
+              f"{big.peak_rss_mib:.0f} MiB MEASURED (target < 1024 MiB: "
+              f"{_verdict(big.peak_rss_mib < 1024)})")  # fmt: skip
+        figures["million_minutes_measured"] = round(big.seconds / 60, 1)
+        figures["million_peak_rss_mib_measured"] = round(big.peak_rss_mib, 1)
+    else:
+        print(f"1,000,000 cards: {minutes:.1f} min EXTRAPOLATED from {best.cards:,} cards at the "
+              f"best rate ({best.database}, {best.output}, {best.workers} proc; target <= 15 "
+              f"min: {_verdict(minutes <= 15)}). Peak RSS of a run is bounded by the chunk, not "
+              f"the batch: {max(r.peak_rss_mib for r in small):.0f} MiB measured on "
+              f"{best.cards:,} cards (a real 1,000,000-card run: YKT_BENCH_1M=1)")  # fmt: skip
+        figures["million_minutes_extrapolated"] = round(minutes, 1)
+    one = next((r for r in runs if r.workers == 1 and r.output == "in_house"), None)
+    if one is not None and one.stats:
+        st = one.stats
+        total = st["claim_s"] + st["cards_s"] + st["file_s"] + st["commit_s"]
+        print(f"where the time goes ({one.database}, in house, 1 process, {one.cards:,} cards): "
+              f"claim+read {st['claim_s'] / total:.0%}, HSM+records+lines "
+              f"{st['cards_s'] / total:.0%}"
+              f" (the derivations alone: ~{one.cards * one.keys_per_card / one.raw / total:.0%}), "
+              f"segment write+fsync {st['file_s'] / total:.0%}, bulk commit "
+              f"{st['commit_s'] / total:.0%}")  # fmt: skip
+    sizes = {r.output: r.file_bytes / r.cards for r in small}
+    print("output size: " + ", ".join(f"{k} {v:.0f} B/card" for k, v in sizes.items()))
+    figures["keys_per_card"] = first.keys_per_card
+    figures["cards_per_run"] = CARDS
     return figures
 
 

@@ -27,8 +27,18 @@ are read from /proc and printed, with the machine's total busy time (the differe
 other processes used). ``YKT_BENCH_GEN_CPUS=1`` pins the generator with ``taskset`` (it cannot
 be kept off the server's cores on a 2-core machine; its CPU share is printed either way).
 
+The machine's floor, measured in the same run on the same database and printed beside the
+figures: :mod:`bench.floor_app` - a plain ASGI app on the same uvicorn/asyncpg stack without
+FastAPI, authentication, HSM or call log that does per flow only what a verification cannot do
+without on PostgreSQL (one card read, one durable write of the used challenge and the audit
+event) - driven by the same generator (flows/s, CPU per flow, its own hello-world), and pgbench
+running the same two statements with the same number of clients (PostgreSQL alone). The
+verification's ratio to that floor, and the target's, show how far the target is physically
+reachable on the machine.
+
 After the run, the audit events it wrote are sealed (hash chain and checkpoints, no signer) and
-the sealer's rate is printed: it has to keep up with the verification rate.
+the sealer's rate is printed: it has to keep up with the verification rate (the floor's events
+are sealed too).
 
 Targets (issue 7): >= 3,000 verifications/s, verify p99 <= 20 ms, >= 30 % of hello-world.
 Run alone: ``python -m bench.verification`` (``YKT_BENCH_SECONDS``, ``YKT_BENCH_CARDS``).
@@ -496,30 +506,88 @@ def _wrk_hello(port: int, seconds: float) -> dict[str, float] | None:
     return out or None
 
 
-def _start_server(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    """``ykt serve`` (the product's command), waited for until /healthz answers."""
+def _start_server(
+    env: dict[str, str],
+    port: int,
+    log: Path,
+    cmd: list[str] | None = None,
+    health: str = "/healthz",
+) -> subprocess.Popen[bytes]:
+    """``ykt serve`` (the product's command; or ``cmd``), waited for until ``health`` answers."""
     import httpx
 
-    ykt = Path(sys.executable).with_name("ykt")
-    cmd = [str(ykt)] if ykt.exists() else [sys.executable, "-m", "issuance.cli"]
+    if cmd is None:
+        ykt = Path(sys.executable).with_name("ykt")
+        base = [str(ykt)] if ykt.exists() else [sys.executable, "-m", "issuance.cli"]
+        cmd = [*base, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers",
+               str(WORKERS)]  # fmt: skip
     with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [*cmd, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers",
-             str(WORKERS)],
-            env=env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
     deadline = time.time() + 60
     while time.time() < deadline:
         if proc.poll() is not None:
             err = log.read_text(errors="replace")
-            raise RuntimeError(f"ykt serve exited ({proc.returncode}): {err[-2000:]}")
+            raise RuntimeError(f"{cmd[0]} exited ({proc.returncode}): {err[-2000:]}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}{health}", timeout=1).status_code == 200:
                 return proc
         except httpx.HTTPError:
             time.sleep(0.2)
     proc.terminate()
-    raise RuntimeError("the API server did not start")
+    raise RuntimeError("the server did not start")
+
+
+def _floor_cmd(port: int) -> list[str]:
+    """The floor application (:mod:`bench.floor_app`) under the same uvicorn settings as
+    ``ykt serve`` (workers, uvloop, httptools, no access log)."""
+    return [sys.executable, "-m", "uvicorn", "--factory", "bench.floor_app:app",
+            "--host", "127.0.0.1", "--port", str(port), "--workers", str(WORKERS),
+            "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+            "--log-level", "warning"]  # fmt: skip
+
+
+#: pgbench script: the floor's two statements (the product's card read and its durable
+#: used-challenge + audit-event write), one verification per transaction script run.
+_PGBENCH_SCRIPT = """\\set n random(1, {cards})
+SELECT c.id, c.card_number, c.kind, c.status, c.key_version, c.algorithm, c.expiry_date, \
+p.id, p.name, p.citizen_id, p.sex, p.birth_date, a.status FROM cards AS c \
+JOIN persons AS p ON p.id = c.person_id LEFT JOIN chip_applications AS a \
+ON a.card_id = c.id AND a.kind = 'medical' WHERE c.card_identification_code = \
+'330100D156000005' || lpad(upper(to_hex(CAST(:n AS bigint))), 16, '0');
+WITH u AS (INSERT INTO used_challenges (id) VALUES (decode(lpad(to_hex(CAST(\
+extract(epoch FROM now()) AS bigint) + 60), 8, '0') || substr(md5(CAST(random() AS text)), \
+1, 24), 'hex')) ON CONFLICT DO NOTHING RETURNING id), ev AS (INSERT INTO audit_events \
+(occurred_at, actor_staff_id, actor_name, actor_role, channel, action, entity_type, \
+entity_id, before, after, reason, details) SELECT now(), NULL, 'pgbench', 'system', \
+'system', 'card.verified', 'card', '330100D156000005' || lpad(upper(to_hex(CAST(:n AS \
+bigint))), 16, '0'), NULL, CASE WHEN u.id IS NULL THEN 'invalid' ELSE 'valid' END, NULL, \
+repeat('x', 190) FROM (VALUES (1)) AS one (x) LEFT JOIN u ON true) SELECT count(*) FROM u;
+"""
+
+
+def _pgbench(url: str, seconds: float, cards: int, spec_dir: Path) -> dict[str, float] | None:
+    """pgbench with the floor's two statements, ``CONNECTIONS`` clients (None without
+    pgbench). The CPU figure is the whole machine's during the run."""
+    exe = shutil.which("pgbench")
+    if exe is None:
+        return None
+    from issuance.db_async import dsn_from_url
+
+    script = spec_dir / "floor.pgbench"
+    script.write_text(_PGBENCH_SCRIPT.format(cards=cards).replace("\\\n", ""))
+    dsn = dsn_from_url(url)
+    base = [exe, "-n", "-M", "prepared", "-c", str(CONNECTIONS), "-j", "2", "-f", str(script)]
+    subprocess.run([*base, "-T", "1", dsn], capture_output=True, check=False)  # warm-up
+    busy0, t0 = _machine_busy(), time.perf_counter()
+    proc = subprocess.run(
+        [*base, "-T", str(max(1, round(seconds))), dsn], capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
+    busy, elapsed = _machine_busy() - busy0, time.perf_counter() - t0
+    for line in proc.stdout.splitlines():
+        if line.startswith("tps = "):
+            return {"tps": float(line.split()[2]), "machine_cores": busy / elapsed}
+    raise RuntimeError(f"pgbench failed: {proc.stdout[-500:]} {proc.stderr[-1000:]}")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -563,7 +631,10 @@ def run(
     url: str, pg: Any, data_dir: Path, token: str, cards: list[tuple[str, str]]
 ) -> dict[str, Any]:
     """Measure against a prepared database: ``cards`` are (cic, card number) of active cards
-    with an active medical application (bench.scale runs it on its 10M-card database too)."""
+    with an active medical application (bench.scale runs it on its 10M-card database too).
+    Then the machine's floor on the same database: :mod:`bench.floor_app` driven by the same
+    generator, and pgbench with its two statements."""
+    from issuance.db_async import dsn_from_url
     from issuance.dbserver import free_port
 
     spec_dir = Path(tempfile.mkdtemp(prefix="ykt-bench-spec-"))
@@ -573,19 +644,34 @@ def run(
     (spec_dir / "token").write_text(token)
     env = {**os.environ, "YKT_DATA_DIR": str(data_dir), "YKT_DATABASE__URL": url}
     env.pop("YKT_CONFIG", None)
-    port = free_port()
-    server = _start_server(env, port, spec_dir / "server.log")
+    short = max(3.0, SECONDS / 2)
     try:
-        procs = _Procs(server.pid, _postmaster_pid(pg))
-        _run_generator("verify", port, 2.0, spec_dir, procs)  # warm-up
-        _run_generator("hello", port, 1.0, spec_dir, procs)
-        verify = _run_generator("verify", port, SECONDS, spec_dir, procs)
-        hello = _run_generator("hello", port, max(3.0, SECONDS / 2), spec_dir, procs)
-        wrk = _wrk_hello(port, max(3.0, SECONDS / 2))
+        port = free_port()
+        server = _start_server(env, port, spec_dir / "server.log")
+        try:
+            procs = _Procs(server.pid, _postmaster_pid(pg))
+            _run_generator("verify", port, 2.0, spec_dir, procs)  # warm-up
+            _run_generator("hello", port, 1.0, spec_dir, procs)
+            verify = _run_generator("verify", port, SECONDS, spec_dir, procs)
+            hello = _run_generator("hello", port, short, spec_dir, procs)
+            wrk = _wrk_hello(port, short)
+        finally:
+            _stop(server)
+        port = free_port()
+        floor_env = {**env, "YKT_FLOOR_DSN": dsn_from_url(url)}
+        floor = _start_server(floor_env, port, spec_dir / "floor.log", _floor_cmd(port), "/")
+        try:
+            procs = _Procs(floor.pid, _postmaster_pid(pg))
+            _run_generator("verify", port, 2.0, spec_dir, procs)  # warm-up
+            floor_verify = _run_generator("verify", port, short, spec_dir, procs)
+            floor_hello = _run_generator("hello", port, short, spec_dir, procs)
+        finally:
+            _stop(floor)
+        pgbench = _pgbench(url, short, len(cards) if cards else 1, spec_dir)
     finally:
-        _stop(server)
         shutil.rmtree(spec_dir, ignore_errors=True)
-    return {"verify": verify, "hello": hello, "wrk": wrk}
+    return {"verify": verify, "hello": hello, "wrk": wrk, "floor_verify": floor_verify,
+            "floor_hello": floor_hello, "pgbench": pgbench}  # fmt: skip
 
 
 def report(
@@ -640,6 +726,24 @@ def report(
         "seconds": SECONDS,
         "postgres_settings": ", ".join(f"{k}={v}" for k, v in settings.items()),
     }
+    floor, floor_hello, pgb = m.get("floor_verify"), m.get("floor_hello"), m.get("pgbench")
+    if floor is not None and floor_hello is not None:
+        fps = floor["per_s"]
+        result.update({
+            "floor_flows_per_s": round(fps, 1),
+            "floor_verify_p99_ms": floor.get("verify_p99_ms"),
+            "floor_server_cpu_us_per_flow": round(floor["server_cores"] / fps * 1e6, 1)
+            if fps else None,
+            "floor_postgres_cpu_us_per_flow": round(floor["postgres_cores"] / fps * 1e6, 1)
+            if fps else None,
+            "floor_cores_other_processes": round(floor["other_cores"], 2),
+            "floor_hello_per_s": round(floor_hello["per_s"], 1),
+            "ratio_to_floor": round(per_s / fps, 3) if fps else None,
+            "target_to_floor": round(TARGET_PER_S / fps, 2) if fps else None,
+        })  # fmt: skip
+    if pgb is not None:
+        result["pgbench_floor_tps"] = round(pgb["tps"], 1)
+        result["pgbench_machine_cores"] = round(pgb["machine_cores"], 2)
     if seal is not None:
         result["audit_seal_per_s"] = round(seal["seal_per_s"], 1)
         result["audit_events_sealed"] = seal["sealed"]
@@ -676,6 +780,27 @@ def _print(r: dict[str, Any], verify: dict[str, Any]) -> None:
         f"{r['generator']}); wrk -t2 -c{r['connections']}: {r['hello_wrk_per_s']} req/s p99 "
         f"{r['hello_wrk_p99_ms']} ms"
     )
+    if "floor_flows_per_s" in r:
+        print(
+            f"machine floor, same run: bench.floor_app (plain ASGI on the same uvicorn + asyncpg,"
+            f" no FastAPI, auth, HSM or call log; per flow one card read + one durable write): "
+            f"{r['floor_flows_per_s']:.0f} flows/s, verify p99 {r['floor_verify_p99_ms']} ms, "
+            f"CPU per flow server {r['floor_server_cpu_us_per_flow']} us + PostgreSQL "
+            f"{r['floor_postgres_cpu_us_per_flow']} us (other processes "
+            f"{r['floor_cores_other_processes']} cores); its hello-world "
+            f"{r['floor_hello_per_s']:.0f} req/s"
+        )
+    if "pgbench_floor_tps" in r:
+        print(
+            f"machine floor, PostgreSQL alone: pgbench, the same two statements, "
+            f"{r['connections']} clients: {r['pgbench_floor_tps']:.0f} verifications/s "
+            f"(machine {r['pgbench_machine_cores']} cores busy)"
+        )
+    if "floor_flows_per_s" in r:
+        print(
+            f"verification = {r['ratio_to_floor']:.2f} x the floor; the {TARGET_PER_S:.0f}/s "
+            f"target = {r['target_to_floor']:.2f} x the floor"
+        )
     if "audit_seal_per_s" in r:
         print(f"audit sealer: {r['audit_seal_per_s']:.0f} events/s ({r['audit_events_sealed']})")
     print(

@@ -43,6 +43,7 @@ images are the chip manufacturer's work and are written when a station loads the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -352,6 +353,7 @@ class Preparer:
         lease_seconds: int = bi.DEFAULT_LEASE_SECONDS,
         today: date | None = None,
         transport: str | None = None,
+        bureau_file_id: str | None = None,
         sink: BureauSink | None = None,
         new_serial: Callable[[], bytes] | None = None,
         on_chunk: Callable[[int], None] | None = None,
@@ -373,10 +375,11 @@ class Preparer:
         self.owner = bi.worker_id(f"prepare-{os.getpid()}")
         self.stats = PrepStats()
         self._profiles: dict[str, _Profile] = {}
+        self.bureau_file_id = bureau_file_id
         if output == IN_HOUSE:
             self.wrapping = hsm_prep.perso_key_label(batch_id)
-        elif transport is None or sink is None:
-            raise ValueError("a bureau export needs its transport key and a sink")
+        elif transport is None or sink is None or bureau_file_id is None:
+            raise ValueError("a bureau export needs its transport key, file id and sink")
         else:
             self.wrapping = transport
         self._signer = ""
@@ -437,7 +440,8 @@ class Preparer:
 
     def _claim(self, s: Session, stages: Sequence[BatchStage]) -> list[Row]:
         ids_ = bi.claim_ids(s, self.batch_id, self.owner, stages=stages, limit=self.chunk,
-                            lease_seconds=self.lease_seconds)  # fmt: skip
+                            lease_seconds=self.lease_seconds,
+                            not_in_file=self.bureau_file_id)  # fmt: skip
         return read_rows(s, ids_) if ids_ else []
 
     def _chunk(self, ops: hsm_prep.PrepOps, rows: list[Row]) -> int:
@@ -551,12 +555,15 @@ class Preparer:
         now = utcnow()
         new = [c for c in cards if c.row.stage == S.SELECTED]
         old = [c for c in cards if c.row.stage != S.SELECTED]
+        # a bureau export marks its cards with the file while it is written (still prepared:
+        # ``at_bureau`` once the file is complete, see bureau.mark_exported)
+        in_file = {"bureau_file_id": self.bureau_file_id} if self.output == BUREAU else {}
         if old:  # bureau: prepared before, only the lease to give back
             done = s.execute(
                 sa.update(_ITEMS)
                 .where(_ITEMS.c.id.in_([c.row.item_id for c in old]),
                        _ITEMS.c.lease_owner == self.owner, _ITEMS.c.stage == str(S.PREPARED))
-                .values(lease_owner=None, lease_expires_at=None)
+                .values(lease_owner=None, lease_expires_at=None, **in_file)
             )  # fmt: skip
             if _rowcount(done) != len(old):
                 raise bi.LeaseLost(f"{len(old) - _rowcount(done)} item(s) of the chunk were "
@@ -569,7 +576,7 @@ class Preparer:
             .where(_ITEMS.c.id.in_([c.row.item_id for c in new]),
                    _ITEMS.c.lease_owner == self.owner, _ITEMS.c.stage == str(S.SELECTED))
             .values(stage=str(to), stage_changed_at=now, prepared_at=now, station=None,
-                    lease_owner=None, lease_expires_at=None)
+                    lease_owner=None, lease_expires_at=None, **in_file)
         )  # fmt: skip
         if _rowcount(done) != len(new):
             raise bi.LeaseLost(f"{len(new) - _rowcount(done)} item(s) of the chunk were taken "
@@ -665,6 +672,8 @@ class PrepRequest:
     lease_seconds: int = bi.DEFAULT_LEASE_SECONDS
     today: date | None = None
     transport: str | None = None
+    #: The bureau file being written (set by :func:`export_to_bureau`).
+    bureau_file_id: str | None = None
 
 
 def remaining(factory: sessionmaker[Session], batch_id: int, output: str) -> int:
@@ -674,10 +683,27 @@ def remaining(factory: sessionmaker[Session], batch_id: int, output: str) -> int
     return sum(counts[st] for st in stages)
 
 
+def _die_with_parent(parent: int) -> None:
+    """PR_SET_PDEATHSIG(SIGKILL) (Linux): the kernel kills this process when its parent dies."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # not Linux: the lease expiry frees the chunk
+        return
+    if os.getppid() != parent:  # the parent died before the call
+        os._exit(1)
+
+
 def _worker(
-    settings: Settings, req: PrepRequest, chunk: int, results: Any, stop: Any,
+    settings: Settings, req: PrepRequest, chunk: int, results: Any, stop: Any, parent: int,
 ) -> None:  # fmt: skip
-    """A forked worker: its own engine and HSM session (the module is loaded here)."""
+    """A forked worker: its own engine and HSM session (the module is loaded here). It dies
+    with its parent (a kill -9 of ``ykt batch prepare`` takes the workers with it: their
+    chunks in flight are void, their leases voided by the next run)."""
+    _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us between chunks
     engine: Engine | None = None
     try:
@@ -693,7 +719,8 @@ def _worker(
         preparer = Preparer(
             settings, factory, keys, req.batch_id, req.actor, output=req.output, chunk=chunk,
             lease_seconds=req.lease_seconds, today=req.today, transport=req.transport,
-            sink=sink, on_chunk=lambda n: results.put(("progress", n)), stop=stop,
+            bureau_file_id=req.bureau_file_id, sink=sink,
+            on_chunk=lambda n: results.put(("progress", n)), stop=stop,
             new_serial=stock.new_serial,
         )  # fmt: skip
         if req.output == IN_HOUSE:
@@ -738,7 +765,7 @@ def run_workers(
     finally:
         if eng is not None:
             eng.dispose()
-    procs = [ctx.Process(target=_worker, args=(settings, req, chunk, results, halt),
+    procs = [ctx.Process(target=_worker, args=(settings, req, chunk, results, halt, os.getpid()),
                          name=f"prepare-{i + 1}", daemon=True)
              for i in range(req.workers)]  # fmt: skip
     for p in procs:
@@ -821,6 +848,7 @@ def export_to_bureau(
         raise ValueError("a bureau export needs its transport key")
     progress = on_progress or (lambda n: None)
     with BureauFileWriter(output, key_service, req.transport, batch=batch_name) as writer:
+        req = dataclasses.replace(req, bureau_file_id=writer.file_id)
         if req.workers > 1:
             stats = run_workers(settings, req, on_progress=progress, on_lines=writer.add_chunk,
                                 stop=stop, factory=factory)  # fmt: skip
@@ -829,7 +857,8 @@ def export_to_bureau(
             stats = Preparer(
                 settings, factory, key_service, req.batch_id, req.actor, output=BUREAU,
                 chunk=chunk, lease_seconds=req.lease_seconds, today=req.today,
-                transport=req.transport, sink=_WriterSink(writer), on_chunk=progress, stop=stop,
+                transport=req.transport, bureau_file_id=writer.file_id, sink=_WriterSink(writer),
+                on_chunk=progress, stop=stop,
             ).run()  # fmt: skip
         if stop is not None and stop.is_set():
             raise KeyboardInterrupt

@@ -377,7 +377,9 @@ class BureauFileWriter:
         self.signer = signer_fingerprint(keys.public_key_pem())
         self._digest = hashlib.sha256()
         self._part = self.path.with_name(self.path.name + ".part")
-        self._out: IO[bytes] | None = open(self._part, "wb", buffering=_BUFFER)  # noqa: SIM115
+        # personal data: readable by this user only, like the perso file
+        fd = os.open(self._part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._out: IO[bytes] | None = os.fdopen(fd, "wb", buffering=_BUFFER)
         self.count = 0
         self._kek_no = 0
         self._kek_wrapped: bytes | None = None

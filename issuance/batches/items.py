@@ -162,8 +162,10 @@ def claim_ids(
     limit: int = 1,
     lease_seconds: int = DEFAULT_LEASE_SECONDS,
     now: datetime | None = None,
+    not_in_file: str | None = None,
 ) -> list[int]:
-    """:func:`claim` without loading the items: their ids, in id order (one statement)."""
+    """:func:`claim` without loading the items: their ids, in id order (one statement).
+    ``not_in_file``: skip items already written to this bureau file (an export running)."""
     now = now or utcnow()
     table = cast(sa.Table, BatchItem.__table__)
     wanted = [str(s) for s in stages]
@@ -175,6 +177,13 @@ def claim_ids(
             table.c.batch_id == batch_id,
             table.c.stage.in_(wanted),
             sa.or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at < now),
+            *(
+                ()
+                if not_in_file is None
+                else (
+                    sa.or_(table.c.bureau_file_id.is_(None), table.c.bureau_file_id != not_in_file),
+                )
+            ),
         )
         .order_by(priority, table.c.id)
         .limit(limit)

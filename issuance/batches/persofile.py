@@ -288,7 +288,10 @@ def _verified(path: Path, name: str, batch_id: int, public_pem: bytes) -> _Segme
         seg = _CACHE.get(name)
         if seg is not None and seg.stamp == stamp:
             _CACHE.move_to_end(name)
-            return seg
+    if seg is not None and seg.stamp == stamp:
+        if seg.header.get("batch_id") != batch_id:
+            raise PersoRecordInvalid(f"{name}: the header names another segment or batch")
+        return seg
     try:
         data = path.read_bytes()
     except OSError as exc:

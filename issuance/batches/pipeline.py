@@ -627,9 +627,7 @@ class BatchRunner:
                     prepared = self._prepare(item_id, owner, station=name)
                     self.progress.advance("prepare")
                 else:
-                    prepared, perso_ref = self._txn(
-                        lambda s: self._rebuild(s, item_id, owner)
-                    )
+                    prepared, perso_ref = self._txn(lambda s: self._rebuild(s, item_id, owner))
 
                 def encode(s: Session) -> None:
                     item = self._item(s, item_id, owner)

@@ -172,6 +172,21 @@ def assert_batch_invariants(
     }
 
 
+def bureau_blank(settings: Settings, keys: object, line: object) -> Path:
+    """The blank chip of a bureau file line, as the chip maker delivers it to the bureau (the
+    virtual stock makes blanks when they are first needed, see ``VirtualBlankStock.
+    ensure_blank``)."""
+    from cardspec.profile import get_profile
+    from hsm.service import CardKeyRef
+    from issuance.batches.stock import VirtualBlankStock
+
+    ref = CardKeyRef(line.card_identification_code, line.key_version,  # type: ignore[attr-defined]
+                     line.algorithm)  # type: ignore[attr-defined]  # fmt: skip
+    stock = VirtualBlankStock(settings, keys)  # type: ignore[arg-type]
+    return stock.ensure_blank(line.chip_serial, ref,  # type: ignore[attr-defined]
+                              get_profile(line.profile_name))  # type: ignore[attr-defined]  # fmt: skip
+
+
 def audit_details(session: Session, action: str) -> list[dict[str, object]]:
     return [json.loads(d) for d in session.scalars(
         sa.select(AuditEvent.details).where(AuditEvent.action == action))]  # fmt: skip

@@ -496,7 +496,7 @@ def test_batch_prepared_in_house_goes_to_the_bureau_and_back(
     bureau file exported from the database, the bureau (here the chip manufacturer, holding
     the ``manufacturer`` transport key) personalising those very chips, and its result file
     checked: every card made verifies in the issuer's HSM."""
-    from batch_helpers import batch_settings, hsm_root, populate
+    from batch_helpers import batch_settings, bureau_blank, hsm_root, populate
 
     from cardspec.emulator import Card as EmulatedCard
     from hsm.service import key_service_from_settings
@@ -517,15 +517,15 @@ def test_batch_prepared_in_house_goes_to_the_bureau_and_back(
             assert runner.prepare_all() == 3
         path = tmp_path / "b1.bureau.jsonl"
         factory = make_sessionmaker(engine)
-        with transaction(factory) as s:
-            info = export_batch(s, settings, keys, pop.batch_name, path, MANUFACTURER)
-        assert info.count == 3 and info.batch == pop.batch_name
+        info, moved = export_batch(settings, keys, pop.batch_name, path, MANUFACTURER,
+                                   pop.actors["demo-operator"], factory=factory)  # fmt: skip
+        assert info.count == 3 and info.batch == pop.batch_name and moved == 3
 
         transport = bytes.fromhex(manufacturer_key_path(settings).read_text().strip())
         unwrap = lambda w: aes_key_unwrap_with_padding(transport, w)  # noqa: E731
         lines = []
         for line in read_bureau_file(path, keys.public_key_pem()):
-            chip = EmulatedCard.load(settings.cards_dir / f"{line.chip_serial}.json")
+            chip = EmulatedCard.load(bureau_blank(settings, keys, line))
             reader = InProcessReader(chip)
             bureau_personalise(reader, line, BureauCardCrypto(line, unwrap))
             reader.connect()

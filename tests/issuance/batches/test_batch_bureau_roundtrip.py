@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from batch_helpers import HsmRoot, assert_batch_invariants, batch_settings, hsm_root, populate
+from batch_helpers import (
+    HsmRoot,
+    assert_batch_invariants,
+    batch_settings,
+    bureau_blank,
+    hsm_root,
+    populate,
+)
 from cli_helpers import ykt, ykt_env
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap_with_padding
 from sqlalchemy.engine import Engine
@@ -24,6 +31,7 @@ from cardspec.reader import InProcessReader
 from hsm import ceremony
 from hsm.config import HsmConfig
 from hsm.pkcs11 import open_token
+from hsm.service import key_service_from_settings
 from issuance.batches.bureau import BureauCardCrypto, bureau_personalise, read_bureau_file
 from issuance.batches.bureau_result import RESULT_FORMAT
 from issuance.db import make_engine, make_sessionmaker, transaction
@@ -102,13 +110,14 @@ def test_bureau_round_trip_down_to_card_states(
 
     # the bureau: personalises three chips from the file, spoils the fourth
     lines = list(read_bureau_file(bureau_file, pem.read_bytes()))
+    keys = key_service_from_settings(settings)
     results: list[dict[str, object]] = []
     for n, line in enumerate(lines):
         if n == 3:
             results.append({"card_id": line.card_id, "result": "spoiled",
                             "reason": "chip cracked in the embosser"})  # fmt: skip
             continue
-        chip = EmulatedCard.load(settings.cards_dir / f"{line.chip_serial}.json")
+        chip = EmulatedCard.load(bureau_blank(settings, keys, line))
         crypto = BureauCardCrypto(line, lambda w: aes_key_unwrap_with_padding(transport_key, w))
         bureau_personalise(InProcessReader(chip), line, crypto)
         assert chip.state.life_cycle is LifeCycle.SECURED
