@@ -255,6 +255,54 @@ def _raw_one(conf: Any, out: Any) -> None:
     out.put(_raw(conf, RAW_SECONDS))
 
 
+def _raw_others(conf: Any, out: Any) -> None:
+    """The other HSM calls every card needs, per second, on the same session: C_WrapKey
+    (CKM_AES_KEY_WRAP_PAD) of a card key under a session AES key, and C_EncryptInit +
+    C_Encrypt (DES3 ECB, one block) under a card key."""
+    from pkcs11 import Attribute, KeyType
+
+    from cardspec import keyscheme
+    from cardspec.keyscheme import Algorithm, KeySlot
+    from hsm import ceremony, p11fast
+    from hsm import pkcs11 as p11
+
+    token = p11.open_token(conf)
+    fast = p11fast.fast_ops(str(conf.module))
+    assert fast is not None
+    tmpl = p11fast.key_template(Algorithm.DES3, Attribute.ENCRYPT, extractable=True)
+    with token.use() as session:
+        sh = session.handle
+        master = p11.find_one(session, ceremony.master_label(KeySlot.IRK, Algorithm.DES3, 1))
+        data = keyscheme.diversification_data(bytes(8), Algorithm.DES3)
+        key = fast.derive(sh, master.handle, Algorithm.DES3, data, tmpl)
+        kek = session.generate_key(KeyType.AES, 128, template={
+            Attribute.TOKEN: False, Attribute.PRIVATE: False, Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False, **p11.capabilities(Attribute.WRAP)})  # fmt: skip
+        rates = []
+        for call in (lambda: fast.wrap_kwp(sh, kek.handle, key),
+                     lambda: fast.encrypt_ecb(sh, key, Algorithm.DES3, bytes(8))):  # fmt: skip
+            n, start = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < RAW_SECONDS / 2:
+                call()
+                n += 1
+            rates.append(n / elapsed)
+        fast.destroy(sh, key)
+        kek.destroy()
+    out.put(tuple(rates))
+
+
+def other_rates(settings: Any) -> tuple[float, float]:
+    from hsm.config import HsmConfig
+
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    p = ctx.Process(target=_raw_others, args=(HsmConfig.from_settings(settings), out))
+    p.start()
+    rates = out.get()
+    p.join()
+    return rates[0], rates[1]
+
+
 def raw_rate(settings: Any, procs: int) -> float:
     """Raw derive+destroy/s of ``procs`` processes running together (the product's template
     and call path)."""
@@ -387,6 +435,7 @@ def main() -> dict[str, Any]:
     print(f"load before the run: {os.getloadavg()[0]:.2f} (1-min load average; 2 cores shared "
           "with other work: figures are noisy)")  # fmt: skip
     runs: list[Run] = []
+    ceilings: dict[tuple[str, str], float] = {}
     big: Run | None = None
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="ykt-bench-dataprep-") as tmp:
@@ -420,6 +469,21 @@ def main() -> dict[str, Any]:
                 populated = time.perf_counter() - t0
                 print(f"{database}: populated {sum(n for _, n in plan):,} cards in "
                       f"{populated:.0f} s (bulk inserts{', COPY' if pg else ''})")  # fmt: skip
+                derive = raw_rate(settings, 1)
+                wrap, ecb = other_rates(settings)
+                # the HSM calls each card needs beyond its 12 derivations (outputs, not
+                # overhead): in house 11 wraps (10 WRITE KEY payloads under the KLK, KMC under
+                # the file KEK) + 2 encryptions (natural PIN MAC, PIN payloads); bureau 12 wraps
+                # + 12 KCVs + 2
+                for output, wraps, encs in (("in_house", 11, 2), ("bureau", 12, 14)):
+                    t_derive = keys / derive
+                    ceiling = t_derive / (t_derive + wraps / wrap + encs / ecb)
+                    ceilings[(database, output)] = ceiling
+                print(f"  HSM calls besides derivation, same run: C_WrapKey {wrap:.0f}/s, "
+                      f"C_EncryptInit+C_Encrypt {ecb:.0f}/s (derive+destroy {derive:.0f}/s): "
+                      f"even with nothing but HSM calls the ratio could reach at most "
+                      f"{ceilings[(database, 'in_house')]:.2f} in house, "
+                      f"{ceilings[(database, 'bureau')]:.2f} bureau")  # fmt: skip
                 for output in OUTPUTS:
                     for workers in (1, 2):
                         r = measure(settings, database, output, batch_ids[f"{output}-{workers}"],
@@ -475,6 +539,8 @@ def main() -> dict[str, Any]:
               f"{st['commit_s'] / total:.0%}")  # fmt: skip
     sizes = {r.output: r.file_bytes / r.cards for r in small}
     print("output size: " + ", ".join(f"{k} {v:.0f} B/card" for k, v in sizes.items()))
+    for (database, output), ceiling in ceilings.items():
+        figures[f"{database}_{output}_hsm_only_ceiling"] = round(ceiling, 3)
     figures["keys_per_card"] = first.keys_per_card
     figures["cards_per_run"] = CARDS
     return figures

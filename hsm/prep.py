@@ -229,6 +229,7 @@ class PrepOps:
         self._kek = 0
         self._generation = -1
         self._masters: dict[tuple[str, Algorithm, int], int] = {}
+        self._plans: dict[tuple[Algorithm, int, tuple[KeySlot, ...]], list[Any]] = {}
         self._in_chunk = False
 
     # chunks --------------------------------------------------------------------------------
@@ -266,6 +267,7 @@ class PrepOps:
         generation = token.generation
         if generation != self._generation:
             self._masters.clear()
+            self._plans.clear()
             self._generation = generation
             self.service.sync(generation)
         self._sh = token.session().handle
@@ -339,41 +341,56 @@ class PrepOps:
         return pin, tuple(payloads)
 
     # one card ------------------------------------------------------------------------------
+    def _plan(self, alg: Algorithm, version: int, slots: Sequence[KeySlot]) -> list[Any]:
+        """(slot, master handle, financial, template) of every card key but KMC, in profile
+        order; per key set and module initialisation (LOCK held)."""
+        key = (alg, version, tuple(slots))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = [
+                (slot, self._master(slot.value, alg, version), slot.financial,
+                 _CARD_ENC[alg] if slot is KeySlot.PUK else _CARD[alg])
+                for slot in slots if slot is not KeySlot.KMC
+            ]  # fmt: skip
+        return plan
+
     def in_house(self, ref: CardKeyRef, slots: Sequence[KeySlot], pins: PinPolicy) -> InHouseCard:
         """Every key of ``slots`` (the profile's, KMC included) and the KLK derived; the
-        outputs of the module docstring ("in house")."""
+        outputs of the module docstring ("in house"). The hot loop of data preparation: each
+        key is derived, wrapped under the KLK and destroyed at once."""
         self._check(ref, slots)
         fast, sh, alg, region = self.fast, self._sh, ref.algorithm, self.service.region_code
         version = ref.key_version
-        blocks = {False: self._blocks(ref, alg, region, False)}
-        klk = self._derive(self._master(ceremony.KLK, KLK_ALGORITHM, version), KLK_ALGORITHM,
-                           self._blocks(ref, KLK_ALGORITHM, region, False), _KLK_WRAP)  # fmt: skip
-        kmc = 0
+        plan = self._plan(alg, version, slots)
+        card = self._blocks(ref, alg, region, False)
+        emv: list[bytes] | None = None
+        derive, wrap, destroy = self._derive, fast.wrap_kwp, fast.destroy
+        klk = derive(self._master(ceremony.KLK, KLK_ALGORITHM, version), KLK_ALGORITHM,
+                     self._blocks(ref, KLK_ALGORITHM, region, False), _KLK_WRAP)  # fmt: skip
+        kmc = live = 0
+        write: dict[KeySlot, bytes] = {}
+        pin = ""
+        payloads: tuple[bytes, ...] = ()
         try:
-            kmc = self._derive(self._master(KeySlot.KMC.value, alg, version), alg, blocks[False],
-                               _CARD_ENC[alg])  # fmt: skip
-            kmc_wrapped = fast.wrap_kwp(sh, self._kek, kmc)
-            write: dict[KeySlot, bytes] = {}
-            pin = ""
-            payloads: tuple[bytes, ...] = ()
-            for slot in slots:
-                if slot is KeySlot.KMC:
-                    continue
-                data = blocks.get(slot.financial)
-                if data is None:
-                    data = blocks[True] = self._blocks(ref, alg, region, True)
-                tmpl = _CARD_ENC[alg] if slot is KeySlot.PUK else _CARD[alg]
-                key = self._derive(self._master(slot.value, alg, version), alg, data, tmpl)
-                try:
-                    write[slot] = fast.wrap_kwp(sh, klk, key)
-                    if slot is KeySlot.PUK:
-                        pin, payloads = self._pin_and_payloads(ref, key, kmc, pins)
-                finally:
-                    self._destroy(key)
+            kmc = derive(self._master(KeySlot.KMC.value, alg, version), alg, card,
+                         _CARD_ENC[alg])  # fmt: skip
+            kmc_wrapped = wrap(sh, self._kek, kmc)
+            for slot, master, financial, tmpl in plan:
+                if financial:
+                    data = emv = emv or self._blocks(ref, alg, region, True)
+                else:
+                    data = card
+                live = derive(master, alg, data, tmpl)
+                write[slot] = wrap(sh, klk, live)
+                if slot is KeySlot.PUK:
+                    pin, payloads = self._pin_and_payloads(ref, live, kmc, pins)
+                destroy(sh, live)
+                live = 0
+            self.destroyed += len(plan)
         finally:
-            if kmc:
-                self._destroy(kmc)
-            self._destroy(klk)
+            for handle in (live, kmc, klk):
+                if handle:
+                    self._destroy(handle)
         return InHouseCard(self.envelope.kek_id, kmc_wrapped, write, payloads, pin)
 
     def bureau(self, ref: CardKeyRef, slots: Sequence[KeySlot], pins: PinPolicy) -> BureauExport:

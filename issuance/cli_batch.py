@@ -225,6 +225,12 @@ def prepare(
         out.print(f"{stats.keys_derived} per-card keys derived in the HSM, {stats.chunks} "
                   f"chunk(s) in {stats.seconds:.1f} s on {workers} worker(s): "
                   f"{n / stats.seconds:.0f} cards/s")  # fmt: skip
+    if stats is not None and stats.errors:
+        for e in stats.errors:
+            err.print(f"[red]refused[/red]: {e}")
+        err.print(f"{len(stats.errors)} card(s) refused (left selected): correct their data, "
+                  f"then: ykt batch prepare {batch}")  # fmt: skip
+        raise typer.Exit(EXIT_NOT_FINISHED)
     out.print(f"next: ykt batch run {batch} (in house), or ykt bureau export {batch} "
               "--transport BUREAU -o FILE (bureau)")  # fmt: skip
 

@@ -74,13 +74,14 @@ def export_batch(
     workers: int = 1,
     chunk: int | None = None,
     progress: Callable[[int], None] | None = None,
-) -> tuple[BureauFileInfo, int]:
+) -> tuple[BureauFileInfo, int, list[str]]:
     """Data preparation of a batch for the bureau (:func:`issuance.batches.bulkprep.
     export_to_bureau`): its selected cards prepared (chips assigned) and, with its cards
     prepared before, streamed into a signed bureau file; the file is complete (renamed into
     place) before its cards move ``at_bureau`` (:func:`mark_exported`): a crash in between
-    leaves them prepared and the file unanswerable (export again). Returns the file's info
-    and the number of cards now at the bureau."""
+    leaves them prepared and the file unanswerable (export again). Returns the file's info,
+    the number of cards now at the bureau and the cards refused (their data cannot go on a
+    chip: left out, still selected)."""
     from issuance.batches import bulkprep
     from issuance.batches.selection import get_batch
     from issuance.db import make_engine, make_sessionmaker, transaction
@@ -93,9 +94,9 @@ def export_batch(
             batch_id, name = found.id, found.name
         req = bulkprep.PrepRequest(batch_id, actor, bulkprep.BUREAU, workers=workers, chunk=chunk,
                                    transport=transport)  # fmt: skip
-        info, _stats, moved = bulkprep.export_to_bureau(settings, fac, keys, req, output, name,
-                                                        on_progress=progress)  # fmt: skip
-        return info, moved
+        info, stats, moved = bulkprep.export_to_bureau(settings, fac, keys, req, output, name,
+                                                       on_progress=progress)  # fmt: skip
+        return info, moved, stats.errors
     finally:
         if engine is not None:
             engine.dispose()
@@ -143,7 +144,7 @@ def export(
     try:
         with Progress(*columns, console=err) as bar:
             task = bar.add_task("bureau file", total=total)
-            info, moved = export_batch(
+            info, moved, refused = export_batch(
                 cfg, keys, batch, output, transport, actor, workers=workers, chunk=chunk,
                 progress=lambda n: bar.advance(task, n),
             )  # fmt: skip
@@ -158,6 +159,12 @@ def export(
     out.print(f"{moved} card(s) now at the bureau (stations skip them). When the bureau's "
               "result file comes back:")  # fmt: skip
     out.print(f"  ykt bureau import RESULT --bureau-file {info.path}")
+    for e in refused:
+        err.print(f"[red]refused[/red]: {e}")
+    if refused:
+        err.print(f"{len(refused)} card(s) refused (not in the file, left selected): correct "
+                  "their data, then export them in a new file")  # fmt: skip
+        raise typer.Exit(1)
 
 
 @app.command("verify")

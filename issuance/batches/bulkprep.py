@@ -62,6 +62,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from cardspec import ids, perso, tlv
+from cardspec.errors import EncodingError, InvalidIdentifier
 from cardspec.keyscheme import KeySlot
 from cardspec.perso import CardPersoData
 from cardspec.profile import CardProfile
@@ -125,7 +126,10 @@ class RecordPlanner:
         self.profile = profile
         self.files = [(df, ef) for df, ef in profile.files()]
         self._names = {ef.name for _, ef in self.files}
-        self._memo: dict[tuple[str, str], dict[Any, bytes] | None] = {}
+        #: per EF: [element, its memo (value -> record) or None once it proved unique]
+        self._memo: dict[str, list[list[Any]]] = {
+            ef.name: [[el, {}] for el in ef.elements] for _, ef in self.files
+        }
         self._fields: dict[type, tuple[str, ...]] = {}
 
     def _asdict(self, obj: Any) -> dict[str, Any]:
@@ -136,19 +140,17 @@ class RecordPlanner:
 
     def _simple(self, ef: Any, values: dict[str, Any]) -> list[bytes]:
         out = []
-        for el in ef.elements:
+        for entry in self._memo[ef.name]:
+            el, memo = entry
             value = values.get(el.name)
-            key = (ef.name, el.name)
-            memo = self._memo.get(key, {})
             hit = memo.get(value) if memo is not None else None
             if hit is None:
                 hit = tlv.simple_encode(el.tag, el.encode(value))
                 if memo is not None:
                     if len(memo) >= self._MAX_VALUES:
-                        self._memo[key] = None
+                        entry[1] = None
                     else:
                         memo[value] = hit
-                        self._memo[key] = memo
             out.append(hit)
         return out
 
@@ -375,6 +377,7 @@ class Preparer:
         self.owner = bi.worker_id(f"prepare-{os.getpid()}")
         self.stats = PrepStats()
         self._profiles: dict[str, _Profile] = {}
+        self._refused: list[int] = []
         self.bureau_file_id = bureau_file_id
         if output == IN_HOUSE:
             self.wrapping = hsm_prep.perso_key_label(batch_id)
@@ -436,6 +439,7 @@ class Preparer:
         finally:
             self.stats.keys_derived += ops.derived
             self.stats.seconds = time.perf_counter() - start
+            self._release_refused()
         return self.stats
 
     def _claim(self, s: Session, stages: Sequence[BatchStage]) -> list[Row]:
@@ -457,49 +461,87 @@ class Preparer:
                     self.settings.data_dir, self.batch_id, rows[0].item_id, ops.envelope.label,
                     kek, self._signer,
                 )  # fmt: skip
-            for n, row in enumerate(rows):
+            checked = False
+            for row in rows:
                 prof = self._profile(row.algorithm)
-                if row.stage == S.SELECTED:
-                    version = versions.get(row.algorithm)
-                    if version is None:
-                        version = versions[row.algorithm] = self.key_service.current_key_version(
-                            prof.profile.algorithm
-                        )
-                    serial = self.new_serial()
-                    cic = ids.make_card_identification_code(row.region_code, serial)
-                    card = Prepared(row, serial.hex().upper(), cic, issue, version,
-                                    prof.profile.name)  # fmt: skip
-                else:  # already prepared (bureau export): its chip and data as recorded
-                    if row.chip_serial is None or row.card_identification_code is None:
-                        raise ConflictError(f"batch item {row.item_id} has no chip assigned")
-                    card = Prepared(row, row.chip_serial, row.card_identification_code,
-                                    row.issue_date or issue, row.key_version,
-                                    prof.profile.name)  # fmt: skip
-                ref = CardKeyRef(card.cic, card.key_version, prof.profile.algorithm,
-                                 pan=dataprep.bank_pan(row.card.id), psn="00")  # fmt: skip
-                if writer is not None:
-                    line = self._in_house_line(ops, prof, card, ref, writer.count + 1, n == 0)
-                    offset = writer.add(line)
-                    card = Prepared(**{**card.__dict__, "perso_file": writer.name,
-                                       "perso_offset": offset})  # fmt: skip
-                else:
-                    entries.append(self._bureau_entry(ops, prof, card, ref, n == 0))
-                out.append(card)
+                try:
+                    built = self._card(ops, prof, row, issue, versions, writer, entries,
+                                       not checked)  # fmt: skip
+                except (InvalidIdentifier, EncodingError) as exc:
+                    self._refuse(row, exc)
+                    continue
+                checked = True
+                out.append(built)
         t1 = time.perf_counter()
         self.stats.cards_s += t1 - t0
-        if writer is not None:
+        if writer is not None and writer.count:
             writer.finish(self.key_service.sign(writer.statement()))
-        elif self.sink is not None:
+        elif self.sink is not None and entries:
             self.sink.put(kek, entries)
         t2 = time.perf_counter()
         self.stats.file_s += t2 - t1
-        self._txn(lambda s: self._commit(s, out))
+        if out:
+            self._txn(lambda s: self._commit(s, out))
         self.stats.commit_s += time.perf_counter() - t2
         new = sum(1 for c in out if c.row.stage == S.SELECTED)
         self.stats.prepared += new
         if self.output == BUREAU:
             self.stats.exported += len(out)
         return len(out)
+
+    def _refuse(self, row: Row, exc: Exception) -> None:
+        """A card whose data cannot go on a chip (the whole card refused, with the reason:
+        nothing written for it). It stays selected, leased to this worker until the run ends
+        (so no worker takes it again meanwhile), then released: fix the data, prepare again."""
+        self._refused.append(row.item_id)
+        message = f"card {row.card.card_number}: {exc}"
+        self.stats.errors.append(message)
+        log.warning("data preparation refused %s", message)
+
+    def _release_refused(self) -> None:
+        if not self._refused:
+            return
+        refused = list(self._refused)
+
+        def go(s: Session) -> None:
+            s.execute(sa.update(_ITEMS)
+                      .where(_ITEMS.c.id.in_(refused), _ITEMS.c.lease_owner == self.owner)
+                      .values(lease_owner=None, lease_expires_at=None))  # fmt: skip
+
+        self._txn(go)
+        self._refused.clear()
+
+    def _card(
+        self, ops: hsm_prep.PrepOps, prof: _Profile, row: Row, issue: date,
+        versions: dict[str, int], writer: persofile.SegmentWriter | None,
+        entries: list[tuple[int, int, str, bytes]], check: bool,
+    ) -> Prepared:  # fmt: skip
+        """One card of the chunk: its chip, its HSM work, its line (in the segment or the
+        bureau entries)."""
+        if row.stage == S.SELECTED:
+            version = versions.get(row.algorithm)
+            if version is None:
+                version = versions[row.algorithm] = self.key_service.current_key_version(
+                    prof.profile.algorithm
+                )
+            serial = self.new_serial()
+            cic = ids.make_card_identification_code(row.region_code, serial)
+            card = Prepared(row, serial.hex().upper(), cic, issue, version,
+                            prof.profile.name)  # fmt: skip
+        else:  # already prepared (bureau export): its chip and data as recorded
+            if row.chip_serial is None or row.card_identification_code is None:
+                raise ConflictError(f"batch item {row.item_id} has no chip assigned")
+            card = Prepared(row, row.chip_serial, row.card_identification_code,
+                            row.issue_date or issue, row.key_version,
+                            prof.profile.name)  # fmt: skip
+        ref = CardKeyRef(card.cic, card.key_version, prof.profile.algorithm,
+                         pan=dataprep.bank_pan(row.card.id), psn="00")  # fmt: skip
+        if writer is not None:
+            line = self._in_house_line(ops, prof, card, ref, writer.count + 1, check)
+            offset = writer.add(line)
+            return dataclasses.replace(card, perso_file=writer.name, perso_offset=offset)
+        entries.append(self._bureau_entry(ops, prof, card, ref, check))
+        return card
 
     def _perso(
         self, prof: _Profile, card: Prepared, pin: str, check: bool
@@ -571,45 +613,73 @@ class Preparer:
         if not new:
             return
         to = bi.ITEM_TRANSITIONS[(S.SELECTED, "prepare")]
+        new_ids = [c.row.item_id for c in new]
+        issue = {c.issue_date for c in new}
+        assert len(issue) == 1, "one issue date per chunk"
         done = s.execute(
             sa.update(_ITEMS)
-            .where(_ITEMS.c.id.in_([c.row.item_id for c in new]),
+            .where(_ITEMS.c.id.in_(new_ids),
                    _ITEMS.c.lease_owner == self.owner, _ITEMS.c.stage == str(S.SELECTED))
             .values(stage=str(to), stage_changed_at=now, prepared_at=now, station=None,
-                    lease_owner=None, lease_expires_at=None, **in_file)
+                    issue_date=issue.pop(), lease_owner=None, lease_expires_at=None, **in_file)
         )  # fmt: skip
         if _rowcount(done) != len(new):
             raise bi.LeaseLost(f"{len(new) - _rowcount(done)} item(s) of the chunk were taken "
                                "over by another worker")  # fmt: skip
-        s.execute(
-            sa.update(_ITEMS).where(_ITEMS.c.id == sa.bindparam("b_id"))
-            .values(chip_serial=sa.bindparam("b_serial"), issue_date=sa.bindparam("b_issue")),
-            [{"b_id": c.row.item_id, "b_serial": c.chip_serial, "b_issue": c.issue_date}
-             for c in new],
+        conn = s.connection()
+        at = _bind(conn, sa.DateTime(), now)
+        _insert_rows(conn, _CHIPS, (
+            "chip_serial", "batch_id", "item_id", "card_id", "status", "created_at", "perso_file",
+            "perso_offset",
+        ), [(c.chip_serial, self.batch_id, c.row.item_id, c.row.card.id, str(ChipStatus.ASSIGNED),
+             at, c.perso_file, c.perso_offset) for c in new])  # fmt: skip
+        # the chip serial onto the items, the card identification code (region + marker +
+        # serial, as ids.make_card_identification_code) onto the cards, from the rows above
+        chip = (
+            sa.select(_CHIPS.c.chip_serial).where(_CHIPS.c.item_id == _ITEMS.c.id)
+            .order_by(_CHIPS.c.id.desc()).limit(1).scalar_subquery()
         )  # fmt: skip
-        s.execute(
-            sa.update(_CARDS).where(_CARDS.c.id == sa.bindparam("b_id"))
-            .values(card_identification_code=sa.bindparam("b_cic"),
-                    key_version=sa.bindparam("b_version"), version=_CARDS.c.version + 1),
-            [{"b_id": c.row.card.id, "b_cic": c.cic, "b_version": c.key_version} for c in new],
+        s.execute(sa.update(_ITEMS).where(_ITEMS.c.id.in_(new_ids)).values(chip_serial=chip))
+        serial = (
+            sa.select(_ITEMS.c.chip_serial).where(_ITEMS.c.card_id == _CARDS.c.id)
+            .scalar_subquery()
         )  # fmt: skip
-        s.execute(
-            sa.insert(_CHIPS),
-            [{"chip_serial": c.chip_serial, "batch_id": self.batch_id, "item_id": c.row.item_id,
-              "card_id": c.row.card.id, "status": str(ChipStatus.ASSIGNED), "station": None,
-              "created_at": now, "perso_file": c.perso_file, "perso_offset": c.perso_offset}
-             for c in new],
-        )  # fmt: skip
-        s.execute(
-            sa.insert(_EVENTS),
-            [audit.event_row(
-                self.actor, "batch_item.prepare", "batch_item", c.row.item_id,
-                before=str(S.SELECTED), after=str(to), occurred_at=now,
-                details={"batch_id": self.batch_id, "card_id": c.row.card.id,
-                         "chip_serial": c.chip_serial, "profile": c.profile_name,
-                         "output": self.output, "perso_file": c.perso_file},
-             ) for c in new],
-        )  # fmt: skip
+        for version in {c.key_version for c in new}:
+            card_ids = [c.row.card.id for c in new if c.key_version == version]
+            s.execute(
+                sa.update(_CARDS).where(_CARDS.c.id.in_(card_ids))
+                .values(card_identification_code=_CARDS.c.region_code + ids.CARD_ID_MARKER
+                        + serial, key_version=version, version=_CARDS.c.version + 1)
+            )  # fmt: skip
+        events = [audit.event_row(
+            self.actor, "batch_item.prepare", "batch_item", c.row.item_id,
+            before=str(S.SELECTED), after=str(to), occurred_at=now,
+            details={"batch_id": self.batch_id, "card_id": c.row.card.id,
+                     "chip_serial": c.chip_serial, "profile": c.profile_name,
+                     "output": self.output, "perso_file": c.perso_file},
+        ) for c in new]  # fmt: skip
+        cols = audit.EVENT_COLUMNS
+        _insert_rows(conn, _EVENTS, cols, [
+            tuple(at if col == "occurred_at" else e[col] for col in cols) for e in events
+        ])  # fmt: skip
+
+
+def _bind(conn: sa.Connection, type_: Any, value: Any) -> Any:
+    """``value`` as the driver takes it for a column of ``type_`` (SQLite stores datetimes as
+    text in SQLAlchemy's format)."""
+    proc = type_.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    return proc(value) if proc is not None else value
+
+
+def _insert_rows(
+    conn: sa.Connection, table: sa.Table, cols: Sequence[str], rows: list[tuple[Any, ...]]
+) -> None:
+    """One driver-level ``executemany`` INSERT (no per-row work in SQLAlchemy: the values are
+    already what the driver takes; the hot path of a million-card batch)."""
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES "
+           f"({', '.join(mark for _ in cols)})")  # fmt: skip
+    conn.exec_driver_sql(sql, rows)
 
 
 class _Capture:

@@ -18,9 +18,13 @@ Choices (marked CHOICE, easy to change):
   region, insured since the approval date); the insurance systems update them later with the
   files' update keys.
 
-The per-card keys are not in the PreparedCard: the stations derive them in the HSM while the
-script runs (``key_service.card_crypto(prepared.key_ref)``), the bureau file exports them
-wrapped.
+The per-card keys are not in the PreparedCard. Data preparation of a batch
+(:mod:`issuance.batches.bulkprep`) derives every one of them in the HSM and writes them, with
+the records and PIN setup, into the batch's perso file (:mod:`issuance.batches.persofile`) or
+the bureau file; this module is its card-level part (the card's data, the natural PIN) and the
+card-by-card path used at a station that prepares just in time (a card requeued after a spoiled
+chip, stock that binds at the station), where the keys are derived while the script runs
+(``key_service.card_crypto(prepared.key_ref)``).
 """
 
 from __future__ import annotations
@@ -91,15 +95,14 @@ def _card_profile(alg: Algorithm, pin_tries: int) -> CardProfile:
         return register_profile(prof)
 
 
+_LUHN_DOUBLED = {str(d): (2 * d if d < 5 else 2 * d - 9) for d in range(10)}
+_LUHN_PLAIN = {str(d): d for d in range(10)}
+
+
 def luhn_digit(body: str) -> str:
-    total = 0
-    for i, ch in enumerate(reversed(body)):
-        d = int(ch)
-        if i % 2 == 0:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
+    """The Luhn check digit of ``body`` (ISO/IEC 7812-1 Annex B)."""
+    rev = body[::-1]
+    total = sum(_LUHN_DOUBLED[c] for c in rev[0::2]) + sum(_LUHN_PLAIN[c] for c in rev[1::2])
     return str((10 - total % 10) % 10)
 
 

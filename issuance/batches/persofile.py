@@ -152,6 +152,23 @@ class PersoRecord:
         return {k.slot: k.payload for k in self.keys}
 
 
+_QUOTED: dict[str, str] = {}
+
+
+def _str(value: str) -> str:
+    """``json.dumps(value, ensure_ascii=False)``, without its per-call cost for the plain
+    ASCII identifiers a card line is made of."""
+    quoted = _QUOTED.get(value)
+    if quoted is None:
+        if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+            quoted = f'"{value}"'
+        else:
+            quoted = json.dumps(value, ensure_ascii=False)
+        if len(_QUOTED) < 4096 and len(value) <= 12:  # profile names, slots, DF/EF names
+            _QUOTED[value] = quoted
+    return quoted
+
+
 def card_line(
     seq: int,
     *,
@@ -168,21 +185,29 @@ def card_line(
     keys: Sequence[tuple[str, int, bytes]],
     pins: Sequence[tuple[str, str, int, bytes]],
 ) -> bytes:
-    """One card line (see the module docstring)."""
-    return _dumps(
-        {
-            "type": "card", "seq": seq, "item_id": item_id, "card_id": card_id,
-            "chip_serial": chip_serial, "cic": cic, "card_number": card_number,
-            "profile": profile, "algorithm": algorithm, "key_version": key_version,
-            "files": [{"df": df, "ef": ef, "sfi": sfi, "records": [r.hex() for r in recs]}
-                      for df, ef, sfi, recs in files],
-            "kmc": kmc_wrapped.hex(),
-            "keys": [{"slot": slot, "key_id": key_id, "payload": payload.hex()}
-                     for slot, key_id, payload in keys],
-            "pins": [{"name": name, "df": df, "ref": ref, "payload": payload.hex()}
-                     for name, df, ref, payload in pins],
-        }
-    )  # fmt: skip
+    """One card line (see the module docstring), built directly as text: the same JSON as
+    ``json.dumps`` of the object, a few times faster (a line per card, millions per batch)."""
+    f = ",".join(
+        f'{{"df":{_str(df)},"ef":{_str(ef)},"sfi":{sfi:d},"records":['
+        + ",".join(f'"{r.hex()}"' for r in recs)
+        + "]}"
+        for df, ef, sfi, recs in files
+    )
+    k = ",".join(
+        f'{{"slot":{_str(slot)},"key_id":{key_id:d},"payload":"{payload.hex()}"}}'
+        for slot, key_id, payload in keys
+    )
+    p = ",".join(
+        f'{{"name":{_str(name)},"df":{_str(df)},"ref":{ref:d},"payload":"{payload.hex()}"}}'
+        for name, df, ref, payload in pins
+    )
+    return (
+        f'{{"type":"card","seq":{seq:d},"item_id":{item_id:d},"card_id":{card_id:d},'
+        f'"chip_serial":{_str(chip_serial)},"cic":{_str(cic)},'
+        f'"card_number":{_str(card_number)},"profile":{_str(profile)},'
+        f'"algorithm":{_str(algorithm)},"key_version":{key_version:d},"files":[{f}],'
+        f'"kmc":"{kmc_wrapped.hex()}","keys":[{k}],"pins":[{p}]}}\n'
+    ).encode()
 
 
 # --- writer -----------------------------------------------------------------------------------

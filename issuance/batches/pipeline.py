@@ -360,6 +360,8 @@ class BatchRunner:
         )  # fmt: skip
         self.prep_stats = stats
         self.summary.prepared += stats.prepared
+        for e in stats.errors:
+            self.progress.note(f"data preparation refused {e}")
         return stats.prepared
 
     def _prepare_card_by_card(self) -> int:
@@ -453,7 +455,10 @@ class BatchRunner:
         return self.summary
 
     def _finish(self) -> None:
+        produced: list[bool] = []
+
         def go(s: Session) -> tuple[int, int, list[FailedCard]]:
+            produced.clear()
             counts = bi.stage_counts(s, self.batch_id)
             remaining = sum(counts[st] for st in bi.IN_PRODUCTION)
             unfinished = sum(counts[st] for st in bi.UNFINISHED)
@@ -461,6 +466,7 @@ class BatchRunner:
             assert batch is not None
             if unfinished == 0 and batch.status in ("open", "in_production"):
                 batch.status, batch.completed_at = "produced", utcnow()
+                produced.append(True)
             failed = [
                 FailedCard(number, attempts, error)
                 for number, attempts, error in s.execute(
@@ -474,6 +480,24 @@ class BatchRunner:
             return remaining, counts[BatchStage.AT_BUREAU], failed
 
         self.summary.remaining, self.summary.at_bureau, self.summary.failed_cards = self._txn(go)
+        if produced:
+            self._retire_perso_file()
+
+    def _retire_perso_file(self) -> None:
+        """The batch is produced: its perso key is destroyed in the HSM and its perso file
+        removed (nothing may personalise from it any more; a card sent back to production
+        later is prepared again under a new key)."""
+        from hsm.prep import destroy_perso_key, perso_key_label
+        from hsm.service import Pkcs11KeyService
+
+        try:
+            if isinstance(self.key_service, Pkcs11KeyService):
+                destroy_perso_key(self.key_service, perso_key_label(self.batch_id))
+            persofile.remove_batch_files(self.settings.data_dir, self.batch_id)
+        except (HsmError, OSError) as exc:  # the batch is done either way: say so, go on
+            log.warning("batch %s: perso file not retired: %s", self.batch_name, exc)
+            self.progress.note(f"perso file of batch {self.batch_name} not retired ({exc}): "
+                               "remove <data_dir>/perso/<batch id> by hand")  # fmt: skip
 
     def _claim(self, s: Session, owner: str) -> list[int]:
         stages = (BatchStage.SELECTED,) if binds_at_station(self.stock) else bi.READY

@@ -1,12 +1,13 @@
 """A prepared card: the complete personalisation script input for one card.
 
-Data preparation produces one :class:`PreparedCard` per card of a batch. Two consumers:
-
-* in-house personalisation (``issuance.batches`` stations): ``perso.personalise(reader,
-  key_service.card_crypto(prepared.key_ref), prepared.perso, profile)``: the per-card keys are
-  derived inside the HSM while the script runs;
-* the bureau file (``issuance.batches.bureau``): the same data with the per-card keys exported
-  from the HSM wrapped under the bureau's transport key.
+What the database says a card is (rebuilt from its rows, :func:`issuance.batches.dataprep.
+prepared_for_item`): what the stations print and what quality control checks the chip
+against. Its personalisation script is made by data preparation (:mod:`issuance.batches.
+bulkprep`): the batch's perso file for the stations (every per-card key derived in the HSM
+there, :mod:`issuance.batches.persofile`), or the bureau file. A card prepared just in time at
+a station (no perso record) is personalised from this object, ``perso.personalise(reader,
+key_service.card_crypto(prepared.key_ref), prepared.perso, profile)``, the keys derived in the
+HSM while the script runs; :func:`issuance.batches.bureau.write_bureau_file` takes these too.
 """
 
 from __future__ import annotations

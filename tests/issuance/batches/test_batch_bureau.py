@@ -517,7 +517,7 @@ def test_batch_prepared_in_house_goes_to_the_bureau_and_back(
             assert runner.prepare_all() == 3
         path = tmp_path / "b1.bureau.jsonl"
         factory = make_sessionmaker(engine)
-        info, moved = export_batch(settings, keys, pop.batch_name, path, MANUFACTURER,
+        info, moved, _refused = export_batch(settings, keys, pop.batch_name, path, MANUFACTURER,
                                    pop.actors["demo-operator"], factory=factory)  # fmt: skip
         assert info.count == 3 and info.batch == pop.batch_name and moved == 3
 

@@ -36,6 +36,7 @@ from cardspec.emulator import Card as EmulatedCard
 from cardspec.keyscheme import KeySlot
 from cardspec.profile import get_profile
 from cardspec.reader import InProcessReader
+from hsm import pkcs11 as p11
 from hsm.prep import RecordCrypto, perso_key_label
 from hsm.service import Pkcs11KeyService, key_service_from_settings
 from issuance import audit
@@ -264,6 +265,12 @@ def test_stations_run_the_perso_file_and_derive_keys_for_a_refused_record(
     same_segment = {c.card_id for c in chips if c.perso_file == chips[0].perso_file}
     assert {cid for cid, rec in used.items() if not rec} == same_segment
     assert len(used) == 4 and sum(used.values()) == 4 - len(same_segment)
+    # the batch is produced: its perso key is gone from the HSM, its perso file removed
+    assert not (settings.data_dir / "perso" / str(pop.batch_id)).exists()
+    keys = key_service_from_settings(settings)
+    assert isinstance(keys, Pkcs11KeyService)
+    with keys.token.use() as session:
+        assert not p11.exists(session, perso_key_label(pop.batch_id))
 
 
 def test_a_lost_lease_changes_nothing(env: tuple[Settings, Engine]) -> None:
@@ -363,7 +370,7 @@ def test_two_workers_export_a_bureau_file_the_bureau_can_use(
     assert preparer.run().prepared == 5
     before = {i.card_id: i.chip_serial for i in _items(engine, pop.batch_id) if i.chip_serial}
     path = tmp_path / "bx.bureau.jsonl"
-    info, moved = export_batch(settings, keys, pop.batch_name, path, MANUFACTURER,
+    info, moved, _refused = export_batch(settings, keys, pop.batch_name, path, MANUFACTURER,
                                pop.actors["demo-operator"], factory=factory, workers=2,
                                chunk=4)  # fmt: skip
     assert info.count == 24 and moved == 24
@@ -404,3 +411,56 @@ def test_two_workers_export_a_bureau_file_the_bureau_can_use(
                      pop.actors["demo-operator"], factory=factory)  # fmt: skip
     assert not (tmp_path / "again.jsonl").exists()
     assert not (tmp_path / "again.jsonl.part").exists()
+
+
+def test_a_card_whose_data_cannot_go_on_a_chip_is_refused_alone(
+    env: tuple[Settings, Engine],
+) -> None:
+    """One holder's name has a character outside GBK (EF06 cannot hold it): that card is
+    refused with the reason and left selected (no chip, no lease); the others are prepared."""
+    settings, engine = env
+    pop = populate(engine, settings, 4, name="bad")
+    factory = make_sessionmaker(engine)
+    from issuance.models import Person
+
+    with transaction(factory) as s:
+        item = s.scalars(sa.select(BatchItem).where(BatchItem.batch_id == pop.batch_id)
+                         .order_by(BatchItem.id)).first()  # fmt: skip
+        assert item is not None
+        card = s.get(Card, item.card_id)
+        assert card is not None
+        person = s.get(Person, card.person_id)
+        assert person is not None
+        person.name = "王\U0001f600"
+        bad_id, bad_number = item.id, card.card_number
+    with runner_for(settings, pop.batch_id, engine=engine) as runner:
+        assert runner.prepare_all() == 3
+        stats = runner.prep_stats
+    assert stats is not None and len(stats.errors) == 1
+    assert stats.errors[0].startswith(f"card {bad_number}:") and "王" not in stats.errors[0]
+    items = {i.id: i for i in _items(engine, pop.batch_id)}
+    assert items[bad_id].stage == BatchStage.SELECTED and items[bad_id].lease_owner is None
+    assert {i.stage for k, i in items.items() if k != bad_id} == {BatchStage.PREPARED}
+    assert len(assert_prepared_once(settings, engine, pop.batch_id)) == 3
+
+
+def test_card_lines_are_the_json_of_the_format() -> None:
+    """The hand-built card line is byte for byte ``json.dumps`` of the documented object."""
+    files = [("MF/SSSE", "EF05", 5, [b"\x01\x02", b"\xff"]), ("MF/SSSE", "EF06", 6, [])]
+    line = persofile.card_line(
+        3, item_id=7, card_id=42, chip_serial="AB12", cic="330100D156000005AB12",
+        card_number="B0000001X", profile="ssc2-3des", algorithm="3des", key_version=1,
+        files=files, kmc_wrapped=bytes(24), keys=[("dmk", 1, b"\x01" * 24)],
+        pins=[("ss", "MF/SSSE", 0, b"\x02" * 8), ("bank", "MF/\"FIN\"", 1, b"\x03")],
+    )  # fmt: skip
+    expected = {
+        "type": "card", "seq": 3, "item_id": 7, "card_id": 42, "chip_serial": "AB12",
+        "cic": "330100D156000005AB12", "card_number": "B0000001X", "profile": "ssc2-3des",
+        "algorithm": "3des", "key_version": 1,
+        "files": [{"df": "MF/SSSE", "ef": "EF05", "sfi": 5, "records": ["0102", "ff"]},
+                  {"df": "MF/SSSE", "ef": "EF06", "sfi": 6, "records": []}],
+        "kmc": "00" * 24, "keys": [{"slot": "dmk", "key_id": 1, "payload": "01" * 24}],
+        "pins": [{"name": "ss", "df": "MF/SSSE", "ref": 0, "payload": "02" * 8},
+                 {"name": "bank", "df": "MF/\"FIN\"", "ref": 1, "payload": "03"}],
+    }  # fmt: skip
+    assert line == json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
