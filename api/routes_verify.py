@@ -52,7 +52,7 @@ async def hello() -> Hello:
     "/v1/oauth/token",
     response_model=TokenOut,
     tags=["auth"],
-    responses=responses(401, 422, 429),
+    responses=responses(400, 401, 422, 429),
 )
 async def token(
     request: Request,
@@ -99,7 +99,7 @@ async def token(
     "/v1/verifications/challenge",
     response_model=ChallengeOut,
     tags=["verification"],
-    responses=responses(401, 403, 429),
+    responses=responses(400, 401, 403, 429),
 )
 async def challenge(
     request: Request, principal: Annotated[Principal, Depends(need("verify"))]
@@ -145,7 +145,7 @@ def json_bytes_response(body: bytes) -> Response:
     response_model=VerificationOut,
     response_model_exclude_none=True,
     tags=["verification"],
-    responses=responses(401, 403, 422, 429, 503),
+    responses=responses(400, 401, 403, 422, 429, 503),
 )
 async def verify(
     body: VerificationIn,
@@ -283,7 +283,7 @@ _FEED_DOC = {
     "/v1/status-feed",
     tags=["status feed"],
     response_class=StreamingResponse,
-    responses={**_FEED_DOC, **responses(401, 403, 422, 429, 503)},  # type: ignore[dict-item]
+    responses={**_FEED_DOC, **responses(400, 401, 403, 422, 429, 503)},  # type: ignore[dict-item]
 )
 async def feed(
     request: Request,

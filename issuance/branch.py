@@ -14,9 +14,7 @@ Chosen by ``[readers] backend`` like the encoding stations:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,13 +31,9 @@ def card_image(settings: Settings, card_identification_code: str) -> Path:
     return path
 
 
-def _run_dir(settings: Settings) -> Path:
-    """A private directory for the desk's virtual stack (short enough for unix sockets)."""
-    where = settings.run_dir / f"branch-{os.getpid()}"
-    if len(str((where / "pcscd" / "pcscd.comm").resolve()).encode()) <= 100:
-        return where
-    tag = hashlib.sha256(str(settings.run_dir.resolve()).encode()).hexdigest()[:10]
-    return Path(tempfile.gettempdir()) / f"ykt-{tag}" / f"branch-{os.getpid()}"
+def _log_dir(settings: Settings) -> Path:
+    """The desk's virtual stack logs (under the data directory)."""
+    return settings.run_dir / f"branch-{os.getpid()}"
 
 
 @contextlib.contextmanager
@@ -57,9 +51,10 @@ def open_branch_reader(
     from cardspec.pcsc import PcscReader
 
     if backend == "virtual":
-        from cardspec.virtual import VirtualReaderStack
+        from cardspec.virtual import VirtualReaderStack, short_run_dir
 
-        with VirtualReaderStack(_run_dir(settings), 1) as stack:
+        logs = _log_dir(settings)
+        with VirtualReaderStack(short_run_dir(logs), 1, log_dir=logs) as stack:
             stack.insert(0, card_image(settings, card_identification_code))
             reader = PcscReader(stack.reader_name(0), csock=stack.csock)
             try:

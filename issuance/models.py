@@ -318,7 +318,8 @@ class BatchItem(Base):
     ``FOR UPDATE SKIP LOCKED`` on PostgreSQL)."""
 
     __tablename__ = "batch_items"
-    __table_args__ = (sa.Index("ix_batch_items_batch_stage", "batch_id", "stage"),)
+    #: (batch, stage, id): claims are index range scans in id order (migration 0010)
+    __table_args__ = (sa.Index("ix_batch_items_batch_stage", "batch_id", "stage", "id"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     batch_id: Mapped[int] = mapped_column(sa.ForeignKey("batches.id"))
     card_id: Mapped[int] = mapped_column(sa.ForeignKey("cards.id"), unique=True)

@@ -32,9 +32,7 @@ the printer's feeder puts the cards (:class:`PresenceFeeder`, which waits at mos
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -465,18 +463,19 @@ def _face_problems(
     return problems
 
 
-def stations_run_dir(settings: Settings, pid: int) -> Path:
-    """Where the virtual reader stack of the worker process ``pid`` keeps its sockets.
+def stations_log_dir(settings: Settings, pid: int) -> Path:
+    """Where the virtual reader stack of the worker process ``pid`` writes its logs (always
+    under the data directory)."""
+    return settings.run_dir / f"stations-{pid}"
 
-    Under the data directory when the socket paths fit a unix socket address (108 bytes);
-    otherwise (a deep data directory) a short directory in the system temp dir, named after
-    the data directory's hash so that two data directories never share one."""
-    where = settings.run_dir / f"stations-{pid}"
-    longest = where / "pcscd" / "pcscd.comm"
-    if len(str(longest.resolve()).encode()) <= 100:
-        return where
-    tag = hashlib.sha256(str(settings.run_dir.resolve()).encode()).hexdigest()[:10]
-    return Path(tempfile.gettempdir()) / f"ykt-{tag}" / f"stations-{pid}"
+
+def stations_run_dir(settings: Settings, pid: int) -> Path:
+    """Where the virtual reader stack of the worker process ``pid`` keeps its sockets: its log
+    directory when the socket paths fit a unix socket address, else a short directory in the
+    system temp dir (:func:`cardspec.virtual.short_run_dir`)."""
+    from cardspec.virtual import short_run_dir
+
+    return short_run_dir(stations_log_dir(settings, pid))
 
 
 @contextlib.contextmanager
@@ -494,7 +493,8 @@ def open_stations(
         from cardspec.virtual import VirtualReaderStack
 
         where = run_dir or stations_run_dir(settings, os.getpid())
-        with VirtualReaderStack(where, count) as stack:
+        logs = run_dir or stations_log_dir(settings, os.getpid())
+        with VirtualReaderStack(where, count, log_dir=logs) as stack:
             stations = [
                 EncodingStation(
                     f"station-{slot + 1}",

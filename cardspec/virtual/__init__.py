@@ -9,7 +9,7 @@ pcscd (own network + mount namespace), driven like real PC/SC readers.
 
 from __future__ import annotations
 
-from cardspec.virtual.layout import MAX_READERS, StackLayout
+from cardspec.virtual.layout import MAX_READERS, StackLayout, short_run_dir
 from cardspec.virtual.pcscd import (
     DEFAULT_CARD_FACTORY,
     SlotStatus,
@@ -29,4 +29,5 @@ __all__ = [
     "VirtualReaderStack",
     "VpcdControl",
     "VpcdSlot",
+    "short_run_dir",
 ]

@@ -7,7 +7,9 @@
       pcscd/                   bind-mounted over /run/pcscd inside the namespace
       pcscd/pcscd.comm         the client socket: PCSCLITE_CSOCK_NAME for clients outside
       control.sock             the card server's control socket (JSON lines)
-      pcscd.log, server.log    logs
+      pcscd.log, server.log    logs (in LOG_DIR instead when one is given: a deep data
+                               directory keeps its logs while the sockets live in a short
+                               directory, see :func:`short_run_dir`)
 
 Slot ``i`` is served on TCP port ``35963 + i`` inside the namespace; its reader is named
 ``"Virtual PCD {i // 2} 00 {i % 2:02X}"`` (pcscd appends two hex bytes to the entry's
@@ -16,7 +18,9 @@ Slot ``i`` is served on TCP port ``35963 + i`` inside the namespace; its reader 
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +34,22 @@ MAX_READERS = 16
 _MAX_SOCKET_PATH = 107
 
 
+def short_run_dir(preferred: Path) -> Path:
+    """``preferred`` when pcscd's client socket under it fits a unix socket address; otherwise
+    (a deep data directory) a short directory in the system temp dir named after the hash of
+    ``preferred``, so that two data directories never share one."""
+    if len(str((preferred / "pcscd" / "pcscd.comm").resolve()).encode()) <= 100:
+        return preferred
+    tag = hashlib.sha256(str(preferred.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"ykt-{tag}"
+
+
 @dataclass(frozen=True)
 class StackLayout:
     run_dir: Path
     readers: int
+    #: where pcscd.log and server.log go (default: run_dir)
+    log_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.readers <= MAX_READERS:
@@ -68,11 +84,11 @@ class StackLayout:
 
     @property
     def pcscd_log(self) -> Path:
-        return self.run_dir / "pcscd.log"
+        return (self.log_dir or self.run_dir) / "pcscd.log"
 
     @property
     def server_log(self) -> Path:
-        return self.run_dir / "server.log"
+        return (self.log_dir or self.run_dir) / "server.log"
 
     def port(self, slot: int) -> int:
         return FIRST_PORT + slot

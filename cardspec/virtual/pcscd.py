@@ -121,7 +121,8 @@ class VirtualReaderStack:
     ``card_factory`` is ``"module:callable"``: called in the card server process with an image
     path, it returns a :class:`cardspec.reader.CardHandler` (default: the emulator's
     ``Card.load``). ``python_path`` entries are added to the server's ``PYTHONPATH`` (for
-    factories outside the project packages, e.g. in tests).
+    factories outside the project packages, e.g. in tests). ``log_dir``: where pcscd.log and
+    server.log are written (default ``run_dir``).
     """
 
     def __init__(
@@ -134,8 +135,11 @@ class VirtualReaderStack:
         startup_timeout: float = 15.0,
         pcscd: Path = PCSCD,
         driver: Path = VPCD_DRIVER,
+        log_dir: Path | None = None,
     ) -> None:
-        self.layout = StackLayout(Path(run_dir).resolve(), readers)
+        self.layout = StackLayout(
+            Path(run_dir).resolve(), readers, Path(log_dir).resolve() if log_dir else None
+        )
         self.card_factory = card_factory
         self.python_path = [Path(p).resolve() for p in python_path]
         self.startup_timeout = startup_timeout
@@ -228,6 +232,8 @@ class VirtualReaderStack:
             else:
                 raise VirtualReaderError(f"a stack is already running in {self.run_dir}")
         self.layout.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.layout.log_dir is not None:
+            self.layout.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.layout.write_config(self.driver)
         except (ValueError, FileNotFoundError) as exc:
