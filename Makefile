@@ -13,6 +13,7 @@ test:
 
 lint: setup
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	.venv/bin/mypy issuance hsm cardspec api printers
 
 bench: setup

@@ -23,7 +23,20 @@ from types import TracebackType
 
 from issuance.errors import ConfigError
 
-PG_BIN = Path(os.environ.get("YKT_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _pg_bin() -> Path:
+    """Where initdb and pg_ctl are: ``$YKT_PG_BIN``, else the newest Debian/Ubuntu
+    ``/usr/lib/postgresql/<major>/bin`` (12 on Ubuntu 22.04's, 15 on Debian 12's, 16 on
+    Ubuntu 24.04's package)."""
+    if os.environ.get("YKT_PG_BIN"):
+        return Path(os.environ["YKT_PG_BIN"])
+    found = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "initdb").exists()]
+    if not found:
+        return Path("/usr/lib/postgresql/15/bin")
+    return max(found, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+
+
+PG_BIN = _pg_bin()
 PG_USER = "app"
 #: Server settings of a throwaway test cluster: nothing survives a crash (nothing needs to).
 UNSAFE_FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
