@@ -117,16 +117,14 @@ def _targets(results: dict[str, dict[str, Any] | str]) -> list[str]:
     lines = ["## Targets", "", "| target | measured | limit | verdict | note |"]
     lines.append("|---|---|---|---|---|")
     for label, bench, key, op, threshold, note in TARGETS:
-        figures = results.get(bench)
-        if not isinstance(figures, dict) or key not in figures:
+        measured = results.get(bench)
+        if not isinstance(measured, dict) or not isinstance(measured.get(key), int | float):
             continue
-        figures = dict(figures)
-        if "postgres_in_house_2p_cards_per_s" in figures:
-            rate = figures["postgres_in_house_2p_cards_per_s"]
+        value: float = measured[key]
+        figures = {k: v if isinstance(v, str) else _fmt(v) for k, v in measured.items()}
+        if "postgres_in_house_2p_cards_per_s" in measured:
+            rate = measured["postgres_in_house_2p_cards_per_s"]
             figures["million_minutes_postgres"] = f"{1_000_000 / rate / 60:.1f}"
-        for k, v in list(figures.items()):
-            figures[k] = _fmt(v) if not isinstance(v, str) else v
-        value = results[bench][key]  # type: ignore[index]
         ok = {">=": value >= threshold, "<=": value <= threshold, "<": value < threshold}[op]
         verdict = "info" if threshold == 0 else ("ok" if ok else "MISSED")
         limit = "" if threshold == 0 else f"{op} {_fmt(threshold)}"
