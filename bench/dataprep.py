@@ -31,7 +31,8 @@ preparer counts every key object it derives); limit = raw / keys. Ratio = cards/
 work (KMC unwrapped, secure-channel MACs).
 
 Sizes: ``YKT_BENCH_DATAPREP_CARDS`` cards per run (default 6000); ``YKT_BENCH_1M=1`` adds a real
-1,000,000-card batch (PostgreSQL, in house, 2 workers; ~20 minutes with its population), whose
+1,000,000-card batch (PostgreSQL, in house, 2 workers or ``YKT_BENCH_1M_WORKERS``; ~20 minutes
+with its population), whose
 figures are printed as MEASURED; otherwise every 1,000,000-card figure is EXTRAPOLATED and says
 so. ``YKT_BENCH_DATAPREP_DB=sqlite`` or ``postgres`` runs one database only. Run alone:
 ``python -m bench.dataprep``. The machine is shared: say what else ran (``uptime``).
@@ -53,6 +54,10 @@ from typing import Any
 MILLION = 1_000_000
 CARDS = int(os.environ.get("YKT_BENCH_DATAPREP_CARDS", "6000"))
 BIG = os.environ.get("YKT_BENCH_1M", "") not in ("", "0")
+#: worker processes of the runs (``YKT_BENCH_DATAPREP_WORKERS``, e.g. "1,2,3") and of the
+#: 1,000,000-card run (``YKT_BENCH_1M_WORKERS``)
+WORKERS = [int(w) for w in os.environ.get("YKT_BENCH_DATAPREP_WORKERS", "1,2").split(",") if w]
+BIG_WORKERS = int(os.environ.get("YKT_BENCH_1M_WORKERS", "2"))
 DATABASES = [d for d in os.environ.get("YKT_BENCH_DATAPREP_DB", "postgres,sqlite").split(",") if d]
 OUTPUTS = ("in_house", "bureau")
 TRANSPORT = "bench-bureau"
@@ -461,7 +466,7 @@ def main() -> dict[str, Any]:
                 _in_child(_setup, settings)
                 profile = card_profile(settings, "3des")
                 keys = sum(1 for _ in profile.key_specs()) + 1
-                plan = [(f"{o}-{w}", CARDS) for o in OUTPUTS for w in (1, 2)]
+                plan = [(f"{o}-{w}", CARDS) for o in OUTPUTS for w in WORKERS]
                 if BIG and database == "postgres":
                     plan.append(("million", MILLION))
                 t0 = time.perf_counter()
@@ -485,14 +490,14 @@ def main() -> dict[str, Any]:
                       f"{ceilings[(database, 'in_house')]:.2f} in house, "
                       f"{ceilings[(database, 'bureau')]:.2f} bureau")  # fmt: skip
                 for output in OUTPUTS:
-                    for workers in (1, 2):
+                    for workers in WORKERS:
                         r = measure(settings, database, output, batch_ids[f"{output}-{workers}"],
                                     workers, root, keys)  # fmt: skip
                         runs.append(r)
                         print(_line(r), flush=True)
                 if BIG and database == "postgres":
-                    big = measure(settings, database, "in_house", batch_ids["million"], 2, root,
-                                  keys)  # fmt: skip
+                    big = measure(settings, database, "in_house", batch_ids["million"],
+                                  BIG_WORKERS, root, keys)  # fmt: skip
                     runs.append(big)
                     print("  REAL 1,000,000-card batch:")
                     print(_line(big), flush=True)
@@ -514,8 +519,9 @@ def main() -> dict[str, Any]:
     best = max(small, key=lambda r: r.rate)
     minutes = MILLION / best.rate / 60
     if big is not None:
-        print(f"1,000,000 cards: {big.seconds / 60:.1f} min MEASURED (postgres, in house, 2 "
-              f"processes; target <= 15 min: {_verdict(big.seconds <= 900)}); peak RSS "
+        print(f"1,000,000 cards: {big.seconds / 60:.1f} min MEASURED (postgres, in house, "
+              f"{big.workers} processes; target <= 15 min: {_verdict(big.seconds <= 900)}); "
+              "peak RSS "
               f"{big.peak_rss_mib:.0f} MiB MEASURED (target < 1024 MiB: "
               f"{_verdict(big.peak_rss_mib < 1024)})")  # fmt: skip
         figures["million_minutes_measured"] = round(big.seconds / 60, 1)

@@ -429,22 +429,34 @@ class BatchRunner:
                 feed_timeout=feed,
             ) as stations:  # fmt: skip
                 self.summary.stations = len(stations)
+                # Each station says it is done with an Event: the main thread waits on those,
+                # never in Thread.join, because a KeyboardInterrupt (Ctrl-C, or SIGTERM from the
+                # CLI) raised inside a timed join can mark a running thread as stopped (CPython
+                # 3.11's _wait_for_tstate_lock, bpo-45274) and the stations would then be closed
+                # under a card still being made.
+                done = [threading.Event() for _ in stations]
+
+                def loop(station: Any, finished: threading.Event) -> None:
+                    try:
+                        self._station_loop(station)
+                    finally:
+                        finished.set()
+
                 threads = [
-                    threading.Thread(target=self._station_loop, args=(st,), name=st.name,
-                                     daemon=True)
-                    for st in stations
+                    threading.Thread(target=loop, args=(st, ev), name=st.name, daemon=True)
+                    for st, ev in zip(stations, done, strict=True)
                 ]  # fmt: skip
                 for t in threads:
                     t.start()
                 try:
-                    while any(t.is_alive() for t in threads):
-                        for t in threads:
-                            t.join(0.2)
+                    while not all(ev.is_set() for ev in done):
+                        for ev in done:
+                            ev.wait(0.2)
                 except KeyboardInterrupt:
                     self.stop.set()
                     self.progress.note("stopping: the stations finish the card in hand")
-                    for t in threads:
-                        t.join()
+                    for ev in done:
+                        ev.wait()
         self.summary.seconds = time.perf_counter() - start
         self._finish()
         if self.stop.is_set() and self.summary.remaining and not self.summary.errors:

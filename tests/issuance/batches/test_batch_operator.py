@@ -137,7 +137,7 @@ def test_an_interrupted_run_says_how_to_resume(
     assert f"Resume with:\n  ykt batch resume {pop.batch_name}" in err
     with transaction(factory) as s:  # the card in hand was finished, nothing left in a station
         counts = bi.stage_counts(s, pop.batch_id)
-        assert not any(counts[st] for st in bi.IN_STATION)
+        assert not any(counts[st] for st in bi.IN_STATION), (counts, err[-3000:])
         assert 1 <= counts[BatchStage.CHECKED] < 12
     done = ykt(shell, "batch", "resume", pop.batch_name, "--readers", "2")
     assert done.returncode == 0, done.stdout + done.stderr
