@@ -127,6 +127,7 @@ from cardspec.reader import Reader
 from hsm.errors import SignatureInvalid
 from hsm.export import BureauExport, FileKek
 from hsm.service import BureauExporter, CardKeyRef, KeyService, verify_signature
+from issuance.batches.persofile import RecordFile
 from issuance.batches.prepared import PreparedCard
 from issuance.errors import IntegrityError, ValidationError
 
@@ -178,14 +179,6 @@ class BureauFileInfo:
 
 
 @dataclass(frozen=True)
-class BureauFileRecords:
-    df: str
-    ef: str
-    sfi: int
-    records: tuple[bytes, ...] = field(repr=False)
-
-
-@dataclass(frozen=True)
 class BureauKey:
     slot: KeySlot
     df: str
@@ -234,7 +227,7 @@ class BureauCard:
     profile_name: str
     algorithm: Algorithm
     key_version: int
-    files: tuple[BureauFileRecords, ...] = field(repr=False)
+    files: tuple[RecordFile, ...] = field(repr=False)
     keys: tuple[BureauKey, ...] = field(repr=False)
     pins: tuple[BureauPin, ...] = field(repr=False)
     klk: BureauKlk = field(repr=False, default=BureauKlk(b"", b""))
@@ -678,7 +671,7 @@ def _card(obj: dict[str, Any], line: int, keks: Mapping[int, BureauKek]) -> Bure
             algorithm=Algorithm(obj["algorithm"]),
             key_version=int(obj["key_version"]),
             files=tuple(
-                BureauFileRecords(
+                RecordFile(
                     str(f["df"]),
                     str(f["ef"]),
                     int(f["sfi"]),

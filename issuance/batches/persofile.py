@@ -105,6 +105,8 @@ def _statement(segment: str, batch_id: int, count: int, digest: str) -> bytes:
 
 @dataclass(frozen=True)
 class RecordFile:
+    """One EF's records, as a perso record and a bureau file card carry them."""
+
     df: str
     ef: str
     sfi: int
