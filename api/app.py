@@ -28,6 +28,7 @@ from hsm.service import KeyService
 from issuance.db import make_engine, make_sessionmaker
 from issuance.db_async import AsyncPgPool, dsn_from_url
 from issuance.services.credentials import Principal
+from issuance.services.verification import VerificationStore
 from issuance.settings import Settings
 
 log = logging.getLogger("api")
@@ -65,6 +66,7 @@ def create_app(
     ctx = ApiContext(settings, engine, make_sessionmaker(engine), HsmRunner(key_service_factory))
     if engine.dialect.name == "postgresql":
         ctx.pg = AsyncPgPool(dsn_from_url(engine.url), PG_POOL)
+        ctx.verifications = VerificationStore(ctx.pg)
     if photo_processor is not None:
         ctx.extra["photo_processor"] = photo_processor
 

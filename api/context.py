@@ -27,7 +27,7 @@ from hsm.internal_auth import challenge_key
 from hsm.service import KeyService
 from issuance.db import transaction
 from issuance.db_async import AsyncPgPool
-from issuance.services.verification import ChallengeCodec
+from issuance.services.verification import ChallengeCodec, VerificationStore
 from issuance.settings import Settings
 
 T = TypeVar("T")
@@ -163,6 +163,8 @@ class ApiContext:
     hsm: HsmRunner
     #: PostgreSQL: the asyncio pool of the hot paths (verification); None on SQLite
     pg: AsyncPgPool | None = None
+    #: PostgreSQL: the verifications' grouped statements on ``pg``; None on SQLite
+    verifications: VerificationStore | None = None
     public_key_pem: bytes | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     #: the stateless challenges' codec, its key derived in the HSM at first use

@@ -188,7 +188,7 @@ async def run_verification(ctx: ApiContext, principal: Principal, body: Verifica
                 with_photo=body.include_photo,
             )  # fmt: skip
 
-    if ctx.pg is None:
+    if ctx.verifications is None:
         v = await run_in_threadpool(work)
     else:
 
@@ -199,7 +199,7 @@ async def run_verification(ctx: ApiContext, principal: Principal, body: Verifica
             return await run_in_threadpool(work)
 
         v = await verification.verify_card_async(
-            ctx.pg, challenge_id=body.challenge_id.lower(),
+            ctx.verifications, challenge_id=body.challenge_id.lower(),
             credential_id=principal.credential_id,
             card_identification_code=body.card_identification_code,
             card_number=body.card_number, response=response, application=body.application,

@@ -10,7 +10,9 @@ the flow the way :mod:`bench.verification`'s load generator expects:
   application (the product's own query), and one durable write that records the challenge as
   used and inserts the audit event (the product's own statement shape: ``used_challenges`` +
   ``audit_events`` in one data-modifying CTE, committed with ``synchronous_commit`` on) - and
-  ``{"valid":true}``.
+  ``{"valid":true}``. Both go through the product's grouping
+  (:class:`issuance.services.verification.VerificationStore`): the flows in flight together
+  share their statements, as in the product.
 
 The cryptogram is not checked and nobody is authenticated: this is a measuring stick, never a
 service. Run by :mod:`bench.verification` only (``uvicorn --factory bench.floor_app:app``, with
@@ -27,7 +29,7 @@ from typing import Any
 
 from issuance.db_async import AsyncPgPool
 from issuance.models import utcnow
-from issuance.services.verification import SQL_LOOKUP, SQL_USE_AND_AUDIT
+from issuance.services.verification import VerificationStore
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -39,6 +41,7 @@ _HEADERS = [(b"content-type", b"application/json")]
 class FloorApp:
     def __init__(self, dsn: str, pool_size: int) -> None:
         self.pool = AsyncPgPool(dsn, pool_size)  # the product's pool
+        self.store = VerificationStore(self.pool)  # and its grouped statements
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -68,12 +71,12 @@ class FloorApp:
     async def _verify(self, req: dict[str, Any]) -> bytes:
         now = utcnow()
         cid, kind = req["card_identification_code"], req["application"]
-        row = await self.pool.run(lambda conn: conn.fetchrow(SQL_LOOKUP, cid, kind))
+        row = await self.store.lookup(cid, kind)
         details = json.dumps({"card_number": req["card_number"], "valid": row is not None})
         args = [bytes.fromhex(req["challenge_id"]), now, None, "floor", "agency", "api",
                 "card.verified", "card", cid, None, "valid", None, details, "invalid",
                 details]  # fmt: skip
-        await self.pool.run(lambda conn: conn.fetchval(SQL_USE_AND_AUDIT, *args))
+        await self.store.use_and_audit(args)
         return b'{"valid":true}'
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

@@ -25,14 +25,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import asyncpg
 import sqlalchemy as sa
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741 - an item of a Coalescer
+R = TypeVar("R")
 
 #: What asyncpg raises when the server cannot be reached or the connection broke.
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -202,3 +205,97 @@ async def _close_quietly(conn: asyncpg.Connection) -> None:
     except Exception:  # closing a broken connection
         log.debug("closing a database connection failed", exc_info=True)
         conn.terminate()
+
+
+@dataclass
+class _Gathering(Generic[I, R]):
+    pending: list[tuple[I, asyncio.Future[R]]] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+
+class Coalescer(Generic[I, R]):
+    """Group execution: ``await coalescer(item)`` returns ``item``'s result of one call of
+    ``write(items)``, which handles every item submitted meanwhile in one statement (one round
+    trip, one commit for all of them).
+
+    The items given during one iteration of the event loop, or while the previous batch was
+    being written, make the next batch (at most ``max_batch`` items; a batch starts as soon as
+    the previous one is done, so nobody waits for a timer). ``write`` returns one result per
+    item, in order; if it raises, every caller of that batch gets the exception. An item whose
+    ``key`` is already in the batch being made waits for the next one (so a statement never
+    sees two items with the same key, e.g. the same primary key twice). A caller that is
+    cancelled meanwhile leaves its item in the batch: written, its result dropped. Per event
+    loop (the futures belong to it)."""
+
+    def __init__(
+        self,
+        write: Callable[[list[I]], Awaitable[Sequence[R]]],
+        *,
+        max_batch: int = 256,
+        key: Callable[[I], Hashable] | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._write = write
+        self.max_batch = max_batch
+        self._key = key
+        self._loops: dict[asyncio.AbstractEventLoop, _Gathering[I, R]] = {}
+        #: batches written and items in them (figures for tests and benchmarks)
+        self.batches = 0
+        self.items = 0
+
+    async def __call__(self, item: I) -> R:
+        loop = asyncio.get_running_loop()
+        g = self._loops.get(loop)
+        if g is None:
+            g = self._loops[loop] = _Gathering()
+        fut: asyncio.Future[R] = loop.create_future()
+        g.pending.append((item, fut))
+        if g.task is None:
+            g.task = loop.create_task(self._drain(loop, g))
+        return await fut
+
+    def _take(self, g: _Gathering[I, R]) -> list[tuple[I, asyncio.Future[R]]]:
+        if self._key is None and len(g.pending) <= self.max_batch:
+            batch, g.pending = g.pending, []
+            return batch
+        batch, rest, seen = [], [], set()
+        for entry in g.pending:
+            k = None if self._key is None else self._key(entry[0])
+            if len(batch) >= self.max_batch or (k is not None and k in seen):
+                rest.append(entry)
+            else:
+                seen.add(k)
+                batch.append(entry)
+        g.pending = rest
+        return batch
+
+    async def _drain(self, loop: asyncio.AbstractEventLoop, g: _Gathering[I, R]) -> None:
+        try:
+            while g.pending:
+                batch = self._take(g)
+                self.batches += 1
+                self.items += len(batch)
+                try:
+                    results = await self._write([item for item, _ in batch])
+                    if len(results) != len(batch):
+                        raise RuntimeError(
+                            f"a batch of {len(batch)} items gave {len(results)} results"
+                        )
+                except BaseException as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    for (_, fut), result in zip(batch, results, strict=True):
+                        if not fut.done():
+                            fut.set_result(result)
+        finally:  # normally nothing is left; after a cancellation nobody may wait forever
+            g.task = None
+            left, g.pending = g.pending, []
+            for _, fut in left:
+                if not fut.done():
+                    fut.set_exception(DatabaseUnavailable("the batch writer stopped"))
+            self._loops.pop(loop, None)
