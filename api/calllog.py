@@ -25,7 +25,6 @@ the handler marks the request (:func:`mark_recorded`) and the middleware does no
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -37,6 +36,7 @@ import sqlalchemy as sa
 from starlette.concurrency import run_in_threadpool
 
 from api.context import ApiContext
+from issuance.db_async import Coalescer
 from issuance.models import ApiCall, utcnow
 
 log = logging.getLogger("api.calls")
@@ -92,34 +92,20 @@ _PG_INSERT = (
 
 
 class CallRecorder:
-    """Group commit of call records: :meth:`record` returns once its record is committed."""
+    """Group commit of call records: :meth:`record` returns once its record is committed
+    (the records of the calls in flight together share one statement:
+    :class:`issuance.db_async.Coalescer`)."""
 
     def __init__(self, ctx: ApiContext) -> None:
         self._ctx = ctx
-        self._pending: list[tuple[CallRecord, asyncio.Future[None]]] = []
-        self._writing = False
+        self._group: Coalescer[CallRecord, None] = Coalescer(self._write_all, max_batch=512)
 
     async def record(self, rec: CallRecord) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((rec, fut))
-        if not self._writing:
-            self._writing = True
-            try:
-                while self._pending:
-                    batch, self._pending = self._pending, []
-                    try:
-                        await self._write([r for r, _ in batch])
-                    except Exception as exc:  # every waiter of the batch learns it
-                        for _, f in batch:
-                            if not f.done():
-                                f.set_exception(exc)
-                    else:
-                        for _, f in batch:
-                            if not f.done():
-                                f.set_result(None)
-            finally:
-                self._writing = False
-        await fut
+        await self._group(rec)
+
+    async def _write_all(self, records: list[CallRecord]) -> list[None]:
+        await self._write(records)
+        return [None] * len(records)
 
     async def _write(self, records: list[CallRecord]) -> None:
         pool = self._ctx.pg
