@@ -62,7 +62,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from cardspec import ids, perso, tlv
-from cardspec.errors import EncodingError, InvalidIdentifier
+from cardspec.errors import EncodingError, InvalidIdentifier, ProfileError
 from cardspec.keyscheme import KeySlot
 from cardspec.perso import CardPersoData
 from cardspec.profile import CardProfile
@@ -126,9 +126,14 @@ class RecordPlanner:
         self.profile = profile
         self.files = [(df, ef) for df, ef in profile.files()]
         self._names = {ef.name for _, ef in self.files}
-        #: per EF: [element, its memo (value -> record) or None once it proved unique]
+        #: per EF: [element, its memo (value -> encoding) or None once it proved unique]
         self._memo: dict[str, list[list[Any]]] = {
             ef.name: [[el, {}] for el in ef.elements] for _, ef in self.files
+        }
+        self._elements = {ef.name: frozenset(e.name for e in ef.elements) for _, ef in self.files}
+        self._required = {
+            ef.name: frozenset(e.name for e in ef.elements if not e.optional)
+            for _, ef in self.files
         }
         self._fields: dict[type, tuple[str, ...]] = {}
 
@@ -138,46 +143,81 @@ class RecordPlanner:
             names = self._fields[type(obj)] = tuple(f.name for f in fields(obj))
         return {n: getattr(obj, n) for n in names}
 
+    def _encoded(self, entry: list[Any], value: Any, simple: bool) -> bytes:
+        """The element's SIMPLE-TLV (``simple``) or BER-TLV of ``value``, remembered."""
+        el, memo = entry
+        hit = memo.get(value) if memo is not None else None
+        if hit is None:
+            raw = el.encode(value)
+            hit = tlv.simple_encode(el.tag, raw) if simple else tlv.encode(el.tag, raw)
+            if memo is not None:
+                if len(memo) >= self._MAX_VALUES:
+                    entry[1] = None
+                else:
+                    memo[value] = hit
+        return cast(bytes, hit)
+
     def _simple(self, ef: Any, values: dict[str, Any]) -> list[bytes]:
         out = []
         for entry in self._memo[ef.name]:
-            el, memo = entry
-            value = values.get(el.name)
-            hit = memo.get(value) if memo is not None else None
-            if hit is None:
-                hit = tlv.simple_encode(el.tag, el.encode(value))
-                if memo is not None:
-                    if len(memo) >= self._MAX_VALUES:
-                        entry[1] = None
-                    else:
-                        memo[value] = hit
-            out.append(hit)
+            value = values.get(entry[0].name)
+            hit = entry[1].get(value) if entry[1] is not None else None
+            out.append(hit if hit is not None else self._encoded(entry, value, True))
         return out
 
+    def _emv(self, ef: Any, values: dict[str, Any]) -> list[bytes]:
+        """:func:`~cardspec.profile.model.encode_records` of an EMV template record, each
+        element's BER-TLV remembered."""
+        parts = []
+        for entry in self._memo[ef.name]:
+            el = entry[0]
+            value = values.get(el.name)
+            if el.optional and value in (None, ""):
+                continue
+            parts.append(self._encoded(entry, value, False))
+        record = tlv.encode(0x70, b"".join(parts))
+        if len(record) > ef.record_size:
+            raise EncodingError(ef.name, f"record of {len(record)} bytes exceeds {ef.record_size}")
+        return [record]
+
     def plan(self, data: CardPersoData) -> dict[str, list[bytes]]:
+        if data.extra:  # extra applications: the general path
+            return perso.plan_records(data, self.profile)
         holder = self._asdict(data.holder)
         if not data.holder.name_extension:
             holder["name"], holder["name_extension"] = split_name(data.holder.name)
-        values: dict[str, dict[str, Any] | None] = {
+        values: dict[str, dict[str, Any]] = {
             "EF05": self._asdict(data.card_identification()),
             "EF06": holder,
-            "EF15": self._asdict(data.medical) if data.medical is not None else None,
-            "EF16": self._asdict(data.pension) if data.pension is not None else None,
-            "SFI01": self._asdict(data.financial) if data.financial is not None else None,
         }
-        if data.extra:  # extra applications: the general path
-            return perso.plan_records(data, self.profile)
+        for name, part in (("EF15", data.medical), ("EF16", data.pension),
+                           ("SFI01", data.financial)):  # fmt: skip
+            if part is not None:
+                values[name] = self._asdict(part)
+        return self.plan_values(values)
+
+    def plan_values(self, values: dict[str, dict[str, Any]]) -> dict[str, list[bytes]]:
+        """The records of the profile's files from their element values (EF name -> element
+        name -> value, as :func:`issuance.batches.dataprep.perso_values` gives them)."""
         out: dict[str, list[bytes]] = {}
         for _, ef in self.files:
-            vals = values.get(ef.name)
+            name = ef.name
+            vals = values.get(name)
             if vals is None:
-                if ef.name == "SFI01" and ef.name in self._names:
-                    return perso.plan_records(data, self.profile)  # raises the profile's error
+                if name == "SFI01":
+                    raise ProfileError(
+                        f"profile {self.profile.name} has a financial application: give "
+                        "financial data or use a profile without it"
+                    )
                 continue
-            if ef.layout is RecordLayout.SIMPLE_TLV and set(vals) <= {e.name for e in ef.elements}:
-                out[ef.name] = self._simple(ef, vals)
+            known = vals.keys() <= self._elements[name]
+            if ef.layout is RecordLayout.SIMPLE_TLV and known:
+                out[name] = self._simple(ef, vals)
+            elif (ef.layout is RecordLayout.EMV_TEMPLATE and known
+                  and self._required[name] <= vals.keys()):  # fmt: skip
+                out[name] = self._emv(ef, vals)
             else:
-                out[ef.name] = encode_records(ef, vals)
+                out[name] = encode_records(ef, vals)
         return out
 
     def check(self, data: CardPersoData, planned: dict[str, list[bytes]]) -> None:
@@ -209,6 +249,9 @@ class _Profile:
     slots: tuple[KeySlot, ...]
     key_ids: dict[KeySlot, int]
     ef_paths: dict[str, tuple[str, int]]
+    templates: dict[tuple[tuple[str, ...], tuple[KeySlot, ...]], persofile.CardLineTemplate] = (
+        field(default_factory=dict)
+    )
 
     @classmethod
     def of(cls, profile: CardProfile) -> _Profile:
@@ -218,6 +261,21 @@ class _Profile:
             tuple(s.slot for _, s in specs), {s.slot: s.key_id for _, s in specs},
             {ef.name: (df, ef.sfi or 0) for df, ef in profile.files()},
         )  # fmt: skip
+
+    def template(
+        self, files: tuple[str, ...], slots: tuple[KeySlot, ...]
+    ) -> persofile.CardLineTemplate:
+        """The card line template of cards with these files and WRITE KEY slots."""
+        key = (files, slots)
+        tmpl = self.templates.get(key)
+        if tmpl is None:
+            tmpl = self.templates[key] = persofile.CardLineTemplate(
+                self.profile.name, self.profile.algorithm.value,
+                [(self.ef_paths[name][0], name, self.ef_paths[name][1]) for name in files],
+                [(slot.value, self.key_ids[slot]) for slot in slots],
+                [(spec.name, df, spec.ref) for df, spec in self.pins.specs],
+            )  # fmt: skip
+        return tmpl
 
 
 # --- rows ---------------------------------------------------------------------------------------
@@ -317,7 +375,7 @@ class PrepStats:
         self.seconds = max(self.seconds, other.seconds)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Prepared:
     """One card of a chunk, after step 2 (what step 3 writes)."""
 
@@ -378,6 +436,7 @@ class Preparer:
         self.stats = PrepStats()
         self._profiles: dict[str, _Profile] = {}
         self._refused: list[int] = []
+        self._regions: set[str] = set()
         self.bureau_file_id = bureau_file_id
         if output == IN_HOUSE:
             self.wrapping = hsm_prep.perso_key_label(batch_id)
@@ -525,34 +584,55 @@ class Preparer:
                     prof.profile.algorithm
                 )
             serial = self.new_serial()
-            cic = ids.make_card_identification_code(row.region_code, serial)
-            card = Prepared(row, serial.hex().upper(), cic, issue, version,
-                            prof.profile.name)  # fmt: skip
+            card = Prepared(row, serial.hex().upper(), self._new_cic(row.region_code, serial),
+                            issue, version, prof.profile.name)  # fmt: skip
         else:  # already prepared (bureau export): its chip and data as recorded
             if row.chip_serial is None or row.card_identification_code is None:
                 raise ConflictError(f"batch item {row.item_id} has no chip assigned")
             card = Prepared(row, row.chip_serial, row.card_identification_code,
                             row.issue_date or issue, row.key_version,
                             prof.profile.name)  # fmt: skip
-        ref = CardKeyRef(card.cic, card.key_version, prof.profile.algorithm,
-                         pan=dataprep.bank_pan(row.card.id), psn="00")  # fmt: skip
+        pan = dataprep.bank_pan(row.card.id)
+        ref = CardKeyRef(card.cic, card.key_version, prof.profile.algorithm, pan=pan,
+                         psn=dataprep.PSN)  # fmt: skip
         if writer is not None:
             line = self._in_house_line(ops, prof, card, ref, writer.count + 1, check)
-            offset = writer.add(line)
-            return dataclasses.replace(card, perso_file=writer.name, perso_offset=offset)
+            card.perso_file, card.perso_offset = writer.name, writer.add(line)
+            return card
         entries.append(self._bureau_entry(ops, prof, card, ref, check))
         return card
 
+    def _new_cic(self, region_code: str, serial: bytes) -> str:
+        """:func:`cardspec.ids.make_card_identification_code` (each region validated once)."""
+        if region_code not in self._regions or len(serial) != 8:
+            cic = ids.make_card_identification_code(region_code, serial)
+            self._regions.add(region_code)
+            return cic
+        return region_code + ids.CARD_ID_MARKER + serial.hex().upper()
+
     def _perso(
-        self, prof: _Profile, card: Prepared, pin: str, check: bool
+        self, prof: _Profile, card: Prepared, pin: str, check: bool, pan: str | None
     ) -> dict[str, list[bytes]]:
-        data = dataprep.perso_data(
-            self.settings, card.row.card, card.row.person, card.row.application, card.cic,
-            card.issue_date, pin, prof.profile,
+        """The card's records (refused with :class:`InvalidIdentifier` or
+        :class:`EncodingError` as :meth:`cardspec.perso.CardPersoData.validate` and the
+        encoders do). ``check``: also made the general way (:func:`dataprep.perso_data`,
+        :func:`cardspec.perso.plan_records`) and compared."""
+        row = card.row
+        if row.stage != S.SELECTED:  # a new chip's code is well formed by construction
+            ids.validate_card_identification_code(card.cic)
+        ids.validate_card_number(row.card.card_number)
+        ids.validate_citizen_id(row.person.citizen_id)
+        values = dataprep.perso_values(
+            self.settings, row.card, row.person, row.application, card.cic, card.issue_date,
+            prof.profile, pan=pan,
         )  # fmt: skip
-        data.validate()
-        plan = prof.planner.plan(data)
+        plan = prof.planner.plan_values(values)
         if check:
+            data = dataprep.perso_data(
+                self.settings, row.card, row.person, row.application, card.cic,
+                card.issue_date, pin, prof.profile,
+            )  # fmt: skip
+            data.validate()
             prof.planner.check(data, plan)
         return plan
 
@@ -561,20 +641,31 @@ class Preparer:
         check: bool,
     ) -> bytes:  # fmt: skip
         keys = ops.in_house(ref, prof.slots, prof.pins)
-        plan = self._perso(prof, card, keys.pin, check)
-        return persofile.card_line(
-            seq, item_id=card.row.item_id, card_id=card.row.card.id,
-            chip_serial=card.chip_serial, cic=card.cic, card_number=card.row.card.card_number,
+        plan = self._perso(prof, card, keys.pin, check, ref.pan)
+        row = card.row
+        write = keys.write_keys
+        line = prof.template(tuple(plan), tuple(write)).line(
+            seq, item_id=row.item_id, card_id=row.card.id, chip_serial=card.chip_serial,
+            cic=card.cic, card_number=row.card.card_number, key_version=card.key_version,
+            records=list(plan.values()), kmc_wrapped=keys.kmc_wrapped,
+            key_payloads=list(write.values()), pin_payloads=keys.pin_payloads,
+        )  # fmt: skip
+        if check and line != persofile.card_line(
+            seq, item_id=row.item_id, card_id=row.card.id,
+            chip_serial=card.chip_serial, cic=card.cic, card_number=row.card.card_number,
             profile=prof.profile.name, algorithm=ref.algorithm.value,
             key_version=card.key_version,
             files=[(prof.ef_paths[name][0], name, prof.ef_paths[name][1], records)
                    for name, records in plan.items()],
             kmc_wrapped=keys.kmc_wrapped,
-            keys=[(slot.value, prof.key_ids[slot], payload)
-                  for slot, payload in keys.write_keys.items()],
+            keys=[(slot.value, prof.key_ids[slot], payload) for slot, payload in write.items()],
             pins=[(spec.name, df, spec.ref, payload)
                   for (df, spec), payload in zip(prof.pins.specs, keys.pin_payloads, strict=True)],
-        )  # fmt: skip
+        ):  # fmt: skip
+            raise IntegrityError(
+                f"card line template differs from card_line for {prof.profile.name}"
+            )
+        return line
 
     def _bureau_entry(
         self, ops: hsm_prep.PrepOps, prof: _Profile, card: Prepared, ref: CardKeyRef,
@@ -584,7 +675,7 @@ class Preparer:
 
         pins = _Capture(prof.pins)
         export = ops.bureau(ref, prof.slots, pins)
-        plan = self._perso(prof, card, pins.last, check)
+        plan = self._perso(prof, card, pins.last, check, ref.pan)
         body = card_body(
             card_id=card.row.card.id, chip_serial=card.chip_serial, cic=card.cic,
             card_number=card.row.card.card_number, profile=prof.profile, ref=ref,

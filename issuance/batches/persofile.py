@@ -212,6 +212,69 @@ def card_line(
     ).encode()
 
 
+class CardLineTemplate:
+    """:func:`card_line` for cards of one shape (profile, algorithm, the files, key slots and
+    PINs in their order): the constant JSON around the per-card values made once. The same
+    bytes as :func:`card_line` (tested)."""
+
+    def __init__(
+        self,
+        profile: str,
+        algorithm: str,
+        files: Sequence[tuple[str, str, int]],
+        keys: Sequence[tuple[str, int]],
+        pins: Sequence[tuple[str, str, int]],
+    ) -> None:
+        self._files = tuple(
+            f'{{"df":{_str(df)},"ef":{_str(ef)},"sfi":{sfi:d},"records":[' for df, ef, sfi in files
+        )
+        self._keys = tuple(
+            f'{{"slot":{_str(slot)},"key_id":{key_id:d},"payload":"' for slot, key_id in keys
+        )
+        self._pins = tuple(
+            f'{{"name":{_str(name)},"df":{_str(df)},"ref":{ref:d},"payload":"'
+            for name, df, ref in pins
+        )
+        self._profile = f'"profile":{_str(profile)},"algorithm":{_str(algorithm)},"key_version":'
+
+    def line(
+        self,
+        seq: int,
+        *,
+        item_id: int,
+        card_id: int,
+        chip_serial: str,
+        cic: str,
+        card_number: str,
+        key_version: int,
+        records: Sequence[Sequence[bytes]],
+        kmc_wrapped: bytes,
+        key_payloads: Sequence[bytes],
+        pin_payloads: Sequence[bytes],
+    ) -> bytes:
+        """The card line: ``records`` of each file, ``key_payloads`` of each slot,
+        ``pin_payloads`` of each PIN, in the template's order."""
+        if not (len(records) == len(self._files) and len(key_payloads) == len(self._keys)
+                and len(pin_payloads) == len(self._pins)):  # fmt: skip
+            raise ValueError("card line values do not match the template")
+        f = ",".join(
+            head + ('"' + '","'.join([r.hex() for r in recs]) + '"]}' if recs else "]}")
+            for head, recs in zip(self._files, records, strict=True)
+        )
+        k = ",".join(
+            [head + p.hex() + '"}' for head, p in zip(self._keys, key_payloads, strict=True)]
+        )
+        p = ",".join(
+            [head + p.hex() + '"}' for head, p in zip(self._pins, pin_payloads, strict=True)]
+        )
+        return (
+            f'{{"type":"card","seq":{seq:d},"item_id":{item_id:d},"card_id":{card_id:d},'
+            f'"chip_serial":{_str(chip_serial)},"cic":{_str(cic)},'
+            f'"card_number":{_str(card_number)},{self._profile}{key_version:d},"files":[{f}],'
+            f'"kmc":"{kmc_wrapped.hex()}","keys":[{k}],"pins":[{p}]}}\n'
+        ).encode()
+
+
 # --- writer -----------------------------------------------------------------------------------
 
 
