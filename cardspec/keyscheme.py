@@ -146,8 +146,11 @@ def _cbc(key: bytes, alg: Algorithm, data: bytes, iv: bytes) -> bytes:
     return ctx.update(data) + ctx.finalize()
 
 
+_XOR_FF = bytes(b ^ 0xFF for b in range(256))
+
+
 def _xor_ff(data: bytes) -> bytes:
-    return bytes(b ^ 0xFF for b in data)
+    return data.translate(_XOR_FF)
 
 
 def diversification_data(factor: bytes, alg: Algorithm) -> bytes:

@@ -78,7 +78,9 @@ _DERIVE = {
     Algorithm.DES3: Mechanism.DES3_ECB_ENCRYPT_DATA,
     Algorithm.AES: Mechanism.AES_ECB_ENCRYPT_DATA,
 }
+_DERIVE_CODE = {alg: int(mech) for alg, mech in _DERIVE.items()}
 _ECB = {Algorithm.DES3: Mechanism.DES3_ECB, Algorithm.AES: Mechanism.AES_ECB}
+_KWP_CODE = int(Mechanism.AES_KEY_WRAP_PAD)
 _CBC = {Algorithm.DES3: Mechanism.DES3_CBC, Algorithm.AES: Mechanism.AES_CBC}
 _USAGE = (
     Attribute.ENCRYPT,
@@ -150,6 +152,7 @@ class FastOps:
         self._out = _ULONG()
         self._len = _ULONG()
         self._buf = ctypes.create_string_buffer(512)
+        self._size = len(self._buf)
         self._derive_mech_p = ctypes.byref(self._derive_mech)
         self._plain_mech_p = ctypes.byref(self._plain_mech)
         self._out_p = ctypes.byref(self._out)
@@ -170,11 +173,12 @@ class FastOps:
         if len(data) != 16:
             raise ValueError("derivation data is 16 bytes")
         self._data.raw = data
-        self._derive_mech.mechanism = int(_DERIVE[alg])
+        self._derive_mech.mechanism = _DERIVE_CODE[alg]
         rv = self._derive_key(session, self._derive_mech_p, base, tmpl.array, tmpl.count,
                               self._out_p)  # fmt: skip
-        self._check(rv, "deriving a card key")
-        return int(self._out.value)
+        if rv:
+            self._check(rv, "deriving a card key")
+        return self._out.value
 
     def destroy(self, session: int, handle: int) -> None:
         rv = self._destroy(session, handle)
@@ -183,11 +187,12 @@ class FastOps:
 
     def wrap_kwp(self, session: int, wrapping: int, key: int) -> bytes:
         """``C_WrapKey(CKM_AES_KEY_WRAP_PAD)`` in one call (RFC 5649 of a 16-byte key: 24)."""
-        self._plain_mech.mechanism = int(Mechanism.AES_KEY_WRAP_PAD)
-        self._len.value = len(self._buf)
+        self._plain_mech.mechanism = _KWP_CODE
+        self._len.value = self._size
         rv = self._wrap(session, self._plain_mech_p, wrapping, key, self._buf, self._len_p)
-        self._check(rv, "wrapping a card key")
-        return self._buf.raw[: self._len.value]
+        if rv:
+            self._check(rv, "wrapping a card key")
+        return ctypes.string_at(self._buf, self._len.value)
 
     def unwrap_kwp(self, session: int, unwrapping: int, wrapped: bytes, tmpl: Template) -> int:
         """``C_UnwrapKey(CKM_AES_KEY_WRAP_PAD)``: a new key object (``tmpl``) from ``wrapped``

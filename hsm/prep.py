@@ -203,6 +203,17 @@ class KekEnvelope:
         self._handle = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The master handles and templates of one key set's cards (per module initialisation):
+    the KLK master, the KMC master, and (slot, master, financial, template) of every other
+    card key, in profile order."""
+
+    klk: int
+    kmc: int
+    keys: list[tuple[KeySlot, int, bool, Any]]
+
+
 class PrepOps:
     """Bulk preparation in one process: ``with ops.chunk(): ops.in_house(...)`` per card.
 
@@ -229,7 +240,7 @@ class PrepOps:
         self._kek = 0
         self._generation = -1
         self._masters: dict[tuple[str, Algorithm, int], int] = {}
-        self._plans: dict[tuple[Algorithm, int, tuple[KeySlot, ...]], list[Any]] = {}
+        self._plans: dict[tuple[Algorithm, int, tuple[KeySlot, ...]], _Plan] = {}
         self._in_chunk = False
 
     # chunks --------------------------------------------------------------------------------
@@ -341,17 +352,19 @@ class PrepOps:
         return pin, tuple(payloads)
 
     # one card ------------------------------------------------------------------------------
-    def _plan(self, alg: Algorithm, version: int, slots: Sequence[KeySlot]) -> list[Any]:
-        """(slot, master handle, financial, template) of every card key but KMC, in profile
-        order; per key set and module initialisation (LOCK held)."""
+    def _plan(self, alg: Algorithm, version: int, slots: Sequence[KeySlot]) -> _Plan:
+        """The masters and templates of one key set's cards, per module initialisation (LOCK
+        held)."""
         key = (alg, version, tuple(slots))
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = [
-                (slot, self._master(slot.value, alg, version), slot.financial,
-                 _CARD_ENC[alg] if slot is KeySlot.PUK else _CARD[alg])
-                for slot in slots if slot is not KeySlot.KMC
-            ]  # fmt: skip
+            plan = self._plans[key] = _Plan(
+                self._master(ceremony.KLK, KLK_ALGORITHM, version),
+                self._master(KeySlot.KMC.value, alg, version),
+                [(slot, self._master(slot.value, alg, version), slot.financial,
+                  _CARD_ENC[alg] if slot is KeySlot.PUK else _CARD[alg])
+                 for slot in slots if slot is not KeySlot.KMC],
+            )  # fmt: skip
         return plan
 
     def in_house(self, ref: CardKeyRef, slots: Sequence[KeySlot], pins: PinPolicy) -> InHouseCard:
@@ -360,33 +373,39 @@ class PrepOps:
         key is derived, wrapped under the KLK and destroyed at once."""
         self._check(ref, slots)
         fast, sh, alg, region = self.fast, self._sh, ref.algorithm, self.service.region_code
-        version = ref.key_version
-        plan = self._plan(alg, version, slots)
-        card = self._blocks(ref, alg, region, False)
+        plan = self._plan(alg, ref.key_version, slots)
+        factors = ref.factors(KeySlot.KMC, region)  # the card's (KLK included)
+        card = [keyscheme.diversification_data(f, alg) for f in factors]
         emv: list[bytes] | None = None
-        derive, wrap, destroy = self._derive, fast.wrap_kwp, fast.destroy
-        klk = derive(self._master(ceremony.KLK, KLK_ALGORITHM, version), KLK_ALGORITHM,
-                     self._blocks(ref, KLK_ALGORITHM, region, False), _KLK_WRAP)  # fmt: skip
+        derive = fast.derive if len(card) == 1 else None
+        wrap, destroy = fast.wrap_kwp, fast.destroy
+        klk = self._derive(plan.klk, KLK_ALGORITHM,
+                           [keyscheme.diversification_data(f, KLK_ALGORITHM) for f in factors],
+                           _KLK_WRAP)  # fmt: skip
         kmc = live = 0
         write: dict[KeySlot, bytes] = {}
         pin = ""
         payloads: tuple[bytes, ...] = ()
         try:
-            kmc = derive(self._master(KeySlot.KMC.value, alg, version), alg, card,
-                         _CARD_ENC[alg])  # fmt: skip
+            kmc = self._derive(plan.kmc, alg, card, _CARD_ENC[alg])
             kmc_wrapped = wrap(sh, self._kek, kmc)
-            for slot, master, financial, tmpl in plan:
+            block = card[0]
+            for slot, master, financial, tmpl in plan.keys:
                 if financial:
                     data = emv = emv or self._blocks(ref, alg, region, True)
+                    live = self._derive(master, alg, data, tmpl)
+                elif derive is not None:
+                    live = derive(sh, master, alg, block, tmpl)
                 else:
-                    data = card
-                live = derive(master, alg, data, tmpl)
+                    live = self._derive(master, alg, card, tmpl)
                 write[slot] = wrap(sh, klk, live)
                 if slot is KeySlot.PUK:
                     pin, payloads = self._pin_and_payloads(ref, live, kmc, pins)
                 destroy(sh, live)
                 live = 0
-            self.destroyed += len(plan)
+            self.destroyed += len(plan.keys)
+            if derive is not None:  # the ones derived here directly (not by _derive)
+                self.derived += sum(1 for _, _, financial, _ in plan.keys if not financial)
         finally:
             for handle in (live, kmc, klk):
                 if handle:
