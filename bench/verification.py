@@ -47,8 +47,10 @@ Run alone: ``python -m bench.verification`` (``YKT_BENCH_SECONDS``, ``YKT_BENCH_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -195,6 +197,40 @@ def export_irks(data_dir: Path, cards: list[tuple[str, str]]) -> list[tuple[str,
         wrapped = keys.export_card_keys(CardKeyRef(cic), [KeySlot.IRK], "bench")[KeySlot.IRK]
         out.append((cic, number, aes_key_unwrap_with_padding(TRANSPORT, wrapped).hex()))
     return out
+
+
+def hsm_check_cost(data_dir: Path, cards: list[tuple[str, str]], n: int = 2000) -> float:
+    """CPU microseconds of one cryptogram check in the HSM (the product's
+    :func:`hsm.internal_auth.check_internal_auth`: card key and session key derived, the
+    random encrypted, both objects destroyed), measured alone in a fresh process."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return float(pool.apply(_hsm_check_child, (str(data_dir), cards[: min(len(cards), n)], n)))
+
+
+def _hsm_check_child(data_dir: str, cards: list[tuple[str, str]], n: int) -> float:
+    from hsm.config import HsmConfig
+    from hsm.errors import CryptogramMismatch
+    from hsm.internal_auth import check_internal_auth
+    from hsm.service import CardKeyRef, Pkcs11KeyService
+    from issuance.settings import load_settings
+
+    keys = Pkcs11KeyService.from_config(
+        HsmConfig.from_settings(load_settings(environ={"YKT_DATA_DIR": data_dir}))
+    )
+    refs = [CardKeyRef(cic) for cic, _ in cards]
+    wrong = bytes(8)  # the check runs in full, then says "mismatch"
+
+    def once(i: int) -> None:
+        with contextlib.suppress(CryptogramMismatch):
+            check_internal_auth(keys, refs[i % len(refs)], os.urandom(8), os.urandom(8), wrong)
+
+    for i in range(50):  # warm-up: master handle cached
+        once(i)
+    start = time.process_time()
+    for i in range(n):
+        once(i)
+    return (time.process_time() - start) / n * 1e6
 
 
 # --- the load generator (its own process: python -m bench.verification --generate ...) --------
@@ -668,10 +704,12 @@ def run(
         finally:
             _stop(floor)
         pgbench = _pgbench(url, short, len(cards) if cards else 1, spec_dir)
+        hsm_us = hsm_check_cost(data_dir, cards)
     finally:
         shutil.rmtree(spec_dir, ignore_errors=True)
     return {"verify": verify, "hello": hello, "wrk": wrk, "floor_verify": floor_verify,
-            "floor_hello": floor_hello, "pgbench": pgbench}  # fmt: skip
+            "floor_hello": floor_hello, "pgbench": pgbench,
+            "hsm_check_cpu_us": hsm_us}  # fmt: skip
 
 
 def report(
@@ -744,6 +782,21 @@ def report(
     if pgb is not None:
         result["pgbench_floor_tps"] = round(pgb["tps"], 1)
         result["pgbench_machine_cores"] = round(pgb["machine_cores"], 2)
+    hsm_us = m.get("hsm_check_cpu_us")
+    if hsm_us is not None and floor is not None and floor["per_s"] and per_s:
+        cores = os.cpu_count() or 1
+        fps = floor["per_s"]
+        parts = {
+            "generator": verify["generator_cores"] / per_s * 1e6,
+            "floor_server": floor["server_cores"] / fps * 1e6,
+            "floor_postgres": floor["postgres_cores"] / fps * 1e6,
+            "hsm_check": hsm_us,
+        }
+        result.update({
+            "hsm_check_cpu_us": round(hsm_us, 1),
+            "cpu_budget_us_per_verification_at_target": round(cores / TARGET_PER_S * 1e6, 1),
+            "cpu_us_no_implementation_avoids": round(sum(parts.values()), 1),
+        })  # fmt: skip
     if seal is not None:
         result["audit_seal_per_s"] = round(seal["seal_per_s"], 1)
         result["audit_events_sealed"] = seal["sealed"]
@@ -800,6 +853,14 @@ def _print(r: dict[str, Any], verify: dict[str, Any]) -> None:
         print(
             f"verification = {r['ratio_to_floor']:.2f} x the floor; the {TARGET_PER_S:.0f}/s "
             f"target = {r['target_to_floor']:.2f} x the floor"
+        )
+    if "cpu_budget_us_per_verification_at_target" in r:
+        print(
+            f"CPU budget at the {TARGET_PER_S:.0f}/s target on this machine: "
+            f"{r['cpu_budget_us_per_verification_at_target']} us per verification for "
+            f"everything (server, PostgreSQL, load generator); measured in this run, the parts "
+            f"no implementation avoids (generator + the floor's server and PostgreSQL + the HSM "
+            f"check alone, {r['hsm_check_cpu_us']} us): {r['cpu_us_no_implementation_avoids']} us"
         )
     if "audit_seal_per_s" in r:
         print(f"audit sealer: {r['audit_seal_per_s']:.0f} events/s ({r['audit_events_sealed']})")
