@@ -16,6 +16,7 @@ value (identifiers are personal data).
 
 from __future__ import annotations
 
+import operator
 import re
 from dataclasses import dataclass
 from datetime import date
@@ -31,6 +32,7 @@ CARD_ID_MARKER = "D156000005"
 EARLIEST_BIRTH_DATE = date(1900, 1, 1)
 
 _ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_ALNUM_VALUE = {ch: i for i, ch in enumerate(_ALNUM)}
 _HEX16 = re.compile(r"[0-9A-F]{16}")
 
 
@@ -65,7 +67,7 @@ def citizen_id_check_char(first17: str) -> str:
     """ISO 7064 MOD 11-2 check character over the first 17 digits."""
     if len(first17) != 17 or not first17.isascii() or not first17.isdigit():
         raise InvalidIdentifier("citizen_id", "check needs exactly 17 digits")
-    total = sum(int(c) * w for c, w in zip(first17, CITIZEN_ID_WEIGHTS, strict=True))
+    total = sum(map(operator.mul, map(int, first17), CITIZEN_ID_WEIGHTS))
     return CITIZEN_ID_CHECK_MAP[total % 11]
 
 
@@ -122,8 +124,8 @@ def validate_citizen_id(value: str, *, today: date | None = None) -> CitizenId:
 
 
 def _card_body_value(ch: str) -> int:
-    index = _ALNUM.find(ch)
-    if index < 0 or len(ch) != 1:
+    index = _ALNUM_VALUE.get(ch)
+    if index is None:
         raise InvalidIdentifier("card_number", "characters must be 0-9 or A-Z")
     return index
 
@@ -132,7 +134,7 @@ def card_number_check_char(body8: str) -> str:
     """Check character of a card number body (8 characters 0-9 A-Z)."""
     if len(body8) != 8:
         raise InvalidIdentifier("card_number", "body must be 8 characters")
-    total = sum(_card_body_value(c) * w for c, w in zip(body8, CARD_NUMBER_WEIGHTS, strict=True))
+    total = sum(map(operator.mul, map(_card_body_value, body8), CARD_NUMBER_WEIGHTS))
     check = 11 - total % 11
     return "X" if check == 10 else "0" if check == 11 else str(check)
 

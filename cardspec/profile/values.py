@@ -87,6 +87,8 @@ def _asdict(obj: Any) -> dict[str, Any]:
 def split_name(full_name: str, length: int = 30) -> tuple[str, str]:
     """Split a name at a character boundary into the 09 part (``length`` GBK bytes) and the
     4E extension (CHOICE: the overflow goes to 4E)."""
+    if len(full_name.encode("gbk", errors="replace")) <= length:  # GBK is stateless:
+        return full_name, ""  # every prefix of a name that fits fits too
     head = ""
     for ch in full_name:
         if len((head + ch).encode("gbk", errors="replace")) > length:

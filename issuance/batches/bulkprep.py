@@ -55,7 +55,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -281,14 +281,12 @@ class _Profile:
 # --- rows ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _CardRow:
+class _CardRow(NamedTuple):
     id: int
     card_number: str
 
 
-@dataclass(frozen=True, slots=True)
-class _PersonRow:
+class _PersonRow(NamedTuple):
     name: str
     citizen_id: str
     sex: str
@@ -297,14 +295,12 @@ class _PersonRow:
     region_code: str
 
 
-@dataclass(frozen=True, slots=True)
-class _AppRow:
+class _AppRow(NamedTuple):
     decided_at: datetime | None
     channel: str
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
+class Row(NamedTuple):
     """One claimed item with what its card's data needs (one bulk query per chunk)."""
 
     item_id: int
@@ -320,26 +316,29 @@ class Row:
     application: _AppRow | None
 
 
+_READ_ROWS = (
+    sa.select(
+        BatchItem.id, BatchItem.stage, BatchItem.chip_serial, BatchItem.issue_date,
+        Card.id, Card.card_number, Card.region_code, Card.algorithm, Card.key_version,
+        Card.card_identification_code, Person.name, Person.citizen_id, Person.sex,
+        Person.ethnicity, Person.birth_date, Person.region_code, Card.application_id,
+        Application.decided_at, Application.channel,
+    )
+    .join(Card, Card.id == BatchItem.card_id)
+    .join(Person, Person.id == Card.person_id)
+    .outerjoin(Application, Application.id == Card.application_id)
+    .where(BatchItem.id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(BatchItem.id)
+)  # fmt: skip
+
+
 def read_rows(session: Session, item_ids: Sequence[int]) -> list[Row]:
-    rows = session.execute(
-        sa.select(
-            BatchItem.id, BatchItem.stage, BatchItem.chip_serial, BatchItem.issue_date,
-            Card.id, Card.card_number, Card.region_code, Card.algorithm, Card.key_version,
-            Card.card_identification_code, Person.name, Person.citizen_id, Person.sex,
-            Person.ethnicity, Person.birth_date, Person.region_code, Card.application_id,
-            Application.decided_at, Application.channel,
-        )
-        .join(Card, Card.id == BatchItem.card_id)
-        .join(Person, Person.id == Card.person_id)
-        .outerjoin(Application, Application.id == Card.application_id)
-        .where(BatchItem.id.in_(list(item_ids)))
-        .order_by(BatchItem.id)
-    ).all()  # fmt: skip
+    stages = {str(st): st for st in BatchStage}
     return [
-        Row(r[0], BatchStage(r[1]), r[2], r[3], _CardRow(r[4], r[5]), r[6], str(r[7]), r[8], r[9],
-            _PersonRow(r[10], r[11], r[12], r[13], r[14], r[15]),
+        Row(r[0], stages[str(r[1])], r[2], r[3], _CardRow(r[4], r[5]), r[6], str(r[7]), r[8],
+            r[9], _PersonRow(r[10], r[11], r[12], r[13], r[14], r[15]),
             _AppRow(r[17], str(r[18])) if r[16] is not None else None)
-        for r in rows
+        for r in session.execute(_READ_ROWS, {"ids": list(item_ids)})
     ]  # fmt: skip
 
 

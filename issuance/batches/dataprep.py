@@ -102,7 +102,9 @@ _LUHN_PLAIN = {str(d): d for d in range(10)}
 def luhn_digit(body: str) -> str:
     """The Luhn check digit of ``body`` (ISO/IEC 7812-1 Annex B)."""
     rev = body[::-1]
-    total = sum(_LUHN_DOUBLED[c] for c in rev[0::2]) + sum(_LUHN_PLAIN[c] for c in rev[1::2])
+    total = sum(map(_LUHN_DOUBLED.__getitem__, rev[0::2])) + sum(
+        map(_LUHN_PLAIN.__getitem__, rev[1::2])
+    )
     return str((10 - total % 10) % 10)
 
 
