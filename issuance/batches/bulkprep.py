@@ -519,17 +519,40 @@ class Preparer:
                     self.settings.data_dir, self.batch_id, rows[0].item_id, ops.envelope.label,
                     kek, self._signer,
                 )  # fmt: skip
-            checked = False
+            # three passes (each loop stays in its own code: the HSM's calls run faster
+            # back to back than between Python record work): the cards' chips and records
+            # (a card refused here costs no HSM work), their HSM work, their lines
+            made: list[tuple[_Profile, Prepared, CardKeyRef, dict[str, list[bytes]]]] = []
             for row in rows:
                 prof = self._profile(row.algorithm)
                 try:
-                    built = self._card(ops, prof, row, issue, versions, writer, entries,
-                                       not checked)  # fmt: skip
+                    card, ref = self._card(prof, row, issue, versions)
+                    made.append((prof, card, ref, self._perso(prof, card, ref.pan)))
                 except (InvalidIdentifier, EncodingError) as exc:
                     self._refuse(row, exc)
+            done: list[tuple[_Profile, Prepared, CardKeyRef, dict[str, list[bytes]], Any]] = []
+            for prof, card, ref, plan in made:
+                try:
+                    if writer is not None:
+                        keys: Any = ops.in_house(ref, prof.slots, prof.pins)
+                    else:
+                        pins = _Capture(prof.pins)
+                        keys = (ops.bureau(ref, prof.slots, pins), pins.last)
+                except (InvalidIdentifier, EncodingError) as exc:
+                    self._refuse(card.row, exc)
                     continue
-                checked = True
-                out.append(built)
+                done.append((prof, card, ref, plan, keys))
+            for n, (prof, card, ref, plan, keys) in enumerate(done):
+                if writer is not None:
+                    self._check(prof, card, keys.pin, plan, n == 0)
+                    line = self._in_house_line(prof, card, ref, writer.count + 1, plan, keys,
+                                               n == 0)  # fmt: skip
+                    card.perso_file, card.perso_offset = writer.name, writer.add(line)
+                else:
+                    export, pin = keys
+                    self._check(prof, card, pin, plan, n == 0)
+                    entries.append(self._bureau_entry(prof, card, ref, plan, export))
+                out.append(card)
         t1 = time.perf_counter()
         self.stats.cards_s += t1 - t0
         if writer is not None and writer.count:
@@ -570,12 +593,10 @@ class Preparer:
         self._refused.clear()
 
     def _card(
-        self, ops: hsm_prep.PrepOps, prof: _Profile, row: Row, issue: date,
-        versions: dict[str, int], writer: persofile.SegmentWriter | None,
-        entries: list[tuple[int, int, str, bytes]], check: bool,
-    ) -> Prepared:  # fmt: skip
-        """One card of the chunk: its chip, its HSM work, its line (in the segment or the
-        bureau entries)."""
+        self, prof: _Profile, row: Row, issue: date, versions: dict[str, int]
+    ) -> tuple[Prepared, CardKeyRef]:
+        """One card of the chunk: its chip (a new one, or the one recorded) and key
+        reference."""
         if row.stage == S.SELECTED:
             version = versions.get(row.algorithm)
             if version is None:
@@ -591,15 +612,9 @@ class Preparer:
             card = Prepared(row, row.chip_serial, row.card_identification_code,
                             row.issue_date or issue, row.key_version,
                             prof.profile.name)  # fmt: skip
-        pan = dataprep.bank_pan(row.card.id)
-        ref = CardKeyRef(card.cic, card.key_version, prof.profile.algorithm, pan=pan,
-                         psn=dataprep.PSN)  # fmt: skip
-        if writer is not None:
-            line = self._in_house_line(ops, prof, card, ref, writer.count + 1, check)
-            card.perso_file, card.perso_offset = writer.name, writer.add(line)
-            return card
-        entries.append(self._bureau_entry(ops, prof, card, ref, check))
-        return card
+        ref = CardKeyRef(card.cic, card.key_version, prof.profile.algorithm,
+                         pan=dataprep.bank_pan(row.card.id), psn=dataprep.PSN)  # fmt: skip
+        return card, ref
 
     def _new_cic(self, region_code: str, serial: bytes) -> str:
         """:func:`cardspec.ids.make_card_identification_code` (each region validated once)."""
@@ -609,13 +624,10 @@ class Preparer:
             return cic
         return region_code + ids.CARD_ID_MARKER + serial.hex().upper()
 
-    def _perso(
-        self, prof: _Profile, card: Prepared, pin: str, check: bool, pan: str | None
-    ) -> dict[str, list[bytes]]:
+    def _perso(self, prof: _Profile, card: Prepared, pan: str | None) -> dict[str, list[bytes]]:
         """The card's records (refused with :class:`InvalidIdentifier` or
         :class:`EncodingError` as :meth:`cardspec.perso.CardPersoData.validate` and the
-        encoders do). ``check``: also made the general way (:func:`dataprep.perso_data`,
-        :func:`cardspec.perso.plan_records`) and compared."""
+        encoders do)."""
         row = card.row
         if row.stage != S.SELECTED:  # a new chip's code is well formed by construction
             ids.validate_card_identification_code(card.cic)
@@ -625,22 +637,27 @@ class Preparer:
             self.settings, row.card, row.person, row.application, card.cic, card.issue_date,
             prof.profile, pan=pan,
         )  # fmt: skip
-        plan = prof.planner.plan_values(values)
-        if check:
-            data = dataprep.perso_data(
-                self.settings, row.card, row.person, row.application, card.cic,
-                card.issue_date, pin, prof.profile,
-            )  # fmt: skip
-            data.validate()
-            prof.planner.check(data, plan)
-        return plan
+        return prof.planner.plan_values(values)
+
+    def _check(
+        self, prof: _Profile, card: Prepared, pin: str, plan: dict[str, list[bytes]], check: bool
+    ) -> None:
+        """``check`` (the first card of a chunk): the records made the general way
+        (:func:`dataprep.perso_data`, :func:`cardspec.perso.plan_records`) are the same."""
+        if not check:
+            return
+        row = card.row
+        data = dataprep.perso_data(
+            self.settings, row.card, row.person, row.application, card.cic, card.issue_date,
+            pin, prof.profile,
+        )  # fmt: skip
+        data.validate()
+        prof.planner.check(data, plan)
 
     def _in_house_line(
-        self, ops: hsm_prep.PrepOps, prof: _Profile, card: Prepared, ref: CardKeyRef, seq: int,
-        check: bool,
+        self, prof: _Profile, card: Prepared, ref: CardKeyRef, seq: int,
+        plan: dict[str, list[bytes]], keys: hsm_prep.InHouseCard, check: bool,
     ) -> bytes:  # fmt: skip
-        keys = ops.in_house(ref, prof.slots, prof.pins)
-        plan = self._perso(prof, card, keys.pin, check, ref.pan)
         row = card.row
         write = keys.write_keys
         line = prof.template(tuple(plan), tuple(write)).line(
@@ -661,20 +678,15 @@ class Preparer:
             pins=[(spec.name, df, spec.ref, payload)
                   for (df, spec), payload in zip(prof.pins.specs, keys.pin_payloads, strict=True)],
         ):  # fmt: skip
-            raise IntegrityError(
-                f"card line template differs from card_line for {prof.profile.name}"
-            )
+            raise IntegrityError(f"card line template differs from card_line ({prof.profile.name})")
         return line
 
     def _bureau_entry(
-        self, ops: hsm_prep.PrepOps, prof: _Profile, card: Prepared, ref: CardKeyRef,
-        check: bool,
+        self, prof: _Profile, card: Prepared, ref: CardKeyRef, plan: dict[str, list[bytes]],
+        export: Any,
     ) -> tuple[int, int, str, bytes]:  # fmt: skip
         from issuance.batches.bureau import card_body
 
-        pins = _Capture(prof.pins)
-        export = ops.bureau(ref, prof.slots, pins)
-        plan = self._perso(prof, card, pins.last, check, ref.pan)
         body = card_body(
             card_id=card.row.card.id, chip_serial=card.chip_serial, cic=card.cic,
             card_number=card.row.card.card_number, profile=prof.profile, ref=ref,
