@@ -417,34 +417,45 @@ class PrepOps:
         KCVs, the PIN payloads under KMC (bureau file format ``/2``)."""
         self._check(ref, slots)
         fast, sh, alg, region = self.fast, self._sh, ref.algorithm, self.service.region_code
-        version = ref.key_version
-        kcv_block = _KCV_BLOCK[alg]
-        blocks = {False: self._blocks(ref, alg, region, False)}
+        plan = self._plan(alg, ref.key_version, slots)
+        kcv_block, tmpl, kek = _KCV_BLOCK[alg], _CARD_ENC[alg], self._kek
+        factors = ref.factors(KeySlot.KMC, region)  # the card's (KLK included)
+        card = [keyscheme.diversification_data(f, alg) for f in factors]
+        emv: list[bytes] | None = None
+        derive = fast.derive if len(card) == 1 else None
+        wrap, encrypt, destroy = fast.wrap_kwp, fast.encrypt_ecb, fast.destroy
         wrapped: dict[KeySlot, bytes] = {}
         kcvs: dict[KeySlot, bytes] = {}
         kept: dict[KeySlot, int] = {}  # KMC and PUK live until the PIN payloads are made
         try:
-            for slot in (KeySlot.KMC, *(s for s in slots if s is not KeySlot.KMC)):
-                data = blocks.get(slot.financial)
-                if data is None:
-                    data = blocks[True] = self._blocks(ref, alg, region, True)
-                key = self._derive(self._master(slot.value, alg, version), alg, data,
-                                   _CARD_ENC[alg])  # fmt: skip
-                if slot in (KeySlot.KMC, KeySlot.PUK):
+            key = kept[KeySlot.KMC] = self._derive(plan.kmc, alg, card, tmpl)
+            wrapped[KeySlot.KMC] = wrap(sh, kek, key)
+            kcvs[KeySlot.KMC] = encrypt(sh, key, alg, kcv_block)[:3]
+            for slot, master, financial, _ in plan.keys:
+                if financial:
+                    data = emv = emv or self._blocks(ref, alg, region, True)
+                    key = self._derive(master, alg, data, tmpl)
+                elif derive is not None:
+                    key = derive(sh, master, alg, card[0], tmpl)
+                    self.derived += 1
+                else:
+                    key = self._derive(master, alg, card, tmpl)
+                if slot is KeySlot.PUK:
                     kept[slot] = key
                 try:
-                    wrapped[slot] = fast.wrap_kwp(sh, self._kek, key)
-                    kcvs[slot] = fast.encrypt_ecb(sh, key, alg, kcv_block)[:3]
+                    wrapped[slot] = wrap(sh, kek, key)
+                    kcvs[slot] = encrypt(sh, key, alg, kcv_block)[:3]
                 finally:
-                    if slot not in kept:
-                        self._destroy(key)
+                    if slot is not KeySlot.PUK:
+                        destroy(sh, key)
+                        self.destroyed += 1
             _, payloads = self._pin_and_payloads(ref, kept[KeySlot.PUK], kept[KeySlot.KMC], pins)
-            klk = self._derive(self._master(ceremony.KLK, KLK_ALGORITHM, version),
-                               KLK_ALGORITHM, self._blocks(ref, KLK_ALGORITHM, region, False),
+            klk = self._derive(plan.klk, KLK_ALGORITHM,
+                               [keyscheme.diversification_data(f, KLK_ALGORITHM) for f in factors],
                                _KLK_EXPORT)  # fmt: skip
             try:
-                klk_wrapped = fast.wrap_kwp(sh, self._kek, klk)
-                klk_kcv = fast.encrypt_ecb(sh, klk, KLK_ALGORITHM, _KCV_BLOCK[KLK_ALGORITHM])[:3]
+                klk_wrapped = wrap(sh, kek, klk)
+                klk_kcv = encrypt(sh, klk, KLK_ALGORITHM, _KCV_BLOCK[KLK_ALGORITHM])[:3]
             finally:
                 self._destroy(klk)
         finally:
