@@ -318,12 +318,13 @@ class Row(NamedTuple):
 
 _READ_ROWS = (
     sa.select(
-        BatchItem.id, BatchItem.stage, BatchItem.chip_serial, BatchItem.issue_date,
-        Card.id, Card.card_number, Card.region_code, Card.algorithm, Card.key_version,
+        BatchItem.id, sa.type_coerce(BatchItem.stage, sa.String()), BatchItem.chip_serial,
+        BatchItem.issue_date, Card.id, Card.card_number, Card.region_code,
+        sa.type_coerce(Card.algorithm, sa.String()), Card.key_version,
         Card.card_identification_code, Person.name, Person.citizen_id, Person.sex,
         Person.ethnicity, Person.birth_date, Person.region_code, Card.application_id,
-        Application.decided_at, Application.channel,
-    )
+        Application.decided_at, sa.type_coerce(Application.channel, sa.String()),
+    )  # the enums as their stored values (no per-row enum processing)
     .join(Card, Card.id == BatchItem.card_id)
     .join(Person, Person.id == Card.person_id)
     .outerjoin(Application, Application.id == Card.application_id)
@@ -332,12 +333,15 @@ _READ_ROWS = (
 )  # fmt: skip
 
 
+_STAGES = {st.value: st for st in BatchStage}
+
+
 def read_rows(session: Session, item_ids: Sequence[int]) -> list[Row]:
-    stages = {str(st): st for st in BatchStage}
+    stages = _STAGES
     return [
-        Row(r[0], stages[str(r[1])], r[2], r[3], _CardRow(r[4], r[5]), r[6], str(r[7]), r[8],
+        Row(r[0], stages[r[1]], r[2], r[3], _CardRow(r[4], r[5]), r[6], r[7], r[8],
             r[9], _PersonRow(r[10], r[11], r[12], r[13], r[14], r[15]),
-            _AppRow(r[17], str(r[18])) if r[16] is not None else None)
+            _AppRow(r[17], r[18]) if r[16] is not None else None)
         for r in session.execute(_READ_ROWS, {"ids": list(item_ids)})
     ]  # fmt: skip
 
