@@ -82,6 +82,8 @@ _DERIVE_CODE = {alg: int(mech) for alg, mech in _DERIVE.items()}
 _ECB = {Algorithm.DES3: Mechanism.DES3_ECB, Algorithm.AES: Mechanism.AES_ECB}
 _KWP_CODE = int(Mechanism.AES_KEY_WRAP_PAD)
 _CBC = {Algorithm.DES3: Mechanism.DES3_CBC, Algorithm.AES: Mechanism.AES_CBC}
+_ECB_CODE = {alg: int(mech) for alg, mech in _ECB.items()}
+_CBC_CODE = {alg: int(mech) for alg, mech in _CBC.items()}
 _USAGE = (
     Attribute.ENCRYPT,
     Attribute.DECRYPT,
@@ -208,14 +210,15 @@ class FastOps:
         """``C_EncryptInit(CKM_*_ECB)`` + ``C_Encrypt`` of whole blocks."""
         if len(data) % alg.block_size or len(data) > len(self._buf):
             raise ValueError("ECB input must be whole blocks")
-        self._plain_mech.mechanism = int(_ECB[alg])
+        self._plain_mech.mechanism = _ECB_CODE[alg]
         rv = self._encrypt_init(session, self._plain_mech_p, key)
         if rv:
             self._check(rv, "encrypting")
-        self._len.value = len(self._buf)
+        self._len.value = self._size
         rv = self._encrypt(session, data, len(data), self._buf, self._len_p)
-        self._check(rv, "encrypting")
-        return self._buf.raw[: self._len.value]
+        if rv:
+            self._check(rv, "encrypting")
+        return ctypes.string_at(self._buf, self._len.value)
 
     def encrypt_cbc(self, session: int, key: int, alg: Algorithm, data: bytes, iv: bytes) -> bytes:
         """``C_EncryptInit(CKM_*_CBC, iv)`` + ``C_Encrypt`` of whole blocks (MAC algorithm 1
@@ -223,16 +226,17 @@ class FastOps:
         if len(data) % alg.block_size or len(iv) != alg.block_size:
             raise ValueError("CBC input must be whole blocks, the IV one block")
         self._iv.raw = iv.ljust(16, b"\x00")
-        self._iv_mech.mechanism = int(_CBC[alg])
+        self._iv_mech.mechanism = _CBC_CODE[alg]
         self._iv_mech.ulParameterLen = len(iv)
         rv = self._encrypt_init(session, self._iv_mech_p, key)
         if rv:
             self._check(rv, "encrypting (CBC)")
-        buf = self._buf if len(data) <= len(self._buf) else ctypes.create_string_buffer(len(data))
+        buf = self._buf if len(data) <= self._size else ctypes.create_string_buffer(len(data))
         self._len.value = len(buf)
         rv = self._encrypt(session, data, len(data), buf, self._len_p)
-        self._check(rv, "encrypting (CBC)")
-        return buf.raw[: self._len.value]
+        if rv:
+            self._check(rv, "encrypting (CBC)")
+        return ctypes.string_at(buf, self._len.value)
 
 
 _CACHE: dict[str, FastOps | None] = {}

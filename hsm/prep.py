@@ -241,6 +241,7 @@ class PrepOps:
         self._generation = -1
         self._masters: dict[tuple[str, Algorithm, int], int] = {}
         self._plans: dict[tuple[Algorithm, int, tuple[KeySlot, ...]], _Plan] = {}
+        self._last_plan: tuple[Sequence[KeySlot], int, Algorithm, _Plan] | None = None
         self._in_chunk = False
 
     # chunks --------------------------------------------------------------------------------
@@ -279,6 +280,7 @@ class PrepOps:
         if generation != self._generation:
             self._masters.clear()
             self._plans.clear()
+            self._last_plan = None
             self._generation = generation
             self.service.sync(generation)
         self._sh = token.session().handle
@@ -355,6 +357,9 @@ class PrepOps:
     def _plan(self, alg: Algorithm, version: int, slots: Sequence[KeySlot]) -> _Plan:
         """The masters and templates of one key set's cards, per module initialisation (LOCK
         held)."""
+        last = self._last_plan
+        if last is not None and last[0] is slots and last[1] == version and last[2] is alg:
+            return last[3]  # the same profile's slots as the card before (no key to hash)
         key = (alg, version, tuple(slots))
         plan = self._plans.get(key)
         if plan is None:
@@ -365,6 +370,7 @@ class PrepOps:
                   _CARD_ENC[alg] if slot is KeySlot.PUK else _CARD[alg])
                  for slot in slots if slot is not KeySlot.KMC],
             )  # fmt: skip
+        self._last_plan = (slots, version, alg, plan)
         return plan
 
     def in_house(self, ref: CardKeyRef, slots: Sequence[KeySlot], pins: PinPolicy) -> InHouseCard:
