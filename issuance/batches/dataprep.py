@@ -214,8 +214,19 @@ def _has_financial(profile: CardProfile) -> bool:
     return known[1]
 
 
-def _since(application: ApplicationFields | None, issue_date: date) -> date:
-    return application.decided_at.date() if application and application.decided_at else issue_date
+def _common(
+    settings: Settings,
+    person: HolderFields,
+    application: ApplicationFields | None,
+    issue_date: date,
+) -> tuple[date, str, str, date, bool]:
+    """What :func:`perso_data` and :func:`perso_values` both derive: the expiry date, the
+    name split for EF06, the insurance start date, whether an employer applied."""
+    expiry = _add_years(issue_date, settings.lifecycle.card_validity_years)
+    name, extension = split_name(person.name)
+    since = application.decided_at.date() if application and application.decided_at else issue_date
+    employee = application is not None and application.channel == ApplicationChannel.EMPLOYER
+    return expiry, name, extension, since, employee
 
 
 def perso_data(
@@ -229,10 +240,7 @@ def perso_data(
     profile: CardProfile,
 ) -> CardPersoData:
     """Everything written to the chip (personal data: never logged, see CardPersoData)."""
-    expiry = _add_years(issue_date, settings.lifecycle.card_validity_years)
-    name, extension = split_name(person.name)
-    since = _since(application, issue_date)
-    employee = application is not None and application.channel == ApplicationChannel.EMPLOYER
+    expiry, name, extension, since, employee = _common(settings, person, application, issue_date)
     region = person.region_code
     return CardPersoData(
         card_identification_code=card_identification_code,
@@ -284,10 +292,7 @@ def perso_values(
     preparation's hot path, no dataclass per card. The same rules; data preparation checks
     the two agree on the first card of every chunk (and the tests on many). ``pan``: the
     card's :func:`bank_pan` if the caller has it already."""
-    expiry = _add_years(issue_date, settings.lifecycle.card_validity_years)
-    name, extension = split_name(person.name)
-    since = _since(application, issue_date)
-    employee = application is not None and application.channel == ApplicationChannel.EMPLOYER
+    expiry, name, extension, since, employee = _common(settings, person, application, issue_date)
     region = person.region_code
     ssn = person.citizen_id
     values: dict[str, dict[str, Any]] = {
