@@ -24,6 +24,11 @@ One chunk (``chunk`` cards, default :func:`chunk_size`) is three steps, each wor
    ``prepared``, the chips inserted, the cards updated and one audit event per item, every
    one a bulk statement (``executemany``), not an ORM flush per card.
 
+Steps 1 and 3 run on one database thread of the worker, in order: while this chunk's HSM
+work runs (step 2), the thread commits the previous chunk and claims the next one, so the
+database's work (on PostgreSQL, the server's, on the machine's other core) is off the path
+of the HSM. A stop (or an error) gives the chunk claimed ahead back at once.
+
 A kill -9 at any moment loses nothing: before step 3 commits, the chunk's items are merely
 leased (a dead worker's lease is void at once on this machine, see
 :func:`issuance.batches.items.recover_interrupted`) and its segment is referenced by nobody;
@@ -52,10 +57,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -101,6 +107,7 @@ _EVENTS = cast(sa.Table, AuditEvent.__table__)
 #: Cards per chunk (one segment, two short transactions) for large batches.
 CHUNK = 500
 IN_HOUSE, BUREAU = "in_house", "bureau"
+T = TypeVar("T")
 
 
 def chunk_size(remaining: int, workers: int = 1, chunk: int | None = None) -> int:
@@ -400,6 +407,38 @@ class BureauSink:
         raise NotImplementedError
 
 
+class _Inline:
+    """Runs each task at once, in this thread (a :class:`_DatabaseThread` without the
+    thread)."""
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        fut: Future[T] = Future()
+        try:
+            fut.set_result(fn(*args))
+        except Exception as exc:  # handed to the caller, as a thread would
+            fut.set_exception(exc)
+        return fut
+
+
+class _DatabaseThread(_Inline):
+    """One thread running the tasks in the order given; leaving waits for all of them."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prep-db")
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        return self._pool.submit(fn, *args)
+
+
 class Preparer:
     """One process's data preparation loop on one batch (see the module docstring)."""
 
@@ -421,8 +460,10 @@ class Preparer:
         new_serial: Callable[[], bytes] | None = None,
         on_chunk: Callable[[int], None] | None = None,
         stop: Any = None,
+        overlap: bool = True,
     ) -> None:
         self.settings = settings
+        self.overlap = overlap
         self.factory = factory
         self.key_service = key_service
         self.batch_id = batch_id
@@ -481,28 +522,95 @@ class Preparer:
         self._signer = signer_fingerprint(self.key_service.public_key_pem())
         start = time.perf_counter()
         stages = (S.SELECTED,) if self.output == IN_HOUSE else (S.SELECTED, S.PREPARED)
+        # Steps 1 and 3 run on a second thread, in order (one connection at a time): the
+        # next chunk's claim and the previous chunk's commit wait for the database while
+        # this thread does the HSM work of the current chunk (their Python work is small:
+        # they mostly wait on the server, without the GIL).
+        db = _DatabaseThread() if self.overlap else _Inline()
+        rows: list[Row] = []  # claimed and not prepared yet
+        nxt: Future[list[Row]] | None = None
         try:
-            with ops:
-                while not self._stopped():
-                    t0 = time.perf_counter()
-                    rows = self._txn(lambda s: self._claim(s, stages))
-                    self.stats.claim_s += time.perf_counter() - t0
-                    if not rows:
-                        break
+            with ops, db:
+                rows = [] if self._stopped() else self._claim_timed(stages)
+                pending: tuple[Future[int], int] | None = None
+                while rows and not self._stopped():
+                    nxt = db.submit(self._claim_timed, stages)
                     try:
-                        done = self._chunk(ops, rows)
+                        out = self._chunk(ops, rows)
                     except bi.LeaseLost as exc:
-                        self.stats.leases_lost += len(rows)
-                        log.warning("data preparation: %s; chunk left to the other worker", exc)
-                        continue
-                    self.stats.chunks += 1
-                    if self.on_chunk is not None:
-                        self.on_chunk(done)
+                        self._lost(len(rows), exc)
+                        out = []
+                    rows = []
+                    commit = (db.submit(self._commit_timed, out), len(out)) if out else None
+                    rows, nxt = nxt.result(), None
+                    if pending is not None:
+                        self._settle(pending)
+                    pending = commit
+                    if pending is not None and pending[0].done():  # always so without thread
+                        self._settle(pending)
+                        pending = None
+                if pending is not None:
+                    self._settle(pending)
         finally:
+            # a stop, or an error: the chunks claimed and not prepared are given back now
+            # (a next run takes them at once, not when their lease ends)
+            if nxt is not None and nxt.done() and nxt.exception() is None:
+                rows = rows + nxt.result()
+            if rows:
+                try:
+                    self._release(rows)
+                except Exception:  # the lease ends anyway; the first error is the one raised
+                    log.exception("data preparation: could not give back a claimed chunk")
             self.stats.keys_derived += ops.derived
             self.stats.seconds = time.perf_counter() - start
             self._release_refused()
         return self.stats
+
+    def _claim_timed(self, stages: Sequence[BatchStage]) -> list[Row]:
+        t0 = time.perf_counter()
+        try:
+            return cast(list[Row], self._txn(lambda s: self._claim(s, stages)))
+        finally:
+            self.stats.claim_s += time.perf_counter() - t0
+
+    def _commit_timed(self, out: list[Prepared]) -> int:
+        t0 = time.perf_counter()
+        try:
+            self._txn(lambda s: self._commit(s, out))
+        finally:
+            self.stats.commit_s += time.perf_counter() - t0
+        self.stats.prepared += sum(1 for c in out if c.row.stage == S.SELECTED)
+        if self.output == BUREAU:
+            self.stats.exported += len(out)
+        return len(out)
+
+    def _settle(self, commit: tuple[Future[int], int]) -> None:
+        """The outcome of a chunk's commit: counted, reported, or its error raised (a lost
+        lease only costs the chunk: another worker has it)."""
+        try:
+            done = commit[0].result()
+        except bi.LeaseLost as exc:
+            self._lost(commit[1], exc)
+            return
+        self.stats.chunks += 1
+        if self.on_chunk is not None:
+            self.on_chunk(done)
+
+    def _lost(self, cards: int, exc: Exception) -> None:
+        self.stats.leases_lost += cards
+        log.warning("data preparation: %s; chunk left to the other worker", exc)
+
+    def _release(self, rows: list[Row]) -> None:
+        """Give back the lease of claimed items this worker will not prepare."""
+        held = [r.item_id for r in rows]
+
+        def go(s: Session) -> None:
+            s.execute(sa.update(_ITEMS)
+                      .where(_ITEMS.c.id.in_(held), _ITEMS.c.lease_owner == self.owner,
+                             _ITEMS.c.stage.in_([str(S.SELECTED), str(S.PREPARED)]))
+                      .values(lease_owner=None, lease_expires_at=None))  # fmt: skip
+
+        self._txn(go)
 
     def _claim(self, s: Session, stages: Sequence[BatchStage]) -> list[Row]:
         ids_ = bi.claim_ids(s, self.batch_id, self.owner, stages=stages, limit=self.chunk,
@@ -510,7 +618,9 @@ class Preparer:
                             not_in_file=self.bureau_file_id)  # fmt: skip
         return read_rows(s, ids_) if ids_ else []
 
-    def _chunk(self, ops: hsm_prep.PrepOps, rows: list[Row]) -> int:
+    def _chunk(self, ops: hsm_prep.PrepOps, rows: list[Row]) -> list[Prepared]:
+        """Step 2 of a chunk: the cards made, their segment written (or lines sent to the
+        bureau sink); what step 3 commits."""
         t0 = time.perf_counter()
         issue = self.today or date.today()
         versions: dict[str, int] = {}
@@ -563,16 +673,8 @@ class Preparer:
             writer.finish(self.key_service.sign(writer.statement()))
         elif self.sink is not None and entries:
             self.sink.put(kek, entries)
-        t2 = time.perf_counter()
-        self.stats.file_s += t2 - t1
-        if out:
-            self._txn(lambda s: self._commit(s, out))
-        self.stats.commit_s += time.perf_counter() - t2
-        new = sum(1 for c in out if c.row.stage == S.SELECTED)
-        self.stats.prepared += new
-        if self.output == BUREAU:
-            self.stats.exported += len(out)
-        return len(out)
+        self.stats.file_s += time.perf_counter() - t1
+        return out
 
     def _refuse(self, row: Row, exc: Exception) -> None:
         """A card whose data cannot go on a chip (the whole card refused, with the reason:

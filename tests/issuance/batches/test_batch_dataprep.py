@@ -293,10 +293,111 @@ def test_a_lost_lease_changes_nothing(env: tuple[Settings, Engine]) -> None:
                   .values(lease_owner="other-host:1:1:prepare", lease_expires_at=None))  # fmt: skip
     ops = prep_ops(keys, perso_key_label(pop.batch_id))
     assert ops is not None
-    with ops, pytest.raises(bi.LeaseLost):
-        preparer._chunk(ops, rows)
+    with ops:
+        made = preparer._chunk(ops, rows)
+    assert len(made) == 3
+    with pytest.raises(bi.LeaseLost):
+        preparer._commit_timed(made)
+    assert preparer.stats.prepared == 0
     assert {i.stage for i in _items(engine, pop.batch_id)} == {BatchStage.SELECTED}
     assert _chips(engine, pop.batch_id) == []
+
+
+def test_a_stop_gives_back_the_chunk_claimed_ahead(env: tuple[Settings, Engine]) -> None:
+    """The next chunk is claimed while the current one is made (on the database thread); a
+    stop after a chunk leaves that chunk prepared and the one claimed ahead free at once, not
+    leased: the next run prepares every remaining card."""
+    settings, engine = env
+    pop = populate(engine, settings, 12, name="stop")
+    factory = make_sessionmaker(engine)
+    keys = key_service_from_settings(settings)
+    bulkprep.ensure_batch_perso_key(factory, keys, pop.batch_id)
+    stop = threading.Event()
+    reported: list[int] = []
+
+    def chunk_done(n: int) -> None:
+        reported.append(n)
+        stop.set()
+
+    first = bulkprep.Preparer(settings, factory, keys, pop.batch_id, audit.SYSTEM_ACTOR,
+                              chunk=3, on_chunk=chunk_done, stop=stop).run()  # fmt: skip
+    # the chunk in hand when the first commit was reported is finished too
+    assert first.prepared in (3, 6) and sum(reported) == first.prepared == 3 * first.chunks
+    left = [i for i in _items(engine, pop.batch_id) if i.stage == BatchStage.SELECTED]
+    assert len(left) == 12 - first.prepared
+    assert all(i.lease_owner is None and i.lease_expires_at is None for i in left)
+    second = bulkprep.Preparer(settings, factory, keys, pop.batch_id, audit.SYSTEM_ACTOR,
+                               chunk=3).run()  # fmt: skip
+    assert second.prepared == 12 - first.prepared and second.leases_lost == 0
+    assert len(assert_prepared_once(settings, engine, pop.batch_id)) == 12
+
+
+def test_a_chunk_taken_over_while_made_costs_that_chunk_only(
+    env: tuple[Settings, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lease lost between claim and commit (another worker took the chunk, seen by the
+    commit's guard on the database thread): counted, nothing written for it, and the run goes
+    on with the next chunks."""
+    settings, engine = env
+    pop = populate(engine, settings, 9, name="taken")
+    factory = make_sessionmaker(engine)
+    keys = key_service_from_settings(settings)
+    bulkprep.ensure_batch_perso_key(factory, keys, pop.batch_id)
+    preparer = bulkprep.Preparer(settings, factory, keys, pop.batch_id, audit.SYSTEM_ACTOR,
+                                 chunk=3)  # fmt: skip
+    made = bulkprep.Preparer._chunk
+    stolen: list[int] = []
+
+    def chunk(self: bulkprep.Preparer, ops: object, rows: list[bulkprep.Row]) -> object:
+        out = made(self, ops, rows)  # type: ignore[arg-type]
+        if not stolen:  # the first chunk: its lease taken over before its commit
+            stolen.extend(r.item_id for r in rows)
+            with transaction(factory) as s:
+                s.execute(sa.update(BatchItem).where(BatchItem.id.in_(stolen))
+                          .values(lease_owner="other-host:1:1:prepare"))  # fmt: skip
+        return out
+
+    monkeypatch.setattr(bulkprep.Preparer, "_chunk", chunk)
+    stats = preparer.run()
+    assert stats.leases_lost == 3 and stats.prepared == 6 and stats.chunks == 2
+    items = {i.id: i for i in _items(engine, pop.batch_id)}
+    assert {items[i].stage for i in stolen} == {BatchStage.SELECTED}
+    assert {items[i].lease_owner for i in stolen} == {"other-host:1:1:prepare"}
+    assert {c.item_id for c in _chips(engine, pop.batch_id)}.isdisjoint(stolen)
+
+
+def test_an_error_in_a_chunk_gives_back_what_was_claimed(
+    env: tuple[Settings, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error while a chunk is made (here the HSM failing) stops the run with that error;
+    the chunk in hand and the one claimed ahead are free again, the chunk committed before
+    stays prepared."""
+    from hsm.errors import HsmError
+
+    settings, engine = env
+    pop = populate(engine, settings, 12, name="err")
+    factory = make_sessionmaker(engine)
+    keys = key_service_from_settings(settings)
+    bulkprep.ensure_batch_perso_key(factory, keys, pop.batch_id)
+    made = bulkprep.Preparer._chunk
+    calls: list[int] = []
+
+    def chunk(self: bulkprep.Preparer, ops: object, rows: list[bulkprep.Row]) -> object:
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise HsmError("the HSM stopped answering")
+        return made(self, ops, rows)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bulkprep.Preparer, "_chunk", chunk)
+    preparer = bulkprep.Preparer(settings, factory, keys, pop.batch_id, audit.SYSTEM_ACTOR,
+                                 chunk=3)  # fmt: skip
+    with pytest.raises(HsmError, match="stopped answering"):
+        preparer.run()
+    items = _items(engine, pop.batch_id)
+    assert sum(1 for i in items if i.stage == BatchStage.PREPARED) == 3
+    left = [i for i in items if i.stage == BatchStage.SELECTED]
+    assert len(left) == 9 and all(i.lease_owner is None for i in left)
+    assert len(assert_prepared_once(settings, engine, pop.batch_id)) == 3
 
 
 def _selected(factory: object, batch_id: int) -> int:
@@ -361,11 +462,12 @@ def test_two_workers_export_a_bureau_file_the_bureau_can_use(
     pop = populate(engine, settings, 24, name="bx")
     keys = key_service_from_settings(settings)
     factory = make_sessionmaker(engine)
-    # a few cards prepared in house first (one chunk): the export takes them too, on their chip
+    # a few cards prepared in house first (one chunk; without the database thread, whose
+    # commit reports a chunk while the next one is made): the export takes them too
     one_chunk = threading.Event()
     preparer = bulkprep.Preparer(settings, factory, keys, pop.batch_id, audit.SYSTEM_ACTOR,
                                  chunk=5, on_chunk=lambda n: one_chunk.set(),
-                                 stop=one_chunk)  # fmt: skip
+                                 stop=one_chunk, overlap=False)  # fmt: skip
     bulkprep.ensure_batch_perso_key(factory, keys, pop.batch_id)
     assert preparer.run().prepared == 5
     before = {i.card_id: i.chip_serial for i in _items(engine, pop.batch_id) if i.chip_serial}
