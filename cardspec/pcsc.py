@@ -170,6 +170,28 @@ def _check(hresult: int, message: str, reader: str | None = None) -> None:
 # --- selecting the pcscd (PCSCLITE_CSOCK_NAME is read once per process) -----------------------
 
 
+_LINK_PREFIX = "ykt-pcsc-"
+
+
+def _sweep_stale_links() -> None:
+    """Remove the link directories of processes that are gone (killed, or left by
+    ``os._exit`` without their atexit): ``ykt-pcsc-PID-*`` of this user in the temp dir."""
+    root = Path(tempfile.gettempdir())
+    me = os.getuid()
+    for entry in root.glob(f"{_LINK_PREFIX}*-*"):
+        pid_text = entry.name[len(_LINK_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            if entry.lstat().st_uid != me or not entry.is_dir():
+                continue
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except OSError:  # another user's process, or the entry vanished meanwhile
+            continue
+
+
 class _CsockRouter:
     """The symlink libpcsclite connects through, re-pointed before each new context."""
 
@@ -207,7 +229,8 @@ class _CsockRouter:
         with self.lock:
             first = self.link is None
             if first:
-                directory = Path(tempfile.mkdtemp(prefix="ykt-pcsc-"))
+                _sweep_stale_links()
+                directory = Path(tempfile.mkdtemp(prefix=f"{_LINK_PREFIX}{os.getpid()}-"))
                 atexit.register(shutil.rmtree, directory, True)
                 self.link = directory / "pcscd.comm"
                 original = os.environ.get(CSOCK_ENV)

@@ -24,10 +24,11 @@ One chunk (``chunk`` cards, default :func:`chunk_size`) is three steps, each wor
    ``prepared``, the chips inserted, the cards updated and one audit event per item, every
    one a bulk statement (``executemany``), not an ORM flush per card.
 
-Steps 1 and 3 run on one database thread of the worker, in order: while this chunk's HSM
-work runs (step 2), the thread commits the previous chunk and claims the next one, so the
-database's work (on PostgreSQL, the server's, on the machine's other core) is off the path
-of the HSM. A stop (or an error) gives the chunk claimed ahead back at once.
+Steps 1 and 3 run on one database thread of the worker, in order, when the machine has the
+cores for it (:func:`database_thread`): while this chunk's HSM work runs (step 2), the thread
+commits the previous chunk and claims the next one, so the database's work (on PostgreSQL,
+the server's, on another core) is off the path of the HSM. A stop (or an error) gives the
+chunk claimed ahead back at once.
 
 A kill -9 at any moment loses nothing: before step 3 commits, the chunk's items are merely
 leased (a dead worker's lease is void at once on this machine, see
@@ -407,6 +408,15 @@ class BureauSink:
         raise NotImplementedError
 
 
+def database_thread(workers: int) -> bool:
+    """Whether a worker runs its claims and commits on a database thread (the default): when
+    the machine has a core for each worker's HSM work and one for its database work (the
+    PostgreSQL backend, or SQLite in process). With fewer cores the thread only competes for
+    them and the GIL: measured on 2 cores, 1 worker gains with it, 2 workers lose (each one's
+    HSM calls wait for the GIL its database thread holds)."""
+    return 2 * workers <= (os.cpu_count() or 1)
+
+
 class _Inline:
     """Runs each task at once, in this thread (a :class:`_DatabaseThread` without the
     thread)."""
@@ -460,10 +470,10 @@ class Preparer:
         new_serial: Callable[[], bytes] | None = None,
         on_chunk: Callable[[int], None] | None = None,
         stop: Any = None,
-        overlap: bool = True,
+        overlap: bool | None = None,
     ) -> None:
         self.settings = settings
-        self.overlap = overlap
+        self.overlap = database_thread(1) if overlap is None else overlap
         self.factory = factory
         self.key_service = key_service
         self.batch_id = batch_id
@@ -1068,7 +1078,7 @@ def _worker(
             lease_seconds=req.lease_seconds, today=req.today, transport=req.transport,
             bureau_file_id=req.bureau_file_id, sink=sink,
             on_chunk=lambda n: results.put(("progress", n)), stop=stop,
-            new_serial=stock.new_serial,
+            new_serial=stock.new_serial, overlap=database_thread(req.workers),
         )  # fmt: skip
         if req.output == IN_HOUSE:
             ensure_batch_perso_key(factory, keys, req.batch_id)

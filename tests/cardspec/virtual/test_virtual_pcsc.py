@@ -105,3 +105,33 @@ def test_libpcsclite_reads_the_socket_name_once_per_process(stack: VirtualReader
         env={**env, **stack.environ}, capture_output=True, text=True, timeout=30, check=True,
     ).stdout.strip()  # fmt: skip
     assert ok == "0"
+
+
+def test_link_directories_of_dead_processes_are_swept(stack: VirtualReaderStack) -> None:
+    """The routing symlink's directory is removed at exit; a process killed (or leaving by
+    ``os._exit``) cannot, so the next process sweeps directories whose process is gone and
+    leaves the living ones alone."""
+    import tempfile
+
+    from cardspec import pcsc
+
+    code = (
+        "import os, sys\n"
+        "from cardspec.pcsc import list_readers\n"
+        "list_readers(sys.argv[1])\n"
+        "print(os.getpid(), flush=True)\n"
+        "os._exit(0)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(stack.csock)],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout.split()  # fmt: skip
+    root = Path(tempfile.gettempdir())
+    (left,) = root.glob(f"ykt-pcsc-{out[0]}-*")  # os._exit: its atexit did not run
+    mine = Path(tempfile.mkdtemp(prefix=f"ykt-pcsc-{os.getpid()}-"))
+    try:
+        pcsc._sweep_stale_links()
+        assert not left.exists()
+        assert mine.is_dir()
+    finally:
+        mine.rmdir()

@@ -320,7 +320,8 @@ def test_a_stop_gives_back_the_chunk_claimed_ahead(env: tuple[Settings, Engine])
         stop.set()
 
     first = bulkprep.Preparer(settings, factory, keys, pop.batch_id, audit.SYSTEM_ACTOR,
-                              chunk=3, on_chunk=chunk_done, stop=stop).run()  # fmt: skip
+                              chunk=3, on_chunk=chunk_done, stop=stop,
+                              overlap=True).run()  # fmt: skip
     # the chunk in hand when the first commit was reported is finished too
     assert first.prepared in (3, 6) and sum(reported) == first.prepared == 3 * first.chunks
     left = [i for i in _items(engine, pop.batch_id) if i.stage == BatchStage.SELECTED]
@@ -330,6 +331,16 @@ def test_a_stop_gives_back_the_chunk_claimed_ahead(env: tuple[Settings, Engine])
                                chunk=3).run()  # fmt: skip
     assert second.prepared == 12 - first.prepared and second.leases_lost == 0
     assert len(assert_prepared_once(settings, engine, pop.batch_id)) == 12
+
+
+def test_the_database_thread_only_where_the_cores_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One worker's HSM work and its database work each need a core."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert bulkprep.database_thread(1) and not bulkprep.database_thread(2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert bulkprep.database_thread(4) and not bulkprep.database_thread(5)
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert not bulkprep.database_thread(1)
 
 
 def test_a_chunk_taken_over_while_made_costs_that_chunk_only(
@@ -344,7 +355,7 @@ def test_a_chunk_taken_over_while_made_costs_that_chunk_only(
     keys = key_service_from_settings(settings)
     bulkprep.ensure_batch_perso_key(factory, keys, pop.batch_id)
     preparer = bulkprep.Preparer(settings, factory, keys, pop.batch_id, audit.SYSTEM_ACTOR,
-                                 chunk=3)  # fmt: skip
+                                 chunk=3, overlap=True)  # fmt: skip
     made = bulkprep.Preparer._chunk
     stolen: list[int] = []
 
@@ -390,7 +401,7 @@ def test_an_error_in_a_chunk_gives_back_what_was_claimed(
 
     monkeypatch.setattr(bulkprep.Preparer, "_chunk", chunk)
     preparer = bulkprep.Preparer(settings, factory, keys, pop.batch_id, audit.SYSTEM_ACTOR,
-                                 chunk=3)  # fmt: skip
+                                 chunk=3, overlap=True)  # fmt: skip
     with pytest.raises(HsmError, match="stopped answering"):
         preparer.run()
     items = _items(engine, pop.batch_id)
