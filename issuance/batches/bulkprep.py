@@ -544,7 +544,10 @@ class Preparer:
                 rows = [] if self._stopped() else self._claim_timed(stages)
                 pending: tuple[Future[int], int] | None = None
                 while rows and not self._stopped():
-                    nxt = db.submit(self._claim_timed, stages)
+                    # with the thread, the next chunk is claimed while this one is made;
+                    # without, once this one is committed (so that no worker holds a chunk
+                    # ahead while another finds none left at the end of the batch)
+                    nxt = db.submit(self._claim_timed, stages) if self.overlap else None
                     try:
                         out = self._chunk(ops, rows)
                     except bi.LeaseLost as exc:
@@ -552,13 +555,15 @@ class Preparer:
                         out = []
                     rows = []
                     commit = (db.submit(self._commit_timed, out), len(out)) if out else None
+                    if nxt is None:  # no thread: the commit is done
+                        if commit is not None:
+                            self._settle(commit)
+                        rows = [] if self._stopped() else self._claim_timed(stages)
+                        continue
                     rows, nxt = nxt.result(), None
                     if pending is not None:
                         self._settle(pending)
                     pending = commit
-                    if pending is not None and pending[0].done():  # always so without thread
-                        self._settle(pending)
-                        pending = None
                 if pending is not None:
                     self._settle(pending)
         finally:
