@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 from batch_helpers import (
     HsmRoot,
+    Populated,
     assert_batch_invariants,
     audit_details,
     batch_settings,
@@ -30,6 +31,7 @@ from batch_helpers import (
 from cli_helpers import ykt, ykt_cmd, ykt_env
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap_with_padding
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from cardspec import cardops, perso
 from cardspec.emulator import Card as EmulatedCard
@@ -38,7 +40,7 @@ from cardspec.profile import get_profile
 from cardspec.reader import InProcessReader
 from hsm import pkcs11 as p11
 from hsm.prep import RecordCrypto, perso_key_label
-from hsm.service import Pkcs11KeyService, key_service_from_settings
+from hsm.service import KeyService, Pkcs11KeyService, key_service_from_settings
 from issuance import audit
 from issuance.batches import bulkprep, dataprep, persofile
 from issuance.batches import items as bi
@@ -273,16 +275,25 @@ def test_stations_run_the_perso_file_and_derive_keys_for_a_refused_record(
         assert not p11.exists(session, perso_key_label(pop.batch_id))
 
 
+def _ready(
+    env: tuple[Settings, Engine], cards: int, name: str
+) -> tuple[Populated, sessionmaker[Session], KeyService]:
+    """A populated batch with its perso key: (population, session factory, key service)."""
+    settings, engine = env
+    pop = populate(engine, settings, cards, name=name)
+    factory = make_sessionmaker(engine)
+    keys = key_service_from_settings(settings)
+    bulkprep.ensure_batch_perso_key(factory, keys, pop.batch_id)
+    return pop, factory, keys
+
+
 def test_a_lost_lease_changes_nothing(env: tuple[Settings, Engine]) -> None:
     """A worker whose chunk lease expired and was taken over by another worker commits
     nothing: its cards stay the other worker's, no chip is recorded."""
     settings, engine = env
-    pop = populate(engine, settings, 3, name="lease")
-    factory = make_sessionmaker(engine)
-    keys = key_service_from_settings(settings)
+    pop, factory, keys = _ready(env, 3, "lease")
     from hsm.prep import prep_ops
 
-    bulkprep.ensure_batch_perso_key(factory, keys, pop.batch_id)
     preparer = bulkprep.Preparer(settings, factory, keys, pop.batch_id, audit.SYSTEM_ACTOR,
                                  chunk=3)  # fmt: skip
     with transaction(factory) as s:
@@ -308,10 +319,7 @@ def test_a_stop_gives_back_the_chunk_claimed_ahead(env: tuple[Settings, Engine])
     stop after a chunk leaves that chunk prepared and the one claimed ahead free at once, not
     leased: the next run prepares every remaining card."""
     settings, engine = env
-    pop = populate(engine, settings, 12, name="stop")
-    factory = make_sessionmaker(engine)
-    keys = key_service_from_settings(settings)
-    bulkprep.ensure_batch_perso_key(factory, keys, pop.batch_id)
+    pop, factory, keys = _ready(env, 12, "stop")
     stop = threading.Event()
     reported: list[int] = []
 
@@ -350,10 +358,7 @@ def test_a_chunk_taken_over_while_made_costs_that_chunk_only(
     commit's guard on the database thread): counted, nothing written for it, and the run goes
     on with the next chunks."""
     settings, engine = env
-    pop = populate(engine, settings, 9, name="taken")
-    factory = make_sessionmaker(engine)
-    keys = key_service_from_settings(settings)
-    bulkprep.ensure_batch_perso_key(factory, keys, pop.batch_id)
+    pop, factory, keys = _ready(env, 9, "taken")
     preparer = bulkprep.Preparer(settings, factory, keys, pop.batch_id, audit.SYSTEM_ACTOR,
                                  chunk=3, overlap=True)  # fmt: skip
     made = bulkprep.Preparer._chunk
@@ -386,10 +391,7 @@ def test_an_error_in_a_chunk_gives_back_what_was_claimed(
     from hsm.errors import HsmError
 
     settings, engine = env
-    pop = populate(engine, settings, 12, name="err")
-    factory = make_sessionmaker(engine)
-    keys = key_service_from_settings(settings)
-    bulkprep.ensure_batch_perso_key(factory, keys, pop.batch_id)
+    pop, factory, keys = _ready(env, 12, "err")
     made = bulkprep.Preparer._chunk
     calls: list[int] = []
 
