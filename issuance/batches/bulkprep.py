@@ -534,8 +534,8 @@ class Preparer:
         stages = (S.SELECTED,) if self.output == IN_HOUSE else (S.SELECTED, S.PREPARED)
         # Steps 1 and 3 run on a second thread, in order (one connection at a time): the
         # next chunk's claim and the previous chunk's commit wait for the database while
-        # this thread does the HSM work of the current chunk (their Python work is small:
-        # they mostly wait on the server, without the GIL).
+        # this thread does the HSM work of the current chunk. Their own Python work (about
+        # 100 us a card, measured) still takes turns with this thread's for the GIL.
         db = _DatabaseThread() if self.overlap else _Inline()
         rows: list[Row] = []  # claimed and not prepared yet
         nxt: Future[list[Row]] | None = None
