@@ -317,9 +317,9 @@ class PrepOps:
         self.destroyed += 1
 
     @staticmethod
-    def _blocks(ref: CardKeyRef, alg: Algorithm, region: str, financial: bool) -> list[bytes]:
-        slot = KeySlot.FIN_AC if financial else KeySlot.KMC
-        return [keyscheme.diversification_data(f, alg) for f in ref.factors(slot, region)]
+    def _data(factors: Sequence[bytes], alg: Algorithm) -> list[bytes]:
+        """The derivation data of each factor (one per level of the derivation)."""
+        return [keyscheme.diversification_data(f, alg) for f in factors]
 
     def _check(self, ref: CardKeyRef, slots: Sequence[KeySlot]) -> None:
         if KeySlot.PUK not in slots or KeySlot.KMC not in slots:
@@ -381,37 +381,29 @@ class PrepOps:
         fast, sh, alg, region = self.fast, self._sh, ref.algorithm, self.service.region_code
         plan = self._plan(alg, ref.key_version, slots)
         factors = ref.factors(KeySlot.KMC, region)  # the card's (KLK included)
-        card = [keyscheme.diversification_data(f, alg) for f in factors]
+        card = self._data(factors, alg)
         emv: list[bytes] | None = None
-        derive = fast.derive if len(card) == 1 else None
-        wrap, destroy = fast.wrap_kwp, fast.destroy
-        klk = self._derive(plan.klk, KLK_ALGORITHM,
-                           [keyscheme.diversification_data(f, KLK_ALGORITHM) for f in factors],
-                           _KLK_WRAP)  # fmt: skip
+        derive, wrap, destroy = self._derive, fast.wrap_kwp, fast.destroy
+        klk = derive(plan.klk, KLK_ALGORITHM, self._data(factors, KLK_ALGORITHM), _KLK_WRAP)
         kmc = live = 0
         write: dict[KeySlot, bytes] = {}
         pin = ""
         payloads: tuple[bytes, ...] = ()
         try:
-            kmc = self._derive(plan.kmc, alg, card, _CARD_ENC[alg])
+            kmc = derive(plan.kmc, alg, card, _CARD_ENC[alg])
             kmc_wrapped = wrap(sh, self._kek, kmc)
-            block = card[0]
             for slot, master, financial, tmpl in plan.keys:
                 if financial:
-                    data = emv = emv or self._blocks(ref, alg, region, True)
-                    live = self._derive(master, alg, data, tmpl)
-                elif derive is not None:
-                    live = derive(sh, master, alg, block, tmpl)
+                    data = emv = emv or self._data(ref.factors(KeySlot.FIN_AC, region), alg)
                 else:
-                    live = self._derive(master, alg, card, tmpl)
+                    data = card
+                live = derive(master, alg, data, tmpl)
                 write[slot] = wrap(sh, klk, live)
                 if slot is KeySlot.PUK:
                     pin, payloads = self._pin_and_payloads(ref, live, kmc, pins)
                 destroy(sh, live)
                 live = 0
             self.destroyed += len(plan.keys)
-            if derive is not None:  # the ones derived here directly (not by _derive)
-                self.derived += sum(1 for _, _, financial, _ in plan.keys if not financial)
         finally:
             for handle in (live, kmc, klk):
                 if handle:
@@ -426,26 +418,22 @@ class PrepOps:
         plan = self._plan(alg, ref.key_version, slots)
         kcv_block, tmpl, kek = _KCV_BLOCK[alg], _CARD_ENC[alg], self._kek
         factors = ref.factors(KeySlot.KMC, region)  # the card's (KLK included)
-        card = [keyscheme.diversification_data(f, alg) for f in factors]
+        card = self._data(factors, alg)
         emv: list[bytes] | None = None
-        derive = fast.derive if len(card) == 1 else None
-        wrap, encrypt, destroy = fast.wrap_kwp, fast.encrypt_ecb, fast.destroy
+        derive, wrap, encrypt, destroy = self._derive, fast.wrap_kwp, fast.encrypt_ecb, fast.destroy
         wrapped: dict[KeySlot, bytes] = {}
         kcvs: dict[KeySlot, bytes] = {}
         kept: dict[KeySlot, int] = {}  # KMC and PUK live until the PIN payloads are made
         try:
-            key = kept[KeySlot.KMC] = self._derive(plan.kmc, alg, card, tmpl)
+            key = kept[KeySlot.KMC] = derive(plan.kmc, alg, card, tmpl)
             wrapped[KeySlot.KMC] = wrap(sh, kek, key)
             kcvs[KeySlot.KMC] = encrypt(sh, key, alg, kcv_block)[:3]
             for slot, master, financial, _ in plan.keys:
                 if financial:
-                    data = emv = emv or self._blocks(ref, alg, region, True)
-                    key = self._derive(master, alg, data, tmpl)
-                elif derive is not None:
-                    key = derive(sh, master, alg, card[0], tmpl)
-                    self.derived += 1
+                    data = emv = emv or self._data(ref.factors(KeySlot.FIN_AC, region), alg)
                 else:
-                    key = self._derive(master, alg, card, tmpl)
+                    data = card
+                key = derive(master, alg, data, tmpl)
                 if slot is KeySlot.PUK:
                     kept[slot] = key
                 try:
@@ -456,9 +444,7 @@ class PrepOps:
                         destroy(sh, key)
                         self.destroyed += 1
             _, payloads = self._pin_and_payloads(ref, kept[KeySlot.PUK], kept[KeySlot.KMC], pins)
-            klk = self._derive(plan.klk, KLK_ALGORITHM,
-                               [keyscheme.diversification_data(f, KLK_ALGORITHM) for f in factors],
-                               _KLK_EXPORT)  # fmt: skip
+            klk = derive(plan.klk, KLK_ALGORITHM, self._data(factors, KLK_ALGORITHM), _KLK_EXPORT)
             try:
                 klk_wrapped = wrap(sh, kek, klk)
                 klk_kcv = encrypt(sh, klk, KLK_ALGORITHM, _KCV_BLOCK[KLK_ALGORITHM])[:3]
