@@ -49,6 +49,7 @@ images are the chip manufacturer's work and are written when a station loads the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
@@ -61,8 +62,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -108,7 +110,6 @@ _EVENTS = cast(sa.Table, AuditEvent.__table__)
 #: Cards per chunk (one segment, two short transactions) for large batches.
 CHUNK = 500
 IN_HOUSE, BUREAU = "in_house", "bureau"
-T = TypeVar("T")
 
 
 def chunk_size(remaining: int, workers: int = 1, chunk: int | None = None) -> int:
@@ -417,38 +418,6 @@ def database_thread(workers: int) -> bool:
     return 2 * workers <= (os.cpu_count() or 1)
 
 
-class _Inline:
-    """Runs each task at once, in this thread (a :class:`_DatabaseThread` without the
-    thread)."""
-
-    def __enter__(self) -> _Inline:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        fut: Future[T] = Future()
-        try:
-            fut.set_result(fn(*args))
-        except Exception as exc:  # handed to the caller, as a thread would
-            fut.set_exception(exc)
-        return fut
-
-
-class _DatabaseThread(_Inline):
-    """One thread running the tasks in the order given; leaving waits for all of them."""
-
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prep-db")
-
-    def __exit__(self, *exc: object) -> None:
-        self._pool.shutdown(wait=True)
-
-    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        return self._pool.submit(fn, *args)
-
-
 class Preparer:
     """One process's data preparation loop on one batch (see the module docstring)."""
 
@@ -536,36 +505,40 @@ class Preparer:
         # next chunk's claim and the previous chunk's commit wait for the database while
         # this thread does the HSM work of the current chunk. Their own Python work (about
         # 100 us a card, measured) still takes turns with this thread's for the GIL.
-        db = _DatabaseThread() if self.overlap else _Inline()
+        db = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="prep-db")
+            if self.overlap
+            else None
+        )
         rows: list[Row] = []  # claimed and not prepared yet
         nxt: Future[list[Row]] | None = None
         try:
-            with ops, db:
+            with ops, db or contextlib.nullcontext():
                 rows = [] if self._stopped() else self._claim_timed(stages)
-                pending: tuple[Future[int], int] | None = None
+                pending: tuple[Callable[[], int], int] | None = None
                 while rows and not self._stopped():
                     # with the thread, the next chunk is claimed while this one is made;
                     # without, once this one is committed (so that no worker holds a chunk
                     # ahead while another finds none left at the end of the batch)
-                    nxt = db.submit(self._claim_timed, stages) if self.overlap else None
+                    nxt = db.submit(self._claim_timed, stages) if db is not None else None
                     try:
                         out = self._chunk(ops, rows)
                     except bi.LeaseLost as exc:
                         self._lost(len(rows), exc)
                         out = []
                     rows = []
-                    commit = (db.submit(self._commit_timed, out), len(out)) if out else None
-                    if nxt is None:  # no thread: the commit is done
-                        if commit is not None:
-                            self._settle(commit)
+                    if db is None or nxt is None:  # no thread: commit now, then claim
+                        if out:
+                            self._settle(partial(self._commit_timed, out), len(out))
                         rows = [] if self._stopped() else self._claim_timed(stages)
                         continue
+                    commit = (db.submit(self._commit_timed, out).result, len(out)) if out else None
                     rows, nxt = nxt.result(), None
                     if pending is not None:
-                        self._settle(pending)
+                        self._settle(*pending)
                     pending = commit
                 if pending is not None:
-                    self._settle(pending)
+                    self._settle(*pending)
         finally:
             # a stop, or an error: the chunks claimed and not prepared are given back now
             # (a next run takes them at once, not when their lease ends)
@@ -573,7 +546,7 @@ class Preparer:
                 rows = rows + nxt.result()
             if rows:
                 try:
-                    self._release(rows)
+                    self._give_back([r.item_id for r in rows])
                 except Exception:  # the lease ends anyway; the first error is the one raised
                     log.exception("data preparation: could not give back a claimed chunk")
             self.stats.keys_derived += ops.derived
@@ -599,13 +572,13 @@ class Preparer:
             self.stats.exported += len(out)
         return len(out)
 
-    def _settle(self, commit: tuple[Future[int], int]) -> None:
-        """The outcome of a chunk's commit: counted, reported, or its error raised (a lost
-        lease only costs the chunk: another worker has it)."""
+    def _settle(self, commit: Callable[[], int], cards: int) -> None:
+        """The outcome of a chunk's commit (``commit()``: its result, or its error raised; a
+        lost lease only costs the chunk: another worker has it): counted and reported."""
         try:
-            done = commit[0].result()
+            done = commit()
         except bi.LeaseLost as exc:
-            self._lost(commit[1], exc)
+            self._lost(cards, exc)
             return
         self.stats.chunks += 1
         if self.on_chunk is not None:
@@ -615,14 +588,12 @@ class Preparer:
         self.stats.leases_lost += cards
         log.warning("data preparation: %s; chunk left to the other worker", exc)
 
-    def _release(self, rows: list[Row]) -> None:
-        """Give back the lease of claimed items this worker will not prepare."""
-        held = [r.item_id for r in rows]
+    def _give_back(self, item_ids: list[int]) -> None:
+        """Give back this worker's lease of items it will not prepare (now)."""
 
         def go(s: Session) -> None:
             s.execute(sa.update(_ITEMS)
-                      .where(_ITEMS.c.id.in_(held), _ITEMS.c.lease_owner == self.owner,
-                             _ITEMS.c.stage.in_([str(S.SELECTED), str(S.PREPARED)]))
+                      .where(_ITEMS.c.id.in_(item_ids), _ITEMS.c.lease_owner == self.owner)
                       .values(lease_owner=None, lease_expires_at=None))  # fmt: skip
 
         self._txn(go)
@@ -701,17 +672,9 @@ class Preparer:
         log.warning("data preparation refused %s", message)
 
     def _release_refused(self) -> None:
-        if not self._refused:
-            return
-        refused = list(self._refused)
-
-        def go(s: Session) -> None:
-            s.execute(sa.update(_ITEMS)
-                      .where(_ITEMS.c.id.in_(refused), _ITEMS.c.lease_owner == self.owner)
-                      .values(lease_owner=None, lease_expires_at=None))  # fmt: skip
-
-        self._txn(go)
-        self._refused.clear()
+        if self._refused:
+            self._give_back(list(self._refused))
+            self._refused.clear()
 
     def _card(
         self, prof: _Profile, row: Row, issue: date, versions: dict[str, int]
