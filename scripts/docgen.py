@@ -52,6 +52,8 @@ CLI_SCRIPT = "ykt"
 SETTINGS_MODEL = "issuance.settings:Settings"
 #: The module (or package) whose ``*_TRANSITIONS`` tables are documented.
 LIFECYCLE_MODULE = "issuance.lifecycle"
+#: Files the hook adds to the site beside the pages (relative to ``docs/``).
+GENERATED_FILES = ("reference/openapi.json",)
 #: Top-level directories not searched for ``CHOICE`` notes.
 NOT_PRODUCT = {"tests", "bench", "scripts", "docs", "var", "site"}
 
@@ -639,7 +641,8 @@ def on_files(files: Any, config: Any) -> Any:
 
     _cache["openapi"] = openapi_document()
     content = json.dumps(_cache["openapi"], indent=1, ensure_ascii=False)
-    files.append(File.generated(config, "reference/openapi.json", content=content))
+    (name,) = GENERATED_FILES
+    files.append(File.generated(config, name, content=content))
     return files
 
 
