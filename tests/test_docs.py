@@ -9,6 +9,7 @@ files and their headings.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import re
 import shlex
@@ -222,6 +223,64 @@ def test_every_path_mentioned_exists(pages: list[Page]) -> None:
                     problems.append(f"{page.name}:{number}: {path} does not exist")
     assert not problems, "\n".join(problems)
     assert len(seen) > 30, sorted(seen)
+
+
+def _top_level_names(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
+def check_dotted(name: str) -> str | None:
+    """A problem with a dotted Python name (``pkg.module.attribute``), or None.
+
+    The longest prefix of two or more parts that is a module must exist, and the next part must
+    be defined at its top level. Names whose first two parts are no module (audit event names
+    such as ``api.denied``) are not Python names and are left alone.
+    """
+    parts = name.split(".")
+    for cut in range(len(parts), 1, -1):
+        module = ".".join(parts[:cut])
+        try:
+            spec = importlib.util.find_spec(module)
+        except ModuleNotFoundError:
+            spec = None
+        if spec is None or spec.origin is None:
+            continue
+        if cut < len(parts) and parts[cut] not in _top_level_names(Path(spec.origin)):
+            return f"{module} defines no {parts[cut]}"
+        return None
+    return None
+
+
+def test_every_python_name_mentioned_exists(pages: list[Page]) -> None:
+    problems, seen = [], set()
+    for page in pages:
+        texts = [(n, s) for n, s in page.spans] + [(n, t) for _, n, t in page.blocks]
+        for number, text in texts:
+            for module in re.findall(r"python -m ([\w.]+)", text):
+                seen.add(module)
+                if importlib.util.find_spec(module) is None:
+                    problems.append(f"{page.name}:{number}: no module {module}")
+        for number, span in page.spans:
+            match = re.fullmatch(
+                r"((?:cardspec|hsm|issuance|printers|api|bench)(?:\.\w+)+)(?:\(\))?", span
+            )
+            if match:
+                seen.add(match.group(1))
+                problem = check_dotted(match.group(1))
+                if problem:
+                    problems.append(f"{page.name}:{number}: {problem}")
+    assert not problems, "\n".join(problems)
+    assert len(seen) > 10, sorted(seen)
 
 
 def _sections() -> dict[str, set[str]]:
