@@ -246,7 +246,7 @@ def _param_row(param: Any) -> str:
     if param.nargs == -1 or getattr(param, "multiple", False):
         kind += ", repeatable"
     default = param.default
-    if callable(default) or default is None or param.required:
+    if callable(default) or default is None or default is False or param.required:
         shown = "required" if param.required else ""
     elif is_option(param) and param.is_flag and param.secondary_opts:
         shown = _code(param.opts[0] if default else param.secondary_opts[0])
@@ -593,7 +593,7 @@ def choices_markdown() -> str:
             if not notes:
                 continue
             rel = path.relative_to(ROOT).as_posix()
-            parts += [f"## {rel}", ""]
+            parts += [f"## `{rel}`", ""]
             for line, note in notes:
                 count += 1
                 body = prose(note).replace("\n", "\n> ")
