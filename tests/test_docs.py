@@ -301,9 +301,12 @@ def test_every_settings_key_exists(pages: list[Page]) -> None:
             problems.append(f"{where}: no setting [{section}] {key}")
 
     for page in pages:
-        for lang, start, text in page.blocks:
-            if lang != "toml":
-                continue
+        tomls = [(start, text) for lang, start, text in page.blocks if lang == "toml"]
+        for lang, start, text in page.blocks:  # a settings file written by a shell heredoc
+            if lang in SHELL_LANGS:
+                for heredoc in re.finditer(r"<<'?TOML'?\n(.*?)\nTOML$", text, re.S | re.M):
+                    tomls.append((start + text[: heredoc.start(1)].count("\n"), heredoc.group(1)))
+        for start, text in tomls:
             section = None
             for offset, line in enumerate(text.splitlines(), start=1):
                 where = f"{page.name}:{start + offset}"
