@@ -378,8 +378,8 @@ def settings_markdown() -> str:
     for section, cls in sections.items():
         parts.append(f"## [{section}]")
         parts.append("")
-        doc = cls.__doc__ if cls.__doc__ and cls.__doc__ != BaseModel.__doc__ else ""
-        if doc and "A base class for creating Pydantic models" not in doc:
+        doc = vars(cls).get("__doc__")  # the section's own docstring, not an inherited one
+        if doc:
             parts += [_esc(inspect.cleandoc(doc)), ""]
         comments = _field_comments(cls)
         parts.append("| key | type | default | variable | what |")
