@@ -416,3 +416,61 @@ def test_readme_is_short_and_keeps_the_two_commands() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(readme.splitlines()) <= 200
     assert "./run demo" in readme and "./run test" in readme
+
+
+FAKE_CLI = '''
+import click
+import typer
+
+sub = typer.Typer()
+
+
+@sub.command("go")
+def go(fast: bool = typer.Option(False, "--fast")) -> None:
+    """Go."""
+
+
+@sub.command("stay")
+def stay() -> None:
+    """Stay."""
+
+
+app = typer.Typer()
+app.add_typer(sub, name="moved")
+
+
+@click.group()
+def group() -> None:
+    pass
+
+
+@group.command("go")
+@click.option("--fast", is_flag=True)
+def click_go(fast: bool) -> None:
+    pass
+
+
+def main() -> None:
+    built = typer.Typer()
+    built.add_typer(sub, name="moved")
+    built()
+'''
+
+
+@pytest.mark.parametrize("attribute", ["main", "app", "group"])
+def test_the_command_tree_is_found_wherever_the_cli_lives(
+    attribute: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entry point may name a main() that builds the tree, a Typer app or a click group."""
+    from importlib.metadata import EntryPoint
+
+    (tmp_path / "fake_moved_cli.py").write_text(FAKE_CLI, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    point = EntryPoint("ykt", f"fake_moved_cli:{attribute}", "console_scripts")
+    monkeypatch.setattr(docgen, "entry_points", lambda **kwargs: [point])
+    root = docgen.cli_root()
+    found = [" ".join(path) for path, _ in docgen.walk_commands(root)]
+    expected = "ykt go" if attribute == "group" else "ykt moved go"
+    assert expected in found
+    assert check_invocation(root, [*expected.split()[1:], "--fast"]) == ([], 1)
+    assert check_invocation(root, [*expected.split()[1:], "--slow"])[0] != []
