@@ -57,6 +57,11 @@ class Page:
     headings: list[str] = field(default_factory=list)
 
     @property
+    def code(self) -> list[tuple[int, str]]:
+        """(line number, text) of every inline code span and fenced block."""
+        return self.spans + [(number, text) for _, number, text in self.blocks]
+
+    @property
     def name(self) -> str:
         return self.path.relative_to(ROOT).as_posix()
 
@@ -211,8 +216,7 @@ TREE_PATH = re.compile(
 def test_every_path_mentioned_exists(pages: list[Page]) -> None:
     problems, seen = [], set()
     for page in pages:
-        texts = [(n, s) for n, s in page.spans] + [(n, t) for _, n, t in page.blocks]
-        for number, text in texts:
+        for number, text in page.code:
             for match in TREE_PATH.finditer(text):
                 path = match.group(1).rstrip(".,:;")
                 end = match.end()
@@ -264,8 +268,7 @@ def check_dotted(name: str) -> str | None:
 def test_every_python_name_mentioned_exists(pages: list[Page]) -> None:
     problems, seen = [], set()
     for page in pages:
-        texts = [(n, s) for n, s in page.spans] + [(n, t) for _, n, t in page.blocks]
-        for number, text in texts:
+        for number, text in page.code:
             for module in re.findall(r"python -m ([\w.]+)", text):
                 seen.add(module)
                 if importlib.util.find_spec(module) is None:
@@ -368,8 +371,7 @@ def test_every_make_target_exists(pages: list[Page]) -> None:
     targets = set(re.findall(r"^([\w-]+):", makefile, re.MULTILINE))
     problems, seen = [], set()
     for page in pages:
-        texts = [(n, s) for n, s in page.spans] + [(n, t) for _, n, t in page.blocks]
-        for number, text in texts:
+        for number, text in page.code:
             for target in re.findall(r"(?:^|[\s;&(])make\s+([a-z][\w-]*)", text):
                 seen.add(target)
                 if target not in targets:
