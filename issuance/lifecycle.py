@@ -41,6 +41,7 @@ from issuance.audit import Actor
 from issuance.db import flush
 from issuance.errors import PermissionDenied, TransitionError
 from issuance.models import (
+    LIVE_APPLICATION_STATUSES,
     Application,
     ApplicationStatus,
     Batch,
@@ -394,7 +395,7 @@ AE = ApplicationEvent
 
 #: The state an application is created in (``application.received``).
 APPLICATION_INITIAL = P.RECEIVED
-_LIVE_APPLICATION = [P.RECEIVED, P.PROCESSED, P.REVIEWED]
+_LIVE_APPLICATION = list(LIVE_APPLICATION_STATUSES)  # received, processed, reviewed
 
 #: The application transition table. Maker-checker (who did an earlier step may not do a
 #: later one) is checked by :mod:`issuance.services.applications` around the transition.
