@@ -1,9 +1,16 @@
-"""The card lifecycle as data: explicit transition tables for cards and for chip applications.
+"""The lifecycles as data: explicit transition tables for cards, chip applications,
+applications, production batches and the cards of a batch (batch items).
 
-A transition is ``(from_state, event) -> to_state`` with the roles that may ask for it and the
-channels it may come through. Anything not in the table raises :class:`TransitionError` and
-changes nothing. Every applied transition writes one audit event (who, role, channel, when, why,
-before/after) in the caller's transaction.
+A transition is ``(from_state, event) -> to_state`` with the roles that may ask for it, the
+channels it may come through and the audit event it writes. Anything not in the table raises
+:class:`TransitionError` and changes nothing. Every applied transition writes one audit event
+(who, role, channel, when, why, before/after) in the caller's transaction. Each entity has one
+function that changes its status: :func:`apply_card_event`, :func:`apply_chip_event`,
+:func:`apply_application_event`, :func:`apply_batch_event`, :func:`apply_item_event`; no
+other code assigns a status (``tests/issuance/test_issuance_state_writes.py`` walks the code
+to hold that). The bulk statements of data preparation and bureau export move thousands of
+items in one statement: they take their from/to stages and audit event from a declared
+transition (:func:`item_transition`, looked up when their module is imported).
 
 The services (:mod:`issuance.services`) add the domain rules around a transition (a loss report
 row, a replacement card, the chip applications that follow the card ...).
@@ -24,15 +31,23 @@ holder (:func:`issuance.services.cards.expire_if_due`). An expired card may be r
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from issuance import audit
 from issuance.audit import Actor
+from issuance.db import flush
 from issuance.errors import PermissionDenied, TransitionError
 from issuance.models import (
+    LIVE_APPLICATION_STATUSES,
+    Application,
+    ApplicationStatus,
+    Batch,
+    BatchItem,
+    BatchStage,
+    BatchStatus,
     Card,
     CardStatus,
     Channel,
@@ -91,6 +106,8 @@ class Transition:
     roles: frozenset[StaffRole]
     channels: frozenset[Channel] | None = None  # None = any channel
     kinds: frozenset[ChipAppKind] | None = None  # chip applications only; None = any kind
+    #: the audit event written (``action`` column), e.g. ``card.suspend``
+    audit_event: str = ""
 
 
 def _t(
@@ -100,6 +117,8 @@ def _t(
     roles: Iterable[StaffRole],
     channels: Iterable[Channel] | None = None,
     kinds: Iterable[ChipAppKind] | None = None,
+    *,
+    audit_event: str = "",
 ) -> list[Transition]:
     froms = [frm] if isinstance(frm, str) else list(frm)
     return [
@@ -107,9 +126,18 @@ def _t(
             f, event, to, frozenset(roles),
             None if channels is None else frozenset(channels),
             None if kinds is None else frozenset(kinds),
+            audit_event,
         )
         for f in froms
     ]  # fmt: skip
+
+
+def _audited(prefix: str, table: Iterable[Transition]) -> tuple[Transition, ...]:
+    """The table with each transition's audit event named ``<prefix>.<event>`` where the
+    table does not name it."""
+    return tuple(
+        t if t.audit_event else replace(t, audit_event=f"{prefix}.{t.event}") for t in table
+    )
 
 
 _PRODUCTION = {R.CLERK, R.SUPERVISOR, R.ADMIN, R.SYSTEM}
@@ -119,7 +147,7 @@ _REMOTE = {C.PHONE, C.WEB, C.APP, C.WECHAT, C.SMS}
 _NOT_TERMINAL = [s for s in S if s not in (S.REPLACED, S.EXPIRED, S.CANCELLED)]
 
 #: The card transition table.
-CARD_TRANSITIONS: tuple[Transition, ...] = tuple(
+CARD_TRANSITIONS: tuple[Transition, ...] = _audited("card",
     _t(S.NUMBER_ALLOCATED, CardEvent.START_PRODUCTION, S.IN_PRODUCTION, _PRODUCTION)
     + _t(S.IN_PRODUCTION, CardEvent.PERSONALISE, S.PERSONALISED, _PRODUCTION | {R.BANK_TELLER})
     + _t(S.PERSONALISED, CardEvent.SHIP, S.SHIPPED, _PRODUCTION)
@@ -175,7 +203,7 @@ _SOCIAL = {ChipAppKind.SOCIAL_SECURITY, ChipAppKind.MEDICAL, ChipAppKind.PENSION
 _FIN = {ChipAppKind.FINANCIAL}
 
 #: The chip application transition table (each application has its own status).
-CHIP_TRANSITIONS: tuple[Transition, ...] = tuple(
+CHIP_TRANSITIONS: tuple[Transition, ...] = _audited("chip",
     _t(A.SEALED, ChipEvent.ACTIVATE, A.ACTIVE, _HANDOUT | {R.SYSTEM}, kinds=_SOCIAL)
     + _t(A.SEALED, ChipEvent.ACTIVATE, A.ACTIVE, {R.BANK_TELLER}, {C.BANK}, kinds=_FIN)
     + _t(A.ACTIVE, ChipEvent.SUSPEND, A.SUSPENDED, {R.FUND_SUPERVISOR}, kinds=_SOCIAL)
@@ -269,7 +297,7 @@ def apply_card_event(
     card.status = CardStatus(t.to_state)
     card.status_changed_at = utcnow()
     audit.record(
-        session, actor, f"card.{event}", "card", card.id if card.id is not None else "new",
+        session, actor, t.audit_event, "card", card.id if card.id is not None else "new",
         before=before, after=t.to_state, reason=reason,
         details={"card_number": card.card_number, **(details or {})},
     )  # fmt: skip
@@ -302,7 +330,7 @@ def apply_chip_event(
     app.status = ChipAppStatus(t.to_state)
     app.status_changed_at = utcnow()
     audit.record(
-        session, actor, f"chip.{event}", "chip_application", app.id,
+        session, actor, t.audit_event, "chip_application", app.id,
         before=before, after=t.to_state, reason=reason,
         details={"card_id": app.card_id, "kind": str(app.kind), "cascade": cascade},
     )  # fmt: skip
@@ -335,3 +363,283 @@ def cascade_chips(
 
 
 SOCIAL_KINDS = frozenset(_SOCIAL)
+
+
+def is_declared(table: Iterable[Transition], from_state: str, event: str) -> bool:
+    """True when ``table`` declares ``event`` from ``from_state`` (whoever asks)."""
+    return any(t.from_state == str(from_state) and t.event == event for t in table)
+
+
+def _index(table: tuple[Transition, ...]) -> dict[tuple[str, str], Transition]:
+    index = {(t.from_state, t.event): t for t in table}
+    assert len(index) == len(table), "a (from state, event) pair declared twice"
+    return index
+
+
+# --- applications -----------------------------------------------------------------------------
+
+
+class ApplicationEvent:
+    """Names of application events (an application is created ``received``: ``application.
+    received``; the audit event of each transition names the state it reaches)."""
+
+    PROCESS = "process"
+    REVIEW = "review"
+    APPROVE = "approve"
+    REJECT = "reject"
+    WITHDRAW = "withdraw"  # the holder died (death feed)
+
+
+P = ApplicationStatus
+AE = ApplicationEvent
+
+#: The state an application is created in (``application.received``).
+APPLICATION_INITIAL = P.RECEIVED
+_LIVE_APPLICATION = list(LIVE_APPLICATION_STATUSES)  # received, processed, reviewed
+
+#: The application transition table. Maker-checker (who did an earlier step may not do a
+#: later one) is checked by :mod:`issuance.services.applications` around the transition.
+APPLICATION_TRANSITIONS: tuple[Transition, ...] = tuple(
+    _t(P.RECEIVED, AE.PROCESS, P.PROCESSED, {R.CLERK, R.SUPERVISOR},
+       audit_event="application.processed")
+    + _t(P.PROCESSED, AE.REVIEW, P.REVIEWED, {R.REVIEWER, R.SUPERVISOR},
+         audit_event="application.reviewed")
+    + _t(P.REVIEWED, AE.APPROVE, P.APPROVED, {R.APPROVER, R.SUPERVISOR},
+         audit_event="application.approved")
+    + _t(_LIVE_APPLICATION, AE.REJECT, P.REJECTED, {R.REVIEWER, R.APPROVER, R.SUPERVISOR},
+         audit_event="application.rejected")
+    # a death record withdraws the holder's live application (as it cancels their cards)
+    + _t(_LIVE_APPLICATION, AE.WITHDRAW, P.WITHDRAWN,
+         {R.SUPERVISOR, R.ADMIN, R.SYSTEM, R.CLERK}, {C.FEED},
+         audit_event="application.withdrawn")
+)  # fmt: skip
+
+_APPLICATION_INDEX = _index(APPLICATION_TRANSITIONS)
+
+
+def _one_per_event(table: tuple[Transition, ...]) -> dict[str, Transition]:
+    """One transition of each event, the roles and channels of every transition of that event
+    being the same (so who may ask is known before the state is looked at)."""
+    out: dict[str, Transition] = {}
+    for t in table:
+        first = out.setdefault(t.event, t)
+        assert (first.roles, first.channels, first.to_state) == (t.roles, t.channels, t.to_state)
+    return out
+
+
+_APPLICATION_BY_EVENT = _one_per_event(APPLICATION_TRANSITIONS)
+
+
+def application_roles(event: str) -> frozenset[StaffRole]:
+    """The roles that may ask for application ``event``."""
+    return _APPLICATION_BY_EVENT[event].roles
+
+
+def check_application_role(event: str, actor: Actor) -> None:
+    """Raise PermissionDenied unless ``actor`` may ask for application ``event`` (in any
+    state): the services check this first, before maker-checker and the state."""
+    _authorise(_APPLICATION_BY_EVENT[event], actor, "applications")
+
+
+def application_transition(app: Application, event: str) -> Transition:
+    """The declared transition ``event`` takes ``app`` through; raise TransitionError."""
+    t = _APPLICATION_INDEX.get((str(app.status), event))
+    if t is None:
+        like = _APPLICATION_BY_EVENT[event]
+        froms = sorted(x.from_state for x in APPLICATION_TRANSITIONS if x.event == event)
+        if len(froms) == 1:
+            text = f"application {app.id} is {app.status}, it must be {froms[0]} to become "
+            text += like.to_state
+        else:
+            text = f"application {app.id} is {app.status}; it cannot be {like.to_state}"
+        raise TransitionError(text, from_state=str(app.status), event=event)
+    return t
+
+
+def apply_application_event(
+    session: Session,
+    app: Application,
+    event: str,
+    actor: Actor,
+    *,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> Transition:
+    """Move ``app`` by ``event`` if the table allows it for this actor; audit it."""
+    t = application_transition(app, event)
+    _authorise(t, actor, "applications")
+    before = str(app.status)
+    app.status = ApplicationStatus(t.to_state)
+    flush(session)
+    audit.record(
+        session, actor, t.audit_event, "application", app.id,
+        before=before, after=t.to_state, reason=reason, details=details,
+    )  # fmt: skip
+    return t
+
+
+# --- production batches -----------------------------------------------------------------------
+
+
+class BatchEvent:
+    START = "start"  # a production run starts (``ykt batch run`` / ``resume``)
+    PRODUCE = "produce"  # no card is left to make: good, failed or withdrawn
+
+
+BS = BatchStatus
+#: A batch is made by its operator or by the system; who may create one is checked at
+#: selection (:data:`issuance.batches.selection.BATCH_STAFF`), who may run it by the CLI/API.
+_ANYONE = set(StaffRole)
+
+#: The state a batch is created in (``batch.created``).
+BATCH_INITIAL = BS.OPEN
+
+#: The batch status table.
+BATCH_TRANSITIONS: tuple[Transition, ...] = tuple(
+    _t(BS.OPEN, BatchEvent.START, BS.IN_PRODUCTION, _ANYONE, audit_event="batch.started")
+    + _t([BS.OPEN, BS.IN_PRODUCTION], BatchEvent.PRODUCE, BS.PRODUCED, _ANYONE,
+         audit_event="batch.produced")
+)  # fmt: skip
+
+_BATCH_INDEX = _index(BATCH_TRANSITIONS)
+
+
+def batch_transition(from_state: str, event: str) -> Transition:
+    t = _BATCH_INDEX.get((str(from_state), event))
+    if t is None:
+        raise TransitionError(
+            f"a batch that is {from_state} cannot {event}", from_state=str(from_state),
+            event=event,
+        )  # fmt: skip
+    return t
+
+
+def apply_batch_event(
+    session: Session,
+    batch: Batch,
+    event: str,
+    actor: Actor,
+    *,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> Transition:
+    """Move ``batch`` by ``event`` if the table allows it; audit it."""
+    t = batch_transition(batch.status, event)
+    _authorise(t, actor, f"batch {batch.name}")
+    before = str(batch.status)
+    batch.status = str(BatchStatus(t.to_state))
+    if t.to_state == BS.PRODUCED:
+        batch.completed_at = utcnow()
+    audit.record(
+        session, actor, t.audit_event, "batch", batch.id, before=before, after=t.to_state,
+        reason=reason, details={"name": batch.name, **(details or {})},
+    )  # fmt: skip
+    return t
+
+
+# --- batch items (the cards of a batch) -----------------------------------------------------
+
+
+class ItemEvent:
+    """Names of batch item events (audit event ``batch_item.<event>``)."""
+
+    PREPARE = "prepare"
+    ENCODE = "encode"
+    PERSONALISED = "personalised"
+    PRINT = "print"
+    CHECK = "check"
+    SHIP = "ship"
+    ISSUE = "issue"
+    EXPORT = "export"  # written to a bureau file
+    BUREAU_MADE = "bureau_made"  # the bureau's result file says it made (and checked) the card
+    SPOIL = "spoil"  # the chip is spoiled: back to the queue for a fresh blank ...
+    FAIL = "fail"  # ... unless it was spoiled too often
+    RETRY = "retry"  # a supervisor sends a failed card back to production
+    WITHDRAW = "withdraw"  # ... or takes it out of production (the card is cancelled)
+
+
+B = BatchStage
+IE = ItemEvent
+
+#: The state a batch item is created in (at selection, with the batch).
+ITEM_INITIAL = B.SELECTED
+#: Stages in which the chip is physically in a station: an interrupted card there is spoiled.
+ITEM_IN_STATION = (B.ENCODING, B.PERSONALISED, B.PRINTED)
+_CHIPPED = (B.PREPARED, *ITEM_IN_STATION, B.AT_BUREAU)
+
+#: The batch item (stage) table. Roles are not checked per item: the stations act as the
+#: run's actor; the CLI and API check who may run, retry or withdraw.
+ITEM_TRANSITIONS: tuple[Transition, ...] = _audited("batch_item",
+    _t(B.SELECTED, IE.PREPARE, B.PREPARED, _ANYONE)
+    + _t(B.PREPARED, IE.ENCODE, B.ENCODING, _ANYONE)
+    + _t(B.ENCODING, IE.PERSONALISED, B.PERSONALISED, _ANYONE)
+    + _t(B.PERSONALISED, IE.PRINT, B.PRINTED, _ANYONE)
+    + _t(B.PRINTED, IE.CHECK, B.CHECKED, _ANYONE)
+    + _t(B.CHECKED, IE.SHIP, B.SHIPPED, _ANYONE)
+    + _t(B.SHIPPED, IE.ISSUE, B.ISSUED, _ANYONE)
+    # the bureau path: exported in a bureau file, made (and checked) by the bureau
+    + _t(B.PREPARED, IE.EXPORT, B.AT_BUREAU, _ANYONE)
+    + _t(B.AT_BUREAU, IE.BUREAU_MADE, B.CHECKED, _ANYONE)
+    + _t(_CHIPPED, IE.SPOIL, B.SELECTED, _ANYONE)
+    + _t(_CHIPPED, IE.FAIL, B.FAILED, _ANYONE)
+    + _t(B.FAILED, IE.RETRY, B.SELECTED, _ANYONE)
+    + _t(B.FAILED, IE.WITHDRAW, B.WITHDRAWN, _ANYONE)
+)  # fmt: skip
+
+_ITEM_INDEX = _index(ITEM_TRANSITIONS)
+
+#: Timestamp column set when an item enters a stage (for the time-per-stage report).
+ITEM_STAGE_TIMES: dict[BatchStage, str] = {
+    B.PREPARED: "prepared_at",
+    B.PERSONALISED: "personalised_at",
+    B.PRINTED: "printed_at",
+    B.CHECKED: "checked_at",
+    B.SHIPPED: "shipped_at",
+    B.ISSUED: "issued_at",
+}
+
+
+def item_transition(from_stage: str, event: str) -> Transition:
+    """The declared transition for ``event`` in ``from_stage``; raise TransitionError. The
+    bulk statements take their stages and audit event from this."""
+    t = _ITEM_INDEX.get((str(from_stage), event))
+    if t is None:
+        raise TransitionError(
+            f"a batch item in stage {from_stage} cannot {event}", from_state=str(from_stage),
+            event=event,
+        )  # fmt: skip
+    return t
+
+
+def apply_item_event(
+    session: Session,
+    item: BatchItem,
+    event: str,
+    actor: Actor,
+    *,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> BatchStage:
+    """Move ``item`` by ``event`` if the table allows it; audit it. Returns the new stage."""
+    frm = BatchStage(item.stage)
+    t = _ITEM_INDEX.get((str(frm), event))
+    if t is None:
+        raise TransitionError(
+            f"batch item {item.id} in stage {frm} cannot {event}", from_state=str(frm), event=event
+        )
+    _authorise(t, actor, f"batch item {item.id}")
+    to = BatchStage(t.to_state)
+    now = utcnow()
+    item.stage = to
+    item.stage_changed_at = now
+    column = ITEM_STAGE_TIMES.get(to)
+    if column is not None:
+        setattr(item, column, now)
+    flush(session)
+    audit.record(
+        session, actor, t.audit_event, "batch_item", item.id, before=str(frm),
+        after=str(to), reason=reason,
+        details={"batch_id": item.batch_id, "card_id": item.card_id,
+                 "chip_serial": item.chip_serial, **(details or {})},
+    )  # fmt: skip
+    return to

@@ -178,6 +178,15 @@ class BatchStage(enum.StrEnum):
     WITHDRAWN = "withdrawn"  # taken out of production by a supervisor (the card is cancelled)
 
 
+class BatchStatus(enum.StrEnum):
+    """Where a production batch is (``issuance.lifecycle.BATCH_TRANSITIONS``; stored as a plain
+    string column, ``batches.status``)."""
+
+    OPEN = "open"  # selected, production not started
+    IN_PRODUCTION = "in_production"  # a run started
+    PRODUCED = "produced"  # no card left to make (good, failed or withdrawn)
+
+
 class ChipStatus(enum.StrEnum):
     """A blank chip taken from stock for a card: every one ends good or spoiled."""
 

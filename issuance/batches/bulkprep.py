@@ -80,7 +80,7 @@ from cardspec.profile.values import split_name
 from hsm import prep as hsm_prep
 from hsm.export import FileKek
 from hsm.service import CardKeyRef, KeyService
-from issuance import audit
+from issuance import audit, lifecycle
 from issuance.audit import Actor
 from issuance.batches import dataprep, persofile
 from issuance.batches import items as bi
@@ -106,6 +106,9 @@ _ITEMS = cast(sa.Table, BatchItem.__table__)
 _CARDS = cast(sa.Table, Card.__table__)
 _CHIPS = cast(sa.Table, BlankChip.__table__)
 _EVENTS = cast(sa.Table, AuditEvent.__table__)
+#: The transition step 3 makes in bulk (``selected -> prepared``), declared in the table:
+#: its stages and audit event come from there (looked up, so checked, at import).
+_PREPARE = lifecycle.item_transition(S.SELECTED, lifecycle.ItemEvent.PREPARE)
 
 #: Cards per chunk (one segment, two short transactions) for large batches.
 CHUNK = 500
@@ -798,7 +801,7 @@ class Preparer:
                                    "taken over")  # fmt: skip
         if not new:
             return
-        to = bi.ITEM_TRANSITIONS[(S.SELECTED, "prepare")]
+        to, frm = BatchStage(_PREPARE.to_state), str(_PREPARE.from_state)
         new_ids = [c.row.item_id for c in new]
         issue = {c.issue_date for c in new}
         assert len(issue) == 1, "one issue date per chunk"
@@ -820,13 +823,13 @@ class Preparer:
                 f"UPDATE batch_items AS i SET {sets}, chip_serial = v.serial "
                 "FROM unnest(%s::bigint[], %s::varchar[]) AS v(id, serial) "
                 "WHERE i.id = v.id AND i.lease_owner = %s AND i.stage = %s",
-                (*head, new_ids, [c.chip_serial for c in new], self.owner, str(S.SELECTED)),
+                (*head, new_ids, [c.chip_serial for c in new], self.owner, frm),
             )  # fmt: skip
         else:  # SQLite: one executemany in process (its rowcount is the sum)
             done = conn.exec_driver_sql(
                 f"UPDATE batch_items SET {sets}, chip_serial = ? "
                 "WHERE id = ? AND lease_owner = ? AND stage = ?",
-                [(*head, c.chip_serial, c.row.item_id, self.owner, str(S.SELECTED))
+                [(*head, c.chip_serial, c.row.item_id, self.owner, frm)
                  for c in new],
             )  # fmt: skip
         moved = _rowcount(done)
@@ -870,8 +873,8 @@ class Preparer:
                     "output": self.output, "perso_file": c.perso_file}  # fmt: skip
 
         def reference(c: Prepared) -> tuple[Any, ...]:
-            e = audit.event_row(self.actor, "batch_item.prepare", "batch_item", c.row.item_id,
-                                before=str(S.SELECTED), after=str(to), occurred_at=now,
+            e = audit.event_row(self.actor, _PREPARE.audit_event, "batch_item", c.row.item_id,
+                                before=str(_PREPARE.from_state), after=str(to), occurred_at=now,
                                 details=details(c))  # fmt: skip
             return tuple(at if col == "occurred_at" else e[col] for col in cols)
 

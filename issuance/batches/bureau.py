@@ -505,14 +505,15 @@ def mark_exported(
     statements (caller's transaction). ``pairs``: (card id, chip serial) of the file's cards
     (default: read from the file). Idempotent: cards already marked with this file are
     skipped. Raises :class:`ConflictError` if a card changed meanwhile (export again)."""
-    from issuance import audit
-    from issuance.batches import items as bi
+    from issuance import audit, lifecycle
     from issuance.errors import ConflictError
     from issuance.models import AuditEvent, BatchItem, BatchStage, utcnow
 
     items = cast(sa.Table, BatchItem.__table__)
     events = cast(sa.Table, AuditEvent.__table__)
-    frm, to = BatchStage.PREPARED, bi.ITEM_TRANSITIONS[(BatchStage.PREPARED, "export")]
+    # the declared transition the bulk statement makes: its stages and audit event
+    export = lifecycle.item_transition(BatchStage.PREPARED, lifecycle.ItemEvent.EXPORT)
+    frm, to = BatchStage(export.from_state), BatchStage(export.to_state)
     moved = 0
     todo = iter_expected(info.path) if pairs is None else iter(pairs)
     while batch := list(itertools.islice(todo, chunk)):
@@ -541,12 +542,13 @@ def mark_exported(
             continue
         session.execute(
             sa.update(items).where(items.c.id == sa.bindparam("b_id"))
-            .values(stage=str(to), stage_changed_at=now, bureau_file_id=info.file_id),
+            .values(stage=str(export.to_state), stage_changed_at=now,
+                    bureau_file_id=info.file_id),
             [{"b_id": r.id} for r in update],
         )  # fmt: skip
         session.execute(sa.insert(events), [
             audit.event_row(
-                actor, "batch_item.export", "batch_item", r.id, before=str(frm), after=str(to),
+                actor, export.audit_event, "batch_item", r.id, before=str(frm), after=str(to),
                 occurred_at=now,
                 details={"batch_id": r.batch_id, "card_id": r.card_id,
                          "chip_serial": r.chip_serial, "bureau_file": info.file_id,

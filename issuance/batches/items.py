@@ -1,8 +1,9 @@
 """Batch items: the stage table, worker leases and claims.
 
-Every stage transition of an item is declared in :data:`ITEM_TRANSITIONS`; :func:`advance`
-applies one and writes its audit event, in the caller's transaction (one transaction per
-transition: the pipeline commits after each).
+Every stage transition of an item is declared in :data:`issuance.lifecycle.ITEM_TRANSITIONS`;
+:func:`advance` (:func:`issuance.lifecycle.apply_item_event`) applies one and writes its audit
+event, in the caller's transaction (one transaction per transition: the pipeline commits after
+each).
 
 Leases: a worker *claims* items by writing its owner id and an expiry on them in one statement
 (``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)`` on PostgreSQL, so several
@@ -35,10 +36,11 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from issuance import audit
+from issuance import lifecycle
 from issuance.audit import Actor
 from issuance.db import flush
 from issuance.errors import IssuanceError, TransitionError
+from issuance.lifecycle import CardEvent, ChipEvent, ItemEvent
 from issuance.models import (
     BatchItem,
     BatchStage,
@@ -53,7 +55,9 @@ from issuance.models import (
 S = BatchStage
 
 #: Stages in which the chip is physically in a station: an interrupted card there is spoiled.
-IN_STATION = (S.ENCODING, S.PERSONALISED, S.PRINTED)
+IN_STATION = lifecycle.ITEM_IN_STATION
+#: Move an item by an event of the table and audit it (the one function that changes a stage).
+advance = lifecycle.apply_item_event
 #: Stages a station takes an item from.
 READY = (S.PREPARED, S.SELECTED)
 #: Stages of a card still being made in house (the stations' work).
@@ -63,37 +67,6 @@ IN_PRODUCTION = (S.SELECTED, S.PREPARED, *IN_STATION)
 UNFINISHED = (*IN_PRODUCTION, S.AT_BUREAU)
 #: Stages of a good card (passed quality control, in house or at the bureau).
 GOOD = (S.CHECKED, S.SHIPPED, S.ISSUED)
-
-#: (from, event) -> to
-ITEM_TRANSITIONS: dict[tuple[BatchStage, str], BatchStage] = {
-    (S.SELECTED, "prepare"): S.PREPARED,
-    (S.PREPARED, "encode"): S.ENCODING,
-    (S.ENCODING, "personalised"): S.PERSONALISED,
-    (S.PERSONALISED, "print"): S.PRINTED,
-    (S.PRINTED, "check"): S.CHECKED,
-    (S.CHECKED, "ship"): S.SHIPPED,
-    (S.SHIPPED, "issue"): S.ISSUED,
-    # the bureau path: exported in a bureau file, made (and checked) by the bureau
-    (S.PREPARED, "export"): S.AT_BUREAU,
-    (S.AT_BUREAU, "bureau_made"): S.CHECKED,
-    # a spoiled chip: the card goes back to the queue for a fresh blank ...
-    **{(s, "spoil"): S.SELECTED for s in (S.PREPARED, *IN_STATION, S.AT_BUREAU)},
-    # ... unless it was spoiled too often
-    **{(s, "fail"): S.FAILED for s in (S.PREPARED, *IN_STATION, S.AT_BUREAU)},
-    # a supervisor decides about a failed card
-    (S.FAILED, "retry"): S.SELECTED,
-    (S.FAILED, "withdraw"): S.WITHDRAWN,
-}
-
-#: Timestamp column set when an item enters a stage (for the time-per-stage report).
-STAGE_TIMES: dict[BatchStage, str] = {
-    S.PREPARED: "prepared_at",
-    S.PERSONALISED: "personalised_at",
-    S.PRINTED: "printed_at",
-    S.CHECKED: "checked_at",
-    S.SHIPPED: "shipped_at",
-    S.ISSUED: "issued_at",
-}
 
 DEFAULT_LEASE_SECONDS = 120
 DEFAULT_MAX_ATTEMPTS = 3
@@ -241,38 +214,6 @@ def release(item: BatchItem) -> None:
     item.lease_expires_at = None
 
 
-def advance(
-    session: Session,
-    item: BatchItem,
-    event: str,
-    actor: Actor,
-    *,
-    reason: str | None = None,
-    details: dict[str, Any] | None = None,
-) -> BatchStage:
-    """Move ``item`` by ``event`` (declared in :data:`ITEM_TRANSITIONS`) and audit it."""
-    frm = BatchStage(item.stage)
-    to = ITEM_TRANSITIONS.get((frm, event))
-    if to is None:
-        raise TransitionError(
-            f"batch item {item.id} in stage {frm} cannot {event}", from_state=str(frm), event=event
-        )
-    now = utcnow()
-    item.stage = to
-    item.stage_changed_at = now
-    column = STAGE_TIMES.get(to)
-    if column is not None:
-        setattr(item, column, now)
-    flush(session)
-    audit.record(
-        session, actor, f"batch_item.{event}", "batch_item", item.id, before=str(frm),
-        after=str(to), reason=reason,
-        details={"batch_id": item.batch_id, "card_id": item.card_id,
-                 "chip_serial": item.chip_serial, **(details or {})},
-    )  # fmt: skip
-    return to
-
-
 @dataclass(frozen=True)
 class SpoilResult:
     stage: BatchStage
@@ -319,7 +260,7 @@ def spoil(
     item.chip_serial = None
     item.printed_card_number = None
     item.print_ref = None
-    event = "fail" if count_attempt and item.attempts >= max_attempts else "spoil"
+    event = ItemEvent.FAIL if count_attempt and item.attempts >= max_attempts else ItemEvent.SPOIL
     to = advance(
         session, item, event, actor, reason=reason,
         details={"spoiled_chip": serial, "attempts": item.attempts, "station": station},
@@ -381,7 +322,7 @@ def retry(session: Session, item: BatchItem, actor: Actor, *, reason: str | None
     attempts reset (its spoiled chips stay recorded)."""
     previous = item.attempts
     item.attempts = 0
-    advance(session, item, "retry", actor, reason=reason,
+    advance(session, item, ItemEvent.RETRY, actor, reason=reason,
             details={"previous_attempts": previous, "last_error": item.last_error})  # fmt: skip
 
 
@@ -389,15 +330,12 @@ def withdraw(session: Session, item: BatchItem, actor: Actor, *, reason: str) ->
     """A supervisor takes a failed card out of production for good: the item is
     ``withdrawn`` and the card cancelled with all its functions (its number is never reused;
     the holder needs a new card)."""
-    from issuance import lifecycle
-    from issuance.lifecycle import CardEvent, ChipEvent
-
     if not reason.strip():
         raise TransitionError("a withdrawal needs a reason", from_state=str(item.stage),
                               event="withdraw")  # fmt: skip
     card = session.get(Card, item.card_id)
     assert card is not None
-    advance(session, item, "withdraw", actor, reason=reason)
+    advance(session, item, ItemEvent.WITHDRAW, actor, reason=reason)
     lifecycle.apply_card_event(session, card, CardEvent.CANCEL, actor,
                                reason=f"withdrawn from production: {reason}")  # fmt: skip
     lifecycle.cascade_chips(session, card, ChipEvent.CANCEL, actor, reason="card withdrawn")

@@ -51,6 +51,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cardspec.errors import CardSpecError
 from hsm.errors import HsmError
 from hsm.service import KeyService
+from issuance import lifecycle
 from issuance.audit import SYSTEM_ACTOR, Actor
 from issuance.batches import bulkprep, dataprep, persofile
 from issuance.batches import items as bi
@@ -60,7 +61,7 @@ from issuance.batches.selection import get_batch
 from issuance.batches.stock import BlankStock, ensure_manufacturer_key
 from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.errors import ConflictError, IssuanceError
-from issuance.lifecycle import CardEvent
+from issuance.lifecycle import BatchEvent, CardEvent
 from issuance.models import (
     Application,
     Batch,
@@ -320,8 +321,8 @@ class BatchRunner:
             assert batch is not None
             if batch.started_at is None:
                 batch.started_at = utcnow()
-            if batch.status == "open":
-                batch.status = "in_production"
+            if lifecycle.is_declared(lifecycle.BATCH_TRANSITIONS, batch.status, BatchEvent.START):
+                lifecycle.apply_batch_event(s, batch, BatchEvent.START, self.actor)
             return spoiled
 
         out = self._txn(go)
@@ -476,8 +477,15 @@ class BatchRunner:
             unfinished = sum(counts[st] for st in bi.UNFINISHED)
             batch = s.get(Batch, self.batch_id)
             assert batch is not None
-            if unfinished == 0 and batch.status in ("open", "in_production"):
-                batch.status, batch.completed_at = "produced", utcnow()
+            if unfinished == 0 and lifecycle.is_declared(
+                lifecycle.BATCH_TRANSITIONS, batch.status, BatchEvent.PRODUCE
+            ):
+                lifecycle.apply_batch_event(
+                    s, batch, BatchEvent.PRODUCE, self.actor,
+                    details={"good": sum(counts[st] for st in bi.GOOD),
+                             "failed": counts[BatchStage.FAILED],
+                             "withdrawn": counts[BatchStage.WITHDRAWN]},
+                )  # fmt: skip
                 produced.append(True)
             failed = [
                 FailedCard(number, attempts, error)

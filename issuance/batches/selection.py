@@ -34,7 +34,6 @@ from issuance.models import (
     ApplicationStatus,
     Batch,
     BatchItem,
-    BatchStage,
     Card,
     CardKind,
     CardStatus,
@@ -139,7 +138,7 @@ def create_batch(
             "no approved application matches", [FieldProblem("filter", "nothing to produce")]
         )
     batch = Batch(
-        name=name, status="open", region_code=flt.region_code,
+        name=name, status=str(lifecycle.BATCH_INITIAL), region_code=flt.region_code,
         collective_id=_collective_id(session, flt.collective), approved_from=flt.approved_from,
         approved_to=flt.approved_to, created_by_id=actor.staff_id, profile_name=profile_name,
         card_count=len(rows),
@@ -155,12 +154,12 @@ def create_batch(
             BatchItem(
                 batch_id=batch.id, card_id=card.id,
                 application_id=app.id if app is not None else None,
-                stage=BatchStage.SELECTED, attempts=0, stage_changed_at=utcnow(),
+                stage=lifecycle.ITEM_INITIAL, attempts=0, stage_changed_at=utcnow(),
             )
         )  # fmt: skip
     flush(session)
     audit.record(
-        session, actor, "batch.created", "batch", batch.id, after="open",
+        session, actor, "batch.created", "batch", batch.id, after=batch.status,
         details={"name": name, "cards": len(rows), "region_code": flt.region_code,
                  "collective_id": batch.collective_id,
                  "approved_from": flt.approved_from, "approved_to": flt.approved_to,

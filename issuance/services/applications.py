@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from cardspec.errors import InvalidIdentifier
 from cardspec.ids import CitizenId, validate_citizen_id, validate_region_code
-from issuance import audit
+from issuance import audit, lifecycle
 from issuance.audit import Actor
 from issuance.db import flush
 from issuance.errors import (
@@ -35,9 +35,9 @@ from issuance.errors import (
     NotFound,
     PermissionDenied,
     PhotoRejected,
-    TransitionError,
     ValidationError,
 )
+from issuance.lifecycle import ApplicationEvent
 from issuance.models import (
     LIVE_APPLICATION_STATUSES,
     Application,
@@ -63,9 +63,10 @@ _LANDLINE = re.compile(r"0[0-9]{2,3}-?[0-9]{7,8}")
 _SEX_WORDS = {"1": "1", "2": "2", "男": "1", "女": "2", "M": "1", "F": "2", "9": "9"}
 
 RECEIVERS = {StaffRole.CLERK, StaffRole.SUPERVISOR, StaffRole.ADMIN, StaffRole.BANK_TELLER}
-PROCESSORS = {StaffRole.CLERK, StaffRole.SUPERVISOR}
-REVIEWERS = {StaffRole.REVIEWER, StaffRole.SUPERVISOR}
-APPROVERS = {StaffRole.APPROVER, StaffRole.SUPERVISOR}
+#: who may take each step: declared in the application transition table
+PROCESSORS = set(lifecycle.application_roles(ApplicationEvent.PROCESS))
+REVIEWERS = set(lifecycle.application_roles(ApplicationEvent.REVIEW))
+APPROVERS = set(lifecycle.application_roles(ApplicationEvent.APPROVE))
 
 
 @dataclass
@@ -265,7 +266,7 @@ def submit_application(
         person.region_code = rec.region_code
         person.address = rec.address or person.address
     app = Application(
-        person=person, channel=channel, status=ApplicationStatus.RECEIVED,
+        person=person, channel=channel, status=lifecycle.APPLICATION_INITIAL,
         collective_id=collective.id if collective is not None else None,
         received_by_id=actor.staff_id, phone=rec.phone, photo_jpeg=rec.photo_jpeg,
         photo_sha256=rec.photo_sha256, photo_exempt=rec.photo_exempt, import_ref=import_ref,
@@ -278,7 +279,7 @@ def submit_application(
         raise ConflictError("an application for this person was recorded at the same time") from exc
     audit.record(
         session, actor, "application.received", "application", app.id,
-        after=str(ApplicationStatus.RECEIVED),
+        after=str(app.status),
         details={"citizen_id": rec.citizen.masked(), "person_id": person.id,
                  "channel": str(channel), "collective_id": app.collective_id,
                  "photo_sha256": rec.photo_sha256},
@@ -293,34 +294,6 @@ def get_application(session: Session, app_id: int) -> Application:
     return app
 
 
-def _move(
-    session: Session,
-    app: Application,
-    actor: Actor,
-    to: ApplicationStatus,
-    frm: ApplicationStatus,
-    reason: str | None = None,
-) -> None:
-    if app.status != frm:
-        raise TransitionError(
-            f"application {app.id} is {app.status}, it must be {frm} to become {to}",
-            from_state=str(app.status), event=str(to),
-        )  # fmt: skip
-    before = str(app.status)
-    app.status = to
-    flush(session)
-    audit.record(
-        session,
-        actor,
-        f"application.{to}",
-        "application",
-        app.id,
-        before=before,
-        after=str(to),
-        reason=reason,
-    )
-
-
 def _strict(settings: Settings | None) -> bool:
     return settings is not None and settings.applications.separate_every_step
 
@@ -329,12 +302,11 @@ def process_application(
     session: Session, app_id: int, actor: Actor, *, settings: Settings | None = None
 ) -> Application:
     app = get_application(session, app_id)
-    if actor.role not in PROCESSORS:
-        raise PermissionDenied(f"role {actor.role} may not process applications")
+    lifecycle.check_application_role(ApplicationEvent.PROCESS, actor)
     if _strict(settings):
         _maker_checker(app, actor, "process", (app.received_by_id, "received"))
     app.processed_by_id = actor.staff_id
-    _move(session, app, actor, ApplicationStatus.PROCESSED, ApplicationStatus.RECEIVED)
+    lifecycle.apply_application_event(session, app, ApplicationEvent.PROCESS, actor)
     return app
 
 
@@ -342,14 +314,13 @@ def review_application(
     session: Session, app_id: int, actor: Actor, *, settings: Settings | None = None
 ) -> Application:
     app = get_application(session, app_id)
-    if actor.role not in REVIEWERS:
-        raise PermissionDenied(f"role {actor.role} may not review applications")
+    lifecycle.check_application_role(ApplicationEvent.REVIEW, actor)
     earlier = [(app.received_by_id, "received")]
     if _strict(settings):
         earlier.append((app.processed_by_id, "processed"))
     _maker_checker(app, actor, "review", *earlier)
     app.reviewed_by_id = actor.staff_id
-    _move(session, app, actor, ApplicationStatus.REVIEWED, ApplicationStatus.PROCESSED)
+    lifecycle.apply_application_event(session, app, ApplicationEvent.REVIEW, actor)
     return app
 
 
@@ -371,8 +342,7 @@ def _maker_checker(
 def approve_application(session: Session, settings: Settings, app_id: int, actor: Actor) -> Card:
     """Approve a reviewed application and create its card record (number allocated)."""
     app = get_application(session, app_id)
-    if actor.role not in APPROVERS:
-        raise PermissionDenied(f"role {actor.role} may not approve applications")
+    lifecycle.check_application_role(ApplicationEvent.APPROVE, actor)
     _maker_checker(
         app, actor, "approve",
         (app.received_by_id, "received"), (app.processed_by_id, "processed"),
@@ -387,7 +357,7 @@ def approve_application(session: Session, settings: Settings, app_id: int, actor
             )
     app.approved_by_id = actor.staff_id
     app.decided_at = utcnow()
-    _move(session, app, actor, ApplicationStatus.APPROVED, ApplicationStatus.REVIEWED)
+    lifecycle.apply_application_event(session, app, ApplicationEvent.APPROVE, actor)
     card = create_card(
         session,
         settings,
@@ -410,25 +380,13 @@ def release_import_ref(app: Application) -> dict[str, Any]:
 
 def reject_application(session: Session, app_id: int, actor: Actor, reason: str) -> Application:
     app = get_application(session, app_id)
-    if actor.role not in REVIEWERS | APPROVERS:
-        raise PermissionDenied(f"role {actor.role} may not reject applications")
-    if app.status not in LIVE_APPLICATION_STATUSES:
-        raise TransitionError(f"application {app.id} is {app.status}; it cannot be rejected")
+    lifecycle.check_application_role(ApplicationEvent.REJECT, actor)
+    lifecycle.application_transition(app, ApplicationEvent.REJECT)  # a live application
     _maker_checker(app, actor, "reject", (app.received_by_id, "received"))
-    before = str(app.status)
-    app.status, app.reject_reason, app.decided_at = ApplicationStatus.REJECTED, reason, utcnow()
+    app.reject_reason, app.decided_at = reason, utcnow()
     details = release_import_ref(app)
-    flush(session)
-    audit.record(
-        session,
-        actor,
-        "application.rejected",
-        "application",
-        app.id,
-        before=before,
-        after=str(app.status),
-        reason=reason,
-        details=details,
+    lifecycle.apply_application_event(
+        session, app, ApplicationEvent.REJECT, actor, reason=reason, details=details
     )
     return app
 

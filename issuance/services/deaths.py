@@ -19,13 +19,13 @@ from sqlalchemy.orm import Session
 
 from cardspec.errors import InvalidIdentifier
 from cardspec.ids import validate_citizen_id
-from issuance import audit
+from issuance import audit, lifecycle
 from issuance.audit import SYSTEM_ACTOR, Actor
 from issuance.errors import FieldProblem, IssuanceError
+from issuance.lifecycle import ApplicationEvent
 from issuance.models import (
     LIVE_APPLICATION_STATUSES,
     Application,
-    ApplicationStatus,
     Card,
     CardStatus,
     Channel,
@@ -147,20 +147,11 @@ def _apply_death(
             details={"citizen_id": masked, "death_date": died.isoformat()},
         )
     for app in apps:
-        before = str(app.status)
-        app.status = ApplicationStatus.WITHDRAWN
-        audit.record(
-            session,
-            actor,
-            "application.withdrawn",
-            "application",
-            app.id,
-            before=before,
-            after=str(app.status),
-            reason="holder deceased",
+        lifecycle.apply_application_event(
+            session, app, ApplicationEvent.WITHDRAW, actor, reason="holder deceased",
             details=release_import_ref(app),
-        )
-    for card in cards:
+        )  # fmt: skip
+    for card in cards:  # the card table's cancellation, with the death as its reason
         _cancel(session, card, actor, "holder deceased (death record)")
     session.flush()
     return len(cards)

@@ -3,14 +3,35 @@ undeclared ones raise and change nothing."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import sqlalchemy as sa
+from conftest import submit
 
 from issuance import lifecycle
 from issuance.audit import SYSTEM_ACTOR, Actor
 from issuance.errors import PermissionDenied, TransitionError
-from issuance.lifecycle import CARD_TRANSITIONS, CHIP_TRANSITIONS, PROVINCE_STATUS_CODES
-from issuance.models import AuditEvent, CardStatus, Channel, ChipAppStatus, StaffRole
+from issuance.lifecycle import (
+    APPLICATION_TRANSITIONS,
+    BATCH_TRANSITIONS,
+    CARD_TRANSITIONS,
+    CHIP_TRANSITIONS,
+    ITEM_TRANSITIONS,
+    PROVINCE_STATUS_CODES,
+)
+from issuance.models import (
+    ApplicationStatus,
+    AuditEvent,
+    Batch,
+    BatchItem,
+    BatchStage,
+    BatchStatus,
+    CardStatus,
+    Channel,
+    ChipAppStatus,
+    StaffRole,
+)
 
 
 def _count(session) -> int:
@@ -111,3 +132,172 @@ def test_province_codes_cover_every_state():
     assert set(PROVINCE_STATUS_CODES.values()) == {"0", "1", "A", "B", "2", "3", "4"}
     assert lifecycle.province_status_code("lost_provisional") == "B"
     assert lifecycle.province_status_code(CardStatus.ACTIVE) == "1"
+
+
+# --- applications, batches, batch items -------------------------------------------------------
+
+
+def _last_event(session) -> AuditEvent:
+    return session.scalars(sa.select(AuditEvent).order_by(AuditEvent.id.desc())).first()
+
+
+def _undeclared(table, states) -> list[tuple[str, str]]:
+    declared = {(t.from_state, t.event) for t in table}
+    events = sorted({t.event for t in table})
+    return [(str(s), e) for s in states for e in events if (str(s), e) not in declared]
+
+
+def test_audit_event_names_are_those_written_before_the_tables():
+    """The tables keep every audit event name the code wrote before them; batch.started and
+    batch.produced are new (the batch status had no event)."""
+    assert {t.audit_event for t in APPLICATION_TRANSITIONS} == {
+        "application.processed", "application.reviewed", "application.approved",
+        "application.rejected", "application.withdrawn",
+    }  # fmt: skip
+    assert {t.audit_event for t in ITEM_TRANSITIONS} == {
+        f"batch_item.{e}" for e in (
+            "prepare", "encode", "personalised", "print", "check", "ship", "issue", "export",
+            "bureau_made", "spoil", "fail", "retry", "withdraw",
+        )
+    }  # fmt: skip
+    assert {t.audit_event for t in BATCH_TRANSITIONS} == {"batch.started", "batch.produced"}
+    assert all(t.audit_event == f"card.{t.event}" for t in CARD_TRANSITIONS)
+    assert all(t.audit_event == f"chip.{t.event}" for t in CHIP_TRANSITIONS)
+
+
+def test_every_state_is_reachable_in_the_new_tables():
+    for table, states, initial in (
+        (APPLICATION_TRANSITIONS, ApplicationStatus, lifecycle.APPLICATION_INITIAL),
+        (BATCH_TRANSITIONS, BatchStatus, lifecycle.BATCH_INITIAL),
+        (ITEM_TRANSITIONS, BatchStage, lifecycle.ITEM_INITIAL),
+    ):
+        assert {t.to_state for t in table} | {initial} == set(states)
+        assert {t.from_state for t in table} <= set(states)
+
+
+@pytest.fixture
+def application(session, settings, actors):
+    return submit(session, settings, actors["clerk"])
+
+
+@pytest.mark.parametrize("t", APPLICATION_TRANSITIONS, ids=lambda t: f"{t.from_state}-{t.event}")
+def test_declared_application_transition(session, application, t):
+    application.status = ApplicationStatus(t.from_state)
+    session.flush()
+    before = _count(session)
+    lifecycle.apply_application_event(session, application, t.event, _actor_for(t), reason="r")
+    session.flush()
+    assert application.status == t.to_state
+    assert _count(session) == before + 1
+    ev = _last_event(session)
+    assert (ev.action, ev.entity_type, ev.entity_id) == (
+        t.audit_event,
+        "application",
+        str(application.id),
+    )
+    assert (ev.before, ev.after, ev.reason) == (t.from_state, t.to_state, "r")
+
+
+def test_undeclared_application_transitions_raise_and_change_nothing(session, application):
+    undeclared = _undeclared(APPLICATION_TRANSITIONS, ApplicationStatus)
+    assert len(undeclared) == len(ApplicationStatus) * 5 - len(APPLICATION_TRANSITIONS)
+    feed = Actor("feed", StaffRole.SYSTEM, Channel.FEED)
+    for state, event in undeclared:
+        application.status = ApplicationStatus(state)
+        session.flush()
+        before = _count(session)
+        with pytest.raises(TransitionError):
+            lifecycle.apply_application_event(session, application, event, feed)
+        assert application.status == state
+        assert _count(session) == before
+
+
+def test_application_roles_and_channels_are_enforced(session, application, actors):
+    with pytest.raises(PermissionDenied, match="may not review applications"):
+        lifecycle.check_application_role("review", actors["clerk"])
+    application.status = ApplicationStatus.PROCESSED
+    session.flush()
+    before = _count(session)
+    with pytest.raises(PermissionDenied):  # the reviewer reviews, not the clerk
+        lifecycle.apply_application_event(session, application, "review", actors["clerk"])
+    with pytest.raises(PermissionDenied):  # a death withdraws through the feed only
+        lifecycle.apply_application_event(session, application, "withdraw", actors["supervisor"])
+    assert application.status == ApplicationStatus.PROCESSED and _count(session) == before
+    lifecycle.apply_application_event(
+        session, application, "withdraw", actors["supervisor"].via(Channel.FEED)
+    )
+    assert application.status == ApplicationStatus.WITHDRAWN
+
+
+def _batch(session, status: str) -> Batch:
+    b = Batch(name=f"t-{random.randrange(10**12)}", status=status)
+    session.add(b)
+    session.flush()
+    return b
+
+
+@pytest.mark.parametrize("t", BATCH_TRANSITIONS, ids=lambda t: f"{t.from_state}-{t.event}")
+def test_declared_batch_transition(session, t):
+    batch = _batch(session, t.from_state)
+    before = _count(session)
+    lifecycle.apply_batch_event(session, batch, t.event, SYSTEM_ACTOR)
+    session.flush()
+    assert batch.status == t.to_state
+    assert (batch.completed_at is not None) == (t.to_state == BatchStatus.PRODUCED)
+    assert _count(session) == before + 1
+    ev = _last_event(session)
+    assert (ev.action, ev.entity_type, ev.entity_id) == (t.audit_event, "batch", str(batch.id))
+    assert (ev.before, ev.after) == (t.from_state, t.to_state)
+
+
+def test_undeclared_batch_transitions_raise_and_change_nothing(session):
+    undeclared = _undeclared(BATCH_TRANSITIONS, BatchStatus)
+    assert ("produced", "start") in undeclared and ("in_production", "start") in undeclared
+    for state, event in undeclared:
+        batch = _batch(session, state)
+        before = _count(session)
+        with pytest.raises(TransitionError):
+            lifecycle.apply_batch_event(session, batch, event, SYSTEM_ACTOR)
+        assert batch.status == state and batch.completed_at is None
+        assert _count(session) == before
+
+
+@pytest.fixture
+def item(session, new_card):
+    card = new_card("number_allocated")
+    batch = _batch(session, "in_production")
+    it = BatchItem(batch_id=batch.id, card_id=card.id, stage=lifecycle.ITEM_INITIAL)
+    session.add(it)
+    session.flush()
+    return it
+
+
+@pytest.mark.parametrize("t", ITEM_TRANSITIONS, ids=lambda t: f"{t.from_state}-{t.event}")
+def test_declared_item_transition(session, item, t):
+    item.stage = BatchStage(t.from_state)
+    session.flush()
+    before = _count(session)
+    to = lifecycle.apply_item_event(session, item, t.event, SYSTEM_ACTOR, reason="r")
+    session.flush()
+    assert item.stage == to == t.to_state
+    column = lifecycle.ITEM_STAGE_TIMES.get(BatchStage(t.to_state))
+    assert column is None or getattr(item, column) == item.stage_changed_at
+    assert _count(session) == before + 1
+    ev = _last_event(session)
+    assert (ev.action, ev.entity_type, ev.entity_id) == (t.audit_event, "batch_item", str(item.id))
+    assert (ev.before, ev.after, ev.reason) == (t.from_state, t.to_state, "r")
+
+
+def test_undeclared_item_transitions_raise_and_change_nothing(session, item):
+    undeclared = _undeclared(ITEM_TRANSITIONS, BatchStage)
+    assert len(undeclared) == len(BatchStage) * 13 - len(ITEM_TRANSITIONS)
+    for stage, event in undeclared:
+        item.stage = BatchStage(stage)
+        session.flush()
+        before = _count(session)
+        with pytest.raises(TransitionError):
+            lifecycle.apply_item_event(session, item, event, SYSTEM_ACTOR)
+        with pytest.raises(TransitionError):  # the bulk statements' lookup refuses it too
+            lifecycle.item_transition(stage, event)
+        assert item.stage == stage
+        assert _count(session) == before

@@ -33,8 +33,10 @@ from issuance.batches.stock import VirtualBlankStock
 from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.demo import BRANCH_CODE
 from issuance.models import (
+    Batch,
     BatchItem,
     BatchStage,
+    BatchStatus,
     BlankChip,
     Card,
     CardStatus,
@@ -112,6 +114,12 @@ def test_batch_runs_ships_and_issues_with_spoiled_chips_requeued(
         assert len(audit_details(s, "batch_item.check")) == 5
         assert len(audit_details(s, "batch_item.spoil")) == 2
         assert len(audit_details(s, "batch_item.issue")) == 5
+        # the batch's own transitions: started by the run, produced when no card was left
+        (started,) = audit_details(s, "batch.started")
+        (produced,) = audit_details(s, "batch.produced")
+        assert produced == {"name": started["name"], "good": 5, "failed": 0, "withdrawn": 0}
+        batch = s.get(Batch, pop.batch_id)
+        assert batch is not None and batch.status == BatchStatus.PRODUCED and batch.completed_at
         # the PIN mailer is queued without the PIN; the chip holds the HSM-derived PIN
         item = s.scalars(sa.select(BatchItem).where(BatchItem.batch_id == pop.batch_id)).first()
         assert item is not None and item.stage == BatchStage.ISSUED
