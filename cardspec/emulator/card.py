@@ -55,7 +55,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
-from cardspec import sm, tlv
+from cardspec import keyscheme, sm, tlv
 from cardspec.apdu import CHAINING_BIT, CommandApdu
 from cardspec.emulator.common import Status as _Status
 from cardspec.emulator.common import index as _index
@@ -109,7 +109,7 @@ class Card(SecurityCommands):
             )
         if self.profile.algorithm is not state.algorithm:
             raise ProfileError("image algorithm differs from the profile's")
-        if self.profile.key_loading != "aes-kwp-klk":
+        if self.profile.key_loading != keyscheme.key_loading_scheme(self.profile.algorithm):
             raise ProfileError(f"key loading {self.profile.key_loading!r} is not implemented")
         self.path = path
         self._ix = _index(self.profile)
@@ -539,15 +539,15 @@ def blank_card(
     path: str | Path | None = None,
 ) -> Card:
     """A blank chip as delivered by the manufacturer: a chip serial, the transport key KMC and
-    the key-loading key KLK (the card's own, already diversified keys; the KLK is AES-128
-    whatever the card's algorithm, see ``keyscheme`` "Key loading"). With ``path`` the image is
+    the key-loading key KLK (the card's own, already diversified keys; the KLK is AES-128 on
+    3DES and AES cards, SM4 on SM4 cards, see ``keyscheme`` "Key loading"). With ``path`` the image is
     saved there and kept up to date after every change."""
     if len(chip_serial) != 8:
         raise ValueError("chip serial must be 8 bytes")
     if len(kmc_key) != algorithm.key_length:
         raise ValueError(f"KMC must be {algorithm.key_length} bytes")
     if len(klk) != 16:
-        raise ValueError("KLK must be 16 bytes (AES-128)")
+        raise ValueError("KLK must be 16 bytes (AES-128 or SM4)")
     if profile is None:
         profile = (
             get_profile(social_security_profile(algorithm=algorithm).name)
