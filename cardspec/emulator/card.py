@@ -540,8 +540,8 @@ def blank_card(
 ) -> Card:
     """A blank chip as delivered by the manufacturer: a chip serial, the transport key KMC and
     the key-loading key KLK (the card's own, already diversified keys; the KLK is AES-128 on
-    3DES and AES cards, SM4 on SM4 cards, see ``keyscheme`` "Key loading"). With ``path`` the image is
-    saved there and kept up to date after every change."""
+    3DES and AES cards, SM4 on SM4 cards, see ``keyscheme`` "Key loading"). With ``path`` the
+    image is saved there and kept up to date after every change."""
     if len(chip_serial) != 8:
         raise ValueError("chip serial must be 8 bytes")
     if len(kmc_key) != algorithm.key_length:
