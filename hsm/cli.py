@@ -21,9 +21,9 @@ from rich.console import Console
 from rich.table import Table
 
 from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
-from hsm import ceremony, softhsm
+from hsm import ceremony, smtoken, softhsm
 from hsm.config import HsmConfig
-from hsm.pkcs11 import Pkcs11Token, open_token
+from hsm.pkcs11 import KEY_TYPES, Pkcs11Token, open_token
 
 app = typer.Typer(no_args_is_help=True, help="Keys in the HSM: token setup, ceremonies, listing.")
 transport_app = typer.Typer(no_args_is_help=True, help="Transport keys shared with a bureau.")
@@ -64,6 +64,8 @@ def _token(config: HsmConfig | None = None) -> Pkcs11Token:
     config = config or _config()
     if config.is_softhsm:
         softhsm.write_conf(config)
+    elif config.is_sm_test_module:
+        smtoken.ensure_token(config)
     return open_token(config)
 
 
@@ -207,6 +209,12 @@ def init(
             f"SoftHSM token {config.token_label!r}: {'created' if created else 'present'}"
             f" ({config.softhsm_conf})"
         )
+    elif config.is_sm_test_module:  # tests and demo only (hsm.smtoken)
+        created = smtoken.ensure_token(config)
+        out.print(
+            f"SM test module token {config.token_label!r}: {'created' if created else 'present'}"
+            f" (vendor table {config.vendor!r}, {config.sm_conf})"
+        )
     labels = ceremony.init_keys(_token(config), algorithm)
     if labels:
         out.print(f"created {len(labels)} key(s): {', '.join(labels)}")
@@ -317,7 +325,9 @@ def list_cmd(
         )
     out.print(table)
     token = _token()
-    for alg in (Algorithm.DES3, Algorithm.AES):
+    for alg in (Algorithm.DES3, Algorithm.AES, Algorithm.SM4):
+        if alg not in KEY_TYPES:
+            continue
         current = ceremony.current_version(token, alg)
         if current is not None:
             out.print(f"{alg.value}: new cards use key set v{current}")

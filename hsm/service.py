@@ -63,7 +63,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
-from pkcs11 import Mechanism, ObjectClass
+from pkcs11 import Attribute, Mechanism, ObjectClass
 
 from cardspec import keyscheme
 from cardspec.crypto import CardCrypto, SoftwareCardCrypto
@@ -80,6 +80,7 @@ from hsm.errors import (
 )
 from hsm.export import BureauExporter
 from hsm.pkcs11 import LOCK, Pkcs11Token
+from hsm.vendors import DEFAULT_SM2_ID
 
 if TYPE_CHECKING:
     from hsm.export import HsmBureauExporter, SoftwareBureauExporter
@@ -205,7 +206,7 @@ class Pkcs11KeyService:
         self.region_code = region_code
         self.signing_label = signing_label
         self._masters: dict[tuple[KeySlot, Algorithm, int], Any] = {}
-        self._klk_masters: dict[int, Any] = {}
+        self._klk_masters: dict[str, Any] = {}
         self._supplier_masters: dict[str, Any] = {}
         self._masters_generation = -1
         self._transports: dict[str, Any] = {}
@@ -264,12 +265,13 @@ class Pkcs11KeyService:
             key = self._masters[(slot, alg, version)] = p11.find_one(self.token.session(), label)
         return key
 
-    def klk_master_synced(self, version: int) -> Any:
-        """The KLK master of key set ``version``; the caller holds LOCK and called :meth:`sync`."""
-        key = self._klk_masters.get(version)
+    def klk_master_synced(self, version: int, alg: Algorithm = Algorithm.DES3) -> Any:
+        """The KLK master of key set ``version`` of ``alg`` (AES; SM4 for SM4 sets); the caller
+        holds LOCK and called :meth:`sync`."""
+        label = ceremony.klk_label(version, alg)
+        key = self._klk_masters.get(label)
         if key is None:
-            label = ceremony.klk_label(version)
-            key = self._klk_masters[version] = p11.find_one(self.token.session(), label)
+            key = self._klk_masters[label] = p11.find_one(self.token.session(), label)
         return key
 
     def supplier_master_synced(self, supplier: str, kind: str, alg: Algorithm, version: int) -> Any:
@@ -360,6 +362,28 @@ class Pkcs11KeyService:
             key = p11.find_one(session, self.signing_label, ObjectClass.PRIVATE_KEY)
             raw = key.sign(digest, mechanism=Mechanism.ECDSA)
         return bytes(encode_ecdsa_signature(raw))
+
+    def sign_sm2(self, data: bytes, user_id: bytes = DEFAULT_SM2_ID) -> bytes:
+        """SM2 signature ``r || s`` (64 bytes) of ``data`` with SM3 and ``user_id`` (GB/T
+        32918.2: ``e = SM3(Z_A || data)``) by the issuer's SM2 key ``ykt:signing:sm2:v1``,
+        inside the HSM (the vendor's SM2-with-SM3 mechanism, :mod:`hsm.vendors`)."""
+        p11.sm_table()
+        with self.token.use("SM2 signing") as session:
+            key = p11.find_one(session, ceremony.SM2_SIGNING_LABEL, ObjectClass.PRIVATE_KEY)
+            param = None if user_id == DEFAULT_SM2_ID else user_id
+            return bytes(key.sign(data, mechanism=p11.SM2["sign"], mechanism_param=param))
+
+    def sm2_public_key(self) -> bytes:
+        """The issuer's SM2 public key as ``04 || x || y`` (65 bytes)."""
+        with self.token.use("reading the SM2 public key") as session:
+            key = p11.find_one(session, ceremony.SM2_SIGNING_LABEL, ObjectClass.PUBLIC_KEY)
+            point = bytes(key[Attribute.EC_POINT])
+        # CKA_EC_POINT is the DER OCTET STRING of the point (PKCS#11 v2.40 2.3.3)
+        if len(point) == 67 and point[:2] == b"\x04\x41":
+            point = point[2:]
+        if len(point) != 65 or point[0] != 4:
+            raise HsmError("the SM2 public key is not an uncompressed point")
+        return point
 
     def public_key_pem(self) -> bytes:
         from pkcs11.util.ec import encode_ec_public_key
