@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from hsm_helpers import REGION, components_of, master_key
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pkcs11 import Attribute, ObjectClass
 from pkcs11.exceptions import AttributeSensitive
 
@@ -260,3 +262,29 @@ def test_sm2_signature_in_the_module_verified_by_gmssl(
     )
     listed = {k.label: k for k in ceremony.list_keys(service.token)}
     assert listed[ceremony.SM2_SIGNING_LABEL].algorithm == "sm2"
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(serial=st.binary(min_size=8, max_size=8), challenge=st.binary(min_size=8, max_size=8),
+       data=st.binary(max_size=40))  # fmt: skip
+def test_fast_path_equals_python_pkcs11_path_and_software(
+    sm_env: tuple[HsmConfig, Pkcs11KeyService], serial: bytes, challenge: bytes, data: bytes
+) -> None:
+    """The direct C_* path (hsm.p11fast) and python-pkcs11's, on the vendor's SM4 numbers,
+    give the software scheme's values."""
+    _, service = sm_env
+    slow = Pkcs11KeyService(service.token, REGION, fast_path=False)
+    cic = card_code(serial)
+    ref = CardKeyRef(cic, algorithm=SM4)
+    oracle = _oracle(cic)
+    for svc in (service, slow):
+        with svc.card_crypto(ref) as crypto:
+            assert crypto.mac_block(KeySlot.UK_IDENT, data, challenge) == oracle.mac_block(
+                KeySlot.UK_IDENT, data, challenge
+            )
+            assert crypto.external_auth(KeySlot.EAK, challenge) == oracle.external_auth(
+                KeySlot.EAK, challenge
+            )
+            assert crypto.wrapped_card_key(KeySlot.DMK) == oracle.wrapped_card_key(KeySlot.DMK)
