@@ -25,6 +25,9 @@ SET PIN            84 D4 01 <pin ref>       personalisation only: PIN block unde
 END PERSO          84 F0 80 0F              GlobalPlatform SET STATUS to SECURED, + MAC
 GET DATA           00|80 CA DF 1x           DF10 life cycle, DF11 PIN status, DF12 serial
 GET RESPONSE       00 C0 00 00 Le           data of a command sent without Le (61xx)
+GENERATE KEY PAIR  84 46 00 81              SM4 cards, personalisation: SM2 key (cardspec.sm2)
+PUT DATA           84 DA DF 20|21           personalisation: card / issuer certificate
+INTERNAL AUTH SM2  00 88 00 81 1..64        the chip's SM2/SM3 signature (cardspec.sm2)
 =================  =======================  ===============================================
 
 Command chaining (ISO/IEC 7816-4 5.1.1.1): an interindustry command with CLA b5 (0x10) set is
@@ -526,6 +529,8 @@ class Card(SecurityCommands):
         0xD4: SecurityCommands._write_key,
         0xF0: SecurityCommands._set_status,
         0xCA: SecurityCommands._get_data,
+        0x46: SecurityCommands._generate_key_pair,
+        0xDA: SecurityCommands._put_data,
     }
 
 

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cardspec import keyscheme
+from cardspec import sm2 as csm2
 from cardspec.keyscheme import Algorithm
 
 VECTORS = json.loads(
@@ -108,3 +109,69 @@ def test_sm4_card_cryptograms_from_their_definitions(
     assert keyscheme.unwrap_card_key(klk, wrapped, SM4) == key
     with pytest.raises(ValueError, match="does not unwrap"):
         keyscheme.unwrap_card_key(bytes(a ^ 1 for a in klk), wrapped, SM4)
+
+
+def test_sm2_module_on_the_gbt32918_example_and_against_gmssl() -> None:
+    """cardspec.sm2 (the chip's and the verifiers' SM2) gives the standard's key, Z_A and
+    signature, and agrees with gmssl both ways on the recommended curve."""
+    v = VECTORS["sm2_sign"][0]
+    cv = v["curve"]
+    curve = csm2.Curve(*(int(cv[k], 16) for k in ("p", "a", "b", "n", "xG", "yG")))
+    d = int(v["private_key"], 16)
+    public = csm2.public_key(d, curve)
+    assert public[1:].hex().upper() == v["xA"] + v["yA"]
+    uid, msg = v["id_ascii"].encode(), v["message_ascii"].encode()
+    assert csm2.za(public, uid, curve).hex().upper() == v["ZA"]
+    sig = csm2.sign(d, msg, uid, k=int(v["k"], 16), c=curve)
+    assert sig.hex().upper() == v["r"] + v["s"]
+    assert csm2.verify(public, msg, sig, uid, curve)
+    assert not csm2.verify(public, msg + b"!", sig, uid, curve)
+    d2, public2 = csm2.generate()
+    ours = csm2.sign(d2, b"challenge")
+    theirs = sm2.CryptSM2(private_key=format(d2, "064x"), public_key=public2[1:].hex())
+    assert theirs.verify_with_sm3(ours.hex(), b"challenge")
+    assert csm2.verify(public2, b"abc", bytes.fromhex(theirs.sign_with_sm3(b"abc")))
+    assert not csm2.verify(public2, b"challenge", ours[:32] + bytes(32))
+
+
+def test_sm4_card_sm2_key_certificate_and_second_proof() -> None:
+    """At personalisation the SM4 card makes its SM2 key pair, the issuer certifies it, both
+    certificates go to the card; the chip's SM2 signature over a challenge then checks out
+    against the certificate read back, and gmssl agrees."""
+    from cardspec_helpers import SERIAL, blank, card_code, perso_data, software_crypto
+
+    from cardspec import cardops, perso
+    from cardspec.errors import SecurityError
+    from cardspec.profile import social_security_profile
+    from cardspec.reader import InProcessReader
+
+    profile = social_security_profile(generation=3, algorithm=SM4)
+    card = blank(SERIAL, profile)
+    reader = InProcessReader(card)
+    issuer = csm2.SoftwareSm2Signer()
+    perso.personalise(reader, software_crypto(SERIAL, SM4), perso_data(SERIAL, spec_version="3.00"),
+                      profile, certifier=issuer)  # fmt: skip
+    assert card.state.sm2_private is not None
+    reader.connect()
+    cardops.select_df(reader, profile, "SSSE")
+    card_cert, issuer_cert = cardops.read_certificates(reader)
+    own = csm2.check_certificate(issuer_cert, issuer.sm2_public_key())  # self-signed
+    assert own.public == issuer.sm2_public_key()
+    challenge = os.urandom(16)
+    signature = cardops.sm2_internal_authenticate(reader, challenge)
+    cic = card_code(SERIAL)
+    cardops.verify_chip_sm2(card_cert, issuer.sm2_public_key(), cic, challenge, signature)
+    chip_public = csm2.parse_certificate(card_cert).public
+    assert sm2.CryptSM2(None, chip_public[1:].hex()).verify_with_sm3(signature.hex(), challenge)
+    with pytest.raises(SecurityError, match="does not verify"):
+        cardops.verify_chip_sm2(card_cert, issuer.sm2_public_key(), cic, challenge + b"x",
+                                signature)  # fmt: skip
+    with pytest.raises(SecurityError, match="another card"):
+        cardops.verify_chip_sm2(card_cert, issuer.sm2_public_key(), "0" * 32, challenge, signature)
+    with pytest.raises(SecurityError, match="certificate"):
+        cardops.verify_chip_sm2(card_cert, csm2.SoftwareSm2Signer().sm2_public_key(), cic,
+                                challenge, signature)  # fmt: skip
+    # the private key never comes out; certificates are written during personalisation only
+    assert card.state.sm2_private.hex().upper() not in (card_cert + issuer_cert).hex().upper()
+    answer = reader.transmit(bytes.fromhex("84DADF2004") + os.urandom(4))
+    assert answer[-2:] != b"\x90\x00"

