@@ -296,3 +296,22 @@ def test_fast_path_equals_python_pkcs11_path_and_software(
                 KeySlot.EAK, challenge
             )
             assert crypto.wrapped_card_key(KeySlot.DMK) == oracle.wrapped_card_key(KeySlot.DMK)
+
+
+def test_verification_hot_path_and_challenge_key_on_an_sm4_token(
+    sm_env: tuple[HsmConfig, Pkcs11KeyService],
+) -> None:
+    """The API's INTERNAL AUTHENTICATE check (direct C_* calls) and its challenge key work on an
+    HSM holding SM4 key sets only."""
+    from hsm.internal_auth import challenge_key, check_internal_auth
+
+    _, service = sm_env
+    cic = card_code(bytes.fromhex("0102030405060708"))
+    factor, random = os.urandom(8), os.urandom(8)
+    answer = _oracle(cic).internal_auth_response(factor, random)
+    ref = CardKeyRef(cic, algorithm=SM4)
+    check_internal_auth(service, ref, factor, random, answer)
+    with pytest.raises(CryptogramMismatch):
+        check_internal_auth(service, ref, factor, random, bytes(16))
+    key = challenge_key(service)
+    assert len(key) == 32 and key == challenge_key(service)
