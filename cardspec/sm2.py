@@ -268,3 +268,16 @@ def card_certificate(signer: Sm2Signer, card_identification_code: str, public: b
     """The card certificate: the chip's SM2 key bound to its card identification code."""
     body = certificate_body(bytes.fromhex(card_identification_code), public)
     return certificate(body, signer.sign_sm2(body))
+
+
+def verify_chip(
+    card_certificate: bytes, issuer_public: bytes, card_identification_code: str,
+    challenge: bytes, signature: bytes,
+) -> None:  # fmt: skip
+    """The second proof of a genuine SM4 card: ``card_certificate`` is the issuer's for this
+    card and the chip signed ``challenge`` with the certified key. ValueError if not."""
+    cert = check_certificate(card_certificate, issuer_public)
+    if cert.subject != bytes.fromhex(card_identification_code):
+        raise ValueError("the card certificate is for another card")
+    if not verify(cert.public, challenge, signature):
+        raise ValueError("the chip's SM2 signature does not verify")

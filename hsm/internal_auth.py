@@ -34,7 +34,7 @@ import hmac
 
 from pkcs11 import Attribute, ObjectClass
 
-from cardspec import keyscheme
+from cardspec import keyscheme, sm2
 from cardspec.keyscheme import Algorithm, KeySlot
 from hsm import ceremony, p11fast
 from hsm import pkcs11 as p11
@@ -128,6 +128,27 @@ def _expected_fast(
                 if h != base:
                     fast.destroy(sh, h)
             service.objects_destroyed(len(made))
+
+
+def check_chip_sm2(
+    service: KeyService, ref: CardKeyRef, challenge: bytes, certificate: bytes, signature: bytes
+) -> None:
+    """The SM2 second proof of an SM4 card (``cardspec.sm2.verify_chip``): its certificate
+    signed by the issuer's SM2 key (public key read from the HSM) and the chip's signature over
+    the challenge. Raise :class:`CryptogramMismatch` if it fails. Call it from the HSM owner
+    thread."""
+    public = getattr(service, "sm2_public_key", None)
+    if public is None:
+        raise CryptogramMismatch("this key service holds no issuer SM2 key")
+    try:
+        issuer_public = public()
+    except KeyNotFound as exc:
+        raise CryptogramMismatch("no issuer SM2 key in the HSM") from exc
+    try:
+        sm2.verify_chip(certificate, issuer_public, ref.card_identification_code, challenge,
+                        signature)  # fmt: skip
+    except ValueError as exc:
+        raise CryptogramMismatch(f"SM2 second proof: {exc}") from None
 
 
 # --- the key of the stateless verification challenges --------------------------------------

@@ -8,7 +8,9 @@ components: the emulated chip's manufacturer needs the chip's transport key KMC 
 key KLK, which this script derives from the same throwaway masters in software (as the card
 emulator's factory does). Every card key is then derived inside the module; the card checks
 WRITE KEY payloads (SM4-ECB under its KLK + KCV) and INTERNAL AUTHENTICATE is checked in the
-module. ``--perso`` also prints the personalisation commands.
+module; the chip generates its SM2 key pair, the issuer's SM2 key in the module certifies it, the
+certificates are read back and the chip's SM2 signature is checked (``cardspec.sm2``).
+``--perso`` also prints the personalisation commands.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cardspec import cardops, ids, keyscheme, perso, tlv  # noqa: E402
+from cardspec import cardops, ids, keyscheme, perso, sm2, tlv  # noqa: E402
 from cardspec.crypto import SoftwareCardCrypto  # noqa: E402
 from cardspec.emulator import blank_card  # noqa: E402
 from cardspec.keyscheme import Algorithm, KeySlot  # noqa: E402
@@ -32,6 +34,7 @@ from cardspec.reader import InProcessReader  # noqa: E402
 from hsm import ceremony, smtoken  # noqa: E402
 from hsm import pkcs11 as p11  # noqa: E402
 from hsm.config import HsmConfig  # noqa: E402
+from hsm.internal_auth import check_chip_sm2  # noqa: E402
 from hsm.service import CardKeyRef, Pkcs11KeyService  # noqa: E402
 
 SM4 = Algorithm.SM4
@@ -91,7 +94,7 @@ def main() -> None:
         data = perso.sample_perso_data(cic, profile, card_number=ids.make_card_number("S0000001"))
         ref = CardKeyRef(cic, algorithm=SM4)
         with service.card_crypto(ref) as crypto:
-            perso.personalise(reader, crypto, data, profile)
+            perso.personalise(reader, crypto, data, profile, certifier=service)
         reader.show = True
         reader.connect()
         print("-- SELECT the social security DF (FCI announces 9F0C 86 01 03: SM4)")
@@ -104,14 +107,16 @@ def main() -> None:
         answer = cardops.internal_authenticate(reader, factor, random)
         service.verify_internal_auth(ref, factor, random, answer)
         print("   genuine: the module's SM4 session key gives the same 16 bytes")
-        public = service.sm2_public_key()
-        body = cic.encode() + public
-        signature = service.sign_sm2(body)
-        print(f"-- the issuer's SM2 key (made in the module) 04||x||y {public.hex().upper()}")
-        print(
-            "   its SM2/SM3 signature (ID 1234567812345678) over cic||key, made in the module "
-            f"(the chip has no SM2 key pair or certificate yet): {signature.hex().upper()}"
-        )
+        print("-- the card certificate and the issuer certificate, read back (GET DATA DF20/DF21)")
+        card_cert, issuer_cert = cardops.read_certificates(reader)
+        issuer_public = service.sm2_public_key()
+        sm2.check_certificate(issuer_cert, issuer_public)
+        print("-- INTERNAL AUTHENTICATE with the chip's SM2 key (00 88 00 81) over the challenge")
+        challenge = factor + random
+        signature = cardops.sm2_internal_authenticate(reader, challenge)
+        check_chip_sm2(service, ref, challenge, card_cert, signature)
+        print("   card certificate signed by the issuer's SM2 key (in the module), issued to this")
+        print("   card identification code; the chip's SM2/SM3 signature verifies under it")
 
 
 if __name__ == "__main__":

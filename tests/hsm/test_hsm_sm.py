@@ -187,6 +187,15 @@ def test_sm4_card_personalised_and_authenticated_through_the_module(
     challenge = os.urandom(32)
     signature = cardops.sm2_internal_authenticate(reader, challenge)
     cardops.verify_chip_sm2(card_cert, issuer_public, cic, challenge, signature)
+    # the API's check (hsm.internal_auth.check_chip_sm2): issuer key read from the module
+    from hsm.internal_auth import check_chip_sm2
+
+    check_chip_sm2(service, ref, challenge, card_cert, signature)
+    with pytest.raises(CryptogramMismatch, match="SM2 second proof"):
+        check_chip_sm2(service, ref, challenge + b"x", card_cert, signature)
+    with pytest.raises(CryptogramMismatch, match="another card"):
+        check_chip_sm2(service, CardKeyRef("0" * 32, algorithm=SM4), challenge, card_cert,
+                       signature)  # fmt: skip
 
 
 def test_vendor_without_derivation_refuses_sm4_card_keys(tmp_path: Path) -> None:
