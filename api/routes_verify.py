@@ -273,9 +273,16 @@ async def feed_public_key(request: Request) -> PublicKeyOut:
     """The public key that verifies the status feed's signature (no authentication)."""
     from cryptography.hazmat.primitives import serialization
 
+    from cardspec import sm2
+
     pem = await public_key_pem(ctx_of(request))
-    der = serialization.load_pem_public_key(pem).public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    sm2_key = sm2.public_from_pem(pem)  # [hsm] signing = "sm2": pyca cannot load SM2 keys
+    der = (
+        sm2.spki_der(sm2_key)
+        if sm2_key is not None
+        else serialization.load_pem_public_key(pem).public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
     return PublicKeyOut(public_key_pem=pem.decode("ascii"), key_id=hashlib.sha256(der).hexdigest())
 

@@ -281,3 +281,39 @@ def verify_chip(
         raise ValueError("the card certificate is for another card")
     if not verify(cert.public, challenge, signature):
         raise ValueError("the chip's SM2 signature does not verify")
+
+
+# --- SM2 public keys in PEM (SubjectPublicKeyInfo: id-ecPublicKey with the SM2 curve OID
+# 1.2.156.10197.1.301, GB/T 35276 / GM/T 0010) - pyca/cryptography cannot load them ---------
+_SPKI_PREFIX = bytes.fromhex("3059301306072A8648CE3D020106082A811CCF5501822D034200")
+
+
+def spki_der(public: bytes) -> bytes:
+    """``04 || x || y`` as a DER SubjectPublicKeyInfo."""
+    _point(public, SM2_P256)
+    return _SPKI_PREFIX + public
+
+
+def public_key_pem(public: bytes) -> bytes:
+    """``04 || x || y`` as a PEM SubjectPublicKeyInfo."""
+    import base64
+
+    b64 = base64.encodebytes(spki_der(public)).replace(b"\n", b"")
+    lines = [b64[i : i + 64] for i in range(0, len(b64), 64)]
+    return b"-----BEGIN PUBLIC KEY-----\n" + b"\n".join(lines) + b"\n-----END PUBLIC KEY-----\n"
+
+
+def public_from_pem(pem: bytes | str) -> bytes | None:
+    """The ``04 || x || y`` of an SM2 public key PEM; None if ``pem`` is not an SM2 key."""
+    import base64
+    import binascii
+
+    text = pem.decode("ascii", "replace") if isinstance(pem, bytes) else pem
+    body = "".join(line for line in text.strip().splitlines() if not line.startswith("-----"))
+    try:
+        der = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(der) != len(_SPKI_PREFIX) + 65 or not der.startswith(_SPKI_PREFIX):
+        return None
+    return der[len(_SPKI_PREFIX) :]

@@ -29,6 +29,8 @@ class HsmConfig:
     #: The SM test module only (``hsm.smtoken``): its configuration file and token directory.
     sm_conf: Path | None = None
     sm_store: Path | None = None
+    #: The key that signs the status feed and audit checkpoints: ``ecdsa-p256`` or ``sm2``.
+    signing: str = "ecdsa-p256"
 
     @property
     def is_softhsm(self) -> bool:
@@ -59,6 +61,7 @@ class HsmConfig:
             tokens_dir=settings.data_dir / "hsm" / "tokens",
             region_code=settings.issuer.region_code,
             vendor=hsm.vendor,
+            signing=hsm.signing,
             sm_conf=sm_dir / "smp11.conf" if sm_module else None,
             sm_store=sm_dir / "tokens" if sm_module else None,
         )

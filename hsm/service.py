@@ -65,7 +65,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 from pkcs11 import Attribute, Mechanism, ObjectClass
 
-from cardspec import keyscheme
+from cardspec import keyscheme, sm2
 from cardspec.crypto import CardCrypto, SoftwareCardCrypto
 from cardspec.keyscheme import Algorithm, KeySlot
 from hsm import ceremony, p11fast
@@ -167,7 +167,14 @@ class KeyService(Protocol):
 
 
 def verify_signature(public_pem: bytes, data: bytes, signature: bytes) -> None:
-    """Verify an ECDSA P-256 / SHA-256 DER signature; raise :class:`SignatureInvalid`."""
+    """Verify an ECDSA P-256 / SHA-256 DER signature, or an SM2/SM3 one (``r || s``, default
+    identity) when the key is an SM2 key (``[hsm] signing = "sm2"``); raise
+    :class:`SignatureInvalid`."""
+    sm2_key = sm2.public_from_pem(public_pem)
+    if sm2_key is not None:
+        if not sm2.verify(sm2_key, data, signature):
+            raise SignatureInvalid("SM2 signature does not verify")
+        return
     key = serialization.load_pem_public_key(public_pem)
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise SignatureInvalid("not an EC public key")
@@ -196,8 +203,12 @@ class Pkcs11KeyService:
         signing_label: str = ceremony.SIGNING_LABEL,
         recycle_after: int | None = None,
         fast_path: bool = True,
+        signing: str = "ecdsa-p256",
     ) -> None:
         self.token = token
+        #: what :meth:`sign` uses (``[hsm] signing``): ``ecdsa-p256`` (``signing_label``) or
+        #: ``sm2`` (``ykt:signing:sm2:v1``, SM2 with SM3 and the default identity)
+        self.signing = signing
         self._fast_path = fast_path
         #: Re-initialise the module after this many destroyed card-key objects (None: the
         #: default, 20,000 on SoftHSM2 and never on other HSMs; 0: never).
@@ -215,6 +226,7 @@ class Pkcs11KeyService:
 
     @classmethod
     def from_config(cls, config: HsmConfig, **kwargs: Any) -> Pkcs11KeyService:
+        kwargs.setdefault("signing", config.signing)
         return cls(p11.open_token(config), config.region_code, **kwargs)
 
     @property
@@ -357,6 +369,8 @@ class Pkcs11KeyService:
     def sign(self, data: bytes) -> bytes:
         from pkcs11.util.ec import encode_ecdsa_signature
 
+        if self.signing == "sm2":  # [hsm] signing: the issuer's SM2 key, SM3, r || s
+            return self.sign_sm2(data)
         digest = hashlib.sha256(data).digest()
         with self.token.use("signing") as session:
             key = p11.find_one(session, self.signing_label, ObjectClass.PRIVATE_KEY)
@@ -388,6 +402,8 @@ class Pkcs11KeyService:
     def public_key_pem(self) -> bytes:
         from pkcs11.util.ec import encode_ec_public_key
 
+        if self.signing == "sm2":
+            return sm2.public_key_pem(self.sm2_public_key())
         with self.token.use("reading the signing public key") as session:
             key = p11.find_one(session, self.signing_label, ObjectClass.PUBLIC_KEY)
             der = encode_ec_public_key(key)

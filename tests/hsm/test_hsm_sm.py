@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -324,3 +325,44 @@ def test_verification_hot_path_and_challenge_key_on_an_sm4_token(
         check_internal_auth(service, ref, factor, random, bytes(16))
     key = challenge_key(service)
     assert len(key) == 32 and key == challenge_key(service)
+
+
+def test_feed_and_checkpoint_signatures_with_sm2_by_setting(
+    sm_env: tuple[HsmConfig, Pkcs11KeyService], tmp_path: Path
+) -> None:
+    """``[hsm] signing = "sm2"``: the key service signs with the issuer's SM2 key in the module;
+    its public key PEM and signatures verify with the project's verifiers (status feed client,
+    audit checkpoints) and with OpenSSL's command line, an independent SM2/SPKI parser."""
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    from hsm.errors import SignatureInvalid
+    from hsm.service import verify_signature
+    from issuance.audit import verify_signature as verify_checkpoint
+    from issuance.errors import IntegrityError
+
+    config, base = sm_env
+    ceremony.generate_sm2_signing_key(base.token)
+    service = Pkcs11KeyService.from_config(replace(config, signing="sm2"))
+    pem = service.public_key_pem()
+    assert sm2.public_from_pem(pem) == service.sm2_public_key()
+    data = b"ykt-status-feed/1 42 " + os.urandom(16).hex().encode()
+    signature = service.sign(data)
+    verify_signature(pem, data, signature)
+    verify_checkpoint(pem, signature, data)
+    with pytest.raises(SignatureInvalid):
+        verify_signature(pem, data + b"x", signature)
+    with pytest.raises(IntegrityError):
+        verify_checkpoint(pem.decode(), signature, data + b"x")
+    (tmp_path / "pub.pem").write_bytes(pem)
+    (tmp_path / "msg").write_bytes(data)
+    r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+    (tmp_path / "sig").write_bytes(encode_dss_signature(r, s))
+    proc = subprocess.run(
+        ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(tmp_path / "pub.pem"),
+         "-rawin", "-in", str(tmp_path / "msg"), "-sigfile", str(tmp_path / "sig"),
+         "-digest", "sm3", "-pkeyopt", "distid:1234567812345678"],
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "Verified Successfully" in proc.stdout, proc.stderr
+    # the default stays ECDSA P-256
+    assert Pkcs11KeyService.from_config(config).signing == "ecdsa-p256"
