@@ -130,7 +130,7 @@ def main() -> dict[str, Any]:
             f"ratio {f['ratio']:.3f}  "
             f"INTERNAL AUTHENTICATE checks {f['verifications_per_s']:7.1f}/s"
         )
-    return figures
+    return {f"{name}.{k}": v for name, f in figures.items() for k, v in f.items()}
 
 
 if __name__ == "__main__":
