@@ -366,3 +366,37 @@ def test_feed_and_checkpoint_signatures_with_sm2_by_setting(
     assert proc.returncode == 0 and "Verified Successfully" in proc.stdout, proc.stderr
     # the default stays ECDSA P-256
     assert Pkcs11KeyService.from_config(config).signing == "ecdsa-p256"
+
+
+def test_token_store_takes_concurrent_writers(tmp_path: Path) -> None:
+    """Two processes creating token keys at once (each C_GenerateKey rewrites the token file
+    under an flock, after re-reading what the other wrote): every key is kept."""
+    config = _config(tmp_path)
+    assert smtoken.ensure_token(config) is True
+    script = (
+        "import sys; from pathlib import Path; from hsm.config import HsmConfig\n"
+        "from hsm import ceremony, pkcs11 as p11\n"
+        "from cardspec.keyscheme import Algorithm, KeySlot\n"
+        f"c = HsmConfig(module=Path({str(MODULE)!r}), token_label='ykt-sm', "
+        f"pin_source=lambda: '4321', vendor='ibm', sm_conf=Path({str(config.sm_conf)!r}), "
+        f"sm_store=Path({str(config.sm_store)!r}))\n"
+        "t = p11.open_token(c)\n"
+        "for v in range(int(sys.argv[1]), int(sys.argv[1]) + 4):\n"
+        "    ceremony.generate_master(t, KeySlot.IRK, Algorithm.SM4, v)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(start)], stderr=subprocess.PIPE)
+             for start in (1, 11)]  # fmt: skip
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    listing = (
+        "from pathlib import Path; from hsm.config import HsmConfig\n"
+        "from hsm import ceremony, pkcs11 as p11\n"
+        f"c = HsmConfig(module=Path({str(MODULE)!r}), token_label='ykt-sm', "
+        f"pin_source=lambda: '4321', vendor='ibm', sm_conf=Path({str(config.sm_conf)!r}), "
+        f"sm_store=Path({str(config.sm_store)!r}))\n"
+        "print(sorted(k.version for k in ceremony.list_keys(p11.open_token(c))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", listing], capture_output=True, text=True,
+                         check=True, timeout=60).stdout  # fmt: skip
+    assert out.strip() == str([1, 2, 3, 4, 11, 12, 13, 14])
