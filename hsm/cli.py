@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
+from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot, klk_algorithm
 from hsm import ceremony, smtoken, softhsm
 from hsm.config import HsmConfig
 from hsm.pkcs11 import KEY_TYPES, Pkcs11Token, open_token
@@ -260,7 +260,8 @@ def import_key(
     no_audit: _NoAudit = False,
 ) -> None:
     """Import a master key from 2-3 clear components typed by their custodians (no echo), each
-    checked by its KCV. ``klk`` imports the key-loading key master (always AES). With
+    checked by its KCV. ``klk`` imports the key-loading key master (AES; SM4 with
+    ``--algorithm sm4``). With
     ``--supplier NAME``, ``kmc`` or ``klk`` of the key set shared with that chip supplier, from
     which it diversifies the transport keys of the blank chips it delivers."""
     if name not in MASTER_NAMES:
@@ -273,6 +274,8 @@ def import_key(
     expected = _hex(kcv, "--kcv") if kcv else None
     log = _CeremonyLog(as_, not no_audit)
     alg = KLK_ALGORITHM if name == ceremony.KLK else algorithm
+    if name == ceremony.KLK and supplier is None:  # an SM4 key set's KLK is an SM4 key
+        alg = klk_algorithm(algorithm)
     comps, kcvs, names = _components(components, alg, names)
     token = _token()
     if supplier is not None:
@@ -280,7 +283,7 @@ def import_key(
             token, supplier, name, comps, kcvs, alg, version, expected
         )
     elif name == ceremony.KLK:
-        info = ceremony.import_klk_master(token, comps, kcvs, version, expected)
+        info = ceremony.import_klk_master(token, comps, kcvs, version, expected, algorithm)
     else:
         info = ceremony.import_master(token, KeySlot(name), comps, kcvs, alg, version, expected)
     comps.clear()
