@@ -159,7 +159,7 @@ class HsmCardCrypto:
     """:class:`CardCrypto` for one card with keys derived in the HSM (session objects)."""
 
     def __init__(self, service: Pkcs11KeyService, ref: CardKeyRef) -> None:
-        p11.check_algorithm(ref.algorithm)
+        p11.check_algorithm(ref.algorithm, service.token.config)
         self.algorithm = ref.algorithm
         self.ref = ref
         self._service = service

@@ -260,7 +260,7 @@ def latest_version(token: Pkcs11Token, slot: KeySlot, alg: Algorithm) -> int | N
 
 
 def _generate_secret(token: Pkcs11Token, label: str, alg: Algorithm) -> KeyInfo:
-    p11.check_algorithm(alg)
+    p11.check_algorithm(alg, token.config)
     with token.use(f"generating {label}") as session:
         if p11.exists(session, label):
             raise KeyExists(f"{label} already exists", label=label)
@@ -300,7 +300,7 @@ def rotate_key_set(token: Pkcs11Token, alg: Algorithm = Algorithm.DES3) -> list[
     version made it already, the KLK master. Older versions stay usable for the cards
     personalised under them; data preparation moves to the new version (now the newest
     complete one). Returns the keys created."""
-    p11.check_algorithm(alg)
+    p11.check_algorithm(alg, token.config)
     with token.use("listing key sets") as session:
         versions, _ = _set_versions(_labels(session), alg)
         klk_exists = p11.exists(session, klk_label((versions[-1] if versions else 0) + 1, alg))
@@ -337,7 +337,7 @@ def _import_secret(
     expected_kcv: bytes | None,
     usage: tuple[Attribute, ...],
 ) -> KeyInfo:
-    p11.check_algorithm(alg)
+    p11.check_algorithm(alg, token.config)
     combined = _combine(components, kcvs, alg)
     try:
         with token.use(f"importing {label}") as session:

@@ -103,7 +103,7 @@ def _expected_fast(
     if len(random) != 8:
         raise ValueError("random must be 8 bytes")
     alg = ref.algorithm
-    p11.check_algorithm(alg)
+    p11.check_algorithm(alg, service.token.config)
     chain = [
         keyscheme.diversification_data(f, alg)
         for f in ref.factors(KeySlot.IRK, service.region_code)

@@ -316,8 +316,14 @@ def sm_table() -> SmMechanisms:
     return SM_TABLE
 
 
-def check_algorithm(alg: Algorithm) -> None:
-    if alg not in KEY_TYPES:
+def check_algorithm(alg: Algorithm, config: HsmConfig | None = None) -> None:
+    """MechanismUnavailable unless ``alg`` can be used (on the token of ``config``: SM4 only
+    with an SM mechanism table, whatever another token of the process registered)."""
+    if config is not None and alg is Algorithm.SM4 and vendors.table(config.vendor) is None:
+        alg_missing = True
+    else:
+        alg_missing = alg not in KEY_TYPES
+    if alg_missing:
         raise MechanismUnavailable(
             f"{alg.value}: needs an HSM with this algorithm (SoftHSM2 and PKCS#11 v2.40 have no "
             "SM4 mechanism: set [hsm] vendor to an SM table, see hsm.vendors); use 3des or aes"
