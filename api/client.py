@@ -17,7 +17,12 @@ from typing import Any
 
 import httpx
 
-from cardspec.cardops import internal_authenticate, read_card_public
+from cardspec.cardops import (
+    internal_authenticate,
+    read_card_public,
+    read_certificates,
+    sm2_internal_authenticate,
+)
 from cardspec.profile import DEFAULT_PROFILE, CardProfile
 from cardspec.reader import Reader
 from issuance.services.status_feed import FeedSummary, verify_feed
@@ -91,8 +96,11 @@ class YktClient:
         application: str = "social_security",
         include_holder: bool = False,
         include_photo: bool = False,
+        sm2_proof: tuple[bytes, bytes] | None = None,
     ) -> dict[str, Any]:
-        body = {
+        """``sm2_proof``: (card certificate, the chip's SM2 signature over the challenge), the
+        second proof of an SM4 card (``cardspec.sm2``)."""
+        body: dict[str, Any] = {
             "challenge_id": challenge_id,
             "card_identification_code": card_identification_code,
             "card_number": card_number,
@@ -101,6 +109,9 @@ class YktClient:
             "include_holder": include_holder,
             "include_photo": include_photo,
         }
+        if sm2_proof is not None:
+            body["sm2_card_certificate"] = sm2_proof[0].hex()
+            body["sm2_signature"] = sm2_proof[1].hex()
         return dict(self._json("POST", "/v1/verifications", json=body))
 
     # status feed ------------------------------------------------------------------------
@@ -138,16 +149,23 @@ def verify_card_in_reader(
     include_holder: bool = False,
     include_photo: bool = False,
     profile: CardProfile = DEFAULT_PROFILE,
+    sm2: bool = False,
 ) -> dict[str, Any]:
-    """The whole terminal flow against the card in ``reader``; returns the service's verdict."""
+    """The whole terminal flow against the card in ``reader``; returns the service's verdict.
+    ``sm2`` (SM4 cards): also send the card certificate and the chip's SM2 signature over the
+    challenge, checked by the service as a second proof."""
     public = read_card_public(reader, profile)
+    proof = None
     try:
         ch = client.challenge()
         challenge = bytes.fromhex(ch["challenge"])
         answer = internal_authenticate(reader, challenge[:8], challenge[8:])
+        if sm2:
+            certificate, _ = read_certificates(reader)
+            proof = (certificate, sm2_internal_authenticate(reader, challenge))
     finally:
         reader.disconnect()
     return client.verify(
         ch["challenge_id"], public.card_identification_code, public.card_number, answer,
-        application, include_holder, include_photo,
+        application, include_holder, include_photo, proof,
     )  # fmt: skip

@@ -25,7 +25,7 @@ from api.schemas import (
     VerificationIn,
     VerificationOut,
 )
-from hsm.internal_auth import check_internal_auth
+from hsm.internal_auth import check_chip_sm2, check_internal_auth
 from hsm.service import CardKeyRef, KeyService
 from issuance import audit
 from issuance.errors import PermissionDenied, ValidationError
@@ -173,8 +173,16 @@ async def run_verification(ctx: ApiContext, principal: Principal, body: Verifica
     hsm = ctx.hsm
     codec = await ctx.challenge_codec()
 
+    second = (
+        (bytes.fromhex(body.sm2_card_certificate), bytes.fromhex(body.sm2_signature))
+        if body.sm2_card_certificate is not None and body.sm2_signature is not None
+        else None
+    )
+
     def check(ref: CardKeyRef, factor: bytes, rnd: bytes, resp: bytes) -> None:
         hsm.call(check_internal_auth, ref, factor, rnd, resp)
+        if second is not None:
+            hsm.call(check_chip_sm2, ref, factor + rnd, *second)
 
     def work() -> verification.Verdict:
         with ctx.tx() as session:
@@ -194,6 +202,8 @@ async def run_verification(ctx: ApiContext, principal: Principal, body: Verifica
 
         async def check_async(ref: CardKeyRef, factor: bytes, rnd: bytes, resp: bytes) -> None:
             await hsm.run(check_internal_auth, ref, factor, rnd, resp)
+            if second is not None:
+                await hsm.run(check_chip_sm2, ref, factor + rnd, *second)
 
         async def slow_path() -> verification.Verdict:
             return await run_in_threadpool(work)
@@ -263,9 +273,16 @@ async def feed_public_key(request: Request) -> PublicKeyOut:
     """The public key that verifies the status feed's signature (no authentication)."""
     from cryptography.hazmat.primitives import serialization
 
+    from cardspec import sm2
+
     pem = await public_key_pem(ctx_of(request))
-    der = serialization.load_pem_public_key(pem).public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    sm2_key = sm2.public_from_pem(pem)  # [hsm] signing = "sm2": pyca cannot load SM2 keys
+    der = (
+        sm2.spki_der(sm2_key)
+        if sm2_key is not None
+        else serialization.load_pem_public_key(pem).public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
     return PublicKeyOut(public_key_pem=pem.decode("ascii"), key_id=hashlib.sha256(der).hexdigest())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from issuance.models import ApplicationStatus, Channel, ChipAppKind
 
@@ -66,6 +66,22 @@ class VerificationIn(_In):
     )
     include_holder: bool = Field(False, description="needs scope holder:read")
     include_photo: bool = Field(False, description="needs scope holder:photo")
+    sm2_card_certificate: str | None = Field(
+        None, pattern=r"^([0-9a-fA-F]{2}){64,1024}$",
+        description="SM4 cards: the card certificate (GET DATA DF20, hex); with sm2_signature "
+        "the chip's SM2 signature is checked too, a second proof",
+    )  # fmt: skip
+    sm2_signature: str | None = Field(
+        None, pattern=r"^[0-9a-fA-F]{128}$",
+        description="the chip's SM2 signature over the challenge (INTERNAL AUTHENTICATE "
+        "00 88 00 81, hex r || s)",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _sm2_pair(self) -> VerificationIn:
+        if (self.sm2_card_certificate is None) != (self.sm2_signature is None):
+            raise ValueError("give sm2_card_certificate and sm2_signature together")
+        return self
 
 
 class HolderOut(BaseModel):

@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 #: Order matters only for reading the report.
 BENCHMARKS = [
     "hsm_derive",
+    "sm_derive",
     "card_emulator",
     "pcsc_apdu",
     "photos",

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cardspec import apdu, sm, tlv
+from cardspec import apdu, sm, sm2, tlv
 from cardspec.apdu import CommandApdu
 from cardspec.crypto import CardCrypto
 from cardspec.emulator.image import LifeCycle
@@ -418,3 +418,36 @@ __all__ = [
     "update_file",
     "verify_pin",
 ]
+
+
+# --- SM2: the chip's key and certificates (cardspec.sm2) -----------------------------------------
+
+
+def read_certificates(reader: Reader | apdu.Transmit) -> tuple[bytes, bytes]:
+    """GET DATA DF20 / DF21: the card certificate and the issuer certificate."""
+    card = send(reader, CommandApdu(0x00, 0xCA, 0xDF, 0x20, le=256), "GET DATA DF20")
+    issuer = send(reader, CommandApdu(0x00, 0xCA, 0xDF, 0x21, le=256), "GET DATA DF21")
+    return card, issuer
+
+
+def sm2_internal_authenticate(reader: Reader | apdu.Transmit, challenge: bytes) -> bytes:
+    """INTERNAL AUTHENTICATE ``00 88 00 81``: the chip's SM2 signature over ``challenge``."""
+    if not 1 <= len(challenge) <= 64:
+        raise ValueError("the SM2 challenge is 1-64 bytes")
+    return send(
+        reader, CommandApdu(0x00, 0x88, 0x00, sm2.SM2_KEY_REF, challenge, le=256),
+        "INTERNAL AUTHENTICATE (SM2)",
+    )  # fmt: skip
+
+
+def verify_chip_sm2(
+    card_certificate: bytes, issuer_public: bytes, card_identification_code: str,
+    challenge: bytes, signature: bytes,
+) -> None:  # fmt: skip
+    """The second proof of a genuine SM4 card (:func:`cardspec.sm2.verify_chip`); raises
+    SecurityError (status 6A80: wrong data) if it fails."""
+    try:
+        sm2.verify_chip(card_certificate, issuer_public, card_identification_code, challenge,
+                        signature)  # fmt: skip
+    except ValueError as exc:
+        raise SecurityError(str(exc), 0x6A80) from None

@@ -73,7 +73,7 @@ def profile_tree(profile: CardProfile) -> Tree:
 def show_profile(
     generation: Annotated[int, typer.Option(help="Card generation: 2 or 3.")] = 2,
     algorithm: Annotated[
-        str | None, typer.Option(help="3des or aes (default by generation).")
+        str | None, typer.Option(help="3des, aes or sm4 (default by generation: 2 3des, 3 sm4).")
     ] = None,
 ) -> None:
     """Print the card profile (file system, access conditions, keys, PINs)."""
@@ -81,7 +81,9 @@ def show_profile(
 
 
 _Gen = Annotated[int, typer.Option(help="Card generation: 2 or 3.")]
-_AlgOpt = Annotated[str | None, typer.Option(help="3des or aes (default by generation).")]
+_AlgOpt = Annotated[
+    str | None, typer.Option(help="3des, aes or sm4 (default by generation: 2 3des, 3 sm4).")
+]
 _KeyVersion = Annotated[
     int | None,
     typer.Option("--key-version", min=1, help="Key set version (default: the newest complete)."),

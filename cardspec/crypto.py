@@ -69,7 +69,7 @@ class SoftwareCardCrypto:
         manufacturer loads into the blank next to the KMC."""
         if self._klk_master is None:
             raise ProfileError("no key-loading key master given (klk_master)")
-        return keyscheme.derive_klk(self._klk_master, self._card_factors)
+        return keyscheme.derive_klk(self._klk_master, self._card_factors, self.algorithm)
 
     def card_key(self, slot: KeySlot) -> bytes:
         factors = self._emv_factors if slot.financial else self._card_factors

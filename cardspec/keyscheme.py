@@ -13,9 +13,15 @@ Sources and choices (the MOHRSS texts LD/T 32.4 are not public; choices are mark
   Book 2 Annex A1.4.1 (ICC master key derivation, option A), so ``pyemv.kd.derive_icc_mk_a``
   is an independent oracle. Multi-level diversification (province: region factor, then card
   factor) applies the same step once per factor.
-* CHOICE: for AES-128 cards the diversification is ``K = AES-ECB(MK, D || (D xor FF..FF))``
-  (one block, the natural 16-byte analogue). SM4 uses the same shape but needs an HSM with SM4;
-  SoftHSM2 has none, so this module and the default profile use 3DES or AES.
+* CHOICE: for AES-128 and SM4 cards the diversification is ``K = ECB(MK, D || (D xor FF..FF))``
+  (one block, the natural 16-byte analogue of the 3DES halves; for SM4 it is the PBOC 3.0
+  SM4 key diversification shape). SM4 (GB/T 32907-2016) is computed here by pyca/cryptography
+  (OpenSSL); in the issuer it needs an HSM with an SM4 ECB-encrypt-data derivation
+  (``hsm.vendors``): SoftHSM2 has none.
+* SM4 cards (FCI ``9F0C { 86 01 03 }``) use every construction below with SM4 in place of AES
+  (16-byte blocks). Their MAC is GB/T 15852.1-2020 (the national adoption of ISO/IEC 9797-1)
+  MAC algorithm 1 with padding method 2 and SM4 - the same CBC-MAC as for AES; LD/T 32.4, which
+  would fix the social security card's own SM4 MAC, is not public (CHOICE).
 * Card factor: the 8 bytes of the chip-unique part of the card identification code (its last 16
   hex characters), e.g. ``330182D156000005`` + ``0123456789ABCDEF``.
 * INTERNAL AUTHENTICATE (``00 88 00 00 10``, data = 8-byte process factor || 8-byte random):
@@ -49,11 +55,15 @@ Sources and choices (the MOHRSS texts LD/T 32.4 are not public; choices are mark
 * Key check value (KCV): first 3 bytes of ECB-encrypting a zero block (3DES) — for AES the
   CMAC of an empty message (GlobalPlatform / ANSI X9.24-1 practice: AES KCV = CMAC(K, ''))
   is used by some vendors; CHOICE here: ``AES-ECB(K, 01..01)`` first 3 bytes (GP SCP03 amend D).
+  SM4: ``SM4-ECB(K, 00..00)`` first 3 bytes (CHOICE: the PKCS#11 CKA_CHECK_VALUE definition,
+  ECB of a zero block, which is also the 3DES rule).
 """
 
 from __future__ import annotations
 
+import hmac
 from enum import StrEnum
+from typing import Any
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -70,9 +80,11 @@ class Algorithm(StrEnum):
     DES3 = "3des"
     """Double-length 3DES (FCI 86 01 01), second-generation cards."""
     AES = "aes"
-    """AES-128 (CHOICE: stands in for SM4 where the HSM lacks SM4)."""
+    """AES-128 (CHOICE: stands in for SM4 where the HSM lacks SM4; FCI 86 01 02, no public
+    source gives that value)."""
     SM4 = "sm4"
-    """SM4 (FCI 86 01 03), third-generation cards: needs an HSM that offers SM4."""
+    """SM4 (GB/T 32907, FCI 86 01 03), third-generation cards: needs an HSM that offers SM4
+    (``hsm.vendors``)."""
 
     @property
     def block_size(self) -> int:
@@ -124,24 +136,24 @@ def _k24(key: bytes) -> bytes:
     return key + key[:8] if len(key) == 16 else key
 
 
-def _ecb(key: bytes, alg: Algorithm, data: bytes, decrypt: bool = False) -> bytes:
+def _block_cipher(key: bytes, alg: Algorithm) -> Any:
     if alg is Algorithm.DES3:
-        cipher = Cipher(TripleDES(_k24(key)), modes.ECB())
-    elif alg is Algorithm.AES:
-        cipher = Cipher(algorithms.AES(key), modes.ECB())
-    else:
-        raise UnsupportedAlgorithm(f"{alg.value} is not available in software here")
+        return TripleDES(_k24(key))
+    if alg is Algorithm.AES:
+        return algorithms.AES(key)
+    if alg is Algorithm.SM4:
+        return algorithms.SM4(key)
+    raise UnsupportedAlgorithm(f"{alg.value} is not available in software here")
+
+
+def _ecb(key: bytes, alg: Algorithm, data: bytes, decrypt: bool = False) -> bytes:
+    cipher = Cipher(_block_cipher(key, alg), modes.ECB())
     ctx = cipher.decryptor() if decrypt else cipher.encryptor()
     return ctx.update(data) + ctx.finalize()
 
 
 def _cbc(key: bytes, alg: Algorithm, data: bytes, iv: bytes) -> bytes:
-    if alg is Algorithm.DES3:
-        cipher = Cipher(TripleDES(_k24(key)), modes.CBC(iv))
-    elif alg is Algorithm.AES:
-        cipher = Cipher(algorithms.AES(key), modes.CBC(iv))
-    else:
-        raise UnsupportedAlgorithm(f"{alg.value} is not available in software here")
+    cipher = Cipher(_block_cipher(key, alg), modes.CBC(iv))
     ctx = cipher.encryptor()
     return ctx.update(data) + ctx.finalize()
 
@@ -293,11 +305,16 @@ def decrypt_sensitive(key: bytes, ciphertext: bytes, alg: Algorithm) -> bytes:
     return body
 
 
+def kcv_block(alg: Algorithm) -> bytes:
+    """The block whose ECB encryption gives the KCV (see module docstring)."""
+    if alg is Algorithm.AES:
+        return b"\x01" * 16
+    return bytes(alg.block_size)
+
+
 def kcv(key: bytes, alg: Algorithm) -> bytes:
     """Key check value, 3 bytes (see module docstring)."""
-    if alg is Algorithm.DES3:
-        return _ecb(key, alg, b"\x00" * 8)[:3]
-    return _ecb(key, alg, b"\x01" * 16)[:3]
+    return _ecb(key, alg, kcv_block(alg))[:3]
 
 
 # --- Key loading (WRITE KEY) ------------------------------------------------------------------
@@ -320,11 +337,37 @@ def kcv(key: bytes, alg: Algorithm) -> bytes:
 # 3DES keys are wrapped with odd DES parity (HSMs normalise the parity of derived DES keys; DES
 # ignores the parity bits, so the card computes the same cryptograms). PINs and other data
 # still use :func:`encrypt_sensitive` under KMC.
+#
+# SM4 cards (CHOICE): the national HSMs have no AES key wrap (and a third-generation key set
+# should not depend on AES), so the KLK of an SM4 card is an SM4 key, diversified from the
+# master ``ykt:klk:sm4:v<n>``, and WRITE KEY carries ``SM4-ECB(KLK, key) || KCV(key)``
+# (16 + 3 bytes): the vendor HSMs' ``C_WrapKey`` with SM4-ECB, and the key's check value
+# (computed in the HSM on the key object) as the integrity check the card verifies after
+# decrypting - the GlobalPlatform PUT KEY form (key data block, then its KCV). A payload
+# encrypted under another KLK or altered decrypts to a key whose KCV does not match: 6A80.
 
-#: The key-loading key's algorithm, whatever the card's (see above).
+#: The key-loading key's algorithm for 3DES and AES cards (see above; SM4 cards:
+#: :func:`klk_algorithm`).
 KLK_ALGORITHM = Algorithm.AES
-#: Length of a WRITE KEY payload: RFC 5649 of a 16-byte key.
+#: Length of a WRITE KEY payload: RFC 5649 of a 16-byte key (SM4 cards: :func:`wrapped_key_length`).
 WRAPPED_KEY_LENGTH = 24
+#: Length of the KCV appended to an SM4 WRITE KEY payload.
+SM4_WRAP_KCV_LENGTH = 3
+
+
+def klk_algorithm(alg: Algorithm) -> Algorithm:
+    """The algorithm of the key-loading key of a card of ``alg`` (see "Key loading")."""
+    return Algorithm.SM4 if alg is Algorithm.SM4 else KLK_ALGORITHM
+
+
+def key_loading_scheme(alg: Algorithm) -> str:
+    """The profile's ``key_loading`` name for cards of ``alg`` (see "Key loading")."""
+    return "sm4-ecb-kcv-klk" if alg is Algorithm.SM4 else "aes-kwp-klk"
+
+
+def wrapped_key_length(alg: Algorithm) -> int:
+    """Length of the WRITE KEY payload of a card of ``alg``."""
+    return 16 + SM4_WRAP_KCV_LENGTH if alg is Algorithm.SM4 else WRAPPED_KEY_LENGTH
 
 
 def odd_parity(key: bytes) -> bytes:
@@ -336,15 +379,21 @@ def odd_parity(key: bytes) -> bytes:
     return bytes(out)
 
 
-def derive_klk(master: bytes, factors: list[bytes] | tuple[bytes, ...]) -> bytes:
-    """The card's key-loading key: AES diversification of the KLK master by the card factors."""
-    return derive_card_key(master, factors, KLK_ALGORITHM)
+def derive_klk(
+    master: bytes, factors: list[bytes] | tuple[bytes, ...], alg: Algorithm = Algorithm.DES3
+) -> bytes:
+    """The key-loading key of a card of ``alg``: diversification of the KLK master by the card
+    factors, AES (SM4 for SM4 cards, :func:`klk_algorithm`)."""
+    return derive_card_key(master, factors, klk_algorithm(alg))
 
 
 def wrap_card_key(klk: bytes, key: bytes, alg: Algorithm) -> bytes:
-    """Payload of WRITE KEY: RFC 5649 ``KWP(KLK, key)`` (3DES: key with odd parity), 24 bytes."""
+    """Payload of WRITE KEY: RFC 5649 ``KWP(KLK, key)`` (3DES: key with odd parity), 24 bytes;
+    SM4 cards: ``SM4-ECB(KLK, key) || KCV(key)``, 19 bytes (see "Key loading")."""
     if len(key) != 16 or len(klk) != 16:
         raise ValueError("card keys and the KLK are 16 bytes")
+    if alg is Algorithm.SM4:
+        return _ecb(klk, alg, key) + kcv(key, alg)
     value = odd_parity(key) if alg is Algorithm.DES3 else key
     return aes_key_wrap_with_padding(klk, value)
 
@@ -352,8 +401,13 @@ def wrap_card_key(klk: bytes, key: bytes, alg: Algorithm) -> bytes:
 def unwrap_card_key(klk: bytes, wrapped: bytes, alg: Algorithm) -> bytes:
     """Card side of :func:`wrap_card_key`: the 16-byte key; raises ValueError if the payload
     does not unwrap under ``klk`` (integrity check of RFC 5649) or is not a 16-byte key."""
-    if len(wrapped) != WRAPPED_KEY_LENGTH:
-        raise ValueError(f"a wrapped card key is {WRAPPED_KEY_LENGTH} bytes")
+    if len(wrapped) != wrapped_key_length(alg):
+        raise ValueError(f"a wrapped card key is {wrapped_key_length(alg)} bytes")
+    if alg is Algorithm.SM4:
+        key = _ecb(klk, alg, wrapped[:16], decrypt=True)
+        if not hmac.compare_digest(kcv(key, alg), wrapped[16:]):
+            raise ValueError("the key does not unwrap under the key-loading key (KCV)")
+        return key
     try:
         key = aes_key_unwrap_with_padding(klk, wrapped)
     except InvalidUnwrap:

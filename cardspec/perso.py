@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from cardspec import ids
+from cardspec import ids, sm2, tlv
 from cardspec.apdu import CommandApdu
 from cardspec.cardops import (
     ApduCounter,
@@ -37,7 +37,7 @@ from cardspec.cardops import (
 )
 from cardspec.crypto import CardCrypto
 from cardspec.errors import CardNotFoundError, CardStateError, ProfileError
-from cardspec.keyscheme import KeySlot
+from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.profile import (
     DEFAULT_PROFILE,
     CardIdentification,
@@ -143,8 +143,12 @@ def personalise(
     profile: CardProfile = DEFAULT_PROFILE,
     *,
     connect: bool = True,
+    certifier: sm2.Sm2Signer | None = None,
 ) -> PersoResult:
-    """Personalise the blank card in ``reader``; see the module docstring for the sequence."""
+    """Personalise the blank card in ``reader``; see the module docstring for the sequence.
+
+    ``certifier`` (SM4 cards): the issuer's SM2 key; the chip then generates its SM2 key pair,
+    the issuer signs its certificate and both certificates are written (``cardspec.sm2``)."""
     if crypto.algorithm is not profile.algorithm:
         raise ProfileError("card crypto and profile use different algorithms")
     data.validate()
@@ -176,6 +180,24 @@ def personalise(
             cmd = channel.wrap(CommandApdu(0x80, 0xD4, 0x00, spec.key_id, wrapped))
             send(tx, cmd, f"WRITE KEY {spec.slot.value}")
             loaded.append(spec.slot)
+
+        if certifier is not None:
+            if profile.algorithm is not Algorithm.SM4:
+                raise ProfileError("SM2 keys and certificates are for SM4 (third-generation) cards")
+            cmd = channel.wrap(CommandApdu(0x80, 0x46, 0x00, sm2.SM2_KEY_REF, le=256))
+            answer = send(tx, cmd, "GENERATE KEY PAIR")
+            public = tlv.find(tlv.find(answer, 0x7F49) or b"", 0x86)
+            if public is None:
+                raise CardStateError("GENERATE KEY PAIR answered no public key", 0x9000,
+                                     command="GENERATE KEY PAIR")  # fmt: skip
+            card_cert = sm2.card_certificate(certifier, data.card_identification_code, public)
+            issuer_cert = sm2.issuer_certificate(
+                certifier, f"ISSUER {data.card_identification_code[:6]}".encode()
+            )
+            for tag, cert in ((sm2.DO_CARD_CERTIFICATE, card_cert),
+                              (sm2.DO_ISSUER_CERTIFICATE, issuer_cert)):  # fmt: skip
+                cmd = channel.wrap(CommandApdu(0x80, 0xDA, tag >> 8, tag & 0xFF, cert))
+                send(tx, cmd, f"PUT DATA {tag:04X}")
 
         for ef_name, records in plan.items():
             df_path, ef = profile.ef(ef_name)

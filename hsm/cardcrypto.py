@@ -87,6 +87,8 @@ class _KeyOps(Protocol):
 
     def wrap(self, wrapping: Any, key: Any) -> bytes: ...
 
+    def wrap_sm4(self, wrapping: Any, key: Any) -> bytes: ...
+
 
 _FAST_TEMPLATES: dict[tuple[Algorithm, KeyTemplate], p11fast.Template] = {}
 
@@ -121,6 +123,9 @@ class _FastKeyOps:
     def wrap(self, wrapping: Any, key: Any) -> bytes:
         return self._fast.wrap_kwp(self._sh, wrapping, key)
 
+    def wrap_sm4(self, wrapping: Any, key: Any) -> bytes:
+        return self._fast.wrap_with(self._sh, int(p11.ECB[Algorithm.SM4]), wrapping, key)
+
 
 class _PyKeyOps:
     """Keys are python-pkcs11 objects."""
@@ -143,6 +148,9 @@ class _PyKeyOps:
     def wrap(self, wrapping: Any, key: Any) -> bytes:
         return bytes(wrapping.wrap_key(key, mechanism=Mechanism.AES_KEY_WRAP_PAD))
 
+    def wrap_sm4(self, wrapping: Any, key: Any) -> bytes:
+        return bytes(wrapping.wrap_key(key, mechanism=p11.ECB[Algorithm.SM4]))
+
 
 _PY_OPS = _PyKeyOps()
 
@@ -151,7 +159,7 @@ class HsmCardCrypto:
     """:class:`CardCrypto` for one card with keys derived in the HSM (session objects)."""
 
     def __init__(self, service: Pkcs11KeyService, ref: CardKeyRef) -> None:
-        p11.check_algorithm(ref.algorithm)
+        p11.check_algorithm(ref.algorithm, service.token.config)
         self.algorithm = ref.algorithm
         self.ref = ref
         self._service = service
@@ -257,12 +265,13 @@ class HsmCardCrypto:
         if maker is not None:
             master = self._service.supplier_master_synced(maker[0], "klk", KLK_ALGORITHM, maker[1])
             return self._chain(master, KLK_ALGORITHM, self._chip_blocks(KLK_ALGORITHM), tmpl)
-        master = self._service.klk_master_synced(self.ref.key_version)
+        alg = keyscheme.klk_algorithm(self.algorithm)
+        master = self._service.klk_master_synced(self.ref.key_version, self.algorithm)
         blocks = [
-            keyscheme.diversification_data(f, KLK_ALGORITHM)
+            keyscheme.diversification_data(f, alg)
             for f in self.ref.factors(KeySlot.KMC, self._service.region_code)
         ]
-        return self._chain(master, KLK_ALGORITHM, blocks, tmpl)
+        return self._chain(master, alg, blocks, tmpl)
 
     def _with_klk(self, tmpl: KeyTemplate, use: Any) -> Any:
         """``use(ops, klk)`` with a KLK made for it and destroyed after (LOCK held)."""
@@ -325,6 +334,10 @@ class HsmCardCrypto:
             key = self._key_synced(slot)
             if self._klk is None:
                 self._klk = self._derive_klk(KLK)
+            if self.algorithm is Algorithm.SM4:
+                # keyscheme "Key loading": SM4-ECB(KLK, key) || KCV(key), both in the HSM
+                check = ops.ecb(key, self.algorithm, _KCV_BLOCK[self.algorithm])[:3]
+                return ops.wrap_sm4(self._klk, key) + check
             return ops.wrap(self._klk, key)
 
     def klk_kcv(self) -> bytes:
@@ -332,8 +345,9 @@ class HsmCardCrypto:
         made for it (CKA_ENCRYPT only) and destroyed at once: checks a delivery's KCVs."""
         with self._service.token.use("key-loading key KCV"):
             self._sync()
-            block = _KCV_BLOCK[KLK_ALGORITHM]
-            kcv = self._with_klk(KLK_CHECK, lambda o, klk: o.ecb(klk, KLK_ALGORITHM, block))
+            alg = keyscheme.klk_algorithm(self.algorithm)
+            block = _KCV_BLOCK[alg]
+            kcv = self._with_klk(KLK_CHECK, lambda o, klk: o.ecb(klk, alg, block))
             return bytes(kcv[:3])
 
     def export_klk(self, transport: Any) -> bytes:

@@ -6,7 +6,10 @@ Labels (CKA_LABEL, also used as CKA_ID):
   DES2 (double-length 3DES) or AES-128; token object, private, sensitive, never extractable,
   CKA_DERIVE only (no CKA_ENCRYPT: C_Encrypt under a master would give card keys in clear).
 * ``ykt:klk:aes:v<n>``        issuer master of the cards' key-loading keys KLK (AES-128 for
-  every card algorithm, see ``cardspec.keyscheme`` "Key loading"); same attributes.
+  3DES and AES cards, see ``cardspec.keyscheme`` "Key loading"); same attributes.
+  ``ykt:klk:sm4:v<n>``: the same for SM4 cards (an SM4 key: national HSMs have no AES wrap).
+* SM4 masters ``ykt:<slot>:sm4:v<n>`` need an HSM with an SM mechanism table
+  (``[hsm] vendor``, :mod:`hsm.vendors`); their KCV is ``SM4-ECB(K, 0^16)[:3]``.
 * ``ykt:transport:<name>``     AES-128 transport key shared with a card bureau (CKA_WRAP).
 * ``ykt:supplier:<name>:kmc:<alg>:v<n>`` and ``ykt:supplier:<name>:klk:aes:v<n>``  a chip
   supplier's *delivery key set*: the masters shared (in a ceremony, as components) with the
@@ -43,7 +46,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import pkcs11.exceptions as p11x
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 
 from cardspec import keyscheme
 from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
@@ -52,6 +55,9 @@ from hsm.errors import HsmError, KcvMismatch, KeyExists, KeyNotFound
 from hsm.pkcs11 import Pkcs11Token
 
 SIGNING_LABEL = "ykt:signing:v1"
+#: The issuer's SM2 key pair (card certificates, and feed / checkpoint signatures by setting),
+#: in an HSM with an SM mechanism table.
+SM2_SIGNING_LABEL = "ykt:signing:sm2:v1"
 KLK = "klk"
 """Name of the key-loading key master in labels (``ykt:klk:aes:v<n>``)."""
 KCV_PREFIX = "ykt:kcv:"
@@ -67,9 +73,10 @@ def master_label(slot: KeySlot, alg: Algorithm, version: int) -> str:
     return f"ykt:{slot.value}:{alg.value}:v{version}"
 
 
-def klk_label(version: int) -> str:
-    """Label of the key-loading key master of key set ``version`` (always AES)."""
-    return f"ykt:{KLK}:{KLK_ALGORITHM.value}:v{version}"
+def klk_label(version: int, alg: Algorithm = Algorithm.DES3) -> str:
+    """Label of the key-loading key master of key set ``version`` of ``alg`` (AES for 3DES and
+    AES sets, SM4 for SM4 sets: ``keyscheme.klk_algorithm``)."""
+    return f"ykt:{KLK}:{keyscheme.klk_algorithm(alg).value}:v{version}"
 
 
 def supplier_label(supplier: str, kind: str, alg: Algorithm, version: int = 1) -> str:
@@ -220,7 +227,7 @@ def _labels(session: Any) -> set[str]:
 
 def key_set_labels(alg: Algorithm, version: int) -> list[str]:
     """Every master label a complete key set ``version`` of ``alg`` has."""
-    return [*(master_label(slot, alg, version) for slot in KeySlot), klk_label(version)]
+    return [*(master_label(slot, alg, version) for slot in KeySlot), klk_label(version, alg)]
 
 
 def _set_versions(labels: set[str], alg: Algorithm) -> tuple[list[int], list[int]]:
@@ -253,12 +260,17 @@ def latest_version(token: Pkcs11Token, slot: KeySlot, alg: Algorithm) -> int | N
 
 
 def _generate_secret(token: Pkcs11Token, label: str, alg: Algorithm) -> KeyInfo:
-    p11.check_algorithm(alg)
+    p11.check_algorithm(alg, token.config)
     with token.use(f"generating {label}") as session:
         if p11.exists(session, label):
             raise KeyExists(f"{label} already exists", label=label)
         template = _secret_template(label, Attribute.DERIVE)
-        if alg is Algorithm.DES3:
+        if alg is Algorithm.SM4:  # the vendor's numbers (hsm.vendors); no default capabilities
+            key = session.generate_key(
+                p11.KEY_TYPES[alg], 128, mechanism=p11.KEYGEN[alg], template=template,
+                capabilities=MechanismFlag(0),
+            )  # fmt: skip
+        elif alg is Algorithm.DES3:
             key = session.generate_key(
                 KeyType.DES2, 128, mechanism=Mechanism.DES2_KEY_GEN, template=template
             )
@@ -274,9 +286,12 @@ def generate_master(
     return _generate_secret(token, master_label(slot, alg, version), alg)
 
 
-def generate_klk_master(token: Pkcs11Token, version: int = 1) -> KeyInfo:
-    """Generate the key-loading key master of key set ``version`` (AES-128) inside the HSM."""
-    return _generate_secret(token, klk_label(version), KLK_ALGORITHM)
+def generate_klk_master(
+    token: Pkcs11Token, version: int = 1, alg: Algorithm = Algorithm.DES3
+) -> KeyInfo:
+    """Generate the key-loading key master of key set ``version`` of ``alg`` (AES-128; SM4 for
+    SM4 sets) inside the HSM."""
+    return _generate_secret(token, klk_label(version, alg), keyscheme.klk_algorithm(alg))
 
 
 def rotate_key_set(token: Pkcs11Token, alg: Algorithm = Algorithm.DES3) -> list[KeyInfo]:
@@ -285,14 +300,14 @@ def rotate_key_set(token: Pkcs11Token, alg: Algorithm = Algorithm.DES3) -> list[
     version made it already, the KLK master. Older versions stay usable for the cards
     personalised under them; data preparation moves to the new version (now the newest
     complete one). Returns the keys created."""
-    p11.check_algorithm(alg)
+    p11.check_algorithm(alg, token.config)
     with token.use("listing key sets") as session:
         versions, _ = _set_versions(_labels(session), alg)
-        klk_exists = p11.exists(session, klk_label((versions[-1] if versions else 0) + 1))
+        klk_exists = p11.exists(session, klk_label((versions[-1] if versions else 0) + 1, alg))
     version = (versions[-1] if versions else 0) + 1
     created = [generate_master(token, slot, alg, version) for slot in KeySlot]
     if not klk_exists:
-        created.append(generate_klk_master(token, version))
+        created.append(generate_klk_master(token, version, alg))
     return created
 
 
@@ -322,7 +337,7 @@ def _import_secret(
     expected_kcv: bytes | None,
     usage: tuple[Attribute, ...],
 ) -> KeyInfo:
-    p11.check_algorithm(alg)
+    p11.check_algorithm(alg, token.config)
     combined = _combine(components, kcvs, alg)
     try:
         with token.use(f"importing {label}") as session:
@@ -374,11 +389,13 @@ def import_klk_master(
     kcvs: Sequence[bytes],
     version: int = 1,
     expected_kcv: bytes | None = None,
+    alg: Algorithm = Algorithm.DES3,
 ) -> KeyInfo:
-    """Import the key-loading key master of key set ``version`` (AES-128) from components."""
+    """Import the key-loading key master of key set ``version`` of ``alg`` (AES-128; SM4 for
+    SM4 sets) from components."""
     return _import_secret(
-        token, klk_label(version), KLK_ALGORITHM, components, kcvs, expected_kcv,
-        (Attribute.DERIVE,),
+        token, klk_label(version, alg), keyscheme.klk_algorithm(alg), components, kcvs,
+        expected_kcv, (Attribute.DERIVE,),
     )  # fmt: skip
 
 
@@ -462,6 +479,25 @@ def generate_signing_key(token: Pkcs11Token, label: str = SIGNING_LABEL) -> bool
         return True
 
 
+def generate_sm2_signing_key(token: Pkcs11Token, label: str = SM2_SIGNING_LABEL) -> bool:
+    """SM2 key pair in the HSM (the vendor's SM2 mechanisms, :mod:`hsm.vendors`); returns
+    False if it already exists."""
+    p11.sm_table()
+    with token.use("generating the SM2 signing key") as session:
+        if p11.exists(session, label, ObjectClass.PRIVATE_KEY):
+            return False
+        session.generate_keypair(
+            p11.SM2["key_type"], 256, mechanism=p11.SM2["keygen"], store=True, label=label,
+            id=label.encode(), capabilities=MechanismFlag(0),
+            public_template={Attribute.VERIFY: True, Attribute.TOKEN: True},
+            private_template={
+                Attribute.SIGN: True, Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
+                Attribute.PRIVATE: True, Attribute.TOKEN: True, Attribute.DERIVE: False,
+            },
+        )  # fmt: skip
+        return True
+
+
 def list_keys(token: Pkcs11Token) -> list[KeyInfo]:
     """Every Yikatong secret key in the token with its KCV (computed in the HSM for masters,
     the import record for transport keys), and the signing key."""
@@ -475,8 +511,8 @@ def list_keys(token: Pkcs11Token) -> list[KeyInfo]:
             sm = _SUPPLIER_RE.match(label)
             alg = (Algorithm(m.group(2)) if m else Algorithm(sm.group(3)) if sm
                    else Algorithm.AES)  # fmt: skip
-            if alg is Algorithm.SM4:
-                continue
+            if alg is Algorithm.SM4 and alg not in p11.KEY_TYPES:
+                continue  # an SM4 key in an HSM whose SM table is not configured
             out.append(_info(obj, label, alg, session))
         for obj in list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})):
             label = obj.label or ""
@@ -485,7 +521,7 @@ def list_keys(token: Pkcs11Token) -> list[KeyInfo]:
                     KeyInfo(
                         label=label,
                         kind="signing",
-                        algorithm="ecdsa-p256",
+                        algorithm="sm2" if label == SM2_SIGNING_LABEL else "ecdsa-p256",
                         slot=None,
                         version=None,
                         kcv=b"",
@@ -515,6 +551,13 @@ def init_keys(token: Pkcs11Token, alg: Algorithm = Algorithm.DES3) -> list[str]:
     for version in sorted(versions):
         if klk_label(version) not in labels:
             created.append(generate_klk_master(token, version).label)
+    for version in _set_versions(labels, Algorithm.SM4)[0]:
+        if klk_label(version, Algorithm.SM4) not in labels:
+            created.append(generate_klk_master(token, version, Algorithm.SM4).label)
+    if alg is Algorithm.SM4:  # an HSM with SM4 has SM2: the issuer's SM2 key (card certificates)
+        if generate_sm2_signing_key(token):
+            created.append(SM2_SIGNING_LABEL)
+        return created
     if generate_signing_key(token):
         created.append(SIGNING_LABEL)
     return created

@@ -20,10 +20,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
-from hsm import ceremony, softhsm
+from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot, klk_algorithm
+from hsm import ceremony, smtoken, softhsm
 from hsm.config import HsmConfig
-from hsm.pkcs11 import Pkcs11Token, open_token
+from hsm.pkcs11 import KEY_TYPES, Pkcs11Token, open_token
 
 app = typer.Typer(no_args_is_help=True, help="Keys in the HSM: token setup, ceremonies, listing.")
 transport_app = typer.Typer(no_args_is_help=True, help="Transport keys shared with a bureau.")
@@ -64,6 +64,8 @@ def _token(config: HsmConfig | None = None) -> Pkcs11Token:
     config = config or _config()
     if config.is_softhsm:
         softhsm.write_conf(config)
+    elif config.is_sm_test_module:
+        smtoken.ensure_token(config)
     return open_token(config)
 
 
@@ -207,6 +209,12 @@ def init(
             f"SoftHSM token {config.token_label!r}: {'created' if created else 'present'}"
             f" ({config.softhsm_conf})"
         )
+    elif config.is_sm_test_module:  # tests and demo only (hsm.smtoken)
+        created = smtoken.ensure_token(config)
+        out.print(
+            f"SM test module token {config.token_label!r}: {'created' if created else 'present'}"
+            f" (vendor table {config.vendor!r}, {config.sm_conf})"
+        )
     labels = ceremony.init_keys(_token(config), algorithm)
     if labels:
         out.print(f"created {len(labels)} key(s): {', '.join(labels)}")
@@ -252,7 +260,8 @@ def import_key(
     no_audit: _NoAudit = False,
 ) -> None:
     """Import a master key from 2-3 clear components typed by their custodians (no echo), each
-    checked by its KCV. ``klk`` imports the key-loading key master (always AES). With
+    checked by its KCV. ``klk`` imports the key-loading key master (AES; SM4 with
+    ``--algorithm sm4``). With
     ``--supplier NAME``, ``kmc`` or ``klk`` of the key set shared with that chip supplier, from
     which it diversifies the transport keys of the blank chips it delivers."""
     if name not in MASTER_NAMES:
@@ -265,6 +274,8 @@ def import_key(
     expected = _hex(kcv, "--kcv") if kcv else None
     log = _CeremonyLog(as_, not no_audit)
     alg = KLK_ALGORITHM if name == ceremony.KLK else algorithm
+    if name == ceremony.KLK and supplier is None:  # an SM4 key set's KLK is an SM4 key
+        alg = klk_algorithm(algorithm)
     comps, kcvs, names = _components(components, alg, names)
     token = _token()
     if supplier is not None:
@@ -272,7 +283,7 @@ def import_key(
             token, supplier, name, comps, kcvs, alg, version, expected
         )
     elif name == ceremony.KLK:
-        info = ceremony.import_klk_master(token, comps, kcvs, version, expected)
+        info = ceremony.import_klk_master(token, comps, kcvs, version, expected, algorithm)
     else:
         info = ceremony.import_master(token, KeySlot(name), comps, kcvs, alg, version, expected)
     comps.clear()
@@ -317,7 +328,9 @@ def list_cmd(
         )
     out.print(table)
     token = _token()
-    for alg in (Algorithm.DES3, Algorithm.AES):
+    for alg in (Algorithm.DES3, Algorithm.AES, Algorithm.SM4):
+        if alg not in KEY_TYPES:
+            continue
         current = ceremony.current_version(token, alg)
         if current is not None:
             out.print(f"{alg.value}: new cards use key set v{current}")

@@ -24,17 +24,34 @@ class HsmConfig:
     tokens_dir: Path | None = None
     #: GB/T 2260 code of the issuing region (province-level diversification).
     region_code: str = "330100"
+    #: SM mechanism table (``hsm.vendors``); ``standard``: none.
+    vendor: str = "standard"
+    #: The SM test module only (``hsm.smtoken``): its configuration file and token directory.
+    sm_conf: Path | None = None
+    sm_store: Path | None = None
+    #: The key that signs the status feed and audit checkpoints: ``ecdsa-p256`` or ``sm2``.
+    signing: str = "ecdsa-p256"
 
     @property
     def is_softhsm(self) -> bool:
         return "softhsm" in self.module.name.lower()
+
+    @property
+    def is_sm_test_module(self) -> bool:
+        from hsm.smtoken import is_sm_test_module
+
+        return is_sm_test_module(self.module)
 
     def user_pin(self) -> str:
         return self.pin_source()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HsmConfig:
+        from hsm.smtoken import is_sm_test_module
+
         hsm = settings.hsm
+        sm_dir = settings.data_dir / "hsm" / "sm"
+        sm_module = is_sm_test_module(hsm.module)
         return cls(
             module=hsm.module,
             token_label=hsm.token_label,
@@ -43,4 +60,8 @@ class HsmConfig:
             softhsm_conf=settings.softhsm_conf,
             tokens_dir=settings.data_dir / "hsm" / "tokens",
             region_code=settings.issuer.region_code,
+            vendor=hsm.vendor,
+            signing=hsm.signing,
+            sm_conf=sm_dir / "smp11.conf" if sm_module else None,
+            sm_store=sm_dir / "tokens" if sm_module else None,
         )

@@ -40,7 +40,7 @@ from hsm.errors import KeyNotFound
 if TYPE_CHECKING:
     from hsm.service import CardKeyRef, Pkcs11KeyService, SoftwareKeyService
 
-_KCV_BLOCK = {Algorithm.DES3: bytes(8), Algorithm.AES: b"\x01" * 16}
+_KCV_BLOCK = {alg: keyscheme.kcv_block(alg) for alg in Algorithm}
 
 
 @dataclass(frozen=True)

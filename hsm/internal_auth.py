@@ -32,9 +32,9 @@ import ctypes
 import hashlib
 import hmac
 
-from pkcs11 import Attribute, Mechanism, ObjectClass
+from pkcs11 import Attribute, ObjectClass
 
-from cardspec import keyscheme
+from cardspec import keyscheme, sm2
 from cardspec.keyscheme import Algorithm, KeySlot
 from hsm import ceremony, p11fast
 from hsm import pkcs11 as p11
@@ -49,6 +49,15 @@ _SESSION_KEY = {
     alg: p11fast.key_template(alg, Attribute.ENCRYPT, extractable=False)
     for alg in (Algorithm.DES3, Algorithm.AES)
 }
+
+
+def _templates(alg: Algorithm) -> tuple[p11fast.Template, p11fast.Template]:
+    """(card IRK, session key) templates; SM4's are built once the vendor's SM4 key type is
+    registered (``hsm.pkcs11.register_vendor``)."""
+    if alg not in _CARD_IRK:
+        _CARD_IRK[alg] = p11fast.key_template(alg, Attribute.DERIVE, extractable=False)
+        _SESSION_KEY[alg] = p11fast.key_template(alg, Attribute.ENCRYPT, extractable=False)
+    return _CARD_IRK[alg], _SESSION_KEY[alg]
 
 
 _GIL_HELD_OPS: dict[str, p11fast.FastOps | None] = {}
@@ -94,14 +103,14 @@ def _expected_fast(
     if len(random) != 8:
         raise ValueError("random must be 8 bytes")
     alg = ref.algorithm
-    p11.check_algorithm(alg)
+    p11.check_algorithm(alg, service.token.config)
     chain = [
         keyscheme.diversification_data(f, alg)
         for f in ref.factors(KeySlot.IRK, service.region_code)
     ]
     session_data = keyscheme.diversification_data(factor, alg)
     block = random if alg is Algorithm.DES3 else random + factor
-    tmpl = _CARD_IRK[alg]
+    tmpl, session_tmpl = _templates(alg)
     with service.token.use("INTERNAL AUTHENTICATE check") as session:
         service.sync(service.token.generation)
         sh = session.handle
@@ -111,7 +120,7 @@ def _expected_fast(
             for data in chain:
                 handle = fast.derive(sh, handle, alg, data, tmpl)
                 made.append(handle)
-            session_key = fast.derive(sh, handle, alg, session_data, _SESSION_KEY[alg])
+            session_key = fast.derive(sh, handle, alg, session_data, session_tmpl)
             made.append(session_key)
             return fast.encrypt_ecb(sh, session_key, alg, block)
         finally:
@@ -119,6 +128,27 @@ def _expected_fast(
                 if h != base:
                     fast.destroy(sh, h)
             service.objects_destroyed(len(made))
+
+
+def check_chip_sm2(
+    service: KeyService, ref: CardKeyRef, challenge: bytes, certificate: bytes, signature: bytes
+) -> None:
+    """The SM2 second proof of an SM4 card (``cardspec.sm2.verify_chip``): its certificate
+    signed by the issuer's SM2 key (public key read from the HSM) and the chip's signature over
+    the challenge. Raise :class:`CryptogramMismatch` if it fails. Call it from the HSM owner
+    thread."""
+    public = getattr(service, "sm2_public_key", None)
+    if public is None:
+        raise CryptogramMismatch("this key service holds no issuer SM2 key")
+    try:
+        issuer_public = public()
+    except KeyNotFound as exc:
+        raise CryptogramMismatch("no issuer SM2 key in the HSM") from exc
+    try:
+        sm2.verify_chip(certificate, issuer_public, ref.card_identification_code, challenge,
+                        signature)  # fmt: skip
+    except ValueError as exc:
+        raise CryptogramMismatch(f"SM2 second proof: {exc}") from None
 
 
 # --- the key of the stateless verification challenges --------------------------------------
@@ -140,7 +170,10 @@ CHALLENGE_KEY_LABEL = b"ykt-challenge-k1"
 
 def challenge_key(service: KeyService) -> bytes:
     """The 32-byte challenge key (see above). Call it from the HSM owner thread."""
-    for alg in (Algorithm.DES3, Algorithm.AES):
+    # 3DES before AES before SM4 (an HSM with only SM4 keys: the SM4 IRK master)
+    for alg in (Algorithm.DES3, Algorithm.AES, Algorithm.SM4):
+        if alg is Algorithm.SM4 and alg not in p11.KEY_TYPES:
+            continue
         versions = _irk_versions(service, alg)
         if versions:
             secret = _challenge_secret(service, alg, versions[0])
@@ -179,7 +212,7 @@ def _challenge_secret(service: KeyService, alg: Algorithm, version: int) -> byte
         Attribute.SENSITIVE: True,
         Attribute.EXTRACTABLE: False,
     }
-    mechanism = Mechanism.DES3_ECB if alg is Algorithm.DES3 else Mechanism.AES_ECB
+    mechanism = p11.ECB[alg]
     with service.token.use("deriving the challenge key"):
         service.sync(service.token.generation)
         master = service.master_synced(KeySlot.IRK, alg, version)
@@ -197,6 +230,8 @@ def _software_ecb(key: bytes, alg: Algorithm, data: bytes) -> bytes:
 
     if alg is Algorithm.DES3:
         cipher = Cipher(TripleDES(key + key[:8] if len(key) == 16 else key), modes.ECB())
+    elif alg is Algorithm.SM4:
+        cipher = Cipher(algorithms.SM4(key), modes.ECB())
     else:
         cipher = Cipher(algorithms.AES(key), modes.ECB())
     enc = cipher.encryptor()

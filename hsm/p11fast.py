@@ -73,7 +73,7 @@ class Template:
         self.count = len(attrs)
 
 
-_KEY_TYPE = {Algorithm.DES3: KeyType.DES2, Algorithm.AES: KeyType.AES}
+_KEY_TYPE: dict[Algorithm, int] = {Algorithm.DES3: KeyType.DES2, Algorithm.AES: KeyType.AES}
 _DERIVE = {
     Algorithm.DES3: Mechanism.DES3_ECB_ENCRYPT_DATA,
     Algorithm.AES: Mechanism.AES_ECB_ENCRYPT_DATA,
@@ -84,6 +84,17 @@ _KWP_CODE = int(Mechanism.AES_KEY_WRAP_PAD)
 _CBC = {Algorithm.DES3: Mechanism.DES3_CBC, Algorithm.AES: Mechanism.AES_CBC}
 _ECB_CODE = {alg: int(mech) for alg, mech in _ECB.items()}
 _CBC_CODE = {alg: int(mech) for alg, mech in _CBC.items()}
+
+
+def register_sm4(key_type: int, ecb: int, cbc: int, derive: int | None) -> None:
+    """SM4 under the vendor's numbers (``hsm.pkcs11.register_vendor``, one table a process)."""
+    _KEY_TYPE[Algorithm.SM4] = key_type
+    _ECB_CODE[Algorithm.SM4] = ecb
+    _CBC_CODE[Algorithm.SM4] = cbc
+    if derive is not None:
+        _DERIVE_CODE[Algorithm.SM4] = derive
+
+
 _USAGE = (
     Attribute.ENCRYPT,
     Attribute.DECRYPT,
@@ -190,6 +201,15 @@ class FastOps:
     def wrap_kwp(self, session: int, wrapping: int, key: int) -> bytes:
         """``C_WrapKey(CKM_AES_KEY_WRAP_PAD)`` in one call (RFC 5649 of a 16-byte key: 24)."""
         self._plain_mech.mechanism = _KWP_CODE
+        self._len.value = self._size
+        rv = self._wrap(session, self._plain_mech_p, wrapping, key, self._buf, self._len_p)
+        if rv:
+            self._check(rv, "wrapping a card key")
+        return ctypes.string_at(self._buf, self._len.value)
+
+    def wrap_with(self, session: int, mechanism: int, wrapping: int, key: int) -> bytes:
+        """``C_WrapKey(mechanism)`` in one call (SM4 cards: the vendor's SM4-ECB)."""
+        self._plain_mech.mechanism = mechanism
         self._len.value = self._size
         rv = self._wrap(session, self._plain_mech_p, wrapping, key, self._buf, self._len_p)
         if rv:

@@ -30,10 +30,12 @@ from typing import Any
 
 import pkcs11
 import pkcs11.exceptions as p11x
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11.constants import DEFAULT
 
+from cardspec import keyscheme
 from cardspec.keyscheme import Algorithm
+from hsm import p11fast, vendors
 from hsm.config import HsmConfig
 from hsm.errors import (
     HsmError,
@@ -42,6 +44,7 @@ from hsm.errors import (
     MechanismUnavailable,
     ckr_name,
 )
+from hsm.vendors import SmMechanisms
 
 #: The process-wide lock around every PKCS#11 call.
 LOCK = threading.RLock()
@@ -86,7 +89,15 @@ def translate_errors(what: str) -> Iterator[None]:
 def _conf_for(config: HsmConfig) -> str | None:
     if config.is_softhsm and config.softhsm_conf is not None:
         return str(config.softhsm_conf)
+    if config.sm_conf is not None:
+        return str(config.sm_conf)
     return None
+
+
+def _set_conf_env(config: HsmConfig, conf: str) -> None:
+    """Point the module at its configuration before it is (re-)initialised: SoftHSM2 reads
+    ``SOFTHSM2_CONF``, the SM test module (:mod:`hsm.smtoken`) ``YKT_SMP11_CONF``."""
+    os.environ["SOFTHSM2_CONF" if config.is_softhsm else "YKT_SMP11_CONF"] = conf
 
 
 def _module(config: HsmConfig) -> Any:
@@ -97,7 +108,7 @@ def _module(config: HsmConfig) -> Any:
     loaded = _MODULES.get(path)
     if loaded is None:
         if conf is not None:
-            os.environ["SOFTHSM2_CONF"] = conf
+            _set_conf_env(config, conf)
         try:
             lib = pkcs11.lib(path)
         except p11x.PKCS11Error as exc:
@@ -109,7 +120,7 @@ def _module(config: HsmConfig) -> Any:
         return lib
     if loaded.pid != pid or (conf is not None and loaded.conf != conf):
         if conf is not None:
-            os.environ["SOFTHSM2_CONF"] = conf
+            _set_conf_env(config, conf)
         with translate_errors("re-initialising the PKCS#11 module"):
             with contextlib.suppress(p11x.PKCS11Error):
                 loaded.lib.finalize()
@@ -205,6 +216,7 @@ def _open_logged_in(lib: Any, config: HsmConfig, attempts: int = 40) -> tuple[An
 def open_token(config: HsmConfig) -> Pkcs11Token:
     """The process's :class:`Pkcs11Token` for this module, label and configuration."""
     key = (str(config.module), config.token_label, _conf_for(config))
+    register_vendor(config.vendor)
     with LOCK:
         token = _TOKENS.get(key)
         if token is None:
@@ -228,6 +240,10 @@ ENCRYPT_DATA: dict[Algorithm, Mechanism] = {
     Algorithm.DES3: Mechanism.DES3_ECB_ENCRYPT_DATA,
     Algorithm.AES: Mechanism.AES_ECB_ENCRYPT_DATA,
 }
+KEYGEN: dict[Algorithm, Mechanism] = {
+    Algorithm.DES3: Mechanism.DES2_KEY_GEN,
+    Algorithm.AES: Mechanism.AES_KEY_GEN,
+}
 
 _CAPABILITIES = (
     Attribute.ENCRYPT,
@@ -245,12 +261,75 @@ def capabilities(*allowed: Attribute) -> dict[Attribute, bool]:
     return {attr: attr in allowed for attr in _CAPABILITIES}
 
 
-def check_algorithm(alg: Algorithm) -> None:
-    if alg not in KEY_TYPES:
+# --- Vendor-defined SM mechanisms (hsm.vendors) ------------------------------------------------
+#: The SM mechanism table of this process (``[hsm] vendor``), once registered.
+SM_TABLE: SmMechanisms | None = None
+#: SM2/SM3 under the registered table's numbers: ``key_type``, ``keygen``, ``sign`` (SM2 with
+#: SM3 and the user identity, ``r || s``), ``digest`` (SM3).
+SM2: dict[str, Any] = {}
+
+
+def _vendor_member(enum: Any, value: int, name: str) -> Any:
+    """``enum(value)``, or a pseudo-member for a vendor-defined number: python-pkcs11 takes
+    only its own IntEnums as key types and mechanisms, and has no member for vendor values."""
+    try:
+        return enum(value)
+    except ValueError:
+        member = int.__new__(enum, value)
+        member._name_ = name
+        member._value_ = value
+        enum._value2member_map_[value] = member
+        return member
+
+
+def register_vendor(vendor: str) -> None:
+    """Make the SM4 mechanisms of ``vendor``'s table (:mod:`hsm.vendors`) the ones every SM4
+    operation of this process uses. One table per process (one HSM model)."""
+    global SM_TABLE
+    table = vendors.table(vendor)
+    if table is None or table == SM_TABLE:
+        return
+    if SM_TABLE is not None:
+        raise HsmError(f"HSM vendor table {SM_TABLE.name!r} already in use in this process")
+    SM_TABLE = table
+    KEY_TYPES[Algorithm.SM4] = _vendor_member(KeyType, table.key_sm4, "SM4_VENDOR")
+    ECB[Algorithm.SM4] = _vendor_member(Mechanism, table.sm4_ecb, "SM4_ECB_VENDOR")
+    CBC[Algorithm.SM4] = _vendor_member(Mechanism, table.sm4_cbc, "SM4_CBC_VENDOR")
+    if table.sm4_ecb_encrypt_data is not None:
+        ENCRYPT_DATA[Algorithm.SM4] = _vendor_member(
+            Mechanism, table.sm4_ecb_encrypt_data, "SM4_ECB_ENCRYPT_DATA_VENDOR"
+        )
+    KEYGEN[Algorithm.SM4] = _vendor_member(Mechanism, table.sm4_keygen, "SM4_KEY_GEN_VENDOR")
+    SM2["key_type"] = _vendor_member(KeyType, table.key_sm2, "SM2_VENDOR")
+    SM2["keygen"] = _vendor_member(Mechanism, table.sm2_keygen, "SM2_KEY_PAIR_GEN_VENDOR")
+    SM2["sign"] = _vendor_member(Mechanism, table.sm2_sm3_sign, "SM2_SM3_VENDOR")
+    SM2["digest"] = _vendor_member(Mechanism, table.sm3, "SM3_VENDOR")
+    p11fast.register_sm4(table.key_sm4, table.sm4_ecb, table.sm4_cbc, table.sm4_ecb_encrypt_data)
+
+
+def sm_table() -> SmMechanisms:
+    if SM_TABLE is None:
+        raise MechanismUnavailable(
+            'sm4/sm2: the configured HSM has no SM mechanism table ([hsm] vendor = "standard"; '
+            "SoftHSM2 and PKCS#11 v2.40 have no SM mechanism)"
+        )
+    return SM_TABLE
+
+
+def check_algorithm(alg: Algorithm, config: HsmConfig | None = None) -> None:
+    """MechanismUnavailable unless ``alg`` can be used (on the token of ``config``: SM4 only
+    with an SM mechanism table, whatever another token of the process registered)."""
+    if config is not None and alg is Algorithm.SM4 and vendors.table(config.vendor) is None:
+        alg_missing = True
+    else:
+        alg_missing = alg not in KEY_TYPES
+    if alg_missing:
         raise MechanismUnavailable(
             f"{alg.value}: needs an HSM with this algorithm (SoftHSM2 and PKCS#11 v2.40 have no "
-            "SM4 mechanism); use 3des or aes"
+            "SM4 mechanism: set [hsm] vendor to an SM table, see hsm.vendors); use 3des or aes"
         )
+    if alg is Algorithm.SM4 and alg not in ENCRYPT_DATA:
+        sm_table().require("sm4_ecb_encrypt_data")
 
 
 def derive(
@@ -278,19 +357,22 @@ def derive(
     if kt in (KeyType.DES2, KeyType.DES3):
         tmpl[Attribute.VALUE_LEN] = DEFAULT
     tmpl.update(template or {})
+    # vendor key types have no python-pkcs11 default capabilities: the template sets them all
+    caps = MechanismFlag(0) if alg is Algorithm.SM4 else None
     key = base.derive_key(
-        kt, length * 8, mechanism=ENCRYPT_DATA[alg], mechanism_param=param, template=tmpl
-    )
+        kt, length * 8, mechanism=ENCRYPT_DATA[alg], mechanism_param=param, template=tmpl,
+        capabilities=caps,
+    )  # fmt: skip
     del buf
     return key
 
 
 def kcv(key: Any, alg: Algorithm) -> bytes:
     """Key check value computed in the HSM (``keyscheme.kcv``): 3DES ``ECB(K, 0^8)[:3]``, AES
-    ``ECB(K, 01^16)[:3]``, through a 3-byte non-sensitive derived value, so the key itself
-    needs no CKA_ENCRYPT (a master key with CKA_ENCRYPT would let C_Encrypt compute card keys
-    in clear)."""
-    data = b"\x00" * 8 if alg is Algorithm.DES3 else b"\x01" * 16
+    ``ECB(K, 01^16)[:3]``, SM4 ``ECB(K, 0^16)[:3]``, through a 3-byte non-sensitive derived
+    value, so the key itself needs no CKA_ENCRYPT (a master key with CKA_ENCRYPT would let
+    C_Encrypt compute card keys in clear)."""
+    data = keyscheme.kcv_block(alg)
     check = derive(
         key,
         alg,

@@ -63,9 +63,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
-from pkcs11 import Mechanism, ObjectClass
+from pkcs11 import Attribute, Mechanism, ObjectClass
 
-from cardspec import keyscheme
+from cardspec import keyscheme, sm2
 from cardspec.crypto import CardCrypto, SoftwareCardCrypto
 from cardspec.keyscheme import Algorithm, KeySlot
 from hsm import ceremony, p11fast
@@ -80,6 +80,7 @@ from hsm.errors import (
 )
 from hsm.export import BureauExporter
 from hsm.pkcs11 import LOCK, Pkcs11Token
+from hsm.vendors import DEFAULT_SM2_ID
 
 if TYPE_CHECKING:
     from hsm.export import HsmBureauExporter, SoftwareBureauExporter
@@ -166,7 +167,14 @@ class KeyService(Protocol):
 
 
 def verify_signature(public_pem: bytes, data: bytes, signature: bytes) -> None:
-    """Verify an ECDSA P-256 / SHA-256 DER signature; raise :class:`SignatureInvalid`."""
+    """Verify an ECDSA P-256 / SHA-256 DER signature, or an SM2/SM3 one (``r || s``, default
+    identity) when the key is an SM2 key (``[hsm] signing = "sm2"``); raise
+    :class:`SignatureInvalid`."""
+    sm2_key = sm2.public_from_pem(public_pem)
+    if sm2_key is not None:
+        if not sm2.verify(sm2_key, data, signature):
+            raise SignatureInvalid("SM2 signature does not verify")
+        return
     key = serialization.load_pem_public_key(public_pem)
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise SignatureInvalid("not an EC public key")
@@ -195,8 +203,12 @@ class Pkcs11KeyService:
         signing_label: str = ceremony.SIGNING_LABEL,
         recycle_after: int | None = None,
         fast_path: bool = True,
+        signing: str = "ecdsa-p256",
     ) -> None:
         self.token = token
+        #: what :meth:`sign` uses (``[hsm] signing``): ``ecdsa-p256`` (``signing_label``) or
+        #: ``sm2`` (``ykt:signing:sm2:v1``, SM2 with SM3 and the default identity)
+        self.signing = signing
         self._fast_path = fast_path
         #: Re-initialise the module after this many destroyed card-key objects (None: the
         #: default, 20,000 on SoftHSM2 and never on other HSMs; 0: never).
@@ -205,7 +217,7 @@ class Pkcs11KeyService:
         self.region_code = region_code
         self.signing_label = signing_label
         self._masters: dict[tuple[KeySlot, Algorithm, int], Any] = {}
-        self._klk_masters: dict[int, Any] = {}
+        self._klk_masters: dict[str, Any] = {}
         self._supplier_masters: dict[str, Any] = {}
         self._masters_generation = -1
         self._transports: dict[str, Any] = {}
@@ -214,6 +226,7 @@ class Pkcs11KeyService:
 
     @classmethod
     def from_config(cls, config: HsmConfig, **kwargs: Any) -> Pkcs11KeyService:
+        kwargs.setdefault("signing", config.signing)
         return cls(p11.open_token(config), config.region_code, **kwargs)
 
     @property
@@ -264,12 +277,13 @@ class Pkcs11KeyService:
             key = self._masters[(slot, alg, version)] = p11.find_one(self.token.session(), label)
         return key
 
-    def klk_master_synced(self, version: int) -> Any:
-        """The KLK master of key set ``version``; the caller holds LOCK and called :meth:`sync`."""
-        key = self._klk_masters.get(version)
+    def klk_master_synced(self, version: int, alg: Algorithm = Algorithm.DES3) -> Any:
+        """The KLK master of key set ``version`` of ``alg`` (AES; SM4 for SM4 sets); the caller
+        holds LOCK and called :meth:`sync`."""
+        label = ceremony.klk_label(version, alg)
+        key = self._klk_masters.get(label)
         if key is None:
-            label = ceremony.klk_label(version)
-            key = self._klk_masters[version] = p11.find_one(self.token.session(), label)
+            key = self._klk_masters[label] = p11.find_one(self.token.session(), label)
         return key
 
     def supplier_master_synced(self, supplier: str, kind: str, alg: Algorithm, version: int) -> Any:
@@ -355,15 +369,41 @@ class Pkcs11KeyService:
     def sign(self, data: bytes) -> bytes:
         from pkcs11.util.ec import encode_ecdsa_signature
 
+        if self.signing == "sm2":  # [hsm] signing: the issuer's SM2 key, SM3, r || s
+            return self.sign_sm2(data)
         digest = hashlib.sha256(data).digest()
         with self.token.use("signing") as session:
             key = p11.find_one(session, self.signing_label, ObjectClass.PRIVATE_KEY)
             raw = key.sign(digest, mechanism=Mechanism.ECDSA)
         return bytes(encode_ecdsa_signature(raw))
 
+    def sign_sm2(self, data: bytes, user_id: bytes = DEFAULT_SM2_ID) -> bytes:
+        """SM2 signature ``r || s`` (64 bytes) of ``data`` with SM3 and ``user_id`` (GB/T
+        32918.2: ``e = SM3(Z_A || data)``) by the issuer's SM2 key ``ykt:signing:sm2:v1``,
+        inside the HSM (the vendor's SM2-with-SM3 mechanism, :mod:`hsm.vendors`)."""
+        p11.sm_table()
+        with self.token.use("SM2 signing") as session:
+            key = p11.find_one(session, ceremony.SM2_SIGNING_LABEL, ObjectClass.PRIVATE_KEY)
+            param = None if user_id == DEFAULT_SM2_ID else user_id
+            return bytes(key.sign(data, mechanism=p11.SM2["sign"], mechanism_param=param))
+
+    def sm2_public_key(self) -> bytes:
+        """The issuer's SM2 public key as ``04 || x || y`` (65 bytes)."""
+        with self.token.use("reading the SM2 public key") as session:
+            key = p11.find_one(session, ceremony.SM2_SIGNING_LABEL, ObjectClass.PUBLIC_KEY)
+            point = bytes(key[Attribute.EC_POINT])
+        # CKA_EC_POINT is the DER OCTET STRING of the point (PKCS#11 v2.40 2.3.3)
+        if len(point) == 67 and point[:2] == b"\x04\x41":
+            point = point[2:]
+        if len(point) != 65 or point[0] != 4:
+            raise HsmError("the SM2 public key is not an uncompressed point")
+        return point
+
     def public_key_pem(self) -> bytes:
         from pkcs11.util.ec import encode_ec_public_key
 
+        if self.signing == "sm2":
+            return sm2.public_key_pem(self.sm2_public_key())
         with self.token.use("reading the signing public key") as session:
             key = p11.find_one(session, self.signing_label, ObjectClass.PUBLIC_KEY)
             der = encode_ec_public_key(key)

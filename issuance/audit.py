@@ -334,13 +334,21 @@ def _checkpoint(
 
 
 def verify_signature(public_key_pem: bytes | str, signature: bytes, data: bytes) -> None:
-    """Verify an ECDSA (DER or raw r||s), RSA PKCS#1 v1.5 or Ed25519 signature; raise."""
+    """Verify an ECDSA (DER or raw r||s), SM2/SM3 (r||s), RSA PKCS#1 v1.5 or Ed25519
+    signature; raise."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+    from cardspec import sm2
+
     pem = public_key_pem.encode("ascii") if isinstance(public_key_pem, str) else public_key_pem
+    sm2_key = sm2.public_from_pem(pem)
+    if sm2_key is not None:  # [hsm] signing = "sm2": SM2 with SM3, r || s
+        if not sm2.verify(sm2_key, data, signature):
+            raise IntegrityError("checkpoint signature is invalid")
+        return
     key = serialization.load_pem_public_key(pem)
     try:
         if isinstance(key, ec.EllipticCurvePublicKey):

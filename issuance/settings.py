@@ -47,6 +47,14 @@ class HsmSettings(_Section):
     so_pin: SecretStr = SecretStr("12345678")
     #: SoftHSM2 configuration file; empty = ``<data_dir>/hsm/softhsm2.conf`` (created by setup).
     softhsm_conf: Path | None = None
+    #: The vendor's table of SM2/SM3/SM4 mechanism numbers (``hsm.vendors``: ``ibm``,
+    #: ``swxa``), or ``standard``: PKCS#11 v2.40 only, no SM algorithm (SoftHSM2). The SM test
+    #: module ``var/lib/libykt-smp11.so`` offers exactly the table named here.
+    vendor: str = "standard"
+    #: What signs the status feed and audit checkpoints: ``ecdsa-p256`` (``ykt:signing:v1``) or
+    #: ``sm2`` (``ykt:signing:sm2:v1``, SM2 with SM3; needs an HSM with an SM table). Clients
+    #: verify either (``hsm.service.verify_signature``).
+    signing: Literal["ecdsa-p256", "sm2"] = "ecdsa-p256"
 
     def user_pin(self) -> str:
         if self.pin_file is not None:

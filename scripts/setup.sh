@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   pcscd libpcsclite-dev swig vsmartcard-vpcd pcsc-tools opensc   # PC/SC + virtual reader
   softhsm2                                                       # default HSM
+  libssl-dev libp11-kit-dev                                      # SM test PKCS#11 module (hsm/smtoken)
   cups-daemon cups-client cups-filters libcups2-dev              # printing
   postgresql                                                     # production database (tests)
   fonts-noto-cjk                                                 # CJK card faces
@@ -42,6 +43,9 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q -e '.[dev]'
   rm -f .venv/.installed-*; touch "$stamp"
 fi
+
+# The SM test PKCS#11 module (SM2/SM3/SM4 over OpenSSL 3, tests and demo only: hsm/smtoken).
+.venv/bin/python -c 'from pathlib import Path; from hsm import smtoken; smtoken.build(Path("var/lib"))'
 
 # The default HSM token (SoftHSM2 under var/hsm) and the database schema.
 .venv/bin/ykt hsm init --if-missing

@@ -25,6 +25,9 @@ SET PIN            84 D4 01 <pin ref>       personalisation only: PIN block unde
 END PERSO          84 F0 80 0F              GlobalPlatform SET STATUS to SECURED, + MAC
 GET DATA           00|80 CA DF 1x           DF10 life cycle, DF11 PIN status, DF12 serial
 GET RESPONSE       00 C0 00 00 Le           data of a command sent without Le (61xx)
+GENERATE KEY PAIR  84 46 00 81              SM4 cards, personalisation: SM2 key (cardspec.sm2)
+PUT DATA           84 DA DF 20|21           personalisation: card / issuer certificate
+INTERNAL AUTH SM2  00 88 00 81 1..64        the chip's SM2/SM3 signature (cardspec.sm2)
 =================  =======================  ===============================================
 
 Command chaining (ISO/IEC 7816-4 5.1.1.1): an interindustry command with CLA b5 (0x10) set is
@@ -55,7 +58,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
-from cardspec import sm, tlv
+from cardspec import keyscheme, sm, tlv
 from cardspec.apdu import CHAINING_BIT, CommandApdu
 from cardspec.emulator.common import Status as _Status
 from cardspec.emulator.common import index as _index
@@ -109,7 +112,7 @@ class Card(SecurityCommands):
             )
         if self.profile.algorithm is not state.algorithm:
             raise ProfileError("image algorithm differs from the profile's")
-        if self.profile.key_loading != "aes-kwp-klk":
+        if self.profile.key_loading != keyscheme.key_loading_scheme(self.profile.algorithm):
             raise ProfileError(f"key loading {self.profile.key_loading!r} is not implemented")
         self.path = path
         self._ix = _index(self.profile)
@@ -526,6 +529,8 @@ class Card(SecurityCommands):
         0xD4: SecurityCommands._write_key,
         0xF0: SecurityCommands._set_status,
         0xCA: SecurityCommands._get_data,
+        0x46: SecurityCommands._generate_key_pair,
+        0xDA: SecurityCommands._put_data,
     }
 
 
@@ -539,15 +544,15 @@ def blank_card(
     path: str | Path | None = None,
 ) -> Card:
     """A blank chip as delivered by the manufacturer: a chip serial, the transport key KMC and
-    the key-loading key KLK (the card's own, already diversified keys; the KLK is AES-128
-    whatever the card's algorithm, see ``keyscheme`` "Key loading"). With ``path`` the image is
-    saved there and kept up to date after every change."""
+    the key-loading key KLK (the card's own, already diversified keys; the KLK is AES-128 on
+    3DES and AES cards, SM4 on SM4 cards, see ``keyscheme`` "Key loading"). With ``path`` the
+    image is saved there and kept up to date after every change."""
     if len(chip_serial) != 8:
         raise ValueError("chip serial must be 8 bytes")
     if len(kmc_key) != algorithm.key_length:
         raise ValueError(f"KMC must be {algorithm.key_length} bytes")
     if len(klk) != 16:
-        raise ValueError("KLK must be 16 bytes (AES-128)")
+        raise ValueError("KLK must be 16 bytes (AES-128 or SM4)")
     if profile is None:
         profile = (
             get_profile(social_security_profile(algorithm=algorithm).name)

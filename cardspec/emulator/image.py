@@ -59,6 +59,11 @@ class CardState:
     records: dict[str, list[bytes | None]] = field(default_factory=dict)
     """Record files by EF path; cyclic files keep the newest record first."""
     binaries: dict[str, bytes] = field(default_factory=dict)
+    sm2_private: bytes | None = None
+    """The chip's SM2 private key (SM4 cards, ``cardspec.sm2``): generated on the chip at
+    personalisation, never read out."""
+    data_objects: dict[int, bytes] = field(default_factory=dict)
+    """PUT DATA objects (DF20 card certificate, DF21 issuer certificate)."""
 
     def pin_digest(self, block: bytes) -> bytes:
         return hashlib.sha256(self.chip_serial + block).digest()
@@ -86,6 +91,8 @@ class CardState:
                 for path, recs in self.records.items()
             },
             "binaries": {path: b.hex() for path, b in self.binaries.items()},
+            "sm2_private": self.sm2_private.hex() if self.sm2_private is not None else None,
+            "data_objects": {f"{tag:04X}": v.hex() for tag, v in self.data_objects.items()},
         }
 
     @classmethod
@@ -116,6 +123,11 @@ class CardState:
                     for path, recs in data["records"].items()
                 },
                 binaries={path: bytes.fromhex(b) for path, b in data["binaries"].items()},
+                sm2_private=bytes.fromhex(data["sm2_private"]) if data.get("sm2_private") else None,
+                data_objects={
+                    int(tag, 16): bytes.fromhex(v)
+                    for tag, v in (data.get("data_objects") or {}).items()
+                },
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ImageError(f"malformed card image: {exc}") from exc

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hmac
 import os
 
-from cardspec import keyscheme, sm, tlv
+from cardspec import keyscheme, sm, sm2, tlv
 from cardspec.apdu import CommandApdu
 from cardspec.emulator.common import Index
 from cardspec.emulator.common import Status as _Status
@@ -92,6 +92,12 @@ class SecurityCommands:
     def _internal_authenticate(self, cmd: CommandApdu) -> bytes:
         if cmd.p1 != 0:
             raise _Status(SW.INCORRECT_P1P2)
+        if cmd.p2 == sm2.SM2_KEY_REF:  # the chip's SM2 signature (cardspec.sm2)
+            if self.state.sm2_private is None:
+                raise _Status(SW.REFERENCED_DATA_NOT_FOUND)
+            if not 1 <= len(cmd.data) <= 64:
+                raise _Status(SW.WRONG_LENGTH)
+            return sm2.sign(int.from_bytes(self.state.sm2_private, "big"), cmd.data)
         _, irk_spec = self.profile.key(KeySlot.IRK)
         if cmd.p2 not in (0, irk_spec.key_id):
             raise _Status(SW.REFERENCED_DATA_NOT_FOUND)
@@ -305,6 +311,38 @@ class SecurityCommands:
         self._reset_session()
         return b""
 
+    def _generate_key_pair(self, cmd: CommandApdu) -> bytes:
+        """GENERATE ASYMMETRIC KEY PAIR (SM2, ``cardspec.sm2``): personalisation, MAC'd."""
+        if cmd.p1 != 0 or cmd.p2 != sm2.SM2_KEY_REF:
+            raise _Status(SW.INCORRECT_P1P2)
+        if self.alg is not Algorithm.SM4:
+            raise _Status(SW.FUNCTION_NOT_SUPPORTED)
+        self._perso_channel(cmd)
+        if self.state.sm2_private is not None:
+            raise _Status(SW.CONDITIONS_NOT_SATISFIED)
+        private, public = sm2.generate()
+        self.state.sm2_private = private.to_bytes(32, "big")
+        self._persist()
+        return tlv.encode(0x7F49, tlv.encode(0x86, public))
+
+    def _put_data(self, cmd: CommandApdu) -> bytes:
+        """PUT DATA of the certificates (``cardspec.sm2``): personalisation, MAC'd."""
+        tag = (cmd.p1 << 8) | cmd.p2
+        if tag not in (sm2.DO_CARD_CERTIFICATE, sm2.DO_ISSUER_CERTIFICATE):
+            raise _Status(SW.REFERENCED_DATA_NOT_FOUND)
+        data, _ = self._perso_channel(cmd)
+        try:
+            cert = sm2.parse_certificate(data)
+        except ValueError:
+            raise _Status(SW.WRONG_DATA) from None
+        if tag == sm2.DO_CARD_CERTIFICATE:
+            mine = self.state.sm2_private
+            if mine is None or sm2.public_key(int.from_bytes(mine, "big")) != cert.public:
+                raise _Status(SW.WRONG_DATA)  # a certificate of another key
+        self.state.data_objects[tag] = data
+        self._persist()
+        return b""
+
     # --- GET DATA --------------------------------------------------------------------------
 
     def _get_data(self, cmd: CommandApdu) -> bytes:
@@ -313,6 +351,8 @@ class SecurityCommands:
             return tlv.encode(tag, bytes([self.state.life_cycle.gp_code]))
         if tag == 0xDF12:
             return tlv.encode(tag, self.state.chip_serial)
+        if tag in self.state.data_objects:  # the certificates (cardspec.sm2)
+            return self.state.data_objects[tag]
         if tag in (0xDF11, 0x9F17):
             out = b""
             for name, (path, spec) in self._ix.pins_by_name.items():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from cardspec import tlv
+from cardspec import keyscheme, tlv
 from cardspec.errors import ProfileError
 from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.profile.model import (
@@ -97,11 +97,12 @@ def social_security_profile(
 
     ``pin_tries`` comes from ``Settings.lifecycle.pin_tries`` (default 3). Third generation:
     spec version "3.00", EF06 read needs EXTERNAL AUTHENTICATE with the read key (EAK), SM4
-    announced (AES in software, see keyscheme).
+    keys announced by ``9F0C { 86 01 03 }`` (``algorithm=Algorithm.AES`` gives the former AES
+    stand-in, ``86 01 02``, for HSMs without SM4).
     """
     if generation not in (2, 3):
         raise ProfileError("generation must be 2 or 3")
-    alg = algorithm or (Algorithm.DES3 if generation == 2 else Algorithm.AES)
+    alg = algorithm or (Algorithm.DES3 if generation == 2 else Algorithm.SM4)
     holder_read = FREE if generation == 2 else by_key(KeySlot.EAK)
     ss_pin = PinSpec(
         "ss", 0x00, pin_tries, PinFormat.CN, min_digits=6, max_digits=6,
@@ -196,7 +197,7 @@ def social_security_profile(
         # SoftHSM2 included, so no card key is ever in clear outside the HSM (3DES included:
         # SoftHSM2 cannot wrap under a 3DES KMC), and the wrap's integrity check lets the card
         # refuse a wrong payload (6A80). See cardspec.keyscheme "Key loading".
-        key_loading="aes-kwp-klk",
+        key_loading=keyscheme.key_loading_scheme(alg),
     )
     prof.validate()
     return prof

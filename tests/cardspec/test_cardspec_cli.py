@@ -20,6 +20,8 @@ def test_profile_tree() -> None:
     for text in ("EF05", "EF06", "D15600000503", "A000000333010101", "uk_ident", "PIN ss"):
         assert text in result.output
     result = runner.invoke(app, ["profile", "--generation", "3"])
+    assert result.exit_code == 0 and "ssc3-sm4" in result.output
+    result = runner.invoke(app, ["profile", "--generation", "3", "--algorithm", "aes"])
     assert result.exit_code == 0 and "ssc3-aes" in result.output
 
 

@@ -331,10 +331,11 @@ def test_session_state_is_volatile(issued) -> None:  # type: ignore[no-untyped-d
     assert "ss" not in card.verified
 
 
-def test_aes_card_and_sm_with_aes() -> None:
+@pytest.mark.parametrize("alg", [Algorithm.AES, Algorithm.SM4])
+def test_aes_card_and_sm_with_aes(alg: Algorithm) -> None:
     from cardspec.profile import social_security_profile
 
-    prof = social_security_profile(generation=3)
+    prof = social_security_profile(generation=3, algorithm=alg)
     issued = personalised_card(profile=prof)
     public = cardops.read_card_public(issued.reader, prof, connect=False)
     assert public.holder is None  # generation 3: EF06 needs the read key
@@ -344,7 +345,7 @@ def test_aes_card_and_sm_with_aes() -> None:
     answer = cardops.internal_authenticate(issued.reader, factor, random)
     assert len(answer) == 16
     key = issued.crypto.card_key(KeySlot.IRK)
-    assert answer == keyscheme.internal_auth_response(key, factor, random, Algorithm.AES)
+    assert answer == keyscheme.internal_auth_response(key, factor, random, alg)
     assert sm.is_sm(0x84) and not sm.is_sm(0x80)
 
 

@@ -39,7 +39,12 @@ def test_public_facts() -> None:
     assert prof.pin("ss")[1].tries == 3 and prof.pin("ss")[1].initial_must_change
     gen3 = P.social_security_profile(generation=3)
     assert gen3.ef("EF06")[1].read == P.by_key(KeySlot.EAK)
-    assert gen3.spec_version == "3.00" and gen3.algorithm is Algorithm.AES
+    assert gen3.spec_version == "3.00" and gen3.algorithm is Algorithm.SM4
+    marker3 = tlv.find(gen3.df("SSSE").fci_proprietary, 0x9F0C)
+    assert marker3 is not None and tlv.find(marker3, 0x86) == b"\x03"  # SM4 (issue 19)
+    assert gen3.key_loading == "sm4-ecb-kcv-klk"
+    gen3_aes = P.social_security_profile(generation=3, algorithm=Algorithm.AES)
+    assert gen3_aes.algorithm is Algorithm.AES and gen3_aes.key_loading == "aes-kwp-klk"
     assert P.social_security_profile(pin_tries=6).pin("ss")[1].tries == 6
 
 
