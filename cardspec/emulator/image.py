@@ -59,6 +59,9 @@ class CardState:
     records: dict[str, list[bytes | None]] = field(default_factory=dict)
     """Record files by EF path; cyclic files keep the newest record first."""
     binaries: dict[str, bytes] = field(default_factory=dict)
+    key_tries: dict[KeySlot, int] = field(default_factory=dict)
+    """Error counters of the keys that have failed since their last success (a key not
+    listed has its full count, ``KeySpec.tries``); 0 = blocked."""
 
     def pin_digest(self, block: bytes) -> bytes:
         return hashlib.sha256(self.chip_serial + block).digest()
@@ -86,6 +89,7 @@ class CardState:
                 for path, recs in self.records.items()
             },
             "binaries": {path: b.hex() for path, b in self.binaries.items()},
+            "key_tries": {slot.value: n for slot, n in self.key_tries.items()},
         }
 
     @classmethod
@@ -116,6 +120,7 @@ class CardState:
                     for path, recs in data["records"].items()
                 },
                 binaries={path: bytes.fromhex(b) for path, b in data["binaries"].items()},
+                key_tries={KeySlot(k): int(n) for k, n in data.get("key_tries", {}).items()},
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ImageError(f"malformed card image: {exc}") from exc

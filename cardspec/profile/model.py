@@ -21,6 +21,8 @@ AID_PENSION = bytes.fromhex("D15600000502")
 """Social insurance 1: pension, unemployment, work injury ..."""
 AID_MEDICAL = bytes.fromhex("D15600000503")
 """Social insurance 2: medical insurance."""
+AID_PERSONNEL = bytes.fromhex("D15600000504")
+"""Personnel (DOMAIN.md "Applications under the social security DF")."""
 AID_PBOC_DEBIT = bytes.fromhex("A000000333010101")
 """UnionPay / PBOC debit application."""
 
@@ -218,6 +220,10 @@ class KeySpec:
     """Key reference: P2 of EXTERNAL AUTHENTICATE and of WRITE KEY."""
     usage: str
     version: int = 1
+    tries: int = 5
+    """Error counter of the key (ISO/IEC 7816-4 ``63Cx``): each failed EXTERNAL AUTHENTICATE
+    or wrong MAC under the key counts one; at 0 the key is blocked (``6983``) until the issuer
+    resets the counter. CHOICE: 5 (LD/T 32 is not public; PBOC cards commonly set 3 to 15)."""
 
 
 @dataclass(frozen=True)
@@ -307,13 +313,20 @@ class CardProfile:
         raise ProfileError(f"profile {self.name} declares no PIN {name!r}")
 
     def with_application(self, df: DedicatedFile, parent: str = "MF") -> CardProfile:
-        """A new profile with ``df`` added under the DF ``parent`` (data only)."""
+        """A new profile with ``df`` added under the DF ``parent`` (data only). A DF of the
+        same name already there (e.g. the empty public data DF ``PUB``) is replaced by ``df``,
+        in place."""
         target = self.df_path(parent)
 
         def rec(path: str, node: DedicatedFile) -> DedicatedFile:
             kids = tuple(rec(f"{path}/{c.name}", c) for c in node.children)
             if path == target:
-                kids = (*kids, df)
+                names = [c.name for c in kids]
+                if df.name in names:
+                    at = names.index(df.name)
+                    kids = (*kids[:at], df, *kids[at + 1 :])
+                else:
+                    kids = (*kids, df)
             return replace(node, children=kids)
 
         new = replace(self, mf=rec(self.mf.name, self.mf), name=f"{self.name}+{df.name}")

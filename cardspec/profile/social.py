@@ -11,9 +11,12 @@ from cardspec import tlv
 from cardspec.errors import ProfileError
 from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.profile.model import (
+    AID_EMPLOYMENT,
     AID_MEDICAL,
     AID_PBOC_DEBIT,
     AID_PENSION,
+    AID_PERSONNEL,
+    AID_PUBLIC,
     ALGORITHM_CODES,
     FREE,
     NEVER,
@@ -131,6 +134,22 @@ def social_security_profile(
         keys=(KeySpec(KeySlot.UK_PENSION, 0x06, "update pension files"),),
         fci_proprietary=_fci_algorithm(alg),
     )  # fmt: skip
+    # The other applications under the social security DF (DOMAIN.md: public data ...00,
+    # employment ...01, personnel ...04) are present and selectable by AID and FID so that a
+    # terminal's SELECT of them answers 9000 and its FCI as on a real card.
+    # CHOICE: their FIDs DF00 / DF01 / DF04 follow the AID's last byte as MED (DF03) and PEN
+    # (DF02) do; no public source describes their files (LD/T 32.6 is not public and public
+    # reader code reads only EF05/EF06 and the insurance DFs), so they hold no EF: an issuer
+    # that uses them adds its files with CardProfile.with_application-style data, not code.
+    others = tuple(
+        DedicatedFile(name=name, fid=fid, df_name=aid, label=label,
+                      fci_proprietary=_fci_algorithm(alg))
+        for name, fid, aid, label in (
+            ("PUB", 0xDF00, AID_PUBLIC, "public data (no file described publicly)"),
+            ("EMP", 0xDF01, AID_EMPLOYMENT, "employment (no file described publicly)"),
+            ("PER", 0xDF04, AID_PERSONNEL, "personnel (no file described publicly)"),
+        )
+    )  # fmt: skip
     ssse = DedicatedFile(
         name="SSSE", fid=0xDDF1, df_name=SOCIAL_SECURITY_DF_NAME,
         label="social security application",
@@ -140,7 +159,7 @@ def social_security_profile(
             simple_tlv_file("EF06", 0xEF06, 0x06, EF06_ELEMENTS, holder_read,
                             by_key(KeySlot.UK_IDENT), "holder"),
         ),
-        children=(pension, medical),
+        children=(others[0], others[1], pension, medical, others[2]),
         keys=(
             KeySpec(KeySlot.DMK, 0x01, "application master / maintenance key"),
             KeySpec(KeySlot.EAK, 0x02, "external authentication / read key"),
