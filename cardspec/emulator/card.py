@@ -71,6 +71,7 @@ from cardspec.apdu import CHAINING_BIT, CommandApdu
 from cardspec.emulator.common import Status as _Status
 from cardspec.emulator.common import index as _index
 from cardspec.emulator.common import within as _within
+from cardspec.emulator.emv import EmvCommands, EmvTransaction
 from cardspec.emulator.image import CardState, read_image, write_image
 from cardspec.emulator.security import SecurityCommands
 from cardspec.errors import ApduError, CardSpecError, ProfileError, SecurityError
@@ -107,7 +108,7 @@ def build_atr(historical: bytes) -> bytes:
     return b"\x3b" + body + bytes([tck])
 
 
-class Card(SecurityCommands):
+class Card(SecurityCommands, EmvCommands):
     """An emulated social security card (implements :class:`cardspec.reader.CardHandler`)."""
 
     def __init__(
@@ -169,6 +170,9 @@ class Card(SecurityCommands):
         self.channel: tuple[KeySlot, bytes] | None = None
         self._pending = b""
         self.current_record: int | None = None
+        self.emv_txn: EmvTransaction | None = None
+        #: a warning status (62xx) to answer instead of 9000, set by the command
+        self._warning: int | None = None
         #: the (partial) DF name of the last SELECT by name, for "next occurrence"
         self._selected_name: bytes | None = None
         #: an open command chain: (CLA without b5, INS, P1, P2) and the data so far
@@ -187,6 +191,7 @@ class Card(SecurityCommands):
         if cmd.ins == 0xC0 and not cmd.cla & 0x80 and self._chain is None:
             return self._get_response(cmd)
         self._pending = b""
+        self._warning = None
         try:
             assembled = self._chained(cmd)
             if assembled is None:
@@ -207,7 +212,7 @@ class Card(SecurityCommands):
             return bytes([0x61, len(data) & 0xFF])
         if cmd.le is not None and len(data) > 0 and cmd.le < len(data) and cmd.le != 256:
             return bytes([0x6C, len(data) & 0xFF])
-        return data + b"\x90\x00"
+        return data + (self._warning or SW.OK).to_bytes(2, "big")
 
     def _chained(self, cmd: CommandApdu) -> CommandApdu | None:
         """Command chaining: None while a chain is being buffered, else the command to run
@@ -277,6 +282,7 @@ class Card(SecurityCommands):
         self.current_df = path
         self.current_ef = None
         self.current_record = None
+        self.emv_txn = None  # a new selection starts a new transaction
         self.auth = {s: p for s, p in self.auth.items() if _within(path, p)}
         self.verified = {n: p for n, p in self.verified.items() if _within(path, p)}
         if self.channel is not None and self.channel[0] not in self.auth:
@@ -436,6 +442,8 @@ class Card(SecurityCommands):
         if is_df:
             self._enter_df(target)
             self._selected_name = data if p1 == 0x04 else None
+            if target in self.state.blocked_apps:
+                self._warning = SW.FILE_INVALIDATED  # EMV Book 1 12.3.2: blocked application
             if response == 0x0C:
                 return b""
             return self._fcp_df(target) if response == 0x04 else self._fci_df(target)
@@ -496,7 +504,8 @@ class Card(SecurityCommands):
         recs = self.state.records.get(path)
         if recs is None:
             size = 0 if ef.structure is FileStructure.CYCLIC else ef.record_count
-            recs = self.state.records[path] = [None] * size
+            recs = [*ef.content, *[None] * (size - len(ef.content))]
+            self.state.records[path] = recs
         return recs
 
     def _read_record(self, cmd: CommandApdu) -> bytes:
@@ -631,7 +640,7 @@ class Card(SecurityCommands):
 
     #: instructions that accept a MAC'd command (CLA x4 / xC); any other answers 6882
     _sm_ins: ClassVar[frozenset[int]] = frozenset(
-        {0xB0, 0xB2, 0xD6, 0xDC, 0xE2, 0xD4, 0xF0, 0x24, 0x2C}
+        {0xB0, 0xB2, 0xD6, 0xDC, 0xE2, 0xD4, 0xF0, 0x24, 0x2C, 0x1E, 0x18}
     )
 
     _handlers: ClassVar[dict[int, Callable[[Card, CommandApdu], bytes]]] = {
@@ -645,12 +654,16 @@ class Card(SecurityCommands):
         0x82: SecurityCommands._external_authenticate,
         0x88: SecurityCommands._internal_authenticate,
         0x20: SecurityCommands._verify,
-        0x24: SecurityCommands._change,
+        0x24: EmvCommands._change_or_script,
         0x2C: SecurityCommands._unblock,
         0x5E: SecurityCommands._pboc_change_pin,
         0xD4: SecurityCommands._write_key,
         0xF0: SecurityCommands._set_status,
-        0xCA: SecurityCommands._get_data,
+        0xCA: EmvCommands._get_data_or_atc,
+        0xA8: EmvCommands._get_processing_options,
+        0xAE: EmvCommands._generate_ac,
+        0x1E: EmvCommands._application_block,
+        0x18: EmvCommands._application_block,
     }
 
 

@@ -59,6 +59,10 @@ class CardState:
     records: dict[str, list[bytes | None]] = field(default_factory=dict)
     """Record files by EF path; cyclic files keep the newest record first."""
     binaries: dict[str, bytes] = field(default_factory=dict)
+    atc: int = 0
+    """Application transaction counter of the EMV application (GET PROCESSING OPTIONS)."""
+    blocked_apps: list[str] = field(default_factory=list)
+    """DF paths of applications blocked by an issuer script (APPLICATION BLOCK)."""
     key_tries: dict[KeySlot, int] = field(default_factory=dict)
     """Error counters of the keys that have failed since their last success (a key not
     listed has its full count, ``KeySpec.tries``); 0 = blocked."""
@@ -90,6 +94,8 @@ class CardState:
             },
             "binaries": {path: b.hex() for path, b in self.binaries.items()},
             "key_tries": {slot.value: n for slot, n in self.key_tries.items()},
+            "atc": self.atc,
+            "blocked_apps": list(self.blocked_apps),
         }
 
     @classmethod
@@ -121,6 +127,8 @@ class CardState:
                 },
                 binaries={path: bytes.fromhex(b) for path, b in data["binaries"].items()},
                 key_tries={KeySlot(k): int(n) for k, n in data.get("key_tries", {}).items()},
+                atc=int(data.get("atc", 0)),
+                blocked_apps=[str(p) for p in data.get("blocked_apps", [])],
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ImageError(f"malformed card image: {exc}") from exc

@@ -159,6 +159,9 @@ class ElementaryFile:
     record_size: int = 0
     """Maximum record length in bytes (exact for LINEAR_FIXED / CYCLIC)."""
     label: str = ""
+    content: tuple[bytes, ...] = ()
+    """Records the card holds from its creation, fixed by the profile (e.g. the payment
+    system directory): not personalised per card."""
 
     def __post_init__(self) -> None:
         if self.sfi is not None and not 1 <= self.sfi <= 30:
@@ -227,6 +230,27 @@ class KeySpec:
 
 
 @dataclass(frozen=True)
+class EmvApplication:
+    """What makes a DF an EMV / PBOC debit application (EMV 4.3 Book 3): the card answers
+    GET PROCESSING OPTIONS, GENERATE AC and issuer scripts while it is selected."""
+
+    aip: bytes
+    """Application interchange profile (82), 2 bytes."""
+    afl: bytes
+    """Application file locator (94): 4 bytes per SFI range."""
+    pdol: bytes
+    """Processing options data object list (9F38), also in the FCI."""
+    cdol1: bytes
+    """Card risk management DOL 1 (8C): the data of the first GENERATE AC."""
+    cdol2: bytes
+    """Card risk management DOL 2 (8D): the data of the second GENERATE AC."""
+    cvn: int = 0x01
+    """Cryptogram version number in the issuer application data (9F10)."""
+    dki: int = 0x01
+    """Derivation key index in the issuer application data (9F10)."""
+
+
+@dataclass(frozen=True)
 class DedicatedFile:
     name: str
     fid: int
@@ -239,6 +263,8 @@ class DedicatedFile:
     pins: tuple[PinSpec, ...] = ()
     fci_proprietary: bytes = b""
     """Content of the FCI proprietary template ``A5``."""
+    emv: EmvApplication | None = None
+    """Set for an EMV / PBOC payment application."""
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from cardspec.profile.model import (
     DedicatedFile,
     Element,
     ElementaryFile,
+    EmvApplication,
     FileStructure,
     Fmt,
     KeySpec,
@@ -81,6 +82,9 @@ PENSION_ELEMENTS = (
     Element(0x33, "insurance_types", 5, Fmt.AN, "flags: pension unemployment injury maternity -"),
 )
 FINANCIAL_ELEMENTS = (
+    Element(
+        0x57, "track2", 19, Fmt.HEX, "track 2 equivalent data (from PAN and expiry)", variable=True
+    ),
     Element(0x5A, "pan", 10, Fmt.CN, "application PAN", variable=True),
     Element(0x5F24, "expiry", 3, Fmt.DATE6, "application expiration date YYMMDD"),
     Element(0x5F20, "cardholder_name", 26, Fmt.AN, "cardholder name", variable=True, optional=True),
@@ -172,25 +176,7 @@ def social_security_profile(
     )  # fmt: skip
     children: tuple[DedicatedFile, ...] = (ssse,)
     if financial:
-        fin = DedicatedFile(
-            name="FIN", fid=0xADF1, df_name=AID_PBOC_DEBIT, label="PBOC debit application",
-            files=(
-                # CHOICE: PAN data in SFI 1 record 1, read free (EMV READ RECORD); written only
-                # during personalisation (the bank's own update scripts are out of scope).
-                ElementaryFile("SFI01", 0xEF01, 0x01, FileStructure.LINEAR_VARIABLE,
-                               RecordLayout.EMV_TEMPLATE, FINANCIAL_ELEMENTS, FREE, NEVER,
-                               record_count=1, record_size=64, label="application data"),
-            ),
-            keys=(
-                KeySpec(KeySlot.FIN_AC, 0x11, "EMV MK-AC"),
-                KeySpec(KeySlot.FIN_SMI, 0x12, "EMV MK-SMI (issuer script integrity)"),
-                KeySpec(KeySlot.FIN_SMC, 0x13, "EMV MK-SMC (issuer script confidentiality)"),
-            ),
-            pins=(PinSpec("bank", 0x80, pin_tries, PinFormat.ISO9564_2, min_digits=6,
-                          max_digits=6, unblock_key=KeySlot.FIN_SMI, label="bank PIN"),),
-            fci_proprietary=tlv.encode(0x50, b"PBOC DEBIT") + tlv.encode(0x87, b"\x01"),
-        )  # fmt: skip
-        children = (*children, fin)
+        children = (*children, *_payment_applications(pin_tries))
     mf = DedicatedFile(
         name="MF", fid=0x3F00, label="master file", children=children,
         # CHOICE: the blank chip's transport key KMC sits at MF level with id 7F.
@@ -219,6 +205,102 @@ def social_security_profile(
     )
     prof.validate()
     return prof
+
+
+# --- the PBOC 3.0 / EMV debit application ----------------------------------------------------
+
+PSE_NAME = b"1PAY.SYS.DDF01"
+"""Payment system environment (contact; EMV Book 1 12.2.2)."""
+PPSE_NAME = b"2PAY.SYS.DDF01"
+"""Proximity payment system environment (EMV Book B / PBOC 3.0 part 12)."""
+FIN_LABEL = b"PBOC DEBIT"
+FIN_PRIORITY = b"\x01"
+
+# CHOICE (JR/T 0025 leaves these to the issuer; values as common PBOC debit applications use):
+#: PDOL: amount authorised, transaction currency code, terminal country code.
+PDOL = bytes.fromhex("9F02065F2A029F1A02")
+#: CDOL1: the recommended minimum data of EMV Book 2 8.1.1 (29 bytes).
+CDOL1 = bytes.fromhex("9F02069F03069F1A0295055F2A029A039C019F3704")
+#: CDOL2: authorisation response code, then the same data (31 bytes).
+CDOL2 = bytes.fromhex("8A02") + CDOL1
+#: AIP 18 00: cardholder verification and terminal risk management supported; no offline data
+#: authentication (SDA / DDA / CDA need the bank's RSA certificates, not issued here) and no
+#: issuer authentication: an online-only debit application.
+AIP = bytes.fromhex("1800")
+#: AFL: SFI 1 record 1 (PAN, track 2, expiry, name) and SFI 2 record 1 (risk data), none of
+#: them for offline data authentication.
+AFL = bytes.fromhex("0801010010010100")
+#: CVM list: amounts X and Y 0; online enciphered PIN if the terminal supports it (else the
+#: next rule), signature if supported, else no CVM.
+CVM_LIST = bytes(8) + bytes.fromhex("42035E031F03")
+#: Issuer action codes default / denial / online.
+IAC_DEFAULT, IAC_DENIAL, IAC_ONLINE = (bytes.fromhex(h) for h in
+                                       ("D84000A800", "0010000000", "D84004F800"))  # fmt: skip
+FIN_EMV = EmvApplication(aip=AIP, afl=AFL, pdol=PDOL, cdol1=CDOL1, cdol2=CDOL2)
+
+
+def _fin_risk_record() -> bytes:
+    """SFI 2 record 1: the issuer's risk management data, the same on every card."""
+    return tlv.encode(0x70, b"".join((
+        tlv.encode(0x8C, CDOL1), tlv.encode(0x8D, CDOL2), tlv.encode(0x8E, CVM_LIST),
+        tlv.encode(0x9F0D, IAC_DEFAULT), tlv.encode(0x9F0E, IAC_DENIAL),
+        tlv.encode(0x9F0F, IAC_ONLINE),
+        tlv.encode(0x9F07, bytes.fromhex("FF00")),  # usage control: every use, domestic + intl
+        tlv.encode(0x9F08, bytes.fromhex("0030")),  # application version number
+        tlv.encode(0x5F28, bytes.fromhex("0156")),  # issuer country code: China
+        tlv.encode(0x9F42, bytes.fromhex("0156")),  # application currency code: CNY
+    )))  # fmt: skip
+
+
+def _directory_entry() -> bytes:
+    """Template 61 naming the debit application (EMV Book 1 12.2.3)."""
+    return tlv.encode(0x61, tlv.encode(0x4F, AID_PBOC_DEBIT) + tlv.encode(0x50, FIN_LABEL)
+                      + tlv.encode(0x87, FIN_PRIORITY))  # fmt: skip
+
+
+def _payment_applications(pin_tries: int) -> tuple[DedicatedFile, ...]:
+    """The debit application and the two payment system environments that list it.
+
+    CHOICE: FIDs ADF1 (application), DDF0 (PSE), DDF2 (PPSE), and the PSE's directory as SFI 1
+    of its DF: terminals select all three by name, never by FID."""
+    risk = _fin_risk_record()
+    fin = DedicatedFile(
+        name="FIN", fid=0xADF1, df_name=AID_PBOC_DEBIT, label="PBOC debit application",
+        files=(
+            # PAN data in SFI 1 record 1, read free (EMV READ RECORD); written only during
+            # personalisation (the bank's own update scripts are out of scope).
+            ElementaryFile("SFI01", 0xEF01, 0x01, FileStructure.LINEAR_VARIABLE,
+                           RecordLayout.EMV_TEMPLATE, FINANCIAL_ELEMENTS, FREE, NEVER,
+                           record_count=1, record_size=96, label="application data"),
+            ElementaryFile("SFI02", 0xEF02, 0x02, FileStructure.LINEAR_VARIABLE,
+                           RecordLayout.EMV_TEMPLATE, (), FREE, NEVER, record_count=1,
+                           record_size=len(risk), label="risk management data",
+                           content=(risk,)),
+        ),
+        keys=(
+            KeySpec(KeySlot.FIN_AC, 0x11, "EMV MK-AC"),
+            KeySpec(KeySlot.FIN_SMI, 0x12, "EMV MK-SMI (issuer script integrity)"),
+            KeySpec(KeySlot.FIN_SMC, 0x13, "EMV MK-SMC (issuer script confidentiality)"),
+        ),
+        pins=(PinSpec("bank", 0x80, pin_tries, PinFormat.ISO9564_2, min_digits=6,
+                      max_digits=6, unblock_key=KeySlot.FIN_SMI, label="bank PIN"),),
+        fci_proprietary=tlv.encode(0x50, FIN_LABEL) + tlv.encode(0x87, FIN_PRIORITY)
+        + tlv.encode(0x9F38, PDOL) + tlv.encode(0x5F2D, b"zhen"),
+        emv=FIN_EMV,
+    )  # fmt: skip
+    pse = DedicatedFile(
+        name="PSE", fid=0xDDF0, df_name=PSE_NAME, label="payment system environment",
+        files=(ElementaryFile("PSEDIR", 0xEF01, 0x01, FileStructure.LINEAR_VARIABLE,
+                              RecordLayout.EMV_TEMPLATE, (), FREE, NEVER, record_count=1,
+                              record_size=64, label="payment system directory",
+                              content=(tlv.encode(0x70, _directory_entry()),)),),
+        fci_proprietary=tlv.encode(0x88, b"\x01") + tlv.encode(0x5F2D, b"zhen"),
+    )  # fmt: skip
+    ppse = DedicatedFile(
+        name="PPSE", fid=0xDDF2, df_name=PPSE_NAME, label="proximity payment system environment",
+        fci_proprietary=tlv.encode(0xBF0C, _directory_entry()),
+    )  # fmt: skip
+    return (pse, fin, ppse)
 
 
 _REGISTRY: dict[str, CardProfile] = {}

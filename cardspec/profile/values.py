@@ -6,6 +6,8 @@ from dataclasses import dataclass, fields
 from datetime import date
 from typing import Any
 
+from cardspec.emv import track2_equivalent
+from cardspec.errors import EncodingError
 from cardspec.profile.model import CardProfile, decode_fixed_record, decode_records, encode_records
 from cardspec.profile.social import DEFAULT_PROFILE
 
@@ -139,13 +141,18 @@ def decode_pension(records: list[bytes], profile: CardProfile = DEFAULT_PROFILE)
 
 
 def encode_financial(value: FinancialData, profile: CardProfile = DEFAULT_PROFILE) -> list[bytes]:
-    return encode_records(profile.ef("SFI01")[1], _asdict(value))
+    values = {**_asdict(value), "track2": track2_equivalent(value.pan, value.expiry)}
+    return encode_records(profile.ef("SFI01")[1], values)
 
 
 def decode_financial(records: list[bytes], profile: CardProfile = DEFAULT_PROFILE) -> FinancialData:
     values = decode_records(profile.ef("SFI01")[1], records)
     values.setdefault("cardholder_name", "")
-    return FinancialData(**values)
+    track2 = values.pop("track2", None)
+    data = FinancialData(**values)
+    if track2 is not None and track2 != track2_equivalent(data.pan, data.expiry):
+        raise EncodingError("track2", "does not match the PAN and expiry date")
+    return data
 
 
 def encode_log_entry(value: MedicalLogEntry, profile: CardProfile = DEFAULT_PROFILE) -> bytes:
