@@ -7,15 +7,19 @@ selected application does not offer them). Computations: :mod:`cardspec.emv`.
 ==========================  ========================  ============================================
 command                     APDU                      notes
 ==========================  ========================  ============================================
-GET PROCESSING OPTIONS      80 A8 00 00 83 L PDOL     ATC + 1 (persisted); 77 { 82 AIP, 94 AFL }
+GET PROCESSING OPTIONS      80 A8 00 00 83 L PDOL     ATC + 1 (persisted); 80 AIP || AFL
 GENERATE AC                 80 AE 80|40|00 00 CDOL    first (CDOL1) then second (CDOL2);
-                                                      77 { 9F27 CID, 9F36 ATC, 9F26 AC, 9F10 IAD }
+                                                      80 CID || ATC || AC || IAD
 APPLICATION BLOCK           84 1E 00 00 04 MAC        issuer script: SELECT answers 6283, AC = AAC
 APPLICATION UNBLOCK         84 18 00 00 04 MAC        issuer script
 PIN CHANGE / UNBLOCK        84 24 00 00|02 L ... MAC  00 unblock; 02 new PIN (format 2 block
                                                       enciphered under SK-SMC) without the old one
-GET DATA                    80 CA 9F 36               the ATC
+GET DATA                    80 CA 9F 36 | 9F 13       the ATC | the last online ATC register
 ==========================  ========================  ============================================
+
+Responses use format 1 (template ``80``, EMV Book 3 6.5.5.4 / 6.5.8.4), as PBOC debit cards
+answer and as the public bank-card reader code of the conformance vectors requires (it reads
+AIP and AFL from tag 80 of the GPO answer).
 
 Card risk management, CHOICE (an online-only debit application): the first GENERATE AC answers
 an ARQC when a TC or an ARQC is asked, an AAC when an AAC is asked or the application is
@@ -105,9 +109,13 @@ class EmvCommands:
         return self._change(cmd)
 
     def _get_data_or_atc(self, cmd: CommandApdu) -> bytes:
-        """GET DATA: 9F36 (the ATC) in the EMV application, else the card's tags."""
-        if (cmd.p1, cmd.p2) == (0x9F, 0x36) and self._ix.dfs[self.current_df].emv is not None:
-            return tlv.encode(0x9F36, self.state.atc.to_bytes(2, "big"))
+        """GET DATA: 9F36 (the ATC) and 9F13 (the last online ATC register) in the EMV
+        application, else the card's tags."""
+        if self._ix.dfs[self.current_df].emv is not None:
+            if (cmd.p1, cmd.p2) == (0x9F, 0x36):
+                return tlv.encode(0x9F36, self.state.atc.to_bytes(2, "big"))
+            if (cmd.p1, cmd.p2) == (0x9F, 0x13):
+                return tlv.encode(0x9F13, self.state.last_online_atc.to_bytes(2, "big"))
         return self._get_data(cmd)
 
     # --- helpers ---------------------------------------------------------------------------
@@ -157,7 +165,7 @@ class EmvCommands:
         self.state.atc += 1
         self._persist()
         self.emv_txn = EmvTransaction(atc=self.state.atc)
-        return tlv.encode(0x77, tlv.encode(0x82, app.aip) + tlv.encode(0x94, app.afl))
+        return tlv.encode(0x80, app.aip + app.afl)
 
     def _generate_ac(self, cmd: CommandApdu) -> bytes:
         app = self._emv_app()
@@ -193,9 +201,11 @@ class EmvCommands:
         )
         txn.ac = ac
         txn.stage = "done" if second or result is emv.CryptogramType.AAC else "first"
+        if second and result is emv.CryptogramType.TC:
+            self.state.last_online_atc = txn.atc  # the online transaction completed
+            self._persist()
         iad = bytes([0x06, app.dki, app.cvn]) + cvr
-        return tlv.encode(0x77, tlv.encode(0x9F27, bytes([result])) + tlv.encode(0x9F36, atc)
-                          + tlv.encode(0x9F26, ac) + tlv.encode(0x9F10, iad))  # fmt: skip
+        return tlv.encode(0x80, bytes([result]) + atc + ac + iad)
 
     # --- issuer scripts ----------------------------------------------------------------------
 

@@ -61,6 +61,8 @@ class CardState:
     binaries: dict[str, bytes] = field(default_factory=dict)
     atc: int = 0
     """Application transaction counter of the EMV application (GET PROCESSING OPTIONS)."""
+    last_online_atc: int = 0
+    """ATC of the last transaction completed online (a TC after an ARQC): GET DATA 9F13."""
     blocked_apps: list[str] = field(default_factory=list)
     """DF paths of applications blocked by an issuer script (APPLICATION BLOCK)."""
     key_tries: dict[KeySlot, int] = field(default_factory=dict)
@@ -95,6 +97,7 @@ class CardState:
             "binaries": {path: b.hex() for path, b in self.binaries.items()},
             "key_tries": {slot.value: n for slot, n in self.key_tries.items()},
             "atc": self.atc,
+            "last_online_atc": self.last_online_atc,
             "blocked_apps": list(self.blocked_apps),
         }
 
@@ -128,6 +131,7 @@ class CardState:
                 binaries={path: bytes.fromhex(b) for path, b in data["binaries"].items()},
                 key_tries={KeySlot(k): int(n) for k, n in data.get("key_tries", {}).items()},
                 atc=int(data.get("atc", 0)),
+                last_online_atc=int(data.get("last_online_atc", 0)),
                 blocked_apps=[str(p) for p in data.get("blocked_apps", [])],
             )
         except (KeyError, ValueError, TypeError) as exc:

@@ -216,12 +216,18 @@ PPSE_NAME = b"2PAY.SYS.DDF01"
 FIN_LABEL = b"PBOC DEBIT"
 FIN_PRIORITY = b"\x01"
 
-# CHOICE (JR/T 0025 leaves these to the issuer; values as common PBOC debit applications use):
-#: PDOL: amount authorised, transaction currency code, terminal country code.
-PDOL = bytes.fromhex("9F02065F2A029F1A02")
-#: CDOL1: the recommended minimum data of EMV Book 2 8.1.1 (29 bytes).
-CDOL1 = bytes.fromhex("9F02069F03069F1A0295055F2A029A039C019F3704")
-#: CDOL2: authorisation response code, then the same data (31 bytes).
+# JR/T 0025 leaves these to the issuer. PDOL and CDOL1 as the public bank-card reader code of
+# tests/cardspec/conformance/vectors/pboc_bank_reader.json expects them: its GPO fills
+# 9F7A / 9F02 / 5F2A ("9f7a 01 9f02 06 5f2a 02": ICBC, CCB, BOC ... per its comments) and its
+# GENERATE AC sends 52 bytes of CDOL1 data (the PBOC set below, with 9F21 time and 9F4E
+# merchant name).
+#: PDOL: EC terminal support indicator, amount authorised, transaction currency code.
+PDOL = bytes.fromhex("9F7A019F02065F2A02")
+#: CDOL1 (52 bytes): amounts, terminal country, TVR, currency, date, type, unpredictable
+#: number, time, merchant name.
+CDOL1 = bytes.fromhex("9F02069F03069F1A0295055F2A029A039C019F37049F21039F4E14")
+#: CDOL2, CHOICE: the authorisation response code, then the CDOL1 data again (54 bytes), so
+#: the second cryptogram covers the whole transaction as the first does.
 CDOL2 = bytes.fromhex("8A02") + CDOL1
 #: AIP 18 00: cardholder verification and terminal risk management supported; no offline data
 #: authentication (SDA / DDA / CDA need the bank's RSA certificates, not issued here) and no

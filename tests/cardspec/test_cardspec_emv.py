@@ -19,12 +19,20 @@ from cardspec.profile import AID_PBOC_DEBIT
 
 pytestmark = pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")
 
-# terminal data: PDOL (amount, currency CNY, country China) and CDOL1 in profile order
+# terminal data: PDOL (EC indicator, amount, currency CNY) and CDOL1 in profile order
 AMOUNT = "000000012345"
-PDOL_DATA = bytes.fromhex(AMOUNT + "0156" + "0156")
+PDOL_DATA = bytes.fromhex("00" + AMOUNT + "0156")
 CDOL1_DATA = bytes.fromhex(
-    AMOUNT + "000000000000" + "0156" + "0000000000" + "0156" + "261206" + "00" + "1A2B3C4D"
-)
+    AMOUNT
+    + "000000000000"
+    + "0156"
+    + "0000000000"
+    + "0156"
+    + "261206"
+    + "00"
+    + "1A2B3C4D"
+    + "103000"
+) + "城市医院".encode("gbk").ljust(20, b"\x00")
 ICC_MK = {
     slot: kd.derive_icc_mk_a(masters()[slot], PAN, PSN)
     for slot in (KeySlot.FIN_AC, KeySlot.FIN_SMI, KeySlot.FIN_SMC)
@@ -55,12 +63,20 @@ def select_app(card: Card) -> dict:  # type: ignore[type-arg]
 
 
 def gpo(card: Card) -> dict:  # type: ignore[type-arg]
-    return ok(card, CommandApdu(0x80, 0xA8, 0, 0, b"\x83" + bytes([len(PDOL_DATA)]) + PDOL_DATA,
-                                le=256))  # fmt: skip
+    """Format 1: AIP and AFL in template 80."""
+    resp = ok(card, CommandApdu(0x80, 0xA8, 0, 0, b"\x83" + bytes([len(PDOL_DATA)]) + PDOL_DATA,
+                                le=256))["80"]  # fmt: skip
+    return {"82": resp[:2], "94": resp[2:]}
+
+
+def gen_ac(card: Card, p1: int, data: bytes) -> dict:  # type: ignore[type-arg]
+    """Format 1: CID, ATC, AC, IAD in template 80."""
+    resp = ok(card, CommandApdu(0x80, 0xAE, p1, 0, data, le=256))["80"]
+    return {"9F27": resp[:1], "9F36": resp[1:3], "9F26": resp[3:11], "9F10": resp[11:]}
 
 
 def first_ac(card: Card, p1: int = 0x80) -> dict:  # type: ignore[type-arg]
-    return ok(card, CommandApdu(0x80, 0xAE, p1, 0, CDOL1_DATA, le=256))["77"]
+    return gen_ac(card, p1, CDOL1_DATA)
 
 
 def check_ac(resp: dict, data: bytes, aip: bytes) -> None:  # type: ignore[type-arg]
@@ -96,8 +112,8 @@ def test_terminal_flow_ppse_pse_gpo_records_arqc_tc(card: Card) -> None:
     assert directory["70"]["61"]["4F"] == AID_PBOC_DEBIT
     # the application: FCI with PDOL, GPO with AIP and AFL
     fci = select_app(card)["6F"]
-    assert fci["84"] == AID_PBOC_DEBIT and fci["A5"]["9F38"] == bytes.fromhex("9F02065F2A029F1A02")
-    opts = gpo(card)["77"]
+    assert fci["84"] == AID_PBOC_DEBIT and fci["A5"]["9F38"] == bytes.fromhex("9F7A019F02065F2A02")
+    opts = gpo(card)
     aip, afl = opts["82"], opts["94"]
     records: dict[str, bytes] = {}
     for i in range(0, len(afl), 4):
@@ -117,7 +133,7 @@ def test_terminal_flow_ppse_pse_gpo_records_arqc_tc(card: Card) -> None:
     # second GENERATE AC after the host approved (ARC "00"): a TC
     cdol2 = b"00" + CDOL1_DATA
     assert emv.dol_length(records["8D"]) == len(cdol2)
-    tc = ok(card, CommandApdu(0x80, 0xAE, 0x40, 0, cdol2, le=256))["77"]
+    tc = gen_ac(card, 0x40, cdol2)
     assert tc["9F27"] == b"\x40" and tc["9F36"] == arqc["9F36"]
     check_ac(tc, cdol2, aip)
     assert tx(card, CommandApdu(0x80, 0xAE, 0x40, 0, cdol2))[1] == 0x6985  # transaction over
@@ -127,6 +143,7 @@ def test_terminal_flow_ppse_pse_gpo_records_arqc_tc(card: Card) -> None:
     select_app(card)
     gpo(card)
     assert ok(card, "80CA9F3600")["9F36"] == (atc + 1).to_bytes(2, "big")
+    assert ok(card, "80CA9F1300")["9F13"] == atc.to_bytes(2, "big")  # the last online one
 
 
 def test_refused_emv_forms(card: Card) -> None:
@@ -136,13 +153,13 @@ def test_refused_emv_forms(card: Card) -> None:
     assert tx(card, "80A8000002830000")[1] == 0x6700  # PDOL data of the wrong length
     assert tx(card, "80A80000020000")[1] == 0x6A80  # not template 83
     gpo(card)
-    assert tx(card, CommandApdu(0x80, 0xA8, 0, 0, b"\x83\x0a" + PDOL_DATA))[1] == 0x6985
+    assert tx(card, CommandApdu(0x80, 0xA8, 0, 0, b"\x83\x09" + PDOL_DATA))[1] == 0x6985
     assert tx(card, CommandApdu(0x80, 0xAE, 0x90, 0, CDOL1_DATA))[1] == 0x6A86  # CDA asked
     assert tx(card, CommandApdu(0x80, 0xAE, 0x80, 0, CDOL1_DATA[:-1]))[1] == 0x6700
     assert tx(card, CommandApdu(0x00, 0xAE, 0x80, 0, CDOL1_DATA))[1] == 0x6E00
     first_ac(card)
     assert tx(card, CommandApdu(0x80, 0xAE, 0x80, 0, b"00" + CDOL1_DATA))[1] == 0x6985  # ARQC
-    aac = ok(card, CommandApdu(0x80, 0xAE, 0x00, 0, b"05" + CDOL1_DATA, le=256))["77"]  # declined
+    aac = gen_ac(card, 0x00, b"05" + CDOL1_DATA)  # declined
     assert aac["9F27"] == b"\x00"
 
 
@@ -181,7 +198,7 @@ def test_issuer_script_application_block_and_unblock(card: Card) -> None:
     # blocked: SELECT answers the FCI with 6283, the card declines (AAC) whatever is asked
     fci, status = tx(card, CommandApdu(0x00, 0xA4, 0x04, 0x00, AID_PBOC_DEBIT, le=256))
     assert status == 0x6283 and fci[0] == 0x6F
-    opts = gpo(card)["77"]
+    opts = gpo(card)
     aac = first_ac(card, 0x80)
     assert aac["9F27"] == b"\x00" and aac["9F10"][4:6] == b"\x80\x01"  # CVR: AAC, blocked
     check_ac(aac, CDOL1_DATA, opts["82"])

@@ -30,7 +30,12 @@ def run_vector(connection, vector: dict) -> tuple[list[str], bool]:  # type: ign
     saved: dict[str, str] = {}
     ok = True
     for step in vector["steps"]:
-        apdu_hex = step["apdu"].replace(" ", "").format(**saved).upper()
+        try:
+            apdu_hex = step["apdu"].replace(" ", "").format(**saved).upper()
+        except KeyError as missing:  # an earlier answer did not give the value: not sent
+            ok = False
+            lines.append(f"BAD > {step['apdu']}  (not sent: no {missing} from the answers)")
+            continue
         data, sw1, sw2 = connection.transmit(list(bytes.fromhex(apdu_hex)))
         data_hex = bytes(data).hex().upper()
         sw = f"{sw1:02X}{sw2:02X}"
@@ -42,6 +47,7 @@ def run_vector(connection, vector: dict) -> tuple[list[str], bool]:  # type: ign
                 m = re.fullmatch(pattern, data_hex + sw)
                 if m is None:
                     good = False
+                    saved.pop(name, None)  # a later step needing it is not sent
                 else:
                     saved[name] = m.group(1)
         ok = ok and good

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from cardspec.keyscheme import KeySlot
 from cardspec.virtual import VirtualReaderStack
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/cardspec helpers
-from cardspec_helpers import personalised_card
+from cardspec_helpers import PAN, PSN, masters, personalised_card
 
 pytestmark = pytest.mark.pcsc
 
@@ -59,6 +60,32 @@ def test_public_sequence_through_pcscd(
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("ok  > ") == len(spec["steps"]), done.stdout
     assert "BAD" not in done.stdout
+
+
+@pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")
+def test_arqc_from_the_bank_reader_sequence_checks_with_pyemv(
+    stack: VirtualReaderStack, card_image: Path
+) -> None:
+    """The bank's host side of the same transaction: pyemv (the independent EMV oracle)
+    derives the card's MK-AC from the bank's issuer master key (option A) and the session key
+    from the ATC, and recomputes the ARQC the card sent through pcscd."""
+    from pyemv import ac, kd
+
+    vector = CONFORMANCE / "vectors" / "pboc_bank_reader.json"
+    stack.insert(0, card_image)
+    done = terminal(stack, vector)
+    assert done.returncode == 0, done.stdout
+    lines = done.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("ok  > 80AE8000"))
+    cdol1 = bytes.fromhex(lines[at].split()[2])[5:-1]
+    gpo = next(i for i, line in enumerate(lines) if line.startswith("ok  > 80A80000"))
+    aip = bytes.fromhex(lines[gpo + 1].split()[1])[2:4]
+    resp = bytes.fromhex(lines[at + 1].split()[1])[2:]
+    cid, atc, arqc, iad = resp[:1], resp[1:3], resp[3:11], resp[11:]
+    assert cid == b"\x80" and len(cdol1) == 52
+    icc_mk = kd.derive_icc_mk_a(masters()[KeySlot.FIN_AC], PAN, PSN)
+    sk = kd.derive_common_sk(icc_mk, atc + bytes(6))
+    assert arqc == ac.generate_ac(sk, cdol1 + aip + atc + iad[3:], ac.PaddingType.EMV)
 
 
 def test_terminal_reports_a_wrong_answer(
