@@ -120,19 +120,6 @@ def dol_length(dol: bytes) -> int:
     return sum(n for _, n in parse_dol(dol))
 
 
-def luhn_ok(number: str) -> bool:
-    """The Luhn (ISO/IEC 7812-1 annex B) check of a PAN."""
-    if not number.isascii() or not number.isdigit() or len(number) < 2:
-        return False
-    total = 0
-    for i, ch in enumerate(reversed(number)):
-        d = int(ch)
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
 SERVICE_CODE = "220"
 """CHOICE: service code of the track 2 equivalent data: 2 international interchange, IC card;
 2 authorisation by the issuer (online); 0 no restriction, PIN required (ISO/IEC 7813)."""

@@ -146,3 +146,21 @@ def test_key_error_counter_lock_and_issuer_reset() -> None:
     assert card.state.key_tries[KeySlot.UK_IDENT] == tries - 1
     cardops.external_authenticate(reader, crypto, KeySlot.UK_IDENT, DEFAULT_PROFILE)
     assert KeySlot.UK_IDENT not in card.state.key_tries
+
+
+def test_third_generation_card_answers_the_same_sequence_after_the_read_key() -> None:
+    """Generation 3 (AES profile): the same SELECT / READ RECORD by identifier forms; EF06
+    opens only after EXTERNAL AUTHENTICATE with the read key (DOMAIN.md)."""
+    from cardspec.profile import social_security_profile
+
+    prof = social_security_profile(generation=3)
+    issued = personalised_card(profile=prof)
+    card = issued.card
+    card.power_on()
+    tx(card, SELECT_SSSE)
+    assert tx(card, "00A4020002EF05") == (b"", 0x9000)
+    assert tx(card, "00B2030006") == (b"\x03\x043.00", 0x9000)  # spec version by identifier
+    assert tx(card, "00A4020002EF06") == (b"", 0x9000)
+    assert tx(card, "00B2080014")[1] == 0x6982  # holder data needs the terminal's key
+    cardops.external_authenticate(issued.reader, issued.crypto, KeySlot.EAK, prof)
+    assert tx(card, "00B2080014") == (b"\x08\x12" + SSN.encode(), 0x9000)
