@@ -82,8 +82,15 @@ PENSION_ELEMENTS = (
     Element(0x33, "insurance_types", 5, Fmt.AN, "flags: pension unemployment injury maternity -"),
 )
 FINANCIAL_ELEMENTS = (
+    # optional when decoding: cards personalised before the track 2 element was added lack it
     Element(
-        0x57, "track2", 19, Fmt.HEX, "track 2 equivalent data (from PAN and expiry)", variable=True
+        0x57,
+        "track2",
+        19,
+        Fmt.HEX,
+        "track 2 equivalent (PAN, expiry)",
+        variable=True,
+        optional=True,
     ),
     Element(0x5A, "pan", 10, Fmt.CN, "application PAN", variable=True),
     Element(0x5F24, "expiry", 3, Fmt.DATE6, "application expiration date YYMMDD"),

@@ -234,3 +234,28 @@ def test_track2_equivalent() -> None:
     assert track2 == "6217000012345678901D3403220F"  # 27 nibbles padded to whole bytes
     with pytest.raises(ValueError):
         emv.track2_equivalent("12345", date(2034, 3, 31))
+
+
+def test_financial_record_track2_and_older_cards() -> None:
+    from datetime import date
+
+    from cardspec import tlv
+    from cardspec.errors import EncodingError
+    from cardspec.profile import FinancialData, decode_financial, encode_financial
+
+    fin = FinancialData(PAN, date(2034, 3, 31), PSN, "ZHANG SAN")
+    record = encode_financial(fin)[0]
+    assert tlv.find(record, 0x57) == bytes.fromhex(emv.track2_equivalent(PAN, fin.expiry))
+    assert decode_financial([record]) == fin
+    # a card personalised before tag 57 existed still reads
+    children = tlv.decode_one(record).children()
+    older = tlv.encode(0x70, b"".join(t.to_bytes() for t in children if t.tag != 0x57))
+    assert decode_financial([older]) == fin
+    # a track 2 that contradicts the PAN or expiry is refused
+    other = emv.track2_equivalent(PAN, date(2035, 3, 31))
+    forged = tlv.encode(0x70, b"".join(
+        tlv.encode(0x57, bytes.fromhex(other)) if t.tag == 0x57 else t.to_bytes()
+        for t in children
+    ))  # fmt: skip
+    with pytest.raises(EncodingError):
+        decode_financial([forged])
