@@ -252,7 +252,7 @@ class Card(SecurityCommands, EmvCommands):
         if rest:
             self._pending = rest
             return chunk + bytes([0x61, len(rest) & 0xFF])
-        return chunk + b"\x90\x00"
+        return chunk + (self._warning or SW.OK).to_bytes(2, "big")  # e.g. 6283 of a SELECT
 
     # --- dispatch --------------------------------------------------------------------------
 

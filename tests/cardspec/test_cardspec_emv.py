@@ -198,6 +198,9 @@ def test_issuer_script_application_block_and_unblock(card: Card) -> None:
     # blocked: SELECT answers the FCI with 6283, the card declines (AAC) whatever is asked
     fci, status = tx(card, CommandApdu(0x00, 0xA4, 0x04, 0x00, AID_PBOC_DEBIT, le=256))
     assert status == 0x6283 and fci[0] == 0x6F
+    # sent without Le (T=0): 61xx, and the warning comes with the FCI from GET RESPONSE
+    assert tx(card, CommandApdu(0x00, 0xA4, 0x04, 0x00, AID_PBOC_DEBIT))[1] >> 8 == 0x61
+    assert tx(card, "00C0000000") == (fci, 0x6283)
     opts = gpo(card)
     aac = first_ac(card, 0x80)
     assert aac["9F27"] == b"\x00" and aac["9F10"][4:6] == b"\x80\x01"  # CVR: AAC, blocked
