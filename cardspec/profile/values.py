@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import date
 from typing import Any
@@ -140,9 +141,15 @@ def decode_pension(records: list[bytes], profile: CardProfile = DEFAULT_PROFILE)
     return PensionData(**decode_records(profile.ef("EF16")[1], records))
 
 
+def complete_financial(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The financial record's element values with those derived from the others: the track 2
+    equivalent data (57) from the PAN and the expiry date. Every path that encodes the record
+    (this module, data preparation's planners) completes its values here."""
+    return {**values, "track2": track2_equivalent(values["pan"], values["expiry"])}
+
+
 def encode_financial(value: FinancialData, profile: CardProfile = DEFAULT_PROFILE) -> list[bytes]:
-    values = {**_asdict(value), "track2": track2_equivalent(value.pan, value.expiry)}
-    return encode_records(profile.ef("SFI01")[1], values)
+    return encode_records(profile.ef("SFI01")[1], complete_financial(_asdict(value)))
 
 
 def decode_financial(records: list[bytes], profile: CardProfile = DEFAULT_PROFILE) -> FinancialData:

@@ -48,6 +48,7 @@ from cardspec.profile import (
     Holder,
     MedicalData,
     PensionData,
+    complete_financial,
     social_security_profile,
 )
 from cardspec.profile.social import get_profile, register_profile
@@ -317,12 +318,12 @@ def perso_values(
         },
     }
     if _has_financial(profile):
-        values["SFI01"] = {
+        values["SFI01"] = complete_financial({
             "pan": pan or bank_pan(card.id),
             "expiry": expiry,
             "psn": PSN,
             "cardholder_name": "",
-        }
+        })  # fmt: skip
     return values
 
 
