@@ -281,6 +281,18 @@ def unblock_pin(
     send(reader, cmd, "PIN UNBLOCK", pin=True)
 
 
+def reset_key_counter(
+    reader: Reader, crypto: CardCrypto, slot: KeySlot, *, profile: CardProfile = DEFAULT_PROFILE
+) -> None:
+    """Issuer command: unblock card key ``slot`` (reset its error counter) with
+    ``84 2C 03 <key id>`` MAC'd in a channel opened with the application master key DMK;
+    ``crypto`` is the issuer's HSM side (the DMK never leaves it)."""
+    _, spec = profile.key(slot)
+    select_df(reader, profile, profile.key(KeySlot.DMK)[0])
+    channel = external_authenticate(reader, crypto, KeySlot.DMK, profile)
+    send(reader, channel.wrap(CommandApdu(0x80, 0x2C, 0x03, spec.key_id)), "RESET KEY COUNTER")
+
+
 @dataclass(frozen=True)
 class PinStatus:
     tries_left: int
@@ -412,6 +424,7 @@ __all__ = [
     "read_file",
     "read_record",
     "read_records",
+    "reset_key_counter",
     "select_df",
     "send",
     "unblock_pin",

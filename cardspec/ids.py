@@ -9,6 +9,8 @@
   B7K334774, 188347080 all satisfy it; tested in tests/cardspec/test_ids.py).
 * Card identification code (EF05 tag 01, 32 hex characters): issuing region code (6) +
   ``D156000005`` (country 156, issuer marker) + 16 hex characters unique to the chip.
+* PAN of the financial application (EMV tag 5A, 12 to 19 digits): the last digit is the Luhn
+  check digit (ISO/IEC 7812-1 Annex B).
 
 Validation raises :class:`cardspec.errors.InvalidIdentifier`; reasons never contain the full
 value (identifiers are personal data).
@@ -181,3 +183,24 @@ def validate_card_identification_code(value: str) -> str:
 def chip_serial_of(card_identification_code: str) -> bytes:
     """The 8-byte chip-unique part of a card identification code (also the card factor)."""
     return bytes.fromhex(validate_card_identification_code(card_identification_code)[16:])
+
+
+_LUHN_DOUBLED = {str(d): (2 * d if d < 5 else 2 * d - 9) for d in range(10)}
+_LUHN_PLAIN = {str(d): d for d in range(10)}
+
+
+def luhn_digit(body: str) -> str:
+    """The Luhn check digit of ``body`` (ISO/IEC 7812-1 Annex B)."""
+    rev = body[::-1]
+    total = sum(map(_LUHN_DOUBLED.__getitem__, rev[0::2])) + sum(
+        map(_LUHN_PLAIN.__getitem__, rev[1::2])
+    )
+    return str((10 - total % 10) % 10)
+
+
+def luhn_ok(number: str) -> bool:
+    """``number`` is digits whose last one is the Luhn check digit of the others."""
+    return (
+        number.isascii() and number.isdigit() and len(number) >= 2
+        and luhn_digit(number[:-1]) == number[-1]
+    )  # fmt: skip

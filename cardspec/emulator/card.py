@@ -5,11 +5,13 @@ Implements :class:`cardspec.reader.CardHandler`. Commands (ISO/IEC 7816-4 unless
 =================  =======================  ===============================================
 command            APDU                     notes
 =================  =======================  ===============================================
-SELECT             00 A4 00|04|08|09 00|0C  by FID (child, EF, sibling, 3F00), DF name/AID,
-                                            path from MF / from current DF; FCI 6F / FCP 62
-READ BINARY        00 B0                    P1 b8=1: SFI in P1, offset P2
+SELECT             00 A4 00-04|08|09 P2     by FID (any / child DF / EF / parent), DF name
+                                            or AID (partial, next occurrence), path from MF /
+                                            current DF; P2 00 FCI 6F, 04 FCP 62, 0C nothing
+READ BINARY        00|0C B0                 P1 b8=1: SFI in P1, offset P2
 UPDATE BINARY      00|04 D6                 write access condition of the EF
-READ RECORD        00 B2 rr (sfi<<3|4)      SFI 0 = current EF
+READ RECORD        00|0C B2 rr (sfi<<3|m)   SFI 0 = current EF; m 4 record number, 0/1/2/3
+                                            first/last/next/previous record of identifier rr
 UPDATE RECORD      00|04 DC rr (sfi<<3|4)
 APPEND RECORD      00|04 E2 00 (sfi<<3)     cyclic files: the new record becomes record 1
 GET CHALLENGE      00 84 00 00 04|08
@@ -20,6 +22,7 @@ CHANGE REF DATA    00 24 00 <ref>           old || new (cn: old FF new; 9564-2: 
 CHANGE PIN (PBOC)  80 5E 01 00              old FF new (social security PIN)
 PIN UNBLOCK/RELOAD 84 24|2C 00 <ref>        MAC with the PIN's unblock key; data empty or
                                             new PIN encrypted under it (PBOC style)
+RESET KEY COUNTER  84 2C 03 <key id>        MAC'd in a DMK channel: unblocks a key
 WRITE KEY          84 D4 00 <key id>        personalisation only: key wrapped under KLK, MAC
 SET PIN            84 D4 01 <pin ref>       personalisation only: PIN block under KMC + MAC
 END PERSO          84 F0 80 0F              GlobalPlatform SET STATUS to SECURED, + MAC
@@ -43,8 +46,16 @@ CHOICE (proprietary commands, LD/T 32.5 not public): WRITE KEY / SET PIN share I
 key-loading key KLK (``keyscheme.wrap_card_key``; a bad unwrap answers 6A80), the PIN block is
 ``encrypt_sensitive(KMC, ...)``, and the command is MAC'd in the KMC channel; the lock is
 GlobalPlatform SET STATUS (``84 F0 80 0F``), is refused until every key and PIN of the profile
-is loaded, and erases KMC and KLK; GET DATA tags DF10-DF12 are proprietary. There is no key
-error counter (a failed EXTERNAL AUTHENTICATE answers 6300 and consumes the challenge).
+is loaded, and erases KMC and KLK; GET DATA tags DF10-DF12 are proprietary.
+
+Every key the card verifies has an error counter (``KeySpec.tries``): a wrong EXTERNAL
+AUTHENTICATE cryptogram (which also consumes the challenge) answers ``63Cx``, a wrong MAC under
+the key ``6988``; both count, a success resets the count, and at 0 the key answers ``6983``
+until the issuer resets it (``84 2C 03 <key id>`` in a DMK channel).
+
+Refused forms (ISO/IEC 7816-4 5.6): CLA FF or an unknown class 6E00, unknown INS 6D00, bad
+P1-P2 6A86, bad Lc / Le 6700, access condition not met 6982, a MAC'd CLA (x4 / xC) on an
+instruction that takes no secure messaging 6882, without its MAC 6987, with a wrong one 6988.
 
 Security state: EXTERNAL AUTHENTICATE / VERIFY results hold while the current DF stays inside
 the DF that declares the key / PIN. During personalisation the KMC channel satisfies every
@@ -63,6 +74,7 @@ from cardspec.apdu import CHAINING_BIT, CommandApdu
 from cardspec.emulator.common import Status as _Status
 from cardspec.emulator.common import index as _index
 from cardspec.emulator.common import within as _within
+from cardspec.emulator.emv import EmvCommands, EmvTransaction
 from cardspec.emulator.image import CardState, read_image, write_image
 from cardspec.emulator.security import SecurityCommands
 from cardspec.errors import ApduError, CardSpecError, ProfileError, SecurityError
@@ -73,6 +85,7 @@ from cardspec.profile import (
     CardProfile,
     ElementaryFile,
     FileStructure,
+    RecordLayout,
     get_profile,
     register_profile,
     social_security_profile,
@@ -98,7 +111,7 @@ def build_atr(historical: bytes) -> bytes:
     return b"\x3b" + body + bytes([tck])
 
 
-class Card(SecurityCommands):
+class Card(SecurityCommands, EmvCommands):
     """An emulated social security card (implements :class:`cardspec.reader.CardHandler`)."""
 
     def __init__(
@@ -159,11 +172,21 @@ class Card(SecurityCommands):
         self.verified: dict[str, str] = {}
         self.channel: tuple[KeySlot, bytes] | None = None
         self._pending = b""
+        self.current_record: int | None = None
+        self.emv_txn: EmvTransaction | None = None
+        #: a warning status (62xx) to answer instead of 9000, set by the command
+        self._warning: int | None = None
+        #: the (partial) DF name of the last SELECT by name, for "next occurrence"
+        self._selected_name: bytes | None = None
         #: an open command chain: (CLA without b5, INS, P1, P2) and the data so far
         self._chain: tuple[tuple[int, int, int, int], bytes] | None = None
 
     def process(self, command: bytes) -> bytes:
         self.apdu_count += 1
+        if len(command) >= 4 and command[0] == 0xFF:
+            # CLA FF is reserved for PPS (ISO/IEC 7816-3): the class is not supported, whatever
+            # the length (reader pseudo-APDUs FF xx never reach a card)
+            return SW.CLA_NOT_SUPPORTED.to_bytes(2, "big")
         try:
             cmd = CommandApdu.from_bytes(command)
         except ApduError:
@@ -171,6 +194,7 @@ class Card(SecurityCommands):
         if cmd.ins == 0xC0 and not cmd.cla & 0x80 and self._chain is None:
             return self._get_response(cmd)
         self._pending = b""
+        self._warning = None
         try:
             assembled = self._chained(cmd)
             if assembled is None:
@@ -191,7 +215,7 @@ class Card(SecurityCommands):
             return bytes([0x61, len(data) & 0xFF])
         if cmd.le is not None and len(data) > 0 and cmd.le < len(data) and cmd.le != 256:
             return bytes([0x6C, len(data) & 0xFF])
-        return data + b"\x90\x00"
+        return data + (self._warning or SW.OK).to_bytes(2, "big")
 
     def _chained(self, cmd: CommandApdu) -> CommandApdu | None:
         """Command chaining: None while a chain is being buffered, else the command to run
@@ -231,7 +255,7 @@ class Card(SecurityCommands):
         if rest:
             self._pending = rest
             return chunk + bytes([0x61, len(rest) & 0xFF])
-        return chunk + b"\x90\x00"
+        return chunk + (self._warning or SW.OK).to_bytes(2, "big")  # e.g. 6283 of a SELECT
 
     # --- dispatch --------------------------------------------------------------------------
 
@@ -246,6 +270,8 @@ class Card(SecurityCommands):
         handler = self._handlers.get(cmd.ins)
         if handler is None:
             raise _Status(SW.INS_NOT_SUPPORTED)
+        if cla & sm.SM_CLA and cmd.ins not in self._sm_ins:
+            raise _Status(SW.SM_NOT_SUPPORTED)
         return handler(self, cmd)
 
     # --- helpers ---------------------------------------------------------------------------
@@ -258,6 +284,8 @@ class Card(SecurityCommands):
     def _enter_df(self, path: str) -> None:
         self.current_df = path
         self.current_ef = None
+        self.current_record = None
+        self.emv_txn = None  # a new selection starts a new transaction
         self.auth = {s: p for s, p in self.auth.items() if _within(path, p)}
         self.verified = {n: p for n, p in self.verified.items() if _within(path, p)}
         if self.channel is not None and self.channel[0] not in self.auth:
@@ -267,13 +295,20 @@ class Card(SecurityCommands):
         """Plain data of a command and the channel key that MAC'd it (None: not MAC'd)."""
         if not cmd.cla & sm.SM_CLA:
             return cmd.data, None
+        if len(cmd.data) < sm.MAC_LENGTH:
+            raise _Status(SW.SM_DATA_MISSING)  # secure messaging announced, no MAC
         if self.channel is None:
             raise _Status(SW.SECURITY_STATUS_NOT_SATISFIED)
         slot, iv = self.channel
         key = self.state.keys.get(slot)
         if key is None:
             raise _Status(SW.SECURITY_STATUS_NOT_SATISFIED)
-        body, block = sm.unwrap_command(key, self.alg, cmd.header, cmd.data, iv)
+        self._key_usable(slot)
+        try:
+            body, block = sm.unwrap_command(key, self.alg, cmd.header, cmd.data, iv)
+        except SecurityError:
+            self._key_failed(slot)
+            raise
         self.channel = (slot, block)
         return body, slot
 
@@ -342,34 +377,55 @@ class Card(SecurityCommands):
     # --- SELECT ----------------------------------------------------------------------------
 
     def _select(self, cmd: CommandApdu) -> bytes:
-        if cmd.p2 not in (0x00, 0x0C, 0x04):
+        """SELECT (ISO/IEC 7816-4 11.2.2). P1: 00 MF/DF/EF by FID (empty data = MF), 01 child
+        DF, 02 EF under the current DF, 03 parent DF, 04 DF name (P2 b2-b1 00 first / 02 next
+        occurrence of a name that starts with the data), 08 path from the MF, 09 path from the
+        current DF. P2 b4-b3: 00 FCI, 04 FCP, 0C no data (08, the FMD, is not offered: 6A86).
+
+        CHOICE: an EF has no FCI of its own. A SELECT of an EF answers its FCP (``62``) when it
+        asks for one (P2 04) or carries an Le; sent as a case-3 command with P2 00 it answers
+        9000 and no data, as the public reader code expects (``00 A4 02 00 02 EF06``, then a
+        check for 90 00: see tests/cardspec/conformance/). A DF answers its FCI ``6F`` for P2 00
+        and its FCP ``62`` (descriptor 38, FID, DF name) for P2 04.
+        """
+        response = cmd.p2 & 0x0C
+        occurrence = cmd.p2 & 0x03
+        if cmd.p2 & 0xF0 or response == 0x08 or (occurrence and cmd.p1 != 0x04):
             raise _Status(SW.INCORRECT_P1P2)
+        if occurrence not in (0x00, 0x02):
+            raise _Status(SW.INCORRECT_P1P2)  # last / previous occurrence: not offered
         ix = self._ix
         mf = self.profile.mf.name
         target: str | None = None
         is_df = True
-        if cmd.p1 == 0x00:
-            if len(cmd.data) != 2 and cmd.data:
+        p1, data = cmd.p1, cmd.data
+        if p1 in (0x00, 0x01, 0x02):
+            if len(data) != 2 and (data or p1 != 0x00):
                 raise _Status(SW.WRONG_LENGTH)
-            fid = int.from_bytes(cmd.data, "big") if cmd.data else 0x3F00
-            if fid == 0x3F00:
+            fid = int.from_bytes(data, "big") if data else 0x3F00
+            if fid == 0x3F00 and p1 == 0x00:
                 target = mf
-            else:
+            elif p1 in (0x00, 0x01):
                 target = ix.df_by_fid.get((self.current_df, fid))
-                if target is None and (ef := ix.ef_by_fid.get((self.current_df, fid))):
-                    target, is_df = ef, False
-                parent = ix.parent.get(self.current_df)
-                if target is None and parent is not None:
-                    target = ix.df_by_fid.get((parent, fid))
-        elif cmd.p1 == 0x04:
-            if not 1 <= len(cmd.data) <= 16:
+            ef = ix.ef_by_fid.get((self.current_df, fid))
+            if target is None and p1 in (0x00, 0x02) and ef is not None:
+                target, is_df = ef, False
+            parent = ix.parent.get(self.current_df)
+            if target is None and p1 == 0x00 and parent is not None:
+                target = ix.df_by_fid.get((parent, fid))  # a sibling DF
+        elif p1 == 0x03:
+            if data:
                 raise _Status(SW.WRONG_LENGTH)
-            target = ix.by_name.get(cmd.data)
-        elif cmd.p1 in (0x08, 0x09):
-            if not cmd.data or len(cmd.data) % 2:
+            target = ix.parent.get(self.current_df)
+        elif p1 == 0x04:
+            if not 1 <= len(data) <= 16:
                 raise _Status(SW.WRONG_LENGTH)
-            node = mf if cmd.p1 == 0x08 else self.current_df
-            fids = [int.from_bytes(cmd.data[i : i + 2], "big") for i in range(0, len(cmd.data), 2)]
+            target = self._df_by_name(data, next_occurrence=occurrence == 0x02)
+        elif p1 in (0x08, 0x09):
+            if not data or len(data) % 2:
+                raise _Status(SW.WRONG_LENGTH)
+            node = mf if p1 == 0x08 else self.current_df
+            fids = [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
             for i, fid in enumerate(fids):
                 nxt = ix.df_by_fid.get((node, fid))
                 if nxt is None and i == len(fids) - 1:
@@ -388,12 +444,42 @@ class Card(SecurityCommands):
             raise _Status(SW.FILE_NOT_FOUND)
         if is_df:
             self._enter_df(target)
-            return b"" if cmd.p2 == 0x0C else self._fci_df(target)
+            self._selected_name = data if p1 == 0x04 else None
+            if target in self.state.blocked_apps:
+                self._warning = SW.FILE_INVALIDATED  # EMV Book 1 12.3.2: blocked application
+            if response == 0x0C:
+                return b""
+            return self._fcp_df(target) if response == 0x04 else self._fci_df(target)
         df_path = target.rsplit("/", 1)[0]
         if df_path != self.current_df:
             self._enter_df(df_path)
         self.current_ef = target
-        return b"" if cmd.p2 == 0x0C else self._fcp_ef(target)
+        self.current_record = None
+        if response == 0x0C or (response == 0x00 and cmd.le is None):
+            return b""
+        return self._fcp_ef(target)
+
+    def _df_by_name(self, name: bytes, *, next_occurrence: bool) -> str | None:
+        """The DF whose name is ``name`` or, for a partial name (EMV Book 1 12.3.3), the
+        first / next one in profile order whose name starts with it."""
+        exact = self._ix.by_name.get(name)
+        matches = [path for full, path in self._ix.by_name.items() if full.startswith(name)]
+        if not next_occurrence:
+            return exact if exact is not None else (matches[0] if matches else None)
+        if self._selected_name is None or not self._selected_name.startswith(name):
+            return matches[0] if matches else None
+        try:
+            current = matches.index(self.current_df)
+        except ValueError:
+            return matches[0] if matches else None
+        return matches[current + 1] if current + 1 < len(matches) else None
+
+    def _fcp_df(self, path: str) -> bytes:
+        df = self._ix.dfs[path]
+        body = tlv.encode(0x82, b"\x38") + tlv.encode(0x83, df.fid.to_bytes(2, "big"))
+        if df.df_name:
+            body += tlv.encode(0x84, df.df_name)
+        return tlv.encode(0x62, body)
 
     # --- file access -----------------------------------------------------------------------
 
@@ -421,19 +507,59 @@ class Card(SecurityCommands):
         recs = self.state.records.get(path)
         if recs is None:
             size = 0 if ef.structure is FileStructure.CYCLIC else ef.record_count
-            recs = self.state.records[path] = [None] * size
+            recs = [*ef.content, *[None] * (size - len(ef.content))]
+            self.state.records[path] = recs
         return recs
 
     def _read_record(self, cmd: CommandApdu) -> bytes:
-        path, ef = self._record_ef(cmd)
+        """READ RECORD (ISO/IEC 7816-4 11.3.3). P2 b8-b4: SFI (0 = current EF); b3-b1:
+        100 record number P1; 000 / 001 / 010 / 011 first / last / next / previous record
+        whose identifier is P1, the next and previous counted from the current record.
+
+        The record identifier is the record's first byte, the tag of its (SIMPLE- or BER-) TLV
+        object (ISO/IEC 7816-4 7.3.2). This is how public reader code reads the holder fields:
+        ``00 B2 08 00 14`` after selecting EF06 reads the record of tag 08 (the SSN).
+        A file of fixed-layout records (the transaction log) has no identifiers: 6981.
+        CHOICE: the multi-record modes 101 / 110 are not offered (6A86)."""
+        self._unwrap(cmd)  # CLA 0C / 8C: the MAC must be there (6987) and right (6988)
+        mode = cmd.p2 & 0x07
+        if mode in (0x05, 0x06, 0x07) or cmd.p1 == 0:
+            raise _Status(SW.INCORRECT_P1P2)
+        path, ef = self._ef_for(cmd.p2 >> 3)
+        if ef.structure is FileStructure.TRANSPARENT:
+            raise _Status(SW.INCOMPATIBLE_FILE_STRUCTURE)
         self._check_read(ef.read)
-        self.current_ef = path
+        if self.current_ef != path:
+            self.current_ef, self.current_record = path, None
         recs = self._records(path, ef)
-        if cmd.p1 > len(recs) or recs[cmd.p1 - 1] is None:
+        if mode == 0x04:
+            number = cmd.p1
+        else:
+            if ef.layout is RecordLayout.FIXED:
+                raise _Status(SW.INCOMPATIBLE_FILE_STRUCTURE)
+            number = self._find_record(recs, cmd.p1, mode)
+        if number > len(recs) or recs[number - 1] is None:
             raise _Status(SW.RECORD_NOT_FOUND)
-        record = recs[cmd.p1 - 1]
+        record = recs[number - 1]
         assert record is not None
+        self.current_record = number
         return record
+
+    def _find_record(self, recs: list[bytes | None], ident: int, mode: int) -> int:
+        """Number of the record whose identifier is ``ident`` for search ``mode``."""
+        numbers = [n for n, r in enumerate(recs, 1) if r and r[0] == ident]
+        current = self.current_record
+        if mode == 0x00:  # first occurrence
+            found = numbers[:1]
+        elif mode == 0x01:  # last occurrence
+            found = numbers[-1:]
+        elif mode == 0x02:  # next occurrence (the first one when there is no current record)
+            found = [n for n in numbers if current is None or n > current][:1]
+        else:  # previous occurrence (the last one when there is no current record)
+            found = [n for n in numbers if current is None or n < current][-1:]
+        if not found:
+            raise _Status(SW.RECORD_NOT_FOUND)
+        return found[0]
 
     def _check_record_length(self, ef: ElementaryFile, data: bytes) -> None:
         fixed = ef.structure in (FileStructure.LINEAR_FIXED, FileStructure.CYCLIC)
@@ -449,7 +575,7 @@ class Card(SecurityCommands):
         if cmd.p1 > (len(recs) if ef.structure is FileStructure.CYCLIC else ef.record_count):
             raise _Status(SW.RECORD_NOT_FOUND)
         recs[cmd.p1 - 1] = data
-        self.current_ef = path
+        self.current_ef, self.current_record = path, cmd.p1
         self._persist()
         return b""
 
@@ -466,12 +592,14 @@ class Card(SecurityCommands):
         if ef.structure is FileStructure.CYCLIC:
             recs.insert(0, data)
             del recs[ef.record_count :]
+            number = 1
         else:
             try:
-                recs[recs.index(None)] = data
+                number = recs.index(None) + 1
             except ValueError:
                 raise _Status(SW.NOT_ENOUGH_MEMORY) from None
-        self.current_ef = path
+            recs[number - 1] = data
+        self.current_ef, self.current_record = path, number
         self._persist()
         return b""
 
@@ -489,6 +617,7 @@ class Card(SecurityCommands):
         return path, ef, offset
 
     def _read_binary(self, cmd: CommandApdu) -> bytes:
+        self._unwrap(cmd)  # CLA 0C / 8C: the MAC must be there (6987) and right (6988)
         path, ef, offset = self._binary_target(cmd)
         self._check_read(ef.read)
         self.current_ef = path
@@ -512,6 +641,11 @@ class Card(SecurityCommands):
         self._persist()
         return b""
 
+    #: instructions that accept a MAC'd command (CLA x4 / xC); any other answers 6882
+    _sm_ins: ClassVar[frozenset[int]] = frozenset(
+        {0xB0, 0xB2, 0xD6, 0xDC, 0xE2, 0xD4, 0xF0, 0x24, 0x2C, 0x1E, 0x18}
+    )
+
     _handlers: ClassVar[dict[int, Callable[[Card, CommandApdu], bytes]]] = {
         0xA4: _select,
         0xB0: _read_binary,
@@ -523,14 +657,18 @@ class Card(SecurityCommands):
         0x82: SecurityCommands._external_authenticate,
         0x88: SecurityCommands._internal_authenticate,
         0x20: SecurityCommands._verify,
-        0x24: SecurityCommands._change,
+        0x24: EmvCommands._change_or_script,
         0x2C: SecurityCommands._unblock,
         0x5E: SecurityCommands._pboc_change_pin,
         0xD4: SecurityCommands._write_key,
         0xF0: SecurityCommands._set_status,
-        0xCA: SecurityCommands._get_data,
         0x46: SecurityCommands._generate_key_pair,
         0xDA: SecurityCommands._put_data,
+        0xCA: EmvCommands._get_data_or_atc,
+        0xA8: EmvCommands._get_processing_options,
+        0xAE: EmvCommands._generate_ac,
+        0x1E: EmvCommands._application_block,
+        0x18: EmvCommands._application_block,
     }
 
 

@@ -30,6 +30,7 @@ class Index:
     df_by_fid: dict[tuple[str, int], str]
     keys_by_id: dict[int, tuple[str, KeySpec]]
     key_df: dict[KeySlot, str]
+    key_by_slot: dict[KeySlot, KeySpec]
     pins_by_ref: dict[int, list[tuple[str, PinSpec]]]
     pins_by_name: dict[str, tuple[str, PinSpec]]
 
@@ -58,12 +59,13 @@ def index(profile: CardProfile) -> Index:
                 ef_by_sfi[(path, ef.sfi)] = ef_path
     keys_by_id = {k.key_id: (p, k) for p, k in profile.key_specs()}
     key_df = {k.slot: p for p, k in profile.key_specs()}
+    key_by_slot = {k.slot: k for _, k in profile.key_specs()}
     pins_by_ref: dict[int, list[tuple[str, PinSpec]]] = {}
     for p, spec in profile.pin_specs():
         pins_by_ref.setdefault(spec.ref, []).append((p, spec))
     pins_by_name = {spec.name: (p, spec) for p, spec in profile.pin_specs()}
     return Index(dfs, by_name, parent, efs, ef_by_sfi, ef_by_fid, df_by_fid, keys_by_id,
-                  key_df, pins_by_ref, pins_by_name)  # fmt: skip
+                  key_df, key_by_slot, pins_by_ref, pins_by_name)  # fmt: skip
 
 
 def within(path: str, scope: str) -> bool:

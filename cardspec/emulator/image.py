@@ -64,6 +64,15 @@ class CardState:
     personalisation, never read out."""
     data_objects: dict[int, bytes] = field(default_factory=dict)
     """PUT DATA objects (DF20 card certificate, DF21 issuer certificate)."""
+    atc: int = 0
+    """Application transaction counter of the EMV application (GET PROCESSING OPTIONS)."""
+    last_online_atc: int = 0
+    """ATC of the last transaction completed online (a TC after an ARQC): GET DATA 9F13."""
+    blocked_apps: list[str] = field(default_factory=list)
+    """DF paths of applications blocked by an issuer script (APPLICATION BLOCK)."""
+    key_tries: dict[KeySlot, int] = field(default_factory=dict)
+    """Error counters of the keys that have failed since their last success (a key not
+    listed has its full count, ``KeySpec.tries``); 0 = blocked."""
 
     def pin_digest(self, block: bytes) -> bytes:
         return hashlib.sha256(self.chip_serial + block).digest()
@@ -93,6 +102,10 @@ class CardState:
             "binaries": {path: b.hex() for path, b in self.binaries.items()},
             "sm2_private": self.sm2_private.hex() if self.sm2_private is not None else None,
             "data_objects": {f"{tag:04X}": v.hex() for tag, v in self.data_objects.items()},
+            "key_tries": {slot.value: n for slot, n in self.key_tries.items()},
+            "atc": self.atc,
+            "last_online_atc": self.last_online_atc,
+            "blocked_apps": list(self.blocked_apps),
         }
 
     @classmethod
@@ -128,6 +141,10 @@ class CardState:
                     int(tag, 16): bytes.fromhex(v)
                     for tag, v in (data.get("data_objects") or {}).items()
                 },
+                key_tries={KeySlot(k): int(n) for k, n in data.get("key_tries", {}).items()},
+                atc=int(data.get("atc", 0)),
+                last_online_atc=int(data.get("last_online_atc", 0)),
+                blocked_apps=[str(p) for p in data.get("blocked_apps", [])],
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ImageError(f"malformed card image: {exc}") from exc

@@ -14,6 +14,7 @@ from cardspec.emulator.common import Index
 from cardspec.emulator.common import Status as _Status
 from cardspec.emulator.common import within as _within
 from cardspec.emulator.image import CardState, LifeCycle, PinState
+from cardspec.errors import SecurityError
 from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.profile import CardProfile, KeySpec, PinFormat, PinSpec
 from cardspec.sw import SW
@@ -69,10 +70,32 @@ class SecurityCommands:
             raise _Status(SW.REFERENCED_DATA_NOT_FOUND)
         return spec, key
 
+    # --- key error counters ----------------------------------------------------------------
+
+    def _key_usable(self, slot: KeySlot) -> None:
+        """6983 when the key's error counter is exhausted."""
+        if self.state.key_tries.get(slot, self._ix.key_by_slot[slot].tries) <= 0:
+            raise _Status(SW.AUTH_METHOD_BLOCKED)
+
+    def _key_failed(self, slot: KeySlot) -> int:
+        """Count one failure of the key (persisted at once); returns the tries left."""
+        left = max(self.state.key_tries.get(slot, self._ix.key_by_slot[slot].tries) - 1, 0)
+        self.state.key_tries[slot] = left
+        self._persist()
+        return left
+
+    def _key_succeeded(self, slot: KeySlot) -> None:
+        if self.state.key_tries.pop(slot, None) is not None:
+            self._persist()
+
     def _external_authenticate(self, cmd: CommandApdu) -> bytes:
+        """EXTERNAL AUTHENTICATE. A wrong cryptogram answers ``63Cx`` (x tries left of the
+        key's error counter) and, at 0, ``6983``: the key is blocked until the issuer resets
+        its counter (``84 2C 03 <key id>``, :meth:`_reset_key_counter`)."""
         if cmd.p1 != 0:
             raise _Status(SW.INCORRECT_P1P2)
         spec, key = self._key_in_scope(cmd.p2)
+        self._key_usable(spec.slot)
         expected_len = 8 if self.alg is Algorithm.DES3 else 16
         if len(cmd.data) != expected_len:
             raise _Status(SW.WRONG_LENGTH)
@@ -84,7 +107,9 @@ class SecurityCommands:
             self.auth.pop(spec.slot, None)
             if self.channel and self.channel[0] is spec.slot:
                 self.channel = None
-            raise _Status(SW.AUTH_FAILED)
+            left = self._key_failed(spec.slot)
+            raise _Status(0x63C0 | left if left else SW.AUTH_METHOD_BLOCKED)
+        self._key_succeeded(spec.slot)
         self.auth[spec.slot] = self._ix.key_df[spec.slot]
         self.channel = (spec.slot, challenge)
         return b""
@@ -206,6 +231,8 @@ class SecurityCommands:
     def _unblock(self, cmd: CommandApdu) -> bytes:
         if not cmd.cla & sm.SM_CLA:
             raise _Status(SW.SM_DATA_MISSING)
+        if cmd.ins == 0x2C and cmd.p1 == 0x03:
+            return self._reset_key_counter(cmd)
         if cmd.p1 != 0:
             raise _Status(SW.INCORRECT_P1P2)
         _, spec = self._pin_in_scope(cmd.p2)
@@ -222,7 +249,13 @@ class SecurityCommands:
             if challenge is None:
                 raise _Status(SW.REFERENCE_DATA_INVALIDATED)
             iv = challenge
-        body, block = sm.unwrap_command(key, self.alg, cmd.header, cmd.data, iv)
+        self._key_usable(spec.unblock_key)
+        try:
+            body, block = sm.unwrap_command(key, self.alg, cmd.header, cmd.data, iv)
+        except SecurityError:
+            self._key_failed(spec.unblock_key)
+            raise
+        self._key_succeeded(spec.unblock_key)
         if self.channel is not None and self.channel[0] is spec.unblock_key:
             self.channel = (spec.unblock_key, block)
         if body:
@@ -236,6 +269,32 @@ class SecurityCommands:
                 st.initial_digest, st.must_change = st.digest, True
         st.tries_left = spec.tries
         self._persist()
+        return b""
+
+    def _reset_key_counter(self, cmd: CommandApdu) -> bytes:
+        """RESET RETRY COUNTER of a key: ``84 2C 03 <key id>`` (ISO/IEC 7816-4 11.5.10, P1 03:
+        no data), MAC'd in a channel opened by EXTERNAL AUTHENTICATE with the application's
+        master key DMK (the issuer's HSM computes both). CHOICE (LD/T 32.4 not public): the DMK
+        resets the keys of the DF that declares it and of the DFs below it, itself excepted: a
+        blocked DMK cannot be reset on the card (the card is replaced). The bank application's
+        keys are outside the DMK's DF and are not reset by the card centre."""
+        data, mac_slot = self._unwrap(cmd)
+        if data:
+            raise _Status(SW.WRONG_LENGTH)
+        found = self._ix.keys_by_id.get(cmd.p2)
+        if found is None:
+            raise _Status(SW.REFERENCED_DATA_NOT_FOUND)
+        path, spec = found
+        master_df = self._ix.key_df.get(KeySlot.DMK)
+        if (
+            mac_slot is not KeySlot.DMK
+            or master_df is None
+            or spec.slot in (KeySlot.DMK, KeySlot.KMC)
+            or not _within(path, master_df)
+        ):
+            raise _Status(SW.SECURITY_STATUS_NOT_SATISFIED)
+        if self.state.key_tries.pop(spec.slot, None) is not None:
+            self._persist()
         return b""
 
     # --- personalisation -------------------------------------------------------------------

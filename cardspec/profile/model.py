@@ -21,6 +21,8 @@ AID_PENSION = bytes.fromhex("D15600000502")
 """Social insurance 1: pension, unemployment, work injury ..."""
 AID_MEDICAL = bytes.fromhex("D15600000503")
 """Social insurance 2: medical insurance."""
+AID_PERSONNEL = bytes.fromhex("D15600000504")
+"""Personnel (DOMAIN.md "Applications under the social security DF")."""
 AID_PBOC_DEBIT = bytes.fromhex("A000000333010101")
 """UnionPay / PBOC debit application."""
 
@@ -157,6 +159,9 @@ class ElementaryFile:
     record_size: int = 0
     """Maximum record length in bytes (exact for LINEAR_FIXED / CYCLIC)."""
     label: str = ""
+    content: tuple[bytes, ...] = ()
+    """Records the card holds from its creation, fixed by the profile (e.g. the payment
+    system directory): not personalised per card."""
 
     def __post_init__(self) -> None:
         if self.sfi is not None and not 1 <= self.sfi <= 30:
@@ -218,6 +223,31 @@ class KeySpec:
     """Key reference: P2 of EXTERNAL AUTHENTICATE and of WRITE KEY."""
     usage: str
     version: int = 1
+    tries: int = 5
+    """Error counter of the key (ISO/IEC 7816-4 ``63Cx``): each failed EXTERNAL AUTHENTICATE
+    or wrong MAC under the key counts one; at 0 the key is blocked (``6983``) until the issuer
+    resets the counter. CHOICE: 5 (LD/T 32 is not public; PBOC cards commonly set 3 to 15)."""
+
+
+@dataclass(frozen=True)
+class EmvApplication:
+    """What makes a DF an EMV / PBOC debit application (EMV 4.3 Book 3): the card answers
+    GET PROCESSING OPTIONS, GENERATE AC and issuer scripts while it is selected."""
+
+    aip: bytes
+    """Application interchange profile (82), 2 bytes."""
+    afl: bytes
+    """Application file locator (94): 4 bytes per SFI range."""
+    pdol: bytes
+    """Processing options data object list (9F38), also in the FCI."""
+    cdol1: bytes
+    """Card risk management DOL 1 (8C): the data of the first GENERATE AC."""
+    cdol2: bytes
+    """Card risk management DOL 2 (8D): the data of the second GENERATE AC."""
+    cvn: int = 0x01
+    """Cryptogram version number in the issuer application data (9F10)."""
+    dki: int = 0x01
+    """Derivation key index in the issuer application data (9F10)."""
 
 
 @dataclass(frozen=True)
@@ -233,6 +263,8 @@ class DedicatedFile:
     pins: tuple[PinSpec, ...] = ()
     fci_proprietary: bytes = b""
     """Content of the FCI proprietary template ``A5``."""
+    emv: EmvApplication | None = None
+    """Set for an EMV / PBOC payment application."""
 
 
 @dataclass(frozen=True)
@@ -307,13 +339,20 @@ class CardProfile:
         raise ProfileError(f"profile {self.name} declares no PIN {name!r}")
 
     def with_application(self, df: DedicatedFile, parent: str = "MF") -> CardProfile:
-        """A new profile with ``df`` added under the DF ``parent`` (data only)."""
+        """A new profile with ``df`` added under the DF ``parent`` (data only). A DF of the
+        same name already there (e.g. the empty public data DF ``PUB``) is replaced by ``df``,
+        in place."""
         target = self.df_path(parent)
 
         def rec(path: str, node: DedicatedFile) -> DedicatedFile:
             kids = tuple(rec(f"{path}/{c.name}", c) for c in node.children)
             if path == target:
-                kids = (*kids, df)
+                names = [c.name for c in kids]
+                if df.name in names:
+                    at = names.index(df.name)
+                    kids = (*kids[:at], df, *kids[at + 1 :])
+                else:
+                    kids = (*kids, df)
             return replace(node, children=kids)
 
         new = replace(self, mf=rec(self.mf.name, self.mf), name=f"{self.name}+{df.name}")

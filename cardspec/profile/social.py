@@ -11,9 +11,12 @@ from cardspec import keyscheme, tlv
 from cardspec.errors import ProfileError
 from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.profile.model import (
+    AID_EMPLOYMENT,
     AID_MEDICAL,
     AID_PBOC_DEBIT,
     AID_PENSION,
+    AID_PERSONNEL,
+    AID_PUBLIC,
     ALGORITHM_CODES,
     FREE,
     NEVER,
@@ -22,6 +25,7 @@ from cardspec.profile.model import (
     DedicatedFile,
     Element,
     ElementaryFile,
+    EmvApplication,
     FileStructure,
     Fmt,
     KeySpec,
@@ -78,6 +82,16 @@ PENSION_ELEMENTS = (
     Element(0x33, "insurance_types", 5, Fmt.AN, "flags: pension unemployment injury maternity -"),
 )
 FINANCIAL_ELEMENTS = (
+    # optional when decoding: cards personalised before the track 2 element was added lack it
+    Element(
+        0x57,
+        "track2",
+        19,
+        Fmt.HEX,
+        "track 2 equivalent (PAN, expiry)",
+        variable=True,
+        optional=True,
+    ),
     Element(0x5A, "pan", 10, Fmt.CN, "application PAN", variable=True),
     Element(0x5F24, "expiry", 3, Fmt.DATE6, "application expiration date YYMMDD"),
     Element(0x5F20, "cardholder_name", 26, Fmt.AN, "cardholder name", variable=True, optional=True),
@@ -132,6 +146,22 @@ def social_security_profile(
         keys=(KeySpec(KeySlot.UK_PENSION, 0x06, "update pension files"),),
         fci_proprietary=_fci_algorithm(alg),
     )  # fmt: skip
+    # The other applications under the social security DF (DOMAIN.md: public data ...00,
+    # employment ...01, personnel ...04) are present and selectable by AID and FID so that a
+    # terminal's SELECT of them answers 9000 and its FCI as on a real card.
+    # CHOICE: their FIDs DF00 / DF01 / DF04 follow the AID's last byte as MED (DF03) and PEN
+    # (DF02) do; no public source describes their files (LD/T 32.6 is not public and public
+    # reader code reads only EF05/EF06 and the insurance DFs), so they hold no EF: an issuer
+    # that uses them adds its files with CardProfile.with_application-style data, not code.
+    others = tuple(
+        DedicatedFile(name=name, fid=fid, df_name=aid, label=label,
+                      fci_proprietary=_fci_algorithm(alg))
+        for name, fid, aid, label in (
+            ("PUB", 0xDF00, AID_PUBLIC, "public data (no file described publicly)"),
+            ("EMP", 0xDF01, AID_EMPLOYMENT, "employment (no file described publicly)"),
+            ("PER", 0xDF04, AID_PERSONNEL, "personnel (no file described publicly)"),
+        )
+    )  # fmt: skip
     ssse = DedicatedFile(
         name="SSSE", fid=0xDDF1, df_name=SOCIAL_SECURITY_DF_NAME,
         label="social security application",
@@ -141,7 +171,7 @@ def social_security_profile(
             simple_tlv_file("EF06", 0xEF06, 0x06, EF06_ELEMENTS, holder_read,
                             by_key(KeySlot.UK_IDENT), "holder"),
         ),
-        children=(pension, medical),
+        children=(others[0], others[1], pension, medical, others[2]),
         keys=(
             KeySpec(KeySlot.DMK, 0x01, "application master / maintenance key"),
             KeySpec(KeySlot.EAK, 0x02, "external authentication / read key"),
@@ -154,25 +184,7 @@ def social_security_profile(
     )  # fmt: skip
     children: tuple[DedicatedFile, ...] = (ssse,)
     if financial:
-        fin = DedicatedFile(
-            name="FIN", fid=0xADF1, df_name=AID_PBOC_DEBIT, label="PBOC debit application",
-            files=(
-                # CHOICE: PAN data in SFI 1 record 1, read free (EMV READ RECORD); written only
-                # during personalisation (the bank's own update scripts are out of scope).
-                ElementaryFile("SFI01", 0xEF01, 0x01, FileStructure.LINEAR_VARIABLE,
-                               RecordLayout.EMV_TEMPLATE, FINANCIAL_ELEMENTS, FREE, NEVER,
-                               record_count=1, record_size=64, label="application data"),
-            ),
-            keys=(
-                KeySpec(KeySlot.FIN_AC, 0x11, "EMV MK-AC"),
-                KeySpec(KeySlot.FIN_SMI, 0x12, "EMV MK-SMI (issuer script integrity)"),
-                KeySpec(KeySlot.FIN_SMC, 0x13, "EMV MK-SMC (issuer script confidentiality)"),
-            ),
-            pins=(PinSpec("bank", 0x80, pin_tries, PinFormat.ISO9564_2, min_digits=6,
-                          max_digits=6, unblock_key=KeySlot.FIN_SMI, label="bank PIN"),),
-            fci_proprietary=tlv.encode(0x50, b"PBOC DEBIT") + tlv.encode(0x87, b"\x01"),
-        )  # fmt: skip
-        children = (*children, fin)
+        children = (*children, *_payment_applications(pin_tries))
     mf = DedicatedFile(
         name="MF", fid=0x3F00, label="master file", children=children,
         # CHOICE: the blank chip's transport key KMC sits at MF level with id 7F.
@@ -201,6 +213,108 @@ def social_security_profile(
     )
     prof.validate()
     return prof
+
+
+# --- the PBOC 3.0 / EMV debit application ----------------------------------------------------
+
+PSE_NAME = b"1PAY.SYS.DDF01"
+"""Payment system environment (contact; EMV Book 1 12.2.2)."""
+PPSE_NAME = b"2PAY.SYS.DDF01"
+"""Proximity payment system environment (EMV Book B / PBOC 3.0 part 12)."""
+FIN_LABEL = b"PBOC DEBIT"
+FIN_PRIORITY = b"\x01"
+
+# JR/T 0025 leaves these to the issuer. PDOL and CDOL1 as the public bank-card reader code of
+# tests/cardspec/conformance/vectors/pboc_bank_reader.json expects them: its GPO fills
+# 9F7A / 9F02 / 5F2A ("9f7a 01 9f02 06 5f2a 02": ICBC, CCB, BOC ... per its comments) and its
+# GENERATE AC sends 52 bytes of CDOL1 data (the PBOC set below, with 9F21 time and 9F4E
+# merchant name).
+#: PDOL: EC terminal support indicator, amount authorised, transaction currency code.
+PDOL = bytes.fromhex("9F7A019F02065F2A02")
+#: CDOL1 (52 bytes): amounts, terminal country, TVR, currency, date, type, unpredictable
+#: number, time, merchant name.
+CDOL1 = bytes.fromhex("9F02069F03069F1A0295055F2A029A039C019F37049F21039F4E14")
+#: CDOL2, CHOICE: the authorisation response code, then the CDOL1 data again (54 bytes), so
+#: the second cryptogram covers the whole transaction as the first does.
+CDOL2 = bytes.fromhex("8A02") + CDOL1
+#: AIP 18 00: cardholder verification and terminal risk management supported; no offline data
+#: authentication (SDA / DDA / CDA need the bank's RSA certificates, not issued here) and no
+#: issuer authentication: an online-only debit application.
+AIP = bytes.fromhex("1800")
+#: AFL: SFI 1 record 1 (PAN, track 2, expiry, name) and SFI 2 record 1 (risk data), none of
+#: them for offline data authentication.
+AFL = bytes.fromhex("0801010010010100")
+#: CVM list: amounts X and Y 0; online enciphered PIN if the terminal supports it (else the
+#: next rule), signature if supported, else no CVM.
+CVM_LIST = bytes(8) + bytes.fromhex("42035E031F03")
+#: Issuer action codes default / denial / online.
+IAC_DEFAULT, IAC_DENIAL, IAC_ONLINE = (bytes.fromhex(h) for h in
+                                       ("D84000A800", "0010000000", "D84004F800"))  # fmt: skip
+FIN_EMV = EmvApplication(aip=AIP, afl=AFL, pdol=PDOL, cdol1=CDOL1, cdol2=CDOL2)
+
+
+def _fin_risk_record() -> bytes:
+    """SFI 2 record 1: the issuer's risk management data, the same on every card."""
+    return tlv.encode(0x70, b"".join((
+        tlv.encode(0x8C, CDOL1), tlv.encode(0x8D, CDOL2), tlv.encode(0x8E, CVM_LIST),
+        tlv.encode(0x9F0D, IAC_DEFAULT), tlv.encode(0x9F0E, IAC_DENIAL),
+        tlv.encode(0x9F0F, IAC_ONLINE),
+        tlv.encode(0x9F07, bytes.fromhex("FF00")),  # usage control: every use, domestic + intl
+        tlv.encode(0x9F08, bytes.fromhex("0030")),  # application version number
+        tlv.encode(0x5F28, bytes.fromhex("0156")),  # issuer country code: China
+        tlv.encode(0x9F42, bytes.fromhex("0156")),  # application currency code: CNY
+    )))  # fmt: skip
+
+
+def _directory_entry() -> bytes:
+    """Template 61 naming the debit application (EMV Book 1 12.2.3)."""
+    return tlv.encode(0x61, tlv.encode(0x4F, AID_PBOC_DEBIT) + tlv.encode(0x50, FIN_LABEL)
+                      + tlv.encode(0x87, FIN_PRIORITY))  # fmt: skip
+
+
+def _payment_applications(pin_tries: int) -> tuple[DedicatedFile, ...]:
+    """The debit application and the two payment system environments that list it.
+
+    CHOICE: FIDs ADF1 (application), DDF0 (PSE), DDF2 (PPSE), and the PSE's directory as SFI 1
+    of its DF: terminals select all three by name, never by FID."""
+    risk = _fin_risk_record()
+    fin = DedicatedFile(
+        name="FIN", fid=0xADF1, df_name=AID_PBOC_DEBIT, label="PBOC debit application",
+        files=(
+            # PAN data in SFI 1 record 1, read free (EMV READ RECORD); written only during
+            # personalisation (the bank's own update scripts are out of scope).
+            ElementaryFile("SFI01", 0xEF01, 0x01, FileStructure.LINEAR_VARIABLE,
+                           RecordLayout.EMV_TEMPLATE, FINANCIAL_ELEMENTS, FREE, NEVER,
+                           record_count=1, record_size=96, label="application data"),
+            ElementaryFile("SFI02", 0xEF02, 0x02, FileStructure.LINEAR_VARIABLE,
+                           RecordLayout.EMV_TEMPLATE, (), FREE, NEVER, record_count=1,
+                           record_size=len(risk), label="risk management data",
+                           content=(risk,)),
+        ),
+        keys=(
+            KeySpec(KeySlot.FIN_AC, 0x11, "EMV MK-AC"),
+            KeySpec(KeySlot.FIN_SMI, 0x12, "EMV MK-SMI (issuer script integrity)"),
+            KeySpec(KeySlot.FIN_SMC, 0x13, "EMV MK-SMC (issuer script confidentiality)"),
+        ),
+        pins=(PinSpec("bank", 0x80, pin_tries, PinFormat.ISO9564_2, min_digits=6,
+                      max_digits=6, unblock_key=KeySlot.FIN_SMI, label="bank PIN"),),
+        fci_proprietary=tlv.encode(0x50, FIN_LABEL) + tlv.encode(0x87, FIN_PRIORITY)
+        + tlv.encode(0x9F38, PDOL) + tlv.encode(0x5F2D, b"zhen"),
+        emv=FIN_EMV,
+    )  # fmt: skip
+    pse = DedicatedFile(
+        name="PSE", fid=0xDDF0, df_name=PSE_NAME, label="payment system environment",
+        files=(ElementaryFile("PSEDIR", 0xEF01, 0x01, FileStructure.LINEAR_VARIABLE,
+                              RecordLayout.EMV_TEMPLATE, (), FREE, NEVER, record_count=1,
+                              record_size=64, label="payment system directory",
+                              content=(tlv.encode(0x70, _directory_entry()),)),),
+        fci_proprietary=tlv.encode(0x88, b"\x01") + tlv.encode(0x5F2D, b"zhen"),
+    )  # fmt: skip
+    ppse = DedicatedFile(
+        name="PPSE", fid=0xDDF2, df_name=PPSE_NAME, label="proximity payment system environment",
+        fci_proprietary=tlv.encode(0xBF0C, _directory_entry()),
+    )  # fmt: skip
+    return (pse, fin, ppse)
 
 
 _REGISTRY: dict[str, CardProfile] = {}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import date
 from typing import Any
 
+from cardspec.emv import track2_equivalent
+from cardspec.errors import EncodingError
 from cardspec.profile.model import CardProfile, decode_fixed_record, decode_records, encode_records
 from cardspec.profile.social import DEFAULT_PROFILE
 
@@ -138,14 +141,25 @@ def decode_pension(records: list[bytes], profile: CardProfile = DEFAULT_PROFILE)
     return PensionData(**decode_records(profile.ef("EF16")[1], records))
 
 
+def complete_financial(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The financial record's element values with those derived from the others: the track 2
+    equivalent data (57) from the PAN and the expiry date. Every path that encodes the record
+    (this module, data preparation's planners) completes its values here."""
+    return {**values, "track2": track2_equivalent(values["pan"], values["expiry"])}
+
+
 def encode_financial(value: FinancialData, profile: CardProfile = DEFAULT_PROFILE) -> list[bytes]:
-    return encode_records(profile.ef("SFI01")[1], _asdict(value))
+    return encode_records(profile.ef("SFI01")[1], complete_financial(_asdict(value)))
 
 
 def decode_financial(records: list[bytes], profile: CardProfile = DEFAULT_PROFILE) -> FinancialData:
     values = decode_records(profile.ef("SFI01")[1], records)
     values.setdefault("cardholder_name", "")
-    return FinancialData(**values)
+    track2 = values.pop("track2", None)
+    data = FinancialData(**values)
+    if track2 is not None and track2 != track2_equivalent(data.pan, data.expiry):
+        raise EncodingError("track2", "does not match the PAN and expiry date")
+    return data
 
 
 def encode_log_entry(value: MedicalLogEntry, profile: CardProfile = DEFAULT_PROFILE) -> bytes:

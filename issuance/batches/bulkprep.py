@@ -76,7 +76,7 @@ from cardspec.keyscheme import KeySlot
 from cardspec.perso import CardPersoData
 from cardspec.profile import CardProfile
 from cardspec.profile.model import RecordLayout, encode_records
-from cardspec.profile.values import split_name
+from cardspec.profile.values import complete_financial, split_name
 from hsm import prep as hsm_prep
 from hsm.export import FileKek
 from hsm.service import CardKeyRef, KeyService
@@ -206,6 +206,8 @@ class RecordPlanner:
                            ("SFI01", data.financial)):  # fmt: skip
             if part is not None:
                 values[name] = self._asdict(part)
+        if "SFI01" in values:
+            values["SFI01"] = complete_financial(values["SFI01"])
         return self.plan_values(values)
 
     def plan_values(self, values: dict[str, dict[str, Any]]) -> dict[str, list[bytes]]:

@@ -39,6 +39,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from cardspec import ids
+from cardspec.ids import luhn_digit as luhn_digit  # re-exported: bench.personalisation
 from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.perso import CardPersoData
 from cardspec.profile import (
@@ -47,6 +48,7 @@ from cardspec.profile import (
     Holder,
     MedicalData,
     PensionData,
+    complete_financial,
     social_security_profile,
 )
 from cardspec.profile.social import get_profile, register_profile
@@ -93,19 +95,6 @@ def _card_profile(alg: Algorithm, pin_tries: int) -> CardProfile:
         return get_profile(prof.name)
     except Exception:
         return register_profile(prof)
-
-
-_LUHN_DOUBLED = {str(d): (2 * d if d < 5 else 2 * d - 9) for d in range(10)}
-_LUHN_PLAIN = {str(d): d for d in range(10)}
-
-
-def luhn_digit(body: str) -> str:
-    """The Luhn check digit of ``body`` (ISO/IEC 7812-1 Annex B)."""
-    rev = body[::-1]
-    total = sum(map(_LUHN_DOUBLED.__getitem__, rev[0::2])) + sum(
-        map(_LUHN_PLAIN.__getitem__, rev[1::2])
-    )
-    return str((10 - total % 10) % 10)
 
 
 def bank_pan(card_id: int) -> str:
@@ -329,12 +318,12 @@ def perso_values(
         },
     }
     if _has_financial(profile):
-        values["SFI01"] = {
+        values["SFI01"] = complete_financial({
             "pan": pan or bank_pan(card.id),
             "expiry": expiry,
             "psn": PSN,
             "cardholder_name": "",
-        }
+        })  # fmt: skip
     return values
 
 

@@ -153,7 +153,7 @@ def test_write_key_refuses_a_payload_that_does_not_unwrap(blank: Card) -> None:
 def test_wrong_external_authenticate(blank: Card) -> None:
     tx(blank, SELECT_SSSE)
     tx(blank, "0084000008")
-    assert tx(blank, "0082007F08" + "00" * 8)[1] == 0x6300
+    assert tx(blank, "0082007F08" + "00" * 8)[1] == 0x63C4  # the KMC has 4 tries left
     # challenge consumed: a retry without GET CHALLENGE fails with 6984
     assert tx(blank, "0082007F08" + "00" * 8)[1] == 0x6984
     tx(blank, "0084000008")
