@@ -110,7 +110,7 @@ def main(quick: bool = False) -> dict[str, Any]:
         grid = [
             Detector(long_side, step, neighbours, fraction)
             for long_side, step, neighbours, fraction in itertools.product(
-                (400, 480, 560, 640), (1.1, 1.2), (3, 5), (0.05, 0.1)
+                (400, 480), (1.1, 1.2), (3, 4, 5), (0.1, 0.15, 0.2)
             )
         ]
     results = []
