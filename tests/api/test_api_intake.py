@@ -55,8 +55,9 @@ def test_submit_trims_like_the_cli_and_lists_every_reason(api_env: ApiEnv) -> No
     # every bad field at once; the padded ID is not among them
     assert {"phone", "sex", "birth_date", "region_code", "photo"} <= fields
     assert "citizen_id" not in fields and "name" not in fields
+    fake_jpeg = base64.b64encode(b"\xff\xd8\xff\xe0 fake photo \xff\xd9").decode()
     good = {"citizen_id": padded, "name": " 冯十 ", "phone": " 138 0013 8052 ",
-            "photo_base64": base64.b64encode(b"\xff\xd8\xff\xe0 fake photo \xff\xd9").decode()}  # fmt: skip
+            "photo_base64": fake_jpeg}  # fmt: skip
     r = c.post("/v1/applications", json=good, headers=clerk)
     assert r.status_code == 201, r.text
     with api_env.session() as s:  # type: ignore[attr-defined]
