@@ -17,7 +17,16 @@ photo          照片 (optional for under 6)  file name inside the photo zip or 
 =============  =========================  ==========================================
 
 Each record is validated as a whole ("one veto"): a record with any invalid field is rejected
-with every reason; the good records of the same file go through. Every accepted record gets an
+with every reason; the good records of the same file go through.
+
+One reader for both formats (:func:`read_rows`): the file's cells keep their type (CSV fields
+are text; XLSX cells are text, numbers, dates, formulas, errors), and :func:`cell_text` makes
+each one text or says why it cannot without guessing: a number in an identifier column
+(``number_cell``: Excel keeps 15 significant digits and drops leading zeros, so the value may
+already be another person's), a formula whose value was never computed (``formula_without_value``),
+an error value (``error_value``), a cell covered by merged cells (``merged_cell``). A date cell
+is a date. The record is then trimmed and folded by the one normaliser every channel uses
+(:func:`issuance.services.applications.normalise`). Every accepted record gets an
 ``import_ref`` derived from the collective and the record's content, so importing the same file
 (or the same record in another file) again creates no duplicate.
 """

@@ -81,7 +81,14 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image, ImageCms, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
+from PIL import (
+    Image,
+    ImageCms,
+    ImageFile,
+    JpegImagePlugin,
+    PngImagePlugin,
+    UnidentifiedImageError,
+)
 
 from issuance.errors import FieldProblem, PhotoRejected
 from issuance.settings import PhotoSettings
@@ -260,7 +267,7 @@ def _other_format(data: bytes) -> PhotoRejected:
     )
 
 
-def _open(data: bytes) -> Image.Image:
+def _open(data: bytes) -> ImageFile.ImageFile:
     """The picture's header, opened with the JPEG or PNG decoder itself (not ``Image.open``:
     its bomb check is Pillow's, the project's limit is checked by :func:`_check_size`)."""
     if not data:
@@ -299,7 +306,14 @@ _TRANSPOSE = {
 def _orientation(img: Image.Image) -> int:
     """The EXIF orientation (1-8); 1 when absent or unreadable (the stored one is kept)."""
     with contextlib.suppress(*_HEADER_ERRORS, KeyError):
-        value = img.getexif().get(0x0112, 1)
+        if img.format == "PNG":  # PNG's getexif() decodes the whole picture to look for eXIf
+            raw = img.info.get("exif")
+            exif = Image.Exif()
+            if isinstance(raw, bytes):
+                exif.load(raw)
+            value = exif.get(0x0112, 1)
+        else:
+            value = img.getexif().get(0x0112, 1)
         if isinstance(value, int) and value in range(1, 9):
             return value
     return 1
@@ -311,8 +325,8 @@ def _upright(img: Image.Image, orientation: int) -> Image.Image:
 
 
 def stored_box(
-    box: tuple[int, int, int, int], orientation: int, width: int, height: int
-) -> tuple[int, int, int, int]:
+    box: tuple[float, float, float, float], orientation: int, width: int, height: int
+) -> tuple[float, float, float, float]:
     """The box in stored pixels of an upright box (``width`` x ``height`` stored size), so that
     ``_upright(img.crop(stored_box(b, o, *img.size)), o)`` equals ``_upright(img, o).crop(b)``."""
     w, h = width, height
@@ -359,6 +373,8 @@ def _decode(data: bytes, scale: float) -> Image.Image:
     if img.format == "JPEG" and scale < 1.0:
         w, h = img.size
         img.draft(None, (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))))
+    elif img.format == "PNG":
+        _png_16_bit_as_8(img)
     try:
         img.load()
     except _HEADER_ERRORS as exc:
@@ -373,6 +389,18 @@ def _decode(data: bytes, scale: float) -> Image.Image:
             else "floating-point image: an 8- or 16-bit photograph is needed",
         )
     return _to_8bit(img) if img.mode.startswith("I") else img
+
+
+def _png_16_bit_as_8(img: ImageFile.ImageFile) -> None:
+    """Have a 16-bit greyscale PNG decoded straight to 8 bits (libImaging's ``L;16B``
+    unpacker keeps each sample's high byte): the full 16-bit image is never held. Left as it
+    is when the file is not the plain one-tile case (it is then reduced by :func:`_to_8bit`)."""
+    if img.mode != "I;16" or len(img.tile) != 1 or img.tile[0].args != "I;16B":
+        return
+    img._mode = "L"
+    img.tile = [img.tile[0]._replace(args="L;16B")]
+    if isinstance(img.info.get("transparency"), int):
+        img.info["transparency"] >>= 8
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -856,7 +884,11 @@ def _process(data: bytes, settings: PhotoSettings, det: Detector) -> ProcessedPh
             if exc.details["reason"] != PhotoProblem.NO_FACE or f < 2.0:
                 raise
             # perhaps a small face in a large frame: look again on a copy twice as fine
-            finer = _decode(data, min(1.0, 2 * WORK_SIDE / min(full_w, full_h)))
+            finer = (
+                raw  # already at full size (a PNG): never decoded twice
+                if _upright_width(raw, orientation) >= full_w
+                else _decode(data, min(1.0, 2 * WORK_SIDE / min(full_w, full_h)))
+            )
             finer = _reduce(finer, max(1, min(finer.size) // (2 * WORK_SIDE)))
             gray = np.asarray(_to_srgb(_upright(finer, orientation))[0].convert("L"))
             del finer
@@ -944,19 +976,39 @@ def _fine(data: bytes, raw: Image.Image, orientation: int, full_w: int, sx: floa
     return _decode(data, min(1.0, sx / UPSCALE_SLACK))
 
 
+def _cut(
+    img: Image.Image,
+    orientation: int,
+    box: tuple[float, float, float, float],
+    size: tuple[int, int],
+    resample: Image.Resampling,
+) -> Image.Image:
+    """The upright ``box`` of ``img`` (upright pixels of ``img``) resampled to ``size``
+    (upright), straight from the stored pixels: the region is never copied at full size."""
+    sbox = stored_box(box, orientation, img.width, img.height)
+    ssize = (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
+    src = img
+    if img.mode in ("P", "PA"):  # a palette resamples only by nearest: expand the region first
+        ib = (math.floor(sbox[0]), math.floor(sbox[1]), math.ceil(sbox[2]), math.ceil(sbox[3]))
+        src = img.crop(ib).convert("RGBA")
+        sbox = (sbox[0] - ib[0], sbox[1] - ib[1], sbox[2] - ib[0], sbox[3] - ib[1])
+    return _upright(src.resize(ssize, resample, box=sbox, reducing_gap=3.0), orientation)
+
+
 def _grey_part(
     img: Image.Image, orientation: int, full_w: int, box: tuple[int, int, int, int], k: float
 ) -> np.ndarray:
     """Grey pixels of a detection box (x, y, w, h; ``k`` source pixels per detection pixel)
-    cut from ``img`` (stored orientation) and turned upright."""
+    cut from ``img`` (stored orientation), upright, at most twice EYE_FACE_WIDTHS wide."""
     g = full_w / _upright_width(img, orientation)  # source pixels per img pixel
     uw = _upright_width(img, orientation)
     uh = img.width if orientation in (5, 6, 7, 8) else img.height
     x, y, w, h = (v * k / g for v in box)
-    ib = (max(0, math.floor(x)), max(0, math.floor(y)),
-          min(uw, math.ceil(x + w)), min(uh, math.ceil(y + h)))  # fmt: skip
-    part = _upright(img.crop(stored_box(ib, orientation, img.width, img.height)), orientation)
-    return np.asarray(part.convert("L"))
+    ub = (max(0.0, x), max(0.0, y), min(float(uw), x + w), min(float(uh), y + h))
+    bw, bh = ub[2] - ub[0], ub[3] - ub[1]
+    side = min(2 * max(EYE_FACE_WIDTHS), max(1, round(bw)))
+    size = (side, max(1, round(side * bh / max(1.0, bw))))
+    return np.asarray(_cut(img, orientation, ub, size, Image.Resampling.BOX).convert("L"))
 
 
 def _min_alpha(alpha: Image.Image) -> int:
@@ -994,16 +1046,7 @@ def _render(
     factor = full_w / raw_w  # source pixels per raw pixel
     raw_h = raw.width if turned else raw.height
     rb = tuple(v / factor for v in inner)
-    ib = (
-        max(0, math.floor(rb[0])),
-        max(0, math.floor(rb[1])),
-        min(raw_w, math.ceil(rb[2])),
-        min(raw_h, math.ceil(rb[3])),
-    )
-    part = _upright(raw.crop(stored_box(ib, orientation, raw.width, raw.height)), orientation)
-    rgb, alpha = _to_srgb(part)
-    if alpha is not None and _min_alpha(alpha) < 255:
-        raise _transparent()
+    rb = (max(0.0, rb[0]), max(0.0, rb[1]), min(float(raw_w), rb[2]), min(float(raw_h), rb[3]))
     dest = (
         round((inner[0] - left) * sx),
         round((inner[1] - top) * sy),
@@ -1011,8 +1054,10 @@ def _render(
         round((inner[3] - top) * sy),
     )
     size = (max(1, dest[2] - dest[0]), max(1, dest[3] - dest[1]))
-    fine = (rb[0] - ib[0], rb[1] - ib[1], rb[2] - ib[0], rb[3] - ib[1])
-    scaled = rgb.resize(size, Image.Resampling.LANCZOS, box=fine, reducing_gap=3.0)
+    # resampled first, colour-converted after: only the card-sized part is ever converted
+    scaled, alpha = _to_srgb(_cut(raw, orientation, rb, size, Image.Resampling.LANCZOS))
+    if alpha is not None and _min_alpha(alpha) < 255:
+        raise _transparent()
     canvas = Image.new("RGB", (out_w, out_h), (255, 255, 255))
     bands = {
         "left": (0, 0, dest[0], out_h),
