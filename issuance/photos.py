@@ -57,12 +57,13 @@ picture has too little detail to be a usable photograph (blank or blown out) and
 (``too_little_detail``). Nothing is ever padded into the file. If even ``MIN_QUALITY`` is above
 ``max_bytes`` the photo is refused as too noisy.
 
-Memory and speed: a JPEG is decoded with libjpeg's DCT scaling (Pillow's ``draft``) to a short
-side of about ``WORK_SIDE``, and decoded again at the scale the crop needs only when that is
-finer; a PNG is decoded once at full size in its own mode (a 16-bit one is brought to 8 bits
-band by band, never through a full-size float copy), the detection and check copies are made
-from it by integer reduction, and only the crop is colour-converted. ``bench/photo_memory.py``
-measures the peak.
+Memory and speed: a JPEG is decoded with libjpeg's DCT scaling (Pillow's ``draft``) to a
+short side of about ``DECODE_SIDE``, and decoded again at the scale the crop needs only when
+that is finer; the checks run on a copy reduced to a short side of about ``WORK_SIDE``. A PNG
+is decoded once at full size in its own mode (a 16-bit greyscale one straight to 8 bits, never
+through a full-size 16-bit or float copy); the check copies are made from it by integer
+reduction, and the face patches and the card crop are resampled straight from it, so only
+card-sized pieces are ever colour-converted. ``python -m bench.photo_memory`` measures the peak.
 """
 
 from __future__ import annotations
@@ -127,8 +128,11 @@ DARK_P95 = 70.0
 DARK_FACE_MEAN = 60.0
 #: Greyscale: mean chroma (max - min channel) below this, on a 0..255 scale.
 GREY_CHROMA = 4.0
-#: Short side the JPEG is first decoded to (DCT scaling picks the next power-of-two reduction)
-#: and the PNG reduced to for the checks.
+#: Short side a JPEG is first decoded to (DCT scaling picks the next power-of-two reduction):
+#: fine enough for the card photo unless the face is small in the frame (a JPEG's entropy
+#: decoding costs the same at any scale, so one decode is worth more than a coarse one).
+DECODE_SIDE = 700
+#: Short side of the copy the checks and the detector run on (integer reduction).
 WORK_SIDE = 360
 #: The card photo may be upscaled this much from the decode it is cut from (a JPEG is decoded
 #: again at the crop's scale only beyond it).
@@ -155,7 +159,7 @@ class Detector:
     min_face_fraction: float
 
 
-DETECTOR = Detector(long_side=480, scale_step=1.1, min_neighbours=4, min_face_fraction=0.15)
+DETECTOR = Detector(long_side=400, scale_step=1.2, min_neighbours=4, min_face_fraction=0.15)
 
 
 class PhotoProblem(StrEnum):
@@ -857,7 +861,7 @@ def _process(data: bytes, settings: PhotoSettings, det: Detector) -> ProcessedPh
     if pictures > 1:
         source_format = "MPO"
         notes.append(f"MPO file of {pictures} pictures: the first picture was used")
-    raw = _decode(data, min(1.0, WORK_SIDE / min(full_w, full_h)))
+    raw = _decode(data, min(1.0, DECODE_SIDE / min(full_w, full_h)))
     # the checks' copy: integer reduction to a short side of about WORK_SIDE, upright, sRGB
     work_img, alpha = _to_srgb(
         _upright(_reduce(raw, max(1, min(raw.size) // WORK_SIDE)), orientation)
@@ -885,8 +889,8 @@ def _process(data: bytes, settings: PhotoSettings, det: Detector) -> ProcessedPh
                 raise
             # perhaps a small face in a large frame: look again on a copy twice as fine
             finer = (
-                raw  # already at full size (a PNG): never decoded twice
-                if _upright_width(raw, orientation) >= full_w
+                raw  # fine enough already (or full size, a PNG): never decoded twice
+                if min(raw.size) >= 1.9 * WORK_SIDE or _upright_width(raw, orientation) >= full_w
                 else _decode(data, min(1.0, 2 * WORK_SIDE / min(full_w, full_h)))
             )
             finer = _reduce(finer, max(1, min(finer.size) // (2 * WORK_SIDE)))
