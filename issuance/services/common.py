@@ -115,7 +115,8 @@ def find_card(
     if card_id is not None:
         stmt = stmt.where(Card.id == card_id)
     elif card_number is not None:  # check character first: a mistyped number is never looked up
-        stmt = stmt.where(Card.card_number == parse_card_number(card_number))
+        card_number = parse_card_number(card_number)
+        stmt = stmt.where(Card.card_number == card_number)
     elif card_identification_code is not None:
         stmt = stmt.where(Card.card_identification_code == card_identification_code.upper())
     else:
