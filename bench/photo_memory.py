@@ -111,7 +111,7 @@ def main() -> dict[str, Any]:
                 if r["peak_mib"] > worst_corpus[1]:
                     worst_corpus = (name, r["peak_mib"])
             else:
-                results[f"{name}_peak_mib"] = r["peak_mib"]
+                results[f"{name.replace('-', '_')}_peak_mib"] = r["peak_mib"]
             results["baseline_mib"] = r["baseline_mib"]
     results["corpus_worst"] = worst_corpus[0]
     results["corpus_worst_peak_mib"] = worst_corpus[1]
