@@ -24,12 +24,14 @@ What is checked, in this order (the first failure is reported):
    bright in it is ``too_dark``.
 3. *One face*: OpenCV's bundled Haar cascade ``haarcascade_frontalface_default.xml`` on a grey
    copy whose long side is ``DETECTOR.long_side``, with the scale step, neighbour count and
-   least face size of :data:`DETECTOR` -- chosen by measurement on the labelled corpus of
-   ``tests/photo_corpus`` (``python -m bench.photo_detect`` prints the sweep). None ->
-   ``no_face``. A candidate counts as a face if both eyes are found in it (the eye check runs
-   on the face resampled to ``EYE_FACE_WIDTH`` px, whatever its size in the picture) or the
-   detector is very sure of it; more than one -> ``several_faces``; candidates but none
-   frontal -> ``not_frontal``. The strongest face must be at least
+   first-pass least face size of :data:`DETECTOR`, chosen by measurement on the labelled
+   corpus ``tests/fixtures/photos/corpus.py`` (``python -m bench.photo_detect`` prints the
+   sweep); smaller faces are looked for only when none is found, then on a copy twice as fine.
+   None -> ``no_face`` (or ``not_frontal`` if a face is found with the picture turned 25
+   degrees: a tilted head). A candidate counts as a face if both eyes are found in it (the eye
+   check runs on the face cut from a decode at the card photo's scale, resampled to each of
+   ``EYE_FACE_WIDTHS``) or the detector is very sure of it; more than one -> ``several_faces``;
+   candidates but none frontal -> ``not_frontal``. The strongest face must be at least
    ``FACE_FRACTION * width / MAX_UPSCALE`` source pixels wide (``face_too_small``) and not too
    dark (``too_dark``).
 4. *Facing the camera*: both eyes, one on each side of the face box's centre line; the line
@@ -70,28 +72,36 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import math
-import struct
 import threading
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import cv2
 import numpy as np
 from PIL import (
     Image,
-    ImageCms,
-    ImageFile,
-    JpegImagePlugin,
-    PngImagePlugin,
-    UnidentifiedImageError,
 )
 
-from issuance.errors import FieldProblem, PhotoRejected
+from issuance.errors import PhotoRejected
+from issuance.photo_files import (
+    HEADER_ERRORS,
+    PhotoProblem,
+    cut,
+    decode,
+    encode_in_band,
+    min_alpha,
+    open_picture,
+    orientation_of,
+    pictures,
+    reduce_by,
+    reject,
+    to_srgb,
+    transparent,
+    upright,
+    upright_width,
+)
 from issuance.settings import PhotoSettings
 
 #: Face box (Haar) width as a fraction of the output width.
@@ -137,12 +147,6 @@ WORK_SIDE = 360
 #: The card photo may be upscaled this much from the decode it is cut from (a JPEG is decoded
 #: again at the crop's scale only beyond it).
 UPSCALE_SLACK = 1.15
-#: Rows per band when a 16-bit picture is brought to 8 bits.
-BAND_ROWS = 256
-MIN_QUALITY = 40
-SUPPORTED_FORMATS = ("JPEG", "PNG")
-_JPEG_MAGIC = b"\xff\xd8\xff"
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -160,31 +164,6 @@ class Detector:
 
 
 DETECTOR = Detector(long_side=400, scale_step=1.2, min_neighbours=4, min_face_fraction=0.15)
-
-
-class PhotoProblem(StrEnum):
-    """Why a photo was refused (``PhotoRejected.details["reason"]``): stable codes."""
-
-    EMPTY = "empty"
-    NOT_AN_IMAGE = "not_an_image"
-    UNSUPPORTED_FORMAT = "unsupported_format"
-    TOO_MANY_PIXELS = "too_many_pixels"
-    IMAGE_TOO_SMALL = "image_too_small"
-    CORRUPT = "corrupt"
-    UNSUPPORTED_MODE = "unsupported_mode"
-    NOT_COLOUR = "not_colour"
-    TOO_DARK = "too_dark"
-    TRANSPARENT = "transparent"
-    NO_FACE = "no_face"
-    SEVERAL_FACES = "several_faces"
-    NOT_FRONTAL = "not_frontal"
-    FACE_TOO_SMALL = "face_too_small"
-    BAD_FRAMING = "bad_framing"
-    BACKGROUND_NOT_LIGHT = "background_not_light"
-    BACKGROUND_NOT_PLAIN = "background_not_plain"
-    BLURRED = "blurred"
-    TOO_LITTLE_DETAIL = "too_little_detail"
-    TOO_NOISY = "too_noisy"
 
 
 @dataclass(frozen=True)
@@ -214,15 +193,6 @@ class ProcessedPhoto:
         }
 
 
-def reject(problem: PhotoProblem, text: str) -> PhotoRejected:
-    """Build the error for one reason (callers ``raise reject(...)``)."""
-    err = PhotoRejected(
-        f"photo rejected: {text}", problems=[FieldProblem("photo", text, problem.value)]
-    )
-    err.details["reason"] = problem.value
-    return err
-
-
 def minimum_size(settings: PhotoSettings) -> tuple[int, int]:
     """The least upright picture (width, height): the output upscaled at most MAX_UPSCALE."""
     return math.ceil(settings.width / MAX_UPSCALE), math.ceil(settings.height / MAX_UPSCALE)
@@ -250,105 +220,6 @@ def _cascades() -> tuple[Any, tuple[Any, ...]]:
     return cached
 
 
-# --- the file ---------------------------------------------------------------------------------
-_HEADER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError)
-
-
-def _other_format(data: bytes) -> PhotoRejected:
-    """Why a file that is neither JPEG nor PNG is refused (its format named if Pillow knows it)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fmt = Image.open(io.BytesIO(data)).format
-    except Image.DecompressionBombError:
-        fmt = "such"
-    except (UnidentifiedImageError, *_HEADER_ERRORS):
-        fmt = None
-    if fmt is None:
-        return reject(PhotoProblem.NOT_AN_IMAGE, "the file is not an image (JPEG or PNG expected)")
-    return reject(
-        PhotoProblem.UNSUPPORTED_FORMAT, f"{fmt} images are not accepted (JPEG or PNG expected)"
-    )
-
-
-def _open(data: bytes) -> ImageFile.ImageFile:
-    """The picture's header, opened with the JPEG or PNG decoder itself (not ``Image.open``:
-    its bomb check is Pillow's, the project's limit is checked by :func:`_check_size`)."""
-    if not data:
-        raise reject(PhotoProblem.EMPTY, "the file is empty")
-    if not data.startswith((_JPEG_MAGIC, _PNG_MAGIC)):
-        raise _other_format(data)
-    try:
-        if data.startswith(_JPEG_MAGIC):  # an MPO file opens as its first picture
-            return JpegImagePlugin.JpegImageFile(io.BytesIO(data))
-        return PngImagePlugin.PngImageFile(io.BytesIO(data))
-    except _HEADER_ERRORS as exc:
-        raise reject(PhotoProblem.CORRUPT, f"the image header is damaged ({exc})") from exc
-
-
-def _pictures(img: Image.Image) -> int:
-    """How many pictures a JPEG holds (more than one: an MPO file)."""
-    if "mp" not in img.info or not isinstance(img, JpegImagePlugin.JpegImageFile):
-        return 1
-    with contextlib.suppress(*_HEADER_ERRORS, KeyError):
-        mp = img._getmp()
-        return int(mp[0xB001]) if mp else 1  # MPF NumberOfImages
-    return 1
-
-
-_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-
-def _orientation(img: Image.Image) -> int:
-    """The EXIF orientation (1-8); 1 when absent or unreadable (the stored one is kept)."""
-    with contextlib.suppress(*_HEADER_ERRORS, KeyError):
-        if img.format == "PNG":  # PNG's getexif() decodes the whole picture to look for eXIf
-            raw = img.info.get("exif")
-            exif = Image.Exif()
-            if isinstance(raw, bytes):
-                exif.load(raw)
-            value = exif.get(0x0112, 1)
-        else:
-            value = img.getexif().get(0x0112, 1)
-        if isinstance(value, int) and value in range(1, 9):
-            return value
-    return 1
-
-
-def _upright(img: Image.Image, orientation: int) -> Image.Image:
-    method = _TRANSPOSE.get(orientation)
-    return img if method is None else img.transpose(method)
-
-
-def stored_box(
-    box: tuple[float, float, float, float], orientation: int, width: int, height: int
-) -> tuple[float, float, float, float]:
-    """The box in stored pixels of an upright box (``width`` x ``height`` stored size), so that
-    ``_upright(img.crop(stored_box(b, o, *img.size)), o)`` equals ``_upright(img, o).crop(b)``."""
-    w, h = width, height
-    maps = {
-        1: lambda x, y: (x, y),
-        2: lambda x, y: (w - x, y),
-        3: lambda x, y: (w - x, h - y),
-        4: lambda x, y: (x, h - y),
-        5: lambda x, y: (y, x),
-        6: lambda x, y: (y, h - x),
-        7: lambda x, y: (w - y, h - x),
-        8: lambda x, y: (w - y, x),
-    }
-    f = maps.get(orientation, maps[1])
-    (x0, y0), (x1, y1) = f(box[0], box[1]), f(box[2], box[3])
-    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
-
-
 def _check_size(img: Image.Image, orientation: int, settings: PhotoSettings) -> tuple[int, int]:
     """The upright full size, once the header's pixel count and size are acceptable."""
     w, h = img.size
@@ -368,112 +239,6 @@ def _check_size(img: Image.Image, orientation: int, settings: PhotoSettings) -> 
             f"the image is {uw}x{uh} pixels, at least {min_w}x{min_h} are needed",
         )
     return uw, uh
-
-
-def _decode(data: bytes, scale: float) -> Image.Image:
-    """Decode fully, a JPEG with DCT scaling to at least ``scale`` of its size; 16-bit and
-    32-bit integer pictures come back as 8-bit greyscale."""
-    img = _open(data)
-    if img.format == "JPEG" and scale < 1.0:
-        w, h = img.size
-        img.draft(None, (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))))
-    elif img.format == "PNG":
-        _png_16_bit_as_8(img)
-    try:
-        img.load()
-    except _HEADER_ERRORS as exc:
-        raise reject(
-            PhotoProblem.CORRUPT, f"the image data is truncated or damaged ({exc})"
-        ) from exc
-    if img.mode in ("1", "F"):
-        raise reject(
-            PhotoProblem.UNSUPPORTED_MODE,
-            "bilevel (1-bit) image: a greyscale or colour photograph is needed"
-            if img.mode == "1"
-            else "floating-point image: an 8- or 16-bit photograph is needed",
-        )
-    return _to_8bit(img) if img.mode.startswith("I") else img
-
-
-def _png_16_bit_as_8(img: ImageFile.ImageFile) -> None:
-    """Have a 16-bit greyscale PNG decoded straight to 8 bits (libImaging's ``L;16B``
-    unpacker keeps each sample's high byte): the full 16-bit image is never held. Left as it
-    is when the file is not the plain one-tile case (it is then reduced by :func:`_to_8bit`)."""
-    if img.mode != "I;16" or len(img.tile) != 1 or img.tile[0].args != "I;16B":
-        return
-    img._mode = "L"
-    img.tile = [img.tile[0]._replace(args="L;16B")]
-    if isinstance(img.info.get("transparency"), int):
-        img.info["transparency"] >>= 8
-
-
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """16/32-bit integer greyscale to 8 bits, band by band, in integer arithmetic (no
-    full-size copy other than the 8-bit result)."""
-    w, h = img.size
-    if img.mode.startswith("I;16"):
-        peak = 65535
-    else:  # "I": 16-bit values in a 32-bit image, or 8-bit ones
-        top = max(int(np.asarray(img.crop((0, y, w, min(h, y + BAND_ROWS)))).max())
-                  for y in range(0, h, BAND_ROWS))  # fmt: skip
-        peak = 65535 if top > 255 else 255
-    out = np.empty((h, w), np.uint8)
-    for y in range(0, h, BAND_ROWS):
-        band = np.asarray(img.crop((0, y, w, min(h, y + BAND_ROWS)))).astype(np.uint32)
-        np.minimum(band, peak, out=band)  # a 32-bit "I" picture may hold more than 16 bits
-        band *= 255  # in place: at most 65535 * 255 < 2**32
-        band += peak // 2
-        band //= peak
-        out[y : y + band.shape[0]] = band
-    return Image.fromarray(out, "L")
-
-
-def _reduce(img: Image.Image, factor: int) -> Image.Image:
-    """``img`` made ``factor`` times smaller in its own mode (box filter; nearest for palettes)."""
-    if factor <= 1:
-        return img
-    if img.mode in ("P", "PA"):
-        size = (max(1, img.width // factor), max(1, img.height // factor))
-        return img.resize(size, Image.Resampling.NEAREST)
-    return img.reduce(factor)
-
-
-def _to_srgb(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
-    """8-bit sRGB (ICC and CMYK converted, palettes expanded) and the alpha channel if any."""
-    mode = img.mode
-    if mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif (
-        mode in ("PA", "LA", "La", "RGBa")
-        or (mode == "L" and "transparency" in img.info)
-        or (mode == "RGB" and "transparency" in img.info)
-    ):
-        img = img.convert("RGBA")
-    icc = img.info.get("icc_profile")
-    if icc and img.mode in ("RGB", "CMYK", "RGBA"):
-        try:
-            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            dst = ImageCms.createProfile("sRGB")
-            out_mode = "RGBA" if img.mode == "RGBA" else "RGB"
-            converted = ImageCms.profileToProfile(img, src, dst, outputMode=out_mode)
-            if converted is not None:
-                img = converted
-        except (ImageCms.PyCMSError, OSError, ValueError):
-            pass  # a broken profile: fall back to the plain conversion below
-    alpha: Image.Image | None = None
-    if img.mode == "RGBA":
-        alpha = img.getchannel("A")
-        flat = Image.new("RGB", img.size, (255, 255, 255))
-        flat.paste(img, mask=alpha)
-        img = flat
-    elif img.mode != "RGB":
-        try:
-            img = img.convert("RGB")
-        except ValueError as exc:
-            raise reject(
-                PhotoProblem.UNSUPPORTED_MODE, f"image mode {img.mode} cannot be converted"
-            ) from exc
-    return img, alpha
 
 
 # --- checks -----------------------------------------------------------------------------------
@@ -793,50 +558,6 @@ def _check_sharpness(gray: np.ndarray, box: tuple[int, int, int, int]) -> float:
     return value
 
 
-# --- encoding ---------------------------------------------------------------------------------
-def _encode(img: Image.Image, quality: int, subsampling: int, dpi: int) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality, subsampling=subsampling, optimize=True, dpi=(dpi, dpi))
-    return buf.getvalue()
-
-
-def encode_in_band(img: Image.Image, settings: PhotoSettings) -> bytes:
-    """The best-quality baseline JPEG of ``img`` whose size is within the settings' band."""
-    lo_b, hi_b = settings.min_bytes, settings.max_bytes
-    for subsampling, q_top in ((2, 95), (0, 100)):  # 4:2:0, then 4:4:4
-        top = _encode(img, q_top, subsampling, settings.dpi)
-        if len(top) < lo_b:
-            continue  # too small even at the top quality: try without subsampling
-        if len(top) <= hi_b:
-            return top
-        low = _encode(img, MIN_QUALITY, subsampling, settings.dpi)
-        if len(low) > hi_b:
-            raise reject(
-                PhotoProblem.TOO_NOISY,
-                f"the photo does not compress under {hi_b} bytes even at quality "
-                f"{MIN_QUALITY} (too much noise)",
-            )
-        best, lo, hi = low, MIN_QUALITY, q_top  # invariant: size(lo) <= hi_b < size(hi)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            out = _encode(img, mid, subsampling, settings.dpi)
-            if len(out) <= hi_b:
-                lo, best = mid, out
-            else:
-                hi = mid
-        if len(best) >= lo_b:
-            return best
-        raise reject(
-            PhotoProblem.TOO_LITTLE_DETAIL,
-            f"no JPEG quality gives a file between {lo_b} and {hi_b} bytes",
-        )
-    raise reject(
-        PhotoProblem.TOO_LITTLE_DETAIL,
-        f"the photo has too little detail: even at full quality its file is under "
-        f"{lo_b} bytes (blank or overexposed?)",
-    )
-
-
 # --- the pipeline -----------------------------------------------------------------------------
 def process_photo(
     data: bytes, settings: PhotoSettings, *, detector: Detector = DETECTOR
@@ -846,25 +567,25 @@ def process_photo(
         return _process(data, settings, detector)
     except PhotoRejected:
         raise
-    except (*_HEADER_ERRORS, cv2.error) as exc:
+    except (*HEADER_ERRORS, cv2.error) as exc:
         # a decoder or library choking on hostile input: still a reason, never a crash
         raise reject(PhotoProblem.CORRUPT, f"the image could not be processed ({exc})") from exc
 
 
 def _process(data: bytes, settings: PhotoSettings, det: Detector) -> ProcessedPhoto:
     out_w, out_h = settings.width, settings.height
-    header = _open(data)
-    orientation = _orientation(header)
+    header = open_picture(data)
+    orientation = orientation_of(header)
     full_w, full_h = _check_size(header, orientation, settings)
     source_format, notes = str(header.format), []
-    pictures = _pictures(header)
-    if pictures > 1:
+    count = pictures(header)
+    if count > 1:
         source_format = "MPO"
-        notes.append(f"MPO file of {pictures} pictures: the first picture was used")
-    raw = _decode(data, min(1.0, DECODE_SIDE / min(full_w, full_h)))
+        notes.append(f"MPO file of {count} pictures: the first picture was used")
+    raw = decode(data, min(1.0, DECODE_SIDE / min(full_w, full_h)))
     # the checks' copy: integer reduction to a short side of about WORK_SIDE, upright, sRGB
-    work_img, alpha = _to_srgb(
-        _upright(_reduce(raw, max(1, min(raw.size) // WORK_SIDE)), orientation)
+    work_img, alpha = to_srgb(
+        upright(reduce_by(raw, max(1, min(raw.size) // WORK_SIDE)), orientation)
     )
     work = np.asarray(work_img)
     f = full_w / work_img.width  # source pixels per work pixel
@@ -890,11 +611,11 @@ def _process(data: bytes, settings: PhotoSettings, det: Detector) -> ProcessedPh
             # perhaps a small face in a large frame: look again on a copy twice as fine
             finer = (
                 raw  # fine enough already (or full size, a PNG): never decoded twice
-                if min(raw.size) >= 1.9 * WORK_SIDE or _upright_width(raw, orientation) >= full_w
-                else _decode(data, min(1.0, 2 * WORK_SIDE / min(full_w, full_h)))
+                if min(raw.size) >= 1.9 * WORK_SIDE or upright_width(raw, orientation) >= full_w
+                else decode(data, min(1.0, 2 * WORK_SIDE / min(full_w, full_h)))
             )
-            finer = _reduce(finer, max(1, min(finer.size) // (2 * WORK_SIDE)))
-            gray = np.asarray(_to_srgb(_upright(finer, orientation))[0].convert("L"))
+            finer = reduce_by(finer, max(1, min(finer.size) // (2 * WORK_SIDE)))
+            gray = np.asarray(to_srgb(upright(finer, orientation))[0].convert("L"))
             del finer
             candidates = _candidates(gray, det)
         k = full_w / gray.shape[1]  # source pixels per detection pixel
@@ -912,7 +633,7 @@ def _process(data: bytes, settings: PhotoSettings, det: Detector) -> ProcessedPh
     except PhotoRejected as exc:
         if (
             alpha is None
-            or _min_alpha(alpha) == 255
+            or min_alpha(alpha) == 255
             or exc.details["reason"]
             in (
                 PhotoProblem.SEVERAL_FACES,
@@ -921,7 +642,7 @@ def _process(data: bytes, settings: PhotoSettings, det: Detector) -> ProcessedPh
         ):
             raise
         # the face is not seen on the flattened picture: the transparency is the reason
-        raise _transparent() from exc
+        raise transparent() from exc
     del raw
     fx, fy, fw, fh = (v * k for v in box)
     _check_face_light(
@@ -966,37 +687,14 @@ def _process(data: bytes, settings: PhotoSettings, det: Detector) -> ProcessedPh
     )
 
 
-def _upright_width(img: Image.Image, orientation: int) -> int:
-    return img.height if orientation in (5, 6, 7, 8) else img.width
-
-
 def _fine(data: bytes, raw: Image.Image, orientation: int, full_w: int, sx: float) -> Image.Image:
     """The decoded picture fine enough for a card photo at ``sx`` output pixels per source
     pixel: ``raw`` if it is (a PNG always is), else the JPEG decoded again at that scale (the
     card photo is then upscaled at most UPSCALE_SLACK from it)."""
-    factor = full_w / _upright_width(raw, orientation)  # source pixels per raw pixel
+    factor = full_w / upright_width(raw, orientation)  # source pixels per raw pixel
     if factor <= 1.0 or sx * factor <= UPSCALE_SLACK:
         return raw
-    return _decode(data, min(1.0, sx / UPSCALE_SLACK))
-
-
-def _cut(
-    img: Image.Image,
-    orientation: int,
-    box: tuple[float, float, float, float],
-    size: tuple[int, int],
-    resample: Image.Resampling,
-) -> Image.Image:
-    """The upright ``box`` of ``img`` (upright pixels of ``img``) resampled to ``size``
-    (upright), straight from the stored pixels: the region is never copied at full size."""
-    sbox = stored_box(box, orientation, img.width, img.height)
-    ssize = (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
-    src = img
-    if img.mode in ("P", "PA"):  # a palette resamples only by nearest: expand the region first
-        ib = (math.floor(sbox[0]), math.floor(sbox[1]), math.ceil(sbox[2]), math.ceil(sbox[3]))
-        src = img.crop(ib).convert("RGBA")
-        sbox = (sbox[0] - ib[0], sbox[1] - ib[1], sbox[2] - ib[0], sbox[3] - ib[1])
-    return _upright(src.resize(ssize, resample, box=sbox, reducing_gap=3.0), orientation)
+    return decode(data, min(1.0, sx / UPSCALE_SLACK))
 
 
 def _grey_part(
@@ -1004,29 +702,15 @@ def _grey_part(
 ) -> np.ndarray:
     """Grey pixels of a detection box (x, y, w, h; ``k`` source pixels per detection pixel)
     cut from ``img`` (stored orientation), upright, at most twice EYE_FACE_WIDTHS wide."""
-    g = full_w / _upright_width(img, orientation)  # source pixels per img pixel
-    uw = _upright_width(img, orientation)
+    g = full_w / upright_width(img, orientation)  # source pixels per img pixel
+    uw = upright_width(img, orientation)
     uh = img.width if orientation in (5, 6, 7, 8) else img.height
     x, y, w, h = (v * k / g for v in box)
     ub = (max(0.0, x), max(0.0, y), min(float(uw), x + w), min(float(uh), y + h))
     bw, bh = ub[2] - ub[0], ub[3] - ub[1]
     side = min(2 * max(EYE_FACE_WIDTHS), max(1, round(bw)))
     size = (side, max(1, round(side * bh / max(1.0, bw))))
-    return np.asarray(_cut(img, orientation, ub, size, Image.Resampling.BOX).convert("L"))
-
-
-def _min_alpha(alpha: Image.Image) -> int:
-    low = alpha.getextrema()[0]
-    assert isinstance(low, int)
-    return low
-
-
-def _transparent() -> PhotoRejected:
-    return reject(
-        PhotoProblem.TRANSPARENT,
-        "the picture is partly transparent where the card photo is taken from: send an opaque "
-        "photograph",
-    )
+    return np.asarray(cut(img, orientation, ub, size, Image.Resampling.BOX).convert("L"))
 
 
 def _render(
@@ -1059,9 +743,9 @@ def _render(
     )
     size = (max(1, dest[2] - dest[0]), max(1, dest[3] - dest[1]))
     # resampled first, colour-converted after: only the card-sized part is ever converted
-    scaled, alpha = _to_srgb(_cut(raw, orientation, rb, size, Image.Resampling.LANCZOS))
-    if alpha is not None and _min_alpha(alpha) < 255:
-        raise _transparent()
+    scaled, alpha = to_srgb(cut(raw, orientation, rb, size, Image.Resampling.LANCZOS))
+    if alpha is not None and min_alpha(alpha) < 255:
+        raise transparent()
     canvas = Image.new("RGB", (out_w, out_h), (255, 255, 255))
     bands = {
         "left": (0, 0, dest[0], out_h),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from issuance import photos
+from issuance import photo_files, photos
 from issuance.errors import PhotoRejected, ValidationError
 from issuance.photos import PhotoProblem, ProcessedPhoto, process_photo
 from issuance.settings import PhotoSettings
@@ -104,7 +104,7 @@ def test_transparency_outside_the_crop_is_accepted_inside_refused() -> None:
     assert Image.open(io.BytesIO(data)).mode == "RGBA"
     _assert_card_photo(process_photo(data, SETTINGS), "PNG")
     rgba = Image.new("RGBA", (4, 4), (10, 200, 30, 0))
-    flat, alpha = photos._to_srgb(rgba)
+    flat, alpha = photo_files.to_srgb(rgba)
     assert flat.mode == "RGB" and flat.getpixel((0, 0)) == (255, 255, 255)
     assert alpha is not None and alpha.getextrema() == (0, 0)
     # the whole picture at alpha 128: refused, never flattened into a faded card photo
@@ -236,7 +236,7 @@ def test_pixel_limit_is_the_projects_in_both_directions() -> None:
     with pytest.raises(Image.DecompressionBombError):
         Image.open(io.BytesIO(big))
     roomy = PhotoSettings(max_input_pixels=200_000_000)
-    header = photos._open(big)  # the decoder itself: no Pillow bomb check
+    header = photo_files.open_picture(big)  # the decoder itself: no Pillow bomb check
     assert photos._check_size(header, 1, roomy) == (14_000, 13_000)
     with pytest.raises(PhotoRejected) as info:
         process_photo(jpeg_header(10_000, 9_000), PhotoSettings(max_input_pixels=89_000_000))
@@ -250,13 +250,13 @@ def test_stored_box_maps_an_upright_box_back(orientation: int) -> None:
 
     rng = np.random.default_rng(orientation)
     img = Image.fromarray(rng.integers(0, 255, (37, 53, 3), dtype=np.uint8))
-    upright = photos._upright(img, orientation)
+    upright = photo_files.upright(img, orientation)
     for _ in range(20):
         x0, x1 = sorted(int(v) for v in rng.integers(0, upright.width + 1, 2))
         y0, y1 = sorted(int(v) for v in rng.integers(0, upright.height + 1, 2))
         box = (x0, y0, max(x1, x0 + 1), max(y1, y0 + 1))
-        cut = photos._upright(
-            img.crop(photos.stored_box(box, orientation, img.width, img.height)), orientation
+        cut = photo_files.upright(
+            img.crop(photo_files.stored_box(box, orientation, img.width, img.height)), orientation
         )
         assert cut.tobytes() == upright.crop(box).tobytes()
 
@@ -296,10 +296,10 @@ def test_16_bit_grey_is_reduced_band_by_band_without_float_copies() -> None:
     img = Image.fromarray(arr)
     assert img.mode.startswith("I;16")
     tracemalloc.start()
-    out = photos._to_8bit(img)
+    out = photo_files.to_8bit(img)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert out.mode == "L" and out.size == (side, side)
     # the 8-bit result (9 MB) and a band's 32-bit copies: never a full float64 copy (72 MB)
-    assert peak < side * side + 3 * 4 * side * photos.BAND_ROWS
+    assert peak < side * side + 3 * 4 * side * photo_files.BAND_ROWS
     assert out.getpixel((0, 0)) == 0 and out.getpixel((65535 % side, 65535 // side)) == 255
