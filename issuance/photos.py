@@ -130,7 +130,7 @@ MAX_EYE_OFFSET = 0.15
 STRONG_NEIGHBOURS = 10
 #: The eye check runs on the face resampled to these widths (the first that finds both eyes
 #: counts: Haar eye cascades are sensitive to scale).
-EYE_FACE_WIDTHS = (160, 140, 120)
+EYE_FACE_WIDTHS = (100, 128, 160)
 #: Roll angles tried, when no upright face is found, to tell a tilted head from no face.
 TILT_PROBES = (-25.0, 25.0)
 #: Too dark: the 95th percentile of the picture's luminance, and the face's mean luminance.
