@@ -18,10 +18,11 @@ What is checked, in this order (the first failure is reported):
    ``settings.width / MAX_UPSCALE`` x ``settings.height / MAX_UPSCALE`` (``image_too_small``);
    it decodes completely (a truncated file is ``corrupt``, never half-used).
 2. *The pixels*: EXIF orientation is applied; CMYK and ICC profiles are converted to sRGB with
-   LittleCMS; 16-bit images are scaled to 8 bits band by band with integer arithmetic; palette
-   images are expanded. Bilevel (1-bit) and float images are ``unsupported_mode``. A greyscale
-   picture is ``not_colour`` where ``settings.require_colour`` is set. A picture with nothing
-   bright in it is ``too_dark``.
+   LittleCMS; a 16-bit greyscale PNG is decoded straight to 8 bits (other 16/32-bit integer
+   pictures are scaled band by band in integer arithmetic); palette images are expanded.
+   Bilevel (1-bit) and float images are ``unsupported_mode``. A greyscale picture is
+   ``not_colour`` where ``settings.require_colour`` is set. A picture with nothing bright in
+   it is ``too_dark``.
 3. *One face*: OpenCV's bundled Haar cascade ``haarcascade_frontalface_default.xml`` on a grey
    copy whose long side is ``DETECTOR.long_side``, with the scale step, neighbour count and
    first-pass least face size of :data:`DETECTOR`, chosen by measurement on the labelled
@@ -183,14 +184,6 @@ class ProcessedPhoto:
     notes: tuple[str, ...] = ()
     #: "#rrggbb" of the padding at the top or sides, if any.
     pad_colour: str | None = None
-
-    def record(self) -> dict[str, Any]:
-        """What the application's audit record keeps about the photo."""
-        return {
-            "photo_sha256": self.sha256,
-            "photo_source_format": self.source_format,
-            "photo_notes": list(self.notes),
-        }
 
 
 def minimum_size(settings: PhotoSettings) -> tuple[int, int]:

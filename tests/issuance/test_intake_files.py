@@ -169,3 +169,25 @@ def test_ten_thousand_rows_with_one_bad_row(
         cid for (cid,) in session.query(Person.citizen_id).filter(Person.citizen_id.in_(cids))
     }
     assert landed == set(cids) - {cids[bad_line - 2]}
+
+
+def test_mpo_first_picture_is_said_in_the_application_record(session, settings, actors) -> None:
+    """The real photo pipeline on a phone's MPO file: accepted, and the audit record of the
+    application says the first picture was used."""
+    import json
+
+    import sqlalchemy as sa
+
+    from issuance.models import AuditEvent
+    from tests.fixtures.photos.corpus import astronaut, hopper, mpo
+
+    data = ApplicationInput(citizen_id=make_cid(), name="冯十一", phone="13700000081",
+                            photo=mpo(astronaut(), hopper()))  # fmt: skip
+    app = services.submit_application(session, settings, data, actors["clerk"])
+    event = session.scalars(
+        sa.select(AuditEvent).where(
+            AuditEvent.action == "application.received", AuditEvent.entity_id == str(app.id)
+        )
+    ).one()
+    notes = json.loads(event.details)["photo_notes"]
+    assert notes[0] == "MPO file of 2 pictures: the first picture was used"
