@@ -187,7 +187,7 @@ class CollectOut(BaseModel):
 # --- applications ------------------------------------------------------------------------------
 class ApplicationIn(_In):
     citizen_id: CitizenIdStr
-    name: Annotated[str, Field(min_length=1, max_length=60, pattern=_NO_NUL)]
+    name: Annotated[str, Field(min_length=1, max_length=200, pattern=_NO_NUL)]
     phone: Annotated[str, text(40)] | None = None
     sex: Annotated[str, text(16)] | None = None
     birth_date: Annotated[str, text(40)] | None = Field(

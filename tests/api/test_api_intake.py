@@ -55,6 +55,11 @@ def test_submit_trims_like_the_cli_and_lists_every_reason(api_env: ApiEnv) -> No
     # every bad field at once; the padded ID is not among them
     assert {"phone", "sex", "birth_date", "region_code", "photo"} <= fields
     assert "citizen_id" not in fields and "name" not in fields
+    long_name = {"citizen_id": make_cid(), "name": "A" * 70, "phone": "1"}
+    r = c.post("/v1/applications", json=long_name, headers=clerk)
+    reasons = {p["field"]: p["reason"] for p in r.json()["error"]["problems"]}
+    assert r.status_code == 422 and {"name", "phone", "photo"} <= set(reasons)
+    assert reasons["name"] == "a Latin-script name must have 2 to 60 characters"
     fake_jpeg = base64.b64encode(b"\xff\xd8\xff\xe0 fake photo \xff\xd9").decode()
     good = {"citizen_id": padded, "name": " 冯十 ", "phone": " 138 0013 8052 ",
             "photo_base64": fake_jpeg}  # fmt: skip
