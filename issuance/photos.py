@@ -281,7 +281,8 @@ def _detect_faces(gray: np.ndarray, det: Detector) -> list[tuple[tuple[int, int,
             break
     if not found:
         raise reject(PhotoProblem.NO_FACE, "no face was found")
-    return sorted(found, key=lambda c: -c[1])
+    # strongest first; ties by size then position (a deterministic order whatever the threads)
+    return sorted(found, key=lambda c: (-c[1], -c[0][2], c[0][0], c[0][1]))
 
 
 def _check_frontal(face: np.ndarray) -> None:
