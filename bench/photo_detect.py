@@ -9,7 +9,8 @@ setting with the fewest detection windows (smallest copy, largest scale step) am
 no wrong verdict: on the 92-case corpus a 320 or 360 px copy gets 3 verdicts wrong (a second
 face missed, a head top misplaced), 400 px none; 3 neighbours at 480 px calls two profiles
 "not frontal"; a 20 % first pass misplaces heads near the top. (Times on the shared machine
-varied by 3x between runs, so the windows count, not the clock, broke the ties.) Run alone: ``python -m bench.photo_detect``
+varied by 3x between runs, so the windows count, not the clock, broke the ties.)
+Run alone: ``python -m bench.photo_detect``
 (``--quick`` for the product setting only; ``--table`` prints the corpus confusion table,
 expected verdict against the verdict got, with the product setting).
 """
