@@ -32,6 +32,8 @@ log = logging.getLogger("api")
 class FieldProblemOut(BaseModel):
     field: str
     reason: str
+    #: Stable reason code (a photo's ``PhotoProblem``, an intake cell's ``CellProblem``).
+    code: str | None = None
 
 
 class ErrorBody(BaseModel):
@@ -104,7 +106,9 @@ def map_exception(exc: BaseException) -> ErrorJSONResponse:
     if isinstance(exc, ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.field, headers=exc.headers)
     if isinstance(exc, ie.ValidationError):
-        problems = [FieldProblemOut(field=p.field, reason=p.reason) for p in exc.problems]
+        problems = [
+            FieldProblemOut(field=p.field, reason=p.reason, code=p.code) for p in exc.problems
+        ]
         first = problems[0].field if problems else None
         return error_response(422, exc.code, str(exc), first, problems or None)
     if isinstance(exc, ie.IssuanceError):

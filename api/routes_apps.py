@@ -194,7 +194,9 @@ def _lines(outcomes: list[LineOutcome]) -> list[ImportLineOut]:
             line=o.line,
             citizen_id_masked=o.citizen_id_masked,
             application_id=o.application_id,
-            problems=[FieldProblemOut(field=p.field, reason=p.reason) for p in o.problems],
+            problems=[
+                FieldProblemOut(field=p.field, reason=p.reason, code=p.code) for p in o.problems
+            ],
         )
         for o in outcomes
     ]

@@ -7,6 +7,7 @@ import io
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Path, Request, UploadFile
+from pydantic import AfterValidator
 from sqlalchemy.orm import Session
 
 from api.auth import ctx_of, need
@@ -29,6 +30,7 @@ from api.schemas import (
     TemporaryIn,
     UnreportIn,
 )
+from cardspec.ids import parse_card_number
 from issuance import services
 from issuance.errors import FieldProblem, ValidationError
 from issuance.models import Card, Channel
@@ -36,7 +38,12 @@ from issuance.services.credentials import Principal
 
 router = APIRouter(prefix="/v1", tags=["cards"])
 
-CardNo = Annotated[str, Path(pattern=r"^[0-9A-Za-z]{9}$", description="card number")]
+#: Check character validated before any lookup (``cardspec.ids.parse_card_number``).
+CardNo = Annotated[
+    str,
+    Path(min_length=1, max_length=40, description="card number"),
+    AfterValidator(parse_card_number),
+]
 _ERR = responses(400, 401, 403, 404, 409, 422, 429)
 
 

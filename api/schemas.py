@@ -7,18 +7,25 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from cardspec.ids import parse_card_number
 from issuance.models import ApplicationStatus, Channel, ChipAppKind
 
 Hex32 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{32}$", description="32 hex characters")]
+#: The card number's check character is validated here, before any lookup, by the one rule
+#: (``cardspec.ids.parse_card_number``) the CLI and the services apply too.
 CardNumber = Annotated[
-    str, Field(pattern=r"^[0-9A-Za-z]{9}$", description="9-character card number")
+    str,
+    Field(min_length=1, max_length=40, description="9-character card number"),
+    AfterValidator(parse_card_number),
 ]
 #: Times are stored naive UTC; the API says so (RFC 3339 with Z).
 UtcDatetime = Annotated[
     datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=UTC))
 ]
 _NO_NUL = r"^[^\x00]*$"
-CitizenIdStr = Annotated[str, Field(min_length=1, max_length=18, pattern=_NO_NUL)]
+#: Generous bounds only: trimming, folding and the real checks are the domain's normaliser's
+#: (``issuance.services.applications.normalise``), the same for the CLI and file imports.
+CitizenIdStr = Annotated[str, Field(min_length=1, max_length=64, pattern=_NO_NUL)]
 Text500 = Annotated[str, Field(min_length=1, max_length=500, pattern=_NO_NUL)]
 
 
@@ -196,13 +203,15 @@ class CollectOut(BaseModel):
 # --- applications ------------------------------------------------------------------------------
 class ApplicationIn(_In):
     citizen_id: CitizenIdStr
-    name: Annotated[str, Field(min_length=1, max_length=60, pattern=_NO_NUL)]
-    phone: Annotated[str, text(20)] | None = None
-    sex: Annotated[str, text(2)] | None = None
-    birth_date: date | None = None
-    region_code: Annotated[str, text(6)] | None = None
-    ethnicity: Annotated[str, text(2)] | None = None
-    address: Annotated[str, text(200)] | None = None
+    name: Annotated[str, Field(min_length=1, max_length=200, pattern=_NO_NUL)]
+    phone: Annotated[str, text(40)] | None = None
+    sex: Annotated[str, text(16)] | None = None
+    birth_date: Annotated[str, text(40)] | None = Field(
+        None, description="YYYY-MM-DD; checked with the rest of the record"
+    )
+    region_code: Annotated[str, text(16)] | None = None
+    ethnicity: Annotated[str, text(16)] | None = None
+    address: Annotated[str, text(400)] | None = None
     photo_base64: Annotated[str, Field(max_length=20_000_000)] | None = Field(
         None, description="the photo (JPEG or PNG), base64; children under 6 may have none"
     )
@@ -285,6 +294,7 @@ class AuditVerifyOut(BaseModel):
 class FieldProblemOut(BaseModel):
     field: str
     reason: str
+    code: str | None = Field(default=None, description="stable reason code, where there is one")
 
 
 class ImportLineOut(BaseModel):

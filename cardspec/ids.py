@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import operator
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import date
 
@@ -153,6 +154,20 @@ def validate_card_number(value: str) -> str:
     if value[8] != card_number_check_char(value[:8]):
         raise InvalidIdentifier("card_number", "check character does not match")
     return value
+
+
+def parse_card_number(value: str) -> str:
+    """A card number as typed or read anywhere (API, CLI, file): trimmed, full-width
+    characters folded (NFKC), upper-cased, then its length, alphabet and check character
+    validated -- the one rule every entry point applies before any lookup."""
+    if not isinstance(value, str):
+        raise InvalidIdentifier("card_number", "must be a string")
+    text = unicodedata.normalize("NFKC", value).strip().upper()
+    if len(text) != 9:
+        raise InvalidIdentifier("card_number", f"must be 9 characters, got {len(text)}")
+    if not all(ch in _ALNUM_VALUE for ch in text):
+        raise InvalidIdentifier("card_number", "characters must be 0-9 or A-Z")
+    return validate_card_number(text)
 
 
 def make_card_identification_code(region_code: str, chip_serial: bytes) -> str:

@@ -250,7 +250,10 @@ def _failed_items(s: Session, batch: str, card: str | None) -> list[Any]:
         .order_by(BatchItem.id)
     )
     if card is not None:
-        items = list(s.scalars(stmt.where(Card.card_number == card.upper())))
+        from cardspec.ids import parse_card_number
+
+        number = parse_card_number(card)  # the check character before any lookup
+        items = list(s.scalars(stmt.where(Card.card_number == number)))
         if not items:
             raise NotFound(f"card {card} is not in batch {found.name}")
         if items[0].stage != BatchStage.FAILED:

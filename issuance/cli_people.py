@@ -46,7 +46,7 @@ def submit(
             photo=photo.read_bytes() if photo else None,
         )  # fmt: skip
         a = services.submit_application(s, settings(), data, actor)
-        out.print(f"application {a.id} received for {mask_citizen_id(citizen_id.upper())}")
+        out.print(f"application {a.id} received for {mask_citizen_id(a.person.citizen_id)}")
 
 
 @app.command("import")

@@ -38,6 +38,9 @@ class FieldProblem:
 
     field: str
     reason: str
+    #: A stable machine-readable code for the reason, where there is one (a photo's
+    #: ``PhotoProblem``, an intake cell's ``CellProblem``).
+    code: str | None = None
 
 
 class ValidationError(IssuanceError):
@@ -55,9 +58,13 @@ class ValidationError(IssuanceError):
 
 
 class PhotoRejected(ValidationError):
-    """A photo cannot be used on a card (the reason says precisely why)."""
+    """A photo cannot be used on a card (the reason says precisely why; its stable code is
+    ``details["reason"]`` and on the field problem)."""
 
     code = "photo_rejected"
+
+    def __str__(self) -> str:  # the message already says the reason: not repeated
+        return self.message
 
 
 class NotFound(IssuanceError):

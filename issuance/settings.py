@@ -106,7 +106,11 @@ class PhotoSettings(_Section):
     max_bytes: int = 100 * 1024
     #: Children under this age may be issued a card without a photo.
     photo_exempt_under_years: int = 6
-    max_input_pixels: int = 60_000_000
+    #: The project's own limit on a submitted picture's pixel count (read from the file's header,
+    #: before decoding; honoured above and below Pillow's default bomb limit).
+    max_input_pixels: int = Field(default=60_000_000, ge=1)
+    #: Some cities' rules require a colour photograph: a greyscale one is then refused.
+    require_colour: bool = False
 
 
 class LifecycleSettings(_Section):

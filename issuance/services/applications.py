@@ -16,6 +16,7 @@ the same file line sent again after a rejection is imported again, not "already 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -52,7 +53,7 @@ from issuance.models import (
 from issuance.services.common import create_card, live_formal_card
 from issuance.settings import PhotoSettings, Settings
 
-#: ``process_photo(data, settings) -> ProcessedPhoto`` (``.jpeg``, ``.sha256``); raises
+#: ``process_photo(data, settings) -> ProcessedPhoto`` (``.jpeg``, ``.sha256``, ``.notes``); raises
 #: PhotoRejected. Default: :func:`issuance.photos.process_photo`.
 PhotoProcessor = Callable[[bytes, PhotoSettings], Any]
 
@@ -71,13 +72,18 @@ APPROVERS = set(lifecycle.application_roles(ApplicationEvent.APPROVE))
 
 @dataclass
 class ApplicationInput:
-    """One applicant's record as received (counter form, or one line of a file)."""
+    """One applicant's record as received (counter form, API body, or one line of a file).
+
+    Every channel hands it over as received; :func:`normalise` is the one place that trims
+    and folds it, so the same record is accepted or refused the same way whatever brought it.
+    """
 
     citizen_id: str
     name: str
     phone: str | None = None
     sex: str | None = None
-    birth_date: date | None = None
+    #: A date, or its text as received (YYYY-MM-DD), checked with the rest of the record.
+    birth_date: date | str | None = None
     region_code: str | None = None  # residence region (decides subsidies); default: issuer's
     ethnicity: str | None = None
     address: str | None = None
@@ -96,6 +102,44 @@ class ValidRecord:
     photo_sha256: str | None
     photo_exempt: bool
     person: Person | None
+    #: What the photo pipeline did beyond cropping (MPO first picture, padding colour).
+    photo_notes: tuple[str, ...] = ()
+
+
+def _identifier(value: str | None) -> str | None:
+    """Trimmed, NFKC-folded (full-width digits and letters from a Chinese input method become
+    ASCII), upper-cased; empty -> None."""
+    if value is None:
+        return None
+    text = unicodedata.normalize("NFKC", str(value)).strip().upper()
+    return text or None
+
+
+def _text(value: str | None) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def normalise(data: ApplicationInput) -> ApplicationInput:
+    """The one normaliser of an application record, for every channel (counter and CLI, API,
+    file import): text trimmed, empty text absent; identifiers (citizen ID, phone, region,
+    ethnicity, sex code) also NFKC-folded and upper-cased, a phone number's spaces dropped.
+    Nothing else is changed: what is still wrong is refused by :func:`validate_record`."""
+    phone = _identifier(data.phone)
+    birth = data.birth_date
+    return ApplicationInput(
+        citizen_id=_identifier(data.citizen_id) or "",
+        name=_text(data.name) or "",
+        phone=phone.replace(" ", "") if phone is not None else None,
+        sex=_identifier(data.sex),
+        birth_date=_text(birth) if isinstance(birth, str) else birth,
+        region_code=_identifier(data.region_code),
+        ethnicity=_identifier(data.ethnicity),
+        address=_text(data.address),
+        photo=data.photo,
+    )
 
 
 def _age(birth: date, today: date) -> int:
@@ -136,31 +180,39 @@ def validate_record(
 ) -> ValidRecord:
     """Check the record as a whole; raise ValidationError listing EVERY problem found."""
     today = today or date.today()
+    data = normalise(data)
     problems: list[FieldProblem] = []
     citizen: CitizenId | None = None
     try:
-        citizen = validate_citizen_id((data.citizen_id or "").strip(), today=today)
+        citizen = validate_citizen_id(data.citizen_id, today=today)
     except InvalidIdentifier as exc:
         problems.append(FieldProblem("citizen_id", exc.reason))
-    name = (data.name or "").strip() if data.name is not None else ""
-    if (reason := check_name(data.name or "")) is not None:
+    name = data.name
+    if (reason := check_name(name)) is not None:
         problems.append(FieldProblem("name", reason))
-    if data.sex not in (None, ""):
-        sex = _SEX_WORDS.get(str(data.sex).strip().upper())
+    if data.sex is not None:
+        sex = _SEX_WORDS.get(data.sex)
         if sex is None:
             problems.append(FieldProblem("sex", "must be 1 (male), 2 (female) or 男/女"))
         elif citizen is not None and sex != citizen.sex:
             problems.append(FieldProblem("sex", "does not match the citizen ID number"))
-    if citizen is not None and data.birth_date not in (None, citizen.birth_date):
+    birth = data.birth_date
+    if isinstance(birth, str):
+        try:
+            birth = date.fromisoformat(birth)
+        except ValueError:
+            birth = None
+            problems.append(FieldProblem("birth_date", "is not a date (YYYY-MM-DD)"))
+    if citizen is not None and birth not in (None, citizen.birth_date):
         problems.append(FieldProblem("birth_date", "does not match the citizen ID number"))
-    region = (data.region_code or settings.issuer.region_code).strip()
+    region = data.region_code or settings.issuer.region_code
     try:
         validate_region_code(region)
     except InvalidIdentifier as exc:
         problems.append(FieldProblem("region_code", exc.reason))
     if data.ethnicity not in (None, "") and not re.fullmatch(r"[0-9]{2}", str(data.ethnicity)):
         problems.append(FieldProblem("ethnicity", "must be a 2-digit GB 3304 code"))
-    phone = (data.phone or "").replace(" ", "") or None
+    phone = data.phone
     if phone is None:
         problems.append(FieldProblem("phone", "a contact phone number is required"))
     elif not (_MOBILE.fullmatch(phone) or _LANDLINE.fullmatch(phone)):
@@ -172,6 +224,7 @@ def validate_record(
         settings.photos.photo_exempt_under_years
     )
     jpeg = sha = None
+    notes: tuple[str, ...] = ()
     if data.photo:
         if photo_processor is None:
             from issuance.photos import process_photo
@@ -179,10 +232,9 @@ def validate_record(
             photo_processor = process_photo
         try:
             processed = photo_processor(data.photo, settings.photos)
-            jpeg, sha = processed.jpeg, processed.sha256
+            jpeg, sha, notes = processed.jpeg, processed.sha256, tuple(processed.notes)
         except PhotoRejected as exc:
-            reasons = [p.reason for p in exc.problems] or [exc.message]
-            problems.extend(FieldProblem("photo", r) for r in reasons)
+            problems.extend(exc.problems or [FieldProblem("photo", exc.message)])
     elif not exempt:
         under = settings.photos.photo_exempt_under_years
         problems.append(FieldProblem("photo", f"required (only children under {under} are exempt)"))
@@ -225,6 +277,7 @@ def validate_record(
         sha,
         exempt and not data.photo,
         person,
+        notes,
     )
 
 
@@ -282,7 +335,8 @@ def submit_application(
         after=str(app.status),
         details={"citizen_id": rec.citizen.masked(), "person_id": person.id,
                  "channel": str(channel), "collective_id": app.collective_id,
-                 "photo_sha256": rec.photo_sha256},
+                 "photo_sha256": rec.photo_sha256,
+                 **({"photo_notes": list(rec.photo_notes)} if rec.photo_notes else {})},
     )  # fmt: skip
     return app
 

@@ -10,7 +10,12 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from cardspec.ids import make_card_identification_code, make_card_number, mask_citizen_id
+from cardspec.ids import (
+    make_card_identification_code,
+    make_card_number,
+    mask_citizen_id,
+    parse_card_number,
+)
 from issuance import audit
 from issuance.audit import Actor
 from issuance.db import flush
@@ -109,8 +114,9 @@ def find_card(
     stmt = sa.select(Card)
     if card_id is not None:
         stmt = stmt.where(Card.id == card_id)
-    elif card_number is not None:
-        stmt = stmt.where(Card.card_number == card_number.upper())
+    elif card_number is not None:  # check character first: a mistyped number is never looked up
+        card_number = parse_card_number(card_number)
+        stmt = stmt.where(Card.card_number == card_number)
     elif card_identification_code is not None:
         stmt = stmt.where(Card.card_identification_code == card_identification_code.upper())
     else:

@@ -153,6 +153,7 @@ def replace_application_photo(
     flush(session)
     audit.record(
         session, actor, "application.photo_replaced", "application", app.id,
-        details={"before_sha256": before, "after_sha256": processed.sha256},
+        details={"before_sha256": before, "after_sha256": processed.sha256,
+                 **({"photo_notes": list(processed.notes)} if processed.notes else {})},
     )  # fmt: skip
     return app

@@ -91,8 +91,8 @@ def fake_photo(data: bytes, _settings: object) -> object:
         from issuance.errors import FieldProblem, PhotoRejected
 
         raise PhotoRejected("photo rejected", [FieldProblem("photo", "not a JPEG")])
-    cls = make_dataclass("P", ["jpeg", "sha256"])
-    return cls(data, hashlib.sha256(data).hexdigest())
+    cls = make_dataclass("P", ["jpeg", "sha256", "notes"])
+    return cls(data, hashlib.sha256(data).hexdigest(), ())
 
 
 def staff(session: Session, tag: str) -> dict[str, Actor]:

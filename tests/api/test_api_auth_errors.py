@@ -94,8 +94,13 @@ def test_error_shape_for_malformed_input(api_env: ApiEnv) -> None:
     assert {p["field"] for p in err["problems"]} >= {"challenge_id", "card_number", "response"}
     r = c.post("/v1/verifications", content=b"{not json", headers=api_env.auth("hospital"))
     assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error"
-    r = c.get("/v1/cards/NOSUCHONE", headers=h)
+    from cardspec.ids import make_card_number
+
+    r = c.get(f"/v1/cards/{make_card_number('A9999999')}", headers=h)
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = c.get("/v1/cards/NOSUCHONE", headers=h)  # its check character is wrong: no lookup
+    assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error"
+    assert "check character does not match" in r.json()["error"]["message"]
     assert c.get("/nowhere").json()["error"]["code"] == "not_found"
     assert c.delete("/v1/hello").status_code == 405
     r = c.post("/v1/applications", json={"citizen_id": "123", "name": "9x", "phone": "1"},

@@ -109,8 +109,10 @@ def test_forged_answers_and_unknown_cards(
     cic, number, resp = answer(chip, ch["challenge"])
     other = services.allocate_card_numbers  # a card number that is not this chip's
     assert other is not None
-    v = c.verify(ch["challenge_id"], cic, "A00000019" if number != "A00000019" else "A00000027",
-                 resp)  # fmt: skip
+    from cardspec.ids import make_card_number
+
+    a, b = make_card_number("A0000001"), make_card_number("A0000002")  # valid, not this chip's
+    v = c.verify(ch["challenge_id"], cic, a if number != a else b, resp)
     assert v["reason"] == "not_genuine" and "card_status" not in v
     ch = c.challenge()
     v = c.verify(ch["challenge_id"], "330100D156000005" + "00" * 8, number, resp)

@@ -37,6 +37,7 @@ def make_cid(birth: date | None = None, *, male: bool = True, region: str = "330
 class FakePhoto:
     jpeg: bytes
     sha256: str
+    notes: tuple[str, ...] = ()
 
 
 JPEG_FIXTURE = b"\xff\xd8\xff\xe0" + b"fixture-photo" * 100 + b"\xff\xd9"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from issuance import photos
+from issuance import photo_files, photos
 from issuance.errors import PhotoRejected, ValidationError
 from issuance.photos import PhotoProblem, ProcessedPhoto, process_photo
 from issuance.settings import PhotoSettings
@@ -99,13 +99,23 @@ def _mean_abs_diff(a: Image.Image, b: Image.Image) -> float:
     )
 
 
-def test_png_alpha_is_flattened_on_white() -> None:
+def test_transparency_outside_the_crop_is_accepted_inside_refused() -> None:
     data = _load("astronaut_alpha.png")
     assert Image.open(io.BytesIO(data)).mode == "RGBA"
     _assert_card_photo(process_photo(data, SETTINGS), "PNG")
     rgba = Image.new("RGBA", (4, 4), (10, 200, 30, 0))
-    flat = photos._to_srgb(rgba)
+    flat, alpha = photo_files.to_srgb(rgba)
     assert flat.mode == "RGB" and flat.getpixel((0, 0)) == (255, 255, 255)
+    assert alpha is not None and alpha.getextrema() == (0, 0)
+    # the whole picture at alpha 128: refused, never flattened into a faded card photo
+    faded = Image.open(FIXTURES / "astronaut.jpg").convert("RGBA")
+    faded.putalpha(128)
+    buf = io.BytesIO()
+    faded.save(buf, "PNG")
+    with pytest.raises(PhotoRejected) as info:
+        process_photo(buf.getvalue(), SETTINGS)
+    assert info.value.details["reason"] == PhotoProblem.TRANSPARENT.value
+    assert info.value.problems[0].code == "transparent"
 
 
 def test_icc_profile_and_exif_are_not_copied(tmp_path: Path) -> None:
@@ -128,16 +138,16 @@ def test_icc_profile_and_exif_are_not_copied(tmp_path: Path) -> None:
         ("camera.png", PhotoProblem.NO_FACE, "no face"),
         ("two_faces.jpg", PhotoProblem.SEVERAL_FACES, "2 faces"),
         ("astronaut_tilted.jpg", PhotoProblem.NOT_FRONTAL, "tilted"),
-        ("astronaut_small.jpg", PhotoProblem.FACE_TOO_SMALL, "pixels wide"),
+        ("astronaut_small.jpg", PhotoProblem.IMAGE_TOO_SMALL, "at least 179x221"),
         ("astronaut_blurred.jpg", PhotoProblem.BLURRED, "not sharp"),
         ("astronaut_dark.jpg", PhotoProblem.BACKGROUND_NOT_LIGHT, "too dark"),
         ("grace_hopper_reflected.jpg", PhotoProblem.BACKGROUND_NOT_LIGHT, "too dark"),
         ("grace_hopper_bright.jpg", PhotoProblem.BACKGROUND_NOT_PLAIN, "not plain"),
-        ("astronaut_tight.jpg", PhotoProblem.BAD_FRAMING, "edge"),
+        ("astronaut_tight.jpg", PhotoProblem.IMAGE_TOO_SMALL, "150x160 pixels"),
         ("grace_hopper.jpg", PhotoProblem.BAD_FRAMING, "edge"),
         ("truncated.jpg", PhotoProblem.CORRUPT, "truncated"),
         ("not_an_image.jpg", PhotoProblem.NOT_AN_IMAGE, "not an image"),
-        ("bomb.png", PhotoProblem.TOO_MANY_PIXELS, "too large"),
+        ("bomb.png", PhotoProblem.TOO_MANY_PIXELS, "more than the 60,000,000 allowed"),
     ],
 )
 def test_bad_photos_get_their_specific_reason(name: str, problem: PhotoProblem, words: str) -> None:
@@ -147,7 +157,10 @@ def test_bad_photos_get_their_specific_reason(name: str, problem: PhotoProblem, 
     assert isinstance(err, ValidationError) and err.code == "photo_rejected"
     assert err.details["reason"] == problem.value
     assert len(err.problems) == 1 and err.problems[0].field == "photo"
+    assert err.problems[0].code == problem.value
     assert words in err.problems[0].reason
+    # said once: "photo rejected: <reason>", not the reason again after it
+    assert str(err) == f"photo rejected: {err.problems[0].reason}"
 
 
 def test_pixel_limit_comes_from_settings() -> None:
@@ -211,3 +224,81 @@ def test_large_phone_jpeg_is_cropped_from_a_fine_enough_decode() -> None:
     assert Image.open(io.BytesIO(data)).size == (4000, 3000)
     p = process_photo(data, SETTINGS)
     _assert_card_photo(p, "JPEG")
+
+
+def test_pixel_limit_is_the_projects_in_both_directions() -> None:
+    """Read from the header before decoding; Pillow's own bomb limit plays no part."""
+    from tests.fixtures.photos.corpus import jpeg_header, png_header
+
+    pillow_limit = 2 * Image.MAX_IMAGE_PIXELS  # Pillow refuses above this at Image.open
+    big = png_header(14_000, 13_000)  # 182,000,000 pixels: over Pillow's limit
+    assert pillow_limit < 14_000 * 13_000
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(big))
+    roomy = PhotoSettings(max_input_pixels=200_000_000)
+    header = photo_files.open_picture(big)  # the decoder itself: no Pillow bomb check
+    assert photos._check_size(header, 1, roomy) == (14_000, 13_000)
+    with pytest.raises(PhotoRejected) as info:
+        process_photo(jpeg_header(10_000, 9_000), PhotoSettings(max_input_pixels=89_000_000))
+    assert info.value.details["reason"] == "too_many_pixels"
+    assert "90,000,000 pixels, more than the 89,000,000 allowed" in info.value.problems[0].reason
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_stored_box_maps_an_upright_box_back(orientation: int) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(orientation)
+    img = Image.fromarray(rng.integers(0, 255, (37, 53, 3), dtype=np.uint8))
+    upright = photo_files.upright(img, orientation)
+    for _ in range(20):
+        x0, x1 = sorted(int(v) for v in rng.integers(0, upright.width + 1, 2))
+        y0, y1 = sorted(int(v) for v in rng.integers(0, upright.height + 1, 2))
+        box = (x0, y0, max(x1, x0 + 1), max(y1, y0 + 1))
+        cut = photo_files.upright(
+            img.crop(photo_files.stored_box(box, orientation, img.width, img.height)), orientation
+        )
+        assert cut.tobytes() == upright.crop(box).tobytes()
+
+
+def test_mpo_first_picture_is_used_and_recorded() -> None:
+    from tests.fixtures.photos.corpus import astronaut, hopper, mpo
+
+    p = process_photo(mpo(astronaut(), hopper()), SETTINGS)
+    _assert_card_photo(p, "MPO")
+    assert p.notes[0] == "MPO file of 2 pictures: the first picture was used"
+    alone = process_photo(_load("astronaut.jpg"), SETTINGS)
+    assert _mean_abs_diff(Image.open(io.BytesIO(p.jpeg)), Image.open(io.BytesIO(alone.jpeg))) < 12
+
+
+def test_head_near_the_top_is_padded_with_the_backdrop_colour() -> None:
+    src = Image.open(FIXTURES / "astronaut.jpg").crop((0, 14, 512, 512))
+    buf = io.BytesIO()
+    src.save(buf, "JPEG", quality=92)
+    p = process_photo(buf.getvalue(), SETTINGS)
+    img = _assert_card_photo(p, "JPEG")
+    assert p.pad_colour is not None and any("at the top" in n for n in p.notes)
+    # the padded band is the backdrop's colour: light grey, close to the row below it
+    r, g, b = (int(p.pad_colour[i : i + 2], 16) for i in (1, 3, 5))
+    assert min(r, g, b) > 150
+    top_row = img.crop((0, 0, 40, 2)).convert("RGB").getpixel((20, 0))
+    assert all(abs(a - b) < 16 for a, b in zip(top_row, (r, g, b), strict=True))
+
+
+def test_16_bit_grey_is_reduced_band_by_band_without_float_copies() -> None:
+    import tracemalloc
+
+    import numpy as np
+
+    side = 3000
+    arr = (np.arange(side * side, dtype=np.uint32) % 65536).astype(np.uint16).reshape(side, side)
+    img = Image.fromarray(arr)
+    assert img.mode.startswith("I;16")
+    tracemalloc.start()
+    out = photo_files.to_8bit(img)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert out.mode == "L" and out.size == (side, side)
+    # the 8-bit result (9 MB) and a band's 32-bit copies: never a full float64 copy (72 MB)
+    assert peak < side * side + 3 * 4 * side * photo_files.BAND_ROWS
+    assert out.getpixel((0, 0)) == 0 and out.getpixel((65535 % side, 65535 // side)) == 255

@@ -59,6 +59,12 @@ def _tiny() -> bytes:
     return buf.getvalue()
 
 
+def _small_face() -> bytes:
+    buf = io.BytesIO()  # 300x300: big enough as an image, the face ~55 px (79 needed)
+    Image.open(FIXTURES / "astronaut.jpg").resize((300, 300)).save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
 def _no_face() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (600, 740), (240, 240, 240)).save(buf, "JPEG")
@@ -75,9 +81,10 @@ PHOTOS: list[tuple[str, Callable[[], bytes], PhotoProblem | None]] = [
      PhotoProblem.SEVERAL_FACES),
     ("no_face.jpg", _no_face, PhotoProblem.NO_FACE),
     ("camera.png", lambda: (FIXTURES / "camera.png").read_bytes(), PhotoProblem.NO_FACE),
-    ("small_face.jpg", lambda: (FIXTURES / "astronaut_small.jpg").read_bytes(),
-     PhotoProblem.FACE_TOO_SMALL),
-    ("tiny.jpg", _tiny, PhotoProblem.NO_FACE),
+    ("small_face.jpg", _small_face, PhotoProblem.FACE_TOO_SMALL),
+    ("small_image.jpg", lambda: (FIXTURES / "astronaut_small.jpg").read_bytes(),
+     PhotoProblem.IMAGE_TOO_SMALL),
+    ("tiny.jpg", _tiny, PhotoProblem.IMAGE_TOO_SMALL),
     ("empty.jpg", lambda: b"", PhotoProblem.EMPTY),
     ("gif.gif", lambda: b"GIF89a" + bytes(40), PhotoProblem.NOT_AN_IMAGE),
     # converted, not refused: CMYK and 16-bit grey to sRGB, alpha flattened on white
@@ -133,7 +140,11 @@ def test_import_with_bad_photos_keeps_the_good_records(session, settings, clerk,
     report = intake.import_file(session, settings, csv_path, coll, clerk, photos=zpath)
     assert len(report.accepted) == 2 and len(report.rejected) == 3
     reasons = {r.line: " ".join(p.reason for p in r.problems) for r in report.rejected}
-    assert "truncated" in reasons[4] and "too large" in reasons[5] and "2 faces" in reasons[6]
+    assert (
+        "truncated" in reasons[4]
+        and "more than the 60,000,000 allowed" in reasons[5]
+        and "2 faces" in reasons[6]
+    )
     assert all({p.field for p in r.problems} == {"photo"} for r in report.rejected)
     assert _apps(session, coll) == 2
 
