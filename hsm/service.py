@@ -500,9 +500,3 @@ class SoftwareKeyService:
         return self._signing.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-
-
-def key_service_from_settings(settings: Any) -> KeyService:
-    """The product key service for these settings (PKCS#11 on the configured module)."""
-    config = HsmConfig.from_settings(settings)
-    return Pkcs11KeyService.from_config(config)

@@ -79,7 +79,7 @@ from cardspec.profile.model import RecordLayout, encode_records
 from cardspec.profile.values import split_name
 from hsm import prep as hsm_prep
 from hsm.export import FileKek
-from hsm.service import CardKeyRef, KeyService
+from hsm.service import CardKeyRef, KeyService, Pkcs11KeyService
 from issuance import audit
 from issuance.audit import Actor
 from issuance.batches import dataprep, persofile
@@ -1032,13 +1032,11 @@ def _worker(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us between chunks
     engine: Engine | None = None
     try:
-        from hsm.service import key_service_from_settings
-
         engine = make_engine(settings)
         factory = make_sessionmaker(engine)
         from issuance.batches.blanks import make_stock
 
-        keys = key_service_from_settings(settings)
+        keys = Pkcs11KeyService.from_config(settings.hsm_config())
         stock = make_stock(settings, keys)
         sink = _QueueSink(results) if req.output == BUREAU else None
         preparer = Preparer(

@@ -50,7 +50,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cardspec.errors import CardSpecError
 from hsm.errors import HsmError
-from hsm.service import KeyService
+from hsm.service import KeyService, Pkcs11KeyService
 from issuance.audit import SYSTEM_ACTOR, Actor
 from issuance.batches import bulkprep, dataprep, persofile
 from issuance.batches import items as bi
@@ -272,9 +272,7 @@ class BatchRunner:
         self.engine = engine or make_engine(settings)
         self.factory: sessionmaker[Session] = make_sessionmaker(self.engine)
         if key_service is None:
-            from hsm.service import key_service_from_settings
-
-            key_service = key_service_from_settings(settings)
+            key_service = Pkcs11KeyService.from_config(settings.hsm_config())
         self.key_service = key_service
         self.stock = stock or make_stock(settings, key_service)
         if printer is None:

@@ -58,10 +58,9 @@ def ensure_manufacturer_key(settings: Settings) -> bool:
     and the manufacturer's copy, if missing. Returns True if it was created."""
     from hsm import ceremony, softhsm
     from hsm import pkcs11 as p11
-    from hsm.config import HsmConfig
 
     path = manufacturer_key_path(settings)
-    config = HsmConfig.from_settings(settings)
+    config = settings.hsm_config()
     if config.is_softhsm:
         softhsm.write_conf(config)
     token = p11.open_token(config)

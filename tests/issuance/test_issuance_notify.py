@@ -17,11 +17,12 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from typer.testing import CliRunner
 
-from issuance import cli_outbox, services
-from issuance.dbserver import free_port
+from devstack.dbserver import free_port
+from issuance import services
 from issuance.errors import ConfigError
 from issuance.models import OutboxMessage
-from issuance.settings import get_settings, load_settings
+from yikatong.cli import outbox as cli_outbox
+from yikatong.settings import get_settings, load_settings
 
 CID = "330106199001011234"
 
@@ -165,7 +166,7 @@ def test_backend_by_configuration(tmp_path):
 
 
 def test_outbox_drain_command_uses_the_configured_gateway(tmp_path, monkeypatch, webhook):
-    from issuance import cli_db
+    from yikatong.cli import db as cli_db
 
     hook, url = webhook
     monkeypatch.setenv("YKT_DATA_DIR", str(tmp_path))

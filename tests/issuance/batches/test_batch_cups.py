@@ -14,10 +14,10 @@ import sqlalchemy as sa
 from batch_helpers import HsmRoot, assert_batch_invariants, batch_settings, hsm_root, populate
 from pypdf import PdfReader
 
+from devstack.cupsd import TemporaryCups
 from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.models import AuditEvent, BatchItem
 from printers.cups import CupsPrinter
-from printers.cupsd import TemporaryCups
 
 pytestmark = [pytest.mark.pcsc, pytest.mark.cups]
 

@@ -21,12 +21,10 @@ from cli_helpers import ykt, ykt_env
 from sqlalchemy.engine import Engine
 from test_batch_pipeline import DefectiveFirstChips
 
-from hsm.service import key_service_from_settings
 from issuance.batches import dataprep
 from issuance.batches import items as bi
 from issuance.batches.pipeline import BatchRunner, RunOptions, runner_for
 from issuance.db import make_engine, make_sessionmaker, transaction
-from issuance.demo import BRANCH_CODE
 from issuance.models import (
     Application,
     BatchItem,
@@ -36,10 +34,12 @@ from issuance.models import (
     CardStatus,
     ChipStatus,
 )
-from issuance.settings import Settings
 from printers.layout import DEFAULT_LAYOUT
 from printers.spool import FileSpool
 from printers.stations import PrintedFace, QualityCheckFailed, open_stations
+from yikatong.demo import BRANCH_CODE
+from yikatong.settings import Settings
+from yikatong.wiring import key_service_from_settings
 
 pytestmark = pytest.mark.pcsc
 

@@ -11,7 +11,7 @@ import logging
 import typer
 from rich.console import Console
 
-from issuance.cli_db import session_scope, settings
+from yikatong.cli.db import session_scope, settings
 
 app = typer.Typer(no_args_is_help=True)
 out = Console()

@@ -45,15 +45,15 @@ from issuance.batches.bureau_result import (
     ProblemKind,
     import_bureau_result,
 )
-from issuance.cli_db import AS_HELP
 from issuance.errors import ValidationError
+from yikatong.cli.db import AS_HELP
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from hsm.service import KeyService
     from issuance.audit import Actor
-    from issuance.settings import Settings
+    from yikatong.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="The card-bureau path: bureau files and results.")
 out = Console()
@@ -125,11 +125,11 @@ def export(
 ) -> None:
     """Data preparation for the bureau: every card of the batch not yet made (selected or
     prepared) into a signed bureau file (streamed, any size); the cards go ``at_bureau``."""
-    from hsm.service import key_service_from_settings
     from issuance.batches import items as bi
     from issuance.batches.selection import get_batch
-    from issuance.cli_db import acting, session_scope, settings
     from issuance.models import BatchStage
+    from yikatong.cli.db import acting, session_scope, settings
+    from yikatong.wiring import key_service_from_settings
 
     cfg = settings()
     keys = key_service_from_settings(cfg)
@@ -220,7 +220,7 @@ def import_result(
     """Check the bureau's result file, then apply it: made cards good, spoiled ones requeued
     (idempotent). Refused lines: nothing is applied unless ``--partial``; exit code 1."""
     from issuance.batches.bureau_result import apply_bureau_result
-    from issuance.cli_db import acting, session_scope, settings
+    from yikatong.cli.db import acting, session_scope, settings
 
     try:
         checked = import_bureau_result(

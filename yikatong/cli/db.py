@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from issuance.audit import SYSTEM_ACTOR, Actor
 from issuance.models import Channel, StaffRole
-from issuance.settings import Settings
+from yikatong.settings import Settings
 
 app = typer.Typer(no_args_is_help=True)
 out = Console()
@@ -44,7 +44,7 @@ _prompted: dict[str, str] = {}
 
 
 def settings() -> Settings:
-    from issuance.settings import get_settings
+    from yikatong.settings import get_settings
 
     return get_settings()
 

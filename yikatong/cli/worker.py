@@ -11,7 +11,7 @@ from types import FrameType
 import typer
 from rich.console import Console
 
-from issuance.cli_db import settings
+from yikatong.cli.db import settings
 
 out = Console()
 
@@ -40,7 +40,7 @@ def worker(
     do_seal = cfg.worker.seal_audit if seal is None else seal
     signer = None
     if do_seal and cfg.worker.sign_checkpoints and not unsigned:
-        from issuance.cli_audit import hsm_signer
+        from yikatong.cli.audit import hsm_signer
 
         signer = hsm_signer()
     engine = make_engine(cfg)
