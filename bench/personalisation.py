@@ -28,7 +28,7 @@ from cardspec.keyscheme import KeySlot
 from cardspec.perso import CardPersoData
 from cardspec.profile import FinancialData, Holder, MedicalData, PensionData
 from issuance.batches.dataprep import BANK_BIN, card_profile, initial_pin, luhn_digit
-from issuance.batches.prepared import PreparedCard
+from printers.prepared import PreparedCard
 from yikatong.settings import Settings, load_settings
 
 

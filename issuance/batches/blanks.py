@@ -67,7 +67,6 @@ from cardspec.profile import CardProfile
 from issuance import audit
 from issuance.audit import Actor
 from issuance.batches.deliveries import chip_key_ref
-from issuance.batches.prepared import PreparedCard
 from issuance.batches.stock import BlankStock, VirtualBlankStock
 from issuance.errors import ConfigError, IssuanceError
 from issuance.models import (
@@ -78,6 +77,7 @@ from issuance.models import (
     StockRejection,
     utcnow,
 )
+from printers.prepared import PreparedCard
 
 if TYPE_CHECKING:
     from hsm.service import CardCryptoSession, CardKeyRef, KeyService

@@ -128,8 +128,8 @@ from hsm.errors import SignatureInvalid
 from hsm.export import BureauExport, FileKek
 from hsm.service import BureauExporter, CardKeyRef, KeyService, verify_signature
 from issuance.batches.persofile import RecordFile
-from issuance.batches.prepared import PreparedCard
 from issuance.errors import IntegrityError, ValidationError
+from printers.prepared import PreparedCard
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session

@@ -55,7 +55,6 @@ from issuance.audit import SYSTEM_ACTOR, Actor
 from issuance.batches import bulkprep, dataprep, persofile
 from issuance.batches import items as bi
 from issuance.batches.blanks import ChipRefused, binds_at_station, make_stock
-from issuance.batches.prepared import PreparedCard
 from issuance.batches.selection import get_batch
 from issuance.batches.stock import BlankStock, ensure_manufacturer_key
 from issuance.db import make_engine, make_sessionmaker, transaction
@@ -76,7 +75,9 @@ from issuance.models import (
 from issuance.services.cards import advance_production
 from issuance.services.outbox import enqueue
 from issuance.settings import Settings
+from printers.backends import make_printer
 from printers.errors import PrinterError
+from printers.prepared import PreparedCard
 
 log = logging.getLogger("issuance.batches")
 T = TypeVar("T")
@@ -276,8 +277,6 @@ class BatchRunner:
         self.key_service = key_service
         self.stock = stock or make_stock(settings, key_service)
         if printer is None:
-            from printers.spool import make_printer
-
             printer = make_printer(settings)
         self.printer = printer
         self.actor = actor

@@ -54,7 +54,7 @@ from issuance.batches.bureau_result import (
     ProblemKind,
     import_bureau_result,
 )
-from issuance.batches.prepared import PreparedCard
+from printers.prepared import PreparedCard
 from issuance.errors import ValidationError
 from yikatong.settings import load_settings
 from yikatong.wiring import hsm_config

@@ -53,7 +53,7 @@ from issuance.batches.blanks import ChipRefused, DeliveredBlankStock, make_stock
 from issuance.batches.dataprep import card_profile, key_ref
 from issuance.batches.deliveries import import_delivery, parse_delivery, stock_status
 from issuance.batches.pipeline import RunOptions, run_batch
-from issuance.batches.prepared import PreparedCard
+from printers.prepared import PreparedCard
 from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.errors import ConfigError, PermissionDenied, ValidationError
 from issuance.models import (
