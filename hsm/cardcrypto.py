@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from pkcs11 import Attribute, Mechanism
 
@@ -32,10 +32,7 @@ from cardspec import keyscheme
 from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
 from hsm import p11fast
 from hsm import pkcs11 as p11
-from hsm.export import _KCV_BLOCK, BureauExport
-
-if TYPE_CHECKING:
-    from hsm.service import CardKeyRef, Pkcs11KeyService
+from hsm.ports import KCV_BLOCK, BureauExport, CardKeyRef, Pkcs11Keys
 
 
 @dataclass(frozen=True)
@@ -150,7 +147,7 @@ _PY_OPS = _PyKeyOps()
 class HsmCardCrypto:
     """:class:`CardCrypto` for one card with keys derived in the HSM (session objects)."""
 
-    def __init__(self, service: Pkcs11KeyService, ref: CardKeyRef) -> None:
+    def __init__(self, service: Pkcs11Keys, ref: CardKeyRef) -> None:
         p11.check_algorithm(ref.algorithm)
         self.algorithm = ref.algorithm
         self.ref = ref
@@ -287,7 +284,7 @@ class HsmCardCrypto:
         use :func:`hsm.pkcs11.kcv`)."""
         with self._service.token.use("card key KCV"):
             key = self._key(slot)
-            return self._ops.ecb(key, self.algorithm, _KCV_BLOCK[self.algorithm])[:3]
+            return self._ops.ecb(key, self.algorithm, KCV_BLOCK[self.algorithm])[:3]
 
     def external_auth(self, slot: KeySlot, challenge: bytes) -> bytes:
         if len(challenge) != 8:
@@ -332,7 +329,7 @@ class HsmCardCrypto:
         made for it (CKA_ENCRYPT only) and destroyed at once: checks a delivery's KCVs."""
         with self._service.token.use("key-loading key KCV"):
             self._sync()
-            block = _KCV_BLOCK[KLK_ALGORITHM]
+            block = KCV_BLOCK[KLK_ALGORITHM]
             kcv = self._with_klk(KLK_CHECK, lambda o, klk: o.ecb(klk, KLK_ALGORITHM, block))
             return bytes(kcv[:3])
 
@@ -378,12 +375,12 @@ class HsmCardCrypto:
             for slot in slots:
                 key = self._key_synced(slot)
                 wrapped[slot] = ops.wrap(kek_h, key)
-                kcvs[slot] = ops.ecb(key, alg, _KCV_BLOCK[alg])[:3]
+                kcvs[slot] = ops.ecb(key, alg, KCV_BLOCK[alg])[:3]
             klk_wrapped, klk_kcv = self._with_klk(
                 KLK_BUREAU,
                 lambda o, klk: (
                     o.wrap(kek_h, klk),
-                    o.ecb(klk, KLK_ALGORITHM, _KCV_BLOCK[KLK_ALGORITHM])[:3],
+                    o.ecb(klk, KLK_ALGORITHM, KCV_BLOCK[KLK_ALGORITHM])[:3],
                 ),
             )
             encrypted: list[bytes] = []

@@ -110,8 +110,8 @@ class StationBoundStock(Protocol):
     ) -> StockRejection: ...
 
 
-def binds_at_station(stock: object) -> bool:
-    return bool(getattr(stock, "binds_at_station", False))
+def binds_at_station(stock: BlankStock) -> bool:
+    return stock.binds_at_station
 
 
 class ChipRefused(IssuanceError):
@@ -151,6 +151,9 @@ class DeliveredBlankStock:
 
     def image(self, serial: str) -> Path:
         raise ConfigError("delivered chips are fed into real readers: they have no image")
+
+    def ensure_blank(self, serial: str, ref: CardKeyRef, profile: CardProfile) -> Path:
+        return self.image(serial)
 
     # binding at the station --------------------------------------------------------------
     def bind(self, session: Session, serial: str, card: Card, profile: CardProfile) -> None:

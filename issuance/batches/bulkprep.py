@@ -968,9 +968,8 @@ def ensure_batch_perso_key(factory: sessionmaker[Session], key_service: KeyServi
                            batch_id: int) -> None:  # fmt: skip
     """The batch's perso key exists in the HSM (created under a lock on the batch row, so
     concurrent workers create it once)."""
-    from hsm.service import Pkcs11KeyService
-
-    if not isinstance(key_service, Pkcs11KeyService):
+    hsm_keys = key_service.hsm_keys
+    if hsm_keys is None:
         return
     label = hsm_prep.perso_key_label(batch_id)
 
@@ -978,7 +977,7 @@ def ensure_batch_perso_key(factory: sessionmaker[Session], key_service: KeyServi
         # a write first: the row lock on PostgreSQL, the writer lock on SQLite
         s.execute(sa.update(Batch).where(Batch.id == batch_id)
                   .values(started_at=sa.func.coalesce(Batch.started_at, utcnow())))  # fmt: skip
-        if hsm_prep.ensure_perso_key(key_service, label):
+        if hsm_prep.ensure_perso_key(hsm_keys, label):
             log.info("created the perso key %s", label)
 
     with transaction(factory) as s:

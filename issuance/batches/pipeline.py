@@ -49,7 +49,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from cardspec.errors import CardSpecError
+from cardspec.profile import get_profile
 from hsm.errors import HsmError
+from hsm.prep import RecordCrypto, destroy_perso_key, perso_key_label
 from hsm.service import KeyService, Pkcs11KeyService
 from issuance.audit import SYSTEM_ACTOR, Actor
 from issuance.batches import bulkprep, dataprep, persofile
@@ -496,12 +498,10 @@ class BatchRunner:
         """The batch is produced: its perso key is destroyed in the HSM and its perso file
         removed (nothing may personalise from it any more; a card sent back to production
         later is prepared again under a new key)."""
-        from hsm.prep import destroy_perso_key, perso_key_label
-        from hsm.service import Pkcs11KeyService
-
         try:
-            if isinstance(self.key_service, Pkcs11KeyService):
-                destroy_perso_key(self.key_service, perso_key_label(self.batch_id))
+            hsm_keys = self.key_service.hsm_keys
+            if hsm_keys is not None:
+                destroy_perso_key(hsm_keys, perso_key_label(self.batch_id))
             persofile.remove_batch_files(self.settings.data_dir, self.batch_id)
         except (HsmError, OSError) as exc:  # the batch is done either way: say so, go on
             log.warning("batch %s: perso file not retired: %s", self.batch_name, exc)
@@ -744,23 +744,16 @@ class BatchRunner:
     def _blank_image(self, prepared: PreparedCard) -> Path:
         """The blank chip's image for the station's feeder; the virtual stock makes it now if
         data preparation left it to the station (see :mod:`issuance.batches.bulkprep`)."""
-        ensure = getattr(self.stock, "ensure_blank", None)
-        if ensure is None:
-            return self.stock.image(prepared.chip_serial)
-        from cardspec.profile import get_profile
-
-        return Path(ensure(prepared.chip_serial, prepared.key_ref,
-                           get_profile(prepared.profile_name)))  # fmt: skip
+        return self.stock.ensure_blank(prepared.chip_serial, prepared.key_ref,
+                                       get_profile(prepared.profile_name))  # fmt: skip
 
     def _record_crypto(
         self, station: Any, prepared: PreparedCard, item_id: int, ref: tuple[str, int]
     ) -> tuple[persofile.PersoRecord, Any] | None:
         """The card's perso record and its :class:`hsm.prep.RecordCrypto`, or None (noted)
         when the record cannot be used: the station then derives the keys itself."""
-        from hsm.prep import RecordCrypto, perso_key_label
-        from hsm.service import Pkcs11KeyService
-
-        if not isinstance(self.key_service, Pkcs11KeyService) or self.key_service.fast is None:
+        hsm_keys = self.key_service.hsm_keys
+        if hsm_keys is None or hsm_keys.fast is None:
             return None
         try:
             if self._public_pem is None:
@@ -781,7 +774,7 @@ class BatchRunner:
             self.progress.note(f"{station.name}: perso record of chip {prepared.chip_serial} "
                                f"refused ({exc}); the station derives the keys")  # fmt: skip
             return None
-        crypto = RecordCrypto(self.key_service, record.perso_key, record.kek, record.kmc_wrapped,
+        crypto = RecordCrypto(hsm_keys, record.perso_key, record.kek, record.kmc_wrapped,
                               record.algorithm, record.write_keys())  # fmt: skip
         return record, crypto
 

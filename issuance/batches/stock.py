@@ -42,11 +42,20 @@ _LOCK = threading.Lock()
 class BlankStock(Protocol):
     """Gives a blank chip for a card and says where the station finds it."""
 
+    #: True: the chips exist before data preparation and the card is bound to the chip fed
+    #: into the station (:class:`issuance.batches.blanks.StationBoundStock`).
+    binds_at_station: bool
+
     def new_serial(self) -> bytes: ...
 
     def make_blank(self, serial: bytes, ref: CardKeyRef, profile: CardProfile) -> Path: ...
 
     def image(self, serial: str) -> Path: ...
+
+    def ensure_blank(self, serial: str, ref: CardKeyRef, profile: CardProfile) -> Path:
+        """The image of blank chip ``serial`` for the station's feeder, made now if data
+        preparation left it to the station."""
+        ...
 
 
 def manufacturer_key_path(settings: Settings) -> Path:
@@ -89,6 +98,8 @@ def ensure_manufacturer_key(settings: Settings) -> bool:
 
 class VirtualBlankStock:
     """The emulated chips' manufacturer (see the module docstring)."""
+
+    binds_at_station = False
 
     def __init__(self, settings: Settings, key_service: KeyService) -> None:
         self.settings = settings

@@ -183,7 +183,7 @@ def bureau_blank(settings: Settings, keys: object, line: object) -> Path:
     ref = CardKeyRef(line.card_identification_code, line.key_version,  # type: ignore[attr-defined]
                      line.algorithm)  # type: ignore[attr-defined]  # fmt: skip
     stock = VirtualBlankStock(settings, keys)  # type: ignore[arg-type]
-    return stock.ensure_blank(line.chip_serial, ref,  # type: ignore[attr-defined]
+    return stock.ensure_blank(line.chip_serial, ref,
                               get_profile(line.profile_name))  # type: ignore[attr-defined]  # fmt: skip
 
 

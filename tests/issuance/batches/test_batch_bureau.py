@@ -54,8 +54,8 @@ from issuance.batches.bureau_result import (
     ProblemKind,
     import_bureau_result,
 )
-from printers.prepared import PreparedCard
 from issuance.errors import ValidationError
+from printers.prepared import PreparedCard
 from yikatong.settings import load_settings
 from yikatong.wiring import hsm_config
 

@@ -53,7 +53,6 @@ from issuance.batches.blanks import ChipRefused, DeliveredBlankStock, make_stock
 from issuance.batches.dataprep import card_profile, key_ref
 from issuance.batches.deliveries import import_delivery, parse_delivery, stock_status
 from issuance.batches.pipeline import RunOptions, run_batch
-from printers.prepared import PreparedCard
 from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.errors import ConfigError, PermissionDenied, ValidationError
 from issuance.models import (
@@ -68,6 +67,7 @@ from issuance.models import (
     StockRefusal,
     StockRejection,
 )
+from printers.prepared import PreparedCard
 from yikatong.settings import Settings, get_settings, load_settings
 from yikatong.wiring import hsm_config, key_service_from_settings
 
