@@ -32,7 +32,7 @@ from issuance.models import (
     Person,
 )
 from issuance.services.applications import release_import_ref
-from issuance.services.cards import _cancel
+from issuance.services.card_steps import cancel
 
 FEED_ACTOR = SYSTEM_ACTOR.via(Channel.FEED)
 
@@ -161,6 +161,6 @@ def _apply_death(
             details=release_import_ref(app),
         )
     for card in cards:
-        _cancel(session, card, actor, "holder deceased (death record)")
+        cancel(session, card, actor, "holder deceased (death record)")
     session.flush()
     return len(cards)
