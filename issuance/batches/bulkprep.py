@@ -84,7 +84,7 @@ from issuance import audit
 from issuance.audit import Actor
 from issuance.batches import dataprep, persofile
 from issuance.batches import items as bi
-from issuance.db import make_engine, make_sessionmaker, transaction
+from issuance.db import make_engine, make_sessionmaker, transaction, with_retry
 from issuance.errors import ConflictError, IntegrityError, IssuanceError
 from issuance.models import (
     Application,
@@ -471,8 +471,6 @@ class Preparer:
 
     # helpers -------------------------------------------------------------------------------
     def _txn(self, fn: Callable[[Session], Any]) -> Any:
-        from issuance.batches.pipeline import with_retry
-
         def once() -> Any:
             with transaction(self.factory) as s:
                 return fn(s)

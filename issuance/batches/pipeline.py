@@ -59,7 +59,7 @@ from issuance.batches import items as bi
 from issuance.batches.blanks import ChipRefused, binds_at_station, make_stock
 from issuance.batches.selection import get_batch
 from issuance.batches.stock import BlankStock, ensure_manufacturer_key
-from issuance.db import make_engine, make_sessionmaker, transaction
+from issuance.db import make_engine, make_sessionmaker, transaction, with_retry
 from issuance.errors import ConflictError, IssuanceError
 from issuance.lifecycle import CardEvent
 from issuance.models import (
@@ -188,19 +188,6 @@ class RunSummary:
     @property
     def finished(self) -> bool:
         return self.remaining == 0
-
-
-def with_retry(fn: Callable[[], T], attempts: int = 8) -> T:
-    """Run one transaction, retrying when it lost a race (SQLite busy snapshot, PostgreSQL
-    serialisation): each attempt re-reads its rows."""
-    for n in range(attempts):
-        try:
-            return fn()
-        except ConflictError:
-            if n == attempts - 1:
-                raise
-            time.sleep(0.02 * (n + 1))
-    raise AssertionError("unreachable")
 
 
 def safe_job_id(*parts: str) -> str:

@@ -45,6 +45,7 @@ from issuance.batches.bureau_result import (
     ProblemKind,
     import_bureau_result,
 )
+from issuance.db import with_retry
 from issuance.errors import ValidationError
 from yikatong.cli.db import AS_HELP
 
@@ -233,7 +234,6 @@ def import_result(
     if checked.problems and not partial:
         err.print("nothing applied: correct the refused lines (or --partial to apply the rest)")
         raise typer.Exit(1)
-    from issuance.batches.pipeline import with_retry
     from issuance.db import make_engine, make_sessionmaker, transaction
 
     with session_scope() as session:
