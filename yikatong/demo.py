@@ -188,7 +188,7 @@ def run_demo(settings: Settings, residents: int = 8, readers: int = 4) -> DemoRe
     from issuance.batches.shipping import issue_card, ship_batch
     from issuance.db import make_engine, make_sessionmaker, transaction
     from issuance.models import BatchItem, BatchStage, Card
-    from yikatong.cli.progress import RichProgress
+    from yikatong.progress import RichProgress
 
     console = Console()
     engine = make_engine(settings)

@@ -24,9 +24,9 @@ AS_ADMIN = (
 
 def _admin(session: Session, as_: str | None) -> Actor:
     """The acting admin or supervisor (authenticated), or the system while bootstrapping."""
-    from yikatong.cli.db import _admin_or_bootstrap
+    from yikatong.cli.db import admin_or_bootstrap
 
-    return _admin_or_bootstrap(session, as_, "manage API clients")
+    return admin_or_bootstrap(session, as_, "manage API clients")
 
 
 @app.command("agency-add")

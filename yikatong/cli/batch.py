@@ -95,7 +95,7 @@ def print_failed(summary: Any, batch: str) -> None:
 
 def _run(batch: str, readers: int | None, lease: int, as_: str | None, resume: bool) -> None:
     from issuance.batches.pipeline import BatchInterrupted, RunOptions, runner_for
-    from yikatong.cli.progress import RichProgress
+    from yikatong.progress import RichProgress
 
     actor = _actor(as_).via(Channel.SYSTEM)
     cfg = settings()
@@ -191,7 +191,7 @@ def prepare(
     every per-card key derived in the HSM, into the batch's signed perso file (the stations
     run it); resumable. (For a bureau: ``ykt bureau export`` prepares and exports.)"""
     from issuance.batches.pipeline import RunOptions, runner_for
-    from yikatong.cli.progress import RichProgress
+    from yikatong.progress import RichProgress
 
     actor = _actor(as_).via(Channel.SYSTEM)
     cfg = settings()
@@ -347,7 +347,7 @@ def ship(
     """Ship every checked card of the batch to a collection point."""
     from issuance.batches.selection import get_batch
     from issuance.batches.shipping import ship_batch
-    from yikatong.cli.progress import RichProgress
+    from yikatong.progress import RichProgress
 
     actor = _txn(lambda s: acting(s, as_))
     batch_id = _txn(lambda s: get_batch(s, batch).id)
