@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from issuance.audit import scrub
-from issuance.errors import ConfigError
+from issuance.errors import ConfigError, IssuanceError
 from issuance.models import OutboxMessage, utcnow
 
 if TYPE_CHECKING:
@@ -64,8 +64,10 @@ class LogSink:
         self.sent.append(message.id)
 
 
-class DeliveryError(Exception):
+class DeliveryError(IssuanceError):
     """The gateway refused or could not take a message (text free of personal data)."""
+
+    code = "delivery_failed"
 
 
 def _body(message: OutboxMessage) -> dict[str, Any]:
