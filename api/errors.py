@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.calllog import ERROR_CODE, state_of
 from cardspec.errors import CardSpecError, InvalidIdentifier
 from hsm.errors import HsmError, HsmUnavailable
 from issuance import errors as ie
@@ -166,8 +167,6 @@ _HTTP_CODES = {
 
 def _noted(request: Request, response: ErrorJSONResponse) -> ErrorJSONResponse:
     """Tell the call log which error code the call ended with."""
-    from api.calllog import ERROR_CODE, state_of
-
     state_of(request.scope)[ERROR_CODE] = response.code
     return response
 

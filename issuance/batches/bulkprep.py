@@ -84,8 +84,10 @@ from issuance import audit
 from issuance.audit import Actor
 from issuance.batches import dataprep, persofile
 from issuance.batches import items as bi
+from issuance.batches.blanks import make_stock
+from issuance.batches.bureau import BureauFileWriter, card_body, mark_exported, signer_fingerprint
 from issuance.db import make_engine, make_sessionmaker, transaction, with_retry
-from issuance.errors import ConflictError, IntegrityError, IssuanceError
+from issuance.errors import ConflictError, IntegrityError, IssuanceError, ValidationError
 from issuance.models import (
     Application,
     AuditEvent,
@@ -494,8 +496,6 @@ class Preparer:
         if ops is None:
             raise IssuanceError("bulk data preparation needs a PKCS#11 module with direct C_* "
                                 "entry points (hsm.p11fast)")  # fmt: skip
-        from issuance.batches.bureau import signer_fingerprint
-
         self._signer = signer_fingerprint(self.key_service.public_key_pem())
         start = time.perf_counter()
         stages = (S.SELECTED,) if self.output == IN_HOUSE else (S.SELECTED, S.PREPARED)
@@ -767,8 +767,6 @@ class Preparer:
         self, prof: _Profile, card: Prepared, ref: CardKeyRef, plan: dict[str, list[bytes]],
         export: Any,
     ) -> tuple[int, int, str, bytes]:  # fmt: skip
-        from issuance.batches.bureau import card_body
-
         body = card_body(
             card_id=card.row.card.id, chip_serial=card.chip_serial, cic=card.cic,
             card_number=card.row.card.card_number, profile=prof.profile, ref=ref,
@@ -1031,8 +1029,6 @@ def _worker(
     try:
         engine = make_engine(settings)
         factory = make_sessionmaker(engine)
-        from issuance.batches.blanks import make_stock
-
         keys = Pkcs11KeyService.from_config(settings.hsm_config())
         stock = make_stock(settings, keys)
         sink = _QueueSink(results) if req.output == BUREAU else None
@@ -1162,8 +1158,6 @@ def export_to_bureau(
     card of the file moved ``prepared → at_bureau`` (:func:`issuance.batches.bureau.
     mark_exported`). Returns (:class:`~issuance.batches.bureau.BureauFileInfo`, stats, cards
     moved ``at_bureau``)."""
-    from issuance.batches.bureau import BureauFileWriter, mark_exported
-
     if req.transport is None:
         raise ValueError("a bureau export needs its transport key")
     progress = on_progress or (lambda n: None)
@@ -1183,8 +1177,6 @@ def export_to_bureau(
         if stop is not None and stop.is_set():
             raise KeyboardInterrupt
         if writer.count == 0:
-            from issuance.errors import ValidationError
-
             raise ValidationError(f"batch {batch_name} has no card to export")
         info = writer.finish()
     with transaction(factory) as s:

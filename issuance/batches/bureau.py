@@ -11,7 +11,6 @@ Streamed: written and read one card at a time, so a 1,000,000-card file needs no
 than one card (the writer keeps a running SHA-256, never the cards).
 
 Line 1, header::
-
     {"type": "header", "format": "ykt-bureau-perso/2", "file_id": "<uuid4 hex>",
      "batch": "<batch reference>", "created": "<ISO 8601 UTC>",
      "transport_key": "ykt:transport:<bureau>",        # key agreed in a ceremony (hsm)
@@ -22,11 +21,9 @@ Line 1, header::
 A file key-encryption key line before the first card it wraps (``kek`` = 1, 2, ...; a new
 one follows each re-initialisation of the issuer's HSM module: every 2,000 cards on SoftHSM2,
 see ``hsm.service.SOFTHSM_RECYCLE_AFTER``; cards only use the latest KEK line)::
-
     {"type": "kek", "kek": 1, "wrapped": "<hex>", "kcv": "<6 hex>"}
 
 Card lines, one per card, ``seq`` = 1..N without gaps::
-
     {"type": "card", "seq": 1, "kek": 1, "card_id": 42, "chip_serial": "<16 hex>",
      "cic": "<card identification code, 32 hex>", "card_number": "<9 characters>",
      "profile": "ssc2-3des", "algorithm": "3des", "key_version": 1,
@@ -60,7 +57,6 @@ Card lines, one per card, ``seq`` = 1..N without gaps::
   bureau forwards it to the chip; the PIN never appears in clear.
 
 Last line, trailer::
-
     {"type": "trailer", "count": N, "sha256": "<hex>", "signature": "<base64 DER>"}
 
 ``sha256`` covers every byte of the file before the trailer line (header, KEK and card lines
@@ -78,7 +74,6 @@ Result file: ``ykt-bureau-result/1`` (UTF-8 JSON Lines, returned by the bureau)
 Read by :mod:`issuance.batches.bureau_result`.
 
 ::
-
     {"type": "header", "format": "ykt-bureau-result/1", "file_id": "<bureau file's file_id>"}
     {"card_id": 42, "result": "made", "chip_serial": "<16 hex>"}
     {"card_id": 43, "result": "spoiled", "reason": "chip failed ATR"}
@@ -113,11 +108,15 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 from cardspec import keyscheme, perso
 from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.profile import CardProfile, get_profile
+from hsm.ceremony import transport_label
 from hsm.errors import SignatureInvalid
 from hsm.export import BureauExport, FileKek
 from hsm.service import BureauExporter, CardKeyRef, KeyService, verify_signature
+from issuance import audit
+from issuance.batches import items as bi
 from issuance.batches.persofile import BureauFileInvalid, RecordFile, bureau_personalise
-from issuance.errors import IntegrityError, ValidationError
+from issuance.errors import ConflictError, IntegrityError, ValidationError
+from issuance.models import AuditEvent, BatchItem, BatchStage, utcnow
 from printers.prepared import PreparedCard
 
 if TYPE_CHECKING:
@@ -337,8 +336,6 @@ class BureauFileWriter:
         batch: str = "",
         progress: Callable[[int], None] | None = None,
     ) -> None:
-        from hsm.ceremony import transport_label
-
         self.path = Path(path)
         self.label = transport_label(transport_key)
         self.file_id = uuid.uuid4().hex
@@ -483,11 +480,6 @@ def mark_exported(
     statements (caller's transaction). ``pairs``: (card id, chip serial) of the file's cards
     (default: read from the file). Idempotent: cards already marked with this file are
     skipped. Raises :class:`ConflictError` if a card changed meanwhile (export again)."""
-    from issuance import audit
-    from issuance.batches import items as bi
-    from issuance.errors import ConflictError
-    from issuance.models import AuditEvent, BatchItem, BatchStage, utcnow
-
     items = cast(sa.Table, BatchItem.__table__)
     events = cast(sa.Table, AuditEvent.__table__)
     frm, to = BatchStage.PREPARED, bi.ITEM_TRANSITIONS[(BatchStage.PREPARED, "export")]
@@ -532,9 +524,7 @@ def mark_exported(
             ) for r in update
         ])  # fmt: skip
         moved += len(update)
-    from issuance import audit as _audit
-
-    _audit.record(session, actor, "batch.bureau_exported", "bureau_file", info.file_id,
+    audit.record(session, actor, "batch.bureau_exported", "bureau_file", info.file_id,
                   details={"batch": info.batch, "cards": moved, "sha256": info.sha256,
                            "path": str(info.path)})  # fmt: skip
     session.flush()

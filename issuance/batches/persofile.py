@@ -73,10 +73,12 @@ from typing import Any
 from cardspec import perso
 from cardspec.crypto import CardCrypto
 from cardspec.keyscheme import Algorithm, KeySlot
+from cardspec.pcsc import PcscReader
 from cardspec.reader import Reader
 from cardspec.script import PersoScript, ScriptMismatch, run_script
 from hsm.errors import SignatureInvalid
 from hsm.export import FileKek
+from hsm.prep import RecordCrypto
 from hsm.service import verify_signature
 from issuance.errors import IntegrityError
 
@@ -508,7 +510,7 @@ def bureau_personalise(
         raise BureauFileInvalid(str(exc)) from exc
 
 
-def personalise(reader: Any, record: PersoRecord, crypto: Any) -> perso.PersoResult:
+def personalise(reader: PcscReader, record: PersoRecord, crypto: RecordCrypto) -> perso.PersoResult:
     """Run ``record``'s script on the blank chip in a station's PC/SC ``reader`` (one PC/SC
     transaction), ``crypto`` the card's :class:`hsm.prep.RecordCrypto`: the same lean APDU
     sequence as :func:`cardspec.perso.personalise` (:func:`bureau_personalise` runs it)."""
@@ -520,7 +522,9 @@ def personalise(reader: Any, record: PersoRecord, crypto: Any) -> perso.PersoRes
         reader.disconnect()
 
 
-def personalise_in_process(reader: Reader, record: PersoRecord, crypto: Any) -> perso.PersoResult:
+def personalise_in_process(
+    reader: Reader, record: PersoRecord, crypto: RecordCrypto
+) -> perso.PersoResult:
     """The same on a reader without PC/SC transactions (an in-process emulated chip)."""
     with crypto:
         return bureau_personalise(reader, record, crypto)

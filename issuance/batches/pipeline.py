@@ -48,7 +48,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from cardspec import regions
 from cardspec.errors import CardSpecError
+from cardspec.pcsc import NoCardError, NoServiceError, ReaderUnavailableError
 from cardspec.profile import get_profile
 from hsm.errors import HsmError
 from hsm.prep import RecordCrypto, destroy_perso_key, perso_key_label
@@ -78,8 +80,25 @@ from issuance.services.cards import advance_production
 from issuance.services.outbox import enqueue
 from issuance.settings import Settings
 from printers.backends import make_printer
-from printers.errors import PrinterError
+from printers.errors import (
+    FontMissing,
+    JobRejected,
+    PrinterError,
+    PrinterNotFound,
+    PrinterUnavailable,
+    SpoolError,
+)
+from printers.faces import CardFace, render_back, render_front
+from printers.layout import layout_for_profile
 from printers.prepared import PreparedCard
+from printers.spool import CardPrinter
+from printers.stations import (
+    EncodingStation,
+    NoCardFed,
+    PrintedFace,
+    QualityCheckFailed,
+    open_stations,
+)
 
 log = logging.getLogger("issuance.batches")
 T = TypeVar("T")
@@ -124,15 +143,6 @@ class StationFault(IssuanceError):
 
 
 def _station_faults() -> tuple[type[BaseException], ...]:
-    from cardspec.pcsc import NoServiceError, ReaderUnavailableError
-    from printers.errors import (
-        FontMissing,
-        JobRejected,
-        PrinterNotFound,
-        PrinterUnavailable,
-        SpoolError,
-    )
-
     return (NoServiceError, ReaderUnavailableError, FontMissing, JobRejected, PrinterNotFound,
             PrinterUnavailable, SpoolError)  # fmt: skip
 
@@ -237,7 +247,7 @@ class PrintOutcome:
     reference: str
     state: str
     face_sha256: str
-    printed: Any  # printers.stations.PrintedFace
+    printed: PrintedFace
 
 
 class BatchRunner:
@@ -251,7 +261,7 @@ class BatchRunner:
         engine: Engine | None = None,
         key_service: KeyService | None = None,
         stock: BlankStock | None = None,
-        printer: Any = None,
+        printer: CardPrinter | None = None,
         actor: Actor = SYSTEM_ACTOR,
         progress: Progress | None = None,
         options: RunOptions | None = None,
@@ -393,8 +403,6 @@ class BatchRunner:
         return self._txn(go)
 
     def run(self) -> RunSummary:
-        from printers.stations import open_stations
-
         start = time.perf_counter()
         if not binds_at_station(self.stock):  # the virtual stock's transport key
             ensure_manufacturer_key(self.settings)
@@ -422,7 +430,7 @@ class BatchRunner:
                 # under a card still being made.
                 done = [threading.Event() for _ in stations]
 
-                def loop(station: Any, finished: threading.Event) -> None:
+                def loop(station: EncodingStation, finished: threading.Event) -> None:
                     try:
                         self._station_loop(station)
                     finally:
@@ -502,7 +510,7 @@ class BatchRunner:
         return [i.id for i in items]
 
     # --- one station -----------------------------------------------------------------------
-    def _station_loop(self, station: Any) -> None:
+    def _station_loop(self, station: EncodingStation) -> None:
         owner = bi.worker_id(station.name)
         bound = binds_at_station(self.stock)
         while not self.stop.is_set():
@@ -533,11 +541,9 @@ class BatchRunner:
     def _nothing_left(self) -> bool:
         return sum(self.counts()[s] for s in bi.IN_PRODUCTION) == 0
 
-    def _card_fed(self, station: Any) -> bool:
+    def _card_fed(self, station: EncodingStation) -> bool:
         """Wait for a chip to be fed into ``station`` (stock that binds at the station);
         False after the feed timeout, or when there is nothing left to make or the run stops."""
-        from printers.stations import NoCardFed
-
         try:
             station.load(None, cancelled=lambda: self.stop.is_set() or self._nothing_left())
             return True
@@ -547,7 +553,13 @@ class BatchRunner:
             return False
 
     def _spoil(
-        self, item_id: int, owner: str, station: Any, reason: str, *, fault: bool = False
+        self,
+        item_id: int,
+        owner: str,
+        station: EncodingStation,
+        reason: str,
+        *,
+        fault: bool = False,
     ) -> None:
         """Spoil the card's chip; ``fault``: the station's fault (see :class:`StationFault`),
         the chip is spoiled without counting against the card, then the station stops."""
@@ -566,7 +578,7 @@ class BatchRunner:
         if fault:
             raise StationFault(reason)
 
-    def _refuse(self, station: Any, item_id: int, owner: str, exc: ChipRefused) -> None:
+    def _refuse(self, station: EncodingStation, item_id: int, owner: str, exc: ChipRefused) -> None:
         """A chip fed into ``station`` was refused (stock that binds at the station): record
         it, give the card back to the queue, wait until the chip is taken out (set aside)."""
         record = getattr(self.stock, "record_refusal", None)
@@ -587,7 +599,7 @@ class BatchRunner:
         with contextlib.suppress(bi.LeaseLost):
             self._txn(go)
 
-    def _make_card(self, station: Any, item_id: int, owner: str) -> None:
+    def _make_card(self, station: EncodingStation, item_id: int, owner: str) -> None:
         with Heartbeat(self, item_id, owner) as beat:
             try:
                 self._make_card_leased(station, item_id, owner, beat)
@@ -596,10 +608,9 @@ class BatchRunner:
                     self.summary.leases_lost += 1
                 self.progress.note(f"{station.name}: {exc}: card left to the other worker")
 
-    def _make_card_leased(self, station: Any, item_id: int, owner: str, beat: Heartbeat) -> None:
-        from cardspec.pcsc import NoCardError
-        from printers.stations import NoCardFed, QualityCheckFailed
-
+    def _make_card_leased(
+        self, station: EncodingStation, item_id: int, owner: str, beat: Heartbeat
+    ) -> None:
         name = station.name
         with transaction(self.factory) as s:
             item = s.get(BatchItem, item_id)
@@ -735,7 +746,7 @@ class BatchRunner:
                                        get_profile(prepared.profile_name))  # fmt: skip
 
     def _record_crypto(
-        self, station: Any, prepared: PreparedCard, item_id: int, ref: tuple[str, int]
+        self, station: EncodingStation, prepared: PreparedCard, item_id: int, ref: tuple[str, int]
     ) -> tuple[persofile.PersoRecord, Any] | None:
         """The card's perso record and its :class:`hsm.prep.RecordCrypto`, or None (noted)
         when the record cannot be used: the station then derives the keys itself."""
@@ -766,7 +777,11 @@ class BatchRunner:
         return record, crypto
 
     def _personalise(
-        self, station: Any, prepared: PreparedCard, item_id: int, ref: tuple[str, int] | None
+        self,
+        station: EncodingStation,
+        prepared: PreparedCard,
+        item_id: int,
+        ref: tuple[str, int] | None,
     ) -> tuple[Any, bool]:
         """Personalise the card in ``station``: from its perso record (the HSM unwraps KMC, the
         record has the rest) when data preparation wrote one, else with every key derived in
@@ -781,10 +796,8 @@ class BatchRunner:
             return persofile.personalise(station.reader, record, crypto), True
         return station.personalise(prepared, self.key_service), False
 
-    def face_for(self, s: Session, prepared: PreparedCard) -> Any:
+    def face_for(self, s: Session, prepared: PreparedCard) -> CardFace:
         """The card face of ``prepared`` from the database (what is printed)."""
-        from printers.faces import CardFace
-
         card = s.get(Card, prepared.card_id)
         assert card is not None
         person = s.get(Person, card.person_id)
@@ -802,10 +815,6 @@ class BatchRunner:
     def _print(self, prepared: PreparedCard, item_id: int, owner: str) -> PrintOutcome:
         """Render and print the faces; wait until the printer has the card printed. Returns
         what was printed (the face data digest and where its back image is)."""
-        from printers.faces import render_back, render_front
-        from printers.layout import layout_for_profile
-        from printers.stations import PrintedFace
-
         with transaction(self.factory) as s:
             face = self.face_for(s, prepared)
             card = s.get(Card, prepared.card_id)
@@ -872,8 +881,6 @@ def _preload(s: Session, items: list[BatchItem]) -> list[object]:
 
 def region_name(code: str) -> str:
     """City and district names of a GB/T 2260 code as printed on the face (杭州市西湖区)."""
-    from cardspec import regions
-
     city = regions.lookup(code[:4] + "00")
     district = regions.lookup(code)
     parts = [city.name] if city is not None else []

@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 from cardspec.emulator import blank_card
 from cardspec.keyscheme import KeySlot
 from cardspec.profile import CardProfile
+from hsm import ceremony, softhsm
+from hsm import pkcs11 as p11
 from hsm.service import CardKeyRef, KeyService
 from issuance.errors import ConfigError, IntegrityError
 from issuance.settings import Settings
@@ -65,9 +67,6 @@ def manufacturer_key_path(settings: Settings) -> Path:
 def ensure_manufacturer_key(settings: Settings) -> bool:
     """Create the ``manufacturer`` transport key in the HSM (random components from the HSM)
     and the manufacturer's copy, if missing. Returns True if it was created."""
-    from hsm import ceremony, softhsm
-    from hsm import pkcs11 as p11
-
     path = manufacturer_key_path(settings)
     config = settings.hsm_config()
     if config.is_softhsm:
