@@ -15,6 +15,8 @@ from sqlalchemy.engine import Engine
 from api.app import create_app
 from hsm.config import HsmConfig
 from hsm.service import KeyService, Pkcs11KeyService
+from issuance.errors import ConfigError
+from issuance.services.outbox import HttpSink, LogSink, Sink, SmtpSink
 from issuance.settings import Settings
 from yikatong.settings import get_settings
 
@@ -41,3 +43,15 @@ def api_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
 def app_from_env() -> FastAPI:
     """The application for the settings in force (uvicorn ``--factory``)."""
     return api_app(get_settings())
+
+
+def sink_from_settings(settings: Settings) -> Sink:
+    """The notification gateway of ``[notify] backend``."""
+    backend = settings.notify.backend
+    if backend == "log":
+        return LogSink()
+    if backend == "smtp":
+        return SmtpSink(settings.notify)
+    if backend == "http":
+        return HttpSink(settings.notify)
+    raise ConfigError(f"unknown notify backend {backend!r}")

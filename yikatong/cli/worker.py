@@ -32,8 +32,9 @@ def worker(
     does so), expire cards, drain the notification outbox, seal the audit chain. Several
     workers may run at once."""
     from issuance.db import make_engine, make_sessionmaker
-    from issuance.services.outbox import close_sink, sink_from_settings
+    from issuance.services.outbox import close_sink
     from issuance.worker import Worker
+    from yikatong.wiring import sink_from_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = settings()
