@@ -331,7 +331,8 @@ def raw_rate(settings: Any, procs: int, seconds: float = RAW_SECONDS) -> float:
 def _product(settings: Any, output: str, batch_id: int, workers: int, path: str, out: Any) -> None:
     """In a forked process: the product's data preparation of the batch, timed."""
     from issuance.audit import SYSTEM_ACTOR
-    from issuance.batches.pipeline import RunOptions, runner_for
+    from issuance.batches.pipeline import RunOptions
+    from yikatong.wiring import runner_for
 
     if output == "in_house":
         with runner_for(settings, batch_id, options=RunOptions(prepare_workers=workers)) as r:
@@ -342,7 +343,7 @@ def _product(settings: Any, output: str, batch_id: int, workers: int, path: str,
     else:  # what ykt bureau export runs (yikatong.cli.bureau.export_batch)
         from issuance.batches import bulkprep
         from issuance.db import make_engine, make_sessionmaker
-        from yikatong.wiring import key_service_from_settings
+        from yikatong.wiring import batch_adapters, key_service_from_settings
 
         keys = key_service_from_settings(settings)
         engine = make_engine(settings)
@@ -351,7 +352,8 @@ def _product(settings: Any, output: str, batch_id: int, workers: int, path: str,
         start = time.perf_counter()
         factory = make_sessionmaker(engine)
         _info, stats, n = bulkprep.export_to_bureau(settings, factory, keys, req, Path(path),
-                                                    f"batch {batch_id}")  # fmt: skip
+                                                    f"batch {batch_id}",
+                                                    adapters=batch_adapters(settings))  # fmt: skip
         seconds = time.perf_counter() - start
         engine.dispose()
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -182,13 +182,14 @@ def run_demo(settings: Settings, residents: int = 8, readers: int = 4) -> DemoRe
     from rich.console import Console
 
     from issuance import migrations
-    from issuance.batches.pipeline import BatchInterrupted, RunOptions, runner_for
+    from issuance.batches.pipeline import BatchInterrupted, RunOptions
     from issuance.batches.report import build_report, write_report
     from issuance.batches.selection import BatchFilter, create_batch
     from issuance.batches.shipping import issue_card, ship_batch
     from issuance.db import make_engine, make_sessionmaker, transaction
     from issuance.models import BatchItem, BatchStage, Card
     from yikatong.progress import RichProgress
+    from yikatong.wiring import runner_for
 
     console = Console()
     engine = make_engine(settings)

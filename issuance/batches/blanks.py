@@ -67,7 +67,7 @@ from cardspec.profile import CardProfile
 from issuance import audit
 from issuance.audit import Actor
 from issuance.batches.deliveries import chip_key_ref
-from issuance.batches.stock import BlankStock, VirtualBlankStock
+from issuance.batches.stock import BlankStock
 from issuance.errors import ConfigError, IssuanceError
 from issuance.models import (
     Card,
@@ -234,18 +234,3 @@ class DeliveredBlankStock:
             details={"reason": reason.value, "station": station, "batch_id": batch_id},
         )  # fmt: skip
         return row
-
-
-def make_stock(settings: Settings, key_service: KeyService) -> BlankStock:
-    """The blank stock adapter of ``settings.stock.backend``."""
-    backend = settings.stock.backend
-    if backend == "virtual":
-        return VirtualBlankStock(settings, key_service)
-    if backend == "delivered":
-        if settings.readers.backend != "pcsc":
-            raise ConfigError(
-                '[stock] backend = "delivered" needs real readers the chips are fed into: '
-                '[readers] backend = "pcsc"'
-            )
-        return DeliveredBlankStock(settings, key_service)
-    raise ConfigError(f"unknown blank stock backend {backend!r} ({', '.join(BACKENDS)})")

@@ -79,12 +79,12 @@ from cardspec.profile.model import RecordLayout, encode_records
 from cardspec.profile.values import split_name
 from hsm import prep as hsm_prep
 from hsm.export import FileKek
-from hsm.service import CardKeyRef, KeyService, Pkcs11KeyService
+from hsm.service import CardKeyRef, KeyService
 from issuance import audit
 from issuance.audit import Actor
 from issuance.batches import dataprep, persofile
 from issuance.batches import items as bi
-from issuance.batches.blanks import make_stock
+from issuance.batches.adapters import BatchAdapters
 from issuance.batches.bureau import BureauFileWriter, card_body, mark_exported, signer_fingerprint
 from issuance.db import make_engine, make_sessionmaker, transaction, with_retry
 from issuance.errors import ConflictError, IntegrityError, IssuanceError, ValidationError
@@ -1018,7 +1018,8 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _worker(
-    settings: Settings, req: PrepRequest, chunk: int, results: Any, stop: Any, parent: int,
+    settings: Settings, adapters: BatchAdapters, req: PrepRequest, chunk: int, results: Any,
+    stop: Any, parent: int,
 ) -> None:  # fmt: skip
     """A forked worker: its own engine and HSM session (the module is loaded here). It dies
     with its parent (a kill -9 of ``ykt batch prepare`` takes the workers with it: their
@@ -1029,8 +1030,8 @@ def _worker(
     try:
         engine = make_engine(settings)
         factory = make_sessionmaker(engine)
-        keys = Pkcs11KeyService.from_config(settings.hsm_config())
-        stock = make_stock(settings, keys)
+        keys = adapters.key_service()
+        stock = adapters.stock(keys)
         sink = _QueueSink(results) if req.output == BUREAU else None
         preparer = Preparer(
             settings, factory, keys, req.batch_id, req.actor, output=req.output, chunk=chunk,
@@ -1062,6 +1063,7 @@ def run_workers(
     settings: Settings,
     req: PrepRequest,
     *,
+    adapters: BatchAdapters,
     on_progress: Callable[[int], None],
     on_lines: Callable[[FileKek, list[tuple[int, int, str, bytes]]], None] | None = None,
     stop: threading.Event | None = None,
@@ -1081,7 +1083,8 @@ def run_workers(
     finally:
         if eng is not None:
             eng.dispose()
-    procs = [ctx.Process(target=_worker, args=(settings, req, chunk, results, halt, os.getpid()),
+    procs = [ctx.Process(target=_worker,
+                         args=(settings, adapters, req, chunk, results, halt, os.getpid()),
                          name=f"prepare-{i + 1}", daemon=True)
              for i in range(req.workers)]  # fmt: skip
     for p in procs:
@@ -1150,6 +1153,7 @@ def export_to_bureau(
     output: Path,
     batch_name: str,
     *,
+    adapters: BatchAdapters,
     on_progress: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
 ) -> tuple[Any, PrepStats, int]:
@@ -1164,8 +1168,8 @@ def export_to_bureau(
     with BureauFileWriter(output, key_service, req.transport, batch=batch_name) as writer:
         req = dataclasses.replace(req, bureau_file_id=writer.file_id)
         if req.workers > 1:
-            stats = run_workers(settings, req, on_progress=progress, on_lines=writer.add_chunk,
-                                stop=stop, factory=factory)  # fmt: skip
+            stats = run_workers(settings, req, adapters=adapters, on_progress=progress,
+                                on_lines=writer.add_chunk, stop=stop, factory=factory)  # fmt: skip
         else:
             chunk = chunk_size(remaining(factory, req.batch_id, BUREAU), 1, req.chunk)
             stats = Preparer(
@@ -1190,16 +1194,19 @@ def prepare_in_house(
     key_service: KeyService,
     req: PrepRequest,
     *,
+    adapters: BatchAdapters,
     on_progress: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
     new_serial: Callable[[], bytes] | None = None,
 ) -> PrepStats:
     """In-house data preparation of every selected card of the batch (in this process, or
     in ``req.workers`` forked processes). ``new_serial``: the blank stock's (this process;
-    workers use the configured stock's)."""
+    workers open their own key service and stock through ``adapters``)."""
     progress = on_progress or (lambda n: None)
     if req.workers > 1:
-        return run_workers(settings, req, on_progress=progress, stop=stop, factory=factory)
+        return run_workers(
+            settings, req, adapters=adapters, on_progress=progress, stop=stop, factory=factory
+        )
     ensure_batch_perso_key(factory, key_service, req.batch_id)
     chunk = chunk_size(remaining(factory, req.batch_id, IN_HOUSE), 1, req.chunk)
     return Preparer(

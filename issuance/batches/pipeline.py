@@ -54,11 +54,12 @@ from cardspec.pcsc import NoCardError, NoServiceError, ReaderUnavailableError
 from cardspec.profile import get_profile
 from hsm.errors import HsmError
 from hsm.prep import RecordCrypto, destroy_perso_key, perso_key_label
-from hsm.service import KeyService, Pkcs11KeyService
+from hsm.service import KeyService
 from issuance.audit import SYSTEM_ACTOR, Actor
 from issuance.batches import bulkprep, dataprep, persofile
 from issuance.batches import items as bi
-from issuance.batches.blanks import ChipRefused, binds_at_station, make_stock
+from issuance.batches.adapters import BatchAdapters
+from issuance.batches.blanks import ChipRefused, binds_at_station
 from issuance.batches.selection import get_batch
 from issuance.batches.stock import BlankStock, ensure_manufacturer_key
 from issuance.db import make_engine, make_sessionmaker, transaction, with_retry
@@ -79,7 +80,6 @@ from issuance.models import (
 from issuance.services.cards import advance_production
 from issuance.services.outbox import enqueue
 from issuance.settings import Settings
-from printers.backends import make_printer
 from printers.errors import (
     FontMissing,
     JobRejected,
@@ -97,7 +97,6 @@ from printers.stations import (
     NoCardFed,
     PrintedFace,
     QualityCheckFailed,
-    open_stations,
 )
 
 log = logging.getLogger("issuance.batches")
@@ -258,6 +257,7 @@ class BatchRunner:
         settings: Settings,
         batch_ref: str | int,
         *,
+        adapters: BatchAdapters,
         engine: Engine | None = None,
         key_service: KeyService | None = None,
         stock: BlankStock | None = None,
@@ -271,13 +271,10 @@ class BatchRunner:
         self._own_engine = engine is None
         self.engine = engine or make_engine(settings)
         self.factory: sessionmaker[Session] = make_sessionmaker(self.engine)
-        if key_service is None:
-            key_service = Pkcs11KeyService.from_config(settings.hsm_config())
-        self.key_service = key_service
-        self.stock = stock or make_stock(settings, key_service)
-        if printer is None:
-            printer = make_printer(settings)
-        self.printer = printer
+        self.adapters = adapters
+        self.key_service = key_service or adapters.key_service()
+        self.stock = stock or adapters.stock(self.key_service)
+        self.printer = printer or adapters.printer()
         self.actor = actor
         self.progress = progress or NullProgress()
         self.stop = threading.Event()
@@ -352,7 +349,7 @@ class BatchRunner:
         stats = bulkprep.prepare_in_house(
             self.settings, self.factory, self.key_service, req,
             on_progress=lambda n: self.progress.advance("prepare", n), stop=self.stop,
-            new_serial=self.stock.new_serial,
+            new_serial=self.stock.new_serial, adapters=self.adapters,
         )  # fmt: skip
         self.prep_stats = stats
         self.summary.prepared += stats.prepared
@@ -418,10 +415,9 @@ class BatchRunner:
             self.settings.readers.feed_timeout_seconds, self.options.lease_seconds / 3
         )
         if todo and not self.stop.is_set():
-            with open_stations(
-                self.settings, self.options.readers, run_dir=self.options.run_dir,
-                feed_timeout=feed,
-            ) as stations:  # fmt: skip
+            with self.adapters.stations(
+                self.options.readers, run_dir=self.options.run_dir, feed_timeout=feed
+            ) as stations:
                 self.summary.stations = len(stations)
                 # Each station says it is done with an Event: the main thread waits on those,
                 # never in Thread.join, because a KeyboardInterrupt (Ctrl-C, or SIGTERM from the

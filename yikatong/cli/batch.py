@@ -94,8 +94,9 @@ def print_failed(summary: Any, batch: str) -> None:
 
 
 def _run(batch: str, readers: int | None, lease: int, as_: str | None, resume: bool) -> None:
-    from issuance.batches.pipeline import BatchInterrupted, RunOptions, runner_for
+    from issuance.batches.pipeline import BatchInterrupted, RunOptions
     from yikatong.progress import RichProgress
+    from yikatong.wiring import runner_for
 
     actor = _actor(as_).via(Channel.SYSTEM)
     cfg = settings()
@@ -190,8 +191,9 @@ def prepare(
     """In-house data preparation: a chip and the complete personalisation data of every card,
     every per-card key derived in the HSM, into the batch's signed perso file (the stations
     run it); resumable. (For a bureau: ``ykt bureau export`` prepares and exports.)"""
-    from issuance.batches.pipeline import RunOptions, runner_for
+    from issuance.batches.pipeline import RunOptions
     from yikatong.progress import RichProgress
+    from yikatong.wiring import runner_for
 
     actor = _actor(as_).via(Channel.SYSTEM)
     cfg = settings()

@@ -86,6 +86,7 @@ def export_batch(
     from issuance.batches import bulkprep
     from issuance.batches.selection import get_batch
     from issuance.db import make_engine, make_sessionmaker, transaction
+    from yikatong.wiring import batch_adapters
 
     engine = make_engine(settings) if factory is None else None
     fac = factory or make_sessionmaker(engine)  # type: ignore[arg-type]
@@ -95,8 +96,10 @@ def export_batch(
             batch_id, name = found.id, found.name
         req = bulkprep.PrepRequest(batch_id, actor, bulkprep.BUREAU, workers=workers, chunk=chunk,
                                    transport=transport)  # fmt: skip
-        info, stats, moved = bulkprep.export_to_bureau(settings, fac, keys, req, output, name,
-                                                       on_progress=progress)  # fmt: skip
+        info, stats, moved = bulkprep.export_to_bureau(
+            settings, fac, keys, req, output, name, adapters=batch_adapters(settings),
+            on_progress=progress,
+        )  # fmt: skip
         return info, moved, stats.errors
     finally:
         if engine is not None:

@@ -500,12 +500,11 @@ def test_batch_prepared_in_house_goes_to_the_bureau_and_back(
 
     from cardspec.emulator import Card as EmulatedCard
     from issuance.batches import dataprep
-    from issuance.batches.pipeline import runner_for
     from issuance.batches.stock import MANUFACTURER, manufacturer_key_path
     from issuance.db import make_engine, make_sessionmaker, transaction
     from issuance.models import Card
     from yikatong.cli.bureau import export_batch
-    from yikatong.wiring import key_service_from_settings
+    from yikatong.wiring import key_service_from_settings, runner_for
 
     hsm = hsm_root(tmp_path / "hsm")
     settings = batch_settings(tmp_path / "data", fresh_db_url, hsm)

@@ -49,10 +49,10 @@ from hsm.errors import HsmError
 from hsm.pkcs11 import open_token
 from issuance.audit import SYSTEM_ACTOR
 from issuance.batches import items as bi
-from issuance.batches.blanks import ChipRefused, DeliveredBlankStock, make_stock
+from issuance.batches.blanks import ChipRefused, DeliveredBlankStock
 from issuance.batches.dataprep import card_profile, key_ref
 from issuance.batches.deliveries import import_delivery, parse_delivery, stock_status
-from issuance.batches.pipeline import RunOptions, run_batch
+from issuance.batches.pipeline import RunOptions
 from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.errors import ConfigError, PermissionDenied, ValidationError
 from issuance.models import (
@@ -69,7 +69,7 @@ from issuance.models import (
 )
 from printers.prepared import PreparedCard
 from yikatong.settings import Settings, get_settings, load_settings
-from yikatong.wiring import hsm_config, key_service_from_settings
+from yikatong.wiring import hsm_config, key_service_from_settings, make_stock, run_batch
 
 pytestmark = [pytest.mark.pcsc, pytest.mark.softhsm, pytest.mark.slow]
 

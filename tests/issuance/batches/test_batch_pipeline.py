@@ -26,7 +26,7 @@ from cardspec.profile.social import get_profile
 from cardspec.reader import InProcessReader
 from hsm.service import CardKeyRef
 from issuance.batches import dataprep
-from issuance.batches.pipeline import RunOptions, runner_for
+from issuance.batches.pipeline import RunOptions
 from issuance.batches.report import build_report, write_report
 from issuance.batches.shipping import issue_card, ship_batch
 from issuance.batches.stock import VirtualBlankStock
@@ -42,7 +42,7 @@ from issuance.models import (
 )
 from yikatong.demo import BRANCH_CODE
 from yikatong.settings import Settings
-from yikatong.wiring import key_service_from_settings
+from yikatong.wiring import key_service_from_settings, runner_for
 
 pytestmark = pytest.mark.pcsc
 
