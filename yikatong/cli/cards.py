@@ -233,10 +233,11 @@ def activate_financial(
     to the chip only; the database records that it was set."""
     import sqlalchemy as sa
 
-    from issuance import branch, services
+    from issuance import services
     from issuance.errors import NotFound
     from issuance.models import Agency
     from issuance.services import financial
+    from yikatong import branch
 
     cfg = settings()
     with session_scope() as s:  # check everything before the holder types anything
