@@ -27,6 +27,7 @@ from api.hotpath import HotPath
 from hsm.service import KeyService
 from issuance.db import make_engine, make_sessionmaker
 from issuance.db_async import AsyncPgPool, dsn_from_url
+from issuance.services.applications import PhotoProcessor
 from issuance.services.credentials import Principal
 from issuance.services.verification import VerificationStore
 from issuance.settings import Settings
@@ -53,7 +54,7 @@ def create_app(
     *,
     engine: Engine | None = None,
     key_service_factory: Callable[[], KeyService],
-    photo_processor: Any = None,
+    photo_processor: PhotoProcessor | None = None,
 ) -> FastAPI:
     if engine is None:
         engine = make_engine(settings)

@@ -78,7 +78,7 @@ from cardspec.profile import CardProfile
 from cardspec.profile.model import RecordLayout, encode_records
 from cardspec.profile.values import split_name
 from hsm import prep as hsm_prep
-from hsm.export import FileKek
+from hsm.export import BureauExport, FileKek
 from hsm.service import CardKeyRef, KeyService
 from issuance import audit
 from issuance.audit import Actor
@@ -765,7 +765,7 @@ class Preparer:
 
     def _bureau_entry(
         self, prof: _Profile, card: Prepared, ref: CardKeyRef, plan: dict[str, list[bytes]],
-        export: Any,
+        export: BureauExport,
     ) -> tuple[int, int, str, bytes]:  # fmt: skip
         body = card_body(
             card_id=card.row.card.id, chip_serial=card.chip_serial, cic=card.cic,
