@@ -14,7 +14,8 @@ test:
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
-	.venv/bin/mypy issuance hsm cardspec api printers
+	.venv/bin/mypy issuance hsm cardspec api printers yikatong devstack
+	.venv/bin/lint-imports --no-cache
 
 bench: setup
 	.venv/bin/python -m bench

@@ -1,7 +1,7 @@
 """The FastAPI application: one HTTP service for counters, banks, hospitals and agencies.
 
 ``create_app(settings)`` builds it (tests pass their own engine, key service factory and photo
-processor); ``uvicorn --factory api.app:app_from_env`` (what ``ykt serve`` runs, one app per
+processor); ``uvicorn --factory yikatong.wiring:app_from_env`` (what ``ykt serve`` runs, one app per
 worker process) builds it from the settings in force. The HSM is opened lazily, in the HSM
 thread of each worker, after the fork.
 """
@@ -27,6 +27,7 @@ from api.hotpath import HotPath
 from hsm.service import KeyService
 from issuance.db import make_engine, make_sessionmaker
 from issuance.db_async import AsyncPgPool, dsn_from_url
+from issuance.services.applications import PhotoProcessor
 from issuance.services.credentials import Principal
 from issuance.services.verification import VerificationStore
 from issuance.settings import Settings
@@ -52,17 +53,11 @@ def create_app(
     settings: Settings,
     *,
     engine: Engine | None = None,
-    key_service_factory: Callable[[], KeyService] | None = None,
-    photo_processor: Any = None,
+    key_service_factory: Callable[[], KeyService],
+    photo_processor: PhotoProcessor | None = None,
 ) -> FastAPI:
     if engine is None:
         engine = make_engine(settings)
-    if key_service_factory is None:
-        from hsm.service import key_service_from_settings
-
-        def key_service_factory() -> KeyService:
-            return key_service_from_settings(settings)
-
     ctx = ApiContext(settings, engine, make_sessionmaker(engine), HsmRunner(key_service_factory))
     if engine.dialect.name == "postgresql":
         ctx.pg = AsyncPgPool(dsn_from_url(engine.url), PG_POOL)
@@ -155,10 +150,3 @@ def _security_scheme(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-def app_from_env() -> FastAPI:
-    """The application for the settings in force (uvicorn ``--factory``)."""
-    from issuance.settings import get_settings
-
-    return create_app(get_settings())

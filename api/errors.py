@@ -21,10 +21,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.calllog import ERROR_CODE, state_of
 from cardspec.errors import CardSpecError, InvalidIdentifier
 from hsm.errors import HsmError, HsmUnavailable
 from issuance import errors as ie
 from issuance.db_async import DatabaseUnavailable
+from issuance.services.outbox import DeliveryError
+from printers.errors import PrinterError
 
 log = logging.getLogger("api")
 
@@ -102,9 +105,16 @@ def error_response(
 
 
 def map_exception(exc: BaseException) -> ErrorJSONResponse:
-    """The response for an exception of one of the packages' trees."""
+    """The response for an exception of one of the packages' trees (each package's root is
+    mapped here, once: issuance, cardspec, hsm, printers; and the database driver's)."""
     if isinstance(exc, ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.field, headers=exc.headers)
+    if isinstance(exc, sa.exc.OperationalError | DatabaseUnavailable):
+        log.error("database error: %s", exc)
+        return error_response(503, "service_unavailable", "the database is unavailable; retry")
+    if isinstance(exc, DeliveryError):
+        log.error("notification gateway error: %s", exc)
+        return error_response(503, exc.code, "the notification gateway is unavailable; retry")
     if isinstance(exc, ie.ValidationError):
         problems = [
             FieldProblemOut(field=p.field, reason=p.reason, code=p.code) for p in exc.problems
@@ -124,14 +134,14 @@ def map_exception(exc: BaseException) -> ErrorJSONResponse:
         return error_response(422, "card_error", str(exc))
     if isinstance(exc, sa.exc.DataError):
         return error_response(422, "validation_error", "a value is out of range or malformed")
-    if isinstance(exc, sa.exc.OperationalError | DatabaseUnavailable):
-        log.error("database error: %s", exc)
-        return error_response(503, "service_unavailable", "the database is unavailable; retry")
     if isinstance(exc, asyncpg.DataError):
         return error_response(422, "validation_error", "a value is out of range or malformed")
     if isinstance(exc, HsmUnavailable | HsmError):
         log.error("HSM error: %s", exc)
         return error_response(503, exc.code, "the HSM is unavailable; try again")
+    if isinstance(exc, PrinterError):
+        log.error("printer error: %s", exc)
+        return error_response(503, exc.code, "the printer is unavailable; try again")
     log.exception("unexpected error", exc_info=exc)
     return error_response(500, "internal_error", "internal error")
 
@@ -161,8 +171,6 @@ _HTTP_CODES = {
 
 def _noted(request: Request, response: ErrorJSONResponse) -> ErrorJSONResponse:
     """Tell the call log which error code the call ended with."""
-    from api.calllog import ERROR_CODE, state_of
-
     state_of(request.scope)[ERROR_CODE] = response.code
     return response
 
@@ -184,7 +192,8 @@ def install(app: FastAPI) -> None:
             error_response(exc.status_code, code, message, headers=dict(exc.headers or {})),
         )
 
-    for cls in (ApiError, ie.IssuanceError, HsmError, CardSpecError, sa.exc.SQLAlchemyError):
+    roots = (ApiError, ie.IssuanceError, HsmError, CardSpecError, PrinterError)
+    for cls in (*roots, sa.exc.SQLAlchemyError):
         app.add_exception_handler(cls, on_api)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

@@ -26,11 +26,10 @@ from api.schemas import (
     ImportOut,
     RejectIn,
 )
-from issuance import services
+from issuance import services, uploads
 from issuance.errors import FieldProblem, ValidationError
 from issuance.intake import LineOutcome
 from issuance.models import Application, ApplicationStatus, CollectiveKind
-from issuance.services import uploads
 from issuance.services.applications import get_application
 from issuance.services.credentials import Principal
 

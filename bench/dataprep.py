@@ -11,7 +11,7 @@ worker processes, one batch of ``CARDS`` selected cards, populated beforehand by
   slot of the card profile and the chip's KLK derived in the HSM per card, the WRITE KEY and
   SET PIN payloads made there, records encoded, signed perso file segments written and fsynced,
   chips, stage transitions and audit events written in bulk, committed;
-* **bureau**: ``issuance.cli_bureau.export_batch`` with ``workers`` = 1 or 2 (what
+* **bureau**: ``yikatong.cli.bureau.export_batch`` with ``workers`` = 1 or 2 (what
   ``ykt bureau export BATCH --workers N`` runs): the same data preparation, every key and the
   KLK wrapped under the file KEK with its KCV (computed in the HSM), streamed into one signed
   bureau file, then every card moved ``at_bureau``.
@@ -51,6 +51,8 @@ from dataclasses import asdict, dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+
+from yikatong.wiring import hsm_config
 
 MILLION = 1_000_000
 CARDS = int(os.environ.get("YKT_BENCH_DATAPREP_CARDS", "6000"))
@@ -300,11 +302,10 @@ def _raw_others(conf: Any, out: Any) -> None:
 
 
 def other_rates(settings: Any) -> tuple[float, float]:
-    from hsm.config import HsmConfig
 
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
-    p = ctx.Process(target=_raw_others, args=(HsmConfig.from_settings(settings), out))
+    p = ctx.Process(target=_raw_others, args=(hsm_config(settings), out))
     p.start()
     rates = out.get()
     p.join()
@@ -314,11 +315,10 @@ def other_rates(settings: Any) -> tuple[float, float]:
 def raw_rate(settings: Any, procs: int, seconds: float = RAW_SECONDS) -> float:
     """Raw derive+destroy/s of ``procs`` processes running together (the product's template
     and call path)."""
-    from hsm.config import HsmConfig
 
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
-    conf = HsmConfig.from_settings(settings)
+    conf = hsm_config(settings)
     ps = [ctx.Process(target=_raw_one, args=(conf, seconds, out)) for _ in range(procs)]
     for p in ps:
         p.start()
@@ -331,7 +331,8 @@ def raw_rate(settings: Any, procs: int, seconds: float = RAW_SECONDS) -> float:
 def _product(settings: Any, output: str, batch_id: int, workers: int, path: str, out: Any) -> None:
     """In a forked process: the product's data preparation of the batch, timed."""
     from issuance.audit import SYSTEM_ACTOR
-    from issuance.batches.pipeline import RunOptions, runner_for
+    from issuance.batches.pipeline import RunOptions
+    from yikatong.wiring import runner_for
 
     if output == "in_house":
         with runner_for(settings, batch_id, options=RunOptions(prepare_workers=workers)) as r:
@@ -339,10 +340,10 @@ def _product(settings: Any, output: str, batch_id: int, workers: int, path: str,
             n = r.prepare_all()
             seconds = time.perf_counter() - start
             stats = r.prep_stats
-    else:  # what ykt bureau export runs (issuance.cli_bureau.export_batch)
-        from hsm.service import key_service_from_settings
+    else:  # what ykt bureau export runs (yikatong.cli.bureau.export_batch)
         from issuance.batches import bulkprep
         from issuance.db import make_engine, make_sessionmaker
+        from yikatong.wiring import batch_adapters, key_service_from_settings
 
         keys = key_service_from_settings(settings)
         engine = make_engine(settings)
@@ -351,7 +352,8 @@ def _product(settings: Any, output: str, batch_id: int, workers: int, path: str,
         start = time.perf_counter()
         factory = make_sessionmaker(engine)
         _info, stats, n = bulkprep.export_to_bureau(settings, factory, keys, req, Path(path),
-                                                    f"batch {batch_id}")  # fmt: skip
+                                                    f"batch {batch_id}",
+                                                    adapters=batch_adapters(settings))  # fmt: skip
         seconds = time.perf_counter() - start
         engine.dispose()
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -405,15 +407,14 @@ def measure(settings: Any, database: str, output: str, batch_id: int, workers: i
 
 def _setup(settings: Any) -> None:
     from hsm import ceremony, softhsm
-    from hsm.config import HsmConfig
     from hsm.pkcs11 import open_token
     from issuance.batches.stock import ensure_manufacturer_key
-    from issuance.demo import ensure_hsm
+    from yikatong.demo import ensure_hsm
 
-    softhsm.ensure_token(HsmConfig.from_settings(settings))
+    softhsm.ensure_token(hsm_config(settings))
     ensure_hsm(settings)
     ensure_manufacturer_key(settings)
-    ceremony.generate_transport_key(open_token(HsmConfig.from_settings(settings)), TRANSPORT, 2)
+    ceremony.generate_transport_key(open_token(hsm_config(settings)), TRANSPORT, 2)
 
 
 def _in_child(fn: Any, *args: Any) -> None:
@@ -440,9 +441,9 @@ def _line(r: Run) -> str:
 
 
 def main() -> dict[str, Any]:
+    from devstack.dbserver import REPORTED_SETTINGS, TemporaryPostgres
     from issuance.batches.dataprep import card_profile
-    from issuance.dbserver import REPORTED_SETTINGS, TemporaryPostgres
-    from issuance.settings import load_settings
+    from yikatong.settings import load_settings
 
     print(f"load before the run: {os.getloadavg()[0]:.2f} (1-min load average; 2 cores shared "
           "with other work: figures are noisy)")  # fmt: skip

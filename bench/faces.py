@@ -15,9 +15,9 @@ COUNT = 40
 
 def main() -> dict[str, Any]:
     from issuance.photos import process_photo
-    from issuance.settings import PhotoSettings
     from printers.faces import CardFace, render_back, render_front
     from printers.spool import card_pdf
+    from yikatong.settings import PhotoSettings
 
     jpeg = process_photo(PHOTO.read_bytes(), PhotoSettings()).jpeg
     face = CardFace(

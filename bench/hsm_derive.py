@@ -35,7 +35,8 @@ from hsm import pkcs11 as p11
 from hsm.cardcrypto import CARD_KEY
 from hsm.config import HsmConfig
 from hsm.service import CardKeyRef, Pkcs11KeyService
-from issuance.settings import load_settings
+from yikatong.settings import load_settings
+from yikatong.wiring import hsm_config
 
 DURATION = 2.0
 SLOTS = list(KeySlot)  # 8 social security + 3 financial
@@ -43,7 +44,7 @@ PAN, PSN = "6217000012345678901", "01"
 
 
 def _config(root: Path) -> HsmConfig:
-    return HsmConfig.from_settings(load_settings(environ={"YKT_DATA_DIR": str(root)}))
+    return hsm_config(load_settings(environ={"YKT_DATA_DIR": str(root)}))
 
 
 def _raw(config: HsmConfig, seconds: float) -> float:

@@ -3,13 +3,13 @@ on the server and on the terminal that verifies it.
 
 What it does:
 
-1. starts a throwaway PostgreSQL cluster (:class:`issuance.dbserver.TemporaryPostgres`),
+1. starts a throwaway PostgreSQL cluster (:class:`devstack.dbserver.TemporaryPostgres`),
    migrates a database with the product's migrations and bulk-inserts 1,000,000 persons and
    1,000,000 cards, every one in a state a terminal must refuse (suspended, lost, damaged,
    replaced, expired, cancelled) with ``INSERT ... SELECT generate_series``
    (:func:`bench.scale.fill`);
 2. makes a SoftHSM token with the product's keys (the feed's ECDSA P-256 signing key among
-   them, :func:`issuance.demo.ensure_hsm`) and registers a hospital with ``feed:read``;
+   them, :func:`yikatong.demo.ensure_hsm`) and registers a hospital with ``feed:read``;
 3. starts the product's server, ``ykt serve --workers 1`` (uvicorn; with one worker the
    serving process is the worker itself), and reads its RSS once it is up;
 4. in a fresh child process (its peak RSS is the verifier's alone), a terminal downloads the
@@ -75,10 +75,10 @@ def _prepare(data: Path, url: str) -> tuple[dict[str, str], str]:
     """The HSM token and a hospital's bearer token; the server's environment."""
     from issuance import services
     from issuance.db import make_engine, make_sessionmaker, transaction
-    from issuance.demo import ensure_hsm
     from issuance.models import AgencyKind
     from issuance.services import credentials
-    from issuance.settings import load_settings
+    from yikatong.demo import ensure_hsm
+    from yikatong.settings import load_settings
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("YKT_", "SOFTHSM2"))}
     env |= {"YKT_DATA_DIR": str(data), "YKT_DATABASE__URL": url, "PYTHONUNBUFFERED": "1"}
@@ -95,7 +95,7 @@ def _prepare(data: Path, url: str) -> tuple[dict[str, str], str]:
 
 
 def _serve(env: dict[str, str], port: int, log: Path) -> tuple[subprocess.Popen[bytes], int]:
-    cmd = [sys.executable, "-m", "issuance.cli", "serve", "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "yikatong.cli.main", "serve", "--host", "127.0.0.1",
            "--port", str(port), "--workers", "1"]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env=env, cwd=PROJECT, stdout=out, stderr=subprocess.STDOUT)
@@ -114,7 +114,7 @@ def _serve(env: dict[str, str], port: int, log: Path) -> tuple[subprocess.Popen[
 
 def main() -> dict[str, Any]:
     from bench.scale import REFUSED, fill, migrated_database
-    from issuance.dbserver import TemporaryPostgres, free_port
+    from devstack.dbserver import TemporaryPostgres, free_port
 
     with (
         tempfile.TemporaryDirectory(prefix="ykt-bench-memory-") as tmp,

@@ -28,8 +28,8 @@ from cardspec.keyscheme import KeySlot
 from cardspec.perso import CardPersoData
 from cardspec.profile import FinancialData, Holder, MedicalData, PensionData
 from issuance.batches.dataprep import BANK_BIN, card_profile, initial_pin, luhn_digit
-from issuance.batches.prepared import PreparedCard
-from issuance.settings import Settings, load_settings
+from printers.prepared import PreparedCard
+from yikatong.settings import Settings, load_settings
 
 
 def _prepared(settings: Settings, key_service: Any, stock: Any, n: int) -> PreparedCard:
@@ -126,10 +126,10 @@ def _run(
 
 
 def main() -> dict[str, Any]:
-    from hsm.service import key_service_from_settings
     from issuance.batches.stock import VirtualBlankStock, ensure_manufacturer_key
-    from issuance.demo import ensure_hsm
     from printers.stations import open_stations
+    from yikatong.demo import ensure_hsm
+    from yikatong.wiring import key_service_from_settings
 
     per_reader = int(os.environ.get("BENCH_CARDS_PER_READER", "12"))
     figures: dict[str, Any] = {}

@@ -42,7 +42,7 @@ def _worker(args: tuple[bytes, int]) -> float:
     import cv2
 
     from issuance.photos import process_photo
-    from issuance.settings import PhotoSettings
+    from yikatong.settings import PhotoSettings
 
     cv2.setNumThreads(1)
     data, count = args
@@ -58,7 +58,7 @@ def main() -> dict[str, Any]:
     data = phone_jpeg()
     print(f"input: {SIZE[0]}x{SIZE[1]} JPEG, {len(data) / 1e6:.1f} MB")
     from issuance.photos import process_photo
-    from issuance.settings import PhotoSettings
+    from yikatong.settings import PhotoSettings
 
     photo = process_photo(data, PhotoSettings())
     print(f"output: {photo.width}x{photo.height} JPEG, {len(photo.jpeg)} bytes")

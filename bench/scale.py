@@ -1,7 +1,7 @@
 """Province scale: the product's lookups and the verification API on 10 million cards.
 
 What it does, in a throwaway PostgreSQL cluster with its durable defaults
-(:class:`issuance.dbserver.TemporaryPostgres` ``durable=True``; bigger ``shared_buffers`` and
+(:class:`devstack.dbserver.TemporaryPostgres` ``durable=True``; bigger ``shared_buffers`` and
 ``max_wal_size`` for the bulk load), deleted afterwards:
 
 1. migrates an empty database (the product's Alembic migrations);
@@ -319,9 +319,9 @@ def _verification_api(pg: Any, url: str, rows: int, tmp: Path) -> dict[str, Any]
 
 
 def main() -> dict[str, Any]:
+    from devstack.dbserver import TemporaryPostgres
     from issuance import migrations
     from issuance.db import make_engine
-    from issuance.dbserver import TemporaryPostgres
 
     rows = int(os.environ.get("YKT_BENCH_SCALE_ROWS", DEFAULT_ROWS))
     with_api = os.environ.get("YKT_BENCH_SCALE_API", "1") != "0"

@@ -32,7 +32,8 @@ from hsm import pkcs11 as p11
 from hsm.cardcrypto import CARD_KEY
 from hsm.config import HsmConfig
 from hsm.service import CardKeyRef, Pkcs11KeyService
-from issuance.settings import load_settings
+from yikatong.settings import load_settings
+from yikatong.wiring import hsm_config
 
 DURATION = 2.0
 SLOTS = list(KeySlot)
@@ -120,7 +121,7 @@ def main() -> dict[str, Any]:
         sm = _sm_config(Path(tmp) / "sm")
         smtoken.ensure_token(sm)
         figures["sm4_sm_test_module"] = _measure(sm, Algorithm.SM4)
-        des = HsmConfig.from_settings(load_settings(environ={"YKT_DATA_DIR": tmp}))
+        des = hsm_config(load_settings(environ={"YKT_DATA_DIR": tmp}))
         softhsm.ensure_token(des)
         figures["des3_softhsm2"] = _measure(des, Algorithm.DES3)
     for name, f in figures.items():

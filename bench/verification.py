@@ -65,6 +65,8 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from yikatong.wiring import hsm_config
+
 SECONDS = float(os.environ.get("YKT_BENCH_SECONDS", "10"))
 CARDS = int(os.environ.get("YKT_BENCH_CARDS", "2000"))
 GEN_CPUS = os.environ.get("YKT_BENCH_GEN_CPUS", "")
@@ -88,11 +90,10 @@ def _setup_hsm(data_dir: Path) -> None:
     from cardspec import keyscheme
     from cardspec.keyscheme import Algorithm, KeySlot
     from hsm import ceremony, softhsm
-    from hsm.config import HsmConfig
     from hsm.pkcs11 import open_token
-    from issuance.settings import load_settings
+    from yikatong.settings import load_settings
 
-    config = HsmConfig.from_settings(load_settings(environ={"YKT_DATA_DIR": str(data_dir)}))
+    config = hsm_config(load_settings(environ={"YKT_DATA_DIR": str(data_dir)}))
     softhsm.ensure_token(config)
     token = open_token(config)
     alg = Algorithm.DES3
@@ -185,12 +186,11 @@ def export_irks(data_dir: Path, cards: list[tuple[str, str]]) -> list[tuple[str,
     from cryptography.hazmat.primitives.keywrap import aes_key_unwrap_with_padding
 
     from cardspec.keyscheme import KeySlot
-    from hsm.config import HsmConfig
     from hsm.service import CardKeyRef, Pkcs11KeyService
-    from issuance.settings import load_settings
+    from yikatong.settings import load_settings
 
     keys = Pkcs11KeyService.from_config(
-        HsmConfig.from_settings(load_settings(environ={"YKT_DATA_DIR": str(data_dir)}))
+        hsm_config(load_settings(environ={"YKT_DATA_DIR": str(data_dir)}))
     )
     out = []
     for cic, number in cards:
@@ -209,14 +209,13 @@ def hsm_check_cost(data_dir: Path, cards: list[tuple[str, str]], n: int = 2000) 
 
 
 def _hsm_check_child(data_dir: str, cards: list[tuple[str, str]], n: int) -> float:
-    from hsm.config import HsmConfig
     from hsm.errors import CryptogramMismatch
     from hsm.internal_auth import check_internal_auth
     from hsm.service import CardKeyRef, Pkcs11KeyService
-    from issuance.settings import load_settings
+    from yikatong.settings import load_settings
 
     keys = Pkcs11KeyService.from_config(
-        HsmConfig.from_settings(load_settings(environ={"YKT_DATA_DIR": data_dir}))
+        hsm_config(load_settings(environ={"YKT_DATA_DIR": data_dir}))
     )
     refs = [CardKeyRef(cic) for cic, _ in cards]
     wrong = bytes(8)  # the check runs in full, then says "mismatch"
@@ -554,7 +553,7 @@ def _start_server(
 
     if cmd is None:
         ykt = Path(sys.executable).with_name("ykt")
-        base = [str(ykt)] if ykt.exists() else [sys.executable, "-m", "issuance.cli"]
+        base = [str(ykt)] if ykt.exists() else [sys.executable, "-m", "yikatong.cli.main"]
         cmd = [*base, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers",
                str(WORKERS)]  # fmt: skip
     with log.open("wb") as sink:
@@ -670,8 +669,8 @@ def run(
     with an active medical application (bench.scale runs it on its 10M-card database too).
     Then the machine's floor on the same database: :mod:`bench.floor_app` driven by the same
     generator, and pgbench with its two statements."""
+    from devstack.dbserver import free_port
     from issuance.db_async import dsn_from_url
-    from issuance.dbserver import free_port
 
     spec_dir = Path(tempfile.mkdtemp(prefix="ykt-bench-spec-"))
     keyed = export_irks(data_dir, cards)
@@ -876,7 +875,7 @@ def _print(r: dict[str, Any], verify: dict[str, Any]) -> None:
 
 
 def main() -> dict[str, Any]:
-    from issuance.dbserver import TemporaryPostgres
+    from devstack.dbserver import TemporaryPostgres
 
     tmp = Path(tempfile.mkdtemp(prefix="ykt-bench-verify-"))
     os.chmod(tmp, 0o755)

@@ -73,6 +73,8 @@ from cryptography.hazmat.primitives.keywrap import (
     aes_key_wrap_with_padding,
 )
 
+from cardspec.errors import CardSpecError
+
 
 class Algorithm(StrEnum):
     """Algorithm family of a card application (FCI tag 9F0C, ``86 01 xx``)."""
@@ -127,7 +129,7 @@ class KeySlot(StrEnum):
         return self.value.startswith("fin_")
 
 
-class UnsupportedAlgorithm(ValueError):
+class UnsupportedAlgorithm(CardSpecError, ValueError):
     """The algorithm is declared by the profile but not available in this implementation."""
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from pkcs11 import Attribute, Mechanism
 
@@ -32,10 +32,7 @@ from cardspec import keyscheme
 from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
 from hsm import p11fast
 from hsm import pkcs11 as p11
-from hsm.export import _KCV_BLOCK, BureauExport
-
-if TYPE_CHECKING:
-    from hsm.service import CardKeyRef, Pkcs11KeyService
+from hsm.ports import KCV_BLOCK, BureauExport, CardKeyRef, Pkcs11Keys
 
 
 @dataclass(frozen=True)
@@ -158,7 +155,7 @@ _PY_OPS = _PyKeyOps()
 class HsmCardCrypto:
     """:class:`CardCrypto` for one card with keys derived in the HSM (session objects)."""
 
-    def __init__(self, service: Pkcs11KeyService, ref: CardKeyRef) -> None:
+    def __init__(self, service: Pkcs11Keys, ref: CardKeyRef) -> None:
         p11.check_algorithm(ref.algorithm, service.token.config)
         self.algorithm = ref.algorithm
         self.ref = ref
@@ -296,7 +293,7 @@ class HsmCardCrypto:
         use :func:`hsm.pkcs11.kcv`)."""
         with self._service.token.use("card key KCV"):
             key = self._key(slot)
-            return self._ops.ecb(key, self.algorithm, _KCV_BLOCK[self.algorithm])[:3]
+            return self._ops.ecb(key, self.algorithm, KCV_BLOCK[self.algorithm])[:3]
 
     def external_auth(self, slot: KeySlot, challenge: bytes) -> bytes:
         if len(challenge) != 8:
@@ -336,7 +333,7 @@ class HsmCardCrypto:
                 self._klk = self._derive_klk(KLK)
             if self.algorithm is Algorithm.SM4:
                 # keyscheme "Key loading": SM4-ECB(KLK, key) || KCV(key), both in the HSM
-                check = ops.ecb(key, self.algorithm, _KCV_BLOCK[self.algorithm])[:3]
+                check = ops.ecb(key, self.algorithm, KCV_BLOCK[self.algorithm])[:3]
                 return ops.wrap_sm4(self._klk, key) + check
             return ops.wrap(self._klk, key)
 
@@ -346,7 +343,7 @@ class HsmCardCrypto:
         with self._service.token.use("key-loading key KCV"):
             self._sync()
             alg = keyscheme.klk_algorithm(self.algorithm)
-            block = _KCV_BLOCK[alg]
+            block = KCV_BLOCK[alg]
             kcv = self._with_klk(KLK_CHECK, lambda o, klk: o.ecb(klk, alg, block))
             return bytes(kcv[:3])
 
@@ -392,12 +389,12 @@ class HsmCardCrypto:
             for slot in slots:
                 key = self._key_synced(slot)
                 wrapped[slot] = ops.wrap(kek_h, key)
-                kcvs[slot] = ops.ecb(key, alg, _KCV_BLOCK[alg])[:3]
+                kcvs[slot] = ops.ecb(key, alg, KCV_BLOCK[alg])[:3]
             klk_wrapped, klk_kcv = self._with_klk(
                 KLK_BUREAU,
                 lambda o, klk: (
                     o.wrap(kek_h, klk),
-                    o.ecb(klk, KLK_ALGORITHM, _KCV_BLOCK[KLK_ALGORITHM])[:3],
+                    o.ecb(klk, KLK_ALGORITHM, KCV_BLOCK[KLK_ALGORITHM])[:3],
                 ),
             )
             encrypted: list[bytes] = []

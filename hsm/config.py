@@ -1,4 +1,5 @@
-"""HSM configuration, taken from :class:`issuance.settings.HsmSettings`.
+"""HSM configuration: the frozen settings of this package (built by the composition root from
+``[hsm]``, :meth:`issuance.settings.Settings.hsm_config`).
 
 Any vendor's PKCS#11 module is used by configuration (module path, token label, PIN source);
 SoftHSM2 (the default) additionally gets a project-local configuration file and token dir.
@@ -9,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from issuance.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -38,30 +37,8 @@ class HsmConfig:
 
     @property
     def is_sm_test_module(self) -> bool:
-        from hsm.smtoken import is_sm_test_module
-
-        return is_sm_test_module(self.module)
+        """The SM test module (``hsm.smtoken``): the composition root gave it its files."""
+        return self.sm_conf is not None
 
     def user_pin(self) -> str:
         return self.pin_source()
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> HsmConfig:
-        from hsm.smtoken import is_sm_test_module
-
-        hsm = settings.hsm
-        sm_dir = settings.data_dir / "hsm" / "sm"
-        sm_module = is_sm_test_module(hsm.module)
-        return cls(
-            module=hsm.module,
-            token_label=hsm.token_label,
-            pin_source=hsm.user_pin,
-            so_pin=hsm.so_pin.get_secret_value(),
-            softhsm_conf=settings.softhsm_conf,
-            tokens_dir=settings.data_dir / "hsm" / "tokens",
-            region_code=settings.issuer.region_code,
-            vendor=hsm.vendor,
-            signing=hsm.signing,
-            sm_conf=sm_dir / "smp11.conf" if sm_module else None,
-            sm_store=sm_dir / "tokens" if sm_module else None,
-        )

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any
 
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 from pkcs11 import Attribute, KeyType, Mechanism
@@ -36,67 +36,18 @@ from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
 from hsm import ceremony, p11fast
 from hsm import pkcs11 as p11
 from hsm.errors import KeyNotFound
+from hsm.ports import (
+    KCV_BLOCK,
+    BureauExport,
+    BureauExporter,
+    CardKeyRef,
+    ClearKeys,
+    FileKek,
+    Pkcs11Keys,
+)
 
-if TYPE_CHECKING:
-    from hsm.service import CardKeyRef, Pkcs11KeyService, SoftwareKeyService
-
-_KCV_BLOCK = {alg: keyscheme.kcv_block(alg) for alg in Algorithm}
-
-
-@dataclass(frozen=True)
-class FileKek:
-    """A bureau file's key-encryption key as it travels: wrapped under the transport key."""
-
-    kek_id: int
-    wrapped: bytes = field(repr=False)
-    """RFC 5649 AES key wrap (with padding) of the AES-128 KEK under the transport key."""
-    kcv: bytes
-    """``keyscheme.kcv(kek, Algorithm.AES)``."""
-
-
-@runtime_checkable
-class BureauExporter(Protocol):
-    """Exports cards for one bureau file (context manager; destroys its KEK on close)."""
-
-    def export(
-        self,
-        ref: CardKeyRef,
-        slots: Iterable[KeySlot],
-        sensitive: Sequence[bytes] = (),
-        under: KeySlot = KeySlot.KMC,
-    ) -> BureauExport: ...
-
-    def kek(self, kek_id: int) -> FileKek: ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> BureauExporter: ...
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None: ...
-
-
-@dataclass(frozen=True)
-class BureauExport:
-    """One card's keys for a card bureau: wrapped under the transport key, with their KCVs,
-    and sensitive data (initial PIN blocks) encrypted under the card key ``under`` (KMC)."""
-
-    wrapped: dict[KeySlot, bytes] = field(repr=False)
-    """RFC 5649 AES key wrap (with padding) of the 16-byte card key (3DES: odd parity) under
-    the file KEK ``kek_id``."""
-    kcvs: dict[KeySlot, bytes]
-    """``keyscheme.kcv`` of each card key, computed in the HSM."""
-    encrypted: tuple[bytes, ...] = field(repr=False)
-    """``keyscheme.encrypt_sensitive(card key under, data)`` for each sensitive input."""
-    kek_id: int = 0
-    klk_wrapped: bytes = field(default=b"", repr=False)
-    """The card's key-loading key KLK (AES-128), RFC 5649-wrapped under the file KEK: the
-    bureau wraps each card key under it for WRITE KEY (``keyscheme.wrap_card_key``)."""
-    klk_kcv: bytes = b""
-    """``keyscheme.kcv(klk, AES)``."""
-
-
+__all__ = ["KCV_BLOCK", "BureauExport", "BureauExporter", "FileKek", "HsmBureauExporter",
+           "SoftwareBureauExporter"]  # fmt: skip
 #: Bulk export through hsm.p11fast: card keys only encrypt (KCV, PIN) and get wrapped.
 _FAST_EXPORT = {
     alg: p11fast.key_template(alg, Attribute.ENCRYPT) for alg in (Algorithm.DES3, Algorithm.AES)
@@ -121,7 +72,7 @@ _KEK_TEMPLATE: dict[Attribute, Any] = {
 class HsmBureauExporter:
     """:class:`BureauExporter` in the HSM: see "Bureau files" in the module docstring."""
 
-    def __init__(self, service: Pkcs11KeyService, transport_label: str) -> None:
+    def __init__(self, service: Pkcs11Keys, transport_label: str) -> None:
         self._service = service
         self._label = ceremony.transport_label(transport_label)
         self._kek: Any = None
@@ -153,7 +104,7 @@ class HsmBureauExporter:
             transport = self._service.transport(self._label)
             kek = token.session().generate_key(KeyType.AES, 128, template=_KEK_TEMPLATE)
             wrapped = bytes(transport.wrap_key(kek, mechanism=Mechanism.AES_KEY_WRAP_PAD))
-            check = bytes(kek.encrypt(_KCV_BLOCK[Algorithm.AES], mechanism=Mechanism.AES_ECB))
+            check = bytes(kek.encrypt(KCV_BLOCK[Algorithm.AES], mechanism=Mechanism.AES_ECB))
             self._kek, self._kek_generation = kek, generation
             self._kek_id += 1
             self._current = FileKek(self._kek_id, wrapped, check[:3])
@@ -233,11 +184,11 @@ class HsmBureauExporter:
             klk_base = service.klk_master_synced(ref.key_version).handle
             klk_h = chain(klk_base, klk_blocks, KLK_ALGORITHM, _FAST_KLK)
             kek_h = kek.handle
-            block = _KCV_BLOCK[alg]
+            block = KCV_BLOCK[alg]
             wrapped = {slot: fast.wrap_kwp(sh, kek_h, handles[slot]) for slot in slots}
             kcvs = {slot: fast.encrypt_ecb(sh, handles[slot], alg, block)[:3] for slot in slots}
             klk_wrapped = fast.wrap_kwp(sh, kek_h, klk_h)
-            klk_kcv = fast.encrypt_ecb(sh, klk_h, KLK_ALGORITHM, _KCV_BLOCK[KLK_ALGORITHM])[:3]
+            klk_kcv = fast.encrypt_ecb(sh, klk_h, KLK_ALGORITHM, KCV_BLOCK[KLK_ALGORITHM])[:3]
             encrypted = []
             for data in sensitive:
                 if len(data) > 255:
@@ -257,7 +208,7 @@ class HsmBureauExporter:
 class SoftwareBureauExporter:
     """:class:`BureauExporter` of the software twin (one KEK per file)."""
 
-    def __init__(self, service: SoftwareKeyService, transport: bytes) -> None:
+    def __init__(self, service: ClearKeys, transport: bytes) -> None:
         self._service = service
         self._kek = bytearray(os.urandom(16))
         self._file_kek = FileKek(

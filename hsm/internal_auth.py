@@ -197,13 +197,13 @@ def _irk_versions(service: KeyService, alg: Algorithm) -> list[int]:
             if label.startswith(prefix) and label[len(prefix) :].isdigit()
         )
     if isinstance(service, SoftwareKeyService):  # tests and demos: the masters are in memory
-        return sorted(v for (slot, a, v) in service._masters if slot is KeySlot.IRK and a is alg)
+        return service.master_versions(KeySlot.IRK, alg)
     raise KeyNotFound(f"{type(service).__name__} offers no challenge key")
 
 
 def _challenge_secret(service: KeyService, alg: Algorithm, version: int) -> bytes:
     if isinstance(service, SoftwareKeyService):
-        master = service._masters[(KeySlot.IRK, alg, version)]
+        master = service.master_key(KeySlot.IRK, alg, version)
         child = _software_ecb(master, alg, CHALLENGE_KEY_DATA)
         return _software_ecb(child, alg, CHALLENGE_KEY_LABEL)
     assert isinstance(service, Pkcs11KeyService)

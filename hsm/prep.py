@@ -47,7 +47,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from pkcs11 import Attribute, KeyType
 
@@ -56,10 +56,7 @@ from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
 from hsm import ceremony, p11fast
 from hsm import pkcs11 as p11
 from hsm.errors import HsmError, KcvMismatch, KeyNotFound
-from hsm.export import _KCV_BLOCK, BureauExport, FileKek
-
-if TYPE_CHECKING:
-    from hsm.service import CardKeyRef, Pkcs11KeyService
+from hsm.ports import KCV_BLOCK, BureauExport, CardKeyRef, FileKek, KeyService, Pkcs11Keys
 
 #: Destroyed session objects between two module re-initialisations in a preparing process
 #: (~200 bytes of SoftHSM2 garbage each: ~50 MiB; about 20,000 cards of 12 keys). Larger than
@@ -109,7 +106,7 @@ def perso_key_label(batch_id: int) -> str:
     return ceremony.transport_label(f"perso-batch-{batch_id}")
 
 
-def ensure_perso_key(service: Pkcs11KeyService, label: str) -> bool:
+def ensure_perso_key(service: Pkcs11Keys, label: str) -> bool:
     """Generate the perso key ``label`` in the HSM if missing (AES-128 token object,
     sensitive, never extractable, CKA_WRAP + CKA_UNWRAP only). Returns True if created. The
     caller serialises concurrent callers (a database lock on the batch row)."""
@@ -129,7 +126,7 @@ def ensure_perso_key(service: Pkcs11KeyService, label: str) -> bool:
         return True
 
 
-def destroy_perso_key(service: Pkcs11KeyService, label: str) -> bool:
+def destroy_perso_key(service: Pkcs11Keys, label: str) -> bool:
     """Destroy a batch's perso key (its perso files become unusable). True if it existed."""
     with service.token.use(f"destroying {label}") as session:
         found = list(session.get_objects({Attribute.LABEL: label}))
@@ -171,7 +168,7 @@ class InHouseCard:
 class KekEnvelope:
     """The current file KEK of this process (LOCK held by every caller)."""
 
-    def __init__(self, service: Pkcs11KeyService, wrapping_label: str) -> None:
+    def __init__(self, service: Pkcs11Keys, wrapping_label: str) -> None:
         self._service = service
         self.label = ceremony.transport_label(wrapping_label)
         self._handle = 0
@@ -191,7 +188,7 @@ class KekEnvelope:
         kek = session.generate_key(KeyType.AES, 128, template=_KEK_TEMPLATE)
         wrapped = fast.wrap_kwp(session.handle, wrapping.handle, kek.handle)
         check = fast.encrypt_ecb(session.handle, kek.handle, Algorithm.AES,
-                                 _KCV_BLOCK[Algorithm.AES])  # fmt: skip
+                                 KCV_BLOCK[Algorithm.AES])  # fmt: skip
         self._handle, self._generation = kek.handle, generation
         self.kek_id += 1
         self.current = FileKek(self.kek_id, wrapped, check[:3])
@@ -223,7 +220,7 @@ class PrepOps:
 
     def __init__(
         self,
-        service: Pkcs11KeyService,
+        service: Pkcs11Keys,
         fast: p11fast.FastOps,
         wrapping_label: str,
         *,
@@ -416,7 +413,7 @@ class PrepOps:
         self._check(ref, slots)
         fast, sh, alg, region = self.fast, self._sh, ref.algorithm, self.service.region_code
         plan = self._plan(alg, ref.key_version, slots)
-        kcv_block, tmpl, kek = _KCV_BLOCK[alg], _CARD_ENC[alg], self._kek
+        kcv_block, tmpl, kek = KCV_BLOCK[alg], _CARD_ENC[alg], self._kek
         factors = ref.factors(KeySlot.KMC, region)  # the card's (KLK included)
         card = self._data(factors, alg)
         emv: list[bytes] | None = None
@@ -447,7 +444,7 @@ class PrepOps:
             klk = derive(plan.klk, KLK_ALGORITHM, self._data(factors, KLK_ALGORITHM), _KLK_EXPORT)
             try:
                 klk_wrapped = wrap(sh, kek, klk)
-                klk_kcv = encrypt(sh, klk, KLK_ALGORITHM, _KCV_BLOCK[KLK_ALGORITHM])[:3]
+                klk_kcv = encrypt(sh, klk, KLK_ALGORITHM, KCV_BLOCK[KLK_ALGORITHM])[:3]
             finally:
                 self._destroy(klk)
         finally:
@@ -459,12 +456,11 @@ class PrepOps:
         )  # fmt: skip
 
 
-def prep_ops(service: object, wrapping_label: str, **kwargs: Any) -> PrepOps | None:
+def prep_ops(key_service: KeyService, wrapping_label: str, **kwargs: Any) -> PrepOps | None:
     """:class:`PrepOps` for a PKCS#11 key service whose module has the direct entry points;
     None otherwise (software twin, modules exporting only ``C_GetFunctionList``)."""
-    from hsm.service import Pkcs11KeyService
-
-    if not isinstance(service, Pkcs11KeyService):
+    service = key_service.hsm_keys
+    if service is None:
         return None
     fast = service.fast
     if fast is None:
@@ -489,7 +485,7 @@ class RecordCrypto:
 
     def __init__(
         self,
-        service: Pkcs11KeyService,
+        service: Pkcs11Keys,
         wrapping_label: str,
         kek: FileKek,
         kmc_wrapped: bytes,
@@ -536,7 +532,7 @@ class RecordCrypto:
         self._service.sync(generation)
         wrapping = self._service.transport(self._label)
         handle = self._fast.unwrap_kwp(sh, wrapping.handle, self._kek.wrapped, _KEK_AT_STATION)
-        check = self._fast.encrypt_ecb(sh, handle, Algorithm.AES, _KCV_BLOCK[Algorithm.AES])[:3]
+        check = self._fast.encrypt_ecb(sh, handle, Algorithm.AES, KCV_BLOCK[Algorithm.AES])[:3]
         if not hmac.compare_digest(check, self._kek.kcv):
             self._fast.destroy(sh, handle)
             raise KcvMismatch(f"file KEK {self._kek.kek_id} does not match its KCV")
@@ -565,7 +561,7 @@ class RecordCrypto:
     def kcv(self, slot: KeySlot) -> bytes:
         with self._service.token.use("card key KCV"):
             sh, key = self._key(slot)
-            return self._fast.encrypt_ecb(sh, key, self.algorithm, _KCV_BLOCK[self.algorithm])[:3]
+            return self._fast.encrypt_ecb(sh, key, self.algorithm, KCV_BLOCK[self.algorithm])[:3]
 
     def external_auth(self, slot: KeySlot, challenge: bytes) -> bytes:
         if len(challenge) != 8:

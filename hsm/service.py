@@ -55,18 +55,16 @@ import hmac
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 from pkcs11 import Attribute, Mechanism, ObjectClass
 
 from cardspec import keyscheme, sm2
-from cardspec.crypto import CardCrypto, SoftwareCardCrypto
+from cardspec.crypto import SoftwareCardCrypto
 from cardspec.keyscheme import Algorithm, KeySlot
 from hsm import ceremony, p11fast
 from hsm import pkcs11 as p11
@@ -76,112 +74,35 @@ from hsm.errors import (
     CryptogramMismatch,
     HsmError,
     KeyNotFound,
-    SignatureInvalid,
 )
-from hsm.export import BureauExporter
+from hsm.export import HsmBureauExporter, SoftwareBureauExporter
 from hsm.pkcs11 import LOCK, Pkcs11Token
+from hsm.ports import (
+    BureauExporter,
+    CardCryptoSession,
+    CardKeyRef,
+    KeyService,
+    verify_signature,
+)
 from hsm.vendors import DEFAULT_SM2_ID
 
-if TYPE_CHECKING:
-    from hsm.export import HsmBureauExporter, SoftwareBureauExporter
+#: The port lives in :mod:`hsm.ports`; named here too, beside its two adapters.
+__all__ = [
+    "BureauExporter",
+    "CardCryptoSession",
+    "CardKeyRef",
+    "KeyService",
+    "Pkcs11KeyService",
+    "SoftwareCardSession",
+    "SoftwareKeyService",
+    "verify_signature",
+]
 
 #: How long :meth:`Pkcs11KeyService.current_key_version` trusts its last look-up (seconds).
 KEY_SET_CACHE_S = 5.0
 #: Destroyed session objects after which the SoftHSM2 module is re-initialised (see
 #: :meth:`Pkcs11KeyService.objects_destroyed`): ~4 MiB of SoftHSM garbage, 2,000 cards of 11
 SOFTHSM_RECYCLE_AFTER = 22_000
-
-
-@dataclass(frozen=True)
-class CardKeyRef:
-    """Which keys a card has: what the card record stores about its keys."""
-
-    card_identification_code: str
-    key_version: int = 1
-    algorithm: Algorithm = Algorithm.DES3
-    pan: str | None = field(default=None, repr=False)
-    psn: str | None = None
-    region_factor: bool = False
-    #: ``(supplier, version)`` when the blank chip came pre-personalised by a chip supplier:
-    #: its KMC and KLK are diversified by the chip serial alone from that supplier's delivery
-    #: key set (``ykt:supplier:<name>:kmc|klk:...:v<version>``, see :mod:`hsm.ceremony`);
-    #: ``None``: from the issuer's own KMC/KLK masters of ``key_version`` (virtual stock).
-    chip_maker: tuple[str, int] | None = None
-
-    def factors(self, slot: KeySlot, region_code: str) -> tuple[bytes, ...]:
-        """The diversification factors of ``slot``, outermost first."""
-        if slot.financial:
-            if not self.pan:
-                raise HsmError(f"{slot.value}: financial keys need the card's PAN")
-            return (keyscheme.emv_factor(self.pan, self.psn or "00"),)
-        card = keyscheme.card_factor(self.card_identification_code)
-        if self.region_factor:
-            return (keyscheme.region_factor(region_code), card)
-        return (card,)
-
-
-@runtime_checkable
-class CardCryptoSession(CardCrypto, Protocol):
-    """A :class:`CardCrypto` whose derived keys live until :meth:`close` (context manager)."""
-
-    def kcv(self, slot: KeySlot) -> bytes: ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> CardCryptoSession: ...
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None: ...
-
-
-class KeyService(Protocol):
-    """The port: card cryptograms, bureau export and the system's signature."""
-
-    def card_crypto(self, ref: CardKeyRef) -> CardCryptoSession: ...
-
-    def verify_internal_auth(
-        self, ref: CardKeyRef, factor: bytes, random: bytes, response: bytes
-    ) -> None: ...
-
-    def external_auth(self, ref: CardKeyRef, slot: KeySlot, challenge: bytes) -> bytes: ...
-
-    def export_card_keys(
-        self, ref: CardKeyRef, slots: Iterable[KeySlot], transport_label: str
-    ) -> dict[KeySlot, bytes]: ...
-
-    def export_key_loading_key(self, ref: CardKeyRef, transport_label: str) -> bytes:
-        """The card's key-loading key KLK (AES-128) wrapped (RFC 5649) under a transport key:
-        what the blank chip's maker loads next to the KMC."""
-        ...
-
-    def current_key_version(self, algorithm: Algorithm) -> int:
-        """The newest complete key set version of ``algorithm`` (new cards get it)."""
-        ...
-
-    def bureau_exporter(self, transport_label: str) -> BureauExporter: ...
-
-    def sign(self, data: bytes) -> bytes: ...
-
-    def public_key_pem(self) -> bytes: ...
-
-
-def verify_signature(public_pem: bytes, data: bytes, signature: bytes) -> None:
-    """Verify an ECDSA P-256 / SHA-256 DER signature, or an SM2/SM3 one (``r || s``, default
-    identity) when the key is an SM2 key (``[hsm] signing = "sm2"``); raise
-    :class:`SignatureInvalid`."""
-    sm2_key = sm2.public_from_pem(public_pem)
-    if sm2_key is not None:
-        if not sm2.verify(sm2_key, data, signature):
-            raise SignatureInvalid("SM2 signature does not verify")
-        return
-    key = serialization.load_pem_public_key(public_pem)
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise SignatureInvalid("not an EC public key")
-    try:
-        key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature as exc:
-        raise SignatureInvalid("signature does not verify") from exc
 
 
 def _check_cryptogram(expected: bytes, response: bytes) -> None:
@@ -235,6 +156,10 @@ class Pkcs11KeyService:
         if not self._fast_path:
             return None
         return p11fast.fast_ops(str(self.token.config.module))
+
+    @property
+    def hsm_keys(self) -> Pkcs11KeyService:
+        return self
 
     @property
     def recycle_after(self) -> int:
@@ -362,8 +287,6 @@ class Pkcs11KeyService:
 
     def bureau_exporter(self, transport_label: str) -> HsmBureauExporter:
         """Exports for one bureau file (see "Bureau files" in :mod:`hsm.export`)."""
-        from hsm.export import HsmBureauExporter
-
         return HsmBureauExporter(self, transport_label)
 
     def sign(self, data: bytes) -> bytes:
@@ -525,9 +448,19 @@ class SoftwareKeyService:
             out[slot] = aes_key_wrap_with_padding(self._transport[label], key)
         return out
 
-    def bureau_exporter(self, transport_label: str) -> SoftwareBureauExporter:
-        from hsm.export import SoftwareBureauExporter
+    @property
+    def hsm_keys(self) -> None:
+        return None
 
+    def master_versions(self, slot: KeySlot, alg: Algorithm) -> list[int]:
+        """Versions of the ``slot`` master of ``alg`` held in memory, ascending."""
+        return sorted(v for (s, a, v) in self._masters if s is slot and a is alg)
+
+    def master_key(self, slot: KeySlot, alg: Algorithm, version: int) -> bytes:
+        """The clear master key (this twin keeps its masters in memory: tests and demos)."""
+        return self._masters[(slot, alg, version)]
+
+    def bureau_exporter(self, transport_label: str) -> SoftwareBureauExporter:
         label = ceremony.transport_label(transport_label)
         if label not in self._transport:
             raise KeyNotFound(f"no transport key {label}")
@@ -540,9 +473,3 @@ class SoftwareKeyService:
         return self._signing.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-
-
-def key_service_from_settings(settings: Any) -> KeyService:
-    """The product key service for these settings (PKCS#11 on the configured module)."""
-    config = HsmConfig.from_settings(settings)
-    return Pkcs11KeyService.from_config(config)

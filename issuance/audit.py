@@ -333,9 +333,10 @@ def _checkpoint(
         session.flush()
 
 
-def verify_signature(public_key_pem: bytes | str, signature: bytes, data: bytes) -> None:
-    """Verify an ECDSA (DER or raw r||s), SM2/SM3 (r||s), RSA PKCS#1 v1.5 or Ed25519
-    signature; raise."""
+def verify_checkpoint_signature(public_key_pem: bytes | str, data: bytes, signature: bytes) -> None:
+    """Verify a checkpoint's ECDSA (DER or raw r||s), SM2/SM3 (r||s), RSA PKCS#1 v1.5 or Ed25519
+    signature of ``data``; raise :class:`IntegrityError`. (Arguments in the order of
+    :func:`hsm.ports.verify_signature`, which checks the HSM's own signatures.)"""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
@@ -554,7 +555,9 @@ def verify_chain(
             if key is None:
                 raise IntegrityError(f"checkpoint {cp.chain_seq} has no key to verify with")
             try:
-                verify_signature(key, cp.signature, checkpoint_message(cp.chain_seq, cp.hash))
+                verify_checkpoint_signature(
+                    key, checkpoint_message(cp.chain_seq, cp.hash), cp.signature
+                )
             except IntegrityError as exc:
                 raise IntegrityError(
                     f"audit checkpoint at sequence {cp.chain_seq}: {exc.message}",
@@ -599,8 +602,8 @@ def _check_pin(
         )
     if public_key_pem is not None and pin.signature is not None:
         try:
-            verify_signature(
-                public_key_pem, pin.signature, checkpoint_message(pin.chain_seq, pin.hash)
+            verify_checkpoint_signature(
+                public_key_pem, checkpoint_message(pin.chain_seq, pin.hash), pin.signature
             )
         except IntegrityError as exc:
             raise IntegrityError(

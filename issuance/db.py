@@ -11,9 +11,10 @@ usually through :func:`transaction`.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -33,6 +34,9 @@ NAMING_CONVENTION: dict[str, str] = {
 }
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+T = TypeVar("T")
 
 
 class Base(DeclarativeBase):
@@ -168,3 +172,16 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def with_retry(fn: Callable[[], T], attempts: int = 8) -> T:
+    """Run one transaction, retrying when it lost a race (SQLite busy snapshot, PostgreSQL
+    serialisation): each attempt re-reads its rows."""
+    for n in range(attempts):
+        try:
+            return fn()
+        except ConflictError:
+            if n == attempts - 1:
+                raise
+            time.sleep(0.02 * (n + 1))
+    raise AssertionError("unreachable")

@@ -32,6 +32,8 @@ from typing import Generic, TypeVar
 import asyncpg
 import sqlalchemy as sa
 
+from issuance.errors import IssuanceError
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 I = TypeVar("I")  # noqa: E741 - an item of a Coalescer
@@ -49,7 +51,7 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, TimeoutError)
 
 
-class DatabaseUnavailable(Exception):
+class DatabaseUnavailable(IssuanceError):
     """The database cannot be reached (or no connection became free in time)."""
 
     code = "service_unavailable"

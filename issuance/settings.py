@@ -1,6 +1,7 @@
-"""Settings: one typed, frozen, strict place for every knob.
+"""Settings: one typed, frozen, strict place for every knob (the schema).
 
-Sources, later wins:
+The domain and its adapters receive these frozen sections; only the composition root reads them
+(:mod:`yikatong.settings`: :func:`~yikatong.settings.load_settings`). Sources, later wins:
   1. embedded defaults (everything under one project-local data directory, no configuration
      needed: SQLite file, SoftHSM token dir, virtual readers, file print spool);
   2. a TOML file: ``$YKT_CONFIG`` if set, else ``<data_dir>/yikatong.toml`` if it exists;
@@ -12,15 +13,13 @@ Unknown keys are rejected (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
-import os
-import tomllib
-from collections.abc import Mapping
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from hsm.config import HsmConfig
+from hsm.smtoken import is_sm_test_module
 from issuance.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -237,55 +236,20 @@ class Settings(_Section):
         """Runtime state of services the project starts (isolated pcscd, ...)."""
         return self.data_dir / "run"
 
-
-def _set_path(tree: dict[str, Any], keys: list[str], value: Any) -> None:
-    node = tree
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"environment overrides a non-section: {'.'.join(keys)}")
-        node = child
-    node[keys[-1]] = value
-
-
-def load_settings(
-    config_file: Path | None = None, environ: Mapping[str, str] | None = None
-) -> Settings:
-    """Build settings from defaults, the TOML file and ``YKT_*`` variables; raise ConfigError."""
-    env = os.environ if environ is None else environ
-    tree: dict[str, Any] = {}
-    data_dir = Path(env["YKT_DATA_DIR"]) if env.get("YKT_DATA_DIR") else None
-    path = config_file or (Path(env["YKT_CONFIG"]) if env.get("YKT_CONFIG") else None)
-    if path is None:
-        candidate = (data_dir or Settings.model_fields["data_dir"].default) / "yikatong.toml"
-        path = candidate if candidate.exists() else None
-    if path is not None:
-        try:
-            tree = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read settings file {path}: {exc}") from exc
-    for name, value in env.items():
-        if not name.startswith("YKT_") or name in ("YKT_CONFIG", "YKT_DATA_DIR"):
-            continue
-        parts = name[4:].lower().split("__")
-        if len(parts) != 2:
-            continue
-        if parts[1] == "names":
-            _set_path(tree, parts, [v for v in value.strip("[]").split(",") if v])
-        else:
-            _set_path(tree, parts, value)
-    if data_dir is not None:
-        tree["data_dir"] = str(data_dir)
-    try:
-        return Settings.model_validate(tree)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+    def hsm_config(self) -> HsmConfig:
+        """The HSM's own frozen configuration: ``[hsm]`` and the issuer's region."""
+        sm_dir = self.data_dir / "hsm" / "sm"
+        sm_module = is_sm_test_module(self.hsm.module)
+        return HsmConfig(
+            module=self.hsm.module,
+            token_label=self.hsm.token_label,
+            pin_source=self.hsm.user_pin,
+            so_pin=self.hsm.so_pin.get_secret_value(),
+            softhsm_conf=self.softhsm_conf,
+            tokens_dir=self.data_dir / "hsm" / "tokens",
+            region_code=self.issuer.region_code,
+            vendor=self.hsm.vendor,
+            signing=self.hsm.signing,
+            sm_conf=sm_dir / "smp11.conf" if sm_module else None,
+            sm_store=sm_dir / "tokens" if sm_module else None,
         )
-        raise ConfigError(f"invalid settings ({path or 'environment'}): {problems}") from exc
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """Process-wide settings, loaded once."""
-    return load_settings()

@@ -36,9 +36,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from issuance import audit, services
 from issuance.audit import Signer, scrub
 from issuance.db import transaction
 from issuance.errors import ConflictError
+from issuance.models import utcnow
+from issuance.services.verification import prune_used_challenges
 from issuance.settings import Settings
 
 log = logging.getLogger("issuance.worker")
@@ -106,8 +109,6 @@ class Worker:
         self._pruned_at: float | None = None
 
     def _job(self, name: str, now: datetime, today: date) -> Callable[[Session], int]:
-        from issuance import audit, services
-
         cfg = self.settings
         if name == "lapse_losses":
             return lambda s: services.expire_provisional_losses(s, now)
@@ -121,14 +122,10 @@ class Worker:
         if name == "audit_seal":
             return lambda s: audit.seal(s, self.signer, now=now).sealed
         if name == "prune_challenges":
-            from issuance.services.verification import prune_used_challenges
-
             return lambda s: prune_used_challenges(s, now)
         raise ValueError(name)
 
     def run_round(self, now: datetime | None = None, today: date | None = None) -> RoundReport:
-        from issuance.models import utcnow
-
         now = now or utcnow()
         today = today or date.today()
         report = RoundReport()

@@ -3,7 +3,7 @@
 ``CardPrinter`` is what issuance calls: ``print_card(job_id, front, back) -> PrintResult``.
 Adapters: :class:`FileSpool` (PNG + 2-page PDF per card in a directory; the default, also what
 a card bureau's hot folder looks like) and :class:`printers.cups.CupsPrinter` (an IPP print
-server). :func:`make_printer` picks one from ``settings.printer.backend``.
+server). :func:`printers.backends.make_printer` picks one from ``settings.printer.backend``.
 """
 
 from __future__ import annotations
@@ -16,15 +16,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
 from printers.errors import SpoolError
 from printers.layout import CARD_WIDTH_MM, MM_PER_INCH
-
-if TYPE_CHECKING:
-    from issuance.settings import Settings
 
 _EPOCH_2000 = time.gmtime(946_684_800)
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -141,18 +138,6 @@ class FileSpool:
             "bytes": size,
             "latest": pdfs[-1].stem if pdfs else None,
         }
-
-
-def make_printer(settings: Settings) -> CardPrinter:
-    """The printer adapter chosen by ``settings.printer.backend``."""
-    backend = settings.printer.backend
-    if backend == "file":
-        return FileSpool(settings.spool_dir)
-    if backend == "cups":
-        from printers.cups import CupsPrinter
-
-        return CupsPrinter(settings.printer.cups_server, settings.printer.cups_queue)
-    raise SpoolError(f"unknown printer backend {backend!r}")
 
 
 def describe(result: PrintResult) -> str:

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from cardspec import cardops, perso
 from cardspec.errors import CardSpecError
@@ -48,10 +48,33 @@ from cardspec.profile.model import decode_records
 from cardspec.profile.social import get_profile
 from hsm.errors import HsmError
 from hsm.service import CardCryptoSession, KeyService
-from issuance.batches.prepared import PreparedCard
-from issuance.settings import Settings
 from printers.errors import PrinterError
 from printers.facecode import FaceCodeError, FaceData, decode_file
+from printers.prepared import PreparedCard
+
+
+class ReaderSection(Protocol):
+    """What the stations read of ``[readers]`` (:class:`issuance.settings.ReaderSettings`)."""
+
+    @property
+    def backend(self) -> Literal["virtual", "pcsc", "inprocess"]: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def names(self) -> tuple[str, ...]: ...
+    @property
+    def csock(self) -> Path | None: ...
+    @property
+    def feed_timeout_seconds(self) -> float: ...
+
+
+class StationSettings(Protocol):
+    """The frozen settings the stations are opened from (the readers and the run directory)."""
+
+    @property
+    def readers(self) -> ReaderSection: ...
+    @property
+    def run_dir(self) -> Path: ...
 
 
 class StationError(PrinterError):
@@ -463,13 +486,13 @@ def _face_problems(
     return problems
 
 
-def stations_log_dir(settings: Settings, pid: int) -> Path:
+def stations_log_dir(settings: StationSettings, pid: int) -> Path:
     """Where the virtual reader stack of the worker process ``pid`` writes its logs (always
     under the data directory)."""
     return settings.run_dir / f"stations-{pid}"
 
 
-def stations_run_dir(settings: Settings, pid: int) -> Path:
+def stations_run_dir(settings: StationSettings, pid: int) -> Path:
     """Where the virtual reader stack of the worker process ``pid`` keeps its sockets: its log
     directory when the socket paths fit a unix socket address, else a short directory in the
     system temp dir (:func:`cardspec.virtual.short_run_dir`)."""
@@ -480,7 +503,7 @@ def stations_run_dir(settings: Settings, pid: int) -> Path:
 
 @contextlib.contextmanager
 def open_stations(
-    settings: Settings,
+    settings: StationSettings,
     count: int | None = None,
     *,
     run_dir: Path | None = None,

@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from issuance.settings import Settings, load_settings
+from yikatong.settings import Settings, load_settings
 
 _counter = itertools.count(1)
 
@@ -35,7 +35,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    from issuance.dbserver import TemporaryPostgres
+    from devstack.dbserver import TemporaryPostgres
 
     with TemporaryPostgres(tmp_path_factory.mktemp("pg")) as pg:
         yield pg

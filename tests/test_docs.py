@@ -25,7 +25,8 @@ from markdown.extensions.toc import slugify, unique
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 #: Top-level folders and files that a path in the docs may start with.
-TREE_PREFIXES = ("cardspec", "hsm", "issuance", "printers", "api", "bench", "scripts", "tests")
+TREE_PREFIXES = ("cardspec", "hsm", "issuance", "printers", "api", "yikatong", "devstack", "bench")
+TREE_PREFIXES += ("scripts", "tests")
 TREE_PREFIXES += ("docs", ".ci")
 SHELL_LANGS = {"", "sh", "bash", "shell", "console"}
 SHELL_STOPS = {"|", "||", "&&", ";", "&", ")", "2>&1"}

@@ -67,8 +67,7 @@ from cardspec.profile import CardProfile
 from issuance import audit
 from issuance.audit import Actor
 from issuance.batches.deliveries import chip_key_ref
-from issuance.batches.prepared import PreparedCard
-from issuance.batches.stock import BlankStock, VirtualBlankStock
+from issuance.batches.stock import BlankStock
 from issuance.errors import ConfigError, IssuanceError
 from issuance.models import (
     Card,
@@ -78,6 +77,7 @@ from issuance.models import (
     StockRejection,
     utcnow,
 )
+from printers.prepared import PreparedCard
 
 if TYPE_CHECKING:
     from hsm.service import CardCryptoSession, CardKeyRef, KeyService
@@ -110,8 +110,8 @@ class StationBoundStock(Protocol):
     ) -> StockRejection: ...
 
 
-def binds_at_station(stock: object) -> bool:
-    return bool(getattr(stock, "binds_at_station", False))
+def binds_at_station(stock: BlankStock) -> bool:
+    return stock.binds_at_station
 
 
 class ChipRefused(IssuanceError):
@@ -151,6 +151,9 @@ class DeliveredBlankStock:
 
     def image(self, serial: str) -> Path:
         raise ConfigError("delivered chips are fed into real readers: they have no image")
+
+    def ensure_blank(self, serial: str, ref: CardKeyRef, profile: CardProfile) -> Path:
+        return self.image(serial)
 
     # binding at the station --------------------------------------------------------------
     def bind(self, session: Session, serial: str, card: Card, profile: CardProfile) -> None:
@@ -231,18 +234,3 @@ class DeliveredBlankStock:
             details={"reason": reason.value, "station": station, "batch_id": batch_id},
         )  # fmt: skip
         return row
-
-
-def make_stock(settings: Settings, key_service: KeyService) -> BlankStock:
-    """The blank stock adapter of ``settings.stock.backend``."""
-    backend = settings.stock.backend
-    if backend == "virtual":
-        return VirtualBlankStock(settings, key_service)
-    if backend == "delivered":
-        if settings.readers.backend != "pcsc":
-            raise ConfigError(
-                '[stock] backend = "delivered" needs real readers the chips are fed into: '
-                '[readers] backend = "pcsc"'
-            )
-        return DeliveredBlankStock(settings, key_service)
-    raise ConfigError(f"unknown blank stock backend {backend!r} ({', '.join(BACKENDS)})")

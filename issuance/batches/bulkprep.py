@@ -78,14 +78,16 @@ from cardspec.profile import CardProfile
 from cardspec.profile.model import RecordLayout, encode_records
 from cardspec.profile.values import complete_financial, split_name
 from hsm import prep as hsm_prep
-from hsm.export import FileKek
+from hsm.export import BureauExport, FileKek
 from hsm.service import CardKeyRef, KeyService
 from issuance import audit, lifecycle
 from issuance.audit import Actor
 from issuance.batches import dataprep, persofile
 from issuance.batches import items as bi
-from issuance.db import make_engine, make_sessionmaker, transaction
-from issuance.errors import ConflictError, IntegrityError, IssuanceError
+from issuance.batches.adapters import BatchAdapters
+from issuance.batches.bureau import BureauFileWriter, card_body, mark_exported, signer_fingerprint
+from issuance.db import make_engine, make_sessionmaker, transaction, with_retry
+from issuance.errors import ConflictError, IntegrityError, IssuanceError, ValidationError
 from issuance.models import (
     Application,
     AuditEvent,
@@ -476,8 +478,6 @@ class Preparer:
 
     # helpers -------------------------------------------------------------------------------
     def _txn(self, fn: Callable[[Session], Any]) -> Any:
-        from issuance.batches.pipeline import with_retry
-
         def once() -> Any:
             with transaction(self.factory) as s:
                 return fn(s)
@@ -501,8 +501,6 @@ class Preparer:
         if ops is None:
             raise IssuanceError("bulk data preparation needs a PKCS#11 module with direct C_* "
                                 "entry points (hsm.p11fast)")  # fmt: skip
-        from issuance.batches.bureau import signer_fingerprint
-
         self._signer = signer_fingerprint(self.key_service.public_key_pem())
         start = time.perf_counter()
         stages = (S.SELECTED,) if self.output == IN_HOUSE else (S.SELECTED, S.PREPARED)
@@ -772,10 +770,8 @@ class Preparer:
 
     def _bureau_entry(
         self, prof: _Profile, card: Prepared, ref: CardKeyRef, plan: dict[str, list[bytes]],
-        export: Any,
+        export: BureauExport,
     ) -> tuple[int, int, str, bytes]:  # fmt: skip
-        from issuance.batches.bureau import card_body
-
         body = card_body(
             card_id=card.row.card.id, chip_serial=card.chip_serial, cic=card.cic,
             card_number=card.row.card.card_number, profile=prof.profile, ref=ref,
@@ -973,9 +969,8 @@ def ensure_batch_perso_key(factory: sessionmaker[Session], key_service: KeyServi
                            batch_id: int) -> None:  # fmt: skip
     """The batch's perso key exists in the HSM (created under a lock on the batch row, so
     concurrent workers create it once)."""
-    from hsm.service import Pkcs11KeyService
-
-    if not isinstance(key_service, Pkcs11KeyService):
+    hsm_keys = key_service.hsm_keys
+    if hsm_keys is None:
         return
     label = hsm_prep.perso_key_label(batch_id)
 
@@ -983,7 +978,7 @@ def ensure_batch_perso_key(factory: sessionmaker[Session], key_service: KeyServi
         # a write first: the row lock on PostgreSQL, the writer lock on SQLite
         s.execute(sa.update(Batch).where(Batch.id == batch_id)
                   .values(started_at=sa.func.coalesce(Batch.started_at, utcnow())))  # fmt: skip
-        if hsm_prep.ensure_perso_key(key_service, label):
+        if hsm_prep.ensure_perso_key(hsm_keys, label):
             log.info("created the perso key %s", label)
 
     with transaction(factory) as s:
@@ -1028,7 +1023,8 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _worker(
-    settings: Settings, req: PrepRequest, chunk: int, results: Any, stop: Any, parent: int,
+    settings: Settings, adapters: BatchAdapters, req: PrepRequest, chunk: int, results: Any,
+    stop: Any, parent: int,
 ) -> None:  # fmt: skip
     """A forked worker: its own engine and HSM session (the module is loaded here). It dies
     with its parent (a kill -9 of ``ykt batch prepare`` takes the workers with it: their
@@ -1037,14 +1033,10 @@ def _worker(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us between chunks
     engine: Engine | None = None
     try:
-        from hsm.service import key_service_from_settings
-
         engine = make_engine(settings)
         factory = make_sessionmaker(engine)
-        from issuance.batches.blanks import make_stock
-
-        keys = key_service_from_settings(settings)
-        stock = make_stock(settings, keys)
+        keys = adapters.key_service()
+        stock = adapters.stock(keys)
         sink = _QueueSink(results) if req.output == BUREAU else None
         preparer = Preparer(
             settings, factory, keys, req.batch_id, req.actor, output=req.output, chunk=chunk,
@@ -1076,6 +1068,7 @@ def run_workers(
     settings: Settings,
     req: PrepRequest,
     *,
+    adapters: BatchAdapters,
     on_progress: Callable[[int], None],
     on_lines: Callable[[FileKek, list[tuple[int, int, str, bytes]]], None] | None = None,
     stop: threading.Event | None = None,
@@ -1095,7 +1088,8 @@ def run_workers(
     finally:
         if eng is not None:
             eng.dispose()
-    procs = [ctx.Process(target=_worker, args=(settings, req, chunk, results, halt, os.getpid()),
+    procs = [ctx.Process(target=_worker,
+                         args=(settings, adapters, req, chunk, results, halt, os.getpid()),
                          name=f"prepare-{i + 1}", daemon=True)
              for i in range(req.workers)]  # fmt: skip
     for p in procs:
@@ -1164,6 +1158,7 @@ def export_to_bureau(
     output: Path,
     batch_name: str,
     *,
+    adapters: BatchAdapters,
     on_progress: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
 ) -> tuple[Any, PrepStats, int]:
@@ -1172,16 +1167,14 @@ def export_to_bureau(
     card of the file moved ``prepared → at_bureau`` (:func:`issuance.batches.bureau.
     mark_exported`). Returns (:class:`~issuance.batches.bureau.BureauFileInfo`, stats, cards
     moved ``at_bureau``)."""
-    from issuance.batches.bureau import BureauFileWriter, mark_exported
-
     if req.transport is None:
         raise ValueError("a bureau export needs its transport key")
     progress = on_progress or (lambda n: None)
     with BureauFileWriter(output, key_service, req.transport, batch=batch_name) as writer:
         req = dataclasses.replace(req, bureau_file_id=writer.file_id)
         if req.workers > 1:
-            stats = run_workers(settings, req, on_progress=progress, on_lines=writer.add_chunk,
-                                stop=stop, factory=factory)  # fmt: skip
+            stats = run_workers(settings, req, adapters=adapters, on_progress=progress,
+                                on_lines=writer.add_chunk, stop=stop, factory=factory)  # fmt: skip
         else:
             chunk = chunk_size(remaining(factory, req.batch_id, BUREAU), 1, req.chunk)
             stats = Preparer(
@@ -1193,8 +1186,6 @@ def export_to_bureau(
         if stop is not None and stop.is_set():
             raise KeyboardInterrupt
         if writer.count == 0:
-            from issuance.errors import ValidationError
-
             raise ValidationError(f"batch {batch_name} has no card to export")
         info = writer.finish()
     with transaction(factory) as s:
@@ -1208,16 +1199,19 @@ def prepare_in_house(
     key_service: KeyService,
     req: PrepRequest,
     *,
+    adapters: BatchAdapters,
     on_progress: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
     new_serial: Callable[[], bytes] | None = None,
 ) -> PrepStats:
     """In-house data preparation of every selected card of the batch (in this process, or
     in ``req.workers`` forked processes). ``new_serial``: the blank stock's (this process;
-    workers use the configured stock's)."""
+    workers open their own key service and stock through ``adapters``)."""
     progress = on_progress or (lambda n: None)
     if req.workers > 1:
-        return run_workers(settings, req, on_progress=progress, stop=stop, factory=factory)
+        return run_workers(
+            settings, req, adapters=adapters, on_progress=progress, stop=stop, factory=factory
+        )
     ensure_batch_perso_key(factory, key_service, req.batch_id)
     chunk = chunk_size(remaining(factory, req.batch_id, IN_HOUSE), 1, req.chunk)
     return Preparer(

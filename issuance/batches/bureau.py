@@ -11,7 +11,6 @@ Streamed: written and read one card at a time, so a 1,000,000-card file needs no
 than one card (the writer keeps a running SHA-256, never the cards).
 
 Line 1, header::
-
     {"type": "header", "format": "ykt-bureau-perso/2", "file_id": "<uuid4 hex>",
      "batch": "<batch reference>", "created": "<ISO 8601 UTC>",
      "transport_key": "ykt:transport:<bureau>",        # key agreed in a ceremony (hsm)
@@ -22,11 +21,9 @@ Line 1, header::
 A file key-encryption key line before the first card it wraps (``kek`` = 1, 2, ...; a new
 one follows each re-initialisation of the issuer's HSM module: every 2,000 cards on SoftHSM2,
 see ``hsm.service.SOFTHSM_RECYCLE_AFTER``; cards only use the latest KEK line)::
-
     {"type": "kek", "kek": 1, "wrapped": "<hex>", "kcv": "<6 hex>"}
 
 Card lines, one per card, ``seq`` = 1..N without gaps::
-
     {"type": "card", "seq": 1, "kek": 1, "card_id": 42, "chip_serial": "<16 hex>",
      "cic": "<card identification code, 32 hex>", "card_number": "<9 characters>",
      "profile": "ssc2-3des", "algorithm": "3des", "key_version": 1,
@@ -60,7 +57,6 @@ Card lines, one per card, ``seq`` = 1..N without gaps::
   bureau forwards it to the chip; the PIN never appears in clear.
 
 Last line, trailer::
-
     {"type": "trailer", "count": N, "sha256": "<hex>", "signature": "<base64 DER>"}
 
 ``sha256`` covers every byte of the file before the trailer line (header, KEK and card lines
@@ -78,7 +74,6 @@ Result file: ``ykt-bureau-result/1`` (UTF-8 JSON Lines, returned by the bureau)
 Read by :mod:`issuance.batches.bureau_result`.
 
 ::
-
     {"type": "header", "format": "ykt-bureau-result/1", "file_id": "<bureau file's file_id>"}
     {"card_id": 42, "result": "made", "chip_serial": "<16 hex>"}
     {"card_id": 43, "result": "spoiled", "reason": "chip failed ATR"}
@@ -104,32 +99,24 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
 
-from cardspec import keyscheme, perso, sm
-from cardspec.apdu import CommandApdu
-from cardspec.cardops import (
-    ApduCounter,
-    check_fci_algorithm,
-    external_authenticate,
-    select_df,
-    send,
-)
-from cardspec.crypto import CardCrypto
-from cardspec.errors import CardNotFoundError, CardStateError
+from cardspec import keyscheme, perso
 from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.profile import CardProfile, get_profile
-from cardspec.reader import Reader
+from hsm.ceremony import transport_label
 from hsm.errors import SignatureInvalid
 from hsm.export import BureauExport, FileKek
 from hsm.service import BureauExporter, CardKeyRef, KeyService, verify_signature
-from issuance.batches.persofile import RecordFile
-from issuance.batches.prepared import PreparedCard
-from issuance.errors import IntegrityError, ValidationError
+from issuance import audit, lifecycle
+from issuance.batches.persofile import BureauFileInvalid, RecordFile, bureau_personalise
+from issuance.errors import ConflictError, IntegrityError, ValidationError
+from issuance.models import AuditEvent, BatchItem, BatchStage, utcnow
+from printers.prepared import PreparedCard
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -143,17 +130,6 @@ _BUFFER = 1 << 20
 
 
 # --- errors -----------------------------------------------------------------------------------
-
-
-class BureauFileInvalid(IntegrityError):
-    """A bureau file failed verification (format, sequence, count, digest or signature);
-    ``line`` is the 1-based line number where it was detected (0: the file as a whole)."""
-
-    code = "bureau_file_invalid"
-
-    def __init__(self, message: str, *, line: int = 0) -> None:
-        super().__init__(message if not line else f"line {line}: {message}", line=line)
-        self.line = line
 
 
 class BureauKeyCheckFailed(IntegrityError):
@@ -359,8 +335,6 @@ class BureauFileWriter:
         batch: str = "",
         progress: Callable[[int], None] | None = None,
     ) -> None:
-        from hsm.ceremony import transport_label
-
         self.path = Path(path)
         self.label = transport_label(transport_key)
         self.file_id = uuid.uuid4().hex
@@ -505,10 +479,6 @@ def mark_exported(
     statements (caller's transaction). ``pairs``: (card id, chip serial) of the file's cards
     (default: read from the file). Idempotent: cards already marked with this file are
     skipped. Raises :class:`ConflictError` if a card changed meanwhile (export again)."""
-    from issuance import audit, lifecycle
-    from issuance.errors import ConflictError
-    from issuance.models import AuditEvent, BatchItem, BatchStage, utcnow
-
     items = cast(sa.Table, BatchItem.__table__)
     events = cast(sa.Table, AuditEvent.__table__)
     # the declared transition the bulk statement makes: its stages and audit event
@@ -556,9 +526,7 @@ def mark_exported(
             ) for r in update
         ])  # fmt: skip
         moved += len(update)
-    from issuance import audit as _audit
-
-    _audit.record(session, actor, "batch.bureau_exported", "bureau_file", info.file_id,
+    audit.record(session, actor, "batch.bureau_exported", "bureau_file", info.file_id,
                   details={"batch": info.batch, "cards": moved, "sha256": info.sha256,
                            "path": str(info.path)})  # fmt: skip
     session.flush()
@@ -812,120 +780,6 @@ class BureauCardCrypto:
         return keyscheme.internal_auth_response(
             self._keys[KeySlot.IRK], factor, random, self.algorithm
         )
-
-
-class _ScriptKey(Protocol):
-    @property
-    def slot(self) -> KeySlot: ...
-
-    @property
-    def key_id(self) -> int: ...
-
-
-class _ScriptFile(Protocol):
-    @property
-    def df(self) -> str: ...
-
-    @property
-    def ef(self) -> str: ...
-
-    @property
-    def sfi(self) -> int: ...
-
-    @property
-    def records(self) -> tuple[bytes, ...]: ...
-
-
-class _ScriptPin(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def ref(self) -> int: ...
-
-    @property
-    def encrypted(self) -> bytes: ...
-
-
-class PersoScript(Protocol):
-    """A card's personalisation script: a bureau file line (:class:`BureauCard`) or an
-    in-house perso record (:class:`issuance.batches.persofile.PersoRecord`)."""
-
-    @property
-    def card_id(self) -> int: ...
-
-    @property
-    def card_identification_code(self) -> str: ...
-
-    @property
-    def profile_name(self) -> str: ...
-
-    @property
-    def algorithm(self) -> Algorithm: ...
-
-    @property
-    def keys(self) -> Sequence[_ScriptKey]: ...
-
-    @property
-    def files(self) -> Sequence[_ScriptFile]: ...
-
-    @property
-    def pins(self) -> Sequence[_ScriptPin]: ...
-
-
-def bureau_personalise(
-    reader: Reader, card: PersoScript, crypto: CardCrypto, *, connect: bool = True
-) -> perso.PersoResult:
-    """What the bureau's personalisation machine does with one card line: the same lean
-    sequence as :func:`cardspec.perso.personalise` (SELECT, EXTERNAL AUTHENTICATE with KMC,
-    WRITE KEY, UPDATE RECORD, SET PIN with the issuer's encrypted payload, SET STATUS SECURED),
-    driven by the file instead of the clear card data."""
-    import time
-
-    profile = get_profile(card.profile_name)
-    if profile.algorithm is not card.algorithm:
-        raise BureauFileInvalid(f"card {card.card_id}: algorithm differs from its profile")
-    start = time.perf_counter()
-    if connect:
-        reader.connect()
-    tx = ApduCounter(reader)
-    loaded: list[KeySlot] = []
-    try:
-        check_fci_algorithm(select_df(tx, profile, "SSSE", fci=True), profile)
-        current = profile.df_path("SSSE")
-        try:
-            channel: sm.TerminalChannel = external_authenticate(tx, crypto, KeySlot.KMC, profile)
-        except CardNotFoundError as exc:
-            raise CardStateError(
-                "card has no transport key: already personalised", exc.sw, command=exc.command
-            ) from exc
-        for key in card.keys:
-            if key.slot is KeySlot.KMC:
-                continue
-            wrapped = crypto.wrapped_card_key(key.slot)
-            cmd = channel.wrap(CommandApdu(0x80, 0xD4, 0x00, key.key_id, wrapped))
-            send(tx, cmd, f"WRITE KEY {key.slot.value}")
-            loaded.append(key.slot)
-        for f in card.files:
-            if f.df != current:
-                select_df(tx, profile, f.df)
-                current = f.df
-            for n, record in enumerate(f.records, start=1):
-                cmd = channel.wrap(CommandApdu(0x00, 0xDC, n, (f.sfi << 3) | 0x04, record))
-                send(tx, cmd, f"UPDATE RECORD {f.ef}/{n}")
-        for pin in card.pins:
-            cmd = channel.wrap(CommandApdu(0x80, 0xD4, 0x01, pin.ref, pin.encrypted))
-            send(tx, cmd, f"SET PIN {pin.name}")
-        send(tx, channel.wrap(CommandApdu(0x80, 0xF0, 0x80, 0x0F)), "SET STATUS SECURED")
-    finally:
-        if connect:
-            reader.disconnect()
-    return perso.PersoResult(
-        card_identification_code=card.card_identification_code,
-        apdu_count=tx.count,
-        duration_s=time.perf_counter() - start,
-        keys_loaded=tuple(loaded),
-    )
 
 
 __all__ = [

@@ -24,8 +24,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from issuance import audit
+from issuance.batches import items as bi
 from issuance.batches.bureau import BureauFileInvalid
+from issuance.batches.pipeline import mark_good
 from issuance.errors import ValidationError
+from issuance.models import BatchItem, BatchStage, BlankChip, ChipStatus
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -262,11 +266,6 @@ def apply_bureau_result(
     """Apply a checked bureau result to its batch (see the module docstring); ``run_txn`` runs
     a function in one committed transaction. Idempotent."""
     import sqlalchemy as sa
-
-    from issuance import audit
-    from issuance.batches import items as bi
-    from issuance.batches.pipeline import mark_good
-    from issuance.models import BatchItem, BatchStage, BlankChip, ChipStatus
 
     attempts = max_attempts or bi.DEFAULT_MAX_ATTEMPTS
     out = AppliedResult(result.file_id)

@@ -1,7 +1,7 @@
 """Data preparation: the complete personalisation data of each card of a batch.
 
 For one card and the blank chip it is made on, :func:`prepare_card` builds a
-:class:`~issuance.batches.prepared.PreparedCard`: every file's content per the card profile
+:class:`~printers.prepared.PreparedCard`: every file's content per the card profile
 (EF05 card identification, EF06 holder, medical, pension and the financial application), the
 key reference the HSM derives the card's keys from, and the initial PIN.
 
@@ -56,7 +56,6 @@ from cardspec.profile.values import split_name
 from hsm.service import CardKeyRef, KeyService
 from issuance.audit import Actor
 from issuance.batches import items as batch_items
-from issuance.batches.prepared import PreparedCard
 from issuance.batches.stock import BlankStock
 from issuance.errors import ConflictError
 from issuance.models import (
@@ -71,6 +70,7 @@ from issuance.models import (
     utcnow,
 )
 from issuance.settings import Settings
+from printers.prepared import PreparedCard
 
 #: CHOICE: the partner bank's BIN for the financial application's PAN.
 BANK_BIN = "621799"

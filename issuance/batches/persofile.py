@@ -71,15 +71,30 @@ from pathlib import Path
 from typing import Any
 
 from cardspec import perso
+from cardspec.crypto import CardCrypto
 from cardspec.keyscheme import Algorithm, KeySlot
+from cardspec.pcsc import PcscReader
 from cardspec.reader import Reader
+from cardspec.script import PersoScript, ScriptMismatch, run_script
 from hsm.errors import SignatureInvalid
 from hsm.export import FileKek
+from hsm.prep import RecordCrypto
 from hsm.service import verify_signature
 from issuance.errors import IntegrityError
 
 FORMAT = "ykt-perso/1"
 _SEGMENTS = 4  # verified segments kept in memory per process (a station reads one at a time)
+
+
+class BureauFileInvalid(IntegrityError):
+    """A bureau file failed verification (format, sequence, count, digest or signature);
+    ``line`` is the 1-based line number where it was detected (0: the file as a whole)."""
+
+    code = "bureau_file_invalid"
+
+    def __init__(self, message: str, *, line: int = 0) -> None:
+        super().__init__(message if not line else f"line {line}: {message}", line=line)
+        self.line = line
 
 
 class PersoRecordInvalid(IntegrityError):
@@ -484,13 +499,21 @@ def load_record(
         raise PersoRecordInvalid(f"{segment}@{offset}: malformed record ({exc!r})") from None
 
 
-def personalise(reader: Any, record: PersoRecord, crypto: Any) -> perso.PersoResult:
+def bureau_personalise(
+    reader: Reader, card: PersoScript, crypto: CardCrypto, *, connect: bool = True
+) -> perso.PersoResult:
+    """Run a bureau file line or a perso record (:func:`cardspec.script.run_script`);
+    :class:`BureauFileInvalid` when its algorithm is not its profile's."""
+    try:
+        return run_script(reader, card, crypto, connect=connect)
+    except ScriptMismatch as exc:
+        raise BureauFileInvalid(str(exc)) from exc
+
+
+def personalise(reader: PcscReader, record: PersoRecord, crypto: RecordCrypto) -> perso.PersoResult:
     """Run ``record``'s script on the blank chip in a station's PC/SC ``reader`` (one PC/SC
     transaction), ``crypto`` the card's :class:`hsm.prep.RecordCrypto`: the same lean APDU
-    sequence as :func:`cardspec.perso.personalise` (:func:`~issuance.batches.bureau.
-    bureau_personalise` runs it)."""
-    from issuance.batches.bureau import bureau_personalise
-
+    sequence as :func:`cardspec.perso.personalise` (:func:`bureau_personalise` runs it)."""
     reader.connect()
     try:
         with reader.transaction(), crypto:
@@ -499,10 +522,10 @@ def personalise(reader: Any, record: PersoRecord, crypto: Any) -> perso.PersoRes
         reader.disconnect()
 
 
-def personalise_in_process(reader: Reader, record: PersoRecord, crypto: Any) -> perso.PersoResult:
+def personalise_in_process(
+    reader: Reader, record: PersoRecord, crypto: RecordCrypto
+) -> perso.PersoResult:
     """The same on a reader without PC/SC transactions (an in-process emulated chip)."""
-    from issuance.batches.bureau import bureau_personalise
-
     with crypto:
         return bureau_personalise(reader, record, crypto)
 

@@ -48,18 +48,22 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from cardspec import regions
 from cardspec.errors import CardSpecError
+from cardspec.pcsc import NoCardError, NoServiceError, ReaderUnavailableError
+from cardspec.profile import get_profile
 from hsm.errors import HsmError
+from hsm.prep import RecordCrypto, destroy_perso_key, perso_key_label
 from hsm.service import KeyService
 from issuance import lifecycle
 from issuance.audit import SYSTEM_ACTOR, Actor
 from issuance.batches import bulkprep, dataprep, persofile
 from issuance.batches import items as bi
-from issuance.batches.blanks import ChipRefused, binds_at_station, make_stock
-from issuance.batches.prepared import PreparedCard
+from issuance.batches.adapters import BatchAdapters
+from issuance.batches.blanks import ChipRefused, binds_at_station
 from issuance.batches.selection import get_batch
 from issuance.batches.stock import BlankStock, ensure_manufacturer_key
-from issuance.db import make_engine, make_sessionmaker, transaction
+from issuance.db import make_engine, make_sessionmaker, transaction, with_retry
 from issuance.errors import ConflictError, IssuanceError
 from issuance.lifecycle import BatchEvent, CardEvent
 from issuance.models import (
@@ -77,7 +81,24 @@ from issuance.models import (
 from issuance.services.cards import advance_production
 from issuance.services.outbox import enqueue
 from issuance.settings import Settings
-from printers.errors import PrinterError
+from printers.errors import (
+    FontMissing,
+    JobRejected,
+    PrinterError,
+    PrinterNotFound,
+    PrinterUnavailable,
+    SpoolError,
+)
+from printers.faces import CardFace, render_back, render_front
+from printers.layout import layout_for_profile
+from printers.prepared import PreparedCard
+from printers.spool import CardPrinter
+from printers.stations import (
+    EncodingStation,
+    NoCardFed,
+    PrintedFace,
+    QualityCheckFailed,
+)
 
 log = logging.getLogger("issuance.batches")
 T = TypeVar("T")
@@ -122,15 +143,6 @@ class StationFault(IssuanceError):
 
 
 def _station_faults() -> tuple[type[BaseException], ...]:
-    from cardspec.pcsc import NoServiceError, ReaderUnavailableError
-    from printers.errors import (
-        FontMissing,
-        JobRejected,
-        PrinterNotFound,
-        PrinterUnavailable,
-        SpoolError,
-    )
-
     return (NoServiceError, ReaderUnavailableError, FontMissing, JobRejected, PrinterNotFound,
             PrinterUnavailable, SpoolError)  # fmt: skip
 
@@ -188,19 +200,6 @@ class RunSummary:
         return self.remaining == 0
 
 
-def with_retry(fn: Callable[[], T], attempts: int = 8) -> T:
-    """Run one transaction, retrying when it lost a race (SQLite busy snapshot, PostgreSQL
-    serialisation): each attempt re-reads its rows."""
-    for n in range(attempts):
-        try:
-            return fn()
-        except ConflictError:
-            if n == attempts - 1:
-                raise
-            time.sleep(0.02 * (n + 1))
-    raise AssertionError("unreachable")
-
-
 def safe_job_id(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts)).strip("_.-")[:128] or "card"
 
@@ -248,7 +247,7 @@ class PrintOutcome:
     reference: str
     state: str
     face_sha256: str
-    printed: Any  # printers.stations.PrintedFace
+    printed: PrintedFace
 
 
 class BatchRunner:
@@ -259,10 +258,11 @@ class BatchRunner:
         settings: Settings,
         batch_ref: str | int,
         *,
+        adapters: BatchAdapters,
         engine: Engine | None = None,
         key_service: KeyService | None = None,
         stock: BlankStock | None = None,
-        printer: Any = None,
+        printer: CardPrinter | None = None,
         actor: Actor = SYSTEM_ACTOR,
         progress: Progress | None = None,
         options: RunOptions | None = None,
@@ -272,17 +272,10 @@ class BatchRunner:
         self._own_engine = engine is None
         self.engine = engine or make_engine(settings)
         self.factory: sessionmaker[Session] = make_sessionmaker(self.engine)
-        if key_service is None:
-            from hsm.service import key_service_from_settings
-
-            key_service = key_service_from_settings(settings)
-        self.key_service = key_service
-        self.stock = stock or make_stock(settings, key_service)
-        if printer is None:
-            from printers.spool import make_printer
-
-            printer = make_printer(settings)
-        self.printer = printer
+        self.adapters = adapters
+        self.key_service = key_service or adapters.key_service()
+        self.stock = stock or adapters.stock(self.key_service)
+        self.printer = printer or adapters.printer()
         self.actor = actor
         self.progress = progress or NullProgress()
         self.stop = threading.Event()
@@ -357,7 +350,7 @@ class BatchRunner:
         stats = bulkprep.prepare_in_house(
             self.settings, self.factory, self.key_service, req,
             on_progress=lambda n: self.progress.advance("prepare", n), stop=self.stop,
-            new_serial=self.stock.new_serial,
+            new_serial=self.stock.new_serial, adapters=self.adapters,
         )  # fmt: skip
         self.prep_stats = stats
         self.summary.prepared += stats.prepared
@@ -408,8 +401,6 @@ class BatchRunner:
         return self._txn(go)
 
     def run(self) -> RunSummary:
-        from printers.stations import open_stations
-
         start = time.perf_counter()
         if not binds_at_station(self.stock):  # the virtual stock's transport key
             ensure_manufacturer_key(self.settings)
@@ -425,10 +416,9 @@ class BatchRunner:
             self.settings.readers.feed_timeout_seconds, self.options.lease_seconds / 3
         )
         if todo and not self.stop.is_set():
-            with open_stations(
-                self.settings, self.options.readers, run_dir=self.options.run_dir,
-                feed_timeout=feed,
-            ) as stations:  # fmt: skip
+            with self.adapters.stations(
+                self.options.readers, run_dir=self.options.run_dir, feed_timeout=feed
+            ) as stations:
                 self.summary.stations = len(stations)
                 # Each station says it is done with an Event: the main thread waits on those,
                 # never in Thread.join, because a KeyboardInterrupt (Ctrl-C, or SIGTERM from the
@@ -437,7 +427,7 @@ class BatchRunner:
                 # under a card still being made.
                 done = [threading.Event() for _ in stations]
 
-                def loop(station: Any, finished: threading.Event) -> None:
+                def loop(station: EncodingStation, finished: threading.Event) -> None:
                     try:
                         self._station_loop(station)
                     finally:
@@ -507,12 +497,10 @@ class BatchRunner:
         """The batch is produced: its perso key is destroyed in the HSM and its perso file
         removed (nothing may personalise from it any more; a card sent back to production
         later is prepared again under a new key)."""
-        from hsm.prep import destroy_perso_key, perso_key_label
-        from hsm.service import Pkcs11KeyService
-
         try:
-            if isinstance(self.key_service, Pkcs11KeyService):
-                destroy_perso_key(self.key_service, perso_key_label(self.batch_id))
+            hsm_keys = self.key_service.hsm_keys
+            if hsm_keys is not None:
+                destroy_perso_key(hsm_keys, perso_key_label(self.batch_id))
             persofile.remove_batch_files(self.settings.data_dir, self.batch_id)
         except (HsmError, OSError) as exc:  # the batch is done either way: say so, go on
             log.warning("batch %s: perso file not retired: %s", self.batch_name, exc)
@@ -526,7 +514,7 @@ class BatchRunner:
         return [i.id for i in items]
 
     # --- one station -----------------------------------------------------------------------
-    def _station_loop(self, station: Any) -> None:
+    def _station_loop(self, station: EncodingStation) -> None:
         owner = bi.worker_id(station.name)
         bound = binds_at_station(self.stock)
         while not self.stop.is_set():
@@ -557,11 +545,9 @@ class BatchRunner:
     def _nothing_left(self) -> bool:
         return sum(self.counts()[s] for s in bi.IN_PRODUCTION) == 0
 
-    def _card_fed(self, station: Any) -> bool:
+    def _card_fed(self, station: EncodingStation) -> bool:
         """Wait for a chip to be fed into ``station`` (stock that binds at the station);
         False after the feed timeout, or when there is nothing left to make or the run stops."""
-        from printers.stations import NoCardFed
-
         try:
             station.load(None, cancelled=lambda: self.stop.is_set() or self._nothing_left())
             return True
@@ -571,7 +557,13 @@ class BatchRunner:
             return False
 
     def _spoil(
-        self, item_id: int, owner: str, station: Any, reason: str, *, fault: bool = False
+        self,
+        item_id: int,
+        owner: str,
+        station: EncodingStation,
+        reason: str,
+        *,
+        fault: bool = False,
     ) -> None:
         """Spoil the card's chip; ``fault``: the station's fault (see :class:`StationFault`),
         the chip is spoiled without counting against the card, then the station stops."""
@@ -590,7 +582,7 @@ class BatchRunner:
         if fault:
             raise StationFault(reason)
 
-    def _refuse(self, station: Any, item_id: int, owner: str, exc: ChipRefused) -> None:
+    def _refuse(self, station: EncodingStation, item_id: int, owner: str, exc: ChipRefused) -> None:
         """A chip fed into ``station`` was refused (stock that binds at the station): record
         it, give the card back to the queue, wait until the chip is taken out (set aside)."""
         record = getattr(self.stock, "record_refusal", None)
@@ -611,7 +603,7 @@ class BatchRunner:
         with contextlib.suppress(bi.LeaseLost):
             self._txn(go)
 
-    def _make_card(self, station: Any, item_id: int, owner: str) -> None:
+    def _make_card(self, station: EncodingStation, item_id: int, owner: str) -> None:
         with Heartbeat(self, item_id, owner) as beat:
             try:
                 self._make_card_leased(station, item_id, owner, beat)
@@ -620,10 +612,9 @@ class BatchRunner:
                     self.summary.leases_lost += 1
                 self.progress.note(f"{station.name}: {exc}: card left to the other worker")
 
-    def _make_card_leased(self, station: Any, item_id: int, owner: str, beat: Heartbeat) -> None:
-        from cardspec.pcsc import NoCardError
-        from printers.stations import NoCardFed, QualityCheckFailed
-
+    def _make_card_leased(
+        self, station: EncodingStation, item_id: int, owner: str, beat: Heartbeat
+    ) -> None:
         name = station.name
         with transaction(self.factory) as s:
             item = s.get(BatchItem, item_id)
@@ -755,23 +746,16 @@ class BatchRunner:
     def _blank_image(self, prepared: PreparedCard) -> Path:
         """The blank chip's image for the station's feeder; the virtual stock makes it now if
         data preparation left it to the station (see :mod:`issuance.batches.bulkprep`)."""
-        ensure = getattr(self.stock, "ensure_blank", None)
-        if ensure is None:
-            return self.stock.image(prepared.chip_serial)
-        from cardspec.profile import get_profile
-
-        return Path(ensure(prepared.chip_serial, prepared.key_ref,
-                           get_profile(prepared.profile_name)))  # fmt: skip
+        return self.stock.ensure_blank(prepared.chip_serial, prepared.key_ref,
+                                       get_profile(prepared.profile_name))  # fmt: skip
 
     def _record_crypto(
-        self, station: Any, prepared: PreparedCard, item_id: int, ref: tuple[str, int]
+        self, station: EncodingStation, prepared: PreparedCard, item_id: int, ref: tuple[str, int]
     ) -> tuple[persofile.PersoRecord, Any] | None:
         """The card's perso record and its :class:`hsm.prep.RecordCrypto`, or None (noted)
         when the record cannot be used: the station then derives the keys itself."""
-        from hsm.prep import RecordCrypto, perso_key_label
-        from hsm.service import Pkcs11KeyService
-
-        if not isinstance(self.key_service, Pkcs11KeyService) or self.key_service.fast is None:
+        hsm_keys = self.key_service.hsm_keys
+        if hsm_keys is None or hsm_keys.fast is None:
             return None
         try:
             if self._public_pem is None:
@@ -792,12 +776,16 @@ class BatchRunner:
             self.progress.note(f"{station.name}: perso record of chip {prepared.chip_serial} "
                                f"refused ({exc}); the station derives the keys")  # fmt: skip
             return None
-        crypto = RecordCrypto(self.key_service, record.perso_key, record.kek, record.kmc_wrapped,
+        crypto = RecordCrypto(hsm_keys, record.perso_key, record.kek, record.kmc_wrapped,
                               record.algorithm, record.write_keys())  # fmt: skip
         return record, crypto
 
     def _personalise(
-        self, station: Any, prepared: PreparedCard, item_id: int, ref: tuple[str, int] | None
+        self,
+        station: EncodingStation,
+        prepared: PreparedCard,
+        item_id: int,
+        ref: tuple[str, int] | None,
     ) -> tuple[Any, bool]:
         """Personalise the card in ``station``: from its perso record (the HSM unwraps KMC, the
         record has the rest) when data preparation wrote one, else with every key derived in
@@ -812,10 +800,8 @@ class BatchRunner:
             return persofile.personalise(station.reader, record, crypto), True
         return station.personalise(prepared, self.key_service), False
 
-    def face_for(self, s: Session, prepared: PreparedCard) -> Any:
+    def face_for(self, s: Session, prepared: PreparedCard) -> CardFace:
         """The card face of ``prepared`` from the database (what is printed)."""
-        from printers.faces import CardFace
-
         card = s.get(Card, prepared.card_id)
         assert card is not None
         person = s.get(Person, card.person_id)
@@ -833,10 +819,6 @@ class BatchRunner:
     def _print(self, prepared: PreparedCard, item_id: int, owner: str) -> PrintOutcome:
         """Render and print the faces; wait until the printer has the card printed. Returns
         what was printed (the face data digest and where its back image is)."""
-        from printers.faces import render_back, render_front
-        from printers.layout import layout_for_profile
-        from printers.stations import PrintedFace
-
         with transaction(self.factory) as s:
             face = self.face_for(s, prepared)
             card = s.get(Card, prepared.card_id)
@@ -903,8 +885,6 @@ def _preload(s: Session, items: list[BatchItem]) -> list[object]:
 
 def region_name(code: str) -> str:
     """City and district names of a GB/T 2260 code as printed on the face (杭州市西湖区)."""
-    from cardspec import regions
-
     city = regions.lookup(code[:4] + "00")
     district = regions.lookup(code)
     parts = [city.name] if city is not None else []

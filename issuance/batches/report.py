@@ -14,7 +14,9 @@ from PIL import Image, ImageDraw, ImageFont
 from sqlalchemy.orm import Session
 
 from issuance.batches import items as bi
+from issuance.batches.pipeline import safe_job_id
 from issuance.models import Batch, BatchItem, BatchStage, BlankChip, Card, ChipStatus
+from printers.faces import find_fonts
 
 #: (label, from column, to column) of the time-per-stage figures.
 STAGE_SPANS = (
@@ -169,8 +171,6 @@ def build_report(session: Session, batch_id: int) -> BatchReport:
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     try:
-        from printers.faces import find_fonts
-
         fonts = find_fonts()
         return ImageFont.truetype(str(fonts.regular), size, index=fonts.regular_index)
     except Exception:
@@ -226,8 +226,6 @@ def write_chart(report: BatchReport, path: Path) -> Path:
 
 def write_report(report: BatchReport, directory: Path) -> tuple[Path, Path]:
     """``<directory>/<batch>.report.txt`` and ``.report.png``."""
-    from issuance.batches.pipeline import safe_job_id
-
     stem = safe_job_id(report.name)
     directory.mkdir(parents=True, exist_ok=True)
     text = directory / f"{stem}.report.txt"

@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 from cardspec.emulator import blank_card
 from cardspec.keyscheme import KeySlot
 from cardspec.profile import CardProfile
+from hsm import ceremony, softhsm
+from hsm import pkcs11 as p11
 from hsm.service import CardKeyRef, KeyService
 from issuance.errors import ConfigError, IntegrityError
 from issuance.settings import Settings
@@ -42,11 +44,20 @@ _LOCK = threading.Lock()
 class BlankStock(Protocol):
     """Gives a blank chip for a card and says where the station finds it."""
 
+    #: True: the chips exist before data preparation and the card is bound to the chip fed
+    #: into the station (:class:`issuance.batches.blanks.StationBoundStock`).
+    binds_at_station: bool
+
     def new_serial(self) -> bytes: ...
 
     def make_blank(self, serial: bytes, ref: CardKeyRef, profile: CardProfile) -> Path: ...
 
     def image(self, serial: str) -> Path: ...
+
+    def ensure_blank(self, serial: str, ref: CardKeyRef, profile: CardProfile) -> Path:
+        """The image of blank chip ``serial`` for the station's feeder, made now if data
+        preparation left it to the station."""
+        ...
 
 
 def manufacturer_key_path(settings: Settings) -> Path:
@@ -56,12 +67,8 @@ def manufacturer_key_path(settings: Settings) -> Path:
 def ensure_manufacturer_key(settings: Settings) -> bool:
     """Create the ``manufacturer`` transport key in the HSM (random components from the HSM)
     and the manufacturer's copy, if missing. Returns True if it was created."""
-    from hsm import ceremony, softhsm
-    from hsm import pkcs11 as p11
-    from hsm.config import HsmConfig
-
     path = manufacturer_key_path(settings)
-    config = HsmConfig.from_settings(settings)
+    config = settings.hsm_config()
     if config.is_softhsm:
         softhsm.write_conf(config)
     token = p11.open_token(config)
@@ -90,6 +97,8 @@ def ensure_manufacturer_key(settings: Settings) -> bool:
 
 class VirtualBlankStock:
     """The emulated chips' manufacturer (see the module docstring)."""
+
+    binds_at_station = False
 
     def __init__(self, settings: Settings, key_service: KeyService) -> None:
         self.settings = settings

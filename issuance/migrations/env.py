@@ -32,7 +32,7 @@ def run_migrations_online() -> None:
     if url:
         engine = make_engine(url=url)
     else:
-        from issuance.settings import get_settings
+        from yikatong.settings import get_settings  # alembic runs this file as a script: a root
 
         engine = make_engine(get_settings())
     with engine.connect() as conn:

@@ -59,7 +59,6 @@ from issuance.services.outbox import (
     SmtpSink,
     drain_outbox,
     enqueue,
-    sink_from_settings,
 )
 from issuance.services.staff import (
     actor_for,
@@ -128,7 +127,6 @@ __all__ = [
     "run_loss_deadlines",
     "set_financial_pin",
     "set_password",
-    "sink_from_settings",
     "submit_application",
     "suspend_card",
     "unreport_loss",

@@ -50,6 +50,7 @@ from issuance.models import (
     StaffRole,
     utcnow,
 )
+from issuance.services.card_steps import expire_if_due
 from issuance.services.common import create_card, live_formal_card
 from issuance.settings import PhotoSettings, Settings
 
@@ -250,11 +251,8 @@ def validate_record(
             if person.name != name and not any(p.field == "name" for p in problems):
                 problems.append(FieldProblem("name", "does not match the registered person"))
             card = live_formal_card(session, person.id)
-            if card is not None:
-                from issuance.services.cards import expire_if_due
-
-                if expire_if_due(session, card, today):
-                    card = None
+            if card is not None and expire_if_due(session, card, today):
+                card = None
             if card is not None:
                 problems.append(FieldProblem(
                     "citizen_id", f"already holds a live card ({card.card_number}, {card.status})"

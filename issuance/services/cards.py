@@ -24,13 +24,18 @@ from issuance.models import (
     CardStatus,
     ChipAppKind,
     ChipAppStatus,
-    LossReport,
-    LossStatus,
-    utcnow,
+)
+from issuance.services.card_steps import (
+    EXPIRABLE,
+    cancel,
+    expire_if_due,
+    lapse_if_due,
+    live_temporary_cards,
 )
 from issuance.services.common import find_card
 from issuance.services.financial import activate_financial as activate_financial
 from issuance.services.outbox import enqueue
+from issuance.services.temporary import hand_back_temporary_card
 from issuance.settings import Settings
 
 
@@ -98,15 +103,6 @@ class CollectResult:
     temporary_cards_kept: list[str] = field(default_factory=list)
 
 
-def live_temporary_cards(session: Session, person_id: int) -> list[Card]:
-    return list(session.scalars(
-        sa.select(Card).where(
-            Card.person_id == person_id, Card.kind == CardKind.TEMPORARY,
-            Card.status.not_in(TERMINAL_CARD_STATUSES),
-        )
-    ))  # fmt: skip
-
-
 def collect_card(
     session: Session, card_id: int, actor: Actor, *, temporary_handed_back: bool = False
 ) -> CollectResult:
@@ -117,8 +113,6 @@ def collect_card(
     cancelled by the system and the deposit stays until the card is handed back
     (:func:`issuance.services.temporary.hand_back_temporary_card`).
     """
-    from issuance.services.temporary import hand_back_temporary_card
-
     card = find_card(session, card_id=card_id)
     if card.kind != CardKind.FORMAL:
         raise ValidationError("cannot collect", [FieldProblem("card", "not a formal card")])
@@ -130,7 +124,7 @@ def collect_card(
             result.deposits_refunded_fen += hand_back_temporary_card(session, temp, actor)
             result.temporary_cards_returned.append(temp.card_number)
         elif temp.status not in TERMINAL_CARD_STATUSES:
-            _cancel(
+            cancel(
                 session, temp, SYSTEM_ACTOR,
                 f"formal card {card.card_number} collected (by {actor.username}); "
                 "temporary card not handed back, deposit kept until it is",
@@ -193,51 +187,9 @@ def report_damaged(session: Session, card_id: int, actor: Actor, reason: str | N
 def cancel_card(session: Session, card_id: int, actor: Actor, reason: str) -> Card:
     """Cancel for good (death, emigration, insurance moved away): every function stops."""
     card = find_card(session, card_id=card_id)
-    _cancel(session, card, actor, reason)
+    cancel(session, card, actor, reason)
     flush(session)
     return card
-
-
-def _close_open_reports(session: Session, card: Card) -> None:
-    for report in session.scalars(
-        sa.select(LossReport).where(
-            LossReport.card_id == card.id, LossReport.status == LossStatus.OPEN
-        )
-    ):
-        report.status, report.closed_at = LossStatus.CANCELLED, utcnow()
-
-
-def _cancel(session: Session, card: Card, actor: Actor, reason: str) -> None:
-    """Cancel with every function. A temporary card's deposit is NOT refunded here: only
-    when the card itself is handed back (``hand_back_temporary_card``)."""
-    lifecycle.apply_card_event(session, card, CardEvent.CANCEL, actor, reason=reason)
-    lifecycle.cascade_chips(session, card, ChipEvent.CANCEL, actor, reason=reason)
-    _close_open_reports(session, card)
-
-
-#: States from which a card expires (before personalisation it has no expiry date).
-EXPIRABLE = frozenset(
-    t.from_state for t in lifecycle.CARD_TRANSITIONS if t.event == CardEvent.EXPIRE
-)
-
-
-def is_past_expiry(card: Card, today: date | None = None) -> bool:
-    """True once the card's expiry date has passed (a card is valid through that day)."""
-    return card.expiry_date is not None and card.expiry_date < (today or date.today())
-
-
-def expire_if_due(session: Session, card: Card, today: date | None = None) -> bool:
-    """Expire ``card`` if its expiry date has passed (run on every read and by the worker):
-    every function stops, open loss reports close. A temporary card's deposit stays until the
-    card is handed back. Returns True when the card was expired now."""
-    if not is_past_expiry(card, today) or str(card.status) not in EXPIRABLE:
-        return False
-    reason = f"expired on {card.expiry_date}"
-    lifecycle.apply_card_event(session, card, CardEvent.EXPIRE, SYSTEM_ACTOR, reason=reason)
-    lifecycle.cascade_chips(session, card, ChipEvent.CANCEL, SYSTEM_ACTOR, reason=reason)
-    _close_open_reports(session, card)
-    flush(session)
-    return True
 
 
 def expire_cards(session: Session, today: date | None = None, limit: int = 10_000) -> int:
@@ -299,8 +251,6 @@ def card_status(
 ) -> CardView:
     """The status of one card (by an indexed key); an overdue provisional loss lapses and a
     card past its expiry date expires first."""
-    from issuance.services.loss import lapse_if_due
-
     card = find_card(
         session,
         card_id=card_id,

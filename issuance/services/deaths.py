@@ -32,7 +32,7 @@ from issuance.models import (
     Person,
 )
 from issuance.services.applications import release_import_ref
-from issuance.services.cards import _cancel
+from issuance.services.card_steps import cancel
 
 FEED_ACTOR = SYSTEM_ACTOR.via(Channel.FEED)
 
@@ -148,10 +148,14 @@ def _apply_death(
         )
     for app in apps:
         lifecycle.apply_application_event(
-            session, app, ApplicationEvent.WITHDRAW, actor, reason="holder deceased",
+            session,
+            app,
+            ApplicationEvent.WITHDRAW,
+            actor,
+            reason="holder deceased",
             details=release_import_ref(app),
-        )  # fmt: skip
-    for card in cards:  # the card table's cancellation, with the death as its reason
-        _cancel(session, card, actor, "holder deceased (death record)")
+        )
+    for card in cards:
+        cancel(session, card, actor, "holder deceased (death record)")
     session.flush()
     return len(cards)

@@ -30,9 +30,12 @@ from sqlalchemy.orm import Session
 
 from cardspec import cardops
 from cardspec.errors import CardSpecError, PinError
+from cardspec.keyscheme import Algorithm
 from cardspec.profile import DEFAULT_PROFILE, CardProfile
 from cardspec.reader import Reader
-from issuance import lifecycle
+from hsm.errors import HsmError
+from hsm.service import CardKeyRef
+from issuance import audit, lifecycle
 from issuance.audit import Actor
 from issuance.db import flush
 from issuance.errors import FieldProblem, ValidationError
@@ -178,10 +181,6 @@ def hsm_card_check(key_service: KeyService, card: Card) -> CardCheck:
     """A ``CardCheck`` for :func:`set_financial_pin`: INTERNAL AUTHENTICATE with a fresh
     factor and random, the answer checked by the key service (the HSM) against this card's
     keys; raises ValidationError when the card is not genuine."""
-    from cardspec.keyscheme import Algorithm
-    from hsm.errors import HsmError
-    from hsm.service import CardKeyRef
-
     assert card.card_identification_code is not None
     ref = CardKeyRef(card.card_identification_code, key_version=card.key_version,
                      algorithm=Algorithm(str(card.algorithm)))  # fmt: skip
@@ -248,8 +247,6 @@ def activate_financial(
         session, fin, ChipEvent.ACTIVATE, actor,
         reason=f"bank activation after identity check; PIN set ({pin.method})",
     )  # fmt: skip
-    from issuance import audit
-
     audit.record(session, actor, "chip.financial_pin_set", "chip_application", fin.id,
                  details=details)  # fmt: skip
     fin.pin_set = True

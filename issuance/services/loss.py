@@ -38,12 +38,17 @@ from issuance.models import (
     Card,
     CardStatus,
     Channel,
-    ChipAppKind,
-    ChipAppStatus,
     LossKind,
     LossReport,
     LossStatus,
     utcnow,
+)
+from issuance.services.card_steps import (
+    cancel,
+    expire_if_due,
+    lapse_if_due,
+    open_reports,
+    restore_event,
 )
 from issuance.services.common import create_card, find_card
 from issuance.settings import Settings
@@ -60,26 +65,6 @@ def _require_identity(
             f"cannot {what}",
             [FieldProblem("identity_checked", f"identity must be checked ({actor.channel})")],
         )
-
-
-def restore_event(card: Card, event: str) -> str:
-    """The event that puts a lost card back where it was: ``event`` (-> active), or its
-    ``*_to_issued`` twin when the card was lost before activation (its social security
-    function is still sealed: only activation unseals it)."""
-    social = card.chip_app(ChipAppKind.SOCIAL_SECURITY)
-    if social is not None and social.status == ChipAppStatus.SEALED:
-        return {
-            CardEvent.LAPSE: CardEvent.LAPSE_TO_ISSUED,
-            CardEvent.UNREPORT: CardEvent.UNREPORT_TO_ISSUED,
-        }[event]
-    return event
-
-
-def _open_reports(session: Session, card_id: int) -> list[LossReport]:
-    return list(session.scalars(
-        sa.select(LossReport).where(LossReport.card_id == card_id,
-                                    LossReport.status == LossStatus.OPEN)
-    ))  # fmt: skip
 
 
 def report_loss(
@@ -134,7 +119,7 @@ def formalise_loss(
     card = find_card(session, card_id=card_id)
     _require_identity(actor, identity_checked, "formalise the loss report")
     lifecycle.apply_card_event(session, card, CardEvent.FORMALISE_LOSS, actor, reason=note)
-    for old in _open_reports(session, card.id):
+    for old in open_reports(session, card.id):
         old.status, old.closed_at = LossStatus.FORMALISED, now
     report = LossReport(
         card_id=card.id,
@@ -175,39 +160,10 @@ def unreport_loss(
     lifecycle.cascade_chips(
         session, card, ChipEvent.UNBLOCK, actor, kinds=SOCIAL_KINDS, reason="loss report withdrawn"
     )
-    for report in _open_reports(session, card.id):
+    for report in open_reports(session, card.id):
         report.status, report.closed_at = LossStatus.WITHDRAWN, utcnow()
     flush(session)
     return card
-
-
-def lapse_if_due(session: Session, card: Card, now: datetime | None = None) -> bool:
-    """Lapse the card's provisional loss report if its time is up (also run on every read)."""
-    now = now or utcnow()
-    if card.status != CardStatus.LOST_PROVISIONAL:
-        return False
-    reports = [r for r in _open_reports(session, card.id) if r.kind == LossKind.PROVISIONAL]
-    if not reports or any(r.lapses_at is None or r.lapses_at > now for r in reports):
-        return False
-    lifecycle.apply_card_event(
-        session,
-        card,
-        restore_event(card, CardEvent.LAPSE),
-        SYSTEM_ACTOR,
-        reason="provisional loss report lapsed",
-    )
-    lifecycle.cascade_chips(
-        session,
-        card,
-        ChipEvent.UNBLOCK,
-        SYSTEM_ACTOR,
-        kinds=SOCIAL_KINDS,
-        reason="provisional loss report lapsed",
-    )
-    for r in reports:
-        r.status, r.closed_at = LossStatus.LAPSED, now
-    flush(session)
-    return True
 
 
 def expire_provisional_losses(
@@ -255,14 +211,12 @@ def cancel_overdue_formal_losses(
         .order_by(LossReport.reported_at)
         .limit(limit)
     )
-    from issuance.services.cards import _cancel
-
     count = 0
     for card_id in list(session.scalars(stmt)):
         card = find_card(session, card_id=card_id, for_update=True)
         if card.status != CardStatus.LOST_FORMAL:  # changed meanwhile
             continue
-        _cancel(
+        cancel(
             session, card, SYSTEM_ACTOR,
             f"formal loss report not withdrawn nor replaced within {days} days",
         )  # fmt: skip
@@ -304,8 +258,6 @@ def replace_card(
     Renewal of a working (active) card is possible from ``renewal_window_days`` before its
     expiry date (DOMAIN: from 60 days before); an expired card may be renewed at any time.
     """
-    from issuance.services.cards import expire_if_due
-
     today = today or date.today()
     old = find_card(session, card_id=card_id)
     if old.kind != "formal":
@@ -322,7 +274,7 @@ def replace_card(
             )])  # fmt: skip
     lifecycle.apply_card_event(session, old, CardEvent.REPLACE, actor, reason=reason)
     lifecycle.cascade_chips(session, old, ChipEvent.CANCEL, actor, reason="card replaced")
-    for report in _open_reports(session, old.id):
+    for report in open_reports(session, old.id):
         report.status, report.closed_at = LossStatus.REPLACED, utcnow()
     flush(session)  # the old card leaves the "one live card" index before the new one enters
     fee = settings.lifecycle.replacement_fee_fen if fee_fen is None else fee_fen

@@ -1,6 +1,6 @@
 """Notifications through an outbox: rows written in the business transaction, drained by a
 worker into a :class:`Sink`, the notification gateway chosen by ``[notify] backend``
-(:func:`sink_from_settings`):
+(:func:`yikatong.wiring.sink_from_settings`):
 
 * ``log`` (default): :class:`LogSink`, one log line per message, phone masked;
 * ``smtp``: :class:`SmtpSink`, an e-mail per message through an SMTP relay (``smtplib``; plain,
@@ -27,11 +27,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from issuance.audit import scrub
-from issuance.errors import ConfigError
+from issuance.errors import ConfigError, IssuanceError
 from issuance.models import OutboxMessage, utcnow
 
 if TYPE_CHECKING:
-    from issuance.settings import NotifySettings, Settings
+    from issuance.settings import NotifySettings
 
 log = logging.getLogger("issuance.outbox")
 
@@ -64,8 +64,10 @@ class LogSink:
         self.sent.append(message.id)
 
 
-class DeliveryError(Exception):
+class DeliveryError(IssuanceError):
     """The gateway refused or could not take a message (text free of personal data)."""
+
+    code = "delivery_failed"
 
 
 def _body(message: OutboxMessage) -> dict[str, Any]:
@@ -167,18 +169,6 @@ class HttpSink:
 
     def close(self) -> None:
         self._client.close()
-
-
-def sink_from_settings(settings: Settings) -> Sink:
-    """The notification gateway of ``[notify] backend``."""
-    backend = settings.notify.backend
-    if backend == "log":
-        return LogSink()
-    if backend == "smtp":
-        return SmtpSink(settings.notify)
-    if backend == "http":
-        return HttpSink(settings.notify)
-    raise ConfigError(f"unknown notify backend {backend!r}")
 
 
 def close_sink(sink: Sink) -> None:

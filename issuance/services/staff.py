@@ -28,6 +28,7 @@ from issuance.models import (
     Staff,
     StaffRole,
 )
+from issuance.services.credentials import check_secret, hash_secret
 
 
 def create_staff(
@@ -72,8 +73,6 @@ def generate_password() -> str:
 
 def set_password(session: Session, username: str, password: str, actor: Actor) -> Staff:
     """Set a staff user's CLI password (an administrator, or the user themself)."""
-    from issuance.services.credentials import hash_secret
-
     staff = _staff(session, username)
     if (
         actor.role not in STAFF_ADMINS
@@ -105,8 +104,6 @@ def authenticate_staff(
     """The :class:`Actor` of a staff user who proved who they are with their password
     (constant-time scrypt check); PermissionDenied otherwise, with the same message for an
     unknown user and a wrong password."""
-    from issuance.services.credentials import check_secret
-
     staff = session.scalars(sa.select(Staff).where(Staff.username == username)).one_or_none()
     stored = staff.password_hash if staff is not None else None
     # an unknown user costs the same scrypt as a known one
@@ -120,8 +117,6 @@ def authenticate_staff(
 
 @functools.cache
 def _dummy_hash() -> str:
-    from issuance.services.credentials import hash_secret
-
     return hash_secret(secrets.token_urlsafe(15))
 
 

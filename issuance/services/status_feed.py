@@ -34,6 +34,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from hsm.errors import SignatureInvalid
+from hsm.service import verify_signature
 from issuance.errors import IntegrityError
 from issuance.models import Card, CardStatus, CardStatusChange, utcnow
 from issuance.services.verification import CARD_STATUS_REASONS, Reason
@@ -190,9 +192,6 @@ def verify_feed(
     """Check a feed's hash and HSM signature while reading it line by line; raise
     :class:`IntegrityError`. ``on_entry`` sees each entry (after the check it is trustworthy
     only if this function returns)."""
-    from hsm.errors import SignatureInvalid
-    from hsm.service import verify_signature
-
     h = hashlib.sha256()
     header: dict[str, Any] | None = None
     count = refused = 0

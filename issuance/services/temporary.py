@@ -41,6 +41,7 @@ from issuance.models import (
     StaffRole,
     utcnow,
 )
+from issuance.services.card_steps import cancel, expire_if_due, live_temporary_cards
 from issuance.services.common import create_card, random_chip_serial
 from issuance.settings import Settings
 
@@ -102,8 +103,6 @@ def issue_temporary_card(
                 "person", "needs a pending application or a card in production, lost or damaged"
             )
         )
-    from issuance.services.cards import expire_if_due, live_temporary_cards
-
     live_temps = [
         t for t in live_temporary_cards(session, person.id) if not expire_if_due(session, t, today)
     ]
@@ -185,9 +184,7 @@ def hand_back_temporary_card(session: Session, card: Card, actor: Actor) -> int:
         )
         lifecycle.cascade_chips(session, card, ChipEvent.CANCEL, actor, reason="handed back")
     elif card.status not in TERMINAL_CARD_STATUSES:  # e.g. reported lost, then found
-        from issuance.services.cards import _cancel
-
-        _cancel(session, card, actor, "temporary card handed back")
+        cancel(session, card, actor, "temporary card handed back")
     else:
         audit.record(
             session, actor, "card.temporary_returned", "card", card.id,

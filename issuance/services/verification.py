@@ -69,6 +69,7 @@ from issuance.models import (
     UsedChallenge,
     utcnow,
 )
+from issuance.services.card_steps import lapse_if_due
 
 
 class Reason(StrEnum):
@@ -458,8 +459,6 @@ def _verify(
 
 
 def _lapse(session: Session, card_id: int, now: datetime) -> bool:
-    from issuance.services.loss import lapse_if_due
-
     card = session.get(Card, card_id)
     return card is not None and lapse_if_due(session, card, now)
 

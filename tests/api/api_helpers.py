@@ -26,7 +26,8 @@ from hsm.service import CardKeyRef, Pkcs11KeyService
 from issuance import services
 from issuance.audit import Actor
 from issuance.models import Card, Channel, StaffRole
-from issuance.settings import Settings, load_settings
+from yikatong.settings import Settings, load_settings
+from yikatong.wiring import hsm_config
 
 REGION = "330100"
 PHOTO = b"\xff\xd8\xff\xe0" + b"api-test-photo" * 50 + b"\xff\xd9"
@@ -54,7 +55,7 @@ class Hsm:
 
 def make_hsm(root: Path) -> Hsm:
     settings = load_settings(environ={"YKT_DATA_DIR": str(root)})
-    config = HsmConfig.from_settings(settings)
+    config = hsm_config(settings)
     softhsm.ensure_token(config)
     token = open_token(config)
     alg = Algorithm.DES3

@@ -21,7 +21,7 @@ from issuance.audit import Actor
 from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.models import Agency, AgencyKind, Card
 from issuance.services import credentials
-from issuance.settings import Settings
+from yikatong.settings import Settings
 
 _tags = itertools.count(1)
 

@@ -20,14 +20,14 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from issuance.dbserver import free_port
+from devstack.dbserver import free_port
 
 PROJECT = Path(__file__).resolve().parents[2]
 
 
 def ykt(*args: str) -> list[str]:
     """The ``ykt`` command line (this interpreter, the project's code)."""
-    return [sys.executable, "-m", "issuance.cli", *args]
+    return [sys.executable, "-m", "yikatong.cli.main", *args]
 
 
 def server_env(data_dir: Path, db_url: str, softhsm_conf: Path, **extra: str) -> dict[str, str]:

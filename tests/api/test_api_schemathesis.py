@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from issuance.settings import Settings, load_settings
+from yikatong.settings import Settings, load_settings
 
 pytestmark = pytest.mark.softhsm
 EXAMPLES = int(os.environ.get("YKT_SCHEMATHESIS_EXAMPLES", "8"))

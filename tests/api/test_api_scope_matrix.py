@@ -40,7 +40,7 @@ from issuance.batches.selection import BatchFilter, create_batch
 from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.models import AgencyKind, AuditEvent, StaffRole
 from issuance.services import credentials
-from issuance.settings import Settings, load_settings
+from yikatong.settings import Settings, load_settings
 
 pytestmark = pytest.mark.softhsm
 

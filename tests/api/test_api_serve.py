@@ -22,12 +22,12 @@ import pytest
 from api_helpers import Hsm, active_card, emulator_for, staff
 from server_helpers import PROJECT, server_env, serving, ykt
 
-from api.cli import worker_count
 from cardspec.emulator import Card as EmulatedCard
 from issuance import services
 from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.models import Channel
-from issuance.settings import load_settings
+from yikatong.cli.api import worker_count
+from yikatong.settings import load_settings
 
 pytestmark = [pytest.mark.softhsm, pytest.mark.slow]
 

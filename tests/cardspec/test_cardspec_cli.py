@@ -7,9 +7,9 @@ from pathlib import Path
 from cardspec_helpers import SERIAL, personalised_card, software_crypto
 from typer.testing import CliRunner
 
-from cardspec.cli import app
 from cardspec.emulator import Card, LifeCycle
 from cardspec.keyscheme import KeySlot
+from yikatong.cli.cardspec import app
 
 runner = CliRunner()
 

@@ -16,17 +16,17 @@ from hsm_helpers import (
 from cardspec import keyscheme
 from cardspec.keyscheme import Algorithm, KeySlot
 from hsm import ceremony, softhsm
-from hsm.config import HsmConfig
 from hsm.pkcs11 import open_token
 from hsm.service import Pkcs11KeyService
-from issuance.settings import load_settings
+from yikatong.settings import load_settings
+from yikatong.wiring import hsm_config
 
 
 @pytest.fixture(scope="session")
 def hsm_env(tmp_path_factory: pytest.TempPathFactory) -> HsmEnv:
     root = tmp_path_factory.mktemp("softhsm")
     settings = load_settings(environ={"YKT_DATA_DIR": str(root)})
-    config = HsmConfig.from_settings(settings)
+    config = hsm_config(settings)
     assert softhsm.ensure_token(config) is True
     token = open_token(config)
     masters: dict[tuple[KeySlot, Algorithm, int], bytes] = {}

@@ -18,6 +18,7 @@ from hsm import ceremony, softhsm
 from hsm import pkcs11 as p11
 from hsm.errors import KcvMismatch, KeyExists
 from hsm.service import CardKeyRef
+from yikatong.wiring import hsm_config
 
 pytestmark = pytest.mark.softhsm
 CIC = "330182D156000005" + "00000000000000A1"
@@ -160,7 +161,7 @@ def test_cli_init_creates_token_and_keys_idempotently(tmp_path: object) -> None:
     """`ykt hsm init --if-missing` in a fresh data dir (own process: own module load)."""
     env = {**os.environ, "YKT_DATA_DIR": str(tmp_path)}
     env.pop("SOFTHSM2_CONF", None)
-    cmd = [sys.executable, "-m", "issuance.cli", "hsm", "init", "--if-missing"]
+    cmd = [sys.executable, "-m", "yikatong.cli.main", "hsm", "init", "--if-missing"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
     assert "created" in first.stdout and "ykt:signing:v1" in first.stdout
@@ -168,16 +169,15 @@ def test_cli_init_creates_token_and_keys_idempotently(tmp_path: object) -> None:
     assert second.returncode == 0, second.stderr
     assert "created 0" not in second.stdout and "ykt:kmc" not in second.stdout
     listing = subprocess.run(
-        [sys.executable, "-m", "issuance.cli", "hsm", "list"],
+        [sys.executable, "-m", "yikatong.cli.main", "hsm", "list"],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert listing.returncode == 0 and listing.stdout.count("3des") >= len(KeySlot)
-    from hsm.config import HsmConfig
-    from issuance.settings import load_settings
+    from yikatong.settings import load_settings
 
-    config = HsmConfig.from_settings(load_settings(environ={"YKT_DATA_DIR": str(tmp_path)}))
+    config = hsm_config(load_settings(environ={"YKT_DATA_DIR": str(tmp_path)}))
     assert softhsm.token_labels(config) == [config.token_label]
     assert config.region_code == REGION

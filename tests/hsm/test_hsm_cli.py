@@ -19,13 +19,13 @@ from typer.testing import CliRunner
 from cardspec import keyscheme
 from cardspec.keyscheme import Algorithm
 from hsm import ceremony, softhsm
-from hsm.cli import app
-from hsm.config import HsmConfig
 from hsm.pkcs11 import Pkcs11Token, open_token
 from hsm.service import Pkcs11KeyService, verify_signature
 from issuance.db import make_engine
 from issuance.models import AuditEvent
-from issuance.settings import get_settings, load_settings
+from yikatong.cli.hsm import app
+from yikatong.settings import get_settings, load_settings
+from yikatong.wiring import hsm_config
 
 pytestmark = pytest.mark.softhsm
 runner = CliRunner()
@@ -40,7 +40,7 @@ class CliToken:
 @pytest.fixture(scope="module")
 def cli_token(tmp_path_factory: pytest.TempPathFactory) -> CliToken:
     root = tmp_path_factory.mktemp("hsm-cli")
-    config = HsmConfig.from_settings(load_settings(environ={"YKT_DATA_DIR": str(root)}))
+    config = hsm_config(load_settings(environ={"YKT_DATA_DIR": str(root)}))
     softhsm.ensure_token(config)
     token = open_token(config)
     ceremony.init_keys(token, Algorithm.DES3)

@@ -16,17 +16,17 @@ from cardspec.emulator import Card as EmulatedCard
 from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.reader import InProcessReader
 from hsm import ceremony, softhsm
-from hsm.config import HsmConfig
 from hsm.errors import CryptogramMismatch, KeyNotFound
 from hsm.pkcs11 import Pkcs11Token, open_token
-from hsm.service import CardKeyRef, key_service_from_settings
+from hsm.service import CardKeyRef
 from issuance.batches import dataprep
 from issuance.batches.selection import BatchFilter, create_batch
 from issuance.batches.stock import VirtualBlankStock, ensure_manufacturer_key
 from issuance.db import make_engine, make_sessionmaker, transaction
-from issuance.demo import create_residents, ensure_branch, ensure_hsm, ensure_staff
 from issuance.models import BatchItem, Card
-from issuance.settings import Settings, load_settings
+from yikatong.demo import create_residents, ensure_branch, ensure_hsm, ensure_staff
+from yikatong.settings import Settings, load_settings
+from yikatong.wiring import hsm_config, key_service_from_settings
 
 pytestmark = pytest.mark.softhsm
 
@@ -44,7 +44,7 @@ def rot(tmp_path_factory: pytest.TempPathFactory) -> Token:
     settings = load_settings(environ={"YKT_DATA_DIR": str(root)})
     ensure_hsm(settings)  # = ykt hsm init: 3DES key set v1 with its KLK master
     ensure_manufacturer_key(settings)
-    return Token(root, settings, open_token(HsmConfig.from_settings(settings)))
+    return Token(root, settings, open_token(hsm_config(settings)))
 
 
 def test_complete_versions_and_rotation_of_whole_sets(rot: Token) -> None:
@@ -71,7 +71,7 @@ def test_complete_versions_and_rotation_of_whole_sets(rot: Token) -> None:
 def test_init_adds_the_klk_to_tokens_made_before_it(tmp_path: Path) -> None:
     """``ykt hsm init --if-missing`` on a token whose key sets have no KLK master yet."""
     settings = load_settings(environ={"YKT_DATA_DIR": str(tmp_path)})
-    config = HsmConfig.from_settings(settings)
+    config = hsm_config(settings)
     softhsm.ensure_token(config)
     token = open_token(config)
     for version in (1, 2):

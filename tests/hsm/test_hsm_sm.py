@@ -337,7 +337,7 @@ def test_feed_and_checkpoint_signatures_with_sm2_by_setting(
 
     from hsm.errors import SignatureInvalid
     from hsm.service import verify_signature
-    from issuance.audit import verify_signature as verify_checkpoint
+    from issuance.audit import verify_checkpoint_signature as verify_checkpoint
     from issuance.errors import IntegrityError
 
     config, base = sm_env
@@ -348,11 +348,11 @@ def test_feed_and_checkpoint_signatures_with_sm2_by_setting(
     data = b"ykt-status-feed/1 42 " + os.urandom(16).hex().encode()
     signature = service.sign(data)
     verify_signature(pem, data, signature)
-    verify_checkpoint(pem, signature, data)
+    verify_checkpoint(pem, data, signature)
     with pytest.raises(SignatureInvalid):
         verify_signature(pem, data + b"x", signature)
     with pytest.raises(IntegrityError):
-        verify_checkpoint(pem.decode(), signature, data + b"x")
+        verify_checkpoint(pem.decode(), data + b"x", signature)
     (tmp_path / "pub.pem").write_bytes(pem)
     (tmp_path / "msg").write_bytes(data)
     r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")

@@ -18,7 +18,7 @@ from issuance import services
 from issuance.audit import Actor
 from issuance.errors import FieldProblem, PhotoRejected
 from issuance.models import Card, Channel, StaffRole
-from issuance.settings import PhotoSettings, Settings
+from yikatong.settings import PhotoSettings, Settings
 
 _seq = itertools.count(random.randrange(0, 10_000_000))
 

@@ -9,7 +9,7 @@ from typing import Any
 from click.testing import Result
 from typer.testing import CliRunner
 
-from issuance import cli_db
+from yikatong.cli import db as cli_db
 
 runner = CliRunner()
 ADMIN = "admin0"

@@ -14,9 +14,11 @@ from issuance_cli_helpers import Cli
 from typer.testing import CliRunner
 
 from cardspec.errors import InvalidIdentifier
-from issuance import cli_cards, cli_db, cli_people
 from issuance.errors import ValidationError
-from issuance.settings import get_settings
+from yikatong.cli import cards as cli_cards
+from yikatong.cli import db as cli_db
+from yikatong.cli import people as cli_people
+from yikatong.settings import get_settings
 
 PHOTOS = Path(__file__).resolve().parents[1] / "fixtures" / "photos"
 runner = CliRunner()

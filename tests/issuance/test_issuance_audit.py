@@ -241,9 +241,10 @@ def test_seal_in_batches_keeps_one_chain_and_ends_with_a_checkpoint(session):
 def test_cli_seal_export_and_verify_expect_checkpoint(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from issuance import cli_audit, cli_db
-    from issuance.cli_db import session_scope
-    from issuance.settings import get_settings
+    from yikatong.cli import audit as cli_audit
+    from yikatong.cli import db as cli_db
+    from yikatong.cli.db import session_scope
+    from yikatong.settings import get_settings
 
     monkeypatch.setenv("YKT_DATA_DIR", str(tmp_path))
     get_settings.cache_clear()

@@ -11,10 +11,13 @@ from conftest import make_cid
 from issuance_cli_helpers import Cli
 from typer.testing import CliRunner
 
-from issuance import cli_audit, cli_cards, cli_db, cli_people
-from issuance.cli_db import session_scope
 from issuance.models import Application, AuditEvent, Staff
-from issuance.settings import get_settings
+from yikatong.cli import audit as cli_audit
+from yikatong.cli import cards as cli_cards
+from yikatong.cli import db as cli_db
+from yikatong.cli import people as cli_people
+from yikatong.cli.db import session_scope
+from yikatong.settings import get_settings
 
 runner = CliRunner()
 

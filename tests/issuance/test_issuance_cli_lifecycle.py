@@ -18,23 +18,20 @@ from typer.testing import CliRunner
 from cardspec import cardops
 from cardspec.emulator import Card as EmulatedCard
 from cardspec.reader import InProcessReader
-from hsm import cli as hsm_cli
 from hsm.service import SoftwareKeyService
-from issuance import (
-    audit,
-    cli_audit,
-    cli_cards,
-    cli_db,
-    cli_outbox,
-    cli_people,
-    cli_worker,
-    services,
-)
-from issuance import cli as ykt_cli
-from issuance.cli_db import session_scope
+from issuance import audit, services
 from issuance.errors import PermissionDenied
 from issuance.models import AuditEvent
-from issuance.settings import get_settings
+from yikatong.cli import audit as cli_audit
+from yikatong.cli import cards as cli_cards
+from yikatong.cli import db as cli_db
+from yikatong.cli import hsm as hsm_cli
+from yikatong.cli import main as ykt_cli
+from yikatong.cli import outbox as cli_outbox
+from yikatong.cli import people as cli_people
+from yikatong.cli import worker as cli_worker
+from yikatong.cli.db import session_scope
+from yikatong.settings import get_settings
 
 runner = CliRunner()
 cli = Cli()

@@ -23,7 +23,7 @@ from issuance.models import (
     Channel,
     Person,
 )
-from issuance.settings import load_settings
+from yikatong.settings import load_settings
 
 
 # --- 1. un-report: identity check whatever the channel --------------------------------------

@@ -11,7 +11,7 @@ from issuance import services
 from issuance.errors import TransitionError
 from issuance.lifecycle import CARD_TRANSITIONS, CardEvent
 from issuance.models import CardStatus, Channel, ChipAppStatus, LossStatus, utcnow
-from issuance.settings import load_settings
+from yikatong.settings import load_settings
 
 
 def _social(card) -> set[str]:

@@ -17,11 +17,13 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from typer.testing import CliRunner
 
-from issuance import cli_outbox, services
-from issuance.dbserver import free_port
+from devstack.dbserver import free_port
+from issuance import services
 from issuance.errors import ConfigError
 from issuance.models import OutboxMessage
-from issuance.settings import get_settings, load_settings
+from yikatong.cli import outbox as cli_outbox
+from yikatong.settings import get_settings, load_settings
+from yikatong.wiring import sink_from_settings
 
 CID = "330106199001011234"
 
@@ -105,7 +107,7 @@ def test_smtp_gateway_delivers_and_counts_failures(session, tmp_path, smtp_serve
     inbox, port = smtp_server
     cfg = _settings(tmp_path, backend="smtp", smtp_host="127.0.0.1", smtp_port=str(port),
                     smtp_from="cards@ykt.example", smtp_to="{recipient}@sms.example")  # fmt: skip
-    sink = services.sink_from_settings(cfg)
+    sink = sink_from_settings(cfg)
     assert isinstance(sink, services.SmtpSink)
     good, bad = _queue(session, "13800138000", "refuse-13900000000")
     try:
@@ -135,7 +137,7 @@ def test_smtp_gateway_delivers_and_counts_failures(session, tmp_path, smtp_serve
 def test_http_gateway_posts_json_with_token(session, tmp_path, webhook):
     hook, url = webhook
     cfg = _settings(tmp_path, backend="http", http_url=url, http_token="s3cret-token")
-    sink = services.sink_from_settings(cfg)
+    sink = sink_from_settings(cfg)
     assert isinstance(sink, services.HttpSink)
     (msg,) = _queue(session, "13800138000")
     try:
@@ -157,15 +159,15 @@ def test_http_gateway_posts_json_with_token(session, tmp_path, webhook):
 
 
 def test_backend_by_configuration(tmp_path):
-    assert isinstance(services.sink_from_settings(_settings(tmp_path)), services.LogSink)
+    assert isinstance(sink_from_settings(_settings(tmp_path)), services.LogSink)
     with pytest.raises(ConfigError, match="http_url"):
-        services.sink_from_settings(_settings(tmp_path, backend="http"))
+        sink_from_settings(_settings(tmp_path, backend="http"))
     with pytest.raises(ConfigError, match=r"notify\.backend"):
         _settings(tmp_path, backend="pigeon")
 
 
 def test_outbox_drain_command_uses_the_configured_gateway(tmp_path, monkeypatch, webhook):
-    from issuance import cli_db
+    from yikatong.cli import db as cli_db
 
     hook, url = webhook
     monkeypatch.setenv("YKT_DATA_DIR", str(tmp_path))

@@ -46,14 +46,17 @@ NOT_TABLED: dict[tuple[str, str], str] = {
     ("issuance/batches/items.py", "spoil"): "a blank chip's fate (spoiled) and its stock chip",
     ("issuance/batches/pipeline.py", "mark_good"): "a blank chip's fate (good)",
     ("issuance/batches/deliveries.py", "import_delivery"): "stock chips of a delivery",
-    ("issuance/services/cards.py", "_close_open_reports"): "loss reports closed",
+    ("issuance/services/card_steps.py", "close_open_reports"): "loss reports closed",
     ("issuance/services/loss.py", "formalise_loss"): "a provisional loss report made formal",
     ("issuance/services/loss.py", "unreport_loss"): "a loss report withdrawn",
-    ("issuance/services/loss.py", "lapse_if_due"): "a provisional loss report lapsed",
+    ("issuance/services/card_steps.py", "lapse_if_due"): "a provisional loss report lapsed",
     ("issuance/services/loss.py", "replace_card"): "a loss report closed by replacement",
     ("issuance/services/common.py", "create_card"): (
         "a card and its chip applications created (audited card.created): number_allocated, "
         "or active for a temporary card issued on the spot"
+    ),
+    ("cardspec/emulator/emv.py", "EmvCommands._generate_ac"): (
+        "the emulated chip's own EMV transaction step (first or second GENERATE AC)"
     ),
     ("api/client.py", "ApiClientError.__init__"): "an HTTP status",
     ("api/errors.py", "ApiError.__init__"): "an HTTP status",

@@ -23,8 +23,8 @@ from issuance.models import (
     StaffRole,
     utcnow,
 )
-from issuance.settings import load_settings
 from issuance.worker import JOBS, Worker, job_lock_key, try_job_lock
+from yikatong.settings import load_settings
 
 
 @pytest.fixture

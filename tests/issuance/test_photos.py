@@ -12,7 +12,7 @@ from PIL import Image
 from issuance import photo_files, photos
 from issuance.errors import PhotoRejected, ValidationError
 from issuance.photos import PhotoProblem, ProcessedPhoto, process_photo
-from issuance.settings import PhotoSettings
+from yikatong.settings import PhotoSettings
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "photos"
 SAMPLES = Path(__file__).resolve().parents[2] / "issuance" / "sample_data" / "photos"

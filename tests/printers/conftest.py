@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from issuance.photos import process_photo
-from issuance.settings import PhotoSettings
 from printers.faces import CardFace
+from yikatong.settings import PhotoSettings
 
 SAMPLE = Path(__file__).resolve().parents[2] / "issuance" / "sample_data" / "photos"
 

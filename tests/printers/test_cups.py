@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from pypdf import PdfReader
 
+from devstack.cupsd import TemporaryCups, free_port
 from printers.cups import CupsPrinter
-from printers.cupsd import TemporaryCups, free_port
 from printers.errors import PrinterNotFound, PrinterUnavailable
 from printers.faces import CardFace, render_back, render_front
 

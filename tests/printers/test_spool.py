@@ -9,10 +9,11 @@ import pytest
 from PIL import Image
 from pypdf import PdfReader
 
-from issuance.settings import Settings, load_settings
+from printers.backends import make_printer
 from printers.errors import SpoolError
 from printers.faces import CardFace, render_back, render_front
-from printers.spool import CardPrinter, FileSpool, card_pdf, make_printer
+from printers.spool import CardPrinter, FileSpool, card_pdf
+from yikatong.settings import Settings, load_settings
 
 CR80_PT = (85.60 / 25.4 * 72, 53.98 / 25.4 * 72)
 

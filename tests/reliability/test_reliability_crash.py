@@ -35,8 +35,8 @@ from cli_helpers import ykt, ykt_cmd, ykt_env
 
 from issuance.batches import items as bi
 from issuance.db import make_engine, make_sessionmaker, transaction
-from issuance.demo import BRANCH_CODE
 from issuance.models import BatchItem, BatchStage, Card, CardStatus
+from yikatong.demo import BRANCH_CODE
 
 pytestmark = [pytest.mark.pcsc, pytest.mark.slow, pytest.mark.timeout(1500)]
 

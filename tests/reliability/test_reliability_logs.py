@@ -26,12 +26,12 @@ import pytest
 import sqlalchemy as sa
 from server_helpers import PROJECT, serving, ykt
 
-from hsm.service import key_service_from_settings
+from devstack.cupsd import TemporaryCups
 from issuance.batches.dataprep import initial_pin, key_ref
 from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.models import Card, Person
-from issuance.settings import load_settings
-from printers.cupsd import TemporaryCups
+from yikatong.settings import load_settings
+from yikatong.wiring import key_service_from_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.pcsc, pytest.mark.softhsm, pytest.mark.cups]
 

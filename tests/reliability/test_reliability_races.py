@@ -44,7 +44,7 @@ from issuance.models import (
     ChipApplication,
 )
 from issuance.services import credentials
-from issuance.settings import load_settings
+from yikatong.settings import load_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.softhsm]
 

@@ -19,14 +19,15 @@ from typer.testing import CliRunner
 
 from cardspec import ids, keyscheme
 from cardspec.keyscheme import KeySlot
-from hsm import cli as hsm_cli
 from hsm.errors import CryptogramMismatch
-from hsm.service import CardKeyRef, KeyService, key_service_from_settings
+from hsm.service import CardKeyRef, KeyService
 from issuance import audit, migrations, services
 from issuance.db import make_engine
 from issuance.errors import IntegrityError
 from issuance.models import AuditEvent, StaffRole
-from issuance.settings import Settings, get_settings, load_settings
+from yikatong.cli import hsm as hsm_cli
+from yikatong.settings import Settings, get_settings, load_settings
+from yikatong.wiring import key_service_from_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.softhsm]
 

@@ -18,7 +18,7 @@ from cardspec.profile import SOCIAL_SECURITY_DF_NAME
 
 pytestmark = pytest.mark.pcsc
 
-RUN_APP = "from cardspec.virtual.cli import app; app()"
+RUN_APP = "from yikatong.cli.virtual import app; app()"
 
 
 def ykt_readers(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

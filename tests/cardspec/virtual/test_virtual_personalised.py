@@ -28,7 +28,7 @@ CARD_NUMBER = "B7K334774"
 
 def ykt(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "issuance.cli", *args],
+        [sys.executable, "-m", "yikatong.cli.main", *args],
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
 
@@ -67,7 +67,7 @@ def test_personalised_card_read_by_opensc_and_ykt(tmp_path: Path) -> None:
 
     run_dir = tmp_path / "run" / "pcsc"
     start = subprocess.Popen(
-        [sys.executable, "-m", "issuance.cli", "readers", "start", "--count", "2"],
+        [sys.executable, "-m", "yikatong.cli.main", "readers", "start", "--count", "2"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:

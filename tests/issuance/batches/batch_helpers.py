@@ -24,7 +24,6 @@ from issuance.audit import Actor
 from issuance.batches.selection import BatchFilter, create_batch
 from issuance.batches.stock import ensure_manufacturer_key, manufacturer_key_path
 from issuance.db import make_sessionmaker, transaction
-from issuance.demo import create_residents, ensure_branch, ensure_hsm, ensure_staff
 from issuance.models import (
     AuditEvent,
     BatchItem,
@@ -35,7 +34,8 @@ from issuance.models import (
     CardStatus,
     ChipStatus,
 )
-from issuance.settings import Settings, load_settings
+from yikatong.demo import create_residents, ensure_branch, ensure_hsm, ensure_staff
+from yikatong.settings import Settings, load_settings
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,8 @@ STAFF_PASSWORD = "batch-test-password-1"
 
 def set_staff_passwords(session: Session) -> None:
     from issuance.audit import SYSTEM_ACTOR
-    from issuance.demo import DEMO_STAFF
     from issuance.services.staff import set_password
+    from yikatong.demo import DEMO_STAFF
 
     for username, _, _ in DEMO_STAFF:
         set_password(session, username, STAFF_PASSWORD, SYSTEM_ACTOR)
@@ -183,7 +183,7 @@ def bureau_blank(settings: Settings, keys: object, line: object) -> Path:
     ref = CardKeyRef(line.card_identification_code, line.key_version,  # type: ignore[attr-defined]
                      line.algorithm)  # type: ignore[attr-defined]  # fmt: skip
     stock = VirtualBlankStock(settings, keys)  # type: ignore[arg-type]
-    return stock.ensure_blank(line.chip_serial, ref,  # type: ignore[attr-defined]
+    return stock.ensure_blank(line.chip_serial, ref,
                               get_profile(line.profile_name))  # type: ignore[attr-defined]  # fmt: skip
 
 

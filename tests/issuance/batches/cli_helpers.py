@@ -9,7 +9,7 @@ from pathlib import Path
 
 from batch_helpers import STAFF_PASSWORD, HsmRoot, subprocess_env
 
-from issuance.settings import Settings
+from yikatong.settings import Settings
 
 
 def ykt_env(settings: Settings, hsm: HsmRoot, **extra: str) -> dict[str, str]:
@@ -21,7 +21,7 @@ def ykt_env(settings: Settings, hsm: HsmRoot, **extra: str) -> dict[str, str]:
 
 
 def ykt_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "issuance.cli", *args]
+    return [sys.executable, "-m", "yikatong.cli.main", *args]
 
 
 def ykt(

@@ -34,7 +34,6 @@ from cardspec.profile import (
 )
 from cardspec.reader import InProcessReader
 from hsm import ceremony, softhsm
-from hsm.config import HsmConfig
 from hsm.errors import CryptogramMismatch
 from hsm.pkcs11 import open_token
 from hsm.service import CardKeyRef, Pkcs11KeyService, SoftwareKeyService
@@ -55,9 +54,10 @@ from issuance.batches.bureau_result import (
     ProblemKind,
     import_bureau_result,
 )
-from issuance.batches.prepared import PreparedCard
 from issuance.errors import ValidationError
-from issuance.settings import load_settings
+from printers.prepared import PreparedCard
+from yikatong.settings import load_settings
+from yikatong.wiring import hsm_config
 
 pytestmark = pytest.mark.softhsm
 
@@ -86,7 +86,7 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
     root = tmp_path_factory.mktemp("bureau-hsm")
-    config = HsmConfig.from_settings(load_settings(environ={"YKT_DATA_DIR": str(root)}))
+    config = hsm_config(load_settings(environ={"YKT_DATA_DIR": str(root)}))
     assert softhsm.ensure_token(config)
     token = open_token(config)
     for alg in PROFILES:
@@ -409,7 +409,7 @@ def test_long_runs_recycle_the_hsm_module_without_losing_a_card(
 def test_cli_verify_and_check_result(env: Env, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from issuance.cli_bureau import app
+    from yikatong.cli.bureau import app
 
     profile = get_profile(PROFILES[Algorithm.DES3])
     cards = list(_cards(2, profile))
@@ -499,13 +499,12 @@ def test_batch_prepared_in_house_goes_to_the_bureau_and_back(
     from batch_helpers import batch_settings, bureau_blank, hsm_root, populate
 
     from cardspec.emulator import Card as EmulatedCard
-    from hsm.service import key_service_from_settings
     from issuance.batches import dataprep
-    from issuance.batches.pipeline import runner_for
     from issuance.batches.stock import MANUFACTURER, manufacturer_key_path
-    from issuance.cli_bureau import export_batch
     from issuance.db import make_engine, make_sessionmaker, transaction
     from issuance.models import Card
+    from yikatong.cli.bureau import export_batch
+    from yikatong.wiring import key_service_from_settings, runner_for
 
     hsm = hsm_root(tmp_path / "hsm")
     settings = batch_settings(tmp_path / "data", fresh_db_url, hsm)

@@ -29,13 +29,10 @@ from cardspec.emulator import Card as EmulatedCard
 from cardspec.emulator import LifeCycle
 from cardspec.reader import InProcessReader
 from hsm import ceremony
-from hsm.config import HsmConfig
 from hsm.pkcs11 import open_token
-from hsm.service import key_service_from_settings
 from issuance.batches.bureau import BureauCardCrypto, bureau_personalise, read_bureau_file
 from issuance.batches.bureau_result import RESULT_FORMAT
 from issuance.db import make_engine, make_sessionmaker, transaction
-from issuance.demo import BRANCH_CODE
 from issuance.models import (
     AuditEvent,
     BatchItem,
@@ -45,7 +42,9 @@ from issuance.models import (
     CardStatus,
     ChipStatus,
 )
-from issuance.settings import Settings, load_settings
+from yikatong.demo import BRANCH_CODE
+from yikatong.settings import Settings, load_settings
+from yikatong.wiring import hsm_config, key_service_from_settings
 
 pytestmark = [pytest.mark.pcsc, pytest.mark.softhsm]
 
@@ -55,7 +54,7 @@ def bureau_hsm(tmp_path_factory: pytest.TempPathFactory) -> tuple[HsmRoot, bytes
     """The issuer's token, with a transport key agreed with the bureau (its clear value is
     what the bureau's custodians rebuild from their components)."""
     root = hsm_root(tmp_path_factory.mktemp("bureau-rt-hsm"))
-    token = open_token(HsmConfig.from_settings(load_settings(environ={
+    token = open_token(hsm_config(load_settings(environ={
         "YKT_DATA_DIR": str(root.root), **root.environ()})))  # fmt: skip
     _, parts = ceremony.generate_transport_key(token, "bureau-rt", 2)
     key = bytes(a ^ b for a, b in zip(parts[0][0], parts[1][0], strict=True))

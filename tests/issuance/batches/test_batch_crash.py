@@ -38,7 +38,7 @@ def crash_hsm(tmp_path_factory: pytest.TempPathFactory) -> HsmRoot:
 
 
 def _ykt(*args: str, env: dict[str, str]) -> list[str]:
-    return [sys.executable, "-m", "issuance.cli", *args]
+    return [sys.executable, "-m", "yikatong.cli.main", *args]
 
 
 def _processes_mentioning(needle: str) -> list[int]:

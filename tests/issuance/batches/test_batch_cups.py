@@ -14,10 +14,10 @@ import sqlalchemy as sa
 from batch_helpers import HsmRoot, assert_batch_invariants, batch_settings, hsm_root, populate
 from pypdf import PdfReader
 
+from devstack.cupsd import TemporaryCups
 from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.models import AuditEvent, BatchItem
 from printers.cups import CupsPrinter
-from printers.cupsd import TemporaryCups
 
 pytestmark = [pytest.mark.pcsc, pytest.mark.cups]
 
@@ -44,7 +44,8 @@ def test_batch_prints_on_cups_and_waits_for_each_job(
     assert settings.printer.backend == "cups"
     engine = make_engine(settings)
     pop = populate(engine, settings, 3, name="cups")
-    from issuance.batches.pipeline import RunOptions, runner_for
+    from issuance.batches.pipeline import RunOptions
+    from yikatong.wiring import runner_for
 
     with runner_for(settings, pop.batch_id, engine=engine,
                     options=RunOptions(readers=2)) as runner:  # fmt: skip

@@ -40,17 +40,18 @@ from cardspec.profile import get_profile
 from cardspec.reader import InProcessReader
 from hsm import pkcs11 as p11
 from hsm.prep import RecordCrypto, perso_key_label
-from hsm.service import KeyService, Pkcs11KeyService, key_service_from_settings
+from hsm.service import KeyService, Pkcs11KeyService
 from issuance import audit
 from issuance.batches import bulkprep, dataprep, persofile
 from issuance.batches import items as bi
 from issuance.batches.bureau import BureauCardCrypto, bureau_personalise, read_bureau_file
-from issuance.batches.pipeline import RunOptions, runner_for
+from issuance.batches.pipeline import RunOptions
 from issuance.batches.stock import MANUFACTURER, manufacturer_key_path
-from issuance.cli_bureau import export_batch
 from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.models import BatchItem, BatchStage, BlankChip, Card, ChipStatus
-from issuance.settings import Settings
+from yikatong.cli.bureau import export_batch
+from yikatong.settings import Settings
+from yikatong.wiring import key_service_from_settings, runner_for
 
 pytestmark = pytest.mark.softhsm
 

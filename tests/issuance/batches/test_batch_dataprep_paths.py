@@ -17,7 +17,7 @@ from cardspec import ids, perso
 from cardspec.errors import EncodingError
 from issuance.batches import bulkprep, dataprep, persofile
 from issuance.models import ApplicationChannel
-from issuance.settings import Settings, load_settings
+from yikatong.settings import Settings, load_settings
 
 
 @dataclass(frozen=True)

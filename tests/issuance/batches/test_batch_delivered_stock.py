@@ -45,17 +45,14 @@ from cardspec.emulator.image import LifeCycle, read_image
 from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.virtual import VirtualReaderStack
 from hsm import ceremony
-from hsm.config import HsmConfig
 from hsm.errors import HsmError
 from hsm.pkcs11 import open_token
-from hsm.service import key_service_from_settings
 from issuance.audit import SYSTEM_ACTOR
 from issuance.batches import items as bi
-from issuance.batches.blanks import ChipRefused, DeliveredBlankStock, make_stock
+from issuance.batches.blanks import ChipRefused, DeliveredBlankStock
 from issuance.batches.dataprep import card_profile, key_ref
 from issuance.batches.deliveries import import_delivery, parse_delivery, stock_status
-from issuance.batches.pipeline import RunOptions, run_batch
-from issuance.batches.prepared import PreparedCard
+from issuance.batches.pipeline import RunOptions
 from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.errors import ConfigError, PermissionDenied, ValidationError
 from issuance.models import (
@@ -70,7 +67,9 @@ from issuance.models import (
     StockRefusal,
     StockRejection,
 )
-from issuance.settings import Settings, get_settings, load_settings
+from printers.prepared import PreparedCard
+from yikatong.settings import Settings, get_settings, load_settings
+from yikatong.wiring import hsm_config, key_service_from_settings, make_stock, run_batch
 
 pytestmark = [pytest.mark.pcsc, pytest.mark.softhsm, pytest.mark.slow]
 
@@ -148,7 +147,7 @@ class SupplierHsm:
 def supplier_hsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SupplierHsm]:
     """The issuer's token (issuer masters) with the supplier's delivery key set imported from
     the ceremony's components through the real ``ykt hsm import ... --supplier``."""
-    from hsm.cli import app
+    from yikatong.cli.hsm import app
 
     root = hsm_root(tmp_path_factory.mktemp("delivered-hsm"))
     comps = {name: [os.urandom(16), os.urandom(16)] for name in ("kmc", "klk", "aes_kmc")}
@@ -179,7 +178,7 @@ def supplier_hsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SupplierH
     assert kmc_row["kcv"] == _des3_ecb(supplier.kmc_master, bytes(8))[:3].hex().upper()
     assert kmc_row["extractable"] is False and kmc_row["sensitive"] is True
     # the supplier keys never count as (or complete) an issuer key set
-    token = open_token(HsmConfig.from_settings(load_settings(
+    token = open_token(hsm_config(load_settings(
         environ={"YKT_DATA_DIR": str(root.root)})))  # fmt: skip
     assert ceremony.complete_versions(token, Algorithm.DES3) == [1]
     assert ceremony.complete_versions(token, Algorithm.AES) == []

@@ -23,15 +23,16 @@ from sqlalchemy.engine import Engine
 
 from issuance import services
 from issuance.batches import items as bi
-from issuance.batches.pipeline import RunOptions, runner_for
+from issuance.batches.pipeline import RunOptions
 from issuance.batches.selection import BatchFilter, create_batch
 from issuance.batches.shipping import issue_card, ship_batch
 from issuance.db import make_engine, make_sessionmaker, transaction
-from issuance.demo import BRANCH_CODE
 from issuance.models import BatchItem, BatchStage, Card, CardStatus, Channel
-from issuance.settings import Settings
 from printers.facecode import decode_file
 from printers.layout import DEFAULT_LAYOUT, layout_for_profile
+from yikatong.demo import BRANCH_CODE
+from yikatong.settings import Settings
+from yikatong.wiring import runner_for
 
 pytestmark = pytest.mark.pcsc
 

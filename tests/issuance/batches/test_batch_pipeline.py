@@ -24,14 +24,13 @@ from cardspec import cardops
 from cardspec.emulator import Card as EmulatedCard
 from cardspec.profile.social import get_profile
 from cardspec.reader import InProcessReader
-from hsm.service import CardKeyRef, key_service_from_settings
+from hsm.service import CardKeyRef
 from issuance.batches import dataprep
-from issuance.batches.pipeline import RunOptions, runner_for
+from issuance.batches.pipeline import RunOptions
 from issuance.batches.report import build_report, write_report
 from issuance.batches.shipping import issue_card, ship_batch
 from issuance.batches.stock import VirtualBlankStock
 from issuance.db import make_engine, make_sessionmaker, transaction
-from issuance.demo import BRANCH_CODE
 from issuance.models import (
     Batch,
     BatchItem,
@@ -43,7 +42,9 @@ from issuance.models import (
     ChipStatus,
     OutboxMessage,
 )
-from issuance.settings import Settings
+from yikatong.demo import BRANCH_CODE
+from yikatong.settings import Settings
+from yikatong.wiring import key_service_from_settings, runner_for
 
 pytestmark = pytest.mark.pcsc
 

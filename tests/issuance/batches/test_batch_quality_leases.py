@@ -21,12 +21,10 @@ from cli_helpers import ykt, ykt_env
 from sqlalchemy.engine import Engine
 from test_batch_pipeline import DefectiveFirstChips
 
-from hsm.service import key_service_from_settings
 from issuance.batches import dataprep
 from issuance.batches import items as bi
-from issuance.batches.pipeline import BatchRunner, RunOptions, runner_for
+from issuance.batches.pipeline import BatchRunner, RunOptions
 from issuance.db import make_engine, make_sessionmaker, transaction
-from issuance.demo import BRANCH_CODE
 from issuance.models import (
     Application,
     BatchItem,
@@ -36,10 +34,12 @@ from issuance.models import (
     CardStatus,
     ChipStatus,
 )
-from issuance.settings import Settings
 from printers.layout import DEFAULT_LAYOUT
 from printers.spool import FileSpool
 from printers.stations import PrintedFace, QualityCheckFailed, open_stations
+from yikatong.demo import BRANCH_CODE
+from yikatong.settings import Settings
+from yikatong.wiring import batch_adapters, key_service_from_settings, runner_for
 
 pytestmark = pytest.mark.pcsc
 
@@ -76,7 +76,8 @@ def test_a_face_that_does_not_match_the_chip_spoils_the_card(
 ) -> None:
     settings, engine = env
     pop = populate(engine, settings, 2, name="qc1")
-    runner = MisprintOnce(settings, pop.batch_id, engine=engine, options=RunOptions(readers=1))
+    runner = MisprintOnce(settings, pop.batch_id, adapters=batch_adapters(settings),
+                          engine=engine, options=RunOptions(readers=1))  # fmt: skip
     try:
         summary = runner.run()
     finally:

@@ -17,10 +17,10 @@ from issuance.audit import Actor
 from issuance.batches import items as bi
 from issuance.batches.selection import BatchFilter, create_batch
 from issuance.db import make_engine, make_sessionmaker, transaction
-from issuance.demo import COMMUNITY, create_residents, ensure_staff
 from issuance.errors import ConflictError, PermissionDenied, TransitionError, ValidationError
 from issuance.models import BatchItem, BatchStage, Card, CardStatus, Person, utcnow
-from issuance.settings import Settings, load_settings
+from yikatong.demo import COMMUNITY, create_residents, ensure_staff
+from yikatong.settings import Settings, load_settings
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from issuance.cli_db import AS_HELP, acting, session_scope, settings
 from issuance.models import StockChipStatus
+from yikatong.cli.db import AS_HELP, acting, session_scope, settings
 
 app = typer.Typer(no_args_is_help=True, help="Blank chips delivered by chip suppliers.")
 out = Console()
@@ -48,9 +48,9 @@ def import_cmd(
     """Import a supplier's delivery of blank chips (serials; optional KMC/KLK check values,
     verified in the HSM against the supplier's key set). Audited; nothing is written unless
     the whole file is good."""
-    from hsm.service import key_service_from_settings
     from issuance.batches.deliveries import import_delivery, parse_delivery
     from issuance.errors import ValidationError
+    from yikatong.wiring import key_service_from_settings
 
     cfg = settings()
     try:

@@ -11,7 +11,7 @@ from types import FrameType
 import typer
 from rich.console import Console
 
-from issuance.cli_db import settings
+from yikatong.cli.db import settings
 
 out = Console()
 
@@ -32,15 +32,16 @@ def worker(
     does so), expire cards, drain the notification outbox, seal the audit chain. Several
     workers may run at once."""
     from issuance.db import make_engine, make_sessionmaker
-    from issuance.services.outbox import close_sink, sink_from_settings
+    from issuance.services.outbox import close_sink
     from issuance.worker import Worker
+    from yikatong.wiring import sink_from_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = settings()
     do_seal = cfg.worker.seal_audit if seal is None else seal
     signer = None
     if do_seal and cfg.worker.sign_checkpoints and not unsigned:
-        from issuance.cli_audit import hsm_signer
+        from yikatong.cli.audit import hsm_signer
 
         signer = hsm_signer()
     engine = make_engine(cfg)

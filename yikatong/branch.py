@@ -1,6 +1,5 @@
-"""The reader at a bank branch desk (financial activation, :mod:`issuance.services.financial`).
-
-Chosen by ``[readers] backend`` like the encoding stations:
+"""The reader at a bank branch desk (financial activation, :mod:`issuance.services.financial`),
+chosen in the composition root by ``[readers] backend``, like the encoding stations:
 
 * ``virtual`` (default): the holder's card is the emulator image of the chip
   (``<data_dir>/cards/<chip serial>.json``, written when the card was personalised), put in a

@@ -38,7 +38,8 @@ from issuance.models import (
     Staff,
     StaffRole,
 )
-from issuance.settings import PROJECT_ROOT, Settings
+from yikatong.settings import PROJECT_ROOT, Settings
+from yikatong.wiring import hsm_config
 
 PHOTOS_DIR = PROJECT_ROOT / "issuance" / "sample_data" / "photos"
 DEMO_STAFF = (
@@ -153,10 +154,9 @@ def create_residents(
 def ensure_hsm(settings: Settings) -> None:
     """The SoftHSM token and master keys (``ykt hsm init --if-missing`` does the same)."""
     from hsm import ceremony, softhsm
-    from hsm.config import HsmConfig
     from hsm.pkcs11 import open_token
 
-    config = HsmConfig.from_settings(settings)
+    config = hsm_config(settings)
     if config.is_softhsm:
         softhsm.ensure_token(config)
     ceremony.init_keys(open_token(config))
@@ -182,13 +182,14 @@ def run_demo(settings: Settings, residents: int = 8, readers: int = 4) -> DemoRe
     from rich.console import Console
 
     from issuance import migrations
-    from issuance.batches.cli_progress import RichProgress
-    from issuance.batches.pipeline import BatchInterrupted, RunOptions, runner_for
+    from issuance.batches.pipeline import BatchInterrupted, RunOptions
     from issuance.batches.report import build_report, write_report
     from issuance.batches.selection import BatchFilter, create_batch
     from issuance.batches.shipping import issue_card, ship_batch
     from issuance.db import make_engine, make_sessionmaker, transaction
     from issuance.models import BatchItem, BatchStage, Card
+    from yikatong.progress import RichProgress
+    from yikatong.wiring import runner_for
 
     console = Console()
     engine = make_engine(settings)

@@ -13,9 +13,9 @@
 
 Exit codes of run/resume: 0 finished, 1 not finished (failed cards, cards at the bureau),
 3 a station stopped on an error (printed before the resume command), 130 interrupted (Ctrl-C,
-SIGTERM). The bureau commands are also here (``bureau-export`` ...: :mod:`issuance.cli_bureau`).
+SIGTERM). The bureau commands are also here (``bureau-export`` ...: :mod:`yikatong.cli.bureau`).
 
-Also the root command ``ykt demo`` (:mod:`issuance.demo`).
+Also the root command ``ykt demo`` (:mod:`yikatong.demo`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from rich.table import Table
 from sqlalchemy.orm import Session
 
 from issuance.audit import SYSTEM_ACTOR, Actor
-from issuance.cli_db import AS_HELP, acting, session_scope, settings
 from issuance.models import Channel
+from yikatong.cli.db import AS_HELP, acting, session_scope, settings
 
 app = typer.Typer(no_args_is_help=True)
 out = Console()
@@ -94,8 +94,9 @@ def print_failed(summary: Any, batch: str) -> None:
 
 
 def _run(batch: str, readers: int | None, lease: int, as_: str | None, resume: bool) -> None:
-    from issuance.batches.cli_progress import RichProgress
-    from issuance.batches.pipeline import BatchInterrupted, RunOptions, runner_for
+    from issuance.batches.pipeline import BatchInterrupted, RunOptions
+    from yikatong.progress import RichProgress
+    from yikatong.wiring import runner_for
 
     actor = _actor(as_).via(Channel.SYSTEM)
     cfg = settings()
@@ -190,8 +191,9 @@ def prepare(
     """In-house data preparation: a chip and the complete personalisation data of every card,
     every per-card key derived in the HSM, into the batch's signed perso file (the stations
     run it); resumable. (For a bureau: ``ykt bureau export`` prepares and exports.)"""
-    from issuance.batches.cli_progress import RichProgress
-    from issuance.batches.pipeline import RunOptions, runner_for
+    from issuance.batches.pipeline import RunOptions
+    from yikatong.progress import RichProgress
+    from yikatong.wiring import runner_for
 
     actor = _actor(as_).via(Channel.SYSTEM)
     cfg = settings()
@@ -348,9 +350,9 @@ def ship(
     as_: str | None = typer.Option(None, "--as", help=AS_HELP),
 ) -> None:
     """Ship every checked card of the batch to a collection point."""
-    from issuance.batches.cli_progress import RichProgress
     from issuance.batches.selection import get_batch
     from issuance.batches.shipping import ship_batch
+    from yikatong.progress import RichProgress
 
     actor = _txn(lambda s: acting(s, as_))
     batch_id = _txn(lambda s: get_batch(s, batch).id)
@@ -380,17 +382,17 @@ def demo(
     readers: int = typer.Option(4, "--readers", min=1, max=16),
 ) -> None:
     """End-to-end demo: residents → approval → batch → personalisation → print → QC → issue."""
-    from issuance.demo import run_demo
+    from yikatong.demo import run_demo
 
     run_demo(settings(), residents=residents, readers=readers)
 
 
-#: Commands added to the root ``ykt`` (see issuance.cli._register).
+#: Commands added to the root ``ykt`` (see yikatong.cli.main._register).
 TOP_LEVEL_COMMANDS = {"demo": demo}
 
 
 def _register_bureau() -> None:
-    from issuance import cli_bureau
+    from yikatong.cli import bureau as cli_bureau
 
     cli_bureau.register(app)
 

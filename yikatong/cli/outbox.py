@@ -1,6 +1,6 @@
 """``ykt outbox``: deliver the queued notifications (card ready for collection ...).
 
-The gateway is chosen by ``[notify] backend`` (:func:`issuance.services.outbox.sink_from_settings`):
+The gateway is chosen by ``[notify] backend`` (:func:`yikatong.wiring.sink_from_settings`):
 ``log`` (default: phone numbers masked, no full ID numbers), ``smtp`` or ``http``.
 """
 
@@ -11,7 +11,7 @@ import logging
 import typer
 from rich.console import Console
 
-from issuance.cli_db import session_scope, settings
+from yikatong.cli.db import session_scope, settings
 
 app = typer.Typer(no_args_is_help=True)
 out = Console()
@@ -28,9 +28,10 @@ def drain(
 
     from issuance import services
     from issuance.models import OutboxMessage
+    from yikatong.wiring import sink_from_settings
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    sink = services.sink_from_settings(settings())
+    sink = sink_from_settings(settings())
     try:
         with session_scope() as s:
             sent = services.drain_outbox(s, sink, limit=limit, max_attempts=max_attempts)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from cardspec.reader import Reader
 from issuance.audit import Actor
-from issuance.settings import Settings
+from yikatong.settings import Settings
 
 app = typer.Typer(no_args_is_help=True)
 out = Console()
@@ -24,9 +24,9 @@ AS_ADMIN = (
 
 def _admin(session: Session, as_: str | None) -> Actor:
     """The acting admin or supervisor (authenticated), or the system while bootstrapping."""
-    from issuance.cli_db import _admin_or_bootstrap
+    from yikatong.cli.db import admin_or_bootstrap
 
-    return _admin_or_bootstrap(session, as_, "manage API clients")
+    return admin_or_bootstrap(session, as_, "manage API clients")
 
 
 @app.command("agency-add")
@@ -45,8 +45,8 @@ def agency_add(
 ) -> None:
     """Register an agency and its client credentials (the secret is shown once)."""
     from issuance import services
-    from issuance.cli_db import session_scope
     from issuance.services import credentials
+    from yikatong.cli.db import session_scope
 
     with session_scope() as s:
         actor = _admin(s, as_)
@@ -69,10 +69,10 @@ def client_add(
     """Another set of client credentials for an existing agency (e.g. a second site)."""
     import sqlalchemy as sa
 
-    from issuance.cli_db import session_scope
     from issuance.errors import NotFound
     from issuance.models import Agency
     from issuance.services import credentials
+    from yikatong.cli.db import session_scope
 
     with session_scope() as s:
         actor = _admin(s, as_)
@@ -96,8 +96,8 @@ def staff_token(
     role; the token is printed once and stored hashed."""
     from datetime import timedelta
 
-    from issuance.cli_db import acting, session_scope
     from issuance.services import credentials
+    from yikatong.cli.db import acting, session_scope
 
     with session_scope() as s:
         acting(s, username)  # the user themself, by password
@@ -111,8 +111,8 @@ def revoke(
     as_: str | None = typer.Option(None, "--as", help=AS_ADMIN),
 ) -> None:
     """Revoke every token of a client (takes effect within seconds on every node)."""
-    from issuance.cli_db import session_scope
     from issuance.services import credentials
+    from yikatong.cli.db import session_scope
 
     with session_scope() as s:
         n = credentials.revoke_tokens(s, client_id, _admin(s, as_))
@@ -133,10 +133,10 @@ def openapi(path: Path = typer.Argument(Path("openapi.json"))) -> None:
     """Write the OpenAPI document."""
     import json
 
-    from api.app import create_app
-    from issuance.cli_db import settings
+    from yikatong.cli.db import settings
+    from yikatong.wiring import api_app
 
-    path.write_text(json.dumps(create_app(settings()).openapi(), indent=1, ensure_ascii=False))
+    path.write_text(json.dumps(api_app(settings()).openapi(), indent=1, ensure_ascii=False))
     out.print(f"wrote {path}")
 
 
@@ -156,12 +156,12 @@ def serve(
     import uvicorn
 
     from api.tls import uvicorn_tls_options
-    from issuance.cli_db import settings
+    from yikatong.cli.db import settings
 
     conf = settings()
     n = worker_count(workers, conf)
     uvicorn.run(
-        "api.app:app_from_env",
+        "yikatong.wiring:app_from_env",
         factory=True,
         host=host or conf.api.host,
         port=port or conf.api.port,
@@ -231,7 +231,7 @@ def card_image_for(card_number: str, cards_dir: Path | None = None) -> Path:
     """The emulated chip of card ``card_number``: ``<cards_dir>/<chip serial>.json``. The chip
     serial is the tail of the card identification code the database holds; without a database
     record, every image's EF05 is read until the number is found."""
-    from issuance.cli_db import settings
+    from yikatong.cli.db import settings
 
     conf = settings()
     directory = cards_dir or conf.cards_dir
@@ -287,7 +287,7 @@ def _reader(name: str | None, image: Path | None) -> Reader:
 
         return PcscReader(name)
     if image is None:
-        from issuance.cli_db import settings
+        from yikatong.cli.db import settings
 
         images = sorted(settings().cards_dir.glob("*"))
         if not images:
@@ -298,5 +298,5 @@ def _reader(name: str | None, image: Path | None) -> Reader:
     return InProcessReader(Card.load(image), name=f"emulator {image.name}")
 
 
-#: Root-level commands (``ykt serve``, ``ykt verify``), registered by issuance.cli.
+#: Root-level commands (``ykt serve``, ``ykt verify``), registered by yikatong.cli.main.
 TOP_LEVEL_COMMANDS = {"serve": serve, "verify": verify}

@@ -24,6 +24,7 @@ from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot, klk_algorithm
 from hsm import ceremony, smtoken, softhsm
 from hsm.config import HsmConfig
 from hsm.pkcs11 import KEY_TYPES, Pkcs11Token, open_token
+from yikatong.wiring import hsm_config
 
 app = typer.Typer(no_args_is_help=True, help="Keys in the HSM: token setup, ceremonies, listing.")
 transport_app = typer.Typer(no_args_is_help=True, help="Transport keys shared with a bureau.")
@@ -51,13 +52,13 @@ MASTER_NAMES = [*(slot.value for slot in KeySlot), ceremony.KLK]
 
 
 def _settings() -> Any:
-    from issuance.settings import get_settings
+    from yikatong.settings import get_settings
 
     return get_settings()
 
 
 def _config() -> HsmConfig:
-    return HsmConfig.from_settings(_settings())
+    return hsm_config(_settings())
 
 
 def _token(config: HsmConfig | None = None) -> Pkcs11Token:

@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from cardspec.ids import mask_citizen_id
-from issuance.cli_db import (
+from issuance.models import ApplicationStatus, CollectiveKind
+from yikatong.cli.db import (
     AS_HELP,
     ID_FILE_HELP,
     ID_HELP,
@@ -18,7 +19,6 @@ from issuance.cli_db import (
     session_scope,
     settings,
 )
-from issuance.models import ApplicationStatus, CollectiveKind
 
 app = typer.Typer(no_args_is_help=True)
 out = Console()

@@ -37,13 +37,13 @@ console = Console()
 
 
 def _run_dir() -> Path:
-    from issuance.settings import get_settings
+    from yikatong.settings import get_settings
 
     return get_settings().run_dir / "pcsc"
 
 
 def _default_count() -> int:
-    from issuance.settings import get_settings
+    from yikatong.settings import get_settings
 
     return get_settings().readers.count
 

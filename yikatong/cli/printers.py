@@ -26,8 +26,8 @@ SAMPLE_PHOTO = (
 def sample_face(photo: Path | None = None) -> object:
     """A fictional holder's card face, with a processed sample photo."""
     from issuance.photos import process_photo
-    from issuance.settings import get_settings
     from printers.faces import CardFace
+    from yikatong.settings import get_settings
 
     settings = get_settings()
     processed = process_photo((photo or SAMPLE_PHOTO).read_bytes(), settings.photos)
@@ -69,8 +69,8 @@ def sample(
 @app.command("spool-status")
 def spool_status() -> None:
     """Jobs in the file spool (backend = file) or the CUPS queue (backend = cups)."""
-    from issuance.settings import get_settings
     from printers.spool import FileSpool
+    from yikatong.settings import get_settings
 
     settings = get_settings()
     if settings.printer.backend == "file":
@@ -87,8 +87,8 @@ def cups_test(
     keep: Annotated[Path | None, typer.Option(help="Copy the captured PDF here.")] = None,
 ) -> None:
     """Start a private cupsd with a card queue, print the sample card, check what arrived."""
+    from devstack.cupsd import TemporaryCups
     from printers.cups import CupsPrinter
-    from printers.cupsd import TemporaryCups
     from printers.faces import CardFace, render_back, render_front
 
     face = sample_face()

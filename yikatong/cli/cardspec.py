@@ -25,10 +25,11 @@ from cardspec.errors import CardSpecError
 from cardspec.keyscheme import Algorithm
 from cardspec.profile import CardProfile, social_security_profile
 from cardspec.reader import InProcessReader, Reader
+from yikatong.wiring import hsm_config
 
 if TYPE_CHECKING:
     from hsm.service import KeyService
-    from issuance.settings import Settings
+    from yikatong.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="Cards and readers: profile, blank cards, reading.")
 console = Console()
@@ -93,12 +94,11 @@ _KeyVersion = Annotated[
 def _hsm_keys() -> tuple[Settings, KeyService]:
     """(settings, key service) of the configured HSM (SoftHSM: its configuration written)."""
     from hsm import softhsm
-    from hsm.config import HsmConfig
-    from hsm.service import key_service_from_settings
-    from issuance.settings import get_settings
+    from yikatong.settings import get_settings
+    from yikatong.wiring import key_service_from_settings
 
     settings = get_settings()
-    config = HsmConfig.from_settings(settings)
+    config = hsm_config(settings)
     if config.is_softhsm:
         softhsm.write_conf(config)
     return settings, key_service_from_settings(settings)
@@ -291,11 +291,11 @@ def read(
 
 
 def _mount_optional() -> None:
-    """Commands of the PC/SC part (``cardspec.virtual.cli``), when present."""
+    """Commands of the PC/SC part (``yikatong.cli.virtual``), when present."""
     try:
-        module = importlib.import_module("cardspec.virtual.cli")
+        module = importlib.import_module("yikatong.cli.virtual")
     except ModuleNotFoundError as exc:
-        if exc.name in ("cardspec.virtual", "cardspec.virtual.cli"):
+        if exc.name in ("cardspec.virtual", "yikatong.cli.virtual"):
             return
         raise
     sub = getattr(module, "app", None)

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 
 from issuance.audit import Signer
-from issuance.cli_db import session_scope, settings
+from yikatong.cli.db import session_scope, settings
 
 app = typer.Typer(no_args_is_help=True)
 out = Console()
@@ -27,7 +27,7 @@ out = Console()
 
 def hsm_signer() -> Signer:
     """The HSM key service of the configured settings (its signing key signs checkpoints)."""
-    from hsm.service import key_service_from_settings
+    from yikatong.wiring import key_service_from_settings
 
     return key_service_from_settings(settings())
 

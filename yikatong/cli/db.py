@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from issuance.audit import SYSTEM_ACTOR, Actor
 from issuance.models import Channel, StaffRole
-from issuance.settings import Settings
+from yikatong.settings import Settings
 
 app = typer.Typer(no_args_is_help=True)
 out = Console()
@@ -44,7 +44,7 @@ _prompted: dict[str, str] = {}
 
 
 def settings() -> Settings:
-    from issuance.settings import get_settings
+    from yikatong.settings import get_settings
 
     return get_settings()
 
@@ -154,7 +154,7 @@ def check() -> None:
         engine.dispose()
 
 
-def _admin_or_bootstrap(session: Session, as_: str | None, what: str) -> Actor:
+def admin_or_bootstrap(session: Session, as_: str | None, what: str) -> Actor:
     """The acting admin/supervisor, or the system while no user has a password yet."""
     from issuance.errors import PermissionDenied
     from issuance.services.staff import STAFF_ADMINS, can_bootstrap
@@ -197,7 +197,7 @@ def create_staff(
 
     password, generated = _new_password(password_stdin)
     with session_scope() as s:
-        actor = _admin_or_bootstrap(s, as_, "create staff users")
+        actor = admin_or_bootstrap(s, as_, "create staff users")
         staff = services.create_staff(s, username, role, display_name=display_name, actor=actor)
         services.set_password(s, username, password, actor)
         out.print(f"staff {staff.username} ({staff.role}) id {staff.id}")

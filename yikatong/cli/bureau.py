@@ -45,15 +45,16 @@ from issuance.batches.bureau_result import (
     ProblemKind,
     import_bureau_result,
 )
-from issuance.cli_db import AS_HELP
+from issuance.db import with_retry
 from issuance.errors import ValidationError
+from yikatong.cli.db import AS_HELP
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from hsm.service import KeyService
     from issuance.audit import Actor
-    from issuance.settings import Settings
+    from yikatong.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="The card-bureau path: bureau files and results.")
 out = Console()
@@ -85,6 +86,7 @@ def export_batch(
     from issuance.batches import bulkprep
     from issuance.batches.selection import get_batch
     from issuance.db import make_engine, make_sessionmaker, transaction
+    from yikatong.wiring import batch_adapters
 
     engine = make_engine(settings) if factory is None else None
     fac = factory or make_sessionmaker(engine)  # type: ignore[arg-type]
@@ -94,8 +96,10 @@ def export_batch(
             batch_id, name = found.id, found.name
         req = bulkprep.PrepRequest(batch_id, actor, bulkprep.BUREAU, workers=workers, chunk=chunk,
                                    transport=transport)  # fmt: skip
-        info, stats, moved = bulkprep.export_to_bureau(settings, fac, keys, req, output, name,
-                                                       on_progress=progress)  # fmt: skip
+        info, stats, moved = bulkprep.export_to_bureau(
+            settings, fac, keys, req, output, name, adapters=batch_adapters(settings),
+            on_progress=progress,
+        )  # fmt: skip
         return info, moved, stats.errors
     finally:
         if engine is not None:
@@ -125,11 +129,11 @@ def export(
 ) -> None:
     """Data preparation for the bureau: every card of the batch not yet made (selected or
     prepared) into a signed bureau file (streamed, any size); the cards go ``at_bureau``."""
-    from hsm.service import key_service_from_settings
     from issuance.batches import items as bi
     from issuance.batches.selection import get_batch
-    from issuance.cli_db import acting, session_scope, settings
     from issuance.models import BatchStage
+    from yikatong.cli.db import acting, session_scope, settings
+    from yikatong.wiring import key_service_from_settings
 
     cfg = settings()
     keys = key_service_from_settings(cfg)
@@ -220,7 +224,7 @@ def import_result(
     """Check the bureau's result file, then apply it: made cards good, spoiled ones requeued
     (idempotent). Refused lines: nothing is applied unless ``--partial``; exit code 1."""
     from issuance.batches.bureau_result import apply_bureau_result
-    from issuance.cli_db import acting, session_scope, settings
+    from yikatong.cli.db import acting, session_scope, settings
 
     try:
         checked = import_bureau_result(
@@ -233,7 +237,6 @@ def import_result(
     if checked.problems and not partial:
         err.print("nothing applied: correct the refused lines (or --partial to apply the rest)")
         raise typer.Exit(1)
-    from issuance.batches.pipeline import with_retry
     from issuance.db import make_engine, make_sessionmaker, transaction
 
     with session_scope() as session:

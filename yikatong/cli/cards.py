@@ -8,7 +8,8 @@ import typer
 from rich.console import Console
 from sqlalchemy.orm import Session
 
-from issuance.cli_db import (
+from issuance.models import Card
+from yikatong.cli.db import (
     AS_HELP,
     ID_FILE_HELP,
     ID_HELP,
@@ -17,7 +18,6 @@ from issuance.cli_db import (
     session_scope,
     settings,
 )
-from issuance.models import Card
 
 app = typer.Typer(no_args_is_help=True)
 out = Console()
@@ -233,10 +233,11 @@ def activate_financial(
     to the chip only; the database records that it was set."""
     import sqlalchemy as sa
 
-    from issuance import branch, services
+    from issuance import services
     from issuance.errors import NotFound
     from issuance.models import Agency
     from issuance.services import financial
+    from yikatong import branch
 
     cfg = settings()
     with session_scope() as s:  # check everything before the holder types anything
@@ -250,7 +251,7 @@ def activate_financial(
                 raise NotFound(f"no agency {bank_agency!r}")
         check = None
         if card_auth:
-            from hsm.service import key_service_from_settings
+            from yikatong.wiring import key_service_from_settings
 
             check = financial.hsm_card_check(key_service_from_settings(cfg), c)
         cic, card_id, number = c.card_identification_code, c.id, c.card_number

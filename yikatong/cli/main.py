@@ -28,20 +28,24 @@ def _root() -> None:
 
 #: (module, attribute, command name, help). Each module defines a ``typer.Typer`` called ``app``.
 SUBCOMMANDS: list[tuple[str, str, str]] = [
-    ("hsm.cli", "hsm", "Keys in the HSM: token setup, key ceremonies, listing."),
-    ("cardspec.cli", "card", "Cards and readers: virtual readers, read a card, the card profile."),
-    ("cardspec.virtual.cli", "readers", "Virtual card readers: start, stop, status, insert cards."),
-    ("issuance.cli_db", "db", "Database: migrations and checks."),
-    ("issuance.cli_people", "app", "Applications: intake, review, approval."),
-    ("issuance.cli_cards", "cards", "Card lifecycle: loss, un-report, temporary cards, ..."),
-    ("issuance.cli_audit", "audit", "Audit log: verify the hash chain, checkpoints."),
-    ("issuance.cli_outbox", "outbox", "Notifications: drain the outbox to the SMS/log sink."),
-    ("issuance.cli_worker", "worker", "Periodic jobs (ykt worker)."),
-    ("issuance.cli_batch", "batch", "Production batches: create, prepare, personalise, print."),
-    ("issuance.cli_bureau", "bureau", "Card bureau: export bureau files, import their results."),
-    ("issuance.cli_stock", "stock", "Blank chips delivered by chip suppliers: import, status."),
-    ("printers.cli", "print", "Card faces and print spoolers."),
-    ("api.cli", "api", "The HTTP service and the verification client."),
+    ("yikatong.cli.hsm", "hsm", "Keys in the HSM: token setup, key ceremonies, listing."),
+    (
+        "yikatong.cli.cardspec",
+        "card",
+        "Cards and readers: virtual readers, read a card, the card profile.",
+    ),
+    ("yikatong.cli.virtual", "readers", "Virtual card readers: start, stop, status, insert cards."),
+    ("yikatong.cli.db", "db", "Database: migrations and checks."),
+    ("yikatong.cli.people", "app", "Applications: intake, review, approval."),
+    ("yikatong.cli.cards", "cards", "Card lifecycle: loss, un-report, temporary cards, ..."),
+    ("yikatong.cli.audit", "audit", "Audit log: verify the hash chain, checkpoints."),
+    ("yikatong.cli.outbox", "outbox", "Notifications: drain the outbox to the SMS/log sink."),
+    ("yikatong.cli.worker", "worker", "Periodic jobs (ykt worker)."),
+    ("yikatong.cli.batch", "batch", "Production batches: create, prepare, personalise, print."),
+    ("yikatong.cli.bureau", "bureau", "Card bureau: export bureau files, import their results."),
+    ("yikatong.cli.stock", "stock", "Blank chips delivered by chip suppliers: import, status."),
+    ("yikatong.cli.printers", "print", "Card faces and print spoolers."),
+    ("yikatong.cli.api", "api", "The HTTP service and the verification client."),
 ]
 
 
@@ -63,7 +67,7 @@ def _register() -> None:
 @app.command("info")
 def info() -> None:
     """Show the settings in force (secrets hidden) and where the data lives."""
-    from issuance.settings import get_settings
+    from yikatong.settings import get_settings
 
     settings = get_settings()
     out = Console()

@@ -1,0 +1,111 @@
+"""Wiring: the one place that turns the settings into concrete adapters.
+
+Every other package is typed against its port (:class:`hsm.service.KeyService`, the blank
+stock, the printer, the encoding stations, the notification sink) and receives its own frozen
+configuration; this module names the adapters the settings choose: the PKCS#11 module of the
+HSM, the readers (virtual or PC/SC), the printer (file spool or CUPS), the blank stock and the
+notification gateway.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy.engine import Engine
+
+from api.app import create_app
+from hsm.config import HsmConfig
+from hsm.service import KeyService, Pkcs11KeyService
+from issuance.batches import pipeline
+from issuance.batches.adapters import BatchAdapters
+from issuance.batches.blanks import BACKENDS, DeliveredBlankStock
+from issuance.batches.pipeline import BatchRunner, RunSummary
+from issuance.batches.stock import BlankStock, VirtualBlankStock
+from issuance.errors import ConfigError
+from issuance.services.outbox import HttpSink, LogSink, Sink, SmtpSink
+from issuance.settings import Settings
+from printers.backends import make_printer
+from printers.stations import EncodingStation, open_stations
+from yikatong.settings import get_settings
+
+
+def hsm_config(settings: Settings) -> HsmConfig:
+    """The HSM's own configuration (:meth:`issuance.settings.Settings.hsm_config`)."""
+    return settings.hsm_config()
+
+
+def key_service_from_settings(settings: Settings) -> KeyService:
+    """The product key service for these settings (PKCS#11 on the configured module)."""
+    return Pkcs11KeyService.from_config(hsm_config(settings))
+
+
+def api_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
+    """The HTTP application on these settings, its key service from the configured HSM."""
+
+    def keys() -> KeyService:
+        return key_service_from_settings(settings)
+
+    return create_app(settings, engine=engine, key_service_factory=keys)
+
+
+def app_from_env() -> FastAPI:
+    """The application for the settings in force (uvicorn ``--factory``)."""
+    return api_app(get_settings())
+
+
+def sink_from_settings(settings: Settings) -> Sink:
+    """The notification gateway of ``[notify] backend``."""
+    backend = settings.notify.backend
+    if backend == "log":
+        return LogSink()
+    if backend == "smtp":
+        return SmtpSink(settings.notify)
+    if backend == "http":
+        return HttpSink(settings.notify)
+    raise ConfigError(f"unknown notify backend {backend!r}")
+
+
+def make_stock(settings: Settings, key_service: KeyService) -> BlankStock:
+    """The blank stock adapter of ``settings.stock.backend``."""
+    backend = settings.stock.backend
+    if backend == "virtual":
+        return VirtualBlankStock(settings, key_service)
+    if backend == "delivered":
+        if settings.readers.backend != "pcsc":
+            raise ConfigError(
+                '[stock] backend = "delivered" needs real readers the chips are fed into: '
+                '[readers] backend = "pcsc"'
+            )
+        return DeliveredBlankStock(settings, key_service)
+    raise ConfigError(f"unknown blank stock backend {backend!r} ({', '.join(BACKENDS)})")
+
+
+def batch_adapters(settings: Settings) -> BatchAdapters:
+    """The production line's adapters for these settings."""
+
+    def stations(
+        count: int | None = None, *, run_dir: Path | None = None, feed_timeout: float | None = None
+    ) -> AbstractContextManager[list[EncodingStation]]:
+        return open_stations(settings, count, run_dir=run_dir, feed_timeout=feed_timeout)
+
+    return BatchAdapters(
+        key_service=lambda: key_service_from_settings(settings),
+        stock=lambda keys: make_stock(settings, keys),
+        printer=lambda: make_printer(settings),
+        stations=stations,
+    )
+
+
+def run_batch(settings: Settings, batch_ref: str | int, **kwargs: Any) -> RunSummary:
+    """:func:`issuance.batches.pipeline.run_batch` on the adapters of these settings."""
+    return pipeline.run_batch(settings, batch_ref, adapters=batch_adapters(settings), **kwargs)
+
+
+def runner_for(
+    settings: Settings, batch_ref: str | int, **kwargs: Any
+) -> AbstractContextManager[BatchRunner]:
+    """:func:`issuance.batches.pipeline.runner_for` on the adapters of these settings."""
+    return pipeline.runner_for(settings, batch_ref, adapters=batch_adapters(settings), **kwargs)
