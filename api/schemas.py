@@ -263,6 +263,11 @@ class AuditVerifyOut(BaseModel):
     checkpoints: int
     signed_checkpoints: int
     unsealed: int
+    verified_against: Literal["hsm_signing_key"] = Field(
+        "hsm_signing_key",
+        description="every checkpoint was verified against the issuer's signing key in the "
+        "HSM; an unsigned checkpoint or one signed by another key answers 409",
+    )
 
 
 # --- uploads: bulk import, photo, death records; temporary card hand-back ----------------------
