@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.context import ApiContext
 from api.errors import ApiError
+from api.tls import subject_matches
 from issuance import audit
 from issuance.errors import PermissionDenied
 from issuance.services.credentials import Principal, authenticate
@@ -82,12 +83,6 @@ class FailureLimiter:
                 self._events.clear()
             for key in keys:
                 self._window(key, now).append(now)
-
-
-def client_cert_subject(request: Request) -> str | None:
-    tls = request.scope.get("extensions", {}).get("tls") or {}
-    subject = tls.get("client_cert_subject")
-    return str(subject) if subject else None
 
 
 class Authenticator:
@@ -157,8 +152,8 @@ class Authenticator:
                 self._cache.clear()
             ttl = min(CACHE_SECONDS, principal.expires_at.timestamp() - time.time())
             self._cache[token] = (principal, now + max(ttl, 0.0))
-        if principal.cert_subject is not None and client_cert_subject(request) != (
-            principal.cert_subject
+        if principal.cert_subject is not None and not subject_matches(
+            request.scope, principal.cert_subject
         ):
             self.limiter.fail(ip, f"client:{principal.client_id}")
             raise ApiError(

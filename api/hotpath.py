@@ -50,6 +50,7 @@ from api.context import ApiContext
 from api.errors import ApiError, map_exception
 from api.routes_verify import issue_challenge, run_verification
 from api.schemas import VerificationIn
+from api.tls import subject_matches
 from issuance.services.credentials import Principal
 
 CHALLENGE_PATH = "/v1/verifications/challenge"
@@ -111,10 +112,10 @@ class HotPath:
                 principal = self.auth.cached(token.strip().decode("latin-1"))
         if principal is None:  # resolved (or refused) as the routes do; cached from now on
             principal = await self.auth.principal(Request(scope))
-        elif principal.cert_subject is not None:
-            tls = scope.get("extensions", {}).get("tls") or {}
-            if tls.get("client_cert_subject") != principal.cert_subject:
-                return None
+        elif principal.cert_subject is not None and not subject_matches(
+            scope, principal.cert_subject
+        ):
+            return None
         if "verify" not in principal.scopes or self.auth.limiter.blocked(
             f"client:{principal.client_id}"
         ):

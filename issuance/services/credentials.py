@@ -164,6 +164,25 @@ class Principal:
         return self.actor.username
 
 
+def canonical_cert_subject(subject: str) -> str:
+    """A client certificate subject to bind a credential to (RFC 4514), checked and written
+    the one way cryptography writes it (a comma inside a value escaped); the API compares it
+    with the presented certificate as a name, RDN by RDN (:func:`api.tls.subject_matches`)."""
+    from cryptography import x509
+
+    try:
+        name = x509.Name.from_rfc4514_string(subject.strip())
+    except ValueError as exc:
+        raise ValidationError(
+            "bad certificate subject", [FieldProblem("cert_subject", f"not RFC 4514: {exc}")]
+        ) from exc
+    if not list(name):
+        raise ValidationError(
+            "bad certificate subject", [FieldProblem("cert_subject", "the subject is empty")]
+        )
+    return name.rfc4514_string()
+
+
 @dataclass(frozen=True)
 class NewCredential:
     client_id: str
@@ -181,6 +200,8 @@ def register_agency_client(
 ) -> NewCredential:
     """New client credentials for ``agency`` (the secret is returned once, stored hashed)."""
     granted = check_scopes(scopes if scopes else list(AGENCY_DEFAULT_SCOPES[agency.kind]))
+    if cert_subject is not None:
+        cert_subject = canonical_cert_subject(cert_subject)
     client_id = f"{agency.code}-{secrets.token_hex(4)}"
     secret = secrets.token_urlsafe(32)
     cred = ApiCredential(
