@@ -109,14 +109,14 @@ class HotPath:
         if header is not None:
             scheme, _, token = header.partition(b" ")
             if scheme.lower() == b"bearer":
-                principal = self.auth.cached(token.strip().decode("latin-1"))
+                principal = await self.auth.cached(token.strip().decode("latin-1"))
         if principal is None:  # resolved (or refused) as the routes do; cached from now on
             principal = await self.auth.principal(Request(scope))
         elif principal.cert_subject is not None and not subject_matches(
             scope, principal.cert_subject
         ):
             return None
-        if "verify" not in principal.scopes or self.auth.limiter.blocked(
+        if "verify" not in principal.scopes or await self.auth.limiter.blocked(
             f"client:{principal.client_id}"
         ):
             return None  # the route refuses it (403 audited, 429)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -11,7 +11,13 @@ from sqlalchemy.orm import Session
 from api.auth import ctx_of, need
 from api.calls import domain
 from api.errors import responses
-from api.schemas import AuditEventOut, AuditVerifyOut, BatchOut, BatchReportOut
+from api.schemas import (
+    AuditEventOut,
+    AuditVerifyOut,
+    BatchOut,
+    BatchReportOut,
+    PrincipalStateOut,
+)
 from issuance import audit
 from issuance.errors import NotFound
 from issuance.models import AuditEvent, Batch, Card
@@ -163,5 +169,41 @@ async def audit_verify(
             signed_checkpoints=r.signed_checkpoints, unsealed=r.unsealed,
             verified_against="hsm_signing_key",
         )  # fmt: skip
+
+    return await domain(request, principal, fn)
+
+
+PrincipalKind = Literal["clients", "agencies", "staff"]
+_NAME = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^\x00/]+$")]
+
+
+@router.post(
+    "/principals/{kind}/{name}/{action}",
+    response_model=PrincipalStateOut,
+    tags=["admin"],
+    responses=_ERR,
+)
+async def set_principal_active(
+    kind: PrincipalKind,
+    name: _NAME,
+    action: Literal["disable", "enable"],
+    request: Request,
+    principal: Annotated[Principal, Depends(need("principals:manage"))],
+) -> PrincipalStateOut:
+    """Disable or enable an API client (by client id), an agency (by code) or a staff user
+    (by username); audited. A disabled principal gets no token, and every token it holds
+    stops at once on every worker and node (``ykt api client-disable`` ... do the same)."""
+    from issuance.services import credentials
+
+    active = action == "enable"
+    setter = {
+        "clients": credentials.set_client_active,
+        "agencies": credentials.set_agency_active,
+        "staff": credentials.set_staff_active,
+    }[kind]
+
+    def fn(s: Session) -> PrincipalStateOut:
+        setter(s, name, active, principal.actor)
+        return PrincipalStateOut(kind=kind, name=name, active=active)
 
     return await domain(request, principal, fn)

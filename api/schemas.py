@@ -270,6 +270,12 @@ class AuditVerifyOut(BaseModel):
     )
 
 
+class PrincipalStateOut(BaseModel):
+    kind: Literal["clients", "agencies", "staff"]
+    name: str
+    active: bool
+
+
 # --- uploads: bulk import, photo, death records; temporary card hand-back ----------------------
 class FieldProblemOut(BaseModel):
     field: str

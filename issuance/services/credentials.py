@@ -19,6 +19,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -30,6 +31,7 @@ from issuance.errors import ConflictError, FieldProblem, NotFound, PermissionDen
 from issuance.models import (
     Agency,
     AgencyKind,
+    ApiAuthEpoch,
     ApiCredential,
     ApiToken,
     Channel,
@@ -55,6 +57,7 @@ SCOPES: dict[str, str] = {
     "batches:read": "read production batches",
     "audit:read": "query and verify the audit log",
     "deaths:write": "upload a death-record file (cancels the deceased holders' cards)",
+    "principals:manage": "disable and enable API clients, agencies and staff users",
 }
 
 #: Default scopes of an agency by kind (``ykt api agency add --scope`` overrides).
@@ -78,8 +81,12 @@ _COUNTER = (
 #: Scopes of a staff token by role (the services check the role itself on every action).
 STAFF_SCOPES: dict[StaffRole, tuple[str, ...]] = {
     StaffRole.CLERK: _COUNTER,
-    StaffRole.SUPERVISOR: (*_COUNTER, "holder:full_id", "audit:read", "deaths:write"),
-    StaffRole.ADMIN: (*_COUNTER, "holder:full_id", "audit:read", "deaths:write"),
+    StaffRole.SUPERVISOR: (
+        *_COUNTER, "holder:full_id", "audit:read", "deaths:write", "principals:manage",
+    ),
+    StaffRole.ADMIN: (
+        *_COUNTER, "holder:full_id", "audit:read", "deaths:write", "principals:manage",
+    ),
     StaffRole.REVIEWER: ("applications:write", "applications:read", "cards:read"),
     StaffRole.APPROVER: ("applications:write", "applications:read", "cards:read"),
     StaffRole.FUND_SUPERVISOR: ("cards:read", "cards:lifecycle", "holder:read", "audit:read"),
@@ -111,6 +118,12 @@ def hash_secret(secret: str) -> str:
         f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}$"
         f"{b64(salt).decode()}${b64(digest).decode()}"
     )
+
+
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    """The hash an unknown client id's secret is checked against (it matches nothing)."""
+    return hash_secret(secrets.token_urlsafe(32))
 
 
 def check_secret(secret: str, stored: str) -> bool:
@@ -254,11 +267,16 @@ def issue_token(
     cred = session.scalars(
         sa.select(ApiCredential).where(ApiCredential.client_id == client_id)
     ).one_or_none()
+    # one scrypt check whatever the id: an unknown or disabled client takes as long as a known
+    # one (no timing oracle for which client ids exist)
+    stored = cred.secret_hash if cred is not None and cred.secret_hash else _dummy_hash()
+    secret_ok = check_secret(client_secret, stored)
     if (
         cred is None
-        or not cred.active
         or cred.secret_hash is None
-        or not check_secret(client_secret, cred.secret_hash)
+        or not secret_ok
+        or not cred.active
+        or (cred.agency_id is not None and not _agency_active(session, cred.agency_id))
     ):
         raise PermissionDenied("invalid client credentials", reason="invalid_client")
     allowed = set(cred.scopes.split())
@@ -270,6 +288,10 @@ def issue_token(
         )
     token = _new_token(session, cred, scopes, ttl)
     return IssuedToken(token, scopes, int(ttl.total_seconds()))
+
+
+def _agency_active(session: Session, agency_id: int) -> bool:
+    return bool(session.scalar(sa.select(Agency.active).where(Agency.id == agency_id)))
 
 
 def staff_token(
@@ -304,19 +326,120 @@ def staff_token(
     return IssuedToken(token, scopes, int(ttl.total_seconds()))
 
 
-def revoke_tokens(session: Session, client_id: str, actor: Actor = SYSTEM_ACTOR) -> int:
+def auth_epoch(session: Session) -> int:
+    """The authentication epoch (migration 0011): it grows whenever a principal is disabled,
+    enabled or has its tokens revoked. A token resolved at an older epoch is resolved again
+    before it is honoured (the API's per-request check, :class:`api.auth.Authenticator`)."""
+    return int(session.scalar(sa.select(ApiAuthEpoch.epoch).where(ApiAuthEpoch.id == 1)) or 0)
+
+
+#: The same read for the API's asyncpg pool (one primary-key read per request).
+AUTH_EPOCH_SQL = "SELECT epoch FROM api_auth_epoch WHERE id = 1"
+
+
+def _bump_epoch(session: Session) -> None:
+    session.execute(
+        sa.update(ApiAuthEpoch).where(ApiAuthEpoch.id == 1).values(epoch=ApiAuthEpoch.epoch + 1)
+    )
+
+
+def _credential(session: Session, client_id: str) -> ApiCredential:
     cred = session.scalars(
         sa.select(ApiCredential).where(ApiCredential.client_id == client_id)
     ).one_or_none()
     if cred is None:
         raise NotFound(f"no API client {client_id!r}")
+    return cred
+
+
+def _revoke_all(session: Session, credential_ids: sa.ColumnElement[bool]) -> int:
     result = session.execute(
         sa.update(ApiToken)
-        .where(ApiToken.credential_id == cred.id, ApiToken.revoked_at.is_(None))
+        .where(credential_ids, ApiToken.revoked_at.is_(None))
         .values(revoked_at=utcnow())
     )
-    audit.record(session, actor, "api.tokens_revoked", "api_credential", cred.id)
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def revoke_tokens(session: Session, client_id: str, actor: Actor = SYSTEM_ACTOR) -> int:
+    """Revoke every token of a client *and disable it*: its secret gets no new token until
+    :func:`set_client_active` enables it again. Takes effect at once on every API worker and
+    node (the authentication epoch grows)."""
+    cred = _credential(session, client_id)
+    n = _revoke_all(session, ApiToken.credential_id == cred.id)
+    cred.active = False
+    _bump_epoch(session)
+    audit.record(
+        session, actor, "api.tokens_revoked", "api_credential", cred.id,
+        details={"client_id": client_id, "tokens": n, "disabled": True},
+    )  # fmt: skip
+    return n
+
+
+def set_client_active(
+    session: Session, client_id: str, active: bool, actor: Actor = SYSTEM_ACTOR
+) -> ApiCredential:
+    """Disable an API client (its tokens are revoked, it gets no new one) or enable it again;
+    audited (``api.client_disabled`` / ``api.client_enabled``)."""
+    cred = _credential(session, client_id)
+    before = cred.active
+    cred.active = active
+    n = 0 if active else _revoke_all(session, ApiToken.credential_id == cred.id)
+    _bump_epoch(session)
+    audit.record(
+        session, actor, "api.client_enabled" if active else "api.client_disabled",
+        "api_credential", cred.id, before=str(before), after=str(active),
+        details={"client_id": client_id, "tokens_revoked": n},
+    )  # fmt: skip
+    return cred
+
+
+def set_agency_active(
+    session: Session, code: str, active: bool, actor: Actor = SYSTEM_ACTOR
+) -> Agency:
+    """Disable an agency (every client of it stops at once, gets no token) or enable it
+    again; audited (``agency.disabled`` / ``agency.enabled``). Its clients keep their own
+    state: enabling the agency does not enable a client disabled on its own."""
+    agency = session.scalars(sa.select(Agency).where(Agency.code == code)).one_or_none()
+    if agency is None:
+        raise NotFound(f"no agency {code!r}")
+    before = agency.active
+    agency.active = active
+    n = 0
+    if not active:
+        ids = sa.select(ApiCredential.id).where(ApiCredential.agency_id == agency.id)
+        n = _revoke_all(session, ApiToken.credential_id.in_(ids.scalar_subquery()))
+    _bump_epoch(session)
+    audit.record(
+        session, actor, "agency.enabled" if active else "agency.disabled", "agency", agency.id,
+        before=str(before), after=str(active), details={"code": code, "tokens_revoked": n},
+    )  # fmt: skip
+    return agency
+
+
+def set_staff_active(
+    session: Session, username: str, active: bool, actor: Actor = SYSTEM_ACTOR
+) -> Staff:
+    """Disable a staff user (their tokens stop at once; no new token, no CLI action) or enable
+    them again; audited (``staff.disabled`` / ``staff.enabled``)."""
+    staff = session.scalars(sa.select(Staff).where(Staff.username == username)).one_or_none()
+    if staff is None:
+        raise NotFound(f"no staff user {username!r}")
+    if actor.staff_id is not None and actor.staff_id == staff.id and not active:
+        raise PermissionDenied("a staff user cannot disable themselves")
+    before = staff.active
+    staff.active = active
+    n = 0
+    if not active:
+        ids = sa.select(ApiCredential.id).where(ApiCredential.staff_id == staff.id)
+        n = _revoke_all(session, ApiToken.credential_id.in_(ids.scalar_subquery()))
+    _bump_epoch(session)
+    audit.record(
+        session, actor, "staff.enabled" if active else "staff.disabled", "staff", staff.id,
+        before=str(before), after=str(active),
+        details={"username": username, "tokens_revoked": n},
+    )  # fmt: skip
+    return staff
 
 
 def authenticate(session: Session, token: str, now: datetime | None = None) -> Principal:
@@ -334,6 +457,7 @@ def authenticate(session: Session, token: str, now: datetime | None = None) -> P
             Agency.id,
             Agency.code,
             Agency.kind,
+            Agency.active,
             Staff.id,
             Staff.username,
             Staff.role,
@@ -347,8 +471,9 @@ def authenticate(session: Session, token: str, now: datetime | None = None) -> P
     if row is None:
         raise PermissionDenied("unknown token", reason="invalid_token")
     (scopes, expires_at, revoked_at, cred_id, client_id, cred_active, cert_subject,
-     agency_id, agency_code, agency_kind, staff_id, username, role, staff_active) = row  # fmt: skip
-    if revoked_at is not None or not cred_active:
+     agency_id, agency_code, agency_kind, agency_active, staff_id, username, role,
+     staff_active) = row  # fmt: skip
+    if revoked_at is not None or not cred_active or agency_active is False:
         raise PermissionDenied("token revoked", reason="invalid_token")
     if expires_at <= now:
         raise PermissionDenied("token expired", reason="invalid_token")
