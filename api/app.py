@@ -23,6 +23,7 @@ from api import errors, routes_admin, routes_apps, routes_cards, routes_verify
 from api.auth import Authenticator
 from api.calllog import PRINCIPAL, CallLog, CallRecorder, Receive, Scope, Send, state_of
 from api.context import ApiContext, HsmRunner
+from api.gate import Gate
 from api.hotpath import HotPath
 from hsm.service import KeyService
 from issuance.db import make_engine, make_sessionmaker
@@ -101,6 +102,7 @@ def create_app(
     recorder = CallRecorder(ctx)
     app.add_middleware(CallLog, recorder=recorder)
     app.hot = HotPath(ctx, auth, recorder)
+    app.gate = Gate(auth, recorder)
     errors.install(app)
     for module in (routes_verify, routes_cards, routes_apps, routes_admin):
         app.include_router(module.router)
@@ -110,9 +112,11 @@ def create_app(
 
 class YikatongApi(FastAPI):
     """The FastAPI application, with the verification calls' hot path in front of it
-    (:mod:`api.hotpath`: it answers the common case and hands everything else to FastAPI)."""
+        (:mod:`api.hotpath`: it answers the common case and hands everything else on) and the gate
+    (:mod:`api.gate`: authentication before any body is read, body caps, JSON depth)."""
 
     hot: HotPath | None = None
+    gate: Gate | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.hot is not None:
@@ -120,6 +124,11 @@ class YikatongApi(FastAPI):
             if rest is None:
                 return
             receive = rest
+        if scope["type"] == "http" and self.gate is not None:
+            gated = await self.gate(scope, receive, send)
+            if gated is None:
+                return
+            receive = gated
         await super().__call__(scope, receive, send)
 
 

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from api.calllog import PRINCIPAL, state_of
 from api.context import ApiContext
 from api.errors import ApiError
 from api.tls import subject_matches
@@ -289,7 +290,8 @@ class need:  # lower case: reads as ``Depends(need("scope"))``
 
     async def __call__(self, request: Request) -> Principal:
         authn = auth_of(request)
-        principal = await authn.principal(request)
+        # the gate (api.gate) may have authenticated the caller already, before the body
+        principal = state_of(request.scope).get(PRINCIPAL) or await authn.principal(request)
         await authn.limiter.check(f"client:{principal.client_id}")
         missing = [s for s in self.scopes if s not in principal.scopes]
         if missing:

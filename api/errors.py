@@ -135,6 +135,12 @@ def map_exception(exc: BaseException) -> ErrorJSONResponse:
 def _validation(exc: RequestValidationError) -> ErrorJSONResponse:
     problems: list[FieldProblemOut] = []
     for err in exc.errors():
+        if err.get("type") == "json_invalid":  # its loc holds an offset, not a field
+            where = [p for p in err.get("loc", ()) if isinstance(p, int)]
+            at = f" at offset {where[0]}" if where else ""
+            why = (err.get("ctx") or {}).get("error", "")
+            problems.append(FieldProblemOut(field="body", reason=f"malformed JSON{at}: {why}"))
+            continue
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
         problems.append(FieldProblemOut(field=".".join(loc) or "body", reason=str(err.get("msg"))))
     first = problems[0] if problems else FieldProblemOut(field="body", reason="invalid")
