@@ -96,17 +96,21 @@ def create_app(
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # see _docs: served from the package, never from a CDN
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.api.public_docs else None,
     )
     app.state.ctx = ctx
     app.state.auth = auth = _LoggedAuthenticator(ctx)
     recorder = CallRecorder(ctx)
     app.add_middleware(CallLog, recorder=recorder)
     app.hot = HotPath(ctx, auth, recorder)
-    app.gate = Gate(auth, recorder)
+    app.gate = Gate(auth, recorder, app)
     errors.install(app)
     for module in (routes_verify, routes_cards, routes_apps, routes_admin):
         app.include_router(module.router)
     _security_scheme(app)
+    _docs(app, settings)
     return app
 
 
@@ -164,6 +168,44 @@ def _security_scheme(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+DOCS_ASSETS = "/docs/assets"
+
+
+def _docs(app: FastAPI, settings: Settings) -> None:
+    """``/docs`` with Swagger UI's assets from the installed package (swagger-ui-bundle: no
+    CDN, nothing loaded from elsewhere), while ``[api] public_docs`` (development). With it
+    off (production) there is no ``/docs`` and ``/openapi.json`` needs a valid bearer token."""
+    from fastapi import Depends
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    from api.auth import need
+
+    if not settings.api.public_docs:
+
+        async def openapi_json(
+            _principal: Principal = Depends(need()),  # noqa: B008 - FastAPI's idiom
+        ) -> JSONResponse:
+            return JSONResponse(app.openapi())
+
+        app.add_api_route("/openapi.json", openapi_json, include_in_schema=False)
+        return
+    from starlette.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json", title=f"{app.title} - docs",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )  # fmt: skip
+
+    app.add_api_route("/docs", docs, include_in_schema=False)
 
 
 def app_from_env() -> FastAPI:

@@ -17,7 +17,7 @@ import asyncpg
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -169,6 +169,43 @@ def _noted(request: Request, response: ErrorJSONResponse) -> ErrorJSONResponse:
     return response
 
 
+def route_table(app: Any) -> list[tuple[Any, frozenset[str], str]]:
+    """Every route of ``app`` as (path regex, methods, path template), built once per app
+    (FastAPI keeps included routers nested: their routes are found with their prefixes)."""
+    table = getattr(app.state, "route_table", None)
+    if table is None:
+        from fastapi.routing import iter_route_contexts
+        from starlette.routing import compile_path
+
+        table = []
+        for r in iter_route_contexts(app.router.routes):
+            template = r.path_format
+            if not template or not r.methods:
+                continue
+            table.append((compile_path(template)[0], frozenset(r.methods), template))
+        app.state.route_table = table
+    return table
+
+
+def route_of(app: Any, path: str, method: str) -> str | None:
+    """The template of the route that answers ``method`` at ``path`` (None: none does)."""
+    for regex, methods, template in route_table(app):
+        if method in methods and regex.match(path):
+            return template
+    return None
+
+
+def allowed_methods(app: Any, path: str) -> list[str]:
+    """Every method some route of ``app`` answers at ``path`` (and OPTIONS, HEAD with GET)."""
+    methods = {"OPTIONS"}
+    for regex, route_methods, _ in route_table(app):
+        if regex.match(path):
+            methods |= route_methods
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     async def on_api(request: Request, exc: Exception) -> JSONResponse:
         return _noted(request, map_exception(exc))
@@ -177,14 +214,17 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return _noted(request, _validation(exc))
 
-    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return _noted(
-            request,
-            error_response(exc.status_code, code, message, headers=dict(exc.headers or {})),
-        )
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names the first route's methods only
+            allow = allowed_methods(request.app, request.url.path)
+            headers["Allow"] = ", ".join(allow)
+            if request.method == "OPTIONS":  # RFC 9110 9.3.7: what the resource allows
+                return Response(status_code=204, headers=headers)
+        return _noted(request, error_response(exc.status_code, code, message, headers=headers))
 
     for cls in (ApiError, ie.IssuanceError, HsmError, CardSpecError, sa.exc.SQLAlchemyError):
         app.add_exception_handler(cls, on_api)

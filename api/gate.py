@@ -42,7 +42,7 @@ from api.calllog import (
     log_call,
     state_of,
 )
-from api.errors import ApiError, map_exception
+from api.errors import ApiError, map_exception, route_of
 
 #: Routes that take a body without a bearer token.
 OPEN_PATHS = frozenset({"/v1/oauth/token"})
@@ -84,9 +84,10 @@ class Gate:
     """``await gate(scope, receive, send)``: None if the request was answered here, else the
     ``receive`` FastAPI must be called with (the cap applied while it reads)."""
 
-    def __init__(self, auth: Authenticator, recorder: CallRecorder) -> None:
+    def __init__(self, auth: Authenticator, recorder: CallRecorder, app: Any) -> None:
         self.auth = auth
         self.recorder = recorder
+        self.app = app  # its routes name the call log's route template
         self.limits = auth.ctx.settings.api.body_limits
         self.max_depth = auth.ctx.settings.api.max_json_depth
 
@@ -115,7 +116,8 @@ class Gate:
                 raise _too_large(cap)
         except (ApiError, HTTPException) as exc:
             status = await _answer_error(scope, send, exc)
-            await log_call(self.recorder, scope, status, started)
+            route = route_of(self.app, path, scope["method"])
+            await log_call(self.recorder, scope, status, started, route)
             return None
         return _Capped(receive, cap, self.max_depth if is_json else None)
 

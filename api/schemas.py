@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 
 from issuance.models import ApplicationStatus, Channel, ChipAppKind
 
@@ -28,6 +28,9 @@ def text(max_length: int) -> object:
 
 
 class _In(BaseModel):
+    """A request body: unknown fields refused; booleans are ``StrictBool`` (``true``/``false``
+    only: neither ``0`` nor ``"yes"``)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -64,8 +67,8 @@ class VerificationIn(_In):
     application: ChipAppKind = Field(
         ChipAppKind.SOCIAL_SECURITY, description="the chip application the visit needs"
     )
-    include_holder: bool = Field(False, description="needs scope holder:read")
-    include_photo: bool = Field(False, description="needs scope holder:photo")
+    include_holder: StrictBool = Field(False, description="needs scope holder:read")
+    include_photo: StrictBool = Field(False, description="needs scope holder:photo")
 
 
 class HolderOut(BaseModel):
@@ -117,13 +120,13 @@ class CardOut(BaseModel):
 
 class LossIn(_In):
     channel: Channel = Channel.COUNTER
-    identity_checked: bool = False
+    identity_checked: StrictBool = False
     note: Annotated[str, text(500)] | None = None
 
 
 class UnreportIn(_In):
     channel: Channel = Channel.COUNTER
-    identity_checked: bool = False
+    identity_checked: StrictBool = False
     note: Annotated[str, text(500)] | None = None
 
 
@@ -151,8 +154,8 @@ class ReplaceIn(_In):
 
 
 class FinancialIn(_In):
-    identity_checked: bool
-    pin_set: bool
+    identity_checked: StrictBool
+    pin_set: StrictBool
 
 
 class TemporaryIn(_In):
@@ -160,7 +163,7 @@ class TemporaryIn(_In):
 
 
 class CollectIn(ChannelIn):
-    temporary_card_returned: bool = Field(
+    temporary_card_returned: StrictBool = Field(
         False,
         description="The holder handed the temporary card back now: it is cancelled and its "
         "deposit refunded. Otherwise the temporary card is cancelled and the deposit kept "

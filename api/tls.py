@@ -52,7 +52,25 @@ def subject_matches(scope: Any, bound: str) -> bool:
         return False
 
 
-class MtlsHttpToolsProtocol(HttpToolsProtocol):
+class ShapedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol whose answer to a request it cannot parse (a malformed or
+    oversized request line or header) is the project's error shape in JSON, not plain text."""
+
+    def send_400_response(self, msg: str) -> None:
+        import json
+
+        body = json.dumps(
+            {"error": {"code": "bad_request", "message": f"malformed HTTP request: {msg}"}}
+        ).encode("ascii")
+        self.transport.write(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode("ascii") + b"\r\n"
+            b"connection: close\r\n\r\n" + body
+        )
+        self.transport.close()
+
+
+class MtlsHttpToolsProtocol(ShapedHttpToolsProtocol):
     """uvicorn's httptools protocol that adds the client certificate subject to the scope."""
 
     _client_name: x509.Name | None = None
@@ -75,11 +93,13 @@ class MtlsHttpToolsProtocol(HttpToolsProtocol):
 
 
 def uvicorn_tls_options(settings: Any) -> dict[str, Any]:
-    """uvicorn keyword arguments for the ``[api]`` TLS settings (empty without a certificate)."""
+    """uvicorn keyword arguments for the ``[api]`` TLS settings, and the HTTP protocol (the
+    project's error shape for unparsable requests; the client certificate with mutual TLS)."""
     api = settings.api
     if api.tls_certfile is None:
-        return {}
+        return {"http": ShapedHttpToolsProtocol}
     opts: dict[str, Any] = {
+        "http": ShapedHttpToolsProtocol,
         "ssl_certfile": str(api.tls_certfile),
         "ssl_keyfile": None if api.tls_keyfile is None else str(api.tls_keyfile),
     }
