@@ -33,6 +33,7 @@ from issuance import services
 from issuance.errors import FieldProblem, ValidationError
 from issuance.models import Card, Channel
 from issuance.services.credentials import Principal
+from issuance.services.loss import check_holder_identity
 
 router = APIRouter(prefix="/v1", tags=["cards"])
 
@@ -44,15 +45,35 @@ def _card(session: Session, number: str) -> Card:
     return services.find_card(session, card_number=number)
 
 
-def card_out(session: Session, card_id: int) -> CardOut:
+def sees_holder(principal: Principal) -> bool:
+    """May this caller learn who holds a card from its number alone? Staff (people acting at a
+    counter, every read audited) may; an agency's system only with ``holder:lookup``, a scope
+    an administrator grants it (never a default). Agencies otherwise learn the holder from a
+    verification, with the card's chip present (``holder:read``)."""
+    return principal.staff_id is not None or "holder:lookup" in principal.scopes
+
+
+def card_out(session: Session, card_id: int, principal: Principal) -> CardOut:
     v = services.card_status(session, card_id=card_id)
+    holder = sees_holder(principal)
     return CardOut(
         card_id=v.card_id, card_number=v.card_number,
-        card_identification_code=v.card_identification_code, kind=v.kind, status=v.status,
-        province_code=v.province_code, holder_name=v.holder_name,
-        holder_citizen_id_masked=v.holder_citizen_id_masked, issue_date=v.issue_date,
-        expiry_date=v.expiry_date, chip_apps=v.chip_apps,
+        card_identification_code=v.card_identification_code if holder else None,
+        kind=v.kind, status=v.status, province_code=v.province_code,
+        holder_name=v.holder_name if holder else None,
+        holder_citizen_id_masked=v.holder_citizen_id_masked if holder else None,
+        issue_date=v.issue_date, expiry_date=v.expiry_date, chip_apps=v.chip_apps,
     )  # fmt: skip
+
+
+def _holder_proven(s: Session, principal: Principal, card: Card, body: LossIn | UnreportIn) -> bool:
+    """An agency's system (a hotline, a website) must name the holder (full ID number and
+    name, both matching: :func:`issuance.services.loss.check_holder_identity`); its own
+    ``identity_checked`` flag is no evidence. Staff check the identity card themselves."""
+    if principal.staff_id is not None:
+        return False
+    check_holder_identity(s, card, body.holder_citizen_id, body.holder_name)
+    return True
 
 
 @router.get("/cards/{card_number}", response_model=CardOut, responses=_ERR)
@@ -66,7 +87,7 @@ async def get_card(
     def fn(s: Session) -> CardOut:
         from issuance import audit
 
-        out = card_out(s, _card(s, card_number).id)
+        out = card_out(s, _card(s, card_number).id, principal)
         audit.record(s, principal.actor, "api.card_read", "card", out.card_id)
         return out
 
@@ -89,9 +110,11 @@ async def report_loss(
 
     def fn(s: Session) -> LossOut:
         card = _card(s, card_number)
+        checked = _holder_proven(s, principal, card, body)
         r = services.report_loss(
-            s, settings, card.id, actor, identity_checked=body.identity_checked, note=body.note
-        )
+            s, settings, card.id, actor, identity_checked=checked or body.identity_checked,
+            note=body.note,
+        )  # fmt: skip
         return LossOut(
             report_id=r.id, card_number=card.card_number, kind=str(r.kind), status=str(r.status),
             card_status=str(card.status), lapses_at=r.lapses_at,
@@ -112,10 +135,11 @@ async def unreport(
 
     def fn(s: Session) -> CardOut:
         card = _card(s, card_number)
+        checked = _holder_proven(s, principal, card, body)
         services.unreport_loss(
-            s, card.id, actor, identity_checked=body.identity_checked, note=body.note
+            s, card.id, actor, identity_checked=checked or body.identity_checked, note=body.note
         )
-        return card_out(s, card.id)
+        return card_out(s, card.id, principal)
 
     return await domain(request, principal, fn)
 
@@ -140,7 +164,7 @@ def _simple(event: str, doc: str) -> None:
                 "damaged": services.report_damaged,
             }[event]
             action(s, card.id, actor, body.reason)
-            return card_out(s, card.id)
+            return card_out(s, card.id, principal)
 
         return await domain(request, principal, fn)
 
@@ -171,7 +195,7 @@ async def collect(
             s, _card(s, card_number).id, actor, temporary_handed_back=body.temporary_card_returned
         )
         return CollectOut(
-            card=card_out(s, r.card.id),
+            card=card_out(s, r.card.id, principal),
             temporary_cards_returned=r.temporary_cards_returned,
             deposits_refunded_fen=r.deposits_refunded_fen,
             temporary_cards_kept=r.temporary_cards_kept,
@@ -193,7 +217,7 @@ async def activate(
     def fn(s: Session) -> CardOut:
         card = _card(s, card_number)
         services.activate_card(s, card.id, actor)
-        return card_out(s, card.id)
+        return card_out(s, card.id, principal)
 
     return await domain(request, principal, fn)
 
@@ -216,7 +240,7 @@ async def replace(
         new = services.replace_card(
             s, settings, _card(s, card_number).id, actor, reason=body.reason, fee_fen=body.fee_fen
         )
-        return card_out(s, new.id)
+        return card_out(s, new.id, principal)
 
     return await domain(request, principal, fn)
 
@@ -238,7 +262,7 @@ async def financial_activation(
             s, card.id, actor, identity_checked=body.identity_checked, pin_set=body.pin_set,
             bank_agency_id=principal.agency_id,
         )  # fmt: skip
-        return card_out(s, card.id)
+        return card_out(s, card.id, principal)
 
     return await domain(request, principal, fn)
 
@@ -255,7 +279,7 @@ async def temporary_card(
 
     def fn(s: Session) -> CardOut:
         card = services.issue_temporary_card(s, settings, body.person_id, actor)
-        return card_out(s, card.id)
+        return card_out(s, card.id, principal)
 
     return await domain(request, principal, fn)
 
@@ -274,7 +298,7 @@ async def hand_back(
     def fn(s: Session) -> HandBackOut:
         card = _card(s, card_number)
         refunded = services.hand_back_temporary_card(s, card, actor)
-        return HandBackOut(card=card_out(s, card.id), deposit_refunded_fen=refunded)
+        return HandBackOut(card=card_out(s, card.id, principal), deposit_refunded_fen=refunded)
 
     return await domain(request, principal, fn)
 

@@ -111,20 +111,36 @@ class CardOut(BaseModel):
     kind: str
     status: str
     province_code: str
-    holder_name: str
-    holder_citizen_id_masked: str
+    holder_name: str | None = Field(
+        None, description="staff, or an agency granted holder:lookup; else absent"
+    )
+    holder_citizen_id_masked: str | None = Field(
+        None, description="staff, or an agency granted holder:lookup; else absent"
+    )
     issue_date: date | None
     expiry_date: date | None
     chip_apps: dict[str, str]
 
 
-class LossIn(_In):
+class _HolderProof(_In):
+    """What an agency's system (a hotline, a website) proves the holder with: it cannot check
+    an identity card itself, so the caller names the holder; both must match the card's."""
+
+    holder_citizen_id: (
+        Annotated[str, Field(min_length=15, max_length=18, pattern=_NO_NUL)] | None
+    ) = Field(None, description="an agency's call: the holder's full ID number (with holder_name)")
+    holder_name: Annotated[str, Field(min_length=1, max_length=60, pattern=_NO_NUL)] | None = Field(
+        None, description="an agency's call: the holder's name (with holder_citizen_id)"
+    )
+
+
+class LossIn(_HolderProof):
     channel: Channel = Channel.COUNTER
     identity_checked: StrictBool = False
     note: Annotated[str, text(500)] | None = None
 
 
-class UnreportIn(_In):
+class UnreportIn(_HolderProof):
     channel: Channel = Channel.COUNTER
     identity_checked: StrictBool = False
     note: Annotated[str, text(500)] | None = None

@@ -46,6 +46,9 @@ SCOPES: dict[str, str] = {
     "holder:read": "see the holder's name, sex, birth date and masked ID number on a verification",
     "holder:photo": "see the holder's photo on a verification",
     "holder:full_id": "see the holder's full social security number",
+    "holder:lookup": "see the holder's name, masked ID number and the card identification "
+    "code when reading a card by its number (agencies: granted by an administrator only, "
+    "never a default; staff see them anyway)",
     "feed:read": "download the signed status feed",
     "cards:read": "read a card's status",
     "cards:loss": "report a card lost or withdraw a provisional report (remote channels)",

@@ -62,6 +62,33 @@ def _require_identity(
         )
 
 
+def check_holder_identity(
+    session: Session, card: Card, citizen_id: str | None, name: str | None
+) -> None:
+    """The holder's identity as a remote caller states it (full ID number and name) must be
+    the card's holder's; raise ValidationError, the same for a missing, a wrong ID number or
+    a wrong name (it tells nothing about the holder). Compared in constant time."""
+    import hmac
+
+    from issuance.models import Person
+
+    problem = ValidationError(
+        "the holder's identity does not match this card",
+        [FieldProblem("holder_citizen_id", "the holder's ID number and name are required "
+                      "and must both match the card's holder")],
+    )  # fmt: skip
+    if not citizen_id or not name:
+        raise problem
+    row = session.execute(
+        sa.select(Person.citizen_id, Person.name).where(Person.id == card.person_id)
+    ).one_or_none()
+    stored_id, stored_name = row if row is not None else ("", "")
+    id_ok = hmac.compare_digest(citizen_id.strip().upper().encode(), stored_id.upper().encode())
+    name_ok = hmac.compare_digest(name.strip().encode(), stored_name.strip().encode())
+    if not (id_ok and name_ok):
+        raise problem
+
+
 def restore_event(card: Card, event: str) -> str:
     """The event that puts a lost card back where it was: ``event`` (-> active), or its
     ``*_to_issued`` twin when the card was lost before activation (its social security
