@@ -189,6 +189,24 @@ def staff_enable(
     _set_active("staff", username, True, as_)
 
 
+@app.command("bind-bank")
+def bind_bank(
+    card_number: str = typer.Argument(..., help="the card"),
+    bank: str = typer.Argument(..., help="code of the bank agency the card was issued for"),
+    as_: str | None = typer.Option(None, "--as", help=AS_ADMIN),
+) -> None:
+    """Record the bank a card's financial function was issued for: only that bank's system
+    may activate it through the API (with the card presented)."""
+    from issuance import services
+    from issuance.cli_db import session_scope
+    from issuance.services.financial import bind_bank as bind
+
+    with session_scope() as s:
+        card = services.find_card(s, card_number=card_number)
+        bind(s, card.id, bank, _admin(s, as_))
+    out.print(f"card {card_number}: financial function bound to bank {bank}")
+
+
 @app.command("scopes")
 def scopes() -> None:
     """List the scopes and what they allow."""

@@ -29,9 +29,12 @@ from api.schemas import (
     TemporaryIn,
     UnreportIn,
 )
+from hsm.internal_auth import check_internal_auth
+from hsm.service import CardKeyRef
 from issuance import services
 from issuance.errors import FieldProblem, ValidationError
-from issuance.models import Card, Channel
+from issuance.models import Card, Channel, ChipAppKind
+from issuance.services import verification
 from issuance.services.credentials import Principal
 from issuance.services.loss import check_holder_identity
 
@@ -253,11 +256,40 @@ async def financial_activation(
     principal: Annotated[Principal, Depends(need("financial:activate"))],
 ) -> CardOut:
     """A bank branch activates the financial function after checking the holder's identity
-    (the holder set the PIN on the card; the PIN never reaches this service)."""
+    (the holder set the PIN on the card; the PIN never reaches this service). The card must be
+    presented: its INTERNAL AUTHENTICATE answer to a verification challenge is checked in the
+    HSM first (a ``card.verified`` audit event, the challenge used up), and a bank's system
+    activates only the cards issued for that bank (``ykt api bind-bank``)."""
     actor = await actor_for(request, principal, Channel.BANK)
+    ctx = ctx_of(request)
+    codec = await ctx.challenge_codec()
+
+    def check(ref: CardKeyRef, factor: bytes, rnd: bytes, resp: bytes) -> None:
+        ctx.hsm.call(check_internal_auth, ref, factor, rnd, resp)
+
+    def present(s: Session) -> verification.Verdict:
+        return verification.verify_card(
+            s, challenge_id=body.challenge_id.lower(), credential_id=principal.credential_id,
+            card_identification_code=body.card_identification_code, card_number=card_number,
+            response=bytes.fromhex(body.response), application=ChipAppKind.FINANCIAL,
+            check=check, actor=actor, codec=codec,
+        )  # fmt: skip
+
+    # its own transaction: the challenge is used up and the verdict audited whatever follows
+    verdict = await domain(request, principal, present)
+    if verdict.reason not in (None, verification.Reason.NOT_ACTIVATED):
+        raise ValidationError(
+            "the card presented did not prove itself",
+            [FieldProblem("response", f"chip cryptogram refused ({verdict.reason})")],
+        )
 
     def fn(s: Session) -> CardOut:
         card = _card(s, card_number)
+        if (card.card_identification_code or "").upper() != verdict.card_identification_code:
+            raise ValidationError(
+                "the card presented is not this card",
+                [FieldProblem("card_identification_code", "another card's chip answered")],
+            )
         services.activate_financial(
             s, card.id, actor, identity_checked=body.identity_checked, pin_set=body.pin_set,
             bank_agency_id=principal.agency_id,

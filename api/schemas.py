@@ -170,8 +170,21 @@ class ReplaceIn(_In):
 
 
 class FinancialIn(_In):
+    """Activation at a branch: the holder's identity checked, the PIN set on the card, and the
+    card itself presented: its INTERNAL AUTHENTICATE answer to a challenge of
+    ``POST /v1/verifications/challenge`` (checked in the HSM, the challenge used up)."""
+
     identity_checked: StrictBool
     pin_set: StrictBool
+    challenge_id: Hex32
+    card_identification_code: Hex32
+    response: Annotated[
+        str,
+        Field(
+            pattern=r"^([0-9a-fA-F]{16}|[0-9a-fA-F]{32})$",
+            description="the card's INTERNAL AUTHENTICATE answer to the challenge (hex)",
+        ),
+    ]
 
 
 class TemporaryIn(_In):

@@ -147,12 +147,16 @@ def test_application_flow_with_maker_checker(api_env: ApiEnv) -> None:
 
 
 def test_bank_activation_and_audit(api_env: ApiEnv) -> None:
+    from test_api_security_bank import bind, presented
+
     card = api_env.new_card()
+    chip = api_env.chip(card)
+    bind(api_env, card)
     c, n = api_env.client, card.card_number
     url, bank = f"/v1/cards/{n}/financial-activation", api_env.auth("bank")
-    r = c.post(url, json={"identity_checked": False, "pin_set": True}, headers=bank)
+    r = c.post(url, json={**presented(api_env, chip), "identity_checked": False}, headers=bank)
     assert r.status_code == 422 and r.json()["error"]["field"] == "identity_checked"
-    r = c.post(url, json={"identity_checked": True, "pin_set": True}, headers=bank)
+    r = c.post(url, json=presented(api_env, chip), headers=bank)
     assert r.status_code == 200 and r.json()["chip_apps"]["financial"] == "active"
     events = c.get("/v1/audit/events", params={"action": "chip.activate"},
                    headers=api_env.auth("auditor")).json()  # fmt: skip
