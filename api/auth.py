@@ -40,6 +40,7 @@ from issuance.services.credentials import (
     Principal,
     auth_epoch,
     authenticate,
+    bump_auth_epoch,
 )
 
 CACHE_SECONDS = 10.0
@@ -105,21 +106,43 @@ class FailureLimiter:
     async def blocked(self, *keys: str, limit: int | None = None) -> bool:
         """Would :meth:`check` refuse one of ``keys`` now?"""
         now = time.time()
-        minute, into = int(now // 60), (now % 60) / 60.0
-        counts = await self._counts(tuple(k[:200] for k in keys), minute)
-        cap = limit or self.per_minute
-        return any(prev * (1.0 - into) + cur >= cap for prev, cur in counts.values())
+        counts = await self._counts(tuple(k[:200] for k in keys), int(now // 60))
+        return any(self._over(c, now, limit) for c in counts.values())
 
-    def _fail_sync(self, keys: tuple[str, ...], minute: int) -> None:
+    def _over(self, counts: list[int], now: float, limit: int | None = None) -> bool:
+        prev, cur = counts
+        return prev * (1.0 - (now % 60) / 60.0) + cur >= (limit or self.per_minute)
+
+    def blocked_in(self, session: Any, key: str) -> bool:
+        """:meth:`blocked` for one key, in the caller's transaction (token resolution)."""
+        now = time.time()
+        minute = int(now // 60)
+        counts = [0, 0]
+        for m, n in session.execute(
+            sa.select(ApiRateCounter.minute, ApiRateCounter.count).where(
+                ApiRateCounter.key == key[:200], ApiRateCounter.minute >= minute - 1
+            )
+        ):
+            counts[0 if m == minute - 1 else 1] += n
+        return self._over(counts, now)
+
+    def _fail_sync(self, keys: tuple[str, ...]) -> None:
+        now = time.time()
+        minute = int(now // 60)
         with self.ctx.tx() as session:
             for key in keys:
                 _upsert_count(session, key, minute)
             session.execute(sa.delete(ApiRateCounter).where(ApiRateCounter.minute < minute - 1))
+            for key in keys:
+                if key.startswith("client:") and self.blocked_in(session, key):
+                    # a known caller is held now: every worker and node must see it at its
+                    # next request (their cached tokens are resolved again, block included)
+                    bump_auth_epoch(session)
+                    break
 
     async def fail(self, *keys: str) -> None:
         """Count one failure against each of ``keys``."""
-        minute = int(time.time() // 60)
-        await run_in_threadpool(self._fail_sync, tuple(k[:200] for k in keys), minute)
+        await run_in_threadpool(self._fail_sync, tuple(k[:200] for k in keys))
 
 
 _COUNTS_SQL = (
@@ -155,14 +178,41 @@ class Authenticator:
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
         self.limiter = FailureLimiter(ctx, ctx.settings.api.auth_failures_per_minute)
+        #: token -> (principal, cache expiry, epoch it was resolved at)
         self._cache: dict[str, tuple[Principal, float, int]] = {}
+        #: client id -> (epoch, held by the failure limit until): read with its token
+        self._held: dict[str, tuple[int, float]] = {}
         self._pending: dict[
-            tuple[asyncio.AbstractEventLoop, str], asyncio.Future[tuple[Principal, int]]
+            tuple[asyncio.AbstractEventLoop, str], asyncio.Future[tuple[Principal, int, bool]]
         ] = {}
+        self._epoch_reads: dict[asyncio.AbstractEventLoop, asyncio.Future[int]] = {}
 
     async def epoch(self) -> int:
-        """The authentication epoch now (one primary-key read; see
-        :func:`issuance.services.credentials.auth_epoch`)."""
+        """The authentication epoch now (see
+        :func:`issuance.services.credentials.auth_epoch`): one primary-key read, shared by
+        the requests that arrived in the same event-loop iteration (it starts after all of
+        them arrived, so each sees every change committed before it came)."""
+        loop = asyncio.get_running_loop()
+        waiting = self._epoch_reads.get(loop)
+        if waiting is None:
+            waiting = self._epoch_reads[loop] = loop.create_future()
+            loop.call_soon(self._read_epoch, loop, waiting)
+        return await asyncio.shield(waiting)
+
+    def _read_epoch(self, loop: asyncio.AbstractEventLoop, waiting: asyncio.Future[int]) -> None:
+        self._epoch_reads.pop(loop, None)  # whoever comes from now on waits for a new read
+
+        def done(task: asyncio.Future[int]) -> None:
+            if task.cancelled():
+                waiting.cancel()
+            elif task.exception() is not None:
+                waiting.set_exception(task.exception())  # type: ignore[arg-type]
+            else:
+                waiting.set_result(task.result())
+
+        asyncio.ensure_future(self._fetch_epoch()).add_done_callback(done)
+
+    async def _fetch_epoch(self) -> int:
         if self.ctx.pg is not None:
 
             async def fetch(conn: Any) -> int:
@@ -178,19 +228,27 @@ class Authenticator:
     async def cached(self, token: str) -> Principal | None:
         """The principal of ``token`` if this process resolved it less than
         ``CACHE_SECONDS`` ago, it has not expired since and no principal was disabled,
-        enabled or revoked since (the epoch, read now): the hot path's (:mod:`api.hotpath`)
-        shortcut before :meth:`principal`."""
+        enabled, revoked or held by the failure limit since (the epoch, read now): the hot
+        path's (:mod:`api.hotpath`) shortcut before :meth:`principal`."""
         hit = self._cache.get(token)
         if hit is None or hit[1] <= time.monotonic():
             return None
         return hit[0] if hit[2] == await self.epoch() else None
 
-    def _lookup(self, token: str) -> tuple[Principal, int]:
+    def held(self, principal: Principal) -> bool:
+        """Is this (authenticated) caller held by the failure limit? Read with its token (any
+        new hold changes the epoch, so a cached token is resolved again first)."""
+        entry = self._held.get(principal.client_id)
+        return entry is not None and entry[1] > time.monotonic()
+
+    def _lookup(self, token: str) -> tuple[Principal, int, bool]:
         with self.ctx.tx() as session:
             epoch = auth_epoch(session)  # read first: a change after it makes the entry stale
-            return authenticate(session, token), epoch
+            principal = authenticate(session, token)
+            held = self.limiter.blocked_in(session, f"client:{principal.client_id}")
+            return principal, epoch, held
 
-    async def _resolve(self, token: str) -> tuple[Principal, int]:
+    async def _resolve(self, token: str) -> tuple[Principal, int, bool]:
         """The database lookup of ``token``, one at a time per token and event loop: callers
         that arrive while it runs (every connection of a busy client when its cache entry
         expires) share it instead of each running its own."""
@@ -200,7 +258,7 @@ class Authenticator:
             pending = asyncio.ensure_future(run_in_threadpool(self._lookup, token))
             self._pending[key] = pending
 
-            def done(fut: asyncio.Future[tuple[Principal, int]]) -> None:
+            def done(fut: asyncio.Future[tuple[Principal, int, bool]]) -> None:
                 self._pending.pop(key, None)
                 if not fut.cancelled():
                     fut.exception()  # retrieved here too: every waiter may have gone
@@ -223,7 +281,7 @@ class Authenticator:
                     headers={"WWW-Authenticate": "Bearer"},
                 )  # fmt: skip
             try:
-                principal, epoch = await self._resolve(token)
+                principal, epoch, held = await self._resolve(token)
             except PermissionDenied as exc:
                 await self.limiter.fail(ip)
                 raise ApiError(
@@ -233,7 +291,11 @@ class Authenticator:
             if len(self._cache) > _CACHE_MAX:
                 self._cache.clear()
             ttl = min(CACHE_SECONDS, principal.expires_at.timestamp() - time.time())
-            self._cache[token] = (principal, time.monotonic() + max(ttl, 0.0), epoch)
+            until = time.monotonic() + max(ttl, 0.0)
+            self._cache[token] = (principal, until, epoch)
+            if len(self._held) > _CACHE_MAX:
+                self._held.clear()
+            self._held[principal.client_id] = (epoch, until if held else 0.0)
         if principal.cert_subject is not None and not subject_matches(
             request.scope, principal.cert_subject
         ):
@@ -292,7 +354,11 @@ class need:  # lower case: reads as ``Depends(need("scope"))``
         authn = auth_of(request)
         # the gate (api.gate) may have authenticated the caller already, before the body
         principal = state_of(request.scope).get(PRINCIPAL) or await authn.principal(request)
-        await authn.limiter.check(f"client:{principal.client_id}")
+        if authn.held(principal):  # refused and missed too often: 429 until it clears
+            raise ApiError(
+                429, "rate_limited", "too many failed attempts; try again later",
+                headers={"Retry-After": str(int(CACHE_SECONDS))},
+            )  # fmt: skip
         missing = [s for s in self.scopes if s not in principal.scopes]
         if missing:
             wanted = " ".join(missing)

@@ -116,9 +116,7 @@ class HotPath:
             scope, principal.cert_subject
         ):
             return None
-        if "verify" not in principal.scopes or await self.auth.limiter.blocked(
-            f"client:{principal.client_id}"
-        ):
+        if "verify" not in principal.scopes or self.auth.held(principal):
             return None  # the route refuses it (403 audited, 429)
         state_of(scope)[PRINCIPAL] = principal  # the call log's caller
         return principal

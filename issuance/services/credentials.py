@@ -340,7 +340,9 @@ def auth_epoch(session: Session) -> int:
 AUTH_EPOCH_SQL = "SELECT epoch FROM api_auth_epoch WHERE id = 1"
 
 
-def _bump_epoch(session: Session) -> None:
+def bump_auth_epoch(session: Session) -> None:
+    """Make every API worker and node resolve its cached tokens again at their next request
+    (a principal's state changed, or the failure limit now holds a caller)."""
     session.execute(
         sa.update(ApiAuthEpoch).where(ApiAuthEpoch.id == 1).values(epoch=ApiAuthEpoch.epoch + 1)
     )
@@ -371,7 +373,7 @@ def revoke_tokens(session: Session, client_id: str, actor: Actor = SYSTEM_ACTOR)
     cred = _credential(session, client_id)
     n = _revoke_all(session, ApiToken.credential_id == cred.id)
     cred.active = False
-    _bump_epoch(session)
+    bump_auth_epoch(session)
     audit.record(
         session, actor, "api.tokens_revoked", "api_credential", cred.id,
         details={"client_id": client_id, "tokens": n, "disabled": True},
@@ -388,7 +390,7 @@ def set_client_active(
     before = cred.active
     cred.active = active
     n = 0 if active else _revoke_all(session, ApiToken.credential_id == cred.id)
-    _bump_epoch(session)
+    bump_auth_epoch(session)
     audit.record(
         session, actor, "api.client_enabled" if active else "api.client_disabled",
         "api_credential", cred.id, before=str(before), after=str(active),
@@ -412,7 +414,7 @@ def set_agency_active(
     if not active:
         ids = sa.select(ApiCredential.id).where(ApiCredential.agency_id == agency.id)
         n = _revoke_all(session, ApiToken.credential_id.in_(ids.scalar_subquery()))
-    _bump_epoch(session)
+    bump_auth_epoch(session)
     audit.record(
         session, actor, "agency.enabled" if active else "agency.disabled", "agency", agency.id,
         before=str(before), after=str(active), details={"code": code, "tokens_revoked": n},
@@ -436,7 +438,7 @@ def set_staff_active(
     if not active:
         ids = sa.select(ApiCredential.id).where(ApiCredential.staff_id == staff.id)
         n = _revoke_all(session, ApiToken.credential_id.in_(ids.scalar_subquery()))
-    _bump_epoch(session)
+    bump_auth_epoch(session)
     audit.record(
         session, actor, "staff.enabled" if active else "staff.disabled", "staff", staff.id,
         before=str(before), after=str(active),

@@ -125,8 +125,10 @@ def test_bad_tokens_do_not_block_token_requests_and_counts_are_shared(api_env: A
         half = limit // 2
         for _ in range(half):
             assert token(api_env.client, hosp, "wrong")[0] == 401
-        codes = [token(other, hosp, "wrong")[0] for _ in range(limit - half + 1)]
-        assert codes[-1] == 429, codes
+        # alone, this worker would answer 401 `limit` times; shared, it stops well before
+        # (a few more allowed: the one-minute window is weighted and may move meanwhile)
+        codes = [token(other, hosp, "wrong")[0] for _ in range(limit - half + 4)]
+        assert codes[-1] == 429 and codes.count(401) <= limit - half + 3, codes
 
 
 def test_unknown_and_known_client_ids_take_the_same_time(api_env: ApiEnv) -> None:
