@@ -12,7 +12,9 @@ code that the FastAPI routes run (:func:`api.routes_verify.issue_challenge`,
   failure rate limit, or whose client certificate does not match (a caller without a valid
   bearer token is refused here, by the same :meth:`api.auth.Authenticator.principal` the
   routes use, with the same answer; a token this process resolved in the last
-  :data:`api.auth.CACHE_SECONDS` is taken from its cache);
+  :data:`api.auth.CACHE_SECONDS` is taken from its cache only while the authentication epoch
+  read for this request is the one it was resolved at, so a disabled or revoked principal
+  stops here at once too). The caller is authenticated before any byte of the body is read;
 * a verification body that is not a valid :class:`api.schemas.VerificationIn` (the route
   answers the 422 with every field problem), that is not JSON, or that is larger than
   :data:`MAX_BODY`; one that asks for the holder or the photo without the scope for it (the
