@@ -157,6 +157,7 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     406: "not_acceptable",
     413: "payload_too_large",
+    414: "uri_too_long",
     415: "unsupported_media_type",
 }
 

@@ -14,7 +14,11 @@ and parse megabytes of JSON before its 401. :class:`Gate` runs first, as plain A
   413 ``payload_too_large`` in the project's error shape: at once when ``Content-Length``
   says so, otherwise as soon as the bytes read pass the cap (nothing more is read);
 * a JSON body nested deeper than ``[api] max_json_depth`` is answered 400 ``bad_request``
-  before any parser sees it.
+  before any parser sees it;
+* a request target (path and query) longer than :data:`MAX_TARGET` is answered 414
+  ``uri_too_long``. What the HTTP parser itself cannot read (a malformed request line or
+  header) never reaches the app: ``ykt serve``'s protocol answers it in the same error shape
+  (:class:`api.tls.ShapedHttpToolsProtocol`).
 
 The verification hot path (:mod:`api.hotpath`) applies the same rules to its two calls: it
 authenticates before reading, reads at most :data:`api.hotpath.MAX_BODY` bytes itself, and
@@ -44,6 +48,8 @@ from api.calllog import (
 )
 from api.errors import ApiError, map_exception, route_of
 
+#: Longest request target (path and query) answered (414 beyond; no route needs more).
+MAX_TARGET = 8192
 #: Routes that take a body without a bearer token.
 OPEN_PATHS = frozenset({"/v1/oauth/token"})
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -92,6 +98,12 @@ class Gate:
         self.max_depth = auth.ctx.settings.api.max_json_depth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        target = len(scope.get("raw_path") or scope["path"]) + len(scope.get("query_string", b""))
+        if target > MAX_TARGET:
+            exc = HTTPException(414, f"the request target is longer than {MAX_TARGET} bytes")
+            status = await _answer_error(scope, send, exc)
+            await log_call(self.recorder, scope, status, time.perf_counter(), "(no route)")
+            return None
         length: int | None = None
         chunked = is_json = False
         for name, value in scope["headers"]:

@@ -88,9 +88,12 @@ def test_an_unparsable_request_gets_the_error_shape(
     shutil.copyfile(_sqlite_template, db)
     env = server_env(tmp_path / "data", f"sqlite:///{db}", api_hsm.config.softhsm_conf or Path())
     with serving(env, tmp_path / "serve.log", workers=1) as server:
-        for request in (
-            b"GET /" + b"a" * 200_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # oversized line
-            b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",  # malformed header
+        for request, status, code in (
+            # past what the HTTP parser reads: answered by ykt serve's protocol, not the app
+            (b"GET /" + b"a" * 200_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad_request"),
+            # read by the parser, past MAX_TARGET: the gate
+            (b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400, "bad_request"),
         ):
             with socket.create_connection(("127.0.0.1", server.port), timeout=20) as s:
                 s.sendall(request)
@@ -98,9 +101,6 @@ def test_an_unparsable_request_gets_the_error_shape(
                 while chunk := s.recv(65536):
                     data += chunk
             head, _, body = data.partition(b"\r\n\r\n")
-            assert head.split(b"\r\n")[0] in (
-                b"HTTP/1.1 400 Bad Request",
-                b"HTTP/1.1 404 Not Found",
-            )
+            assert head.split(b" ")[1] == str(status).encode(), data[:300]
             assert b"content-type: application/json" in head.lower(), data[:300]
-            assert "code" in json.loads(body)["error"]
+            assert json.loads(body)["error"]["code"] == code
