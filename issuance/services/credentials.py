@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from issuance import audit
 from issuance.audit import SYSTEM_ACTOR, Actor
@@ -304,7 +304,9 @@ def staff_token(
     staff = session.scalars(sa.select(Staff).where(Staff.username == username)).one_or_none()
     if staff is None:
         raise NotFound(f"no staff user {username!r}")
-    if not staff.active:
+    if not staff.active or (
+        staff.agency_id is not None and not _agency_active(session, staff.agency_id)
+    ):
         raise PermissionDenied(f"staff user {username!r} is disabled")
     scopes = list(STAFF_SCOPES.get(staff.role, ()))
     cred = session.scalars(
@@ -402,17 +404,21 @@ def set_client_active(
 def set_agency_active(
     session: Session, code: str, active: bool, actor: Actor = SYSTEM_ACTOR
 ) -> Agency:
-    """Disable an agency (every client of it stops at once, gets no token) or enable it
-    again; audited (``agency.disabled`` / ``agency.enabled``). Its clients keep their own
-    state: enabling the agency does not enable a client disabled on its own."""
+    """Disable an agency (every client of it and every staff user of it stops at once, gets
+    no token) or enable it again; audited (``agency.disabled`` / ``agency.enabled``). Its
+    clients keep their own state: enabling the agency does not enable a client disabled on
+    its own."""
     agency = session.scalars(sa.select(Agency).where(Agency.code == code)).one_or_none()
     if agency is None:
         raise NotFound(f"no agency {code!r}")
     before = agency.active
     agency.active = active
     n = 0
-    if not active:
-        ids = sa.select(ApiCredential.id).where(ApiCredential.agency_id == agency.id)
+    if not active:  # its clients' tokens, and its staff users' (a bank's tellers)
+        staff_ids = sa.select(Staff.id).where(Staff.agency_id == agency.id).scalar_subquery()
+        ids = sa.select(ApiCredential.id).where(
+            (ApiCredential.agency_id == agency.id) | ApiCredential.staff_id.in_(staff_ids)
+        )
         n = _revoke_all(session, ApiToken.credential_id.in_(ids.scalar_subquery()))
     bump_auth_epoch(session)
     audit.record(
@@ -450,6 +456,7 @@ def set_staff_active(
 def authenticate(session: Session, token: str, now: datetime | None = None) -> Principal:
     """The principal of a bearer token; raise PermissionDenied (reason in details)."""
     now = now or utcnow()
+    staff_agency = aliased(Agency)
     row = session.execute(
         sa.select(
             ApiToken.scopes,
@@ -467,17 +474,21 @@ def authenticate(session: Session, token: str, now: datetime | None = None) -> P
             Staff.username,
             Staff.role,
             Staff.active,
+            staff_agency.active,
         )
         .join(ApiCredential, ApiCredential.id == ApiToken.credential_id)
         .outerjoin(Agency, Agency.id == ApiCredential.agency_id)
         .outerjoin(Staff, Staff.id == ApiCredential.staff_id)
+        .outerjoin(staff_agency, staff_agency.id == Staff.agency_id)
         .where(ApiToken.token_hash == token_digest(token))
     ).one_or_none()
     if row is None:
         raise PermissionDenied("unknown token", reason="invalid_token")
     (scopes, expires_at, revoked_at, cred_id, client_id, cred_active, cert_subject,
      agency_id, agency_code, agency_kind, agency_active, staff_id, username, role,
-     staff_active) = row  # fmt: skip
+     staff_active, staff_agency_active) = row  # fmt: skip
+    if staff_agency_active is False:  # a staff user of a disabled agency (a bank's tellers)
+        raise PermissionDenied("token revoked", reason="invalid_token")
     if revoked_at is not None or not cred_active or agency_active is False:
         raise PermissionDenied("token revoked", reason="invalid_token")
     if expires_at <= now:

@@ -20,6 +20,8 @@ from conftest import ApiEnv
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from issuance import services
+from issuance.models import StaffRole
 from issuance.services import credentials
 
 pytestmark = pytest.mark.softhsm
@@ -79,6 +81,18 @@ def test_disable_and_enable_through_the_api_audited(api_env: ApiEnv) -> None:
     assert token(c, cid, secret)[0] == 401
     assert c.post(f"/v1/principals/agencies/{agency}/enable", headers=admin).status_code == 200
     assert token(c, cid, secret)[0] == 200
+    # a bank teller employed by that bank stops with it
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        teller = services.create_staff(
+            s, "teller-of-bank", StaffRole.BANK_TELLER, agency_id=api_env.agencies["bank"]
+        )
+        teller_token = credentials.staff_token(s, teller.username).access_token
+    assert challenge(c, teller_token) == 200
+    assert c.post(f"/v1/principals/agencies/{agency}/disable", headers=admin).status_code == 200
+    assert challenge(c, teller_token) == 401
+    with api_env.session() as s, pytest.raises(credentials.PermissionDenied):  # type: ignore[attr-defined]
+        credentials.staff_token(s, "teller-of-bank")
+    assert c.post(f"/v1/principals/agencies/{agency}/enable", headers=admin).status_code == 200
     # a staff user: the clerk's token stops at once
     clerk = api_env.actors["clerk"].username
     assert c.get("/v1/applications", headers=api_env.auth("clerk")).status_code == 200
