@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Path, Request, UploadFile
 from sqlalchemy.orm import Session
 
-from api.auth import ctx_of, need
+from api.auth import auth_of, ctx_of, need
 from api.calls import actor_for, domain
 from api.errors import responses
 from api.schemas import (
@@ -22,6 +22,7 @@ from api.schemas import (
     FieldProblemOut,
     FinancialIn,
     HandBackOut,
+    LossCodeOut,
     LossIn,
     LossOut,
     ReasonIn,
@@ -36,7 +37,7 @@ from issuance.errors import FieldProblem, ValidationError
 from issuance.models import Card, Channel, ChipAppKind
 from issuance.services import verification
 from issuance.services.credentials import Principal
-from issuance.services.loss import check_holder_identity
+from issuance.services.loss import holder_mismatch, holder_proven, send_loss_code
 
 router = APIRouter(prefix="/v1", tags=["cards"])
 
@@ -69,13 +70,25 @@ def card_out(session: Session, card_id: int, principal: Principal) -> CardOut:
     )  # fmt: skip
 
 
-def _holder_proven(s: Session, principal: Principal, card: Card, body: LossIn | UnreportIn) -> bool:
-    """An agency's system (a hotline, a website) must name the holder (full ID number and
-    name, both matching: :func:`issuance.services.loss.check_holder_identity`); its own
-    ``identity_checked`` flag is no evidence. Staff check the identity card themselves."""
+async def _holder_proven(
+    request: Request, principal: Principal, card_number: str, body: LossIn | UnreportIn
+) -> bool:
+    """An agency's system (a hotline, a website) must prove the holder: their full ID number
+    and name, or the one-time code sent to their phone
+    (:func:`issuance.services.loss.holder_proven`); its own ``identity_checked`` flag is no
+    evidence. Checked in a transaction of its own (a code's try counts whatever follows); a
+    failure counts against the caller and gets one answer. Staff check the identity card
+    themselves: False, nothing to prove here."""
     if principal.staff_id is not None:
         return False
-    check_holder_identity(s, card, body.holder_citizen_id, body.holder_name)
+
+    def prove(s: Session) -> bool:
+        card = _card(s, card_number)
+        return holder_proven(s, card, body.holder_citizen_id, body.holder_name, body.one_time_code)
+
+    if not await domain(request, principal, prove):
+        await auth_of(request).limiter.fail(f"client:{principal.client_id}")
+        raise holder_mismatch()
     return True
 
 
@@ -111,9 +124,10 @@ async def report_loss(
     actor = await actor_for(request, principal, body.channel)
     settings = ctx_of(request).settings
 
+    checked = await _holder_proven(request, principal, card_number, body)
+
     def fn(s: Session) -> LossOut:
         card = _card(s, card_number)
-        checked = _holder_proven(s, principal, card, body)
         r = services.report_loss(
             s, settings, card.id, actor, identity_checked=checked or body.identity_checked,
             note=body.note,
@@ -122,6 +136,27 @@ async def report_loss(
             report_id=r.id, card_number=card.card_number, kind=str(r.kind), status=str(r.status),
             card_status=str(card.status), lapses_at=r.lapses_at,
         )  # fmt: skip
+
+    return await domain(request, principal, fn)
+
+
+@router.post(
+    "/cards/{card_number}/loss-codes", response_model=LossCodeOut, status_code=202,
+    responses=_ERR,
+)  # fmt: skip
+async def loss_code(
+    card_number: CardNo,
+    request: Request,
+    principal: Annotated[Principal, Depends(need("cards:loss"))],
+) -> LossCodeOut:
+    """Send a one-time code to the phone on file of the card's holder: the holder reads it
+    to the hotline, which quotes it (``one_time_code``) to report the card lost or withdraw
+    the report. The answer is the same whether a code was sent or not (no phone on file,
+    enough codes this hour): it tells nothing about the holder."""
+
+    def fn(s: Session) -> LossCodeOut:
+        send_loss_code(s, _card(s, card_number))
+        return LossCodeOut(accepted=True)
 
     return await domain(request, principal, fn)
 
@@ -136,9 +171,10 @@ async def unreport(
     """Withdraw a loss report (the card was found), while no replacement was applied for."""
     actor = await actor_for(request, principal, body.channel)
 
+    checked = await _holder_proven(request, principal, card_number, body)
+
     def fn(s: Session) -> CardOut:
         card = _card(s, card_number)
-        checked = _holder_proven(s, principal, card, body)
         services.unreport_loss(
             s, card.id, actor, identity_checked=checked or body.identity_checked, note=body.note
         )

@@ -124,13 +124,19 @@ class CardOut(BaseModel):
 
 class _HolderProof(_In):
     """What an agency's system (a hotline, a website) proves the holder with: it cannot check
-    an identity card itself, so the caller names the holder; both must match the card's."""
+    an identity card itself, so the caller names the holder (ID number and name, both must
+    match the card's) or quotes the one-time code sent to the holder's phone."""
 
     holder_citizen_id: (
         Annotated[str, Field(min_length=15, max_length=18, pattern=_NO_NUL)] | None
     ) = Field(None, description="an agency's call: the holder's full ID number (with holder_name)")
     holder_name: Annotated[str, Field(min_length=1, max_length=60, pattern=_NO_NUL)] | None = Field(
         None, description="an agency's call: the holder's name (with holder_citizen_id)"
+    )
+    one_time_code: Annotated[str, Field(pattern=r"^[0-9]{6}$")] | None = Field(
+        None,
+        description="an agency's call, instead: the code sent to the holder's phone "
+        "(POST /v1/cards/{card_number}/loss-codes)",
     )
 
 
@@ -144,6 +150,12 @@ class UnreportIn(_HolderProof):
     channel: Channel = Channel.COUNTER
     identity_checked: StrictBool = False
     note: Annotated[str, text(500)] | None = None
+
+
+class LossCodeOut(BaseModel):
+    accepted: Literal[True] = Field(
+        True, description="the same answer whether a code was sent or not"
+    )
 
 
 class LossOut(BaseModel):

@@ -700,6 +700,21 @@ class ApiAuthEpoch(Base):
     epoch: Mapped[int] = mapped_column(sa.BigInteger)
 
 
+class LossCode(Base):
+    """A one-time code sent to the phone on file of a card's holder, with which a remote
+    channel proves the holder when reporting the card lost or withdrawing the report
+    (migration 0011). Only its SHA-256 (salted with the card) is stored."""
+
+    __tablename__ = "loss_codes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    card_id: Mapped[int] = mapped_column(sa.ForeignKey("cards.id"), index=True)
+    code_hash: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(default=0)
+    used_at: Mapped[datetime | None]
+
+
 class ApiRateCounter(Base):
     """Failed authentications and refusals of one caller key in one minute (Unix minutes),
     shared by every API worker and node (``api.auth.FailureLimiter``; migration 0011)."""

@@ -5,8 +5,8 @@
   ``holder:lookup``; agencies learn the holder from a verification (the chip present);
 * 404s counted toward no limit (649 requests enumerated every card): misses count now;
 * the hotline (``other``) blocked any card by number alone and ``unreport`` answered the
-  holder's name: a remote report now needs the holder's full ID number and name, and answers
-  nothing the caller did not supply.
+  holder's name: a remote report now needs the holder's full ID number and name, or the
+  one-time code sent to the phone on file, and answers nothing the caller did not supply.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from conftest import ApiEnv
 
 from issuance import services
-from issuance.models import Card, Person
+from issuance.models import Card, OutboxMessage, Person
 from issuance.services import credentials
 
 pytestmark = pytest.mark.softhsm
@@ -91,3 +91,45 @@ def test_a_remote_loss_report_needs_the_holders_identity(api_env: ApiEnv) -> Non
     assert r.status_code == 200, r.text
     assert all(r.json().get(f) is None for f in HOLDER_FIELDS)
     assert name not in r.text and citizen_id[-4:] not in r.text
+
+
+def test_a_remote_loss_report_with_the_code_sent_to_the_phone(api_env: ApiEnv) -> None:
+    card = api_env.new_card()  # its holder has a phone on file
+    c, hotline = api_env.client, api_env.auth("selfservice")
+    base = f"/v1/cards/{card.card_number}"
+    r = c.post(f"{base}/loss-codes", headers=hotline)
+    assert r.status_code == 202 and r.json() == {"accepted": True}
+
+    def sent_codes() -> list[str]:
+        with api_env.session() as s:  # type: ignore[attr-defined]
+            rows = s.scalars(
+                sa.select(OutboxMessage).where(OutboxMessage.topic == "loss.code")
+            ).all()
+            return [m.payload["code"] for m in rows if m.person_id == card.person_id]
+
+    (code,) = sent_codes()
+    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    r = c.post(f"{base}/loss-reports", json={"channel": "phone", "one_time_code": wrong},
+               headers=hotline)  # fmt: skip
+    assert r.status_code == 422 and r.json()["error"]["field"] == "holder_citizen_id"
+    r = c.post(f"{base}/loss-reports", json={"channel": "phone", "one_time_code": code},
+               headers=hotline)  # fmt: skip
+    assert r.status_code == 201, r.text
+    r = c.post(f"{base}/unreport", json={"channel": "phone", "one_time_code": code},
+               headers=hotline)  # fmt: skip
+    assert r.status_code == 422  # single use
+    # tries are counted even though each refusal rolls nothing back: 5 wrong, then the right
+    # code of a new message is refused too once its tries are spent
+    c.post(f"{base}/loss-codes", headers=hotline)
+    code2 = sent_codes()[-1]
+    bad = f"{(int(code2) + 1) % 10**6:06d}"
+    for _ in range(5):
+        c.post(f"{base}/unreport", json={"channel": "phone", "one_time_code": bad},
+               headers=hotline)  # fmt: skip
+    r = c.post(f"{base}/unreport", json={"channel": "phone", "one_time_code": code2},
+               headers=hotline)  # fmt: skip
+    assert r.status_code == 422
+    # at most three codes an hour: a caller cannot flood the holder's phone; same answer
+    assert c.post(f"{base}/loss-codes", headers=hotline).json() == {"accepted": True}
+    assert c.post(f"{base}/loss-codes", headers=hotline).json() == {"accepted": True}
+    assert len(sent_codes()) == 3

@@ -8,6 +8,8 @@
   and node.
 * ``api_rate_counters``: failed authentications and refusals per key and minute, shared by
   every worker and node (the failure limit of ``api.auth``).
+* ``loss_codes``: one-time codes sent to the phone on file, with which a remote channel
+  proves the holder when reporting a card lost (hashes only).
 
 Revision ID: 0011
 Revises: 0010
@@ -47,9 +49,26 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("key", "minute", name=op.f("pk_api_rate_counters")),
     )
     op.create_index(op.f("ix_api_rate_counters_minute"), "api_rate_counters", ["minute"])
+    op.create_table(
+        "loss_codes",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("card_id", sa.Integer(), nullable=False),
+        sa.Column("code_hash", sa.String(length=64), nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("expires_at", sa.DateTime(), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("used_at", sa.DateTime(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["card_id"], ["cards.id"], name=op.f("fk_loss_codes_card_id_cards")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_loss_codes")),
+    )
+    op.create_index(op.f("ix_loss_codes_card_id"), "loss_codes", ["card_id"])
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_loss_codes_card_id"), table_name="loss_codes")
+    op.drop_table("loss_codes")
     op.drop_index(op.f("ix_api_rate_counters_minute"), table_name="api_rate_counters")
     op.drop_table("api_rate_counters")
     op.drop_table("api_auth_epoch")
