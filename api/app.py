@@ -23,6 +23,7 @@ from api import errors, routes_admin, routes_apps, routes_cards, routes_verify
 from api.auth import Authenticator
 from api.calllog import PRINCIPAL, CallLog, CallRecorder, Receive, Scope, Send, state_of
 from api.context import ApiContext, HsmRunner
+from api.gate import Gate
 from api.hotpath import HotPath
 from hsm.service import KeyService
 from issuance.db import make_engine, make_sessionmaker
@@ -90,24 +91,31 @@ def create_app(
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # see _docs: served from the package, never from a CDN
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.api.public_docs else None,
     )
     app.state.ctx = ctx
     app.state.auth = auth = _LoggedAuthenticator(ctx)
     recorder = CallRecorder(ctx)
     app.add_middleware(CallLog, recorder=recorder)
     app.hot = HotPath(ctx, auth, recorder)
+    app.gate = Gate(auth, recorder, app)
     errors.install(app)
     for module in (routes_verify, routes_cards, routes_apps, routes_admin):
         app.include_router(module.router)
     _security_scheme(app)
+    _docs(app, settings)
     return app
 
 
 class YikatongApi(FastAPI):
     """The FastAPI application, with the verification calls' hot path in front of it
-    (:mod:`api.hotpath`: it answers the common case and hands everything else to FastAPI)."""
+        (:mod:`api.hotpath`: it answers the common case and hands everything else on) and the gate
+    (:mod:`api.gate`: authentication before any body is read, body caps, JSON depth)."""
 
     hot: HotPath | None = None
+    gate: Gate | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.hot is not None:
@@ -115,6 +123,11 @@ class YikatongApi(FastAPI):
             if rest is None:
                 return
             receive = rest
+        if scope["type"] == "http" and self.gate is not None:
+            gated = await self.gate(scope, receive, send)
+            if gated is None:
+                return
+            receive = gated
         await super().__call__(scope, receive, send)
 
 
@@ -150,3 +163,41 @@ def _security_scheme(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+DOCS_ASSETS = "/docs/assets"
+
+
+def _docs(app: FastAPI, settings: Settings) -> None:
+    """``/docs`` with Swagger UI's assets from the installed package (swagger-ui-bundle: no
+    CDN, nothing loaded from elsewhere), while ``[api] public_docs`` (development). With it
+    off (production) there is no ``/docs`` and ``/openapi.json`` needs a valid bearer token."""
+    from fastapi import Depends
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    from api.auth import need
+
+    if not settings.api.public_docs:
+
+        async def openapi_json(
+            _principal: Principal = Depends(need()),  # noqa: B008 - FastAPI's idiom
+        ) -> JSONResponse:
+            return JSONResponse(app.openapi())
+
+        app.add_api_route("/openapi.json", openapi_json, include_in_schema=False)
+        return
+    from starlette.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json", title=f"{app.title} - docs",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )  # fmt: skip
+
+    app.add_api_route("/docs", docs, include_in_schema=False)

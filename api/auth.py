@@ -2,7 +2,10 @@
 
 * Bearer tokens (RFC 6750) from the client-credentials grant or ``ykt api staff-token``;
   resolved by :func:`issuance.services.credentials.authenticate` and cached in the process for
-  a few seconds (a revoked token stops working within ``CACHE_SECONDS``).
+  a few seconds. Each request reads the authentication epoch (one primary-key row the
+  database shares with every worker and node): a cached token is honoured only while the
+  epoch is the one it was resolved at, so disabling, enabling or revoking any principal stops
+  its tokens at once everywhere.
 * Mutual TLS (by configuration, see :mod:`api.tls`): a credential bound to a certificate
   subject is only accepted on a connection whose client certificate has that subject.
 * Each route declares its scope with ``Depends(need("scope"))`` (``route_scopes`` lists them
@@ -10,27 +13,35 @@
   (``api.denied``); so is every other refusal of a known caller (a channel it may not act
   through, a role or maker-checker refusal by the domain): all go through
   :meth:`Authenticator.refuse`.
-* Failed authentications and refusals count against the caller (client IP, and client id when
-  known); past ``settings.api.auth_failures_per_minute`` in a minute the caller gets 429 until
-  the window clears. The window is per process (each worker keeps its own counts).
+* Failed authentications and refusals count against the caller (see :class:`FailureLimiter`:
+  in the database, shared by every worker and node, never per client id alone); past
+  ``settings.api.auth_failures_per_minute`` in a minute the caller gets 429.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
-from threading import Lock
 from typing import Any, NoReturn
 
+import sqlalchemy as sa
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from api.calllog import PRINCIPAL, state_of
 from api.context import ApiContext
 from api.errors import ApiError
+from api.tls import subject_matches
 from issuance import audit
 from issuance.errors import PermissionDenied
-from issuance.services.credentials import Principal, authenticate
+from issuance.models import ApiRateCounter
+from issuance.services.credentials import (
+    AUTH_EPOCH_SQL,
+    Principal,
+    auth_epoch,
+    authenticate,
+    bump_auth_epoch,
+)
 
 CACHE_SECONDS = 10.0
 _CACHE_MAX = 50_000
@@ -42,75 +53,202 @@ def ctx_of(request: Request) -> ApiContext:
 
 
 class FailureLimiter:
-    """Sliding one-minute window of failures per caller key."""
+    """Failures per caller key and minute, counted in the database (``api_rate_counters``,
+    migration 0011): every worker and node shares them. A key is refused once its failures in
+    the last minute (this minute's count plus the previous minute's, weighted by how much of
+    it is still inside the window) reach ``per_minute``.
 
-    def __init__(self, per_minute: int) -> None:
+    Keys never name a client alone (an attacker could lock a client out by failing in its
+    name): the token endpoint counts a wrong secret against the pair (client, source address)
+    and against the source; a bad bearer token against the source; a refused call of a known
+    caller against that caller (it holds a valid token: only it can fail in its name). The
+    source is the connection's address, or X-Forwarded-For from the proxies ``ykt serve
+    --forwarded-allow-ips`` trusts (uvicorn applies it).
+    """
+
+    def __init__(self, ctx: ApiContext, per_minute: int) -> None:
+        self.ctx = ctx
         self.per_minute = per_minute
-        self._events: dict[str, deque[float]] = {}
-        self._lock = Lock()
 
-    def _window(self, key: str, now: float) -> deque[float]:
-        q = self._events.setdefault(key, deque())
-        while q and q[0] <= now - 60.0:
-            q.popleft()
-        return q
+    def _counts_sync(self, keys: tuple[str, ...], minute: int) -> dict[str, list[int]]:
+        with self.ctx.tx() as session:
+            rows = session.execute(
+                sa.select(ApiRateCounter.key, ApiRateCounter.minute, ApiRateCounter.count).where(
+                    ApiRateCounter.key.in_(keys), ApiRateCounter.minute >= minute - 1
+                )
+            ).all()
+        out: dict[str, list[int]] = {k: [0, 0] for k in keys}
+        for key, m, n in rows:
+            out[key][0 if m == minute - 1 else 1] += n
+        return out
 
-    def check(self, *keys: str) -> None:
-        now = time.monotonic()
-        with self._lock:
+    async def _counts(self, keys: tuple[str, ...], minute: int) -> dict[str, list[int]]:
+        if self.ctx.pg is not None:
+
+            async def fetch(conn: Any) -> list[Any]:
+                return list(await conn.fetch(_COUNTS_SQL, list(keys), minute - 1))
+
+            out: dict[str, list[int]] = {k: [0, 0] for k in keys}
+            for key, m, n in await self.ctx.pg.run(fetch):
+                out[key][0 if m == minute - 1 else 1] += n
+            return out
+        return await run_in_threadpool(self._counts_sync, keys, minute)
+
+    async def check(self, *keys: str, limit: int | None = None) -> None:
+        """Raise 429 ``rate_limited`` if any of ``keys`` is over the limit."""
+        if await self.blocked(*keys, limit=limit):
+            now = time.time()
+            raise ApiError(
+                429, "rate_limited", "too many failed attempts; try again later",
+                headers={"Retry-After": str(max(1, 60 - int(now % 60)))},
+            )  # fmt: skip
+
+    async def blocked(self, *keys: str, limit: int | None = None) -> bool:
+        """Would :meth:`check` refuse one of ``keys`` now?"""
+        now = time.time()
+        counts = await self._counts(tuple(k[:200] for k in keys), int(now // 60))
+        return any(self._over(c, now, limit) for c in counts.values())
+
+    def _over(self, counts: list[int], now: float, limit: int | None = None) -> bool:
+        prev, cur = counts
+        return prev * (1.0 - (now % 60) / 60.0) + cur >= (limit or self.per_minute)
+
+    def blocked_in(self, session: Any, key: str) -> bool:
+        """:meth:`blocked` for one key, in the caller's transaction (token resolution)."""
+        now = time.time()
+        minute = int(now // 60)
+        counts = [0, 0]
+        for m, n in session.execute(
+            sa.select(ApiRateCounter.minute, ApiRateCounter.count).where(
+                ApiRateCounter.key == key[:200], ApiRateCounter.minute >= minute - 1
+            )
+        ):
+            counts[0 if m == minute - 1 else 1] += n
+        return self._over(counts, now)
+
+    def _fail_sync(self, keys: tuple[str, ...]) -> None:
+        now = time.time()
+        minute = int(now // 60)
+        with self.ctx.tx() as session:
             for key in keys:
-                q = self._window(key, now)
-                if len(q) >= self.per_minute:
-                    retry = max(1, int(60.0 - (now - q[0])) + 1)
-                    raise ApiError(
-                        429, "rate_limited", "too many failed attempts; try again later",
-                        headers={"Retry-After": str(retry)},
-                    )  # fmt: skip
-
-    def blocked(self, key: str) -> bool:
-        """Would :meth:`check` refuse ``key`` now?"""
-        q = self._events.get(key)
-        if q is None or len(q) < self.per_minute:
-            return False
-        with self._lock:  # the per_minute-th newest failure is inside the window
-            return len(q) >= self.per_minute and q[-self.per_minute] > time.monotonic() - 60.0
-
-    def fail(self, *keys: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if len(self._events) > _CACHE_MAX:
-                self._events.clear()
+                _upsert_count(session, key, minute)
+            session.execute(sa.delete(ApiRateCounter).where(ApiRateCounter.minute < minute - 1))
             for key in keys:
-                self._window(key, now).append(now)
+                if key.startswith("client:") and self.blocked_in(session, key):
+                    # a known caller is held now: every worker and node must see it at its
+                    # next request (their cached tokens are resolved again, block included)
+                    bump_auth_epoch(session)
+                    break
+
+    async def fail(self, *keys: str) -> None:
+        """Count one failure against each of ``keys``."""
+        await run_in_threadpool(self._fail_sync, tuple(k[:200] for k in keys))
 
 
-def client_cert_subject(request: Request) -> str | None:
-    tls = request.scope.get("extensions", {}).get("tls") or {}
-    subject = tls.get("client_cert_subject")
-    return str(subject) if subject else None
+_COUNTS_SQL = (
+    "SELECT key, minute, count FROM api_rate_counters WHERE key = ANY($1::text[]) AND minute >= $2"
+)
+
+
+def _upsert_count(session: Any, key: str, minute: int) -> None:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    stmt = insert(ApiRateCounter).values(key=key, minute=minute, count=1)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["key", "minute"], set_={"count": ApiRateCounter.count + 1}
+        )
+    )
+
+
+def source_key(request: Request) -> str:
+    """The caller's source address (as uvicorn resolved it from the trusted proxies)."""
+    return f"ip:{request.client.host if request.client else '-'}"
+
+
+#: A source address may fail this many times the per-caller limit (several clients can sit
+#: behind one address; one of them failing must not lock the others out at once).
+SOURCE_FACTOR = 5
 
 
 class Authenticator:
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
-        self.limiter = FailureLimiter(ctx.settings.api.auth_failures_per_minute)
-        self._cache: dict[str, tuple[Principal, float]] = {}
-        self._pending: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future[Principal]] = {}
+        self.limiter = FailureLimiter(ctx, ctx.settings.api.auth_failures_per_minute)
+        #: token -> (principal, cache expiry, epoch it was resolved at)
+        self._cache: dict[str, tuple[Principal, float, int]] = {}
+        #: client id -> (epoch, held by the failure limit until): read with its token
+        self._held: dict[str, tuple[int, float]] = {}
+        self._pending: dict[
+            tuple[asyncio.AbstractEventLoop, str], asyncio.Future[tuple[Principal, int, bool]]
+        ] = {}
+        self._epoch_reads: dict[asyncio.AbstractEventLoop, asyncio.Future[int]] = {}
 
-    def cached(self, token: str) -> Principal | None:
-        """The principal of ``token`` if this process resolved it less than
-        ``CACHE_SECONDS`` ago (and it has not expired since), else None: the hot path's
-        (:mod:`api.hotpath`) shortcut before :meth:`principal`."""
-        hit = self._cache.get(token)
-        if hit is not None and hit[1] > time.monotonic():
-            return hit[0]
-        return None
+    async def epoch(self) -> int:
+        """The authentication epoch now (see
+        :func:`issuance.services.credentials.auth_epoch`): one primary-key read, shared by
+        the requests that arrived in the same event-loop iteration (it starts after all of
+        them arrived, so each sees every change committed before it came)."""
+        loop = asyncio.get_running_loop()
+        waiting = self._epoch_reads.get(loop)
+        if waiting is None:
+            waiting = self._epoch_reads[loop] = loop.create_future()
+            loop.call_soon(self._read_epoch, loop, waiting)
+        return await asyncio.shield(waiting)
 
-    def _lookup(self, token: str) -> Principal:
+    def _read_epoch(self, loop: asyncio.AbstractEventLoop, waiting: asyncio.Future[int]) -> None:
+        self._epoch_reads.pop(loop, None)  # whoever comes from now on waits for a new read
+
+        def done(task: asyncio.Future[int]) -> None:
+            if task.cancelled():
+                waiting.cancel()
+            elif task.exception() is not None:
+                waiting.set_exception(task.exception())  # type: ignore[arg-type]
+            else:
+                waiting.set_result(task.result())
+
+        asyncio.ensure_future(self._fetch_epoch()).add_done_callback(done)
+
+    async def _fetch_epoch(self) -> int:
+        if self.ctx.pg is not None:
+
+            async def fetch(conn: Any) -> int:
+                return int(await conn.fetchval(AUTH_EPOCH_SQL) or 0)
+
+            return await self.ctx.pg.run(fetch)
+        return await run_in_threadpool(self._epoch_sync)
+
+    def _epoch_sync(self) -> int:
         with self.ctx.tx() as session:
-            return authenticate(session, token)
+            return auth_epoch(session)
 
-    async def _resolve(self, token: str) -> Principal:
+    async def cached(self, token: str) -> Principal | None:
+        """The principal of ``token`` if this process resolved it less than
+        ``CACHE_SECONDS`` ago, it has not expired since and no principal was disabled,
+        enabled, revoked or held by the failure limit since (the epoch, read now): the hot
+        path's (:mod:`api.hotpath`) shortcut before :meth:`principal`."""
+        hit = self._cache.get(token)
+        if hit is None or hit[1] <= time.monotonic():
+            return None
+        return hit[0] if hit[2] == await self.epoch() else None
+
+    def held(self, principal: Principal) -> bool:
+        """Is this (authenticated) caller held by the failure limit? Read with its token (any
+        new hold changes the epoch, so a cached token is resolved again first)."""
+        entry = self._held.get(principal.client_id)
+        return entry is not None and entry[1] > time.monotonic()
+
+    def _lookup(self, token: str) -> tuple[Principal, int, bool]:
+        with self.ctx.tx() as session:
+            epoch = auth_epoch(session)  # read first: a change after it makes the entry stale
+            principal = authenticate(session, token)
+            held = self.limiter.blocked_in(session, f"client:{principal.client_id}")
+            return principal, epoch, held
+
+    async def _resolve(self, token: str) -> tuple[Principal, int, bool]:
         """The database lookup of ``token``, one at a time per token and event loop: callers
         that arrive while it runs (every connection of a busy client when its cache entry
         expires) share it instead of each running its own."""
@@ -120,7 +258,7 @@ class Authenticator:
             pending = asyncio.ensure_future(run_in_threadpool(self._lookup, token))
             self._pending[key] = pending
 
-            def done(fut: asyncio.Future[Principal]) -> None:
+            def done(fut: asyncio.Future[tuple[Principal, int, bool]]) -> None:
                 self._pending.pop(key, None)
                 if not fut.cancelled():
                     fut.exception()  # retrieved here too: every waiter may have gone
@@ -129,26 +267,23 @@ class Authenticator:
         return await asyncio.shield(pending)
 
     async def principal(self, request: Request) -> Principal:
-        ip = f"ip:{request.client.host if request.client else '-'}"
+        ip = "bearer:" + source_key(request)  # apart from the token endpoint's counts
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         token = token.strip()
-        now = time.monotonic()
-        cached = self._cache.get(token) if token else None
-        if cached is not None and cached[1] > now:
-            principal = cached[0]
-        else:
-            self.limiter.check(ip)
+        principal = await self.cached(token) if token else None
+        if principal is None:
+            await self.limiter.check(ip, limit=self.limiter.per_minute * SOURCE_FACTOR)
             if scheme.lower() != "bearer" or not token or len(token) > 200:
-                self.limiter.fail(ip)
+                await self.limiter.fail(ip)
                 raise ApiError(
                     401, "unauthorized", "a bearer token is required",
                     headers={"WWW-Authenticate": "Bearer"},
                 )  # fmt: skip
             try:
-                principal = await self._resolve(token)
+                principal, epoch, held = await self._resolve(token)
             except PermissionDenied as exc:
-                self.limiter.fail(ip)
+                await self.limiter.fail(ip)
                 raise ApiError(
                     401, "unauthorized", exc.message,
                     headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
@@ -156,11 +291,15 @@ class Authenticator:
             if len(self._cache) > _CACHE_MAX:
                 self._cache.clear()
             ttl = min(CACHE_SECONDS, principal.expires_at.timestamp() - time.time())
-            self._cache[token] = (principal, now + max(ttl, 0.0))
-        if principal.cert_subject is not None and client_cert_subject(request) != (
-            principal.cert_subject
+            until = time.monotonic() + max(ttl, 0.0)
+            self._cache[token] = (principal, until, epoch)
+            if len(self._held) > _CACHE_MAX:
+                self._held.clear()
+            self._held[principal.client_id] = (epoch, until if held else 0.0)
+        if principal.cert_subject is not None and not subject_matches(
+            request.scope, principal.cert_subject
         ):
-            self.limiter.fail(ip, f"client:{principal.client_id}")
+            await self.limiter.fail(ip)
             raise ApiError(
                 401, "unauthorized", "this client must present its TLS client certificate"
             )
@@ -176,7 +315,7 @@ class Authenticator:
         and one failure against the caller's rate limit. Every refusal of a known caller goes
         through here (missing scope, channel not allowed, role or maker-checker refusal by the
         domain); the caller raises its own error afterwards."""
-        self.limiter.fail(f"client:{principal.client_id}")
+        await self.limiter.fail(f"client:{principal.client_id}")
         info = {"client_id": principal.client_id, "method": request.method,
                 "path": request.url.path, **details}  # fmt: skip
 
@@ -213,8 +352,13 @@ class need:  # lower case: reads as ``Depends(need("scope"))``
 
     async def __call__(self, request: Request) -> Principal:
         authn = auth_of(request)
-        principal = await authn.principal(request)
-        authn.limiter.check(f"client:{principal.client_id}")
+        # the gate (api.gate) may have authenticated the caller already, before the body
+        principal = state_of(request.scope).get(PRINCIPAL) or await authn.principal(request)
+        if authn.held(principal):  # refused and missed too often: 429 until it clears
+            raise ApiError(
+                429, "rate_limited", "too many failed attempts; try again later",
+                headers={"Retry-After": str(int(CACHE_SECONDS))},
+            )  # fmt: skip
         missing = [s for s in self.scopes if s not in principal.scopes]
         if missing:
             wanted = " ".join(missing)

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import auth_of, ctx_of
 from issuance.audit import Actor
-from issuance.errors import PermissionDenied
+from issuance.errors import NotFound, PermissionDenied
 from issuance.models import AgencyKind, Channel
 from issuance.services.credentials import Principal
 
@@ -62,6 +62,11 @@ async def domain(request: Request, principal: Principal, fn: Callable[[Session],
 
     try:
         return await run_in_threadpool(work)
+    except NotFound:
+        # a miss (a number that is no card) counts against the caller's limit: enumeration
+        # by guessing runs into 429
+        await auth_of(request).limiter.fail(f"client:{principal.client_id}")
+        raise
     except PermissionDenied as exc:
         await auth_of(request).refuse(
             request, principal, exc.message, refused_by="domain", **_str_details(exc)

@@ -11,8 +11,11 @@ status feed and checks its signature against the published key while streaming.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -26,6 +29,27 @@ from cardspec.cardops import (
 from cardspec.profile import DEFAULT_PROFILE, CardProfile
 from cardspec.reader import Reader
 from issuance.services.status_feed import FeedSummary, verify_feed
+
+#: A feed older than this is refused (it would hide the cards refused since).
+FEED_MAX_AGE = timedelta(hours=1)
+log = logging.getLogger("api.client")
+
+
+class UnpinnedFeedKeyWarning(UserWarning):
+    """The status feed was checked against a key fetched from the server that sent it."""
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The raw lines of a byte stream, each with its ``\n``; a last line without one is
+    yielded as it is (the feed check refuses it)."""
+    rest = b""
+    for chunk in chunks:
+        rest += chunk
+        *complete, rest = rest.split(b"\n")
+        for line in complete:
+            yield line + b"\n"
+    if rest:
+        yield rest
 
 
 class ApiClientError(Exception):
@@ -123,15 +147,31 @@ class YktClient:
         since: int | None = None,
         on_entry: Callable[[dict[str, Any]], None] | None = None,
         public_key_pem: bytes | None = None,
+        *,
+        max_age: timedelta | None = FEED_MAX_AGE,
     ) -> FeedSummary:
-        """Download and verify the feed (raises IntegrityError if it does not verify)."""
-        pem = public_key_pem or self.public_key_pem()
+        """Download and verify the feed (raises IntegrityError if it does not verify, is not
+        strictly well formed, or was generated longer than ``max_age`` ago).
+
+        ``public_key_pem``: the feed key pinned by the terminal (``ykt audit public-key`` on
+        the card centre's side, handed over out of band). Without it the key is fetched from
+        the same server as the feed, which proves nothing against that server or whoever
+        stands in for it: a loud :class:`UnpinnedFeedKeyWarning` says so."""
+        pem = public_key_pem
+        if pem is None:
+            message = (
+                "status feed: no pinned public key; trusting the key served by the same server "
+                "(pin it: public_key_pem=...)"
+            )
+            log.warning(message)
+            warnings.warn(UnpinnedFeedKeyWarning(message), stacklevel=2)
+            pem = self.public_key_pem()
         params = {} if since is None else {"since": since}
         with self.http.stream("GET", "/v1/status-feed", params=params) as resp:
             if resp.status_code >= 400:
                 resp.read()
                 _raise_for(resp)
-            return verify_feed((line.encode() for line in resp.iter_lines()), pem, on_entry)
+            return verify_feed(_lines(resp.iter_bytes()), pem, on_entry, max_age=max_age)
 
     # anything else ----------------------------------------------------------------------
     def get(self, url: str, **kw: Any) -> Any:

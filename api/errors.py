@@ -17,7 +17,7 @@ import asyncpg
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -149,6 +149,12 @@ def map_exception(exc: BaseException) -> ErrorJSONResponse:
 def _validation(exc: RequestValidationError) -> ErrorJSONResponse:
     problems: list[FieldProblemOut] = []
     for err in exc.errors():
+        if err.get("type") == "json_invalid":  # its loc holds an offset, not a field
+            where = [p for p in err.get("loc", ()) if isinstance(p, int)]
+            at = f" at offset {where[0]}" if where else ""
+            why = (err.get("ctx") or {}).get("error", "")
+            problems.append(FieldProblemOut(field="body", reason=f"malformed JSON{at}: {why}"))
+            continue
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
         problems.append(FieldProblemOut(field=".".join(loc) or "body", reason=str(err.get("msg"))))
     first = problems[0] if problems else FieldProblemOut(field="body", reason="invalid")
@@ -157,7 +163,7 @@ def _validation(exc: RequestValidationError) -> ErrorJSONResponse:
     )
 
 
-_HTTP_CODES = {
+HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
@@ -165,6 +171,7 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     406: "not_acceptable",
     413: "payload_too_large",
+    414: "uri_too_long",
     415: "unsupported_media_type",
 }
 
@@ -175,6 +182,43 @@ def _noted(request: Request, response: ErrorJSONResponse) -> ErrorJSONResponse:
     return response
 
 
+def route_table(app: Any) -> list[tuple[Any, frozenset[str], str]]:
+    """Every route of ``app`` as (path regex, methods, path template), built once per app
+    (FastAPI keeps included routers nested: their routes are found with their prefixes)."""
+    table = getattr(app.state, "route_table", None)
+    if table is None:
+        from fastapi.routing import iter_route_contexts
+        from starlette.routing import compile_path
+
+        table = []
+        for r in iter_route_contexts(app.router.routes):
+            template = r.path_format
+            if not template or not r.methods:
+                continue
+            table.append((compile_path(template)[0], frozenset(r.methods), template))
+        app.state.route_table = table
+    return table
+
+
+def route_of(app: Any, path: str, method: str) -> str | None:
+    """The template of the route that answers ``method`` at ``path`` (None: none does)."""
+    for regex, methods, template in route_table(app):
+        if method in methods and regex.match(path):
+            return template
+    return None
+
+
+def allowed_methods(app: Any, path: str) -> list[str]:
+    """Every method some route of ``app`` answers at ``path`` (and OPTIONS, HEAD with GET)."""
+    methods = {"OPTIONS"}
+    for regex, route_methods, _ in route_table(app):
+        if regex.match(path):
+            methods |= route_methods
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     async def on_api(request: Request, exc: Exception) -> JSONResponse:
         return _noted(request, map_exception(exc))
@@ -183,14 +227,17 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return _noted(request, _validation(exc))
 
-    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        code = HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return _noted(
-            request,
-            error_response(exc.status_code, code, message, headers=dict(exc.headers or {})),
-        )
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names the first route's methods only
+            allow = allowed_methods(request.app, request.url.path)
+            headers["Allow"] = ", ".join(allow)
+            if request.method == "OPTIONS":  # RFC 9110 9.3.7: what the resource allows
+                return Response(status_code=204, headers=headers)
+        return _noted(request, error_response(exc.status_code, code, message, headers=headers))
 
     roots = (ApiError, ie.IssuanceError, HsmError, CardSpecError, PrinterError)
     for cls in (*roots, sa.exc.SQLAlchemyError):

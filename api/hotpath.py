@@ -12,7 +12,9 @@ code that the FastAPI routes run (:func:`api.routes_verify.issue_challenge`,
   failure rate limit, or whose client certificate does not match (a caller without a valid
   bearer token is refused here, by the same :meth:`api.auth.Authenticator.principal` the
   routes use, with the same answer; a token this process resolved in the last
-  :data:`api.auth.CACHE_SECONDS` is taken from its cache);
+  :data:`api.auth.CACHE_SECONDS` is taken from its cache only while the authentication epoch
+  read for this request is the one it was resolved at, so a disabled or revoked principal
+  stops here at once too). The caller is authenticated before any byte of the body is read;
 * a verification body that is not a valid :class:`api.schemas.VerificationIn` (the route
   answers the 422 with every field problem), that is not JSON, or that is larger than
   :data:`MAX_BODY`; one that asks for the holder or the photo without the scope for it (the
@@ -50,6 +52,7 @@ from api.context import ApiContext
 from api.errors import ApiError, map_exception
 from api.routes_verify import issue_challenge, run_verification
 from api.schemas import VerificationIn
+from api.tls import subject_matches
 from issuance.services.credentials import Principal
 
 CHALLENGE_PATH = "/v1/verifications/challenge"
@@ -108,16 +111,14 @@ class HotPath:
         if header is not None:
             scheme, _, token = header.partition(b" ")
             if scheme.lower() == b"bearer":
-                principal = self.auth.cached(token.strip().decode("latin-1"))
+                principal = await self.auth.cached(token.strip().decode("latin-1"))
         if principal is None:  # resolved (or refused) as the routes do; cached from now on
             principal = await self.auth.principal(Request(scope))
-        elif principal.cert_subject is not None:
-            tls = scope.get("extensions", {}).get("tls") or {}
-            if tls.get("client_cert_subject") != principal.cert_subject:
-                return None
-        if "verify" not in principal.scopes or self.auth.limiter.blocked(
-            f"client:{principal.client_id}"
+        elif principal.cert_subject is not None and not subject_matches(
+            scope, principal.cert_subject
         ):
+            return None
+        if "verify" not in principal.scopes or self.auth.held(principal):
             return None  # the route refuses it (403 audited, 429)
         state_of(scope)[PRINCIPAL] = principal  # the call log's caller
         return principal

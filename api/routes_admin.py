@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Path, Query, Request
 from sqlalchemy.orm import Session
 
-from api.auth import need
+from api.auth import ctx_of, need
 from api.calls import domain
 from api.errors import responses
-from api.schemas import AuditEventOut, AuditVerifyOut, BatchOut, BatchReportOut
+from api.schemas import (
+    AuditEventOut,
+    AuditVerifyOut,
+    BatchOut,
+    BatchReportOut,
+    PrincipalStateOut,
+)
 from issuance import audit
 from issuance.errors import NotFound
 from issuance.models import AuditEvent, Batch, Card
@@ -139,18 +145,65 @@ async def audit_events(
     return await domain(request, principal, fn)
 
 
-@router.get("/audit/verify", response_model=AuditVerifyOut, tags=["audit"], responses=_ERR)
+@router.get(
+    "/audit/verify", response_model=AuditVerifyOut, tags=["audit"],
+    responses=responses(400, 401, 403, 404, 409, 422, 429, 503),
+)  # fmt: skip
 async def audit_verify(
     request: Request,
     principal: Annotated[Principal, Depends(need("audit:read"))],
 ) -> AuditVerifyOut:
-    """Recompute the audit hash chain and its checkpoints (409 integrity_error if tampered)."""
+    """Recompute the audit hash chain and check every checkpoint's signature against the
+    issuer's signing key held in the HSM (the key the service trusts, never the key stored
+    beside a checkpoint): 409 ``integrity_error`` if an event was edited, deleted or re-hashed,
+    if a checkpoint is unsigned or signed by any other key. ``ykt audit verify`` does the same
+    from the command line."""
+    from api.routes_verify import public_key_pem
+
+    trusted = await public_key_pem(ctx_of(request))  # 503 when the HSM is not there
 
     def fn(s: Session) -> AuditVerifyOut:
-        r = audit.verify_chain(s)
+        r = audit.verify_chain(s, trusted)
         return AuditVerifyOut(
             events=r.events, last_seq=r.last_seq, checkpoints=r.checkpoints,
             signed_checkpoints=r.signed_checkpoints, unsealed=r.unsealed,
+            verified_against="hsm_signing_key",
         )  # fmt: skip
+
+    return await domain(request, principal, fn)
+
+
+PrincipalKind = Literal["clients", "agencies", "staff"]
+_NAME = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^\x00/]+$")]
+
+
+@router.post(
+    "/principals/{kind}/{name}/{action}",
+    response_model=PrincipalStateOut,
+    tags=["admin"],
+    responses=_ERR,
+)
+async def set_principal_active(
+    kind: PrincipalKind,
+    name: _NAME,
+    action: Literal["disable", "enable"],
+    request: Request,
+    principal: Annotated[Principal, Depends(need("principals:manage"))],
+) -> PrincipalStateOut:
+    """Disable or enable an API client (by client id), an agency (by code) or a staff user
+    (by username); audited. A disabled principal gets no token, and every token it holds
+    stops at once on every worker and node (``ykt api client-disable`` ... do the same)."""
+    from issuance.services import credentials
+
+    active = action == "enable"
+    setter = {
+        "clients": credentials.set_client_active,
+        "agencies": credentials.set_agency_active,
+        "staff": credentials.set_staff_active,
+    }[kind]
+
+    def fn(s: Session) -> PrincipalStateOut:
+        setter(s, name, active, principal.actor)
+        return PrincipalStateOut(kind=kind, name=name, active=active)
 
     return await domain(request, principal, fn)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, File, Path, Request, UploadFile
 from pydantic import AfterValidator
 from sqlalchemy.orm import Session
 
-from api.auth import ctx_of, need
+from api.auth import auth_of, ctx_of, need
 from api.calls import actor_for, domain
 from api.errors import responses
 from api.schemas import (
@@ -23,6 +23,7 @@ from api.schemas import (
     FieldProblemOut,
     FinancialIn,
     HandBackOut,
+    LossCodeOut,
     LossIn,
     LossOut,
     ReasonIn,
@@ -31,10 +32,14 @@ from api.schemas import (
     UnreportIn,
 )
 from cardspec.ids import parse_card_number
+from hsm.internal_auth import check_internal_auth
+from hsm.service import CardKeyRef
 from issuance import services
 from issuance.errors import FieldProblem, ValidationError
-from issuance.models import Card, Channel
+from issuance.models import Card, Channel, ChipAppKind
+from issuance.services import verification
 from issuance.services.credentials import Principal
+from issuance.services.loss import holder_mismatch, holder_proven, send_loss_code
 
 router = APIRouter(prefix="/v1", tags=["cards"])
 
@@ -51,15 +56,47 @@ def _card(session: Session, number: str) -> Card:
     return services.find_card(session, card_number=number)
 
 
-def card_out(session: Session, card_id: int) -> CardOut:
+def sees_holder(principal: Principal) -> bool:
+    """May this caller learn who holds a card from its number alone? Staff (people acting at a
+    counter, every read audited) may; an agency's system only with ``holder:lookup``, a scope
+    an administrator grants it (never a default). Agencies otherwise learn the holder from a
+    verification, with the card's chip present (``holder:read``)."""
+    return principal.staff_id is not None or "holder:lookup" in principal.scopes
+
+
+def card_out(session: Session, card_id: int, principal: Principal) -> CardOut:
     v = services.card_status(session, card_id=card_id)
+    holder = sees_holder(principal)
     return CardOut(
         card_id=v.card_id, card_number=v.card_number,
-        card_identification_code=v.card_identification_code, kind=v.kind, status=v.status,
-        province_code=v.province_code, holder_name=v.holder_name,
-        holder_citizen_id_masked=v.holder_citizen_id_masked, issue_date=v.issue_date,
-        expiry_date=v.expiry_date, chip_apps=v.chip_apps,
+        card_identification_code=v.card_identification_code if holder else None,
+        kind=v.kind, status=v.status, province_code=v.province_code,
+        holder_name=v.holder_name if holder else None,
+        holder_citizen_id_masked=v.holder_citizen_id_masked if holder else None,
+        issue_date=v.issue_date, expiry_date=v.expiry_date, chip_apps=v.chip_apps,
     )  # fmt: skip
+
+
+async def _holder_proven(
+    request: Request, principal: Principal, card_number: str, body: LossIn | UnreportIn
+) -> bool:
+    """An agency's system (a hotline, a website) must prove the holder: their full ID number
+    and name, or the one-time code sent to their phone
+    (:func:`issuance.services.loss.holder_proven`); its own ``identity_checked`` flag is no
+    evidence. Checked in a transaction of its own (a code's try counts whatever follows); a
+    failure counts against the caller and gets one answer. Staff check the identity card
+    themselves: False, nothing to prove here."""
+    if principal.staff_id is not None:
+        return False
+
+    def prove(s: Session) -> bool:
+        card = _card(s, card_number)
+        return holder_proven(s, card, body.holder_citizen_id, body.holder_name, body.one_time_code)
+
+    if not await domain(request, principal, prove):
+        await auth_of(request).limiter.fail(f"client:{principal.client_id}")
+        raise holder_mismatch()
+    return True
 
 
 @router.get("/cards/{card_number}", response_model=CardOut, responses=_ERR)
@@ -73,7 +110,7 @@ async def get_card(
     def fn(s: Session) -> CardOut:
         from issuance import audit
 
-        out = card_out(s, _card(s, card_number).id)
+        out = card_out(s, _card(s, card_number).id, principal)
         audit.record(s, principal.actor, "api.card_read", "card", out.card_id)
         return out
 
@@ -94,15 +131,39 @@ async def report_loss(
     actor = await actor_for(request, principal, body.channel)
     settings = ctx_of(request).settings
 
+    checked = await _holder_proven(request, principal, card_number, body)
+
     def fn(s: Session) -> LossOut:
         card = _card(s, card_number)
         r = services.report_loss(
-            s, settings, card.id, actor, identity_checked=body.identity_checked, note=body.note
-        )
+            s, settings, card.id, actor, identity_checked=checked or body.identity_checked,
+            note=body.note,
+        )  # fmt: skip
         return LossOut(
             report_id=r.id, card_number=card.card_number, kind=str(r.kind), status=str(r.status),
             card_status=str(card.status), lapses_at=r.lapses_at,
         )  # fmt: skip
+
+    return await domain(request, principal, fn)
+
+
+@router.post(
+    "/cards/{card_number}/loss-codes", response_model=LossCodeOut, status_code=202,
+    responses=_ERR,
+)  # fmt: skip
+async def loss_code(
+    card_number: CardNo,
+    request: Request,
+    principal: Annotated[Principal, Depends(need("cards:loss"))],
+) -> LossCodeOut:
+    """Send a one-time code to the phone on file of the card's holder: the holder reads it
+    to the hotline, which quotes it (``one_time_code``) to report the card lost or withdraw
+    the report. The answer is the same whether a code was sent or not (no phone on file,
+    enough codes this hour): it tells nothing about the holder."""
+
+    def fn(s: Session) -> LossCodeOut:
+        send_loss_code(s, _card(s, card_number))
+        return LossCodeOut(accepted=True)
 
     return await domain(request, principal, fn)
 
@@ -117,12 +178,14 @@ async def unreport(
     """Withdraw a loss report (the card was found), while no replacement was applied for."""
     actor = await actor_for(request, principal, body.channel)
 
+    checked = await _holder_proven(request, principal, card_number, body)
+
     def fn(s: Session) -> CardOut:
         card = _card(s, card_number)
         services.unreport_loss(
-            s, card.id, actor, identity_checked=body.identity_checked, note=body.note
+            s, card.id, actor, identity_checked=checked or body.identity_checked, note=body.note
         )
-        return card_out(s, card.id)
+        return card_out(s, card.id, principal)
 
     return await domain(request, principal, fn)
 
@@ -147,7 +210,7 @@ def _simple(event: str, doc: str) -> None:
                 "damaged": services.report_damaged,
             }[event]
             action(s, card.id, actor, body.reason)
-            return card_out(s, card.id)
+            return card_out(s, card.id, principal)
 
         return await domain(request, principal, fn)
 
@@ -178,7 +241,7 @@ async def collect(
             s, _card(s, card_number).id, actor, temporary_handed_back=body.temporary_card_returned
         )
         return CollectOut(
-            card=card_out(s, r.card.id),
+            card=card_out(s, r.card.id, principal),
             temporary_cards_returned=r.temporary_cards_returned,
             deposits_refunded_fen=r.deposits_refunded_fen,
             temporary_cards_kept=r.temporary_cards_kept,
@@ -200,7 +263,7 @@ async def activate(
     def fn(s: Session) -> CardOut:
         card = _card(s, card_number)
         services.activate_card(s, card.id, actor)
-        return card_out(s, card.id)
+        return card_out(s, card.id, principal)
 
     return await domain(request, principal, fn)
 
@@ -223,7 +286,7 @@ async def replace(
         new = services.replace_card(
             s, settings, _card(s, card_number).id, actor, reason=body.reason, fee_fen=body.fee_fen
         )
-        return card_out(s, new.id)
+        return card_out(s, new.id, principal)
 
     return await domain(request, principal, fn)
 
@@ -236,16 +299,45 @@ async def financial_activation(
     principal: Annotated[Principal, Depends(need("financial:activate"))],
 ) -> CardOut:
     """A bank branch activates the financial function after checking the holder's identity
-    (the holder set the PIN on the card; the PIN never reaches this service)."""
+    (the holder set the PIN on the card; the PIN never reaches this service). The card must be
+    presented: its INTERNAL AUTHENTICATE answer to a verification challenge is checked in the
+    HSM first (a ``card.verified`` audit event, the challenge used up), and a bank's system
+    activates only the cards issued for that bank (``ykt api bind-bank``)."""
     actor = await actor_for(request, principal, Channel.BANK)
+    ctx = ctx_of(request)
+    codec = await ctx.challenge_codec()
+
+    def check(ref: CardKeyRef, factor: bytes, rnd: bytes, resp: bytes) -> None:
+        ctx.hsm.call(check_internal_auth, ref, factor, rnd, resp)
+
+    def present(s: Session) -> verification.Verdict:
+        return verification.verify_card(
+            s, challenge_id=body.challenge_id.lower(), credential_id=principal.credential_id,
+            card_identification_code=body.card_identification_code, card_number=card_number,
+            response=bytes.fromhex(body.response), application=ChipAppKind.FINANCIAL,
+            check=check, actor=actor, codec=codec,
+        )  # fmt: skip
+
+    # its own transaction: the challenge is used up and the verdict audited whatever follows
+    verdict = await domain(request, principal, present)
+    if verdict.reason not in (None, verification.Reason.NOT_ACTIVATED):
+        raise ValidationError(
+            "the card presented did not prove itself",
+            [FieldProblem("response", f"chip cryptogram refused ({verdict.reason})")],
+        )
 
     def fn(s: Session) -> CardOut:
         card = _card(s, card_number)
+        if (card.card_identification_code or "").upper() != verdict.card_identification_code:
+            raise ValidationError(
+                "the card presented is not this card",
+                [FieldProblem("card_identification_code", "another card's chip answered")],
+            )
         services.activate_financial(
             s, card.id, actor, identity_checked=body.identity_checked, pin_set=body.pin_set,
             bank_agency_id=principal.agency_id,
         )  # fmt: skip
-        return card_out(s, card.id)
+        return card_out(s, card.id, principal)
 
     return await domain(request, principal, fn)
 
@@ -262,7 +354,7 @@ async def temporary_card(
 
     def fn(s: Session) -> CardOut:
         card = services.issue_temporary_card(s, settings, body.person_id, actor)
-        return card_out(s, card.id)
+        return card_out(s, card.id, principal)
 
     return await domain(request, principal, fn)
 
@@ -281,7 +373,7 @@ async def hand_back(
     def fn(s: Session) -> HandBackOut:
         card = _card(s, card_number)
         refunded = services.hand_back_temporary_card(s, card, actor)
-        return HandBackOut(card=card_out(s, card.id), deposit_refunded_fen=refunded)
+        return HandBackOut(card=card_out(s, card.id, principal), deposit_refunded_fen=refunded)
 
     return await domain(request, principal, fn)
 

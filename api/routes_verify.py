@@ -13,7 +13,7 @@ from fastapi.responses import Response, StreamingResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import auth_of, ctx_of, need, require_extra
+from api.auth import SOURCE_FACTOR, auth_of, ctx_of, need, require_extra, source_key
 from api.calllog import CLIENT_ID, mark_recorded, state_of
 from api.context import ApiContext
 from api.errors import ApiError, responses
@@ -65,7 +65,9 @@ async def token(
     """OAuth 2.0 client-credentials grant (RFC 6749 §4.4); client authentication by form
     fields or HTTP Basic. Secrets are checked against their scrypt hash."""
     if grant_type != "client_credentials":
-        raise ApiError(422, "unsupported_grant_type", "only client_credentials", field="grant_type")
+        raise ApiError(  # RFC 6749 5.2
+            400, "unsupported_grant_type", "only client_credentials", field="grant_type"
+        )
     cid = basic.username if basic is not None else client_id
     secret = basic.password if basic is not None else client_secret
     if cid:
@@ -74,8 +76,10 @@ async def token(
         raise ApiError(401, "invalid_client", "client_id and client_secret are required")
     ctx = ctx_of(request)
     limiter = auth_of(request).limiter
-    ip = f"ip:{request.client.host if request.client else '-'}"
-    limiter.check(ip, f"client:{cid}")
+    ip = source_key(request)
+    pair = f"client:{cid}@{ip}"  # never the client alone: see api.auth.FailureLimiter
+    await limiter.check(pair)
+    await limiter.check(ip, limit=limiter.per_minute * SOURCE_FACTOR)
     wanted = scope.split() if scope else None
 
     def work() -> credentials.IssuedToken:
@@ -85,9 +89,11 @@ async def token(
     try:
         issued = await run_in_threadpool(work)
     except PermissionDenied as exc:
-        limiter.fail(ip, f"client:{cid}")
         code = str(exc.details.get("reason", "invalid_client"))
-        raise ApiError(401 if code == "invalid_client" else 403, code, exc.message) from exc
+        if code == "invalid_client":
+            await limiter.fail(ip, pair)
+            raise ApiError(401, code, exc.message) from exc
+        raise ApiError(400, code, exc.message, field="scope") from exc  # RFC 6749 5.2
     return TokenOut(
         access_token=issued.access_token,
         expires_in=issued.expires_in,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from cardspec.ids import parse_card_number
 from issuance.models import ApplicationStatus, Channel, ChipAppKind
@@ -35,6 +35,9 @@ def text(max_length: int) -> object:
 
 
 class _In(BaseModel):
+    """A request body: unknown fields refused; booleans are ``StrictBool`` (``true``/``false``
+    only: neither ``0`` nor ``"yes"``)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -71,8 +74,8 @@ class VerificationIn(_In):
     application: ChipAppKind = Field(
         ChipAppKind.SOCIAL_SECURITY, description="the chip application the visit needs"
     )
-    include_holder: bool = Field(False, description="needs scope holder:read")
-    include_photo: bool = Field(False, description="needs scope holder:photo")
+    include_holder: StrictBool = Field(False, description="needs scope holder:read")
+    include_photo: StrictBool = Field(False, description="needs scope holder:photo")
     sm2_card_certificate: str | None = Field(
         None, pattern=r"^([0-9a-fA-F]{2}){64,1024}$",
         description="SM4 cards: the card certificate (GET DATA DF20, hex); with sm2_signature "
@@ -131,23 +134,51 @@ class CardOut(BaseModel):
     kind: str
     status: str
     province_code: str
-    holder_name: str
-    holder_citizen_id_masked: str
+    holder_name: str | None = Field(
+        None, description="staff, or an agency granted holder:lookup; else absent"
+    )
+    holder_citizen_id_masked: str | None = Field(
+        None, description="staff, or an agency granted holder:lookup; else absent"
+    )
     issue_date: date | None
     expiry_date: date | None
     chip_apps: dict[str, str]
 
 
-class LossIn(_In):
+class _HolderProof(_In):
+    """What an agency's system (a hotline, a website) proves the holder with: it cannot check
+    an identity card itself, so the caller names the holder (ID number and name, both must
+    match the card's) or quotes the one-time code sent to the holder's phone."""
+
+    holder_citizen_id: (
+        Annotated[str, Field(min_length=15, max_length=18, pattern=_NO_NUL)] | None
+    ) = Field(None, description="an agency's call: the holder's full ID number (with holder_name)")
+    holder_name: Annotated[str, Field(min_length=1, max_length=60, pattern=_NO_NUL)] | None = Field(
+        None, description="an agency's call: the holder's name (with holder_citizen_id)"
+    )
+    one_time_code: Annotated[str, Field(pattern=r"^[0-9]{6}$")] | None = Field(
+        None,
+        description="an agency's call, instead: the code sent to the holder's phone "
+        "(POST /v1/cards/{card_number}/loss-codes)",
+    )
+
+
+class LossIn(_HolderProof):
     channel: Channel = Channel.COUNTER
-    identity_checked: bool = False
+    identity_checked: StrictBool = False
     note: Annotated[str, text(500)] | None = None
 
 
-class UnreportIn(_In):
+class UnreportIn(_HolderProof):
     channel: Channel = Channel.COUNTER
-    identity_checked: bool = False
+    identity_checked: StrictBool = False
     note: Annotated[str, text(500)] | None = None
+
+
+class LossCodeOut(BaseModel):
+    accepted: Literal[True] = Field(
+        True, description="the same answer whether a code was sent or not"
+    )
 
 
 class LossOut(BaseModel):
@@ -174,8 +205,21 @@ class ReplaceIn(_In):
 
 
 class FinancialIn(_In):
-    identity_checked: bool
-    pin_set: bool
+    """Activation at a branch: the holder's identity checked, the PIN set on the card, and the
+    card itself presented: its INTERNAL AUTHENTICATE answer to a challenge of
+    ``POST /v1/verifications/challenge`` (checked in the HSM, the challenge used up)."""
+
+    identity_checked: StrictBool
+    pin_set: StrictBool
+    challenge_id: Hex32
+    card_identification_code: Hex32
+    response: Annotated[
+        str,
+        Field(
+            pattern=r"^([0-9a-fA-F]{16}|[0-9a-fA-F]{32})$",
+            description="the card's INTERNAL AUTHENTICATE answer to the challenge (hex)",
+        ),
+    ]
 
 
 class TemporaryIn(_In):
@@ -183,7 +227,7 @@ class TemporaryIn(_In):
 
 
 class CollectIn(ChannelIn):
-    temporary_card_returned: bool = Field(
+    temporary_card_returned: StrictBool = Field(
         False,
         description="The holder handed the temporary card back now: it is cancelled and its "
         "deposit refunded. Otherwise the temporary card is cancelled and the deposit kept "
@@ -288,6 +332,17 @@ class AuditVerifyOut(BaseModel):
     checkpoints: int
     signed_checkpoints: int
     unsealed: int
+    verified_against: Literal["hsm_signing_key"] = Field(
+        "hsm_signing_key",
+        description="every checkpoint was verified against the issuer's signing key in the "
+        "HSM; an unsigned checkpoint or one signed by another key answers 409",
+    )
+
+
+class PrincipalStateOut(BaseModel):
+    kind: Literal["clients", "agencies", "staff"]
+    name: str
+    active: bool
 
 
 # --- uploads: bulk import, photo, death records; temporary card hand-back ----------------------

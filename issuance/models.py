@@ -204,6 +204,8 @@ class Agency(Base):
     kind: Mapped[AgencyKind] = mapped_column(_enum(AgencyKind))
     region_code: Mapped[str] = mapped_column(sa.String(6))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: False: disabled (migration 0011): none of its clients gets a token or is served
+    active: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
 
 
 class Staff(Base):
@@ -695,6 +697,41 @@ class ApiCall(Base):
     status: Mapped[int] = mapped_column(sa.SmallInteger)
     error_code: Mapped[str | None] = mapped_column(sa.String(40))
     duration_us: Mapped[int]
+
+
+class ApiAuthEpoch(Base):
+    """One row (id 1): grows whenever an API principal is disabled, enabled or has its tokens
+    revoked (migration 0011). Each API request compares it with the epoch its cached token was
+    resolved at, so such a change stops the tokens at once on every worker and node."""
+
+    __tablename__ = "api_auth_epoch"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    epoch: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class LossCode(Base):
+    """A one-time code sent to the phone on file of a card's holder, with which a remote
+    channel proves the holder when reporting the card lost or withdrawing the report
+    (migration 0011). Only its SHA-256 (salted with the card) is stored."""
+
+    __tablename__ = "loss_codes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    card_id: Mapped[int] = mapped_column(sa.ForeignKey("cards.id"), index=True)
+    code_hash: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(default=0)
+    used_at: Mapped[datetime | None]
+
+
+class ApiRateCounter(Base):
+    """Failed authentications and refusals of one caller key in one minute (Unix minutes),
+    shared by every API worker and node (``api.auth.FailureLimiter``; migration 0011)."""
+
+    __tablename__ = "api_rate_counters"
+    key: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    minute: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, index=True)
+    count: Mapped[int]
 
 
 class UsedChallenge(Base):

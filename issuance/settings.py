@@ -196,6 +196,23 @@ class ApiSettings(_Section):
     tls_keyfile: Path | None = None
     #: For mutual TLS: CA bundle that client certificates must chain to.
     tls_client_ca: Path | None = None
+    #: Largest request body per route, in bytes (413 beyond): a path pattern ("*" stands for
+    #: one path segment) to its cap; ``default`` for every other route.
+    body_limits: dict[str, int] = Field(
+        default_factory=lambda: {
+            "default": 64 * 1024,
+            "/v1/applications": 28 * 1024 * 1024,  # JSON with a base64 photo of up to 20 MB
+            "/v1/applications/*/photo": 21 * 1024 * 1024,
+            "/v1/death-records": 21 * 1024 * 1024,
+            "/v1/imports": 560 * 1024 * 1024,  # a 50 MB file and a 500 MB photo archive
+        }
+    )
+    #: JSON request bodies nested deeper than this are refused (400).
+    max_json_depth: int = Field(default=32, ge=2, le=1000)
+    #: Serve the interactive documentation (``/docs``, its assets from the package, and
+    #: ``/openapi.json``) without authentication; False in production: the OpenAPI document
+    #: then needs a token (any scope) and ``/docs`` is off.
+    public_docs: bool = True
 
 
 class Settings(_Section):

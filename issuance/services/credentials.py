@@ -19,9 +19,10 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from issuance import audit
 from issuance.audit import SYSTEM_ACTOR, Actor
@@ -30,6 +31,7 @@ from issuance.errors import ConflictError, FieldProblem, NotFound, PermissionDen
 from issuance.models import (
     Agency,
     AgencyKind,
+    ApiAuthEpoch,
     ApiCredential,
     ApiToken,
     Channel,
@@ -44,6 +46,9 @@ SCOPES: dict[str, str] = {
     "holder:read": "see the holder's name, sex, birth date and masked ID number on a verification",
     "holder:photo": "see the holder's photo on a verification",
     "holder:full_id": "see the holder's full social security number",
+    "holder:lookup": "see the holder's name, masked ID number and the card identification "
+    "code when reading a card by its number (agencies: granted by an administrator only, "
+    "never a default; staff see them anyway)",
     "feed:read": "download the signed status feed",
     "cards:read": "read a card's status",
     "cards:loss": "report a card lost or withdraw a provisional report (remote channels)",
@@ -55,6 +60,7 @@ SCOPES: dict[str, str] = {
     "batches:read": "read production batches",
     "audit:read": "query and verify the audit log",
     "deaths:write": "upload a death-record file (cancels the deceased holders' cards)",
+    "principals:manage": "disable and enable API clients, agencies and staff users",
 }
 
 #: Default scopes of an agency by kind (``ykt api agency add --scope`` overrides).
@@ -78,8 +84,12 @@ _COUNTER = (
 #: Scopes of a staff token by role (the services check the role itself on every action).
 STAFF_SCOPES: dict[StaffRole, tuple[str, ...]] = {
     StaffRole.CLERK: _COUNTER,
-    StaffRole.SUPERVISOR: (*_COUNTER, "holder:full_id", "audit:read", "deaths:write"),
-    StaffRole.ADMIN: (*_COUNTER, "holder:full_id", "audit:read", "deaths:write"),
+    StaffRole.SUPERVISOR: (
+        *_COUNTER, "holder:full_id", "audit:read", "deaths:write", "principals:manage",
+    ),
+    StaffRole.ADMIN: (
+        *_COUNTER, "holder:full_id", "audit:read", "deaths:write", "principals:manage",
+    ),
     StaffRole.REVIEWER: ("applications:write", "applications:read", "cards:read"),
     StaffRole.APPROVER: ("applications:write", "applications:read", "cards:read"),
     StaffRole.FUND_SUPERVISOR: ("cards:read", "cards:lifecycle", "holder:read", "audit:read"),
@@ -111,6 +121,12 @@ def hash_secret(secret: str) -> str:
         f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}$"
         f"{b64(salt).decode()}${b64(digest).decode()}"
     )
+
+
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    """The hash an unknown client id's secret is checked against (it matches nothing)."""
+    return hash_secret(secrets.token_urlsafe(32))
 
 
 def check_secret(secret: str, stored: str) -> bool:
@@ -164,6 +180,25 @@ class Principal:
         return self.actor.username
 
 
+def canonical_cert_subject(subject: str) -> str:
+    """A client certificate subject to bind a credential to (RFC 4514), checked and written
+    the one way cryptography writes it (a comma inside a value escaped); the API compares it
+    with the presented certificate as a name, RDN by RDN (:func:`api.tls.subject_matches`)."""
+    from cryptography import x509
+
+    try:
+        name = x509.Name.from_rfc4514_string(subject.strip())
+    except ValueError as exc:
+        raise ValidationError(
+            "bad certificate subject", [FieldProblem("cert_subject", f"not RFC 4514: {exc}")]
+        ) from exc
+    if not list(name):
+        raise ValidationError(
+            "bad certificate subject", [FieldProblem("cert_subject", "the subject is empty")]
+        )
+    return name.rfc4514_string()
+
+
 @dataclass(frozen=True)
 class NewCredential:
     client_id: str
@@ -181,6 +216,8 @@ def register_agency_client(
 ) -> NewCredential:
     """New client credentials for ``agency`` (the secret is returned once, stored hashed)."""
     granted = check_scopes(scopes if scopes else list(AGENCY_DEFAULT_SCOPES[agency.kind]))
+    if cert_subject is not None:
+        cert_subject = canonical_cert_subject(cert_subject)
     client_id = f"{agency.code}-{secrets.token_hex(4)}"
     secret = secrets.token_urlsafe(32)
     cred = ApiCredential(
@@ -233,11 +270,16 @@ def issue_token(
     cred = session.scalars(
         sa.select(ApiCredential).where(ApiCredential.client_id == client_id)
     ).one_or_none()
+    # one scrypt check whatever the id: an unknown or disabled client takes as long as a known
+    # one (no timing oracle for which client ids exist)
+    stored = cred.secret_hash if cred is not None and cred.secret_hash else _dummy_hash()
+    secret_ok = check_secret(client_secret, stored)
     if (
         cred is None
-        or not cred.active
         or cred.secret_hash is None
-        or not check_secret(client_secret, cred.secret_hash)
+        or not secret_ok
+        or not cred.active
+        or (cred.agency_id is not None and not _agency_active(session, cred.agency_id))
     ):
         raise PermissionDenied("invalid client credentials", reason="invalid_client")
     allowed = set(cred.scopes.split())
@@ -251,6 +293,10 @@ def issue_token(
     return IssuedToken(token, scopes, int(ttl.total_seconds()))
 
 
+def _agency_active(session: Session, agency_id: int) -> bool:
+    return bool(session.scalar(sa.select(Agency.active).where(Agency.id == agency_id)))
+
+
 def staff_token(
     session: Session, username: str, *, ttl: timedelta = timedelta(hours=8)
 ) -> IssuedToken:
@@ -258,7 +304,9 @@ def staff_token(
     staff = session.scalars(sa.select(Staff).where(Staff.username == username)).one_or_none()
     if staff is None:
         raise NotFound(f"no staff user {username!r}")
-    if not staff.active:
+    if not staff.active or (
+        staff.agency_id is not None and not _agency_active(session, staff.agency_id)
+    ):
         raise PermissionDenied(f"staff user {username!r} is disabled")
     scopes = list(STAFF_SCOPES.get(staff.role, ()))
     cred = session.scalars(
@@ -283,24 +331,132 @@ def staff_token(
     return IssuedToken(token, scopes, int(ttl.total_seconds()))
 
 
-def revoke_tokens(session: Session, client_id: str, actor: Actor = SYSTEM_ACTOR) -> int:
+def auth_epoch(session: Session) -> int:
+    """The authentication epoch (migration 0011): it grows whenever a principal is disabled,
+    enabled or has its tokens revoked. A token resolved at an older epoch is resolved again
+    before it is honoured (the API's per-request check, :class:`api.auth.Authenticator`)."""
+    return int(session.scalar(sa.select(ApiAuthEpoch.epoch).where(ApiAuthEpoch.id == 1)) or 0)
+
+
+#: The same read for the API's asyncpg pool (one primary-key read per request).
+AUTH_EPOCH_SQL = "SELECT epoch FROM api_auth_epoch WHERE id = 1"
+
+
+def bump_auth_epoch(session: Session) -> None:
+    """Make every API worker and node resolve its cached tokens again at their next request
+    (a principal's state changed, or the failure limit now holds a caller)."""
+    session.execute(
+        sa.update(ApiAuthEpoch).where(ApiAuthEpoch.id == 1).values(epoch=ApiAuthEpoch.epoch + 1)
+    )
+
+
+def _credential(session: Session, client_id: str) -> ApiCredential:
     cred = session.scalars(
         sa.select(ApiCredential).where(ApiCredential.client_id == client_id)
     ).one_or_none()
     if cred is None:
         raise NotFound(f"no API client {client_id!r}")
+    return cred
+
+
+def _revoke_all(session: Session, credential_ids: sa.ColumnElement[bool]) -> int:
     result = session.execute(
         sa.update(ApiToken)
-        .where(ApiToken.credential_id == cred.id, ApiToken.revoked_at.is_(None))
+        .where(credential_ids, ApiToken.revoked_at.is_(None))
         .values(revoked_at=utcnow())
     )
-    audit.record(session, actor, "api.tokens_revoked", "api_credential", cred.id)
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def revoke_tokens(session: Session, client_id: str, actor: Actor = SYSTEM_ACTOR) -> int:
+    """Revoke every token of a client *and disable it*: its secret gets no new token until
+    :func:`set_client_active` enables it again. Takes effect at once on every API worker and
+    node (the authentication epoch grows)."""
+    cred = _credential(session, client_id)
+    n = _revoke_all(session, ApiToken.credential_id == cred.id)
+    cred.active = False
+    bump_auth_epoch(session)
+    audit.record(
+        session, actor, "api.tokens_revoked", "api_credential", cred.id,
+        details={"client_id": client_id, "tokens": n, "disabled": True},
+    )  # fmt: skip
+    return n
+
+
+def set_client_active(
+    session: Session, client_id: str, active: bool, actor: Actor = SYSTEM_ACTOR
+) -> ApiCredential:
+    """Disable an API client (its tokens are revoked, it gets no new one) or enable it again;
+    audited (``api.client_disabled`` / ``api.client_enabled``)."""
+    cred = _credential(session, client_id)
+    before = cred.active
+    cred.active = active
+    n = 0 if active else _revoke_all(session, ApiToken.credential_id == cred.id)
+    bump_auth_epoch(session)
+    audit.record(
+        session, actor, "api.client_enabled" if active else "api.client_disabled",
+        "api_credential", cred.id, before=str(before), after=str(active),
+        details={"client_id": client_id, "tokens_revoked": n},
+    )  # fmt: skip
+    return cred
+
+
+def set_agency_active(
+    session: Session, code: str, active: bool, actor: Actor = SYSTEM_ACTOR
+) -> Agency:
+    """Disable an agency (every client of it and every staff user of it stops at once, gets
+    no token) or enable it again; audited (``agency.disabled`` / ``agency.enabled``). Its
+    clients keep their own state: enabling the agency does not enable a client disabled on
+    its own."""
+    agency = session.scalars(sa.select(Agency).where(Agency.code == code)).one_or_none()
+    if agency is None:
+        raise NotFound(f"no agency {code!r}")
+    before = agency.active
+    agency.active = active
+    n = 0
+    if not active:  # its clients' tokens, and its staff users' (a bank's tellers)
+        staff_ids = sa.select(Staff.id).where(Staff.agency_id == agency.id).scalar_subquery()
+        ids = sa.select(ApiCredential.id).where(
+            (ApiCredential.agency_id == agency.id) | ApiCredential.staff_id.in_(staff_ids)
+        )
+        n = _revoke_all(session, ApiToken.credential_id.in_(ids.scalar_subquery()))
+    bump_auth_epoch(session)
+    audit.record(
+        session, actor, "agency.enabled" if active else "agency.disabled", "agency", agency.id,
+        before=str(before), after=str(active), details={"code": code, "tokens_revoked": n},
+    )  # fmt: skip
+    return agency
+
+
+def set_staff_active(
+    session: Session, username: str, active: bool, actor: Actor = SYSTEM_ACTOR
+) -> Staff:
+    """Disable a staff user (their tokens stop at once; no new token, no CLI action) or enable
+    them again; audited (``staff.disabled`` / ``staff.enabled``)."""
+    staff = session.scalars(sa.select(Staff).where(Staff.username == username)).one_or_none()
+    if staff is None:
+        raise NotFound(f"no staff user {username!r}")
+    if actor.staff_id is not None and actor.staff_id == staff.id and not active:
+        raise PermissionDenied("a staff user cannot disable themselves")
+    before = staff.active
+    staff.active = active
+    n = 0
+    if not active:
+        ids = sa.select(ApiCredential.id).where(ApiCredential.staff_id == staff.id)
+        n = _revoke_all(session, ApiToken.credential_id.in_(ids.scalar_subquery()))
+    bump_auth_epoch(session)
+    audit.record(
+        session, actor, "staff.enabled" if active else "staff.disabled", "staff", staff.id,
+        before=str(before), after=str(active),
+        details={"username": username, "tokens_revoked": n},
+    )  # fmt: skip
+    return staff
 
 
 def authenticate(session: Session, token: str, now: datetime | None = None) -> Principal:
     """The principal of a bearer token; raise PermissionDenied (reason in details)."""
     now = now or utcnow()
+    staff_agency = aliased(Agency)
     row = session.execute(
         sa.select(
             ApiToken.scopes,
@@ -313,21 +469,27 @@ def authenticate(session: Session, token: str, now: datetime | None = None) -> P
             Agency.id,
             Agency.code,
             Agency.kind,
+            Agency.active,
             Staff.id,
             Staff.username,
             Staff.role,
             Staff.active,
+            staff_agency.active,
         )
         .join(ApiCredential, ApiCredential.id == ApiToken.credential_id)
         .outerjoin(Agency, Agency.id == ApiCredential.agency_id)
         .outerjoin(Staff, Staff.id == ApiCredential.staff_id)
+        .outerjoin(staff_agency, staff_agency.id == Staff.agency_id)
         .where(ApiToken.token_hash == token_digest(token))
     ).one_or_none()
     if row is None:
         raise PermissionDenied("unknown token", reason="invalid_token")
     (scopes, expires_at, revoked_at, cred_id, client_id, cred_active, cert_subject,
-     agency_id, agency_code, agency_kind, staff_id, username, role, staff_active) = row  # fmt: skip
-    if revoked_at is not None or not cred_active:
+     agency_id, agency_code, agency_kind, agency_active, staff_id, username, role,
+     staff_active, staff_agency_active) = row  # fmt: skip
+    if staff_agency_active is False:  # a staff user of a disabled agency (a bank's tellers)
+        raise PermissionDenied("token revoked", reason="invalid_token")
+    if revoked_at is not None or not cred_active or agency_active is False:
         raise PermissionDenied("token revoked", reason="invalid_token")
     if expires_at <= now:
         raise PermissionDenied("token expired", reason="invalid_token")

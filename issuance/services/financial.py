@@ -199,6 +199,38 @@ def hsm_card_check(key_service: KeyService, card: Card) -> CardCheck:
     return check
 
 
+def bind_bank(session: Session, card_id: int, bank_code: str, actor: Actor) -> Card:
+    """Record the bank a card's financial application was issued for (the co-operating bank
+    the holder chose); audited (``chip.bank_bound``). Only that bank's system may then
+    activate the function through the API. Not once the function is active."""
+    import sqlalchemy as sa
+
+    from issuance import audit
+
+    card = find_card(session, card_id=card_id)
+    fin = card.chip_app(ChipAppKind.FINANCIAL)
+    bank = session.scalars(sa.select(Agency).where(Agency.code == bank_code)).one_or_none()
+    problems = []
+    if fin is None:
+        problems.append(FieldProblem("card", "the card has no financial application"))
+    elif fin.status != ChipAppStatus.SEALED:
+        problems.append(FieldProblem("card", f"the financial function is {fin.status}"))
+    if bank is None or bank.kind != AgencyKind.BANK:
+        problems.append(FieldProblem("bank", f"no bank agency {bank_code!r}"))
+    if problems:
+        raise ValidationError("cannot bind the card to the bank", problems)
+    assert fin is not None and bank is not None
+    before = fin.bank_agency_id
+    fin.bank_agency_id = bank.id
+    audit.record(
+        session, actor, "chip.bank_bound", "chip_application", fin.id,
+        before=None if before is None else str(before), after=str(bank.id),
+        details={"card_id": card.id, "bank": bank.code},
+    )  # fmt: skip
+    flush(session)
+    return card
+
+
 def activate_financial(
     session: Session,
     card_id: int,
@@ -232,6 +264,13 @@ def activate_financial(
         agency = session.get(Agency, pin.bank_agency_id)
         if agency is None or agency.kind != AgencyKind.BANK:
             problems.append(FieldProblem("pin", "only a bank may attest its terminal set the PIN"))
+    fin_app = card.chip_app(ChipAppKind.FINANCIAL)
+    bound = None if fin_app is None else fin_app.bank_agency_id
+    if isinstance(pin, BankAttestation) and bound != pin.bank_agency_id:
+        # a bank's system activates only the cards issued for that bank
+        problems.append(FieldProblem("card", "the card's financial function is not this bank's"))
+    elif bound is not None and bank_agency_id is not None and bound != bank_agency_id:
+        problems.append(FieldProblem("card", "the card's financial function is another bank's"))
     if problems:
         raise ValidationError("cannot activate the financial function", problems)
     assert pin is not None

@@ -184,25 +184,47 @@ class FeedSummary:
     refused: int
 
 
+def _check_fresh(header: dict[str, Any], max_age: timedelta, now: datetime) -> None:
+    try:
+        at = datetime.fromisoformat(str(header["generated_at"]).removesuffix("Z"))
+    except (KeyError, ValueError) as exc:
+        raise IntegrityError("status feed: the header has no valid generated_at") from exc
+    if now - at > max_age:
+        raise IntegrityError(
+            f"status feed: stale (generated {at.isoformat()}Z, older than {max_age})"
+        )
+    if at - now > timedelta(minutes=5):
+        raise IntegrityError("status feed: generated in the future (check the clocks)")
+
+
 def verify_feed(
     lines: Iterable[bytes],
     public_key_pem: bytes,
     on_entry: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    max_age: timedelta | None = None,
+    now: datetime | None = None,
 ) -> FeedSummary:
     """Check a feed's hash and HSM signature while reading it line by line; raise
     :class:`IntegrityError`. ``on_entry`` sees each entry (after the check it is trustworthy
-    only if this function returns)."""
+    only if this function returns).
+
+    Strict: each line is one JSON object ending in exactly ``\n`` (no ``\r``, no blank line),
+    nothing follows the trailer, and with ``max_age`` the header's signed ``generated_at`` must
+    be at most that old (a replayed old feed would hide cards refused since)."""
     h = hashlib.sha256()
     header: dict[str, Any] | None = None
     count = refused = 0
-    for raw in lines:
-        if not raw.strip():
-            continue
-        line = raw if raw.endswith(b"\n") else raw + b"\n"
+    it = iter(lines)
+    for line in it:
+        if not line.endswith(b"\n") or b"\r" in line or b"\n" in line[:-1] or not line.strip():
+            raise IntegrityError("status feed: a line is not one JSON object ending in LF")
         try:
             obj = json.loads(line)
         except ValueError as exc:
             raise IntegrityError("status feed: a line is not JSON") from exc
+        if not isinstance(obj, dict):
+            raise IntegrityError("status feed: a line is not a JSON object")
         kind = obj.get("type")
         if kind == "trailer":
             if header is None:
@@ -218,6 +240,10 @@ def verify_feed(
                 )
             except (KeyError, ValueError, SignatureInvalid) as exc:
                 raise IntegrityError("status feed: signature does not verify") from exc
+            if any(extra for extra in it):
+                raise IntegrityError("status feed: bytes after the trailer")
+            if max_age is not None:
+                _check_fresh(header, max_age, now or utcnow())
             return FeedSummary(header["kind"], header["since"], obj["sequence"], count, refused)
         h.update(line)
         if kind == "header":
@@ -225,6 +251,8 @@ def verify_feed(
                 raise IntegrityError("status feed: bad or repeated header")
             header = obj
         elif kind == "entry":
+            if header is None:
+                raise IntegrityError("status feed: no header")
             count += 1
             refused += bool(obj.get("refused"))
             if on_entry is not None:

@@ -78,15 +78,19 @@ def test_channel_refusal_is_audited_and_rate_limited(api_env: ApiEnv) -> None:
 def test_self_service_platform_reports_and_withdraws_a_loss(api_env: ApiEnv) -> None:
     card = api_env.new_card()
     c, n, h = api_env.client, card.card_number, api_env.auth("selfservice")
-    r = c.post(f"/v1/cards/{n}/loss-reports", json={"channel": "phone"}, headers=h)
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        person = s.get(Card, card.id).person  # type: ignore[union-attr]
+        proof = {"holder_citizen_id": person.citizen_id, "holder_name": person.name}
+    r = c.post(f"/v1/cards/{n}/loss-reports", json={"channel": "phone", **proof}, headers=h)
     assert r.status_code == 201, r.text
     assert r.json()["kind"] == "provisional" and r.json()["card_status"] == "lost_provisional"
-    # the app channel needs an identity check (face check in the app)
-    r = c.post(f"/v1/cards/{n}/unreport", json={"channel": "app"}, headers=h)
-    assert r.status_code == 422 and r.json()["error"]["field"] == "identity_checked"
+    # the platform proves the holder's identity by naming them (issue 15): its own
+    # identity_checked flag is no evidence
     r = c.post(
         f"/v1/cards/{n}/unreport", json={"channel": "app", "identity_checked": True}, headers=h
     )
+    assert r.status_code == 422 and r.json()["error"]["field"] == "holder_citizen_id"
+    r = c.post(f"/v1/cards/{n}/unreport", json={"channel": "app", **proof}, headers=h)
     assert r.status_code == 200 and r.json()["status"] == "active"
     events = c.get(
         "/v1/audit/events", params={"entity_type": "card", "entity_id": str(card.id)},

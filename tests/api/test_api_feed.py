@@ -8,7 +8,7 @@ import pytest
 from conftest import ApiEnv
 from fastapi.testclient import TestClient
 
-from api.client import YktClient
+from api.client import UnpinnedFeedKeyWarning, YktClient
 from hsm.service import verify_signature
 from issuance.errors import IntegrityError
 from issuance.services import status_feed
@@ -24,7 +24,8 @@ def test_full_and_delta_feeds_are_signed_and_follow_the_lifecycle(
     cards = [api_env.new_card() for _ in range(3)]
     pem = c.public_key_pem()
     assert c.http.get("/v1/status-feed/public-key").json()["key_id"]
-    base = c.status_feed()
+    with pytest.warns(UnpinnedFeedKeyWarning):  # fetched from the same server: said loudly
+        base = c.status_feed()
     assert base.kind == "full" and base.count == 0
     # lose one, suspend one
     clerk, fund = api_env.auth("clerk"), api_env.auth("fund_supervisor")
@@ -44,12 +45,12 @@ def test_full_and_delta_feeds_are_signed_and_follow_the_lifecycle(
     )  # fmt: skip
     assert r.status_code == 200, r.text
     delta_seen: list[dict[str, Any]] = []
-    delta = c.status_feed(since=full.sequence, on_entry=delta_seen.append)
+    delta = c.status_feed(since=full.sequence, on_entry=delta_seen.append, public_key_pem=pem)
     assert delta.kind == "delta" and delta.since == full.sequence
     assert [(e["card_number"], e["refused"]) for e in delta_seen] == [(n0, False)]
     assert delta.sequence > full.sequence
     # nothing new since then
-    assert c.status_feed(since=delta.sequence).count == 0
+    assert c.status_feed(since=delta.sequence, public_key_pem=pem).count == 0
     # ahead of the feed: a clear 422 naming the field
     r = c.http.get("/v1/status-feed", params={"since": delta.sequence + 100})
     assert r.status_code == 422 and r.json()["error"]["field"] == "since"

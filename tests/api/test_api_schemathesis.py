@@ -2,8 +2,9 @@
 (status codes, content types and bodies), in both generation modes: POSITIVE (valid input)
 and NEGATIVE (malformed input: wrong types, missing fields, bad formats). It runs once per
 principal kind, so routes are explored beyond the scope refusal: a staff supervisor (wide
-scopes), a bank and a hospital. ``YKT_SCHEMATHESIS_EXAMPLES`` raises the number of examples
-per operation (``make reliability`` runs it high)."""
+scopes), a bank and a hospital (``YKT_SCHEMATHESIS_WHO=all``: every staff role and agency
+kind). ``YKT_SCHEMATHESIS_EXAMPLES`` raises the number of examples per operation (``make
+reliability`` runs it high)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,14 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from issuance.models import StaffRole
 from yikatong.settings import Settings, load_settings
 
 pytestmark = pytest.mark.softhsm
 EXAMPLES = int(os.environ.get("YKT_SCHEMATHESIS_EXAMPLES", "8"))
+#: ``YKT_SCHEMATHESIS_WHO=all``: every staff role and agency kind of the fixtures
+ALL = [str(r) for r in StaffRole if r != StaffRole.SYSTEM] + ["hospital", "bank", "selfservice"]
+WHO = ALL if os.environ.get("YKT_SCHEMATHESIS_WHO") == "all" else ["supervisor", "bank", "hospital"]
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -45,7 +50,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-@pytest.mark.parametrize("who", ["supervisor", "bank", "hospital"])
+@pytest.mark.parametrize("who", WHO)
 def test_schemathesis_finds_no_server_error_and_nothing_off_schema(
     api_env: ApiEnv, who: str, mode: GenerationMode
 ) -> None:

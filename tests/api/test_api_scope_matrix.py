@@ -236,6 +236,10 @@ def url_for(route: RouteSpec, m: Matrix, held: bool) -> str:
         "card_number": m.fresh_card() if held and route.method != "GET" else m.shared_card,
         "app_id": str(m.fresh_application() if held and route.method != "GET" else m.shared_app),
         "batch_id": str(m.batch_id),
+        # disabling principals: one nobody has (a caller that may do it meets a 404)
+        "kind": "clients",
+        "name": "matrix-nobody",
+        "action": "disable",
     }
     path = route.path
     for name, value in values.items():

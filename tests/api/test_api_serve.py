@@ -199,4 +199,23 @@ def test_cli_staff_token_needs_the_users_password_and_clients_an_admin(
             sa.select(AuditEvent).where(AuditEvent.action == "api.credential_created")
         ).one()
         assert ev.actor_name == "boss"
+    # issue 15: disabling is an admin's act too, audited, and stops the token at once
+    boss_pw = {"YKT_STAFF_PASSWORD": "pw-of-boss"}
+    off = ykt_in(boss_pw, "api", "staff-disable", "clerk1", "--as", "boss")
+    assert off.returncode == 0 and "disabled" in off.stdout, off.stderr
+    with transaction(make_sessionmaker(engine)) as s, pytest.raises(credentials.PermissionDenied):
+        credentials.authenticate(s, token)
+    cid = as_boss.stdout.split("client_id", 1)[1].split()[0]
+    secret = as_boss.stdout.split("client_secret", 1)[1].split()[0]
+    for command in ("client-disable", "client-enable", "agency-disable", "agency-enable"):
+        name = cid if command.startswith("client") else "hz-cli-hospital"
+        done = ykt_in(boss_pw, "api", command, name, "--as", "boss")
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert ykt_in(boss_pw, "api", "revoke", cid, "--as", "boss").returncode == 0
+    with transaction(make_sessionmaker(engine)) as s:
+        with pytest.raises(credentials.PermissionDenied):  # revoked: disabled too
+            credentials.issue_token(s, cid, secret)
+        actions = set(s.scalars(sa.select(AuditEvent.action)))
+    assert {"staff.disabled", "api.client_disabled", "api.client_enabled", "agency.disabled",
+            "agency.enabled", "api.tokens_revoked"} <= actions  # fmt: skip
     engine.dispose()

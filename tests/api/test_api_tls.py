@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from server_helpers import server_env, serving
 
-from api.tls import subject_string
+from api.tls import subject_matches
 from issuance import services
 from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.models import AgencyKind, AuditEvent
@@ -148,16 +148,26 @@ def _without_certificate(ca: Ca, port: int, version: ssl.TLSVersion) -> tuple[st
     raise AssertionError(f"{version}: the server answered without a client certificate: {data!r}")
 
 
-def test_subject_string_matches_rfc4514_of_cryptography() -> None:
-    peer = {
-        "subject": (
-            (("countryName", "CN"),),
-            (("organizationName", "City Hospital"),),
-            (("commonName", "hospital-1"),),
-        )
-    }
-    assert subject_string(peer) == _name("hospital-1").rfc4514_string()
-    assert subject_string({}) is None
+def _scope(name: x509.Name) -> dict[str, object]:
+    return {"extensions": {"tls": {"client_cert_name": name}}}
+
+
+FORGED_CN = "hospital-1,O=City Hospital,C=CN"
+
+
+def test_subjects_are_compared_as_names_not_strings() -> None:
+    bound = _name("hospital-1").rfc4514_string()
+    assert bound == "CN=hospital-1,O=City Hospital,C=CN"
+    assert subject_matches(_scope(_name("hospital-1")), bound)
+    # issue 15: one CN holding the whole subject joined to the same string before
+    forged = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, FORGED_CN)])
+    assert not subject_matches(_scope(forged), bound)
+    assert not subject_matches(_scope(_name("hospital-2")), bound)
+    assert not subject_matches({}, bound)  # no certificate
+    # the binding is stored the way cryptography writes it; a forged CN binds only itself
+    assert credentials.canonical_cert_subject(" " + bound) == bound
+    assert credentials.canonical_cert_subject(forged.rfc4514_string()) != bound
+    assert subject_matches(_scope(forged), forged.rfc4514_string())
 
 
 def test_mutual_tls_binds_a_credential_to_its_certificate_subject(
@@ -167,6 +177,9 @@ def test_mutual_tls_binds_a_credential_to_its_certificate_subject(
     server_cert, server_key, _ = ca.issue("server", _name("api.example"), server=True)
     good = ca.issue("hospital-1", _name("hospital-1"), server=False)
     other = ca.issue("intruder", _name("intruder"), server=False)
+    forged = ca.issue(
+        "forged", x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, FORGED_CN)]), server=False
+    )
     engine = make_engine(url=fresh_db_url)
     with transaction(make_sessionmaker(engine)) as s:
         agency = services.create_agency(s, "tls-hospital", "City Hospital", AgencyKind.HOSPITAL,
@@ -204,6 +217,11 @@ def test_mutual_tls_binds_a_credential_to_its_certificate_subject(
                 "code": "unauthorized",
                 "message": "this client must present its TLS client certificate",
             }
+        with client(forged) as c:  # issue 15: the CN that joined to the bound subject
+            r = c.post("/v1/verifications/challenge", headers=h)
+            assert r.status_code == 401, r.text
+            r = c.get("/v1/status-feed/public-key")  # the connection itself is fine
+            assert r.status_code == 200
         # no certificate: no HTTP answer at all, the TLS layer refuses the connection
         with client(None) as c, pytest.raises(httpx.TransportError):
             c.post("/v1/verifications/challenge", headers=h)

@@ -134,9 +134,12 @@ def test_bank_function_sealed_then_activated_then_suspended_by_the_bank(api_env:
     chip = api_env.chip(card)
     v = verdict(api_env, chip, "financial")
     assert (v["valid"], v["reason"], v["application_status"]) == (False, "not_activated", "sealed")
+    from test_api_security_bank import bind, presented
+
+    bind(api_env, card)  # issued for this bank; activated with the card presented
     r = api_env.client.post(
         f"/v1/cards/{card.card_number}/financial-activation",
-        json={"identity_checked": True, "pin_set": True}, headers=api_env.auth("bank"),
+        json=presented(api_env, chip), headers=api_env.auth("bank"),
     )  # fmt: skip
     assert r.status_code == 200, r.text
     assert verdict(api_env, chip, "financial")["valid"] is True
@@ -150,4 +153,5 @@ def test_bank_function_sealed_then_activated_then_suspended_by_the_bank(api_env:
             for e in s.scalars(sa.select(AuditEvent).where(AuditEvent.action == "card.verified"))
         ]
     assert sum('"reason":"suspended"' in d for d in reasons) == 1
-    assert sum('"reason":"not_activated"' in d for d in reasons) == 1
+    # the hospital's verification, and the card presented at the bank's activation
+    assert sum('"reason":"not_activated"' in d for d in reasons) == 2

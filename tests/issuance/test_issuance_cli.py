@@ -64,6 +64,7 @@ def test_cli_flow(env):
     assert "temporary card" in out
     out = ok(cli_audit.app, "verify", "--chain-only")
     assert "audit chain OK" in out
+    assert "consistency only" in out  # says it proves no more than that
 
 
 def test_cli_identity_needs_the_password(env):

@@ -118,6 +118,11 @@ def test_who_may_activate_and_bank_attestation(session, settings, actors, new_ca
     with pytest.raises(ValidationError, match="only a bank"):
         services.activate_financial(session, card.id, system, identity_checked=True,
                                     pin_set=True, bank_agency_id=hospital.id)  # fmt: skip
+    # issue 15: a bank's system activates only a card issued for that bank
+    with pytest.raises(ValidationError, match="not this bank's"):
+        services.activate_financial(session, card.id, system, identity_checked=True,
+                                    pin_set=True, bank_agency_id=bank.id)  # fmt: skip
+    financial.bind_bank(session, card.id, "BOC-1", actors["clerk"])
     services.activate_financial(session, card.id, system, identity_checked=True, pin_set=True,
                                 bank_agency_id=bank.id)  # fmt: skip
     assert card.chip_app("financial").status == ChipAppStatus.ACTIVE

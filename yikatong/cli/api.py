@@ -110,13 +110,101 @@ def revoke(
     client_id: str = typer.Argument(...),
     as_: str | None = typer.Option(None, "--as", help=AS_ADMIN),
 ) -> None:
-    """Revoke every token of a client (takes effect within seconds on every node)."""
+    """Revoke every token of a client and disable it (at once, on every node); it gets no new
+    token until ``ykt api client-enable``."""
     from issuance.services import credentials
     from yikatong.cli.db import session_scope
 
     with session_scope() as s:
         n = credentials.revoke_tokens(s, client_id, _admin(s, as_))
     out.print(f"{n} token(s) revoked")
+
+
+def _set_active(kind: str, name: str, active: bool, as_: str | None) -> None:
+    from issuance.services import credentials
+    from yikatong.cli.db import session_scope
+
+    setter = {
+        "client": credentials.set_client_active,
+        "agency": credentials.set_agency_active,
+        "staff": credentials.set_staff_active,
+    }[kind]
+    with session_scope() as s:
+        setter(s, name, active, _admin(s, as_))
+    state = "enabled" if active else "disabled (its tokens stopped on every node)"
+    out.print(f"{kind} {name} {state}")
+
+
+@app.command("client-disable")
+def client_disable(
+    client_id: str = typer.Argument(...),
+    as_: str | None = typer.Option(None, "--as", help=AS_ADMIN),
+) -> None:
+    """Disable an API client: its tokens stop at once on every node; it gets no new one."""
+    _set_active("client", client_id, False, as_)
+
+
+@app.command("client-enable")
+def client_enable(
+    client_id: str = typer.Argument(...),
+    as_: str | None = typer.Option(None, "--as", help=AS_ADMIN),
+) -> None:
+    """Enable a disabled (or revoked) API client again."""
+    _set_active("client", client_id, True, as_)
+
+
+@app.command("agency-disable")
+def agency_disable(
+    code: str = typer.Argument(..., help="agency code"),
+    as_: str | None = typer.Option(None, "--as", help=AS_ADMIN),
+) -> None:
+    """Disable an agency: every client of it stops at once and gets no token."""
+    _set_active("agency", code, False, as_)
+
+
+@app.command("agency-enable")
+def agency_enable(
+    code: str = typer.Argument(..., help="agency code"),
+    as_: str | None = typer.Option(None, "--as", help=AS_ADMIN),
+) -> None:
+    """Enable a disabled agency again (its clients disabled on their own stay disabled)."""
+    _set_active("agency", code, True, as_)
+
+
+@app.command("staff-disable")
+def staff_disable(
+    username: str = typer.Argument(...),
+    as_: str | None = typer.Option(None, "--as", help=AS_ADMIN),
+) -> None:
+    """Disable a staff user: their tokens stop at once on every node."""
+    _set_active("staff", username, False, as_)
+
+
+@app.command("staff-enable")
+def staff_enable(
+    username: str = typer.Argument(...),
+    as_: str | None = typer.Option(None, "--as", help=AS_ADMIN),
+) -> None:
+    """Enable a disabled staff user again."""
+    _set_active("staff", username, True, as_)
+
+
+@app.command("bind-bank")
+def bind_bank(
+    card_number: str = typer.Argument(..., help="the card"),
+    bank: str = typer.Argument(..., help="code of the bank agency the card was issued for"),
+    as_: str | None = typer.Option(None, "--as", help=AS_ADMIN),
+) -> None:
+    """Record the bank a card's financial function was issued for: only that bank's system
+    may activate it through the API (with the card presented)."""
+    from issuance import services
+    from issuance.services.financial import bind_bank as bind
+    from yikatong.cli.db import session_scope
+
+    with session_scope() as s:
+        card = services.find_card(s, card_number=card_number)
+        bind(s, card.id, bank, _admin(s, as_))
+    out.print(f"card {card_number}: financial function bound to bank {bank}")
 
 
 @app.command("scopes")

@@ -81,7 +81,8 @@ def verify(
     chain_only: bool = typer.Option(
         False,
         "--chain-only",
-        help="check the hash chain only; signatures against the keys stored with them",
+        help="check the hash chain's consistency only (signatures against the keys stored "
+        "with them): proves nothing against someone who can rewrite the tables",
     ),
     seal_first: bool = typer.Option(
         True,
@@ -134,6 +135,12 @@ def verify(
         f"audit chain OK: {r.events} events, {r.checkpoints} checkpoints "
         f"({r.signed_checkpoints} signed), {r.unsealed} not yet sealed{pinned}"
     )
+    if chain_only:
+        out.print(
+            "[yellow]consistency only:[/yellow] no trusted key was used; whoever can write "
+            "the audit tables can re-hash and re-sign them with a key of their own. Run "
+            "without --chain-only to verify against the HSM's signing key (or --public-key)."
+        )
 
 
 @app.command("public-key")

@@ -11,6 +11,7 @@ with their own password, creates users and sets passwords (``ykt db create-staff
 
 from __future__ import annotations
 
+import enum
 import os
 import sys
 from collections.abc import Iterator
@@ -179,10 +180,16 @@ def _new_password(from_stdin: bool) -> tuple[str, bool]:
     return generate_password(), True
 
 
+#: The roles ``create-staff`` offers: every role but ``system`` (the service itself, no person).
+PersonRole = enum.Enum(  # type: ignore[misc]
+    "PersonRole", {r.name: r.value for r in StaffRole if r != StaffRole.SYSTEM}, type=str
+)
+
+
 @app.command("create-staff")
 def create_staff(
     username: str,
-    role: StaffRole = typer.Option(..., "--role"),
+    role: PersonRole = typer.Option(..., "--role"),
     display_name: str | None = typer.Option(None, "--name"),
     password_stdin: bool = typer.Option(
         False, "--password-stdin", help="read the new user's password from standard input"
@@ -198,7 +205,9 @@ def create_staff(
     password, generated = _new_password(password_stdin)
     with session_scope() as s:
         actor = admin_or_bootstrap(s, as_, "create staff users")
-        staff = services.create_staff(s, username, role, display_name=display_name, actor=actor)
+        staff = services.create_staff(
+            s, username, StaffRole(role.value), display_name=display_name, actor=actor
+        )
         services.set_password(s, username, password, actor)
         out.print(f"staff {staff.username} ({staff.role}) id {staff.id}")
     if generated:
