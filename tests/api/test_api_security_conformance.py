@@ -21,6 +21,7 @@ from server_helpers import server_env, serving
 from typer.testing import CliRunner
 
 from api.app import create_app
+from cardspec.ids import make_card_number
 from yikatong.cli import db as cli_db
 from yikatong.settings import load_settings
 
@@ -41,13 +42,13 @@ def test_options_and_405_list_every_method(api_env: ApiEnv) -> None:
 def test_booleans_are_strict(api_env: ApiEnv) -> None:
     for value in (0, 1, "yes", "true", None):
         body = {"challenge_id": "0" * 32, "card_identification_code": "0" * 32,
-                "card_number": "A00000019", "response": "0" * 16,
+                "card_number": make_card_number("A0000001"), "response": "0" * 16,
                 "include_photo": value}  # fmt: skip
         r = api_env.client.post("/v1/verifications", json=body, headers=api_env.auth("hospital"))
         assert r.status_code == 422, (value, r.text)
         assert r.json()["error"]["field"] == "include_photo"
-    r = api_env.client.post("/v1/cards/A00000019/loss-reports", json={"identity_checked": 1},
-                            headers=api_env.auth("clerk"))  # fmt: skip
+    path = f"/v1/cards/{make_card_number('A0000001')}/loss-reports"
+    r = api_env.client.post(path, json={"identity_checked": 1}, headers=api_env.auth("clerk"))
     assert r.status_code == 422 and r.json()["error"]["field"] == "identity_checked"
 
 
