@@ -215,6 +215,13 @@ class Person(Base):
     """One resident. One person, one social security number (the citizen ID number)."""
 
     __tablename__ = "persons"
+    #: The counter's searches (migration 0011; ``issuance.services.people``): by phone, by
+    #: name with the birth date, by name with the region (a range on the second column).
+    __table_args__ = (
+        sa.Index("ix_persons_phone", "phone"),
+        sa.Index("ix_persons_name_birth_date", "name", "birth_date"),
+        sa.Index("ix_persons_name_region", "name", "region_code"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     citizen_id: Mapped[str] = mapped_column(sa.String(18), unique=True)
     name: Mapped[str] = mapped_column(sa.String(60))

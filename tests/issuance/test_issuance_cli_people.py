@@ -1,0 +1,65 @@
+"""``ykt people find|show`` (issue 16): a resident found by ID number (read from a file or
+stdin, never the shell), card number, phone or name; the whole record in words people read."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+from conftest import make_cid
+from issuance_cli_helpers import Cli
+
+from issuance import cli_cards, cli_db, cli_people, cli_residents
+from issuance.settings import get_settings
+
+cli = Cli()
+STAFF = {"c1": "clerk", "r1": "reviewer", "a1": "approver"}
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("YKT_DATA_DIR", str(tmp_path))
+    for var in ("YKT_STAFF", "YKT_STAFF_PASSWORD", "YKT_STAFF_PASSWORD_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(cli_db, "_prompted", {})
+    cli.passwords.clear()
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+def test_find_and_show_a_resident_by_id_number_only(env: Path) -> None:
+    cli.ok(cli_db.app, "upgrade")
+    cli.staff(STAFF)
+    cid = make_cid(birth=date(2021, 6, 1))  # under 6: no photo needed
+    cli.ok(cli_people.app, "submit", "--id", cid, "--name", "陈建国", "--phone", "13900000000",
+           "--as", "c1")  # fmt: skip
+    cli.ok(cli_people.app, "process", "1", "--as", "c1")
+    cli.ok(cli_people.app, "review", "1", "--as", "r1")
+    number = cli.ok(cli_people.app, "approve", "1", "--as", "a1").split("card ")[1].split()[0]
+
+    out = cli.ok(cli_residents.app, "find", "--id-file", "-", "--as", "c1", input=cid + "\n")
+    assert "陈建国" in out and number in out and "number_allocated" in out
+    assert cid not in out and "next: ykt people show --person 1" in out
+    for args in (["--card", number], ["--phone", "139 0000 0000"],
+                 ["--name", "陈建国", "--birth-date", "2021-06-01"],
+                 ["--name", "陈建国", "--region", "330100"]):  # fmt: skip
+        assert number in cli.ok(cli_residents.app, "find", *args, "--as", "c1"), args
+
+    shown = cli.ok(cli_residents.app, "show", "--id-file", "-", "--as", "c1", input=cid + "\n")
+    assert "陈建国" in shown and cid not in shown and "None" not in shown
+    assert f"{number} formal number_allocated" in shown
+    assert "financial" in shown and "PIN not set" in shown
+    assert "deposits: none" in shown and "loss reports: none" in shown
+    assert "application.approved" in shown or "application.received" in shown
+    assert "+08:00" in shown  # the issuer's time zone, with its offset
+    assert "address -" in shown  # nothing prints None
+
+    res = cli.invoke(cli_residents.app, "find", "--name", "陈建国", "--as", "c1")
+    assert res.exit_code != 0 and "too broad" in str(res.exception)
+    res = cli.invoke(cli_residents.app, "find", "--card", number, "--as", "r1")
+    assert res.exit_code != 0 and "may not search" in str(res.exception)
+    assert "nobody found" in cli.ok(cli_residents.app, "find", "--id", make_cid(), "--as", "c1")
+    # the card found by ID number alone can then be reported lost
+    assert "status number_allocated" in cli.ok(cli_cards.app, "show", number)
