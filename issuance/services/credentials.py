@@ -55,7 +55,13 @@ SCOPES: dict[str, str] = {
     "batches:read": "read production batches",
     "audit:read": "query and verify the audit log",
     "deaths:write": "upload a death-record file (cancels the deceased holders' cards)",
+    "people:read": "search people and see a person's whole record (staff only: never granted "
+    "to an agency)",
 }
+
+#: Scopes only staff tokens carry: an agency's client credentials are never granted them
+#: (agencies never list people; the domain refuses them too, ``issuance.services.people``).
+STAFF_ONLY_SCOPES = frozenset({"people:read"})
 
 #: Default scopes of an agency by kind (``ykt api agency add --scope`` overrides).
 AGENCY_DEFAULT_SCOPES: dict[AgencyKind, tuple[str, ...]] = {
@@ -77,17 +83,23 @@ _COUNTER = (
 
 #: Scopes of a staff token by role (the services check the role itself on every action).
 STAFF_SCOPES: dict[StaffRole, tuple[str, ...]] = {
-    StaffRole.CLERK: _COUNTER,
-    StaffRole.SUPERVISOR: (*_COUNTER, "holder:full_id", "audit:read", "deaths:write"),
-    StaffRole.ADMIN: (*_COUNTER, "holder:full_id", "audit:read", "deaths:write"),
+    StaffRole.CLERK: (*_COUNTER, "people:read"),
+    StaffRole.SUPERVISOR: (
+        *_COUNTER, "holder:full_id", "audit:read", "deaths:write", "people:read",
+    ),
+    StaffRole.ADMIN: (*_COUNTER, "holder:full_id", "audit:read", "deaths:write", "people:read"),
     StaffRole.REVIEWER: ("applications:write", "applications:read", "cards:read"),
     StaffRole.APPROVER: ("applications:write", "applications:read", "cards:read"),
-    StaffRole.FUND_SUPERVISOR: ("cards:read", "cards:lifecycle", "holder:read", "audit:read"),
+    StaffRole.FUND_SUPERVISOR: (
+        "cards:read", "cards:lifecycle", "holder:read", "audit:read", "people:read",
+    ),
     StaffRole.BANK_TELLER: (
         "verify", "holder:read", "holder:photo", "cards:read", "cards:lifecycle",
-        "financial:activate", "applications:write", "feed:read",
+        "financial:activate", "applications:write", "feed:read", "people:read",
     ),
-    StaffRole.AUDITOR: ("audit:read", "cards:read", "applications:read", "batches:read"),
+    StaffRole.AUDITOR: (
+        "audit:read", "cards:read", "applications:read", "batches:read", "people:read",
+    ),
 }  # fmt: skip
 
 #: Role an agency's machine credential acts with in the domain, and its default channel.
@@ -181,6 +193,12 @@ def register_agency_client(
 ) -> NewCredential:
     """New client credentials for ``agency`` (the secret is returned once, stored hashed)."""
     granted = check_scopes(scopes if scopes else list(AGENCY_DEFAULT_SCOPES[agency.kind]))
+    staff_only = sorted(STAFF_ONLY_SCOPES.intersection(granted))
+    if staff_only:
+        raise ValidationError(
+            "staff-only scopes",
+            [FieldProblem("scope", f"{s!r} is never granted to an agency") for s in staff_only],
+        )
     client_id = f"{agency.code}-{secrets.token_hex(4)}"
     secret = secrets.token_urlsafe(32)
     cred = ApiCredential(

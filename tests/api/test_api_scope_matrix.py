@@ -236,6 +236,7 @@ def url_for(route: RouteSpec, m: Matrix, held: bool) -> str:
         "card_number": m.fresh_card() if held and route.method != "GET" else m.shared_card,
         "app_id": str(m.fresh_application() if held and route.method != "GET" else m.shared_app),
         "batch_id": str(m.batch_id),
+        "person_id": str(m.person_id),
     }
     path = route.path
     for name, value in values.items():
