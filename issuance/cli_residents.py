@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from issuance.services.people import PersonQuery, PersonRecord
 
 app = typer.Typer(no_args_is_help=True)
-out = Console()
+out = Console(markup=False, highlight=False)  # names and addresses are printed as typed
 
 _ID_HELP = "Full citizen ID number (better: --id-file, so it stays out of the shell history)."
 

@@ -71,7 +71,7 @@ PEOPLE_ROLES = frozenset(
 #: At most this many people are listed for one search (the hotline narrows it down).
 MAX_MATCHES = 50
 #: Audit events of looking a person up: in the audit log, not in the person's timeline.
-_LOOKUPS = ("person.searched", "person.viewed")
+_LOOKUPS = ("person.searched", "person.viewed", "application.viewed")
 #: The timeline shows at most this many audit events (the newest).
 TIMELINE_LIMIT = 200
 

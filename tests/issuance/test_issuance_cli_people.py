@@ -63,3 +63,59 @@ def test_find_and_show_a_resident_by_id_number_only(env: Path) -> None:
     assert "nobody found" in cli.ok(cli_residents.app, "find", "--id", make_cid(), "--as", "c1")
     # the card found by ID number alone can then be reported lost
     assert "status number_allocated" in cli.ok(cli_cards.app, "show", number)
+
+
+def test_app_show_every_field_and_the_photo(env: Path) -> None:
+    from conftest import JPEG_FIXTURE, fake_process_photo
+
+    from issuance import services
+    from issuance.cli_db import session_scope
+
+    cli.ok(cli_db.app, "upgrade")
+    cli.staff(STAFF)
+    cid = make_cid(birth=date(1990, 3, 15))
+    with session_scope() as s:
+        a = services.submit_application(
+            s, get_settings(),
+            services.ApplicationInput(citizen_id=cid, name="陈建国", phone="13900000001",
+                                      photo=JPEG_FIXTURE, ethnicity="01",
+                                      address="杭州市[西湖区]文三路1号"),
+            services.actor_for(s, "c1"), photo_processor=fake_process_photo,
+        )  # fmt: skip
+        app_id = a.id
+    cli.ok(cli_people.app, "process", str(app_id), "--as", "c1")
+    out = cli.ok(cli_people.app, "show", str(app_id), "--as", "r1")
+    assert "陈建国" in out and "杭州市[西湖区]文三路1号" in out  # printed as typed
+    assert cid not in out and "processed" in out and "by c1" in out
+    assert "reviewed by: -" in out and "None" not in out and "+08:00" in out
+    assert "fee: 0.00 yuan" in out and "--photo-out" in out  # not a terminal: no image
+    photo = env / "photo.jpg"
+    out = cli.ok(cli_people.app, "show", str(app_id), "--photo-out", str(photo), "--full-id",
+                 "--as", "r1")  # fmt: skip
+    assert cid in out and photo.read_bytes() == JPEG_FIXTURE
+    res = cli.invoke(cli_people.app, "show", "999", "--as", "r1")
+    assert res.exit_code != 0 and "no application 999" in str(res.exception)
+
+
+def test_inline_image_sequences() -> None:
+    import io
+
+    from PIL import Image
+
+    from issuance import termimage
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 5), "white").save(buf, format="JPEG")
+    jpeg = buf.getvalue()
+    assert termimage.protocol({"TERM_PROGRAM": "iTerm.app"}) == "iterm2"
+    assert termimage.protocol({"TERM": "xterm-kitty"}) == "kitty"
+    assert termimage.protocol({"TERM": "xterm-256color"}) is None
+    seq = termimage.sequence(jpeg, "iterm2")
+    assert seq.startswith("\x1b]1337;File=inline=1;") and f"size={len(jpeg)}" in seq
+    kitty = termimage.sequence(jpeg, "kitty")
+    import base64
+
+    payload = "".join(p.split(";", 1)[1] for p in kitty.strip().split("\x1b\\") if p)
+    png = base64.b64decode(payload)
+    assert png.startswith(b"\x89PNG") and Image.open(io.BytesIO(png)).size == (4, 5)
+    assert not termimage.show_inline(jpeg, io.StringIO(), {"TERM_PROGRAM": "iTerm.app"})

@@ -197,3 +197,21 @@ def test_searches_are_index_lookups_on_postgresql(
         assert "Seq Scan" not in plan, (by, plan)
         assert "Index" in plan, (by, plan)
     assert session.scalar(sa.select(sa.func.count()).select_from(Person)) >= 100000
+
+
+def test_application_view_for_deciders_only(session: Session, actors: dict[str, Actor]) -> None:
+    from issuance.services.application_view import view_application
+
+    a = submit(session, Settings(), actors["clerk"], ethnicity="02", address="某路1号")
+    v = view_application(session, a.id, actors["reviewer"])  # type: ignore[attr-defined]
+    assert v.ethnicity == "02" and v.address == "某路1号" and v.photo_jpeg is None
+    assert v.received_by == actors["clerk"].username and v.status == "received"
+    v = view_application(session, a.id, actors["approver"], with_photo=True)  # type: ignore[attr-defined]
+    assert v.photo_jpeg is not None and v.photo_sha256 is not None
+    with pytest.raises(PermissionDenied):
+        view_application(session, a.id, actors["fund_supervisor"])  # type: ignore[attr-defined]
+    agency = Actor("agency:B", StaffRole.BANK_TELLER, Channel.BANK, None)
+    with pytest.raises(PermissionDenied):
+        view_application(session, a.id, agency)  # type: ignore[attr-defined]
+    with pytest.raises(NotFound):
+        view_application(session, 10**9, actors["reviewer"])
