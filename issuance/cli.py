@@ -34,6 +34,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("issuance.cli_db", "db", "Database: migrations and checks."),
     ("issuance.cli_people", "app", "Applications: intake, review, approval."),
     ("issuance.cli_residents", "people", "People: find a resident, see their whole record."),
+    ("issuance.cli_places", "places", "Collection points: bank branches, community centres."),
     ("issuance.cli_cards", "cards", "Card lifecycle: loss, un-report, temporary cards, ..."),
     ("issuance.cli_audit", "audit", "Audit log: verify the hash chain, checkpoints."),
     ("issuance.cli_outbox", "outbox", "Notifications: drain the outbox to the SMS/log sink."),

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from sqlalchemy.orm import Session
 
+from issuance import display
 from issuance.cli_db import (
     AS_HELP,
     ID_FILE_HELP,
@@ -46,7 +47,8 @@ def show(card: str = typer.Argument(..., help="card number, identification code 
     out.print(f"card {v.card_number} ({v.kind}) status {v.status} [code {v.province_code}]")
     out.print(
         f"holder {v.holder_name} {v.holder_citizen_id_masked}; "
-        f"valid {v.issue_date} – {v.expiry_date}"
+        f"{display.validity(v.issue_date, v.expiry_date)}",
+        markup=False,
     )
     for kind, status in v.chip_apps.items():
         out.print(f"  {kind:16} {status}")
@@ -69,7 +71,12 @@ def report_loss(
         r = services.report_loss(
             s, settings(), c.id, actor, identity_checked=identity_checked, note=note
         )
-        out.print(f"card {c.card_number} reported lost ({r.kind}); lapses at {r.lapses_at}")
+        until = (
+            f"lapses at {display.local_time(r.lapses_at, settings())}"
+            if r.lapses_at
+            else "until found or replaced"
+        )
+        out.print(f"card {c.card_number} reported lost ({r.kind}); {until}")
 
 
 @app.command("unreport")
@@ -137,7 +144,7 @@ def collect(
         for number in r.temporary_cards_returned:
             out.print(f"temporary card {number} handed back and cancelled")
         if r.deposits_refunded_fen:
-            out.print(f"deposit refunded: {r.deposits_refunded_fen / 100:.2f} yuan")
+            out.print(f"deposit refunded: {display.yuan(r.deposits_refunded_fen)}")
         for number in r.temporary_cards_kept:
             out.print(
                 f"temporary card {number} cancelled, NOT handed back: deposit kept until it is "
@@ -159,7 +166,7 @@ def hand_back(
         c = _card(s, card)
         amount = services.hand_back_temporary_card(s, c, actor)
         out.print(f"temporary card {c.card_number} handed back ({c.status})")
-        out.print(f"deposit refunded: {amount / 100:.2f} yuan")
+        out.print(f"deposit refunded: {display.yuan(amount)}")
 
 
 @app.command("cancel")
@@ -297,7 +304,10 @@ def temporary(
         actor = acting(s, as_)
         person = services.get_person(s, citizen_id=cid)
         c = services.issue_temporary_card(s, settings(), person.id, actor)
-        out.print(f"temporary card {c.card_number} valid until {c.expiry_date}")
+        out.print(
+            f"temporary card {c.card_number} valid until {display.day(c.expiry_date)}; "
+            f"deposit taken: {display.yuan(settings().lifecycle.temporary_card_deposit_fen)}"
+        )
 
 
 @app.command("replace")
@@ -314,7 +324,9 @@ def replace(
         actor = acting(s, as_)
         c = _card(s, card)
         new = services.replace_card(s, settings(), c.id, actor, reason=reason)
-        out.print(f"card {c.card_number} replaced by {new.card_number} (fee {new.fee_fen} fen)")
+        out.print(
+            f"card {c.card_number} replaced by {new.card_number} (fee {display.yuan(new.fee_fen)})"
+        )
 
 
 @app.command("suspend")

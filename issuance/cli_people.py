@@ -32,10 +32,18 @@ def submit(
     phone: str = typer.Option(..., "--phone"),
     photo: Path | None = typer.Option(None, "--photo", exists=True, dir_okay=False),
     region_code: str | None = typer.Option(None, "--region"),
+    ethnicity: str | None = typer.Option(
+        None, "--ethnicity", help="GB 3304 code on the ID card (01 Han, 02 Mongol ...); required"
+    ),
+    sex: str | None = typer.Option(
+        None, "--sex", help="1/男 or 2/女 (checked against the ID number)"
+    ),
+    address: str | None = typer.Option(None, "--address", help="residence address"),
     as_: str | None = typer.Option(None, "--as", help=AS_HELP),
 ) -> None:
     """Receive one application at the counter (the citizen ID is asked for unless --id or
-    --id-file is given)."""
+    --id-file is given). The ethnicity is required (never defaulted); a missing one is
+    refused with every other problem of the record."""
     from issuance import services
 
     citizen_id = read_citizen_id(citizen_id, id_file)
@@ -43,7 +51,8 @@ def submit(
         actor = acting(s, as_)
         data = services.ApplicationInput(
             citizen_id=citizen_id, name=name, phone=phone, region_code=region_code,
-            photo=photo.read_bytes() if photo else None,
+            photo=photo.read_bytes() if photo else None, ethnicity=ethnicity, sex=sex,
+            address=address,
         )  # fmt: skip
         a = services.submit_application(s, settings(), data, actor)
         out.print(f"application {a.id} received for {mask_citizen_id(citizen_id.upper())}")

@@ -159,6 +159,8 @@ class AgencyKind(enum.StrEnum):
     HOSPITAL = "hospital"
     PHARMACY = "pharmacy"
     BANK = "bank"
+    #: A community (street) service centre: a collection point where residents collect cards.
+    COMMUNITY = "community"
     OTHER = "other"
 
 

@@ -74,6 +74,9 @@ AGENCY_DEFAULT_SCOPES: dict[AgencyKind, tuple[str, ...]] = {
     # and withdraw a provisional report there (DOMAIN.md); such reports are provisional and
     # lapse unless made formal at a counter. An agency that only verifies gets ``--scope``.
     AgencyKind.OTHER: ("verify", "feed:read", "cards:loss"),
+    # a community service centre's own systems: verify cards and read the status feed (its
+    # clerks hand cards out as staff users, with their own roles)
+    AgencyKind.COMMUNITY: ("verify", "feed:read"),
 }  # fmt: skip
 
 _COUNTER = (
@@ -108,6 +111,7 @@ AGENCY_ROLES: dict[AgencyKind, tuple[StaffRole, Channel]] = {
     AgencyKind.HOSPITAL: (StaffRole.SYSTEM, Channel.SYSTEM),
     AgencyKind.PHARMACY: (StaffRole.SYSTEM, Channel.SYSTEM),
     AgencyKind.OTHER: (StaffRole.SYSTEM, Channel.APP),
+    AgencyKind.COMMUNITY: (StaffRole.SYSTEM, Channel.SYSTEM),
 }
 
 TOKEN_TTL = timedelta(hours=1)

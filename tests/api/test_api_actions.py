@@ -249,7 +249,7 @@ def test_batch_list_and_report_are_the_real_report(api_env: ApiEnv) -> None:
             app = services.submit_application(
                 s, api_env.settings,
                 services.ApplicationInput(citizen_id=make_cid(), name="陈九", photo=PHOTO,
-                                          phone=f"1380013805{i}"),
+                                          phone=f"1380013805{i}", ethnicity="01"),
                 a["clerk"], photo_processor=fake_photo,
             )  # fmt: skip
             services.process_application(s, app.id, a["clerk"])
@@ -278,7 +278,7 @@ def test_temporary_card_hand_back_refunds_the_deposit(api_env: ApiEnv) -> None:
         app = services.submit_application(
             s, api_env.settings,
             services.ApplicationInput(citizen_id=make_cid(), name="褚十", phone="13800138061",
-                                      photo=PHOTO),
+                                      photo=PHOTO, ethnicity="01"),
             api_env.actors["clerk"], photo_processor=fake_photo,
         )  # fmt: skip
         person_id = app.person_id
@@ -356,7 +356,7 @@ def test_collect_refunds_the_temporary_deposit_only_if_handed_back(
         app = services.submit_application(
             s, api_env.settings,
             services.ApplicationInput(citizen_id=make_cid(), name="卫十一", phone="13800138062",
-                                      photo=PHOTO),
+                                      photo=PHOTO, ethnicity="01"),
             api_env.actors["clerk"], photo_processor=fake_photo,
         )  # fmt: skip
         services.process_application(s, app.id, api_env.actors["clerk"])

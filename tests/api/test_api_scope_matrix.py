@@ -120,7 +120,7 @@ class Matrix:
         return services.submit_application(
             s, self.settings,
             services.ApplicationInput(citizen_id=make_cid(), name="矩阵", phone="13800138099",
-                                      photo=PHOTO),
+                                      photo=PHOTO, ethnicity="01"),
             self.actors["clerk"], photo_processor=fake_photo,
         )  # fmt: skip
 

@@ -34,7 +34,7 @@ def test_find_and_show_a_resident_by_id_number_only(env: Path) -> None:
     cli.staff(STAFF)
     cid = make_cid(birth=date(2021, 6, 1))  # under 6: no photo needed
     cli.ok(cli_people.app, "submit", "--id", cid, "--name", "陈建国", "--phone", "13900000000",
-           "--as", "c1")  # fmt: skip
+           "--ethnicity", "01", "--as", "c1")  # fmt: skip
     cli.ok(cli_people.app, "process", "1", "--as", "c1")
     cli.ok(cli_people.app, "review", "1", "--as", "r1")
     number = cli.ok(cli_people.app, "approve", "1", "--as", "a1").split("card ")[1].split()[0]
@@ -119,3 +119,88 @@ def test_inline_image_sequences() -> None:
     png = base64.b64decode(payload)
     assert png.startswith(b"\x89PNG") and Image.open(io.BytesIO(png)).size == (4, 5)
     assert not termimage.show_inline(jpeg, io.StringIO(), {"TERM_PROGRAM": "iTerm.app"})
+
+
+def test_places_and_staff(env: Path) -> None:
+    from issuance import cli_places
+
+    cli.ok(cli_db.app, "upgrade")
+    cli.staff({**STAFF, "s1": "supervisor", "au": "auditor"})
+    assert "no collection points yet" in cli.ok(cli_places.app, "list")
+    out = cli.ok(cli_places.app, "add", "ICBC-XH", "--name", "中国工商银行杭州西湖支行",
+                 "--kind", "bank", "--region", "330106", "--as", "s1")  # fmt: skip
+    assert "collection point ICBC-XH (bank)" in out
+    cli.ok(cli_places.app, "add", "WS-01", "--name", "文三社区服务中心", "--kind", "community",
+           "--region", "330106", "--as", "admin0")  # fmt: skip
+    listed = cli.ok(cli_places.app, "list")
+    assert "ICBC-XH" in listed and "WS-01" in listed and "community" in listed
+    res = cli.invoke(cli_places.app, "add", "X1", "--name", "x", "--kind", "bank",
+                     "--region", "330106", "--as", "c1")  # fmt: skip
+    assert res.exit_code != 0 and "may not create collection points" in str(res.exception)
+    res = cli.invoke(cli_places.app, "add", "bad code", "--name", "", "--kind", "hospital",
+                     "--region", "330106", "--as", "s1")  # fmt: skip
+    problems = {p.field for p in res.exception.problems}  # type: ignore[union-attr]
+    assert problems == {"code", "name", "kind"}
+    res = cli.invoke(cli_places.app, "add", "WS-01", "--name", "again", "--kind", "community",
+                     "--region", "330106", "--as", "s1")  # fmt: skip
+    assert res.exit_code != 0 and "already exists" in str(res.exception)
+
+    staff = cli.ok(cli_db.app, "list-staff", "--as", "au")
+    for user in ("admin0", "c1", "r1", "a1", "s1", "au"):
+        assert user in staff
+    assert "scrypt" not in staff and "DISABLED" not in staff
+    assert "c1" in cli.ok(cli_db.app, "list-staff", "--role", "clerk", "--as", "s1")
+    assert "r1" not in cli.ok(cli_db.app, "list-staff", "--role", "clerk", "--as", "s1")
+    res = cli.invoke(cli_db.app, "list-staff", "--as", "c1")
+    assert res.exit_code != 0 and "may not list staff" in str(res.exception)
+    # a password reset by the supervisor: generated, shown once, audited; the old one is gone
+    out = cli.ok(cli_db.app, "set-password", "c1", "--as", "s1")
+    new = out.split("new password (shown once): ")[1].split()[0]
+    res = cli.invoke(cli_places.app, "add", "Y1", "--name", "y", "--kind", "bank",
+                     "--region", "330106", "--as", "c1")  # fmt: skip
+    assert "wrong password" in str(res.exception)
+    cli.passwords["c1"] = new
+    assert "nobody found" in cli.ok(cli_residents.app, "find", "--id", make_cid(), "--as", "c1")
+
+
+def test_a_counter_visit_by_id_number_only(env: Path) -> None:
+    """The resident gives an ID number; the clerk finds the card, reports it lost, issues a
+    temporary card (deposit), applies for the replacement (fee) and sees it all in one view,
+    in the issuer's time zone and in yuan."""
+    from issuance import services
+    from issuance.cli_db import session_scope
+
+    cli.ok(cli_db.app, "upgrade")
+    cli.staff(STAFF)
+    cid = make_cid(birth=date(2021, 6, 1))
+    cli.ok(cli_people.app, "submit", "--id", cid, "--name", "陈建国", "--phone", "13900000000",
+           "--ethnicity", "01", "--as", "c1")  # fmt: skip
+    cli.ok(cli_people.app, "process", "1", "--as", "c1")
+    cli.ok(cli_people.app, "review", "1", "--as", "r1")
+    cli.ok(cli_people.app, "approve", "1", "--as", "a1")
+    with session_scope() as s:  # production, shipping, collection, activation
+        card = services.find_card(s, card_number=services.get_person(s, citizen_id=cid)
+                                  .cards[0].card_number)  # fmt: skip
+        actor = services.actor_for(s, "c1")
+        for step in ("start_production", "personalise", "ship"):
+            services.advance_production(s, get_settings(), card.id, step, actor,
+                                        chip_serial=bytes.fromhex("A1B2C3D4E5F60718"))  # fmt: skip
+        services.collect_card(s, card.id, actor)
+        services.activate_card(s, card.id, actor)
+
+    # the visit: the ID number only
+    found = cli.ok(cli_residents.app, "find", "--id-file", "-", "--as", "c1", input=cid + "\n")
+    number = next(w for w in found.split() if len(w) == 9 and w.startswith("A"))
+    lost = cli.ok(cli_cards.app, "report-loss", number, "--identity-checked", "--as", "c1")
+    assert "reported lost (formal); until found or replaced" in lost and "None" not in lost
+    temp = cli.ok(cli_cards.app, "temporary", "--id-file", "-", "--as", "c1", input=cid + "\n")
+    assert "deposit taken: 5.00 yuan" in temp
+    new = cli.ok(cli_cards.app, "replace", number, "--as", "c1")
+    assert "(fee 20.00 yuan)" in new and "fen" not in new
+    shown = cli.ok(cli_residents.app, "show", "--id-file", "-", "--as", "c1", input=cid + "\n")
+    assert f"{number} formal replaced" in shown and "temporary" in shown
+    assert "deposits (held 5.00 yuan)" in shown and "fees (total 20.00 yuan)" in shown
+    assert "formal replaced via counter" in shown  # the loss report, closed by the replacement
+    assert "None" not in shown and "+08:00" in shown
+    for action in ("card.created", "deposit.taken"):
+        assert action in shown
