@@ -210,6 +210,7 @@ def test_photo_upload_and_replacement(api_env: ApiEnv) -> None:
     c, clerk = api_env.client, api_env.auth("clerk")
     cid = make_cid()
     r = c.post("/v1/applications", json={"citizen_id": cid, "name": "冯八", "phone": "13800138041",
+                                          "ethnicity": "01",
                                           "photo_base64": __import__("base64").b64encode(PHOTO)
                                           .decode()}, headers=clerk)  # fmt: skip
     assert r.status_code == 201, r.text
