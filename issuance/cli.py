@@ -35,6 +35,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("issuance.cli_people", "app", "Applications: intake, review, approval."),
     ("issuance.cli_residents", "people", "People: find a resident, see their whole record."),
     ("issuance.cli_places", "places", "Collection points: bank branches, community centres."),
+    ("issuance.cli_cash", "cash", "Cash: receipts (PDF) and the day's reconciliation."),
     ("issuance.cli_cards", "cards", "Card lifecycle: loss, un-report, temporary cards, ..."),
     ("issuance.cli_audit", "audit", "Audit log: verify the hash chain, checkpoints."),
     ("issuance.cli_outbox", "outbox", "Notifications: drain the outbox to the SMS/log sink."),

@@ -9,6 +9,7 @@ from rich.console import Console
 from sqlalchemy.orm import Session
 
 from issuance import display
+from issuance.cli_cash import print_latest_receipt
 from issuance.cli_db import (
     AS_HELP,
     ID_FILE_HELP,
@@ -167,6 +168,8 @@ def hand_back(
         amount = services.hand_back_temporary_card(s, c, actor)
         out.print(f"temporary card {c.card_number} handed back ({c.status})")
         out.print(f"deposit refunded: {display.yuan(amount)}")
+        if amount:
+            print_latest_receipt(s, c.id)
 
 
 @app.command("cancel")
@@ -308,6 +311,7 @@ def temporary(
             f"temporary card {c.card_number} valid until {display.day(c.expiry_date)}; "
             f"deposit taken: {display.yuan(settings().lifecycle.temporary_card_deposit_fen)}"
         )
+        print_latest_receipt(s, c.id)
 
 
 @app.command("replace")
@@ -327,6 +331,7 @@ def replace(
         out.print(
             f"card {c.card_number} replaced by {new.card_number} (fee {display.yuan(new.fee_fen)})"
         )
+        print_latest_receipt(s, new.id)
 
 
 @app.command("suspend")

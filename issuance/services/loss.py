@@ -45,6 +45,7 @@ from issuance.models import (
     LossStatus,
     utcnow,
 )
+from issuance.services import cash
 from issuance.services.common import create_card, find_card
 from issuance.settings import Settings
 
@@ -361,4 +362,6 @@ def replace_card(
     )  # fmt: skip
     old.replaced_by_id = new.id
     flush(session)
+    cash.issue_receipt(session, actor, cash.ReceiptKind.FEE, fee, new,
+                       f"replacement of card {old.card_number}", at=new.created_at)  # fmt: skip
     return new

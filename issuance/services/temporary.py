@@ -41,6 +41,7 @@ from issuance.models import (
     StaffRole,
     utcnow,
 )
+from issuance.services import cash
 from issuance.services.common import create_card, random_chip_serial
 from issuance.settings import Settings
 
@@ -137,6 +138,8 @@ def issue_temporary_card(
     audit.record(
         session, actor, "deposit.taken", "card", card.id, details={"amount_fen": deposit.amount_fen}
     )
+    cash.issue_receipt(session, actor, cash.ReceiptKind.DEPOSIT, deposit.amount_fen, card,
+                       "temporary card deposit", at=deposit.taken_at)  # fmt: skip
     return card
 
 
@@ -164,6 +167,8 @@ def refund_deposit(session: Session, card: Card, actor: Actor) -> int:
         card.id,
         details={"amount_fen": deposit.amount_fen},
     )
+    cash.issue_receipt(session, actor, cash.ReceiptKind.REFUND, deposit.amount_fen, card,
+                       "temporary card deposit refund", at=deposit.refunded_at)  # fmt: skip
     return deposit.amount_fen
 
 

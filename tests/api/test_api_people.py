@@ -87,3 +87,38 @@ def test_people_scope_follows_the_domain_roles_and_is_never_an_agencys(
         with pytest.raises(ValidationError) as e:
             credentials.register_agency_client(s, agency, scopes=["verify", "people:read"])
         assert "never granted to an agency" in e.value.problems[0].reason
+
+
+def test_a_counter_visit_over_the_api_by_id_number_only(api_env: ApiEnv) -> None:
+    """Search by ID number, report the card lost, issue a temporary card, replace the card,
+    hand the temporary card back: the person view shows all of it, with the money."""
+    card = api_env.new_card()
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        cid = services.find_card(s, card_number=card.card_number).person.citizen_id
+    c, clerk = api_env.client, api_env.auth("clerk")
+    [m] = c.post("/v1/people/search", json={"citizen_id": cid}, headers=clerk).json()
+    number, person_id = m["card_number"], m["person_id"]
+    r = c.post(f"/v1/cards/{number}/loss-reports", json={"identity_checked": True},
+               headers=clerk)  # fmt: skip
+    assert r.status_code == 201, r.text
+    r = c.post("/v1/temporary-cards", json={"person_id": person_id}, headers=clerk)
+    assert r.status_code == 201, r.text
+    temp = r.json()["card_number"]
+    r = c.post(f"/v1/cards/{number}/replace", json={}, headers=clerk)
+    assert r.status_code == 201, r.text
+    new = r.json()["card_number"]
+    r = c.post(f"/v1/cards/{temp}/hand-back", json={}, headers=clerk)
+    assert r.status_code == 200, r.text
+    rec = c.get(f"/v1/people/{person_id}", headers=clerk).json()
+    statuses = {x["card_number"]: (x["kind"], x["status"]) for x in rec["cards"]}
+    assert statuses[number] == ("formal", "replaced")
+    assert statuses[new] == ("formal", "number_allocated")
+    assert statuses[temp] == ("temporary", "cancelled")
+    fee = api_env.settings.lifecycle.replacement_fee_fen
+    assert rec["fees_fen"] == fee and rec["deposits_held_fen"] == 0
+    [dep] = rec["deposits"]
+    assert dep["refunded_at"] is not None and dep["returned_at"] is not None
+    assert [x["status"] for x in rec["losses"]] == ["replaced"]
+    actions = [e["action"] for e in rec["timeline"]]
+    for action in ("card.created", "deposit.taken", "deposit.refunded", "receipt.issued"):
+        assert action in actions, action

@@ -204,3 +204,23 @@ def test_a_counter_visit_by_id_number_only(env: Path) -> None:
     assert "None" not in shown and "+08:00" in shown
     for action in ("card.created", "deposit.taken"):
         assert action in shown
+    # receipts: numbered per counter, written as PDF; the day balances to the fen
+    from issuance import cli_cash
+
+    assert "receipt CENTRE-00000001 (deposit 5.00 yuan)" in temp
+    assert "receipt CENTRE-00000002 (fee 20.00 yuan)" in new
+    temp_number = temp.split("temporary card ")[1].split()[0]
+    back = cli.ok(cli_cards.app, "hand-back", temp_number, "--as", "c1")
+    assert "receipt CENTRE-00000003 (refund 5.00 yuan)" in back
+    pdfs = sorted((env / "receipts").glob("*.pdf"))
+    assert [p.name for p in pdfs] == [f"CENTRE-0000000{i}.pdf" for i in (1, 2, 3)]
+    assert all(p.read_bytes().startswith(b"%PDF") for p in pdfs)
+    day = cli.ok(cli_cash.app, "day", "--as", "c1")
+    assert "balanced" in day and "NOT BALANCED" not in day and "20.00 yuan net" in day
+    listed = cli.ok(cli_cash.app, "receipts", "--as", "c1")
+    assert all(f"CENTRE-0000000{i}" in listed for i in (1, 2, 3))
+    again = env / "again.pdf"
+    cli.ok(cli_cash.app, "receipt", "centre-00000002", "--out", str(again), "--as", "c1")
+    assert again.read_bytes() == pdfs[1].read_bytes()
+    res = cli.invoke(cli_cash.app, "day", "--as", "r1")
+    assert res.exit_code != 0 and "may not see the day's cash" in str(res.exception)
