@@ -75,17 +75,8 @@ def test_cli_identity_needs_the_password(env):
     res = cli.invoke(cli_db.app, "create-staff", "x2", "--role", "admin", "--as", "c1")
     assert res.exit_code != 0 and "may not create staff" in str(res.exception)
     child = make_cid(birth=__import__("datetime").date(2021, 6, 1))  # no photo needed
-    submit = [
-        "submit",
-        "--id",
-        child,
-        "--name",
-        "小明",
-        "--phone",
-        "13800000000",
-        "--ethnicity",
-        "01",
-    ]
+    submit = ["submit", "--id", child, "--name", "小明", "--phone", "13800000000",
+              "--ethnicity", "01"]  # fmt: skip
     # a wrong password, an unknown user, no password at all: refused, nothing recorded
     wrong = cli.invoke(cli_people.app, *submit, "--as", "c1",
                        env={"YKT_STAFF_PASSWORD": "not-the-password"})  # fmt: skip
