@@ -45,6 +45,7 @@ def show(card: str = typer.Argument(..., help="card number, identification code 
     with session_scope() as s:
         c = _card(s, card)
         v = services.card_status(s, card_id=c.id)
+        deposit = services.find_deposit(s, c.id)
     out.print(f"card {v.card_number} ({v.kind}) status {v.status} [code {v.province_code}]")
     out.print(
         f"holder {v.holder_name} {v.holder_citizen_id_masked}; "
@@ -53,6 +54,10 @@ def show(card: str = typer.Argument(..., help="card number, identification code 
     )
     for kind, status in v.chip_apps.items():
         out.print(f"  {kind:16} {status}")
+    if deposit is not None:
+        state = (f"refunded {display.local_time(deposit.refunded_at, settings())}"
+                 if deposit.refunded_at else "held")  # fmt: skip
+        out.print(f"deposit {display.yuan(deposit.amount_fen)} ({state})")
 
 
 @app.command("report-loss")
@@ -144,6 +149,7 @@ def collect(
         out.print(f"card {c.card_number} issued to its holder")
         for number in r.temporary_cards_returned:
             out.print(f"temporary card {number} handed back and cancelled")
+            print_latest_receipt(s, services.find_card(s, card_number=number).id, "refund")
         if r.deposits_refunded_fen:
             out.print(f"deposit refunded: {display.yuan(r.deposits_refunded_fen)}")
         for number in r.temporary_cards_kept:
@@ -169,7 +175,7 @@ def hand_back(
         out.print(f"temporary card {c.card_number} handed back ({c.status})")
         out.print(f"deposit refunded: {display.yuan(amount)}")
         if amount:
-            print_latest_receipt(s, c.id)
+            print_latest_receipt(s, c.id, "refund")
 
 
 @app.command("cancel")

@@ -29,13 +29,14 @@ def write_receipt(session: Session, receipt: object, out_file: Path | None = Non
     return path
 
 
-def print_latest_receipt(session: Session, card_id: int) -> None:
-    """After a command that took or gave back money: write its receipt and say where."""
+def print_latest_receipt(session: Session, card_id: int, kind: str | None = None) -> None:
+    """After a command that took or gave back money: write its receipt (the card's newest,
+    of ``kind`` if given) and say where."""
     from issuance import display
     from issuance.services.cash import latest_receipt
 
     r = latest_receipt(session, card_id)
-    if r is not None:
+    if r is not None and (kind is None or r.kind == kind):
         path = write_receipt(session, r)
         out.print(f"receipt {r.number} ({r.kind} {display.yuan(r.amount_fen)}): {path}")
 

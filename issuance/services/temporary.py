@@ -144,7 +144,12 @@ def issue_temporary_card(
 
 
 def _deposit(session: Session, card: Card) -> Deposit | None:
-    return session.scalars(sa.select(Deposit).where(Deposit.card_id == card.id)).one_or_none()
+    return find_deposit(session, card.id)
+
+
+def find_deposit(session: Session, card_id: int) -> Deposit | None:
+    """The deposit taken for a (temporary) card, if any."""
+    return session.scalars(sa.select(Deposit).where(Deposit.card_id == card_id)).one_or_none()
 
 
 def refund_deposit(session: Session, card: Card, actor: Actor) -> int:

@@ -210,8 +210,10 @@ def test_a_counter_visit_by_id_number_only(env: Path) -> None:
     assert "receipt CENTRE-00000001 (deposit 5.00 yuan)" in temp
     assert "receipt CENTRE-00000002 (fee 20.00 yuan)" in new
     temp_number = temp.split("temporary card ")[1].split()[0]
+    assert "deposit 5.00 yuan (held)" in cli.ok(cli_cards.app, "show", temp_number)
     back = cli.ok(cli_cards.app, "hand-back", temp_number, "--as", "c1")
     assert "receipt CENTRE-00000003 (refund 5.00 yuan)" in back
+    assert "deposit 5.00 yuan (refunded " in cli.ok(cli_cards.app, "show", temp_number)
     pdfs = sorted((env / "receipts").glob("*.pdf"))
     assert [p.name for p in pdfs] == [f"CENTRE-0000000{i}.pdf" for i in (1, 2, 3)]
     assert all(p.read_bytes().startswith(b"%PDF") for p in pdfs)
