@@ -57,11 +57,12 @@ SCOPES: dict[str, str] = {
     "deaths:write": "upload a death-record file (cancels the deceased holders' cards)",
     "people:read": "search people and see a person's whole record (staff only: never granted "
     "to an agency)",
+    "cash:read": "receipts and the day's cash reconciliation (staff only)",
 }
 
 #: Scopes only staff tokens carry: an agency's client credentials are never granted them
 #: (agencies never list people; the domain refuses them too, ``issuance.services.people``).
-STAFF_ONLY_SCOPES = frozenset({"people:read"})
+STAFF_ONLY_SCOPES = frozenset({"people:read", "cash:read"})
 
 #: Default scopes of an agency by kind (``ykt api agency add --scope`` overrides).
 AGENCY_DEFAULT_SCOPES: dict[AgencyKind, tuple[str, ...]] = {
@@ -86,22 +87,25 @@ _COUNTER = (
 
 #: Scopes of a staff token by role (the services check the role itself on every action).
 STAFF_SCOPES: dict[StaffRole, tuple[str, ...]] = {
-    StaffRole.CLERK: (*_COUNTER, "people:read"),
+    StaffRole.CLERK: (*_COUNTER, "people:read", "cash:read"),
     StaffRole.SUPERVISOR: (
-        *_COUNTER, "holder:full_id", "audit:read", "deaths:write", "people:read",
+        *_COUNTER, "holder:full_id", "audit:read", "deaths:write", "people:read", "cash:read",
     ),
-    StaffRole.ADMIN: (*_COUNTER, "holder:full_id", "audit:read", "deaths:write", "people:read"),
+    StaffRole.ADMIN: (
+        *_COUNTER, "holder:full_id", "audit:read", "deaths:write", "people:read", "cash:read",
+    ),
     StaffRole.REVIEWER: ("applications:write", "applications:read", "cards:read"),
     StaffRole.APPROVER: ("applications:write", "applications:read", "cards:read"),
     StaffRole.FUND_SUPERVISOR: (
-        "cards:read", "cards:lifecycle", "holder:read", "audit:read", "people:read",
+        "cards:read", "cards:lifecycle", "holder:read", "audit:read", "people:read", "cash:read",
     ),
     StaffRole.BANK_TELLER: (
         "verify", "holder:read", "holder:photo", "cards:read", "cards:lifecycle",
-        "financial:activate", "applications:write", "feed:read", "people:read",
+        "financial:activate", "applications:write", "feed:read", "people:read", "cash:read",
     ),
     StaffRole.AUDITOR: (
         "audit:read", "cards:read", "applications:read", "batches:read", "people:read",
+        "cash:read",
     ),
 }  # fmt: skip
 

@@ -79,6 +79,10 @@ def test_people_scope_follows_the_domain_roles_and_is_never_an_agencys(
 ) -> None:
     holders = {r for r, scopes in credentials.STAFF_SCOPES.items() if "people:read" in scopes}
     assert holders == set(PEOPLE_ROLES)
+    from issuance.services.cash import RECONCILERS
+
+    cash_holders = {r for r, scopes in credentials.STAFF_SCOPES.items() if "cash:read" in scopes}
+    assert cash_holders == set(RECONCILERS)
     assert StaffRole.SYSTEM not in holders
     assert all("people:read" not in s for s in credentials.AGENCY_DEFAULT_SCOPES.values())
     with api_env.session() as s:  # type: ignore[attr-defined]
@@ -122,3 +126,27 @@ def test_a_counter_visit_over_the_api_by_id_number_only(api_env: ApiEnv) -> None
     actions = [e["action"] for e in rec["timeline"]]
     for action in ("card.created", "deposit.taken", "deposit.refunded", "receipt.issued"):
         assert action in actions, action
+    # the day's cash over the API: balanced, the receipts printable again
+    from issuance.display import local_iso
+    from issuance.models import Receipt
+
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        receipts = list(s.scalars(sa.select(Receipt).order_by(Receipt.id)))
+    today = (local_iso(receipts[0].issued_at, api_env.settings) or "")[:10]  # the issuer's day
+    assert [(r.kind, r.amount_fen) for r in receipts] == [
+        ("deposit", api_env.settings.lifecycle.temporary_card_deposit_fen), ("fee", fee),
+        ("refund", api_env.settings.lifecycle.temporary_card_deposit_fen),
+    ]  # fmt: skip
+    r = c.get(f"/v1/cash/days/{today}", headers=api_env.auth("supervisor"))
+    assert r.status_code == 200, r.text
+    day = r.json()
+    assert day["balanced"] and day["problems"] == [] and day["total"]["net_fen"] == fee
+    money = ("fees_fen", "deposits_fen", "refunds_fen", "net_fen")
+    assert [day["money_rows"][k] for k in money] == [day["total"][k] for k in money]
+    assert day["total"]["receipts"] == 3 and day["time_zone"] == "Asia/Shanghai"
+    r = c.get(f"/v1/cash/receipts/{receipts[1].number}", headers=clerk)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/pdf"
+    assert r.content.startswith(b"%PDF")
+    assert c.get("/v1/cash/receipts/NOPE-1", headers=clerk).status_code == 404
+    for agency in ("hospital", "bank", "selfservice"):
+        assert c.get(f"/v1/cash/days/{today}", headers=api_env.auth(agency)).status_code == 403

@@ -237,6 +237,8 @@ def url_for(route: RouteSpec, m: Matrix, held: bool) -> str:
         "app_id": str(m.fresh_application() if held and route.method != "GET" else m.shared_app),
         "batch_id": str(m.batch_id),
         "person_id": str(m.person_id),
+        "day": "2026-12-06",
+        "number": "CENTRE-00000001",
     }
     path = route.path
     for name, value in values.items():
