@@ -19,7 +19,15 @@ from typing import Any
 from fastapi import FastAPI, Request
 from sqlalchemy.engine import Engine
 
-from api import errors, routes_admin, routes_apps, routes_cards, routes_verify
+from api import (
+    errors,
+    routes_admin,
+    routes_apps,
+    routes_cards,
+    routes_cash,
+    routes_people,
+    routes_verify,
+)
 from api.auth import Authenticator
 from api.calllog import PRINCIPAL, CallLog, CallRecorder, Receive, Scope, Send, state_of
 from api.context import ApiContext, HsmRunner
@@ -102,7 +110,8 @@ def create_app(
     app.hot = HotPath(ctx, auth, recorder)
     app.gate = Gate(auth, recorder, app)
     errors.install(app)
-    for module in (routes_verify, routes_cards, routes_apps, routes_admin):
+    modules = (routes_verify, routes_cards, routes_apps, routes_admin, routes_people, routes_cash)
+    for module in modules:
         app.include_router(module.router)
     _security_scheme(app)
     _docs(app, settings)

@@ -18,6 +18,7 @@ from api.auth import ctx_of, need
 from api.calls import domain
 from api.errors import ApiError, responses
 from api.schemas import (
+    ApplicationDetailOut,
     ApplicationIn,
     ApplicationOut,
     ApprovalOut,
@@ -26,10 +27,12 @@ from api.schemas import (
     ImportOut,
     RejectIn,
 )
+from cardspec.ids import mask_citizen_id
 from issuance import services, uploads
 from issuance.errors import FieldProblem, ValidationError
 from issuance.intake import LineOutcome
 from issuance.models import Application, ApplicationStatus, CollectiveKind
+from issuance.services.application_view import view_application
 from issuance.services.applications import get_application
 from issuance.services.credentials import Principal
 
@@ -98,13 +101,33 @@ async def list_apps(
     )
 
 
-@router.get("/applications/{app_id}", response_model=ApplicationOut, responses=_ERR)
+@router.get("/applications/{app_id}", response_model=ApplicationDetailOut, responses=_ERR)
 async def get_app(
     app_id: AppId,
     request: Request,
     principal: Annotated[Principal, Depends(need("applications:read"))],
-) -> ApplicationOut:
-    return await domain(request, principal, lambda s: app_out(get_application(s, app_id)))
+    photo: Annotated[bool, Query(description="include the processed photo (base64 JPEG)")] = False,
+) -> ApplicationDetailOut:
+    """One application in full, for the staff who decide it: every field, the person's
+    identity, who did each step, and the processed photo on request. Audited
+    ``application.viewed``."""
+    full_id = "applications:write" in principal.scopes or "holder:full_id" in principal.scopes
+
+    def fn(s: Session) -> ApplicationDetailOut:
+        v = view_application(s, app_id, principal.actor, with_photo=photo)
+        base = app_out(get_application(s, app_id))
+        return ApplicationDetailOut(
+            **base.model_dump(),
+            citizen_id=v.citizen_id if full_id else mask_citizen_id(v.citizen_id),
+            name=v.name, sex=v.sex, birth_date=v.birth_date, ethnicity=v.ethnicity,
+            region_code=v.region_code, phone=v.phone, address=v.address,
+            collective=v.collective, received_by=v.received_by, processed_by=v.processed_by,
+            reviewed_by=v.reviewed_by, approved_by=v.approved_by, fee_fen=v.fee_fen,
+            card_number=v.card_number,
+            photo_base64=base64.b64encode(v.photo_jpeg).decode() if v.photo_jpeg else None,
+        )  # fmt: skip
+
+    return await domain(request, principal, fn)
 
 
 @router.post("/applications/{app_id}/process", response_model=ApplicationOut, responses=_ERR)

@@ -384,3 +384,31 @@ class DeathFeedOut(BaseModel):
 class HandBackOut(BaseModel):
     card: CardOut
     deposit_refunded_fen: int
+
+
+class ApplicationDetailOut(ApplicationOut):
+    """One application in full, for the staff who decide it (``GET /v1/applications/{id}``):
+    every field, the person's identity, who did each step; the processed photo with
+    ``?photo=true``."""
+
+    citizen_id: str = Field(
+        description="in full for callers who decide applications (applications:write) or hold "
+        "holder:full_id; masked otherwise"
+    )
+    name: str
+    sex: str
+    birth_date: date
+    ethnicity: str | None
+    region_code: str
+    phone: str | None
+    address: str | None
+    collective: str | None
+    received_by: str | None
+    processed_by: str | None
+    reviewed_by: str | None
+    approved_by: str | None
+    fee_fen: int
+    card_number: str | None
+    photo_base64: str | None = Field(
+        None, description="the processed card photo (JPEG), only with ?photo=true"
+    )

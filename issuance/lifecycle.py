@@ -82,6 +82,10 @@ class CardEvent:
     #: lapse / un-report of a card lost before it was ever activated: back to ``issued``
     LAPSE_TO_ISSUED = "lapse_to_issued"
     UNREPORT_TO_ISSUED = "unreport_to_issued"
+    #: lapse / un-report of a card that was suspended when reported lost: back to
+    #: ``suspended`` (a loss report never lifts a fund supervisor's suspension)
+    LAPSE_TO_SUSPENDED = "lapse_to_suspended"
+    UNREPORT_TO_SUSPENDED = "unreport_to_suspended"
     REPORT_DAMAGED = "report_damaged"
     REPLACE = "replace"
     EXPIRE = "expire"
@@ -161,17 +165,23 @@ CARD_TRANSITIONS: tuple[Transition, ...] = _audited("card",
     # Loss. Reportable from every state in which the holder physically has the card and it
     # is not blocked already: ISSUED (collected, not yet activated) and ACTIVE. Before
     # collection (number allocated ... shipped) the card is in the centre's hands: there is
-    # nothing to report. SUSPENDED is deliberately excluded: a suspended card is already
-    # blocked for every social function (the bank reports its own function at the bank), and
-    # a loss report must not become a way around a fund supervisor's suspension (un-report
-    # -> active, or a replacement free of the suspension): the holder is sent to the fund
-    # supervisor, who lifts the suspension or cancels the card. DAMAGED goes to replacement.
-    # A lapse or an un-report puts the card back where it was: ACTIVE, or ISSUED when it was
-    # never activated (its social security function is still sealed); the services choose
-    # the event from that (issuance.services.loss.restore_event).
-    + _t([S.ACTIVE, S.ISSUED], CardEvent.REPORT_LOSS_PROVISIONAL, S.LOST_PROVISIONAL,
-         _COUNTER_STAFF | {R.SYSTEM}, _REMOTE)
-    + _t([S.ACTIVE, S.ISSUED], CardEvent.REPORT_LOSS_FORMAL, S.LOST_FORMAL, _COUNTER_STAFF,
+    # nothing to report. SUSPENDED too (issue 16: a suspended card that is lost must be
+    # known lost; where a city forbids it, ``[lifecycle] loss_of_suspended_card = false`` and
+    # the services refuse it): its social functions stay suspended, and the loss report never
+    # becomes a way around the fund supervisor's suspension: a lapse or an un-report puts it
+    # back to SUSPENDED, and it is not replaced while suspended (the fund supervisor lifts or
+    # cancels first; issuance.services.loss). DAMAGED goes to replacement.
+    # A lapse or an un-report puts the card back where it was: ACTIVE, ISSUED when it was
+    # never activated (its social security function is still sealed), or SUSPENDED; the
+    # services choose the event from that (issuance.services.loss.restore_event).
+    + _t([S.ACTIVE, S.ISSUED, S.SUSPENDED], CardEvent.REPORT_LOSS_PROVISIONAL,
+         S.LOST_PROVISIONAL, _COUNTER_STAFF | {R.SYSTEM}, _REMOTE)
+    + _t([S.ACTIVE, S.ISSUED, S.SUSPENDED], CardEvent.REPORT_LOSS_FORMAL, S.LOST_FORMAL,
+         _COUNTER_STAFF, {C.COUNTER})
+    + _t(S.LOST_PROVISIONAL, CardEvent.LAPSE_TO_SUSPENDED, S.SUSPENDED, {R.SYSTEM})
+    + _t(S.LOST_PROVISIONAL, CardEvent.UNREPORT_TO_SUSPENDED, S.SUSPENDED,
+         _COUNTER_STAFF | {R.SYSTEM}, _REMOTE | {C.COUNTER})
+    + _t(S.LOST_FORMAL, CardEvent.UNREPORT_TO_SUSPENDED, S.SUSPENDED, _COUNTER_STAFF,
          {C.COUNTER})
     + _t(S.LOST_PROVISIONAL, CardEvent.FORMALISE_LOSS, S.LOST_FORMAL, _COUNTER_STAFF,
          {C.COUNTER})

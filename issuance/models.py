@@ -159,6 +159,8 @@ class AgencyKind(enum.StrEnum):
     HOSPITAL = "hospital"
     PHARMACY = "pharmacy"
     BANK = "bank"
+    #: A community (street) service centre: a collection point where residents collect cards.
+    COMMUNITY = "community"
     OTHER = "other"
 
 
@@ -226,6 +228,13 @@ class Person(Base):
     """One resident. One person, one social security number (the citizen ID number)."""
 
     __tablename__ = "persons"
+    #: The counter's searches (migration 0011; ``issuance.services.people``): by phone, by
+    #: name with the birth date, by name with the region (a range on the second column).
+    __table_args__ = (
+        sa.Index("ix_persons_phone", "phone"),
+        sa.Index("ix_persons_name_birth_date", "name", "birth_date"),
+        sa.Index("ix_persons_name_region", "name", "region_code"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     citizen_id: Mapped[str] = mapped_column(sa.String(18), unique=True)
     name: Mapped[str] = mapped_column(sa.String(60))
@@ -765,3 +774,32 @@ def _record_card_status_change(target: Card, value: Any, oldvalue: Any, _initiat
     session = object_session(target)
     if session is not None:
         session.add(CardStatusChange(card=target, status=value, changed_at=utcnow()))
+
+
+# --- cash: receipts per counter (migration 0012; issuance.services.cash) ---------------------
+class ReceiptSeries(Base):
+    """The next receipt number of one counter (a collection point's code, or CENTRE)."""
+
+    __tablename__ = "receipt_series"
+    counter: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    next_value: Mapped[int] = mapped_column(sa.BigInteger, default=1)
+
+
+class Receipt(Base):
+    """A numbered receipt for money that changed hands at a counter: a fee, a deposit, or a
+    deposit's refund (``kind``; ``amount_fen`` is always positive)."""
+
+    __tablename__ = "receipts"
+    __table_args__ = (sa.UniqueConstraint("counter", "seq", name="uq_receipts_counter_seq"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    number: Mapped[str] = mapped_column(sa.String(48), unique=True)
+    counter: Mapped[str] = mapped_column(sa.String(32))
+    seq: Mapped[int] = mapped_column(sa.BigInteger)
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    amount_fen: Mapped[int]
+    card_id: Mapped[int] = mapped_column(sa.ForeignKey("cards.id"), index=True)
+    person_id: Mapped[int] = mapped_column(sa.ForeignKey("persons.id"))
+    staff_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"))
+    staff_name: Mapped[str] = mapped_column(sa.String(64))
+    what: Mapped[str] = mapped_column(sa.String(100))
+    issued_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

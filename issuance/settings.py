@@ -124,6 +124,9 @@ class LifecycleSettings(_Section):
     renewal_window_days: int = Field(default=60, ge=0)
     pin_tries: int = Field(default=3, ge=1, le=15)
     pin_unblocks: int = Field(default=5, ge=1, le=15)
+    #: A suspended card may be reported lost (it is then blocked as lost; lifting the
+    #: suspension no longer applies). ``false``: the suspension must be lifted first.
+    loss_of_suspended_card: bool = True
 
 
 class IssuerSettings(_Section):
@@ -136,12 +139,25 @@ class IssuerSettings(_Section):
     card_number_prefix: str = "A"
     #: Initialising organisation code (EF05 tag 04, 12 characters).
     init_org_code: str = "330100000001"
+    #: IANA time zone every time is shown in (with its UTC offset); times are stored in UTC.
+    time_zone: str = "Asia/Shanghai"
 
     @field_validator("region_code")
     @classmethod
     def _region(cls, v: str) -> str:
         if len(v) != 6 or not v.isdigit():
             raise ValueError("region_code must be 6 digits (GB/T 2260)")
+        return v
+
+    @field_validator("time_zone")
+    @classmethod
+    def _time_zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {v!r} (an IANA name, e.g. Asia/Shanghai)") from exc
         return v
 
 

@@ -135,7 +135,7 @@ def create_residents(
         data = services.ApplicationInput(
             citizen_id=cid, name=name, phone=f"139{(start + n) % 10**8:08d}",
             region_code=region, photo=photos[n % len(photos)],
-            address=f"杭州市西湖区示例路{n + 1}号",
+            address=f"杭州市西湖区示例路{n + 1}号", ethnicity="01" if n % 7 else "02",
         )  # fmt: skip
         app = services.submit_application(
             session, settings, data, clerk,

@@ -57,7 +57,7 @@ from hsm.service import CardKeyRef, KeyService
 from issuance.audit import Actor
 from issuance.batches import items as batch_items
 from issuance.batches.stock import BlankStock
-from issuance.errors import ConflictError
+from issuance.errors import ConflictError, FieldProblem, ValidationError
 from issuance.models import (
     Application,
     ApplicationChannel,
@@ -188,7 +188,6 @@ class ApplicationFields(Protocol):
 CARD_CATEGORY = "1"
 INSURED, PERSONNEL_CATEGORY = "1", "11"
 PENSION_TYPES_EMPLOYEES, PENSION_TYPES_RESIDENTS = "11100", "10000"
-DEFAULT_ETHNICITY = "01"
 PSN = "00"
 _HAS_FIN: dict[int, tuple[CardProfile, bool]] = {}
 
@@ -201,6 +200,18 @@ def _has_financial(profile: CardProfile) -> bool:
             profile, any(ef.name == "SFI01" for _, ef in profile.files())
         )  # fmt: skip
     return known[1]
+
+
+def holder_ethnicity(person: HolderFields) -> str:
+    """The holder's GB 3304 ethnicity code for EF06: never defaulted (the counter intake and
+    approval refuse a record without one; a holder recorded before that is refused here)."""
+    if not person.ethnicity:
+        raise ValidationError(
+            "cannot prepare the card",
+            [FieldProblem("ethnicity", "the holder's ethnicity (GB 3304) is not recorded; the "
+                                       "chip needs it and it is never guessed")],
+        )  # fmt: skip
+    return person.ethnicity
 
 
 def _common(
@@ -242,7 +253,7 @@ def perso_data(
             ssn=person.citizen_id,
             name=name,
             sex=person.sex,
-            ethnicity=person.ethnicity or DEFAULT_ETHNICITY,
+            ethnicity=holder_ethnicity(person),
             birthplace=person.citizen_id[:6],
             birth_date=person.birth_date,
             name_extension=extension,
@@ -298,7 +309,7 @@ def perso_values(
             "ssn": ssn,
             "name": name,
             "sex": person.sex,
-            "ethnicity": person.ethnicity or DEFAULT_ETHNICITY,
+            "ethnicity": holder_ethnicity(person),
             "birthplace": ssn[:6],
             "birth_date": person.birth_date,
             "name_extension": extension,

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from issuance.batches import items as bi
 from issuance.batches.pipeline import safe_job_id
 from issuance.models import Batch, BatchItem, BatchStage, BlankChip, Card, ChipStatus
+from issuance.settings import Settings
 from printers.faces import find_fonts
 
 #: (label, from column, to column) of the time-per-stage figures.
@@ -58,11 +59,16 @@ class BatchReport:
         used = self.chips.get("good", 0) + self.chips.get("spoiled", 0)
         return self.chips.get("spoiled", 0) / used if used else 0.0
 
-    def text(self) -> str:
+    def text(self, settings: Settings | None = None) -> str:
+        """The report as text; times in the issuer's time zone with their offset (the default
+        settings' zone when none are given)."""
+        from issuance.display import local_time
+
+        cfg = settings or Settings()
         lines = [
             f"Batch {self.name} (id {self.batch_id}): {self.status}, {self.cards} card(s)",
-            f"  created {self.created_at:%Y-%m-%d %H:%M:%S}"
-            + (f", produced {self.completed_at:%Y-%m-%d %H:%M:%S}" if self.completed_at else ""),
+            f"  created {local_time(self.created_at, cfg)}"
+            + (f", produced {local_time(self.completed_at, cfg)}" if self.completed_at else ""),
         ]
         if self.filters:
             lines.append("  selection: " + ", ".join(f"{k} {v}" for k, v in self.filters.items()))
@@ -102,6 +108,16 @@ def _reason_kind(reason: str | None) -> str:
     return reason.split(":")[0][:80]
 
 
+def _span_start(item: BatchItem, column: str, batch: Batch) -> datetime:
+    """When a stage's work on ``item`` could start: data preparation not before the batch's
+    run started (a batch created in the morning and run in the afternoon did not spend the
+    hours between in preparation)."""
+    start: datetime = getattr(item, column)
+    if column == "created_at" and batch.started_at is not None:
+        return max(start, batch.started_at)
+    return start
+
+
 def build_report(session: Session, batch_id: int) -> BatchReport:
     batch = session.get(Batch, batch_id)
     assert batch is not None
@@ -126,7 +142,7 @@ def build_report(session: Session, batch_id: int) -> BatchReport:
     means: dict[str, float | None] = {}
     for label, frm, to in STAGE_SPANS:
         spans = [
-            (getattr(i, to) - getattr(i, frm)).total_seconds()
+            (getattr(i, to) - _span_start(i, frm, batch)).total_seconds()
             for i in items
             if getattr(i, frm) is not None and getattr(i, to) is not None
         ]
@@ -224,10 +240,12 @@ def write_chart(report: BatchReport, path: Path) -> Path:
     return path
 
 
-def write_report(report: BatchReport, directory: Path) -> tuple[Path, Path]:
-    """``<directory>/<batch>.report.txt`` and ``.report.png``."""
+def write_report(
+    report: BatchReport, directory: Path, settings: Settings | None = None
+) -> tuple[Path, Path]:
+    """``<directory>/<batch>.report.txt`` and ``.report.png`` (times in ``settings``' zone)."""
     stem = safe_job_id(report.name)
     directory.mkdir(parents=True, exist_ok=True)
     text = directory / f"{stem}.report.txt"
-    text.write_text(report.text() + "\n", encoding="utf-8")
+    text.write_text(report.text(settings) + "\n", encoding="utf-8")
     return text, write_chart(report, directory / f"{stem}.report.png")

@@ -20,9 +20,10 @@ from issuance.audit import Actor
 from issuance.batches import items as bi
 from issuance.errors import FieldProblem, NotFound, ValidationError
 from issuance.lifecycle import CardEvent
-from issuance.models import Agency, AgencyKind, BatchItem, BatchStage
+from issuance.models import Agency, BatchItem, BatchStage
 from issuance.services.cards import advance_production, collect_card
 from issuance.services.common import find_card
+from issuance.services.places import COLLECTION_POINT_KINDS
 from issuance.settings import Settings
 
 
@@ -35,12 +36,16 @@ class ShipResult:
 def collection_point(session: Session, code: str) -> Agency:
     agency = session.scalars(sa.select(Agency).where(Agency.code == code)).one_or_none()
     if agency is None:
-        raise NotFound(f"no collection point {code!r} (create it as an agency)")
-    if agency.kind not in (AgencyKind.BANK, AgencyKind.OTHER):
+        raise NotFound(
+            f"no collection point {code!r} (create it: ykt places add {code} --name NAME "
+            "--kind bank|community)"
+        )
+    if agency.kind not in COLLECTION_POINT_KINDS:
         raise ValidationError(
             "not a collection point",
-            [FieldProblem("collection_point", "must be a bank branch or a street office")],
-        )
+            [FieldProblem("collection_point",
+                          "must be a bank branch or a community service centre")],
+        )  # fmt: skip
     return agency
 
 
@@ -65,9 +70,10 @@ def ship_batch(
     point_code: str,
     actor: Actor,
     on_card: Callable[[], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> ShipResult:
     """Ship every checked card of the batch, one transaction per card (``run_txn`` runs a
-    function in a committed transaction)."""
+    function in a committed transaction). ``on_start`` is told how many cards are to ship."""
     ids: list[int] = []
 
     def list_ids(s: Session) -> None:
@@ -81,6 +87,8 @@ def ship_batch(
         )  # fmt: skip
 
     run_txn(list_ids)
+    if on_start is not None:
+        on_start(len(ids))
     for item_id in ids:
 
         def one(s: Session, item_id: int = item_id) -> None:

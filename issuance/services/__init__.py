@@ -69,6 +69,7 @@ from issuance.services.staff import (
     set_password,
 )
 from issuance.services.temporary import (
+    find_deposit,
     hand_back_temporary_card,
     issue_temporary_card,
     refund_deposit,
@@ -110,6 +111,7 @@ __all__ = [
     "expire_if_due",
     "expire_provisional_losses",
     "find_card",
+    "find_deposit",
     "formalise_loss",
     "get_or_create_collective",
     "get_person",

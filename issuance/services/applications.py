@@ -64,6 +64,9 @@ _MOBILE = re.compile(r"1[3-9][0-9]{9}")
 _LANDLINE = re.compile(r"0[0-9]{2,3}-?[0-9]{7,8}")
 _SEX_WORDS = {"1": "1", "2": "2", "男": "1", "女": "2", "M": "1", "F": "2", "9": "9"}
 
+#: Why a record without an ethnicity is refused (the chip's EF06 needs it; never defaulted).
+ETHNICITY_REQUIRED = "required: the 2-digit GB 3304 code on the ID card (never defaulted)"
+
 RECEIVERS = {StaffRole.CLERK, StaffRole.SUPERVISOR, StaffRole.ADMIN, StaffRole.BANK_TELLER}
 #: who may take each step: declared in the application transition table
 PROCESSORS = set(lifecycle.application_roles(ApplicationEvent.PROCESS))
@@ -178,8 +181,11 @@ def validate_record(
     *,
     photo_processor: PhotoProcessor | None = None,
     today: date | None = None,
+    require_ethnicity: bool = False,
 ) -> ValidRecord:
-    """Check the record as a whole; raise ValidationError listing EVERY problem found."""
+    """Check the record as a whole; raise ValidationError listing EVERY problem found.
+    ``require_ethnicity``: the counter (the clerk reads it off the ID card) refuses a record
+    without one; a file may lack it, and then approval refuses it (the chip needs it)."""
     today = today or date.today()
     data = normalise(data)
     problems: list[FieldProblem] = []
@@ -213,6 +219,8 @@ def validate_record(
         problems.append(FieldProblem("region_code", exc.reason))
     if data.ethnicity not in (None, "") and not re.fullmatch(r"[0-9]{2}", str(data.ethnicity)):
         problems.append(FieldProblem("ethnicity", "must be a 2-digit GB 3304 code"))
+    elif require_ethnicity and data.ethnicity in (None, ""):
+        problems.append(FieldProblem("ethnicity", ETHNICITY_REQUIRED))
     phone = data.phone
     if phone is None:
         problems.append(FieldProblem("phone", "a contact phone number is required"))
@@ -303,7 +311,10 @@ def submit_application(
     """Validate and record one application (status ``received``)."""
     if actor.role not in RECEIVERS:
         raise PermissionDenied(f"role {actor.role} may not receive applications")
-    rec = validate_record(session, settings, data, photo_processor=photo_processor, today=today)
+    rec = validate_record(
+        session, settings, data, photo_processor=photo_processor, today=today,
+        require_ethnicity=channel == ApplicationChannel.COUNTER,
+    )  # fmt: skip
     person = rec.person
     if person is None:
         person = Person(
@@ -316,6 +327,7 @@ def submit_application(
         person.phone = rec.phone or person.phone
         person.region_code = rec.region_code
         person.address = rec.address or person.address
+        person.ethnicity = rec.ethnicity or person.ethnicity
     app = Application(
         person=person, channel=channel, status=lifecycle.APPLICATION_INITIAL,
         collective_id=collective.id if collective is not None else None,
@@ -400,6 +412,11 @@ def approve_application(session: Session, settings: Settings, app_id: int, actor
         (app.received_by_id, "received"), (app.processed_by_id, "processed"),
         (app.reviewed_by_id, "reviewed"),
     )  # fmt: skip
+    if not app.person.ethnicity:
+        raise ValidationError(
+            f"application {app.id} cannot be approved",
+            [FieldProblem("ethnicity", ETHNICITY_REQUIRED)],
+        )
     if _strict(settings):
         steps = [app.received_by_id, app.processed_by_id, app.reviewed_by_id]
         if None in steps or len(set(steps)) != 3:

@@ -86,6 +86,11 @@ def restore_event(card: Card, event: str) -> str:
     ``*_to_issued`` twin when the card was lost before activation (its social security
     function is still sealed: only activation unseals it)."""
     social = card.chip_app(ChipAppKind.SOCIAL_SECURITY)
+    if social is not None and social.status == ChipAppStatus.SUSPENDED:
+        return {
+            CardEvent.LAPSE: CardEvent.LAPSE_TO_SUSPENDED,
+            CardEvent.UNREPORT: CardEvent.UNREPORT_TO_SUSPENDED,
+        }[event]
     if social is not None and social.status == ChipAppStatus.SEALED:
         return {
             CardEvent.LAPSE: CardEvent.LAPSE_TO_ISSUED,

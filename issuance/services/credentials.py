@@ -61,7 +61,14 @@ SCOPES: dict[str, str] = {
     "audit:read": "query and verify the audit log",
     "deaths:write": "upload a death-record file (cancels the deceased holders' cards)",
     "principals:manage": "disable and enable API clients, agencies and staff users",
+    "people:read": "search people and see a person's whole record (staff only: never granted "
+    "to an agency)",
+    "cash:read": "receipts and the day's cash reconciliation (staff only)",
 }
+
+#: Scopes only staff tokens carry: an agency's client credentials are never granted them
+#: (agencies never list people; the domain refuses them too, ``issuance.services.people``).
+STAFF_ONLY_SCOPES = frozenset({"people:read", "cash:read"})
 
 #: Default scopes of an agency by kind (``ykt api agency add --scope`` overrides).
 AGENCY_DEFAULT_SCOPES: dict[AgencyKind, tuple[str, ...]] = {
@@ -74,6 +81,9 @@ AGENCY_DEFAULT_SCOPES: dict[AgencyKind, tuple[str, ...]] = {
     # and withdraw a provisional report there (DOMAIN.md); such reports are provisional and
     # lapse unless made formal at a counter. An agency that only verifies gets ``--scope``.
     AgencyKind.OTHER: ("verify", "feed:read", "cards:loss"),
+    # a community service centre's own systems: verify cards and read the status feed (its
+    # clerks hand cards out as staff users, with their own roles)
+    AgencyKind.COMMUNITY: ("verify", "feed:read"),
 }  # fmt: skip
 
 _COUNTER = (
@@ -83,21 +93,28 @@ _COUNTER = (
 
 #: Scopes of a staff token by role (the services check the role itself on every action).
 STAFF_SCOPES: dict[StaffRole, tuple[str, ...]] = {
-    StaffRole.CLERK: _COUNTER,
+    StaffRole.CLERK: (*_COUNTER, "people:read", "cash:read"),
     StaffRole.SUPERVISOR: (
         *_COUNTER, "holder:full_id", "audit:read", "deaths:write", "principals:manage",
+        "people:read", "cash:read",
     ),
     StaffRole.ADMIN: (
         *_COUNTER, "holder:full_id", "audit:read", "deaths:write", "principals:manage",
+        "people:read", "cash:read",
     ),
     StaffRole.REVIEWER: ("applications:write", "applications:read", "cards:read"),
     StaffRole.APPROVER: ("applications:write", "applications:read", "cards:read"),
-    StaffRole.FUND_SUPERVISOR: ("cards:read", "cards:lifecycle", "holder:read", "audit:read"),
+    StaffRole.FUND_SUPERVISOR: (
+        "cards:read", "cards:lifecycle", "holder:read", "audit:read", "people:read", "cash:read",
+    ),
     StaffRole.BANK_TELLER: (
         "verify", "holder:read", "holder:photo", "cards:read", "cards:lifecycle",
-        "financial:activate", "applications:write", "feed:read",
+        "financial:activate", "applications:write", "feed:read", "people:read", "cash:read",
     ),
-    StaffRole.AUDITOR: ("audit:read", "cards:read", "applications:read", "batches:read"),
+    StaffRole.AUDITOR: (
+        "audit:read", "cards:read", "applications:read", "batches:read", "people:read",
+        "cash:read",
+    ),
 }  # fmt: skip
 
 #: Role an agency's machine credential acts with in the domain, and its default channel.
@@ -106,6 +123,7 @@ AGENCY_ROLES: dict[AgencyKind, tuple[StaffRole, Channel]] = {
     AgencyKind.HOSPITAL: (StaffRole.SYSTEM, Channel.SYSTEM),
     AgencyKind.PHARMACY: (StaffRole.SYSTEM, Channel.SYSTEM),
     AgencyKind.OTHER: (StaffRole.SYSTEM, Channel.APP),
+    AgencyKind.COMMUNITY: (StaffRole.SYSTEM, Channel.SYSTEM),
 }
 
 TOKEN_TTL = timedelta(hours=1)
@@ -218,6 +236,12 @@ def register_agency_client(
     granted = check_scopes(scopes if scopes else list(AGENCY_DEFAULT_SCOPES[agency.kind]))
     if cert_subject is not None:
         cert_subject = canonical_cert_subject(cert_subject)
+    staff_only = sorted(STAFF_ONLY_SCOPES.intersection(granted))
+    if staff_only:
+        raise ValidationError(
+            "staff-only scopes",
+            [FieldProblem("scope", f"{s!r} is never granted to an agency") for s in staff_only],
+        )
     client_id = f"{agency.code}-{secrets.token_hex(4)}"
     secret = secrets.token_urlsafe(32)
     cred = ApiCredential(

@@ -50,6 +50,7 @@ from issuance.services.card_steps import (
     open_reports,
     restore_event,
 )
+from issuance.services import cash
 from issuance.services.common import create_card, find_card
 from issuance.settings import Settings
 
@@ -167,6 +168,15 @@ def holder_proven(
     return id_ok and name_ok
 
 
+def _suspended(card: Card) -> bool:
+    """The card's social functions are suspended (a fund supervisor's suspension, kept
+    through a loss report)."""
+    social = card.chip_app(ChipAppKind.SOCIAL_SECURITY)
+    return social is not None and social.status == ChipAppStatus.SUSPENDED
+
+
+
+
 def report_loss(
     session: Session,
     settings: Settings,
@@ -185,6 +195,13 @@ def report_loss(
             session, card_id, actor, identity_checked=identity_checked, note=note, now=now
         )
     _require_identity(actor, identity_checked, "report the loss")
+    if card.status == CardStatus.SUSPENDED and not settings.lifecycle.loss_of_suspended_card:
+        raise TransitionError(
+            f"card {card.card_number} is suspended; in this city a suspended card is reported "
+            "lost only after the fund supervisor lifts the suspension "
+            "([lifecycle] loss_of_suspended_card = false)",
+            from_state=str(card.status), event="report_loss",
+        )  # fmt: skip
     provisional = actor.channel in REMOTE_CHANNELS
     event = CardEvent.REPORT_LOSS_PROVISIONAL if provisional else CardEvent.REPORT_LOSS_FORMAL
     lifecycle.apply_card_event(
@@ -363,6 +380,13 @@ def replace_card(
     if old.kind != "formal":
         raise ValidationError("cannot replace", [FieldProblem("card", "not a formal card")])
     expire_if_due(session, old, today)
+    if _suspended(old):
+        raise TransitionError(
+            f"card {old.card_number} is suspended by a fund supervisor: it is not replaced "
+            "while suspended (the fund supervisor lifts the suspension once the card is "
+            "found and un-reported, or cancels the card)",
+            from_state=str(old.status), event=str(CardEvent.REPLACE),
+        )  # fmt: skip
     if old.status == CardStatus.ACTIVE:
         days = settings.lifecycle.renewal_window_days
         opens = old.expiry_date - timedelta(days=days) if old.expiry_date else None
@@ -387,4 +411,6 @@ def replace_card(
     )  # fmt: skip
     old.replaced_by_id = new.id
     flush(session)
+    cash.issue_receipt(session, actor, cash.ReceiptKind.FEE, fee, new,
+                       f"replacement of card {old.card_number}", at=new.created_at)  # fmt: skip
     return new

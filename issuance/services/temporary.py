@@ -42,6 +42,7 @@ from issuance.models import (
     utcnow,
 )
 from issuance.services.card_steps import cancel, expire_if_due, live_temporary_cards
+from issuance.services import cash
 from issuance.services.common import create_card, random_chip_serial
 from issuance.settings import Settings
 
@@ -136,11 +137,18 @@ def issue_temporary_card(
     audit.record(
         session, actor, "deposit.taken", "card", card.id, details={"amount_fen": deposit.amount_fen}
     )
+    cash.issue_receipt(session, actor, cash.ReceiptKind.DEPOSIT, deposit.amount_fen, card,
+                       "temporary card deposit", at=deposit.taken_at)  # fmt: skip
     return card
 
 
 def _deposit(session: Session, card: Card) -> Deposit | None:
-    return session.scalars(sa.select(Deposit).where(Deposit.card_id == card.id)).one_or_none()
+    return find_deposit(session, card.id)
+
+
+def find_deposit(session: Session, card_id: int) -> Deposit | None:
+    """The deposit taken for a (temporary) card, if any."""
+    return session.scalars(sa.select(Deposit).where(Deposit.card_id == card_id)).one_or_none()
 
 
 def refund_deposit(session: Session, card: Card, actor: Actor) -> int:
@@ -163,6 +171,8 @@ def refund_deposit(session: Session, card: Card, actor: Actor) -> int:
         card.id,
         details={"amount_fen": deposit.amount_fen},
     )
+    cash.issue_receipt(session, actor, cash.ReceiptKind.REFUND, deposit.amount_fen, card,
+                       "temporary card deposit refund", at=deposit.refunded_at)  # fmt: skip
     return deposit.amount_fen
 
 

@@ -114,7 +114,7 @@ def active_card(
     app = services.submit_application(
         session, settings,
         services.ApplicationInput(citizen_id=make_cid(), name="张三", phone="13800138000",
-                                  photo=PHOTO),
+                                  photo=PHOTO, ethnicity="01"),
         actors["clerk"], photo_processor=fake_photo,
     )  # fmt: skip
     services.process_application(session, app.id, actors["clerk"])

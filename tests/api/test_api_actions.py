@@ -214,6 +214,7 @@ def test_photo_upload_and_replacement(api_env: ApiEnv) -> None:
     c, clerk = api_env.client, api_env.auth("clerk")
     cid = make_cid()
     r = c.post("/v1/applications", json={"citizen_id": cid, "name": "冯八", "phone": "13800138041",
+                                          "ethnicity": "01",
                                           "photo_base64": __import__("base64").b64encode(PHOTO)
                                           .decode()}, headers=clerk)  # fmt: skip
     assert r.status_code == 201, r.text
@@ -253,7 +254,7 @@ def test_batch_list_and_report_are_the_real_report(api_env: ApiEnv) -> None:
             app = services.submit_application(
                 s, api_env.settings,
                 services.ApplicationInput(citizen_id=make_cid(), name="陈九", photo=PHOTO,
-                                          phone=f"1380013805{i}"),
+                                          phone=f"1380013805{i}", ethnicity="01"),
                 a["clerk"], photo_processor=fake_photo,
             )  # fmt: skip
             services.process_application(s, app.id, a["clerk"])
@@ -282,7 +283,7 @@ def test_temporary_card_hand_back_refunds_the_deposit(api_env: ApiEnv) -> None:
         app = services.submit_application(
             s, api_env.settings,
             services.ApplicationInput(citizen_id=make_cid(), name="褚十", phone="13800138061",
-                                      photo=PHOTO),
+                                      photo=PHOTO, ethnicity="01"),
             api_env.actors["clerk"], photo_processor=fake_photo,
         )  # fmt: skip
         person_id = app.person_id
@@ -360,7 +361,7 @@ def test_collect_refunds_the_temporary_deposit_only_if_handed_back(
         app = services.submit_application(
             s, api_env.settings,
             services.ApplicationInput(citizen_id=make_cid(), name="卫十一", phone="13800138062",
-                                      photo=PHOTO),
+                                      photo=PHOTO, ethnicity="01"),
             api_env.actors["clerk"], photo_processor=fake_photo,
         )  # fmt: skip
         services.process_application(s, app.id, api_env.actors["clerk"])

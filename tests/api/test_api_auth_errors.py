@@ -109,7 +109,7 @@ def test_error_shape_for_malformed_input(api_env: ApiEnv) -> None:
                headers=h)  # fmt: skip
     assert r.status_code == 422
     fields = {p["field"] for p in r.json()["error"]["problems"]}
-    assert {"citizen_id", "name", "phone", "photo"} <= fields
+    assert {"citizen_id", "name", "phone", "photo", "ethnicity"} <= fields
     r = c.post("/v1/applications", json={"citizen_id": "1", "name": "x", "photo_base64": "@@"},
                headers=h)  # fmt: skip
     assert r.status_code == 422 and r.json()["error"]["field"] == "photo_base64"
@@ -124,7 +124,7 @@ def test_application_flow_with_maker_checker(api_env: ApiEnv) -> None:
     from api_helpers import PHOTO, make_cid
 
     c = api_env.client
-    body = {"citizen_id": make_cid(), "name": "王五", "phone": "13900139000",
+    body = {"citizen_id": make_cid(), "name": "王五", "phone": "13900139000", "ethnicity": "01",
             "photo_base64": base64.b64encode(PHOTO).decode()}  # fmt: skip
     r = c.post("/v1/applications", json=body, headers=api_env.auth("clerk"))
     assert r.status_code == 201, r.text

@@ -120,7 +120,7 @@ class Matrix:
         return services.submit_application(
             s, self.settings,
             services.ApplicationInput(citizen_id=make_cid(), name="矩阵", phone="13800138099",
-                                      photo=PHOTO),
+                                      photo=PHOTO, ethnicity="01"),
             self.actors["clerk"], photo_processor=fake_photo,
         )  # fmt: skip
 
@@ -240,6 +240,9 @@ def url_for(route: RouteSpec, m: Matrix, held: bool) -> str:
         "kind": "clients",
         "name": "matrix-nobody",
         "action": "disable",
+        "person_id": str(m.person_id),
+        "day": "2026-12-06",
+        "number": "CENTRE-00000001",
     }
     path = route.path
     for name, value in values.items():
@@ -268,10 +271,11 @@ def _last_event(m: Matrix) -> int:
 
 
 def test_matrix_covers_every_route_and_principal() -> None:
-    assert len(ROUTES) >= 31 and len(PRINCIPALS) == 12
+    assert len(ROUTES) >= 33 and len(PRINCIPALS) == 13  # agency kind community (issue 16)
     paths = {str(r) for r in ROUTES}
     assert {"POST /v1/imports", "POST /v1/cards/{card_number}/cancel", "GET /v1/audit/events",
-            "POST /v1/verifications"} <= paths  # fmt: skip
+            "POST /v1/verifications", "POST /v1/people/search",
+            "GET /v1/people/{person_id}"} <= paths  # fmt: skip
     # the matrix has both kinds of pairs for most routes (not a trivially all-refused grid)
     for route in ROUTES:
         holders = [w for w in PRINCIPALS if set(route.scopes) <= PRINCIPALS[w]]

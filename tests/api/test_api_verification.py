@@ -165,7 +165,7 @@ def test_temporary_card_verifies_for_medical_only(api_env: ApiEnv) -> None:
         app = services.submit_application(
             s, api_env.settings,
             services.ApplicationInput(citizen_id=make_cid(), name="李四", phone="13800138001",
-                                      photo=PHOTO),
+                                      photo=PHOTO, ethnicity="01"),
             api_env.actors["clerk"], photo_processor=fake_photo,
         )  # fmt: skip
         person_id = app.person_id

@@ -37,7 +37,7 @@ def issued_card(env: ApiEnv) -> Card:
         app = services.submit_application(
             s, env.settings,
             services.ApplicationInput(citizen_id=make_cid(), name="蒋一", phone="13800138071",
-                                      photo=PHOTO),
+                                      photo=PHOTO, ethnicity="01"),
             a["clerk"], photo_processor=fake_photo,
         )  # fmt: skip
         services.process_application(s, app.id, a["clerk"])

@@ -76,6 +76,7 @@ def submit(session: Session, settings: Settings, actor: Actor, **kw: object) -> 
         name=str(kw.pop("name", "张三")),
         phone=str(kw.pop("phone", "13800138000")),
         photo=kw.pop("photo", JPEG_FIXTURE),  # type: ignore[arg-type]
+        ethnicity=kw.pop("ethnicity", "01"),  # type: ignore[arg-type]
         **kw,  # type: ignore[arg-type]
     )
     return services.submit_application(

@@ -46,7 +46,8 @@ def test_cli_flow(env):
     cli.staff({"c1": "clerk", "r1": "reviewer", "a1": "approver", "f1": "fund_supervisor"})
     cid = make_cid(birth=__import__("datetime").date(2021, 6, 1))  # under 6: photo exempt
     out = cli.ok(
-        cli_people.app, "submit", "--name", "小明", "--phone", "13800000000", "--as", "c1",
+        cli_people.app, "submit", "--name", "小明", "--phone", "13800000000", "--ethnicity", "01",
+        "--as", "c1",
         input=cid + "\n",  # the ID asked for at the prompt: not in the shell history
     )  # fmt: skip
     assert "application 1 received" in out and cid[:14] not in out.split("\n")[-2]
@@ -78,7 +79,8 @@ def test_cli_identity_needs_the_password(env):
     res = cli.invoke(cli_db.app, "create-staff", "x2", "--role", "admin", "--as", "c1")
     assert res.exit_code != 0 and "may not create staff" in str(res.exception)
     child = make_cid(birth=__import__("datetime").date(2021, 6, 1))  # no photo needed
-    submit = ["submit", "--id", child, "--name", "小明", "--phone", "13800000000"]
+    submit = ["submit", "--id", child, "--name", "小明", "--phone", "13800000000",
+              "--ethnicity", "01"]  # fmt: skip
     # a wrong password, an unknown user, no password at all: refused, nothing recorded
     wrong = cli.invoke(cli_people.app, *submit, "--as", "c1",
                        env={"YKT_STAFF_PASSWORD": "not-the-password"})  # fmt: skip

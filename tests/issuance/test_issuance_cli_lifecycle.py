@@ -61,7 +61,7 @@ def _shipped_card(staff: dict[str, str], serial: str = "A1B2C3D4E5F60718") -> st
     cli.staff(staff)
     cid = make_cid(birth=date(2021, 6, 1))  # under 6: no photo needed
     ok(cli_people.app, "submit", "--id", cid, "--name", "小红", "--phone", "13900000000",
-       "--as", "c1")  # fmt: skip
+       "--ethnicity", "01", "--as", "c1")  # fmt: skip
     ok(cli_people.app, "process", "1", "--as", "c1")
     ok(cli_people.app, "review", "1", "--as", "r1")
     number = ok(cli_people.app, "approve", "1", "--as", "a1").split("card ")[1].split()[0]

@@ -26,7 +26,9 @@ def _setup_active_card(factory, settings) -> tuple[int, dict]:
         app = services.submit_application(
             s,
             settings,
-            services.ApplicationInput(make_cid(), "李四", "13900000000", photo=JPEG_FIXTURE),
+            services.ApplicationInput(
+                make_cid(), "李四", "13900000000", photo=JPEG_FIXTURE, ethnicity="01"
+            ),
             a["clerk"],
             photo_processor=fake_process_photo,
         )
@@ -92,7 +94,8 @@ def test_two_counters_one_person_one_temporary_card(fresh_db_url, settings):
             services.create_staff(s, name, StaffRole.CLERK)
         app = services.submit_application(
             s, settings,
-            services.ApplicationInput(make_cid(), "周八", "13900000001", photo=JPEG_FIXTURE),
+            services.ApplicationInput(make_cid(), "周八", "13900000001", photo=JPEG_FIXTURE,
+                                      ethnicity="01"),
             services.actor_for(s, "clerk-a"), photo_processor=fake_process_photo,
         )  # fmt: skip
         person_id = app.person_id

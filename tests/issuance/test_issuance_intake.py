@@ -143,15 +143,13 @@ def test_file_through_the_real_photo_pipeline(session, settings, actors, tmp_pat
 def test_counter_intake_through_the_real_photo_pipeline(session, settings, actors):
     data = services.ApplicationInput(
         citizen_id=make_cid(), name="郑十", phone="13700000021",
-        photo=(PHOTOS / "astronaut_exif_rotated.jpg").read_bytes(),
-    )  # fmt: skip
+        photo=(PHOTOS / "astronaut_exif_rotated.jpg").read_bytes(), ethnicity="01")  # fmt: skip
     app = services.submit_application(session, settings, data, actors["clerk"])
     img = Image.open(io.BytesIO(app.photo_jpeg))
     assert img.size == (settings.photos.width, settings.photos.height)  # upright, card-sized
     bad = services.ApplicationInput(
         citizen_id=make_cid(), name="郑十一", phone="13700000022",
-        photo=(PHOTOS / "astronaut_tilted.jpg").read_bytes(),
-    )  # fmt: skip
+        photo=(PHOTOS / "astronaut_tilted.jpg").read_bytes(), ethnicity="01")  # fmt: skip
     with pytest.raises(ValidationError) as err:
         services.submit_application(session, settings, bad, actors["clerk"])
     assert [(p.field, "tilted" in p.reason) for p in err.value.problems] == [("photo", True)]

@@ -21,7 +21,8 @@ def _social(card) -> set[str]:
 def test_loss_is_declared_exactly_where_the_holder_has_the_card():
     for event in (CardEvent.REPORT_LOSS_PROVISIONAL, CardEvent.REPORT_LOSS_FORMAL):
         froms = {t.from_state for t in CARD_TRANSITIONS if t.event == event}
-        assert froms == {CardStatus.ISSUED, CardStatus.ACTIVE}, event
+        # the holder has it: issued, active, or suspended (issue 16; a city setting)
+        assert froms == {CardStatus.ISSUED, CardStatus.ACTIVE, CardStatus.SUSPENDED}, event
 
 
 def test_card_lost_before_activation_lapses_back_to_issued(session, settings, actors, new_card):
@@ -64,14 +65,49 @@ def test_formal_loss_of_issued_card_unreported_back_to_issued(session, settings,
     assert card.status == CardStatus.ISSUED and _social(card) == {"sealed"}
 
 
-def test_suspended_card_cannot_be_reported_lost(session, settings, actors, new_card):
+def test_suspended_card_cannot_be_reported_lost_where_the_city_says_so(
+    session, settings, actors, new_card
+):
+    strict = settings.model_copy(
+        update={"lifecycle": settings.lifecycle.model_copy(
+            update={"loss_of_suspended_card": False})}
+    )  # fmt: skip
     card = new_card("active")
     services.suspend_card(session, card.id, actors["fund_supervisor"], "lent to another person")
     for actor in (actors["clerk"], actors["clerk"].via(Channel.PHONE)):
-        with pytest.raises(TransitionError):
-            services.report_loss(session, settings, card.id, actor, identity_checked=True)
+        with pytest.raises(TransitionError, match="loss_of_suspended_card"):
+            services.report_loss(session, strict, card.id, actor, identity_checked=True)
     assert card.status == CardStatus.SUSPENDED
     assert card.chip_app("medical").status == ChipAppStatus.SUSPENDED
+
+
+def test_suspended_card_reported_lost_stays_suspended(session, settings, actors, new_card):
+    """Issue 16: a suspended card can be reported lost (the default); the loss report never
+    gets round the suspension: lapse and un-report go back to suspended, no replacement while
+    suspended, the fund supervisor lifts it once the card is back, or it is cancelled."""
+    clerk, fund = actors["clerk"], actors["fund_supervisor"]
+    card = new_card("active")
+    services.suspend_card(session, card.id, fund, "lent to another person")
+    r = services.report_loss(session, settings, card.id, clerk.via(Channel.PHONE),
+                             identity_checked=True)  # fmt: skip
+    assert card.status == CardStatus.LOST_PROVISIONAL and r.kind == "provisional"
+    assert _social(card) == {"suspended"}
+    later = utcnow() + timedelta(hours=settings.lifecycle.provisional_loss_hours + 1)
+    assert services.expire_provisional_losses(session, now=later) == 1
+    assert card.status == CardStatus.SUSPENDED and _social(card) == {"suspended"}
+    services.report_loss(session, settings, card.id, clerk, identity_checked=True)
+    assert card.status == CardStatus.LOST_FORMAL
+    with pytest.raises(TransitionError, match="not replaced while suspended"):
+        services.replace_card(session, settings, card.id, clerk)
+    services.unreport_loss(session, card.id, clerk, identity_checked=True, note="found")
+    assert card.status == CardStatus.SUSPENDED and _social(card) == {"suspended"}
+    services.lift_suspension(session, card.id, fund, "returned")
+    assert card.status == CardStatus.ACTIVE and _social(card) == {"active"}
+    # lost again while suspended, and cancelled by the counter
+    services.suspend_card(session, card.id, fund, "again")
+    services.report_loss(session, settings, card.id, clerk, identity_checked=True)
+    services.cancel_card(session, card.id, actors["supervisor"], "holder moved away")
+    assert card.status == CardStatus.CANCELLED
 
 
 def test_formal_loss_leads_to_replacement_and_new_card_in_use(session, settings, actors, new_card):

@@ -48,7 +48,7 @@ def _active_cards(cfg, factory, n: int) -> list[int]:
         for _ in range(n):
             app = services.submit_application(
                 s, cfg, services.ApplicationInput(make_cid(), "孙九", "13900000002",
-                                                  photo=JPEG_FIXTURE),
+                                                  photo=JPEG_FIXTURE, ethnicity="01"),
                 a["clerk"], photo_processor=fake_process_photo,
             )  # fmt: skip
             services.process_application(s, app.id, a["clerk"])

@@ -149,7 +149,19 @@ def _run(batch: str, readers: int | None, lease: int, as_: str | None, resume: b
         raise typer.Exit(EXIT_NOT_FINISHED)
     if summary.failed_cards or summary.at_bureau:
         raise typer.Exit(EXIT_NOT_FINISHED)
-    out.print(f"next: ykt batch ship {batch} --to <collection point> --as <staff>")
+    _next_step(batch)
+
+
+def _next_step(batch: str) -> None:
+    """Print the next step the batch's stages call for (``issuance.batches.hints``)."""
+    from issuance.batches import items as bi
+    from issuance.batches.hints import next_step
+    from issuance.batches.selection import get_batch
+
+    hint = _txn(lambda s: next_step(get_batch(s, batch).name,
+                                    bi.stage_counts(s, get_batch(s, batch).id)))  # fmt: skip
+    if hint:
+        out.print(f"next: {hint}")
 
 
 _READERS = typer.Option(None, "--readers", "-n", min=1, max=16, help="Stations (readers).")
@@ -316,11 +328,12 @@ def status(batch: str | None = typer.Argument(None)) -> None:
     with session_scope() as s:
         batches = [get_batch(s, batch)] if batch else list(s.scalars(sa.select(Batch).order_by(
             Batch.id)))  # fmt: skip
-        table = Table("batch", "status", "cards", *[str(st) for st in BatchStage])
+        # fits 80 columns: the stages that hold cards, not one column per stage
+        table = Table("batch", "status", "cards", "cards by stage", box=None)
         for b in batches:
             counts = bi.stage_counts(s, b.id)
-            table.add_row(b.name, b.status, str(b.card_count),
-                          *[str(counts[st]) for st in BatchStage])  # fmt: skip
+            stages = ", ".join(f"{st} {counts[st]}" for st in BatchStage if counts[st])
+            table.add_row(b.name, b.status, str(b.card_count), stages or "-")
     out.print(table)
 
 
@@ -338,8 +351,8 @@ def report(
     with session_scope() as s:
         rep = build_report(s, get_batch(s, batch).id)
     directory = Path(output) if output else settings().data_dir / "reports"
-    text, png = write_report(rep, directory)
-    out.print(rep.text())
+    text, png = write_report(rep, directory, settings())
+    out.print(rep.text(settings()), markup=False, highlight=False)
     out.print(f"report: {text}\nchart:  {png}")
 
 
@@ -357,10 +370,11 @@ def ship(
     actor = _txn(lambda s: acting(s, as_))
     batch_id = _txn(lambda s: get_batch(s, batch).id)
     with RichProgress(err) as progress:
-        progress.start("ship", 0)
         result = ship_batch(_txn, settings(), batch_id, to, actor,
-                            on_card=lambda: progress.advance("ship"))  # fmt: skip
+                            on_card=lambda: progress.advance("ship"),
+                            on_start=lambda n: progress.start("ship", n))  # fmt: skip
     out.print(f"{result.shipped} card(s) shipped to {to}")
+    _next_step(batch)
 
 
 @app.command("collect")

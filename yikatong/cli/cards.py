@@ -8,7 +8,9 @@ import typer
 from rich.console import Console
 from sqlalchemy.orm import Session
 
+from issuance import display
 from issuance.models import Card
+from yikatong.cli.cash import print_latest_receipt
 from yikatong.cli.db import (
     AS_HELP,
     ID_FILE_HELP,
@@ -43,13 +45,19 @@ def show(card: str = typer.Argument(..., help="card number, identification code 
     with session_scope() as s:
         c = _card(s, card)
         v = services.card_status(s, card_id=c.id)
+        deposit = services.find_deposit(s, c.id)
     out.print(f"card {v.card_number} ({v.kind}) status {v.status} [code {v.province_code}]")
     out.print(
         f"holder {v.holder_name} {v.holder_citizen_id_masked}; "
-        f"valid {v.issue_date} – {v.expiry_date}"
+        f"{display.validity(v.issue_date, v.expiry_date)}",
+        markup=False,
     )
     for kind, status in v.chip_apps.items():
         out.print(f"  {kind:16} {status}")
+    if deposit is not None:
+        state = (f"refunded {display.local_time(deposit.refunded_at, settings())}"
+                 if deposit.refunded_at else "held")  # fmt: skip
+        out.print(f"deposit {display.yuan(deposit.amount_fen)} ({state})")
 
 
 @app.command("report-loss")
@@ -69,7 +77,12 @@ def report_loss(
         r = services.report_loss(
             s, settings(), c.id, actor, identity_checked=identity_checked, note=note
         )
-        out.print(f"card {c.card_number} reported lost ({r.kind}); lapses at {r.lapses_at}")
+        until = (
+            f"lapses at {display.local_time(r.lapses_at, settings())}"
+            if r.lapses_at
+            else "until found or replaced"
+        )
+        out.print(f"card {c.card_number} reported lost ({r.kind}); {until}")
 
 
 @app.command("unreport")
@@ -136,8 +149,9 @@ def collect(
         out.print(f"card {c.card_number} issued to its holder")
         for number in r.temporary_cards_returned:
             out.print(f"temporary card {number} handed back and cancelled")
+            print_latest_receipt(s, services.find_card(s, card_number=number).id, "refund")
         if r.deposits_refunded_fen:
-            out.print(f"deposit refunded: {r.deposits_refunded_fen / 100:.2f} yuan")
+            out.print(f"deposit refunded: {display.yuan(r.deposits_refunded_fen)}")
         for number in r.temporary_cards_kept:
             out.print(
                 f"temporary card {number} cancelled, NOT handed back: deposit kept until it is "
@@ -159,7 +173,9 @@ def hand_back(
         c = _card(s, card)
         amount = services.hand_back_temporary_card(s, c, actor)
         out.print(f"temporary card {c.card_number} handed back ({c.status})")
-        out.print(f"deposit refunded: {amount / 100:.2f} yuan")
+        out.print(f"deposit refunded: {display.yuan(amount)}")
+        if amount:
+            print_latest_receipt(s, c.id, "refund")
 
 
 @app.command("cancel")
@@ -298,7 +314,11 @@ def temporary(
         actor = acting(s, as_)
         person = services.get_person(s, citizen_id=cid)
         c = services.issue_temporary_card(s, settings(), person.id, actor)
-        out.print(f"temporary card {c.card_number} valid until {c.expiry_date}")
+        out.print(
+            f"temporary card {c.card_number} valid until {display.day(c.expiry_date)}; "
+            f"deposit taken: {display.yuan(settings().lifecycle.temporary_card_deposit_fen)}"
+        )
+        print_latest_receipt(s, c.id)
 
 
 @app.command("replace")
@@ -315,7 +335,10 @@ def replace(
         actor = acting(s, as_)
         c = _card(s, card)
         new = services.replace_card(s, settings(), c.id, actor, reason=reason)
-        out.print(f"card {c.card_number} replaced by {new.card_number} (fee {new.fee_fen} fen)")
+        out.print(
+            f"card {c.card_number} replaced by {new.card_number} (fee {display.yuan(new.fee_fen)})"
+        )
+        print_latest_receipt(s, new.id)
 
 
 @app.command("suspend")

@@ -234,3 +234,27 @@ def set_password(
     out.print(f"password of {username} set")
     if generated:
         out.print(f"new password (shown once): {password}")
+
+
+@app.command("list-staff")
+def list_staff(
+    role: StaffRole | None = typer.Option(None, "--role"),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
+    """Staff users: role, collection point, active, whether they have a password (admin,
+    supervisor or auditor). Reset a password with ykt db set-password USER --as ADMIN."""
+    from rich.table import Table
+
+    from issuance import display
+    from issuance.services.staff_list import list_staff as list_
+
+    with session_scope() as s:
+        rows = list_(s, acting(s, as_), role=role)
+    table = Table("user", "role", "place", "active", "password", "since", "name", box=None)
+    for r in rows:
+        table.add_row(
+            r.username, r.role, display.text(r.agency), "yes" if r.active else "DISABLED",
+            "set" if r.has_password else "none",
+            display.local_time(r.created_at, settings())[:10], r.display_name,
+        )  # fmt: skip
+    out.print(table)

@@ -69,7 +69,7 @@ def test_perso_values_plan_the_records_plan_records_gives(
     profile = dataprep.card_profile(settings, algorithm)
     planner = bulkprep.RecordPlanner(profile)
     issues = (date(2026, 1, 5), date(2028, 2, 29))
-    cases = itertools.product(range(6), NAMES, APPS, (None, "02"), issues)
+    cases = itertools.product(range(6), NAMES, APPS, ("01", "02"), issues)
     n = 0
     for i, name, app, ethnicity, issue in cases:
         k = n = n + 1
@@ -95,7 +95,7 @@ def test_perso_values_plan_the_records_plan_records_gives(
 def test_a_value_the_chip_cannot_hold_fails_both_paths_alike(settings: Settings) -> None:
     profile = dataprep.card_profile(settings, "3des")
     planner = bulkprep.RecordPlanner(profile)
-    person = _Person("王\U0001f600", _citizen_id(3), "1", None, date(1970, 1, 1), "330106")
+    person = _Person("王\U0001f600", _citizen_id(3), "1", "01", date(1970, 1, 1), "330106")
     card = _Card(5, ids.make_card_number("B0000005"))
     cic = ids.make_card_identification_code("330106", bytes(8))
     issue = date(2026, 1, 5)
@@ -141,3 +141,19 @@ def test_card_line_template_gives_the_bytes_of_card_line() -> None:
         tmpl.line(1, item_id=1, card_id=1, chip_serial="00", cic="00", card_number="X",
                   key_version=1, records=[], kmc_wrapped=b"", key_payloads=[],
                   pin_payloads=[])  # fmt: skip
+
+
+def test_a_missing_ethnicity_is_refused_by_both_paths_never_defaulted(settings: Settings) -> None:
+    from issuance.errors import ValidationError
+
+    profile = dataprep.card_profile(settings, "3des")
+    person = _Person("王伟", _citizen_id(4), "1", None, date(1970, 1, 1), "330106")
+    card = _Card(6, ids.make_card_number("B0000006"))
+    cic = ids.make_card_identification_code("330106", bytes(8))
+    issue = date(2026, 1, 5)
+    with pytest.raises(ValidationError) as general:
+        dataprep.perso_data(settings, card, person, None, cic, issue, "135792", profile)
+    with pytest.raises(ValidationError) as fast:
+        dataprep.perso_values(settings, card, person, None, cic, issue, profile)
+    assert [p.field for p in general.value.problems] == ["ethnicity"]
+    assert str(fast.value) == str(general.value)
