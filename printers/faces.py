@@ -119,7 +119,7 @@ def find_fonts() -> FontSet:
 
 
 @lru_cache(maxsize=64)
-def _font(bold: bool, size_px: int) -> ImageFont.FreeTypeFont:
+def face_font(bold: bool, size_px: int) -> ImageFont.FreeTypeFont:
     fonts = find_fonts()
     path, index = (fonts.bold, fonts.bold_index) if bold else (fonts.regular, fonts.regular_index)
     return ImageFont.truetype(str(path), size_px, index=index)
@@ -138,7 +138,7 @@ def _text(
     label_fill: tuple[int, int, int] = (90, 90, 90),
 ) -> None:
     left, top, right, bottom = field.box.px(dpi)
-    font = _font(field.bold, _pt_px(field.size_pt, dpi))
+    font = face_font(field.bold, _pt_px(field.size_pt, dpi))
     cy = (top + bottom) / 2
     x = left
     if field.label and field.label_width_mm:
@@ -151,7 +151,7 @@ def _text(
     size = font.size
     while size > 6 and draw.textlength(text, font=font) > right - x:
         size -= 1
-        font = _font(field.bold, size)
+        font = face_font(field.bold, size)
     draw.text((x, cy), text, font=font, fill=fill, anchor="lm")
 
 
@@ -202,7 +202,7 @@ def _paste_photo(img: Image.Image, box: Box, jpeg: bytes | None, dpi: int) -> No
     draw = ImageDraw.Draw(img)
     if jpeg is None:
         draw.rectangle((left, top, right, bottom), fill=(255, 255, 255), outline=(160, 160, 160))
-        font = _font(False, _pt_px(6, dpi))
+        font = face_font(False, _pt_px(6, dpi))
         draw.text(
             ((left + right) / 2, (top + bottom) / 2),
             "免贴照片",
@@ -261,7 +261,7 @@ def render_back(
     draw = ImageDraw.Draw(img)
     _text(draw, lay.title, "", dpi)
     left, top, _, _ = lay.notes_box.px(dpi)
-    font = _font(False, _pt_px(lay.notes_size_pt, dpi))
+    font = face_font(False, _pt_px(lay.notes_size_pt, dpi))
     line_h = round(font.size * 1.45)
     for i, line in enumerate(lay.notes):
         draw.text((left, top + i * line_h), line, font=font, fill=(40, 40, 40))
@@ -270,7 +270,7 @@ def render_back(
     _text(draw, lay.validity, face.validity_text(), dpi)
     s = lay.signature.px(dpi)
     draw.line((s[0], s[3], s[2], s[3]), fill=(120, 120, 120), width=2)
-    small = _font(False, _pt_px(5, dpi))
+    small = face_font(False, _pt_px(5, dpi))
     draw.text((s[0], s[3] - 4), "持卡人签名", font=small, fill=(120, 120, 120), anchor="ld")
     if lay.face_code is not None:
         left, top, right, bottom = lay.face_code.px(dpi)

@@ -185,7 +185,7 @@ def build_report(session: Session, batch_id: int) -> BatchReport:
     )  # fmt: skip
 
 
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     try:
         fonts = find_fonts()
         return ImageFont.truetype(str(fonts.regular), size, index=fonts.regular_index)
@@ -206,7 +206,7 @@ def write_chart(report: BatchReport, path: Path) -> Path:
     w, h = 1200, 720
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
-    title, body, small = _font(30), _font(20), _font(16)
+    title, body, small = font(30), font(20), font(16)
     d.text((30, 20), f"Batch {report.name}: {report.cards} cards, {report.good} good, "
            f"spoil rate {report.spoil_rate:.1%}", font=title, fill=(20, 20, 20))  # fmt: skip
 

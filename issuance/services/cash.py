@@ -269,7 +269,7 @@ def receipt_pdf(session: Session, receipt: Receipt, settings: Settings) -> bytes
 
     from cardspec.ids import mask_citizen_id
     from issuance.display import local_time, yuan
-    from printers.faces import _font
+    from printers.faces import face_font
 
     card = session.get(Card, receipt.card_id)
     person = session.get(Person, receipt.person_id)
@@ -293,7 +293,7 @@ def receipt_pdf(session: Session, receipt: Receipt, settings: Settings) -> bytes
     ]
     y = 40
     for text, bold, size in lines:
-        draw.text((40, y), text, fill="black", font=_font(bold, size))
+        draw.text((40, y), text, fill="black", font=face_font(bold, size))
         y += size + 26
     buf = io.BytesIO()
     img.save(buf, "PDF", resolution=150.0, title=receipt.number, creationDate=_EPOCH_2000,

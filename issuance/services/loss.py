@@ -38,11 +38,14 @@ from issuance.models import (
     Card,
     CardStatus,
     Channel,
+    ChipAppKind,
+    ChipAppStatus,
     LossKind,
     LossReport,
     LossStatus,
     utcnow,
 )
+from issuance.services import cash
 from issuance.services.card_steps import (
     cancel,
     expire_if_due,
@@ -50,7 +53,6 @@ from issuance.services.card_steps import (
     open_reports,
     restore_event,
 )
-from issuance.services import cash
 from issuance.services.common import create_card, find_card
 from issuance.settings import Settings
 
@@ -173,8 +175,6 @@ def _suspended(card: Card) -> bool:
     through a loss report)."""
     social = card.chip_app(ChipAppKind.SOCIAL_SECURITY)
     return social is not None and social.status == ChipAppStatus.SUSPENDED
-
-
 
 
 def report_loss(

@@ -41,8 +41,8 @@ from issuance.models import (
     StaffRole,
     utcnow,
 )
-from issuance.services.card_steps import cancel, expire_if_due, live_temporary_cards
 from issuance.services import cash
+from issuance.services.card_steps import cancel, expire_if_due, live_temporary_cards
 from issuance.services.common import create_card, random_chip_serial
 from issuance.settings import Settings
 
