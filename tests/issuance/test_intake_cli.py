@@ -44,12 +44,14 @@ def test_cli_intake_words_match_the_api(env: Path) -> None:
     cid = make_cid(male=False)
     padded = f"  {cid.lower()}  "
     out = cli.ok(cli_people.app, "submit", "--id", padded, "--name", " 陶一 ",
-                 "--phone", "137 0000 0071", "--photo", str(PHOTOS / "astronaut.jpg"),
+                 "--phone", "137 0000 0071", "--ethnicity", "01",
+                 "--photo", str(PHOTOS / "astronaut.jpg"),
                  "--as", "c1")  # fmt: skip
     assert "application 1 received for " + cid[:4] in out and cid not in out
     # a refused photo: the same words as the API's problems[].reason
     res = cli.invoke(cli_people.app, "submit", "--id", make_cid(), "--name", "陶二",
-                     "--phone", "13700000072", "--photo", str(PHOTOS / "two_faces.jpg"),
+                     "--phone", "13700000072", "--ethnicity", "01",
+                     "--photo", str(PHOTOS / "two_faces.jpg"),
                      "--as", "c1")  # fmt: skip
     assert res.exit_code != 0 and isinstance(res.exception, ValidationError)
     assert str(res.exception) == (

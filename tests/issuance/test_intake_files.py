@@ -182,7 +182,7 @@ def test_mpo_first_picture_is_said_in_the_application_record(session, settings, 
     from tests.fixtures.photos.corpus import astronaut, hopper, mpo
 
     data = ApplicationInput(citizen_id=make_cid(), name="冯十一", phone="13700000081",
-                            photo=mpo(astronaut(), hopper()))  # fmt: skip
+                            ethnicity="01", photo=mpo(astronaut(), hopper()))  # fmt: skip
     app = services.submit_application(session, settings, data, actors["clerk"])
     event = session.scalars(
         sa.select(AuditEvent).where(
