@@ -105,6 +105,9 @@ def create_app(
     for module in (routes_verify, routes_cards, routes_apps, routes_admin):
         app.include_router(module.router)
     _security_scheme(app)
+    from console.web import install as install_console
+
+    install_console(app)  # the web console at /console
     return app
 
 

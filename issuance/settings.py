@@ -125,12 +125,25 @@ class IssuerSettings(_Section):
     card_number_prefix: str = "A"
     #: Initialising organisation code (EF05 tag 04, 12 characters).
     init_org_code: str = "330100000001"
+    #: IANA time zone in which people see dates and times (the console).
+    time_zone: str = "Asia/Shanghai"
 
     @field_validator("region_code")
     @classmethod
     def _region(cls, v: str) -> str:
         if len(v) != 6 or not v.isdigit():
             raise ValueError("region_code must be 6 digits (GB/T 2260)")
+        return v
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"time_zone {v!r} is not an IANA time zone") from exc
         return v
 
 
@@ -187,6 +200,20 @@ class ApiSettings(_Section):
     tls_client_ca: Path | None = None
 
 
+class ConsoleSettings(_Section):
+    """The web console (``/console``, served by ``ykt serve``)."""
+
+    #: A console session ends after this many minutes without a request.
+    idle_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    #: ``zh_CN`` or ``en``: the language of a browser that has not chosen one.
+    default_locale: Literal["zh_CN", "en"] = "zh_CN"
+    #: Failed sign-ins of one user from one address before each further one waits.
+    sign_in_free_failures: int = Field(default=5, ge=1)
+    #: The longest wait (seconds) after repeated failures (it doubles up to this; never a
+    #: permanent lock, and other addresses are not affected).
+    sign_in_max_wait_seconds: int = Field(default=900, ge=1)
+
+
 class Settings(_Section):
     data_dir: Path = PROJECT_ROOT / "var"
     database: DatabaseSettings = DatabaseSettings()
@@ -201,6 +228,7 @@ class Settings(_Section):
     applications: ApplicationSettings = ApplicationSettings()
     notify: NotifySettings = NotifySettings()
     worker: WorkerSettings = WorkerSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     # Derived locations -------------------------------------------------------------------
     @property

@@ -1,0 +1,144 @@
+"""The web console through its HTTP interface (the browser journeys are in
+test_console_browser.py): sign-in and the session cookie, CSRF, the backoff, the idle timeout,
+the security headers, and the audit of every action with channel ``console``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import sqlalchemy as sa
+from conftest import ApiEnv
+from console_helpers import PASSWORD, csrf_of, give_passwords, sign_in
+from fastapi.testclient import TestClient
+
+from console import i18n
+from console.web import CSP, SESSION_COOKIE
+from issuance.models import AuditEvent, ConsoleSession, utcnow
+
+
+def _events(env: ApiEnv, action: str) -> list[AuditEvent]:
+    with env.session() as s:  # type: ignore[attr-defined]
+        return list(s.scalars(sa.select(AuditEvent).where(AuditEvent.action == action)))
+
+
+def test_sign_in_cookie_headers_and_audit(api_env: ApiEnv) -> None:
+    give_passwords(api_env)
+    c = api_env.client
+    page = c.get("/console/login")
+    assert page.headers["content-security-policy"] == CSP
+    assert "script-src 'self'" in CSP and "unsafe-inline" not in CSP
+    assert "<script>" not in page.text and "style=" not in page.text
+    assert 'lang="zh-CN"' in page.text and "用户名" in page.text  # Chinese by default
+    clerk = api_env.actors["clerk"].username
+    r = c.post("/console/login", data={"csrf": csrf_of(page.text), "username": clerk,
+               "password": PASSWORD, "next": "/console/home"}, follow_redirects=False)  # fmt: skip
+    assert r.status_code == 303 and r.headers["location"] == "/console/home"
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/console" in cookie
+    home = c.get("/console/home")
+    assert home.status_code == 200 and "柜员" in home.text
+    (ev,) = [e for e in _events(api_env, "console.signed_in") if e.actor_name == clerk]
+    assert ev.channel == "console" and ev.actor_staff_id == api_env.actors["clerk"].staff_id
+    # a console session is not an API token
+    token = c.cookies.get(SESSION_COOKIE)
+    assert token
+    api = c.get("/v1/applications", headers={"Authorization": f"Bearer {token}"})
+    assert api.status_code == 401
+    # the static files come from the package, with the same policy
+    js = c.get("/console/static/htmx.min.js")
+    assert js.status_code == 200 and js.headers["content-security-policy"] == CSP
+    # English on request
+    en = c.get("/console/lang/en?next=/console/home")
+    assert en.status_code == 200 and "Sign out" in en.text and 'lang="en"' in en.text
+
+
+def test_csrf_missing_or_wrong_is_refused_and_changes_nothing(
+    api_env: ApiEnv, card_and_chip: tuple
+) -> None:
+    give_passwords(api_env)
+    card, _ = card_and_chip
+    c = api_env.client
+    sign_in(c, api_env.actors["clerk"].username)
+    for data in ({}, {"csrf": "forged"}):
+        r = c.post(f"/console/cards/{card.card_number}/loss",
+                   data={**data, "kind": "formal", "identity_checked": "yes"})  # fmt: skip
+        assert r.status_code == 403 and "安全令牌" in r.text
+    page = c.get(f"/console/cards?number={card.card_number}")
+    assert "正常" in page.text  # still active
+    refused = [e for e in _events(api_env, "console.refused") if e.reason and "CSRF" in e.reason]
+    assert len(refused) == 2 and all(e.channel == "console" for e in refused)
+    # the sign-in form too: no form cookie, or a token that is not its own
+    fresh = TestClient(c.app)
+    r = fresh.post("/console/login", data={"username": "x", "password": "y", "csrf": "z"})
+    assert r.status_code == 403
+
+
+def test_backoff_is_per_user_and_address_and_never_permanent(api_env: ApiEnv) -> None:
+    give_passwords(api_env)
+    conf = api_env.settings.console
+    clerk = api_env.actors["clerk"].username
+    c = api_env.client
+    page = c.get("/console/login")
+    token = csrf_of(page.text)
+    for i in range(conf.sign_in_free_failures):
+        r = c.post("/console/login", data={"csrf": token, "username": clerk, "password": "no"})
+        assert r.status_code == 401 and "用户名或密码错误" in r.text, i
+    # the next one waits; the right password is not even checked while it waits
+    r = c.post("/console/login", data={"csrf": token, "username": clerk, "password": "no"})
+    assert r.status_code == 401 and "登录失败次数过多" in r.text
+    r = c.post("/console/login", data={"csrf": token, "username": clerk, "password": PASSWORD})
+    assert r.status_code == 401 and "登录失败次数过多" in r.text
+    # another address is not affected (an attacker elsewhere cannot lock the clerk out)
+    other = TestClient(c.app, client=("10.1.2.3", 5000))
+    assert sign_in(other, clerk)
+    # the wait ends: move it into the past, then the right password works and clears it
+    from issuance.models import ConsoleSignInFailure
+
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        row = s.get(ConsoleSignInFailure, (clerk, "testclient"))
+        assert row is not None and row.failures == conf.sign_in_free_failures
+        row.wait_until = utcnow() - timedelta(seconds=1)
+    assert sign_in(c, clerk)
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        assert s.get(ConsoleSignInFailure, (clerk, "testclient")) is None
+    refused = [e for e in _events(api_env, "console.sign_in_refused") if e.entity_id == clerk]
+    assert len(refused) == conf.sign_in_free_failures + 2
+    assert not any(PASSWORD in (e.details or "") + (e.reason or "") for e in refused)
+
+
+def test_idle_timeout_and_sign_out_end_the_session(api_env: ApiEnv) -> None:
+    give_passwords(api_env)
+    c = api_env.client
+    csrf = sign_in(c, api_env.actors["auditor"].username)
+    assert c.get("/console/audit").status_code == 200
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        live = s.scalars(sa.select(ConsoleSession).where(ConsoleSession.ended_at.is_(None))).one()
+        live.last_seen_at = utcnow() - timedelta(minutes=api_env.settings.console.idle_minutes + 1)
+    r = c.get("/console/audit", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/console/login")
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        assert s.scalars(sa.select(ConsoleSession.end_reason)).all() == ["idle"]
+    csrf = sign_in(c, api_env.actors["auditor"].username)
+    r = c.post("/console/logout", data={"csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303
+    assert c.get("/console/home", follow_redirects=False).status_code == 303
+    assert [e.reason for e in _events(api_env, "console.signed_out")] == ["signed_out"]
+
+
+def test_a_role_without_the_scope_is_refused(api_env: ApiEnv) -> None:
+    give_passwords(api_env)
+    c = api_env.client
+    sign_in(c, api_env.actors["reviewer"].username)
+    r = c.get("/console/audit")
+    assert r.status_code == 403 and "无权" in r.text
+    (ev,) = _events(api_env, "console.refused")
+    assert ev.actor_name == api_env.actors["reviewer"].username and ev.channel == "console"
+
+
+def test_times_are_in_the_issuer_zone_with_offset() -> None:
+    from datetime import datetime
+
+    assert i18n.when(datetime(2026, 12, 6, 1, 2, 3), "zh_CN", "Asia/Shanghai") == (
+        "2026-12-06 09:02:03 +08:00"
+    )
+    assert i18n.when(datetime(2026, 7, 1, 12, 0), "en", "Europe/Berlin").endswith("+02:00")
