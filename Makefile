@@ -14,7 +14,7 @@ test:
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
-	.venv/bin/mypy issuance hsm cardspec api printers
+	.venv/bin/mypy issuance hsm cardspec api printers console
 
 bench: setup
 	.venv/bin/python -m bench

@@ -142,3 +142,38 @@ def test_times_are_in_the_issuer_zone_with_offset() -> None:
         "2026-12-06 09:02:03 +08:00"
     )
     assert i18n.when(datetime(2026, 7, 1, 12, 0), "en", "Europe/Berlin").endswith("+02:00")
+
+
+def test_vendored_htmx_is_the_pinned_file() -> None:
+    import hashlib
+    from pathlib import Path
+
+    static = Path(i18n.__file__).parent / "static"
+    digest = hashlib.sha256((static / "htmx.min.js").read_bytes()).hexdigest()
+    assert digest in (static / "THIRD_PARTY.md").read_text()
+
+
+def test_every_message_of_the_pages_has_a_chinese_translation() -> None:
+    import re
+    from pathlib import Path
+
+    from issuance.models import (
+        ApplicationStatus, BatchStage, BatchStatus, CardKind, CardStatus, Channel, ChipAppKind,
+        ChipAppStatus, LossKind, LossStatus, StaffRole,
+    )  # fmt: skip
+
+    templates = Path(i18n.__file__).parent / "templates"
+    used: set[str] = set()
+    for page in templates.glob("*.html"):
+        used |= set(re.findall(r"""_\(["']([^"']+)["']\)""", page.read_text()))
+    for enum in (ApplicationStatus, BatchStage, BatchStatus, CardKind, CardStatus, Channel,
+                 ChipAppKind, ChipAppStatus, LossKind, LossStatus, StaffRole):  # fmt: skip
+        used |= {m.value for m in enum}
+    used |= {"do:review", "do:approve", "do:reject", "male", "female", "unstated"}
+    used |= {f"filter:{k}" for k in ("entity_type", "entity_id", "action", "actor", "channel")}
+    zh = i18n.translations("zh_CN")
+    missing = sorted(m for m in used if zh.gettext(m) == m)
+    assert missing == []
+    en = i18n.translations("en")
+    assert en.gettext("lost_provisional") == "lost provisional"
+    assert en.gettext("do:reject") == "Reject"
