@@ -175,3 +175,24 @@ def test_every_message_of_the_pages_has_a_chinese_translation() -> None:
     en = i18n.translations("en")
     assert en.gettext("lost_provisional") == "lost provisional"
     assert en.gettext("do:reject") == "Reject"
+
+
+def test_a_disabled_user_cannot_sign_in_and_their_session_ends(api_env: ApiEnv) -> None:
+    from issuance.models import Staff
+
+    give_passwords(api_env)
+    c = api_env.client
+    clerk = api_env.actors["clerk"]
+    sign_in(c, clerk.username)
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        staff = s.get(Staff, clerk.staff_id)
+        assert staff is not None
+        staff.active = False
+    r = c.get("/console/home", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/console/login")
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        assert s.scalars(sa.select(ConsoleSession.end_reason)).all() == ["disabled"]
+    page = c.get("/console/login")
+    r = c.post("/console/login", data={"csrf": csrf_of(page.text), "username": clerk.username,
+                                       "password": PASSWORD})  # fmt: skip
+    assert r.status_code == 401 and "该用户已停用" in r.text

@@ -190,10 +190,10 @@ def test_reject_needs_a_reason(api_env: ApiEnv, page: Page) -> None:
     app_id = _application(api_env)
     _sign_in(p, api_env.actors["reviewer"].username)
     p.goto(f"/console/applications/{app_id}")
-    p.get_by_label("驳回原因").fill("照片背景不是白色")
+    p.get_by_label("驳回原因").fill("照片背景不是白色，姓名用字“𠮷”请核对")
     p.get_by_role("button", name="驳回").click()
     assert p.get_by_role("status").inner_text() == "已驳回。"
-    assert "照片背景不是白色" in p.inner_text("dl.data")
+    assert "照片背景不是白色，姓名用字“𠮷”请核对" in p.inner_text("dl.data")
 
 
 def test_card_number_check_character_then_loss_and_unreport(
