@@ -31,6 +31,7 @@ from cardspec.ids import mask_citizen_id, validate_card_number
 from console import i18n
 from console.sessions import SignedIn, SignInRefused, csrf_ok, resume, sign_in, sign_out
 from issuance import audit, lifecycle, services
+from issuance.batches.report import BatchReport
 from issuance.errors import FieldProblem, IssuanceError, ValidationError
 from issuance.lifecycle import APPLICATION_TRANSITIONS, CARD_TRANSITIONS, ApplicationEvent
 from issuance.lifecycle import CardEvent as CE
@@ -587,6 +588,57 @@ async def batches(request: Request, user: SignedIn) -> Response:
 async def batch_rows(request: Request, user: SignedIn) -> Response:
     rows = await _tx(request, _batches)
     return render(request, "batch_rows.html", user, rows=rows)
+
+
+def _report(s: Session, batch_id: int) -> BatchReport:
+    from issuance.batches.report import build_report
+    from issuance.batches.selection import get_batch
+
+    return build_report(s, get_batch(s, batch_id).id)  # NotFound first
+
+
+@router.get("/batches/{batch_id:int}")
+@page("batches:read")
+async def batch(request: Request, user: SignedIn) -> Response:
+    batch_id = int(request.path_params["batch_id"])
+    try:
+        report = await _tx(request, lambda s: _report(s, batch_id))
+    except IssuanceError as exc:
+        return render(request, "message.html", user, 404, problems=_problems(exc))
+    return render(request, "batch.html", user, r=report)
+
+
+@router.get("/batches/{batch_id:int}/report")
+@page("batches:read")
+async def batch_report(request: Request, user: SignedIn) -> Response:
+    batch_id = int(request.path_params["batch_id"])
+    try:
+        report = await _tx(request, lambda s: _report(s, batch_id))
+    except IssuanceError as exc:
+        return render(request, "_problems.html", user, 404, problems=_problems(exc))
+    return render(request, "batch_report.html", user, r=report)
+
+
+@router.get("/batches/{batch_id:int}/chart.png")
+@page("batches:read")
+async def batch_chart(request: Request, user: SignedIn) -> Response:
+    """The batch report's chart (what ``ykt batch report`` writes), drawn for this request."""
+    import tempfile
+
+    from issuance.batches.report import write_chart
+
+    batch_id = int(request.path_params["batch_id"])
+    try:
+        report = await _tx(request, lambda s: _report(s, batch_id))
+    except IssuanceError:
+        return Response(status_code=404)
+
+    def draw() -> bytes:
+        with tempfile.TemporaryDirectory(prefix="ykt-chart-") as tmp:
+            return write_chart(report, Path(tmp) / "chart.png").read_bytes()
+
+    png = await run_in_threadpool(draw)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
 # --- installation ---------------------------------------------------------------------------

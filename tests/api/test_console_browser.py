@@ -295,3 +295,11 @@ def test_batch_list_refreshes_itself(api_env: ApiEnv, page: Page, shots: Path) -
     p.locator("#batch-rows").get_by_text(name).wait_for(timeout=15000)
     assert "已选入 1" in p.inner_text("#batch-rows")
     p.screenshot(path=str(shots / "batches.png"))
+    # the batch's report, its chart drawn by the same code as ``ykt batch report``
+    p.get_by_role("link", name=name).click()
+    assert "已选入 1" in p.inner_text("#batch-report")
+    chart = p.get_by_role("img", name="批次报告图表")
+    chart.wait_for()
+    p.wait_for_function("() => document.querySelector('img.chart').naturalWidth > 0")
+    assert chart.evaluate("i => i.naturalWidth") == 1200
+    p.screenshot(path=str(shots / "batch-report.png"), full_page=True)
