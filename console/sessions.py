@@ -130,10 +130,16 @@ def sign_in(
 
 
 def resume(
-    session: Session, conf: ConsoleSettings, token: str | None, now: datetime | None = None
+    session: Session,
+    conf: ConsoleSettings,
+    token: str | None,
+    now: datetime | None = None,
+    *,
+    touch: bool = True,
 ) -> SignedIn | None:
-    """The live session of a cookie token, its idle clock restarted; None (and the session
-    ended) when it is unknown, ended, idle too long, or its user was disabled."""
+    """The live session of a cookie token, its idle clock restarted (not by ``touch=False``:
+    a page's own polling is not the user at work); None (and the session ended) when it is
+    unknown, ended, idle too long, or its user was disabled."""
     if not token or len(token) > 100:
         return None
     now = now or utcnow()
@@ -152,8 +158,9 @@ def resume(
     except PermissionDenied:
         _end(session, live, "disabled", now)
         return None
-    live.last_seen_at = now
-    flush(session)
+    if touch:
+        live.last_seen_at = now
+        flush(session)
     return SignedIn(live.id, actor, staff.display_name, live.csrf_token)
 
 

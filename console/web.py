@@ -53,6 +53,8 @@ PREFIX = "/console"
 SESSION_COOKIE = "ykt_console"
 LOGIN_CSRF_COOKIE = "ykt_console_login"
 LANG_COOKIE = "ykt_console_lang"
+#: Sent by the pages' own polling (``hx-headers``): it does not keep a session from idling out.
+POLL_HEADER = "X-Console-Poll"
 
 #: Content-Security-Policy of every console response: nothing inline, nothing from elsewhere.
 CSP = (
@@ -137,7 +139,8 @@ async def _user(request: Request) -> SignedIn | None:
     if not token:
         return None
     conf = _ctx(request).settings.console
-    return await _tx(request, lambda s: resume(s, conf, token))
+    touch = request.headers.get(POLL_HEADER) != "1"  # a page polling by itself
+    return await _tx(request, lambda s: resume(s, conf, token, touch=touch))
 
 
 def _to_login(request: Request) -> Response:

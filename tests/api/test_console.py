@@ -196,3 +196,23 @@ def test_a_disabled_user_cannot_sign_in_and_their_session_ends(api_env: ApiEnv) 
     r = c.post("/console/login", data={"csrf": csrf_of(page.text), "username": clerk.username,
                                        "password": PASSWORD})  # fmt: skip
     assert r.status_code == 401 and "该用户已停用" in r.text
+
+
+def test_a_polling_page_does_not_keep_the_session_alive(api_env: ApiEnv) -> None:
+    give_passwords(api_env)
+    c = api_env.client
+    sign_in(c, api_env.actors["clerk"].username)
+    page = c.get("/console/batches")
+    assert 'hx-headers=\'{"X-Console-Poll": "1"}\'' in page.text
+    idle = timedelta(minutes=api_env.settings.console.idle_minutes)
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        live = s.scalars(sa.select(ConsoleSession)).one()
+        live.last_seen_at = utcnow() - idle + timedelta(seconds=30)
+        before = live.last_seen_at
+    poll = {"HX-Request": "true", "X-Console-Poll": "1"}
+    assert c.get("/console/batches/rows", headers=poll).status_code == 200
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        assert s.scalars(sa.select(ConsoleSession.last_seen_at)).one() == before
+        s.scalars(sa.select(ConsoleSession)).one().last_seen_at = utcnow() - idle
+    r = c.get("/console/batches/rows", headers=poll)
+    assert r.status_code == 401 and r.headers["HX-Redirect"] == "/console/login"
