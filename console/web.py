@@ -556,6 +556,65 @@ async def audit_verify(request: Request, user: SignedIn) -> Response:
     return render(request, "audit_verify.html", user, report=report, problems=problems)
 
 
+# --- the system: settings in force, HSM keys, staff (read only) -----------------------------
+
+
+def _settings_rows(settings: Any) -> list[tuple[str, str]]:
+    """Every setting in force as ``section.key``, value; secrets shown as ``**********`` and a
+    database URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    rows: list[tuple[str, str]] = []
+    for section, values in settings.model_dump(mode="json").items():
+        if not isinstance(values, dict):
+            rows.append((section, str(values)))
+            continue
+        for key, value in values.items():
+            if section == "database" and key == "url" and value:
+                value = make_url(value).render_as_string(hide_password=True)
+            rows.append((f"{section}.{key}", "" if value is None else str(value)))
+    return rows
+
+
+def _key_rows(service: Any) -> list[dict[str, Any]]:
+    """The HSM's keys (labels, KCVs, versions; never a secret), on the HSM thread."""
+    from hsm import ceremony
+
+    return [
+        {"label": k.label, "kind": k.kind, "slot": k.slot.value if k.slot else "",
+         "algorithm": k.algorithm, "version": k.version, "kcv": k.kcv.hex().upper(),
+         "kcv_source": k.kcv_source, "sensitive": k.sensitive, "extractable": k.extractable}
+        for k in ceremony.list_keys(service.token)
+    ]  # fmt: skip
+
+
+@router.get("/system")
+@page("audit:read")
+async def system(request: Request, user: SignedIn) -> Response:
+    from issuance.models import Staff
+
+    ctx = _ctx(request)
+
+    def staff_rows(s: Session) -> list[dict[str, Any]]:
+        audit.record(s, user.actor, "console.system_read", "system", "settings")
+        return [
+            {"username": st.username, "display_name": st.display_name, "role": str(st.role),
+             "active": st.active, "password": st.password_hash is not None,
+             "created_at": st.created_at}
+            for st in s.scalars(sa.select(Staff).order_by(Staff.username))
+        ]  # fmt: skip
+
+    staff = await _tx(request, staff_rows)
+    keys: list[dict[str, Any]] = []
+    problems: list[str] = []
+    try:
+        keys = await run_in_threadpool(ctx.hsm.call, _key_rows)
+    except Exception as exc:  # the HSM down must not hide the rest of the page
+        problems = [f"HSM: {type(exc).__name__}: {exc}"]
+    return render(request, "system.html", user, settings_rows=_settings_rows(ctx.settings),
+                  keys=keys, staff=staff, problems=problems)  # fmt: skip
+
+
 # --- the card centre's batches --------------------------------------------------------------
 
 

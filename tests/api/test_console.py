@@ -216,3 +216,35 @@ def test_a_polling_page_does_not_keep_the_session_alive(api_env: ApiEnv) -> None
         s.scalars(sa.select(ConsoleSession)).one().last_seen_at = utcnow() - idle
     r = c.get("/console/batches/rows", headers=poll)
     assert r.status_code == 401 and r.headers["HX-Redirect"] == "/console/login"
+
+
+def test_system_page_shows_keys_and_settings_never_a_secret(api_env: ApiEnv) -> None:
+    import re
+
+    from console.web import _settings_rows
+    from issuance.settings import load_settings
+
+    give_passwords(api_env)
+    c = api_env.client
+    sign_in(c, api_env.actors["auditor"].username)
+    page = c.get("/console/system")
+    assert page.status_code == 200, page.text
+    # the test token's keys with their check values, computed in the HSM
+    assert '<td class="mono">ykt:dmk:3des:v1</td><td>master</td>' in page.text
+    assert "<td>signing</td>" in page.text
+    assert re.search(r'<td class="mono">[0-9A-F]{6} <span class="hint">hsm</span>', page.text)
+    pin = api_env.settings.hsm.pin.get_secret_value()
+    assert '<td class="mono">hsm.pin</td><td class="mono">**********</td>' in page.text
+    assert f">{pin}<" not in page.text
+    assert api_env.actors["clerk"].username in page.text
+    rows = dict(_settings_rows(load_settings(environ={
+        "YKT_DATA_DIR": "/tmp/x", "YKT_DATABASE__URL": "postgresql://ykt:s3cret-pw@db/ykt",
+        "YKT_NOTIFY__HTTP_TOKEN": "tok-very-secret",
+    })))  # fmt: skip
+    assert rows["database.url"] == "postgresql://ykt:***@db/ykt"
+    assert rows["notify.http_token"] == "**********"
+    assert "s3cret-pw" not in str(rows) and "tok-very-secret" not in str(rows)
+    # a reviewer may not see it
+    c2 = TestClient(c.app)
+    sign_in(c2, api_env.actors["reviewer"].username)
+    assert c2.get("/console/system").status_code == 403
