@@ -248,3 +248,19 @@ def test_system_page_shows_keys_and_settings_never_a_secret(api_env: ApiEnv) -> 
     c2 = TestClient(c.app)
     sign_in(c2, api_env.actors["reviewer"].username)
     assert c2.get("/console/system").status_code == 403
+
+
+def test_each_role_has_a_home_page(api_env: ApiEnv) -> None:
+    give_passwords(api_env)
+    expected = {
+        "clerk": ["卡片", "制卡批次"], "reviewer": ["待办队列"], "approver": ["待办队列"],
+        "supervisor": ["待办队列", "卡片", "制卡批次", "审计日志", "系统"],
+        "auditor": ["制卡批次", "审计日志", "系统"], "admin": ["卡片", "审计日志", "系统"],
+        "fund_supervisor": ["审计日志"], "bank_teller": ["尚未上线"],
+    }  # fmt: skip
+    for role, words in expected.items():
+        c = TestClient(api_env.client.app)
+        sign_in(c, api_env.actors[role].username)
+        home = c.get("/console/home").text
+        main = home[home.index("<main") :]
+        assert all(w in main for w in words), (role, main)
