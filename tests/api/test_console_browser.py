@@ -303,3 +303,31 @@ def test_batch_list_refreshes_itself(api_env: ApiEnv, page: Page, shots: Path) -
     p.wait_for_function("() => document.querySelector('img.chart').naturalWidth > 0")
     assert chart.evaluate("i => i.naturalWidth") == 1200
     p.screenshot(path=str(shots / "batch-report.png"), full_page=True)
+
+
+def test_a_loss_report_by_keyboard_alone(api_env: ApiEnv, card_and_chip: tuple, page: Page) -> None:
+    p = page
+    card, _ = card_and_chip
+    _sign_in(p, api_env.actors["clerk"].username)
+    p.goto("/console/cards")
+
+    def focused() -> str:
+        return str(p.evaluate("document.activeElement.id || document.activeElement.textContent"))
+
+    assert focused() == "number"  # the card number field has the focus
+    p.keyboard.type(card.card_number)
+    p.keyboard.press("Enter")
+    p.wait_for_url(f"**/console/cards?number={card.card_number}")
+    assert focused() == "number"
+    steps = [("Tab", "查询"), ("Tab", "kind-formal"), ("Tab", "loss-identity"), ("Space", None),
+             ("Tab", "loss-note")]  # fmt: skip
+    for key, expect in steps:
+        p.keyboard.press(key)
+        if expect is not None:
+            assert focused() == expect, (key, expect, focused())
+    p.keyboard.type("持卡人本人到柜台")
+    p.keyboard.press("Tab")
+    assert focused() == "挂失"
+    p.keyboard.press("Enter")
+    assert p.get_by_role("status").inner_text() == "挂失已登记，卡片已锁定。"
+    assert "正式挂失" in p.inner_text("dl.data")
