@@ -514,6 +514,61 @@ async def unreport(request: Request, user: SignedIn) -> Response:
     return await _card_action(request, user, "unreported", fn)
 
 
+@router.post("/cards/{number}/temporary")
+@page("cards:lifecycle", form=True)
+async def temporary_card(request: Request, user: SignedIn) -> Response:
+    """A temporary card for the holder of this card (the service decides whether they may have
+    one and takes the deposit); then its deposit receipt."""
+    settings = _ctx(request).settings
+
+    def fn(s: Session, card_id: int) -> object:
+        card = services.find_card(s, card_id=card_id)
+        temp = services.issue_temporary_card(s, settings, card.person_id, user.actor)
+        request.state.temporary = temp.card_number
+        return temp
+
+    resp = await _card_action(request, user, "temporary", fn)
+    temp = getattr(request.state, "temporary", None)
+    if resp.status_code == 200 and temp:
+        return RedirectResponse(f"{PREFIX}/cards/{temp}/receipt", status_code=303)
+    return resp
+
+
+def _receipt(s: Session, number: str, user: SignedIn) -> dict[str, Any]:
+    from issuance.models import Deposit, Staff
+
+    card = services.find_card(s, card_number=number)
+    deposit = s.scalars(sa.select(Deposit).where(Deposit.card_id == card.id)).one_or_none()
+    if deposit is None:
+        raise ValidationError("no receipt", [FieldProblem("card", f"{number}: no deposit taken")])
+    clerk = s.get(Staff, deposit.taken_by_id) if deposit.taken_by_id else None
+    audit.record(s, user.actor, "console.receipt_shown", "card", card.id)
+    return {
+        "card_number": card.card_number, "holder": card.person.name,
+        "citizen_id": mask_citizen_id(card.person.citizen_id), "issue_date": card.issue_date,
+        "expiry_date": card.expiry_date, "amount_fen": deposit.amount_fen,
+        "taken_at": deposit.taken_at, "clerk": clerk.display_name if clerk else "",
+        "refunded_at": deposit.refunded_at, "deposit_id": deposit.id,
+    }  # fmt: skip
+
+
+@router.get("/cards/{number}/receipt")
+@page("cards:read")
+async def receipt(request: Request, user: SignedIn) -> Response:
+    number = str(request.path_params["number"]).upper()
+    try:
+        validate_card_number(number)
+        r = await _tx(request, lambda s: _receipt(s, number, user))
+    except InvalidIdentifier as exc:
+        return render(request, "message.html", user, 422, problems=[f"{exc.field}: {exc.reason}"])
+    except IssuanceError as exc:
+        return render(request, "message.html", user, 404, problems=_problems(exc))
+    from babel.numbers import format_currency
+
+    amount = format_currency(r["amount_fen"] / 100, "CNY", locale=_locale(request))
+    return render(request, "receipt.html", user, r=r, amount=amount)
+
+
 # --- the auditor ----------------------------------------------------------------------------
 
 AUDIT_FILTERS = ("entity_type", "entity_id", "action", "actor", "channel")

@@ -331,3 +331,39 @@ def test_a_loss_report_by_keyboard_alone(api_env: ApiEnv, card_and_chip: tuple, 
     p.keyboard.press("Enter")
     assert p.get_by_role("status").inner_text() == "挂失已登记，卡片已锁定。"
     assert "正式挂失" in p.inner_text("dl.data")
+
+
+def test_loss_then_temporary_card_with_its_receipt(
+    api_env: ApiEnv, card_and_chip: tuple, page: Page, shots: Path
+) -> None:
+    """The counter task of the issue's before/after: a lost card reported, a temporary card
+    with its deposit receipt. An active card is not eligible yet: the service says why."""
+    p = page
+    card, _ = card_and_chip
+    _sign_in(p, api_env.actors["clerk"].username)
+    p.goto(f"/console/cards?number={card.card_number}")
+    p.get_by_role("button", name="发放临时卡").click()
+    assert "needs a pending application or a card in production, lost or damaged" in (
+        p.get_by_role("alert").inner_text()
+    )
+    started = time.monotonic()
+    p.get_by_label("已核验持卡人身份").first.check()
+    p.get_by_role("button", name="挂失", exact=True).click()
+    p.get_by_role("button", name="发放临时卡").click()
+    p.wait_for_url("**/receipt")
+    seconds = time.monotonic() - started
+    assert p.get_by_role("status").inner_text() == "临时卡已发放。请连同本收据交给持卡人。"
+    text = p.inner_text("dl.data")
+    assert "张三" in text and "¥5.00" in text
+    p.screenshot(path=str(shots / "temporary-card-receipt.png"))
+    # 3 clicks after the card is on screen (the identity check, report, temporary card)
+    print(f"console: loss report + temporary card in 3 clicks, {seconds:.2f} s of server+browser")
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        ev = s.scalars(sa.select(AuditEvent).where(AuditEvent.action == "deposit.taken")).one()
+        assert ev.channel == "console" and ev.actor_name == api_env.actors["clerk"].username
+    # printing uses the page's own script (no inline script): the button is there
+    assert p.get_by_role("button", name="打印").is_visible()
+    p.emulate_media(media="print")  # the printed receipt: no header, no buttons
+    assert not p.locator("header.top").is_visible()
+    assert not p.get_by_role("button", name="打印").is_visible()
+    assert p.get_by_text("¥5.00").is_visible()
