@@ -98,6 +98,9 @@ def sign_in(
     try:
         actor = authenticate_staff(session, username, password, Channel.CONSOLE)
     except PermissionDenied as exc:
+        # forget old failures of every user (names tried once must not pile up)
+        session.execute(sa.delete(ConsoleSignInFailure).where(
+            ConsoleSignInFailure.last_failure_at < now - FORGET_AFTER))  # fmt: skip
         if row is None:
             row = ConsoleSignInFailure(username=username, source=source, failures=0)
             session.add(row)

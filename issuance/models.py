@@ -759,5 +759,5 @@ class ConsoleSignInFailure(Base):
     username: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     source: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     failures: Mapped[int] = mapped_column(default=0)
-    last_failure_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_failure_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     wait_until: Mapped[datetime | None]

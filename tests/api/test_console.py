@@ -264,3 +264,31 @@ def test_each_role_has_a_home_page(api_env: ApiEnv) -> None:
         home = c.get("/console/home").text
         main = home[home.index("<main") :]
         assert all(w in main for w in words), (role, main)
+
+
+def test_old_failures_of_any_user_are_forgotten(api_env: ApiEnv) -> None:
+    from issuance.models import ConsoleSignInFailure
+
+    give_passwords(api_env)
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        s.add(ConsoleSignInFailure(username="tried-once", source="10.9.9.9", failures=1,
+                                   last_failure_at=utcnow() - timedelta(days=2)))  # fmt: skip
+    c = api_env.client
+    page = c.get("/console/login")
+    r = c.post("/console/login", data={"csrf": csrf_of(page.text), "username": "nobody-here",
+                                       "password": "wrong-password"})  # fmt: skip
+    assert r.status_code == 401
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        left = s.scalars(sa.select(ConsoleSignInFailure.username)).all()
+    assert left == ["nobody-here"]
+
+
+def test_the_cookie_is_secure_under_tls(api_env: ApiEnv) -> None:
+    give_passwords(api_env)
+    c = TestClient(api_env.client.app, base_url="https://console.example")
+    page = c.get("/console/login")
+    assert "Secure" in page.headers["set-cookie"]
+    r = c.post("/console/login", data={"csrf": csrf_of(page.text), "password": PASSWORD,
+               "username": api_env.actors["clerk"].username}, follow_redirects=False)  # fmt: skip
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith(f"{SESSION_COOKIE}=") and "Secure" in cookie and "HttpOnly" in cookie

@@ -52,9 +52,18 @@ def upgrade() -> None:
         sa.Column("wait_until", sa.DateTime(), nullable=True),
         sa.PrimaryKeyConstraint("username", "source", name=op.f("pk_console_sign_in_failures")),
     )
+    op.create_index(
+        op.f("ix_console_sign_in_failures_last_failure_at"),
+        "console_sign_in_failures",
+        ["last_failure_at"],
+        unique=False,
+    )
 
 
 def downgrade() -> None:
+    op.drop_index(
+        op.f("ix_console_sign_in_failures_last_failure_at"), table_name="console_sign_in_failures"
+    )
     op.drop_table("console_sign_in_failures")
     op.drop_index(op.f("ix_console_sessions_staff_id"), table_name="console_sessions")
     op.drop_table("console_sessions")
