@@ -12,6 +12,7 @@ decides a lifecycle question: offered buttons come from the transition tables
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -194,10 +195,49 @@ def _field(data: FormData, name: str, limit: int = 500) -> str | None:
     return value.strip()[:limit]
 
 
-def _problems(exc: IssuanceError) -> list[str]:
+@dataclass(frozen=True)
+class Problem:
+    """A refusal as the page shows it: the service's own words (``text``) under a sentence of
+    the catalog (``key``) that says it in the reader's language, when the page knows one."""
+
+    text: str
+    key: str | None = None
+
+
+#: Catalog sentences for the fields the services name in their refusals.
+FIELD_KEYS = {
+    "identity_checked": "Check the holder's identity first and tick the box.",
+    "reason": "Say why.",
+    "kind": "Choose formal or provisional.",
+    "card_number": "The card number is wrong (length or check character): check it character "
+    "by character.",
+}
+#: Catalog sentences for the kinds of refusal.
+REFUSAL_KEYS = {
+    "maker_checker": "Maker-checker: whoever did an earlier step of this application may not do "
+    "this one.",
+    "denied": "Refused: your role or this channel may not do this.",
+    "state": "Not possible in the present state.",
+    "not_found": "Not found.",
+}
+
+
+def _problems(exc: IssuanceError | InvalidIdentifier) -> list[Problem]:
+    """What a page shows for a refusal of the services (their message kept, word for word)."""
+    from issuance.errors import NotFound, PermissionDenied, TransitionError
+
+    if isinstance(exc, InvalidIdentifier):
+        return [Problem(f"{exc.field}: {exc.reason}", FIELD_KEYS.get(exc.field))]
     if isinstance(exc, ValidationError) and exc.problems:
-        return [f"{p.field}: {p.reason}" for p in exc.problems]
-    return [exc.message]
+        return [Problem(f"{p.field}: {p.reason}", FIELD_KEYS.get(p.field)) for p in exc.problems]
+    key: str | None = None
+    if isinstance(exc, PermissionDenied):
+        key = REFUSAL_KEYS["maker_checker" if "step" in exc.details else "denied"]
+    elif isinstance(exc, TransitionError):
+        key = REFUSAL_KEYS["state"]
+    elif isinstance(exc, NotFound):
+        key = REFUSAL_KEYS["not_found"]
+    return [Problem(exc.message, key)]
 
 
 # --- sign-in, sign-out, language ------------------------------------------------------------
@@ -391,7 +431,7 @@ async def decide(request: Request, user: SignedIn) -> Response:
             raise ValidationError("unknown action", [FieldProblem("action", "unknown")])
         return ""
 
-    problems: list[str] = []
+    problems: list[Problem] = []
     done: str | None = None
     try:
         card_number = await _tx(request, fn)
@@ -444,7 +484,7 @@ async def cards(request: Request, user: SignedIn) -> Response:
         validate_card_number(number)  # the check character first: no lookup of a typo
     except InvalidIdentifier as exc:
         return render(request, "card.html", user, 422, number=number, view=None,
-                      problems=[f"{exc.field}: {exc.reason}"], done=None)  # fmt: skip
+                      problems=_problems(exc), done=None)  # fmt: skip
     try:
         view = await _tx(request, lambda s: _card_view(s, number, user))
     except IssuanceError as exc:
@@ -461,12 +501,12 @@ async def _card_action(
         validate_card_number(number)
     except InvalidIdentifier as exc:
         return render(request, "card.html", user, 422, number=number, view=None,
-                      problems=[f"{exc.field}: {exc.reason}"], done=None)  # fmt: skip
+                      problems=_problems(exc), done=None)  # fmt: skip
 
     def work(s: Session) -> None:
         fn(s, services.find_card(s, card_number=number).id)
 
-    problems: list[str] = []
+    problems: list[Problem] = []
     done: str | None = None
     try:
         await _tx(request, work)
@@ -560,7 +600,7 @@ async def receipt(request: Request, user: SignedIn) -> Response:
         validate_card_number(number)
         r = await _tx(request, lambda s: _receipt(s, number, user))
     except InvalidIdentifier as exc:
-        return render(request, "message.html", user, 422, problems=[f"{exc.field}: {exc.reason}"])
+        return render(request, "message.html", user, 422, problems=_problems(exc))
     except IssuanceError as exc:
         return render(request, "message.html", user, 404, problems=_problems(exc))
     from babel.numbers import format_currency
@@ -605,7 +645,7 @@ async def audit_verify(request: Request, user: SignedIn) -> Response:
 
     try:
         report = await _tx(request, fn)
-        problems: list[str] = []
+        problems: list[Problem] = []
     except IssuanceError as exc:
         report, problems = None, _problems(exc)
     return render(request, "audit_verify.html", user, report=report, problems=problems)
@@ -661,11 +701,11 @@ async def system(request: Request, user: SignedIn) -> Response:
 
     staff = await _tx(request, staff_rows)
     keys: list[dict[str, Any]] = []
-    problems: list[str] = []
+    problems: list[Problem] = []
     try:
         keys = await run_in_threadpool(ctx.hsm.call, _key_rows)
     except Exception as exc:  # the HSM down must not hide the rest of the page
-        problems = [f"HSM: {type(exc).__name__}: {exc}"]
+        problems = [Problem(f"HSM: {type(exc).__name__}: {exc}")]
     return render(request, "system.html", user, settings_rows=_settings_rows(ctx.settings),
                   keys=keys, staff=staff, problems=problems)  # fmt: skip
 

@@ -167,7 +167,10 @@ def test_every_message_of_the_pages_has_a_chinese_translation() -> None:
                  m.Channel, m.ChipAppKind, m.ChipAppStatus, m.LossKind, m.LossStatus,
                  m.StaffRole):  # fmt: skip
         used |= {m.value for m in enum}
+    from console.web import FIELD_KEYS, REFUSAL_KEYS
+
     used |= {"do:review", "do:approve", "do:reject", "male", "female", "unstated"}
+    used |= set(FIELD_KEYS.values()) | set(REFUSAL_KEYS.values())
     used |= {f"filter:{k}" for k in ("entity_type", "entity_id", "action", "actor", "channel")}
     zh = i18n.translations("zh_CN")
     missing = sorted(m for m in used if zh.gettext(m) == m)

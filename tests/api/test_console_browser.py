@@ -165,7 +165,7 @@ def test_approving_ones_own_work_is_refused(api_env: ApiEnv, page: Page, shots: 
     # the supervisor may approve in general, but not what they reviewed themself
     p.get_by_role("button", name="批准").click()
     alert = p.get_by_role("alert").inner_text()
-    assert "may not approve it (maker-checker)" in alert
+    assert "may not approve it (maker-checker)" in alert and "双人复核" in alert
     p.screenshot(path=str(shots / "application-own-work-refused.png"))
     with api_env.session() as s:
         assert s.get(Application, app_id).status == "reviewed"
@@ -209,7 +209,8 @@ def test_card_number_check_character_then_loss_and_unreport(
     field = p.get_by_label("社会保障卡卡号（9 位）")
     field.fill(wrong)
     field.press("Enter")
-    assert "check character does not match" in p.get_by_role("alert").inner_text()
+    alert = p.get_by_role("alert").inner_text()
+    assert "check character does not match" in alert and "卡号有误" in alert
     p.screenshot(path=str(shots / "card-wrong-check-character.png"))
     with api_env.session() as s:
         reads = s.scalars(sa.select(AuditEvent).where(AuditEvent.action == "console.card_read"))
@@ -220,7 +221,8 @@ def test_card_number_check_character_then_loss_and_unreport(
     assert "正常" in p.inner_text("dl.data") and "张三" in p.inner_text("dl.data")
     # formal report without the identity check: refused, the card unchanged
     p.get_by_role("button", name="挂失", exact=True).click()
-    assert "identity must be checked" in p.get_by_role("alert").inner_text()
+    alert = p.get_by_role("alert").inner_text()
+    assert "identity must be checked" in alert and "请先核验持卡人身份并勾选" in alert
     assert "正常" in p.inner_text("dl.data")
     p.get_by_label("已核验持卡人身份").first.check()
     p.get_by_label("备注").first.fill("在地铁上丢失")
