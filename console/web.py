@@ -11,6 +11,7 @@ decides a lifecycle question: offered buttons come from the transition tables
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,10 +244,13 @@ def _problems(exc: IssuanceError | InvalidIdentifier) -> list[Problem]:
 # --- sign-in, sign-out, language ------------------------------------------------------------
 
 
+#: Where a sign-in or a language switch may send the browser back to: a console path.
+_LOCAL = re.compile(r"/console/[A-Za-z0-9_\-/]*(\?[A-Za-z0-9_\-=&%.]*)?")
+
+
 def _next(value: str | None) -> str:
-    """Only a console path (never another site)."""
-    ok = value and value.startswith(PREFIX + "/") and "//" not in value and "\\" not in value
-    if ok and value:
+    """Only a console path (never another site, never out of the console)."""
+    if value and _LOCAL.fullmatch(value) and "//" not in value:
         return value
     return f"{PREFIX}/home"
 

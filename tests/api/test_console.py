@@ -295,3 +295,24 @@ def test_the_cookie_is_secure_under_tls(api_env: ApiEnv) -> None:
                "username": api_env.actors["clerk"].username}, follow_redirects=False)  # fmt: skip
     cookie = r.headers["set-cookie"]
     assert cookie.startswith(f"{SESSION_COOKIE}=") and "Secure" in cookie and "HttpOnly" in cookie
+
+
+def test_redirects_stay_in_the_console(api_env: ApiEnv) -> None:
+    c = api_env.client
+    for target in ("//evil.example/x", "https://evil.example/", "/console/../v1/cards",
+                   "/consolex", "/console//evil.example", "/console/\\evil"):  # fmt: skip
+        r = c.get("/console/lang/en", params={"next": target}, follow_redirects=False)
+        assert r.headers["location"] == "/console/home", target
+    r = c.get("/console/lang/en", params={"next": "/console/audit"}, follow_redirects=False)
+    assert r.headers["location"] == "/console/audit"
+
+
+def test_no_template_has_inline_script_style_or_handler() -> None:
+    import re
+    from pathlib import Path
+
+    for page in (Path(i18n.__file__).parent / "templates").glob("*.html"):
+        text = page.read_text()
+        assert not re.search(r"<script(?![^>]*\bsrc=)", text), page.name
+        assert not re.search(r"\sstyle=|<style|\son[a-z]+=|javascript:", text), page.name
+        assert "hx-on" not in text and "hx-vals='js:" not in text, page.name
