@@ -121,8 +121,12 @@ def render(
     locale = _locale(request)
     tr = i18n.translations(locale)
     zone = _ctx(request).settings.issuer.time_zone
+    # the page to come back to (language switch): a POST's answer names its GET page
+    here = values.pop("here", None) or (
+        request.url.path if request.method == "GET" else f"{PREFIX}/home"
+    )
     page = _env.get_template(template).render(
-        _=tr.gettext, locale=locale, user=user, prefix=PREFIX, request_path=request.url.path,
+        _=tr.gettext, locale=locale, user=user, prefix=PREFIX, request_path=here,
         when=lambda v: i18n.when(v, locale, zone), scopes=_scopes(user), zone=zone,
         issuer=_ctx(request).settings.issuer, has_queue=bool(user and _queue_states(user)),
         **values,
@@ -374,6 +378,8 @@ def _application_view(s: Session, app_id: int, user: SignedIn) -> dict[str, Any]
         "app": _app_row(a) | {
             "reject_reason": a.reject_reason, "photo": a.photo_sha256 is not None,
             "photo_exempt": a.photo_exempt, "decided_at": a.decided_at,
+            "card_number": services.find_card(s, card_id=a.card_id).card_number
+            if a.card_id else None,
         },
         "person": {
             "name": p.name, "sex": p.sex, "birth_date": p.birth_date,
@@ -448,7 +454,8 @@ async def decide(request: Request, user: SignedIn) -> Response:
     except IssuanceError as exc:
         return render(request, "message.html", user, 404, problems=_problems(exc))
     return render(request, "application.html", user, 200 if done else 409, **view, done=done,
-                  card_number=card_number, problems=problems)  # fmt: skip
+                  card_number=card_number, problems=problems,
+                  here=f"{PREFIX}/applications/{app_id}")  # fmt: skip
 
 
 # --- a card at the counter ------------------------------------------------------------------
@@ -523,7 +530,7 @@ async def _card_action(
         return render(request, "card.html", user, 404, number=number, view=None,
                       problems=_problems(exc), done=None)  # fmt: skip
     return render(request, "card.html", user, 200 if done else 409, number=number, view=view,
-                  problems=problems, done=done)  # fmt: skip
+                  problems=problems, done=done, here=f"{PREFIX}/cards?number={number}")  # fmt: skip
 
 
 @router.post("/cards/{number}/loss")

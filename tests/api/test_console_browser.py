@@ -176,6 +176,13 @@ def test_approving_ones_own_work_is_refused(api_env: ApiEnv, page: Page, shots: 
     p.get_by_role("button", name="批准").click()
     status = p.get_by_role("status").inner_text()
     assert status.startswith("已批准。卡号")
+    # the same page in English: every label from the catalog, no message id shows through
+    p.get_by_role("link", name="English").click()
+    main = p.inner_text("main")
+    assert "Application #" in main and "approved" in main and "Card photo" in main
+    assert "do:" not in main and "filter:" not in main and "_" not in main
+    assert status.split("卡号")[1].strip() in p.inner_text("dl.data")  # its card number
+    p.screenshot(path=str(shots / "application-approved-en.png"))
     with api_env.session() as s:
         app = s.get(Application, app_id)
         assert app.status == "approved" and app.card_id is not None
