@@ -101,9 +101,7 @@ def sign_in(
         # forget old failures of every user (names tried once must not pile up)
         session.execute(sa.delete(ConsoleSignInFailure).where(
             ConsoleSignInFailure.last_failure_at < now - FORGET_AFTER))  # fmt: skip
-        if row is None:
-            row = ConsoleSignInFailure(username=username, source=source, failures=0)
-            session.add(row)
+        row = _failure_row(session, username, source, now)
         row.failures += 1
         row.last_failure_at = now
         over = row.failures - conf.sign_in_free_failures
@@ -130,6 +128,24 @@ def sign_in(
     audit.record(session, actor, "console.signed_in", "staff", staff.id,
                  details={"source": source, "session": live.id})  # fmt: skip
     return token, SignedIn(live.id, actor, staff.display_name, live.csrf_token)
+
+
+def _failure_row(
+    session: Session, username: str, source: str, now: datetime
+) -> ConsoleSignInFailure:
+    """The failure count of (user, source), created if need be, locked for the update (two
+    failures at once, on two workers, both count)."""
+    key = (username, source)
+    if session.get(ConsoleSignInFailure, key) is None:
+        try:
+            with session.begin_nested():
+                session.add(ConsoleSignInFailure(username=username, source=source, failures=0,
+                                                 last_failure_at=now))  # fmt: skip
+        except sa.exc.IntegrityError:
+            pass  # another worker made it first
+    row = session.get(ConsoleSignInFailure, key, with_for_update=True, populate_existing=True)
+    assert row is not None
+    return row
 
 
 def resume(
