@@ -277,6 +277,28 @@ async def login_form(request: Request) -> Response:
     return resp
 
 
+async def _signing_in(request: Request, fn: Callable[[Session], T]) -> T:
+    """A sign-in's transaction, run again when another one wrote the same rows at the same
+    time (SQLite refuses the second writer at once: two failures from one place together)."""
+    import asyncio
+    import random
+
+    from issuance.errors import ConflictError
+
+    for attempt in range(SIGN_IN_ATTEMPTS):
+        try:
+            return await _tx(request, fn)
+        except ConflictError:
+            if attempt == SIGN_IN_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(random.uniform(0.02, 0.1) * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+#: Tries of a sign-in's transaction when it collides with another one (see _signing_in).
+SIGN_IN_ATTEMPTS = 6
+
+
 @router.post("/login")
 async def login(request: Request) -> Response:
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE)
@@ -293,7 +315,7 @@ async def login(request: Request) -> Response:
                       error="missing", username=username)  # fmt: skip
     conf = _ctx(request).settings.console
     source = _source(request)
-    result = await _tx(request, lambda s: sign_in(s, conf, username, password, source))
+    result = await _signing_in(request, lambda s: sign_in(s, conf, username, password, source))
     if isinstance(result, SignInRefused):
         return render(request, "login.html", None, 401, next=next_, csrf=cookie,
                       error=result.reason, wait_until=result.wait_until,

@@ -316,3 +316,24 @@ def test_no_template_has_inline_script_style_or_handler() -> None:
         assert not re.search(r"<script(?![^>]*\bsrc=)", text), page.name
         assert not re.search(r"\sstyle=|<style|\son[a-z]+=|javascript:", text), page.name
         assert "hx-on" not in text and "hx-vals='js:" not in text, page.name
+
+
+def test_failed_sign_ins_at_once_all_count(api_env: ApiEnv) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from issuance.models import ConsoleSignInFailure
+
+    give_passwords(api_env)
+    clerk = api_env.actors["clerk"].username
+
+    def fail(_: int) -> int:
+        r = TestClient(api_env.client.app, client=("10.7.7.7", 4000))
+        page = r.get("/console/login")
+        form = {"csrf": csrf_of(page.text), "username": clerk, "password": "wrong-password"}
+        return r.post("/console/login", data=form).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(fail, range(4))) == [401] * 4
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        row = s.get(ConsoleSignInFailure, (clerk, "10.7.7.7"))
+        assert row is not None and row.failures == 4
