@@ -115,6 +115,9 @@ def create_app(
         app.include_router(module.router)
     _security_scheme(app)
     _docs(app, settings)
+    from console.web import install as install_console
+
+    install_console(app)  # the web console at /console
     return app
 
 

@@ -20,7 +20,7 @@ from api.schemas import (
 )
 from issuance import audit
 from issuance.errors import NotFound
-from issuance.models import AuditEvent, Batch, Card
+from issuance.models import Batch, Card
 from issuance.services.credentials import Principal
 
 router = APIRouter(prefix="/v1")
@@ -109,15 +109,11 @@ async def audit_events(
     """Audit events in id order, filtered (page with ``after_id``)."""
 
     def fn(s: Session) -> list[AuditEventOut]:
-        stmt = sa.select(AuditEvent).where(AuditEvent.id > after_id)
         filters: dict[str, Any] = {
             "entity_type": entity_type, "entity_id": entity_id, "action": action,
             "actor_name": actor,
         }  # fmt: skip
-        for col, value in filters.items():
-            if value is not None:
-                stmt = stmt.where(getattr(AuditEvent, col) == value)
-        events = s.scalars(stmt.order_by(AuditEvent.id).limit(limit)).all()
+        events = audit.search(s, filters, after_id=after_id, limit=limit)
         out = [
             AuditEventOut(
                 id=e.id,

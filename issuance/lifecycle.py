@@ -148,6 +148,9 @@ _PRODUCTION = {R.CLERK, R.SUPERVISOR, R.ADMIN, R.SYSTEM}
 _COUNTER_STAFF = {R.CLERK, R.SUPERVISOR, R.ADMIN}
 _HANDOUT = {R.CLERK, R.BANK_TELLER, R.SUPERVISOR, R.ADMIN}
 _REMOTE = {C.PHONE, C.WEB, C.APP, C.WECHAT, C.SMS}
+#: The web console: a signed-in clerk takes a holder's call (provisional) or the holder in
+#: person (formal), and un-reports with the identity check (issuance.services.loss).
+_CONSOLE = {C.CONSOLE}
 _NOT_TERMINAL = [s for s in S if s not in (S.REPLACED, S.EXPIRED, S.CANCELLED)]
 
 #: The card transition table.
@@ -175,24 +178,25 @@ CARD_TRANSITIONS: tuple[Transition, ...] = _audited("card",
     # never activated (its social security function is still sealed), or SUSPENDED; the
     # services choose the event from that (issuance.services.loss.restore_event).
     + _t([S.ACTIVE, S.ISSUED, S.SUSPENDED], CardEvent.REPORT_LOSS_PROVISIONAL,
-         S.LOST_PROVISIONAL, _COUNTER_STAFF | {R.SYSTEM}, _REMOTE)
+         S.LOST_PROVISIONAL, _COUNTER_STAFF | {R.SYSTEM}, _REMOTE | _CONSOLE)
     + _t([S.ACTIVE, S.ISSUED, S.SUSPENDED], CardEvent.REPORT_LOSS_FORMAL, S.LOST_FORMAL,
-         _COUNTER_STAFF, {C.COUNTER})
+         _COUNTER_STAFF, {C.COUNTER} | _CONSOLE)
     + _t(S.LOST_PROVISIONAL, CardEvent.LAPSE_TO_SUSPENDED, S.SUSPENDED, {R.SYSTEM})
     + _t(S.LOST_PROVISIONAL, CardEvent.UNREPORT_TO_SUSPENDED, S.SUSPENDED,
-         _COUNTER_STAFF | {R.SYSTEM}, _REMOTE | {C.COUNTER})
+         _COUNTER_STAFF | {R.SYSTEM}, _REMOTE | {C.COUNTER} | _CONSOLE)
     + _t(S.LOST_FORMAL, CardEvent.UNREPORT_TO_SUSPENDED, S.SUSPENDED, _COUNTER_STAFF,
-         {C.COUNTER})
+         {C.COUNTER} | _CONSOLE)
     + _t(S.LOST_PROVISIONAL, CardEvent.FORMALISE_LOSS, S.LOST_FORMAL, _COUNTER_STAFF,
-         {C.COUNTER})
+         {C.COUNTER} | _CONSOLE)
     + _t(S.LOST_PROVISIONAL, CardEvent.LAPSE, S.ACTIVE, {R.SYSTEM})
     + _t(S.LOST_PROVISIONAL, CardEvent.LAPSE_TO_ISSUED, S.ISSUED, {R.SYSTEM})
     + _t(S.LOST_PROVISIONAL, CardEvent.UNREPORT, S.ACTIVE, _COUNTER_STAFF | {R.SYSTEM},
-         _REMOTE | {C.COUNTER})
+         _REMOTE | {C.COUNTER} | _CONSOLE)
     + _t(S.LOST_PROVISIONAL, CardEvent.UNREPORT_TO_ISSUED, S.ISSUED,
-         _COUNTER_STAFF | {R.SYSTEM}, _REMOTE | {C.COUNTER})
-    + _t(S.LOST_FORMAL, CardEvent.UNREPORT, S.ACTIVE, _COUNTER_STAFF, {C.COUNTER})
-    + _t(S.LOST_FORMAL, CardEvent.UNREPORT_TO_ISSUED, S.ISSUED, _COUNTER_STAFF, {C.COUNTER})
+         _COUNTER_STAFF | {R.SYSTEM}, _REMOTE | {C.COUNTER} | _CONSOLE)
+    + _t(S.LOST_FORMAL, CardEvent.UNREPORT, S.ACTIVE, _COUNTER_STAFF, {C.COUNTER} | _CONSOLE)
+    + _t(S.LOST_FORMAL, CardEvent.UNREPORT_TO_ISSUED, S.ISSUED, _COUNTER_STAFF,
+         {C.COUNTER} | _CONSOLE)
     + _t([S.ACTIVE, S.ISSUED], CardEvent.REPORT_DAMAGED, S.DAMAGED,
          _COUNTER_STAFF | {R.BANK_TELLER}, {C.COUNTER, C.BANK})
     # replacement of a lost or damaged card, or renewal of a working one
@@ -255,6 +259,16 @@ PROVINCE_STATUS_CODES: dict[CardStatus, str] = {
 
 def province_status_code(status: CardStatus | str) -> str:
     return PROVINCE_STATUS_CODES[CardStatus(status)]
+
+
+def events_for(table: Iterable[Transition], state: str, actor: Actor) -> frozenset[str]:
+    """The events ``actor`` may ask for from ``state`` in ``table``: what a page offers (the
+    services check again, with everything else, when one is asked for)."""
+    return frozenset(
+        t.event for t in table
+        if t.from_state == str(state) and actor.role in t.roles
+        and (t.channels is None or actor.channel in t.channels)
+    )  # fmt: skip
 
 
 def card_transition(from_state: str, event: str) -> Transition:

@@ -64,6 +64,8 @@ class Channel(enum.StrEnum):
     PORTABLE = "portable"
     FEED = "feed"
     SYSTEM = "system"
+    #: the web console (``/console``): a signed-in staff user at a counter or a back office
+    CONSOLE = "console"
 
 
 class ApplicationChannel(enum.StrEnum):
@@ -803,3 +805,34 @@ class Receipt(Base):
     staff_name: Mapped[str] = mapped_column(sa.String(64))
     what: Mapped[str] = mapped_column(sa.String(100))
     issued_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class ConsoleSession(Base):
+    """A staff user's signed-in session of the web console (migration 0014): the browser
+    holds a random token in a cookie, the database only its SHA-256 (so a session holds
+    across worker processes and nodes, and a database reader cannot take it over)."""
+
+    __tablename__ = "console_sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    staff_id: Mapped[int] = mapped_column(sa.ForeignKey("staff.id"), index=True)
+    #: the token every form of this session carries (checked on every POST)
+    csrf_token: Mapped[str] = mapped_column(sa.String(64))
+    source: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None]
+    #: ``signed_out``, ``idle``, ``disabled``
+    end_reason: Mapped[str | None] = mapped_column(sa.String(16))
+
+
+class ConsoleSignInFailure(Base):
+    """Failed console sign-ins of one user name from one source address (migration 0014): the
+    backoff is per user *and* address, so nobody elsewhere can lock a user out."""
+
+    __tablename__ = "console_sign_in_failures"
+    username: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(default=0)
+    last_failure_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    wait_until: Mapped[datetime | None]

@@ -231,6 +231,20 @@ class ApiSettings(_Section):
     public_docs: bool = True
 
 
+class ConsoleSettings(_Section):
+    """The web console (``/console``, served by ``ykt serve``)."""
+
+    #: A console session ends after this many minutes without a request.
+    idle_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    #: ``zh_CN`` or ``en``: the language of a browser that has not chosen one.
+    default_locale: Literal["zh_CN", "en"] = "zh_CN"
+    #: Failed sign-ins of one user from one address before each further one waits.
+    sign_in_free_failures: int = Field(default=5, ge=1)
+    #: The longest wait (seconds) after repeated failures (it doubles up to this; never a
+    #: permanent lock, and other addresses are not affected).
+    sign_in_max_wait_seconds: int = Field(default=900, ge=1)
+
+
 class Settings(_Section):
     data_dir: Path = PROJECT_ROOT / "var"
     database: DatabaseSettings = DatabaseSettings()
@@ -245,6 +259,7 @@ class Settings(_Section):
     applications: ApplicationSettings = ApplicationSettings()
     notify: NotifySettings = NotifySettings()
     worker: WorkerSettings = WorkerSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     # Derived locations -------------------------------------------------------------------
     @property

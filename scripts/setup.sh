@@ -14,6 +14,7 @@ PACKAGES=(
   iproute2 util-linux procps                                     # namespaces for isolated pcscd
   gcc make python3 python3-dev python3-venv                      # building pyscard / pycups
   wrk                                                            # HTTP load benchmark
+  chromium                                                       # the console tests' browser
 )
 
 missing=()

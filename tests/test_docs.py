@@ -27,7 +27,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 #: Top-level folders and files that a path in the docs may start with.
 TREE_PREFIXES = ("cardspec", "hsm", "issuance", "printers", "api", "yikatong", "devstack", "bench")
 TREE_PREFIXES += ("scripts", "tests")
-TREE_PREFIXES += ("docs", ".ci")
+TREE_PREFIXES += ("docs", ".ci", "console")
 SHELL_LANGS = {"", "sh", "bash", "shell", "console"}
 SHELL_STOPS = {"|", "||", "&&", ";", "&", ")", "2>&1"}
 #: Files that read YKT_* variables (this checker and the docs generator do not count).

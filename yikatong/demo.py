@@ -273,6 +273,9 @@ def run_demo(settings: Settings, residents: int = 8, readers: int = 4) -> DemoRe
     console.print(f"card chips (emulator images): {settings.cards_dir}")
     console.print(f"batch report: {text}")
     console.print(f"batch chart:  {png}")
+    console.print(f"web console:  http://{settings.api.host}:{settings.api.port}/console after "
+                  "ykt serve; sign in as demo-reviewer once it has a password "
+                  "(ykt db set-password demo-reviewer)", soft_wrap=True)  # fmt: skip
     if verify_cmd is not None:
         console.rule("[bold]check a card as a hospital does")
         console.print("in one shell, the API:\n  ykt serve")

@@ -4,6 +4,8 @@
   at once and lapses back after ``settings.lifecycle.provisional_loss_hours`` unless made formal
   (web and app reports need an identity check);
 * counter: a **formal** report (identity checked), which leads to replacement;
+* the web console: the signed-in clerk says which (``kind``): provisional for a call taken at
+  the desk, formal for the holder in person; identity checked either way;
 * un-report (card found): always with an identity check, whatever the channel (a phone or SMS
   un-report unblocks a card someone else may be holding: the hotline checks identity as a
   counter does), only while no replacement was applied for;
@@ -57,7 +59,29 @@ from issuance.services.common import create_card, find_card
 from issuance.settings import Settings
 
 REMOTE_CHANNELS = {Channel.PHONE, Channel.WEB, Channel.APP, Channel.WECHAT, Channel.SMS}
-IDENTITY_REQUIRED = {Channel.WEB, Channel.APP, Channel.WECHAT, Channel.COUNTER, Channel.BANK}
+IDENTITY_REQUIRED = {
+    Channel.WEB, Channel.APP, Channel.WECHAT, Channel.COUNTER, Channel.BANK, Channel.CONSOLE,
+}  # fmt: skip
+#: Channels whose staff say which kind of report they take (the others: by channel).
+KIND_CHOSEN = {Channel.CONSOLE}
+
+
+def loss_kind(actor: Actor, kind: LossKind | str | None) -> LossKind:
+    """The kind of a new report through ``actor.channel``: provisional through the remote
+    channels, formal otherwise; the console's clerk says which (``kind``). A ``kind`` the
+    channel does not allow is refused."""
+    if actor.channel in KIND_CHOSEN:
+        if kind is None:
+            raise ValidationError("cannot report the loss", [FieldProblem(
+                "kind", f"say whether the report is provisional or formal ({actor.channel})"
+            )])  # fmt: skip
+        return LossKind(kind)
+    by_channel = LossKind.PROVISIONAL if actor.channel in REMOTE_CHANNELS else LossKind.FORMAL
+    if kind is not None and LossKind(kind) != by_channel:
+        raise ValidationError("cannot report the loss", [FieldProblem(
+            "kind", f"a report through {actor.channel} is {by_channel}"
+        )])  # fmt: skip
+    return by_channel
 
 
 def _require_identity(
@@ -186,11 +210,17 @@ def report_loss(
     identity_checked: bool = False,
     note: str | None = None,
     now: datetime | None = None,
+    kind: LossKind | str | None = None,
 ) -> LossReport:
     """Report a card lost through ``actor.channel``; the card is blocked at once."""
     now = now or utcnow()
     card = find_card(session, card_id=card_id)
-    if card.status == CardStatus.LOST_PROVISIONAL and actor.channel == Channel.COUNTER:
+    provisional = loss_kind(actor, kind) == LossKind.PROVISIONAL
+    if (
+        card.status == CardStatus.LOST_PROVISIONAL
+        and actor.channel in (Channel.COUNTER, Channel.CONSOLE)
+        and not provisional
+    ):
         return formalise_loss(
             session, card_id, actor, identity_checked=identity_checked, note=note, now=now
         )
@@ -202,7 +232,6 @@ def report_loss(
             "([lifecycle] loss_of_suspended_card = false)",
             from_state=str(card.status), event="report_loss",
         )  # fmt: skip
-    provisional = actor.channel in REMOTE_CHANNELS
     event = CardEvent.REPORT_LOSS_PROVISIONAL if provisional else CardEvent.REPORT_LOSS_FORMAL
     lifecycle.apply_card_event(
         session, card, event, actor, reason=note, details={"identity_checked": identity_checked}
