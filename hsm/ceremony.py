@@ -10,7 +10,9 @@ Labels (CKA_LABEL, also used as CKA_ID):
   ``ykt:klk:sm4:v<n>``: the same for SM4 cards (an SM4 key: national HSMs have no AES wrap).
 * SM4 masters ``ykt:<slot>:sm4:v<n>`` need an HSM with an SM mechanism table
   (``[hsm] vendor``, :mod:`hsm.vendors`); their KCV is ``SM4-ECB(K, 0^16)[:3]``.
-* ``ykt:transport:<name>``     AES-128 transport key shared with a card bureau (CKA_WRAP).
+* ``ykt:transport:<name>``     AES-128 transport key shared with a card bureau or a chip maker
+  (CKA_WRAP); an SM4 key for the keys of SM4 cards (``keyscheme.klk_algorithm``), e.g. the
+  virtual blank stock's ``ykt:transport:manufacturer-sm4``.
 * ``ykt:supplier:<name>:kmc:<alg>:v<n>`` and ``ykt:supplier:<name>:klk:aes:v<n>``  a chip
   supplier's *delivery key set*: the masters shared (in a ceremony, as components) with the
   manufacturer who pre-personalises blank chips with their transport key KMC and key-loading
@@ -418,18 +420,26 @@ def import_supplier_master(
     )
 
 
+#: Algorithms a transport key may have: AES (keys of 3DES and AES cards), SM4 (SM4 cards).
+TRANSPORT_ALGORITHMS = (Algorithm.AES, Algorithm.SM4)
+
+
 def import_transport_key(
     token: Pkcs11Token,
     name: str,
     components: Sequence[bytes],
     kcvs: Sequence[bytes],
     expected_kcv: bytes | None = None,
+    alg: Algorithm = Algorithm.AES,
 ) -> KeyInfo:
-    """Import the AES-128 transport key agreed with a card bureau (components + KCVs)."""
+    """Import the transport key agreed with a card bureau or a chip maker (components +
+    KCVs): AES-128, or SM4 for the keys of SM4 cards."""
+    if alg not in TRANSPORT_ALGORITHMS:
+        raise HsmError(f"a transport key is aes or sm4, not {alg.value}")
     return _import_secret(
         token,
         transport_label(name),
-        Algorithm.AES,
+        alg,
         components,
         kcvs,
         expected_kcv,
@@ -438,16 +448,25 @@ def import_transport_key(
 
 
 def generate_transport_key(
-    token: Pkcs11Token, name: str, components: int = 2
+    token: Pkcs11Token, name: str, components: int = 2, alg: Algorithm = Algorithm.AES
 ) -> tuple[KeyInfo, list[tuple[bytes, bytes]]]:
-    """A new transport key for a bureau, as ``components`` random components (HSM's RNG) with
-    their KCVs, to hand to the custodians who carry them to the bureau; the combined key goes
-    into the HSM. Returns the key's info and ``[(component, kcv), ...]``."""
+    """A new transport key (AES, or SM4) for a bureau or a chip maker, as ``components``
+    random components (HSM's RNG) with their KCVs, to hand to the custodians who carry them
+    there; the combined key goes into the HSM. Returns the key's info and
+    ``[(component, kcv), ...]``."""
     with token.use("random components") as session:
         parts = [bytes(session.generate_random(128)) for _ in range(components)]
-    checks = [keyscheme.kcv(p, Algorithm.AES) for p in parts]
-    info = import_transport_key(token, name, parts, checks)
+    checks = [keyscheme.kcv(p, alg) for p in parts]
+    info = import_transport_key(token, name, parts, checks, alg=alg)
     return info, list(zip(parts, checks, strict=True))
+
+
+def _transport_algorithm(obj: Any) -> Algorithm:
+    """A transport key's algorithm, from its key type (AES unless the SM table's SM4)."""
+    sm4 = p11.KEY_TYPES.get(Algorithm.SM4)
+    if sm4 is not None and int(obj[Attribute.KEY_TYPE]) == int(sm4):
+        return Algorithm.SM4
+    return Algorithm.AES
 
 
 def generate_signing_key(token: Pkcs11Token, label: str = SIGNING_LABEL) -> bool:
@@ -510,7 +529,7 @@ def list_keys(token: Pkcs11Token) -> list[KeyInfo]:
             m = _MASTER_RE.match(label)
             sm = _SUPPLIER_RE.match(label)
             alg = (Algorithm(m.group(2)) if m else Algorithm(sm.group(3)) if sm
-                   else Algorithm.AES)  # fmt: skip
+                   else _transport_algorithm(obj))  # fmt: skip
             if alg is Algorithm.SM4 and alg not in p11.KEY_TYPES:
                 continue  # an SM4 key in an HSM whose SM table is not configured
             out.append(_info(obj, label, alg, session))

@@ -368,7 +368,9 @@ def export_public_key(
     from hsm.service import Pkcs11KeyService
 
     config = _config()
-    pem = Pkcs11KeyService(_token(config), config.region_code).public_key_pem()
+    pem = Pkcs11KeyService(
+        _token(config), config.region_code, signing=config.signing
+    ).public_key_pem()
     if output is None:
         typer.echo(pem.decode(), nl=False)
     else:

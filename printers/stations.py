@@ -37,15 +37,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from cardspec import cardops, perso
 from cardspec.errors import CardSpecError
+from cardspec.keyscheme import Algorithm
 from cardspec.pcsc import PcscReader, card_present, list_readers
 from cardspec.perso import PersoResult
 from cardspec.profile import Access, CardProfile
 from cardspec.profile.model import decode_records
 from cardspec.profile.social import get_profile
+from cardspec.sm2 import Sm2Signer
 from hsm.errors import HsmError
 from hsm.service import CardCryptoSession, KeyService
 from issuance.batches.prepared import PreparedCard
@@ -267,8 +269,13 @@ class EncodingStation:
     ) -> PersoResult:
         """Personalise the blank card in the reader (one PC/SC transaction). ``crypto``: the
         card's keys when the stock provides the chip's transport keys (manufacturer stock);
-        default: every key derived in the HSM for ``prepared.key_ref``."""
+        default: every key derived in the HSM for ``prepared.key_ref``. An SM4 card also gets
+        its SM2 key pair and the certificates signed by the key service's SM2 key (``sign_sm2``,
+        the issuer's key in the HSM; ``cardspec.perso``)."""
         profile = self._profile(prepared)
+        certifier: Sm2Signer | None = None
+        if profile.algorithm is Algorithm.SM4 and hasattr(key_service, "sign_sm2"):
+            certifier = cast("Sm2Signer", key_service)
         self.reader.connect()
         try:
             with (
@@ -276,7 +283,7 @@ class EncodingStation:
                 crypto or key_service.card_crypto(prepared.key_ref) as session,
             ):
                 return perso.personalise(self.reader, session, prepared.perso, profile,
-                                         connect=False)  # fmt: skip
+                                         connect=False, certifier=certifier)  # fmt: skip
         finally:
             self.reader.disconnect()
 

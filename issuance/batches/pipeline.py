@@ -69,6 +69,7 @@ from issuance.models import (
     BatchStage,
     BlankChip,
     Card,
+    CardAlgorithm,
     ChipStatus,
     Person,
     StockRefusal,
@@ -349,6 +350,10 @@ class BatchRunner:
             return 0
         if self.options.prepare_workers <= 1 and getattr(self.key_service, "fast", None) is None:
             return self._prepare_card_by_card()
+        if self._selected_sm4_cards():
+            self.progress.note("SM4 cards: data prepared card by card, keys derived at the "
+                               "stations (bulk preparation's file keys are AES)")  # fmt: skip
+            return self._prepare_card_by_card()
         req = bulkprep.PrepRequest(
             self.batch_id, self.actor, bulkprep.IN_HOUSE, workers=self.options.prepare_workers,
             chunk=self.options.prepare_chunk, lease_seconds=self.options.lease_seconds,
@@ -364,6 +369,19 @@ class BatchRunner:
         for e in stats.errors:
             self.progress.note(f"data preparation refused {e}")
         return stats.prepared
+
+    def _selected_sm4_cards(self) -> bool:
+        """Whether cards still to prepare have SM4 keys: :mod:`hsm.prep` (bulk preparation)
+        carries card keys under AES file KEKs and perso keys, which an SM HSM need not offer."""
+        with transaction(self.factory) as s:
+            found = s.scalars(
+                sa.select(BatchItem.id).join(Card, Card.id == BatchItem.card_id).where(
+                    BatchItem.batch_id == self.batch_id,
+                    BatchItem.stage == BatchStage.SELECTED,
+                    Card.algorithm == CardAlgorithm.SM4,
+                ).limit(1)
+            ).first()  # fmt: skip
+        return found is not None
 
     def _prepare_card_by_card(self) -> int:
         owner = bi.worker_id("prepare")
