@@ -159,7 +159,7 @@ def _blank_from_hsm(path: Path, serial: bytes, prof: CardProfile, version: int |
     from issuance.batches.stock import VirtualBlankStock, ensure_manufacturer_key
 
     settings, keys = _hsm_keys()
-    ensure_manufacturer_key(settings)
+    ensure_manufacturer_key(settings, prof.algorithm)
     version = version or keys.current_key_version(prof.algorithm)
     code = ids.make_card_identification_code(settings.issuer.region_code, serial)
     ref = CardKeyRef(code, version, prof.algorithm)

@@ -276,10 +276,11 @@ class HsmCardCrypto:
         ``ykt:klk:aes:v<key_version>`` by the card factors (never the EMV ones); a
         supplier-made chip's from its supplier's KLK master by the chip serial."""
         maker = self.ref.chip_maker
-        if maker is not None:
-            master = self._service.supplier_master_synced(maker[0], "klk", KLK_ALGORITHM, maker[1])
-            return self._chain(master, KLK_ALGORITHM, self._chip_blocks(KLK_ALGORITHM), tmpl)
         alg = keyscheme.klk_algorithm(self.algorithm)
+        if maker is not None:  # AES; SM4 for SM4 chips (ykt:supplier:<name>:klk:<alg>:v<n>)
+            master = self._service.supplier_master_synced(maker[0], "klk", self.algorithm,
+                                                          maker[1])  # fmt: skip
+            return self._chain(master, alg, self._chip_blocks(alg), tmpl)
         master = self._service.klk_master_synced(self.ref.key_version, self.algorithm)
         blocks = [
             keyscheme.diversification_data(f, alg)

@@ -13,13 +13,13 @@ Labels (CKA_LABEL, also used as CKA_ID):
 * ``ykt:transport:<name>``     AES-128 transport key shared with a card bureau or a chip maker
   (CKA_WRAP); an SM4 key for the keys of SM4 cards (``keyscheme.klk_algorithm``), e.g. the
   virtual blank stock's ``ykt:transport:manufacturer-sm4``.
-* ``ykt:supplier:<name>:kmc:<alg>:v<n>`` and ``ykt:supplier:<name>:klk:aes:v<n>``  a chip
-  supplier's *delivery key set*: the masters shared (in a ceremony, as components) with the
-  manufacturer who pre-personalises blank chips with their transport key KMC and key-loading
-  key KLK, each diversified from these by the chip serial alone (see
-  :mod:`issuance.batches.blanks`); CKA_DERIVE only, like issuer masters. One set per supplier,
-  kept apart from the issuer's own ``ykt:kmc``/``ykt:klk`` masters, which never leave the
-  card centre.
+* ``ykt:supplier:<name>:kmc:<alg>:v<n>`` and ``ykt:supplier:<name>:klk:aes:v<n>`` (``klk:sm4``
+  for SM4 chips, ``keyscheme.klk_algorithm``)  a chip supplier's *delivery key set*: the
+  masters shared (in a ceremony, as components) with the manufacturer who pre-personalises
+  blank chips with their transport key KMC and key-loading key KLK, each diversified from these
+  by the chip serial alone (see :mod:`issuance.batches.blanks`); CKA_DERIVE only, like issuer
+  masters. One set per supplier, kept apart from the issuer's own ``ykt:kmc``/``ykt:klk``
+  masters, which never leave the card centre.
 * ``ykt:signing:v1``            ECDSA P-256 key pair (status feed, audit checkpoints).
 * ``ykt:kcv:<key label>``       CKO_DATA: the KCV recorded when that key was imported (the
   KCV of a transport key cannot be computed in the HSM: it may only wrap).
@@ -51,7 +51,7 @@ import pkcs11.exceptions as p11x
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 
 from cardspec import keyscheme
-from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
+from cardspec.keyscheme import Algorithm, KeySlot
 from hsm import pkcs11 as p11
 from hsm.errors import HsmError, KcvMismatch, KeyExists, KeyNotFound
 from hsm.pkcs11 import Pkcs11Token
@@ -82,11 +82,12 @@ def klk_label(version: int, alg: Algorithm = Algorithm.DES3) -> str:
 
 
 def supplier_label(supplier: str, kind: str, alg: Algorithm, version: int = 1) -> str:
-    """Label of a master of ``supplier``'s delivery key set: ``kind`` ``kmc`` (of the chips'
-    algorithm) or ``klk`` (always AES); see the module docstring."""
+    """Label of a master of ``supplier``'s delivery key set for chips of ``alg``: ``kind``
+    ``kmc`` (of the chips' algorithm) or ``klk`` (AES; SM4 for SM4 chips); see the module
+    docstring."""
     if kind not in SUPPLIER_KEYS:
         raise HsmError(f"a supplier key set has {' and '.join(SUPPLIER_KEYS)}, not {kind!r}")
-    key_alg = KLK_ALGORITHM if kind == KLK else alg
+    key_alg = keyscheme.klk_algorithm(alg) if kind == KLK else alg
     label = f"ykt:supplier:{supplier}:{kind}:{key_alg.value}:v{version}"
     if _SUPPLIER_RE.match(label) is None:
         raise HsmError(
@@ -414,7 +415,7 @@ def import_supplier_master(
     """Import a master of ``supplier``'s delivery key set (``kind`` ``kmc`` or ``klk``) from
     the 2-3 components of the ceremony with the chip manufacturer (see the module docstring)."""
     label = supplier_label(supplier, kind, alg, version)
-    key_alg = KLK_ALGORITHM if kind == KLK else alg
+    key_alg = keyscheme.klk_algorithm(alg) if kind == KLK else alg
     return _import_secret(
         token, label, key_alg, components, kcvs, expected_kcv, (Attribute.DERIVE,)
     )

@@ -252,6 +252,23 @@ class PrintOutcome:
     printed: Any  # printers.stations.PrintedFace
 
 
+def algorithms_bulk_cannot_prepare(
+    factory: sessionmaker[Session], batch_id: int, stages: tuple[BatchStage, ...]
+) -> list[str]:
+    """The key algorithms (e.g. ``sm4``) of the batch's cards in ``stages`` that bulk data
+    preparation and bureau files do not handle (:data:`hsm.prep.ALGORITHMS`)."""
+    from hsm.prep import ALGORITHMS
+
+    handled = [CardAlgorithm(a.value) for a in ALGORITHMS]
+    with transaction(factory) as s:
+        found = s.scalars(
+            sa.select(Card.algorithm).distinct().join(BatchItem, BatchItem.card_id == Card.id)
+            .where(BatchItem.batch_id == batch_id, BatchItem.stage.in_(stages),
+                   Card.algorithm.not_in(handled))
+        ).all()  # fmt: skip
+    return sorted(str(a.value) for a in found)
+
+
 class BatchRunner:
     """One run of the production line on one batch (see the module docstring)."""
 
@@ -350,9 +367,11 @@ class BatchRunner:
             return 0
         if self.options.prepare_workers <= 1 and getattr(self.key_service, "fast", None) is None:
             return self._prepare_card_by_card()
-        if self._selected_sm4_cards():
-            self.progress.note("SM4 cards: data prepared card by card, keys derived at the "
-                               "stations (bulk preparation's file keys are AES)")  # fmt: skip
+        other = algorithms_bulk_cannot_prepare(self.factory, self.batch_id, (BatchStage.SELECTED,))
+        if other:
+            self.progress.note(f"{', '.join(other)} cards: data prepared card by card, keys "
+                               "derived at the stations (bulk preparation's file keys are "
+                               "AES, hsm.prep.ALGORITHMS)")  # fmt: skip
             return self._prepare_card_by_card()
         req = bulkprep.PrepRequest(
             self.batch_id, self.actor, bulkprep.IN_HOUSE, workers=self.options.prepare_workers,
@@ -369,19 +388,6 @@ class BatchRunner:
         for e in stats.errors:
             self.progress.note(f"data preparation refused {e}")
         return stats.prepared
-
-    def _selected_sm4_cards(self) -> bool:
-        """Whether cards still to prepare have SM4 keys: :mod:`hsm.prep` (bulk preparation)
-        carries card keys under AES file KEKs and perso keys, which an SM HSM need not offer."""
-        with transaction(self.factory) as s:
-            found = s.scalars(
-                sa.select(BatchItem.id).join(Card, Card.id == BatchItem.card_id).where(
-                    BatchItem.batch_id == self.batch_id,
-                    BatchItem.stage == BatchStage.SELECTED,
-                    Card.algorithm == CardAlgorithm.SM4,
-                ).limit(1)
-            ).first()  # fmt: skip
-        return found is not None
 
     def _prepare_card_by_card(self) -> int:
         owner = bi.worker_id("prepare")

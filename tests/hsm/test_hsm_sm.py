@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hsm_helpers import REGION, components_of, master_key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -197,6 +198,54 @@ def test_sm4_card_personalised_and_authenticated_through_the_module(
     with pytest.raises(CryptogramMismatch, match="another card"):
         check_chip_sm2(service, CardKeyRef("0" * 32, algorithm=SM4), challenge, card_cert,
                        signature)  # fmt: skip
+
+
+def test_sm4_chips_of_a_supplier_personalised_through_the_module(
+    sm_env: tuple[HsmConfig, Pkcs11KeyService],
+) -> None:
+    """The chip-supplier path on SM4: the supplier's delivery key set (KMC and KLK masters, both
+    SM4) imported into the module; the supplier makes its chip with pyca/cryptography's SM4
+    (the serial as the only factor); the chip is personalised with its KMC and KLK derived in
+    the module and the issuer's card keys loaded in the SM4 key-loading form."""
+    _, service = sm_env
+    supplier, serial = "acme-sm", bytes.fromhex("5A01000000000042")
+    masters = {"kmc": bytes.fromhex("0F1E2D3C4B5A69788796A5B4C3D2E1F0"),
+               "klk": bytes.fromhex("F0E1D2C3B4A5968778695A4B3C2D1E0F")}  # fmt: skip
+    for kind, key in masters.items():
+        comps = components_of(key)
+        info = ceremony.import_supplier_master(
+            service.token, supplier, kind, comps, [keyscheme.kcv(c, SM4) for c in comps], SM4,
+            expected_kcv=keyscheme.kcv(key, SM4),
+        )  # fmt: skip
+        assert info.label == f"ykt:supplier:{supplier}:{kind}:sm4:v1"
+
+    def supplier_sm4(key: bytes) -> bytes:  # the supplier's own diversification
+        block = serial + bytes(b ^ 0xFF for b in serial)
+        return Cipher(algorithms.SM4(key), modes.ECB()).encryptor().update(block)
+
+    chip_kmc, chip_klk = supplier_sm4(masters["kmc"]), supplier_sm4(masters["klk"])
+    cic = card_code(serial)
+    profile = social_security_profile(generation=3, algorithm=SM4, financial=False)
+    card = blank_card(serial, chip_kmc, SM4, klk=chip_klk, profile=profile)
+    reader = InProcessReader(card)
+    data = perso_data(serial, spec_version=profile.spec_version)
+    data = perso.CardPersoData(**{**data.__dict__, "financial": None})
+    ceremony.generate_sm2_signing_key(service.token)
+    made = CardKeyRef(cic, algorithm=SM4, chip_maker=(supplier, 1))
+    with service.card_crypto(made) as crypto:
+        assert crypto.kcv(KeySlot.KMC) == keyscheme.kcv(chip_kmc, SM4)  # a delivery's KCVs
+        assert crypto.klk_kcv() == keyscheme.kcv(chip_klk, SM4)
+        perso.personalise(reader, crypto, data, profile, certifier=service)
+    oracle = _oracle(cic)
+    for slot in (KeySlot.IRK, KeySlot.EAK, KeySlot.PUK):
+        assert card.state.keys[slot] == oracle.card_key(slot)
+    from cardspec import cardops
+
+    reader.connect()
+    cardops.select_df(reader, profile, "SSSE")
+    factor, random = os.urandom(8), os.urandom(8)
+    answer = cardops.internal_authenticate(reader, factor, random)
+    service.verify_internal_auth(CardKeyRef(cic, algorithm=SM4), factor, random, answer)
 
 
 def test_vendor_without_derivation_refuses_sm4_card_keys(tmp_path: Path) -> None:
