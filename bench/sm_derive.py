@@ -177,6 +177,7 @@ def _measure(config: HsmConfig, alg: Algorithm) -> dict[str, float]:
 
 def main() -> dict[str, Any]:
     smtoken.build(MODULE.parent)
+    load = os.getloadavg()[0]  # the machine is shared: how loaded it was
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="ykt-bench-sm-") as tmp:
         sm = _sm_config(Path(tmp) / "sm")
@@ -198,7 +199,10 @@ def main() -> dict[str, Any]:
         if "sm2_card_certificates_per_s" in f:
             print(f"{'':20s} of which SM2 card certificates alone "
                   f"{f['sm2_card_certificates_per_s']:7.1f}/s")  # fmt: skip
-    return {f"{name}.{k}": v for name, f in figures.items() for k, v in f.items()}
+    flat: dict[str, Any] = {f"{name}.{k}": v for name, f in figures.items() for k, v in f.items()}
+    flat["load_average_1min_at_start"] = round(load, 1)
+    flat["command"] = "python -m bench --update sm_derive (alone: python -m bench.sm_derive)"
+    return flat
 
 
 if __name__ == "__main__":

@@ -37,17 +37,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Protocol
 
 from cardspec import cardops, perso
 from cardspec.errors import CardSpecError
-from cardspec.keyscheme import Algorithm
 from cardspec.pcsc import PcscReader, card_present, list_readers
 from cardspec.perso import PersoResult
 from cardspec.profile import Access, CardProfile
 from cardspec.profile.model import decode_records
 from cardspec.profile.social import get_profile
-from cardspec.sm2 import Sm2Signer
 from hsm.errors import HsmError
 from hsm.service import CardCryptoSession, KeyService
 from issuance.batches.prepared import PreparedCard
@@ -273,9 +271,7 @@ class EncodingStation:
         its SM2 key pair and the certificates signed by the key service's SM2 key (``sign_sm2``,
         the issuer's key in the HSM; ``cardspec.perso``)."""
         profile = self._profile(prepared)
-        certifier: Sm2Signer | None = None
-        if profile.algorithm is Algorithm.SM4 and hasattr(key_service, "sign_sm2"):
-            certifier = cast("Sm2Signer", key_service)
+        certifier = perso.sm2_certifier(profile, key_service)
         self.reader.connect()
         try:
             with (
