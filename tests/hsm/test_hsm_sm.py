@@ -274,6 +274,38 @@ def test_vendor_without_derivation_refuses_sm4_card_keys(tmp_path: Path) -> None
     assert proc.stdout.count("refused:") == 2 and "sm4_ecb_encrypt_data" in proc.stdout
 
 
+def test_sm4_chip_keys_to_the_maker_under_an_sm4_transport_key(
+    sm_env: tuple[HsmConfig, Pkcs11KeyService],
+) -> None:
+    """A blank SM4 chip's KMC and KLK leave the module for its maker in the one key-loading
+    rule (``keyscheme.wrap_card_key``: SM4-ECB || KCV) under an SM4 transport key; the maker's
+    copy of the transport key unwraps them (KCV checked) to the software scheme's keys."""
+    _, service = sm_env
+    transport = bytes.fromhex("8899AABBCCDDEEFF0011223344556677")
+    comps = components_of(transport)
+    info = ceremony.import_transport_key(
+        service.token, "maker-sm4", comps, [keyscheme.kcv(c, SM4) for c in comps], alg=SM4,
+        expected_kcv=keyscheme.kcv(transport, SM4),
+    )  # fmt: skip
+    assert info.label == "ykt:transport:maker-sm4" and info.kcv_source == "import record"
+    listed = {k.label: k for k in ceremony.list_keys(service.token)}
+    assert listed[info.label].algorithm == "sm4" and listed[info.label].kind == "transport"
+    with pytest.raises(HsmError, match="aes or sm4"):
+        ceremony.import_transport_key(service.token, "x", comps, [b"\0" * 3] * 2,
+                                      alg=Algorithm.DES3)  # fmt: skip
+    cic = card_code(bytes.fromhex("0102030405060708"))
+    oracle, ref = _oracle(cic), CardKeyRef(cic, algorithm=SM4)
+    kmc = service.export_card_keys(ref, [KeySlot.KMC], "maker-sm4")[KeySlot.KMC]
+    klk = service.export_key_loading_key(ref, "maker-sm4")
+    assert kmc == keyscheme.wrap_card_key(transport, oracle.card_key(KeySlot.KMC), SM4)
+    assert klk == keyscheme.wrap_card_key(transport, oracle.key_loading_key(), SM4)
+    assert len(kmc) == len(klk) == 19
+    assert keyscheme.unwrap_card_key(transport, kmc, SM4) == oracle.card_key(KeySlot.KMC)
+    assert keyscheme.unwrap_card_key(transport, klk, SM4) == oracle.key_loading_key()
+    with pytest.raises(ValueError, match="KCV"):
+        keyscheme.unwrap_card_key(bytes(16), kmc, SM4)
+
+
 def test_unknown_vendor_is_a_clear_error() -> None:
     with pytest.raises(HsmError, match="unknown HSM vendor table"):
         vendors.table("acme")
