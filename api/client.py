@@ -181,6 +181,24 @@ class YktClient:
         return self._json("POST", url, json=json, **kw)
 
 
+def card_profile_in_reader(reader: Reader, pin_tries: int = 3) -> CardProfile:
+    """The social security profile of the card in ``reader``, from the algorithm its FCI
+    announces (``9F0C { 86 01 xx }``: 3DES second generation, SM4 / AES third)."""
+    from cardspec.cardops import fci_algorithm, select_df
+    from cardspec.keyscheme import Algorithm
+    from cardspec.profile import social_security_profile
+
+    reader.connect()
+    try:
+        alg = fci_algorithm(select_df(reader, DEFAULT_PROFILE, "SSSE", fci=True))
+    finally:
+        reader.disconnect()
+    if alg is DEFAULT_PROFILE.algorithm:
+        return DEFAULT_PROFILE
+    generation = 2 if alg is Algorithm.DES3 else 3
+    return social_security_profile(generation=generation, algorithm=alg, pin_tries=pin_tries)
+
+
 def verify_card_in_reader(
     client: YktClient,
     reader: Reader,

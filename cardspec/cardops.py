@@ -26,7 +26,7 @@ from cardspec.errors import (
     SecurityError,
     TlvError,
 )
-from cardspec.keyscheme import KeySlot
+from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.profile import (
     ALGORITHM_CODES,
     DEFAULT_PROFILE,
@@ -86,8 +86,7 @@ def select_df(
     return send(transmit, cmd, f"SELECT {df.name}")
 
 
-def check_fci_algorithm(fci: bytes, profile: CardProfile) -> None:
-    """The FCI's ``9F0C { 86 01 xx }`` must announce the profile's algorithm."""
+def _fci_algorithm_code(fci: bytes) -> int:
     try:
         marker = tlv.find(fci, 0x9F0C)
         code = tlv.find(marker, 0x86) if marker is not None else None
@@ -95,9 +94,24 @@ def check_fci_algorithm(fci: bytes, profile: CardProfile) -> None:
         raise ResponseError(f"malformed FCI: {exc}", SW_OK, command="SELECT") from exc
     if code is None or len(code) != 1:
         raise ResponseError("FCI lacks the algorithm marker 9F0C/86", SW_OK, command="SELECT")
-    if code[0] != ALGORITHM_CODES[profile.algorithm]:
+    return code[0]
+
+
+def fci_algorithm(fci: bytes) -> Algorithm:
+    """The algorithm the FCI's ``9F0C { 86 01 xx }`` announces."""
+    code = _fci_algorithm_code(fci)
+    for alg, value in ALGORITHM_CODES.items():
+        if value == code:
+            return alg
+    raise ProfileError(f"card announces an unknown algorithm {code:02X}")
+
+
+def check_fci_algorithm(fci: bytes, profile: CardProfile) -> None:
+    """The FCI's ``9F0C { 86 01 xx }`` must announce the profile's algorithm."""
+    code = _fci_algorithm_code(fci)
+    if code != ALGORITHM_CODES[profile.algorithm]:
         raise ProfileError(
-            f"card announces algorithm {code[0]:02X}, profile {profile.name} expects "
+            f"card announces algorithm {code:02X}, profile {profile.name} expects "
             f"{ALGORITHM_CODES[profile.algorithm]:02X}"
         )
 

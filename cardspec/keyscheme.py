@@ -347,6 +347,11 @@ def kcv(key: bytes, alg: Algorithm) -> bytes:
 # (computed in the HSM on the key object) as the integrity check the card verifies after
 # decrypting - the GlobalPlatform PUT KEY form (key data block, then its KCV). A payload
 # encrypted under another KLK or altered decrypts to a key whose KCV does not match: 6A80.
+#
+# The same rule carries a blank chip's own KMC and KLK from the issuer's HSM to the chip's
+# maker, under the maker's transport key instead of the KLK: an AES transport key for 3DES and
+# AES cards, an SM4 one for SM4 cards (:func:`klk_algorithm`); ``wrap_card_key(transport, key,
+# alg)`` with ``alg`` the algorithm of the key carried.
 
 #: The key-loading key's algorithm for 3DES and AES cards (see above; SM4 cards:
 #: :func:`klk_algorithm`).

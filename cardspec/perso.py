@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, cast
 
 from cardspec import ids, sm2, tlv
 from cardspec.apdu import CommandApdu
@@ -134,6 +134,15 @@ def plan_records(data: CardPersoData, profile: CardProfile) -> dict[str, list[by
         files[ef_name] = encode_records(profile.ef(ef_name)[1], values)
     order = [ef.name for _, ef in profile.files()]
     return {name: files[name] for name in order if name in files}
+
+
+def sm2_certifier(profile: CardProfile, key_service: object) -> sm2.Sm2Signer | None:
+    """The ``certifier`` of :func:`personalise` for a card of ``profile``: SM4 cards get their
+    SM2 key pair and certificates when the key service holds the issuer's SM2 key
+    (``sign_sm2``: ``hsm.service.Pkcs11KeyService`` on an HSM with an SM table); others none."""
+    if profile.algorithm is Algorithm.SM4 and hasattr(key_service, "sign_sm2"):
+        return cast("sm2.Sm2Signer", key_service)
+    return None
 
 
 def personalise(

@@ -63,6 +63,9 @@ KLK = KeyTemplate((Attribute.WRAP,), False)
 KLK_EXPORT = KeyTemplate((Attribute.WRAP,), True)
 #: The KLK for a bureau file: wrapped under the file KEK, CKA_ENCRYPT for its KCV.
 KLK_BUREAU = KeyTemplate((Attribute.ENCRYPT,), True)
+#: An SM4 card's KLK for the blank chip's maker: leaves wrapped with its KCV (CKA_ENCRYPT for
+#: it), the SM4 key-loading form (``keyscheme.wrap_card_key``).
+KLK_EXPORT_SM4 = KeyTemplate((Attribute.ENCRYPT,), True)
 #: The KLK for its KCV only (checking a chip supplier's delivery): encrypts, never leaves.
 KLK_CHECK = KeyTemplate((Attribute.ENCRYPT,), False)
 #: INTERNAL AUTHENTICATE session key: encrypts the challenge, nothing else.
@@ -150,6 +153,17 @@ class _PyKeyOps:
 
 
 _PY_OPS = _PyKeyOps()
+
+
+def _wrap_for_chip(ops: _KeyOps, wrapping: Any, key: Any, alg: Algorithm) -> bytes:
+    """``keyscheme.wrap_card_key`` in the HSM (LOCK held): the key object ``key`` of algorithm
+    ``alg`` wrapped under ``wrapping`` (a KLK, or a transport key to a chip's maker, of
+    ``keyscheme.klk_algorithm(alg)``): ``C_WrapKey(CKM_AES_KEY_WRAP_PAD)``; SM4 keys
+    ``C_WrapKey(SM4-ECB)`` followed by their KCV, computed on the key object."""
+    if alg is Algorithm.SM4:
+        check = ops.ecb(key, alg, KCV_BLOCK[alg])[:3]
+        return ops.wrap_sm4(wrapping, key) + check
+    return ops.wrap(wrapping, key)
 
 
 class HsmCardCrypto:
@@ -259,10 +273,11 @@ class HsmCardCrypto:
         ``ykt:klk:aes:v<key_version>`` by the card factors (never the EMV ones); a
         supplier-made chip's from its supplier's KLK master by the chip serial."""
         maker = self.ref.chip_maker
-        if maker is not None:
-            master = self._service.supplier_master_synced(maker[0], "klk", KLK_ALGORITHM, maker[1])
-            return self._chain(master, KLK_ALGORITHM, self._chip_blocks(KLK_ALGORITHM), tmpl)
         alg = keyscheme.klk_algorithm(self.algorithm)
+        if maker is not None:  # AES; SM4 for SM4 chips (ykt:supplier:<name>:klk:<alg>:v<n>)
+            master = self._service.supplier_master_synced(maker[0], "klk", self.algorithm,
+                                                          maker[1])  # fmt: skip
+            return self._chain(master, alg, self._chip_blocks(alg), tmpl)
         master = self._service.klk_master_synced(self.ref.key_version, self.algorithm)
         blocks = [
             keyscheme.diversification_data(f, alg)
@@ -331,11 +346,7 @@ class HsmCardCrypto:
             key = self._key_synced(slot)
             if self._klk is None:
                 self._klk = self._derive_klk(KLK)
-            if self.algorithm is Algorithm.SM4:
-                # keyscheme "Key loading": SM4-ECB(KLK, key) || KCV(key), both in the HSM
-                check = ops.ecb(key, self.algorithm, KCV_BLOCK[self.algorithm])[:3]
-                return ops.wrap_sm4(self._klk, key) + check
-            return ops.wrap(self._klk, key)
+            return _wrap_for_chip(ops, self._klk, key, self.algorithm)
 
     def klk_kcv(self) -> bytes:
         """KCV of the card's KLK (``keyscheme.kcv``, AES), computed in the HSM on a KLK object
@@ -348,11 +359,15 @@ class HsmCardCrypto:
             return bytes(kcv[:3])
 
     def export_klk(self, transport: Any) -> bytes:
-        """The card's KLK wrapped (RFC 5649) under ``transport``, for the blank chip's maker."""
+        """The card's KLK wrapped under ``transport`` for the blank chip's maker, in the
+        key-loading form (``keyscheme.wrap_card_key``: RFC 5649; an SM4 card's KLK under an SM4
+        transport key, ``SM4-ECB || KCV``)."""
+        alg = keyscheme.klk_algorithm(self.algorithm)
+        tmpl = KLK_EXPORT_SM4 if alg is Algorithm.SM4 else KLK_EXPORT
         with self._service.token.use("exporting the key-loading key"):
             ops = self._sync()
             wrapping = ops.handle(transport)
-            return bytes(self._with_klk(KLK_EXPORT, lambda o, klk: o.wrap(wrapping, klk)))
+            return bytes(self._with_klk(tmpl, lambda o, klk: _wrap_for_chip(o, wrapping, klk, alg)))
 
     def internal_auth_response(self, factor: bytes, random: bytes) -> bytes:
         if len(random) != 8:
@@ -370,10 +385,15 @@ class HsmCardCrypto:
                 self._destroyed_inside += 1
 
     def export(self, slots: Iterable[KeySlot], transport: Any) -> dict[KeySlot, bytes]:
+        """Card keys wrapped under ``transport`` (a blank chip's maker) in the key-loading form
+        (``keyscheme.wrap_card_key``; SM4 cards: under an SM4 transport key)."""
+        alg = self.algorithm
         with self._service.token.use("exporting card keys"):
             ops = self._sync()
             wrapping = ops.handle(transport)
-            return {slot: ops.wrap(wrapping, self._key_synced(slot)) for slot in slots}
+            return {
+                slot: _wrap_for_chip(ops, wrapping, self._key_synced(slot), alg) for slot in slots
+            }
 
     def bureau_export(
         self, slots: Iterable[KeySlot], kek: Any, sensitive: Sequence[bytes], under: KeySlot

@@ -10,14 +10,16 @@ Labels (CKA_LABEL, also used as CKA_ID):
   ``ykt:klk:sm4:v<n>``: the same for SM4 cards (an SM4 key: national HSMs have no AES wrap).
 * SM4 masters ``ykt:<slot>:sm4:v<n>`` need an HSM with an SM mechanism table
   (``[hsm] vendor``, :mod:`hsm.vendors`); their KCV is ``SM4-ECB(K, 0^16)[:3]``.
-* ``ykt:transport:<name>``     AES-128 transport key shared with a card bureau (CKA_WRAP).
-* ``ykt:supplier:<name>:kmc:<alg>:v<n>`` and ``ykt:supplier:<name>:klk:aes:v<n>``  a chip
-  supplier's *delivery key set*: the masters shared (in a ceremony, as components) with the
-  manufacturer who pre-personalises blank chips with their transport key KMC and key-loading
-  key KLK, each diversified from these by the chip serial alone (see
-  :mod:`issuance.batches.blanks`); CKA_DERIVE only, like issuer masters. One set per supplier,
-  kept apart from the issuer's own ``ykt:kmc``/``ykt:klk`` masters, which never leave the
-  card centre.
+* ``ykt:transport:<name>``     AES-128 transport key shared with a card bureau or a chip maker
+  (CKA_WRAP); an SM4 key for the keys of SM4 cards (``keyscheme.klk_algorithm``), e.g. the
+  virtual blank stock's ``ykt:transport:manufacturer-sm4``.
+* ``ykt:supplier:<name>:kmc:<alg>:v<n>`` and ``ykt:supplier:<name>:klk:aes:v<n>`` (``klk:sm4``
+  for SM4 chips, ``keyscheme.klk_algorithm``)  a chip supplier's *delivery key set*: the
+  masters shared (in a ceremony, as components) with the manufacturer who pre-personalises
+  blank chips with their transport key KMC and key-loading key KLK, each diversified from these
+  by the chip serial alone (see :mod:`issuance.batches.blanks`); CKA_DERIVE only, like issuer
+  masters. One set per supplier, kept apart from the issuer's own ``ykt:kmc``/``ykt:klk``
+  masters, which never leave the card centre.
 * ``ykt:signing:v1``            ECDSA P-256 key pair (status feed, audit checkpoints).
 * ``ykt:kcv:<key label>``       CKO_DATA: the KCV recorded when that key was imported (the
   KCV of a transport key cannot be computed in the HSM: it may only wrap).
@@ -49,7 +51,7 @@ import pkcs11.exceptions as p11x
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 
 from cardspec import keyscheme
-from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
+from cardspec.keyscheme import Algorithm, KeySlot
 from hsm import pkcs11 as p11
 from hsm.errors import HsmError, KcvMismatch, KeyExists, KeyNotFound
 from hsm.pkcs11 import Pkcs11Token
@@ -80,11 +82,12 @@ def klk_label(version: int, alg: Algorithm = Algorithm.DES3) -> str:
 
 
 def supplier_label(supplier: str, kind: str, alg: Algorithm, version: int = 1) -> str:
-    """Label of a master of ``supplier``'s delivery key set: ``kind`` ``kmc`` (of the chips'
-    algorithm) or ``klk`` (always AES); see the module docstring."""
+    """Label of a master of ``supplier``'s delivery key set for chips of ``alg``: ``kind``
+    ``kmc`` (of the chips' algorithm) or ``klk`` (AES; SM4 for SM4 chips); see the module
+    docstring."""
     if kind not in SUPPLIER_KEYS:
         raise HsmError(f"a supplier key set has {' and '.join(SUPPLIER_KEYS)}, not {kind!r}")
-    key_alg = KLK_ALGORITHM if kind == KLK else alg
+    key_alg = keyscheme.klk_algorithm(alg) if kind == KLK else alg
     label = f"ykt:supplier:{supplier}:{kind}:{key_alg.value}:v{version}"
     if _SUPPLIER_RE.match(label) is None:
         raise HsmError(
@@ -412,10 +415,14 @@ def import_supplier_master(
     """Import a master of ``supplier``'s delivery key set (``kind`` ``kmc`` or ``klk``) from
     the 2-3 components of the ceremony with the chip manufacturer (see the module docstring)."""
     label = supplier_label(supplier, kind, alg, version)
-    key_alg = KLK_ALGORITHM if kind == KLK else alg
+    key_alg = keyscheme.klk_algorithm(alg) if kind == KLK else alg
     return _import_secret(
         token, label, key_alg, components, kcvs, expected_kcv, (Attribute.DERIVE,)
     )
+
+
+#: Algorithms a transport key may have: AES (keys of 3DES and AES cards), SM4 (SM4 cards).
+TRANSPORT_ALGORITHMS = (Algorithm.AES, Algorithm.SM4)
 
 
 def import_transport_key(
@@ -424,12 +431,16 @@ def import_transport_key(
     components: Sequence[bytes],
     kcvs: Sequence[bytes],
     expected_kcv: bytes | None = None,
+    alg: Algorithm = Algorithm.AES,
 ) -> KeyInfo:
-    """Import the AES-128 transport key agreed with a card bureau (components + KCVs)."""
+    """Import the transport key agreed with a card bureau or a chip maker (components +
+    KCVs): AES-128, or SM4 for the keys of SM4 cards."""
+    if alg not in TRANSPORT_ALGORITHMS:
+        raise HsmError(f"a transport key is aes or sm4, not {alg.value}")
     return _import_secret(
         token,
         transport_label(name),
-        Algorithm.AES,
+        alg,
         components,
         kcvs,
         expected_kcv,
@@ -438,16 +449,25 @@ def import_transport_key(
 
 
 def generate_transport_key(
-    token: Pkcs11Token, name: str, components: int = 2
+    token: Pkcs11Token, name: str, components: int = 2, alg: Algorithm = Algorithm.AES
 ) -> tuple[KeyInfo, list[tuple[bytes, bytes]]]:
-    """A new transport key for a bureau, as ``components`` random components (HSM's RNG) with
-    their KCVs, to hand to the custodians who carry them to the bureau; the combined key goes
-    into the HSM. Returns the key's info and ``[(component, kcv), ...]``."""
+    """A new transport key (AES, or SM4) for a bureau or a chip maker, as ``components``
+    random components (HSM's RNG) with their KCVs, to hand to the custodians who carry them
+    there; the combined key goes into the HSM. Returns the key's info and
+    ``[(component, kcv), ...]``."""
     with token.use("random components") as session:
         parts = [bytes(session.generate_random(128)) for _ in range(components)]
-    checks = [keyscheme.kcv(p, Algorithm.AES) for p in parts]
-    info = import_transport_key(token, name, parts, checks)
+    checks = [keyscheme.kcv(p, alg) for p in parts]
+    info = import_transport_key(token, name, parts, checks, alg=alg)
     return info, list(zip(parts, checks, strict=True))
+
+
+def _transport_algorithm(obj: Any) -> Algorithm:
+    """A transport key's algorithm, from its key type (AES unless the SM table's SM4)."""
+    sm4 = p11.KEY_TYPES.get(Algorithm.SM4)
+    if sm4 is not None and int(obj[Attribute.KEY_TYPE]) == int(sm4):
+        return Algorithm.SM4
+    return Algorithm.AES
 
 
 def generate_signing_key(token: Pkcs11Token, label: str = SIGNING_LABEL) -> bool:
@@ -510,7 +530,7 @@ def list_keys(token: Pkcs11Token) -> list[KeyInfo]:
             m = _MASTER_RE.match(label)
             sm = _SUPPLIER_RE.match(label)
             alg = (Algorithm(m.group(2)) if m else Algorithm(sm.group(3)) if sm
-                   else Algorithm.AES)  # fmt: skip
+                   else _transport_algorithm(obj))  # fmt: skip
             if alg is Algorithm.SM4 and alg not in p11.KEY_TYPES:
                 continue  # an SM4 key in an HSM whose SM table is not configured
             out.append(_info(obj, label, alg, session))

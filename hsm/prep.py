@@ -55,7 +55,7 @@ from cardspec import keyscheme
 from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
 from hsm import ceremony, p11fast
 from hsm import pkcs11 as p11
-from hsm.errors import HsmError, KcvMismatch, KeyNotFound
+from hsm.errors import HsmError, KcvMismatch, KeyNotFound, MechanismUnavailable
 from hsm.ports import KCV_BLOCK, BureauExport, CardKeyRef, FileKek, KeyService, Pkcs11Keys
 
 #: Destroyed session objects between two module re-initialisations in a preparing process
@@ -63,6 +63,12 @@ from hsm.ports import KCV_BLOCK, BureauExport, CardKeyRef, FileKek, KeyService, 
 #: the per-card path's ``SOFTHSM_RECYCLE_AFTER``: a re-initialisation (log in, masters looked
 #: up again, a new file KEK) costs ~50-100 ms, paid once per chunk boundary past the limit.
 PREP_RECYCLE_AFTER = 240_000
+
+#: The card algorithms bulk preparation handles: its file KEKs and perso keys are AES keys and
+#: card keys leave under them by RFC 5649, which an HSM with SM4 need not offer (and an SM4 key
+#: set should not depend on). SM4 cards are prepared card by card and personalised in house
+#: (``issuance.batches.pipeline``); bureau files (``ykt-bureau-perso/2``) cannot carry them.
+ALGORITHMS = (Algorithm.DES3, Algorithm.AES)
 
 _CARD = {
     alg: p11fast.key_template(alg, extractable=True) for alg in (Algorithm.DES3, Algorithm.AES)
@@ -327,6 +333,12 @@ class PrepOps:
             raise HsmError("a supplier-made chip is prepared at the station (its KMC and KLK "
                            "come from the supplier's key set)")  # fmt: skip
         p11.check_algorithm(ref.algorithm)
+        if ref.algorithm not in ALGORITHMS:
+            raise MechanismUnavailable(
+                f"{ref.algorithm.value} cards: bulk data preparation and bureau files carry card "
+                "keys under AES file keys (hsm.prep.ALGORITHMS); prepare and personalise them in "
+                "house, card by card (ykt batch run)"
+            )
 
     def _pin_and_payloads(
         self, ref: CardKeyRef, puk: int, kmc: int, pins: PinPolicy

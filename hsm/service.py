@@ -28,7 +28,9 @@ Mechanisms used (all computed in the HSM, results compared with keyscheme in the
   key value is ever read out of the HSM: every object this module creates for a card is
   CKA_SENSITIVE. (An AES KLK, not the 3DES KMC, because SoftHSM2 and many HSMs cannot wrap
   under a DES3 key.) The blank chip's KLK itself travels like its KMC: wrapped under the chip
-  maker's transport key (:meth:`Pkcs11KeyService.export_key_loading_key`).
+  maker's transport key (:meth:`Pkcs11KeyService.export_key_loading_key`). SM4 cards: SM4
+  KLK (``ykt:klk:sm4:v<n>``), ``C_WrapKey(SM4-ECB)`` followed by the key's KCV, and the
+  chip maker's transport key is an SM4 key (the same rule, ``keyscheme.wrap_card_key``).
 * Key sets: a card's keys all come from masters of version ``CardKeyRef.key_version``;
   :meth:`Pkcs11KeyService.current_key_version` is the newest *complete* version in the token
   (:func:`hsm.ceremony.current_version`), which data preparation records on each new card.
@@ -60,7 +62,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 from pkcs11 import Attribute, Mechanism, ObjectClass
 
 from cardspec import keyscheme, sm2
@@ -423,7 +424,8 @@ class SoftwareKeyService:
         if ref.key_version not in self._klk:
             raise KeyNotFound(f"no KLK master v{ref.key_version}")
         klk = self.card_crypto(ref).key_loading_key()
-        return aes_key_wrap_with_padding(self._transport[label], klk)
+        alg = keyscheme.klk_algorithm(ref.algorithm)
+        return keyscheme.wrap_card_key(self._transport[label], klk, alg)
 
     def verify_internal_auth(
         self, ref: CardKeyRef, factor: bytes, random: bytes, response: bytes
@@ -441,11 +443,10 @@ class SoftwareKeyService:
             raise KeyNotFound(f"no transport key {label}")
         crypto = self.card_crypto(ref)
         out = {}
-        for slot in slots:
-            key = crypto.card_key(slot)
-            if ref.algorithm is Algorithm.DES3:
-                key = keyscheme.odd_parity(key)
-            out[slot] = aes_key_wrap_with_padding(self._transport[label], key)
+        for slot in slots:  # the key-loading form (keyscheme.wrap_card_key)
+            out[slot] = keyscheme.wrap_card_key(
+                self._transport[label], crypto.card_key(slot), ref.algorithm
+            )
         return out
 
     @property

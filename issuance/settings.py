@@ -141,6 +141,11 @@ class IssuerSettings(_Section):
     init_org_code: str = "330100000001"
     #: IANA time zone every time is shown in (with its UTC offset); times are stored in UTC.
     time_zone: str = "Asia/Shanghai"
+    #: Card key algorithm of the cards made from now on (new, replacement and temporary
+    #: cards): ``3des`` (second generation, FCI ``86 01 01``), ``sm4`` (third generation,
+    #: ``86 01 03``; needs an HSM with an SM table, ``[hsm] vendor``) or ``aes`` (the former
+    #: third-generation stand-in, ``86 01 02``). Cards already made keep theirs.
+    card_algorithm: Literal["3des", "sm4", "aes"] = "3des"
 
     @field_validator("region_code")
     @classmethod

@@ -290,8 +290,11 @@ class EncodingStation:
     ) -> PersoResult:
         """Personalise the blank card in the reader (one PC/SC transaction). ``crypto``: the
         card's keys when the stock provides the chip's transport keys (manufacturer stock);
-        default: every key derived in the HSM for ``prepared.key_ref``."""
+        default: every key derived in the HSM for ``prepared.key_ref``. An SM4 card also gets
+        its SM2 key pair and the certificates signed by the key service's SM2 key (``sign_sm2``,
+        the issuer's key in the HSM; ``cardspec.perso``)."""
         profile = self._profile(prepared)
+        certifier = perso.sm2_certifier(profile, key_service)
         self.reader.connect()
         try:
             with (
@@ -299,7 +302,7 @@ class EncodingStation:
                 crypto or key_service.card_crypto(prepared.key_ref) as session,
             ):
                 return perso.personalise(self.reader, session, prepared.perso, profile,
-                                         connect=False)  # fmt: skip
+                                         connect=False, certifier=certifier)  # fmt: skip
         finally:
             self.reader.disconnect()
 

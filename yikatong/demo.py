@@ -151,15 +151,46 @@ def create_residents(
     return out
 
 
-def ensure_hsm(settings: Settings) -> None:
-    """The SoftHSM token and master keys (``ykt hsm init --if-missing`` does the same)."""
-    from hsm import ceremony, softhsm
-    from hsm.pkcs11 import open_token
+#: What ``ykt demo --algorithm sm4`` needs when the HSM has no SM table: the SM test module
+#: the setup builds (``hsm.smtoken``; tests and demos only) with a vendor table, and SM2 as the
+#: signing key (the module has no ECDSA).
+SM4_DEMO_HSM = (
+    "export YKT_HSM__MODULE=$PWD/var/lib/libykt-smp11.so YKT_HSM__VENDOR=ibm YKT_HSM__SIGNING=sm2"
+)
 
+
+def with_card_algorithm(settings: Settings, algorithm: str) -> Settings:
+    """``settings`` with ``[issuer] card_algorithm = algorithm`` (the demo's ``--algorithm``)."""
+    issuer = settings.issuer.model_copy(update={"card_algorithm": algorithm})
+    return settings.model_copy(update={"issuer": issuer})
+
+
+def ensure_hsm(settings: Settings) -> None:
+    """The token and master keys of ``[issuer] card_algorithm`` (``ykt hsm init --algorithm
+    ALG --if-missing`` does the same): SoftHSM2, or the SM test module for SM4 cards."""
+    from cardspec.keyscheme import Algorithm
+    from hsm import ceremony, smtoken, softhsm, vendors
+    from hsm.pkcs11 import open_token
+    from issuance.errors import ConfigError
+
+    alg = Algorithm(settings.issuer.card_algorithm)
     config = hsm_config(settings)
+    if alg is Algorithm.SM4 and vendors.table(config.vendor) is None:
+        raise ConfigError(
+            f"SM4 cards need an HSM with SM4 ([hsm] vendor names an SM mechanism table; "
+            f"{config.module.name} is configured with none). For the demo, the SM test "
+            f"module built by the setup:\n  {SM4_DEMO_HSM}"
+        )
+    if config.is_sm_test_module and config.signing != "sm2":
+        raise ConfigError(
+            f'the SM test module offers SM2 but no ECDSA: set [hsm] signing = "sm2"\n'
+            f"  {SM4_DEMO_HSM}"
+        )
     if config.is_softhsm:
         softhsm.ensure_token(config)
-    ceremony.init_keys(open_token(config))
+    elif config.is_sm_test_module:
+        smtoken.ensure_token(config)
+    ceremony.init_keys(open_token(config), alg)
 
 
 @dataclass
@@ -177,8 +208,13 @@ class DemoResult:
     verify_command: str | None = None
 
 
-def run_demo(settings: Settings, residents: int = 8, readers: int = 4) -> DemoResult:
-    """The end-to-end demo (see the module docstring), with Rich progress bars."""
+def run_demo(
+    settings: Settings, residents: int = 8, readers: int = 4, algorithm: str | None = None
+) -> DemoResult:
+    """The end-to-end demo (see the module docstring), with Rich progress bars. ``algorithm``
+    (``3des``, ``sm4``, ``aes``): the card key algorithm of this run's cards, else ``[issuer]
+    card_algorithm``; ``sm4`` makes third-generation cards (FCI ``86 01 03``, an SM2 key pair
+    and certificate on the chip) and needs an HSM with SM4 (:func:`ensure_hsm`)."""
     from rich.console import Console
 
     from issuance import migrations
@@ -191,13 +227,18 @@ def run_demo(settings: Settings, residents: int = 8, readers: int = 4) -> DemoRe
     from yikatong.progress import RichProgress
     from yikatong.wiring import runner_for
 
+    if algorithm is not None:
+        settings = with_card_algorithm(settings, algorithm)
+    sm4 = settings.issuer.card_algorithm == "sm4"
     console = Console()
+    ensure_hsm(settings)
     engine = make_engine(settings)
     migrations.upgrade(engine)
     factory = make_sessionmaker(engine)
-    ensure_hsm(settings)
     console.rule("[bold]Yikatong demo")
     console.print(f"data directory {settings.data_dir}  database {settings.database_url}")
+    console.print(f"card keys {settings.issuer.card_algorithm} (HSM module "
+                  f"{settings.hsm.module.name}, vendor table {settings.hsm.vendor})")  # fmt: skip
 
     def txn(fn: Callable[[Session], Any]) -> Any:
         with transaction(factory) as s:
@@ -263,6 +304,8 @@ def run_demo(settings: Settings, residents: int = 8, readers: int = 4) -> DemoRe
                       f"({HOSPITAL_CODE}) has API client credentials")  # fmt: skip
         verify_cmd = (f"YKT_CLIENT_ID={client_id} YKT_CLIENT_SECRET={secret} "
                       f"ykt verify --card-number {activated}")  # fmt: skip
+        if sm4:  # the chip's SM2 signature over the challenge too (second proof)
+            verify_cmd += " --sm2"
     report = txn(lambda s: build_report(s, batch.id))
     reports_dir = settings.data_dir / "reports"
     text, png = write_report(report, reports_dir)
@@ -280,7 +323,9 @@ def run_demo(settings: Settings, residents: int = 8, readers: int = 4) -> DemoRe
         console.rule("[bold]check a card as a hospital does")
         console.print("in one shell, the API:\n  ykt serve")
         console.print("in another, verify the activated card (challenge, INTERNAL AUTHENTICATE "
-                      "checked in the HSM, status):")  # fmt: skip
+                      "checked in the HSM, status"
+                      + ("; the chip's SM2 signature and card certificate" if sm4 else "")
+                      + "):")  # fmt: skip
         console.print(f"  {verify_cmd}", soft_wrap=True, highlight=False)
     return DemoResult(name, len(made), report.good, len(numbers), settings.spool_dir,
                       settings.cards_dir, text, png, report, activated, verify_cmd)  # fmt: skip

@@ -108,6 +108,7 @@ static int have_store_key;
 static struct timespec loaded_mtime;
 static ino_t loaded_ino;
 static off_t loaded_size;
+static void pkey_cache_clear(void);
 
 /* --- token file header ------------------------------------------------------------------ */
 typedef struct {
@@ -467,6 +468,7 @@ CK_RV C_Finalize(CK_VOID_PTR r) {
   ENTER();
   for (int i = 0; i < MAX_OBJECTS; i++)
     if (objects[i].used) free_object(&objects[i]);
+  pkey_cache_clear();
   for (int i = 0; i <= MAX_SESSIONS; i++) {
     free(sessions[i].found);
     memset(&sessions[i], 0, sizeof sessions[i]);
@@ -1007,13 +1009,54 @@ CK_RV C_Digest(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR
 }
 
 /* SM2 key objects keep the key as DER (PKCS#8 for the private key) in a vendor attribute that is
-   never returned; the public key also has CKA_EC_POINT (DER OCTET STRING of 04||x||y). */
+   never returned; the public key also has CKA_EC_POINT (DER OCTET STRING of 04||x||y).
+   Decoding the DER costs several times the signature itself (OpenSSL 3's decoders): the last
+   PKEY_CACHE keys decoded are kept, keyed by their DER bytes (compared in full, so a changed
+   or reloaded object never meets a stale key), and freed at C_Finalize. LOCKM is held. */
+#define PKEY_CACHE 8
+static struct {
+  unsigned char *der;
+  CK_ULONG len;
+  int priv;
+  EVP_PKEY *pk;
+} pkey_cache[PKEY_CACHE];
+static int pkey_next;
+
+static void pkey_cache_clear(void) {
+  for (int i = 0; i < PKEY_CACHE; i++) {
+    OPENSSL_clear_free(pkey_cache[i].der, pkey_cache[i].len);
+    EVP_PKEY_free(pkey_cache[i].pk);
+    memset(&pkey_cache[i], 0, sizeof pkey_cache[i]);
+  }
+  pkey_next = 0;
+}
+
 static EVP_PKEY *pkey_of(object_t *k) {
   attr_t *d = find_attr(k, CKA_VENDOR_DEFINED);
   if (!d) return NULL;
+  int priv = get_ulong(k, CKA_CLASS, 0) == CKO_PRIVATE_KEY;
+  for (int i = 0; i < PKEY_CACHE; i++)
+    if (pkey_cache[i].pk && pkey_cache[i].priv == priv && pkey_cache[i].len == d->len &&
+        CRYPTO_memcmp(pkey_cache[i].der, d->value, d->len) == 0) {
+      EVP_PKEY_up_ref(pkey_cache[i].pk);
+      return pkey_cache[i].pk; /* the caller frees its reference */
+    }
   const unsigned char *p = d->value;
-  if (get_ulong(k, CKA_CLASS, 0) == CKO_PRIVATE_KEY) return d2i_AutoPrivateKey(NULL, &p, (long)d->len);
-  return d2i_PUBKEY(NULL, &p, (long)d->len);
+  EVP_PKEY *pk = priv ? d2i_AutoPrivateKey(NULL, &p, (long)d->len) : d2i_PUBKEY(NULL, &p, (long)d->len);
+  unsigned char *copy = pk ? OPENSSL_memdup(d->value, d->len) : NULL;
+  if (copy && EVP_PKEY_up_ref(pk)) {
+    int i = pkey_next;
+    pkey_next = (pkey_next + 1) % PKEY_CACHE;
+    OPENSSL_clear_free(pkey_cache[i].der, pkey_cache[i].len);
+    EVP_PKEY_free(pkey_cache[i].pk);
+    pkey_cache[i].der = copy;
+    pkey_cache[i].len = d->len;
+    pkey_cache[i].priv = priv;
+    pkey_cache[i].pk = pk;
+  } else {
+    OPENSSL_free(copy);
+  }
+  return pk;
 }
 
 static CK_RV sign_init(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE kh, int op) {

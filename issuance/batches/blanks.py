@@ -12,11 +12,12 @@ How a supplier's chips get their keys (the model card centres use; CHOICE where 
 which would define the transport-key scheme, is not public):
 
 * **Key ceremony with the supplier.** The issuer and the chip supplier share a *delivery key
-  set* of two masters: ``kmc`` (of the cards' algorithm: 3DES or AES) and ``klk`` (AES-128,
-  the key-loading key master, see ``cardspec.keyscheme`` "Key loading"). The custodians'
-  components are imported into the HSM with ``ykt hsm import kmc --supplier NAME`` and
-  ``ykt hsm import klk --supplier NAME`` (labels ``ykt:supplier:<name>:kmc:<alg>:v<n>`` and
-  ``ykt:supplier:<name>:klk:aes:v<n>``, :mod:`hsm.ceremony`).
+  set* of two masters: ``kmc`` (of the cards' algorithm: 3DES, AES or SM4) and ``klk`` (AES-128,
+  an SM4 key for SM4 chips: the key-loading key master, see ``cardspec.keyscheme`` "Key
+  loading"). The custodians' components are imported into the HSM with ``ykt hsm import kmc
+  --supplier NAME`` and ``ykt hsm import klk --supplier NAME`` (with ``--algorithm sm4`` for SM4
+  chips; labels ``ykt:supplier:<name>:kmc:<alg>:v<n>`` and ``ykt:supplier:<name>:klk:aes:v<n>``
+  or ``...:klk:sm4:v<n>``, :mod:`hsm.ceremony`).
 * CHOICE: **one key set per supplier, separate from the issuer's masters.** The issuer's own
   ``ykt:kmc``/``ykt:klk`` masters (what the virtual stock uses) stay inside the card centre:
   sharing them would hand every supplier the transport keys of every chip, of every other

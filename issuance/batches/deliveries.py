@@ -384,7 +384,8 @@ def import_delivery(
                 f"the HSM has no delivery key set {maker} ({exc}): import it first with "
                 f"`ykt hsm import kmc --supplier {delivery.supplier} --algorithm "
                 f"{delivery.algorithm.value} --version {delivery.key_version}` and `ykt hsm "
-                f"import klk --supplier {delivery.supplier} --version {delivery.key_version}`"
+                f"import klk --supplier {delivery.supplier} --algorithm {delivery.algorithm.value} "
+                f"--version {delivery.key_version}`"
             ) from exc
         except HsmError as exc:
             raise ConfigError(f"cannot check the delivery in the HSM: {exc}") from exc

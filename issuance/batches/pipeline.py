@@ -73,6 +73,7 @@ from issuance.models import (
     BatchStage,
     BlankChip,
     Card,
+    CardAlgorithm,
     ChipStatus,
     Person,
     StockRefusal,
@@ -250,6 +251,23 @@ class PrintOutcome:
     printed: PrintedFace
 
 
+def algorithms_bulk_cannot_prepare(
+    factory: sessionmaker[Session], batch_id: int, stages: tuple[BatchStage, ...]
+) -> list[str]:
+    """The key algorithms (e.g. ``sm4``) of the batch's cards in ``stages`` that bulk data
+    preparation and bureau files do not handle (:data:`hsm.prep.ALGORITHMS`)."""
+    from hsm.prep import ALGORITHMS
+
+    handled = [CardAlgorithm(a.value) for a in ALGORITHMS]
+    with transaction(factory) as s:
+        found = s.scalars(
+            sa.select(Card.algorithm).distinct().join(BatchItem, BatchItem.card_id == Card.id)
+            .where(BatchItem.batch_id == batch_id, BatchItem.stage.in_(stages),
+                   Card.algorithm.not_in(handled))
+        ).all()  # fmt: skip
+    return sorted(str(a.value) for a in found)
+
+
 class BatchRunner:
     """One run of the production line on one batch (see the module docstring)."""
 
@@ -341,6 +359,12 @@ class BatchRunner:
         if not counts[BatchStage.SELECTED]:
             return 0
         if self.options.prepare_workers <= 1 and getattr(self.key_service, "fast", None) is None:
+            return self._prepare_card_by_card()
+        other = algorithms_bulk_cannot_prepare(self.factory, self.batch_id, (BatchStage.SELECTED,))
+        if other:
+            self.progress.note(f"{', '.join(other)} cards: data prepared card by card, keys "
+                               "derived at the stations (bulk preparation's file keys are "
+                               "AES, hsm.prep.ALGORITHMS)")  # fmt: skip
             return self._prepare_card_by_card()
         req = bulkprep.PrepRequest(
             self.batch_id, self.actor, bulkprep.IN_HOUSE, workers=self.options.prepare_workers,

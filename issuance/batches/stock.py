@@ -11,10 +11,13 @@ plays that manufacturer for the emulated cards:
   wrap, RFC 5649) under the ``manufacturer`` transport key
   (:meth:`hsm.service.KeyService.export_card_keys`,
   :meth:`~hsm.service.KeyService.export_key_loading_key`); the master keys never leave the
-  HSM;
+  HSM. SM4 cards' KMC and KLK travel in the SM4 key-loading form (``SM4-ECB || KCV``, the one
+  rule ``cardspec.keyscheme.wrap_card_key``) under an SM4 transport key,
+  ``manufacturer-sm4``;
 * only the blank-stock maker holds the manufacturer's copy of the transport key (a file
-  ``<data_dir>/stock/manufacturer.key``, mode 0600, made when the key is generated in the HSM
-  from random components) and unwraps the KMC and KLK into the new chip's image.
+  ``<data_dir>/stock/manufacturer.key``, or ``manufacturer-sm4.key``, mode 0600, made when the
+  key is generated in the HSM from random components) and unwraps the KMC and KLK into the new
+  chip's image (``keyscheme.unwrap_card_key``).
 
 Card images live in ``<data_dir>/cards/<serial>.json`` (the emulated chip keeps itself there).
 """
@@ -26,10 +29,9 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
-from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
-
+from cardspec import keyscheme
 from cardspec.emulator import blank_card
-from cardspec.keyscheme import KeySlot
+from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.profile import CardProfile
 from hsm import ceremony, softhsm
 from hsm import pkcs11 as p11
@@ -60,19 +62,31 @@ class BlankStock(Protocol):
         ...
 
 
-def manufacturer_key_path(settings: Settings) -> Path:
-    return settings.data_dir / "stock" / f"{MANUFACTURER}.key"
+def manufacturer_name(card_algorithm: Algorithm | str) -> str:
+    """The virtual stock's transport key for cards of ``card_algorithm``: ``manufacturer``
+    (AES: 3DES and AES cards), ``manufacturer-sm4`` (SM4 cards; ``keyscheme.klk_algorithm``)."""
+    alg = keyscheme.klk_algorithm(Algorithm(str(card_algorithm)))
+    return MANUFACTURER if alg is Algorithm.AES else f"{MANUFACTURER}-{alg.value}"
 
 
-def ensure_manufacturer_key(settings: Settings) -> bool:
-    """Create the ``manufacturer`` transport key in the HSM (random components from the HSM)
+def manufacturer_key_path(settings: Settings, card_algorithm: Algorithm | str = "3des") -> Path:
+    return settings.data_dir / "stock" / f"{manufacturer_name(card_algorithm)}.key"
+
+
+def ensure_manufacturer_key(
+    settings: Settings, card_algorithm: Algorithm | str | None = None
+) -> bool:
+    """Create the transport key for cards of ``card_algorithm`` (default ``[issuer]
+    card_algorithm``; :func:`manufacturer_name`) in the HSM (random components from the HSM)
     and the manufacturer's copy, if missing. Returns True if it was created."""
-    path = manufacturer_key_path(settings)
+    card_alg = Algorithm(str(card_algorithm or settings.issuer.card_algorithm))
+    name = manufacturer_name(card_alg)
+    path = manufacturer_key_path(settings, card_alg)
     config = settings.hsm_config()
     if config.is_softhsm:
         softhsm.write_conf(config)
     token = p11.open_token(config)
-    label = ceremony.transport_label(MANUFACTURER)
+    label = ceremony.transport_label(name)
     with _LOCK:
         with token.use("looking up the manufacturer transport key") as session:
             exists = p11.exists(session, label)
@@ -82,7 +96,9 @@ def ensure_manufacturer_key(settings: Settings) -> bool:
                     f"the HSM has {label} but the blank-stock maker's copy {path} is missing"
                 )
             return False
-        _, parts = ceremony.generate_transport_key(token, MANUFACTURER, 2)
+        _, parts = ceremony.generate_transport_key(
+            token, name, 2, keyscheme.klk_algorithm(card_alg)
+        )
         key = bytearray(16)
         for comp, _kcv in parts:
             for i, b in enumerate(comp):
@@ -104,16 +120,20 @@ class VirtualBlankStock:
         self.settings = settings
         self.key_service = key_service
         self.directory = settings.cards_dir
-        self._transport: bytes | None = None
+        self._transport: dict[str, bytes] = {}
 
-    def _transport_key(self) -> bytes:
-        if self._transport is None:
-            path = manufacturer_key_path(self.settings)
+    def _transport_key(self, card_alg: Algorithm) -> bytes:
+        name = manufacturer_name(card_alg)
+        key = self._transport.get(name)
+        if key is None:
+            path = manufacturer_key_path(self.settings, card_alg)
+            if not path.exists() and name != MANUFACTURER:  # e.g. the first SM4 card
+                ensure_manufacturer_key(self.settings, card_alg)
             try:
-                self._transport = bytes.fromhex(path.read_text().strip())
+                key = self._transport[name] = bytes.fromhex(path.read_text().strip())
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"no manufacturer transport key at {path}: {exc}") from exc
-        return self._transport
+        return key
 
     def new_serial(self) -> bytes:
         return os.urandom(8)
@@ -139,15 +159,18 @@ class VirtualBlankStock:
         self, path: Path, serial: bytes, ref: CardKeyRef, profile: CardProfile
     ) -> Path:
         """The blank chip ``serial`` for the card ``ref`` as an image at ``path``."""
-        wrapped = self.key_service.export_card_keys(ref, [KeySlot.KMC], MANUFACTURER)[KeySlot.KMC]
-        wrapped_klk = self.key_service.export_key_loading_key(ref, MANUFACTURER)
+        alg = profile.algorithm
+        transport = self._transport_key(alg)
+        name = manufacturer_name(alg)
+        wrapped = self.key_service.export_card_keys(ref, [KeySlot.KMC], name)[KeySlot.KMC]
+        wrapped_klk = self.key_service.export_key_loading_key(ref, name)
+        try:  # the key-loading rule (keyscheme.wrap_card_key), as the chip maker unwraps it
+            kmc = keyscheme.unwrap_card_key(transport, wrapped, alg)
+        except ValueError as exc:
+            raise IntegrityError(f"the KMC does not unwrap under the {name} key") from exc
         try:
-            kmc = aes_key_unwrap_with_padding(self._transport_key(), wrapped)
-        except InvalidUnwrap as exc:
-            raise IntegrityError("the KMC does not unwrap under the manufacturer key") from exc
-        try:
-            klk = aes_key_unwrap_with_padding(self._transport_key(), wrapped_klk)
-        except InvalidUnwrap as exc:
-            raise IntegrityError("the KLK does not unwrap under the manufacturer key") from exc
-        blank_card(serial, kmc, profile.algorithm, klk=klk, profile=profile, path=path)
+            klk = keyscheme.unwrap_card_key(transport, wrapped_klk, keyscheme.klk_algorithm(alg))
+        except ValueError as exc:
+            raise IntegrityError(f"the KLK does not unwrap under the {name} key") from exc
+        blank_card(serial, kmc, alg, klk=klk, profile=profile, path=path)
         return path

@@ -155,11 +155,12 @@ def create_card(
     chip_serial: bytes | None = None,
     issue_date: date | None = None,
     expiry_date: date | None = None,
-    algorithm: CardAlgorithm = CardAlgorithm.DES3,
+    algorithm: CardAlgorithm | None = None,
     fee_fen: int = 0,
     reason: str | None = None,
 ) -> Card:
-    """A new card record with a freshly allocated card number and its chip applications."""
+    """A new card record with a freshly allocated card number and its chip applications;
+    its key algorithm ``algorithm``, else ``[issuer] card_algorithm``."""
     region = settings.issuer.region_code
     (number,) = allocate_card_numbers(session, 1, settings.issuer.card_number_prefix)
     card = Card(
@@ -172,7 +173,9 @@ def create_card(
         person_id=person.id,
         application_id=application.id if application is not None else None,
         region_code=region,
-        algorithm=algorithm,
+        algorithm=(
+            algorithm if algorithm is not None else CardAlgorithm(settings.issuer.card_algorithm)
+        ),
         issue_date=issue_date,
         expiry_date=expiry_date,
         fee_fen=fee_fen,

@@ -225,7 +225,7 @@ def test_system_page_shows_keys_and_settings_never_a_secret(api_env: ApiEnv) -> 
     import re
 
     from console.web import _settings_rows
-    from issuance.settings import load_settings
+    from yikatong.settings import load_settings
 
     give_passwords(api_env)
     c = api_env.client

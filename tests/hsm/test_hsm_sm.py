@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hsm_helpers import REGION, components_of, master_key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -199,6 +200,54 @@ def test_sm4_card_personalised_and_authenticated_through_the_module(
                        signature)  # fmt: skip
 
 
+def test_sm4_chips_of_a_supplier_personalised_through_the_module(
+    sm_env: tuple[HsmConfig, Pkcs11KeyService],
+) -> None:
+    """The chip-supplier path on SM4: the supplier's delivery key set (KMC and KLK masters, both
+    SM4) imported into the module; the supplier makes its chip with pyca/cryptography's SM4
+    (the serial as the only factor); the chip is personalised with its KMC and KLK derived in
+    the module and the issuer's card keys loaded in the SM4 key-loading form."""
+    _, service = sm_env
+    supplier, serial = "acme-sm", bytes.fromhex("5A01000000000042")
+    masters = {"kmc": bytes.fromhex("0F1E2D3C4B5A69788796A5B4C3D2E1F0"),
+               "klk": bytes.fromhex("F0E1D2C3B4A5968778695A4B3C2D1E0F")}  # fmt: skip
+    for kind, key in masters.items():
+        comps = components_of(key)
+        info = ceremony.import_supplier_master(
+            service.token, supplier, kind, comps, [keyscheme.kcv(c, SM4) for c in comps], SM4,
+            expected_kcv=keyscheme.kcv(key, SM4),
+        )  # fmt: skip
+        assert info.label == f"ykt:supplier:{supplier}:{kind}:sm4:v1"
+
+    def supplier_sm4(key: bytes) -> bytes:  # the supplier's own diversification
+        block = serial + bytes(b ^ 0xFF for b in serial)
+        return Cipher(algorithms.SM4(key), modes.ECB()).encryptor().update(block)
+
+    chip_kmc, chip_klk = supplier_sm4(masters["kmc"]), supplier_sm4(masters["klk"])
+    cic = card_code(serial)
+    profile = social_security_profile(generation=3, algorithm=SM4, financial=False)
+    card = blank_card(serial, chip_kmc, SM4, klk=chip_klk, profile=profile)
+    reader = InProcessReader(card)
+    data = perso_data(serial, spec_version=profile.spec_version)
+    data = perso.CardPersoData(**{**data.__dict__, "financial": None})
+    ceremony.generate_sm2_signing_key(service.token)
+    made = CardKeyRef(cic, algorithm=SM4, chip_maker=(supplier, 1))
+    with service.card_crypto(made) as crypto:
+        assert crypto.kcv(KeySlot.KMC) == keyscheme.kcv(chip_kmc, SM4)  # a delivery's KCVs
+        assert crypto.klk_kcv() == keyscheme.kcv(chip_klk, SM4)
+        perso.personalise(reader, crypto, data, profile, certifier=service)
+    oracle = _oracle(cic)
+    for slot in (KeySlot.IRK, KeySlot.EAK, KeySlot.PUK):
+        assert card.state.keys[slot] == oracle.card_key(slot)
+    from cardspec import cardops
+
+    reader.connect()
+    cardops.select_df(reader, profile, "SSSE")
+    factor, random = os.urandom(8), os.urandom(8)
+    answer = cardops.internal_authenticate(reader, factor, random)
+    service.verify_internal_auth(CardKeyRef(cic, algorithm=SM4), factor, random, answer)
+
+
 def test_vendor_without_derivation_refuses_sm4_card_keys(tmp_path: Path) -> None:
     """The ``swxa`` table names no SM4 derive mechanism: the module then offers none and SM4
     card keys are refused with a clear error (never derived elsewhere)."""
@@ -223,6 +272,38 @@ def test_vendor_without_derivation_refuses_sm4_card_keys(tmp_path: Path) -> None
                           check=False, timeout=60)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("refused:") == 2 and "sm4_ecb_encrypt_data" in proc.stdout
+
+
+def test_sm4_chip_keys_to_the_maker_under_an_sm4_transport_key(
+    sm_env: tuple[HsmConfig, Pkcs11KeyService],
+) -> None:
+    """A blank SM4 chip's KMC and KLK leave the module for its maker in the one key-loading
+    rule (``keyscheme.wrap_card_key``: SM4-ECB || KCV) under an SM4 transport key; the maker's
+    copy of the transport key unwraps them (KCV checked) to the software scheme's keys."""
+    _, service = sm_env
+    transport = bytes.fromhex("8899AABBCCDDEEFF0011223344556677")
+    comps = components_of(transport)
+    info = ceremony.import_transport_key(
+        service.token, "maker-sm4", comps, [keyscheme.kcv(c, SM4) for c in comps], alg=SM4,
+        expected_kcv=keyscheme.kcv(transport, SM4),
+    )  # fmt: skip
+    assert info.label == "ykt:transport:maker-sm4" and info.kcv_source == "import record"
+    listed = {k.label: k for k in ceremony.list_keys(service.token)}
+    assert listed[info.label].algorithm == "sm4" and listed[info.label].kind == "transport"
+    with pytest.raises(HsmError, match="aes or sm4"):
+        ceremony.import_transport_key(service.token, "x", comps, [b"\0" * 3] * 2,
+                                      alg=Algorithm.DES3)  # fmt: skip
+    cic = card_code(bytes.fromhex("0102030405060708"))
+    oracle, ref = _oracle(cic), CardKeyRef(cic, algorithm=SM4)
+    kmc = service.export_card_keys(ref, [KeySlot.KMC], "maker-sm4")[KeySlot.KMC]
+    klk = service.export_key_loading_key(ref, "maker-sm4")
+    assert kmc == keyscheme.wrap_card_key(transport, oracle.card_key(KeySlot.KMC), SM4)
+    assert klk == keyscheme.wrap_card_key(transport, oracle.key_loading_key(), SM4)
+    assert len(kmc) == len(klk) == 19
+    assert keyscheme.unwrap_card_key(transport, kmc, SM4) == oracle.card_key(KeySlot.KMC)
+    assert keyscheme.unwrap_card_key(transport, klk, SM4) == oracle.key_loading_key()
+    with pytest.raises(ValueError, match="KCV"):
+        keyscheme.unwrap_card_key(bytes(16), kmc, SM4)
 
 
 def test_unknown_vendor_is_a_clear_error() -> None:

@@ -288,9 +288,13 @@ def verify(
     reader: str | None = typer.Option(None, help="a PC/SC reader name instead of the emulator"),
     application: str = typer.Option("social_security", help="medical, pension, financial ..."),
     holder: bool = typer.Option(False, "--holder", help="ask for the holder's identity"),
+    sm2: bool = typer.Option(
+        False, "--sm2", help="SM4 cards: also the chip's SM2 signature and card certificate"
+    ),
 ) -> None:
-    """Verify the card in a reader against the API (challenge, INTERNAL AUTHENTICATE, verdict)."""
-    from api.client import YktClient, verify_card_in_reader
+    """Verify the card in a reader against the API (challenge, INTERNAL AUTHENTICATE, verdict;
+    with ``--sm2`` the chip's SM2 signature over the challenge as a second proof)."""
+    from api.client import YktClient, card_profile_in_reader, verify_card_in_reader
 
     if token:
         client = YktClient.with_token(url, token)
@@ -303,12 +307,18 @@ def verify(
             raise typer.BadParameter("give one of --card-number, --card-image and --reader")
         card_image = card_image_for(card_number)
     card_reader = _reader(reader, card_image)
+    profile = card_profile_in_reader(card_reader)
+    if sm2 and profile.algorithm.value != "sm4":
+        raise typer.BadParameter(f"--sm2: the card announces {profile.algorithm.value}, not sm4")
     with client:
         v = verify_card_in_reader(
-            client, card_reader, application=application, include_holder=holder
-        )
+            client, card_reader, application=application, include_holder=holder,
+            profile=profile, sm2=sm2,
+        )  # fmt: skip
     verdict = "VALID" if v["valid"] else f"INVALID ({v.get('reason')})"
-    typer.echo(f"{verdict}  card {v.get('card_number')}  application {v['application']}")
+    typer.echo(f"{verdict}  card {v.get('card_number')}  application {v['application']}"
+               f"  keys {profile.algorithm.value}"
+               + ("  SM2 signature checked too" if sm2 and v["valid"] else ""))  # fmt: skip
     if v.get("holder"):
         h = v["holder"]
         typer.echo(f"holder {h['name']} {h['citizen_id']} born {h['birth_date']}")

@@ -32,7 +32,7 @@ from rich.table import Table
 from sqlalchemy.orm import Session
 
 from issuance.audit import SYSTEM_ACTOR, Actor
-from issuance.models import Channel
+from issuance.models import CardAlgorithm, Channel
 from yikatong.cli.db import AS_HELP, acting, session_scope, settings
 
 app = typer.Typer(no_args_is_help=True)
@@ -394,11 +394,18 @@ def collect(
 def demo(
     residents: int = typer.Option(8, "--residents", min=1, max=500),
     readers: int = typer.Option(4, "--readers", min=1, max=16),
+    algorithm: CardAlgorithm | None = typer.Option(
+        None,
+        "--algorithm",
+        help="the cards' keys: 3des, sm4 (third generation, needs an HSM "
+        "with SM4) or aes; default: the issuer card_algorithm setting",
+    ),
 ) -> None:
     """End-to-end demo: residents → approval → batch → personalisation → print → QC → issue."""
     from yikatong.demo import run_demo
 
-    run_demo(settings(), residents=residents, readers=readers)
+    run_demo(settings(), residents=residents, readers=readers,
+             algorithm=algorithm.value if algorithm is not None else None)  # fmt: skip
 
 
 #: Commands added to the root ``ykt`` (see yikatong.cli.main._register).

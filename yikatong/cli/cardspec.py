@@ -159,7 +159,7 @@ def _blank_from_hsm(path: Path, serial: bytes, prof: CardProfile, version: int |
     from issuance.batches.stock import VirtualBlankStock, ensure_manufacturer_key
 
     settings, keys = _hsm_keys()
-    ensure_manufacturer_key(settings)
+    ensure_manufacturer_key(settings, prof.algorithm)
     version = version or keys.current_key_version(prof.algorithm)
     code = ids.make_card_identification_code(settings.issuer.region_code, serial)
     ref = CardKeyRef(code, version, prof.algorithm)
@@ -209,7 +209,8 @@ def personalise_cmd(
         ref = CardKeyRef(code, version, prof.algorithm, pan="6217000012345678901", psn="00")
         data = perso.sample_perso_data(code, prof, card_number=card_number)
         with keys.card_crypto(ref) as crypto:
-            result = perso.personalise(rd, crypto, data, prof, connect=False)
+            result = perso.personalise(rd, crypto, data, prof, connect=False,
+                                       certifier=perso.sm2_certifier(prof, keys))  # fmt: skip
         cardops.select_df(rd, prof, "SSSE")
         factor, challenge = keyscheme.card_factor(code), os.urandom(8)
         answer = cardops.internal_authenticate(rd, factor, challenge)

@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot, klk_algorithm
+from cardspec.keyscheme import Algorithm, KeySlot, klk_algorithm
 from hsm import ceremony, smtoken, softhsm
 from hsm.config import HsmConfig
 from hsm.pkcs11 import KEY_TYPES, Pkcs11Token, open_token
@@ -274,9 +274,8 @@ def import_key(
     names = _custodian_names(custodian, components)
     expected = _hex(kcv, "--kcv") if kcv else None
     log = _CeremonyLog(as_, not no_audit)
-    alg = KLK_ALGORITHM if name == ceremony.KLK else algorithm
-    if name == ceremony.KLK and supplier is None:  # an SM4 key set's KLK is an SM4 key
-        alg = klk_algorithm(algorithm)
+    # a KLK (the issuer's, or a chip supplier's) is AES, an SM4 key for SM4 key sets / chips
+    alg = klk_algorithm(algorithm) if name == ceremony.KLK else algorithm
     comps, kcvs, names = _components(components, alg, names)
     token = _token()
     if supplier is not None:
@@ -369,7 +368,9 @@ def export_public_key(
     from hsm.service import Pkcs11KeyService
 
     config = _config()
-    pem = Pkcs11KeyService(_token(config), config.region_code).public_key_pem()
+    pem = Pkcs11KeyService(
+        _token(config), config.region_code, signing=config.signing
+    ).public_key_pem()
     if output is None:
         typer.echo(pem.decode(), nl=False)
     else:

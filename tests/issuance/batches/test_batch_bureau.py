@@ -545,3 +545,38 @@ def test_batch_prepared_in_house_goes_to_the_bureau_and_back(
         assert {m.card_id for m in checked.made} == {x.card_id for x in lines}
     finally:
         engine.dispose()
+
+
+def test_a_batch_of_sm4_cards_is_refused_for_a_bureau_file(tmp_path: Path) -> None:
+    """Bureau files carry card keys under AES file keys (hsm.prep.ALGORITHMS): a batch of SM4
+    cards is refused before anything is prepared or written, naming the limit and the way out."""
+    import sqlalchemy as sa
+    from batch_helpers import populate
+
+    from issuance import migrations
+    from issuance.db import make_engine, make_sessionmaker, transaction
+    from issuance.errors import ValidationError
+    from issuance.models import BatchItem, BatchStage, Card, CardAlgorithm
+    from yikatong.cli.bureau import export_batch
+
+    settings = load_settings(environ={"YKT_DATA_DIR": str(tmp_path),
+                                      "YKT_ISSUER__CARD_ALGORITHM": "sm4"})  # fmt: skip
+    engine = make_engine(settings)
+    migrations.upgrade(engine)
+    factory = make_sessionmaker(engine)
+    try:
+        pop = populate(engine, settings, 2)
+        path = tmp_path / "sm4.bureau.jsonl"
+        with pytest.raises(ValidationError, match=r"sm4 cards: a bureau file carries card keys "
+                           r"under AES file keys .*ykt batch run b1"):  # fmt: skip
+            export_batch(settings, SoftwareKeyService.random(), pop.batch_name, path, "bureau-a",
+                         pop.actors["demo-operator"], factory=factory)  # fmt: skip
+        assert not path.exists() and not list(tmp_path.glob("sm4.bureau*"))
+        with transaction(factory) as s:
+            rows = s.execute(
+                sa.select(BatchItem.stage, Card.algorithm).join(Card, Card.id == BatchItem.card_id)
+                .where(BatchItem.batch_id == pop.batch_id)
+            ).all()  # fmt: skip
+        assert rows and set(rows) == {(BatchStage.SELECTED, CardAlgorithm.SM4)}
+    finally:
+        engine.dispose()
