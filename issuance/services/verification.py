@@ -40,9 +40,8 @@ A temporary card carries the medical application only, so it verifies for ``medi
 from __future__ import annotations
 
 import hmac
-import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
@@ -343,34 +342,17 @@ def _audit_values(
     number: str,
     challenge_id: str,
     now: datetime,
-) -> list[Any]:
-    """The ``card.verified`` event's column values (:data:`audit.EVENT_COLUMNS` order), the
-    same as :func:`audit.event_row` gives (a test holds them equal) without its generic walk:
-    the hot path writes one per verification."""
-    return [
-        now, actor.staff_id, actor.username, str(actor.role), str(actor.channel),
-        "card.verified", "card", cic, None, "valid" if verdict.valid else "invalid", None,
-        _details_json(verdict, application, number, challenge_id),
-    ]  # fmt: skip
-
-
-def _details_json(
-    verdict: Verdict, application: ChipAppKind, number: str, challenge_id: str
-) -> str:
-    """``canonical_json(scrub(_audit_details(...)))``: only the two free strings can hold a
-    number scrub masks; the keys are inserted sorted."""
-    return json.dumps(
-        {
-            "application": str(application),
-            "card_number": audit.scrub(number),
-            "challenge": audit.scrub(challenge_id),
-            "holder_shown": verdict.holder is not None,
-            "photo_shown": verdict.photo_jpeg is not None,
-            "reason": verdict.reason and str(verdict.reason),
-            "valid": verdict.valid,
-        },
-        separators=(",", ":"),
-        ensure_ascii=False,
+) -> tuple[Any, ...]:
+    """The ``card.verified`` event's column values (:data:`audit.EVENT_COLUMNS` order), made
+    by :func:`audit.event_values` like every audit event."""
+    return audit.event_values(
+        actor,
+        "card.verified",
+        "card",
+        cic,
+        after="valid" if verdict.valid else "invalid",
+        details=_audit_details(verdict, application, number, challenge_id),
+        occurred_at=now,
     )
 
 
@@ -607,7 +589,7 @@ class VerificationStore:
         ``after`` and ``details``. True if the challenge was unused (now it is)."""
         return await self.uses(args)
 
-    async def audit_only(self, row: list[Any]) -> None:
+    async def audit_only(self, row: Sequence[Any]) -> None:
         await self.pool.run(lambda conn: conn.execute(_SQL_AUDIT_ONLY, *row))
 
     async def _lookup_many(self, items: list[tuple[str, str]]) -> list[CardRow | None]:
@@ -675,7 +657,7 @@ async def verify_card_async(
             verdict = _verdict(card, reason, application, cic, with_holder, full_citizen_id, photo)
     lost = Verdict(False, Reason.CHALLENGE_REUSED, application)
     row = _audit_values(actor, cic, verdict, application, number, challenge_id, now)
-    lost_details = _details_json(lost, application, number, challenge_id)
+    lost_details = audit.details_json(_audit_details(lost, application, number, challenge_id))
     args = [used_key(challenge_id), *row, "invalid", lost_details]
     return verdict if await store.use_and_audit(args) else lost
 
