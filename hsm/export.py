@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -174,12 +174,7 @@ class HsmBureauExporter:
         fast = self._service.fast
         with self._service.token.use("exporting card keys for a bureau") as session:
             kek = self._current_kek()
-            kek_id = self._kek_id
-            if fast is not None:
-                return self._export_fast(fast, session, kek, ref, list(slots), sensitive, under)
-            with self._service.card_crypto(ref) as crypto:
-                out = crypto.bureau_export(slots, kek, sensitive, under)
-        return replace(out, kek_id=kek_id)
+            return self._export_fast(fast, session, kek, ref, list(slots), sensitive, under)
 
     def _export_fast(
         self,
@@ -191,8 +186,8 @@ class HsmBureauExporter:
         sensitive: Sequence[bytes],
         under: KeySlot,
     ) -> BureauExport:
-        """The same as :meth:`HsmCardCrypto.bureau_export` through :mod:`hsm.p11fast`
-        (LOCK held, KEK current)."""
+        """Keys and the card's KLK wrapped under ``kek``, their KCVs and encrypted sensitive
+        data, through :mod:`hsm.p11fast` (LOCK held, KEK current)."""
         service = self._service
         alg = ref.algorithm
         p11.check_algorithm(alg)

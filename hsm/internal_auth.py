@@ -1,7 +1,8 @@
 """The INTERNAL AUTHENTICATE check of the verification hot path, through direct PKCS#11 calls.
 
-What the HSM computes is what :meth:`hsm.service.Pkcs11KeyService.verify_internal_auth`
-computes (and the tests compare both with :func:`cardspec.keyscheme.internal_auth_response`):
+The one implementation of the check in the HSM (:meth:`hsm.service.Pkcs11KeyService.
+verify_internal_auth` and :meth:`hsm.cardcrypto.HsmCardCrypto.internal_auth_response` call it;
+the tests compare it with :func:`cardspec.keyscheme.internal_auth_response`):
 
 1. the card's IRK, derived inside the HSM from the issuer's IRK master key by the card's
    factor(s) (``C_DeriveKey(CKM_*_ECB_ENCRYPT_DATA)``; province cards: region factor first) -
@@ -15,8 +16,7 @@ No card key ever exists outside the HSM and none is cached: only the handles of 
 keys are (per module initialisation, see :meth:`Pkcs11KeyService.master_synced`). The calls
 go through :mod:`hsm.p11fast` (ctypes, templates built once: 3-4x less overhead than
 python-pkcs11 for the same four PKCS#11 functions), under the process-wide PKCS#11 lock; the
-caller runs it on the process's one HSM thread (``api.context.HsmRunner``). A module without
-the direct entry points falls back to the service's own method.
+caller runs it on the process's one HSM thread (``api.context.HsmRunner``).
 
 The functions are bound with :class:`ctypes.PyDLL`, i.e. *without* releasing the GIL around
 each call: the check is five short in-process calls (SoftHSM2: ~20 us each), and with the GIL
@@ -28,7 +28,6 @@ per worker). Holding it, the HSM thread takes the GIL once per batch of checks
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import hmac
 
@@ -51,46 +50,25 @@ _SESSION_KEY = {
 }
 
 
-_GIL_HELD_OPS: dict[str, p11fast.FastOps | None] = {}
-
-
-def _fast_ops(service: Pkcs11KeyService) -> p11fast.FastOps | None:
-    """:class:`p11fast.FastOps` bound through :class:`ctypes.PyDLL` (see the module doc)."""
-    if service.fast is None:
-        return None
-    path = str(service.token.config.module)
-    if path not in _GIL_HELD_OPS:
-        try:
-            _GIL_HELD_OPS[path] = p11fast.FastOps(ctypes.PyDLL(path))
-        except (OSError, AttributeError):
-            _GIL_HELD_OPS[path] = None
-    return _GIL_HELD_OPS[path]
-
-
 def check_internal_auth(
     service: KeyService, ref: CardKeyRef, factor: bytes, random: bytes, response: bytes
 ) -> None:
     """Raise :class:`CryptogramMismatch` unless ``response`` is the card's answer to
     INTERNAL AUTHENTICATE(``factor || random``). Call it from the HSM owner thread."""
-    if isinstance(service, Pkcs11KeyService):
-        fast = _fast_ops(service)
-        if fast is not None:
-            expected = _expected_fast(service, fast, ref, factor, random)
-            if not hmac.compare_digest(expected, response):
-                raise CryptogramMismatch(
-                    "INTERNAL AUTHENTICATE answer does not match the card's key"
-                )
-            return
-    service.verify_internal_auth(ref, factor, random, response)
+    if not isinstance(service, Pkcs11KeyService):
+        service.verify_internal_auth(ref, factor, random, response)
+        return
+    if not hmac.compare_digest(expected_response(service, ref, factor, random), response):
+        raise CryptogramMismatch("INTERNAL AUTHENTICATE answer does not match the card's key")
 
 
-def _expected_fast(
-    service: Pkcs11KeyService,
-    fast: p11fast.FastOps,
-    ref: CardKeyRef,
-    factor: bytes,
-    random: bytes,
+def expected_response(
+    service: Pkcs11KeyService, ref: CardKeyRef, factor: bytes, random: bytes
 ) -> bytes:
+    """The card's answer to INTERNAL AUTHENTICATE(``factor || random``), computed in the HSM
+    (the steps of the module docstring): the one implementation, also
+    :meth:`hsm.cardcrypto.HsmCardCrypto.internal_auth_response`'s."""
+    fast = p11fast.fast_ops(str(service.token.config.module), hold_gil=True)
     if len(random) != 8:
         raise ValueError("random must be 8 bytes")
     alg = ref.algorithm

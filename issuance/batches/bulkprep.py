@@ -381,8 +381,7 @@ class Preparer:
     def run(self) -> PrepStats:
         ops = hsm_prep.prep_ops(self.key_service, self.wrapping)
         if ops is None:
-            raise IssuanceError("bulk data preparation needs a PKCS#11 module with direct C_* "
-                                "entry points (hsm.p11fast)")  # fmt: skip
+            raise IssuanceError("bulk data preparation needs a PKCS#11 key service (hsm.prep)")
         from issuance.batches.bureau import signer_fingerprint
 
         self._signer = signer_fingerprint(self.key_service.public_key_pem())

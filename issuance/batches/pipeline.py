@@ -763,7 +763,7 @@ class BatchRunner:
         from hsm.prep import RecordCrypto, perso_key_label
         from hsm.service import Pkcs11KeyService
 
-        if not isinstance(self.key_service, Pkcs11KeyService) or self.key_service.fast is None:
+        if not isinstance(self.key_service, Pkcs11KeyService):
             return None
         try:
             if self._public_pem is None:
