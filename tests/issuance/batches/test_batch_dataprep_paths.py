@@ -28,26 +28,32 @@ _SETTINGS = load_settings(environ={"YKT_DATA_DIR": "/nonexistent/ykt-paths-test"
 #: the card profiles of data preparation: generation 2 (3DES) and 3 (AES), two PIN tries
 _PROFILES = [
     dataprep.card_profile(s, alg)
-    for s in (_SETTINGS, load_settings(environ={"YKT_DATA_DIR": "/nonexistent/ykt-paths-test",
-                                                 "YKT_LIFECYCLE__PIN_TRIES": "5"}))
+    for s in (
+        _SETTINGS,
+        load_settings(
+            environ={"YKT_DATA_DIR": "/nonexistent/ykt-paths-test", "YKT_LIFECYCLE__PIN_TRIES": "5"}
+        ),
+    )
     for alg in ("3des", "aes")
-]  # fmt: skip
+]
 
 
 def _codec(values: dict[str, dict], profile: CardProfile) -> dict[str, list[bytes]]:
     """The reference: every file's records by the plain codec, in profile order."""
-    return {ef.name: encode_records(ef, values[ef.name])
-            for _, ef in profile.files() if ef.name in values}  # fmt: skip
+    return {
+        ef.name: encode_records(ef, values[ef.name])
+        for _, ef in profile.files()
+        if ef.name in values
+    }
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     profile=st.sampled_from(_PROFILES),
-    cards_=st.lists(st.tuples(cards, people(), applications, chip_serials), min_size=1,
-                    max_size=4),
+    cards_=st.lists(st.tuples(cards, people(), applications, chip_serials), min_size=1, max_size=4),
     issue=issue_dates,
     pin=st.from_regex(r"[0-9]{6}", fullmatch=True),
-)  # fmt: skip
+)
 def test_records_of_perso_values_are_the_codec_and_plan_records_byte_for_byte(
     profile: CardProfile, cards_: list, issue: date, pin: str
 ) -> None:
@@ -65,8 +71,10 @@ def test_records_of_perso_values_are_the_codec_and_plan_records_byte_for_byte(
         if isinstance(planned, dict):
             assert list(planned) == [ef.name for _, ef in profile.files() if ef.name in values]
         pan = dataprep.bank_pan(card.id)
-        assert dataprep.perso_values(_SETTINGS, card, person, app, cic, issue, profile,
-                                     pan=pan) == values  # fmt: skip
+        assert (
+            dataprep.perso_values(_SETTINGS, card, person, app, cic, issue, profile, pan=pan)
+            == values
+        )
 
 
 def _outcome(
@@ -97,9 +105,11 @@ def test_a_value_the_chip_cannot_hold_fails_every_path_alike(
     values = dataprep.perso_values(_SETTINGS, card, person, None, cic, issue, profile)
     data = dataprep.perso_data(_SETTINGS, card, person, None, cic, issue, "135792", profile)
     errors = []
-    for path in (lambda: perso.plan_records(data, profile),
-                 lambda: perso.plan_values(values, profile),
-                 lambda: _codec(values, profile)):  # fmt: skip
+    for path in (
+        lambda: perso.plan_records(data, profile),
+        lambda: perso.plan_values(values, profile),
+        lambda: _codec(values, profile),
+    ):
         with pytest.raises(EncodingError) as err:
             path()
         errors.append(str(err.value))
@@ -107,35 +117,157 @@ def test_a_value_the_chip_cannot_hold_fails_every_path_alike(
 
 
 def test_card_line_template_gives_the_bytes_of_card_line() -> None:
-    files = [("MF/SSSE", "EF05", 5), ("MF/SSSE", "EF06", 6), ("MF/\"FIN\"", "SFI01", 1),
-             ("MF/社保", "EF07", 7)]  # fmt: skip
+    files = [
+        ("MF/SSSE", "EF05", 5),
+        ("MF/SSSE", "EF06", 6),
+        ('MF/"FIN"', "SFI01", 1),
+        ("MF/社保", "EF07", 7),
+    ]
     keys = [("dmk", 1), ("eak", 2), ("fin_ac", 17)]
     pins = [("ss", "MF/SSSE", 0), ("bank", "MF/FIN", 128)]
     tmpl = persofile.CardLineTemplate("ssc2-3des", "3des", files, keys, pins)
     for seq, records in enumerate(
-        ([[b"\x01\x02", b"\xff"], [], [b"\x70\x00"], [b""]],
-         [[bytes(range(40))], [b"\x00"] * 7, [], []]), start=1,
-    ):  # fmt: skip
+        (
+            [[b"\x01\x02", b"\xff"], [], [b"\x70\x00"], [b""]],
+            [[bytes(range(40))], [b"\x00"] * 7, [], []],
+        ),
+        start=1,
+    ):
         kmc, payloads, pin_payloads = (
             bytes([seq]) * 24,
             [bytes([seq, 9]) * 12] * 3,
             [b"\x02" * 8, b""],
         )
         line = tmpl.line(
-            seq, item_id=7 * seq, card_id=42, chip_serial="AB12CD34EF567890",
-            cic="330106D156000005AB12CD34EF567890", card_number="B0000001X", key_version=2,
-            records=records, kmc_wrapped=kmc, key_payloads=payloads, pin_payloads=pin_payloads,
-        )  # fmt: skip
+            seq,
+            item_id=7 * seq,
+            card_id=42,
+            chip_serial="AB12CD34EF567890",
+            cic="330106D156000005AB12CD34EF567890",
+            card_number="B0000001X",
+            key_version=2,
+            records=records,
+            kmc_wrapped=kmc,
+            key_payloads=payloads,
+            pin_payloads=pin_payloads,
+        )
         assert line == persofile.card_line(
-            seq, item_id=7 * seq, card_id=42, chip_serial="AB12CD34EF567890",
-            cic="330106D156000005AB12CD34EF567890", card_number="B0000001X",
-            profile="ssc2-3des", algorithm="3des", key_version=2,
+            seq,
+            item_id=7 * seq,
+            card_id=42,
+            chip_serial="AB12CD34EF567890",
+            cic="330106D156000005AB12CD34EF567890",
+            card_number="B0000001X",
+            profile="ssc2-3des",
+            algorithm="3des",
+            key_version=2,
             files=[(df, ef, sfi, recs) for (df, ef, sfi), recs in zip(files, records, strict=True)],
-            kmc_wrapped=kmc, keys=[(s, k, p) for (s, k), p in zip(keys, payloads, strict=True)],
+            kmc_wrapped=kmc,
+            keys=[(s, k, p) for (s, k), p in zip(keys, payloads, strict=True)],
             pins=[(n, df, r, p) for (n, df, r), p in zip(pins, pin_payloads, strict=True)],
-        )  # fmt: skip
+        )
         assert json.loads(line)["files"][2]["df"] == 'MF/"FIN"'
     with pytest.raises(ValueError, match="template"):
-        tmpl.line(1, item_id=1, card_id=1, chip_serial="00", cic="00", card_number="X",
-                  key_version=1, records=[], kmc_wrapped=b"", key_payloads=[],
-                  pin_payloads=[])  # fmt: skip
+        tmpl.line(
+            1,
+            item_id=1,
+            card_id=1,
+            chip_serial="00",
+            cic="00",
+            card_number="X",
+            key_version=1,
+            records=[],
+            kmc_wrapped=b"",
+            key_payloads=[],
+            pin_payloads=[],
+        )
+
+
+_IDS = (
+    st.text(max_size=12)
+    | st.text(st.characters(min_codepoint=0x4E00, max_codepoint=0x9FA5), max_size=6)
+    | st.sampled_from(['MF/"FIN"', "a\\b", "MF/SSSE"])
+)
+_COUNT = st.integers(0, 2**40)
+_BLOBS = st.binary(max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    profile=_IDS,
+    algorithm=_IDS,
+    files=st.lists(st.tuples(_IDS, _IDS, st.integers(0, 30)), max_size=6),
+    keys=st.lists(st.tuples(_IDS, st.integers(0, 255)), max_size=12),
+    pins=st.lists(st.tuples(_IDS, _IDS, st.integers(0, 255)), max_size=3),
+    cards=st.lists(
+        st.tuples(_COUNT, _COUNT, _COUNT, _IDS, _IDS, _IDS, _COUNT, _BLOBS, st.data()),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_card_line_template_is_card_line_and_json_byte_for_byte(
+    profile: str, algorithm: str, files: list, keys: list, pins: list, cards: list
+) -> None:
+    """The card line template (data preparation's per-card path) against :func:`persofile.
+    card_line` and ``json.dumps`` of the documented object, over random values."""
+    tmpl = persofile.CardLineTemplate(profile, algorithm, files, keys, pins)
+    for seq, item_id, card_id, serial, cic, number, version, kmc, data in cards:
+        records = [data.draw(st.lists(_BLOBS, max_size=8)) for _ in files]
+        key_payloads = [data.draw(_BLOBS) for _ in keys]
+        pin_payloads = [data.draw(_BLOBS) for _ in pins]
+        line = tmpl.line(
+            seq,
+            item_id=item_id,
+            card_id=card_id,
+            chip_serial=serial,
+            cic=cic,
+            card_number=number,
+            key_version=version,
+            records=records,
+            kmc_wrapped=kmc,
+            key_payloads=key_payloads,
+            pin_payloads=pin_payloads,
+        )
+        assert line == persofile.card_line(
+            seq,
+            item_id=item_id,
+            card_id=card_id,
+            chip_serial=serial,
+            cic=cic,
+            card_number=number,
+            profile=profile,
+            algorithm=algorithm,
+            key_version=version,
+            files=[(df, ef, sfi, recs) for (df, ef, sfi), recs in zip(files, records, strict=True)],
+            kmc_wrapped=kmc,
+            keys=[(s, k, p) for (s, k), p in zip(keys, key_payloads, strict=True)],
+            pins=[(n, df, r, p) for (n, df, r), p in zip(pins, pin_payloads, strict=True)],
+        )
+        expected = {
+            "type": "card",
+            "seq": seq,
+            "item_id": item_id,
+            "card_id": card_id,
+            "chip_serial": serial,
+            "cic": cic,
+            "card_number": number,
+            "profile": profile,
+            "algorithm": algorithm,
+            "key_version": version,
+            "files": [
+                {"df": df, "ef": ef, "sfi": sfi, "records": [r.hex() for r in recs]}
+                for (df, ef, sfi), recs in zip(files, records, strict=True)
+            ],
+            "kmc": kmc.hex(),
+            "keys": [
+                {"slot": s, "key_id": k, "payload": p.hex()}
+                for (s, k), p in zip(keys, key_payloads, strict=True)
+            ],
+            "pins": [
+                {"name": n, "df": df, "ref": r, "payload": p.hex()}
+                for (n, df, r), p in zip(pins, pin_payloads, strict=True)
+            ],
+        }
+        assert (
+            line == json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        )
