@@ -81,12 +81,21 @@ class Signer(Protocol):
     def public_key_pem(self) -> bytes | str: ...
 
 
+_PLAIN = frozenset({bool, int, float, type(None)})
+
+
+def _mask(m: re.Match[str]) -> str:
+    return m.group(0)[:4] + "*" * 10 + m.group(0)[-4:]
+
+
 def scrub(value: Any) -> Any:
     """Mask citizen-ID-looking numbers anywhere in a JSON-able value."""
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, str):
         if len(value) < 18:  # a citizen ID number is 18 characters
             return value
-        return _CITIZEN_ID_RE.sub(lambda m: m.group(0)[:4] + "*" * 10 + m.group(0)[-4:], value)
+        return _CITIZEN_ID_RE.sub(_mask, value)
     if isinstance(value, dict):
         return {str(k): scrub(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
