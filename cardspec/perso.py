@@ -49,8 +49,8 @@ from cardspec.profile import (
     PensionData,
     RecordLayout,
     encode_records,
-    split_name,
 )
+from cardspec.profile.values import holder_values
 from cardspec.reader import Reader
 
 
@@ -110,12 +110,9 @@ def record_values(data: CardPersoData, profile: CardProfile) -> dict[str, dict[s
     and EF06 always (a holder name longer than EF06's name element continues in its
     extension), the medical, pension and financial files when the profile has them (financial
     data is required then), the extra applications' files."""
-    holder = _fields(data.holder)
-    if not data.holder.name_extension:
-        holder["name"], holder["name_extension"] = split_name(data.holder.name)
     values: dict[str, dict[str, Any]] = {
         "EF05": _fields(data.card_identification()),
-        "EF06": holder,
+        "EF06": holder_values(data.holder),
     }
     names = _file_names(profile)
     for ef_name, part in (("EF15", data.medical), ("EF16", data.pension),

@@ -109,11 +109,17 @@ def decode_card_identification(
     return CardIdentification(**decode_records(profile.ef("EF05")[1], records))
 
 
-def encode_holder(value: Holder, profile: CardProfile = DEFAULT_PROFILE) -> list[bytes]:
+def holder_values(value: Holder) -> dict[str, Any]:
+    """EF06's element values of ``value``: a whole name too long for the name element is split
+    (:func:`split_name`), the rest going to ``name_extension``."""
     values = _asdict(value)
     if not value.name_extension:
         values["name"], values["name_extension"] = split_name(value.name)
-    return encode_records(profile.ef("EF06")[1], values)
+    return values
+
+
+def encode_holder(value: Holder, profile: CardProfile = DEFAULT_PROFILE) -> list[bytes]:
+    return encode_records(profile.ef("EF06")[1], holder_values(value))
 
 
 def decode_holder(records: list[bytes], profile: CardProfile = DEFAULT_PROFILE) -> Holder:
