@@ -17,7 +17,8 @@ Mechanisms used (all computed in the HSM, results compared with keyscheme in the
   IV) of the padded data, keeping the last block - the definition of MAC algorithm 1.
 * Secure-messaging session keys: none by CHOICE - MACs use the card's own key with the card's
   challenge as initial value (the reasons are in ``cardspec.keyscheme``); the per-challenge
-  session key of INTERNAL AUTHENTICATE is derived here (C_DeriveKey, destroyed at once).
+  session key of INTERNAL AUTHENTICATE is derived in the HSM (C_DeriveKey, destroyed at once)
+  by :func:`hsm.cardcrypto.expected_response`, the one computation of the card's answer.
 * Per-card calls (:mod:`hsm.cardcrypto`, :mod:`hsm.prep`, :mod:`hsm.export`,
   :mod:`hsm.internal_auth`) go straight to the module's entry points (:mod:`hsm.p11fast`).
 * Key loading (``wrapped_card_key``, the WRITE KEY payload): the card's key-loading key KLK is
