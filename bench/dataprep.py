@@ -278,7 +278,6 @@ def _raw_others(conf: Any, out: Any) -> None:
 
     token = p11.open_token(conf)
     fast = p11fast.fast_ops(str(conf.module))
-    assert fast is not None
     tmpl = p11fast.key_template(Algorithm.DES3, Attribute.ENCRYPT, extractable=True)
     with token.use() as session:
         sh = session.handle

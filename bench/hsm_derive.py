@@ -51,8 +51,6 @@ def _raw(config: HsmConfig, seconds: float) -> float:
     """C_DeriveKey + C_DestroyObject through hsm.p11fast with the product's template."""
     token = p11.open_token(config)
     fast = p11fast.fast_ops(str(config.module))
-    if fast is None:
-        raise SystemExit("the PKCS#11 module exports no C_* symbols: no direct path to measure")
     tmpl = p11fast.key_template(Algorithm.DES3, *CARD_KEY.usage, extractable=CARD_KEY.extractable)
     with token.use() as session:
         master = p11.find_one(session, ceremony.master_label(KeySlot.IRK, Algorithm.DES3, 1))
@@ -67,8 +65,6 @@ def _raw(config: HsmConfig, seconds: float) -> float:
 
 def _cards(config: HsmConfig, seconds: float, offset: int) -> int:
     service = Pkcs11KeyService(p11.open_token(config))
-    if service.fast is None:
-        raise SystemExit("the product would not use the direct path here")
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         serial = (offset + n).to_bytes(8, "big").hex().upper()

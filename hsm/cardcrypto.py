@@ -12,11 +12,8 @@ object is CKA_SENSITIVE (its value is never readable); card keys carry CKA_EXTRA
 because C_WrapKey needs it (they leave the HSM wrapped, under the KLK for WRITE KEY or under a
 transport key / file KEK for a bureau), the KLK of a personalisation is not extractable.
 
-Two backends run the same PKCS#11 calls: :class:`_FastKeyOps` (direct ``C_*`` calls through
-:mod:`hsm.p11fast`, templates built once: 2-3x less overhead per call than python-pkcs11) when
-the module exports the ``C_*`` symbols, :class:`_PyKeyOps` (python-pkcs11 objects) otherwise
-or with ``Pkcs11KeyService(fast_path=False)``. Every call happens under the process-wide
-PKCS#11 lock.
+The calls go straight to the module's entry points (:mod:`hsm.p11fast`, templates built
+once: 2-3x less overhead per call than python-pkcs11), under the process-wide PKCS#11 lock.
 """
 
 from __future__ import annotations
@@ -24,15 +21,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
-from pkcs11 import Attribute, Mechanism
+from pkcs11 import Attribute
 
 from cardspec import keyscheme
-from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
+from cardspec.keyscheme import Algorithm, KeySlot
 from hsm import p11fast
 from hsm import pkcs11 as p11
-from hsm.ports import KCV_BLOCK, BureauExport, CardKeyRef, Pkcs11Keys
+from hsm.ports import KCV_BLOCK, CardKeyRef, Pkcs11Keys
 
 
 @dataclass(frozen=True)
@@ -42,14 +39,6 @@ class KeyTemplate:
 
     usage: tuple[Attribute, ...]
     extractable: bool
-
-    def as_dict(self) -> dict[Attribute, Any]:
-        return {
-            Attribute.PRIVATE: False,
-            Attribute.SENSITIVE: True,
-            Attribute.EXTRACTABLE: self.extractable,
-            **p11.capabilities(*self.usage),
-        }
 
 
 #: Card keys encrypt (cryptograms, MACs, KCVs) and derive (INTERNAL AUTHENTICATE session keys);
@@ -68,26 +57,6 @@ KLK_BUREAU = KeyTemplate((Attribute.ENCRYPT,), True)
 KLK_EXPORT_SM4 = KeyTemplate((Attribute.ENCRYPT,), True)
 #: The KLK for its KCV only (checking a chip supplier's delivery): encrypts, never leaves.
 KLK_CHECK = KeyTemplate((Attribute.ENCRYPT,), False)
-#: INTERNAL AUTHENTICATE session key: encrypts the challenge, nothing else.
-SESSION_KEY = KeyTemplate((Attribute.ENCRYPT,), False)
-
-
-class _KeyOps(Protocol):
-    """The few PKCS#11 calls a card needs, on the current session (LOCK held)."""
-
-    def handle(self, obj: Any) -> Any: ...
-
-    def derive(self, base: Any, alg: Algorithm, data: bytes, tmpl: KeyTemplate) -> Any: ...
-
-    def destroy(self, key: Any) -> None: ...
-
-    def ecb(self, key: Any, alg: Algorithm, data: bytes) -> bytes: ...
-
-    def cbc(self, key: Any, alg: Algorithm, data: bytes, iv: bytes) -> bytes: ...
-
-    def wrap(self, wrapping: Any, key: Any) -> bytes: ...
-
-    def wrap_sm4(self, wrapping: Any, key: Any) -> bytes: ...
 
 
 _FAST_TEMPLATES: dict[tuple[Algorithm, KeyTemplate], p11fast.Template] = {}
@@ -127,35 +96,59 @@ class _FastKeyOps:
         return self._fast.wrap_with(self._sh, int(p11.ECB[Algorithm.SM4]), wrapping, key)
 
 
-class _PyKeyOps:
-    """Keys are python-pkcs11 objects."""
-
-    def handle(self, obj: Any) -> Any:
-        return obj
-
-    def derive(self, base: Any, alg: Algorithm, data: bytes, tmpl: KeyTemplate) -> Any:
-        return p11.derive(base, alg, data, template=tmpl.as_dict())
-
-    def destroy(self, key: Any) -> None:
-        key.destroy()
-
-    def ecb(self, key: Any, alg: Algorithm, data: bytes) -> bytes:
-        return bytes(key.encrypt(data, mechanism=p11.ECB[alg]))
-
-    def cbc(self, key: Any, alg: Algorithm, data: bytes, iv: bytes) -> bytes:
-        return bytes(key.encrypt(data, mechanism=p11.CBC[alg], mechanism_param=iv))
-
-    def wrap(self, wrapping: Any, key: Any) -> bytes:
-        return bytes(wrapping.wrap_key(key, mechanism=Mechanism.AES_KEY_WRAP_PAD))
-
-    def wrap_sm4(self, wrapping: Any, key: Any) -> bytes:
-        return bytes(wrapping.wrap_key(key, mechanism=p11.ECB[Algorithm.SM4]))
+#: INTERNAL AUTHENTICATE: (card IRK: derives only, session key: encrypts only) per algorithm;
+#: SM4's built once the vendor's SM4 key type is registered (``hsm.pkcs11.register_vendor``).
+_IRK_TEMPLATES: dict[Algorithm, tuple[p11fast.Template, p11fast.Template]] = {}
 
 
-_PY_OPS = _PyKeyOps()
+def _irk_templates(alg: Algorithm) -> tuple[p11fast.Template, p11fast.Template]:
+    templates = _IRK_TEMPLATES.get(alg)
+    if templates is None:
+        templates = _IRK_TEMPLATES[alg] = (
+            p11fast.key_template(alg, Attribute.DERIVE, extractable=False),
+            p11fast.key_template(alg, Attribute.ENCRYPT, extractable=False),
+        )
+    return templates
 
 
-def _wrap_for_chip(ops: _KeyOps, wrapping: Any, key: Any, alg: Algorithm) -> bytes:
+def expected_response(service: Pkcs11Keys, ref: CardKeyRef, factor: bytes, random: bytes) -> bytes:
+    """The card's answer to INTERNAL AUTHENTICATE(``factor || random``), computed in the HSM
+    (the steps of :mod:`hsm.internal_auth`'s docstring): the one implementation, used by
+    :meth:`HsmCardCrypto.internal_auth_response`, :func:`hsm.internal_auth.check_internal_auth`
+    and :meth:`hsm.service.Pkcs11KeyService.verify_internal_auth`. Through
+    :class:`ctypes.PyDLL` (the GIL held, see :mod:`hsm.internal_auth`)."""
+    fast = p11fast.fast_ops(str(service.token.config.module), hold_gil=True)
+    if len(random) != 8:
+        raise ValueError("random must be 8 bytes")
+    alg = ref.algorithm
+    p11.check_algorithm(alg, service.token.config)
+    chain = [
+        keyscheme.diversification_data(f, alg)
+        for f in ref.factors(KeySlot.IRK, service.region_code)
+    ]
+    session_data = keyscheme.diversification_data(factor, alg)
+    block = random if alg is Algorithm.DES3 else random + factor
+    tmpl, session_tmpl = _irk_templates(alg)
+    with service.token.use("INTERNAL AUTHENTICATE check") as session:
+        service.sync(service.token.generation)
+        sh = session.handle
+        base = handle = service.master_synced(KeySlot.IRK, alg, ref.key_version).handle
+        made: list[int] = []
+        try:
+            for data in chain:
+                handle = fast.derive(sh, handle, alg, data, tmpl)
+                made.append(handle)
+            session_key = fast.derive(sh, handle, alg, session_data, session_tmpl)
+            made.append(session_key)
+            return fast.encrypt_ecb(sh, session_key, alg, block)
+        finally:
+            for h in reversed(made):
+                if h != base:
+                    fast.destroy(sh, h)
+            service.objects_destroyed(len(made))
+
+
+def _wrap_for_chip(ops: _FastKeyOps, wrapping: Any, key: Any, alg: Algorithm) -> bytes:
     """``keyscheme.wrap_card_key`` in the HSM (LOCK held): the key object ``key`` of algorithm
     ``alg`` wrapped under ``wrapping`` (a KLK, or a transport key to a chip's maker, of
     ``keyscheme.klk_algorithm(alg)``): ``C_WrapKey(CKM_AES_KEY_WRAP_PAD)``; SM4 keys
@@ -180,7 +173,7 @@ class HsmCardCrypto:
         #: module in the middle of an operation would void the handles it still uses)
         self._destroyed_inside = 0
         self._generation = -1
-        self._ops: _KeyOps = _PY_OPS
+        self._ops: _FastKeyOps | None = None
         #: diversification data blocks per kind of slot (card / financial), computed once
         self._data: dict[bool, tuple[bytes, ...]] = {}
 
@@ -198,7 +191,11 @@ class HsmCardCrypto:
         with self._service.token.use("destroying card keys"):
             destroyed = 0
             keys = [*self._keys.values(), *([self._klk] if self._klk is not None else [])]
-            if keys and self._generation == self._service.token.generation:
+            if (
+                keys
+                and self._ops is not None
+                and self._generation == self._service.token.generation
+            ):
                 for key in keys:
                     self._ops.destroy(key)
                 destroyed = len(keys)
@@ -208,18 +205,22 @@ class HsmCardCrypto:
             self._service.objects_destroyed(destroyed)
 
     # derivation (LOCK held) --------------------------------------------------------------
-    def _sync(self) -> _KeyOps:
-        """Drop handles of a previous module initialisation (fork, recycling) and pick the
-        backend for this session; once per operation, LOCK held."""
+    def _sync(self) -> _FastKeyOps:
+        """Drop handles of a previous module initialisation (fork, recycling) and bind the
+        calls to this session; once per operation, LOCK held."""
         token = self._service.token
         generation = token.generation
         if generation != self._generation:
             self._keys.clear()  # handles of a previous initialisation are void
             self._klk = None
             self._generation = generation
-            fast = self._service.fast
-            self._ops = _FastKeyOps(fast, token.session().handle) if fast else _PY_OPS
+            self._ops = _FastKeyOps(self._service.fast, token.session().handle)
         self._service.sync(generation)
+        return self._live()
+
+    def _live(self) -> _FastKeyOps:
+        """The calls bound by :meth:`_sync` (LOCK held)."""
+        assert self._ops is not None, "call _sync first"
         return self._ops
 
     def _blocks(self, slot: KeySlot) -> tuple[bytes, ...]:
@@ -234,7 +235,7 @@ class HsmCardCrypto:
     def _chain(
         self, master: Any, alg: Algorithm, blocks: Sequence[bytes], tmpl: KeyTemplate
     ) -> Any:
-        ops = self._ops
+        ops = self._live()
         base = key = ops.handle(master)
         for n, data in enumerate(blocks, start=1):
             child = ops.derive(key, alg, data, tmpl if n == len(blocks) else INTERMEDIATE)
@@ -289,9 +290,9 @@ class HsmCardCrypto:
         """``use(ops, klk)`` with a KLK made for it and destroyed after (LOCK held)."""
         klk = self._derive_klk(tmpl)
         try:
-            return use(self._ops, klk)
+            return use(self._live(), klk)
         finally:
-            self._ops.destroy(klk)
+            self._live().destroy(klk)
             self._destroyed_inside += 1
 
     def derive_all(self, slots: Iterable[KeySlot]) -> None:
@@ -308,7 +309,7 @@ class HsmCardCrypto:
         use :func:`hsm.pkcs11.kcv`)."""
         with self._service.token.use("card key KCV"):
             key = self._key(slot)
-            return self._ops.ecb(key, self.algorithm, KCV_BLOCK[self.algorithm])[:3]
+            return self._live().ecb(key, self.algorithm, KCV_BLOCK[self.algorithm])[:3]
 
     def external_auth(self, slot: KeySlot, challenge: bytes) -> bytes:
         if len(challenge) != 8:
@@ -316,7 +317,7 @@ class HsmCardCrypto:
         block = challenge if self.algorithm is Algorithm.DES3 else challenge + b"\x80" + bytes(7)
         with self._service.token.use("EXTERNAL AUTHENTICATE cryptogram"):
             key = self._key(slot)
-            return self._ops.ecb(key, self.algorithm, block)
+            return self._live().ecb(key, self.algorithm, block)
 
     def mac_block(self, slot: KeySlot, data: bytes, iv: bytes) -> bytes:
         """ISO/IEC 9797-1 MAC algorithm 1 (SoftHSM2 has no CKM_DES3_MAC): C_Encrypt(CBC, IV)
@@ -326,7 +327,7 @@ class HsmCardCrypto:
         padded = keyscheme.pad_method2(data, size)
         with self._service.token.use("secure-messaging MAC"):
             key = self._key(slot)
-            return self._ops.cbc(key, self.algorithm, padded, iv_full)[-size:]
+            return self._live().cbc(key, self.algorithm, padded, iv_full)[-size:]
 
     def encrypt(self, slot: KeySlot, plaintext: bytes) -> bytes:
         if len(plaintext) > 255:
@@ -336,7 +337,7 @@ class HsmCardCrypto:
         )
         with self._service.token.use("encrypting sensitive data"):
             key = self._key(slot)
-            return self._ops.ecb(key, self.algorithm, padded)
+            return self._live().ecb(key, self.algorithm, padded)
 
     def wrapped_card_key(self, slot: KeySlot) -> bytes:
         """WRITE KEY payload: ``C_WrapKey(CKM_AES_KEY_WRAP_PAD)`` of the card key object under
@@ -370,19 +371,8 @@ class HsmCardCrypto:
             return bytes(self._with_klk(tmpl, lambda o, klk: _wrap_for_chip(o, wrapping, klk, alg)))
 
     def internal_auth_response(self, factor: bytes, random: bytes) -> bytes:
-        if len(random) != 8:
-            raise ValueError("random must be 8 bytes")
-        data = keyscheme.diversification_data(factor, self.algorithm)
-        block = random if self.algorithm is Algorithm.DES3 else random + factor
-        with self._service.token.use("INTERNAL AUTHENTICATE check"):
-            ops = self._sync()
-            session_key = ops.derive(self._key_synced(KeySlot.IRK), self.algorithm, data,
-                                     SESSION_KEY)  # fmt: skip
-            try:
-                return ops.ecb(session_key, self.algorithm, block)
-            finally:
-                ops.destroy(session_key)
-                self._destroyed_inside += 1
+        """The card's INTERNAL AUTHENTICATE answer (:func:`expected_response`)."""
+        return expected_response(self._service, self.ref, factor, random)
 
     def export(self, slots: Iterable[KeySlot], transport: Any) -> dict[KeySlot, bytes]:
         """Card keys wrapped under ``transport`` (a blank chip's maker) in the key-loading form
@@ -394,36 +384,3 @@ class HsmCardCrypto:
             return {
                 slot: _wrap_for_chip(ops, wrapping, self._key_synced(slot), alg) for slot in slots
             }
-
-    def bureau_export(
-        self, slots: Iterable[KeySlot], kek: Any, sensitive: Sequence[bytes], under: KeySlot
-    ) -> BureauExport:
-        """Keys and the card's KLK wrapped under ``kek``, their KCVs and encrypted sensitive
-        data (the exporter's path without :mod:`hsm.p11fast`; see :mod:`hsm.export`)."""
-        alg, size = self.algorithm, self.algorithm.block_size
-        with self._service.token.use("exporting card keys for a bureau"):
-            ops = self._sync()
-            kek_h = ops.handle(kek)
-            wrapped: dict[KeySlot, bytes] = {}
-            kcvs: dict[KeySlot, bytes] = {}
-            for slot in slots:
-                key = self._key_synced(slot)
-                wrapped[slot] = ops.wrap(kek_h, key)
-                kcvs[slot] = ops.ecb(key, alg, KCV_BLOCK[alg])[:3]
-            klk_wrapped, klk_kcv = self._with_klk(
-                KLK_BUREAU,
-                lambda o, klk: (
-                    o.wrap(kek_h, klk),
-                    o.ecb(klk, KLK_ALGORITHM, KCV_BLOCK[KLK_ALGORITHM])[:3],
-                ),
-            )
-            encrypted: list[bytes] = []
-            if sensitive:
-                key = self._key_synced(under)
-                for data in sensitive:
-                    if len(data) > 255:
-                        raise ValueError("sensitive data longer than 255 bytes")
-                    padded = keyscheme.pad_method2(bytes([len(data)]) + data, size)
-                    encrypted.append(ops.ecb(key, alg, padded))
-        return BureauExport(wrapped, kcvs, tuple(encrypted), klk_wrapped=klk_wrapped,
-                            klk_kcv=klk_kcv)  # fmt: skip

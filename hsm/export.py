@@ -15,16 +15,14 @@ the keys.
 A new KEK follows each re-initialisation of the module (the old one is gone with it, see
 ``Pkcs11KeyService.objects_destroyed``): the file says which KEK wraps each card.
 
-The HSM exporter uses the direct calls of :mod:`hsm.p11fast` when the module allows (2-3x less
-time per card than python-pkcs11), python-pkcs11 otherwise; the software twin computes the
-same bytes with clear test keys.
+The HSM exporter uses the direct calls of :mod:`hsm.p11fast` (2-3x less time per card than
+python-pkcs11); the software twin computes the same bytes with clear test keys.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
@@ -125,12 +123,7 @@ class HsmBureauExporter:
         fast = self._service.fast
         with self._service.token.use("exporting card keys for a bureau") as session:
             kek = self._current_kek()
-            kek_id = self._kek_id
-            if fast is not None:
-                return self._export_fast(fast, session, kek, ref, list(slots), sensitive, under)
-            with self._service.card_crypto(ref) as crypto:
-                out = crypto.bureau_export(slots, kek, sensitive, under)
-        return replace(out, kek_id=kek_id)
+            return self._export_fast(fast, session, kek, ref, list(slots), sensitive, under)
 
     def _export_fast(
         self,
@@ -142,8 +135,8 @@ class HsmBureauExporter:
         sensitive: Sequence[bytes],
         under: KeySlot,
     ) -> BureauExport:
-        """The same as :meth:`HsmCardCrypto.bureau_export` through :mod:`hsm.p11fast`
-        (LOCK held, KEK current)."""
+        """Keys and the card's KLK wrapped under ``kek``, their KCVs and encrypted sensitive
+        data, through :mod:`hsm.p11fast` (LOCK held, KEK current)."""
         service = self._service
         alg = ref.algorithm
         p11.check_algorithm(alg)

@@ -1,4 +1,4 @@
-"""Direct PKCS#11 calls for the per-card hot path of data preparation.
+"""Direct PKCS#11 calls: the per-card path (card keys derived, used, wrapped, destroyed).
 
 python-pkcs11 is convenient but costs more than the HSM itself on the calls a data
 preparation makes millions of times (measured on SoftHSM2, DES3): ``derive_key`` +
@@ -7,14 +7,16 @@ called directly. Its ``derive_key`` reads the base key's type (C_GetAttributeVal
 build the Python object, several attributes of the new key; it packs the template attribute
 by attribute on every call; ``wrap_key`` calls ``C_WrapKey`` twice (size query, then the
 wrap). Here the same PKCS#11 v2.40 functions are called with ctypes: templates are built once,
-wrap and encrypt use a buffer of the known size (one call), handles are plain integers.
+wrap and encrypt use a buffer of the known size (one call), handles are plain integers. It is
+the only path of every per-card call (:mod:`hsm.cardcrypto`, :mod:`hsm.prep`,
+:mod:`hsm.export`, :mod:`hsm.internal_auth`): there is no python-pkcs11 twin of them.
 
 Sessions, login, object look-up and everything else stay with python-pkcs11 (:mod:`hsm.pkcs11`);
 this module only takes their handles (``session.handle``, ``key.handle``), under the same
 process-wide lock. The library is opened with ``ctypes.CDLL`` on the path python-pkcs11 already
-loaded: ``dlopen`` returns the same instance (same sessions, same login). Modules that do not
-export the ``C_*`` symbols (the standard only requires ``C_GetFunctionList``) get no fast path
-(:func:`fast_ops` returns None) and the service falls back to python-pkcs11.
+loaded: ``dlopen`` returns the same instance (same sessions, same login). The entry points come
+from the module's ``C_GetFunctionList`` (the one symbol the standard requires a module to
+export), so every PKCS#11 module has this path.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
 from cardspec.keyscheme import Algorithm
-from hsm.errors import HsmError, KeyNotFound, MechanismUnavailable
+from hsm.errors import HsmError, HsmUnavailable, KeyNotFound, MechanismUnavailable
 
 _ULONG = ctypes.c_ulong
 _CKR_BUFFER_TOO_SMALL = 0x150
@@ -132,28 +134,70 @@ def key_template(
     return Template(attrs)
 
 
+#: The entry points of CK_FUNCTION_LIST, in its order (PKCS#11 v2.40, pkcs11f.h).
+FUNCTIONS = (
+    "C_Initialize", "C_Finalize", "C_GetInfo", "C_GetFunctionList", "C_GetSlotList",
+    "C_GetSlotInfo", "C_GetTokenInfo", "C_GetMechanismList", "C_GetMechanismInfo", "C_InitToken",
+    "C_InitPIN", "C_SetPIN", "C_OpenSession", "C_CloseSession", "C_CloseAllSessions",
+    "C_GetSessionInfo", "C_GetOperationState", "C_SetOperationState", "C_Login", "C_Logout",
+    "C_CreateObject", "C_CopyObject", "C_DestroyObject", "C_GetObjectSize",
+    "C_GetAttributeValue", "C_SetAttributeValue", "C_FindObjectsInit", "C_FindObjects",
+    "C_FindObjectsFinal", "C_EncryptInit", "C_Encrypt", "C_EncryptUpdate", "C_EncryptFinal",
+    "C_DecryptInit", "C_Decrypt", "C_DecryptUpdate", "C_DecryptFinal", "C_DigestInit",
+    "C_Digest", "C_DigestUpdate", "C_DigestKey", "C_DigestFinal", "C_SignInit", "C_Sign",
+    "C_SignUpdate", "C_SignFinal", "C_SignRecoverInit", "C_SignRecover", "C_VerifyInit",
+    "C_Verify", "C_VerifyUpdate", "C_VerifyFinal", "C_VerifyRecoverInit", "C_VerifyRecover",
+    "C_DigestEncryptUpdate", "C_DecryptDigestUpdate", "C_SignEncryptUpdate",
+    "C_DecryptVerifyUpdate", "C_GenerateKey", "C_GenerateKeyPair", "C_WrapKey", "C_UnwrapKey",
+    "C_DeriveKey", "C_SeedRandom", "C_GenerateRandom", "C_GetFunctionStatus",
+    "C_CancelFunction", "C_WaitForSlotEvent",
+)  # fmt: skip
+
+
+class _Version(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_ubyte), ("minor", ctypes.c_ubyte)]
+
+
+class _FunctionList(ctypes.Structure):
+    """CK_FUNCTION_LIST."""
+
+    _fields_ = [("version", _Version), *((name, ctypes.c_void_p) for name in FUNCTIONS)]
+
+
+def entry_points(lib: ctypes.CDLL) -> dict[str, int]:
+    """The addresses of the module's functions from its ``C_GetFunctionList``."""
+    get = lib.C_GetFunctionList
+    get.restype = _ULONG
+    get.argtypes = [ctypes.POINTER(ctypes.POINTER(_FunctionList))]
+    table = ctypes.POINTER(_FunctionList)()
+    rv = get(ctypes.byref(table))
+    if rv or not table:
+        raise HsmError("C_GetFunctionList failed", ckr=_CKR_NAMES.get(rv, f"CKR_0x{rv:08X}"))
+    found = {name: getattr(table.contents, name) for name in FUNCTIONS}
+    return {name: address for name, address in found.items() if address}
+
+
 class FastOps:
-    """The hot-path calls. Caller holds :data:`hsm.pkcs11.LOCK` and passes live handles."""
+    """The per-card calls. Caller holds :data:`hsm.pkcs11.LOCK` and passes live handles.
+    ``lib`` a :class:`ctypes.PyDLL`: the calls hold the GIL (see :mod:`hsm.internal_auth`)."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
-        self._derive_key = lib.C_DeriveKey
-        self._destroy = lib.C_DestroyObject
-        self._wrap = lib.C_WrapKey
-        self._encrypt_init = lib.C_EncryptInit
-        self._encrypt = lib.C_Encrypt
-        self._unwrap = lib.C_UnwrapKey
+        functype = ctypes.PYFUNCTYPE if isinstance(lib, ctypes.PyDLL) else ctypes.CFUNCTYPE
+        table = entry_points(lib)
         ptr, ulong_p = ctypes.c_void_p, ctypes.POINTER(_ULONG)
-        signatures: list[tuple[Any, list[Any]]] = [
-            (self._derive_key, [_ULONG, ptr, _ULONG, ptr, _ULONG, ulong_p]),
-            (self._destroy, [_ULONG, _ULONG]),
-            (self._wrap, [_ULONG, ptr, _ULONG, _ULONG, ptr, ulong_p]),
-            (self._encrypt_init, [_ULONG, ptr, _ULONG]),
-            (self._encrypt, [_ULONG, ctypes.c_char_p, _ULONG, ptr, ulong_p]),
-            (self._unwrap, [_ULONG, ptr, _ULONG, ctypes.c_char_p, _ULONG, ptr, _ULONG, ulong_p]),
-        ]
-        for fn, argtypes in signatures:  # ints are converted in C, not by ctypes objects
-            fn.restype = _ULONG
-            fn.argtypes = argtypes
+
+        def fn(name: str, *argtypes: Any) -> Any:  # ints are converted in C, not by ctypes
+            if name not in table:
+                raise MechanismUnavailable(f"the PKCS#11 module has no {name}")
+            return functype(_ULONG, *argtypes)(table[name])
+
+        self._derive_key = fn("C_DeriveKey", _ULONG, ptr, _ULONG, ptr, _ULONG, ulong_p)
+        self._destroy = fn("C_DestroyObject", _ULONG, _ULONG)
+        self._wrap = fn("C_WrapKey", _ULONG, ptr, _ULONG, _ULONG, ptr, ulong_p)
+        self._encrypt_init = fn("C_EncryptInit", _ULONG, ptr, _ULONG)
+        self._encrypt = fn("C_Encrypt", _ULONG, ctypes.c_char_p, _ULONG, ptr, ulong_p)
+        self._unwrap = fn("C_UnwrapKey", _ULONG, ptr, _ULONG, ctypes.c_char_p, _ULONG, ptr,
+                          _ULONG, ulong_p)  # fmt: skip
         self._data = ctypes.create_string_buffer(16)
         self._kds = _DerivationData(ctypes.cast(self._data, ctypes.c_void_p), 16)
         self._derive_mech = _Mechanism(0, ctypes.cast(ctypes.byref(self._kds), ctypes.c_void_p),
@@ -259,14 +303,18 @@ class FastOps:
         return ctypes.string_at(buf, self._len.value)
 
 
-_CACHE: dict[str, FastOps | None] = {}
+_CACHE: dict[tuple[str, bool], FastOps] = {}
 
 
-def fast_ops(module_path: str) -> FastOps | None:
-    """The fast path for this module, or None if it does not export the ``C_*`` functions."""
-    if module_path not in _CACHE:
+def fast_ops(module_path: str, *, hold_gil: bool = False) -> FastOps:
+    """The direct calls of this module (one per process and module; ``hold_gil``: through
+    :class:`ctypes.PyDLL`)."""
+    key = (module_path, hold_gil)
+    ops = _CACHE.get(key)
+    if ops is None:
         try:
-            _CACHE[module_path] = FastOps(ctypes.CDLL(module_path))
-        except (OSError, AttributeError):
-            _CACHE[module_path] = None
-    return _CACHE[module_path]
+            lib = ctypes.PyDLL(module_path) if hold_gil else ctypes.CDLL(module_path)
+            ops = _CACHE[key] = FastOps(lib)
+        except (OSError, AttributeError) as exc:
+            raise HsmUnavailable(f"{module_path} is not a loadable PKCS#11 module: {exc}") from exc
+    return ops

@@ -183,14 +183,9 @@ def verify_signature(public_pem: bytes, data: bytes, signature: bytes) -> None:
 
 
 class HsmCardSession(CardCryptoSession, Protocol):
-    """A card's keys in the HSM (:class:`hsm.cardcrypto.HsmCardCrypto`): also exported for a
-    bureau file under a file KEK."""
+    """A card's keys in the HSM (:class:`hsm.cardcrypto.HsmCardCrypto`)."""
 
     def __enter__(self) -> HsmCardSession: ...
-
-    def bureau_export(
-        self, slots: Iterable[KeySlot], kek: Any, sensitive: Sequence[bytes], under: KeySlot
-    ) -> BureauExport: ...
 
 
 class Pkcs11Keys(Protocol):
@@ -201,7 +196,7 @@ class Pkcs11Keys(Protocol):
     region_code: str
 
     @property
-    def fast(self) -> p11fast.FastOps | None: ...
+    def fast(self) -> p11fast.FastOps: ...
 
     def sync(self, generation: int) -> None: ...
 

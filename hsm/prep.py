@@ -220,9 +220,7 @@ class _Plan:
 class PrepOps:
     """Bulk preparation in one process: ``with ops.chunk(): ops.in_house(...)`` per card.
 
-    Needs the module's direct ``C_*`` entry points (:func:`hsm.p11fast.fast_ops`);
-    :func:`prep_ops` returns None otherwise (the caller then prepares card by card through
-    :class:`hsm.cardcrypto.HsmCardCrypto`)."""
+    Through the module's direct entry points (:func:`hsm.p11fast.fast_ops`)."""
 
     def __init__(
         self,
@@ -469,16 +467,12 @@ class PrepOps:
 
 
 def prep_ops(key_service: KeyService, wrapping_label: str, **kwargs: Any) -> PrepOps | None:
-    """:class:`PrepOps` for a PKCS#11 key service whose module has the direct entry points;
-    None otherwise (software twin, modules exporting only ``C_GetFunctionList``)."""
+    """:class:`PrepOps` for a PKCS#11 key service; None for another (the software twin)."""
     service = key_service.hsm_keys
     if service is None:
         return None
-    fast = service.fast
-    if fast is None:
-        return None
     service.transport(wrapping_label)  # fail early on an unknown key
-    return PrepOps(service, fast, wrapping_label, **kwargs)
+    return PrepOps(service, service.fast, wrapping_label, **kwargs)
 
 
 # --- at the station ---------------------------------------------------------------------------
@@ -505,8 +499,6 @@ class RecordCrypto:
         write_keys: Mapping[KeySlot, bytes],
     ) -> None:
         fast = service.fast
-        if fast is None:
-            raise HsmError("perso records need the module's direct C_* entry points")
         p11.check_algorithm(algorithm)
         self.algorithm = algorithm
         self._service = service

@@ -17,9 +17,10 @@ Mechanisms used (all computed in the HSM, results compared with keyscheme in the
   IV) of the padded data, keeping the last block - the definition of MAC algorithm 1.
 * Secure-messaging session keys: none by CHOICE - MACs use the card's own key with the card's
   challenge as initial value (the reasons are in ``cardspec.keyscheme``); the per-challenge
-  session key of INTERNAL AUTHENTICATE is derived here (C_DeriveKey, destroyed at once).
-* Per-card calls (:mod:`hsm.cardcrypto`) go straight to the module's ``C_*`` entry points
-  (:mod:`hsm.p11fast`) when it exports them, through python-pkcs11 otherwise.
+  session key of INTERNAL AUTHENTICATE is derived in the HSM (C_DeriveKey, destroyed at once)
+  by :func:`hsm.cardcrypto.expected_response`, the one computation of the card's answer.
+* Per-card calls (:mod:`hsm.cardcrypto`, :mod:`hsm.prep`, :mod:`hsm.export`,
+  :mod:`hsm.internal_auth`) go straight to the module's entry points (:mod:`hsm.p11fast`).
 * Key loading (``wrapped_card_key``, the WRITE KEY payload): the card's key-loading key KLK is
   derived in the HSM (``C_DeriveKey(CKM_AES_ECB_ENCRYPT_DATA)`` from the AES master
   ``ykt:klk:aes:v<n>`` by the card factor; a sensitive, non-extractable session object with
@@ -69,7 +70,7 @@ from cardspec.crypto import SoftwareCardCrypto
 from cardspec.keyscheme import Algorithm, KeySlot
 from hsm import ceremony, p11fast
 from hsm import pkcs11 as p11
-from hsm.cardcrypto import HsmCardCrypto
+from hsm.cardcrypto import HsmCardCrypto, expected_response
 from hsm.config import HsmConfig
 from hsm.errors import (
     CryptogramMismatch,
@@ -124,14 +125,12 @@ class Pkcs11KeyService:
         *,
         signing_label: str = ceremony.SIGNING_LABEL,
         recycle_after: int | None = None,
-        fast_path: bool = True,
         signing: str = "ecdsa-p256",
     ) -> None:
         self.token = token
         #: what :meth:`sign` uses (``[hsm] signing``): ``ecdsa-p256`` (``signing_label``) or
         #: ``sm2`` (``ykt:signing:sm2:v1``, SM2 with SM3 and the default identity)
         self.signing = signing
-        self._fast_path = fast_path
         #: Re-initialise the module after this many destroyed card-key objects (None: the
         #: default, 20,000 on SoftHSM2 and never on other HSMs; 0: never).
         self._recycle_after = recycle_after
@@ -152,10 +151,8 @@ class Pkcs11KeyService:
         return cls(p11.open_token(config), config.region_code, **kwargs)
 
     @property
-    def fast(self) -> p11fast.FastOps | None:
-        """Direct PKCS#11 calls for bulk export (:mod:`hsm.p11fast`), if the module allows."""
-        if not self._fast_path:
-            return None
+    def fast(self) -> p11fast.FastOps:
+        """The module's direct PKCS#11 calls (:mod:`hsm.p11fast`): every per-card call."""
         return p11fast.fast_ops(str(self.token.config.module))
 
     @property
@@ -266,9 +263,7 @@ class Pkcs11KeyService:
     def verify_internal_auth(
         self, ref: CardKeyRef, factor: bytes, random: bytes, response: bytes
     ) -> None:
-        with self.card_crypto(ref) as crypto:
-            expected = crypto.internal_auth_response(factor, random)
-        _check_cryptogram(expected, response)
+        _check_cryptogram(expected_response(self, ref, factor, random), response)
 
     def external_auth(self, ref: CardKeyRef, slot: KeySlot, challenge: bytes) -> bytes:
         with self.card_crypto(ref) as crypto:

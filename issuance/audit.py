@@ -1,6 +1,6 @@
 """Tamper-evident audit log.
 
-Hot path: :func:`record` (or a core-SQL insert of :func:`event_row`) is a plain INSERT in the
+Hot path: :func:`record` (or a core-SQL insert of :func:`event_values`) is a plain INSERT in the
 business transaction - no lock, no chain computation, no global "chain head" row to update - so
 audited work stays parallel (the verification API appends thousands of events a second).
 
@@ -81,10 +81,21 @@ class Signer(Protocol):
     def public_key_pem(self) -> bytes | str: ...
 
 
+_PLAIN = frozenset({bool, int, float, type(None)})
+
+
+def _mask(m: re.Match[str]) -> str:
+    return m.group(0)[:4] + "*" * 10 + m.group(0)[-4:]
+
+
 def scrub(value: Any) -> Any:
     """Mask citizen-ID-looking numbers anywhere in a JSON-able value."""
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, str):
-        return _CITIZEN_ID_RE.sub(lambda m: m.group(0)[:4] + "*" * 10 + m.group(0)[-4:], value)
+        if len(value) < 18:  # a citizen ID number is 18 characters
+            return value
+        return _CITIZEN_ID_RE.sub(_mask, value)
     if isinstance(value, dict):
         return {str(k): scrub(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -94,8 +105,22 @@ def scrub(value: Any) -> Any:
     return value
 
 
+#: The one writer of canonical JSON (sorted keys, no spaces, UTF-8 text, anything else as its
+#: ``str``): what ``json.dumps(value, sort_keys=True, separators=(",", ":"),
+#: ensure_ascii=False, default=str)`` writes, its encoder built once instead of per call.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+)
+
+
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    """The canonical JSON of ``value``: the audit chain hashes it, byte for byte."""
+    return _CANONICAL.encode(value)
+
+
+def details_json(details: dict[str, Any] | None) -> str:
+    """The ``details`` column of an audit event: the canonical JSON of the scrubbed details."""
+    return canonical_json(scrub(details or {}))
 
 
 def record(
@@ -112,11 +137,23 @@ def record(
 ) -> AuditEvent:
     """Add one audit event to the current transaction (a plain insert, flushed with the rest)."""
     event = AuditEvent(
-        **event_row(
-            actor, action, entity_type, entity_id,
-            before=before, after=after, reason=reason, details=details,
+        **dict(
+            zip(
+                EVENT_COLUMNS,
+                event_values(
+                    actor,
+                    action,
+                    entity_type,
+                    entity_id,
+                    before=before,
+                    after=after,
+                    reason=reason,
+                    details=details,
+                ),
+                strict=True,
+            )
         )
-    )  # fmt: skip
+    )
     session.add(event)
     return event
 
@@ -148,6 +185,38 @@ def search(
     return list(session.scalars(stmt.order_by(AuditEvent.id).limit(limit)))
 
 
+def event_values(
+    actor: Actor,
+    action: str,
+    entity_type: str,
+    entity_id: object,
+    *,
+    before: str | None = None,
+    after: str | None = None,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+    occurred_at: Any = None,
+) -> tuple[Any, ...]:
+    """The column values of one audit event, in :data:`EVENT_COLUMNS` order: the one builder
+    of an audit event, whatever writes it (:func:`record`, core-SQL inserts, the bulk paths
+    through :class:`EventTemplate`). ``occurred_at``: now if not given (a datetime, or the
+    value the database driver takes for it)."""
+    return (
+        occurred_at or utcnow(),
+        actor.staff_id,
+        actor.username,
+        str(actor.role),
+        str(actor.channel),
+        action,
+        entity_type,
+        str(entity_id),
+        None if before is None else str(before),
+        None if after is None else str(after),
+        scrub(reason) if reason else None,
+        details_json(details),
+    )
+
+
 def event_row(
     actor: Actor,
     action: str,
@@ -160,22 +229,101 @@ def event_row(
     details: dict[str, Any] | None = None,
     occurred_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """The column values of one audit event (:data:`EVENT_COLUMNS`), for :func:`record` and
-    for hot paths that insert it with core SQL in their own statement."""
-    return {
-        "occurred_at": occurred_at or utcnow(),
-        "actor_staff_id": actor.staff_id,
-        "actor_name": actor.username,
-        "actor_role": str(actor.role),
-        "channel": str(actor.channel),
-        "action": action,
-        "entity_type": entity_type,
-        "entity_id": str(entity_id),
-        "before": None if before is None else str(before),
-        "after": None if after is None else str(after),
-        "reason": scrub(reason) if reason else None,
-        "details": canonical_json(scrub(details or {})),
-    }
+    """:func:`event_values` by column name."""
+    return dict(
+        zip(
+            EVENT_COLUMNS,
+            event_values(
+                actor,
+                action,
+                entity_type,
+                entity_id,
+                before=before,
+                after=after,
+                reason=reason,
+                details=details,
+                occurred_at=occurred_at,
+            ),
+            strict=True,
+        )
+    )
+
+
+class EventTemplate:
+    """Many audit events of one kind that differ only in their entity id and some detail
+    values (a chunk of a bulk path): :func:`event_values` made once with a placeholder for each
+    varying value, then per event only the varying parts filled in, each written by
+    :func:`canonical_json` of its scrubbed value. The rows are those :func:`event_values` gives
+    for the full details (a Hypothesis test holds them equal byte for byte): the keys of a
+    canonical JSON object are sorted by name, so where each value goes does not depend on the
+    values."""
+
+    _MEMO = 4096  # encoded values remembered per slot (repeated profiles, files, outputs)
+
+    def __init__(
+        self,
+        actor: Actor,
+        action: str,
+        entity_type: str,
+        *,
+        varying: tuple[str, ...],
+        before: str | None = None,
+        after: str | None = None,
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+        occurred_at: Any = None,
+    ) -> None:
+        fixed = dict(details or {})
+        marks = [f"\x1eykt-slot-{i}\x1e" for i in range(len(varying))]
+        if set(varying) & set(fixed) or len(set(varying)) != len(varying):
+            raise ValueError("a varying detail is also fixed, or named twice")
+        values = event_values(
+            actor,
+            action,
+            entity_type,
+            "",
+            before=before,
+            after=after,
+            reason=reason,
+            details={**fixed, **dict(zip(varying, marks, strict=True))},
+            occurred_at=occurred_at,
+        )
+        text = values[-1]
+        if any(text.count(canonical_json(m)) != 1 for m in marks):
+            raise ValueError("a fixed detail holds a placeholder of a varying one")
+        where = sorted((text.index(canonical_json(m)), i) for i, m in enumerate(marks))
+        self.parts: list[str] = []
+        self.order: list[int] = []
+        at = 0
+        for pos, i in where:
+            self.parts.append(text[at:pos])
+            self.order.append(i)
+            at = pos + len(canonical_json(marks[i]))
+        self.tail = text[at:]
+        self.head = values[:7]
+        self.middle = values[8:11]
+        memos: list[dict[str, str]] = [{} for _ in varying]
+        self._steps = [(part, i, memos[i]) for part, i in zip(self.parts, self.order, strict=True)]
+
+    def row(self, entity_id: object, *values: Any) -> tuple[Any, ...]:
+        """The event of ``entity_id`` with the varying details ``values`` (in ``varying``
+        order)."""
+        out: list[str] = []
+        append = out.append
+        for part, i, memo in self._steps:
+            append(part)
+            value = values[i]
+            if type(value) is str:  # text repeats (profiles, files): its JSON remembered
+                text = memo.get(value)
+                if text is None:
+                    text = canonical_json(scrub(value))
+                    if len(memo) < self._MEMO:
+                        memo[value] = text
+            else:
+                text = canonical_json(scrub(value))
+            append(text)
+        append(self.tail)
+        return (*self.head, str(entity_id), *self.middle, "".join(out))
 
 
 def event_payload(ev: Any) -> dict[str, Any]:

@@ -112,11 +112,17 @@ def decode_card_identification(
     return CardIdentification(**decode_records(profile.ef("EF05")[1], records))
 
 
-def encode_holder(value: Holder, profile: CardProfile = DEFAULT_PROFILE) -> list[bytes]:
+def holder_values(value: Holder) -> dict[str, Any]:
+    """EF06's element values of ``value``: a whole name too long for the name element is split
+    (:func:`split_name`), the rest going to ``name_extension``."""
     values = _asdict(value)
     if not value.name_extension:
         values["name"], values["name_extension"] = split_name(value.name)
-    return encode_records(profile.ef("EF06")[1], values)
+    return values
+
+
+def encode_holder(value: Holder, profile: CardProfile = DEFAULT_PROFILE) -> list[bytes]:
+    return encode_records(profile.ef("EF06")[1], holder_values(value))
 
 
 def decode_holder(records: list[bytes], profile: CardProfile = DEFAULT_PROFILE) -> Holder:
@@ -148,8 +154,22 @@ def complete_financial(values: Mapping[str, Any]) -> dict[str, Any]:
     return {**values, "track2": track2_equivalent(values["pan"], values["expiry"])}
 
 
+def financial_values(value: FinancialData) -> dict[str, Any]:
+    """The financial record's element values of ``value`` (:func:`complete_financial`)."""
+    return complete_financial(_asdict(value))
+
+
+def financial_data(values: Mapping[str, Any]) -> FinancialData:
+    """The :class:`FinancialData` of the financial record's element values (the derived ones
+    of :func:`complete_financial` left out)."""
+    return FinancialData(**{k: v for k, v in values.items() if k not in _DERIVED_FINANCIAL})
+
+
+_DERIVED_FINANCIAL = frozenset({"track2"})
+
+
 def encode_financial(value: FinancialData, profile: CardProfile = DEFAULT_PROFILE) -> list[bytes]:
-    return encode_records(profile.ef("SFI01")[1], complete_financial(_asdict(value)))
+    return encode_records(profile.ef("SFI01")[1], financial_values(value))
 
 
 def decode_financial(records: list[bytes], profile: CardProfile = DEFAULT_PROFILE) -> FinancialData:

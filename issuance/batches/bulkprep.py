@@ -18,7 +18,8 @@ One chunk (``chunk`` cards, default :func:`chunk_size`) is three steps, each wor
    claim_ids`) and read every card, holder and application of it in one query;
 2. outside any transaction: per card a fresh chip serial from the blank stock, the HSM work
    (:class:`hsm.prep.PrepOps`, under the PKCS#11 lock for the whole chunk), the records
-   (:class:`RecordPlanner`), the output lines; the segment is written, fsynced and renamed;
+   (:func:`cardspec.perso.plan_values`), the output lines; the segment is written, fsynced
+   and renamed;
 3. one transaction: guarded by the lease (``... WHERE lease_owner = me AND stage =
    'selected'``: a worker that lost its lease changes nothing), the items moved to
    ``prepared``, the chips inserted, the cards updated and one audit event per item, every
@@ -70,13 +71,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from cardspec import ids, perso, tlv
-from cardspec.errors import EncodingError, InvalidIdentifier, ProfileError
+from cardspec import ids, perso
+from cardspec.errors import EncodingError, InvalidIdentifier
 from cardspec.keyscheme import KeySlot
-from cardspec.perso import CardPersoData
 from cardspec.profile import CardProfile
-from cardspec.profile.model import RecordLayout, encode_records
-from cardspec.profile.values import complete_financial, split_name
 from hsm import prep as hsm_prep
 from hsm.export import BureauExport, FileKek
 from hsm.service import CardKeyRef, KeyService
@@ -128,119 +126,6 @@ def chunk_size(remaining: int, workers: int = 1, chunk: int | None = None) -> in
 # --- records ----------------------------------------------------------------------------------
 
 
-class RecordPlanner:
-    """:func:`cardspec.perso.plan_records` for one profile, faster: the profile's files looked
-    up once, and element encodings of values that repeat (dates, codes, regions, categories)
-    remembered; the first card of every chunk is checked against ``plan_records`` itself
-    (:meth:`check`), so the two never silently differ."""
-
-    _MAX_VALUES = 4096  # distinct values remembered per element (a unique one stops caching)
-
-    def __init__(self, profile: CardProfile) -> None:
-        self.profile = profile
-        self.files = [(df, ef) for df, ef in profile.files()]
-        self._names = {ef.name for _, ef in self.files}
-        #: per EF: [element, its memo (value -> encoding) or None once it proved unique]
-        self._memo: dict[str, list[list[Any]]] = {
-            ef.name: [[el, {}] for el in ef.elements] for _, ef in self.files
-        }
-        self._elements = {ef.name: frozenset(e.name for e in ef.elements) for _, ef in self.files}
-        self._required = {
-            ef.name: frozenset(e.name for e in ef.elements if not e.optional)
-            for _, ef in self.files
-        }
-        self._fields: dict[type, tuple[str, ...]] = {}
-
-    def _asdict(self, obj: Any) -> dict[str, Any]:
-        names = self._fields.get(type(obj))
-        if names is None:
-            names = self._fields[type(obj)] = tuple(f.name for f in fields(obj))
-        return {n: getattr(obj, n) for n in names}
-
-    def _encoded(self, entry: list[Any], value: Any, simple: bool) -> bytes:
-        """The element's SIMPLE-TLV (``simple``) or BER-TLV of ``value``, remembered."""
-        el, memo = entry
-        hit = memo.get(value) if memo is not None else None
-        if hit is None:
-            raw = el.encode(value)
-            hit = tlv.simple_encode(el.tag, raw) if simple else tlv.encode(el.tag, raw)
-            if memo is not None:
-                if len(memo) >= self._MAX_VALUES:
-                    entry[1] = None
-                else:
-                    memo[value] = hit
-        return cast(bytes, hit)
-
-    def _simple(self, ef: Any, values: dict[str, Any]) -> list[bytes]:
-        out = []
-        for entry in self._memo[ef.name]:
-            value = values.get(entry[0].name)
-            hit = entry[1].get(value) if entry[1] is not None else None
-            out.append(hit if hit is not None else self._encoded(entry, value, True))
-        return out
-
-    def _emv(self, ef: Any, values: dict[str, Any]) -> list[bytes]:
-        """:func:`~cardspec.profile.model.encode_records` of an EMV template record, each
-        element's BER-TLV remembered."""
-        parts = []
-        for entry in self._memo[ef.name]:
-            el = entry[0]
-            value = values.get(el.name)
-            if el.optional and value in (None, ""):
-                continue
-            parts.append(self._encoded(entry, value, False))
-        record = tlv.encode(0x70, b"".join(parts))
-        if len(record) > ef.record_size:
-            raise EncodingError(ef.name, f"record of {len(record)} bytes exceeds {ef.record_size}")
-        return [record]
-
-    def plan(self, data: CardPersoData) -> dict[str, list[bytes]]:
-        if data.extra:  # extra applications: the general path
-            return perso.plan_records(data, self.profile)
-        holder = self._asdict(data.holder)
-        if not data.holder.name_extension:
-            holder["name"], holder["name_extension"] = split_name(data.holder.name)
-        values: dict[str, dict[str, Any]] = {
-            "EF05": self._asdict(data.card_identification()),
-            "EF06": holder,
-        }
-        for name, part in (("EF15", data.medical), ("EF16", data.pension),
-                           ("SFI01", data.financial)):  # fmt: skip
-            if part is not None:
-                values[name] = self._asdict(part)
-        if "SFI01" in values:
-            values["SFI01"] = complete_financial(values["SFI01"])
-        return self.plan_values(values)
-
-    def plan_values(self, values: dict[str, dict[str, Any]]) -> dict[str, list[bytes]]:
-        """The records of the profile's files from their element values (EF name -> element
-        name -> value, as :func:`issuance.batches.dataprep.perso_values` gives them)."""
-        out: dict[str, list[bytes]] = {}
-        for _, ef in self.files:
-            name = ef.name
-            vals = values.get(name)
-            if vals is None:
-                if name == "SFI01":
-                    raise ProfileError(
-                        f"profile {self.profile.name} has a financial application: give "
-                        "financial data or use a profile without it"
-                    )
-                continue
-            known = vals.keys() <= self._elements[name]
-            if ef.layout is RecordLayout.SIMPLE_TLV and known:
-                out[name] = self._simple(ef, vals)
-            elif (ef.layout is RecordLayout.EMV_TEMPLATE and known
-                  and self._required[name] <= vals.keys()):  # fmt: skip
-                out[name] = self._emv(ef, vals)
-            else:
-                out[name] = encode_records(ef, vals)
-        return out
-
-    def check(self, data: CardPersoData, planned: dict[str, list[bytes]]) -> None:
-        if perso.plan_records(data, self.profile) != planned:
-            raise IntegrityError(f"record planner differs from cardspec for {self.profile.name}")
-
-
 class ProfilePins:
     """:class:`hsm.prep.PinPolicy` of data preparation: the natural PIN of
     :func:`issuance.batches.dataprep.natural_pin`, one PIN block per PIN of the profile."""
@@ -260,7 +145,7 @@ class _Profile:
     """Per-profile constants of the card lines."""
 
     profile: CardProfile
-    planner: RecordPlanner
+    planner: perso.RecordPlanner
     pins: ProfilePins
     slots: tuple[KeySlot, ...]
     key_ids: dict[KeySlot, int]
@@ -273,7 +158,7 @@ class _Profile:
     def of(cls, profile: CardProfile) -> _Profile:
         specs = list(profile.key_specs())
         return cls(
-            profile, RecordPlanner(profile), ProfilePins(profile),
+            profile, perso.planner(profile), ProfilePins(profile),
             tuple(s.slot for _, s in specs), {s.slot: s.key_id for _, s in specs},
             {ef.name: (df, ef.sfi or 0) for df, ef in profile.files()},
         )  # fmt: skip
@@ -499,8 +384,7 @@ class Preparer:
     def run(self) -> PrepStats:
         ops = hsm_prep.prep_ops(self.key_service, self.wrapping)
         if ops is None:
-            raise IssuanceError("bulk data preparation needs a PKCS#11 module with direct C_* "
-                                "entry points (hsm.p11fast)")  # fmt: skip
+            raise IssuanceError("bulk data preparation needs a PKCS#11 key service (hsm.prep)")
         self._signer = signer_fingerprint(self.key_service.public_key_pem())
         start = time.perf_counter()
         stages = (S.SELECTED,) if self.output == IN_HOUSE else (S.SELECTED, S.PREPARED)
@@ -729,8 +613,10 @@ class Preparer:
     def _check(
         self, prof: _Profile, card: Prepared, pin: str, plan: dict[str, list[bytes]], check: bool
     ) -> None:
-        """``check`` (the first card of a chunk): the records made the general way
-        (:func:`dataprep.perso_data`, :func:`cardspec.perso.plan_records`) are the same."""
+        """``check`` (the first card of a chunk): a guard (the proof is the Hypothesis test of
+        test_batch_dataprep_paths.py): the card's :class:`~cardspec.perso.CardPersoData`
+        (:func:`dataprep.perso_data`) gives the same records (:func:`cardspec.perso.
+        plan_records`)."""
         if not check:
             return
         row = card.row
@@ -739,7 +625,8 @@ class Preparer:
             pin, prof.profile,
         )  # fmt: skip
         data.validate()
-        prof.planner.check(data, plan)
+        if perso.plan_records(data, prof.profile) != plan:
+            raise IntegrityError(f"records differ from plan_records ({prof.profile.name})")
 
     def _in_house_line(
         self, prof: _Profile, card: Prepared, ref: CardKeyRef, seq: int,
@@ -854,58 +741,26 @@ class Preparer:
                 "version = version + 1 WHERE id = ?",
                 [(c.cic, c.key_version, c.row.card.id) for c in new],
             )
-        _insert_rows(
-            conn, _EVENTS, audit.EVENT_COLUMNS, self._event_rows(new, to, now, at), copy=pg
+        _insert_rows(conn, _EVENTS, audit.EVENT_COLUMNS, self._event_rows(new, to, at), copy=pg)
+
+    def _event_rows(self, new: list[Prepared], to: BatchStage, at: Any) -> list[tuple[Any, ...]]:
+        """One ``batch_item.prepare`` audit event per item, made by :func:`issuance.audit.
+        event_values` once per chunk (:class:`issuance.audit.EventTemplate`)."""
+        tmpl = audit.EventTemplate(
+            self.actor,
+            _PREPARE.audit_event,
+            "batch_item",
+            before=str(_PREPARE.from_state),
+            after=str(to),
+            occurred_at=at,
+            details={"batch_id": self.batch_id, "output": self.output},
+            varying=("card_id", "chip_serial", "profile", "perso_file"),
         )
-
-    def _event_rows(
-        self, new: list[Prepared], to: BatchStage, now: datetime, at: Any
-    ) -> list[tuple[Any, ...]]:
-        """One ``batch_item.prepare`` audit event per item, as :func:`issuance.audit.
-        event_row` makes it (checked on the first card: the constant columns and the details'
-        constant part are made once per chunk)."""
-
-        def details(c: Prepared) -> dict[str, Any]:
-            return {"batch_id": self.batch_id, "card_id": c.row.card.id,
-                    "chip_serial": c.chip_serial, "profile": c.profile_name,
-                    "output": self.output, "perso_file": c.perso_file}  # fmt: skip
-
-        def reference(c: Prepared) -> tuple[Any, ...]:
-            e = audit.event_row(self.actor, _PREPARE.audit_event, "batch_item", c.row.item_id,
-                                before=str(_PREPARE.from_state), after=str(to), occurred_at=now,
-                                details=details(c))  # fmt: skip
-            return tuple(at if col == "occurred_at" else e[col] for col in cols)
-
-        cols = audit.EVENT_COLUMNS
-        template = list(reference(new[0]))
-        i_entity, i_details = cols.index("entity_id"), cols.index("details")
-        # canonical JSON (sorted keys) of the details; card_id is an int, chip_serial hex
-        # (nothing audit.scrub would mask), the strings of the chunk scrubbed once
-        q: dict[str | None, str] = {}
-
-        def quoted(v: str | None) -> str:
-            text = q.get(v)
-            if text is None:
-                text = q[v] = audit.canonical_json(audit.scrub(v))
-            return text
-
-        head = f'{{"batch_id":{self.batch_id:d},"card_id":'
-        output = quoted(self.output)
-        rows = []
-        for c in new:
-            serial = c.chip_serial
-            if not (len(serial) == 16 and serial.isalnum() and serial.isascii()):
-                template[i_details] = audit.canonical_json(audit.scrub(details(c)))
-            else:
-                template[i_details] = (
-                    f'{head}{c.row.card.id:d},"chip_serial":"{serial}","output":{output},'
-                    f'"perso_file":{quoted(c.perso_file)},"profile":{quoted(c.profile_name)}}}'
-                )
-            template[i_entity] = str(c.row.item_id)
-            rows.append(tuple(template))
-        if rows[0] != reference(new[0]):
-            raise IntegrityError("audit event rows differ from audit.event_row")
-        return rows
+        row = tmpl.row
+        return [
+            row(c.row.item_id, c.row.card.id, c.chip_serial, c.profile_name, c.perso_file)
+            for c in new
+        ]
 
 
 def _bind(conn: sa.Connection, type_: Any, value: Any) -> Any:
@@ -1228,7 +1083,6 @@ __all__ = [
     "PrepRequest",
     "PrepStats",
     "Preparer",
-    "RecordPlanner",
     "chunk_size",
     "export_to_bureau",
     "prepare_in_house",

@@ -38,19 +38,11 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from cardspec import ids
+from cardspec import ids, perso
 from cardspec.ids import luhn_digit as luhn_digit  # re-exported: bench.personalisation
 from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.perso import CardPersoData
-from cardspec.profile import (
-    CardProfile,
-    FinancialData,
-    Holder,
-    MedicalData,
-    PensionData,
-    complete_financial,
-    social_security_profile,
-)
+from cardspec.profile import CardProfile, complete_financial, social_security_profile
 from cardspec.profile.social import get_profile, register_profile
 from cardspec.profile.values import split_name
 from hsm.service import CardKeyRef, KeyService
@@ -183,8 +175,7 @@ class ApplicationFields(Protocol):
     def channel(self) -> str: ...
 
 
-#: Constant element values of the records (shared by :func:`perso_data` and
-#: :func:`perso_values`).
+#: Constant element values of the records (:func:`perso_values`).
 CARD_CATEGORY = "1"
 INSURED, PERSONNEL_CATEGORY = "1", "11"
 PENSION_TYPES_EMPLOYEES, PENSION_TYPES_RESIDENTS = "11100", "10000"
@@ -214,68 +205,6 @@ def holder_ethnicity(person: HolderFields) -> str:
     return person.ethnicity
 
 
-def _common(
-    settings: Settings,
-    person: HolderFields,
-    application: ApplicationFields | None,
-    issue_date: date,
-) -> tuple[date, str, str, date, bool]:
-    """What :func:`perso_data` and :func:`perso_values` both derive: the expiry date, the
-    name split for EF06, the insurance start date, whether an employer applied."""
-    expiry = _add_years(issue_date, settings.lifecycle.card_validity_years)
-    name, extension = split_name(person.name)
-    since = application.decided_at.date() if application and application.decided_at else issue_date
-    employee = application is not None and application.channel == ApplicationChannel.EMPLOYER
-    return expiry, name, extension, since, employee
-
-
-def perso_data(
-    settings: Settings,
-    card: CardFields,
-    person: HolderFields,
-    application: ApplicationFields | None,
-    card_identification_code: str,
-    issue_date: date,
-    pin: str,
-    profile: CardProfile,
-) -> CardPersoData:
-    """Everything written to the chip (personal data: never logged, see CardPersoData)."""
-    expiry, name, extension, since, employee = _common(settings, person, application, issue_date)
-    region = person.region_code
-    return CardPersoData(
-        card_identification_code=card_identification_code,
-        card_number=card.card_number,
-        spec_version=profile.spec_version,
-        issue_date=issue_date,
-        expiry_date=expiry,
-        init_org_code=settings.issuer.init_org_code,
-        holder=Holder(
-            ssn=person.citizen_id,
-            name=name,
-            sex=person.sex,
-            ethnicity=holder_ethnicity(person),
-            birthplace=person.citizen_id[:6],
-            birth_date=person.birth_date,
-            name_extension=extension,
-        ),
-        initial_pin=pin,
-        medical=MedicalData(
-            INSURANCE_EMPLOYEES if employee else INSURANCE_RESIDENTS,
-            region,
-            INSURED,
-            PERSONNEL_CATEGORY,
-            since,
-        ),
-        pension=PensionData(
-            INSURED, region, since, PENSION_TYPES_EMPLOYEES if employee else PENSION_TYPES_RESIDENTS
-        ),
-        financial=FinancialData(bank_pan(card.id), expiry, PSN, "")
-        if _has_financial(profile)
-        else None,
-        card_category=CARD_CATEGORY,
-    )
-
-
 def perso_values(
     settings: Settings,
     card: CardFields,
@@ -287,12 +216,15 @@ def perso_values(
     *,
     pan: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The element values (EF name -> element name -> value) of the records of
-    :func:`perso_data`'s card (:func:`cardspec.perso.plan_records`), made directly: data
-    preparation's hot path, no dataclass per card. The same rules; data preparation checks
-    the two agree on the first card of every chunk (and the tests on many). ``pan``: the
-    card's :func:`bank_pan` if the caller has it already."""
-    expiry, name, extension, since, employee = _common(settings, person, application, issue_date)
+    """What goes on the card: the element values (EF name -> element name -> value) of its
+    records (:func:`cardspec.perso.plan_values` encodes them), made directly from the rows
+    (data preparation's hot path: no dataclass per card). The one place of these rules;
+    :func:`perso_data` is the same as a :class:`CardPersoData`. ``pan``: the card's
+    :func:`bank_pan` if the caller has it already."""
+    expiry = _add_years(issue_date, settings.lifecycle.card_validity_years)
+    name, extension = split_name(person.name)
+    since = application.decided_at.date() if application and application.decided_at else issue_date
+    employee = application is not None and application.channel == ApplicationChannel.EMPLOYER
     region = person.region_code
     ssn = person.citizen_id
     values: dict[str, dict[str, Any]] = {
@@ -336,6 +268,24 @@ def perso_values(
             "cardholder_name": "",
         })  # fmt: skip
     return values
+
+
+def perso_data(
+    settings: Settings,
+    card: CardFields,
+    person: HolderFields,
+    application: ApplicationFields | None,
+    card_identification_code: str,
+    issue_date: date,
+    pin: str,
+    profile: CardProfile,
+) -> CardPersoData:
+    """Everything written to the chip (personal data: never logged, see CardPersoData):
+    :func:`perso_values` with the initial PIN."""
+    values = perso_values(
+        settings, card, person, application, card_identification_code, issue_date, profile
+    )
+    return perso.from_values(values, pin)
 
 
 def _add_years(d: date, years: int) -> date:

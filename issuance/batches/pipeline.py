@@ -779,7 +779,7 @@ class BatchRunner:
         """The card's perso record and its :class:`hsm.prep.RecordCrypto`, or None (noted)
         when the record cannot be used: the station then derives the keys itself."""
         hsm_keys = self.key_service.hsm_keys
-        if hsm_keys is None or hsm_keys.fast is None:
+        if hsm_keys is None:
             return None
         try:
             if self._public_pem is None:

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from hsm.errors import SignatureInvalid
 from hsm.service import verify_signature
+from issuance.audit import canonical_json
 from issuance.errors import IntegrityError
 from issuance.models import Card, CardStatus, CardStatusChange, utcnow
 from issuance.services.verification import CARD_STATUS_REASONS, Reason
@@ -53,10 +54,8 @@ REFUSED: dict[CardStatus, Reason] = {
 
 
 def _line(obj: dict[str, Any]) -> bytes:
-    return (
-        json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        + b"\n"
-    )
+    """One feed line: the canonical JSON (:func:`issuance.audit.canonical_json`)."""
+    return canonical_json(obj).encode("utf-8") + b"\n"
 
 
 def signed_message(count: int, sequence: int, sha256_hex: str) -> bytes:

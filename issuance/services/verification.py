@@ -27,11 +27,12 @@ collide only with the same credential, expiry second and 48-bit nonce. Because t
 leads the id, used rows are pruned by a range of the primary key (:func:`prune_used_challenges`,
 run by ``ykt worker``), once expired for longer than the nodes' clocks may differ.
 
-Two implementations of the same decisions (the helpers below are shared): :func:`verify_card`
-on a SQLAlchemy Session (SQLite, and every caller that already holds a transaction), and
-:func:`verify_card_async` for the API on PostgreSQL - asyncio, core SQL through
-:class:`issuance.db_async.AsyncPgPool`, two statements per verification, shared by the
-verifications in flight together (see the comment above :func:`verify_card_async`).
+One implementation of the decisions and the audit event (:func:`_verify`), on two stores:
+:func:`verify_card` on a SQLAlchemy Session (:class:`SessionStore`: SQLite, and every caller
+that already holds a transaction), and :func:`verify_card_async` for the API on PostgreSQL
+(:class:`VerificationStore`: asyncio, core SQL through :class:`issuance.db_async.AsyncPgPool`,
+two statements per verification, shared by the verifications in flight together; see the
+comment above :func:`verify_card_async`).
 
 The verdict is data (valid, or invalid with a reason); a broken HSM or database raises.
 A temporary card carries the medical application only, so it verifies for ``medical`` only.
@@ -40,13 +41,12 @@ A temporary card carries the medical application only, so it verifies for ``medi
 from __future__ import annotations
 
 import hmac
-import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -58,8 +58,10 @@ from hsm.service import CardKeyRef
 from issuance import audit
 from issuance.audit import Actor
 from issuance.db_async import AsyncPgPool, Coalescer
+from issuance.errors import IssuanceError
 from issuance.models import (
     Application,
+    AuditEvent,
     Card,
     CardStatus,
     ChipAppKind,
@@ -117,6 +119,10 @@ APP_STATUS_REASONS: dict[ChipAppStatus, Reason] = {
 
 #: ``check(ref, factor, random, response)``: raise CryptogramMismatch unless genuine (the HSM).
 CryptogramCheck = Callable[[CardKeyRef, bytes, bytes, bytes], None]
+#: ``await check(ref, factor, random, response)``: raise CryptogramMismatch unless genuine.
+AsyncCryptogramCheck = Callable[[CardKeyRef, bytes, bytes, bytes], Awaitable[None]]
+_N_EVENT = len(audit.EVENT_COLUMNS)
+_AFTER, _DETAILS = audit.EVENT_COLUMNS.index("after"), audit.EVENT_COLUMNS.index("details")
 
 
 @dataclass(frozen=True)
@@ -204,6 +210,10 @@ def prune_used_challenges(
 def mark_used(session: Session, challenge_id: str) -> bool:
     """Record the challenge as used; False if it was already (single use). Commits with the
     caller's transaction; a concurrent first use makes this wait for it, then answer False."""
+    return _insert_used(session, used_key(challenge_id))
+
+
+def _insert_used(session: Session, key: bytes) -> bool:
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -215,7 +225,7 @@ def mark_used(session: Session, challenge_id: str) -> bool:
         stmt = sqlite_insert(UsedChallenge).on_conflict_do_nothing()
     else:  # pragma: no cover - the project runs on SQLite and PostgreSQL
         raise NotImplementedError(dialect)
-    got = session.execute(stmt.values(id=used_key(challenge_id)).returning(UsedChallenge.id))
+    got = session.execute(stmt.values(id=key).returning(UsedChallenge.id))
     return got.scalar_one_or_none() is not None
 
 
@@ -344,34 +354,17 @@ def _audit_values(
     number: str,
     challenge_id: str,
     now: datetime,
-) -> list[Any]:
-    """The ``card.verified`` event's column values (:data:`audit.EVENT_COLUMNS` order), the
-    same as :func:`audit.event_row` gives (a test holds them equal) without its generic walk:
-    the hot path writes one per verification."""
-    return [
-        now, actor.staff_id, actor.username, str(actor.role), str(actor.channel),
-        "card.verified", "card", cic, None, "valid" if verdict.valid else "invalid", None,
-        _details_json(verdict, application, number, challenge_id),
-    ]  # fmt: skip
-
-
-def _details_json(
-    verdict: Verdict, application: ChipAppKind, number: str, challenge_id: str
-) -> str:
-    """``canonical_json(scrub(_audit_details(...)))``: only the two free strings can hold a
-    number scrub masks; the keys are inserted sorted."""
-    return json.dumps(
-        {
-            "application": str(application),
-            "card_number": audit.scrub(number),
-            "challenge": audit.scrub(challenge_id),
-            "holder_shown": verdict.holder is not None,
-            "photo_shown": verdict.photo_jpeg is not None,
-            "reason": verdict.reason and str(verdict.reason),
-            "valid": verdict.valid,
-        },
-        separators=(",", ":"),
-        ensure_ascii=False,
+) -> tuple[Any, ...]:
+    """The ``card.verified`` event's column values (:data:`audit.EVENT_COLUMNS` order), made
+    by :func:`audit.event_values` like every audit event."""
+    return audit.event_values(
+        actor,
+        "card.verified",
+        "card",
+        cic,
+        after="valid" if verdict.valid else "invalid",
+        details=_audit_details(verdict, application, number, challenge_id),
+        occurred_at=now,
     )
 
 
@@ -393,19 +386,34 @@ def verify_card(
     now: datetime | None = None,
 ) -> Verdict:
     """Open and use up the challenge, check the card's cryptogram and status; audit the
-    verdict (in the caller's transaction, with the challenge's use)."""
-    now = now or utcnow()
-    cic, number = card_identification_code.upper(), card_number.upper()
-    verdict = _verify(
-        session, challenge_id, credential_id, cic, number, response, application, check,
-        codec, with_holder, full_citizen_id, with_photo, now,
-    )  # fmt: skip
-    audit.record(
-        session, actor, "card.verified", "card", cic,
-        after="valid" if verdict.valid else "invalid",
-        details=_audit_details(verdict, application, number, challenge_id),
-    )  # fmt: skip
-    return verdict
+    verdict (in the caller's transaction, with the challenge's use): :func:`_verify` on the
+    session (:class:`SessionStore`)."""
+
+    async def check_now(ref: CardKeyRef, factor: bytes, rnd: bytes, resp: bytes) -> None:
+        check(ref, factor, rnd, resp)
+
+    steps = _verify(
+        SessionStore(session, challenge_id),
+        challenge_id,
+        credential_id,
+        card_identification_code,
+        card_number,
+        response,
+        application,
+        check_now,
+        actor,
+        codec,
+        with_holder,
+        full_citizen_id,
+        with_photo,
+        now,
+    )
+    try:  # nothing of a SessionStore waits: the first step runs the verification to its end
+        steps.send(None)
+    except StopIteration as done:
+        return cast(Verdict, done.value)
+    steps.close()
+    raise RuntimeError("a SessionStore verification waited for something")
 
 
 def _photo_query(person_id: int) -> sa.Select[Any]:
@@ -417,55 +425,142 @@ def _photo_query(person_id: int) -> sa.Select[Any]:
     )
 
 
-def _verify(
-    session: Session,
+class _NeedsSession(IssuanceError):
+    """The verification needs the ORM (a provisionally lost card whose report may lapse);
+    caught by :func:`verify_card_async`, never leaves this module."""
+
+
+class Store(Protocol):
+    """Where a verification reads and writes: :class:`SessionStore` (a Session, the caller's
+    transaction) or :class:`VerificationStore` (the asyncio pool, PostgreSQL)."""
+
+    async def lookup(self, cic: str, kind: ChipAppKind) -> CardRow | None:
+        """The card, its holder and the chip application ``kind`` (None: no such card)."""
+        ...
+
+    async def lapse(self, card: CardRow, kind: ChipAppKind, now: datetime) -> CardRow | None:
+        """A provisionally lost card, read again after its report lapsed if due (the
+        lifecycle transition, audited)."""
+        ...
+
+    async def photo(self, person_id: int) -> bytes | None: ...
+
+    async def use_and_audit(self, args: Sequence[Any]) -> bool:
+        """``args``: the challenge's primary key, the event's columns, then ``after`` and
+        ``details`` of the ``challenge_reused`` verdict. Records the challenge as used and the
+        event (True), or, if it was used already, the ``challenge_reused`` event (False)."""
+        ...
+
+    async def audit_only(self, row: Sequence[Any]) -> None: ...
+
+
+async def _verify(
+    store: Store,
     challenge_id: str,
     credential_id: int,
-    cic: str,
-    number: str,
+    card_identification_code: str,
+    card_number: str,
     response: bytes,
     application: ChipAppKind,
-    check: CryptogramCheck,
+    check: AsyncCryptogramCheck,
+    actor: Actor,
     codec: ChallengeCodec,
     with_holder: bool,
     full_citizen_id: bool,
     with_photo: bool,
-    now: datetime,
+    now: datetime | None,
 ) -> Verdict:
+    """The one implementation of a verification's decisions and of its audit event, whatever
+    the store (see the module docstring and the comment above :func:`verify_card_async`)."""
+    now = now or utcnow()
+    cic, number = card_identification_code.upper(), card_number.upper()
     opened = codec.open(challenge_id, credential_id, now)
     if isinstance(opened, Reason):
-        return Verdict(False, opened, application)
-    if not mark_used(session, challenge_id):
-        return Verdict(False, Reason.CHALLENGE_REUSED, application)
-    got = session.execute(_card_query(cic, application)).one_or_none()
-    if got is None:
-        return Verdict(False, Reason.UNKNOWN_CARD, application, number, cic)
-    row = _card_row(got)
-    if row.status == CardStatus.LOST_PROVISIONAL and _lapse(session, row.id, now):
-        row = _card_row(session.execute(_card_query(cic, application)).one())
-    if row.card_number != number:
+        verdict = Verdict(False, opened, application)
+        row = _audit_values(actor, cic, verdict, application, number, challenge_id, now)
+        await store.audit_only(row)
+        return verdict
+    card = await store.lookup(cic, application)
+    if card is not None and card.status == CardStatus.LOST_PROVISIONAL:
+        card = await store.lapse(card, application, now)
+    if card is None:
+        verdict = Verdict(False, Reason.UNKNOWN_CARD, application, number, cic)
+    elif card.card_number != number:
         # EF05 says another card number than the chip's record; say nothing about the record
         # a forgery points at
-        return Verdict(False, Reason.NOT_GENUINE, application, number, cic)
-    try:
-        check(_key_ref(cic, row), opened[:8], opened[8:], response)
-    except CryptogramMismatch:
-        return Verdict(False, Reason.NOT_GENUINE, application, number, cic)
-    reason = _refusal(row, now.date())
-    photo = None
-    if reason is None and with_photo:
-        photo = session.execute(_photo_query(row.person_id)).scalar_one_or_none()
-    return _verdict(row, reason, application, cic, with_holder, full_citizen_id, photo)
+        verdict = Verdict(False, Reason.NOT_GENUINE, application, number, cic)
+    else:
+        try:
+            await check(_key_ref(cic, card), opened[:8], opened[8:], response)
+            reason = _refusal(card, now.date())
+        except CryptogramMismatch:
+            reason = Reason.NOT_GENUINE
+        if reason is Reason.NOT_GENUINE:
+            verdict = Verdict(False, reason, application, number, cic)
+        else:
+            photo = None
+            if reason is None and with_photo:
+                photo = await store.photo(card.person_id)
+            verdict = _verdict(card, reason, application, cic, with_holder, full_citizen_id, photo)
+    lost = Verdict(False, Reason.CHALLENGE_REUSED, application)
+    row = _audit_values(actor, cic, verdict, application, number, challenge_id, now)
+    lost_details = audit.details_json(_audit_details(lost, application, number, challenge_id))
+    args = [used_key(challenge_id), *row, "invalid", lost_details]
+    return verdict if await store.use_and_audit(args) else lost
 
 
-def _lapse(session: Session, card_id: int, now: datetime) -> bool:
-    card = session.get(Card, card_id)
-    return card is not None and lapse_if_due(session, card, now)
+class SessionStore:
+    """:class:`Store` in a SQLAlchemy Session, the caller's transaction (SQLite, and every
+    caller that already holds a transaction), for one challenge. Nothing here waits:
+    :func:`verify_card` runs :func:`_verify` to its end in one step.
+
+    The challenge is recorded as used by the transaction's first statement (before the card is
+    read): on SQLite a transaction that reads first and writes later fails when another one
+    wrote meanwhile, so concurrent uses of one challenge queue for the writer lock instead;
+    :meth:`use_and_audit` then writes the event that use calls for."""
+
+    def __init__(self, session: Session, challenge_id: str) -> None:
+        self.session = session
+        self._challenge_id = challenge_id
+        self._fresh: bool | None = None
+
+    async def lookup(self, cic: str, kind: ChipAppKind) -> CardRow | None:
+        if self._fresh is None:
+            self._fresh = _insert_used(self.session, used_key(self._challenge_id))
+        got = self.session.execute(_card_query(cic, kind)).one_or_none()
+        return None if got is None else _card_row(got)
+
+    async def lapse(self, card: CardRow, kind: ChipAppKind, now: datetime) -> CardRow | None:
+        obj = self.session.get(Card, card.id)
+        if obj is None or obj.card_identification_code is None:
+            return card
+        if not lapse_if_due(self.session, obj, now):
+            return card
+        return await self.lookup(obj.card_identification_code, kind)
+
+    async def photo(self, person_id: int) -> bytes | None:
+        return self.session.execute(_photo_query(person_id)).scalar_one_or_none()
+
+    async def use_and_audit(self, args: Sequence[Any]) -> bool:
+        if self._fresh is None or args[0] != used_key(self._challenge_id):
+            raise RuntimeError("SessionStore: the challenge was not recorded by lookup")
+        fresh = self._fresh
+        row = list(args[1 : 1 + _N_EVENT])
+        if not fresh:  # what SQL_USE_AND_AUDIT records then
+            row[_AFTER], row[_DETAILS] = args[1 + _N_EVENT], args[2 + _N_EVENT]
+        self._add(row)
+        return fresh
+
+    async def audit_only(self, row: Sequence[Any]) -> None:
+        self._add(row)
+
+    def _add(self, row: Sequence[Any]) -> None:
+        self.session.add(AuditEvent(**dict(zip(audit.EVENT_COLUMNS, row, strict=True))))
 
 
 # --- the PostgreSQL hot path (asyncio, core SQL, no ORM) ------------------------------------
 #
-# Same decisions as above (the shared helpers), in two statements per verification, each its
+# :func:`_verify` on :class:`VerificationStore`: two statements per verification, each its
 # own transaction (autocommit; one statement = one atomic unit); the challenge call writes
 # nothing:
 #
@@ -488,10 +583,9 @@ def _lapse(session: Session, card_id: int, now: datetime) -> bool:
 # the challenge used.
 #
 # A provisionally lost card whose report may have lapsed goes through the ORM path (the lapse is
-# a lifecycle transition with its own audit event), run by the caller's ``slow_path``.
-
-#: ``await check(ref, factor, random, response)``: raise CryptogramMismatch unless genuine.
-AsyncCryptogramCheck = Callable[[CardKeyRef, bytes, bytes, bytes], Awaitable[None]]
+# a lifecycle transition with its own audit event), run by the caller's ``slow_path``. On a
+# Session the same steps run in the caller's transaction (the challenge's use, the event and
+# a lapse commit together).
 
 #: $1 card identification code, $2 chip application kind
 SQL_LOOKUP = (
@@ -503,7 +597,6 @@ SQL_LOOKUP = (
 )
 
 _EVENT_COLUMNS = ", ".join(f'"{c}"' for c in audit.EVENT_COLUMNS)
-_N_EVENT = len(audit.EVENT_COLUMNS)
 
 #: the event's columns $1..$12 (audit.EVENT_COLUMNS order)
 _SQL_AUDIT_ONLY = (
@@ -601,13 +694,26 @@ class VerificationStore:
     async def lookup(self, cic: str, kind: ChipAppKind) -> CardRow | None:
         return await self.lookups((cic, str(kind)))
 
-    async def use_and_audit(self, args: list[Any]) -> bool:
+    async def use_and_audit(self, args: Sequence[Any]) -> bool:
         """``args``: the challenge's primary key, the event's columns, the lost verdict's
         ``after`` and ``details``. True if the challenge was unused (now it is)."""
-        return await self.uses(args)
+        return await self.uses(list(args))
 
-    async def audit_only(self, row: list[Any]) -> None:
+    async def audit_only(self, row: Sequence[Any]) -> None:
         await self.pool.run(lambda conn: conn.execute(_SQL_AUDIT_ONLY, *row))
+
+    async def lapse(self, card: CardRow, kind: ChipAppKind, now: datetime) -> CardRow | None:
+        raise _NeedsSession("a lapse is a lifecycle transition: the ORM path")
+
+    async def photo(self, person_id: int) -> bytes | None:
+        got = await self.pool.run(
+            lambda conn: conn.fetchval(
+                "SELECT photo_jpeg FROM applications WHERE person_id = $1"
+                " AND photo_jpeg IS NOT NULL ORDER BY id DESC LIMIT 1",
+                person_id,
+            )
+        )
+        return None if got is None else bytes(got)
 
     async def _lookup_many(self, items: list[tuple[str, str]]) -> list[CardRow | None]:
         cics = [cic for cic, _ in items]
@@ -643,48 +749,24 @@ async def verify_card_async(
     with_photo: bool = False,
     now: datetime | None = None,
 ) -> Verdict:
-    """:func:`verify_card` on the asyncio pool, same verdicts (see the comment above)."""
-    now = now or utcnow()
-    cic, number = card_identification_code.upper(), card_number.upper()
-    opened = codec.open(challenge_id, credential_id, now)
-    if isinstance(opened, Reason):
-        verdict = Verdict(False, opened, application)
-        row = _audit_values(actor, cic, verdict, application, number, challenge_id, now)
-        await store.audit_only(row)
-        return verdict
-    card = await store.lookup(cic, application)
-    if card is not None and card.status == CardStatus.LOST_PROVISIONAL:
-        return await slow_path()
-    if card is None:
-        verdict = Verdict(False, Reason.UNKNOWN_CARD, application, number, cic)
-    elif card.card_number != number:
-        verdict = Verdict(False, Reason.NOT_GENUINE, application, number, cic)
-    else:
-        try:
-            await check(_key_ref(cic, card), opened[:8], opened[8:], response)
-            reason = _refusal(card, now.date())
-        except CryptogramMismatch:
-            reason = Reason.NOT_GENUINE
-        if reason is Reason.NOT_GENUINE:
-            verdict = Verdict(False, reason, application, number, cic)
-        else:
-            photo = None
-            if reason is None and with_photo:
-                photo = await _photo_async(store.pool, card.person_id)
-            verdict = _verdict(card, reason, application, cic, with_holder, full_citizen_id, photo)
-    lost = Verdict(False, Reason.CHALLENGE_REUSED, application)
-    row = _audit_values(actor, cic, verdict, application, number, challenge_id, now)
-    lost_details = _details_json(lost, application, number, challenge_id)
-    args = [used_key(challenge_id), *row, "invalid", lost_details]
-    return verdict if await store.use_and_audit(args) else lost
-
-
-async def _photo_async(pool: AsyncPgPool, person_id: int) -> bytes | None:
-    got = await pool.run(
-        lambda conn: conn.fetchval(
-            "SELECT photo_jpeg FROM applications WHERE person_id = $1"
-            " AND photo_jpeg IS NOT NULL ORDER BY id DESC LIMIT 1",
-            person_id,
+    """:func:`_verify` on the asyncio pool (see the comment above); a provisionally lost card
+    goes to ``slow_path`` (:func:`verify_card` in a thread) before anything is written."""
+    try:
+        return await _verify(
+            store,
+            challenge_id,
+            credential_id,
+            card_identification_code,
+            card_number,
+            response,
+            application,
+            check,
+            actor,
+            codec,
+            with_holder,
+            full_citizen_id,
+            with_photo,
+            now,
         )
-    )
-    return None if got is None else bytes(got)
+    except _NeedsSession:
+        return await slow_path()

@@ -151,7 +151,7 @@ def test_audit_values_are_the_generic_event_row(challenge_id: str) -> None:
         )  # fmt: skip
         fast = v._audit_values(actor, "CIC", verdict, ChipAppKind.MEDICAL, "B00000013",
                                challenge_id, now)  # fmt: skip
-        assert fast == [generic[c] for c in audit.EVENT_COLUMNS]
+        assert fast == tuple(generic[c] for c in audit.EVENT_COLUMNS)
     assert ("*" in audit.scrub(challenge_id)) is (challenge_id != "00" * 16)  # both cases seen
 
 

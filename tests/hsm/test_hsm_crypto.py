@@ -241,9 +241,8 @@ class _WatchingReader:
         return self.inner.transmit(command)
 
 
-@pytest.mark.parametrize("fast_path", [True, False], ids=["ctypes", "python-pkcs11"])
 def test_3des_personalisation_creates_no_readable_key(
-    hsm_env: HsmEnv, monkeypatch: pytest.MonkeyPatch, fast_path: bool
+    hsm_env: HsmEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A whole 3DES personalisation on SoftHSM (which cannot wrap under 3DES keys): every
     object the HSM makes is sensitive (its value never readable: checked on every derived
@@ -283,8 +282,7 @@ def test_3des_personalisation_creates_no_readable_key(
         return handle
 
     monkeypatch.setattr(p11fast.FastOps, "derive", watched_fast_derive)
-    service = Pkcs11KeyService(hsm_env.token, REGION, fast_path=fast_path)
-    assert (service.fast is not None) is fast_path
+    service = Pkcs11KeyService(hsm_env.token, REGION)
 
     def token_objects() -> list[tuple[str, bool, bool]]:
         with hsm_env.token.use() as session:

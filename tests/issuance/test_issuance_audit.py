@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import json
+from datetime import date, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from cardspec.ids import citizen_id_check_char
 from issuance import audit
-from issuance.audit import SYSTEM_ACTOR, SoftwareSigner, seal, verify_chain
+from issuance.audit import SYSTEM_ACTOR, Actor, SoftwareSigner, seal, verify_chain
 from issuance.errors import IntegrityError
-from issuance.models import AuditChainHead, AuditCheckpoint, AuditEvent
+from issuance.models import AuditChainHead, AuditCheckpoint, AuditEvent, Channel, StaffRole
 
 NOW = timedelta(0)
 
@@ -282,3 +286,123 @@ def test_cli_seal_export_and_verify_expect_checkpoint(tmp_path, monkeypatch):
         assert code == 1 and "unreadable" in out, out
     finally:
         get_settings.cache_clear()
+
+
+# --- one builder, one writer -----------------------------------------------------------------
+
+_CITIZEN_IDS = st.builds(
+    lambda head, birth, seq: (
+        head + f"{birth:%Y%m%d}{seq:03d}" + citizen_id_check_char(head + f"{birth:%Y%m%d}{seq:03d}")
+    ),
+    st.sampled_from(["110105", "330106", "440305", "650102"]),
+    st.dates(date(1900, 1, 1), date(2025, 12, 31)),
+    st.integers(0, 999),
+)
+#: free text as the audit details carry it: CJK names, long names, citizen ID numbers inside
+_TEXT = st.one_of(
+    st.text(max_size=40),
+    st.text(st.characters(min_codepoint=0x4E00, max_codepoint=0x9FFF), min_size=1, max_size=60),
+    st.builds(
+        lambda a, cid, b: a + cid + b, st.text(max_size=5), _CITIZEN_IDS, st.text(max_size=5)
+    ),
+)
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63),
+    _TEXT,
+    st.dates(),
+    st.floats(allow_nan=False),
+)
+_JSONABLE = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+_ACTORS = st.builds(
+    Actor,
+    _TEXT,
+    st.sampled_from(list(StaffRole)),
+    st.sampled_from(list(Channel)),
+    st.none() | st.integers(1, 10**6),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSONABLE)
+def test_canonical_json_is_the_json_dumps_the_chain_was_written_with(value: object) -> None:
+    reference = json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    )
+    assert audit.canonical_json(value) == reference
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    actor=_ACTORS,
+    action=st.sampled_from(["batch_item.prepare", "card.verified", "x.y"]),
+    fixed=st.dictionaries(st.text(min_size=1, max_size=12), _JSONABLE, max_size=4),
+    varying=st.dictionaries(st.text(min_size=1, max_size=12), st.none(), min_size=1, max_size=5),
+    events=st.lists(
+        st.tuples(st.integers(0, 10**12) | _TEXT, st.lists(_JSONABLE, min_size=5, max_size=5)),
+        min_size=1,
+        max_size=6,
+    ),
+    before=st.none() | _TEXT,
+    reason=st.none() | _TEXT,
+)
+def test_event_template_rows_are_event_values_byte_for_byte(
+    actor: Actor,
+    action: str,
+    fixed: dict,
+    varying: dict,
+    events: list,
+    before: object,
+    reason: object,
+) -> None:
+    names = tuple(k for k in varying if k not in fixed)
+    if not names:
+        return
+    at = datetime(2026, 3, 4, 5, 6, 7, 891011)
+    tmpl = audit.EventTemplate(
+        actor,
+        action,
+        "batch_item",
+        varying=names,
+        before=before,
+        after="prepared",
+        reason=reason,
+        details=fixed,
+        occurred_at=at,
+    )
+    for entity, values in events * 2:  # twice: the remembered encodings too
+        vals = values[: len(names)]
+        expected = audit.event_values(
+            actor,
+            action,
+            "batch_item",
+            entity,
+            before=before,
+            after="prepared",
+            reason=reason,
+            details={**fixed, **dict(zip(names, vals, strict=True))},
+            occurred_at=at,
+        )
+        assert tmpl.row(entity, *vals) == expected
+        assert tmpl.row(entity, *vals)[-1].encode() == expected[-1].encode()
+
+
+def test_record_writes_what_event_values_builds(session) -> None:
+    at = datetime(2026, 1, 2, 3, 4, 5)
+    details = {"note": "id 330106198503140011", "n": 3}
+    ev = audit.record(session, SYSTEM_ACTOR, "test.event", "thing", 7, after="x", details=details)
+    ev.occurred_at = at
+    session.flush()
+    row = session.execute(
+        sa.select(*(AuditEvent.__table__.c[c] for c in audit.EVENT_COLUMNS)).where(
+            AuditEvent.id == ev.id
+        )
+    ).one()
+    assert tuple(row) == audit.event_values(
+        SYSTEM_ACTOR, "test.event", "thing", 7, after="x", details=details, occurred_at=at
+    )

@@ -380,16 +380,12 @@ def test_result_file_every_line_checked_nothing_lost(env: Env, tmp_path: Path) -
         import_bureau_result(tmp_path / "nohead.jsonl", expected, file_id)
 
 
-@pytest.mark.parametrize("fast_path", [True, False], ids=["ctypes", "python-pkcs11"])
-def test_long_runs_recycle_the_hsm_module_without_losing_a_card(
-    env: Env, tmp_path: Path, fast_path: bool
-) -> None:
+def test_long_runs_recycle_the_hsm_module_without_losing_a_card(env: Env, tmp_path: Path) -> None:
     """SoftHSM2 frees destroyed session objects only at C_Finalize: the service re-initialises
     the module every ``recycle_after`` objects, in the middle of a file, transparently (a new
-    file KEK each time). Both export paths (direct calls and python-pkcs11) give the same."""
+    file KEK each time)."""
     profile = get_profile(PROFILES[Algorithm.DES3])
-    service = Pkcs11KeyService(env.service.token, REGION, recycle_after=25, fast_path=fast_path)
-    assert (service.fast is not None) is fast_path
+    service = Pkcs11KeyService(env.service.token, REGION, recycle_after=25)
     before = service.token.generation
     path = tmp_path / "long.jsonl"
     info = write_bureau_file(path, _cards(7, profile), service, "bureau-a")

@@ -1,159 +1,291 @@
-"""Data preparation's fast paths give the same bytes as the general ones: the element values
-of :func:`dataprep.perso_values` through :class:`bulkprep.RecordPlanner` against
-:func:`cardspec.perso.plan_records` of :func:`dataprep.perso_data`, and the card line template
-against :func:`persofile.card_line` (itself checked against ``json.dumps`` in
-test_batch_dataprep.py). Pure: no HSM, no database."""
+"""Data preparation's records have one path: :func:`dataprep.perso_values` (what goes on the
+card) encoded by :func:`cardspec.perso.plan_values`; the :class:`~cardspec.perso.CardPersoData`
+of a card (:func:`dataprep.perso_data`, :func:`cardspec.perso.plan_records`) is the same
+values. Proved here over random cards and holders (Hypothesis): the records equal byte for byte
+the plain codec's (:func:`cardspec.profile.encode_records`, no remembered encodings) and
+``plan_records``'s; the card line template gives the bytes of :func:`persofile.card_line`
+(itself checked against ``json.dumps`` in test_batch_dataprep.py). Pure: no HSM, no database."""
 
 from __future__ import annotations
 
-import itertools
 import json
-from dataclasses import dataclass
-from datetime import date, datetime
+from collections.abc import Callable
+from datetime import date
+from typing import Any
 
 import pytest
+from card_strategies import applications, cards, chip_serials, issue_dates, people
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cardspec import ids, perso
 from cardspec.errors import EncodingError
-from issuance.batches import bulkprep, dataprep, persofile
-from issuance.models import ApplicationChannel
-from yikatong.settings import Settings, load_settings
+from cardspec.profile import CardProfile, encode_records
+from issuance.batches import dataprep, persofile
+from yikatong.settings import load_settings
+
+_SETTINGS = load_settings(environ={"YKT_DATA_DIR": "/nonexistent/ykt-paths-test"})
+#: the card profiles of data preparation: generation 2 (3DES) and 3 (AES, SM4), two PIN tries
+_PROFILES = [
+    dataprep.card_profile(s, alg)
+    for s in (
+        _SETTINGS,
+        load_settings(
+            environ={"YKT_DATA_DIR": "/nonexistent/ykt-paths-test", "YKT_LIFECYCLE__PIN_TRIES": "5"}
+        ),
+    )
+    for alg in ("3des", "aes", "sm4")
+]
 
 
-@dataclass(frozen=True)
-class _Card:
-    id: int
-    card_number: str
+def _codec(values: dict[str, dict], profile: CardProfile) -> dict[str, list[bytes]]:
+    """The reference: every file's records by the plain codec, in profile order."""
+    return {
+        ef.name: encode_records(ef, values[ef.name])
+        for _, ef in profile.files()
+        if ef.name in values
+    }
 
 
-@dataclass(frozen=True)
-class _Person:
-    name: str
-    citizen_id: str
-    sex: str
-    ethnicity: str | None
-    birth_date: date
-    region_code: str
-
-
-@dataclass(frozen=True)
-class _App:
-    decided_at: datetime | None
-    channel: str
-
-
-NAMES = ("王秀英", "欧阳明华", "张伟", "爱新觉罗·溥仪" * 3, "李" * 16, "Li Wei")
-APPS = (
-    None,
-    _App(datetime(2025, 3, 4, 10, 0), ApplicationChannel.EMPLOYER.value),
-    _App(datetime(2024, 12, 31, 23, 59), ApplicationChannel.COUNTER.value),
-    _App(None, ApplicationChannel.EMPLOYER.value),
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    profile=st.sampled_from(_PROFILES),
+    cards_=st.lists(st.tuples(cards, people(), applications, chip_serials), min_size=1, max_size=4),
+    issue=issue_dates,
+    pin=st.from_regex(r"[0-9]{6}", fullmatch=True),
 )
-
-
-def _citizen_id(i: int) -> str:
-    birth = date.fromordinal(date(1950, 1, 1).toordinal() + 37 * i)
-    first17 = f"{('330106', '110101', '440305')[i % 3]}{birth:%Y%m%d}{i % 1000:03d}"
-    return first17 + ids.citizen_id_check_char(first17)
-
-
-@pytest.fixture(scope="module")
-def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return load_settings(environ={"YKT_DATA_DIR": str(tmp_path_factory.mktemp("paths"))})
-
-
-@pytest.mark.parametrize("algorithm", ["3des", "aes"])
-def test_perso_values_plan_the_records_plan_records_gives(
-    settings: Settings, algorithm: str
+def test_records_of_perso_values_are_the_codec_and_plan_records_byte_for_byte(
+    profile: CardProfile, cards_: list, issue: date, pin: str
 ) -> None:
-    profile = dataprep.card_profile(settings, algorithm)
-    planner = bulkprep.RecordPlanner(profile)
-    issues = (date(2026, 1, 5), date(2028, 2, 29))
-    cases = itertools.product(range(6), NAMES, APPS, ("01", "02"), issues)
-    n = 0
-    for i, name, app, ethnicity, issue in cases:
-        k = n = n + 1
-        person = _Person(name, _citizen_id(k), "12"[k % 2], ethnicity,
-                         date(1950 + k % 60, 1 + k % 12, 1 + k % 28),
-                         ("330106", "110101", "440305")[i % 3])  # fmt: skip
-        card = _Card(k * 7919, ids.make_card_number(f"B{k:07d}"))
-        cic = ids.make_card_identification_code(person.region_code, k.to_bytes(8, "big"))
-        data = dataprep.perso_data(settings, card, person, app, cic, issue, "135792", profile)
+    for card, person, app, serial in cards_ * 2:  # twice: remembered encodings read back
+        cic = ids.make_card_identification_code(person.region_code, serial)
+        values = dataprep.perso_values(_SETTINGS, card, person, app, cic, issue, profile)
+        data = dataprep.perso_data(_SETTINGS, card, person, app, cic, issue, pin, profile)
         data.validate()
-        values = dataprep.perso_values(settings, card, person, app, cic, issue, profile)
-        expected = perso.plan_records(data, profile)
-        # the same records twice: memo filled, then read
-        assert planner.plan_values(values) == expected
-        assert planner.plan_values(values) == expected
-        assert planner.plan(data) == expected
+        assert perso.record_values(data, profile) == values
+        assert perso.from_values(values, pin) == data
+        planned = _outcome(perso.plan_values, values, profile)
+        # a name too long for EF06 (name and extension) is refused alike by every path
+        assert planned == _outcome(_codec, values, profile)
+        assert planned == _outcome(perso.plan_records, data, profile)
+        if isinstance(planned, dict):
+            assert list(planned) == [ef.name for _, ef in profile.files() if ef.name in values]
         pan = dataprep.bank_pan(card.id)
-        assert dataprep.perso_values(settings, card, person, app, cic, issue, profile,
-                                     pan=pan) == values  # fmt: skip
-    assert n == 6 * len(NAMES) * len(APPS) * 2 * len(issues)
+        assert (
+            dataprep.perso_values(_SETTINGS, card, person, app, cic, issue, profile, pan=pan)
+            == values
+        )
 
 
-def test_a_value_the_chip_cannot_hold_fails_both_paths_alike(settings: Settings) -> None:
-    profile = dataprep.card_profile(settings, "3des")
-    planner = bulkprep.RecordPlanner(profile)
-    person = _Person("王\U0001f600", _citizen_id(3), "1", "01", date(1970, 1, 1), "330106")
-    card = _Card(5, ids.make_card_number("B0000005"))
-    cic = ids.make_card_identification_code("330106", bytes(8))
+def _outcome(
+    path: Callable[..., dict[str, list[bytes]]], *args: Any
+) -> dict[str, list[bytes]] | str:
+    """The records, or the message of the :class:`EncodingError` refusing the card."""
+    try:
+        return path(*args)
+    except EncodingError as exc:
+        return f"refused: {exc}"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    profile=st.sampled_from(_PROFILES),
+    person=people(),
+    bad=st.sampled_from(["\U0001f600", "\u20ac", "\u0e01"]),
+    card=cards,
+)
+def test_a_value_the_chip_cannot_hold_fails_every_path_alike(
+    profile: CardProfile, person, bad: str, card
+) -> None:
+    from dataclasses import replace
+
+    person = replace(person, name=person.name[:3] + bad)
+    cic = ids.make_card_identification_code(person.region_code, bytes(8))
     issue = date(2026, 1, 5)
-    data = dataprep.perso_data(settings, card, person, None, cic, issue, "135792", profile)
-    with pytest.raises(EncodingError) as general:
-        perso.plan_records(data, profile)
-    values = dataprep.perso_values(settings, card, person, None, cic, issue, profile)
-    with pytest.raises(EncodingError) as fast:
-        planner.plan_values(values)
-    assert str(fast.value) == str(general.value)
+    values = dataprep.perso_values(_SETTINGS, card, person, None, cic, issue, profile)
+    data = dataprep.perso_data(_SETTINGS, card, person, None, cic, issue, "135792", profile)
+    errors = []
+    for path in (
+        lambda: perso.plan_records(data, profile),
+        lambda: perso.plan_values(values, profile),
+        lambda: _codec(values, profile),
+    ):
+        with pytest.raises(EncodingError) as err:
+            path()
+        errors.append(str(err.value))
+    assert len(set(errors)) == 1 and "name" in errors[0]
 
 
 def test_card_line_template_gives_the_bytes_of_card_line() -> None:
-    files = [("MF/SSSE", "EF05", 5), ("MF/SSSE", "EF06", 6), ("MF/\"FIN\"", "SFI01", 1),
-             ("MF/社保", "EF07", 7)]  # fmt: skip
+    files = [
+        ("MF/SSSE", "EF05", 5),
+        ("MF/SSSE", "EF06", 6),
+        ('MF/"FIN"', "SFI01", 1),
+        ("MF/社保", "EF07", 7),
+    ]
     keys = [("dmk", 1), ("eak", 2), ("fin_ac", 17)]
     pins = [("ss", "MF/SSSE", 0), ("bank", "MF/FIN", 128)]
     tmpl = persofile.CardLineTemplate("ssc2-3des", "3des", files, keys, pins)
     for seq, records in enumerate(
-        ([[b"\x01\x02", b"\xff"], [], [b"\x70\x00"], [b""]],
-         [[bytes(range(40))], [b"\x00"] * 7, [], []]), start=1,
-    ):  # fmt: skip
+        (
+            [[b"\x01\x02", b"\xff"], [], [b"\x70\x00"], [b""]],
+            [[bytes(range(40))], [b"\x00"] * 7, [], []],
+        ),
+        start=1,
+    ):
         kmc, payloads, pin_payloads = (
             bytes([seq]) * 24,
             [bytes([seq, 9]) * 12] * 3,
             [b"\x02" * 8, b""],
         )
         line = tmpl.line(
-            seq, item_id=7 * seq, card_id=42, chip_serial="AB12CD34EF567890",
-            cic="330106D156000005AB12CD34EF567890", card_number="B0000001X", key_version=2,
-            records=records, kmc_wrapped=kmc, key_payloads=payloads, pin_payloads=pin_payloads,
-        )  # fmt: skip
+            seq,
+            item_id=7 * seq,
+            card_id=42,
+            chip_serial="AB12CD34EF567890",
+            cic="330106D156000005AB12CD34EF567890",
+            card_number="B0000001X",
+            key_version=2,
+            records=records,
+            kmc_wrapped=kmc,
+            key_payloads=payloads,
+            pin_payloads=pin_payloads,
+        )
         assert line == persofile.card_line(
-            seq, item_id=7 * seq, card_id=42, chip_serial="AB12CD34EF567890",
-            cic="330106D156000005AB12CD34EF567890", card_number="B0000001X",
-            profile="ssc2-3des", algorithm="3des", key_version=2,
+            seq,
+            item_id=7 * seq,
+            card_id=42,
+            chip_serial="AB12CD34EF567890",
+            cic="330106D156000005AB12CD34EF567890",
+            card_number="B0000001X",
+            profile="ssc2-3des",
+            algorithm="3des",
+            key_version=2,
             files=[(df, ef, sfi, recs) for (df, ef, sfi), recs in zip(files, records, strict=True)],
-            kmc_wrapped=kmc, keys=[(s, k, p) for (s, k), p in zip(keys, payloads, strict=True)],
+            kmc_wrapped=kmc,
+            keys=[(s, k, p) for (s, k), p in zip(keys, payloads, strict=True)],
             pins=[(n, df, r, p) for (n, df, r), p in zip(pins, pin_payloads, strict=True)],
-        )  # fmt: skip
+        )
         assert json.loads(line)["files"][2]["df"] == 'MF/"FIN"'
     with pytest.raises(ValueError, match="template"):
-        tmpl.line(1, item_id=1, card_id=1, chip_serial="00", cic="00", card_number="X",
-                  key_version=1, records=[], kmc_wrapped=b"", key_payloads=[],
-                  pin_payloads=[])  # fmt: skip
+        tmpl.line(
+            1,
+            item_id=1,
+            card_id=1,
+            chip_serial="00",
+            cic="00",
+            card_number="X",
+            key_version=1,
+            records=[],
+            kmc_wrapped=b"",
+            key_payloads=[],
+            pin_payloads=[],
+        )
 
 
-def test_a_missing_ethnicity_is_refused_by_both_paths_never_defaulted(settings: Settings) -> None:
+_IDS = (
+    st.text(max_size=12)
+    | st.text(st.characters(min_codepoint=0x4E00, max_codepoint=0x9FA5), max_size=6)
+    | st.sampled_from(['MF/"FIN"', "a\\b", "MF/SSSE"])
+)
+_COUNT = st.integers(0, 2**40)
+_BLOBS = st.binary(max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    profile=_IDS,
+    algorithm=_IDS,
+    files=st.lists(st.tuples(_IDS, _IDS, st.integers(0, 30)), max_size=6),
+    keys=st.lists(st.tuples(_IDS, st.integers(0, 255)), max_size=12),
+    pins=st.lists(st.tuples(_IDS, _IDS, st.integers(0, 255)), max_size=3),
+    cards=st.lists(
+        st.tuples(_COUNT, _COUNT, _COUNT, _IDS, _IDS, _IDS, _COUNT, _BLOBS, st.data()),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_card_line_template_is_card_line_and_json_byte_for_byte(
+    profile: str, algorithm: str, files: list, keys: list, pins: list, cards: list
+) -> None:
+    """The card line template (data preparation's per-card path) against :func:`persofile.
+    card_line` and ``json.dumps`` of the documented object, over random values."""
+    tmpl = persofile.CardLineTemplate(profile, algorithm, files, keys, pins)
+    for seq, item_id, card_id, serial, cic, number, version, kmc, data in cards:
+        records = [data.draw(st.lists(_BLOBS, max_size=8)) for _ in files]
+        key_payloads = [data.draw(_BLOBS) for _ in keys]
+        pin_payloads = [data.draw(_BLOBS) for _ in pins]
+        line = tmpl.line(
+            seq,
+            item_id=item_id,
+            card_id=card_id,
+            chip_serial=serial,
+            cic=cic,
+            card_number=number,
+            key_version=version,
+            records=records,
+            kmc_wrapped=kmc,
+            key_payloads=key_payloads,
+            pin_payloads=pin_payloads,
+        )
+        assert line == persofile.card_line(
+            seq,
+            item_id=item_id,
+            card_id=card_id,
+            chip_serial=serial,
+            cic=cic,
+            card_number=number,
+            profile=profile,
+            algorithm=algorithm,
+            key_version=version,
+            files=[(df, ef, sfi, recs) for (df, ef, sfi), recs in zip(files, records, strict=True)],
+            kmc_wrapped=kmc,
+            keys=[(s, k, p) for (s, k), p in zip(keys, key_payloads, strict=True)],
+            pins=[(n, df, r, p) for (n, df, r), p in zip(pins, pin_payloads, strict=True)],
+        )
+        expected = {
+            "type": "card",
+            "seq": seq,
+            "item_id": item_id,
+            "card_id": card_id,
+            "chip_serial": serial,
+            "cic": cic,
+            "card_number": number,
+            "profile": profile,
+            "algorithm": algorithm,
+            "key_version": version,
+            "files": [
+                {"df": df, "ef": ef, "sfi": sfi, "records": [r.hex() for r in recs]}
+                for (df, ef, sfi), recs in zip(files, records, strict=True)
+            ],
+            "kmc": kmc.hex(),
+            "keys": [
+                {"slot": s, "key_id": k, "payload": p.hex()}
+                for (s, k), p in zip(keys, key_payloads, strict=True)
+            ],
+            "pins": [
+                {"name": n, "df": df, "ref": r, "payload": p.hex()}
+                for (n, df, r), p in zip(pins, pin_payloads, strict=True)
+            ],
+        }
+        assert (
+            line == json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        )
+
+
+def test_a_missing_ethnicity_is_refused_by_both_paths_never_defaulted() -> None:
+    from card_strategies import Card, Person
+
     from issuance.errors import ValidationError
 
-    profile = dataprep.card_profile(settings, "3des")
-    person = _Person("王伟", _citizen_id(4), "1", None, date(1970, 1, 1), "330106")
-    card = _Card(6, ids.make_card_number("B0000006"))
+    profile = dataprep.card_profile(_SETTINGS, "3des")
+    person = Person("王伟", "330106197001010019", "1", None, date(1970, 1, 1), "330106")
+    card = Card(6, ids.make_card_number("B0000006"))
     cic = ids.make_card_identification_code("330106", bytes(8))
     issue = date(2026, 1, 5)
     with pytest.raises(ValidationError) as general:
-        dataprep.perso_data(settings, card, person, None, cic, issue, "135792", profile)
+        dataprep.perso_data(_SETTINGS, card, person, None, cic, issue, "135792", profile)
     with pytest.raises(ValidationError) as fast:
-        dataprep.perso_values(settings, card, person, None, cic, issue, profile)
+        dataprep.perso_values(_SETTINGS, card, person, None, cic, issue, profile)
     assert [p.field for p in general.value.problems] == ["ethnicity"]
     assert str(fast.value) == str(general.value)

@@ -1,0 +1,264 @@
+"""A verification's decisions and audit event have one implementation
+(:func:`issuance.services.verification._verify`) over two stores: the Session of
+:func:`verify_card` (:class:`SessionStore`) and the asyncio pool of :func:`verify_card_async`
+(:class:`VerificationStore`, PostgreSQL). Proved here over random cards, holders and requests
+(Hypothesis): on the same database the two give the same verdict and write the same audit event,
+byte for byte, and record the challenge's use alike."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from sqlalchemy.orm import Session
+
+from cardspec.ids import citizen_id_check_char
+from hsm.errors import CryptogramMismatch
+from hsm.service import CardKeyRef
+from issuance import audit
+from issuance.audit import Actor
+from issuance.db import make_engine
+from issuance.db_async import AsyncPgPool, dsn_from_url
+from issuance.models import (
+    AuditEvent,
+    Card,
+    CardAlgorithm,
+    CardKind,
+    CardStatus,
+    Channel,
+    ChipAppKind,
+    ChipApplication,
+    ChipAppStatus,
+    Person,
+    StaffRole,
+    UsedChallenge,
+)
+from issuance.services import verification as v
+
+pytestmark = pytest.mark.postgres
+CIC = "330106D156000005" + "00A1B2C3D4E5F607"
+NUMBER = "B00000013"
+NOW = datetime(2026, 5, 6, 7, 8, 9, 123456)
+GOOD = b"\x5a" * 8
+_cjk = st.characters(min_codepoint=0x4E00, max_codepoint=0x9FA5)
+_text = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30
+)
+
+
+@st.composite
+def holders(draw: st.DrawFn) -> dict[str, Any]:
+    birth = draw(st.dates(date(1900, 1, 1), date(2020, 12, 31)))
+    first17 = f"{draw(st.sampled_from(['110105', '330106', '440305']))}{birth:%Y%m%d}"
+    first17 += f"{draw(st.integers(0, 999)):03d}"
+    return {
+        "name": draw(st.text(_cjk, min_size=1, max_size=30) | _text),
+        "citizen_id": first17 + citizen_id_check_char(first17),
+        "sex": draw(st.sampled_from("129")),
+        "birth_date": birth,
+    }
+
+
+#: a request: the challenge (fresh, used before, expired, garbage), the card asked for (this
+#: one, another number, an unknown code), the answer (right, wrong), what the caller asks to see
+_often = st.sampled_from
+requests = st.fixed_dictionaries(
+    {
+        "challenge": _often(["fresh", "fresh", "fresh", "reused", "expired", "garbage"]),
+        "card": _often(["this", "this", "this", "other_number", "unknown"]),
+        "genuine": _often([True, True, True, False]),
+        "application": st.sampled_from(list(ChipAppKind)),
+        "with_holder": st.booleans(),
+        "full_citizen_id": st.booleans(),
+        "with_photo": st.booleans(),
+        "actor": st.builds(
+            Actor,
+            _text,
+            st.sampled_from(list(StaffRole)),
+            st.sampled_from(list(Channel)),
+            st.none(),
+        ),
+    }
+)
+_app_status = st.just(ChipAppStatus.ACTIVE) | st.sampled_from(list(ChipAppStatus))
+cards = st.fixed_dictionaries(
+    {
+        "status": st.just(CardStatus.ACTIVE)
+        | st.sampled_from([s for s in CardStatus if s is not CardStatus.LOST_PROVISIONAL]),
+        "kind": st.sampled_from(list(CardKind)),
+        "algorithm": st.sampled_from([CardAlgorithm.DES3, CardAlgorithm.AES]),
+        "key_version": st.integers(1, 5),
+        "expiry_date": st.none() | st.dates(date(2020, 1, 1), date(2040, 1, 1)),
+        "apps": st.fixed_dictionaries({}, optional={k: _app_status for k in ChipAppKind}),
+    }
+)
+_VALID_CARD = {
+    "status": CardStatus.ACTIVE,
+    "kind": CardKind.FORMAL,
+    "algorithm": CardAlgorithm.DES3,
+    "key_version": 2,
+    "expiry_date": None,
+    "apps": {ChipAppKind.MEDICAL: ChipAppStatus.ACTIVE},
+}
+_VALID_REQUEST = {
+    "challenge": "fresh",
+    "card": "this",
+    "genuine": True,
+    "application": ChipAppKind.MEDICAL,
+    "with_holder": True,
+    "full_citizen_id": False,
+    "with_photo": True,
+    "actor": Actor("hospital-7", StaffRole.SYSTEM, Channel.SYSTEM),
+}
+_HOLDER = {
+    "name": "欧阳" + "明" * 28,
+    "citizen_id": "11010519491231002X",
+    "sex": "2",
+    "birth_date": date(1949, 12, 31),
+}
+
+
+def check(ref: CardKeyRef, factor: bytes, rnd: bytes, resp: bytes) -> None:
+    if ref.card_identification_code != CIC or resp != GOOD:
+        raise CryptogramMismatch("not the card's answer")
+
+
+async def check_async(ref: CardKeyRef, factor: bytes, rnd: bytes, resp: bytes) -> None:
+    check(ref, factor, rnd, resp)
+
+
+@pytest.mark.parametrize("db_backend", ["postgres"], indirect=True)
+def test_session_and_pool_stores_give_the_same_verdicts_and_events(fresh_db_url: str) -> None:
+    engine = make_engine(url=fresh_db_url)
+    codec = v.ChallengeCodec(os.urandom(32))
+    loop = asyncio.new_event_loop()
+    pool = AsyncPgPool(dsn_from_url(engine.url), 2)
+    store = v.VerificationStore(pool)
+    loop.run_until_complete(pool.open())
+    with Session(engine) as s:
+        person = Person(
+            citizen_id="11010519491231002X",
+            name="张三",
+            sex="2",
+            birth_date=date(1949, 12, 31),
+            region_code="110105",
+        )
+        s.add(person)
+        s.flush()
+        card = Card(
+            card_number=NUMBER,
+            kind=CardKind.FORMAL,
+            status=CardStatus.ACTIVE,
+            person_id=person.id,
+            region_code="330106",
+            algorithm=CardAlgorithm.DES3,
+            card_identification_code=CIC,
+        )
+        s.add(card)
+        s.commit()
+        ids = (person.id, card.id)
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(holder=holders(), card=cards, request=requests)
+    @example(holder=_HOLDER, card=_VALID_CARD, request=_VALID_REQUEST)
+    @example(holder=_HOLDER, card=_VALID_CARD, request={**_VALID_REQUEST, "full_citizen_id": True})
+    @example(holder=_HOLDER, card=_VALID_CARD, request={**_VALID_REQUEST, "challenge": "reused"})
+    def same(holder: dict, card: dict, request: dict) -> None:
+        with Session(engine) as s:
+            s.execute(sa.update(Person).where(Person.id == ids[0]).values(**holder))
+            values = {
+                k: card[k] for k in ("status", "kind", "algorithm", "key_version", "expiry_date")
+            }
+            s.execute(sa.update(Card).where(Card.id == ids[1]).values(**values))
+            s.execute(sa.delete(ChipApplication).where(ChipApplication.card_id == ids[1]))
+            for kind, status in card["apps"].items():
+                s.add(ChipApplication(card_id=ids[1], kind=kind, status=status))
+            s.commit()
+        if request["challenge"] == "expired":
+            challenge_id = codec.issue(7, 60, now=NOW - timedelta(hours=1)).id
+        elif request["challenge"] == "garbage":
+            challenge_id = "zz" * 16
+        else:
+            challenge_id = codec.issue(7, 60, now=NOW).id
+        cic = CIC if request["card"] != "unknown" else CIC[:-1] + "9"
+        number = NUMBER if request["card"] != "other_number" else "B0000002X"
+        kwargs: dict[str, Any] = dict(
+            challenge_id=challenge_id,
+            credential_id=7,
+            card_identification_code=cic.lower(),
+            card_number=number,
+            response=GOOD if request["genuine"] else b"\x00" * 8,
+            application=request["application"],
+            actor=request["actor"],
+            codec=codec,
+            with_holder=request["with_holder"],
+            full_citizen_id=request["full_citizen_id"],
+            with_photo=request["with_photo"],
+            now=NOW,
+        )
+        outcomes = []
+        for path in ("session", "pool"):
+            with Session(engine) as s:  # the challenge unused or used, as the request says
+                s.execute(sa.delete(UsedChallenge))
+                if request["challenge"] == "reused":
+                    s.add(UsedChallenge(id=v.used_key(challenge_id)))
+                s.commit()
+            before = _last_event(engine)
+            if path == "session":
+                with Session(engine) as s:
+                    verdict = v.verify_card(s, check=check, **kwargs)
+                    s.commit()
+            else:
+
+                async def slow() -> v.Verdict:
+                    raise AssertionError("no lost card here")
+
+                verdict = loop.run_until_complete(
+                    v.verify_card_async(store, check=check_async, slow_path=slow, **kwargs)
+                )
+            with Session(engine) as s:
+                used = s.scalar(sa.select(sa.func.count()).select_from(UsedChallenge))
+            outcomes.append((verdict, _events_after(engine, before), used))
+        assert outcomes[0] == outcomes[1]
+        (verdict, events, _), _ = outcomes
+        assert (
+            len(events) == 1 and events[0][audit.EVENT_COLUMNS.index("action")] == "card.verified"
+        )
+        seen.add(verdict.reason)
+
+    seen: set[v.Reason | None] = set()
+    try:
+        same()
+        assert None in seen and v.Reason.CHALLENGE_REUSED in seen  # valid ones compared too
+    finally:
+        loop.run_until_complete(_close(pool))
+        loop.close()
+        engine.dispose()
+
+
+async def _close(pool: AsyncPgPool) -> None:
+    close = getattr(pool, "close", None)
+    if close is not None:
+        await close()
+
+
+def _last_event(engine: sa.Engine) -> int:
+    with engine.connect() as c:
+        return int(c.scalar(sa.select(sa.func.coalesce(sa.func.max(AuditEvent.id), 0))) or 0)
+
+
+def _events_after(engine: sa.Engine, after: int) -> list[tuple[Any, ...]]:
+    columns = [AuditEvent.__table__.c[c] for c in audit.EVENT_COLUMNS]
+    with engine.connect() as c:
+        return [
+            tuple(r)
+            for r in c.execute(
+                sa.select(*columns).where(AuditEvent.id > after).order_by(AuditEvent.id)
+            )
+        ]
