@@ -52,6 +52,8 @@ from api.errors import ApiError, map_exception, route_of
 MAX_TARGET = 8192
 #: Routes that take a body without a bearer token.
 OPEN_PATHS = frozenset({"/v1/oauth/token"})
+#: Paths under this prefix are the API (bearer tokens); others (the console) are not.
+API_PREFIX = "/v1/"
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKETS = re.compile(rb"[\[\]{}]")
 
@@ -119,7 +121,13 @@ class Gate:
         path = scope["path"]
         state = state_of(scope)
         try:
-            if path not in OPEN_PATHS and state.get(PRINCIPAL) is None:
+            # the API's routes: a bearer token before the body; the console's own pages
+            # (/console) check their session cookie and CSRF token, within the same cap
+            if (
+                path.startswith(API_PREFIX)
+                and path not in OPEN_PATHS
+                and state.get(PRINCIPAL) is None
+            ):
                 state[PRINCIPAL] = await self.auth.principal(Request(scope))
             cap = body_cap(self.limits, path)
             if length is not None and (length < 0 or length > cap):

@@ -22,12 +22,14 @@ def test_photo_replacement_names_its_reason_once_with_a_code(api_env: ApiEnv) ->
     fake = ctx.extra.pop("photo_processor")  # the real pipeline for this test
     try:
         r = c.post("/v1/applications", json={"citizen_id": make_cid(), "name": "冯九",
-                                              "phone": "13800138051"}, headers=clerk)  # fmt: skip
+                                              "phone": "13800138051", "ethnicity": "01"},
+                   headers=clerk)  # fmt: skip
         assert r.status_code == 422  # an adult needs a photo: the reason says so
         assert [p["field"] for p in r.json()["error"]["problems"]] == ["photo"]
         photo = base64.b64encode((PHOTOS / "astronaut.jpg").read_bytes()).decode()
         r = c.post("/v1/applications", json={"citizen_id": make_cid(), "name": "冯九",
-                                              "phone": "13800138051", "photo_base64": photo},
+                                              "phone": "13800138051", "photo_base64": photo,
+                                              "ethnicity": "01"},
                    headers=clerk)  # fmt: skip
         assert r.status_code == 201, r.text
         url = f"/v1/applications/{r.json()['id']}/photo"
@@ -62,7 +64,7 @@ def test_submit_trims_like_the_cli_and_lists_every_reason(api_env: ApiEnv) -> No
     assert reasons["name"] == "a Latin-script name must have 2 to 60 characters"
     fake_jpeg = base64.b64encode(b"\xff\xd8\xff\xe0 fake photo \xff\xd9").decode()
     good = {"citizen_id": padded, "name": " 冯十 ", "phone": " 138 0013 8052 ",
-            "photo_base64": fake_jpeg}  # fmt: skip
+            "ethnicity": "01", "photo_base64": fake_jpeg}  # fmt: skip
     r = c.post("/v1/applications", json=good, headers=clerk)
     assert r.status_code == 201, r.text
     with api_env.session() as s:  # type: ignore[attr-defined]

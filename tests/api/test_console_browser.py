@@ -17,10 +17,10 @@ import sqlalchemy as sa
 from api_helpers import fake_photo, make_cid
 from conftest import ApiEnv
 from console_helpers import PASSWORD, give_passwords
-from issuance.dbserver import free_port
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from cardspec.ids import card_number_check_char
+from devstack.dbserver import free_port
 from issuance import services
 from issuance.batches.selection import create_batch
 from issuance.db import make_sessionmaker, transaction
@@ -112,7 +112,7 @@ def _application(env: ApiEnv, *, reviewed_by: str | None = None) -> int:
             s, env.settings,
             services.ApplicationInput(
                 citizen_id=make_cid(), name="欧阳娜娜", phone="13912345678",
-                address="浙江省杭州市西湖区文三路 90 号", photo=PHOTO.read_bytes(),
+                address="浙江省杭州市西湖区文三路 90 号", ethnicity="01", photo=PHOTO.read_bytes(),
             ),
             env.actors["clerk"],
         )  # fmt: skip
@@ -288,7 +288,7 @@ def test_batch_list_refreshes_itself(api_env: ApiEnv, page: Page, shots: Path) -
         app = services.submit_application(
             s, api_env.settings,
             services.ApplicationInput(citizen_id=make_cid(), name="李四", phone="13800138001",
-                                      photo=PHOTO.read_bytes()),
+                                      ethnicity="01", photo=PHOTO.read_bytes()),
             api_env.actors["clerk"], photo_processor=fake_photo,
         )  # fmt: skip
         services.process_application(s, app.id, api_env.actors["clerk"])
