@@ -35,8 +35,11 @@ PHOTO = Path(__file__).resolve().parents[2] / "issuance/sample_data/photos/resid
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser() -> Iterator[Browser]:
+    """A browser for one test: Playwright's sync API marks an event loop as running in this
+    thread while it is open, so it must not stay open past the test (the next test in this
+    worker may run asyncio itself)."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: scripts/setup.sh installs Debian's chromium")
     with sync_playwright() as p:

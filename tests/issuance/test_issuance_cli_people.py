@@ -7,7 +7,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from conftest import make_cid
+from conftest import JPEG_FIXTURE, fake_process_photo, make_cid
 from issuance_cli_helpers import Cli
 
 from yikatong.cli import cards as cli_cards
@@ -69,8 +69,6 @@ def test_find_and_show_a_resident_by_id_number_only(env: Path) -> None:
 
 
 def test_app_show_every_field_and_the_photo(env: Path) -> None:
-    from conftest import JPEG_FIXTURE, fake_process_photo
-
     from issuance import services
     from yikatong.cli.db import session_scope
 
