@@ -137,23 +137,11 @@ def record(
 ) -> AuditEvent:
     """Add one audit event to the current transaction (a plain insert, flushed with the rest)."""
     event = AuditEvent(
-        **dict(
-            zip(
-                EVENT_COLUMNS,
-                event_values(
-                    actor,
-                    action,
-                    entity_type,
-                    entity_id,
-                    before=before,
-                    after=after,
-                    reason=reason,
-                    details=details,
-                ),
-                strict=True,
-            )
+        **event_row(
+            actor, action, entity_type, entity_id,
+            before=before, after=after, reason=reason, details=details,
         )
-    )
+    )  # fmt: skip
     session.add(event)
     return event
 
