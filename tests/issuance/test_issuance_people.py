@@ -158,13 +158,13 @@ def test_find_one_needs_exactly_one(session: Session, actors: dict[str, Actor]) 
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("db_backend", ["postgres"], indirect=True)  # plans: PostgreSQL only
 def test_searches_are_index_lookups_on_postgresql(
     session: Session, db_backend: str, actors: dict[str, Actor]
 ) -> None:
     """EXPLAIN of every search on 100,000 people (and cards): an index scan, never a
     sequential scan (bench/people.md has the plans at ten million)."""
-    if db_backend != "postgres":
-        pytest.skip("PostgreSQL plans")
+    assert db_backend == "postgres"
     session.execute(
         sa.text(
             "INSERT INTO persons (citizen_id, name, sex, birth_date, region_code, phone, "
