@@ -1,5 +1,6 @@
 """Languages of the console: Chinese (``zh_CN``, the default) and English, from the gettext
-catalogs ``console/locale/<locale>/LC_MESSAGES/console.po``.
+catalogs ``console/locale/<locale>/LC_MESSAGES/*.po`` (``console.po`` and one file per page
+module that adds messages: all are read, and a message in two files must say the same).
 
 The catalogs are compiled with Babel **at import** (in memory, :func:`translations`): the
 ``.po`` files in the repository are the only source, so no compiled ``.mo`` can go stale.
@@ -28,13 +29,31 @@ def catalog_path(locale: str) -> Path:
     return LOCALE_DIR / locale / "LC_MESSAGES" / f"{DOMAIN}.po"
 
 
+def catalog_paths(locale: str) -> list[Path]:
+    """Every catalog file of ``locale``, ``console.po`` first."""
+    main = catalog_path(locale)
+    return [main, *sorted(p for p in main.parent.glob("*.po") if p != main)]
+
+
 @functools.cache
 def translations(locale: str) -> Translations:
     """The compiled catalog of ``locale`` (English: the messages themselves)."""
     if locale not in LOCALES:
         raise ValueError(f"unknown console locale {locale!r}")
-    with catalog_path(locale).open("rb") as f:
+    paths = catalog_paths(locale)
+    with paths[0].open("rb") as f:
         catalog = read_po(f, locale=locale, domain=DOMAIN)
+    for path in paths[1:]:
+        with path.open("rb") as f:
+            more = read_po(f, locale=locale, domain=DOMAIN)
+        for message in more:
+            if not message.id:
+                continue  # the header
+            known = catalog.get(message.id, message.context)
+            if known is not None and known.string != message.string:
+                raise ValueError(f"{path.name}: {message.id!r} is translated differently in "
+                                 f"another catalog of {locale}")  # fmt: skip
+            catalog[message.id] = message
     mo = io.BytesIO()
     write_mo(mo, catalog)
     mo.seek(0)

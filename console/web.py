@@ -12,17 +12,13 @@ decides a lifecycle question: offered buttons come from the transition tables
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
-from urllib.parse import quote
+from typing import Any
 
-import jinja2
 import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -31,7 +27,32 @@ from starlette.datastructures import FormData
 from cardspec.errors import InvalidIdentifier
 from cardspec.ids import mask_citizen_id, validate_card_number
 from console import i18n
-from console.sessions import SignedIn, SignInRefused, csrf_ok, resume, sign_in, sign_out
+from console.common import (
+    CSP,
+    FIELD_KEYS,
+    HERE,
+    LANG_COOKIE,
+    LOGIN_CSRF_COOKIE,
+    PREFIX,
+    REFUSAL_KEYS,
+    SECURITY_HEADERS,
+    SESSION_COOKIE,
+    HostContext,
+    Problem,
+    T,
+    ctx_of,
+    field,
+    is_secure,
+    locale_of,
+    page,
+    problems_of,
+    queue_states,
+    render,
+    source_of,
+    tx,
+)
+from console.pages import PAGE_ROUTERS
+from console.sessions import SignedIn, SignInRefused, csrf_ok, sign_in, sign_out
 from issuance import audit, lifecycle, services
 from issuance.batches.report import BatchReport
 from issuance.errors import FieldProblem, IssuanceError, ValidationError
@@ -47,218 +68,8 @@ from issuance.models import (
     StaffRole,
 )
 from issuance.services.applications import get_application
-from issuance.services.credentials import STAFF_SCOPES
-from issuance.settings import Settings
-
-T = TypeVar("T")
-HERE = Path(__file__).parent
-PREFIX = "/console"
-SESSION_COOKIE = "ykt_console"
-LOGIN_CSRF_COOKIE = "ykt_console_login"
-LANG_COOKIE = "ykt_console_lang"
-#: Sent by the pages' own polling (``hx-headers``): it does not keep a session from idling out.
-POLL_HEADER = "X-Console-Poll"
-
-#: Content-Security-Policy of every console response: nothing inline, nothing from elsewhere.
-CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
-SECURITY_HEADERS = [
-    (b"content-security-policy", CSP.encode()),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"x-frame-options", b"DENY"),
-]
-
-_env = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(HERE / "templates"),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
-
-# --- plumbing -------------------------------------------------------------------------------
-
-
-class _Hsm(Protocol):
-    def call(self, fn: Callable[..., Any], *args: Any) -> Any: ...
-
-
-class HostContext(Protocol):
-    """What the console needs of the service it is mounted in (``app.state.ctx``: the API's
-    :class:`api.context.ApiContext`, which the console does not import: it sits below ``api``
-    in the layers)."""
-
-    settings: Settings
-    hsm: _Hsm
-
-    def tx(self) -> AbstractContextManager[Session]: ...
-
-
-def _ctx(request: Request) -> HostContext:
-    ctx: HostContext = request.app.state.ctx
-    return ctx
-
-
-def _locale(request: Request) -> str:
-    default = _ctx(request).settings.console.default_locale
-    return i18n.pick(request.cookies.get(LANG_COOKIE), default)
-
-
-def _source(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
-def _secure(request: Request) -> bool:
-    return request.url.scheme == "https"
-
-
-async def _tx(request: Request, fn: Callable[[Session], T]) -> T:
-    ctx = _ctx(request)
-
-    def work() -> T:
-        with ctx.tx() as session:
-            return fn(session)
-
-    return await run_in_threadpool(work)
-
-
-def render(
-    request: Request,
-    template: str,
-    user: SignedIn | None,
-    status: int = 200,
-    **values: Any,
-) -> HTMLResponse:
-    locale = _locale(request)
-    tr = i18n.translations(locale)
-    zone = _ctx(request).settings.issuer.time_zone
-    # the page to come back to (language switch): a POST's answer names its GET page
-    here = values.pop("here", None) or (
-        request.url.path if request.method == "GET" else f"{PREFIX}/home"
-    )
-    page = _env.get_template(template).render(
-        _=tr.gettext, locale=locale, user=user, prefix=PREFIX, request_path=here,
-        when=lambda v: i18n.when(v, locale, zone), scopes=_scopes(user), zone=zone,
-        issuer=_ctx(request).settings.issuer, has_queue=bool(user and _queue_states(user)),
-        **values,
-    )  # fmt: skip
-    resp = HTMLResponse(page, status_code=status)
-    resp.headers["Cache-Control"] = "no-store"
-    return resp
-
-
-def _scopes(user: SignedIn | None) -> frozenset[str]:
-    return frozenset(STAFF_SCOPES.get(user.actor.role, ())) if user else frozenset()
-
-
-async def _user(request: Request) -> SignedIn | None:
-    token = request.cookies.get(SESSION_COOKIE)
-    if not token:
-        return None
-    conf = _ctx(request).settings.console
-    touch = request.headers.get(POLL_HEADER) != "1"  # a page polling by itself
-    return await _tx(request, lambda s: resume(s, conf, token, touch=touch))
-
-
-def _to_login(request: Request) -> Response:
-    target = quote(request.url.path, safe="/")
-    resp = RedirectResponse(f"{PREFIX}/login?next={target}", status_code=303)
-    resp.delete_cookie(SESSION_COOKIE, path=PREFIX)
-    return resp
-
-
-Handler = Callable[[Request, SignedIn], Awaitable[Response]]
-
-
-def page(scope: str | None = None, *, form: bool = False) -> Callable[[Handler], Any]:
-    """A console page: signed in first (before the body is read), then the scope the role
-    needs, then (a form) the CSRF token."""
-
-    def wrap(fn: Handler) -> Any:
-        async def endpoint(request: Request) -> Response:
-            user = await _user(request)
-            if user is None:
-                if request.headers.get("HX-Request"):
-                    return Response(status_code=401, headers={"HX-Redirect": f"{PREFIX}/login"})
-                return _to_login(request)
-            if scope is not None and scope not in _scopes(user):
-                await _tx(request, lambda s: audit.record(
-                    s, user.actor, "console.refused", "page", request.url.path[:40],
-                    reason=f"role {user.actor.role} lacks {scope}",
-                ))  # fmt: skip
-                return render(request, "refused.html", user, 403, scope=scope)
-            if form:
-                data = await request.form()
-                if not csrf_ok(user.csrf_token, _field(data, "csrf")):
-                    await _tx(request, lambda s: audit.record(
-                        s, user.actor, "console.refused", "page", request.url.path[:40],
-                        reason="CSRF token missing or wrong",
-                    ))  # fmt: skip
-                    return render(request, "refused.html", user, 403, scope=None, csrf=True)
-                request.state.form = data
-            return await fn(request, user)
-
-        endpoint.__name__ = fn.__name__
-        return endpoint
-
-    return wrap
-
-
-def _field(data: FormData, name: str, limit: int = 500) -> str | None:
-    value = data.get(name)
-    if not isinstance(value, str):
-        return None
-    return value.strip()[:limit]
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A refusal as the page shows it: the service's own words (``text``) under a sentence of
-    the catalog (``key``) that says it in the reader's language, when the page knows one."""
-
-    text: str
-    key: str | None = None
-
-
-#: Catalog sentences for the fields the services name in their refusals.
-FIELD_KEYS = {
-    "identity_checked": "Check the holder's identity first and tick the box.",
-    "reason": "Say why.",
-    "kind": "Choose formal or provisional.",
-    "card_number": "The card number is wrong (length or check character): check it character "
-    "by character.",
-}
-#: Catalog sentences for the kinds of refusal.
-REFUSAL_KEYS = {
-    "maker_checker": "Maker-checker: whoever did an earlier step of this application may not do "
-    "this one.",
-    "denied": "Refused: your role or this channel may not do this.",
-    "state": "Not possible in the present state.",
-    "not_found": "Not found.",
-}
-
-
-def _problems(exc: IssuanceError | InvalidIdentifier) -> list[Problem]:
-    """What a page shows for a refusal of the services (their message kept, word for word)."""
-    from issuance.errors import NotFound, PermissionDenied, TransitionError
-
-    if isinstance(exc, InvalidIdentifier):
-        return [Problem(f"{exc.field}: {exc.reason}", FIELD_KEYS.get(exc.field))]
-    if isinstance(exc, ValidationError) and exc.problems:
-        return [Problem(f"{p.field}: {p.reason}", FIELD_KEYS.get(p.field)) for p in exc.problems]
-    key: str | None = None
-    if isinstance(exc, PermissionDenied):
-        key = REFUSAL_KEYS["maker_checker" if "step" in exc.details else "denied"]
-    elif isinstance(exc, TransitionError):
-        key = REFUSAL_KEYS["state"]
-    elif isinstance(exc, NotFound):
-        key = REFUSAL_KEYS["not_found"]
-    return [Problem(exc.message, key)]
 
 
 # --- sign-in, sign-out, language ------------------------------------------------------------
@@ -289,7 +100,7 @@ async def login_form(request: Request) -> Response:
     resp = render(request, "login.html", None, next=_next(request.query_params.get("next")),
                   csrf=token, error=None, username="")  # fmt: skip
     resp.set_cookie(LOGIN_CSRF_COOKIE, token, path=PREFIX, httponly=True, samesite="strict",
-                    secure=_secure(request))  # fmt: skip
+                    secure=is_secure(request))  # fmt: skip
     return resp
 
 
@@ -303,7 +114,7 @@ async def _signing_in(request: Request, fn: Callable[[Session], T]) -> T:
 
     for attempt in range(SIGN_IN_ATTEMPTS):
         try:
-            return await _tx(request, fn)
+            return await tx(request, fn)
         except ConflictError:
             if attempt == SIGN_IN_ATTEMPTS - 1:
                 raise
@@ -321,16 +132,16 @@ async def login(request: Request) -> Response:
     if not cookie:  # no form of ours was shown to this browser: nothing else is read
         return render(request, "refused.html", None, 403, scope=None, csrf=True)
     data = await request.form()
-    username = _field(data, "username", 64) or ""
-    next_ = _next(_field(data, "next"))
-    if not csrf_ok(cookie, _field(data, "csrf")):
+    username = field(data, "username", 64) or ""
+    next_ = _next(field(data, "next"))
+    if not csrf_ok(cookie, field(data, "csrf")):
         return render(request, "refused.html", None, 403, scope=None, csrf=True)
     password = data.get("password")
     if not isinstance(password, str) or not username or not password:
         return render(request, "login.html", None, 400, next=next_, csrf=cookie,
                       error="missing", username=username)  # fmt: skip
-    conf = _ctx(request).settings.console
-    source = _source(request)
+    conf = ctx_of(request).settings.console
+    source = source_of(request)
     result = await _signing_in(request, lambda s: sign_in(s, conf, username, password, source))
     if isinstance(result, SignInRefused):
         return render(request, "login.html", None, 401, next=next_, csrf=cookie,
@@ -339,7 +150,7 @@ async def login(request: Request) -> Response:
     token, _ = result
     resp = RedirectResponse(next_, status_code=303)
     resp.set_cookie(SESSION_COOKIE, token, path=PREFIX, httponly=True, samesite="strict",
-                    secure=_secure(request))  # fmt: skip
+                    secure=is_secure(request))  # fmt: skip
     resp.delete_cookie(LOGIN_CSRF_COOKIE, path=PREFIX)
     return resp
 
@@ -347,7 +158,7 @@ async def login(request: Request) -> Response:
 @router.post("/logout")
 @page(form=True)
 async def logout(request: Request, user: SignedIn) -> Response:
-    await _tx(request, lambda s: sign_out(s, user))
+    await tx(request, lambda s: sign_out(s, user))
     resp = RedirectResponse(f"{PREFIX}/login", status_code=303)
     resp.delete_cookie(SESSION_COOKIE, path=PREFIX)
     return resp
@@ -358,7 +169,7 @@ async def language(request: Request, locale: str) -> Response:
     resp = RedirectResponse(_next(request.query_params.get("next")), status_code=303)
     if locale in i18n.LOCALES:
         resp.set_cookie(LANG_COOKIE, locale, path=PREFIX, samesite="strict",
-                        secure=_secure(request), max_age=365 * 86400)  # fmt: skip
+                        secure=is_secure(request), max_age=365 * 86400)  # fmt: skip
     return resp
 
 
@@ -373,19 +184,11 @@ async def home(request: Request, user: SignedIn) -> Response:
 
 # --- the reviewer's and approver's queue ----------------------------------------------------
 
-#: The steps of the queue (an application waits for the role that may take it).
-QUEUE_EVENTS = (ApplicationEvent.REVIEW, ApplicationEvent.APPROVE)
-
-
-def _queue_states(user: SignedIn) -> list[str]:
-    return [t.from_state for t in APPLICATION_TRANSITIONS
-            if t.event in QUEUE_EVENTS and user.actor.role in t.roles]  # fmt: skip
-
 
 @router.get("/queue")
 @page("applications:read")
 async def queue(request: Request, user: SignedIn) -> Response:
-    states = _queue_states(user)
+    states = queue_states(user)
 
     def fn(s: Session) -> list[dict[str, Any]]:
         rows = []
@@ -394,7 +197,7 @@ async def queue(request: Request, user: SignedIn) -> Response:
                 rows.append(_app_row(a))
         return rows
 
-    rows = await _tx(request, fn)
+    rows = await tx(request, fn)
     return render(request, "queue.html", user, rows=rows, states=states)
 
 
@@ -434,9 +237,9 @@ def _application_view(s: Session, app_id: int, user: SignedIn) -> dict[str, Any]
 async def application(request: Request, user: SignedIn) -> Response:
     app_id = int(request.path_params["app_id"])
     try:
-        view = await _tx(request, lambda s: _application_view(s, app_id, user))
+        view = await tx(request, lambda s: _application_view(s, app_id, user))
     except IssuanceError as exc:
-        return render(request, "message.html", user, 404, problems=_problems(exc))
+        return render(request, "message.html", user, 404, problems=problems_of(exc))
     return render(request, "application.html", user, **view, done=None, problems=[])
 
 
@@ -448,7 +251,7 @@ async def application_photo(request: Request, user: SignedIn) -> Response:
     def fn(s: Session) -> bytes | None:
         return s.scalar(sa.select(Application.photo_jpeg).where(Application.id == app_id))
 
-    jpeg = await _tx(request, fn)
+    jpeg = await tx(request, fn)
     if not jpeg:
         return Response(status_code=404)
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
@@ -459,9 +262,9 @@ async def application_photo(request: Request, user: SignedIn) -> Response:
 async def decide(request: Request, user: SignedIn) -> Response:
     app_id = int(request.path_params["app_id"])
     data: FormData = request.state.form
-    action = _field(data, "action")
-    reason = _field(data, "reason") or ""
-    settings = _ctx(request).settings
+    action = field(data, "action")
+    reason = field(data, "reason") or ""
+    settings = ctx_of(request).settings
     actor = user.actor
 
     def fn(s: Session) -> str:
@@ -482,15 +285,15 @@ async def decide(request: Request, user: SignedIn) -> Response:
     problems: list[Problem] = []
     done: str | None = None
     try:
-        card_number = await _tx(request, fn)
+        card_number = await tx(request, fn)
         done = str(action)
     except IssuanceError as exc:
-        problems = _problems(exc)
+        problems = problems_of(exc)
         card_number = ""
     try:
-        view = await _tx(request, lambda s: _application_view(s, app_id, user))
+        view = await tx(request, lambda s: _application_view(s, app_id, user))
     except IssuanceError as exc:
-        return render(request, "message.html", user, 404, problems=_problems(exc))
+        return render(request, "message.html", user, 404, problems=problems_of(exc))
     return render(request, "application.html", user, 200 if done else 409, **view, done=done,
                   card_number=card_number, problems=problems,
                   here=f"{PREFIX}/applications/{app_id}")  # fmt: skip
@@ -533,12 +336,12 @@ async def cards(request: Request, user: SignedIn) -> Response:
         validate_card_number(number)  # the check character first: no lookup of a typo
     except InvalidIdentifier as exc:
         return render(request, "card.html", user, 422, number=number, view=None,
-                      problems=_problems(exc), done=None)  # fmt: skip
+                      problems=problems_of(exc), done=None)  # fmt: skip
     try:
-        view = await _tx(request, lambda s: _card_view(s, number, user))
+        view = await tx(request, lambda s: _card_view(s, number, user))
     except IssuanceError as exc:
         return render(request, "card.html", user, 404, number=number, view=None,
-                      problems=_problems(exc), done=None)  # fmt: skip
+                      problems=problems_of(exc), done=None)  # fmt: skip
     return render(request, "card.html", user, number=number, view=view, problems=[], done=None)
 
 
@@ -550,7 +353,7 @@ async def _card_action(
         validate_card_number(number)
     except InvalidIdentifier as exc:
         return render(request, "card.html", user, 422, number=number, view=None,
-                      problems=_problems(exc), done=None)  # fmt: skip
+                      problems=problems_of(exc), done=None)  # fmt: skip
 
     def work(s: Session) -> None:
         fn(s, services.find_card(s, card_number=number).id)
@@ -558,15 +361,15 @@ async def _card_action(
     problems: list[Problem] = []
     done: str | None = None
     try:
-        await _tx(request, work)
+        await tx(request, work)
         done = action
     except IssuanceError as exc:
-        problems = _problems(exc)
+        problems = problems_of(exc)
     try:
-        view = await _tx(request, lambda s: _card_view(s, number, user))
+        view = await tx(request, lambda s: _card_view(s, number, user))
     except IssuanceError as exc:
         return render(request, "card.html", user, 404, number=number, view=None,
-                      problems=_problems(exc), done=None)  # fmt: skip
+                      problems=problems_of(exc), done=None)  # fmt: skip
     return render(request, "card.html", user, 200 if done else 409, number=number, view=view,
                   problems=problems, done=done, here=f"{PREFIX}/cards?number={number}")  # fmt: skip
 
@@ -575,10 +378,10 @@ async def _card_action(
 @page("cards:loss", form=True)
 async def report_loss(request: Request, user: SignedIn) -> Response:
     data: FormData = request.state.form
-    kind = _field(data, "kind") or None
-    checked = _field(data, "identity_checked") == "yes"
-    note = _field(data, "note") or None
-    settings = _ctx(request).settings
+    kind = field(data, "kind") or None
+    checked = field(data, "identity_checked") == "yes"
+    note = field(data, "note") or None
+    settings = ctx_of(request).settings
 
     def fn(s: Session, card_id: int) -> object:
         if kind not in (None, "provisional", "formal"):
@@ -594,8 +397,8 @@ async def report_loss(request: Request, user: SignedIn) -> Response:
 @page("cards:loss", form=True)
 async def unreport(request: Request, user: SignedIn) -> Response:
     data: FormData = request.state.form
-    checked = _field(data, "identity_checked") == "yes"
-    note = _field(data, "note") or None
+    checked = field(data, "identity_checked") == "yes"
+    note = field(data, "note") or None
 
     def fn(s: Session, card_id: int) -> object:
         return services.unreport_loss(s, card_id, user.actor, identity_checked=checked, note=note)
@@ -608,7 +411,7 @@ async def unreport(request: Request, user: SignedIn) -> Response:
 async def temporary_card(request: Request, user: SignedIn) -> Response:
     """A temporary card for the holder of this card (the service decides whether they may have
     one and takes the deposit); then its deposit receipt."""
-    settings = _ctx(request).settings
+    settings = ctx_of(request).settings
 
     def fn(s: Session, card_id: int) -> object:
         card = services.find_card(s, card_id=card_id)
@@ -647,14 +450,14 @@ async def receipt(request: Request, user: SignedIn) -> Response:
     number = str(request.path_params["number"]).upper()
     try:
         validate_card_number(number)
-        r = await _tx(request, lambda s: _receipt(s, number, user))
+        r = await tx(request, lambda s: _receipt(s, number, user))
     except InvalidIdentifier as exc:
-        return render(request, "message.html", user, 422, problems=_problems(exc))
+        return render(request, "message.html", user, 422, problems=problems_of(exc))
     except IssuanceError as exc:
-        return render(request, "message.html", user, 404, problems=_problems(exc))
+        return render(request, "message.html", user, 404, problems=problems_of(exc))
     from babel.numbers import format_currency
 
-    amount = format_currency(r["amount_fen"] / 100, "CNY", locale=_locale(request))
+    amount = format_currency(r["amount_fen"] / 100, "CNY", locale=locale_of(request))
     return render(request, "receipt.html", user, r=r, amount=amount)
 
 
@@ -679,7 +482,7 @@ async def audit_search(request: Request, user: SignedIn) -> Response:
                      details={"filters": filters, "count": len(events)})  # fmt: skip
         return events
 
-    events = await _tx(request, fn)
+    events = await tx(request, fn)
     return render(request, "audit.html", user, q=q, events=events, searched=searched)
 
 
@@ -693,10 +496,10 @@ async def audit_verify(request: Request, user: SignedIn) -> Response:
         return report
 
     try:
-        report = await _tx(request, fn)
+        report = await tx(request, fn)
         problems: list[Problem] = []
     except IssuanceError as exc:
-        report, problems = None, _problems(exc)
+        report, problems = None, problems_of(exc)
     return render(request, "audit_verify.html", user, report=report, problems=problems)
 
 
@@ -737,7 +540,7 @@ def _key_rows(service: Any) -> list[dict[str, Any]]:
 async def system(request: Request, user: SignedIn) -> Response:
     from issuance.models import Staff
 
-    ctx = _ctx(request)
+    ctx = ctx_of(request)
 
     def staff_rows(s: Session) -> list[dict[str, Any]]:
         audit.record(s, user.actor, "console.system_read", "system", "settings")
@@ -748,7 +551,7 @@ async def system(request: Request, user: SignedIn) -> Response:
             for st in s.scalars(sa.select(Staff).order_by(Staff.username))
         ]  # fmt: skip
 
-    staff = await _tx(request, staff_rows)
+    staff = await tx(request, staff_rows)
     keys: list[dict[str, Any]] = []
     problems: list[Problem] = []
     try:
@@ -785,14 +588,14 @@ def _batches(s: Session) -> list[dict[str, Any]]:
 @router.get("/batches")
 @page("batches:read")
 async def batches(request: Request, user: SignedIn) -> Response:
-    rows = await _tx(request, _batches)
+    rows = await tx(request, _batches)
     return render(request, "batches.html", user, rows=rows)
 
 
 @router.get("/batches/rows")
 @page("batches:read")
 async def batch_rows(request: Request, user: SignedIn) -> Response:
-    rows = await _tx(request, _batches)
+    rows = await tx(request, _batches)
     return render(request, "batch_rows.html", user, rows=rows)
 
 
@@ -808,9 +611,9 @@ def _report(s: Session, batch_id: int) -> BatchReport:
 async def batch(request: Request, user: SignedIn) -> Response:
     batch_id = int(request.path_params["batch_id"])
     try:
-        report = await _tx(request, lambda s: _report(s, batch_id))
+        report = await tx(request, lambda s: _report(s, batch_id))
     except IssuanceError as exc:
-        return render(request, "message.html", user, 404, problems=_problems(exc))
+        return render(request, "message.html", user, 404, problems=problems_of(exc))
     return render(request, "batch.html", user, r=report)
 
 
@@ -819,9 +622,9 @@ async def batch(request: Request, user: SignedIn) -> Response:
 async def batch_report(request: Request, user: SignedIn) -> Response:
     batch_id = int(request.path_params["batch_id"])
     try:
-        report = await _tx(request, lambda s: _report(s, batch_id))
+        report = await tx(request, lambda s: _report(s, batch_id))
     except IssuanceError as exc:
-        return render(request, "_problems.html", user, 404, problems=_problems(exc))
+        return render(request, "_problems.html", user, 404, problems=problems_of(exc))
     return render(request, "batch_report.html", user, r=report)
 
 
@@ -835,7 +638,7 @@ async def batch_chart(request: Request, user: SignedIn) -> Response:
 
     batch_id = int(request.path_params["batch_id"])
     try:
-        report = await _tx(request, lambda s: _report(s, batch_id))
+        report = await tx(request, lambda s: _report(s, batch_id))
     except IssuanceError:
         return Response(status_code=404)
 
@@ -874,7 +677,17 @@ def install(app: FastAPI) -> None:
     the security headers of its responses."""
     app.mount(f"{PREFIX}/static", StaticFiles(directory=HERE / "static"), name="console-static")
     app.include_router(router)
+    for pages in PAGE_ROUTERS:
+        app.include_router(pages)
     app.add_middleware(_Headers)
 
 
-__all__ = ["StaffRole", "install"]
+__all__ = [
+    "CSP",
+    "FIELD_KEYS",
+    "REFUSAL_KEYS",
+    "SESSION_COOKIE",
+    "HostContext",
+    "StaffRole",
+    "install",
+]

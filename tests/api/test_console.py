@@ -161,7 +161,7 @@ def test_every_message_of_the_pages_has_a_chinese_translation() -> None:
 
     templates = Path(i18n.__file__).parent / "templates"
     used: set[str] = set()
-    for page in templates.glob("*.html"):
+    for page in templates.rglob("*.html"):
         used |= set(re.findall(r"""_\(["']([^"']+)["']\)""", page.read_text()))
     for enum in (m.ApplicationStatus, m.BatchStage, m.BatchStatus, m.CardKind, m.CardStatus,
                  m.Channel, m.ChipAppKind, m.ChipAppStatus, m.LossKind, m.LossStatus,
@@ -311,7 +311,7 @@ def test_no_template_has_inline_script_style_or_handler() -> None:
     import re
     from pathlib import Path
 
-    for page in (Path(i18n.__file__).parent / "templates").glob("*.html"):
+    for page in (Path(i18n.__file__).parent / "templates").rglob("*.html"):
         text = page.read_text()
         assert not re.search(r"<script(?![^>]*\bsrc=)", text), page.name
         assert not re.search(r"\sstyle=|<style|\son[a-z]+=|javascript:", text), page.name

@@ -1,0 +1,9 @@
+"""The console's page modules beyond :mod:`console.web`: each holds an ``APIRouter`` (prefix
+:data:`console.common.PREFIX`) built on :mod:`console.common`, listed here once so that
+:func:`console.web.install` mounts it."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+PAGE_ROUTERS: list[APIRouter] = []
