@@ -6,9 +6,12 @@ interpreter with NumPy, OpenCV and Pillow loaded -- the baseline, reported besid
 made at run time from the corpus's real portrait (``tests/fixtures/photos/corpus.py``; nothing
 large is committed):
 
-* the issue's case: a 7,700 x 7,700 16-bit greyscale PNG (59.3 MP, under the default
-  60,000,000 limit), which used to be copied to float64 (1.5 GB);
-* a 7,745 x 7,745 8-bit RGB PNG (59.99 MP), the largest decode a PNG can need;
+* the issue's case, a 16-bit greyscale PNG at the pixel limit (``[photos] max_input_pixels``,
+  the square just under it: 7,071 x 7,071 at the default 50,000,000), which used to be copied
+  to float64 (1.5 GB at 7,700 x 7,700);
+* an 8-bit RGB PNG at the limit, the largest decode a PNG can need (decoded whole);
+* a JPEG at the limit whose face is small (about 300 px), so that the card photo needs the
+  picture at full scale (no DCT reduction);
 * a 12 MP phone JPEG (DCT-scaled decode);
 * every 12 MP case of the labelled corpus (the worst of them is reported).
 
@@ -17,6 +20,7 @@ Target: about 300 MB for any input under the limit. Run alone: ``python -m bench
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import sys
 import tempfile
@@ -74,18 +78,24 @@ def _inputs(tmp: Path) -> dict[str, Path]:
     from PIL import Image
 
     sys.path.insert(0, str(ROOT))
+    from issuance.settings import PhotoSettings
     from tests.fixtures.photos.corpus import ASTRONAUT_FACE, astronaut, cases, jpeg, phone, place
 
+    side = math.isqrt(PhotoSettings().max_input_pixels)  # the square at the pixel limit
     out: dict[str, Path] = {}
-    big = place(astronaut(), ASTRONAUT_FACE, (7700, 7700), 1400)
+    big = place(astronaut(), ASTRONAUT_FACE, (side, side), 1400)
     grey = np.asarray(big.convert("L")).astype(np.uint16) * 257
-    out["png16-grey-7700x7700"] = tmp / "grey16.png"
-    Image.fromarray(grey).save(out["png16-grey-7700x7700"], compress_level=1)
+    out["png16-grey-at-limit"] = tmp / "grey16.png"
+    Image.fromarray(grey).save(out["png16-grey-at-limit"], compress_level=1)
     del grey
-    out["png-rgb-7745x7745"] = tmp / "rgb.png"
-    place(astronaut(), ASTRONAUT_FACE, (7745, 7745), 1400).save(
-        out["png-rgb-7745x7745"], compress_level=1
+    out["png-rgb-at-limit"] = tmp / "rgb.png"
+    big.save(out["png-rgb-at-limit"], compress_level=1)
+    del big
+    out["jpeg-small-face-at-limit"] = tmp / "small-face.jpg"
+    out["jpeg-small-face-at-limit"].write_bytes(
+        jpeg(place(astronaut(), ASTRONAUT_FACE, (side, side), 300), 90)
     )
+    print(f"inputs at the pixel limit: {side} x {side} = {side * side:,} pixels", flush=True)
     out["jpeg-12mp"] = tmp / "phone.jpg"
     out["jpeg-12mp"].write_bytes(jpeg(phone(600), 90))
     for case in cases():

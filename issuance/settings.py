@@ -106,8 +106,12 @@ class PhotoSettings(_Section):
     #: Children under this age may be issued a card without a photo.
     photo_exempt_under_years: int = 6
     #: The project's own limit on a submitted picture's pixel count (read from the file's header,
-    #: before decoding; honoured above and below Pillow's default bomb limit).
-    max_input_pixels: int = Field(default=60_000_000, ge=1)
+    #: before decoding; honoured above and below Pillow's default bomb limit). It is also what
+    #: bounds memory: a PNG (and a JPEG whose face needs every pixel) is decoded whole, 4 bytes a
+    #: pixel in Pillow, so 50,000,000 pixels is 191 MiB decoded and about 300 MB for the worst
+    #: input in all (``python -m bench.photo_memory``). It admits a 50 MP phone picture and a
+    #: 600 dpi A4 scan (35 MP); raise it only with the memory to match.
+    max_input_pixels: int = Field(default=50_000_000, ge=1)
     #: Some cities' rules require a colour photograph: a greyscale one is then refused.
     require_colour: bool = False
 

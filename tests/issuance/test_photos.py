@@ -147,7 +147,7 @@ def test_icc_profile_and_exif_are_not_copied(tmp_path: Path) -> None:
         ("grace_hopper.jpg", PhotoProblem.BAD_FRAMING, "edge"),
         ("truncated.jpg", PhotoProblem.CORRUPT, "truncated"),
         ("not_an_image.jpg", PhotoProblem.NOT_AN_IMAGE, "not an image"),
-        ("bomb.png", PhotoProblem.TOO_MANY_PIXELS, "more than the 60,000,000 allowed"),
+        ("bomb.png", PhotoProblem.TOO_MANY_PIXELS, "more than the 50,000,000 allowed"),
     ],
 )
 def test_bad_photos_get_their_specific_reason(name: str, problem: PhotoProblem, words: str) -> None:

@@ -142,7 +142,7 @@ def test_import_with_bad_photos_keeps_the_good_records(session, settings, clerk,
     reasons = {r.line: " ".join(p.reason for p in r.problems) for r in report.rejected}
     assert (
         "truncated" in reasons[4]
-        and "more than the 60,000,000 allowed" in reasons[5]
+        and "more than the 50,000,000 allowed" in reasons[5]
         and "2 faces" in reasons[6]
     )
     assert all({p.field for p in r.problems} == {"photo"} for r in report.rejected)
