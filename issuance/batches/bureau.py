@@ -106,6 +106,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
 
 from cardspec import keyscheme, perso
+from cardspec.ids import parse_card_number
 from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.profile import CardProfile, get_profile
 from hsm.ceremony import transport_label
@@ -636,7 +637,7 @@ def _card(obj: dict[str, Any], line: int, keks: Mapping[int, BureauKek]) -> Bure
             card_id=int(obj["card_id"]),
             chip_serial=str(obj["chip_serial"]),
             card_identification_code=str(obj["cic"]),
-            card_number=str(obj["card_number"]),
+            card_number=parse_card_number(str(obj["card_number"])),
             profile_name=str(obj["profile"]),
             algorithm=Algorithm(obj["algorithm"]),
             key_version=int(obj["key_version"]),

@@ -72,6 +72,7 @@ from typing import Any
 
 from cardspec import perso
 from cardspec.crypto import CardCrypto
+from cardspec.ids import parse_card_number
 from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.pcsc import PcscReader
 from cardspec.reader import Reader
@@ -470,7 +471,7 @@ def load_record(
             card_id=card_id,
             chip_serial=chip_serial.upper(),
             card_identification_code=str(obj["cic"]),
-            card_number=str(obj["card_number"]),
+            card_number=parse_card_number(str(obj["card_number"])),
             profile_name=str(obj["profile"]),
             algorithm=Algorithm(obj["algorithm"]),
             key_version=int(obj["key_version"]),

@@ -81,3 +81,22 @@ def test_cli_card_number_check_character_before_lookup(env: Path) -> None:
     assert str(res.exception) == "card_number: check character does not match"
     res = runner.invoke(cli_cards.app, ["show", good.lower()])
     assert res.exit_code != 0 and f"no card {good}" in str(res.exception)  # looked up: absent
+
+
+def test_verify_names_the_card_numbers_fault_before_searching(env: Path) -> None:
+    """``ykt verify --card-number``: a typo is refused with its reason before any card image is
+    searched (and before the API is called)."""
+    import typer
+
+    from cardspec.ids import make_card_number
+    from yikatong.cli.api import card_image_for
+
+    good = make_card_number("A0000002")
+    wrong = good[:8] + ("0" if good[8] != "0" else "1")
+    with pytest.raises(typer.BadParameter, match="check character does not match"):
+        card_image_for(wrong, env / "no-such-dir")
+    with pytest.raises(typer.BadParameter, match="characters must be 0-9 or A-Z"):
+        card_image_for("A000000-1", env / "no-such-dir")
+    (env / "cards").mkdir()
+    with pytest.raises(typer.BadParameter, match=f"no emulated card with number {good}"):
+        card_image_for(f" {good.lower()} ", env / "cards")  # trimmed, upper-cased, then searched

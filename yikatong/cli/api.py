@@ -329,11 +329,16 @@ def card_image_for(card_number: str, cards_dir: Path | None = None) -> Path:
     """The emulated chip of card ``card_number``: ``<cards_dir>/<chip serial>.json``. The chip
     serial is the tail of the card identification code the database holds; without a database
     record, every image's EF05 is read until the number is found."""
+    from cardspec.errors import InvalidIdentifier
+    from cardspec.ids import parse_card_number
     from yikatong.cli.db import settings
 
+    try:
+        number = parse_card_number(card_number)  # the check character first: no search of a typo
+    except InvalidIdentifier as exc:
+        raise typer.BadParameter(f"card number {card_number!r}: {exc.reason}") from None
     conf = settings()
     directory = cards_dir or conf.cards_dir
-    number = card_number.strip().upper()
     cic = _identification_code_in_db(conf, number)
     if cic is not None:
         path = directory / f"{cic[16:].upper()}.json"

@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from cardspec import cardops, ids, keyscheme, perso
-from cardspec.errors import CardSpecError
+from cardspec.errors import CardSpecError, InvalidIdentifier
 from cardspec.keyscheme import Algorithm
 from cardspec.profile import CardProfile, social_security_profile
 from cardspec.reader import InProcessReader, Reader
@@ -192,8 +192,10 @@ def personalise_cmd(
 
     if not sample:
         raise typer.BadParameter("only --sample data here; real cards go through `ykt batch`")
-    if card_number != ids.validate_card_number(card_number):
-        raise typer.BadParameter("bad card number")
+    try:
+        card_number = ids.parse_card_number(card_number)
+    except InvalidIdentifier as exc:
+        raise typer.BadParameter(f"card number {card_number!r}: {exc.reason}") from None
     from cardspec.emulator import Card
 
     rd = _open_reader(image, reader)
