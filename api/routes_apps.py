@@ -61,18 +61,18 @@ async def submit(
     """Receive an application (one-veto validation: every problem is listed, by field). The
     photo is processed into the card photo (face check included)."""
     photo: bytes | None = None
+    unreadable: FieldProblem | None = None
     if body.photo_base64:
         try:
             photo = base64.b64decode(body.photo_base64, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ApiError(
-                422, "validation_error", "photo_base64 is not base64", field="photo_base64"
-            ) from exc
+        except (binascii.Error, ValueError):
+            # refused with every other problem of the record (one veto, every reason)
+            unreadable = FieldProblem("photo_base64", "is not base64", code="not_base64")
     settings = ctx_of(request).settings
     data = services.ApplicationInput(
         citizen_id=body.citizen_id, name=body.name, phone=body.phone, sex=body.sex,
         birth_date=body.birth_date, region_code=body.region_code, ethnicity=body.ethnicity,
-        address=body.address, photo=photo,
+        address=body.address, photo=photo, photo_problem=unreadable,
     )  # fmt: skip
     photo_processor = ctx_of(request).extra.get("photo_processor")
 

@@ -92,6 +92,9 @@ class ApplicationInput:
     ethnicity: str | None = None
     address: str | None = None
     photo: bytes | None = None
+    #: The photo as received could not even be read (a channel's encoding, e.g. bad base64):
+    #: listed with the record's other problems, never instead of them.
+    photo_problem: FieldProblem | None = None
 
 
 @dataclass
@@ -143,6 +146,7 @@ def normalise(data: ApplicationInput) -> ApplicationInput:
         ethnicity=_identifier(data.ethnicity),
         address=_text(data.address),
         photo=data.photo,
+        photo_problem=data.photo_problem,
     )
 
 
@@ -234,7 +238,9 @@ def validate_record(
     )
     jpeg = sha = None
     notes: tuple[str, ...] = ()
-    if data.photo:
+    if data.photo_problem is not None:
+        problems.append(data.photo_problem)
+    elif data.photo:
         if photo_processor is None:
             from issuance.photos import process_photo
 

@@ -57,6 +57,15 @@ def test_submit_trims_like_the_cli_and_lists_every_reason(api_env: ApiEnv) -> No
     # every bad field at once; the padded ID is not among them
     assert {"phone", "sex", "birth_date", "region_code", "photo"} <= fields
     assert "citizen_id" not in fields and "name" not in fields
+    # a photo that is not even base64 is one more reason among the others, not instead of them
+    r = c.post("/v1/applications", json=body | {"photo_base64": "not base64!"}, headers=clerk)
+    problems = r.json()["error"]["problems"]
+    assert r.status_code == 422
+    assert {"phone", "sex", "birth_date", "region_code", "photo_base64"} <= {
+        p["field"] for p in problems
+    }
+    assert {"field": "photo_base64", "reason": "is not base64", "code": "not_base64"} in problems
+    assert "photo" not in {p["field"] for p in problems}  # not also "required"
     long_name = {"citizen_id": make_cid(), "name": "A" * 70, "phone": "1"}
     r = c.post("/v1/applications", json=long_name, headers=clerk)
     reasons = {p["field"]: p["reason"] for p in r.json()["error"]["problems"]}
