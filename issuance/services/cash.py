@@ -14,14 +14,13 @@ reconciliation per counter and per staff member, balanced to the fen.
   member from the receipts, and checks them against the money rows themselves (card fees,
   deposits taken, deposits refunded): every total must agree to the fen, else ``balanced`` is
   False and the differences are listed.
-* :func:`receipt_pdf` renders a receipt as a one-page PDF (Pillow, the card faces' CJK font).
+* :func:`receipt_pdf` gives a receipt's words to :mod:`printers.receipts`, which lays out the
+  one-page PDF.
 """
 
 from __future__ import annotations
 
 import enum
-import io
-import time as _time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -258,47 +257,28 @@ def receipts_of_day(session: Session, settings: Settings, day: date) -> list[Rec
 
 
 # --- the PDF ---------------------------------------------------------------------------------
-#: Fixed PDF dates (as printers.spool does): the same receipt gives the same bytes.
-_EPOCH_2000 = _time.gmtime(946_684_800)
 
 
 def receipt_pdf(session: Session, receipt: Receipt, settings: Settings) -> bytes:
-    """A one-page receipt (A6 portrait at 150 dpi): issuer, number, counter, what, amount in
-    yuan, card number, holder (ID masked), staff, time in the issuer's zone."""
-    from PIL import Image, ImageDraw
-
+    """The receipt as a one-page PDF (laid out by :func:`printers.receipts.receipt_pdf`):
+    issuer, number, counter, what, amount in yuan, card number, holder (ID masked), staff, time
+    in the issuer's zone."""
     from cardspec.ids import mask_citizen_id
     from issuance.display import local_time, yuan
-    from printers.faces import face_font
+    from printers import receipts
 
     card = session.get(Card, receipt.card_id)
     person = session.get(Person, receipt.person_id)
     assert card is not None and person is not None
-    w, h = 620, 874  # A6 at 150 dpi
-    img = Image.new("RGB", (w, h), "white")
-    draw = ImageDraw.Draw(img)
-    title = {"fee": "收费收据 RECEIPT (FEE)", "deposit": "押金收据 RECEIPT (DEPOSIT)",
-             "refund": "退款凭证 REFUND"}[receipt.kind]  # fmt: skip
-    lines = [
-        (settings.issuer.name, True, 26),
-        (title, True, 30),
-        (f"No. {receipt.number}", True, 24),
-        (f"counter 窗口: {receipt.counter}", False, 22),
-        (f"time 时间: {local_time(receipt.issued_at, settings)}", False, 22),
-        (f"for 项目: {receipt.what}", False, 22),
-        (f"card 卡号: {card.card_number}", False, 22),
-        (f"holder 姓名: {person.name} {mask_citizen_id(person.citizen_id)}", False, 22),
-        (f"amount 金额: {yuan(receipt.amount_fen)}", True, 30),
-        (f"staff 经办: {receipt.staff_name}", False, 22),
-    ]
-    y = 40
-    for text, bold, size in lines:
-        draw.text((40, y), text, fill="black", font=face_font(bold, size))
-        y += size + 26
-    buf = io.BytesIO()
-    img.save(buf, "PDF", resolution=150.0, title=receipt.number, creationDate=_EPOCH_2000,
-             modDate=_EPOCH_2000)  # fmt: skip
-    return buf.getvalue()
+    return receipts.receipt_pdf(
+        receipts.ReceiptText(
+            issuer=settings.issuer.name, kind=receipt.kind, number=receipt.number,
+            counter=receipt.counter, time=local_time(receipt.issued_at, settings),
+            what=receipt.what, card_number=card.card_number,
+            holder=f"{person.name} {mask_citizen_id(person.citizen_id)}",
+            amount=yuan(receipt.amount_fen), staff=receipt.staff_name,
+        )
+    )  # fmt: skip
 
 
 def get_receipt(session: Session, number: str) -> Receipt:
