@@ -1,0 +1,202 @@
+"""Resident self-service over HTTP (``/console/self``): the one-time code, non-disclosure,
+the tries, the resident session, CSRF, and the rate limits shared by two app instances on one
+PostgreSQL database."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import sqlalchemy as sa
+from conftest import ApiEnv
+from console_helpers import csrf_of
+from fastapi.testclient import TestClient
+from resident_helpers import card_status, delivered_codes, holder, make_cid, one_code
+
+from issuance.models import AuditEvent, LossReport, ResidentChallenge, ResidentSession
+
+SELF = "/console/self"
+
+
+def ask(c: TestClient, purpose: str, cid: str, name: str) -> object:
+    page = c.get(f"{SELF}/{purpose}")
+    assert page.status_code == 200
+    return c.post(f"{SELF}/{purpose}", data={"csrf": csrf_of(page.text), "citizen_id": cid,
+                                              "name": name}, follow_redirects=False)  # fmt: skip
+
+
+def give_code(c: TestClient, purpose: str, code: str) -> object:
+    page = c.get(f"{SELF}/{purpose}/code")
+    assert page.status_code == 200, page.text
+    return c.post(f"{SELF}/{purpose}/code", data={"csrf": csrf_of(page.text), "code": code},
+                  follow_redirects=False)  # fmt: skip
+
+
+def test_report_a_loss_with_the_code_then_withdraw_it(api_env: ApiEnv) -> None:
+    cid, name, number = holder(api_env)
+    c = api_env.client
+    r = ask(c, "report_loss", cid.lower(), f" {name} ")
+    assert r.status_code == 303 and r.headers["location"] == f"{SELF}/report_loss/code"
+    ((masked, code),) = delivered_codes(api_env)
+    assert masked == "138****8000"
+    r = give_code(c, "report_loss", code)
+    assert r.status_code == 303 and r.headers["location"] == f"{SELF}/report_loss/go"
+    page = c.get(f"{SELF}/report_loss/go")
+    assert page.status_code == 200 and number in page.text
+    assert card_status(api_env, number) == "active"
+    r = c.post(f"{SELF}/report_loss/go", data={"csrf": csrf_of(page.text)})
+    assert r.status_code == 200 and "已临时挂失" in r.text
+    assert card_status(api_env, number) == "lost_provisional"
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        report = s.scalars(sa.select(LossReport)).one()
+        assert (report.channel, report.kind, report.identity_checked) == ("web", "provisional",
+                                                                         True)  # fmt: skip
+        event = s.scalars(sa.select(AuditEvent).where(
+            AuditEvent.action == "card.report_loss_provisional")).one()  # fmt: skip
+        assert event.channel == "web" and event.actor_name.startswith("resident:")
+        # the code is single use and the session ended with its action
+        assert s.scalars(sa.select(ResidentSession.ended_at)).one() is not None
+    assert give_code(c, "report_loss", code).status_code in (303, 410)
+    assert c.get(f"{SELF}/report_loss/go", follow_redirects=False).status_code == 303
+    # withdraw: the same proof, a session of that purpose
+    assert ask(c, "withdraw_loss", cid, name).status_code == 303
+    r = give_code(c, "withdraw_loss", one_code(api_env))
+    assert r.headers["location"] == f"{SELF}/withdraw_loss/go"
+    page = c.get(f"{SELF}/withdraw_loss/go")
+    r = c.post(f"{SELF}/withdraw_loss/go", data={"csrf": csrf_of(page.text)})
+    assert r.status_code == 200 and "挂失已撤销" in r.text
+    assert card_status(api_env, number) == "active"
+
+
+def test_a_code_proves_one_purpose_only_and_forms_need_their_token(api_env: ApiEnv) -> None:
+    cid, name, number = holder(api_env)
+    c = api_env.client
+    ask(c, "report_loss", cid, name)
+    code = one_code(api_env)
+    # the code of a loss report does not open a withdrawal
+    page = c.get(f"{SELF}/report_loss/code")
+    r = c.post(f"{SELF}/withdraw_loss/code", data={"csrf": csrf_of(page.text), "code": code},
+               follow_redirects=False)  # fmt: skip
+    assert r.status_code == 410
+    # a session of one purpose is no session of another
+    assert ask(c, "card_progress", cid, name).status_code == 303
+    assert give_code(c, "card_progress", one_code(api_env)).status_code == 303
+    assert c.get(f"{SELF}/report_loss/go", follow_redirects=False).status_code == 303
+    r = c.post(f"{SELF}/report_loss/go", data={"csrf": "x"}, follow_redirects=False)
+    assert r.status_code == 303 and card_status(api_env, number) == "active"
+    # no form token, or a wrong one: refused before anything is looked up
+    fresh = TestClient(api_env.client.app)
+    r = fresh.post(f"{SELF}/report_loss", data={"citizen_id": cid, "name": name})
+    assert r.status_code == 403
+    fresh.get(f"{SELF}/report_loss")
+    r = fresh.post(f"{SELF}/report_loss", data={"csrf": "wrong", "citizen_id": cid,
+                                                 "name": name})  # fmt: skip
+    assert r.status_code == 403
+    assert delivered_codes(api_env) == []
+
+
+def _answer(c: TestClient, cid: str, name: str) -> tuple[int, str, str]:
+    r = ask(c, "report_loss", cid, name)
+    cookie = r.headers.get("set-cookie", "")
+    follow = c.get(r.headers["location"])
+    body = re.sub(r'name="csrf" value="[^"]+"', "", follow.text)
+    return r.status_code, re.sub(r"=[^;]+;", "=…;", cookie), f"{follow.status_code}{body}"
+
+
+def test_an_unknown_person_gets_what_a_known_one_with_a_wrong_name_gets(api_env: ApiEnv) -> None:
+    cid, name, _ = holder(api_env)
+    no_phone_cid, no_phone_name, _ = holder(api_env, phone=None)
+    answers = {
+        "match": _answer(api_env.client, cid, name),
+        "wrong name": _answer(TestClient(api_env.client.app), cid, "李四"),
+        "unknown": _answer(TestClient(api_env.client.app), make_cid(), name),
+        "no phone": _answer(TestClient(api_env.client.app), no_phone_cid, no_phone_name),
+    }
+    assert len(set(answers.values())) == 1, answers
+    assert len(delivered_codes(api_env)) == 1  # to the one who matched
+    # a code tried against a request that matched nobody is refused like a wrong code
+    c = TestClient(api_env.client.app)
+    ask(c, "report_loss", make_cid(), name)
+    r = give_code(c, "report_loss", "000000")
+    assert r.status_code == 401 and "剩余尝试次数： 4" in r.text
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        rows = s.scalars(sa.select(ResidentChallenge)).all()
+        assert sum(r.sent for r in rows) == 1 and all(len(r.code_hash) == 64 for r in rows)
+
+
+def test_wrong_codes_lock_the_challenge(api_env: ApiEnv) -> None:
+    cid, name, number = holder(api_env)
+    c = api_env.client
+    ask(c, "report_loss", cid, name)
+    code = one_code(api_env)
+    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    tries = api_env.settings.resident.code_tries
+    for left in range(tries - 1, 0, -1):
+        r = give_code(c, "report_loss", wrong)
+        assert r.status_code == 401 and f"剩余尝试次数： {left}" in r.text
+    r = give_code(c, "report_loss", wrong)
+    assert r.status_code == 410 and "错误次数过多" in r.text
+    # the right code no longer helps
+    page = c.get(f"{SELF}/report_loss")
+    r = c.post(f"{SELF}/report_loss/code", data={"csrf": csrf_of(page.text), "code": code},
+               follow_redirects=False)  # fmt: skip
+    assert r.status_code == 410 and card_status(api_env, number) == "active"
+
+
+def _second_node(env: ApiEnv) -> TestClient:
+    """Another app instance on the same database (another API node): its own engine, its own
+    process state, nothing shared but PostgreSQL."""
+    from api.app import create_app
+    from issuance.db import make_engine
+
+    engine = make_engine(url=env.engine.url.render_as_string(hide_password=False))
+    app = create_app(env.settings, engine=engine, key_service_factory=lambda: env.hsm.service)
+    return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.mark.parametrize("db_backend", ["postgres"], indirect=True)  # two nodes: PostgreSQL
+def test_the_limits_hold_across_two_app_instances(api_env: ApiEnv, db_backend: str) -> None:
+    assert db_backend == "postgres"
+    cid, name, _ = holder(api_env)
+    conf = api_env.settings.resident
+    with _second_node(api_env) as other:
+        nodes = [api_env.client, other]
+        # per person: codes sent to one phone in an hour, counted on both nodes together
+        for i in range(conf.codes_per_person_per_hour + 2):
+            assert ask(nodes[i % 2], "report_loss", cid, name).status_code == 303
+        assert len(delivered_codes(api_env)) == conf.codes_per_person_per_hour
+        # per address: requests from one address, counted on both nodes together
+        far = [TestClient(n.app, client=("203.0.113.9", 5000)) for n in nodes]
+        for i in range(conf.requests_per_address_per_hour):
+            assert ask(far[i % 2], "card_progress", make_cid(), "王五").status_code == 303
+        for node in far:
+            r = ask(node, "card_progress", make_cid(), "王五")
+            assert r.status_code == 429 and "获取验证码的次数过多" in r.text
+        # another address is not held back by that one
+        near = TestClient(other.app, client=("198.51.100.7", 5000))
+        assert ask(near, "card_progress", make_cid(), "王五").status_code == 303
+
+
+@pytest.mark.parametrize("db_backend", ["postgres"], indirect=True)
+def test_the_last_free_code_goes_once_when_two_nodes_race(api_env: ApiEnv, db_backend: str) -> None:
+    """Both nodes ask for a code for one person at the same moment, many times over: the
+    advisory lock lets exactly the hour's limit through."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert db_backend == "postgres"
+    cid, name, _ = holder(api_env)
+    conf = api_env.settings.resident
+    with _second_node(api_env) as other:
+        clients = [TestClient(n.app, client=(f"192.0.2.{i}", 5000))
+                   for i, n in enumerate([api_env.client, other] * 4)]  # fmt: skip
+        pages = [(c, csrf_of(c.get(f"{SELF}/report_loss").text)) for c in clients]
+
+        def go(pair: tuple[TestClient, str]) -> int:
+            c, token = pair
+            return c.post(f"{SELF}/report_loss", data={"csrf": token, "citizen_id": cid,
+                                                        "name": name},
+                          follow_redirects=False).status_code  # fmt: skip
+
+        with ThreadPoolExecutor(len(pages)) as pool:
+            assert set(pool.map(go, pages)) == {303}
+    assert len(delivered_codes(api_env)) == conf.codes_per_person_per_hour
