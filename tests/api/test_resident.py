@@ -200,3 +200,19 @@ def test_the_last_free_code_goes_once_when_two_nodes_race(api_env: ApiEnv, db_ba
         with ThreadPoolExecutor(len(pages)) as pool:
             assert set(pool.map(go, pages)) == {303}
     assert len(delivered_codes(api_env)) == conf.codes_per_person_per_hour
+
+
+def test_the_resident_pages_messages_are_in_both_languages() -> None:
+    from console import i18n
+    from console.pages.resident import PURPOSES
+    from issuance.services.resident import STEPS
+
+    keys = [f"{k}:{p}" for k in ("title", "about") for p in PURPOSES]
+    keys += [f"step:{s}" for s in STEPS]
+    for locale in ("zh_CN", "en"):
+        tr = i18n.translations(locale)
+        assert [k for k in keys if tr.gettext(k) == k] == [], locale
+    zh = i18n.translations("zh_CN")
+    assert zh.gettext("The code is valid for %(minutes)s minutes.") % {"minutes": 5} == (
+        "验证码 5 分钟内有效。"
+    )
