@@ -119,6 +119,26 @@ def csrf_ok(rs: ResidentSignedIn, given: str | None) -> bool:
     return bool(given) and hmac.compare_digest(rs.csrf_token.encode(), (given or "").encode())
 
 
+#: Requests for codes and resident sessions are forgotten this long after they ended (the
+#: per-person and per-address limits look back one hour; the audit log keeps the events).
+KEEP = timedelta(days=1)
+
+
+def prune(session: Session, now: datetime | None = None) -> int:
+    """Forget code requests and resident sessions older than :data:`KEEP` (the worker's
+    ``prune_resident`` job). Returns how many rows went."""
+    from issuance.models import ResidentChallenge
+
+    before = (now or utcnow()) - KEEP
+    gone = session.execute(
+        sa.delete(ResidentChallenge).where(ResidentChallenge.expires_at < before)
+    ).rowcount
+    gone += session.execute(
+        sa.delete(ResidentSession).where(ResidentSession.expires_at < before)
+    ).rowcount
+    return int(gone or 0)
+
+
 # --- the holder's card ------------------------------------------------------------------------
 
 

@@ -259,3 +259,28 @@ def test_a_match_and_a_mismatch_take_about_as_long(api_env: ApiEnv, db_backend: 
     # the request (tens of milliseconds and more)
     fastest = min(medians.values())
     assert max(medians.values()) - fastest < 5.0 + 0.5 * fastest, medians
+
+
+def test_the_worker_forgets_code_requests_and_sessions_a_day_old(api_env: ApiEnv) -> None:
+    from datetime import timedelta
+
+    from issuance.db import make_sessionmaker
+    from issuance.models import utcnow
+    from issuance.worker import Worker
+
+    cid, name, _ = holder(api_env)
+    c = api_env.client
+    ask(c, "card_progress", cid, name)
+    give_code(c, "card_progress", one_code(api_env))
+    ask(c, "report_loss", make_cid(), name)
+    worker = Worker(api_env.settings, make_sessionmaker(api_env.engine), jobs=("prune_resident",))
+    assert worker.run_round().done == {"prune_resident": 0}  # within the day: kept
+    later = Worker(api_env.settings, make_sessionmaker(api_env.engine), jobs=("prune_resident",))
+    assert later.run_round(now=utcnow() + timedelta(days=1, hours=1)).done == {"prune_resident": 3}
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        assert s.scalars(sa.select(ResidentChallenge)).all() == []
+        assert s.scalars(sa.select(ResidentSession)).all() == []
+        # the audit log keeps what happened
+        asked = s.scalars(sa.select(AuditEvent).where(
+            AuditEvent.action == "resident.code_requested")).all()  # fmt: skip
+        assert len(asked) == 2
