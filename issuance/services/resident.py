@@ -21,6 +21,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -130,13 +131,13 @@ def prune(session: Session, now: datetime | None = None) -> int:
     from issuance.models import ResidentChallenge
 
     before = (now or utcnow()) - KEEP
-    gone = session.execute(
-        sa.delete(ResidentChallenge).where(ResidentChallenge.expires_at < before)
-    ).rowcount
-    gone += session.execute(
-        sa.delete(ResidentSession).where(ResidentSession.expires_at < before)
-    ).rowcount
-    return int(gone or 0)
+    gone = 0
+    for stmt in (
+        sa.delete(ResidentChallenge).where(ResidentChallenge.expires_at < before),
+        sa.delete(ResidentSession).where(ResidentSession.expires_at < before),
+    ):
+        gone += int(cast(Any, session.execute(stmt)).rowcount or 0)
+    return gone
 
 
 # --- the holder's card ------------------------------------------------------------------------
