@@ -21,7 +21,8 @@ a stranger that the details matched, and part of the number).
 **Rate limits, in the database** (so they hold across every worker and node): codes sent per
 person (``codes_per_person_per_hour``: counted on the stated ID number's hash, silent: the
 answer does not change) and requests per source address (``requests_per_address_per_hour``:
-refused with :class:`RateLimited`, which tells the requester about themselves only). On
+refused with :class:`RateLimited`, which tells the requester about themselves only; an IPv6
+address counts by its /64, :func:`source_key`). On
 PostgreSQL each count is taken under a transaction-scoped advisory lock of its key, so two
 nodes counting at once cannot both pass the last free slot.
 """
@@ -166,8 +167,19 @@ def _count(session: Session, *where: sa.ColumnElement[bool]) -> int:
     return int(n or 0)
 
 
-def _source(source: str) -> str:
-    return (source or "unknown")[:64]
+def source_key(source: str) -> str:
+    """The address a request is counted against: an IPv4 address as it is, an IPv6 address by
+    its /64 network (one subscriber's whole range: a phone rotating through its addresses is
+    still one address here), anything else (a test client's name) as it is."""
+    import ipaddress
+
+    try:
+        addr = ipaddress.ip_address((source or "").strip())
+    except ValueError:
+        return (source or "unknown")[:64]
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else addr)
 
 
 def start_challenge(
@@ -186,7 +198,7 @@ def start_challenge(
     conf = settings.resident
     now = now or utcnow()
     purpose = Purpose(purpose)
-    source = _source(source)
+    source = source_key(source)
     cid, nm = check_details(citizen_id, name)
     _serialise(session, f"resident-source:{source}")
     since = now - WINDOW

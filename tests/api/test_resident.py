@@ -284,3 +284,13 @@ def test_the_worker_forgets_code_requests_and_sessions_a_day_old(api_env: ApiEnv
         asked = s.scalars(sa.select(AuditEvent).where(
             AuditEvent.action == "resident.code_requested")).all()  # fmt: skip
         assert len(asked) == 2
+
+
+def test_an_ipv6_address_counts_by_its_64_network() -> None:
+    from issuance.services.otp import source_key
+
+    assert source_key("2001:db8:1:2:aaaa::1") == source_key("2001:db8:1:2:bbbb::9")
+    assert source_key("2001:db8:1:2::1") == "2001:db8:1:2::/64"
+    assert source_key("2001:db8:1:3::1") != source_key("2001:db8:1:2::1")
+    assert source_key("::ffff:203.0.113.9") == source_key("203.0.113.9") == "203.0.113.9"
+    assert source_key("testclient") == "testclient"
