@@ -27,10 +27,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from cardspec.ids import mask_citizen_id
-from issuance import audit
+from issuance import audit, lifecycle
 from issuance.audit import Actor
 from issuance.db import flush
 from issuance.errors import NotFound
+from issuance.lifecycle import CARD_TRANSITIONS, CardEvent
 from issuance.models import (
     TERMINAL_CARD_STATUSES,
     Agency,
@@ -160,6 +161,9 @@ class HolderCard:
     status_changed_at: datetime
     open_report: str | None  # kind of the open loss report
     lapses_at: datetime | None
+    #: what the transition tables let the resident ask for now (the buttons a page offers)
+    can_report: bool
+    can_withdraw: bool
 
 
 def holder_card(session: Session, rs: ResidentSignedIn) -> HolderCard | None:
@@ -173,9 +177,13 @@ def holder_card(session: Session, rs: ResidentSignedIn) -> HolderCard | None:
         sa.select(LossReport).where(LossReport.card_id == card.id, LossReport.closed_at.is_(None))
         .order_by(LossReport.id.desc()).limit(1)
     ).one_or_none()  # fmt: skip
+    offered = lifecycle.events_for(CARD_TRANSITIONS, status, rs.actor)
     return HolderCard(card.card_number, str(status), card.status_changed_at,
                       str(report.kind) if report else None,
-                      report.lapses_at if report else None)  # fmt: skip
+                      report.lapses_at if report else None,
+                      CardEvent.REPORT_LOSS_PROVISIONAL in offered,
+                      bool(offered & {CardEvent.UNREPORT, CardEvent.UNREPORT_TO_ISSUED,
+                                      CardEvent.UNREPORT_TO_SUSPENDED}))  # fmt: skip
 
 
 NOTE = "by the holder online, proven by a one-time code sent to the phone on file"

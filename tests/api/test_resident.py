@@ -294,3 +294,19 @@ def test_an_ipv6_address_counts_by_its_64_network() -> None:
     assert source_key("2001:db8:1:3::1") != source_key("2001:db8:1:2::1")
     assert source_key("::ffff:203.0.113.9") == source_key("203.0.113.9") == "203.0.113.9"
     assert source_key("testclient") == "testclient"
+
+
+def test_nothing_to_withdraw_offers_no_button_and_a_post_is_refused(api_env: ApiEnv) -> None:
+    cid, name, number = holder(api_env)
+    c = api_env.client
+    ask(c, "withdraw_loss", cid, name)
+    give_code(c, "withdraw_loss", one_code(api_env))
+    page = c.get(f"{SELF}/withdraw_loss/go")
+    assert "这张卡没有可在网上撤销的临时挂失" in page.text and "<button" not in page.text
+    token = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert token is None  # no form at all; the session's token is not on the page
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        csrf = s.scalars(sa.select(ResidentSession.csrf_token)).one()
+    r = c.post(f"{SELF}/withdraw_loss/go", data={"csrf": csrf})
+    assert r.status_code == 409 and "网上只能撤销临时挂失" in r.text
+    assert card_status(api_env, number) == "active"
