@@ -310,3 +310,12 @@ def test_nothing_to_withdraw_offers_no_button_and_a_post_is_refused(api_env: Api
     r = c.post(f"{SELF}/withdraw_loss/go", data={"csrf": csrf})
     assert r.status_code == 409 and "网上只能撤销临时挂失" in r.text
     assert card_status(api_env, number) == "active"
+
+
+def test_the_staff_sign_in_page_points_residents_to_their_pages(api_env: ApiEnv) -> None:
+    page = api_env.client.get("/console/login")
+    assert 'href="/console/self"' in page.text and "无需登录，挂失社保卡或查询新卡进度" in page.text
+    home = api_env.client.get("/console/self")
+    assert home.status_code == 200 and "社保卡自助服务" in home.text
+    assert "script-src 'self'" in home.headers["content-security-policy"]
+    assert "ykt_console=" not in home.headers.get("set-cookie", "")  # no staff session
