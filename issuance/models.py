@@ -836,3 +836,52 @@ class ConsoleSignInFailure(Base):
     failures: Mapped[int] = mapped_column(default=0)
     last_failure_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     wait_until: Mapped[datetime | None]
+
+
+# --- resident self-service: one-time codes and resident sessions (migration 0015) -----------
+class ResidentChallenge(Base):
+    """One request for a one-time code by a resident (``issuance.services.otp``): bound to
+    one purpose and (when the stated ID number and name matched a person with a phone on
+    file) to that person. A request that matched nobody is kept the same way, with a code
+    nobody was sent, so that it is answered, tried and locked exactly like the others.
+
+    ``subject`` is the SHA-256 of the ID number as stated (the per-person key, whether or not
+    a person has it); ``code_hash`` the code's SHA-256 salted with the challenge; the code
+    itself is never stored here."""
+
+    __tablename__ = "resident_challenges"
+    __table_args__ = (
+        sa.Index("ix_resident_challenges_subject_created_at", "subject", "created_at"),
+        sa.Index("ix_resident_challenges_source_created_at", "source", "created_at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: the random handle the resident's browser holds (in a cookie) until the code is typed
+    handle: Mapped[str] = mapped_column(sa.String(43), unique=True)
+    purpose: Mapped[str] = mapped_column(sa.String(32))
+    subject: Mapped[str] = mapped_column(sa.String(64))
+    person_id: Mapped[int | None] = mapped_column(sa.ForeignKey("persons.id"), index=True)
+    #: a code was sent to the phone on file (the per-person limit counts these)
+    sent: Mapped[bool] = mapped_column(default=False)
+    code_hash: Mapped[str] = mapped_column(sa.String(64))
+    source: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(default=0)
+    used_at: Mapped[datetime | None]
+
+
+class ResidentSession(Base):
+    """A resident's short session of one purpose, opened by a confirmed one-time code: the
+    browser holds a random token in a cookie, the database its SHA-256. Not a staff session
+    (no staff user, no role; the console's staff pages never read it)."""
+
+    __tablename__ = "resident_sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    person_id: Mapped[int] = mapped_column(sa.ForeignKey("persons.id"), index=True)
+    purpose: Mapped[str] = mapped_column(sa.String(32))
+    csrf_token: Mapped[str] = mapped_column(sa.String(64))
+    source: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]

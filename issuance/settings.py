@@ -254,6 +254,24 @@ class ConsoleSettings(_Section):
     sign_in_max_wait_seconds: int = Field(default=900, ge=1)
 
 
+class ResidentSettings(_Section):
+    """Resident self-service (``/console/self``): the one-time code sent to the phone on file
+    (:mod:`issuance.services.otp`) and the short resident session it opens."""
+
+    #: A one-time code is valid this many seconds after it was sent.
+    code_ttl_seconds: int = Field(default=300, ge=60, le=1800)
+    #: Wrong codes a challenge takes before it is locked (a new code must be asked for).
+    code_tries: int = Field(default=5, ge=1, le=10)
+    #: Codes sent to one person's phone in an hour, at most (beyond: none is sent, the answer
+    #: is the same).
+    codes_per_person_per_hour: int = Field(default=3, ge=1, le=20)
+    #: Codes asked for from one source address in an hour, at most (beyond: refused, 429).
+    requests_per_address_per_hour: int = Field(default=20, ge=1)
+    #: A resident session (opened by a confirmed code, for its one purpose) ends after this
+    #: many minutes, or at its first action.
+    session_minutes: int = Field(default=10, ge=1, le=60)
+
+
 class Settings(_Section):
     data_dir: Path = PROJECT_ROOT / "var"
     database: DatabaseSettings = DatabaseSettings()
@@ -269,6 +287,7 @@ class Settings(_Section):
     notify: NotifySettings = NotifySettings()
     worker: WorkerSettings = WorkerSettings()
     console: ConsoleSettings = ConsoleSettings()
+    resident: ResidentSettings = ResidentSettings()
 
     # Derived locations -------------------------------------------------------------------
     @property

@@ -11,7 +11,10 @@ Each round runs, each in its own transaction:
 5. ``audit_seal``: the audit hash chain is sealed, checkpoints signed by the HSM's signing key
    (:func:`issuance.audit.seal`; ``[worker] seal_audit``, ``sign_checkpoints``);
 6. ``prune_challenges``: used verification challenges expired long enough ago are forgotten
-   (:func:`issuance.services.verification.prune_used_challenges`); at most once a minute.
+   (:func:`issuance.services.verification.prune_used_challenges`); at most once a minute;
+7. ``prune_resident``: residents' one-time code requests and sessions a day old are forgotten
+   (:func:`issuance.services.resident.prune`; the audit log keeps their events); at most once a
+   minute.
 
 Several workers may run at once (on several machines). On PostgreSQL each job first takes a
 transaction-level advisory lock (``pg_try_advisory_xact_lock``) named after the job: one worker
@@ -41,6 +44,7 @@ from issuance.audit import Signer, scrub
 from issuance.db import transaction
 from issuance.errors import ConflictError
 from issuance.models import utcnow
+from issuance.services.resident import prune as prune_resident
 from issuance.services.verification import prune_used_challenges
 from issuance.settings import Settings
 
@@ -48,9 +52,10 @@ log = logging.getLogger("issuance.worker")
 
 JOBS = (
     "lapse_losses", "cancel_formal_losses", "expire_cards", "outbox", "audit_seal",
-    "prune_challenges",
+    "prune_challenges", "prune_resident",
 )  # fmt: skip
-#: ``prune_challenges`` runs at most this often (seconds): rows are kept for minutes anyway.
+#: ``prune_challenges`` and ``prune_resident`` run at most this often (seconds): rows are kept
+#: for minutes (hours) anyway.
 PRUNE_EVERY_S = 60.0
 
 
@@ -106,7 +111,7 @@ class Worker:
         self.signer = signer
         self.seal = settings.worker.seal_audit if seal is None else seal
         self.jobs = jobs
-        self._pruned_at: float | None = None
+        self._pruned_at: dict[str, float] = {}
 
     def _job(self, name: str, now: datetime, today: date) -> Callable[[Session], int]:
         cfg = self.settings
@@ -123,6 +128,8 @@ class Worker:
             return lambda s: audit.seal(s, self.signer, now=now).sealed
         if name == "prune_challenges":
             return lambda s: prune_used_challenges(s, now)
+        if name == "prune_resident":
+            return lambda s: prune_resident(s, now)
         raise ValueError(name)
 
     def run_round(self, now: datetime | None = None, today: date | None = None) -> RoundReport:
@@ -137,11 +144,12 @@ class Worker:
                 and self.settings.lifecycle.formal_loss_cancel_days < 1
             ):
                 continue  # the city never turns a formal loss into a cancellation
-            if name == "prune_challenges":
+            if name in ("prune_challenges", "prune_resident"):
                 clock = time.monotonic()
-                if self._pruned_at is not None and clock - self._pruned_at < PRUNE_EVERY_S:
+                last = self._pruned_at.get(name)
+                if last is not None and clock - last < PRUNE_EVERY_S:
                     continue
-                self._pruned_at = clock
+                self._pruned_at[name] = clock
             job = self._job(name, now, today)
             try:
                 with transaction(self.factory) as s:

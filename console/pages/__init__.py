@@ -6,4 +6,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-PAGE_ROUTERS: list[APIRouter] = []
+from console.pages import resident
+
+PAGE_ROUTERS: list[APIRouter] = [resident.router]
