@@ -5,7 +5,7 @@ SHA-256, the person when the details matched, the code's salted hash, tries, use
 serves as the rate-limit record per person and per source address (shared by every node).
 ``resident_sessions``: a resident's short single-purpose session opened by a confirmed code.
 
-Revision ID: 0015_resident
+Revision ID: 0015
 Revises: 0014
 Create Date: 2026-12-06 14:00:00
 """
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0015_resident"
+revision: str = "0015"
 down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
