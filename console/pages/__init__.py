@@ -6,4 +6,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-PAGE_ROUTERS: list[APIRouter] = []
+from console.pages import centre
+
+PAGE_ROUTERS: list[APIRouter] = [centre.router]
