@@ -6,6 +6,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from console.pages import centre
+from console.pages import admin, branch, centre
 
-PAGE_ROUTERS: list[APIRouter] = [centre.router]
+PAGE_ROUTERS: list[APIRouter] = [centre.router, admin.router, branch.router]

@@ -126,7 +126,11 @@ def _batch_view(s: Session, batch_id: int) -> dict[str, Any]:
 
     batch = get_batch(s, batch_id)
     counts = bi.stage_counts(s, batch.id)
+    from issuance.services.places import list_collection_points
+
     return {
+        "points": [(p.code, p.name) for p in list_collection_points(s)],
+        "checked": counts[BatchStage.CHECKED],
         "r": build_report(s, batch.id),
         "todo": sum(counts[st] for st in bi.IN_PRODUCTION),
         "failed": counts[BatchStage.FAILED],
@@ -136,7 +140,8 @@ def _batch_view(s: Session, batch_id: int) -> dict[str, Any]:
 
 async def _batch_page(
     request: Request, user: SignedIn, batch_id: int, *, status: int = 200,
-    done: str | None = None, problems: list[Problem] | None = None,
+    done: str | None = None, problems: list[Problem] | None = None, shipped: int = 0,
+    point: str = "",
 ) -> Response:  # fmt: skip
     try:
         view = await tx(request, lambda s: _batch_view(s, batch_id))
@@ -146,8 +151,8 @@ async def _batch_page(
         done = "created"
     return render(request, "centre/batch.html", user, status, **view,
                   **_run_view(request, batch_id), done=done, problems=problems or [],
-                  may_produce=_may_produce(user),
-                  here=f"{HERE}/batches/{batch_id}")  # fmt: skip
+                  may_produce=_may_produce(user), shipped=shipped, point=point,
+                  points=view.pop("points"), here=f"{HERE}/batches/{batch_id}")  # fmt: skip
 
 
 @router.get("/centre/batches/{batch_id:int}")
@@ -249,6 +254,39 @@ async def withdraw(request: Request, user: SignedIn) -> Response:
     except IssuanceError as exc:
         return await _batch_page(request, user, batch_id, status=409, problems=problems_of(exc))
     return await _batch_page(request, user, batch_id, done="withdrawn")
+
+
+@router.post("/centre/batches/{batch_id:int}/ship")
+@page("batches:read", form=True)
+async def ship(request: Request, user: SignedIn) -> Response:
+    """The batch's good cards to a collection point (``ykt batch ship``), one transaction per
+    card as the CLI does."""
+    from issuance.batches.shipping import ship_batch
+
+    batch_id = int(request.path_params["batch_id"])
+    data: FormData = request.state.form
+    point = field(data, "point", 32) or ""
+    ctx = ctx_of(request)
+
+    def run_txn(fn: Any) -> object:
+        with ctx.tx() as s:
+            return fn(s)
+
+    def work() -> int:
+        if not _may_produce(user):
+            from issuance.errors import PermissionDenied
+
+            raise PermissionDenied(f"role {user.actor.role} may not ship production batches")
+        with ctx.tx() as s:
+            found = get_batch(s, batch_id).id
+        return ship_batch(run_txn, ctx.settings, found, point, user.actor).shipped
+
+    try:
+        shipped = await run_in_threadpool(work)
+    except IssuanceError as exc:
+        return await _batch_page(request, user, batch_id, status=409, problems=problems_of(exc))
+    return await _batch_page(request, user, batch_id, done="shipped", shipped=shipped,
+                             point=point)  # fmt: skip
 
 
 # --- stock, bureau files, printer, readers --------------------------------------------------

@@ -70,3 +70,36 @@ def test_a_batch_from_a_selection_and_the_empty_selection_refused(api_env: ApiEn
     csrf = csrf_of(page.text)
     r = c.post("/console/centre/batches", data={"csrf": csrf, "name": "b-aud"})
     assert r.status_code == 422 and "may not create production batches" in r.text
+
+
+def test_admin_pages_staff_clients_places_and_ones_own_account(api_env: ApiEnv) -> None:
+    give_passwords(api_env)
+    c = api_env.client
+    admin = api_env.actors["admin"].username
+    csrf = sign_in(c, admin)
+    for path in ("/console/admin/staff", "/console/admin/clients", "/console/admin/places"):
+        assert c.get(path).status_code == 200, path
+    # one's own account cannot be disabled; nothing changes
+    r = c.post(f"/console/admin/staff/{admin}/disable", data={"csrf": csrf})
+    assert r.status_code == 409 and "cannot disable themselves" in r.text
+    r = c.post("/console/admin/staff", data={"csrf": csrf, "username": "wang.li",
+                                             "display_name": "王丽", "role": "bank_teller"})  # fmt: skip
+    assert r.status_code == 200 and "wang.li" in r.text
+    shown = r.text.split('class="mono secret">')[1].split("<")[0]
+    assert len(shown) >= 20
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        from issuance.services.staff import authenticate_staff
+
+        assert authenticate_staff(s, "wang.li", shown).role == "bank_teller"
+        logged = " ".join(str(e.details) for e in s.scalars(sa.select(AuditEvent)))
+        assert shown not in logged  # never in the audit log
+    r = c.post("/console/admin/clients", data={"csrf": csrf, "code": "icbc-xh", "name": "工行西湖支行",
+                                               "kind": "bank", "region": "330106"})  # fmt: skip
+    assert r.status_code == 200 and "client_secret" in r.text and "icbc-xh-" in r.text
+    r = c.post("/console/admin/places", data={"csrf": csrf, "code": "xh-1", "name": "西湖社区中心",
+                                              "kind": "community", "region": "33010"})  # fmt: skip
+    assert r.status_code == 422 and "region_code" in r.text
+    # a clerk has no administration
+    c.cookies.clear()
+    sign_in(c, api_env.actors["clerk"].username)
+    assert c.get("/console/admin/staff").status_code == 403
