@@ -152,7 +152,7 @@ async def _batch_page(
     return render(request, "centre/batch.html", user, status, **view,
                   **_run_view(request, batch_id), done=done, problems=problems or [],
                   may_produce=_may_produce(user), shipped=shipped, point=point,
-                  points=view.pop("points"), here=f"{HERE}/batches/{batch_id}")  # fmt: skip
+                  here=f"{HERE}/batches/{batch_id}")  # fmt: skip
 
 
 @router.get("/centre/batches/{batch_id:int}")

@@ -82,8 +82,8 @@ def test_admin_pages_staff_clients_places_and_ones_own_account(api_env: ApiEnv) 
     # one's own account cannot be disabled; nothing changes
     r = c.post(f"/console/admin/staff/{admin}/disable", data={"csrf": csrf})
     assert r.status_code == 409 and "cannot disable themselves" in r.text
-    r = c.post("/console/admin/staff", data={"csrf": csrf, "username": "wang.li",
-                                             "display_name": "王丽", "role": "bank_teller"})  # fmt: skip
+    form = {"csrf": csrf, "username": "wang.li", "display_name": "王丽", "role": "bank_teller"}
+    r = c.post("/console/admin/staff", data=form)
     assert r.status_code == 200 and "wang.li" in r.text
     shown = r.text.split('class="mono secret">')[1].split("<")[0]
     assert len(shown) >= 20
@@ -93,8 +93,9 @@ def test_admin_pages_staff_clients_places_and_ones_own_account(api_env: ApiEnv) 
         assert authenticate_staff(s, "wang.li", shown).role == "bank_teller"
         logged = " ".join(str(e.details) for e in s.scalars(sa.select(AuditEvent)))
         assert shown not in logged  # never in the audit log
-    r = c.post("/console/admin/clients", data={"csrf": csrf, "code": "icbc-xh", "name": "工行西湖支行",
-                                               "kind": "bank", "region": "330106"})  # fmt: skip
+    form = {"csrf": csrf, "code": "icbc-xh", "name": "工行西湖支行", "kind": "bank",
+            "region": "330106"}  # fmt: skip
+    r = c.post("/console/admin/clients", data=form)
     assert r.status_code == 200 and "client_secret" in r.text and "icbc-xh-" in r.text
     r = c.post("/console/admin/places", data={"csrf": csrf, "code": "xh-1", "name": "西湖社区中心",
                                               "kind": "community", "region": "33010"})  # fmt: skip
