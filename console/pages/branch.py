@@ -118,14 +118,22 @@ async def branch(request: Request, user: SignedIn) -> Response:
 
 
 def _number(request: Request) -> str:
-    number = str(request.path_params["number"]).upper()[:20]
-    validate_card_number(number)  # the check character before any lookup
+    """The card number of the path (or of the form's ``card`` field), its check character
+    checked before any lookup."""
+    raw = request.path_params.get("number")
+    if raw is None:
+        raw = field(request.state.form, "card", 20) or ""
+    number = str(raw).strip().upper()[:20]
+    validate_card_number(number)
     return number
 
 
+@router.post("/branch/handover")
 @router.post("/branch/cards/{number}/handover")
 @page(SCOPE, form=True)
 async def handover(request: Request, user: SignedIn) -> Response:
+    """Hand a card over: from the list of cards waiting, or by the number on the holder's
+    collection notice."""
     data: FormData = request.state.form
     code = field(data, "point", 32) or None
     typed = (field(data, "citizen_id", 18) or "").upper()
@@ -153,7 +161,7 @@ async def handover(request: Request, user: SignedIn) -> Response:
         audit.record(s, user.actor, "console.card_handed_over", "card", card.id,
                      details={"identity_checked": True, "document_matches": True})  # fmt: skip
 
-    number = str(request.path_params["number"]).upper()[:20]
+    number = str(request.path_params.get("number") or field(data, "card", 20) or "").upper()
     try:
         await tx(request, fn)
     except (IssuanceError, InvalidIdentifier) as exc:
