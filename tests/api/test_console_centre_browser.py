@@ -28,8 +28,8 @@ from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.models import (
     AuditEvent,
     BatchItem,
-    Channel,
     Card,
+    Channel,
     ChipAppKind,
     StaffRole,
 )
