@@ -179,20 +179,26 @@ async def start_run(request: Request, user: SignedIn) -> Response:
     resume = field(data, "resume") == "yes"
     runs = ctx_of(request).batch_runs
 
-    def fn(s: Session) -> None:
-        from issuance.errors import ConfigError, PermissionDenied
+    def fn(s: Session) -> int:
+        from issuance.errors import ConfigError, ConflictError, PermissionDenied
 
         batch = get_batch(s, batch_id)
         if not _may_produce(user):
             raise PermissionDenied(f"role {user.actor.role} may not run production batches")
         if runs is None or not runs.available:
             raise ConfigError("this service has no production line: run ykt batch run")
-        runs.start(batch.id, user.actor, resume=resume)
+        state = runs.state(batch.id)
+        if state is not None and state.running:
+            raise ConflictError(f"batch {batch.name} is running in this service already")
         audit.record(s, user.actor, "console.batch_run_started", "batch", batch.id,
                      details={"name": batch.name, "resume": resume})  # fmt: skip
+        return batch.id
 
     try:
-        await tx(request, fn)
+        found = await tx(request, fn)
+        # after the commit: the run's own transactions never wait for this request's
+        assert runs is not None
+        runs.start(found, user.actor, resume=resume)
     except IssuanceError as exc:
         return await _batch_page(request, user, batch_id, status=409, problems=problems_of(exc))
     return await _batch_page(request, user, batch_id, done="resumed" if resume else "started")
@@ -336,15 +342,22 @@ async def bureau(request: Request, user: SignedIn) -> Response:
 
 
 def _printer(settings: Any) -> dict[str, Any]:
+    """What ``ykt print spool-status`` says, under the page's own names."""
     backend = settings.printer.backend
     if backend == "file":
         from printers.spool import FileSpool
 
-        return {"backend": backend, **FileSpool(settings.spool_dir).status()}
+        st = FileSpool(settings.spool_dir).status()
+        return {"backend": backend, "directory": st["directory"], "jobs_done": st["jobs"],
+                "incomplete": st["incomplete"], "bytes": st["bytes"],
+                "latest": st.get("latest")}  # fmt: skip
     from printers.cups import CupsPrinter
 
-    status = CupsPrinter(settings.printer.cups_server, settings.printer.cups_queue).queue_status()
-    return {"backend": backend, **status}
+    st = CupsPrinter(settings.printer.cups_server, settings.printer.cups_queue).queue_status()
+    jobs = st["jobs"]
+    return {"backend": backend, "server": st["server"], "queue": st["queue"],
+            "state": st["state"], "accepting": st["accepting"], "message": st["message"],
+            "jobs_pending": len(jobs) if isinstance(jobs, list) else jobs}  # fmt: skip
 
 
 def _readers(settings: Any) -> dict[str, Any]:

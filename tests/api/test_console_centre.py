@@ -5,7 +5,9 @@ services, is audited with channel ``console``, and the services' refusals show o
 from __future__ import annotations
 
 import json
+import time
 
+import pytest
 import sqlalchemy as sa
 from api_helpers import PHOTO, fake_photo, make_cid
 from conftest import ApiEnv
@@ -62,6 +64,11 @@ def test_a_batch_from_a_selection_and_the_empty_selection_refused(api_env: ApiEn
         ev = s.scalars(sa.select(AuditEvent).where(AuditEvent.action == "batch.created")).one()
         assert ev.channel == "console" and ev.actor_name == api_env.actors["supervisor"].username
         assert sorted(json.loads(ev.details)["card_numbers"]) == sorted(numbers)
+    # this app was built without a production line: the page says where to run it
+    page = c.get(f"/console/centre/batches/{batch.id}")
+    assert "本服务没有连接生产线" in page.text and "运行批次" not in page.text
+    r = c.post(f"/console/centre/batches/{batch.id}/run", data={"csrf": csrf})
+    assert r.status_code == 409 and "no production line" in r.text
     # an auditor reads the batch, cannot make one
     c.cookies.clear()
     sign_in(c, api_env.actors["auditor"].username)
@@ -70,6 +77,54 @@ def test_a_batch_from_a_selection_and_the_empty_selection_refused(api_env: ApiEn
     csrf = csrf_of(page.text)
     r = c.post("/console/centre/batches", data={"csrf": csrf, "name": "b-aud"})
     assert r.status_code == 422 and "may not create production batches" in r.text
+    r = c.post(f"/console/centre/batches/{batch.id}/run", data={"csrf": csrf})
+    assert r.status_code == 409 and "may not run production batches" in r.text
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        assert s.get(Batch, batch.id).status == "open"  # nothing started
+        assert s.scalar(sa.select(sa.func.count()).select_from(AuditEvent).where(
+            AuditEvent.action == "console.batch_run_started")) == 0  # fmt: skip
+
+
+def test_a_batch_runs_once_at_a_time_in_a_service(api_env: ApiEnv) -> None:
+    """A second start of a batch running in this service is refused; a service without a
+    production line refuses to start one."""
+    import threading
+
+    from api.batchruns import BatchRuns
+    from issuance.batches.adapters import BatchAdapters
+    from issuance.errors import ConfigError, ConflictError
+
+    hold = threading.Event()
+    opened: list[int] = []
+
+    def keys() -> object:  # the production line's first step waits until the test lets go
+        opened.append(1)
+        hold.wait(10)
+        raise RuntimeError("HSM away")
+
+    adapters = BatchAdapters(key_service=keys, stock=None, printer=None, stations=None)  # type: ignore[arg-type]
+    runs = BatchRuns(api_env.settings, api_env.engine, adapters)
+    _approved(api_env, 1)
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        from issuance.batches.selection import create_batch
+
+        batch_id = create_batch(s, api_env.actors["supervisor"], "b-once").id
+    first = runs.start(batch_id, api_env.actors["supervisor"], resume=False)
+    try:
+        with pytest.raises(ConflictError):
+            runs.start(batch_id, api_env.actors["supervisor"], resume=True)
+    finally:
+        hold.set()
+    deadline = time.monotonic() + 10
+    while first.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first.outcome == "error" and "HSM away" in first.errors[0] and opened == [1]
+    # the run ended: the batch may be started again
+    again = runs.start(batch_id, api_env.actors["supervisor"], resume=True)
+    assert again is not first
+    with pytest.raises(ConfigError):
+        BatchRuns(api_env.settings, api_env.engine, None).start(
+            batch_id, api_env.actors["supervisor"], resume=False)  # fmt: skip
 
 
 def test_admin_pages_staff_clients_places_and_ones_own_account(api_env: ApiEnv) -> None:
@@ -104,3 +159,27 @@ def test_admin_pages_staff_clients_places_and_ones_own_account(api_env: ApiEnv) 
     c.cookies.clear()
     sign_in(c, api_env.actors["clerk"].username)
     assert c.get("/console/admin/staff").status_code == 403
+
+
+def test_the_demo_logins_sign_in_to_the_console(api_env: ApiEnv) -> None:
+    """What ``ykt demo`` prints: a password for each demo staff user, once; the teller works
+    at the demo branch."""
+    from fastapi.testclient import TestClient
+
+    from yikatong.demo import BRANCH_CODE, DEMO_STAFF, ensure_branch, ensure_logins, ensure_staff
+
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        ensure_branch(s, api_env.settings)
+        ensure_staff(s)
+        logins = ensure_logins(s)
+    assert [u for u, _, _ in logins] == [u for u, _, _ in DEMO_STAFF]
+    assert {r for _, r, _ in logins} >= {"clerk", "reviewer", "approver", "supervisor",
+                                         "bank_teller", "admin", "auditor"}  # fmt: skip
+    for username, _, password in logins:
+        assert password is not None and len(password) >= 20
+        c = TestClient(api_env.client.app)
+        sign_in(c, username, password)
+        if username == "demo-teller":
+            assert BRANCH_CODE in c.get("/console/branch").text  # their own branch
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        assert [p for _, _, p in ensure_logins(s)] == [None] * len(DEMO_STAFF)  # kept

@@ -76,8 +76,23 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def maker_key(tmp_path_factory: pytest.TempPathFactory, api_hsm: Hsm) -> Path:
+    """The blank-stock maker's copy of the transport key (made once in the tests' token;
+    each test's data directory gets a copy, as the maker's delivery would bring it)."""
+    from issuance.batches.stock import ensure_manufacturer_key, manufacturer_key_path
+
+    assert api_hsm.config.softhsm_conf is not None
+    settings = load_settings(environ={
+        "YKT_DATA_DIR": str(tmp_path_factory.mktemp("maker")),
+        "YKT_HSM__SOFTHSM_CONF": str(api_hsm.config.softhsm_conf),
+    })  # fmt: skip
+    ensure_manufacturer_key(settings)
+    return manufacturer_key_path(settings)
+
+
 @pytest.fixture
-def centre(tmp_path: Path, fresh_db_url: str, api_hsm: Hsm) -> Iterator[Centre]:
+def centre(tmp_path: Path, fresh_db_url: str, api_hsm: Hsm, maker_key: Path) -> Iterator[Centre]:
     """The service as ``ykt serve`` builds it (the composition root), on a fresh database,
     the tests' HSM token, one virtual reader; staff with passwords, a bank branch."""
     import uvicorn
@@ -89,6 +104,13 @@ def centre(tmp_path: Path, fresh_db_url: str, api_hsm: Hsm) -> Iterator[Centre]:
         "YKT_DATA_DIR": str(tmp_path / "data"), "YKT_DATABASE__URL": fresh_db_url,
         "YKT_HSM__SOFTHSM_CONF": str(api_hsm.config.softhsm_conf), "YKT_READERS__COUNT": "1",
     })  # fmt: skip
+    import shutil
+
+    from issuance.batches.stock import manufacturer_key_path
+
+    copy = manufacturer_key_path(settings)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(maker_key, copy)
     engine = make_engine(settings)
     migrations.upgrade(engine)
     actors: dict[str, Actor] = {}
@@ -189,9 +211,20 @@ def test_card_centre_to_bank_branch(browser: Browser, centre: Centre, shots: Pat
     p.screenshot(path=str(shots / "centre-batch-run.png"), full_page=True)
     # ship the good cards to the branch (the next steps: the page again)
     run.get_by_role("link", name="下一步操作").click()
+    assert p.get_by_role("button", name="运行批次").count() == 0  # nothing left to make
     p.get_by_label("发往领卡网点").select_option(BRANCH)
     p.get_by_role("button", name="发出 2 张卡").click()
     assert f"已发往 {BRANCH}：2 张卡。" in p.get_by_role("status").first.inner_text()
+    # the printer and the readers: the two cards' faces in the file spool
+    p.get_by_role("link", name="打印机与读卡器").click()
+    printer = p.locator("dl").first.inner_text()
+    assert "后端\nfile\n" in printer and "\n已完成作业\n2\n" in printer, printer
+    assert "虚拟读卡器" in p.inner_text("main")
+    p.screenshot(path=str(shots / "centre-equipment.png"), full_page=True)
+    p.get_by_role("link", name="空白卡库存").click()
+    assert "尚未导入到货" in p.inner_text("main") and "virtual" in p.inner_text("main")
+    p.get_by_role("link", name="外包制卡文件").click()
+    assert "尚未导出外包制卡文件" in p.inner_text("main")
     with c.session() as s:  # type: ignore[attr-defined]
         started = s.scalars(sa.select(AuditEvent).where(
             AuditEvent.action == "console.batch_run_started")).one()  # fmt: skip
