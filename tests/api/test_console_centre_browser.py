@@ -8,6 +8,7 @@ mistakes people make and asserts what the page shows; screenshots go to
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -208,6 +209,10 @@ def test_card_centre_to_bank_branch(browser: Browser, centre: Centre, shots: Pat
     expect(run).to_contain_text("已完成", timeout=240_000)
     assert "合格 2" in run.inner_text()
     expect(p.locator("#batch-report")).to_contain_text("已检验 2", timeout=15_000)
+    chart = p.get_by_role("img", name="批次报告图表")
+    expect(chart).to_have_attribute("src", re.compile(r"chart\.png\?v=0-0-0-0-0-2-"))
+    p.wait_for_function("() => document.querySelector('img.chart').complete")
+    assert chart.evaluate("i => i.naturalWidth") == 1200
     p.screenshot(path=str(shots / "centre-batch-run.png"), full_page=True)
     # ship the good cards to the branch (the next steps: the page again)
     run.get_by_role("link", name="下一步操作").click()
