@@ -183,3 +183,28 @@ def test_the_demo_logins_sign_in_to_the_console(api_env: ApiEnv) -> None:
             assert BRANCH_CODE in c.get("/console/branch").text  # their own branch
     with api_env.session() as s:  # type: ignore[attr-defined]
         assert [p for _, _, p in ensure_logins(s)] == [None] * len(DEMO_STAFF)  # kept
+
+
+def test_every_message_of_these_pages_is_in_both_catalogs() -> None:
+    """The card centre's, branch's and administration's templates: each message has its
+    Chinese, and the ids made at run time (a run's outcome, a printer field) have both."""
+    import re
+    from pathlib import Path
+
+    from console import i18n
+
+    zh, en = i18n.translations("zh_CN"), i18n.translations("en")
+    root = Path(i18n.__file__).parent / "templates"
+    ids: set[str] = set()
+    for folder in ("centre", "branch", "admin"):
+        for page in (root / folder).glob("*.html"):
+            ids |= set(re.findall(r'_\("((?:[^"\\]|\\.)*)"\)', page.read_text()))
+    assert len(ids) > 100
+    made = [f"run:{o}" for o in ("finished", "not_finished", "station_error", "interrupted",
+                                 "error")]  # fmt: skip
+    fields = ("backend", "directory", "jobs_done", "incomplete", "bytes", "latest", "server",
+              "queue", "state", "accepting", "message", "jobs_pending")  # fmt: skip
+    made += [f"printer:{k}" for k in fields]
+    missing = [m for m in sorted(ids) + made if zh.gettext(m) == m]
+    assert missing == []
+    assert [m for m in made if en.gettext(m) == m] == []
