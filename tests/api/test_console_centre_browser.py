@@ -242,6 +242,7 @@ def test_card_centre_to_bank_branch(browser: Browser, centre: Centre, shots: Pat
 
     # the bank branch
     _sign_in(p, c.actors["bank_teller"].username)
+    assert "发往本网点的卡：发卡、启用、金融功能" in p.inner_text("main")  # the role's page
     p.get_by_role("link", name="网点").first.click()
     assert "中国工商银行杭州西湖支行" in p.inner_text("h1")
     waiting = p.get_by_role("table").first.inner_text()
