@@ -156,7 +156,7 @@ def _clients_view(s: Session, user: SignedIn) -> dict[str, Any]:
             for a in agencies
         ],
         "kinds": [str(k) for k in AgencyKind],
-        "all_scopes": sorted(credentials.SCOPES),
+        "all_scopes": sorted(set(credentials.SCOPES) - credentials.STAFF_ONLY_SCOPES),
         "defaults": {str(k): list(v) for k, v in credentials.AGENCY_DEFAULT_SCOPES.items()},
     }  # fmt: skip
 
