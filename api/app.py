@@ -29,11 +29,13 @@ from api import (
     routes_verify,
 )
 from api.auth import Authenticator
+from api.batchruns import BatchRuns
 from api.calllog import PRINCIPAL, CallLog, CallRecorder, Receive, Scope, Send, state_of
 from api.context import ApiContext, HsmRunner
 from api.gate import Gate
 from api.hotpath import HotPath
 from hsm.service import KeyService
+from issuance.batches.adapters import BatchAdapters
 from issuance.db import make_engine, make_sessionmaker
 from issuance.db_async import AsyncPgPool, dsn_from_url
 from issuance.services.applications import PhotoProcessor
@@ -64,6 +66,7 @@ def create_app(
     engine: Engine | None = None,
     key_service_factory: Callable[[], KeyService],
     photo_processor: PhotoProcessor | None = None,
+    batch_adapters: BatchAdapters | None = None,
 ) -> FastAPI:
     if engine is None:
         engine = make_engine(settings)
@@ -73,6 +76,7 @@ def create_app(
         ctx.verifications = VerificationStore(ctx.pg)
     if photo_processor is not None:
         ctx.extra["photo_processor"] = photo_processor
+    runs = ctx.batch_runs = BatchRuns(settings, engine, batch_adapters)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -93,6 +97,7 @@ def create_app(
         if ctx.pg is not None:
             await ctx.pg.close()
         ctx.hsm.shutdown()
+        runs.stop_all()
 
     app = YikatongApi(
         title="Yikatong API",

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.batchruns import BatchRuns
 from hsm.errors import HsmUnavailable
 from hsm.internal_auth import challenge_key
 from hsm.service import KeyService
@@ -169,6 +170,8 @@ class ApiContext:
     extra: dict[str, Any] = field(default_factory=dict)
     #: the stateless challenges' codec, its key derived in the HSM at first use
     challenges: ChallengeCodec | None = None
+    #: batch runs started from the console (:mod:`api.batchruns`)
+    batch_runs: BatchRuns | None = None
 
     async def challenge_codec(self) -> ChallengeCodec:
         """The challenge codec (from the event loop; the key comes from the HSM thread)."""

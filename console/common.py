@@ -28,6 +28,7 @@ from cardspec.errors import InvalidIdentifier
 from console import i18n
 from console.sessions import SignedIn, csrf_ok, resume
 from issuance import audit
+from issuance.audit import Actor
 from issuance.errors import IssuanceError, ValidationError
 from issuance.lifecycle import APPLICATION_TRANSITIONS, ApplicationEvent
 from issuance.services.credentials import STAFF_SCOPES
@@ -69,6 +70,17 @@ class _Hsm(Protocol):
     def call(self, fn: Callable[..., Any], *args: Any) -> Any: ...
 
 
+class BatchRunsPort(Protocol):
+    """Batch runs in the service's background (:class:`api.batchruns.BatchRuns`)."""
+
+    @property
+    def available(self) -> bool: ...
+
+    def state(self, batch_id: int) -> Any: ...
+
+    def start(self, batch_id: int, actor: Actor, *, resume: bool) -> Any: ...
+
+
 class HostContext(Protocol):
     """What the console needs of the service it is mounted in (``app.state.ctx``: the API's
     :class:`api.context.ApiContext`, which the console does not import: it sits below ``api``
@@ -78,6 +90,9 @@ class HostContext(Protocol):
     hsm: _Hsm
 
     def tx(self) -> AbstractContextManager[Session]: ...
+
+    @property
+    def batch_runs(self) -> BatchRunsPort | None: ...
 
 
 def ctx_of(request: Request) -> HostContext:

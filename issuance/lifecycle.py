@@ -159,10 +159,11 @@ CARD_TRANSITIONS: tuple[Transition, ...] = _audited("card",
     + _t(S.IN_PRODUCTION, CardEvent.PERSONALISE, S.PERSONALISED, _PRODUCTION | {R.BANK_TELLER})
     + _t(S.PERSONALISED, CardEvent.SHIP, S.SHIPPED, _PRODUCTION)
     # collection at the centre / a branch; from PERSONALISED for instant issuance at a branch
+    # (the console: a signed-in clerk or teller at the counter or the branch desk)
     + _t([S.SHIPPED, S.PERSONALISED], CardEvent.COLLECT, S.ISSUED, _HANDOUT,
-         {C.COUNTER, C.BANK})
+         {C.COUNTER, C.BANK} | _CONSOLE)
     + _t(S.ISSUED, CardEvent.ACTIVATE, S.ACTIVE, _HANDOUT | {R.SYSTEM},
-         {C.COUNTER, C.BANK, C.KIOSK, C.WEB, C.APP})
+         {C.COUNTER, C.BANK, C.KIOSK, C.WEB, C.APP} | _CONSOLE)
     + _t(S.ACTIVE, CardEvent.SUSPEND, S.SUSPENDED, {R.FUND_SUPERVISOR})
     + _t(S.SUSPENDED, CardEvent.LIFT, S.ACTIVE, {R.FUND_SUPERVISOR})
     # Loss. Reportable from every state in which the holder physically has the card and it

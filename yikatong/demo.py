@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,8 @@ DEMO_STAFF = (
     ("demo-approver", StaffRole.APPROVER, "张伟 (approver)"),
     ("demo-operator", StaffRole.SUPERVISOR, "刘洋 (production)"),
     ("demo-teller", StaffRole.BANK_TELLER, "陈静 (bank teller)"),
+    ("demo-admin", StaffRole.ADMIN, "赵敏 (administrator)"),
+    ("demo-auditor", StaffRole.AUDITOR, "孙丽 (auditor)"),
 )
 BRANCH_CODE = "ICBC-330106-01"
 HOSPITAL_CODE = "demo-hospital-330106"
@@ -81,12 +83,34 @@ def ensure_staff(session: Session) -> dict[str, Actor]:
     from issuance import services
 
     actors: dict[str, Actor] = {}
+    # the teller works at the demo branch, when it exists (the console's branch page)
+    branch = session.scalar(sa.select(Agency.id).where(Agency.code == BRANCH_CODE))
     for username, role, display in DEMO_STAFF:
         if session.scalars(sa.select(Staff).where(Staff.username == username)).first() is None:
-            services.create_staff(session, username, role, display_name=display)
+            agency_id = branch if role == StaffRole.BANK_TELLER else None
+            services.create_staff(session, username, role, display_name=display,
+                                  agency_id=agency_id)  # fmt: skip
         channel = Channel.BANK if role == StaffRole.BANK_TELLER else Channel.COUNTER
         actors[username] = services.actor_for(session, username, channel)
     return actors
+
+
+def ensure_logins(session: Session) -> list[tuple[str, str, str | None]]:
+    """A console login for every demo staff user: ``(username, role, password)``, the password
+    generated now for a user who has none (shown once by the demo, stored hashed), None for
+    one who already had a password (an earlier demo run, or set by hand)."""
+    from issuance.audit import SYSTEM_ACTOR
+    from issuance.services.staff import generate_password, set_password
+
+    logins: list[tuple[str, str, str | None]] = []
+    for username, role, _ in DEMO_STAFF:
+        staff = session.scalars(sa.select(Staff).where(Staff.username == username)).one()
+        password = None
+        if staff.password_hash is None:
+            password = generate_password()
+            set_password(session, username, password, SYSTEM_ACTOR)
+        logins.append((username, str(role), password))
+    return logins
 
 
 def ensure_branch(session: Session, settings: Settings) -> Agency:
@@ -206,6 +230,8 @@ class DemoResult:
     report: Any
     activated: str | None = None
     verify_command: str | None = None
+    #: the console logins (:func:`ensure_logins`)
+    logins: list[tuple[str, str, str | None]] = field(default_factory=list)
 
 
 def run_demo(
@@ -244,8 +270,9 @@ def run_demo(
         with transaction(factory) as s:
             return fn(s)
 
-    actors = txn(ensure_staff)
     txn(lambda s: ensure_branch(s, settings))
+    actors = txn(ensure_staff)
+    logins = txn(ensure_logins)
     with RichProgress(console) as progress:
         progress.start("intake", residents)
         tick = lambda: progress.advance("intake")  # noqa: E731
@@ -316,9 +343,7 @@ def run_demo(
     console.print(f"card chips (emulator images): {settings.cards_dir}")
     console.print(f"batch report: {text}")
     console.print(f"batch chart:  {png}")
-    console.print(f"web console:  http://{settings.api.host}:{settings.api.port}/console after "
-                  "ykt serve; sign in as demo-reviewer once it has a password "
-                  "(ykt db set-password demo-reviewer)", soft_wrap=True)  # fmt: skip
+    print_logins(console, settings, logins)
     if verify_cmd is not None:
         console.rule("[bold]check a card as a hospital does")
         console.print("in one shell, the API:\n  ykt serve")
@@ -328,7 +353,24 @@ def run_demo(
                       + "):")  # fmt: skip
         console.print(f"  {verify_cmd}", soft_wrap=True, highlight=False)
     return DemoResult(name, len(made), report.good, len(numbers), settings.spool_dir,
-                      settings.cards_dir, text, png, report, activated, verify_cmd)  # fmt: skip
+                      settings.cards_dir, text, png, report, activated, verify_cmd,
+                      logins)  # fmt: skip
+
+
+def print_logins(
+    console: Any, settings: Settings, logins: list[tuple[str, str, str | None]]
+) -> None:
+    """The web console's address and the demo staff's logins (new passwords shown once)."""
+    from rich.table import Table
+
+    console.print(f"web console:  http://{settings.api.host}:{settings.api.port}/console "
+                  "(start it with: ykt serve)", soft_wrap=True)  # fmt: skip
+    table = Table("user", "role", "password", title="console logins (new passwords shown once)",
+                  box=None)  # fmt: skip
+    for username, role, password in logins:
+        table.add_row(username, role, password or "(set earlier; ykt db set-password "
+                      f"{username} --as demo-admin gives a new one)")  # fmt: skip
+    console.print(table)
 
 
 def activate_for_demo(

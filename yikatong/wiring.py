@@ -48,7 +48,8 @@ def api_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     def keys() -> KeyService:
         return key_service_from_settings(settings)
 
-    return create_app(settings, engine=engine, key_service_factory=keys)
+    return create_app(settings, engine=engine, key_service_factory=keys,
+                      batch_adapters=batch_adapters(settings))  # fmt: skip
 
 
 def app_from_env() -> FastAPI:

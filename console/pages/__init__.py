@@ -6,6 +6,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from console.pages import resident
+from console.pages import admin, branch, centre, resident
 
-PAGE_ROUTERS: list[APIRouter] = [resident.router]
+PAGE_ROUTERS: list[APIRouter] = [resident.router, centre.router, admin.router, branch.router]

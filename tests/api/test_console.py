@@ -259,7 +259,7 @@ def test_each_role_has_a_home_page(api_env: ApiEnv) -> None:
         "clerk": ["卡片", "制卡批次"], "reviewer": ["待办队列"], "approver": ["待办队列"],
         "supervisor": ["待办队列", "卡片", "制卡批次", "审计日志", "系统"],
         "auditor": ["制卡批次", "审计日志", "系统"], "admin": ["卡片", "审计日志", "系统"],
-        "fund_supervisor": ["审计日志"], "bank_teller": ["尚未上线"],
+        "fund_supervisor": ["审计日志", "网点"], "bank_teller": ["网点", "金融功能"],
     }  # fmt: skip
     for role, words in expected.items():
         c = TestClient(api_env.client.app)

@@ -223,7 +223,7 @@ def set_password(
     as_: str | None = typer.Option(None, "--as", help=AS_HELP),
 ) -> None:
     """Set a staff user's CLI password (an admin or supervisor, or the user themself; while
-    no user has a password yet, e.g. after ``ykt demo`` or an upgrade, without --as)."""
+    no user has a password yet, e.g. after an upgrade, without --as)."""
     from issuance import services
     from issuance.services.staff import can_bootstrap
 
