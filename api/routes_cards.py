@@ -37,9 +37,9 @@ from hsm.service import CardKeyRef
 from issuance import services
 from issuance.errors import FieldProblem, ValidationError
 from issuance.models import Card, Channel, ChipAppKind
-from issuance.services import verification
+from issuance.services import otp, verification
 from issuance.services.credentials import Principal
-from issuance.services.loss import holder_mismatch, holder_proven, send_loss_code
+from issuance.services.loss import holder_mismatch, holder_proven
 
 router = APIRouter(prefix="/v1", tags=["cards"])
 
@@ -88,10 +88,12 @@ async def _holder_proven(
     themselves: False, nothing to prove here."""
     if principal.staff_id is not None:
         return False
+    settings = ctx_of(request).settings
 
     def prove(s: Session) -> bool:
         card = _card(s, card_number)
-        return holder_proven(s, card, body.holder_citizen_id, body.holder_name, body.one_time_code)
+        return holder_proven(s, settings, card, principal.actor, body.holder_citizen_id,
+                             body.holder_name, body.one_time_code)  # fmt: skip
 
     if not await domain(request, principal, prove):
         await auth_of(request).limiter.fail(f"client:{principal.client_id}")
@@ -160,9 +162,12 @@ async def loss_code(
     to the hotline, which quotes it (``one_time_code``) to report the card lost or withdraw
     the report. The answer is the same whether a code was sent or not (no phone on file,
     enough codes this hour): it tells nothing about the holder."""
+    # the project's one one-time code (issuance.services.otp), purpose loss_hotline
+    settings = ctx_of(request).settings
 
     def fn(s: Session) -> LossCodeOut:
-        send_loss_code(s, _card(s, card_number))
+        card = _card(s, card_number)
+        otp.send_card_code(s, settings, card.id, otp.Purpose.LOSS_HOTLINE, principal.actor)
         return LossCodeOut(accepted=True)
 
     return await domain(request, principal, fn)

@@ -720,21 +720,6 @@ class ApiAuthEpoch(Base):
     epoch: Mapped[int] = mapped_column(sa.BigInteger)
 
 
-class LossCode(Base):
-    """A one-time code sent to the phone on file of a card's holder, with which a remote
-    channel proves the holder when reporting the card lost or withdrawing the report
-    (migration 0011). Only its SHA-256 (salted with the card) is stored."""
-
-    __tablename__ = "loss_codes"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    card_id: Mapped[int] = mapped_column(sa.ForeignKey("cards.id"), index=True)
-    code_hash: Mapped[str] = mapped_column(sa.String(64))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    expires_at: Mapped[datetime]
-    attempts: Mapped[int] = mapped_column(default=0)
-    used_at: Mapped[datetime | None]
-
-
 class ApiRateCounter(Base):
     """Failed authentications and refusals of one caller key in one minute (Unix minutes),
     shared by every API worker and node (``api.auth.FailureLimiter``; migration 0011)."""
@@ -842,8 +827,10 @@ class ConsoleSignInFailure(Base):
 class ResidentChallenge(Base):
     """One request for a one-time code by a resident (``issuance.services.otp``): bound to
     one purpose and (when the stated ID number and name matched a person with a phone on
-    file) to that person. A request that matched nobody is kept the same way, with a code
-    nobody was sent, so that it is answered, tried and locked exactly like the others.
+    file) to that person; a hotline's code for a card (asked for by an agency's system) is
+    bound to the card and its holder too. A request that matched nobody is kept the same
+    way, with a code nobody was sent, so that it is answered, tried and locked exactly like
+    the others.
 
     ``subject`` is the SHA-256 of the ID number as stated (the per-person key, whether or not
     a person has it); ``code_hash`` the code's SHA-256 salted with the challenge; the code
@@ -860,6 +847,8 @@ class ResidentChallenge(Base):
     purpose: Mapped[str] = mapped_column(sa.String(32))
     subject: Mapped[str] = mapped_column(sa.String(64))
     person_id: Mapped[int | None] = mapped_column(sa.ForeignKey("persons.id"), index=True)
+    #: the card a card-bound code is for (the hotline's loss code; migration 0016), else None
+    card_id: Mapped[int | None] = mapped_column(sa.ForeignKey("cards.id"), index=True)
     #: a code was sent to the phone on file (the per-person limit counts these)
     sent: Mapped[bool] = mapped_column(default=False)
     code_hash: Mapped[str] = mapped_column(sa.String(64))

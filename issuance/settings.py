@@ -256,10 +256,14 @@ class ConsoleSettings(_Section):
 
 class ResidentSettings(_Section):
     """Resident self-service (``/console/self``): the one-time code sent to the phone on file
-    (:mod:`issuance.services.otp`) and the short resident session it opens."""
+    (:mod:`issuance.services.otp`, also the hotline's loss code) and the short resident session
+    it opens."""
 
     #: A one-time code is valid this many seconds after it was sent.
     code_ttl_seconds: int = Field(default=300, ge=60, le=1800)
+    #: The hotline's loss code (``POST /v1/cards/{n}/loss-codes``, read out by the holder over
+    #: the phone) is valid this many seconds after it was sent.
+    hotline_code_ttl_seconds: int = Field(default=600, ge=60, le=1800)
     #: Wrong codes a challenge takes before it is locked (a new code must be asked for).
     code_tries: int = Field(default=5, ge=1, le=10)
     #: Codes sent to one person's phone in an hour, at most (beyond: none is sent, the answer

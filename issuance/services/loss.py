@@ -94,66 +94,6 @@ def _require_identity(
         )
 
 
-#: A one-time code is valid this long, for this many tries; at most this many are sent per
-#: card and hour (a caller cannot flood the holder's phone).
-LOSS_CODE_TTL = timedelta(minutes=10)
-LOSS_CODE_TRIES = 5
-LOSS_CODES_PER_HOUR = 3
-
-
-def _code_hash(card_id: int, code: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(f"ykt-loss-code/1:{card_id}:{code}".encode()).hexdigest()
-
-
-def send_loss_code(session: Session, card: Card, now: datetime | None = None) -> bool:
-    """Send a one-time code to the phone on file of the card's holder (the outbox's
-    ``loss.code`` message); False when none was sent (no phone on file, or enough codes this
-    hour). The caller's answer must not tell which: it reveals nothing of the holder."""
-    import secrets
-
-    from issuance.models import LossCode, Person
-    from issuance.services.outbox import enqueue
-
-    now = now or utcnow()
-    phone = session.scalar(sa.select(Person.phone).where(Person.id == card.person_id))
-    recent = session.scalar(
-        sa.select(sa.func.count())
-        .select_from(LossCode)
-        .where(LossCode.card_id == card.id, LossCode.created_at > now - timedelta(hours=1))
-    )
-    if not phone or (recent or 0) >= LOSS_CODES_PER_HOUR:
-        return False
-    code = f"{secrets.randbelow(10**6):06d}"
-    session.add(LossCode(card_id=card.id, code_hash=_code_hash(card.id, code), created_at=now,
-                         expires_at=now + LOSS_CODE_TTL, attempts=0))  # fmt: skip
-    enqueue(session, "loss.code", payload={"code": code, "card_number": card.card_number},
-            person_id=card.person_id, recipient=phone)  # fmt: skip
-    flush(session)
-    return True
-
-
-def _code_ok(session: Session, card: Card, code: str, now: datetime) -> bool:
-    import hmac
-
-    from issuance.models import LossCode
-
-    row = session.scalars(
-        sa.select(LossCode)
-        .where(LossCode.card_id == card.id, LossCode.used_at.is_(None),
-               LossCode.expires_at > now, LossCode.attempts < LOSS_CODE_TRIES)
-        .order_by(LossCode.id.desc()).limit(1).with_for_update()
-    ).one_or_none()  # fmt: skip
-    if row is None:
-        return False
-    row.attempts += 1
-    if not hmac.compare_digest(row.code_hash, _code_hash(card.id, code)):
-        return False
-    row.used_at = now
-    return True
-
-
 def holder_mismatch() -> ValidationError:
     """The one refusal of a remote caller's proof of the holder, whatever was missing or
     wrong (it tells nothing about the holder)."""
@@ -166,23 +106,30 @@ def holder_mismatch() -> ValidationError:
 
 def holder_proven(
     session: Session,
+    settings: Settings,
     card: Card,
+    caller: Actor,
     citizen_id: str | None,
     name: str | None,
     code: str | None = None,
     now: datetime | None = None,
 ) -> bool:
     """Does a remote caller prove the card's holder? By the holder's full ID number and name
-    as the caller states them, or by the one-time code sent to the phone on file
-    (:func:`send_loss_code`: single use, :data:`LOSS_CODE_TRIES` tries; the try is counted
-    in the caller's transaction, which it must commit whatever the answer). Compared in
-    constant time."""
+    as the caller states them, or by the one-time code sent to the phone on file (the
+    hotline's code: :data:`issuance.services.otp.Purpose.LOSS_HOTLINE`, asked for with
+    :func:`issuance.services.otp.send_card_code` and checked by the one rule of one-time codes,
+    :func:`issuance.services.otp.confirm_card_code`; the try is counted in the caller's
+    transaction, which it must commit whatever the answer). Compared in constant time."""
     import hmac
 
     from issuance.models import Person
+    from issuance.services import otp
 
     if code:
-        return _code_ok(session, card, code, now or utcnow())
+        proven = otp.confirm_card_code(
+            session, settings, card.id, code, otp.Purpose.LOSS_HOTLINE, caller, now
+        )
+        return isinstance(proven, otp.ProvenResident)
     if not citizen_id or not name:
         return False
     row = session.execute(

@@ -1,4 +1,6 @@
-"""One-time codes that prove a resident: sent to the phone on file, typed back on a web page.
+"""One-time codes that prove a resident: sent to the phone on file, typed back on a web page
+or read out to a hotline. The one rule of one-time codes (issue 13): every code of the project
+is made, sent, limited and checked here.
 
 A resident states their ID number and name and a purpose (:class:`Purpose`);
 :func:`start_challenge` sends a random code to the phone on file through the outbox (topic
@@ -9,6 +11,15 @@ A resident states their ID number and name and a purpose (:class:`Purpose`);
 The code: 6 random digits (``secrets``), valid ``[resident] code_ttl_seconds``, for
 ``[resident] code_tries`` tries, used once, bound to the person and the purpose; stored only as
 its SHA-256 salted with the challenge's random handle.
+
+**Card-bound purposes** (:data:`CARD_PURPOSES`: the hotline's loss code,
+``POST /v1/cards/{n}/loss-codes``): an authenticated agency's system asks for a code by card
+number (:func:`send_card_code`); the holder reads the code from their phone to the hotline,
+which quotes it with the card number (:func:`confirm_card_code`: the newest code sent for that
+card and purpose). The same code, hash, tries, single use and per-person limit; bound to the
+card as well as its holder; valid ``[resident] hotline_code_ttl_seconds``; sent under the topic
+``loss.code`` with the card number. No per-address limit: the caller is an agency's system
+behind the API's own limits, asking for many people.
 
 **It reveals nothing** to someone who does not already hold the person's details and phone:
 an unknown ID number, a wrong name, a person with no phone on file and a person whose phone
@@ -46,7 +57,7 @@ from issuance import audit
 from issuance.audit import Actor
 from issuance.db import flush
 from issuance.errors import FieldProblem, IssuanceError, ValidationError
-from issuance.models import Channel, Person, ResidentChallenge, StaffRole, utcnow
+from issuance.models import Card, Channel, Person, ResidentChallenge, StaffRole, utcnow
 from issuance.services.outbox import enqueue
 from issuance.settings import Settings
 
@@ -66,6 +77,20 @@ class Purpose(enum.StrEnum):
     CARD_PROGRESS = "card_progress"
     #: issue 21: an e-card for the holder of an active card
     ECARD = "ecard"
+    #: a hotline (an agency's system) proves the holder of one card, to report it lost or to
+    #: withdraw the report (``POST /v1/cards/{n}/loss-codes``; the holder reads the code out)
+    LOSS_HOTLINE = "loss_hotline"
+
+
+#: Purposes bound to one card as well as its holder: asked for by card number
+#: (:func:`send_card_code`), confirmed by card number and code (:func:`confirm_card_code`). The
+#: others are asked for by a resident stating their details (:func:`start_challenge`,
+#: :func:`confirm`); neither door opens the other's purposes.
+CARD_PURPOSES = frozenset({Purpose.LOSS_HOTLINE})
+
+#: The outbox topic of a code's message, where it is not :data:`TOPIC` (the hotline's code
+#: keeps the topic it always had: gateways may route on it).
+TOPIC_OF = {Purpose.LOSS_HOTLINE: "loss.code"}
 
 
 #: What the message to the phone says the code is for (Chinese: the SMS the resident gets).
@@ -74,6 +99,14 @@ PURPOSE_TEXT = {
     Purpose.WITHDRAW_LOSS: "撤销社保卡挂失",
     Purpose.CARD_PROGRESS: "查询新卡进度",
     Purpose.ECARD: "申领电子社保卡",
+    Purpose.LOSS_HOTLINE: "社保卡电话挂失或撤销挂失",
+}
+
+#: The SMS's last words: never tell the code to anyone, except, for the hotline's code, to the
+#: hotline the holder called themselves.
+_WARNING = "如非本人操作，请勿将验证码告诉任何人。"
+_WARNING_OF = {
+    Purpose.LOSS_HOTLINE: "请只告诉您本人拨打的社保卡服务热线；如非本人操作，请勿告诉任何人。",
 }
 
 #: Who acts before a resident is proven (the audit of a request for a code).
@@ -167,6 +200,96 @@ def _count(session: Session, *where: sa.ColumnElement[bool]) -> int:
     return int(n or 0)
 
 
+def code_ttl(settings: Settings, purpose: Purpose) -> timedelta:
+    """How long a code of ``purpose`` is valid: ``[resident] code_ttl_seconds``, or for the
+    hotline's code (read out over the phone) ``[resident] hotline_code_ttl_seconds``."""
+    conf = settings.resident
+    seconds = conf.hotline_code_ttl_seconds if purpose in CARD_PURPOSES else conf.code_ttl_seconds
+    return timedelta(seconds=seconds)
+
+
+def _issue(
+    session: Session,
+    settings: Settings,
+    purpose: Purpose,
+    subject: str,
+    source: str,
+    now: datetime,
+    *,
+    person_id: int | None,
+    phone: str | None,
+    card: tuple[int, str] | None = None,
+) -> tuple[ResidentChallenge, bool]:
+    """The one way a code is made: a challenge row (the code's salted hash, its expiry, bound
+    to ``purpose``, the person and the card), and the message to ``phone`` unless the person's
+    codes this hour are used up (counted on ``subject``, whatever the purpose) or there is no
+    person or phone. Returns the row and whether a code was sent."""
+    conf = settings.resident
+    _serialise(session, f"resident-subject:{subject}")
+    sent_before = _count(session, ResidentChallenge.subject == subject,
+                         ResidentChallenge.sent.is_(True),
+                         ResidentChallenge.created_at > now - WINDOW)  # fmt: skip
+    send = person_id is not None and bool(phone) and sent_before < conf.codes_per_person_per_hour
+    handle = secrets.token_urlsafe(24)
+    code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
+    ttl = code_ttl(settings, purpose)
+    challenge = ResidentChallenge(
+        handle=handle, purpose=str(purpose), subject=subject, person_id=person_id,
+        card_id=card[0] if card else None, sent=send, code_hash=_code_hash(handle, code),
+        source=source, created_at=now, expires_at=now + ttl, attempts=0,
+    )  # fmt: skip
+    session.add(challenge)
+    if send:
+        minutes = max(1, int(ttl.total_seconds()) // 60)
+        payload: dict[str, object] = {
+            "code": code, "purpose": str(purpose), "minutes": minutes,
+            "text": f"【{settings.issuer.name}】验证码 {code}，用于{PURPOSE_TEXT[purpose]}，"
+                    f"{minutes} 分钟内有效。{_WARNING_OF.get(purpose, _WARNING)}",
+        }  # fmt: skip
+        if card is not None:
+            payload["card_number"] = card[1]
+        enqueue(session, TOPIC_OF.get(purpose, TOPIC), person_id=person_id, recipient=phone,
+                payload=payload)  # fmt: skip
+    flush(session)
+    return challenge, send
+
+
+def _try(
+    session: Session,
+    settings: Settings,
+    row: ResidentChallenge | None,
+    code: str,
+    purpose: Purpose,
+    now: datetime,
+    caller: Actor | None,
+) -> ProvenResident | CodeRefused:
+    """The one way a code is checked: live (not used, not expired, of ``purpose``), tries left;
+    every try counted; the right code proves the person once. ``caller``: the system acting
+    for the resident (a hotline), or None for the resident themselves."""
+    tries = settings.resident.code_tries
+    if row is None or row.purpose != purpose or row.used_at is not None or row.expires_at <= now:
+        return CodeRefused("expired")
+    if row.attempts >= tries:
+        return CodeRefused("locked")
+    row.attempts += 1
+    given = "".join((code or "").split())[: CODE_DIGITS * 2]
+    right = hmac.compare_digest(row.code_hash, _code_hash(row.handle, given))
+    where = {"card_id": row.card_id} if row.card_id is not None else {}
+    if not right or row.person_id is None:
+        left = tries - row.attempts
+        flush(session)
+        audit.record(session, caller or ANONYMOUS_RESIDENT, "resident.code_refused",
+                     "resident_challenge", row.id, reason="wrong code",
+                     details={"purpose": str(purpose), "tries_left": left, **where})  # fmt: skip
+        return CodeRefused("wrong" if left > 0 else "locked", left)
+    row.used_at = now
+    flush(session)
+    actor = caller or resident_actor(row.person_id)
+    audit.record(session, actor, "resident.code_confirmed", "person", row.person_id,
+                 details={"purpose": str(purpose), "challenge": row.id, **where})  # fmt: skip
+    return ProvenResident(row.person_id, purpose, row.handle, now, actor)
+
+
 def source_key(source: str) -> str:
     """The address a request is counted against: an IPv4 address as it is, an IPv6 address by
     its /64 network (one subscriber's whole range: a phone rotating through its addresses is
@@ -198,6 +321,8 @@ def start_challenge(
     conf = settings.resident
     now = now or utcnow()
     purpose = Purpose(purpose)
+    if purpose in CARD_PURPOSES:
+        raise ValueError(f"a {purpose} code is asked for by card (send_card_code)")
     source = source_key(source)
     cid, nm = check_details(citizen_id, name)
     _serialise(session, f"resident-source:{source}")
@@ -211,42 +336,21 @@ def start_challenge(
         )  # fmt: skip
         log.warning("resident codes: address limit reached (%s requests in an hour)", asked)
         raise RateLimited((first or now) + WINDOW)
-    subject = _subject(cid)
-    _serialise(session, f"resident-subject:{subject}")
     row = session.execute(
         sa.select(Person.id, Person.name, Person.phone).where(Person.citizen_id == cid)
     ).one_or_none()
     person_id, stored_name, phone = row if row is not None else (None, "", None)
     name_ok = hmac.compare_digest(nm.encode(), (stored_name or "").strip().encode())
     matched = person_id is not None and name_ok
-    sent_before = _count(session, ResidentChallenge.subject == subject,
-                         ResidentChallenge.sent.is_(True),
-                         ResidentChallenge.created_at > since)  # fmt: skip
-    send = matched and bool(phone) and sent_before < conf.codes_per_person_per_hour
-    handle = secrets.token_urlsafe(24)
-    code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
-    expires = now + timedelta(seconds=conf.code_ttl_seconds)
-    challenge = ResidentChallenge(
-        handle=handle, purpose=str(purpose), subject=subject,
-        person_id=person_id if matched else None, sent=send, code_hash=_code_hash(handle, code),
-        source=source, created_at=now, expires_at=expires, attempts=0,
-    )  # fmt: skip
-    session.add(challenge)
-    if send:
-        minutes = max(1, conf.code_ttl_seconds // 60)
-        enqueue(session, TOPIC, person_id=person_id, recipient=phone, payload={
-            "code": code, "purpose": str(purpose), "minutes": minutes,
-            "text": f"【{settings.issuer.name}】验证码 {code}，用于{PURPOSE_TEXT[purpose]}，"
-                    f"{minutes} 分钟内有效。如非本人操作，请勿将验证码告诉任何人。",
-        })  # fmt: skip
-    flush(session)
+    challenge, send = _issue(session, settings, purpose, _subject(cid), source, now,
+                             person_id=person_id if matched else None, phone=phone)  # fmt: skip
     audit.record(session, ANONYMOUS_RESIDENT, "resident.code_requested", "resident_challenge",
                  challenge.id, details={
                      "purpose": str(purpose), "source": source,
                      "citizen_id": mask_citizen_id(cid), "person_id": person_id,
                      "matched": matched, "sent": send,
                  })  # fmt: skip
-    return ChallengeStarted(handle, purpose, expires)
+    return ChallengeStarted(challenge.handle, purpose, challenge.expires_at)
 
 
 def confirm(
@@ -261,30 +365,66 @@ def confirm(
     caller commits the count whatever the answer); the right code proves the person once."""
     now = now or utcnow()
     purpose = Purpose(purpose)
-    tries = settings.resident.code_tries
     row = None
-    if challenge_id and len(challenge_id) <= 43:
+    if challenge_id and len(challenge_id) <= 43 and purpose not in CARD_PURPOSES:
         row = session.scalars(
             sa.select(ResidentChallenge).where(ResidentChallenge.handle == challenge_id)
             .with_for_update()
         ).one_or_none()  # fmt: skip
-    if row is None or row.purpose != purpose or row.used_at is not None or row.expires_at <= now:
-        return CodeRefused("expired")
-    if row.attempts >= tries:
-        return CodeRefused("locked")
-    row.attempts += 1
-    given = "".join((code or "").split())[: CODE_DIGITS * 2]
-    right = hmac.compare_digest(row.code_hash, _code_hash(row.handle, given))
-    if not right or row.person_id is None:
-        left = tries - row.attempts
-        flush(session)
-        audit.record(session, ANONYMOUS_RESIDENT, "resident.code_refused", "resident_challenge",
-                     row.id, reason="wrong code",
-                     details={"purpose": str(purpose), "tries_left": left})  # fmt: skip
-        return CodeRefused("wrong" if left > 0 else "locked", left)
-    row.used_at = now
-    flush(session)
-    actor = resident_actor(row.person_id)
-    audit.record(session, actor, "resident.code_confirmed", "person", row.person_id,
-                 details={"purpose": str(purpose), "challenge": row.id})  # fmt: skip
-    return ProvenResident(row.person_id, purpose, row.handle, now, actor)
+    return _try(session, settings, row, code, purpose, now, None)
+
+
+def send_card_code(
+    session: Session,
+    settings: Settings,
+    card_id: int,
+    purpose: Purpose | str,
+    caller: Actor,
+    now: datetime | None = None,
+) -> bool:
+    """Send a code for a card-bound ``purpose`` (:data:`CARD_PURPOSES`) to the phone on file
+    of the card's holder, asked for by ``caller`` (an agency's system). False when none was
+    sent (no phone on file, or the person's codes this hour are used up): the caller's answer
+    must not tell which."""
+    now = now or utcnow()
+    purpose = Purpose(purpose)
+    if purpose not in CARD_PURPOSES:
+        raise ValueError(f"a {purpose} code is asked for by the resident (start_challenge)")
+    card_number, person_id, citizen_id, phone = session.execute(
+        sa.select(Card.card_number, Person.id, Person.citizen_id, Person.phone)
+        .join(Person, Person.id == Card.person_id).where(Card.id == card_id)
+    ).one()  # fmt: skip
+    source = f"api:{caller.username}"[:64]
+    challenge, send = _issue(
+        session, settings, purpose, _subject(citizen_id), source, now,
+        person_id=person_id, phone=phone, card=(card_id, card_number),
+    )  # fmt: skip
+    audit.record(session, caller, "resident.code_requested", "resident_challenge", challenge.id,
+                 details={"purpose": str(purpose), "source": source, "card_id": card_id,
+                          "person_id": person_id, "matched": True, "sent": send})  # fmt: skip
+    return send
+
+
+def confirm_card_code(
+    session: Session,
+    settings: Settings,
+    card_id: int,
+    code: str,
+    purpose: Purpose | str,
+    caller: Actor,
+    now: datetime | None = None,
+) -> ProvenResident | CodeRefused:
+    """Check a code quoted by ``caller`` with a card number, for a card-bound ``purpose``:
+    against the newest code sent for that card and purpose (a newer code replaces an older
+    one). Every try counts (returned, never raised: the caller commits whatever the answer)."""
+    now = now or utcnow()
+    purpose = Purpose(purpose)
+    row = None
+    if purpose in CARD_PURPOSES:
+        row = session.scalars(
+            sa.select(ResidentChallenge)
+            .where(ResidentChallenge.card_id == card_id, ResidentChallenge.purpose == purpose,
+                   ResidentChallenge.sent.is_(True))
+            .order_by(ResidentChallenge.id.desc()).limit(1).with_for_update()
+        ).one_or_none()  # fmt: skip
+    return _try(session, settings, row, code, purpose, now, caller)
