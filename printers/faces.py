@@ -240,16 +240,37 @@ def render_front(
     white = (255, 255, 255)
     _text(draw, lay.issuer_name, face.issuer_name, dpi, fill=white, label_fill=white)
     _text(draw, lay.title, "", dpi, fill=white, label_fill=white)
-    _bank_mark(draw, lay.bank_mark, dpi)
-    _text(draw, lay.bank_name, face.bank_name, dpi, fill=white, label_fill=white)
+    if lay.bank:
+        _bank_mark(draw, lay.bank_mark, dpi)
+        _text(draw, lay.bank_name, face.bank_name, dpi, fill=white, label_fill=white)
     _paste_photo(img, lay.photo, face.photo_jpeg, dpi)
     _text(draw, lay.name, face.name, dpi)
     _text(draw, lay.ssn, face.ssn, dpi)
     _text(draw, lay.card_number, face.card_number, dpi)
     _text(draw, lay.issue_date, issue_month(face.issue_date), dpi)
-    if face.region:
+    if face.region and lay.validity is None:
         _text(draw, lay.region, face.region, dpi, fill=(110, 110, 110))
+    if lay.validity is not None:
+        end = face.expiry_date or _years_later(face.issue_date, 10)
+        _text(draw, lay.validity, f"{end:%Y.%m.%d}", dpi)
+    if lay.stamp is not None:
+        _stamp(draw, lay.stamp, lay.stamp_colour, dpi)
     return img
+
+
+def _stamp(
+    draw: ImageDraw.ImageDraw, field: TextField, colour: tuple[int, int, int], dpi: int
+) -> None:
+    """A framed mark (the temporary card's "临时卡 TEMPORARY")."""
+    left, top, right, bottom = field.box.px(dpi)
+    draw.rectangle((left, top, right, bottom), outline=colour, width=max(2, dpi // 75))
+    font = face_font(field.bold, _pt_px(field.size_pt, dpi))
+    size = font.size
+    while size > 6 and draw.textlength(field.label, font=font) > (right - left) * 0.92:
+        size -= 1
+        font = face_font(field.bold, size)
+    draw.text(((left + right) / 2, (top + bottom) / 2), field.label, font=font, fill=colour,
+              anchor="mm")  # fmt: skip
 
 
 def render_back(

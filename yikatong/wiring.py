@@ -9,7 +9,9 @@ notification gateway.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+import os
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,9 @@ from hsm.service import KeyService, Pkcs11KeyService
 from issuance.batches import pipeline
 from issuance.batches.adapters import BatchAdapters
 from issuance.batches.blanks import BACKENDS, DeliveredBlankStock
+from issuance.batches.counter import CounterDesk
 from issuance.batches.pipeline import BatchRunner, RunSummary
-from issuance.batches.stock import BlankStock, VirtualBlankStock
+from issuance.batches.stock import BlankStock, VirtualBlankStock, ensure_manufacturer_key
 from issuance.errors import ConfigError
 from issuance.services.outbox import HttpSink, LogSink, Sink, SmtpSink
 from issuance.settings import Settings
@@ -109,3 +112,25 @@ def runner_for(
 ) -> AbstractContextManager[BatchRunner]:
     """:func:`issuance.batches.pipeline.runner_for` on the adapters of these settings."""
     return pipeline.runner_for(settings, batch_ref, adapters=batch_adapters(settings), **kwargs)
+
+
+@contextmanager
+def counter_desk(settings: Settings, *, reader: str | None = None) -> Iterator[CounterDesk]:
+    """The counter's desk (:class:`issuance.batches.counter.CounterDesk`): one reader beside
+    the clerk (``[readers] backend``: a virtual reader by default; ``reader`` picks a PC/SC
+    reader by part of its name), the printer of ``[printer] backend``, the configured HSM and
+    blank stock. Stopped (the virtual reader's stack too) on exit."""
+    if reader:
+        readers = settings.readers.model_copy(update={"names": (reader,)})
+        settings = settings.model_copy(update={"readers": readers})
+    keys = key_service_from_settings(settings)
+    stock = make_stock(settings, keys)
+    if isinstance(stock, VirtualBlankStock):
+        ensure_manufacturer_key(settings)
+    run_dir = None
+    if settings.readers.backend == "virtual":
+        from cardspec.virtual import short_run_dir
+
+        run_dir = short_run_dir(settings.run_dir / f"counter-{os.getpid()}")
+    with open_stations(settings, 1, run_dir=run_dir) as stations:
+        yield CounterDesk(settings, keys, stock, stations[0], make_printer(settings))
