@@ -137,7 +137,7 @@ class CounterDesk:
             back_image.parent.mkdir(parents=True, exist_ok=True)
             back.save(back_image, "PNG")
         box = layout.back.face_code.px(dpi) if layout.back.face_code is not None else None
-        return PrintedFace(back_image, box, None), job
+        return PrintedFace(back_image, box, None, person.card_name), job
 
     def block_chip(self, session: Session, card: Card, actor: Actor) -> dict[str, Any]:
         """Block the returned chip of ``card`` (in the desk reader: the virtual backend loads

@@ -155,6 +155,11 @@ class HolderFields(Protocol):
     def name(self) -> str: ...
 
     @property
+    def card_name(self) -> str | None:
+        """The name for the chip when ``name`` has characters outside GBK."""
+        ...
+
+    @property
     def citizen_id(self) -> str: ...
 
     @property
@@ -230,7 +235,8 @@ def perso_values(
     (card category "2") valid until that day; the files are those the profile has (a
     temporary card's: no pension, no financial application)."""
     expiry = temporary_until or _add_years(issue_date, settings.lifecycle.card_validity_years)
-    name, extension = split_name(person.name)
+    # the chip's GBK name: the recorded substitute of a name outside GBK (issuance.cardname)
+    name, extension = split_name(person.card_name or person.name)
     since = application.decided_at.date() if application and application.decided_at else issue_date
     employee = application is not None and application.channel == ApplicationChannel.EMPLOYER
     region = person.region_code
