@@ -9,7 +9,6 @@ notification gateway.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -24,9 +23,9 @@ from hsm.service import KeyService, Pkcs11KeyService
 from issuance.batches import pipeline
 from issuance.batches.adapters import BatchAdapters
 from issuance.batches.blanks import BACKENDS, DeliveredBlankStock
-from issuance.batches.counter import CounterDesk
+from issuance.batches.counter import CounterDesk, open_counter_desk
 from issuance.batches.pipeline import BatchRunner, RunSummary
-from issuance.batches.stock import BlankStock, VirtualBlankStock, ensure_manufacturer_key
+from issuance.batches.stock import BlankStock, VirtualBlankStock
 from issuance.errors import ConfigError
 from issuance.services.outbox import HttpSink, LogSink, Sink, SmtpSink
 from issuance.settings import Settings
@@ -51,7 +50,10 @@ def api_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     def keys() -> KeyService:
         return key_service_from_settings(settings)
 
-    return create_app(settings, engine=engine, key_service_factory=keys)
+    def desk(service: KeyService) -> AbstractContextManager[CounterDesk]:
+        return desk_on(settings, service)
+
+    return create_app(settings, engine=engine, key_service_factory=keys, desk_factory=desk)
 
 
 def app_from_env() -> FastAPI:
@@ -120,17 +122,14 @@ def counter_desk(settings: Settings, *, reader: str | None = None) -> Iterator[C
     the clerk (``[readers] backend``: a virtual reader by default; ``reader`` picks a PC/SC
     reader by part of its name), the printer of ``[printer] backend``, the configured HSM and
     blank stock. Stopped (the virtual reader's stack too) on exit."""
-    if reader:
-        readers = settings.readers.model_copy(update={"names": (reader,)})
-        settings = settings.model_copy(update={"readers": readers})
     keys = key_service_from_settings(settings)
-    stock = make_stock(settings, keys)
-    if isinstance(stock, VirtualBlankStock):
-        ensure_manufacturer_key(settings)
-    run_dir = None
-    if settings.readers.backend == "virtual":
-        from cardspec.virtual import short_run_dir
+    with desk_on(settings, keys, reader=reader) as desk:
+        yield desk
 
-        run_dir = short_run_dir(settings.run_dir / f"counter-{os.getpid()}")
-    with open_stations(settings, 1, run_dir=run_dir) as stations:
-        yield CounterDesk(settings, keys, stock, stations[0], make_printer(settings))
+
+def desk_on(
+    settings: Settings, keys: KeyService, *, reader: str | None = None
+) -> AbstractContextManager[CounterDesk]:
+    """The counter's desk with this key service (the API's HSM thread's)."""
+    return open_counter_desk(settings, keys, make_stock(settings, keys), make_printer(settings),
+                             reader=reader)  # fmt: skip

@@ -26,6 +26,8 @@ and its own face (:data:`printers.layout.TEMPORARY_LAYOUT`: "临时卡", its val
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -40,7 +42,7 @@ from issuance.audit import Actor
 from issuance.batches import dataprep
 from issuance.batches.blanks import binds_at_station
 from issuance.batches.pipeline import region_name, safe_job_id
-from issuance.batches.stock import BlankStock
+from issuance.batches.stock import BlankStock, VirtualBlankStock, ensure_manufacturer_key
 from issuance.errors import ConflictError, FieldProblem, ValidationError
 from issuance.models import Card, Person
 from issuance.settings import Settings
@@ -48,7 +50,7 @@ from printers.faces import CardFace, render_back, render_front
 from printers.layout import layout_for_profile
 from printers.prepared import PreparedCard
 from printers.spool import CardPrinter
-from printers.stations import EncodingStation, PrintedFace
+from printers.stations import EncodingStation, PrintedFace, open_stations
 
 
 @dataclass
@@ -185,3 +187,30 @@ class CounterDesk:
             with contextlib.suppress(Exception):
                 self.station.eject()
         return {"chip_serial": code[-16:], "command": "APPLICATION BLOCK", "key": "DMK"}
+
+
+@contextlib.contextmanager
+def open_counter_desk(
+    settings: Settings,
+    key_service: KeyService,
+    stock: BlankStock,
+    printer: CardPrinter,
+    *,
+    reader: str | None = None,
+) -> Iterator[CounterDesk]:
+    """The counter's desk on these adapters: one encoding station (``[readers] backend``: a
+    virtual reader, its stack started here and stopped on exit; ``pcsc``: the desk reader,
+    ``reader`` picking it by part of its name). The virtual stock's manufacturer key is made in
+    the HSM if missing, as for a batch run."""
+    if reader:
+        readers = settings.readers.model_copy(update={"names": (reader,)})
+        settings = settings.model_copy(update={"readers": readers})
+    if isinstance(stock, VirtualBlankStock):
+        ensure_manufacturer_key(stock.settings)
+    run_dir = None
+    if settings.readers.backend == "virtual":
+        from cardspec.virtual import short_run_dir
+
+        run_dir = short_run_dir(settings.run_dir / f"counter-{os.getpid()}")
+    with open_stations(settings, 1, run_dir=run_dir) as stations:
+        yield CounterDesk(settings, key_service, stock, stations[0], printer)

@@ -191,3 +191,62 @@ def test_desk_refuses_to_block_another_cards_chip(api_env: ApiEnv, tmp_path: Pat
             first = s.get(Card, first_id)
             assert first is not None and str(first.status) == "active"
         assert _events(api_env, first_id, "card.temporary_chip_blocked") == []
+
+
+def test_api_issues_and_takes_back_a_temporary_chip(api_env: ApiEnv, tmp_path: Path) -> None:
+    """``POST /v1/temporary-cards {"chip": true}`` and ``POST .../hand-back {"chip": true}``
+    do what ``ykt cards temporary --chip`` / ``hand-back --chip`` do, on the server's desk;
+    a server without a desk refuses ``chip`` and changes nothing."""
+    from api.app import create_app
+    from issuance.batches.counter import open_counter_desk
+
+    settings = api_env.settings
+    clerk = api_env.auth("clerk")
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        app = services.submit_application(
+            s, settings,
+            services.ApplicationInput(citizen_id=make_cid(), name="钱七", phone="13800138003",
+                                      photo=PHOTO, ethnicity="01"),
+            api_env.actors["clerk"], photo_processor=fake_photo,
+        )  # fmt: skip
+        person_id = app.person_id
+    refused = api_env.client.post(
+        "/v1/temporary-cards", json={"person_id": person_id, "chip": True}, headers=clerk
+    )
+    assert refused.status_code == 422, refused.text
+    assert [p["field"] for p in refused.json()["error"]["problems"]] == ["chip"]
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        assert s.scalars(sa.select(Card).where(Card.person_id == person_id)).all() == []
+
+    assert api_env.hsm.config.tokens_dir is not None
+    hsm_settings = load_settings(
+        environ={"YKT_DATA_DIR": str(api_env.hsm.config.tokens_dir.parent.parent)}
+    )
+    spool = tmp_path / "spool"
+
+    def desk(keys):  # type: ignore[no-untyped-def]
+        return open_counter_desk(settings, keys, VirtualBlankStock(hsm_settings, keys),
+                                 FileSpool(spool))  # fmt: skip
+
+    server = create_app(
+        settings, engine=api_env.engine, key_service_factory=lambda: api_env.hsm.service,
+        photo_processor=fake_photo, desk_factory=desk,
+    )  # fmt: skip
+    with TestClient(server, raise_server_exceptions=False) as c:
+        r = c.post("/v1/temporary-cards", json={"person_id": person_id, "chip": True},
+                   headers=clerk)  # fmt: skip
+        assert r.status_code == 201, r.text
+        number = r.json()["card_number"]
+        with api_env.session() as s:  # type: ignore[attr-defined]
+            card = services.find_card(s, card_number=number)
+            card_id, cic = card.id, card.card_identification_code
+        assert cic is not None and len(_events(api_env, card_id, "card.temporary_chip_made")) == 1
+        assert len(list(spool.glob(f"*{number}*.front.png"))) == 1
+        back = c.post(f"/v1/cards/{number}/hand-back", json={"chip": True}, headers=clerk)
+        assert back.status_code == 200, back.text
+        assert back.json()["deposit_refunded_fen"] == settings.lifecycle.temporary_card_deposit_fen
+    assert len(_events(api_env, card_id, "card.temporary_chip_blocked")) == 1
+    # the chip in the stock is blocked: the emulated card's image says so
+    image = json.loads(VirtualBlankStock(hsm_settings, api_env.hsm.service)
+                       .image(cic[-16:]).read_text())  # fmt: skip
+    assert image["blocked_apps"] == ["MF/SSSE"]
