@@ -191,15 +191,15 @@ CARD_CATEGORY, TEMPORARY_CARD_CATEGORY = "1", "2"
 INSURED, PERSONNEL_CATEGORY = "1", "11"
 PENSION_TYPES_EMPLOYEES, PENSION_TYPES_RESIDENTS = "11100", "10000"
 PSN = "00"
-_HAS_FIN: dict[int, tuple[CardProfile, frozenset[str]]] = {}
+_FILES: dict[int, tuple[CardProfile, frozenset[str]]] = {}
 
 
 def _has_file(profile: CardProfile, ef_name: str) -> bool:
     """Whether the profile has the file (SFI01: the financial application, EF16: the pension
     application; remembered per profile object)."""
-    known = _HAS_FIN.get(id(profile))
+    known = _FILES.get(id(profile))
     if known is None or known[0] is not profile:
-        known = _HAS_FIN[id(profile)] = (profile, frozenset(ef.name for _, ef in profile.files()))
+        known = _FILES[id(profile)] = (profile, frozenset(ef.name for _, ef in profile.files()))
     return ef_name in known[1]
 
 
