@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -40,6 +40,7 @@ from issuance.db import make_engine, make_sessionmaker
 from issuance.db_async import AsyncPgPool, dsn_from_url
 from issuance.services.applications import PhotoProcessor
 from issuance.services.credentials import Principal
+from issuance.services.temporary import TemporaryChipDesk
 from issuance.services.verification import VerificationStore
 from issuance.settings import Settings
 
@@ -67,6 +68,7 @@ def create_app(
     key_service_factory: Callable[[], KeyService],
     photo_processor: PhotoProcessor | None = None,
     batch_adapters: BatchAdapters | None = None,
+    desk_factory: Callable[[KeyService], AbstractContextManager[TemporaryChipDesk]] | None = None,
 ) -> FastAPI:
     if engine is None:
         engine = make_engine(settings)
@@ -77,6 +79,8 @@ def create_app(
     if photo_processor is not None:
         ctx.extra["photo_processor"] = photo_processor
     runs = ctx.batch_runs = BatchRuns(settings, engine, batch_adapters)
+    if desk_factory is not None:  # the counter's reader and printer (temporary cards' chips)
+        ctx.extra["desk_factory"] = desk_factory
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

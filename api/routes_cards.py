@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Annotated
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Annotated, TypeVar, cast
 
 from fastapi import APIRouter, Depends, File, Path, Request, UploadFile
 from pydantic import AfterValidator
@@ -12,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import auth_of, ctx_of, need
 from api.calls import actor_for, domain
+from api.context import ApiContext
 from api.errors import responses
 from api.schemas import (
     CardOut,
@@ -22,6 +25,7 @@ from api.schemas import (
     DeathLineOut,
     FieldProblemOut,
     FinancialIn,
+    HandBackIn,
     HandBackOut,
     LossCodeOut,
     LossIn,
@@ -33,13 +37,16 @@ from api.schemas import (
 )
 from cardspec.ids import parse_card_number
 from hsm.internal_auth import check_internal_auth
-from hsm.service import CardKeyRef
+from hsm.service import CardKeyRef, KeyService
 from issuance import services
 from issuance.errors import FieldProblem, ValidationError
 from issuance.models import Card, Channel, ChipAppKind
 from issuance.services import otp, verification
 from issuance.services.credentials import Principal
 from issuance.services.loss import holder_mismatch, holder_proven
+from issuance.services.temporary import TemporaryChipDesk
+
+T = TypeVar("T")
 
 router = APIRouter(prefix="/v1", tags=["cards"])
 
@@ -347,18 +354,55 @@ async def financial_activation(
     return await domain(request, principal, fn)
 
 
+DeskFactory = Callable[[KeyService], AbstractContextManager[TemporaryChipDesk]]
+
+
+def _desk(ctx: ApiContext, wanted: bool) -> DeskFactory | None:
+    """The server's counter desk when ``chip`` is asked for (refused when it has none)."""
+    if not wanted:
+        return None
+    factory = ctx.extra.get("desk_factory")
+    if factory is None:
+        raise ValidationError(
+            "this server has no desk reader",
+            [FieldProblem("chip", "no counter desk (reader and printer) is configured here")],
+        )
+    return cast(DeskFactory, factory)
+
+
+def _with_desk(factory: DeskFactory, keys: KeyService, fn: Callable[[TemporaryChipDesk], T]) -> T:
+    """``fn(desk)`` with the desk open on ``keys`` (run on the HSM thread: every HSM call of
+    the personalisation on the one key service of this process)."""
+    with factory(keys) as desk:
+        return fn(desk)
+
+
 @router.post("/temporary-cards", response_model=CardOut, status_code=201, responses=_ERR)
 async def temporary_card(
     body: TemporaryIn,
     request: Request,
     principal: Annotated[Principal, Depends(need("cards:lifecycle"))],
 ) -> CardOut:
-    """Issue a temporary card on the spot (medical function only, deposit taken)."""
-    settings = ctx_of(request).settings
+    """Issue a temporary card on the spot (medical function only, deposit taken); with
+    ``chip``, personalised in the desk reader with its face printed (one transaction)."""
+    ctx = ctx_of(request)
+    settings = ctx.settings
     actor = await actor_for(request, principal, None)
+    desk = _desk(ctx, body.chip)
 
     def fn(s: Session) -> CardOut:
-        card = services.issue_temporary_card(s, settings, body.person_id, actor)
+        if desk is None:
+            card = services.issue_temporary_card(s, settings, body.person_id, actor)
+        else:
+            card = ctx.hsm.call(
+                lambda keys: _with_desk(
+                    desk,
+                    keys,
+                    lambda d: services.issue_temporary_card(
+                        s, settings, body.person_id, actor, desk=d
+                    ),
+                )
+            )
         return card_out(s, card.id, principal)
 
     return await domain(request, principal, fn)
@@ -367,17 +411,27 @@ async def temporary_card(
 @router.post("/cards/{card_number}/hand-back", response_model=HandBackOut, responses=_ERR)
 async def hand_back(
     card_number: CardNo,
-    body: ChannelIn,
+    body: HandBackIn,
     request: Request,
     principal: Annotated[Principal, Depends(need("cards:lifecycle"))],
 ) -> HandBackOut:
     """The holder hands a temporary card back: it is cancelled and its deposit refunded
-    (also possible when collecting the formal card, with ``temporary_card_returned``)."""
+    (also possible when collecting the formal card, with ``temporary_card_returned``); with
+    ``chip``, the returned chip in the desk reader is blocked first."""
+    ctx = ctx_of(request)
     actor = await actor_for(request, principal, body.channel)
+    desk = _desk(ctx, body.chip)
 
     def fn(s: Session) -> HandBackOut:
         card = _card(s, card_number)
-        refunded = services.hand_back_temporary_card(s, card, actor)
+        if desk is None:
+            refunded = services.hand_back_temporary_card(s, card, actor)
+        else:
+            refunded = ctx.hsm.call(
+                lambda keys: _with_desk(
+                    desk, keys, lambda d: services.hand_back_temporary_card(s, card, actor, desk=d)
+                )
+            )
         return HandBackOut(card=card_out(s, card.id, principal), deposit_refunded_fen=refunded)
 
     return await domain(request, principal, fn)

@@ -128,6 +128,11 @@ class PersonOut(BaseModel):
     phone: str | None
     address: str | None
     death_date: date | None
+    card_name: str | None = Field(
+        None,
+        description="the name as the chip holds it (GBK) when the true name has characters "
+        "outside GBK (the issuer's substitution); absent: the chip holds the name",
+    )
     cards: list[CardOut]
     deposits: list[DepositOut]
     deposits_held_fen: int
@@ -188,7 +193,7 @@ async def show(
             citizen_id=rec.citizen_id if full_id else rec.citizen_id_masked,
             name=rec.name, sex=rec.sex, birth_date=rec.birth_date, ethnicity=rec.ethnicity,
             region_code=rec.region_code, phone=rec.phone, address=rec.address,
-            death_date=rec.death_date,
+            death_date=rec.death_date, card_name=rec.card_name,
             cards=[
                 CardOut(
                     card_number=c.card_number, kind=c.kind, status=c.status,

@@ -224,6 +224,20 @@ class FinancialIn(_In):
 
 class TemporaryIn(_In):
     person_id: Annotated[int, Field(ge=1, le=2**31 - 1)]
+    chip: StrictBool = Field(
+        False,
+        description="Personalise its chip (card category temporary, only the medical "
+        "application) in the server's desk reader and print its temporary face, in the same "
+        "transaction ([readers] and [printer] backends; ykt cards temporary --chip).",
+    )
+
+
+class HandBackIn(ChannelIn):
+    chip: StrictBool = Field(
+        False,
+        description="Block the returned chip in the server's desk reader first, by its own "
+        "command with keys from the HSM (ykt cards hand-back --chip).",
+    )
 
 
 class CollectIn(ChannelIn):

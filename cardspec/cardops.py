@@ -307,6 +307,35 @@ def reset_key_counter(
     send(reader, channel.wrap(CommandApdu(0x80, 0x2C, 0x03, spec.key_id)), "RESET KEY COUNTER")
 
 
+def block_application(
+    reader: Reader, crypto: CardCrypto, *, profile: CardProfile = DEFAULT_PROFILE,
+    df_name: str = "SSSE", unblock: bool = False,
+) -> None:  # fmt: skip
+    """Issuer command: block (``unblock``: unblock) the application ``df_name`` with APPLICATION
+    BLOCK ``84 1E 00 00`` (UNBLOCK ``84 18 00 00``) MAC'd in a channel opened with the
+    application master key DMK; ``crypto`` is the issuer's HSM side (the DMK never leaves
+    it). A blocked application answers 6283 to its SELECT and 6985 to its use
+    (:func:`application_blocked`)."""
+    application_blocked(reader, profile, df_name)  # selects it (blocked or not)
+    channel = external_authenticate(reader, crypto, KeySlot.DMK, profile)
+    ins, what = (0x18, "APPLICATION UNBLOCK") if unblock else (0x1E, "APPLICATION BLOCK")
+    send(reader, channel.wrap(CommandApdu(0x80, ins, 0x00, 0x00)), what)
+
+
+def application_blocked(
+    reader: Reader | apdu.Transmit, profile: CardProfile = DEFAULT_PROFILE, df_name: str = "SSSE"
+) -> bool:
+    """Whether the application ``df_name`` is blocked: its SELECT answers 6283 (selected file
+    invalidated) instead of 9000; any other refusal raises."""
+    df = profile.df(profile.df_path(df_name))
+    fn = reader.transmit if isinstance(reader, Reader) else reader
+    resp = apdu.exchange(fn, CommandApdu(0x00, 0xA4, 0x04, 0x0C, df.df_name))
+    if resp.sw == SW.FILE_INVALIDATED:
+        return True
+    raise_for_sw(resp.sw, f"SELECT {df.name}")
+    return False
+
+
 @dataclass(frozen=True)
 class PinStatus:
     tries_left: int

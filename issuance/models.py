@@ -240,6 +240,9 @@ class Person(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     citizen_id: Mapped[str] = mapped_column(sa.String(18), unique=True)
     name: Mapped[str] = mapped_column(sa.String(60))
+    #: The GBK name written to the chip when ``name`` has characters outside GBK (the city's
+    #: substitution, ``issuance.cardname``); None: the name is written as it is.
+    card_name: Mapped[str | None] = mapped_column(sa.String(60))
     sex: Mapped[str] = mapped_column(sa.String(1))  # GB/T 2261.1: 1 male, 2 female, 9 unstated
     birth_date: Mapped[date]
     ethnicity: Mapped[str | None] = mapped_column(sa.String(2))  # GB 3304 code

@@ -150,6 +150,37 @@ class IssuerSettings(_Section):
     #: ``86 01 03``; needs an HSM with an SM table, ``[hsm] vendor``) or ``aes`` (the former
     #: third-generation stand-in, ``86 01 02``). Cards already made keep theirs.
     card_algorithm: Literal["3des", "sm4", "aes"] = "3des"
+    #: The city's substitutes for name characters outside GBK (生僻字), written to the chip's
+    #: GBK name field instead of them: a character -> its substitute (one GBK character, e.g.
+    #: a homophone or variant: ``{"𠮷" = "吉"}``). The true name is stored, printed and shown; the
+    #: substitution is recorded (``issuance.cardname``).
+    gbk_substitutes: dict[str, str] = Field(default_factory=dict)
+    #: What replaces a character outside GBK that ``gbk_substitutes`` does not list (one GBK
+    #: character; CHOICE ``*``, see ``issuance.cardname``).
+    gbk_placeholder: str = "*"
+
+    @field_validator("gbk_substitutes")
+    @classmethod
+    def _gbk_substitutes(cls, v: dict[str, str]) -> dict[str, str]:
+        from issuance.cardname import in_gbk
+
+        for ch, sub in v.items():
+            if len(ch) != 1 or in_gbk(ch):
+                raise ValueError(f"gbk_substitutes: {ch!r} is not one character outside GBK")
+            if len(sub) != 1 or not in_gbk(sub):
+                raise ValueError(
+                    f"gbk_substitutes: the substitute of {ch!r} must be one GBK character"
+                )
+        return v
+
+    @field_validator("gbk_placeholder")
+    @classmethod
+    def _gbk_placeholder(cls, v: str) -> str:
+        from issuance.cardname import in_gbk
+
+        if len(v) != 1 or not in_gbk(v):
+            raise ValueError("gbk_placeholder must be one character GBK can hold")
+        return v
 
     @field_validator("region_code")
     @classmethod

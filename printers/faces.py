@@ -125,6 +125,80 @@ def face_font(bold: bool, size_px: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(path), size_px, index=index)
 
 
+#: A code point no font has (the last private-use one of plane 16): its mask is the font's
+#: .notdef glyph (the empty box), what a character the font lacks is drawn as.
+_NOTDEF_PROBE = chr(0x10FFFD)
+
+
+def _outside_gbk(ch: str) -> bool:
+    try:
+        ch.encode("gbk")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def lacks_glyph(font: ImageFont.FreeTypeFont, ch: str) -> bool:
+    """Whether ``font`` draws ``ch`` as its .notdef box (or nothing): it has no glyph."""
+    mask = font.getmask(ch)
+    if mask.getbbox() is None:
+        return not ch.isspace()
+    probe = font.getmask(_NOTDEF_PROBE)
+    return mask.size == probe.size and bytes(mask) == bytes(probe)
+
+
+def _fc_font_with(chars: str) -> Path | None:
+    """A font fontconfig knows that has every character of ``chars`` (``fc-list
+    :charset=...``), CJK fonts first; None if there is none."""
+    exe = shutil.which("fc-list")
+    if exe is None:
+        return None
+    charset = " ".join(f"{ord(ch):x}" for ch in dict.fromkeys(chars))
+    out = subprocess.run([exe, f":charset={charset}", "file"], capture_output=True, text=True,
+                         check=False).stdout  # fmt: skip
+    paths = [Path(line.split(":", 1)[0].strip()) for line in out.splitlines() if line.strip()]
+    paths.sort(key=lambda p: ("CJK" not in p.name and "Hana" not in p.name, str(p)))
+    return paths[0] if paths else None
+
+
+@lru_cache(maxsize=256)
+def _fallback_font(ch: str, size_px: int) -> ImageFont.FreeTypeFont:
+    path = _fc_font_with(ch)
+    if path is not None:
+        font = ImageFont.truetype(str(path), size_px, index=_sc_index(path))
+        if not lacks_glyph(font, ch):
+            return font
+    raise FontMissing(
+        f"no installed font has U+{ord(ch):04X}: install Debian's fonts-hanazono "
+        "(CJK Extension A/B)"
+    )
+
+
+def text_runs(text: str, bold: bool, size_px: int) -> list[tuple[str, ImageFont.FreeTypeFont]]:
+    """``text`` cut into runs, each with a font that has its characters: the CJK face font,
+    and for a rare character it lacks (outside GBK, e.g. CJK Extension B) a font fontconfig
+    finds with it (Debian's fonts-hanazono covers Extension A and B). Raises
+    :class:`FontMissing` naming the character when no installed font has it: a face never
+    shows a name with a missing-glyph box."""
+    font = face_font(bold, size_px)
+    runs: list[tuple[str, ImageFont.FreeTypeFont]] = []
+    for ch in text:
+        use = font
+        if _outside_gbk(ch) and lacks_glyph(font, ch):
+            use = _fallback_font(ch, size_px)
+        if runs and runs[-1][1] is use:
+            runs[-1] = (runs[-1][0] + ch, use)
+        else:
+            runs.append((ch, use))
+    return runs
+
+
+def _runs_length(
+    draw: ImageDraw.ImageDraw, runs: list[tuple[str, ImageFont.FreeTypeFont]]
+) -> float:
+    return sum(draw.textlength(t, font=f) for t, f in runs)
+
+
 def _pt_px(pt: float, dpi: int) -> int:
     return max(6, round(pt * dpi / 72.0))
 
@@ -147,12 +221,15 @@ def _text(
         text = value
     else:
         text = field.label + value
-    # shrink to fit the box (long names)
-    size = font.size
-    while size > 6 and draw.textlength(text, font=font) > right - x:
+    # fonts that have every character (a rare name), shrunk to fit the box (long names)
+    size = int(font.size)
+    runs = text_runs(text, field.bold, size)
+    while size > 6 and _runs_length(draw, runs) > right - x:
         size -= 1
-        font = face_font(field.bold, size)
-    draw.text((x, cy), text, font=font, fill=fill, anchor="lm")
+        runs = text_runs(text, field.bold, size)
+    for part, font in runs:
+        draw.text((x, cy), part, font=font, fill=fill, anchor="lm")
+        x += round(draw.textlength(part, font=font))
 
 
 def _issuer_mark(draw: ImageDraw.ImageDraw, box: Box, dpi: int) -> None:
@@ -240,16 +317,37 @@ def render_front(
     white = (255, 255, 255)
     _text(draw, lay.issuer_name, face.issuer_name, dpi, fill=white, label_fill=white)
     _text(draw, lay.title, "", dpi, fill=white, label_fill=white)
-    _bank_mark(draw, lay.bank_mark, dpi)
-    _text(draw, lay.bank_name, face.bank_name, dpi, fill=white, label_fill=white)
+    if lay.bank:
+        _bank_mark(draw, lay.bank_mark, dpi)
+        _text(draw, lay.bank_name, face.bank_name, dpi, fill=white, label_fill=white)
     _paste_photo(img, lay.photo, face.photo_jpeg, dpi)
     _text(draw, lay.name, face.name, dpi)
     _text(draw, lay.ssn, face.ssn, dpi)
     _text(draw, lay.card_number, face.card_number, dpi)
     _text(draw, lay.issue_date, issue_month(face.issue_date), dpi)
-    if face.region:
+    if face.region and lay.validity is None:
         _text(draw, lay.region, face.region, dpi, fill=(110, 110, 110))
+    if lay.validity is not None:
+        end = face.expiry_date or _years_later(face.issue_date, 10)
+        _text(draw, lay.validity, f"{end:%Y.%m.%d}", dpi)
+    if lay.stamp is not None:
+        _stamp(draw, lay.stamp, lay.stamp_colour, dpi)
     return img
+
+
+def _stamp(
+    draw: ImageDraw.ImageDraw, field: TextField, colour: tuple[int, int, int], dpi: int
+) -> None:
+    """A framed mark (the temporary card's "临时卡 TEMPORARY")."""
+    left, top, right, bottom = field.box.px(dpi)
+    draw.rectangle((left, top, right, bottom), outline=colour, width=max(2, dpi // 75))
+    font = face_font(field.bold, _pt_px(field.size_pt, dpi))
+    size = font.size
+    while size > 6 and draw.textlength(field.label, font=font) > (right - left) * 0.92:
+        size -= 1
+        font = face_font(field.bold, size)
+    draw.text(((left + right) / 2, (top + bottom) / 2), field.label, font=font, fill=colour,
+              anchor="mm")  # fmt: skip
 
 
 def render_back(

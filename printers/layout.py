@@ -84,6 +84,14 @@ class FrontLayout:
     band_colour: tuple[int, int, int] = (196, 30, 58)
     band: Box = Box(0.0, 0.0, CARD_WIDTH_MM, 13.8)
     background: tuple[int, int, int] = (246, 247, 250)
+    #: A mark across the face (the temporary card's "临时卡 TEMPORARY"); None: none.
+    stamp: TextField | None = None
+    stamp_colour: tuple[int, int, int] = (196, 30, 58)
+    #: The validity printed on the front (the temporary card's, "有效期至", where the region
+    #: line would be); None: back only.
+    validity: TextField | None = None
+    #: False: no bank mark and bank name (a card without the financial application).
+    bank: bool = True
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,37 @@ class CardLayout:
 
 DEFAULT_LAYOUT = CardLayout()
 
+#: The temporary card (issued at the counter, medical insurance only, card category "2" on the
+#: chip): a face that cannot be taken for the social security card: its own title, an orange
+#: band, "临时卡 TEMPORARY" across the face, the validity on the front, no bank mark (no
+#: financial application), and notes on the deposit and the hand-back.
+TEMPORARY_LAYOUT = CardLayout(
+    front=FrontLayout(
+        title=TextField(Box(11.5, 6.4, 46.0, 5.2), "临时社会保障卡", 12.5, bold=True),
+        band_colour=(214, 110, 20),
+        stamp=TextField(Box(25.0, 22.0, 35.0, 7.0), "临时卡 TEMPORARY", 11.0, bold=True),
+        stamp_colour=(214, 110, 20),
+        issue_date=TextField(Box(3.5, 42.0, 57.0, 4.0), "发卡日期", 7.5, label_width_mm=19.5),
+        validity=TextField(Box(3.5, 47.0, 57.0, 4.0), "有效期至", 7.5, label_width_mm=19.5),
+        bank=False,
+    ),
+    back=BackLayout(
+        title=TextField(Box(4.0, 3.5, 77.6, 4.5), "临时卡须知", 8.5, bold=True),
+        notes=(
+            "1. 本卡为临时社会保障卡，仅具有医疗保险功能，不具有金融功能。",
+            "2. 本卡在有效期内使用，过期自动失效。",
+            "3. 领取正式社会保障卡时请交回本卡，凭收据退还押金。",
+            "4. 本卡仅限持卡人本人使用，如有遗失请立即办理挂失。",
+        ),
+    ),
+)
+
+
+def is_temporary_profile(profile_name: str) -> bool:
+    """A temporary card's profile (``cardspec.profile``: ``ssc{2,3}-<alg>-tmp[-tN]``)."""
+    return "-tmp" in profile_name
+
+
 #: The face layout of each card profile family (profile name prefix -> layout): the layout is
 #: defined with the card profile (``cardspec.profile``: ``ssc2-*`` second generation, ``ssc3-*``
 #: third). CHOICE: both generations share the national face design; a city with its own design
@@ -127,7 +166,10 @@ PROFILE_LAYOUTS: dict[str, CardLayout] = {"ssc2": DEFAULT_LAYOUT, "ssc3": DEFAUL
 
 def layout_for_profile(profile_name: str) -> CardLayout:
     """The face layout of cards of ``profile_name`` (longest registered prefix wins; the
-    default layout for an unknown profile family)."""
+    default layout for an unknown profile family; :data:`TEMPORARY_LAYOUT` for a temporary
+    card's profile)."""
+    if is_temporary_profile(profile_name):
+        return TEMPORARY_LAYOUT
     best = ""
     for prefix in PROFILE_LAYOUTS:
         if profile_name.startswith(prefix) and len(prefix) > len(best):

@@ -257,6 +257,10 @@ class PrintedFace:
     """Where the face code is on it (pixels), None: search the whole image."""
     photo_sha256: str | None
     """SHA-256 of the photo the database holds for the card (None: no photo)."""
+    chip_name: str | None = None
+    """The name the chip holds when the printed (true) name has characters outside GBK: the
+    issuer's recorded substitute (``issuance.cardname``); None: the chip holds the printed
+    name."""
 
 
 @dataclass
@@ -377,7 +381,8 @@ class EncodingStation:
             except FaceCodeError as exc:
                 problems.append(f"printed face: {exc}")
             else:
-                problems += _face_problems(face, profile, read, printed.photo_sha256)
+                problems += _face_problems(face, profile, read, printed.photo_sha256,
+                                           printed.chip_name)  # fmt: skip
         if problems:
             raise QualityCheckFailed(f"card {expected.card_number} failed quality check", problems)
         return QualityReport(expected.card_number, expected.card_identification_code, serial,
@@ -462,9 +467,15 @@ def _read_files(
 
 
 def _face_problems(
-    face: FaceData, profile: CardProfile, read: dict[str, list[bytes]], photo_sha256: str | None
+    face: FaceData,
+    profile: CardProfile,
+    read: dict[str, list[bytes]],
+    photo_sha256: str | None,
+    chip_name: str | None = None,
 ) -> list[str]:
-    """The printed face (decoded) against the chip (read back) and the database's photo."""
+    """The printed face (decoded) against the chip (read back) and the database's photo.
+    ``chip_name``: the name the chip must hold instead of the printed one (a name outside
+    GBK, :class:`PrintedFace`)."""
     problems: list[str] = []
     try:
         ident = decode_records(profile.ef("EF05")[1], read["EF05"])
@@ -476,7 +487,7 @@ def _face_problems(
     pairs = (
         ("card number", face.card_number, ident["card_number"]),
         ("social security number", face.ssn, holder["ssn"]),
-        ("name", face.name, name),
+        ("name", chip_name or face.name, name),
         ("issue date", face.issue_date, ident["issue_date"]),
         ("validity", face.validity, validity),
     )

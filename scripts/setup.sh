@@ -11,6 +11,7 @@ PACKAGES=(
   cups-daemon cups-client cups-filters libcups2-dev              # printing
   postgresql                                                     # production database (tests)
   fonts-noto-cjk                                                 # CJK card faces
+  fonts-hanazono                                                 # names in CJK Ext. A/B (生僻字) Noto lacks
   iproute2 util-linux procps                                     # namespaces for isolated pcscd
   gcc make python3 python3-dev python3-venv                      # building pyscard / pycups
   wrk                                                            # HTTP load benchmark

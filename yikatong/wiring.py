@@ -9,7 +9,8 @@ notification gateway.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from hsm.service import KeyService, Pkcs11KeyService
 from issuance.batches import pipeline
 from issuance.batches.adapters import BatchAdapters
 from issuance.batches.blanks import BACKENDS, DeliveredBlankStock
+from issuance.batches.counter import CounterDesk, open_counter_desk
 from issuance.batches.pipeline import BatchRunner, RunSummary
 from issuance.batches.stock import BlankStock, VirtualBlankStock
 from issuance.errors import ConfigError
@@ -48,8 +50,11 @@ def api_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     def keys() -> KeyService:
         return key_service_from_settings(settings)
 
+    def desk(service: KeyService) -> AbstractContextManager[CounterDesk]:
+        return desk_on(settings, service)
+
     return create_app(settings, engine=engine, key_service_factory=keys,
-                      batch_adapters=batch_adapters(settings))  # fmt: skip
+                      batch_adapters=batch_adapters(settings), desk_factory=desk)  # fmt: skip
 
 
 def app_from_env() -> FastAPI:
@@ -110,3 +115,22 @@ def runner_for(
 ) -> AbstractContextManager[BatchRunner]:
     """:func:`issuance.batches.pipeline.runner_for` on the adapters of these settings."""
     return pipeline.runner_for(settings, batch_ref, adapters=batch_adapters(settings), **kwargs)
+
+
+@contextmanager
+def counter_desk(settings: Settings, *, reader: str | None = None) -> Iterator[CounterDesk]:
+    """The counter's desk (:class:`issuance.batches.counter.CounterDesk`): one reader beside
+    the clerk (``[readers] backend``: a virtual reader by default; ``reader`` picks a PC/SC
+    reader by part of its name), the printer of ``[printer] backend``, the configured HSM and
+    blank stock. Stopped (the virtual reader's stack too) on exit."""
+    keys = key_service_from_settings(settings)
+    with desk_on(settings, keys, reader=reader) as desk:
+        yield desk
+
+
+def desk_on(
+    settings: Settings, keys: KeyService, *, reader: str | None = None
+) -> AbstractContextManager[CounterDesk]:
+    """The counter's desk with this key service (the API's HSM thread's)."""
+    return open_counter_desk(settings, keys, make_stock(settings, keys), make_printer(settings),
+                             reader=reader)  # fmt: skip

@@ -30,6 +30,8 @@ GET DATA           00|80 CA DF 1x           DF10 life cycle, DF11 PIN status, DF
 GET RESPONSE       00 C0 00 00 Le           data of a command sent without Le (61xx)
 GENERATE KEY PAIR  84 46 00 81              SM4 cards, personalisation: SM2 key (cardspec.sm2)
 PUT DATA           84 DA DF 20|21           personalisation: card / issuer certificate
+APPLICATION BLOCK  84 1E|18 00 00 04 MAC    block / unblock the selected application: EMV
+                                            issuer script (payment) or MAC'd in a DMK channel
 INTERNAL AUTH SM2  00 88 00 81 1..64        the chip's SM2/SM3 signature (cardspec.sm2)
 =================  =======================  ===============================================
 
@@ -272,7 +274,30 @@ class Card(SecurityCommands, EmvCommands):
             raise _Status(SW.INS_NOT_SUPPORTED)
         if cla & sm.SM_CLA and cmd.ins not in self._sm_ins:
             raise _Status(SW.SM_NOT_SUPPORTED)
+        if self.state.blocked_apps and cmd.ins not in self._blocked_ok and self._in_blocked_df():
+            raise _Status(SW.CONDITIONS_NOT_SATISFIED)
         return handler(self, cmd)
+
+    #: what a blocked (non-payment) application still answers (:meth:`_block_df`): SELECT,
+    #: GET CHALLENGE, EXTERNAL AUTHENTICATE, GET DATA, APPLICATION UNBLOCK / BLOCK
+    _blocked_ok: ClassVar[frozenset[int]] = frozenset({0xA4, 0x84, 0x82, 0xCA, 0x18, 0x1E})
+
+    def _in_blocked_df(self) -> bool:
+        """The current DF is a blocked application that is not a payment application, or is
+        below one (a blocked payment application keeps answering: AAC, EMV Book 3)."""
+        dfs = self._ix.dfs
+        return any(
+            _within(self.current_df, path) and path in dfs and dfs[path].emv is None
+            for path in self.state.blocked_apps
+        )
+
+    def _application_block(self, cmd: CommandApdu) -> bytes:
+        """APPLICATION BLOCK / UNBLOCK: the issuer script of a payment application
+        (:meth:`EmvCommands._application_block`) or the DMK-MAC'd block of any other
+        (:meth:`SecurityCommands._block_df`)."""
+        if self._ix.dfs[self.current_df].emv is not None:
+            return EmvCommands._application_block(self, cmd)
+        return SecurityCommands._block_df(self, cmd)
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -445,7 +470,7 @@ class Card(SecurityCommands, EmvCommands):
         if is_df:
             self._enter_df(target)
             self._selected_name = data if p1 == 0x04 else None
-            if target in self.state.blocked_apps:
+            if target in self.state.blocked_apps or self._in_blocked_df():
                 self._warning = SW.FILE_INVALIDATED  # EMV Book 1 12.3.2: blocked application
             if response == 0x0C:
                 return b""
@@ -667,8 +692,8 @@ class Card(SecurityCommands, EmvCommands):
         0xCA: EmvCommands._get_data_or_atc,
         0xA8: EmvCommands._get_processing_options,
         0xAE: EmvCommands._generate_ac,
-        0x1E: EmvCommands._application_block,
-        0x18: EmvCommands._application_block,
+        0x1E: _application_block,
+        0x18: _application_block,
     }
 
 

@@ -297,6 +297,34 @@ class SecurityCommands:
             self._persist()
         return b""
 
+    def _block_df(self, cmd: CommandApdu) -> bytes:
+        """APPLICATION BLOCK ``84 1E 00 00`` / UNBLOCK ``84 18 00 00`` of the selected
+        application that is not a payment application (the social security DF, or one under
+        it), MAC'd in a channel opened by EXTERNAL AUTHENTICATE with the application master key
+        DMK, the form the PBOC application block takes (JR/T 0025: ``84 1E 00 P2 04 MAC``,
+        under the application maintenance key). CHOICE (LD/T 32.5 not public): P2 00 only (the
+        block is lifted by the DMK holder, the issuer; no permanent form), and the DMK blocks
+        the DF that declares it and the DFs below it. A blocked application answers ``6283`` to
+        its SELECT and ``6985`` to every command but GET CHALLENGE, EXTERNAL AUTHENTICATE,
+        GET DATA and its own unblocking, in it and in the DFs below it (its holder and medical
+        data, INTERNAL AUTHENTICATE and VERIFY included): a returned temporary card is dead."""
+        data, mac_slot = self._unwrap(cmd)
+        if cmd.p1 or cmd.p2:
+            raise _Status(SW.INCORRECT_P1P2)
+        if data:
+            raise _Status(SW.WRONG_LENGTH)
+        master_df = self._ix.key_df.get(KeySlot.DMK)
+        if (mac_slot is not KeySlot.DMK or master_df is None
+                or not _within(self.current_df, master_df)):  # fmt: skip
+            raise _Status(SW.SECURITY_STATUS_NOT_SATISFIED)
+        blocked = self.state.blocked_apps
+        if cmd.ins == 0x1E and self.current_df not in blocked:
+            blocked.append(self.current_df)
+        elif cmd.ins == 0x18 and self.current_df in blocked:
+            blocked.remove(self.current_df)
+        self._persist()
+        return b""
+
     # --- personalisation -------------------------------------------------------------------
 
     def _perso_channel(self, cmd: CommandApdu) -> tuple[bytes, bytes]:

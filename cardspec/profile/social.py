@@ -105,9 +105,15 @@ def _fci_algorithm(alg: Algorithm) -> bytes:
 
 def social_security_profile(
     *, generation: int = 2, algorithm: Algorithm | None = None, pin_tries: int = 3,
-    financial: bool = True,
+    financial: bool = True, temporary: bool = False,
 ) -> CardProfile:  # fmt: skip
     """The profile of a second- (default) or third-generation card.
+
+    ``temporary``: the temporary card issued at the counter (card category "2" in EF05): the
+    social security DF with EF05 and EF06 and only the medical application under it; no
+    pension DF, no other application and no financial application (``financial`` is then
+    ignored). CHOICE: the public sources say a temporary card serves medical insurance only;
+    the card answers 6A82 to a SELECT of any other application, as a card without it does.
 
     ``pin_tries`` comes from ``Settings.lifecycle.pin_tries`` (default 3). Third generation:
     spec version "3.00", EF06 read needs EXTERNAL AUTHENTICATE with the read key (EAK), SM4
@@ -171,7 +177,7 @@ def social_security_profile(
             simple_tlv_file("EF06", 0xEF06, 0x06, EF06_ELEMENTS, holder_read,
                             by_key(KeySlot.UK_IDENT), "holder"),
         ),
-        children=(others[0], others[1], pension, medical, others[2]),
+        children=(medical,) if temporary else (others[0], others[1], pension, medical, others[2]),
         keys=(
             KeySpec(KeySlot.DMK, 0x01, "application master / maintenance key"),
             KeySpec(KeySlot.EAK, 0x02, "external authentication / read key"),
@@ -183,19 +189,21 @@ def social_security_profile(
         fci_proprietary=_fci_algorithm(alg),
     )  # fmt: skip
     children: tuple[DedicatedFile, ...] = (ssse,)
-    if financial:
+    if financial and not temporary:
         children = (*children, *_payment_applications(pin_tries))
     mf = DedicatedFile(
         name="MF", fid=0x3F00, label="master file", children=children,
         # CHOICE: the blank chip's transport key KMC sits at MF level with id 7F.
         keys=(KeySpec(KeySlot.KMC, 0x7F, "personalisation transport key"),),
     )  # fmt: skip
-    name = f"ssc{generation}-{alg.value}" + ("" if financial else "-nofin")
+    name = f"ssc{generation}-{alg.value}" + ("-tmp" if temporary else "" if financial
+                                             else "-nofin")  # fmt: skip
     if pin_tries != 3:
         name += f"-t{pin_tries}"
     prof = CardProfile(
         name=name,
-        description=f"social security card, generation {generation}, {alg.value}",
+        description=f"{'temporary ' if temporary else ''}social security card, "
+        f"generation {generation}, {alg.value}",
         algorithm=alg,
         spec_version=f"{generation}.00",
         mf=mf,
@@ -326,11 +334,14 @@ def register_profile(profile: CardProfile) -> CardProfile:
     return profile
 
 
-_NAME = re.compile(r"ssc(?P<gen>[23])-(?P<alg>3des|aes|sm4)(?P<nofin>-nofin)?(?:-t(?P<tries>\d+))?")
+_NAME = re.compile(
+    r"ssc(?P<gen>[23])-(?P<alg>3des|aes|sm4)(?P<nofin>-nofin)?(?P<tmp>-tmp)?(?:-t(?P<tries>\d+))?"
+)
 
 
 def get_profile(name: str) -> CardProfile:
-    """A registered profile, or one of the built-in names ``ssc{2,3}-{3des,aes}[-nofin][-tN]``
+    """A registered profile, or one of the built-in names
+    ``ssc{2,3}-{3des,aes,sm4}[-nofin|-tmp][-tN]``
     (as produced by :func:`social_security_profile`)."""
     if name in _REGISTRY:
         return _REGISTRY[name]
@@ -342,6 +353,7 @@ def get_profile(name: str) -> CardProfile:
         algorithm=Algorithm(m["alg"]),
         pin_tries=int(m["tries"] or 3),
         financial=not m["nofin"],
+        temporary=bool(m["tmp"]),
     )
     if prof.name != name:
         raise ProfileError(f"unknown card profile {name!r}")

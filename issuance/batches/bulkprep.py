@@ -194,6 +194,7 @@ class _PersonRow(NamedTuple):
     ethnicity: str | None
     birth_date: date
     region_code: str
+    card_name: str | None = None
 
 
 class _AppRow(NamedTuple):
@@ -225,6 +226,7 @@ _READ_ROWS = (
         Card.card_identification_code, Person.name, Person.citizen_id, Person.sex,
         Person.ethnicity, Person.birth_date, Person.region_code, Card.application_id,
         Application.decided_at, sa.type_coerce(Application.channel, sa.String()),
+        Person.card_name,
     )  # the enums as their stored values (no per-row enum processing)
     .join(Card, Card.id == BatchItem.card_id)
     .join(Person, Person.id == Card.person_id)
@@ -241,7 +243,7 @@ def read_rows(session: Session, item_ids: Sequence[int]) -> list[Row]:
     stages = _STAGES
     return [
         Row(r[0], stages[r[1]], r[2], r[3], _CardRow(r[4], r[5]), r[6], r[7], r[8],
-            r[9], _PersonRow(r[10], r[11], r[12], r[13], r[14], r[15]),
+            r[9], _PersonRow(r[10], r[11], r[12], r[13], r[14], r[15], r[19]),
             _AppRow(r[17], r[18]) if r[16] is not None else None)
         for r in session.execute(_READ_ROWS, {"ids": list(item_ids)})
     ]  # fmt: skip

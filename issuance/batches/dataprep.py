@@ -57,6 +57,7 @@ from issuance.models import (
     BlankChip,
     Card,
     CardAlgorithm,
+    CardKind,
     ChipStatus,
     Person,
     utcnow,
@@ -72,17 +73,21 @@ _PIN_DOMAIN = b"YKT-INITIAL-PIN/1"
 _DECIMALISE = str.maketrans("ABCDEF", "012345")
 
 
-def card_profile(settings: Settings, algorithm: Algorithm | CardAlgorithm | str) -> CardProfile:
+def card_profile(
+    settings: Settings, algorithm: Algorithm | CardAlgorithm | str, *, temporary: bool = False
+) -> CardProfile:
     """The card profile for cards of ``algorithm`` (3DES: generation 2, AES/SM4: generation 3)
-    with the city's PIN tries (built once per process)."""
-    return _card_profile(Algorithm(str(algorithm)), settings.lifecycle.pin_tries)
+    with the city's PIN tries (built once per process); ``temporary``: the temporary card's
+    (only the medical application, ``cardspec.profile.social_security_profile``)."""
+    return _card_profile(Algorithm(str(algorithm)), settings.lifecycle.pin_tries, temporary)
 
 
 @functools.lru_cache(maxsize=16)
-def _card_profile(alg: Algorithm, pin_tries: int) -> CardProfile:
+def _card_profile(alg: Algorithm, pin_tries: int, temporary: bool = False) -> CardProfile:
     prof = social_security_profile(
-        generation=2 if alg is Algorithm.DES3 else 3, algorithm=alg, pin_tries=pin_tries
-    )
+        generation=2 if alg is Algorithm.DES3 else 3, algorithm=alg, pin_tries=pin_tries,
+        temporary=temporary,
+    )  # fmt: skip
     try:
         return get_profile(prof.name)
     except Exception:
@@ -150,6 +155,11 @@ class HolderFields(Protocol):
     def name(self) -> str: ...
 
     @property
+    def card_name(self) -> str | None:
+        """The name for the chip when ``name`` has characters outside GBK."""
+        ...
+
+    @property
     def citizen_id(self) -> str: ...
 
     @property
@@ -175,22 +185,22 @@ class ApplicationFields(Protocol):
     def channel(self) -> str: ...
 
 
-#: Constant element values of the records (:func:`perso_values`).
-CARD_CATEGORY = "1"
+#: Constant element values of the records (:func:`perso_values`). Card category (EF05 tag
+#: 02): "1" social security card, "2" temporary card (``cardspec.profile.EF05_ELEMENTS``).
+CARD_CATEGORY, TEMPORARY_CARD_CATEGORY = "1", "2"
 INSURED, PERSONNEL_CATEGORY = "1", "11"
 PENSION_TYPES_EMPLOYEES, PENSION_TYPES_RESIDENTS = "11100", "10000"
 PSN = "00"
-_HAS_FIN: dict[int, tuple[CardProfile, bool]] = {}
+_FILES: dict[int, tuple[CardProfile, frozenset[str]]] = {}
 
 
-def _has_financial(profile: CardProfile) -> bool:
-    """Whether the profile has the financial application (remembered per profile object)."""
-    known = _HAS_FIN.get(id(profile))
+def _has_file(profile: CardProfile, ef_name: str) -> bool:
+    """Whether the profile has the file (SFI01: the financial application, EF16: the pension
+    application; remembered per profile object)."""
+    known = _FILES.get(id(profile))
     if known is None or known[0] is not profile:
-        known = _HAS_FIN[id(profile)] = (
-            profile, any(ef.name == "SFI01" for _, ef in profile.files())
-        )  # fmt: skip
-    return known[1]
+        known = _FILES[id(profile)] = (profile, frozenset(ef.name for _, ef in profile.files()))
+    return ef_name in known[1]
 
 
 def holder_ethnicity(person: HolderFields) -> str:
@@ -215,14 +225,18 @@ def perso_values(
     profile: CardProfile,
     *,
     pan: str | None = None,
+    temporary_until: date | None = None,
 ) -> dict[str, dict[str, Any]]:
     """What goes on the card: the element values (EF name -> element name -> value) of its
     records (:func:`cardspec.perso.plan_values` encodes them), made directly from the rows
     (data preparation's hot path: no dataclass per card). The one place of these rules;
     :func:`perso_data` is the same as a :class:`CardPersoData`. ``pan``: the card's
-    :func:`bank_pan` if the caller has it already."""
-    expiry = _add_years(issue_date, settings.lifecycle.card_validity_years)
-    name, extension = split_name(person.name)
+    :func:`bank_pan` if the caller has it already. ``temporary_until``: a temporary card
+    (card category "2") valid until that day; the files are those the profile has (a
+    temporary card's: no pension, no financial application)."""
+    expiry = temporary_until or _add_years(issue_date, settings.lifecycle.card_validity_years)
+    # the chip's GBK name: the recorded substitute of a name outside GBK (issuance.cardname)
+    name, extension = split_name(person.card_name or person.name)
     since = application.decided_at.date() if application and application.decided_at else issue_date
     employee = application is not None and application.channel == ApplicationChannel.EMPLOYER
     region = person.region_code
@@ -230,7 +244,7 @@ def perso_values(
     values: dict[str, dict[str, Any]] = {
         "EF05": {
             "card_identification_code": card_identification_code,
-            "card_category": CARD_CATEGORY,
+            "card_category": CARD_CATEGORY if temporary_until is None else TEMPORARY_CARD_CATEGORY,
             "spec_version": profile.spec_version,
             "init_org_code": settings.issuer.init_org_code,
             "issue_date": issue_date,
@@ -253,14 +267,15 @@ def perso_values(
             "personnel_category": PERSONNEL_CATEGORY,
             "start_date": since,
         },
-        "EF16": {
+    }
+    if _has_file(profile, "EF16"):
+        values["EF16"] = {
             "status": INSURED,
             "insured_region": region,
             "start_date": since,
             "insurance_types": PENSION_TYPES_EMPLOYEES if employee else PENSION_TYPES_RESIDENTS,
-        },
-    }
-    if _has_financial(profile):
+        }
+    if _has_file(profile, "SFI01"):
         values["SFI01"] = complete_financial({
             "pan": pan or bank_pan(card.id),
             "expiry": expiry,
@@ -279,12 +294,15 @@ def perso_data(
     issue_date: date,
     pin: str,
     profile: CardProfile,
+    *,
+    temporary_until: date | None = None,
 ) -> CardPersoData:
     """Everything written to the chip (personal data: never logged, see CardPersoData):
     :func:`perso_values` with the initial PIN."""
     values = perso_values(
-        settings, card, person, application, card_identification_code, issue_date, profile
-    )
+        settings, card, person, application, card_identification_code, issue_date, profile,
+        temporary_until=temporary_until,
+    )  # fmt: skip
     return perso.from_values(values, pin)
 
 
@@ -306,16 +324,19 @@ def prepare_card(
     profile: CardProfile | None = None,
 ) -> PreparedCard:
     """The :class:`PreparedCard` of ``card`` on the chip ``chip_serial`` (reads the holder and
-    application; writes nothing)."""
-    profile = profile or card_profile(settings, card.algorithm)
+    application; writes nothing). A temporary card gets the temporary profile, card category
+    "2" and its own expiry date."""
+    temporary = card.kind == CardKind.TEMPORARY
+    profile = profile or card_profile(settings, card.algorithm, temporary=temporary)
     code = ids.make_card_identification_code(card.region_code, chip_serial)
     ref = key_ref(card, code)
     person = session.get(Person, card.person_id)
     assert person is not None
     app = session.get(Application, card.application_id) if card.application_id else None
     data = perso_data(
-        settings, card, person, app, code, issue_date, initial_pin(key_service, ref), profile
-    )
+        settings, card, person, app, code, issue_date, initial_pin(key_service, ref), profile,
+        temporary_until=card.expiry_date if temporary else None,
+    )  # fmt: skip
     data.validate()
     slots = tuple(spec.slot for _, spec in profile.key_specs() if spec.slot is not KeySlot.KMC)
     return PreparedCard(

@@ -849,6 +849,8 @@ class BatchRunner:
             assert card is not None
             app = s.get(Application, card.application_id) if card.application_id else None
             db_photo = app.photo_sha256 if app is not None and app.photo_jpeg else None
+            holder = s.get(Person, card.person_id)
+            chip_name = holder.card_name if holder is not None else None
         dpi = self.settings.printer.dpi
         layout = layout_for_profile(prepared.profile_name)
         front, back = render_front(face, dpi, layout), render_back(face, dpi, layout)
@@ -875,7 +877,7 @@ class BatchRunner:
                 raise PrinterError(f"print job {job} is {state} and cannot be followed")
             state = wait_for(int(ref))
         box = layout.back.face_code.px(dpi) if layout.back.face_code is not None else None
-        printed = PrintedFace(back_image, box, db_photo)
+        printed = PrintedFace(back_image, box, db_photo, chip_name)
         return PrintOutcome(job, str(result.reference), state, face.face_data().digest(),
                             printed)  # fmt: skip
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -29,6 +29,7 @@ from cardspec.errors import InvalidIdentifier
 from cardspec.ids import CitizenId, validate_citizen_id, validate_region_code
 from issuance import audit, lifecycle
 from issuance.audit import Actor
+from issuance.cardname import CardName, card_name
 from issuance.db import flush
 from issuance.errors import (
     ConflictError,
@@ -112,6 +113,11 @@ class ValidRecord:
     #: What the photo pipeline did beyond cropping (MPO first picture, padding colour).
     photo_notes: tuple[str, ...] = ()
 
+    def card_name(self, settings: Settings) -> CardName:
+        """The chip's name of this record (the substitution rule, :mod:`issuance.cardname`)."""
+        issuer = settings.issuer
+        return card_name(self.name, issuer.gbk_substitutes, issuer.gbk_placeholder)
+
 
 def _identifier(value: str | None) -> str | None:
     """Trimmed, NFKC-folded (full-width digits and letters from a Chinese input method become
@@ -154,9 +160,13 @@ def _age(birth: date, today: date) -> int:
     return today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
 
 
-def check_name(name: str) -> str | None:
+def check_name(
+    name: str, substitutes: Mapping[str, str] | None = None, placeholder: str = "*"
+) -> str | None:
     """Reason the name is unusable, or None. CJK names 2-20 characters (middle dot allowed for
-    minority names), Latin names 2-60; must be storable in GBK (EF06 tags 09 + 4E: 50 bytes)."""
+    minority names), Latin names 2-60; the chip's name (a character outside GBK replaced by
+    the substitution rule, :func:`issuance.cardname.card_name`) must fit EF06 tags 09 + 4E
+    (50 bytes of GBK)."""
     if not name:
         return "is required"
     if name != name.strip() or "  " in name:
@@ -170,8 +180,8 @@ def check_name(name: str) -> str | None:
     else:
         return "contains characters that are not allowed (digits, symbols or mixed scripts)"
     try:
-        encoded = name.encode("gbk")
-    except UnicodeEncodeError:
+        encoded = card_name(name, substitutes or {}, placeholder).text.encode("gbk")
+    except UnicodeEncodeError:  # a substitute is GBK (settings): cannot happen
         return "contains characters the card cannot store (not in GBK)"
     if len(encoded) > 50:
         return "is longer than the card can store (50 bytes in GBK)"
@@ -199,7 +209,8 @@ def validate_record(
     except InvalidIdentifier as exc:
         problems.append(FieldProblem("citizen_id", exc.reason))
     name = data.name
-    if (reason := check_name(name)) is not None:
+    issuer = settings.issuer
+    if (reason := check_name(name, issuer.gbk_substitutes, issuer.gbk_placeholder)) is not None:
         problems.append(FieldProblem("name", reason))
     if data.sex is not None:
         sex = _SEX_WORDS.get(data.sex)
@@ -322,11 +333,14 @@ def submit_application(
         require_ethnicity=channel == ApplicationChannel.COUNTER,
     )  # fmt: skip
     person = rec.person
+    on_card = rec.card_name(settings) if person is None else None
     if person is None:
+        assert on_card is not None
         person = Person(
             citizen_id=rec.citizen.value, name=rec.name, sex=rec.citizen.sex,
             birth_date=rec.citizen.birth_date, region_code=rec.region_code,
             ethnicity=rec.ethnicity, phone=rec.phone, address=rec.address,
+            card_name=on_card.text if on_card.substituted else None,
         )  # fmt: skip
         session.add(person)
     else:
@@ -354,6 +368,11 @@ def submit_application(
                  "photo_sha256": rec.photo_sha256,
                  **({"photo_notes": list(rec.photo_notes)} if rec.photo_notes else {})},
     )  # fmt: skip
+    if on_card is not None and on_card.substituted:
+        audit.record(
+            session, actor, "person.card_name_substituted", "person", person.id,
+            details={"application_id": app.id, **on_card.audit_details()},
+        )  # fmt: skip
     return app
 
 

@@ -214,6 +214,9 @@ class PersonRecord:
     phone: str | None
     address: str | None
     death_date: date | None
+    #: The name as the chip holds it when ``name`` has characters outside GBK (the recorded
+    #: substitution, ``issuance.cardname``); None: the chip holds ``name``.
+    card_name: str | None = None
     cards: list[CardEntry] = field(default_factory=list)
     deposits: list[DepositEntry] = field(default_factory=list)
     fees: list[FeeEntry] = field(default_factory=list)
@@ -431,6 +434,7 @@ def person_record(
         person.phone,
         person.address,
         person.death_date,
+        person.card_name,
     )
     for c in cards:
         rec.cards.append(

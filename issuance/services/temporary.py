@@ -9,11 +9,21 @@ temporary card past its expiry date is expired first (lazily) and no longer coun
 The deposit is refunded only when the card itself is handed back and the clerk records it
 (:func:`hand_back_temporary_card`); collecting the formal card without the temporary card
 cancels the temporary card and keeps the deposit until it is brought back.
+
+The chip: given a ``desk`` (:class:`TemporaryChipDesk`, the counter's reader and printer:
+:class:`issuance.batches.counter.CounterDesk`), the card is personalised on a chip at the
+counter (card category "2", only the medical application, its validity, per-card keys from the
+HSM), its temporary face printed and quality-checked, in the same transaction as the card
+record and the deposit (a failure leaves neither); at hand-back the returned chip is blocked
+by its own command with keys from the HSM before anything is recorded. Both audited
+(``card.temporary_chip_made``, ``card.temporary_chip_blocked``). Without a desk only the
+record is kept (a counter without a reader; the card then has no working chip).
 """
 
 from __future__ import annotations
 
 from datetime import date, timedelta
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -58,6 +68,24 @@ _WAITING = (
 )
 
 
+class TemporaryChipDesk(Protocol):
+    """The counter's reader and printer (:class:`issuance.batches.counter.CounterDesk`)."""
+
+    def chip_serial(self) -> bytes:
+        """The serial of the blank chip the card is made on."""
+        ...
+
+    def make_chip(
+        self, session: Session, card: Card, actor: Actor, *, today: date
+    ) -> dict[str, Any]:
+        """Personalise, print and check ``card``; the audit details (nothing personal)."""
+        ...
+
+    def block_chip(self, session: Session, card: Card, actor: Actor) -> dict[str, Any]:
+        """Block the returned chip of ``card``; the audit details."""
+        ...
+
+
 def _eligible(session: Session, person: Person) -> bool:
     pending = session.scalars(
         sa.select(Application.id).where(
@@ -87,8 +115,10 @@ def issue_temporary_card(
     *,
     chip_serial: bytes | None = None,
     today: date | None = None,
+    desk: TemporaryChipDesk | None = None,
 ) -> Card:
-    """Issue a temporary card at the counter (active at once, medical function only)."""
+    """Issue a temporary card at the counter (active at once, medical function only);
+    ``desk``: personalise its chip and print its face there (see the module docstring)."""
     if actor.role not in ISSUERS:
         raise PermissionDenied(f"role {actor.role} may not issue temporary cards")
     today = today or date.today()
@@ -114,6 +144,8 @@ def issue_temporary_card(
         )
     if problems:
         raise ValidationError("cannot issue a temporary card", problems)
+    if chip_serial is None and desk is not None:
+        chip_serial = desk.chip_serial()
     try:
         with session.begin_nested():
             card = create_card(
@@ -127,6 +159,10 @@ def issue_temporary_card(
         raise ConflictError(
             "a temporary card was issued to this person at the same time; reload and check"
         ) from exc
+    if desk is not None:
+        made = desk.make_chip(session, card, actor, today=today)
+        audit.record(session, actor, "card.temporary_chip_made", "card", card.id,
+                     details={"card_number": card.card_number, **made})  # fmt: skip
     deposit = Deposit(
         card_id=card.id,
         amount_fen=settings.lifecycle.temporary_card_deposit_fen,
@@ -176,10 +212,14 @@ def refund_deposit(session: Session, card: Card, actor: Actor) -> int:
     return deposit.amount_fen
 
 
-def hand_back_temporary_card(session: Session, card: Card, actor: Actor) -> int:
+def hand_back_temporary_card(
+    session: Session, card: Card, actor: Actor, *, desk: TemporaryChipDesk | None = None
+) -> int:
     """The holder hands the temporary card back: the return is recorded on the deposit, the
     card is cancelled if it was still live (``hand_back``), the deposit refunded. Works also for
-    a temporary card already cancelled at collection or expired. Returns the amount refunded."""
+    a temporary card already cancelled at collection or expired. Returns the amount refunded.
+    ``desk``: the returned chip, in the desk reader, is blocked first (refused, nothing
+    recorded, if it is another card or does not block)."""
     if card.kind != CardKind.TEMPORARY:
         raise ValidationError("cannot hand back", [FieldProblem("card", "not a temporary card")])
     deposit = _deposit(session, card)
@@ -188,6 +228,10 @@ def hand_back_temporary_card(session: Session, card: Card, actor: Actor) -> int:
             f"temporary card {card.card_number} was already handed back",
             from_state=str(card.status), event=CardEvent.HAND_BACK,
         )  # fmt: skip
+    if desk is not None:
+        blocked = desk.block_chip(session, card, actor)
+        audit.record(session, actor, "card.temporary_chip_blocked", "card", card.id,
+                     details={"card_number": card.card_number, **blocked})  # fmt: skip
     if card.status == CardStatus.ACTIVE:
         lifecycle.apply_card_event(
             session, card, CardEvent.HAND_BACK, actor, reason="temporary card handed back"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -21,10 +23,29 @@ from yikatong.cli.db import (
     settings,
 )
 
+if TYPE_CHECKING:
+    from issuance.services.temporary import TemporaryChipDesk
+
 app = typer.Typer(no_args_is_help=True)
 out = Console()
 
 CHANNEL_HELP = "counter, phone, web, app, bank, kiosk ..."
+CHIP_HELP = (
+    "use the counter's desk reader and printer ([readers] backend: the virtual reader by "
+    "default; [printer] backend)"
+)
+READER_HELP = 'the desk reader: part of its PC/SC name ([readers] backend = "pcsc")'
+
+
+def _desk(
+    chip: bool, reader: str | None
+) -> contextlib.AbstractContextManager[TemporaryChipDesk | None]:
+    """The counter's desk when ``chip`` (or a ``reader``) is asked for, else nothing."""
+    if not chip and reader is None:
+        return contextlib.nullcontext()
+    from yikatong.wiring import counter_desk
+
+    return counter_desk(settings(), reader=reader)
 
 
 def _card(s: Session, ref: str) -> Card:
@@ -163,15 +184,20 @@ def collect(
 def hand_back(
     card: str = typer.Argument(..., help="the temporary card's number"),
     channel: str = typer.Option("counter", help="counter or bank"),
+    chip: bool = typer.Option(False, "--chip", help="block the returned chip: " + CHIP_HELP),
+    reader: str | None = typer.Option(None, "--reader", help=READER_HELP),
     as_: str | None = typer.Option(None, "--as", help=AS_HELP),
 ) -> None:
-    """Record that the holder handed a temporary card back; its deposit is refunded."""
+    """Record that the holder handed a temporary card back; its deposit is refunded. With
+    --chip the returned chip, in the desk reader, is blocked first by its own command."""
     from issuance import services
 
-    with session_scope() as s:
+    with _desk(chip, reader) as desk, session_scope() as s:
         actor = acting(s, as_, channel)
         c = _card(s, card)
-        amount = services.hand_back_temporary_card(s, c, actor)
+        amount = services.hand_back_temporary_card(s, c, actor, desk=desk)
+        if desk is not None:
+            out.print(f"chip of temporary card {c.card_number} blocked")
         out.print(f"temporary card {c.card_number} handed back ({c.status})")
         out.print(f"deposit refunded: {display.yuan(amount)}")
         if amount:
@@ -304,16 +330,27 @@ def report_damaged(
 def temporary(
     citizen_id: str | None = typer.Option(None, "--id", help=ID_HELP),
     id_file: Path | None = typer.Option(None, "--id-file", help=ID_FILE_HELP),
+    chip: bool = typer.Option(
+        False, "--chip", help="personalise its chip and print its face: " + CHIP_HELP
+    ),
+    reader: str | None = typer.Option(None, "--reader", help=READER_HELP),
     as_: str | None = typer.Option(None, "--as", help=AS_HELP),
 ) -> None:
-    """Issue a temporary card (medical function only, deposit taken)."""
+    """Issue a temporary card (medical function only, deposit taken). With --chip it is
+    personalised on a chip in the desk reader (card category temporary, only the medical
+    application) and its temporary face printed, in the same transaction."""
     from issuance import services
 
     cid = read_citizen_id(citizen_id, id_file)
-    with session_scope() as s:
+    with _desk(chip, reader) as desk, session_scope() as s:
         actor = acting(s, as_)
         person = services.get_person(s, citizen_id=cid)
-        c = services.issue_temporary_card(s, settings(), person.id, actor)
+        c = services.issue_temporary_card(s, settings(), person.id, actor, desk=desk)
+        if desk is not None:
+            out.print(
+                f"chip {c.card_identification_code} personalised (temporary, medical only); "
+                "face printed"
+            )
         out.print(
             f"temporary card {c.card_number} valid until {display.day(c.expiry_date)}; "
             f"deposit taken: {display.yuan(settings().lifecycle.temporary_card_deposit_fen)}"

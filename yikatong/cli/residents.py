@@ -131,6 +131,12 @@ def print_record(rec: PersonRecord) -> None:
         f"phone {display.text(rec.phone)}"
     )
     out.print(f"  address {display.text(rec.address)}")
+    if rec.card_name:
+        subs = ", ".join(
+            f"{t} (U+{ord(t):04X}) -> {c}"
+            for t, c in zip(rec.name, rec.card_name, strict=False) if t != c
+        )  # fmt: skip
+        out.print(f"  name on the chip (GBK): {rec.card_name}; substituted: {subs}")
     if rec.death_date:
         out.print(f"  died {d(rec.death_date)}")
     out.print("cards:" if rec.cards else "cards: none")

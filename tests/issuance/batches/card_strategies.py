@@ -38,6 +38,8 @@ class Person:
     ethnicity: str | None
     birth_date: date
     region_code: str
+    #: the chip's GBK name of a name outside GBK (issuance.cardname); None: ``name``
+    card_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ def people(draw: st.DrawFn) -> Person:
         ethnicity=draw(st.integers(1, 56).map(lambda n: f"{n:02d}")),
         birth_date=birth,
         region_code=draw(regions),
+        # sometimes a name outside GBK, the chip holding its recorded substitute
+        card_name=draw(st.none() | st.just("王*") | st.just("欧阳吉吉")),
     )
 
 

@@ -99,7 +99,7 @@ def test_a_value_the_chip_cannot_hold_fails_every_path_alike(
 ) -> None:
     from dataclasses import replace
 
-    person = replace(person, name=person.name[:3] + bad)
+    person = replace(person, name=person.name[:3] + bad, card_name=None)  # none recorded
     cic = ids.make_card_identification_code(person.region_code, bytes(8))
     issue = date(2026, 1, 5)
     values = dataprep.perso_values(_SETTINGS, card, person, None, cic, issue, profile)
