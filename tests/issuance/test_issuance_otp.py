@@ -207,7 +207,7 @@ def test_migration_0016_goes_down_and_up(fresh_db_url: str) -> None:
 
     engine = make_engine(url=fresh_db_url)
     try:
-        assert migrations.current_revision(engine) == "0016"
+        assert migrations.current_revision(engine) >= "0016"  # at the head (0016 or later)
         migrations.downgrade(engine, "0015")
         names = sa.inspect(engine).get_table_names()
         assert "loss_codes" in names
