@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Protocol
@@ -119,6 +120,27 @@ def check_pin_strength(pin: str, holder: PinHolder | None, settings: Settings) -
     problems = pin_weaknesses(pin, holder, settings)
     if problems:
         raise WeakPin("the PIN is too weak, choose another", problems)
+
+
+class StrengthCheckedPad:
+    """A PIN pad whose new PINs pass :func:`check_pin_strength` before anything uses them
+    (wrap the pad given to :func:`issuance.services.financial.set_financial_pin`)."""
+
+    def __init__(self, pad: _Pad, holder: PinHolder | None, settings: Settings) -> None:
+        self.pad, self.holder, self.settings = pad, holder, settings
+
+    def current_pin(self) -> str:
+        return self.pad.current_pin()
+
+    def new_pin(self) -> str:
+        pin = self.pad.new_pin()
+        check_pin_strength(pin, self.holder, self.settings)
+        return pin
+
+
+class _Pad(Protocol):
+    def current_pin(self) -> str: ...
+    def new_pin(self) -> str: ...
 
 
 # --- what the card reported ---------------------------------------------------------------------
@@ -233,6 +255,20 @@ def pin_state_text(state: PinStateView | None) -> str:
     return f"PIN: {state.tries_left} tries left"
 
 
+def app_status_text(kind: str, status: str, states: Mapping[str, PinStateView]) -> str:
+    """A chip function's status as people read it: "PIN blocked" when the PIN that guards it
+    is (never "sealed" or "active" then), else the status with the PIN's tries left if a
+    reader reported fewer than all."""
+    state = states.get(APP_PIN.get(kind, SS_PIN))
+    if state is None:
+        return status
+    if state.blocked:
+        return "PIN blocked"
+    if state.tries_left is not None:
+        return f"{status}; {pin_state_text(state)}"
+    return status
+
+
 def unblocks_left(session: Session, settings: Settings, card_id: int, pin_name: str) -> int:
     """How many more counter unblocks/resets ``[lifecycle] pin_unblocks`` allows this PIN."""
     done = session.scalar(
@@ -250,7 +286,9 @@ __all__ = [
     "SS_PIN",
     "PinRefused",
     "PinStateView",
+    "StrengthCheckedPad",
     "WeakPin",
+    "app_status_text",
     "birth_date_forms",
     "check_pin_strength",
     "pin_refused",
