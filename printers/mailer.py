@@ -58,16 +58,21 @@ def mask_card_number(number: str) -> str:
     return number[:2] + "*" * (len(number) - 5) + number[-3:]
 
 
-def _security_pattern(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], seed: str) -> None:
-    """Dense grey digits and hatching behind the PIN (hides it from a light held behind)."""
+def _security_pattern(img: Image.Image, box: tuple[int, int, int, int], seed: str) -> None:
+    """Dense grey digits and hatching behind the PIN (hides it from a light held behind),
+    drawn within ``box`` only."""
     rng = random.Random(seed)
     left, top, right, bottom = box
+    w, h = right - left, bottom - top
+    tile = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(tile)
     font = face_font(False, 18)
-    for y in range(top, bottom, 16):
-        row = "".join(rng.choice("0123456789") for _ in range((right - left) // 10))
-        draw.text((left, y), row, fill=(150, 150, 150), font=font)
-    for x in range(left - (bottom - top), right, 9):
-        draw.line((x, bottom, x + (bottom - top), top), fill=(120, 120, 120), width=1)
+    for y in range(0, h, 16):
+        row = "".join(rng.choice("0123456789") for _ in range(w // 9))
+        draw.text((0, y), row, fill=(150, 150, 150), font=font)
+    for x in range(-h, w, 9):
+        draw.line((x, h, x + h, 0), fill=(120, 120, 120), width=1)
+    img.paste(tile, (left, top))
 
 
 def render_pin_mailer(text: MailerText) -> MailerPage:
@@ -111,9 +116,12 @@ def render_pin_mailer(text: MailerText) -> MailerPage:
     top = TEAR_OFF_TOP + 60
     for label, pin in text.pins:
         box = (60, top, w - 60, top + 120)
-        _security_pattern(draw, box, text.reference + label)
+        _security_pattern(img, box, text.reference + label)
         draw.rectangle((box[0] + 230, box[1] + 30, box[0] + 560, box[1] + 100), fill="white")
-        draw.text((box[0] + 10, box[1] + 6), label, fill="black", font=face_font(True, 20))
+        label_font = face_font(True, 20)
+        lb = draw.textbbox((box[0] + 10, box[1] + 6), label, font=label_font)
+        draw.rectangle((lb[0] - 4, lb[1] - 4, lb[2] + 4, lb[3] + 4), fill="white")
+        draw.text((box[0] + 10, box[1] + 6), label, fill="black", font=label_font)
         draw.text((box[0] + 250, box[1] + 34), " ".join(pin), fill="black",
                   font=face_font(True, 44))  # fmt: skip
         boxes.append(box)

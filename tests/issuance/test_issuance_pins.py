@@ -1,0 +1,133 @@
+"""The one weak-PIN rule (``[pins] weak_rules``): every reason, the setting honoured, the PIN
+never in an error; the bank initial PIN is its own value, never the social security PIN."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import date
+
+import pytest
+
+from cardspec import perso
+from cardspec.errors import ProfileError
+from cardspec.profile import DEFAULT_PROFILE
+from issuance.batches.dataprep import natural_pin
+from issuance.services.pins import (
+    StrengthCheckedPad,
+    WeakPin,
+    check_pin_strength,
+    pin_weaknesses,
+    same_digit,
+    step_sequence,
+)
+from yikatong.settings import Settings
+
+
+@dataclass(frozen=True)
+class Holder:
+    citizen_id: str
+    birth_date: date
+
+
+#: The resident of the issue: born 15 March 1990.
+CHEN = Holder("330106199003151236", date(1990, 3, 15))
+
+
+def codes(pin: str, settings: Settings, holder: Holder | None = CHEN) -> set[str | None]:
+    return {p.code for p in pin_weaknesses(pin, holder, settings)}
+
+
+@pytest.mark.parametrize(
+    ("pin", "code"),
+    [
+        ("111111", "weak_repeated"),
+        ("121212", "weak_repeated"),
+        ("123123", "weak_repeated"),
+        ("123456", "weak_sequence"),
+        ("654321", "weak_sequence"),
+        ("345678", "weak_sequence"),
+        ("900315", "weak_birth_date"),  # YYMMDD
+        ("031590", "weak_birth_date"),  # MMDDYY
+        ("150390", "weak_birth_date"),  # DDMMYY
+        ("199003", "weak_birth_date"),  # YYYYMM
+        ("031990", "weak_birth_date"),  # MMYYYY
+        ("151236", "weak_citizen_id"),  # the ID number's last six digits
+        ("301061", "weak_citizen_id"),  # a run from its region code
+        ("12a456", "not_digits"),
+    ],
+)
+def test_each_weak_pattern_is_refused_with_its_reason(pin: str, code: str, settings) -> None:  # type: ignore[no-untyped-def]
+    assert code in codes(pin, settings)
+    with pytest.raises(WeakPin) as err:
+        check_pin_strength(pin, CHEN, settings)
+    assert err.value.code == "weak_pin"
+    assert pin not in str(err.value)  # the reason names the pattern, never the PIN
+    assert all(pin not in p.reason for p in err.value.problems)
+
+
+def test_strong_pins_pass_and_the_holders_rules_need_the_holder(settings) -> None:  # type: ignore[no-untyped-def]
+    for pin in ("480159", "730264", "915038"):
+        assert pin_weaknesses(pin, CHEN, settings) == []
+        check_pin_strength(pin, CHEN, settings)
+    # without the holder (a caller that does not know them) only the patterns apply
+    assert codes("900315", settings, None) == set()
+    assert codes("111111", settings, None) == {"weak_repeated"}
+
+
+def test_the_rule_is_a_setting(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    only_repeated = settings.model_copy(
+        update={"pins": settings.pins.model_copy(update={"weak_rules": ("repeated",)})}
+    )
+    assert codes("123456", only_repeated) == set()  # sequences allowed by this city
+    assert codes("900315", only_repeated) == set()
+    assert codes("222222", only_repeated) == {"weak_repeated"}
+    from yikatong.settings import load_settings
+
+    toml = tmp_path / "yikatong.toml"
+    toml.write_text('[pins]\nweak_rules = ["sequence"]\n')
+    loaded = load_settings(environ={"YKT_DATA_DIR": str(tmp_path), "YKT_CONFIG": str(toml)})
+    assert loaded.pins.weak_rules == ("sequence",)
+    toml.write_text('[pins]\nweak_rules = ["lucky"]\n')
+    with pytest.raises(Exception, match="weak_rules"):
+        load_settings(environ={"YKT_DATA_DIR": str(tmp_path), "YKT_CONFIG": str(toml)})
+
+
+def test_a_pin_pad_with_the_rule_refuses_a_weak_new_pin(settings) -> None:  # type: ignore[no-untyped-def]
+    class Pad:
+        def __init__(self, new: str) -> None:
+            self.new = new
+
+        def current_pin(self) -> str:
+            return "802413"
+
+        def new_pin(self) -> str:
+            return self.new
+
+    assert StrengthCheckedPad(Pad("480159"), CHEN, settings).new_pin() == "480159"
+    assert StrengthCheckedPad(Pad("900315"), CHEN, settings).current_pin() == "802413"
+    with pytest.raises(WeakPin, match="birth date"):
+        StrengthCheckedPad(Pad("900315"), CHEN, settings).new_pin()
+
+
+def test_the_bank_initial_pin_never_defaults_to_the_social_security_pin() -> None:
+    cic = "330100D1560000054321A1B2C3D4E5F6"
+
+    def mac(data: bytes) -> bytes:  # stands for the MAC under the card's PUK in the HSM
+        return hashlib.sha256(b"puk" + data).digest()[:8]
+
+    ss, bank = natural_pin(cic, mac), natural_pin(cic, mac, pin_name="bank")
+    assert ss != bank and len(ss) == len(bank) == 6
+    for pin in (ss, bank):
+        assert pin.isdigit() and not same_digit(pin) and not step_sequence(pin)
+    # a card with a financial application cannot be personalised without its own bank PIN
+    data = perso.sample_perso_data(cic, DEFAULT_PROFILE)
+    assert data.bank_pin and data.bank_pin != data.initial_pin
+    blocks = perso.initial_pin_blocks(data, DEFAULT_PROFILE)
+    specs = [spec for _, spec in DEFAULT_PROFILE.pin_specs()]
+    assert blocks == [s.encode(data.bank_pin if s.name == "bank" else data.initial_pin)
+                      for s in specs]  # fmt: skip
+    from dataclasses import replace
+
+    with pytest.raises(ProfileError, match="never defaults"):
+        perso.initial_pin_blocks(replace(data, bank_pin=None), DEFAULT_PROFILE)
