@@ -34,6 +34,7 @@ from issuance.audit import SYSTEM_ACTOR, Actor
 from issuance.batches import dataprep
 from issuance.errors import NotFound, ValidationError
 from issuance.models import Card, OutboxMessage, Person
+from issuance.services.outbox import PIN_MAILER_TOPIC
 from issuance.services.pins import BANK_PIN, SS_PIN
 from issuance.settings import Settings
 from printers.backends import make_document_printer
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from hsm.service import KeyService
     from issuance.services.outbox import Sink
 
-MAILER_TOPIC = "card.initial_pin_mailer"
+MAILER_TOPIC = PIN_MAILER_TOPIC
 _LABELS = {SS_PIN: "社保密码 social security PIN", BANK_PIN: "金融密码 bank PIN"}
 
 
@@ -99,6 +100,8 @@ class PinMailerSink:
     """The outbox sink that prints PIN mailers and passes every other message to ``inner``
     (the notification gateway). The key service and the printer are made on the first mailer
     (a drain with no mailer needs no HSM)."""
+
+    prints_pin_mailers = True
 
     def __init__(
         self,

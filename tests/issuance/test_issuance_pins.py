@@ -131,3 +131,18 @@ def test_the_bank_initial_pin_never_defaults_to_the_social_security_pin() -> Non
 
     with pytest.raises(ProfileError, match="never defaults"):
         perso.initial_pin_blocks(replace(data, bank_pin=None), DEFAULT_PROFILE)
+
+
+def test_a_notification_gateway_never_counts_a_pin_mailer_as_sent(session, caplog) -> None:  # type: ignore[no-untyped-def]
+    from issuance.services.outbox import PIN_MAILER_TOPIC, LogSink, drain_outbox, enqueue
+
+    mailer = enqueue(session, PIN_MAILER_TOPIC, payload={"card_id": 1, "card_number": "A1"})
+    note = enqueue(session, "card.ready_for_collection", payload={"card_number": "A1"})
+    session.flush()
+    sink = LogSink()
+    assert drain_outbox(session, sink) == 1  # the notification only
+    assert note.sent_at is not None and sink.sent == [note.id]
+    assert mailer.sent_at is None and mailer.attempts == 1
+    assert "printed, not notified" in (mailer.last_error or "")
+    assert PIN_MAILER_TOPIC not in " ".join(r.getMessage() for r in caplog.records
+                                            if r.levelname == "INFO")  # fmt: skip
