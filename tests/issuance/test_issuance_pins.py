@@ -146,3 +146,55 @@ def test_a_notification_gateway_never_counts_a_pin_mailer_as_sent(session, caplo
     assert "printed, not notified" in (mailer.last_error or "")
     assert PIN_MAILER_TOPIC not in " ".join(r.getMessage() for r in caplog.records
                                             if r.levelname == "INFO")  # fmt: skip
+
+
+def test_bank_activation_weak_pin_refused_and_blocked_bank_pin_shown_blocked(
+    session, settings, actors, new_card
+) -> None:  # type: ignore[no-untyped-def]
+    from conftest import INITIAL_BANK_PIN, FixedPinPad, emulated_chip
+
+    from cardspec import cardops
+    from cardspec.reader import InProcessReader
+    from hsm.service import SoftwareKeyService
+    from issuance import services
+    from issuance.models import Channel
+    from issuance.services import pin_counter
+    from issuance.services.pins import PinRefused, app_status_text
+
+    card = new_card("active")
+    reader = InProcessReader(emulated_chip(card, SoftwareKeyService.random()), name="desk 1")
+    teller = actors["bank_teller"].via(Channel.BANK)
+    person = card.person
+    # the weak-PIN rule on the bank activation path: refused before the card sees anything
+    pad = StrengthCheckedPad(FixedPinPad(INITIAL_BANK_PIN, "111111"), person, settings)
+    with pytest.raises(WeakPin, match="repeated digits"):
+        services.set_financial_pin(reader, card.card_identification_code, pad)
+    reader.connect()
+    assert cardops.pin_status(reader)["bank"].tries_left == 3
+    reader.disconnect()
+    # three wrong mailer PINs: blocked, recorded, shown blocked (never "sealed")
+    for expected in (2, 1, 0):
+        pad = StrengthCheckedPad(FixedPinPad("907315", "480159"), person, settings)
+        with pytest.raises(PinRefused) as err:
+            services.set_financial_pin(reader, card.card_identification_code, pad)
+        assert err.value.tries_left == expected and err.value.pin_name == "bank"
+        pin_counter.record_refusal(session, card.id, teller, err.value,
+                                   service="activate_financial", reader=reader.name)  # fmt: skip
+    view = services.card_status(session, card_id=card.id)
+    assert view.chip_apps["financial"] == "sealed"  # the function's own state...
+    assert app_status_text("financial", view.chip_apps["financial"], view.pins) == "PIN blocked"
+    assert app_status_text("social_security", view.chip_apps["social_security"], view.pins) == (
+        "active"
+    )  # ...the social security PIN is another PIN, untouched
+    from issuance.services import people
+
+    rec = people.person_record(session, card.person_id, actors["clerk"])
+    [entry] = [c for c in rec.cards if c.card_id == card.id]
+    apps = {a.kind: a for a in entry.chip_apps}
+    assert apps["financial"].pin_blocked and apps["financial"].pin_tries_left == 0
+    assert not apps["social_security"].pin_blocked
+    # the bank PIN is the bank's to unblock: the counter refuses, with the reason
+    with pytest.raises(Exception, match="by the bank"):
+        pin_counter.check_can_serve(session, settings, card.id, actors["clerk"],
+                                    service=pin_counter.PinService.UNBLOCK,
+                                    identity_checked=True, pin_name="bank")  # fmt: skip
