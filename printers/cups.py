@@ -167,7 +167,8 @@ class CupsPrinter:
     def print_document(self, job_id: str, pdf: bytes) -> PrintResult:
         """Print a ready PDF (a PIN mailer) on this queue with the queue's own media (not the
         card's CR80). The PDF goes through an owner-only temporary file, removed once CUPS has
-        it; CUPS removes its own copy after printing (``PreserveJobFiles No``, its default)."""
+        it; the server removes its own copy after printing when its ``cupsd.conf`` says
+        ``PreserveJobFiles No`` (CUPS keeps job files a day by default)."""
         check_job_id(job_id)
         options = {k: v for k, v in self.options.items() if k not in ("media", "PageSize")}
         with _lock:

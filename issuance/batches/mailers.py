@@ -13,8 +13,9 @@ message to the notification gateway. For each mailer, :func:`print_pin_mailer`:
 3. sends the PDF to the printer of ``[printer] backend`` (:func:`printers.backends.
    make_document_printer`): the owner-only directory ``<spool_dir>/pin-mailers`` (``[pins]
    mailer_dir``; directory 0700, files 0600, written atomically) or the CUPS queue ``[pins]
-   mailer_queue`` (an owner-only temporary file removed once CUPS has the job; CUPS deletes its
-   copy after printing). The print room removes a spooled mailer once printed;
+   mailer_queue`` (an owner-only temporary file removed once CUPS has the job; the server
+   deletes its copy after printing with ``PreserveJobFiles No``). The print room removes a
+   spooled mailer once printed;
 4. audits ``card.pin_mailer_printed`` (the job reference, never the PIN).
 
 The PINs live only in local variables and the PDF: never in the database, the outbox payload,
