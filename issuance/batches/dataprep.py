@@ -11,7 +11,9 @@ Choices (marked CHOICE, easy to change):
   card's own PIN-unblock key (IBM 3624 style "natural PIN": the MAC of a constant under the
   per-card key PUK, decimalised), so data preparation, the PIN mailer and a reprint all get the
   same 6 digits without the PIN ever being written to the database, a file or a log. The holder
-  must change it before sensitive use (the card enforces it).
+  must change it before sensitive use (the card enforces it). The bank PIN of the financial
+  application has its own derivation (its own domain): it never defaults to the social
+  security PIN (:func:`initial_pins`; the mailer prints both, :mod:`issuance.batches.mailers`).
 * **PAN** of the financial application: the partner bank's BIN :data:`BANK_BIN` + the card's
   database id + the Luhn digit (19 digits). A real deployment takes the PAN range from the bank.
 * Medical and pension records start from the card's application (insured region = the holder's
