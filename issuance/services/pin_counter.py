@@ -209,6 +209,7 @@ def serve_pin_at_reader(
             )
         if authenticate is not None:
             authenticate(reader)
+        unblocked = False
         try:
             if service is PinService.CHANGE:
                 current, new = pin_pad.current_pin(), pin_pad.new_pin()
@@ -218,6 +219,7 @@ def serve_pin_at_reader(
                 assert key_service is not None and key_ref is not None
                 with key_service.card_crypto(key_ref) as crypto:
                     cardops.unblock_pin(reader, crypto, pin_name=name, profile=profile)
+                unblocked = True
                 cardops.verify_pin(reader, pin_pad.current_pin(), pin_name=name, profile=profile)
             else:
                 new = pin_pad.new_pin()
@@ -227,9 +229,12 @@ def serve_pin_at_reader(
                     once = _one_time_pin(crypto, target.card_identification_code)
                     cardops.unblock_pin(reader, crypto, new_pin=once, pin_name=name,
                                         profile=profile)  # fmt: skip
+                unblocked = True
                 cardops.change_pin(reader, once, new, pin_name=name, profile=profile)
         except PinError as exc:
-            raise pin_refused(name, exc.tries_left, "PIN") from None  # no APDU, no PIN
+            refused = pin_refused(name, exc.tries_left, "PIN")
+            refused.unblocked = unblocked  # counted against [lifecycle] pin_unblocks
+            raise refused from None  # no APDU, no PIN
         except CardSpecError as exc:
             sw = getattr(exc, "sw", None)
             raise ValidationError(
@@ -281,11 +286,12 @@ def record_refusal(
     """Record a PIN the card refused at a reader (any service, bank activation included): the
     tries left it reported (blocked at 0) and ``card.pin_refused`` (no PIN)."""
     card = find_card(session, card_id=card_id)
-    record_pin_state(session, card, refused.pin_name, refused.tries_left, actor, reader=reader)
+    record_pin_state(session, card, refused.pin_name, refused.tries_left, actor, reader=reader,
+                     unblocked=refused.unblocked)  # fmt: skip
     audit.record(
         session, actor, "card.pin_refused", "card", card.id,
         details={"pin": refused.pin_name, "service": service, "reader": reader,
-                 "tries_left": refused.tries_left},
+                 "tries_left": refused.tries_left, "unblocked": refused.unblocked},
     )  # fmt: skip
     return card
 

@@ -156,6 +156,9 @@ class PinRefused(ValidationError):
         super().__init__(message, problems)
         self.pin_name = pin_name
         self.tries_left = tries_left
+        #: the counter had reset the retry counter before the refusal (counted all the same:
+        #: unblock + wrong tries cannot go round ``[lifecycle] pin_unblocks``)
+        self.unblocked = False
 
     @property
     def blocked(self) -> bool:

@@ -111,6 +111,14 @@ def test_three_wrong_tries_block_shown_everywhere_then_unblocked(
                                     view.pins)  # fmt: skip
         assert shown == "PIN blocked"
 
+        # unblocked, but the holder then types a wrong PIN: the unblock counts all the same
+        with pytest.raises(PinRefused) as err:
+            _serve(api_env, card.id, reader, PinService.UNBLOCK, Pad(WRONG))
+        assert err.value.tries_left == 2 and err.value.unblocked
+        assert (
+            c.get(f"/v1/cards/{card.card_number}", headers=clerk).json()["pins"]["ss"]["unblocks"]
+            == 1
+        )
         # unblocked at the counter: the holder's PIN verifies again, all tries back
         done = _serve(api_env, card.id, reader, PinService.UNBLOCK, Pad(INITIAL))
         assert done.tries_left == 3 and done.card_authenticated
@@ -119,7 +127,7 @@ def test_three_wrong_tries_block_shown_everywhere_then_unblocked(
         reader.disconnect()
         r = c.get(f"/v1/cards/{card.card_number}", headers=clerk)
         ss = r.json()["pins"]["ss"]
-        assert ss == {**ss, "state": "usable", "tries_left": 3, "unblocks": 1}
+        assert ss == {**ss, "state": "usable", "tries_left": 3, "unblocks": 2}
         # and the holder now changes the initial PIN: a weak one is refused first
         with pytest.raises(Exception, match="repeated digits"):
             _serve(api_env, card.id, reader, PinService.CHANGE, Pad(INITIAL, "111111"))
@@ -130,7 +138,7 @@ def test_three_wrong_tries_block_shown_everywhere_then_unblocked(
     with api_env.session() as s:  # type: ignore[attr-defined]
         mine = (AuditEvent.entity_id == str(card.id), AuditEvent.action.like("card.pin%"))
         actions = list(s.scalars(sa.select(AuditEvent.action).where(*mine)))
-        assert actions.count("card.pin_refused") == 4
+        assert actions.count("card.pin_refused") == 5
         assert actions.count("card.pin_blocked") == 1
         assert actions.count("card.pin_unblocked") == 1
         assert actions.count("card.pin_changed") == 1
