@@ -30,6 +30,7 @@ from api.schemas import (
     LossCodeOut,
     LossIn,
     LossOut,
+    PinStateOut,
     ReasonIn,
     ReplaceIn,
     TemporaryIn,
@@ -81,6 +82,10 @@ def card_out(session: Session, card_id: int, principal: Principal) -> CardOut:
         holder_name=v.holder_name if holder else None,
         holder_citizen_id_masked=v.holder_citizen_id_masked if holder else None,
         issue_date=v.issue_date, expiry_date=v.expiry_date, chip_apps=v.chip_apps,
+        pins={name: PinStateOut(
+            state="blocked" if p.blocked else ("unknown" if p.tries_left is None else "usable"),
+            tries_left=p.tries_left, unblocks=p.unblocks, seen_at=p.seen_at,
+        ) for name, p in v.pins.items()},
     )  # fmt: skip
 
 

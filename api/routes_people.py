@@ -55,7 +55,12 @@ class ChipAppOut(BaseModel):
     status: str
     changed_at: UtcDatetime
     pin_set: bool | None = Field(description="bank PIN set at a branch; null: not recorded")
-    pin_blocked: bool
+    pin_blocked: bool = Field(
+        description="the PIN guarding this function is blocked, as a card reader last reported it"
+    )
+    pin_tries_left: int | None = Field(
+        None, description="the PIN's tries left as a reader last reported; null: never seen"
+    )
 
 
 class CardOut(BaseModel):
@@ -200,7 +205,8 @@ async def show(
                     status_changed_at=c.status_changed_at, issue_date=c.issue_date,
                     expiry_date=c.expiry_date, fee_fen=c.fee_fen, replaced_by=c.replaced_by,
                     chip_apps=[ChipAppOut(kind=a.kind, status=a.status, changed_at=a.changed_at,
-                                          pin_set=a.pin_set, pin_blocked=a.pin_blocked)
+                                          pin_set=a.pin_set, pin_blocked=a.pin_blocked,
+                                          pin_tries_left=a.pin_tries_left)
                                for a in c.chip_apps],
                 )
                 for c in rec.cards

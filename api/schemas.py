@@ -127,6 +127,17 @@ class PublicKeyOut(BaseModel):
 
 
 # --- cards --------------------------------------------------------------------------------------
+class PinStateOut(BaseModel):
+    """A PIN of the card as a card reader last reported it (never the PIN)."""
+
+    state: Literal["blocked", "usable", "unknown"] = Field(
+        description="blocked: no try left (the counter unblocks it)"
+    )
+    tries_left: int | None
+    unblocks: int = Field(description="counter unblocks and resets done on this PIN")
+    seen_at: datetime
+
+
 class CardOut(BaseModel):
     card_id: int
     card_number: str
@@ -143,6 +154,11 @@ class CardOut(BaseModel):
     issue_date: date | None
     expiry_date: date | None
     chip_apps: dict[str, str]
+    pins: dict[str, PinStateOut] = Field(
+        default_factory=dict,
+        description="each PIN (ss: social security, bank) as a reader last reported it; a PIN "
+        "never seen at a reader is absent",
+    )
 
 
 class _HolderProof(_In):

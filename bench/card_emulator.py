@@ -39,6 +39,7 @@ def _setup(i: int) -> tuple[SoftwareCardCrypto, perso.CardPersoData, bytes]:
         init_org_code="330100000001",
         holder=Holder("11010519491231002X", "张三", "2", "01", "110105", date(1949, 12, 31)),
         initial_pin="123456",
+        bank_pin="802413",
         medical=MedicalData("310", "330182", "1", "11", date(2020, 1, 1)),
         pension=PensionData("1", "330182", date(2020, 1, 1), "11100"),
         financial=FinancialData(PAN, date(2034, 3, 31), PSN, "ZHANG SAN"),

@@ -51,6 +51,7 @@ def _prepared(settings: Settings, key_service: Any, stock: Any, n: int) -> Prepa
         init_org_code=settings.issuer.init_org_code,
         holder=Holder(ssn, "测试居民", "1", "01", "330106", date(1970, 1, 1 + n % 28)),
         initial_pin=initial_pin(key_service, ref),
+        bank_pin=initial_pin(key_service, ref, pin_name="bank"),
         medical=MedicalData("390", "330106", "1", "11", issue),
         pension=PensionData("1", "330106", issue, "10000"),
         financial=FinancialData(pan, date(issue.year + 10, 1, 1), "00", ""),

@@ -71,8 +71,8 @@ class CardPersoData:
     pension: PensionData | None = None
     financial: FinancialData | None = None
     bank_pin: str | None = None
-    """Initial bank PIN; CHOICE: defaults to ``initial_pin`` (the bank has the holder set
-    their own at activation)."""
+    """Initial bank PIN: its own value, never the social security PIN (required when the
+    profile has a financial application; :func:`initial_pin_blocks`)."""
     card_category: str = "1"
     extra: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -302,6 +302,24 @@ def sm2_certifier(profile: CardProfile, key_service: object) -> sm2.Sm2Signer | 
     return None
 
 
+def initial_pin_blocks(data: CardPersoData, profile: CardProfile) -> list[bytes]:
+    """The PIN block of each PIN of the profile (profile order): ``ss`` (and any other PIN)
+    from ``initial_pin``, ``bank`` from ``bank_pin``, which never defaults to the social
+    security PIN: a profile with a bank PIN needs ``bank_pin`` (ProfileError otherwise)."""
+    blocks = []
+    for _, spec in profile.pin_specs():
+        if spec.name == "bank":
+            if not data.bank_pin:
+                raise ProfileError(
+                    "the card's financial application needs its own initial PIN "
+                    "(bank_pin): it never defaults to the social security PIN"
+                )
+            blocks.append(spec.encode(data.bank_pin))
+        else:
+            blocks.append(spec.encode(data.initial_pin))
+    return blocks
+
+
 def personalise(
     reader: Reader,
     crypto: CardCrypto,
@@ -319,9 +337,8 @@ def personalise(
         raise ProfileError("card crypto and profile use different algorithms")
     data.validate()
     plan = plan_records(data, profile)
-    pins = {"ss": data.initial_pin, "bank": data.bank_pin or data.initial_pin}
-    pin_blocks = [(spec, spec.encode(pins.get(spec.name, data.initial_pin)))
-                  for _, spec in profile.pin_specs()]  # fmt: skip
+    pin_blocks = list(zip([spec for _, spec in profile.pin_specs()],
+                          initial_pin_blocks(data, profile), strict=True))  # fmt: skip
 
     start = time.perf_counter()
     if connect:
@@ -397,6 +414,8 @@ def personalise(
 #: person, used in demos and the README only).
 SAMPLE_SSN = "11010519491231002X"
 SAMPLE_INITIAL_PIN = "123456"
+#: The sample card's initial bank PIN (its own: never the social security PIN).
+SAMPLE_BANK_PIN = "802413"
 
 
 def sample_perso_data(
@@ -434,4 +453,5 @@ def sample_perso_data(
             if "SFI01" in names
             else None
         ),
+        bank_pin=SAMPLE_BANK_PIN if "SFI01" in names else None,
     )

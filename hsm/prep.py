@@ -151,8 +151,11 @@ class PinPolicy(Protocol):
         """The card's initial PIN from ``mac(data)`` (MAC algorithm 1 under the card's PUK)."""
         ...
 
-    def blocks(self, pin: str) -> Sequence[bytes]:
-        """The PIN blocks of the profile's PINs (each becomes a SET PIN payload under KMC)."""
+    def blocks(
+        self, pin: str, card_identification_code: str, mac: Callable[[bytes], bytes]
+    ) -> Sequence[bytes]:
+        """The PIN blocks of the profile's PINs (each becomes a SET PIN payload under KMC):
+        ``pin`` for the first, others (a bank PIN) from their own ``mac``."""
         ...
 
 
@@ -349,7 +352,10 @@ class PrepOps:
             return fast.encrypt_cbc(sh, puk, alg, keyscheme.pad_method2(data, size), iv)[-size:]
 
         pin = pins.pin(ref.card_identification_code, mac)
-        padded = [keyscheme.pad_method2(bytes([len(b)]) + b, size) for b in pins.blocks(pin)]
+        padded = [
+            keyscheme.pad_method2(bytes([len(b)]) + b, size)
+            for b in pins.blocks(pin, ref.card_identification_code, mac)
+        ]
         if not padded:
             return pin, ()
         # ECB is block by block: one call encrypts every PIN block, split afterwards

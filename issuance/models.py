@@ -877,3 +877,24 @@ class ResidentSession(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     ended_at: Mapped[datetime | None]
+
+
+class CardPin(Base):
+    """What this system last learnt of one PIN on a card's chip (migration 0018): the tries
+    left the card reported (``63Cx``; ``6983`` = 0, blocked) at a counter or branch reader, and
+    how many times the counter unblocked or reset it (``[lifecycle] pin_unblocks`` caps it).
+    Never the PIN itself."""
+
+    __tablename__ = "card_pins"
+    __table_args__ = (sa.UniqueConstraint("card_id", "pin_name", name="uq_card_pins_card_pin"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    card_id: Mapped[int] = mapped_column(sa.ForeignKey("cards.id"), index=True)
+    #: the profile's PIN name: ``ss`` (social security), ``bank`` (financial)
+    pin_name: Mapped[str] = mapped_column(sa.String(16))
+    #: tries left as the card last reported them; None: not known
+    tries_left: Mapped[int | None]
+    blocked: Mapped[bool] = mapped_column(default=False)
+    #: counter unblocks and resets (RESET RETRY COUNTER) done on this PIN
+    unblocks: Mapped[int] = mapped_column(default=0)
+    #: when the card last reported this state (UTC)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)

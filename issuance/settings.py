@@ -97,6 +97,26 @@ class PrinterSettings(_Section):
     dpi: int = Field(default=300, ge=150, le=1200)
 
 
+class PinSettings(_Section):
+    """``[pins]``: the PIN services (:mod:`issuance.services.pins`)."""
+
+    #: The weak-PIN rule: which patterns a PIN set by the holder (change, reset, bank
+    #: activation) may not have: ``repeated`` (one digit, or a group of 1-3 digits repeated:
+    #: 111111, 121212, 123123), ``sequence`` (ascending or descending by one: 123456, 654321),
+    #: ``birth_date`` (the holder's birth date as YYMMDD, MMDDYY, DDMMYY, YYYYMM or MMYYYY;
+    #: YYYYMMDD ... for longer PINs), ``citizen_id`` (any run of the holder's ID number's
+    #: digits as long as the PIN).
+    weak_rules: tuple[Literal["repeated", "sequence", "birth_date", "citizen_id"], ...] = (
+        "repeated", "sequence", "birth_date", "citizen_id",
+    )  # fmt: skip
+    #: The PIN mailers' directory with ``[printer] backend = "file"``; empty =
+    #: ``<spool_dir>/pin-mailers`` (created owner-only, files mode 0600).
+    mailer_dir: Path | None = None
+    #: The CUPS queue of the PIN mailers (letter paper) with ``backend = "cups"``; empty =
+    #: ``[printer] cups_queue``.
+    mailer_queue: str = ""
+
+
 class PhotoSettings(_Section):
     width: int = 358
     height: int = 441
@@ -127,6 +147,8 @@ class LifecycleSettings(_Section):
     card_validity_years: int = Field(default=10, ge=1)
     renewal_window_days: int = Field(default=60, ge=0)
     pin_tries: int = Field(default=3, ge=1, le=15)
+    #: How many times the counter may unblock or reset a card's PIN (RESET RETRY COUNTER,
+    #: counted per card and PIN in the database); past it the card must be replaced.
     pin_unblocks: int = Field(default=5, ge=1, le=15)
     #: A suspended card may be reported lost (it is then blocked as lost; lifting the
     #: suspension no longer applies). ``false``: the suspension must be lifted first.
@@ -316,6 +338,7 @@ class Settings(_Section):
     printer: PrinterSettings = PrinterSettings()
     photos: PhotoSettings = PhotoSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
+    pins: PinSettings = PinSettings()
     issuer: IssuerSettings = IssuerSettings()
     api: ApiSettings = ApiSettings()
     applications: ApplicationSettings = ApplicationSettings()
@@ -336,6 +359,11 @@ class Settings(_Section):
     @property
     def spool_dir(self) -> Path:
         return self.printer.spool_dir or (self.data_dir / "spool")
+
+    @property
+    def mailer_dir(self) -> Path:
+        """Where the file backend spools PIN mailers (owner-only)."""
+        return self.pins.mailer_dir or (self.spool_dir / "pin-mailers")
 
     @property
     def cards_dir(self) -> Path:

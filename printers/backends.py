@@ -7,7 +7,7 @@ from typing import Literal, Protocol
 
 from printers.cups import CupsPrinter
 from printers.errors import SpoolError
-from printers.spool import CardPrinter, FileSpool
+from printers.spool import CardPrinter, DocumentPrinter, FileSpool
 
 
 class PrinterSection(Protocol):
@@ -37,4 +37,16 @@ def make_printer(settings: PrinterSettings) -> CardPrinter:
         return FileSpool(settings.spool_dir)
     if backend == "cups":
         return CupsPrinter(settings.printer.cups_server, settings.printer.cups_queue)
+    raise SpoolError(f"unknown printer backend {backend!r}")
+
+
+def make_document_printer(
+    backend: str, *, directory: Path, cups_server: str, cups_queue: str
+) -> DocumentPrinter:
+    """The printer of ready documents (PIN mailers) for ``[printer] backend``: an owner-only
+    file spool ``directory`` or the CUPS queue ``cups_queue``."""
+    if backend == "file":
+        return FileSpool(directory)
+    if backend == "cups":
+        return CupsPrinter(cups_server, cups_queue)
     raise SpoolError(f"unknown printer backend {backend!r}")

@@ -164,6 +164,42 @@ class CupsPrinter:
             state = self.wait_for(cups_id)
         return PrintResult(job_id, self.backend, str(cups_id), state)
 
+    def print_document(self, job_id: str, pdf: bytes) -> PrintResult:
+        """Print a ready PDF (a PIN mailer) on this queue with the queue's own media (not the
+        card's CR80). The PDF goes through an owner-only temporary file, removed once CUPS has
+        it; the server removes its own copy after printing when its ``cupsd.conf`` says
+        ``PreserveJobFiles No`` (CUPS keeps job files a day by default)."""
+        check_job_id(job_id)
+        options = {k: v for k, v in self.options.items() if k not in ("media", "PageSize")}
+        with _lock:
+            conn = self._connect()
+            try:
+                self._check_queue(conn)
+                existing = self._existing(conn, job_id)
+                if existing is not None:
+                    state = self._state(conn, existing)
+                    return PrintResult(job_id, self.backend, str(existing), state, duplicate=True)
+                with tempfile.NamedTemporaryFile(suffix=".pdf", delete=False) as fh:
+                    fh.write(pdf)
+                    path = fh.name
+                try:
+                    cups_id = int(conn.printFile(self.queue, path, job_id, options))
+                finally:
+                    os.unlink(path)
+                self._sent[job_id] = cups_id
+                state = self._state(conn, cups_id)
+            except PrinterError:
+                raise
+            except Exception as exc:
+                if cups is not None and isinstance(
+                    exc, cups.IPPError | cups.HTTPError | RuntimeError
+                ):
+                    raise map_cups_error(exc, self.queue) from exc
+                raise
+        if self.wait:
+            state = self.wait_for(cups_id)
+        return PrintResult(job_id, self.backend, str(cups_id), state)
+
     def _check_queue(self, conn: Any) -> None:
         """Raise PrinterNotFound / JobRejected before sending anything."""
         attrs = conn.getPrinterAttributes(

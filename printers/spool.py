@@ -24,6 +24,8 @@ from printers.errors import SpoolError
 from printers.layout import CARD_WIDTH_MM, MM_PER_INCH
 
 _EPOCH_2000 = time.gmtime(946_684_800)
+#: Fixed PDF dates: the same page gives the same PDF bytes.
+EPOCH_2000 = _EPOCH_2000
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -47,6 +49,14 @@ class CardPrinter(Protocol):
     """Print one card: front and back images at the card's size."""
 
     def print_card(self, job_id: str, front: Image.Image, back: Image.Image) -> PrintResult: ...
+
+
+@runtime_checkable
+class DocumentPrinter(Protocol):
+    """Print one ready PDF document (a PIN mailer): :meth:`FileSpool.print_document`,
+    :meth:`printers.cups.CupsPrinter.print_document`."""
+
+    def print_document(self, job_id: str, pdf: bytes) -> PrintResult: ...
 
 
 def check_job_id(job_id: str) -> str:
@@ -77,6 +87,8 @@ def page_size_pt(width_px: int, dpi: float) -> float:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    # mkstemp creates the file owner-only (0600): a document with a secret is never readable
+    # by others, not even while it is written
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -121,6 +133,21 @@ class FileSpool:
         except OSError as exc:
             raise SpoolError(f"cannot write to the spool {self.directory}: {exc}") from exc
         return PrintResult(job_id, self.backend, str(pdf), "spooled", files)
+
+    def print_document(self, job_id: str, pdf: bytes) -> PrintResult:
+        """Spool a ready PDF as ``<job>.pdf``, owner-only (directory 0700, file 0600): PIN
+        mailers. The same job id again returns the existing file (``duplicate=True``)."""
+        check_job_id(job_id)
+        path = self.directory / f"{job_id}.pdf"
+        if path.exists():
+            return PrintResult(job_id, self.backend, str(path), "spooled", (path,), duplicate=True)
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.directory.chmod(0o700)
+            _atomic_write(path, pdf)
+        except OSError as exc:
+            raise SpoolError(f"cannot write to the spool {self.directory}: {exc}") from exc
+        return PrintResult(job_id, self.backend, str(path), "spooled", (path,))
 
     def status(self) -> dict[str, object]:
         """Jobs complete in the spool and leftovers of interrupted writes."""

@@ -24,6 +24,7 @@ from issuance.batches import pipeline
 from issuance.batches.adapters import BatchAdapters
 from issuance.batches.blanks import BACKENDS, DeliveredBlankStock
 from issuance.batches.counter import CounterDesk, open_counter_desk
+from issuance.batches.mailers import PinMailerSink
 from issuance.batches.pipeline import BatchRunner, RunSummary
 from issuance.batches.stock import BlankStock, VirtualBlankStock
 from issuance.errors import ConfigError
@@ -60,6 +61,14 @@ def api_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
 def app_from_env() -> FastAPI:
     """The application for the settings in force (uvicorn ``--factory``)."""
     return api_app(get_settings())
+
+
+def outbox_sink(settings: Settings) -> Sink:
+    """What draining the outbox sends to: PIN mailers printed (the HSM and the mailer
+    printer, :class:`issuance.batches.mailers.PinMailerSink`), every other message to the
+    notification gateway (:func:`sink_from_settings`)."""
+    return PinMailerSink(settings, sink_from_settings(settings),
+                         key_service=lambda: key_service_from_settings(settings))  # fmt: skip
 
 
 def sink_from_settings(settings: Settings) -> Sink:

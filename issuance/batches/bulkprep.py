@@ -98,6 +98,7 @@ from issuance.models import (
     Person,
     utcnow,
 )
+from issuance.services.pins import SS_PIN
 from issuance.settings import Settings
 
 log = logging.getLogger("issuance.batches.prep")
@@ -136,8 +137,17 @@ class ProfilePins:
     def pin(self, card_identification_code: str, mac: Callable[[bytes], bytes]) -> str:
         return dataprep.natural_pin(card_identification_code, mac)
 
-    def blocks(self, pin: str) -> list[bytes]:
-        return [spec.encode(pin) for _, spec in self.specs]
+    def blocks(
+        self, pin: str, card_identification_code: str, mac: Callable[[bytes], bytes]
+    ) -> list[bytes]:
+        """``pin`` (the social security PIN) for ``ss``; every other PIN (the bank PIN) its
+        own natural PIN: never the social security PIN."""
+        return [
+            spec.encode(pin if spec.name == SS_PIN
+                        else dataprep.natural_pin(card_identification_code, mac,
+                                                  pin_name=spec.name))
+            for _, spec in self.specs
+        ]  # fmt: skip
 
 
 @dataclass
@@ -807,8 +817,10 @@ class _Capture:
         self.last = self._pins.pin(card_identification_code, mac)
         return self.last
 
-    def blocks(self, pin: str) -> list[bytes]:
-        return self._pins.blocks(pin)
+    def blocks(
+        self, pin: str, card_identification_code: str, mac: Callable[[bytes], bytes]
+    ) -> list[bytes]:
+        return self._pins.blocks(pin, card_identification_code, mac)
 
 
 def _random_serial() -> bytes:

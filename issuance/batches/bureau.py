@@ -310,8 +310,7 @@ class _CardEncoder:
                 raise ValidationError(
                     f"card {card.card_id}: profile {self.profile.name} has no key {slot.value}"
                 )
-        pins = {"ss": data.initial_pin, "bank": data.bank_pin or data.initial_pin}
-        blocks = [spec.encode(pins.get(spec.name, data.initial_pin)) for _, spec in self.pin_specs]
+        blocks = perso.initial_pin_blocks(data, self.profile)
         export = exporter.export(ref, slots, blocks, KeySlot.KMC)
         return export.kek_id, card_body(
             card_id=card.card_id, chip_serial=card.chip_serial,

@@ -11,7 +11,9 @@ Choices (marked CHOICE, easy to change):
   card's own PIN-unblock key (IBM 3624 style "natural PIN": the MAC of a constant under the
   per-card key PUK, decimalised), so data preparation, the PIN mailer and a reprint all get the
   same 6 digits without the PIN ever being written to the database, a file or a log. The holder
-  must change it before sensitive use (the card enforces it).
+  must change it before sensitive use (the card enforces it). The bank PIN of the financial
+  application has its own derivation (its own domain): it never defaults to the social
+  security PIN (:func:`initial_pins`; the mailer prints both, :mod:`issuance.batches.mailers`).
 * **PAN** of the financial application: the partner bank's BIN :data:`BANK_BIN` + the card's
   database id + the Luhn digit (19 digits). A real deployment takes the PAN range from the bank.
 * Medical and pension records start from the card's application (insured region = the holder's
@@ -30,7 +32,6 @@ chip, stock that binds at the station), where the keys are derived while the scr
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any, Protocol
@@ -62,6 +63,7 @@ from issuance.models import (
     Person,
     utcnow,
 )
+from issuance.services.pins import BANK_PIN, SS_PIN, same_digit, step_sequence
 from issuance.settings import Settings
 from printers.prepared import PreparedCard
 
@@ -111,31 +113,45 @@ def key_ref(card: Card, card_identification_code: str) -> CardKeyRef:
     )
 
 
-def initial_pin(key_service: KeyService, ref: CardKeyRef, digits: int = 6) -> str:
-    """The card's initial PIN, computed in the HSM (see the module docstring, CHOICE)."""
+def initial_pin(
+    key_service: KeyService, ref: CardKeyRef, digits: int = 6, *, pin_name: str = SS_PIN
+) -> str:
+    """The card's initial PIN ``pin_name`` (``ss`` or ``bank``), computed in the HSM (see the
+    module docstring, CHOICE)."""
     with key_service.card_crypto(ref) as crypto:
         return natural_pin(ref.card_identification_code,
                            lambda data: crypto.mac_block(KeySlot.PUK, data, bytes(8)),
-                           digits)  # fmt: skip
+                           digits, pin_name=pin_name)  # fmt: skip
+
+
+def initial_pins(key_service: KeyService, ref: CardKeyRef, profile: CardProfile) -> dict[str, str]:
+    """Every initial PIN of the profile by name, each computed in the HSM (one session)."""
+    with key_service.card_crypto(ref) as crypto:
+        return {
+            spec.name: natural_pin(
+                ref.card_identification_code,
+                lambda data: crypto.mac_block(KeySlot.PUK, data, bytes(8)),
+                pin_name=spec.name,
+            )
+            for _, spec in profile.pin_specs()
+        }
 
 
 def natural_pin(card_identification_code: str, mac: Callable[[bytes], bytes],
-                digits: int = 6) -> str:  # fmt: skip
-    """The initial PIN from ``mac(data)``, the MAC (ISO/IEC 9797-1 algorithm 1, zero IV) of
-    ``data`` under the card's PUK in the HSM. Weak values (all digits equal, ascending or
-    descending runs) are skipped deterministically."""
+                digits: int = 6, *, pin_name: str = SS_PIN) -> str:  # fmt: skip
+    """The initial PIN ``pin_name`` from ``mac(data)``, the MAC (ISO/IEC 9797-1 algorithm 1,
+    zero IV) of ``data`` under the card's PUK in the HSM. Each PIN has its own domain: the
+    bank PIN is never the social security PIN. Weak values (all digits equal, ascending or
+    descending runs: :func:`issuance.services.pins.same_digit`, ``step_sequence``) are skipped
+    deterministically."""
+    domain = _PIN_DOMAIN if pin_name == SS_PIN else _PIN_DOMAIN + b"/" + pin_name.encode()
     counter = 0
     while True:
-        data = _PIN_DOMAIN + card_identification_code.encode() + bytes([counter])
+        data = domain + card_identification_code.encode() + bytes([counter])
         pin = mac(data).hex().upper().translate(_DECIMALISE)[:digits]
-        if not _weak(pin):
+        if not (same_digit(pin) or step_sequence(pin)):
             return pin
         counter += 1
-
-
-def _weak(pin: str) -> bool:
-    steps = {int(b) - int(a) for a, b in itertools.pairwise(pin)}
-    return len(set(pin)) == 1 or steps in ({1}, {-1})
 
 
 class CardFields(Protocol):
@@ -296,14 +312,16 @@ def perso_data(
     profile: CardProfile,
     *,
     temporary_until: date | None = None,
+    bank_pin: str | None = None,
 ) -> CardPersoData:
     """Everything written to the chip (personal data: never logged, see CardPersoData):
-    :func:`perso_values` with the initial PIN."""
+    :func:`perso_values` with the initial PINs (``bank_pin``: the financial application's own,
+    needed when the profile has one; :func:`initial_pins`)."""
     values = perso_values(
         settings, card, person, application, card_identification_code, issue_date, profile,
         temporary_until=temporary_until,
     )  # fmt: skip
-    return perso.from_values(values, pin)
+    return perso.from_values(values, pin, bank_pin=bank_pin)
 
 
 def _add_years(d: date, years: int) -> date:
@@ -333,9 +351,10 @@ def prepare_card(
     person = session.get(Person, card.person_id)
     assert person is not None
     app = session.get(Application, card.application_id) if card.application_id else None
+    pins = initial_pins(key_service, ref, profile)
     data = perso_data(
-        settings, card, person, app, code, issue_date, initial_pin(key_service, ref), profile,
-        temporary_until=card.expiry_date if temporary else None,
+        settings, card, person, app, code, issue_date, pins[SS_PIN], profile,
+        bank_pin=pins.get(BANK_PIN), temporary_until=card.expiry_date if temporary else None,
     )  # fmt: skip
     data.validate()
     slots = tuple(spec.slot for _, spec in profile.key_specs() if spec.slot is not KeySlot.KMC)

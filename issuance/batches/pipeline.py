@@ -61,6 +61,7 @@ from issuance.batches import bulkprep, dataprep, persofile
 from issuance.batches import items as bi
 from issuance.batches.adapters import BatchAdapters
 from issuance.batches.blanks import ChipRefused, binds_at_station
+from issuance.batches.mailers import MAILER_TOPIC
 from issuance.batches.selection import get_batch
 from issuance.batches.stock import BlankStock, ensure_manufacturer_key
 from issuance.db import make_engine, make_sessionmaker, transaction, with_retry
@@ -941,7 +942,7 @@ def mark_good(
     # The PIN mailer computes the initial PIN in the HSM when it prints the sealed letter:
     # the PIN itself is never stored (issuance.batches.dataprep.initial_pin).
     enqueue(
-        s, "card.initial_pin_mailer", person_id=person.id, recipient=person.address,
+        s, MAILER_TOPIC, person_id=person.id, recipient=person.address,
         payload={"card_id": card.id, "card_number": card.card_number,
                  "card_identification_code": card.card_identification_code},
     )  # fmt: skip

@@ -35,6 +35,7 @@ from issuance.services.card_steps import (
 from issuance.services.common import find_card
 from issuance.services.financial import activate_financial as activate_financial
 from issuance.services.outbox import enqueue
+from issuance.services.pins import PinStateView, pin_states
 from issuance.services.temporary import hand_back_temporary_card
 from issuance.settings import Settings
 
@@ -227,6 +228,8 @@ class CardView:
     issue_date: date | None
     expiry_date: date | None
     chip_apps: dict[str, str]
+    #: What readers reported of each PIN (``ss``, ``bank``): tries left, blocked.
+    pins: dict[str, PinStateView] = field(default_factory=dict)
 
     @property
     def usable(self) -> bool:
@@ -265,5 +268,5 @@ def card_status(
         card.id, card.card_number, card.card_identification_code, str(card.kind),
         str(card.status), lifecycle.province_status_code(card.status), person.name,
         mask_citizen_id(person.citizen_id), card.issue_date, card.expiry_date,
-        {str(a.kind): str(a.status) for a in card.chip_apps},
+        {str(a.kind): str(a.status) for a in card.chip_apps}, pin_states(session, card.id),
     )  # fmt: skip

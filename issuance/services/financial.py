@@ -49,6 +49,7 @@ from issuance.models import (
     ChipAppStatus,
 )
 from issuance.services.common import find_card
+from issuance.services.pins import pin_refused
 
 if TYPE_CHECKING:
     from hsm.service import KeyService
@@ -157,11 +158,12 @@ def set_financial_pin(
                 profile=profile,
             )  # fmt: skip
         except PinError as exc:
-            left = "unknown" if exc.tries_left is None else str(exc.tries_left)
-            raise ValidationError(
-                "the card refused the PIN change",
-                [FieldProblem("pin", f"the current PIN is wrong ({left} tries left)")],
-            ) from None  # the chained error holds the APDU, not the PIN; keep it out anyway
+            # PinRefused (a ValidationError) carries the tries left, for the caller to record
+            # (issuance.services.pins.record_pin_state); the chained error holds the APDU,
+            # not the PIN: kept out anyway
+            raise pin_refused(
+                BANK_PIN, exc.tries_left, "current PIN", message="the card refused the PIN change"
+            ) from None
         except CardSpecError as exc:
             sw = getattr(exc, "sw", None)
             raise ValidationError(

@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("issuance.outbox")
 
+#: The topic of the sealed PIN mailer: printed (:mod:`issuance.batches.mailers`), never sent
+#: to a notification gateway; a sink that prints them says so with ``prints_pin_mailers``.
+PIN_MAILER_TOPIC = "card.initial_pin_mailer"
+
 
 class Sink(Protocol):
     def send(self, message: OutboxMessage) -> None:
@@ -209,6 +213,12 @@ def drain_outbox(
     for msg in session.scalars(stmt).all():
         msg.attempts += 1
         try:
+            if msg.topic == PIN_MAILER_TOPIC and not getattr(sink, "prints_pin_mailers", False):
+                # a gateway would "deliver" a letter nobody printed: left pending
+                raise DeliveryError(
+                    "a PIN mailer is printed, not notified: drain with "
+                    "ykt outbox drain or the worker (the mailer printer)"
+                )
             sink.send(msg)
         except Exception as exc:  # a gateway failure must not stop the others
             text = str(exc) if isinstance(exc, DeliveryError) else type(exc).__name__

@@ -18,8 +18,8 @@ gate), and only the roles of :data:`PEOPLE_ROLES`; every search and every view i
 found).
 
 :func:`person_record` is the person view: identity, every card with its status and each chip
-application's status (PIN state where this system records it), deposits and fees, loss
-reports, temporary cards, applications, and the audit timeline of the person, their
+application's status (its PIN as a reader last reported it: tries left, blocked), deposits
+and fees, loss reports, temporary cards, applications, and the audit timeline of the person, their
 applications and their cards. An overdue provisional loss lapses and a card past its expiry
 expires first, as :func:`issuance.services.cards.card_status` does.
 """
@@ -48,12 +48,12 @@ from issuance.models import (
     CardStatus,
     ChipAppKind,
     ChipApplication,
-    ChipAppStatus,
     Deposit,
     LossReport,
     Person,
     StaffRole,
 )
+from issuance.services.pins import APP_PIN, SS_PIN, PinStateView, pin_states
 
 #: Roles that may search people and see a person's record (counter, hotline, bank branch,
 #: fund supervision, audit). Reviewers and approvers see the application they decide
@@ -126,7 +126,10 @@ class ChipAppEntry:
     #: PIN state where this system records it: the bank PIN was set at a branch (True/False);
     #: None where nothing is recorded (the social security PIN lives on the chip only).
     pin_set: bool | None
+    #: the PIN guarding this function is blocked, as a reader last reported (card_pins)
     pin_blocked: bool
+    #: its tries left as a reader last reported them; None: never seen at a reader
+    pin_tries_left: int | None = None
 
 
 @dataclass(frozen=True)
@@ -385,16 +388,16 @@ def find_one(session: Session, query: PersonQuery, actor: Actor) -> int:
     return matches[0].person_id
 
 
-def _chip_entry(a: ChipApplication) -> ChipAppEntry:
+def _chip_entry(a: ChipApplication, states: dict[str, PinStateView]) -> ChipAppEntry:
     pin_set = a.pin_set if a.kind == ChipAppKind.FINANCIAL else None
+    state = states.get(APP_PIN.get(str(a.kind), SS_PIN))
     return ChipAppEntry(
         str(a.kind),
         str(a.status),
         a.status_changed_at,
         pin_set,
-        pin_blocked=a.status == ChipAppStatus.BLOCKED
-        and a.kind == ChipAppKind.FINANCIAL
-        and bool(a.pin_set),
+        pin_blocked=state is not None and state.blocked,
+        pin_tries_left=None if state is None else state.tries_left,
     )
 
 
@@ -448,7 +451,7 @@ def person_record(
                 c.expiry_date,
                 c.fee_fen,
                 numbers.get(c.replaced_by_id) if c.replaced_by_id else None,
-                [_chip_entry(a) for a in c.chip_apps],
+                [_chip_entry(a, pin_states(session, c.id)) for a in c.chip_apps],
             )
         )
         if c.fee_fen:

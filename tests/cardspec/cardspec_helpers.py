@@ -28,6 +28,8 @@ PAN = "6217000012345678901"
 PSN = "01"
 SSN = "11010519491231002X"
 INITIAL_PIN = "123456"
+#: The initial bank PIN (its own: never the social security PIN).
+BANK_PIN = "802413"
 
 
 def masters(seed: str = "test") -> dict[KeySlot, bytes]:
@@ -79,6 +81,7 @@ def perso_data(serial: bytes = SERIAL, *, spec_version: str = "2.00") -> perso.C
         init_org_code="330100000001",
         holder=Holder(SSN, "张三", "2", "01", "110105", date(1949, 12, 31)),
         initial_pin=INITIAL_PIN,
+        bank_pin=BANK_PIN,
         medical=MedicalData("310", "330182", "1", "11", date(2020, 1, 1)),
         pension=PensionData("1", "330182", date(2020, 1, 1), "11100"),
         financial=FinancialData(PAN, date(2034, 3, 31), PSN, "ZHANG SAN"),

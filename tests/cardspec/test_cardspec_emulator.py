@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from cardspec_helpers import INITIAL_PIN, SERIAL, personalised_card, software_crypto
+from cardspec_helpers import BANK_PIN, INITIAL_PIN, SERIAL, personalised_card, software_crypto
 from cardspec_helpers import blank as make_blank
 from smartcard.ATR import ATR
 
@@ -212,7 +212,7 @@ def test_change_pin_refuses_initial(issued) -> None:  # type: ignore[no-untyped-
     assert getattr(err2.value, "sw", None) == 0x6A80
     cardops.verify_pin(reader, "135790")
     # ISO 00 24 with the bank PIN (ISO 9564 format 2 blocks)
-    cardops.change_pin(reader, INITIAL_PIN, "246800", pin_name="bank")
+    cardops.change_pin(reader, BANK_PIN, "246800", pin_name="bank")
     cardops.verify_pin(reader, "246800", pin_name="bank")
     # medical data readable once the PIN is verified
     cardops.verify_pin(reader, "135790")

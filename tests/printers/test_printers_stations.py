@@ -76,6 +76,7 @@ def _card(line: Line, n: int) -> PreparedCard:
         holder=Holder(body + ids.citizen_id_check_char(body), "赵六", "1", "01", "330106",
                       date(1980, 1, 1)),
         initial_pin=initial_pin(line.key_service, ref),
+        bank_pin=initial_pin(line.key_service, ref, pin_name="bank"),
         medical=MedicalData("390", "330106", "1", "11", issue),
         pension=PensionData("1", "330106", issue, "10000"),
         financial=FinancialData(bank_pan(n), date(2036, 11, 30), "00", ""),

@@ -60,8 +60,10 @@ def _card(s: Session, ref: str) -> Card:
 
 @app.command("show")
 def show(card: str = typer.Argument(..., help="card number, identification code or id")) -> None:
-    """Status of a card (holder ID masked)."""
+    """Status of a card (holder ID masked), each chip function with its PIN's state as the
+    card last reported it ("PIN blocked", tries left)."""
     from issuance import services
+    from issuance.services.pins import app_status_text
 
     with session_scope() as s:
         c = _card(s, card)
@@ -74,7 +76,7 @@ def show(card: str = typer.Argument(..., help="card number, identification code 
         markup=False,
     )
     for kind, status in v.chip_apps.items():
-        out.print(f"  {kind:16} {status}")
+        out.print(f"  {kind:16} {app_status_text(kind, status, v.pins)}")
     if deposit is not None:
         state = (f"refunded {display.local_time(deposit.refunded_at, settings())}"
                  if deposit.refunded_at else "held")  # fmt: skip
@@ -241,13 +243,16 @@ class _PromptPinPad:
     """The CLI as the branch PIN pad: hidden prompts (the holder types; nothing is echoed,
     stored or logged)."""
 
+    def __init__(self, label: str = "bank PIN", current_hint: str = " (PIN mailer)") -> None:
+        self.label, self.current_hint = label, current_hint
+
     def current_pin(self) -> str:
-        return str(typer.prompt("holder: current bank PIN (PIN mailer)", hide_input=True,
-                                err=True))  # fmt: skip
+        return str(typer.prompt(f"holder: current {self.label}{self.current_hint}",
+                                hide_input=True, err=True))  # fmt: skip
 
     def new_pin(self) -> str:
-        again = "holder: new bank PIN again"
-        return str(typer.prompt("holder: new bank PIN", hide_input=True,
+        again = f"holder: new {self.label} again"
+        return str(typer.prompt(f"holder: new {self.label}", hide_input=True,
                                 confirmation_prompt=again, err=True))  # fmt: skip
 
 
@@ -278,7 +283,7 @@ def activate_financial(
     from issuance import services
     from issuance.errors import NotFound
     from issuance.models import Agency
-    from issuance.services import financial
+    from issuance.services import financial, pin_counter, pins
     from yikatong import branch
 
     cfg = settings()
@@ -297,16 +302,127 @@ def activate_financial(
 
             check = financial.hsm_card_check(key_service_from_settings(cfg), c)
         cic, card_id, number = c.card_identification_code, c.id, c.card_number
+        holder = pin_counter.HolderFacts(c.person.citizen_id, c.person.birth_date)
     assert cic is not None
+    pad = pins.StrengthCheckedPad(_PromptPinPad(), holder, cfg)  # the weak-PIN rule
     with branch.open_branch_reader(cfg, cic, reader) as desk:
         out.print(f"card {number} in {desk.name}: the holder sets the bank PIN")
-        evidence = services.set_financial_pin(desk, cic, _PromptPinPad(), authenticate=check)
+        try:
+            evidence = services.set_financial_pin(desk, cic, pad, authenticate=check)
+        except pins.PinRefused as refused:  # the card's tries left (blocked at 0) recorded
+            with session_scope() as s:
+                pin_counter.record_refusal(
+                    s,
+                    card_id,
+                    acting(s, as_, "bank"),
+                    refused,
+                    service="activate_financial",
+                    reader=desk.name,
+                )
+            raise
     with session_scope() as s:
         services.activate_financial(
             s, card_id, acting(s, as_, "bank"), identity_checked=identity_checked,
             pin=evidence, bank_agency_id=agency_id,
         )  # fmt: skip
     out.print(f"card {number}: PIN set on the card; financial function active")
+
+
+PIN_HELP = "ss (social security PIN, default) or bank (change only)"
+IDENTITY_HELP = "the clerk checked the holder's ID document"
+CARD_AUTH_HELP = (
+    "check the card is genuine (INTERNAL AUTHENTICATE against the HSM); --no-card-auth only "
+    "for cards made without this centre's HSM (development)"
+)
+
+
+def _serve_pin(
+    card: str, service: str, pin: str, identity_checked: bool, reader: str | None,
+    card_auth: bool, as_: str | None,
+) -> None:  # fmt: skip
+    """A PIN service at the desk reader (see issuance.services.pin_counter)."""
+    from issuance.batches import dataprep
+    from issuance.services import financial, pin_counter, pins
+    from yikatong import branch
+    from yikatong.wiring import key_service_from_settings
+
+    cfg = settings()
+    kind = pin_counter.PinService(service)
+    with session_scope() as s:  # check everything before the holder types anything
+        c = _card(s, card)
+        target = pin_counter.check_can_serve(
+            s, cfg, c.id, acting(s, as_), service=kind, identity_checked=identity_checked,
+            pin_name=pin,
+        )  # fmt: skip
+        needs_hsm = card_auth or kind is not pin_counter.PinService.CHANGE
+        keys = key_service_from_settings(cfg) if needs_hsm else None
+        check = financial.hsm_card_check(keys, c) if card_auth and keys is not None else None
+        ref = dataprep.key_ref(c, target.card_identification_code)
+        profile = dataprep.card_profile(cfg, c.algorithm)
+        number = c.card_number
+    label = pins.PIN_LABELS[pin]
+    pad = _PromptPinPad(label, "" if kind is not pin_counter.PinService.UNBLOCK else " (to check)")
+    with branch.open_branch_reader(cfg, target.card_identification_code, reader) as desk:
+        out.print(f"card {number} in {desk.name}: {service} the {label}")
+        try:
+            done = pin_counter.serve_pin_at_reader(
+                desk, target, kind, pad, cfg, key_service=keys, key_ref=ref, profile=profile,
+                authenticate=check,
+            )  # fmt: skip
+        except pins.PinRefused as refused:  # the card's tries left (blocked at 0) recorded
+            with session_scope() as s:
+                pin_counter.record_refusal(s, target.card_id, acting(s, as_), refused,
+                                           service=service, reader=desk.name)  # fmt: skip
+            raise
+    with session_scope() as s:
+        pin_counter.record_pin_service(s, done, target.card_id, acting(s, as_),
+                                       identity_checked=identity_checked)  # fmt: skip
+        left = pins.unblocks_left(s, cfg, target.card_id, pin)
+    tries = "" if done.tries_left is None else f" ({done.tries_left} tries)"
+    verb = {"change": "changed", "reset": "reset", "unblock": "unblocked"}[service]
+    out.print(f"card {number}: {label} {verb} on the card{tries}")
+    if kind is not pin_counter.PinService.CHANGE:
+        out.print(f"counter unblocks/resets left for this PIN: {left}")
+
+
+@app.command("pin-change")
+def pin_change(
+    card: str,
+    pin: str = typer.Option("ss", "--pin", help=PIN_HELP),
+    identity_checked: bool = typer.Option(False, "--identity-checked", help=IDENTITY_HELP),
+    reader: str | None = typer.Option(None, "--reader", help="PC/SC reader name (backend pcsc)"),
+    card_auth: bool = typer.Option(True, "--card-auth/--no-card-auth", help=CARD_AUTH_HELP),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
+    """Counter or branch: the holder changes a PIN on the card in the desk reader (types the
+    current PIN, then the new one twice, at hidden prompts; weak PINs refused)."""
+    _serve_pin(card, "change", pin, identity_checked, reader, card_auth, as_)
+
+
+@app.command("pin-reset")
+def pin_reset(
+    card: str,
+    identity_checked: bool = typer.Option(False, "--identity-checked", help=IDENTITY_HELP),
+    reader: str | None = typer.Option(None, "--reader", help="PC/SC reader name (backend pcsc)"),
+    card_auth: bool = typer.Option(True, "--card-auth/--no-card-auth", help=CARD_AUTH_HELP),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
+    """Counter: the holder forgot the social security PIN: they type a new one (twice); the
+    card's retry counter is reset with keys from the HSM and the new PIN set."""
+    _serve_pin(card, "reset", "ss", identity_checked, reader, card_auth, as_)
+
+
+@app.command("pin-unblock")
+def pin_unblock(
+    card: str,
+    identity_checked: bool = typer.Option(False, "--identity-checked", help=IDENTITY_HELP),
+    reader: str | None = typer.Option(None, "--reader", help="PC/SC reader name (backend pcsc)"),
+    card_auth: bool = typer.Option(True, "--card-auth/--no-card-auth", help=CARD_AUTH_HELP),
+    as_: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
+    """Counter: unblock the social security PIN after too many wrong tries (keys from the
+    HSM); the holder then types their PIN, which the card checks."""
+    _serve_pin(card, "unblock", "ss", identity_checked, reader, card_auth, as_)
 
 
 @app.command("report-damaged")

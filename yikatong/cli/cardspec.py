@@ -230,6 +230,8 @@ def personalise_cmd(
     table.add_row("keys loaded", ", ".join(s.value for s in result.keys_loaded))
     table.add_row("APDUs", f"{result.apdu_count} in {result.duration_s * 1000:.0f} ms")
     table.add_row("initial PIN", f"{perso.SAMPLE_INITIAL_PIN} (must be changed before use)")
+    if data.bank_pin:
+        table.add_row("initial bank PIN", data.bank_pin)
     table.add_row("internal authentication", "verified in the HSM: card is genuine")
     console.print(table)
 

@@ -1,7 +1,9 @@
 """``ykt outbox``: deliver the queued notifications (card ready for collection ...).
 
 The gateway is chosen by ``[notify] backend`` (:func:`yikatong.wiring.sink_from_settings`):
-``log`` (default: phone numbers masked, no full ID numbers), ``smtp`` or ``http``.
+``log`` (default: phone numbers masked, no full ID numbers), ``smtp`` or ``http``. PIN mailers
+(``card.initial_pin_mailer``) are printed instead, their PINs computed in the HSM, on the
+printer of ``[printer] backend`` (:mod:`issuance.batches.mailers`).
 """
 
 from __future__ import annotations
@@ -23,15 +25,16 @@ def drain(
     max_attempts: int = typer.Option(10, "--max-attempts", min=1),
 ) -> None:
     """Send pending notifications (oldest first) through the configured gateway
-    ([notify] backend); failures are retried later."""
+    ([notify] backend) and print pending PIN mailers (HSM, [printer] backend); failures are
+    retried later."""
     import sqlalchemy as sa
 
     from issuance import services
     from issuance.models import OutboxMessage
-    from yikatong.wiring import sink_from_settings
+    from yikatong.wiring import outbox_sink
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    sink = sink_from_settings(settings())
+    sink = outbox_sink(settings())
     try:
         with session_scope() as s:
             sent = services.drain_outbox(s, sink, limit=limit, max_attempts=max_attempts)

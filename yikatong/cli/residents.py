@@ -147,13 +147,14 @@ def print_record(rec: PersonRecord) -> None:
             f"{display.validity(c.issue_date, c.expiry_date)}{extra}"
         )
         for a in c.chip_apps:
+            if a.pin_blocked:  # never "sealed" or "active" when its PIN is blocked
+                out.print(f"    {a.kind:16} PIN blocked")
+                continue
             pin = ""
             if a.pin_set is not None:
-                pin = (
-                    "; PIN blocked"
-                    if a.pin_blocked
-                    else ("; PIN set" if a.pin_set else "; PIN not set")
-                )
+                pin = "; PIN set" if a.pin_set else "; PIN not set"
+            if a.pin_tries_left is not None:
+                pin += f"; PIN: {a.pin_tries_left} tries left"
             out.print(f"    {a.kind:16} {a.status}{pin}")
     out.print(
         f"deposits (held {display.yuan(rec.deposits_held_fen)}):"

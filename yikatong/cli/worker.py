@@ -34,7 +34,7 @@ def worker(
     from issuance.db import make_engine, make_sessionmaker
     from issuance.services.outbox import close_sink
     from issuance.worker import Worker
-    from yikatong.wiring import sink_from_settings
+    from yikatong.wiring import outbox_sink
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = settings()
@@ -45,7 +45,7 @@ def worker(
 
         signer = hsm_signer()
     engine = make_engine(cfg)
-    sink = sink_from_settings(cfg)
+    sink = outbox_sink(cfg)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

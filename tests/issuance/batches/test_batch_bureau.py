@@ -63,6 +63,7 @@ pytestmark = pytest.mark.softhsm
 
 REGION = "330100"
 PIN = "135790"
+BANK_PIN = "246813"
 PAN, PSN = "6217000012345678901", "01"
 PROFILES = {Algorithm.DES3: "ssc2-3des", Algorithm.AES: "ssc3-aes"}
 
@@ -122,6 +123,7 @@ def _card(n: int, profile: CardProfile) -> PreparedCard:
         init_org_code="330100000001",
         holder=Holder(_cid(n), "李四", "1", "01", "330106", date(1980, 1, 1)),
         initial_pin=PIN,
+        bank_pin=BANK_PIN,
         medical=MedicalData("310", "330182", "1", "11", date(2020, 1, 1)),
         pension=PensionData("1", "330182", date(2020, 1, 1), "11100"),
         financial=FinancialData(PAN, date(2035, 1, 31), PSN, "LI SI"),

@@ -178,7 +178,7 @@ def test_perso_records_hold_what_the_hsm_derives_card_by_card(
         plan = perso.plan_records(prepared.perso, profile)
         assert {f.ef: list(f.records) for f in record.files} == plan
         assert [f.ef for f in record.files] == list(plan)
-        blocks = [spec.encode(prepared.perso.initial_pin) for _, spec in profile.pin_specs()]
+        blocks = perso.initial_pin_blocks(prepared.perso, profile)
         with keys.card_crypto(prepared.key_ref) as crypto:
             assert record.write_keys() == {
                 slot: crypto.wrapped_card_key(slot) for slot in prepared.key_slots
