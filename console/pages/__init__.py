@@ -6,4 +6,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from console.pages import ecard
+
 PAGE_ROUTERS: list[APIRouter] = []
+PAGE_ROUTERS.append(ecard.router)
