@@ -59,6 +59,7 @@ def _view(s: Session, public_id: str) -> dict[str, Any]:
         "holder": card.person.name,
         "card_tail": card.card_number[-4:],
         "ended": e.ended_at is not None,
+        "refused": ecard.code_refusal(s, e),
         "card_status": str(card.status),
     }
 

@@ -7,16 +7,21 @@
     return;
   }
   var refused = document.getElementById("ecard-refused");
+  var figure = img.closest("figure") || img;
   var period = Math.max(5, parseInt(img.getAttribute("data-period"), 10) || 60);
   var base = img.getAttribute("data-src");
-  img.addEventListener("error", function () {
-    img.hidden = true;
+  function fail() {
+    figure.hidden = true;
     if (refused) {
       refused.hidden = false;
     }
-  });
+  }
+  img.addEventListener("error", fail);
+  if (img.complete && img.naturalWidth === 0) {
+    fail(); // the first image failed before this script ran
+  }
   img.addEventListener("load", function () {
-    img.hidden = false;
+    figure.hidden = false;
     if (refused) {
       refused.hidden = true;
     }

@@ -187,6 +187,11 @@ def _refusal(session: Session, ecard: Ecard) -> tuple[Card, str | None, bool]:
     return card, ecard_token.card_refusal(card.status, authorised), authorised
 
 
+def code_refusal(session: Session, ecard: Ecard) -> str | None:
+    """Why the e-card's codes are refused now (None: a code can be made and is accepted)."""
+    return _refusal(session, ecard)[1]
+
+
 @dataclass(frozen=True)
 class IssuedCode:
     text: str
