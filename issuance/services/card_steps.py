@@ -138,19 +138,20 @@ def lapse_if_due(session: Session, card: Card, now: datetime | None = None) -> b
     return True
 
 
-def ecard_follows_card(session: Session, card: Card, actor: Actor) -> Ecard | None:
+def ecard_follows_card(session: Session, card: Card, actor: Actor) -> None:
     """The e-card follows its card (the one rule; issue 21): once the card it is bound to has
     ended, the e-card moves to the card that replaced it (``ecard.moved``), or ends with the
     card's status as its reason (``ecard.ended``: cancelled - a death record cancels too -,
     expired, or replaced without a successor). Run where a card ends (cancellation, expiry,
     replacement) and again on every read of an e-card (idempotent), so a card ended by any
-    other path is caught too. Returns the live e-card now bound to what follows ``card``, if
-    any."""
+    other path is caught too."""
+    if card.status not in TERMINAL_CARD_STATUSES:
+        return
     live = session.scalars(
         sa.select(Ecard).where(Ecard.card_id == card.id, Ecard.ended_at.is_(None))
     ).first()
-    if live is None or card.status not in TERMINAL_CARD_STATUSES:
-        return live
+    if live is None:
+        return
     successor = session.get(Card, card.replaced_by_id) if card.replaced_by_id else None
     if card.status == CardStatus.REPLACED and successor is not None:
         live.card_id, live.loss_authorised_report_id = successor.id, None
@@ -160,7 +161,8 @@ def ecard_follows_card(session: Session, card: Card, actor: Actor) -> Ecard | No
             after=successor.card_number, reason=f"card {card.card_number} replaced",
             details={"from_card": card.card_number, "to_card": successor.card_number},
         )  # fmt: skip
-        return ecard_follows_card(session, successor, actor)
+        ecard_follows_card(session, successor, actor)
+        return
     live.ended_at, live.end_reason = utcnow(), str(card.status)
     flush(session)
     audit.record(
@@ -168,4 +170,3 @@ def ecard_follows_card(session: Session, card: Card, actor: Actor) -> Ecard | No
         reason=f"card {card.card_number} {card.status}",
         details={"card_number": card.card_number, "card_status": str(card.status)},
     )  # fmt: skip
-    return None

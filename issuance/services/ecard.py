@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, contains_eager
 
 from cardspec.ids import mask_citizen_id
 from issuance import audit
@@ -372,9 +372,10 @@ def verify_code(
     # another wrote meanwhile): two scans of one code race for the primary key
     if not _use_nonce(session, nonce_key(claims)):
         return _audited(session, actor, EcardVerdict(False, str(CodeReason.REUSED)), claims)
-    ecard = session.scalars(
-        sa.select(Ecard).where(Ecard.public_id == claims.ecard_id.hex())
-    ).first()
+    ecard = session.scalars(  # the e-card and its card in one query
+        sa.select(Ecard).join(Card, Card.id == Ecard.card_id).options(contains_eager(Ecard.card))
+        .where(Ecard.public_id == claims.ecard_id.hex())
+    ).first()  # fmt: skip
     if ecard is None:
         return _audited(session, actor, EcardVerdict(False, str(CodeReason.UNKNOWN_ECARD)), claims)
     _follow(session, ecard)

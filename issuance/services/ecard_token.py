@@ -33,6 +33,7 @@ which card states refuse a code, used online and offline.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Mapping
@@ -118,6 +119,7 @@ def card_ref(card_number: str) -> bytes:
     return hashlib.sha256(b"ykt-ecard-card/1\n" + card_number.upper().encode("ascii")).digest()[:16]
 
 
+@functools.lru_cache(maxsize=8)
 def key_id(public_key_pem: bytes) -> bytes:
     """The COSE kid of the issuer's key: SHA-256 of its SubjectPublicKeyInfo, first 8 bytes."""
     sm2_key = sm2.public_from_pem(public_key_pem)
@@ -131,6 +133,7 @@ def key_id(public_key_pem: bytes) -> bytes:
     return hashlib.sha256(der).digest()[:8]
 
 
+@functools.lru_cache(maxsize=8)
 def algorithm_of(public_key_pem: bytes) -> int:
     return ALG_SM2 if sm2.public_from_pem(public_key_pem) is not None else ALG_ES256
 
