@@ -317,20 +317,16 @@ def nonce_key(claims: Claims) -> bytes:
     return claims.expires_at.to_bytes(4, "big") + claims.nonce
 
 
+#: Record a used code: the same SQL on PostgreSQL and SQLite (3.35+); a text statement is
+#: compiled once (the dialects' ``insert().on_conflict_do_nothing()`` is compiled on every call).
+_USE_NONCE = sa.text(
+    "INSERT INTO ecard_nonces (id) VALUES (:key) ON CONFLICT DO NOTHING RETURNING id"
+).bindparams(sa.bindparam("key", type_=sa.LargeBinary(16)))
+
+
 def _use_nonce(session: Session, key: bytes) -> bool:
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        stmt: Any = pg_insert(EcardNonce).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        stmt = sqlite_insert(EcardNonce).on_conflict_do_nothing()
-    else:  # pragma: no cover - the project runs on SQLite and PostgreSQL
-        raise NotImplementedError(dialect)
-    got = session.execute(stmt.values(id=key).returning(EcardNonce.id))
-    return got.scalar_one_or_none() is not None
+    """Record the code's nonce as used; False if it was already (single use, every node)."""
+    return session.execute(_USE_NONCE, {"key": key}).scalar_one_or_none() is not None
 
 
 def prune_used_nonces(

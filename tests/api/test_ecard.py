@@ -164,6 +164,9 @@ def test_issue_scan_verify_and_refusals(api_env: ApiEnv) -> None:
     assert len(events(api_env, "ecard.issued")) == 1
     with api_env.session() as s:  # type: ignore[attr-defined]
         assert s.scalar(sa.select(sa.func.count()).select_from(EcardNonce)) == 2
+        # the worker forgets used codes once they are long expired (refused as expired anyway)
+        assert ecard.prune_used_nonces(s, utcnow()) == 0
+        assert ecard.prune_used_nonces(s, utcnow() + timedelta(minutes=12)) == 2
 
 
 def test_provisional_loss_needs_the_holders_authorisation(api_env: ApiEnv) -> None:
