@@ -244,3 +244,33 @@ def test_the_ecard_follows_its_card(api_env: ApiEnv) -> None:
     terminal = offline(api_env)
     refused = terminal.verify(other_code)
     assert (refused.valid, refused.reason) == (False, "cancelled")
+
+
+def test_the_ecard_page_for_staff_and_by_link(api_env: ApiEnv) -> None:
+    from console_helpers import give_passwords, sign_in
+
+    card = api_env.new_card()
+    ecard_id = issue(api_env, card)
+    c = api_env.client
+    # the link a clerk hands out opens the page without a staff session
+    path = c.post(f"/v1/ecards/{ecard_id}/links", headers=api_env.auth("clerk")).json()["path"]
+    page = c.get(path)
+    assert page.status_code == 200 and 'id="ecard-code"' in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    png = c.get(path + "/code.png")
+    assert png.status_code == 200 and png.headers["cache-control"] == "no-store"
+    assert verify(api_env, scan(png.content))["valid"] is True
+    assert c.get(path[:-6] + "AAAAAA").status_code == 404
+    assert c.get(path[:-6] + "AAAAAA/code.png").status_code == 404
+    # staff: signed in, with ecard:manage (a reviewer lacks it)
+    give_passwords(api_env)
+    sign_in(c, api_env.actors["reviewer"].username)
+    assert c.get(f"/console/ecard/s/{ecard_id}").status_code == 403
+    c.cookies.clear()
+    sign_in(c, api_env.actors["clerk"].username)
+    assert 'id="ecard-code"' in c.get(f"/console/ecard/s/{ecard_id}").text
+    staff_png = c.get(f"/console/ecard/s/{ecard_id}/code.png")
+    assert verify(api_env, scan(staff_png.content))["valid"] is True
+    codes = [e for e in events(api_env, "ecard.code")]
+    assert [e.actor_name for e in codes] == ["ecard-link", api_env.actors["clerk"].username]
+    assert len(events(api_env, "ecard.link")) == 1
