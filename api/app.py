@@ -25,6 +25,7 @@ from api import (
     routes_apps,
     routes_cards,
     routes_cash,
+    routes_ecard,
     routes_people,
     routes_verify,
 )
@@ -119,7 +120,8 @@ def create_app(
     app.hot = HotPath(ctx, auth, recorder)
     app.gate = Gate(auth, recorder, app)
     errors.install(app)
-    modules = (routes_verify, routes_cards, routes_apps, routes_admin, routes_people, routes_cash)
+    modules = (routes_verify, routes_cards, routes_apps, routes_admin, routes_people, routes_cash,
+               routes_ecard)  # fmt: skip
     for module in modules:
         app.include_router(module.router)
     _security_scheme(app)

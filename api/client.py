@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -28,6 +28,8 @@ from cardspec.cardops import (
 )
 from cardspec.profile import DEFAULT_PROFILE, CardProfile
 from cardspec.reader import Reader
+from issuance.models import CardStatus
+from issuance.services import ecard_token
 from issuance.services.status_feed import FeedSummary, verify_feed
 
 #: A feed older than this is refused (it would hide the cards refused since).
@@ -138,6 +140,13 @@ class YktClient:
             body["sm2_signature"] = sm2_proof[1].hex()
         return dict(self._json("POST", "/v1/verifications", json=body))
 
+    def verify_ecard(
+        self, code: str, include_holder: bool = False, include_photo: bool = False
+    ) -> dict[str, Any]:
+        """The online check of a scanned e-card code (``POST /v1/ecard/verifications``)."""
+        body = {"code": code, "include_holder": include_holder, "include_photo": include_photo}
+        return dict(self._json("POST", "/v1/ecard/verifications", json=body))
+
     # status feed ------------------------------------------------------------------------
     def public_key_pem(self) -> bytes:
         return str(self._json("GET", "/v1/status-feed/public-key")["public_key_pem"]).encode()
@@ -227,3 +236,70 @@ def verify_card_in_reader(
         ch["challenge_id"], public.card_identification_code, public.card_number, answer,
         application, include_holder, include_photo, proof,
     )  # fmt: skip
+
+
+# --- e-card codes offline -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OfflineEcardVerdict:
+    valid: bool
+    reason: str | None
+    ecard_id: str | None = None
+    loss_authorised: bool = False
+
+
+@dataclass
+class OfflineEcardVerifier:
+    """A terminal with no network verifies e-card codes with the issuer's public key (pinned,
+    handed over out of band) and the last signed status feed it downloaded
+    (:meth:`YktClient.status_feed`, or a saved file: :meth:`load_feed`).
+
+    What it checks: the code's structure, the issuer's signature, its issue time and expiry,
+    and the card's status in the feed (lost, cancelled, replaced ... refuse; a provisionally
+    lost card's code only if it carries the holder's authorisation, which the service puts in
+    codes made while that authorisation holds). What it cannot: a code used once already (it
+    keeps no shared record: a screenshot replayed within the code's life, at most ``[ecard]
+    code_seconds + code_grace_seconds``, passes), and a status change newer than its feed."""
+
+    public_key_pem: bytes
+    #: card reference (``ecard_token.card_ref``) -> card status, for every card the feed names
+    statuses: dict[bytes, str] = field(default_factory=dict)
+    sequence: int | None = None
+
+    def on_entry(self, entry: dict[str, Any]) -> None:
+        """Take one (already signature-checked) feed entry: a full feed or a delta."""
+        ref = ecard_token.card_ref(str(entry["card_number"]))
+        if entry.get("refused"):
+            self.statuses[ref] = str(entry["status"])
+        else:
+            self.statuses.pop(ref, None)
+
+    def load_feed(
+        self, lines: Iterable[bytes], *, max_age: timedelta | None = FEED_MAX_AGE
+    ) -> FeedSummary:
+        """Read a saved feed (full, then deltas in order), checking its signature against
+        the pinned key; raise IntegrityError if it does not verify (nothing is taken then)."""
+        seen: list[dict[str, Any]] = []
+        summary = verify_feed(lines, self.public_key_pem, seen.append, max_age=max_age)
+        if summary.kind == "full":
+            self.statuses.clear()
+        for entry in seen:
+            self.on_entry(entry)
+        self.sequence = summary.sequence
+        return summary
+
+    def verify(self, code: str, now: int | None = None) -> OfflineEcardVerdict:
+        """The verdict on a scanned code, offline."""
+        import time
+
+        at = int(time.time()) if now is None else now
+        checked = ecard_token.check_code(code, self.public_key_pem, at)
+        if isinstance(checked, ecard_token.CodeReason):
+            return OfflineEcardVerdict(False, str(checked))
+        status = self.statuses.get(checked.card_ref, CardStatus.ACTIVE)
+        reason = ecard_token.card_refusal(status, checked.loss_authorised)
+        return OfflineEcardVerdict(
+            reason is None, reason, checked.ecard_id.hex(),
+            checked.loss_authorised and reason is None,
+        )  # fmt: skip

@@ -481,6 +481,10 @@ def _children_cpu() -> float:
 
 
 def _generator_cmd(kind: str, port: int, seconds: float, spec_dir: Path) -> list[str]:
+    if kind == "ecard":  # e-card codes (bench.ecard's own Python generator)
+        from bench import ecard
+
+        return ecard.generator_cmd(port, seconds, spec_dir)
     if GENERATOR == "wrk":
         args = ["hello"] if kind == "hello" else ["verify", str(spec_dir / "cards.txt"),
                                                   (spec_dir / "token").read_text()]  # fmt: skip
@@ -663,8 +667,9 @@ def _verdict(ok: bool) -> str:
 
 
 def run(
-    url: str, pg: Any, data_dir: Path, token: str, cards: list[tuple[str, str]]
-) -> dict[str, Any]:
+    url: str, pg: Any, data_dir: Path, token: str, cards: list[tuple[str, str]],
+    ecards: list[tuple[str, str]] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Measure against a prepared database: ``cards`` are (cic, card number) of active cards
     with an active medical application (bench.scale runs it on its 10M-card database too).
     Then the machine's floor on the same database: :mod:`bench.floor_app` driven by the same
@@ -673,6 +678,7 @@ def run(
     from issuance.db_async import dsn_from_url
 
     spec_dir = Path(tempfile.mkdtemp(prefix="ykt-bench-spec-"))
+    ecard_m: dict[str, Any] | None = None
     keyed = export_irks(data_dir, cards)
     (spec_dir / "spec.json").write_text(json.dumps({"token": token, "cards": keyed}))
     (spec_dir / "cards.txt").write_text("".join(f"{c} {n} {k}\n" for c, n, k in keyed))
@@ -690,6 +696,10 @@ def run(
             verify = _run_generator("verify", port, SECONDS, spec_dir, procs)
             hello = _run_generator("hello", port, short, spec_dir, procs)
             wrk = _wrk_hello(port, short)
+            if ecards:  # e-card codes beside the chip verification (bench.ecard)
+                from bench import ecard
+
+                ecard_m = ecard.measure(port, short, spec_dir, procs, data_dir, token, ecards)
         finally:
             _stop(server)
         port = free_port()
@@ -708,7 +718,7 @@ def run(
         shutil.rmtree(spec_dir, ignore_errors=True)
     return {"verify": verify, "hello": hello, "wrk": wrk, "floor_verify": floor_verify,
             "floor_hello": floor_hello, "pgbench": pgbench,
-            "hsm_check_cpu_us": hsm_us}  # fmt: skip
+            "hsm_check_cpu_us": hsm_us, "ecard": ecard_m}  # fmt: skip
 
 
 def report(
@@ -800,6 +810,10 @@ def report(
         result["audit_seal_per_s"] = round(seal["seal_per_s"], 1)
         result["audit_events_sealed"] = seal["sealed"]
     _print(result, verify)
+    if m.get("ecard"):
+        from bench import ecard
+
+        result.update(ecard.report(m["ecard"]))
     if not clean:
         raise RuntimeError(
             f"{verify['errors']} errors and {verify['invalid']} invalid verifications "
@@ -886,7 +900,10 @@ def main() -> dict[str, Any]:
             url = pg.create_database("bench")
             _setup_hsm(data_dir)
             token = _seed(url, CARDS)
-            m = run(url, pg, data_dir, token, [card_identifiers(i) for i in range(1, CARDS + 1)])
+            cards = [card_identifiers(i) for i in range(1, CARDS + 1)]
+            from bench import ecard
+
+            m = run(url, pg, data_dir, token, cards, ecard.seed_ecards(url, cards))
             seal = _seal_rate(url)
             return report(m, settings, CARDS, seal)
     finally:

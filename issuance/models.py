@@ -898,3 +898,50 @@ class CardPin(Base):
     unblocks: Mapped[int] = mapped_column(default=0)
     #: when the card last reported this state (UTC)
     seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- the electronic card (migration 0019; issuance.services.ecard) ---------------------------
+class Ecard(Base):
+    """A person's electronic card: bound to one physical (formal) card and its holder; its
+    dynamic codes are signed by the issuer (:mod:`issuance.services.ecard_token`). It follows
+    its card (:func:`issuance.services.card_steps.ecard_follows_card`): moved to the
+    replacement card, ended when the card is cancelled or expires. Live while ``ended_at`` is
+    empty; one live e-card per person."""
+
+    __tablename__ = "ecards"
+    __table_args__ = (
+        sa.Index(
+            "uq_ecards_live_person",
+            "person_id",
+            unique=True,
+            sqlite_where=sa.text("ended_at IS NULL"),
+            postgresql_where=sa.text("ended_at IS NULL"),
+        ),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: 32 hex characters (16 random bytes): the e-card's identity in its codes
+    public_id: Mapped[str] = mapped_column(sa.String(32), unique=True)
+    person_id: Mapped[int] = mapped_column(sa.ForeignKey("persons.id"), index=True)
+    #: the card it is bound to now
+    card_id: Mapped[int] = mapped_column(sa.ForeignKey("cards.id"), index=True)
+    #: how the person was identified when it was issued (``counter_identity_check``,
+    #: ``resident_otp``)
+    proof: Mapped[str] = mapped_column(sa.String(32))
+    issued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    issued_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"))
+    #: the provisional loss report during which the holder authorised the e-card's use
+    loss_authorised_report_id: Mapped[int | None] = mapped_column(sa.ForeignKey("loss_reports.id"))
+    ended_at: Mapped[datetime | None]
+    #: why it ended: the card's status then (``cancelled``, ``expired``, ...)
+    end_reason: Mapped[str | None] = mapped_column(sa.String(32))
+
+    card: Mapped[Card] = relationship(foreign_keys=[card_id])
+
+
+class EcardNonce(Base):
+    """A used e-card code: expiry (4 bytes, big-endian Unix seconds) || the code's 12-byte
+    nonce. The primary key makes each code single-use online across every node; the expiry
+    leads the key, so pruning is a key range."""
+
+    __tablename__ = "ecard_nonces"
+    id: Mapped[bytes] = mapped_column(sa.LargeBinary(16), primary_key=True)

@@ -329,6 +329,18 @@ class ResidentSettings(_Section):
     session_minutes: int = Field(default=10, ge=1, le=60)
 
 
+class EcardSettings(_Section):
+    """The electronic card (``issuance.services.ecard``)."""
+
+    #: A new dynamic code every this many seconds (the resident page fetches one each period).
+    code_seconds: int = Field(default=60, ge=10, le=600)
+    #: A code stays valid this many seconds past its period (a code shown at the end of a
+    #: period can still be scanned; the offline replay window is ``code_seconds`` + this).
+    code_grace_seconds: int = Field(default=30, ge=0, le=600)
+    #: How long the signed link a counter clerk hands out opens the resident's e-card page.
+    link_minutes: int = Field(default=10, ge=1, le=24 * 60)
+
+
 class Settings(_Section):
     data_dir: Path = PROJECT_ROOT / "var"
     database: DatabaseSettings = DatabaseSettings()
@@ -346,6 +358,7 @@ class Settings(_Section):
     worker: WorkerSettings = WorkerSettings()
     console: ConsoleSettings = ConsoleSettings()
     resident: ResidentSettings = ResidentSettings()
+    ecard: EcardSettings = EcardSettings()
 
     # Derived locations -------------------------------------------------------------------
     @property

@@ -11,7 +11,8 @@ Each round runs, each in its own transaction:
 5. ``audit_seal``: the audit hash chain is sealed, checkpoints signed by the HSM's signing key
    (:func:`issuance.audit.seal`; ``[worker] seal_audit``, ``sign_checkpoints``);
 6. ``prune_challenges``: used verification challenges expired long enough ago are forgotten
-   (:func:`issuance.services.verification.prune_used_challenges`); at most once a minute;
+   (:func:`issuance.services.verification.prune_used_challenges`), and so are used e-card codes
+   (:func:`issuance.services.ecard.prune_used_nonces`); at most once a minute;
 7. ``prune_resident``: residents' one-time code requests and sessions a day old are forgotten
    (:func:`issuance.services.resident.prune`; the audit log keeps their events); at most once a
    minute.
@@ -44,6 +45,7 @@ from issuance.audit import Signer, scrub
 from issuance.db import transaction
 from issuance.errors import ConflictError
 from issuance.models import utcnow
+from issuance.services.ecard import prune_used_nonces
 from issuance.services.resident import prune as prune_resident
 from issuance.services.verification import prune_used_challenges
 from issuance.settings import Settings
@@ -127,7 +129,7 @@ class Worker:
         if name == "audit_seal":
             return lambda s: audit.seal(s, self.signer, now=now).sealed
         if name == "prune_challenges":
-            return lambda s: prune_used_challenges(s, now)
+            return lambda s: prune_used_challenges(s, now) + prune_used_nonces(s, now)
         if name == "prune_resident":
             return lambda s: prune_resident(s, now)
         raise ValueError(name)

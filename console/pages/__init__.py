@@ -6,6 +6,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from console.pages import admin, branch, centre, resident
+from console.pages import admin, branch, centre, ecard, resident
 
-PAGE_ROUTERS: list[APIRouter] = [resident.router, centre.router, admin.router, branch.router]
+PAGE_ROUTERS: list[APIRouter] = [
+    resident.router,
+    centre.router,
+    admin.router,
+    branch.router,
+    ecard.router,
+]

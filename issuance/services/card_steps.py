@@ -12,7 +12,7 @@ from datetime import date, datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from issuance import lifecycle
+from issuance import audit, lifecycle
 from issuance.audit import SYSTEM_ACTOR, Actor
 from issuance.db import flush
 from issuance.lifecycle import SOCIAL_KINDS, CardEvent, ChipEvent
@@ -23,6 +23,7 @@ from issuance.models import (
     CardStatus,
     ChipAppKind,
     ChipAppStatus,
+    Ecard,
     LossKind,
     LossReport,
     LossStatus,
@@ -54,6 +55,7 @@ def cancel(session: Session, card: Card, actor: Actor, reason: str) -> None:
     lifecycle.apply_card_event(session, card, CardEvent.CANCEL, actor, reason=reason)
     lifecycle.cascade_chips(session, card, ChipEvent.CANCEL, actor, reason=reason)
     close_open_reports(session, card)
+    ecard_follows_card(session, card, actor)
 
 
 #: States from which a card expires (before personalisation it has no expiry date).
@@ -77,6 +79,7 @@ def expire_if_due(session: Session, card: Card, today: date | None = None) -> bo
     lifecycle.apply_card_event(session, card, CardEvent.EXPIRE, SYSTEM_ACTOR, reason=reason)
     lifecycle.cascade_chips(session, card, ChipEvent.CANCEL, SYSTEM_ACTOR, reason=reason)
     close_open_reports(session, card)
+    ecard_follows_card(session, card, SYSTEM_ACTOR)
     flush(session)
     return True
 
@@ -133,3 +136,37 @@ def lapse_if_due(session: Session, card: Card, now: datetime | None = None) -> b
         r.status, r.closed_at = LossStatus.LAPSED, now
     flush(session)
     return True
+
+
+def ecard_follows_card(session: Session, card: Card, actor: Actor) -> None:
+    """The e-card follows its card (the one rule; issue 21): once the card it is bound to has
+    ended, the e-card moves to the card that replaced it (``ecard.moved``), or ends with the
+    card's status as its reason (``ecard.ended``: cancelled - a death record cancels too -,
+    expired, or replaced without a successor). Run where a card ends (cancellation, expiry,
+    replacement) and again on every read of an e-card (idempotent), so a card ended by any
+    other path is caught too."""
+    if card.status not in TERMINAL_CARD_STATUSES:
+        return
+    live = session.scalars(
+        sa.select(Ecard).where(Ecard.card_id == card.id, Ecard.ended_at.is_(None))
+    ).first()
+    if live is None:
+        return
+    successor = session.get(Card, card.replaced_by_id) if card.replaced_by_id else None
+    if card.status == CardStatus.REPLACED and successor is not None:
+        live.card_id, live.loss_authorised_report_id = successor.id, None
+        flush(session)
+        audit.record(
+            session, actor, "ecard.moved", "ecard", live.id, before=card.card_number,
+            after=successor.card_number, reason=f"card {card.card_number} replaced",
+            details={"from_card": card.card_number, "to_card": successor.card_number},
+        )  # fmt: skip
+        ecard_follows_card(session, successor, actor)
+        return
+    live.ended_at, live.end_reason = utcnow(), str(card.status)
+    flush(session)
+    audit.record(
+        session, actor, "ecard.ended", "ecard", live.id, after="ended",
+        reason=f"card {card.card_number} {card.status}",
+        details={"card_number": card.card_number, "card_status": str(card.status)},
+    )  # fmt: skip

@@ -64,18 +64,25 @@ SCOPES: dict[str, str] = {
     "people:read": "search people and see a person's whole record (staff only: never granted "
     "to an agency)",
     "cash:read": "receipts and the day's cash reconciliation (staff only)",
+    "ecard:verify": "verify electronic card codes (the holder's data needs holder:read / "
+    "holder:photo / holder:full_id, as for cards)",
+    "ecard:manage": "issue electronic cards at a counter, record the holder's authorisation "
+    "during a provisional loss, hand out the link to the e-card page (staff only)",
 }
 
 #: Scopes only staff tokens carry: an agency's client credentials are never granted them
 #: (agencies never list people; the domain refuses them too, ``issuance.services.people``).
-STAFF_ONLY_SCOPES = frozenset({"people:read", "cash:read"})
+STAFF_ONLY_SCOPES = frozenset({"people:read", "cash:read", "ecard:manage"})
 
 #: Default scopes of an agency by kind (``ykt api agency add --scope`` overrides).
 AGENCY_DEFAULT_SCOPES: dict[AgencyKind, tuple[str, ...]] = {
-    AgencyKind.HOSPITAL: ("verify", "holder:read", "holder:photo", "feed:read", "cards:read"),
-    AgencyKind.PHARMACY: ("verify", "holder:read", "holder:photo", "feed:read"),
+    AgencyKind.HOSPITAL: (
+        "verify", "holder:read", "holder:photo", "feed:read", "cards:read", "ecard:verify",
+    ),
+    AgencyKind.PHARMACY: ("verify", "holder:read", "holder:photo", "feed:read", "ecard:verify"),
     AgencyKind.BANK: (
         "verify", "holder:read", "holder:photo", "feed:read", "cards:read", "financial:activate",
+        "ecard:verify",
     ),
     # "other" = a self-service platform (hotline, website, app): residents report a lost card
     # and withdraw a provisional report there (DOMAIN.md); such reports are provisional and
@@ -83,7 +90,7 @@ AGENCY_DEFAULT_SCOPES: dict[AgencyKind, tuple[str, ...]] = {
     AgencyKind.OTHER: ("verify", "feed:read", "cards:loss"),
     # a community service centre's own systems: verify cards and read the status feed (its
     # clerks hand cards out as staff users, with their own roles)
-    AgencyKind.COMMUNITY: ("verify", "feed:read"),
+    AgencyKind.COMMUNITY: ("verify", "feed:read", "ecard:verify"),
 }  # fmt: skip
 
 _COUNTER = (
@@ -93,14 +100,14 @@ _COUNTER = (
 
 #: Scopes of a staff token by role (the services check the role itself on every action).
 STAFF_SCOPES: dict[StaffRole, tuple[str, ...]] = {
-    StaffRole.CLERK: (*_COUNTER, "people:read", "cash:read"),
+    StaffRole.CLERK: (*_COUNTER, "people:read", "cash:read", "ecard:verify", "ecard:manage"),
     StaffRole.SUPERVISOR: (
         *_COUNTER, "holder:full_id", "audit:read", "deaths:write", "principals:manage",
-        "people:read", "cash:read",
+        "people:read", "cash:read", "ecard:verify", "ecard:manage",
     ),
     StaffRole.ADMIN: (
         *_COUNTER, "holder:full_id", "audit:read", "deaths:write", "principals:manage",
-        "people:read", "cash:read",
+        "people:read", "cash:read", "ecard:verify", "ecard:manage",
     ),
     StaffRole.REVIEWER: ("applications:write", "applications:read", "cards:read"),
     StaffRole.APPROVER: ("applications:write", "applications:read", "cards:read"),

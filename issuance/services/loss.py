@@ -50,6 +50,7 @@ from issuance.models import (
 from issuance.services import cash
 from issuance.services.card_steps import (
     cancel,
+    ecard_follows_card,
     expire_if_due,
     lapse_if_due,
     open_reports,
@@ -387,6 +388,7 @@ def replace_card(
     )  # fmt: skip
     old.replaced_by_id = new.id
     flush(session)
+    ecard_follows_card(session, old, actor)  # the e-card moves to the new card
     cash.issue_receipt(session, actor, cash.ReceiptKind.FEE, fee, new,
                        f"replacement of card {old.card_number}", at=new.created_at)  # fmt: skip
     return new

@@ -201,6 +201,7 @@ FIELD_VALUES: dict[str, Callable[[Matrix], Any]] = {
     "collective": lambda m: "矩阵测试单位",
     "file": lambda m: ("records.csv", CSV, "text/csv"),
     "photo": lambda m: ("photo.jpg", PHOTO, "image/jpeg"),
+    "code": lambda m: "YKTEC1:NOT-A-CODE",  # an e-card code (refused: code_malformed)
 }
 
 
@@ -243,6 +244,7 @@ def url_for(route: RouteSpec, m: Matrix, held: bool) -> str:
         "person_id": str(m.person_id),
         "day": "2026-12-06",
         "number": "CENTRE-00000001",
+        "ecard_id": "0" * 32,  # an e-card nobody has (a caller that may act meets a 404)
     }
     path = route.path
     for name, value in values.items():

@@ -41,6 +41,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("yikatong.cli.places", "places", "Collection points: bank branches, community centres."),
     ("yikatong.cli.cash", "cash", "Cash: receipts (PDF) and the day's reconciliation."),
     ("yikatong.cli.cards", "cards", "Card lifecycle: loss, un-report, temporary cards, ..."),
+    ("yikatong.cli.ecard", "ecard", "Electronic cards: issue, codes, authorisation in a loss."),
     ("yikatong.cli.audit", "audit", "Audit log: verify the hash chain, checkpoints."),
     ("yikatong.cli.outbox", "outbox", "Notifications: drain the outbox to the SMS/log sink."),
     ("yikatong.cli.worker", "worker", "Periodic jobs (ykt worker)."),
