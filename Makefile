@@ -14,7 +14,7 @@ test:
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
-	.venv/bin/mypy issuance hsm cardspec api printers yikatong devstack console
+	.venv/bin/mypy issuance hsm cardspec readers api printers yikatong devstack console
 	.venv/bin/lint-imports --no-cache
 
 bench: setup

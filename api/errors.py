@@ -77,6 +77,7 @@ ISSUANCE_STATUS: list[tuple[type[ie.IssuanceError], int]] = [
     (ie.PermissionDenied, 403),
     (ie.IntegrityError, 409),
     (ie.ConfigError, 503),
+    (ie.StationError, 503),
 ]
 
 

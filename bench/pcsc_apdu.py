@@ -28,7 +28,7 @@ SELECT = (
 
 
 def _client(reader_name: str, csock: str, seconds: float) -> int:
-    from cardspec.pcsc import PcscReader
+    from readers.pcsc import PcscReader
 
     with PcscReader(reader_name, csock=csock) as reader:
         for _ in range(50):  # warm up
@@ -85,7 +85,7 @@ def _emulator_rate(image: Path, n: int = 20000) -> float:
 
 
 def main() -> dict[str, Any]:
-    from cardspec.virtual import VirtualReaderStack
+    from readers.virtual import VirtualReaderStack
 
     seconds = float(os.environ.get("BENCH_SECONDS", "3"))
     with tempfile.TemporaryDirectory(prefix="ykt-bench-") as tmp:

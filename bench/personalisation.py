@@ -64,9 +64,9 @@ def _prepared(settings: Settings, key_service: Any, stock: Any, n: int) -> Prepa
 def _printed(settings: Settings, prepared: PreparedCard, directory: Path) -> Any:
     """The printed back of ``prepared`` (rendered before the timed run: printing is not part
     of this benchmark), for the quality check to read its face code."""
+    from issuance.batches.stations import PrintedFace
     from printers.faces import CardFace, render_back
     from printers.layout import DEFAULT_LAYOUT
-    from printers.stations import PrintedFace
 
     data = prepared.perso
     face = CardFace(
@@ -127,8 +127,8 @@ def _run(
 
 
 def main() -> dict[str, Any]:
+    from issuance.batches.stations import open_stations
     from issuance.batches.stock import VirtualBlankStock, ensure_manufacturer_key
-    from printers.stations import open_stations
     from yikatong.demo import ensure_hsm
     from yikatong.wiring import key_service_from_settings
 

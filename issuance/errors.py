@@ -32,6 +32,13 @@ class ConfigError(IssuanceError):
     code = "config_error"
 
 
+class StationError(IssuanceError):
+    """An encoding station cannot work (no reader, no card fed, a failed quality check:
+    :mod:`issuance.batches.stations`)."""
+
+    code = "station_error"
+
+
 @dataclass(frozen=True)
 class FieldProblem:
     """One reason a record was rejected: the field and what is wrong with it."""

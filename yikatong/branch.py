@@ -3,7 +3,7 @@ chosen in the composition root by ``[readers] backend``, like the encoding stati
 
 * ``virtual`` (default): the holder's card is the emulator image of the chip
   (``<data_dir>/cards/<chip serial>.json``, written when the card was personalised), put in a
-  one-reader :class:`cardspec.virtual.VirtualReaderStack` (isolated pcscd + vpcd) and reached
+  one-reader :class:`readers.virtual.VirtualReaderStack` (isolated pcscd + vpcd) and reached
   through PC/SC like a real desk reader;
 * ``pcsc``: the host's pcscd and a real reader (``--reader NAME`` or the first of
   ``[readers] names``) with the holder's card in it;
@@ -47,10 +47,10 @@ def open_branch_reader(
         chip = EmulatedCard.load(card_image(settings, card_identification_code))
         yield InProcessReader(chip, name="in-process branch reader")
         return
-    from cardspec.pcsc import PcscReader
+    from readers.pcsc import PcscReader
 
     if backend == "virtual":
-        from cardspec.virtual import VirtualReaderStack, short_run_dir
+        from readers.virtual import VirtualReaderStack, short_run_dir
 
         logs = _log_dir(settings)
         with VirtualReaderStack(short_run_dir(logs), 1, log_dir=logs) as stack:
@@ -62,7 +62,7 @@ def open_branch_reader(
                 reader.close()
         return
     if backend == "pcsc":
-        from cardspec.pcsc import list_readers
+        from readers.pcsc import list_readers
 
         names = list_readers(settings.readers.csock)
         wanted = [reader_name] if reader_name else list(settings.readers.names)

@@ -26,12 +26,12 @@ from issuance.batches.blanks import BACKENDS, DeliveredBlankStock
 from issuance.batches.counter import CounterDesk, open_counter_desk
 from issuance.batches.mailers import PinMailerSink
 from issuance.batches.pipeline import BatchRunner, RunSummary
+from issuance.batches.stations import EncodingStation, open_stations
 from issuance.batches.stock import BlankStock, VirtualBlankStock
 from issuance.errors import ConfigError
 from issuance.services.outbox import HttpSink, LogSink, Sink, SmtpSink
 from issuance.settings import Settings
 from printers.backends import make_printer
-from printers.stations import EncodingStation, open_stations
 from yikatong.settings import get_settings
 
 

@@ -364,7 +364,7 @@ def _readers(settings: Any) -> dict[str, Any]:
     conf = settings.readers
     found: list[str] = []
     if conf.backend == "pcsc":
-        from cardspec.pcsc import list_readers
+        from readers.pcsc import list_readers
 
         found = list_readers(conf.csock)
         if conf.names:

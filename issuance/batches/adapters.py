@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Protocol
 
 from hsm.service import KeyService
+from issuance.batches.stations import EncodingStation
 from issuance.batches.stock import BlankStock
 from printers.spool import CardPrinter
-from printers.stations import EncodingStation
 
 
 class OpenStations(Protocol):

@@ -3,10 +3,11 @@ temporary card on the spot and blocking it when it comes back.
 
 The temporary card is made exactly as a batch card is, one card at a time (the same
 preparation :func:`issuance.batches.dataprep.prepare_card`, the same encoding station and
-quality check :class:`printers.stations.EncodingStation`, the per-card keys derived in the HSM
-for the card's own identification code), with the temporary card's profile (card category "2",
-only the medical application: ``cardspec.profile.social_security_profile(temporary=True)``)
-and its own face (:data:`printers.layout.TEMPORARY_LAYOUT`: "临时卡", its validity).
+quality check :class:`issuance.batches.stations.EncodingStation`, the per-card keys derived in
+the HSM for the card's own identification code), with the temporary card's profile (card
+category "2", only the medical application:
+``cardspec.profile.social_security_profile(temporary=True)``) and its own face
+(:data:`printers.layout.TEMPORARY_LAYOUT`: "临时卡", its validity).
 
 * ``[readers] backend = "virtual"`` (default): the desk reader is a virtual reader and the
   blank chip comes from the virtual stock (the emulated chips' manufacturer,
@@ -42,6 +43,7 @@ from issuance.audit import Actor
 from issuance.batches import dataprep
 from issuance.batches.blanks import binds_at_station
 from issuance.batches.pipeline import region_name, safe_job_id
+from issuance.batches.stations import EncodingStation, PrintedFace, open_stations
 from issuance.batches.stock import BlankStock, VirtualBlankStock, ensure_manufacturer_key
 from issuance.errors import ConflictError, FieldProblem, ValidationError
 from issuance.models import Card, Person
@@ -50,7 +52,6 @@ from printers.faces import CardFace, render_back, render_front
 from printers.layout import layout_for_profile
 from printers.prepared import PreparedCard
 from printers.spool import CardPrinter
-from printers.stations import EncodingStation, PrintedFace, open_stations
 
 
 @dataclass
@@ -209,7 +210,7 @@ def open_counter_desk(
         ensure_manufacturer_key(stock.settings)
     run_dir = None
     if settings.readers.backend == "virtual":
-        from cardspec.virtual import short_run_dir
+        from readers.virtual import short_run_dir
 
         run_dir = short_run_dir(settings.run_dir / f"counter-{os.getpid()}")
     with open_stations(settings, 1, run_dir=run_dir) as stations:

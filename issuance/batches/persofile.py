@@ -74,7 +74,6 @@ from cardspec import perso
 from cardspec.crypto import CardCrypto
 from cardspec.ids import parse_card_number
 from cardspec.keyscheme import Algorithm, KeySlot
-from cardspec.pcsc import PcscReader
 from cardspec.reader import Reader
 from cardspec.script import PersoScript, ScriptMismatch, run_script
 from hsm.errors import SignatureInvalid
@@ -82,6 +81,7 @@ from hsm.export import FileKek
 from hsm.prep import RecordCrypto
 from hsm.service import verify_signature
 from issuance.errors import IntegrityError
+from readers.pcsc import PcscReader
 
 FORMAT = "ykt-perso/1"
 _SEGMENTS = 4  # verified segments kept in memory per process (a station reads one at a time)

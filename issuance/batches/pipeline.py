@@ -50,7 +50,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cardspec import regions
 from cardspec.errors import CardSpecError
-from cardspec.pcsc import NoCardError, NoServiceError, ReaderUnavailableError
 from cardspec.profile import get_profile
 from hsm.errors import HsmError
 from hsm.prep import RecordCrypto, destroy_perso_key, perso_key_label
@@ -63,6 +62,12 @@ from issuance.batches.adapters import BatchAdapters
 from issuance.batches.blanks import ChipRefused, binds_at_station
 from issuance.batches.mailers import MAILER_TOPIC
 from issuance.batches.selection import get_batch
+from issuance.batches.stations import (
+    EncodingStation,
+    NoCardFed,
+    PrintedFace,
+    QualityCheckFailed,
+)
 from issuance.batches.stock import BlankStock, ensure_manufacturer_key
 from issuance.db import make_engine, make_sessionmaker, transaction, with_retry
 from issuance.errors import ConflictError, IssuanceError
@@ -95,12 +100,7 @@ from printers.faces import CardFace, render_back, render_front
 from printers.layout import layout_for_profile
 from printers.prepared import PreparedCard
 from printers.spool import CardPrinter
-from printers.stations import (
-    EncodingStation,
-    NoCardFed,
-    PrintedFace,
-    QualityCheckFailed,
-)
+from readers.pcsc import NoCardError, NoServiceError, ReaderUnavailableError
 
 log = logging.getLogger("issuance.batches")
 T = TypeVar("T")

@@ -19,12 +19,12 @@ from PIL import Image, ImageChops
 
 from issuance import services
 from issuance.batches.counter import CounterDesk
+from issuance.batches.stations import open_stations
 from issuance.batches.stock import VirtualBlankStock, ensure_manufacturer_key
 from issuance.models import AuditEvent, Card, Person
 from printers.faces import CardFace, lacks_glyph, render_front, text_runs
 from printers.layout import TEMPORARY_LAYOUT
 from printers.spool import FileSpool
-from printers.stations import open_stations
 from yikatong.settings import load_settings
 
 pytestmark = [pytest.mark.softhsm, pytest.mark.pcsc, pytest.mark.slow]

@@ -19,15 +19,15 @@ from PIL import Image
 from api.client import YktClient, verify_card_in_reader
 from cardspec import cardops
 from cardspec.errors import CardError
-from cardspec.pcsc import PcscReader
 from cardspec.profile import get_profile
 from issuance import services
 from issuance.batches.counter import CounterDesk
+from issuance.batches.stations import open_stations
 from issuance.batches.stock import VirtualBlankStock, ensure_manufacturer_key
 from issuance.errors import ValidationError
 from issuance.models import AuditEvent, Card, Receipt
 from printers.spool import FileSpool
-from printers.stations import open_stations
+from readers.pcsc import PcscReader
 from yikatong.settings import load_settings
 
 pytestmark = [pytest.mark.softhsm, pytest.mark.pcsc, pytest.mark.slow]

@@ -23,11 +23,16 @@ from cardspec.profile import FinancialData, Holder, MedicalData, PensionData
 from cardspec.reader import InProcessReader
 from hsm.service import CardKeyRef, KeyService
 from issuance.batches.dataprep import bank_pan, card_profile, initial_pin
+from issuance.batches.stations import (
+    EncodingStation,
+    PrintedFace,
+    QualityCheckFailed,
+    open_stations,
+)
 from issuance.batches.stock import VirtualBlankStock
 from printers.faces import CardFace, render_back
 from printers.layout import DEFAULT_LAYOUT
 from printers.prepared import PreparedCard
-from printers.stations import EncodingStation, PrintedFace, QualityCheckFailed, open_stations
 from yikatong.settings import Settings, load_settings
 from yikatong.wiring import key_service_from_settings
 

@@ -17,18 +17,20 @@ from issuance.db_async import DatabaseUnavailable
 from issuance.errors import IssuanceError
 from issuance.services.outbox import DeliveryError
 from printers.errors import JobRejected, PrinterError, PrinterUnavailable
+from readers.pcsc import PcscError
 
 ROOTS: dict[str, type[BaseException]] = {
     "issuance": IssuanceError,
     "hsm": HsmError,
     "cardspec": CardSpecError,
     "printers": PrinterError,
+    "readers": PcscError,
 }
 
 #: Control-flow signals caught inside their own module, never raised to a caller: the
 #: emulator's status-word abort (answered as the SW of the response APDU) and the vpcd
 #: connection's end (a ConnectionError, the reader's normal way out).
-INTERNAL = {"cardspec.emulator.common.Status", "cardspec.virtual.vpcd.VpcdConnectionClosed"}
+INTERNAL = {"cardspec.emulator.common.Status", "readers.virtual.vpcd.VpcdConnectionClosed"}
 
 
 def _exceptions(package: str) -> list[type[BaseException]]:

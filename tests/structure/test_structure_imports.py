@@ -14,7 +14,17 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("yikatong", "devstack", "api", "issuance", "printers", "hsm", "cardspec")
+PACKAGES = (
+    "yikatong",
+    "devstack",
+    "api",
+    "console",
+    "issuance",
+    "printers",
+    "readers",
+    "hsm",
+    "cardspec",
+)
 
 
 def _module_name(path: Path, root: Path) -> str:

@@ -386,7 +386,7 @@ def _reader(name: str | None, image: Path | None) -> Reader:
     from cardspec.reader import InProcessReader
 
     if name is not None:
-        from cardspec.pcsc import PcscReader
+        from readers.pcsc import PcscReader
 
         return PcscReader(name)
     if image is None:

@@ -245,9 +245,9 @@ def _open_reader(image: Path | None, reader_name: str | None) -> Reader:
 
         return InProcessReader(Card.load(image), name=f"image {image.name}")
     try:
-        pcsc = importlib.import_module("cardspec.pcsc")
+        pcsc = importlib.import_module("readers.pcsc")
     except ModuleNotFoundError as exc:
-        raise typer.BadParameter("PC/SC support (cardspec.pcsc) is not available") from exc
+        raise typer.BadParameter("PC/SC support (readers.pcsc) is not available") from exc
     reader: Reader = pcsc.PcscReader(reader_name)
     return reader
 
@@ -300,7 +300,7 @@ def _mount_optional() -> None:
     try:
         module = importlib.import_module("yikatong.cli.virtual")
     except ModuleNotFoundError as exc:
-        if exc.name in ("cardspec.virtual", "yikatong.cli.virtual"):
+        if exc.name in ("readers.virtual", "yikatong.cli.virtual"):
             return
         raise
     sub = getattr(module, "app", None)

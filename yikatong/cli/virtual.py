@@ -23,9 +23,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cardspec.pcsc import CSOCK_ENV
-from cardspec.virtual.layout import StackLayout
-from cardspec.virtual.pcscd import (
+from readers.pcsc import CSOCK_ENV
+from readers.virtual.layout import StackLayout
+from readers.virtual.pcscd import (
     DEFAULT_CARD_FACTORY,
     StackControl,
     VirtualReaderError,

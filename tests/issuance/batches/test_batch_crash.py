@@ -25,9 +25,9 @@ from batch_helpers import (
 )
 
 from issuance.batches import items as bi
+from issuance.batches.stations import stations_run_dir
 from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.models import BatchItem, BatchStage, BlankChip, ChipStatus
-from printers.stations import stations_run_dir
 
 pytestmark = [pytest.mark.pcsc, pytest.mark.slow]
 

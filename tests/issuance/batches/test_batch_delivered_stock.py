@@ -43,7 +43,6 @@ from cardspec import ids
 from cardspec.emulator import blank_card
 from cardspec.emulator.image import LifeCycle, read_image
 from cardspec.keyscheme import Algorithm, KeySlot
-from cardspec.virtual import VirtualReaderStack
 from hsm import ceremony
 from hsm.errors import HsmError
 from hsm.pkcs11 import open_token
@@ -68,6 +67,7 @@ from issuance.models import (
     StockRejection,
 )
 from printers.prepared import PreparedCard
+from readers.virtual import VirtualReaderStack
 from yikatong.settings import Settings, get_settings, load_settings
 from yikatong.wiring import hsm_config, key_service_from_settings, make_stock, run_batch
 
@@ -655,8 +655,8 @@ def test_a_real_reader_station_takes_each_fed_card_once(
     """The card in hand stays in a real reader until taken out: the next load waits for
     another card (also the same card put back), and a card put in at once after a refusal is
     not mistaken for the one dealt with."""
-    from cardspec.pcsc import PcscReader
-    from printers.stations import EncodingStation, NoCardFed, PresenceFeeder
+    from issuance.batches.stations import EncodingStation, NoCardFed, PresenceFeeder
+    from readers.pcsc import PcscReader
 
     name = readers.reader_name(0)
     feeder = PresenceFeeder(name, readers.csock, timeout=1.5)

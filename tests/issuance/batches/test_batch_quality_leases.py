@@ -24,6 +24,7 @@ from test_batch_pipeline import DefectiveFirstChips
 from issuance.batches import dataprep
 from issuance.batches import items as bi
 from issuance.batches.pipeline import BatchRunner, RunOptions
+from issuance.batches.stations import PrintedFace, QualityCheckFailed, open_stations
 from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.models import (
     Application,
@@ -36,7 +37,6 @@ from issuance.models import (
 )
 from printers.layout import DEFAULT_LAYOUT
 from printers.spool import FileSpool
-from printers.stations import PrintedFace, QualityCheckFailed, open_stations
 from yikatong.demo import BRANCH_CODE
 from yikatong.settings import Settings
 from yikatong.wiring import batch_adapters, key_service_from_settings, runner_for

@@ -19,7 +19,7 @@ check on the finished card over PC/SC (:meth:`EncodingStation.check`):
   expiry dates, and the photo digest the database holds for the card.
 
 A failed check raises :class:`QualityCheckFailed` listing every problem. Several stations run
-in parallel, one thread each: a :class:`~cardspec.pcsc.PcscReader` has one owner, and the HSM
+in parallel, one thread each: a :class:`~readers.pcsc.PcscReader` has one owner, and the HSM
 adapter serialises PKCS#11 calls with its process lock.
 
 :func:`open_stations` builds the stations from the settings: ``[readers] backend = "virtual"``
@@ -41,16 +41,16 @@ from typing import Literal, Protocol
 
 from cardspec import cardops, perso
 from cardspec.errors import CardSpecError
-from cardspec.pcsc import PcscReader, card_present, list_readers
 from cardspec.perso import PersoResult
 from cardspec.profile import Access, CardProfile
 from cardspec.profile.model import decode_records
 from cardspec.profile.social import get_profile
 from hsm.errors import HsmError
 from hsm.service import CardCryptoSession, KeyService
-from printers.errors import PrinterError
+from issuance.errors import StationError
 from printers.facecode import FaceCodeError, FaceData, decode_file
 from printers.prepared import PreparedCard
+from readers.pcsc import PcscReader, card_present, list_readers
 
 
 class ReaderSection(Protocol):
@@ -75,12 +75,6 @@ class StationSettings(Protocol):
     def readers(self) -> ReaderSection: ...
     @property
     def run_dir(self) -> Path: ...
-
-
-class StationError(PrinterError):
-    """An encoding station cannot work (no reader, no card fed)."""
-
-    code = "station_error"
 
 
 class QualityCheckFailed(StationError):
@@ -509,8 +503,8 @@ def stations_log_dir(settings: StationSettings, pid: int) -> Path:
 def stations_run_dir(settings: StationSettings, pid: int) -> Path:
     """Where the virtual reader stack of the worker process ``pid`` keeps its sockets: its log
     directory when the socket paths fit a unix socket address, else a short directory in the
-    system temp dir (:func:`cardspec.virtual.short_run_dir`)."""
-    from cardspec.virtual import short_run_dir
+    system temp dir (:func:`readers.virtual.short_run_dir`)."""
+    from readers.virtual import short_run_dir
 
     return short_run_dir(stations_log_dir(settings, pid))
 
@@ -527,7 +521,7 @@ def open_stations(
     count = count or settings.readers.count
     backend = settings.readers.backend
     if backend == "virtual":
-        from cardspec.virtual import VirtualReaderStack
+        from readers.virtual import VirtualReaderStack
 
         where = run_dir or stations_run_dir(settings, os.getpid())
         logs = run_dir or stations_log_dir(settings, os.getpid())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from virtual_fakecard import FileCard
 
-from cardspec.virtual import VirtualReaderStack
+from readers.virtual import VirtualReaderStack
 
 HERE = Path(__file__).resolve().parent
 FAKE_FACTORY = "virtual_fakecard:load"

@@ -1,4 +1,4 @@
-"""cardspec.pcsc: error mapping, Le correction, and how the pcscd is selected
+"""readers.pcsc: error mapping, Le correction, and how the pcscd is selected
 (PCSCLITE_CSOCK_NAME is read once per process by libpcsclite; the module routes around it)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cardspec.errors import CardSpecError
-from cardspec.pcsc import (
+from readers.pcsc import (
     CSOCK_ENV,
     CardResetError,
     NoCardError,
@@ -25,7 +25,7 @@ from cardspec.pcsc import (
     error_for,
     list_readers,
 )
-from cardspec.virtual import VirtualReaderStack
+from readers.virtual import VirtualReaderStack
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_default_pcscd_follows_the_environment(
 
 @pytest.mark.pcsc
 def test_libpcsclite_reads_the_socket_name_once_per_process(stack: VirtualReaderStack) -> None:
-    """The finding cardspec.pcsc is built on, checked against the real library."""
+    """The finding readers.pcsc is built on, checked against the real library."""
     code = (
         "import os, sys\n"
         "from smartcard import scard\n"
@@ -113,11 +113,11 @@ def test_link_directories_of_dead_processes_are_swept(stack: VirtualReaderStack)
     leaves the living ones alone."""
     import tempfile
 
-    from cardspec import pcsc
+    from readers import pcsc
 
     code = (
         "import os, sys\n"
-        "from cardspec.pcsc import list_readers\n"
+        "from readers.pcsc import list_readers\n"
         "list_readers(sys.argv[1])\n"
         "print(os.getpid(), flush=True)\n"
         "os._exit(0)\n"

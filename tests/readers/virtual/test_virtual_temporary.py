@@ -19,14 +19,14 @@ from cardspec import perso
 from cardspec.keyscheme import Algorithm
 from cardspec.profile import CardProfile, social_security_profile
 from cardspec.reader import InProcessReader
-from cardspec.virtual import VirtualReaderStack
+from readers.virtual import VirtualReaderStack
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/cardspec helpers
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "cardspec"))  # tests/cardspec helpers
 from cardspec_helpers import SERIAL, blank, perso_data, software_crypto
 
 pytestmark = pytest.mark.pcsc
 
-CONFORMANCE = Path(__file__).resolve().parents[1] / "conformance"
+CONFORMANCE = Path(__file__).resolve().parents[2] / "cardspec" / "conformance"
 TEMPORARY = CONFORMANCE / "temporary" / "temporary_card.json"
 PUBLIC = [CONFORMANCE / "vectors" / "hiquotion_decard.json",
           CONFORMANCE / "vectors" / "hdos_xinjiang.json"]  # fmt: skip

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from virtual_helpers import fake_image, make_stack, stack_processes
 
-from cardspec.virtual import VirtualReaderStack
+from readers.virtual import VirtualReaderStack
 
 
 @pytest.fixture

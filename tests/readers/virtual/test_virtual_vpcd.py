@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from virtual_fakecard import ATR, FileCard
 
-from cardspec.virtual.vpcd import VpcdControl, VpcdSlot, answer, frame, recv_message
+from readers.virtual.vpcd import VpcdControl, VpcdSlot, answer, frame, recv_message
 
 
 class FakeVpcd:

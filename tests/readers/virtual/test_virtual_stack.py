@@ -1,5 +1,5 @@
 """The virtual reader stack end to end: isolated pcscd + vpcd + card server, driven through
-pyscard (cardspec.pcsc) and through opensc-tool as an independent PC/SC client."""
+pyscard (readers.pcsc) and through opensc-tool as an independent PC/SC client."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ import pytest
 from virtual_fakecard import ATR
 from virtual_helpers import DF_NAME, fake_image, make_stack, stack_processes
 
-from cardspec.pcsc import (
+from readers.pcsc import (
     NoCardError,
     NoServiceError,
     PcscReader,
     ReaderUnavailableError,
     list_readers,
 )
-from cardspec.virtual import VirtualReaderError, VirtualReaderStack
+from readers.virtual import VirtualReaderError, VirtualReaderStack
 
 pytestmark = pytest.mark.pcsc
 

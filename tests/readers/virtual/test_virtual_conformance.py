@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 
 from cardspec.keyscheme import KeySlot
-from cardspec.virtual import VirtualReaderStack
+from readers.virtual import VirtualReaderStack
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/cardspec helpers
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "cardspec"))  # tests/cardspec helpers
 from cardspec_helpers import PAN, PSN, masters, personalised_card
 
 pytestmark = pytest.mark.pcsc
 
-CONFORMANCE = Path(__file__).resolve().parents[1] / "conformance"
+CONFORMANCE = Path(__file__).resolve().parents[2] / "cardspec" / "conformance"
 VECTORS = sorted((CONFORMANCE / "vectors").glob("*.json"))
 
 

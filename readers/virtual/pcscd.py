@@ -2,7 +2,7 @@
 
 ``VirtualReaderStack(run_dir, readers)`` starts, in a new network + mount namespace
 (``unshare --mount --net --propagation private``), the card server process
-(:mod:`cardspec.virtual.server`), which starts pcscd as its child and serves the vpcd card side.
+(:mod:`readers.virtual.server`), which starts pcscd as its child and serves the vpcd card side.
 vpcd listens on 0.0.0.0: in its own network namespace nothing outside can reach it, and several
 stacks run at once on the same ports (parallel tests). pcscd's client socket lives in
 ``run_dir/pcscd/pcscd.comm`` (bind-mounted over ``/run/pcscd`` inside): clients outside select
@@ -33,8 +33,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from cardspec.pcsc import CSOCK_ENV, PcscError
-from cardspec.virtual.layout import VPCD_DRIVER, StackLayout
+from readers.pcsc import CSOCK_ENV, PcscError
+from readers.virtual.layout import VPCD_DRIVER, StackLayout
 
 #: The default card: the project's emulator, loaded from a JSON card image.
 DEFAULT_CARD_FACTORY = "cardspec.emulator:Card.load"
@@ -249,7 +249,7 @@ class VirtualReaderStack:
         env["PYTHONPATH"] = os.pathsep.join(paths)
         cmd = [
             "unshare", "--mount", "--net", "--propagation", "private", "--",
-            sys.executable, "-m", "cardspec.virtual.server",
+            sys.executable, "-m", "readers.virtual.server",
             "--run-dir", str(self.run_dir), "--readers", str(self.readers),
             "--factory", self.card_factory, "--pcscd", str(self.pcscd),
             "--startup-timeout", str(self.startup_timeout),

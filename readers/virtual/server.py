@@ -1,5 +1,5 @@
 """The process that runs *inside* an isolated network + mount namespace (started by
-:class:`cardspec.virtual.pcscd.VirtualReaderStack` through ``unshare``).
+:class:`readers.virtual.pcscd.VirtualReaderStack` through ``unshare``).
 
 It brings the loopback up, bind-mounts ``RUN_DIR/pcscd`` over ``/run/pcscd``, starts pcscd as
 its child (``--foreground``, never ``--auto-exit``), serves one :class:`VpcdSlot` per reader,
@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from cardspec.reader import CardHandler
-from cardspec.virtual.layout import StackLayout
-from cardspec.virtual.vpcd import VpcdSlot
+from readers.virtual.layout import StackLayout
+from readers.virtual.vpcd import VpcdSlot
 
-log = logging.getLogger("cardspec.virtual.server")
+log = logging.getLogger("readers.virtual.server")
 
 CardFactory = Callable[[Path], CardHandler]
 
@@ -105,7 +105,7 @@ class CardServer:
 
     def wait_readers(self, timeout: float) -> None:
         """Poll SCardListReaders until pcscd lists every reader of the stack."""
-        from cardspec.pcsc import PcscError, list_readers
+        from readers.pcsc import PcscError, list_readers
 
         wanted = set(self.layout.reader_names())
         deadline = time.monotonic() + timeout
@@ -127,7 +127,7 @@ class CardServer:
 
     def _reader_state(self, slot: int) -> bool | None:
         """True if pcscd sees a card in ``slot``, False if empty, None if it cannot tell."""
-        from cardspec.pcsc import PcscError, card_present
+        from readers.pcsc import PcscError, card_present
 
         try:
             return card_present(self.layout.reader_name(slot))

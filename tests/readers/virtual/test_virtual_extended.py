@@ -19,8 +19,8 @@ from virtual_helpers import HERE
 from cardspec import apdu
 from cardspec.apdu import CommandApdu
 from cardspec.emulator import Card
-from cardspec.pcsc import PcscReader
-from cardspec.virtual import VirtualReaderStack
+from readers.pcsc import PcscReader
+from readers.virtual import VirtualReaderStack
 
 pytestmark = pytest.mark.pcsc
 SELECT_PUB = bytes([0x00, 0xA4, 0x04, 0x0C, len(BIG_DF_NAME)]) + BIG_DF_NAME

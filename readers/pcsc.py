@@ -218,8 +218,8 @@ class _CsockRouter:
         if hresult & 0xFFFFFFFF == ScardCode.S_SUCCESS:
             scard.SCardReleaseContext(context)
             self.foreign = (
-                "PC/SC was used in this process before cardspec.pcsc: libpcsclite reads "
-                f"{CSOCK_ENV} once per process, so cardspec.pcsc cannot select a pcscd"
+                "PC/SC was used in this process before readers.pcsc: libpcsclite reads "
+                f"{CSOCK_ENV} once per process, so readers.pcsc cannot select a pcscd"
             )
 
     def establish(self, csock: str | Path | None) -> tuple[Any, str]:

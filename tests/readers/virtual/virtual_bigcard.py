@@ -38,7 +38,7 @@ def make_image(path: Path) -> Path:
     """A personalised card of :func:`profile` saved at ``path``."""
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/cardspec helpers
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "cardspec"))  # its helpers
     from cardspec_helpers import blank, perso_data, software_crypto
 
     prof = profile()

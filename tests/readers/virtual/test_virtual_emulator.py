@@ -13,11 +13,11 @@ import pytest
 from cardspec import cardops, perso
 from cardspec.emulator import Card, blank_card
 from cardspec.keyscheme import KeySlot
-from cardspec.pcsc import PcscReader
 from cardspec.profile import DEFAULT_PROFILE, SOCIAL_SECURITY_DF_NAME
-from cardspec.virtual import VirtualReaderStack
+from readers.pcsc import PcscReader
+from readers.virtual import VirtualReaderStack
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/cardspec helpers
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "cardspec"))  # tests/cardspec helpers
 from cardspec_helpers import SERIAL, perso_data, software_crypto
 
 pytestmark = pytest.mark.pcsc
