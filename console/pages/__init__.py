@@ -6,4 +6,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from console.pages import cdesk
+
 PAGE_ROUTERS: list[APIRouter] = []
+PAGE_ROUTERS.append(cdesk.router)  # the counter clerk's pages
