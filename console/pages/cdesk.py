@@ -216,6 +216,7 @@ async def _person_page(
         request, "cdesk/person.html", user, status, **view,
         citizen_id=rec.citizen_id if full else rec.citizen_id_masked,
         money=lambda fen: _money(request, fen), problems=problems or [], done=done,
+        ethnicity_names=dict(ETHNICITIES),
         here=f"{PREFIX}/people/{person_id}",
     )  # fmt: skip
 
