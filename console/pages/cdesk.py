@@ -137,16 +137,22 @@ def _query(values: dict[str, str]) -> PersonQuery:
 async def people(request: Request, user: SignedIn) -> Response:
     q = {k: (request.query_params.get(k) or "").strip()[:40] for k in SEARCH_FIELDS}
     if not any(q.values()):
-        return render(request, "cdesk/people.html", user, q=q, matches=None, problems=[])
+        return render(request, "cdesk/people.html", user, q=q, matches=None, problems=[],
+                      focus="citizen_id")  # fmt: skip
     try:
         query = _query(q)
         matches = await tx(request, lambda s: find_people(s, query, user.actor))
     except IssuanceError as exc:
+        problems = _problems(exc)
+        # the keyboard's focus on the first field refused, ready to be corrected
+        named = [p.text.split(":", 1)[0] for p in problems]
+        focus = next((f for f in named if f in SEARCH_FIELDS), "citizen_id")
         return render(request, "cdesk/people.html", user, 422, q=q, matches=None,
-                      problems=_problems(exc))  # fmt: skip
+                      problems=problems, focus=focus)  # fmt: skip
     if len(matches) == 1:  # the one person: straight to their page
         return RedirectResponse(f"{PREFIX}/people/{matches[0].person_id}", status_code=303)
-    return render(request, "cdesk/people.html", user, q=q, matches=matches, problems=[])
+    return render(request, "cdesk/people.html", user, q=q, matches=matches, problems=[],
+                  focus="citizen_id")  # fmt: skip
 
 
 # --- the person's page ----------------------------------------------------------------------
@@ -349,7 +355,9 @@ def _apply_form(
     values: dict[str, str] | None = None,
     problems: list[Problem] | None = None,
 ) -> Response:
-    return render(request, "cdesk/apply.html", user, status,
+    named = [p.text.split(":", 1)[0] for p in problems or []]
+    focus = next((f for f in named if f in (*APPLY_FIELDS, "photo")), "citizen_id")
+    return render(request, "cdesk/apply.html", user, status, focus=focus,
                   v=values or dict.fromkeys(APPLY_FIELDS, ""), problems=problems or [],
                   ethnicities=ETHNICITIES, max_mb=MAX_PHOTO_BYTES // (1024 * 1024),
                   here=f"{PREFIX}/counter/apply")  # fmt: skip

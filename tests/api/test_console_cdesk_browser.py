@@ -109,6 +109,7 @@ def test_wrong_check_character_then_the_person_by_card_number(
     alert = p.get_by_role("alert").inner_text()
     assert "check character does not match" in alert and "卡号有误" in alert
     assert p.get_by_label("社会保障卡卡号（9 位）").input_value() == wrong  # kept to correct
+    assert p.evaluate("document.activeElement.id") == "card_number"  # the focus is there
     p.screenshot(path=str(shots / "people-wrong-check-character.png"))
     assert _events(api_env, "person.searched") == []  # nothing was looked up for the typo
     field = p.get_by_label("社会保障卡卡号（9 位）")
@@ -152,6 +153,7 @@ def test_two_faces_and_no_ethnicity_refused_then_a_good_photo_accepted(
     assert "name: contains characters the card cannot store (not in GBK)" in alert
     assert p.get_by_label("姓名").input_value() == "欧阳𠮷娜"  # nothing typed is lost
     assert p.get_by_label("地址").input_value() == "浙江省杭州市西湖区文三路 90 号"
+    assert p.evaluate("document.activeElement.id") == "a-name"  # the first field refused
     p.screenshot(path=str(shots / "apply-two-faces-refused.png"), full_page=True)
     with api_env.session() as s:  # type: ignore[attr-defined]
         assert s.scalars(sa.select(Person).where(Person.citizen_id == cid)).first() is None
@@ -233,7 +235,9 @@ def test_found_by_id_then_loss_temporary_card_and_hand_back_with_the_refund(
     assert "正常" in p.inner_text("table.cd-cards")
     p.wait_for_function("() => document.querySelector('figure.photo img').naturalWidth > 0")
     assert "01 汉族" in p.inner_text("dl.data")
+    paused = time.monotonic()
     p.screenshot(path=str(shots / "person.png"), full_page=True)
+    started += time.monotonic() - paused  # the screenshot is not the clerk's time
     p.get_by_role("link", name="挂失 / 解挂 / 临时卡").click()
     p.get_by_label("已核验持卡人身份").first.check()
     p.get_by_role("button", name="挂失", exact=True).click()
