@@ -238,3 +238,17 @@ def test_the_upload_route_has_its_own_body_cap() -> None:
     limits = Settings().api.body_limits
     assert body_cap(limits, "/console/counter/apply") > 20 * 1024 * 1024
     assert body_cap(limits, "/console/people") == limits["default"]
+
+
+def test_a_photo_larger_than_the_default_body_cap_reaches_the_form(api_env: ApiEnv) -> None:
+    """The gate's cap of the form's route is its own (a counter camera's JPEG is well over the
+    64 KiB of other forms); a body over it is refused before it is read."""
+    give_passwords(api_env)
+    c = api_env.client
+    csrf = sign_in(c, api_env.actors["clerk"].username)
+    big = b"\xff\xd8\xff\xe0" + bytes(2 * 1024 * 1024) + b"\xff\xd9"  # 2 MB (the stand-in)
+    r = _apply(c, csrf, big, ethnicity="")
+    assert r.status_code == 422 and "ethnicity: required" in r.text  # read, then refused
+    huge = bytes(22 * 1024 * 1024)
+    r = _apply(c, csrf, huge)
+    assert r.status_code == 413
