@@ -79,6 +79,11 @@ def test_person_page_shows_the_person_view(api_env: ApiEnv, card_and_chip: tuple
     assert "card.activate" in text and "application.received" in text  # the timeline
     viewed = _events(api_env, "person.viewed")
     assert viewed and viewed[-1].channel == "console"
+    # the same page in English: every label from the catalogs
+    en = c.get(f"/console/lang/en?next=/console/people/{card.person_id}").text
+    assert "Cards held" in en and "Timeline" in en and "social security: active" in en
+    assert "Ethnicity" in en and "01 汉族" in en
+    c.get(f"/console/lang/zh_CN?next=/console/people/{card.person_id}")
     # a supervisor may see the full number
     c2 = type(c)(c.app)
     sign_in(c2, api_env.actors["supervisor"].username)
