@@ -156,9 +156,10 @@ def measure(url: str, rows: int, tmp: Path) -> dict[str, Any]:
     from issuance.audit import SYSTEM_ACTOR
     from issuance.db import make_engine, make_sessionmaker, transaction
     from issuance.services import staff as staff_service
+    from issuance.settings import DatabaseSettings
     from yikatong.settings import Settings
 
-    settings = Settings(data_dir=tmp / "data", database={"url": url})
+    settings = Settings(data_dir=tmp / "data", database=DatabaseSettings(url=url))
     engine = make_engine(url=url)
     with transaction(make_sessionmaker(engine)) as s:
         clerk = services.create_staff(s, "bench-clerk", "clerk").username
@@ -170,7 +171,7 @@ def measure(url: str, rows: int, tmp: Path) -> dict[str, Any]:
 
     app = create_app(settings, engine=engine, key_service_factory=no_hsm)
     timed = _Timed(app)
-    client = TestClient(timed, base_url="http://testserver")  # type: ignore[arg-type]
+    client = TestClient(timed, base_url="http://testserver")
     login = client.get("/console/login")
     import re
 
