@@ -43,7 +43,7 @@ from issuance import audit, lifecycle, services
 from issuance.errors import FieldProblem, IssuanceError, ValidationError
 from issuance.lifecycle import CARD_TRANSITIONS
 from issuance.lifecycle import CardEvent as CE
-from issuance.models import Application, CardKind, CardStatus, Receipt
+from issuance.models import TERMINAL_CARD_STATUSES, Application, CardKind, CardStatus, Receipt
 from issuance.services import cash
 from issuance.services.people import PersonQuery, PersonRecord, find_people, person_record
 
@@ -179,7 +179,7 @@ def _person_view(s: Session, person_id: int, user: SignedIn) -> dict[str, Any]:
     actions: dict[str, list[str]] = {}
     for c in rec.cards:
         offered = lifecycle.events_for(CARD_TRANSITIONS, c.status, user.actor)
-        acts = []
+        acts = [] if c.status in TERMINAL_CARD_STATUSES else ["card_page"]
         if c.kind == CardKind.FORMAL and CE.REPLACE in offered and c.status != CardStatus.ACTIVE:
             acts.append("replace")
         deposit = any(d.card_number == c.card_number for d in rec.deposits)
