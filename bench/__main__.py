@@ -35,6 +35,7 @@ BENCHMARKS = [
     "verification",
     "memory",
     "scale",
+    "console_pages",
 ]
 
 
@@ -123,6 +124,8 @@ TARGETS: list[tuple[str, str, str, str, float, str]] = [
     ("10,000,000 cards: verification lookup p99 / at 100,000", "scale",
      "verification_lookup_p99_ratio", "<=", 3, "flat: close to 1"),
     ("10,000,000 cards: verifications/s", "scale", "api_verifications_per_s", ">=", 3000, ""),
+    ("10,000,000 cards: console search and person page, worst p99 server ms", "console_pages",
+     "worst_p99_ms", "<", 100, "shared machine, load average {load_average_1min_measuring}"),
 ]  # fmt: skip
 
 

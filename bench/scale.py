@@ -74,6 +74,19 @@ def card_number(n: int) -> str:
     return f"B{n:08d}"
 
 
+def phone(n: int) -> str:
+    """Person ``n``'s phone number when loaded with ``phones=True``."""
+    return f"139{n:08d}"
+
+
+def name(n: int) -> str:
+    return f"测试{n}"
+
+
+def birth_date(n: int) -> date:
+    return BIRTH0 + timedelta(days=n % DAYS)
+
+
 def card_code(n: int) -> str:
     return f"330100D156000005{n:016X}"
 
@@ -82,10 +95,11 @@ def _psql_url(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://")
 
 
-def _detach(conn: Any) -> list[str]:
-    """Drop the foreign keys, unique constraints and secondary indexes of the loaded tables
-    (primary keys stay: rows arrive in id order); return the statements re-creating them."""
-    tables = list(LOADED_TABLES)
+def detach(conn: Any, loaded: tuple[str, ...] = LOADED_TABLES) -> list[str]:
+    """Drop the foreign keys, unique constraints and secondary indexes of the ``loaded``
+    tables (primary keys stay: rows arrive in id order); return the statements re-creating
+    them."""
+    tables = list(loaded)
     fks = conn.execute(
         "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint"
         " WHERE contype = 'f' AND conrelid::regclass::text = ANY(%s)",
@@ -116,27 +130,35 @@ def _detach(conn: Any) -> list[str]:
 
 
 def fill(
-    url: str, rows: int, *, statuses: tuple[str, ...] = ("active",), quiet: bool = False
+    url: str,
+    rows: int,
+    *,
+    statuses: tuple[str, ...] = ("active",),
+    quiet: bool = False,
+    phones: bool = False,
 ) -> float:
     """Insert persons 1..rows, one card each (status cycling through ``statuses``) and its
-    chip applications; re-create the constraints and indexes; ANALYZE. Returns the seconds."""
+    chip applications; re-create the constraints and indexes; ANALYZE. Returns the seconds.
+    ``phones``: each person also has a phone number, :func:`phone` (the person search)."""
     import psycopg
 
     status_sql = "(ARRAY[" + ",".join(f"'{s}'" for s in statuses) + f"])[1 + g % {len(statuses)}]"
+    phone_sql = "'139' || lpad(g::text, 8, '0')" if phones else "NULL"
     start = time.perf_counter()
     with psycopg.connect(_psql_url(url), autocommit=True) as conn:
         conn.execute("SET maintenance_work_mem = '1GB'")
         conn.execute("SET synchronous_commit = off")  # this session only: a bulk load
-        recreate = _detach(conn)
+        recreate = detach(conn)
         for lo in range(1, rows + 1, CHUNK):
             hi = min(rows, lo + CHUNK - 1)
             conn.execute(
                 f"""INSERT INTO persons (id, citizen_id, name, sex, birth_date, region_code,
-                                         created_at)
+                                         created_at, phone)
                 SELECT g,
                        '{REGION}' || to_char(DATE '{BIRTH0}' + (g % {DAYS}), 'YYYYMMDD')
                          || lpad(((g / {DAYS}) % 1000)::text, 3, '0') || 'X',
-                       '测试' || g, '1', DATE '{BIRTH0}' + (g % {DAYS}), '{REGION}', now()
+                       '测试' || g, '1', DATE '{BIRTH0}' + (g % {DAYS}), '{REGION}', now(),
+                       {phone_sql}
                 FROM generate_series({lo}, {hi}) AS g"""
             )
             conn.execute(

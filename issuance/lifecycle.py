@@ -149,7 +149,8 @@ _COUNTER_STAFF = {R.CLERK, R.SUPERVISOR, R.ADMIN}
 _HANDOUT = {R.CLERK, R.BANK_TELLER, R.SUPERVISOR, R.ADMIN}
 _REMOTE = {C.PHONE, C.WEB, C.APP, C.WECHAT, C.SMS}
 #: The web console: a signed-in clerk takes a holder's call (provisional) or the holder in
-#: person (formal), and un-reports with the identity check (issuance.services.loss).
+#: person (formal), and un-reports with the identity check (issuance.services.loss); replaces
+#: a card and takes a temporary card back at the counter's console (console/pages/cdesk.py).
 _CONSOLE = {C.CONSOLE}
 _NOT_TERMINAL = [s for s in S if s not in (S.REPLACED, S.EXPIRED, S.CANCELLED)]
 
@@ -203,7 +204,7 @@ CARD_TRANSITIONS: tuple[Transition, ...] = _audited("card",
     # replacement of a lost or damaged card, or renewal of a working one
     # (ACTIVE: renewal, only inside the renewal window; EXPIRED: renewal after expiry)
     + _t([S.LOST_FORMAL, S.DAMAGED, S.ACTIVE, S.EXPIRED], CardEvent.REPLACE, S.REPLACED,
-         _COUNTER_STAFF, {C.COUNTER})
+         _COUNTER_STAFF, {C.COUNTER} | _CONSOLE)
     + _t([s for s in _NOT_TERMINAL if s not in (S.NUMBER_ALLOCATED, S.IN_PRODUCTION)],
          CardEvent.EXPIRE, S.EXPIRED, {R.SYSTEM})
     # cancellation: death feed, counter, or (LOST_FORMAL) the system when a city turns a
@@ -211,7 +212,7 @@ CARD_TRANSITIONS: tuple[Transition, ...] = _audited("card",
     + _t(_NOT_TERMINAL, CardEvent.CANCEL, S.CANCELLED,
          {R.SUPERVISOR, R.ADMIN, R.SYSTEM, R.CLERK}, {C.COUNTER, C.FEED, C.SYSTEM})
     + _t(S.ACTIVE, CardEvent.HAND_BACK, S.CANCELLED, _HANDOUT | {R.SYSTEM},
-         {C.COUNTER, C.BANK, C.SYSTEM})
+         {C.COUNTER, C.BANK, C.SYSTEM} | _CONSOLE)
 )  # fmt: skip
 
 _SOCIAL = {ChipAppKind.SOCIAL_SECURITY, ChipAppKind.MEDICAL, ChipAppKind.PENSION}

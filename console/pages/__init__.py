@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from console.pages import admin, branch, centre, ecard, resident
+from console.pages import admin, branch, cdesk, centre, ecard, resident
 
 PAGE_ROUTERS: list[APIRouter] = [
     resident.router,
+    cdesk.router,  # the counter clerk's pages
     centre.router,
     admin.router,
     branch.router,

@@ -70,8 +70,16 @@ PEOPLE_ROLES = frozenset(
 )
 #: At most this many people are listed for one search (the hotline narrows it down).
 MAX_MATCHES = 50
-#: Audit events of looking a person up: in the audit log, not in the person's timeline.
-_LOOKUPS = ("person.searched", "person.viewed", "application.viewed")
+#: Audit events of looking a person up (or their card, application or receipt, in the web
+#: console): in the audit log, not in the person's timeline.
+_LOOKUPS = (
+    "person.searched",
+    "person.viewed",
+    "application.viewed",
+    "console.card_read",
+    "console.application_read",
+    "console.receipt_shown",
+)
 #: The timeline shows at most this many audit events (the newest).
 TIMELINE_LIMIT = 200
 
