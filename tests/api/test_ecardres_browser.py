@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from test_resident_browser import PHONE, _code, _details, _fits
 
 from issuance import services
 from issuance.db import make_sessionmaker, transaction
-from issuance.models import Card, Channel
+from issuance.models import Card, Channel, ResidentSession, utcnow
 
 pytestmark = [pytest.mark.slow, pytest.mark.softhsm]
 
@@ -110,3 +111,12 @@ def test_the_resident_gets_the_ecard_by_code_and_authorises_it_during_a_loss(
     v = _verify(env, _scan(shot))
     assert v["valid"] is True and v["loss_authorised"] is True, v
     assert v["card_status"] == "lost_provisional"
+
+    # the session's end: the page reloads itself then, and asks for a new one-time code
+    with transaction(make_sessionmaker(env.engine)) as s:
+        live = s.query(ResidentSession).filter_by(purpose="ecard").one()
+        live.expires_at = utcnow() + timedelta(seconds=3)
+    p.reload()
+    _shown_code(p)
+    p.wait_for_url("**/console/self/ecard", timeout=15_000)
+    assert p.get_by_label("身份证号码").is_visible() and name not in p.inner_text("main")
