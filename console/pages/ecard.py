@@ -1,7 +1,8 @@
 """The e-card page (issue 21): the resident's refreshing, signed QR code.
 
-Until the resident's own sign-in (one-time code) is wired in, the page is opened by a
-**signed link** a counter clerk hands out (``ykt ecard link`` / ``POST
+The resident opens it themselves with a one-time code (:mod:`console.pages.ecardres`, which
+reuses :func:`ecard_view`, :func:`code_png` and the template ``ecard/_code.html``); a counter
+can also hand out a **signed link** (``ykt ecard link`` / ``POST
 /v1/ecards/{ecard_id}/links``): ``/console/ecard/r/<token>``, the token a COSE_Sign1 by the
 issuer's key naming the e-card and an expiry (``[ecard] link_minutes``;
 :func:`issuance.services.ecard_token.encode_link`). Whoever holds the link sees the codes until
