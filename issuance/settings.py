@@ -340,6 +340,10 @@ class EcardSettings(_Section):
     code_grace_seconds: int = Field(default=30, ge=0, le=600)
     #: How long the signed link a counter clerk hands out opens the resident's e-card page.
     link_minutes: int = Field(default=10, ge=1, le=24 * 60)
+    #: The resident's own e-card session (``/console/self/ecard``, opened by a one-time code)
+    #: lasts this many minutes: the page shows codes for its lifetime, then asks for a new
+    #: one-time code. (The loss pages' sessions keep ``[resident] session_minutes``.)
+    session_minutes: int = Field(default=30, ge=1, le=12 * 60)
 
 
 class Settings(_Section):

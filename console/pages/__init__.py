@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from console.pages import admin, branch, cdesk, centre, ecard, resident
+from console.pages import admin, branch, cdesk, centre, ecard, ecardres, resident
 
 PAGE_ROUTERS: list[APIRouter] = [
+    ecardres.router,  # before resident's: its /self/{purpose}/go would take /self/ecard/go
     resident.router,
     cdesk.router,  # the counter clerk's pages
     centre.router,

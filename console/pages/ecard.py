@@ -1,7 +1,8 @@
 """The e-card page (issue 21): the resident's refreshing, signed QR code.
 
-Until the resident's own sign-in (one-time code) is wired in, the page is opened by a
-**signed link** a counter clerk hands out (``ykt ecard link`` / ``POST
+The resident opens it themselves with a one-time code (:mod:`console.pages.ecardres`, which
+reuses :func:`ecard_view`, :func:`code_png` and the template ``ecard/_code.html``); a counter
+can also hand out a **signed link** (``ykt ecard link`` / ``POST
 /v1/ecards/{ecard_id}/links``): ``/console/ecard/r/<token>``, the token a COSE_Sign1 by the
 issuer's key naming the e-card and an expiry (``[ecard] link_minutes``;
 :func:`issuance.services.ecard_token.encode_link`). Whoever holds the link sees the codes until
@@ -51,7 +52,8 @@ def _link_ecard(request: Request, token: str) -> str | None:
     return None if opened is None else opened.hex()
 
 
-def _view(s: Session, public_id: str) -> dict[str, Any]:
+def ecard_view(s: Session, public_id: str) -> dict[str, Any]:
+    """What the e-card page shows of the e-card (``ecard/_code.html``); raise NotFound."""
     e = ecard.find_ecard(s, public_id)
     card = s.get(Card, e.card_id)
     assert card is not None
@@ -66,14 +68,16 @@ def _view(s: Session, public_id: str) -> dict[str, Any]:
 
 async def _page(request: Request, user: SignedIn | None, public_id: str, code_url: str) -> Response:
     try:
-        view = await tx(request, lambda s: _view(s, public_id))
+        view = await tx(request, lambda s: ecard_view(s, public_id))
     except NotFound:
         return render(request, "ecard/gone.html", user, 404)
     period = ctx_of(request).settings.ecard.code_seconds
     return render(request, "ecard/code.html", user, code_url=code_url, period=period, **view)
 
 
-async def _code_png(request: Request, public_id: str, actor: Actor) -> Response:
+async def code_png(request: Request, public_id: str, actor: Actor) -> Response:
+    """A fresh code of the e-card as PNG, made by ``actor``; 409 with the reason when its
+    codes are refused now."""
     ctx = ctx_of(request)
 
     def work() -> bytes:
@@ -110,7 +114,7 @@ async def resident_code(request: Request, token: str) -> Response:
     public_id = await run_in_threadpool(_link_ecard, request, token)
     if public_id is None:
         return Response("link expired", 404, media_type="text/plain")
-    return await _code_png(request, public_id, LINK_ACTOR)
+    return await code_png(request, public_id, LINK_ACTOR)
 
 
 @router.get("/ecard/s/{public_id}")
@@ -125,4 +129,4 @@ async def staff_page(request: Request, user: SignedIn) -> Response:
 @page("ecard:manage")
 async def staff_code(request: Request, user: SignedIn) -> Response:
     public_id = str(request.path_params["public_id"])[:32]
-    return await _code_png(request, public_id, user.actor)
+    return await code_png(request, public_id, user.actor)

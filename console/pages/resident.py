@@ -45,11 +45,19 @@ from issuance.services.otp import Purpose
 SELF = f"{PREFIX}/self"
 router = APIRouter(prefix=SELF, include_in_schema=False)
 
-#: The purposes these pages serve (the e-card has its own page).
-PURPOSES = (Purpose.REPORT_LOSS, Purpose.WITHDRAW_LOSS, Purpose.CARD_PROGRESS)
+#: The purposes these pages serve (the e-card's third step is its own page:
+#: :mod:`console.pages.ecardres`).
+PURPOSES = (Purpose.REPORT_LOSS, Purpose.WITHDRAW_LOSS, Purpose.CARD_PROGRESS, Purpose.ECARD)
 FORM_COOKIE = "ykt_resident_form"
 CHALLENGE_COOKIE = "ykt_resident_challenge"
 SESSION_COOKIE = "ykt_resident"
+#: The e-card session has a cookie of its own: a loss reported from the same phone (which
+#: ends the loss session and its cookie) leaves the e-card page open.
+ECARD_SESSION_COOKIE = "ykt_resident_ecard"
+
+
+def session_cookie(purpose: Purpose) -> str:
+    return ECARD_SESSION_COOKIE if purpose == Purpose.ECARD else SESSION_COOKIE
 
 
 def _purpose(request: Request) -> Purpose | None:
@@ -160,7 +168,9 @@ async def check_code(request: Request) -> Response:
         proven = otp.confirm(s, settings, handle, code, purpose)
         if isinstance(proven, otp.CodeRefused):
             return proven
-        token, _ = rsv.open_session(s, settings, proven, source)
+        token, rs = rsv.open_session(s, settings, proven, source)
+        if purpose == Purpose.ECARD:
+            rsv.open_ecard(s, settings, rs)  # issued now if the holder has none
         return token
 
     result = await tx(request, fn)
@@ -173,13 +183,15 @@ async def check_code(request: Request) -> Response:
             resp.delete_cookie(CHALLENGE_COOKIE, path=SELF)
         return resp
     resp = RedirectResponse(f"{SELF}/{purpose}/go", status_code=303)
-    _cookie(resp, request, SESSION_COOKIE, result, settings.resident.session_minutes * 60)
+    _cookie(resp, request, session_cookie(purpose), result,
+            rsv.session_minutes(settings, purpose) * 60)  # fmt: skip
     resp.delete_cookie(CHALLENGE_COOKIE, path=SELF)
     return resp
 
 
-async def _resident(request: Request, purpose: Purpose) -> rsv.ResidentSignedIn | None:
-    token = request.cookies.get(SESSION_COOKIE)
+async def resident_of(request: Request, purpose: Purpose) -> rsv.ResidentSignedIn | None:
+    """The resident of this browser's live session of ``purpose``, if any."""
+    token = request.cookies.get(session_cookie(purpose))
     return await tx(request, lambda s: rsv.resume_session(s, token, purpose))
 
 
@@ -194,7 +206,7 @@ async def act_form(request: Request) -> Response:
     purpose = _purpose(request)
     if purpose is None:
         return _not_found(request)
-    rs = await _resident(request, purpose)
+    rs = await resident_of(request, purpose)
     if rs is None:
         return RedirectResponse(f"{SELF}/{purpose}", status_code=303)
     view = await tx(request, lambda s: _view(s, rs))
@@ -205,9 +217,9 @@ async def act_form(request: Request) -> Response:
 @router.post("/{purpose}/go")
 async def act(request: Request) -> Response:
     purpose = _purpose(request)
-    if purpose is None or purpose == Purpose.CARD_PROGRESS:
+    if purpose is None or purpose in (Purpose.CARD_PROGRESS, Purpose.ECARD):
         return _not_found(request)
-    rs = await _resident(request, purpose)
+    rs = await resident_of(request, purpose)
     if rs is None:
         return RedirectResponse(f"{SELF}/{purpose}", status_code=303)
     data = await request.form()

@@ -29,4 +29,12 @@
   window.setInterval(function () {
     img.src = base + "?t=" + Date.now();
   }, period * 1000);
+  // a page that lives as long as a session (the resident's own e-card page): reloaded when
+  // the session ends, so that it asks for a new one-time code instead of showing a failure
+  var reloadAfter = parseInt(img.getAttribute("data-reload-after"), 10);
+  if (reloadAfter > 0) {
+    window.setTimeout(function () {
+      window.location.reload();
+    }, reloadAfter * 1000);
+  }
 })();

@@ -281,7 +281,7 @@ def hand_out_link(
     now: datetime | None = None,
 ) -> tuple[str, datetime]:
     """A signed link token opening the e-card's page for ``[ecard] link_minutes`` (what a
-    counter clerk hands the resident until the resident's own sign-in exists); audited
+    counter clerk hands the resident; the resident can also open it with a one-time code); audited
     ``ecard.link``. Returns (token, expiry)."""
     if actor.role not in COUNTER_ROLES:
         raise PermissionDenied(f"role {actor.role} may not hand out e-card links",

@@ -10,6 +10,10 @@ may do for themselves, through a short session of that one purpose.
   (:mod:`issuance.services.loss`) with the resident as the actor on channel ``web`` and the
   identity proven by the code; the transition tables decide what the channel may do (a formal
   report is withdrawn at a counter only).
+* :func:`open_ecard` and :func:`authorise_ecard` (issue 21): the holder's e-card, issued as
+  their e-card session opens if they have none (proof ``resident_otp``), and their
+  authorisation of it during a provisional loss; that session lasts
+  ``[ecard] session_minutes`` (:func:`session_minutes`) and is not ended by its actions.
 * :func:`progress`: where the person's new card is (applied, in review, approved, in
   production, at which collection point ready for pick-up, collected).
 """
@@ -30,7 +34,7 @@ from cardspec.ids import mask_citizen_id
 from issuance import audit, lifecycle
 from issuance.audit import Actor
 from issuance.db import flush
-from issuance.errors import NotFound
+from issuance.errors import NotFound, TransitionError, ValidationError
 from issuance.lifecycle import CARD_TRANSITIONS, CardEvent
 from issuance.models import (
     TERMINAL_CARD_STATUSES,
@@ -41,12 +45,13 @@ from issuance.models import (
     Card,
     CardKind,
     CardStatus,
+    Ecard,
     LossReport,
     Person,
     ResidentSession,
     utcnow,
 )
-from issuance.services import loss
+from issuance.services import ecard, loss
 from issuance.services.otp import ProvenResident, Purpose, resident_actor
 from issuance.settings import Settings
 
@@ -80,11 +85,20 @@ def open_session(
     live = ResidentSession(
         token_sha256=_digest(token), person_id=proven.person_id, purpose=str(proven.purpose),
         csrf_token=secrets.token_urlsafe(32), source=(source or "unknown")[:64], created_at=now,
-        expires_at=now + timedelta(minutes=settings.resident.session_minutes),
+        expires_at=now + timedelta(minutes=session_minutes(settings, proven.purpose)),
     )  # fmt: skip
     session.add(live)
     flush(session)
     return token, _signed_in(live)
+
+
+def session_minutes(settings: Settings, purpose: Purpose | str) -> int:
+    """How long a resident session of ``purpose`` lasts: the e-card's shows codes for its
+    whole life (``[ecard] session_minutes``); the others end at their one action anyway
+    (``[resident] session_minutes``)."""
+    if Purpose(purpose) == Purpose.ECARD:
+        return settings.ecard.session_minutes
+    return settings.resident.session_minutes
 
 
 def _signed_in(live: ResidentSession) -> ResidentSignedIn:
@@ -221,6 +235,55 @@ def withdraw_loss(session: Session, settings: Settings, rs: ResidentSignedIn) ->
     out = holder_card(session, rs)
     assert out is not None
     return out
+
+
+# --- the holder's e-card (issue 21) -------------------------------------------------------------
+
+
+def _ecard_session(rs: ResidentSignedIn) -> None:
+    if rs.purpose != Purpose.ECARD:
+        raise NotFound("this session is not for the electronic card")
+
+
+def own_ecard(session: Session, rs: ResidentSignedIn) -> Ecard | None:
+    """The holder's live e-card (after the rule that it follows its card), if any."""
+    _ecard_session(rs)
+    public_id = session.scalar(
+        sa.select(Ecard.public_id).where(Ecard.person_id == rs.person_id,
+                                         Ecard.ended_at.is_(None))
+    )  # fmt: skip
+    if public_id is None:
+        return None
+    live = ecard.find_ecard(session, public_id)
+    return live if live.ended_at is None else None
+
+
+def open_ecard(session: Session, settings: Settings, rs: ResidentSignedIn) -> Ecard | None:
+    """The holder's e-card as their e-card session opens: the live one, or a new one bound to
+    their active card (:func:`issuance.services.ecard.issue_ecard`, proof ``resident_otp``,
+    the resident as the actor). None when there is none and none can be issued (no card, or
+    not active: the e-card service says which cards qualify)."""
+    live = own_ecard(session, rs)
+    if live is not None:
+        return live
+    card = live_formal_card(session, rs.person_id)
+    if card is None:
+        return None
+    try:
+        return ecard.issue_ecard(session, settings, card.id, rs.actor, "resident_otp")
+    except (TransitionError, ValidationError):
+        return None
+
+
+def authorise_ecard(session: Session, rs: ResidentSignedIn, *, withdraw: bool = False) -> Ecard:
+    """The holder authorises their e-card during their card's provisional loss (or takes the
+    authorisation back): :func:`issuance.services.ecard.authorise_during_loss`, proof
+    ``resident_otp``, audited there. The session goes on (it shows the codes)."""
+    live = own_ecard(session, rs)
+    if live is None:
+        raise NotFound("you have no electronic card")
+    return ecard.authorise_during_loss(session, live.public_id, rs.actor, "resident_otp",
+                                       withdraw=withdraw)  # fmt: skip
 
 
 # --- where the new card is -------------------------------------------------------------------
