@@ -50,10 +50,12 @@ def translations(locale: str) -> Translations:
             if not message.id:
                 continue  # the header
             known = catalog.get(message.id, message.context)
-            if known is not None and known.string != message.string:
+            differs = known is not None and known.string != message.string
+            if differs and known is not None and known.string and message.string:
                 raise ValueError(f"{path.name}: {message.id!r} is translated differently in "
                                  f"another catalog of {locale}")  # fmt: skip
-            catalog[message.id] = message
+            if known is None or not known.string:  # an empty string: the message itself
+                catalog[message.id] = message
     mo = io.BytesIO()
     write_mo(mo, catalog)
     mo.seek(0)

@@ -337,3 +337,15 @@ def test_failed_sign_ins_at_once_all_count(api_env: ApiEnv) -> None:
     with api_env.session() as s:  # type: ignore[attr-defined]
         row = s.get(ConsoleSignInFailure, (clerk, "10.7.7.7"))
         assert row is not None and row.failures == 4
+
+
+def test_every_catalog_file_agrees_with_the_others() -> None:
+    """All ``*.po`` files of a locale are read together: one message, one translation (an
+    empty one falls back to the message itself)."""
+    for locale in i18n.LOCALES:
+        i18n.translations.cache_clear()
+        assert len(i18n.catalog_paths(locale)) > 1
+        i18n.translations(locale)  # raises ValueError on two translations of one message
+    zh = i18n.translations("zh_CN")
+    assert zh.gettext("Handled by") == "经办人" and zh.gettext("Staff") == "人员"
+    assert zh.gettext("One-time code") == "验证码" and zh.gettext("Code") == "代码"
