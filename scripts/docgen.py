@@ -598,6 +598,20 @@ def choices_markdown() -> str:
                 count += 1
                 body = prose(note).replace("\n", "\n> ")
                 parts += [f"`{rel}:{line}`", "", f"> {body}", ""]
+    for page in sorted((ROOT / "docs" / "design").glob("*.md")):
+        # design notes moved out of module docstrings keep their CHOICE paragraphs
+        text = page.read_text(encoding="utf-8")
+        if "<!-- ykt:" in text:
+            text = re.sub(r"<!-- ykt:[^>]*-->", "", text)
+        notes = list(_paragraphs_with_choice(text))
+        if not notes:
+            continue
+        rel = page.relative_to(ROOT).as_posix()
+        parts += [f"## `{rel}`", ""]
+        for line, note in notes:
+            count += 1
+            body = note.replace("\n", "\n> ")
+            parts += [f"`{rel}:{line + 1}`", "", f"> {body}", ""]
     return f"{count} notes.\n\n" + "\n".join(parts)
 
 
