@@ -325,7 +325,9 @@ API_PORT = 8080
 def start_haproxy(host: Host, db: Sequence[Host], api: Sequence[Host], api_port: int) -> None:
     """HAProxy on ``host``: PostgreSQL on :data:`PG_PORT` sent to the node whose Patroni says
     it is the primary (``GET /primary`` answers 200 only there; sessions to a node marked down
-    are cut, so clients reconnect to the new primary), the API on :data:`API_PORT` balanced
+    are cut, so clients reconnect to the new primary; TCP keepalives towards the clients, so
+    the session of a client that vanished is closed within seconds instead of holding its
+    transaction's locks until ``timeout client``), the API on :data:`API_PORT` balanced
     over ``api`` nodes checked by ``GET /healthz`` (a connection that a node refuses or does
     not accept within 500 ms is tried on the other, ``option redispatch``; a request sent
     already is never sent twice). Every API request is logged (``haproxy.log``: the server it
@@ -337,6 +339,9 @@ def start_haproxy(host: Host, db: Sequence[Host], api: Sequence[Host], api_port:
         "defaults", "  mode tcp", "  timeout connect 500ms", "  timeout client 60s",
         "  timeout server 60s", "  timeout check 1s", "  log global",
         "listen postgres", f"  bind {host.address}:{PG_PORT}", "  option httpchk GET /primary",
+        # a client that vanished (host dead, network cut) is noticed in about 11 s and its
+        # server session closed: PostgreSQL rolls its transaction back and frees its row locks
+        "  option clitcpka", "  clitcpka-idle 5s", "  clitcpka-intvl 2s", "  clitcpka-cnt 3",
         "  http-check expect status 200",
         "  default-server inter 500ms fall 2 rise 2 on-marked-down shutdown-sessions",
         *(f"  server {h.name} {h.address}:5432 check port 8008" for h in db),

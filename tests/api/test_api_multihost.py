@@ -35,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -340,6 +341,8 @@ def test_api_node_and_database_primary_killed_under_verification_load(tmp_path: 
         last_error = max((when for when, *_x in terms.failed), default=killed_at) - killed_at
         first_ok = min(c.ended for c in calls if c.started > switched and c.statuses == [200])
         recovered = first_ok - killed_at
+        kinds = Counter(st for _w, _c, st in terms.failed)
+        s.note(f"failed requests by status (0: no answer): {dict(kinds)}")
         s.note(f"{len(calls)} verifications; {len(terms.failed)} request(s) answered 5xx or "
                f"not at all ({len(failed)} verifications retried), the last {last_error:.1f} s "
                f"after the kill; first verification sent after the switch answered "
