@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -176,16 +176,16 @@ def test_worker_host_killed_partitioned_and_database_failover(tmp_path: Path) ->
                 held = _leased_in_station(factory, pop.batch_id, "work1")
             time.sleep(0.05)
         assert held, work1.log("run-kill")[-3000:]
-        killed = datetime.now(UTC).replace(tzinfo=None)
+        killed = time.monotonic()
         work1.kill()
         _note(f"work1 killed with {done} card(s) good and items {held} in its stations")
+        took = H.wait_for("work2 takes work1's cards",
+                          lambda: set(held) <= {i for i, _ in _interrupted(factory, pop.batch_id)},
+                          300, 0.2)  # fmt: skip
+        _note(f"work2 took work1's cards over {took:.1f} s after the kill (lease {LEASE} s)")
         assert _wait_exit(p2, work2, "run-kill", 400) == 0, work2.log("run-kill")[-3000:]
         assert p1.poll() is not None
-        taken = dict(_interrupted(factory, pop.batch_id))
-        assert set(held) <= set(taken), (held, taken)
-        first = min((taken[i] - killed).total_seconds() for i in held)
-        _note(f"work2 took work1's cards {first:.1f} s after the kill (lease {LEASE} s) and "
-              f"finished the batch")  # fmt: skip
+        _note(f"work2 finished the batch {time.monotonic() - killed:.1f} s after the kill")
         _gather_cards([w1, w2], operator)
         with transaction(factory) as s:
             counts = assert_batch_invariants(s, operator, pop.batch_id, pop.card_numbers)
@@ -203,15 +203,12 @@ def test_worker_host_killed_partitioned_and_database_failover(tmp_path: Path) ->
             held = _leased_in_station(factory, pop.batch_id, "work1")
             time.sleep(0.05)
         assert held, work1.log("run-part")[-3000:]
-        cut = datetime.now(UTC).replace(tzinfo=None)
         work1.link(up=False)
         _note(f"work1 cut off with items {held} in its stations")
-        H.wait_for("work2 takes work1's cards",
-                   lambda: set(held) <= {i for i, _ in _interrupted(factory, pop.batch_id)},
-                   120, 0.2)  # fmt: skip
-        taken = dict(_interrupted(factory, pop.batch_id))
-        first = min((taken[i] - cut).total_seconds() for i in held)
-        _note(f"work2 took work1's cards {first:.1f} s after the cut")
+        took = H.wait_for("work2 takes work1's cards",
+                          lambda: set(held) <= {i for i, _ in _interrupted(factory, pop.batch_id)},
+                          300, 0.2)  # fmt: skip
+        _note(f"work2 took work1's cards over {took:.1f} s after the cut")
         time.sleep(2)
         work1.link(up=True)
         _note("work1 back on the network")
