@@ -17,11 +17,16 @@ by ``ykt batch run``) and runs ``ykt batch run`` with a short lease.
 3. the PostgreSQL primary killed while both make a batch: Patroni promotes the synchronous
    replica, both workers reconnect by themselves and finish the batch; every card good before
    the kill is still good (nothing committed lost); the same invariants.
+
+``ykt worker`` (the periodic jobs, sealing the audit chain with checkpoints signed by each
+host's own HSM key) runs on both worker hosts throughout; after the failover it seals again by
+itself.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -112,6 +117,19 @@ def start_worker(host: H.Host, settings: Settings, batch: str, log: str) -> subp
     return host.start(argv, log, env=host_env(settings), cwd=PROJECT)
 
 
+def start_periodic(host: H.Host, settings: Settings, log: str) -> subprocess.Popen[bytes]:
+    """``ykt worker`` (the periodic jobs, audit sealing with checkpoints signed by the host's
+    own HSM key) on ``host``, a round a second."""
+    argv = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host.name,
+            *ykt("worker", "--interval", "1", "--seal")]  # fmt: skip
+    return host.start(argv, log, env=host_env(settings), cwd=PROJECT)
+
+
+def _sealed_rounds(host: H.Host, log: str) -> int:
+    """Rounds of ``ykt worker`` on ``host`` that sealed audit events."""
+    return len(re.findall(r"round \d+: .*audit_seal [1-9]", host.log(log)))
+
+
 def _note(text: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
 
@@ -162,6 +180,9 @@ def test_worker_host_killed_partitioned_and_database_failover(tmp_path: Path) ->
         _note(f"stack up on {lan.net}: db1 primary, db2 sync replica, lb, work1, work2")
         engine = make_engine(url=db_url)
         factory = make_sessionmaker(engine)
+        # the periodic jobs on both worker hosts, through every fault below
+        periodic1 = start_periodic(work1, w1, "periodic-1")
+        periodic2 = start_periodic(work2, w2, "periodic")
 
         # -- 1: work1 dies mid-batch ------------------------------------------------------
         pop = populate(engine, operator, CARDS, name="mh-kill")
@@ -194,6 +215,8 @@ def test_worker_host_killed_partitioned_and_database_failover(tmp_path: Path) ->
 
         # -- 2: work1 cut off from the database, then back --------------------------------
         work1.link(up=True)  # the host comes back (new processes)
+        assert periodic1.poll() is not None  # died with the host
+        periodic1 = start_periodic(work1, w1, "periodic")
         pop = populate(engine, operator, CARDS, name="mh-part")
         p1 = start_worker(work1, w1, "mh-part", "run-part")
         p2 = start_worker(work2, w2, "mh-part", "run-part")
@@ -240,6 +263,7 @@ def test_worker_host_killed_partitioned_and_database_failover(tmp_path: Path) ->
         p2 = start_worker(work2, w2, "mh-db", "run-db")
         H.wait_for("a few cards good", lambda: _good(factory, pop.batch_id) >= 3, 300, 0.05)
         before = _good(factory, pop.batch_id, ids=True)
+        sealed = {h.name: _sealed_rounds(h, "periodic") for h in (work1, work2)}
         killed_at = time.monotonic()
         db1.kill()
         _note(f"db1 (primary) killed with {len(before)} card(s) good")
@@ -252,11 +276,22 @@ def test_worker_host_killed_partitioned_and_database_failover(tmp_path: Path) ->
               f"{time.monotonic() - killed_at:.1f} s after the kill")  # fmt: skip
         after = _good(factory, pop.batch_id, ids=True)
         assert set(before) <= set(after), "a card committed good before the failover is lost"
+        # the periodic workers reconnect by themselves too: they seal the events written
+        # after the failover (before the checks below seal whatever is left)
+        H.wait_for("ykt worker sealing after the failover",
+                   lambda: any(_sealed_rounds(h, "periodic") > sealed[h.name]
+                               for h in (work1, work2)), 60, 0.2)  # fmt: skip
         _gather_cards([w1, w2], operator)
         with transaction(factory) as s:
             counts = assert_batch_invariants(s, operator, pop.batch_id, pop.card_numbers)
         assert counts["good"] == CARDS and counts["assigned"] == 0
         _note(f"fault 3: {counts}")
+        assert periodic1.poll() is None and periodic2.poll() is None
+        failed = sum(h.log("periodic").count("FAILED") for h in (work1, work2))
+        _note(
+            f"ykt worker on work1 and work2: still running through every fault; {failed} "
+            "job run(s) failed while the database was away, each retried the next round"
+        )
         engine.dispose()
 
 
