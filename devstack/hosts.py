@@ -347,6 +347,7 @@ def start_haproxy(host: Host, db: Sequence[Host], api: Sequence[Host], api_port:
         *(f"  server {h.name} {h.address}:5432 check port 8008" for h in db),
         "listen api", f"  bind {host.address}:{API_PORT}", "  mode http", "  balance roundrobin",
         "  option httplog", "  http-request capture req.hdr(X-Call) len 80",
+        "  option forwardfor",
         "  option httpchk GET /healthz", "  http-check expect status 200",
         "  retries 2", "  option redispatch 1", "  timeout client 30s", "  timeout server 30s",
         "  default-server inter 500ms fall 2 rise 2 on-marked-down shutdown-sessions",

@@ -102,9 +102,10 @@ class Stack:
         return up == names
 
 
-def start_api(host: H.Host, db_url: str) -> None:
+def start_api(host: H.Host, db_url: str, balancer: H.Host) -> None:
     host.start(
-        ykt("serve", "--host", host.address, "--port", str(API_PORT), "--workers", "1"),
+        ykt("serve", "--host", host.address, "--port", str(API_PORT), "--workers", "1",
+            "--forwarded-allow-ips", balancer.address),
         "serve", env=host_env(host.dir / "data", db_url), cwd=PROJECT,
     )  # fmt: skip
 
@@ -122,7 +123,7 @@ def stack(base: Path) -> Iterator[Stack]:
         )  # fmt: skip
         for api in s.api:  # each node's own token, the same ceremony (components and KCVs)
             make_hsm(api.dir / "data")
-            start_api(api, s.db_url)
+            start_api(api, s.db_url, lb)
         H.wait_for("HAProxy on both API nodes",
                    lambda: s.haproxy_routes_to("api", {"api1", "api2"}), 120)  # fmt: skip
         s.note(f"stack up on {lan.net}: db1 primary, db2 sync replica, lb, api1, api2")
