@@ -216,9 +216,11 @@ def safe_job_id(*parts: str) -> str:
 class Heartbeat:
     """Renews one item's lease from a thread while a station works on the card (every
     quarter of the lease). :attr:`lost` is set when the lease was found taken over - or when
-    no renewal succeeded for as long as the lease lasts (the database is out of reach: the
-    lease may have expired and another worker may be making the card; this worker then stops
-    working on it and writes nothing more for it)."""
+    the renewals failed for as long as the lease lasts (the database refuses or drops the
+    connections: the lease may have expired and another worker may be making the card; this
+    worker then stops working on it and writes nothing more for it). A renewal hanging on a
+    silent network cut sets nothing: the next step's :func:`~issuance.batches.items.hold`
+    finds the lease gone once the database answers again."""
 
     def __init__(self, runner: BatchRunner, item_id: int, owner: str) -> None:
         self.runner, self.item_id, self.owner = runner, item_id, owner
