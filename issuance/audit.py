@@ -54,7 +54,12 @@ from issuance.models import (
 
 GENESIS_HASH = "0" * 64
 CHECKPOINT_DOMAIN = b"yikatong-audit-checkpoint/1\n"
-_CITIZEN_ID_RE = re.compile(r"(?<![0-9])([1-9][0-9]{5})([0-9]{8}[0-9]{3})([0-9Xx])(?![0-9])")
+#: A citizen ID number standing alone: not part of a longer run of letters and digits (a
+#: hexadecimal challenge or card identification code that happens to hold 18 digits in a row
+#: is an identifier of the system, not a person's number, and is kept as it is).
+_CITIZEN_ID_RE = re.compile(
+    r"(?<![0-9A-Za-z])([1-9][0-9]{5})([0-9]{8}[0-9]{3})([0-9Xx])(?![0-9A-Za-z])"
+)
 
 
 @dataclass(frozen=True)

@@ -236,8 +236,8 @@ def _verified_in_audit(db_url: str) -> dict[str, int]:
 
 
 def _check_no_double_and_nothing_lost(calls: list[Call], db_url: str) -> dict[str, int]:
-    # the audit log holds each challenge id as audit.scrub leaves it: a hex id with a run of
-    # 18 digits inside looks like a citizen ID number and is masked there (about 1 id in 1,000)
+    # the audit log holds each challenge id as audit.scrub leaves it (the identity for a hex
+    # id: 18 digits inside one are not taken for a citizen ID number)
     accepted = _verified_in_audit(db_url)
     doubled = {c: n for c, n in accepted.items() if n > 1}
     assert not doubled, f"challenges accepted more than once: {doubled}"
