@@ -12,8 +12,10 @@ Choices (marked CHOICE, easy to change):
   per-card key PUK, decimalised), so data preparation, the PIN mailer and a reprint all get the
   same 6 digits without the PIN ever being written to the database, a file or a log. The holder
   must change it before sensitive use (the card enforces it).
-* **PAN** of the financial application: the partner bank's BIN :data:`BANK_BIN` + the card's
-  database id + the Luhn digit (19 digits). A real deployment takes the PAN range from the bank.
+* **The financial application's data** (PAN, PAN sequence number, expiry, service code) come
+  from the card's bank, in its response file (:mod:`issuance.bank`), and its EMV keys from the
+  bank's issuer master keys (``CardKeyRef.bank``): never made up here. A card without them
+  waits (:class:`issuance.bank.NoBankData`, see :mod:`issuance.bank`).
 * Medical and pension records start from the card's application (insured region = the holder's
   region, insured since the approval date); the insurance systems update them later with the
   files' update keys.
@@ -39,7 +41,6 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from cardspec import ids, perso
-from cardspec.ids import luhn_digit as luhn_digit  # re-exported: bench.personalisation
 from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.perso import CardPersoData
 from cardspec.profile import CardProfile, complete_financial, social_security_profile
@@ -47,6 +48,7 @@ from cardspec.profile.social import get_profile, register_profile
 from cardspec.profile.values import split_name
 from hsm.service import CardKeyRef, KeyService
 from issuance.audit import Actor
+from issuance.bank import CardBankData, bank_data, card_key_ref, require_bank_data
 from issuance.batches import items as batch_items
 from issuance.batches.stock import BlankStock
 from issuance.errors import ConflictError, FieldProblem, ValidationError
@@ -64,8 +66,6 @@ from issuance.models import (
 from issuance.settings import Settings
 from printers.prepared import PreparedCard
 
-#: CHOICE: the partner bank's BIN for the financial application's PAN.
-BANK_BIN = "621799"
 #: CHOICE: the medical insurance type at issue: employees (employer applications) or residents.
 INSURANCE_EMPLOYEES, INSURANCE_RESIDENTS = "310", "390"
 _PIN_DOMAIN = b"YKT-INITIAL-PIN/1"
@@ -89,21 +89,21 @@ def _card_profile(alg: Algorithm, pin_tries: int) -> CardProfile:
         return register_profile(prof)
 
 
-def bank_pan(card_id: int) -> str:
-    """The financial application's PAN (see the module docstring, CHOICE)."""
-    body = BANK_BIN + str(card_id).zfill(12)
-    return body + luhn_digit(body)
+def key_ref(
+    card: Card, card_identification_code: str, bank: CardBankData | None = None
+) -> CardKeyRef:
+    """The key reference of ``card`` made on the chip with this identification code; its EMV
+    keys from ``bank`` (the card's bank data, :func:`issuance.bank.bank_data`)."""
+    return key_ref_of(card_identification_code, card.key_version,
+                      Algorithm(str(card.algorithm)), bank)  # fmt: skip
 
 
-def key_ref(card: Card, card_identification_code: str) -> CardKeyRef:
-    """The key reference of ``card`` made on the chip with this identification code."""
-    return CardKeyRef(
-        card_identification_code=card_identification_code,
-        key_version=card.key_version,
-        algorithm=Algorithm(str(card.algorithm)),
-        pan=bank_pan(card.id),
-        psn="00",
-    )
+def key_ref_of(
+    card_identification_code: str, key_version: int, algorithm: Algorithm,
+    bank: CardBankData | None,
+) -> CardKeyRef:  # fmt: skip
+    """:func:`issuance.bank.card_key_ref` (the one rule)."""
+    return card_key_ref(card_identification_code, key_version, algorithm, bank)
 
 
 def initial_pin(key_service: KeyService, ref: CardKeyRef, digits: int = 6) -> str:
@@ -179,7 +179,6 @@ class ApplicationFields(Protocol):
 CARD_CATEGORY = "1"
 INSURED, PERSONNEL_CATEGORY = "1", "11"
 PENSION_TYPES_EMPLOYEES, PENSION_TYPES_RESIDENTS = "11100", "10000"
-PSN = "00"
 _HAS_FIN: dict[int, tuple[CardProfile, bool]] = {}
 
 
@@ -214,13 +213,14 @@ def perso_values(
     issue_date: date,
     profile: CardProfile,
     *,
-    pan: str | None = None,
+    bank: CardBankData | None = None,
 ) -> dict[str, dict[str, Any]]:
     """What goes on the card: the element values (EF name -> element name -> value) of its
     records (:func:`cardspec.perso.plan_values` encodes them), made directly from the rows
     (data preparation's hot path: no dataclass per card). The one place of these rules;
-    :func:`perso_data` is the same as a :class:`CardPersoData`. ``pan``: the card's
-    :func:`bank_pan` if the caller has it already."""
+    :func:`perso_data` is the same as a :class:`CardPersoData`. ``bank``: the card's data from
+    its bank, required when the profile has the financial application (:class:`issuance.bank.
+    NoBankData` without it: the card waits)."""
     expiry = _add_years(issue_date, settings.lifecycle.card_validity_years)
     name, extension = split_name(person.name)
     since = application.decided_at.date() if application and application.decided_at else issue_date
@@ -261,11 +261,14 @@ def perso_values(
         },
     }
     if _has_financial(profile):
+        fin = require_bank_data({} if bank is None else {card.id: bank}, card.id,
+                                card.card_number)  # fmt: skip
         values["SFI01"] = complete_financial({
-            "pan": pan or bank_pan(card.id),
-            "expiry": expiry,
-            "psn": PSN,
+            "pan": fin.pan,
+            "expiry": fin.expiry,
+            "psn": fin.psn,
             "cardholder_name": "",
+            "service_code": fin.service_code,
         })  # fmt: skip
     return values
 
@@ -279,12 +282,15 @@ def perso_data(
     issue_date: date,
     pin: str,
     profile: CardProfile,
+    *,
+    bank: CardBankData | None = None,
 ) -> CardPersoData:
     """Everything written to the chip (personal data: never logged, see CardPersoData):
     :func:`perso_values` with the initial PIN."""
     values = perso_values(
-        settings, card, person, application, card_identification_code, issue_date, profile
-    )
+        settings, card, person, application, card_identification_code, issue_date, profile,
+        bank=bank,
+    )  # fmt: skip
     return perso.from_values(values, pin)
 
 
@@ -309,13 +315,17 @@ def prepare_card(
     application; writes nothing)."""
     profile = profile or card_profile(settings, card.algorithm)
     code = ids.make_card_identification_code(card.region_code, chip_serial)
-    ref = key_ref(card, code)
+    bank = bank_data(session, settings, [card.id]).get(card.id)
+    if _has_financial(profile):
+        require_bank_data({} if bank is None else {card.id: bank}, card.id, card.card_number)
+    ref = key_ref(card, code, bank)
     person = session.get(Person, card.person_id)
     assert person is not None
     app = session.get(Application, card.application_id) if card.application_id else None
     data = perso_data(
-        settings, card, person, app, code, issue_date, initial_pin(key_service, ref), profile
-    )
+        settings, card, person, app, code, issue_date, initial_pin(key_service, ref), profile,
+        bank=bank,
+    )  # fmt: skip
     data.validate()
     slots = tuple(spec.slot for _, spec in profile.key_specs() if spec.slot is not KeySlot.KMC)
     return PreparedCard(
