@@ -111,3 +111,34 @@ def test_cross_domain_uses_are_refused(hsm_env: HsmEnv) -> None:
     with pytest.raises(KeyDomainError):
         SoftwareKeyService({}, REGION, bank_masters={(TEST_BANK, KeySlot.IRK, Algorithm.DES3, 1):
                                                      os.urandom(16)})  # fmt: skip
+
+
+def test_issuer_script_mac_and_pin_encipherment_in_the_hsm_match_pyemv(hsm_env: HsmEnv) -> None:
+    """The activation's issuer script computed in the HSM (session keys derived there from the
+    card's MK-SMI / MK-SMC of the bank's IMKs) equals the independent oracle pyemv: the common
+    session key derivation, the format 2 PIN block enciphered (EMV), the command MAC."""
+    from pyemv import sm
+
+    ref = CardKeyRef(CIC, 1, Algorithm.DES3, pan=PAN, psn=PSN, bank=TEST_BANK)
+    twin = SoftwareKeyService({}, REGION, bank_masters={
+        (TEST_BANK, slot, Algorithm.DES3, 1): master_key(slot, Algorithm.DES3, 1) for slot in FIN
+    })  # fmt: skip
+    mk_smi = pyemv.kd.derive_icc_mk_a(master_key(KeySlot.FIN_SMI, Algorithm.DES3, 1), PAN, PSN)
+    mk_smc = pyemv.kd.derive_icc_mk_a(master_key(KeySlot.FIN_SMC, Algorithm.DES3, 1), PAN, PSN)
+    for n in range(3):
+        atc, ac = 7 + n, os.urandom(8)
+        block = sm.format_iso9564_2_pin_block(f"{480159 + n:06d}")
+        sk_smc = pyemv.kd.derive_common_sk(mk_smc, ac)
+        enc = sm.encrypt_command_data(sk_smc, block, sm.EncryptionType.EMV)
+        header = bytes([0x84, 0x24, 0x00, 0x02, len(enc) + 4])
+        mac = sm.generate_command_mac(pyemv.kd.derive_common_sk(mk_smi, ac),
+                                      header + atc.to_bytes(2, "big") + ac + enc, 4)  # fmt: skip
+        with hsm_env.service.card_crypto(ref) as hsm, twin.card_crypto(ref) as soft:
+            assert hsm.encipher_pin_block(ac, block) == soft.encipher_pin_block(ac, block) == enc
+            assert hsm.issuer_script_mac(header[:4], atc, ac, enc) == mac
+            assert soft.issuer_script_mac(header[:4], atc, ac, enc) == mac
+            # APPLICATION UNBLOCK (84 18, no data): a one-block message
+            unblock = sm.generate_command_mac(pyemv.kd.derive_common_sk(mk_smi, ac),
+                                              b"\x84\x18\x00\x00\x04" + atc.to_bytes(2, "big")
+                                              + ac, 4)  # fmt: skip
+            assert hsm.issuer_script_mac(b"\x84\x18\x00\x00", atc, ac, b"") == unblock
