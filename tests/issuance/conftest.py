@@ -117,7 +117,10 @@ BANK_PAN = "6212260012345678903"  # from the bank (Luhn-valid, the demo BIN)
 INITIAL_BANK_PIN = "135790"
 
 
-def emulated_chip(card: Card, key_service: object, path: object = None) -> object:
+def emulated_chip(
+    card: Card, key_service: object, path: object = None, *, pan: str = BANK_PAN,
+    bank: str | None = None,
+) -> object:  # fmt: skip
     """A real emulator chip personalised (cardspec.perso, keys of ``key_service``) as ``card``:
     its identification code, number, holder; bank PIN = INITIAL_BANK_PIN. ``path``: keep the
     image there (the reader backends load it from ``<data_dir>/cards``)."""
@@ -130,8 +133,8 @@ def emulated_chip(card: Card, key_service: object, path: object = None) -> objec
 
     cic = card.card_identification_code
     assert cic is not None and card.issue_date and card.expiry_date
-    ref = CardKeyRef(cic, card.key_version, Algorithm(str(card.algorithm)), pan=BANK_PAN, psn="00",
-                     bank=DEMO_BANK)  # the EMV keys: the bank's key domain  # fmt: skip
+    ref = CardKeyRef(cic, card.key_version, Algorithm(str(card.algorithm)), pan=pan, psn="00",
+                     bank=bank or DEMO_BANK)  # the EMV keys: the bank's key domain  # fmt: skip
     crypto = key_service.card_crypto(ref)  # type: ignore[attr-defined]
     chip = blank_card(
         bytes.fromhex(cic[-16:]), crypto.card_key(KeySlot.KMC), DEFAULT_PROFILE.algorithm,
@@ -143,7 +146,7 @@ def emulated_chip(card: Card, key_service: object, path: object = None) -> objec
         Holder(person.citizen_id, person.name, person.sex, "01", person.region_code,
                person.birth_date),
         initial_pin="802413", bank_pin=INITIAL_BANK_PIN,
-        financial=FinancialData(BANK_PAN, card.expiry_date, "00", "ZHANG SAN"),
+        financial=FinancialData(pan, card.expiry_date, "00", "ZHANG SAN"),
     )  # fmt: skip
     perso.personalise(InProcessReader(chip), crypto, data, DEFAULT_PROFILE)
     return chip

@@ -23,8 +23,8 @@ from rich.console import Console
 from yikatong.cli.db import AS_HELP
 
 app = typer.Typer(no_args_is_help=True, help="Bank data exchange: account request and response.")
-out = Console()
-err = Console(stderr=True)
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 
 _As = Annotated[str | None, typer.Option("--as", help=AS_HELP)]
 

@@ -29,7 +29,7 @@ from yikatong.wiring import hsm_config
 app = typer.Typer(no_args_is_help=True, help="Keys in the HSM: token setup, ceremonies, listing.")
 transport_app = typer.Typer(no_args_is_help=True, help="Transport keys shared with a bureau.")
 app.add_typer(transport_app, name="transport-key")
-out = Console()
+out = Console(emoji=False)  # labels such as ykt:bank:... are printed as they are
 _Alg = Annotated[Algorithm, typer.Option("--algorithm", help="3des or aes (sm4: HSM with SM4).")]
 _Version = Annotated[int, typer.Option("--version", min=1)]
 _Count = Annotated[int, typer.Option("--components", "-n", min=2, max=3)]

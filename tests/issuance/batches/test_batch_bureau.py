@@ -569,9 +569,10 @@ def test_a_batch_of_sm4_cards_is_refused_for_a_bureau_file(tmp_path: Path) -> No
     from issuance.errors import ValidationError
     from issuance.models import BatchItem, BatchStage, Card, CardAlgorithm
     from yikatong.cli.bureau import export_batch
+    from yikatong.demo import with_demo_bank
 
-    settings = load_settings(environ={"YKT_DATA_DIR": str(tmp_path),
-                                      "YKT_ISSUER__CARD_ALGORITHM": "sm4"})  # fmt: skip
+    env = {"YKT_DATA_DIR": str(tmp_path), "YKT_ISSUER__CARD_ALGORITHM": "sm4"}
+    settings = with_demo_bank(load_settings(environ=env))
     engine = make_engine(settings)
     migrations.upgrade(engine)
     factory = make_sessionmaker(engine)
