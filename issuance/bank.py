@@ -290,7 +290,7 @@ def _check_line(
         return bad(str(exc))
     if exp < today:
         return bad(f"expiry {expiry} is in the past")
-    if len(service) != 3 or not service.isdigit() or service[0] not in "2" + "6":
+    if len(service) != 3 or not service.isdigit() or service[0] not in "26":
         return bad("the service code must be 3 digits for a chip card (first digit 2 or 6)")
     if not _ACCOUNT_REF.fullmatch(ref):
         return bad("the account reference must be 1-32 letters, digits or . _ / -")
