@@ -40,11 +40,23 @@ from yikatong.wiring import hsm_config
 
 DURATION = 2.0
 SLOTS = list(KeySlot)  # 8 social security + 3 financial
-PAN, PSN = "6217000012345678901", "01"
+PAN, PSN = "6212260012345678903", "01"
+BANK = "bench-bank"
+"""The bank key domain of the EMV keys (its IMKs imported by :func:`_bank_keys`)."""
 
 
 def _config(root: Path) -> HsmConfig:
     return hsm_config(load_settings(environ={"YKT_DATA_DIR": str(root)}))
+
+
+def _bank_keys(config: HsmConfig) -> None:
+    """The bank's issuer master keys (random components: the bank's custodians)."""
+    from devstack.bank import IMK_SLOTS, imk_components
+
+    token = p11.open_token(config)
+    for slot in IMK_SLOTS:
+        _, comps, kcvs = imk_components()
+        ceremony.import_bank_master(token, BANK, slot, comps, kcvs)
 
 
 def _raw(config: HsmConfig, seconds: float) -> float:
@@ -68,7 +80,7 @@ def _cards(config: HsmConfig, seconds: float, offset: int) -> int:
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         serial = (offset + n).to_bytes(8, "big").hex().upper()
-        ref = CardKeyRef("330182D156000005" + serial, pan=PAN, psn=PSN)
+        ref = CardKeyRef("330182D156000005" + serial, pan=PAN, psn=PSN, bank=BANK)
         with service.card_crypto(ref) as crypto:
             crypto.derive_all(SLOTS)
         n += 1
@@ -95,6 +107,7 @@ def main() -> dict[str, Any]:
         config = _config(Path(tmp))
         softhsm.ensure_token(config)
         _run(ceremony.init_keys, p11.open_token(config), Algorithm.DES3)
+        _run(_bank_keys, config)
         raw = _run(_raw, config, DURATION)
         one = _run(_cards, config, DURATION, 0) / DURATION
         two = _parallel(config, 2, DURATION)

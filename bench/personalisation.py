@@ -27,7 +27,7 @@ from cardspec import ids
 from cardspec.keyscheme import KeySlot
 from cardspec.perso import CardPersoData
 from cardspec.profile import FinancialData, Holder, MedicalData, PensionData
-from issuance.batches.dataprep import BANK_BIN, card_profile, initial_pin, luhn_digit
+from issuance.batches.dataprep import card_profile, initial_pin
 from printers.prepared import PreparedCard
 from yikatong.settings import Settings, load_settings
 
@@ -40,9 +40,11 @@ def _prepared(settings: Settings, key_service: Any, stock: Any, n: int) -> Prepa
     code = ids.make_card_identification_code(settings.issuer.region_code, serial)
     body = f"330106{date(1970, 1, 1 + n % 28):%Y%m%d}{n % 1000:03d}"
     ssn = body + ids.citizen_id_check_char(body)
-    pan = BANK_BIN + str(n).zfill(12)
-    pan += luhn_digit(pan)
-    ref = CardKeyRef(code, pan=pan, psn="00")
+    from devstack.bank import new_pan
+    from yikatong.demo import DEMO_BANK_DOMAIN
+
+    pan = new_pan()  # as the (throwaway) bank side gives it; EMV keys from its key domain
+    ref = CardKeyRef(code, pan=pan, psn="00", bank=DEMO_BANK_DOMAIN)
     issue = date.today()
     data = CardPersoData(
         card_identification_code=code, card_number=ids.make_card_number(f"B{n:07d}"),
@@ -129,14 +131,15 @@ def _run(
 def main() -> dict[str, Any]:
     from issuance.batches.stations import open_stations
     from issuance.batches.stock import VirtualBlankStock, ensure_manufacturer_key
-    from yikatong.demo import ensure_hsm
+    from yikatong.demo import ensure_bank_keys, ensure_hsm, with_demo_bank
     from yikatong.wiring import key_service_from_settings
 
     per_reader = int(os.environ.get("BENCH_CARDS_PER_READER", "12"))
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="ykt-bench-perso-") as tmp:
-        settings = load_settings(environ={"YKT_DATA_DIR": tmp})
+        settings = with_demo_bank(load_settings(environ={"YKT_DATA_DIR": tmp}))
         ensure_hsm(settings)
+        ensure_bank_keys(settings)
         ensure_manufacturer_key(settings)
         key_service = key_service_from_settings(settings)
         stock = VirtualBlankStock(settings, key_service)

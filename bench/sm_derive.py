@@ -50,7 +50,9 @@ DURATION = 2.0
 #: Runs of the per-card preparation and verification figures (median and spread).
 REPEATS = 3
 SLOTS = list(KeySlot)
-PAN, PSN = "6217000012345678901", "01"
+PAN, PSN = "6212260012345678903", "01"
+BANK = "bench-bank"
+"""The bank key domain of the EMV keys (its IMKs imported by :func:`_bank_keys`)."""
 MODULE = Path(__file__).resolve().parents[1] / "var" / "lib" / smtoken.LIBRARY_NAME
 
 
@@ -63,6 +65,16 @@ def _sm_config(root: Path) -> HsmConfig:
         module=MODULE, token_label="ykt-sm-bench", pin_source=_pin,
         so_pin="12345678", vendor="ibm", sm_conf=root / "smp11.conf", sm_store=root / "tokens",
     )  # fmt: skip
+
+
+def _bank_keys(config: HsmConfig, alg: Algorithm) -> None:
+    """The bank's issuer master keys of ``alg`` (random components: the bank's custodians)."""
+    from devstack.bank import IMK_SLOTS, imk_components
+
+    token = p11.open_token(config)
+    for slot in IMK_SLOTS:
+        _, comps, kcvs = imk_components(alg)
+        ceremony.import_bank_master(token, BANK, slot, comps, kcvs, alg)
 
 
 def _raw(config: HsmConfig, alg: Algorithm, seconds: float) -> float:
@@ -85,7 +97,7 @@ def _cards(config: HsmConfig, alg: Algorithm, seconds: float) -> float:
     n, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds:
         ref = CardKeyRef("330182D156000005" + n.to_bytes(8, "big").hex().upper(),
-                         algorithm=alg, pan=PAN, psn=PSN)  # fmt: skip
+                         algorithm=alg, pan=PAN, psn=PSN, bank=BANK)  # fmt: skip
         with service.card_crypto(ref) as crypto:
             crypto.derive_all(SLOTS)
         n += 1
@@ -117,7 +129,7 @@ def _prepare(config: HsmConfig, alg: Algorithm, seconds: float) -> float:
     n, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds:
         cic = "330182D156000005" + n.to_bytes(8, "big").hex().upper()
-        ref = CardKeyRef(cic, algorithm=alg, pan=PAN, psn=PSN)
+        ref = CardKeyRef(cic, algorithm=alg, pan=PAN, psn=PSN, bank=BANK)
         with service.card_crypto(ref) as crypto:
             pin = natural_pin(cic, lambda d, c=crypto: c.mac_block(KeySlot.PUK, d, bytes(8)))
             payloads = [crypto.wrapped_card_key(slot) for slot in slots]
@@ -152,6 +164,7 @@ def _run(target: Any, *args: Any) -> Any:
 
 def _measure(config: HsmConfig, alg: Algorithm) -> dict[str, float]:
     _run(ceremony.init_keys, p11.open_token(config), alg)
+    _run(_bank_keys, config, alg)
     raw = _run(_raw, config, alg, DURATION)
     cards = _run(_cards, config, alg, DURATION)
     prep = _spread([_run(_prepare, config, alg, DURATION) for _ in range(REPEATS)])

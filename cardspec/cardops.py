@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cardspec import apdu, sm, sm2, tlv
+from cardspec import apdu, emv, sm, sm2, tlv
 from cardspec.apdu import CommandApdu
 from cardspec.crypto import CardCrypto
 from cardspec.emulator.image import LifeCycle
@@ -33,8 +33,10 @@ from cardspec.profile import (
     Access,
     CardIdentification,
     CardProfile,
+    DedicatedFile,
     Holder,
     PinFormat,
+    PinSpec,
     decode_records,
     encode_records,
 )
@@ -507,3 +509,74 @@ def verify_chip_sm2(
                         signature)  # fmt: skip
     except ValueError as exc:
         raise SecurityError(str(exc), 0x6A80) from None
+
+
+# --- the bank's issuer scripts (EMV / PBOC debit application) -----------------------------------
+
+
+@dataclass(frozen=True)
+class EmvScriptSession:
+    """An online transaction opened for issuer scripts: the ATC and the first application
+    cryptogram (ARQC) whose session keys MAC (SK-SMI) and encipher (SK-SMC) the scripts."""
+
+    df_name: str
+    atc: int
+    ac: bytes
+    pin: PinSpec
+    cryptogram_type: int = 0x80
+    """The card's answer (9F27 type bits): 80 ARQC; 00 AAC (a blocked application declines)."""
+
+
+def emv_application(profile: CardProfile) -> tuple[str, DedicatedFile]:
+    """The profile's EMV / PBOC debit application (path, DF); ProfileError if it has none."""
+    for path, df in profile.walk():
+        if df.emv is not None:
+            return path, df
+    raise ProfileError(f"profile {profile.name} has no bank application")
+
+
+def dol_data(dol: bytes, values: Mapping[int, bytes]) -> bytes:
+    """The data of a data object list (EMV Book 3 5.4): each tag's value from ``values``
+    (right-justified, cut to its length), zeros for the others."""
+    out = b""
+    for tag, length in emv.parse_dol(dol):
+        value = values.get(tag, b"")[-length:] if length else b""
+        out += value.rjust(length, b"\x00")
+    return out
+
+
+def open_emv_script_session(
+    transmit: apdu.Transmit | Reader, profile: CardProfile, unpredictable: bytes, today: str
+) -> EmvScriptSession:
+    """SELECT the bank application, GET PROCESSING OPTIONS, then a first GENERATE AC asking an
+    ARQC for a zero-amount transaction (``today`` YYMMDD, ``unpredictable`` 4 bytes): the ATC
+    and cryptogram the bank's issuer script commands are MAC'd with (EMV Book 2 9.2). A card
+    that declines (AAC: blocked application) still gives them (an unblock script works)."""
+    path, df = emv_application(profile)
+    assert df.emv is not None
+    if not df.pins:
+        raise ProfileError(f"{df.name} has no PIN")
+    fn = transmit.transmit if isinstance(transmit, Reader) else transmit
+    selected = apdu.exchange(fn, CommandApdu(0x00, 0xA4, 0x04, 0x00, df.df_name, le=256))
+    if selected.sw != SW.FILE_INVALIDATED:  # 6283: a blocked application, selected
+        raise_for_sw(selected.sw, f"SELECT {df.name}")
+    values = {0x5F2A: b"\x01\x56", 0x9F1A: b"\x01\x56", 0x9A: bytes.fromhex(today),
+              0x9C: b"\x30", 0x9F37: unpredictable}  # fmt: skip
+    pdol = dol_data(df.emv.pdol, values)
+    send(transmit, CommandApdu(0x80, 0xA8, 0, 0, b"\x83" + bytes([len(pdol)]) + pdol, le=256),
+         "GET PROCESSING OPTIONS")  # fmt: skip
+    answer = send(transmit, CommandApdu(0x80, 0xAE, 0x80, 0, dol_data(df.emv.cdol1, values),
+                                        le=256), "GENERATE AC")  # fmt: skip
+    body = tlv.decode_one(answer)
+    if body.tag != 0x80 or len(body.value) < 11:
+        raise ProfileError("GENERATE AC: not a format 1 answer")
+    return EmvScriptSession(path, int.from_bytes(body.value[1:3], "big"), body.value[3:11],
+                            df.pins[0], body.value[0] & 0xC0)  # fmt: skip
+
+
+def send_issuer_script(
+    transmit: apdu.Transmit | Reader, ins: int, p2: int, data_and_mac: bytes, what: str
+) -> None:
+    """One issuer script command ``84 ins 00 p2`` (data || MAC) of the bank's host; raises for
+    a refusal (6988: wrong MAC; the card counts it on its script key)."""
+    send(transmit, CommandApdu(0x84, ins, 0, p2, data_and_mac), what)

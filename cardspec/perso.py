@@ -424,7 +424,7 @@ def sample_perso_data(
     *,
     card_number: str = "X00000019",
     issue_date: date | None = None,
-    pan: str = "6217000012345678901",
+    pan: str = "6212260012345678903",
 ) -> CardPersoData:
     """Personalisation data of a fictitious holder for demos (``ykt card personalise
     --sample``): valid identifiers, every file the profile has."""

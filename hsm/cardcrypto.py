@@ -25,11 +25,12 @@ from typing import Any
 
 from pkcs11 import Attribute
 
-from cardspec import keyscheme
+from cardspec import emv, keyscheme
 from cardspec.keyscheme import Algorithm, KeySlot
 from hsm import p11fast
 from hsm import pkcs11 as p11
-from hsm.ports import KCV_BLOCK, CardKeyRef, Pkcs11Keys
+from hsm.errors import MechanismUnavailable
+from hsm.ports import KCV_BLOCK, CardKeyRef, Pkcs11Keys, bank_use, centre_use
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class KeyTemplate:
 #: Card keys encrypt (cryptograms, MACs, KCVs) and derive (INTERNAL AUTHENTICATE session keys);
 #: they never wrap (key loading wraps under the KLK). Extractable: only to be wrapped.
 CARD_KEY = KeyTemplate((Attribute.ENCRYPT, Attribute.DERIVE), True)
+#: An issuer script's session key (SK-SMI, SK-SMC, or SK-SMI's left half twice): encrypts only.
+SESSION_KEY = KeyTemplate((Attribute.ENCRYPT,), False)
 #: A province card's intermediate (region-level) key: derives the card key, nothing else.
 INTERMEDIATE = KeyTemplate((Attribute.DERIVE,), False)
 #: The card's key-loading key for personalisation: wraps card keys, never leaves the HSM.
@@ -260,7 +263,7 @@ class HsmCardCrypto:
                 )
                 blocks: Sequence[bytes] = self._chip_blocks(self.algorithm)
             else:
-                master = self._service.master_synced(slot, self.algorithm, self.ref.key_version)
+                master = self._service.card_master_synced(self.ref, slot)
                 blocks = self._blocks(slot)
             key = self._keys[slot] = self._chain(master, self.algorithm, blocks, CARD_KEY)
         return key
@@ -314,6 +317,7 @@ class HsmCardCrypto:
     def external_auth(self, slot: KeySlot, challenge: bytes) -> bytes:
         if len(challenge) != 8:
             raise ValueError("challenge must be 8 bytes")
+        centre_use(slot)
         block = challenge if self.algorithm is Algorithm.DES3 else challenge + b"\x80" + bytes(7)
         with self._service.token.use("EXTERNAL AUTHENTICATE cryptogram"):
             key = self._key(slot)
@@ -322,6 +326,7 @@ class HsmCardCrypto:
     def mac_block(self, slot: KeySlot, data: bytes, iv: bytes) -> bytes:
         """ISO/IEC 9797-1 MAC algorithm 1 (SoftHSM2 has no CKM_DES3_MAC): C_Encrypt(CBC, IV)
         of the padded data, keeping the last block - the definition of the algorithm."""
+        centre_use(slot)
         size = self.algorithm.block_size
         iv_full = (iv + bytes(size))[:size]
         padded = keyscheme.pad_method2(data, size)
@@ -332,6 +337,7 @@ class HsmCardCrypto:
     def encrypt(self, slot: KeySlot, plaintext: bytes) -> bytes:
         if len(plaintext) > 255:
             raise ValueError("sensitive data longer than 255 bytes")
+        centre_use(slot)
         padded = keyscheme.pad_method2(
             bytes([len(plaintext)]) + plaintext, self.algorithm.block_size
         )
@@ -369,6 +375,57 @@ class HsmCardCrypto:
             ops = self._sync()
             wrapping = ops.handle(transport)
             return bytes(self._with_klk(tmpl, lambda o, klk: _wrap_for_chip(o, wrapping, klk, alg)))
+
+    # the bank's issuer scripts (EMV Book 2 9.2-9.3; cardspec.emv is the reference) ------------
+    def _session_blocks(self, slot: KeySlot, ac: bytes, halves: str) -> Any:
+        """A session-key object of the card's ``slot`` (MK-SMI / MK-SMC, the bank's domain) for
+        the application cryptogram ``ac`` (common session key derivation, Book 2 A1.3.1:
+        ``SK = DES3(MK)[R0 R1 F0 R3..R7] || DES3(MK)[R0 R1 0F R3..R7]``), as a new object of
+        ``halves``: ``LR`` the session key, ``LL`` its left half twice (single DES under K1:
+        the chaining of MAC algorithm 3). CKA_ENCRYPT only, never extractable; LOCK held."""
+        bank_use(slot)
+        if self.algorithm is not Algorithm.DES3 or len(ac) != 8:
+            raise MechanismUnavailable("issuer scripts: 3DES EMV keys and an 8-byte cryptogram")
+        left, right = ac[:2] + b"\xf0" + ac[3:], ac[:2] + b"\x0f" + ac[3:]
+        data = left + (right if halves == "LR" else left)
+        ops = self._live()
+        return ops.derive(self._key_synced(slot), Algorithm.DES3, data, SESSION_KEY)
+
+    def issuer_script_mac(self, header: bytes, atc: int, ac: bytes, data: bytes) -> bytes:
+        """:func:`cardspec.emv.script_mac` computed in the HSM: MAC algorithm 3 under SK-SMI
+        (single-DES CBC under K1, then the last block 3DES under K1 K2 - the definition of the
+        algorithm, with encryptions only); the session-key objects destroyed at once."""
+        lc = len(data) + emv.MAC_LENGTH
+        message = keyscheme.pad_method2(
+            header[:4] + bytes([lc]) + atc.to_bytes(2, "big") + ac + data, 8
+        )
+        with self._service.token.use("issuer script MAC"):
+            ops = self._sync()
+            k1 = self._session_blocks(KeySlot.FIN_SMI, ac, "LL")
+            sk = self._session_blocks(KeySlot.FIN_SMI, ac, "LR")
+            try:
+                chain = bytes(8)
+                if len(message) > 8:
+                    chain = ops.cbc(k1, Algorithm.DES3, message[:-8], bytes(8))[-8:]
+                last = bytes(a ^ b for a, b in zip(message[-8:], chain, strict=True))
+                return bytes(ops.ecb(sk, Algorithm.DES3, last))[: emv.MAC_LENGTH]
+            finally:
+                for key in (k1, sk):
+                    ops.destroy(key)
+                self._destroyed_inside += 2
+
+    def encipher_pin_block(self, ac: bytes, pin_block: bytes) -> bytes:
+        """:func:`cardspec.emv.encrypt_pin_block` computed in the HSM: the PIN block (the
+        holder's PIN, in this call only) padded and enciphered 3DES-CBC under SK-SMC."""
+        padded = keyscheme.pad_method2(pin_block, 8)
+        with self._service.token.use("issuer script PIN encipherment"):
+            ops = self._sync()
+            sk = self._session_blocks(KeySlot.FIN_SMC, ac, "LR")
+            try:
+                return bytes(ops.cbc(sk, Algorithm.DES3, padded, bytes(8)))
+            finally:
+                ops.destroy(sk)
+                self._destroyed_inside += 1
 
     def internal_auth_response(self, factor: bytes, random: bytes) -> bytes:
         """The card's INTERNAL AUTHENTICATE answer (:func:`expected_response`)."""

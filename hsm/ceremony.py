@@ -20,17 +20,31 @@ Labels (CKA_LABEL, also used as CKA_ID):
   by the chip serial alone (see :mod:`issuance.batches.blanks`); CKA_DERIVE only, like issuer
   masters. One set per supplier, kept apart from the issuer's own ``ykt:kmc``/``ykt:klk``
   masters, which never leave the card centre.
+* ``ykt:bank:<bank>:imk-ac|imk-smi|imk-smc:<alg>:v<n>``  a co-operating bank's *issuer master
+  keys* (EMV IMK-AC, IMK-SMI, IMK-SMC) in the bank's own key domain: imported from the bank's
+  components in a ceremony (:func:`import_bank_master`, ``ykt hsm import fin_ac --bank
+  <bank>``), CKA_DERIVE only. The per-card EMV keys (``KeySlot.FIN_*``) are derived from them in
+  the HSM (EMV option A by the PAN and PAN sequence number the bank gave) and from nothing
+  else: :func:`master_label` refuses a ``FIN_*`` slot (the card centre has no such master) and
+  :func:`bank_label` any other slot; the key services refuse to use a ``FIN_*`` card key for a
+  card-centre computation (EXTERNAL AUTHENTICATE, secure messaging, sensitive data) and a
+  card-centre key for an issuer script (:class:`hsm.errors.KeyDomainError`).
+  CHOICE: the bank's domain is this label namespace in the card centre's token (one HSM, as in
+  a city whose card centre hosts the banks' keys); a bank is never part of a card-centre key set
+  (:func:`key_set_labels`, :func:`rotate_key_set`, :func:`init_keys`). Older tokens may still
+  hold ``ykt:fin_*:<alg>:v<n>`` masters from before: they are listed and never used.
 * ``ykt:signing:v1``            ECDSA P-256 key pair (status feed, audit checkpoints).
 * ``ykt:kcv:<key label>``       CKO_DATA: the KCV recorded when that key was imported (the
   KCV of a transport key cannot be computed in the HSM: it may only wrap).
 
 Key sets and rotation: the card keys of one card all come from masters of the *same* version
 (``CardKeyRef.key_version``). Version ``n`` of an algorithm is *complete* when every
-:class:`KeySlot` master ``ykt:<slot>:<alg>:v<n>`` and the KLK master ``ykt:klk:aes:v<n>`` exist;
-data preparation uses the newest complete version (:func:`current_version`) and records it on
-the card, and :func:`rotate_key_set` creates version ``n+1`` of every master at once. Older
-versions stay in the HSM, so cards personalised under them keep verifying. The KLK master of
-version ``n`` is shared by the 3DES and the AES key sets of version ``n``.
+card-centre :class:`KeySlot` master (:data:`CENTRE_SLOTS`) ``ykt:<slot>:<alg>:v<n>`` and the
+KLK master ``ykt:klk:aes:v<n>`` exist; data preparation uses the newest complete version
+(:func:`current_version`) and records it on the card, and :func:`rotate_key_set` creates
+version ``n+1`` of every master at once. Older versions stay in the HSM, so cards
+personalised under them keep verifying. The KLK master of version ``n`` is shared by the 3DES
+and the AES key sets of version ``n``.
 
 Component import: SoftHSM2 has no CKM_XOR_BASE_AND_DATA, so the 2-3 components entered by the
 custodians are checked against their KCVs and XORed in this process's memory (they are in clear
@@ -53,7 +67,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from cardspec import keyscheme
 from cardspec.keyscheme import Algorithm, KeySlot
 from hsm import pkcs11 as p11
-from hsm.errors import HsmError, KcvMismatch, KeyExists, KeyNotFound
+from hsm.errors import HsmError, KcvMismatch, KeyDomainError, KeyExists, KeyNotFound
 from hsm.pkcs11 import Pkcs11Token
 
 SIGNING_LABEL = "ykt:signing:v1"
@@ -69,10 +83,61 @@ _SUPPLIER_RE = re.compile(
 )
 #: The masters of a chip supplier's delivery key set (``ykt hsm import kmc|klk --supplier``).
 SUPPLIER_KEYS = ("kmc", "klk")
+#: A bank's issuer master key of each per-card EMV key (the bank's key domain).
+BANK_KEYS = {KeySlot.FIN_AC: "imk-ac", KeySlot.FIN_SMI: "imk-smi", KeySlot.FIN_SMC: "imk-smc"}
+_BANK_RE = re.compile(
+    r"^ykt:bank:([a-z0-9][a-z0-9_-]{0,39}):(imk-ac|imk-smi|imk-smc):(3des|aes|sm4):v(\d+)$"
+)
+#: The card centre's own key slots (a key set): every slot but the bank's ``FIN_*``.
+CENTRE_SLOTS = tuple(slot for slot in KeySlot if not slot.financial)
 
 
 def master_label(slot: KeySlot, alg: Algorithm, version: int) -> str:
+    """Label of the card centre's issuer master of ``slot``; a ``FIN_*`` slot has none (its
+    keys come from a bank's domain, :func:`bank_label`)."""
+    if slot.financial:
+        raise KeyDomainError(
+            f"{slot.value}: the EMV keys come from the bank's issuer master keys "
+            "(ykt:bank:<bank>:...), never from a card-centre master", slot=slot.value,
+        )  # fmt: skip
     return f"ykt:{slot.value}:{alg.value}:v{version}"
+
+
+def bank_label(bank: str, slot: KeySlot, alg: Algorithm, version: int = 1) -> str:
+    """Label of ``bank``'s issuer master key of the EMV key ``slot`` (``FIN_*`` only)."""
+    name = BANK_KEYS.get(slot)
+    if name is None:
+        raise KeyDomainError(
+            f"{slot.value} is a card-centre key: a bank's key domain holds only "
+            f"{', '.join(s.value for s in BANK_KEYS)}", slot=slot.value,
+        )  # fmt: skip
+    label = f"ykt:bank:{bank}:{name}:{alg.value}:v{version}"
+    if _BANK_RE.match(label) is None:
+        raise HsmError(
+            f"bank key domain {bank!r}: 1-40 lower-case letters, digits, '-' or '_'", bank=bank
+        )
+    return label
+
+
+def card_master_label(
+    slot: KeySlot, alg: Algorithm, version: int, bank: str | None, bank_version: int = 1
+) -> str:
+    """The one rule of which master a card key ``slot`` is derived from: the card centre's key
+    set ``version``, or for ``FIN_*`` the issuer master of the card's bank (its domain and key
+    version, ``CardKeyRef.bank``)."""
+    if not slot.financial:
+        return master_label(slot, alg, version)
+    if bank is None:
+        raise KeyDomainError(
+            f"{slot.value}: the card has no bank (no account data from a bank): no EMV keys",
+            slot=slot.value,
+        )  # fmt: skip
+    return bank_label(bank, slot, alg, bank_version)
+
+
+def bank_key_set_labels(bank: str, alg: Algorithm, version: int = 1) -> list[str]:
+    """Every issuer master label of ``bank``'s key set ``version`` of ``alg``."""
+    return [bank_label(bank, slot, alg, version) for slot in BANK_KEYS]
 
 
 def klk_label(version: int, alg: Algorithm = Algorithm.DES3) -> str:
@@ -173,6 +238,10 @@ def _check_value(obj: Any) -> bytes | None:
 
 def _parse(label: str) -> tuple[str, KeySlot | None, int | None]:
     """(kind, slot, version) of a Yikatong secret-key label."""
+    bm = _BANK_RE.match(label)
+    if bm is not None:
+        slot = next(s for s, name in BANK_KEYS.items() if name == bm.group(2))
+        return "bank", slot, int(bm.group(4))
     sm = _SUPPLIER_RE.match(label)
     if sm is not None:
         return "supplier", KeySlot.KMC if sm.group(2) == "kmc" else None, int(sm.group(4))
@@ -229,8 +298,9 @@ def _labels(session: Any) -> set[str]:
 
 
 def key_set_labels(alg: Algorithm, version: int) -> list[str]:
-    """Every master label a complete key set ``version`` of ``alg`` has."""
-    return [*(master_label(slot, alg, version) for slot in KeySlot), klk_label(version, alg)]
+    """Every master label a complete key set ``version`` of ``alg`` has (the card centre's:
+    the banks' keys are in their own domains)."""
+    return [*(master_label(slot, alg, version) for slot in CENTRE_SLOTS), klk_label(version, alg)]
 
 
 def _set_versions(labels: set[str], alg: Algorithm) -> tuple[list[int], list[int]]:
@@ -308,7 +378,7 @@ def rotate_key_set(token: Pkcs11Token, alg: Algorithm = Algorithm.DES3) -> list[
         versions, _ = _set_versions(_labels(session), alg)
         klk_exists = p11.exists(session, klk_label((versions[-1] if versions else 0) + 1, alg))
     version = (versions[-1] if versions else 0) + 1
-    created = [generate_master(token, slot, alg, version) for slot in KeySlot]
+    created = [generate_master(token, slot, alg, version) for slot in CENTRE_SLOTS]
     if not klk_exists:
         created.append(generate_klk_master(token, version, alg))
     return created
@@ -421,6 +491,37 @@ def import_supplier_master(
     )
 
 
+def import_bank_master(
+    token: Pkcs11Token,
+    bank: str,
+    slot: KeySlot,
+    components: Sequence[bytes],
+    kcvs: Sequence[bytes],
+    alg: Algorithm = Algorithm.DES3,
+    version: int = 1,
+    expected_kcv: bytes | None = None,
+) -> KeyInfo:
+    """Import ``bank``'s issuer master key of the EMV key ``slot`` (IMK-AC, IMK-SMI, IMK-SMC)
+    from the 2-3 components its custodians bring, each checked by its KCV, into the bank's key
+    domain (see the module docstring)."""
+    return _import_secret(
+        token, bank_label(bank, slot, alg, version), alg, components, kcvs, expected_kcv,
+        (Attribute.DERIVE,),
+    )  # fmt: skip
+
+
+def bank_versions(token: Pkcs11Token, bank: str, alg: Algorithm) -> list[int]:
+    """Versions of ``bank``'s key set of ``alg`` whose three issuer masters are all present."""
+    with token.use("listing a bank's keys") as session:
+        labels = _labels(session)
+    found = set()
+    for label in labels:
+        m = _BANK_RE.match(label)
+        if m and m.group(1) == bank and m.group(3) == alg.value:
+            found.add(int(m.group(4)))
+    return [v for v in sorted(found) if labels.issuperset(bank_key_set_labels(bank, alg, v))]
+
+
 #: Algorithms a transport key may have: AES (keys of 3DES and AES cards), SM4 (SM4 cards).
 TRANSPORT_ALGORITHMS = (Algorithm.AES, Algorithm.SM4)
 
@@ -529,8 +630,9 @@ def list_keys(token: Pkcs11Token) -> list[KeyInfo]:
                 continue
             m = _MASTER_RE.match(label)
             sm = _SUPPLIER_RE.match(label)
+            bm = _BANK_RE.match(label)
             alg = (Algorithm(m.group(2)) if m else Algorithm(sm.group(3)) if sm
-                   else _transport_algorithm(obj))  # fmt: skip
+                   else Algorithm(bm.group(3)) if bm else _transport_algorithm(obj))  # fmt: skip
             if alg is Algorithm.SM4 and alg not in p11.KEY_TYPES:
                 continue  # an SM4 key in an HSM whose SM table is not configured
             out.append(_info(obj, label, alg, session))
@@ -560,7 +662,7 @@ def init_keys(token: Pkcs11Token, alg: Algorithm = Algorithm.DES3) -> list[str]:
     set version that has card-key masters (of any algorithm: older tokens made before the KLK
     existed get theirs here) and the signing key. Returns the labels created."""
     created: list[str] = []
-    for slot in KeySlot:
+    for slot in CENTRE_SLOTS:
         if latest_version(token, slot, alg) is None:
             created.append(generate_master(token, slot, alg, 1).label)
     with token.use("listing key sets") as session:

@@ -6,6 +6,7 @@ HsmError                   root; ``ckr`` keeps the PKCS#11 return value name (CK
 ├── KeyNotFound            no key with that label / slot / version in the token
 ├── KeyExists              a key with that label is already in the token
 ├── KcvMismatch            a key component or key does not match its check value
+├── KeyDomainError         a key asked for outside its domain (the card centre's, a bank's)
 ├── CryptogramMismatch     a card's cryptogram (INTERNAL AUTHENTICATE) is wrong
 └── SignatureInvalid       a signature does not verify
 """
@@ -46,6 +47,13 @@ class KeyExists(HsmError):
 
 class KcvMismatch(HsmError):
     code = "hsm_kcv_mismatch"
+
+
+class KeyDomainError(HsmError):
+    """A key used outside its key domain: a bank's issuer master keys (and the per-card EMV keys
+    derived from them) for a card-centre purpose, or a card-centre key for the bank's."""
+
+    code = "hsm_key_domain"
 
 
 class CryptogramMismatch(HsmError):

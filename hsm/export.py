@@ -168,7 +168,7 @@ class HsmBureauExporter:
                         keyscheme.diversification_data(f, alg)
                         for f in ref.factors(slot, service.region_code)
                     )
-                base = service.master_synced(slot, alg, ref.key_version).handle
+                base = service.card_master_synced(ref, slot).handle
                 handles[slot] = chain(base, data_blocks, alg, card_tmpl)
             klk_blocks = tuple(
                 keyscheme.diversification_data(f, KLK_ALGORITHM)

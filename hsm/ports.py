@@ -22,7 +22,7 @@ from cardspec import keyscheme, sm2
 from cardspec.crypto import CardCrypto
 from cardspec.keyscheme import Algorithm, KeySlot
 from hsm import p11fast
-from hsm.errors import HsmError, SignatureInvalid
+from hsm.errors import HsmError, KeyDomainError, SignatureInvalid
 from hsm.pkcs11 import Pkcs11Token
 
 #: The block a key check value (KCV) encrypts under the key (first 3 bytes of the result).
@@ -93,6 +93,11 @@ class CardKeyRef:
     pan: str | None = field(default=None, repr=False)
     psn: str | None = None
     region_factor: bool = False
+    #: The key domain of the bank whose issuer master keys the card's EMV keys (``FIN_*``) come
+    #: from (``ykt:bank:<bank>:imk-*:<alg>:v<bank_key_version>``, :mod:`hsm.ceremony`), with
+    #: the PAN and PSN that bank gave; ``None``: the card has no EMV keys.
+    bank: str | None = None
+    bank_key_version: int = 1
     #: ``(supplier, version)`` when the blank chip came pre-personalised by a chip supplier:
     #: its KMC and KLK are diversified by the chip serial alone from that supplier's delivery
     #: key set (``ykt:supplier:<name>:kmc|klk:...:v<version>``, see :mod:`hsm.ceremony`);
@@ -111,8 +116,38 @@ class CardKeyRef:
         return (card,)
 
 
+def centre_use(slot: KeySlot) -> None:
+    """A card-centre computation (EXTERNAL AUTHENTICATE, secure messaging, sensitive data) with
+    the card key ``slot``: refused for a bank's EMV key (``FIN_*``, the bank's key domain)."""
+    if slot.financial:
+        raise KeyDomainError(
+            f"{slot.value} is the bank's EMV key: it serves only the bank's application "
+            "(issuer scripts, cryptograms), never a card-centre command", slot=slot.value,
+        )  # fmt: skip
+
+
+def bank_use(slot: KeySlot) -> None:
+    """An issuer script of the bank's application with the card key ``slot``: refused for a
+    card-centre key."""
+    if not slot.financial:
+        raise KeyDomainError(
+            f"{slot.value} is a card-centre key: the bank's issuer scripts use only the "
+            "card's EMV keys (fin_smi, fin_smc)", slot=slot.value,
+        )  # fmt: skip
+
+
+class IssuerScriptCrypto(Protocol):
+    """The bank's issuer-script computations of one card (EMV Book 2 9.2-9.3), with the card's
+    MK-SMI / MK-SMC from the bank's key domain: :class:`hsm.cardcrypto.HsmCardCrypto` in the
+    HSM, the software twin with clear test keys; ``cardspec.emv`` is the reference."""
+
+    def issuer_script_mac(self, header: bytes, atc: int, ac: bytes, data: bytes) -> bytes: ...
+
+    def encipher_pin_block(self, ac: bytes, pin_block: bytes) -> bytes: ...
+
+
 @runtime_checkable
-class CardCryptoSession(CardCrypto, Protocol):
+class CardCryptoSession(CardCrypto, IssuerScriptCrypto, Protocol):
     """A :class:`CardCrypto` whose derived keys live until :meth:`close` (context manager)."""
 
     def kcv(self, slot: KeySlot) -> bytes: ...
@@ -203,6 +238,8 @@ class Pkcs11Keys(Protocol):
     def objects_destroyed(self, count: int) -> None: ...
 
     def master_synced(self, slot: KeySlot, alg: Algorithm, version: int) -> Any: ...
+
+    def card_master_synced(self, ref: CardKeyRef, slot: KeySlot) -> Any: ...
 
     def klk_master_synced(self, version: int, alg: Algorithm = Algorithm.DES3) -> Any: ...
 

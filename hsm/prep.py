@@ -244,8 +244,10 @@ class PrepOps:
         self._kek = 0
         self._generation = -1
         self._masters: dict[tuple[str, Algorithm, int], int] = {}
-        self._plans: dict[tuple[Algorithm, int, tuple[KeySlot, ...]], _Plan] = {}
-        self._last_plan: tuple[Sequence[KeySlot], int, Algorithm, _Plan] | None = None
+        self._plans: dict[tuple[Any, ...], _Plan] = {}
+        self._last_plan: (
+            tuple[Sequence[KeySlot], int, Algorithm, tuple[str | None, int], _Plan] | None
+        ) = None
         self._in_chunk = False
 
     # chunks --------------------------------------------------------------------------------
@@ -367,24 +369,33 @@ class PrepOps:
         return pin, tuple(payloads)
 
     # one card ------------------------------------------------------------------------------
-    def _plan(self, alg: Algorithm, version: int, slots: Sequence[KeySlot]) -> _Plan:
-        """The masters and templates of one key set's cards, per module initialisation (LOCK
-        held)."""
+    def _plan(self, ref: CardKeyRef, slots: Sequence[KeySlot]) -> _Plan:
+        """The masters and templates of one key set's cards (the card centre's key set, and the
+        card's bank's issuer masters for ``FIN_*``), per module initialisation (LOCK held)."""
+        alg, version = ref.algorithm, ref.key_version
+        bank = (ref.bank, ref.bank_key_version)
         last = self._last_plan
-        if last is not None and last[0] is slots and last[1] == version and last[2] is alg:
-            return last[3]  # the same profile's slots as the card before (no key to hash)
-        key = (alg, version, tuple(slots))
+        if (last is not None and last[0] is slots and last[1] == version and last[2] is alg
+                and last[3] == bank):  # fmt: skip
+            return last[4]  # the same profile's slots as the card before (no key to hash)
+        key = (alg, version, tuple(slots), bank)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = _Plan(
                 self._master(ceremony.KLK, KLK_ALGORITHM, version),
                 self._master(KeySlot.KMC.value, alg, version),
-                [(slot, self._master(slot.value, alg, version), slot.financial,
+                [(slot, self._card_master(ref, slot), slot.financial,
                   _CARD_ENC[alg] if slot is KeySlot.PUK else _CARD[alg])
                  for slot in slots if slot is not KeySlot.KMC],
             )  # fmt: skip
-        self._last_plan = (slots, version, alg, plan)
+        self._last_plan = (slots, version, alg, bank, plan)
         return plan
+
+    def _card_master(self, ref: CardKeyRef, slot: KeySlot) -> int:
+        """The master handle of ``slot`` (the bank's for ``FIN_*``, ``card_master_synced``)."""
+        if not slot.financial:
+            return self._master(slot.value, ref.algorithm, ref.key_version)
+        return int(self.service.card_master_synced(ref, slot).handle)
 
     def in_house(self, ref: CardKeyRef, slots: Sequence[KeySlot], pins: PinPolicy) -> InHouseCard:
         """Every key of ``slots`` (the profile's, KMC included) and the KLK derived; the
@@ -392,7 +403,7 @@ class PrepOps:
         key is derived, wrapped under the KLK and destroyed at once."""
         self._check(ref, slots)
         fast, sh, alg, region = self.fast, self._sh, ref.algorithm, self.service.region_code
-        plan = self._plan(alg, ref.key_version, slots)
+        plan = self._plan(ref, slots)
         factors = ref.factors(KeySlot.KMC, region)  # the card's (KLK included)
         card = self._data(factors, alg)
         emv: list[bytes] | None = None
@@ -428,7 +439,7 @@ class PrepOps:
         KCVs, the PIN payloads under KMC (bureau file format ``/2``)."""
         self._check(ref, slots)
         fast, sh, alg, region = self.fast, self._sh, ref.algorithm, self.service.region_code
-        plan = self._plan(alg, ref.key_version, slots)
+        plan = self._plan(ref, slots)
         kcv_block, tmpl, kek = KCV_BLOCK[alg], _CARD_ENC[alg], self._kek
         factors = ref.factors(KeySlot.KMC, region)  # the card's (KLK included)
         card = self._data(factors, alg)

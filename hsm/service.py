@@ -6,10 +6,12 @@ throwaway demos (clear master keys: never for real cards).
 
 Per-card keys follow ``cardspec.keyscheme``: each card key is diversified from the issuer master
 key of the same :class:`KeySlot` (version and algorithm from the card record) by the card factor
-(province: region factor first), ``FIN_*`` keys by the EMV factor. Inside the HSM each step is a
-``C_DeriveKey(CKM_DES3_ECB_ENCRYPT_DATA / CKM_AES_ECB_ENCRYPT_DATA)`` giving a session object;
-the objects of one card live for one ``with service.card_crypto(ref) as crypto:`` block and are
-destroyed after it.
+(province: region factor first); the ``FIN_*`` keys (EMV MK-AC, MK-SMI, MK-SMC) from the issuer
+master keys of the card's bank, in the bank's key domain (``CardKeyRef.bank``,
+:func:`hsm.ceremony.card_master_label`), by the EMV factor (option A: PAN and PSN). Inside the
+HSM each step is a ``C_DeriveKey(CKM_DES3_ECB_ENCRYPT_DATA / CKM_AES_ECB_ENCRYPT_DATA)`` giving a
+session object; the objects of one card live for one ``with service.card_crypto(ref) as
+crypto:`` block and are destroyed after it.
 
 Mechanisms used (all computed in the HSM, results compared with keyscheme in the tests):
 
@@ -65,6 +67,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11 import Attribute, Mechanism, ObjectClass
 
+from cardspec import emv as cardspec_emv
 from cardspec import keyscheme, sm2
 from cardspec.crypto import SoftwareCardCrypto
 from cardspec.keyscheme import Algorithm, KeySlot
@@ -84,6 +87,7 @@ from hsm.ports import (
     CardCryptoSession,
     CardKeyRef,
     KeyService,
+    centre_use,
     verify_signature,
 )
 from hsm.vendors import DEFAULT_SM2_ID
@@ -140,6 +144,7 @@ class Pkcs11KeyService:
         self._masters: dict[tuple[KeySlot, Algorithm, int], Any] = {}
         self._klk_masters: dict[str, Any] = {}
         self._supplier_masters: dict[str, Any] = {}
+        self._bank_masters: dict[str, Any] = {}
         self._masters_generation = -1
         self._transports: dict[str, Any] = {}
         self._transports_generation = -1
@@ -187,6 +192,7 @@ class Pkcs11KeyService:
             self._masters.clear()
             self._klk_masters.clear()
             self._supplier_masters.clear()
+            self._bank_masters.clear()
             self._masters_generation = generation
         if generation != self._transports_generation:
             self._transports.clear()
@@ -198,6 +204,20 @@ class Pkcs11KeyService:
         if key is None:
             label = ceremony.master_label(slot, alg, version)
             key = self._masters[(slot, alg, version)] = p11.find_one(self.token.session(), label)
+        return key
+
+    def card_master_synced(self, ref: CardKeyRef, slot: KeySlot) -> Any:
+        """The master the card key ``slot`` of ``ref`` is derived from: the card centre's, or
+        for ``FIN_*`` the card's bank's (:func:`hsm.ceremony.card_master_label`, the one rule);
+        the caller holds LOCK and called :meth:`sync`."""
+        if not slot.financial:
+            return self.master_synced(slot, ref.algorithm, ref.key_version)
+        label = ceremony.card_master_label(
+            slot, ref.algorithm, ref.key_version, ref.bank, ref.bank_key_version
+        )
+        key = self._bank_masters.get(label)
+        if key is None:
+            key = self._bank_masters[label] = p11.find_one(self.token.session(), label)
         return key
 
     def klk_master_synced(self, version: int, alg: Algorithm = Algorithm.DES3) -> Any:
@@ -336,7 +356,30 @@ class Pkcs11KeyService:
 
 
 class SoftwareCardSession(SoftwareCardCrypto):
-    """:class:`SoftwareCardCrypto` with the session protocol (nothing to destroy)."""
+    """:class:`SoftwareCardCrypto` with the session protocol (nothing to destroy) and the key
+    domains of :class:`HsmCardCrypto` (a ``FIN_*`` key serves no card-centre command)."""
+
+    def external_auth(self, slot: KeySlot, challenge: bytes) -> bytes:
+        centre_use(slot)
+        return super().external_auth(slot, challenge)
+
+    def mac_block(self, slot: KeySlot, data: bytes, iv: bytes) -> bytes:
+        centre_use(slot)
+        return super().mac_block(slot, data, iv)
+
+    def encrypt(self, slot: KeySlot, plaintext: bytes) -> bytes:
+        centre_use(slot)
+        return super().encrypt(slot, plaintext)
+
+    def issuer_script_mac(self, header: bytes, atc: int, ac: bytes, data: bytes) -> bytes:
+        """:meth:`HsmCardCrypto.issuer_script_mac` with clear keys (``cardspec.emv``)."""
+        sk = cardspec_emv.sm_session_key(self.card_key(KeySlot.FIN_SMI), ac)
+        return cardspec_emv.script_mac(sk, header, atc, ac, data)
+
+    def encipher_pin_block(self, ac: bytes, pin_block: bytes) -> bytes:
+        """:meth:`HsmCardCrypto.encipher_pin_block` with clear keys (``cardspec.emv``)."""
+        sk = cardspec_emv.sm_session_key(self.card_key(KeySlot.FIN_SMC), ac)
+        return cardspec_emv.encrypt_pin_block(sk, pin_block)
 
     def kcv(self, slot: KeySlot) -> bytes:
         return keyscheme.kcv(self.card_key(slot), self.algorithm)
@@ -353,8 +396,16 @@ class SoftwareCardSession(SoftwareCardCrypto):
         self.close()
 
 
+#: The bank key domain of :meth:`SoftwareKeyService.random` (tests and throwaway demos).
+DEMO_BANK = "demo-bank"
+
+
 class SoftwareKeyService:
-    """The same port with master keys in memory. Tests and throwaway demos only."""
+    """The same port with master keys in memory. Tests and throwaway demos only.
+
+    ``masters``: the card centre's, by (slot, algorithm, version); ``bank_masters``: the banks'
+    issuer master keys by (bank key domain, ``FIN_*`` slot, algorithm, version), kept apart as
+    in the HSM (:mod:`hsm.ceremony`)."""
 
     def __init__(
         self,
@@ -363,7 +414,13 @@ class SoftwareKeyService:
         transport_keys: Mapping[str, bytes] | None = None,
         signing_key: ec.EllipticCurvePrivateKey | None = None,
         klk_masters: Mapping[int, bytes] | None = None,
+        bank_masters: Mapping[tuple[str, KeySlot, Algorithm, int], bytes] | None = None,
     ) -> None:
+        for slot, _, _ in masters:
+            ceremony.master_label(slot, Algorithm.DES3, 1)  # FIN_*: the bank's domain (refused)
+        for bank, slot, alg, version in bank_masters or {}:
+            ceremony.bank_label(bank, slot, alg, version)  # a card-centre slot: refused
+        self._bank = dict(bank_masters or {})
         self._masters = dict(masters)
         #: KLK masters by key set version (``ykt:klk:aes:v<n>``)
         self._klk = dict(klk_masters or {})
@@ -378,21 +435,28 @@ class SoftwareKeyService:
         cls,
         region_code: str = "330100",
         algorithms: Iterable[Algorithm] = (Algorithm.DES3, Algorithm.AES),
+        banks: Iterable[str] = (DEMO_BANK,),
     ) -> SoftwareKeyService:
-
+        algorithms = tuple(algorithms)
         return cls(
-            {(slot, alg, 1): os.urandom(16) for slot in KeySlot for alg in algorithms},
+            {(slot, alg, 1): os.urandom(16) for slot in ceremony.CENTRE_SLOTS
+             for alg in algorithms},
             region_code,
             klk_masters={1: os.urandom(16)},
-        )
+            bank_masters={(bank, slot, alg, 1): os.urandom(16) for bank in banks
+                          for slot in ceremony.BANK_KEYS for alg in algorithms},
+        )  # fmt: skip
 
     def card_crypto(self, ref: CardKeyRef) -> SoftwareCardSession:
         if ref.chip_maker is not None:
             raise KeyNotFound("the software key service holds no chip supplier key sets")
         masters = {}
         for slot in KeySlot:
-            key = self._masters.get((slot, ref.algorithm, ref.key_version))
-            if key is not None and (ref.pan or not slot.financial):
+            if slot.financial:
+                key = self._bank.get((ref.bank or "", slot, ref.algorithm, ref.bank_key_version))
+                if key is not None and ref.pan:
+                    masters[slot] = key
+            elif (key := self._masters.get((slot, ref.algorithm, ref.key_version))) is not None:
                 masters[slot] = key
         if not masters:
             raise KeyNotFound(f"no {ref.algorithm.value} master keys v{ref.key_version}")
@@ -406,7 +470,8 @@ class SoftwareKeyService:
         complete = [
             v
             for v in {v for (_, a, v) in self._masters if a is algorithm}
-            if v in self._klk and all((s, algorithm, v) in self._masters for s in KeySlot)
+            if v in self._klk
+            and all((s, algorithm, v) in self._masters for s in ceremony.CENTRE_SLOTS)
         ]
         if not complete:
             raise KeyNotFound(f"no complete {algorithm.value} key set")

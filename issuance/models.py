@@ -945,3 +945,29 @@ class EcardNonce(Base):
 
     __tablename__ = "ecard_nonces"
     id: Mapped[bytes] = mapped_column(sa.LargeBinary(16), primary_key=True)
+
+
+class BankAccount(Base):
+    """The bank account behind a card's financial application (migration 0020): asked of the
+    bank in a request file (``requested_*``), then opened by the bank, whose response file gives
+    the PAN, its sequence number, the expiry, the service code and the bank's account reference
+    (``opened_*``; :mod:`issuance.bank`). A card's EMV data come from here and nowhere else."""
+
+    __tablename__ = "bank_accounts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    card_id: Mapped[int] = mapped_column(sa.ForeignKey("cards.id"), unique=True)
+    bank_agency_id: Mapped[int] = mapped_column(sa.ForeignKey("agencies.id"), index=True)
+    #: the request file that asked for it (``YKTB-<bank>-<UTC time>``)
+    request_id: Mapped[str] = mapped_column(sa.String(64), index=True)
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: None until the bank's response gave it
+    pan: Mapped[str | None] = mapped_column(sa.String(19), unique=True)
+    psn: Mapped[str | None] = mapped_column(sa.String(2))
+    #: the application expiry the bank gave (last day of its YYMM month)
+    expiry: Mapped[date | None]
+    service_code: Mapped[str | None] = mapped_column(sa.String(3))
+    account_ref: Mapped[str | None] = mapped_column(sa.String(32))
+    #: the bank's key version of its issuer master keys for this card (``[banks.*]``)
+    key_version: Mapped[int] = mapped_column(default=1)
+    opened_at: Mapped[datetime | None]
+    response_file: Mapped[str | None] = mapped_column(sa.String(200))

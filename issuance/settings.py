@@ -223,6 +223,41 @@ class IssuerSettings(_Section):
         return v
 
 
+class BankSettings(_Section):
+    """A co-operating bank, ``[banks.<agency code>]`` (the code of its bank agency,
+    ``ykt places``/``ykt api`` agencies): its PAN ranges and the HSM key domain of its issuer
+    master keys (``docs/guide/bank.md``)."""
+
+    #: The bank's key domain in the HSM: its issuer master keys are
+    #: ``ykt:bank:<key_domain>:imk-ac|imk-smi|imk-smc:<alg>:v<n>`` (``ykt hsm import fin_ac
+    #: --bank <key_domain>``); 1-40 lower-case letters, digits, ``-`` or ``_``.
+    key_domain: str
+    #: The BINs (issuer identification numbers, 6-8 digits) of this bank's card PANs: a PAN of
+    #: its response file outside them is refused.
+    bins: tuple[str, ...]
+    #: Version of the bank's issuer master keys the cards made from now on use.
+    key_version: int = Field(default=1, ge=1)
+    #: The holder's ID number in the request file: ``masked`` (first 6 and last 4 characters,
+    #: the rest ``*``) or ``full`` (as agreed with the bank).
+    id_number: Literal["masked", "full"] = "masked"
+
+    @field_validator("key_domain")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        import re
+
+        if re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,39}", v) is None:
+            raise ValueError("key_domain: 1-40 lower-case letters, digits, '-' or '_'")
+        return v
+
+    @field_validator("bins")
+    @classmethod
+    def _bins(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v or any(not (b.isdigit() and 6 <= len(b) <= 8) for b in v):
+            raise ValueError("bins: at least one BIN, each 6 to 8 digits")
+        return v
+
+
 class ApplicationSettings(_Section):
     #: Maker-checker. Always: the approver is neither the receiver nor the processor nor the
     #: reviewer, and the reviewer is not the receiver. ``true``: receive, process, review and
@@ -364,6 +399,8 @@ class Settings(_Section):
     console: ConsoleSettings = ConsoleSettings()
     resident: ResidentSettings = ResidentSettings()
     ecard: EcardSettings = EcardSettings()
+    #: The co-operating banks by the code of their bank agency (:class:`BankSettings`).
+    banks: dict[str, BankSettings] = Field(default_factory=dict)
 
     # Derived locations -------------------------------------------------------------------
     @property

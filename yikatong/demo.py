@@ -217,6 +217,63 @@ def ensure_hsm(settings: Settings) -> None:
     ceremony.init_keys(open_token(config), alg)
 
 
+#: The demo bank's HSM key domain (its issuer master keys ``ykt:bank:demo-icbc:imk-*``).
+DEMO_BANK_DOMAIN = "demo-icbc"
+
+
+def with_demo_bank(settings: Settings) -> Settings:
+    """``settings`` with ``[banks.<BRANCH_CODE>]`` (the demo bank: its BIN, its key domain)
+    unless configured already."""
+    from devstack.bank import DEMO_BIN
+    from issuance.settings import BankSettings
+
+    if BRANCH_CODE in settings.banks:
+        return settings
+    conf = BankSettings(key_domain=DEMO_BANK_DOMAIN, bins=(DEMO_BIN,))
+    return settings.model_copy(update={"banks": {**settings.banks, BRANCH_CODE: conf}})
+
+
+def ensure_bank_keys(settings: Settings) -> list[str]:
+    """The demo bank's issuer master keys in its key domain, imported by the key ceremony from
+    components the (throwaway) bank side makes, unless present. Returns the labels imported."""
+    from cardspec.keyscheme import Algorithm
+    from devstack.bank import IMK_SLOTS, imk_components
+    from hsm import ceremony
+    from hsm.pkcs11 import open_token
+
+    conf = settings.banks[BRANCH_CODE]
+    alg = Algorithm(settings.issuer.card_algorithm)
+    token = open_token(hsm_config(settings))
+    if conf.key_version in ceremony.bank_versions(token, conf.key_domain, alg):
+        return []
+    done = []
+    for slot in IMK_SLOTS:
+        _, comps, kcvs = imk_components(alg)
+        info = ceremony.import_bank_master(token, conf.key_domain, slot, comps, kcvs, alg,
+                                           conf.key_version)  # fmt: skip
+        done.append(info.label)
+    return done
+
+
+def open_demo_accounts(
+    txn: Callable[[Callable[[Session], Any]], Any], settings: Settings, operator: Actor
+) -> int:
+    """The bank data exchange of the demo: the request file (product), the bank's answer (the
+    throwaway bank side, :mod:`devstack.bank`), the response loaded (product). Both files are
+    kept under ``<data_dir>/bank/``. Returns the accounts loaded."""
+    from devstack.bank import answer_request
+    from issuance import bank
+
+    request = txn(lambda s: bank.request_file(s, settings, BRANCH_CODE, operator))
+    folder = settings.data_dir / "bank" / BRANCH_CODE
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{request.request_id}.req").write_text(request.text, encoding="utf-8")
+    response = answer_request(request.text, settings.banks[BRANCH_CODE].bins[0])
+    result = txn(lambda s: bank.load_response(s, settings, BRANCH_CODE, response, operator,
+                                              file_name=f"{request.request_id}.rsp"))  # fmt: skip
+    return int(result.loaded)
+
+
 @dataclass
 class DemoResult:
     batch_name: str
@@ -255,9 +312,11 @@ def run_demo(
 
     if algorithm is not None:
         settings = with_card_algorithm(settings, algorithm)
+    settings = with_demo_bank(settings)
     sm4 = settings.issuer.card_algorithm == "sm4"
     console = Console()
     ensure_hsm(settings)
+    imported = ensure_bank_keys(settings)
     engine = make_engine(settings)
     migrations.upgrade(engine)
     factory = make_sessionmaker(engine)
@@ -281,8 +340,14 @@ def run_demo(
         f"{len(made)} residents applied with their photos (receive → process → review → "
         "approve by three different staff members); card numbers allocated"
     )
-    name = f"demo-{datetime.now():%Y%m%d-%H%M%S}"
+    if imported:
+        console.print(f"the bank's issuer master keys imported by key ceremony into its own key "
+                      f"domain: {', '.join(imported)}")  # fmt: skip
     operator = actors["demo-operator"]
+    opened = open_demo_accounts(txn, settings, operator)
+    console.print(f"bank: request file sent, response loaded: {opened} account(s) opened "
+                  f"(PAN, PSN, expiry from the bank)")  # fmt: skip
+    name = f"demo-{datetime.now():%Y%m%d-%H%M%S}"
     batch = txn(lambda s: create_batch(s, operator, name, BatchFilter(region_code="3301")))
     console.print(f"batch [bold]{name}[/bold]: {batch.card_count} card(s) selected")
     try:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from datetime import date
 from typing import Any
 
-from cardspec.emv import track2_equivalent
+from cardspec.emv import SERVICE_CODE, track2_equivalent
 from cardspec.errors import EncodingError
 from cardspec.profile.model import CardProfile, decode_fixed_record, decode_records, encode_records
 from cardspec.profile.social import DEFAULT_PROFILE
@@ -71,6 +71,8 @@ class FinancialData:
     expiry: date
     psn: str = "00"
     cardholder_name: str = ""
+    service_code: str = SERVICE_CODE
+    """In the track 2 equivalent data (57) only (the record has no 5F30)."""
 
 
 @dataclass(frozen=True)
@@ -149,9 +151,13 @@ def decode_pension(records: list[bytes], profile: CardProfile = DEFAULT_PROFILE)
 
 def complete_financial(values: Mapping[str, Any]) -> dict[str, Any]:
     """The financial record's element values with those derived from the others: the track 2
-    equivalent data (57) from the PAN and the expiry date. Every path that encodes the record
-    (this module, data preparation's planners) completes its values here."""
-    return {**values, "track2": track2_equivalent(values["pan"], values["expiry"])}
+    equivalent data (57) from the PAN, the expiry date and the service code (given by the bank;
+    not an element of the record). Every path that encodes the record (this module, data
+    preparation's planners) completes its values here."""
+    out = dict(values)
+    service = out.pop("service_code", None) or SERVICE_CODE
+    out["track2"] = track2_equivalent(out["pan"], out["expiry"], service)
+    return out
 
 
 def financial_values(value: FinancialData) -> dict[str, Any]:
@@ -162,7 +168,17 @@ def financial_values(value: FinancialData) -> dict[str, Any]:
 def financial_data(values: Mapping[str, Any]) -> FinancialData:
     """The :class:`FinancialData` of the financial record's element values (the derived ones
     of :func:`complete_financial` left out)."""
-    return FinancialData(**{k: v for k, v in values.items() if k not in _DERIVED_FINANCIAL})
+    data = {k: v for k, v in values.items() if k not in _DERIVED_FINANCIAL}
+    track2 = values.get("track2")
+    if track2 and "service_code" not in data:
+        data["service_code"] = _track2_service_code(track2, str(values["pan"]))
+    return FinancialData(**data)
+
+
+def _track2_service_code(track2: str, pan: str) -> str:
+    """The service code of a track 2 equivalent (hex text): after ``PAN D YYMM``."""
+    at = len(pan) + 5
+    return track2[at : at + 3] if len(track2) >= at + 3 else SERVICE_CODE
 
 
 _DERIVED_FINANCIAL = frozenset({"track2"})
@@ -176,8 +192,11 @@ def decode_financial(records: list[bytes], profile: CardProfile = DEFAULT_PROFIL
     values = decode_records(profile.ef("SFI01")[1], records)
     values.setdefault("cardholder_name", "")
     track2 = values.pop("track2", None)
+    if track2 is not None:
+        values["service_code"] = _track2_service_code(track2, values["pan"])
     data = FinancialData(**values)
-    if track2 is not None and track2 != track2_equivalent(data.pan, data.expiry):
+    if track2 is not None and track2 != track2_equivalent(data.pan, data.expiry,
+                                                         data.service_code):  # fmt: skip
         raise EncodingError("track2", "does not match the PAN and expiry date")
     return data
 

@@ -80,6 +80,7 @@ from hsm.export import BureauExport, FileKek
 from hsm.service import CardKeyRef, KeyService
 from issuance import audit, lifecycle
 from issuance.audit import Actor
+from issuance.bank import CardBankData, NoBankData
 from issuance.batches import dataprep, persofile
 from issuance.batches import items as bi
 from issuance.batches.adapters import BatchAdapters
@@ -87,8 +88,10 @@ from issuance.batches.bureau import BureauFileWriter, card_body, mark_exported, 
 from issuance.db import make_engine, make_sessionmaker, transaction, with_retry
 from issuance.errors import ConflictError, IntegrityError, IssuanceError, ValidationError
 from issuance.models import (
+    Agency,
     Application,
     AuditEvent,
+    BankAccount,
     Batch,
     BatchItem,
     BatchStage,
@@ -226,8 +229,21 @@ class Row(NamedTuple):
     card_identification_code: str | None
     person: _PersonRow
     application: _AppRow | None
+    bank: _BankRow | None = None
 
 
+class _BankRow(NamedTuple):
+    """The card's account data from its bank (:class:`issuance.models.BankAccount`)."""
+
+    pan: str
+    psn: str
+    expiry: date
+    service_code: str
+    key_version: int
+    bank_code: str
+
+
+_BANK_AGENCY = sa.orm.aliased(Agency)
 _READ_ROWS = (
     sa.select(
         BatchItem.id, sa.type_coerce(BatchItem.stage, sa.String()), BatchItem.chip_serial,
@@ -237,10 +253,14 @@ _READ_ROWS = (
         Person.ethnicity, Person.birth_date, Person.region_code, Card.application_id,
         Application.decided_at, sa.type_coerce(Application.channel, sa.String()),
         Person.card_name,
+        BankAccount.pan, BankAccount.psn, BankAccount.expiry, BankAccount.service_code,
+        BankAccount.key_version, _BANK_AGENCY.code,
     )  # the enums as their stored values (no per-row enum processing)
     .join(Card, Card.id == BatchItem.card_id)
     .join(Person, Person.id == Card.person_id)
     .outerjoin(Application, Application.id == Card.application_id)
+    .outerjoin(BankAccount, sa.and_(BankAccount.card_id == Card.id, BankAccount.pan.is_not(None)))
+    .outerjoin(_BANK_AGENCY, _BANK_AGENCY.id == BankAccount.bank_agency_id)
     .where(BatchItem.id.in_(sa.bindparam("ids", expanding=True)))
     .order_by(BatchItem.id)
 )  # fmt: skip
@@ -254,7 +274,8 @@ def read_rows(session: Session, item_ids: Sequence[int]) -> list[Row]:
     return [
         Row(r[0], stages[r[1]], r[2], r[3], _CardRow(r[4], r[5]), r[6], r[7], r[8],
             r[9], _PersonRow(r[10], r[11], r[12], r[13], r[14], r[15], r[19]),
-            _AppRow(r[17], r[18]) if r[16] is not None else None)
+            _AppRow(r[17], r[18]) if r[16] is not None else None,
+            _BankRow(*r[20:26]) if r[20] is not None else None)
         for r in session.execute(_READ_ROWS, {"ids": list(item_ids)})
     ]  # fmt: skip
 
@@ -526,8 +547,8 @@ class Preparer:
                 prof = self._profile(row.algorithm)
                 try:
                     card, ref = self._card(prof, row, issue, versions)
-                    made.append((prof, card, ref, self._perso(prof, card, ref.pan)))
-                except (InvalidIdentifier, EncodingError) as exc:
+                    made.append((prof, card, ref, self._perso(prof, card)))
+                except (InvalidIdentifier, EncodingError, NoBankData) as exc:
                     self._refuse(row, exc)
             done: list[tuple[_Profile, Prepared, CardKeyRef, dict[str, list[bytes]], Any]] = []
             for prof, card, ref, plan in made:
@@ -595,9 +616,19 @@ class Preparer:
             card = Prepared(row, row.chip_serial, row.card_identification_code,
                             row.issue_date or issue, row.key_version,
                             prof.profile.name)  # fmt: skip
-        ref = CardKeyRef(card.cic, card.key_version, prof.profile.algorithm,
-                         pan=dataprep.bank_pan(row.card.id), psn=dataprep.PSN)  # fmt: skip
+        ref = dataprep.key_ref_of(card.cic, card.key_version, prof.profile.algorithm,
+                                  self._bank(row))  # fmt: skip
         return card, ref
+
+    def _bank(self, row: Row) -> CardBankData | None:
+        """The card's bank data (its bank's key domain from ``[banks.<code>]``); None when the
+        bank has not answered (the card waits: :func:`dataprep.perso_values` refuses it)."""
+        b = row.bank
+        conf = None if b is None else self.settings.banks.get(b.bank_code)
+        if b is None or conf is None:
+            return None
+        return CardBankData(b.pan, b.psn, b.expiry, b.service_code, conf.key_domain,
+                            b.key_version)  # fmt: skip
 
     def _new_cic(self, region_code: str, serial: bytes) -> str:
         """:func:`cardspec.ids.make_card_identification_code` (each region validated once)."""
@@ -607,7 +638,7 @@ class Preparer:
             return cic
         return region_code + ids.CARD_ID_MARKER + serial.hex().upper()
 
-    def _perso(self, prof: _Profile, card: Prepared, pan: str | None) -> dict[str, list[bytes]]:
+    def _perso(self, prof: _Profile, card: Prepared) -> dict[str, list[bytes]]:
         """The card's records (refused with :class:`InvalidIdentifier` or
         :class:`EncodingError` as :meth:`cardspec.perso.CardPersoData.validate` and the
         encoders do)."""
@@ -618,7 +649,7 @@ class Preparer:
         ids.validate_citizen_id(row.person.citizen_id)
         values = dataprep.perso_values(
             self.settings, row.card, row.person, row.application, card.cic, card.issue_date,
-            prof.profile, pan=pan,
+            prof.profile, bank=self._bank(row),
         )  # fmt: skip
         return prof.planner.plan_values(values)
 
@@ -634,7 +665,7 @@ class Preparer:
         row = card.row
         data = dataprep.perso_data(
             self.settings, row.card, row.person, row.application, card.cic, card.issue_date,
-            pin, prof.profile,
+            pin, prof.profile, bank=self._bank(row),
         )  # fmt: skip
         data.validate()
         if perso.plan_records(data, prof.profile) != plan:

@@ -14,8 +14,10 @@ Choices (marked CHOICE, easy to change):
   must change it before sensitive use (the card enforces it). The bank PIN of the financial
   application has its own derivation (its own domain): it never defaults to the social
   security PIN (:func:`initial_pins`; the mailer prints both, :mod:`issuance.batches.mailers`).
-* **PAN** of the financial application: the partner bank's BIN :data:`BANK_BIN` + the card's
-  database id + the Luhn digit (19 digits). A real deployment takes the PAN range from the bank.
+* **The financial application's data** (PAN, PAN sequence number, expiry, service code) come
+  from the card's bank, in its response file (:mod:`issuance.bank`), and its EMV keys from the
+  bank's issuer master keys (``CardKeyRef.bank``): never made up here. A card without them
+  waits (:class:`issuance.bank.NoBankData`, see :mod:`issuance.bank`).
 * Medical and pension records start from the card's application (insured region = the holder's
   region, insured since the approval date); the insurance systems update them later with the
   files' update keys.
@@ -40,7 +42,6 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from cardspec import ids, perso
-from cardspec.ids import luhn_digit as luhn_digit  # re-exported: bench.personalisation
 from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.perso import CardPersoData
 from cardspec.profile import CardProfile, complete_financial, social_security_profile
@@ -48,6 +49,7 @@ from cardspec.profile.social import get_profile, register_profile
 from cardspec.profile.values import split_name
 from hsm.service import CardKeyRef, KeyService
 from issuance.audit import Actor
+from issuance.bank import CardBankData, bank_data, card_key_ref, require_bank_data
 from issuance.batches import items as batch_items
 from issuance.batches.stock import BlankStock
 from issuance.errors import ConflictError, FieldProblem, ValidationError
@@ -67,8 +69,6 @@ from issuance.services.pins import BANK_PIN, SS_PIN, same_digit, step_sequence
 from issuance.settings import Settings
 from printers.prepared import PreparedCard
 
-#: CHOICE: the partner bank's BIN for the financial application's PAN.
-BANK_BIN = "621799"
 #: CHOICE: the medical insurance type at issue: employees (employer applications) or residents.
 INSURANCE_EMPLOYEES, INSURANCE_RESIDENTS = "310", "390"
 _PIN_DOMAIN = b"YKT-INITIAL-PIN/1"
@@ -96,21 +96,21 @@ def _card_profile(alg: Algorithm, pin_tries: int, temporary: bool = False) -> Ca
         return register_profile(prof)
 
 
-def bank_pan(card_id: int) -> str:
-    """The financial application's PAN (see the module docstring, CHOICE)."""
-    body = BANK_BIN + str(card_id).zfill(12)
-    return body + luhn_digit(body)
+def key_ref(
+    card: Card, card_identification_code: str, bank: CardBankData | None = None
+) -> CardKeyRef:
+    """The key reference of ``card`` made on the chip with this identification code; its EMV
+    keys from ``bank`` (the card's bank data, :func:`issuance.bank.bank_data`)."""
+    return key_ref_of(card_identification_code, card.key_version,
+                      Algorithm(str(card.algorithm)), bank)  # fmt: skip
 
 
-def key_ref(card: Card, card_identification_code: str) -> CardKeyRef:
-    """The key reference of ``card`` made on the chip with this identification code."""
-    return CardKeyRef(
-        card_identification_code=card_identification_code,
-        key_version=card.key_version,
-        algorithm=Algorithm(str(card.algorithm)),
-        pan=bank_pan(card.id),
-        psn="00",
-    )
+def key_ref_of(
+    card_identification_code: str, key_version: int, algorithm: Algorithm,
+    bank: CardBankData | None,
+) -> CardKeyRef:  # fmt: skip
+    """:func:`issuance.bank.card_key_ref` (the one rule)."""
+    return card_key_ref(card_identification_code, key_version, algorithm, bank)
 
 
 def initial_pin(
@@ -206,7 +206,6 @@ class ApplicationFields(Protocol):
 CARD_CATEGORY, TEMPORARY_CARD_CATEGORY = "1", "2"
 INSURED, PERSONNEL_CATEGORY = "1", "11"
 PENSION_TYPES_EMPLOYEES, PENSION_TYPES_RESIDENTS = "11100", "10000"
-PSN = "00"
 _FILES: dict[int, tuple[CardProfile, frozenset[str]]] = {}
 
 
@@ -217,6 +216,11 @@ def _has_file(profile: CardProfile, ef_name: str) -> bool:
     if known is None or known[0] is not profile:
         known = _FILES[id(profile)] = (profile, frozenset(ef.name for _, ef in profile.files()))
     return ef_name in known[1]
+
+
+def _has_financial(profile: CardProfile) -> bool:
+    """Whether the profile has the financial application (a temporary card's has not)."""
+    return _has_file(profile, "SFI01")
 
 
 def holder_ethnicity(person: HolderFields) -> str:
@@ -240,16 +244,17 @@ def perso_values(
     issue_date: date,
     profile: CardProfile,
     *,
-    pan: str | None = None,
+    bank: CardBankData | None = None,
     temporary_until: date | None = None,
 ) -> dict[str, dict[str, Any]]:
     """What goes on the card: the element values (EF name -> element name -> value) of its
     records (:func:`cardspec.perso.plan_values` encodes them), made directly from the rows
     (data preparation's hot path: no dataclass per card). The one place of these rules;
-    :func:`perso_data` is the same as a :class:`CardPersoData`. ``pan``: the card's
-    :func:`bank_pan` if the caller has it already. ``temporary_until``: a temporary card
-    (card category "2") valid until that day; the files are those the profile has (a
-    temporary card's: no pension, no financial application)."""
+    :func:`perso_data` is the same as a :class:`CardPersoData`. ``bank``: the card's data from
+    its bank, required when the profile has the financial application (:class:`issuance.bank.
+    NoBankData` without it: the card waits). ``temporary_until``: a temporary card (card
+    category "2") valid until that day; the files are those the profile has (a temporary
+    card's: no pension, no financial application)."""
     expiry = temporary_until or _add_years(issue_date, settings.lifecycle.card_validity_years)
     # the chip's GBK name: the recorded substitute of a name outside GBK (issuance.cardname)
     name, extension = split_name(person.card_name or person.name)
@@ -291,12 +296,15 @@ def perso_values(
             "start_date": since,
             "insurance_types": PENSION_TYPES_EMPLOYEES if employee else PENSION_TYPES_RESIDENTS,
         }
-    if _has_file(profile, "SFI01"):
+    if _has_financial(profile):
+        fin = require_bank_data({} if bank is None else {card.id: bank}, card.id,
+                                card.card_number)  # fmt: skip
         values["SFI01"] = complete_financial({
-            "pan": pan or bank_pan(card.id),
-            "expiry": expiry,
-            "psn": PSN,
+            "pan": fin.pan,
+            "expiry": fin.expiry,
+            "psn": fin.psn,
             "cardholder_name": "",
+            "service_code": fin.service_code,
         })  # fmt: skip
     return values
 
@@ -313,13 +321,14 @@ def perso_data(
     *,
     temporary_until: date | None = None,
     bank_pin: str | None = None,
+    bank: CardBankData | None = None,
 ) -> CardPersoData:
     """Everything written to the chip (personal data: never logged, see CardPersoData):
     :func:`perso_values` with the initial PINs (``bank_pin``: the financial application's own,
     needed when the profile has one; :func:`initial_pins`)."""
     values = perso_values(
         settings, card, person, application, card_identification_code, issue_date, profile,
-        temporary_until=temporary_until,
+        temporary_until=temporary_until, bank=bank,
     )  # fmt: skip
     return perso.from_values(values, pin, bank_pin=bank_pin)
 
@@ -347,7 +356,10 @@ def prepare_card(
     temporary = card.kind == CardKind.TEMPORARY
     profile = profile or card_profile(settings, card.algorithm, temporary=temporary)
     code = ids.make_card_identification_code(card.region_code, chip_serial)
-    ref = key_ref(card, code)
+    bank = bank_data(session, settings, [card.id]).get(card.id)
+    if _has_financial(profile):
+        require_bank_data({} if bank is None else {card.id: bank}, card.id, card.card_number)
+    ref = key_ref(card, code, bank)
     person = session.get(Person, card.person_id)
     assert person is not None
     app = session.get(Application, card.application_id) if card.application_id else None
@@ -355,6 +367,7 @@ def prepare_card(
     data = perso_data(
         settings, card, person, app, code, issue_date, pins[SS_PIN], profile,
         bank_pin=pins.get(BANK_PIN), temporary_until=card.expiry_date if temporary else None,
+        bank=bank,
     )  # fmt: skip
     data.validate()
     slots = tuple(spec.slot for _, spec in profile.key_specs() if spec.slot is not KeySlot.KMC)

@@ -1,22 +1,32 @@
 """Financial (bank) function activation at a bank branch.
 
 The holder's identity is checked by the teller; the holder then sets the bank PIN **on the
-card**, in a reader at the branch: the PIN pad hands the PIN mailer's initial PIN and the new
-PIN to :func:`set_financial_pin`, which runs CHANGE REFERENCE DATA on the chip's financial PIN
-(:func:`cardspec.cardops.change_pin`, ``00 24 00 80``) after checking that the card in the
-reader is the genuine card being activated (EF05 identification code; INTERNAL AUTHENTICATE
-checked by the HSM when a key service is given). The PINs live only in local variables of that
-call: they are never stored, logged, audited or put in an exception message. The database
-records only that it happened: :class:`PinSetOnCard` (which card, which reader, tries left) goes
-into the audit event of :func:`activate_financial`.
+card**, in a reader at the branch, by the **bank's issuer script** (EMV Book 3 6.5.10 PIN
+CHANGE/UNBLOCK, ``84 24 00 02``): :func:`set_financial_pin` checks the card in the reader is the
+genuine card being activated (EF05 identification code; INTERNAL AUTHENTICATE checked by the
+HSM when asked), opens an online transaction on the card's bank application (GET PROCESSING
+OPTIONS, GENERATE AC: its ATC and cryptogram), has the holder type the new PIN on the reader
+side (the PIN pad: the CLI's hidden prompt, a branch pad), and sends the script: the PIN block
+(ISO 9564 format 2) enciphered under the card's SK-SMC and the command MACed under its SK-SMI,
+both computed **in the HSM** from the card's MK-SMC / MK-SMI, themselves derived there from the
+bank's issuer master keys (its key domain, :mod:`hsm.ceremony`) by the PAN and PSN the bank gave
+(:mod:`issuance.bank`). The card checks the MAC (6988 and a try counted when wrong) and
+deciphers the PIN. An application the card reports blocked (its GENERATE AC declines: AAC) is
+unblocked first by the same session's APPLICATION UNBLOCK script (``84 18``).
+
+The PIN lives only in local variables of that call and in the HSM's encipherment call: never
+stored, logged, audited, put in an HTTP body or in an exception message. The database records
+only that it happened: :class:`PinSetOnCard` (which card, which reader, tries left) goes into
+the audit event of :func:`activate_financial`.
 
 A bank's own system may instead attest, through the API with its agency credential, that its
 terminal set the PIN (:class:`BankAttestation`): the bank runs its function. A bare "PIN set"
 flag from a teller is not accepted.
 
-CHOICE: the alternative of carrying the PIN as an ISO 9564 format-4 block encrypted under an
-HSM key (for an issuer-script PIN change relayed by the terminal) is not implemented: SoftHSM has
-no PIN-translation mechanism, and the reader path keeps the PIN between the PIN pad and the chip.
+The weak-PIN rule is not here: it is :func:`issuance.services.pins.check_pin_strength`, applied
+to the holder's new PIN by the pad (:class:`issuance.services.pins.StrengthCheckedPad`, as
+``ykt cards activate-financial`` does) or by ``pin_check`` (a caller's own check, called
+before the PIN block is made).
 """
 
 from __future__ import annotations
@@ -24,12 +34,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.orm import Session
 
 from cardspec import cardops
-from cardspec.errors import CardSpecError, PinError
+from cardspec.errors import CardSpecError, EncodingError
 from cardspec.keyscheme import Algorithm
 from cardspec.profile import DEFAULT_PROFILE, CardProfile
 from cardspec.reader import Reader
@@ -37,6 +48,7 @@ from hsm.errors import HsmError
 from hsm.service import CardKeyRef
 from issuance import audit, lifecycle
 from issuance.audit import Actor
+from issuance.bank import bank_data, card_key_ref, require_bank_data
 from issuance.db import flush
 from issuance.errors import FieldProblem, ValidationError
 from issuance.lifecycle import ChipEvent
@@ -49,7 +61,7 @@ from issuance.models import (
     ChipAppStatus,
 )
 from issuance.services.common import find_card
-from issuance.services.pins import pin_refused
+from issuance.settings import Settings
 
 if TYPE_CHECKING:
     from hsm.service import KeyService
@@ -65,12 +77,38 @@ class PinPad(Protocol):
     """Where the holder types PINs (a branch PIN pad; the CLI's hidden prompt)."""
 
     def current_pin(self) -> str:
-        """The PIN the card holds now (the initial PIN from the PIN mailer)."""
+        """The PIN the card holds now (the initial PIN from the PIN mailer); not asked by the
+        issuer-script activation (the bank sets the PIN with its own authority)."""
         ...
 
     def new_pin(self) -> str:
         """The holder's new PIN (the pad has them type it twice)."""
         ...
+
+
+#: ``check(pin)``: raise ValidationError for a PIN the holder may not choose (the PIN rules).
+PinCheck = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ScriptKeys:
+    """The keys of a card's issuer scripts: the key service (the HSM) and the card's key
+    reference with its bank's key domain, PAN and PSN (:func:`script_keys`)."""
+
+    key_service: KeyService
+    ref: CardKeyRef
+
+
+def script_keys(session: Session, settings: Settings, key_service: KeyService,
+                card: Card) -> ScriptKeys:  # fmt: skip
+    """The :class:`ScriptKeys` of ``card``: ValidationError when its bank gave no account data
+    (the card has no EMV keys)."""
+    assert card.card_identification_code is not None
+    data = bank_data(session, settings, [card.id])
+    found = require_bank_data(data, card.id, card.card_number)
+    ref = card_key_ref(card.card_identification_code, card.key_version,
+                       Algorithm(str(card.algorithm)), found)  # fmt: skip
+    return ScriptKeys(key_service, ref)
 
 
 @dataclass(frozen=True)
@@ -81,8 +119,9 @@ class PinSetOnCard:
     reader: str
     tries_left: int | None
     card_authenticated: bool
+    application_unblocked: bool = False
 
-    method = "card_change_pin"
+    method = "issuer_script"
 
 
 @dataclass(frozen=True)
@@ -133,16 +172,20 @@ def set_financial_pin(
     reader: Reader,
     card_identification_code: str,
     pin_pad: PinPad,
+    keys: ScriptKeys,
     *,
     profile: CardProfile = DEFAULT_PROFILE,
     authenticate: CardCheck | None = None,
+    pin_check: PinCheck | None = None,
+    today: date | None = None,
 ) -> PinSetOnCard:
-    """Have the holder set the financial PIN on the card in ``reader``.
+    """Have the holder set the financial PIN on the card in ``reader`` by the bank's issuer
+    script (see the module docstring).
 
     ``authenticate(reader)``, when given, must raise unless the card proves itself genuine
-    (INTERNAL AUTHENTICATE checked by the HSM; see :func:`hsm_card_check`). Errors never carry
-    a PIN: a refused PIN is reported with the tries left only.
-    """
+    (INTERNAL AUTHENTICATE checked by the HSM; see :func:`hsm_card_check`). ``pin_check(pin)``:
+    the PIN rules (raise ValidationError for a PIN the holder may not choose). Errors never
+    carry a PIN."""
     try:
         public = cardops.read_card_public(reader, profile)
         if public.card_identification_code != card_identification_code:
@@ -152,28 +195,41 @@ def set_financial_pin(
             )
         if authenticate is not None:
             authenticate(reader)
+        day = f"{today or date.today():%y%m%d}"
         try:
-            cardops.change_pin(
-                reader, pin_pad.current_pin(), pin_pad.new_pin(), pin_name=BANK_PIN,
-                profile=profile,
-            )  # fmt: skip
-        except PinError as exc:
-            # PinRefused (a ValidationError) carries the tries left, for the caller to record
-            # (issuance.services.pins.record_pin_state); the chained error holds the APDU,
-            # not the PIN: kept out anyway
-            raise pin_refused(
-                BANK_PIN, exc.tries_left, "current PIN", message="the card refused the PIN change"
+            script = cardops.open_emv_script_session(reader, profile, os.urandom(4), day)
+            unblocked = False
+            with keys.key_service.card_crypto(keys.ref) as crypto:
+                if script.cryptogram_type == 0x00:  # declined: the application is blocked
+                    mac = crypto.issuer_script_mac(b"\x84\x18\x00\x00", script.atc, script.ac, b"")
+                    cardops.send_issuer_script(reader, 0x18, 0x00, mac, "APPLICATION UNBLOCK")
+                    unblocked = True
+                pin = pin_pad.new_pin()
+                # PIN rules (the "pin" helper's check_pin_strength, wired at merge): the one
+                # call site of the weak-PIN check for the bank PIN
+                if pin_check is not None:
+                    pin_check(pin)
+                block = script.pin.encode(pin)
+                del pin
+                enciphered = crypto.encipher_pin_block(script.ac, block)
+                del block
+                mac = crypto.issuer_script_mac(b"\x84\x24\x00\x02", script.atc, script.ac,
+                                               enciphered)  # fmt: skip
+            cardops.send_issuer_script(reader, 0x24, 0x02, enciphered + mac, "PIN CHANGE")
+        except EncodingError:
+            raise ValidationError(
+                "the PIN was refused", [FieldProblem("pin", "the PIN must be 4 to 6 digits")]
             ) from None
         except CardSpecError as exc:
             sw = getattr(exc, "sw", None)
             raise ValidationError(
-                "the card refused the PIN change",
+                "the card refused the issuer script",
                 [FieldProblem("pin", f"refused by the card (SW {sw:04X})" if sw else str(exc))],
-            ) from None
+            ) from None  # the chained error holds the APDU, not the PIN; keep it out anyway
         tries = cardops.pin_status(reader, profile).get(BANK_PIN)
         return PinSetOnCard(
             card_identification_code, reader.name, tries.tries_left if tries else None,
-            authenticate is not None,
+            authenticate is not None, unblocked,
         )  # fmt: skip
     finally:
         reader.disconnect()
@@ -281,7 +337,8 @@ def activate_financial(
     details: dict[str, object] = {"card_id": card.id, "pin_method": pin.method}
     if isinstance(pin, PinSetOnCard):
         details |= {"reader": pin.reader, "pin_tries_left": pin.tries_left,
-                    "card_authenticated": pin.card_authenticated}  # fmt: skip
+                    "card_authenticated": pin.card_authenticated,
+                    "application_unblocked": pin.application_unblocked}  # fmt: skip
     elif pin.reference:
         details["bank_reference"] = pin.reference
     lifecycle.apply_chip_event(
@@ -302,8 +359,10 @@ __all__ = [
     "PinEvidence",
     "PinPad",
     "PinSetOnCard",
+    "ScriptKeys",
     "activate_financial",
     "check_can_activate",
     "hsm_card_check",
+    "script_keys",
     "set_financial_pin",
 ]

@@ -37,6 +37,8 @@ def master_key(slot: KeySlot, alg: Algorithm) -> bytes:
     return hashlib.sha256(f"ykt-api-test:{slot.value}:{alg.value}".encode()).digest()[:16]
 
 
+#: The bank key domain of the test cards' EMV keys.
+API_BANK = "api-bank"
 #: The key-loading key master (always AES, see cardspec.keyscheme "Key loading").
 KLK_MASTER = hashlib.sha256(b"ykt-api-test:klk").digest()[:16]
 
@@ -62,9 +64,13 @@ def make_hsm(root: Path) -> Hsm:
     for slot in KeySlot:
         key = master_key(slot, alg)
         comps = _components(key)
+        kcvs = [keyscheme.kcv(c, alg) for c in comps]
+        if slot.financial:  # the bank's issuer master keys: its own key domain
+            ceremony.import_bank_master(token, API_BANK, slot, comps, kcvs, alg, 1,
+                                        expected_kcv=keyscheme.kcv(key, alg))  # fmt: skip
+            continue
         ceremony.import_master(
-            token, slot, comps, [keyscheme.kcv(c, alg) for c in comps], alg, 1,
-            expected_kcv=keyscheme.kcv(key, alg),
+            token, slot, comps, kcvs, alg, 1, expected_kcv=keyscheme.kcv(key, alg),
         )  # fmt: skip
     aes = keyscheme.KLK_ALGORITHM
     comps = _components(KLK_MASTER)

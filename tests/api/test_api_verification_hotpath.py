@@ -18,8 +18,9 @@ from fastapi.testclient import TestClient
 from api.routes_verify import challenge_json, verification_json
 from api.schemas import ChallengeOut, HolderOut, VerificationOut
 from cardspec.cardops import internal_authenticate, read_card_public
-from cardspec.keyscheme import Algorithm, KeySlot
+from cardspec.keyscheme import Algorithm
 from cardspec.reader import InProcessReader
+from hsm import ceremony
 from hsm.internal_auth import CHALLENGE_KEY_DATA, challenge_key
 from hsm.service import SoftwareKeyService
 from issuance import audit
@@ -72,10 +73,15 @@ def test_challenge_key_comes_from_the_hsm_and_agrees_with_the_software_oracle(
     key = challenge_key(service)
     assert len(key) == 32 and challenge_key(service) == key  # stable: every node derives it
     twin = SoftwareKeyService(
-        {(slot, Algorithm.DES3, 1): master_key(slot, Algorithm.DES3) for slot in KeySlot}
+        {
+            (slot, Algorithm.DES3, 1): master_key(slot, Algorithm.DES3)
+            for slot in ceremony.CENTRE_SLOTS
+        }
     )
     assert challenge_key(twin) == key
-    other = SoftwareKeyService({(slot, Algorithm.DES3, 1): os.urandom(16) for slot in KeySlot})
+    other = SoftwareKeyService(
+        {(slot, Algorithm.DES3, 1): os.urandom(16) for slot in ceremony.CENTRE_SLOTS}
+    )
     assert challenge_key(other) != key
     # its derivation data is no card's or region's (those are f || ~f): no card key is it
     data = CHALLENGE_KEY_DATA

@@ -6,6 +6,7 @@ import pytest
 from hsm_helpers import (
     ALGS,
     REGION,
+    TEST_BANK,
     TRANSPORT_KEY,
     HsmEnv,
     components_of,
@@ -34,15 +35,16 @@ def hsm_env(tmp_path_factory: pytest.TempPathFactory) -> HsmEnv:
         for slot in KeySlot:
             key = master_key(slot, alg, 1)
             comps = components_of(key, 3 if slot is KeySlot.KMC else 2)
-            info = ceremony.import_master(
-                token,
-                slot,
-                comps,
-                [keyscheme.kcv(c, alg) for c in comps],
-                alg,
-                1,
-                expected_kcv=keyscheme.kcv(key, alg),
-            )
+            kcvs = [keyscheme.kcv(c, alg) for c in comps]
+            if slot.financial:  # the bank's issuer master keys: its own key domain
+                info = ceremony.import_bank_master(
+                    token, TEST_BANK, slot, comps, kcvs, alg, 1,
+                    expected_kcv=keyscheme.kcv(key, alg),
+                )  # fmt: skip
+            else:
+                info = ceremony.import_master(
+                    token, slot, comps, kcvs, alg, 1, expected_kcv=keyscheme.kcv(key, alg)
+                )
             assert info.kcv == keyscheme.kcv(key, alg)
             masters[(slot, alg, 1)] = key
     klk = klk_master_key(1)

@@ -22,6 +22,8 @@ from hsm.service import Pkcs11KeyService
 
 REGION = "330100"
 ALGS = (Algorithm.DES3, Algorithm.AES)
+#: The bank key domain whose issuer master keys (the FIN_* test masters) the fixture imports.
+TEST_BANK = "test-bank"
 
 
 def master_key(slot: KeySlot, alg: Algorithm, version: int) -> bytes:
@@ -54,3 +56,15 @@ class HsmEnv:
     service: Pkcs11KeyService
     masters: dict[tuple[KeySlot, Algorithm, int], bytes]
     klk_masters: dict[int, bytes]
+
+
+def twin_masters(
+    masters: dict[tuple[KeySlot, Algorithm, int], bytes],
+) -> tuple[
+    dict[tuple[KeySlot, Algorithm, int], bytes], dict[tuple[str, KeySlot, Algorithm, int], bytes]
+]:
+    """The test masters split as the software twin keeps them: the card centre's, and the
+    bank's issuer masters (``FIN_*``) in :data:`TEST_BANK`'s key domain."""
+    centre = {k: v for k, v in masters.items() if not k[0].financial}
+    bank = {(TEST_BANK, s, a, n): v for (s, a, n), v in masters.items() if s.financial}
+    return centre, bank

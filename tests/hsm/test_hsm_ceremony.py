@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from hsm_helpers import REGION, TRANSPORT_KEY, HsmEnv, components_of, master_key
+from hsm_helpers import REGION, TEST_BANK, TRANSPORT_KEY, HsmEnv, components_of, master_key
 from pkcs11 import Attribute, ObjectClass
 
 from cardspec import keyscheme
@@ -80,7 +80,7 @@ def test_pkcs11_tool_sees_non_extractable_keys(hsm_env: HsmEnv) -> None:
 
     # imported masters: sensitive, not extractable (pkcs11-tool prints "extractable" if it is)
     algs = (Algorithm.DES3, Algorithm.AES)
-    labels = [ceremony.master_label(s, a, 1) for a in algs for s in KeySlot]
+    labels = [ceremony.card_master_label(s, a, 1, TEST_BANK) for a in algs for s in KeySlot]
     for label in [*labels, ceremony.klk_label(1)]:  # the key-loading key master too
         assert "sensitive" in access(label), label
         assert "extractable" not in access(label), label
@@ -117,8 +117,9 @@ def test_list_keys_shows_kcvs_computed_in_the_hsm(hsm_env: HsmEnv) -> None:
     listed = {k.label: k for k in ceremony.list_keys(hsm_env.token)}
     for alg in (Algorithm.DES3, Algorithm.AES):
         for slot in KeySlot:
-            info = listed[ceremony.master_label(slot, alg, 1)]
-            assert info.kind == "master" and info.slot is slot and info.version == 1
+            info = listed[ceremony.card_master_label(slot, alg, 1, TEST_BANK)]
+            kind = "bank" if slot.financial else "master"  # the bank's IMKs: its own domain
+            assert info.kind == kind and info.slot is slot and info.version == 1
             assert info.kcv == keyscheme.kcv(master_key(slot, alg, 1), alg)
     klk = listed[ceremony.klk_label(1)]
     assert klk.kind == "klk" and klk.algorithm == "aes" and klk.version == 1
@@ -175,7 +176,7 @@ def test_cli_init_creates_token_and_keys_idempotently(tmp_path: object) -> None:
         text=True,
         timeout=60,
     )
-    assert listing.returncode == 0 and listing.stdout.count("3des") >= len(KeySlot)
+    assert listing.returncode == 0 and listing.stdout.count("3des") >= len(ceremony.CENTRE_SLOTS)
     from yikatong.settings import load_settings
 
     config = hsm_config(load_settings(environ={"YKT_DATA_DIR": str(tmp_path)}))

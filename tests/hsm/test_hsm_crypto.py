@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
-from hsm_helpers import REGION, TRANSPORT_KEY, HsmEnv
+from hsm_helpers import REGION, TEST_BANK, TRANSPORT_KEY, HsmEnv
 from pkcs11 import Attribute, KeyType, ObjectClass
 
 from cardspec import keyscheme
@@ -83,7 +83,7 @@ def _indep_klk(env: HsmEnv, ref: CardKeyRef) -> bytes:
 
 REFS = [
     pytest.param(
-        CardKeyRef(CIC, 1, alg, pan=PAN, psn=PSN, region_factor=region),
+        CardKeyRef(CIC, 1, alg, pan=PAN, psn=PSN, region_factor=region, bank=TEST_BANK),
         id=f"{alg.value}-{'province' if region else 'city'}",
     )
     for alg in (Algorithm.DES3, Algorithm.AES)
@@ -109,7 +109,7 @@ def test_cryptograms_match_both_oracles(hsm_env: HsmEnv, ref: CardKeyRef) -> Non
     alg, soft = ref.algorithm, _software(hsm_env, ref)
     size = alg.block_size
     with hsm_env.service.card_crypto(ref) as crypto:
-        for slot in (KeySlot.EAK, KeySlot.UK_IDENT, KeySlot.PUK, KeySlot.FIN_SMI):
+        for slot in (KeySlot.EAK, KeySlot.UK_IDENT, KeySlot.PUK):
             key = _indep_card_key(hsm_env, ref, slot)
             challenge = os.urandom(8)
             ext = crypto.external_auth(slot, challenge)
@@ -256,7 +256,7 @@ def test_3des_personalisation_creates_no_readable_key(
     from hsm import pkcs11 as p11
 
     profile = social_security_profile(financial=True)
-    ref = CardKeyRef(CIC, 1, Algorithm.DES3, pan=PAN, psn=PSN)
+    ref = CardKeyRef(CIC, 1, Algorithm.DES3, pan=PAN, psn=PSN, bank=TEST_BANK)
     soft = _software(hsm_env, ref)
     card = blank_card(bytes.fromhex(CIC[16:]), soft.card_key(KeySlot.KMC), Algorithm.DES3,
                       klk=soft.key_loading_key(), profile=profile)  # fmt: skip

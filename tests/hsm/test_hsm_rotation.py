@@ -19,12 +19,21 @@ from hsm import ceremony, softhsm
 from hsm.errors import CryptogramMismatch, KeyNotFound
 from hsm.pkcs11 import Pkcs11Token, open_token
 from hsm.service import CardKeyRef
+from issuance.bank import bank_data
 from issuance.batches import dataprep
 from issuance.batches.selection import BatchFilter, create_batch
 from issuance.batches.stock import VirtualBlankStock, ensure_manufacturer_key
 from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.models import BatchItem, Card
-from yikatong.demo import create_residents, ensure_branch, ensure_hsm, ensure_staff
+from yikatong.demo import (
+    create_residents,
+    ensure_bank_keys,
+    ensure_branch,
+    ensure_hsm,
+    ensure_staff,
+    open_demo_accounts,
+    with_demo_bank,
+)
 from yikatong.settings import Settings, load_settings
 from yikatong.wiring import hsm_config, key_service_from_settings
 
@@ -60,7 +69,9 @@ def test_complete_versions_and_rotation_of_whole_sets(rot: Token) -> None:
     assert ceremony.current_version(rot.token, alg) == 6
     # the AES set of the same version shares the KLK master of v1 made by init
     aes = ceremony.rotate_key_set(rot.token, Algorithm.AES)
-    assert {k.label for k in aes} == {ceremony.master_label(s, Algorithm.AES, 1) for s in KeySlot}
+    assert {k.label for k in aes} == {
+        ceremony.master_label(s, Algorithm.AES, 1) for s in ceremony.CENTRE_SLOTS
+    }
     assert ceremony.current_version(rot.token, Algorithm.AES) == 1
     listed = {k.label: k for k in ceremony.list_keys(rot.token)}
     assert listed[ceremony.klk_label(6)].kind == "klk" and listed[ceremony.klk_label(6)].kcv
@@ -75,7 +86,7 @@ def test_init_adds_the_klk_to_tokens_made_before_it(tmp_path: Path) -> None:
     softhsm.ensure_token(config)
     token = open_token(config)
     for version in (1, 2):
-        for slot in KeySlot:
+        for slot in ceremony.CENTRE_SLOTS:
             ceremony.generate_master(token, slot, Algorithm.DES3, version)
     assert ceremony.current_version(token, Algorithm.DES3) is None  # no KLK: incomplete
     created = ceremony.init_keys(token)
@@ -90,6 +101,13 @@ def _populate(settings: Settings, engine: sa.Engine, n: int) -> tuple[int, objec
         actors = ensure_staff(s)
         ensure_branch(s, settings)
         create_residents(s, settings, actors, n)
+    ensure_bank_keys(settings)  # the bank's IMKs (key ceremony), its accounts (bank files)
+
+    def txn(fn):  # type: ignore[no-untyped-def]
+        with transaction(factory) as s:
+            return fn(s)
+
+    assert open_demo_accounts(txn, settings, actors["demo-operator"]) == n
     with transaction(factory) as s:
         batch = create_batch(s, actors["demo-operator"], "rot", BatchFilter(region_code="3301"))
         return batch.id, actors["demo-operator"]
@@ -108,7 +126,7 @@ def test_cards_of_v1_and_v2_both_verify(rot: Token, tmp_path: Path, fresh_db_url
     AUTHENTICATE, each with its own version's keys only."""
     env = {"YKT_DATA_DIR": str(tmp_path), "YKT_DATABASE__URL": fresh_db_url,
            "YKT_HSM__SOFTHSM_CONF": str(rot.settings.softhsm_conf)}  # fmt: skip
-    settings = load_settings(environ=env)
+    settings = with_demo_bank(load_settings(environ=env))
     (settings.data_dir / "stock").mkdir(parents=True)
     (settings.data_dir / "stock" / "manufacturer.key").write_bytes(
         (rot.root / "stock" / "manufacturer.key").read_bytes()
@@ -145,10 +163,11 @@ def test_cards_of_v1_and_v2_both_verify(rot: Token, tmp_path: Path, fresh_db_url
         for card_id, _ in made:
             card = s.get(Card, card_id)
             assert card is not None and card.card_identification_code is not None
+            bank = bank_data(s, settings, [card.id]).get(card.id)
             refs.append(
                 (
                     card.card_identification_code,
-                    dataprep.key_ref(card, card.card_identification_code),
+                    dataprep.key_ref(card, card.card_identification_code, bank),
                 )
             )
     for (code, ref), (_, other) in zip(refs, [refs[1], refs[0]], strict=True):

@@ -56,7 +56,7 @@ def sm_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[HsmConfig, Pkcs11K
     assert smtoken.ensure_token(config) is True
     assert smtoken.ensure_token(config) is False  # idempotent
     token = p11.open_token(config)
-    for slot in KeySlot:
+    for slot in ceremony.CENTRE_SLOTS:
         key = master_key(slot, SM4, 1)
         comps = components_of(key)
         info = ceremony.import_master(

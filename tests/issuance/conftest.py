@@ -113,11 +113,14 @@ def new_card(
 
 
 # --- an emulated chip for a card record (financial activation through a reader) -------------
-BANK_PAN = "6217000012345678901"
+BANK_PAN = "6212260012345678903"  # from the bank (Luhn-valid, the demo BIN)
 INITIAL_BANK_PIN = "135790"
 
 
-def emulated_chip(card: Card, key_service: object, path: object = None) -> object:
+def emulated_chip(
+    card: Card, key_service: object, path: object = None, *, pan: str = BANK_PAN,
+    bank: str | None = None,
+) -> object:  # fmt: skip
     """A real emulator chip personalised (cardspec.perso, keys of ``key_service``) as ``card``:
     its identification code, number, holder; bank PIN = INITIAL_BANK_PIN. ``path``: keep the
     image there (the reader backends load it from ``<data_dir>/cards``)."""
@@ -126,11 +129,12 @@ def emulated_chip(card: Card, key_service: object, path: object = None) -> objec
     from cardspec.keyscheme import Algorithm, KeySlot
     from cardspec.profile import DEFAULT_PROFILE, FinancialData, Holder
     from cardspec.reader import InProcessReader
-    from hsm.service import CardKeyRef
+    from hsm.service import DEMO_BANK, CardKeyRef
 
     cic = card.card_identification_code
     assert cic is not None and card.issue_date and card.expiry_date
-    ref = CardKeyRef(cic, card.key_version, Algorithm(str(card.algorithm)), pan=BANK_PAN, psn="00")
+    ref = CardKeyRef(cic, card.key_version, Algorithm(str(card.algorithm)), pan=pan, psn="00",
+                     bank=bank or DEMO_BANK)  # the EMV keys: the bank's key domain  # fmt: skip
     crypto = key_service.card_crypto(ref)  # type: ignore[attr-defined]
     chip = blank_card(
         bytes.fromhex(cic[-16:]), crypto.card_key(KeySlot.KMC), DEFAULT_PROFILE.algorithm,
@@ -142,10 +146,33 @@ def emulated_chip(card: Card, key_service: object, path: object = None) -> objec
         Holder(person.citizen_id, person.name, person.sex, "01", person.region_code,
                person.birth_date),
         initial_pin="802413", bank_pin=INITIAL_BANK_PIN,
-        financial=FinancialData(BANK_PAN, card.expiry_date, "00", "ZHANG SAN"),
+        financial=FinancialData(pan, card.expiry_date, "00", "ZHANG SAN"),
     )  # fmt: skip
     perso.personalise(InProcessReader(chip), crypto, data, DEFAULT_PROFILE)
     return chip
+
+
+def bank_account(session: Session, settings: Settings, card: Card) -> Settings:
+    """The bank's answer for ``card`` as loaded from its response file (a ``bank_accounts``
+    row: BANK_PAN, PSN 00) and ``settings`` with that bank (key domain ``DEMO_BANK`` of the
+    software key service): what :func:`issuance.services.financial.script_keys` reads."""
+    import sqlalchemy as sa
+
+    from hsm.service import DEMO_BANK
+    from issuance.models import Agency, AgencyKind, BankAccount, utcnow
+    from issuance.settings import BankSettings
+
+    agency = session.scalars(sa.select(Agency).where(Agency.code == "BANK-TEST")).first()
+    if agency is None:
+        agency = services.create_agency(session, "BANK-TEST", "Test bank", AgencyKind.BANK,
+                                        "330100")  # fmt: skip
+    assert card.expiry_date is not None
+    session.add(BankAccount(card_id=card.id, bank_agency_id=agency.id, request_id="YKTB-T",
+                            pan=BANK_PAN, psn="00", expiry=card.expiry_date,
+                            service_code="220", account_ref="AC1", opened_at=utcnow()))  # fmt: skip
+    session.flush()
+    conf = BankSettings(key_domain=DEMO_BANK, bins=("621226",))
+    return settings.model_copy(update={"banks": {"BANK-TEST": conf}})
 
 
 class FixedPinPad:

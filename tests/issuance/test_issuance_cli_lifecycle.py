@@ -4,6 +4,7 @@ tampering included. Each test has its own SQLite database and token under tmp.""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from datetime import date
 from pathlib import Path
@@ -15,14 +16,18 @@ from conftest import INITIAL_BANK_PIN, emulated_chip, make_cid
 from issuance_cli_helpers import Cli
 from typer.testing import CliRunner
 
-from cardspec import cardops
+from cardspec import cardops, keyscheme
 from cardspec.emulator import Card as EmulatedCard
+from cardspec.keyscheme import Algorithm
 from cardspec.reader import InProcessReader
+from devstack.bank import IMK_SLOTS, answer_request, demo_bank_toml
+from hsm import ceremony
 from hsm.service import SoftwareKeyService
 from issuance import audit, services
 from issuance.errors import PermissionDenied
-from issuance.models import AuditEvent
+from issuance.models import AgencyKind, AuditEvent, BankAccount
 from yikatong.cli import audit as cli_audit
+from yikatong.cli import bank as cli_bank
 from yikatong.cli import cards as cli_cards
 from yikatong.cli import db as cli_db
 from yikatong.cli import hsm as hsm_cli
@@ -55,8 +60,12 @@ def ok(app, *args: str, **kw) -> str:
     return cli.ok(app, *args, **kw)
 
 
-def _shipped_card(staff: dict[str, str], serial: str = "A1B2C3D4E5F60718") -> str:
-    """An approved application taken through production with the services; its card number."""
+def _shipped_card(
+    staff: dict[str, str], serial: str = "A1B2C3D4E5F60718", bank: bool = False
+) -> str:
+    """An approved application taken through production with the services; its card number.
+    ``bank``: its account asked of the bank and the bank's response loaded (``ykt bank``)
+    before production."""
     ok(cli_db.app, "upgrade")
     cli.staff(staff)
     cid = make_cid(birth=date(2021, 6, 1))  # under 6: no photo needed
@@ -65,6 +74,8 @@ def _shipped_card(staff: dict[str, str], serial: str = "A1B2C3D4E5F60718") -> st
     ok(cli_people.app, "process", "1", "--as", "c1")
     ok(cli_people.app, "review", "1", "--as", "r1")
     number = ok(cli_people.app, "approve", "1", "--as", "a1").split("card ")[1].split()[0]
+    if bank:
+        _bank_exchange()
     with session_scope() as s:
         card = services.find_card(s, card_number=number)
         actor = services.actor_for(s, "c1")
@@ -81,23 +92,73 @@ def _shipped_card(staff: dict[str, str], serial: str = "A1B2C3D4E5F60718") -> st
 
 
 STAFF = {"c1": "clerk", "r1": "reviewer", "a1": "approver", "b1": "bank_teller"}
+BANK, DOMAIN = "ICBC-TEST", "icbc-test"
+#: The bank's issuer master keys (known test keys: the bank side's, the chip's oracle).
+IMKS = {slot: bytes([n + 1]) * 16 for n, slot in enumerate(IMK_SLOTS)}
+
+
+def _bank_exchange() -> None:
+    """The bank configured, its request file written and answered by the (throwaway) bank
+    side, the response loaded: all through ``ykt bank``."""
+    data_dir = get_settings().data_dir
+    (data_dir / "yikatong.toml").write_text(demo_bank_toml(BANK, DOMAIN), encoding="utf-8")
+    get_settings.cache_clear()
+    with session_scope() as s:
+        services.create_agency(s, BANK, "ICBC test branch", AgencyKind.BANK, "330100")
+    req = data_dir / "icbc.req"
+    assert "1 card(s)" in ok(cli_bank.app, "request-file", BANK, "-o", str(req), "--as", "c1")
+    rsp = data_dir / "icbc.rsp"
+    rsp.write_text(answer_request(req.read_text(encoding="utf-8")), encoding="utf-8")
+    assert "1 account(s) loaded" in ok(cli_bank.app, "load-response", BANK, str(rsp),
+                                       "--as", "c1")  # fmt: skip
+    res = cli.invoke(cli_bank.app, "load-response", BANK, str(req), "--as", "c1")
+    assert res.exit_code == 1  # a request is not a response: refused, nothing loaded
+
+
+def _bank_ceremony() -> None:
+    """``ykt hsm init``, then the bank's IMKs imported by its two custodians (components and
+    KCVs typed at the prompts) into its key domain."""
+    ok(hsm_cli.app, "init", "--if-missing")
+    for slot, key in IMKS.items():
+        first = bytes(range(16))
+        second = bytes(a ^ b for a, b in zip(key, first, strict=True))
+        typed = "".join(f"{c.hex()}\n{keyscheme.kcv(c, Algorithm.DES3).hex()}\n"
+                        for c in (first, second))  # fmt: skip
+        out = ok(hsm_cli.app, "import", slot.value, "--bank", DOMAIN, "--custodian", "王工",
+                 "--custodian", "李工", "--no-audit", input=typed)  # fmt: skip
+        assert (
+            f"ykt:bank:{DOMAIN}:" in out and keyscheme.kcv(key, Algorithm.DES3).hex().upper() in out
+        )
+    res = cli.invoke(hsm_cli.app, "import", "fin_ac", "--custodian", "x", "--custodian", "y",
+                     "--no-audit", input="")  # fmt: skip
+    assert res.exit_code != 0  # a bank's key: only into its domain (--bank)
+
+
 NEW_PIN = "480159"
 
 
 def _chip_image(number: str) -> Path:
     """The card's chip as an emulator image under <data_dir>/cards (as production leaves it),
-    personalised with throwaway issuer keys."""
+    personalised with throwaway card-centre keys and the bank's EMV keys (its IMKs, the PAN
+    the bank gave)."""
     with session_scope() as s:
         card = services.find_card(s, card_number=number)
+        pan = s.scalars(sa.select(BankAccount.pan).where(BankAccount.card_id == card.id)).one()
         path = get_settings().cards_dir / f"{card.card_identification_code[-16:]}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        emulated_chip(card, SoftwareKeyService.random(), path=path)
+        keys = SoftwareKeyService(
+            {(slot, Algorithm.DES3, 1): os.urandom(16) for slot in ceremony.CENTRE_SLOTS},
+            klk_masters={1: os.urandom(16)},
+            bank_masters={(DOMAIN, k, Algorithm.DES3, 1): v for k, v in IMKS.items()},
+        )  # throwaway card-centre keys; the bank's IMKs as its custodians imported them
+        emulated_chip(card, keys, path=path, pan=pan, bank=DOMAIN)
     return path
 
 
 @pytest.mark.pcsc
 def test_collect_activate_financial_loss_and_outbox(env: Path, caplog: pytest.LogCaptureFixture):
-    number = _shipped_card(STAFF)
+    _bank_ceremony()
+    number = _shipped_card(STAFF, bank=True)
     with caplog.at_level("INFO", logger="issuance.outbox"):
         out = ok(cli_outbox.app, "drain")
     assert "1 notifications sent, 0 pending" in out
@@ -111,7 +172,7 @@ def test_collect_activate_financial_loss_and_outbox(env: Path, caplog: pytest.Lo
     assert "active" in ok(cli_cards.app, "activate", number, "--as", "c1")
 
     image = _chip_image(number)
-    pins = f"{INITIAL_BANK_PIN}\n{NEW_PIN}\n{NEW_PIN}\n"
+    pins = f"{NEW_PIN}\n{NEW_PIN}\n"  # the holder types the new PIN twice, nothing else
     res = cli.invoke(cli_cards.app, "activate-financial", number, "--no-card-auth", "--as", "b1",
                      input=pins)  # fmt: skip
     assert res.exit_code != 0 and "identity" in str(res.exception)
@@ -136,7 +197,7 @@ def test_collect_activate_financial_loss_and_outbox(env: Path, caplog: pytest.Lo
         ev = s.scalars(
             sa.select(AuditEvent).where(AuditEvent.action == "chip.financial_pin_set")
         ).one()
-        assert ev.actor_name == "b1" and '"pin_method":"card_change_pin"' in ev.details
+        assert ev.actor_name == "b1" and '"pin_method":"issuer_script"' in ev.details
 
     out = ok(cli_cards.app, "report-loss", number, "--channel", "phone", "--as", "c1")
     assert "provisional" in out

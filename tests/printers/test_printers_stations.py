@@ -21,8 +21,9 @@ from cardspec.keyscheme import KeySlot
 from cardspec.perso import CardPersoData
 from cardspec.profile import FinancialData, Holder, MedicalData, PensionData
 from cardspec.reader import InProcessReader
+from devstack.bank import new_pan
 from hsm.service import CardKeyRef, KeyService
-from issuance.batches.dataprep import bank_pan, card_profile, initial_pin
+from issuance.batches.dataprep import card_profile, initial_pin
 from issuance.batches.stations import (
     EncodingStation,
     PrintedFace,
@@ -33,6 +34,7 @@ from issuance.batches.stock import VirtualBlankStock
 from printers.faces import CardFace, render_back
 from printers.layout import DEFAULT_LAYOUT
 from printers.prepared import PreparedCard
+from yikatong.demo import DEMO_BANK_DOMAIN
 from yikatong.settings import Settings, load_settings
 from yikatong.wiring import key_service_from_settings
 
@@ -71,7 +73,8 @@ def _card(line: Line, n: int) -> PreparedCard:
     profile = card_profile(line.settings, "3des")
     serial = os.urandom(8)
     code = ids.make_card_identification_code("330100", serial)
-    ref = CardKeyRef(code, pan=bank_pan(n), psn="00")
+    pan = new_pan()  # the bank's (throwaway bank side); EMV keys from the bank's key domain
+    ref = CardKeyRef(code, pan=pan, psn="00", bank=DEMO_BANK_DOMAIN)
     body = f"33010619800101{n:03d}"
     issue = date(2026, 11, 23)
     data = CardPersoData(
@@ -84,7 +87,7 @@ def _card(line: Line, n: int) -> PreparedCard:
         bank_pin=initial_pin(line.key_service, ref, pin_name="bank"),
         medical=MedicalData("390", "330106", "1", "11", issue),
         pension=PensionData("1", "330106", issue, "10000"),
-        financial=FinancialData(bank_pan(n), date(2036, 11, 30), "00", ""),
+        financial=FinancialData(pan, date(2036, 11, 30), "00", ""),
     )  # fmt: skip
     line.stock.make_blank(serial, ref, profile)
     slots = tuple(s.slot for _, s in profile.key_specs() if s.slot is not KeySlot.KMC)

@@ -275,9 +275,10 @@ def activate_financial(
     as_: str | None = typer.Option(None, "--as", help=AS_HELP),
 ) -> None:
     """Bank branch: activate the financial function. The teller checks the holder's identity;
-    the holder's card goes in the desk reader and the holder sets the bank PIN on it (typed at
-    hidden prompts: the current PIN from the PIN mailer, then the new one twice). The PIN goes
-    to the chip only; the database records that it was set."""
+    the holder's card goes in the desk reader and the holder sets the bank PIN on it (typed
+    twice at a hidden prompt), sent by the bank's issuer script (PIN enciphered and command
+    MACed in the HSM with the card's keys from the bank's issuer master keys). The PIN goes to
+    the chip only; the database records that it was set."""
     import sqlalchemy as sa
 
     from issuance import services
@@ -296,30 +297,18 @@ def activate_financial(
             agency_id = s.scalar(sa.select(Agency.id).where(Agency.code == bank_agency))
             if agency_id is None:
                 raise NotFound(f"no agency {bank_agency!r}")
-        check = None
-        if card_auth:
-            from yikatong.wiring import key_service_from_settings
+        from yikatong.wiring import key_service_from_settings
 
-            check = financial.hsm_card_check(key_service_from_settings(cfg), c)
+        keys = key_service_from_settings(cfg)
+        check = financial.hsm_card_check(keys, c) if card_auth else None
+        script = financial.script_keys(s, cfg, keys, c)  # the bank's keys, its PAN and PSN
         cic, card_id, number = c.card_identification_code, c.id, c.card_number
         holder = pin_counter.HolderFacts(c.person.citizen_id, c.person.birth_date)
     assert cic is not None
     pad = pins.StrengthCheckedPad(_PromptPinPad(), holder, cfg)  # the weak-PIN rule
     with branch.open_branch_reader(cfg, cic, reader) as desk:
         out.print(f"card {number} in {desk.name}: the holder sets the bank PIN")
-        try:
-            evidence = services.set_financial_pin(desk, cic, pad, authenticate=check)
-        except pins.PinRefused as refused:  # the card's tries left (blocked at 0) recorded
-            with session_scope() as s:
-                pin_counter.record_refusal(
-                    s,
-                    card_id,
-                    acting(s, as_, "bank"),
-                    refused,
-                    service="activate_financial",
-                    reader=desk.name,
-                )
-            raise
+        evidence = services.set_financial_pin(desk, cic, pad, script, authenticate=check)
     with session_scope() as s:
         services.activate_financial(
             s, card_id, acting(s, as_, "bank"), identity_checked=identity_checked,

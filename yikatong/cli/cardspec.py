@@ -122,6 +122,13 @@ def new_blank(
     key_version: _KeyVersion = None,
     generation: _Gen = 2,
     algorithm: _AlgOpt = None,
+    financial: Annotated[
+        bool,
+        typer.Option(
+            "--financial/--no-financial",
+            help="With the bank's debit application (its data and keys come from a bank).",
+        ),
+    ] = True,
 ) -> None:
     """Create an emulated blank card image (demos; real blank stock comes from the maker).
 
@@ -140,7 +147,7 @@ def new_blank(
         keys = (bytes.fromhex(kmc), bytes.fromhex(klk)) if kmc and klk else None
     except ValueError:
         raise typer.BadParameter("serial, kmc and klk must be hexadecimal") from None
-    prof = _profile(generation, algorithm)
+    prof = _profile(generation, algorithm, financial)
     if path.exists():
         raise typer.BadParameter(f"{path} exists; refusing to overwrite a card image")
     try:
@@ -184,6 +191,14 @@ def personalise_cmd(
     key_version: _KeyVersion = None,
     generation: _Gen = 2,
     algorithm: _AlgOpt = None,
+    bank: Annotated[
+        str | None,
+        typer.Option(
+            "--bank",
+            help="The key domain of the bank whose issuer master keys give the sample's EMV "
+            "keys (a card with the bank application; ykt hsm import fin_ac --bank ...).",
+        ),
+    ] = None,
 ) -> None:
     """Personalise one blank card with keys derived in the HSM, then check it is genuine
     (INTERNAL AUTHENTICATE verified in the HSM). Batches personalise real holders' cards
@@ -208,8 +223,15 @@ def personalise_cmd(
         serial = cardops.chip_serial(rd)
         code = ids.make_card_identification_code(settings.issuer.region_code, serial)
         version = key_version or keys.current_key_version(prof.algorithm)
-        ref = CardKeyRef(code, version, prof.algorithm, pan="6217000012345678901", psn="00")
         data = perso.sample_perso_data(code, prof, card_number=card_number)
+        fin = data.financial
+        if fin is not None and bank is None:
+            raise typer.BadParameter(
+                "this card has the bank application: its EMV keys come from a bank's issuer "
+                "master keys, give --bank DOMAIN (or make the blank with --no-financial)"
+            )
+        ref = CardKeyRef(code, version, prof.algorithm, pan=fin.pan if fin else None,
+                         psn=fin.psn if fin else None, bank=bank)  # fmt: skip
         with keys.card_crypto(ref) as crypto:
             result = perso.personalise(rd, crypto, data, prof, connect=False,
                                        certifier=perso.sm2_certifier(prof, keys))  # fmt: skip

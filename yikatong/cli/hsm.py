@@ -29,7 +29,7 @@ from yikatong.wiring import hsm_config
 app = typer.Typer(no_args_is_help=True, help="Keys in the HSM: token setup, ceremonies, listing.")
 transport_app = typer.Typer(no_args_is_help=True, help="Transport keys shared with a bureau.")
 app.add_typer(transport_app, name="transport-key")
-out = Console()
+out = Console(emoji=False)  # labels such as ykt:bank:... are printed as they are
 _Alg = Annotated[Algorithm, typer.Option("--algorithm", help="3des or aes (sm4: HSM with SM4).")]
 _Version = Annotated[int, typer.Option("--version", min=1)]
 _Count = Annotated[int, typer.Option("--components", "-n", min=2, max=3)]
@@ -257,6 +257,14 @@ def import_key(
             help="A chip supplier's delivery key set (kmc or klk) instead of an issuer master.",
         ),
     ] = None,
+    bank: Annotated[
+        str | None,
+        typer.Option(
+            "--bank",
+            help="A bank's issuer master key (fin_ac, fin_smi or fin_smc: IMK-AC, IMK-SMI, "
+            "IMK-SMC) into that bank's key domain ([banks.*] key_domain).",
+        ),
+    ] = None,
     as_: _As = None,
     no_audit: _NoAudit = False,
 ) -> None:
@@ -264,9 +272,23 @@ def import_key(
     checked by its KCV. ``klk`` imports the key-loading key master (AES; SM4 with
     ``--algorithm sm4``). With
     ``--supplier NAME``, ``kmc`` or ``klk`` of the key set shared with that chip supplier, from
-    which it diversifies the transport keys of the blank chips it delivers."""
+    which it diversifies the transport keys of the blank chips it delivers. With ``--bank
+    DOMAIN``, ``fin_ac``, ``fin_smi`` or ``fin_smc``: the bank's issuer master key (IMK-AC,
+    IMK-SMI, IMK-SMC) from the bank's custodians, into the bank's own key domain."""
     if name not in MASTER_NAMES:
         raise typer.BadParameter(f"unknown key {name!r}: one of {', '.join(MASTER_NAMES)}")
+    bank_slot = next((slot for slot in ceremony.BANK_KEYS if slot.value == name), None)
+    if bank is not None and bank_slot is None:
+        raise typer.BadParameter("a bank's key domain holds fin_ac, fin_smi and fin_smc only")
+    if bank is None and bank_slot is not None:
+        raise typer.BadParameter(
+            f"{name} is a bank's issuer master key: import it into the bank's key domain "
+            "with --bank <key domain>"
+        )
+    if bank is not None and supplier is not None:
+        raise typer.BadParameter("--bank or --supplier, not both")
+    if bank is not None:
+        ceremony.bank_label(bank, KeySlot(name), algorithm, version)  # the name is valid
     if supplier is not None and name not in ceremony.SUPPLIER_KEYS:
         raise typer.BadParameter(f"a supplier key set has {' and '.join(ceremony.SUPPLIER_KEYS)}")
     if supplier is not None:
@@ -278,7 +300,11 @@ def import_key(
     alg = klk_algorithm(algorithm) if name == ceremony.KLK else algorithm
     comps, kcvs, names = _components(components, alg, names)
     token = _token()
-    if supplier is not None:
+    if bank is not None:
+        info = ceremony.import_bank_master(
+            token, bank, KeySlot(name), comps, kcvs, alg, version, expected
+        )
+    elif supplier is not None:
         info = ceremony.import_supplier_master(
             token, supplier, name, comps, kcvs, alg, version, expected
         )

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from cardspec.emulator.image import LifeCycle, read_image
+from devstack.bank import demo_bank_toml
 from issuance import audit
 from issuance.audit import Actor
 from issuance.batches.selection import BatchFilter, create_batch
@@ -34,7 +35,17 @@ from issuance.models import (
     CardStatus,
     ChipStatus,
 )
-from yikatong.demo import create_residents, ensure_branch, ensure_hsm, ensure_staff
+from yikatong.demo import (
+    BRANCH_CODE,
+    DEMO_BANK_DOMAIN,
+    create_residents,
+    ensure_bank_keys,
+    ensure_branch,
+    ensure_hsm,
+    ensure_staff,
+    open_demo_accounts,
+    with_demo_bank,
+)
 from yikatong.settings import Settings, load_settings
 
 
@@ -48,8 +59,9 @@ class HsmRoot:
 
 
 def hsm_root(root: Path) -> HsmRoot:
-    settings = load_settings(environ={"YKT_DATA_DIR": str(root)})
+    settings = with_demo_bank(load_settings(environ={"YKT_DATA_DIR": str(root)}))
     ensure_hsm(settings)
+    ensure_bank_keys(settings)  # the demo bank's issuer master keys, by key ceremony
     ensure_manufacturer_key(settings)
     return HsmRoot(root, settings.softhsm_conf)
 
@@ -62,6 +74,10 @@ def batch_settings(
     stock = manufacturer_key_path(load_settings(environ={"YKT_DATA_DIR": str(hsm.root)}))
     env = {"YKT_DATA_DIR": str(data_dir), "YKT_DATABASE__URL": db_url, **hsm.environ(),
            **(extra or {})}  # fmt: skip
+    config = data_dir / "yikatong.toml"  # the demo bank, for this process and the CLI's
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if not config.exists():
+        config.write_text(demo_bank_toml(BRANCH_CODE, DEMO_BANK_DOMAIN), encoding="utf-8")
     settings = load_settings(environ=env)
     target = manufacturer_key_path(settings)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -107,6 +123,12 @@ def populate(
         set_staff_passwords(s)
         ensure_branch(s, settings)
         create_residents(s, settings, actors, residents)
+
+    def txn(fn):  # type: ignore[no-untyped-def]
+        with transaction(factory) as s:
+            return fn(s)
+
+    open_demo_accounts(txn, settings, actors["demo-operator"])  # the bank's response file
     with transaction(factory) as s:
         batch = create_batch(s, actors["demo-operator"], name, BatchFilter(region_code=region))
         numbers = tuple(

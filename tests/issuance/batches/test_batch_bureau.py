@@ -64,7 +64,9 @@ pytestmark = pytest.mark.softhsm
 REGION = "330100"
 PIN = "135790"
 BANK_PIN = "246813"
-PAN, PSN = "6217000012345678901", "01"
+PAN, PSN = "6212260000000000013", "01"
+BANK = "bureau-bank"
+"""The bank key domain of the test's EMV keys."""
 PROFILES = {Algorithm.DES3: "ssc2-3des", Algorithm.AES: "ssc3-aes"}
 
 
@@ -93,7 +95,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
     for alg in PROFILES:
         for slot in KeySlot:
             comps = _components(_master(slot, alg))
-            ceremony.import_master(token, slot, comps, [keyscheme.kcv(c, alg) for c in comps], alg)
+            kcvs = [keyscheme.kcv(c, alg) for c in comps]
+            if slot.financial:  # the bank's issuer master keys, in its key domain
+                ceremony.import_bank_master(token, BANK, slot, comps, kcvs, alg)
+            else:
+                ceremony.import_master(token, slot, comps, kcvs, alg)
     comps = _components(_klk_master())
     ceremony.import_klk_master(token, comps, [keyscheme.kcv(c, Algorithm.AES) for c in comps])
     transport = os.urandom(16)
@@ -132,7 +138,7 @@ def _card(n: int, profile: CardProfile) -> PreparedCard:
         card_id=1000 + n,
         chip_serial=serial.hex().upper(),
         perso=data,
-        key_ref=CardKeyRef(cic, 1, profile.algorithm, PAN, PSN),
+        key_ref=CardKeyRef(cic, 1, profile.algorithm, PAN, PSN, bank=BANK),
         key_slots=tuple(s.slot for _, s in profile.key_specs() if s.slot is not KeySlot.KMC),
         profile_name=profile.name,
     )
@@ -140,6 +146,10 @@ def _card(n: int, profile: CardProfile) -> PreparedCard:
 
 def _cards(count: int, profile: CardProfile) -> Iterator[PreparedCard]:
     return (_card(n, profile) for n in range(1, count + 1))
+
+
+def _bank_masters() -> dict[tuple[str, KeySlot, Algorithm, int], bytes]:
+    return {(BANK, s, a, 1): _master(s, a) for s in KeySlot if s.financial for a in PROFILES}
 
 
 def _klk_master() -> bytes:
@@ -177,7 +187,10 @@ def test_bureau_makes_cards_that_verify_in_the_issuer_hsm(
     raw = path.read_bytes()
     text = raw.decode()
     twin = SoftwareKeyService(
-        {(s, alg, 1): _master(s, alg) for s in KeySlot}, REGION, klk_masters={1: _klk_master()}
+        {(s, alg, 1): _master(s, alg) for s in KeySlot if not s.financial},
+        REGION,
+        klk_masters={1: _klk_master()},
+        bank_masters=_bank_masters(),
     )
     for card in cards:
         soft = twin.card_crypto(card.key_ref)
@@ -443,10 +456,11 @@ def test_software_twin_exports_the_same_keys_as_the_hsm(env: Env) -> None:
     slots = [KeySlot.KMC, *card.key_slots]
     pins = [spec.encode(PIN) for _, spec in profile.pin_specs()]
     twin = SoftwareKeyService(
-        {(s, Algorithm.AES, 1): _master(s, Algorithm.AES) for s in KeySlot},
+        {(s, Algorithm.AES, 1): _master(s, Algorithm.AES) for s in KeySlot if not s.financial},
         REGION,
         {"bureau-a": env.transport_key},
         klk_masters={1: _klk_master()},
+        bank_masters=_bank_masters(),
     )
     results = []
     for service in (env.service, twin):
@@ -468,10 +482,11 @@ def test_writer_streams_one_card_at_a_time(tmp_path: Path) -> None:
     the software twin writes files the same reader accepts."""
     profile = get_profile(PROFILES[Algorithm.DES3])
     twin = SoftwareKeyService(
-        {(s, Algorithm.DES3, 1): _master(s, Algorithm.DES3) for s in KeySlot},
+        {(s, Algorithm.DES3, 1): _master(s, Algorithm.DES3) for s in KeySlot if not s.financial},
         REGION,
         {"bureau-a": bytes(range(16))},
         klk_masters={1: _klk_master()},
+        bank_masters=_bank_masters(),
     )
     written: list[int] = []
     asked: list[tuple[int, int]] = []
@@ -556,9 +571,10 @@ def test_a_batch_of_sm4_cards_is_refused_for_a_bureau_file(tmp_path: Path) -> No
     from issuance.errors import ValidationError
     from issuance.models import BatchItem, BatchStage, Card, CardAlgorithm
     from yikatong.cli.bureau import export_batch
+    from yikatong.demo import with_demo_bank
 
-    settings = load_settings(environ={"YKT_DATA_DIR": str(tmp_path),
-                                      "YKT_ISSUER__CARD_ALGORITHM": "sm4"})  # fmt: skip
+    env = {"YKT_DATA_DIR": str(tmp_path), "YKT_ISSUER__CARD_ALGORITHM": "sm4"}
+    settings = with_demo_bank(load_settings(environ=env))
     engine = make_engine(settings)
     migrations.upgrade(engine)
     factory = make_sessionmaker(engine)

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from cardspec import ids, perso
 from cardspec.errors import EncodingError
 from cardspec.profile import CardProfile, encode_records
+from issuance.bank import CardBankData, NoBankData
 from issuance.batches import dataprep, persofile
 from yikatong.settings import load_settings
 
@@ -47,20 +48,34 @@ def _codec(values: dict[str, dict], profile: CardProfile) -> dict[str, list[byte
     }
 
 
+@st.composite
+def bank_data(draw: st.DrawFn) -> CardBankData:
+    """A bank's answer for a card: a Luhn-valid PAN of 12-19 digits, PSN, expiry, service code."""
+    body = draw(st.from_regex(r"62[0-9]{9,16}", fullmatch=True))
+    return CardBankData(
+        body + ids.luhn_digit(body), draw(st.from_regex(r"[0-9]{2}", fullmatch=True)),
+        draw(st.dates(date(2030, 1, 1), date(2049, 12, 31))), draw(st.sampled_from(["220", "620",
+        "201"])), "demo-bank", 1,
+    )  # fmt: skip
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     profile=st.sampled_from(_PROFILES),
-    cards_=st.lists(st.tuples(cards, people(), applications, chip_serials), min_size=1, max_size=4),
+    cards_=st.lists(st.tuples(cards, people(), applications, chip_serials, bank_data()),
+                    min_size=1, max_size=4),
     issue=issue_dates,
     pin=st.from_regex(r"[0-9]{6}", fullmatch=True),
-)
+)  # fmt: skip
 def test_records_of_perso_values_are_the_codec_and_plan_records_byte_for_byte(
     profile: CardProfile, cards_: list, issue: date, pin: str
 ) -> None:
-    for card, person, app, serial in cards_ * 2:  # twice: remembered encodings read back
+    for card, person, app, serial, bank in cards_ * 2:  # twice: remembered encodings read back
         cic = ids.make_card_identification_code(person.region_code, serial)
-        values = dataprep.perso_values(_SETTINGS, card, person, app, cic, issue, profile)
-        data = dataprep.perso_data(_SETTINGS, card, person, app, cic, issue, pin, profile)
+        values = dataprep.perso_values(_SETTINGS, card, person, app, cic, issue, profile,
+                                       bank=bank)  # fmt: skip
+        data = dataprep.perso_data(_SETTINGS, card, person, app, cic, issue, pin, profile,
+                                   bank=bank)  # fmt: skip
         data.validate()
         assert perso.record_values(data, profile) == values
         assert perso.from_values(values, pin) == data
@@ -70,11 +85,16 @@ def test_records_of_perso_values_are_the_codec_and_plan_records_byte_for_byte(
         assert planned == _outcome(perso.plan_records, data, profile)
         if isinstance(planned, dict):
             assert list(planned) == [ef.name for _, ef in profile.files() if ef.name in values]
-        pan = dataprep.bank_pan(card.id)
         assert (
-            dataprep.perso_values(_SETTINGS, card, person, app, cic, issue, profile, pan=pan)
+            dataprep.perso_values(_SETTINGS, card, person, app, cic, issue, profile, bank=bank)
             == values
         )
+        if "SFI01" in values:  # the bank's data on the chip, as the bank gave them
+            fin = perso.from_values(values, pin).financial
+            assert fin is not None and (fin.pan, fin.psn, fin.expiry, fin.service_code) == (
+                bank.pan, bank.psn, bank.expiry, bank.service_code)  # fmt: skip
+            with pytest.raises(NoBankData):  # without them: the card waits
+                dataprep.perso_values(_SETTINGS, card, person, app, cic, issue, profile)
 
 
 def _outcome(
@@ -102,8 +122,10 @@ def test_a_value_the_chip_cannot_hold_fails_every_path_alike(
     person = replace(person, name=person.name[:3] + bad, card_name=None)  # none recorded
     cic = ids.make_card_identification_code(person.region_code, bytes(8))
     issue = date(2026, 1, 5)
-    values = dataprep.perso_values(_SETTINGS, card, person, None, cic, issue, profile)
-    data = dataprep.perso_data(_SETTINGS, card, person, None, cic, issue, "135792", profile)
+    bank = CardBankData("6212260012345678903", "00", date(2036, 1, 31), "220", "demo-bank", 1)
+    values = dataprep.perso_values(_SETTINGS, card, person, None, cic, issue, profile, bank=bank)
+    data = dataprep.perso_data(_SETTINGS, card, person, None, cic, issue, "135792", profile,
+                               bank=bank)  # fmt: skip
     errors = []
     for path in (
         lambda: perso.plan_records(data, profile),

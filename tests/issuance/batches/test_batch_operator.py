@@ -30,7 +30,7 @@ from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.models import BatchItem, BatchStage, Card, CardStatus, Channel
 from printers.facecode import decode_file
 from printers.layout import DEFAULT_LAYOUT, layout_for_profile
-from yikatong.demo import BRANCH_CODE
+from yikatong.demo import BRANCH_CODE, open_demo_accounts
 from yikatong.settings import Settings
 from yikatong.wiring import runner_for
 
@@ -78,6 +78,8 @@ def test_a_replacement_card_goes_through_a_real_batch(env: tuple[Settings, Engin
         return new.card_number, card.application_id
 
     new_number, app_id = txn(replace)
+    # the replacement card's financial application: a new account asked of the bank first
+    assert open_demo_accounts(txn, settings, operator) == 1
     batch = txn(lambda s: create_batch(s, operator, "replacements", BatchFilter(region_code="33")))
     assert batch.card_count == 1
     with runner_for(settings, batch.id, engine=engine, options=RunOptions(readers=1)) as r:

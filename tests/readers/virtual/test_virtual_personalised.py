@@ -54,7 +54,7 @@ def test_personalised_card_read_by_opensc_and_ykt(tmp_path: Path) -> None:
     image = tmp_path / "card.json"
     steps = [
         ("hsm", "init", "--if-missing"),
-        ("card", "new-blank", str(image), "--serial", SERIAL),
+        ("card", "new-blank", str(image), "--serial", SERIAL, "--no-financial"),
         ("card", "personalise", str(image), "--sample", "--card-number", CARD_NUMBER),
     ]
     for step in steps:
