@@ -46,7 +46,7 @@ from api.calllog import (
     log_call,
     state_of,
 )
-from api.errors import ApiError, map_exception, route_of
+from api.errors import map_exception, route_of
 
 #: Longest request target (path and query) answered (414 beyond; no route needs more).
 MAX_TARGET = 8192
@@ -134,7 +134,7 @@ class Gate:
                 if length < 0:
                     raise HTTPException(400, "Content-Length is not a number")
                 raise _too_large(cap)
-        except (ApiError, HTTPException) as exc:
+        except Exception as exc:  # refused, too large, or no database to authenticate with
             status = await _answer_error(scope, send, exc)
             route = route_of(self.app, path, scope["method"])
             await log_call(self.recorder, scope, status, started, route)

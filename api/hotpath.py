@@ -49,7 +49,7 @@ from api.calllog import (
     state_of,
 )
 from api.context import ApiContext
-from api.errors import ApiError, map_exception
+from api.errors import map_exception
 from api.routes_verify import issue_challenge, run_verification
 from api.schemas import VerificationIn
 from api.tls import subject_matches
@@ -86,7 +86,7 @@ class HotPath:
         route = CHALLENGE_PATH if path == CHALLENGE_PATH else VERIFY_PATH
         try:
             principal = await self._principal(scope)
-        except ApiError as exc:  # no or a bad token: the answer FastAPI would give
+        except Exception as exc:  # no or a bad token, or no database: what FastAPI would say
             await self._error(scope, send, exc, started, route)
             return None
         if principal is None:

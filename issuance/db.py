@@ -174,6 +174,41 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         session.close()
 
 
+def transaction_once(factory: sessionmaker[Session], fn: Callable[[Session], T]) -> T:
+    """``fn(session)`` in one :func:`transaction`."""
+    with transaction(factory) as session:
+        return fn(session)
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """True when the database could not be reached or the connection broke (a failover, a
+    proxy that cut it, the network): the transaction was rolled back, or - if the break came
+    during its COMMIT - its outcome is unknown to the client."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    return isinstance(exc, sa.exc.OperationalError) and exc.statement is None  # connecting
+
+
+def with_reconnect(fn: Callable[[], T], patience: float, *, pause: float = 0.5) -> T:
+    """Run ``fn`` (one transaction), again while the database is unreachable
+    (:func:`is_disconnect`), for at most ``patience`` seconds; then the last error is raised.
+    Only for work whose every step is guarded so that running it twice changes nothing twice
+    (the batch pipeline's steps: each first renews the worker's lease and moves the item from
+    the stage it is in)."""
+    deadline = time.monotonic() + patience
+    wait = pause
+    while True:
+        try:
+            return fn()
+        except sa.exc.DBAPIError as exc:
+            if not is_disconnect(exc) or time.monotonic() + wait > deadline:
+                raise
+        time.sleep(wait)
+        wait = min(wait * 2, 4.0)
+
+
 def with_retry(fn: Callable[[], T], attempts: int = 8) -> T:
     """Run one transaction, retrying when it lost a race (SQLite busy snapshot, PostgreSQL
     serialisation): each attempt re-reads its rows."""

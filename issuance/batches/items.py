@@ -282,11 +282,16 @@ def recover_interrupted(
     An item whose chip was in a station is spoiled and requeued ("interrupted"); an item
     merely leased (selected / prepared) is released. Returns ``[(item id, spoiled chip)]``."""
     now = now or utcnow()
-    leased = session.scalars(
-        sa.select(BatchItem).where(
-            BatchItem.batch_id == batch_id, BatchItem.lease_owner.is_not(None)
-        ).order_by(BatchItem.id)
-    ).all()  # fmt: skip
+    query = sa.select(BatchItem).where(
+        BatchItem.batch_id == batch_id, BatchItem.lease_owner.is_not(None)
+    ).order_by(BatchItem.id)  # fmt: skip
+    if _is_postgres(session):
+        # each row locked as it is read, rows another transaction holds skipped: a worker
+        # renewing its lease meanwhile is never overwritten from a stale read, and a row locked
+        # by a worker cut off from the database (its transaction open until the server drops
+        # it) does not hold this recovery up; it is voided by a later one
+        query = query.with_for_update(skip_locked=True)
+    leased = session.scalars(query.execution_options(populate_existing=True)).all()
     spoiled: list[tuple[int, str | None]] = []
     for item in leased:
         expired = item.lease_expires_at is None or item.lease_expires_at < now

@@ -63,7 +63,15 @@ from issuance.batches.adapters import BatchAdapters
 from issuance.batches.blanks import ChipRefused, binds_at_station
 from issuance.batches.selection import get_batch
 from issuance.batches.stock import BlankStock, ensure_manufacturer_key
-from issuance.db import make_engine, make_sessionmaker, transaction, with_retry
+from issuance.db import (
+    is_disconnect,
+    make_engine,
+    make_sessionmaker,
+    transaction,
+    transaction_once,
+    with_reconnect,
+    with_retry,
+)
 from issuance.errors import ConflictError, IssuanceError
 from issuance.lifecycle import BatchEvent, CardEvent
 from issuance.models import (
@@ -207,7 +215,10 @@ def safe_job_id(*parts: str) -> str:
 
 class Heartbeat:
     """Renews one item's lease from a thread while a station works on the card (every
-    quarter of the lease). :attr:`lost` is set when the lease was found taken over."""
+    quarter of the lease). :attr:`lost` is set when the lease was found taken over - or when
+    no renewal succeeded for as long as the lease lasts (the database is out of reach: the
+    lease may have expired and another worker may be making the card; this worker then stops
+    working on it and writes nothing more for it)."""
 
     def __init__(self, runner: BatchRunner, item_id: int, owner: str) -> None:
         self.runner, self.item_id, self.owner = runner, item_id, owner
@@ -216,17 +227,23 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._beat, name=f"lease-{item_id}", daemon=True)
 
     def _beat(self) -> None:
-        interval = max(0.5, self.runner.options.lease_seconds / 4)
+        lease = self.runner.options.lease_seconds
+        interval = max(0.5, lease / 4)
+        renewed = time.monotonic()  # the claim that gave us the lease
         while not self._stop.wait(interval):
             try:
-                held = self.runner._txn(lambda s: bi.renew_lease(
-                    s, self.item_id, self.owner, self.runner.options.lease_seconds))  # fmt: skip
+                held = with_retry(lambda: transaction_once(self.runner.factory, lambda s: (
+                    bi.renew_lease(s, self.item_id, self.owner, lease))))  # fmt: skip
             except Exception:  # the database is away: the next beat tries again
                 log.warning("lease heartbeat of item %s failed", self.item_id, exc_info=True)
+                if time.monotonic() - renewed >= lease:
+                    self.lost.set()  # not renewed for a whole lease: presume it lost
+                    return
                 continue
             if not held:
                 self.lost.set()
                 return
+            renewed = time.monotonic()
 
     def check(self) -> None:
         """Raise :class:`~issuance.batches.items.LeaseLost` if the lease was taken over."""
@@ -308,11 +325,14 @@ class BatchRunner:
 
     # --- helpers ---------------------------------------------------------------------------
     def _txn(self, fn: Callable[[Session], T]) -> T:
-        def once() -> T:
-            with transaction(self.factory) as s:
-                return fn(s)
-
-        return with_retry(once)
+        """``fn`` in one transaction, again after a lost race, and again while the database is
+        out of reach (a failover, a network cut) for up to a lease: every step first renews
+        this worker's lease (:meth:`_item`), so a step run twice changes nothing twice, and a
+        worker cut off for longer than its lease gives up (its cards are another's by then)."""
+        return with_reconnect(
+            lambda: with_retry(lambda: transaction_once(self.factory, fn)),
+            self.options.lease_seconds,
+        )
 
     def _item(self, s: Session, item_id: int, owner: str) -> BatchItem:
         """The item, after renewing this worker's lease; :class:`LeaseLost` if not ours."""
@@ -540,31 +560,42 @@ class BatchRunner:
     # --- one station -----------------------------------------------------------------------
     def _station_loop(self, station: EncodingStation) -> None:
         owner = bi.worker_id(station.name)
-        bound = binds_at_station(self.stock)
         while not self.stop.is_set():
-            # chips fed into real readers: a card is taken from the queue only once a chip is
-            # in the reader (an idle station holds no card other stations could make)
-            if bound and not self._card_fed(station):
-                if self._nothing_left():
+            try:
+                if self._station_round(station, owner):
                     return
-                continue
-            claimed = self._txn(lambda s: self._claim(s, owner))
-            if claimed:
-                try:
-                    self._make_card(station, claimed[0], owner)
-                except Exception as exc:
-                    log.exception("station %s: item %s", station.name, claimed[0])
-                    with self._lock:
-                        self.summary.errors.append(f"{station.name}: {exc}")
-                    self.stop.set()
-                continue
-            # nothing free: finished, or wait for cards others may still requeue
-            counts = self.counts()
-            if sum(counts[s] for s in bi.IN_PRODUCTION) == 0:
-                return
-            self._txn(lambda s: bi.recover_interrupted(
-                s, self.batch_id, self.actor, max_attempts=self.options.max_attempts))  # fmt: skip
-            time.sleep(0.1)
+            except sa.exc.DBAPIError as exc:
+                if not is_disconnect(exc):
+                    raise
+                # the database stayed out of reach for a whole lease: the card in hand (if
+                # any) was left (see _make_card); wait for the database, then go on
+                self.progress.note(f"{station.name}: database out of reach, waiting for it")
+                self.stop.wait(1.0)
+
+    def _station_round(self, station: EncodingStation, owner: str) -> bool:
+        """One card, or one look for one; True when the station is done (nothing left)."""
+        # chips fed into real readers: a card is taken from the queue only once a chip is
+        # in the reader (an idle station holds no card other stations could make)
+        if binds_at_station(self.stock) and not self._card_fed(station):
+            return self._nothing_left()
+        claimed = self._txn(lambda s: self._claim(s, owner))
+        if claimed:
+            try:
+                self._make_card(station, claimed[0], owner)
+            except Exception as exc:
+                log.exception("station %s: item %s", station.name, claimed[0])
+                with self._lock:
+                    self.summary.errors.append(f"{station.name}: {exc}")
+                self.stop.set()
+            return False
+        # nothing free: finished, or wait for cards others may still requeue
+        counts = self.counts()
+        if sum(counts[s] for s in bi.IN_PRODUCTION) == 0:
+            return True
+        self._txn(lambda s: bi.recover_interrupted(
+            s, self.batch_id, self.actor, max_attempts=self.options.max_attempts))  # fmt: skip
+        time.sleep(0.1)
+        return False
 
     def _nothing_left(self) -> bool:
         return sum(self.counts()[s] for s in bi.IN_PRODUCTION) == 0
@@ -635,6 +666,15 @@ class BatchRunner:
                 with self._lock:
                     self.summary.leases_lost += 1
                 self.progress.note(f"{station.name}: {exc}: card left to the other worker")
+            except sa.exc.DBAPIError as exc:
+                if not is_disconnect(exc):
+                    raise
+                # out of reach for a whole lease (_txn): the lease is presumed lost, nothing
+                # more is written for this card (another worker makes it once it expires)
+                with self._lock:
+                    self.summary.leases_lost += 1
+                self.progress.note(f"{station.name}: database out of reach: batch item "
+                                   f"{item_id} left to another worker")  # fmt: skip
 
     def _make_card_leased(
         self, station: EncodingStation, item_id: int, owner: str, beat: Heartbeat

@@ -1,0 +1,135 @@
+"""Issue 20, shared state: two API nodes over one PostgreSQL, each with its own SoftHSM token
+loaded by the same key ceremony (components and KCVs: no key copied between the tokens).
+
+Every piece of state a verification or an authentication depends on must hold across nodes:
+
+* a challenge issued by node A is answered on node B (the challenge is stateless, its key is
+  derived inside each node's HSM from the same IRK master);
+* a verification done on A and replayed on B is refused (``used_challenges``, one table);
+* a known caller refused often enough on A is held (429) on B at its next request (failure
+  counts in ``api_rate_counters``; the hold bumps the authentication epoch every node reads);
+* a revocation on A stops the caller's token on B at once (the epoch again).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from api_helpers import Hsm, fake_photo, make_hsm
+from conftest import ApiEnv
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.client import YktClient
+from cardspec.cardops import internal_authenticate, read_card_public
+from cardspec.keyscheme import Algorithm, KeySlot
+from cardspec.reader import InProcessReader
+from hsm import ceremony
+from issuance.models import AuditEvent, Card, UsedChallenge
+from issuance.services import credentials
+
+pytestmark = [pytest.mark.softhsm, pytest.mark.postgres]
+
+
+@pytest.fixture
+def node_b(api_env: ApiEnv, tmp_path: Path) -> Iterator[tuple[TestClient, Hsm]]:
+    """A second node: its own app, caches and counters, and its own HSM token."""
+    hsm_b = make_hsm(tmp_path / "node-b")
+    app = create_app(
+        api_env.settings, engine=api_env.engine, key_service_factory=lambda: hsm_b.service,
+        photo_processor=fake_photo,
+    )  # fmt: skip
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client, hsm_b
+
+
+@pytest.fixture(scope="session")
+def db_backend() -> str:
+    return "postgres"
+
+
+def _answer(chip: InProcessReader, challenge_hex: str) -> tuple[str, str, bytes]:
+    pub = read_card_public(chip)
+    ch = bytes.fromhex(challenge_hex)
+    resp = internal_authenticate(chip, ch[:8], ch[8:])
+    chip.disconnect()
+    return pub.card_identification_code, pub.card_number, resp
+
+
+def test_the_nodes_tokens_hold_the_same_keys_loaded_apart(
+    api_env: ApiEnv, node_b: tuple[TestClient, Hsm]
+) -> None:
+    _client, hsm_b = node_b
+    assert hsm_b.config.tokens_dir != api_env.hsm.config.tokens_dir  # two tokens, two stores
+    keys_a = {k.label: k for k in ceremony.list_keys(api_env.hsm.token)}
+    keys_b = {k.label: k for k in ceremony.list_keys(hsm_b.token)}
+    masters = [ceremony.master_label(slot, Algorithm.DES3, 1) for slot in KeySlot]
+    assert set(masters) <= set(keys_a) and set(keys_a) - {"ykt:signing"} == set(keys_b) - {
+        "ykt:signing"
+    }
+    for label in masters:
+        a, b = keys_a[label], keys_b[label]
+        assert a.kcv == b.kcv and a.sensitive and b.sensitive
+        assert not a.extractable and not b.extractable
+
+
+def test_challenge_on_a_answered_on_b_replay_on_b_refused(
+    api_env: ApiEnv, node_b: tuple[TestClient, Hsm], card_and_chip: tuple[Card, InProcessReader]
+) -> None:
+    client_b, _ = node_b
+    card, chip = card_and_chip
+    auth = api_env.auth("hospital")
+    a = YktClient(TestClient(api_env.client.app, headers=auth))
+    b = YktClient(TestClient(client_b.app, headers=auth))
+    ch = a.challenge()
+    cic, number, resp = _answer(chip, ch["challenge"])
+    assert b.verify(ch["challenge_id"], cic, number, resp)["valid"] is True
+    assert b.verify(ch["challenge_id"], cic, number, resp)["reason"] == "challenge_reused"
+    assert a.verify(ch["challenge_id"], cic, number, resp)["reason"] == "challenge_reused"
+    # and the other way round: issued by B, verified by A, replayed on B
+    ch = b.challenge()
+    cic, number, resp = _answer(chip, ch["challenge"])
+    assert a.verify(ch["challenge_id"], cic, number, resp)["valid"] is True
+    assert b.verify(ch["challenge_id"], cic, number, resp)["reason"] == "challenge_reused"
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        used = s.scalar(sa.select(sa.func.count()).select_from(UsedChallenge))
+        events = s.execute(
+            sa.select(AuditEvent.action, AuditEvent.details).where(
+                AuditEvent.action == "card.verified"
+            )
+        ).all()
+    assert used == 2
+    details = [json.loads(d) if isinstance(d, str) else d for _a, d in events]
+    valid = [d for d in details if d["valid"]]
+    assert len(valid) == 2 and {d["card_number"] for d in valid} == {card.card_number}
+    assert [d["reason"] for d in details if not d["valid"]] == ["challenge_reused"] * 3
+
+
+def test_a_caller_held_on_a_is_held_on_b_and_a_revocation_on_a_stops_b(
+    api_env: ApiEnv, node_b: tuple[TestClient, Hsm]
+) -> None:
+    client_b, _ = node_b
+    bank = api_env.auth("bank")
+    assert client_b.post("/v1/verifications/challenge", headers=bank).status_code == 200
+    limit = api_env.settings.api.auth_failures_per_minute
+    # refusals of a known caller (a scope it lacks) count against it, on node A only
+    codes = [api_env.client.get("/v1/audit/events", headers=bank).status_code
+             for _ in range(limit + 2)]  # fmt: skip
+    assert codes[0] == 403 and codes[-1] == 429, codes
+    # node B had the token cached: it is held there too, at the next request
+    assert client_b.post("/v1/verifications/challenge", headers=bank).status_code == 429
+    # a revocation on A stops the hospital's token on B at once
+    hospital = api_env.auth("hospital")
+    assert client_b.post("/v1/verifications/challenge", headers=hospital).status_code == 200
+    r = api_env.client.post(
+        f"/v1/principals/clients/{api_env.clients['hospital'][0]}/disable",
+        headers=api_env.auth("admin"),
+    )
+    assert r.status_code == 200, r.text
+    assert client_b.post("/v1/verifications/challenge", headers=hospital).status_code == 401
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        credentials.set_client_active(s, api_env.clients["hospital"][0], True)
