@@ -190,8 +190,10 @@ class Authenticator:
     async def epoch(self) -> int:
         """The authentication epoch now (see
         :func:`issuance.services.credentials.auth_epoch`): one primary-key read, shared by
-        the requests that arrived in the same event-loop iteration (it starts after all of
-        them arrived, so each sees every change committed before it came)."""
+        the requests that arrived before it is sent - those of the same event-loop iteration,
+        and on PostgreSQL also those that came while the read waited for a pooled connection
+        (it is sent after all of them arrived, so each sees every change committed before it
+        came)."""
         loop = asyncio.get_running_loop()
         waiting = self._epoch_reads.get(loop)
         if waiting is None:
@@ -200,7 +202,8 @@ class Authenticator:
         return await asyncio.shield(waiting)
 
     def _read_epoch(self, loop: asyncio.AbstractEventLoop, waiting: asyncio.Future[int]) -> None:
-        self._epoch_reads.pop(loop, None)  # whoever comes from now on waits for a new read
+        if self.ctx.pg is None:
+            self._close_epoch_read(loop, waiting)
 
         def done(task: asyncio.Future[int]) -> None:
             if task.cancelled():
@@ -210,12 +213,28 @@ class Authenticator:
             else:
                 waiting.set_result(task.result())
 
-        asyncio.ensure_future(self._fetch_epoch()).add_done_callback(done)
+        def fetched(task: asyncio.Future[int]) -> None:
+            self._close_epoch_read(loop, waiting)  # it failed before it was sent
+            done(task)
 
-    async def _fetch_epoch(self) -> int:
+        asyncio.ensure_future(self._fetch_epoch(loop, waiting)).add_done_callback(fetched)
+
+    def _close_epoch_read(
+        self, loop: asyncio.AbstractEventLoop, waiting: asyncio.Future[int]
+    ) -> None:
+        """Whoever comes from now on waits for a new read."""
+        if self._epoch_reads.get(loop) is waiting:
+            del self._epoch_reads[loop]
+
+    async def _fetch_epoch(
+        self, loop: asyncio.AbstractEventLoop, waiting: asyncio.Future[int]
+    ) -> int:
         if self.ctx.pg is not None:
 
             async def fetch(conn: Any) -> int:
+                # the read is sent now, on the loop (the pool is the loop's): the requests
+                # that joined it so far all arrived before it, the next ones need a new one
+                self._close_epoch_read(loop, waiting)
                 return int(await conn.fetchval(AUTH_EPOCH_SQL) or 0)
 
             return await self.ctx.pg.run(fetch)

@@ -241,6 +241,17 @@ class Run:
     peak_rss_mib: float
     stats: dict[str, Any]
     file_bytes: int
+    hsm_work_before: float = 0.0
+    hsm_work_after: float = 0.0
+
+    @property
+    def hsm_work(self) -> float:
+        """The HSM-work ceiling, cards/s (mean of before and after the run)."""
+        return (self.hsm_work_before + self.hsm_work_after) / 2
+
+    @property
+    def ratio_to_hsm_work(self) -> float:
+        return self.rate / self.hsm_work if self.hsm_work else 0.0
 
     @property
     def raw(self) -> float:
@@ -298,6 +309,69 @@ def _raw_others(conf: Any, out: Any) -> None:
         fast.destroy(sh, key)
         kek.destroy()
     out.put(tuple(rates))
+
+
+#: the HSM calls of one card beyond its derivations (outputs, not overhead): in house 11 wraps
+#: (10 WRITE KEY payloads under the KLK, KMC under the file KEK) + 2 encryptions (natural PIN
+#: MAC, PIN payloads); bureau 12 wraps + 12 KCVs + 2
+HSM_CALLS = {"in_house": (11, 2), "bureau": (12, 14)}
+
+
+def _hsm_work_one(conf: Any, output: str, keys: int, seconds: float, out: Any) -> None:
+    """Cards/s of one process doing nothing but a card's own HSM calls back to back: ``keys``
+    derivations (the product's template, p11fast, a cached master handle), the output's wraps
+    and encryptions (:data:`HSM_CALLS`), every derived key destroyed; no database, no records,
+    no file."""
+    from pkcs11 import Attribute, KeyType
+
+    from cardspec import keyscheme
+    from cardspec.keyscheme import Algorithm, KeySlot
+    from hsm import ceremony, p11fast
+    from hsm import pkcs11 as p11
+    from hsm.cardcrypto import CARD_KEY
+
+    wraps, encs = HSM_CALLS[output]
+    token = p11.open_token(conf)
+    fast = p11fast.fast_ops(str(conf.module))
+    tmpl = p11fast.key_template(Algorithm.DES3, *CARD_KEY.usage, extractable=True)
+    with token.use() as session:
+        sh = session.handle
+        base = p11.find_one(session, ceremony.master_label(KeySlot.IRK, Algorithm.DES3, 1)).handle
+        kek = session.generate_key(KeyType.AES, 128, template={
+            Attribute.TOKEN: False, Attribute.PRIVATE: False, Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False, **p11.capabilities(Attribute.WRAP)})  # fmt: skip
+        datas = [keyscheme.diversification_data(i.to_bytes(8, "big"), Algorithm.DES3)
+                 for i in range(keys)]  # fmt: skip
+        block = bytes(8)
+        n, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            made = [fast.derive(sh, base, Algorithm.DES3, d, tmpl) for d in datas]
+            for i in range(wraps):
+                fast.wrap_kwp(sh, kek.handle, made[i % keys])
+            for i in range(encs):
+                fast.encrypt_ecb(sh, made[i % keys], Algorithm.DES3, block)
+            for h in made:
+                fast.destroy(sh, h)
+            n += 1
+        kek.destroy()
+    out.put(n / elapsed)
+
+
+def hsm_work_rate(settings: Any, output: str, keys: int, procs: int,
+                  seconds: float = RAW_SECONDS) -> float:  # fmt: skip
+    """Cards/s of ``procs`` processes running :func:`_hsm_work_one` together: the HSM-work
+    ceiling of data preparation (issue 20)."""
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    conf = hsm_config(settings)
+    ps = [ctx.Process(target=_hsm_work_one, args=(conf, output, keys, seconds, out))
+          for _ in range(procs)]  # fmt: skip
+    for p in ps:
+        p.start()
+    rates = [out.get() for _ in ps]
+    for p in ps:
+        p.join()
+    return float(sum(rates))
 
 
 def other_rates(settings: Any) -> tuple[float, float]:
@@ -372,6 +446,7 @@ def measure(settings: Any, database: str, output: str, batch_id: int, workers: i
     # limit and the run that follows it are measured on the same machine state
     raw_rate(settings, workers, WARM_SECONDS)
     before = raw_rate(settings, workers)
+    work_before = hsm_work_rate(settings, output, keys_per_card, workers)
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
     path = tmp / f"{database}-{output}-{workers}.bureau.jsonl"
@@ -382,6 +457,7 @@ def measure(settings: Any, database: str, output: str, batch_id: int, workers: i
     if p.exitcode:
         raise RuntimeError(f"data preparation run failed (exit {p.exitcode})")
     after = raw_rate(settings, workers)
+    work_after = hsm_work_rate(settings, output, keys_per_card, workers)
     engine = make_engine(settings)
     with engine.connect() as conn:
         n_chips = conn.execute(sa.text("SELECT count(*) FROM blank_chips WHERE batch_id = :b"),
@@ -398,7 +474,8 @@ def measure(settings: Any, database: str, output: str, batch_id: int, workers: i
         path.unlink()
     assert n_chips == result["cards"], (n_chips, result["cards"])
     return Run(database, output, workers, result["cards"], result["seconds"], before, after,
-               keys_per_card, counted, result["rss_kib"] / 1024, result["stats"], size)  # fmt: skip
+               keys_per_card, counted, result["rss_kib"] / 1024, result["stats"], size,
+               work_before, work_after)  # fmt: skip
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -435,7 +512,10 @@ def _line(r: Run) -> str:
         f"{r.rate:7.0f} cards/s | raw {r.raw_before:7.0f}/{r.raw_after:7.0f} derive+destroy/s "
         f"(before/after, {r.workers} proc) / {r.keys_per_card} keys = limit {r.limit:6.0f} "
         f"cards/s | ratio {r.ratio:.3f} {_verdict(r.ratio >= 0.7)} | peak RSS "
-        f"{r.peak_rss_mib:6.1f} MiB"
+        f"{r.peak_rss_mib:6.1f} MiB\n"
+        f"           HSM-work ceiling (the card's HSM calls back to back, no database) "
+        f"{r.hsm_work_before:6.0f}/{r.hsm_work_after:6.0f} cards/s (before/after) | ratio "
+        f"{r.ratio_to_hsm_work:.3f} {_verdict(r.ratio_to_hsm_work >= 0.85)} (limit >= 0.85)"
     )
 
 
@@ -483,11 +563,8 @@ def main() -> dict[str, Any]:
                       f"{populated:.0f} s (bulk inserts{', COPY' if pg else ''})")  # fmt: skip
                 derive = raw_rate(settings, 1)
                 wrap, ecb = other_rates(settings)
-                # the HSM calls each card needs beyond its 12 derivations (outputs, not
-                # overhead): in house 11 wraps (10 WRITE KEY payloads under the KLK, KMC under
-                # the file KEK) + 2 encryptions (natural PIN MAC, PIN payloads); bureau 12 wraps
-                # + 12 KCVs + 2
-                for output, wraps, encs in (("in_house", 11, 2), ("bureau", 12, 14)):
+                # the HSM calls each card needs beyond its 12 derivations (HSM_CALLS)
+                for output, (wraps, encs) in HSM_CALLS.items():
                     t_derive = keys / derive
                     ceiling = t_derive / (t_derive + wraps / wrap + encs / ecb)
                     ceilings[(database, output)] = ceiling
@@ -518,6 +595,8 @@ def main() -> dict[str, Any]:
         figures[f"{key}_limit"] = round(r.limit, 1)
         figures[f"{key}_ratio"] = round(r.ratio, 3)
         figures[f"{key}_peak_rss_mib"] = round(r.peak_rss_mib, 1)
+        figures[f"{key}_hsm_work_limit"] = round(r.hsm_work, 1)
+        figures[f"{key}_ratio_to_hsm_work"] = round(r.ratio_to_hsm_work, 3)
     first = runs[0]
     print(f"keys per card: {first.keys_per_card} (the profile's {first.keys_per_card - 1} key "
           f"slots, KMC included, + the chip's KLK); counted by the preparer: "
@@ -527,7 +606,7 @@ def main() -> dict[str, Any]:
     minutes = MILLION / best.rate / 60
     if big is not None:
         print(f"1,000,000 cards: {big.seconds / 60:.1f} min MEASURED (postgres, in house, "
-              f"{big.workers} processes; target <= 15 min: {_verdict(big.seconds <= 900)}); "
+              f"{big.workers} processes; target <= 12 min: {_verdict(big.seconds <= 720)}); "
               "peak RSS "
               f"{big.peak_rss_mib:.0f} MiB MEASURED (target < 1024 MiB: "
               f"{_verdict(big.peak_rss_mib < 1024)})")  # fmt: skip
@@ -535,8 +614,8 @@ def main() -> dict[str, Any]:
         figures["million_peak_rss_mib_measured"] = round(big.peak_rss_mib, 1)
     else:
         print(f"1,000,000 cards: {minutes:.1f} min EXTRAPOLATED from {best.cards:,} cards at the "
-              f"best rate ({best.database}, {best.output}, {best.workers} proc; target <= 15 "
-              f"min: {_verdict(minutes <= 15)}). Peak RSS of a run is bounded by the chunk, not "
+              f"best rate ({best.database}, {best.output}, {best.workers} proc; target <= 12 "
+              f"min: {_verdict(minutes <= 12)}). Peak RSS of a run is bounded by the chunk, not "
               f"the batch: {max(r.peak_rss_mib for r in small):.0f} MiB measured on "
               f"{best.cards:,} cards (a real 1,000,000-card run: YKT_BENCH_1M=1)")  # fmt: skip
         figures["million_minutes_extrapolated"] = round(minutes, 1)

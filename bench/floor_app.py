@@ -14,7 +14,18 @@ the flow the way :mod:`bench.verification`'s load generator expects:
   (:class:`issuance.services.verification.VerificationStore`): the flows in flight together
   share their statements, as in the product.
 
-The cryptogram is not checked and nobody is authenticated: this is a measuring stick, never a
+With ``YKT_FLOOR_HSM=1`` (and ``YKT_DATA_DIR``: the bench's token) the floor also checks the
+chip's cryptogram in the token, the one check a verification cannot do without beside the two
+statements: the challenge sent is the challenge id's own 16 bytes (factor || random: nothing
+to keep between the two calls), and the verification runs the product's
+:func:`hsm.internal_auth.check_internal_auth` (card key and session key derived in the token,
+the random encrypted, compared) on the product's HSM owner thread
+(:class:`api.context.HsmRunner`: the checks of one loop iteration handed over together), with
+the card's key version and algorithm from the card read; a wrong answer says
+``{"valid":false}`` (the bench counts it as a failure). That is the *floor with the HSM check*
+of issue 20.
+
+Nobody is authenticated and no challenge is protected: this is a measuring stick, never a
 service. Run by :mod:`bench.verification` only (``uvicorn --factory bench.floor_app:app``, with
 ``YKT_FLOOR_DSN`` set).
 """
@@ -39,9 +50,10 @@ _HEADERS = [(b"content-type", b"application/json")]
 
 
 class FloorApp:
-    def __init__(self, dsn: str, pool_size: int) -> None:
+    def __init__(self, dsn: str, pool_size: int, hsm: Any = None) -> None:
         self.pool = AsyncPgPool(dsn, pool_size)  # the product's pool
         self.store = VerificationStore(self.pool)  # and its grouped statements
+        self.hsm = hsm  # the product's HsmRunner, or None: no cryptogram check
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -49,7 +61,8 @@ class FloorApp:
             return
         path = scope["path"]
         if path == "/v1/verifications/challenge":
-            cid, challenge = secrets.token_bytes(16), secrets.token_bytes(16)
+            cid = secrets.token_bytes(16)
+            challenge = cid if self.hsm is not None else secrets.token_bytes(16)
             body = b'{"challenge_id":"%s","challenge":"%s"}' % (
                 cid.hex().encode(),
                 challenge.hex().encode(),
@@ -72,12 +85,30 @@ class FloorApp:
         now = utcnow()
         cid, kind = req["card_identification_code"], req["application"]
         row = await self.store.lookup(cid, kind)
-        details = json.dumps({"card_number": req["card_number"], "valid": row is not None})
+        valid = row is not None
+        if row is not None and self.hsm is not None:
+            valid = await self._check(cid, row, req)
+        details = json.dumps({"card_number": req["card_number"], "valid": valid})
         args = [bytes.fromhex(req["challenge_id"]), now, None, "floor", "agency", "api",
                 "card.verified", "card", cid, None, "valid", None, details, "invalid",
                 details]  # fmt: skip
         await self.store.use_and_audit(args)
-        return b'{"valid":true}'
+        return b'{"valid":true}' if valid else b'{"valid":false}'
+
+    async def _check(self, cid: str, row: Any, req: dict[str, Any]) -> bool:
+        from cardspec.keyscheme import Algorithm
+        from hsm.errors import CryptogramMismatch
+        from hsm.internal_auth import check_internal_auth
+        from hsm.service import CardKeyRef
+
+        challenge = bytes.fromhex(req["challenge_id"])  # the floor's challenge is its id
+        ref = CardKeyRef(cid, key_version=row.key_version, algorithm=Algorithm(row.algorithm))
+        try:
+            await self.hsm.run(check_internal_auth, ref, challenge[:8], challenge[8:],
+                               bytes.fromhex(req["response"]))  # fmt: skip
+        except CryptogramMismatch:
+            return False
+        return True
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -87,9 +118,24 @@ class FloorApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.pool.close()
+                if self.hsm is not None:
+                    self.hsm.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
 
+def _hsm_runner() -> Any:
+    """The product's HSM owner thread on the bench's token (opened in that thread at first
+    use, after the worker process started)."""
+    from api.context import HsmRunner
+    from hsm.service import Pkcs11KeyService
+    from yikatong.settings import load_settings
+    from yikatong.wiring import hsm_config
+
+    config = hsm_config(load_settings(environ={"YKT_DATA_DIR": os.environ["YKT_DATA_DIR"]}))
+    return HsmRunner(lambda: Pkcs11KeyService.from_config(config))
+
+
 def app() -> FloorApp:
-    return FloorApp(os.environ["YKT_FLOOR_DSN"], int(os.environ.get("YKT_FLOOR_POOL", "12")))
+    hsm = _hsm_runner() if os.environ.get("YKT_FLOOR_HSM", "") not in ("", "0") else None
+    return FloorApp(os.environ["YKT_FLOOR_DSN"], int(os.environ.get("YKT_FLOOR_POOL", "12")), hsm)

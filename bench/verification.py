@@ -80,6 +80,8 @@ TRANSPORT = bytes.fromhex("00112233445566778899AABBCCDDEEFF")
 TARGET_PER_S = 3000.0
 TARGET_P99_MS = 20.0
 TARGET_RATIO = 0.30
+#: issue 20: the product against the floor with the HSM check, measured in the same run
+TARGET_RATIO_FLOOR_HSM = 0.85
 
 
 def _master(slot: Any) -> bytes:
@@ -686,6 +688,7 @@ def run(
     env = {**os.environ, "YKT_DATA_DIR": str(data_dir), "YKT_DATABASE__URL": url}
     env.pop("YKT_CONFIG", None)
     short = max(3.0, SECONDS / 2)
+    load_average = os.getloadavg()[0]
     try:
         port = free_port()
         server = _start_server(env, port, spec_dir / "server.log")
@@ -712,12 +715,22 @@ def run(
             floor_hello = _run_generator("hello", port, short, spec_dir, procs)
         finally:
             _stop(floor)
+        port = free_port()
+        hsm_env = {**floor_env, "YKT_FLOOR_HSM": "1"}
+        floor = _start_server(hsm_env, port, spec_dir / "floor-hsm.log", _floor_cmd(port), "/")
+        try:
+            procs = _Procs(floor.pid, _postmaster_pid(pg))
+            _run_generator("verify", port, 2.0, spec_dir, procs)  # warm-up
+            floor_hsm = _run_generator("verify", port, SECONDS, spec_dir, procs)
+        finally:
+            _stop(floor)
         pgbench = _pgbench(url, short, len(cards) if cards else 1, spec_dir)
         hsm_us = hsm_check_cost(data_dir, cards)
     finally:
         shutil.rmtree(spec_dir, ignore_errors=True)
     return {"verify": verify, "hello": hello, "wrk": wrk, "floor_verify": floor_verify,
-            "floor_hello": floor_hello, "pgbench": pgbench,
+            "floor_hello": floor_hello, "floor_hsm": floor_hsm, "pgbench": pgbench,
+            "load_average": load_average,
             "hsm_check_cpu_us": hsm_us, "ecard": ecard_m}  # fmt: skip
 
 
@@ -788,6 +801,34 @@ def report(
             "ratio_to_floor": round(per_s / fps, 3) if fps else None,
             "target_to_floor": round(TARGET_PER_S / fps, 2) if fps else None,
         })  # fmt: skip
+    fh = m.get("floor_hsm")
+    if fh is not None and fh["per_s"]:
+        fps = fh["per_s"]
+        ratio_hsm = per_s / fps
+        result.update({
+            "floor_hsm_flows_per_s": round(fps, 1),
+            "floor_hsm_verify_p99_ms": fh.get("verify_p99_ms"),
+            "floor_hsm_server_cpu_us_per_flow": round(fh["server_cores"] / fps * 1e6, 1),
+            "floor_hsm_postgres_cpu_us_per_flow": round(fh["postgres_cores"] / fps * 1e6, 1),
+            "floor_hsm_cores_other_processes": round(fh["other_cores"], 2),
+            "ratio_to_floor_hsm": round(ratio_hsm, 3),
+            "target_ratio_to_floor_hsm": TARGET_RATIO_FLOOR_HSM,
+            "verdict_ratio_to_floor_hsm": _verdict(clean and ratio_hsm >= TARGET_RATIO_FLOOR_HSM),
+        })  # fmt: skip
+    if per_s and verify["server_cores"] and verify["postgres_cores"]:
+        per_server_core = per_s / verify["server_cores"]
+        result.update({
+            # what one core of an API node verifies (server CPU only: the node's own work)
+            "verifications_per_s_per_api_core": round(per_server_core, 1),
+            "verifications_per_s_per_api_node_2_cores": round(2 * per_server_core, 1),
+            # what one core of the database server carries
+            "verifications_per_s_per_postgres_core": round(per_s / verify["postgres_cores"], 1),
+            # this whole 2-core machine (server, PostgreSQL and the load generator on it)
+            "verifications_per_s_per_machine_core": round(
+                per_s / max(verify["machine_cores"], 1e-9), 1
+            ),
+        })  # fmt: skip
+    result["load_average_1min"] = round(m.get("load_average", os.getloadavg()[0]), 2)
     if pgb is not None:
         result["pgbench_floor_tps"] = round(pgb["tps"], 1)
         result["pgbench_machine_cores"] = round(pgb["machine_cores"], 2)
@@ -866,6 +907,26 @@ def _print(r: dict[str, Any], verify: dict[str, Any]) -> None:
         print(
             f"verification = {r['ratio_to_floor']:.2f} x the floor; the {TARGET_PER_S:.0f}/s "
             f"target = {r['target_to_floor']:.2f} x the floor"
+        )
+    if "floor_hsm_flows_per_s" in r:
+        print(
+            f"machine floor with the HSM check, same run: bench.floor_app + the chip cryptogram "
+            f"checked in the token: {r['floor_hsm_flows_per_s']:.0f} flows/s, verify p99 "
+            f"{r['floor_hsm_verify_p99_ms']} ms, CPU per flow server "
+            f"{r['floor_hsm_server_cpu_us_per_flow']} us + PostgreSQL "
+            f"{r['floor_hsm_postgres_cpu_us_per_flow']} us"
+        )
+        print(
+            f"[{r['verdict_ratio_to_floor_hsm']}] verification / floor with the HSM check = "
+            f"{r['ratio_to_floor_hsm']:.3f} (limit >= {TARGET_RATIO_FLOOR_HSM})"
+        )
+    if "verifications_per_s_per_api_core" in r:
+        print(
+            f"throughput per core: {r['verifications_per_s_per_api_core']:.0f}/s per API server "
+            f"core ({r['verifications_per_s_per_api_node_2_cores']:.0f}/s per 2-core API node), "
+            f"{r['verifications_per_s_per_postgres_core']:.0f}/s per PostgreSQL core, "
+            f"{r['verifications_per_s_per_machine_core']:.0f}/s per core of this machine (all "
+            f"parts on it); 1-min load average at the start {r['load_average_1min']}"
         )
     if "cpu_budget_us_per_verification_at_target" in r:
         print(
