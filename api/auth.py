@@ -1,21 +1,6 @@
 """Authentication, scopes and the failure rate limit.
 
-* Bearer tokens (RFC 6750) from the client-credentials grant or ``ykt api staff-token``;
-  resolved by :func:`issuance.services.credentials.authenticate` and cached in the process for
-  a few seconds. Each request reads the authentication epoch (one primary-key row the
-  database shares with every worker and node): a cached token is honoured only while the
-  epoch is the one it was resolved at, so disabling, enabling or revoking any principal stops
-  its tokens at once everywhere.
-* Mutual TLS (by configuration, see :mod:`api.tls`): a credential bound to a certificate
-  subject is only accepted on a connection whose client certificate has that subject.
-* Each route declares its scope with ``Depends(need("scope"))`` (``route_scopes`` lists them
-  from the app). A call outside the caller's scopes is refused with 403 and audited
-  (``api.denied``); so is every other refusal of a known caller (a channel it may not act
-  through, a role or maker-checker refusal by the domain): all go through
-  :meth:`Authenticator.refuse`.
-* Failed authentications and refusals count against the caller (see :class:`FailureLimiter`:
-  in the database, shared by every worker and node, never per client id alone); past
-  ``settings.api.auth_failures_per_minute`` in a minute the caller gets 429.
+Design notes: ``docs/design/api.md`` (section ``api.auth``).
 """
 
 from __future__ import annotations

@@ -1,26 +1,6 @@
 """The call log: one ``api_calls`` row per HTTP call, with the caller's identity.
 
-:class:`CallLog` is a pure ASGI middleware (installed by :func:`api.app.create_app`) around the
-whole application, so it sees every call, including the ones no route handles (404, 405), the
-ones refused before a handler runs (401, 403, 422, 429) and token grants. It records the
-caller (the authenticated principal's actor name and credential, the client id a token grant
-was asked for, or ``anonymous``), the client address, the method, the *route template*
-(``/v1/cards/{card_number}/loss``, never the concrete path: paths carry card numbers), the
-status, the error code of the JSON error body and the duration. Never a body, a query string
-or a header value.
-
-Durability: the record is committed *before* the response starts, so an answered call is a
-recorded call. Records are written in batches (group commit): each call waits for the batch
-that carries its record; the batch being written while new calls arrive is followed at once by
-the next one. On PostgreSQL a batch is one ``INSERT ... SELECT FROM unnest(...)`` on the
-asyncio pool; on SQLite one executemany in a worker thread. If the log cannot be written (the
-database is down) the call still gets its answer (typically a 503 already) and the failure is
-logged.
-
-Not logged: ``/healthz`` and ``/v1/hello`` (liveness and the benchmark's baseline: no caller, no
-data). A card verification (``POST /v1/verifications``) that reached its verdict is recorded by
-its ``card.verified`` audit event, written in the same transaction as the challenge consumption;
-the handler marks the request (:func:`mark_recorded`) and the middleware does not write it twice.
+Design notes: ``docs/design/api.md`` (section ``api.calllog``).
 """
 
 from __future__ import annotations

@@ -1,31 +1,6 @@
 """The two verification calls as plain ASGI handlers in front of FastAPI (the hot path).
 
-A hospital or bank terminal makes two calls per card visit, ``POST /v1/verifications/challenge``
-and ``POST /v1/verifications``. Measured on the benchmark's 2-core machine, FastAPI's own
-machinery per call (route matching over every route, dependency solving, request and response
-objects, four middleware layers) cost more CPU than the verification itself. So
-:class:`HotPath` answers these two calls directly, *in the common case only*, with the same
-code that the FastAPI routes run (:func:`api.routes_verify.issue_challenge`,
-:func:`api.routes_verify.run_verification`), and hands every other case to FastAPI unchanged:
-
-* a caller without the ``verify`` scope (the route refuses and audits), one held by the
-  failure rate limit, or whose client certificate does not match (a caller without a valid
-  bearer token is refused here, by the same :meth:`api.auth.Authenticator.principal` the
-  routes use, with the same answer; a token this process resolved in the last
-  :data:`api.auth.CACHE_SECONDS` is taken from its cache only while the authentication epoch
-  read for this request is the one it was resolved at, so a disabled or revoked principal
-  stops here at once too). The caller is authenticated before any byte of the body is read;
-* a verification body that is not a valid :class:`api.schemas.VerificationIn` (the route
-  answers the 422 with every field problem), that is not JSON, or that is larger than
-  :data:`MAX_BODY`; one that asks for the holder or the photo without the scope for it (the
-  route refuses and audits).
-
-What FastAPI gets then is the request as it arrived (the body already read is replayed), so
-the answers, errors, audit events and call-log records are the routes' own. The routes also
-stay what OpenAPI documents (same schemas, same scopes). Every guarantee holds on both paths:
-the challenge call is recorded in the call log before its answer leaves (the same group
-commit, :func:`api.calllog.log_call`), a verification by its ``card.verified`` audit event;
-errors are mapped by :func:`api.errors.map_exception` like everywhere else.
+Design notes: ``docs/design/api.md`` (section ``api.hotpath``).
 """
 
 from __future__ import annotations

@@ -1,20 +1,6 @@
 """Command and response APDUs (ISO/IEC 7816-4 clause 5.1, 5.3).
 
-Encoding cases (ISO/IEC 7816-3 12.1.2 / 7816-4 5.1):
-
-=====  =========================================  =========================================
-case   short                                      extended
-=====  =========================================  =========================================
-1      CLA INS P1 P2
-2      ... Le(1, 00 = 256)                        ... 00 Le(2, 0000 = 65536)
-3      ... Lc(1) data                             ... 00 Lc(2) data
-4      ... Lc(1) data Le(1)                       ... 00 Lc(2) data Le(2)
-=====  =========================================  =========================================
-
-``CommandApdu.le`` is the number of expected bytes (``None``: no Le field; 256 / 65536 are
-encoded as 00 / 0000). Command chaining (7816-4 5.1.1.1): every command but the last has CLA
-bit b5 (0x10) set. :func:`exchange` is the terminal side of T=0 response handling: ``61xx`` →
-GET RESPONSE, ``6Cxx`` → repeat with Le = xx.
+Design notes: ``docs/design/cardspec.md`` (section ``cardspec.apdu``).
 """
 
 from __future__ import annotations

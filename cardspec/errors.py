@@ -1,20 +1,6 @@
 """Exceptions of the card-specification package.
 
-    CardSpecError
-    ├── InvalidIdentifier      a citizen ID, card number, region or card code is malformed
-    ├── EncodingError          a domain value cannot be encoded into a card element
-    ├── TlvError               BER-TLV / SIMPLE-TLV bytes are malformed (tag + offset)
-    ├── ApduError              a command or response APDU is malformed
-    ├── ProfileError           the card profile is inconsistent (unknown file, element ...)
-    ├── ImageError             a persistent card image cannot be read or written
-    └── CardError              the card answered with an unexpected status word (SW1SW2)
-        ├── SecurityError          6982 / 6983 / 6984 / 6988 / 63Cx: authentication failed
-        │   └── PinError               a PIN was refused (``tries_left`` when known)
-        ├── CardNotFoundError      6A82 / 6A83 / 6A88: file, record or data not found
-        ├── CardStateError         6985 / 6986: conditions of use not satisfied
-        └── ResponseError          the response data is truncated or malformed
-
-Every card-side error keeps the raw status word (``sw``) so callers can log or map it.
+Design notes: ``docs/design/cardspec.md`` (section ``cardspec.errors``).
 """
 
 from __future__ import annotations

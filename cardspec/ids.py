@@ -1,19 +1,6 @@
 """Identifiers carried on and around the card, with their check characters.
 
-* Citizen ID number (GB 11643-1999, 18 characters): 6-digit region code (GB/T 2260), birth date
-  YYYYMMDD, 3-digit sequence (odd = male), check character by ISO 7064 MOD 11-2 (weights
-  ``2^(17-i) mod 11`` = 7 9 10 5 8 4 2 1 6 3 7 9 10 5 8 4 2, ``1 0 X 9 8 7 6 5 4 3 2`` for
-  ``sum mod 11`` = 0..10). It is also the social security number (EF06 tag 08).
-* Card number (EF05 tag 07, 9 characters): 8 body characters 0-9/A-Z (A=10 .. Z=35) weighted
-  3 7 9 10 5 8 4 2, check = 11 - (sum mod 11), 10 -> "X", 11 -> "0" (public samples X00000019,
-  B7K334774, 188347080 all satisfy it; tested in tests/cardspec/test_ids.py).
-* Card identification code (EF05 tag 01, 32 hex characters): issuing region code (6) +
-  ``D156000005`` (country 156, issuer marker) + 16 hex characters unique to the chip.
-* PAN of the financial application (EMV tag 5A, 12 to 19 digits): the last digit is the Luhn
-  check digit (ISO/IEC 7812-1 Annex B).
-
-Validation raises :class:`cardspec.errors.InvalidIdentifier`; reasons never contain the full
-value (identifiers are personal data).
+Design notes: ``docs/design/cardspec.md`` (section ``cardspec.ids``).
 """
 
 from __future__ import annotations

@@ -1,62 +1,6 @@
 """The card's key scheme: diversification and cryptograms, in software.
 
-This module is the *reference* definition of every cryptographic computation the card and the
-issuer share. The card emulator uses it (a chip computes with its own keys), and tests use it as
-one of the oracles for the HSM adapter, which must compute the same values with keys that never
-leave the HSM. Issuer master keys are never handled by this module outside tests.
-
-Sources and choices (the MOHRSS texts LD/T 32.4 are not public; choices are marked CHOICE):
-
-* Diversification ("one card, one key"), 3DES with a 16-byte double-length key:
-  ``K_L = 3DES-ECB(MK, D)``, ``K_R = 3DES-ECB(MK, D xor FF..FF)`` with ``D`` 8 bytes.
-  This is the PBOC 2.0 / JR/T 0025.7 diversification and the same construction as EMV 4.3
-  Book 2 Annex A1.4.1 (ICC master key derivation, option A), so ``pyemv.kd.derive_icc_mk_a``
-  is an independent oracle. Multi-level diversification (province: region factor, then card
-  factor) applies the same step once per factor.
-* CHOICE: for AES-128 and SM4 cards the diversification is ``K = ECB(MK, D || (D xor FF..FF))``
-  (one block, the natural 16-byte analogue of the 3DES halves; for SM4 it is the PBOC 3.0
-  SM4 key diversification shape). SM4 (GB/T 32907-2016) is computed here by pyca/cryptography
-  (OpenSSL); in the issuer it needs an HSM with an SM4 ECB-encrypt-data derivation
-  (``hsm.vendors``): SoftHSM2 has none.
-* SM4 cards (FCI ``9F0C { 86 01 03 }``) use every construction below with SM4 in place of AES
-  (16-byte blocks). Their MAC is GB/T 15852.1-2020 (the national adoption of ISO/IEC 9797-1)
-  MAC algorithm 1 with padding method 2 and SM4 - the same CBC-MAC as for AES; LD/T 32.4, which
-  would fix the social security card's own SM4 MAC, is not public (CHOICE).
-* Card factor: the 8 bytes of the chip-unique part of the card identification code (its last 16
-  hex characters), e.g. ``330182D156000005`` + ``0123456789ABCDEF``.
-* INTERNAL AUTHENTICATE (``00 88 00 00 10``, data = 8-byte process factor || 8-byte random):
-  session key ``SK = diversify(K_IRK, factor)``; answer = ``3DES-ECB(SK, random)`` (8 bytes);
-  CHOICE for AES: answer = ``AES-ECB(SK, random || factor)`` (16 bytes).
-* EXTERNAL AUTHENTICATE (after ``GET CHALLENGE`` of 8 bytes): cryptogram =
-  ``3DES-ECB(K, challenge)``; CHOICE for AES: ``AES-ECB(K, challenge || 80 00..00)``.
-* Secure-messaging MAC (PBOC style, ISO/IEC 9797-1 MAC algorithm 1 with padding method 2):
-  full-3DES (or AES) CBC over ``CLA' INS P1 P2 Lc' || data`` padded ``80 00..``, initial vector =
-  the card's last challenge (8 bytes, zero-extended to the block size for AES); the MAC is the
-  first 4 bytes of the last block.
-  CHOICE: no secure-messaging *session key*: the MAC is keyed with the card's own (static,
-  per-card) key and made fresh by the card's challenge as initial value, then chained
-  command to command. Reasons: (1) this is what the public reader code of the national card
-  shows for its MAC'd commands (PIN unblock/reload ``84 24`` after GET CHALLENGE, PBOC-style
-  "MAC over the command with the random as initial value"); LD/T 32.4, which would define a
-  session-key derivation, is not public; (2) the card application has no transaction counter
-  (EMV's session keys are derived from the ATC; GlobalPlatform SCP02's from a sequence
-  counter), so card and terminal share no session diversifier other than the challenge;
-  (3) what a session key buys - limiting the data MAC'd under one key - is already given by
-  "one card, one key": each card key MACs a few hundred commands in its life, never leaves the
-  HSM or the chip, and a recorded command cannot be replayed or reordered (new challenge, MAC
-  chain; 6988). INTERNAL AUTHENTICATE, by contrast, derives a session key from the process
-  factor it is given (below). Changing this means a session key
-  ``diversify(K, challenge)`` on both sides: ``sm_mac_block``, the emulator's channel and
-  ``CardCrypto.mac_block`` (a C_DeriveKey per channel in the HSM).
-* Encryption of sensitive data (key loading, PIN reload): ``ECB(K, LD || data || 80 00..)`` where
-  LD is one byte of plaintext length, padded to the block size (PBOC 2.0 part 5 style).
-* Key loading (WRITE KEY): RFC 5649 AES key wrap under the card's key-loading key KLK
-  (CHOICE, see "Key loading" below).
-* Key check value (KCV): first 3 bytes of ECB-encrypting a zero block (3DES) — for AES the
-  CMAC of an empty message (GlobalPlatform / ANSI X9.24-1 practice: AES KCV = CMAC(K, ''))
-  is used by some vendors; CHOICE here: ``AES-ECB(K, 01..01)`` first 3 bytes (GP SCP03 amend D).
-  SM4: ``SM4-ECB(K, 00..00)`` first 3 bytes (CHOICE: the PKCS#11 CKA_CHECK_VALUE definition,
-  ECB of a zero block, which is also the 3DES rule).
+Design notes: ``docs/design/cardspec.md`` (section ``cardspec.keyscheme``).
 """
 
 from __future__ import annotations

@@ -1,21 +1,6 @@
 """Personalisation: the issuer side that turns a blank chip into a social security card.
 
-The lean APDU sequence (no redundant SELECT or READ), all over one MAC channel opened with the
-chip's transport key KMC:
-
-1. ``SELECT`` the social security DF by name (FCI checked: algorithm marker 9F0C).
-2. ``GET CHALLENGE`` and ``EXTERNAL AUTHENTICATE`` with KMC (cryptogram from the
-   :class:`~cardspec.crypto.CardCrypto` port: the HSM in production).
-3. ``WRITE KEY`` for every key slot the profile declares: ``crypto.wrapped_card_key(slot)``
-   (the card key wrapped under the card's key-loading key KLK with RFC 5649, computed inside
-   the HSM; profile CHOICE ``key_loading``), MAC chained.
-4. ``UPDATE RECORD`` of every record (EF05, EF06, then the insurance DFs and the financial
-   application, one ``SELECT`` by AID per DF), MAC chained.
-5. ``SET PIN`` for every PIN (initial PINs encrypted under KMC).
-6. ``SET STATUS`` SECURED: the card refuses issuer-only commands afterwards and erases KMC
-   and KLK.
-
-``personalise`` returns the APDU count and the duration. Personal data is never logged.
+Design notes: ``docs/design/cardspec.md`` (section ``cardspec.perso``).
 """
 
 from __future__ import annotations

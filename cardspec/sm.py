@@ -1,20 +1,6 @@
 """Secure messaging of the card's commands (MAC integrity, PBOC style).
 
-Scheme (see :mod:`cardspec.keyscheme` for the cryptography and its CHOICE marks):
-
-* A MAC'd command has CLA bit pattern ``x4`` (ISO/IEC 7816-4 5.1.1: proprietary SM, header
-  not authenticated as a data object). Its data field is ``data || MAC(4)`` and its Lc counts
-  the MAC.
-* The MAC input is ``CLA' INS P1 P2 Lc' || data`` (``'`` = the values as sent, with SM bits and
-  the MAC counted), ISO/IEC 9797-1 MAC algorithm 1 with padding method 2, computed by
-  :func:`cardspec.keyscheme.sm_mac_block` / :meth:`cardspec.crypto.CardCrypto.mac_block`.
-* IV: the card's last challenge for the first MAC'd command after GET CHALLENGE / EXTERNAL
-  AUTHENTICATE; CHOICE (as in GlobalPlatform SCP02 C-MAC chaining): every further MAC'd command
-  in the same channel uses the previous command's full MAC block as IV. A replayed or
-  reordered command therefore fails.
-
-:class:`TerminalChannel` is the terminal side over a :class:`CardCrypto` (the HSM implements it
-too); :func:`unwrap_command` is the card side used by the emulator.
+Design notes: ``docs/design/cardspec.md`` (section ``cardspec.sm``).
 """
 
 from __future__ import annotations

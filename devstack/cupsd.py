@@ -1,24 +1,6 @@
 """``TemporaryCups``: a private, real CUPS scheduler with a card queue.
 
-Used by the tests and by ``ykt print cups-test``.
-
-What it runs (see shared RECIPES, "CUPS without systemd"):
-
-* ``cupsd -f -c cupsd.conf -s cups-files.conf`` with every directory (ServerRoot, RequestRoot,
-  CacheDir, StateDir, TempDir, logs) under one private root, listening on 127.0.0.1:<free port>
-  and on ``<root>/cups.sock``; no browsing, no web interface; every operation allowed without
-  authentication (it only listens on the loopback address and a private socket).
-* ``ServerBin`` is a private directory of symlinks to ``/usr/lib/cups/*`` plus a ``capture``
-  backend that writes each job's (filtered) PDF to ``capture_dir`` as ``job-<id>.pdf``. The
-  backend is root-owned and mode 0700, which makes cupsd run it as root (filters still run as
-  ``lp``); CUPS refuses world-writable backends.
-* A queue (default ``yikatong-cards``) with a PPD whose only page size is CR80
-  (``*PageSize CR80 "<</PageSize[243 153]>>"``) and ``*cupsFilter: "application/vnd.cups-pdf
-  0 -"``: a PDF job goes through ``pdftopdf`` only.
-
-Filters run as ``lp`` and must read the spool files, so the root directory must be reachable by
-``lp``: when ``base_dir`` is not (pytest's tmp dirs are 0700), the root is made under the system
-temporary directory instead and removed on exit. Needs root (cupsd checks file ownership).
+Design notes: ``docs/design/printers.md`` (section ``devstack.cupsd``).
 """
 
 from __future__ import annotations

@@ -1,19 +1,7 @@
 """One card's cryptography in the HSM: :class:`HsmCardCrypto` (the :class:`CardCrypto` port of
 :class:`hsm.service.Pkcs11KeyService`).
 
-Each card key is a session object derived from the issuer master of its slot (version from
-the card record) by the card's factors (``C_DeriveKey(CKM_*_ECB_ENCRYPT_DATA)``, one step per
-factor); the card's key-loading key KLK likewise from ``ykt:klk:aes:v<n>``. For a chip
-pre-personalised by a supplier (``CardKeyRef.chip_maker``) the transport key KMC and the KLK
-come instead from that supplier's delivery key set, diversified by the chip serial alone
-(``ykt:supplier:<name>:kmc|klk:...``, :mod:`hsm.ceremony`). The objects live
-for one ``with service.card_crypto(ref) as crypto:`` block and are destroyed after it. Every
-object is CKA_SENSITIVE (its value is never readable); card keys carry CKA_EXTRACTABLE only
-because C_WrapKey needs it (they leave the HSM wrapped, under the KLK for WRITE KEY or under a
-transport key / file KEK for a bureau), the KLK of a personalisation is not extractable.
-
-The calls go straight to the module's entry points (:mod:`hsm.p11fast`, templates built
-once: 2-3x less overhead per call than python-pkcs11), under the process-wide PKCS#11 lock.
+Design notes: ``docs/design/hsm.md`` (section ``hsm.cardcrypto``).
 """
 
 from __future__ import annotations

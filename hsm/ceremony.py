@@ -1,56 +1,6 @@
 """Key ceremonies: issuer master keys, transport keys and the signing key, inside the HSM.
 
-Labels (CKA_LABEL, also used as CKA_ID):
-
-* ``ykt:<slot>:<alg>:v<n>``  issuer master key of a :class:`KeySlot` (e.g. ``ykt:irk:3des:v1``):
-  DES2 (double-length 3DES) or AES-128; token object, private, sensitive, never extractable,
-  CKA_DERIVE only (no CKA_ENCRYPT: C_Encrypt under a master would give card keys in clear).
-* ``ykt:klk:aes:v<n>``        issuer master of the cards' key-loading keys KLK (AES-128 for
-  3DES and AES cards, see ``cardspec.keyscheme`` "Key loading"); same attributes.
-  ``ykt:klk:sm4:v<n>``: the same for SM4 cards (an SM4 key: national HSMs have no AES wrap).
-* SM4 masters ``ykt:<slot>:sm4:v<n>`` need an HSM with an SM mechanism table
-  (``[hsm] vendor``, :mod:`hsm.vendors`); their KCV is ``SM4-ECB(K, 0^16)[:3]``.
-* ``ykt:transport:<name>``     AES-128 transport key shared with a card bureau or a chip maker
-  (CKA_WRAP); an SM4 key for the keys of SM4 cards (``keyscheme.klk_algorithm``), e.g. the
-  virtual blank stock's ``ykt:transport:manufacturer-sm4``.
-* ``ykt:supplier:<name>:kmc:<alg>:v<n>`` and ``ykt:supplier:<name>:klk:aes:v<n>`` (``klk:sm4``
-  for SM4 chips, ``keyscheme.klk_algorithm``)  a chip supplier's *delivery key set*: the
-  masters shared (in a ceremony, as components) with the manufacturer who pre-personalises
-  blank chips with their transport key KMC and key-loading key KLK, each diversified from these
-  by the chip serial alone (see :mod:`issuance.batches.blanks`); CKA_DERIVE only, like issuer
-  masters. One set per supplier, kept apart from the issuer's own ``ykt:kmc``/``ykt:klk``
-  masters, which never leave the card centre.
-* ``ykt:bank:<bank>:imk-ac|imk-smi|imk-smc:<alg>:v<n>``  a co-operating bank's *issuer master
-  keys* (EMV IMK-AC, IMK-SMI, IMK-SMC) in the bank's own key domain: imported from the bank's
-  components in a ceremony (:func:`import_bank_master`, ``ykt hsm import fin_ac --bank
-  <bank>``), CKA_DERIVE only. The per-card EMV keys (``KeySlot.FIN_*``) are derived from them in
-  the HSM (EMV option A by the PAN and PAN sequence number the bank gave) and from nothing
-  else: :func:`master_label` refuses a ``FIN_*`` slot (the card centre has no such master) and
-  :func:`bank_label` any other slot; the key services refuse to use a ``FIN_*`` card key for a
-  card-centre computation (EXTERNAL AUTHENTICATE, secure messaging, sensitive data) and a
-  card-centre key for an issuer script (:class:`hsm.errors.KeyDomainError`).
-  CHOICE: the bank's domain is this label namespace in the card centre's token (one HSM, as in
-  a city whose card centre hosts the banks' keys); a bank is never part of a card-centre key set
-  (:func:`key_set_labels`, :func:`rotate_key_set`, :func:`init_keys`). Older tokens may still
-  hold ``ykt:fin_*:<alg>:v<n>`` masters from before: they are listed and never used.
-* ``ykt:signing:v1``            ECDSA P-256 key pair (status feed, audit checkpoints).
-* ``ykt:kcv:<key label>``       CKO_DATA: the KCV recorded when that key was imported (the
-  KCV of a transport key cannot be computed in the HSM: it may only wrap).
-
-Key sets and rotation: the card keys of one card all come from masters of the *same* version
-(``CardKeyRef.key_version``). Version ``n`` of an algorithm is *complete* when every
-card-centre :class:`KeySlot` master (:data:`CENTRE_SLOTS`) ``ykt:<slot>:<alg>:v<n>`` and the
-KLK master ``ykt:klk:aes:v<n>`` exist; data preparation uses the newest complete version
-(:func:`current_version`) and records it on the card, and :func:`rotate_key_set` creates
-version ``n+1`` of every master at once. Older versions stay in the HSM, so cards
-personalised under them keep verifying. The KLK master of version ``n`` is shared by the 3DES
-and the AES key sets of version ``n``.
-
-Component import: SoftHSM2 has no CKM_XOR_BASE_AND_DATA, so the 2-3 components entered by the
-custodians are checked against their KCVs and XORed in this process's memory (they are in clear
-memory anyway, typed in by the custodians), the result is created in the HSM as a
-non-extractable key and every buffer is overwritten. That short window is the only place an
-issuer key exists outside the HSM; generated keys never leave it.
+Design notes: ``docs/design/hsm.md`` (section ``hsm.ceremony``).
 """
 
 from __future__ import annotations

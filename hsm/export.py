@@ -1,22 +1,6 @@
 """Bulk export of card keys for a card bureau (one bureau file at a time).
 
-Two levels, as in a CEK/KEK envelope. A file key-encryption key (KEK, AES-128) is generated in
-the HSM as a session object (sensitive; extractable only so that it can be wrapped) and
-exported once, wrapped under the bureau's transport key (``C_WrapKey(CKM_AES_KEY_WRAP_PAD)``,
-RFC 5649); every card key of the file is wrapped under the KEK. The long-term transport key is
-then used once per KEK instead of once per card key, and every card-key wrap runs under a
-session object: SoftHSM2 re-checks its file store on each use of a *token* key (measured:
-C_WrapKey 45 us under the token transport key, 12 us under a session key, a third of the
-per-card HSM time). One :meth:`BureauExporter.export` per card, under one lock acquisition:
-derive every key, wrap it, its KCV (C_Encrypt of the KCV block under the card key object), the
-card's key-loading key KLK wrapped likewise (the bureau wraps each card key under it for WRITE
-KEY) and the initial PINs encrypted under the card's KMC (the SET PIN payload), then destroy
-the keys.
-A new KEK follows each re-initialisation of the module (the old one is gone with it, see
-``Pkcs11KeyService.objects_destroyed``): the file says which KEK wraps each card.
-
-The HSM exporter uses the direct calls of :mod:`hsm.p11fast` (2-3x less time per card than
-python-pkcs11); the software twin computes the same bytes with clear test keys.
+Design notes: ``docs/design/hsm.md`` (section ``hsm.export``).
 """
 
 from __future__ import annotations

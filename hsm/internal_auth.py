@@ -1,30 +1,6 @@
 """The INTERNAL AUTHENTICATE check of the verification hot path, through direct PKCS#11 calls.
 
-The check compares the card's answer with :func:`hsm.cardcrypto.expected_response`, the one
-computation of it in the HSM (:meth:`hsm.service.Pkcs11KeyService.verify_internal_auth` and
-:meth:`hsm.cardcrypto.HsmCardCrypto.internal_auth_response` use it too; the tests compare it
-with :func:`cardspec.keyscheme.internal_auth_response`):
-
-1. the card's IRK, derived inside the HSM from the issuer's IRK master key by the card's
-   factor(s) (``C_DeriveKey(CKM_*_ECB_ENCRYPT_DATA)``; province cards: region factor first) -
-   a session object, sensitive, non-extractable, usable only to derive;
-2. the session key, derived from it by the challenge's process factor - sensitive,
-   non-extractable, usable only to encrypt;
-3. ``C_Encrypt(ECB)`` of the challenge's random (AES: random || factor) under the session key;
-4. both objects destroyed; the answer compared in constant time.
-
-No card key ever exists outside the HSM and none is cached: only the handles of the master
-keys are (per module initialisation, see :meth:`Pkcs11KeyService.master_synced`). The calls
-go through :mod:`hsm.p11fast` (ctypes, templates built once: 3-4x less overhead than
-python-pkcs11 for the same four PKCS#11 functions), under the process-wide PKCS#11 lock; the
-caller runs it on the process's one HSM thread (``api.context.HsmRunner``).
-
-The functions are bound with :class:`ctypes.PyDLL`, i.e. *without* releasing the GIL around
-each call: the check is five short in-process calls (SoftHSM2: ~20 us each), and with the GIL
-released and re-acquired five times per check the HSM thread queued behind the event loop for
-up to a switch interval at every re-acquisition (measured: the API capped at ~250 checks/s
-per worker). Holding it, the HSM thread takes the GIL once per batch of checks
-(:class:`api.context.HsmRunner` runs every queued call in one go).
+Design notes: ``docs/design/hsm.md`` (section ``hsm.internal_auth``).
 """
 
 from __future__ import annotations

@@ -1,22 +1,6 @@
 """Direct PKCS#11 calls: the per-card path (card keys derived, used, wrapped, destroyed).
 
-python-pkcs11 is convenient but costs more than the HSM itself on the calls a data
-preparation makes millions of times (measured on SoftHSM2, DES3): ``derive_key`` +
-``destroy`` 150-190 us against 60-67 us for the same ``C_DeriveKey`` + ``C_DestroyObject``
-called directly. Its ``derive_key`` reads the base key's type (C_GetAttributeValue) and, to
-build the Python object, several attributes of the new key; it packs the template attribute
-by attribute on every call; ``wrap_key`` calls ``C_WrapKey`` twice (size query, then the
-wrap). Here the same PKCS#11 v2.40 functions are called with ctypes: templates are built once,
-wrap and encrypt use a buffer of the known size (one call), handles are plain integers. It is
-the only path of every per-card call (:mod:`hsm.cardcrypto`, :mod:`hsm.prep`,
-:mod:`hsm.export`, :mod:`hsm.internal_auth`): there is no python-pkcs11 twin of them.
-
-Sessions, login, object look-up and everything else stay with python-pkcs11 (:mod:`hsm.pkcs11`);
-this module only takes their handles (``session.handle``, ``key.handle``), under the same
-process-wide lock. The library is opened with ``ctypes.CDLL`` on the path python-pkcs11 already
-loaded: ``dlopen`` returns the same instance (same sessions, same login). The entry points come
-from the module's ``C_GetFunctionList`` (the one symbol the standard requires a module to
-export), so every PKCS#11 module has this path.
+Design notes: ``docs/design/hsm.md`` (section ``hsm.p11fast``).
 """
 
 from __future__ import annotations

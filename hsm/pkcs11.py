@@ -1,18 +1,6 @@
 """The PKCS#11 adapter: one owner of the module per process.
 
-python-pkcs11 initialises the module without mutexes and SoftHSM2 is not thread-safe in this
-combination, so:
-
-* every PKCS#11 call happens under one process-wide lock (:data:`LOCK`, re-entrant: a method
-  holds it across the few calls it makes);
-* the module is loaded lazily, on first use, and re-initialised (C_Finalize + C_Initialize) when
-  the process id changed (a forked child never uses its parent's PKCS#11 state);
-* tokens are selected by label (SoftHSM gives random slot ids);
-* one logged-in session per token per process (login is per process in PKCS#11).
-
-SoftHSM2 reads ``SOFTHSM2_CONF`` when the module is initialised: the adapter sets it from the
-configuration just before (re-)initialising; a different configuration in the same process
-re-initialises the module (every handle from before is then stale, see :attr:`generation`).
+Design notes: ``docs/design/hsm.md`` (section ``hsm.pkcs11``).
 """
 
 from __future__ import annotations

@@ -1,41 +1,6 @@
 """Bulk data preparation in the HSM: every per-card key derived, used and exported in one go.
 
-Data preparation (``issuance.batches.bulkprep``) asks the HSM, card after card, for everything
-a card's personalisation needs, with the fewest PKCS#11 calls (the direct entry points of
-:mod:`hsm.p11fast`, master-key handles cached, under the process lock for a whole chunk of
-cards). Per card, every key slot the card profile declares and the chip's key-loading key KLK
-are derived (``C_DeriveKey(CKM_*_ECB_ENCRYPT_DATA)`` from the issuer masters of the card's key
-set, as :mod:`hsm.cardcrypto`), used at once and destroyed as soon as they are done with (live
-session objects slow SoftHSM2 down: measured, deriving 20,000 keys before destroying them costs
-~30% more per key than destroying each at once). The initial PIN is computed from the card's
-PUK in the same pass (``issuance.batches.dataprep`` "natural PIN": the caller's
-:class:`PinPolicy` gets the MAC and gives the PIN blocks).
-
-Two outputs:
-
-* **in house** (:meth:`PrepOps.in_house`): what the encoding station needs and nothing more.
-  Each card key but KMC leaves the HSM as its ``WRITE KEY`` payload (``C_WrapKey
-  (CKM_AES_KEY_WRAP_PAD)`` under the chip's KLK: the chip unwraps it, nobody else can), the
-  initial PINs as their ``SET PIN`` payloads (encrypted under KMC), and KMC itself wrapped
-  under a *file KEK* (below), because the station needs it for the secure channel (EXTERNAL
-  AUTHENTICATE and MACs depend on the chip's challenge). At the station
-  :class:`RecordCrypto` unwraps KMC into a sensitive, non-extractable session object
-  (``C_UnwrapKey``) and hands the ready payloads over: no issuer key is derived there.
-* **bureau** (:meth:`PrepOps.bureau`): the bureau file format ``ykt-bureau-perso/2``
-  (``issuance.batches.bureau``): every card key and the KLK wrapped under the file KEK, with
-  their KCVs (computed in the HSM), and the PIN payloads under KMC.
-
-File KEK (:class:`KekEnvelope`): an AES-128 session key generated in the HSM per process and
-module initialisation, wrapped once under a long-term token key: the bureau's transport key,
-or for in-house files the batch's *perso key* :func:`perso_key_label` (AES-128, generated in
-this HSM, never extractable, CKA_WRAP + CKA_UNWRAP: only this HSM unwraps what it wrapped). The
-long-term key is used once per KEK, every card key under a session object (SoftHSM2 re-reads
-its file store on each use of a token key: ~45 us per call against ~12 us).
-
-SoftHSM2 keeps the memory of every destroyed session object until C_Finalize (see
-``Pkcs11KeyService.objects_destroyed``): :class:`PrepOps` counts them and re-initialises the
-module between chunks (never inside one: its KEK and handles must stay valid), every
-:data:`PREP_RECYCLE_AFTER` objects.
+Design notes: ``docs/design/hsm.md`` (section ``hsm.prep``).
 """
 
 from __future__ import annotations

@@ -1,56 +1,6 @@
 """The key service: every use of the issuer's keys goes through this port.
 
-``KeyService`` is the port; :class:`Pkcs11KeyService` the product adapter (keys derived inside a
-PKCS#11 HSM, default SoftHSM2), :class:`SoftwareKeyService` the in-memory twin for tests and
-throwaway demos (clear master keys: never for real cards).
-
-Per-card keys follow ``cardspec.keyscheme``: each card key is diversified from the issuer master
-key of the same :class:`KeySlot` (version and algorithm from the card record) by the card factor
-(province: region factor first); the ``FIN_*`` keys (EMV MK-AC, MK-SMI, MK-SMC) from the issuer
-master keys of the card's bank, in the bank's key domain (``CardKeyRef.bank``,
-:func:`hsm.ceremony.card_master_label`), by the EMV factor (option A: PAN and PSN). Inside the
-HSM each step is a ``C_DeriveKey(CKM_DES3_ECB_ENCRYPT_DATA / CKM_AES_ECB_ENCRYPT_DATA)`` giving a
-session object; the objects of one card live for one ``with service.card_crypto(ref) as
-crypto:`` block and are destroyed after it.
-
-Mechanisms used (all computed in the HSM, results compared with keyscheme in the tests):
-
-* MAC (ISO/IEC 9797-1 alg. 1): SoftHSM2 has no CKM_DES3_MAC, so C_Encrypt(CKM_DES3_CBC / AES_CBC,
-  IV) of the padded data, keeping the last block - the definition of MAC algorithm 1.
-* Secure-messaging session keys: none by CHOICE - MACs use the card's own key with the card's
-  challenge as initial value (the reasons are in ``cardspec.keyscheme``); the per-challenge
-  session key of INTERNAL AUTHENTICATE is derived in the HSM (C_DeriveKey, destroyed at once)
-  by :func:`hsm.cardcrypto.expected_response`, the one computation of the card's answer.
-* Per-card calls (:mod:`hsm.cardcrypto`, :mod:`hsm.prep`, :mod:`hsm.export`,
-  :mod:`hsm.internal_auth`) go straight to the module's entry points (:mod:`hsm.p11fast`).
-* Key loading (``wrapped_card_key``, the WRITE KEY payload): the card's key-loading key KLK is
-  derived in the HSM (``C_DeriveKey(CKM_AES_ECB_ENCRYPT_DATA)`` from the AES master
-  ``ykt:klk:aes:v<n>`` by the card factor; a sensitive, non-extractable session object with
-  CKA_WRAP only) and every card key, 3DES or AES, is wrapped under it with
-  ``C_WrapKey(CKM_AES_KEY_WRAP_PAD)`` (RFC 5649; format ``keyscheme.wrap_card_key``). No card
-  key value is ever read out of the HSM: every object this module creates for a card is
-  CKA_SENSITIVE. (An AES KLK, not the 3DES KMC, because SoftHSM2 and many HSMs cannot wrap
-  under a DES3 key.) The blank chip's KLK itself travels like its KMC: wrapped under the chip
-  maker's transport key (:meth:`Pkcs11KeyService.export_key_loading_key`). SM4 cards: SM4
-  KLK (``ykt:klk:sm4:v<n>``), ``C_WrapKey(SM4-ECB)`` followed by the key's KCV, and the
-  chip maker's transport key is an SM4 key (the same rule, ``keyscheme.wrap_card_key``).
-* Key sets: a card's keys all come from masters of version ``CardKeyRef.key_version``;
-  :meth:`Pkcs11KeyService.current_key_version` is the newest *complete* version in the token
-  (:func:`hsm.ceremony.current_version`), which data preparation records on each new card.
-* Export for a bureau: C_WrapKey(CKM_AES_KEY_WRAP_PAD) under an AES transport key
-  (SoftHSM's 0x210A is RFC 5649, i.e. ``cryptography``'s ``aes_key_wrap_with_padding``, for
-  keys of a multiple of 8 bytes - every key wrapped here is 16 bytes; for other lengths
-  SoftHSM2 zero-pads first, see tests/hsm/test_hsm_vectors.py; PKCS#11 v3.0 names the strict
-  RFC 5649 mechanism CKM_AES_KEY_WRAP_KWP).
-* Bureau files (:meth:`Pkcs11KeyService.bureau_exporter`): card keys wrapped under a file KEK
-  that is wrapped under the transport key, one call per card, see :mod:`hsm.export`.
-* Per-card key objects are session objects with CKA_PRIVATE=False (still CKA_SENSITIVE, never
-  readable, visible only to this process's sessions, destroyed after the card): SoftHSM2
-  encrypts the value of every *private* object in memory under the token key, which costs an
-  extra AES pass on each derivation and each use of the key (measured ~15 % of the per-card
-  time in ``bench/dataprep.py``). Issuer master keys stay private token objects.
-* Signing: ECDSA P-256 over SHA-256 (SoftHSM has no CKM_ECDSA_SHA256: the digest is computed
-  here, the signature in the HSM), DER-encoded.
+Design notes: ``docs/design/hsm.md`` (section ``hsm.service``).
 """
 
 from __future__ import annotations

@@ -1,33 +1,6 @@
 """Tamper-evident audit log.
 
-Hot path: :func:`record` (or a core-SQL insert of :func:`event_values`) is a plain INSERT in the
-business transaction - no lock, no chain computation, no global "chain head" row to update - so
-audited work stays parallel (the verification API appends thousands of events a second).
-
-Sealing: :func:`seal` (``ykt audit seal``, the ``audit_seal`` job of ``ykt worker``) takes the
-chain head row under a lock, then gives unsealed events older than a short delay, in id order, a
-gapless ``chain_seq`` and ``hash = SHA-256(prev_hash || canonical JSON of the event)``. Every
-``checkpoint_every`` events and at the end of each run it writes a checkpoint of (seq, hash),
-signed by a :class:`Signer` (the HSM's signing key in production) when one is given, so the
-newest checkpoint always covers the head. An event committed late (a transaction longer than
-the delay) is simply chained in a later run: the chain order is ``chain_seq``, not the id.
-
-The window: an event is tamper-evident once it is sealed *and* a checkpoint signed by the HSM
-covers it; before that (``delay`` plus the time to the next seal run) it can be edited or
-deleted by someone with write access to the database without a trace. Seal often (every few
-seconds). Deleting the *newest* sealed events together with their checkpoints and rewinding the
-head row leaves a consistent shorter chain: an auditor detects it by pinning the last signed
-checkpoint outside the database (``ykt audit seal --export FILE``) and verifying against it
-(``ykt audit verify --expect-checkpoint FILE``).
-
-Verification: :func:`verify_chain` recomputes the chain and raises :class:`IntegrityError`
-naming the first bad event when a sealed event was edited, deleted or reordered, the head row is
-missing or wrong, no checkpoint covers the head, a checkpoint does not match or its signature is
-wrong (against the trusted key: at least one signed checkpoint is required), or the chain does
-not reach / agree with a pinned checkpoint.
-
-Personal data: details must never contain a full citizen ID number or a photo; :func:`record`
-masks anything that looks like one (defence in depth; callers pass masked values).
+Design notes: ``docs/design/issuance.md`` (section ``issuance.audit``).
 """
 
 from __future__ import annotations

@@ -1,27 +1,6 @@
 """The bank's data: the data-exchange files with a co-operating bank.
 
-The card centre never makes up a card's bank data. For every formal card whose financial
-application is to be personalised, it **asks the bank** (request file, :func:`request_file`)
-and the **bank answers** (response file, :func:`load_response`) with the PAN, PAN sequence
-number, application expiry, service code and its account reference; those go on the chip
-(the EMV application's records) and select the card's EMV keys (derived in the HSM from the
-bank's issuer master keys by PAN and PSN, :mod:`hsm.ceremony`). The format is in
-``docs/reference/bank-files.md``; each bank's settings (its BINs, its HSM key domain) are
-``[banks.<agency code>]`` (:class:`issuance.settings.BankSettings`).
-
-Response files are checked strictly, line by line: every refused line is reported with its
-number and reason (one bad line never hides the others); nothing is loaded while a line is
-refused unless the caller asks for the good ones (``partial``); a PAN fails unless it has 12-19
-digits, a correct Luhn check digit and one of the bank's BINs. Loading the same file again
-changes nothing (each card already loaded with the same data is counted as such), so a
-half-done load is simply run again. The files are kept under ``<data_dir>/bank/`` (nothing
-lost); a PAN is never logged, and audited only masked (first 6, last 4).
-
-CHOICE, a card without the bank's response: it **waits**. Data preparation refuses it ("no
-account data from the bank yet") and it stays selected in its batch, ready to be prepared
-when the response is loaded. (Personalising it without the financial application would make
-a card whose financial function can never be added: the chip's applications are fixed at
-personalisation, the profile has no post-issuance loading.)
+Design notes: ``docs/design/issuance.md`` (section ``issuance.bank``).
 """
 
 from __future__ import annotations

@@ -1,23 +1,6 @@
 """The asyncio PostgreSQL access of the API's hot paths (asyncpg).
 
-The verification endpoints and the API call log run on the event loop with no thread hop and
-no ORM: a few core-SQL statements per call through :class:`AsyncPgPool` (PostgreSQL only;
-SQLite keeps the synchronous SQLAlchemy path). asyncpg is used here rather than psycopg's
-asyncio interface because its protocol is compiled: measured on this project's statements,
-~20 us of client CPU per statement against ~90 us, which is most of the API's own work per
-verification. Connections are in autocommit mode (no explicit transaction): each statement is
-its own transaction, so the statements are written to be atomic on their own (one
-data-modifying CTE where several rows must change together). Statements are prepared once
-per connection (asyncpg's statement cache).
-
-asyncpg connections belong to the event loop that opened them. :meth:`AsyncPgPool.open` is
-called by the server at startup (the API's lifespan, in each worker's loop): work given to
-:meth:`AsyncPgPool.run` from that loop uses the pool. From another loop (Starlette's
-TestClient outside a ``with`` block runs each request in a fresh loop) the work is handed to
-the server's loop while it runs, else done on a connection of its own, closed afterwards.
-
-Failures to reach the database (refused, dropped, pool exhausted for ``acquire_timeout``)
-raise :class:`DatabaseUnavailable` (the API answers 503).
+Design notes: ``docs/design/issuance.md`` (section ``issuance.db_async``).
 """
 
 from __future__ import annotations

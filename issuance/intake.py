@@ -1,34 +1,6 @@
 """Bulk intake: an employer's or a collective applicant's file (CSV or XLSX).
 
-Columns (first row = header; English or Chinese names, order free; unknown columns ignored):
-
-=============  =========================  ==========================================
-column         also accepted              content
-=============  =========================  ==========================================
-citizen_id     公民身份号码, 身份证号码      18 characters (format the XLSX column as text)
-name           姓名                        as on the ID card
-phone          联系电话, 手机号码            mobile (11 digits) or landline
-sex            性别 (optional)              1/2 or 男/女; must match the ID number
-birth_date     出生日期 (optional)          YYYY-MM-DD; must match the ID number
-region_code    行政区划代码 (optional)       GB/T 2260 residence region; default the issuer's
-ethnicity      民族代码 (optional)          GB 3304 two digits
-address        地址 (optional)
-photo          照片 (optional for under 6)  file name inside the photo zip or directory
-=============  =========================  ==========================================
-
-Each record is validated as a whole ("one veto"): a record with any invalid field is rejected
-with every reason; the good records of the same file go through.
-
-One reader for both formats (:func:`read_rows`): the file's cells keep their type (CSV fields
-are text; XLSX cells are text, numbers, dates, formulas, errors), and :func:`cell_text` makes
-each one text or says why it cannot without guessing: a number in an identifier column
-(``number_cell``: Excel keeps 15 significant digits and drops leading zeros, so the value may
-already be another person's), a formula whose value was never computed (``formula_without_value``),
-an error value (``error_value``), a cell covered by merged cells (``merged_cell``). A date cell
-is a date. The record is then trimmed and folded by the one normaliser every channel uses
-(:func:`issuance.services.applications.normalise`). Every accepted record gets an
-``import_ref`` derived from the collective and the record's content, so importing the same file
-(or the same record in another file) again creates no duplicate.
+Design notes: ``docs/design/issuance.md`` (section ``issuance.intake``).
 """
 
 from __future__ import annotations

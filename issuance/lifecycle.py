@@ -1,31 +1,7 @@
 """The lifecycles as data: explicit transition tables for cards, chip applications,
 applications, production batches and the cards of a batch (batch items).
 
-A transition is ``(from_state, event) -> to_state`` with the roles that may ask for it, the
-channels it may come through and the audit event it writes. Anything not in the table raises
-:class:`TransitionError` and changes nothing. Every applied transition writes one audit event
-(who, role, channel, when, why, before/after) in the caller's transaction. Each entity has one
-function that changes its status: :func:`apply_card_event`, :func:`apply_chip_event`,
-:func:`apply_application_event`, :func:`apply_batch_event`, :func:`apply_item_event`; no
-other code assigns a status (``tests/issuance/test_issuance_state_writes.py`` walks the code
-to hold that). The bulk statements of data preparation and bureau export move thousands of
-items in one statement: they take their from/to stages and audit event from a declared
-transition (:func:`item_transition`, looked up when their module is imported).
-
-The services (:mod:`issuance.services`) add the domain rules around a transition (a loss report
-row, a replacement card, the chip applications that follow the card ...).
-
-CHOICE, "found": the issue lists a *found* state. It is an event here, not a state: when a lost
-card turns up, the un-report puts it back exactly where it was before the loss (``active``, or
-``issued`` when it had never been activated; :func:`issuance.services.loss.restore_event`), so
-a found card needs no second step to become usable and the province's status codes (which
-have no "found") stay a function of the state. The loss report row keeps the history
-(``withdrawn``) and the audit log records the un-report with the identity check.
-
-Expiry: ``expire`` is applied by :func:`issuance.services.cards.expire_cards` (``ykt cards
-expire``, ``ykt worker``) and lazily whenever a card is read or a new card is considered for its
-holder (:func:`issuance.services.cards.expire_if_due`). An expired card may be renewed
-(``replace`` from ``expired``); a working card from ``renewal_window_days`` before expiry.
+Design notes: ``docs/design/issuance.md`` (section ``issuance.lifecycle``).
 """
 
 from __future__ import annotations

@@ -1,29 +1,6 @@
 """The periodic jobs (``ykt worker``): one round every ``[worker] interval_seconds``.
 
-Each round runs, each in its own transaction:
-
-1. ``lapse_losses``: provisional loss reports whose time is up lapse
-   (:func:`issuance.services.loss.expire_provisional_losses`);
-2. ``cancel_formal_losses``: where the city does so (``formal_loss_cancel_days`` > 0), formal
-   losses neither found nor replaced in time become cancellations;
-3. ``expire_cards``: cards past their expiry date expire (:func:`issuance.services.expire_cards`);
-4. ``outbox``: pending notifications go to the configured gateway (``[notify] backend``);
-5. ``audit_seal``: the audit hash chain is sealed, checkpoints signed by the HSM's signing key
-   (:func:`issuance.audit.seal`; ``[worker] seal_audit``, ``sign_checkpoints``);
-6. ``prune_challenges``: used verification challenges expired long enough ago are forgotten
-   (:func:`issuance.services.verification.prune_used_challenges`), and so are used e-card codes
-   (:func:`issuance.services.ecard.prune_used_nonces`); at most once a minute;
-7. ``prune_resident``: residents' one-time code requests and sessions a day old are forgotten
-   (:func:`issuance.services.resident.prune`; the audit log keeps their events); at most once a
-   minute.
-
-Several workers may run at once (on several machines). On PostgreSQL each job first takes a
-transaction-level advisory lock (``pg_try_advisory_xact_lock``) named after the job: one worker
-runs a job at a time, the others skip it in that round instead of queueing; inside a job rows
-are taken ``FOR UPDATE SKIP LOCKED`` where a counter may hold them. On SQLite the database's
-single writer serialises the jobs, and each job only acts on rows still due, so a second worker
-finds nothing left to do. A failing job is logged (no personal data) and retried next round; it
-never stops the others.
+Design notes: ``docs/design/issuance.md`` (section ``issuance.worker``).
 """
 
 from __future__ import annotations

@@ -1,20 +1,7 @@
 """The face code: what was printed on a card, as a QR code on its back, read back for the
 quality check.
 
-The pipeline renders a card's faces from :class:`FaceData` (holder name, social security
-number, card number, issue date, region, validity and the SHA-256 of the photo printed), and
-prints the same data as a QR code (segno, ISO/IEC 18004, error correction level M) into the
-back's ``face_code`` box. The quality check decodes the QR code from the printed image (the
-spooled PNG: OpenCV's ``QRCodeDetector``) and compares it with the chip: a face rendered for
-another card, or with other data, is caught before the card is counted good.
-
-Payload (ASCII, JSON with ``\\uXXXX`` escapes for CJK text)::
-
-    YKT-FACE/1 {"c":"A00000019","s":"33010619900101123X","n":"张晓明","d":"2025-01-01",
-                "r":"杭州市西湖区","v":"2025.01.01-2035.01.01","p":"<first 32 hex of SHA-256>"}
-
-CHOICE: 128 bits of the photo digest are enough to tell the photo printed from another one and
-keep the code small (version 7-9 at 300 dpi: 4 pixels a module in an 18 mm box).
+Design notes: ``docs/design/printers.md`` (section ``printers.facecode``).
 """
 
 from __future__ import annotations

@@ -1,22 +1,6 @@
 """PC/SC adapter of the reader port (:class:`cardspec.reader.Reader`) over pyscard.
 
-``PcscReader(name)`` talks to one reader of a pcscd: shared access, the protocol the card and
-reader negotiate (T=1 or T=0), ``SCARD_LEAVE_CARD`` on disconnect (other clients keep the card
-powered), ``transaction()`` for multi-APDU sequences, and automatic ``61xx`` (GET RESPONSE) and
-``6Cxx`` (repeat with the right Le) handling. PC/SC failures raise :class:`PcscError`
-subclasses that keep the raw ``SCARD_*`` code and the reader name.
-
-Selecting a pcscd (found by testing libpcsclite 1.9.9 through pyscard 2.x on Debian 12):
-``PCSCLITE_CSOCK_NAME`` is read by libpcsclite **once per process**, at the first
-``SCardEstablishContext`` (the name is cached in a static buffer; importing pyscard does not
-read it); setting ``os.environ`` before that works, changing it afterwards has no effect. But
-libpcsclite *connects* to that path anew for every context, and each context keeps its own
-connection. So this module points libpcsclite, once, at a symlink in a private directory and
-re-points the symlink (under a lock) to the wanted pcscd just before each context is
-established: one process can talk to several pcscds at once (``csock=`` on
-:class:`PcscReader` and :func:`list_readers`; ``None`` means ``$PCSCLITE_CSOCK_NAME`` or the
-system pcscd). This requires that this module makes the process's first PC/SC context (no other
-pyscard use before it); otherwise :class:`PcscError` explains it.
+Design notes: ``docs/design/readers.md`` (section ``readers.pcsc``).
 """
 
 from __future__ import annotations

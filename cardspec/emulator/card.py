@@ -1,67 +1,6 @@
 """The reference card: a card OS interpreting a :class:`cardspec.profile.CardProfile`.
 
-Implements :class:`cardspec.reader.CardHandler`. Commands (ISO/IEC 7816-4 unless noted):
-
-=================  =======================  ===============================================
-command            APDU                     notes
-=================  =======================  ===============================================
-SELECT             00 A4 00-04|08|09 P2     by FID (any / child DF / EF / parent), DF name
-                                            or AID (partial, next occurrence), path from MF /
-                                            current DF; P2 00 FCI 6F, 04 FCP 62, 0C nothing
-READ BINARY        00|0C B0                 P1 b8=1: SFI in P1, offset P2
-UPDATE BINARY      00|04 D6                 write access condition of the EF
-READ RECORD        00|0C B2 rr (sfi<<3|m)   SFI 0 = current EF; m 4 record number, 0/1/2/3
-                                            first/last/next/previous record of identifier rr
-UPDATE RECORD      00|04 DC rr (sfi<<3|4)
-APPEND RECORD      00|04 E2 00 (sfi<<3)     cyclic files: the new record becomes record 1
-GET CHALLENGE      00 84 00 00 04|08
-EXTERNAL AUTH      00 82 00 <key id> 08|10  opens a MAC channel with that key
-INTERNAL AUTH      00 88 00 00|<IRK id> 10  factor(8) || random(8), keyscheme
-VERIFY             00 20 00 <pin ref>       no data: 63Cx tries left
-CHANGE REF DATA    00 24 00 <ref>           old || new (cn: old FF new; 9564-2: 8 + 8)
-CHANGE PIN (PBOC)  80 5E 01 00              old FF new (social security PIN)
-PIN UNBLOCK/RELOAD 84 24|2C 00 <ref>        MAC with the PIN's unblock key; data empty or
-                                            new PIN encrypted under it (PBOC style)
-RESET KEY COUNTER  84 2C 03 <key id>        MAC'd in a DMK channel: unblocks a key
-WRITE KEY          84 D4 00 <key id>        personalisation only: key wrapped under KLK, MAC
-SET PIN            84 D4 01 <pin ref>       personalisation only: PIN block under KMC + MAC
-END PERSO          84 F0 80 0F              GlobalPlatform SET STATUS to SECURED, + MAC
-GET DATA           00|80 CA DF 1x           DF10 life cycle, DF11 PIN status, DF12 serial
-GET RESPONSE       00 C0 00 00 Le           data of a command sent without Le (61xx)
-GENERATE KEY PAIR  84 46 00 81              SM4 cards, personalisation: SM2 key (cardspec.sm2)
-PUT DATA           84 DA DF 20|21           personalisation: card / issuer certificate
-APPLICATION BLOCK  84 1E|18 00 00 04 MAC    block / unblock the selected application: EMV
-                                            issuer script (payment) or MAC'd in a DMK channel
-INTERNAL AUTH SM2  00 88 00 81 1..64        the chip's SM2/SM3 signature (cardspec.sm2)
-=================  =======================  ===============================================
-
-Command chaining (ISO/IEC 7816-4 5.1.1.1): an interindustry command with CLA b5 (0x10) set is
-buffered and answered 9000; the next commands must repeat CLA (apart from b5), INS, P1 and P2
-(else 6883, the chain is dropped) and the first one without b5 ends the chain: the card runs
-one command with the concatenated data (at most :data:`MAX_CHAINED_DATA` bytes, else 6700)
-and that last command's Le. CHOICE: MAC'd commands are short APDUs (:mod:`cardspec.sm`), so
-chains carry plain commands; a MAC'd chain is checked over the reassembled command.
-Extended-length APDUs (7816-4 5.1: Lc and Le on 2 bytes) are accepted as they are.
-
-CHOICE (proprietary commands, LD/T 32.5 not public): WRITE KEY / SET PIN share INS D4
-(PBOC "WRITE KEY") with P1 00 = key, 01 = PIN; the key is the RFC 5649 wrap under the chip's
-key-loading key KLK (``keyscheme.wrap_card_key``; a bad unwrap answers 6A80), the PIN block is
-``encrypt_sensitive(KMC, ...)``, and the command is MAC'd in the KMC channel; the lock is
-GlobalPlatform SET STATUS (``84 F0 80 0F``), is refused until every key and PIN of the profile
-is loaded, and erases KMC and KLK; GET DATA tags DF10-DF12 are proprietary.
-
-Every key the card verifies has an error counter (``KeySpec.tries``): a wrong EXTERNAL
-AUTHENTICATE cryptogram (which also consumes the challenge) answers ``63Cx``, a wrong MAC under
-the key ``6988``; both count, a success resets the count, and at 0 the key answers ``6983``
-until the issuer resets it (``84 2C 03 <key id>`` in a DMK channel).
-
-Refused forms (ISO/IEC 7816-4 5.6): CLA FF or an unknown class 6E00, unknown INS 6D00, bad
-P1-P2 6A86, bad Lc / Le 6700, access condition not met 6982, a MAC'd CLA (x4 / xC) on an
-instruction that takes no secure messaging 6882, without its MAC 6987, with a wrong one 6988.
-
-Security state: EXTERNAL AUTHENTICATE / VERIFY results hold while the current DF stays inside
-the DF that declares the key / PIN. During personalisation the KMC channel satisfies every
-access condition (writes must be MAC'd under KMC).
+Design notes: ``docs/design/cardspec.md`` (section ``cardspec.emulator.card``).
 """
 
 from __future__ import annotations

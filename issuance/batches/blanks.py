@@ -1,56 +1,6 @@
 """Blank stock adapters, chosen by configuration (``[stock] backend``).
 
-* ``virtual`` (default): :class:`issuance.batches.stock.VirtualBlankStock`, the emulated chips'
-  manufacturer: the issuer picks the chip serial at data preparation and a blank image with
-  the chip's transport keys is made for it; the station inserts that image.
-* ``delivered``: :class:`DeliveredBlankStock`, chips a supplier delivered pre-personalised,
-  fed into real readers (``[readers] backend = "pcsc"``) by an operator or the printer's
-  feeder. The chip in the reader is whatever the supplier made, so the card is bound to it
-  *at the station*.
-
-How a supplier's chips get their keys (the model card centres use; CHOICE where LD/T 32.4,
-which would define the transport-key scheme, is not public):
-
-* **Key ceremony with the supplier.** The issuer and the chip supplier share a *delivery key
-  set* of two masters: ``kmc`` (of the cards' algorithm: 3DES, AES or SM4) and ``klk`` (AES-128,
-  an SM4 key for SM4 chips: the key-loading key master, see ``cardspec.keyscheme`` "Key
-  loading"). The custodians' components are imported into the HSM with ``ykt hsm import kmc
-  --supplier NAME`` and ``ykt hsm import klk --supplier NAME`` (with ``--algorithm sm4`` for SM4
-  chips; labels ``ykt:supplier:<name>:kmc:<alg>:v<n>`` and ``ykt:supplier:<name>:klk:aes:v<n>``
-  or ``...:klk:sm4:v<n>``, :mod:`hsm.ceremony`).
-* CHOICE: **one key set per supplier, separate from the issuer's masters.** The issuer's own
-  ``ykt:kmc``/``ykt:klk`` masters (what the virtual stock uses) stay inside the card centre:
-  sharing them would hand every supplier the transport keys of every chip, of every other
-  supplier too, and tie a supplier's deliveries to the issuer's key rotation. A supplier
-  key set compromised (or a supplier dropped) affects only that supplier's unused chips.
-  Versions (``--version``) let a supplier move to a new key set; each chip records the
-  version it was made under.
-* CHOICE: **diversification by the chip serial alone**: the chip's KMC is
-  ``diversify(supplier KMC master, serial)`` and its KLK ``diversify(supplier KLK master,
-  serial)`` (``cardspec.keyscheme.diversify``, the PBOC/EMV option A construction; AES for the
-  KLK), the serial being the 8 bytes the chip answers to GET DATA DF12 and the last 16 hex
-  characters of the card identification code. The supplier knows no region, card or holder;
-  the issuer's region factor (province cards) applies to the issuer's card keys only.
-* After personalisation the card erases its KMC and KLK (SET STATUS SECURED): they protect
-  the chip on its way from the supplier's plant to the issuer's station, nothing after.
-
-The delivery itself comes with a list of chip serials (supplier, lot, serials, optionally
-each chip's KMC/KLK check values), imported with ``ykt stock import FILE --supplier NAME``
-(:mod:`issuance.batches.deliveries`) into ``stock_chips`` as ``available``.
-
-At the station (:mod:`issuance.batches.pipeline`, stock that *binds at the station*): the
-station waits for a card to be fed, reads its serial (GET DATA DF12), and :meth:`bind` checks it
-against the stock in the transaction that prepares the card: an unknown chip, one already used
-(a finished card fed again) or spoiled, or one delivered for the other algorithm raises
-:class:`ChipRefused`; the station records the refusal (``stock_rejections`` and an audit event,
-:meth:`~DeliveredBlankStock.record_refusal`), never sends it a personalisation command and
-waits until it is taken out (set aside). An accepted chip is marked ``used`` with its card and
-the card is prepared on it and goes to ``encoding`` in the same transaction; the card's keys
-are derived in the HSM at the station (:meth:`~DeliveredBlankStock.card_crypto`: KMC and KLK
-from the supplier's key set, every card key from the issuer's masters). The rest of the line
-is unchanged: a chip spoiled at personalisation, printing or quality check, or left in a
-station by a worker that died (``ykt batch resume``), is spoiled (``stock_chips`` too) and the
-card requeued on the next chip fed.
+Design notes: ``docs/design/batches.md`` (section ``issuance.batches.blanks``).
 """
 
 from __future__ import annotations

@@ -1,51 +1,6 @@
 """Data preparation at scale: chunks of cards, bulk reads and writes, N worker processes.
 
-What data preparation produces for each card of a batch: its complete personalisation script
-per the card profile (every record of every file, every per-card key derived in the HSM: all
-key slots of the profile and the chip's key-loading key KLK, the PIN setup), as one of two
-outputs:
-
-* **in house** (``ykt batch prepare``, and the first phase of ``ykt batch run``): the batch's
-  perso file (:mod:`issuance.batches.persofile`, one signed segment per chunk) that the
-  encoding stations run; the card moves ``selected → prepared`` with its chip recorded;
-* **bureau** (``ykt bureau export``): the signed bureau file (:mod:`issuance.batches.bureau`),
-  then every card ``prepared → at_bureau``.
-
-One chunk (``chunk`` cards, default :func:`chunk_size`) is three steps, each worker for itself:
-
-1. one transaction: *claim* the chunk (``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP
-   LOCKED)`` on PostgreSQL, the single writer lock on SQLite: :func:`issuance.batches.items.
-   claim_ids`) and read every card, holder and application of it in one query;
-2. outside any transaction: per card a fresh chip serial from the blank stock, the HSM work
-   (:class:`hsm.prep.PrepOps`, under the PKCS#11 lock for the whole chunk), the records
-   (:func:`cardspec.perso.plan_values`), the output lines; the segment is written, fsynced
-   and renamed;
-3. one transaction: guarded by the lease (``... WHERE lease_owner = me AND stage =
-   'selected'``: a worker that lost its lease changes nothing), the items moved to
-   ``prepared``, the chips inserted, the cards updated and one audit event per item, every
-   one a bulk statement (``executemany``), not an ORM flush per card.
-
-Steps 1 and 3 run on one database thread of the worker, in order, when the machine has the
-cores for it (:func:`database_thread`): while this chunk's HSM work runs (step 2), the thread
-commits the previous chunk and claims the next one, so the database's work (on PostgreSQL,
-the server's, on another core) is off the path of the HSM. A stop (or an error) gives the
-chunk claimed ahead back at once.
-
-A kill -9 at any moment loses nothing: before step 3 commits, the chunk's items are merely
-leased (a dead worker's lease is void at once on this machine, see
-:func:`issuance.batches.items.recover_interrupted`) and its segment is referenced by nobody;
-after, they are prepared. No card is prepared twice (the guard), no chip serial is used twice
-(``blank_chips.chip_serial`` is unique; a collision aborts the chunk, which is claimed again).
-
-Workers (``--workers N``): N processes forked before any PKCS#11 use, each with its own
-database connection and HSM session, claiming chunks until none is left. On PostgreSQL they
-claim with SKIP LOCKED and write in parallel; on SQLite the database has one writer: steps 1
-and 3 of the workers take turns (each is a few milliseconds per chunk) while their HSM work
-(step 2, nearly all of the time) runs in parallel.
-
-The blank chips of the virtual stock (``issuance.batches.stock``) are not made here: their
-images are the chip manufacturer's work and are written when a station loads the chip
-(:meth:`~issuance.batches.stock.VirtualBlankStock.ensure_blank`).
+Design notes: ``docs/design/batches.md`` (section ``issuance.batches.bulkprep``).
 """
 
 from __future__ import annotations

@@ -1,18 +1,6 @@
 """The bureau's result file: which cards it made (on which chip), which it spoiled (why).
 
-Format ``ykt-bureau-result/1`` (see :mod:`issuance.batches.bureau`): a header line naming the
-bureau file it answers, then one JSON object per card. :func:`import_bureau_result` checks every
-line against the cards of the bureau file: good lines are accounted for, every bad line is
-listed with its line number and kind (malformed, unknown card, duplicate, chip serial not the
-one the card was prepared for), and cards the bureau did not mention are listed as missing;
-nothing is dropped silently.
-
-:func:`apply_bureau_result` then applies a checked :class:`BureauResult` to the batch, one
-transaction per card: a card the bureau *made* passed the bureau's quality control (its chip
-good, the card ``personalised``, the item ``at_bureau → checked``, the PIN mailer queued); a
-card it *spoiled* has its chip spoiled and goes back to the queue for a fresh blank (``failed``
-after too many). Applying the same result again changes nothing (each card is recognised as
-already applied by its chip), so an import interrupted half-way is simply run again.
+Design notes: ``docs/design/batches.md`` (section ``issuance.batches.bureau_result``).
 """
 
 from __future__ import annotations

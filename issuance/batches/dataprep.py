@@ -1,34 +1,6 @@
 """Data preparation: the complete personalisation data of each card of a batch.
 
-For one card and the blank chip it is made on, :func:`prepare_card` builds a
-:class:`~printers.prepared.PreparedCard`: every file's content per the card profile
-(EF05 card identification, EF06 holder, medical, pension and the financial application), the
-key reference the HSM derives the card's keys from, and the initial PIN.
-
-Choices (marked CHOICE, easy to change):
-
-* **Initial PIN**: random per card and never stored: it is derived inside the HSM from the
-  card's own PIN-unblock key (IBM 3624 style "natural PIN": the MAC of a constant under the
-  per-card key PUK, decimalised), so data preparation, the PIN mailer and a reprint all get the
-  same 6 digits without the PIN ever being written to the database, a file or a log. The holder
-  must change it before sensitive use (the card enforces it). The bank PIN of the financial
-  application has its own derivation (its own domain): it never defaults to the social
-  security PIN (:func:`initial_pins`; the mailer prints both, :mod:`issuance.batches.mailers`).
-* **The financial application's data** (PAN, PAN sequence number, expiry, service code) come
-  from the card's bank, in its response file (:mod:`issuance.bank`), and its EMV keys from the
-  bank's issuer master keys (``CardKeyRef.bank``): never made up here. A card without them
-  waits (:class:`issuance.bank.NoBankData`, see :mod:`issuance.bank`).
-* Medical and pension records start from the card's application (insured region = the holder's
-  region, insured since the approval date); the insurance systems update them later with the
-  files' update keys.
-
-The per-card keys are not in the PreparedCard. Data preparation of a batch
-(:mod:`issuance.batches.bulkprep`) derives every one of them in the HSM and writes them, with
-the records and PIN setup, into the batch's perso file (:mod:`issuance.batches.persofile`) or
-the bureau file; this module is its card-level part (the card's data, the natural PIN) and the
-card-by-card path used at a station that prepares just in time (a card requeued after a spoiled
-chip, stock that binds at the station), where the keys are derived while the script runs
-(``key_service.card_crypto(prepared.key_ref)``).
+Design notes: ``docs/design/batches.md`` (section ``issuance.batches.dataprep``).
 """
 
 from __future__ import annotations

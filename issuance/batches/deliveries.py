@@ -1,35 +1,7 @@
 """Deliveries of blank chips from a chip supplier: the delivery file, its import into
 ``stock_chips`` (``ykt stock import``) and the stock's state (``ykt stock status``).
 
-A delivery file lists the chips of one delivery (serials only: the chips' transport keys are
-diversified from the supplier's delivery key set by the serial, see
-:mod:`issuance.batches.blanks`). Two formats, told apart by the file name (``.json`` /
-``.csv``):
-
-JSON::
-
-    {"supplier": "acme", "lot": "ACME-2026-0042", "algorithm": "3des", "key_version": 1,
-     "chips": [{"serial": "3A01000000000001", "kmc_kcv": "1F2E3D", "klk_kcv": "A1B2C3"}, ...]}
-
-  (``"serials": ["3A01000000000001", ...]`` instead of ``chips`` when the supplier sends no
-  check values; ``supplier``, ``algorithm``, ``key_version`` optional; ``lot`` per chip
-  allowed.)
-
-CSV (UTF-8, a header line; ``serial`` required, the other columns optional)::
-
-    serial,lot,kmc_kcv,klk_kcv
-    3A01000000000001,ACME-2026-0042,1F2E3D,A1B2C3
-
-Options of ``ykt stock import`` (``--supplier``, required; ``--lot``, ``--algorithm``,
-``--key-version``) fill what the file leaves out and must agree with what it says.
-
-The import is all or nothing ("one veto"): every problem is listed (line by line) and nothing
-is written unless the whole file is good: serials of 16 hex characters, unique in the file
-and not already in stock (from any supplier), well-formed check values. Before anything is
-written the HSM must hold the supplier's delivery key set (the KMC and KLK KCVs of the first
-chip are computed there) and, where the file gives check values (KCV, ``keyscheme.kcv``), every
-chip's KMC and KLK derived in the HSM must match them: a delivery made under another master
-(a ceremony gone wrong) is refused before any chip reaches a station.
+Design notes: ``docs/design/batches.md`` (section ``issuance.batches.deliveries``).
 """
 
 from __future__ import annotations

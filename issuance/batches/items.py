@@ -1,25 +1,6 @@
 """Batch items: the stage table, worker leases and claims.
 
-Every stage transition of an item is declared in :data:`issuance.lifecycle.ITEM_TRANSITIONS`;
-:func:`advance` (:func:`issuance.lifecycle.apply_item_event`) applies one and writes its audit
-event, in the caller's transaction (one transaction per transition: the pipeline commits after
-each).
-
-Leases: a worker *claims* items by writing its owner id and an expiry on them in one statement
-(``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)`` on PostgreSQL, so several
-workers and machines share a batch without waiting for each other; on SQLite the single writer
-lock makes the same statement atomic). The worker renews its lease from a heartbeat thread
-while its device works (:func:`renew_lease`, ``UPDATE ... WHERE lease_owner = me``), and every
-transition it makes first checks that it still holds the lease (:func:`hold`): a worker whose
-lease was voided stops working on that card (:class:`LeaseLost`) instead of overwriting what
-another worker did. A lease whose expiry passed, or whose owner is a process of this machine
-that no longer exists, is void: :func:`recover_interrupted` then treats a chip left in a station
-(stages encoding, personalised, printed) as spoiled, never as good.
-
-Cards exported in a bureau file are ``at_bureau``: no station takes them; the bureau's result
-file moves them on (:mod:`issuance.batches.bureau_result`). A card spoiled ``max_attempts`` times
-is ``failed`` until a supervisor retries it (``selected`` again, attempts reset) or withdraws it
-(``withdrawn``: the card is cancelled, its number never reused).
+Design notes: ``docs/design/batches.md`` (section ``issuance.batches.items``).
 """
 
 from __future__ import annotations

@@ -1,57 +1,6 @@
 """The in-house perso file: data preparation's output for this card centre's own stations.
 
-Data preparation (:mod:`issuance.batches.bulkprep`) writes, for every chunk of cards it
-prepares, one **segment** of the batch's perso file under
-``<data_dir>/perso/<batch id>/<first item id>-<random>.jsonl``: the complete personalisation
-script of each card (every record of every file the card profile personalises, every per-card
-key, the PIN setup), signed. The station that takes the card runs that script
-(:func:`personalise`); it derives no issuer key (see :mod:`hsm.prep`).
-
-Format ``ykt-perso/1`` (UTF-8 JSON Lines, one object per ``\\n``-ended line):
-
-Header::
-
-    {"type": "header", "format": "ykt-perso/1", "segment": "<batch id>/<name>.jsonl",
-     "batch_id": 42, "created": "<ISO 8601 UTC>",
-     "perso_key": "ykt:transport:perso-batch-42",    # the batch's perso key (HSM only)
-     "kek": {"kek": 1, "wrapped": "<hex>", "kcv": "<6 hex>"},   # file KEK under the perso key
-     "signer": "<SHA-256 of the signing public key>"}
-
-One line per card (``seq`` 1..N)::
-
-    {"type": "card", "seq": 1, "item_id": 7, "card_id": 42, "chip_serial": "<16 hex>",
-     "cic": "<32>", "card_number": "<9>", "profile": "ssc2-3des", "algorithm": "3des",
-     "key_version": 1,
-     "files": [{"df": "MF/SSSE", "ef": "EF05", "sfi": 5, "records": ["<hex>", ...]}, ...],
-     "kmc": "<hex: KMC wrapped under the file KEK, RFC 5649>",
-     "keys": [{"slot": "dmk", "key_id": 1, "payload": "<hex: WRITE KEY payload>"}, ...],
-     "pins": [{"name": "ss", "df": "MF/SSSE", "ref": 0, "payload": "<hex: SET PIN payload>"}]}
-
-Trailer::
-
-    {"type": "trailer", "count": N, "sha256": "<hex>", "signature": "<base64 DER>"}
-
-* ``keys``: every card key of the profile but KMC, as its ``WRITE KEY`` payload: RFC 5649
-  under the chip's own key-loading key KLK, computed in the HSM (only the chip unwraps it);
-* ``kmc``: the chip's transport key, needed at the station for the secure channel (EXTERNAL
-  AUTHENTICATE, MACs): wrapped under the file KEK, which is wrapped under the batch's perso key,
-  an AES key generated in this HSM that never leaves it: the station's HSM unwraps KMC into a
-  sensitive, non-extractable session object (:class:`hsm.prep.RecordCrypto`);
-* ``pins``: the initial PINs as their ``SET PIN`` payloads (encrypted under KMC in the HSM);
-  a PIN never appears in clear;
-* ``files``: personal data in clear, as in the bureau file: the directory is the data dir's
-  (mode 0700), segments are removed with the batch's perso key once the batch is produced.
-
-Integrity: ``sha256`` covers every byte before the trailer; ``signature`` is the HSM's ECDSA
-P-256 signature of ``ykt-perso/1|<segment>|<batch id>|<count>|<sha256>``. The station checks
-digest and signature before it uses a record (:func:`load_record`), the record against the
-database row of its chip (item, card, serial), and every wrapped key is RFC 5649
-integrity-checked inside the HSM; a segment that fails any check is refused
-(:class:`PersoRecordInvalid`) and the station falls back to deriving the keys itself.
-
-Crash safety: a segment is written as ``.part``, fsynced and renamed *before* the transaction
-that records its chips commits; a crash in between leaves a segment nobody points to (the
-cards are prepared again on resume, with new chips).
+Design notes: ``docs/design/batches.md`` (section ``issuance.batches.persofile``).
 """
 
 from __future__ import annotations

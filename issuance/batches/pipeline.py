@@ -1,34 +1,7 @@
 """The production line of a batch: data preparation, then encoding stations in parallel
 (personalise → print → quality check), every step one committed transaction with its audit.
 
-``run_batch`` is what ``ykt batch run`` and ``ykt batch resume`` call; several of them (on one
-machine or several, against PostgreSQL) can work on the same batch: items are leased
-(:mod:`issuance.batches.items`). It starts by voiding dead workers' leases: a card that was in
-a station when its worker died is spoiled (chip recorded with the reason) and requeued on a
-fresh blank, so a kill -9 at any moment loses nothing and never counts a half-made card good.
-
-Leases: while a station works on a card (feeding, personalising, printing, checking) a
-heartbeat thread renews the card's lease every quarter of its length; every transition first
-checks that this worker still holds it (:func:`issuance.batches.items.hold`). A worker that
-lost a lease (the machine stalled longer than the lease and another worker voided it) stops
-working on that card and changes nothing: the card is the other worker's.
-
-Per card, at a station (each step commits before the next starts):
-
-1. ``selected → prepared``: a blank chip is taken from stock, the data prepared (if not done
-   by the preparation phase; with stock that binds at the station, the chip serial is read
-   from the fed card and steps 1 and 2 are one transaction);
-2. ``prepared → encoding``: committed *before* the first APDU, so an interruption is visible;
-3. personalisation in the reader, then ``encoding → personalised``;
-4. faces rendered and printed with their face code (:mod:`printers.facecode`); the print job
-   is recorded on the item as soon as it is queued, and the card is ``printed`` only when the
-   printer reports the job completed (CUPS) or the spool has it (file);
-5. quality check (the chip read back against the database, the face code decoded from the
-   printed back against the chip), then ``printed → checked`` together with the card's own
-   ``personalise`` lifecycle transition, the chip marked good and the PIN mailer queued.
-
-A failure at 3-5 spoils the chip and requeues the card (``failed`` after ``max_attempts``:
-``ykt batch retry`` / ``withdraw``). Cards exported to a bureau (``at_bureau``) are not touched.
+Design notes: ``docs/design/batches.md`` (section ``issuance.batches.pipeline``).
 """
 
 from __future__ import annotations

@@ -1,19 +1,6 @@
 """Batch selection: staff pick approved applications into a production batch.
 
-Filters: the holder's region (GB/T 2260 code or a prefix of it: ``3301`` = the whole city),
-the collective applicant (employer, school, community), and the approval date range. Only cards
-that still wait for production (``number_allocated``, in no batch) are taken: the cards of
-approved applications, and replacement cards (:func:`issuance.services.loss.replace_card`
-links them to the original card's application; one without an application is taken too, but
-only when no collective or approval-date filter asks for an application). Their card numbers
-were allocated at approval from the gapless series
-(:func:`issuance.services.allocate_card_numbers`),
-so a batch never allocates or reuses a number; the card identification code follows from the
-chip each card is made on (:mod:`issuance.batches.dataprep`).
-
-One transaction: the batch, one item per card (stage ``selected``), every card moved to
-``in_production`` (audited per card by the lifecycle) and the ``batch.created`` audit event with
-the filters.
+Design notes: ``docs/design/batches.md`` (section ``issuance.batches.selection``).
 """
 
 from __future__ import annotations

@@ -1,32 +1,7 @@
 """Encoding stations: one card reader each (the encoding module of a card printer, a desk
 reader, or a virtual reader with the emulated chips behind it).
 
-A station takes a blank card (its :class:`Feeder` puts it in the reader), personalises it with
-the card's keys derived in the HSM (:func:`cardspec.perso.personalise`), and runs the quality
-check on the finished card over PC/SC (:meth:`EncodingStation.check`):
-
-* the chip serial is the one the card was prepared for;
-* every personalised file read back (EF05 card identification, EF06 holder, EF16 pension,
-  EF15 medical, the financial application's records) equals, record for record, what data
-  preparation made from the database (PIN-protected files read after VERIFY with the initial
-  PIN, key-protected ones after EXTERNAL AUTHENTICATE with the read key);
-* every PIN has its full try counter and the social security PIN still must be changed;
-* the card answers INTERNAL AUTHENTICATE with a fresh challenge and the HSM confirms the answer
-  (:meth:`hsm.service.KeyService.verify_internal_auth`): the card holds the right key;
-* personalisation is locked (life cycle SECURED);
-* the printed face matches the chip: the face code (:mod:`printers.facecode`) decoded from the
-  printed card back says the chip's card number, social security number, name, issue and
-  expiry dates, and the photo digest the database holds for the card.
-
-A failed check raises :class:`QualityCheckFailed` listing every problem. Several stations run
-in parallel, one thread each: a :class:`~readers.pcsc.PcscReader` has one owner, and the HSM
-adapter serialises PKCS#11 calls with its process lock.
-
-:func:`open_stations` builds the stations from the settings: ``[readers] backend = "virtual"``
-starts an isolated virtual reader stack (stopped on exit); ``pcsc`` uses the readers of a pcscd
-(the host's, or ``[readers] csock``; ``[readers] names`` to choose), into which an operator or
-the printer's feeder puts the cards (:class:`PresenceFeeder`, which waits at most
-``[readers] feed_timeout_seconds``, well below the lease of the card being made).
+Design notes: ``docs/design/printers.md`` (section ``issuance.batches.stations``).
 """
 
 from __future__ import annotations

@@ -1,25 +1,6 @@
 """Blank chip stock: where the blank cards the stations personalise come from.
 
-A blank chip carries a unique serial, its transport key KMC and its key-loading key KLK (the
-AES-128 key every card key is wrapped under for WRITE KEY, see ``cardspec.keyscheme`` "Key
-loading"). Real stock comes from the chip manufacturer, who loads each chip's own
-(diversified) KMC and KLK under a transport-key agreement with the issuer. The *virtual* stock
-plays that manufacturer for the emulated cards:
-
-* the issuer's HSM derives the chip's KMC and KLK from their master keys (of the card's key
-  set version) and the chip's card identification code, and exports them wrapped (AES key
-  wrap, RFC 5649) under the ``manufacturer`` transport key
-  (:meth:`hsm.service.KeyService.export_card_keys`,
-  :meth:`~hsm.service.KeyService.export_key_loading_key`); the master keys never leave the
-  HSM. SM4 cards' KMC and KLK travel in the SM4 key-loading form (``SM4-ECB || KCV``, the one
-  rule ``cardspec.keyscheme.wrap_card_key``) under an SM4 transport key,
-  ``manufacturer-sm4``;
-* only the blank-stock maker holds the manufacturer's copy of the transport key (a file
-  ``<data_dir>/stock/manufacturer.key``, or ``manufacturer-sm4.key``, mode 0600, made when the
-  key is generated in the HSM from random components) and unwraps the KMC and KLK into the new
-  chip's image (``keyscheme.unwrap_card_key``).
-
-Card images live in ``<data_dir>/cards/<serial>.json`` (the emulated chip keeps itself there).
+Design notes: ``docs/design/batches.md`` (section ``issuance.batches.stock``).
 """
 
 from __future__ import annotations

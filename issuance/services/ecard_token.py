@@ -1,34 +1,6 @@
 """The e-card's dynamic code: a COSE_Sign1 (RFC 9052) over CBOR claims, in base45 (RFC 9285).
 
-The format is the EU Digital COVID Certificate's (CBOR claims -> COSE_Sign1 -> base45 behind a
-context prefix) without its zlib step (the token is about 170 bytes, mostly random: deflate
-would make it longer, and a decoder then needs no decompression bound):
-
-``YKTEC1:`` || base45(COSE_Sign1), where COSE_Sign1 = tag 18 ``[protected, {}, payload,
-signature]`` (RFC 9052 §4.2):
-
-* protected header (a bstr holding a CBOR map): ``1`` (alg) = ``-7`` ES256 (ECDSA P-256 with
-  SHA-256, RFC 9053 §2.1) when the issuer's signing key is ECDSA P-256 (``[hsm] signing =
-  "ecdsa-p256"``), or :data:`ALG_SM2` (SM2 with SM3, a private-use value: COSE registers no SM2
-  algorithm) when it is SM2; ``4`` (kid) = the first 8 bytes of the SHA-256 of the key's
-  SubjectPublicKeyInfo (DER): the prefix of the ``key_id`` that ``GET
-  /v1/status-feed/public-key`` publishes, the same key that signs the status feed;
-* payload (a bstr holding a CBOR map, CWT claim keys of RFC 8392 where one exists): ``4`` exp,
-  ``6`` iat (Unix seconds), ``7`` cti = the 12-byte nonce, and private-use keys
-  :data:`K_ECARD` (the e-card's 16-byte id), :data:`K_CARD` (16 bytes: SHA-256 of
-  ``"ykt-ecard-card/1\\n" || card number``, truncated; the ID number is never in a code),
-  :data:`K_LOSS` (present and true only in codes made while the card is provisionally lost
-  and the holder has authorised the e-card);
-* signature: the HSM's signature of ``Sig_structure = ["Signature1", protected, h'', payload]``
-  (RFC 9052 §4.4): ``r || s`` (64 bytes) for ES256 as RFC 9053 §2.1 says, SM2's ``r || s``.
-
-The card reference is a pseudonym, not a secret: card numbers are few enough to hash them all.
-It lets an offline terminal match a code against the signed status feed (which names card
-numbers) without the code naming the card.
-
-Pure functions only (no database): the service (:mod:`issuance.services.ecard`), the API and
-the offline client kit (:mod:`api.client`) share them; :func:`card_refusal` is the one rule of
-which card states refuse a code, used online and offline.
+Design notes: ``docs/design/ecard.md`` (section ``issuance.services.ecard_token``).
 """
 
 from __future__ import annotations

@@ -1,32 +1,6 @@
 """Financial (bank) function activation at a bank branch.
 
-The holder's identity is checked by the teller; the holder then sets the bank PIN **on the
-card**, in a reader at the branch, by the **bank's issuer script** (EMV Book 3 6.5.10 PIN
-CHANGE/UNBLOCK, ``84 24 00 02``): :func:`set_financial_pin` checks the card in the reader is the
-genuine card being activated (EF05 identification code; INTERNAL AUTHENTICATE checked by the
-HSM when asked), opens an online transaction on the card's bank application (GET PROCESSING
-OPTIONS, GENERATE AC: its ATC and cryptogram), has the holder type the new PIN on the reader
-side (the PIN pad: the CLI's hidden prompt, a branch pad), and sends the script: the PIN block
-(ISO 9564 format 2) enciphered under the card's SK-SMC and the command MACed under its SK-SMI,
-both computed **in the HSM** from the card's MK-SMC / MK-SMI, themselves derived there from the
-bank's issuer master keys (its key domain, :mod:`hsm.ceremony`) by the PAN and PSN the bank gave
-(:mod:`issuance.bank`). The card checks the MAC (6988 and a try counted when wrong) and
-deciphers the PIN. An application the card reports blocked (its GENERATE AC declines: AAC) is
-unblocked first by the same session's APPLICATION UNBLOCK script (``84 18``).
-
-The PIN lives only in local variables of that call and in the HSM's encipherment call: never
-stored, logged, audited, put in an HTTP body or in an exception message. The database records
-only that it happened: :class:`PinSetOnCard` (which card, which reader, tries left) goes into
-the audit event of :func:`activate_financial`.
-
-A bank's own system may instead attest, through the API with its agency credential, that its
-terminal set the PIN (:class:`BankAttestation`): the bank runs its function. A bare "PIN set"
-flag from a teller is not accepted.
-
-The weak-PIN rule is not here: it is :func:`issuance.services.pins.check_pin_strength`, applied
-to the holder's new PIN by the pad (:class:`issuance.services.pins.StrengthCheckedPad`, as
-``ykt cards activate-financial`` does) or by ``pin_check`` (a caller's own check, called
-before the PIN block is made).
+Design notes: ``docs/design/issuance.md`` (section ``issuance.services.financial``).
 """
 
 from __future__ import annotations

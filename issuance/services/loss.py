@@ -1,25 +1,6 @@
 """Loss reports, un-reporting, the lapse of provisional reports, and replacement.
 
-* phone / web / app (and other remote channels): a **provisional** report that blocks the card
-  at once and lapses back after ``settings.lifecycle.provisional_loss_hours`` unless made formal
-  (web and app reports need an identity check);
-* counter: a **formal** report (identity checked), which leads to replacement;
-* the web console: the signed-in clerk says which (``kind``): provisional for a call taken at
-  the desk, formal for the holder in person; identity checked either way;
-* un-report (card found): always with an identity check, whatever the channel (a phone or SMS
-  un-report unblocks a card someone else may be holding: the hotline checks identity as a
-  counter does), only while no replacement was applied for;
-* a lapse or an un-report puts the card back where it was: ``active``, or ``issued`` when it was
-  lost before activation (see :func:`restore_event`);
-* replacement: a new card record (new card number; identification code and keys when the new
-  chip is personalised); the old card is cancelled for good;
-* cities that do so (``settings.lifecycle.formal_loss_cancel_days`` > 0) cancel a formally lost
-  card that was neither found nor replaced after that many days
-  (:func:`cancel_overdue_formal_losses`).
-
-Deadlines are enforced by :func:`run_loss_deadlines` (``ykt cards expire-losses``, run
-periodically) and, for the provisional lapse, also lazily whenever a card's status is read
-(:func:`issuance.services.cards.card_status`), so a late worker never leaves a card blocked.
+Design notes: ``docs/design/issuance.md`` (section ``issuance.services.loss``).
 """
 
 from __future__ import annotations

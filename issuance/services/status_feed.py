@@ -1,24 +1,6 @@
 """The signed status feed: which cards an offline terminal must refuse.
 
-Format (``yikatong-status-feed/1``), NDJSON, one JSON object per line (keys sorted, no spaces):
-
-* a header ``{"type":"header","format":...,"kind":"full"|"delta","since":N|null,
-  "generated_at":...}``;
-* one ``{"type":"entry",...}`` per card: ``card_identification_code``, ``card_number``,
-  ``status``, ``refused`` (bool), ``reason`` and, in deltas, ``seq``. The full list holds every
-  refused card; a delta holds every status change after ``since`` (also changes that make a card
-  acceptable again, ``refused: false``: an un-reported loss);
-* a trailer ``{"type":"trailer","count":N,"sequence":S,"sha256":H,"signature":B64}`` where ``H``
-  is the SHA-256 of every byte before the trailer, ``S`` the highest change sequence covered
-  (ask ``since=S`` next time) and the signature the HSM's ECDSA P-256/SHA-256 signature of
-  ``SIGNATURE_DOMAIN + f"{count}:{sequence}:{H}"``, verifiable with the published public key.
-
-The body is produced in chunks from a streaming cursor, so a million entries need bounded
-memory on the server and in :func:`verify_feed`.
-
-Sequence numbers come from ``card_status_changes`` (an identity column). A transaction can
-commit after a later-numbered one; to keep terminals from skipping such a change, a feed only
-covers changes older than ``SETTLE`` (transactions touching cards are short).
+Design notes: ``docs/design/issuance.md`` (section ``issuance.services.status_feed``).
 """
 
 from __future__ import annotations

@@ -1,41 +1,6 @@
 """Card verification: single-use challenges and the verdict on a card's INTERNAL AUTHENTICATE.
 
-The flow a hospital or bank terminal runs on every visit:
-
-1. :meth:`ChallengeCodec.issue` makes a fresh challenge for the caller - *stateless*: nothing
-   is written. The challenge id (16 bytes, 32 hex characters) carries its expiry and a random
-   nonce, authenticated by a MAC under the API's challenge key (bound to the calling
-   credential); the 16 challenge bytes sent to the card (8-byte process factor || 8-byte
-   random) are a PRF of the id under the same key. Every API node derives the same key from
-   the HSM (:func:`hsm.internal_auth.challenge_key`), so any node can check a challenge another
-   node issued.
-2. The terminal sends ``00 88 00 00 10 factor||random`` to the card and posts the answer.
-3. :func:`verify_card` opens the challenge id (:meth:`ChallengeCodec.open`: a wrong MAC, another
-   caller's challenge or garbage is ``challenge_unknown``, a late one ``challenge_expired``),
-   reads the card, its holder and the requested chip application in one indexed query, has the
-   HSM check the cryptogram with the card's key derived inside it, and records the challenge as
-   used (``used_challenges``: primary key = the id; a second use finds it there and is
-   ``challenge_reused``) together with one audit event - in one transaction.
-
-Layout of a challenge id (all big-endian): ``expiry (4 bytes, Unix seconds) || nonce (6
-random bytes) || tag (6 bytes)``, tag = HMAC-SHA256(key, "ykt-challenge-id/1" || credential id
-(8 bytes) || expiry || nonce) truncated; challenge = HMAC-SHA256(key, "ykt-challenge/1" ||
-credential id || challenge id) truncated to 16 bytes. Forging an id (to stretch an expiry or to
-use another caller's challenge) means guessing a 48-bit tag online, one verification request
-per guess; a forged id still gives a challenge only the genuine card can answer. Two ids
-collide only with the same credential, expiry second and 48-bit nonce. Because the expiry
-leads the id, used rows are pruned by a range of the primary key (:func:`prune_used_challenges`,
-run by ``ykt worker``), once expired for longer than the nodes' clocks may differ.
-
-One implementation of the decisions and the audit event (:func:`_verify`), on two stores:
-:func:`verify_card` on a SQLAlchemy Session (:class:`SessionStore`: SQLite, and every caller
-that already holds a transaction), and :func:`verify_card_async` for the API on PostgreSQL
-(:class:`VerificationStore`: asyncio, core SQL through :class:`issuance.db_async.AsyncPgPool`,
-two statements per verification, shared by the verifications in flight together; see the
-comment above :func:`verify_card_async`).
-
-The verdict is data (valid, or invalid with a reason); a broken HSM or database raises.
-A temporary card carries the medical application only, so it verifies for ``medical`` only.
+Design notes: ``docs/design/issuance.md`` (section ``issuance.services.verification``).
 """
 
 from __future__ import annotations

@@ -1,19 +1,6 @@
 """Where an isolated virtual reader stack keeps its files, and its pcscd reader configuration.
 
-    RUN_DIR/
-      reader.conf.d/vpcd-N     one entry per pair of readers (CHANNELID = port of its reader 0)
-      drivers/libifdvpcd-N.so  copies of the vpcd driver for entries N >= 1 (the driver keeps
-                               per-slot state in a static array: one copy per entry)
-      pcscd/                   bind-mounted over /run/pcscd inside the namespace
-      pcscd/pcscd.comm         the client socket: PCSCLITE_CSOCK_NAME for clients outside
-      control.sock             the card server's control socket (JSON lines)
-      pcscd.log, server.log    logs (in LOG_DIR instead when one is given: a deep data
-                               directory keeps its logs while the sockets live in a short
-                               directory, see :func:`short_run_dir`)
-
-Slot ``i`` is served on TCP port ``35963 + i`` inside the namespace; its reader is named
-``"Virtual PCD {i // 2} 00 {i % 2:02X}"`` (pcscd appends two hex bytes to the entry's
-``FRIENDLYNAME``: the entry's friendly names differ so reader names stay unique).
+Design notes: ``docs/design/readers.md`` (section ``readers.virtual.layout``).
 """
 
 from __future__ import annotations

@@ -1,20 +1,6 @@
 """An isolated pcscd with vpcd readers and emulated cards behind them.
 
-``VirtualReaderStack(run_dir, readers)`` starts, in a new network + mount namespace
-(``unshare --mount --net --propagation private``), the card server process
-(:mod:`readers.virtual.server`), which starts pcscd as its child and serves the vpcd card side.
-vpcd listens on 0.0.0.0: in its own network namespace nothing outside can reach it, and several
-stacks run at once on the same ports (parallel tests). pcscd's client socket lives in
-``run_dir/pcscd/pcscd.comm`` (bind-mounted over ``/run/pcscd`` inside): clients outside select
-it with ``PCSCLITE_CSOCK_NAME`` (:attr:`VirtualReaderStack.environ`).
-
-The stack process group is killed on :meth:`stop` (also on exceptions and ``KeyboardInterrupt``
-through the context manager, and at interpreter exit). If the starting process dies without
-stopping it, the server sees its end of a pipe close and stops pcscd; pcscd dies with the
-server (``PR_SET_PDEATHSIG``).
-
-``StackControl(run_dir)`` talks to a running stack's control socket from any process (the
-``ykt readers insert/remove/status`` commands in another shell).
+Design notes: ``docs/design/readers.md`` (section ``readers.virtual.pcscd``).
 """
 
 from __future__ import annotations

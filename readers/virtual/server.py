@@ -1,20 +1,7 @@
 """The process that runs *inside* an isolated network + mount namespace (started by
 :class:`readers.virtual.pcscd.VirtualReaderStack` through ``unshare``).
 
-It brings the loopback up, bind-mounts ``RUN_DIR/pcscd`` over ``/run/pcscd``, starts pcscd as
-its child (``--foreground``, never ``--auto-exit``), serves one :class:`VpcdSlot` per reader,
-waits until pcscd lists every reader, then answers a small JSON-lines protocol on the unix
-socket ``RUN_DIR/control.sock`` (a path socket: reachable from outside the network namespace):
-
-    {"op": "ping"}                                  -> {"ok": true, "pid": ..., "readers": [...]}
-    {"op": "insert", "slot": 0, "image": "/x.json"} -> {"ok": true, "slot": {...}}
-    {"op": "remove", "slot": 0}                     -> {"ok": true, "slot": {...}}
-    {"op": "status"}                                -> {"ok": true, "slots": [{...}, ...]}
-    {"op": "shutdown"}                              -> {"ok": true}
-    errors                                          -> {"ok": false, "error": "..."}
-
-Insert and remove wait (``"wait": true``, the default) until pcscd reports the card present /
-absent, so a client that connects right after ``insert`` finds the new card.
+Design notes: ``docs/design/readers.md`` (section ``readers.virtual.server``).
 """
 
 from __future__ import annotations

@@ -1,21 +1,6 @@
 """The card side of vsmartcard's vpcd protocol: serve a :class:`CardHandler` to a vpcd reader.
 
-vpcd (``libifdvpcd.so``) is a pcscd reader driver that listens on a TCP port per reader
-(``CHANNELID`` for the first reader of a ``reader.conf`` entry, ``CHANNELID + 1`` for the
-second). A card connects to it; the card is *present* for pcscd while that connection is open.
-Every message, in both directions, is a 2-byte big-endian length followed by the payload
-(vsmartcard ``virtualsmartcard/src/vpcd/vpcd.c``):
-
-* a 1-byte payload from vpcd is a control code (:class:`VpcdControl`); only ``GET_ATR``
-  expects an answer (the ATR);
-* a longer payload is a command APDU, answered by response data + SW1 SW2.
-
-Trap (see RECIPES): vpcd sends the length and the payload in two ``send`` calls without
-TCP_NODELAY, so with delayed ACKs every APDU waits ~40 ms. The card side sets ``TCP_QUICKACK``
-before *every* ``recv`` (the kernel clears the flag) and ``TCP_NODELAY`` once.
-
-:class:`VpcdSlot` serves one reader slot from a thread: cards are inserted and ejected at any
-time; if vpcd goes away (pcscd restarted), the slot reconnects while a card is inserted.
+Design notes: ``docs/design/readers.md`` (section ``readers.virtual.vpcd``).
 """
 
 from __future__ import annotations
