@@ -67,6 +67,7 @@ from issuance.models import (
     LossReport,
     StaffRole,
 )
+from issuance.services import pins
 from issuance.services.applications import get_application
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -313,8 +314,12 @@ def _card_view(s: Session, number: str, user: SignedIn) -> dict[str, Any]:
     ).all()
     offered = lifecycle.events_for(CARD_TRANSITIONS, v.status, user.actor)
     audit.record(s, user.actor, "console.card_read", "card", card.id)
+    states = pins.pin_states(s, card.id)  # what the card's readers last reported of its PINs
     return {
         "card": v,
+        "pin_of": {
+            kind: states.get(pins.APP_PIN.get(kind, pins.SS_PIN)) for kind in v.chip_apps
+        },
         "reports": [
             {"kind": str(r.kind), "status": str(r.status), "channel": str(r.channel),
              "reported_at": r.reported_at, "lapses_at": r.lapses_at, "closed_at": r.closed_at,

@@ -349,3 +349,28 @@ def test_every_catalog_file_agrees_with_the_others() -> None:
     zh = i18n.translations("zh_CN")
     assert zh.gettext("Handled by") == "经办人" and zh.gettext("Staff") == "人员"
     assert zh.gettext("One-time code") == "验证码" and zh.gettext("Code") == "代码"
+
+
+def test_the_card_page_says_pin_blocked_never_sealed(api_env: ApiEnv, card_and_chip: tuple) -> None:
+    """A PIN the card reported blocked is shown as blocked on the counter's card page (the
+    same state ``ykt cards show`` and the person page show), and tries left when fewer."""
+    from issuance.models import Card
+    from issuance.services import pins
+
+    give_passwords(api_env)
+    card, _ = card_and_chip
+    c = api_env.client
+    sign_in(c, api_env.actors["clerk"].username)
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        row = s.get(Card, card.id)
+        assert row is not None
+        pins.record_pin_state(s, row, pins.SS_PIN, 1, api_env.actors["clerk"])
+    page = c.get(f"/console/cards?number={card.card_number}")
+    assert page.status_code == 200 and "密码剩余次数 1" in page.text
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        row = s.get(Card, card.id)
+        assert row is not None
+        pins.record_pin_state(s, row, pins.SS_PIN, 0, api_env.actors["clerk"])
+    page = c.get(f"/console/cards?number={card.card_number}")
+    assert "<strong>密码已锁</strong>" in page.text
+    assert page.text.count("密码已锁") == 3  # social security, medical and pension: one PIN
