@@ -105,8 +105,10 @@ def test_hospital_developer_flow_with_ykt_verify(
         assert got.returncode == 0, got.stdout + got.stderr
         assert got.stdout.startswith("VALID") and f"card {n}" in got.stdout
         assert "holder 张三" in got.stdout and "*" in got.stdout  # masked for a hospital
-        missing = run(venv, "verify", "--url", server.base_url, "--card-number", "Z00000000")
+        missing = run(venv, "verify", "--url", server.base_url, "--card-number", "Z00000005")
         assert missing.returncode == 2 and "no emulated card" in missing.stdout + missing.stderr
+        typo = run(venv, "verify", "--url", server.base_url, "--card-number", "Z00000000")
+        assert typo.returncode == 2 and "check character" in typo.stdout + typo.stderr
         # 3. the same through PC/SC: the card in a virtual reader
         readers = subprocess.Popen(
             ykt("readers", "start", "--count", "1"), env=env, cwd=PROJECT,

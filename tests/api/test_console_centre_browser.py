@@ -83,9 +83,11 @@ def maker_key(tmp_path_factory: pytest.TempPathFactory, api_hsm: Hsm) -> Path:
     each test's data directory gets a copy, as the maker's delivery would bring it)."""
     from issuance.batches.stock import ensure_manufacturer_key, manufacturer_key_path
 
-    assert api_hsm.config.softhsm_conf is not None
+    assert api_hsm.config.softhsm_conf is not None and api_hsm.config.tokens_dir is not None
+    # the maker's copy lives beside the tests' token, where every test using that token keeps
+    # it (the token holds one transport key, whoever made it first)
     settings = load_settings(environ={
-        "YKT_DATA_DIR": str(tmp_path_factory.mktemp("maker")),
+        "YKT_DATA_DIR": str(api_hsm.config.tokens_dir.parent.parent),
         "YKT_HSM__SOFTHSM_CONF": str(api_hsm.config.softhsm_conf),
     })  # fmt: skip
     ensure_manufacturer_key(settings)
@@ -101,10 +103,19 @@ def centre(tmp_path: Path, fresh_db_url: str, api_hsm: Hsm, maker_key: Path) -> 
     from yikatong.wiring import api_app
 
     assert api_hsm.config.softhsm_conf is not None
+    from devstack.bank import demo_bank_toml
+    from yikatong.demo import DEMO_BANK_DOMAIN
+
+    data = tmp_path / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    # the branch's bank co-operates: its BIN and key domain (its issuer master keys imported
+    # into the tests' token by key ceremony)
+    (data / "yikatong.toml").write_text(demo_bank_toml(BRANCH, DEMO_BANK_DOMAIN), encoding="utf-8")
     settings = load_settings(environ={
-        "YKT_DATA_DIR": str(tmp_path / "data"), "YKT_DATABASE__URL": fresh_db_url,
+        "YKT_DATA_DIR": str(data), "YKT_DATABASE__URL": fresh_db_url,
         "YKT_HSM__SOFTHSM_CONF": str(api_hsm.config.softhsm_conf), "YKT_READERS__COUNT": "1",
     })  # fmt: skip
+    ensure_bank_keys_for(settings)
     import shutil
 
     from issuance.batches.stock import manufacturer_key_path
@@ -177,7 +188,36 @@ def _approved(c: Centre, names: list[str]) -> list[tuple[str, str]]:
             services.review_application(s, app.id, c.actors["reviewer"])
             card = services.approve_application(s, c.settings, app.id, c.actors["approver"])
             out.append((card.card_number, cid))
+    # the bank data exchange: the request file, the bank's answer (the throwaway bank side),
+    # the response loaded: the cards' PANs are the bank's
+    from devstack.bank import answer_request
+    from issuance import bank
+
+    with c.session() as s:  # type: ignore[attr-defined]
+        request = bank.request_file(s, c.settings, BRANCH, c.actors["supervisor"])
+    answer = answer_request(request.text, c.settings.banks[BRANCH].bins[0])
+    with c.session() as s:  # type: ignore[attr-defined]
+        loaded = bank.load_response(s, c.settings, BRANCH, answer, c.actors["supervisor"])
+    assert loaded.loaded == len(names)
     return out
+
+
+def ensure_bank_keys_for(settings: Settings) -> None:
+    """The branch bank's issuer master keys in the tests' token (once: the token is shared)."""
+    from cardspec.keyscheme import Algorithm
+    from devstack.bank import IMK_SLOTS, imk_components
+    from hsm import ceremony
+    from hsm.pkcs11 import open_token
+    from yikatong.wiring import hsm_config
+
+    conf = settings.banks[BRANCH]
+    token = open_token(hsm_config(settings))
+    if conf.key_version in ceremony.bank_versions(token, conf.key_domain, Algorithm.DES3):
+        return
+    for slot in IMK_SLOTS:
+        _, comps, kcvs = imk_components(Algorithm.DES3)
+        ceremony.import_bank_master(token, conf.key_domain, slot, comps, kcvs, Algorithm.DES3,
+                                    conf.key_version)  # fmt: skip
 
 
 def test_card_centre_to_bank_branch(browser: Browser, centre: Centre, shots: Path) -> None:
@@ -304,11 +344,8 @@ def test_card_centre_to_bank_branch(browser: Browser, centre: Centre, shots: Pat
 
 def _holder_sets_the_pin_at_the_desk(c: Centre, number: str) -> None:
     """The reader-side station (what ``ykt cards activate-financial`` runs on the reader's
-    host): the holder's card in the desk reader, the PIN mailer's PIN and a new one typed on
-    the reader side, the chip changes its PIN, the activation recorded."""
-    from cardspec.keyscheme import Algorithm
-    from hsm.service import CardKeyRef
-    from issuance.batches.dataprep import initial_pin
+    host): the holder's card in the desk reader, a new PIN typed on the reader side, set by
+    the bank's issuer script (keys from the bank's domain), the activation recorded."""
     from issuance.services import financial
     from yikatong import branch
     from yikatong.wiring import key_service_from_settings
@@ -319,20 +356,20 @@ def _holder_sets_the_pin_at_the_desk(c: Centre, number: str) -> None:
         card = services.find_card(s, card_number=number)
         cic = card.card_identification_code
         assert cic is not None
-        ref = CardKeyRef(cic, key_version=card.key_version,
-                         algorithm=Algorithm(str(card.algorithm)))  # fmt: skip
         check = financial.hsm_card_check(keys, card)
+        script = financial.script_keys(s, c.settings, keys, card)
         card_id = card.id
 
     class DeskPinPad:
         def current_pin(self) -> str:
-            return initial_pin(keys, ref)  # the PIN mailer's
+            return ""  # the issuer script needs no current PIN
 
         def new_pin(self) -> str:
             return "246810"
 
     with branch.open_branch_reader(c.settings, cic) as desk:
-        evidence = financial.set_financial_pin(desk, cic, DeskPinPad(), authenticate=check)
+        evidence = financial.set_financial_pin(desk, cic, DeskPinPad(), script,
+                                               authenticate=check)  # fmt: skip
     with c.session() as s:  # type: ignore[attr-defined]
         services.activate_financial(s, card_id, teller, identity_checked=True, pin=evidence)
 

@@ -55,7 +55,7 @@ def _shown_code(p: Page) -> None:
     p.wait_for_function(
         "() => { const i = document.getElementById('ecard-code');"
         " return i && !i.closest('figure').hidden && i.complete && i.naturalWidth > 0; }",
-        timeout=20_000,
+        timeout=60_000,  # the code is signed in the HSM: slow on a loaded machine
     )
 
 

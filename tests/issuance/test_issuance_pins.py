@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import date
 
 import pytest
+from conftest import FixedPinPad, bank_account, emulated_chip
 
 from cardspec import perso
 from cardspec.errors import ProfileError
@@ -151,35 +152,32 @@ def test_a_notification_gateway_never_counts_a_pin_mailer_as_sent(session, caplo
 def test_bank_activation_weak_pin_refused_and_blocked_bank_pin_shown_blocked(
     session, settings, actors, new_card
 ) -> None:  # type: ignore[no-untyped-def]
-    from conftest import INITIAL_BANK_PIN, FixedPinPad, emulated_chip
+    from hsm.service import SoftwareKeyService
+
+    key_service = SoftwareKeyService.random()  # with the demo bank's key domain
 
     from cardspec import cardops
     from cardspec.reader import InProcessReader
-    from hsm.service import SoftwareKeyService
     from issuance import services
-    from issuance.models import Channel
-    from issuance.services import pin_counter
-    from issuance.services.pins import PinRefused, app_status_text
+    from issuance.services import financial, pin_counter, pins
+    from issuance.services.pins import app_status_text
 
     card = new_card("active")
-    reader = InProcessReader(emulated_chip(card, SoftwareKeyService.random()), name="desk 1")
-    teller = actors["bank_teller"].via(Channel.BANK)
+    reader = InProcessReader(emulated_chip(card, key_service), name="desk 1")
     person = card.person
-    # the weak-PIN rule on the bank activation path: refused before the card sees anything
-    pad = StrengthCheckedPad(FixedPinPad(INITIAL_BANK_PIN, "111111"), person, settings)
+    keys = financial.script_keys(session, bank_account(session, settings, card), key_service,
+                                 card)  # fmt: skip
+    # the weak-PIN rule on the bank activation path (the issuer script): refused before any
+    # PIN block is made, the bank PIN untouched
+    pad = StrengthCheckedPad(FixedPinPad("", "111111"), person, settings)
     with pytest.raises(WeakPin, match="repeated digits"):
-        services.set_financial_pin(reader, card.card_identification_code, pad)
+        services.set_financial_pin(reader, card.card_identification_code, pad, keys)
     reader.connect()
     assert cardops.pin_status(reader)["bank"].tries_left == 3
     reader.disconnect()
-    # three wrong mailer PINs: blocked, recorded, shown blocked (never "sealed")
-    for expected in (2, 1, 0):
-        pad = StrengthCheckedPad(FixedPinPad("907315", "480159"), person, settings)
-        with pytest.raises(PinRefused) as err:
-            services.set_financial_pin(reader, card.card_identification_code, pad)
-        assert err.value.tries_left == expected and err.value.pin_name == "bank"
-        pin_counter.record_refusal(session, card.id, teller, err.value,
-                                   service="activate_financial", reader=reader.name)  # fmt: skip
+    # a bank terminal reported the bank PIN blocked (6983): recorded, shown blocked (never
+    # "sealed") wherever the card is shown
+    pins.record_pin_state(session, card, pins.BANK_PIN, 0, actors["bank_teller"])
     view = services.card_status(session, card_id=card.id)
     assert view.chip_apps["financial"] == "sealed"  # the function's own state...
     assert app_status_text("financial", view.chip_apps["financial"], view.pins) == "PIN blocked"

@@ -41,14 +41,16 @@ import sqlalchemy as sa
 from batch_helpers import assert_batch_invariants, populate
 
 from cardspec import keyscheme
-from cardspec.keyscheme import Algorithm, KeySlot
+from cardspec.keyscheme import Algorithm
 from devstack import hosts as H
+from devstack.bank import IMK_SLOTS, demo_bank_toml
 from hsm import ceremony, softhsm
 from hsm.pkcs11 import open_token
 from issuance.batches import items as bi
 from issuance.batches.stock import MANUFACTURER, manufacturer_key_path
 from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.models import BatchItem, BatchStage, BlankChip, ChipStatus
+from yikatong.demo import BRANCH_CODE, DEMO_BANK_DOMAIN
 from yikatong.settings import Settings, load_settings
 
 pytestmark = [
@@ -76,13 +78,14 @@ class KeyCeremony:
     the custodians (here: the test) the same way."""
 
     def __init__(self) -> None:
-        self.masters = {slot: secrets.token_bytes(16) for slot in KeySlot}
+        self.masters = {slot: secrets.token_bytes(16) for slot in ceremony.CENTRE_SLOTS}
+        #: the co-operating bank's issuer master keys, in the bank's own key domain
+        self.imks = {slot: secrets.token_bytes(16) for slot in IMK_SLOTS}
         self.klk = secrets.token_bytes(16)
         self.transport = secrets.token_bytes(16)  # agreed with the blank-chip maker
 
     def load(self, data_dir: Path, db_url: str) -> Settings:
-        settings = load_settings(environ={"YKT_DATA_DIR": str(data_dir),
-                                          "YKT_DATABASE__URL": db_url})  # fmt: skip
+        settings = settings_with_bank(data_dir, db_url)
         config = settings.hsm_config()
         softhsm.ensure_token(config)
         token = open_token(config)
@@ -93,6 +96,10 @@ class KeyCeremony:
         ceremony.import_klk_master(token, comps, kcvs, 1, expected_kcv=kcv)
         comps, kcvs, kcv = _split(self.transport, Algorithm.AES)
         ceremony.import_transport_key(token, MANUFACTURER, comps, kcvs, expected_kcv=kcv)
+        for slot, key in self.imks.items():
+            comps, kcvs, kcv = _split(key, Algorithm.DES3)
+            ceremony.import_bank_master(token, DEMO_BANK_DOMAIN, slot, comps, kcvs,
+                                        Algorithm.DES3, 1, expected_kcv=kcv)  # fmt: skip
         ceremony.generate_signing_key(token)
         # the blank-chip maker's own copy of the transport key (the virtual stock makes the
         # blanks on this host with it)
@@ -100,6 +107,16 @@ class KeyCeremony:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.transport.hex())
         return settings
+
+
+def settings_with_bank(data_dir: Path, db_url: str) -> Settings:
+    """A host's settings, the demo bank configured in its ``yikatong.toml`` (for the ``ykt``
+    processes it starts too)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "yikatong.toml"
+    if not config.exists():
+        config.write_text(demo_bank_toml(BRANCH_CODE, DEMO_BANK_DOMAIN), encoding="utf-8")
+    return load_settings(environ={"YKT_DATA_DIR": str(data_dir), "YKT_DATABASE__URL": db_url})
 
 
 def host_env(settings: Settings) -> dict[str, str]:
@@ -170,8 +187,7 @@ def test_worker_host_killed_partitioned_and_database_failover(tmp_path: Path) ->
         db1, db2, lb, work1, work2 = (lan.host(n) for n in ("db1", "db2", "lb", "work1", "work2"))
         H.start_database_tier([db1, db2], lb)
         db_url = H.database_url(lb, "ykt", "postgresql+psycopg")
-        operator = load_settings(environ={"YKT_DATA_DIR": str(tmp_path / "operator"),
-                                          "YKT_DATABASE__URL": db_url})  # fmt: skip
+        operator = settings_with_bank(tmp_path / "operator", db_url)
         subprocess.run(ykt("db", "upgrade"), env=host_env(operator), cwd=PROJECT, check=True,
                        capture_output=True, timeout=120)  # fmt: skip
         keys = KeyCeremony()
