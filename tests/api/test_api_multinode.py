@@ -68,9 +68,9 @@ def test_the_nodes_tokens_hold_the_same_keys_loaded_apart(
     keys_a = {k.label: k for k in ceremony.list_keys(api_env.hsm.token)}
     keys_b = {k.label: k for k in ceremony.list_keys(hsm_b.token)}
     masters = [ceremony.master_label(slot, Algorithm.DES3, 1) for slot in ceremony.CENTRE_SLOTS]
-    assert set(masters) <= set(keys_a) and set(keys_a) - {"ykt:signing"} == set(keys_b) - {
-        "ykt:signing"
-    }
+    # the card centre's key set in both (node A's token is the tests' shared one: other tests
+    # may have added a bank's keys or a transport key to it)
+    assert set(masters) <= set(keys_a) and set(masters) <= set(keys_b)
     for label in masters:
         a, b = keys_a[label], keys_b[label]
         assert a.kcv == b.kcv and a.sensitive and b.sensitive
