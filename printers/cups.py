@@ -134,35 +134,7 @@ class CupsPrinter:
 
     def print_card(self, job_id: str, front: Image.Image, back: Image.Image) -> PrintResult:
         check_job_id(job_id)
-        pdf = card_pdf(front, back)
-        with _lock:
-            conn = self._connect()
-            try:
-                self._check_queue(conn)
-                existing = self._existing(conn, job_id)
-                if existing is not None:
-                    state = self._state(conn, existing)
-                    return PrintResult(job_id, self.backend, str(existing), state, duplicate=True)
-                with tempfile.NamedTemporaryFile(suffix=".pdf", delete=False) as fh:
-                    fh.write(pdf)
-                    path = fh.name
-                try:
-                    cups_id = int(conn.printFile(self.queue, path, job_id, self.options))
-                finally:
-                    os.unlink(path)
-                self._sent[job_id] = cups_id
-                state = self._state(conn, cups_id)
-            except PrinterError:
-                raise
-            except Exception as exc:
-                if cups is not None and isinstance(
-                    exc, cups.IPPError | cups.HTTPError | RuntimeError
-                ):
-                    raise map_cups_error(exc, self.queue) from exc
-                raise
-        if self.wait:
-            state = self.wait_for(cups_id)
-        return PrintResult(job_id, self.backend, str(cups_id), state)
+        return self._send(job_id, card_pdf(front, back), self.options)
 
     def print_document(self, job_id: str, pdf: bytes) -> PrintResult:
         """Print a ready PDF (a PIN mailer) on this queue with the queue's own media (not the
@@ -171,6 +143,11 @@ class CupsPrinter:
         ``PreserveJobFiles No`` (CUPS keeps job files a day by default)."""
         check_job_id(job_id)
         options = {k: v for k, v in self.options.items() if k not in ("media", "PageSize")}
+        return self._send(job_id, pdf, options)
+
+    def _send(self, job_id: str, pdf: bytes, options: dict[str, str]) -> PrintResult:
+        """Send ``pdf`` as job ``job_id`` once (a job of that name already sent or queued is
+        answered as a duplicate), then wait for it if the printer waits."""
         with _lock:
             conn = self._connect()
             try:
