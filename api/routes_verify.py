@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
@@ -26,6 +25,7 @@ from api.schemas import (
     VerificationOut,
 )
 from hsm.internal_auth import check_chip_sm2, check_internal_auth
+from hsm.ports import public_key_sha256
 from hsm.service import CardKeyRef, KeyService
 from issuance import audit
 from issuance.errors import PermissionDenied, ValidationError
@@ -277,20 +277,8 @@ async def public_key_pem(ctx: ApiContext) -> bytes:
 )
 async def feed_public_key(request: Request) -> PublicKeyOut:
     """The public key that verifies the status feed's signature (no authentication)."""
-    from cryptography.hazmat.primitives import serialization
-
-    from cardspec import sm2
-
     pem = await public_key_pem(ctx_of(request))
-    sm2_key = sm2.public_from_pem(pem)  # [hsm] signing = "sm2": pyca cannot load SM2 keys
-    der = (
-        sm2.spki_der(sm2_key)
-        if sm2_key is not None
-        else serialization.load_pem_public_key(pem).public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return PublicKeyOut(public_key_pem=pem.decode("ascii"), key_id=hashlib.sha256(der).hexdigest())
+    return PublicKeyOut(public_key_pem=pem.decode("ascii"), key_id=public_key_sha256(pem).hex())
 
 
 _FEED_DOC = {

@@ -9,6 +9,7 @@ so that the adapters never import the service module that builds them.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -215,6 +216,21 @@ def verify_signature(public_pem: bytes, data: bytes, signature: bytes) -> None:
         key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature as exc:
         raise SignatureInvalid("signature does not verify") from exc
+
+
+def public_key_sha256(public_pem: bytes) -> bytes:
+    """SHA-256 of a signing public key's SubjectPublicKeyInfo (DER), ECDSA P-256 or SM2: the
+    key's identity for those who check its signatures (the feed's ``key_id``, the e-card's
+    COSE ``kid``)."""
+    sm2_key = sm2.public_from_pem(public_pem)  # pyca cannot load SM2 keys
+    der = (
+        sm2.spki_der(sm2_key)
+        if sm2_key is not None
+        else serialization.load_pem_public_key(public_pem).public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return hashlib.sha256(der).digest()
 
 
 class HsmCardSession(CardCryptoSession, Protocol):

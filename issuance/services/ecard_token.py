@@ -15,7 +15,6 @@ from typing import Any
 
 import base45
 import cbor2
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 
 from cardspec import sm2
 from hsm.errors import SignatureInvalid
+from hsm.ports import public_key_sha256
 from hsm.service import verify_signature
 from issuance.errors import IssuanceError
 from issuance.models import CardStatus
@@ -94,15 +94,7 @@ def card_ref(card_number: str) -> bytes:
 @functools.lru_cache(maxsize=8)
 def key_id(public_key_pem: bytes) -> bytes:
     """The COSE kid of the issuer's key: SHA-256 of its SubjectPublicKeyInfo, first 8 bytes."""
-    sm2_key = sm2.public_from_pem(public_key_pem)
-    der = (
-        sm2.spki_der(sm2_key)
-        if sm2_key is not None
-        else serialization.load_pem_public_key(public_key_pem).public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return hashlib.sha256(der).digest()[:8]
+    return public_key_sha256(public_key_pem)[:8]
 
 
 @functools.lru_cache(maxsize=8)
