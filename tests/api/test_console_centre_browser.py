@@ -164,6 +164,20 @@ def _page(browser: Browser, url: str) -> tuple[Page, list[str]]:
     return pg, errors
 
 
+def _shot(p: Page, *, path: str, full_page: bool = False) -> None:
+    """A screenshot for the docs. Chromium sometimes answers "Unable to capture screenshot"
+    while a busy machine is still compositing a long page: one more try after a moment."""
+    from playwright.sync_api import Error
+
+    try:
+        p.screenshot(path=path, full_page=full_page)
+    except Error as exc:
+        if "Unable to capture screenshot" not in str(exc):
+            raise
+        p.wait_for_timeout(1000)
+        p.screenshot(path=path, full_page=full_page)
+
+
 def _sign_in(p: Page, username: str) -> None:
     p.goto("/console/login")
     p.get_by_label("用户名").fill(username)
@@ -237,7 +251,7 @@ def test_card_centre_to_bank_branch(browser: Browser, centre: Centre, shots: Pat
     alert = p.get_by_role("alert").inner_text()
     assert "nothing to produce" in alert and "filter" in alert
     assert p.get_by_label("行政区划代码或前缀").input_value() == "4401"  # the form kept
-    p.screenshot(path=str(shots / "centre-empty-selection.png"))
+    _shot(p, path=str(shots / "centre-empty-selection.png"))
     p.get_by_label("行政区划代码或前缀").fill("3301")
     p.get_by_role("button", name="创建批次").click()
     assert p.get_by_role("status").first.inner_text() == "批次已创建：选入 2 张卡。"
@@ -253,7 +267,7 @@ def test_card_centre_to_bank_branch(browser: Browser, centre: Centre, shots: Pat
     expect(chart).to_have_attribute("src", re.compile(r"chart\.png\?v=0-0-0-0-0-2-"))
     p.wait_for_function("() => document.querySelector('img.chart').complete")
     assert chart.evaluate("i => i.naturalWidth") == 1200
-    p.screenshot(path=str(shots / "centre-batch-run.png"), full_page=True)
+    _shot(p, path=str(shots / "centre-batch-run.png"), full_page=True)
     # ship the good cards to the branch (the next steps: the page again)
     run.get_by_role("link", name="下一步操作").click()
     assert p.get_by_role("button", name="运行批次").count() == 0  # nothing left to make
@@ -265,7 +279,7 @@ def test_card_centre_to_bank_branch(browser: Browser, centre: Centre, shots: Pat
     printer = p.locator("dl").first.inner_text()
     assert "后端\nfile\n" in printer and "\n已完成作业\n2\n" in printer, printer
     assert "虚拟读卡器" in p.inner_text("main")
-    p.screenshot(path=str(shots / "centre-equipment.png"), full_page=True)
+    _shot(p, path=str(shots / "centre-equipment.png"), full_page=True)
     p.get_by_role("link", name="空白卡库存").click()
     assert "尚未导入到货" in p.inner_text("main") and "virtual" in p.inner_text("main")
     p.get_by_role("link", name="外包制卡文件").click()
@@ -302,7 +316,7 @@ def test_card_centre_to_bank_branch(browser: Browser, centre: Centre, shots: Pat
         assert p.get_by_role("alert").count() == 0, p.get_by_role("alert").inner_text()
         status = p.get_by_role("status").inner_text()
         assert "已交给持卡人" in status and number in status
-    p.screenshot(path=str(shots / "branch-cards.png"), full_page=True)
+    _shot(p, path=str(shots / "branch-cards.png"), full_page=True)
     # the second holder loses the card; someone comes with its collection notice
     with c.session() as s:  # type: ignore[attr-defined]
         card = services.find_card(s, card_number=lost)
@@ -314,7 +328,7 @@ def test_card_centre_to_bank_branch(browser: Browser, centre: Centre, shots: Pat
     p.get_by_role("button", name="发卡", exact=True).click()
     alert = p.get_by_role("alert").inner_text()
     assert "lost_formal" in alert and "当前状态下不能执行此操作" in alert
-    p.screenshot(path=str(shots / "branch-lost-card-refused.png"))
+    _shot(p, path=str(shots / "branch-lost-card-refused.png"))
     p.get_by_role("button", name=f"启用社保功能 {good}").click()
     assert "社保功能已启用" in p.get_by_role("status").inner_text()
     # the financial function: the identity box not ticked
@@ -325,10 +339,10 @@ def test_card_centre_to_bank_branch(browser: Browser, centre: Centre, shots: Pat
     assert "请在柜台读卡器上输入密码" in p.get_by_role("status").inner_text()
     assert p.locator("input[type=password]").count() == 0  # no PIN field on the page
     expect(p.locator("#financial")).to_contain_text("正在等待持卡人在读卡器上输入密码")
-    p.screenshot(path=str(shots / "branch-pin-at-the-reader.png"))
+    _shot(p, path=str(shots / "branch-pin-at-the-reader.png"))
     _holder_sets_the_pin_at_the_desk(c, good)
     expect(p.locator("#financial")).to_contain_text("已启用：密码已在卡上设置。", timeout=15_000)
-    p.screenshot(path=str(shots / "branch-financial-active.png"))
+    _shot(p, path=str(shots / "branch-financial-active.png"))
     with c.session() as s:  # type: ignore[attr-defined]
         fin = services.find_card(s, card_number=good).chip_app(ChipAppKind.FINANCIAL)
         assert fin is not None and fin.status == "active" and fin.pin_set
@@ -395,7 +409,7 @@ def test_administrator_staff_clients_places(browser: Browser, centre: Centre, sh
     assert "已创建工作人员账号" in status and "chen.jing" in status
     password = p.locator(".secret").inner_text().strip()
     assert len(password) >= 20
-    p.screenshot(path=str(shots / "admin-staff-created.png"), full_page=True)
+    _shot(p, path=str(shots / "admin-staff-created.png"), full_page=True)
     # the new teller signs in with it, in another browser context
     q, q_errors = _page(browser, c.url)
     q.goto("/console/login")
@@ -417,7 +431,7 @@ def test_administrator_staff_clients_places(browser: Browser, centre: Centre, sh
     p.get_by_role("button", name="创建机构及其客户端").click()
     secret = p.locator(".secret").inner_text().strip()
     assert len(secret) >= 40 and "financial:activate" in p.get_by_role("status").inner_text()
-    p.screenshot(path=str(shots / "admin-api-client-secret.png"), full_page=True)
+    _shot(p, path=str(shots / "admin-api-client-secret.png"), full_page=True)
     p.reload()
     assert secret not in p.content()  # shown once
     # a collection point: a 5-digit region first
@@ -433,7 +447,7 @@ def test_administrator_staff_clients_places(browser: Browser, centre: Centre, sh
     p.get_by_role("button", name="创建领卡网点").click()
     status = p.get_by_role("status").inner_text()
     assert "领卡网点已创建" in status and "XH-COMM-01" in status
-    p.screenshot(path=str(shots / "admin-places.png"), full_page=True)
+    _shot(p, path=str(shots / "admin-places.png"), full_page=True)
     with c.session() as s:  # type: ignore[attr-defined]
         events = {e.action: e for e in s.scalars(sa.select(AuditEvent).where(
             AuditEvent.actor_name == admin))}  # fmt: skip
