@@ -11,9 +11,11 @@ takes its link down; :meth:`Host.link` takes the link down or up (a partition). 
 kills what is left and removes the namespaces and the bridge. Names carry a tag made of this
 process's id, so parallel test runs do not meet.
 
-:func:`start_etcd`, :func:`start_patroni` and :func:`start_haproxy` write their configuration
-under the host's directory and start the Debian packages' binaries in the host's namespace
-(Patroni and PostgreSQL as the ``postgres`` system user, which ``initdb`` requires).
+:func:`start_etcd`, :func:`start_patroni`, :func:`start_haproxy` and :func:`start_keepalived`
+write their configuration under the host's directory and start the Debian packages' binaries in
+the host's namespace (Patroni and PostgreSQL as the ``postgres`` system user, which ``initdb``
+requires). Two HAProxy hosts share one floating address (:meth:`Lan.spare_address`) that
+keepalived (VRRP) keeps on one of them: no single balancer is a single point of failure.
 """
 
 from __future__ import annotations
@@ -179,6 +181,10 @@ class Lan:
         self.hosts[name] = host
         return host
 
+    def spare_address(self) -> str:
+        """An address of the subnet that no host has: a floating (virtual) address."""
+        return str(next(self._addresses))
+
     def close(self) -> None:
         for host in self.hosts.values():
             with contextlib.suppress(Exception):
@@ -284,7 +290,10 @@ def start_patroni(host: Host, etcd: Sequence[Host], *, synchronous: bool = True)
                 "replication": {"username": "replicator", "password": REPLICATION_PASSWORD},
                 "rewind": {"username": "postgres", "password": SUPERUSER_PASSWORD},
             },
-            "parameters": {"unix_socket_directories": str(host.dir)},
+            # a client host that died (a balancer) holds no session's locks for long: its
+            # dead connections are found by TCP keepalive in about 11 s, not the system's 2 h
+            "parameters": {"unix_socket_directories": str(host.dir), "tcp_keepalives_idle": 5,
+                           "tcp_keepalives_interval": 2, "tcp_keepalives_count": 3},
             "pg_hba": [
                 "local all all trust",
                 f"host replication replicator {net} scram-sha-256",
@@ -322,30 +331,33 @@ PG_PORT = 5000
 API_PORT = 8080
 
 
-def start_haproxy(host: Host, db: Sequence[Host], api: Sequence[Host], api_port: int) -> None:
-    """HAProxy on ``host``: PostgreSQL on :data:`PG_PORT` sent to the node whose Patroni says
-    it is the primary (``GET /primary`` answers 200 only there; sessions to a node marked down
-    are cut, so clients reconnect to the new primary; TCP keepalives towards the clients, so
-    the session of a client that vanished is closed within seconds instead of holding its
-    transaction's locks until ``timeout client``), the API on :data:`API_PORT` balanced
-    over ``api`` nodes checked by ``GET /healthz`` (a connection that a node refuses or does
-    not accept within 500 ms is tried on the other, ``option redispatch``; a request sent
-    already is never sent twice). Every API request is logged (``haproxy.log``: the server it
-    went to, its status and how it ended) with its ``X-Call`` header, which tests set to tell
-    their requests apart."""
+def start_haproxy(
+    host: Host, db: Sequence[Host], api: Sequence[Host], api_port: int
+) -> subprocess.Popen[bytes]:
+    """HAProxy on ``host``, listening on every address of the host (its own, and the floating
+    address while keepalived gives it to this host): PostgreSQL on :data:`PG_PORT` sent to the
+    node whose Patroni says it is the primary (``GET /primary`` answers 200 only there; sessions
+    to a node marked down are cut, so clients reconnect to the new primary; TCP keepalives
+    towards the clients, so the session of a client that vanished is closed within seconds
+    instead of holding its transaction's locks until ``timeout client``), the API on
+    :data:`API_PORT` balanced over ``api`` nodes checked by ``GET /healthz`` (a connection that
+    a node refuses or does not accept within 500 ms is tried on the other, ``option
+    redispatch``; a request sent already is never sent twice). Every API request is logged
+    (``haproxy.log``: the server it went to, its status and how it ended) with its ``X-Call``
+    header, which tests set to tell their requests apart."""
     lines = [
         "global", "  maxconn 2000", "  log stdout format raw local0",
         f"  stats socket {host.dir / 'haproxy.sock'} mode 600 level admin",
         "defaults", "  mode tcp", "  timeout connect 500ms", "  timeout client 60s",
         "  timeout server 60s", "  timeout check 1s", "  log global",
-        "listen postgres", f"  bind {host.address}:{PG_PORT}", "  option httpchk GET /primary",
+        "listen postgres", f"  bind :{PG_PORT}", "  option httpchk GET /primary",
         # a client that vanished (host dead, network cut) is noticed in about 11 s and its
         # server session closed: PostgreSQL rolls its transaction back and frees its row locks
         "  option clitcpka", "  clitcpka-idle 5s", "  clitcpka-intvl 2s", "  clitcpka-cnt 3",
         "  http-check expect status 200",
         "  default-server inter 500ms fall 2 rise 2 on-marked-down shutdown-sessions",
         *(f"  server {h.name} {h.address}:5432 check port 8008" for h in db),
-        "listen api", f"  bind {host.address}:{API_PORT}", "  mode http", "  balance roundrobin",
+        "listen api", f"  bind :{API_PORT}", "  mode http", "  balance roundrobin",
         "  option httplog", "  http-request capture req.hdr(X-Call) len 80",
         "  option forwardfor",
         "  option httpchk GET /healthz", "  http-check expect status 200",
@@ -355,7 +367,66 @@ def start_haproxy(host: Host, db: Sequence[Host], api: Sequence[Host], api_port:
     ]  # fmt: skip
     path = host.dir / "haproxy.cfg"
     path.write_text("\n".join(lines) + "\n")
-    host.start(["haproxy", "-db", "-f", str(path)], "haproxy")
+    return host.start(["haproxy", "-db", "-f", str(path)], "haproxy")
+
+
+def start_keepalived(hosts: Sequence[Host], vip: str, haproxy_pids: Sequence[int]) -> None:
+    """keepalived (VRRP only) on each of ``hosts``, their HAProxy's process id beside them:
+    the floating address ``vip`` is held by one host at a time, the first while it lives (the
+    highest priority), else the next. The hosts speak VRRP to each other by unicast (one
+    advertisement a second: a backup takes over about 3.6 s after the holder falls silent, and
+    announces the address by gratuitous ARP). A host whose HAProxy process is gone (checked
+    every second, twice in a row) gives the address up at once. ``nopreempt``: a holder that
+    comes back does not take the address back (one move per fault, not two)."""
+    prefix = hosts[0].lan.net.prefixlen
+    for n, (h, pid) in enumerate(zip(hosts, haproxy_pids, strict=True)):
+        peers = [p.address for p in hosts if p is not h]
+        conf = f"""global_defs {{
+  router_id {h.name}
+  enable_script_security
+  script_user root
+}}
+vrrp_script haproxy_alive {{
+  script "/bin/kill -0 {pid}"
+  interval 1
+  fall 2
+  rise 2
+}}
+vrrp_instance balancer {{
+  state BACKUP
+  nopreempt
+  interface eth0
+  virtual_router_id 51
+  priority {150 - 10 * n}
+  advert_int 1
+  unicast_src_ip {h.address}
+  unicast_peer {{
+    {chr(10).join("    " + p for p in peers).strip()}
+  }}
+  virtual_ipaddress {{
+    {vip}/{prefix} dev eth0
+  }}
+  track_script {{
+    haproxy_alive
+  }}
+}}
+"""
+        path = h.dir / "keepalived.conf"
+        path.write_text(conf)
+        h.start(
+            ["keepalived", "--dont-fork", "--log-console", "--log-detail", "--vrrp",
+             "--no-syslog", "--use-file", str(path), "--pid", str(h.dir / "keepalived.pid"),
+             "--vrrp_pid", str(h.dir / "keepalived-vrrp.pid")],
+            "keepalived",
+        )  # fmt: skip
+        if n == 0:  # the first takes the address before the others start (no election race)
+            wait_for(f"{vip} on {h.name}", lambda h=h: holds_address(h, vip), 30)
+
+
+def holds_address(host: Host, address: str) -> bool:
+    """Whether ``address`` is on the host's interface now."""
+    out = host.run(["ip", "-o", "-4", "addr", "show", "dev", "eth0"], timeout=10)
+    return f" {address}/" in out
 
 
 def haproxy_status(host: Host) -> dict[tuple[str, str], str]:
@@ -394,21 +465,32 @@ _HTTPLOG = re.compile(
 # --- the database tier as a whole ------------------------------------------------------------
 
 
-def database_url(lb: Host, database: str = "postgres", driver: str = "postgresql") -> str:
-    """A URL through HAProxy's PostgreSQL port on ``lb`` (always the primary)."""
-    return f"{driver}://postgres:{SUPERUSER_PASSWORD}@{lb.address}:{PG_PORT}/{database}"
+def database_url(lb: Host | str, database: str = "postgres", driver: str = "postgresql") -> str:
+    """A URL through HAProxy's PostgreSQL port on ``lb`` (a balancer host, or the balancers'
+    floating address): always the primary."""
+    at = lb if isinstance(lb, str) else lb.address
+    return f"{driver}://postgres:{SUPERUSER_PASSWORD}@{at}:{PG_PORT}/{database}"
 
 
 def start_database_tier(
-    db: Sequence[Host], lb: Host, api: Sequence[Host] = (), api_port: int = 8000
-) -> None:
-    """etcd on ``db`` and ``lb`` (three members: one host may die), Patroni with PostgreSQL on
-    ``db`` (the first bootstraps and is the primary; the others are synchronous replicas),
-    HAProxy on ``lb`` once it sends PostgreSQL clients to the primary only, and database
-    ``ykt`` created."""
+    db: Sequence[Host],
+    lb: Host | Sequence[Host],
+    api: Sequence[Host] = (),
+    api_port: int = 8000,
+    vip: str | None = None,
+) -> str:
+    """etcd on ``db`` and the last balancer host (three members: one host may die), Patroni
+    with PostgreSQL on ``db`` (the first bootstraps and is the primary; the others are
+    synchronous replicas), HAProxy on each balancer host once it sends PostgreSQL clients to
+    the primary only, and database ``ykt`` created. Several balancer hosts share the floating
+    address ``vip`` (:func:`start_keepalived`, the first holds it). Returns the address the
+    clients use: ``vip``, or the one balancer's own."""
     import psycopg
 
-    etcd = [*db, lb]
+    lbs = [lb] if isinstance(lb, Host) else list(lb)
+    if len(lbs) > 1 and vip is None:
+        raise ValueError("several balancer hosts need a floating address")
+    etcd = [*db, lbs[-1]]
     start_etcd(etcd)
     start_patroni(db[0], etcd)
     wait_for(f"{db[0].name} primary", lambda: patroni_role(db[0]) == "primary", 90)
@@ -421,14 +503,20 @@ def start_database_tier(
         return bool(sync) and all(m["state"] == "running" for m in members)
 
     wait_for("a synchronous replica", replicas_in_sync, 90)
-    start_haproxy(lb, db, api, api_port)
+    pids = [start_haproxy(h, db, api, api_port).pid for h in lbs]
 
-    def on_primary() -> bool:
-        status = haproxy_status(lb)
+    def on_primary(h: Host) -> bool:
+        status = haproxy_status(h)
         return {s for (px, s), st in status.items() if px == "postgres" and st == "UP"} == {
             db[0].name
         }
 
-    wait_for("HAProxy on the primary", on_primary)
-    with psycopg.connect(database_url(lb), autocommit=True) as conn:
+    for h in lbs:
+        wait_for(f"HAProxy on {h.name} on the primary", lambda h=h: on_primary(h))
+    address = lbs[0].address
+    if vip is not None:
+        start_keepalived(lbs, vip, pids)
+        address = vip
+    with psycopg.connect(database_url(address), autocommit=True) as conn:
         conn.execute("CREATE DATABASE ykt")
+    return address

@@ -86,6 +86,12 @@ def _withhold_details(ctx: sa.engine.ExceptionContext) -> BaseException | None:
     )  # fmt: skip
 
 
+#: libpq's TCP keepalive parameters for PostgreSQL connections (see :func:`make_engine`).
+KEEPALIVES: dict[str, int] = {
+    "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+}  # fmt: skip
+
+
 def make_engine(settings: Settings | None = None, *, url: str | None = None) -> Engine:
     """An engine for ``url`` or the settings' database (SQLite file created on demand).
 
@@ -114,7 +120,14 @@ def make_engine(settings: Settings | None = None, *, url: str | None = None) -> 
     else:
         if sa_url.get_backend_name() == "postgresql" and sa_url.drivername == "postgresql":
             sa_url = sa_url.set(drivername="postgresql+psycopg")
-        engine = sa.create_engine(sa_url, echo=echo, hide_parameters=True, pool_pre_ping=True)
+        # TCP keepalives (libpq's): a connection whose peer vanished without a word (the
+        # balancer host it went through died, a network cut) fails within about 11 s instead
+        # of waiting for an answer for the system's two hours. The URL may set its own.
+        keepalives = {k: v for k, v in KEEPALIVES.items() if k not in sa_url.query}
+        engine = sa.create_engine(
+            sa_url, echo=echo, hide_parameters=True, pool_pre_ping=True,
+            connect_args=keepalives,
+        )  # fmt: skip
     event.listen(engine, "handle_error", _withhold_details)
     return engine
 

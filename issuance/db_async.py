@@ -33,6 +33,12 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, TimeoutError)
 
+#: Seconds one call of the hot paths may wait for the database (a few statements of a few
+#: milliseconds each). A connection whose peer vanished without a word (the balancer host it
+#: went through died, a network cut) answers nothing and asyncpg has no TCP keepalive: without
+#: this bound the request would wait until the client gives up.
+CALL_TIMEOUT = 10.0
+
 
 class DatabaseUnavailable(IssuanceError):
     """The database cannot be reached (or no connection became free in time)."""
@@ -57,12 +63,20 @@ class AsyncPgPool:
     dropped and the next caller opens a new one.
     """
 
-    def __init__(self, dsn: str, size: int = 16, *, acquire_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        size: int = 16,
+        *,
+        acquire_timeout: float = 10.0,
+        call_timeout: float = CALL_TIMEOUT,
+    ) -> None:
         if size < 1:
             raise ValueError("pool size must be at least 1")
         self.dsn = dsn
         self.size = size
         self.acquire_timeout = acquire_timeout
+        self.call_timeout = call_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: list[asyncpg.Connection] = []
         #: callers waiting for a connection; result None = "a slot is free: open one"
@@ -149,7 +163,13 @@ class AsyncPgPool:
         conn = await self._acquire()
         broken = False
         try:
-            return await fn(conn)
+            async with asyncio.timeout(self.call_timeout):
+                return await fn(conn)
+        except TimeoutError as exc:  # (an OSError: before the connection errors)
+            broken = True  # its answer may still come: the connection is not reused
+            raise DatabaseUnavailable(
+                f"the database did not answer within {self.call_timeout:g} s"
+            ) from exc
         except _CONNECTION_ERRORS as exc:
             broken = True
             raise DatabaseUnavailable(f"the database connection broke: {exc}") from exc
@@ -162,7 +182,12 @@ class AsyncPgPool:
     async def _own(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         conn = await self._connect()
         try:
-            return await fn(conn)
+            async with asyncio.timeout(self.call_timeout):
+                return await fn(conn)
+        except TimeoutError as exc:  # (an OSError: before the connection errors)
+            raise DatabaseUnavailable(
+                f"the database did not answer within {self.call_timeout:g} s"
+            ) from exc
         except _CONNECTION_ERRORS as exc:
             raise DatabaseUnavailable(f"the database connection broke: {exc}") from exc
         finally:

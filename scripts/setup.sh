@@ -10,7 +10,7 @@ PACKAGES=(
   libssl-dev libp11-kit-dev                                      # SM test PKCS#11 module (hsm/smtoken)
   cups-daemon cups-client cups-filters libcups2-dev              # printing
   postgresql                                                     # production database (tests)
-  patroni etcd-server haproxy                                    # multi-host tests (devstack/hosts.py)
+  patroni etcd-server haproxy keepalived                         # multi-host tests (devstack/hosts.py)
   fonts-noto-cjk                                                 # CJK card faces
   fonts-hanazono                                                 # names in CJK Ext. A/B (生僻字) Noto lacks
   iproute2 util-linux procps                                     # namespaces for isolated pcscd

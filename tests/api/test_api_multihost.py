@@ -6,8 +6,11 @@ address, like an operator's machine or a hospital's terminals)::
 
     db1, db2   PostgreSQL primary + streaming replica, managed by Patroni (synchronous mode),
                etcd member
-    lb         HAProxy: PostgreSQL on :5000 to whichever node Patroni's ``/primary`` says is
-               the primary; the API on :8080 balanced over api1/api2 (``/healthz``); etcd member
+    lb1, lb2   HAProxy on each: PostgreSQL on :5000 to whichever node Patroni's ``/primary``
+               says is the primary; the API on :8080 balanced over api1/api2 (``/healthz``);
+               keepalived (VRRP) keeps one floating address on one of them (lb1 first) and
+               the clients (terminals, API nodes, the operator) use only that address; lb2 is
+               an etcd member
     api1, api2 ``ykt serve``, each with its own SoftHSM token loaded by the same key ceremony
                (components and KCVs: no key copied in clear)
 
@@ -20,7 +23,12 @@ or no answer sends the same answer again until it gets one, as the client kit do
    accepted twice (``card.verified`` with ``valid`` at most once per challenge in the audit
    log, and exactly the ones the terminals were told were valid, plus those whose answer was
    lost in the kill and that the retry found used).
-2. the PostgreSQL primary killed (the host: Patroni, PostgreSQL, its etcd member): Patroni
+2. lb1 killed (the balancer holding the floating address: HAProxy, keepalived, its link):
+   keepalived on lb2 takes the address over and announces it; the requests open on lb1 get
+   no answer (the terminal sends them again), and so may a verification whose database
+   connection went through lb1 (503); no challenge accepted twice, nothing lost; the time
+   until the address moved and until verifications were answered again is printed.
+3. the PostgreSQL primary killed (the host: Patroni, PostgreSQL, its etcd member): Patroni
    promotes the synchronous replica, HAProxy follows, api2 reconnects by itself; every
    verification a terminal was told was valid is in the audit log afterwards (synchronous
    replication: nothing committed is lost); the time to recover is measured and printed.
@@ -79,14 +87,15 @@ def host_env(data_dir: Path, db_url: str) -> dict[str, str]:
 class Stack:
     lan: H.Lan
     db: list[H.Host]
-    lb: H.Host
+    lbs: list[H.Host]  # the balancers alive
+    vip: str  # their floating address
     api: list[H.Host]
     db_url: str
     log: list[str] = field(default_factory=list)
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.lb.address}:{H.API_PORT}"
+        return f"http://{self.vip}:{H.API_PORT}"
 
     def note(self, text: str) -> None:
         line = f"{time.strftime('%H:%M:%S')} {text}"
@@ -97,15 +106,19 @@ class Stack:
         return next(h for h in self.db if H.patroni_role(h) == "primary")
 
     def haproxy_routes_to(self, proxy: str, names: set[str]) -> bool:
-        status = H.haproxy_status(self.lb)
-        up = {srv for (px, srv), st in status.items() if px == proxy and st == "UP"}
-        return up == names
+        """Every balancer alive sends ``proxy``'s traffic to ``names`` only."""
+        for lb in self.lbs:
+            status = H.haproxy_status(lb)
+            up = {srv for (px, srv), st in status.items() if px == proxy and st == "UP"}
+            if up != names:
+                return False
+        return True
 
 
-def start_api(host: H.Host, db_url: str, balancer: H.Host) -> None:
+def start_api(host: H.Host, db_url: str, balancers: list[H.Host]) -> None:
     host.start(
         ykt("serve", "--host", host.address, "--port", str(API_PORT), "--workers", "1",
-            "--forwarded-allow-ips", balancer.address),
+            "--forwarded-allow-ips", ",".join(b.address for b in balancers)),
         "serve", env=host_env(host.dir / "data", db_url), cwd=PROJECT,
     )  # fmt: skip
 
@@ -113,20 +126,22 @@ def start_api(host: H.Host, db_url: str, balancer: H.Host) -> None:
 @contextmanager
 def stack(base: Path) -> Iterator[Stack]:
     with H.Lan(base / "hosts") as lan:
-        db1, db2, lb, api1, api2 = (lan.host(n) for n in ("db1", "db2", "lb", "api1", "api2"))
-        s = Stack(lan, [db1, db2], lb, [api1, api2], "")
-        H.start_database_tier([db1, db2], lb, [api1, api2], API_PORT)
-        s.db_url = H.database_url(lb, "ykt", "postgresql+psycopg")
+        names = ("db1", "db2", "lb1", "lb2", "api1", "api2")
+        db1, db2, lb1, lb2, api1, api2 = (lan.host(n) for n in names)
+        s = Stack(lan, [db1, db2], [lb1, lb2], lan.spare_address(), [api1, api2], "")
+        address = H.start_database_tier([db1, db2], s.lbs, [api1, api2], API_PORT, vip=s.vip)
+        s.db_url = H.database_url(address, "ykt", "postgresql+psycopg")
         subprocess.run(
             ykt("db", "upgrade"), env=host_env(base / "operator", s.db_url), cwd=PROJECT,
             check=True, capture_output=True, timeout=120,
         )  # fmt: skip
         for api in s.api:  # each node's own token, the same ceremony (components and KCVs)
             make_hsm(api.dir / "data")
-            start_api(api, s.db_url, lb)
+            start_api(api, s.db_url, s.lbs)
         H.wait_for("HAProxy on both API nodes",
                    lambda: s.haproxy_routes_to("api", {"api1", "api2"}), 120)  # fmt: skip
-        s.note(f"stack up on {lan.net}: db1 primary, db2 sync replica, lb, api1, api2")
+        s.note(f"stack up on {lan.net}: db1 primary, db2 sync replica, lb1 + lb2 sharing "
+               f"{s.vip} (on lb1), api1, api2")  # fmt: skip
         yield s
 
 
@@ -185,7 +200,9 @@ class Terminals:
     def _run(self, i: int) -> None:
         chip = self.chips[i]
         headers = {"Authorization": f"Bearer {self.token}"}
-        with httpx.Client(base_url=self.url, headers=headers, timeout=60) as http:
+        # a terminal gives up on an answer after 10 s of silence (the client kit: httpx's 5 s):
+        # a request the dead balancer had taken gets no word from anyone
+        with httpx.Client(base_url=self.url, headers=headers, timeout=10) as http:
             n = 0
             while not self.stop.is_set():
                 n += 1
@@ -256,7 +273,9 @@ def _check_no_double_and_nothing_lost(calls: list[Call], db_url: str) -> dict[st
     return accepted
 
 
-def test_api_node_and_database_primary_killed_under_verification_load(tmp_path: Path) -> None:
+def test_api_node_balancer_and_database_primary_killed_under_verification_load(
+    tmp_path: Path,
+) -> None:
     with stack(tmp_path) as s:
         settings = load_settings(environ={"YKT_DATA_DIR": str(tmp_path / "operator")})
         driver_hsm = make_hsm(tmp_path / "bureau")  # personalises the terminals' cards
@@ -295,7 +314,7 @@ def test_api_node_and_database_primary_killed_under_verification_load(tmp_path: 
         # every request that got a 5xx or no answer was one HAProxy had on api1 (the dead
         # node) when it took api1 out: HAProxy counts them ("N sessions active") and cuts them
         downs = re.findall(
-            r"Server api/api1 is DOWN, .* (\d+) sessions active", s.lb.log("haproxy")
+            r"Server api/api1 is DOWN, .* (\d+) sessions active", s.lbs[0].log("haproxy")
         )
         on_dead = int(downs[-1])  # the last time: the earlier ones were before it started
         s.note(f"{len(calls)} verifications ({len(in_flight)} open at the kill, "
@@ -313,7 +332,47 @@ def test_api_node_and_database_primary_killed_under_verification_load(tmp_path: 
         accepted = _check_no_double_and_nothing_lost(calls, s.db_url)
         s.note(f"fault 1: {len(accepted)} challenges accepted once each, none twice, none lost")
 
-        # -- fault 2: the PostgreSQL primary dies under load ------------------------------
+        # -- fault 2: the balancer holding the floating address dies under load ----------
+        lb1, lb2 = s.lbs
+        assert H.holds_address(lb1, s.vip) and not H.holds_address(lb2, s.vip)
+        with Terminals(s.api_url, token, chips) as terms:
+            time.sleep(3)
+            before = len(terms.snapshot())
+            killed_at = time.monotonic()
+            lb1.kill()
+            s.lbs = [lb2]
+            s.note(f"lb1 (holding {s.vip}) killed after {before} verifications")
+            moved = H.wait_for(f"{s.vip} on lb2", lambda: H.holds_address(lb2, s.vip), 30, 0.1)
+            switched = time.monotonic()
+            s.note(f"keepalived moved {s.vip} to lb2 after {moved:.1f} s")
+
+            def served_again() -> bool:
+                return any(c.started > switched and c.verdict and c.verdict.get("valid")
+                           for c in terms.snapshot())  # fmt: skip
+
+            H.wait_for("verifications again", served_again, 60, 0.05)
+            time.sleep(max(4.0, switched + 20 - time.monotonic()))  # past the timeouts
+        calls = terms.snapshot()
+        kinds = Counter(st for _w, _c, st in terms.failed)
+        first_ok = min(c.ended for c in calls if c.started > switched and c.statuses == [200])
+        s.note(f"{len(calls)} verifications; {len(terms.failed)} request(s) answered 5xx or not "
+               f"at all {dict(kinds)}; first verification sent after the move answered "
+               f"{first_ok - killed_at:.1f} s after the kill")  # fmt: skip
+        for when, call, st in terms.failed:
+            s.note(f"  {when - killed_at:+.2f} s {call} -> {st or 'connection closed'}")
+        # a request open on lb1 gets no answer (reset once the address moved, or silence until
+        # the terminal's 10 s timeout if lb1 had taken all of it); one whose database
+        # connection went through lb1 gets 503 (never a 500); all of it at the fault, none once
+        # the address moved and the API nodes' connections were made again
+        assert set(kinds) <= {0, 503}, kinds
+        assert all(0 < when - killed_at < moved + 15 for when, *_x in terms.failed)
+        late = [c for c in calls if c.started > switched + 15]
+        assert late and all(c.statuses == [200] for c in late)
+        assert first_ok - killed_at < 30
+        accepted = _check_no_double_and_nothing_lost(calls, s.db_url)
+        s.note(f"fault 2: {len(accepted)} challenges accepted in all, once each, none lost")
+
+        # -- fault 3: the PostgreSQL primary dies under load ------------------------------
         old = s.primary()
         assert old.name == "db1"
         with Terminals(s.api_url, token, chips) as terms:
@@ -351,7 +410,7 @@ def test_api_node_and_database_primary_killed_under_verification_load(tmp_path: 
                f"after the kill; first verification sent after the switch answered "
                f"{recovered:.1f} s after the kill")  # fmt: skip
         accepted = _check_no_double_and_nothing_lost(calls, s.db_url)
-        s.note(f"fault 2: {len(accepted)} challenges accepted in all, once each, none lost")
+        s.note(f"fault 3: {len(accepted)} challenges accepted in all, once each, none lost")
         assert recovered < 60
         # the audit chain over everything before, during and after both faults
         engine = make_engine(url=s.db_url)

@@ -121,3 +121,35 @@ def test_a_cancelled_caller_leaves_its_item_written() -> None:
 def test_max_batch_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Coalescer(Recorder(), max_batch=0)
+
+
+@pytest.mark.parametrize("db_backend", ["postgres"], indirect=True)
+def test_a_call_the_database_does_not_answer_in_time_is_refused_and_its_connection_dropped(
+    fresh_db_url: str,
+) -> None:
+    """A connection whose peer went silent (a dead balancer host) must not hold a request for
+    ever: the call gives up after ``call_timeout`` (503 ``service_unavailable``) and the
+    connection is not handed to the next caller (its answer may still come)."""
+    from issuance.db import make_engine
+    from issuance.db_async import AsyncPgPool, DatabaseUnavailable, dsn_from_url
+
+    engine = make_engine(url=fresh_db_url)
+    pool = AsyncPgPool(dsn_from_url(engine.url), 1, call_timeout=0.5)
+    engine.dispose()
+
+    async def main() -> tuple[float, int]:
+        await pool.open()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(DatabaseUnavailable, match=r"did not answer within 0\.5 s"):
+            await pool.run(lambda conn: conn.execute("SELECT pg_sleep(5)"))
+        waited = loop.time() - started
+        # the pool's only slot is free again, on a new connection (the old one is still busy)
+        one = await pool.run(lambda conn: conn.fetchval("SELECT 1"))
+        await pool.close()
+        return waited, one
+
+    waited, one = asyncio.run(main())
+    assert 0.5 <= waited < 2.5
+    assert one == 1
+    assert DatabaseUnavailable.code == "service_unavailable"
