@@ -2,7 +2,8 @@
 
 A mixin of :class:`cardspec.emulator.card.Card`; these commands answer only while a DF with an
 :class:`~cardspec.profile.EmvApplication` is selected (elsewhere 6D00, as on a card whose
-selected application does not offer them). Computations: :mod:`cardspec.emv`.
+selected application does not offer them). Computations: :mod:`cardspec.emv`, with the card's
+algorithm (3DES, AES or SM4: its FIN_* keys, session keys, MACs and PIN encipherment).
 
 ==========================  ========================  ============================================
 command                     APDU                      notes
