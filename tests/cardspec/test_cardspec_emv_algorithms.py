@@ -11,7 +11,10 @@ written here from the texts (no project code in the oracle computations):
   pycryptodome (``Cryptodome``: its own AES and CMAC, not OpenSSL through pyca/cryptography,
   which the project uses), itself checked against the published CMAC vectors (NIST SP 800-38B
   Appendix D.1, ``vectors/aes_cmac.json``). No published EMV test vector with AES keys was
-  found (EMVCo publishes none; the public calculators found are 3DES only).
+  found (EMVCo publishes none; the public calculators found are 3DES only), and the option C
+  text itself is in none of the searched public sources (AWS Payment Cryptography, for one,
+  offers options A and B only): it is implemented as EMV 4.3 Book 2 A1.4.3 gives it for a
+  128-bit key.
 * SM4 (PBOC 3.0 national-algorithm debit, the CHOICEs of ``cardspec.emv``): the oracle is gmssl's
   pure-Python SM4 (checked against GB/T 32907-2016 Annex A example 1), with CBC-MAC and
   CBC written here from ISO/IEC 9797-1 and ISO/IEC 10116.
