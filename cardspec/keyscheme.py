@@ -112,7 +112,12 @@ def _xor_ff(data: bytes) -> bytes:
 
 
 def diversification_data(factor: bytes, alg: Algorithm) -> bytes:
-    """The data block(s) encrypted under the parent key to derive a child key (16 bytes)."""
+    """The data block(s) encrypted under the parent key to derive a child key (16 bytes): an
+    8-byte factor ``F`` gives ``F || not F``; a 16-byte factor (the EMV option C factor of an
+    AES card's ``FIN_*`` keys, :func:`emv_factor`) is one whole block of a 16-byte block
+    cipher, encrypted as it is."""
+    if len(factor) == 16 and alg.block_size == 16:
+        return factor
     if len(factor) != 8:
         raise ValueError(f"diversification factor must be 8 bytes, got {len(factor)}")
     return factor + _xor_ff(factor)
@@ -142,13 +147,19 @@ def card_factor(card_identification_code: str) -> bytes:
     return bytes.fromhex(card_identification_code[16:])
 
 
-def emv_factor(pan: str, psn: str = "00") -> bytes:
-    """EMV 4.3 Book 2 A1.4.1 option A: Y = rightmost 16 digits of PAN || PSN (zero-filled on
-    the left if shorter), as 8 BCD bytes. Used for the ``FIN_*`` keys."""
-    digits = (pan + psn)[-16:].rjust(16, "0")
-    if not digits.isdigit():
+def emv_factor(pan: str, psn: str = "00", alg: Algorithm = Algorithm.DES3) -> bytes:
+    """The factor of the ``FIN_*`` keys (the ICC master keys of the EMV application).
+
+    3DES and SM4: EMV 4.3 Book 2 A1.4.1 option A: Y = rightmost 16 digits of PAN || PSN
+    (zero-filled on the left if shorter), as 8 BCD bytes; MK = ALG(IMK)[Y || not Y] (for SM4,
+    CHOICE: the PBOC shape of option A in one 16-byte block, :mod:`cardspec.emv`).
+    AES: Book 2 A1.4.3 option C: Y = PAN || PSN zero-filled on the left to 32 digits, as 16
+    BCD bytes; MK = AES(IMK)[Y] (one block, :func:`diversification_data`)."""
+    if not (pan + psn).isdigit():
         raise ValueError("PAN and PSN must be digits")
-    return bytes.fromhex(digits)
+    if alg is Algorithm.AES:
+        return bytes.fromhex((pan + psn)[-32:].rjust(32, "0"))
+    return bytes.fromhex((pan + psn)[-16:].rjust(16, "0"))
 
 
 def region_factor(region_code: str) -> bytes:
@@ -211,6 +222,22 @@ def retail_mac(key: bytes, padded: bytes) -> bytes:
     k1, k2 = key[:8], key[8:]
     last = cbc_mac(k1 * 2, padded, Algorithm.DES3)  # K1 || K1: single DES
     return _ecb(k1 * 2, Algorithm.DES3, _ecb(k2 * 2, Algorithm.DES3, last, decrypt=True))
+
+
+def cbc_encrypt(key: bytes, data: bytes, alg: Algorithm) -> bytes:
+    """CBC encryption with a zero IV of whole blocks (EMV issuer script confidentiality)."""
+    if not data or len(data) % alg.block_size:
+        raise ValueError("CBC input must be whole blocks (pad it first)")
+    return _cbc(key, alg, data, bytes(alg.block_size))
+
+
+def cbc_decrypt(key: bytes, data: bytes, alg: Algorithm) -> bytes:
+    """Inverse of :func:`cbc_encrypt`."""
+    if not data or len(data) % alg.block_size:
+        raise ValueError("ciphertext is not a whole number of blocks")
+    cipher = Cipher(_block_cipher(key, alg), modes.CBC(bytes(alg.block_size)))
+    ctx = cipher.decryptor()
+    return ctx.update(data) + ctx.finalize()
 
 
 def sm_mac_block(key: bytes, data: bytes, iv: bytes, alg: Algorithm) -> bytes:

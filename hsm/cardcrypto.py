@@ -150,6 +150,15 @@ def _wrap_for_chip(ops: _FastKeyOps, wrapping: Any, key: Any, alg: Algorithm) ->
     return ops.wrap(wrapping, key)
 
 
+def _cmac_double(block: bytes) -> bytes:
+    """The CMAC subkey step (NIST SP 800-38B 6.1): ``block << 1``, XOR ``R128 = 0x87`` when the
+    top bit was set."""
+    n = int.from_bytes(block, "big") << 1
+    if n >> 128:
+        n = (n & ((1 << 128) - 1)) ^ 0x87
+    return n.to_bytes(16, "big")
+
+
 class HsmCardCrypto:
     """:class:`CardCrypto` for one card with keys derived in the HSM (session objects)."""
 
@@ -368,27 +377,56 @@ class HsmCardCrypto:
     def _session_blocks(self, slot: KeySlot, ac: bytes, halves: str) -> Any:
         """A session-key object of the card's ``slot`` (MK-SMI / MK-SMC, the bank's domain) for
         the application cryptogram ``ac`` (common session key derivation, Book 2 A1.3.1:
-        ``SK = DES3(MK)[R0 R1 F0 R3..R7] || DES3(MK)[R0 R1 0F R3..R7]``), as a new object of
-        ``halves``: ``LR`` the session key, ``LL`` its left half twice (single DES under K1:
-        the chaining of MAC algorithm 3). CKA_ENCRYPT only, never extractable; LOCK held."""
+        3DES ``SK = DES3(MK)[R0 R1 F0 R3..R7] || DES3(MK)[R0 R1 0F R3..R7]``; AES and SM4
+        ``SK = ALG(MK)[AC || 00 * 8]``), as a new object of ``halves``: ``LR`` the session
+        key, ``LL`` (3DES only) its left half twice (single DES under K1: the chaining of MAC
+        algorithm 3). CKA_ENCRYPT only, never extractable; LOCK held."""
         bank_use(slot)
-        if self.algorithm is not Algorithm.DES3 or len(ac) != 8:
-            raise MechanismUnavailable("issuer scripts: 3DES EMV keys and an 8-byte cryptogram")
-        left, right = ac[:2] + b"\xf0" + ac[3:], ac[:2] + b"\x0f" + ac[3:]
-        data = left + (right if halves == "LR" else left)
+        if len(ac) != emv.AC_LENGTH:
+            raise MechanismUnavailable("issuer scripts: an 8-byte application cryptogram")
+        alg = self.algorithm
+        if alg is Algorithm.DES3:
+            left, right = ac[:2] + b"\xf0" + ac[3:], ac[:2] + b"\x0f" + ac[3:]
+            data = left + (right if halves == "LR" else left)
+        else:
+            data = emv.sm_diversifier(ac, alg)
         ops = self._live()
-        return ops.derive(self._key_synced(slot), Algorithm.DES3, data, SESSION_KEY)
+        return ops.derive(self._key_synced(slot), alg, data, SESSION_KEY)
+
+    def _mac_in_hsm(self, sk: Any, message: bytes) -> bytes:
+        """:func:`cardspec.emv.mac` of an AES or SM4 card under the session-key object ``sk``,
+        with encryptions only (LOCK held): SM4 MAC algorithm 1 (the last CBC block of the data
+        padded with method 2); AES-CMAC from its definition (NIST SP 800-38B 6.1-6.2): the
+        subkeys from ``L = AES(SK)[0]``, the last block masked with K1 (whole) or K2 (padded),
+        CBC under SK. ``L`` and the subkeys are of this transaction's session key only."""
+        ops, alg = self._live(), self.algorithm
+        if alg is Algorithm.SM4:
+            padded = keyscheme.pad_method2(message, 16)
+            return bytes(ops.cbc(sk, alg, padded, bytes(16)))[-16:]
+        k1 = _cmac_double(bytes(ops.ecb(sk, alg, bytes(16))))
+        if message and len(message) % 16 == 0:
+            mask, padded = k1, message
+        else:
+            mask, padded = _cmac_double(k1), keyscheme.pad_method2(message, 16)
+        last = bytes(a ^ b for a, b in zip(padded[-16:], mask, strict=True))
+        return bytes(ops.cbc(sk, alg, padded[:-16] + last, bytes(16)))[-16:]
 
     def issuer_script_mac(self, header: bytes, atc: int, ac: bytes, data: bytes) -> bytes:
-        """:func:`cardspec.emv.script_mac` computed in the HSM: MAC algorithm 3 under SK-SMI
-        (single-DES CBC under K1, then the last block 3DES under K1 K2 - the definition of the
-        algorithm, with encryptions only); the session-key objects destroyed at once."""
-        lc = len(data) + emv.MAC_LENGTH
-        message = keyscheme.pad_method2(
-            header[:4] + bytes([lc]) + atc.to_bytes(2, "big") + ac + data, 8
-        )
+        """:func:`cardspec.emv.script_mac` computed in the HSM: 3DES MAC algorithm 3 under
+        SK-SMI (single-DES CBC under K1, then the last block 3DES under K1 K2 - the definition
+        of the algorithm, with encryptions only), AES-CMAC or SM4 MAC algorithm 1
+        (:meth:`_mac_in_hsm`); the session-key objects destroyed at once."""
+        message = emv.script_message(header, atc, ac, data)
         with self._service.token.use("issuer script MAC"):
             ops = self._sync()
+            if self.algorithm is not Algorithm.DES3:
+                sk = self._session_blocks(KeySlot.FIN_SMI, ac, "LR")
+                try:
+                    return self._mac_in_hsm(sk, message)[: emv.MAC_LENGTH]
+                finally:
+                    ops.destroy(sk)
+                    self._destroyed_inside += 1
+            message = keyscheme.pad_method2(message, 8)
             k1 = self._session_blocks(KeySlot.FIN_SMI, ac, "LL")
             sk = self._session_blocks(KeySlot.FIN_SMI, ac, "LR")
             try:
@@ -404,13 +442,14 @@ class HsmCardCrypto:
 
     def encipher_pin_block(self, ac: bytes, pin_block: bytes) -> bytes:
         """:func:`cardspec.emv.encrypt_pin_block` computed in the HSM: the PIN block (the
-        holder's PIN, in this call only) padded and enciphered 3DES-CBC under SK-SMC."""
-        padded = keyscheme.pad_method2(pin_block, 8)
+        holder's PIN, in this call only) padded and enciphered CBC (zero IV) under SK-SMC."""
+        alg = self.algorithm
+        padded = keyscheme.pad_method2(pin_block, alg.block_size)
         with self._service.token.use("issuer script PIN encipherment"):
             ops = self._sync()
             sk = self._session_blocks(KeySlot.FIN_SMC, ac, "LR")
             try:
-                return bytes(ops.cbc(sk, Algorithm.DES3, padded, bytes(8)))
+                return bytes(ops.cbc(sk, alg, padded, bytes(alg.block_size)))
             finally:
                 ops.destroy(sk)
                 self._destroyed_inside += 1

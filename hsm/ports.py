@@ -110,7 +110,7 @@ class CardKeyRef:
         if slot.financial:
             if not self.pan:
                 raise HsmError(f"{slot.value}: financial keys need the card's PAN")
-            return (keyscheme.emv_factor(self.pan, self.psn or "00"),)
+            return (keyscheme.emv_factor(self.pan, self.psn or "00", self.algorithm),)
         card = keyscheme.card_factor(self.card_identification_code)
         if self.region_factor:
             return (keyscheme.region_factor(region_code), card)

@@ -323,13 +323,14 @@ class SoftwareCardSession(SoftwareCardCrypto):
 
     def issuer_script_mac(self, header: bytes, atc: int, ac: bytes, data: bytes) -> bytes:
         """:meth:`HsmCardCrypto.issuer_script_mac` with clear keys (``cardspec.emv``)."""
-        sk = cardspec_emv.sm_session_key(self.card_key(KeySlot.FIN_SMI), ac)
-        return cardspec_emv.script_mac(sk, header, atc, ac, data)
+        alg = self.algorithm
+        sk = cardspec_emv.sm_session_key(self.card_key(KeySlot.FIN_SMI), ac, alg)
+        return cardspec_emv.script_mac(sk, header, atc, ac, data, alg)
 
     def encipher_pin_block(self, ac: bytes, pin_block: bytes) -> bytes:
         """:meth:`HsmCardCrypto.encipher_pin_block` with clear keys (``cardspec.emv``)."""
-        sk = cardspec_emv.sm_session_key(self.card_key(KeySlot.FIN_SMC), ac)
-        return cardspec_emv.encrypt_pin_block(sk, pin_block)
+        sk = cardspec_emv.sm_session_key(self.card_key(KeySlot.FIN_SMC), ac, self.algorithm)
+        return cardspec_emv.encrypt_pin_block(sk, pin_block, self.algorithm)
 
     def kcv(self, slot: KeySlot) -> bytes:
         return keyscheme.kcv(self.card_key(slot), self.algorithm)

@@ -2,7 +2,8 @@
 
 A mixin of :class:`cardspec.emulator.card.Card`; these commands answer only while a DF with an
 :class:`~cardspec.profile.EmvApplication` is selected (elsewhere 6D00, as on a card whose
-selected application does not offer them). Computations: :mod:`cardspec.emv`.
+selected application does not offer them). Computations: :mod:`cardspec.emv`, with the card's
+algorithm (3DES, AES or SM4: its FIN_* keys, session keys, MACs and PIN encipherment).
 
 ==========================  ========================  ============================================
 command                     APDU                      notes
@@ -132,9 +133,14 @@ class EmvCommands:
 
     def _emv_key(self, slot: KeySlot) -> bytes:
         key = self.state.keys.get(slot)
-        if key is None or self.state.algorithm is not Algorithm.DES3:
+        if key is None:
             raise _Status(SW.CONDITIONS_NOT_SATISFIED)
         return key
+
+    @property
+    def _emv_alg(self) -> Algorithm:
+        """The card's algorithm: 3DES, AES or SM4 computations (:mod:`cardspec.emv`)."""
+        return Algorithm(self.state.algorithm)
 
     def _emv_pin(self) -> PinSpec:
         pins = self._ix.dfs[self.current_df].pins
@@ -196,8 +202,9 @@ class EmvCommands:
         b2 = (0x80 if pin.name in self.verified else 0) | (0x01 if self._emv_blocked else 0)
         cvr = bytes([0x03, b1, b2, 0x00])
         atc = txn.atc.to_bytes(2, "big")
+        alg = self._emv_alg
         ac = emv.application_cryptogram(
-            emv.ac_session_key(key, txn.atc), cmd.data + app.aip + atc + cvr
+            emv.ac_session_key(key, txn.atc, alg), cmd.data + app.aip + atc + cvr, alg
         )
         txn.ac = ac
         txn.stage = "done" if second or result is emv.CryptogramType.AAC else "first"
@@ -221,8 +228,9 @@ class EmvCommands:
             raise _Status(SW.CONDITIONS_NOT_SATISFIED)  # no cryptogram: no session keys
         self._key_usable(KeySlot.FIN_SMI)
         body, mac = cmd.data[: -emv.MAC_LENGTH], cmd.data[-emv.MAC_LENGTH :]
-        sk = emv.sm_session_key(self._emv_key(KeySlot.FIN_SMI), txn.ac)
-        if not hmac.compare_digest(emv.script_mac(sk, cmd.header, txn.atc, txn.ac, body), mac):
+        alg = self._emv_alg
+        sk = emv.sm_session_key(self._emv_key(KeySlot.FIN_SMI), txn.ac, alg)
+        if not hmac.compare_digest(emv.script_mac(sk, cmd.header, txn.atc, txn.ac, body, alg), mac):
             self._key_failed(KeySlot.FIN_SMI)
             raise _Status(SW.SM_DATA_INCORRECT)
         self._key_succeeded(KeySlot.FIN_SMI)
@@ -258,9 +266,10 @@ class EmvCommands:
             st.tries_left = spec.tries
         else:
             assert txn.ac is not None
-            sk = emv.sm_session_key(self._emv_key(KeySlot.FIN_SMC), txn.ac)
+            alg = self._emv_alg
+            sk = emv.sm_session_key(self._emv_key(KeySlot.FIN_SMC), txn.ac, alg)
             try:
-                block = emv.decrypt_pin_block(sk, body)
+                block = emv.decrypt_pin_block(sk, body, alg)
             except ValueError:
                 raise _Status(SW.WRONG_DATA) from None
             self._set_new_pin(spec, st, block)

@@ -53,7 +53,7 @@ def software_crypto(
         masters(seed),
         (keyscheme.card_factor(card_code(serial)),),
         algorithm,
-        (keyscheme.emv_factor(PAN, PSN),),
+        (keyscheme.emv_factor(PAN, PSN, algorithm),),
         klk_master=klk_master(seed),
     )
 

@@ -5,17 +5,24 @@ cross-domain use refused."""
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pyemv.kd
 import pytest
 from hsm_helpers import REGION, TEST_BANK, HsmEnv, components_of, master_key
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from cardspec import keyscheme
+from cardspec import emv, keyscheme
 from cardspec.keyscheme import Algorithm, KeySlot
 from hsm import ceremony
 from hsm import pkcs11 as p11
 from hsm.errors import KcvMismatch, KeyDomainError, KeyNotFound
 from hsm.service import CardKeyRef, SoftwareKeyService
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cardspec"))
+from emv_oracle import oracle_icc_mk, oracle_pin, oracle_script_mac
 
 pytestmark = pytest.mark.softhsm
 CIC = "330182D156000005" + "0011223344556677"
@@ -53,7 +60,8 @@ def test_bank_ceremony_labels_and_listing(hsm_env: HsmEnv) -> None:
 
 @pytest.mark.parametrize("alg", [Algorithm.DES3, Algorithm.AES])
 def test_emv_keys_derived_in_the_hsm_from_the_bank_imks(hsm_env: HsmEnv, alg: Algorithm) -> None:
-    """MK-AC, MK-SMI, MK-SMC of a card: EMV option A of the bank's IMKs by PAN and PSN, in
+    """MK-AC, MK-SMI, MK-SMC of a card: EMV option A (AES: option C) of the bank's IMKs by
+    PAN and PSN, in
     the HSM (KCVs of the session objects, and the WRITE KEY payload unwrapped by the twin)."""
     ref = CardKeyRef(CIC, 1, alg, pan=PAN, psn=PSN, bank=TEST_BANK)
     with hsm_env.service.card_crypto(ref) as crypto:
@@ -62,8 +70,8 @@ def test_emv_keys_derived_in_the_hsm_from_the_bank_imks(hsm_env: HsmEnv, alg: Al
         imk = master_key(slot, alg, 1)
         if alg is Algorithm.DES3:
             expected = pyemv.kd.derive_icc_mk_a(imk, PAN, PSN)  # the independent oracle
-        else:
-            expected = keyscheme.diversify(imk, keyscheme.emv_factor(PAN, PSN), alg)
+        else:  # option C (EMV Book 2 A1.4.3), the oracle of tests/cardspec/emv_oracle.py
+            expected = oracle_icc_mk(alg, imk, PAN, PSN)
         assert kcvs[slot] == keyscheme.kcv(expected, alg), slot
 
 
@@ -142,3 +150,50 @@ def test_issuer_script_mac_and_pin_encipherment_in_the_hsm_match_pyemv(hsm_env: 
                                               b"\x84\x18\x00\x00\x04" + atc.to_bytes(2, "big")
                                               + ac, 4)  # fmt: skip
             assert hsm.issuer_script_mac(b"\x84\x18\x00\x00", atc, ac, b"") == unblock
+
+
+def test_aes_issuer_script_mac_and_pin_encipherment_in_the_hsm_match_the_oracle(
+    hsm_env: HsmEnv,
+) -> None:
+    """An AES card's issuer script in the HSM (SoftHSM: the session keys derived by
+    CKM_AES_ECB_ENCRYPT_DATA from the card's option C MK-SMI / MK-SMC, AES-CMAC from encryptions
+    under the session-key object) equals the independent oracle (pycryptodome's AES and CMAC)
+    and the software twin, for messages of every length around the block boundaries."""
+    alg = Algorithm.AES
+    ref = CardKeyRef(CIC, 1, alg, pan=PAN, psn=PSN, bank=TEST_BANK)
+    twin = SoftwareKeyService({}, REGION, bank_masters={
+        (TEST_BANK, slot, alg, 1): master_key(slot, alg, 1) for slot in FIN
+    })  # fmt: skip
+    mk_smi = oracle_icc_mk(alg, master_key(KeySlot.FIN_SMI, alg, 1), PAN, PSN)
+    mk_smc = oracle_icc_mk(alg, master_key(KeySlot.FIN_SMC, alg, 1), PAN, PSN)
+    with hsm_env.service.card_crypto(ref) as hsm, twin.card_crypto(ref) as soft:
+        for n in range(3):
+            ac, pin = os.urandom(8), f"{480159 + n:06d}"
+            block = bytes.fromhex(f"26{pin}FFFFFFFF")
+            enc = oracle_pin(alg, mk_smc, ac, pin)
+            assert hsm.encipher_pin_block(ac, block) == soft.encipher_pin_block(ac, block) == enc
+        # 15 + len(data) bytes: 15 (one padded block), 16 and 32 (whole blocks: CMAC's K1), ...
+        for size in (0, 1, 16, 17, 18, 33):
+            atc, ac, data = 7 + size, os.urandom(8), os.urandom(size)
+            header = bytes([0x84, 0x24, 0x00, 0x02])
+            mac = oracle_script_mac(alg, mk_smi, header, atc.to_bytes(2, "big"), ac, data)
+            assert hsm.issuer_script_mac(header, atc, ac, data) == mac, size
+            assert soft.issuer_script_mac(header, atc, ac, data) == mac, size
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.binary(max_size=70), atc=st.integers(0, 0xFFFF), ac=st.binary(min_size=8, max_size=8)
+)
+def test_aes_cmac_in_the_hsm_equals_the_reference(
+    hsm_env: HsmEnv, data: bytes, atc: int, ac: bytes
+) -> None:
+    """The HSM's AES-CMAC (from encryptions under the session-key object) is a second
+    implementation of ``cardspec.emv.mac``: equal to it for every message length."""
+    alg = Algorithm.AES
+    ref = CardKeyRef(CIC, 1, alg, pan=PAN, psn=PSN, bank=TEST_BANK)
+    mk_smi = oracle_icc_mk(alg, master_key(KeySlot.FIN_SMI, alg, 1), PAN, PSN)
+    header = bytes([0x84, 0x24, 0x00, 0x02])
+    expected = emv.script_mac(emv.sm_session_key(mk_smi, ac, alg), header, atc, ac, data, alg)
+    with hsm_env.service.card_crypto(ref) as hsm:
+        assert hsm.issuer_script_mac(header, atc, ac, data) == expected

@@ -57,8 +57,8 @@ def _indep_card_key(env: HsmEnv, ref: CardKeyRef, slot: KeySlot) -> bytes:
     if slot.financial:
         if ref.algorithm is Algorithm.DES3:
             return pyemv.kd.derive_icc_mk_a(master, PAN, PSN)
-        y = bytes.fromhex((PAN + PSN)[-16:])
-        return _indep_diversify(master, y, ref.algorithm)
+        # AES: EMV 4.3 Book 2 A1.4.3 option C, Y = PAN || PSN zero-filled to 16 bytes
+        return _ecb(master, ref.algorithm, bytes.fromhex((PAN + PSN).rjust(32, "0")))
     key = master
     if ref.region_factor:
         key = _indep_diversify(key, bytes.fromhex(REGION) + b"\xff" * 5, ref.algorithm)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from hsm_helpers import REGION, components_of, master_key
+from hsm_helpers import REGION, TEST_BANK, components_of, master_key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pkcs11 import Attribute, ObjectClass
@@ -36,6 +36,7 @@ from hsm.service import CardKeyRef, Pkcs11KeyService
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cardspec"))
 from cardspec_helpers import SERIAL, card_code, perso_data
+from emv_oracle import oracle_icc_mk, oracle_pin, oracle_script_mac
 
 SM4 = Algorithm.SM4
 MODULE = Path(__file__).resolve().parents[2] / "var" / "lib" / smtoken.LIBRARY_NAME
@@ -482,3 +483,46 @@ def test_token_store_takes_concurrent_writers(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", listing], capture_output=True, text=True,
                          check=True, timeout=60).stdout  # fmt: skip
     assert out.strip() == str([1, 2, 3, 4, 11, 12, 13, 14])
+
+
+def test_sm4_bank_keys_and_issuer_scripts_through_the_module(
+    sm_env: tuple[HsmConfig, Pkcs11KeyService],
+) -> None:
+    """The bank's SM4 issuer master keys imported by ceremony (components, KCVs) into its own
+    key domain of the SM module; an SM4 card's MK-AC / MK-SMI / MK-SMC derived there (the PBOC
+    one-block option A, the vendor's SM4 ECB-encrypt-data) and its issuer script computed there
+    (SM4 session keys, SM4 MAC algorithm 1, SM4-CBC PIN encipherment) equal the independent
+    oracle (gmssl's SM4, tests/cardspec/emv_oracle.py) and the software twin."""
+    _, service = sm_env
+    fin = (KeySlot.FIN_AC, KeySlot.FIN_SMI, KeySlot.FIN_SMC)
+    pan, psn = "6217000012345678901", "01"
+    for slot in fin:
+        key = master_key(slot, SM4, 1)
+        comps = components_of(key)
+        info = ceremony.import_bank_master(
+            service.token, TEST_BANK, slot, comps, [keyscheme.kcv(c, SM4) for c in comps], SM4,
+            1, expected_kcv=keyscheme.kcv(key, SM4),
+        )  # fmt: skip
+        assert info.label == f"ykt:bank:{TEST_BANK}:{ceremony.BANK_KEYS[slot]}:sm4:v1"
+    assert ceremony.bank_versions(service.token, TEST_BANK, SM4) == [1]
+    ref = CardKeyRef(card_code(SERIAL), 1, SM4, pan=pan, psn=psn, bank=TEST_BANK)
+    from hsm.service import SoftwareKeyService
+
+    twin = SoftwareKeyService({}, REGION, bank_masters={
+        (TEST_BANK, slot, SM4, 1): master_key(slot, SM4, 1) for slot in fin
+    })  # fmt: skip
+    mks = {slot: oracle_icc_mk(SM4, master_key(slot, SM4, 1), pan, psn) for slot in fin}
+    with service.card_crypto(ref) as hsm, twin.card_crypto(ref) as soft:
+        for slot in fin:
+            assert hsm.kcv(slot) == keyscheme.kcv(mks[slot], SM4), slot
+        for size in (0, 1, 16, 17, 33):
+            atc, ac, data = 3 + size, os.urandom(8), os.urandom(size)
+            header = bytes([0x84, 0x24, 0x00, 0x02])
+            mac = oracle_script_mac(SM4, mks[KeySlot.FIN_SMI], header, atc.to_bytes(2, "big"),
+                                    ac, data)  # fmt: skip
+            assert hsm.issuer_script_mac(header, atc, ac, data) == mac, size
+            assert soft.issuer_script_mac(header, atc, ac, data) == mac, size
+        ac = os.urandom(8)
+        enc = oracle_pin(SM4, mks[KeySlot.FIN_SMC], ac, "802413")
+        block = bytes.fromhex("26802413FFFFFFFF")
+        assert hsm.encipher_pin_block(ac, block) == soft.encipher_pin_block(ac, block) == enc

@@ -119,11 +119,14 @@ INITIAL_BANK_PIN = "135790"
 
 def emulated_chip(
     card: Card, key_service: object, path: object = None, *, pan: str = BANK_PAN,
-    bank: str | None = None,
+    bank: str | None = None, profile: object = None,
 ) -> object:  # fmt: skip
     """A real emulator chip personalised (cardspec.perso, keys of ``key_service``) as ``card``:
     its identification code, number, holder; bank PIN = INITIAL_BANK_PIN. ``path``: keep the
-    image there (the reader backends load it from ``<data_dir>/cards``)."""
+    image there (the reader backends load it from ``<data_dir>/cards``). ``profile``: the
+    card profile (default: the second-generation 3DES one)."""
+    from typing import Any
+
     from cardspec import perso
     from cardspec.emulator import blank_card
     from cardspec.keyscheme import Algorithm, KeySlot
@@ -131,24 +134,26 @@ def emulated_chip(
     from cardspec.reader import InProcessReader
     from hsm.service import DEMO_BANK, CardKeyRef
 
+    prof: Any = DEFAULT_PROFILE if profile is None else profile
     cic = card.card_identification_code
     assert cic is not None and card.issue_date and card.expiry_date
     ref = CardKeyRef(cic, card.key_version, Algorithm(str(card.algorithm)), pan=pan, psn="00",
                      bank=bank or DEMO_BANK)  # the EMV keys: the bank's key domain  # fmt: skip
     crypto = key_service.card_crypto(ref)  # type: ignore[attr-defined]
     chip = blank_card(
-        bytes.fromhex(cic[-16:]), crypto.card_key(KeySlot.KMC), DEFAULT_PROFILE.algorithm,
-        klk=crypto.key_loading_key(), profile=DEFAULT_PROFILE, path=path,  # type: ignore[arg-type]
+        bytes.fromhex(cic[-16:]), crypto.card_key(KeySlot.KMC), prof.algorithm,
+        klk=crypto.key_loading_key(), profile=prof, path=path,  # type: ignore[arg-type]
     )  # fmt: skip
     person = card.person
     data = perso.CardPersoData(
-        cic, card.card_number, "2.00", card.issue_date, card.expiry_date, "330100000001",
+        cic, card.card_number, prof.spec_version, card.issue_date, card.expiry_date,
+        "330100000001",
         Holder(person.citizen_id, person.name, person.sex, "01", person.region_code,
                person.birth_date),
         initial_pin="802413", bank_pin=INITIAL_BANK_PIN,
         financial=FinancialData(pan, card.expiry_date, "00", "ZHANG SAN"),
     )  # fmt: skip
-    perso.personalise(InProcessReader(chip), crypto, data, DEFAULT_PROFILE)
+    perso.personalise(InProcessReader(chip), crypto, data, prof)
     return chip
 
 
