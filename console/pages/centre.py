@@ -321,8 +321,12 @@ def _hsm_labels(request: Request, kind: str) -> tuple[list[str], list[Problem]]:
     def names(service: Any) -> list[str]:
         from hsm import ceremony
 
-        found = {k.label.split(":")[2] for k in ceremony.list_keys(service.token)
-                 if k.kind == kind and k.label.count(":") >= 2}  # fmt: skip
+        found = set()
+        for k in ceremony.list_keys(service.token):
+            if k.kind == kind == "transport":
+                found.add(k.label.removeprefix(ceremony.transport_label("")))
+            elif k.kind == kind:  # ykt:supplier:NAME:kmc|klk:ALG:vN
+                found.add(k.label.split(":")[2])
         return sorted(found)
 
     try:
@@ -337,9 +341,12 @@ async def _save_upload(data: FormData, name: str, into: Path) -> Path:
     upload = data.get(name)
     if not isinstance(upload, UploadFile) or not upload.filename:
         raise ValidationError("no file", [FieldProblem(name, "choose the file to upload")])
-    safe = "".join(ch for ch in Path(upload.filename).name if ch.isascii()
-                   and (ch.isalnum() or ch in "._-"))[-100:].lstrip(".")  # fmt: skip
-    path = into / (safe or "upload")
+    given = Path(upload.filename)
+    stem = "".join(ch for ch in given.stem if ch.isascii() and (ch.isalnum() or ch in "_-"))
+    suffix = (
+        given.suffix.lower() if given.suffix[1:].isascii() and given.suffix[1:].isalnum() else ""
+    )
+    path = into / f"{stem[:80] or 'upload'}{suffix}"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
         while chunk := await upload.read(1 << 20):

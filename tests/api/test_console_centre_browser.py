@@ -709,7 +709,7 @@ def test_card_centre_delivery_import(browser: Browser, centre: Centre, shots: Pa
     assert "校验值与 HSM 中该供应商的密钥组不符" in alert and "KMC KCV 000000" in alert, alert
     assert chips() == 0
     # 3. the good file: checked, then imported
-    good = delivery("good.csv", good_rows)
+    good = delivery("到货单-七月.csv", good_rows)  # a Chinese file name
     upload(good, "仅核对")
     status = p.get_by_role("status").first.inner_text()
     assert "到货文件正确" in status and "6 个校验值已在 HSM 中核验" in status, status
