@@ -627,9 +627,18 @@ def test_card_centre_bureau_export_and_import(
     upload(good, info.file_id, "仅核对")
     assert "所有行均正确：仅核对，尚未应用" in p.get_by_role("status").first.inner_text()
     assert _stages_of(c, "外包-A") == ["at_bureau"] * 2
+    # 5. the tampered file again, its good line applied on purpose (--partial)
+    p.get_by_label("即使有行被拒，也应用正确的行").check()
+    upload(tampered, info.file_id)
+    status = p.get_by_role("status").first.inner_text()
+    assert "已应用：制成 1 张卡" in status and "以下被拒的行未应用" in status, status
+    assert p.locator("#refused-lines tbody tr").count() == 2
+    assert _stages_of(c, "外包-A") == ["at_bureau", "checked"]
+    # 6. the good result: the other card made, the first one already applied (idempotent)
+    p.get_by_label("即使有行被拒，也应用正确的行").uncheck()
     upload(good, info.file_id)
     status = p.get_by_role("status").first.inner_text()
-    assert "已应用：制成 2 张卡" in status, status
+    assert "已应用：制成 1 张卡" in status and "1 张此前已应用" in status, status
     assert _stages_of(c, "外包-A") == ["checked"] * 2
     _shot(p, path=str(shots / "centre-bureau-applied.png"), full_page=True)
     with c.session() as s:  # type: ignore[attr-defined]
@@ -638,7 +647,7 @@ def test_card_centre_bureau_export_and_import(
             "console.bureau_result_refused", "console.bureau_result_checked",
             "batch.bureau_result_applied")))))  # fmt: skip
         actions = sorted(e.action for e in events)
-        assert actions == ["batch.bureau_exported"] * 2 + ["batch.bureau_result_applied",
+        assert actions == ["batch.bureau_exported"] * 2 + ["batch.bureau_result_applied"] * 2 + [
                            "console.bureau_file_downloaded"] + [
                            "console.bureau_result_checked"] * 2 + [
                            "console.bureau_result_refused"] * 2, actions  # fmt: skip
