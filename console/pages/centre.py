@@ -517,6 +517,7 @@ async def _bureau_page(
     return render(request, "centre/bureau.html", user, status, files=files,
                   exportable=exportable, transports=transports, may_produce=_may_produce(user),
                   exported=exported, checked=checked, line_keys=RESULT_LINE_KEYS,
+                  shown_lines=SHOWN_LINES,
                   problems=[*(problems or []), *hsm_problems], form=form or {},
                   here=f"{HERE}/bureau")  # fmt: skip
 
@@ -627,6 +628,8 @@ def _public_pem(service: Any) -> bytes:
     return pem
 
 
+#: Refused lines of a result file listed on the page (the count is always shown).
+SHOWN_LINES = 1000
 #: Catalog sentences for the bureau import's refusals.
 BUREAU_FILE_KEY = (
     "The bureau file kept by this service does not pass its check (format, "

@@ -526,7 +526,7 @@ def _stages_of(c: Centre, batch: str) -> list[str]:
 
 
 def test_card_centre_bureau_export_and_import(
-    browser: Browser, centre: Centre, shots: Path, tmp_path: Path
+    browser: Browser, centre: Centre, shots: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The supervisor exports two batches to the bureau from the page and downloads the first
     one's file (signed, verifiable with the issuer's public key, no key in clear on the page);
@@ -633,6 +633,15 @@ def test_card_centre_bureau_export_and_import(
     status = p.get_by_role("status").first.inner_text()
     assert "已应用：制成 1 张卡" in status and "以下被拒的行未应用" in status, status
     assert p.locator("#refused-lines tbody tr").count() == 2
+    # a long list of refused lines is cut on the page (its count is not)
+    from console.pages import centre as centre_pages
+
+    monkeypatch.setattr(centre_pages, "SHOWN_LINES", 1)
+    upload(tampered, info.file_id, "仅核对")
+    assert p.locator("#refused-lines tbody tr").count() == 1
+    assert "另有 1 行被拒未在此列出" in p.inner_text("main")
+    assert "被拒的行\n2" in p.inner_text("dl")
+    monkeypatch.undo()
     assert _stages_of(c, "外包-A") == ["at_bureau", "checked"]
     # 6. the good result: the other card made, the first one already applied (idempotent)
     p.get_by_label("即使有行被拒，也应用正确的行").uncheck()
@@ -649,7 +658,7 @@ def test_card_centre_bureau_export_and_import(
         actions = sorted(e.action for e in events)
         assert actions == ["batch.bureau_exported"] * 2 + ["batch.bureau_result_applied"] * 2 + [
                            "console.bureau_file_downloaded"] + [
-                           "console.bureau_result_checked"] * 2 + [
+                           "console.bureau_result_checked"] * 3 + [
                            "console.bureau_result_refused"] * 2, actions  # fmt: skip
         assert {(e.channel, e.actor_name) for e in events} == {
             ("console", c.actors["supervisor"].username)
