@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import jinja2
@@ -33,6 +33,11 @@ from issuance.errors import IssuanceError, ValidationError
 from issuance.lifecycle import APPLICATION_TRANSITIONS, ApplicationEvent
 from issuance.services.credentials import STAFF_SCOPES
 from issuance.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from issuance.batches.adapters import BatchAdapters
 
 T = TypeVar("T")
 HERE = Path(__file__).parent
@@ -79,6 +84,14 @@ class BatchRunsPort(Protocol):
     def state(self, batch_id: int) -> Any: ...
 
     def start(self, batch_id: int, actor: Actor, *, resume: bool) -> Any: ...
+
+    @property
+    def adapters(self) -> BatchAdapters | None:
+        """The production line's adapters (a key service of its own for the bureau export and
+        the delivery import: long HSM work off the service's one HSM thread)."""
+
+    @property
+    def engine(self) -> Engine: ...
 
 
 class HostContext(Protocol):

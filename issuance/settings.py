@@ -319,6 +319,8 @@ class ApiSettings(_Section):
             "/v1/death-records": 21 * 1024 * 1024,
             "/v1/imports": 560 * 1024 * 1024,  # a 50 MB file and a 500 MB photo archive
             "/console/counter/apply": 21 * 1024 * 1024,  # the counter's form with a photo
+            "/console/centre/bureau/import": 64 * 1024 * 1024,  # a bureau's result file
+            "/console/centre/stock/import": 201 * 1024 * 1024,  # a delivery file (200 MB at most)
         }
     )
     #: JSON request bodies nested deeper than this are refused (400).

@@ -10,15 +10,18 @@ see :mod:`api.batchruns`), so the page answers at once and the batch page polls 
 
 from __future__ import annotations
 
-from datetime import date
+import os
+import tempfile
+from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 
 from cardspec.errors import InvalidIdentifier
 from console.common import (
@@ -32,6 +35,7 @@ from console.common import (
     tx,
 )
 from console.sessions import SignedIn
+from hsm.errors import HsmError
 from issuance import audit
 from issuance.batches import items as bi
 from issuance.batches.selection import BATCH_STAFF, BatchFilter, create_batch, get_batch
@@ -298,11 +302,70 @@ async def ship(request: Request, user: SignedIn) -> Response:
 # --- stock, bureau files, printer, readers --------------------------------------------------
 
 
+def _own_keys(request: Request) -> tuple[Any, Any]:
+    """A key service of its own (the production line's, as a batch run opens it: long HSM
+    work stays off the service's one HSM thread) and the line's adapters."""
+    from issuance.errors import ConfigError
+
+    runs = ctx_of(request).batch_runs
+    adapters = runs.adapters if runs is not None else None
+    if runs is None or adapters is None:
+        raise ConfigError("this service has no production line: use ykt bureau and ykt stock")
+    return adapters.key_service(), adapters
+
+
+def _hsm_labels(request: Request, kind: str) -> tuple[list[str], list[Problem]]:
+    """The names of the HSM's keys of ``kind`` (``transport``: ``ykt:transport:NAME``,
+    ``supplier``: ``ykt:supplier:NAME:...``); labels only, never a secret."""
+
+    def names(service: Any) -> list[str]:
+        from hsm import ceremony
+
+        found = set()
+        for k in ceremony.list_keys(service.token):
+            if k.kind == kind == "transport":
+                found.add(k.label.removeprefix(ceremony.transport_label("")))
+            elif k.kind == kind:  # ykt:supplier:NAME:kmc|klk:ALG:vN
+                found.add(k.label.split(":")[2])
+        return sorted(found)
+
+    try:
+        return ctx_of(request).hsm.call(names), []
+    except Exception as exc:  # the HSM away: the page says so, the rest still shows
+        return [], [Problem(f"HSM: {type(exc).__name__}: {exc}")]
+
+
+async def _save_upload(data: FormData, name: str, into: Path) -> Path:
+    """The uploaded file ``name`` of the form, copied into the private directory ``into``
+    under its own name's safe characters (the services read a file by its suffix)."""
+    upload = data.get(name)
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        raise ValidationError("no file", [FieldProblem(name, "choose the file to upload")])
+    given = Path(upload.filename)
+    stem = "".join(ch for ch in given.stem if ch.isascii() and (ch.isalnum() or ch in "_-"))
+    suffix = (
+        given.suffix.lower() if given.suffix[1:].isascii() and given.suffix[1:].isalnum() else ""
+    )
+    path = into / f"{stem[:80] or 'upload'}{suffix}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        while chunk := await upload.read(1 << 20):
+            out.write(chunk)
+    return path
+
+
 @router.get("/centre/stock")
 @page("batches:read")
 async def stock(request: Request, user: SignedIn) -> Response:
     """Blank chips by supplier, lot and state; the chips the stations refused (``ykt stock
-    status``)."""
+    status``); a supplier's delivery file imported (``ykt stock import``)."""
+    return await _stock_page(request, user)
+
+
+async def _stock_page(
+    request: Request, user: SignedIn, status: int = 200, *, done: Any = None,
+    problems: list[Problem] | None = None, form: dict[str, str] | None = None,
+) -> Response:  # fmt: skip
     from issuance.batches.deliveries import stock_status
     from issuance.models import StockChipStatus
 
@@ -311,8 +374,102 @@ async def stock(request: Request, user: SignedIn) -> Response:
         return stock_status(s, recent=20)
 
     st = await tx(request, fn)
-    return render(request, "centre/stock.html", user, st=st, states=list(StockChipStatus),
-                  backend=ctx_of(request).settings.stock.backend)  # fmt: skip
+    suppliers, hsm_problems = ([], []) if not _may_produce(user) else await run_in_threadpool(
+        _hsm_labels, request, "supplier")  # fmt: skip
+    return render(request, "centre/stock.html", user, status, st=st, states=list(StockChipStatus),
+                  backend=ctx_of(request).settings.stock.backend, suppliers=suppliers,
+                  may_produce=_may_produce(user), done=done,
+                  problems=[*(problems or []), *hsm_problems],
+                  form=form or dict.fromkeys(DELIVERY_FIELDS, ""),
+                  here=f"{HERE}/stock")  # fmt: skip
+
+
+DELIVERY_FIELDS = ("supplier", "lot", "algorithm", "key_version")
+#: Catalog sentences for a delivery file's refusals, by the words of the service's reason
+#: (the reason itself is shown too, word for word).
+DELIVERY_KEYS = (
+    ("also at", "This chip serial is in the file twice."),
+    ("is already in stock", "This chip is already in stock (an earlier delivery)."),
+    ("is not 16 hex characters", "A chip serial is 16 hexadecimal characters."),
+    (
+        "does not match the key set",
+        "The check value does not match the supplier's key set in the HSM.",
+    ),
+    ("is not 6 hex characters", "A check value is 6 hexadecimal characters."),
+    (
+        "a lot of 1-64 characters",
+        "Each chip needs a lot: a lot column in the file, or the lot field of this form.",
+    ),
+    ("unknown", "The file has a column or field the delivery format does not know."),
+    ("more fields than the header", "This line has more fields than the header line."),
+    ("the file is from", "The file is from another supplier."),
+    (" is not '", "The file is from another supplier."),
+    ("1-40 lower-case", "Choose the supplier."),
+    ("the file says", "The file and this form disagree."),
+    ("not UTF-8", "The file is not UTF-8 text."),
+    ("must end in .json or .csv", "A delivery file is a .csv or a .json file."),
+    ("lists no chips", "The file lists no chip."),
+)
+
+
+def _delivery_problems(exc: IssuanceError) -> list[Problem]:
+    out = []
+    for p in problems_of(exc):
+        key = next((k for words, k in DELIVERY_KEYS if words in p.text), p.key)
+        out.append(Problem(p.text, key))
+    return out
+
+
+@router.post("/centre/stock/import")
+@page("batches:read", form=True)
+async def stock_import(request: Request, user: SignedIn) -> Response:
+    """A supplier's delivery file checked, or imported (all or nothing, every problem listed):
+    :func:`issuance.batches.deliveries.import_delivery`, the check values verified in the
+    HSM; audited (``stock.delivery_imported`` per lot)."""
+    from issuance.batches.deliveries import import_delivery, parse_delivery
+
+    data: FormData = request.state.form
+    form = {k: field(data, k, 64) or "" for k in DELIVERY_FIELDS}
+    write = field(data, "action") == "import"
+    ctx = ctx_of(request)
+    with tempfile.TemporaryDirectory(prefix="ykt-delivery-") as tmp:
+        try:
+            path = await _save_upload(data, "delivery", Path(tmp))
+            version = form["key_version"]
+            if version and not version.isdigit():
+                raise ValidationError("invalid key set version",
+                                      [FieldProblem("key_version", "a whole number")])  # fmt: skip
+
+            def work() -> Any:
+                delivery = parse_delivery(
+                    path, form["supplier"], lot=form["lot"] or None,
+                    algorithm=form["algorithm"] or None,
+                    key_version=int(version) if version else None,
+                )  # fmt: skip
+                keys, _ = _own_keys(request)
+                with ctx.tx() as s:
+                    result = import_delivery(s, keys, ctx.settings.issuer.region_code, delivery,
+                                             user.actor, write=write)  # fmt: skip
+                    if not write:
+                        audit.record(s, user.actor, "console.delivery_checked", "stock", "delivery",
+                                     details={"supplier": delivery.supplier,
+                                              "chips": len(delivery.chips),
+                                              "file_sha256": delivery.sha256})  # fmt: skip
+                return result
+
+            result = await run_in_threadpool(work)
+        except IssuanceError as exc:
+            why = str(exc.message)[:500]
+            await tx(request, lambda s: audit.record(
+                s, user.actor, "console.delivery_refused", "stock", "delivery", reason=why,
+                details={"import": write},
+            ))  # fmt: skip
+            return await _stock_page(request, user, 422, problems=_delivery_problems(exc),
+                                     form=form, done={"refused": True})  # fmt: skip
+    return await _stock_page(request, user, done={"result": result})
+
+
+# --- bureau files ---------------------------------------------------------------------------
 
 
 def _bureau_files(s: Session) -> list[dict[str, Any]]:
@@ -333,12 +490,245 @@ def _bureau_files(s: Session) -> list[dict[str, Any]]:
     return list(files.values())
 
 
+def _exportable(s: Session) -> list[dict[str, Any]]:
+    """The batches with cards a bureau export takes (selected, or prepared)."""
+    from issuance.batches.pipeline import BUREAU_STAGES
+
+    rows = s.execute(
+        sa.select(Batch.id, Batch.name, sa.func.count())
+        .join(BatchItem, BatchItem.batch_id == Batch.id)
+        .where(BatchItem.stage.in_([str(st) for st in BUREAU_STAGES]))
+        .group_by(Batch.id, Batch.name).order_by(Batch.id.desc()).limit(100)
+    ).all()  # fmt: skip
+    return [{"id": i, "name": name, "cards": int(n)} for i, name, n in rows]
+
+
+async def _bureau_page(
+    request: Request, user: SignedIn, status: int = 200, *, exported: Any = None,
+    checked: Any = None, problems: list[Problem] | None = None,
+    form: dict[str, str] | None = None,
+) -> Response:  # fmt: skip
+    def fn(s: Session) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        return _bureau_files(s), _exportable(s)
+
+    files, exportable = await tx(request, fn)
+    transports, hsm_problems = ([], []) if not _may_produce(user) else await run_in_threadpool(
+        _hsm_labels, request, "transport")  # fmt: skip
+    return render(request, "centre/bureau.html", user, status, files=files,
+                  exportable=exportable, transports=transports, may_produce=_may_produce(user),
+                  exported=exported, checked=checked, line_keys=RESULT_LINE_KEYS,
+                  shown_lines=SHOWN_LINES,
+                  problems=[*(problems or []), *hsm_problems], form=form or {},
+                  here=f"{HERE}/bureau")  # fmt: skip
+
+
 @router.get("/centre/bureau")
 @page("batches:read")
 async def bureau(request: Request, user: SignedIn) -> Response:
-    """The bureau files exported and what came back of their cards (``ykt bureau``)."""
-    files = await tx(request, _bureau_files)
-    return render(request, "centre/bureau.html", user, files=files)
+    """The bureau files exported and what came back of their cards (``ykt bureau``); a batch
+    exported into a bureau file, a result file imported."""
+    return await _bureau_page(request, user)
+
+
+def _producer(user: SignedIn, what: str) -> None:
+    from issuance.errors import PermissionDenied
+
+    if not _may_produce(user):
+        raise PermissionDenied(f"role {user.actor.role} may not {what}")
+
+
+@router.post("/centre/bureau/export")
+@page("batches:read", form=True)
+async def bureau_export(request: Request, user: SignedIn) -> Response:
+    """A batch into a signed bureau file (``ykt bureau export``:
+    :func:`issuance.batches.pipeline.export_batch_to_bureau`) kept by the service for its
+    download; the cards go ``at_bureau`` (audited ``batch.bureau_exported``)."""
+    from issuance.batches.bureau import bureau_dir
+    from issuance.batches.pipeline import export_batch_to_bureau
+    from issuance.db import make_sessionmaker
+
+    data: FormData = request.state.form
+    form = {
+        "batch": field(data, "batch", 12) or "",
+        "transport": field(data, "transport", 64) or "",
+    }
+    ctx = ctx_of(request)
+
+    def work() -> dict[str, Any]:
+        _producer(user, "export bureau files")
+        if not form["batch"].isdigit():
+            raise ValidationError("no batch", [FieldProblem("batch", "choose a batch")])
+        if not form["transport"]:
+            raise ValidationError(
+                "no transport key", [FieldProblem("transport", "choose the bureau's transport key")]
+            )
+        with ctx.tx() as s:
+            found = get_batch(s, int(form["batch"]))
+            bi.recover_interrupted(s, found.id, user.actor)
+            batch_id, name = found.id, found.name
+        where = bureau_dir(ctx.settings.data_dir)
+        where.mkdir(mode=0o700, parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        keys, adapters = _own_keys(request)
+        assert ctx.batch_runs is not None
+        info, moved, refused = export_batch_to_bureau(
+            ctx.settings, make_sessionmaker(ctx.batch_runs.engine), keys, batch_id,
+            where / f"batch-{batch_id}-{stamp}.jsonl", form["transport"], user.actor,
+            adapters=adapters,
+        )  # fmt: skip
+        return {"file_id": info.file_id, "batch": name, "batch_id": batch_id, "count": info.count,
+                "sha256": info.sha256, "moved": moved, "refused": refused}  # fmt: skip
+
+    try:
+        exported = await run_in_threadpool(work)
+    except (IssuanceError, HsmError) as exc:
+        problems = (problems_of(exc) if isinstance(exc, IssuanceError)
+                    else [Problem(f"HSM: {exc}", TRANSPORT_KEY)])  # fmt: skip
+        return await _bureau_page(request, user, 422, problems=problems, form=form)
+    return await _bureau_page(request, user, exported=exported)
+
+
+TRANSPORT_KEY = "The HSM refused: is the bureau's transport key there (ykt hsm transport-key)?"
+
+
+@router.get("/centre/bureau/files/{file_id}")
+@page("batches:read")
+async def bureau_download(request: Request, user: SignedIn) -> Response:
+    """The bureau file to hand to the bureau (its keys wrapped under the transport key, signed
+    by the issuer), checked against the issuer's signature first; audited
+    (``console.bureau_file_downloaded``)."""
+    from issuance.batches.bureau import exported_path, verify_bureau_file
+
+    file_id = str(request.path_params["file_id"])[:40]
+    ctx = ctx_of(request)
+
+    def work() -> tuple[Path, str]:
+        _producer(user, "download bureau files")
+        with ctx.tx() as s:
+            path = exported_path(s, file_id)
+        info = verify_bureau_file(path, ctx.hsm.call(_public_pem))
+        with ctx.tx() as s:
+            audit.record(s, user.actor, "console.bureau_file_downloaded", "bureau_file", file_id,
+                         details={"batch": info.batch, "cards": info.count,
+                                  "sha256": info.sha256})  # fmt: skip
+        return path, info.batch
+
+    try:
+        path, batch_name = await run_in_threadpool(work)
+    except IssuanceError as exc:
+        return render(request, "message.html", user, 404, problems=_bureau_file_problems(exc))
+    name = "".join(ch for ch in batch_name if ch.isascii() and (ch.isalnum() or ch in "-_"))
+    return FileResponse(path, media_type="application/x-ndjson",
+                        filename=f"{name or 'batch'}-{file_id}.bureau.jsonl",
+                        headers={"Cache-Control": "no-store"})  # fmt: skip
+
+
+def _public_pem(service: Any) -> bytes:
+    pem: bytes = service.public_key_pem()
+    return pem
+
+
+#: Refused lines of a result file listed on the page (the count is always shown).
+SHOWN_LINES = 1000
+#: Catalog sentences for the bureau import's refusals.
+BUREAU_FILE_KEY = (
+    "The bureau file kept by this service does not pass its check (format, "
+    "digest, the issuer's signature): it was altered. Export the batch again."
+)
+RESULT_FILE_KEY = (
+    "The result file is refused as a whole: it is not a bureau result file, or it "
+    "answers another bureau file (another batch or another export)."
+)
+RESULT_LINE_KEYS = {
+    "malformed": "Not a result line: JSON with card_id, result (made or spoiled) and the "
+    "chip_serial or the reason.",
+    "unknown_card": "This card is not in the bureau file.",
+    "duplicate": "This card is reported again: its first line counts.",
+    "serial_mismatch": "Made on another chip than the one its keys were prepared for.",
+}
+
+
+def _bureau_file_problems(exc: IssuanceError) -> list[Problem]:
+    from issuance.batches.bureau import BureauFileInvalid
+
+    if isinstance(exc, BureauFileInvalid):
+        return [Problem(exc.message, BUREAU_FILE_KEY)]
+    return problems_of(exc)
+
+
+@router.post("/centre/bureau/import")
+@page("batches:read", form=True)
+async def bureau_import(request: Request, user: SignedIn) -> Response:
+    """The bureau's result file checked line by line against the bureau file it answers (the
+    one this service exported, its signature verified), then applied (``ykt bureau import``:
+    made cards good, spoiled ones requeued; idempotent): nothing is applied if a line is
+    refused, unless the operator asks for the good lines only (``--partial``)."""
+    from issuance.batches.bureau import BureauFileInvalid, expected_cards, exported_path
+    from issuance.batches.bureau_result import apply_bureau_result, import_bureau_result
+    from issuance.db import with_retry
+
+    data: FormData = request.state.form
+    file_id = field(data, "file_id", 40) or ""
+    partial = field(data, "partial") == "yes"
+    apply = field(data, "action") == "import"
+    form = {"file_id": file_id, "partial": "yes" if partial else ""}
+    ctx = ctx_of(request)
+
+    def run_txn(fn: Any) -> object:
+        def once() -> object:
+            with ctx.tx() as s:
+                return fn(s)
+
+        return with_retry(once)
+
+    with tempfile.TemporaryDirectory(prefix="ykt-bureau-result-") as tmp:
+        stage = "upload"
+        try:
+            result_path = await _save_upload(data, "result", Path(tmp))
+
+            def work() -> dict[str, Any]:
+                nonlocal stage
+                _producer(user, "import bureau results")
+                if not file_id:
+                    raise ValidationError(
+                        "no bureau file", [FieldProblem("file_id", "choose the bureau file")]
+                    )
+                with ctx.tx() as s:
+                    path = exported_path(s, file_id)
+                stage = "bureau_file"
+                expected = expected_cards(path, ctx.hsm.call(_public_pem))
+                stage = "result_file"
+                checked = import_bureau_result(result_path, expected, file_id)
+                stage = "apply"
+                out: dict[str, Any] = {"r": checked, "applied": None, "apply": apply,
+                                       "partial": partial}  # fmt: skip
+                if apply and (partial or not checked.problems):
+                    out["applied"] = apply_bureau_result(run_txn, ctx.settings, checked,
+                                                         user.actor)  # fmt: skip
+                else:
+                    run_txn(lambda s: audit.record(
+                        s, user.actor, "console.bureau_result_checked", "bureau_file", file_id,
+                        details={"made": len(checked.made), "spoiled": len(checked.spoiled),
+                                 "refused_lines": len(checked.problems),
+                                 "not_reported": len(checked.missing), "applied": False},
+                    ))  # fmt: skip
+                return out
+
+            checked = await run_in_threadpool(work)
+        except IssuanceError as exc:
+            if isinstance(exc, BureauFileInvalid):
+                key = BUREAU_FILE_KEY if stage == "bureau_file" else RESULT_FILE_KEY
+                problems = [Problem(exc.message, key)]
+            else:
+                problems = problems_of(exc)
+            why = str(exc.message)[:500]
+            await tx(request, lambda s: audit.record(
+                s, user.actor, "console.bureau_result_refused", "bureau_file", file_id or "-",
+                reason=why, details={"import": apply},
+            ))  # fmt: skip
+            return await _bureau_page(request, user, 422, problems=problems, form=form)
+    status = 422 if checked["r"].problems and checked["applied"] is None else 200
+    return await _bureau_page(request, user, status, checked=checked, form=form)
 
 
 def _printer(settings: Any) -> dict[str, Any]:

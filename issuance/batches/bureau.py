@@ -33,7 +33,7 @@ from hsm.export import BureauExport, FileKek
 from hsm.service import BureauExporter, CardKeyRef, KeyService, verify_signature
 from issuance import audit, lifecycle
 from issuance.batches.persofile import BureauFileInvalid, RecordFile, bureau_personalise
-from issuance.errors import ConflictError, IntegrityError, ValidationError
+from issuance.errors import ConflictError, IntegrityError, NotFound, ValidationError
 from issuance.models import AuditEvent, BatchItem, BatchStage, utcnow
 from printers.prepared import PreparedCard
 
@@ -449,6 +449,34 @@ def mark_exported(
                            "path": str(info.path)})  # fmt: skip
     session.flush()
     return moved
+
+
+def bureau_dir(data_dir: Path) -> Path:
+    """Where the service keeps the bureau files it writes itself (the console's exports)."""
+    return data_dir / "bureau"
+
+
+def exported_path(session: Session, file_id: str) -> Path:
+    """Where the bureau file ``file_id`` was written, as its export recorded it (the audit
+    event ``batch.bureau_exported``): :class:`NotFound` if no export wrote it or the file is
+    not there (not on this machine, moved): its result is then imported with ``ykt bureau
+    import RESULT --bureau-file FILE`` where the file is. The content is not checked here
+    (:func:`verify_bureau_file`)."""
+    event = session.scalars(
+        sa.select(AuditEvent).where(
+            AuditEvent.entity_type == "bureau_file", AuditEvent.entity_id == file_id[:40],
+            AuditEvent.action == "batch.bureau_exported",
+        ).order_by(AuditEvent.id.desc()).limit(1)
+    ).first()  # fmt: skip
+    if event is None:
+        raise NotFound(f"no bureau file {file_id} was exported")
+    path = Path(str(json.loads(event.details or "{}").get("path", "")))
+    if not path.is_absolute() or not path.is_file():
+        raise NotFound(
+            f"bureau file {file_id} is not at {path} on this machine: import its result with "
+            f"ykt bureau import RESULT --bureau-file FILE where the file is"
+        )
+    return path
 
 
 # --- reader (bureau side) ---------------------------------------------------------------------

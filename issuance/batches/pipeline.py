@@ -51,7 +51,7 @@ from issuance.db import (
     with_reconnect,
     with_retry,
 )
-from issuance.errors import ConflictError, IssuanceError
+from issuance.errors import ConflictError, IssuanceError, ValidationError
 from issuance.lifecycle import BatchEvent, CardEvent
 from issuance.models import (
     Application,
@@ -259,6 +259,48 @@ def algorithms_bulk_cannot_prepare(
                    Card.algorithm.not_in(handled))
         ).all()  # fmt: skip
     return sorted(str(a.value) for a in found)
+
+
+#: Stages of the cards a bureau export takes (selected, and prepared not in a station).
+BUREAU_STAGES = (BatchStage.SELECTED, BatchStage.PREPARED)
+
+
+def export_batch_to_bureau(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    key_service: KeyService,
+    batch: str | int,
+    output: Path,
+    transport: str,
+    actor: Actor,
+    *,
+    adapters: BatchAdapters,
+    workers: int = 1,
+    chunk: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[Any, int, list[str]]:
+    """A batch's bureau file, as ``ykt bureau export`` and the console make it: the batch's
+    cards refused at once if bulk preparation cannot carry their algorithm (nothing prepared
+    or written), else :func:`issuance.batches.bulkprep.export_to_bureau`. Returns the file's
+    :class:`~issuance.batches.bureau.BureauFileInfo`, the number of cards now at the bureau
+    and the cards refused (their data cannot go on a chip: left out, still selected)."""
+    with transaction(factory) as s:
+        found = get_batch(s, batch)
+        batch_id, name = found.id, found.name
+    other = algorithms_bulk_cannot_prepare(factory, batch_id, BUREAU_STAGES)
+    if other:  # refused before anything is prepared or written
+        raise ValidationError(
+            f"batch {name} has {', '.join(other)} cards: a bureau file carries card keys "
+            "under AES file keys (hsm.prep.ALGORITHMS); personalise them in house "
+            f"(ykt batch run {name})"
+        )
+    req = bulkprep.PrepRequest(batch_id, actor, bulkprep.BUREAU, workers=workers, chunk=chunk,
+                               transport=transport)  # fmt: skip
+    info, stats, moved = bulkprep.export_to_bureau(
+        settings, factory, key_service, req, output, name, adapters=adapters,
+        on_progress=on_progress,
+    )  # fmt: skip
+    return info, moved, stats.errors
 
 
 class BatchRunner:

@@ -208,3 +208,71 @@ def test_every_message_of_these_pages_is_in_both_catalogs() -> None:
     missing = [m for m in sorted(ids) + made if zh.gettext(m) == m]
     assert missing == []
     assert [m for m in made if en.gettext(m) == m] == []
+
+
+def test_bureau_and_delivery_forms_need_the_csrf_token_the_role_and_a_production_line(
+    api_env: ApiEnv,
+) -> None:
+    """The card centre's file forms (their journeys in Chromium: test_console_centre_browser):
+    without the CSRF token refused before anything is read into the services; a role that only
+    reads batches refused by the services' own role list; a service without a production line
+    says where to export; a body over its route's cap refused by the gate (413)."""
+    from api.gate import body_cap
+    from issuance.models import StockChip
+
+    give_passwords(api_env)
+    c = api_env.client
+    csrf = sign_in(c, api_env.actors["supervisor"].username)
+    delivery = {"delivery": ("d.csv", b"serial,lot\n5A17C0DE00000001,L1\n", "text/csv")}
+    r = c.post("/console/centre/stock/import", data={"supplier": "xh", "action": "import"},
+               files=delivery)  # fmt: skip
+    assert r.status_code == 403 and "CSRF" not in r.text  # the page says why, not the token
+    r = c.post("/console/centre/bureau/import", data={"file_id": "x", "action": "import"},
+               files={"result": ("r.jsonl", b"{}\n", "application/x-ndjson")})  # fmt: skip
+    assert r.status_code == 403
+    # no production line in this app: the export and the import say so, nothing loaded
+    r = c.post("/console/centre/bureau/export", data={"csrf": csrf, "batch": "1",
+                                                     "transport": "bureau-xh"})  # fmt: skip
+    assert r.status_code == 422 and "no batch 1" in r.text
+    form = {"csrf": csrf, "supplier": "xh", "action": "import"}
+    r = c.post("/console/centre/stock/import", data=form, files=delivery)
+    assert r.status_code == 422 and "no production line" in r.text
+    # a file with no name refused as the service's field problem
+    r = c.post("/console/centre/bureau/import", data={"csrf": csrf, "file_id": "abc"})
+    assert r.status_code == 422 and "choose the file to upload" in r.text
+    # the gate caps the upload routes (a bureau result file: 64 MB)
+    limits = api_env.settings.api.body_limits
+    cap = body_cap(limits, "/console/centre/bureau/import")
+    assert cap == 64 * 1024 * 1024 and body_cap(limits, "/console/centre/stock/import") > cap
+    r = c.post("/console/centre/bureau/import", data={"csrf": csrf, "file_id": "abc"},
+               files={"result": ("r.jsonl", b"x" * (cap + 1), "application/x-ndjson")})  # fmt: skip
+    assert r.status_code == 413
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        assert s.scalar(sa.select(sa.func.count()).select_from(StockChip)) == 0
+        refused = s.scalars(sa.select(AuditEvent.reason).where(
+            AuditEvent.action == "console.refused")).all()  # fmt: skip
+        assert refused.count("CSRF token missing or wrong") == 2
+        assert s.scalars(sa.select(AuditEvent.channel).where(
+            AuditEvent.action == "console.delivery_refused")).all() == ["console"]  # fmt: skip
+    # an auditor reads the pages, the services refuse the actions
+    csrf = sign_in(c, api_env.actors["auditor"].username)
+    page = c.get("/console/centre/bureau")
+    assert page.status_code == 200 and "/centre/bureau/export" not in page.text
+    r = c.post("/console/centre/bureau/import", data={"csrf": csrf, "file_id": "abc"},
+               files={"result": ("r.jsonl", b"{}\n", "application/x-ndjson")})  # fmt: skip
+    assert r.status_code == 422 and "may not import bureau results" in r.text
+
+
+def test_the_centre_files_refusals_have_their_sentences_in_both_catalogs() -> None:
+    """Every kind of bad result line has its sentence; each sentence the file pages choose for
+    a refusal is in the Chinese catalog (English: the message itself)."""
+    from console import i18n
+    from console.pages import centre
+    from issuance.batches.bureau_result import ProblemKind
+
+    assert set(centre.RESULT_LINE_KEYS) == {k.value for k in ProblemKind}
+    keys = [*centre.RESULT_LINE_KEYS.values(), *(k for _, k in centre.DELIVERY_KEYS),
+            centre.BUREAU_FILE_KEY, centre.RESULT_FILE_KEY, centre.TRANSPORT_KEY]  # fmt: skip
+    zh, en = i18n.translations("zh_CN"), i18n.translations("en")
+    assert [k for k in keys if zh.gettext(k) == k] == []
+    assert [k for k in keys if en.gettext(k) != k] == []

@@ -457,3 +457,317 @@ def test_administrator_staff_clients_places(browser: Browser, centre: Centre, sh
         text = " ".join(str(e.details) for e in s.scalars(sa.select(AuditEvent)))
         assert password not in text and secret not in text
     assert errors == [] and q_errors == []
+
+
+# --- the card centre's files: bureau export and import, a supplier's delivery -----------------
+
+BUREAU_KEY = "bureau-xh"
+SUPPLIER = "xh-chips"
+#: The supplier's delivery key set, agreed in a key ceremony (fixed components: the tests'
+#: token is shared, whichever test imports them first).
+SUPPLIER_KMC = (bytes.fromhex("3b8e1c5a7f2d4e6091a2b3c4d5e6f708"),
+                bytes.fromhex("c41f0e2d3c4b5a69788796a5b4c3d2e1"))  # fmt: skip
+SUPPLIER_KLK = (bytes.fromhex("0f1e2d3c4b5a69788796a5b4c3d2e1f0"),
+                bytes.fromhex("5566778899aabbccddeeff0011223344"))  # fmt: skip
+
+
+def _token(settings: Settings) -> object:
+    from hsm.pkcs11 import open_token
+    from yikatong.wiring import hsm_config
+
+    return open_token(hsm_config(settings))
+
+
+def _ensure_key(settings: Settings, label: str, make: object) -> None:
+    from hsm import ceremony
+
+    token = _token(settings)
+    if label not in {k.label for k in ceremony.list_keys(token)}:  # type: ignore[arg-type]
+        make(token)  # type: ignore[operator]
+
+
+def _xor(parts: tuple[bytes, ...]) -> bytes:
+    return bytes(a ^ b for a, b in zip(*parts, strict=True))
+
+
+def _supplier_kcvs(serial: bytes) -> tuple[str, str]:
+    """The supplier's own check values of a chip's KMC (EMV option A, pyemv) and KLK (AES of
+    the serial and its complement): an implementation independent of the product's."""
+    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from pyemv import kd
+
+    def ecb(alg: object, data: bytes) -> bytes:
+        enc = Cipher(alg, modes.ECB()).encryptor()  # type: ignore[arg-type]
+        return enc.update(data) + enc.finalize()
+
+    kmc = kd.derive_icc_mk_a(_xor(SUPPLIER_KMC), pan=serial.hex(), psn="")
+    klk = ecb(algorithms.AES(_xor(SUPPLIER_KLK)), serial + bytes(b ^ 0xFF for b in serial))
+    return (ecb(TripleDES(kmc + kmc[:8]), bytes(8))[:3].hex().upper(),
+            ecb(algorithms.AES(klk), b"\x01" * 16)[:3].hex().upper())  # fmt: skip
+
+
+def _result_file(path: Path, file_id: str, lines: list[dict[str, object]]) -> Path:
+    import json
+
+    from issuance.batches.bureau_result import RESULT_FORMAT
+
+    head = {"type": "header", "format": RESULT_FORMAT, "file_id": file_id}
+    path.write_text("".join(json.dumps(o) + "\n" for o in (head, *lines)), encoding="utf-8")
+    return path
+
+
+def _stages_of(c: Centre, batch: str) -> list[str]:
+    from issuance.models import Batch
+
+    with c.session() as s:  # type: ignore[attr-defined]
+        return sorted(s.scalars(sa.select(BatchItem.stage).join(Batch).where(
+            Batch.name == batch)))  # fmt: skip
+
+
+def test_card_centre_bureau_export_and_import(
+    browser: Browser, centre: Centre, shots: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The supervisor exports two batches to the bureau from the page and downloads the first
+    one's file (signed, verifiable with the issuer's public key, no key in clear on the page);
+    the result of the other batch's file, a tampered result (a card made on another chip, a
+    card reported twice) and a result answering a bureau file altered on the service are each
+    refused with every bad line shown, nothing applied; the good result is applied."""
+    import json
+
+    from hsm import ceremony
+    from issuance.batches.bureau import read_bureau_file, verify_bureau_file
+    from issuance.models import Batch
+    from yikatong.wiring import key_service_from_settings
+
+    c = centre
+    _ensure_key(c.settings, ceremony.transport_label(BUREAU_KEY),
+                lambda t: ceremony.generate_transport_key(t, BUREAU_KEY, 2))  # fmt: skip
+    _approved(c, ["诸葛亮", "上官婉儿", "欧阳修"])
+    p, errors = _page(browser, c.url)
+    _sign_in(p, c.actors["supervisor"].username)
+    p.get_by_role("link", name="制卡中心").first.click()
+    for name, limit in (("外包-A", "2"), ("外包-B", "1")):
+        p.goto("/console/centre")
+        p.get_by_label("批次名称").fill(name)
+        p.get_by_label("最多卡数").fill(limit)
+        p.get_by_role("button", name="创建批次").click()
+        assert "批次已创建" in p.get_by_role("status").first.inner_text()
+    p.get_by_role("link", name="外包制卡文件").click()
+    for name, n in (("外包-B", 1), ("外包-A", 2)):
+        p.get_by_label("批次", exact=True).select_option(label=f"{name} · 待导出 {n} 张卡")
+        p.get_by_label("制卡机构的传输密钥").select_option(BUREAU_KEY)
+        p.get_by_role("button", name="导出外包制卡文件").click()
+        status = p.get_by_role("status").first.inner_text()
+        assert f"批次 {name} 的" in status and "现由制卡机构制作" in status, status
+    assert _stages_of(c, "外包-A") == ["at_bureau"] * 2
+    with p.expect_download() as dl:
+        p.get_by_role("link", name="下载外包制卡文件").click()
+    bureau_a = tmp_path / "a.bureau.jsonl"
+    dl.value.save_as(bureau_a)
+    assert dl.value.suggested_filename.endswith(".bureau.jsonl")
+    _shot(p, path=str(shots / "centre-bureau-export.png"), full_page=True)
+    # the bureau verifies the file with the issuer's public key; the page shows no key
+    pem = key_service_from_settings(c.settings).public_key_pem()
+    info = verify_bureau_file(bureau_a, pem)
+    assert info.batch == "外包-A" and info.count == 2
+    cards = list(read_bureau_file(bureau_a, pem))
+    wrapped = [k.wrapped.hex() for card in cards for k in card.keys] + [cards[0].kek.wrapped.hex()]
+    html = p.content()
+    assert info.file_id in html and not any(w in html for w in wrapped)
+    with c.session() as s:  # type: ignore[attr-defined]
+        file_b = s.scalars(sa.select(BatchItem.bureau_file_id).join(Batch).where(
+            Batch.name == "外包-B")).one()  # fmt: skip
+        card_b = s.scalars(sa.select(BatchItem.card_id).join(Batch).where(
+            Batch.name == "外包-B")).one()  # fmt: skip
+    made = [{"card_id": k.card_id, "result": "made", "chip_serial": k.chip_serial} for k in cards]
+
+    def upload(result: Path, file_id: str, action: str = "核对并应用") -> None:
+        p.get_by_label("对应的外包制卡文件").select_option(file_id)
+        p.get_by_label("结果文件（制卡机构提供）").set_input_files(str(result))
+        p.get_by_role("button", name=action).click()
+
+    # 1. the result of the other batch's bureau file, uploaded for batch A's
+    other = [{"card_id": card_b, "result": "made", "chip_serial": "11" * 8}]
+    foreign = _result_file(tmp_path / "b.result.jsonl", file_b, other)
+    upload(foreign, info.file_id)
+    alert = p.get_by_role("alert").inner_text()
+    assert "结果文件整体被拒" in alert and f"answers bureau file '{file_b}'" in alert, alert
+    assert _stages_of(c, "外包-A") == ["at_bureau"] * 2
+    # 2. tampered: the first card made on another chip, the second reported twice
+    tampered = _result_file(tmp_path / "t.result.jsonl", info.file_id, [
+        {**made[0], "chip_serial": "00" * 8}, made[1], made[1]])  # fmt: skip
+    upload(tampered, info.file_id)
+    assert "未应用任何内容：2 行被拒" in p.get_by_role("alert").first.inner_text()
+    rows = p.locator("#refused-lines tbody tr")
+    expect(rows).to_have_count(2)
+    assert rows.nth(0).inner_text().startswith("2\t")
+    assert "制卡所用芯片不是密钥所准备的那一张" in rows.nth(0).inner_text()
+    assert "serial_mismatch" in rows.nth(0).inner_text()
+    second = rows.nth(1).inner_text()
+    assert second.startswith("4\t") and "该卡被重复报告" in second
+    _shot(p, path=str(shots / "centre-bureau-refused-lines.png"), full_page=True)
+    assert _stages_of(c, "外包-A") == ["at_bureau"] * 2
+    # 3. batch B's bureau file altered on the service: its result is refused
+    with c.session() as s:  # type: ignore[attr-defined]
+        kept = Path(json.loads(s.scalars(sa.select(AuditEvent.details).where(
+            AuditEvent.action == "batch.bureau_exported",
+            AuditEvent.entity_id == file_b)).one())["path"])  # fmt: skip
+    lines = kept.read_text(encoding="utf-8").splitlines(keepends=True)
+    assert '"type":"card"' in lines[2]
+    lines[2] = lines[2].replace('"profile":"', '"profile":"x', 1)  # one card line altered
+    kept.write_text("".join(lines), encoding="utf-8")
+    good_b = _result_file(tmp_path / "b2.result.jsonl", file_b, [])
+    upload(good_b, file_b)
+    alert = p.get_by_role("alert").inner_text()
+    assert "文件已被改动" in alert and "digest does not match" in alert, alert
+    assert _stages_of(c, "外包-B") == ["at_bureau"]
+    # 4. the good result: checked first, then applied
+    good = _result_file(tmp_path / "a.result.jsonl", info.file_id, made)
+    upload(good, info.file_id, "仅核对")
+    assert "所有行均正确：仅核对，尚未应用" in p.get_by_role("status").first.inner_text()
+    assert _stages_of(c, "外包-A") == ["at_bureau"] * 2
+    # 5. the tampered file again, its good line applied on purpose (--partial)
+    p.get_by_label("即使有行被拒，也应用正确的行").check()
+    upload(tampered, info.file_id)
+    status = p.get_by_role("status").first.inner_text()
+    assert "已应用：制成 1 张卡" in status and "以下被拒的行未应用" in status, status
+    assert p.locator("#refused-lines tbody tr").count() == 2
+    # a long list of refused lines is cut on the page (its count is not)
+    from console.pages import centre as centre_pages
+
+    monkeypatch.setattr(centre_pages, "SHOWN_LINES", 1)
+    upload(tampered, info.file_id, "仅核对")
+    assert p.locator("#refused-lines tbody tr").count() == 1
+    assert "另有 1 行被拒未在此列出" in p.inner_text("main")
+    assert "被拒的行\n2" in p.inner_text("dl")
+    monkeypatch.undo()
+    assert _stages_of(c, "外包-A") == ["at_bureau", "checked"]
+    # 6. the good result: the other card made, the first one already applied (idempotent)
+    p.get_by_label("即使有行被拒，也应用正确的行").uncheck()
+    upload(good, info.file_id)
+    status = p.get_by_role("status").first.inner_text()
+    assert "已应用：制成 1 张卡" in status and "1 张此前已应用" in status, status
+    assert _stages_of(c, "外包-A") == ["checked"] * 2
+    _shot(p, path=str(shots / "centre-bureau-applied.png"), full_page=True)
+    with c.session() as s:  # type: ignore[attr-defined]
+        events = list(s.scalars(sa.select(AuditEvent).where(AuditEvent.action.in_((
+            "batch.bureau_exported", "console.bureau_file_downloaded",
+            "console.bureau_result_refused", "console.bureau_result_checked",
+            "batch.bureau_result_applied")))))  # fmt: skip
+        actions = sorted(e.action for e in events)
+        assert actions == ["batch.bureau_exported"] * 2 + ["batch.bureau_result_applied"] * 2 + [
+                           "console.bureau_file_downloaded"] + [
+                           "console.bureau_result_checked"] * 3 + [
+                           "console.bureau_result_refused"] * 2, actions  # fmt: skip
+        assert {(e.channel, e.actor_name) for e in events} == {
+            ("console", c.actors["supervisor"].username)
+        }
+    # English from the catalogs
+    p.get_by_role("link", name="English").click()
+    assert p.get_by_role("heading", name="Import the bureau's result file").count() == 1
+    assert errors == []
+
+
+def test_card_centre_delivery_import(browser: Browser, centre: Centre, shots: Path,
+                                     tmp_path: Path) -> None:  # fmt: skip
+    """The supervisor imports a chip supplier's delivery file from the page: a file with a
+    serial twice and one with a wrong check value are refused with every problem, nothing
+    loaded; the good file is checked, then imported; the same file again is refused (its
+    chips are in stock already). A clerk sees the stock but no import form."""
+    import csv
+
+    from cardspec.keyscheme import Algorithm, kcv
+    from hsm import ceremony
+    from issuance.models import StockChip
+
+    c = centre
+    for kind, parts, alg in (("kmc", SUPPLIER_KMC, Algorithm.DES3),
+                             ("klk", SUPPLIER_KLK, Algorithm.AES)):  # fmt: skip
+        _ensure_key(c.settings, ceremony.supplier_label(SUPPLIER, kind, Algorithm.DES3),
+                    lambda t, kind=kind, parts=parts, alg=alg: ceremony.import_supplier_master(
+                        t, SUPPLIER, kind, parts, [kcv(x, alg) for x in parts]))  # fmt: skip
+    serials = [bytes.fromhex(f"5A17C0DE0000{n:04X}") for n in (1, 2, 3)]
+
+    def delivery(name: str, rows: list[tuple[bytes, str, str]]) -> Path:
+        path = tmp_path / name
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["serial", "lot", "kmc_kcv", "klk_kcv"])
+            for serial, kmc, klk in rows:
+                w.writerow([serial.hex().upper(), "XH-2026-07", kmc, klk])
+        return path
+
+    good_rows = [(s, *_supplier_kcvs(s)) for s in serials]
+
+    def chips() -> int:
+        with c.session() as s:  # type: ignore[attr-defined]
+            return int(s.scalar(sa.select(sa.func.count()).select_from(StockChip)) or 0)
+
+    p, errors = _page(browser, c.url)
+    _sign_in(p, c.actors["supervisor"].username)
+    p.goto("/console/centre/stock")
+
+    def upload(path: Path, action: str = "核对并导入") -> None:
+        p.get_by_label("到货文件（.csv 或 .json）").set_input_files(str(path))
+        p.get_by_label("芯片供应商").select_option(SUPPLIER)
+        p.get_by_role("button", name=action).click()
+
+    # 1. a chip serial twice in the file
+    upload(delivery("twice.csv", [*good_rows, good_rows[0]]))
+    alert = p.get_by_role("alert").inner_text()
+    assert "该芯片序列号在文件中出现两次" in alert and "also at line 2" in alert, alert
+    assert "未导入任何芯片" in p.get_by_role("status").inner_text()
+    assert chips() == 0
+    _shot(p, path=str(shots / "centre-delivery-refused.png"), full_page=True)
+    # 2. a check value that is not the supplier's key set's
+    wrong = [*good_rows[:2], (serials[2], "000000", good_rows[2][2])]
+    upload(delivery("wrong-kcv.csv", wrong))
+    alert = p.get_by_role("alert").inner_text()
+    assert "校验值与 HSM 中该供应商的密钥组不符" in alert and "KMC KCV 000000" in alert, alert
+    assert chips() == 0
+    # 3. the good file: checked, then imported
+    good = delivery("到货单-七月.csv", good_rows)  # a Chinese file name
+    upload(good, "仅核对")
+    status = p.get_by_role("status").first.inner_text()
+    assert "到货文件正确" in status and "6 个校验值已在 HSM 中核验" in status, status
+    assert chips() == 0
+    upload(good)
+    status = p.get_by_role("status").first.inner_text()
+    assert f"已导入 {SUPPLIER} 的 3 张芯片，批号 XH-2026-07" in status, status
+    assert chips() == 3
+    assert "XH-2026-07" in p.get_by_role("table").first.inner_text()
+    _shot(p, path=str(shots / "centre-delivery-imported.png"), full_page=True)
+    # 4. the same delivery again: its chips are in stock
+    upload(good)
+    alert = p.get_by_role("alert").inner_text()
+    assert "该芯片已在库存中" in alert and "is already in stock (lot XH-2026-07" in alert, alert
+    assert chips() == 3
+    with c.session() as s:  # type: ignore[attr-defined]
+        imported = s.scalars(sa.select(AuditEvent).where(
+            AuditEvent.action == "stock.delivery_imported")).one()  # fmt: skip
+        assert (imported.channel, imported.actor_name) == (
+            "console",
+            c.actors["supervisor"].username,
+        )
+        refused = s.scalars(sa.select(AuditEvent.channel).where(
+            AuditEvent.action == "console.delivery_refused")).all()  # fmt: skip
+        assert refused == ["console"] * 3
+    p.get_by_role("button", name="退出").click()
+    # an auditor reads the stock; importing is the card centre's (no form; the server refuses)
+    with c.session() as s:  # type: ignore[attr-defined]
+        services.create_staff(s, "auditor-1", StaffRole.AUDITOR, display_name="审计 测试")
+        staff_service.set_password(s, "auditor-1", PASSWORD, SYSTEM_ACTOR)
+    _sign_in(p, "auditor-1")
+    p.goto("/console/centre/stock")
+    assert "XH-2026-07" in p.inner_text("main")
+    assert p.get_by_label("到货文件（.csv 或 .json）").count() == 0
+    csrf = p.locator("input[name=csrf]").first.get_attribute("value")
+    fresh = delivery("fresh.csv", [(bytes.fromhex("5A17C0DE0000FFFF"), "", "")])
+    r = p.request.post("/console/centre/stock/import", multipart={
+        "csrf": csrf or "", "supplier": SUPPLIER, "action": "import",
+        "delivery": {"name": "fresh.csv", "mimeType": "text/csv", "buffer": fresh.read_bytes()},
+    })  # fmt: skip
+    assert r.status == 422 and "may not import blank chip deliveries" in r.text()
+    assert chips() == 3
+    assert errors == []

@@ -47,7 +47,6 @@ from issuance.batches.bureau_result import (
 )
 from issuance.db import with_retry
 from issuance.errors import ValidationError
-from issuance.models import BatchStage
 from yikatong.cli.db import AS_HELP
 
 if TYPE_CHECKING:
@@ -62,10 +61,6 @@ out = Console()
 err = Console(stderr=True)
 
 _File = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]
-
-
-#: Stages of the cards a bureau export takes (selected, and prepared not in a station).
-_TO_EXPORT = (BatchStage.SELECTED, BatchStage.PREPARED)
 
 
 def export_batch(
@@ -88,32 +83,17 @@ def export_batch(
     leaves them prepared and the file unanswerable (export again). Returns the file's info,
     the number of cards now at the bureau and the cards refused (their data cannot go on a
     chip: left out, still selected)."""
-    from issuance.batches import bulkprep
-    from issuance.batches.pipeline import algorithms_bulk_cannot_prepare
-    from issuance.batches.selection import get_batch
-    from issuance.db import make_engine, make_sessionmaker, transaction
+    from issuance.batches.pipeline import export_batch_to_bureau
+    from issuance.db import make_engine, make_sessionmaker
     from yikatong.wiring import batch_adapters
 
     engine = make_engine(settings) if factory is None else None
     fac = factory or make_sessionmaker(engine)  # type: ignore[arg-type]
     try:
-        with transaction(fac) as s:
-            found = get_batch(s, batch)
-            batch_id, name = found.id, found.name
-        other = algorithms_bulk_cannot_prepare(fac, batch_id, _TO_EXPORT)
-        if other:  # refused before anything is prepared or written
-            raise ValidationError(
-                f"batch {name} has {', '.join(other)} cards: a bureau file carries card keys "
-                "under AES file keys (hsm.prep.ALGORITHMS); personalise them in house "
-                f"(ykt batch run {name})"
-            )
-        req = bulkprep.PrepRequest(batch_id, actor, bulkprep.BUREAU, workers=workers, chunk=chunk,
-                                   transport=transport)  # fmt: skip
-        info, stats, moved = bulkprep.export_to_bureau(
-            settings, fac, keys, req, output, name, adapters=batch_adapters(settings),
-            on_progress=progress,
+        return export_batch_to_bureau(
+            settings, fac, keys, batch, output, transport, actor,
+            adapters=batch_adapters(settings), workers=workers, chunk=chunk, on_progress=progress,
         )  # fmt: skip
-        return info, moved, stats.errors
     finally:
         if engine is not None:
             engine.dispose()
