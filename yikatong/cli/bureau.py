@@ -1,7 +1,7 @@
 """``ykt bureau ...``: the card-bureau path (:mod:`issuance.batches.bureau`).
 
     ykt batch prepare BATCH                            data preparation only (chips assigned)
-    ykt hsm transport generate NAME                    the bureau's transport key (custodians)
+    ykt hsm transport-key generate NAME                the bureau's transport key (custodians)
     ykt hsm export-public-key -o issuer.pem            hand it to the bureau (out of band)
     ykt bureau export BATCH --transport NAME -o FILE [--workers N]
                                                        data preparation for the bureau: every
