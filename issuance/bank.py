@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from cardspec.errors import InvalidIdentifier
-from cardspec.ids import luhn_ok, mask_citizen_id, validate_card_number
+from cardspec.ids import luhn_ok, mask_citizen_id, mask_pan, validate_card_number
 from cardspec.keyscheme import Algorithm
 from hsm.ports import CardKeyRef
 from issuance import audit
@@ -63,12 +63,6 @@ def bank_of(settings: Settings, session: Session, code: str) -> tuple[Agency, Ba
     if agency is None or agency.kind != AgencyKind.BANK:
         raise ConfigError(f"no bank agency {code!r}")
     return agency, conf
-
-
-def mask_pan(pan: str) -> str:
-    """First 6 and last 4 digits (PCI DSS display rule): what an audit event or a message
-    shows of a PAN."""
-    return pan[:6] + "*" * max(len(pan) - 10, 0) + pan[-4:]
 
 
 def _clean(value: str) -> str:
