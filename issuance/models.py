@@ -981,3 +981,31 @@ class BankAccount(Base):
     #: request file (a line of kind ``X``), which ``hotlist_request_id`` names once written
     hotlist_due_at: Mapped[datetime | None]
     hotlist_request_id: Mapped[str | None] = mapped_column(sa.String(64))
+
+
+class DeskRequest(Base):
+    """A financial activation started on the branch page, done by the desk station of the
+    reader it names (``ykt branch desk --reader NAME``, :mod:`issuance.services.desk`;
+    migration 0021): waiting until a station claims it (``claimed_*``), then finished with
+    an ``outcome`` (``active`` or ``refused``, the refusal's ``message`` and ``problems``).
+    Never a PIN."""
+
+    __tablename__ = "desk_requests"
+    __table_args__ = (sa.Index("ix_desk_requests_reader_claimed", "reader", "claimed_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    card_id: Mapped[int] = mapped_column(sa.ForeignKey("cards.id"), index=True)
+    #: the desk reader's name the teller chose (the station's ``--reader``)
+    reader: Mapped[str] = mapped_column(sa.String(64))
+    identity_checked: Mapped[bool]
+    requested_by_staff_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"))
+    requested_by: Mapped[str] = mapped_column(sa.String(64))
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_at: Mapped[datetime | None]
+    #: the station that claimed it (its user, host and process)
+    claimed_by: Mapped[str | None] = mapped_column(sa.String(120))
+    finished_at: Mapped[datetime | None]
+    #: ``active`` or ``refused``
+    outcome: Mapped[str | None] = mapped_column(sa.String(16))
+    message: Mapped[str | None] = mapped_column(sa.String(500))
+    #: the refusal's problems, JSON ``[[field, reason], ...]``
+    problems: Mapped[str | None] = mapped_column(sa.Text)
