@@ -23,6 +23,7 @@ from issuance import audit
 from issuance.audit import Actor
 from issuance.errors import ConfigError, FieldProblem, PermissionDenied, ValidationError
 from issuance.models import (
+    TERMINAL_CARD_STATUSES,
     Agency,
     AgencyKind,
     BankAccount,
@@ -433,6 +434,9 @@ def load_response(
             continue
         old = replaced.get(account.replaces_account_id or 0)
         reasons = _binding_problems(opened, card.id, old, taken.get(opened.pan, []))
+        if card.status in TERMINAL_CARD_STATUSES:  # asked, then replaced before the answer
+            reasons.insert(0, f"the card is {card.status}: no account is opened for it (its "
+                              "replacement is asked of the bank)")  # fmt: skip
         if reasons:
             result.problems += [LineProblem(opened.line, r, opened.card_number) for r in reasons]
             continue

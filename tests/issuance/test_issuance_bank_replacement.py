@@ -173,3 +173,28 @@ def test_a_card_without_a_bank_account_is_replaced_as_before(
     req = bank.request_file(session, bank_settings, BANK, actors["clerk"])
     assert [line.split("|")[0] for line in req.text.splitlines()] == ["H", "D", "T"]
     assert (req.replacements, req.hotlisted) == ((), ())
+
+
+def test_an_answer_for_a_card_replaced_meanwhile_is_refused(session, bank_settings, actors) -> None:
+    """Asked of the bank, then replaced before the bank answered: no account is opened for
+    the old card (the line is refused), and its replacement is asked as a new account."""
+    services.create_agency(session, BANK, "ICBC Hangzhou", AgencyKind.BANK, "330100")
+    old = _approved(session, bank_settings, actors)
+    first = bank.request_file(session, bank_settings, BANK, actors["clerk"])
+    _to_active(session, bank_settings, actors, old)
+    services.report_loss(session, bank_settings, old.id, actors["clerk"], identity_checked=True)
+    new = services.replace_card(session, bank_settings, old.id, actors["clerk"])
+    with pytest.raises(bank.BankFileInvalid) as err:
+        bank.load_response(
+            session, bank_settings, BANK, answer_request(first.text, BIN), actors["clerk"],
+            today=TODAY,
+        )  # fmt: skip
+    assert [p.reason for p in err.value.problems] == [
+        f"card {old.card_number}: the card is replaced: no account is opened for it (its "
+        "replacement is asked of the bank)"
+    ]
+    assert _account(session, old).pan is None and _account(session, old).hotlist_due_at is None
+    second = bank.request_file(session, bank_settings, BANK, actors["clerk"])
+    assert [line.split("|")[:3] for line in second.text.splitlines()[1:-1]] == [
+        ["D", "1", new.card_number]
+    ]
