@@ -23,7 +23,7 @@ from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.profile import FinancialData, Holder, MedicalData, PensionData
 from cardspec.reader import InProcessReader
 
-PAN, PSN = "6217000012345678901", "01"
+PAN, PSN = "6217000012345678907", "01"
 
 
 def _setup(i: int) -> tuple[SoftwareCardCrypto, perso.CardPersoData, bytes]:

@@ -206,3 +206,24 @@ def luhn_ok(number: str) -> bool:
         number.isascii() and number.isdigit() and len(number) >= 2
         and luhn_digit(number[:-1]) == number[-1]
     )  # fmt: skip
+
+
+def make_pan(bin_: str, account: str, length: int = 19) -> str:
+    """The PAN of ``length`` digits (12-19) in ``bin_`` for the account digits ``account``
+    (left-padded with zeros to fill the PAN), ending in its Luhn check digit: how test data
+    and the throwaway bank make PANs a terminal accepts."""
+    if not 12 <= length <= 19:
+        raise InvalidIdentifier("PAN", f"length {length} is not 12-19")
+    room = length - len(bin_) - 1
+    if not (bin_ + account).isdigit() or len(account) > room:
+        raise InvalidIdentifier(
+            "PAN", f"BIN {bin_!r} and {len(account)} account digits do not fit {length}"
+        )
+    body = bin_ + account.rjust(room, "0")
+    return body + luhn_digit(body)
+
+
+def mask_pan(pan: str) -> str:
+    """First 6 and last 4 digits (PCI DSS display rule): what an audit event, a message or a
+    masked file field shows of a PAN."""
+    return pan[:6] + "*" * max(len(pan) - 10, 0) + pan[-4:]

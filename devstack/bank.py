@@ -1,7 +1,8 @@
 """A throwaway *bank side* for the demo and the tests (never the product): it answers the card
 centre's request file (:func:`issuance.bank.request_file`) with a response file as a bank's
 system would, opening one account per card: a random 19-digit PAN in the bank's BIN with its
-Luhn digit, PSN ``00``, an expiry, service code ``220`` and an account reference; and it makes
+Luhn digit, PSN ``00``, an expiry, service code ``220`` and an account reference (a replaced
+card's account keeps its PAN with the next PAN sequence number, :class:`BankLedger`); and it makes
 the bank's issuer master keys as custodian components with their KCVs for the key ceremony.
 
 The card centre's side is the product (:mod:`issuance.bank`, :mod:`hsm.ceremony`): this module
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 from cardspec import keyscheme
@@ -29,6 +31,27 @@ def new_pan(bin_: str = DEMO_BIN, length: int = 19) -> str:
     return body + luhn_digit(body)
 
 
+@dataclass
+class BankLedger:
+    """The throwaway bank's own books: its accounts (account reference -> the PAN and the
+    last PAN sequence number it gave) and the hotlist the card centre reported to it (card
+    number, masked PAN, PSN, account reference, reason of each ``X`` line)."""
+
+    accounts: dict[str, tuple[str, str]] = field(default_factory=dict)
+    hotlist: list[tuple[str, ...]] = field(default_factory=list)
+
+    @classmethod
+    def of_responses(cls, texts: Iterable[str]) -> BankLedger:
+        """The books as the bank's own response files (oldest first) wrote them."""
+        ledger = cls()
+        for text in texts:
+            for line in text.splitlines():
+                parts = line.split("|")
+                if len(parts) == 8 and parts[0] == "D":
+                    ledger.accounts[parts[7]] = (parts[3], parts[4])
+        return ledger
+
+
 def answer_request(
     request: str,
     bin_: str = DEMO_BIN,
@@ -38,10 +61,13 @@ def answer_request(
     service_code: str = "220",
     skip: Iterable[str] = (),
     now: datetime | None = None,
+    ledger: BankLedger | None = None,
 ) -> str:
     """The bank's response file to ``request`` (format ``docs/reference/bank-files.md``): one
-    account per requested card but those in ``skip`` (card numbers the bank does not answer
-    yet)."""
+    account per requested card (``D``) but those in ``skip`` (card numbers the bank does not
+    answer yet). A replacement (``R``) keeps its account: the same PAN with the next PAN
+    sequence number when ``ledger`` has the account, else another PAN of that account; the
+    hotlist lines (``X``) go to ``ledger.hotlist``. New accounts are written to ``ledger``."""
     lines = request.rstrip("\n").split("\n")
     head = lines[0].split("|")
     if head[:4] != ["H", "YKTBANK", "1", "REQ"]:
@@ -51,11 +77,23 @@ def answer_request(
     skipped = set(skip)
     body: list[str] = []
     for line in lines[1:-1]:
-        card_number = line.split("|")[2]
+        kind, _, card_number, *rest = line.split("|")
+        if kind == "X":
+            if ledger is not None:
+                ledger.hotlist.append((card_number, *rest))
+            continue
         if card_number in skipped:
             continue
-        ref = "AC" + secrets.token_hex(6).upper()
-        body.append(f"D|{len(body) + 1}|{card_number}|{new_pan(bin_)}|{psn}|{exp:%y%m}|"
+        if kind == "R" and ledger is not None and rest[-1] in ledger.accounts:
+            ref, (pan, last) = rest[-1], ledger.accounts[rest[-1]]
+            card_psn = f"{int(last) + 1:02d}"
+        elif kind == "R":  # no books here: another PAN of the same account
+            ref, pan, card_psn = rest[-1], new_pan(bin_), psn
+        else:
+            ref, pan, card_psn = "AC" + secrets.token_hex(6).upper(), new_pan(bin_), psn
+        if ledger is not None:
+            ledger.accounts[ref] = (pan, card_psn)
+        body.append(f"D|{len(body) + 1}|{card_number}|{pan}|{card_psn}|{exp:%y%m}|"
                     f"{service_code}|{ref}")  # fmt: skip
     stamp = f"{(now or datetime.now(UTC)):%Y-%m-%dT%H:%M:%SZ}"
     return "\n".join([f"H|YKTBANK|1|RSP|{request_id}|{bank}|{stamp}|{len(body)}", *body,

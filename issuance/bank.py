@@ -16,13 +16,14 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from cardspec.errors import InvalidIdentifier
-from cardspec.ids import luhn_ok, mask_citizen_id, validate_card_number
+from cardspec.ids import luhn_ok, mask_citizen_id, mask_pan, validate_card_number
 from cardspec.keyscheme import Algorithm
 from hsm.ports import CardKeyRef
 from issuance import audit
 from issuance.audit import Actor
 from issuance.errors import ConfigError, FieldProblem, PermissionDenied, ValidationError
 from issuance.models import (
+    TERMINAL_CARD_STATUSES,
     Agency,
     AgencyKind,
     BankAccount,
@@ -47,6 +48,8 @@ BANK_FILE_STAFF = {StaffRole.CLERK, StaffRole.SUPERVISOR, StaffRole.ADMIN, Staff
 _REQUESTABLE = (CardStatus.NUMBER_ALLOCATED, CardStatus.IN_PRODUCTION)
 _ACCOUNT_REF = re.compile(r"[0-9A-Za-z][0-9A-Za-z._/-]{0,31}")
 _REQUEST_ID = re.compile(r"YKTB-[0-9A-Za-z-]{1,32}-\d{8}T\d{6}Z")
+#: The reason of a hotlist line (``X``) for a card replaced by another.
+HOTLIST_REPLACED = "REPLACED"
 
 
 class BankFileInvalid(ValidationError):
@@ -65,12 +68,6 @@ def bank_of(settings: Settings, session: Session, code: str) -> tuple[Agency, Ba
     return agency, conf
 
 
-def mask_pan(pan: str) -> str:
-    """First 6 and last 4 digits (PCI DSS display rule): what an audit event or a message
-    shows of a PAN."""
-    return pan[:6] + "*" * max(len(pan) - 10, 0) + pan[-4:]
-
-
 def _clean(value: str) -> str:
     """A field as written to a file: no separator, no line break."""
     return value.replace(SEP, " ").replace("\r", " ").replace("\n", " ")
@@ -84,6 +81,56 @@ class RequestFile:
     request_id: str
     text: str
     card_ids: tuple[int, ...]
+    """The cards asked an account (``D`` lines) or asked to keep their replaced card's (``R``)."""
+    replacements: tuple[int, ...] = ()
+    """Those of ``card_ids`` asked as replacements (``R`` lines)."""
+    hotlisted: tuple[int, ...] = ()
+    """The replaced cards whose financial application the file reports (``X`` lines)."""
+
+
+def card_replaced(session: Session, old: Card, new: Card, actor: Actor) -> None:
+    """``old`` was replaced by ``new`` (:func:`issuance.services.replace_card`): the
+    replacement keeps the holder's bank. ``new``'s financial application is bound to ``old``'s
+    bank (``chip.bank_bound``); if the bank opened an account for ``old``, its financial
+    application goes on the bank's hotlist in the next request file (``bank.hotlist_due``) and
+    ``new`` is asked there as a replacement bound to that account (an ``R`` line, not a new
+    account). Nothing when ``old`` had no bank."""
+    old_fin, new_fin = old.chip_app(ChipAppKind.FINANCIAL), new.chip_app(ChipAppKind.FINANCIAL)
+    if old_fin is None or old_fin.bank_agency_id is None:
+        return
+    bank = session.get(Agency, old_fin.bank_agency_id)
+    assert bank is not None
+    if new_fin is not None and new_fin.bank_agency_id is None:
+        new_fin.bank_agency_id = bank.id
+        details = {"card_id": new.id, "bank": bank.code, "by": f"replaces card {old.card_number}"}
+        audit.record(session, actor, "chip.bank_bound", "chip_application", new_fin.id,
+                     after=str(bank.id), details=details)  # fmt: skip
+    account = session.scalars(
+        sa.select(BankAccount).where(BankAccount.card_id == old.id)
+    ).one_or_none()
+    if account is None or account.pan is None or account.hotlist_due_at is not None:
+        return
+    account.hotlist_due_at = utcnow()
+    audit.record(session, actor, "bank.hotlist_due", "card", old.id,
+                 details={"bank": bank.code, "pan": mask_pan(account.pan), "psn": account.psn,
+                          "account_ref": account.account_ref,
+                          "replaced_by": new.card_number})  # fmt: skip
+
+
+def _replaced_accounts(
+    session: Session, bank_id: int, card_ids: Sequence[int]
+) -> dict[int, tuple[Card, BankAccount]]:
+    """For each of ``card_ids`` that replaces a card with an account opened at ``bank_id``:
+    the replaced card and that account (one query)."""
+    if not card_ids:
+        return {}
+    rows = session.execute(
+        sa.select(Card, BankAccount)
+        .join(BankAccount, BankAccount.card_id == Card.id)
+        .where(Card.replaced_by_id.in_(list(card_ids)), BankAccount.bank_agency_id == bank_id,
+               BankAccount.pan.is_not(None))
+    ).all()  # fmt: skip
+    return {old.replaced_by_id: (old, acc) for old, acc in rows if old.replaced_by_id}
 
 
 def request_file(
@@ -97,8 +144,11 @@ def request_file(
 ) -> RequestFile:
     """Ask ``bank_code`` to open accounts for the cards that need one: formal cards not yet
     personalised, financial application sealed and bound to this bank or to none (bound now,
-    ``chip.bank_bound``), never asked before. Records a waiting :class:`BankAccount` per card
-    and one audit event ``bank.accounts_requested``; ValidationError when no card needs one."""
+    ``chip.bank_bound``), never asked before: a ``D`` line each, or an ``R`` line for a card
+    replacing one whose account the bank opened (the bank keeps that account,
+    :func:`card_replaced`). The replaced cards not yet reported go on the bank's hotlist
+    (``X`` lines). Records a waiting :class:`BankAccount` per card and one audit event
+    ``bank.accounts_requested``; ValidationError when there is nothing to ask or report."""
     if actor.role not in BANK_FILE_STAFF:
         raise PermissionDenied(f"role {actor.role} may not exchange files with a bank")
     bank, conf = bank_of(settings, session, bank_code)
@@ -125,13 +175,22 @@ def request_file(
     if limit:
         stmt = stmt.limit(limit)
     rows = session.execute(stmt).all()
-    if not rows:
+    hotlist = session.execute(
+        sa.select(Card, BankAccount)
+        .join(BankAccount, BankAccount.card_id == Card.id)
+        .where(BankAccount.bank_agency_id == bank.id, BankAccount.hotlist_due_at.is_not(None),
+               BankAccount.hotlist_request_id.is_(None))
+        .order_by(BankAccount.id)
+    ).all()  # fmt: skip
+    if not rows and not hotlist:
         raise ValidationError(
             "no card needs a bank account",
             [FieldProblem("bank", f"no card waits for an account at {bank_code}")],
         )
+    replaced = _replaced_accounts(session, bank.id, [card.id for card, _, _ in rows])
+    count = len(rows) + len(hotlist)
     lines = [SEP.join(["H", FORMAT, VERSION, "REQ", request_id, bank_code,
-                       f"{now:%Y-%m-%dT%H:%M:%SZ}", str(len(rows))])]  # fmt: skip
+                       f"{now:%Y-%m-%dT%H:%M:%SZ}", str(count)])]  # fmt: skip
     for n, (card, fin, person) in enumerate(rows, start=1):
         if fin.bank_agency_id is None:
             fin.bank_agency_id = bank.id
@@ -141,17 +200,33 @@ def request_file(
         id_number = (
             person.citizen_id if conf.id_number == "full" else mask_citizen_id(person.citizen_id)
         )
-        lines.append(SEP.join(["D", str(n), card.card_number, _clean(person.name), id_number,
-                               card.region_code]))  # fmt: skip
+        fields = ["D", str(n), card.card_number, _clean(person.name), id_number, card.region_code]
+        old = replaced.get(card.id)
+        if old is not None:  # a replacement: the bank keeps the holder's account
+            old_card, old_acc = old
+            assert old_acc.pan is not None and old_acc.account_ref is not None
+            fields[0] = "R"
+            fields += [old_card.card_number, mask_pan(old_acc.pan), old_acc.psn or "",
+                       old_acc.account_ref]  # fmt: skip
+        lines.append(SEP.join(fields))
         session.add(BankAccount(card_id=card.id, bank_agency_id=bank.id, request_id=request_id,
-                                requested_at=utcnow(), key_version=conf.key_version))  # fmt: skip
-    lines.append(SEP.join(["T", str(len(rows))]))
+                                requested_at=utcnow(), key_version=conf.key_version,
+                                replaces_account_id=old and old[1].id))  # fmt: skip
+    for n, (old_card, acc) in enumerate(hotlist, start=len(rows) + 1):
+        assert acc.pan is not None and acc.account_ref is not None
+        lines.append(SEP.join(["X", str(n), old_card.card_number, mask_pan(acc.pan),
+                               acc.psn or "", acc.account_ref, HOTLIST_REPLACED]))  # fmt: skip
+        acc.hotlist_request_id = request_id
+    lines.append(SEP.join(["T", str(count)]))
     ids = tuple(card.id for card, _, _ in rows)
+    again = tuple(cid for cid in ids if cid in replaced)
+    listed = tuple(old_card.id for old_card, _ in hotlist)
     audit.record(session, actor, "bank.accounts_requested", "bank", bank_code,
-                 details={"request_id": request_id, "cards": len(ids),
-                          "card_ids": list(ids)})  # fmt: skip
+                 details={"request_id": request_id, "cards": len(ids), "card_ids": list(ids),
+                          **({"replacements": list(again)} if again else {}),
+                          **({"hotlisted": list(listed)} if listed else {})})  # fmt: skip
     session.flush()
-    return RequestFile(request_id, "\n".join(lines) + "\n", ids)
+    return RequestFile(request_id, "\n".join(lines) + "\n", ids, again, listed)
 
 
 # --- response file -----------------------------------------------------------------------------
@@ -331,9 +406,12 @@ def load_response(
     cards = {c.card_number: c for c in session.scalars(
         sa.select(Card).where(Card.card_number.in_(numbers)))}  # fmt: skip
     pans = {a.pan for a in parsed.accounts}
-    taken: dict[str | None, int] = {
-        pan: card_id for pan, card_id in session.execute(
-            sa.select(BankAccount.pan, BankAccount.card_id).where(BankAccount.pan.in_(pans)))
+    taken: dict[str, list[BankAccount]] = {}
+    for other in session.scalars(sa.select(BankAccount).where(BankAccount.pan.in_(pans))):
+        taken.setdefault(other.pan or "", []).append(other)
+    replaced = {
+        acc.id: acc for acc in session.scalars(sa.select(BankAccount).where(BankAccount.id.in_(
+            [a.replaces_account_id for a in waiting.values() if a.replaces_account_id])))
     }  # fmt: skip
     result = LoadResult(parsed.request_id, problems=list(parsed.problems))
     good: list[tuple[OpenedAccount, BankAccount]] = []
@@ -354,10 +432,13 @@ def load_response(
                     opened.line, "the card already has other account data from the bank",
                     opened.card_number))  # fmt: skip
             continue
-        if taken.get(opened.pan, card.id) != card.id:
-            result.problems.append(LineProblem(
-                opened.line, f"PAN {mask_pan(opened.pan)} belongs to another card",
-                opened.card_number))  # fmt: skip
+        old = replaced.get(account.replaces_account_id or 0)
+        reasons = _binding_problems(opened, card.id, old, taken.get(opened.pan, []))
+        if card.status in TERMINAL_CARD_STATUSES:  # asked, then replaced before the answer
+            reasons.insert(0, f"the card is {card.status}: no account is opened for it (its "
+                              "replacement is asked of the bank)")  # fmt: skip
+        if reasons:
+            result.problems += [LineProblem(opened.line, r, opened.card_number) for r in reasons]
             continue
         good.append((opened, account))
     result.problems.sort(key=lambda p: p.line)
@@ -374,10 +455,12 @@ def load_response(
         account.pan, account.psn, account.expiry = opened.pan, opened.psn, opened.expiry
         account.service_code, account.account_ref = opened.service_code, opened.account_ref
         account.opened_at, account.response_file = now, kept.name
+        old = replaced.get(account.replaces_account_id or 0)
+        extra = {} if old is None else {"replaces_card_id": old.card_id}
         audit.record(session, actor, "bank.account_opened", "card", account.card_id,
                      details={"bank": bank_code, "request_id": parsed.request_id,
                               "pan": mask_pan(opened.pan), "psn": opened.psn,
-                              "account_ref": opened.account_ref})  # fmt: skip
+                              "account_ref": opened.account_ref, **extra})  # fmt: skip
         result.loaded += 1
     answered = {cards[a.card_number].id for a in parsed.accounts if a.card_number in cards}
     result.waiting = sum(1 for cid, acc in waiting.items()
@@ -389,6 +472,36 @@ def load_response(
                           "waiting": result.waiting})  # fmt: skip
     session.flush()
     return result
+
+
+def _binding_problems(
+    opened: OpenedAccount, card_id: int, replaced: BankAccount | None,
+    same_pan: Sequence[BankAccount],
+) -> list[str]:  # fmt: skip
+    """Every reason the bank's answer ``opened`` for card ``card_id`` cannot be loaded: for a
+    replacement (``replaced``: the replaced card's account), the answer must be bound to the
+    same account (its account reference) and may keep its PAN with another PAN sequence
+    number (the bank decides which); a PAN and PSN pair is never two cards' (the EMV keys
+    derive from it), and a PAN already another account's is never given again."""
+    reasons = []
+    if replaced is not None and opened.account_ref != replaced.account_ref:
+        reasons.append(
+            f"a replacement must stay bound to account {replaced.account_ref} of the replaced "
+            f"card; the answer gives account {opened.account_ref}"
+        )
+    others = [acc for acc in same_pan if acc.card_id != card_id]
+    if replaced is None:
+        if others:
+            reasons.append(f"PAN {mask_pan(opened.pan)} belongs to another card")
+        return reasons
+    if any(acc.account_ref != opened.account_ref for acc in others):
+        reasons.append(f"PAN {mask_pan(opened.pan)} belongs to another account than "
+                       f"{opened.account_ref}")  # fmt: skip
+    if any(acc.psn == opened.psn for acc in others):
+        reasons.append(f"PAN {mask_pan(opened.pan)} with PAN sequence number {opened.psn} is "
+                       "already another card's (the same card keys): the replacement needs "
+                       "another sequence number")  # fmt: skip
+    return reasons
 
 
 def _keep(settings: Settings, bank_code: str, name: str, text: str) -> Path:

@@ -954,6 +954,9 @@ class BankAccount(Base):
     (``opened_*``; :mod:`issuance.bank`). A card's EMV data come from here and nowhere else."""
 
     __tablename__ = "bank_accounts"
+    #: the cards of one account may share a PAN (a replacement: the next PAN sequence number);
+    #: a PAN and PSN pair is one card's (its EMV keys derive from it) (migration 0021)
+    __table_args__ = (sa.UniqueConstraint("pan", "psn", name="uq_bank_accounts_pan_psn"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     card_id: Mapped[int] = mapped_column(sa.ForeignKey("cards.id"), unique=True)
     bank_agency_id: Mapped[int] = mapped_column(sa.ForeignKey("agencies.id"), index=True)
@@ -961,7 +964,7 @@ class BankAccount(Base):
     request_id: Mapped[str] = mapped_column(sa.String(64), index=True)
     requested_at: Mapped[datetime] = mapped_column(default=utcnow)
     #: None until the bank's response gave it
-    pan: Mapped[str | None] = mapped_column(sa.String(19), unique=True)
+    pan: Mapped[str | None] = mapped_column(sa.String(19), index=True)
     psn: Mapped[str | None] = mapped_column(sa.String(2))
     #: the application expiry the bank gave (last day of its YYMM month)
     expiry: Mapped[date | None]
@@ -971,3 +974,38 @@ class BankAccount(Base):
     key_version: Mapped[int] = mapped_column(default=1)
     opened_at: Mapped[datetime | None]
     response_file: Mapped[str | None] = mapped_column(sa.String(200))
+    #: a replacement card's request: the replaced card's account, which the bank's answer must
+    #: be bound to (migration 0021)
+    replaces_account_id: Mapped[int | None] = mapped_column(sa.ForeignKey("bank_accounts.id"))
+    #: the card was replaced: its financial application goes on the bank's hotlist in the next
+    #: request file (a line of kind ``X``), which ``hotlist_request_id`` names once written
+    hotlist_due_at: Mapped[datetime | None]
+    hotlist_request_id: Mapped[str | None] = mapped_column(sa.String(64))
+
+
+class DeskRequest(Base):
+    """A financial activation started on the branch page, done by the desk station of the
+    reader it names (``ykt branch desk --reader NAME``, :mod:`issuance.services.desk`;
+    migration 0021): waiting until a station claims it (``claimed_*``), then finished with
+    an ``outcome`` (``active`` or ``refused``, the refusal's ``message`` and ``problems``).
+    Never a PIN."""
+
+    __tablename__ = "desk_requests"
+    __table_args__ = (sa.Index("ix_desk_requests_reader_claimed", "reader", "claimed_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    card_id: Mapped[int] = mapped_column(sa.ForeignKey("cards.id"), index=True)
+    #: the desk reader's name the teller chose (the station's ``--reader``)
+    reader: Mapped[str] = mapped_column(sa.String(64))
+    identity_checked: Mapped[bool]
+    requested_by_staff_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"))
+    requested_by: Mapped[str] = mapped_column(sa.String(64))
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_at: Mapped[datetime | None]
+    #: the station that claimed it (its user, host and process)
+    claimed_by: Mapped[str | None] = mapped_column(sa.String(120))
+    finished_at: Mapped[datetime | None]
+    #: ``active`` or ``refused``
+    outcome: Mapped[str | None] = mapped_column(sa.String(16))
+    message: Mapped[str | None] = mapped_column(sa.String(500))
+    #: the refusal's problems, JSON ``[[field, reason], ...]``
+    problems: Mapped[str | None] = mapped_column(sa.Text)

@@ -260,15 +260,20 @@ def open_demo_accounts(
 ) -> int:
     """The bank data exchange of the demo: the request file (product), the bank's answer (the
     throwaway bank side, :mod:`devstack.bank`), the response loaded (product). Both files are
-    kept under ``<data_dir>/bank/``. Returns the accounts loaded."""
-    from devstack.bank import answer_request
+    kept under ``<data_dir>/bank/``; the bank's books are its earlier responses kept there (a
+    replacement card keeps its account: same PAN, next PAN sequence number). Returns the
+    accounts loaded."""
+    from devstack.bank import BankLedger, answer_request
     from issuance import bank
 
     request = txn(lambda s: bank.request_file(s, settings, BRANCH_CODE, operator))
     folder = settings.data_dir / "bank" / BRANCH_CODE
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{request.request_id}.req").write_text(request.text, encoding="utf-8")
-    response = answer_request(request.text, settings.banks[BRANCH_CODE].bins[0])
+    books = BankLedger.of_responses(
+        p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.rsp"))
+    )
+    response = answer_request(request.text, settings.banks[BRANCH_CODE].bins[0], ledger=books)
     result = txn(lambda s: bank.load_response(s, settings, BRANCH_CODE, response, operator,
                                               file_name=f"{request.request_id}.rsp"))  # fmt: skip
     return int(result.loaded)

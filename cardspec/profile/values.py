@@ -9,6 +9,7 @@ from typing import Any
 
 from cardspec.emv import SERVICE_CODE, track2_equivalent
 from cardspec.errors import EncodingError
+from cardspec.ids import luhn_ok, mask_pan
 from cardspec.profile.model import CardProfile, decode_fixed_record, decode_records, encode_records
 from cardspec.profile.social import DEFAULT_PROFILE
 
@@ -153,8 +154,12 @@ def complete_financial(values: Mapping[str, Any]) -> dict[str, Any]:
     """The financial record's element values with those derived from the others: the track 2
     equivalent data (57) from the PAN, the expiry date and the service code (given by the bank;
     not an element of the record). Every path that encodes the record (this module, data
-    preparation's planners) completes its values here."""
+    preparation's planners) completes its values here, so this is where a PAN failing the Luhn
+    check (ISO/IEC 7812-1) is refused: no card is written with a PAN no terminal accepts."""
     out = dict(values)
+    pan = str(out.get("pan", ""))
+    if not luhn_ok(pan):
+        raise EncodingError("pan", f"PAN {mask_pan(pan)} fails the Luhn check (ISO/IEC 7812-1)")
     service = out.pop("service_code", None) or SERVICE_CODE
     out["track2"] = track2_equivalent(out["pan"], out["expiry"], service)
     return out

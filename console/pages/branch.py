@@ -9,15 +9,17 @@ calls), whose lifecycle refuses a card that is not waiting for collection (a car
 lost on its way, for one).
 
 Financial activation — CHOICE: the PIN never passes through the browser or this service. The
-page checks everything that must hold first (:func:`issuance.services.financial.
-check_can_activate`: identity checked, card issued or active as the rules say, financial
-function sealed, the teller's role and channel) and shows the refusal at once; when all holds
-it tells the teller the PIN is awaited at the desk reader, where the reader-side station
-(``ykt cards activate-financial CARD --identity-checked --as TELLER`` on the reader's host, its
-hidden prompts standing for the branch PIN pad) has the holder type the PIN mailer's PIN and
-the new one, which go to the chip only, and records the activation. The page polls the card's
-financial function and shows when it is active. The request is audited
-(``console.financial_activation_requested``), without any PIN.
+page checks everything that must hold first (:func:`issuance.services.desk.
+request_activation`, which calls :func:`issuance.services.financial.check_can_activate`:
+identity checked, card active, financial function sealed, the teller's role and channel) and
+shows the refusal at once; when all holds it records an activation request for the desk
+reader the teller names (audited ``desk.activation_requested`` and
+``console.financial_activation_requested``, without any PIN). The desk station on the
+reader's host (``ykt branch desk --reader NAME``) claims it, has the holder type the new PIN on
+its own pad (the PIN pad stand-in), runs the one activation path
+(:func:`yikatong.branch.activate_at_desk`, as ``ykt cards activate-financial``) and records
+the outcome; the page polls the request and shows its progress, the result or the exact
+refusal.
 """
 
 from __future__ import annotations
@@ -36,18 +38,19 @@ from console.common import PREFIX, Problem, field, page, problems_of, render, tx
 from console.sessions import SignedIn
 from issuance import audit
 from issuance.batches.shipping import issue_card
-from issuance.errors import FieldProblem, IssuanceError, ValidationError
+from issuance.errors import FieldProblem, IssuanceError, NotFound, ValidationError
 from issuance.models import (
     Agency,
     BatchItem,
     BatchStage,
     Card,
     ChipAppKind,
+    DeskRequest,
     Person,
     Staff,
 )
+from issuance.services import desk
 from issuance.services.common import find_card
-from issuance.services.financial import check_can_activate
 from issuance.services.places import COLLECTION_POINT_KINDS
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -97,6 +100,7 @@ def _branch_view(s: Session, user: SignedIn, code: str | None) -> dict[str, Any]
         "points": [(c, n) for c, n in points],
         "waiting": [r for r in rows if r["stage"] == BatchStage.SHIPPED],
         "handed": [r for r in rows if r["stage"] == BatchStage.ISSUED],
+        "last_reader": _last_reader(s, user),
     }
 
 
@@ -198,25 +202,44 @@ def _activation_view(s: Session, number: str) -> dict[str, Any]:
             "pin_set": bool(fin and fin.pin_set)}  # fmt: skip
 
 
+def _last_reader(s: Session, user: SignedIn) -> str:
+    """The desk reader this teller named last (the form's default)."""
+    if user.actor.staff_id is None:
+        return ""
+    found = s.scalar(sa.select(DeskRequest.reader).where(
+        DeskRequest.requested_by_staff_id == user.actor.staff_id,
+    ).order_by(DeskRequest.id.desc()).limit(1))  # fmt: skip
+    return found or ""
+
+
+def _desk_view(s: Session, request_id: int) -> dict[str, Any]:
+    view = desk.request_view(s, request_id)
+    return {"req": view, "number": view.card_number, "claim_minutes":
+            int(desk.CLAIM_WITHIN.total_seconds() // 60)}  # fmt: skip
+
+
 @router.post("/branch/cards/{number}/activate")
 @page("financial:activate", form=True)
 async def activate(request: Request, user: SignedIn) -> Response:
-    """Everything checked before the holder is asked for a PIN; then the PIN is awaited at
-    the desk reader (see the module docstring)."""
+    """Everything checked before the holder is asked for a PIN; then the request goes to the
+    desk station of the reader named (see the module docstring)."""
     from issuance.models import Channel
 
     data: FormData = request.state.form
     code = field(data, "point", 32) or None
     checked = field(data, "identity_checked") == "yes"
+    reader = field(data, "reader", desk.READER_MAX + 1) or ""
     actor = user.actor.via(Channel.BANK)  # the teller at the branch, as the CLI's desk
 
     def fn(s: Session) -> dict[str, Any]:
         number = _number(request)
         card = find_card(s, card_number=number)
-        check_can_activate(s, card.id, actor, identity_checked=checked)
+        req = desk.request_activation(s, card.id, actor, reader=reader,
+                                      identity_checked=checked)  # fmt: skip
         audit.record(s, user.actor, "console.financial_activation_requested", "card", card.id,
-                     details={"identity_checked": True})  # fmt: skip
-        return _activation_view(s, number)
+                     details={"identity_checked": True, "request_id": req.id,
+                              "reader": req.reader})  # fmt: skip
+        return _desk_view(s, req.id)
 
     number = str(request.path_params["number"]).upper()[:20]
     try:
@@ -224,8 +247,23 @@ async def activate(request: Request, user: SignedIn) -> Response:
     except (IssuanceError, InvalidIdentifier) as exc:
         return await _branch_page(request, user, code, status=409, number=number,
                                   problems=problems_of(exc))  # fmt: skip
-    return render(request, "branch/activate.html", user, **view, username=user.actor.username,
-                  here=f"{PREFIX}/branch")  # fmt: skip
+    return render(request, "branch/activate.html", user, **view, here=f"{PREFIX}/branch")
+
+
+@router.get("/branch/desk/{request_id}")
+@page("financial:activate")
+async def desk_state(request: Request, user: SignedIn) -> Response:
+    """A desk request's progress (polled by the activation page; HTTP 286 once it ended,
+    which stops htmx's polling)."""
+    raw = str(request.path_params["request_id"])
+    try:
+        if not raw.isdigit() or len(raw) > 12:
+            raise NotFound("no such desk request")
+        view = await tx(request, lambda s: _desk_view(s, int(raw)))
+    except IssuanceError as exc:
+        return render(request, "_problems.html", user, 404, problems=problems_of(exc))
+    ended = view["req"].state in ("active", "refused", "expired")
+    return render(request, "branch/_desk.html", user, 286 if ended else 200, **view)
 
 
 @router.get("/branch/cards/{number}/financial")

@@ -11,7 +11,7 @@ from datetime import date, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from issuance import lifecycle
+from issuance import bank, lifecycle
 from issuance.audit import SYSTEM_ACTOR, Actor
 from issuance.db import flush
 from issuance.errors import FieldProblem, TransitionError, ValidationError
@@ -369,6 +369,7 @@ def replace_card(
     )  # fmt: skip
     old.replaced_by_id = new.id
     flush(session)
+    bank.card_replaced(session, old, new, actor)  # the holder keeps the bank account
     ecard_follows_card(session, old, actor)  # the e-card moves to the new card
     cash.issue_receipt(session, actor, cash.ReceiptKind.FEE, fee, new,
                        f"replacement of card {old.card_number}", at=new.created_at)  # fmt: skip

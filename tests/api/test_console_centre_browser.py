@@ -335,13 +335,14 @@ def test_card_centre_to_bank_branch(browser: Browser, centre: Centre, shots: Pat
     p.get_by_role("button", name=f"启用金融功能 {good}").click()
     assert "identity_checked" in p.get_by_role("alert").inner_text()
     p.get_by_role("row").filter(has_text=good).get_by_role("checkbox").check()
+    p.get_by_role("row").filter(has_text=good).get_by_label("柜台读卡器").fill("desk-1")
     p.get_by_role("button", name=f"启用金融功能 {good}").click()
-    assert "请在柜台读卡器上输入密码" in p.get_by_role("status").inner_text()
+    assert "请求已发往柜台读卡工位" in p.get_by_role("status").first.inner_text()
     assert p.locator("input[type=password]").count() == 0  # no PIN field on the page
-    expect(p.locator("#financial")).to_contain_text("正在等待持卡人在读卡器上输入密码")
+    expect(p.locator("#desk")).to_contain_text("等待工位接单")
     _shot(p, path=str(shots / "branch-pin-at-the-reader.png"))
     _holder_sets_the_pin_at_the_desk(c, good)
-    expect(p.locator("#financial")).to_contain_text("已启用：密码已在卡上设置。", timeout=15_000)
+    expect(p.locator("#desk")).to_contain_text("已启用：密码已在卡上设置。", timeout=15_000)
     _shot(p, path=str(shots / "branch-financial-active.png"))
     with c.session() as s:  # type: ignore[attr-defined]
         fin = services.find_card(s, card_number=good).chip_app(ChipAppKind.FINANCIAL)
@@ -357,22 +358,19 @@ def test_card_centre_to_bank_branch(browser: Browser, centre: Centre, shots: Pat
 
 
 def _holder_sets_the_pin_at_the_desk(c: Centre, number: str) -> None:
-    """The reader-side station (what ``ykt cards activate-financial`` runs on the reader's
-    host): the holder's card in the desk reader, a new PIN typed on the reader side, set by
-    the bank's issuer script (keys from the bank's domain), the activation recorded."""
-    from issuance.services import financial
+    """The desk station's work (``ykt branch desk --reader desk-1``, here in the test's
+    process: tests/api/test_console_branch_desk_browser.py runs the real station): the
+    request claimed, the holder's card in the desk reader, a new PIN typed on the reader side,
+    set by the bank's issuer script (keys from the bank's domain) through the one activation
+    path, the outcome recorded."""
+    from issuance.services import desk
     from yikatong import branch
-    from yikatong.wiring import key_service_from_settings
 
-    keys = key_service_from_settings(c.settings)
     teller = c.actors["bank_teller"].via(Channel.BANK)  # the desk, as the CLI acts
     with c.session() as s:  # type: ignore[attr-defined]
-        card = services.find_card(s, card_number=number)
-        cic = card.card_identification_code
-        assert cic is not None
-        check = financial.hsm_card_check(keys, card)
-        script = financial.script_keys(s, c.settings, keys, card)
-        card_id = card.id
+        req = desk.claim_next(s, "desk-1", teller, "test-station")
+        assert req is not None
+        rid, card_id = req.id, req.card_id
 
     class DeskPinPad:
         def current_pin(self) -> str:
@@ -381,11 +379,11 @@ def _holder_sets_the_pin_at_the_desk(c: Centre, number: str) -> None:
         def new_pin(self) -> str:
             return "246810"
 
-    with branch.open_branch_reader(c.settings, cic) as desk:
-        evidence = financial.set_financial_pin(desk, cic, DeskPinPad(), script,
-                                               authenticate=check)  # fmt: skip
+    done = branch.activate_at_desk(c.settings, c.session, lambda _s: teller, card_id,  # type: ignore[arg-type]
+                                   DeskPinPad(), identity_checked=True)  # fmt: skip
+    assert done == number
     with c.session() as s:  # type: ignore[attr-defined]
-        services.activate_financial(s, card_id, teller, identity_checked=True, pin=evidence)
+        desk.finish(s, rid, teller, outcome=desk.ACTIVE)
 
 
 def test_administrator_staff_clients_places(browser: Browser, centre: Centre, shots: Path) -> None:

@@ -24,7 +24,7 @@ from cardspec.profile import (
 from cardspec.reader import InProcessReader
 
 SERIAL = bytes.fromhex("0123456789ABCDEF")
-PAN = "6217000012345678901"
+PAN = "6217000012345678907"
 PSN = "01"
 SSN = "11010519491231002X"
 INITIAL_PIN = "123456"

@@ -233,8 +233,8 @@ def test_luhn_check() -> None:
 def test_track2_equivalent() -> None:
     from datetime import date
 
-    track2 = emv.track2_equivalent("6217000012345678901", date(2034, 3, 31))
-    assert track2 == "6217000012345678901D3403220F"  # 27 nibbles padded to whole bytes
+    track2 = emv.track2_equivalent("6217000012345678907", date(2034, 3, 31))
+    assert track2 == "6217000012345678907D3403220F"  # 27 nibbles padded to whole bytes
     with pytest.raises(ValueError):
         emv.track2_equivalent("12345", date(2034, 3, 31))
 

@@ -105,13 +105,13 @@ def test_keys_cryptograms_script_macs_and_pin_match_the_oracle(
 
 
 def test_option_c_factor_and_refusals() -> None:
-    assert keyscheme.emv_factor("6217000012345678901", "01", Algorithm.AES) == bytes.fromhex(
-        "00000000000621700001234567890101"
+    assert keyscheme.emv_factor("6217000012345678907", "01", Algorithm.AES) == bytes.fromhex(
+        "00000000000621700001234567890701"
     )
     # SM4 and 3DES keep option A's 8-byte Y (the rightmost 16 digits)
-    y = bytes.fromhex("0001234567890101")
-    assert keyscheme.emv_factor("6217000012345678901", "01", Algorithm.SM4) == y
-    assert keyscheme.emv_factor("6217000012345678901", "01") == y
+    y = bytes.fromhex("0001234567890701")
+    assert keyscheme.emv_factor("6217000012345678907", "01", Algorithm.SM4) == y
+    assert keyscheme.emv_factor("6217000012345678907", "01") == y
     with pytest.raises(ValueError):
         keyscheme.emv_factor("62170000123X", "01", Algorithm.AES)
     with pytest.raises(ValueError):

@@ -138,14 +138,50 @@ def test_other_files_roundtrip() -> None:
     assert P.decode_medical(P.encode_medical(med)) == med
     pen = P.PensionData("1", "330182", date(2020, 1, 1), "11100")
     assert P.decode_pension(P.encode_pension(pen)) == pen
-    fin = P.FinancialData("6217000012345678901", date(2034, 3, 31), "01", "ZHANG SAN")
+    fin = P.FinancialData("6217000012345678907", date(2034, 3, 31), "01", "ZHANG SAN")
     rec = P.encode_financial(fin)
-    assert rec[0][0] == 0x70 and tlv.find(rec[0], 0x5A) == bytes.fromhex("6217000012345678901F")
+    assert rec[0][0] == 0x70 and tlv.find(rec[0], 0x5A) == bytes.fromhex("6217000012345678907F")
     assert P.decode_financial(rec) == fin
     entry = P.MedicalLogEntry("20240301101500", 12345, "H33018200001", "11")
     raw = P.encode_log_entry(entry)
     assert len(raw) == P.DEFAULT_PROFILE.ef("EF18")[1].record_size
     assert P.decode_log_entry(raw) == entry
+
+
+def test_financial_record_refuses_a_pan_failing_luhn() -> None:
+    """Every path that writes the financial record (its encoder, personalisation's record
+    values, data preparation's planners through complete_financial) refuses a PAN that fails
+    the Luhn check, naming it masked."""
+    from cardspec import ids, perso
+
+    good = ids.make_pan("621700", "1234567890")
+    assert good == "6217000012345678907" and ids.luhn_ok(good)
+    bad = good[:-1] + "1"
+    with pytest.raises(EncodingError, match=r"PAN 621700\*{9}8901 fails the Luhn check") as err:
+        P.encode_financial(P.FinancialData(bad, date(2034, 3, 31), "01"))
+    assert bad not in str(err.value) and err.value.element == "pan"
+    with pytest.raises(EncodingError, match="Luhn"):
+        P.complete_financial({"pan": "62170000123456789X", "expiry": date(2034, 3, 31)})
+    code = ids.make_card_identification_code("330182", bytes(8))
+    data = perso.sample_perso_data(code, pan=bad)
+    with pytest.raises(EncodingError, match="Luhn"):
+        perso.record_values(data, P.DEFAULT_PROFILE)
+    assert perso.record_values(replace(data, financial=replace(data.financial, pan=good)),
+                               P.DEFAULT_PROFILE)["SFI01"]["pan"] == good  # fmt: skip
+
+
+def test_make_pan() -> None:
+    from cardspec import ids
+    from cardspec.errors import InvalidIdentifier
+
+    for length in (12, 16, 19):
+        pan = ids.make_pan("621226", "42", length)
+        assert len(pan) == length and pan.startswith("621226") and ids.luhn_ok(pan)
+    with pytest.raises(InvalidIdentifier):
+        ids.make_pan("621226", "1" * 13)  # 6 + 13 + 1 > 19
+    with pytest.raises(InvalidIdentifier):
+        ids.make_pan("62A226", "1")
+    assert ids.mask_pan("6217000012345678907") == "621700*********8907"
 
 
 def test_decoders_reject_malformed_records() -> None:

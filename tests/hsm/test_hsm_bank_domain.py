@@ -26,7 +26,7 @@ from emv_oracle import oracle_icc_mk, oracle_pin, oracle_script_mac
 
 pytestmark = pytest.mark.softhsm
 CIC = "330182D156000005" + "0011223344556677"
-PAN, PSN = "6212260000000000013", "01"
+PAN, PSN = "6212260000000000018", "01"
 FIN = (KeySlot.FIN_AC, KeySlot.FIN_SMI, KeySlot.FIN_SMC)
 
 

@@ -26,7 +26,7 @@ from hsm.service import CardKeyRef, Pkcs11KeyService
 pytestmark = pytest.mark.softhsm
 
 CIC = "330182D156000005" + "0123456789ABCDEF"
-PAN, PSN = "6212263602001234567", "01"
+PAN, PSN = "6212263602001234566", "01"
 
 
 def _cipher(key: bytes, alg: Algorithm, mode: modes.Mode) -> Cipher:  # type: ignore[type-arg]

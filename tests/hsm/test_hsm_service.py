@@ -22,7 +22,7 @@ from hsm.service import (
 
 pytestmark = pytest.mark.softhsm
 CIC = "330182D156000005" + "FEDCBA9876543210"
-PAN, PSN = "6212263602009876543", "00"
+PAN, PSN = "6212263602009876541", "00"
 
 
 @pytest.mark.parametrize("alg", [Algorithm.DES3, Algorithm.AES])

@@ -98,7 +98,7 @@ def test_wrong_card_wrong_keys_weak_pin_and_forgery_are_refused(
         services.set_financial_pin(reader, other.card_identification_code, pad, keys)
     assert pad.asked == 0  # refused before the holder typed anything
     # keys of another bank (or a made-up PAN): the card refuses the MAC (6988) and counts it
-    wrong = financial.ScriptKeys(key_service, replace(keys.ref, pan="6212260000000000013"))
+    wrong = financial.ScriptKeys(key_service, replace(keys.ref, pan="6212260000000000018"))
     with pytest.raises(ValidationError) as err:
         services.set_financial_pin(reader, card.card_identification_code, pad, wrong)
     assert "6988" in str(err.value) and NEW_PIN not in str(err.value)

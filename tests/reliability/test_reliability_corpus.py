@@ -227,7 +227,7 @@ def test_import_file_corpus(session, settings, clerk, tmp_path):
 
 # --- a misbehaving card ------------------------------------------------------------------------
 SERIAL = bytes.fromhex("0A1B2C3D4E5F6071")
-PAN, PSN = "6217000012345678901", "01"
+PAN, PSN = "6217000012345678907", "01"
 
 
 def _crypto() -> SoftwareCardCrypto:

@@ -281,39 +281,23 @@ def activate_financial(
     the chip only; the database records that it was set."""
     import sqlalchemy as sa
 
-    from issuance import services
     from issuance.errors import NotFound
     from issuance.models import Agency
-    from issuance.services import financial, pin_counter, pins
     from yikatong import branch
 
-    cfg = settings()
-    with session_scope() as s:  # check everything before the holder types anything
-        actor = acting(s, as_, "bank")
-        c = _card(s, card)
-        financial.check_can_activate(s, c.id, actor, identity_checked=identity_checked)
+    with session_scope() as s:  # who acts, which card, which bank, before the holder types
+        acting(s, as_, "bank")
+        card_id = _card(s, card).id
         agency_id = None
         if bank_agency is not None:
             agency_id = s.scalar(sa.select(Agency.id).where(Agency.code == bank_agency))
             if agency_id is None:
                 raise NotFound(f"no agency {bank_agency!r}")
-        from yikatong.wiring import key_service_from_settings
-
-        keys = key_service_from_settings(cfg)
-        check = financial.hsm_card_check(keys, c) if card_auth else None
-        script = financial.script_keys(s, cfg, keys, c)  # the bank's keys, its PAN and PSN
-        cic, card_id, number = c.card_identification_code, c.id, c.card_number
-        holder = pin_counter.HolderFacts(c.person.citizen_id, c.person.birth_date)
-    assert cic is not None
-    pad = pins.StrengthCheckedPad(_PromptPinPad(), holder, cfg)  # the weak-PIN rule
-    with branch.open_branch_reader(cfg, cic, reader) as desk:
-        out.print(f"card {number} in {desk.name}: the holder sets the bank PIN")
-        evidence = services.set_financial_pin(desk, cic, pad, script, authenticate=check)
-    with session_scope() as s:
-        services.activate_financial(
-            s, card_id, acting(s, as_, "bank"), identity_checked=identity_checked,
-            pin=evidence, bank_agency_id=agency_id,
-        )  # fmt: skip
+    number = branch.activate_at_desk(
+        settings(), session_scope, lambda s: acting(s, as_, "bank"), card_id, _PromptPinPad(),
+        identity_checked=identity_checked, reader_name=reader, card_auth=card_auth,
+        bank_agency_id=agency_id, announce=out.print,
+    )  # fmt: skip
     out.print(f"card {number}: PIN set on the card; financial function active")
 
 

@@ -48,6 +48,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("yikatong.cli.batch", "batch", "Production batches: create, prepare, personalise, print."),
     ("yikatong.cli.bureau", "bureau", "Card bureau: export bureau files, import their results."),
     ("yikatong.cli.bank", "bank", "Bank data exchange: account request and response files."),
+    ("yikatong.cli.branch", "branch", "Bank branch desk: the reader-side station of the page."),
     ("yikatong.cli.stock", "stock", "Blank chips delivered by chip suppliers: import, status."),
     ("yikatong.cli.printers", "print", "Card faces and print spoolers."),
     ("yikatong.cli.api", "api", "The HTTP service and the verification client."),

@@ -64,7 +64,7 @@ pytestmark = pytest.mark.softhsm
 REGION = "330100"
 PIN = "135790"
 BANK_PIN = "246813"
-PAN, PSN = "6212260000000000013", "01"
+PAN, PSN = "6212260000000000018", "01"
 BANK = "bureau-bank"
 """The bank key domain of the test's EMV keys."""
 PROFILES = {Algorithm.DES3: "ssc2-3des", Algorithm.AES: "ssc3-aes"}

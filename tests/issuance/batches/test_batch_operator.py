@@ -27,7 +27,7 @@ from issuance.batches.pipeline import RunOptions
 from issuance.batches.selection import BatchFilter, create_batch
 from issuance.batches.shipping import issue_card, ship_batch
 from issuance.db import make_engine, make_sessionmaker, transaction
-from issuance.models import BatchItem, BatchStage, Card, CardStatus, Channel
+from issuance.models import BankAccount, BatchItem, BatchStage, Card, CardStatus, Channel
 from printers.facecode import decode_file
 from printers.layout import DEFAULT_LAYOUT, layout_for_profile
 from yikatong.demo import BRANCH_CODE, open_demo_accounts
@@ -78,8 +78,17 @@ def test_a_replacement_card_goes_through_a_real_batch(env: tuple[Settings, Engin
         return new.card_number, card.application_id
 
     new_number, app_id = txn(replace)
-    # the replacement card's financial application: a new account asked of the bank first
+    # the replacement card's financial application: the bank keeps the holder's account (the
+    # same PAN, the next PAN sequence number) and hotlists the old card's
     assert open_demo_accounts(txn, settings, operator) == 1
+    with transaction(factory) as s:
+        accounts = {c.card_number: a for c, a in s.execute(
+            sa.select(Card, BankAccount).join(BankAccount, BankAccount.card_id == Card.id)
+            .where(Card.card_number.in_([lost, new_number])))}  # fmt: skip
+        old_acc, new_acc = accounts[lost], accounts[new_number]
+        assert (new_acc.pan, new_acc.psn, new_acc.account_ref) == (
+            old_acc.pan, "01", old_acc.account_ref)  # fmt: skip
+        assert new_acc.replaces_account_id == old_acc.id and old_acc.hotlist_request_id
     batch = txn(lambda s: create_batch(s, operator, "replacements", BatchFilter(region_code="33")))
     assert batch.card_count == 1
     with runner_for(settings, batch.id, engine=engine, options=RunOptions(readers=1)) as r:
