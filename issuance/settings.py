@@ -319,6 +319,7 @@ class ApiSettings(_Section):
             "/v1/death-records": 21 * 1024 * 1024,
             "/v1/imports": 560 * 1024 * 1024,  # a 50 MB file and a 500 MB photo archive
             "/console/counter/apply": 21 * 1024 * 1024,  # the counter's form with a photo
+            "/console/counter/applications/*/photo": 21 * 1024 * 1024,  # a photo replaced
         }
     )
     #: JSON request bodies nested deeper than this are refused (400).
