@@ -108,13 +108,27 @@ RENEWAL_TOO_EARLY = (
 )
 
 
+def _photo_codes() -> frozenset[str]:
+    """The photo pipeline's reason codes, each with its own catalog sentence ``photo:<code>``
+    (imported when a photo is refused: the pipeline's module brings numpy)."""
+    from issuance.photo_files import PhotoProblem
+
+    return frozenset(str(c) for c in PhotoProblem)
+
+
 def _problems(exc: IssuanceError | InvalidIdentifier) -> list[Problem]:
     """:func:`console.common.problems_of`, with this module's sentences for the fields it
-    shows (the services' own words kept beneath, word for word)."""
+    shows (the services' own words kept beneath, word for word); a photo refused with its
+    stable reason code (:class:`issuance.photo_files.PhotoProblem`) gets that reason's own
+    sentence (``photo:<code>`` in the catalogs)."""
+    codes = [f.code for f in exc.problems] if isinstance(exc, ValidationError) else []
     out = []
-    for p in problems_of(exc):
+    for i, p in enumerate(problems_of(exc)):
         name = p.text.split(":", 1)[0]
         key = p.key or (CDESK_FIELD_KEYS.get(name) if ":" in p.text else None)
+        code = codes[i] if i < len(codes) else None
+        if name == "photo" and code is not None and code in _photo_codes():
+            key = f"photo:{code}"
         out.append(Problem(p.text, key))
     return out
 

@@ -261,14 +261,17 @@ def test_a_photo_larger_than_the_default_body_cap_reaches_the_form(api_env: ApiE
 
 def test_every_message_of_the_counter_pages_is_in_the_chinese_catalog() -> None:
     """Each ``_("...")`` of the counter's templates (apostrophes included: "The day's cash")
-    and each sentence this module puts over a refusal has its Chinese translation."""
+    and each sentence this module puts over a refusal (one per photo reason code) has its
+    Chinese translation."""
     import re
     from pathlib import Path
 
     from console.pages.cdesk import RENEWAL_TOO_EARLY
 
+    from issuance.photo_files import PhotoProblem
+
     zh = i18n.translations("zh_CN")
-    used = {RENEWAL_TOO_EARLY}
+    used = {RENEWAL_TOO_EARLY} | {f"photo:{code}" for code in PhotoProblem}
     for page in (Path(i18n.__file__).parent / "templates/cdesk").glob("*.html"):
         text = page.read_text()
         used |= set(

@@ -208,7 +208,7 @@ def test_photo_with_two_faces_refused_then_replaced_then_refused_after_review(
     p.get_by_role("button", name="更换照片").click()
     alert = p.get_by_role("alert").inner_text()
     assert "photo: 2 faces were found: the photo must show the holder alone" in alert
-    assert "照片不合格" in alert
+    assert "照片不合格：检测到多张人脸，照片上只能有持卡人本人。" in alert  # its reason code's
     assert p.evaluate("document.activeElement.id") == "photo"  # ready for another
     p.screenshot(path=str(shots / "counter-photo-two-faces.png"))
     with api_env.session() as s:  # type: ignore[attr-defined]
