@@ -267,7 +267,6 @@ def test_every_message_of_the_counter_pages_is_in_the_chinese_catalog() -> None:
     from pathlib import Path
 
     from console.pages.cdesk import RENEWAL_TOO_EARLY
-
     from issuance.photo_files import PhotoProblem
 
     zh = i18n.translations("zh_CN")
@@ -312,3 +311,22 @@ def test_the_counters_card_actions_keep_the_roles_and_the_csrf_token(
     r = c2.post(f"/console/counter/cards/{_wrong(card.card_number)}/damaged",
                 data={"csrf": csrf2})  # fmt: skip
     assert r.status_code == 422 and "check character" in r.text
+
+
+def test_the_new_counter_actions_and_the_days_cash_in_english(
+    api_env: ApiEnv, card_and_chip: tuple
+) -> None:
+    give_passwords(api_env)
+    card, _ = card_and_chip
+    c = api_env.client
+    sign_in(c, api_env.actors["clerk"].username)
+    page = c.get(f"/console/lang/en?next=/console/people/{card.person_id}").text
+    assert f"Renew (fee) {card.card_number}" in page
+    assert "Damaged card" in page and "Cancel the card" in page
+    cash = c.get("/console/counter/cash")
+    assert cash.status_code == 200 and "The day&#39;s cash" in cash.text
+    assert "No money changed hands on this day." in cash.text
+    assert "Balanced: counters, staff, receipts and money rows agree to the fen." in cash.text
+    bad = c.get("/console/counter/cash", params={"day": "yesterday"})
+    assert bad.status_code == 422 and "Check the date (YYYY-MM-DD)." in bad.text
+    c.get("/console/lang/zh_CN?next=/console/home")
