@@ -480,9 +480,11 @@ async def cash_day(request: Request, user: SignedIn) -> Response:
     asked = (request.query_params.get("day") or "").strip()[:20]
     try:
         day = date.fromisoformat(asked) if asked else today
+        if not date(1900, 1, 1) <= day <= today:  # the form's own range (no day to come)
+            raise ValueError(asked)
     except ValueError:
         problems = _problems(ValidationError("cannot show the day", [FieldProblem(
-            "day", "is not a date (YYYY-MM-DD)")]))  # fmt: skip
+            "day", "is not a date from 1900-01-01 to today (YYYY-MM-DD)")]))  # fmt: skip
         return render(request, "cdesk/cash.html", user, 422, day=asked, today=today, v=None,
                       problems=problems, money=lambda fen: _money(request, fen), prev=None,
                       next=None)  # fmt: skip

@@ -327,6 +327,7 @@ def test_the_new_counter_actions_and_the_days_cash_in_english(
     assert cash.status_code == 200 and "The day&#39;s cash" in cash.text
     assert "No money changed hands on this day." in cash.text
     assert "Balanced: counters, staff, receipts and money rows agree to the fen." in cash.text
-    bad = c.get("/console/counter/cash", params={"day": "yesterday"})
-    assert bad.status_code == 422 and "Check the date (YYYY-MM-DD)." in bad.text
+    for wrong in ("yesterday", "0001-01-01", "9999-12-31"):
+        bad = c.get("/console/counter/cash", params={"day": wrong})
+        assert bad.status_code == 422 and "Check the date (YYYY-MM-DD)." in bad.text, wrong
     c.get("/console/lang/zh_CN?next=/console/home")
