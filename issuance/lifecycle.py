@@ -126,7 +126,8 @@ _HANDOUT = {R.CLERK, R.BANK_TELLER, R.SUPERVISOR, R.ADMIN}
 _REMOTE = {C.PHONE, C.WEB, C.APP, C.WECHAT, C.SMS}
 #: The web console: a signed-in clerk takes a holder's call (provisional) or the holder in
 #: person (formal), and un-reports with the identity check (issuance.services.loss); replaces
-#: a card and takes a temporary card back at the counter's console (console/pages/cdesk.py).
+#: or renews a card, records a damaged card, cancels a card and takes a temporary card back at
+#: the counter's console (console/pages/cdesk.py).
 _CONSOLE = {C.CONSOLE}
 _NOT_TERMINAL = [s for s in S if s not in (S.REPLACED, S.EXPIRED, S.CANCELLED)]
 
@@ -176,7 +177,7 @@ CARD_TRANSITIONS: tuple[Transition, ...] = _audited("card",
     + _t(S.LOST_FORMAL, CardEvent.UNREPORT_TO_ISSUED, S.ISSUED, _COUNTER_STAFF,
          {C.COUNTER} | _CONSOLE)
     + _t([S.ACTIVE, S.ISSUED], CardEvent.REPORT_DAMAGED, S.DAMAGED,
-         _COUNTER_STAFF | {R.BANK_TELLER}, {C.COUNTER, C.BANK})
+         _COUNTER_STAFF | {R.BANK_TELLER}, {C.COUNTER, C.BANK} | _CONSOLE)
     # replacement of a lost or damaged card, or renewal of a working one
     # (ACTIVE: renewal, only inside the renewal window; EXPIRED: renewal after expiry)
     + _t([S.LOST_FORMAL, S.DAMAGED, S.ACTIVE, S.EXPIRED], CardEvent.REPLACE, S.REPLACED,
@@ -186,7 +187,7 @@ CARD_TRANSITIONS: tuple[Transition, ...] = _audited("card",
     # cancellation: death feed, counter, or (LOST_FORMAL) the system when a city turns a
     # formal loss older than settings.lifecycle.formal_loss_cancel_days into cancellation
     + _t(_NOT_TERMINAL, CardEvent.CANCEL, S.CANCELLED,
-         {R.SUPERVISOR, R.ADMIN, R.SYSTEM, R.CLERK}, {C.COUNTER, C.FEED, C.SYSTEM})
+         {R.SUPERVISOR, R.ADMIN, R.SYSTEM, R.CLERK}, {C.COUNTER, C.FEED, C.SYSTEM} | _CONSOLE)
     + _t(S.ACTIVE, CardEvent.HAND_BACK, S.CANCELLED, _HANDOUT | {R.SYSTEM},
          {C.COUNTER, C.BANK, C.SYSTEM} | _CONSOLE)
 )  # fmt: skip

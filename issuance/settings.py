@@ -321,6 +321,7 @@ class ApiSettings(_Section):
             "/console/counter/apply": 21 * 1024 * 1024,  # the counter's form with a photo
             "/console/centre/bureau/import": 64 * 1024 * 1024,  # a bureau's result file
             "/console/centre/stock/import": 201 * 1024 * 1024,  # a delivery file (200 MB at most)
+            "/console/counter/applications/*/photo": 21 * 1024 * 1024,  # a photo replaced
         }
     )
     #: JSON request bodies nested deeper than this are refused (400).

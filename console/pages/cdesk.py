@@ -1,22 +1,28 @@
 """The counter clerk's pages: find a person, the person's page, a new application with the photo
-uploaded or taken from the counter's camera, a replacement with its fee receipt, a temporary
-card handed back with its refund receipt, and the numbered receipts (printable; the PDF that
-``ykt cash receipt`` writes).
+uploaded or taken from the counter's camera (and its photo replaced before review), a
+replacement or a renewal with its fee receipt, a damaged card recorded, a card cancelled, a
+temporary card handed back with its refund receipt, the numbered receipts (printable; the PDF
+that ``ykt cash receipt`` writes) and the day's cash (``ykt cash day`` and ``receipts``).
 
 Every page calls the services the CLI and the API call, with the signed-in user's actor on
 channel ``console``: the search and the person view are :mod:`issuance.services.people` (``ykt
 people find|show``, ``POST /v1/people/search``), the intake is
 :func:`issuance.services.submit_application` with the photo pipeline (``ykt app submit``,
-``POST /v1/applications``), a replacement :func:`issuance.services.replace_card`, a hand-back
-:func:`issuance.services.hand_back_temporary_card`, a receipt
+``POST /v1/applications``), the photo replaced :func:`issuance.uploads.replace_application_photo`
+(``PUT /v1/applications/{id}/photo``), a replacement or a renewal
+:func:`issuance.services.replace_card` (``ykt cards replace``), a damaged card
+:func:`issuance.services.report_damaged` (``ykt cards report-damaged``), a cancellation
+:func:`issuance.services.cancel_card` (``ykt cards cancel``), a hand-back
+:func:`issuance.services.hand_back_temporary_card`, a receipt and the day's cash
 :mod:`issuance.services.cash`. Nothing here decides a rule: the buttons offered come from the
 transition tables, and the services refuse what is not allowed, with their own words.
 """
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
@@ -46,6 +52,7 @@ from issuance.lifecycle import CardEvent as CE
 from issuance.models import TERMINAL_CARD_STATUSES, Application, CardKind, CardStatus, Receipt
 from issuance.services import cash
 from issuance.services.people import PersonQuery, PersonRecord, find_people, person_record
+from issuance.uploads import PHOTO_REPLACEABLE, replace_application_photo
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
@@ -91,16 +98,37 @@ CDESK_FIELD_KEYS = {
     "address": "Check the address.",
     "card": "Not possible for this card.",
     "person": "Not possible for this person.",
+    "day": "Check the date (YYYY-MM-DD).",
 }
+#: The catalog sentence over the replacement service's refusal to renew a working card before
+#: its renewal window opens (the service's words, with the dates, stay beneath).
+RENEWAL_TOO_EARLY = (
+    "Too early to renew: a working card is renewed only in the last days "
+    "before it expires (the date it becomes possible is below)."
+)
+
+
+def _photo_codes() -> frozenset[str]:
+    """The photo pipeline's reason codes, each with its own catalog sentence ``photo:<code>``
+    (imported when a photo is refused: the pipeline's module brings numpy)."""
+    from issuance.photo_files import PhotoProblem
+
+    return frozenset(str(c) for c in PhotoProblem)
 
 
 def _problems(exc: IssuanceError | InvalidIdentifier) -> list[Problem]:
     """:func:`console.common.problems_of`, with this module's sentences for the fields it
-    shows (the services' own words kept beneath, word for word)."""
+    shows (the services' own words kept beneath, word for word); a photo refused with its
+    stable reason code (:class:`issuance.photo_files.PhotoProblem`) gets that reason's own
+    sentence (``photo:<code>`` in the catalogs)."""
+    codes = [f.code for f in exc.problems] if isinstance(exc, ValidationError) else []
     out = []
-    for p in problems_of(exc):
+    for i, p in enumerate(problems_of(exc)):
         name = p.text.split(":", 1)[0]
         key = p.key or (CDESK_FIELD_KEYS.get(name) if ":" in p.text else None)
+        code = codes[i] if i < len(codes) else None
+        if name == "photo" and code is not None and code in _photo_codes():
+            key = f"photo:{code}"
         out.append(Problem(p.text, key))
     return out
 
@@ -180,8 +208,13 @@ def _person_view(s: Session, person_id: int, user: SignedIn) -> dict[str, Any]:
     for c in rec.cards:
         offered = lifecycle.events_for(CARD_TRANSITIONS, c.status, user.actor)
         acts = [] if c.status in TERMINAL_CARD_STATUSES else ["card_page"]
-        if c.kind == CardKind.FORMAL and CE.REPLACE in offered and c.status != CardStatus.ACTIVE:
-            acts.append("replace")
+        if c.kind == CardKind.FORMAL and CE.REPLACE in offered:
+            # a working card is renewed (the service says whether its window is open)
+            acts.append("renew" if c.status == CardStatus.ACTIVE else "replace")
+        if CE.REPORT_DAMAGED in offered:
+            acts.append("damaged")
+        if CE.CANCEL in offered:
+            acts.append("cancel")
         deposit = any(d.card_number == c.card_number for d in rec.deposits)
         if (
             c.kind == CardKind.TEMPORARY
@@ -223,6 +256,7 @@ async def _person_page(
         citizen_id=rec.citizen_id if full else rec.citizen_id_masked,
         money=lambda fen: _money(request, fen), problems=problems or [], done=done,
         ethnicity_names=dict(ETHNICITIES),
+        photo_replaceable=[str(st) for st in PHOTO_REPLACEABLE],
         here=f"{PREFIX}/people/{person_id}",
     )  # fmt: skip
 
@@ -233,14 +267,20 @@ async def person(request: Request, user: SignedIn) -> Response:
     return await _person_page(request, user, int(request.path_params["person_id"]))
 
 
-# --- replacement and hand-back (from the person's page) --------------------------------------
+# --- replacement, renewal, damaged, cancellation, hand-back (from the person's page) ----------
 
 
-async def _card_money_action(
-    request: Request, user: SignedIn, fn: Any, kind: str, done: str
+async def _card_action(
+    request: Request,
+    user: SignedIn,
+    fn: Any,
+    done: str,
+    kind: str | None = None,
+    refusal: Any = None,
 ) -> Response:
-    """Run ``fn(session, card) -> card whose receipt to show``; then that receipt (the
-    numbered one of ``kind``), or the person's page with the service's refusal."""
+    """Run ``fn(session, card) -> card whose receipt to show (or None)``; then that receipt
+    (the numbered one of ``kind``), or the person's page saying ``done``, or the person's page
+    with the service's refusal (``refusal(exc)``: the problems shown, else :func:`_problems`)."""
     number = str(request.path_params["number"]).upper()
     try:
         validate_card_number(number)  # the check character first: no lookup of a typo
@@ -250,6 +290,8 @@ async def _card_money_action(
     def work(s: Session) -> tuple[int, str | None]:
         card = services.find_card(s, card_number=number)
         shown = fn(s, card)
+        if shown is None or kind is None:
+            return card.person_id, None
         r = cash.latest_receipt(s, shown.id)
         return card.person_id, (r.number if r is not None and r.kind == kind else None)
 
@@ -264,7 +306,8 @@ async def _card_money_action(
             pid = await tx(request, owner)
         except IssuanceError as missing:
             return render(request, "message.html", user, 404, problems=_problems(missing))
-        return await _person_page(request, user, pid, status=409, problems=_problems(exc))
+        problems = (refusal or _problems)(exc)
+        return await _person_page(request, user, pid, status=409, problems=problems)
     if receipt_no:
         return RedirectResponse(f"{PREFIX}/counter/receipts/{receipt_no}", status_code=303)
     return await _person_page(request, user, person_id, done=done)
@@ -280,7 +323,55 @@ async def replace(request: Request, user: SignedIn) -> Response:
     def fn(s: Session, card: Any) -> Any:
         return services.replace_card(s, settings, card.id, user.actor, reason=reason)
 
-    return await _card_money_action(request, user, fn, cash.ReceiptKind.FEE, "replaced")
+    return await _card_action(request, user, fn, "replaced", cash.ReceiptKind.FEE)
+
+
+def _renewal_problems(exc: IssuanceError | InvalidIdentifier) -> list[Problem]:
+    """The replacement service's refusal to renew (before the window) under its own sentence."""
+    problems = _problems(exc)
+    if isinstance(exc, ValidationError) and exc.message == "cannot renew":
+        return [Problem(p.text, RENEWAL_TOO_EARLY) for p in problems]
+    return problems
+
+
+@router.post("/counter/cards/{number}/renew")
+@page("cards:lifecycle", form=True)
+async def renew(request: Request, user: SignedIn) -> Response:
+    """Renew a working card (what ``ykt cards replace`` does for an active card): the service
+    refuses it before the renewal window opens, with the date it opens."""
+    settings = ctx_of(request).settings
+
+    def fn(s: Session, card: Any) -> Any:
+        return services.replace_card(s, settings, card.id, user.actor, reason="renewal")
+
+    return await _card_action(request, user, fn, "renewed", cash.ReceiptKind.FEE,
+                              _renewal_problems)  # fmt: skip
+
+
+@router.post("/counter/cards/{number}/damaged")
+@page("cards:lifecycle", form=True)
+async def damaged(request: Request, user: SignedIn) -> Response:
+    """Record a damaged card (``ykt cards report-damaged``); it then offers its replacement."""
+    reason = field(request.state.form, "reason", 200) or None
+
+    def fn(s: Session, card: Any) -> None:
+        services.report_damaged(s, card.id, user.actor, reason)
+
+    return await _card_action(request, user, fn, "damaged")
+
+
+@router.post("/counter/cards/{number}/cancel")
+@page("cards:lifecycle", form=True)
+async def cancel(request: Request, user: SignedIn) -> Response:
+    """Cancel a card for good (``ykt cards cancel``, whose ``--reason`` is required)."""
+    reason = field(request.state.form, "reason", 200) or ""
+
+    def fn(s: Session, card: Any) -> None:
+        if not reason:  # the form's own required field (as the command's --reason)
+            raise ValidationError("cannot cancel", [FieldProblem("reason", "required")])
+        services.cancel_card(s, card.id, user.actor, reason)
+
+    return await _card_action(request, user, fn, "cancelled")
 
 
 @router.post("/counter/cards/{number}/hand-back")
@@ -290,7 +381,7 @@ async def hand_back(request: Request, user: SignedIn) -> Response:
         services.hand_back_temporary_card(s, card, user.actor)
         return card
 
-    return await _card_money_action(request, user, fn, cash.ReceiptKind.REFUND, "handed_back")
+    return await _card_action(request, user, fn, "handed_back", cash.ReceiptKind.REFUND)
 
 
 # --- receipts ---------------------------------------------------------------------------------
@@ -345,6 +436,68 @@ async def receipt_pdf(request: Request, user: SignedIn) -> Response:
     })  # fmt: skip
 
 
+# --- the day's cash ---------------------------------------------------------------------------
+
+
+def _totals(t: cash.Totals) -> dict[str, int]:
+    return {"receipts": t.receipts, "fees": t.fees_fen, "deposits": t.deposits_fen,
+            "refunds": t.refunds_fen, "net": t.net_fen}  # fmt: skip
+
+
+def _cash_day(s: Session, day: date, user: SignedIn, settings: Any) -> dict[str, Any]:
+    """``ykt cash day`` and ``ykt cash receipts`` of ``day`` (the issuer's time zone), for a
+    role that may see the cash; audited (a read of every counter's money)."""
+    cash.check_may_reconcile(user.actor)
+    rec = cash.reconcile_day(s, settings, day)
+    rows = cash.receipts_of_day(s, settings, day)
+    mine = cash.counter_of(s, user.actor)
+    audit.record(s, user.actor, "console.cash_day_shown", "day", day.isoformat(),
+                 details={"receipts": len(rows), "balanced": rec.balanced})  # fmt: skip
+    counters = []
+    for counter, totals in sorted(rec.by_counter.items()):
+        staff = [{"name": name, **_totals(st)}
+                 for (c2, name), st in sorted(rec.by_staff.items()) if c2 == counter]  # fmt: skip
+        counters.append({"counter": counter, "staff": staff, **_totals(totals)})
+    return {
+        "counters": counters, "total": _totals(rec.total), "balanced": rec.balanced,
+        "problems": list(rec.problems), "my_counter": mine,
+        "receipts": [
+            {"number": r.number, "kind": r.kind, "amount_fen": r.amount_fen, "what": r.what,
+             "issued_at": r.issued_at, "staff": r.staff_name, "counter": r.counter}
+            for r in rows
+        ],
+    }  # fmt: skip
+
+
+@router.get("/counter/cash")
+@page("cash:read")
+async def cash_day(request: Request, user: SignedIn) -> Response:
+    """The day's cash: totals by counter and staff member and by kind, balanced to the fen
+    against the money rows, and the day's receipts (each printable, each its PDF)."""
+    settings = ctx_of(request).settings
+    zone = ZoneInfo(settings.issuer.time_zone)
+    today = datetime.now(zone).date()
+    asked = (request.query_params.get("day") or "").strip()[:20]
+    try:
+        day = date.fromisoformat(asked) if asked else today
+        if not date(1900, 1, 1) <= day <= today:  # the form's own range (no day to come)
+            raise ValueError(asked)
+    except ValueError:
+        problems = _problems(ValidationError("cannot show the day", [FieldProblem(
+            "day", "is not a date from 1900-01-01 to today (YYYY-MM-DD)")]))  # fmt: skip
+        return render(request, "cdesk/cash.html", user, 422, day=asked, today=today, v=None,
+                      problems=problems, money=lambda fen: _money(request, fen), prev=None,
+                      next=None)  # fmt: skip
+    try:
+        v = await tx(request, lambda s: _cash_day(s, day, user, settings))
+    except IssuanceError as exc:
+        return render(request, "message.html", user, 403, problems=_problems(exc))
+    return render(request, "cdesk/cash.html", user, day=day.isoformat(), today=today, v=v,
+                  problems=[], money=lambda fen: _money(request, fen),
+                  prev=date.fromordinal(day.toordinal() - 1).isoformat(),
+                  next=date.fromordinal(day.toordinal() + 1).isoformat())  # fmt: skip
+
+
 # --- a new application ------------------------------------------------------------------------
 
 
@@ -383,7 +536,8 @@ async def _photo_of(data: FormData) -> bytes | None:
 def _app_summary(a: Application) -> dict[str, Any]:
     return {"id": a.id, "person_id": a.person_id, "name": a.person.name,
             "photo": a.photo_sha256 is not None, "photo_exempt": a.photo_exempt,
-            "status": str(a.status)}  # fmt: skip
+            "status": str(a.status),
+            "photo_replaceable": a.status in PHOTO_REPLACEABLE}  # fmt: skip
 
 
 @router.post("/counter/apply")
@@ -417,8 +571,7 @@ async def apply(request: Request, user: SignedIn) -> Response:
         app = await tx(request, fn)
     except IssuanceError as exc:
         return _apply_form(request, user, 422, values, _problems(exc))
-    return render(request, "cdesk/applied.html", user, app=app, done=None, problems=[],
-                  here=f"{PREFIX}/people/{app['person_id']}")  # fmt: skip
+    return _applied(request, user, app, done="received")
 
 
 @router.post("/counter/applications/{app_id:int}/process")
@@ -446,5 +599,76 @@ async def process(request: Request, user: SignedIn) -> Response:
         except IssuanceError as missing:
             return render(request, "message.html", user, 404, problems=_problems(missing))
         done, problems, status = None, _problems(exc), 409
+    return _applied(request, user, app, status, done=done, problems=problems)
+
+
+# --- the photo of an application not yet reviewed ---------------------------------------------
+
+
+def _applied(
+    request: Request,
+    user: SignedIn,
+    app: dict[str, Any],
+    status: int = 200,
+    done: str | None = None,
+    problems: list[Problem] | None = None,
+) -> Response:
     return render(request, "cdesk/applied.html", user, status, app=app, done=done,
-                  problems=problems, here=f"{PREFIX}/people/{app['person_id']}")  # fmt: skip
+                  problems=problems or [], max_mb=MAX_PHOTO_BYTES // (1024 * 1024),
+                  here=f"{PREFIX}/counter/applications/{app['id']}")  # fmt: skip
+
+
+@router.get("/counter/applications/{app_id:int}")
+@page("applications:write")
+async def application(request: Request, user: SignedIn) -> Response:
+    """An application at the counter: its card photo, the processing step and, before review,
+    the photo replaced."""
+    from issuance.services.applications import get_application
+
+    app_id = int(request.path_params["app_id"])
+
+    def fn(s: Session) -> dict[str, Any]:
+        a = get_application(s, app_id)
+        audit.record(s, user.actor, "console.application_read", "application", a.id)
+        return _app_summary(a)
+
+    try:
+        app = await tx(request, fn)
+    except IssuanceError as exc:
+        return render(request, "message.html", user, 404, problems=_problems(exc))
+    return _applied(request, user, app)
+
+
+@router.post("/counter/applications/{app_id:int}/photo")
+@page("applications:write", form=True)
+async def replace_photo(request: Request, user: SignedIn) -> Response:
+    """Replace the photo of an application not yet reviewed (what ``PUT
+    /v1/applications/{id}/photo`` does): processed at once into the card photo (face check
+    included); the clerk sees the new card photo or the exact reason it was refused."""
+    from issuance.services.applications import get_application
+
+    app_id = int(request.path_params["app_id"])
+    data: FormData = request.state.form
+    settings = ctx_of(request).settings
+    processor = getattr(ctx_of(request), "extra", {}).get("photo_processor")
+
+    def again(s: Session) -> dict[str, Any]:
+        return _app_summary(get_application(s, app_id))
+
+    try:
+        photo = await _photo_of(data)
+
+        def fn(s: Session) -> dict[str, Any]:
+            a = replace_application_photo(s, settings, app_id, photo or b"", user.actor,
+                                          photo_processor=processor)  # fmt: skip
+            return _app_summary(a)
+
+        app = await tx(request, fn)
+    except IssuanceError as exc:
+        try:
+            app = await tx(request, again)
+        except IssuanceError as missing:
+            return render(request, "message.html", user, 404, problems=_problems(missing))
+        status = 422 if isinstance(exc, ValidationError) else 409
+        return _applied(request, user, app, status, problems=_problems(exc))
+    return _applied(request, user, app, done="photo_replaced")

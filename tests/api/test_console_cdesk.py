@@ -257,3 +257,77 @@ def test_a_photo_larger_than_the_default_body_cap_reaches_the_form(api_env: ApiE
     huge = bytes(22 * 1024 * 1024)
     r = _apply(c, csrf, huge)
     assert r.status_code == 413
+
+
+def test_every_message_of_the_counter_pages_is_in_the_chinese_catalog() -> None:
+    """Each ``_("...")`` of the counter's templates (apostrophes included: "The day's cash")
+    and each sentence this module puts over a refusal (one per photo reason code) has its
+    Chinese translation."""
+    import re
+    from pathlib import Path
+
+    from console.pages.cdesk import RENEWAL_TOO_EARLY
+    from issuance.photo_files import PhotoProblem
+
+    zh = i18n.translations("zh_CN")
+    used = {RENEWAL_TOO_EARLY} | {f"photo:{code}" for code in PhotoProblem}
+    for page in (Path(i18n.__file__).parent / "templates/cdesk").glob("*.html"):
+        text = page.read_text()
+        used |= set(
+            re.findall(r"""_\("([^"]+)"\)""", text) + re.findall(r"""_\('([^']+)'\)""", text)
+        )
+    assert "The day's cash" in used
+    assert sorted(m for m in used if zh.gettext(m) == m) == []
+
+
+def test_the_counters_card_actions_keep_the_roles_and_the_csrf_token(
+    api_env: ApiEnv, card_and_chip: tuple
+) -> None:
+    """A role without the card lifecycle is refused before anything (audited); a form without
+    the session's token is refused; the day's cash is for the roles that see the cash."""
+    give_passwords(api_env)
+    card, _ = card_and_chip
+    c = api_env.client
+    csrf = sign_in(c, api_env.actors["reviewer"].username)
+    for action in ("damaged", "cancel", "renew"):
+        r = c.post(f"/console/counter/cards/{card.card_number}/{action}",
+                   data={"csrf": csrf, "reason": "x"})  # fmt: skip
+        assert r.status_code == 403, action
+    assert c.get("/console/counter/cash").status_code == 403
+    refused = _events(api_env, "console.refused")
+    assert len(refused) == 4 and all(e.channel == "console" for e in refused)
+    c2 = type(c)(c.app)
+    sign_in(c2, api_env.actors["clerk"].username)
+    r = c2.post(f"/console/counter/cards/{card.card_number}/cancel", data={"reason": "x"})
+    assert r.status_code == 403
+    r = c2.post(f"/console/counter/cards/{card.card_number}/cancel",
+                data={"csrf": "not-the-token", "reason": "x"})  # fmt: skip
+    assert r.status_code == 403
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        assert s.get(Card, card.id).status == "active"
+    assert _events(api_env, "card.cancel") == []
+    # a card number with a wrong check character: refused before any lookup
+    csrf2 = sign_in(c2, api_env.actors["clerk"].username)
+    r = c2.post(f"/console/counter/cards/{_wrong(card.card_number)}/damaged",
+                data={"csrf": csrf2})  # fmt: skip
+    assert r.status_code == 422 and "check character" in r.text
+
+
+def test_the_new_counter_actions_and_the_days_cash_in_english(
+    api_env: ApiEnv, card_and_chip: tuple
+) -> None:
+    give_passwords(api_env)
+    card, _ = card_and_chip
+    c = api_env.client
+    sign_in(c, api_env.actors["clerk"].username)
+    page = c.get(f"/console/lang/en?next=/console/people/{card.person_id}").text
+    assert f"Renew (fee) {card.card_number}" in page
+    assert "Damaged card" in page and "Cancel the card" in page
+    cash = c.get("/console/counter/cash")
+    assert cash.status_code == 200 and "The day&#39;s cash" in cash.text
+    assert "No money changed hands on this day." in cash.text
+    assert "Balanced: counters, staff, receipts and money rows agree to the fen." in cash.text
+    for wrong in ("yesterday", "0001-01-01", "9999-12-31"):
+        bad = c.get("/console/counter/cash", params={"day": wrong})
+        assert bad.status_code == 422 and "Check the date (YYYY-MM-DD)." in bad.text, wrong
+    c.get("/console/lang/zh_CN?next=/console/home")
