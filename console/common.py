@@ -10,6 +10,7 @@ templates live in ``console/templates`` (a module's own in a sub-folder) and the
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from console import i18n
 from console.sessions import SignedIn, csrf_ok, resume
 from issuance import audit
 from issuance.audit import Actor
-from issuance.errors import IssuanceError, ValidationError
+from issuance.errors import ConflictError, IssuanceError, ValidationError
 from issuance.lifecycle import APPLICATION_TRANSITIONS, ApplicationEvent
 from issuance.services.credentials import STAFF_SCOPES
 from issuance.settings import Settings
@@ -165,13 +166,28 @@ def scopes_of(user: SignedIn | None) -> frozenset[str]:
     return frozenset(STAFF_SCOPES.get(user.actor.role, ())) if user else frozenset()
 
 
+#: How many times the session's resume-and-touch is tried when it loses the database.
+SESSION_TRIES = 3
+
+
 async def current_user(request: Request) -> SignedIn | None:
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
         return None
     conf = ctx_of(request).settings.console
     touch = request.headers.get(POLL_HEADER) != "1"  # a page polling by itself
-    return await tx(request, lambda s: resume(s, conf, token, touch=touch))
+    for attempt in range(1, SESSION_TRIES + 1):
+        try:
+            return await tx(request, lambda s: resume(s, conf, token, touch=touch))
+        except ConflictError:
+            # SQLite: the touch (a read, then a write) lost the database to a write that
+            # came between them, such as the call-log row of the page sent just before (a
+            # stale snapshot cannot wait its turn). The transaction rolled back whole:
+            # resuming again is safe.
+            if attempt == SESSION_TRIES:
+                raise
+            await asyncio.sleep(0.02 * attempt)
+    raise AssertionError("unreachable")
 
 
 def to_login(request: Request) -> Response:
