@@ -36,7 +36,7 @@ from issuance.models import (
     StaffRole,
     utcnow,
 )
-from issuance.settings import BankSettings, Settings
+from issuance.settings import BankSettings, IssuanceConfig
 
 FORMAT = "YKTBANK"
 VERSION = "1"
@@ -53,7 +53,7 @@ class BankFileInvalid(ValidationError):
     """A response file refused as a whole (header, trailer), or lines of it refused."""
 
 
-def bank_of(settings: Settings, session: Session, code: str) -> tuple[Agency, BankSettings]:
+def bank_of(settings: IssuanceConfig, session: Session, code: str) -> tuple[Agency, BankSettings]:
     """The bank agency ``code`` and its ``[banks.<code>]`` settings; ConfigError if either is
     missing."""
     conf = settings.banks.get(code)
@@ -88,7 +88,7 @@ class RequestFile:
 
 def request_file(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     bank_code: str,
     actor: Actor,
     *,
@@ -294,7 +294,7 @@ class LoadResult:
 
 def load_response(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     bank_code: str,
     text: str,
     actor: Actor,
@@ -391,7 +391,7 @@ def load_response(
     return result
 
 
-def _keep(settings: Settings, bank_code: str, name: str, text: str) -> Path:
+def _keep(settings: IssuanceConfig, bank_code: str, name: str, text: str) -> Path:
     """A copy of a response file under ``<data_dir>/bank/<bank>/`` (never overwritten)."""
     folder = settings.data_dir / "bank" / bank_code
     folder.mkdir(parents=True, exist_ok=True)
@@ -421,7 +421,7 @@ class NoBankData(ValidationError):
 
 
 def bank_data(
-    session: Session, settings: Settings, card_ids: Sequence[int]
+    session: Session, settings: IssuanceConfig, card_ids: Sequence[int]
 ) -> dict[int, CardBankData]:
     """The bank data of each of ``card_ids`` that has it (one query)."""
     rows = session.execute(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cardspec.reader import InProcessReader, Reader
 from issuance.errors import ConfigError, NotFound
-from issuance.settings import Settings
+from yikatong.settings import Settings
 
 
 def card_image(settings: Settings, card_identification_code: str) -> Path:
