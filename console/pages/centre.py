@@ -31,6 +31,7 @@ from console.common import (
     render,
     tx,
 )
+from console.config import ConsoleConfig
 from console.sessions import SignedIn
 from issuance import audit
 from issuance.batches import items as bi
@@ -341,7 +342,7 @@ async def bureau(request: Request, user: SignedIn) -> Response:
     return render(request, "centre/bureau.html", user, files=files)
 
 
-def _printer(settings: Any) -> dict[str, Any]:
+def _printer(settings: ConsoleConfig) -> dict[str, Any]:
     """What ``ykt print spool-status`` says, under the page's own names."""
     backend = settings.printer.backend
     if backend == "file":
@@ -360,7 +361,7 @@ def _printer(settings: Any) -> dict[str, Any]:
             "jobs_pending": len(jobs) if isinstance(jobs, list) else jobs}  # fmt: skip
 
 
-def _readers(settings: Any) -> dict[str, Any]:
+def _readers(settings: ConsoleConfig) -> dict[str, Any]:
     conf = settings.readers
     found: list[str] = []
     if conf.backend == "pcsc":
