@@ -32,6 +32,7 @@ from api import (
 from api.auth import Authenticator
 from api.batchruns import BatchRuns
 from api.calllog import PRINCIPAL, CallLog, CallRecorder, Receive, Scope, Send, state_of
+from api.config import ApiConfig
 from api.context import ApiContext, HsmRunner
 from api.gate import Gate
 from api.hotpath import HotPath
@@ -43,7 +44,6 @@ from issuance.services.applications import PhotoProcessor
 from issuance.services.credentials import Principal
 from issuance.services.temporary import TemporaryChipDesk
 from issuance.services.verification import VerificationStore
-from issuance.settings import Settings
 
 log = logging.getLogger("api")
 
@@ -63,7 +63,7 @@ Every error answers `{"error": {"code", "message", "field"}}`.
 
 
 def create_app(
-    settings: Settings,
+    settings: ApiConfig,
     *,
     engine: Engine | None = None,
     key_service_factory: Callable[[], KeyService],
@@ -191,7 +191,7 @@ def _security_scheme(app: FastAPI) -> None:
 DOCS_ASSETS = "/docs/assets"
 
 
-def _docs(app: FastAPI, settings: Settings) -> None:
+def _docs(app: FastAPI, settings: ApiConfig) -> None:
     """``/docs`` with Swagger UI's assets from the installed package (swagger-ui-bundle: no
     CDN, nothing loaded from elsewhere), while ``[api] public_docs`` (development). With it
     off (production) there is no ``/docs`` and ``/openapi.json`` needs a valid bearer token."""

@@ -28,7 +28,7 @@ from issuance.batches.adapters import BatchAdapters
 from issuance.batches.pipeline import BatchInterrupted, BatchRunner, RunOptions
 from issuance.errors import ConfigError, ConflictError
 from issuance.models import Channel, utcnow
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 
 log = logging.getLogger("api.batchruns")
 
@@ -83,7 +83,9 @@ class RunState:
 class BatchRuns:
     """The batch runs of this service process (see the module docstring)."""
 
-    def __init__(self, settings: Settings, engine: Engine, adapters: BatchAdapters | None) -> None:
+    def __init__(
+        self, settings: IssuanceConfig, engine: Engine, adapters: BatchAdapters | None
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.adapters = adapters

@@ -23,13 +23,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.batchruns import BatchRuns
+from api.config import ApiConfig
 from hsm.errors import HsmUnavailable
 from hsm.internal_auth import challenge_key
 from hsm.service import KeyService
 from issuance.db import transaction
 from issuance.db_async import AsyncPgPool
 from issuance.services.verification import ChallengeCodec, VerificationStore
-from issuance.settings import Settings
 
 T = TypeVar("T")
 
@@ -158,7 +158,7 @@ def _deliver(items: list[tuple[Any, Any, BaseException | None]]) -> None:
 
 @dataclass
 class ApiContext:
-    settings: Settings
+    settings: ApiConfig
     engine: Engine
     sessions: sessionmaker[Session]
     hsm: HsmRunner

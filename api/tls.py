@@ -19,6 +19,8 @@ from typing import Any
 from cryptography import x509
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from api.config import ApiConfig
+
 #: The ASGI TLS extension's keys: the subject as an RFC 4514 string (escaped, for logs and
 #: messages) and as a structured :class:`x509.Name` (what bindings are compared with).
 SUBJECT_KEY = "client_cert_subject"
@@ -92,7 +94,7 @@ class MtlsHttpToolsProtocol(ShapedHttpToolsProtocol):
             }
 
 
-def uvicorn_tls_options(settings: Any) -> dict[str, Any]:
+def uvicorn_tls_options(settings: ApiConfig) -> dict[str, Any]:
     """uvicorn keyword arguments for the ``[api]`` TLS settings, and the HTTP protocol (the
     project's error shape for unparsable requests; the client certificate with mutual TLS)."""
     api = settings.api

@@ -27,13 +27,13 @@ from starlette.datastructures import FormData
 
 from cardspec.errors import InvalidIdentifier
 from console import i18n
+from console.config import ConsoleConfig
 from console.sessions import SignedIn, csrf_ok, resume
 from issuance import audit
 from issuance.audit import Actor
 from issuance.errors import ConflictError, IssuanceError, ValidationError
 from issuance.lifecycle import APPLICATION_TRANSITIONS, ApplicationEvent
 from issuance.services.credentials import STAFF_SCOPES
-from issuance.settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -100,7 +100,7 @@ class HostContext(Protocol):
     :class:`api.context.ApiContext`, which the console does not import: it sits below ``api``
     in the layers)."""
 
-    settings: Settings
+    settings: ConsoleConfig
     hsm: _Hsm
 
     def tx(self) -> AbstractContextManager[Session]: ...

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from console.config import ConsoleSettings
 from issuance import audit
 from issuance.audit import SYSTEM_ACTOR, Actor
 from issuance.db import flush
@@ -35,7 +36,6 @@ from issuance.models import (
     utcnow,
 )
 from issuance.services.staff import actor_for, authenticate_staff
-from issuance.settings import ConsoleSettings
 
 #: The first wait after the free failures (doubling after each further failure).
 FIRST_WAIT_SECONDS = 30

@@ -51,6 +51,7 @@ from console.common import (
     source_of,
     tx,
 )
+from console.config import ConsoleConfig
 from console.pages import PAGE_ROUTERS
 from console.sessions import SignedIn, SignInRefused, csrf_ok, sign_in, sign_out
 from issuance import audit, lifecycle, services
@@ -511,7 +512,7 @@ async def audit_verify(request: Request, user: SignedIn) -> Response:
 # --- the system: settings in force, HSM keys, staff (read only) -----------------------------
 
 
-def _settings_rows(settings: Any) -> list[tuple[str, str]]:
+def _settings_rows(settings: ConsoleConfig) -> list[tuple[str, str]]:
     """Every setting in force as ``section.key``, value; secrets shown as ``**********`` and a
     database URL without its password."""
     from sqlalchemy.engine import make_url

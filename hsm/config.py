@@ -1,5 +1,5 @@
 """HSM configuration: the frozen settings of this package (built by the composition root from
-``[hsm]``, :meth:`issuance.settings.Settings.hsm_config`).
+``[hsm]``, :meth:`yikatong.settings.Settings.hsm_config`).
 
 Any vendor's PKCS#11 module is used by configuration (module path, token label, PIN source);
 SoftHSM2 (the default) additionally gets a project-local configuration file and token dir.

@@ -37,7 +37,7 @@ from issuance.models import (
     StaffRole,
     utcnow,
 )
-from issuance.settings import BankSettings, Settings
+from issuance.settings import BankSettings, IssuanceConfig
 
 FORMAT = "YKTBANK"
 VERSION = "1"
@@ -56,7 +56,7 @@ class BankFileInvalid(ValidationError):
     """A response file refused as a whole (header, trailer), or lines of it refused."""
 
 
-def bank_of(settings: Settings, session: Session, code: str) -> tuple[Agency, BankSettings]:
+def bank_of(settings: IssuanceConfig, session: Session, code: str) -> tuple[Agency, BankSettings]:
     """The bank agency ``code`` and its ``[banks.<code>]`` settings; ConfigError if either is
     missing."""
     conf = settings.banks.get(code)
@@ -135,7 +135,7 @@ def _replaced_accounts(
 
 def request_file(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     bank_code: str,
     actor: Actor,
     *,
@@ -369,7 +369,7 @@ class LoadResult:
 
 def load_response(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     bank_code: str,
     text: str,
     actor: Actor,
@@ -504,7 +504,7 @@ def _binding_problems(
     return reasons
 
 
-def _keep(settings: Settings, bank_code: str, name: str, text: str) -> Path:
+def _keep(settings: IssuanceConfig, bank_code: str, name: str, text: str) -> Path:
     """A copy of a response file under ``<data_dir>/bank/<bank>/`` (never overwritten)."""
     folder = settings.data_dir / "bank" / bank_code
     folder.mkdir(parents=True, exist_ok=True)
@@ -534,7 +534,7 @@ class NoBankData(ValidationError):
 
 
 def bank_data(
-    session: Session, settings: Settings, card_ids: Sequence[int]
+    session: Session, settings: IssuanceConfig, card_ids: Sequence[int]
 ) -> dict[int, CardBankData]:
     """The bank data of each of ``card_ids`` that has it (one query)."""
     rows = session.execute(

@@ -1,4 +1,4 @@
-"""Database access: engine and session factories built from :class:`Settings`.
+"""Database access: engine and session factories built from :class:`IssuanceConfig`.
 
 SQLite is the embedded default (one file under the data directory, WAL journal, foreign keys on,
 a busy timeout); PostgreSQL through psycopg 3 is the production backend. Both run the same
@@ -23,7 +23,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from issuance.errors import ConflictError
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(column_0_label)s",
@@ -92,7 +92,7 @@ KEEPALIVES: dict[str, int] = {
 }  # fmt: skip
 
 
-def make_engine(settings: Settings | None = None, *, url: str | None = None) -> Engine:
+def make_engine(settings: IssuanceConfig | None = None, *, url: str | None = None) -> Engine:
     """An engine for ``url`` or the settings' database (SQLite file created on demand).
 
     Bound parameters never appear in error texts or in the ``[database] echo`` log

@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 
 #: What is shown for a value that is not there (never Python's ``None``).
 MISSING = "-"
@@ -23,7 +23,7 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
-def local_time(value: datetime | None, settings: Settings, *, seconds: bool = True) -> str:
+def local_time(value: datetime | None, settings: IssuanceConfig, *, seconds: bool = True) -> str:
     """A stored time (naive = UTC) in the issuer's zone with its offset, e.g.
     ``2026-12-13 18:31:27 +08:00``; :data:`MISSING` for None."""
     if value is None:
@@ -35,7 +35,7 @@ def local_time(value: datetime | None, settings: Settings, *, seconds: bool = Tr
     return f"{text} {offset[:3]}:{offset[3:]}"
 
 
-def local_iso(value: datetime | None, settings: Settings) -> str | None:
+def local_iso(value: datetime | None, settings: IssuanceConfig) -> str | None:
     """The same time as ISO 8601 with its offset (for machine-readable output)."""
     if value is None:
         return None

@@ -29,7 +29,7 @@ from issuance.services.applications import (
     normalise,
     submit_application,
 )
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 
 ALIASES: dict[str, tuple[str, ...]] = {
     "citizen_id": ("公民身份号码", "身份证号码", "身份证号", "id_number", "social_security_number"),
@@ -311,7 +311,7 @@ def _record_ref(
 
 def import_file(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     path: Path,
     collective: CollectiveApplicant,
     actor: Actor,

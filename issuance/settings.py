@@ -1,7 +1,8 @@
-"""Settings: one typed, frozen, strict place for every knob (the schema).
+"""The domain's settings: its sections and :class:`IssuanceConfig`, its own frozen config.
 
-The domain and its adapters receive these frozen sections; only the composition root reads them
-(:mod:`yikatong.settings`: :func:`~yikatong.settings.load_settings`). Sources, later wins:
+The root schema (every section: :class:`yikatong.settings.Settings`) extends
+:class:`IssuanceConfig`; only the composition root reads the settings
+(:func:`yikatong.settings.load_settings`) and hands each package its own part. Sources, later wins:
   1. embedded defaults (everything under one project-local data directory, no configuration
      needed: SQLite file, SoftHSM token dir, virtual readers, file print spool);
   2. a TOML file: ``$YKT_CONFIG`` if set, else ``<data_dir>/yikatong.toml`` if it exists;
@@ -18,10 +19,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from hsm.config import HsmConfig
-from hsm.smtoken import is_sm_test_module
-from issuance.errors import ConfigError
-
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -33,35 +30,6 @@ class DatabaseSettings(_Section):
     #: SQLAlchemy URL. Empty means the embedded SQLite file ``<data_dir>/yikatong.db``.
     url: str = ""
     echo: bool = False
-
-
-class HsmSettings(_Section):
-    #: PKCS#11 module of the HSM vendor. Default: SoftHSM2 from Debian.
-    module: Path = Path("/usr/lib/softhsm/libsofthsm2.so")
-    token_label: str = "yikatong"
-    #: User PIN. In production give ``pin_file`` instead (readable by the service only).
-    pin: SecretStr = SecretStr("1234")
-    pin_file: Path | None = None
-    #: Security-officer PIN, only used by ``ykt hsm init`` on SoftHSM.
-    so_pin: SecretStr = SecretStr("12345678")
-    #: SoftHSM2 configuration file; empty = ``<data_dir>/hsm/softhsm2.conf`` (created by setup).
-    softhsm_conf: Path | None = None
-    #: The vendor's table of SM2/SM3/SM4 mechanism numbers (``hsm.vendors``: ``ibm``,
-    #: ``swxa``), or ``standard``: PKCS#11 v2.40 only, no SM algorithm (SoftHSM2). The SM test
-    #: module ``var/lib/libykt-smp11.so`` offers exactly the table named here.
-    vendor: str = "standard"
-    #: What signs the status feed and audit checkpoints: ``ecdsa-p256`` (``ykt:signing:v1``) or
-    #: ``sm2`` (``ykt:signing:sm2:v1``, SM2 with SM3; needs an HSM with an SM table). Clients
-    #: verify either (``hsm.service.verify_signature``).
-    signing: Literal["ecdsa-p256", "sm2"] = "ecdsa-p256"
-
-    def user_pin(self) -> str:
-        if self.pin_file is not None:
-            try:
-                return self.pin_file.read_text().strip()
-            except OSError as exc:
-                raise ConfigError(f"cannot read HSM PIN file {self.pin_file}: {exc}") from exc
-        return self.pin.get_secret_value()
 
 
 class ReaderSettings(_Section):
@@ -298,54 +266,6 @@ class WorkerSettings(_Section):
     outbox_batch: int = Field(default=100, ge=1)
 
 
-class ApiSettings(_Section):
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = Field(default=2, ge=1)
-    challenge_ttl_seconds: int = Field(default=60, ge=5, le=600)
-    #: Failed authentications per caller per minute before 429.
-    auth_failures_per_minute: int = Field(default=20, ge=1)
-    tls_certfile: Path | None = None
-    tls_keyfile: Path | None = None
-    #: For mutual TLS: CA bundle that client certificates must chain to.
-    tls_client_ca: Path | None = None
-    #: Largest request body per route, in bytes (413 beyond): a path pattern ("*" stands for
-    #: one path segment) to its cap; ``default`` for every other route.
-    body_limits: dict[str, int] = Field(
-        default_factory=lambda: {
-            "default": 64 * 1024,
-            "/v1/applications": 28 * 1024 * 1024,  # JSON with a base64 photo of up to 20 MB
-            "/v1/applications/*/photo": 21 * 1024 * 1024,
-            "/v1/death-records": 21 * 1024 * 1024,
-            "/v1/imports": 560 * 1024 * 1024,  # a 50 MB file and a 500 MB photo archive
-            "/console/counter/apply": 21 * 1024 * 1024,  # the counter's form with a photo
-            "/console/centre/bureau/import": 64 * 1024 * 1024,  # a bureau's result file
-            "/console/centre/stock/import": 201 * 1024 * 1024,  # a delivery file (200 MB at most)
-            "/console/counter/applications/*/photo": 21 * 1024 * 1024,  # a photo replaced
-        }
-    )
-    #: JSON request bodies nested deeper than this are refused (400).
-    max_json_depth: int = Field(default=32, ge=2, le=1000)
-    #: Serve the interactive documentation (``/docs``, its assets from the package, and
-    #: ``/openapi.json``) without authentication; False in production: the OpenAPI document
-    #: then needs a token (any scope) and ``/docs`` is off.
-    public_docs: bool = True
-
-
-class ConsoleSettings(_Section):
-    """The web console (``/console``, served by ``ykt serve``)."""
-
-    #: A console session ends after this many minutes without a request.
-    idle_minutes: int = Field(default=15, ge=1, le=24 * 60)
-    #: ``zh_CN`` or ``en``: the language of a browser that has not chosen one.
-    default_locale: Literal["zh_CN", "en"] = "zh_CN"
-    #: Failed sign-ins of one user from one address before each further one waits.
-    sign_in_free_failures: int = Field(default=5, ge=1)
-    #: The longest wait (seconds) after repeated failures (it doubles up to this; never a
-    #: permanent lock, and other addresses are not affected).
-    sign_in_max_wait_seconds: int = Field(default=900, ge=1)
-
-
 class ResidentSettings(_Section):
     """Resident self-service (``/console/self``): the one-time code sent to the phone on file
     (:mod:`issuance.services.otp`, also the hotline's loss code) and the short resident session
@@ -384,10 +304,16 @@ class EcardSettings(_Section):
     session_minutes: int = Field(default=30, ge=1, le=12 * 60)
 
 
-class Settings(_Section):
+class IssuanceConfig(_Section):
+    """The domain's own frozen configuration: the sections :mod:`issuance` reads (the batch
+    runs also read ``[readers]`` and ``[printer]``: they drive the stations and print the
+    faces) and the locations derived from them. The root schema
+    (:class:`yikatong.settings.Settings`) extends it with the sections of the layers above
+    and of the HSM, so the object the composition root loads is passed as it is; the domain is
+    typed against this class, and mypy refuses a read of a section that is not here."""
+
     data_dir: Path = PROJECT_ROOT / "var"
     database: DatabaseSettings = DatabaseSettings()
-    hsm: HsmSettings = HsmSettings()
     readers: ReaderSettings = ReaderSettings()
     stock: StockSettings = StockSettings()
     printer: PrinterSettings = PrinterSettings()
@@ -395,11 +321,9 @@ class Settings(_Section):
     lifecycle: LifecycleSettings = LifecycleSettings()
     pins: PinSettings = PinSettings()
     issuer: IssuerSettings = IssuerSettings()
-    api: ApiSettings = ApiSettings()
     applications: ApplicationSettings = ApplicationSettings()
     notify: NotifySettings = NotifySettings()
     worker: WorkerSettings = WorkerSettings()
-    console: ConsoleSettings = ConsoleSettings()
     resident: ResidentSettings = ResidentSettings()
     ecard: EcardSettings = EcardSettings()
     #: The co-operating banks by the code of their bank agency (:class:`BankSettings`).
@@ -409,10 +333,6 @@ class Settings(_Section):
     @property
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{self.data_dir / 'yikatong.db'}"
-
-    @property
-    def softhsm_conf(self) -> Path:
-        return self.hsm.softhsm_conf or (self.data_dir / "hsm" / "softhsm2.conf")
 
     @property
     def spool_dir(self) -> Path:
@@ -432,21 +352,3 @@ class Settings(_Section):
     def run_dir(self) -> Path:
         """Runtime state of services the project starts (isolated pcscd, ...)."""
         return self.data_dir / "run"
-
-    def hsm_config(self) -> HsmConfig:
-        """The HSM's own frozen configuration: ``[hsm]`` and the issuer's region."""
-        sm_dir = self.data_dir / "hsm" / "sm"
-        sm_module = is_sm_test_module(self.hsm.module)
-        return HsmConfig(
-            module=self.hsm.module,
-            token_label=self.hsm.token_label,
-            pin_source=self.hsm.user_pin,
-            so_pin=self.hsm.so_pin.get_secret_value(),
-            softhsm_conf=self.softhsm_conf,
-            tokens_dir=self.data_dir / "hsm" / "tokens",
-            region_code=self.issuer.region_code,
-            vendor=self.hsm.vendor,
-            signing=self.hsm.signing,
-            sm_conf=sm_dir / "smp11.conf" if sm_module else None,
-            sm_store=sm_dir / "tokens" if sm_module else None,
-        )

@@ -32,7 +32,7 @@ from issuance.services.applications import (
     get_application,
 )
 from issuance.services.staff import get_or_create_collective
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 
 #: Statuses in which an application's photo may still be replaced (before review).
 PHOTO_REPLACEABLE = (ApplicationStatus.RECEIVED, ApplicationStatus.PROCESSED)
@@ -77,7 +77,7 @@ def check_photo_archive(path: Path) -> None:
 
 def import_upload(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     file: Path,
     actor: Actor,
     *,
@@ -124,7 +124,7 @@ def import_upload(
 
 def replace_application_photo(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     app_id: int,
     photo: bytes,
     actor: Actor,

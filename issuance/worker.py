@@ -25,7 +25,7 @@ from issuance.models import utcnow
 from issuance.services.ecard import prune_used_nonces
 from issuance.services.resident import prune as prune_resident
 from issuance.services.verification import prune_used_challenges
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 
 log = logging.getLogger("issuance.worker")
 
@@ -73,7 +73,7 @@ class Worker:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: IssuanceConfig,
         factory: sessionmaker[Session],
         *,
         sink: Any | None = None,

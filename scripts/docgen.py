@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: The console script whose command tree is documented.
 CLI_SCRIPT = "ykt"
 #: Where the settings model lives ("module:attribute").
-SETTINGS_MODEL = "issuance.settings:Settings"
+SETTINGS_MODEL = "yikatong.settings:Settings"
 #: The module (or package) whose ``*_TRANSITIONS`` tables are documented.
 LIFECYCLE_MODULE = "issuance.lifecycle"
 #: Files the hook adds to the site beside the pages (relative to ``docs/``).

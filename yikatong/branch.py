@@ -23,7 +23,7 @@ from cardspec.reader import InProcessReader, Reader
 from issuance.audit import Actor
 from issuance.errors import ConfigError, NotFound
 from issuance.services.financial import PinPad
-from issuance.settings import Settings
+from yikatong.settings import Settings
 
 
 def card_image(settings: Settings, card_identification_code: str) -> Path:

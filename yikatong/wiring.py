@@ -30,13 +30,12 @@ from issuance.batches.stations import EncodingStation, open_stations
 from issuance.batches.stock import BlankStock, VirtualBlankStock
 from issuance.errors import ConfigError
 from issuance.services.outbox import HttpSink, LogSink, Sink, SmtpSink
-from issuance.settings import Settings
 from printers.backends import make_printer
-from yikatong.settings import get_settings
+from yikatong.settings import Settings, get_settings
 
 
 def hsm_config(settings: Settings) -> HsmConfig:
-    """The HSM's own configuration (:meth:`issuance.settings.Settings.hsm_config`)."""
+    """The HSM's own configuration (:meth:`yikatong.settings.Settings.hsm_config`)."""
     return settings.hsm_config()
 
 

@@ -34,6 +34,7 @@ from console.common import (
     render,
     tx,
 )
+from console.config import ConsoleConfig
 from console.sessions import SignedIn
 from hsm.errors import HsmError
 from issuance import audit
@@ -731,7 +732,7 @@ async def bureau_import(request: Request, user: SignedIn) -> Response:
     return await _bureau_page(request, user, status, checked=checked, form=form)
 
 
-def _printer(settings: Any) -> dict[str, Any]:
+def _printer(settings: ConsoleConfig) -> dict[str, Any]:
     """What ``ykt print spool-status`` says, under the page's own names."""
     backend = settings.printer.backend
     if backend == "file":
@@ -750,7 +751,7 @@ def _printer(settings: Any) -> dict[str, Any]:
             "jobs_pending": len(jobs) if isinstance(jobs, list) else jobs}  # fmt: skip
 
 
-def _readers(settings: Any) -> dict[str, Any]:
+def _readers(settings: ConsoleConfig) -> dict[str, Any]:
     conf = settings.readers
     found: list[str] = []
     if conf.backend == "pcsc":

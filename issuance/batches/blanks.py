@@ -32,7 +32,7 @@ from printers.prepared import PreparedCard
 
 if TYPE_CHECKING:
     from hsm.service import CardCryptoSession, CardKeyRef, KeyService
-    from issuance.settings import Settings
+    from issuance.settings import IssuanceConfig
 
 #: The backends of ``[stock] backend``.
 BACKENDS = ("virtual", "delivered")
@@ -83,7 +83,7 @@ class DeliveredBlankStock:
 
     binds_at_station = True
 
-    def __init__(self, settings: Settings, key_service: KeyService) -> None:
+    def __init__(self, settings: IssuanceConfig, key_service: KeyService) -> None:
         self.settings = settings
         self.key_service = key_service
         #: chip serial -> (supplier, key set version), learnt at :meth:`bind` (a fact of the
@@ -94,6 +94,9 @@ class DeliveredBlankStock:
         self._lock = threading.Lock()
 
     # the virtual stock's duties: none of them exist for delivered chips ------------------
+    def ready(self) -> None:
+        """Nothing to make: the supplier made the chips (their keys are imported)."""
+
     def new_serial(self) -> bytes:
         raise ConfigError("delivered chips are bound at the station, never picked ahead")
 

@@ -57,7 +57,7 @@ from issuance.models import (
     utcnow,
 )
 from issuance.services.pins import SS_PIN
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 
 log = logging.getLogger("issuance.batches.prep")
 S = BatchStage
@@ -303,7 +303,7 @@ class Preparer:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: IssuanceConfig,
         factory: sessionmaker[Session],
         key_service: KeyService,
         batch_id: int,
@@ -878,7 +878,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _worker(
-    settings: Settings, adapters: BatchAdapters, req: PrepRequest, chunk: int, results: Any,
+    settings: IssuanceConfig, adapters: BatchAdapters, req: PrepRequest, chunk: int, results: Any,
     stop: Any, parent: int,
 ) -> None:  # fmt: skip
     """A forked worker: its own engine and HSM session (the module is loaded here). It dies
@@ -920,7 +920,7 @@ class _QueueSink(BureauSink):
 
 
 def run_workers(
-    settings: Settings,
+    settings: IssuanceConfig,
     req: PrepRequest,
     *,
     adapters: BatchAdapters,
@@ -1006,7 +1006,7 @@ class _WriterSink(BureauSink):
 
 
 def export_to_bureau(
-    settings: Settings,
+    settings: IssuanceConfig,
     factory: sessionmaker[Session],
     key_service: KeyService,
     req: PrepRequest,
@@ -1049,7 +1049,7 @@ def export_to_bureau(
 
 
 def prepare_in_house(
-    settings: Settings,
+    settings: IssuanceConfig,
     factory: sessionmaker[Session],
     key_service: KeyService,
     req: PrepRequest,

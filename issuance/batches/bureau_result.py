@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from issuance.audit import Actor
-    from issuance.settings import Settings
+    from issuance.settings import IssuanceConfig
 
 RESULT_FORMAT = "ykt-bureau-result/1"
 _BUFFER = 1 << 20
@@ -245,7 +245,7 @@ class AppliedResult:
 
 def apply_bureau_result(
     run_txn: Callable[[Callable[[Session], Any]], Any],
-    settings: Settings,
+    settings: IssuanceConfig,
     result: BureauResult,
     actor: Actor,
     *,

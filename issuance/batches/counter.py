@@ -44,10 +44,10 @@ from issuance.batches import dataprep
 from issuance.batches.blanks import binds_at_station
 from issuance.batches.pipeline import region_name, safe_job_id
 from issuance.batches.stations import EncodingStation, PrintedFace, open_stations
-from issuance.batches.stock import BlankStock, VirtualBlankStock, ensure_manufacturer_key
+from issuance.batches.stock import BlankStock
 from issuance.errors import ConflictError, FieldProblem, ValidationError
 from issuance.models import Card, Person
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 from printers.faces import CardFace, render_back, render_front
 from printers.layout import layout_for_profile
 from printers.prepared import PreparedCard
@@ -59,7 +59,7 @@ class CounterDesk:
     """The desk reader (one encoding station), the counter's printer, the key service and the
     blank stock (see the module docstring)."""
 
-    settings: Settings
+    settings: IssuanceConfig
     key_service: KeyService
     stock: BlankStock
     station: EncodingStation
@@ -192,7 +192,7 @@ class CounterDesk:
 
 @contextlib.contextmanager
 def open_counter_desk(
-    settings: Settings,
+    settings: IssuanceConfig,
     key_service: KeyService,
     stock: BlankStock,
     printer: CardPrinter,
@@ -206,8 +206,7 @@ def open_counter_desk(
     if reader:
         readers = settings.readers.model_copy(update={"names": (reader,)})
         settings = settings.model_copy(update={"readers": readers})
-    if isinstance(stock, VirtualBlankStock):
-        ensure_manufacturer_key(stock.settings)
+    stock.ready()  # the virtual stock: its transport key in the HSM
     run_dir = None
     if settings.readers.backend == "virtual":
         from readers.virtual import short_run_dir

@@ -38,7 +38,7 @@ from issuance.models import (
     utcnow,
 )
 from issuance.services.pins import BANK_PIN, SS_PIN, same_digit, step_sequence
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 from printers.prepared import PreparedCard
 
 #: CHOICE: the medical insurance type at issue: employees (employer applications) or residents.
@@ -48,7 +48,7 @@ _DECIMALISE = str.maketrans("ABCDEF", "012345")
 
 
 def card_profile(
-    settings: Settings, algorithm: Algorithm | CardAlgorithm | str, *, temporary: bool = False
+    settings: IssuanceConfig, algorithm: Algorithm | CardAlgorithm | str, *, temporary: bool = False
 ) -> CardProfile:
     """The card profile for cards of ``algorithm`` (3DES: generation 2, AES/SM4: generation 3)
     with the city's PIN tries (built once per process); ``temporary``: the temporary card's
@@ -208,7 +208,7 @@ def holder_ethnicity(person: HolderFields) -> str:
 
 
 def perso_values(
-    settings: Settings,
+    settings: IssuanceConfig,
     card: CardFields,
     person: HolderFields,
     application: ApplicationFields | None,
@@ -282,7 +282,7 @@ def perso_values(
 
 
 def perso_data(
-    settings: Settings,
+    settings: IssuanceConfig,
     card: CardFields,
     person: HolderFields,
     application: ApplicationFields | None,
@@ -314,7 +314,7 @@ def _add_years(d: date, years: int) -> date:
 
 def prepare_card(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     key_service: KeyService,
     card: Card,
     chip_serial: bytes,
@@ -354,7 +354,7 @@ def prepare_card(
 
 
 def prepared_for_item(
-    session: Session, settings: Settings, key_service: KeyService, item: BatchItem
+    session: Session, settings: IssuanceConfig, key_service: KeyService, item: BatchItem
 ) -> PreparedCard:
     """The PreparedCard of an item that already has its chip (rebuilt: nothing is stored)."""
     if item.chip_serial is None or item.issue_date is None:
@@ -369,7 +369,7 @@ def prepared_for_item(
 
 def assign_chip(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     key_service: KeyService,
     stock: BlankStock,
     item: BatchItem,

@@ -37,7 +37,7 @@ from issuance.errors import NotFound, ValidationError
 from issuance.models import Card, OutboxMessage, Person
 from issuance.services.outbox import PIN_MAILER_TOPIC
 from issuance.services.pins import BANK_PIN, SS_PIN
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 from printers.backends import make_document_printer
 from printers.mailer import MailerText, mailer_pdf, mask_card_number, render_pin_mailer
 from printers.spool import DocumentPrinter, PrintResult
@@ -50,7 +50,7 @@ MAILER_TOPIC = PIN_MAILER_TOPIC
 _LABELS = {SS_PIN: "社保密码 social security PIN", BANK_PIN: "金融密码 bank PIN"}
 
 
-def mailer_printer(settings: Settings) -> DocumentPrinter:
+def mailer_printer(settings: IssuanceConfig) -> DocumentPrinter:
     """The PIN mailers' printer of these settings (see the module docstring)."""
     return make_document_printer(
         settings.printer.backend, directory=settings.mailer_dir,
@@ -60,7 +60,7 @@ def mailer_printer(settings: Settings) -> DocumentPrinter:
 
 
 def mailer_text(
-    settings: Settings, key_service: KeyService, card: Card, reference: str
+    settings: IssuanceConfig, key_service: KeyService, card: Card, reference: str
 ) -> MailerText:
     """The mailer of ``card`` with its initial PINs computed in the HSM."""
     if card.card_identification_code is None:
@@ -78,7 +78,7 @@ def mailer_text(
 
 def print_pin_mailer(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     key_service: KeyService,
     printer: DocumentPrinter,
     card: Card,
@@ -106,7 +106,7 @@ class PinMailerSink:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: IssuanceConfig,
         inner: Sink,
         key_service: Callable[[], KeyService],
         printer: Callable[[], DocumentPrinter] | None = None,

@@ -41,7 +41,7 @@ from issuance.batches.stations import (
     PrintedFace,
     QualityCheckFailed,
 )
-from issuance.batches.stock import BlankStock, ensure_manufacturer_key
+from issuance.batches.stock import BlankStock
 from issuance.db import (
     is_disconnect,
     make_engine,
@@ -68,7 +68,7 @@ from issuance.models import (
 )
 from issuance.services.cards import advance_production
 from issuance.services.outbox import enqueue
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 from printers.errors import (
     FontMissing,
     JobRejected,
@@ -266,7 +266,7 @@ BUREAU_STAGES = (BatchStage.SELECTED, BatchStage.PREPARED)
 
 
 def export_batch_to_bureau(
-    settings: Settings,
+    settings: IssuanceConfig,
     factory: sessionmaker[Session],
     key_service: KeyService,
     batch: str | int,
@@ -308,7 +308,7 @@ class BatchRunner:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: IssuanceConfig,
         batch_ref: str | int,
         *,
         adapters: BatchAdapters,
@@ -464,8 +464,7 @@ class BatchRunner:
 
     def run(self) -> RunSummary:
         start = time.perf_counter()
-        if not binds_at_station(self.stock):  # the virtual stock's transport key
-            ensure_manufacturer_key(self.settings)
+        self.stock.ready()  # the virtual stock: its transport key in the HSM
         self.recover()
         if self.options.prepare_first:
             self.prepare_all()
@@ -979,7 +978,7 @@ def region_name(code: str) -> str:
 
 def mark_good(
     s: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     item: BatchItem,
     chip_serial: str,
     actor: Actor,
@@ -1006,7 +1005,7 @@ def mark_good(
     return card
 
 
-def run_batch(settings: Settings, batch_ref: str | int, **kwargs: Any) -> RunSummary:
+def run_batch(settings: IssuanceConfig, batch_ref: str | int, **kwargs: Any) -> RunSummary:
     runner = BatchRunner(settings, batch_ref, **kwargs)
     try:
         return runner.run()
@@ -1015,7 +1014,9 @@ def run_batch(settings: Settings, batch_ref: str | int, **kwargs: Any) -> RunSum
 
 
 @contextlib.contextmanager
-def runner_for(settings: Settings, batch_ref: str | int, **kwargs: Any) -> Iterator[BatchRunner]:
+def runner_for(
+    settings: IssuanceConfig, batch_ref: str | int, **kwargs: Any
+) -> Iterator[BatchRunner]:
     runner = BatchRunner(settings, batch_ref, **kwargs)
     try:
         yield runner

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from issuance.batches import items as bi
 from issuance.batches.pipeline import safe_job_id
 from issuance.models import Batch, BatchItem, BatchStage, BlankChip, Card, ChipStatus
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 from printers.faces import find_fonts
 
 #: (label, from column, to column) of the time-per-stage figures.
@@ -59,12 +59,12 @@ class BatchReport:
         used = self.chips.get("good", 0) + self.chips.get("spoiled", 0)
         return self.chips.get("spoiled", 0) / used if used else 0.0
 
-    def text(self, settings: Settings | None = None) -> str:
+    def text(self, settings: IssuanceConfig | None = None) -> str:
         """The report as text; times in the issuer's time zone with their offset (the default
         settings' zone when none are given)."""
         from issuance.display import local_time
 
-        cfg = settings or Settings()
+        cfg = settings or IssuanceConfig()
         lines = [
             f"Batch {self.name} (id {self.batch_id}): {self.status}, {self.cards} card(s)",
             f"  created {local_time(self.created_at, cfg)}"
@@ -241,7 +241,7 @@ def write_chart(report: BatchReport, path: Path) -> Path:
 
 
 def write_report(
-    report: BatchReport, directory: Path, settings: Settings | None = None
+    report: BatchReport, directory: Path, settings: IssuanceConfig | None = None
 ) -> tuple[Path, Path]:
     """``<directory>/<batch>.report.txt`` and ``.report.png`` (times in ``settings``' zone)."""
     stem = safe_job_id(report.name)

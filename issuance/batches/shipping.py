@@ -24,7 +24,7 @@ from issuance.models import Agency, BatchItem, BatchStage
 from issuance.services.cards import advance_production, collect_card
 from issuance.services.common import find_card
 from issuance.services.places import COLLECTION_POINT_KINDS
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def collection_point(session: Session, code: str) -> Agency:
 
 
 def ship_item(
-    session: Session, settings: Settings, item: BatchItem, agency: Agency, actor: Actor
+    session: Session, settings: IssuanceConfig, item: BatchItem, agency: Agency, actor: Actor
 ) -> None:
     """Ship one checked card to ``agency`` (caller's transaction)."""
     if item.stage != BatchStage.CHECKED:
@@ -65,7 +65,7 @@ def ship_item(
 
 def ship_batch(
     run_txn: Callable[[Callable[[Session], object]], object],
-    settings: Settings,
+    settings: IssuanceConfig,
     batch_id: int,
     point_code: str,
     actor: Actor,

@@ -16,9 +16,10 @@ from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.profile import CardProfile
 from hsm import ceremony, softhsm
 from hsm import pkcs11 as p11
+from hsm.config import HsmConfig
 from hsm.service import CardKeyRef, KeyService
 from issuance.errors import ConfigError, IntegrityError
-from issuance.settings import Settings
+from issuance.settings import IssuerSettings
 
 MANUFACTURER = "manufacturer"
 _LOCK = threading.Lock()
@@ -30,6 +31,11 @@ class BlankStock(Protocol):
     #: True: the chips exist before data preparation and the card is bound to the chip fed
     #: into the station (:class:`issuance.batches.blanks.StationBoundStock`).
     binds_at_station: bool
+
+    def ready(self) -> None:
+        """Make what the stock needs before chips are asked of it (the virtual manufacturer:
+        its transport key in the HSM)."""
+        ...
 
     def new_serial(self) -> bytes: ...
 
@@ -43,6 +49,20 @@ class BlankStock(Protocol):
         ...
 
 
+class ManufacturerConfig(Protocol):
+    """What the virtual chip manufacturer reads: the data directory (its copies of the transport
+    keys, the chips' images), the issuer's card algorithm and the HSM's own config (it makes
+    its transport key there). The root settings (:class:`yikatong.settings.Settings`) are one."""
+
+    @property
+    def data_dir(self) -> Path: ...
+    @property
+    def cards_dir(self) -> Path: ...
+    @property
+    def issuer(self) -> IssuerSettings: ...
+    def hsm_config(self) -> HsmConfig: ...
+
+
 def manufacturer_name(card_algorithm: Algorithm | str) -> str:
     """The virtual stock's transport key for cards of ``card_algorithm``: ``manufacturer``
     (AES: 3DES and AES cards), ``manufacturer-sm4`` (SM4 cards; ``keyscheme.klk_algorithm``)."""
@@ -50,12 +70,14 @@ def manufacturer_name(card_algorithm: Algorithm | str) -> str:
     return MANUFACTURER if alg is Algorithm.AES else f"{MANUFACTURER}-{alg.value}"
 
 
-def manufacturer_key_path(settings: Settings, card_algorithm: Algorithm | str = "3des") -> Path:
+def manufacturer_key_path(
+    settings: ManufacturerConfig, card_algorithm: Algorithm | str = "3des"
+) -> Path:
     return settings.data_dir / "stock" / f"{manufacturer_name(card_algorithm)}.key"
 
 
 def ensure_manufacturer_key(
-    settings: Settings, card_algorithm: Algorithm | str | None = None
+    settings: ManufacturerConfig, card_algorithm: Algorithm | str | None = None
 ) -> bool:
     """Create the transport key for cards of ``card_algorithm`` (default ``[issuer]
     card_algorithm``; :func:`manufacturer_name`) in the HSM (random components from the HSM)
@@ -97,11 +119,14 @@ class VirtualBlankStock:
 
     binds_at_station = False
 
-    def __init__(self, settings: Settings, key_service: KeyService) -> None:
+    def __init__(self, settings: ManufacturerConfig, key_service: KeyService) -> None:
         self.settings = settings
         self.key_service = key_service
         self.directory = settings.cards_dir
         self._transport: dict[str, bytes] = {}
+
+    def ready(self) -> None:
+        ensure_manufacturer_key(self.settings)
 
     def _transport_key(self, card_alg: Algorithm) -> bytes:
         name = manufacturer_name(card_alg)

@@ -53,7 +53,7 @@ from issuance.models import (
 )
 from issuance.services.card_steps import expire_if_due
 from issuance.services.common import create_card, live_formal_card
-from issuance.settings import PhotoSettings, Settings
+from issuance.settings import IssuanceConfig, PhotoSettings
 
 #: ``process_photo(data, settings) -> ProcessedPhoto`` (``.jpeg``, ``.sha256``, ``.notes``); raises
 #: PhotoRejected. Default: :func:`issuance.photos.process_photo`.
@@ -113,7 +113,7 @@ class ValidRecord:
     #: What the photo pipeline did beyond cropping (MPO first picture, padding colour).
     photo_notes: tuple[str, ...] = ()
 
-    def card_name(self, settings: Settings) -> CardName:
+    def card_name(self, settings: IssuanceConfig) -> CardName:
         """The chip's name of this record (the substitution rule, :mod:`issuance.cardname`)."""
         issuer = settings.issuer
         return card_name(self.name, issuer.gbk_substitutes, issuer.gbk_placeholder)
@@ -190,7 +190,7 @@ def check_name(
 
 def validate_record(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     data: ApplicationInput,
     *,
     photo_processor: PhotoProcessor | None = None,
@@ -315,7 +315,7 @@ def live_application(session: Session, person_id: int) -> Application | None:
 
 def submit_application(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     data: ApplicationInput,
     actor: Actor,
     *,
@@ -383,12 +383,12 @@ def get_application(session: Session, app_id: int) -> Application:
     return app
 
 
-def _strict(settings: Settings | None) -> bool:
+def _strict(settings: IssuanceConfig | None) -> bool:
     return settings is not None and settings.applications.separate_every_step
 
 
 def process_application(
-    session: Session, app_id: int, actor: Actor, *, settings: Settings | None = None
+    session: Session, app_id: int, actor: Actor, *, settings: IssuanceConfig | None = None
 ) -> Application:
     app = get_application(session, app_id)
     lifecycle.check_application_role(ApplicationEvent.PROCESS, actor)
@@ -400,7 +400,7 @@ def process_application(
 
 
 def review_application(
-    session: Session, app_id: int, actor: Actor, *, settings: Settings | None = None
+    session: Session, app_id: int, actor: Actor, *, settings: IssuanceConfig | None = None
 ) -> Application:
     app = get_application(session, app_id)
     lifecycle.check_application_role(ApplicationEvent.REVIEW, actor)
@@ -428,7 +428,9 @@ def _maker_checker(
             )  # fmt: skip
 
 
-def approve_application(session: Session, settings: Settings, app_id: int, actor: Actor) -> Card:
+def approve_application(
+    session: Session, settings: IssuanceConfig, app_id: int, actor: Actor
+) -> Card:
     """Approve a reviewed application and create its card record (number allocated)."""
     app = get_application(session, app_id)
     lifecycle.check_application_role(ApplicationEvent.APPROVE, actor)

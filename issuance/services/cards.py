@@ -37,7 +37,7 @@ from issuance.services.financial import activate_financial as activate_financial
 from issuance.services.outbox import enqueue
 from issuance.services.pins import PinStateView, pin_states
 from issuance.services.temporary import hand_back_temporary_card
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 
 
 def _add_years(d: date, years: int) -> date:
@@ -49,7 +49,7 @@ def _add_years(d: date, years: int) -> date:
 
 def advance_production(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     card_id: int,
     event: str,
     actor: Actor,

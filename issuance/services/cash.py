@@ -45,7 +45,7 @@ from issuance.models import (
     StaffRole,
     utcnow,
 )
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 
 #: The counter of the card centre's own staff (no collection point).
 CENTRE = "CENTRE"
@@ -132,7 +132,7 @@ def issue_receipt(
 
 
 # --- the day's reconciliation ----------------------------------------------------------------
-def day_range(day: date, settings: Settings) -> tuple[datetime, datetime]:
+def day_range(day: date, settings: IssuanceConfig) -> tuple[datetime, datetime]:
     """The UTC (naive) range of ``day`` in the issuer's time zone."""
     zone = ZoneInfo(settings.issuer.time_zone)
     start = datetime.combine(day, time(), zone).astimezone(UTC).replace(tzinfo=None)
@@ -191,7 +191,7 @@ def check_may_reconcile(actor: Actor) -> None:
         raise PermissionDenied(f"role {actor.role} may not see the day's cash")
 
 
-def reconcile_day(session: Session, settings: Settings, day: date) -> Reconciliation:
+def reconcile_day(session: Session, settings: IssuanceConfig, day: date) -> Reconciliation:
     """Add up ``day``'s receipts by counter and by staff member and check every total against
     the others and against the money rows (see the module docstring)."""
     start, end = day_range(day, settings)
@@ -245,7 +245,7 @@ def _sum(totals: Any) -> tuple[int, int, int]:
     return (acc[0], acc[1], acc[2])
 
 
-def receipts_of_day(session: Session, settings: Settings, day: date) -> list[Receipt]:
+def receipts_of_day(session: Session, settings: IssuanceConfig, day: date) -> list[Receipt]:
     start, end = day_range(day, settings)
     return list(
         session.scalars(
@@ -259,7 +259,7 @@ def receipts_of_day(session: Session, settings: Settings, day: date) -> list[Rec
 # --- the PDF ---------------------------------------------------------------------------------
 
 
-def receipt_pdf(session: Session, receipt: Receipt, settings: Settings) -> bytes:
+def receipt_pdf(session: Session, receipt: Receipt, settings: IssuanceConfig) -> bytes:
     """The receipt as a one-page PDF (laid out by :func:`printers.receipts.receipt_pdf`):
     issuer, number, counter, what, amount in yuan, card number, holder (ID masked), staff, time
     in the issuer's zone."""

@@ -32,7 +32,7 @@ from issuance.models import (
     ChipAppStatus,
     Person,
 )
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 
 _PREFIX_RE = re.compile(r"[0-9A-Z]{1,4}")
 
@@ -145,7 +145,7 @@ def random_chip_serial() -> bytes:
 
 def create_card(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     person: Person,
     actor: Actor,
     *,

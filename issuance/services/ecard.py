@@ -58,7 +58,7 @@ from issuance.services import ecard_token
 from issuance.services.card_steps import ecard_follows_card, expire_if_due, lapse_if_due
 from issuance.services.ecard_token import Claims, CodeReason, Signer
 from issuance.services.verification import HolderView
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 
 #: How a person may prove who they are to get an e-card or authorise it during a loss.
 PROOFS: dict[str, str] = {
@@ -92,7 +92,7 @@ def _unix(at: datetime) -> int:
 
 
 def issue_ecard(
-    session: Session, settings: Settings, card_id: int, actor: Actor, proof: str
+    session: Session, settings: IssuanceConfig, card_id: int, actor: Actor, proof: str
 ) -> Ecard:
     """A new e-card bound to the active formal card ``card_id`` and its holder, the person
     identified by ``proof`` (:data:`PROOFS`); audited ``ecard.issued``. One live e-card per
@@ -203,7 +203,7 @@ class IssuedCode:
 
 def make_code(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     public_id: str,
     public_pem: bytes,
     sign: Signer,
@@ -273,7 +273,7 @@ def authorise_during_loss(
 
 def hand_out_link(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     public_id: str,
     actor: Actor,
     public_pem: bytes,

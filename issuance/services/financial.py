@@ -35,7 +35,7 @@ from issuance.models import (
     ChipAppStatus,
 )
 from issuance.services.common import find_card
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 
 if TYPE_CHECKING:
     from hsm.service import KeyService
@@ -73,7 +73,7 @@ class ScriptKeys:
     ref: CardKeyRef
 
 
-def script_keys(session: Session, settings: Settings, key_service: KeyService,
+def script_keys(session: Session, settings: IssuanceConfig, key_service: KeyService,
                 card: Card) -> ScriptKeys:  # fmt: skip
     """The :class:`ScriptKeys` of ``card``: ValidationError when its bank gave no account data
     (the card has no EMV keys)."""

@@ -38,7 +38,7 @@ from issuance.services.card_steps import (
     restore_event,
 )
 from issuance.services.common import create_card, find_card
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 
 REMOTE_CHANNELS = {Channel.PHONE, Channel.WEB, Channel.APP, Channel.WECHAT, Channel.SMS}
 IDENTITY_REQUIRED = {
@@ -88,7 +88,7 @@ def holder_mismatch() -> ValidationError:
 
 def holder_proven(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     card: Card,
     caller: Actor,
     citizen_id: str | None,
@@ -132,7 +132,7 @@ def _suspended(card: Card) -> bool:
 
 def report_loss(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     card_id: int,
     actor: Actor,
     *,
@@ -265,7 +265,7 @@ def expire_provisional_losses(
 
 
 def cancel_overdue_formal_losses(
-    session: Session, settings: Settings, now: datetime | None = None, limit: int = 10_000
+    session: Session, settings: IssuanceConfig, now: datetime | None = None, limit: int = 10_000
 ) -> int:
     """Worker/CLI: where the city does so (``formal_loss_cancel_days`` > 0), cancel every card
     formally reported lost that long ago and neither found nor replaced. Returns cards
@@ -307,7 +307,7 @@ class LossDeadlineReport:
 
 
 def run_loss_deadlines(
-    session: Session, settings: Settings, now: datetime | None = None
+    session: Session, settings: IssuanceConfig, now: datetime | None = None
 ) -> LossDeadlineReport:
     """Both loss deadlines: lapse overdue provisional reports, cancel overdue formal ones."""
     now = now or utcnow()
@@ -319,7 +319,7 @@ def run_loss_deadlines(
 
 def replace_card(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     card_id: int,
     actor: Actor,
     *,

@@ -59,7 +59,7 @@ from issuance.db import flush
 from issuance.errors import FieldProblem, IssuanceError, ValidationError
 from issuance.models import Card, Channel, Person, ResidentChallenge, StaffRole, utcnow
 from issuance.services.outbox import enqueue
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 
 log = logging.getLogger("issuance.otp")
 
@@ -200,7 +200,7 @@ def _count(session: Session, *where: sa.ColumnElement[bool]) -> int:
     return int(n or 0)
 
 
-def code_ttl(settings: Settings, purpose: Purpose) -> timedelta:
+def code_ttl(settings: IssuanceConfig, purpose: Purpose) -> timedelta:
     """How long a code of ``purpose`` is valid: ``[resident] code_ttl_seconds``, or for the
     hotline's code (read out over the phone) ``[resident] hotline_code_ttl_seconds``."""
     conf = settings.resident
@@ -210,7 +210,7 @@ def code_ttl(settings: Settings, purpose: Purpose) -> timedelta:
 
 def _issue(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     purpose: Purpose,
     subject: str,
     source: str,
@@ -256,7 +256,7 @@ def _issue(
 
 def _try(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     row: ResidentChallenge | None,
     code: str,
     purpose: Purpose,
@@ -307,7 +307,7 @@ def source_key(source: str) -> str:
 
 def start_challenge(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     citizen_id: str,
     name: str,
     purpose: Purpose | str,
@@ -355,7 +355,7 @@ def start_challenge(
 
 def confirm(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     challenge_id: str,
     code: str,
     purpose: Purpose | str,
@@ -376,7 +376,7 @@ def confirm(
 
 def send_card_code(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     card_id: int,
     purpose: Purpose | str,
     caller: Actor,
@@ -407,7 +407,7 @@ def send_card_code(
 
 def confirm_card_code(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     card_id: int,
     code: str,
     purpose: Purpose | str,

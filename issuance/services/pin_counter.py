@@ -70,7 +70,7 @@ from issuance.services.pins import (
     step_sequence,
     unblocks_left,
 )
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 
 if TYPE_CHECKING:
     from hsm.service import CardKeyRef, KeyService
@@ -127,7 +127,7 @@ class PinServiceDone:
 
 def check_can_serve(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     card_id: int,
     actor: Actor,
     *,
@@ -183,7 +183,7 @@ def serve_pin_at_reader(
     target: PinTarget,
     service: PinService,
     pin_pad: PinPad,
-    settings: Settings,
+    settings: IssuanceConfig,
     *,
     key_service: KeyService | None = None,
     key_ref: CardKeyRef | None = None,

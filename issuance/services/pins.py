@@ -32,7 +32,7 @@ from issuance.audit import Actor
 from issuance.db import flush
 from issuance.errors import FieldProblem, ValidationError
 from issuance.models import Card, CardPin, utcnow
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 
 #: The profile's PIN names: the social security PIN and the financial (bank) PIN.
 SS_PIN, BANK_PIN = "ss", "bank"
@@ -88,7 +88,9 @@ _REASONS = {
 }
 
 
-def pin_weaknesses(pin: str, holder: PinHolder | None, settings: Settings) -> list[FieldProblem]:
+def pin_weaknesses(
+    pin: str, holder: PinHolder | None, settings: IssuanceConfig
+) -> list[FieldProblem]:
     """Every reason ``pin`` is refused under ``[pins] weak_rules`` (empty: acceptable).
     ``holder`` None (not known to the caller): the holder's rules are not applied."""
     if not pin.isdigit():
@@ -114,7 +116,7 @@ class WeakPin(ValidationError):
     code = "weak_pin"
 
 
-def check_pin_strength(pin: str, holder: PinHolder | None, settings: Settings) -> None:
+def check_pin_strength(pin: str, holder: PinHolder | None, settings: IssuanceConfig) -> None:
     """Raise :class:`WeakPin` with every reason unless ``pin`` passes ``[pins] weak_rules``
     for this holder. The one weak-PIN rule: call it wherever a holder sets a PIN."""
     problems = pin_weaknesses(pin, holder, settings)
@@ -126,7 +128,7 @@ class StrengthCheckedPad:
     """A PIN pad whose new PINs pass :func:`check_pin_strength` before anything uses them
     (wrap the pad given to :func:`issuance.services.financial.set_financial_pin`)."""
 
-    def __init__(self, pad: _Pad, holder: PinHolder | None, settings: Settings) -> None:
+    def __init__(self, pad: _Pad, holder: PinHolder | None, settings: IssuanceConfig) -> None:
         self.pad, self.holder, self.settings = pad, holder, settings
 
     def current_pin(self) -> str:
@@ -272,7 +274,7 @@ def app_status_text(kind: str, status: str, states: Mapping[str, PinStateView]) 
     return status
 
 
-def unblocks_left(session: Session, settings: Settings, card_id: int, pin_name: str) -> int:
+def unblocks_left(session: Session, settings: IssuanceConfig, card_id: int, pin_name: str) -> int:
     """How many more counter unblocks/resets ``[lifecycle] pin_unblocks`` allows this PIN."""
     done = session.scalar(
         sa.select(CardPin.unblocks).where(CardPin.card_id == card_id, CardPin.pin_name == pin_name)

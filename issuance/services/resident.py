@@ -53,7 +53,7 @@ from issuance.models import (
 )
 from issuance.services import ecard, loss
 from issuance.services.otp import ProvenResident, Purpose, resident_actor
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def _digest(token: str) -> str:
 
 def open_session(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     proven: ProvenResident,
     source: str,
     now: datetime | None = None,
@@ -92,7 +92,7 @@ def open_session(
     return token, _signed_in(live)
 
 
-def session_minutes(settings: Settings, purpose: Purpose | str) -> int:
+def session_minutes(settings: IssuanceConfig, purpose: Purpose | str) -> int:
     """How long a resident session of ``purpose`` lasts: the e-card's shows codes for its
     whole life (``[ecard] session_minutes``); the others end at their one action anyway
     (``[resident] session_minutes``)."""
@@ -210,7 +210,7 @@ def _card_or_refuse(session: Session, rs: ResidentSignedIn) -> Card:
     return card
 
 
-def report_loss(session: Session, settings: Settings, rs: ResidentSignedIn) -> HolderCard:
+def report_loss(session: Session, settings: IssuanceConfig, rs: ResidentSignedIn) -> HolderCard:
     """Report the holder's card lost, provisionally (channel ``web``); the session ends."""
     if rs.purpose != Purpose.REPORT_LOSS:
         raise NotFound("this session is not for a loss report")
@@ -223,7 +223,7 @@ def report_loss(session: Session, settings: Settings, rs: ResidentSignedIn) -> H
     return out
 
 
-def withdraw_loss(session: Session, settings: Settings, rs: ResidentSignedIn) -> HolderCard:
+def withdraw_loss(session: Session, settings: IssuanceConfig, rs: ResidentSignedIn) -> HolderCard:
     """Withdraw the provisional report of the holder's card (channel ``web``); the session
     ends. A formal report is withdrawn at a counter (the transition tables refuse it here)."""
     if rs.purpose != Purpose.WITHDRAW_LOSS:
@@ -258,7 +258,7 @@ def own_ecard(session: Session, rs: ResidentSignedIn) -> Ecard | None:
     return live if live.ended_at is None else None
 
 
-def open_ecard(session: Session, settings: Settings, rs: ResidentSignedIn) -> Ecard | None:
+def open_ecard(session: Session, settings: IssuanceConfig, rs: ResidentSignedIn) -> Ecard | None:
     """The holder's e-card as their e-card session opens: the live one, or a new one bound to
     their active card (:func:`issuance.services.ecard.issue_ecard`, proof ``resident_otp``,
     the resident as the actor). None when there is none and none can be issued (no card, or

@@ -54,7 +54,7 @@ from issuance.models import (
 from issuance.services import cash
 from issuance.services.card_steps import cancel, expire_if_due, live_temporary_cards
 from issuance.services.common import create_card, random_chip_serial
-from issuance.settings import Settings
+from issuance.settings import IssuanceConfig
 
 ISSUERS = {StaffRole.CLERK, StaffRole.SUPERVISOR, StaffRole.ADMIN, StaffRole.BANK_TELLER}
 _WAITING = (
@@ -109,7 +109,7 @@ def _eligible(session: Session, person: Person) -> bool:
 
 def issue_temporary_card(
     session: Session,
-    settings: Settings,
+    settings: IssuanceConfig,
     person_id: int,
     actor: Actor,
     *,

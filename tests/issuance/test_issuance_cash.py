@@ -16,7 +16,7 @@ from issuance.audit import Actor
 from issuance.errors import PermissionDenied
 from issuance.models import AgencyKind, AuditEvent, Card, Deposit, Receipt, Staff
 from issuance.services import cash
-from issuance.settings import Settings
+from yikatong.settings import Settings
 
 
 def _today(settings: Settings) -> date:

@@ -13,7 +13,7 @@ from issuance.audit import Actor
 from issuance.batches.dataprep import holder_ethnicity
 from issuance.errors import ValidationError
 from issuance.models import ApplicationChannel
-from issuance.settings import Settings
+from yikatong.settings import Settings
 
 
 def test_counter_refuses_a_missing_ethnicity_with_every_other_problem(

@@ -18,7 +18,7 @@ from issuance.errors import NotFound, PermissionDenied, ValidationError
 from issuance.models import AuditEvent, Card, Channel, Person, StaffRole
 from issuance.services import people
 from issuance.services.people import PersonQuery
-from issuance.settings import Settings
+from yikatong.settings import Settings
 
 
 def _events(session: Session, action: str) -> list[AuditEvent]:

@@ -15,8 +15,7 @@ from issuance.batches.hints import next_step
 from issuance.batches.report import BatchReport, _span_start
 from issuance.errors import ConfigError
 from issuance.models import Batch, BatchItem, BatchStage
-from issuance.settings import Settings
-from yikatong.settings import load_settings
+from yikatong.settings import Settings, load_settings
 
 
 def test_times_in_the_issuer_zone_with_offset() -> None:
