@@ -4,7 +4,9 @@ HSM derive limit measured in the same run.
 For each database (PostgreSQL, a throwaway server with PostgreSQL's *durable* defaults:
 fsync and synchronous_commit on; and SQLite, a file in WAL mode), each output and 1 and 2
 worker processes, one batch of ``CARDS`` selected cards, populated beforehand by bulk inserts
-(COPY on PostgreSQL) in the state ``ykt batch create`` leaves it:
+(COPY on PostgreSQL) in the state ``ykt batch create`` leaves it, each card with its bank
+account as the bank's response file leaves it (the demo bank of :mod:`yikatong.demo`, its
+issuer master keys loaded by the key ceremony: the profile's financial application needs them):
 
 * **in house**: ``BatchRunner.prepare_all`` with ``prepare_workers`` = 1 or 2 (what
   ``ykt batch prepare BATCH --workers N`` runs): chunks claimed from the database, every key
@@ -82,6 +84,15 @@ def _citizen_ids(start: int, n: int) -> Iterator[str]:
         yield first17 + citizen_id_check_char(first17)
 
 
+def _pan(i: int) -> str:
+    """The ``i``-th card's PAN: 19 digits in the demo bank's BIN, its Luhn digit last."""
+    from cardspec.ids import luhn_digit
+    from devstack.bank import DEMO_BIN
+
+    body = f"{DEMO_BIN}{i:012d}"
+    return body + luhn_digit(body)
+
+
 def populate(settings: Any, batches: list[tuple[str, int]]) -> dict[str, int]:
     """Batches of selected cards, as ``ykt batch create`` leaves them (cards in production,
     items selected, the card numbers from the gapless series), by bulk inserts with explicit
@@ -100,6 +111,7 @@ def populate(settings: Any, batches: list[tuple[str, int]]) -> dict[str, int]:
         ChipAppStatus,
     )
     from issuance.services.common import FORMAL_CHIP_APPS, allocate_card_numbers
+    from yikatong.demo import BRANCH_CODE
 
     engine = make_engine(settings)
     migrations.upgrade(engine)
@@ -110,6 +122,11 @@ def populate(settings: Any, batches: list[tuple[str, int]]) -> dict[str, int]:
     ids: dict[str, int] = {}
     next_id = 1
     chunk = 50_000
+    with transaction(factory) as s:  # the demo bank (yikatong.demo: its settings and keys)
+        bank_id = s.execute(sa.text(
+            "INSERT INTO agencies (code, name, kind, region_code, created_at, active) "
+            "VALUES (:code, 'bank', 'bank', '330106', :now, true) RETURNING id"),
+            {"code": BRANCH_CODE, "now": now}).scalar_one()  # fmt: skip
     for batch_no, (name, count) in enumerate(batches, start=1):
         ids[name] = batch_no
         with transaction(factory) as s:
@@ -135,6 +152,11 @@ def populate(settings: Any, batches: list[tuple[str, int]]) -> dict[str, int]:
                                            "pin_set", "version"], []),
                     "batch_items": (["id", "batch_id", "card_id", "application_id", "stage",
                                      "attempts", "created_at", "stage_changed_at"], []),
+                    # the financial application's data, as the bank's response file leaves
+                    # them (issuance.bank.load_response): every card of the profile has one
+                    "bank_accounts": (["id", "card_id", "bank_agency_id", "request_id",
+                                       "requested_at", "pan", "psn", "expiry", "service_code",
+                                       "account_ref", "key_version", "opened_at"], []),
                 }  # fmt: skip
                 for k, (cid, number) in enumerate(zip(_citizen_ids(first, n), numbers,
                                                       strict=True)):  # fmt: skip
@@ -193,6 +215,9 @@ def populate(settings: Any, batches: list[tuple[str, int]]) -> dict[str, int]:
                         )
                     rows["batch_items"][1].append((i, batch_no, i, i, BatchStage.SELECTED.value,
                                                    0, now, now))  # fmt: skip
+                    rows["bank_accounts"][1].append((i, i, bank_id, "YKTB-bench", now, _pan(i),
+                                                     "00", date(2036, 12, 31), "220",
+                                                     f"AC{i:010d}", 1, now))  # fmt: skip
                 conn = s.connection()
                 for table, (cols, values) in rows.items():
                     if pg:
@@ -210,7 +235,7 @@ def populate(settings: Any, batches: list[tuple[str, int]]) -> dict[str, int]:
     with transaction(factory) as s:
         if pg:
             for table in ("persons", "applications", "cards", "chip_applications", "batch_items",
-                          "batches"):  # fmt: skip
+                          "bank_accounts", "batches"):  # fmt: skip
                 s.execute(sa.text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                                   f"(SELECT max(id) FROM {table}))"))  # fmt: skip
     with engine.connect() as conn:
@@ -311,17 +336,23 @@ def _raw_others(conf: Any, out: Any) -> None:
     out.put(tuple(rates))
 
 
-#: the HSM calls of one card beyond its derivations (outputs, not overhead): in house 11 wraps
-#: (10 WRITE KEY payloads under the KLK, KMC under the file KEK) + 2 encryptions (natural PIN
-#: MAC, PIN payloads); bureau 12 wraps + 12 KCVs + 2
-HSM_CALLS = {"in_house": (11, 2), "bureau": (12, 14)}
+def hsm_calls(profile: Any) -> dict[str, tuple[int, int]]:
+    """The HSM calls of one card beyond its derivations (outputs, not overhead), (wraps,
+    encryptions) by output, from the card profile (``hsm.prep.PrepOps``): in house, every key
+    slot wrapped once (the WRITE KEY payloads under the KLK, KMC under the file KEK), one MAC
+    per PIN (its natural PIN) and one ECB call for the PIN payloads; bureau, every slot and
+    the KLK wrapped under the file KEK, each with its KCV (an encryption), the same MACs and
+    PIN payloads (ssc2-3des: in house 11 wraps + 3 encryptions, bureau 12 + 15)."""
+    slots = sum(1 for _ in profile.key_specs())
+    pins = sum(1 for _ in profile.pin_specs())
+    return {"in_house": (slots, pins + 1), "bureau": (slots + 1, slots + 1 + pins + 1)}
 
 
-def _hsm_work_one(conf: Any, output: str, keys: int, seconds: float, out: Any) -> None:
+def _hsm_work_one(conf: Any, calls: tuple[int, int], keys: int, seconds: float, out: Any) -> None:
     """Cards/s of one process doing nothing but a card's own HSM calls back to back: ``keys``
     derivations (the product's template, p11fast, a cached master handle), the output's wraps
-    and encryptions (:data:`HSM_CALLS`), every derived key destroyed; no database, no records,
-    no file."""
+    and encryptions (``calls``, :func:`hsm_calls`), every derived key destroyed; no database,
+    no records, no file."""
     from pkcs11 import Attribute, KeyType
 
     from cardspec import keyscheme
@@ -330,7 +361,7 @@ def _hsm_work_one(conf: Any, output: str, keys: int, seconds: float, out: Any) -
     from hsm import pkcs11 as p11
     from hsm.cardcrypto import CARD_KEY
 
-    wraps, encs = HSM_CALLS[output]
+    wraps, encs = calls
     token = p11.open_token(conf)
     fast = p11fast.fast_ops(str(conf.module))
     tmpl = p11fast.key_template(Algorithm.DES3, *CARD_KEY.usage, extractable=True)
@@ -357,14 +388,14 @@ def _hsm_work_one(conf: Any, output: str, keys: int, seconds: float, out: Any) -
     out.put(n / elapsed)
 
 
-def hsm_work_rate(settings: Any, output: str, keys: int, procs: int,
+def hsm_work_rate(settings: Any, calls: tuple[int, int], keys: int, procs: int,
                   seconds: float = RAW_SECONDS) -> float:  # fmt: skip
     """Cards/s of ``procs`` processes running :func:`_hsm_work_one` together: the HSM-work
     ceiling of data preparation (issue 20)."""
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
     conf = hsm_config(settings)
-    ps = [ctx.Process(target=_hsm_work_one, args=(conf, output, keys, seconds, out))
+    ps = [ctx.Process(target=_hsm_work_one, args=(conf, calls, keys, seconds, out))
           for _ in range(procs)]  # fmt: skip
     for p in ps:
         p.start()
@@ -436,7 +467,7 @@ def _product(settings: Any, output: str, batch_id: int, workers: int, path: str,
 
 
 def measure(settings: Any, database: str, output: str, batch_id: int, workers: int,
-            tmp: Path, keys_per_card: int) -> Run:  # fmt: skip
+            tmp: Path, keys_per_card: int, calls: tuple[int, int]) -> Run:  # fmt: skip
     import sqlalchemy as sa
 
     from issuance.db import make_engine
@@ -446,7 +477,7 @@ def measure(settings: Any, database: str, output: str, batch_id: int, workers: i
     # limit and the run that follows it are measured on the same machine state
     raw_rate(settings, workers, WARM_SECONDS)
     before = raw_rate(settings, workers)
-    work_before = hsm_work_rate(settings, output, keys_per_card, workers)
+    work_before = hsm_work_rate(settings, calls, keys_per_card, workers)
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
     path = tmp / f"{database}-{output}-{workers}.bureau.jsonl"
@@ -457,7 +488,7 @@ def measure(settings: Any, database: str, output: str, batch_id: int, workers: i
     if p.exitcode:
         raise RuntimeError(f"data preparation run failed (exit {p.exitcode})")
     after = raw_rate(settings, workers)
-    work_after = hsm_work_rate(settings, output, keys_per_card, workers)
+    work_after = hsm_work_rate(settings, calls, keys_per_card, workers)
     engine = make_engine(settings)
     with engine.connect() as conn:
         n_chips = conn.execute(sa.text("SELECT count(*) FROM blank_chips WHERE batch_id = :b"),
@@ -485,10 +516,11 @@ def _setup(settings: Any) -> None:
     from hsm import ceremony, softhsm
     from hsm.pkcs11 import open_token
     from issuance.batches.stock import ensure_manufacturer_key
-    from yikatong.demo import ensure_hsm
+    from yikatong.demo import ensure_bank_keys, ensure_hsm
 
     softhsm.ensure_token(hsm_config(settings))
     ensure_hsm(settings)
+    ensure_bank_keys(settings)
     ensure_manufacturer_key(settings)
     ceremony.generate_transport_key(open_token(hsm_config(settings)), TRANSPORT, 2)
 
@@ -522,6 +554,7 @@ def _line(r: Run) -> str:
 def main() -> dict[str, Any]:
     from devstack.dbserver import REPORTED_SETTINGS, TemporaryPostgres
     from issuance.batches.dataprep import card_profile
+    from yikatong.demo import with_demo_bank
     from yikatong.settings import load_settings
 
     print(f"load before the run: {os.getloadavg()[0]:.2f} (1-min load average; 2 cores shared "
@@ -540,7 +573,7 @@ def main() -> dict[str, Any]:
                 pg = TemporaryPostgres(root / "pg", durable=True).__enter__()
                 env["YKT_DATABASE__URL"] = pg.url
             try:
-                settings = load_settings(environ=env)
+                settings = with_demo_bank(load_settings(environ=env))
                 if pg is not None:
                     shown = pg.settings_in_force()
                     print("PostgreSQL (throwaway, durable): "
@@ -563,8 +596,9 @@ def main() -> dict[str, Any]:
                       f"{populated:.0f} s (bulk inserts{', COPY' if pg else ''})")  # fmt: skip
                 derive = raw_rate(settings, 1)
                 wrap, ecb = other_rates(settings)
-                # the HSM calls each card needs beyond its 12 derivations (HSM_CALLS)
-                for output, (wraps, encs) in HSM_CALLS.items():
+                # the HSM calls each card needs beyond its derivations
+                calls = hsm_calls(profile)
+                for output, (wraps, encs) in calls.items():
                     t_derive = keys / derive
                     ceiling = t_derive / (t_derive + wraps / wrap + encs / ecb)
                     ceilings[(database, output)] = ceiling
@@ -576,12 +610,12 @@ def main() -> dict[str, Any]:
                 for output in OUTPUTS:
                     for workers in WORKERS:
                         r = measure(settings, database, output, batch_ids[f"{output}-{workers}"],
-                                    workers, root, keys)  # fmt: skip
+                                    workers, root, keys, calls[output])  # fmt: skip
                         runs.append(r)
                         print(_line(r), flush=True)
                 if BIG and database == "postgres":
                     big = measure(settings, database, "in_house", batch_ids["million"],
-                                  BIG_WORKERS, root, keys)  # fmt: skip
+                                  BIG_WORKERS, root, keys, calls["in_house"])  # fmt: skip
                     runs.append(big)
                     print("  REAL 1,000,000-card batch:")
                     print(_line(big), flush=True)
