@@ -266,7 +266,7 @@ class PrepStats:
     """Step 2's last pass and the segment: card lines, the file written and signed."""
     db_cpu: float = 0.0
     """Steps 1 and 3 in this process: claims, reads and commits (on the database thread when
-    there is one); the database server's own CPU is not in it."""
+    there is one); a database server's own CPU is not in it (SQLite's is: it runs here)."""
     errors: list[str] = field(default_factory=list)
 
     def add(self, other: PrepStats) -> None:
