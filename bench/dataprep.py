@@ -4,7 +4,9 @@ HSM derive limit measured in the same run.
 For each database (PostgreSQL, a throwaway server with PostgreSQL's *durable* defaults:
 fsync and synchronous_commit on; and SQLite, a file in WAL mode), each output and 1 and 2
 worker processes, one batch of ``CARDS`` selected cards, populated beforehand by bulk inserts
-(COPY on PostgreSQL) in the state ``ykt batch create`` leaves it:
+(COPY on PostgreSQL) in the state ``ykt batch create`` leaves it, each card with its bank
+account as the bank's response file leaves it (the demo bank of :mod:`yikatong.demo`, its
+issuer master keys loaded by the key ceremony: the profile's financial application needs them):
 
 * **in house**: ``BatchRunner.prepare_all`` with ``prepare_workers`` = 1 or 2 (what
   ``ykt batch prepare BATCH --workers N`` runs): chunks claimed from the database, every key
@@ -82,6 +84,15 @@ def _citizen_ids(start: int, n: int) -> Iterator[str]:
         yield first17 + citizen_id_check_char(first17)
 
 
+def _pan(i: int) -> str:
+    """The ``i``-th card's PAN: 19 digits in the demo bank's BIN, its Luhn digit last."""
+    from cardspec.ids import luhn_digit
+    from devstack.bank import DEMO_BIN
+
+    body = f"{DEMO_BIN}{i:012d}"
+    return body + luhn_digit(body)
+
+
 def populate(settings: Any, batches: list[tuple[str, int]]) -> dict[str, int]:
     """Batches of selected cards, as ``ykt batch create`` leaves them (cards in production,
     items selected, the card numbers from the gapless series), by bulk inserts with explicit
@@ -100,6 +111,7 @@ def populate(settings: Any, batches: list[tuple[str, int]]) -> dict[str, int]:
         ChipAppStatus,
     )
     from issuance.services.common import FORMAL_CHIP_APPS, allocate_card_numbers
+    from yikatong.demo import BRANCH_CODE
 
     engine = make_engine(settings)
     migrations.upgrade(engine)
@@ -110,6 +122,11 @@ def populate(settings: Any, batches: list[tuple[str, int]]) -> dict[str, int]:
     ids: dict[str, int] = {}
     next_id = 1
     chunk = 50_000
+    with transaction(factory) as s:  # the demo bank (yikatong.demo: its settings and keys)
+        bank_id = s.execute(sa.text(
+            "INSERT INTO agencies (code, name, kind, region_code, created_at, active) "
+            "VALUES (:code, 'bank', 'bank', '330106', :now, true) RETURNING id"),
+            {"code": BRANCH_CODE, "now": now}).scalar_one()  # fmt: skip
     for batch_no, (name, count) in enumerate(batches, start=1):
         ids[name] = batch_no
         with transaction(factory) as s:
@@ -135,6 +152,11 @@ def populate(settings: Any, batches: list[tuple[str, int]]) -> dict[str, int]:
                                            "pin_set", "version"], []),
                     "batch_items": (["id", "batch_id", "card_id", "application_id", "stage",
                                      "attempts", "created_at", "stage_changed_at"], []),
+                    # the financial application's data, as the bank's response file leaves
+                    # them (issuance.bank.load_response): every card of the profile has one
+                    "bank_accounts": (["id", "card_id", "bank_agency_id", "request_id",
+                                       "requested_at", "pan", "psn", "expiry", "service_code",
+                                       "account_ref", "key_version", "opened_at"], []),
                 }  # fmt: skip
                 for k, (cid, number) in enumerate(zip(_citizen_ids(first, n), numbers,
                                                       strict=True)):  # fmt: skip
@@ -193,6 +215,9 @@ def populate(settings: Any, batches: list[tuple[str, int]]) -> dict[str, int]:
                         )
                     rows["batch_items"][1].append((i, batch_no, i, i, BatchStage.SELECTED.value,
                                                    0, now, now))  # fmt: skip
+                    rows["bank_accounts"][1].append((i, i, bank_id, "YKTB-bench", now, _pan(i),
+                                                     "00", date(2036, 12, 31), "220",
+                                                     f"AC{i:010d}", 1, now))  # fmt: skip
                 conn = s.connection()
                 for table, (cols, values) in rows.items():
                     if pg:
@@ -210,7 +235,7 @@ def populate(settings: Any, batches: list[tuple[str, int]]) -> dict[str, int]:
     with transaction(factory) as s:
         if pg:
             for table in ("persons", "applications", "cards", "chip_applications", "batch_items",
-                          "batches"):  # fmt: skip
+                          "bank_accounts", "batches"):  # fmt: skip
                 s.execute(sa.text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                                   f"(SELECT max(id) FROM {table}))"))  # fmt: skip
     with engine.connect() as conn:
@@ -243,6 +268,11 @@ class Run:
     file_bytes: int
     hsm_work_before: float = 0.0
     hsm_work_after: float = 0.0
+    #: CPU seconds per card: the ceiling's HSM calls (mean of before and after), the product's
+    #: processes (every thread), the database server's processes
+    hsm_cpu: float = 0.0
+    product_cpu: float = 0.0
+    server_cpu: float = 0.0
 
     @property
     def hsm_work(self) -> float:
@@ -311,17 +341,23 @@ def _raw_others(conf: Any, out: Any) -> None:
     out.put(tuple(rates))
 
 
-#: the HSM calls of one card beyond its derivations (outputs, not overhead): in house 11 wraps
-#: (10 WRITE KEY payloads under the KLK, KMC under the file KEK) + 2 encryptions (natural PIN
-#: MAC, PIN payloads); bureau 12 wraps + 12 KCVs + 2
-HSM_CALLS = {"in_house": (11, 2), "bureau": (12, 14)}
+def hsm_calls(profile: Any) -> dict[str, tuple[int, int]]:
+    """The HSM calls of one card beyond its derivations (outputs, not overhead), (wraps,
+    encryptions) by output, from the card profile (``hsm.prep.PrepOps``): in house, every key
+    slot wrapped once (the WRITE KEY payloads under the KLK, KMC under the file KEK), one MAC
+    per PIN (its natural PIN) and one ECB call for the PIN payloads; bureau, every slot and
+    the KLK wrapped under the file KEK, each with its KCV (an encryption), the same MACs and
+    PIN payloads (ssc2-3des: in house 11 wraps + 3 encryptions, bureau 12 + 15)."""
+    slots = sum(1 for _ in profile.key_specs())
+    pins = sum(1 for _ in profile.pin_specs())
+    return {"in_house": (slots, pins + 1), "bureau": (slots + 1, slots + 1 + pins + 1)}
 
 
-def _hsm_work_one(conf: Any, output: str, keys: int, seconds: float, out: Any) -> None:
+def _hsm_work_one(conf: Any, calls: tuple[int, int], keys: int, seconds: float, out: Any) -> None:
     """Cards/s of one process doing nothing but a card's own HSM calls back to back: ``keys``
     derivations (the product's template, p11fast, a cached master handle), the output's wraps
-    and encryptions (:data:`HSM_CALLS`), every derived key destroyed; no database, no records,
-    no file."""
+    and encryptions (``calls``, :func:`hsm_calls`), every derived key destroyed; no database,
+    no records, no file."""
     from pkcs11 import Attribute, KeyType
 
     from cardspec import keyscheme
@@ -330,7 +366,7 @@ def _hsm_work_one(conf: Any, output: str, keys: int, seconds: float, out: Any) -
     from hsm import pkcs11 as p11
     from hsm.cardcrypto import CARD_KEY
 
-    wraps, encs = HSM_CALLS[output]
+    wraps, encs = calls
     token = p11.open_token(conf)
     fast = p11fast.fast_ops(str(conf.module))
     tmpl = p11fast.key_template(Algorithm.DES3, *CARD_KEY.usage, extractable=True)
@@ -343,7 +379,7 @@ def _hsm_work_one(conf: Any, output: str, keys: int, seconds: float, out: Any) -
         datas = [keyscheme.diversification_data(i.to_bytes(8, "big"), Algorithm.DES3)
                  for i in range(keys)]  # fmt: skip
         block = bytes(8)
-        n, start = 0, time.perf_counter()
+        n, start, cpu = 0, time.perf_counter(), time.process_time()
         while (elapsed := time.perf_counter() - start) < seconds:
             made = [fast.derive(sh, base, Algorithm.DES3, d, tmpl) for d in datas]
             for i in range(wraps):
@@ -353,25 +389,27 @@ def _hsm_work_one(conf: Any, output: str, keys: int, seconds: float, out: Any) -
             for h in made:
                 fast.destroy(sh, h)
             n += 1
+        cpu = time.process_time() - cpu
         kek.destroy()
-    out.put(n / elapsed)
+    out.put((n / elapsed, cpu / n))
 
 
-def hsm_work_rate(settings: Any, output: str, keys: int, procs: int,
-                  seconds: float = RAW_SECONDS) -> float:  # fmt: skip
+def hsm_work_rate(settings: Any, calls: tuple[int, int], keys: int, procs: int,
+                  seconds: float = RAW_SECONDS) -> tuple[float, float]:  # fmt: skip
     """Cards/s of ``procs`` processes running :func:`_hsm_work_one` together: the HSM-work
-    ceiling of data preparation (issue 20)."""
+    ceiling of data preparation (issue 20); and the CPU seconds a card's HSM calls took (the
+    mean over the processes, from their CPU time in the loop)."""
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
     conf = hsm_config(settings)
-    ps = [ctx.Process(target=_hsm_work_one, args=(conf, output, keys, seconds, out))
+    ps = [ctx.Process(target=_hsm_work_one, args=(conf, calls, keys, seconds, out))
           for _ in range(procs)]  # fmt: skip
     for p in ps:
         p.start()
-    rates = [out.get() for _ in ps]
+    got = [out.get() for _ in ps]
     for p in ps:
         p.join()
-    return float(sum(rates))
+    return float(sum(r for r, _ in got)), sum(c for _, c in got) / len(got)
 
 
 def other_rates(settings: Any) -> tuple[float, float]:
@@ -401,6 +439,37 @@ def raw_rate(settings: Any, procs: int, seconds: float = RAW_SECONDS) -> float:
     return float(sum(rates))
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (the workers of a run)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def server_cpu(data_dir: Path | None) -> float:
+    """CPU seconds of a throwaway PostgreSQL server so far: the postmaster with its finished
+    children and its live ones (backends, WAL writer, checkpointer); 0 for none (SQLite)."""
+    if data_dir is None:
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def fields(pid: int | str) -> list[str]:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+
+    main = int((data_dir / "postmaster.pid").read_text().split()[0])
+    total = sum(int(x) for x in fields(main)[11:15])  # utime stime cutime cstime
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                f = fields(pid)
+            except OSError:
+                continue
+            if int(f[1]) == main:
+                total += int(f[11]) + int(f[12])
+    return total / tick
+
+
 def _product(settings: Any, output: str, batch_id: int, workers: int, path: str, out: Any) -> None:
     """In a forked process: the product's data preparation of the batch, timed."""
     from issuance.audit import SYSTEM_ACTOR
@@ -409,7 +478,7 @@ def _product(settings: Any, output: str, batch_id: int, workers: int, path: str,
 
     if output == "in_house":
         with runner_for(settings, batch_id, options=RunOptions(prepare_workers=workers)) as r:
-            start = time.perf_counter()
+            start, cpu0 = time.perf_counter(), _cpu()
             n = r.prepare_all()
             seconds = time.perf_counter() - start
             stats = r.prep_stats
@@ -422,21 +491,23 @@ def _product(settings: Any, output: str, batch_id: int, workers: int, path: str,
         engine = make_engine(settings)
         req = bulkprep.PrepRequest(batch_id, SYSTEM_ACTOR, bulkprep.BUREAU, workers=workers,
                                    transport=TRANSPORT)  # fmt: skip
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), _cpu()
         factory = make_sessionmaker(engine)
         _info, stats, n = bulkprep.export_to_bureau(settings, factory, keys, req, Path(path),
                                                     f"batch {batch_id}",
                                                     adapters=batch_adapters(settings))  # fmt: skip
         seconds = time.perf_counter() - start
         engine.dispose()
+    cpu = _cpu() - cpu0
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    out.put({"cards": n, "seconds": seconds, "rss_kib": max(me, kids),
+    out.put({"cards": n, "seconds": seconds, "rss_kib": max(me, kids), "cpu": cpu,
              "stats": asdict(stats) if stats is not None else {}})  # fmt: skip
 
 
 def measure(settings: Any, database: str, output: str, batch_id: int, workers: int,
-            tmp: Path, keys_per_card: int) -> Run:  # fmt: skip
+            tmp: Path, keys_per_card: int, calls: tuple[int, int],
+            server: Path | None = None) -> Run:  # fmt: skip
     import sqlalchemy as sa
 
     from issuance.db import make_engine
@@ -446,7 +517,8 @@ def measure(settings: Any, database: str, output: str, batch_id: int, workers: i
     # limit and the run that follows it are measured on the same machine state
     raw_rate(settings, workers, WARM_SECONDS)
     before = raw_rate(settings, workers)
-    work_before = hsm_work_rate(settings, output, keys_per_card, workers)
+    work_before, cpu_before = hsm_work_rate(settings, calls, keys_per_card, workers)
+    server0 = server_cpu(server)
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
     path = tmp / f"{database}-{output}-{workers}.bureau.jsonl"
@@ -454,10 +526,11 @@ def measure(settings: Any, database: str, output: str, batch_id: int, workers: i
     p.start()
     result = out.get()
     p.join()
+    server1 = server_cpu(server)
     if p.exitcode:
         raise RuntimeError(f"data preparation run failed (exit {p.exitcode})")
     after = raw_rate(settings, workers)
-    work_after = hsm_work_rate(settings, output, keys_per_card, workers)
+    work_after, cpu_after = hsm_work_rate(settings, calls, keys_per_card, workers)
     engine = make_engine(settings)
     with engine.connect() as conn:
         n_chips = conn.execute(sa.text("SELECT count(*) FROM blank_chips WHERE batch_id = :b"),
@@ -475,7 +548,8 @@ def measure(settings: Any, database: str, output: str, batch_id: int, workers: i
     assert n_chips == result["cards"], (n_chips, result["cards"])
     return Run(database, output, workers, result["cards"], result["seconds"], before, after,
                keys_per_card, counted, result["rss_kib"] / 1024, result["stats"], size,
-               work_before, work_after)  # fmt: skip
+               work_before, work_after, (cpu_before + cpu_after) / 2,
+               result["cpu"] / result["cards"], (server1 - server0) / result["cards"])  # fmt: skip
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -485,10 +559,11 @@ def _setup(settings: Any) -> None:
     from hsm import ceremony, softhsm
     from hsm.pkcs11 import open_token
     from issuance.batches.stock import ensure_manufacturer_key
-    from yikatong.demo import ensure_hsm
+    from yikatong.demo import ensure_bank_keys, ensure_hsm
 
     softhsm.ensure_token(hsm_config(settings))
     ensure_hsm(settings)
+    ensure_bank_keys(settings)
     ensure_manufacturer_key(settings)
     ceremony.generate_transport_key(open_token(hsm_config(settings)), TRANSPORT, 2)
 
@@ -515,13 +590,45 @@ def _line(r: Run) -> str:
         f"{r.peak_rss_mib:6.1f} MiB\n"
         f"           HSM-work ceiling (the card's HSM calls back to back, no database) "
         f"{r.hsm_work_before:6.0f}/{r.hsm_work_after:6.0f} cards/s (before/after) | ratio "
-        f"{r.ratio_to_hsm_work:.3f} {_verdict(r.ratio_to_hsm_work >= 0.85)} (limit >= 0.85)"
+        f"{r.ratio_to_hsm_work:.3f} {_verdict(r.ratio_to_hsm_work >= 0.85)} (limit >= 0.85)\n"
+        f"           {_cpu_line(r)}"
     )
+
+
+def _cpu_split(r: Run) -> dict[str, float]:
+    """Where a card's CPU goes, microseconds (the worker's threads, ``PrepStats``)."""
+    st, us = r.stats, 1e6 / r.cards
+    parts = {
+        "records": st["records_cpu"] * us,
+        "HSM pass": st["hsm_cpu"] * us,
+        "lines+segment": st["lines_cpu"] * us,
+        "database client": st["db_cpu"] * us,
+    }
+    parts["rest"] = r.product_cpu * 1e6 - sum(parts.values())
+    return parts
+
+
+def _cpu_line(r: Run) -> str:
+    """CPU per card, which the machine's other work does not stretch as it stretches wall
+    time: the ceiling's HSM calls beside the product's, split (the HSM pass holds the same
+    calls plus the Python around them), and the database server's."""
+    parts = _cpu_split(r)
+    product = r.product_cpu * 1e6
+    server = r.server_cpu * 1e6
+    total = product + server
+    return (
+        f"CPU per card: the ceiling's HSM calls {r.hsm_cpu * 1e6:4.0f} us | the product "
+        f"{product:4.0f} us = " + " + ".join(f"{k} {v:.0f}" for k, v in parts.items())
+        + f" (start-up, leases, thread hand-offs); database server {server:.0f} us | CPU "
+        f"ratio {r.hsm_cpu * 1e6 / product:.3f} (product), "
+        f"{r.hsm_cpu * 1e6 / total if total else 0:.3f} (with the server)"
+    )  # fmt: skip
 
 
 def main() -> dict[str, Any]:
     from devstack.dbserver import REPORTED_SETTINGS, TemporaryPostgres
     from issuance.batches.dataprep import card_profile
+    from yikatong.demo import with_demo_bank
     from yikatong.settings import load_settings
 
     print(f"load before the run: {os.getloadavg()[0]:.2f} (1-min load average; 2 cores shared "
@@ -540,7 +647,7 @@ def main() -> dict[str, Any]:
                 pg = TemporaryPostgres(root / "pg", durable=True).__enter__()
                 env["YKT_DATABASE__URL"] = pg.url
             try:
-                settings = load_settings(environ=env)
+                settings = with_demo_bank(load_settings(environ=env))
                 if pg is not None:
                     shown = pg.settings_in_force()
                     print("PostgreSQL (throwaway, durable): "
@@ -563,8 +670,9 @@ def main() -> dict[str, Any]:
                       f"{populated:.0f} s (bulk inserts{', COPY' if pg else ''})")  # fmt: skip
                 derive = raw_rate(settings, 1)
                 wrap, ecb = other_rates(settings)
-                # the HSM calls each card needs beyond its 12 derivations (HSM_CALLS)
-                for output, (wraps, encs) in HSM_CALLS.items():
+                # the HSM calls each card needs beyond its derivations
+                calls = hsm_calls(profile)
+                for output, (wraps, encs) in calls.items():
                     t_derive = keys / derive
                     ceiling = t_derive / (t_derive + wraps / wrap + encs / ecb)
                     ceilings[(database, output)] = ceiling
@@ -576,12 +684,14 @@ def main() -> dict[str, Any]:
                 for output in OUTPUTS:
                     for workers in WORKERS:
                         r = measure(settings, database, output, batch_ids[f"{output}-{workers}"],
-                                    workers, root, keys)  # fmt: skip
+                                    workers, root, keys, calls[output],
+                                    pg.data_dir if pg else None)  # fmt: skip
                         runs.append(r)
                         print(_line(r), flush=True)
                 if BIG and database == "postgres":
                     big = measure(settings, database, "in_house", batch_ids["million"],
-                                  BIG_WORKERS, root, keys)  # fmt: skip
+                                  BIG_WORKERS, root, keys, calls["in_house"],
+                                  pg.data_dir if pg else None)  # fmt: skip
                     runs.append(big)
                     print("  REAL 1,000,000-card batch:")
                     print(_line(big), flush=True)
@@ -597,6 +707,9 @@ def main() -> dict[str, Any]:
         figures[f"{key}_peak_rss_mib"] = round(r.peak_rss_mib, 1)
         figures[f"{key}_hsm_work_limit"] = round(r.hsm_work, 1)
         figures[f"{key}_ratio_to_hsm_work"] = round(r.ratio_to_hsm_work, 3)
+        figures[f"{key}_cpu_us_per_card"] = round(r.product_cpu * 1e6)
+        figures[f"{key}_server_cpu_us_per_card"] = round(r.server_cpu * 1e6)
+        figures[f"{key}_hsm_work_cpu_us_per_card"] = round(r.hsm_cpu * 1e6)
     first = runs[0]
     print(f"keys per card: {first.keys_per_card} (the profile's {first.keys_per_card - 1} key "
           f"slots, KMC included, + the chip's KLK); counted by the preparer: "
@@ -621,14 +734,15 @@ def main() -> dict[str, Any]:
         figures["million_minutes_extrapolated"] = round(minutes, 1)
     one = next((r for r in runs if r.workers == 1 and r.output == "in_house"), None)
     if one is not None and one.stats:
-        st = one.stats
-        wall = one.seconds
-        print(f"where the time goes ({one.database}, in house, 1 process, {one.cards:,} cards, "
-              f"{wall:.1f} s): HSM+records+lines {st['cards_s'] / wall:.0%} of the wall time"
-              f" (the derivations alone: ~{one.cards * one.keys_per_card / one.raw / wall:.0%}), "
-              f"segment write+fsync {st['file_s'] / wall:.0%}; on the database thread, beside "
-              f"them: claim+read {st['claim_s'] / wall:.0%}, bulk commit "
-              f"{st['commit_s'] / wall:.0%}")  # fmt: skip
+        parts = _cpu_split(one)
+        beyond = one.product_cpu * 1e6 + one.server_cpu * 1e6 - one.hsm_cpu * 1e6
+        print(f"where a card's time goes ({one.database}, in house, 1 process, CPU, every "
+              f"thread and the database server): {beyond:.0f} us beyond the ceiling's HSM calls "
+              f"({one.hsm_cpu * 1e6:.0f} us): the HSM pass's Python and hand-offs "
+              f"{parts['HSM pass'] - one.hsm_cpu * 1e6:.0f}, records {parts['records']:.0f}, "
+              f"lines+segment {parts['lines+segment']:.0f}, database client "
+              f"{parts['database client']:.0f}, database server {one.server_cpu * 1e6:.0f}, "
+              f"rest {parts['rest']:.0f}")  # fmt: skip
     sizes = {r.output: r.file_bytes / r.cards for r in small}
     print("output size: " + ", ".join(f"{k} {v:.0f} B/card" for k, v in sizes.items()))
     for (database, output), ceiling in ceilings.items():
