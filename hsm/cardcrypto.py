@@ -93,6 +93,8 @@ class _FastKeyOps:
 #: INTERNAL AUTHENTICATE's session key: encrypts only (the card IRK above it is an intermediate
 #: level of the chain, :func:`hsm.chain.intermediate_template`: derives only).
 _IA_SESSION = KeyTemplate((Attribute.ENCRYPT,), False)
+#: Its template per algorithm (the verification hot path: one look-up, no template hashing).
+_IA_SESSION_TEMPLATES: dict[Algorithm, p11fast.Template] = {}
 
 
 def expected_response(service: Pkcs11Keys, ref: CardKeyRef, factor: bytes, random: bytes) -> bytes:
@@ -112,7 +114,9 @@ def expected_response(service: Pkcs11Keys, ref: CardKeyRef, factor: bytes, rando
         keyscheme.diversification_data(factor, alg),
     )
     block = random if alg is Algorithm.DES3 else random + factor
-    session_tmpl = _fast_template(alg, _IA_SESSION)
+    session_tmpl = _IA_SESSION_TEMPLATES.get(alg)
+    if session_tmpl is None:
+        session_tmpl = _IA_SESSION_TEMPLATES[alg] = _fast_template(alg, _IA_SESSION)
     with service.token.use("INTERNAL AUTHENTICATE check") as session:
         service.sync(service.token.generation)
         keys = KeyChain(fast, session.handle)

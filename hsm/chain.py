@@ -37,7 +37,7 @@ def derivation_data(
     outermost first), one block per level, for a derivation in ``alg``: the card's algorithm
     for its keys; the key-loading key's (``keyscheme.klk_algorithm``) for its KLK, by the
     factors of KMC."""
-    return tuple(keyscheme.diversification_data(f, alg) for f in ref.factors(slot, region_code))
+    return tuple([keyscheme.diversification_data(f, alg) for f in ref.factors(slot, region_code)])
 
 
 def chip_data(ref: CardKeyRef, alg: Algorithm) -> tuple[bytes, ...]:
@@ -47,23 +47,41 @@ def chip_data(ref: CardKeyRef, alg: Algorithm) -> tuple[bytes, ...]:
     return (keyscheme.diversification_data(chip, alg),)
 
 
+#: The slots whose factor is the EMV one (:meth:`CardKeyRef.factors`: ``KeySlot.financial``).
+_FINANCIAL = frozenset(slot for slot in KeySlot if slot.financial)
+
+
 class CardData:
     """The derivation data of one card's keys (:func:`derivation_data`), computed once per
     kind of slot and algorithm: :meth:`CardKeyRef.factors` depends on the slot only through
-    ``KeySlot.financial`` (the card factor(s), or the EMV factor of the bank's keys)."""
+    ``KeySlot.financial`` (the card factor(s), or the EMV factor of the bank's keys). The
+    card's own algorithm is the common case (one look-up); others (the KLK's) in a dict."""
 
-    __slots__ = ("_cache", "_ref", "_region")
+    __slots__ = ("_alg", "_card", "_emv", "_other", "_ref", "_region")
 
     def __init__(self, ref: CardKeyRef, region_code: str) -> None:
         self._ref = ref
         self._region = region_code
-        self._cache: dict[tuple[bool, Algorithm], tuple[bytes, ...]] = {}
+        self._alg = ref.algorithm
+        self._card: tuple[bytes, ...] | None = None
+        self._emv: tuple[bytes, ...] | None = None
+        self._other: dict[tuple[bool, Algorithm], tuple[bytes, ...]] = {}
 
     def of(self, slot: KeySlot, alg: Algorithm) -> tuple[bytes, ...]:
-        key = (slot.financial, alg)
-        data = self._cache.get(key)
+        financial = slot in _FINANCIAL
+        if alg is self._alg:
+            data = self._emv if financial else self._card
+            if data is None:
+                data = derivation_data(self._ref, slot, self._region, alg)
+                if financial:
+                    self._emv = data
+                else:
+                    self._card = data
+            return data
+        key = (financial, alg)
+        data = self._other.get(key)
         if data is None:
-            data = self._cache[key] = derivation_data(self._ref, slot, self._region, alg)
+            data = self._other[key] = derivation_data(self._ref, slot, self._region, alg)
         return data
 
 
@@ -105,7 +123,8 @@ class KeyChain:
     ) -> int:
         if not data:
             raise ValueError("a card key is derived by at least one factor")
-        fast, sh, step = self.fast, self.session, intermediate_template(alg)
+        fast, sh = self.fast, self.session
+        step = _INTERMEDIATE.get(alg) or intermediate_template(alg)
         handle = base
         try:
             for block in data[:-1]:
