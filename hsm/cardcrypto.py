@@ -6,7 +6,7 @@ Design notes: ``docs/design/hsm.md`` (section ``hsm.cardcrypto``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -17,6 +17,7 @@ from cardspec import emv, keyscheme
 from cardspec.keyscheme import Algorithm, KeySlot
 from hsm import p11fast
 from hsm import pkcs11 as p11
+from hsm.chain import CardData, KeyChain, chip_data, derivation_data
 from hsm.errors import MechanismUnavailable
 from hsm.ports import KCV_BLOCK, CardKeyRef, Pkcs11Keys, bank_use, centre_use
 
@@ -35,8 +36,6 @@ class KeyTemplate:
 CARD_KEY = KeyTemplate((Attribute.ENCRYPT, Attribute.DERIVE), True)
 #: An issuer script's session key (SK-SMI, SK-SMC, or SK-SMI's left half twice): encrypts only.
 SESSION_KEY = KeyTemplate((Attribute.ENCRYPT,), False)
-#: A province card's intermediate (region-level) key: derives the card key, nothing else.
-INTERMEDIATE = KeyTemplate((Attribute.DERIVE,), False)
 #: The card's key-loading key for personalisation: wraps card keys, never leaves the HSM.
 KLK = KeyTemplate((Attribute.WRAP,), False)
 #: The KLK for the blank chip's maker: extractable only to be wrapped under a transport key.
@@ -53,6 +52,15 @@ KLK_CHECK = KeyTemplate((Attribute.ENCRYPT,), False)
 _FAST_TEMPLATES: dict[tuple[Algorithm, KeyTemplate], p11fast.Template] = {}
 
 
+def _fast_template(alg: Algorithm, tmpl: KeyTemplate) -> p11fast.Template:
+    built = _FAST_TEMPLATES.get((alg, tmpl))
+    if built is None:
+        built = _FAST_TEMPLATES[(alg, tmpl)] = p11fast.key_template(
+            alg, *tmpl.usage, extractable=tmpl.extractable
+        )
+    return built
+
+
 class _FastKeyOps:
     """Keys are integer handles; calls through :mod:`hsm.p11fast`."""
 
@@ -64,12 +72,7 @@ class _FastKeyOps:
         return obj.handle
 
     def derive(self, base: Any, alg: Algorithm, data: bytes, tmpl: KeyTemplate) -> Any:
-        built = _FAST_TEMPLATES.get((alg, tmpl))
-        if built is None:
-            built = _FAST_TEMPLATES[(alg, tmpl)] = p11fast.key_template(
-                alg, *tmpl.usage, extractable=tmpl.extractable
-            )
-        return self._fast.derive(self._sh, base, alg, data, built)
+        return self._fast.derive(self._sh, base, alg, data, _fast_template(alg, tmpl))
 
     def destroy(self, key: Any) -> None:
         self._fast.destroy(self._sh, key)
@@ -87,19 +90,11 @@ class _FastKeyOps:
         return self._fast.wrap_with(self._sh, int(p11.ECB[Algorithm.SM4]), wrapping, key)
 
 
-#: INTERNAL AUTHENTICATE: (card IRK: derives only, session key: encrypts only) per algorithm;
-#: SM4's built once the vendor's SM4 key type is registered (``hsm.pkcs11.register_vendor``).
-_IRK_TEMPLATES: dict[Algorithm, tuple[p11fast.Template, p11fast.Template]] = {}
-
-
-def _irk_templates(alg: Algorithm) -> tuple[p11fast.Template, p11fast.Template]:
-    templates = _IRK_TEMPLATES.get(alg)
-    if templates is None:
-        templates = _IRK_TEMPLATES[alg] = (
-            p11fast.key_template(alg, Attribute.DERIVE, extractable=False),
-            p11fast.key_template(alg, Attribute.ENCRYPT, extractable=False),
-        )
-    return templates
+#: INTERNAL AUTHENTICATE's session key: encrypts only (the card IRK above it is an intermediate
+#: level of the chain, :func:`hsm.chain.intermediate_template`: derives only).
+_IA_SESSION = KeyTemplate((Attribute.ENCRYPT,), False)
+#: Its template per algorithm (the verification hot path: one look-up, no template hashing).
+_IA_SESSION_TEMPLATES: dict[Algorithm, p11fast.Template] = {}
 
 
 def expected_response(service: Pkcs11Keys, ref: CardKeyRef, factor: bytes, random: bytes) -> bytes:
@@ -113,30 +108,27 @@ def expected_response(service: Pkcs11Keys, ref: CardKeyRef, factor: bytes, rando
         raise ValueError("random must be 8 bytes")
     alg = ref.algorithm
     p11.check_algorithm(alg, service.token.config)
-    chain = [
-        keyscheme.diversification_data(f, alg)
-        for f in ref.factors(KeySlot.IRK, service.region_code)
-    ]
-    session_data = keyscheme.diversification_data(factor, alg)
+    # the card's IRK (its factors), then the session key (the challenge's factor): one chain
+    data = (
+        *derivation_data(ref, KeySlot.IRK, service.region_code, alg),
+        keyscheme.diversification_data(factor, alg),
+    )
     block = random if alg is Algorithm.DES3 else random + factor
-    tmpl, session_tmpl = _irk_templates(alg)
+    session_tmpl = _IA_SESSION_TEMPLATES.get(alg)
+    if session_tmpl is None:
+        session_tmpl = _IA_SESSION_TEMPLATES[alg] = _fast_template(alg, _IA_SESSION)
     with service.token.use("INTERNAL AUTHENTICATE check") as session:
         service.sync(service.token.generation)
-        sh = session.handle
-        base = handle = service.master_synced(KeySlot.IRK, alg, ref.key_version).handle
-        made: list[int] = []
+        keys = KeyChain(fast, session.handle)
+        base = service.master_synced(KeySlot.IRK, alg, ref.key_version).handle
         try:
-            for data in chain:
-                handle = fast.derive(sh, handle, alg, data, tmpl)
-                made.append(handle)
-            session_key = fast.derive(sh, handle, alg, session_data, session_tmpl)
-            made.append(session_key)
-            return fast.encrypt_ecb(sh, session_key, alg, block)
+            session_key = keys.derive(base, alg, data, session_tmpl)
+            try:
+                return fast.encrypt_ecb(keys.session, session_key, alg, block)
+            finally:
+                keys.destroy(session_key)
         finally:
-            for h in reversed(made):
-                if h != base:
-                    fast.destroy(sh, h)
-            service.objects_destroyed(len(made))
+            service.objects_destroyed(keys.destroyed)
 
 
 def _wrap_for_chip(ops: _FastKeyOps, wrapping: Any, key: Any, alg: Algorithm) -> bytes:
@@ -174,8 +166,10 @@ class HsmCardCrypto:
         self._destroyed_inside = 0
         self._generation = -1
         self._ops: _FastKeyOps | None = None
-        #: diversification data blocks per kind of slot (card / financial), computed once
-        self._data: dict[bool, tuple[bytes, ...]] = {}
+        #: the card's derivations (:mod:`hsm.chain`), bound to the session by :meth:`_sync`;
+        #: its count of destroyed intermediates is reported at close, as the one above
+        self._chain: KeyChain | None = None
+        self._data = CardData(ref, service.region_code)
 
     # lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> HsmCardCrypto:
@@ -202,6 +196,8 @@ class HsmCardCrypto:
             self._keys.clear()
             self._klk = None
             destroyed, self._destroyed_inside = destroyed + self._destroyed_inside, 0
+            if self._chain is not None:
+                destroyed, self._chain.destroyed = destroyed + self._chain.destroyed, 0
             self._service.objects_destroyed(destroyed)
 
     # derivation (LOCK held) --------------------------------------------------------------
@@ -214,7 +210,11 @@ class HsmCardCrypto:
             self._keys.clear()  # handles of a previous initialisation are void
             self._klk = None
             self._generation = generation
-            self._ops = _FastKeyOps(self._service.fast, token.session().handle)
+            sh = token.session().handle
+            self._ops = _FastKeyOps(self._service.fast, sh)
+            if self._chain is None:
+                self._chain = KeyChain(self._service.fast)
+            self._chain.session = sh
         self._service.sync(generation)
         return self._live()
 
@@ -223,32 +223,12 @@ class HsmCardCrypto:
         assert self._ops is not None, "call _sync first"
         return self._ops
 
-    def _blocks(self, slot: KeySlot) -> tuple[bytes, ...]:
-        blocks = self._data.get(slot.financial)
-        if blocks is None:
-            blocks = self._data[slot.financial] = tuple(
-                keyscheme.diversification_data(factor, self.algorithm)
-                for factor in self.ref.factors(slot, self._service.region_code)
-            )
-        return blocks
-
-    def _chain(
-        self, master: Any, alg: Algorithm, blocks: Sequence[bytes], tmpl: KeyTemplate
+    def _derive(
+        self, master: Any, alg: Algorithm, data: tuple[bytes, ...], tmpl: KeyTemplate
     ) -> Any:
-        ops = self._live()
-        base = key = ops.handle(master)
-        for n, data in enumerate(blocks, start=1):
-            child = ops.derive(key, alg, data, tmpl if n == len(blocks) else INTERMEDIATE)
-            if key is not base:
-                ops.destroy(key)
-                self._destroyed_inside += 1
-            key = child
-        return key
-
-    def _chip_blocks(self, alg: Algorithm) -> list[bytes]:
-        """A supplier-made chip's transport keys: the chip serial is the only factor."""
-        chip = keyscheme.card_factor(self.ref.card_identification_code)
-        return [keyscheme.diversification_data(chip, alg)]
+        """A new key of this card (:meth:`hsm.chain.KeyChain.derive`), LOCK held."""
+        assert self._chain is not None, "call _sync first"
+        return self._chain.derive(self._live().handle(master), alg, data, _fast_template(alg, tmpl))
 
     def _key_synced(self, slot: KeySlot) -> Any:
         key = self._keys.get(slot)
@@ -258,11 +238,11 @@ class HsmCardCrypto:
                 master = self._service.supplier_master_synced(
                     maker[0], "kmc", self.algorithm, maker[1]
                 )
-                blocks: Sequence[bytes] = self._chip_blocks(self.algorithm)
+                data = chip_data(self.ref, self.algorithm)
             else:
                 master = self._service.card_master_synced(self.ref, slot)
-                blocks = self._blocks(slot)
-            key = self._keys[slot] = self._chain(master, self.algorithm, blocks, CARD_KEY)
+                data = self._data.of(slot, self.algorithm)
+            key = self._keys[slot] = self._derive(master, self.algorithm, data, CARD_KEY)
         return key
 
     def _key(self, slot: KeySlot) -> Any:
@@ -278,13 +258,9 @@ class HsmCardCrypto:
         if maker is not None:  # AES; SM4 for SM4 chips (ykt:supplier:<name>:klk:<alg>:v<n>)
             master = self._service.supplier_master_synced(maker[0], "klk", self.algorithm,
                                                           maker[1])  # fmt: skip
-            return self._chain(master, alg, self._chip_blocks(alg), tmpl)
+            return self._derive(master, alg, chip_data(self.ref, alg), tmpl)
         master = self._service.klk_master_synced(self.ref.key_version, self.algorithm)
-        blocks = [
-            keyscheme.diversification_data(f, alg)
-            for f in self.ref.factors(KeySlot.KMC, self._service.region_code)
-        ]
-        return self._chain(master, alg, blocks, tmpl)
+        return self._derive(master, alg, self._data.of(KeySlot.KMC, alg), tmpl)
 
     def _with_klk(self, tmpl: KeyTemplate, use: Any) -> Any:
         """``use(ops, klk)`` with a KLK made for it and destroyed after (LOCK held)."""

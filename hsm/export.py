@@ -17,6 +17,7 @@ from cardspec import keyscheme
 from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
 from hsm import ceremony, p11fast
 from hsm import pkcs11 as p11
+from hsm.chain import CardData, KeyChain
 from hsm.errors import KeyNotFound
 from hsm.ports import (
     KCV_BLOCK,
@@ -33,10 +34,6 @@ __all__ = ["KCV_BLOCK", "BureauExport", "BureauExporter", "FileKek", "HsmBureauE
 #: Bulk export through hsm.p11fast: card keys only encrypt (KCV, PIN) and get wrapped.
 _FAST_EXPORT = {
     alg: p11fast.key_template(alg, Attribute.ENCRYPT) for alg in (Algorithm.DES3, Algorithm.AES)
-}
-_FAST_INTERMEDIATE = {
-    alg: p11fast.key_template(alg, Attribute.DERIVE, extractable=False)
-    for alg in (Algorithm.DES3, Algorithm.AES)
 }
 #: The card's KLK for the bureau: encrypts its KCV block, wrapped under the KEK.
 _FAST_KLK = p11fast.key_template(KLK_ALGORITHM, Attribute.ENCRYPT)
@@ -126,40 +123,18 @@ class HsmBureauExporter:
         p11.check_algorithm(alg)
         service.sync(service.token.generation)
         sh = session.handle
-        blocks: dict[bool, tuple[bytes, ...]] = {}
+        keys = KeyChain(fast, sh)
+        data = CardData(ref, service.region_code)
         handles: dict[KeySlot, int] = {}
         klk_h = 0
-        destroyed = 0
         card_tmpl = _FAST_EXPORT[alg]
-
-        def chain(base: int, data_blocks: Sequence[bytes], a: Algorithm, last: Any) -> int:
-            nonlocal destroyed
-            handle = base
-            for n, data in enumerate(data_blocks, start=1):
-                tmpl = last if n == len(data_blocks) else _FAST_INTERMEDIATE[a]
-                child = fast.derive(sh, handle, a, data, tmpl)
-                if handle != base:
-                    fast.destroy(sh, handle)
-                    destroyed += 1
-                handle = child
-            return handle
-
         try:
             for slot in (*slots, under) if sensitive and under not in slots else slots:
-                data_blocks = blocks.get(slot.financial)
-                if data_blocks is None:
-                    data_blocks = blocks[slot.financial] = tuple(
-                        keyscheme.diversification_data(f, alg)
-                        for f in ref.factors(slot, service.region_code)
-                    )
                 base = service.card_master_synced(ref, slot).handle
-                handles[slot] = chain(base, data_blocks, alg, card_tmpl)
-            klk_blocks = tuple(
-                keyscheme.diversification_data(f, KLK_ALGORITHM)
-                for f in ref.factors(KeySlot.KMC, service.region_code)
-            )
+                handles[slot] = keys.derive(base, alg, data.of(slot, alg), card_tmpl)
             klk_base = service.klk_master_synced(ref.key_version).handle
-            klk_h = chain(klk_base, klk_blocks, KLK_ALGORITHM, _FAST_KLK)
+            klk_data = data.of(KeySlot.KMC, KLK_ALGORITHM)
+            klk_h = keys.derive(klk_base, KLK_ALGORITHM, klk_data, _FAST_KLK)
             kek_h = kek.handle
             block = KCV_BLOCK[alg]
             wrapped = {slot: fast.wrap_kwp(sh, kek_h, handles[slot]) for slot in slots}
@@ -167,15 +142,15 @@ class HsmBureauExporter:
             klk_wrapped = fast.wrap_kwp(sh, kek_h, klk_h)
             klk_kcv = fast.encrypt_ecb(sh, klk_h, KLK_ALGORITHM, KCV_BLOCK[KLK_ALGORITHM])[:3]
             encrypted = []
-            for data in sensitive:
-                if len(data) > 255:
+            for plain in sensitive:
+                if len(plain) > 255:
                     raise ValueError("sensitive data longer than 255 bytes")
-                padded = keyscheme.pad_method2(bytes([len(data)]) + data, alg.block_size)
+                padded = keyscheme.pad_method2(bytes([len(plain)]) + plain, alg.block_size)
                 encrypted.append(fast.encrypt_ecb(sh, handles[under], alg, padded))
         finally:
             for handle in (*handles.values(), *([klk_h] if klk_h else [])):
                 fast.destroy(sh, handle)
-            service.objects_destroyed(destroyed + len(handles) + (1 if klk_h else 0))
+            service.objects_destroyed(keys.destroyed + len(handles) + (1 if klk_h else 0))
         return BureauExport(
             wrapped, kcvs, tuple(encrypted), kek_id=self._kek_id, klk_wrapped=klk_wrapped,
             klk_kcv=klk_kcv,

@@ -20,6 +20,7 @@ from cardspec import keyscheme
 from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
 from hsm import ceremony, p11fast
 from hsm import pkcs11 as p11
+from hsm.chain import CardData, KeyChain
 from hsm.errors import HsmError, KcvMismatch, KeyNotFound, MechanismUnavailable
 from hsm.ports import KCV_BLOCK, BureauExport, CardKeyRef, FileKek, KeyService, Pkcs11Keys
 
@@ -44,10 +45,6 @@ _CARD_ENC = {
     for alg in (Algorithm.DES3, Algorithm.AES)
 }
 """A card key also used here: KMC (PIN payloads), PUK (the natural PIN), KCVs (bureau)."""
-_INTERMEDIATE = {
-    alg: p11fast.key_template(alg, Attribute.DERIVE, extractable=False)
-    for alg in (Algorithm.DES3, Algorithm.AES)
-}
 _KLK_WRAP = p11fast.key_template(KLK_ALGORITHM, Attribute.WRAP, extractable=False)
 """The chip's KLK for in-house preparation: wraps the card keys, never leaves the HSM."""
 _KLK_EXPORT = p11fast.key_template(KLK_ALGORITHM, Attribute.ENCRYPT, extractable=True)
@@ -177,12 +174,12 @@ class KekEnvelope:
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """The master handles and templates of one key set's cards (per module initialisation):
-    the KLK master, the KMC master, and (slot, master, financial, template) of every other
-    card key, in profile order."""
+    the KLK master, the KMC master, and (slot, master, template) of every other card key, in
+    profile order."""
 
     klk: int
     kmc: int
-    keys: list[tuple[KeySlot, int, bool, Any]]
+    keys: list[tuple[KeySlot, int, Any]]
 
 
 class PrepOps:
@@ -202,9 +199,9 @@ class PrepOps:
         self.fast = fast
         self.envelope = KekEnvelope(service, wrapping_label)
         self.recycle_after = recycle_after if service.token.is_softhsm else 0
-        self.destroyed = 0
-        #: Per-card key objects derived so far (the figure a benchmark divides by).
-        self.derived = 0
+        #: Every per-card derivation (:mod:`hsm.chain`); counts the objects destroyed since
+        #: the last re-initialisation of the module, this class's own included.
+        self.chain = KeyChain(fast)
         self._sh = 0
         self._kek = 0
         self._generation = -1
@@ -214,6 +211,16 @@ class PrepOps:
             tuple[Sequence[KeySlot], int, Algorithm, tuple[str | None, int], _Plan] | None
         ) = None
         self._in_chunk = False
+
+    @property
+    def derived(self) -> int:
+        """Per-card key objects derived so far (the figure a benchmark divides by)."""
+        return self.chain.derived
+
+    @property
+    def destroyed(self) -> int:
+        """Session objects destroyed since the module's last re-initialisation."""
+        return self.chain.destroyed
 
     # chunks --------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -229,8 +236,8 @@ class PrepOps:
                 yield self.envelope.current
             finally:
                 self._in_chunk = False
-                if self.recycle_after and self.destroyed >= self.recycle_after:
-                    self.destroyed = 0
+                if self.recycle_after and self.chain.destroyed >= self.recycle_after:
+                    self.chain.destroyed = 0
                     self.service.token.reinitialise()
 
     def close(self) -> None:
@@ -254,7 +261,7 @@ class PrepOps:
             self._last_plan = None
             self._generation = generation
             self.service.sync(generation)
-        self._sh = token.session().handle
+        self._sh = self.chain.session = token.session().handle
 
     def _master(self, name: str, alg: Algorithm, version: int) -> int:
         key = (name, alg, version)
@@ -267,30 +274,8 @@ class PrepOps:
             handle = self._masters[key] = int(obj.handle)
         return handle
 
-    def _derive(self, base: int, alg: Algorithm, blocks: Sequence[bytes], tmpl: Any) -> int:
-        fast, sh = self.fast, self._sh
-        if len(blocks) == 1:
-            self.derived += 1
-            return fast.derive(sh, base, alg, blocks[0], tmpl)
-        handle = base
-        for n, data in enumerate(blocks, start=1):
-            child = fast.derive(sh, handle, alg, data,
-                                tmpl if n == len(blocks) else _INTERMEDIATE[alg])  # fmt: skip
-            if handle != base:
-                fast.destroy(sh, handle)
-                self.destroyed += 1
-            handle = child
-        self.derived += 1
-        return handle
-
     def _destroy(self, handle: int) -> None:
-        self.fast.destroy(self._sh, handle)
-        self.destroyed += 1
-
-    @staticmethod
-    def _data(factors: Sequence[bytes], alg: Algorithm) -> list[bytes]:
-        """The derivation data of each factor (one per level of the derivation)."""
-        return [keyscheme.diversification_data(f, alg) for f in factors]
+        self.chain.destroy(handle)
 
     def _check(self, ref: CardKeyRef, slots: Sequence[KeySlot]) -> None:
         if KeySlot.PUK not in slots or KeySlot.KMC not in slots:
@@ -349,7 +334,7 @@ class PrepOps:
             plan = self._plans[key] = _Plan(
                 self._master(ceremony.KLK, KLK_ALGORITHM, version),
                 self._master(KeySlot.KMC.value, alg, version),
-                [(slot, self._card_master(ref, slot), slot.financial,
+                [(slot, self._card_master(ref, slot),
                   _CARD_ENC[alg] if slot is KeySlot.PUK else _CARD[alg])
                  for slot in slots if slot is not KeySlot.KMC],
             )  # fmt: skip
@@ -369,30 +354,24 @@ class PrepOps:
         self._check(ref, slots)
         fast, sh, alg, region = self.fast, self._sh, ref.algorithm, self.service.region_code
         plan = self._plan(ref, slots)
-        factors = ref.factors(KeySlot.KMC, region)  # the card's (KLK included)
-        card = self._data(factors, alg)
-        emv: list[bytes] | None = None
-        derive, wrap, destroy = self._derive, fast.wrap_kwp, fast.destroy
-        klk = derive(plan.klk, KLK_ALGORITHM, self._data(factors, KLK_ALGORITHM), _KLK_WRAP)
+        data = CardData(ref, region)
+        derive, wrap, destroy = self.chain.derive, fast.wrap_kwp, fast.destroy
+        klk = derive(plan.klk, KLK_ALGORITHM, data.of(KeySlot.KMC, KLK_ALGORITHM), _KLK_WRAP)
         kmc = live = 0
         write: dict[KeySlot, bytes] = {}
         pin = ""
         payloads: tuple[bytes, ...] = ()
         try:
-            kmc = derive(plan.kmc, alg, card, _CARD_ENC[alg])
+            kmc = derive(plan.kmc, alg, data.of(KeySlot.KMC, alg), _CARD_ENC[alg])
             kmc_wrapped = wrap(sh, self._kek, kmc)
-            for slot, master, financial, tmpl in plan.keys:
-                if financial:
-                    data = emv = emv or self._data(ref.factors(KeySlot.FIN_AC, region), alg)
-                else:
-                    data = card
-                live = derive(master, alg, data, tmpl)
+            for slot, master, tmpl in plan.keys:
+                live = derive(master, alg, data.of(slot, alg), tmpl)
                 write[slot] = wrap(sh, klk, live)
                 if slot is KeySlot.PUK:
                     pin, payloads = self._pin_and_payloads(ref, live, kmc, pins)
                 destroy(sh, live)
                 live = 0
-            self.destroyed += len(plan.keys)
+            self.chain.destroyed += len(plan.keys)
         finally:
             for handle in (live, kmc, klk):
                 if handle:
@@ -406,23 +385,18 @@ class PrepOps:
         fast, sh, alg, region = self.fast, self._sh, ref.algorithm, self.service.region_code
         plan = self._plan(ref, slots)
         kcv_block, tmpl, kek = KCV_BLOCK[alg], _CARD_ENC[alg], self._kek
-        factors = ref.factors(KeySlot.KMC, region)  # the card's (KLK included)
-        card = self._data(factors, alg)
-        emv: list[bytes] | None = None
-        derive, wrap, encrypt, destroy = self._derive, fast.wrap_kwp, fast.encrypt_ecb, fast.destroy
+        data = CardData(ref, region)
+        derive, wrap, encrypt = self.chain.derive, fast.wrap_kwp, fast.encrypt_ecb
+        destroy = fast.destroy
         wrapped: dict[KeySlot, bytes] = {}
         kcvs: dict[KeySlot, bytes] = {}
         kept: dict[KeySlot, int] = {}  # KMC and PUK live until the PIN payloads are made
         try:
-            key = kept[KeySlot.KMC] = derive(plan.kmc, alg, card, tmpl)
+            key = kept[KeySlot.KMC] = derive(plan.kmc, alg, data.of(KeySlot.KMC, alg), tmpl)
             wrapped[KeySlot.KMC] = wrap(sh, kek, key)
             kcvs[KeySlot.KMC] = encrypt(sh, key, alg, kcv_block)[:3]
-            for slot, master, financial, _ in plan.keys:
-                if financial:
-                    data = emv = emv or self._data(ref.factors(KeySlot.FIN_AC, region), alg)
-                else:
-                    data = card
-                key = derive(master, alg, data, tmpl)
+            for slot, master, _ in plan.keys:
+                key = derive(master, alg, data.of(slot, alg), tmpl)
                 if slot is KeySlot.PUK:
                     kept[slot] = key
                 try:
@@ -431,9 +405,9 @@ class PrepOps:
                 finally:
                     if slot is not KeySlot.PUK:
                         destroy(sh, key)
-                        self.destroyed += 1
+                        self.chain.destroyed += 1
             _, payloads = self._pin_and_payloads(ref, kept[KeySlot.PUK], kept[KeySlot.KMC], pins)
-            klk = derive(plan.klk, KLK_ALGORITHM, self._data(factors, KLK_ALGORITHM), _KLK_EXPORT)
+            klk = derive(plan.klk, KLK_ALGORITHM, data.of(KeySlot.KMC, KLK_ALGORITHM), _KLK_EXPORT)
             try:
                 klk_wrapped = wrap(sh, kek, klk)
                 klk_kcv = encrypt(sh, klk, KLK_ALGORITHM, KCV_BLOCK[KLK_ALGORITHM])[:3]

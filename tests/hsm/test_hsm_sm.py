@@ -28,10 +28,13 @@ from cardspec.emulator import blank_card
 from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.profile import social_security_profile
 from cardspec.reader import InProcessReader
-from hsm import ceremony, smtoken, vendors
+from hsm import ceremony, p11fast, smtoken, vendors
 from hsm import pkcs11 as p11
+from hsm.cardcrypto import expected_response
+from hsm.chain import CardData, KeyChain, chip_data
 from hsm.config import HsmConfig
 from hsm.errors import CryptogramMismatch, HsmError
+from hsm.ports import KCV_BLOCK
 from hsm.service import CardKeyRef, Pkcs11KeyService
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cardspec"))
@@ -526,3 +529,98 @@ def test_sm4_bank_keys_and_issuer_scripts_through_the_module(
         enc = oracle_pin(SM4, mks[KeySlot.FIN_SMC], ac, "802413")
         block = bytes.fromhex("26802413FFFFFFFF")
         assert hsm.encipher_pin_block(ac, block) == soft.encipher_pin_block(ac, block) == enc
+
+
+CHAIN_SUPPLIER = "chain-sm"
+
+
+@pytest.fixture(scope="module")
+def sm_supplier(sm_env: tuple[HsmConfig, Pkcs11KeyService]) -> dict[str, bytes]:
+    """A chip supplier's SM4 delivery key set (random clear masters: the oracle)."""
+    _, service = sm_env
+    masters = {kind: os.urandom(16) for kind in ("kmc", "klk")}
+    for kind, key in masters.items():
+        comps = components_of(key)
+        ceremony.import_supplier_master(
+            service.token, CHAIN_SUPPLIER, kind, comps, [keyscheme.kcv(c, SM4) for c in comps],
+            SM4, expected_kcv=keyscheme.kcv(key, SM4),
+        )  # fmt: skip
+    return masters
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    serial=st.binary(min_size=8, max_size=8),
+    region=st.booleans(),
+    chip=st.booleans(),
+    factor=st.binary(min_size=8, max_size=8),
+    random=st.binary(min_size=8, max_size=8),
+)
+def test_the_one_chain_on_sm4_gives_the_reference_keys(
+    sm_env: tuple[HsmConfig, Pkcs11KeyService],
+    sm_supplier: dict[str, bytes],
+    serial: bytes,
+    region: bool,
+    chip: bool,
+    factor: bytes,
+    random: bytes,
+) -> None:
+    """``hsm.chain`` on the vendor's SM4 numbers (see test_hsm_chain.py for 3DES and AES):
+    every card slot and the KLK derived by KeyChain over CardData (a supplier's chip: KMC and
+    KLK by chip_data from its key set), and through its users (the card's crypto,
+    INTERNAL AUTHENTICATE), equal ``cardspec.keyscheme`` by KCV and by cryptogram."""
+    _, service = sm_env
+    cic = card_code(serial)
+    ref = CardKeyRef(cic, algorithm=SM4, region_factor=region,
+                     chip_maker=(CHAIN_SUPPLIER, 1) if chip else None)  # fmt: skip
+    factors = [keyscheme.card_factor(cic)]
+    if region:
+        factors.insert(0, keyscheme.region_factor(REGION))
+    chip_factor = [keyscheme.card_factor(cic)]
+
+    def reference(slot: KeySlot, *, from_chip: bool = False) -> bytes:
+        if from_chip and chip and slot is KeySlot.KMC:
+            return keyscheme.derive_card_key(sm_supplier["kmc"], chip_factor, SM4)
+        return keyscheme.derive_card_key(master_key(slot, SM4, 1), factors, SM4)
+
+    klk = keyscheme.derive_klk(KLK_SM4, factors, SM4)
+    chip_klk = keyscheme.derive_card_key(sm_supplier["klk"], chip_factor, SM4) if chip else klk
+    tmpl = p11fast.key_template(SM4, Attribute.ENCRYPT, extractable=False)
+    fast = service.fast
+    with service.token.use() as session:
+        service.sync(service.token.generation)
+        keys = KeyChain(fast, session.handle)
+        data = CardData(ref, REGION)
+        for slot in ceremony.CENTRE_SLOTS:
+            key = keys.derive(service.card_master_synced(ref, slot).handle, SM4,
+                              data.of(slot, SM4), tmpl)  # fmt: skip
+            kcv = fast.encrypt_ecb(session.handle, key, SM4, KCV_BLOCK[SM4])[:3]
+            keys.destroy(key)
+            assert kcv == keyscheme.kcv(reference(slot), SM4), slot
+        key = keys.derive(service.klk_master_synced(1, SM4).handle, SM4,
+                          data.of(KeySlot.KMC, SM4), tmpl)  # fmt: skip
+        kcv = fast.encrypt_ecb(session.handle, key, SM4, KCV_BLOCK[SM4])[:3]
+        keys.destroy(key)
+        assert kcv == keyscheme.kcv(klk, SM4)
+        if chip:
+            for kind, oracle_key in (("kmc", reference(KeySlot.KMC, from_chip=True)),
+                                     ("klk", chip_klk)):  # fmt: skip
+                base = service.supplier_master_synced(CHAIN_SUPPLIER, kind, SM4, 1).handle
+                key = keys.derive(base, SM4, chip_data(ref, SM4), tmpl)
+                kcv = fast.encrypt_ecb(session.handle, key, SM4, KCV_BLOCK[SM4])[:3]
+                keys.destroy(key)
+                assert kcv == keyscheme.kcv(oracle_key, SM4), kind
+        levels = len(factors)
+        assert keys.destroyed == (len(ceremony.CENTRE_SLOTS) + 1) * levels + (2 if chip else 0)
+    with service.card_crypto(ref) as crypto:
+        for slot in ceremony.CENTRE_SLOTS:
+            assert crypto.kcv(slot) == keyscheme.kcv(reference(slot, from_chip=True), SM4), slot
+        assert crypto.klk_kcv() == keyscheme.kcv(chip_klk, SM4)
+        assert crypto.wrapped_card_key(KeySlot.PUK) == keyscheme.wrap_card_key(
+            chip_klk, reference(KeySlot.PUK), SM4
+        )
+    assert expected_response(service, ref, factor, random) == keyscheme.internal_auth_response(
+        reference(KeySlot.IRK), factor, random, SM4
+    )
