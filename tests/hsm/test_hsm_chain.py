@@ -85,7 +85,7 @@ def card_refs(draw: Callable[..., Any]) -> CardKeyRef:
 def _factors(ref: CardKeyRef, slot: KeySlot) -> list[bytes]:
     if slot.financial:
         assert ref.pan
-        return [keyscheme.emv_factor(ref.pan, ref.psn or "00")]
+        return [keyscheme.emv_factor(ref.pan, ref.psn or "00", ref.algorithm)]
     card = keyscheme.card_factor(ref.card_identification_code)
     return [keyscheme.region_factor(REGION), card] if ref.region_factor else [card]
 
