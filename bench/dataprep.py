@@ -88,9 +88,12 @@ def populate(settings: Any, batches: list[tuple[str, int]]) -> dict[str, int]:
     ids (PostgreSQL: COPY). Returns batch name -> id."""
     import sqlalchemy as sa
 
+    from cardspec.ids import luhn_digit
+    from devstack.bank import DEMO_BIN
     from issuance import migrations
     from issuance.db import make_engine, make_sessionmaker, transaction
     from issuance.models import (
+        AgencyKind,
         ApplicationChannel,
         ApplicationStatus,
         BatchStage,
@@ -99,7 +102,9 @@ def populate(settings: Any, batches: list[tuple[str, int]]) -> dict[str, int]:
         CardStatus,
         ChipAppStatus,
     )
+    from issuance.services import create_agency
     from issuance.services.common import FORMAL_CHIP_APPS, allocate_card_numbers
+    from yikatong.demo import BRANCH_CODE
 
     engine = make_engine(settings)
     migrations.upgrade(engine)
@@ -110,6 +115,9 @@ def populate(settings: Any, batches: list[tuple[str, int]]) -> dict[str, int]:
     ids: dict[str, int] = {}
     next_id = 1
     chunk = 50_000
+    expiry = date(2036, 12, 31)  # of every account the bank opened (its response file's)
+    with transaction(factory) as s:  # the bank whose response file opened every card's account
+        bank_id = create_agency(s, BRANCH_CODE, "Bench Bank", AgencyKind.BANK, "330106").id
     for batch_no, (name, count) in enumerate(batches, start=1):
         ids[name] = batch_no
         with transaction(factory) as s:
@@ -135,6 +143,9 @@ def populate(settings: Any, batches: list[tuple[str, int]]) -> dict[str, int]:
                                            "pin_set", "version"], []),
                     "batch_items": (["id", "batch_id", "card_id", "application_id", "stage",
                                      "attempts", "created_at", "stage_changed_at"], []),
+                    "bank_accounts": (["id", "card_id", "bank_agency_id", "request_id",
+                                       "requested_at", "pan", "psn", "expiry", "service_code",
+                                       "key_version", "opened_at"], []),
                 }  # fmt: skip
                 for k, (cid, number) in enumerate(zip(_citizen_ids(first, n), numbers,
                                                       strict=True)):  # fmt: skip
@@ -193,6 +204,10 @@ def populate(settings: Any, batches: list[tuple[str, int]]) -> dict[str, int]:
                         )
                     rows["batch_items"][1].append((i, batch_no, i, i, BatchStage.SELECTED.value,
                                                    0, now, now))  # fmt: skip
+                    pan = DEMO_BIN + str(i).zfill(18 - len(DEMO_BIN))  # 19 digits, Luhn
+                    rows["bank_accounts"][1].append((i, i, bank_id, "YKTB-bench", now,
+                                                     pan + luhn_digit(pan), "00", expiry, "220",
+                                                     1, now))  # fmt: skip
                 conn = s.connection()
                 for table, (cols, values) in rows.items():
                     if pg:
@@ -210,7 +225,7 @@ def populate(settings: Any, batches: list[tuple[str, int]]) -> dict[str, int]:
     with transaction(factory) as s:
         if pg:
             for table in ("persons", "applications", "cards", "chip_applications", "batch_items",
-                          "batches"):  # fmt: skip
+                          "batches", "bank_accounts"):  # fmt: skip
                 s.execute(sa.text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                                   f"(SELECT max(id) FROM {table}))"))  # fmt: skip
     with engine.connect() as conn:
@@ -485,10 +500,11 @@ def _setup(settings: Any) -> None:
     from hsm import ceremony, softhsm
     from hsm.pkcs11 import open_token
     from issuance.batches.stock import ensure_manufacturer_key
-    from yikatong.demo import ensure_hsm
+    from yikatong.demo import ensure_bank_keys, ensure_hsm
 
     softhsm.ensure_token(hsm_config(settings))
     ensure_hsm(settings)
+    ensure_bank_keys(settings)  # the EMV keys come from the bank's key domain
     ensure_manufacturer_key(settings)
     ceremony.generate_transport_key(open_token(hsm_config(settings)), TRANSPORT, 2)
 
@@ -522,6 +538,7 @@ def _line(r: Run) -> str:
 def main() -> dict[str, Any]:
     from devstack.dbserver import REPORTED_SETTINGS, TemporaryPostgres
     from issuance.batches.dataprep import card_profile
+    from yikatong.demo import with_demo_bank
     from yikatong.settings import load_settings
 
     print(f"load before the run: {os.getloadavg()[0]:.2f} (1-min load average; 2 cores shared "
@@ -540,7 +557,7 @@ def main() -> dict[str, Any]:
                 pg = TemporaryPostgres(root / "pg", durable=True).__enter__()
                 env["YKT_DATABASE__URL"] = pg.url
             try:
-                settings = load_settings(environ=env)
+                settings = with_demo_bank(load_settings(environ=env))
                 if pg is not None:
                     shown = pg.settings_in_force()
                     print("PostgreSQL (throwaway, durable): "
