@@ -18,7 +18,8 @@ operation down). Figures only one commit prints are listed apart. The raw runs g
 ``--json`` (default ``var/ab/ab-<before>-<after>.json``, rewritten after every run), the table
 to ``--markdown`` if given; each run's output to ``var/ab/<commit>-<bench>-<round>.log``.
 ``--report JSON`` only prints the table of the runs already in a ``--json`` file (a sitting cut
-short still gives its figures).
+short still gives its figures; the commits are those of the file, BEFORE and AFTER are not
+used).
 
 Nothing is timed inside a unit test: this is a measuring procedure. The worktrees it made are
 left for a rerun; remove them with ``git worktree remove --force /tmp/ykt-ab-<sha>``.
@@ -57,7 +58,29 @@ LIMITS = {
     "ratio": ">= 0.30",
     "ratio_to_floor_hsm": ">= 0.85",
 }
-LOWER_IS_BETTER = ("_ms", "_us", "_us_per_verification", "_us_per_flow", "_mib", "minutes")
+LOWER_IS_BETTER = (
+    "_ms",
+    "_us",
+    "_us_per_verification",
+    "_us_per_flow",
+    "_mib",
+    "_extrapolated",
+    "_over_floor",
+    "_over_generator",
+)
+#: the machine's own measures (floors, limits, raw HSM rates, what ran beside): no better or
+#: worse for the product, only higher or lower
+MACHINE = (
+    "floor_",
+    "pgbench_",
+    "hello_",
+    "cores_",
+    "limit",
+    "hsm_check_cpu_us",
+    "cpu_us_no_implementation_avoids",
+    "_hsm_only_ceiling",
+    "_hsm_work_limit",
+)
 NOT_COMPARED = {"cards", "seconds", "connections", "workers", "target_verifications_per_s",
                 "target_verify_p99_ms", "target_ratio", "target_to_floor", "keys_per_card",
                 "cards_per_run", "valid_verifications", "audit_events_sealed", "errors",
@@ -144,13 +167,56 @@ def _verdict(name: str, before: list[float], after: list[float]) -> str:
     if a_lo <= b_hi and b_lo <= a_hi:
         return "same"
     higher = a_lo > b_hi
+    if name.startswith(MACHINE) or name.endswith(MACHINE):
+        return "higher" if higher else "lower"
     lower_better = name.endswith(LOWER_IS_BETTER)
     return "worse" if higher == lower_better else "better"
+
+
+def _limit(name: str) -> str:
+    if name in LIMITS:
+        return LIMITS[name]
+    if name.endswith("p_ratio"):
+        return ">= 0.70"
+    if name.endswith("p_ratio_to_hsm_work"):
+        return ">= 0.85"
+    return ""
+
+
+def derived(figures: dict[str, Any]) -> dict[str, Any]:
+    """Figures computed the same way from what both commits print: the server's CPU per
+    verification over the floor's and over the load generator's of the same run; data
+    preparation's ratio
+    to the ceiling of the card's HSM calls, ``ratio`` (to the raw derive limit) divided by
+    ``hsm_only_ceiling`` (the share of the HSM time that is derivation, from the wrap and
+    encrypt rates of the same run) - newer commits also measure that ceiling directly
+    (``ratio_to_hsm_work``)."""
+    out = dict(figures)
+    server = figures.get("server_cpu_us_per_verification")
+    if server and figures.get("floor_server_cpu_us_per_flow"):
+        # the server's CPU per verification in units of the floor's, measured in the same run
+        # on the same machine moment (the floor's code is the same in both commits)
+        out["server_cpu_over_floor"] = round(server / figures["floor_server_cpu_us_per_flow"], 3)
+    if server and figures.get("generator_cpu_us_per_verification"):
+        # ... and of the load generator's (the same wrk script for both): what contention for
+        # the cores adds to every process's CPU per operation cancels out
+        out["server_cpu_over_generator"] = round(
+            server / figures["generator_cpu_us_per_verification"], 3
+        )
+    for name, value in figures.items():
+        if not name.endswith("p_ratio") or not isinstance(value, int | float):
+            continue
+        db, output = name.split("_", 1)[0], name.split("_", 1)[1].rsplit("_", 2)[0]
+        ceiling = figures.get(f"{db}_{output}_hsm_only_ceiling")
+        if ceiling:
+            out[name.removesuffix("_ratio") + "_ratio_to_hsm_calls"] = round(value / ceiling, 3)
+    return out
 
 
 def compare(runs: list[dict[str, Any]], before: str, after: str) -> list[dict[str, Any]]:
     """One row per figure: its values under each commit, and the verdict."""
     rows: list[dict[str, Any]] = []
+    runs = [{**r, "figures": derived(r["figures"])} for r in runs]
     for bench in BENCHES:
         mine = [r for r in runs if r["bench"] == bench]
         if not mine:
@@ -166,7 +232,7 @@ def compare(runs: list[dict[str, Any]], before: str, after: str) -> list[dict[st
                     for c in (before, after)}  # fmt: skip
             loads = {c: [r["load_before"][0] for r in mine if r["commit"] == c]
                      for c in (before, after)}  # fmt: skip
-            row: dict[str, Any] = {"bench": bench, "figure": name, "limit": LIMITS.get(name, ""),
+            row: dict[str, Any] = {"bench": bench, "figure": name, "limit": _limit(name),
                                    "values": vals, "loads": loads}  # fmt: skip
             if vals[before] and vals[after]:
                 row["verdict"] = _verdict(name, vals[before], vals[after])
@@ -214,8 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     labels = {c: _git("rev-parse", "--short=7", c) for c in (a.before, a.after)}
     if a.report:  # the table of runs already made (e.g. a sitting cut short)
         done = json.loads(Path(a.report).read_text())
-        table = markdown(compare(done["runs"], labels[a.before], labels[a.after]),
-                         labels[a.before], labels[a.after])  # fmt: skip
+        order = list(dict.fromkeys(r["commit"] for r in done["runs"]))  # before ran first
+        first, second = done.get("labels", order)
+        table = markdown(compare(done["runs"], first, second), first, second)
         if a.markdown:
             Path(a.markdown).write_text(table)
         print(table)
@@ -233,10 +300,29 @@ def main(argv: list[str] | None = None) -> int:
             for commit in (a.before, a.after):
                 runs.append(run_one(labels[commit], trees[commit], pythons[commit], bench, n,
                                     logs))  # fmt: skip
-                out.write_text(json.dumps({"workload": workload, "runs": runs}, indent=1))
+                out.write_text(
+                    json.dumps(
+                        {
+                            "labels": [labels[a.before], labels[a.after]],
+                            "workload": workload,
+                            "runs": runs,
+                        },
+                        indent=1,
+                    )
+                )
     rows = compare(runs, labels[a.before], labels[a.after])
     table = markdown(rows, labels[a.before], labels[a.after])
-    out.write_text(json.dumps({"workload": workload, "runs": runs, "rows": rows}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "labels": [labels[a.before], labels[a.after]],
+                "workload": workload,
+                "runs": runs,
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
     if a.markdown:
         Path(a.markdown).write_text(table)
     print(table)
