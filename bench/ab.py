@@ -277,7 +277,6 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(benches) - set(BENCHES)
     if unknown:
         p.error(f"unknown bench {sorted(unknown)}; choose from {', '.join(BENCHES)}")
-    labels = {c: _git("rev-parse", "--short=7", c) for c in (a.before, a.after)}
     if a.report:  # the table of runs already made (e.g. a sitting cut short)
         done = json.loads(Path(a.report).read_text())
         order = list(dict.fromkeys(r["commit"] for r in done["runs"]))  # before ran first
@@ -287,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(a.markdown).write_text(table)
         print(table)
         return 0
+    labels = {c: _git("rev-parse", "--short=7", c) for c in (a.before, a.after)}
     trees = {a.before: _worktree(a.before, a.before_dir), a.after: _worktree(a.after, a.after_dir)}
     pythons = {c: _venv(t) for c, t in trees.items()}
     logs = ROOT / "var" / "ab"
