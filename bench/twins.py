@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -65,7 +66,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MARK = "TWINS "
 
 _COMMON = r"""
-import hashlib, json, os, time
+import atexit, hashlib, json, os, shutil, tempfile, time
+TMP = tempfile.mkdtemp(prefix="ykt-twins-")
+atexit.register(shutil.rmtree, TMP, True)
 from datetime import date, datetime, timezone
 from types import SimpleNamespace as NS
 
@@ -142,7 +145,7 @@ import tempfile
 from issuance.batches import dataprep as dp
 from issuance.models import ApplicationChannel
 from issuance.settings import load_settings
-S = load_settings(environ={"YKT_DATA_DIR": tempfile.mkdtemp(prefix="ykt-twins-")})
+S = load_settings(environ={"YKT_DATA_DIR": os.path.join(TMP, "settings")})
 PROF = dp.card_profile(S, "3des")
 APP = NS(decided_at=NOW, channel=ApplicationChannel.COUNTER)
 PAN = "6212260012345678903"
@@ -175,7 +178,7 @@ from hsm import ceremony, softhsm
 from hsm import pkcs11 as p11
 from hsm.service import CardKeyRef, Pkcs11KeyService
 
-config = _config(Path(tempfile.mkdtemp(prefix="ykt-twins-")))
+config = _config(Path(TMP) / "hsm")
 softhsm.ensure_token(config)
 ceremony.init_keys(p11.open_token(config), Algorithm.DES3)
 token = p11.open_token(config)
@@ -204,7 +207,7 @@ from issuance.bank import CardBankData
 from issuance.batches import dataprep as dp
 from issuance.models import ApplicationChannel
 from yikatong.settings import load_settings
-S = load_settings(environ={"YKT_DATA_DIR": tempfile.mkdtemp(prefix="ykt-twins-")})
+S = load_settings(environ={"YKT_DATA_DIR": os.path.join(TMP, "settings")})
 PROF = dp.card_profile(S, "3des")
 APP = NS(decided_at=NOW, channel=ApplicationChannel.COUNTER)
 BANKD = CardBankData("6212260012345678903", "00", date(2036, 12, 31), "220", "bench", 1)
@@ -233,7 +236,7 @@ from hsm import ceremony, softhsm
 from hsm import pkcs11 as p11
 from hsm.service import CardKeyRef, Pkcs11KeyService
 
-config = _config(Path(tempfile.mkdtemp(prefix="ykt-twins-")))
+config = _config(Path(TMP) / "hsm")
 softhsm.ensure_token(config)
 ceremony.init_keys(p11.open_token(config), Algorithm.DES3)
 _bank_keys(config)
@@ -315,10 +318,17 @@ def _routes_cmd(port: int) -> list[str]:
 
 
 def hotpath(rounds: int) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="ykt-bench-twins-"))
+    try:
+        return _hotpath(tmp, rounds)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _hotpath(tmp: Path, rounds: int) -> dict[str, Any]:
     from bench import verification as bv
     from devstack.dbserver import TemporaryPostgres, free_port
 
-    tmp = Path(tempfile.mkdtemp(prefix="ykt-bench-twins-"))
     os.chmod(tmp, 0o755)
     data_dir = tmp / "data"
     out: dict[str, list[dict[str, Any]]] = {"hot_path": [], "routes_only": []}
