@@ -90,7 +90,7 @@ def _master(slot: Any) -> bytes:
 
 def _setup_hsm(data_dir: Path) -> None:
     from cardspec import keyscheme
-    from cardspec.keyscheme import Algorithm, KeySlot
+    from cardspec.keyscheme import Algorithm
     from hsm import ceremony, softhsm
     from hsm.pkcs11 import open_token
     from yikatong.settings import load_settings
@@ -99,9 +99,7 @@ def _setup_hsm(data_dir: Path) -> None:
     softhsm.ensure_token(config)
     token = open_token(config)
     alg = Algorithm.DES3
-    for slot in KeySlot:
-        if slot.financial:  # the bank's keys, in the bank's own domain: not the card centre's
-            continue
+    for slot in ceremony.CENTRE_SLOTS:  # the card centre's masters (FIN_* are a bank's)
         key = _master(slot)
         half = hashlib.sha256(key).digest()[:16]
         comps = [half, bytes(a ^ b for a, b in zip(key, half, strict=True))]
