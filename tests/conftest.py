@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from yikatong.settings import Settings, load_settings
+
+# A shell starts its background jobs with SIGINT ignored, and every child inherits that: the
+# tests that press Ctrl-C on a child (ykt batch run, ykt readers start, the demo) need it
+# delivered, whoever started the suite.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _counter = itertools.count(1)
 
