@@ -130,6 +130,13 @@ class Host:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
 
+    def signal_all(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to every process of the host (``SIGSTOP`` freezes it where it is,
+        ``SIGCONT`` lets it go on)."""
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
     def link(self, *, up: bool) -> None:
         """Take the host's network link down (a partition) or up again."""
         _ip("link", "set", self.veth, "up" if up else "down")

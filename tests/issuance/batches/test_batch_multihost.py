@@ -29,6 +29,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -209,8 +210,15 @@ def test_worker_host_killed_partitioned_and_database_failover(tmp_path: Path) ->
         while time.monotonic() < deadline and not held:
             with transaction(factory) as s:
                 done = bi.stage_counts(s, pop.batch_id)[BatchStage.CHECKED]
-            if done >= 2:
+            if done >= 2 and _leased_in_station(factory, pop.batch_id, "work1"):
+                # frozen where it is, and what it had sent given time to land: the cards it
+                # holds in its stations now are the ones it will never finish (read before
+                # the freeze, a card finished meanwhile was counted as held)
+                work1.signal_all(signal.SIGSTOP)
+                time.sleep(0.5)
                 held = _leased_in_station(factory, pop.batch_id, "work1")
+                if not held:
+                    work1.signal_all(signal.SIGCONT)
             time.sleep(0.05)
         assert held, work1.log("run-kill")[-3000:]
         killed = time.monotonic()
