@@ -119,8 +119,10 @@ def test_wrong_secrets_from_many_sources_do_not_lock_the_client_out(api_env: Api
         assert token(legit, cid, secret)[0] == 200
     # one source failing for the pair (client, source) is held there, and only there
     with TestClient(app, client=("10.7.0.1", 1000)) as attacker:
-        codes = [token(attacker, cid, "wrong")[0] for _ in range(limit + 1)]
-        assert codes[-1] == 429 and codes[0] == 401
+        # (a few more than the limit: the one-minute window is weighted, so failures made
+        # just before a minute ends count a little less once it has ended)
+        codes = [token(attacker, cid, "wrong")[0] for _ in range(limit + 3)]
+        assert codes[-1] == 429 and codes[0] == 401 and codes.count(401) <= limit + 2, codes
         other_cid, other_secret = api_env.clients["bank"]
         assert token(attacker, other_cid, other_secret)[0] == 200  # another client from there
 
