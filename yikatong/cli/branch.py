@@ -107,7 +107,7 @@ def desk(
     activation's own events); runs until Ctrl-C (or one request with ``--once``)."""
     from cardspec.errors import CardSpecError
     from hsm.errors import HsmError
-    from issuance.errors import FieldProblem, IssuanceError
+    from issuance.errors import ConflictError, FieldProblem, IssuanceError
     from issuance.services import desk as desk_service
     from yikatong import branch
     from yikatong.cli.db import acting, session_scope, settings
@@ -120,9 +120,14 @@ def desk(
     out.print(f"desk station {station}: reader {reader}, waiting for activation requests")
     try:
         while True:
-            with session_scope() as s:
-                req = desk_service.claim_next(s, reader, station_actor, station)
-                claimed = None if req is None else (req.id, req.card_id, req.identity_checked)
+            try:
+                with session_scope() as s:
+                    req = desk_service.claim_next(s, reader, station_actor, station)
+                    claimed = None if req is None else (req.id, req.card_id, req.identity_checked)
+            except ConflictError:
+                # SQLite: the claim (a read, then a write) lost the database to another write;
+                # it rolled back whole, so the station looks again
+                claimed = None
             if claimed is None:
                 time.sleep(poll)
                 continue
