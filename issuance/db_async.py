@@ -33,6 +33,15 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, TimeoutError)
 
+#: Session settings of the pool's connections. ``plan_cache_mode``: the hot paths send a few
+#: fixed statements, each prepared once per connection (asyncpg's statement cache); a generic
+#: plan makes PostgreSQL plan each of them once, not at every call. Left to itself it re-plans
+#: a statement whose custom plans look cheaper than the generic one (arrays through ``unnest``:
+#: a custom plan knows their length), and planning the grouped card read cost more than running
+#: it. The statements are written so that their generic plan is their best plan (index probes:
+#: see :data:`issuance.services.verification.SQL_LOOKUP_MANY`).
+SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
+
 #: Seconds one call of the hot paths may wait for the database (a few statements of a few
 #: milliseconds each). A connection whose peer vanished without a word (the balancer host it
 #: went through died, a network cut) answers nothing and asyncpg has no TCP keepalive: without
@@ -113,7 +122,9 @@ class AsyncPgPool:
 
     async def _connect(self) -> asyncpg.Connection:
         try:
-            return await asyncpg.connect(self.dsn, timeout=self.acquire_timeout)
+            return await asyncpg.connect(
+                self.dsn, timeout=self.acquire_timeout, server_settings=SERVER_SETTINGS
+            )
         except _CONNECT_ERRORS as exc:
             raise DatabaseUnavailable(f"cannot reach the database: {exc}") from exc
 
