@@ -10,7 +10,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import sqlalchemy as sa
@@ -226,6 +226,29 @@ async def _close_quietly(conn: asyncpg.Connection) -> None:
     except Exception:  # closing a broken connection
         log.debug("closing a database connection failed", exc_info=True)
         conn.terminate()
+
+
+@dataclass(frozen=True)
+class RowsInsert:
+    """Rows of ``table`` inserted by one statement: one array per column (``types``: their
+    PostgreSQL types), ``INSERT INTO table (columns) SELECT * FROM unnest($n::type[], ...)``."""
+
+    table: str
+    columns: tuple[str, ...]
+    types: tuple[str, ...]
+
+    def sql(self, first: int = 1) -> str:
+        """The statement, its arrays numbered from ``$first`` (it may be a CTE of another)."""
+        arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(self.types, start=first))
+        return (
+            f"INSERT INTO {self.table} ({', '.join(self.columns)}) SELECT * FROM unnest({arrays})"
+        )
+
+    def arrays(self, rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+        """The statement's arguments: ``rows`` (``columns`` order) as one list per column."""
+        if not rows:
+            return [[] for _ in self.columns]
+        return [list(c) for c in zip(*rows, strict=True)]
 
 
 @dataclass
