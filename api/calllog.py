@@ -72,10 +72,10 @@ class CallRecorder:
     """Group commit of call records: :meth:`record` returns once its record is committed.
     On PostgreSQL the records ride the hot path's grouped write
     (:meth:`issuance.services.verification.VerificationStore.carry`): the call-log rows and
-    the verifications in flight together share one statement and one commit (measured on
-    the verification benchmark: a statement and a commit of their own cost PostgreSQL about
-    as much as the verifications' write). On SQLite the records of the calls in flight
-    together share one INSERT (:class:`issuance.db_async.Coalescer`)."""
+    the verifications in flight together share one statement and one commit (a durable
+    commit is most of PostgreSQL's work per statement: ``docs/design/capacity.md``). On
+    SQLite the records of the calls in flight together share one INSERT
+    (:class:`issuance.db_async.Coalescer`)."""
 
     def __init__(self, ctx: ApiContext) -> None:
         self._ctx = ctx

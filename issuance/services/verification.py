@@ -545,7 +545,10 @@ class SessionStore:
 # 2-core machine: PostgreSQL CPU per verification -27 %, the API's -20 %). Each answer still
 # waits for the commit that carries its own challenge use and audit event, and one group never
 # holds the same challenge twice: the later one waits for the next group, whose INSERT finds
-# the challenge used.
+# the challenge used. The API's call-log rows (those of the challenge calls) ride the same
+# grouped write (:meth:`VerificationStore.carry`): one commit per round for both, instead of
+# a statement and a commit of the call log's own. Each statement is planned once per
+# connection (:data:`issuance.db_async.SERVER_SETTINGS`).
 #
 # A provisionally lost card whose report may have lapsed goes through the ORM path (the lapse is
 # a lifecycle transition with its own audit event), run by the caller's ``slow_path``. On a
