@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from starlette.concurrency import run_in_threadpool
 
 from api.context import ApiContext
-from issuance.db_async import Coalescer
+from issuance.db_async import Coalescer, RowsInsert
 from issuance.models import ApiCall, utcnow
 
 log = logging.getLogger("api.calls")
@@ -64,23 +64,28 @@ _COLUMNS = ("at", "credential_id", "caller", "client_id", "client_ip", "method",
             "status", "error_code", "duration_us")  # fmt: skip
 _TYPES = ("timestamp", "integer", "text", "text", "text", "text", "text", "smallint", "text",
           "integer")  # fmt: skip
-_PG_INSERT = (
-    f"INSERT INTO api_calls ({', '.join(_COLUMNS)}) SELECT * FROM unnest("
-    + ", ".join(f"${i}::{t}[]" for i, t in enumerate(_TYPES, start=1))
-    + ")"
-)
+#: the call log's rows on PostgreSQL (arrays through ``unnest``)
+CALLS = RowsInsert("api_calls", _COLUMNS, _TYPES)
 
 
 class CallRecorder:
-    """Group commit of call records: :meth:`record` returns once its record is committed
-    (the records of the calls in flight together share one statement:
-    :class:`issuance.db_async.Coalescer`)."""
+    """Group commit of call records: :meth:`record` returns once its record is committed.
+    On PostgreSQL the records ride the hot path's grouped write
+    (:meth:`issuance.services.verification.VerificationStore.carry`): the call-log rows and
+    the verifications in flight together share one statement and one commit (a durable
+    commit is most of PostgreSQL's work per statement: ``docs/design/capacity.md``). On
+    SQLite the records of the calls in flight together share one INSERT
+    (:class:`issuance.db_async.Coalescer`)."""
 
     def __init__(self, ctx: ApiContext) -> None:
         self._ctx = ctx
         self._group: Coalescer[CallRecord, None] = Coalescer(self._write_all, max_batch=512)
 
     async def record(self, rec: CallRecord) -> None:
+        store = self._ctx.verifications
+        if store is not None:
+            await store.carry(CALLS, [getattr(rec, c) for c in _COLUMNS])
+            return
         await self._group(rec)
 
     async def _write_all(self, records: list[CallRecord]) -> list[None]:
@@ -88,11 +93,6 @@ class CallRecorder:
         return [None] * len(records)
 
     async def _write(self, records: list[CallRecord]) -> None:
-        pool = self._ctx.pg
-        if pool is not None:
-            arrays = [[getattr(r, c) for r in records] for c in _COLUMNS]
-            await pool.run(lambda conn: conn.execute(_PG_INSERT, *arrays))
-            return
         rows = [{c: getattr(r, c) for c in _COLUMNS} for r in records]
 
         def insert() -> None:

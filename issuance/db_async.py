@@ -10,7 +10,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import sqlalchemy as sa
@@ -32,6 +32,15 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, TimeoutError)
+
+#: Session settings of the pool's connections. ``plan_cache_mode``: the hot paths send a few
+#: fixed statements, each prepared once per connection (asyncpg's statement cache); a generic
+#: plan makes PostgreSQL plan each of them once, not at every call. Left to itself it re-plans
+#: a statement whose custom plans look cheaper than the generic one (arrays through ``unnest``:
+#: a custom plan knows their length), and planning the grouped card read cost more than running
+#: it. The statements are written so that their generic plan is their best plan (index probes:
+#: see :data:`issuance.services.verification.SQL_LOOKUP_MANY`).
+SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
 
 #: Seconds one call of the hot paths may wait for the database (a few statements of a few
 #: milliseconds each). A connection whose peer vanished without a word (the balancer host it
@@ -113,7 +122,9 @@ class AsyncPgPool:
 
     async def _connect(self) -> asyncpg.Connection:
         try:
-            return await asyncpg.connect(self.dsn, timeout=self.acquire_timeout)
+            return await asyncpg.connect(
+                self.dsn, timeout=self.acquire_timeout, server_settings=SERVER_SETTINGS
+            )
         except _CONNECT_ERRORS as exc:
             raise DatabaseUnavailable(f"cannot reach the database: {exc}") from exc
 
@@ -215,6 +226,29 @@ async def _close_quietly(conn: asyncpg.Connection) -> None:
     except Exception:  # closing a broken connection
         log.debug("closing a database connection failed", exc_info=True)
         conn.terminate()
+
+
+@dataclass(frozen=True)
+class RowsInsert:
+    """Rows of ``table`` inserted by one statement: one array per column (``types``: their
+    PostgreSQL types), ``INSERT INTO table (columns) SELECT * FROM unnest($n::type[], ...)``."""
+
+    table: str
+    columns: tuple[str, ...]
+    types: tuple[str, ...]
+
+    def sql(self, first: int = 1) -> str:
+        """The statement, its arrays numbered from ``$first`` (it may be a CTE of another)."""
+        arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(self.types, start=first))
+        return (
+            f"INSERT INTO {self.table} ({', '.join(self.columns)}) SELECT * FROM unnest({arrays})"
+        )
+
+    def arrays(self, rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+        """The statement's arguments: ``rows`` (``columns`` order) as one list per column."""
+        if not rows:
+            return [[] for _ in self.columns]
+        return [list(c) for c in zip(*rows, strict=True)]
 
 
 @dataclass

@@ -581,6 +581,14 @@ class AuditEvent(Base):
             postgresql_where=sa.text("chain_seq IS NULL"),
         ),
         sa.Index("ix_audit_events_entity", "entity_type", "entity_id"),
+        # unique among sealed events; an unsealed one (NULL) has no entry (migration 0022)
+        sa.Index(
+            "uq_audit_events_chain_seq",
+            "chain_seq",
+            unique=True,
+            sqlite_where=sa.text("chain_seq IS NOT NULL"),
+            postgresql_where=sa.text("chain_seq IS NOT NULL"),
+        ),
     )
     id: Mapped[int] = mapped_column(
         sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True
@@ -597,7 +605,7 @@ class AuditEvent(Base):
     after: Mapped[str | None] = mapped_column(sa.String(64))
     reason: Mapped[str | None] = mapped_column(sa.String(500))
     details: Mapped[str] = mapped_column(sa.Text, default="{}")  # canonical JSON
-    chain_seq: Mapped[int | None] = mapped_column(sa.BigInteger, unique=True)
+    chain_seq: Mapped[int | None] = mapped_column(sa.BigInteger)
     prev_hash: Mapped[str | None] = mapped_column(sa.String(64))
     hash: Mapped[str | None] = mapped_column(sa.String(64))
 
@@ -696,12 +704,14 @@ class ApiCall(Base):
     who called (``caller``: the actor name, or ``anonymous`` before authentication), the
     method and route template, the status and error code, never a body or a concrete path.
     A card verification's call is recorded by its own ``card.verified`` audit event instead, in
-    the transaction that consumed the challenge. No foreign key: a record outlives anything."""
+    the transaction that consumed the challenge. No foreign key: a record outlives anything.
+    One index beside the key (migration 0022): ``at``, BRIN on PostgreSQL (the retention
+    prune; rows come in ``at`` order, so most inserts leave it untouched)."""
 
     __tablename__ = "api_calls"
-    __table_args__ = (sa.Index("ix_api_calls_credential_id_at", "credential_id", "at"),)
+    __table_args__ = (sa.Index("ix_api_calls_at", "at", postgresql_using="brin"),)
     id: Mapped[int] = mapped_column(_bigint_pk(), primary_key=True)
-    at: Mapped[datetime] = mapped_column(index=True)
+    at: Mapped[datetime]
     credential_id: Mapped[int | None]
     caller: Mapped[str] = mapped_column(sa.String(64))
     client_id: Mapped[str | None] = mapped_column(sa.String(64))

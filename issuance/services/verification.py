@@ -22,7 +22,7 @@ from hsm.errors import CryptogramMismatch
 from hsm.service import CardKeyRef
 from issuance import audit
 from issuance.audit import Actor
-from issuance.db_async import AsyncPgPool, Coalescer
+from issuance.db_async import AsyncPgPool, Coalescer, DatabaseUnavailable, RowsInsert
 from issuance.errors import IssuanceError
 from issuance.models import (
     Application,
@@ -545,7 +545,10 @@ class SessionStore:
 # 2-core machine: PostgreSQL CPU per verification -27 %, the API's -20 %). Each answer still
 # waits for the commit that carries its own challenge use and audit event, and one group never
 # holds the same challenge twice: the later one waits for the next group, whose INSERT finds
-# the challenge used.
+# the challenge used. The API's call-log rows (those of the challenge calls) ride the same
+# grouped write (:meth:`VerificationStore.carry`): one commit per round for both, instead of
+# a statement and a commit of the call log's own. Each statement is planned once per
+# connection (:data:`issuance.db_async.SERVER_SETTINGS`).
 #
 # A provisionally lost card whose report may have lapsed goes through the ORM path (the lapse is
 # a lifecycle transition with its own audit event), run by the caller's ``slow_path``. On a
@@ -594,14 +597,20 @@ SQL_USE_AND_AUDIT = _use_and_audit_sql()
 
 #: :data:`SQL_LOOKUP` for many verifications at once: $1 the card identification codes, $2
 #: the chip application kinds (arrays, same length); each row starts with its item's position
-#: (1-based); an unknown card has no row
+#: (1-based); an unknown card has no row. Each item is looked up by index (a LATERAL subquery
+#: behind ``OFFSET 0``, which the planner cannot flatten into a hash join): the plan is the same
+#: whatever the batch's size and the tables' sizes, so the pool's generic plan
+#: (:data:`issuance.db_async.SERVER_SETTINGS`) is also the best one - planned once per
+#: connection instead of once per call (measured: planning was 84 us of PostgreSQL CPU per
+#: verification, a third of it).
 SQL_LOOKUP_MANY = (
-    "SELECT q.n, c.id, c.card_number, c.kind, c.status, c.key_version, c.algorithm,"
-    " c.expiry_date, p.id, p.name, p.citizen_id, p.sex, p.birth_date, a.status"
-    " FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q (cic, kind, n)"
-    " JOIN cards AS c ON c.card_identification_code = q.cic"
-    " JOIN persons AS p ON p.id = c.person_id"
+    "SELECT q.n, x.* FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q (cic, kind, n)"
+    " CROSS JOIN LATERAL (SELECT c.id, c.card_number, c.kind, c.status, c.key_version,"
+    " c.algorithm, c.expiry_date, p.id AS person_id, p.name, p.citizen_id, p.sex,"
+    " p.birth_date, a.status AS app_status"
+    " FROM cards AS c JOIN persons AS p ON p.id = c.person_id"
     " LEFT JOIN chip_applications AS a ON a.card_id = c.id AND a.kind = q.kind"
+    " WHERE c.card_identification_code = q.cic OFFSET 0) AS x"
 )
 
 #: PostgreSQL array types of the audit event's columns (audit.EVENT_COLUMNS order)
@@ -609,12 +618,8 @@ _EVENT_TYPES = ("timestamp", "integer", "text", "text", "text", "text", "text", 
                 "text", "text", "text", "text")  # fmt: skip
 
 
-def _use_and_audit_many_sql() -> str:
-    """:data:`SQL_USE_AND_AUDIT` for many verifications at once (one statement, one commit):
-    $1 the challenges' primary keys, $2.. the events' columns, then the ``after`` and
-    ``details`` of each ``challenge_reused`` verdict - all arrays of the same length, no
-    challenge twice (:class:`issuance.db_async.Coalescer` keys them). Returns the primary
-    keys that were not used before."""
+def _use_and_audit_many_ctes() -> str:
+    """The common table expressions of :data:`SQL_USE_AND_AUDIT_MANY`."""
     names = ["id", *audit.EVENT_COLUMNS, "lost_after", "lost_details"]
     types = ["bytea", *_EVENT_TYPES, "text", "text"]
     arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, start=1))
@@ -626,17 +631,52 @@ def _use_and_audit_many_sql() -> str:
             else f'CASE WHEN u.id IS NULL THEN q.{lost} ELSE q."{column}" END'
         )  # fmt: skip
     return (
-        f"WITH q AS (SELECT * FROM unnest({arrays}) WITH ORDINALITY AS q"
+        f"q AS (SELECT * FROM unnest({arrays}) WITH ORDINALITY AS q"
         f" ({', '.join(f'{chr(34)}{n}{chr(34)}' for n in names)}, n)),"
         " u AS (INSERT INTO used_challenges (id) SELECT q.id FROM q ON CONFLICT DO NOTHING"
         " RETURNING id),"
         f" ev AS (INSERT INTO audit_events ({_EVENT_COLUMNS}) SELECT {', '.join(values)}"
         " FROM q LEFT JOIN u ON u.id = q.id ORDER BY q.n)"
-        " SELECT id FROM u"
     )
 
 
-SQL_USE_AND_AUDIT_MANY = _use_and_audit_many_sql()
+_USE_AND_AUDIT_MANY_CTES = _use_and_audit_many_ctes()
+#: the number of arrays :data:`SQL_USE_AND_AUDIT_MANY` takes
+_USE_ARRAYS = 1 + _N_EVENT + 2
+
+#: :data:`SQL_USE_AND_AUDIT` for many verifications at once (one statement, one commit): $1
+#: the challenges' primary keys, $2.. the events' columns, then the ``after`` and ``details``
+#: of each ``challenge_reused`` verdict - all arrays of the same length, no challenge twice
+#: (:class:`issuance.db_async.Coalescer` keys them). Returns the primary keys that were not
+#: used before.
+SQL_USE_AND_AUDIT_MANY = f"WITH {_USE_AND_AUDIT_MANY_CTES} SELECT id FROM u"
+
+
+def _grouped_write_sql(uses: bool, riders: Sequence[RowsInsert]) -> str:
+    """One round's statement of :class:`VerificationStore`: :data:`SQL_USE_AND_AUDIT_MANY`
+    (if ``uses``) and the inserts of ``riders`` after it (their arrays numbered on), in one
+    statement: one commit."""
+    first = _USE_ARRAYS + 1 if uses else 1
+    ctes = [_USE_AND_AUDIT_MANY_CTES] if uses else []
+    for k, rows in enumerate(riders):
+        ctes.append(f"r{k} AS ({rows.sql(first)})")
+        first += len(rows.types)
+    if not uses and len(riders) == 1:
+        return riders[0].sql()
+    return f"WITH {', '.join(ctes)} SELECT {'id FROM u' if uses else 'NULL'}"
+
+
+@dataclass(frozen=True)
+class _Rider:
+    """A row of another table written with the next grouped write
+    (:meth:`VerificationStore.carry`)."""
+
+    rows: RowsInsert
+    row: tuple[Any, ...]
+
+
+def _use_key(item: list[Any] | _Rider) -> bytes | None:
+    return None if isinstance(item, _Rider) else cast(bytes, item[0])
 
 
 class VerificationStore:
@@ -652,8 +692,9 @@ class VerificationStore:
         self.lookups: Coalescer[tuple[str, str], CardRow | None] = Coalescer(
             self._lookup_many, max_batch=max_batch
         )
-        self.uses: Coalescer[list[Any], bool] = Coalescer(
-            self._use_many, max_batch=max_batch, key=lambda args: args[0]
+        #: the grouped durable write: verifications' uses and events, and riders (:meth:`carry`)
+        self.uses: Coalescer[list[Any] | _Rider, bool | Exception] = Coalescer(
+            self._write_many, max_batch=max_batch, key=_use_key
         )
 
     async def lookup(self, cic: str, kind: ChipAppKind) -> CardRow | None:
@@ -662,7 +703,20 @@ class VerificationStore:
     async def use_and_audit(self, args: Sequence[Any]) -> bool:
         """``args``: the challenge's primary key, the event's columns, the lost verdict's
         ``after`` and ``details``. True if the challenge was unused (now it is)."""
-        return await self.uses(list(args))
+        got = await self.uses(list(args))
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    async def carry(self, rows: RowsInsert, row: Sequence[Any]) -> None:
+        """Insert ``row`` (``rows.columns`` order) with the next grouped write: returns once it
+        is committed. For the other rows the hot path must have durable before it answers
+        (the call log's, :mod:`api.calllog`): they share the verifications' statement and
+        commit instead of a statement and a commit of their own. If the shared statement is
+        refused, its items are written again one by one: a faulty row loses no other row."""
+        got = await self.uses(_Rider(rows, tuple(row)))
+        if isinstance(got, Exception):
+            raise got
 
     async def audit_only(self, row: Sequence[Any]) -> None:
         await self.pool.run(lambda conn: conn.execute(_SQL_AUDIT_ONLY, *row))
@@ -689,11 +743,42 @@ class VerificationStore:
             found[r[0] - 1] = CardRow(*tuple(r)[1:])
         return found
 
-    async def _use_many(self, items: list[list[Any]]) -> list[bool]:
-        columns = [list(c) for c in zip(*items, strict=True)]
-        fresh = await self.pool.run(lambda conn: conn.fetch(SQL_USE_AND_AUDIT_MANY, *columns))
-        unused = {bytes(r[0]) for r in fresh}
-        return [args[0] in unused for args in items]
+    async def _write_many(self, items: list[list[Any] | _Rider]) -> list[bool | Exception]:
+        uses = [i for i in items if not isinstance(i, _Rider)]
+        riders = [i for i in items if isinstance(i, _Rider)]
+        try:
+            unused = await self._write(uses, riders)
+        except DatabaseUnavailable:
+            raise  # no part can be written now
+        except Exception:
+            if len(items) == 1:
+                raise
+            # a row made the shared statement fail: each item alone, with its own outcome
+            results: list[bool | Exception] = []
+            for item in items:
+                try:
+                    if isinstance(item, _Rider):
+                        await self._write([], [item])
+                        results.append(False)  # (a rider's result is unused)
+                    else:
+                        results.append(item[0] in await self._write([item], []))
+                except Exception as exc:  # handed to this item's caller
+                    results.append(exc)
+            return results
+        return [False if isinstance(i, _Rider) else i[0] in unused for i in items]
+
+    async def _write(self, uses: list[list[Any]], riders: list[_Rider]) -> set[bytes]:
+        """One statement: the uses and events of ``uses``, the rows of ``riders``; the
+        challenge keys that were not used before."""
+        kinds: dict[RowsInsert, list[tuple[Any, ...]]] = {}
+        for rider in riders:
+            kinds.setdefault(rider.rows, []).append(rider.row)
+        args: list[list[Any]] = [list(c) for c in zip(*uses, strict=True)] if uses else []
+        for rows, values in kinds.items():
+            args += rows.arrays(values)
+        sql = _grouped_write_sql(bool(uses), tuple(kinds))
+        fresh = await self.pool.run(lambda conn: conn.fetch(sql, *args))
+        return {bytes(r[0]) for r in fresh} if uses else set()
 
 
 async def verify_card_async(

@@ -24,7 +24,7 @@ from hsm.service import CardKeyRef
 from issuance import audit
 from issuance.audit import Actor
 from issuance.db import make_engine
-from issuance.db_async import AsyncPgPool, dsn_from_url
+from issuance.db_async import AsyncPgPool, RowsInsert, dsn_from_url
 from issuance.models import (
     AuditEvent,
     Card,
@@ -262,3 +262,84 @@ def _events_after(engine: sa.Engine, after: int) -> list[tuple[Any, ...]]:
                 sa.select(*columns).where(AuditEvent.id > after).order_by(AuditEvent.id)
             )
         ]
+
+
+#: a few columns of the call log's rows (api.calllog.CALLS writes them all)
+_CALLS = RowsInsert(
+    "api_calls",
+    ("at", "caller", "method", "route", "status", "duration_us"),
+    ("timestamp", "text", "text", "text", "smallint", "integer"),
+)
+
+
+def _use_args(codec: v.ChallengeCodec, entity_id: str) -> list[Any]:
+    challenge_id = codec.issue(7, 60, now=NOW).id
+    row = audit.event_values(
+        Actor("hospital-7", StaffRole.SYSTEM, Channel.SYSTEM), "card.verified", "card",
+        entity_id, after="valid", details={"challenge": challenge_id}, occurred_at=NOW,
+    )  # fmt: skip
+    return [v.used_key(challenge_id), *row, "invalid", '{"lost":true}']
+
+
+def _call(route: str, method: str = "POST") -> tuple[Any, ...]:
+    return (NOW, "hospital-7", method, route, 200, 1234)
+
+
+@pytest.mark.parametrize("db_backend", ["postgres"], indirect=True)
+def test_riders_share_the_grouped_write_and_a_faulty_part_loses_nothing_else(
+    fresh_db_url: str,
+) -> None:
+    """Rows carried with the verifications' grouped write (the call log's: :meth:`carry`) are
+    committed by the same statement; if one part of a shared statement is refused, the other
+    part's rows are still written and only the faulty part's callers get the error."""
+    engine = make_engine(url=fresh_db_url)
+    codec = v.ChallengeCodec(os.urandom(32))
+    loop = asyncio.new_event_loop()
+    pool = AsyncPgPool(dsn_from_url(engine.url), 2)
+    store = v.VerificationStore(pool)
+
+    async def burst(uses: list[list[Any]], calls: list[tuple[Any, ...]]) -> list[Any]:
+        jobs = [store.use_and_audit(a) for a in uses] + [store.carry(_CALLS, c) for c in calls]
+        return list(await asyncio.gather(*jobs, return_exceptions=True))
+
+    def counts() -> tuple[int, int, int]:
+        with engine.connect() as c:
+            return (
+                int(c.scalar(sa.text("SELECT count(*) FROM used_challenges")) or 0),
+                int(c.scalar(sa.text("SELECT count(*) FROM audit_events")) or 0),
+                int(c.scalar(sa.text("SELECT count(*) FROM api_calls")) or 0),
+            )
+
+    try:
+        loop.run_until_complete(pool.open())
+        base = counts()
+        # shared: 4 verifications and 4 call records in one statement, one commit
+        batches = store.uses.batches
+        good = [_use_args(codec, CIC) for _ in range(4)]
+        got = loop.run_until_complete(burst(good, [_call(f"/v1/r{i}") for i in range(4)]))
+        assert got == [True] * 4 + [None] * 4
+        assert store.uses.batches - batches == 1
+        assert counts() == (base[0] + 4, base[1] + 4, base[2] + 4)
+        # the same challenge again: used, its event says so, the riders are written anyway
+        again = loop.run_until_complete(burst([good[0]], [_call("/v1/again")]))
+        assert again == [False, None]
+        assert counts() == (base[0] + 4, base[1] + 5, base[2] + 5)
+        # a call record the table refuses (method longer than 8): the verifications and the
+        # other record of its statement still commit, only that record's caller gets the error
+        ok = [_use_args(codec, CIC) for _ in range(2)]
+        mixed = loop.run_until_complete(
+            burst(ok, [_call("/v1/fine"), _call("/v1/bad", method="X" * 9)])
+        )
+        assert mixed[:3] == [True, True, None] and isinstance(mixed[3], Exception)
+        assert counts() == (base[0] + 6, base[1] + 7, base[2] + 6)
+        # a verification row the table refuses (an entity id longer than 40): the other
+        # verification and the call records of its statement still commit
+        bad = _use_args(codec, CIC + "X" * 30)
+        fine = _use_args(codec, CIC)
+        mixed = loop.run_until_complete(burst([bad, fine], [_call("/v1/a"), _call("/v1/b")]))
+        assert isinstance(mixed[0], Exception) and mixed[1:] == [True, None, None]
+        assert counts() == (base[0] + 7, base[1] + 8, base[2] + 8)
+    finally:
+        loop.run_until_complete(_close(pool))
+        loop.close()
+        engine.dispose()
