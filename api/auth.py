@@ -234,10 +234,20 @@ class Authenticator:
         ``CACHE_SECONDS`` ago, it has not expired since and no principal was disabled,
         enabled, revoked or held by the failure limit since (the epoch, read now): the hot
         path's (:mod:`api.hotpath`) shortcut before :meth:`principal`."""
+        hit = self.resolved(token)
+        if hit is None:
+            return None
+        return hit[0] if hit[1] == await self.epoch() else None
+
+    def resolved(self, token: str) -> tuple[Principal, int] | None:
+        """The principal of ``token`` if this process resolved it less than
+        ``CACHE_SECONDS`` ago and it has not expired since, with the epoch it was resolved
+        at: valid only while that is still the epoch (:meth:`cached` reads it; the hot path's
+        challenge call has its call-log record check it, :func:`api.calllog.log_call`)."""
         hit = self._cache.get(token)
         if hit is None or hit[1] <= time.monotonic():
             return None
-        return hit[0] if hit[2] == await self.epoch() else None
+        return hit[0], hit[2]
 
     def held(self, principal: Principal) -> bool:
         """Is this (authenticated) caller held by the failure limit? Read with its token (any
