@@ -234,10 +234,20 @@ class Authenticator:
         ``CACHE_SECONDS`` ago, it has not expired since and no principal was disabled,
         enabled, revoked or held by the failure limit since (the epoch, read now): the hot
         path's (:mod:`api.hotpath`) shortcut before :meth:`principal`."""
+        hit = self.resolved(token)
+        if hit is None:
+            return None
+        return hit[0] if hit[1] == await self.epoch() else None
+
+    def resolved(self, token: str) -> tuple[Principal, int] | None:
+        """The principal of ``token`` if this process resolved it less than
+        ``CACHE_SECONDS`` ago and it has not expired since, with the epoch it was resolved
+        at: valid only while that is still the epoch (:meth:`cached` reads it; the hot path's
+        challenge call has its call-log record check it, :func:`api.calllog.log_call`)."""
         hit = self._cache.get(token)
         if hit is None or hit[1] <= time.monotonic():
             return None
-        return hit[0] if hit[2] == await self.epoch() else None
+        return hit[0], hit[2]
 
     def held(self, principal: Principal) -> bool:
         """Is this (authenticated) caller held by the failure limit? Read with its token (any
@@ -284,22 +294,9 @@ class Authenticator:
                     401, "unauthorized", "a bearer token is required",
                     headers={"WWW-Authenticate": "Bearer"},
                 )  # fmt: skip
-            try:
-                principal, epoch, held = await self._resolve(token)
-            except PermissionDenied as exc:
-                await self.limiter.fail(ip)
-                raise ApiError(
-                    401, "unauthorized", exc.message,
-                    headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-                ) from exc  # fmt: skip
-            if len(self._cache) > _CACHE_MAX:
-                self._cache.clear()
-            ttl = min(CACHE_SECONDS, principal.expires_at.timestamp() - time.time())
-            until = time.monotonic() + max(ttl, 0.0)
-            self._cache[token] = (principal, until, epoch)
-            if len(self._held) > _CACHE_MAX:
-                self._held.clear()
-            self._held[principal.client_id] = (epoch, until if held else 0.0)
+            # resolved meanwhile by a request that missed the cache together with this one
+            # (the epoch is read again, after this request arrived): else resolved now
+            principal = await self.cached(token) or await self._resolve_new(token, ip)
         if principal.cert_subject is not None and not subject_matches(
             request.scope, principal.cert_subject
         ):
@@ -307,6 +304,26 @@ class Authenticator:
             raise ApiError(
                 401, "unauthorized", "this client must present its TLS client certificate"
             )
+        return principal
+
+    async def _resolve_new(self, token: str, ip: str) -> Principal:
+        """Resolve ``token`` in the database and cache it (401 if it is not valid)."""
+        try:
+            principal, epoch, held = await self._resolve(token)
+        except PermissionDenied as exc:
+            await self.limiter.fail(ip)
+            raise ApiError(
+                401, "unauthorized", exc.message,
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            ) from exc  # fmt: skip
+        if len(self._cache) > _CACHE_MAX:
+            self._cache.clear()
+        ttl = min(CACHE_SECONDS, principal.expires_at.timestamp() - time.time())
+        until = time.monotonic() + max(ttl, 0.0)
+        self._cache[token] = (principal, until, epoch)
+        if len(self._held) > _CACHE_MAX:
+            self._held.clear()
+        self._held[principal.client_id] = (epoch, until if held else 0.0)
         return principal
 
     def forget(self) -> None:

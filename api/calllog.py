@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from api.context import ApiContext
 from issuance.db_async import Coalescer, RowsInsert
 from issuance.models import ApiCall, utcnow
+from issuance.services.credentials import AUTH_EPOCH_SQL
 
 log = logging.getLogger("api.calls")
 
@@ -66,6 +67,19 @@ _TYPES = ("timestamp", "integer", "text", "text", "text", "text", "text", "small
           "integer")  # fmt: skip
 #: the call log's rows on PostgreSQL (arrays through ``unnest``)
 CALLS = RowsInsert("api_calls", _COLUMNS, _TYPES)
+#: The records of a group in one statement, each with the authentication epoch it holds for
+#: (NULL: none): a record whose epoch is not the current one
+#: (:data:`issuance.services.credentials.AUTH_EPOCH_SQL`, read by this statement) is not
+#: written. Returns the current epoch.
+_PG_INSERT = (
+    f"WITH e AS (SELECT coalesce(({AUTH_EPOCH_SQL}), 0) AS epoch),"
+    f" ins AS (INSERT INTO api_calls ({', '.join(_COLUMNS)}) SELECT {', '.join(_COLUMNS)}"
+    " FROM unnest("
+    + ", ".join(f"${i}::{t}[]" for i, t in enumerate((*_TYPES, "bigint"), start=1))
+    + f") AS r ({', '.join(_COLUMNS)}, held_at), e"
+    " WHERE r.held_at IS NULL OR r.held_at = e.epoch)"
+    " SELECT epoch FROM e"
+)
 
 
 class CallRecorder:
@@ -75,24 +89,46 @@ class CallRecorder:
     the verifications in flight together share one statement and one commit (a durable
     commit is most of PostgreSQL's work per statement: ``docs/design/capacity.md``). On
     SQLite the records of the calls in flight together share one INSERT
-    (:class:`issuance.db_async.Coalescer`)."""
+    (:class:`issuance.db_async.Coalescer`). A record that holds for an authentication epoch
+    (the hot path's challenge call with a cached token, :mod:`api.hotpath`) is written on
+    PostgreSQL by its own grouped statement, which reads the epoch and writes only the
+    records whose epoch is still current (:data:`_PG_INSERT`)."""
 
     def __init__(self, ctx: ApiContext) -> None:
         self._ctx = ctx
-        self._group: Coalescer[CallRecord, None] = Coalescer(self._write_all, max_batch=512)
+        self._group: Coalescer[tuple[CallRecord, int | None], bool] = Coalescer(
+            self._write_all, max_batch=512
+        )
 
-    async def record(self, rec: CallRecord) -> None:
+    @property
+    def checks_epoch(self) -> bool:
+        """Can :meth:`record` check the authentication epoch (PostgreSQL)?"""
+        return self._ctx.pg is not None
+
+    async def record(self, rec: CallRecord, epoch: int | None = None) -> bool:
+        """Write ``rec``; with ``epoch`` (:attr:`checks_epoch` only) only if that is still
+        the authentication epoch when the statement runs: False if it was not (nothing was
+        written). The caller's token check and its record then share one statement."""
         store = self._ctx.verifications
-        if store is not None:
+        if epoch is None and store is not None:  # rides the verifications' grouped write
             await store.carry(CALLS, [getattr(rec, c) for c in _COLUMNS])
-            return
-        await self._group(rec)
+            return True
+        return await self._group((rec, epoch))
 
-    async def _write_all(self, records: list[CallRecord]) -> list[None]:
-        await self._write(records)
-        return [None] * len(records)
+    async def _write_all(self, items: list[tuple[CallRecord, int | None]]) -> list[bool]:
+        records = [rec for rec, _ in items]
+        pool = self._ctx.pg
+        if pool is None:  # SQLite: no epoch check here (see checks_epoch): not written
+            await self._write([rec for rec, epoch in items if epoch is None])
+            return [epoch is None for _, epoch in items]
+        arrays = [[getattr(r, c) for r in records] for c in _COLUMNS]
+        arrays.append([epoch for _, epoch in items])
+        now = int(await pool.run(lambda conn: conn.fetchval(_PG_INSERT, *arrays)))
+        return [epoch is None or epoch == now for _, epoch in items]  # the statement's WHERE
 
     async def _write(self, records: list[CallRecord]) -> None:
+        if not records:
+            return
         rows = [{c: getattr(r, c) for c in _COLUMNS} for r in records]
 
         def insert() -> None:
@@ -137,15 +173,25 @@ class CallLog:
 
 
 async def log_call(
-    recorder: CallRecorder, scope: Scope, status: int, started: float, route: str | None = None
-) -> None:
+    recorder: CallRecorder,
+    scope: Scope,
+    status: int,
+    started: float,
+    route: str | None = None,
+    epoch: int | None = None,
+) -> bool:
     """Record the call of ``scope`` (answered ``status``; ``started``: its
     ``time.perf_counter()`` on arrival; ``route``: the route template, else the matched
     route's) unless it is already recorded; returns once the record is committed. Used by
-    :class:`CallLog` and by the hot path (:mod:`api.hotpath`), which runs outside it."""
+    :class:`CallLog` and by the hot path (:mod:`api.hotpath`), which runs outside it.
+
+    ``epoch`` (:attr:`CallRecorder.checks_epoch` only): the authentication epoch the caller's
+    cached token was resolved at; the record is written only if that is still the epoch, and
+    the answer is whether it was (False also if the record could not be written: the caller
+    checks the token again the ordinary way)."""
     state = state_of(scope)
     if state.get(RECORDED):
-        return
+        return epoch is None
     principal = state.get(PRINCIPAL)
     if route is None:
         route = str(getattr(scope.get("route"), "path", "(no route)"))
@@ -163,7 +209,8 @@ async def log_call(
         duration_us=int((time.perf_counter() - started) * 1e6),
     )
     try:
-        await recorder.record(rec)
+        return await recorder.record(rec, epoch)
     except Exception:
         log.exception("the call log could not be written (%s %s %d)",
                       rec.method, rec.route, status)  # fmt: skip
+        return epoch is None

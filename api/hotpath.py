@@ -59,21 +59,34 @@ class HotPath:
             return receive
         started = time.perf_counter()
         route = CHALLENGE_PATH if path == CHALLENGE_PATH else VERIFY_PATH
+        if path == CHALLENGE_PATH and self.recorder.checks_epoch:
+            # a token resolved before: its epoch is checked by the statement that writes the
+            # call's record (one round trip); if it moved on, nothing was written or answered
+            held = await self._principal(scope, read_epoch=False)
+            if held is not None and await self._challenge(scope, send, *held, started):
+                return None
+            state_of(scope).pop(PRINCIPAL, None)  # then checked the ordinary way
         try:
-            principal = await self._principal(scope)
+            got = await self._principal(scope)
         except Exception as exc:  # no or a bad token, or no database: what FastAPI would say
             await self._error(scope, send, exc, started, route)
             return None
-        if principal is None:
+        if got is None:
             return receive
         if path == CHALLENGE_PATH:
-            await self._challenge(scope, send, principal, started)
+            await self._challenge(scope, send, got[0], None, started)
             return None
-        return await self._verify(scope, receive, send, principal, started)
+        return await self._verify(scope, receive, send, got[0], started)
 
-    async def _principal(self, scope: Scope) -> Principal | None:
+    async def _principal(
+        self, scope: Scope, read_epoch: bool = True
+    ) -> tuple[Principal, int | None] | None:
         """The caller if the common case holds, None if FastAPI must decide; raises the
-        authentication's :class:`ApiError` (401, 429) like the routes' dependency."""
+        authentication's :class:`ApiError` (401, 429) like the routes' dependency.
+
+        ``read_epoch`` False: only a token this process resolved before
+        (:meth:`Authenticator.resolved`), with the epoch it was resolved at, which the caller
+        must check before it answers; None if there is none (nothing is read)."""
         header = content = None
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -82,12 +95,18 @@ class HotPath:
                 content = value
         if content not in (None, b"application/json"):
             return None
-        principal = None
+        principal = epoch = None
         if header is not None:
             scheme, _, token = header.partition(b" ")
             if scheme.lower() == b"bearer":
-                principal = await self.auth.cached(token.strip().decode("latin-1"))
+                key = token.strip().decode("latin-1")
+                if read_epoch:
+                    principal = await self.auth.cached(key)
+                elif (hit := self.auth.resolved(key)) is not None:
+                    principal, epoch = hit
         if principal is None:  # resolved (or refused) as the routes do; cached from now on
+            if not read_epoch:
+                return None
             principal = await self.auth.principal(Request(scope))
         elif principal.cert_subject is not None and not subject_matches(
             scope, principal.cert_subject
@@ -96,18 +115,25 @@ class HotPath:
         if "verify" not in principal.scopes or self.auth.held(principal):
             return None  # the route refuses it (403 audited, 429)
         state_of(scope)[PRINCIPAL] = principal  # the call log's caller
-        return principal
+        return principal, epoch
 
     async def _challenge(
-        self, scope: Scope, send: Send, principal: Principal, started: float
-    ) -> None:
+        self, scope: Scope, send: Send, principal: Principal, epoch: int | None, started: float
+    ) -> bool:
+        """Answer the challenge call; with ``epoch`` (the cached token's, not checked yet)
+        only if the call's record was written at that epoch: False if nothing was answered
+        (the token is then checked the ordinary way)."""
         try:
             body = await issue_challenge(self.ctx, principal)
         except Exception as exc:
+            if epoch is not None:
+                return False  # the ordinary way says it once the token is checked
             await self._error(scope, send, exc, started, CHALLENGE_PATH)
-            return
-        await log_call(self.recorder, scope, 200, started, CHALLENGE_PATH)
+            return True
+        if not await log_call(self.recorder, scope, 200, started, CHALLENGE_PATH, epoch):
+            return False
         await _answer(send, 200, body)
+        return True
 
     async def _verify(
         self, scope: Scope, receive: Receive, send: Send, principal: Principal, started: float

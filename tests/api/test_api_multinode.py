@@ -29,7 +29,7 @@ from cardspec.cardops import internal_authenticate, read_card_public
 from cardspec.keyscheme import Algorithm
 from cardspec.reader import InProcessReader
 from hsm import ceremony
-from issuance.models import AuditEvent, Card, UsedChallenge
+from issuance.models import ApiCall, AuditEvent, Card, UsedChallenge
 from issuance.services import credentials
 
 pytestmark = [pytest.mark.softhsm, pytest.mark.postgres]
@@ -133,3 +133,52 @@ def test_a_caller_held_on_a_is_held_on_b_and_a_revocation_on_a_stops_b(
     assert client_b.post("/v1/verifications/challenge", headers=hospital).status_code == 401
     with api_env.session() as s:  # type: ignore[attr-defined]
         credentials.set_client_active(s, api_env.clients["hospital"][0], True)
+
+
+def test_a_challenge_after_a_revocation_elsewhere_is_refused_and_recorded_once(
+    api_env: ApiEnv, node_b: tuple[TestClient, Hsm]
+) -> None:
+    """The hot path's challenge call checks a cached token's epoch in the statement that
+    writes the call's record: after a revocation on A, B's first attempt writes nothing and
+    answers nothing; the call is refused (401) the ordinary way and recorded once, as 401."""
+    client_b, _ = node_b
+    hospital = api_env.auth("hospital")
+    client_id = api_env.clients["hospital"][0]
+    route = "/v1/verifications/challenge"
+
+    def records() -> list[int]:
+        with api_env.session() as s:  # type: ignore[attr-defined]
+            return list(
+                s.scalars(
+                    sa.select(ApiCall.status)
+                    .where(ApiCall.client_id == client_id, ApiCall.route == route)
+                    .order_by(ApiCall.id)
+                )
+            )
+
+    assert client_b.post(route, headers=hospital).status_code == 200  # B caches the token
+    assert client_b.post(route, headers=hospital).status_code == 200  # checked with its record
+    assert records() == [200, 200]
+    r = api_env.client.post(
+        f"/v1/principals/clients/{client_id}/disable", headers=api_env.auth("admin")
+    )
+    assert r.status_code == 200, r.text
+
+    def refusals() -> list[str | None]:
+        with api_env.session() as s:  # type: ignore[attr-defined]
+            return list(
+                s.scalars(
+                    sa.select(ApiCall.error_code)
+                    .where(ApiCall.route == route, ApiCall.status == 401)
+                    .order_by(ApiCall.id)
+                )
+            )
+
+    before = refusals()
+    refused = client_b.post(route, headers=hospital)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "unauthorized"
+    assert records() == [200, 200]  # nothing written for the token's first, unchecked try
+    assert refusals() == [*before, "unauthorized"]
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        credentials.set_client_active(s, client_id, True)
