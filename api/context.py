@@ -1,10 +1,14 @@
 """Per-process state of the API: database, the HSM owner thread, settings.
 
 The HSM (PKCS#11) has one owner per process: a dedicated thread opens the key service *in that
-thread, after the worker process started* (never before a fork) and runs every HSM call. The
+thread, after the worker process started* (never before a fork) and runs the HSM calls. The
 event loop awaits its futures (:meth:`HsmRunner.run`); request handlers already in the
-threadpool block on them (:meth:`HsmRunner.call`). So HSM work never blocks the event loop and
-never runs on two threads at once.
+threadpool block on them (:meth:`HsmRunner.call`). So long HSM work never blocks the event
+loop, and no HSM call ever runs on two threads at once (the PKCS#11 lock, ``hsm.pkcs11.LOCK``).
+One exception, for the verification's cryptogram check (:meth:`HsmRunner.run_short`): a call
+that holds the GIL from start to end blocks the loop the same on either thread, so once the
+key service is open and the HSM is free it runs at once on the loop's thread (design notes:
+``docs/design/api.md``, section ``api.hotpath``, "The tail at 32 connections").
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from api.batchruns import BatchRuns
 from api.config import ApiConfig
 from hsm.errors import HsmUnavailable
 from hsm.internal_auth import challenge_key
+from hsm.pkcs11 import LOCK
 from hsm.service import KeyService
 from issuance.db import transaction
 from issuance.db_async import AsyncPgPool
@@ -58,7 +63,7 @@ class HsmRunner:
         return fn(self._service, *args)
 
     def _submit(self, jobs: list[_Job]) -> None:
-        if self._thread is None:
+        if self._thread is None or self._closed:  # (after shutdown nobody would answer)
             with self._lock:
                 if self._closed:
                     raise HsmUnavailable("the HSM thread is shut down")
@@ -81,6 +86,22 @@ class HsmRunner:
             loop.call_soon(self._hand_over, loop)
         gathering.append((fn, args, loop, fut))
         return await fut
+
+    async def run_short(self, fn: Callable[..., T], *args: Any) -> T:
+        """:meth:`run` for a short call that holds the GIL throughout (the cryptogram check's
+        :mod:`hsm.p11fast` calls, bound through ``ctypes.PyDLL``): the loop cannot run while
+        it runs on either thread, so when the key service is open and nobody holds the PKCS#11
+        lock (taken without waiting: the loop never blocks on it) it runs at once on the
+        loop's thread, under that lock - no thread wake-up, no GIL hand-over either way, no
+        loop iteration waiting for the answer. Otherwise (first call, HSM busy, shut down)
+        it is queued for the HSM thread like :meth:`run`."""
+        service = self._service
+        if service is not None and not self._closed and LOCK.acquire(blocking=False):
+            try:
+                return fn(service, *args)
+            finally:
+                LOCK.release()
+        return await self.run(fn, *args)
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         jobs = self._gathering.pop(loop, [])

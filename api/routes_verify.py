@@ -207,7 +207,7 @@ async def run_verification(ctx: ApiContext, principal: Principal, body: Verifica
     else:
 
         async def check_async(ref: CardKeyRef, factor: bytes, rnd: bytes, resp: bytes) -> None:
-            await hsm.run(check_internal_auth, ref, factor, rnd, resp)
+            await hsm.run_short(check_internal_auth, ref, factor, rnd, resp)
             if second is not None:
                 await hsm.run(check_chip_sm2, ref, factor + rnd, *second)
 

@@ -19,8 +19,9 @@ chip's cryptogram in the token, the one check a verification cannot do without b
 statements: the challenge sent is the challenge id's own 16 bytes (factor || random: nothing
 to keep between the two calls), and the verification runs the product's
 :func:`hsm.internal_auth.check_internal_auth` (card key and session key derived in the token,
-the random encrypted, compared) on the product's HSM owner thread
-(:class:`api.context.HsmRunner`: the checks of one loop iteration handed over together), with
+the random encrypted, compared) the way the product runs it
+(:meth:`api.context.HsmRunner.run_short`: on the loop's thread when the HSM is free, else on
+the HSM owner thread, the checks of one loop iteration handed over together), with
 the card's key version and algorithm from the card read; a wrong answer says
 ``{"valid":false}`` (the bench counts it as a failure). That is the *floor with the HSM check*
 of issue 20.
@@ -104,8 +105,8 @@ class FloorApp:
         challenge = bytes.fromhex(req["challenge_id"])  # the floor's challenge is its id
         ref = CardKeyRef(cid, key_version=row.key_version, algorithm=Algorithm(row.algorithm))
         try:
-            await self.hsm.run(check_internal_auth, ref, challenge[:8], challenge[8:],
-                               bytes.fromhex(req["response"]))  # fmt: skip
+            await self.hsm.run_short(check_internal_auth, ref, challenge[:8], challenge[8:],
+                                     bytes.fromhex(req["response"]))  # fmt: skip
         except CryptogramMismatch:
             return False
         return True

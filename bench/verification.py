@@ -58,6 +58,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from array import array
 from dataclasses import dataclass
@@ -403,6 +404,8 @@ async def _generate(kind: str, port: int, seconds: float, spec: dict[str, Any]) 
         if values:
             out[f"{name}_p50_ms"] = _pct(values, 0.50)
             out[f"{name}_p99_ms"] = _pct(values, 0.99)
+            out[f"{name}_p999_ms"] = _pct(values, 0.999)
+            out[f"{name}_max_ms"] = round(max(values) * 1000.0, 2)
     return out
 
 
@@ -475,6 +478,31 @@ class _Procs:
         }
 
 
+def _connections_per_worker(server: int, port: int) -> list[int]:
+    """Established connections to ``port`` held by each process of the server's tree (its
+    uvicorn workers share one listening socket: which worker accepts a connection is a race,
+    and a worker with more of the benchmark's keep-alive connections serves each of them more
+    slowly), most first. From /proc: the workers' socket inodes against /proc/net/tcp."""
+    established: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                f = line.split()
+                if f[3] == "01" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                    established.add(f[9])
+    counts = []
+    for pid in _tree(server):
+        n = 0
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    n += target.startswith("socket:[") and target[8:-1] in established
+        if n:
+            counts.append(n)
+    return sorted(counts, reverse=True)
+
+
 def _children_cpu() -> float:
     import resource
 
@@ -503,13 +531,29 @@ def _run_generator(
     cmd = _generator_cmd(kind, port, seconds, spec_dir)
     if GEN_CPUS and shutil.which("taskset"):
         cmd = ["taskset", "-c", GEN_CPUS, *cmd]
+    split: list[int] = []  # connections per worker: the sample that saw the most of them
+    done = threading.Event()
+
+    def sample() -> None:  # every 0.5 s while the generator runs (it connects when ready)
+        while not done.wait(0.5):
+            got = _connections_per_worker(procs.server, port)
+            if sum(got) >= sum(split):
+                split[:] = got
+
+    sampler = threading.Thread(target=sample, daemon=True)
     before, gen_before = procs.snapshot(), _children_cpu()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
+    sampler.start()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
+    finally:
+        done.set()
+        sampler.join()
     after, gen_after = procs.snapshot(), _children_cpu()
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("YKT-RESULT ", "{"))]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"load generator failed: {proc.stdout[-1000:]} {proc.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(lines[-1].removeprefix("YKT-RESULT "))
+    result["connections_per_worker"] = split
     elapsed = result["elapsed"]
     result["per_s"] = result["count"] / elapsed
     for key in ("server", "postgres", "machine"):
@@ -750,6 +794,15 @@ def report(
         "challenge_p99_ms": verify.get("challenge_p99_ms"),
         "flow_p50_ms": verify.get("flow_p50_ms"),
         "flow_p99_ms": verify.get("flow_p99_ms"),
+        # the tail: p99.9 and the slowest of each kind, and how the connections were spread
+        # over the workers (design notes: docs/design/api.md, "The tail at 32 connections")
+        "verify_p999_ms": verify.get("verify_p999_ms"),
+        "verify_max_ms": verify.get("verify_max_ms"),
+        "challenge_p999_ms": verify.get("challenge_p999_ms"),
+        "challenge_max_ms": verify.get("challenge_max_ms"),
+        "flow_p999_ms": verify.get("flow_p999_ms"),
+        "flow_max_ms": verify.get("flow_max_ms"),
+        "connections_per_worker": verify.get("connections_per_worker"),
         "valid_verifications": verify["count"],
         "errors": verify["errors"],
         "invalid": verify["invalid"],
@@ -874,6 +927,12 @@ def _print(r: dict[str, Any], verify: dict[str, Any]) -> None:
         f"  latency ms  verify p50 {r['verify_p50_ms']} p99 {r['verify_p99_ms']} | challenge "
         f"p50 {r['challenge_p50_ms']} p99 {r['challenge_p99_ms']} | whole flow p50 "
         f"{r['flow_p50_ms']} p99 {r['flow_p99_ms']}"
+    )
+    print(
+        f"  tail ms     verify p99.9 {r['verify_p999_ms']} max {r['verify_max_ms']} | challenge "
+        f"p99.9 {r['challenge_p999_ms']} max {r['challenge_max_ms']} | whole flow p99.9 "
+        f"{r['flow_p999_ms']} max {r['flow_max_ms']}; connections per worker "
+        f"{r['connections_per_worker']}"
     )
     print(
         f"  CPU cores used: server {r['cores_server']}, PostgreSQL {r['cores_postgres']}, "

@@ -264,6 +264,69 @@ def test_hsm_runner_serves_loops_and_threads_in_batches() -> None:
     runner.shutdown()
 
 
+def test_hsm_runner_runs_a_short_call_on_the_loop_only_when_the_hsm_is_free() -> None:
+    """run_short: the first call opens the key service on the HSM thread; then the call runs
+    on the loop's thread under the PKCS#11 lock, except while another thread holds that lock
+    (queued for the HSM thread: the loop never waits for the lock) or after shutdown."""
+    import asyncio
+    import threading
+
+    from api.context import HsmRunner
+    from hsm.errors import HsmUnavailable
+    from hsm.pkcs11 import LOCK
+
+    opened_in: list[str] = []
+
+    class Service:
+        def __init__(self) -> None:
+            opened_in.append(threading.current_thread().name)
+
+        def where(self, n: int) -> tuple[str, bool, int]:
+            held = LOCK.acquire(blocking=False)  # re-entrant: True if this thread holds it
+            if held:
+                LOCK.release()
+            if n < 0:
+                raise ValueError("negative")
+            return threading.current_thread().name, held, n * n
+
+    runner = HsmRunner(lambda: Service())  # type: ignore[arg-type, return-value]
+    me = threading.current_thread().name
+
+    async def short(n: int) -> tuple[str, bool, int]:
+        return await runner.run_short(Service.where, n)
+
+    async def scenario() -> None:
+        assert (await short(2))[0] == "hsm"  # the service is opened on the HSM thread
+        assert opened_in == ["hsm"]
+        assert await short(3) == (me, True, 9)  # now on the loop's thread, under the lock
+        with pytest.raises(ValueError, match="negative"):
+            await short(-1)
+        taken, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with LOCK:
+                taken.set()
+                release.wait(10)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        taken.wait(10)
+        try:
+            where, _, square = await short(4)  # HSM busy: queued, the loop did not wait
+            assert (where, square) == ("hsm", 16)
+        finally:
+            release.set()
+            holder.join()
+        assert (await short(5))[0] == me
+        assert (await runner.run(Service.where, 6))[0] == "hsm"  # run: always the thread
+        runner.shutdown()
+        with pytest.raises(HsmUnavailable):
+            await short(7)
+
+    asyncio.run(scenario())
+    assert opened_in == ["hsm"]
+
+
 def test_replays_racing_for_one_challenge_verify_once(
     api_env: ApiEnv, card_and_chip: tuple[Card, InProcessReader]
 ) -> None:
