@@ -39,7 +39,13 @@ from issuance.bank import CardBankData, NoBankData
 from issuance.batches import dataprep, persofile
 from issuance.batches import items as bi
 from issuance.batches.adapters import BatchAdapters
-from issuance.batches.bureau import BureauFileWriter, card_body, mark_exported, signer_fingerprint
+from issuance.batches.bureau import (
+    BureauFileWriter,
+    CardBodyTemplate,
+    card_body,
+    mark_exported,
+    signer_fingerprint,
+)
 from issuance.db import make_engine, make_sessionmaker, transaction, with_retry
 from issuance.errors import ConflictError, IntegrityError, IssuanceError, ValidationError
 from issuance.models import (
@@ -121,6 +127,9 @@ class _Profile:
     templates: dict[tuple[tuple[str, ...], tuple[KeySlot, ...]], persofile.CardLineTemplate] = (
         field(default_factory=dict)
     )
+    bodies: dict[tuple[tuple[str, ...], tuple[KeySlot, ...]], CardBodyTemplate] = field(
+        default_factory=dict
+    )
 
     @classmethod
     def of(cls, profile: CardProfile) -> _Profile:
@@ -144,6 +153,14 @@ class _Profile:
                 [(slot.value, self.key_ids[slot]) for slot in slots],
                 [(spec.name, df, spec.ref) for df, spec in self.pins.specs],
             )  # fmt: skip
+        return tmpl
+
+    def body_template(self, files: tuple[str, ...], slots: tuple[KeySlot, ...]) -> CardBodyTemplate:
+        """The bureau card body template of cards with these files and exported slots."""
+        key = (files, slots)
+        tmpl = self.bodies.get(key)
+        if tmpl is None:
+            tmpl = self.bodies[key] = CardBodyTemplate(self.profile, files, slots)
         return tmpl
 
 
@@ -541,7 +558,7 @@ class Preparer:
                 else:
                     export, pin = keys
                     self._check(prof, card, pin, plan, n == 0)
-                    entries.append(self._bureau_entry(prof, card, ref, plan, export))
+                    entries.append(self._bureau_entry(prof, card, ref, plan, export, n == 0))
                 out.append(card)
         t1 = time.perf_counter()
         self.stats.cards_s += t1 - t0
@@ -674,14 +691,24 @@ class Preparer:
 
     def _bureau_entry(
         self, prof: _Profile, card: Prepared, ref: CardKeyRef, plan: dict[str, list[bytes]],
-        export: BureauExport,
+        export: BureauExport, check: bool,
     ) -> tuple[int, int, str, bytes]:  # fmt: skip
-        body = card_body(
-            card_id=card.row.card.id, chip_serial=card.chip_serial, cic=card.cic,
-            card_number=card.row.card.card_number, profile=prof.profile, ref=ref,
-            plan=plan, export=export,
+        """The card's bureau line body: the profile's :class:`CardBodyTemplate`; ``check`` (the
+        first card of a chunk): a guard (the proof is the Hypothesis test of
+        test_batch_dataprep_paths.py) that it is :func:`card_body`'s."""
+        row = card.row
+        body = prof.body_template(tuple(plan), tuple(export.wrapped)).body(
+            card_id=row.card.id, chip_serial=card.chip_serial, cic=card.cic,
+            card_number=row.card.card_number, ref=ref, records=list(plan.values()),
+            export=export,
         )  # fmt: skip
-        return card.row.item_id, card.row.card.id, card.chip_serial, body
+        if check and body != card_body(
+            card_id=row.card.id, chip_serial=card.chip_serial, cic=card.cic,
+            card_number=row.card.card_number, profile=prof.profile, ref=ref,
+            plan=plan, export=export,
+        ):  # fmt: skip
+            raise IntegrityError(f"card body template differs from card_body ({prof.profile.name})")
+        return row.item_id, row.card.id, card.chip_serial, body
 
     # step 3 --------------------------------------------------------------------------------
     def _commit(self, s: Session, cards: list[Prepared]) -> None:

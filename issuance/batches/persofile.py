@@ -122,7 +122,7 @@ class PersoRecord:
 _QUOTED: dict[str, str] = {}
 
 
-def _str(value: str) -> str:
+def json_str(value: str) -> str:
     """``json.dumps(value, ensure_ascii=False)``, without its per-call cost for the plain
     ASCII identifiers a card line is made of."""
     quoted = _QUOTED.get(value)
@@ -155,24 +155,24 @@ def card_line(
     """One card line (see the module docstring), built directly as text: the same JSON as
     ``json.dumps`` of the object, a few times faster (a line per card, millions per batch)."""
     f = ",".join(
-        f'{{"df":{_str(df)},"ef":{_str(ef)},"sfi":{sfi:d},"records":['
+        f'{{"df":{json_str(df)},"ef":{json_str(ef)},"sfi":{sfi:d},"records":['
         + ",".join(f'"{r.hex()}"' for r in recs)
         + "]}"
         for df, ef, sfi, recs in files
     )
     k = ",".join(
-        f'{{"slot":{_str(slot)},"key_id":{key_id:d},"payload":"{payload.hex()}"}}'
+        f'{{"slot":{json_str(slot)},"key_id":{key_id:d},"payload":"{payload.hex()}"}}'
         for slot, key_id, payload in keys
     )
     p = ",".join(
-        f'{{"name":{_str(name)},"df":{_str(df)},"ref":{ref:d},"payload":"{payload.hex()}"}}'
+        f'{{"name":{json_str(name)},"df":{json_str(df)},"ref":{ref:d},"payload":"{payload.hex()}"}}'
         for name, df, ref, payload in pins
     )
     return (
         f'{{"type":"card","seq":{seq:d},"item_id":{item_id:d},"card_id":{card_id:d},'
-        f'"chip_serial":{_str(chip_serial)},"cic":{_str(cic)},'
-        f'"card_number":{_str(card_number)},"profile":{_str(profile)},'
-        f'"algorithm":{_str(algorithm)},"key_version":{key_version:d},"files":[{f}],'
+        f'"chip_serial":{json_str(chip_serial)},"cic":{json_str(cic)},'
+        f'"card_number":{json_str(card_number)},"profile":{json_str(profile)},'
+        f'"algorithm":{json_str(algorithm)},"key_version":{key_version:d},"files":[{f}],'
         f'"kmc":"{kmc_wrapped.hex()}","keys":[{k}],"pins":[{p}]}}\n'
     ).encode()
 
@@ -191,16 +191,19 @@ class CardLineTemplate:
         pins: Sequence[tuple[str, str, int]],
     ) -> None:
         self._files = tuple(
-            f'{{"df":{_str(df)},"ef":{_str(ef)},"sfi":{sfi:d},"records":[' for df, ef, sfi in files
+            f'{{"df":{json_str(df)},"ef":{json_str(ef)},"sfi":{sfi:d},"records":['
+            for df, ef, sfi in files
         )
         self._keys = tuple(
-            f'{{"slot":{_str(slot)},"key_id":{key_id:d},"payload":"' for slot, key_id in keys
+            f'{{"slot":{json_str(slot)},"key_id":{key_id:d},"payload":"' for slot, key_id in keys
         )
         self._pins = tuple(
-            f'{{"name":{_str(name)},"df":{_str(df)},"ref":{ref:d},"payload":"'
+            f'{{"name":{json_str(name)},"df":{json_str(df)},"ref":{ref:d},"payload":"'
             for name, df, ref in pins
         )
-        self._profile = f'"profile":{_str(profile)},"algorithm":{_str(algorithm)},"key_version":'
+        self._profile = (
+            f'"profile":{json_str(profile)},"algorithm":{json_str(algorithm)},"key_version":'
+        )
 
     def line(
         self,
@@ -234,8 +237,8 @@ class CardLineTemplate:
         )
         return (
             f'{{"type":"card","seq":{seq:d},"item_id":{item_id:d},"card_id":{card_id:d},'
-            f'"chip_serial":{_str(chip_serial)},"cic":{_str(cic)},'
-            f'"card_number":{_str(card_number)},{self._profile}{key_version:d},"files":[{f}],'
+            f'"chip_serial":{json_str(chip_serial)},"cic":{json_str(cic)},'
+            f'"card_number":{json_str(card_number)},{self._profile}{key_version:d},"files":[{f}],'
             f'"kmc":"{kmc_wrapped.hex()}","keys":[{k}],"pins":[{p}]}}\n'
         ).encode()
 
