@@ -513,7 +513,8 @@ class Preparer:
         """Step 2 of a chunk: the cards made, their segment written (or lines sent to the
         bureau sink); what step 3 commits."""
         t0, c0 = time.perf_counter(), time.thread_time()
-        issue = self.today or date.today()
+        today = date.today()  # the holders' birth dates are checked against it
+        issue = self.today or today
         versions: dict[str, int] = {}
         out: list[Prepared] = []
         writer: persofile.SegmentWriter | None = None
@@ -531,8 +532,8 @@ class Preparer:
             for row in rows:
                 prof = self._profile(row.algorithm)
                 try:
-                    card, ref = self._card(prof, row, issue, versions)
-                    made.append((prof, card, ref, self._perso(prof, card)))
+                    card, ref, bank = self._card(prof, row, issue, versions)
+                    made.append((prof, card, ref, self._perso(prof, card, bank, today)))
                 except (InvalidIdentifier, EncodingError, NoBankData) as exc:
                     self._refuse(row, exc)
             c1 = time.thread_time()
@@ -589,9 +590,9 @@ class Preparer:
 
     def _card(
         self, prof: _Profile, row: Row, issue: date, versions: dict[str, int]
-    ) -> tuple[Prepared, CardKeyRef]:
-        """One card of the chunk: its chip (a new one, or the one recorded) and key
-        reference."""
+    ) -> tuple[Prepared, CardKeyRef, CardBankData | None]:
+        """One card of the chunk: its chip (a new one, or the one recorded), key reference and
+        bank data (:meth:`_bank`)."""
         if row.stage == S.SELECTED:
             version = versions.get(row.algorithm)
             if version is None:
@@ -607,9 +608,9 @@ class Preparer:
             card = Prepared(row, row.chip_serial, row.card_identification_code,
                             row.issue_date or issue, row.key_version,
                             prof.profile.name)  # fmt: skip
-        ref = dataprep.key_ref_of(card.cic, card.key_version, prof.profile.algorithm,
-                                  self._bank(row))  # fmt: skip
-        return card, ref
+        bank = self._bank(row)
+        ref = dataprep.key_ref_of(card.cic, card.key_version, prof.profile.algorithm, bank)
+        return card, ref, bank
 
     def _bank(self, row: Row) -> CardBankData | None:
         """The card's bank data (its bank's key domain from ``[banks.<code>]``); None when the
@@ -629,18 +630,20 @@ class Preparer:
             return cic
         return region_code + ids.CARD_ID_MARKER + serial.hex().upper()
 
-    def _perso(self, prof: _Profile, card: Prepared) -> dict[str, list[bytes]]:
+    def _perso(
+        self, prof: _Profile, card: Prepared, bank: CardBankData | None, today: date
+    ) -> dict[str, list[bytes]]:
         """The card's records (refused with :class:`InvalidIdentifier` or
         :class:`EncodingError` as :meth:`cardspec.perso.CardPersoData.validate` and the
-        encoders do)."""
+        encoders do; the holder's birth date checked against ``today``)."""
         row = card.row
         if row.stage != S.SELECTED:  # a new chip's code is well formed by construction
             ids.validate_card_identification_code(card.cic)
         ids.validate_card_number(row.card.card_number)
-        ids.validate_citizen_id(row.person.citizen_id)
+        ids.check_citizen_id(row.person.citizen_id, today=today)
         values = dataprep.perso_values(
             self.settings, row.card, row.person, row.application, card.cic, card.issue_date,
-            prof.profile, bank=self._bank(row),
+            prof.profile, bank=bank,
         )  # fmt: skip
         return prof.planner.plan_values(values)
 
