@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import multiprocessing
 import os
@@ -14,7 +15,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime
@@ -326,6 +327,24 @@ def database_thread(workers: int) -> bool:
     return 2 * workers <= (os.cpu_count() or 1)
 
 
+@contextlib.contextmanager
+def heap_frozen() -> Iterator[None]:
+    """The objects alive when a run starts (modules, the engine, the profiles: some 140,000 in
+    a worker) out of the cyclic garbage collector's sight for the run (:func:`gc.freeze`):
+    the cards' own objects live a chunk or two, so they reach the oldest generation, whose
+    collections then walk only what was made since instead of the whole heap (measured on
+    30,000 cards' records: the collector's time 16 -> 6 us a card). Given back at the end
+    (:func:`gc.unfreeze`, unless the caller had frozen objects): nothing that dies later
+    stays uncollected."""
+    already = gc.get_freeze_count()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        if not already:
+            gc.unfreeze()
+
+
 class Preparer:
     """One process's data preparation loop on one batch (see the module docstring)."""
 
@@ -398,6 +417,10 @@ class Preparer:
 
     # the loop ------------------------------------------------------------------------------
     def run(self) -> PrepStats:
+        with heap_frozen():
+            return self._run()
+
+    def _run(self) -> PrepStats:
         ops = hsm_prep.prep_ops(self.key_service, self.wrapping)
         if ops is None:
             raise IssuanceError("bulk data preparation needs a PKCS#11 key service (hsm.prep)")

@@ -353,3 +353,27 @@ def test_card_body_template_is_card_body_byte_for_byte(profile: CardProfile, dat
         assert json.loads(body)["keys"][0]["slot"] == KeySlot.KMC.value
     with pytest.raises(ValueError, match="template"):  # values of another shape
         tmpl.body(**card, ref=ref, records=[*plan.values(), []], export=export)
+
+
+def test_a_run_freezes_the_heap_it_found_and_gives_it_back() -> None:
+    """``bulkprep.heap_frozen`` (around every ``Preparer.run``): the objects alive at the start
+    frozen for the run, unfrozen after it, even when it fails; a heap frozen before stays so."""
+    import gc
+
+    from issuance.batches.bulkprep import heap_frozen
+
+    assert gc.get_freeze_count() == 0
+    with heap_frozen():
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(RuntimeError), heap_frozen():
+        raise RuntimeError("a failed run")
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        with heap_frozen():
+            pass
+        assert gc.get_freeze_count() >= before > 0  # the caller's freeze stays
+    finally:
+        gc.unfreeze()
