@@ -697,8 +697,8 @@ class Preparer:
         line = prof.template(tuple(plan), tuple(write)).line(
             seq, item_id=row.item_id, card_id=row.card.id, chip_serial=card.chip_serial,
             cic=card.cic, card_number=row.card.card_number, key_version=card.key_version,
-            records=list(plan.values()), kmc_wrapped=keys.kmc_wrapped,
-            key_payloads=list(write.values()), pin_payloads=keys.pin_payloads,
+            records=plan.values(), kmc_wrapped=keys.kmc_wrapped,
+            key_payloads=write.values(), pin_payloads=keys.pin_payloads,
         )  # fmt: skip
         if check and line != persofile.card_line(
             seq, item_id=row.item_id, card_id=row.card.id,

@@ -13,7 +13,7 @@ import os
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -204,6 +204,10 @@ class CardLineTemplate:
         self._profile = (
             f'"profile":{json_str(profile)},"algorithm":{json_str(algorithm)},"key_version":'
         )
+        # the same heads with the comma before every one but the first: the line is one join
+        self._file_heads = tuple(("," if i else "") + h for i, h in enumerate(self._files))
+        self._key_heads = tuple(("," if i else "") + h for i, h in enumerate(self._keys))
+        self._pin_heads = tuple(("," if i else "") + h for i, h in enumerate(self._pins))
 
     def line(
         self,
@@ -215,32 +219,33 @@ class CardLineTemplate:
         cic: str,
         card_number: str,
         key_version: int,
-        records: Sequence[Sequence[bytes]],
+        records: Collection[Sequence[bytes]],
         kmc_wrapped: bytes,
-        key_payloads: Sequence[bytes],
-        pin_payloads: Sequence[bytes],
+        key_payloads: Collection[bytes],
+        pin_payloads: Collection[bytes],
     ) -> bytes:
         """The card line: ``records`` of each file, ``key_payloads`` of each slot,
         ``pin_payloads`` of each PIN, in the template's order."""
         if not (len(records) == len(self._files) and len(key_payloads) == len(self._keys)
                 and len(pin_payloads) == len(self._pins)):  # fmt: skip
             raise ValueError("card line values do not match the template")
-        f = ",".join(
-            head + ('"' + '","'.join([r.hex() for r in recs]) + '"]}' if recs else "]}")
-            for head, recs in zip(self._files, records, strict=True)
-        )
-        k = ",".join(
-            [head + p.hex() + '"}' for head, p in zip(self._keys, key_payloads, strict=True)]
-        )
-        p = ",".join(
-            [head + p.hex() + '"}' for head, p in zip(self._pins, pin_payloads, strict=True)]
-        )
-        return (
+        parts = [
             f'{{"type":"card","seq":{seq:d},"item_id":{item_id:d},"card_id":{card_id:d},'
             f'"chip_serial":{json_str(chip_serial)},"cic":{json_str(cic)},'
-            f'"card_number":{json_str(card_number)},{self._profile}{key_version:d},"files":[{f}],'
-            f'"kmc":"{kmc_wrapped.hex()}","keys":[{k}],"pins":[{p}]}}\n'
-        ).encode()
+            f'"card_number":{json_str(card_number)},{self._profile}{key_version:d},"files":['
+        ]
+        add = parts.append
+        for head, recs in zip(self._file_heads, records, strict=True):
+            add(head)
+            add('"' + '","'.join([r.hex() for r in recs]) + '"]}' if recs else "]}")
+        add('],"kmc":"' + kmc_wrapped.hex() + '","keys":[')
+        for head, payload in zip(self._key_heads, key_payloads, strict=True):
+            add(head + payload.hex() + '"}')
+        add('],"pins":[')
+        for head, payload in zip(self._pin_heads, pin_payloads, strict=True):
+            add(head + payload.hex() + '"}')
+        add("]}\n")
+        return "".join(parts).encode()
 
 
 # --- writer -----------------------------------------------------------------------------------
