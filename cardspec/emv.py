@@ -184,7 +184,7 @@ def track2_equivalent(pan: str, expiry: date, service_code: str = SERVICE_CODE) 
     (CHOICE: none), padded with ``F`` to whole bytes."""
     if not pan.isdigit() or not 12 <= len(pan) <= 19:
         raise ValueError("PAN must be 12 to 19 digits")
-    text = f"{pan}D{expiry:%y%m}{service_code}"
+    text = f"{pan}D{expiry.year % 100:02d}{expiry.month:02d}{service_code}"  # YYMM: %y%m
     return (text + "F" * (len(text) % 2)).upper()
 
 

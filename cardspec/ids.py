@@ -24,6 +24,10 @@ EARLIEST_BIRTH_DATE = date(1900, 1, 1)
 _ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _ALNUM_VALUE = {ch: i for i, ch in enumerate(_ALNUM)}
 _HEX16 = re.compile(r"[0-9A-F]{16}")
+_CITIZEN_ID_ZEROS = 48 * sum(CITIZEN_ID_WEIGHTS)
+_BODY8 = re.compile(r"[0-9A-Z]{8}")
+#: each of 0-9 A-Z to the character whose code is its value (0..35)
+_ALNUM_CODES = str.maketrans({ch: chr(i) for i, ch in enumerate(_ALNUM)})
 
 
 def mask_citizen_id(value: str) -> str:
@@ -57,7 +61,9 @@ def citizen_id_check_char(first17: str) -> str:
     """ISO 7064 MOD 11-2 check character over the first 17 digits."""
     if len(first17) != 17 or not first17.isascii() or not first17.isdigit():
         raise InvalidIdentifier("citizen_id", "check needs exactly 17 digits")
-    total = sum(map(operator.mul, map(int, first17), CITIZEN_ID_WEIGHTS))
+    # each digit's value is its ASCII code less 48: summed over the codes, the 48s come off
+    # at once (the same sum, mod 11, as digit by digit)
+    total = sum(map(operator.mul, first17.encode(), CITIZEN_ID_WEIGHTS)) - _CITIZEN_ID_ZEROS
     return CITIZEN_ID_CHECK_MAP[total % 11]
 
 
@@ -83,6 +89,18 @@ def validate_region_code(code: str, *, strict: bool = False, field: str = "regio
 
 def validate_citizen_id(value: str, *, today: date | None = None) -> CitizenId:
     """Validate a GB 11643-1999 citizen ID number (a lowercase ``x`` is normalised)."""
+    return CitizenId(*_citizen_id_fields(value, today))
+
+
+def check_citizen_id(value: str, *, today: date | None = None) -> str:
+    """The checks of :func:`validate_citizen_id` (the same: raises the same
+    :class:`InvalidIdentifier`) without the :class:`CitizenId`: the normalised number (data
+    preparation checks every holder's number and needs nothing more)."""
+    return _citizen_id_fields(value, today)[0]
+
+
+def _citizen_id_fields(value: str, today: date | None) -> tuple[str, str, date, str]:
+    """The checks of a citizen ID number: (number, region code, birth date, sex)."""
     field = "citizen_id"
     if not isinstance(value, str):
         raise InvalidIdentifier(field, "must be a string")
@@ -110,21 +128,18 @@ def validate_citizen_id(value: str, *, today: date | None = None) -> CitizenId:
     if birth > (today or date.today()):
         raise InvalidIdentifier(field, "birth date is in the future")
     sex = "1" if int(body[16]) % 2 else "2"
-    return CitizenId(value=value, region_code=region, birth_date=birth, sex=sex)
-
-
-def _card_body_value(ch: str) -> int:
-    index = _ALNUM_VALUE.get(ch)
-    if index is None:
-        raise InvalidIdentifier("card_number", "characters must be 0-9 or A-Z")
-    return index
+    return value, region, birth, sex
 
 
 def card_number_check_char(body8: str) -> str:
     """Check character of a card number body (8 characters 0-9 A-Z)."""
     if len(body8) != 8:
         raise InvalidIdentifier("card_number", "body must be 8 characters")
-    total = sum(map(operator.mul, map(_card_body_value, body8), CARD_NUMBER_WEIGHTS))
+    if _BODY8.fullmatch(body8) is None:
+        raise InvalidIdentifier("card_number", "characters must be 0-9 or A-Z")
+    # the characters' values (0..35) as the codes of the translated text, summed in C
+    codes = body8.translate(_ALNUM_CODES).encode("ascii")
+    total = sum(map(operator.mul, codes, CARD_NUMBER_WEIGHTS))
     check = 11 - total % 11
     return "X" if check == 10 else "0" if check == 11 else str(check)
 
@@ -189,14 +204,21 @@ def chip_serial_of(card_identification_code: str) -> bytes:
 
 _LUHN_DOUBLED = {str(d): (2 * d if d < 5 else 2 * d - 9) for d in range(10)}
 _LUHN_PLAIN = {str(d): d for d in range(10)}
+_LUHN_DOUBLED_TEXT = str.maketrans({k: str(v) for k, v in _LUHN_DOUBLED.items()})
 
 
 def luhn_digit(body: str) -> str:
     """The Luhn check digit of ``body`` (ISO/IEC 7812-1 Annex B)."""
     rev = body[::-1]
-    total = sum(map(_LUHN_DOUBLED.__getitem__, rev[0::2])) + sum(
-        map(_LUHN_PLAIN.__getitem__, rev[1::2])
-    )
+    if rev.isascii() and rev.isdigit():
+        # digits: the doubled ones by their digit sums as text, then every digit's value as
+        # its ASCII code less 48, summed in C (the same total as digit by digit below)
+        total = (sum(rev[0::2].translate(_LUHN_DOUBLED_TEXT).encode())
+                 + sum(rev[1::2].encode()) - 48 * len(rev))  # fmt: skip
+    else:  # empty, or not digits (KeyError, as ever)
+        total = sum(map(_LUHN_DOUBLED.__getitem__, rev[0::2])) + sum(
+            map(_LUHN_PLAIN.__getitem__, rev[1::2])
+        )
     return str((10 - total % 10) % 10)
 
 

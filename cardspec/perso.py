@@ -21,7 +21,13 @@ from cardspec.cardops import (
     send,
 )
 from cardspec.crypto import CardCrypto
-from cardspec.errors import CardNotFoundError, CardStateError, EncodingError, ProfileError
+from cardspec.errors import (
+    CardNotFoundError,
+    CardStateError,
+    EncodingError,
+    ProfileError,
+    TlvError,
+)
 from cardspec.keyscheme import Algorithm, KeySlot
 from cardspec.profile import (
     DEFAULT_PROFILE,
@@ -176,51 +182,71 @@ class RecordPlanner:
     def __init__(self, profile: CardProfile) -> None:
         self.profile = profile
         self.files = [ef for _, ef in profile.files()]
-        #: per EF: [element, its memo (value -> TLV) or None once it proved unique]
+        #: per EF: [element, its memo (value -> TLV) or None once it proved unique, its tag's
+        #: encoding as a SIMPLE-TLV and as a BER-TLV object (None: a tag the encoders refuse),
+        #: its name, whether it is optional]
         self._memo: dict[str, list[list[Any]]] = {
-            ef.name: [[el, {}] for el in ef.elements] for ef in self.files
+            ef.name: [[el, {}, *_tag_heads(el.tag), el.name, el.optional] for el in ef.elements]
+            for ef in self.files
         }
         self._elements = {ef.name: frozenset(e.name for e in ef.elements) for ef in self.files}
         self._required = {
             ef.name: frozenset(e.name for e in ef.elements if not e.optional) for ef in self.files
         }
+        #: per EF in profile order: (name, EF, layout, its element names, the required ones)
+        self._plan = [
+            (ef.name, ef, ef.layout, self._elements[ef.name], self._required[ef.name])
+            for ef in self.files
+        ]
 
     @staticmethod
-    def _encoded(entry: list[Any], value: Any, simple: bool) -> bytes:
-        """The element's SIMPLE-TLV (``simple``) or BER-TLV of ``value``, remembered for text
-        and dates (of exactly these types: equal values of other types may encode apart)."""
-        el, memo = entry
-        remember = memo is not None and (type(value) is str or type(value) is date)
-        hit = memo.get(value) if remember else None
-        if hit is None:
-            raw = el.encode(value)
+    def _fresh(entry: list[Any], value: Any, simple: bool, remember: bool) -> bytes:
+        """The element's SIMPLE-TLV (``simple``) or BER-TLV of ``value``, not remembered yet;
+        remembered now with ``remember`` (text and dates, of exactly these types: equal values
+        of other types may encode apart)."""
+        el = entry[0]
+        raw = el.encode(value)
+        head = entry[2] if simple else entry[3]
+        if head is not None and len(raw) < 0x7F:  # the tag and a one-byte length
+            hit: bytes = head + _LENGTHS[len(raw)] + raw
+        else:
             hit = tlv.simple_encode(el.tag, raw) if simple else tlv.encode(el.tag, raw)
-            if remember:
-                if len(memo) >= RecordPlanner._MAX_VALUES:
-                    entry[1] = None
-                else:
-                    memo[value] = hit
-        return cast(bytes, hit)
+        if remember:
+            memo = entry[1]
+            if len(memo) >= RecordPlanner._MAX_VALUES:
+                entry[1] = None
+            else:
+                memo[value] = hit
+        return hit
 
     def _simple(self, ef: ElementaryFile, values: Mapping[str, Any]) -> list[bytes]:
-        out = []
+        out: list[bytes] = []
+        append, get, fresh = out.append, values.get, self._fresh
         for entry in self._memo[ef.name]:
-            value = values.get(entry[0].name)
-            memo = entry[1]  # a remembered value read here, the rest in _encoded
-            kind = type(value)
-            hit = memo.get(value) if memo is not None and (kind is str or kind is date) else None
-            out.append(hit if hit is not None else self._encoded(entry, value, True))
+            value = get(entry[4])
+            memo = entry[1]
+            if memo is not None and (type(value) is str or type(value) is date):
+                hit = memo.get(value)
+                append(hit if hit is not None else fresh(entry, value, True, True))
+            else:
+                append(fresh(entry, value, True, False))
         return out
 
     def _emv(self, ef: ElementaryFile, values: Mapping[str, Any]) -> list[bytes]:
-        parts = []
+        parts: list[bytes] = []
+        append, get, fresh = parts.append, values.get, self._fresh
         for entry in self._memo[ef.name]:
-            el = entry[0]
-            value = values.get(el.name)
-            if el.optional and value in (None, ""):
+            value = get(entry[4])
+            if entry[5] and value in (None, ""):
                 continue
-            parts.append(self._encoded(entry, value, False))
-        record = tlv.encode(0x70, b"".join(parts))
+            memo = entry[1]
+            if memo is not None and (type(value) is str or type(value) is date):
+                hit = memo.get(value)
+                append(hit if hit is not None else fresh(entry, value, False, True))
+            else:
+                append(fresh(entry, value, False, False))
+        body = b"".join(parts)
+        record = _TEMPLATE + tlv.encode_length(len(body)) + body  # tlv.encode(0x70, body)
         if len(record) > ef.record_size:
             raise EncodingError(ef.name, f"record of {len(record)} bytes exceeds {ef.record_size}")
         return [record]
@@ -233,9 +259,9 @@ class RecordPlanner:
             unknown = sorted(values.keys() - self._elements.keys())
             raise ProfileError(f"no EF {unknown[0]!r} in profile {self.profile.name}")
         out: dict[str, list[bytes]] = {}
-        for ef in self.files:
-            name = ef.name
-            vals = values.get(name)
+        get = values.get
+        for name, ef, layout, elements, required in self._plan:
+            vals = get(name)
             if vals is None:
                 if name == "SFI01":
                     raise ProfileError(
@@ -243,11 +269,10 @@ class RecordPlanner:
                         "financial data or use a profile without it"
                     )
                 continue
-            known = vals.keys() <= self._elements[name]
-            if ef.layout is RecordLayout.SIMPLE_TLV and known:
+            keys = vals.keys()
+            if layout is RecordLayout.SIMPLE_TLV and keys <= elements:
                 out[name] = self._simple(ef, vals)
-            elif (ef.layout is RecordLayout.EMV_TEMPLATE and known
-                  and self._required[name] <= vals.keys()):  # fmt: skip
+            elif layout is RecordLayout.EMV_TEMPLATE and keys <= elements and required <= keys:
                 out[name] = self._emv(ef, vals)
             else:
                 out[name] = encode_records(ef, vals)
@@ -255,6 +280,20 @@ class RecordPlanner:
 
 
 _PLANNERS: dict[int, RecordPlanner] = {}
+_LENGTHS = tuple(bytes((n,)) for n in range(0x7F))
+_TEMPLATE = tlv.tag_bytes(0x70)  # EMV's record template
+
+
+def _tag_heads(tag: int) -> tuple[bytes | None, bytes | None]:
+    """A tag's first bytes of a SIMPLE-TLV and of a BER-TLV object (as
+    :func:`cardspec.tlv.simple_encode` and :func:`cardspec.tlv.encode` write them for a value
+    shorter than 127 bytes); None for a tag they refuse (the planner leaves it to them)."""
+    simple = bytes((tag,)) if 0x01 <= tag <= 0xFE else None
+    try:
+        ber: bytes | None = tlv.tag_bytes(tag)
+    except TlvError:
+        ber = None
+    return simple, ber
 
 
 def planner(profile: CardProfile) -> RecordPlanner:

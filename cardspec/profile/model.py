@@ -391,6 +391,10 @@ class CardProfile:
 # --- element encoding --------------------------------------------------------------------------
 
 
+#: 0..99 as one BCD byte
+_BCD = tuple(int(f"{i:02d}", 16) for i in range(100))
+
+
 def _digits(el: Element, value: Any) -> str:
     text = str(value)
     if not text.isascii() or not text.isdigit():
@@ -428,7 +432,13 @@ def encode_value(el: Element, value: Any) -> bytes:
     if fmt is Fmt.DATE or fmt is Fmt.DATE6:
         if not isinstance(value, date):
             raise EncodingError(el.name, "must be a date")
-        return bytes.fromhex(value.strftime("%Y%m%d" if fmt is Fmt.DATE else "%y%m%d"))
+        year = value.year
+        if year < 1000:  # strftime's own (unpadded) year, as ever
+            return bytes.fromhex(value.strftime("%Y%m%d" if fmt is Fmt.DATE else "%y%m%d"))
+        # BCD of YYYYMMDD / YYMMDD (strftime's digits, without its formatting cost)
+        if fmt is Fmt.DATE:
+            return bytes((_BCD[year // 100], _BCD[year % 100], _BCD[value.month], _BCD[value.day]))
+        return bytes((_BCD[year % 100], _BCD[value.month], _BCD[value.day]))
     if fmt is Fmt.HEX:
         try:
             raw = bytes.fromhex(str(value))

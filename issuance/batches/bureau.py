@@ -32,7 +32,7 @@ from hsm.errors import SignatureInvalid
 from hsm.export import BureauExport, FileKek
 from hsm.service import BureauExporter, CardKeyRef, KeyService, verify_signature
 from issuance import audit, lifecycle
-from issuance.batches.persofile import BureauFileInvalid, RecordFile, bureau_personalise
+from issuance.batches.persofile import BureauFileInvalid, RecordFile, bureau_personalise, json_str
 from issuance.errors import ConflictError, IntegrityError, NotFound, ValidationError
 from issuance.models import AuditEvent, BatchItem, BatchStage, utcnow
 from printers.prepared import PreparedCard
@@ -198,6 +198,84 @@ def card_body(
             ],
         }
     )  # fmt: skip
+
+
+def _fragment(obj: Mapping[str, Any]) -> str:
+    """``_dumps(obj)`` as text without its closing ``}`` and newline: the start of an object
+    whose further members a template appends."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))[:-1]
+
+
+class CardBodyTemplate:
+    """:func:`card_body` for the cards of one shape (profile, the files in their order, the
+    exported key slots in theirs): the profile looked up once and the JSON around the
+    per-card values made once (the key specs, file paths and PIN specs are the same for every
+    card of a batch). The same bytes as :func:`card_body` (a Hypothesis test, and data
+    preparation checks the first card of each chunk)."""
+
+    def __init__(
+        self, profile: CardProfile, files: Sequence[str], slots: Sequence[KeySlot]
+    ) -> None:
+        key_specs = {spec.slot: (df, spec) for df, spec in profile.key_specs()}
+        ef_paths = {ef.name: (df, ef.sfi) for df, ef in profile.files()}
+        self.files = tuple(files)
+        #: the exported slots as :func:`card_body` orders them: KMC first
+        self.export_slots = tuple(slots)
+        self.slots = (KeySlot.KMC, *(s for s in self.export_slots if s is not KeySlot.KMC))
+        self._profile = _fragment({"profile": profile.name})[1:]
+        self._files = tuple(
+            _fragment({"df": ef_paths[name][0], "ef": name, "sfi": ef_paths[name][1]})
+            + ',"records":['
+            for name in self.files
+        )
+        self._keys = tuple(
+            _fragment({"slot": slot.value, "df": key_specs[slot][0],
+                       "key_id": key_specs[slot][1].key_id}) + ',"wrapped":"'
+            for slot in self.slots
+        )  # fmt: skip
+        self._pins = tuple(
+            _fragment({"name": spec.name, "df": df, "ref": spec.ref,
+                       "under": KeySlot.KMC.value}) + ',"encrypted":"'
+            for df, spec in profile.pin_specs()
+        )  # fmt: skip
+
+    def body(
+        self,
+        *,
+        card_id: int,
+        chip_serial: str,
+        cic: str,
+        card_number: str,
+        ref: CardKeyRef,
+        records: Sequence[Sequence[bytes]],
+        export: BureauExport,
+    ) -> bytes:
+        """The card body of :func:`card_body`: ``records`` of each of the template's files in
+        its order, ``export`` with the template's slots (in their order)."""
+        if len(records) != len(self._files) or tuple(export.wrapped) != self.export_slots:
+            raise ValueError("card body values do not match the template")
+        wrapped, kcvs = export.wrapped, export.kcvs
+        f = ",".join(
+            [head + ('"' + '","'.join([r.hex() for r in recs]) + '"]}' if recs else "]}")
+             for head, recs in zip(self._files, records, strict=True)]
+        )  # fmt: skip
+        k = ",".join(
+            [head + wrapped[slot].hex() + '","kcv":"' + kcvs[slot].hex() + '"}'
+             for head, slot in zip(self._keys, self.slots, strict=True)]
+        )  # fmt: skip
+        p = ",".join(
+            [
+                head + enc.hex() + '"}'
+                for head, enc in zip(self._pins, export.encrypted, strict=True)
+            ]
+        )
+        return (
+            f'{{"card_id":{card_id:d},"chip_serial":{json_str(chip_serial.upper())},'
+            f'"cic":{json_str(cic)},"card_number":{json_str(card_number)},{self._profile},'
+            f'"algorithm":{json_str(ref.algorithm.value)},"key_version":{ref.key_version:d},'
+            f'"files":[{f}],"keys":[{k}],"klk":{{"wrapped":"{export.klk_wrapped.hex()}",'
+            f'"kcv":"{export.klk_kcv.hex()}"}},"pins":[{p}]}}\n'
+        ).encode()
 
 
 class _CardEncoder:

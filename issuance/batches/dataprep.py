@@ -305,6 +305,7 @@ def perso_data(
     return perso.from_values(values, pin, bank_pin=bank_pin)
 
 
+@functools.lru_cache(maxsize=64)  # a batch's cards share their issue date
 def _add_years(d: date, years: int) -> date:
     try:
         return d.replace(year=d.year + years)

@@ -13,7 +13,7 @@ import os
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,7 +122,7 @@ class PersoRecord:
 _QUOTED: dict[str, str] = {}
 
 
-def _str(value: str) -> str:
+def json_str(value: str) -> str:
     """``json.dumps(value, ensure_ascii=False)``, without its per-call cost for the plain
     ASCII identifiers a card line is made of."""
     quoted = _QUOTED.get(value)
@@ -155,24 +155,24 @@ def card_line(
     """One card line (see the module docstring), built directly as text: the same JSON as
     ``json.dumps`` of the object, a few times faster (a line per card, millions per batch)."""
     f = ",".join(
-        f'{{"df":{_str(df)},"ef":{_str(ef)},"sfi":{sfi:d},"records":['
+        f'{{"df":{json_str(df)},"ef":{json_str(ef)},"sfi":{sfi:d},"records":['
         + ",".join(f'"{r.hex()}"' for r in recs)
         + "]}"
         for df, ef, sfi, recs in files
     )
     k = ",".join(
-        f'{{"slot":{_str(slot)},"key_id":{key_id:d},"payload":"{payload.hex()}"}}'
+        f'{{"slot":{json_str(slot)},"key_id":{key_id:d},"payload":"{payload.hex()}"}}'
         for slot, key_id, payload in keys
     )
     p = ",".join(
-        f'{{"name":{_str(name)},"df":{_str(df)},"ref":{ref:d},"payload":"{payload.hex()}"}}'
+        f'{{"name":{json_str(name)},"df":{json_str(df)},"ref":{ref:d},"payload":"{payload.hex()}"}}'
         for name, df, ref, payload in pins
     )
     return (
         f'{{"type":"card","seq":{seq:d},"item_id":{item_id:d},"card_id":{card_id:d},'
-        f'"chip_serial":{_str(chip_serial)},"cic":{_str(cic)},'
-        f'"card_number":{_str(card_number)},"profile":{_str(profile)},'
-        f'"algorithm":{_str(algorithm)},"key_version":{key_version:d},"files":[{f}],'
+        f'"chip_serial":{json_str(chip_serial)},"cic":{json_str(cic)},'
+        f'"card_number":{json_str(card_number)},"profile":{json_str(profile)},'
+        f'"algorithm":{json_str(algorithm)},"key_version":{key_version:d},"files":[{f}],'
         f'"kmc":"{kmc_wrapped.hex()}","keys":[{k}],"pins":[{p}]}}\n'
     ).encode()
 
@@ -191,16 +191,23 @@ class CardLineTemplate:
         pins: Sequence[tuple[str, str, int]],
     ) -> None:
         self._files = tuple(
-            f'{{"df":{_str(df)},"ef":{_str(ef)},"sfi":{sfi:d},"records":[' for df, ef, sfi in files
+            f'{{"df":{json_str(df)},"ef":{json_str(ef)},"sfi":{sfi:d},"records":['
+            for df, ef, sfi in files
         )
         self._keys = tuple(
-            f'{{"slot":{_str(slot)},"key_id":{key_id:d},"payload":"' for slot, key_id in keys
+            f'{{"slot":{json_str(slot)},"key_id":{key_id:d},"payload":"' for slot, key_id in keys
         )
         self._pins = tuple(
-            f'{{"name":{_str(name)},"df":{_str(df)},"ref":{ref:d},"payload":"'
+            f'{{"name":{json_str(name)},"df":{json_str(df)},"ref":{ref:d},"payload":"'
             for name, df, ref in pins
         )
-        self._profile = f'"profile":{_str(profile)},"algorithm":{_str(algorithm)},"key_version":'
+        self._profile = (
+            f'"profile":{json_str(profile)},"algorithm":{json_str(algorithm)},"key_version":'
+        )
+        # the same heads with the comma before every one but the first: the line is one join
+        self._file_heads = tuple(("," if i else "") + h for i, h in enumerate(self._files))
+        self._key_heads = tuple(("," if i else "") + h for i, h in enumerate(self._keys))
+        self._pin_heads = tuple(("," if i else "") + h for i, h in enumerate(self._pins))
 
     def line(
         self,
@@ -212,32 +219,33 @@ class CardLineTemplate:
         cic: str,
         card_number: str,
         key_version: int,
-        records: Sequence[Sequence[bytes]],
+        records: Collection[Sequence[bytes]],
         kmc_wrapped: bytes,
-        key_payloads: Sequence[bytes],
-        pin_payloads: Sequence[bytes],
+        key_payloads: Collection[bytes],
+        pin_payloads: Collection[bytes],
     ) -> bytes:
         """The card line: ``records`` of each file, ``key_payloads`` of each slot,
         ``pin_payloads`` of each PIN, in the template's order."""
         if not (len(records) == len(self._files) and len(key_payloads) == len(self._keys)
                 and len(pin_payloads) == len(self._pins)):  # fmt: skip
             raise ValueError("card line values do not match the template")
-        f = ",".join(
-            head + ('"' + '","'.join([r.hex() for r in recs]) + '"]}' if recs else "]}")
-            for head, recs in zip(self._files, records, strict=True)
-        )
-        k = ",".join(
-            [head + p.hex() + '"}' for head, p in zip(self._keys, key_payloads, strict=True)]
-        )
-        p = ",".join(
-            [head + p.hex() + '"}' for head, p in zip(self._pins, pin_payloads, strict=True)]
-        )
-        return (
+        parts = [
             f'{{"type":"card","seq":{seq:d},"item_id":{item_id:d},"card_id":{card_id:d},'
-            f'"chip_serial":{_str(chip_serial)},"cic":{_str(cic)},'
-            f'"card_number":{_str(card_number)},{self._profile}{key_version:d},"files":[{f}],'
-            f'"kmc":"{kmc_wrapped.hex()}","keys":[{k}],"pins":[{p}]}}\n'
-        ).encode()
+            f'"chip_serial":{json_str(chip_serial)},"cic":{json_str(cic)},'
+            f'"card_number":{json_str(card_number)},{self._profile}{key_version:d},"files":['
+        ]
+        add = parts.append
+        for head, recs in zip(self._file_heads, records, strict=True):
+            add(head)
+            add('"' + '","'.join([r.hex() for r in recs]) + '"]}' if recs else "]}")
+        add('],"kmc":"' + kmc_wrapped.hex() + '","keys":[')
+        for head, payload in zip(self._key_heads, key_payloads, strict=True):
+            add(head + payload.hex() + '"}')
+        add('],"pins":[')
+        for head, payload in zip(self._pin_heads, pin_payloads, strict=True):
+            add(head + payload.hex() + '"}')
+        add("]}\n")
+        return "".join(parts).encode()
 
 
 # --- writer -----------------------------------------------------------------------------------

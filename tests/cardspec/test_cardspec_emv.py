@@ -5,8 +5,12 @@ response parsed with pyemv's TLV decoder."""
 
 from __future__ import annotations
 
+from datetime import date
+
 import pytest
 from cardspec_helpers import INITIAL_PIN, PAN, PSN, masters, personalised_card
+from hypothesis import given
+from hypothesis import strategies as st
 from pyemv import ac as emv_ac
 from pyemv import kd, sm
 from pyemv import tlv as emv_tlv
@@ -262,3 +266,14 @@ def test_financial_record_track2_and_older_cards() -> None:
     ))  # fmt: skip
     with pytest.raises(EncodingError):
         decode_financial([forged])
+
+
+@given(
+    pan=st.from_regex(r"[0-9]{12,19}", fullmatch=True),
+    expiry=st.dates(),
+    service=st.from_regex(r"[0-9]{3}", fullmatch=True),
+)
+def test_track2_equivalent_is_pan_d_yymm_service_code(pan: str, expiry: date, service: str) -> None:
+    """The expiry as YYMM by arithmetic is ``strftime("%y%m")``'s, for every date."""
+    text = f"{pan}D{expiry.strftime('%y%m')}{service}"
+    assert emv.track2_equivalent(pan, expiry, service) == (text + "F" * (len(text) % 2)).upper()

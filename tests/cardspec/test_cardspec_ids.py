@@ -136,3 +136,70 @@ def test_region_codes() -> None:
 def test_mask() -> None:
     assert ids.mask_citizen_id("33010219900101123X") == "3301**********123X"
     assert ids.mask_citizen_id("1234") == "****"
+
+
+# --- the check characters summed in C (ASCII codes) against the textbook digit-by-digit sums --
+
+
+_ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _mod11_2(first17: str) -> str:
+    """GB 11643 / ISO 7064 MOD 11-2, digit by digit (the reference)."""
+    total = sum(int(c) * w for c, w in zip(first17, ids.CITIZEN_ID_WEIGHTS, strict=True))
+    return "10X98765432"[total % 11]
+
+
+def _card_check(body8: str) -> str:
+    total = sum(_ALNUM.index(c) * w for c, w in zip(body8, ids.CARD_NUMBER_WEIGHTS, strict=True))
+    check = 11 - total % 11
+    return "X" if check == 10 else "0" if check == 11 else str(check)
+
+
+def _luhn(body: str) -> str:
+    """ISO/IEC 7812-1 Annex B, digit by digit from the right (the reference)."""
+    total = 0
+    for i, c in enumerate(reversed(body)):
+        d = int(c) * (2 if i % 2 == 0 else 1)
+        total += d - 9 if d > 9 else d
+    return str((10 - total % 10) % 10)
+
+
+_NOT_BODY = st.text(min_size=8, max_size=8).filter(lambda s: not all(c in _ALNUM for c in s))
+
+
+@given(
+    first17=st.from_regex(r"[0-9]{17}", fullmatch=True),
+    body8=st.from_regex(r"[0-9A-Z]{8}", fullmatch=True),
+    pan=st.from_regex(r"[0-9]{0,25}", fullmatch=True),
+    bad=_NOT_BODY,
+)
+def test_check_characters_are_the_digit_by_digit_sums(
+    first17: str, body8: str, pan: str, bad: str
+) -> None:
+    assert ids.citizen_id_check_char(first17) == _mod11_2(first17)
+    assert ids.card_number_check_char(body8) == _card_check(body8)
+    assert ids.luhn_digit(pan) == _luhn(pan)
+    assert ids.luhn_ok(pan + _luhn(pan)) is (len(pan) >= 1)
+    with pytest.raises(InvalidIdentifier, match="0-9 or A-Z"):
+        ids.card_number_check_char(bad)
+    with pytest.raises(KeyError):  # not digits: as ever
+        ids.luhn_digit(pan + "a")
+
+
+@given(
+    value=st.from_regex(r"[0-9]{17}[0-9Xx]", fullmatch=True)
+    | st.text(max_size=20)
+    | st.sampled_from([SAMPLE_ID, SAMPLE_ID.lower(), "110105194912310021"]),
+    today=st.none() | st.dates(date(1900, 1, 1), date(2100, 1, 1)),
+)
+def test_check_citizen_id_is_validate_citizen_id_without_the_object(value: str, today) -> None:
+    try:
+        expected: object = ids.validate_citizen_id(value, today=today).value
+    except InvalidIdentifier as exc:
+        expected = str(exc)
+    try:
+        got: object = ids.check_citizen_id(value, today=today)
+    except InvalidIdentifier as exc:
+        got = str(exc)
+    assert got == expected

@@ -311,3 +311,69 @@ def test_a_missing_ethnicity_is_refused_by_both_paths_never_defaulted() -> None:
         dataprep.perso_values(_SETTINGS, card, person, None, cic, issue, profile)
     assert [p.field for p in general.value.problems] == ["ethnicity"]
     assert str(fast.value) == str(general.value)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(profile=st.sampled_from(_PROFILES), data=st.data())
+def test_card_body_template_is_card_body_byte_for_byte(profile: CardProfile, data: Any) -> None:
+    """The bureau card body template (data preparation's per-card path) against
+    :func:`bureau.card_body` (``json.dumps`` of the documented object), over random files,
+    exported slots, records, keys and identifiers: the same bytes."""
+    from cardspec.keyscheme import Algorithm, KeySlot
+    from hsm.export import BureauExport
+    from hsm.service import CardKeyRef
+    from issuance.batches.bureau import CardBodyTemplate, card_body
+
+    names = [ef.name for _, ef in profile.files()]
+    files = data.draw(st.permutations(names).flatmap(lambda n: st.just(n[: len(n) // 2 + 1])))
+    others = [spec.slot for _, spec in profile.key_specs() if spec.slot is not KeySlot.KMC]
+    chosen = data.draw(st.lists(st.sampled_from(others), unique=True, max_size=len(others)))
+    slots = tuple(data.draw(st.permutations([KeySlot.KMC, *chosen])))
+    tmpl = CardBodyTemplate(profile, files, slots)
+    pins = len(list(profile.pin_specs()))
+    for _ in range(data.draw(st.integers(1, 3))):
+        plan = {name: data.draw(st.lists(_BLOBS, max_size=4)) for name in files}
+        export = BureauExport(
+            {slot: data.draw(_BLOBS) for slot in slots},
+            {slot: data.draw(_BLOBS) for slot in slots},
+            tuple(data.draw(_BLOBS) for _ in range(pins)),
+            data.draw(st.integers(0, 99)),
+            data.draw(_BLOBS),
+            data.draw(_BLOBS),
+        )
+        ref = CardKeyRef(data.draw(_IDS), data.draw(_COUNT), data.draw(st.sampled_from(Algorithm)))
+        card = {
+            "card_id": data.draw(_COUNT),
+            "chip_serial": data.draw(_IDS),
+            "cic": data.draw(_IDS),
+            "card_number": data.draw(_IDS),
+        }
+        body = tmpl.body(**card, ref=ref, records=list(plan.values()), export=export)
+        assert body == card_body(**card, profile=profile, ref=ref, plan=plan, export=export)
+        assert json.loads(body)["keys"][0]["slot"] == KeySlot.KMC.value
+    with pytest.raises(ValueError, match="template"):  # values of another shape
+        tmpl.body(**card, ref=ref, records=[*plan.values(), []], export=export)
+
+
+def test_a_run_freezes_the_heap_it_found_and_gives_it_back() -> None:
+    """``bulkprep.heap_frozen`` (around every ``Preparer.run``): the objects alive at the start
+    frozen for the run, unfrozen after it, even when it fails; a heap frozen before stays so."""
+    import gc
+
+    from issuance.batches.bulkprep import heap_frozen
+
+    assert gc.get_freeze_count() == 0
+    with heap_frozen():
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(RuntimeError), heap_frozen():
+        raise RuntimeError("a failed run")
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        with heap_frozen():
+            pass
+        assert gc.get_freeze_count() >= before > 0  # the caller's freeze stays
+    finally:
+        gc.unfreeze()
