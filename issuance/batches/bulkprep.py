@@ -729,11 +729,15 @@ class Preparer:
             ", station = NULL, lease_owner = NULL, lease_expires_at = NULL"
         )
         if pg:
+            # the items found by their ids (the primary key), each one's serial looked up in
+            # the array: no join for the planner to get wrong (a join with ``unnest`` was
+            # planned as a nested loop over a scan of the table, every item of the chunk
+            # compared with every id: 85 ms a chunk of 500 on a 12,000-item table, measured)
             done = conn.exec_driver_sql(
-                f"UPDATE batch_items AS i SET {sets}, chip_serial = v.serial "
-                "FROM unnest(%s::bigint[], %s::varchar[]) AS v(id, serial) "
-                "WHERE i.id = v.id AND i.lease_owner = %s AND i.stage = %s",
-                (*head, new_ids, [c.chip_serial for c in new], self.owner, frm),
+                f"UPDATE batch_items SET {sets}, "
+                "chip_serial = (%s::varchar[])[array_position(%s::bigint[], id::bigint)] "
+                "WHERE id = ANY(%s::bigint[]) AND lease_owner = %s AND stage = %s",
+                (*head, [c.chip_serial for c in new], new_ids, new_ids, self.owner, frm),
             )  # fmt: skip
         else:  # SQLite: one executemany in process (its rowcount is the sum)
             done = conn.exec_driver_sql(
