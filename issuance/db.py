@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -163,6 +163,41 @@ def flush(session: Session) -> None:
                 "another user changed this record at the same time; reload and retry"
             ) from exc
         raise
+
+
+def bind_value(conn: sa.Connection, type_: Any, value: Any) -> Any:
+    """``value`` as the driver takes it for a column of ``type_`` (SQLite stores datetimes as
+    text in SQLAlchemy's format): for :func:`insert_rows` and driver-level statements."""
+    proc = type_.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    return proc(value) if proc is not None else value
+
+
+def copies(conn: sa.Connection) -> bool:
+    """Whether :func:`insert_rows` can ``COPY`` on this connection (PostgreSQL with psycopg)."""
+    return conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
+
+
+def insert_rows(
+    conn: sa.Connection, table: sa.Table, cols: Sequence[str], rows: list[tuple[Any, ...]],
+    *, copy: bool = False,
+) -> None:  # fmt: skip
+    """Many rows in one driver-level ``executemany`` INSERT (no per-row work in SQLAlchemy: the
+    values are already what the driver takes, :func:`bind_value`; the bulk paths of a
+    million-card batch). ``copy`` (:func:`copies`): ``COPY ... FROM STDIN`` in the same
+    transaction, a fraction of the server's work per row of an INSERT statement each."""
+    if copy:
+        raw: Any = conn.connection.driver_connection
+        with (
+            raw.cursor() as cur,
+            cur.copy(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as out,
+        ):
+            for row in rows:
+                out.write_row(row)
+        return
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES "
+           f"({', '.join(mark for _ in cols)})")  # fmt: skip
+    conn.exec_driver_sql(sql, rows)
 
 
 @contextmanager

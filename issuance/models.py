@@ -340,7 +340,9 @@ class Batch(Base):
 
 class BatchItem(Base):
     """One card of a batch: its stage, attempts and the worker lease (claimed with
-    ``FOR UPDATE SKIP LOCKED`` on PostgreSQL)."""
+    ``FOR UPDATE SKIP LOCKED`` on PostgreSQL). On PostgreSQL the table has ``fillfactor = 40``
+    (migration 0023): the lease write changes no indexed column and finds room on its page, a
+    HOT update (no index touched)."""
 
     __tablename__ = "batch_items"
     #: (batch, stage, id): claims are index range scans in id order (migration 0010)
@@ -364,7 +366,8 @@ class BatchItem(Base):
     #: SHA-256 of the face data as rendered and printed (fields + photo hash; migration 0005).
     face_sha256: Mapped[str | None] = mapped_column(sa.String(64))
     #: ``file_id`` of the bureau file the card was exported in (stage ``at_bureau``; 0005).
-    bureau_file_id: Mapped[str | None] = mapped_column(sa.String(32), index=True)
+    #: Not indexed (migration 0023): read only beside ``card_id``, whose unique index finds it.
+    bureau_file_id: Mapped[str | None] = mapped_column(sa.String(32))
     collection_point_id: Mapped[int | None] = mapped_column(sa.ForeignKey("agencies.id"))
     last_error: Mapped[str | None] = mapped_column(sa.String(500))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -47,7 +47,15 @@ from issuance.batches.bureau import (
     mark_exported,
     signer_fingerprint,
 )
-from issuance.db import make_engine, make_sessionmaker, transaction, with_retry
+from issuance.db import (
+    bind_value,
+    copies,
+    insert_rows,
+    make_engine,
+    make_sessionmaker,
+    transaction,
+    with_retry,
+)
 from issuance.errors import ConflictError, IntegrityError, IssuanceError, ValidationError
 from issuance.models import (
     Agency,
@@ -761,12 +769,12 @@ class Preparer:
         issue = {c.issue_date for c in new}
         assert len(issue) == 1, "one issue date per chunk"
         conn = s.connection()
-        pg = conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
-        at = _bind(conn, sa.DateTime(), now)
+        pg = copies(conn)
+        at = bind_value(conn, sa.DateTime(), now)
         # the items moved and their chip serial set, in one guarded statement
         mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
         cols = ["stage", "stage_changed_at", "prepared_at", "issue_date"]
-        head: list[Any] = [str(to), at, at, _bind(conn, sa.Date(), issue.pop())]
+        head: list[Any] = [str(to), at, at, bind_value(conn, sa.Date(), issue.pop())]
         if in_file:
             cols.append("bureau_file_id")
             head.append(self.bureau_file_id)
@@ -774,11 +782,15 @@ class Preparer:
             ", station = NULL, lease_owner = NULL, lease_expires_at = NULL"
         )
         if pg:
+            # the items found by their ids (the primary key), each one's serial looked up in
+            # the array: no join for the planner to get wrong (a join with ``unnest`` was
+            # planned as a nested loop over a scan of the table, every item of the chunk
+            # compared with every id: 85 ms a chunk of 500 on a 12,000-item table, measured)
             done = conn.exec_driver_sql(
-                f"UPDATE batch_items AS i SET {sets}, chip_serial = v.serial "
-                "FROM unnest(%s::bigint[], %s::varchar[]) AS v(id, serial) "
-                "WHERE i.id = v.id AND i.lease_owner = %s AND i.stage = %s",
-                (*head, new_ids, [c.chip_serial for c in new], self.owner, frm),
+                f"UPDATE batch_items SET {sets}, "
+                "chip_serial = (%s::varchar[])[array_position(%s::bigint[], id::bigint)] "
+                "WHERE id = ANY(%s::bigint[]) AND lease_owner = %s AND stage = %s",
+                (*head, [c.chip_serial for c in new], new_ids, new_ids, self.owner, frm),
             )  # fmt: skip
         else:  # SQLite: one executemany in process (its rowcount is the sum)
             done = conn.exec_driver_sql(
@@ -791,7 +803,7 @@ class Preparer:
         if moved != len(new):
             raise bi.LeaseLost(f"{len(new) - moved} item(s) of the chunk were taken "
                                "over by another worker")  # fmt: skip
-        _insert_rows(conn, _CHIPS, (
+        insert_rows(conn, _CHIPS, (
             "chip_serial", "batch_id", "item_id", "card_id", "status", "created_at", "perso_file",
             "perso_offset",
         ), [(c.chip_serial, self.batch_id, c.row.item_id, c.row.card.id, str(ChipStatus.ASSIGNED),
@@ -811,7 +823,7 @@ class Preparer:
                 "version = version + 1 WHERE id = ?",
                 [(c.cic, c.key_version, c.row.card.id) for c in new],
             )
-        _insert_rows(conn, _EVENTS, audit.EVENT_COLUMNS, self._event_rows(new, to, at), copy=pg)
+        insert_rows(conn, _EVENTS, audit.EVENT_COLUMNS, self._event_rows(new, to, at), copy=pg)
 
     def _event_rows(self, new: list[Prepared], to: BatchStage, at: Any) -> list[tuple[Any, ...]]:
         """One ``batch_item.prepare`` audit event per item, made by :func:`issuance.audit.
@@ -831,36 +843,6 @@ class Preparer:
             row(c.row.item_id, c.row.card.id, c.chip_serial, c.profile_name, c.perso_file)
             for c in new
         ]
-
-
-def _bind(conn: sa.Connection, type_: Any, value: Any) -> Any:
-    """``value`` as the driver takes it for a column of ``type_`` (SQLite stores datetimes as
-    text in SQLAlchemy's format)."""
-    proc = type_.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-    return proc(value) if proc is not None else value
-
-
-def _insert_rows(
-    conn: sa.Connection, table: sa.Table, cols: Sequence[str], rows: list[tuple[Any, ...]],
-    *, copy: bool = False,
-) -> None:  # fmt: skip
-    """One driver-level ``executemany`` INSERT (no per-row work in SQLAlchemy: the values are
-    already what the driver takes; the hot path of a million-card batch). ``copy``
-    (PostgreSQL with psycopg): ``COPY ... FROM STDIN`` in the same transaction, a fraction of
-    the server's work per row of an INSERT statement each."""
-    if copy:
-        raw: Any = conn.connection.driver_connection
-        with (
-            raw.cursor() as cur,
-            cur.copy(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as out,
-        ):
-            for row in rows:
-                out.write_row(row)
-        return
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES "
-           f"({', '.join(mark for _ in cols)})")  # fmt: skip
-    conn.exec_driver_sql(sql, rows)
 
 
 class _Capture:

@@ -33,6 +33,7 @@ from hsm.export import BureauExport, FileKek
 from hsm.service import BureauExporter, CardKeyRef, KeyService, verify_signature
 from issuance import audit, lifecycle
 from issuance.batches.persofile import BureauFileInvalid, RecordFile, bureau_personalise, json_str
+from issuance.db import bind_value, copies, insert_rows
 from issuance.errors import ConflictError, IntegrityError, NotFound, ValidationError
 from issuance.models import AuditEvent, BatchItem, BatchStage, utcnow
 from printers.prepared import PreparedCard
@@ -506,21 +507,23 @@ def mark_exported(
             update.append(r)
         if not update:
             continue
+        # one statement for the items, the events copied in (PostgreSQL): per card no
+        # statement of its own
         session.execute(
-            sa.update(items).where(items.c.id == sa.bindparam("b_id"))
+            sa.update(items).where(items.c.id.in_([r.id for r in update]))
             .values(stage=str(export.to_state), stage_changed_at=now,
-                    bureau_file_id=info.file_id),
-            [{"b_id": r.id} for r in update],
+                    bureau_file_id=info.file_id)
         )  # fmt: skip
-        session.execute(sa.insert(events), [
-            audit.event_row(
-                actor, export.audit_event, "batch_item", r.id, before=str(frm), after=str(to),
-                occurred_at=now,
-                details={"batch_id": r.batch_id, "card_id": r.card_id,
-                         "chip_serial": r.chip_serial, "bureau_file": info.file_id,
-                         "transport_key": info.transport_key},
-            ) for r in update
-        ])  # fmt: skip
+        conn = session.connection()
+        tmpl = audit.EventTemplate(
+            actor, export.audit_event, "batch_item", before=str(frm), after=str(to),
+            occurred_at=bind_value(conn, sa.DateTime(), now),
+            details={"bureau_file": info.file_id, "transport_key": info.transport_key},
+            varying=("batch_id", "card_id", "chip_serial"),
+        )  # fmt: skip
+        insert_rows(conn, events, audit.EVENT_COLUMNS,
+                    [tmpl.row(r.id, r.batch_id, r.card_id, r.chip_serial) for r in update],
+                    copy=copies(conn))  # fmt: skip
         moved += len(update)
     audit.record(session, actor, "batch.bureau_exported", "bureau_file", info.file_id,
                   details={"batch": info.batch, "cards": moved, "sha256": info.sha256,

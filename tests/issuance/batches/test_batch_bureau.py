@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap_with_padding
@@ -532,6 +533,7 @@ def test_batch_prepared_in_house_goes_to_the_bureau_and_back(
         info, moved, _refused = export_batch(settings, keys, pop.batch_name, path, MANUFACTURER,
                                    pop.actors["demo-operator"], factory=factory)  # fmt: skip
         assert info.count == 3 and info.batch == pop.batch_name and moved == 3
+        _assert_export_events(factory, pop.batch_id, pop.actors["demo-operator"], info)
 
         transport = bytes.fromhex(manufacturer_key_path(settings).read_text().strip())
         unwrap = lambda w: aes_key_unwrap_with_padding(transport, w)  # noqa: E731
@@ -558,6 +560,34 @@ def test_batch_prepared_in_house_goes_to_the_bureau_and_back(
         assert {m.card_id for m in checked.made} == {x.card_id for x in lines}
     finally:
         engine.dispose()
+
+
+def _assert_export_events(factory: Any, batch_id: int, actor: Any, info: Any) -> None:
+    """Each card's ``prepared → at_bureau`` event (written in bulk by ``mark_exported``) is what
+    the one builder of an audit event makes of its full details."""
+    import sqlalchemy as sa
+
+    from issuance import audit, lifecycle
+    from issuance.db import transaction
+    from issuance.models import AuditEvent, BatchItem, BatchStage
+
+    export = lifecycle.item_transition(BatchStage.PREPARED, lifecycle.ItemEvent.EXPORT)
+    with transaction(factory) as s:
+        items = s.scalars(sa.select(BatchItem).where(BatchItem.batch_id == batch_id)).all()
+        events = {e.entity_id: e for e in s.scalars(
+            sa.select(AuditEvent).where(AuditEvent.action == export.audit_event))}  # fmt: skip
+        assert items and len(events) == len(items)
+        for item in items:
+            assert item.stage == BatchStage.AT_BUREAU and item.bureau_file_id == info.file_id
+            ev = events[str(item.id)]
+            assert tuple(getattr(ev, c) for c in audit.EVENT_COLUMNS) == audit.event_values(
+                actor, export.audit_event, "batch_item", item.id,
+                before=str(export.from_state), after=str(export.to_state),
+                occurred_at=ev.occurred_at,
+                details={"batch_id": item.batch_id, "card_id": item.card_id,
+                         "chip_serial": item.chip_serial, "bureau_file": info.file_id,
+                         "transport_key": info.transport_key},
+            )  # fmt: skip
 
 
 def test_a_batch_of_sm4_cards_is_refused_for_a_bureau_file(tmp_path: Path) -> None:
