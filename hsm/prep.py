@@ -364,9 +364,9 @@ class PrepOps:
     def in_house(self, ref: CardKeyRef, slots: Sequence[KeySlot], pins: PinPolicy) -> InHouseCard:
         """Every key of ``slots`` (the profile's, KMC included) and the KLK derived; the
         outputs of the module docstring ("in house"). The hot loop of data preparation: the
-        card's Python first (its derivation data), then its HSM calls back to back - each key
-        derived, wrapped under the KLK and destroyed at once (PUK kept for the PINs) - then
-        the PINs (MACs under PUK, payloads under KMC)."""
+        card's Python first (its derivation data), then its HSM calls, each key derived,
+        wrapped under the KLK and destroyed at once (PUK after the PINs: MACs under PUK,
+        payloads under KMC)."""
         self._check(ref)
         plan = self._plan(ref, slots)
         fast, sh, alg = self.fast, self._sh, ref.algorithm
@@ -376,7 +376,9 @@ class PrepOps:
         key_data = [data.of(slot, alg) for slot in plan.slots]
         derive, wrap, destroy, kek = self.chain.derive, fast.wrap_kwp, fast.destroy, self._kek
         klk = derive(plan.klk, KLK_ALGORITHM, klk_data, _KLK_WRAP)
-        kmc = live = puk = 0
+        kmc = live = 0
+        pin = ""
+        payloads: tuple[bytes, ...] = ()
         try:
             kmc = derive(plan.kmc, alg, kmc_data, _CARD_ENC[alg])
             kmc_wrapped = wrap(sh, kek, kmc)
@@ -384,15 +386,13 @@ class PrepOps:
             for (slot, master, tmpl), blocks in zip(plan.keys, key_data, strict=True):
                 live = derive(master, alg, blocks, tmpl)
                 wrapped.append(wrap(sh, klk, live))
-                if slot is PUK:  # kept for the PINs below
-                    puk, live = live, 0
-                else:
-                    destroy(sh, live)
-                    live = 0
-            self.chain.destroyed += len(plan.keys) - 1
-            pin, payloads = self._pin_and_payloads(ref, puk, kmc, pins)
+                if slot is PUK:
+                    pin, payloads = self._pin_and_payloads(ref, live, kmc, pins)
+                destroy(sh, live)
+                live = 0
+            self.chain.destroyed += len(plan.keys)
         finally:
-            for handle in (live, puk, kmc, klk):
+            for handle in (live, kmc, klk):
                 if handle:
                     self._destroy(handle)
         return InHouseCard(self.envelope.kek_id, kmc_wrapped,
