@@ -353,63 +353,139 @@ def hsm_calls(profile: Any) -> dict[str, tuple[int, int]]:
     return {"in_house": (slots, pins + 1), "bureau": (slots + 1, slots + 1 + pins + 1)}
 
 
-def _hsm_work_one(conf: Any, calls: tuple[int, int], keys: int, seconds: float, out: Any) -> None:
-    """Cards/s of one process doing nothing but a card's own HSM calls back to back: ``keys``
-    derivations (the product's template, p11fast, a cached master handle), the output's wraps
-    and encryptions (``calls``, :func:`hsm_calls`), every derived key destroyed; no database,
-    no records, no file."""
-    from pkcs11 import Attribute, KeyType
+class _Trace:
+    """A :class:`hsm.p11fast.FastOps` that passes every call on and, while ``recording``,
+    writes it down as a line of straight-line Python: the handles the card made become
+    variables, everything else (masters, the file KEK, data, templates, mechanisms) constants.
+    :meth:`compile` makes of the lines one function: the card's own HSM calls, in the product's
+    order, with the product's masters, templates, mechanisms, data sizes and key lifetimes, and
+    no Python around them but the calls."""
 
-    from cardspec import keyscheme
-    from cardspec.keyscheme import Algorithm, KeySlot
-    from hsm import ceremony, p11fast
-    from hsm import pkcs11 as p11
-    from hsm.cardcrypto import CARD_KEY
+    def __init__(self, fast: Any) -> None:
+        self.fast = fast
+        self.recording = False
+        self.lines: list[str] = []
+        self.consts: list[Any] = []
+        self.made: dict[int, str] = {}
+        self.session = 0
+        self.counts: dict[str, int] = {}
 
-    wraps, encs = calls
-    token = p11.open_token(conf)
-    fast = p11fast.fast_ops(str(conf.module))
-    tmpl = p11fast.key_template(Algorithm.DES3, *CARD_KEY.usage, extractable=True)
-    with token.use() as session:
-        sh = session.handle
-        base = p11.find_one(session, ceremony.master_label(KeySlot.IRK, Algorithm.DES3, 1)).handle
-        kek = session.generate_key(KeyType.AES, 128, template={
-            Attribute.TOKEN: False, Attribute.PRIVATE: False, Attribute.SENSITIVE: True,
-            Attribute.EXTRACTABLE: False, **p11.capabilities(Attribute.WRAP)})  # fmt: skip
-        datas = [keyscheme.diversification_data(i.to_bytes(8, "big"), Algorithm.DES3)
-                 for i in range(keys)]  # fmt: skip
-        block = bytes(8)
+    def _const(self, value: Any) -> str:
+        self.consts.append(value)
+        return f"c[{len(self.consts) - 1}]"
+
+    def _handle(self, handle: int) -> str:
+        return self.made.get(handle) or self._const(handle)
+
+    def _note(self, session: int, name: str, line: str) -> None:
+        self.session = session
+        self.counts[name] = self.counts.get(name, 0) + 1
+        self.lines.append(line)
+
+    def derive(self, session: int, base: int, alg: Any, data: bytes, tmpl: Any) -> int:
+        handle = int(self.fast.derive(session, base, alg, data, tmpl))
+        if self.recording:
+            var = f"h{len(self.lines)}"
+            args = f"{self._const(alg)}, {self._const(data)}, {self._const(tmpl)}"
+            self._note(session, "derive", f"{var} = derive(sh, {self._handle(base)}, {args})")
+            self.made[handle] = var
+        return handle
+
+    def destroy(self, session: int, handle: int) -> None:
+        if self.recording:
+            self._note(session, "destroy", f"destroy(sh, {self._handle(handle)})")
+            self.made.pop(handle, None)
+        self.fast.destroy(session, handle)
+
+    def wrap_kwp(self, session: int, wrapping: int, key: int) -> bytes:
+        if self.recording:
+            self._note(session, "wrap", f"wrap_kwp(sh, {self._handle(wrapping)}, "
+                       f"{self._handle(key)})")  # fmt: skip
+        return self.fast.wrap_kwp(session, wrapping, key)
+
+    def encrypt_ecb(self, session: int, key: int, alg: Any, data: bytes) -> bytes:
+        if self.recording:
+            self._note(session, "encrypt", f"encrypt_ecb(sh, {self._handle(key)}, "
+                       f"{self._const(alg)}, {self._const(data)})")  # fmt: skip
+        return self.fast.encrypt_ecb(session, key, alg, data)
+
+    def encrypt_cbc(self, session: int, key: int, alg: Any, data: bytes, iv: bytes) -> bytes:
+        if self.recording:
+            self._note(session, "encrypt", f"encrypt_cbc(sh, {self._handle(key)}, "
+                       f"{self._const(alg)}, {self._const(data)}, {self._const(iv)})")  # fmt: skip
+        return self.fast.encrypt_cbc(session, key, alg, data, iv)
+
+    def compile(self) -> Any:
+        """The recorded card as a function ``card()`` (its constants and the real calls bound)."""
+        if self.made:
+            raise RuntimeError(f"the recorded card left {len(self.made)} key objects behind")
+        fast = self.fast
+        body = "".join(f"    {line}\n" for line in self.lines)
+        source = (f"def card(sh={self.session}, c=c, derive=derive, destroy=destroy, "
+                  f"wrap_kwp=wrap_kwp, encrypt_ecb=encrypt_ecb, encrypt_cbc=encrypt_cbc):\n"
+                  f"{body}")  # fmt: skip
+        scope: dict[str, Any] = {"c": self.consts, "derive": fast.derive,
+                                 "destroy": fast.destroy, "wrap_kwp": fast.wrap_kwp,
+                                 "encrypt_ecb": fast.encrypt_ecb,
+                                 "encrypt_cbc": fast.encrypt_cbc}  # fmt: skip
+        exec(compile(source, "<the card's HSM calls>", "exec"), scope)
+        return scope["card"]
+
+
+def _hsm_work_one(settings: Any, output: str, seconds: float, out: Any) -> None:
+    """Cards/s of one process doing nothing but a card's own HSM calls back to back: the calls
+    ``hsm.prep.PrepOps`` makes for one card of the profile (``in_house`` or ``bureau``,
+    recorded by :class:`_Trace` as the product makes them - the same masters, templates,
+    mechanisms, data sizes, order and key lifetimes, every derived key destroyed), replayed
+    as straight-line code; no database, no records, no file, no Python around the calls.
+    Also: the CPU seconds per card and the calls per card counted."""
+    from datetime import date
+
+    from cardspec.keyscheme import Algorithm
+    from hsm import prep as hsm_prep
+    from issuance.bank import CardBankData
+    from issuance.batches.bulkprep import ProfilePins
+    from issuance.batches.dataprep import card_profile, key_ref_of
+    from yikatong.demo import DEMO_BANK_DOMAIN
+    from yikatong.wiring import key_service_from_settings
+
+    keys = key_service_from_settings(settings)
+    service = keys.hsm_keys
+    assert service is not None, "the bench runs on SoftHSM2"
+    profile = card_profile(settings, "3des")
+    slots = tuple(spec.slot for _, spec in profile.key_specs())
+    bank = CardBankData(_pan(1), "00", date(2036, 12, 31), "220", DEMO_BANK_DOMAIN, 1)
+    ref = key_ref_of("330106D156000005" + "00000000000000A1",
+                     keys.current_key_version(Algorithm.DES3), Algorithm.DES3, bank)  # fmt: skip
+    trace = _Trace(service.fast)
+    with hsm_prep.PrepOps(service, trace, TRANSPORT) as ops, ops.chunk():  # type: ignore[arg-type]
+        trace.recording = True
+        (ops.in_house if output == "in_house" else ops.bureau)(ref, slots, ProfilePins(profile))
+        trace.recording = False
+        card = trace.compile()
         n, start, cpu = 0, time.perf_counter(), time.process_time()
         while (elapsed := time.perf_counter() - start) < seconds:
-            made = [fast.derive(sh, base, Algorithm.DES3, d, tmpl) for d in datas]
-            for i in range(wraps):
-                fast.wrap_kwp(sh, kek.handle, made[i % keys])
-            for i in range(encs):
-                fast.encrypt_ecb(sh, made[i % keys], Algorithm.DES3, block)
-            for h in made:
-                fast.destroy(sh, h)
+            card()
             n += 1
         cpu = time.process_time() - cpu
-        kek.destroy()
-    out.put((n / elapsed, cpu / n))
+    out.put((n / elapsed, cpu / n, trace.counts))
 
 
-def hsm_work_rate(settings: Any, calls: tuple[int, int], keys: int, procs: int,
+def hsm_work_rate(settings: Any, output: str, procs: int,
                   seconds: float = RAW_SECONDS) -> tuple[float, float]:  # fmt: skip
     """Cards/s of ``procs`` processes running :func:`_hsm_work_one` together: the HSM-work
     ceiling of data preparation (issue 20); and the CPU seconds a card's HSM calls took (the
     mean over the processes, from their CPU time in the loop)."""
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
-    conf = hsm_config(settings)
-    ps = [ctx.Process(target=_hsm_work_one, args=(conf, calls, keys, seconds, out))
+    ps = [ctx.Process(target=_hsm_work_one, args=(settings, output, seconds, out))
           for _ in range(procs)]  # fmt: skip
     for p in ps:
         p.start()
     got = [out.get() for _ in ps]
     for p in ps:
         p.join()
-    return float(sum(r for r, _ in got)), sum(c for _, c in got) / len(got)
+    return float(sum(r for r, _, _ in got)), sum(c for _, c, _ in got) / len(got)
 
 
 def other_rates(settings: Any) -> tuple[float, float]:
@@ -506,8 +582,7 @@ def _product(settings: Any, output: str, batch_id: int, workers: int, path: str,
 
 
 def measure(settings: Any, database: str, output: str, batch_id: int, workers: int,
-            tmp: Path, keys_per_card: int, calls: tuple[int, int],
-            server: Path | None = None) -> Run:  # fmt: skip
+            tmp: Path, keys_per_card: int, server: Path | None = None) -> Run:  # fmt: skip
     import sqlalchemy as sa
 
     from issuance.db import make_engine
@@ -517,7 +592,7 @@ def measure(settings: Any, database: str, output: str, batch_id: int, workers: i
     # limit and the run that follows it are measured on the same machine state
     raw_rate(settings, workers, WARM_SECONDS)
     before = raw_rate(settings, workers)
-    work_before, cpu_before = hsm_work_rate(settings, calls, keys_per_card, workers)
+    work_before, cpu_before = hsm_work_rate(settings, output, workers)
     server0 = server_cpu(server)
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
@@ -530,7 +605,7 @@ def measure(settings: Any, database: str, output: str, batch_id: int, workers: i
     if p.exitcode:
         raise RuntimeError(f"data preparation run failed (exit {p.exitcode})")
     after = raw_rate(settings, workers)
-    work_after, cpu_after = hsm_work_rate(settings, calls, keys_per_card, workers)
+    work_after, cpu_after = hsm_work_rate(settings, output, workers)
     engine = make_engine(settings)
     with engine.connect() as conn:
         n_chips = conn.execute(sa.text("SELECT count(*) FROM blank_chips WHERE batch_id = :b"),
@@ -684,13 +759,13 @@ def main() -> dict[str, Any]:
                 for output in OUTPUTS:
                     for workers in WORKERS:
                         r = measure(settings, database, output, batch_ids[f"{output}-{workers}"],
-                                    workers, root, keys, calls[output],
+                                    workers, root, keys,
                                     pg.data_dir if pg else None)  # fmt: skip
                         runs.append(r)
                         print(_line(r), flush=True)
                 if BIG and database == "postgres":
                     big = measure(settings, database, "in_house", batch_ids["million"],
-                                  BIG_WORKERS, root, keys, calls["in_house"],
+                                  BIG_WORKERS, root, keys,
                                   pg.data_dir if pg else None)  # fmt: skip
                     runs.append(big)
                     print("  REAL 1,000,000-card batch:")

@@ -57,6 +57,8 @@ class Template:
             self.array[i].pValue = ctypes.cast(ctypes.byref(cvalue), ctypes.c_void_p)
             self.array[i].ulValueLen = ctypes.sizeof(cvalue)
         self.count = len(attrs)
+        #: the array's address (what the calls pass: :class:`FastOps`)
+        self.address = ctypes.addressof(self.array)
 
 
 _KEY_TYPE: dict[Algorithm, int] = {Algorithm.DES3: KeyType.DES2, Algorithm.AES: KeyType.AES}
@@ -163,41 +165,78 @@ def entry_points(lib: ctypes.CDLL) -> dict[str, int]:
 
 class FastOps:
     """The per-card calls. Caller holds :data:`hsm.pkcs11.LOCK` and passes live handles.
-    ``lib`` a :class:`ctypes.PyDLL`: the calls hold the GIL (see :mod:`hsm.internal_auth`)."""
+    ``lib`` a :class:`ctypes.PyDLL`: the calls hold the GIL (see :mod:`hsm.internal_auth`).
+
+    Every argument but the caller's handles and data is built once and passed as a plain
+    address (``c_void_p`` from an int is ctypes' cheapest conversion): one CK_MECHANISM per
+    mechanism (the derivation's pointing at the one CK_KEY_DERIVATION_STRING_DATA, the CBC's at
+    the one IV buffer), the templates' arrays (:attr:`Template.address`), the output buffer and
+    its length. Outputs are read by slicing the buffer."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         functype = ctypes.PYFUNCTYPE if isinstance(lib, ctypes.PyDLL) else ctypes.CFUNCTYPE
         table = entry_points(lib)
-        ptr, ulong_p = ctypes.c_void_p, ctypes.POINTER(_ULONG)
+        ptr = ctypes.c_void_p
 
         def fn(name: str, *argtypes: Any) -> Any:  # ints are converted in C, not by ctypes
             if name not in table:
                 raise MechanismUnavailable(f"the PKCS#11 module has no {name}")
             return functype(_ULONG, *argtypes)(table[name])
 
-        self._derive_key = fn("C_DeriveKey", _ULONG, ptr, _ULONG, ptr, _ULONG, ulong_p)
+        self._derive_key = fn("C_DeriveKey", _ULONG, ptr, _ULONG, ptr, _ULONG, ptr)
         self._destroy = fn("C_DestroyObject", _ULONG, _ULONG)
-        self._wrap = fn("C_WrapKey", _ULONG, ptr, _ULONG, _ULONG, ptr, ulong_p)
+        self._wrap = fn("C_WrapKey", _ULONG, ptr, _ULONG, _ULONG, ptr, ptr)
         self._encrypt_init = fn("C_EncryptInit", _ULONG, ptr, _ULONG)
-        self._encrypt = fn("C_Encrypt", _ULONG, ctypes.c_char_p, _ULONG, ptr, ulong_p)
+        self._encrypt = fn("C_Encrypt", _ULONG, ctypes.c_char_p, _ULONG, ptr, ptr)
         self._unwrap = fn("C_UnwrapKey", _ULONG, ptr, _ULONG, ctypes.c_char_p, _ULONG, ptr,
-                          _ULONG, ulong_p)  # fmt: skip
+                          _ULONG, ptr)  # fmt: skip
+        #: the structures the addresses point into (kept alive with this object)
+        self._kept: list[Any] = []
         self._data = ctypes.create_string_buffer(16)
-        self._kds = _DerivationData(ctypes.cast(self._data, ctypes.c_void_p), 16)
-        self._derive_mech = _Mechanism(0, ctypes.cast(ctypes.byref(self._kds), ctypes.c_void_p),
-                                       ctypes.sizeof(self._kds))  # fmt: skip
-        self._plain_mech = _Mechanism(0, None, 0)
+        self._kds = _DerivationData(ctypes.addressof(self._data), 16)
         self._iv = ctypes.create_string_buffer(16)
-        self._iv_mech = _Mechanism(0, ctypes.cast(self._iv, ctypes.c_void_p), 16)
-        self._iv_mech_p = ctypes.byref(self._iv_mech)
         self._out = _ULONG()
         self._len = _ULONG()
-        self._buf = ctypes.create_string_buffer(512)
+        self._buf: Any = ctypes.create_string_buffer(512)  # a slice of it is bytes
         self._size = len(self._buf)
-        self._derive_mech_p = ctypes.byref(self._derive_mech)
-        self._plain_mech_p = ctypes.byref(self._plain_mech)
-        self._out_p = ctypes.byref(self._out)
-        self._len_p = ctypes.byref(self._len)
+        self._out_at = ctypes.addressof(self._out)
+        self._len_at = ctypes.addressof(self._len)
+        self._buf_at = ctypes.addressof(self._buf)
+        #: CK_MECHANISM addresses: derivation by algorithm, ECB and CBC by algorithm, others
+        #: by mechanism code (built on first use: SM4's once its numbers are registered)
+        self._derive_at: dict[Algorithm, int] = {}
+        self._ecb_at: dict[Algorithm, int] = {}
+        self._cbc_at: dict[Algorithm, int] = {}
+        self._plain_at: dict[int, int] = {}
+        self._kwp_at = self._plain(_KWP_CODE)
+
+    def _mechanism(self, code: int, parameter: int | None, length: int) -> int:
+        mech = _Mechanism(code, parameter, length)
+        self._kept.append(mech)
+        return ctypes.addressof(mech)
+
+    def _plain(self, code: int) -> int:
+        """A CK_MECHANISM without parameter."""
+        at = self._plain_at.get(code)
+        if at is None:
+            at = self._plain_at[code] = self._mechanism(code, None, 0)
+        return at
+
+    def _derive_mechanism(self, alg: Algorithm) -> int:
+        at = self._derive_at[alg] = self._mechanism(
+            _DERIVE_CODE[alg], ctypes.addressof(self._kds), ctypes.sizeof(self._kds)
+        )
+        return at
+
+    def _ecb_mechanism(self, alg: Algorithm) -> int:
+        at = self._ecb_at[alg] = self._plain(_ECB_CODE[alg])
+        return at
+
+    def _cbc_mechanism(self, alg: Algorithm) -> int:
+        at = self._cbc_at[alg] = self._mechanism(
+            _CBC_CODE[alg], ctypes.addressof(self._iv), alg.block_size
+        )
+        return at
 
     @staticmethod
     def _check(rv: int, what: str) -> None:
@@ -214,9 +253,8 @@ class FastOps:
         if len(data) != 16:
             raise ValueError("derivation data is 16 bytes")
         self._data.raw = data
-        self._derive_mech.mechanism = _DERIVE_CODE[alg]
-        rv = self._derive_key(session, self._derive_mech_p, base, tmpl.array, tmpl.count,
-                              self._out_p)  # fmt: skip
+        mech = self._derive_at.get(alg) or self._derive_mechanism(alg)
+        rv = self._derive_key(session, mech, base, tmpl.address, tmpl.count, self._out_at)
         if rv:
             self._check(rv, "deriving a card key")
         return self._out.value
@@ -228,63 +266,64 @@ class FastOps:
 
     def wrap_kwp(self, session: int, wrapping: int, key: int) -> bytes:
         """``C_WrapKey(CKM_AES_KEY_WRAP_PAD)`` in one call (RFC 5649 of a 16-byte key: 24)."""
-        self._plain_mech.mechanism = _KWP_CODE
         self._len.value = self._size
-        rv = self._wrap(session, self._plain_mech_p, wrapping, key, self._buf, self._len_p)
+        rv = self._wrap(session, self._kwp_at, wrapping, key, self._buf_at, self._len_at)
         if rv:
             self._check(rv, "wrapping a card key")
-        return ctypes.string_at(self._buf, self._len.value)
+        return self._buf[: self._len.value]
 
     def wrap_with(self, session: int, mechanism: int, wrapping: int, key: int) -> bytes:
         """``C_WrapKey(mechanism)`` in one call (SM4 cards: the vendor's SM4-ECB)."""
-        self._plain_mech.mechanism = mechanism
         self._len.value = self._size
-        rv = self._wrap(session, self._plain_mech_p, wrapping, key, self._buf, self._len_p)
+        rv = self._wrap(session, self._plain(int(mechanism)), wrapping, key, self._buf_at,
+                        self._len_at)  # fmt: skip
         if rv:
             self._check(rv, "wrapping a card key")
-        return ctypes.string_at(self._buf, self._len.value)
+        return self._buf[: self._len.value]
 
     def unwrap_kwp(self, session: int, unwrapping: int, wrapped: bytes, tmpl: Template) -> int:
         """``C_UnwrapKey(CKM_AES_KEY_WRAP_PAD)``: a new key object (``tmpl``) from ``wrapped``
         (RFC 5649 under ``unwrapping``); its handle. A wrong key or altered data fails the
         RFC 5649 integrity check inside the HSM (CKR_WRAPPED_KEY_INVALID and the like)."""
-        self._plain_mech.mechanism = int(Mechanism.AES_KEY_WRAP_PAD)
-        rv = self._unwrap(session, self._plain_mech_p, unwrapping, wrapped, len(wrapped),
-                          tmpl.array, tmpl.count, self._out_p)  # fmt: skip
+        rv = self._unwrap(session, self._kwp_at, unwrapping, wrapped, len(wrapped),
+                          tmpl.address, tmpl.count, self._out_at)  # fmt: skip
         self._check(rv, "unwrapping a key")
         return int(self._out.value)
 
     def encrypt_ecb(self, session: int, key: int, alg: Algorithm, data: bytes) -> bytes:
         """``C_EncryptInit(CKM_*_ECB)`` + ``C_Encrypt`` of whole blocks."""
-        if len(data) % alg.block_size or len(data) > len(self._buf):
+        if len(data) % alg.block_size or len(data) > self._size:
             raise ValueError("ECB input must be whole blocks")
-        self._plain_mech.mechanism = _ECB_CODE[alg]
-        rv = self._encrypt_init(session, self._plain_mech_p, key)
+        rv = self._encrypt_init(session, self._ecb_at.get(alg) or self._ecb_mechanism(alg), key)
         if rv:
             self._check(rv, "encrypting")
         self._len.value = self._size
-        rv = self._encrypt(session, data, len(data), self._buf, self._len_p)
+        rv = self._encrypt(session, data, len(data), self._buf_at, self._len_at)
         if rv:
             self._check(rv, "encrypting")
-        return ctypes.string_at(self._buf, self._len.value)
+        return self._buf[: self._len.value]
 
     def encrypt_cbc(self, session: int, key: int, alg: Algorithm, data: bytes, iv: bytes) -> bytes:
         """``C_EncryptInit(CKM_*_CBC, iv)`` + ``C_Encrypt`` of whole blocks (MAC algorithm 1
         keeps the last block)."""
-        if len(data) % alg.block_size or len(iv) != alg.block_size:
+        size = alg.block_size
+        if len(data) % size or len(iv) != size:
             raise ValueError("CBC input must be whole blocks, the IV one block")
-        self._iv.raw = iv.ljust(16, b"\x00")
-        self._iv_mech.mechanism = _CBC_CODE[alg]
-        self._iv_mech.ulParameterLen = len(iv)
-        rv = self._encrypt_init(session, self._iv_mech_p, key)
+        self._iv.raw = iv
+        rv = self._encrypt_init(session, self._cbc_at.get(alg) or self._cbc_mechanism(alg), key)
         if rv:
             self._check(rv, "encrypting (CBC)")
-        buf = self._buf if len(data) <= self._size else ctypes.create_string_buffer(len(data))
+        buf: Any
+        if len(data) <= self._size:
+            buf, at = self._buf, self._buf_at
+        else:
+            buf = ctypes.create_string_buffer(len(data))
+            at = ctypes.addressof(buf)
         self._len.value = len(buf)
-        rv = self._encrypt(session, data, len(data), buf, self._len_p)
+        rv = self._encrypt(session, data, len(data), at, self._len_at)
         if rv:
             self._check(rv, "encrypting (CBC)")
-        return ctypes.string_at(buf, self._len.value)
+        return buf[: self._len.value]
 
 
 _CACHE: dict[tuple[str, bool], FastOps] = {}

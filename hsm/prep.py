@@ -36,6 +36,8 @@ PREP_RECYCLE_AFTER = 240_000
 #: (``issuance.batches.pipeline``); bureau files (``ykt-bureau-perso/2``) cannot carry them.
 ALGORITHMS = (Algorithm.DES3, Algorithm.AES)
 
+PUK = KeySlot.PUK
+
 _CARD = {
     alg: p11fast.key_template(alg, extractable=True) for alg in (Algorithm.DES3, Algorithm.AES)
 }
@@ -175,11 +177,13 @@ class KekEnvelope:
 class _Plan:
     """The master handles and templates of one key set's cards (per module initialisation):
     the KLK master, the KMC master, and (slot, master, template) of every other card key, in
-    profile order."""
+    profile order (PUK among them)."""
 
     klk: int
     kmc: int
     keys: list[tuple[KeySlot, int, Any]]
+    slots: list[KeySlot]
+    """The slots of ``keys``, in order."""
 
 
 class PrepOps:
@@ -277,18 +281,23 @@ class PrepOps:
     def _destroy(self, handle: int) -> None:
         self.chain.destroy(handle)
 
-    def _check(self, ref: CardKeyRef, slots: Sequence[KeySlot]) -> None:
-        if KeySlot.PUK not in slots or KeySlot.KMC not in slots:
-            raise HsmError("the card profile needs a kmc and a puk key (PIN, secure channel)")
+    def _check(self, ref: CardKeyRef) -> None:
+        """The per-card checks (the profile's and the algorithm's are :meth:`_plan`'s, once
+        per key set and profile)."""
         if not self._in_chunk:
             raise HsmError("PrepOps: call inside `with ops.chunk():`")
         if getattr(ref, "chip_maker", None) is not None:
             raise HsmError("a supplier-made chip is prepared at the station (its KMC and KLK "
                            "come from the supplier's key set)")  # fmt: skip
-        p11.check_algorithm(ref.algorithm)
-        if ref.algorithm not in ALGORITHMS:
+
+    @staticmethod
+    def _check_plan(alg: Algorithm, slots: Sequence[KeySlot]) -> None:
+        if KeySlot.PUK not in slots or KeySlot.KMC not in slots:
+            raise HsmError("the card profile needs a kmc and a puk key (PIN, secure channel)")
+        p11.check_algorithm(alg)
+        if alg not in ALGORITHMS:
             raise MechanismUnavailable(
-                f"{ref.algorithm.value} cards: bulk data preparation and bureau files carry card "
+                f"{alg.value} cards: bulk data preparation and bureau files carry card "
                 "keys under AES file keys (hsm.prep.ALGORITHMS); prepare and personalise them in "
                 "house, card by card (ykt batch run)"
             )
@@ -299,19 +308,20 @@ class PrepOps:
         fast, sh, alg = self.fast, self._sh, ref.algorithm
         size = alg.block_size
         iv = bytes(size)
+        cic = ref.card_identification_code
 
         def mac(data: bytes) -> bytes:
             return fast.encrypt_cbc(sh, puk, alg, keyscheme.pad_method2(data, size), iv)[-size:]
 
-        pin = pins.pin(ref.card_identification_code, mac)
-        padded = [
-            keyscheme.pad_method2(bytes([len(b)]) + b, size)
-            for b in pins.blocks(pin, ref.card_identification_code, mac)
-        ]
+        pin = pins.pin(cic, mac)
+        padded = [keyscheme.pad_method2(bytes([len(b)]) + b, size)
+                  for b in pins.blocks(pin, cic, mac)]  # fmt: skip
         if not padded:
             return pin, ()
         # ECB is block by block: one call encrypts every PIN block, split afterwards
         out = fast.encrypt_ecb(sh, kmc, alg, b"".join(padded))
+        if len(padded) == 1:
+            return pin, (out,)
         payloads, at = [], 0
         for p in padded:
             payloads.append(out[at : at + len(p)])
@@ -321,7 +331,8 @@ class PrepOps:
     # one card ------------------------------------------------------------------------------
     def _plan(self, ref: CardKeyRef, slots: Sequence[KeySlot]) -> _Plan:
         """The masters and templates of one key set's cards (the card centre's key set, and the
-        card's bank's issuer masters for ``FIN_*``), per module initialisation (LOCK held)."""
+        card's bank's issuer masters for ``FIN_*``), per module initialisation (LOCK held); the
+        profile and the algorithm checked when it is made."""
         alg, version = ref.algorithm, ref.key_version
         bank = (ref.bank, ref.bank_key_version)
         last = self._last_plan
@@ -331,13 +342,16 @@ class PrepOps:
         key = (alg, version, tuple(slots), bank)
         plan = self._plans.get(key)
         if plan is None:
+            self._check_plan(alg, slots)
+            keys: list[tuple[KeySlot, int, Any]] = [(slot, self._card_master(ref, slot),
+                     _CARD_ENC[alg] if slot is KeySlot.PUK else _CARD[alg])
+                    for slot in slots if slot is not KeySlot.KMC]  # fmt: skip
             plan = self._plans[key] = _Plan(
                 self._master(ceremony.KLK, KLK_ALGORITHM, version),
                 self._master(KeySlot.KMC.value, alg, version),
-                [(slot, self._card_master(ref, slot),
-                  _CARD_ENC[alg] if slot is KeySlot.PUK else _CARD[alg])
-                 for slot in slots if slot is not KeySlot.KMC],
-            )  # fmt: skip
+                keys,
+                [slot for slot, _, _ in keys],
+            )
         self._last_plan = (slots, version, alg, bank, plan)
         return plan
 
@@ -349,25 +363,30 @@ class PrepOps:
 
     def in_house(self, ref: CardKeyRef, slots: Sequence[KeySlot], pins: PinPolicy) -> InHouseCard:
         """Every key of ``slots`` (the profile's, KMC included) and the KLK derived; the
-        outputs of the module docstring ("in house"). The hot loop of data preparation: each
-        key is derived, wrapped under the KLK and destroyed at once."""
-        self._check(ref, slots)
-        fast, sh, alg, region = self.fast, self._sh, ref.algorithm, self.service.region_code
+        outputs of the module docstring ("in house"). The hot loop of data preparation: the
+        card's Python first (its derivation data), then its HSM calls, each key derived,
+        wrapped under the KLK and destroyed at once (PUK after the PINs: MACs under PUK,
+        payloads under KMC)."""
+        self._check(ref)
         plan = self._plan(ref, slots)
-        data = CardData(ref, region)
-        derive, wrap, destroy = self.chain.derive, fast.wrap_kwp, fast.destroy
-        klk = derive(plan.klk, KLK_ALGORITHM, data.of(KeySlot.KMC, KLK_ALGORITHM), _KLK_WRAP)
+        fast, sh, alg = self.fast, self._sh, ref.algorithm
+        data = CardData(ref, self.service.region_code)
+        klk_data = data.of(KeySlot.KMC, KLK_ALGORITHM)
+        kmc_data = data.of(KeySlot.KMC, alg)
+        key_data = [data.of(slot, alg) for slot in plan.slots]
+        derive, wrap, destroy, kek = self.chain.derive, fast.wrap_kwp, fast.destroy, self._kek
+        klk = derive(plan.klk, KLK_ALGORITHM, klk_data, _KLK_WRAP)
         kmc = live = 0
-        write: dict[KeySlot, bytes] = {}
         pin = ""
         payloads: tuple[bytes, ...] = ()
         try:
-            kmc = derive(plan.kmc, alg, data.of(KeySlot.KMC, alg), _CARD_ENC[alg])
-            kmc_wrapped = wrap(sh, self._kek, kmc)
-            for slot, master, tmpl in plan.keys:
-                live = derive(master, alg, data.of(slot, alg), tmpl)
-                write[slot] = wrap(sh, klk, live)
-                if slot is KeySlot.PUK:
+            kmc = derive(plan.kmc, alg, kmc_data, _CARD_ENC[alg])
+            kmc_wrapped = wrap(sh, kek, kmc)
+            wrapped = []
+            for (slot, master, tmpl), blocks in zip(plan.keys, key_data, strict=True):
+                live = derive(master, alg, blocks, tmpl)
+                wrapped.append(wrap(sh, klk, live))
+                if slot is PUK:
                     pin, payloads = self._pin_and_payloads(ref, live, kmc, pins)
                 destroy(sh, live)
                 live = 0
@@ -376,14 +395,15 @@ class PrepOps:
             for handle in (live, kmc, klk):
                 if handle:
                     self._destroy(handle)
-        return InHouseCard(self.envelope.kek_id, kmc_wrapped, write, payloads, pin)
+        return InHouseCard(self.envelope.kek_id, kmc_wrapped,
+                           dict(zip(plan.slots, wrapped, strict=True)), payloads, pin)  # fmt: skip
 
     def bureau(self, ref: CardKeyRef, slots: Sequence[KeySlot], pins: PinPolicy) -> BureauExport:
         """Every key of ``slots`` and the KLK derived, wrapped under the file KEK with their
         KCVs, the PIN payloads under KMC (bureau file format ``/2``)."""
-        self._check(ref, slots)
-        fast, sh, alg, region = self.fast, self._sh, ref.algorithm, self.service.region_code
+        self._check(ref)
         plan = self._plan(ref, slots)
+        fast, sh, alg, region = self.fast, self._sh, ref.algorithm, self.service.region_code
         kcv_block, tmpl, kek = KCV_BLOCK[alg], _CARD_ENC[alg], self._kek
         data = CardData(ref, region)
         derive, wrap, encrypt = self.chain.derive, fast.wrap_kwp, fast.encrypt_ecb
