@@ -57,13 +57,13 @@ def hot_hsm(tmp_path_factory: pytest.TempPathFactory) -> HsmRoot:
 
 @pytest.mark.postgres
 @pytest.mark.softhsm
+@pytest.mark.parametrize("db_backend", ["postgres"])  # PostgreSQL's alone: never a skip
 def test_a_claims_lease_write_is_a_hot_update(
     tmp_path: Path, fresh_db_url: str, db_backend: str, hot_hsm: HsmRoot
 ) -> None:
     """Enough items to fill pages at PostgreSQL's default fillfactor (about 90 per page): every
     lease write of a claim of all of them stays on its page (``n_tup_hot_upd``)."""
-    if db_backend != "postgres":
-        pytest.skip("HOT updates and fillfactor are PostgreSQL's")
+    assert db_backend == "postgres"  # HOT updates and fillfactor are PostgreSQL's
     settings = batch_settings(tmp_path / "data", fresh_db_url, hot_hsm)
     engine = make_engine(settings)
     try:
