@@ -219,33 +219,29 @@ class RecordPlanner:
                 memo[value] = hit
         return hit
 
-    def _simple(self, ef: ElementaryFile, values: Mapping[str, Any]) -> list[bytes]:
+    def _tlvs(self, ef: ElementaryFile, values: Mapping[str, Any], simple: bool) -> list[bytes]:
+        """Each element's SIMPLE-TLV (``simple``) or BER-TLV, in profile order; BER-TLV (an
+        EMV record's body) leaves out an optional element without a value."""
         out: list[bytes] = []
         append, get, fresh = out.append, values.get, self._fresh
+        skip_empty = not simple
         for entry in self._memo[ef.name]:
             value = get(entry[4])
-            memo = entry[1]
-            if memo is not None and (type(value) is str or type(value) is date):
-                hit = memo.get(value)
-                append(hit if hit is not None else fresh(entry, value, True, True))
-            else:
-                append(fresh(entry, value, True, False))
-        return out
-
-    def _emv(self, ef: ElementaryFile, values: Mapping[str, Any]) -> list[bytes]:
-        parts: list[bytes] = []
-        append, get, fresh = parts.append, values.get, self._fresh
-        for entry in self._memo[ef.name]:
-            value = get(entry[4])
-            if entry[5] and value in (None, ""):
+            if skip_empty and entry[5] and value in (None, ""):
                 continue
             memo = entry[1]
             if memo is not None and (type(value) is str or type(value) is date):
                 hit = memo.get(value)
-                append(hit if hit is not None else fresh(entry, value, False, True))
+                append(hit if hit is not None else fresh(entry, value, simple, True))
             else:
-                append(fresh(entry, value, False, False))
-        body = b"".join(parts)
+                append(fresh(entry, value, simple, False))
+        return out
+
+    def _simple(self, ef: ElementaryFile, values: Mapping[str, Any]) -> list[bytes]:
+        return self._tlvs(ef, values, True)
+
+    def _emv(self, ef: ElementaryFile, values: Mapping[str, Any]) -> list[bytes]:
+        body = b"".join(self._tlvs(ef, values, False))
         record = _TEMPLATE + tlv.encode_length(len(body)) + body  # tlv.encode(0x70, body)
         if len(record) > ef.record_size:
             raise EncodingError(ef.name, f"record of {len(record)} bytes exceeds {ef.record_size}")
