@@ -560,6 +560,14 @@ class SessionStore:
 # a statement and a commit of the call log's own. Each statement is planned once per
 # connection (:data:`issuance.db_async.SERVER_SETTINGS`).
 #
+# The API's cached tokens are checked by these statements too, instead of a read of their
+# own: a verification given the authentication epoch its caller's token was resolved at
+# (``verify_card_async(epoch=...)``) has its card read (:data:`SQL_LOOKUP_HELD_MANY`), or a
+# refused challenge's audit event, check that it is still the epoch
+# (:func:`issuance.services.credentials.epoch_holds_sql`) and stops with :class:`StaleEpoch`
+# before anything is written if not; a rider held for an epoch (the challenge call's record) is
+# written only while it holds, and its caller learns whether it was.
+#
 # A provisionally lost card whose report may have lapsed goes through the ORM path (the lapse is
 # a lifecycle transition with its own audit event), run by the caller's ``slow_path``. On a
 # Session the same steps run in the caller's transaction (the challenge's use, the event and
