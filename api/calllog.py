@@ -18,7 +18,6 @@ from starlette.concurrency import run_in_threadpool
 from api.context import ApiContext
 from issuance.db_async import Coalescer, RowsInsert
 from issuance.models import ApiCall, utcnow
-from issuance.services.credentials import AUTH_EPOCH_SQL
 
 log = logging.getLogger("api.calls")
 
@@ -67,19 +66,6 @@ _TYPES = ("timestamp", "integer", "text", "text", "text", "text", "text", "small
           "integer")  # fmt: skip
 #: the call log's rows on PostgreSQL (arrays through ``unnest``)
 CALLS = RowsInsert("api_calls", _COLUMNS, _TYPES)
-#: The records of a group in one statement, each with the authentication epoch it holds for
-#: (NULL: none): a record whose epoch is not the current one
-#: (:data:`issuance.services.credentials.AUTH_EPOCH_SQL`, read by this statement) is not
-#: written. Returns the current epoch.
-_PG_INSERT = (
-    f"WITH e AS (SELECT coalesce(({AUTH_EPOCH_SQL}), 0) AS epoch),"
-    f" ins AS (INSERT INTO api_calls ({', '.join(_COLUMNS)}) SELECT {', '.join(_COLUMNS)}"
-    " FROM unnest("
-    + ", ".join(f"${i}::{t}[]" for i, t in enumerate((*_TYPES, "bigint"), start=1))
-    + f") AS r ({', '.join(_COLUMNS)}, held_at), e"
-    " WHERE r.held_at IS NULL OR r.held_at = e.epoch)"
-    " SELECT epoch FROM e"
-)
 
 
 class CallRecorder:
@@ -90,9 +76,9 @@ class CallRecorder:
     commit is most of PostgreSQL's work per statement: ``docs/design/capacity.md``). On
     SQLite the records of the calls in flight together share one INSERT
     (:class:`issuance.db_async.Coalescer`). A record that holds for an authentication epoch
-    (the hot path's challenge call with a cached token, :mod:`api.hotpath`) is written on
-    PostgreSQL by its own grouped statement, which reads the epoch and writes only the
-    records whose epoch is still current (:data:`_PG_INSERT`)."""
+    (the hot path's challenge call with a cached token, :mod:`api.hotpath`) rides the same
+    grouped write on PostgreSQL, which reads the epoch and writes it only if its epoch is
+    still current (:meth:`~issuance.services.verification.VerificationStore.carry`)."""
 
     def __init__(self, ctx: ApiContext) -> None:
         self._ctx = ctx
@@ -103,28 +89,21 @@ class CallRecorder:
     @property
     def checks_epoch(self) -> bool:
         """Can :meth:`record` check the authentication epoch (PostgreSQL)?"""
-        return self._ctx.pg is not None
+        return self._ctx.verifications is not None
 
     async def record(self, rec: CallRecord, epoch: int | None = None) -> bool:
         """Write ``rec``; with ``epoch`` (:attr:`checks_epoch` only) only if that is still
         the authentication epoch when the statement runs: False if it was not (nothing was
         written). The caller's token check and its record then share one statement."""
         store = self._ctx.verifications
-        if epoch is None and store is not None:  # rides the verifications' grouped write
-            await store.carry(CALLS, [getattr(rec, c) for c in _COLUMNS])
-            return True
+        if store is not None:  # rides the verifications' grouped write (PostgreSQL)
+            return await store.carry(CALLS, [getattr(rec, c) for c in _COLUMNS], epoch)
         return await self._group((rec, epoch))
 
     async def _write_all(self, items: list[tuple[CallRecord, int | None]]) -> list[bool]:
-        records = [rec for rec, _ in items]
-        pool = self._ctx.pg
-        if pool is None:  # SQLite: no epoch check here (see checks_epoch): not written
-            await self._write([rec for rec, epoch in items if epoch is None])
-            return [epoch is None for _, epoch in items]
-        arrays = [[getattr(r, c) for r in records] for c in _COLUMNS]
-        arrays.append([epoch for _, epoch in items])
-        now = int(await pool.run(lambda conn: conn.fetchval(_PG_INSERT, *arrays)))
-        return [epoch is None or epoch == now for _, epoch in items]  # the statement's WHERE
+        # SQLite: no epoch check here (see checks_epoch): a record with one is not written
+        await self._write([rec for rec, epoch in items if epoch is None])
+        return [epoch is None for _, epoch in items]
 
     async def _write(self, records: list[CallRecord]) -> None:
         if not records:

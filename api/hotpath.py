@@ -29,6 +29,7 @@ from api.routes_verify import issue_challenge, run_verification
 from api.schemas import VerificationIn
 from api.tls import subject_matches
 from issuance.services.credentials import Principal
+from issuance.services.verification import StaleEpoch
 
 CHALLENGE_PATH = "/v1/verifications/challenge"
 VERIFY_PATH = "/v1/verifications"
@@ -59,12 +60,23 @@ class HotPath:
             return receive
         started = time.perf_counter()
         route = CHALLENGE_PATH if path == CHALLENGE_PATH else VERIFY_PATH
-        if path == CHALLENGE_PATH and self.recorder.checks_epoch:
-            # a token resolved before: its epoch is checked by the statement that writes the
-            # call's record (one round trip); if it moved on, nothing was written or answered
+        if self.recorder.checks_epoch:
+            # a token resolved before: its epoch is checked by the call's first statement -
+            # the challenge call's record, the verification's card read - instead of a read
+            # of its own; if it moved on, nothing was written or answered
             held = await self._principal(scope, read_epoch=False)
-            if held is not None and await self._challenge(scope, send, *held, started):
-                return None
+            if held is not None:
+                if path == CHALLENGE_PATH:
+                    if await self._challenge(scope, send, *held, started):
+                        return None
+                else:
+                    rest = await self._verify(scope, receive, send, *held, started)
+                    if rest is None:
+                        return None
+                    # stale, or not the common case: FastAPI checks the token again (the
+                    # gate, as no caller is known) and reads the body from ``rest``
+                    state_of(scope).pop(PRINCIPAL, None)
+                    return rest
             state_of(scope).pop(PRINCIPAL, None)  # then checked the ordinary way
         try:
             got = await self._principal(scope)
@@ -76,7 +88,7 @@ class HotPath:
         if path == CHALLENGE_PATH:
             await self._challenge(scope, send, got[0], None, started)
             return None
-        return await self._verify(scope, receive, send, got[0], started)
+        return await self._verify(scope, receive, send, got[0], None, started)
 
     async def _principal(
         self, scope: Scope, read_epoch: bool = True
@@ -86,7 +98,9 @@ class HotPath:
 
         ``read_epoch`` False: only a token this process resolved before
         (:meth:`Authenticator.resolved`), with the epoch it was resolved at, which the caller
-        must check before it answers; None if there is none (nothing is read)."""
+        must check before it writes or answers anything, and must forget
+        (``state[PRINCIPAL]``) if it hands the call on; None if there is none (nothing is
+        read)."""
         header = content = None
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -136,8 +150,18 @@ class HotPath:
         return True
 
     async def _verify(
-        self, scope: Scope, receive: Receive, send: Send, principal: Principal, started: float
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        principal: Principal,
+        epoch: int | None,
+        started: float,
     ) -> Receive | None:
+        """Answer the verification call (None), or hand it on: the ``receive`` FastAPI must
+        read the body from. With ``epoch`` (the cached token's, not checked yet) the card read
+        checks it: if it moved on, nothing was written or answered and the call is handed on
+        (the caller then checks the token the ordinary way)."""
         chunks: list[bytes] = []
         size = 0
         more = True
@@ -164,7 +188,9 @@ class HotPath:
         ):
             return replay
         try:
-            answer = await run_verification(self.ctx, principal, body)
+            answer = await run_verification(self.ctx, principal, body, epoch)
+        except StaleEpoch:
+            return replay
         except Exception as exc:
             await self._error(scope, send, exc, started, VERIFY_PATH)
             return None

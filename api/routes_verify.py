@@ -170,10 +170,16 @@ async def verify(
     return json_bytes_response(answer)
 
 
-async def run_verification(ctx: ApiContext, principal: Principal, body: VerificationIn) -> bytes:
+async def run_verification(
+    ctx: ApiContext, principal: Principal, body: VerificationIn, epoch: int | None = None
+) -> bytes:
     """The verification's answer (JSON), its audit event committed with the challenge's
     consumption: shared by the route above and the hot path (:mod:`api.hotpath`). The caller
-    has checked the scopes ``include_holder`` / ``include_photo`` need."""
+    has checked the scopes ``include_holder`` / ``include_photo`` need.
+
+    ``epoch`` (PostgreSQL only): the authentication epoch ``principal``'s cached token was
+    resolved at, not checked yet: the verification's first statement checks it
+    (:class:`issuance.services.verification.StaleEpoch` if it moved on: nothing written)."""
     response = bytes.fromhex(body.response)
     full_id = "holder:full_id" in principal.scopes
     hsm = ctx.hsm
@@ -203,6 +209,8 @@ async def run_verification(ctx: ApiContext, principal: Principal, body: Verifica
             )  # fmt: skip
 
     if ctx.verifications is None:
+        if epoch is not None:  # only the asyncio store checks an epoch
+            raise RuntimeError("an epoch to check needs the PostgreSQL store")
         v = await run_in_threadpool(work)
     else:
 
@@ -221,7 +229,7 @@ async def run_verification(ctx: ApiContext, principal: Principal, body: Verifica
             card_number=body.card_number, response=response, application=body.application,
             check=check_async, actor=principal.actor, codec=codec, slow_path=slow_path,
             with_holder=body.include_holder, full_citizen_id=full_id,
-            with_photo=body.include_photo,
+            with_photo=body.include_photo, epoch=epoch,
         )  # fmt: skip
     return verification_json(v)
 

@@ -469,13 +469,35 @@ def _postmaster_pid(pg: Any) -> int:
 class _Procs:
     server: int
     postgres: int
+    #: the database's libpq URI: its transactions are counted too (None: not counted)
+    dsn: str | None = None
 
     def snapshot(self) -> dict[str, float]:
-        return {
+        got = {
             "server": _cpu_seconds(_tree(self.server)),
             "postgres": _cpu_seconds(_tree(self.postgres)),
             "machine": _machine_busy(),
         }
+        if self.dsn is not None:
+            got.update(_transactions(self.dsn))
+        return got
+
+
+def _transactions(dsn: str) -> dict[str, float]:
+    """The server's transaction counters: ``xacts`` committed (every statement of the pool is
+    its own transaction, read-only ones included; from the statistics, which each backend
+    hands in at most once a second, so a run's count is off by up to a second's worth at
+    either end) and ``writes``, transactions that wrote (the next transaction id: exact;
+    each is a durable commit, one WAL flush unless flushes are shared)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname ="
+            " current_database()), pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+        ).fetchone()
+    assert row is not None
+    return {"xacts": float(row[0]), "writes": float(row[1])}
 
 
 def _connections_per_worker(server: int, port: int) -> list[int]:
@@ -558,6 +580,9 @@ def _run_generator(
     result["per_s"] = result["count"] / elapsed
     for key in ("server", "postgres", "machine"):
         result[f"{key}_cores"] = (after[key] - before[key]) / elapsed
+    if "xacts" in after and result["count"]:  # (the snapshots' own read is one of each)
+        for key in ("xacts", "writes"):
+            result[f"{key}_per_flow"] = round((after[key] - before[key] - 1) / result["count"], 3)
     result["generator_cores"] = (gen_after - gen_before) / elapsed
     result["other_cores"] = max(
         0.0,
@@ -737,7 +762,7 @@ def run(
         port = free_port()
         server = _start_server(env, port, spec_dir / "server.log")
         try:
-            procs = _Procs(server.pid, _postmaster_pid(pg))
+            procs = _Procs(server.pid, _postmaster_pid(pg), dsn_from_url(url))
             _run_generator("verify", port, 2.0, spec_dir, procs)  # warm-up
             _run_generator("hello", port, 1.0, spec_dir, procs)
             verify = _run_generator("verify", port, SECONDS, spec_dir, procs)
@@ -763,7 +788,7 @@ def run(
         hsm_env = {**floor_env, "YKT_FLOOR_HSM": "1"}
         floor = _start_server(hsm_env, port, spec_dir / "floor-hsm.log", _floor_cmd(port), "/")
         try:
-            procs = _Procs(floor.pid, _postmaster_pid(pg))
+            procs = _Procs(floor.pid, _postmaster_pid(pg), dsn_from_url(url))
             _run_generator("verify", port, 2.0, spec_dir, procs)  # warm-up
             floor_hsm = _run_generator("verify", port, SECONDS, spec_dir, procs)
         finally:
@@ -826,6 +851,10 @@ def report(
         "generator_cpu_us_per_verification": round(verify["generator_cores"] / per_s * 1e6, 1)
         if per_s
         else None,
+        # PostgreSQL transactions per verification: all (each statement is one) and those
+        # that wrote (durable commits); grouping makes both less than one per statement
+        "pg_xacts_per_verification": verify.get("xacts_per_flow"),
+        "pg_writes_per_verification": verify.get("writes_per_flow"),
         "target_verifications_per_s": TARGET_PER_S,
         "target_verify_p99_ms": TARGET_P99_MS,
         "target_ratio": TARGET_RATIO,
@@ -864,6 +893,8 @@ def report(
             "floor_hsm_server_cpu_us_per_flow": round(fh["server_cores"] / fps * 1e6, 1),
             "floor_hsm_postgres_cpu_us_per_flow": round(fh["postgres_cores"] / fps * 1e6, 1),
             "floor_hsm_cores_other_processes": round(fh["other_cores"], 2),
+            "floor_hsm_pg_xacts_per_flow": fh.get("xacts_per_flow"),
+            "floor_hsm_pg_writes_per_flow": fh.get("writes_per_flow"),
             "ratio_to_floor_hsm": round(ratio_hsm, 3),
             "target_ratio_to_floor_hsm": TARGET_RATIO_FLOOR_HSM,
             "verdict_ratio_to_floor_hsm": _verdict(clean and ratio_hsm >= TARGET_RATIO_FLOOR_HSM),
@@ -942,6 +973,10 @@ def _print(r: dict[str, Any], verify: dict[str, Any]) -> None:
         f"{r['generator_cpu_us_per_verification']} us)"
     )
     print(
+        f"  PostgreSQL transactions per verification: {r['pg_xacts_per_verification']} (each "
+        f"statement is one), of which durable writes {r['pg_writes_per_verification']}"
+    )
+    print(
         f"hello-world: {r['hello_per_s']:.0f} req/s p99 {r['hello_p99_ms']} ms (same generator, "
         f"{r['generator']}); wrk -t2 -c{r['connections']}: {r['hello_wrk_per_s']} req/s p99 "
         f"{r['hello_wrk_p99_ms']} ms"
@@ -973,7 +1008,9 @@ def _print(r: dict[str, Any], verify: dict[str, Any]) -> None:
             f"checked in the token: {r['floor_hsm_flows_per_s']:.0f} flows/s, verify p99 "
             f"{r['floor_hsm_verify_p99_ms']} ms, CPU per flow server "
             f"{r['floor_hsm_server_cpu_us_per_flow']} us + PostgreSQL "
-            f"{r['floor_hsm_postgres_cpu_us_per_flow']} us"
+            f"{r['floor_hsm_postgres_cpu_us_per_flow']} us; PostgreSQL transactions per flow "
+            f"{r['floor_hsm_pg_xacts_per_flow']}, durable writes "
+            f"{r['floor_hsm_pg_writes_per_flow']}"
         )
         print(
             f"[{r['verdict_ratio_to_floor_hsm']}] verification / floor with the HSM check = "

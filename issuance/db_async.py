@@ -239,10 +239,14 @@ class RowsInsert:
 
     def sql(self, first: int = 1) -> str:
         """The statement, its arrays numbered from ``$first`` (it may be a CTE of another)."""
-        arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(self.types, start=first))
-        return (
-            f"INSERT INTO {self.table} ({', '.join(self.columns)}) SELECT * FROM unnest({arrays})"
-        )
+        columns = ", ".join(self.columns)
+        return f"INSERT INTO {self.table} ({columns}) SELECT * FROM {self.unnest(first)}"
+
+    def unnest(self, first: int = 1, *extra: str) -> str:
+        """``unnest(...)`` of the statement's arrays numbered from ``$first``, and after them
+        arrays of the PostgreSQL types ``extra`` (other values of each row)."""
+        types = (*self.types, *extra)
+        return f"unnest({', '.join(f'${i}::{t}[]' for i, t in enumerate(types, start=first))})"
 
     def arrays(self, rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
         """The statement's arguments: ``rows`` (``columns`` order) as one list per column."""

@@ -373,6 +373,15 @@ def auth_epoch(session: Session) -> int:
 AUTH_EPOCH_SQL = "SELECT epoch FROM api_auth_epoch WHERE id = 1"
 
 
+def epoch_holds_sql(held: str) -> str:
+    """SQL, true if a token resolved at the authentication epoch ``held`` (an SQL expression;
+    NULL: nothing to check) is still valid: ``held`` is the epoch now. The one check of a
+    cached token's epoch inside another statement (the API's hot path has its card read and
+    its call-log records check it: :mod:`issuance.services.verification`); the epoch is read
+    once per statement (an uncorrelated subquery)."""
+    return f"({held} IS NULL OR {held} = coalesce(({AUTH_EPOCH_SQL}), 0))"
+
+
 def bump_auth_epoch(session: Session) -> None:
     """Make every API worker and node resolve its cached tokens again at their next request
     (a principal's state changed, or the failure limit now holds a caller)."""

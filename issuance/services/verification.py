@@ -37,6 +37,7 @@ from issuance.models import (
     utcnow,
 )
 from issuance.services.card_steps import lapse_if_due
+from issuance.services.credentials import epoch_holds_sql
 
 
 class Reason(StrEnum):
@@ -395,6 +396,15 @@ class _NeedsSession(IssuanceError):
     caught by :func:`verify_card_async`, never leaves this module."""
 
 
+class StaleEpoch(IssuanceError):
+    """The caller's token was resolved at an authentication epoch that is no longer the
+    current one (a principal was disabled, revoked or held since): raised by a verification
+    given that ``epoch`` (:func:`verify_card_async`) before anything was written; the caller
+    resolves the token again and decides (:mod:`api.hotpath`)."""
+
+    code = "stale_authentication"
+
+
 class Store(Protocol):
     """Where a verification reads and writes: :class:`SessionStore` (a Session, the caller's
     transaction) or :class:`VerificationStore` (the asyncio pool, PostgreSQL)."""
@@ -550,6 +560,14 @@ class SessionStore:
 # a statement and a commit of the call log's own. Each statement is planned once per
 # connection (:data:`issuance.db_async.SERVER_SETTINGS`).
 #
+# The API's cached tokens are checked by these statements too, instead of a read of their
+# own: a verification given the authentication epoch its caller's token was resolved at
+# (``verify_card_async(epoch=...)``) has its card read (:data:`SQL_LOOKUP_HELD_MANY`), or a
+# refused challenge's audit event, check that it is still the epoch
+# (:func:`issuance.services.credentials.epoch_holds_sql`) and stops with :class:`StaleEpoch`
+# before anything is written if not; a rider held for an epoch (the challenge call's record) is
+# written only while it holds, and its caller learns whether it was.
+#
 # A provisionally lost card whose report may have lapsed goes through the ORM path (the lapse is
 # a lifecycle transition with its own audit event), run by the caller's ``slow_path``. On a
 # Session the same steps run in the caller's transaction (the challenge's use, the event and
@@ -603,19 +621,39 @@ SQL_USE_AND_AUDIT = _use_and_audit_sql()
 #: (:data:`issuance.db_async.SERVER_SETTINGS`) is also the best one - planned once per
 #: connection instead of once per call (measured: planning was 84 us of PostgreSQL CPU per
 #: verification, a third of it).
-SQL_LOOKUP_MANY = (
-    "SELECT q.n, x.* FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q (cic, kind, n)"
-    " CROSS JOIN LATERAL (SELECT c.id, c.card_number, c.kind, c.status, c.key_version,"
+_LOOKUP_ONE = (
+    " (SELECT c.id, c.card_number, c.kind, c.status, c.key_version,"
     " c.algorithm, c.expiry_date, p.id AS person_id, p.name, p.citizen_id, p.sex,"
     " p.birth_date, a.status AS app_status"
     " FROM cards AS c JOIN persons AS p ON p.id = c.person_id"
     " LEFT JOIN chip_applications AS a ON a.card_id = c.id AND a.kind = q.kind"
     " WHERE c.card_identification_code = q.cic OFFSET 0) AS x"
 )
+SQL_LOOKUP_MANY = (
+    "SELECT q.n, x.* FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q (cic, kind, n)"
+    " CROSS JOIN LATERAL" + _LOOKUP_ONE
+)
+#: :data:`SQL_LOOKUP_MANY` for items that hold for an authentication epoch (the API's cached
+#: tokens, not checked yet): $3 their epochs (NULL: none). Every item has a row (an unknown
+#: card: its card columns NULL), whose last column says whether its epoch is still the current
+#: one (:func:`issuance.services.credentials.epoch_holds_sql`, read by this statement).
+SQL_LOOKUP_HELD_MANY = (
+    f"SELECT q.n, x.*, {epoch_holds_sql('q.held')} FROM unnest($1::text[], $2::text[],"
+    " $3::bigint[]) WITH ORDINALITY AS q (cic, kind, held, n) LEFT JOIN LATERAL"
+    + _LOOKUP_ONE
+    + " ON true"
+)
 
 #: PostgreSQL array types of the audit event's columns (audit.EVENT_COLUMNS order)
 _EVENT_TYPES = ("timestamp", "integer", "text", "text", "text", "text", "text", "text",
                 "text", "text", "text", "text")  # fmt: skip
+
+#: :data:`_SQL_AUDIT_ONLY` only if $13 is still the authentication epoch (a cached token's)
+_SQL_AUDIT_ONLY_HELD = (
+    f"INSERT INTO audit_events ({_EVENT_COLUMNS}) SELECT "
+    + ", ".join(f"${i}::{t}" for i, t in enumerate(_EVENT_TYPES, start=1))
+    + f" WHERE {epoch_holds_sql(f'${_N_EVENT + 1}::bigint')}"
+)
 
 
 def _use_and_audit_many_ctes() -> str:
@@ -654,25 +692,39 @@ SQL_USE_AND_AUDIT_MANY = f"WITH {_USE_AND_AUDIT_MANY_CTES} SELECT id FROM u"
 
 def _grouped_write_sql(uses: bool, riders: Sequence[RowsInsert]) -> str:
     """One round's statement of :class:`VerificationStore`: :data:`SQL_USE_AND_AUDIT_MANY`
-    (if ``uses``) and the inserts of ``riders`` after it (their arrays numbered on), in one
-    statement: one commit."""
+    (if ``uses``) and the inserts of ``riders`` after it, in one statement: one commit. Each
+    kind of rider rows takes its arrays (numbered on) and one more, the authentication epoch
+    each row holds for (NULL: none): a row whose epoch is not the current one
+    (:func:`issuance.services.credentials.epoch_holds_sql`) is not written. Returns the keys
+    of the challenges that were not used before (first column), and for each rider row not
+    written a row (NULL, its kind's index in ``riders``, its 1-based position in its kind)."""
+    if not riders:
+        return SQL_USE_AND_AUDIT_MANY
     first = _USE_ARRAYS + 1 if uses else 1
     ctes = [_USE_AND_AUDIT_MANY_CTES] if uses else []
+    answers = ["SELECT id, NULL::integer, NULL::bigint FROM u"] if uses else []
     for k, rows in enumerate(riders):
-        ctes.append(f"r{k} AS ({rows.sql(first)})")
-        first += len(rows.types)
-    if not uses and len(riders) == 1:
-        return riders[0].sql()
-    return f"WITH {', '.join(ctes)} SELECT {'id FROM u' if uses else 'NULL'}"
+        columns = ", ".join(f'"{c}"' for c in rows.columns)
+        ctes.append(
+            f"g{k} AS (SELECT *, {epoch_holds_sql('g.held')} AS ok"
+            f" FROM {rows.unnest(first, 'bigint')} WITH ORDINALITY AS g ({columns}, held, n)),"
+            f" r{k} AS (INSERT INTO {rows.table} ({columns}) SELECT {columns} FROM g{k}"
+            " WHERE ok)"
+        )
+        answers.append(f"SELECT NULL::bytea, {k}, n FROM g{k} WHERE NOT ok")
+        first += len(rows.types) + 1
+    return f"WITH {', '.join(ctes)} {' UNION ALL '.join(answers)}"
 
 
 @dataclass(frozen=True)
 class _Rider:
     """A row of another table written with the next grouped write
-    (:meth:`VerificationStore.carry`)."""
+    (:meth:`VerificationStore.carry`), if ``epoch`` is None or still the authentication
+    epoch."""
 
     rows: RowsInsert
     row: tuple[Any, ...]
+    epoch: int | None = None
 
 
 def _use_key(item: list[Any] | _Rider) -> bytes | None:
@@ -689,16 +741,22 @@ class VerificationStore:
 
     def __init__(self, pool: AsyncPgPool, max_batch: int = 128) -> None:
         self.pool = pool
-        self.lookups: Coalescer[tuple[str, str], CardRow | None] = Coalescer(
-            self._lookup_many, max_batch=max_batch
+        self.lookups: Coalescer[tuple[str, str, int | None], CardRow | StaleEpoch | None] = (
+            Coalescer(self._lookup_many, max_batch=max_batch)
         )
         #: the grouped durable write: verifications' uses and events, and riders (:meth:`carry`)
         self.uses: Coalescer[list[Any] | _Rider, bool | Exception] = Coalescer(
             self._write_many, max_batch=max_batch, key=_use_key
         )
 
-    async def lookup(self, cic: str, kind: ChipAppKind) -> CardRow | None:
-        return await self.lookups((cic, str(kind)))
+    async def lookup(self, cic: str, kind: ChipAppKind, epoch: int | None = None) -> CardRow | None:
+        """The card (:meth:`Store.lookup`); with ``epoch`` (a cached token's, not checked
+        yet), read by the same statement: :class:`StaleEpoch` if that is no longer the
+        authentication epoch."""
+        got = await self.lookups((cic, str(kind), epoch))
+        if isinstance(got, StaleEpoch):
+            raise got
+        return got
 
     async def use_and_audit(self, args: Sequence[Any]) -> bool:
         """``args``: the challenge's primary key, the event's columns, the lost verdict's
@@ -708,18 +766,29 @@ class VerificationStore:
             raise got
         return got
 
-    async def carry(self, rows: RowsInsert, row: Sequence[Any]) -> None:
+    async def carry(self, rows: RowsInsert, row: Sequence[Any], epoch: int | None = None) -> bool:
         """Insert ``row`` (``rows.columns`` order) with the next grouped write: returns once it
         is committed. For the other rows the hot path must have durable before it answers
         (the call log's, :mod:`api.calllog`): they share the verifications' statement and
-        commit instead of a statement and a commit of their own. If the shared statement is
-        refused, its items are written again one by one: a faulty row loses no other row."""
-        got = await self.uses(_Rider(rows, tuple(row)))
+        commit instead of a statement and a commit of their own. With ``epoch`` the row is
+        written only if that is still the authentication epoch when the statement runs (a
+        record of a call whose cached token is checked so): False if it was not (nothing
+        written). If the shared statement is refused, its items are written again one by one:
+        a faulty row loses no other row."""
+        got = await self.uses(_Rider(rows, tuple(row), epoch))
         if isinstance(got, Exception):
             raise got
+        return got
 
-    async def audit_only(self, row: Sequence[Any]) -> None:
-        await self.pool.run(lambda conn: conn.execute(_SQL_AUDIT_ONLY, *row))
+    async def audit_only(self, row: Sequence[Any], epoch: int | None = None) -> None:
+        """Insert the event ``row``; with ``epoch``, only if that is still the authentication
+        epoch (else :class:`StaleEpoch`, nothing written)."""
+        if epoch is None:
+            await self.pool.run(lambda conn: conn.execute(_SQL_AUDIT_ONLY, *row))
+            return
+        done = await self.pool.run(lambda conn: conn.execute(_SQL_AUDIT_ONLY_HELD, *row, epoch))
+        if done.endswith(" 0"):  # "INSERT 0 0": nothing written
+            raise StaleEpoch("the caller's token was resolved at an older epoch")
 
     async def lapse(self, card: CardRow, kind: ChipAppKind, now: datetime) -> CardRow | None:
         raise _NeedsSession("a lapse is a lifecycle transition: the ORM path")
@@ -734,51 +803,101 @@ class VerificationStore:
         )
         return None if got is None else bytes(got)
 
-    async def _lookup_many(self, items: list[tuple[str, str]]) -> list[CardRow | None]:
-        cics = [cic for cic, _ in items]
-        kinds = [kind for _, kind in items]
-        rows = await self.pool.run(lambda conn: conn.fetch(SQL_LOOKUP_MANY, cics, kinds))
-        found: list[CardRow | None] = [None] * len(items)
+    async def _lookup_many(
+        self, items: list[tuple[str, str, int | None]]
+    ) -> list[CardRow | StaleEpoch | None]:
+        cics = [cic for cic, _, _ in items]
+        kinds = [kind for _, kind, _ in items]
+        epochs = [epoch for _, _, epoch in items]
+        found: list[CardRow | StaleEpoch | None] = [None] * len(items)
+        if all(epoch is None for epoch in epochs):
+            rows = await self.pool.run(lambda conn: conn.fetch(SQL_LOOKUP_MANY, cics, kinds))
+            for r in rows:
+                found[r[0] - 1] = CardRow(*tuple(r)[1:])
+            return found
+        rows = await self.pool.run(
+            lambda conn: conn.fetch(SQL_LOOKUP_HELD_MANY, cics, kinds, epochs)
+        )
         for r in rows:
-            found[r[0] - 1] = CardRow(*tuple(r)[1:])
+            values = tuple(r)
+            if not values[-1]:
+                found[r[0] - 1] = StaleEpoch("the caller's token was resolved at an older epoch")
+            elif values[1] is not None:
+                found[r[0] - 1] = CardRow(*values[1:-1])
         return found
 
     async def _write_many(self, items: list[list[Any] | _Rider]) -> list[bool | Exception]:
-        uses = [i for i in items if not isinstance(i, _Rider)]
-        riders = [i for i in items if isinstance(i, _Rider)]
         try:
-            unused = await self._write(uses, riders)
+            return list(await self._write(items))
         except DatabaseUnavailable:
             raise  # no part can be written now
         except Exception:
             if len(items) == 1:
                 raise
-            # a row made the shared statement fail: each item alone, with its own outcome
-            results: list[bool | Exception] = []
-            for item in items:
-                try:
-                    if isinstance(item, _Rider):
-                        await self._write([], [item])
-                        results.append(False)  # (a rider's result is unused)
-                    else:
-                        results.append(item[0] in await self._write([item], []))
-                except Exception as exc:  # handed to this item's caller
-                    results.append(exc)
-            return results
-        return [False if isinstance(i, _Rider) else i[0] in unused for i in items]
+        # a row made the shared statement fail: each item alone, with its own outcome
+        results: list[bool | Exception] = []
+        for item in items:
+            try:
+                results += await self._write([item])
+            except Exception as exc:  # handed to this item's caller
+                results.append(exc)
+        return results
 
-    async def _write(self, uses: list[list[Any]], riders: list[_Rider]) -> set[bytes]:
-        """One statement: the uses and events of ``uses``, the rows of ``riders``; the
-        challenge keys that were not used before."""
-        kinds: dict[RowsInsert, list[tuple[Any, ...]]] = {}
-        for rider in riders:
-            kinds.setdefault(rider.rows, []).append(rider.row)
+    async def _write(self, items: list[list[Any] | _Rider]) -> list[bool]:
+        """One statement for ``items`` (:func:`_grouped_write_sql`); for each item, a
+        verification's: was its challenge unused before; a rider's: was it written."""
+        uses: list[list[Any]] = []
+        kinds: dict[RowsInsert, list[_Rider]] = {}
+        for item in items:
+            if isinstance(item, _Rider):
+                kinds.setdefault(item.rows, []).append(item)
+            else:
+                uses.append(item)
         args: list[list[Any]] = [list(c) for c in zip(*uses, strict=True)] if uses else []
-        for rows, values in kinds.items():
-            args += rows.arrays(values)
+        for rows, riders in kinds.items():
+            args += rows.arrays([rider.row for rider in riders])
+            args.append([rider.epoch for rider in riders])
         sql = _grouped_write_sql(bool(uses), tuple(kinds))
-        fresh = await self.pool.run(lambda conn: conn.fetch(sql, *args))
-        return {bytes(r[0]) for r in fresh} if uses else set()
+        got = await self.pool.run(lambda conn: conn.fetch(sql, *args))
+        unused = {bytes(r[0]) for r in got if r[0] is not None}
+        unwritten = {(r[1], r[2]) for r in got if r[0] is None}
+        index = {rows: k for k, rows in enumerate(kinds)}
+        seen = [0] * len(kinds)
+        out: list[bool] = []
+        for item in items:
+            if isinstance(item, _Rider):
+                k = index[item.rows]
+                seen[k] += 1
+                out.append((k, seen[k]) not in unwritten)
+            else:
+                out.append(item[0] in unused)
+        return out
+
+
+class _HeldStore:
+    """:class:`VerificationStore` as one verification sees it whose caller's token holds for
+    the authentication epoch ``epoch`` (cached, not checked yet): the statements that come
+    before anything is written - the card read, or a refused challenge's audit event - check
+    it (:class:`StaleEpoch` if it moved on)."""
+
+    def __init__(self, store: VerificationStore, epoch: int) -> None:
+        self.store = store
+        self.epoch = epoch
+
+    async def lookup(self, cic: str, kind: ChipAppKind) -> CardRow | None:
+        return await self.store.lookup(cic, kind, self.epoch)
+
+    async def audit_only(self, row: Sequence[Any]) -> None:
+        await self.store.audit_only(row, self.epoch)
+
+    async def lapse(self, card: CardRow, kind: ChipAppKind, now: datetime) -> CardRow | None:
+        return await self.store.lapse(card, kind, now)
+
+    async def photo(self, person_id: int) -> bytes | None:
+        return await self.store.photo(person_id)
+
+    async def use_and_audit(self, args: Sequence[Any]) -> bool:
+        return await self.store.use_and_audit(args)
 
 
 async def verify_card_async(
@@ -798,12 +917,17 @@ async def verify_card_async(
     full_citizen_id: bool = False,
     with_photo: bool = False,
     now: datetime | None = None,
+    epoch: int | None = None,
 ) -> Verdict:
     """:func:`_verify` on the asyncio pool (see the comment above); a provisionally lost card
-    goes to ``slow_path`` (:func:`verify_card` in a thread) before anything is written."""
+    goes to ``slow_path`` (:func:`verify_card` in a thread) before anything is written.
+
+    ``epoch``: the authentication epoch the caller's token was resolved at, not checked yet
+    (the API's cached tokens): the card read checks it, or a refused challenge's event;
+    :class:`StaleEpoch` if it is no longer the epoch - nothing was written."""
     try:
         return await _verify(
-            store,
+            store if epoch is None else _HeldStore(store, epoch),
             challenge_id,
             credential_id,
             card_identification_code,

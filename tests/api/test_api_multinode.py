@@ -182,3 +182,68 @@ def test_a_challenge_after_a_revocation_elsewhere_is_refused_and_recorded_once(
     assert refusals() == [*before, "unauthorized"]
     with api_env.session() as s:  # type: ignore[attr-defined]
         credentials.set_client_active(s, client_id, True)
+
+
+def test_a_verification_after_a_revocation_elsewhere_writes_nothing_and_is_refused(
+    api_env: ApiEnv, node_b: tuple[TestClient, Hsm], card_and_chip: tuple[Card, InProcessReader]
+) -> None:
+    """The hot path's verification checks a cached token's epoch in its card read: after a
+    revocation on A, B's next verification with the token writes nothing (no challenge used,
+    no audit event), answers 401 the ordinary way (the body replayed to FastAPI) and is
+    recorded once, as 401. After an epoch change that leaves the caller valid (another client
+    disabled), the same hand-off verifies it once: used once, audited once, valid."""
+    client_b, _ = node_b
+    _card, chip = card_and_chip
+    hospital = api_env.auth("hospital")
+    client_id = api_env.clients["hospital"][0]
+    b = YktClient(TestClient(client_b.app, headers=hospital))
+
+    def written() -> tuple[int, int, list[int]]:
+        with api_env.session() as s:  # type: ignore[attr-defined]
+            used = s.scalar(sa.select(sa.func.count()).select_from(UsedChallenge))
+            events = s.scalar(
+                sa.select(sa.func.count())
+                .select_from(AuditEvent)
+                .where(AuditEvent.action == "card.verified")
+            )
+            calls = s.scalars(  # (a refused token's record names no client)
+                sa.select(ApiCall.status)
+                .where(ApiCall.route == "/v1/verifications")
+                .order_by(ApiCall.id)
+            )
+            return int(used or 0), int(events or 0), list(calls)
+
+    def body(ch: dict[str, str]) -> dict[str, str]:
+        cic, number, resp = _answer(chip, ch["challenge"])
+        return {
+            "challenge_id": ch["challenge_id"], "card_identification_code": cic,
+            "card_number": number, "response": resp.hex(), "application": "medical",
+        }  # fmt: skip
+
+    # B caches the token; a verification on B with it (the epoch checked by the card read)
+    ch = b.challenge()
+    assert client_b.post("/v1/verifications", json=body(ch), headers=hospital).json()["valid"]
+    base = written()
+    # an unrelated change of the epoch: B's cached entry is stale, the call goes the ordinary
+    # way and is verified there, once
+    other = api_env.clients["bank"][0]
+    admin = api_env.auth("admin")
+    assert api_env.client.post(f"/v1/principals/clients/{other}/disable", headers=admin).is_success
+    ch = b.challenge()  # (re-resolves the token on B: the challenge call's own check)
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        credentials.set_client_active(s, other, True)  # the epoch moves on again
+    r = client_b.post("/v1/verifications", json=body(ch), headers=hospital)
+    assert r.status_code == 200 and r.json()["valid"] is True, r.text
+    used, events, calls = written()
+    assert (used, events) == (base[0] + 1, base[1] + 1) and calls == base[2]  # audited only
+    # the hospital revoked on A: B's next verification writes nothing and is refused
+    ch = b.challenge()
+    r = api_env.client.post(f"/v1/principals/clients/{client_id}/disable", headers=admin)
+    assert r.status_code == 200, r.text
+    refused = client_b.post("/v1/verifications", json=body(ch), headers=hospital)
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["error"]["code"] == "unauthorized"
+    assert written() == (base[0] + 1, base[1] + 1, [*base[2], 401])
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        assert s.get(UsedChallenge, bytes.fromhex(ch["challenge_id"])) is None
+        credentials.set_client_active(s, client_id, True)

@@ -39,6 +39,7 @@ from issuance.models import (
     StaffRole,
     UsedChallenge,
 )
+from issuance.services import credentials
 from issuance.services import verification as v
 
 pytestmark = pytest.mark.postgres
@@ -203,7 +204,7 @@ def test_session_and_pool_stores_give_the_same_verdicts_and_events(fresh_db_url:
             now=NOW,
         )
         outcomes = []
-        for path in ("session", "pool"):
+        for path in ("session", "pool", "held"):
             with Session(engine) as s:  # the challenge unused or used, as the request says
                 s.execute(sa.delete(UsedChallenge))
                 if request["challenge"] == "reused":
@@ -219,14 +220,19 @@ def test_session_and_pool_stores_give_the_same_verdicts_and_events(fresh_db_url:
                 async def slow() -> v.Verdict:
                     raise AssertionError("no lost card here")
 
+                # "held": a cached token's epoch, still the current one, checked by the
+                # statements (the API's hot path): the same verdict and event
+                epoch = _epoch(engine) if path == "held" else None
                 verdict = loop.run_until_complete(
-                    v.verify_card_async(store, check=check_async, slow_path=slow, **kwargs)
+                    v.verify_card_async(
+                        store, check=check_async, slow_path=slow, epoch=epoch, **kwargs
+                    )
                 )
             with Session(engine) as s:
                 used = s.scalar(sa.select(sa.func.count()).select_from(UsedChallenge))
             outcomes.append((verdict, _events_after(engine, before), used))
-        assert outcomes[0] == outcomes[1]
-        (verdict, events, _), _ = outcomes
+        assert outcomes[0] == outcomes[1] == outcomes[2]
+        (verdict, events, _), _, _ = outcomes
         assert (
             len(events) == 1 and events[0][audit.EVENT_COLUMNS.index("action")] == "card.verified"
         )
@@ -240,6 +246,17 @@ def test_session_and_pool_stores_give_the_same_verdicts_and_events(fresh_db_url:
         loop.run_until_complete(_close(pool))
         loop.close()
         engine.dispose()
+
+
+def _epoch(engine: sa.Engine) -> int:
+    with Session(engine) as s:
+        return credentials.auth_epoch(s)
+
+
+def _bump_epoch(engine: sa.Engine) -> None:
+    with Session(engine) as s:
+        credentials.bump_auth_epoch(s)
+        s.commit()
 
 
 async def _close(pool: AsyncPgPool) -> None:
@@ -317,12 +334,12 @@ def test_riders_share_the_grouped_write_and_a_faulty_part_loses_nothing_else(
         batches = store.uses.batches
         good = [_use_args(codec, CIC) for _ in range(4)]
         got = loop.run_until_complete(burst(good, [_call(f"/v1/r{i}") for i in range(4)]))
-        assert got == [True] * 4 + [None] * 4
+        assert got == [True] * 4 + [True] * 4
         assert store.uses.batches - batches == 1
         assert counts() == (base[0] + 4, base[1] + 4, base[2] + 4)
         # the same challenge again: used, its event says so, the riders are written anyway
         again = loop.run_until_complete(burst([good[0]], [_call("/v1/again")]))
-        assert again == [False, None]
+        assert again == [False, True]
         assert counts() == (base[0] + 4, base[1] + 5, base[2] + 5)
         # a call record the table refuses (method longer than 8): the verifications and the
         # other record of its statement still commit, only that record's caller gets the error
@@ -330,15 +347,180 @@ def test_riders_share_the_grouped_write_and_a_faulty_part_loses_nothing_else(
         mixed = loop.run_until_complete(
             burst(ok, [_call("/v1/fine"), _call("/v1/bad", method="X" * 9)])
         )
-        assert mixed[:3] == [True, True, None] and isinstance(mixed[3], Exception)
+        assert mixed[:3] == [True, True, True] and isinstance(mixed[3], Exception)
         assert counts() == (base[0] + 6, base[1] + 7, base[2] + 6)
         # a verification row the table refuses (an entity id longer than 40): the other
         # verification and the call records of its statement still commit
         bad = _use_args(codec, CIC + "X" * 30)
         fine = _use_args(codec, CIC)
         mixed = loop.run_until_complete(burst([bad, fine], [_call("/v1/a"), _call("/v1/b")]))
-        assert isinstance(mixed[0], Exception) and mixed[1:] == [True, None, None]
+        assert isinstance(mixed[0], Exception) and mixed[1:] == [True, True, True]
         assert counts() == (base[0] + 7, base[1] + 8, base[2] + 8)
+    finally:
+        loop.run_until_complete(_close(pool))
+        loop.close()
+        engine.dispose()
+
+
+@pytest.mark.parametrize("db_backend", ["postgres"], indirect=True)
+def test_riders_held_for_an_epoch_are_written_only_while_it_is_current(
+    fresh_db_url: str,
+) -> None:
+    """A rider that holds for an authentication epoch (the challenge call's record with a
+    cached token) shares the round's statement; it is written, and answered True, only if
+    its epoch is still the current one, read by that statement. A stale one is not written
+    (False) and costs the others of its statement nothing; a faulty one loses no other row."""
+    engine = make_engine(url=fresh_db_url)
+    codec = v.ChallengeCodec(os.urandom(32))
+    loop = asyncio.new_event_loop()
+    pool = AsyncPgPool(dsn_from_url(engine.url), 2)
+    store = v.VerificationStore(pool)
+
+    async def burst(
+        uses: list[list[Any]], calls: list[tuple[tuple[Any, ...], int | None]]
+    ) -> list[Any]:
+        jobs = [store.use_and_audit(a) for a in uses]
+        jobs += [store.carry(_CALLS, c, epoch) for c, epoch in calls]
+        return list(await asyncio.gather(*jobs, return_exceptions=True))
+
+    def routes() -> list[str]:
+        with engine.connect() as c:
+            return list(c.scalars(sa.text("SELECT route FROM api_calls ORDER BY id")))
+
+    def used() -> int:
+        with engine.connect() as c:
+            return int(c.scalar(sa.text("SELECT count(*) FROM used_challenges")) or 0)
+
+    try:
+        loop.run_until_complete(pool.open())
+        old = _epoch(engine)
+        _bump_epoch(engine)
+        now = _epoch(engine)
+        assert now == old + 1
+        batches = store.uses.batches
+        got = loop.run_until_complete(
+            burst(
+                [_use_args(codec, CIC) for _ in range(2)],
+                [
+                    (_call("/v1/stale"), old),
+                    (_call("/v1/current"), now),
+                    (_call("/v1/none"), None),
+                    (_call("/v1/stale2"), old),
+                ],
+            )
+        )
+        assert got == [True, True, False, True, True, False]
+        assert store.uses.batches - batches == 1  # one statement, one commit for all
+        assert sorted(routes()) == ["/v1/current", "/v1/none"] and used() == 2
+        # riders alone (no verification in the round): the same check
+        got = loop.run_until_complete(burst([], [(_call("/v1/a"), now), (_call("/v1/b"), old)]))
+        assert got == [True, False]
+        assert sorted(routes()) == ["/v1/a", "/v1/current", "/v1/none"]
+        # a faulty rider (method longer than 8) among held ones: only its caller gets the
+        # error; the one-by-one retry still checks each epoch
+        got = loop.run_until_complete(
+            burst(
+                [_use_args(codec, CIC)],
+                [
+                    (_call("/v1/bad", method="X" * 9), now),
+                    (_call("/v1/c"), now),
+                    (_call("/v1/d"), old),
+                ],
+            )
+        )
+        assert got[0] is True and isinstance(got[1], Exception) and got[2:] == [True, False]
+        assert sorted(routes()) == ["/v1/a", "/v1/c", "/v1/current", "/v1/none"]
+        assert used() == 3
+    finally:
+        loop.run_until_complete(_close(pool))
+        loop.close()
+        engine.dispose()
+
+
+@pytest.mark.parametrize("db_backend", ["postgres"], indirect=True)
+def test_a_verification_held_for_a_stale_epoch_writes_nothing(fresh_db_url: str) -> None:
+    """A verification whose caller's cached token is of an older authentication epoch stops
+    with :class:`StaleEpoch` before anything is written, whatever its request: a valid one
+    (the card read checks the epoch), an unknown card (the same read), a refused challenge
+    (its audit event checks it). At the current epoch the same requests go through."""
+    engine = make_engine(url=fresh_db_url)
+    codec = v.ChallengeCodec(os.urandom(32))
+    loop = asyncio.new_event_loop()
+    pool = AsyncPgPool(dsn_from_url(engine.url), 2)
+    store = v.VerificationStore(pool)
+    with Session(engine) as s:
+        person = Person(
+            citizen_id="11010519491231002X", name="张三", sex="2",
+            birth_date=date(1949, 12, 31), region_code="110105",
+        )  # fmt: skip
+        s.add(person)
+        s.flush()
+        card = Card(
+            card_number=NUMBER, kind=CardKind.FORMAL, status=CardStatus.ACTIVE,
+            person_id=person.id, region_code="330106", algorithm=CardAlgorithm.DES3,
+            card_identification_code=CIC,
+        )  # fmt: skip
+        s.add(card)
+        s.flush()
+        s.add(
+            ChipApplication(card_id=card.id, kind=ChipAppKind.MEDICAL, status=ChipAppStatus.ACTIVE)
+        )
+        s.commit()
+
+    async def slow() -> v.Verdict:
+        raise AssertionError("no lost card here")
+
+    def verify(cic: str, challenge_id: str, epoch: int) -> v.Verdict:
+        return loop.run_until_complete(
+            v.verify_card_async(
+                store, challenge_id=challenge_id, credential_id=7,
+                card_identification_code=cic, card_number=NUMBER, response=GOOD,
+                application=ChipAppKind.MEDICAL, check=check_async,
+                actor=Actor("hospital-7", StaffRole.SYSTEM, Channel.SYSTEM), codec=codec,
+                slow_path=slow, now=NOW, epoch=epoch,
+            )
+        )  # fmt: skip
+
+    def written() -> tuple[int, int]:
+        with engine.connect() as c:
+            return (
+                int(c.scalar(sa.text("SELECT count(*) FROM used_challenges")) or 0),
+                int(c.scalar(sa.text("SELECT count(*) FROM audit_events")) or 0),
+            )
+
+    unknown = CIC[:-1] + "9"
+    try:
+        loop.run_until_complete(pool.open())
+        old = _epoch(engine)
+        _bump_epoch(engine)
+        now = _epoch(engine)
+        base = written()
+        fresh = codec.issue(7, 60, now=NOW).id
+        for cic, challenge_id in ((CIC, fresh), (unknown, fresh), (CIC, "zz" * 16)):
+            with pytest.raises(v.StaleEpoch):
+                verify(cic, challenge_id, old)
+            assert written() == base  # nothing: no challenge used, no event
+        # the same requests at the current epoch: answered and written
+        assert verify(CIC, fresh, now).valid
+        assert verify(unknown, codec.issue(7, 60, now=NOW).id, now).reason is v.Reason.UNKNOWN_CARD
+        assert verify(CIC, "zz" * 16, now).reason is v.Reason.CHALLENGE_UNKNOWN
+        assert written() == (base[0] + 2, base[1] + 3)
+        # a round of card reads mixing both: each gets its own answer
+        lookups = [
+            store.lookup(CIC, ChipAppKind.MEDICAL, old),
+            store.lookup(CIC, ChipAppKind.MEDICAL, now),
+            store.lookup(unknown, ChipAppKind.MEDICAL, now),
+            store.lookup(CIC, ChipAppKind.MEDICAL),
+        ]
+        batches = store.lookups.batches
+
+        async def all_of() -> list[Any]:
+            return list(await asyncio.gather(*lookups, return_exceptions=True))
+
+        got = loop.run_until_complete(all_of())
+        assert store.lookups.batches - batches == 1
+        assert isinstance(got[0], v.StaleEpoch) and got[2] is None
+        assert isinstance(got[1], v.CardRow) and got[1] == got[3] and got[1].card_number == NUMBER
     finally:
         loop.run_until_complete(_close(pool))
         loop.close()
