@@ -146,14 +146,20 @@ def claim_ids(
             .limit(limit - len(out))
         )  # fmt: skip
         if _is_postgres(session):
+            # the ids locked as an array (``= ANY(ARRAY(SELECT ...))``), then each row found
+            # by its primary key: with ``IN (SELECT ...)`` the planner joined the ids with a
+            # scan of the whole table (its cost grew with the table, not the chunk)
             sub = sub.with_for_update(skip_locked=True)
+            chosen = table.c.id == sa.any_(sa.func.array(sub.scalar_subquery()))
+        else:
+            chosen = table.c.id.in_(sub.scalar_subquery())
         stmt = (
             sa.update(table)
-            .where(table.c.id.in_(sub.scalar_subquery()))
+            .where(chosen)
             .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds))
             .returning(table.c.id)
         )
-        out.extend(int(i) for i in session.execute(stmt).scalars())
+        out.extend(int(i) for i in session.execute(stmt).scalars().all())
     return sorted(out)
 
 
