@@ -109,12 +109,7 @@ def destroy_perso_key(service: Pkcs11Keys, label: str) -> bool:
 
 
 class PinPolicy(Protocol):
-    """The initial-PIN rules of data preparation (``issuance.batches.dataprep``).
-
-    A policy may also have ``macs(card_identification_code) -> Sequence[bytes]``: the data it
-    will most likely ask ``mac`` for (:meth:`PrepOps.in_house_chunk` computes those MACs in
-    its run of HSM calls and answers ``mac`` from them; any other data is MACed when asked, so
-    the announcement changes no output, only when the calls run)."""
+    """The initial-PIN rules of data preparation (``issuance.batches.dataprep``)."""
 
     def pin(self, card_identification_code: str, mac: Callable[[bytes], bytes]) -> str:
         """The card's initial PIN from ``mac(data)`` (MAC algorithm 1 under the card's PUK)."""
@@ -126,12 +121,6 @@ class PinPolicy(Protocol):
         """The PIN blocks of the profile's PINs (each becomes a SET PIN payload under KMC):
         ``pin`` for the first, others (a bank PIN) from their own ``mac``."""
         ...
-
-
-#: Cards of a chunk whose HSM calls run back to back in one group (:meth:`PrepOps.in_house_chunk`):
-#: each card's PUK and KMC stay alive from its keys' pass to its PIN payloads' pass, so the group
-#: bounds the live session objects (two a card; live objects slow SoftHSM2 down).
-GROUP = 64
 
 
 @dataclass(frozen=True)
@@ -195,39 +184,6 @@ class _Plan:
     keys: list[tuple[KeySlot, int, Any]]
     slots: list[KeySlot]
     """The slots of ``keys``, in order."""
-
-
-@dataclass(slots=True, eq=False)
-class _Work:
-    """One card of a chunk between the passes of :meth:`PrepOps.in_house_chunk`: its calls'
-    inputs (pass 1), what its HSM calls gave (passes 2 and 4), its PINs (pass 3)."""
-
-    index: int
-    ref: CardKeyRef
-    slots: Sequence[KeySlot]
-    plan: _Plan
-    pins: PinPolicy
-    klk_data: tuple[bytes, ...]
-    kmc_data: tuple[bytes, ...]
-    keys: list[tuple[int, tuple[bytes, ...], Any, bool]]
-    """(master, derivation data, template, is PUK) of every key but KMC, in plan order."""
-    mac_in: list[tuple[bytes, bytes]]
-    """(data, padded data) of the MACs the PIN policy announced."""
-    iv: bytes
-    macs: dict[bytes, bytes] = field(default_factory=dict)
-    puk: int = 0
-    kmc: int = 0
-    kmc_wrapped: bytes = b""
-    wrapped: list[bytes] = field(default_factory=list)
-    """In house: the WRITE KEY payloads in plan order; bureau: KMC's wrap, then plan order."""
-    kcvs: list[bytes] = field(default_factory=list)
-    klk_wrapped: bytes = b""
-    klk_kcv: bytes = b""
-    pin: str = ""
-    padded: list[bytes] | None = None
-    """The padded PIN blocks (None: the card was refused in pass 3)."""
-    joined: bytes = b""
-    sealed: bytes = b""
 
 
 class PrepOps:
@@ -346,7 +302,33 @@ class PrepOps:
                 "house, card by card (ykt batch run)"
             )
 
-    # one chunk -----------------------------------------------------------------------------
+    def _pin_and_payloads(
+        self, ref: CardKeyRef, puk: int, kmc: int, pins: PinPolicy
+    ) -> tuple[str, tuple[bytes, ...]]:
+        fast, sh, alg = self.fast, self._sh, ref.algorithm
+        size = alg.block_size
+        iv = bytes(size)
+        cic = ref.card_identification_code
+
+        def mac(data: bytes) -> bytes:
+            return fast.encrypt_cbc(sh, puk, alg, keyscheme.pad_method2(data, size), iv)[-size:]
+
+        pin = pins.pin(cic, mac)
+        padded = [keyscheme.pad_method2(bytes([len(b)]) + b, size)
+                  for b in pins.blocks(pin, cic, mac)]  # fmt: skip
+        if not padded:
+            return pin, ()
+        # ECB is block by block: one call encrypts every PIN block, split afterwards
+        out = fast.encrypt_ecb(sh, kmc, alg, b"".join(padded))
+        if len(padded) == 1:
+            return pin, (out,)
+        payloads, at = [], 0
+        for p in padded:
+            payloads.append(out[at : at + len(p)])
+            at += len(p)
+        return pin, tuple(payloads)
+
+    # one card ------------------------------------------------------------------------------
     def _plan(self, ref: CardKeyRef, slots: Sequence[KeySlot]) -> _Plan:
         """The masters and templates of one key set's cards (the card centre's key set, and the
         card's bank's issuer masters for ``FIN_*``), per module initialisation (LOCK held); the
@@ -380,249 +362,84 @@ class PrepOps:
         return int(self.service.card_master_synced(ref, slot).handle)
 
     def in_house(self, ref: CardKeyRef, slots: Sequence[KeySlot], pins: PinPolicy) -> InHouseCard:
-        """One card of :meth:`in_house_chunk` (a chunk of one; its errors raised)."""
-        card = self.in_house_chunk([(ref, slots, pins)])[0]
-        assert isinstance(card, InHouseCard)
-        return card
-
-    def bureau(self, ref: CardKeyRef, slots: Sequence[KeySlot], pins: PinPolicy) -> BureauExport:
-        """One card of :meth:`bureau_chunk` (a chunk of one; its errors raised)."""
-        card = self.bureau_chunk([(ref, slots, pins)])[0]
-        assert isinstance(card, tuple)
-        return card[0]
-
-    def in_house_chunk(
-        self,
-        cards: Sequence[tuple[CardKeyRef, Sequence[KeySlot], PinPolicy]],
-        refused: tuple[type[Exception], ...] = (),
-    ) -> list[InHouseCard | Exception]:
-        """Every key of each card's ``slots`` (the profile's, KMC included) and the KLK
-        derived; the outputs of the module docstring ("in house"), in the order of ``cards``.
-        A card whose Python raises one of ``refused`` (its data: a factor, a PIN block) gets
-        that error in its place and costs the others nothing; any other error destroys every
-        key the chunk holds and is raised. The hot loop of data preparation, by groups of
-        :data:`GROUP` cards: (1) every card's Python that makes its calls' inputs; (2) their
-        HSM calls back to back: KLK, KMC (wrapped under the file KEK), each other key derived,
-        wrapped under the KLK and destroyed at once, PUK kept for the MACs of its PINs; (3) the
-        PINs and PIN blocks from those MACs; (4) the PIN payloads under KMC (one ECB call a
-        card), PUK and KMC destroyed; (5) the cards' outputs."""
-        return self._passes(cards, refused, self._keys_in_house, self._in_house_card)
-
-    def bureau_chunk(
-        self,
-        cards: Sequence[tuple[CardKeyRef, Sequence[KeySlot], PinPolicy]],
-        refused: tuple[type[Exception], ...] = (),
-    ) -> list[tuple[BureauExport, str] | Exception]:
-        """As :meth:`in_house_chunk`, for a bureau file (format ``/2``): every key of
-        ``slots`` and the KLK derived, wrapped under the file KEK with their KCVs, the PIN
-        payloads under KMC; each card's (export, initial PIN) (the PIN for the caller's
-        records, never for a file)."""
-        return self._passes(cards, refused, self._keys_bureau, self._bureau_card)
-
-    def _passes(
-        self,
-        cards: Sequence[tuple[CardKeyRef, Sequence[KeySlot], PinPolicy]],
-        refused: tuple[type[Exception], ...],
-        keys: Callable[[list[_Work], list[_Work]], None],
-        out: Callable[[_Work], Any],
-    ) -> list[Any]:
-        results: list[Any] = [None] * len(cards)
-        for start in range(0, len(cards), GROUP):
-            group: list[_Work] = []
-            for i in range(start, min(start + GROUP, len(cards))):  # pass 1
-                try:
-                    group.append(self._inputs(i, *cards[i]))
-                except refused as exc:
-                    results[i] = exc
-            held: list[_Work] = []  # the cards whose PUK or KMC is alive
-            try:
-                keys(group, held)  # pass 2
-                self._pins(held, refused, results)  # pass 3
-                self._seal(held)  # pass 4
-            except BaseException:
-                self._drop(held)
-                raise
-            for w in group:  # pass 5
-                if results[w.index] is None:
-                    results[w.index] = out(w)
-        return results
-
-    def _inputs(
-        self, index: int, ref: CardKeyRef, slots: Sequence[KeySlot], pins: PinPolicy
-    ) -> _Work:
-        """Pass 1 for a card (Python only): its checks, plan, derivation data
-        (:class:`CardData`) and the padded data of the MACs its PIN policy announces."""
+        """Every key of ``slots`` (the profile's, KMC included) and the KLK derived; the
+        outputs of the module docstring ("in house"). The hot loop of data preparation: the
+        card's Python first (its derivation data), then its HSM calls, each key derived,
+        wrapped under the KLK and destroyed at once (PUK after the PINs: MACs under PUK,
+        payloads under KMC)."""
         self._check(ref)
         plan = self._plan(ref, slots)
-        alg = ref.algorithm
+        fast, sh, alg = self.fast, self._sh, ref.algorithm
         data = CardData(ref, self.service.region_code)
-        size = alg.block_size
-        announced = getattr(pins, "macs", None)
-        mac_in = ([(d, keyscheme.pad_method2(d, size))
-                   for d in announced(ref.card_identification_code)]
-                  if announced is not None else [])  # fmt: skip
-        return _Work(index, ref, slots, plan, pins,
-                     data.of(KeySlot.KMC, KLK_ALGORITHM), data.of(KeySlot.KMC, alg),
-                     [(master, data.of(slot, alg), tmpl, slot is PUK)
-                      for slot, master, tmpl in plan.keys],
-                     mac_in, bytes(size))  # fmt: skip
-
-    def _keys_in_house(self, group: list[_Work], held: list[_Work]) -> None:
-        """Pass 2, in house: the group's key calls back to back (see :meth:`in_house_chunk`)."""
-        fast, sh, kek = self.fast, self._sh, self._kek
-        derive, wrap, destroy = self.chain.derive, fast.wrap_kwp, fast.destroy
-        cbc = fast.encrypt_cbc
-        for w in group:
-            alg, plan, wrapped = w.ref.algorithm, w.plan, w.wrapped
-            klk = live = 0
-            try:
-                klk = derive(plan.klk, KLK_ALGORITHM, w.klk_data, _KLK_WRAP)
-                w.kmc = derive(plan.kmc, alg, w.kmc_data, _CARD_ENC[alg])
-                held.append(w)
-                w.kmc_wrapped = wrap(sh, kek, w.kmc)
-                for master, data, tmpl, puk in w.keys:
-                    live = derive(master, alg, data, tmpl)
-                    wrapped.append(wrap(sh, klk, live))
-                    if puk:
-                        w.puk, live = live, 0
-                        for d, padded in w.mac_in:
-                            w.macs[d] = cbc(sh, w.puk, alg, padded, w.iv)[-len(w.iv) :]
-                    else:
-                        destroy(sh, live)
-                        live = 0
-                destroy(sh, klk)
-                klk = 0
-            except BaseException:
-                for handle in (live, klk):
-                    if handle:
-                        with contextlib.suppress(HsmError):
-                            self._destroy(handle)
-                raise
-            self.chain.destroyed += len(w.keys)  # the keys but PUK, and the KLK
-
-    def _keys_bureau(self, group: list[_Work], held: list[_Work]) -> None:
-        """Pass 2, bureau: KMC, each other key and the KLK derived, wrapped under the file KEK
-        with its KCV (an encryption in the HSM), destroyed at once but KMC and PUK."""
-        fast, sh, kek = self.fast, self._sh, self._kek
-        derive, wrap, destroy = self.chain.derive, fast.wrap_kwp, fast.destroy
-        cbc = fast.encrypt_cbc
-        encrypt, klk_block = fast.encrypt_ecb, KCV_BLOCK[KLK_ALGORITHM]
-        for w in group:
-            alg, plan, wrapped, kcvs = w.ref.algorithm, w.plan, w.wrapped, w.kcvs
-            kcv_block, tmpl = KCV_BLOCK[alg], _CARD_ENC[alg]
-            live = 0
-            try:
-                w.kmc = kmc = derive(plan.kmc, alg, w.kmc_data, tmpl)
-                held.append(w)
-                wrapped.append(wrap(sh, kek, kmc))
-                kcvs.append(encrypt(sh, kmc, alg, kcv_block)[:3])
-                for master, data, _, puk in w.keys:
-                    live = derive(master, alg, data, tmpl)
-                    if puk:
-                        w.puk, live = live, 0
-                        wrapped.append(wrap(sh, kek, w.puk))
-                        kcvs.append(encrypt(sh, w.puk, alg, kcv_block)[:3])
-                        for d, padded in w.mac_in:
-                            w.macs[d] = cbc(sh, w.puk, alg, padded, w.iv)[-len(w.iv) :]
-                    else:
-                        wrapped.append(wrap(sh, kek, live))
-                        kcvs.append(encrypt(sh, live, alg, kcv_block)[:3])
-                        destroy(sh, live)
-                        live = 0
-                live = derive(plan.klk, KLK_ALGORITHM, w.klk_data, _KLK_EXPORT)
-                w.klk_wrapped = wrap(sh, kek, live)
-                w.klk_kcv = encrypt(sh, live, KLK_ALGORITHM, klk_block)[:3]
+        klk_data = data.of(KeySlot.KMC, KLK_ALGORITHM)
+        kmc_data = data.of(KeySlot.KMC, alg)
+        key_data = [data.of(slot, alg) for slot in plan.slots]
+        derive, wrap, destroy, kek = self.chain.derive, fast.wrap_kwp, fast.destroy, self._kek
+        klk = derive(plan.klk, KLK_ALGORITHM, klk_data, _KLK_WRAP)
+        kmc = live = 0
+        pin = ""
+        payloads: tuple[bytes, ...] = ()
+        try:
+            kmc = derive(plan.kmc, alg, kmc_data, _CARD_ENC[alg])
+            kmc_wrapped = wrap(sh, kek, kmc)
+            wrapped = []
+            for (slot, master, tmpl), blocks in zip(plan.keys, key_data, strict=True):
+                live = derive(master, alg, blocks, tmpl)
+                wrapped.append(wrap(sh, klk, live))
+                if slot is PUK:
+                    pin, payloads = self._pin_and_payloads(ref, live, kmc, pins)
                 destroy(sh, live)
                 live = 0
-            except BaseException:
-                if live:
-                    with contextlib.suppress(HsmError):
-                        self._destroy(live)
-                raise
-            self.chain.destroyed += len(w.keys)  # the keys but PUK, and the KLK
-
-    def _pins(
-        self, held: list[_Work], refused: tuple[type[Exception], ...], results: list[Any]
-    ) -> None:
-        """Pass 3 (Python): each card's PINs (:class:`PinPolicy`) from its MACs of pass 2 (a
-        MAC not announced is computed when asked, its PUK still alive), the PIN blocks padded."""
-        fast, sh = self.fast, self._sh
-        for w in held:
-            alg, macs, puk, iv = w.ref.algorithm, w.macs, w.puk, w.iv
-
-            def mac(data: bytes, macs: dict[bytes, bytes] = macs, puk: int = puk,
-                    alg: Algorithm = alg, iv: bytes = iv) -> bytes:  # fmt: skip
-                out = macs.get(data)
-                if out is None:
-                    size = len(iv)
-                    out = macs[data] = fast.encrypt_cbc(
-                        sh, puk, alg, keyscheme.pad_method2(data, size), iv)[-size:]  # fmt: skip
-                return out
-
-            cic, size = w.ref.card_identification_code, len(iv)
-            try:
-                w.pin = w.pins.pin(cic, mac)
-                w.padded = [keyscheme.pad_method2(bytes([len(b)]) + b, size)
-                            for b in w.pins.blocks(w.pin, cic, mac)]  # fmt: skip
-            except refused as exc:
-                results[w.index] = exc
-                continue
-            # ECB is block by block: one call encrypts every PIN block, split afterwards
-            w.joined = b"".join(w.padded)
-
-    def _seal(self, held: list[_Work]) -> None:
-        """Pass 4: each card's PIN payloads under its KMC (one ECB call), PUK and KMC
-        destroyed."""
-        fast, sh = self.fast, self._sh
-        encrypt, destroy = fast.encrypt_ecb, fast.destroy
-        for w in held:
-            if w.joined:
-                w.sealed = encrypt(sh, w.kmc, w.ref.algorithm, w.joined)
-            destroy(sh, w.puk)
-            w.puk = 0
-            destroy(sh, w.kmc)
-            w.kmc = 0
-        self.chain.destroyed += 2 * len(held)
-        held.clear()
-
-    def _drop(self, held: list[_Work]) -> None:
-        """After an error: the PUK and KMC still alive destroyed (their errors not raised:
-        the first error is)."""
-        for w in held:
-            for handle in (w.puk, w.kmc):
+            self.chain.destroyed += len(plan.keys)
+        finally:
+            for handle in (live, kmc, klk):
                 if handle:
-                    with contextlib.suppress(HsmError):
-                        self._destroy(handle)
-            w.puk = w.kmc = 0
-        held.clear()
+                    self._destroy(handle)
+        return InHouseCard(self.envelope.kek_id, kmc_wrapped,
+                           dict(zip(plan.slots, wrapped, strict=True)), payloads, pin)  # fmt: skip
 
-    @staticmethod
-    def _payloads(w: _Work) -> tuple[bytes, ...]:
-        padded = w.padded or ()
-        if len(padded) <= 1:
-            return (w.sealed,) if padded else ()
-        payloads, at = [], 0
-        for p in padded:
-            payloads.append(w.sealed[at : at + len(p)])
-            at += len(p)
-        return tuple(payloads)
-
-    def _in_house_card(self, w: _Work) -> InHouseCard:
-        """Pass 5, in house: the card's :class:`InHouseCard`."""
-        return InHouseCard(self.envelope.kek_id, w.kmc_wrapped,
-                           dict(zip(w.plan.slots, w.wrapped, strict=True)), self._payloads(w),
-                           w.pin)  # fmt: skip
-
-    def _bureau_card(self, w: _Work) -> tuple[BureauExport, str]:
-        """Pass 5, bureau: the card's export, in the order of its ``slots``, and its PIN."""
-        order = [KeySlot.KMC, *w.plan.slots]
-        wrapped = dict(zip(order, w.wrapped, strict=True))
-        kcvs = dict(zip(order, w.kcvs, strict=True))
-        export = BureauExport(
-            {s: wrapped[s] for s in w.slots}, {s: kcvs[s] for s in w.slots}, self._payloads(w),
-            kek_id=self.envelope.kek_id, klk_wrapped=w.klk_wrapped, klk_kcv=w.klk_kcv,
+    def bureau(self, ref: CardKeyRef, slots: Sequence[KeySlot], pins: PinPolicy) -> BureauExport:
+        """Every key of ``slots`` and the KLK derived, wrapped under the file KEK with their
+        KCVs, the PIN payloads under KMC (bureau file format ``/2``)."""
+        self._check(ref)
+        plan = self._plan(ref, slots)
+        fast, sh, alg, region = self.fast, self._sh, ref.algorithm, self.service.region_code
+        kcv_block, tmpl, kek = KCV_BLOCK[alg], _CARD_ENC[alg], self._kek
+        data = CardData(ref, region)
+        derive, wrap, encrypt = self.chain.derive, fast.wrap_kwp, fast.encrypt_ecb
+        destroy = fast.destroy
+        wrapped: dict[KeySlot, bytes] = {}
+        kcvs: dict[KeySlot, bytes] = {}
+        kept: dict[KeySlot, int] = {}  # KMC and PUK live until the PIN payloads are made
+        try:
+            key = kept[KeySlot.KMC] = derive(plan.kmc, alg, data.of(KeySlot.KMC, alg), tmpl)
+            wrapped[KeySlot.KMC] = wrap(sh, kek, key)
+            kcvs[KeySlot.KMC] = encrypt(sh, key, alg, kcv_block)[:3]
+            for slot, master, _ in plan.keys:
+                key = derive(master, alg, data.of(slot, alg), tmpl)
+                if slot is KeySlot.PUK:
+                    kept[slot] = key
+                try:
+                    wrapped[slot] = wrap(sh, kek, key)
+                    kcvs[slot] = encrypt(sh, key, alg, kcv_block)[:3]
+                finally:
+                    if slot is not KeySlot.PUK:
+                        destroy(sh, key)
+                        self.chain.destroyed += 1
+            _, payloads = self._pin_and_payloads(ref, kept[KeySlot.PUK], kept[KeySlot.KMC], pins)
+            klk = derive(plan.klk, KLK_ALGORITHM, data.of(KeySlot.KMC, KLK_ALGORITHM), _KLK_EXPORT)
+            try:
+                klk_wrapped = wrap(sh, kek, klk)
+                klk_kcv = encrypt(sh, klk, KLK_ALGORITHM, KCV_BLOCK[KLK_ALGORITHM])[:3]
+            finally:
+                self._destroy(klk)
+        finally:
+            for handle in kept.values():
+                self._destroy(handle)
+        return BureauExport(
+            {s: wrapped[s] for s in slots}, {s: kcvs[s] for s in slots}, payloads,
+            kek_id=self.envelope.kek_id, klk_wrapped=klk_wrapped, klk_kcv=klk_kcv,
         )  # fmt: skip
-        return export, w.pin
 
 
 def prep_ops(key_service: KeyService, wrapping_label: str, **kwargs: Any) -> PrepOps | None:
@@ -765,7 +582,6 @@ class RecordCrypto:
 
 
 __all__ = [
-    "GROUP",
     "PREP_RECYCLE_AFTER",
     "InHouseCard",
     "KekEnvelope",

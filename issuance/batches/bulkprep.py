@@ -110,14 +110,6 @@ class ProfilePins:
     def pin(self, card_identification_code: str, mac: Callable[[bytes], bytes]) -> str:
         return dataprep.natural_pin(card_identification_code, mac)
 
-    def macs(self, card_identification_code: str) -> list[bytes]:
-        """The data :meth:`pin` and :meth:`blocks` MAC first (:func:`dataprep.pin_mac_data`,
-        try 0 of each PIN), for the HSM to MAC with the card's other calls."""
-        cic = card_identification_code
-        return [dataprep.pin_mac_data(cic)] + [
-            dataprep.pin_mac_data(cic, spec.name) for _, spec in self.specs if spec.name != SS_PIN
-        ]
-
     def blocks(
         self, pin: str, card_identification_code: str, mac: Callable[[bytes], bytes]
     ) -> list[bytes]:
@@ -579,14 +571,16 @@ class Preparer:
                 except (InvalidIdentifier, EncodingError, NoBankData) as exc:
                     self._refuse(row, exc)
             c1 = time.thread_time()
-            prepare = ops.in_house_chunk if writer is not None else ops.bureau_chunk
-            made_keys: list[Any] = prepare([(ref, prof.slots, prof.pins)
-                                            for prof, _, ref, _ in made],
-                                           refused=(InvalidIdentifier, EncodingError))  # fmt: skip
             done: list[tuple[_Profile, Prepared, CardKeyRef, dict[str, list[bytes]], Any]] = []
-            for (prof, card, ref, plan), keys in zip(made, made_keys, strict=True):
-                if isinstance(keys, Exception):
-                    self._refuse(card.row, keys)
+            for prof, card, ref, plan in made:
+                try:
+                    if writer is not None:
+                        keys: Any = ops.in_house(ref, prof.slots, prof.pins)
+                    else:
+                        pins = _Capture(prof.pins)
+                        keys = (ops.bureau(ref, prof.slots, pins), pins.last)
+                except (InvalidIdentifier, EncodingError) as exc:
+                    self._refuse(card.row, exc)
                     continue
                 done.append((prof, card, ref, plan, keys))
             c2 = time.thread_time()
@@ -852,6 +846,24 @@ class Preparer:
             row(c.row.item_id, c.row.card.id, c.chip_serial, c.profile_name, c.perso_file)
             for c in new
         ]
+
+
+class _Capture:
+    """A :class:`ProfilePins` that remembers the last PIN (to build the card's records; the
+    PIN never goes to a file)."""
+
+    def __init__(self, pins: ProfilePins) -> None:
+        self._pins = pins
+        self.last = ""
+
+    def pin(self, card_identification_code: str, mac: Callable[[bytes], bytes]) -> str:
+        self.last = self._pins.pin(card_identification_code, mac)
+        return self.last
+
+    def blocks(
+        self, pin: str, card_identification_code: str, mac: Callable[[bytes], bytes]
+    ) -> list[bytes]:
+        return self._pins.blocks(pin, card_identification_code, mac)
 
 
 def _random_serial() -> bytes:

@@ -109,13 +109,6 @@ def initial_pins(key_service: KeyService, ref: CardKeyRef, profile: CardProfile)
         }
 
 
-def pin_mac_data(card_identification_code: str, pin_name: str = SS_PIN, counter: int = 0) -> bytes:
-    """The data :func:`natural_pin` MACs for the PIN ``pin_name`` at try ``counter`` (the
-    first try is ``0``; a weak value tries the next)."""
-    domain = _PIN_DOMAIN if pin_name == SS_PIN else _PIN_DOMAIN + b"/" + pin_name.encode()
-    return domain + card_identification_code.encode() + bytes([counter])
-
-
 def natural_pin(card_identification_code: str, mac: Callable[[bytes], bytes],
                 digits: int = 6, *, pin_name: str = SS_PIN) -> str:  # fmt: skip
     """The initial PIN ``pin_name`` from ``mac(data)``, the MAC (ISO/IEC 9797-1 algorithm 1,
@@ -123,10 +116,11 @@ def natural_pin(card_identification_code: str, mac: Callable[[bytes], bytes],
     bank PIN is never the social security PIN. Weak values (all digits equal, ascending or
     descending runs: :func:`issuance.services.pins.same_digit`, ``step_sequence``) are skipped
     deterministically."""
+    domain = _PIN_DOMAIN if pin_name == SS_PIN else _PIN_DOMAIN + b"/" + pin_name.encode()
     counter = 0
     while True:
-        pin = mac(pin_mac_data(card_identification_code, pin_name, counter)).hex().upper()
-        pin = pin.translate(_DECIMALISE)[:digits]
+        data = domain + card_identification_code.encode() + bytes([counter])
+        pin = mac(data).hex().upper().translate(_DECIMALISE)[:digits]
         if not (same_digit(pin) or step_sequence(pin)):
             return pin
         counter += 1

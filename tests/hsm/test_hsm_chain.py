@@ -11,7 +11,6 @@ import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
-from unittest import mock
 
 import pytest
 from cryptography.hazmat.primitives.keywrap import (
@@ -23,15 +22,13 @@ from hypothesis import strategies as st
 from pkcs11 import Attribute
 
 from cardspec import keyscheme
-from cardspec.errors import EncodingError, InvalidIdentifier
 from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
 from hsm import ceremony, p11fast
-from hsm import prep as hsm_prep
 from hsm.cardcrypto import expected_response
 from hsm.chain import CardData, KeyChain, chip_data
-from hsm.errors import HsmError, KeyNotFound
+from hsm.errors import KeyNotFound
 from hsm.ports import KCV_BLOCK
-from hsm.prep import PrepOps, prep_ops
+from hsm.prep import prep_ops
 from hsm.service import CardKeyRef
 
 pytestmark = pytest.mark.softhsm
@@ -264,132 +261,6 @@ def test_every_caller_of_the_chain_gives_the_reference_bytes(
         assert bureau.kcvs[slot] == oracle.kcv(slot), slot
         assert aes_key_unwrap_with_padding(kek, bureau.wrapped[slot]) == _odd(oracle.key(slot), alg)
     assert bureau.klk_kcv == keyscheme.kcv(klk, KLK_ALGORITHM)
-
-
-class AnnouncedPins(Pins):
-    """:class:`Pins` announcing the MAC data it asks for (``PinPolicy.macs``), and data it
-    never asks for (computed for nothing, changes nothing)."""
-
-    def macs(self, card_identification_code: str) -> Sequence[bytes]:
-        return [card_identification_code.encode(), b"never asked"]
-
-
-class RefusingPins(AnnouncedPins):
-    """A card refused by its own data: while its calls' inputs are made (pass 1) or its PIN
-    blocks (pass 3, after its keys were derived)."""
-
-    def __init__(self, where: int) -> None:
-        self.where = where
-
-    def macs(self, card_identification_code: str) -> Sequence[bytes]:
-        if self.where == 1:
-            raise InvalidIdentifier("card", "refused while its inputs are made")
-        return super().macs(card_identification_code)
-
-    def blocks(self, pin: str, card_identification_code: str,
-               mac: Callable[[bytes], bytes]) -> Sequence[bytes]:  # fmt: skip
-        if self.where == 3:
-            raise EncodingError("pin", "refused while its PIN blocks are made")
-        return super().blocks(pin, card_identification_code, mac)
-
-
-_POLICIES = {"plain": Pins(), "announced": AnnouncedPins(), "refused1": RefusingPins(1),
-             "refused3": RefusingPins(3)}  # fmt: skip
-_REFUSED = (InvalidIdentifier, EncodingError)
-
-
-def _session_objects(env: HsmEnv) -> int:
-    with env.service.token.use() as session:
-        return len(list(session.get_objects({Attribute.TOKEN: False})))
-
-
-def _chunk_cards(refs: list[CardKeyRef], kinds: list[str]) -> list[tuple[Any, ...]]:
-    cards = []
-    for ref, kind in zip(refs, kinds, strict=False):
-        ref = dataclasses.replace(ref, chip_maker=None)
-        cards.append((ref, [s for s in KeySlot if not s.financial or ref.pan], _POLICIES[kind]))
-    return cards
-
-
-@EXAMPLES
-@given(refs=st.lists(card_refs(), min_size=1, max_size=6),
-       kinds=st.lists(st.sampled_from(sorted(_POLICIES)), min_size=6, max_size=6),
-       group=st.integers(min_value=1, max_value=4))  # fmt: skip
-def test_a_chunk_gives_every_card_what_it_gets_alone(
-    hsm_env: HsmEnv, refs: list[CardKeyRef], kinds: list[str], group: int
-) -> None:
-    """Bulk data preparation by chunk (``PrepOps.in_house_chunk``, ``bureau_chunk``: each
-    group's inputs, then its HSM calls back to back, then its PINs, then its PIN payloads):
-    cards of both algorithms, with and without EMV keys and region factor, PIN policies with
-    and without announced MACs, groups of any size, cards refused by their own data before
-    or after their keys were derived - every card gets byte for byte what it gets prepared
-    alone (the reference bytes of the test above), a refused card its error and costs the
-    others nothing, and no key object is left in the HSM."""
-    cards = _chunk_cards(refs, kinds)
-    ops = prep_ops(hsm_env.service, "bureau1")
-    assert ops is not None
-    with ops, mock.patch.object(hsm_prep, "GROUP", group), ops.chunk():
-        before = _session_objects(hsm_env)
-        in_house = ops.in_house_chunk(cards, refused=_REFUSED)
-        bureau = ops.bureau_chunk(cards, refused=_REFUSED)
-        assert _session_objects(hsm_env) == before
-        assert len(in_house) == len(bureau) == len(cards)
-        for (ref, slots, pins), card, export in zip(cards, in_house, bureau, strict=True):
-            if isinstance(pins, RefusingPins):
-                error = InvalidIdentifier if pins.where == 1 else EncodingError
-                assert isinstance(card, error) and isinstance(export, error)
-                with pytest.raises(error):
-                    ops.in_house(ref, slots, pins)
-                continue
-            assert card == ops.in_house(ref, slots, pins)
-            assert isinstance(card, hsm_prep.InHouseCard)
-            assert export == (ops.bureau(ref, slots, pins), card.pin)
-        assert _session_objects(hsm_env) == before
-
-
-class FailingFast:
-    """The direct calls, the ``fail_at``-th call that makes or uses a key failing as an HSM
-    that stops answering would."""
-
-    def __init__(self, fast: p11fast.FastOps, fail_at: int) -> None:
-        self._fast, self.fail_at, self.calls = fast, fail_at, 0
-
-    def __getattr__(self, name: str) -> Any:
-        call = getattr(self._fast, name)
-        if name == "destroy":
-            return call
-
-        def counted(*args: Any) -> Any:
-            self.calls += 1
-            if self.calls == self.fail_at:
-                raise HsmError(f"{name} failed", ckr="CKR_DEVICE_ERROR")
-            return call(*args)
-
-        return counted
-
-
-@EXAMPLES
-@given(refs=st.lists(card_refs(), min_size=1, max_size=4), fail_at=st.integers(1, 120),
-       bureau=st.booleans(), group=st.integers(min_value=1, max_value=3))  # fmt: skip
-def test_an_hsm_error_in_a_chunk_leaves_no_key_behind(
-    hsm_env: HsmEnv, refs: list[CardKeyRef], fail_at: int, bureau: bool, group: int
-) -> None:
-    """An HSM call of a chunk failing anywhere (a key derived, wrapped, a MAC, a PIN payload)
-    raises that error and destroys every key the chunk held: the cards done before it, the
-    card in hand, the PUK and KMC kept for the PINs."""
-    cards = _chunk_cards(refs, ["announced"] * len(refs))
-    ops = PrepOps(hsm_env.service, FailingFast(hsm_env.service.fast, 0), "bureau1")  # type: ignore[arg-type]
-    with ops, mock.patch.object(hsm_prep, "GROUP", group), ops.chunk():
-        ops.fast.fail_at = ops.fast.calls + fail_at  # type: ignore[attr-defined]
-        before = _session_objects(hsm_env)
-        prepare = ops.bureau_chunk if bureau else ops.in_house_chunk
-        try:
-            prepare(cards, refused=_REFUSED)
-        except HsmError as exc:
-            assert "failed" in str(exc)
-        else:
-            assert ops.fast.calls < ops.fast.fail_at  # type: ignore[attr-defined]
-        assert _session_objects(hsm_env) == before
 
 
 def test_a_failing_level_destroys_the_intermediate(hsm_env: HsmEnv) -> None:
