@@ -237,11 +237,6 @@ class RowsInsert:
     columns: tuple[str, ...]
     types: tuple[str, ...]
 
-    def sql(self, first: int = 1) -> str:
-        """The statement, its arrays numbered from ``$first`` (it may be a CTE of another)."""
-        columns = ", ".join(self.columns)
-        return f"INSERT INTO {self.table} ({columns}) SELECT * FROM {self.unnest(first)}"
-
     def unnest(self, first: int = 1, *extra: str) -> str:
         """``unnest(...)`` of the statement's arrays numbered from ``$first``, and after them
         arrays of the PostgreSQL types ``extra`` (other values of each row)."""
