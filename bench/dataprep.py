@@ -690,8 +690,9 @@ def _cpu_split(r: Run) -> dict[str, float]:
         "HSM pass": st["hsm_cpu"] * us,
         "lines+segment": st["lines_cpu"] * us,
         "database client": st["db_cpu"] * us,
-        "pipe": st.get("pipe_cpu", 0.0) * us,
     }
+    if st.get("pipe_cpu"):  # with an HSM process
+        parts["pipe"] = st["pipe_cpu"] * us
     parts["rest"] = r.product_cpu * 1e6 - sum(parts.values())
     return parts
 
