@@ -18,6 +18,12 @@ issuer master keys loaded by the key ceremony: the profile's financial applicati
   KLK wrapped under the file KEK with its KCV (computed in the HSM), streamed into one signed
   bureau file, then every card moved ``at_bureau``.
 
+A run's "N proc" are its N workers (``--workers N``); where the machine has 2 cores a worker
+(``issuance.batches.bulkprep.database_thread``) each worker is two processes, its HSM pass in
+its HSM process and the rest in the worker's own (the line says which): the CPU split's "HSM
+pass" is then the HSM process's CPU in the pass, "pipe" the cards' inputs and outputs pickled
+and unpickled in both, and the line ends with how long the HSM process waited for the rest.
+
 Each run is a forked process (the PKCS#11 module is loaded after the fork, as in the product);
 its wall time covers everything from the call to the return (worker start-up, HSM log-in, the
 last commit; for the bureau also the final signature and ``mark_exported``).
