@@ -504,7 +504,7 @@ class Preparer:
         self._signer = signer_fingerprint(self.key_service.public_key_pem())
         start = time.perf_counter()
         stages = (S.SELECTED,) if self.output == IN_HOUSE else (S.SELECTED, S.PREPARED)
-        # forked before this process starts any thread (a fork copies only the caller's)
+        # forked before the database thread starts (a fork copies only the caller's thread)
         hsm = _HsmProcess(self) if self.hsm_process else None
         try:
             with ops:
@@ -1128,9 +1128,10 @@ def _keys_of(wire: Any, in_house: bool) -> Any:
 
 class _HsmProcess:
     """A preparing worker's HSM pass in a companion process (``docs/design/batches.md``,
-    "The HSM pass in its own process"): forked from the worker before it starts any thread,
-    its PKCS#11 module initialised again after the fork (:mod:`hsm.pkcs11` does so in a new
-    process) and its own :class:`hsm.prep.PrepOps`; it dies with the worker
+    "The HSM pass in its own process"): forked from the worker before its database thread
+    starts (under the PKCS#11 lock), its PKCS#11 module initialised again after the fork
+    (:mod:`hsm.pkcs11` does so in a new process) and its own :class:`hsm.prep.PrepOps`; it
+    touches nothing else of the worker's and logs nothing; it dies with the worker
     (:func:`_die_with_parent`). The chunks' inputs (each card's profile by its algorithm and
     its key reference) go one way, their HSM outputs (wrapped keys, PIN payloads, the
     initial PINs: secrets) come back the other, each chunk with its file KEK, through two
@@ -1301,8 +1302,9 @@ def _hsm_serve(preparer: Preparer, inputs: Any, results: Any, halt: mmap.mmap, p
                 waited += time.perf_counter() - t0
         results.send_bytes(pickle.dumps(("bye", pipe, ops.derived, waited)))
         return 0
-    except BaseException as exc:  # reported to the worker, which fails the run
-        log.exception("data preparation's HSM process %s failed", os.getpid())
+    except BaseException as exc:  # reported to the worker, which fails the run and says why
+        # (not logged here: a lock another thread of the worker held at the fork, a progress
+        # display's, say, stays taken in this process)
         with contextlib.suppress(Exception):
             results.send_bytes(pickle.dumps(("error", f"{type(exc).__name__}: {exc}")))
         return 1
