@@ -41,7 +41,7 @@ from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.errors import IssuanceError
 from issuance.models import AuditEvent, BatchItem, BatchStage, BlankChip, Card
 from yikatong.settings import Settings
-from yikatong.wiring import key_service_from_settings
+from yikatong.wiring import batch_adapters, key_service_from_settings
 
 pytestmark = pytest.mark.softhsm
 
@@ -362,3 +362,23 @@ def test_a_killed_worker_takes_its_hsm_process_with_it(
     assert done.returncode == 0, done.stdout + done.stderr
     assert {i.stage for i in _items(engine, pop.batch_id)} == {BatchStage.PREPARED}
     assert len({c.chip_serial for c in _chips(engine, pop.batch_id)}) == 60
+
+
+def test_two_workers_with_the_cores_each_have_their_hsm_process(
+    env: tuple[Settings, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--workers 2`` on a machine with 4 cores (the count the forked workers see): each
+    worker pipelines with its own HSM process (forked from a worker, itself forked); every
+    card prepared once, every key counted, the pipe used."""
+    settings, engine = env
+    pop = populate(engine, settings, 24, name="two")
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert bulkprep.database_thread(2)
+    factory = make_sessionmaker(engine)
+    req = bulkprep.PrepRequest(pop.batch_id, audit.SYSTEM_ACTOR, workers=2, chunk=3)
+    stats = bulkprep.prepare_in_house(settings, factory, key_service_from_settings(settings),
+                                      req, adapters=batch_adapters(settings))  # fmt: skip
+    assert stats.prepared == 24 and stats.errors == [] and stats.keys_derived == 24 * 12
+    assert stats.pipe_cpu > 0 and stats.hsm_cpu > 0
+    assert {i.stage for i in _items(engine, pop.batch_id)} == {BatchStage.PREPARED}
+    assert len({c.chip_serial for c in _chips(engine, pop.batch_id)}) == 24
