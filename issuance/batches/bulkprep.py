@@ -389,11 +389,13 @@ class BureauSink:
 
 
 def database_thread(workers: int) -> bool:
-    """Whether a worker runs its claims and commits on a database thread (the default): when
-    the machine has a core for each worker's HSM work and one for its database work (the
-    PostgreSQL backend, or SQLite in process). With fewer cores the thread only competes for
-    them and the GIL: measured on 2 cores, 1 worker gains with it, 2 workers lose (each one's
-    HSM calls wait for the GIL its database thread holds)."""
+    """Whether a worker runs its claims and commits on a database thread and its HSM pass in
+    its HSM process (:class:`_HsmProcess`), the default: when the machine has a core for each
+    worker's HSM work and one for the rest of its work (the database's: the PostgreSQL
+    backend, or SQLite in process). With fewer cores the thread only competes for them and
+    the GIL: measured on 2 cores, 1 worker gains with it, 2 workers lose (each one's HSM calls
+    wait for the GIL its database thread holds); 2 workers with their HSM processes on 2
+    cores did not show a gain either (``docs/design/capacity.md``)."""
     return 2 * workers <= (os.cpu_count() or 1)
 
 
