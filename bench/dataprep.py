@@ -18,6 +18,12 @@ issuer master keys loaded by the key ceremony: the profile's financial applicati
   KLK wrapped under the file KEK with its KCV (computed in the HSM), streamed into one signed
   bureau file, then every card moved ``at_bureau``.
 
+A run's "N proc" are its N workers (``--workers N``); where the machine has 2 cores a worker
+(``issuance.batches.bulkprep.database_thread``) each worker is two processes, its HSM pass in
+its HSM process and the rest in the worker's own (the line says which): the CPU split's "HSM
+pass" is then the HSM process's CPU in the pass, "pipe" the cards' inputs and outputs pickled
+and unpickled in both, and the line ends with how long the HSM process waited for the rest.
+
 Each run is a forked process (the PKCS#11 module is loaded after the fork, as in the product);
 its wall time covers everything from the call to the return (worker start-up, HSM log-in, the
 last commit; for the bureau also the final signature and ``mark_exported``).
@@ -656,9 +662,21 @@ def _verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
+def _shape(workers: int) -> str:
+    """How the run's workers are made (``issuance.batches.bulkprep.database_thread``: where the
+    machine has 2 cores a worker, each worker is 2 processes, its HSM pass in one)."""
+    from issuance.batches.bulkprep import database_thread
+
+    many = "s" if workers > 1 else ""
+    if database_thread(workers):
+        return f"{workers} worker{many}, each an HSM process + the rest"
+    return f"{workers} worker{many}, each one process"
+
+
 def _line(r: Run) -> str:
     return (
-        f"  {r.output:8s} {r.workers} proc: {r.cards:>9,} cards in {r.seconds:7.1f} s = "
+        f"  {r.output:8s} {r.workers} proc ({_shape(r.workers)}): {r.cards:>9,} cards in "
+        f"{r.seconds:7.1f} s = "
         f"{r.rate:7.0f} cards/s | raw {r.raw_before:7.0f}/{r.raw_after:7.0f} derive+destroy/s "
         f"(before/after, {r.workers} proc) / {r.keys_per_card} keys = limit {r.limit:6.0f} "
         f"cards/s | ratio {r.ratio:.3f} {_verdict(r.ratio >= 0.7)} | peak RSS "
@@ -679,6 +697,8 @@ def _cpu_split(r: Run) -> dict[str, float]:
         "lines+segment": st["lines_cpu"] * us,
         "database client": st["db_cpu"] * us,
     }
+    if st.get("pipe_cpu"):  # with an HSM process
+        parts["pipe"] = st["pipe_cpu"] * us
     parts["rest"] = r.product_cpu * 1e6 - sum(parts.values())
     return parts
 
@@ -697,6 +717,8 @@ def _cpu_line(r: Run) -> str:
         + f" (start-up, leases, thread hand-offs); database server {server:.0f} us | CPU "
         f"ratio {r.hsm_cpu * 1e6 / product:.3f} (product), "
         f"{r.hsm_cpu * 1e6 / total if total else 0:.3f} (with the server)"
+        + (f" | the HSM process waited {r.stats['hsm_wait_s'] * 1e3:.0f} ms for the rest"
+           if r.stats.get("hsm_wait_s") else "")
     )  # fmt: skip
 
 

@@ -405,18 +405,22 @@ class PrepOps:
         plan = self._plan(ref, slots)
         fast, sh, alg, region = self.fast, self._sh, ref.algorithm, self.service.region_code
         kcv_block, tmpl, kek = KCV_BLOCK[alg], _CARD_ENC[alg], self._kek
+        # the card's Python first (its derivation data), then its HSM calls (as in_house)
         data = CardData(ref, region)
+        kmc_data = data.of(KeySlot.KMC, alg)
+        key_data = [data.of(slot, alg) for slot in plan.slots]
+        klk_data = data.of(KeySlot.KMC, KLK_ALGORITHM)
         derive, wrap, encrypt = self.chain.derive, fast.wrap_kwp, fast.encrypt_ecb
         destroy = fast.destroy
         wrapped: dict[KeySlot, bytes] = {}
         kcvs: dict[KeySlot, bytes] = {}
         kept: dict[KeySlot, int] = {}  # KMC and PUK live until the PIN payloads are made
         try:
-            key = kept[KeySlot.KMC] = derive(plan.kmc, alg, data.of(KeySlot.KMC, alg), tmpl)
+            key = kept[KeySlot.KMC] = derive(plan.kmc, alg, kmc_data, tmpl)
             wrapped[KeySlot.KMC] = wrap(sh, kek, key)
             kcvs[KeySlot.KMC] = encrypt(sh, key, alg, kcv_block)[:3]
-            for slot, master, _ in plan.keys:
-                key = derive(master, alg, data.of(slot, alg), tmpl)
+            for (slot, master, _), blocks in zip(plan.keys, key_data, strict=True):
+                key = derive(master, alg, blocks, tmpl)
                 if slot is KeySlot.PUK:
                     kept[slot] = key
                 try:
@@ -427,7 +431,7 @@ class PrepOps:
                         destroy(sh, key)
                         self.chain.destroyed += 1
             _, payloads = self._pin_and_payloads(ref, kept[KeySlot.PUK], kept[KeySlot.KMC], pins)
-            klk = derive(plan.klk, KLK_ALGORITHM, data.of(KeySlot.KMC, KLK_ALGORITHM), _KLK_EXPORT)
+            klk = derive(plan.klk, KLK_ALGORITHM, klk_data, _KLK_EXPORT)
             try:
                 klk_wrapped = wrap(sh, kek, klk)
                 klk_kcv = encrypt(sh, klk, KLK_ALGORITHM, KCV_BLOCK[KLK_ALGORITHM])[:3]

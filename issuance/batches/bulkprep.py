@@ -9,12 +9,16 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import mmap
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
+import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
@@ -328,12 +332,19 @@ class PrepStats:
     records_cpu: float = 0.0
     """Step 2's first pass: chips, key references, records (no HSM call)."""
     hsm_cpu: float = 0.0
-    """Step 2's HSM pass: every HSM call of the cards and the Python around them (PINs)."""
+    """Step 2's HSM pass: every HSM call of the cards and the Python around them (PINs); the
+    HSM process's CPU in the pass when the worker has one (:class:`_HsmProcess`)."""
     lines_cpu: float = 0.0
     """Step 2's last pass and the segment: card lines, the file written and signed."""
     db_cpu: float = 0.0
     """Steps 1 and 3 in this process: claims, reads and commits (on the database thread when
     there is one); a database server's own CPU is not in it (SQLite's is: it runs here)."""
+    pipe_cpu: float = 0.0
+    """With an HSM process: the cards' inputs and HSM outputs through its pipes (pickled and
+    unpickled, in both processes)."""
+    hsm_wait_s: float = 0.0
+    """With an HSM process: the seconds it waited for this process between its first chunk
+    and its last (for the next chunk's inputs, or for its results to be read)."""
     errors: list[str] = field(default_factory=list)
 
     def add(self, other: PrepStats) -> None:
@@ -359,6 +370,16 @@ class Prepared:
     perso_offset: int | None = None
 
 
+#: One card after pass 1: its profile's constants, the card, its key reference, its records.
+_Made = tuple[_Profile, Prepared, CardKeyRef, dict[str, list[bytes]]]
+
+
+class _Refused(NamedTuple):
+    """A card refused in the HSM pass (its PIN policy could not encode its PINs)."""
+
+    reason: str
+
+
 class BureauSink:
     """Where a bureau export's card lines go: the file writer in this process, or the
     parent's queue (workers). ``put(kek, [(item_id, card_id, chip_serial, body)])``."""
@@ -368,11 +389,13 @@ class BureauSink:
 
 
 def database_thread(workers: int) -> bool:
-    """Whether a worker runs its claims and commits on a database thread (the default): when
-    the machine has a core for each worker's HSM work and one for its database work (the
-    PostgreSQL backend, or SQLite in process). With fewer cores the thread only competes for
-    them and the GIL: measured on 2 cores, 1 worker gains with it, 2 workers lose (each one's
-    HSM calls wait for the GIL its database thread holds)."""
+    """Whether a worker runs its claims and commits on a database thread and its HSM pass in
+    its HSM process (:class:`_HsmProcess`), the default: when the machine has a core for each
+    worker's HSM work and one for the rest of its work (the database's: the PostgreSQL
+    backend, or SQLite in process). With fewer cores the thread only competes for them and
+    the GIL: measured on 2 cores, 1 worker gains with it, 2 workers lose (each one's HSM calls
+    wait for the GIL its database thread holds); 2 workers with their HSM processes on 2
+    cores did not show a gain either (``docs/design/capacity.md``)."""
     return 2 * workers <= (os.cpu_count() or 1)
 
 
@@ -419,9 +442,13 @@ class Preparer:
         on_chunk: Callable[[int], None] | None = None,
         stop: Any = None,
         overlap: bool | None = None,
+        hsm_process: bool | None = None,
     ) -> None:
         self.settings = settings
         self.overlap = database_thread(1) if overlap is None else overlap
+        #: The HSM pass in the worker's HSM process (:class:`_HsmProcess`): by default where
+        #: the database thread is (the same cores rule, :func:`database_thread`).
+        self.hsm_process = self.overlap if hsm_process is None else hsm_process
         self.factory = factory
         self.key_service = key_service
         self.batch_id = batch_id
@@ -479,6 +506,27 @@ class Preparer:
         self._signer = signer_fingerprint(self.key_service.public_key_pem())
         start = time.perf_counter()
         stages = (S.SELECTED,) if self.output == IN_HOUSE else (S.SELECTED, S.PREPARED)
+        # forked before the database thread starts (a fork copies only the caller's thread)
+        hsm = _HsmProcess(self) if self.hsm_process else None
+        try:
+            with ops:
+                if hsm is None:
+                    self._run_here(ops, stages)
+                else:
+                    self._run_piped(hsm, stages)
+        finally:
+            if hsm is not None:  # waited for: its CPU counts in this process's children's
+                hsm.close()
+                self.stats.keys_derived += hsm.derived
+                self.stats.pipe_cpu += hsm.pipe_cpu
+                self.stats.hsm_wait_s += hsm.waited
+            self.stats.keys_derived += ops.derived
+            self.stats.seconds = time.perf_counter() - start
+            self._release_refused()
+        return self.stats
+
+    def _run_here(self, ops: hsm_prep.PrepOps, stages: Sequence[BatchStage]) -> None:
+        """The loop with every pass in this process (:meth:`_chunk`)."""
         # Steps 1 and 3 run on a second thread, in order (one connection at a time): the
         # next chunk's claim and the previous chunk's commit wait for the database while
         # this thread does the HSM work of the current chunk. Their own Python work (about
@@ -491,7 +539,7 @@ class Preparer:
         rows: list[Row] = []  # claimed and not prepared yet
         nxt: Future[list[Row]] | None = None
         try:
-            with ops, db or contextlib.nullcontext():
+            with db or contextlib.nullcontext():
                 rows = [] if self._stopped() else self._claim_timed(stages)
                 pending: tuple[Callable[[], int], int] | None = None
                 while rows and not self._stopped():
@@ -522,15 +570,89 @@ class Preparer:
             # (a next run takes them at once, not when their lease ends)
             if nxt is not None and nxt.done() and nxt.exception() is None:
                 rows = rows + nxt.result()
-            if rows:
-                try:
-                    self._give_back([r.item_id for r in rows])
-                except Exception:  # the lease ends anyway; the first error is the one raised
-                    log.exception("data preparation: could not give back a claimed chunk")
-            self.stats.keys_derived += ops.derived
-            self.stats.seconds = time.perf_counter() - start
-            self._release_refused()
-        return self.stats
+            self._give_back_rows(rows)
+
+    def _run_piped(self, hsm: _HsmProcess, stages: Sequence[BatchStage]) -> None:
+        """The loop with the HSM pass in the worker's HSM process (:class:`_HsmProcess`): as
+        soon as chunk N's HSM outputs are back, chunk N+2 is claimed, its records made
+        (pass 1) and sent, so that the HSM process always has the next chunk queued behind
+        the one in its hands (:data:`HSM_QUEUE`); then chunk N's lines and segment (pass 3),
+        and its commit on the database thread. A stop halts the HSM process after the chunk
+        in its hands; every chunk claimed and not committed is given back."""
+        db = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="prep-db")
+            if self.overlap
+            else None
+        )
+        rows: list[Row] = []  # claimed, not sent yet
+        sent: deque[tuple[list[Row], list[_Made]]] = deque()  # at the HSM process, in order
+        back: list[Row] = []  # skipped by the HSM process after a stop
+        state = {"halted": False, "exhausted": False}
+
+        def claim() -> list[Row]:  # on the database thread, in order with the commits
+            if db is None:
+                return self._claim_timed(stages)
+            return db.submit(self._claim_timed, stages).result()
+
+        def fill() -> None:
+            """Chunks claimed, their records made and sent until :data:`HSM_QUEUE` are at the
+            HSM process (none after a stop)."""
+            nonlocal rows
+            if not state["halted"] and self._stopped():
+                hsm.halt()
+                state["halted"] = True
+            while not state["halted"] and len(sent) < HSM_QUEUE:
+                if not rows:
+                    rows = [] if state["exhausted"] else claim()
+                    if not rows:
+                        state["exhausted"] = True
+                        return
+                t0, c0 = time.perf_counter(), time.thread_time()
+                made = self._records(rows)
+                self.stats.records_cpu += time.thread_time() - c0
+                self.stats.cards_s += time.perf_counter() - t0
+                if made:  # (every card refused: leased until the end of the run, as here)
+                    hsm.send([(card.row.algorithm, ref) for _, card, ref, _ in made])
+                    sent.append((rows, made))
+                rows = []
+
+        try:
+            with db or contextlib.nullcontext():
+                pending: tuple[Callable[[], int], int] | None = None
+                fill()
+                while sent:
+                    got = hsm.receive()  # the oldest chunk's (an error in it raised here)
+                    chunk, made = sent.popleft()
+                    fill()  # the HSM process's queue first, then this chunk's lines
+                    if got is None:  # skipped after a stop
+                        back.extend(chunk)
+                        continue
+                    kek, label, keys, cpu = got
+                    self.stats.hsm_cpu += cpu
+                    out = self._lines(chunk[0].item_id, made, keys, kek, label)
+                    if not out:
+                        continue
+                    if db is None:
+                        self._settle(partial(self._commit_timed, out), len(out))
+                        continue
+                    commit = (db.submit(self._commit_timed, out).result, len(out))
+                    if pending is not None:
+                        self._settle(*pending)
+                    pending = commit
+                if pending is not None:
+                    self._settle(*pending)
+        finally:
+            # a stop, or an error (the chunk whose HSM work failed among them): the chunks
+            # claimed and not committed are given back now, those queued at the HSM process too
+            hsm.halt()
+            self._give_back_rows(rows + back + [r for chunk, _ in sent for r in chunk])
+
+    def _give_back_rows(self, rows: list[Row]) -> None:
+        if rows:
+            try:
+                self._give_back([r.item_id for r in rows])
+            except Exception:  # the lease ends anyway; the first error is the one raised
+                log.exception("data preparation: could not give back a claimed chunk")
 
     def _claim_timed(self, stages: Sequence[BatchStage]) -> list[Row]:
         t0, c0 = time.perf_counter(), time.thread_time()
@@ -585,57 +707,87 @@ class Preparer:
         return read_rows(s, ids_) if ids_ else []
 
     def _chunk(self, ops: hsm_prep.PrepOps, rows: list[Row]) -> list[Prepared]:
-        """Step 2 of a chunk: the cards made, their segment written (or lines sent to the
-        bureau sink); what step 3 commits."""
+        """Step 2 of a chunk in this process: the cards made, their segment written (or lines
+        sent to the bureau sink); what step 3 commits. Three passes (each loop stays in its
+        own code: the HSM's calls run faster back to back than between Python record work):
+        the cards' chips and records (a card refused here costs no HSM work), their HSM work
+        (:meth:`_hsm_pass`; in the HSM process when the worker has one, :class:`_HsmProcess`),
+        their lines (:meth:`_lines`)."""
         t0, c0 = time.perf_counter(), time.thread_time()
+        made = self._records(rows)
+        c1 = time.thread_time()
+        with ops.chunk() as kek:
+            keys = self._hsm_pass(ops, [(prof, ref) for prof, _, ref, _ in made])
+        self.stats.records_cpu += c1 - c0
+        self.stats.hsm_cpu += time.thread_time() - c1
+        self.stats.cards_s += time.perf_counter() - t0
+        return self._lines(rows[0].item_id, made, keys, kek, ops.envelope.label)
+
+    def _records(self, rows: list[Row]) -> list[_Made]:
+        """Pass 1 of a chunk: each card's chip, key reference and records; a card whose data
+        cannot go on a chip is refused here (:meth:`_refuse`)."""
         today = date.today()  # the holders' birth dates are checked against it
         issue = self.today or today
         versions: dict[str, int] = {}
+        made: list[_Made] = []
+        for row in rows:
+            prof = self._profile(row.algorithm)
+            try:
+                card, ref, bank = self._card(prof, row, issue, versions)
+                made.append((prof, card, ref, self._perso(prof, card, bank, today)))
+            except (InvalidIdentifier, EncodingError, NoBankData) as exc:
+                self._refuse(row, exc)
+        return made
+
+    def _hsm_pass(
+        self, ops: hsm_prep.PrepOps, cards: Sequence[tuple[_Profile, CardKeyRef]]
+    ) -> list[Any]:
+        """Pass 2 of a chunk (inside ``ops.chunk()``): every card's HSM work, in house
+        (:class:`hsm.prep.InHouseCard`) or for the bureau (:class:`BureauExport`, the initial
+        PIN); a card refused by its PIN policy is a :class:`_Refused`. The one implementation,
+        in this process or in the HSM process."""
+        out: list[Any] = []
+        in_house = self.output == IN_HOUSE
+        for prof, ref in cards:
+            try:
+                if in_house:
+                    out.append(ops.in_house(ref, prof.slots, prof.pins))
+                else:
+                    pins = _Capture(prof.pins)
+                    out.append((ops.bureau(ref, prof.slots, pins), pins.last))
+            except (InvalidIdentifier, EncodingError) as exc:
+                out.append(_Refused(str(exc)))
+        return out
+
+    def _lines(
+        self, first_item_id: int, made: list[_Made], keys: list[Any], kek: FileKek, label: str
+    ) -> list[Prepared]:
+        """Pass 3 of a chunk: the cards' lines from their records and HSM outputs (``keys``,
+        in the order of ``made``), the segment written and signed (or the lines sent to the
+        bureau sink); the cards step 3 commits."""
+        t0, c0 = time.perf_counter(), time.thread_time()
         out: list[Prepared] = []
         writer: persofile.SegmentWriter | None = None
         entries: list[tuple[int, int, str, bytes]] = []
-        with ops.chunk() as kek:
-            if self.output == IN_HOUSE:
-                writer = persofile.SegmentWriter(
-                    self.settings.data_dir, self.batch_id, rows[0].item_id, ops.envelope.label,
-                    kek, self._signer,
-                )  # fmt: skip
-            # three passes (each loop stays in its own code: the HSM's calls run faster
-            # back to back than between Python record work): the cards' chips and records
-            # (a card refused here costs no HSM work), their HSM work, their lines
-            made: list[tuple[_Profile, Prepared, CardKeyRef, dict[str, list[bytes]]]] = []
-            for row in rows:
-                prof = self._profile(row.algorithm)
-                try:
-                    card, ref, bank = self._card(prof, row, issue, versions)
-                    made.append((prof, card, ref, self._perso(prof, card, bank, today)))
-                except (InvalidIdentifier, EncodingError, NoBankData) as exc:
-                    self._refuse(row, exc)
-            c1 = time.thread_time()
-            done: list[tuple[_Profile, Prepared, CardKeyRef, dict[str, list[bytes]], Any]] = []
-            for prof, card, ref, plan in made:
-                try:
-                    if writer is not None:
-                        keys: Any = ops.in_house(ref, prof.slots, prof.pins)
-                    else:
-                        pins = _Capture(prof.pins)
-                        keys = (ops.bureau(ref, prof.slots, pins), pins.last)
-                except (InvalidIdentifier, EncodingError) as exc:
-                    self._refuse(card.row, exc)
-                    continue
-                done.append((prof, card, ref, plan, keys))
-            c2 = time.thread_time()
-            for n, (prof, card, ref, plan, keys) in enumerate(done):
-                if writer is not None:
-                    self._check(prof, card, keys.pin, plan, n == 0)
-                    line = self._in_house_line(prof, card, ref, writer.count + 1, plan, keys,
-                                               n == 0)  # fmt: skip
-                    card.perso_file, card.perso_offset = writer.name, writer.add(line)
-                else:
-                    export, pin = keys
-                    self._check(prof, card, pin, plan, n == 0)
-                    entries.append(self._bureau_entry(prof, card, ref, plan, export, n == 0))
-                out.append(card)
+        if self.output == IN_HOUSE:
+            writer = persofile.SegmentWriter(
+                self.settings.data_dir, self.batch_id, first_item_id, label, kek, self._signer
+            )
+        n = 0
+        for (prof, card, ref, plan), got in zip(made, keys, strict=True):
+            if isinstance(got, _Refused):
+                self._refuse(card.row, got.reason)
+                continue
+            if writer is not None:
+                self._check(prof, card, got.pin, plan, n == 0)
+                line = self._in_house_line(prof, card, ref, writer.count + 1, plan, got, n == 0)
+                card.perso_file, card.perso_offset = writer.name, writer.add(line)
+            else:
+                export, pin = got
+                self._check(prof, card, pin, plan, n == 0)
+                entries.append(self._bureau_entry(prof, card, ref, plan, export, n == 0))
+            out.append(card)
+            n += 1
         t1 = time.perf_counter()
         self.stats.cards_s += t1 - t0
         if writer is not None and writer.count:
@@ -643,13 +795,10 @@ class Preparer:
         elif self.sink is not None and entries:
             self.sink.put(kek, entries)
         self.stats.file_s += time.perf_counter() - t1
-        st = self.stats
-        st.records_cpu += c1 - c0
-        st.hsm_cpu += c2 - c1
-        st.lines_cpu += time.thread_time() - c2
+        self.stats.lines_cpu += time.thread_time() - c0
         return out
 
-    def _refuse(self, row: Row, exc: Exception) -> None:
+    def _refuse(self, row: Row, exc: Exception | str) -> None:
         """A card whose data cannot go on a chip (the whole card refused, with the reason:
         nothing written for it). It stays selected, leased to this worker until the run ends
         (so no worker takes it again meanwhile), then released: fix the data, prepare again."""
@@ -927,6 +1076,242 @@ def _rowcount(result: Any) -> int:
     return int(cast(sa.CursorResult[Any], result).rowcount)
 
 
+# --- the HSM process ----------------------------------------------------------------------------
+
+#: Chunks kept at a worker's HSM process: the one in its hands and the next, queued, so that
+#: it never waits for the worker's claims, records, lines and commits.
+HSM_QUEUE = 2
+#: How long an ending worker waits for its HSM process to finish the chunk in its hands.
+HSM_STOP_SECONDS = 60.0
+
+_SLOTS = {slot.value: slot for slot in KeySlot}
+
+
+def _ref_wire(ref: CardKeyRef) -> tuple[Any, ...]:
+    """A card's key reference as a plain tuple (its fields in order: ``CardKeyRef(*wire)``)."""
+    return tuple(getattr(ref, f.name) for f in _REF_FIELDS)
+
+
+_REF_FIELDS = fields(CardKeyRef)
+
+
+def _keys_wire(keys: Any) -> Any:
+    """A card's output of :meth:`Preparer._hsm_pass` as plain tuples, bytes and strings (what
+    crosses the pipe; :func:`_keys_of` makes it again): the refusal's reason, or the
+    :class:`hsm.prep.InHouseCard`'s fields, or the :class:`BureauExport`'s and the PIN."""
+    if isinstance(keys, _Refused):
+        return keys.reason
+    if isinstance(keys, hsm_prep.InHouseCard):
+        write = keys.write_keys
+        return (keys.kek_id, keys.kmc_wrapped, tuple(s.value for s in write),
+                tuple(write.values()), keys.pin_payloads, keys.pin)  # fmt: skip
+    export, pin = keys
+    wrapped = export.wrapped
+    return (export.kek_id, tuple(s.value for s in wrapped), tuple(wrapped.values()),
+            tuple(export.kcvs[s] for s in wrapped), export.encrypted, export.klk_wrapped,
+            export.klk_kcv, pin)  # fmt: skip
+
+
+def _keys_of(wire: Any, in_house: bool) -> Any:
+    """:func:`_keys_wire` undone."""
+    if isinstance(wire, str):
+        return _Refused(wire)
+    slots = _SLOTS
+    if in_house:
+        kek_id, kmc, names, write, payloads, pin = wire
+        write_keys = {slots[n]: w for n, w in zip(names, write, strict=True)}
+        return hsm_prep.InHouseCard(kek_id, kmc, write_keys, payloads, pin)
+    kek_id, names, wrapped, kcvs, encrypted, klk_wrapped, klk_kcv, pin = wire
+    keys = [slots[n] for n in names]
+    return BureauExport(dict(zip(keys, wrapped, strict=True)), dict(zip(keys, kcvs, strict=True)),
+                        encrypted,
+                        kek_id=kek_id, klk_wrapped=klk_wrapped, klk_kcv=klk_kcv), pin  # fmt: skip
+
+
+class _HsmProcess:
+    """A preparing worker's HSM pass in a companion process (``docs/design/batches.md``,
+    "The HSM pass in its own process"): forked from the worker before its database thread
+    starts (under the PKCS#11 lock), its PKCS#11 module initialised again after the fork
+    (:mod:`hsm.pkcs11` does so in a new process) and its own :class:`hsm.prep.PrepOps`; it
+    touches nothing else of the worker's and logs nothing; it dies with the worker
+    (:func:`_die_with_parent`). The chunks' inputs (each card's profile by its algorithm and
+    its key reference) go one way, their HSM outputs (wrapped keys, PIN payloads, the
+    initial PINs: secrets) come back the other, each chunk with its file KEK, through two
+    local pipes between the worker's own two processes, never through a file or a log. A
+    thread here writes the inputs, so that neither process waits for the other to read."""
+
+    def __init__(self, preparer: Preparer) -> None:
+        self._in_house = preparer.output == IN_HOUSE
+        inputs_r, self._inputs = multiprocessing.Pipe(duplex=False)
+        self._results, results_w = multiprocessing.Pipe(duplex=False)
+        self._halt = mmap.mmap(-1, 1)  # shared with the child: 1 = skip the chunks queued
+        self.pipe_cpu = 0.0
+        self.derived = 0
+        self.waited = 0.0
+        parent = os.getpid()
+        hsm_keys = preparer.key_service.hsm_keys
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        # no PKCS#11 call of this process's other threads in flight while it forks
+        lock = hsm_keys.token.use("starting the HSM process") if hsm_keys else None
+        with lock or contextlib.nullcontext():
+            pid = os.fork()
+        if pid == 0:  # the HSM process: never returns to the caller's stack
+            code = 1
+            try:
+                self._inputs.close()
+                self._results.close()
+                code = _hsm_serve(preparer, inputs_r, results_w, self._halt, parent)
+            finally:
+                os._exit(code)
+        self.pid = pid
+        inputs_r.close()
+        results_w.close()
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send, name="prep-hsm-send", daemon=True)
+        self._sender.start()
+        self._closed = False
+
+    def _send(self) -> None:
+        try:
+            while (data := self._queue.get()) is not None:
+                self._inputs.send_bytes(data)
+        except OSError:  # the HSM process is gone: :meth:`receive` says so
+            pass
+        finally:
+            self._inputs.close()  # the HSM process's end of input: it says goodbye and exits
+
+    def send(self, cards: list[tuple[str, CardKeyRef]]) -> None:
+        """A chunk's cards (each its profile's algorithm and its key reference) to the queue."""
+        c0 = time.thread_time()
+        wire = [(alg, _ref_wire(ref)) for alg, ref in cards]
+        self._queue.put(pickle.dumps(wire, protocol=pickle.HIGHEST_PROTOCOL))
+        self.pipe_cpu += time.thread_time() - c0
+
+    def receive(self) -> tuple[FileKek, str, list[Any], float] | None:
+        """The oldest chunk's HSM outputs: (file KEK, its envelope's label, each card's output
+        of :meth:`Preparer._hsm_pass`, the HSM process's CPU seconds in the pass); None for a
+        chunk skipped after :meth:`halt`. An error in the HSM process, or its death, raises
+        :class:`IssuanceError`."""
+        msg = self._next()
+        c0 = time.thread_time()
+        kind = msg[0]
+        if kind == "error":
+            raise IssuanceError(f"data preparation's HSM process failed: {msg[1]}")
+        if kind == "skipped":
+            return None
+        if kind != "chunk":
+            raise IssuanceError(f"data preparation's HSM process answered {kind!r}")
+        _, (kek_id, wrapped, kcv), label, wire, cpu, derived = msg
+        self.derived = derived
+        in_house = self._in_house
+        keys = [_keys_of(w, in_house) for w in wire]
+        self.pipe_cpu += time.thread_time() - c0
+        return FileKek(kek_id, wrapped, kcv), label, keys, cpu
+
+    def _next(self, timeout: float | None = None) -> tuple[Any, ...]:
+        try:
+            if timeout is not None and not self._results.poll(timeout):
+                raise TimeoutError
+            data = self._results.recv_bytes()
+        except (EOFError, OSError):
+            raise IssuanceError(
+                f"data preparation's HSM process (pid {self.pid}) ended without its results"
+            ) from None
+        c0 = time.thread_time()
+        msg = pickle.loads(data)
+        self.pipe_cpu += time.thread_time() - c0
+        return cast(tuple[Any, ...], msg)
+
+    def halt(self) -> None:
+        """The chunks queued at the HSM process are skipped (their :meth:`receive` is None);
+        the one in its hands is finished."""
+        self._halt[0] = 1
+
+    def close(self) -> None:
+        """End the HSM process and wait for it (its CPU then counts in this process's
+        children's): its input closed, what it still sends read (and dropped), killed if it
+        has not ended after :data:`HSM_STOP_SECONDS`."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        deadline = time.monotonic() + HSM_STOP_SECONDS
+        try:
+            while True:
+                msg = self._next(max(0.0, deadline - time.monotonic()))
+                if msg[0] == "bye":
+                    self.pipe_cpu += msg[1]
+                    self.derived = msg[2]
+                    self.waited = msg[3]
+                    break
+        except (IssuanceError, TimeoutError):  # ended (after an error), or stuck: killed
+            with contextlib.suppress(ProcessLookupError):
+                if time.monotonic() >= deadline:
+                    os.kill(self.pid, signal.SIGKILL)
+        finally:
+            self._sender.join(timeout=HSM_STOP_SECONDS)
+            os.waitpid(self.pid, 0)
+            self._results.close()
+            self._halt.close()
+
+
+def _hsm_serve(preparer: Preparer, inputs: Any, results: Any, halt: mmap.mmap, parent: int) -> int:
+    """The HSM process (:class:`_HsmProcess`): each chunk's HSM pass (the one implementation,
+    :meth:`Preparer._hsm_pass`) under its own :class:`hsm.prep.PrepOps`, until its input
+    ends; then its count of pipe CPU, derived keys and seconds waited (``bye``). An error is
+    sent back as its type and message (``error``; the worker fails the run) and ends it."""
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker stops us between chunks
+    pipe = waited = 0.0
+    first = True
+    try:
+        ops = hsm_prep.prep_ops(preparer.key_service, preparer.wrapping)
+        if ops is None:
+            raise IssuanceError("bulk data preparation needs a PKCS#11 key service (hsm.prep)")
+        profile, ref_of, keys_wire = preparer._profile, CardKeyRef, _keys_wire
+        skipped = pickle.dumps(("skipped",))
+        with ops:
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    data = inputs.recv_bytes()
+                except EOFError:
+                    break
+                if not first:  # (the first chunk: its claim and records made after the fork)
+                    waited += time.perf_counter() - t0
+                first = False
+                c0 = time.thread_time()
+                if halt[0]:
+                    results.send_bytes(skipped)
+                    continue
+                cards = [(profile(alg), ref_of(*ref)) for alg, ref in pickle.loads(data)]
+                c1 = time.thread_time()
+                with ops.chunk() as kek:
+                    c2 = time.thread_time()
+                    keys = preparer._hsm_pass(ops, cards)
+                    c3 = time.thread_time()
+                reply = pickle.dumps(
+                    ("chunk", (kek.kek_id, kek.wrapped, kek.kcv), ops.envelope.label,
+                     [keys_wire(k) for k in keys], c3 - c2, ops.derived),
+                    protocol=pickle.HIGHEST_PROTOCOL,
+                )  # fmt: skip
+                del keys
+                pipe += (c1 - c0) + (time.thread_time() - c3)
+                t0 = time.perf_counter()
+                results.send_bytes(reply)  # (returns once the worker has read what a pipe holds)
+                waited += time.perf_counter() - t0
+        results.send_bytes(pickle.dumps(("bye", pipe, ops.derived, waited)))
+        return 0
+    except BaseException as exc:  # reported to the worker, which fails the run and says why
+        # (not logged here: a lock another thread of the worker held at the fork, a progress
+        # display's, say, stays taken in this process)
+        with contextlib.suppress(Exception):
+            results.send_bytes(pickle.dumps(("error", f"{type(exc).__name__}: {exc}")))
+        return 1
+
+
 # --- perso key, workers -------------------------------------------------------------------------
 
 
@@ -1009,6 +1394,7 @@ def _worker(
             bureau_file_id=req.bureau_file_id, sink=sink,
             on_chunk=lambda n: results.put(("progress", n)), stop=stop,
             new_serial=stock.new_serial, overlap=database_thread(req.workers),
+            hsm_process=database_thread(req.workers),
         )  # fmt: skip
         if req.output == IN_HOUSE:
             ensure_batch_perso_key(factory, keys, req.batch_id)

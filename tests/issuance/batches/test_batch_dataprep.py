@@ -330,7 +330,7 @@ def test_a_stop_gives_back_the_chunk_claimed_ahead(env: tuple[Settings, Engine])
 
     first = bulkprep.Preparer(settings, factory, keys, pop.batch_id, audit.SYSTEM_ACTOR,
                               chunk=3, on_chunk=chunk_done, stop=stop,
-                              overlap=True).run()  # fmt: skip
+                              overlap=True, hsm_process=False).run()  # fmt: skip
     # the chunk in hand when the first commit was reported is finished too
     assert first.prepared in (3, 6) and sum(reported) == first.prepared == 3 * first.chunks
     left = [i for i in _items(engine, pop.batch_id) if i.stage == BatchStage.SELECTED]
@@ -361,7 +361,7 @@ def test_a_chunk_taken_over_while_made_costs_that_chunk_only(
     settings, engine = env
     pop, factory, keys = _ready(env, 9, "taken")
     preparer = bulkprep.Preparer(settings, factory, keys, pop.batch_id, audit.SYSTEM_ACTOR,
-                                 chunk=3, overlap=True)  # fmt: skip
+                                 chunk=3, overlap=True, hsm_process=False)  # fmt: skip
     made = bulkprep.Preparer._chunk
     stolen: list[int] = []
 
@@ -404,7 +404,7 @@ def test_an_error_in_a_chunk_gives_back_what_was_claimed(
 
     monkeypatch.setattr(bulkprep.Preparer, "_chunk", chunk)
     preparer = bulkprep.Preparer(settings, factory, keys, pop.batch_id, audit.SYSTEM_ACTOR,
-                                 chunk=3, overlap=True)  # fmt: skip
+                                 chunk=3, overlap=True, hsm_process=False)  # fmt: skip
     with pytest.raises(HsmError, match="stopped answering"):
         preparer.run()
     items = _items(engine, pop.batch_id)
