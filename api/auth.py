@@ -278,8 +278,9 @@ class Authenticator:
                 principal, epoch, held = await self._resolve(token)
             except PermissionDenied:
                 self._cache.pop(token, None)
-            except Exception:  # the database: the entry expires, the next request says it
-                log.debug("resolving a cached token again failed", exc_info=True)
+            except Exception as exc:  # the database: the entry expires, the next request
+                # says it (the error's class only: a driver's message may quote parameters)
+                log.warning("resolving a cached token again failed: %s", type(exc).__name__)
             else:
                 self._remember(token, principal, epoch, held)
             finally:
