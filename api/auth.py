@@ -6,6 +6,7 @@ Design notes: ``docs/design/api.md`` (section ``api.auth``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, NoReturn
 
@@ -28,7 +29,12 @@ from issuance.services.credentials import (
     bump_auth_epoch,
 )
 
+log = logging.getLogger("api.auth")
+
 CACHE_SECONDS = 10.0
+#: A cached token used in its last seconds is resolved again in the background (the entry
+#: stays in use meanwhile): a busy caller's requests never all wait for the lookup at expiry.
+REFRESH_SECONDS = 2.0
 _CACHE_MAX = 50_000
 
 
@@ -171,6 +177,8 @@ class Authenticator:
             tuple[asyncio.AbstractEventLoop, str], asyncio.Future[tuple[Principal, int, bool]]
         ] = {}
         self._epoch_reads: dict[asyncio.AbstractEventLoop, asyncio.Future[int]] = {}
+        #: tokens being resolved again ahead of their expiry (:meth:`_refresh`)
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
 
     async def epoch(self) -> int:
         """The authentication epoch now (see
@@ -245,9 +253,40 @@ class Authenticator:
         at: valid only while that is still the epoch (:meth:`cached` reads it; the hot path's
         challenge call has its call-log record check it, :func:`api.calllog.log_call`)."""
         hit = self._cache.get(token)
-        if hit is None or hit[1] <= time.monotonic():
+        if hit is None:
             return None
+        left = hit[1] - time.monotonic()
+        if left <= 0:
+            return None
+        if (
+            left < REFRESH_SECONDS
+            and token not in self._refreshing
+            # (not in the token's own last seconds: it ends then, nothing to renew)
+            and hit[0].expires_at.timestamp() - time.time() > REFRESH_SECONDS
+        ):
+            self._refresh(token)
         return hit[0], hit[2]
+
+    def _refresh(self, token: str) -> None:
+        """Resolve ``token`` again in the background (its entry is in its last
+        :data:`REFRESH_SECONDS`): the new entry replaces it, with the epoch read by that
+        lookup; a token no longer valid is forgotten (its next request is refused and counted
+        the ordinary way); if the database cannot say, the entry runs out as it would have."""
+
+        async def again() -> None:
+            try:
+                principal, epoch, held = await self._resolve(token)
+            except PermissionDenied:
+                self._cache.pop(token, None)
+            except Exception as exc:  # the database: the entry expires, the next request
+                # says it (the error's class only: a driver's message may quote parameters)
+                log.warning("resolving a cached token again failed: %s", type(exc).__name__)
+            else:
+                self._remember(token, principal, epoch, held)
+            finally:
+                self._refreshing.pop(token, None)
+
+        self._refreshing[token] = asyncio.get_running_loop().create_task(again())
 
     def held(self, principal: Principal) -> bool:
         """Is this (authenticated) caller held by the failure limit? Read with its token (any
@@ -316,6 +355,12 @@ class Authenticator:
                 401, "unauthorized", exc.message,
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             ) from exc  # fmt: skip
+        self._remember(token, principal, epoch, held)
+        return principal
+
+    def _remember(self, token: str, principal: Principal, epoch: int, held: bool) -> None:
+        """Cache ``token``'s lookup (resolved at ``epoch``) for :data:`CACHE_SECONDS`, never
+        beyond the token's expiry."""
         if len(self._cache) > _CACHE_MAX:
             self._cache.clear()
         ttl = min(CACHE_SECONDS, principal.expires_at.timestamp() - time.time())
@@ -324,7 +369,6 @@ class Authenticator:
         if len(self._held) > _CACHE_MAX:
             self._held.clear()
         self._held[principal.client_id] = (epoch, until if held else 0.0)
-        return principal
 
     def forget(self) -> None:
         self._cache.clear()

@@ -5,8 +5,10 @@ Design notes: ``docs/design/issuance.md`` (section ``issuance.services.verificat
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -112,6 +114,8 @@ USED_CHALLENGE_MARGIN = timedelta(minutes=10)
 _ID_LABEL = b"ykt-challenge-id/1"
 _CHALLENGE_LABEL = b"ykt-challenge/1"
 _TAG_LEN = 6
+#: naive UTC (what :func:`utcnow` gives) of Unix time 0
+_UNIX_EPOCH = datetime(1970, 1, 1)
 
 
 class ChallengeCodec:
@@ -128,13 +132,13 @@ class ChallengeCodec:
 
     def issue(self, credential_id: int, ttl_seconds: int, now: datetime | None = None) -> Challenge:
         """A fresh challenge for this caller, valid ``ttl_seconds`` (nothing is stored)."""
-        now = now or utcnow()
-        expiry = int(now.replace(tzinfo=UTC).timestamp()) + ttl_seconds
+        # the clock :func:`utcnow` reads, in Unix seconds (no datetime made and converted back)
+        seconds = time.time() if now is None else now.replace(tzinfo=UTC).timestamp()
+        expiry = int(seconds) + ttl_seconds
         head = expiry.to_bytes(4, "big") + os.urandom(6)  # what secrets.token_bytes reads
         cid = head + self._mac(_ID_LABEL, credential_id, head)[:_TAG_LEN]
         challenge = self._mac(_CHALLENGE_LABEL, credential_id, cid)[:16]
-        expires_at = datetime.fromtimestamp(expiry, UTC).replace(tzinfo=None)
-        return Challenge(cid.hex(), challenge, expires_at)
+        return Challenge(cid.hex(), challenge, _UNIX_EPOCH + timedelta(seconds=expiry))
 
     def open(
         self, challenge_id: str, credential_id: int, now: datetime | None = None
@@ -690,14 +694,16 @@ _USE_ARRAYS = 1 + _N_EVENT + 2
 SQL_USE_AND_AUDIT_MANY = f"WITH {_USE_AND_AUDIT_MANY_CTES} SELECT id FROM u"
 
 
-def _grouped_write_sql(uses: bool, riders: Sequence[RowsInsert]) -> str:
+@functools.lru_cache(maxsize=32)
+def _grouped_write_sql(uses: bool, riders: tuple[RowsInsert, ...]) -> str:
     """One round's statement of :class:`VerificationStore`: :data:`SQL_USE_AND_AUDIT_MANY`
     (if ``uses``) and the inserts of ``riders`` after it, in one statement: one commit. Each
     kind of rider rows takes its arrays (numbered on) and one more, the authentication epoch
     each row holds for (NULL: none): a row whose epoch is not the current one
     (:func:`issuance.services.credentials.epoch_holds_sql`) is not written. Returns the keys
     of the challenges that were not used before (first column), and for each rider row not
-    written a row (NULL, its kind's index in ``riders``, its 1-based position in its kind)."""
+    written a row (NULL, its kind's index in ``riders``, its 1-based position in its kind).
+    Made once per combination (a round's statement is one of a few)."""
     if not riders:
         return SQL_USE_AND_AUDIT_MANY
     first = _USE_ARRAYS + 1 if uses else 1

@@ -4,11 +4,16 @@ card.verified audit event. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import sqlalchemy as sa
 from conftest import ApiEnv
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from api.calllog import CALLS, CallRecord
 from api.client import YktClient, verify_card_in_reader
 from cardspec.reader import InProcessReader
 from issuance.models import ApiCall, AuditEvent, Card
@@ -81,3 +86,26 @@ def test_a_verification_is_recorded_once_by_its_audit_event(
     with api_env.session() as s:  # type: ignore[attr-defined]
         verified = s.scalars(sa.select(AuditEvent).where(AuditEvent.action == "card.verified"))
         assert len(verified.all()) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.tuples(
+        st.datetimes(),
+        st.one_of(st.none(), st.integers()),
+        st.text(),
+        st.none() | st.text(),
+        st.none() | st.text(),
+        st.text(),
+        st.text(),
+        st.integers(),
+        st.none() | st.text(),
+        st.integers(),
+    )
+)
+def test_a_records_values_are_its_columns_in_order(values: tuple[Any, ...]) -> None:
+    """:meth:`CallRecord.values` (what the PostgreSQL path writes) is the record's fields in
+    the column order of ``CALLS``, as a row of them by name would be."""
+    rec = CallRecord(*values)
+    assert rec.values() == tuple(getattr(rec, c) for c in CALLS.columns)
+    assert rec.values() == values

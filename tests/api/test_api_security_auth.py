@@ -177,3 +177,41 @@ def test_token_errors_follow_rfc_6749(api_env: ApiEnv) -> None:
     assert (r.status_code, r.json()["error"]["code"]) == (400, "unsupported_grant_type")
     doc = api_env.client.get("/openapi.json").json()
     assert "400" in doc["paths"]["/v1/oauth/token"]["post"]["responses"]
+
+
+def test_a_cached_token_in_its_last_seconds_is_resolved_again_behind_the_requests(
+    api_env: ApiEnv,
+) -> None:
+    """A cached token used in its last ``REFRESH_SECONDS`` keeps answering from the cache
+    while it is resolved again in the background: the new entry has a full lifetime and the
+    epoch its lookup read; a token revoked meanwhile is forgotten by that lookup, and its next
+    request is refused the ordinary way (the revocation's epoch stops it at once anyway)."""
+    import asyncio
+
+    from api.auth import CACHE_SECONDS, REFRESH_SECONDS
+
+    auth = api_env.client.app.state.auth  # type: ignore[attr-defined]
+    bearer = api_env.tokens["hospital"]
+    assert challenge(api_env.client, bearer) == 200  # resolved and cached
+    principal, _, epoch = auth._cache[bearer]
+
+    async def in_last_seconds() -> tuple[object, asyncio.Task[None] | None]:
+        auth._cache[bearer] = (principal, time.monotonic() + REFRESH_SECONDS / 2, epoch)
+        hit = auth.resolved(bearer)  # still answered from the cache ...
+        task = auth._refreshing.get(bearer)  # ... while it is resolved again
+        if task is not None:
+            await task
+        return hit, task
+
+    hit, task = asyncio.run(in_last_seconds())
+    assert hit == (principal, epoch) and task is not None and not auth._refreshing
+    again, until, epoch_again = auth._cache[bearer]
+    assert again.credential_id == principal.credential_id and epoch_again == epoch
+    assert until - time.monotonic() > CACHE_SECONDS - REFRESH_SECONDS  # a full lifetime
+    assert challenge(api_env.client, bearer) == 200
+    cid, _ = api_env.clients["hospital"]
+    with api_env.session() as s:  # type: ignore[attr-defined]
+        credentials.revoke_tokens(s, cid)
+    hit, task = asyncio.run(in_last_seconds())
+    assert task is not None and bearer not in auth._cache  # the lookup refused it: forgotten
+    assert challenge(api_env.client, bearer) == 401

@@ -6,7 +6,7 @@ agrees with a software oracle, used challenges are pruned. On SQLite and Postgre
 from __future__ import annotations
 
 import os
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,6 +14,8 @@ import sqlalchemy as sa
 from api_helpers import master_key
 from conftest import ApiEnv
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from api.routes_verify import challenge_json, verification_json
 from api.schemas import ChallengeOut, HolderOut, VerificationOut
@@ -137,6 +139,32 @@ def test_answers_are_serialised_as_pydantic_does(verdict: Verdict) -> None:
     )  # fmt: skip
     assert verification_json(verdict) == model.model_dump_json(exclude_none=True).encode()
     ch = ChallengeCodec(os.urandom(32)).issue(3, 60)
+    out = ChallengeOut(
+        challenge_id=ch.id, challenge=ch.challenge.hex(),
+        apdu="0088000010" + ch.challenge.hex().upper() + "00", expires_at=ch.expires_at,
+    )  # fmt: skip
+    assert challenge_json(ch) == out.model_dump_json().encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.binary(min_size=16, max_size=64),
+    credential_id=st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    ttl=st.integers(min_value=1, max_value=10**6),
+    now=st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2100, 1, 1)),
+)
+def test_challenges_and_their_json_are_pydantics(
+    key: bytes, credential_id: int, ttl: int, now: datetime
+) -> None:
+    """The challenge's JSON, formatted directly (:func:`challenge_json`), is what pydantic
+    writes for :class:`ChallengeOut`; its expiry is the whole second ``ttl`` after ``now``
+    (the codec reads the clock in Unix seconds)."""
+    codec = ChallengeCodec(key)
+    ch = codec.issue(credential_id, ttl, now=now)
+    whole = now.replace(microsecond=0, tzinfo=UTC)
+    assert ch.expires_at == (whole + timedelta(seconds=ttl)).replace(tzinfo=None)
+    assert ch.expires_at.tzinfo is None
+    assert codec.open(ch.id, credential_id, now=now) == ch.challenge
     out = ChallengeOut(
         challenge_id=ch.id, challenge=ch.challenge.hex(),
         apdu="0088000010" + ch.challenge.hex().upper() + "00", expires_at=ch.expires_at,
