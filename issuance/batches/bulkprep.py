@@ -558,11 +558,8 @@ class Preparer:
                             self._settle(partial(self._commit_timed, out), len(out))
                         rows = [] if self._stopped() else self._claim_timed(stages)
                         continue
-                    commit = (db.submit(self._commit_timed, out).result, len(out)) if out else None
                     rows, nxt = nxt.result(), None
-                    if pending is not None:
-                        self._settle(*pending)
-                    pending = commit
+                    pending = self._queue_commit(db, out, pending)
                 if pending is not None:
                     self._settle(*pending)
         finally:
@@ -635,10 +632,7 @@ class Preparer:
                     if db is None:
                         self._settle(partial(self._commit_timed, out), len(out))
                         continue
-                    commit = (db.submit(self._commit_timed, out).result, len(out))
-                    if pending is not None:
-                        self._settle(*pending)
-                    pending = commit
+                    pending = self._queue_commit(db, out, pending)
                 if pending is not None:
                     self._settle(*pending)
         finally:
@@ -646,6 +640,20 @@ class Preparer:
             # claimed and not committed are given back now, those queued at the HSM process too
             hsm.halt()
             self._give_back_rows(rows + back + [r for chunk, _ in sent for r in chunk])
+
+    def _queue_commit(
+        self,
+        db: ThreadPoolExecutor,
+        out: list[Prepared],
+        pending: tuple[Callable[[], int], int] | None,
+    ) -> tuple[Callable[[], int], int] | None:
+        """Chunk ``out``'s commit queued on the database thread behind the previous chunk's
+        (``pending``), which is then settled (:meth:`_settle`); returns this one's, to settle
+        after the next (None: nothing to commit)."""
+        commit = (db.submit(self._commit_timed, out).result, len(out)) if out else None
+        if pending is not None:
+            self._settle(*pending)
+        return commit
 
     def _give_back_rows(self, rows: list[Row]) -> None:
         if rows:
