@@ -525,7 +525,7 @@ class SessionStore:
             raise RuntimeError("SessionStore: the challenge was not recorded by lookup")
         fresh = self._fresh
         row = list(args[1 : 1 + _N_EVENT])
-        if not fresh:  # what SQL_USE_AND_AUDIT records then
+        if not fresh:  # what SQL_USE_AND_AUDIT_MANY records then
             row[_AFTER], row[_DETAILS] = args[1 + _N_EVENT], args[2 + _N_EVENT]
         self._add(row)
         return fresh
@@ -594,28 +594,6 @@ _SQL_AUDIT_ONLY = (
     f"({', '.join(f'${i}' for i in range(1, _N_EVENT + 1))})"
 )
 
-
-def _use_and_audit_sql() -> str:
-    """Record the challenge as used and audit the verdict in one statement: $1 the
-    challenge's primary key, $2.. the event's columns, then ``after`` and ``details`` of the
-    ``challenge_reused`` verdict recorded instead if the challenge was used already."""
-    lost_after, lost_details = _N_EVENT + 2, _N_EVENT + 3
-    values = []
-    for i, column in enumerate(audit.EVENT_COLUMNS, start=2):
-        lost = {"after": lost_after, "details": lost_details}.get(column)
-        values.append(
-            f"${i}" if lost is None else f"CASE WHEN u.id IS NULL THEN ${lost} ELSE ${i} END"
-        )
-    return (
-        "WITH u AS (INSERT INTO used_challenges (id) VALUES ($1) ON CONFLICT DO NOTHING"
-        " RETURNING id),"
-        f" ev AS (INSERT INTO audit_events ({_EVENT_COLUMNS}) SELECT {', '.join(values)}"
-        " FROM (VALUES (1)) AS one (x) LEFT JOIN u ON true)"
-        " SELECT count(*) FROM u"
-    )
-
-
-SQL_USE_AND_AUDIT = _use_and_audit_sql()
 
 #: :data:`SQL_LOOKUP` for many verifications at once: $1 the card identification codes, $2
 #: the chip application kinds (arrays, same length); each row starts with its item's position
@@ -686,7 +664,8 @@ _USE_AND_AUDIT_MANY_CTES = _use_and_audit_many_ctes()
 #: the number of arrays :data:`SQL_USE_AND_AUDIT_MANY` takes
 _USE_ARRAYS = 1 + _N_EVENT + 2
 
-#: :data:`SQL_USE_AND_AUDIT` for many verifications at once (one statement, one commit): $1
+#: Each challenge recorded as used and each verdict audited, for many verifications at once
+#: (one statement, one commit; a challenge used already gets its ``challenge_reused`` event): $1
 #: the challenges' primary keys, $2.. the events' columns, then the ``after`` and ``details``
 #: of each ``challenge_reused`` verdict - all arrays of the same length, no challenge twice
 #: (:class:`issuance.db_async.Coalescer` keys them). Returns the primary keys that were not
