@@ -7,7 +7,6 @@ to ``$YKT_CONSOLE_SCREENSHOTS`` (default: the test's tmp dir), 1366×768 and pho
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 import time
@@ -15,10 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import zxingcpp
 from conftest import ApiEnv
-from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
+from qr_scan import scan_qr
 
 from devstack.dbserver import free_port
 from issuance import services
@@ -82,9 +80,9 @@ def shots(tmp_path: Path) -> Path:
 
 
 def scan_screenshot(png: bytes) -> str:
-    found = zxingcpp.read_barcodes(Image.open(io.BytesIO(png)))
+    found = scan_qr(png)
     assert len(found) == 1, f"{len(found)} QR codes on the screen"
-    return str(found[0].text)
+    return found[0]
 
 
 def _wait_for_code(p: Page, previous: str | None = None) -> None:

@@ -8,16 +8,14 @@ the resident authorises the e-card during the loss and a new code verifies. Scre
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import zxingcpp
 from conftest import ApiEnv
-from PIL import Image
 from playwright.sync_api import Browser, Page
+from qr_scan import scan_qr
 from resident_helpers import card_status, holder, one_code
 from test_console_browser import browser, console, shots  # noqa: F401  (fixtures)
 from test_resident_browser import PHONE, _code, _details, _fits
@@ -46,9 +44,9 @@ def phone(browser: Browser, console: str) -> Iterator[Page]:  # noqa: F811
 
 
 def _scan(png: bytes) -> str:
-    found = zxingcpp.read_barcodes(Image.open(io.BytesIO(png)))
+    found = scan_qr(png)
     assert len(found) == 1, f"{len(found)} QR codes on the screen"
-    return str(found[0].text)
+    return found[0]
 
 
 def _shown_code(p: Page) -> None:
