@@ -102,6 +102,30 @@ def chunk_size(remaining: int, workers: int = 1, chunk: int | None = None) -> in
     return max(10, min(CHUNK, remaining // max(1, 4 * workers)))
 
 
+#: The first claim of a worker with an HSM process, and the smallest of its last claims.
+FIRST_CLAIM = 64
+
+
+def piped_claim(chunk: int, claims: int, left: int) -> int:
+    """How many cards a worker with an HSM process claims next (:meth:`Preparer._run_piped`),
+    after ``claims`` claims, with about ``left`` cards of the batch still to claim: the
+    pipeline filled and drained with small chunks, never more than ``chunk``.
+
+    The first claims ramp up from :data:`FIRST_CLAIM`, doubling to ``chunk``: the HSM process
+    starts after a small chunk's claim and records (not a full chunk's), and the next chunk is
+    ready before it has finished. Within the batch's last two chunks' worth, each claim takes
+    half of what is left, and under twice :data:`FIRST_CLAIM` all of it (so the last chunk has
+    at least :data:`FIRST_CLAIM` cards, not a few): what runs after the HSM process's last card
+    (that chunk's lines and commit) is short. A chunk under twice :data:`FIRST_CLAIM` is not
+    tapered. ``left`` is an estimate (other workers claim from the same batch): a
+    claim that finds fewer cards just returns them."""
+    size = min(chunk, FIRST_CLAIM << min(claims, 16))
+    if chunk >= 2 * FIRST_CLAIM and left < 2 * chunk:
+        # under 2 x FIRST_CLAIM: the rest at once (the claim before left at least FIRST_CLAIM)
+        size = max(1, left) if left < 2 * FIRST_CLAIM else min(size, (left + 1) // 2)
+    return max(1, size)
+
+
 # --- records ----------------------------------------------------------------------------------
 
 
@@ -585,11 +609,18 @@ class Preparer:
         sent: deque[tuple[list[Row], list[_Made]]] = deque()  # at the HSM process, in order
         back: list[Row] = []  # skipped by the HSM process after a stop
         state = {"halted": False, "exhausted": False}
+        # claims sized by piped_claim: the batch's count once, then what this worker claimed
+        plan = {"claims": 0, "left": remaining(self.factory, self.batch_id, self.output)}
 
         def claim() -> list[Row]:  # on the database thread, in order with the commits
+            limit = piped_claim(self.chunk, plan["claims"], plan["left"])
             if db is None:
-                return self._claim_timed(stages)
-            return db.submit(self._claim_timed, stages).result()
+                got = self._claim_timed(stages, limit)
+            else:
+                got = db.submit(self._claim_timed, stages, limit).result()
+            plan["claims"] += 1
+            plan["left"] -= len(got)
+            return got
 
         def fill() -> None:
             """Chunks claimed, their records made and sent until :data:`HSM_QUEUE` are at the
@@ -662,10 +693,10 @@ class Preparer:
             except Exception:  # the lease ends anyway; the first error is the one raised
                 log.exception("data preparation: could not give back a claimed chunk")
 
-    def _claim_timed(self, stages: Sequence[BatchStage]) -> list[Row]:
+    def _claim_timed(self, stages: Sequence[BatchStage], limit: int | None = None) -> list[Row]:
         t0, c0 = time.perf_counter(), time.thread_time()
         try:
-            return cast(list[Row], self._txn(lambda s: self._claim(s, stages)))
+            return cast(list[Row], self._txn(lambda s: self._claim(s, stages, limit)))
         finally:
             self.stats.claim_s += time.perf_counter() - t0
             self.stats.db_cpu += time.thread_time() - c0
@@ -708,8 +739,11 @@ class Preparer:
 
         self._txn(go)
 
-    def _claim(self, s: Session, stages: Sequence[BatchStage]) -> list[Row]:
-        ids_ = bi.claim_ids(s, self.batch_id, self.owner, stages=stages, limit=self.chunk,
+    def _claim(
+        self, s: Session, stages: Sequence[BatchStage], limit: int | None = None
+    ) -> list[Row]:
+        """Up to ``limit`` (the chunk size) items of ``stages`` leased to this worker, read."""
+        ids_ = bi.claim_ids(s, self.batch_id, self.owner, stages=stages, limit=limit or self.chunk,
                             lease_seconds=self.lease_seconds,
                             not_in_file=self.bureau_file_id)  # fmt: skip
         return read_rows(s, ids_) if ids_ else []
@@ -1589,6 +1623,7 @@ __all__ = [
     "Preparer",
     "chunk_size",
     "export_to_bureau",
+    "piped_claim",
     "prepare_in_house",
     "read_rows",
     "run_workers",

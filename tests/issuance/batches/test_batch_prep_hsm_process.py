@@ -25,6 +25,8 @@ import sqlalchemy as sa
 from batch_helpers import HsmRoot, batch_settings, hsm_root, populate
 from cli_helpers import ykt, ykt_cmd, ykt_env
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap_with_padding
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy.engine import Engine, make_url
 
 from cardspec.keyscheme import KeySlot
@@ -382,3 +384,24 @@ def test_two_workers_with_the_cores_each_have_their_hsm_process(
     assert stats.pipe_cpu > 0 and stats.hsm_cpu > 0
     assert {i.stage for i in _items(engine, pop.batch_id)} == {BatchStage.PREPARED}
     assert len({c.chip_serial for c in _chips(engine, pop.batch_id)}) == 24
+
+
+@given(total=st.integers(0, 20_000), chunk=st.integers(1, 2_000))
+def test_piped_claims_ramp_up_and_taper_within_the_chunk(total: int, chunk: int) -> None:
+    """A worker with an HSM process claims a small chunk first, then doubles; near the end
+    it halves what is left, never leaving a last chunk of a few cards; never more than the
+    chunk; every card claimed (``left`` exact here: one worker)."""
+    left, claims, sizes = total, 0, []
+    while left > 0:
+        size = bulkprep.piped_claim(chunk, claims, left)
+        assert 1 <= size <= chunk
+        got = min(size, left)
+        sizes.append(got)
+        left -= got
+        claims += 1
+    assert sum(sizes) == total
+    if sizes:
+        assert sizes[0] == min(chunk, bulkprep.FIRST_CLAIM, total) or total < 2 * chunk
+        if chunk >= 2 * bulkprep.FIRST_CLAIM:
+            assert sizes[-1] >= min(bulkprep.FIRST_CLAIM, total)
+        assert len(sizes) <= -(-total // chunk) + 12
