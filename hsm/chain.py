@@ -7,6 +7,7 @@ Design notes: ``docs/design/hsm.md`` (section ``hsm.chain``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 from pkcs11 import Attribute
 
@@ -57,7 +58,7 @@ class CardData:
     ``KeySlot.financial`` (the card factor(s), or the EMV factor of the bank's keys). The
     card's own algorithm is the common case (one look-up); others (the KLK's) in a dict."""
 
-    __slots__ = ("_alg", "_card", "_emv", "_other", "_ref", "_region")
+    __slots__ = ("_alg", "_card", "_emv", "_other", "_ref", "_region", "one_level")
 
     def __init__(self, ref: CardKeyRef, region_code: str) -> None:
         self._ref = ref
@@ -66,6 +67,8 @@ class CardData:
         self._card: tuple[bytes, ...] | None = None
         self._emv: tuple[bytes, ...] | None = None
         self._other: dict[tuple[bool, Algorithm], tuple[bytes, ...]] = {}
+        #: Set by :meth:`keys`: every one of those keys is derived by one factor (one block).
+        self.one_level = False
 
     def of(self, slot: KeySlot, alg: Algorithm) -> tuple[bytes, ...]:
         financial = slot in _FINANCIAL
@@ -83,6 +86,28 @@ class CardData:
         if data is None:
             data = self._other[key] = derivation_data(self._ref, slot, self._region, alg)
         return data
+
+    def keys(self, plan: SlotKinds) -> list[tuple[bytes, ...]]:
+        """:meth:`of` each slot of a profile in the card's algorithm, in order (``plan`` says
+        which are financial: two look-ups for a whole profile)."""
+        card = self.of(KeySlot.KMC, self._alg)
+        if plan.emv_slot is None:
+            self.one_level = len(card) == 1
+            return [card] * len(plan.financial)
+        emv = self.of(plan.emv_slot, self._alg)
+        self.one_level = len(card) == len(emv) == 1
+        return [emv if financial else card for financial in plan.financial]
+
+
+class SlotKinds(Protocol):
+    """Which of a profile's key slots are financial (``KeySlot.financial``), in order, and
+    the first that is (:meth:`CardData.keys`)."""
+
+    @property
+    def financial(self) -> Sequence[bool]: ...
+
+    @property
+    def emv_slot(self) -> KeySlot | None: ...
 
 
 class KeyChain:

@@ -184,6 +184,10 @@ class _Plan:
     keys: list[tuple[KeySlot, int, Any]]
     slots: list[KeySlot]
     """The slots of ``keys``, in order."""
+    financial: list[bool]
+    """``KeySlot.financial`` of each of ``slots`` (the EMV factor's derivation data)."""
+    emv_slot: KeySlot | None
+    """The first financial slot (None: the profile has no EMV key)."""
 
 
 class PrepOps:
@@ -351,6 +355,8 @@ class PrepOps:
                 self._master(KeySlot.KMC.value, alg, version),
                 keys,
                 [slot for slot, _, _ in keys],
+                [slot.financial for slot, _, _ in keys],
+                next((slot for slot, _, _ in keys if slot.financial), None),
             )
         self._last_plan = (slots, version, alg, bank, plan)
         return plan
@@ -373,8 +379,11 @@ class PrepOps:
         data = CardData(ref, self.service.region_code)
         klk_data = data.of(KeySlot.KMC, KLK_ALGORITHM)
         kmc_data = data.of(KeySlot.KMC, alg)
-        key_data = [data.of(slot, alg) for slot in plan.slots]
-        derive, wrap, destroy, kek = self.chain.derive, fast.wrap_kwp, fast.destroy, self._kek
+        key_data = data.keys(plan)
+        chain = self.chain
+        derive, wrap, destroy, kek = chain.derive, fast.wrap_kwp, fast.destroy, self._kek
+        # one factor per key (a city card's): the one call of KeyChain.derive, made here
+        one, fderive = data.one_level, fast.derive
         klk = derive(plan.klk, KLK_ALGORITHM, klk_data, _KLK_WRAP)
         kmc = live = 0
         pin = ""
@@ -382,15 +391,20 @@ class PrepOps:
         try:
             kmc = derive(plan.kmc, alg, kmc_data, _CARD_ENC[alg])
             kmc_wrapped = wrap(sh, kek, kmc)
-            wrapped = []
+            wrapped: list[bytes] = []
+            append = wrapped.append
             for (slot, master, tmpl), blocks in zip(plan.keys, key_data, strict=True):
-                live = derive(master, alg, blocks, tmpl)
-                wrapped.append(wrap(sh, klk, live))
+                if one:
+                    live = fderive(sh, master, alg, blocks[0], tmpl)
+                    chain.derived += 1
+                else:
+                    live = derive(master, alg, blocks, tmpl)
+                append(wrap(sh, klk, live))
                 if slot is PUK:
                     pin, payloads = self._pin_and_payloads(ref, live, kmc, pins)
                 destroy(sh, live)
                 live = 0
-            self.chain.destroyed += len(plan.keys)
+            chain.destroyed += len(plan.keys)
         finally:
             for handle in (live, kmc, klk):
                 if handle:
@@ -408,7 +422,7 @@ class PrepOps:
         # the card's Python first (its derivation data), then its HSM calls (as in_house)
         data = CardData(ref, region)
         kmc_data = data.of(KeySlot.KMC, alg)
-        key_data = [data.of(slot, alg) for slot in plan.slots]
+        key_data = data.keys(plan)
         klk_data = data.of(KeySlot.KMC, KLK_ALGORITHM)
         derive, wrap, encrypt = self.chain.derive, fast.wrap_kwp, fast.encrypt_ecb
         destroy = fast.destroy

@@ -287,3 +287,23 @@ def test_a_failing_level_destroys_the_intermediate(hsm_env: HsmEnv) -> None:
 
 def _template() -> p11fast.Template:
     return p11fast.key_template(Algorithm.DES3, Attribute.ENCRYPT, extractable=False)
+
+
+@dataclasses.dataclass
+class _Kinds:
+    financial: list[bool]
+    emv_slot: KeySlot | None
+
+
+@EXAMPLES
+@given(ref=card_refs(), chosen=st.lists(st.sampled_from(list(KeySlot)), max_size=12))
+def test_card_data_of_a_whole_profile_is_each_slots(ref: CardKeyRef, chosen: list[KeySlot]) -> None:
+    """CardData.keys (data preparation's two look-ups per card) equals CardData.of of each
+    slot in order, and says whether every one is a single factor."""
+    slots = [s for s in chosen if not s.financial or ref.pan]
+    kinds = _Kinds([s.financial for s in slots], next((s for s in slots if s.financial), None))
+    data = CardData(ref, REGION)
+    expected = [CardData(ref, REGION).of(s, ref.algorithm) for s in slots]
+    assert data.keys(kinds) == expected
+    card = CardData(ref, REGION).of(KeySlot.KMC, ref.algorithm)
+    assert data.one_level is all(len(d) == 1 for d in [card, *expected])
