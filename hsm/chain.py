@@ -7,12 +7,11 @@ Design notes: ``docs/design/hsm.md`` (section ``hsm.chain``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 from pkcs11 import Attribute
 
 from cardspec import keyscheme
-from cardspec.keyscheme import Algorithm, KeySlot
+from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
 from hsm import p11fast
 from hsm.ports import CardKeyRef
 
@@ -58,7 +57,7 @@ class CardData:
     ``KeySlot.financial`` (the card factor(s), or the EMV factor of the bank's keys). The
     card's own algorithm is the common case (one look-up); others (the KLK's) in a dict."""
 
-    __slots__ = ("_alg", "_card", "_emv", "_other", "_ref", "_region", "one_level")
+    __slots__ = ("_alg", "_card", "_emv", "_other", "_ref", "_region")
 
     def __init__(self, ref: CardKeyRef, region_code: str) -> None:
         self._ref = ref
@@ -67,8 +66,6 @@ class CardData:
         self._card: tuple[bytes, ...] | None = None
         self._emv: tuple[bytes, ...] | None = None
         self._other: dict[tuple[bool, Algorithm], tuple[bytes, ...]] = {}
-        #: Set by :meth:`keys`: every one of those keys is derived by one factor (one block).
-        self.one_level = False
 
     def of(self, slot: KeySlot, alg: Algorithm) -> tuple[bytes, ...]:
         financial = slot in _FINANCIAL
@@ -87,27 +84,25 @@ class CardData:
             data = self._other[key] = derivation_data(self._ref, slot, self._region, alg)
         return data
 
-    def keys(self, plan: SlotKinds) -> list[tuple[bytes, ...]]:
-        """:meth:`of` each slot of a profile in the card's algorithm, in order (``plan`` says
-        which are financial: two look-ups for a whole profile)."""
-        card = self.of(KeySlot.KMC, self._alg)
-        if plan.emv_slot is None:
-            self.one_level = len(card) == 1
-            return [card] * len(plan.financial)
-        emv = self.of(plan.emv_slot, self._alg)
-        self.one_level = len(card) == len(emv) == 1
-        return [emv if financial else card for financial in plan.financial]
+
+#: The derivation data data preparation needs of one card (:func:`prep_data`): the KLK's
+#: (KMC's factors in ``KLK_ALGORITHM``), the card-centre keys' and the EMV keys' (None: the
+#: card's profile has no EMV key), each one block per level.
+PrepData = tuple[tuple[bytes, ...], tuple[bytes, ...], tuple[bytes, ...] | None]
 
 
-class SlotKinds(Protocol):
-    """Which of a profile's key slots are financial (``KeySlot.financial``), in order, and
-    the first that is (:meth:`CardData.keys`)."""
-
-    @property
-    def financial(self) -> Sequence[bool]: ...
-
-    @property
-    def emv_slot(self) -> KeySlot | None: ...
+def prep_data(ref: CardKeyRef, region_code: str, emv_slot: KeySlot | None) -> PrepData:
+    """The derivation data of one card's keys for data preparation (:class:`CardData`, the
+    one rule): made where the card's records are (the worker), so that the HSM pass gets
+    them ready (``hsm.prep.PrepOps.in_house``'s ``data``). ``emv_slot``: a financial slot
+    of the card's profile (None: the profile has none)."""
+    data = CardData(ref, region_code)
+    alg = ref.algorithm
+    return (
+        data.of(KeySlot.KMC, KLK_ALGORITHM),
+        data.of(KeySlot.KMC, alg),
+        None if emv_slot is None else data.of(emv_slot, alg),
+    )
 
 
 class KeyChain:
@@ -173,7 +168,9 @@ class KeyChain:
 __all__ = [
     "CardData",
     "KeyChain",
+    "PrepData",
     "chip_data",
     "derivation_data",
     "intermediate_template",
+    "prep_data",
 ]
