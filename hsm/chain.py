@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pkcs11 import Attribute
 
 from cardspec import keyscheme
-from cardspec.keyscheme import Algorithm, KeySlot
+from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
 from hsm import p11fast
 from hsm.ports import CardKeyRef
 
@@ -85,6 +85,26 @@ class CardData:
         return data
 
 
+#: The derivation data data preparation needs of one card (:func:`prep_data`): the KLK's
+#: (KMC's factors in ``KLK_ALGORITHM``), the card-centre keys' and the EMV keys' (None: the
+#: card's profile has no EMV key), each one block per level.
+PrepData = tuple[tuple[bytes, ...], tuple[bytes, ...], tuple[bytes, ...] | None]
+
+
+def prep_data(ref: CardKeyRef, region_code: str, emv_slot: KeySlot | None) -> PrepData:
+    """The derivation data of one card's keys for data preparation (:class:`CardData`, the
+    one rule): made where the card's records are (the worker), so that the HSM pass gets
+    them ready (``hsm.prep.PrepOps.in_house``'s ``data``). ``emv_slot``: a financial slot
+    of the card's profile (None: the profile has none)."""
+    data = CardData(ref, region_code)
+    alg = ref.algorithm
+    return (
+        data.of(KeySlot.KMC, KLK_ALGORITHM),
+        data.of(KeySlot.KMC, alg),
+        None if emv_slot is None else data.of(emv_slot, alg),
+    )
+
+
 class KeyChain:
     """Card keys derived from masters in one PKCS#11 session through the direct calls
     (:mod:`hsm.p11fast`; the caller holds :data:`hsm.pkcs11.LOCK`).
@@ -148,7 +168,9 @@ class KeyChain:
 __all__ = [
     "CardData",
     "KeyChain",
+    "PrepData",
     "chip_data",
     "derivation_data",
     "intermediate_template",
+    "prep_data",
 ]

@@ -20,7 +20,7 @@ from cardspec import keyscheme
 from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
 from hsm import ceremony, p11fast
 from hsm import pkcs11 as p11
-from hsm.chain import CardData, KeyChain
+from hsm.chain import KeyChain, PrepData, prep_data
 from hsm.errors import HsmError, KcvMismatch, KeyNotFound, MechanismUnavailable
 from hsm.ports import KCV_BLOCK, BureauExport, CardKeyRef, FileKek, KeyService, Pkcs11Keys
 
@@ -184,6 +184,10 @@ class _Plan:
     keys: list[tuple[KeySlot, int, Any]]
     slots: list[KeySlot]
     """The slots of ``keys``, in order."""
+    financial: list[bool]
+    """``KeySlot.financial`` of each of ``slots`` (the EMV factor's derivation data)."""
+    emv_slot: KeySlot | None
+    """The first financial slot (None: the profile has no EMV key)."""
 
 
 class PrepOps:
@@ -351,6 +355,8 @@ class PrepOps:
                 self._master(KeySlot.KMC.value, alg, version),
                 keys,
                 [slot for slot, _, _ in keys],
+                [slot.financial for slot, _, _ in keys],
+                next((slot for slot, _, _ in keys if slot.financial), None),
             )
         self._last_plan = (slots, version, alg, bank, plan)
         return plan
@@ -361,20 +367,42 @@ class PrepOps:
             return self._master(slot.value, ref.algorithm, ref.key_version)
         return int(self.service.card_master_synced(ref, slot).handle)
 
-    def in_house(self, ref: CardKeyRef, slots: Sequence[KeySlot], pins: PinPolicy) -> InHouseCard:
+    def _data(
+        self, ref: CardKeyRef, plan: _Plan, data: PrepData | None
+    ) -> tuple[tuple[bytes, ...], tuple[bytes, ...], list[tuple[bytes, ...]], bool]:
+        """The card's derivation data (:func:`hsm.chain.prep_data`, made here unless given):
+        the KLK's, KMC's, each of ``plan.keys``'s, and whether every card key is derived by
+        one factor."""
+        if data is None:
+            data = prep_data(ref, self.service.region_code, plan.emv_slot)
+        klk, card, emv = data
+        if emv is None:
+            if plan.emv_slot is not None:
+                raise HsmError("the card's derivation data has no EMV keys' (another profile's)")
+            return klk, card, [card] * len(plan.financial), len(card) == 1
+        return (klk, card, [emv if financial else card for financial in plan.financial],
+                len(card) == len(emv) == 1)  # fmt: skip
+
+    def in_house(
+        self,
+        ref: CardKeyRef,
+        slots: Sequence[KeySlot],
+        pins: PinPolicy,
+        data: PrepData | None = None,
+    ) -> InHouseCard:
         """Every key of ``slots`` (the profile's, KMC included) and the KLK derived; the
         outputs of the module docstring ("in house"). The hot loop of data preparation: the
-        card's Python first (its derivation data), then its HSM calls, each key derived,
-        wrapped under the KLK and destroyed at once (PUK after the PINs: MACs under PUK,
-        payloads under KMC)."""
+        card's Python first (its derivation data: ``data`` when the caller made it,
+        :func:`hsm.chain.prep_data`), then its HSM calls, each key derived, wrapped under the
+        KLK and destroyed at once (PUK after the PINs: MACs under PUK, payloads under KMC)."""
         self._check(ref)
         plan = self._plan(ref, slots)
         fast, sh, alg = self.fast, self._sh, ref.algorithm
-        data = CardData(ref, self.service.region_code)
-        klk_data = data.of(KeySlot.KMC, KLK_ALGORITHM)
-        kmc_data = data.of(KeySlot.KMC, alg)
-        key_data = [data.of(slot, alg) for slot in plan.slots]
-        derive, wrap, destroy, kek = self.chain.derive, fast.wrap_kwp, fast.destroy, self._kek
+        klk_data, kmc_data, key_data, one = self._data(ref, plan, data)
+        chain = self.chain
+        derive, wrap, destroy, kek = chain.derive, fast.wrap_kwp, fast.destroy, self._kek
+        # one factor per key (a city card's): the one call of KeyChain.derive, made here
+        fderive = fast.derive
         klk = derive(plan.klk, KLK_ALGORITHM, klk_data, _KLK_WRAP)
         kmc = live = 0
         pin = ""
@@ -382,15 +410,20 @@ class PrepOps:
         try:
             kmc = derive(plan.kmc, alg, kmc_data, _CARD_ENC[alg])
             kmc_wrapped = wrap(sh, kek, kmc)
-            wrapped = []
+            wrapped: list[bytes] = []
+            append = wrapped.append
             for (slot, master, tmpl), blocks in zip(plan.keys, key_data, strict=True):
-                live = derive(master, alg, blocks, tmpl)
-                wrapped.append(wrap(sh, klk, live))
+                if one:
+                    live = fderive(sh, master, alg, blocks[0], tmpl)
+                    chain.derived += 1
+                else:
+                    live = derive(master, alg, blocks, tmpl)
+                append(wrap(sh, klk, live))
                 if slot is PUK:
                     pin, payloads = self._pin_and_payloads(ref, live, kmc, pins)
                 destroy(sh, live)
                 live = 0
-            self.chain.destroyed += len(plan.keys)
+            chain.destroyed += len(plan.keys)
         finally:
             for handle in (live, kmc, klk):
                 if handle:
@@ -398,18 +431,21 @@ class PrepOps:
         return InHouseCard(self.envelope.kek_id, kmc_wrapped,
                            dict(zip(plan.slots, wrapped, strict=True)), payloads, pin)  # fmt: skip
 
-    def bureau(self, ref: CardKeyRef, slots: Sequence[KeySlot], pins: PinPolicy) -> BureauExport:
+    def bureau(
+        self,
+        ref: CardKeyRef,
+        slots: Sequence[KeySlot],
+        pins: PinPolicy,
+        data: PrepData | None = None,
+    ) -> BureauExport:
         """Every key of ``slots`` and the KLK derived, wrapped under the file KEK with their
         KCVs, the PIN payloads under KMC (bureau file format ``/2``)."""
         self._check(ref)
         plan = self._plan(ref, slots)
-        fast, sh, alg, region = self.fast, self._sh, ref.algorithm, self.service.region_code
+        fast, sh, alg = self.fast, self._sh, ref.algorithm
         kcv_block, tmpl, kek = KCV_BLOCK[alg], _CARD_ENC[alg], self._kek
         # the card's Python first (its derivation data), then its HSM calls (as in_house)
-        data = CardData(ref, region)
-        kmc_data = data.of(KeySlot.KMC, alg)
-        key_data = [data.of(slot, alg) for slot in plan.slots]
-        klk_data = data.of(KeySlot.KMC, KLK_ALGORITHM)
+        klk_data, kmc_data, key_data, _ = self._data(ref, plan, data)
         derive, wrap, encrypt = self.chain.derive, fast.wrap_kwp, fast.encrypt_ecb
         destroy = fast.destroy
         wrapped: dict[KeySlot, bytes] = {}

@@ -37,6 +37,7 @@ from cardspec.errors import EncodingError, InvalidIdentifier
 from cardspec.keyscheme import KeySlot
 from cardspec.profile import CardProfile
 from hsm import prep as hsm_prep
+from hsm.chain import PrepData, prep_data
 from hsm.export import BureauExport, FileKek
 from hsm.service import CardKeyRef, KeyService
 from issuance import audit, lifecycle
@@ -162,6 +163,8 @@ class _Profile:
     slots: tuple[KeySlot, ...]
     key_ids: dict[KeySlot, int]
     ef_paths: dict[str, tuple[str, int]]
+    emv_slot: KeySlot | None
+    """A financial key slot of the profile (None: it has none; ``hsm.chain.prep_data``)."""
     templates: dict[tuple[tuple[str, ...], tuple[KeySlot, ...]], persofile.CardLineTemplate] = (
         field(default_factory=dict)
     )
@@ -176,6 +179,7 @@ class _Profile:
             profile, perso.planner(profile), ProfilePins(profile),
             tuple(s.slot for _, s in specs), {s.slot: s.key_id for _, s in specs},
             {ef.name: (df, ef.sfi or 0) for df, ef in profile.files()},
+            next((s.slot for _, s in specs if s.slot.financial), None),
         )  # fmt: skip
 
     def template(
@@ -637,10 +641,14 @@ class Preparer:
                         return
                 t0, c0 = time.perf_counter(), time.thread_time()
                 made = self._records(rows)
+                # the cards' derivation data made here: the HSM process gets them ready
+                region = hsm.region_code
+                cards = [(card.row.algorithm, ref, prep_data(ref, region, prof.emv_slot))
+                         for prof, card, ref, _ in made]  # fmt: skip
                 self.stats.records_cpu += time.thread_time() - c0
                 self.stats.cards_s += time.perf_counter() - t0
                 if made:  # (every card refused: leased until the end of the run, as here)
-                    hsm.send([(card.row.algorithm, ref) for _, card, ref, _ in made])
+                    hsm.send(cards)
                     sent.append((rows, made))
                 rows = []
 
@@ -759,7 +767,7 @@ class Preparer:
         made = self._records(rows)
         c1 = time.thread_time()
         with ops.chunk() as kek:
-            keys = self._hsm_pass(ops, [(prof, ref) for prof, _, ref, _ in made])
+            keys = self._hsm_pass(ops, [(prof, ref, None) for prof, _, ref, _ in made])
         self.stats.records_cpu += c1 - c0
         self.stats.hsm_cpu += time.thread_time() - c1
         self.stats.cards_s += time.perf_counter() - t0
@@ -782,21 +790,24 @@ class Preparer:
         return made
 
     def _hsm_pass(
-        self, ops: hsm_prep.PrepOps, cards: Sequence[tuple[_Profile, CardKeyRef]]
+        self,
+        ops: hsm_prep.PrepOps,
+        cards: Sequence[tuple[_Profile, CardKeyRef, PrepData | None]],
     ) -> list[Any]:
         """Pass 2 of a chunk (inside ``ops.chunk()``): every card's HSM work, in house
         (:class:`hsm.prep.InHouseCard`) or for the bureau (:class:`BureauExport`, the initial
         PIN); a card refused by its PIN policy is a :class:`_Refused`. The one implementation,
-        in this process or in the HSM process."""
+        in this process or in the HSM process (there with each card's derivation data made
+        by the worker, ``hsm.chain.prep_data``; None: made here)."""
         out: list[Any] = []
         in_house = self.output == IN_HOUSE
-        for prof, ref in cards:
+        for prof, ref, data in cards:
             try:
                 if in_house:
-                    out.append(ops.in_house(ref, prof.slots, prof.pins))
+                    out.append(ops.in_house(ref, prof.slots, prof.pins, data))
                 else:
                     pins = _Capture(prof.pins)
-                    out.append((ops.bureau(ref, prof.slots, pins), pins.last))
+                    out.append((ops.bureau(ref, prof.slots, pins, data), pins.last))
             except (InvalidIdentifier, EncodingError) as exc:
                 out.append(_Refused(str(exc)))
         return out
@@ -1192,6 +1203,8 @@ class _HsmProcess:
         self.waited = 0.0
         parent = os.getpid()
         hsm_keys = preparer.key_service.hsm_keys
+        #: The key service's region code (the province-level factor, ``hsm.chain.prep_data``).
+        self.region_code = hsm_keys.region_code if hsm_keys else ""
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
@@ -1224,10 +1237,11 @@ class _HsmProcess:
         finally:
             self._inputs.close()  # the HSM process's end of input: it says goodbye and exits
 
-    def send(self, cards: list[tuple[str, CardKeyRef]]) -> None:
-        """A chunk's cards (each its profile's algorithm and its key reference) to the queue."""
+    def send(self, cards: list[tuple[str, CardKeyRef, PrepData]]) -> None:
+        """A chunk's cards (each its profile's algorithm, its key reference and its derivation
+        data, ``hsm.chain.prep_data``) to the queue."""
         c0 = time.thread_time()
-        wire = [(alg, _ref_wire(ref)) for alg, ref in cards]
+        wire = [(alg, _ref_wire(ref), data) for alg, ref, data in cards]
         self._queue.put(pickle.dumps(wire, protocol=pickle.HIGHEST_PROTOCOL))
         self.pipe_cpu += time.thread_time() - c0
 
@@ -1328,7 +1342,8 @@ def _hsm_serve(preparer: Preparer, inputs: Any, results: Any, halt: mmap.mmap, p
                 if halt[0]:
                     results.send_bytes(skipped)
                     continue
-                cards = [(profile(alg), ref_of(*ref)) for alg, ref in pickle.loads(data)]
+                cards = [(profile(alg), ref_of(*ref), card_data)
+                         for alg, ref, card_data in pickle.loads(data)]  # fmt: skip
                 c1 = time.thread_time()
                 with ops.chunk() as kek:
                     c2 = time.thread_time()

@@ -44,7 +44,8 @@ from printers.prepared import PreparedCard
 #: CHOICE: the medical insurance type at issue: employees (employer applications) or residents.
 INSURANCE_EMPLOYEES, INSURANCE_RESIDENTS = "310", "390"
 _PIN_DOMAIN = b"YKT-INITIAL-PIN/1"
-_DECIMALISE = str.maketrans("ABCDEF", "012345")
+#: Decimalisation of the MAC's hex digits (``bytes.hex`` writes them in lower case).
+_DECIMALISE = str.maketrans("abcdef", "012345")
 
 
 def card_profile(
@@ -117,10 +118,11 @@ def natural_pin(card_identification_code: str, mac: Callable[[bytes], bytes],
     descending runs: :func:`issuance.services.pins.same_digit`, ``step_sequence``) are skipped
     deterministically."""
     domain = _PIN_DOMAIN if pin_name == SS_PIN else _PIN_DOMAIN + b"/" + pin_name.encode()
+    prefix = domain + card_identification_code.encode()
     counter = 0
     while True:
-        data = domain + card_identification_code.encode() + bytes([counter])
-        pin = mac(data).hex().upper().translate(_DECIMALISE)[:digits]
+        # the first ``digits`` hex digits of the MAC, A-F decimalised to 0-5
+        pin = mac(prefix + bytes((counter,))).hex()[:digits].translate(_DECIMALISE)
         if not (same_digit(pin) or step_sequence(pin)):
             return pin
         counter += 1

@@ -51,11 +51,20 @@ class PinHolder(Protocol):
 # --- the rule ---------------------------------------------------------------------------------
 def same_digit(pin: str) -> bool:
     """One digit repeated (111111)."""
-    return len(set(pin)) == 1
+    return pin != "" and pin.count(pin[0]) == len(pin)
+
+
+#: Every run of ASCII digits ascending or descending by one is a slice of one of these.
+_ASCENDING, _DESCENDING = "0123456789", "9876543210"
 
 
 def step_sequence(pin: str) -> bool:
-    """Ascending or descending by one (123456, 654321)."""
+    """Ascending or descending by one (123456, 654321): two digits or more, each the one
+    before plus one (or each minus one). ASCII digits (every PIN the system makes or
+    accepts from a pad) are a slice of ``0123456789`` or ``9876543210``; other digits (any
+    Unicode decimal digit ``int`` reads) by their values."""
+    if pin.isascii() and pin.isdigit():
+        return len(pin) > 1 and (pin in _ASCENDING or pin in _DESCENDING)
     steps = {int(b) - int(a) for a, b in itertools.pairwise(pin)}
     return steps in ({1}, {-1})
 

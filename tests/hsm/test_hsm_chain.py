@@ -25,8 +25,8 @@ from cardspec import keyscheme
 from cardspec.keyscheme import KLK_ALGORITHM, Algorithm, KeySlot
 from hsm import ceremony, p11fast
 from hsm.cardcrypto import expected_response
-from hsm.chain import CardData, KeyChain, chip_data
-from hsm.errors import KeyNotFound
+from hsm.chain import CardData, KeyChain, chip_data, prep_data
+from hsm.errors import HsmError, KeyNotFound
 from hsm.ports import KCV_BLOCK
 from hsm.prep import prep_ops
 from hsm.service import CardKeyRef
@@ -241,7 +241,15 @@ def test_every_caller_of_the_chain_gives_the_reference_bytes(
         with ops.chunk() as file_kek:
             card = ops.in_house(issuer, slots, Pins())
             bureau = ops.bureau(issuer, slots, Pins())
-        assert ops.derived - derived == 2 * (len(slots) + 1)
+            # the derivation data made by the caller (a preparing worker): the same outputs
+            emv = next((s for s in slots if s.financial), None)
+            given = prep_data(issuer, REGION, emv)
+            assert ops.in_house(issuer, slots, Pins(), given) == card
+            assert ops.bureau(issuer, slots, Pins(), given) == bureau
+            if emv is not None:  # another profile's data (no EMV keys'): refused, no call made
+                with pytest.raises(HsmError, match="no EMV"):
+                    ops.in_house(issuer, slots, Pins(), (given[0], given[1], None))
+        assert ops.derived - derived == 4 * (len(slots) + 1)
     kek = aes_key_unwrap_with_padding(TRANSPORT_KEY, file_kek.wrapped)
     klk = oracle.klk()
     assert aes_key_unwrap_with_padding(kek, card.kmc_wrapped) == _odd(oracle.key(KeySlot.KMC), alg)
@@ -287,3 +295,20 @@ def test_a_failing_level_destroys_the_intermediate(hsm_env: HsmEnv) -> None:
 
 def _template() -> p11fast.Template:
     return p11fast.key_template(Algorithm.DES3, Attribute.ENCRYPT, extractable=False)
+
+
+@EXAMPLES
+@given(ref=card_refs(), emv=st.sampled_from([None, *(s for s in KeySlot if s.financial)]))
+def test_prep_data_is_card_datas(ref: CardKeyRef, emv: KeySlot | None) -> None:
+    """prep_data (made by a preparing worker for its HSM process) is CardData's derivation
+    data of the KLK, the card-centre keys and the EMV keys."""
+    if emv is not None and not ref.pan:
+        emv = None
+    klk, card, fin = prep_data(ref, REGION, emv)
+    assert klk == CardData(ref, REGION).of(KeySlot.KMC, KLK_ALGORITHM)
+    for slot in KeySlot:
+        if not slot.financial:
+            assert card == CardData(ref, REGION).of(slot, ref.algorithm)
+        elif emv is not None:
+            assert fin == CardData(ref, REGION).of(slot, ref.algorithm)
+    assert (fin is None) is (emv is None)
