@@ -369,19 +369,17 @@ class PrepOps:
 
     def _data(
         self, ref: CardKeyRef, plan: _Plan, data: PrepData | None
-    ) -> tuple[tuple[bytes, ...], tuple[bytes, ...], list[tuple[bytes, ...]], bool]:
+    ) -> tuple[tuple[bytes, ...], tuple[bytes, ...], list[tuple[bytes, ...]]]:
         """The card's derivation data (:func:`hsm.chain.prep_data`, made here unless given):
-        the KLK's, KMC's, each of ``plan.keys``'s, and whether every card key is derived by
-        one factor."""
+        the KLK's, KMC's, each of ``plan.keys``'s."""
         if data is None:
             data = prep_data(ref, self.service.region_code, plan.emv_slot)
         klk, card, emv = data
         if emv is None:
             if plan.emv_slot is not None:
                 raise HsmError("the card's derivation data has no EMV keys' (another profile's)")
-            return klk, card, [card] * len(plan.financial), len(card) == 1
-        return (klk, card, [emv if financial else card for financial in plan.financial],
-                len(card) == len(emv) == 1)  # fmt: skip
+            return klk, card, [card] * len(plan.financial)
+        return klk, card, [emv if financial else card for financial in plan.financial]
 
     def in_house(
         self,
@@ -398,11 +396,9 @@ class PrepOps:
         self._check(ref)
         plan = self._plan(ref, slots)
         fast, sh, alg = self.fast, self._sh, ref.algorithm
-        klk_data, kmc_data, key_data, one = self._data(ref, plan, data)
+        klk_data, kmc_data, key_data = self._data(ref, plan, data)
         chain = self.chain
         derive, wrap, destroy, kek = chain.derive, fast.wrap_kwp, fast.destroy, self._kek
-        # one factor per key (a city card's): the one call of KeyChain.derive, made here
-        fderive = fast.derive
         klk = derive(plan.klk, KLK_ALGORITHM, klk_data, _KLK_WRAP)
         kmc = live = 0
         pin = ""
@@ -413,11 +409,7 @@ class PrepOps:
             wrapped: list[bytes] = []
             append = wrapped.append
             for (slot, master, tmpl), blocks in zip(plan.keys, key_data, strict=True):
-                if one:
-                    live = fderive(sh, master, alg, blocks[0], tmpl)
-                    chain.derived += 1
-                else:
-                    live = derive(master, alg, blocks, tmpl)
+                live = derive(master, alg, blocks, tmpl)
                 append(wrap(sh, klk, live))
                 if slot is PUK:
                     pin, payloads = self._pin_and_payloads(ref, live, kmc, pins)
@@ -445,7 +437,7 @@ class PrepOps:
         fast, sh, alg = self.fast, self._sh, ref.algorithm
         kcv_block, tmpl, kek = KCV_BLOCK[alg], _CARD_ENC[alg], self._kek
         # the card's Python first (its derivation data), then its HSM calls (as in_house)
-        klk_data, kmc_data, key_data, _ = self._data(ref, plan, data)
+        klk_data, kmc_data, key_data = self._data(ref, plan, data)
         derive, wrap, encrypt = self.chain.derive, fast.wrap_kwp, fast.encrypt_ecb
         destroy = fast.destroy
         wrapped: dict[KeySlot, bytes] = {}
