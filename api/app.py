@@ -82,7 +82,9 @@ def create_app(
     ctx = ApiContext(settings, engine, make_sessionmaker(engine), HsmRunner(key_service_factory))
     if engine.dialect.name == "postgresql":
         ctx.pg = AsyncPgPool(dsn_from_url(engine.url), PG_POOL)
-        ctx.verifications = VerificationStore(ctx.pg)
+        ctx.verifications = VerificationStore(
+            ctx.pg, write_linger=settings.api.write_linger_ms / 1000
+        )
     if photo_processor is not None:
         ctx.extra["photo_processor"] = photo_processor
     runs = ctx.batch_runs = BatchRuns(settings, engine, batch_adapters)

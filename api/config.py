@@ -20,6 +20,10 @@ class ApiSettings(BaseModel):
     port: int = 8000
     workers: int = Field(default=2, ge=1)
     challenge_ttl_seconds: int = Field(default=60, ge=5, le=600)
+    #: PostgreSQL: how long the verifications' grouped durable write waits for more calls
+    #: when calls arrive together (0: never; a lone call never waits). See
+    #: :class:`issuance.services.verification.VerificationStore`.
+    write_linger_ms: float = Field(default=1.0, ge=0, le=20)
     #: Failed authentications per caller per minute before 429.
     auth_failures_per_minute: int = Field(default=20, ge=1)
     tls_certfile: Path | None = None

@@ -32,6 +32,9 @@ def test_concurrent_verifications_share_statements_with_their_own_verdicts(
     ctx = api_env.client.app.state.ctx
     store = ctx.verifications
     assert store is not None  # PostgreSQL: the grouped path
+    # its write lingers under load as [api] write_linger_ms says (milliseconds), reads do not
+    assert store.uses.linger == api_env.client.app.state.ctx.settings.api.write_linger_ms / 1000
+    assert store.uses.linger > 0 and store.lookups.linger == 0
     bodies: list[dict[str, Any]] = []
     for _ in range(24):
         ch = api_env.client.post("/v1/verifications/challenge", headers=headers).json()

@@ -1,6 +1,7 @@
 """The group execution of the API's hot statements (:class:`issuance.db_async.Coalescer`):
 concurrent items share a batch, each gets its own result, no key twice in a batch, a failure
-reaches every caller of its batch and no other, a cancelled caller's item is still written."""
+reaches every caller of its batch and no other, a cancelled caller's item is still written; with
+``linger``, a batch after a batch with company waits for more items, a lone call never waits."""
 
 from __future__ import annotations
 
@@ -153,3 +154,60 @@ def test_a_call_the_database_does_not_answer_in_time_is_refused_and_its_connecti
     assert 0.5 <= waited < 2.5
     assert one == 1
     assert DatabaseUnavailable.code == "service_unavailable"
+
+
+def test_linger_gathers_calls_arriving_apart_once_calls_come_together() -> None:
+    """Calls arriving in pairs about a millisecond apart: without linger a batch starts at
+    once (pairs); with a 5 ms linger, once a batch had company the next ones wait and gather
+    more calls."""
+
+    async def stream(group: Coalescer[int, int]) -> list[int]:
+        tasks = []
+        for i in range(0, 60, 2):
+            tasks += [asyncio.ensure_future(group(i)), asyncio.ensure_future(group(i + 1))]
+            await asyncio.sleep(0.001)
+        return list(await asyncio.gather(*tasks))
+
+    plain_write, lingering_write = Recorder(), Recorder()
+    plain: Coalescer[int, int] = Coalescer(plain_write)
+    lingering: Coalescer[int, int] = Coalescer(lingering_write, linger=0.005)
+    assert asyncio.run(stream(plain)) == [2 * i for i in range(60)]
+    assert asyncio.run(stream(lingering)) == [2 * i for i in range(60)]
+    assert plain.lingered == 0
+    assert lingering.lingered > 0 and lingering.items == 60
+    assert sorted(i for b in lingering_write.batches for i in b) == list(range(60))  # each once
+    assert len(lingering_write.batches) < len(plain_write.batches)
+    assert max(map(len, lingering_write.batches)) > max(map(len, plain_write.batches))
+
+
+def test_a_lone_call_after_a_lone_call_never_lingers() -> None:
+    write = Recorder()
+    group: Coalescer[int, int] = Coalescer(write, linger=0.05)
+
+    async def main() -> list[int]:
+        return [await group(i) for i in range(5)]  # one at a time
+
+    assert asyncio.run(main()) == [0, 2, 4, 6, 8]
+    assert write.batches == [[0], [1], [2], [3], [4]]
+    assert group.lingered == 0
+
+
+def test_after_a_batch_with_company_the_next_batch_lingers_once_then_not() -> None:
+    write = Recorder()
+    group: Coalescer[int, int] = Coalescer(write, linger=0.005)
+
+    async def main() -> None:
+        await asyncio.gather(group(1), group(2))  # a batch with company
+        assert group.lingered == 0
+        await group(3)  # waits the linger for company that does not come
+        assert group.lingered == 1
+        await group(4)  # after a lone batch: at once
+        assert group.lingered == 1
+
+    asyncio.run(main())
+    assert write.batches == [[1, 2], [3], [4]]
+
+
+def test_a_negative_linger_is_refused() -> None:
+    with pytest.raises(ValueError, match="linger"):
+        Coalescer(Recorder(), linger=-0.001)
