@@ -36,6 +36,7 @@ from cardspec import ids, perso
 from cardspec.errors import EncodingError, InvalidIdentifier
 from cardspec.keyscheme import KeySlot
 from cardspec.profile import CardProfile
+from hsm import pkcs11 as hsm_pkcs11
 from hsm import prep as hsm_prep
 from hsm.chain import PrepData, prep_data
 from hsm.export import BureauExport, FileKek
@@ -471,8 +472,12 @@ class Preparer:
         stop: Any = None,
         overlap: bool | None = None,
         hsm_process: bool | None = None,
+        left: int | None = None,
     ) -> None:
         self.settings = settings
+        #: The cards of the batch left to prepare as the caller counted them (the claims'
+        #: sizes with an HSM process, :func:`piped_claim`); None: counted at the run's start.
+        self.left = left
         self.overlap = database_thread(1) if overlap is None else overlap
         #: The HSM pass in the worker's HSM process (:class:`_HsmProcess`): by default where
         #: the database thread is (the same cores rule, :func:`database_thread`).
@@ -528,30 +533,48 @@ class Preparer:
             return self._run()
 
     def _run(self) -> PrepStats:
-        ops = hsm_prep.prep_ops(self.key_service, self.wrapping)
-        if ops is None:
+        """The run: in house, first :meth:`_perso_ready` (with an HSM process, while the first
+        chunk is claimed and its records made, :meth:`_run_piped`)."""
+        hsm_keys = self.key_service.hsm_keys
+        if hsm_keys is None:
             raise IssuanceError("bulk data preparation needs a PKCS#11 key service (hsm.prep)")
-        self._signer = signer_fingerprint(self.key_service.public_key_pem())
         start = time.perf_counter()
         stages = (S.SELECTED,) if self.output == IN_HOUSE else (S.SELECTED, S.PREPARED)
-        # forked before the database thread starts (a fork copies only the caller's thread)
-        hsm = _HsmProcess(self) if self.hsm_process else None
+        ops: hsm_prep.PrepOps | None = None
+        hsm: _HsmProcess | None = None
         try:
-            with ops:
-                if hsm is None:
+            if not self.hsm_process:
+                if self.output == IN_HOUSE:
+                    self._perso_ready()
+                ops = hsm_prep.prep_ops(self.key_service, self.wrapping)
+                assert ops is not None  # (a PKCS#11 key service: checked above)
+                with ops:
                     self._run_here(ops, stages)
-                else:
-                    self._run_piped(hsm, stages)
+            else:
+                if self.output != IN_HOUSE:
+                    hsm_keys.transport(self.wrapping)  # fail early on an unknown key
+                # forked before the database thread starts (a fork copies only the caller's
+                # thread) and before :meth:`_perso_ready`'s thread (no PKCS#11 call in flight)
+                hsm = _HsmProcess(self)
+                self._run_piped(hsm, stages)
         finally:
             if hsm is not None:  # waited for: its CPU counts in this process's children's
                 hsm.close()
                 self.stats.keys_derived += hsm.derived
                 self.stats.pipe_cpu += hsm.pipe_cpu
                 self.stats.hsm_wait_s += hsm.waited
-            self.stats.keys_derived += ops.derived
+            if ops is not None:
+                self.stats.keys_derived += ops.derived
             self.stats.seconds = time.perf_counter() - start
             self._release_refused()
         return self.stats
+
+    def _perso_ready(self) -> None:
+        """In house, before the first chunk's HSM work: the batch's perso key made if missing
+        (:func:`ensure_batch_perso_key`: the file KEKs are wrapped under it) and the signing
+        key's fingerprint read (the segments name it)."""
+        ensure_batch_perso_key(self.factory, self.key_service, self.batch_id)
+        self._signer = signer_fingerprint(self.key_service.public_key_pem())
 
     def _run_here(self, ops: hsm_prep.PrepOps, stages: Sequence[BatchStage]) -> None:
         """The loop with every pass in this process (:meth:`_chunk`)."""
@@ -614,7 +637,21 @@ class Preparer:
         back: list[Row] = []  # skipped by the HSM process after a stop
         state = {"halted": False, "exhausted": False}
         # claims sized by piped_claim: the batch's count once, then what this worker claimed
-        plan = {"claims": 0, "left": remaining(self.factory, self.batch_id, self.output)}
+        left = self.left
+        if left is None:
+            left = remaining(self.factory, self.batch_id, self.output)
+        plan = {"claims": 0, "left": left}
+        # in house, :meth:`_perso_ready` (the HSM process wraps its file KEKs under the perso
+        # key) on a thread of its own while the first chunk is claimed and its records made;
+        # waited for before the first chunk goes to the HSM process
+        keygen = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="prep-key")
+            if self.output == IN_HOUSE
+            else None
+        )
+        perso: list[Future[None]] = []
+        if keygen is not None:
+            perso.append(keygen.submit(self._perso_ready))
 
         def claim() -> list[Row]:  # on the database thread, in order with the commits
             limit = piped_claim(self.chunk, plan["claims"], plan["left"])
@@ -638,6 +675,9 @@ class Preparer:
                     rows = [] if state["exhausted"] else claim()
                     if not rows:
                         state["exhausted"] = True
+                        # no chunk follows: the HSM process ends after those it has (its end
+                        # overlaps the last chunks' lines and commits)
+                        hsm.end_input()
                         return
                 t0, c0 = time.perf_counter(), time.thread_time()
                 made = self._records(rows)
@@ -648,6 +688,8 @@ class Preparer:
                 self.stats.records_cpu += time.thread_time() - c0
                 self.stats.cards_s += time.perf_counter() - t0
                 if made:  # (every card refused: leased until the end of the run, as here)
+                    if perso:  # the perso key made (its error raised here)
+                        perso.pop().result()
                     hsm.send(cards)
                     sent.append((rows, made))
                 rows = []
@@ -674,10 +716,14 @@ class Preparer:
                     pending = self._queue_commit(db, out, pending)
                 if pending is not None:
                     self._settle(*pending)
+                if perso:  # no chunk was sent (nothing to prepare): the key's error raised
+                    perso.pop().result()
         finally:
             # a stop, or an error (the chunk whose HSM work failed among them): the chunks
             # claimed and not committed are given back now, those queued at the HSM process too
             hsm.halt()
+            if keygen is not None:  # (an error before the first chunk: the key made or not)
+                keygen.shutdown(wait=True)
             self._give_back_rows(rows + back + [r for chunk, _ in sent for r in chunk])
 
     def _queue_commit(
@@ -1208,9 +1254,10 @@ class _HsmProcess:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
-        # no PKCS#11 call of this process's other threads in flight while it forks
-        lock = hsm_keys.token.use("starting the HSM process") if hsm_keys else None
-        with lock or contextlib.nullcontext():
+        # no PKCS#11 call of this process's other threads in flight while it forks (the lock
+        # alone: this process need not have opened its session yet, the HSM process opens its
+        # own)
+        with hsm_pkcs11.LOCK:
             pid = os.fork()
         if pid == 0:  # the HSM process: never returns to the caller's stack
             code = 1
@@ -1227,6 +1274,7 @@ class _HsmProcess:
         self._sender = threading.Thread(target=self._send, name="prep-hsm-send", daemon=True)
         self._sender.start()
         self._closed = False
+        self._input_ended = False
 
     def _send(self) -> None:
         try:
@@ -1280,6 +1328,13 @@ class _HsmProcess:
         self.pipe_cpu += time.thread_time() - c0
         return cast(tuple[Any, ...], msg)
 
+    def end_input(self) -> None:
+        """No chunk follows those sent: the HSM process ends once it has done them (its
+        ``bye`` follows their outputs)."""
+        if not self._input_ended:
+            self._input_ended = True
+            self._queue.put(None)
+
     def halt(self) -> None:
         """The chunks queued at the HSM process are skipped (their :meth:`receive` is None);
         the one in its hands is finished."""
@@ -1292,7 +1347,7 @@ class _HsmProcess:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(None)
+        self.end_input()
         deadline = time.monotonic() + HSM_STOP_SECONDS
         try:
             while True:
@@ -1323,9 +1378,15 @@ def _hsm_serve(preparer: Preparer, inputs: Any, results: Any, halt: mmap.mmap, p
     pipe = waited = 0.0
     first = True
     try:
-        ops = hsm_prep.prep_ops(preparer.key_service, preparer.wrapping)
-        if ops is None:
+        service = preparer.key_service.hsm_keys
+        if service is None:
             raise IssuanceError("bulk data preparation needs a PKCS#11 key service (hsm.prep)")
+        with service.token.use("opening the HSM process's session"):
+            pass  # the module initialised and logged in now, before the first chunk comes
+        # the wrapping key is looked up with the first chunk (KekEnvelope.handle): in house the
+        # worker may still be making the batch's perso key (Preparer._run_piped), and sends
+        # the first chunk once it is made; a bureau's transport key was checked (Preparer._run)
+        ops = hsm_prep.PrepOps(service, service.fast, preparer.wrapping)
         profile, ref_of, keys_wire = preparer._profile, CardKeyRef, _keys_wire
         skipped = pickle.dumps(("skipped",))
         with ops:
@@ -1430,8 +1491,8 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _worker(
-    settings: IssuanceConfig, adapters: BatchAdapters, req: PrepRequest, chunk: int, results: Any,
-    stop: Any, parent: int,
+    settings: IssuanceConfig, adapters: BatchAdapters, req: PrepRequest, chunk: int, left: int,
+    results: Any, stop: Any, parent: int,
 ) -> None:  # fmt: skip
     """A forked worker: its own engine and HSM session (the module is loaded here). It dies
     with its parent (a kill -9 of ``ykt batch prepare`` takes the workers with it: their
@@ -1451,10 +1512,8 @@ def _worker(
             bureau_file_id=req.bureau_file_id, sink=sink,
             on_chunk=lambda n: results.put(("progress", n)), stop=stop,
             new_serial=stock.new_serial, overlap=database_thread(req.workers),
-            hsm_process=database_thread(req.workers),
+            hsm_process=database_thread(req.workers), left=left,
         )  # fmt: skip
-        if req.output == IN_HOUSE:
-            ensure_batch_perso_key(factory, keys, req.batch_id)
         results.put(("done", preparer.run()))
     except BaseException as exc:  # reported to the parent, which fails the run
         log.exception("data preparation worker %s failed", os.getpid())
@@ -1492,12 +1551,13 @@ def run_workers(
     eng = make_engine(settings) if own else None
     fac = factory or make_sessionmaker(cast(Engine, eng))
     try:
-        chunk = chunk_size(remaining(fac, req.batch_id, req.output), req.workers, req.chunk)
+        left = remaining(fac, req.batch_id, req.output)
     finally:
         if eng is not None:
             eng.dispose()
+    chunk = chunk_size(left, req.workers, req.chunk)
     procs = [ctx.Process(target=_worker,
-                         args=(settings, adapters, req, chunk, results, halt, os.getpid()),
+                         args=(settings, adapters, req, chunk, left, results, halt, os.getpid()),
                          name=f"prepare-{i + 1}", daemon=True)
              for i in range(req.workers)]  # fmt: skip
     for p in procs:
@@ -1584,10 +1644,11 @@ def export_to_bureau(
             stats = run_workers(settings, req, adapters=adapters, on_progress=progress,
                                 on_lines=writer.add_chunk, stop=stop, factory=factory)  # fmt: skip
         else:
-            chunk = chunk_size(remaining(factory, req.batch_id, BUREAU), 1, req.chunk)
+            left = remaining(factory, req.batch_id, BUREAU)
             stats = Preparer(
                 settings, factory, key_service, req.batch_id, req.actor, output=BUREAU,
-                chunk=chunk, lease_seconds=req.lease_seconds, today=req.today,
+                chunk=chunk_size(left, 1, req.chunk), left=left,
+                lease_seconds=req.lease_seconds, today=req.today,
                 transport=req.transport, bureau_file_id=writer.file_id, sink=_WriterSink(writer),
                 on_chunk=progress, stop=stop,
             ).run()  # fmt: skip
@@ -1620,12 +1681,11 @@ def prepare_in_house(
         return run_workers(
             settings, req, adapters=adapters, on_progress=progress, stop=stop, factory=factory
         )
-    ensure_batch_perso_key(factory, key_service, req.batch_id)
-    chunk = chunk_size(remaining(factory, req.batch_id, IN_HOUSE), 1, req.chunk)
+    left = remaining(factory, req.batch_id, IN_HOUSE)
     return Preparer(
-        settings, factory, key_service, req.batch_id, req.actor, output=IN_HOUSE, chunk=chunk,
-        lease_seconds=req.lease_seconds, today=req.today, on_chunk=progress, stop=stop,
-        new_serial=new_serial or _random_serial,
+        settings, factory, key_service, req.batch_id, req.actor, output=IN_HOUSE,
+        chunk=chunk_size(left, 1, req.chunk), lease_seconds=req.lease_seconds, today=req.today,
+        on_chunk=progress, stop=stop, new_serial=new_serial or _random_serial, left=left,
     ).run()  # fmt: skip
 
 

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import Engine, make_url
 
 from cardspec.keyscheme import KeySlot
+from hsm import pkcs11 as p11
 from hsm import prep as hsm_prep
 from hsm.errors import HsmError
 from hsm.export import FileKek
@@ -38,6 +39,7 @@ from hsm.service import Pkcs11KeyService
 from issuance import audit
 from issuance.batches import bulkprep, persofile
 from issuance.batches import items as bi
+from issuance.batches.dataprep import key_ref_of
 from issuance.batches.stock import MANUFACTURER, manufacturer_key_path
 from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.errors import IssuanceError
@@ -276,6 +278,48 @@ def test_an_hsm_process_failure_commits_nothing_of_its_chunk(
     assert again.prepared == 9 and again.errors == []
     assert {i.stage for i in _items(engine, pop.batch_id)} == {BatchStage.PREPARED}
     assert len({c.chip_serial for c in _chips(engine, pop.batch_id)}) == 12
+
+
+@pytest.mark.parametrize("hsm_process", [True, False], ids=["hsm-process", "one-process"])
+def test_the_run_makes_the_missing_perso_key_before_the_first_hsm_pass(
+    env: tuple[Settings, Engine], hsm_process: bool
+) -> None:
+    """In house, the run makes the batch's perso key when it is missing: with an HSM process
+    on a thread of the worker while it claims its first chunk (the HSM process, whose session
+    may be open before the key exists, looks it up with its first chunk); in one process
+    before the first chunk. The cards are prepared under it: each card's KMC, unwrapped as a
+    station does, is the one its masters give."""
+    settings, engine = env
+    pop = populate(engine, settings, 9, name="newkey")
+    factory = make_sessionmaker(engine)
+    keys = key_service_from_settings(settings)
+    service = keys.hsm_keys
+    assert isinstance(service, Pkcs11KeyService)
+    label = hsm_prep.perso_key_label(pop.batch_id)
+    hsm_prep.destroy_perso_key(service, label)  # (the token is the module's: an earlier batch 1's)
+    with service.token.use() as session:
+        assert not p11.exists(session, label)
+    stats = bulkprep.Preparer(settings, factory, keys, pop.batch_id, audit.SYSTEM_ACTOR,
+                              chunk=4, today=ISSUE, new_serial=_serials(), overlap=True,
+                              hsm_process=hsm_process).run()  # fmt: skip
+    assert (stats.prepared, stats.errors) == (9, [])
+    assert (stats.pipe_cpu > 0) is hsm_process  # (the HSM process's pipes: it ran)
+    with service.token.use() as session:
+        assert p11.exists(session, label)
+    chips = _chips(engine, pop.batch_id)
+    assert len(chips) == 9
+    pem = keys.public_key_pem()
+    for c in chips:  # each card's KMC, unwrapped at a station, is the one of its masters
+        r = persofile.load_record(settings.data_dir, str(c.perso_file), int(c.perso_offset or 0),
+                                  pem, batch_id=pop.batch_id, item_id=c.item_id,
+                                  card_id=c.card_id, chip_serial=c.chip_serial)  # fmt: skip
+        assert r.perso_key == label
+        with RecordCrypto(service, r.perso_key, r.kek, r.kmc_wrapped, r.algorithm,
+                          r.write_keys()) as station:  # fmt: skip
+            got = station.kcv(KeySlot.KMC)
+        ref = key_ref_of(r.card_identification_code, r.key_version, r.algorithm, None)
+        with service.card_crypto(ref) as crypto:
+            assert got == crypto.kcv(KeySlot.KMC)
 
 
 def test_a_stop_gives_back_every_chunk_claimed(env: tuple[Settings, Engine]) -> None:
