@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import resource
 import tempfile
 import time
@@ -488,7 +489,7 @@ def hsm_work_rate(settings: Any, output: str, procs: int,
           for _ in range(procs)]  # fmt: skip
     for p in ps:
         p.start()
-    got = [out.get() for _ in ps]
+    got = results_of(out, ps)
     for p in ps:
         p.join()
     return float(sum(r for r, _, _ in got)), sum(c for _, c, _ in got) / len(got)
@@ -500,7 +501,7 @@ def other_rates(settings: Any) -> tuple[float, float]:
     out = ctx.Queue()
     p = ctx.Process(target=_raw_others, args=(hsm_config(settings), out))
     p.start()
-    rates = out.get()
+    (rates,) = results_of(out, [p])
     p.join()
     return rates[0], rates[1]
 
@@ -515,7 +516,7 @@ def raw_rate(settings: Any, procs: int, seconds: float = RAW_SECONDS) -> float:
     ps = [ctx.Process(target=_raw_one, args=(conf, seconds, out)) for _ in range(procs)]
     for p in ps:
         p.start()
-    rates = [out.get() for _ in ps]
+    rates = results_of(out, ps)
     for p in ps:
         p.join()
     return float(sum(rates))
@@ -605,7 +606,7 @@ def measure(settings: Any, database: str, output: str, batch_id: int, workers: i
     path = tmp / f"{database}-{output}-{workers}.bureau.jsonl"
     p = ctx.Process(target=_product, args=(settings, output, batch_id, workers, str(path), out))
     p.start()
-    result = out.get()
+    (result,) = results_of(out, [p])
     p.join()
     server1 = server_cpu(server)
     if p.exitcode:
@@ -647,6 +648,23 @@ def _setup(settings: Any) -> None:
     ensure_bank_keys(settings)
     ensure_manufacturer_key(settings)
     ceremony.generate_transport_key(open_token(hsm_config(settings)), TRANSPORT, 2)
+
+
+def results_of(out: Any, procs: list[Any]) -> list[Any]:
+    """One result from each of ``procs`` (forked processes that each put one on the queue
+    ``out``), in the order they came; raises if one of them died without putting its result,
+    instead of waiting for it forever."""
+    got: list[Any] = []
+    while len(got) < len(procs):
+        try:
+            got.append(out.get(timeout=1.0))
+        except queue.Empty:
+            codes = [p.exitcode for p in procs]
+            if any(c not in (None, 0) for c in codes) or all(c is not None for c in codes):
+                raise RuntimeError(
+                    f"a measuring process ended without its result (exit codes {codes})"
+                ) from None
+    return got
 
 
 def _in_child(fn: Any, *args: Any) -> None:
