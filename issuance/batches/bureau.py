@@ -22,6 +22,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
+from sqlalchemy.dialects import postgresql
 
 from cardspec import keyscheme, perso
 from cardspec.ids import parse_card_number
@@ -463,6 +464,15 @@ def iter_expected(path: Path) -> Iterator[tuple[int, str]]:
             yield int(obj["card_id"]), str(obj["chip_serial"]).upper()
 
 
+def _one_of(session: Session, column: sa.ColumnElement[int], ids: list[int]) -> Any:
+    """``column IN ids``; on PostgreSQL as one array parameter (``= ANY(...)``) instead of a
+    parameter per id, which SQLAlchemy and the driver handle one by one (a 6,000-card file's
+    :func:`mark_exported` spent ~150 ms of its ~240 on its reads and updates so)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == sa.any_(sa.bindparam("ids", ids, type_=postgresql.ARRAY(sa.BigInteger())))
+    return column.in_(ids)
+
+
 def mark_exported(
     session: Session,
     info: BureauFileInfo,
@@ -488,7 +498,7 @@ def mark_exported(
         rows = session.execute(
             sa.select(items.c.id, items.c.card_id, items.c.batch_id, items.c.stage,
                       items.c.chip_serial, items.c.lease_owner, items.c.bureau_file_id)
-            .where(items.c.card_id.in_(list(expected)))
+            .where(_one_of(session, items.c.card_id, list(expected)))
             .with_for_update()
         ).all()  # fmt: skip
         if len(rows) != len(expected):
@@ -510,7 +520,7 @@ def mark_exported(
         # one statement for the items, the events copied in (PostgreSQL): per card no
         # statement of its own
         session.execute(
-            sa.update(items).where(items.c.id.in_([r.id for r in update]))
+            sa.update(items).where(_one_of(session, items.c.id, [r.id for r in update]))
             .values(stage=str(export.to_state), stage_changed_at=now,
                     bureau_file_id=info.file_id)
         )  # fmt: skip
