@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from console.config import ConsoleConfig
+from issuance.services.verification import WRITE_LINGER
 
 
 class ApiSettings(BaseModel):
@@ -23,7 +24,7 @@ class ApiSettings(BaseModel):
     #: PostgreSQL: how long the verifications' grouped durable write waits for more calls
     #: when calls arrive together (0: never; a lone call never waits). See
     #: :class:`issuance.services.verification.VerificationStore`.
-    write_linger_ms: float = Field(default=1.0, ge=0, le=20)
+    write_linger_ms: float = Field(default=WRITE_LINGER * 1000, ge=0, le=20)
     #: Failed authentications per caller per minute before 429.
     auth_failures_per_minute: int = Field(default=20, ge=1)
     tls_certfile: Path | None = None

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
@@ -170,6 +171,15 @@ def bind_value(conn: sa.Connection, type_: Any, value: Any) -> Any:
     text in SQLAlchemy's format): for :func:`insert_rows` and driver-level statements."""
     proc = type_.dialect_impl(conn.dialect).bind_processor(conn.dialect)
     return proc(value) if proc is not None else value
+
+
+def one_of(conn: sa.Connection, column: sa.ColumnElement[int], ids: list[int]) -> Any:
+    """``column IN ids``; on PostgreSQL one array parameter (``= ANY(...)``) instead of a
+    parameter per id, which SQLAlchemy and the driver handle one by one (for long id lists:
+    :func:`issuance.batches.bureau.mark_exported`)."""
+    if conn.dialect.name == "postgresql":
+        return column == sa.any_(sa.bindparam("ids", ids, type_=postgresql.ARRAY(sa.BigInteger())))
+    return column.in_(ids)
 
 
 def copies(conn: sa.Connection) -> bool:
