@@ -188,6 +188,8 @@ class _Plan:
     """``KeySlot.financial`` of each of ``slots`` (the EMV factor's derivation data)."""
     emv_slot: KeySlot | None
     """The first financial slot (None: the profile has no EMV key)."""
+    kmc_at: int
+    """KMC's index in the profile's slots (``keys`` are the others, in order)."""
 
 
 class PrepOps:
@@ -357,6 +359,7 @@ class PrepOps:
                 [slot for slot, _, _ in keys],
                 [slot.financial for slot, _, _ in keys],
                 next((slot for slot, _, _ in keys if slot.financial), None),
+                list(slots).index(KeySlot.KMC),
             )
         self._last_plan = (slots, version, alg, bank, plan)
         return plan
@@ -431,47 +434,61 @@ class PrepOps:
         data: PrepData | None = None,
     ) -> BureauExport:
         """Every key of ``slots`` and the KLK derived, wrapped under the file KEK with their
-        KCVs, the PIN payloads under KMC (bureau file format ``/2``)."""
+        KCVs, the PIN payloads under KMC (bureau file format ``/2``): :meth:`bureau_and_pin`'s
+        export."""
+        return self.bureau_and_pin(ref, slots, pins, data)[0]
+
+    def bureau_and_pin(
+        self,
+        ref: CardKeyRef,
+        slots: Sequence[KeySlot],
+        pins: PinPolicy,
+        data: PrepData | None = None,
+    ) -> tuple[BureauExport, str]:
+        """:meth:`bureau`'s export and the card's initial PIN (``pins.pin``; the caller builds
+        the card's records with it, it never goes into the bureau file). As :meth:`in_house`:
+        the card's Python first, then its HSM calls with as little Python between them as the
+        outputs need (each key's wrap and KCV appended in the plan's order, KMC first, every key
+        but KMC and PUK destroyed at once; KMC and PUK after the PIN payloads)."""
         self._check(ref)
         plan = self._plan(ref, slots)
         fast, sh, alg = self.fast, self._sh, ref.algorithm
         kcv_block, tmpl, kek = KCV_BLOCK[alg], _CARD_ENC[alg], self._kek
-        # the card's Python first (its derivation data), then its HSM calls (as in_house)
         klk_data, kmc_data, key_data = self._data(ref, plan, data)
-        derive, wrap, encrypt = self.chain.derive, fast.wrap_kwp, fast.encrypt_ecb
-        destroy = fast.destroy
-        wrapped: dict[KeySlot, bytes] = {}
-        kcvs: dict[KeySlot, bytes] = {}
-        kept: dict[KeySlot, int] = {}  # KMC and PUK live until the PIN payloads are made
+        chain = self.chain
+        derive, wrap, encrypt, destroy = chain.derive, fast.wrap_kwp, fast.encrypt_ecb, fast.destroy
+        wrapped: list[bytes] = []
+        kcvs: list[bytes] = []
+        kmc = puk = live = 0
         try:
-            key = kept[KeySlot.KMC] = derive(plan.kmc, alg, kmc_data, tmpl)
-            wrapped[KeySlot.KMC] = wrap(sh, kek, key)
-            kcvs[KeySlot.KMC] = encrypt(sh, key, alg, kcv_block)[:3]
+            kmc = derive(plan.kmc, alg, kmc_data, tmpl)
+            kmc_wrapped = wrap(sh, kek, kmc)
+            kmc_kcv = encrypt(sh, kmc, alg, kcv_block)[:3]
             for (slot, master, _), blocks in zip(plan.keys, key_data, strict=True):
-                key = derive(master, alg, blocks, tmpl)
-                if slot is KeySlot.PUK:
-                    kept[slot] = key
-                try:
-                    wrapped[slot] = wrap(sh, kek, key)
-                    kcvs[slot] = encrypt(sh, key, alg, kcv_block)[:3]
-                finally:
-                    if slot is not KeySlot.PUK:
-                        destroy(sh, key)
-                        self.chain.destroyed += 1
-            _, payloads = self._pin_and_payloads(ref, kept[KeySlot.PUK], kept[KeySlot.KMC], pins)
-            klk = derive(plan.klk, KLK_ALGORITHM, klk_data, _KLK_EXPORT)
-            try:
-                klk_wrapped = wrap(sh, kek, klk)
-                klk_kcv = encrypt(sh, klk, KLK_ALGORITHM, KCV_BLOCK[KLK_ALGORITHM])[:3]
-            finally:
-                self._destroy(klk)
+                live = derive(master, alg, blocks, tmpl)
+                wrapped.append(wrap(sh, kek, live))
+                kcvs.append(encrypt(sh, live, alg, kcv_block)[:3])
+                if slot is PUK:
+                    puk = live  # (the PIN payloads' MACs)
+                else:
+                    destroy(sh, live)
+                live = 0
+            chain.destroyed += len(plan.keys) - 1
+            pin, payloads = self._pin_and_payloads(ref, puk, kmc, pins)
+            live = derive(plan.klk, KLK_ALGORITHM, klk_data, _KLK_EXPORT)
+            klk_wrapped = wrap(sh, kek, live)
+            klk_kcv = encrypt(sh, live, KLK_ALGORITHM, KCV_BLOCK[KLK_ALGORITHM])[:3]
         finally:
-            for handle in kept.values():
-                self._destroy(handle)
+            for handle in (live, puk, kmc):
+                if handle:
+                    self._destroy(handle)
+        # KMC in its place among the profile's slots: both in ``slots`` order
+        wrapped.insert(plan.kmc_at, kmc_wrapped)
+        kcvs.insert(plan.kmc_at, kmc_kcv)
         return BureauExport(
-            {s: wrapped[s] for s in slots}, {s: kcvs[s] for s in slots}, payloads,
+            dict(zip(slots, wrapped, strict=True)), dict(zip(slots, kcvs, strict=True)), payloads,
             kek_id=self.envelope.kek_id, klk_wrapped=klk_wrapped, klk_kcv=klk_kcv,
-        )  # fmt: skip
+        ), pin  # fmt: skip
 
 
 def prep_ops(key_service: KeyService, wrapping_label: str, **kwargs: Any) -> PrepOps | None:

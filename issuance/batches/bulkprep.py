@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime
@@ -137,6 +137,8 @@ class ProfilePins:
 
     def __init__(self, profile: CardProfile) -> None:
         self.specs = list(profile.pin_specs())
+        #: (spec, its name if not ``ss``: None for ``ss``) of each PIN, in profile order
+        self._own = [(spec, None if spec.name == SS_PIN else spec.name) for _, spec in self.specs]
 
     def pin(self, card_identification_code: str, mac: Callable[[bytes], bytes]) -> str:
         return dataprep.natural_pin(card_identification_code, mac)
@@ -146,11 +148,11 @@ class ProfilePins:
     ) -> list[bytes]:
         """``pin`` (the social security PIN) for ``ss``; every other PIN (the bank PIN) its
         own natural PIN: never the social security PIN."""
+        natural = dataprep.natural_pin
         return [
-            spec.encode(pin if spec.name == SS_PIN
-                        else dataprep.natural_pin(card_identification_code, mac,
-                                                  pin_name=spec.name))
-            for _, spec in self.specs
+            spec.encode(pin if name is None
+                        else natural(card_identification_code, mac, pin_name=name))
+            for spec, name in self._own
         ]  # fmt: skip
 
 
@@ -852,8 +854,7 @@ class Preparer:
                 if in_house:
                     out.append(ops.in_house(ref, prof.slots, prof.pins, data))
                 else:
-                    pins = _Capture(prof.pins)
-                    out.append((ops.bureau(ref, prof.slots, pins, data), pins.last))
+                    out.append(ops.bureau_and_pin(ref, prof.slots, prof.pins, data))
             except (InvalidIdentifier, EncodingError) as exc:
                 out.append(_Refused(str(exc)))
         return out
@@ -1149,24 +1150,6 @@ class Preparer:
         ]
 
 
-class _Capture:
-    """A :class:`ProfilePins` that remembers the last PIN (to build the card's records; the
-    PIN never goes to a file)."""
-
-    def __init__(self, pins: ProfilePins) -> None:
-        self._pins = pins
-        self.last = ""
-
-    def pin(self, card_identification_code: str, mac: Callable[[bytes], bytes]) -> str:
-        self.last = self._pins.pin(card_identification_code, mac)
-        return self.last
-
-    def blocks(
-        self, pin: str, card_identification_code: str, mac: Callable[[bytes], bytes]
-    ) -> list[bytes]:
-        return self._pins.blocks(pin, card_identification_code, mac)
-
-
 def _random_serial() -> bytes:
     return os.urandom(8)
 
@@ -1200,15 +1183,30 @@ def _keys_wire(keys: Any) -> Any:
     :class:`hsm.prep.InHouseCard`'s fields, or the :class:`BureauExport`'s and the PIN."""
     if isinstance(keys, _Refused):
         return keys.reason
+    # no Python frame per key (this runs in the HSM process): the slots' names one tuple per
+    # profile (:func:`_names`), the KCVs in the order of the wrapped keys through ``map``
     if isinstance(keys, hsm_prep.InHouseCard):
         write = keys.write_keys
-        return (keys.kek_id, keys.kmc_wrapped, tuple(s.value for s in write),
-                tuple(write.values()), keys.pin_payloads, keys.pin)  # fmt: skip
+        return (keys.kek_id, keys.kmc_wrapped, _names(write), tuple(write.values()),
+                keys.pin_payloads, keys.pin)  # fmt: skip
     export, pin = keys
     wrapped = export.wrapped
-    return (export.kek_id, tuple(s.value for s in wrapped), tuple(wrapped.values()),
-            tuple(export.kcvs[s] for s in wrapped), export.encrypted, export.klk_wrapped,
+    return (export.kek_id, _names(wrapped), tuple(wrapped.values()),
+            tuple(map(export.kcvs.__getitem__, wrapped)), export.encrypted, export.klk_wrapped,
             export.klk_kcv, pin)  # fmt: skip
+
+
+_NAMES: dict[tuple[KeySlot, ...], tuple[str, ...]] = {}
+
+
+def _names(slots: Iterable[KeySlot]) -> tuple[str, ...]:
+    """The slots' values, the same tuple for the same slots (one per profile: a chunk's pickle
+    holds it once, its other cards refer to it)."""
+    key = tuple(slots)
+    names = _NAMES.get(key)
+    if names is None:
+        names = _NAMES[key] = tuple(slot.value for slot in key)
+    return names
 
 
 def _keys_of(wire: Any, in_house: bool) -> Any:
@@ -1218,10 +1216,10 @@ def _keys_of(wire: Any, in_house: bool) -> Any:
     slots = _SLOTS
     if in_house:
         kek_id, kmc, names, write, payloads, pin = wire
-        write_keys = {slots[n]: w for n, w in zip(names, write, strict=True)}
+        write_keys = dict(zip(map(slots.__getitem__, names), write, strict=True))
         return hsm_prep.InHouseCard(kek_id, kmc, write_keys, payloads, pin)
     kek_id, names, wrapped, kcvs, encrypted, klk_wrapped, klk_kcv, pin = wire
-    keys = [slots[n] for n in names]
+    keys = tuple(map(slots.__getitem__, names))
     return BureauExport(dict(zip(keys, wrapped, strict=True)), dict(zip(keys, kcvs, strict=True)),
                         encrypted,
                         kek_id=kek_id, klk_wrapped=klk_wrapped, klk_kcv=klk_kcv), pin  # fmt: skip
@@ -1389,6 +1387,11 @@ def _hsm_serve(preparer: Preparer, inputs: Any, results: Any, halt: mmap.mmap, p
         ops = hsm_prep.PrepOps(service, service.fast, preparer.wrapping)
         profile, ref_of, keys_wire = preparer._profile, CardKeyRef, _keys_wire
         skipped = pickle.dumps(("skipped",))
+        # the cyclic collector between chunks, not during them: a chunk's cards and outputs
+        # live until its reply is sent (each card's a dozen containers), and a collection in
+        # the pass would walk them again and again; once they are dropped, one collection of
+        # the young generations finds what they left (no cycle is expected: it costs little)
+        gc.disable()
         with ops:
             while True:
                 t0 = time.perf_counter()
@@ -1415,11 +1418,15 @@ def _hsm_serve(preparer: Preparer, inputs: Any, results: Any, halt: mmap.mmap, p
                      [keys_wire(k) for k in keys], c3 - c2, ops.derived),
                     protocol=pickle.HIGHEST_PROTOCOL,
                 )  # fmt: skip
-                del keys
-                pipe += (c1 - c0) + (time.thread_time() - c3)
+                del keys, cards
+                c4 = time.thread_time()
                 t0 = time.perf_counter()
                 results.send_bytes(reply)  # (returns once the worker has read what a pipe holds)
                 waited += time.perf_counter() - t0
+                c5 = time.thread_time()
+                del reply
+                gc.collect(1)
+                pipe += (c1 - c0) + (c4 - c3) + (time.thread_time() - c5)
         results.send_bytes(pickle.dumps(("bye", pipe, ops.derived, waited)))
         return 0
     except BaseException as exc:  # reported to the worker, which fails the run and says why

@@ -44,8 +44,9 @@ from printers.prepared import PreparedCard
 #: CHOICE: the medical insurance type at issue: employees (employer applications) or residents.
 INSURANCE_EMPLOYEES, INSURANCE_RESIDENTS = "310", "390"
 _PIN_DOMAIN = b"YKT-INITIAL-PIN/1"
-#: Decimalisation of the MAC's hex digits (``bytes.hex`` writes them in lower case).
-_DECIMALISE = str.maketrans("abcdef", "012345")
+#: Decimalisation of the MAC's hex digits (``bytes.hex`` writes them in lower case): a
+#: ``bytes.translate`` table (C, one pass; ``str.translate`` looks each character up in a dict).
+_DECIMALISE = bytes.maketrans(b"abcdef", b"012345")
 
 
 def card_profile(
@@ -122,7 +123,8 @@ def natural_pin(card_identification_code: str, mac: Callable[[bytes], bytes],
     counter = 0
     while True:
         # the first ``digits`` hex digits of the MAC, A-F decimalised to 0-5
-        pin = mac(prefix + bytes((counter,))).hex()[:digits].translate(_DECIMALISE)
+        digits_hex = mac(prefix + bytes((counter,))).hex().encode()[:digits]
+        pin = digits_hex.translate(_DECIMALISE).decode()
         if not (same_digit(pin) or step_sequence(pin)):
             return pin
         counter += 1

@@ -246,10 +246,19 @@ def test_every_caller_of_the_chain_gives_the_reference_bytes(
             given = prep_data(issuer, REGION, emv)
             assert ops.in_house(issuer, slots, Pins(), given) == card
             assert ops.bureau(issuer, slots, Pins(), given) == bureau
+            # what data preparation calls: the same export and the card's initial PIN
+            assert ops.bureau_and_pin(issuer, slots, Pins(), given) == (bureau, card.pin)
+            # KMC elsewhere than first among the slots: the same keys, in the caller's order
+            assert slots[0] is KeySlot.KMC
+            moved = [*slots[1:], KeySlot.KMC]
+            other = ops.bureau(issuer, moved, Pins(), given)
+            assert list(other.wrapped) == list(other.kcvs) == moved
+            assert other.wrapped == bureau.wrapped and other.kcvs == bureau.kcvs
+            assert other.encrypted == bureau.encrypted
             if emv is not None:  # another profile's data (no EMV keys'): refused, no call made
                 with pytest.raises(HsmError, match="no EMV"):
                     ops.in_house(issuer, slots, Pins(), (given[0], given[1], None))
-        assert ops.derived - derived == 4 * (len(slots) + 1)
+        assert ops.derived - derived == 6 * (len(slots) + 1)
     kek = aes_key_unwrap_with_padding(TRANSPORT_KEY, file_kek.wrapped)
     klk = oracle.klk()
     assert aes_key_unwrap_with_padding(kek, card.kmc_wrapped) == _odd(oracle.key(KeySlot.KMC), alg)
@@ -265,6 +274,8 @@ def test_every_caller_of_the_chain_gives_the_reference_bytes(
     block = Pins().blocks(card.pin, "", lambda d: d)[0]
     assert keyscheme.decrypt_sensitive(oracle.key(KeySlot.KMC), payload, alg) == block
     assert bureau.encrypted == card.pin_payloads
+    # the slots in the caller's order (the bureau line's template follows it)
+    assert list(bureau.wrapped) == list(bureau.kcvs) == list(slots)
     for slot in slots:
         assert bureau.kcvs[slot] == oracle.kcv(slot), slot
         assert aes_key_unwrap_with_padding(kek, bureau.wrapped[slot]) == _odd(oracle.key(slot), alg)
