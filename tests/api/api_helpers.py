@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from cardspec import keyscheme, perso
@@ -25,6 +28,7 @@ from hsm.pkcs11 import Pkcs11Token, open_token
 from hsm.service import CardKeyRef, Pkcs11KeyService
 from issuance import services
 from issuance.audit import Actor
+from issuance.db import make_sessionmaker, transaction
 from issuance.models import Card, Channel, StaffRole
 from yikatong.settings import Settings, load_settings
 from yikatong.wiring import hsm_config
@@ -168,3 +172,28 @@ def emulator_for(
 
 def _profile() -> CardProfile:
     return social_security_profile(financial=False)
+
+
+@dataclass
+class ApiEnv:
+    client: TestClient
+    engine: Engine
+    settings: Settings
+    hsm: Hsm
+    actors: dict[str, Actor]
+    tokens: dict[str, str]  # role or agency name -> bearer token
+    clients: dict[str, tuple[str, str]]  # agency name -> (client_id, secret)
+    agencies: dict[str, int] = field(default_factory=dict)
+
+    def session(self) -> Iterator[Session]:
+        return transaction(make_sessionmaker(self.engine))  # type: ignore[return-value]
+
+    def auth(self, who: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[who]}"}
+
+    def new_card(self) -> Card:
+        with self.session() as s:  # type: ignore[attr-defined]
+            return active_card(s, self.settings, self.actors)
+
+    def chip(self, card: Card) -> InProcessReader:
+        return emulator_for(self.hsm, card)

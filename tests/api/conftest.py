@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from api_helpers import Hsm, active_card, emulator_for, fake_photo, make_hsm, staff
+from api_helpers import ApiEnv, Hsm, fake_photo, make_hsm, staff
 from fastapi.testclient import TestClient
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 
 from api.app import create_app
 from cardspec.reader import InProcessReader
 from issuance import services
-from issuance.audit import Actor
 from issuance.db import make_engine, make_sessionmaker, transaction
 from issuance.models import Agency, AgencyKind, Card
 from issuance.services import credentials
@@ -29,31 +25,6 @@ _tags = itertools.count(1)
 @pytest.fixture(scope="session")
 def api_hsm(tmp_path_factory: pytest.TempPathFactory) -> Hsm:
     return make_hsm(tmp_path_factory.mktemp("api-hsm"))
-
-
-@dataclass
-class ApiEnv:
-    client: TestClient
-    engine: Engine
-    settings: Settings
-    hsm: Hsm
-    actors: dict[str, Actor]
-    tokens: dict[str, str]  # role or agency name -> bearer token
-    clients: dict[str, tuple[str, str]]  # agency name -> (client_id, secret)
-    agencies: dict[str, int] = field(default_factory=dict)
-
-    def session(self) -> Iterator[Session]:
-        return transaction(make_sessionmaker(self.engine))  # type: ignore[return-value]
-
-    def auth(self, who: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.tokens[who]}"}
-
-    def new_card(self) -> Card:
-        with self.session() as s:  # type: ignore[attr-defined]
-            return active_card(s, self.settings, self.actors)
-
-    def chip(self, card: Card) -> InProcessReader:
-        return emulator_for(self.hsm, card)
 
 
 @pytest.fixture

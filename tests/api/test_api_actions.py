@@ -13,8 +13,7 @@ from datetime import date
 
 import pytest
 import sqlalchemy as sa
-from api_helpers import PHOTO, make_cid
-from conftest import ApiEnv
+from api_helpers import PHOTO, ApiEnv, make_cid
 
 from issuance import services
 from issuance.batches.selection import BatchFilter, create_batch

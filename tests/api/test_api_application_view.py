@@ -7,8 +7,7 @@ import base64
 
 import pytest
 import sqlalchemy as sa
-from api_helpers import PHOTO, fake_photo, make_cid
-from conftest import ApiEnv
+from api_helpers import PHOTO, ApiEnv, fake_photo, make_cid
 
 from issuance import services
 from issuance.models import AuditEvent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-from conftest import ApiEnv
+from api_helpers import ApiEnv
 
 from api.auth import SOURCE_FACTOR
 from issuance.models import ApiCredential, ApiToken, AuditEvent

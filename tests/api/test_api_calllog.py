@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import ApiEnv
+from api_helpers import ApiEnv
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import ApiEnv
+from api_helpers import ApiEnv
 from fastapi.testclient import TestClient
 
 from api.client import UnpinnedFeedKeyWarning, YktClient

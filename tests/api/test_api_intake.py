@@ -8,8 +8,7 @@ import base64
 from pathlib import Path
 
 import sqlalchemy as sa
-from api_helpers import make_cid
-from conftest import ApiEnv
+from api_helpers import ApiEnv, make_cid
 
 from issuance.models import Application
 

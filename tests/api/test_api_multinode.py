@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from api_helpers import Hsm, fake_photo, make_hsm
-from conftest import ApiEnv
+from api_helpers import ApiEnv, Hsm, fake_photo, make_hsm
 from fastapi.testclient import TestClient
 
 from api.app import create_app

@@ -10,7 +10,7 @@ import logging
 
 import pytest
 import sqlalchemy as sa
-from conftest import ApiEnv
+from api_helpers import ApiEnv
 
 from cardspec import cardops
 from cardspec.profile import social_security_profile

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from api_helpers import PHOTO, make_cid
-from conftest import ApiEnv
+from api_helpers import PHOTO, ApiEnv, make_cid
 from PIL import Image, ImageChops
 
 from issuance import services

@@ -14,7 +14,7 @@ from pathlib import Path
 import hypothesis
 import pytest
 import schemathesis
-from conftest import ApiEnv
+from api_helpers import ApiEnv
 from hypothesis import HealthCheck, Phase
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode

@@ -15,8 +15,7 @@ import statistics
 import time
 
 import pytest
-from api_helpers import fake_photo
-from conftest import ApiEnv
+from api_helpers import ApiEnv, fake_photo
 from fastapi.testclient import TestClient
 
 from api.app import create_app

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import ApiEnv
+from api_helpers import ApiEnv
 
 from cardspec.cardops import internal_authenticate, read_card_public
 from cardspec.reader import InProcessReader

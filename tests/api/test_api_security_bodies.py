@@ -9,7 +9,7 @@ import tracemalloc
 from collections.abc import Iterator
 
 import pytest
-from conftest import ApiEnv
+from api_helpers import ApiEnv
 
 from api.gate import body_cap, json_depth
 

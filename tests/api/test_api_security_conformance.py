@@ -14,8 +14,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from api_helpers import Hsm, fake_photo
-from conftest import ApiEnv
+from api_helpers import ApiEnv, Hsm, fake_photo
 from fastapi.testclient import TestClient
 from server_helpers import server_env, serving
 from typer.testing import CliRunner

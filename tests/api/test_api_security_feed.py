@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from conftest import ApiEnv
+from api_helpers import ApiEnv
 
 from api.client import UnpinnedFeedKeyWarning, YktClient, _lines
 from issuance.errors import IntegrityError

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-from conftest import ApiEnv
+from api_helpers import ApiEnv
 
 from cardspec.ids import make_card_number
 from issuance import services

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from api_helpers import PHOTO, fake_photo, make_cid
-from conftest import ApiEnv
+from api_helpers import PHOTO, ApiEnv, fake_photo, make_cid
 from fastapi.testclient import TestClient
 from PIL import Image
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from conftest import ApiEnv
+from api_helpers import ApiEnv
 from fastapi.testclient import TestClient
 
 from api.client import YktClient, verify_card_in_reader

@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from api_helpers import master_key
-from conftest import ApiEnv
+from api_helpers import ApiEnv, master_key
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from api_helpers import PHOTO, fake_photo, make_cid
-from conftest import ApiEnv
+from api_helpers import PHOTO, ApiEnv, fake_photo, make_cid
 from fastapi.testclient import TestClient
 
 from api.client import YktClient, verify_card_in_reader

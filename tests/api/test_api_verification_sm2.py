@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import ApiEnv
+from api_helpers import ApiEnv
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 

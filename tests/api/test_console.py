@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import sqlalchemy as sa
-from conftest import ApiEnv
+from api_helpers import ApiEnv
 from console_helpers import PASSWORD, csrf_of, give_passwords, sign_in
 from fastapi.testclient import TestClient
 

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from api_helpers import fake_photo, make_cid
-from conftest import ApiEnv
+from api_helpers import ApiEnv, fake_photo, make_cid
 from console_helpers import PASSWORD, give_passwords
 from playwright.sync_api import Browser, Page, sync_playwright
 

@@ -11,8 +11,7 @@ import json
 import re
 
 import sqlalchemy as sa
-from api_helpers import make_cid
-from conftest import ApiEnv
+from api_helpers import ApiEnv, make_cid
 from console_helpers import give_passwords, sign_in
 
 from cardspec.ids import card_number_check_char, mask_citizen_id

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from api_helpers import make_cid
-from conftest import ApiEnv
+from api_helpers import ApiEnv, make_cid
 from playwright.sync_api import Page
 from test_console_browser import console, shots  # noqa: F401  (fixtures)
 from test_console_cdesk_browser import GOOD, TWO_FACES, _events, _sign_in, counter  # noqa: F401

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from api_helpers import make_cid
-from conftest import ApiEnv
+from api_helpers import ApiEnv, make_cid
 from console_helpers import PASSWORD
 from playwright.sync_api import Browser, Page, sync_playwright
 from test_console_browser import ARGS, CHROMIUM, console, shots  # noqa: F401  (fixtures)

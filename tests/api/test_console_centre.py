@@ -9,8 +9,7 @@ import time
 
 import pytest
 import sqlalchemy as sa
-from api_helpers import PHOTO, fake_photo, make_cid
-from conftest import ApiEnv
+from api_helpers import PHOTO, ApiEnv, fake_photo, make_cid
 from console_helpers import csrf_of, give_passwords, sign_in
 
 from issuance import services

@@ -16,7 +16,7 @@ import base45
 import cbor2
 import pytest
 import sqlalchemy as sa
-from conftest import ApiEnv
+from api_helpers import ApiEnv
 from qr_scan import scan_qr
 
 from api.client import OfflineEcardVerifier

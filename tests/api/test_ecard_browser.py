@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ApiEnv
+from api_helpers import ApiEnv
 from playwright.sync_api import Browser, Page, sync_playwright
 from qr_scan import scan_qr
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import ApiEnv
+from api_helpers import ApiEnv
 from console_helpers import csrf_of
 from fastapi.testclient import TestClient
 from qr_scan import scan_qr

@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ApiEnv
+from api_helpers import ApiEnv
 from playwright.sync_api import Browser, Page
 from qr_scan import scan_qr
 from resident_helpers import card_status, holder, one_code

@@ -8,7 +8,7 @@ import re
 
 import pytest
 import sqlalchemy as sa
-from conftest import ApiEnv
+from api_helpers import ApiEnv
 from console_helpers import csrf_of
 from fastapi.testclient import TestClient
 from resident_helpers import card_status, delivered_codes, holder, make_cid, one_code

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import ApiEnv
+from api_helpers import ApiEnv
 from playwright.sync_api import Browser, Page
 from resident_helpers import card_status, delivered_codes, holder, make_cid, one_code
 from test_console_browser import browser, console, shots  # noqa: F401  (fixtures)

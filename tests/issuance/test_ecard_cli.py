@@ -9,8 +9,8 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from conftest import make_cid
 from issuance_cli_helpers import Cli
+from issuance_helpers import make_cid
 from qr_scan import scan_qr
 
 from issuance import services

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import openpyxl
 import pytest
-from conftest import make_cid
 from issuance_cli_helpers import Cli
+from issuance_helpers import make_cid
 from typer.testing import CliRunner
 
 from cardspec.errors import InvalidIdentifier

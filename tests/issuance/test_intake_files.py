@@ -13,7 +13,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 import openpyxl
-from conftest import JPEG_FIXTURE, fake_process_photo, make_cid
+from issuance_helpers import JPEG_FIXTURE, fake_process_photo, make_cid
 
 from issuance import intake, services
 from issuance.models import Application, Person

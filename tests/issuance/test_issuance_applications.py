@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
-from conftest import JPEG_FIXTURE, make_cid, submit
+from issuance_helpers import JPEG_FIXTURE, make_cid, submit
 
 from issuance import services
 from issuance.errors import PermissionDenied, ValidationError

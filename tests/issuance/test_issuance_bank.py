@@ -8,7 +8,7 @@ from datetime import date
 
 import pytest
 import sqlalchemy as sa
-from conftest import submit
+from issuance_helpers import submit
 
 from cardspec.ids import luhn_digit
 from devstack.bank import answer_request, new_pan

@@ -12,7 +12,7 @@ from datetime import date
 
 import pytest
 import sqlalchemy as sa
-from conftest import submit
+from issuance_helpers import submit
 
 from devstack.bank import BankLedger, answer_request, new_pan
 from issuance import bank, services

@@ -8,9 +8,9 @@ from datetime import date
 
 import pytest
 import sqlalchemy as sa
-from conftest import submit
 from hypothesis import given
 from hypothesis import strategies as st
+from issuance_helpers import submit
 
 from cardspec.profile import social_security_profile
 from issuance.batches import dataprep

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import make_cid
 from issuance_cli_helpers import Cli
+from issuance_helpers import make_cid
 from typer.testing import CliRunner
 
 from issuance.models import Application, AuditEvent, Staff

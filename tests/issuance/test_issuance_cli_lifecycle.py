@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import typer
-from conftest import INITIAL_BANK_PIN, emulated_chip, make_cid
 from issuance_cli_helpers import Cli
+from issuance_helpers import INITIAL_BANK_PIN, emulated_chip, make_cid
 from typer.testing import CliRunner
 
 from cardspec import cardops, keyscheme

@@ -7,8 +7,8 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from conftest import JPEG_FIXTURE, fake_process_photo, make_cid
 from issuance_cli_helpers import Cli
+from issuance_helpers import JPEG_FIXTURE, fake_process_photo, make_cid
 
 from yikatong.cli import cards as cli_cards
 from yikatong.cli import db as cli_db

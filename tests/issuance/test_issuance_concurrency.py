@@ -7,7 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import sqlalchemy as sa
-from conftest import JPEG_FIXTURE, fake_process_photo, make_cid
+from issuance_helpers import JPEG_FIXTURE, fake_process_photo, make_cid
 
 from cardspec.ids import validate_card_number
 from issuance import migrations, services

@@ -5,7 +5,7 @@ defaulted on the way to the chip."""
 from __future__ import annotations
 
 import pytest
-from conftest import JPEG_FIXTURE, fake_process_photo, make_cid, submit
+from issuance_helpers import JPEG_FIXTURE, fake_process_photo, make_cid, submit
 from sqlalchemy.orm import Session
 
 from issuance import services

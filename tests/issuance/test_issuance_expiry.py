@@ -7,7 +7,7 @@ from datetime import date, timedelta
 
 import pytest
 import sqlalchemy as sa
-from conftest import submit
+from issuance_helpers import submit
 
 from issuance import services
 from issuance.errors import ValidationError

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 import sqlalchemy as sa
-from conftest import BANK_PAN, INITIAL_BANK_PIN, FixedPinPad, bank_account, emulated_chip
+from issuance_helpers import BANK_PAN, INITIAL_BANK_PIN, FixedPinPad, bank_account, emulated_chip
 
 from cardspec import cardops
 from cardspec.errors import PinError

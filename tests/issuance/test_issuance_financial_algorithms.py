@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import INITIAL_BANK_PIN, FixedPinPad, bank_account, emulated_chip
+from issuance_helpers import INITIAL_BANK_PIN, FixedPinPad, bank_account, emulated_chip
 
 from cardspec import cardops
 from cardspec.errors import PinError

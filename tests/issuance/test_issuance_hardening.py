@@ -10,7 +10,7 @@ from datetime import date
 
 import pytest
 import sqlalchemy as sa
-from conftest import JPEG_FIXTURE, fake_process_photo, make_cid, submit
+from issuance_helpers import JPEG_FIXTURE, fake_process_photo, make_cid, submit
 
 from issuance import intake, services
 from issuance.db import WITHHELD, make_engine

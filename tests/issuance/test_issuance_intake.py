@@ -10,7 +10,7 @@ from pathlib import Path
 
 import openpyxl
 import pytest
-from conftest import JPEG_FIXTURE, fake_process_photo, make_cid
+from issuance_helpers import JPEG_FIXTURE, fake_process_photo, make_cid
 from PIL import Image
 
 from issuance import intake, services

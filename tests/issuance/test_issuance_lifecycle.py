@@ -7,7 +7,7 @@ import random
 
 import pytest
 import sqlalchemy as sa
-from conftest import submit
+from issuance_helpers import submit
 
 from issuance import lifecycle
 from issuance.audit import SYSTEM_ACTOR, Actor

@@ -8,7 +8,7 @@ from datetime import date
 
 import pytest
 import sqlalchemy as sa
-from conftest import make_cid, submit
+from issuance_helpers import make_cid, submit
 from sqlalchemy.orm import Session
 
 from cardspec.ids import make_card_number

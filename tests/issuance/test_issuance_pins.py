@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date
 
 import pytest
-from conftest import FixedPinPad, bank_account, emulated_chip
+from issuance_helpers import FixedPinPad, bank_account, emulated_chip
 
 from cardspec import perso
 from cardspec.errors import ProfileError

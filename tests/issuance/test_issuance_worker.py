@@ -8,7 +8,7 @@ from datetime import date, timedelta
 
 import pytest
 import sqlalchemy as sa
-from conftest import JPEG_FIXTURE, fake_process_photo, make_cid
+from issuance_helpers import JPEG_FIXTURE, fake_process_photo, make_cid
 
 from issuance import audit, services
 from issuance.db import make_engine, make_sessionmaker, transaction
