@@ -178,7 +178,9 @@ def one_of(conn: sa.Connection, column: sa.ColumnElement[int], ids: list[int]) -
     parameter per id, which SQLAlchemy and the driver handle one by one (for long id lists:
     :func:`issuance.batches.bureau.mark_exported`)."""
     if conn.dialect.name == "postgresql":
-        return column == sa.any_(sa.bindparam("ids", ids, type_=postgresql.ARRAY(sa.BigInteger())))
+        # an anonymous parameter: two of these in one statement do not clash
+        array = sa.bindparam(None, ids, type_=postgresql.ARRAY(sa.BigInteger()))
+        return column == sa.any_(array)
     return column.in_(ids)
 
 
